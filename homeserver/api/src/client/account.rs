@@ -1,0 +1,147 @@
+//! Registration and account management.
+
+use axum::{extract::State, Json};
+use paracord_core::Error;
+use paracord_service::{accounts::UiaFlow, ratelimit::Limit};
+use ruma::api::client::account::{
+    change_password, deactivate, get_username_availability, register, whoami,
+};
+use serde_json::{json, Value};
+
+use crate::{ruma_wrapper::Ruma, ApiError, ApiResult, AppState, RumaResponse};
+
+fn ip_key<T>(req: &Ruma<T>) -> String {
+    req.client_ip.map(|i| i.to_string()).unwrap_or_default()
+}
+
+/// `POST /_matrix/client/v3/register` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3register
+pub(crate) async fn register_route(
+    State(state): State<AppState>,
+    req: Ruma<register::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    if !state.config.registration_enabled {
+        return Err(Error::forbidden("registration is disabled on this server").into());
+    }
+    if req.body.kind == register::RegistrationKind::Guest {
+        return Err(Error::forbidden("guest access is not enabled").into());
+    }
+    state.ratelimit.check(Limit::Auth, &ip_key(&req))?;
+    if let Some(u) = &req.body.username {
+        // Report a bad or taken name before asking for auth, like Synapse.
+        if !state.accounts.is_available(u)? {
+            return Err(Error::new(
+                http::StatusCode::BAD_REQUEST,
+                paracord_core::ErrorKind::UserInUse,
+                "user id already taken",
+            )
+            .into());
+        }
+    }
+    let auth = req.json.as_ref().and_then(|j| j.get("auth")).cloned();
+    state.accounts.uia(auth.as_ref(), UiaFlow::Dummy).await?;
+    let b = req.body;
+    let r = state
+        .accounts
+        .register(
+            b.username.as_deref(),
+            b.password,
+            b.device_id.map(|d| d.to_string()),
+            b.initial_device_display_name,
+            b.inhibit_login,
+            b.refresh_token,
+            None,
+        )
+        .await?;
+    let mut body = json!({ "user_id": r.user_id });
+    if !b.inhibit_login {
+        body["access_token"] = json!(r.access_token);
+        body["device_id"] = json!(r.device_id);
+        if let Some(t) = r.refresh_token {
+            body["refresh_token"] = json!(t);
+        }
+        if let Some(ms) = r.expires_in_ms {
+            body["expires_in_ms"] = json!(ms);
+        }
+    }
+    Ok(Json(body))
+}
+
+/// `GET /_matrix/client/v3/register/available` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3registeravailable
+pub(crate) async fn get_username_availability_route(
+    State(state): State<AppState>,
+    req: Ruma<get_username_availability::v3::Request>,
+) -> ApiResult<RumaResponse<get_username_availability::v3::Response>> {
+    if !state.accounts.is_available(&req.body.username)? {
+        return Err(Error::new(
+            http::StatusCode::BAD_REQUEST,
+            paracord_core::ErrorKind::UserInUse,
+            "user id already taken",
+        )
+        .into());
+    }
+    Ok(RumaResponse(get_username_availability::v3::Response::new(
+        true,
+    )))
+}
+
+/// `GET /_matrix/client/v3/account/whoami` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3accountwhoami
+pub(crate) async fn whoami_route(
+    req: Ruma<whoami::v3::Request>,
+) -> ApiResult<RumaResponse<whoami::v3::Response>> {
+    let id = req.user()?;
+    let mut resp = whoami::v3::Response::new(id.user_id.clone(), false);
+    resp.device_id = Some(id.device_id.clone());
+    Ok(RumaResponse(resp))
+}
+
+/// `POST /_matrix/client/v3/account/password` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3accountpassword
+pub(crate) async fn change_password_route(
+    State(state): State<AppState>,
+    req: Ruma<change_password::v3::Request>,
+) -> ApiResult<RumaResponse<change_password::v3::Response>> {
+    let id = req.user()?.clone();
+    let auth = req.json.as_ref().and_then(|j| j.get("auth")).cloned();
+    state
+        .accounts
+        .uia(auth.as_ref(), UiaFlow::Password(id.user_id.clone()))
+        .await?;
+    state
+        .accounts
+        .set_password(&id.user_id, req.body.new_password.clone())
+        .await?;
+    if req.body.logout_devices {
+        state
+            .accounts
+            .delete_all_devices(&id.user_id, Some(id.device_id.as_str()))?;
+    }
+    Ok(RumaResponse(change_password::v3::Response::new()))
+}
+
+/// `POST /_matrix/client/v3/account/deactivate` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3accountdeactivate
+pub(crate) async fn deactivate_route(
+    State(state): State<AppState>,
+    req: Ruma<deactivate::v3::Request>,
+) -> ApiResult<RumaResponse<deactivate::v3::Response>> {
+    let id = req.user()?.clone();
+    let auth = req.json.as_ref().and_then(|j| j.get("auth")).cloned();
+    state
+        .accounts
+        .uia(auth.as_ref(), UiaFlow::Password(id.user_id.clone()))
+        .await?;
+    // Leave every room first, while the account can still send.
+    for (room_id, rec) in state.rooms.user_rooms(&id.user_id)? {
+        if rec.membership == "join" || rec.membership == "invite" {
+            if let Err(e) = state
+                .rooms
+                .leave(&room_id, &id.user_id, Some("account deactivated"))
+                .await
+            {
+                tracing::warn!(%room_id, "leave on deactivation failed: {}", ApiError(e).0);
+            }
+        }
+    }
+    state.accounts.deactivate(&id.user_id)?;
+    Ok(RumaResponse(deactivate::v3::Response::new(
+        ruma::api::client::account::ThirdPartyIdRemovalStatus::NoSupport,
+    )))
+}

@@ -1,0 +1,103 @@
+//! Devices.
+
+use axum::{extract::State, Json};
+use paracord_core::Error;
+use paracord_service::accounts::{Device, UiaFlow};
+use ruma::api::client::device::{
+    delete_device, delete_devices, get_device, get_devices, update_device,
+};
+use serde_json::{json, Value};
+
+use crate::{ruma_wrapper::Ruma, ApiResult, AppState, RumaResponse};
+
+fn device_json(user: &str, d: &Device) -> Value {
+    let _ = user;
+    json!({
+        "device_id": d.device_id,
+        "display_name": d.display_name,
+        "last_seen_ip": d.last_seen_ip,
+        "last_seen_ts": d.last_seen_ts,
+    })
+}
+
+/// `GET /_matrix/client/v3/devices` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3devices
+pub(crate) async fn get_devices_route(
+    State(state): State<AppState>,
+    req: Ruma<get_devices::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    let devices: Vec<Value> = state
+        .accounts
+        .devices(&id.user_id)?
+        .iter()
+        .map(|d| device_json(id.user_id.as_str(), d))
+        .collect();
+    Ok(Json(json!({ "devices": devices })))
+}
+
+/// `GET /_matrix/client/v3/devices/{deviceId}` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3devicesdeviceid
+pub(crate) async fn get_device_route(
+    State(state): State<AppState>,
+    req: Ruma<get_device::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    let d = state
+        .accounts
+        .device(&id.user_id, req.body.device_id.as_str())?
+        .ok_or_else(|| Error::not_found("device not found"))?;
+    Ok(Json(device_json(id.user_id.as_str(), &d)))
+}
+
+/// `PUT /_matrix/client/v3/devices/{deviceId}` — https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3devicesdeviceid
+pub(crate) async fn update_device_route(
+    State(state): State<AppState>,
+    req: Ruma<update_device::v3::Request>,
+) -> ApiResult<RumaResponse<update_device::v3::Response>> {
+    let id = req.user()?;
+    state.accounts.update_device(
+        &id.user_id,
+        req.body.device_id.as_str(),
+        req.body.display_name.clone(),
+    )?;
+    Ok(RumaResponse(update_device::v3::Response::new()))
+}
+
+/// `DELETE /_matrix/client/v3/devices/{deviceId}` — https://spec.matrix.org/v1.19/client-server-api/#delete_matrixclientv3devicesdeviceid
+pub(crate) async fn delete_device_route(
+    State(state): State<AppState>,
+    req: Ruma<delete_device::v3::Request>,
+) -> ApiResult<RumaResponse<delete_device::v3::Response>> {
+    let id = req.user()?.clone();
+    if state
+        .accounts
+        .device(&id.user_id, req.body.device_id.as_str())?
+        .is_none()
+    {
+        return Err(Error::not_found("device not found").into());
+    }
+    let auth = req.json.as_ref().and_then(|j| j.get("auth")).cloned();
+    state
+        .accounts
+        .uia(auth.as_ref(), UiaFlow::Password(id.user_id.clone()))
+        .await?;
+    state
+        .accounts
+        .delete_devices(&id.user_id, &[req.body.device_id.to_string()])?;
+    Ok(RumaResponse(delete_device::v3::Response::new()))
+}
+
+/// `POST /_matrix/client/v3/delete_devices` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3delete_devices
+pub(crate) async fn delete_devices_route(
+    State(state): State<AppState>,
+    req: Ruma<delete_devices::v3::Request>,
+) -> ApiResult<RumaResponse<delete_devices::v3::Response>> {
+    let id = req.user()?.clone();
+    let auth = req.json.as_ref().and_then(|j| j.get("auth")).cloned();
+    state
+        .accounts
+        .uia(auth.as_ref(), UiaFlow::Password(id.user_id.clone()))
+        .await?;
+    let ids: Vec<String> = req.body.devices.iter().map(|d| d.to_string()).collect();
+    state.accounts.delete_devices(&id.user_id, &ids)?;
+    Ok(RumaResponse(delete_devices::v3::Response::new()))
+}

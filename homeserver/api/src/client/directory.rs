@@ -1,0 +1,167 @@
+//! Room aliases and the public room directory.
+
+use axum::{extract::State, Json};
+use paracord_core::Error;
+use ruma::api::client::{
+    alias::{create_alias, delete_alias, get_alias},
+    directory::{
+        get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility,
+    },
+    room::Visibility,
+};
+use serde_json::{json, Value};
+
+use crate::{ruma_wrapper::Ruma, ApiResult, AppState};
+
+/// `PUT /_matrix/client/v3/directory/room/{roomAlias}` — https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3directoryroomroomalias
+pub(crate) async fn create_alias_route(
+    State(state): State<AppState>,
+    req: Ruma<create_alias::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    if !state.rooms.is_joined(&req.body.room_id, &id.user_id)? && !id.admin {
+        state.rooms.room_or_404(&req.body.room_id)?;
+        return Err(Error::forbidden("you are not in this room").into());
+    }
+    state
+        .rooms
+        .set_alias(&req.body.room_alias, &req.body.room_id, &id.user_id)?;
+    Ok(Json(json!({})))
+}
+
+/// `DELETE /_matrix/client/v3/directory/room/{roomAlias}` — https://spec.matrix.org/v1.19/client-server-api/#delete_matrixclientv3directoryroomroomalias
+pub(crate) async fn delete_alias_route(
+    State(state): State<AppState>,
+    req: Ruma<delete_alias::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    state
+        .rooms
+        .delete_alias(&req.body.room_alias, &id.user_id, id.admin)?;
+    Ok(Json(json!({})))
+}
+
+/// `GET /_matrix/client/v3/directory/room/{roomAlias}` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3directoryroomroomalias
+pub(crate) async fn get_alias_route(
+    State(state): State<AppState>,
+    req: Ruma<get_alias::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let room_id = state
+        .rooms
+        .resolve_alias(&req.body.room_alias)?
+        .ok_or_else(|| Error::not_found("room alias not found"))?;
+    Ok(Json(
+        json!({ "room_id": room_id, "servers": [state.config.server_name] }),
+    ))
+}
+
+/// `GET /_matrix/client/v3/directory/list/room/{roomId}` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3directorylistroomroomid
+pub(crate) async fn get_room_visibility_route(
+    State(state): State<AppState>,
+    req: Ruma<get_room_visibility::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    state.rooms.room_or_404(&req.body.room_id)?;
+    let v = if state.rooms.is_published(&req.body.room_id)? {
+        "public"
+    } else {
+        "private"
+    };
+    Ok(Json(json!({ "visibility": v })))
+}
+
+/// `PUT /_matrix/client/v3/directory/list/room/{roomId}` — https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3directorylistroomroomid
+pub(crate) async fn set_room_visibility_route(
+    State(state): State<AppState>,
+    req: Ruma<set_room_visibility::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    let room = state.rooms.room_or_404(&req.body.room_id)?;
+    let map = state.rooms.state(room.state)?;
+    let level = state.rooms.power_level(&room.version, &map, &id.user_id)?;
+    let needed = state.rooms.required_level(&map, "state_default", 50)?;
+    if !id.admin && (!state.rooms.is_joined(&req.body.room_id, &id.user_id)? || level < needed) {
+        return Err(Error::forbidden("you may not change this room's visibility").into());
+    }
+    state
+        .rooms
+        .set_published(&req.body.room_id, req.body.visibility == Visibility::Public)?;
+    Ok(Json(json!({})))
+}
+
+fn page(all: Vec<Value>, since: Option<&str>, limit: Option<u64>) -> Result<Value, Error> {
+    let total = all.len();
+    let start = match since {
+        Some(s) => s
+            .strip_prefix('p')
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or_else(|| Error::invalid_param("invalid since token"))?,
+        None => 0,
+    };
+    let limit = limit
+        .map(|l| usize::try_from(l).unwrap_or(usize::MAX))
+        .unwrap_or(usize::MAX)
+        .max(1);
+    let end = start.saturating_add(limit).min(total);
+    let chunk: Vec<Value> = all
+        .into_iter()
+        .skip(start)
+        .take(end.saturating_sub(start))
+        .collect();
+    let mut body = json!({ "chunk": chunk, "total_room_count_estimate": total });
+    if end < total {
+        body["next_batch"] = json!(format!("p{end}"));
+    }
+    if start > 0 {
+        body["prev_batch"] = json!(format!("p{}", start.saturating_sub(limit)));
+    }
+    Ok(body)
+}
+
+/// `GET /_matrix/client/v3/publicRooms` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3publicrooms
+pub(crate) async fn get_public_rooms_route(
+    State(state): State<AppState>,
+    req: Ruma<get_public_rooms::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    if req
+        .body
+        .server
+        .as_ref()
+        .is_some_and(|s| s.as_str() != state.config.server_name)
+    {
+        return Err(Error::not_found(
+            "other servers' directories need federation, which this server does not speak yet",
+        )
+        .into());
+    }
+    let all = state.rooms.public_rooms(None)?;
+    Ok(Json(page(
+        all,
+        req.body.since.as_deref(),
+        req.body.limit.map(u64::from),
+    )?))
+}
+
+/// `POST /_matrix/client/v3/publicRooms` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3publicrooms
+pub(crate) async fn get_public_rooms_filtered_route(
+    State(state): State<AppState>,
+    req: Ruma<get_public_rooms_filtered::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    if req
+        .body
+        .server
+        .as_ref()
+        .is_some_and(|s| s.as_str() != state.config.server_name)
+    {
+        return Err(Error::not_found(
+            "other servers' directories need federation, which this server does not speak yet",
+        )
+        .into());
+    }
+    let term = req.body.filter.generic_search_term.as_deref();
+    let all = state.rooms.public_rooms(term)?;
+    Ok(Json(page(
+        all,
+        req.body.since.as_deref(),
+        req.body.limit.map(u64::from),
+    )?))
+}

@@ -1,0 +1,160 @@
+//! Typing, receipts, read markers and presence.
+
+use axum::{extract::State, Json};
+use paracord_core::Error;
+use ruma::api::client::{
+    presence::{get_presence, set_presence},
+    read_marker::set_read_marker,
+    receipt::create_receipt,
+    typing::create_typing_event,
+};
+use serde_json::{json, Value};
+
+use crate::{ruma_wrapper::Ruma, ApiResult, AppState};
+
+/// `PUT /_matrix/client/v3/rooms/{roomId}/typing/{userId}` — https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3roomsroomidtypinguserid
+pub(crate) async fn create_typing_event_route(
+    State(state): State<AppState>,
+    req: Ruma<create_typing_event::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    if id.user_id != req.body.user_id {
+        return Err(Error::forbidden("you may only set your own typing state").into());
+    }
+    if !state.rooms.is_joined(&req.body.room_id, &id.user_id)? {
+        return Err(Error::forbidden("you are not in this room").into());
+    }
+    let members = state.rooms.joined_members(&req.body.room_id)?;
+    match req.body.state {
+        create_typing_event::v3::Typing::Yes(ref info) => {
+            let ms = u64::try_from(info.timeout.as_millis()).unwrap_or(u64::MAX);
+            state
+                .ephemeral
+                .set_typing(&req.body.room_id, &id.user_id, true, ms, members)?;
+        }
+        _ => state
+            .ephemeral
+            .set_typing(&req.body.room_id, &id.user_id, false, 0, members)?,
+    }
+    Ok(Json(json!({})))
+}
+
+async fn receipt(
+    state: &AppState,
+    user: &ruma::UserId,
+    room_id: &ruma::RoomId,
+    kind: &str,
+    event_id: &ruma::EventId,
+    thread: Option<String>,
+) -> Result<(), Error> {
+    if !state.rooms.is_joined(room_id, user)? {
+        return Err(Error::forbidden("you are not in this room"));
+    }
+    let reader = paracord_service::rooms::timeline::Reader { user, device: None };
+    state.rooms.visible_event(reader, Some(room_id), event_id)?;
+    if kind == "m.fully_read" {
+        return state.account_data.set(
+            user,
+            Some(room_id),
+            "m.fully_read",
+            json!({ "event_id": event_id }),
+        );
+    }
+    let members = state.rooms.joined_members(room_id)?;
+    state.ephemeral.set_receipt(
+        room_id,
+        user,
+        kind,
+        event_id.as_str(),
+        thread.as_deref(),
+        members,
+    )
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/receipt/{receiptType}/{eventId}` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3roomsroomidreceiptreceipttypeeventid
+pub(crate) async fn create_receipt_route(
+    State(state): State<AppState>,
+    req: Ruma<create_receipt::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    let kind = req.body.receipt_type.to_string();
+    if !matches!(kind.as_str(), "m.read" | "m.read.private" | "m.fully_read") {
+        return Err(Error::invalid_param("unknown receipt type").into());
+    }
+    let thread = req
+        .json
+        .as_ref()
+        .and_then(|j| j["thread_id"].as_str())
+        .map(str::to_owned);
+    receipt(
+        &state,
+        &id.user_id,
+        &req.body.room_id,
+        &kind,
+        &req.body.event_id,
+        thread,
+    )
+    .await?;
+    Ok(Json(json!({})))
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/read_markers` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3roomsroomidread_markers
+pub(crate) async fn set_read_marker_route(
+    State(state): State<AppState>,
+    req: Ruma<set_read_marker::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    let b = &req.body;
+    if let Some(e) = &b.fully_read {
+        receipt(&state, &id.user_id, &b.room_id, "m.fully_read", e, None).await?;
+    }
+    if let Some(e) = &b.read_receipt {
+        receipt(&state, &id.user_id, &b.room_id, "m.read", e, None).await?;
+    }
+    if let Some(e) = &b.private_read_receipt {
+        receipt(&state, &id.user_id, &b.room_id, "m.read.private", e, None).await?;
+    }
+    Ok(Json(json!({})))
+}
+
+/// `PUT /_matrix/client/v3/presence/{userId}/status` — https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3presenceuseridstatus
+pub(crate) async fn set_presence_route(
+    State(state): State<AppState>,
+    req: Ruma<set_presence::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    if id.user_id != req.body.user_id {
+        return Err(Error::forbidden("you may only set your own presence").into());
+    }
+    let mut wake = Vec::new();
+    for (room, rec) in state.rooms.user_rooms(&id.user_id)? {
+        if rec.membership == "join" {
+            wake.extend(state.rooms.joined_members(&room)?);
+        }
+    }
+    wake.sort();
+    wake.dedup();
+    state.ephemeral.set_presence(
+        &id.user_id,
+        req.body.presence.as_str(),
+        req.body.status_msg.clone(),
+        wake,
+    )?;
+    Ok(Json(json!({})))
+}
+
+/// `GET /_matrix/client/v3/presence/{userId}/status` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3presenceuseridstatus
+pub(crate) async fn get_presence_route(
+    State(state): State<AppState>,
+    req: Ruma<get_presence::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let p = state.ephemeral.presence(&req.body.user_id)?;
+    if p.is_none() && state.accounts.account(&req.body.user_id)?.is_none() {
+        return Err(Error::not_found("unknown user").into());
+    }
+    let Some(p) = p else {
+        return Ok(Json(json!({ "presence": "offline" })));
+    };
+    let ev = paracord_service::ephemeral::Ephemeral::presence_event(&req.body.user_id, &p);
+    Ok(Json(ev["content"].clone()))
+}

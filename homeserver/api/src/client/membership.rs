@@ -1,0 +1,250 @@
+//! Membership: join, invite, leave, kick, ban, unban, forget, member lists.
+
+use axum::{extract::State, Json};
+use paracord_core::Error;
+use ruma::api::client::membership::{
+    ban_user, forget_room, get_member_events, invite_user, join_room_by_id,
+    join_room_by_id_or_alias, joined_members, joined_rooms, kick_user, leave_room, unban_user,
+};
+use serde_json::{json, Value};
+
+use super::{reader, resolve_room};
+use crate::{ruma_wrapper::Ruma, ApiResult, AppState};
+
+fn profile(state: &AppState, user: &ruma::UserId) -> (Option<String>, Option<String>) {
+    state.accounts.profile(user).unwrap_or((None, None))
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/join` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3roomsroomidjoin
+pub(crate) async fn join_room_by_id_route(
+    State(state): State<AppState>,
+    req: Ruma<join_room_by_id::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    state
+        .rooms
+        .join(
+            &req.body.room_id,
+            &id.user_id,
+            profile(&state, &id.user_id),
+            req.body.reason.as_deref(),
+        )
+        .await?;
+    Ok(Json(json!({ "room_id": req.body.room_id })))
+}
+
+/// `POST /_matrix/client/v3/join/{roomIdOrAlias}` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3joinroomidoralias
+pub(crate) async fn join_room_by_id_or_alias_route(
+    State(state): State<AppState>,
+    req: Ruma<join_room_by_id_or_alias::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    let room_id = resolve_room(&state, &req.body.room_id_or_alias)?;
+    state
+        .rooms
+        .join(
+            &room_id,
+            &id.user_id,
+            profile(&state, &id.user_id),
+            req.body.reason.as_deref(),
+        )
+        .await?;
+    Ok(Json(json!({ "room_id": room_id })))
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/invite` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3roomsroomidinvite
+pub(crate) async fn invite_user_route(
+    State(state): State<AppState>,
+    req: Ruma<invite_user::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    let invite_user::v3::InvitationRecipient::UserId(invitee) = &req.body.recipient else {
+        return Err(Error::new(
+            http::StatusCode::BAD_REQUEST,
+            paracord_core::ErrorKind::Unrecognized,
+            "third-party invites are not supported",
+        )
+        .into());
+    };
+    let user_id = &invitee.user_id;
+    if state.accounts.is_local(user_id) && state.accounts.account(user_id)?.is_none() {
+        return Err(Error::not_found("no such user").into());
+    }
+    state
+        .rooms
+        .invite(
+            &req.body.room_id,
+            &id.user_id,
+            user_id,
+            invitee.reason.as_deref(),
+            false,
+        )
+        .await?;
+    Ok(Json(json!({})))
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/leave` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3roomsroomidleave
+pub(crate) async fn leave_room_route(
+    State(state): State<AppState>,
+    req: Ruma<leave_room::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    state.rooms.room_or_404(&req.body.room_id)?;
+    state
+        .rooms
+        .leave(&req.body.room_id, &id.user_id, req.body.reason.as_deref())
+        .await?;
+    Ok(Json(json!({})))
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/kick` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3roomsroomidkick
+pub(crate) async fn kick_user_route(
+    State(state): State<AppState>,
+    req: Ruma<kick_user::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    state.rooms.room_or_404(&req.body.room_id)?;
+    state
+        .rooms
+        .kick(
+            &req.body.room_id,
+            &id.user_id,
+            &req.body.user_id,
+            req.body.reason.as_deref(),
+        )
+        .await?;
+    Ok(Json(json!({})))
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/ban` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3roomsroomidban
+pub(crate) async fn ban_user_route(
+    State(state): State<AppState>,
+    req: Ruma<ban_user::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    state
+        .rooms
+        .ban(
+            &req.body.room_id,
+            &id.user_id,
+            &req.body.user_id,
+            req.body.reason.as_deref(),
+        )
+        .await?;
+    Ok(Json(json!({})))
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/unban` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3roomsroomidunban
+pub(crate) async fn unban_user_route(
+    State(state): State<AppState>,
+    req: Ruma<unban_user::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    state.rooms.room_or_404(&req.body.room_id)?;
+    state
+        .rooms
+        .unban(
+            &req.body.room_id,
+            &id.user_id,
+            &req.body.user_id,
+            req.body.reason.as_deref(),
+        )
+        .await?;
+    Ok(Json(json!({})))
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/forget` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3roomsroomidforget
+pub(crate) async fn forget_room_route(
+    State(state): State<AppState>,
+    req: Ruma<forget_room::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    state.rooms.forget(&req.body.room_id, &id.user_id)?;
+    Ok(Json(json!({})))
+}
+
+/// `GET /_matrix/client/v3/joined_rooms` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3joined_rooms
+pub(crate) async fn joined_rooms_route(
+    State(state): State<AppState>,
+    req: Ruma<joined_rooms::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    let rooms: Vec<String> = state
+        .rooms
+        .user_rooms(&id.user_id)?
+        .into_iter()
+        .filter(|(_, r)| r.membership == "join")
+        .map(|(room, _)| room.to_string())
+        .collect();
+    Ok(Json(json!({ "joined_rooms": rooms })))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/members` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3roomsroomidmembers
+pub(crate) async fn get_member_events_route(
+    State(state): State<AppState>,
+    req: Ruma<get_member_events::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let r = reader(&req)?;
+    let room_id = &req.body.room_id;
+    state.rooms.check_can_read(room_id, r.user)?;
+    let snapshot = match &req.body.at {
+        Some(token) => state
+            .rooms
+            .state_at_pos(room_id, paracord_service::sync::parse_token(token)?)?,
+        None => {
+            // A user who left sees the members as of their leave.
+            match state.rooms.user_room(r.user, room_id)? {
+                Some(rec) if rec.membership != "join" => {
+                    state.rooms.state_at_pos(room_id, rec.pos)?
+                }
+                _ => state.rooms.room_or_404(room_id)?.state,
+            }
+        }
+    };
+    let map = state.rooms.state(snapshot)?;
+    let want = req.body.membership.as_ref().map(|m| m.to_string());
+    let not = req.body.not_membership.as_ref().map(|m| m.to_string());
+    let mut chunk = Vec::new();
+    for ((kind, _), short) in map.iter() {
+        if kind != "m.room.member" {
+            continue;
+        }
+        if let Some((_, ev)) = state.rooms.client_event(*short, Some(r))? {
+            let m = ev["content"]["membership"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if want.as_ref().is_some_and(|w| *w != m) || not.as_ref().is_some_and(|n| *n == m) {
+                continue;
+            }
+            chunk.push(ev);
+        }
+    }
+    Ok(Json(json!({ "chunk": chunk })))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/joined_members` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3roomsroomidjoined_members
+pub(crate) async fn joined_members_route(
+    State(state): State<AppState>,
+    req: Ruma<joined_members::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    let room_id = &req.body.room_id;
+    if !state.rooms.is_joined(room_id, &id.user_id)? {
+        state.rooms.room_or_404(room_id)?;
+        return Err(Error::forbidden("you are not in this room").into());
+    }
+    let map = state.rooms.current_state(room_id)?;
+    let mut joined = serde_json::Map::new();
+    for user in state.rooms.joined_members(room_id)? {
+        let content = state
+            .rooms
+            .state_content(&map, "m.room.member", user.as_str())?
+            .unwrap_or_default();
+        joined.insert(
+            user.to_string(),
+            json!({ "display_name": content.get("displayname"), "avatar_url": content.get("avatar_url") }),
+        );
+    }
+    Ok(Json(json!({ "joined": joined })))
+}

@@ -1,0 +1,145 @@
+//! Sending, reading and redacting room events.
+
+use axum::{extract::State, Json};
+use paracord_core::Error;
+use paracord_service::{
+    ratelimit::Limit,
+    rooms::{
+        timeline::{Dir, EventFilter},
+        NewEvent,
+    },
+    sync::{make_token, parse_token},
+};
+use ruma::api::{
+    client::{
+        filter::RoomEventFilter,
+        message::{get_message_events, send_message_event},
+        redact::redact_event,
+    },
+    Direction,
+};
+use serde_json::{json, Value};
+
+use super::reader;
+use crate::{ruma_wrapper::Ruma, ApiResult, AppState};
+
+pub(crate) fn filter_of(f: &RoomEventFilter) -> EventFilter {
+    paracord_service::sync::event_filter(f)
+}
+
+/// `PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}` — https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3roomsroomidsendeventtypetxnid
+pub(crate) async fn send_message_event_route(
+    State(state): State<AppState>,
+    req: Ruma<send_message_event::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    let content = req
+        .json
+        .clone()
+        .filter(|c| c.is_object())
+        .ok_or_else(|| Error::bad_json("event content must be a JSON object"))?;
+    if !state.rooms.is_joined(&req.body.room_id, &id.user_id)? {
+        state.rooms.room_or_404(&req.body.room_id)?;
+        return Err(Error::forbidden("you are not in this room").into());
+    }
+    state.ratelimit.check(Limit::Send, id.user_id.as_str())?;
+    let mut new = NewEvent::message(req.body.event_type.to_string().as_str().into(), content);
+    new.txn = Some((id.device_id.to_string(), req.body.txn_id.to_string()));
+    let event_id = state
+        .rooms
+        .append(&req.body.room_id, &id.user_id, new)
+        .await?;
+    Ok(Json(json!({ "event_id": event_id })))
+}
+
+/// `PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}` — https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3roomsroomidredacteventidtxnid
+pub(crate) async fn redact_event_route(
+    State(state): State<AppState>,
+    req: Ruma<redact_event::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    if !state.rooms.is_joined(&req.body.room_id, &id.user_id)? {
+        state.rooms.room_or_404(&req.body.room_id)?;
+        return Err(Error::forbidden("you are not in this room").into());
+    }
+    state.ratelimit.check(Limit::Send, id.user_id.as_str())?;
+    let mut content = json!({});
+    if let Some(r) = &req.body.reason {
+        content["reason"] = json!(r);
+    }
+    let mut new = NewEvent::message(ruma::events::TimelineEventType::RoomRedaction, content);
+    new.redacts = Some(req.body.event_id.clone());
+    new.txn = Some((
+        id.device_id.to_string(),
+        format!("redact:{}", req.body.txn_id),
+    ));
+    let event_id = state
+        .rooms
+        .append(&req.body.room_id, &id.user_id, new)
+        .await?;
+    Ok(Json(json!({ "event_id": event_id })))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/messages` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3roomsroomidmessages
+pub(crate) async fn get_message_events_route(
+    State(state): State<AppState>,
+    req: Ruma<get_message_events::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let r = reader(&req)?;
+    let room_id = &req.body.room_id;
+    state.rooms.check_can_read(room_id, r.user)?;
+    let dir = match req.body.dir {
+        Direction::Backward => Dir::Backward,
+        Direction::Forward => Dir::Forward,
+    };
+    // A user who left reads no further than their leave.
+    let ceiling = match state.rooms.user_room(r.user, room_id)? {
+        Some(rec) if rec.membership != "join" => rec.pos,
+        _ => state.stream.current(),
+    };
+    let from = match &req.body.from {
+        Some(t) => parse_token(t)?.min(ceiling),
+        None => match dir {
+            Dir::Backward => ceiling,
+            Dir::Forward => 0,
+        },
+    };
+    let to = req.body.to.as_deref().map(parse_token).transpose()?;
+    let limit = usize::try_from(u64::from(req.body.limit))
+        .unwrap_or(10)
+        .clamp(1, 1000);
+    let filter = filter_of(&req.body.filter);
+    let to = match dir {
+        Dir::Forward => Some(to.unwrap_or(ceiling).min(ceiling)),
+        Dir::Backward => to,
+    };
+    let page = state
+        .rooms
+        .paginate(room_id, r, from, to, dir, limit, &filter)?;
+    let lazy = matches!(
+        req.body.filter.lazy_load_options,
+        ruma::api::client::filter::LazyLoadOptions::Enabled { .. }
+    );
+    let mut state_events = Vec::new();
+    if lazy {
+        let current = state.rooms.current_state(room_id)?;
+        for user in paracord_service::rooms::Rooms::senders_of(&page.events) {
+            if let Some(short) = current.get(&("m.room.member".to_owned(), user.to_string())) {
+                if let Some((_, ev)) = state.rooms.client_event(*short, Some(r))? {
+                    state_events.push(ev);
+                }
+            }
+        }
+    }
+    let mut body = json!({
+        "start": make_token(from),
+        "chunk": page.events.into_iter().map(|(_, e)| e).collect::<Vec<_>>(),
+    });
+    if let Some(next) = page.next {
+        body["end"] = json!(make_token(next));
+    }
+    if lazy {
+        body["state"] = json!(state_events);
+    }
+    Ok(Json(body))
+}

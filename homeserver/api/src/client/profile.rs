@@ -1,0 +1,105 @@
+//! Profiles: display name and avatar, propagated into room membership.
+
+use axum::{extract::State, Json};
+use paracord_core::Error;
+use ruma::api::client::profile::{
+    get_avatar_url, get_display_name, get_profile, set_avatar_url, set_display_name,
+};
+use serde_json::{json, Value};
+
+use crate::{ruma_wrapper::Ruma, ApiResult, AppState};
+
+/// `GET /_matrix/client/v3/profile/{userId}` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3profileuserid
+pub(crate) async fn get_profile_route(
+    State(state): State<AppState>,
+    req: Ruma<get_profile::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let (d, a) = state.accounts.profile(&req.body.user_id)?;
+    let mut body = json!({});
+    if let Some(d) = d {
+        body["displayname"] = json!(d);
+    }
+    if let Some(a) = a {
+        body["avatar_url"] = json!(a);
+    }
+    Ok(Json(body))
+}
+
+/// `GET /_matrix/client/v3/profile/{userId}/displayname` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3profileuseriddisplayname
+pub(crate) async fn get_display_name_route(
+    State(state): State<AppState>,
+    req: Ruma<get_display_name::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let (d, _) = state.accounts.profile(&req.body.user_id)?;
+    let d = d.ok_or_else(|| Error::not_found("no display name set"))?;
+    Ok(Json(json!({ "displayname": d })))
+}
+
+/// `GET /_matrix/client/v3/profile/{userId}/avatar_url` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3profileuseridavatar_url
+pub(crate) async fn get_avatar_url_route(
+    State(state): State<AppState>,
+    req: Ruma<get_avatar_url::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let (_, a) = state.accounts.profile(&req.body.user_id)?;
+    let a = a.ok_or_else(|| Error::not_found("no avatar set"))?;
+    Ok(Json(json!({ "avatar_url": a })))
+}
+
+/// `PUT /_matrix/client/v3/profile/{userId}/displayname` — https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3profileuseriddisplayname
+pub(crate) async fn set_display_name_route(
+    State(state): State<AppState>,
+    req: Ruma<set_display_name::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    if id.user_id != req.body.user_id {
+        return Err(Error::forbidden("you may only change your own profile").into());
+    }
+    let name = req
+        .json
+        .as_ref()
+        .and_then(|j| j["displayname"].as_str())
+        .map(str::to_owned);
+    if name.as_ref().is_some_and(|n| n.len() > 256) {
+        return Err(Error::invalid_param("display name too long").into());
+    }
+    let account = state.accounts.set_profile(&id.user_id, Some(name), None)?;
+    state
+        .rooms
+        .update_profile(
+            &id.user_id,
+            account.displayname.as_deref(),
+            account.avatar_url.as_deref(),
+        )
+        .await?;
+    Ok(Json(json!({})))
+}
+
+/// `PUT /_matrix/client/v3/profile/{userId}/avatar_url` — https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3profileuseridavatar_url
+pub(crate) async fn set_avatar_url_route(
+    State(state): State<AppState>,
+    req: Ruma<set_avatar_url::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    if id.user_id != req.body.user_id {
+        return Err(Error::forbidden("you may only change your own profile").into());
+    }
+    let url = req
+        .json
+        .as_ref()
+        .and_then(|j| j["avatar_url"].as_str())
+        .map(str::to_owned)
+        .filter(|u| !u.is_empty());
+    if url.as_ref().is_some_and(|u| u.len() > 1024) {
+        return Err(Error::invalid_param("avatar url too long").into());
+    }
+    let account = state.accounts.set_profile(&id.user_id, None, Some(url))?;
+    state
+        .rooms
+        .update_profile(
+            &id.user_id,
+            account.displayname.as_deref(),
+            account.avatar_url.as_deref(),
+        )
+        .await?;
+    Ok(Json(json!({})))
+}

@@ -1,0 +1,152 @@
+//! Room creation, single events, context and aliases of a room.
+
+use axum::{extract::State, Json};
+use paracord_core::Error;
+use paracord_service::rooms::{
+    create::{CreateRoom, Preset},
+    timeline::Dir,
+};
+use ruma::api::client::{
+    context::get_context,
+    room::{aliases, create_room, get_room_event},
+};
+use serde_json::{json, Value};
+
+use super::reader;
+use crate::{ruma_wrapper::Ruma, ApiResult, AppState};
+
+/// `POST /_matrix/client/v3/createRoom` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3createroom
+pub(crate) async fn create_room_route(
+    State(state): State<AppState>,
+    req: Ruma<create_room::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    let b = &req.body;
+    let raw = req.json.clone().unwrap_or_default();
+    let alias = match &b.room_alias_name {
+        Some(local) => {
+            let alias =
+                ruma::OwnedRoomAliasId::try_from(format!("#{local}:{}", state.config.server_name))
+                    .map_err(|_| Error::invalid_param("invalid room_alias_name"))?;
+            Some(alias)
+        }
+        None => None,
+    };
+    let preset = b.preset.as_ref().map(|p| match p.as_str() {
+        "public_chat" => Ok(Preset::PublicChat),
+        "trusted_private_chat" => Ok(Preset::TrustedPrivateChat),
+        "private_chat" => Ok(Preset::PrivateChat),
+        other => Err(Error::invalid_param(format!("unknown preset {other}"))),
+    });
+    let preset = match preset {
+        Some(p) => Some(p?),
+        None => None,
+    };
+    let mut initial_state = Vec::new();
+    if let Some(items) = raw.get("initial_state").and_then(|i| i.as_array()) {
+        for item in items {
+            let kind = item["type"]
+                .as_str()
+                .ok_or_else(|| Error::bad_json("initial_state entry without type"))?;
+            let key = item.get("state_key").and_then(|k| k.as_str()).unwrap_or("");
+            let content = item
+                .get("content")
+                .cloned()
+                .filter(|c| c.is_object())
+                .ok_or_else(|| Error::bad_json("initial_state content must be an object"))?;
+            initial_state.push((kind.to_owned(), key.to_owned(), content));
+        }
+    }
+    let profile = state.accounts.profile(&id.user_id).unwrap_or((None, None));
+    let create = CreateRoom {
+        version: b.room_version.as_ref().map(|v| v.to_string()),
+        preset,
+        public: b.visibility == ruma::api::client::room::Visibility::Public,
+        name: b.name.clone(),
+        topic: b.topic.clone(),
+        alias,
+        invite: b.invite.clone(),
+        is_direct: b.is_direct,
+        initial_state,
+        power_level_override: raw.get("power_level_content_override").cloned(),
+        creation_content: raw.get("creation_content").cloned(),
+        profile,
+    };
+    let room_id = state.rooms.create_room(&id.user_id, create).await?;
+    Ok(Json(json!({ "room_id": room_id })))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/event/{eventId}` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3roomsroomideventeventid
+pub(crate) async fn get_room_event_route(
+    State(state): State<AppState>,
+    req: Ruma<get_room_event::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let r = reader(&req)?;
+    state.rooms.check_can_read(&req.body.room_id, r.user)?;
+    let (_, _, ev) = state
+        .rooms
+        .visible_event(r, Some(&req.body.room_id), &req.body.event_id)?;
+    Ok(Json(ev))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/context/{eventId}` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3roomsroomidcontexteventid
+pub(crate) async fn get_context_route(
+    State(state): State<AppState>,
+    req: Ruma<get_context::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let r = reader(&req)?;
+    let room_id = &req.body.room_id;
+    state.rooms.check_can_read(room_id, r.user)?;
+    let (short, meta, ev) = state
+        .rooms
+        .visible_event(r, Some(room_id), &req.body.event_id)?;
+    let _ = meta;
+    let limit = usize::try_from(u64::from(req.body.limit))
+        .unwrap_or(10)
+        .min(100);
+    let before_n = limit / 2;
+    let after_n = limit - before_n;
+    let filter = crate::client::message::filter_of(&req.body.filter);
+    // The event's stream position is its short id.
+    let pos = short;
+    let before = state.rooms.paginate(
+        room_id,
+        r,
+        pos.saturating_sub(1),
+        None,
+        Dir::Backward,
+        before_n,
+        &filter,
+    )?;
+    let after = state
+        .rooms
+        .paginate(room_id, r, pos, None, Dir::Forward, after_n, &filter)?;
+    let start = before
+        .events
+        .last()
+        .map(|(p, _)| p.saturating_sub(1))
+        .unwrap_or(pos.saturating_sub(1));
+    let end = after.events.last().map(|(p, _)| *p).unwrap_or(pos);
+    let state_map = state.rooms.state(state.rooms.state_at_pos(room_id, end)?)?;
+    let state_events = state.rooms.state_events(&state_map, Some(r))?;
+    Ok(Json(json!({
+        "event": ev,
+        "events_before": before.events.into_iter().map(|(_, e)| e).collect::<Vec<_>>(),
+        "events_after": after.events.into_iter().map(|(_, e)| e).collect::<Vec<_>>(),
+        "start": paracord_service::sync::make_token(start),
+        "end": paracord_service::sync::make_token(end),
+        "state": state_events,
+    })))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/aliases` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3roomsroomidaliases
+pub(crate) async fn aliases_route(
+    State(state): State<AppState>,
+    req: Ruma<aliases::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let r = reader(&req)?;
+    state.rooms.check_can_read(&req.body.room_id, r.user)?;
+    Ok(Json(
+        json!({ "aliases": state.rooms.local_aliases(&req.body.room_id)? }),
+    ))
+}

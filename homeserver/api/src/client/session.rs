@@ -1,0 +1,106 @@
+//! Login, logout and refresh.
+
+use axum::{extract::State, Json};
+use paracord_core::Error;
+use paracord_service::ratelimit::Limit;
+use ruma::api::client::session::{get_login_types, login, logout, logout_all, refresh_token};
+use serde_json::{json, Value};
+
+use crate::{ruma_wrapper::Ruma, ApiResult, AppState, RumaResponse};
+
+/// `GET /_matrix/client/v3/login` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3login
+pub(crate) async fn get_login_types_route(_req: Ruma<get_login_types::v3::Request>) -> Json<Value> {
+    Json(json!({ "flows": [{ "type": "m.login.password" }] }))
+}
+
+/// `POST /_matrix/client/v3/login` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3login
+pub(crate) async fn login_route(
+    State(state): State<AppState>,
+    req: Ruma<login::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    state.ratelimit.check(
+        Limit::Auth,
+        &req.client_ip.map(|i| i.to_string()).unwrap_or_default(),
+    )?;
+    let login::v3::LoginInfo::Password(p) = &req.body.login_info else {
+        return Err(Error::new(
+            http::StatusCode::BAD_REQUEST,
+            paracord_core::ErrorKind::Unknown,
+            "unsupported login type",
+        )
+        .into());
+    };
+    let user = match &p.identifier {
+        Some(ruma::api::client::uiaa::UserIdentifier::Matrix(m)) => m.user.clone(),
+        None => req
+            .json
+            .as_ref()
+            .and_then(|j| j["user"].as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| Error::bad_json("missing identifier"))?,
+        Some(_) => return Err(Error::forbidden("only user identifiers are supported").into()),
+    };
+    let user_id = state.accounts.resolve_login_user(&user)?;
+    let r = state
+        .accounts
+        .login_password(
+            &user_id,
+            &p.password,
+            req.body.device_id.as_ref().map(|d| d.to_string()),
+            req.body.initial_device_display_name.clone(),
+            req.body.refresh_token,
+        )
+        .await?;
+    let mut body = json!({
+        "user_id": r.user_id,
+        "access_token": r.access_token,
+        "device_id": r.device_id,
+        "home_server": state.config.server_name,
+        "well_known": { "m.homeserver": { "base_url": state.config.public_baseurl() } },
+    });
+    if let Some(t) = r.refresh_token {
+        body["refresh_token"] = json!(t);
+    }
+    if let Some(ms) = r.expires_in_ms {
+        body["expires_in_ms"] = json!(ms);
+    }
+    Ok(Json(body))
+}
+
+/// `POST /_matrix/client/v3/logout` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3logout
+pub(crate) async fn logout_route(
+    State(state): State<AppState>,
+    req: Ruma<logout::v3::Request>,
+) -> ApiResult<RumaResponse<logout::v3::Response>> {
+    let id = req.user()?;
+    state
+        .accounts
+        .delete_devices(&id.user_id, &[id.device_id.to_string()])?;
+    Ok(RumaResponse(logout::v3::Response::new()))
+}
+
+/// `POST /_matrix/client/v3/logout/all` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3logoutall
+pub(crate) async fn logout_all_route(
+    State(state): State<AppState>,
+    req: Ruma<logout_all::v3::Request>,
+) -> ApiResult<RumaResponse<logout_all::v3::Response>> {
+    let id = req.user()?;
+    state.accounts.delete_all_devices(&id.user_id, None)?;
+    Ok(RumaResponse(logout_all::v3::Response::new()))
+}
+
+/// `POST /_matrix/client/v3/refresh` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3refresh
+pub(crate) async fn refresh_token_route(
+    State(state): State<AppState>,
+    req: Ruma<refresh_token::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let r = state.accounts.refresh(&req.body.refresh_token)?;
+    let mut body = json!({ "access_token": r.access_token });
+    if let Some(t) = r.refresh_token {
+        body["refresh_token"] = json!(t);
+    }
+    if let Some(ms) = r.expires_in_ms {
+        body["expires_in_ms"] = json!(ms);
+    }
+    Ok(Json(body))
+}

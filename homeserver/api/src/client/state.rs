@@ -1,0 +1,110 @@
+//! Room state.
+
+use axum::{extract::State, Json};
+use paracord_core::Error;
+use paracord_service::rooms::NewEvent;
+use ruma::api::client::state::{get_state_event_for_key, get_state_events, send_state_event};
+use serde_json::{json, Value};
+
+use super::reader;
+use crate::{ruma_wrapper::Ruma, ApiResult, AppState};
+
+/// The state a reader sees: current state if joined, the state at their leave otherwise.
+fn visible_snapshot(
+    state: &AppState,
+    room_id: &ruma::RoomId,
+    user: &ruma::UserId,
+) -> Result<u64, crate::ApiError> {
+    state.rooms.check_can_read(room_id, user)?;
+    Ok(match state.rooms.user_room(user, room_id)? {
+        Some(rec) if rec.membership != "join" => state.rooms.state_at_pos(room_id, rec.pos)?,
+        _ => state.rooms.room_or_404(room_id)?.state,
+    })
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/state` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3roomsroomidstate
+pub(crate) async fn get_state_events_route(
+    State(state): State<AppState>,
+    req: Ruma<get_state_events::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let r = reader(&req)?;
+    let snap = visible_snapshot(&state, &req.body.room_id, r.user)?;
+    let map = state.rooms.state(snap)?;
+    Ok(Json(Value::Array(state.rooms.state_events(&map, Some(r))?)))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3roomsroomidstateeventtypestatekey
+pub(crate) async fn get_state_event_for_key_route(
+    State(state): State<AppState>,
+    req: Ruma<get_state_event_for_key::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let r = reader(&req)?;
+    let snap = visible_snapshot(&state, &req.body.room_id, r.user)?;
+    let map = state.rooms.state(snap)?;
+    let key = (req.body.event_type.to_string(), req.body.state_key.clone());
+    let short = map
+        .get(&key)
+        .ok_or_else(|| Error::not_found("state event not found"))?;
+    let (_, ev) = state
+        .rooms
+        .client_event(*short, Some(r))?
+        .ok_or_else(|| Error::not_found("state event not found"))?;
+    Ok(Json(ev["content"].clone()))
+}
+
+/// `PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}` — https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3roomsroomidstateeventtypestatekey
+pub(crate) async fn send_state_event_route(
+    State(state): State<AppState>,
+    req: Ruma<send_state_event::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    let content = req
+        .json
+        .clone()
+        .filter(|c| c.is_object())
+        .ok_or_else(|| Error::bad_json("state content must be a JSON object"))?;
+    let kind = req.body.event_type.to_string();
+    if kind == "m.room.member" {
+        // Membership goes through the membership endpoints' checks too.
+        if content["membership"].as_str().is_none() {
+            return Err(Error::bad_json("m.room.member needs a membership").into());
+        }
+    }
+    if !state.rooms.is_joined(&req.body.room_id, &id.user_id)? && kind != "m.room.member" {
+        state.rooms.room_or_404(&req.body.room_id)?;
+        return Err(Error::forbidden("you are not in this room").into());
+    }
+    if kind == "m.room.canonical_alias" {
+        for alias in content["alias"].as_str().into_iter().chain(
+            content["alt_aliases"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str()),
+        ) {
+            let alias = ruma::OwnedRoomAliasId::try_from(alias)
+                .map_err(|_| Error::invalid_param("invalid alias"))?;
+            if state.rooms.resolve_alias(&alias)?.as_deref() != Some(&*req.body.room_id) {
+                return Err(Error::new(
+                    http::StatusCode::BAD_REQUEST,
+                    paracord_core::ErrorKind::Unknown,
+                    "alias does not point at this room",
+                )
+                .into());
+            }
+        }
+    }
+    state.ratelimit.check(
+        paracord_service::ratelimit::Limit::Send,
+        id.user_id.as_str(),
+    )?;
+    let event_id = state
+        .rooms
+        .append(
+            &req.body.room_id,
+            &id.user_id,
+            NewEvent::state(kind.as_str().into(), &req.body.state_key, content),
+        )
+        .await?;
+    Ok(Json(json!({ "event_id": event_id })))
+}

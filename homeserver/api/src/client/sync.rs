@@ -1,0 +1,100 @@
+//! `/sync` and filters.
+
+use std::time::Duration;
+
+use axum::{extract::State, Json};
+use paracord_core::Error;
+use paracord_service::sync::{parse_token, SyncRequest};
+use ruma::{
+    api::client::{
+        filter::{create_filter, get_filter, FilterDefinition},
+        sync::sync_events,
+    },
+    presence::PresenceState,
+};
+use serde_json::{json, Value};
+
+use crate::{ruma_wrapper::Ruma, ApiResult, AppState};
+
+/// Longest long-poll honoured.
+const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `GET /_matrix/client/v3/sync` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3sync
+pub(crate) async fn sync_events_route(
+    State(state): State<AppState>,
+    req: Ruma<sync_events::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?.clone();
+    let filter = match &req.body.filter {
+        None => FilterDefinition::default(),
+        Some(sync_events::v3::Filter::FilterDefinition(f)) => f.clone(),
+        Some(sync_events::v3::Filter::FilterId(fid)) => {
+            let raw = state
+                .account_data
+                .filter(&id.user_id, fid)?
+                .ok_or_else(|| Error::not_found("filter not found"))?;
+            serde_json::from_value(raw)
+                .map_err(|e| Error::bad_json(format!("stored filter unreadable: {e}")))?
+        }
+        Some(_) => FilterDefinition::default(),
+    };
+    let since = req.body.since.as_deref().map(parse_token).transpose()?;
+    match req.body.set_presence {
+        PresenceState::Offline => {}
+        ref p => {
+            let wake = state
+                .rooms
+                .user_rooms(&id.user_id)?
+                .into_iter()
+                .filter(|(_, r)| r.membership == "join")
+                .count();
+            let _ = wake;
+            state
+                .ephemeral
+                .set_presence(&id.user_id, p.as_str(), None, vec![])?;
+        }
+    }
+    let timeout = req.body.timeout.unwrap_or_default().min(MAX_TIMEOUT);
+    let body = state
+        .sync
+        .sync(SyncRequest {
+            user: &id.user_id,
+            device: id.device_id.as_str(),
+            since,
+            full_state: req.body.full_state,
+            filter,
+            timeout,
+        })
+        .await?;
+    Ok(Json(body))
+}
+
+/// `POST /_matrix/client/v3/user/{userId}/filter` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3useruseridfilter
+pub(crate) async fn create_filter_route(
+    State(state): State<AppState>,
+    req: Ruma<create_filter::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    if id.user_id != req.body.user_id {
+        return Err(Error::forbidden("you may only create filters for yourself").into());
+    }
+    let raw = req.json.clone().unwrap_or_else(|| json!({}));
+    let filter_id = state.account_data.create_filter(&id.user_id, &raw)?;
+    Ok(Json(json!({ "filter_id": filter_id })))
+}
+
+/// `GET /_matrix/client/v3/user/{userId}/filter/{filterId}` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3useruseridfilterfilterid
+pub(crate) async fn get_filter_route(
+    State(state): State<AppState>,
+    req: Ruma<get_filter::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    if id.user_id != req.body.user_id {
+        return Err(Error::forbidden("you may only read your own filters").into());
+    }
+    let f = state
+        .account_data
+        .filter(&id.user_id, &req.body.filter_id)?
+        .ok_or_else(|| Error::not_found("filter not found"))?;
+    Ok(Json(f))
+}

@@ -1,0 +1,34 @@
+//! The one error response.
+
+use axum::{
+    response::{IntoResponse, Response},
+    Json,
+};
+use paracord_core::Error;
+
+/// A [`paracord_core::Error`] as an HTTP response.
+#[derive(Debug)]
+pub struct ApiError(pub Error);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        Self(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let Error::Internal(detail) = &self.0 {
+            tracing::error!(%detail, "internal error");
+        }
+        let (status, body) = self.0.classify();
+        let mut resp = (status, Json(body)).into_response();
+        if let Some(paracord_core::ErrorKind::LimitExceeded { retry_after_ms }) = self.0.kind() {
+            let secs = retry_after_ms.div_ceil(1000).max(1);
+            if let Ok(v) = http::HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert(http::header::RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}

@@ -1,0 +1,32 @@
+//! Paracord HTTP API: axum routers, one module per API area. Handlers are thin: parse the ruma
+//! request, authenticate (done once, by the [`Ruma`] extractor), call a service, answer.
+
+pub mod client;
+pub mod error;
+pub mod router;
+pub mod ruma_wrapper;
+pub mod synapse_admin;
+pub mod well_known;
+
+use std::sync::Arc;
+
+use paracord_service::Services;
+
+pub use self::{
+    error::ApiError,
+    router::app,
+    ruma_wrapper::{Ruma, RumaResponse},
+};
+
+/// The state every handler gets.
+#[derive(Clone)]
+pub struct AppState(pub Arc<Services>);
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,188 @@
+//! The route table, readable top to bottom.
+
+use std::sync::Arc;
+
+use axum::{
+    extract::{MatchedPath, Request},
+    response::{IntoResponse, Response},
+    routing::get,
+    Router,
+};
+use paracord_core::Error;
+use paracord_service::Services;
+use ruma::api::client as c;
+use tower_http::{catch_panic::CatchPanicLayer, cors::CorsLayer, trace::TraceLayer};
+
+use crate::{
+    client::{
+        account, config, device, directory, discovery, ephemeral, membership, message, profile,
+        room, session, state, sync,
+    },
+    ruma_wrapper::RouterExt,
+    synapse_admin, well_known, ApiError, AppState,
+};
+
+/// The whole HTTP application. Separate from `main` so tests can run it in-process.
+pub fn app(services: Arc<Services>) -> Router {
+    let state = AppState(services);
+    Router::new()
+        // discovery
+        .ruma::<c::discovery::get_supported_versions::Request, _, _>(
+            discovery::get_supported_versions_route,
+        )
+        .ruma::<c::discovery::get_capabilities::v3::Request, _, _>(
+            discovery::get_capabilities_route,
+        )
+        .route(
+            "/.well-known/matrix/client",
+            get(well_known::well_known_client_route),
+        )
+        // accounts
+        .ruma::<c::account::register::v3::Request, _, _>(account::register_route)
+        .ruma::<c::account::get_username_availability::v3::Request, _, _>(
+            account::get_username_availability_route,
+        )
+        .ruma::<c::account::whoami::v3::Request, _, _>(account::whoami_route)
+        .ruma::<c::account::change_password::v3::Request, _, _>(account::change_password_route)
+        .ruma::<c::account::deactivate::v3::Request, _, _>(account::deactivate_route)
+        .route(
+            "/_synapse/admin/v1/register",
+            get(synapse_admin::get_nonce_route).post(synapse_admin::register_route),
+        )
+        // sessions
+        .ruma::<c::session::get_login_types::v3::Request, _, _>(session::get_login_types_route)
+        .ruma::<c::session::login::v3::Request, _, _>(session::login_route)
+        .ruma::<c::session::logout::v3::Request, _, _>(session::logout_route)
+        .ruma::<c::session::logout_all::v3::Request, _, _>(session::logout_all_route)
+        .ruma::<c::session::refresh_token::v3::Request, _, _>(session::refresh_token_route)
+        // devices
+        .ruma::<c::device::get_devices::v3::Request, _, _>(device::get_devices_route)
+        .ruma::<c::device::get_device::v3::Request, _, _>(device::get_device_route)
+        .ruma::<c::device::update_device::v3::Request, _, _>(device::update_device_route)
+        .ruma::<c::device::delete_device::v3::Request, _, _>(device::delete_device_route)
+        .ruma::<c::device::delete_devices::v3::Request, _, _>(device::delete_devices_route)
+        // profile
+        .ruma::<c::profile::get_profile::v3::Request, _, _>(profile::get_profile_route)
+        .ruma::<c::profile::get_display_name::v3::Request, _, _>(profile::get_display_name_route)
+        .ruma::<c::profile::set_display_name::v3::Request, _, _>(profile::set_display_name_route)
+        .ruma::<c::profile::get_avatar_url::v3::Request, _, _>(profile::get_avatar_url_route)
+        .ruma::<c::profile::set_avatar_url::v3::Request, _, _>(profile::set_avatar_url_route)
+        // rooms
+        .ruma::<c::room::create_room::v3::Request, _, _>(room::create_room_route)
+        .ruma::<c::room::get_room_event::v3::Request, _, _>(room::get_room_event_route)
+        .ruma::<c::room::aliases::v3::Request, _, _>(room::aliases_route)
+        .ruma::<c::context::get_context::v3::Request, _, _>(room::get_context_route)
+        // membership
+        .ruma::<c::membership::join_room_by_id::v3::Request, _, _>(
+            membership::join_room_by_id_route,
+        )
+        .ruma::<c::membership::join_room_by_id_or_alias::v3::Request, _, _>(
+            membership::join_room_by_id_or_alias_route,
+        )
+        .ruma::<c::membership::invite_user::v3::Request, _, _>(membership::invite_user_route)
+        .ruma::<c::membership::leave_room::v3::Request, _, _>(membership::leave_room_route)
+        .ruma::<c::membership::kick_user::v3::Request, _, _>(membership::kick_user_route)
+        .ruma::<c::membership::ban_user::v3::Request, _, _>(membership::ban_user_route)
+        .ruma::<c::membership::unban_user::v3::Request, _, _>(membership::unban_user_route)
+        .ruma::<c::membership::forget_room::v3::Request, _, _>(membership::forget_room_route)
+        .ruma::<c::membership::joined_rooms::v3::Request, _, _>(membership::joined_rooms_route)
+        .ruma::<c::membership::get_member_events::v3::Request, _, _>(
+            membership::get_member_events_route,
+        )
+        .ruma::<c::membership::joined_members::v3::Request, _, _>(membership::joined_members_route)
+        // state
+        .ruma::<c::state::get_state_events::v3::Request, _, _>(state::get_state_events_route)
+        .ruma_with::<c::state::get_state_event_for_key::v3::Request, _, _>(
+            &[
+                "/_matrix/client/v3/rooms/{room_id}/state/{event_type}",
+                "/_matrix/client/r0/rooms/{room_id}/state/{event_type}",
+            ],
+            state::get_state_event_for_key_route,
+        )
+        .ruma_with::<c::state::send_state_event::v3::Request, _, _>(
+            &[
+                "/_matrix/client/v3/rooms/{room_id}/state/{event_type}",
+                "/_matrix/client/r0/rooms/{room_id}/state/{event_type}",
+            ],
+            state::send_state_event_route,
+        )
+        // messages
+        .ruma::<c::message::send_message_event::v3::Request, _, _>(
+            message::send_message_event_route,
+        )
+        .ruma::<c::message::get_message_events::v3::Request, _, _>(
+            message::get_message_events_route,
+        )
+        .ruma::<c::redact::redact_event::v3::Request, _, _>(message::redact_event_route)
+        // directory
+        .ruma::<c::alias::create_alias::v3::Request, _, _>(directory::create_alias_route)
+        .ruma::<c::alias::delete_alias::v3::Request, _, _>(directory::delete_alias_route)
+        .ruma::<c::alias::get_alias::v3::Request, _, _>(directory::get_alias_route)
+        .ruma::<c::directory::get_room_visibility::v3::Request, _, _>(
+            directory::get_room_visibility_route,
+        )
+        .ruma::<c::directory::set_room_visibility::v3::Request, _, _>(
+            directory::set_room_visibility_route,
+        )
+        .ruma::<c::directory::get_public_rooms::v3::Request, _, _>(
+            directory::get_public_rooms_route,
+        )
+        .ruma::<c::directory::get_public_rooms_filtered::v3::Request, _, _>(
+            directory::get_public_rooms_filtered_route,
+        )
+        // sync
+        .ruma::<c::sync::sync_events::v3::Request, _, _>(sync::sync_events_route)
+        .ruma::<c::filter::create_filter::v3::Request, _, _>(sync::create_filter_route)
+        .ruma::<c::filter::get_filter::v3::Request, _, _>(sync::get_filter_route)
+        // account data
+        .ruma::<c::config::set_global_account_data::v3::Request, _, _>(
+            config::set_global_account_data_route,
+        )
+        .ruma::<c::config::get_global_account_data::v3::Request, _, _>(
+            config::get_global_account_data_route,
+        )
+        .ruma::<c::config::set_room_account_data::v3::Request, _, _>(
+            config::set_room_account_data_route,
+        )
+        .ruma::<c::config::get_room_account_data::v3::Request, _, _>(
+            config::get_room_account_data_route,
+        )
+        // ephemeral
+        .ruma::<c::typing::create_typing_event::v3::Request, _, _>(
+            ephemeral::create_typing_event_route,
+        )
+        .ruma::<c::receipt::create_receipt::v3::Request, _, _>(ephemeral::create_receipt_route)
+        .ruma::<c::read_marker::set_read_marker::v3::Request, _, _>(
+            ephemeral::set_read_marker_route,
+        )
+        .ruma::<c::presence::set_presence::v3::Request, _, _>(ephemeral::set_presence_route)
+        .ruma::<c::presence::get_presence::v3::Request, _, _>(ephemeral::get_presence_route)
+        .fallback(unrecognized)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError(Error::internal("handler panicked")).into_response()
+        }))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let route = req
+                .extensions()
+                .get::<MatchedPath>()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_default();
+            tracing::info_span!("request", method = %req.method(), route = %route)
+        }))
+        .layer(CorsLayer::very_permissive())
+        .with_state(state)
+}
+
+async fn unrecognized() -> Response {
+    ApiError(Error::unrecognized("unrecognized request")).into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    ApiError(Error::new(
+        http::StatusCode::METHOD_NOT_ALLOWED,
+        paracord_core::ErrorKind::Unrecognized,
+        "method not allowed",
+    ))
+    .into_response()
+}

@@ -1,0 +1,250 @@
+//! The bridge between axum and ruma: an extractor that parses a ruma request and authenticates
+//! it, a response wrapper, and a route adapter that registers every path of a ruma endpoint.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::{
+    body::Body,
+    extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request},
+    handler::Handler,
+    response::{IntoResponse, Response},
+    routing::{on, MethodFilter},
+    Router,
+};
+use bytes::BytesMut;
+use http::StatusCode;
+use paracord_core::{Error, ErrorKind};
+use paracord_service::accounts::Identity;
+use ruma::api::{
+    auth_scheme::{
+        AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional, NoAccessToken,
+        NoAuthentication,
+    },
+    path_builder::PathBuilder,
+    IncomingRequest, IncomingRequestExt, Metadata, OutgoingResponse, OutgoingResponseExt,
+};
+
+use crate::{ApiError, AppState};
+
+/// How an endpoint authenticates.
+pub trait AuthRequirement {
+    const REQUIRED: bool;
+    const OPTIONAL: bool;
+}
+impl AuthRequirement for AccessToken {
+    const REQUIRED: bool = true;
+    const OPTIONAL: bool = false;
+}
+impl AuthRequirement for AccessTokenOptional {
+    const REQUIRED: bool = false;
+    const OPTIONAL: bool = true;
+}
+impl AuthRequirement for AppserviceToken {
+    const REQUIRED: bool = true;
+    const OPTIONAL: bool = false;
+}
+impl AuthRequirement for AppserviceTokenOptional {
+    const REQUIRED: bool = false;
+    const OPTIONAL: bool = true;
+}
+impl AuthRequirement for NoAuthentication {
+    const REQUIRED: bool = false;
+    const OPTIONAL: bool = false;
+}
+impl AuthRequirement for NoAccessToken {
+    const REQUIRED: bool = false;
+    const OPTIONAL: bool = false;
+}
+
+/// A parsed ruma request with the identity that sent it.
+pub struct Ruma<T> {
+    pub body: T,
+    /// The authenticated user, when the endpoint takes a token and one was given.
+    pub ident: Option<Identity>,
+    /// The request body as JSON, for fields ruma keeps opaque (e.g. UIA `auth`).
+    pub json: Option<serde_json::Value>,
+    pub client_ip: Option<IpAddr>,
+}
+
+impl<T> Ruma<T> {
+    /// The identity of an endpoint that requires authentication.
+    pub fn user(&self) -> Result<&Identity, ApiError> {
+        self.ident
+            .as_ref()
+            .ok_or_else(|| ApiError(Error::missing_token()))
+    }
+}
+
+fn access_token(req: &http::request::Parts) -> Option<String> {
+    if let Some(h) = req
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+    {
+        if let Some(t) = h.strip_prefix("Bearer ") {
+            return Some(t.trim().to_owned());
+        }
+    }
+    req.uri.query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("access_token=").map(|t| t.to_owned()))
+    })
+}
+
+fn path_param_count<T: Metadata>() -> usize {
+    T::PATH_BUILDER
+        .all_paths()
+        .next()
+        .map(|p| p.matches('{').count())
+        .unwrap_or(0)
+}
+
+impl<T> FromRequest<AppState> for Ruma<T>
+where
+    T: IncomingRequest + Send,
+    T::Authentication: AuthRequirement,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let Path(mut path_args): Path<Vec<String>> = Path::from_request_parts(&mut parts, state)
+            .await
+            .map_err(|e| ApiError(Error::invalid_param(format!("bad path: {e}"))))?;
+        // Routes registered without a trailing optional part (`/state/{type}`) mean "".
+        while path_args.len() < path_param_count::<T>() {
+            path_args.push(String::new());
+        }
+        let client_ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let limit = state.config.max_request_bytes;
+        let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+            ApiError(Error::too_large(format!(
+                "request body is larger than {limit} bytes"
+            )))
+        })?;
+
+        let mut ident = None;
+        let requirement_required = <T::Authentication as AuthRequirement>::REQUIRED;
+        let requirement_optional = <T::Authentication as AuthRequirement>::OPTIONAL;
+        if requirement_required || requirement_optional {
+            match access_token(&parts) {
+                Some(token) => {
+                    let id = state.accounts.authenticate(&token)?;
+                    state.accounts.touch_device(
+                        &id.user_id,
+                        id.device_id.as_str(),
+                        client_ip.map(|i| i.to_string()),
+                    );
+                    ident = Some(id);
+                }
+                None if requirement_required => return Err(ApiError(Error::missing_token())),
+                None => {}
+            }
+        }
+
+        let json = if bytes.is_empty() {
+            None
+        } else {
+            match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                Ok(v) => Some(v),
+                Err(e) if parts.method != http::Method::GET => {
+                    return Err(ApiError(Error::not_json(format!(
+                        "request body is not valid JSON: {e}"
+                    ))))
+                }
+                Err(_) => None,
+            }
+        };
+        let body_for_ruma: &[u8] = if bytes.is_empty() && parts.method != http::Method::GET {
+            b"{}"
+        } else {
+            &bytes
+        };
+        let http_req = http::Request::from_parts(parts, body_for_ruma);
+        let path_refs: Vec<&str> = path_args.iter().map(String::as_str).collect();
+        let body = T::try_from_http_request(http_req, &path_refs).map_err(|e| {
+            use ruma::api::error::FromHttpRequestError;
+            match e {
+                FromHttpRequestError::MethodMismatch { .. } => ApiError(Error::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    ErrorKind::Unrecognized,
+                    "method not allowed",
+                )),
+                other => ApiError(Error::bad_json(format!("invalid request: {other}"))),
+            }
+        })?;
+        Ok(Self {
+            body,
+            ident,
+            json,
+            client_ip,
+        })
+    }
+}
+
+/// A ruma response as an HTTP response.
+pub struct RumaResponse<T>(pub T);
+
+impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
+    fn into_response(self) -> Response {
+        match self.0.try_into_http_response::<BytesMut>() {
+            Ok(resp) => {
+                let (parts, body) = resp.into_parts();
+                Response::from_parts(parts, Body::from(body.freeze()))
+            }
+            Err(e) => {
+                ApiError(Error::internal(format!("response serialization: {e}"))).into_response()
+            }
+        }
+    }
+}
+
+impl<T> From<T> for RumaResponse<T> {
+    fn from(t: T) -> Self {
+        Self(t)
+    }
+}
+
+fn method_filter(m: &http::Method) -> MethodFilter {
+    match *m {
+        http::Method::GET => MethodFilter::GET,
+        http::Method::POST => MethodFilter::POST,
+        http::Method::PUT => MethodFilter::PUT,
+        http::Method::DELETE => MethodFilter::DELETE,
+        http::Method::PATCH => MethodFilter::PATCH,
+        http::Method::HEAD => MethodFilter::HEAD,
+        _ => MethodFilter::OPTIONS,
+    }
+}
+
+/// Registers `handler` on every path of the ruma endpoint `T`.
+pub trait RouterExt {
+    fn ruma<T: Metadata, H: Handler<X, AppState>, X: 'static>(self, handler: H) -> Self;
+    /// Also registers extra paths (such as the `/state/{type}` form without a state key).
+    fn ruma_with<T: Metadata, H: Handler<X, AppState>, X: 'static>(
+        self,
+        extra: &[&'static str],
+        handler: H,
+    ) -> Self;
+}
+
+impl RouterExt for Router<AppState> {
+    fn ruma<T: Metadata, H: Handler<X, AppState>, X: 'static>(self, handler: H) -> Self {
+        self.ruma_with::<T, H, X>(&[], handler)
+    }
+
+    fn ruma_with<T: Metadata, H: Handler<X, AppState>, X: 'static>(
+        mut self,
+        extra: &[&'static str],
+        handler: H,
+    ) -> Self {
+        let filter = method_filter(&T::METHOD);
+        for path in T::PATH_BUILDER.all_paths().chain(extra.iter().copied()) {
+            self = self.route(path, on(filter, handler.clone()));
+        }
+        self
+    }
+}

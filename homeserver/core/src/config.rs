@@ -1,0 +1,279 @@
+//! Configuration: `config/paracord.toml` plus `PARACORD_*` environment variables.
+//!
+//! Every key is flat and top-level, so `PARACORD_<KEY IN UPPER CASE>` overrides it. The first
+//! start without a config file writes a commented one (see [`TEMPLATE`]).
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use figment::{
+    providers::{Env, Format, Serialized, Toml},
+    Figment,
+};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The server's configuration. See docs/configuration.md for every key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    #[serde(deserialize_with = "string_like")]
+    pub server_name: String,
+    pub listen: SocketAddr,
+    #[serde(deserialize_with = "opt_string_like")]
+    pub public_baseurl: Option<String>,
+    pub data_dir: PathBuf,
+    pub signing_key_path: Option<PathBuf>,
+    pub registration_enabled: bool,
+    #[serde(deserialize_with = "opt_string_like")]
+    pub registration_shared_secret: Option<String>,
+    pub rate_limits_enabled: bool,
+    pub rate_limit_auth_per_second: f64,
+    pub rate_limit_auth_burst: u32,
+    pub rate_limit_send_per_second: f64,
+    pub rate_limit_send_burst: u32,
+    #[serde(deserialize_with = "string_like")]
+    pub default_room_version: String,
+    pub max_request_bytes: usize,
+    pub refreshable_access_token_lifetime_ms: u64,
+    #[serde(deserialize_with = "string_like")]
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server_name: "localhost".to_owned(),
+            listen: SocketAddr::from(([0, 0, 0, 0], 8008)),
+            public_baseurl: None,
+            data_dir: PathBuf::from("data"),
+            signing_key_path: None,
+            registration_enabled: true,
+            registration_shared_secret: None,
+            rate_limits_enabled: true,
+            rate_limit_auth_per_second: 0.5,
+            rate_limit_auth_burst: 10,
+            rate_limit_send_per_second: 10.0,
+            rate_limit_send_burst: 50,
+            default_room_version: "12".to_owned(),
+            max_request_bytes: 1024 * 1024,
+            refreshable_access_token_lifetime_ms: 5 * 60 * 1000,
+            log: "info".to_owned(),
+        }
+    }
+}
+
+/// The file written on first start: every key, commented, with its default.
+pub const TEMPLATE: &str = r#"# Paracord homeserver configuration.
+#
+# Every key below is shown with its default value, commented out. Uncomment to change it.
+# Every key can also be set from the environment as PARACORD_<KEY IN UPPER CASE>,
+# e.g. PARACORD_SERVER_NAME=example.org. The environment wins over this file.
+
+# The name in your users' ids (@alice:<server_name>) and room aliases. Choose it before the
+# first user registers: it cannot change afterwards.
+#server_name = "localhost"
+
+# Where the client API listens (plain HTTP; put a TLS reverse proxy in front for the internet).
+#listen = "0.0.0.0:8008"
+
+# The URL clients use to reach this server, advertised in /.well-known/matrix/client.
+# Default: http://<listen> with 0.0.0.0 shown as localhost.
+#public_baseurl = "https://matrix.example.org"
+
+# The RocksDB database and the signing key live here.
+#data_dir = "data"
+
+# The server's ed25519 signing key, generated on first start. Default: <data_dir>/signing.key
+#signing_key_path = "data/signing.key"
+
+# Anyone may register an account through /register (m.login.dummy).
+#registration_enabled = true
+
+# Shared secret for Synapse-compatible admin registration at /_synapse/admin/v1/register.
+# Unset disables that endpoint.
+#registration_shared_secret = "change me"
+
+# Rate limits. Load tests switch them off.
+#rate_limits_enabled = true
+# Registration and login attempts, per client IP.
+#rate_limit_auth_per_second = 0.5
+#rate_limit_auth_burst = 10
+# Events sent, per user.
+#rate_limit_send_per_second = 10.0
+#rate_limit_send_burst = 50
+
+# Room version of new rooms: "10", "11" or "12".
+#default_room_version = "12"
+
+# Largest request body accepted, in bytes.
+#max_request_bytes = 1048576
+
+# Lifetime of access tokens issued together with a refresh token, in milliseconds.
+#refreshable_access_token_lifetime_ms = 300000
+
+# Log filter (tracing EnvFilter syntax), e.g. "info,paracord_service=debug".
+#log = "info"
+"#;
+
+/// Room versions this server can create and join.
+pub const SUPPORTED_ROOM_VERSIONS: &[&str] = &["10", "11", "12"];
+
+impl Config {
+    /// Loads the configuration from `path` (written from [`TEMPLATE`] if it does not exist yet)
+    /// and the environment. Returns the config and whether the file was created.
+    pub fn load(path: &Path) -> Result<(Self, bool), String> {
+        let mut created = false;
+        if !path.exists() {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            }
+            std::fs::write(path, TEMPLATE)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            created = true;
+        }
+        let config = Self::figment(path)
+            .extract::<Config>()
+            .map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok((config, created))
+    }
+
+    fn figment(path: &Path) -> Figment {
+        Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file(path))
+            .merge(
+                Env::prefixed("PARACORD_")
+                    .filter(|key| Self::is_key(&key.as_str().to_ascii_lowercase())),
+            )
+    }
+
+    /// Whether `key` names a config key. Other `PARACORD_*` variables (a test harness's
+    /// `PARACORD_BIN`, say) are not configuration and are ignored.
+    fn is_key(key: &str) -> bool {
+        serde_json::to_value(Config::default())
+            .ok()
+            .and_then(|v| v.as_object().map(|o| o.contains_key(key)))
+            .unwrap_or(false)
+    }
+
+    /// Checks values that deserialize but make no sense.
+    pub fn validate(&self) -> Result<(), String> {
+        if ruma::ServerName::parse(&self.server_name).is_err() {
+            return Err(format!(
+                "server_name {:?} is not a valid server name",
+                self.server_name
+            ));
+        }
+        if !SUPPORTED_ROOM_VERSIONS.contains(&self.default_room_version.as_str()) {
+            return Err(format!(
+                "default_room_version {:?} is not one of {SUPPORTED_ROOM_VERSIONS:?}",
+                self.default_room_version
+            ));
+        }
+        if self.rate_limit_auth_per_second <= 0.0 || self.rate_limit_send_per_second <= 0.0 {
+            return Err("rate limits per second must be positive".to_owned());
+        }
+        Ok(())
+    }
+
+    /// Where the signing key lives.
+    pub fn signing_key_path(&self) -> PathBuf {
+        self.signing_key_path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("signing.key"))
+    }
+
+    /// The base URL clients should use.
+    pub fn public_baseurl(&self) -> String {
+        if let Some(url) = &self.public_baseurl {
+            return url.trim_end_matches('/').to_owned();
+        }
+        let host = if self.listen.ip().is_unspecified() {
+            "localhost".to_owned()
+        } else if self.listen.is_ipv6() {
+            format!("[{}]", self.listen.ip())
+        } else {
+            self.listen.ip().to_string()
+        };
+        format!("http://{host}:{}", self.listen.port())
+    }
+}
+
+/// Environment values are parsed as TOML-ish values, so `PARACORD_DEFAULT_ROOM_VERSION=12` is an
+/// integer; accept numbers and booleans where a string is expected.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StringLike {
+    S(String),
+    I(i64),
+    U(u64),
+    F(f64),
+    B(bool),
+}
+
+impl From<StringLike> for String {
+    fn from(s: StringLike) -> Self {
+        match s {
+            StringLike::S(s) => s,
+            StringLike::I(i) => i.to_string(),
+            StringLike::U(u) => u.to_string(),
+            StringLike::F(f) => f.to_string(),
+            StringLike::B(b) => b.to_string(),
+        }
+    }
+}
+
+fn string_like<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    StringLike::deserialize(d).map(String::from)
+}
+
+fn opt_string_like<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<StringLike>::deserialize(d)?.map(String::from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_parses_to_defaults() {
+        let dir = std::env::temp_dir().join(format!("paracord-config-test-{}", std::process::id()));
+        let path = dir.join("config/paracord.toml");
+        let _ = std::fs::remove_dir_all(&dir);
+        let figment =
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(TEMPLATE));
+        let config: Config = figment.extract().unwrap();
+        assert_eq!(config.listen.port(), 8008);
+        assert_eq!(config.default_room_version, "12");
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn every_key_is_in_the_template() {
+        let json = serde_json::to_value(Config::default()).unwrap();
+        for key in json.as_object().unwrap().keys() {
+            assert!(
+                TEMPLATE.contains(&format!("#{key} = ")),
+                "template misses key {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn numbers_are_accepted_for_string_keys() {
+        let figment = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(
+            "default_room_version = 11\nregistration_shared_secret = 1234",
+        ));
+        let config: Config = figment.extract().unwrap();
+        assert_eq!(config.default_room_version, "11");
+        assert_eq!(config.registration_shared_secret.as_deref(), Some("1234"));
+    }
+
+    #[test]
+    fn public_baseurl_hides_unspecified_address() {
+        assert_eq!(Config::default().public_baseurl(), "http://localhost:8008");
+    }
+}

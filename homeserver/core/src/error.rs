@@ -1,0 +1,204 @@
+//! The one error type of the homeserver.
+//!
+//! Every failure ends up as a Matrix error body (`errcode` + `error`) with the HTTP status the
+//! spec asks for. Internal errors carry their detail for the log only; clients see
+//! "internal server error".
+
+use http::StatusCode;
+
+/// The Matrix error codes the server emits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorKind {
+    Forbidden,
+    UnknownToken { soft_logout: bool },
+    MissingToken,
+    BadJson,
+    NotJson,
+    NotFound,
+    LimitExceeded { retry_after_ms: u64 },
+    Unrecognized,
+    UserInUse,
+    InvalidUsername,
+    InvalidParam,
+    MissingParam,
+    TooLarge,
+    Exclusive,
+    RoomInUse,
+    UnsupportedRoomVersion,
+    InvalidRoomState,
+    UserDeactivated,
+    Unknown,
+}
+
+impl ErrorKind {
+    /// The `errcode` string of this kind.
+    pub fn errcode(&self) -> &'static str {
+        match self {
+            Self::Forbidden => "M_FORBIDDEN",
+            Self::UnknownToken { .. } => "M_UNKNOWN_TOKEN",
+            Self::MissingToken => "M_MISSING_TOKEN",
+            Self::BadJson => "M_BAD_JSON",
+            Self::NotJson => "M_NOT_JSON",
+            Self::NotFound => "M_NOT_FOUND",
+            Self::LimitExceeded { .. } => "M_LIMIT_EXCEEDED",
+            Self::Unrecognized => "M_UNRECOGNIZED",
+            Self::UserInUse => "M_USER_IN_USE",
+            Self::InvalidUsername => "M_INVALID_USERNAME",
+            Self::InvalidParam => "M_INVALID_PARAM",
+            Self::MissingParam => "M_MISSING_PARAM",
+            Self::TooLarge => "M_TOO_LARGE",
+            Self::Exclusive => "M_EXCLUSIVE",
+            Self::RoomInUse => "M_ROOM_IN_USE",
+            Self::UnsupportedRoomVersion => "M_UNSUPPORTED_ROOM_VERSION",
+            Self::InvalidRoomState => "M_INVALID_ROOM_STATE",
+            Self::UserDeactivated => "M_USER_DEACTIVATED",
+            Self::Unknown => "M_UNKNOWN",
+        }
+    }
+}
+
+/// Every error the server can return.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Matrix error meant for the client.
+    #[error("{kind:?}: {message}")]
+    Matrix {
+        status: StatusCode,
+        kind: ErrorKind,
+        message: String,
+    },
+    /// A user-interactive auth step: the body is the UIA JSON (flows, session, ...).
+    #[error("user-interactive authentication required")]
+    Uia(serde_json::Value),
+    /// Something went wrong inside the server; the detail is logged, never sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn new(status: StatusCode, kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self::Matrix {
+            status,
+            kind,
+            message: message.into(),
+        }
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, ErrorKind::Forbidden, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, ErrorKind::NotFound, message)
+    }
+    pub fn bad_json(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, ErrorKind::BadJson, message)
+    }
+    pub fn not_json(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, ErrorKind::NotJson, message)
+    }
+    pub fn invalid_param(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, ErrorKind::InvalidParam, message)
+    }
+    pub fn missing_param(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, ErrorKind::MissingParam, message)
+    }
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorKind::TooLarge, message)
+    }
+    pub fn unrecognized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, ErrorKind::Unrecognized, message)
+    }
+    pub fn missing_token() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorKind::MissingToken,
+            "missing access token",
+        )
+    }
+    pub fn unknown_token(soft_logout: bool) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorKind::UnknownToken { soft_logout },
+            "unknown or expired access token",
+        )
+    }
+    pub fn limit_exceeded(retry_after_ms: u64) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::LimitExceeded { retry_after_ms },
+            "too many requests",
+        )
+    }
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        Self::Internal(detail.to_string())
+    }
+
+    /// The HTTP status and JSON body the client sees.
+    pub fn classify(&self) -> (StatusCode, serde_json::Value) {
+        match self {
+            Self::Matrix {
+                status,
+                kind,
+                message,
+            } => {
+                let mut body = serde_json::json!({ "errcode": kind.errcode(), "error": message });
+                match kind {
+                    ErrorKind::UnknownToken { soft_logout } => {
+                        body["soft_logout"] = (*soft_logout).into();
+                    }
+                    ErrorKind::LimitExceeded { retry_after_ms } => {
+                        body["retry_after_ms"] = (*retry_after_ms).into();
+                    }
+                    _ => {}
+                }
+                (*status, body)
+            }
+            Self::Uia(body) => (StatusCode::UNAUTHORIZED, body.clone()),
+            Self::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                serde_json::json!({ "errcode": "M_UNKNOWN", "error": "internal server error" }),
+            ),
+        }
+    }
+
+    /// The Matrix error kind, if this is a client-facing error.
+    pub fn kind(&self) -> Option<&ErrorKind> {
+        match self {
+            Self::Matrix { kind, .. } => Some(kind),
+            _ => None,
+        }
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Self::internal(format!("json: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_errors_hide_detail() {
+        let (status, body) = Error::internal("disk on fire at /secret/path").classify();
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!body.to_string().contains("secret"));
+    }
+
+    #[test]
+    fn limit_exceeded_carries_retry_after() {
+        let (status, body) = Error::limit_exceeded(1500).classify();
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(body["errcode"], "M_LIMIT_EXCEEDED");
+        assert_eq!(body["retry_after_ms"], 1500);
+    }
+
+    #[test]
+    fn unknown_token_has_soft_logout() {
+        let (_, body) = Error::unknown_token(true).classify();
+        assert_eq!(body["soft_logout"], true);
+    }
+}

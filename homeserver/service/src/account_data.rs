@@ -1,0 +1,138 @@
+//! Account data (global and per room) and stored sync filters.
+
+use std::sync::Arc;
+
+use paracord_core::{Error, Result};
+use paracord_storage::{Batch, Db, KeyBuf, KeyReader, Table};
+use rand::{distributions::Alphanumeric, Rng};
+use ruma::{OwnedRoomId, RoomId, UserId};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::stream::Stream;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    content: Value,
+    pos: u64,
+}
+
+/// One account data entry: `(room or None for global, type, content)`.
+pub type Entry = (Option<OwnedRoomId>, String, Value);
+
+pub struct AccountData {
+    db: Arc<Db>,
+    stream: Arc<Stream>,
+}
+
+fn key(user: &UserId, room: Option<&RoomId>, kind: &str) -> Vec<u8> {
+    KeyBuf::new()
+        .str(user.as_str())
+        .str(room.map(|r| r.as_str()).unwrap_or(""))
+        .last_str(kind)
+        .into_vec()
+}
+
+impl AccountData {
+    pub fn new(db: Arc<Db>, stream: Arc<Stream>) -> Self {
+        Self { db, stream }
+    }
+
+    pub fn get(&self, user: &UserId, room: Option<&RoomId>, kind: &str) -> Result<Option<Value>> {
+        match self
+            .db
+            .get(Table::UserroomtypeAccountdata, &key(user, room, kind))
+            .map_err(Error::internal)?
+        {
+            Some(v) => Ok(Some(serde_json::from_slice::<Record>(&v)?.content)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn set(
+        &self,
+        user: &UserId,
+        room: Option<&RoomId>,
+        kind: &str,
+        content: Value,
+    ) -> Result<()> {
+        if !content.is_object() {
+            return Err(Error::bad_json("account data content must be an object"));
+        }
+        self.stream.commit(|pos, batch| {
+            batch.put(
+                Table::UserroomtypeAccountdata,
+                key(user, room, kind),
+                serde_json::to_vec(&Record {
+                    content: content.clone(),
+                    pos,
+                })?,
+            );
+            Ok(())
+        })?;
+        self.stream.notifier().wake([user]);
+        Ok(())
+    }
+
+    /// Entries changed after `since` (all entries when `since` is None).
+    pub fn changed_since(
+        &self,
+        user: &UserId,
+        since: Option<u64>,
+        upto: u64,
+    ) -> Result<Vec<Entry>> {
+        let prefix = KeyBuf::new().str(user.as_str()).into_vec();
+        let mut out = Vec::new();
+        for (k, v) in self
+            .db
+            .scan_prefix(Table::UserroomtypeAccountdata, &prefix)
+            .map_err(Error::internal)?
+        {
+            let rec: Record = serde_json::from_slice(&v)?;
+            if since.is_some_and(|s| rec.pos <= s) || rec.pos > upto {
+                continue;
+            }
+            let mut r = KeyReader::new(&k);
+            r.str().map_err(Error::internal)?;
+            let room = r.str().map_err(Error::internal)?;
+            let kind = r.last_str().map_err(Error::internal)?.to_owned();
+            let room = if room.is_empty() {
+                None
+            } else {
+                OwnedRoomId::try_from(room).ok()
+            };
+            out.push((room, kind, rec.content));
+        }
+        Ok(out)
+    }
+
+    pub fn create_filter(&self, user: &UserId, filter: &Value) -> Result<String> {
+        let id: String = rand::thread_rng()
+            .sample_iter(&Alphanumeric)
+            .take(12)
+            .map(char::from)
+            .collect();
+        let mut batch = Batch::new();
+        batch.put(
+            Table::UserfilterFilter,
+            KeyBuf::new().str(user.as_str()).last_str(&id).into_vec(),
+            serde_json::to_vec(filter)?,
+        );
+        self.db.write(batch).map_err(Error::internal)?;
+        Ok(id)
+    }
+
+    pub fn filter(&self, user: &UserId, id: &str) -> Result<Option<Value>> {
+        match self
+            .db
+            .get(
+                Table::UserfilterFilter,
+                &KeyBuf::new().str(user.as_str()).last_str(id).into_vec(),
+            )
+            .map_err(Error::internal)?
+        {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+}

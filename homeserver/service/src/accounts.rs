@@ -1,0 +1,886 @@
+//! Accounts, devices, access and refresh tokens, and user-interactive authentication.
+
+use std::{collections::HashMap, sync::Arc};
+
+use argon2::{
+    password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString},
+    Argon2,
+};
+use hmac::{Hmac, Mac};
+use paracord_core::{time::now_ms, Config, Error, ErrorKind, Result};
+use paracord_storage::{Batch, Db, KeyBuf, KeyReader, Table};
+use parking_lot::Mutex;
+use rand::{distributions::Alphanumeric, Rng};
+use ruma::{OwnedDeviceId, OwnedUserId, UserId};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tracing::instrument;
+
+/// An account as stored.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Account {
+    pub password_hash: Option<String>,
+    pub admin: bool,
+    pub deactivated: bool,
+    pub displayname: Option<String>,
+    pub avatar_url: Option<String>,
+    pub created_ts: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Session {
+    user_id: OwnedUserId,
+    device_id: OwnedDeviceId,
+    refresh: bool,
+    expires_at: Option<u64>,
+}
+
+/// A device as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Device {
+    pub device_id: OwnedDeviceId,
+    pub display_name: Option<String>,
+    pub last_seen_ip: Option<String>,
+    pub last_seen_ts: Option<u64>,
+    access_hash: String,
+    refresh_hash: Option<String>,
+}
+
+/// An authenticated request's identity.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
+    pub admin: bool,
+}
+
+/// What a successful registration or login hands out.
+#[derive(Debug, Clone)]
+pub struct LoginResult {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
+    pub access_token: String,
+    pub refresh_token: Option<String>,
+    pub expires_in_ms: Option<u64>,
+}
+
+/// A user-interactive authentication flow.
+#[derive(Debug, Clone)]
+pub enum UiaFlow {
+    /// Registration: `m.login.dummy`.
+    Dummy,
+    /// Sensitive account actions: `m.login.password` for this user.
+    Password(OwnedUserId),
+}
+
+#[derive(Debug, Clone)]
+struct UiaSession {
+    created: u64,
+}
+
+pub struct Accounts {
+    db: Arc<Db>,
+    config: Arc<Config>,
+    uia_sessions: Mutex<HashMap<String, UiaSession>>,
+    register_lock: tokio::sync::Mutex<()>,
+    nonces: Mutex<HashMap<String, u64>>,
+}
+
+fn db_err(e: impl std::fmt::Display) -> Error {
+    Error::internal(e)
+}
+
+fn random_string(n: usize) -> String {
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(n)
+        .map(char::from)
+        .collect()
+}
+
+fn token_hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+async fn hash_password(password: String) -> Result<String> {
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut OsRng);
+        // Argon2id, m=19 MiB, t=2, p=1: the OWASP recommendation.
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| Error::internal(format!("password hashing: {e}")))
+    })
+    .await
+    .map_err(db_err)?
+}
+
+async fn verify_password(password: String, hash: String) -> bool {
+    tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&hash)
+            .map(|h| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &h)
+                    .is_ok()
+            })
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false)
+}
+
+const MAX_PASSWORD_BYTES: usize = 512;
+
+impl Accounts {
+    pub fn new(db: Arc<Db>, config: Arc<Config>) -> Self {
+        Self {
+            db,
+            config,
+            uia_sessions: Mutex::default(),
+            register_lock: tokio::sync::Mutex::new(()),
+            nonces: Mutex::default(),
+        }
+    }
+
+    pub fn account(&self, user: &UserId) -> Result<Option<Account>> {
+        match self
+            .db
+            .get(Table::UseridAccount, user.as_bytes())
+            .map_err(db_err)?
+        {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_account(&self, batch: &mut Batch, user: &UserId, account: &Account) -> Result<()> {
+        batch.put(
+            Table::UseridAccount,
+            user.as_bytes().to_vec(),
+            serde_json::to_vec(account)?,
+        );
+        Ok(())
+    }
+
+    pub fn is_local(&self, user: &UserId) -> bool {
+        user.server_name() == self.config.server_name.as_str()
+    }
+
+    /// Validates a localpart and makes the user id.
+    pub fn user_id_for(&self, localpart: &str) -> Result<OwnedUserId> {
+        let localpart = localpart.to_lowercase();
+        let ok = !localpart.is_empty()
+            && localpart
+                .chars()
+                .all(|c| matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '=' | '-' | '/' | '+'));
+        let user = OwnedUserId::try_from(format!("@{localpart}:{}", self.config.server_name))
+            .ok()
+            .filter(|u| ok && u.as_str().len() <= 255)
+            .ok_or_else(|| {
+                Error::new(
+                    http::StatusCode::BAD_REQUEST,
+                    ErrorKind::InvalidUsername,
+                    "invalid username",
+                )
+            })?;
+        Ok(user)
+    }
+
+    /// Resolves a login identifier (localpart or full user id) to a local user id.
+    pub fn resolve_login_user(&self, user: &str) -> Result<OwnedUserId> {
+        if user.starts_with('@') {
+            let id = OwnedUserId::try_from(user)
+                .map_err(|_| Error::forbidden("invalid username or password"))?;
+            if !self.is_local(&id) {
+                return Err(Error::forbidden("invalid username or password"));
+            }
+            Ok(id)
+        } else {
+            self.user_id_for(user)
+                .map_err(|_| Error::forbidden("invalid username or password"))
+        }
+    }
+
+    pub fn is_available(&self, localpart: &str) -> Result<bool> {
+        let user = self.user_id_for(localpart)?;
+        Ok(self.account(&user)?.is_none())
+    }
+
+    /// Registers a local account. The first account of the server is an admin.
+    #[instrument(skip_all)]
+    #[allow(clippy::too_many_arguments)]
+    pub async fn register(
+        &self,
+        localpart: Option<&str>,
+        password: Option<String>,
+        device_id: Option<String>,
+        display_name: Option<String>,
+        inhibit_login: bool,
+        refresh: bool,
+        admin: Option<bool>,
+    ) -> Result<LoginResult> {
+        if password
+            .as_ref()
+            .is_some_and(|p| p.len() > MAX_PASSWORD_BYTES)
+        {
+            return Err(Error::invalid_param("password too long"));
+        }
+        let password_hash = match password {
+            Some(p) if !p.is_empty() => Some(hash_password(p).await?),
+            _ => None,
+        };
+        let _guard = self.register_lock.lock().await;
+        let user = match localpart {
+            Some(l) => self.user_id_for(l)?,
+            None => loop {
+                let candidate =
+                    self.user_id_for(&format!("u{}", random_string(10).to_lowercase()))?;
+                if self.account(&candidate)?.is_none() {
+                    break candidate;
+                }
+            },
+        };
+        if self.account(&user)?.is_some() {
+            return Err(Error::new(
+                http::StatusCode::BAD_REQUEST,
+                ErrorKind::UserInUse,
+                "user id already taken",
+            ));
+        }
+        let first = self
+            .db
+            .scan(Table::UseridAccount, b"", b"", None, false, 1)
+            .map_err(db_err)?
+            .is_empty();
+        let account = Account {
+            password_hash,
+            admin: admin.unwrap_or(first),
+            deactivated: false,
+            displayname: Some(user.localpart().to_owned()),
+            avatar_url: None,
+            created_ts: now_ms(),
+        };
+        let mut batch = Batch::new();
+        self.put_account(&mut batch, &user, &account)?;
+        if inhibit_login {
+            self.db.write(batch).map_err(db_err)?;
+            return Ok(LoginResult {
+                user_id: user,
+                device_id: OwnedDeviceId::from(""),
+                access_token: String::new(),
+                refresh_token: None,
+                expires_in_ms: None,
+            });
+        }
+        let result = self.new_session(&mut batch, &user, device_id, display_name, refresh)?;
+        self.db.write(batch).map_err(db_err)?;
+        Ok(result)
+    }
+
+    /// Adds a device (or replaces the tokens of an existing one) to `batch`.
+    fn new_session(
+        &self,
+        batch: &mut Batch,
+        user: &UserId,
+        device_id: Option<String>,
+        display_name: Option<String>,
+        refresh: bool,
+    ) -> Result<LoginResult> {
+        let device_id: OwnedDeviceId = device_id
+            .unwrap_or_else(|| random_string(10).to_uppercase())
+            .into();
+        let old = self.device(user, device_id.as_str())?;
+        if let Some(old) = &old {
+            batch.delete(
+                Table::TokenhashSession,
+                hex::decode(&old.access_hash).unwrap_or_default(),
+            );
+            if let Some(r) = &old.refresh_hash {
+                batch.delete(Table::TokenhashSession, hex::decode(r).unwrap_or_default());
+            }
+        }
+        let access = format!("pc_{}", random_string(40));
+        let refresh_token = refresh.then(|| format!("pcr_{}", random_string(40)));
+        let expires_in_ms = refresh.then_some(self.config.refreshable_access_token_lifetime_ms);
+        let session = Session {
+            user_id: user.to_owned(),
+            device_id: device_id.clone(),
+            refresh: false,
+            expires_at: expires_in_ms.map(|ms| now_ms().saturating_add(ms)),
+        };
+        batch.put(
+            Table::TokenhashSession,
+            token_hash(&access),
+            serde_json::to_vec(&session)?,
+        );
+        if let Some(r) = &refresh_token {
+            let s = Session {
+                refresh: true,
+                expires_at: None,
+                ..session.clone()
+            };
+            batch.put(
+                Table::TokenhashSession,
+                token_hash(r),
+                serde_json::to_vec(&s)?,
+            );
+        }
+        let device = Device {
+            device_id: device_id.clone(),
+            display_name: display_name
+                .or_else(|| old.as_ref().and_then(|o| o.display_name.clone())),
+            last_seen_ip: None,
+            last_seen_ts: Some(now_ms()),
+            access_hash: hex::encode(token_hash(&access)),
+            refresh_hash: refresh_token.as_deref().map(|r| hex::encode(token_hash(r))),
+        };
+        batch.put(
+            Table::UserdeviceDevice,
+            KeyBuf::new()
+                .str(user.as_str())
+                .last_str(device_id.as_str())
+                .into_vec(),
+            serde_json::to_vec(&device)?,
+        );
+        Ok(LoginResult {
+            user_id: user.to_owned(),
+            device_id,
+            access_token: access,
+            refresh_token,
+            expires_in_ms,
+        })
+    }
+
+    /// Checks a user's password; `Ok(false)` for wrong password, unknown or deactivated users.
+    pub async fn check_password(&self, user: &UserId, password: &str) -> Result<bool> {
+        if password.len() > MAX_PASSWORD_BYTES {
+            return Ok(false);
+        }
+        let Some(account) = self.account(user)? else {
+            return Ok(false);
+        };
+        let Some(hash) = account.password_hash.filter(|_| !account.deactivated) else {
+            return Ok(false);
+        };
+        Ok(verify_password(password.to_owned(), hash).await)
+    }
+
+    /// `m.login.password`.
+    pub async fn login_password(
+        &self,
+        user: &UserId,
+        password: &str,
+        device_id: Option<String>,
+        display_name: Option<String>,
+        refresh: bool,
+    ) -> Result<LoginResult> {
+        if let Some(a) = self.account(user)? {
+            if a.deactivated {
+                return Err(Error::new(
+                    http::StatusCode::FORBIDDEN,
+                    ErrorKind::UserDeactivated,
+                    "account deactivated",
+                ));
+            }
+        }
+        if !self.check_password(user, password).await? {
+            return Err(Error::forbidden("invalid username or password"));
+        }
+        let mut batch = Batch::new();
+        let result = self.new_session(&mut batch, user, device_id, display_name, refresh)?;
+        self.db.write(batch).map_err(db_err)?;
+        Ok(result)
+    }
+
+    /// Resolves an access token.
+    pub fn authenticate(&self, token: &str) -> Result<Identity> {
+        let Some(raw) = self
+            .db
+            .get(Table::TokenhashSession, &token_hash(token))
+            .map_err(db_err)?
+        else {
+            return Err(Error::unknown_token(false));
+        };
+        let session: Session = serde_json::from_slice(&raw)?;
+        if session.refresh {
+            return Err(Error::unknown_token(false));
+        }
+        if session.expires_at.is_some_and(|t| t <= now_ms()) {
+            return Err(Error::unknown_token(true));
+        }
+        let account = self
+            .account(&session.user_id)?
+            .ok_or_else(|| Error::unknown_token(false))?;
+        if account.deactivated {
+            return Err(Error::unknown_token(false));
+        }
+        Ok(Identity {
+            user_id: session.user_id,
+            device_id: session.device_id,
+            admin: account.admin,
+        })
+    }
+
+    /// Exchanges a refresh token for a new access and refresh token; the old ones stop working.
+    pub fn refresh(&self, refresh_token: &str) -> Result<LoginResult> {
+        let raw = self
+            .db
+            .get(Table::TokenhashSession, &token_hash(refresh_token))
+            .map_err(db_err)?
+            .ok_or_else(|| Error::unknown_token(false))?;
+        let session: Session = serde_json::from_slice(&raw)?;
+        if !session.refresh {
+            return Err(Error::unknown_token(false));
+        }
+        let mut batch = Batch::new();
+        let result = self.new_session(
+            &mut batch,
+            &session.user_id,
+            Some(session.device_id.to_string()),
+            None,
+            true,
+        )?;
+        self.db.write(batch).map_err(db_err)?;
+        Ok(result)
+    }
+
+    pub fn device(&self, user: &UserId, device_id: &str) -> Result<Option<Device>> {
+        let key = KeyBuf::new()
+            .str(user.as_str())
+            .last_str(device_id)
+            .into_vec();
+        match self.db.get(Table::UserdeviceDevice, &key).map_err(db_err)? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn devices(&self, user: &UserId) -> Result<Vec<Device>> {
+        let prefix = KeyBuf::new().str(user.as_str()).into_vec();
+        self.db
+            .scan_prefix(Table::UserdeviceDevice, &prefix)
+            .map_err(db_err)?
+            .into_iter()
+            .map(|(_, v)| serde_json::from_slice(&v).map_err(Error::from))
+            .collect()
+    }
+
+    pub fn update_device(
+        &self,
+        user: &UserId,
+        device_id: &str,
+        display_name: Option<String>,
+    ) -> Result<()> {
+        let mut device = self
+            .device(user, device_id)?
+            .ok_or_else(|| Error::not_found("device not found"))?;
+        device.display_name = display_name;
+        let mut batch = Batch::new();
+        batch.put(
+            Table::UserdeviceDevice,
+            KeyBuf::new()
+                .str(user.as_str())
+                .last_str(device_id)
+                .into_vec(),
+            serde_json::to_vec(&device)?,
+        );
+        self.db.write(batch).map_err(db_err)
+    }
+
+    /// Records where and when a device was last seen (best effort).
+    pub fn touch_device(&self, user: &UserId, device_id: &str, ip: Option<String>) {
+        let Ok(Some(mut device)) = self.device(user, device_id) else {
+            return;
+        };
+        let now = now_ms();
+        if device
+            .last_seen_ts
+            .is_some_and(|t| now.saturating_sub(t) < 60_000)
+            && device.last_seen_ip == ip
+        {
+            return;
+        }
+        device.last_seen_ts = Some(now);
+        device.last_seen_ip = ip;
+        let mut batch = Batch::new();
+        if let Ok(v) = serde_json::to_vec(&device) {
+            batch.put(
+                Table::UserdeviceDevice,
+                KeyBuf::new()
+                    .str(user.as_str())
+                    .last_str(device_id)
+                    .into_vec(),
+                v,
+            );
+            let _ = self.db.write(batch);
+        }
+    }
+
+    fn delete_device_into(&self, batch: &mut Batch, user: &UserId, device: &Device) {
+        batch.delete(
+            Table::TokenhashSession,
+            hex::decode(&device.access_hash).unwrap_or_default(),
+        );
+        if let Some(r) = &device.refresh_hash {
+            batch.delete(Table::TokenhashSession, hex::decode(r).unwrap_or_default());
+        }
+        batch.delete(
+            Table::UserdeviceDevice,
+            KeyBuf::new()
+                .str(user.as_str())
+                .last_str(device.device_id.as_str())
+                .into_vec(),
+        );
+    }
+
+    /// Deletes devices and their tokens (logout).
+    pub fn delete_devices(&self, user: &UserId, device_ids: &[String]) -> Result<()> {
+        let mut batch = Batch::new();
+        for d in device_ids {
+            if let Some(device) = self.device(user, d)? {
+                self.delete_device_into(&mut batch, user, &device);
+            }
+        }
+        self.db.write(batch).map_err(db_err)
+    }
+
+    /// Deletes every device of the user except `keep`.
+    pub fn delete_all_devices(&self, user: &UserId, keep: Option<&str>) -> Result<()> {
+        let mut batch = Batch::new();
+        for device in self.devices(user)? {
+            if keep != Some(device.device_id.as_str()) {
+                self.delete_device_into(&mut batch, user, &device);
+            }
+        }
+        self.db.write(batch).map_err(db_err)
+    }
+
+    pub async fn set_password(&self, user: &UserId, password: String) -> Result<()> {
+        if password.len() > MAX_PASSWORD_BYTES {
+            return Err(Error::invalid_param("password too long"));
+        }
+        let hash = hash_password(password).await?;
+        let mut account = self
+            .account(user)?
+            .ok_or_else(|| Error::not_found("no such user"))?;
+        account.password_hash = Some(hash);
+        let mut batch = Batch::new();
+        self.put_account(&mut batch, user, &account)?;
+        self.db.write(batch).map_err(db_err)
+    }
+
+    /// Deactivates an account: no password, no devices, no tokens.
+    pub fn deactivate(&self, user: &UserId) -> Result<()> {
+        let mut account = self
+            .account(user)?
+            .ok_or_else(|| Error::not_found("no such user"))?;
+        account.deactivated = true;
+        account.password_hash = None;
+        account.displayname = None;
+        account.avatar_url = None;
+        let mut batch = Batch::new();
+        self.put_account(&mut batch, user, &account)?;
+        for device in self.devices(user)? {
+            self.delete_device_into(&mut batch, user, &device);
+        }
+        self.db.write(batch).map_err(db_err)
+    }
+
+    pub fn set_profile(
+        &self,
+        user: &UserId,
+        displayname: Option<Option<String>>,
+        avatar_url: Option<Option<String>>,
+    ) -> Result<Account> {
+        let mut account = self
+            .account(user)?
+            .ok_or_else(|| Error::not_found("no such user"))?;
+        if let Some(d) = displayname {
+            account.displayname = d;
+        }
+        if let Some(a) = avatar_url {
+            account.avatar_url = a;
+        }
+        let mut batch = Batch::new();
+        self.put_account(&mut batch, user, &account)?;
+        self.db.write(batch).map_err(db_err)?;
+        Ok(account)
+    }
+
+    pub fn profile(&self, user: &UserId) -> Result<(Option<String>, Option<String>)> {
+        let account = self
+            .account(user)?
+            .filter(|a| !a.deactivated)
+            .ok_or_else(|| Error::not_found("profile not found"))?;
+        Ok((account.displayname, account.avatar_url))
+    }
+
+    pub fn all_users(&self) -> Result<Vec<OwnedUserId>> {
+        let mut out = Vec::new();
+        for (k, _) in self
+            .db
+            .scan_prefix(Table::UseridAccount, b"")
+            .map_err(db_err)?
+        {
+            let s = KeyReader::new(&k).last_str().map_err(db_err)?;
+            if let Ok(u) = OwnedUserId::try_from(s) {
+                out.push(u);
+            }
+        }
+        Ok(out)
+    }
+
+    // ----- user-interactive authentication -----
+
+    fn uia_body(&self, flow: &UiaFlow, session: &str, error: Option<(&str, &str)>) -> Value {
+        let stage = match flow {
+            UiaFlow::Dummy => "m.login.dummy",
+            UiaFlow::Password(_) => "m.login.password",
+        };
+        let mut body = json!({ "flows": [{ "stages": [stage] }], "params": {}, "session": session, "completed": [] });
+        if let Some((code, msg)) = error {
+            body["errcode"] = json!(code);
+            body["error"] = json!(msg);
+        }
+        body
+    }
+
+    fn new_uia_session(&self) -> String {
+        let id = random_string(24);
+        let mut sessions = self.uia_sessions.lock();
+        let now = now_ms();
+        sessions.retain(|_, s| now.saturating_sub(s.created) < 30 * 60 * 1000);
+        sessions.insert(id.clone(), UiaSession { created: now });
+        id
+    }
+
+    /// Runs one step of user-interactive auth. `Ok(())` once the flow is complete; otherwise an
+    /// [`Error::Uia`] with the flows and the session to continue with.
+    pub async fn uia(&self, auth: Option<&Value>, flow: UiaFlow) -> Result<()> {
+        let Some(auth) = auth.filter(|a| a.get("type").is_some()) else {
+            let session = auth
+                .and_then(|a| a["session"].as_str())
+                .filter(|s| self.uia_sessions.lock().contains_key(*s))
+                .map(str::to_owned)
+                .unwrap_or_else(|| self.new_uia_session());
+            return Err(Error::Uia(self.uia_body(&flow, &session, None)));
+        };
+        let session = auth["session"]
+            .as_str()
+            .filter(|s| self.uia_sessions.lock().contains_key(*s))
+            .map(str::to_owned)
+            .unwrap_or_else(|| self.new_uia_session());
+        let kind = auth["type"].as_str().unwrap_or_default();
+        match (&flow, kind) {
+            (UiaFlow::Dummy, "m.login.dummy") => {}
+            (UiaFlow::Password(user), "m.login.password") => {
+                let given = auth["identifier"]["user"]
+                    .as_str()
+                    .or_else(|| auth["user"].as_str())
+                    .unwrap_or_default();
+                let given_user = self.resolve_login_user(given).ok();
+                let password = auth["password"].as_str().unwrap_or_default();
+                if given_user.as_ref() != Some(user) || !self.check_password(user, password).await?
+                {
+                    return Err(Error::Uia(self.uia_body(
+                        &flow,
+                        &session,
+                        Some(("M_FORBIDDEN", "invalid password")),
+                    )));
+                }
+            }
+            _ => {
+                return Err(Error::Uia(self.uia_body(
+                    &flow,
+                    &session,
+                    Some(("M_UNRECOGNIZED", "unsupported authentication type")),
+                )))
+            }
+        }
+        self.uia_sessions.lock().remove(&session);
+        Ok(())
+    }
+
+    // ----- Synapse-compatible shared-secret registration -----
+
+    pub fn new_nonce(&self) -> String {
+        let nonce = random_string(32);
+        let mut nonces = self.nonces.lock();
+        let now = now_ms();
+        nonces.retain(|_, t| now.saturating_sub(*t) < 60_000);
+        nonces.insert(nonce.clone(), now);
+        nonce
+    }
+
+    /// Checks the HMAC-SHA1 of `nonce\0user\0password\0admin|notadmin` and consumes the nonce.
+    pub fn check_shared_secret_mac(
+        &self,
+        nonce: &str,
+        user: &str,
+        password: &str,
+        admin: bool,
+        mac: &str,
+    ) -> Result<()> {
+        let Some(secret) = self.config.registration_shared_secret.as_deref() else {
+            return Err(Error::forbidden(
+                "shared-secret registration is not enabled",
+            ));
+        };
+        if self.nonces.lock().remove(nonce).is_none() {
+            return Err(Error::forbidden("unrecognised nonce"));
+        }
+        let mut m = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).map_err(db_err)?;
+        m.update(nonce.as_bytes());
+        m.update(b"\0");
+        m.update(user.as_bytes());
+        m.update(b"\0");
+        m.update(password.as_bytes());
+        m.update(b"\0");
+        m.update(if admin {
+            b"admin".as_slice()
+        } else {
+            b"notadmin".as_slice()
+        });
+        let given = hex::decode(mac).map_err(|_| Error::forbidden("HMAC incorrect"))?;
+        m.verify_slice(&given)
+            .map_err(|_| Error::forbidden("HMAC incorrect"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accounts() -> (tempfile::TempDir, Accounts) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(dir.path()).unwrap());
+        let config = Config {
+            registration_shared_secret: Some("s3cret".into()),
+            ..Config::default()
+        };
+        (dir, Accounts::new(db, Arc::new(config)))
+    }
+
+    #[tokio::test]
+    async fn first_user_is_admin_and_tokens_work() {
+        let (_d, a) = accounts();
+        let first = a
+            .register(
+                Some("alice"),
+                Some("pw".into()),
+                None,
+                None,
+                false,
+                false,
+                None,
+            )
+            .await
+            .unwrap();
+        let second = a
+            .register(
+                Some("bob"),
+                Some("pw".into()),
+                None,
+                None,
+                false,
+                false,
+                None,
+            )
+            .await
+            .unwrap();
+        assert!(a.authenticate(&first.access_token).unwrap().admin);
+        assert!(!a.authenticate(&second.access_token).unwrap().admin);
+        let err = a
+            .register(Some("alice"), None, None, None, false, false, None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), Some(&ErrorKind::UserInUse));
+    }
+
+    #[tokio::test]
+    async fn refresh_rotates_tokens() {
+        let (_d, a) = accounts();
+        let r = a
+            .register(
+                Some("carol"),
+                Some("pw".into()),
+                None,
+                None,
+                false,
+                true,
+                None,
+            )
+            .await
+            .unwrap();
+        let refresh = r.refresh_token.clone().unwrap();
+        let next = a.refresh(&refresh).unwrap();
+        assert!(a.authenticate(&r.access_token).is_err());
+        assert!(a.authenticate(&next.access_token).is_ok());
+        assert!(a.refresh(&refresh).is_err());
+        assert!(
+            a.authenticate(&refresh).is_err(),
+            "a refresh token is not an access token"
+        );
+    }
+
+    #[tokio::test]
+    async fn login_checks_password() {
+        let (_d, a) = accounts();
+        let u = a
+            .register(
+                Some("dave"),
+                Some("right".into()),
+                None,
+                None,
+                false,
+                false,
+                None,
+            )
+            .await
+            .unwrap();
+        assert!(a
+            .login_password(&u.user_id, "wrong", None, None, false)
+            .await
+            .is_err());
+        assert!(a
+            .login_password(&u.user_id, "right", None, None, false)
+            .await
+            .is_ok());
+    }
+
+    #[test]
+    fn usernames_are_validated() {
+        let (_d, a) = accounts();
+        assert!(a.user_id_for("Bad Name!").is_err());
+        assert!(a.user_id_for("").is_err());
+        assert_eq!(
+            a.user_id_for("Good.Name").unwrap().as_str(),
+            "@good.name:localhost"
+        );
+    }
+
+    #[test]
+    fn shared_secret_mac() {
+        let (_d, a) = accounts();
+        let nonce = a.new_nonce();
+        let mut m = Hmac::<sha1::Sha1>::new_from_slice(b"s3cret").unwrap();
+        m.update(format!("{nonce}\0eve\0pw\0notadmin").as_bytes());
+        let mac = hex::encode(m.finalize().into_bytes());
+        assert!(a
+            .check_shared_secret_mac(&nonce, "eve", "pw", true, &mac)
+            .is_err());
+        let nonce = a.new_nonce();
+        let mut m = Hmac::<sha1::Sha1>::new_from_slice(b"s3cret").unwrap();
+        m.update(format!("{nonce}\0eve\0pw\0notadmin").as_bytes());
+        let mac = hex::encode(m.finalize().into_bytes());
+        assert!(a
+            .check_shared_secret_mac(&nonce, "eve", "pw", false, &mac)
+            .is_ok());
+        assert!(
+            a.check_shared_secret_mac(&nonce, "eve", "pw", false, &mac)
+                .is_err(),
+            "nonce is single-use"
+        );
+    }
+}

@@ -1,0 +1,260 @@
+//! Typing notifications, receipts and presence.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use paracord_core::{time::now_ms, Error, Result};
+use paracord_storage::{Db, KeyBuf, KeyReader, Table};
+use parking_lot::Mutex;
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::stream::Stream;
+
+/// Longest typing timeout honoured.
+const MAX_TYPING_MS: u64 = 120_000;
+
+#[derive(Debug, Default)]
+struct RoomTyping {
+    /// user → expiry (ms since epoch)
+    users: HashMap<OwnedUserId, u64>,
+    pos: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Receipt {
+    event_id: String,
+    ts: u64,
+    pos: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Presence {
+    pub presence: String,
+    pub status_msg: Option<String>,
+    pub last_active_ts: u64,
+    pub pos: u64,
+}
+
+pub struct Ephemeral {
+    db: Arc<Db>,
+    stream: Arc<Stream>,
+    typing: Arc<Mutex<HashMap<OwnedRoomId, RoomTyping>>>,
+    /// Stream position of the newest receipt per room (rooms missing: unknown since restart).
+    receipt_pos: Mutex<HashMap<OwnedRoomId, u64>>,
+}
+
+impl Ephemeral {
+    pub fn new(db: Arc<Db>, stream: Arc<Stream>) -> Self {
+        Self {
+            db,
+            stream,
+            typing: Arc::default(),
+            receipt_pos: Mutex::default(),
+        }
+    }
+
+    /// Sets or clears a user's typing state; `members` are woken.
+    pub fn set_typing(
+        self: &Arc<Self>,
+        room: &RoomId,
+        user: &UserId,
+        typing: bool,
+        timeout_ms: u64,
+        members: Vec<OwnedUserId>,
+    ) -> Result<()> {
+        let expiry = now_ms().saturating_add(timeout_ms.min(MAX_TYPING_MS));
+        let (pos, ()) = self.stream.commit(|_, _| Ok(()))?;
+        {
+            let mut map = self.typing.lock();
+            let entry = map.entry(room.to_owned()).or_default();
+            if typing {
+                entry.users.insert(user.to_owned(), expiry);
+            } else {
+                entry.users.remove(user);
+            }
+            entry.pos = pos;
+        }
+        self.stream
+            .notifier()
+            .wake(members.iter().map(|u| u.as_ref()));
+        if typing {
+            let this = self.clone();
+            let room = room.to_owned();
+            let user = user.to_owned();
+            let wait = timeout_ms.min(MAX_TYPING_MS);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                let expired = {
+                    let map = this.typing.lock();
+                    map.get(&room)
+                        .and_then(|t| t.users.get(&user))
+                        .is_some_and(|e| *e <= now_ms())
+                };
+                if expired {
+                    let _ = this.set_typing(&room, &user, false, 0, members);
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// The `m.typing` event of a room if it changed after `since`.
+    pub fn typing_event(&self, room: &RoomId, since: Option<u64>) -> Option<Value> {
+        let map = self.typing.lock();
+        let t = map.get(room)?;
+        let now = now_ms();
+        let users: Vec<&OwnedUserId> = t
+            .users
+            .iter()
+            .filter(|(_, e)| **e > now)
+            .map(|(u, _)| u)
+            .collect();
+        let changed = since.map_or(!users.is_empty(), |s| t.pos > s);
+        changed.then(|| json!({ "type": "m.typing", "content": { "user_ids": users } }))
+    }
+
+    pub fn set_receipt(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        receipt_type: &str,
+        event_id: &str,
+        thread: Option<&str>,
+        members: Vec<OwnedUserId>,
+    ) -> Result<()> {
+        let key = KeyBuf::new()
+            .str(room.as_str())
+            .str(receipt_type)
+            .str(user.as_str())
+            .last_str(thread.unwrap_or(""))
+            .into_vec();
+        let (pos, ()) = self.stream.commit(|pos, batch| {
+            let rec = Receipt {
+                event_id: event_id.to_owned(),
+                ts: now_ms(),
+                pos,
+            };
+            batch.put(
+                Table::RoomreceiptReceipt,
+                key.clone(),
+                serde_json::to_vec(&rec)?,
+            );
+            Ok(())
+        })?;
+        self.receipt_pos.lock().insert(room.to_owned(), pos);
+        if receipt_type == "m.read.private" {
+            self.stream.notifier().wake([user]);
+        } else {
+            self.stream
+                .notifier()
+                .wake(members.iter().map(|u| u.as_ref()));
+        }
+        Ok(())
+    }
+
+    /// The `m.receipt` event with receipts newer than `since` that `reader` may see.
+    pub fn receipt_event(
+        &self,
+        room: &RoomId,
+        reader: &UserId,
+        since: Option<u64>,
+    ) -> Result<Option<Value>> {
+        if let (Some(s), Some(p)) = (since, self.receipt_pos.lock().get(room)) {
+            if *p <= s {
+                return Ok(None);
+            }
+        }
+        let prefix = KeyBuf::new().str(room.as_str()).into_vec();
+        let mut content = serde_json::Map::new();
+        for (k, v) in self
+            .db
+            .scan_prefix(Table::RoomreceiptReceipt, &prefix)
+            .map_err(Error::internal)?
+        {
+            let rec: Receipt = serde_json::from_slice(&v)?;
+            if since.is_some_and(|s| rec.pos <= s) {
+                continue;
+            }
+            let mut r = KeyReader::new(&k);
+            r.str().map_err(Error::internal)?;
+            let kind = r.str().map_err(Error::internal)?;
+            let user = r.str().map_err(Error::internal)?;
+            let thread = r.last_str().map_err(Error::internal)?;
+            if kind == "m.read.private" && user != reader.as_str() {
+                continue;
+            }
+            let mut entry = json!({ "ts": rec.ts });
+            if !thread.is_empty() {
+                entry["thread_id"] = json!(thread);
+            }
+            let ev = content.entry(rec.event_id).or_insert_with(|| json!({}));
+            ev[kind][user] = entry;
+        }
+        Ok((!content.is_empty()).then(|| json!({ "type": "m.receipt", "content": content })))
+    }
+
+    pub fn set_presence(
+        &self,
+        user: &UserId,
+        presence: &str,
+        status_msg: Option<String>,
+        wake: Vec<OwnedUserId>,
+    ) -> Result<()> {
+        if !matches!(presence, "online" | "offline" | "unavailable") {
+            return Err(Error::invalid_param(
+                "presence must be online, offline or unavailable",
+            ));
+        }
+        if let Some(current) = self.presence(user)? {
+            if current.presence == presence
+                && current.status_msg == status_msg
+                && now_ms().saturating_sub(current.last_active_ts) < 60_000
+            {
+                return Ok(());
+            }
+        }
+        self.stream.commit(|pos, batch| {
+            let p = Presence {
+                presence: presence.to_owned(),
+                status_msg: status_msg.clone(),
+                last_active_ts: now_ms(),
+                pos,
+            };
+            batch.put(
+                Table::UseridPresence,
+                user.as_bytes().to_vec(),
+                serde_json::to_vec(&p)?,
+            );
+            Ok(())
+        })?;
+        self.stream
+            .notifier()
+            .wake(wake.iter().map(|u| u.as_ref()).chain([user]));
+        Ok(())
+    }
+
+    pub fn presence(&self, user: &UserId) -> Result<Option<Presence>> {
+        match self
+            .db
+            .get(Table::UseridPresence, user.as_bytes())
+            .map_err(Error::internal)?
+        {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The `m.presence` event of a user.
+    pub fn presence_event(user: &UserId, p: &Presence) -> Value {
+        let mut content = json!({
+            "presence": p.presence,
+            "last_active_ago": now_ms().saturating_sub(p.last_active_ts),
+            "currently_active": p.presence == "online",
+        });
+        if let Some(m) = &p.status_msg {
+            content["status_msg"] = json!(m);
+        }
+        json!({ "type": "m.presence", "sender": user, "content": content })
+    }
+}

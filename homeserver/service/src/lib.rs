@@ -1,0 +1,75 @@
+//! Paracord services: the homeserver's domain logic, free of HTTP.
+
+pub mod account_data;
+pub mod accounts;
+pub mod ephemeral;
+pub mod keys;
+pub mod ratelimit;
+pub mod rooms;
+pub mod stream;
+pub mod sync;
+
+use std::sync::Arc;
+
+use paracord_core::{Config, Error, Result};
+use paracord_storage::Db;
+
+/// Every service, built in dependency order.
+pub struct Services {
+    pub config: Arc<Config>,
+    pub db: Arc<Db>,
+    pub keys: Arc<keys::ServerKeys>,
+    pub stream: Arc<stream::Stream>,
+    pub accounts: Arc<accounts::Accounts>,
+    pub rooms: Arc<rooms::Rooms>,
+    pub account_data: Arc<account_data::AccountData>,
+    pub ephemeral: Arc<ephemeral::Ephemeral>,
+    pub sync: Arc<sync::Sync>,
+    pub ratelimit: Arc<ratelimit::RateLimiter>,
+}
+
+impl Services {
+    /// Opens the database and the signing key (creating both on first start).
+    pub fn open(config: Config) -> Result<Self> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            Error::internal(format!("cannot create {}: {e}", config.data_dir.display()))
+        })?;
+        let db = Arc::new(Db::open(&config.data_dir.join("db")).map_err(Error::internal)?);
+        let (keys, _) = keys::ServerKeys::load_or_generate(&config.signing_key_path())?;
+        Self::build(config, db, keys)
+    }
+
+    pub fn build(config: Config, db: Arc<Db>, keys: keys::ServerKeys) -> Result<Self> {
+        let config = Arc::new(config);
+        let keys = Arc::new(keys);
+        let stream = Arc::new(stream::Stream::load(db.clone())?);
+        let accounts = Arc::new(accounts::Accounts::new(db.clone(), config.clone()));
+        let rooms = Arc::new(rooms::Rooms::new(
+            db.clone(),
+            config.clone(),
+            keys.clone(),
+            stream.clone(),
+        ));
+        let account_data = Arc::new(account_data::AccountData::new(db.clone(), stream.clone()));
+        let ephemeral = Arc::new(ephemeral::Ephemeral::new(db.clone(), stream.clone()));
+        let sync = Arc::new(sync::Sync::new(
+            rooms.clone(),
+            stream.clone(),
+            account_data.clone(),
+            ephemeral.clone(),
+        ));
+        let ratelimit = Arc::new(ratelimit::RateLimiter::new(&config));
+        Ok(Self {
+            config,
+            db,
+            keys,
+            stream,
+            accounts,
+            rooms,
+            account_data,
+            ephemeral,
+            sync,
+            ratelimit,
+        })
+    }
+}

@@ -1,0 +1,852 @@
+//! Rooms: the event pipeline, state snapshots and the room timeline.
+//!
+//! Every event is a PDU of its room version: canonical JSON, content hash, reference-hash event
+//! id, signed with the server key, `prev_events` = the room's forward extremities and
+//! `auth_events` chosen by `auth_types_for_event`. It is checked with ruma's auth rules against
+//! its auth events and the state before it, then committed in one batch at one stream position.
+
+pub mod create;
+pub mod directory;
+pub mod membership;
+pub mod pdu;
+pub mod timeline;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
+
+use paracord_core::{time::now_ms, Config, Error, Result};
+use paracord_storage::{key::decode_u64, Batch, Db, KeyBuf, KeyReader, Table};
+use parking_lot::Mutex;
+use ruma::{
+    canonical_json::CanonicalJsonObject,
+    events::{StateEventType, TimelineEventType},
+    room_version_rules::RoomVersionRules,
+    signatures::{hash_and_sign_event, reference_hash},
+    state_res::{
+        auth_types_for_event, check_state_dependent_auth_rules, check_state_independent_auth_rules,
+    },
+    CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId,
+    UserId,
+};
+use serde::{Deserialize, Serialize};
+use tracing::instrument;
+
+pub use self::pdu::Pdu;
+use crate::{keys::ServerKeys, stream::Stream};
+
+/// `(event type, state key)` → short event id.
+pub type StateMap = BTreeMap<(String, String), u64>;
+
+/// A room as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoomRecord {
+    pub version: String,
+    pub extremities: Vec<OwnedEventId>,
+    /// Snapshot id of the current state (0 = empty).
+    pub state: u64,
+    pub depth: u64,
+    /// Stream position of the newest event in the room.
+    pub last_pos: u64,
+}
+
+/// Per-event metadata.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventMeta {
+    pub event_id: OwnedEventId,
+    pub room_id: OwnedRoomId,
+    pub state_before: u64,
+    pub state_after: u64,
+    #[serde(default)]
+    pub redacted_by: Option<OwnedEventId>,
+    /// `(device id, transaction id)` of a local client send.
+    #[serde(default)]
+    pub txn: Option<(String, String)>,
+}
+
+/// A state snapshot: a parent and what changed, or a full map when `parent` is 0.
+#[derive(Debug, Serialize, Deserialize)]
+struct Snapshot {
+    parent: u64,
+    depth: u32,
+    changes: Vec<(String, String, u64)>,
+}
+
+/// Deltas longer than this are folded into a full snapshot.
+const MAX_SNAPSHOT_DEPTH: u32 = 32;
+const STATE_CACHE_ENTRIES: usize = 4096;
+
+/// What a local client asks to send.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub kind: TimelineEventType,
+    pub state_key: Option<String>,
+    pub content: serde_json::Value,
+    pub redacts: Option<OwnedEventId>,
+    pub txn: Option<(String, String)>,
+}
+
+impl NewEvent {
+    pub fn state(kind: TimelineEventType, state_key: &str, content: serde_json::Value) -> Self {
+        Self {
+            kind,
+            state_key: Some(state_key.to_owned()),
+            content,
+            redacts: None,
+            txn: None,
+        }
+    }
+    pub fn message(kind: TimelineEventType, content: serde_json::Value) -> Self {
+        Self {
+            kind,
+            state_key: None,
+            content,
+            redacts: None,
+            txn: None,
+        }
+    }
+}
+
+pub struct Rooms {
+    pub(crate) db: Arc<Db>,
+    pub(crate) config: Arc<Config>,
+    pub(crate) keys: Arc<ServerKeys>,
+    pub(crate) stream: Arc<Stream>,
+    room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
+    state_cache: Mutex<HashMap<u64, Arc<StateMap>>>,
+}
+
+fn db_err(e: impl std::fmt::Display) -> Error {
+    Error::internal(e)
+}
+
+pub(crate) fn rules_for(version: &str) -> Result<RoomVersionRules> {
+    RoomVersionId::try_from(version)
+        .ok()
+        .and_then(|v| v.rules())
+        .ok_or_else(|| Error::internal(format!("room version {version} has no rules")))
+}
+
+impl Rooms {
+    pub fn new(
+        db: Arc<Db>,
+        config: Arc<Config>,
+        keys: Arc<ServerKeys>,
+        stream: Arc<Stream>,
+    ) -> Self {
+        Self {
+            db,
+            config,
+            keys,
+            stream,
+            room_locks: Mutex::default(),
+            state_cache: Mutex::default(),
+        }
+    }
+
+    // ----- reads -----
+
+    pub fn room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>> {
+        match self
+            .db
+            .get(Table::RoomidRoom, room_id.as_bytes())
+            .map_err(db_err)?
+        {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn room_or_404(&self, room_id: &RoomId) -> Result<RoomRecord> {
+        self.room(room_id)?
+            .ok_or_else(|| Error::not_found("room not found"))
+    }
+
+    pub fn short_id(&self, event_id: &EventId) -> Result<Option<u64>> {
+        match self
+            .db
+            .get(Table::EventidShorteventid, event_id.as_bytes())
+            .map_err(db_err)?
+        {
+            Some(v) => Ok(Some(decode_u64(&v).map_err(db_err)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn raw_pdu(&self, short: u64) -> Result<Option<Vec<u8>>> {
+        self.db
+            .get(Table::ShorteventidPdu, &short.to_be_bytes())
+            .map_err(db_err)
+    }
+
+    pub fn meta(&self, short: u64) -> Result<Option<EventMeta>> {
+        match self
+            .db
+            .get(Table::ShorteventidMeta, &short.to_be_bytes())
+            .map_err(db_err)?
+        {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn pdu_by_short(&self, short: u64) -> Result<Option<Pdu>> {
+        let (Some(raw), Some(meta)) = (self.raw_pdu(short)?, self.meta(short)?) else {
+            return Ok(None);
+        };
+        Pdu::from_json(meta.event_id, &raw).map(Some)
+    }
+
+    pub fn pdu(&self, event_id: &EventId) -> Result<Option<Pdu>> {
+        match self.short_id(event_id)? {
+            Some(s) => self.pdu_by_short(s),
+            None => Ok(None),
+        }
+    }
+
+    /// The state map of a snapshot.
+    pub fn state(&self, snapshot: u64) -> Result<Arc<StateMap>> {
+        if snapshot == 0 {
+            return Ok(Arc::default());
+        }
+        if let Some(s) = self.state_cache.lock().get(&snapshot) {
+            return Ok(s.clone());
+        }
+        let raw = self
+            .db
+            .get(Table::SnapshotidState, &snapshot.to_be_bytes())
+            .map_err(db_err)?
+            .ok_or_else(|| Error::internal(format!("missing state snapshot {snapshot}")))?;
+        let snap: Snapshot = serde_json::from_slice(&raw)?;
+        let mut map = if snap.parent == 0 {
+            StateMap::new()
+        } else {
+            (*self.state(snap.parent)?).clone()
+        };
+        for (t, k, s) in snap.changes {
+            map.insert((t, k), s);
+        }
+        let map = Arc::new(map);
+        let mut cache = self.state_cache.lock();
+        if cache.len() >= STATE_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(snapshot, map.clone());
+        Ok(map)
+    }
+
+    pub fn snapshot_depth(&self, snapshot: u64) -> Result<u32> {
+        if snapshot == 0 {
+            return Ok(0);
+        }
+        let raw = self
+            .db
+            .get(Table::SnapshotidState, &snapshot.to_be_bytes())
+            .map_err(db_err)?
+            .ok_or_else(|| Error::internal(format!("missing state snapshot {snapshot}")))?;
+        let snap: Snapshot = serde_json::from_slice(&raw)?;
+        Ok(snap.depth)
+    }
+
+    /// The current state of a room.
+    pub fn current_state(&self, room_id: &RoomId) -> Result<Arc<StateMap>> {
+        let room = self.room_or_404(room_id)?;
+        self.state(room.state)
+    }
+
+    /// A state event of a state map.
+    pub fn state_pdu(&self, state: &StateMap, kind: &str, state_key: &str) -> Result<Option<Pdu>> {
+        match state.get(&(kind.to_owned(), state_key.to_owned())) {
+            Some(s) => self.pdu_by_short(*s),
+            None => Ok(None),
+        }
+    }
+
+    /// Content of a state event in a state map, as JSON.
+    pub fn state_content(
+        &self,
+        state: &StateMap,
+        kind: &str,
+        state_key: &str,
+    ) -> Result<Option<serde_json::Value>> {
+        Ok(self
+            .state_pdu(state, kind, state_key)?
+            .map(|p| p.content_value()))
+    }
+
+    /// The membership of `user` in a state map ("join", "leave", ...), if any.
+    pub fn membership_in(&self, state: &StateMap, user: &UserId) -> Result<Option<String>> {
+        Ok(self
+            .state_content(state, "m.room.member", user.as_str())?
+            .and_then(|c| {
+                c.get("membership")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_owned)
+            }))
+    }
+
+    /// The user's current membership according to the membership index.
+    pub fn membership(&self, room_id: &RoomId, user: &UserId) -> Result<Option<String>> {
+        let key = KeyBuf::new()
+            .str(room_id.as_str())
+            .last_str(user.as_str())
+            .into_vec();
+        Ok(self
+            .db
+            .get(Table::RoomuserMembership, &key)
+            .map_err(db_err)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    pub fn is_joined(&self, room_id: &RoomId, user: &UserId) -> Result<bool> {
+        Ok(self.membership(room_id, user)?.as_deref() == Some("join"))
+    }
+
+    /// Members of a room with their membership.
+    pub fn members(&self, room_id: &RoomId) -> Result<Vec<(OwnedUserId, String)>> {
+        let prefix = KeyBuf::new().str(room_id.as_str()).into_vec();
+        let mut out = Vec::new();
+        for (k, v) in self
+            .db
+            .scan_prefix(Table::RoomuserMembership, &prefix)
+            .map_err(db_err)?
+        {
+            let mut r = KeyReader::new(&k);
+            r.str().map_err(db_err)?;
+            let user = OwnedUserId::try_from(r.last_str().map_err(db_err)?).map_err(db_err)?;
+            out.push((user, String::from_utf8_lossy(&v).into_owned()));
+        }
+        Ok(out)
+    }
+
+    pub fn joined_members(&self, room_id: &RoomId) -> Result<Vec<OwnedUserId>> {
+        Ok(self
+            .members(room_id)?
+            .into_iter()
+            .filter(|(_, m)| m == "join")
+            .map(|(u, _)| u)
+            .collect())
+    }
+
+    /// Rooms of a user with membership record `(membership, stream position, forgotten)`.
+    pub fn user_rooms(&self, user: &UserId) -> Result<Vec<(OwnedRoomId, MembershipRecord)>> {
+        let prefix = KeyBuf::new().str(user.as_str()).into_vec();
+        let mut out = Vec::new();
+        for (k, v) in self
+            .db
+            .scan_prefix(Table::UserroomMembership, &prefix)
+            .map_err(db_err)?
+        {
+            let mut r = KeyReader::new(&k);
+            r.str().map_err(db_err)?;
+            let room = OwnedRoomId::try_from(r.last_str().map_err(db_err)?).map_err(db_err)?;
+            out.push((room, serde_json::from_slice(&v)?));
+        }
+        Ok(out)
+    }
+
+    pub fn user_room(&self, user: &UserId, room_id: &RoomId) -> Result<Option<MembershipRecord>> {
+        let key = KeyBuf::new()
+            .str(user.as_str())
+            .last_str(room_id.as_str())
+            .into_vec();
+        match self
+            .db
+            .get(Table::UserroomMembership, &key)
+            .map_err(db_err)?
+        {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Power level of `user` given a state map (creators of v12 rooms are above everyone).
+    pub fn power_level(&self, version: &str, state: &StateMap, user: &UserId) -> Result<i64> {
+        if version == "12" {
+            if let Some(create) = self.state_pdu(state, "m.room.create", "")? {
+                let extra = create.content_value();
+                let additional = extra
+                    .get("additional_creators")
+                    .and_then(|a| a.as_array())
+                    .is_some_and(|a| a.iter().any(|u| u.as_str() == Some(user.as_str())));
+                if create.sender == user || additional {
+                    return Ok(i64::MAX);
+                }
+            }
+        }
+        match self.state_content(state, "m.room.power_levels", "")? {
+            Some(pl) => Ok(pl
+                .get("users")
+                .and_then(|u| u.get(user.as_str()))
+                .and_then(json_int)
+                .or_else(|| pl.get("users_default").and_then(json_int))
+                .unwrap_or(0)),
+            None => {
+                // No power levels: the creator has 100.
+                let create = self.state_pdu(state, "m.room.create", "")?;
+                Ok(if create.is_some_and(|c| c.sender == user) {
+                    100
+                } else {
+                    0
+                })
+            }
+        }
+    }
+
+    /// A named level from the power levels (`redact`, `kick`, ...), with the spec default.
+    pub fn required_level(&self, state: &StateMap, name: &str, default: i64) -> Result<i64> {
+        Ok(self
+            .state_content(state, "m.room.power_levels", "")?
+            .and_then(|pl| pl.get(name).and_then(json_int))
+            .unwrap_or(default))
+    }
+
+    fn room_lock(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<()>> {
+        self.room_locks
+            .lock()
+            .entry(room_id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    // ----- the pipeline -----
+
+    /// Builds, signs, authorizes and appends a local event to an existing room.
+    #[instrument(skip_all, fields(room_id = %room_id, kind = %new.kind))]
+    pub async fn append(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        new: NewEvent,
+    ) -> Result<OwnedEventId> {
+        let lock = self.room_lock(room_id);
+        let _guard = lock.lock().await;
+        let room = self.room_or_404(room_id)?;
+        if let Some(txn) = &new.txn {
+            if let Some(existing) = self
+                .db
+                .get(Table::TxnEventid, &txn_key(sender, room_id, txn))
+                .map_err(db_err)?
+            {
+                return OwnedEventId::try_from(String::from_utf8_lossy(&existing).into_owned())
+                    .map_err(db_err);
+            }
+        }
+        self.append_locked(room_id, room, sender, new)
+    }
+
+    fn append_locked(
+        &self,
+        room_id: &RoomId,
+        room: RoomRecord,
+        sender: &UserId,
+        new: NewEvent,
+    ) -> Result<OwnedEventId> {
+        let rules = rules_for(&room.version)?;
+        let state = self.state(room.state)?;
+        let content_raw = serde_json::value::to_raw_value(&new.content)?;
+        let auth_types = auth_types_for_event(
+            &new.kind,
+            sender,
+            new.state_key.as_deref(),
+            &content_raw,
+            &rules.authorization,
+        )
+        .map_err(Error::bad_json)?;
+        let mut auth_events = Vec::new();
+        for (t, k) in auth_types {
+            if let Some(s) = state.get(&(t.to_string(), k)) {
+                if let Some(meta) = self.meta(*s)? {
+                    auth_events.push(meta.event_id);
+                }
+            }
+        }
+        let mut obj = CanonicalJsonObject::new();
+        obj.insert(
+            "room_id".into(),
+            CanonicalJsonValue::String(room_id.to_string()),
+        );
+        let depth = room.depth.saturating_add(1);
+        self.fill_common(
+            &mut obj,
+            sender,
+            &new,
+            auth_events,
+            room.extremities.clone(),
+            depth,
+            &rules,
+        )?;
+        let (event_id, pdu, pdu_bytes) = self.sign(obj, &rules, Some(room_id))?;
+        self.authorize(&rules, &pdu, &state)?;
+        self.check_redaction(&room, &state, &pdu)?;
+        self.commit_event(
+            room_id,
+            room,
+            &state,
+            pdu,
+            pdu_bytes,
+            event_id.clone(),
+            new.txn,
+        )?;
+        Ok(event_id)
+    }
+
+    /// Adds the fields every PDU has.
+    #[allow(clippy::too_many_arguments)]
+    fn fill_common(
+        &self,
+        obj: &mut CanonicalJsonObject,
+        sender: &UserId,
+        new: &NewEvent,
+        auth_events: Vec<OwnedEventId>,
+        prev_events: Vec<OwnedEventId>,
+        depth: u64,
+        rules: &RoomVersionRules,
+    ) -> Result<()> {
+        let mut content = pdu::to_canonical_object(new.content.clone())?;
+        if let Some(r) = &new.redacts {
+            if rules.redaction.content_field_redacts {
+                content.insert("redacts".into(), CanonicalJsonValue::String(r.to_string()));
+            }
+        }
+        obj.insert(
+            "type".into(),
+            CanonicalJsonValue::String(new.kind.to_string()),
+        );
+        obj.insert(
+            "sender".into(),
+            CanonicalJsonValue::String(sender.to_string()),
+        );
+        obj.insert("content".into(), CanonicalJsonValue::Object(content));
+        if let Some(k) = &new.state_key {
+            obj.insert("state_key".into(), CanonicalJsonValue::String(k.clone()));
+        }
+        if let Some(r) = &new.redacts {
+            // v11+ keep `redacts` in content (the client puts it there); older versions at top level.
+            if !rules.redaction.content_field_redacts {
+                obj.insert("redacts".into(), CanonicalJsonValue::String(r.to_string()));
+            }
+        }
+        obj.insert(
+            "origin_server_ts".into(),
+            CanonicalJsonValue::Integer(ruma::Int::try_from(now_ms()).unwrap_or_default()),
+        );
+        obj.insert(
+            "depth".into(),
+            CanonicalJsonValue::Integer(ruma::Int::try_from(depth).map_err(db_err)?),
+        );
+        obj.insert(
+            "auth_events".into(),
+            CanonicalJsonValue::Array(
+                auth_events
+                    .iter()
+                    .map(|e| CanonicalJsonValue::String(e.to_string()))
+                    .collect(),
+            ),
+        );
+        obj.insert(
+            "prev_events".into(),
+            CanonicalJsonValue::Array(
+                prev_events
+                    .iter()
+                    .map(|e| CanonicalJsonValue::String(e.to_string()))
+                    .collect(),
+            ),
+        );
+        Ok(())
+    }
+
+    fn sign_obj(
+        &self,
+        mut obj: CanonicalJsonObject,
+        rules: &RoomVersionRules,
+    ) -> Result<CanonicalJsonObject> {
+        hash_and_sign_event(
+            self.config.server_name.as_str(),
+            self.keys.keypair(),
+            &mut obj,
+            &rules.redaction,
+        )
+        .map_err(|e| Error::bad_json(format!("event cannot be signed: {e}")))?;
+        Ok(obj)
+    }
+
+    /// Hashes and signs `obj`, returning the event id and the parsed PDU. For a v12 create
+    /// event (`room_id` None) the room id derives from the event id.
+    fn sign(
+        &self,
+        obj: CanonicalJsonObject,
+        rules: &RoomVersionRules,
+        room_id: Option<&RoomId>,
+    ) -> Result<(OwnedEventId, Pdu, Vec<u8>)> {
+        let signed = self.sign_obj(obj, rules)?;
+        let bytes = obj_bytes(&signed)?;
+        if bytes.len() > pdu::MAX_PDU_BYTES {
+            return Err(Error::too_large("event is larger than 65536 bytes"));
+        }
+        let hash = reference_hash(&signed, rules).map_err(|e| match e {
+            ruma::signatures::JsonError::PduTooLarge => {
+                Error::too_large("event is larger than 65536 bytes")
+            }
+            other => Error::bad_json(format!("event cannot be hashed: {other}")),
+        })?;
+        let event_id = OwnedEventId::try_from(format!("${hash}")).map_err(db_err)?;
+        let mut pdu = Pdu::from_json(event_id.clone(), &bytes)?;
+        if room_id.is_none() {
+            pdu.room_id = None;
+        }
+        Ok((event_id, pdu, bytes))
+    }
+
+    /// Checks an event against ruma's auth rules: its auth events, then the state before it.
+    fn authorize(&self, rules: &RoomVersionRules, pdu: &Pdu, state: &StateMap) -> Result<()> {
+        check_state_independent_auth_rules(&rules.authorization, pdu, |id: &EventId| {
+            self.pdu(id).ok().flatten()
+        })
+        .map_err(|e| Error::forbidden(format!("event not allowed: {e}")))?;
+        check_state_dependent_auth_rules(
+            &rules.authorization,
+            pdu,
+            |t: &StateEventType, k: &str| {
+                state
+                    .get(&(t.to_string(), k.to_owned()))
+                    .and_then(|s| self.pdu_by_short(*s).ok().flatten())
+            },
+        )
+        .map_err(|e| Error::forbidden(format!("event not allowed: {e}")))
+    }
+
+    /// A redaction is applied only if its sender sent the original or may redact others.
+    fn check_redaction(&self, room: &RoomRecord, state: &StateMap, pdu: &Pdu) -> Result<()> {
+        if pdu.kind != TimelineEventType::RoomRedaction {
+            return Ok(());
+        }
+        let target_id = pdu
+            .redacts
+            .clone()
+            .ok_or_else(|| Error::bad_json("redaction without target"))?;
+        let target = self
+            .pdu(&target_id)?
+            .ok_or_else(|| Error::not_found("event to redact not found"))?;
+        if target
+            .room_id
+            .as_deref()
+            .is_some_and(|r| Some(r) != pdu.room_id.as_deref())
+        {
+            return Err(Error::not_found("event to redact not found in this room"));
+        }
+        if target.sender != pdu.sender
+            && self.power_level(&room.version, state, &pdu.sender)?
+                < self.required_level(state, "redact", 50)?
+        {
+            return Err(Error::forbidden("you may not redact other users' events"));
+        }
+        Ok(())
+    }
+
+    /// Writes an authorized event and everything it changes in one batch.
+    #[allow(clippy::too_many_arguments)]
+    fn commit_event(
+        &self,
+        room_id: &RoomId,
+        mut room: RoomRecord,
+        state: &StateMap,
+        pdu: Pdu,
+        pdu_bytes: Vec<u8>,
+        event_id: OwnedEventId,
+        txn: Option<(String, String)>,
+    ) -> Result<u64> {
+        let rules = rules_for(&room.version)?;
+        let redact_target = if pdu.kind == TimelineEventType::RoomRedaction {
+            pdu.redacts.clone()
+        } else {
+            None
+        };
+        let membership_target = if pdu.kind == TimelineEventType::RoomMember {
+            pdu.state_key
+                .clone()
+                .and_then(|k| OwnedUserId::try_from(k).ok())
+        } else {
+            None
+        };
+        let membership = membership_target.as_ref().map(|_| {
+            pdu.content_value()
+                .get("membership")
+                .and_then(|m| m.as_str())
+                .unwrap_or("leave")
+                .to_owned()
+        });
+        let state_before = room.state;
+        let snapshot_depth = self.snapshot_depth(state_before)?;
+        let (pos, ()) = self.stream.commit(|pos, batch| {
+            let short = pos;
+            let mut state_after = state_before;
+            if let Some(k) = &pdu.state_key {
+                state_after = short;
+                let snap = if snapshot_depth >= MAX_SNAPSHOT_DEPTH || state_before == 0 {
+                    let mut full: Vec<_> = state
+                        .iter()
+                        .map(|((t, sk), s)| (t.clone(), sk.clone(), *s))
+                        .collect();
+                    full.retain(|(t, sk, _)| !(t == pdu.kind.to_string().as_str() && sk == k));
+                    full.push((pdu.kind.to_string(), k.clone(), short));
+                    Snapshot {
+                        parent: 0,
+                        depth: 0,
+                        changes: full,
+                    }
+                } else {
+                    Snapshot {
+                        parent: state_before,
+                        depth: snapshot_depth + 1,
+                        changes: vec![(pdu.kind.to_string(), k.clone(), short)],
+                    }
+                };
+                batch.put(
+                    Table::SnapshotidState,
+                    short.to_be_bytes().to_vec(),
+                    serde_json::to_vec(&snap)?,
+                );
+            }
+            let meta = EventMeta {
+                event_id: event_id.clone(),
+                room_id: room_id.to_owned(),
+                state_before,
+                state_after,
+                redacted_by: None,
+                txn: txn.clone(),
+            };
+            batch.put(
+                Table::EventidShorteventid,
+                event_id.as_bytes().to_vec(),
+                short.to_be_bytes().to_vec(),
+            );
+            batch.put(
+                Table::ShorteventidPdu,
+                short.to_be_bytes().to_vec(),
+                pdu_bytes.clone(),
+            );
+            batch.put(
+                Table::ShorteventidMeta,
+                short.to_be_bytes().to_vec(),
+                serde_json::to_vec(&meta)?,
+            );
+            batch.put(
+                Table::RoompositionShorteventid,
+                KeyBuf::new().str(room_id.as_str()).u64(pos).into_vec(),
+                short.to_be_bytes().to_vec(),
+            );
+            room.extremities = vec![event_id.clone()];
+            room.state = state_after;
+            room.depth = room.depth.saturating_add(1);
+            room.last_pos = pos;
+            batch.put(
+                Table::RoomidRoom,
+                room_id.as_bytes().to_vec(),
+                serde_json::to_vec(&room)?,
+            );
+            if let (Some(user), Some(m)) = (&membership_target, &membership) {
+                let rec = MembershipRecord {
+                    membership: m.clone(),
+                    pos,
+                    event_id: event_id.clone(),
+                    forgotten: false,
+                };
+                batch.put(
+                    Table::UserroomMembership,
+                    KeyBuf::new()
+                        .str(user.as_str())
+                        .last_str(room_id.as_str())
+                        .into_vec(),
+                    serde_json::to_vec(&rec)?,
+                );
+                batch.put(
+                    Table::RoomuserMembership,
+                    KeyBuf::new()
+                        .str(room_id.as_str())
+                        .last_str(user.as_str())
+                        .into_vec(),
+                    m.as_bytes().to_vec(),
+                );
+            }
+            if let Some(t) = &txn {
+                batch.put(
+                    Table::TxnEventid,
+                    txn_key(&pdu.sender, room_id, t),
+                    event_id.as_bytes().to_vec(),
+                );
+            }
+            if let Some(target) = &redact_target {
+                self.redact_into(batch, target, &event_id, &rules)?;
+            }
+            Ok(())
+        })?;
+        // Wake everyone who can see the room, and the target of a membership change.
+        let mut wake: Vec<OwnedUserId> = self.joined_members(room_id)?;
+        if let Some(u) = membership_target {
+            wake.push(u);
+        }
+        self.stream.notifier().wake(wake.iter().map(|u| u.as_ref()));
+        Ok(pos)
+    }
+
+    /// Replaces the stored target of a redaction with its redacted form.
+    fn redact_into(
+        &self,
+        batch: &mut Batch,
+        target: &EventId,
+        redaction_id: &EventId,
+        rules: &RoomVersionRules,
+    ) -> Result<()> {
+        let Some(short) = self.short_id(target)? else {
+            return Ok(());
+        };
+        let (Some(raw), Some(mut meta)) = (self.raw_pdu(short)?, self.meta(short)?) else {
+            return Ok(());
+        };
+        let obj: CanonicalJsonObject = serde_json::from_slice(&raw)?;
+        let redacted = ruma::canonical_json::redact(obj, &rules.redaction, None)
+            .map_err(|e| Error::internal(format!("redaction failed: {e}")))?;
+        meta.redacted_by = Some(redaction_id.to_owned());
+        batch.put(
+            Table::ShorteventidPdu,
+            short.to_be_bytes().to_vec(),
+            obj_bytes(&redacted)?,
+        );
+        batch.put(
+            Table::ShorteventidMeta,
+            short.to_be_bytes().to_vec(),
+            serde_json::to_vec(&meta)?,
+        );
+        Ok(())
+    }
+}
+
+/// A user's membership in a room, as indexed for sync.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MembershipRecord {
+    pub membership: String,
+    pub pos: u64,
+    pub event_id: OwnedEventId,
+    #[serde(default)]
+    pub forgotten: bool,
+}
+
+fn txn_key(sender: &UserId, room_id: &RoomId, (device, txn): &(String, String)) -> Vec<u8> {
+    KeyBuf::new()
+        .str(sender.as_str())
+        .str(device)
+        .str(room_id.as_str())
+        .last_str(txn)
+        .into_vec()
+}
+
+pub(crate) fn obj_bytes(obj: &CanonicalJsonObject) -> Result<Vec<u8>> {
+    Ok(serde_json::to_vec(obj)?)
+}
+
+pub(crate) fn json_int(v: &serde_json::Value) -> Option<i64> {
+    v.as_i64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+}

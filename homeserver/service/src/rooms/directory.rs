@@ -1,0 +1,197 @@
+//! Room aliases and the public room directory.
+
+use ruma::{OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use paracord_core::{Error, Result};
+use paracord_storage::{Batch, Table};
+
+use super::Rooms;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct AliasRecord {
+    room_id: OwnedRoomId,
+    creator: OwnedUserId,
+}
+
+impl Rooms {
+    pub fn resolve_alias(&self, alias: &RoomAliasId) -> Result<Option<OwnedRoomId>> {
+        match self
+            .db
+            .get(Table::AliasRoomid, alias.as_bytes())
+            .map_err(Error::internal)?
+        {
+            Some(v) => Ok(Some(serde_json::from_slice::<AliasRecord>(&v)?.room_id)),
+            None => Ok(None),
+        }
+    }
+
+    fn check_local_alias(&self, alias: &RoomAliasId) -> Result<()> {
+        if alias.server_name() != self.config.server_name.as_str() {
+            return Err(Error::invalid_param("alias must be on this server"));
+        }
+        Ok(())
+    }
+
+    pub fn set_alias(&self, alias: &RoomAliasId, room_id: &RoomId, creator: &UserId) -> Result<()> {
+        self.check_local_alias(alias)?;
+        if self.resolve_alias(alias)?.is_some() {
+            return Err(Error::new(
+                http::StatusCode::CONFLICT,
+                paracord_core::ErrorKind::Unknown,
+                "room alias already exists",
+            ));
+        }
+        self.room_or_404(room_id)?;
+        let mut batch = Batch::new();
+        let rec = AliasRecord {
+            room_id: room_id.to_owned(),
+            creator: creator.to_owned(),
+        };
+        batch.put(
+            Table::AliasRoomid,
+            alias.as_bytes().to_vec(),
+            serde_json::to_vec(&rec)?,
+        );
+        self.db.write(batch).map_err(Error::internal)
+    }
+
+    /// Deletes an alias: its creator, a server admin, or a room member with power to change
+    /// the canonical alias may.
+    pub fn delete_alias(&self, alias: &RoomAliasId, user: &UserId, is_admin: bool) -> Result<()> {
+        self.check_local_alias(alias)?;
+        let Some(v) = self
+            .db
+            .get(Table::AliasRoomid, alias.as_bytes())
+            .map_err(Error::internal)?
+        else {
+            return Err(Error::not_found("room alias not found"));
+        };
+        let rec: AliasRecord = serde_json::from_slice(&v)?;
+        let allowed = is_admin || rec.creator == user || {
+            let room = self.room_or_404(&rec.room_id)?;
+            let state = self.state(room.state)?;
+            let needed = self
+                .state_content(&state, "m.room.power_levels", "")?
+                .and_then(|pl| {
+                    pl["events"]
+                        .get("m.room.canonical_alias")
+                        .and_then(super::json_int)
+                })
+                .unwrap_or(50);
+            self.is_joined(&rec.room_id, user)?
+                && self.power_level(&room.version, &state, user)? >= needed
+        };
+        if !allowed {
+            return Err(Error::forbidden("you may not delete this alias"));
+        }
+        let mut batch = Batch::new();
+        batch.delete(Table::AliasRoomid, alias.as_bytes().to_vec());
+        self.db.write(batch).map_err(Error::internal)
+    }
+
+    /// Local aliases pointing at a room.
+    pub fn local_aliases(&self, room_id: &RoomId) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for (k, v) in self
+            .db
+            .scan_prefix(Table::AliasRoomid, b"")
+            .map_err(Error::internal)?
+        {
+            let rec: AliasRecord = serde_json::from_slice(&v)?;
+            if rec.room_id == room_id {
+                out.push(String::from_utf8_lossy(&k).into_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn set_published(&self, room_id: &RoomId, public: bool) -> Result<()> {
+        self.room_or_404(room_id)?;
+        let mut batch = Batch::new();
+        if public {
+            batch.put(
+                Table::RoomidPublished,
+                room_id.as_bytes().to_vec(),
+                Vec::new(),
+            );
+        } else {
+            batch.delete(Table::RoomidPublished, room_id.as_bytes().to_vec());
+        }
+        self.db.write(batch).map_err(Error::internal)
+    }
+
+    pub fn is_published(&self, room_id: &RoomId) -> Result<bool> {
+        self.db
+            .exists(Table::RoomidPublished, room_id.as_bytes())
+            .map_err(Error::internal)
+    }
+
+    /// A public-rooms chunk entry for a room.
+    pub fn public_room_chunk(&self, room_id: &RoomId) -> Result<Value> {
+        let state = self.current_state(room_id)?;
+        let get = |t: &str, field: &str| -> Result<Option<Value>> {
+            Ok(self
+                .state_content(&state, t, "")?
+                .and_then(|c| c.get(field).cloned()))
+        };
+        let mut chunk = json!({
+            "room_id": room_id,
+            "num_joined_members": self.joined_members(room_id)?.len(),
+            "world_readable": get("m.room.history_visibility", "history_visibility")?
+                .is_some_and(|v| v == "world_readable"),
+            "guest_can_join": get("m.room.guest_access", "guest_access")?.is_some_and(|v| v == "can_join"),
+            "join_rule": get("m.room.join_rules", "join_rule")?.unwrap_or(json!("invite")),
+        });
+        for (t, f, out) in [
+            ("m.room.name", "name", "name"),
+            ("m.room.topic", "topic", "topic"),
+            ("m.room.canonical_alias", "alias", "canonical_alias"),
+            ("m.room.avatar", "url", "avatar_url"),
+            ("m.room.create", "type", "room_type"),
+        ] {
+            if let Some(v) = get(t, f)? {
+                if v.is_string() {
+                    chunk[out] = v;
+                }
+            }
+        }
+        Ok(chunk)
+    }
+
+    /// The published rooms, filtered by a search term, most members first.
+    pub fn public_rooms(&self, term: Option<&str>) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        for (k, _) in self
+            .db
+            .scan_prefix(Table::RoomidPublished, b"")
+            .map_err(Error::internal)?
+        {
+            let Ok(room_id) = OwnedRoomId::try_from(String::from_utf8_lossy(&k).into_owned())
+            else {
+                continue;
+            };
+            let chunk = self.public_room_chunk(&room_id)?;
+            if let Some(term) = term.map(str::to_lowercase).filter(|t| !t.is_empty()) {
+                let hay = ["name", "topic", "canonical_alias"]
+                    .iter()
+                    .filter_map(|f| chunk[*f].as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .to_lowercase();
+                if !hay.contains(&term) {
+                    continue;
+                }
+            }
+            out.push(chunk);
+        }
+        out.sort_by(|a, b| {
+            b["num_joined_members"]
+                .as_u64()
+                .cmp(&a["num_joined_members"].as_u64())
+                .then_with(|| a["room_id"].as_str().cmp(&b["room_id"].as_str()))
+        });
+        Ok(out)
+    }
+}

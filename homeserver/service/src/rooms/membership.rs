@@ -1,0 +1,217 @@
+//! Membership changes: join, invite, leave, kick, ban, unban, forget and profile updates.
+
+use ruma::{events::TimelineEventType, OwnedEventId, RoomId, UserId};
+use serde_json::{json, Value};
+
+use paracord_core::{Error, Result};
+use paracord_storage::{Batch, KeyBuf, Table};
+
+use super::{NewEvent, Rooms};
+
+fn with_reason(mut content: Value, reason: Option<&str>) -> Value {
+    if let Some(r) = reason {
+        content["reason"] = json!(r);
+    }
+    content
+}
+
+impl Rooms {
+    fn member_event(&self, target: &UserId, content: Value) -> NewEvent {
+        NewEvent::state(TimelineEventType::RoomMember, target.as_str(), content)
+    }
+
+    /// Joins a local room.
+    pub async fn join(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        profile: (Option<String>, Option<String>),
+        reason: Option<&str>,
+    ) -> Result<OwnedEventId> {
+        if self.room(room_id)?.is_none() {
+            return Err(Error::not_found(
+                "room not known to this server (federation is not supported yet)",
+            ));
+        }
+        let mut content = json!({ "membership": "join" });
+        if let Some(d) = profile.0 {
+            content["displayname"] = json!(d);
+        }
+        if let Some(a) = profile.1 {
+            content["avatar_url"] = json!(a);
+        }
+        self.append(
+            room_id,
+            user,
+            self.member_event(user, with_reason(content, reason)),
+        )
+        .await
+    }
+
+    pub async fn invite(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        reason: Option<&str>,
+        is_direct: bool,
+    ) -> Result<OwnedEventId> {
+        if target.server_name() != self.config.server_name.as_str() {
+            return Err(Error::forbidden("inviting users of other servers needs federation, which this server does not speak yet"));
+        }
+        let mut content = json!({ "membership": "invite" });
+        if is_direct {
+            content["is_direct"] = json!(true);
+        }
+        self.append(
+            room_id,
+            sender,
+            self.member_event(target, with_reason(content, reason)),
+        )
+        .await
+    }
+
+    /// Leaves a room, or rejects an invite.
+    pub async fn leave(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        reason: Option<&str>,
+    ) -> Result<OwnedEventId> {
+        match self.membership(room_id, user)?.as_deref() {
+            Some("join") | Some("invite") | Some("knock") => {}
+            _ => return Err(Error::forbidden("you are not a member of this room")),
+        }
+        self.append(
+            room_id,
+            user,
+            self.member_event(user, with_reason(json!({ "membership": "leave" }), reason)),
+        )
+        .await
+    }
+
+    pub async fn kick(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        reason: Option<&str>,
+    ) -> Result<OwnedEventId> {
+        match self.membership(room_id, target)?.as_deref() {
+            Some("join") | Some("invite") | Some("knock") => {}
+            _ => return Err(Error::forbidden("that user is not in the room")),
+        }
+        self.append(
+            room_id,
+            sender,
+            self.member_event(
+                target,
+                with_reason(json!({ "membership": "leave" }), reason),
+            ),
+        )
+        .await
+    }
+
+    pub async fn ban(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        reason: Option<&str>,
+    ) -> Result<OwnedEventId> {
+        self.room_or_404(room_id)?;
+        self.append(
+            room_id,
+            sender,
+            self.member_event(target, with_reason(json!({ "membership": "ban" }), reason)),
+        )
+        .await
+    }
+
+    pub async fn unban(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        reason: Option<&str>,
+    ) -> Result<OwnedEventId> {
+        if self.membership(room_id, target)?.as_deref() != Some("ban") {
+            return Err(Error::forbidden("that user is not banned"));
+        }
+        self.append(
+            room_id,
+            sender,
+            self.member_event(
+                target,
+                with_reason(json!({ "membership": "leave" }), reason),
+            ),
+        )
+        .await
+    }
+
+    /// Forgets a room the user has left: it disappears from their sync.
+    pub fn forget(&self, room_id: &RoomId, user: &UserId) -> Result<()> {
+        let Some(mut rec) = self.user_room(user, room_id)? else {
+            return Err(Error::not_found("you have never been in this room"));
+        };
+        if rec.membership == "join" || rec.membership == "invite" {
+            return Err(Error::new(
+                http::StatusCode::BAD_REQUEST,
+                paracord_core::ErrorKind::Unknown,
+                "leave the room before forgetting it",
+            ));
+        }
+        rec.forgotten = true;
+        let mut batch = Batch::new();
+        batch.put(
+            Table::UserroomMembership,
+            KeyBuf::new()
+                .str(user.as_str())
+                .last_str(room_id.as_str())
+                .into_vec(),
+            serde_json::to_vec(&rec)?,
+        );
+        self.db.write(batch).map_err(Error::internal)
+    }
+
+    /// Sends a new join event with the user's profile into every room they are joined to.
+    pub async fn update_profile(
+        &self,
+        user: &UserId,
+        displayname: Option<&str>,
+        avatar_url: Option<&str>,
+    ) -> Result<()> {
+        for (room_id, rec) in self.user_rooms(user)? {
+            if rec.membership != "join" {
+                continue;
+            }
+            let state = self.current_state(&room_id)?;
+            let mut content = self
+                .state_content(&state, "m.room.member", user.as_str())?
+                .unwrap_or_else(|| json!({ "membership": "join" }));
+            match displayname {
+                Some(d) => content["displayname"] = json!(d),
+                None => {
+                    if let Some(o) = content.as_object_mut() {
+                        o.remove("displayname");
+                    }
+                }
+            }
+            match avatar_url {
+                Some(a) => content["avatar_url"] = json!(a),
+                None => {
+                    if let Some(o) = content.as_object_mut() {
+                        o.remove("avatar_url");
+                    }
+                }
+            }
+            if let Err(e) = self
+                .append(&room_id, user, self.member_event(user, content))
+                .await
+            {
+                tracing::warn!(%room_id, "profile update not sent: {e}");
+            }
+        }
+        Ok(())
+    }
+}

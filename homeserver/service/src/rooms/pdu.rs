@@ -1,0 +1,176 @@
+//! Persistent data units: the signed events of a room's DAG.
+
+use ruma::{
+    canonical_json::CanonicalJsonObject, events::TimelineEventType, serde::Raw, CanonicalJsonValue,
+    MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
+};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use paracord_core::{Error, Result};
+
+/// Spec limit for a PDU's canonical JSON.
+pub const MAX_PDU_BYTES: usize = 65_536;
+
+/// A PDU as stored, parsed into the fields the auth rules and the client views need.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Pdu {
+    #[serde(skip, default = "placeholder_event_id")]
+    pub event_id: OwnedEventId,
+    /// `None` only for the `m.room.create` event of a v12 room, whose id derives from it.
+    #[serde(default)]
+    pub room_id: Option<OwnedRoomId>,
+    pub sender: OwnedUserId,
+    #[serde(rename = "type")]
+    pub kind: TimelineEventType,
+    #[serde(default)]
+    pub state_key: Option<String>,
+    pub content: Box<RawValue>,
+    pub origin_server_ts: MilliSecondsSinceUnixEpoch,
+    #[serde(default)]
+    pub prev_events: Vec<OwnedEventId>,
+    #[serde(default)]
+    pub auth_events: Vec<OwnedEventId>,
+    #[serde(default)]
+    pub redacts: Option<OwnedEventId>,
+    #[serde(default)]
+    pub depth: UInt,
+    #[serde(skip)]
+    pub rejected: bool,
+}
+
+fn placeholder_event_id() -> OwnedEventId {
+    ruma::event_id!("$placeholder").to_owned()
+}
+
+impl Pdu {
+    /// Parses a stored canonical JSON PDU.
+    pub fn from_json(event_id: OwnedEventId, json: &[u8]) -> Result<Self> {
+        let mut pdu: Pdu = serde_json::from_slice(json)
+            .map_err(|e| Error::internal(format!("stored pdu {event_id} unreadable: {e}")))?;
+        pdu.event_id = event_id;
+        if pdu.redacts.is_none() && pdu.kind == TimelineEventType::RoomRedaction {
+            // Since v11 `redacts` lives in content.
+            #[derive(Deserialize)]
+            struct C {
+                redacts: Option<OwnedEventId>,
+            }
+            if let Ok(c) = serde_json::from_str::<C>(pdu.content.get()) {
+                pdu.redacts = c.redacts;
+            }
+        }
+        Ok(pdu)
+    }
+
+    pub fn content_value(&self) -> serde_json::Value {
+        serde_json::from_str(self.content.get()).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn is_state(&self) -> bool {
+        self.state_key.is_some()
+    }
+}
+
+impl ruma::state_res::Event for Pdu {
+    type Id = OwnedEventId;
+
+    fn event_id(&self) -> &Self::Id {
+        &self.event_id
+    }
+    fn room_id(&self) -> Option<&RoomId> {
+        self.room_id.as_deref()
+    }
+    fn sender(&self) -> &UserId {
+        &self.sender
+    }
+    fn origin_server_ts(&self) -> MilliSecondsSinceUnixEpoch {
+        self.origin_server_ts
+    }
+    fn event_type(&self) -> &TimelineEventType {
+        &self.kind
+    }
+    fn content(&self) -> &RawValue {
+        &self.content
+    }
+    fn state_key(&self) -> Option<&str> {
+        self.state_key.as_deref()
+    }
+    fn prev_events(&self) -> Box<dyn DoubleEndedIterator<Item = &Self::Id> + '_> {
+        Box::new(self.prev_events.iter())
+    }
+    fn auth_events(&self) -> Box<dyn DoubleEndedIterator<Item = &Self::Id> + '_> {
+        Box::new(self.auth_events.iter())
+    }
+    fn redacts(&self) -> Option<&Self::Id> {
+        self.redacts.as_ref()
+    }
+    fn rejected(&self) -> bool {
+        self.rejected
+    }
+}
+
+/// Keys of a PDU that clients do not see.
+const FEDERATION_ONLY_KEYS: &[&str] = &[
+    "auth_events",
+    "prev_events",
+    "depth",
+    "hashes",
+    "signatures",
+    "origin",
+];
+
+/// The client-format JSON of a stored PDU (`room_id` filled in, federation fields removed,
+/// `unsigned` added).
+pub fn client_event(
+    stored: &[u8],
+    event_id: &str,
+    room_id: &str,
+    unsigned: Option<serde_json::Value>,
+) -> Result<serde_json::Value> {
+    let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(stored)?;
+    for k in FEDERATION_ONLY_KEYS {
+        v.remove(*k);
+    }
+    v.insert("event_id".into(), event_id.into());
+    v.insert("room_id".into(), room_id.into());
+    if let Some(u) = unsigned {
+        if u.as_object().is_some_and(|o| !o.is_empty()) {
+            v.insert("unsigned".into(), u);
+        }
+    }
+    Ok(serde_json::Value::Object(v))
+}
+
+/// Stripped state (for invites): type, state_key, sender, content.
+pub fn stripped_event(stored: &[u8]) -> Result<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_slice(stored)?;
+    Ok(serde_json::json!({
+        "type": v["type"], "state_key": v["state_key"], "sender": v["sender"], "content": v["content"],
+    }))
+}
+
+/// Wraps a JSON value as a ruma `Raw<T>`.
+pub fn raw<T>(v: &serde_json::Value) -> Raw<T> {
+    // Serializing a `Value` cannot fail.
+    let raw = serde_json::value::to_raw_value(v).unwrap_or_else(|_| {
+        RawValue::from_string("{}".to_owned()).unwrap_or_else(|_| unreachable_raw())
+    });
+    Raw::from_json(raw)
+}
+
+#[allow(clippy::panic)]
+fn unreachable_raw() -> Box<RawValue> {
+    panic!("\"{{}}\" is valid JSON")
+}
+
+/// Converts client JSON into a canonical JSON object, rejecting floats and integers out of the
+/// canonical range.
+pub fn to_canonical_object(v: serde_json::Value) -> Result<CanonicalJsonObject> {
+    match CanonicalJsonValue::try_from(v) {
+        Ok(CanonicalJsonValue::Object(o)) => Ok(o),
+        Ok(_) => Err(Error::bad_json("content must be a JSON object")),
+        Err(e) => Err(Error::bad_json(format!(
+            "content is not canonical JSON: {e}"
+        ))),
+    }
+}

@@ -1,0 +1,342 @@
+//! Reading a room's timeline: client events, visibility, pagination and context.
+
+use ruma::{EventId, OwnedUserId, RoomId, UserId};
+use serde_json::{json, Value};
+
+use paracord_core::{time::now_ms, Error, Result};
+use paracord_storage::{key::decode_u64, KeyBuf, KeyReader, Table};
+
+use super::{pdu::client_event, EventMeta, Rooms, StateMap};
+
+/// Which events a timeline read keeps (the parts of a RoomEventFilter the server applies).
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub types: Option<Vec<String>>,
+    pub not_types: Vec<String>,
+    pub senders: Option<Vec<String>>,
+    pub not_senders: Vec<String>,
+    pub contains_url: Option<bool>,
+}
+
+fn type_matches(pattern: &str, kind: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => kind.starts_with(prefix),
+        None => pattern == kind,
+    }
+}
+
+impl EventFilter {
+    pub fn allows(&self, ev: &Value) -> bool {
+        let kind = ev["type"].as_str().unwrap_or_default();
+        let sender = ev["sender"].as_str().unwrap_or_default();
+        if self.not_types.iter().any(|p| type_matches(p, kind)) {
+            return false;
+        }
+        if let Some(types) = &self.types {
+            if !types.iter().any(|p| type_matches(p, kind)) {
+                return false;
+            }
+        }
+        if self.not_senders.iter().any(|s| s == sender) {
+            return false;
+        }
+        if let Some(senders) = &self.senders {
+            if !senders.iter().any(|s| s == sender) {
+                return false;
+            }
+        }
+        if let Some(want) = self.contains_url {
+            if ev["content"].get("url").is_some_and(|u| u.is_string()) != want {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Who is reading: the event's `unsigned.transaction_id` goes only to the sending device.
+#[derive(Debug, Clone, Copy)]
+pub struct Reader<'a> {
+    pub user: &'a UserId,
+    pub device: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    Backward,
+    Forward,
+}
+
+/// A page of events with the tokens around it.
+#[derive(Debug, Default)]
+pub struct Page {
+    pub events: Vec<(u64, Value)>,
+    /// Token to continue from, if there may be more.
+    pub next: Option<u64>,
+}
+
+impl Rooms {
+    /// The client JSON of an event with its `unsigned` section.
+    pub fn client_event(
+        &self,
+        short: u64,
+        reader: Option<Reader<'_>>,
+    ) -> Result<Option<(EventMeta, Value)>> {
+        let (Some(raw), Some(meta)) = (self.raw_pdu(short)?, self.meta(short)?) else {
+            return Ok(None);
+        };
+        let stored: Value = serde_json::from_slice(&raw)?;
+        let mut unsigned = serde_json::Map::new();
+        if let Some(ts) = stored["origin_server_ts"].as_u64() {
+            unsigned.insert("age".into(), json!(now_ms().saturating_sub(ts)));
+        }
+        if let (Some(r), Some((dev, txn))) = (reader, &meta.txn) {
+            if r.user.as_str() == stored["sender"].as_str().unwrap_or_default()
+                && r.device == Some(dev.as_str())
+            {
+                unsigned.insert("transaction_id".into(), json!(txn));
+            }
+        }
+        if let Some(redaction) = &meta.redacted_by {
+            if let Some(rs) = self.short_id(redaction)? {
+                if let Some(raw) = self.raw_pdu(rs)? {
+                    let because =
+                        client_event(&raw, redaction.as_str(), meta.room_id.as_str(), None)?;
+                    unsigned.insert("redacted_because".into(), because);
+                }
+            }
+        }
+        if let (Some(kind), Some(key)) = (stored["type"].as_str(), stored["state_key"].as_str()) {
+            let before = self.state(meta.state_before)?;
+            if let Some(prev) = before.get(&(kind.to_owned(), key.to_owned())) {
+                if let Some(prev_raw) = self.raw_pdu(*prev)? {
+                    let pv: Value = serde_json::from_slice(&prev_raw)?;
+                    unsigned.insert("prev_content".into(), pv["content"].clone());
+                    if let Some(pm) = self.meta(*prev)? {
+                        unsigned.insert("replaces_state".into(), json!(pm.event_id));
+                    }
+                    unsigned.insert("prev_sender".into(), pv["sender"].clone());
+                }
+            }
+        }
+        let ev = client_event(
+            &raw,
+            meta.event_id.as_str(),
+            meta.room_id.as_str(),
+            Some(Value::Object(unsigned)),
+        )?;
+        Ok(Some((meta, ev)))
+    }
+
+    /// Whether `user` may see an event, following `m.room.history_visibility`.
+    pub fn can_see(&self, user: &UserId, meta: &EventMeta) -> Result<bool> {
+        let state = self.state(meta.state_after)?;
+        let hv = self
+            .state_content(&state, "m.room.history_visibility", "")?
+            .and_then(|c| c["history_visibility"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "shared".to_owned());
+        if hv == "world_readable" {
+            return Ok(true);
+        }
+        let at_event = self.membership_in(&state, user)?;
+        match at_event.as_deref() {
+            Some("join") => return Ok(true),
+            Some("invite") if hv == "invited" || hv == "shared" => {
+                return Ok(hv == "invited" || self.is_joined(&meta.room_id, user)?)
+            }
+            _ => {}
+        }
+        Ok(hv == "shared" && self.is_joined(&meta.room_id, user)?)
+    }
+
+    /// Events of a room strictly after (`Forward`) or at-or-before (`Backward`) `from`, visible to
+    /// the reader and passing the filter, at most `limit`, scanning at most a bounded window.
+    pub fn paginate(
+        &self,
+        room_id: &RoomId,
+        reader: Reader<'_>,
+        from: u64,
+        to: Option<u64>,
+        dir: Dir,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> Result<Page> {
+        let prefix = KeyBuf::new().str(room_id.as_str()).into_vec();
+        let mut page = Page::default();
+        let mut cursor = from;
+        const WINDOW: usize = 200;
+        let mut scanned = 0usize;
+        loop {
+            let rows = match dir {
+                Dir::Forward => {
+                    let lower = KeyBuf::new()
+                        .str(room_id.as_str())
+                        .u64(cursor.saturating_add(1))
+                        .into_vec();
+                    let upper = to.map(|t| {
+                        KeyBuf::new()
+                            .str(room_id.as_str())
+                            .u64(t.saturating_add(1))
+                            .into_vec()
+                    });
+                    self.db
+                        .scan(
+                            Table::RoompositionShorteventid,
+                            &prefix,
+                            &lower,
+                            upper.as_deref(),
+                            false,
+                            WINDOW,
+                        )
+                        .map_err(Error::internal)?
+                }
+                Dir::Backward => {
+                    let lower = match to {
+                        Some(t) => KeyBuf::new()
+                            .str(room_id.as_str())
+                            .u64(t.saturating_add(1))
+                            .into_vec(),
+                        None => prefix.clone(),
+                    };
+                    let upper = KeyBuf::new()
+                        .str(room_id.as_str())
+                        .u64(cursor.saturating_add(1))
+                        .into_vec();
+                    self.db
+                        .scan(
+                            Table::RoompositionShorteventid,
+                            &prefix,
+                            &lower,
+                            Some(&upper),
+                            true,
+                            WINDOW,
+                        )
+                        .map_err(Error::internal)?
+                }
+            };
+            let exhausted = rows.len() < WINDOW;
+            for (k, v) in rows {
+                let mut r = KeyReader::new(&k);
+                r.str().map_err(Error::internal)?;
+                let pos = r.u64().map_err(Error::internal)?;
+                let short = decode_u64(&v).map_err(Error::internal)?;
+                cursor = match dir {
+                    Dir::Forward => pos,
+                    Dir::Backward => pos.saturating_sub(1),
+                };
+                scanned += 1;
+                let Some((meta, ev)) = self.client_event(short, Some(reader))? else {
+                    continue;
+                };
+                if !filter.allows(&ev) || !self.can_see(reader.user, &meta)? {
+                    continue;
+                }
+                page.events.push((pos, ev));
+                if page.events.len() >= limit {
+                    page.next = Some(cursor);
+                    return Ok(page);
+                }
+            }
+            if exhausted || scanned > 10_000 {
+                if !exhausted {
+                    page.next = Some(cursor);
+                }
+                return Ok(page);
+            }
+        }
+    }
+
+    /// Finds an event the reader may see: `(short id, meta, client json)`.
+    pub fn visible_event(
+        &self,
+        reader: Reader<'_>,
+        room_id: Option<&RoomId>,
+        event_id: &EventId,
+    ) -> Result<(u64, EventMeta, Value)> {
+        let short = self
+            .short_id(event_id)?
+            .ok_or_else(|| Error::not_found("event not found"))?;
+        let (meta, ev) = self
+            .client_event(short, Some(reader))?
+            .ok_or_else(|| Error::not_found("event not found"))?;
+        if room_id.is_some_and(|r| r != meta.room_id) {
+            return Err(Error::not_found("event not found"));
+        }
+        if !self.can_see(reader.user, &meta)? {
+            return Err(Error::not_found("event not found or not visible to you"));
+        }
+        Ok((short, meta, ev))
+    }
+
+    /// The state of a room as it was at stream position `pos` (after all events up to it).
+    pub fn state_at_pos(&self, room_id: &RoomId, pos: u64) -> Result<u64> {
+        let prefix = KeyBuf::new().str(room_id.as_str()).into_vec();
+        let upper = KeyBuf::new()
+            .str(room_id.as_str())
+            .u64(pos.saturating_add(1))
+            .into_vec();
+        let rows = self
+            .db
+            .scan(
+                Table::RoompositionShorteventid,
+                &prefix,
+                &prefix,
+                Some(&upper),
+                true,
+                1,
+            )
+            .map_err(Error::internal)?;
+        match rows.into_iter().next() {
+            Some((_, v)) => {
+                let short = decode_u64(&v).map_err(Error::internal)?;
+                Ok(self.meta(short)?.map(|m| m.state_after).unwrap_or(0))
+            }
+            None => Ok(0),
+        }
+    }
+
+    /// Client JSON for every event of a state map.
+    pub fn state_events(&self, state: &StateMap, reader: Option<Reader<'_>>) -> Result<Vec<Value>> {
+        let mut out = Vec::with_capacity(state.len());
+        for short in state.values() {
+            if let Some((_, ev)) = self.client_event(*short, reader)? {
+                out.push(ev);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The reader must be, or have been, in the room to read it.
+    pub fn check_can_read(&self, room_id: &RoomId, user: &UserId) -> Result<()> {
+        self.room_or_404(room_id)?;
+        match self.membership(room_id, user)?.as_deref() {
+            Some("join") | Some("leave") | Some("ban") => Ok(()),
+            _ => {
+                let state = self.current_state(room_id)?;
+                let hv = self
+                    .state_content(&state, "m.room.history_visibility", "")?
+                    .and_then(|c| c["history_visibility"].as_str().map(str::to_owned));
+                if hv.as_deref() == Some("world_readable") {
+                    Ok(())
+                } else {
+                    Err(Error::forbidden("you are not a member of this room"))
+                }
+            }
+        }
+    }
+
+    /// Members that sent the given events (for lazy-loading members).
+    pub fn senders_of(events: &[(u64, Value)]) -> Vec<OwnedUserId> {
+        let mut out: Vec<OwnedUserId> = events
+            .iter()
+            .filter_map(|(_, e)| {
+                e["sender"]
+                    .as_str()
+                    .and_then(|s| OwnedUserId::try_from(s).ok())
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+}

@@ -1,0 +1,103 @@
+//! The global stream: one persistent, monotonically increasing position that orders everything
+//! a client can see, and the notifier that wakes long-polling syncs.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
+
+use paracord_core::{Error, Result};
+use paracord_storage::{key::decode_u64, Batch, Db, Table};
+use parking_lot::Mutex;
+use ruma::{OwnedUserId, UserId};
+use tokio::sync::Notify;
+
+const STREAM_KEY: &[u8] = b"stream_position";
+
+/// Allocates stream positions and commits batches in position order.
+pub struct Stream {
+    db: Arc<Db>,
+    pos: AtomicU64,
+    commit_lock: Mutex<()>,
+    notifier: Notifier,
+}
+
+impl Stream {
+    pub fn load(db: Arc<Db>) -> Result<Self> {
+        let pos = match db
+            .get(Table::GlobalValue, STREAM_KEY)
+            .map_err(Error::internal)?
+        {
+            Some(v) => decode_u64(&v).map_err(Error::internal)?,
+            None => 0,
+        };
+        Ok(Self {
+            db,
+            pos: AtomicU64::new(pos),
+            commit_lock: Mutex::new(()),
+            notifier: Notifier::default(),
+        })
+    }
+
+    /// The position of the newest committed change.
+    pub fn current(&self) -> u64 {
+        self.pos.load(Ordering::Acquire)
+    }
+
+    /// Allocates the next position, lets `fill` add the change to a batch, and writes it
+    /// atomically together with the new position. Positions become visible in order: a reader
+    /// that sees position `n` can read everything at or below `n`.
+    pub fn commit<R>(&self, fill: impl FnOnce(u64, &mut Batch) -> Result<R>) -> Result<(u64, R)> {
+        let _guard = self.commit_lock.lock();
+        let pos = self.pos.load(Ordering::Acquire) + 1;
+        let mut batch = Batch::new();
+        let out = fill(pos, &mut batch)?;
+        batch.put(
+            Table::GlobalValue,
+            STREAM_KEY.to_vec(),
+            pos.to_be_bytes().to_vec(),
+        );
+        self.db.write(batch).map_err(Error::internal)?;
+        self.pos.store(pos, Ordering::Release);
+        Ok((pos, out))
+    }
+
+    pub fn notifier(&self) -> &Notifier {
+        &self.notifier
+    }
+}
+
+/// Wakes the long-polling syncs of particular users.
+#[derive(Default)]
+pub struct Notifier {
+    users: Mutex<HashMap<OwnedUserId, Arc<Notify>>>,
+}
+
+impl Notifier {
+    /// The handle a sync waits on. Call `notified()` and `enable()` it before checking for
+    /// news, so a wake-up between the check and the wait is not lost.
+    pub fn handle(&self, user: &UserId) -> Arc<Notify> {
+        self.users
+            .lock()
+            .entry(user.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    pub fn wake<'a>(&self, users: impl IntoIterator<Item = &'a UserId>) {
+        let map = self.users.lock();
+        for u in users {
+            if let Some(n) = map.get(u) {
+                n.notify_waiters();
+            }
+        }
+    }
+
+    /// Drops handles nobody waits on (called now and then).
+    pub fn prune(&self) {
+        self.users.lock().retain(|_, n| Arc::strong_count(n) > 1);
+    }
+}

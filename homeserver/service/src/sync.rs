@@ -1,0 +1,429 @@
+//! `/sync`: initial and incremental, long-polling on the notifier.
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use paracord_core::{Error, Result};
+use ruma::{
+    api::client::filter::{FilterDefinition, LazyLoadOptions, RoomEventFilter},
+    OwnedUserId, RoomId, UserId,
+};
+use serde_json::{json, Map, Value};
+use tokio::time::Instant;
+
+use crate::{
+    account_data::AccountData,
+    ephemeral::Ephemeral,
+    rooms::{
+        pdu::stripped_event,
+        timeline::{Dir, EventFilter, Reader},
+        Rooms,
+    },
+    stream::Stream,
+};
+
+/// Parses a `since`/`from` token (`s<pos>`).
+pub fn parse_token(token: &str) -> Result<u64> {
+    token
+        .strip_prefix('s')
+        .unwrap_or(token)
+        .parse()
+        .map_err(|_| Error::invalid_param("invalid pagination token"))
+}
+
+pub fn make_token(pos: u64) -> String {
+    format!("s{pos}")
+}
+
+/// The server-side parts of a RoomEventFilter.
+pub fn event_filter(f: &RoomEventFilter) -> EventFilter {
+    EventFilter {
+        types: f.types.clone(),
+        not_types: f.not_types.clone(),
+        senders: f
+            .senders
+            .as_ref()
+            .map(|s| s.iter().map(|u| u.to_string()).collect()),
+        not_senders: f.not_senders.iter().map(|u| u.to_string()).collect(),
+        contains_url: f
+            .url_filter
+            .map(|u| matches!(u, ruma::api::client::filter::UrlFilter::EventsWithUrl)),
+    }
+}
+
+fn lazy_members(f: &RoomEventFilter) -> bool {
+    matches!(f.lazy_load_options, LazyLoadOptions::Enabled { .. })
+}
+
+pub struct SyncRequest<'a> {
+    pub user: &'a UserId,
+    pub device: &'a str,
+    pub since: Option<u64>,
+    pub full_state: bool,
+    pub filter: FilterDefinition,
+    pub timeout: Duration,
+}
+
+pub struct Sync {
+    rooms: Arc<Rooms>,
+    stream: Arc<Stream>,
+    account_data: Arc<AccountData>,
+    ephemeral: Arc<Ephemeral>,
+}
+
+const DEFAULT_TIMELINE_LIMIT: usize = 10;
+const MAX_TIMELINE_LIMIT: usize = 1000;
+
+impl Sync {
+    pub fn new(
+        rooms: Arc<Rooms>,
+        stream: Arc<Stream>,
+        account_data: Arc<AccountData>,
+        ephemeral: Arc<Ephemeral>,
+    ) -> Self {
+        Self {
+            rooms,
+            stream,
+            account_data,
+            ephemeral,
+        }
+    }
+
+    /// Answers a sync, waiting up to `timeout` for news when there is none.
+    pub async fn sync(&self, req: SyncRequest<'_>) -> Result<Value> {
+        let deadline = Instant::now() + req.timeout;
+        let notify = self.stream.notifier().handle(req.user);
+        loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let upto = self.stream.current();
+            if req.since.is_some_and(|s| s > upto) {
+                return Err(Error::invalid_param("since token is from the future"));
+            }
+            let (body, has_news) = self.build(&req, upto)?;
+            if req.since.is_none() || has_news || req.full_state || Instant::now() >= deadline {
+                return Ok(body);
+            }
+            if req.since == Some(upto) || !has_news {
+                if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                    // Timed out: answer with what there is (nothing new).
+                    let (body, _) = self.build(&req, self.stream.current())?;
+                    return Ok(body);
+                }
+            }
+        }
+    }
+
+    fn build(&self, req: &SyncRequest<'_>, upto: u64) -> Result<(Value, bool)> {
+        let mut join = Map::new();
+        let mut invite = Map::new();
+        let mut leave = Map::new();
+        let room_filter = &req.filter.room;
+        let mut shared_users: HashSet<OwnedUserId> = HashSet::new();
+        for (room_id, rec) in self.rooms.user_rooms(req.user)? {
+            if rec.forgotten || rec.pos > upto {
+                // A change after `upto` is reported by the next sync.
+                if rec.pos > upto && rec.membership == "join" {
+                    // still joined before; fall through with the older view
+                } else {
+                    continue;
+                }
+            }
+            if room_filter.not_rooms.contains(&room_id)
+                || room_filter
+                    .rooms
+                    .as_ref()
+                    .is_some_and(|r| !r.contains(&room_id))
+            {
+                continue;
+            }
+            match rec.membership.as_str() {
+                "join" => {
+                    for u in self.rooms.joined_members(&room_id)? {
+                        shared_users.insert(u);
+                    }
+                    if let Some(v) = self.joined_room(req, &room_id, rec.pos, upto)? {
+                        join.insert(room_id.to_string(), v);
+                    }
+                }
+                "invite" => {
+                    if req.since.is_none_or(|s| rec.pos > s) {
+                        invite.insert(
+                            room_id.to_string(),
+                            self.invited_room(&room_id, rec.event_id.as_str())?,
+                        );
+                    }
+                }
+                "leave" | "ban" => {
+                    let include = match req.since {
+                        Some(s) => rec.pos > s,
+                        None => room_filter.include_leave,
+                    };
+                    if include {
+                        leave.insert(room_id.to_string(), self.left_room(req, &room_id, rec.pos)?);
+                    }
+                }
+                _ => {}
+            }
+        }
+
+        let mut global_ad = Vec::new();
+        let mut room_ad: Map<String, Value> = Map::new();
+        for (room, kind, content) in self.account_data.changed_since(req.user, req.since, upto)? {
+            let ev = json!({ "type": kind, "content": content });
+            match room {
+                None => global_ad.push(ev),
+                Some(r) => {
+                    if let Some(j) = join.get_mut(r.as_str()) {
+                        push_to(j, "account_data", ev);
+                    } else if self.rooms.is_joined(&r, req.user)? {
+                        room_ad
+                            .entry(r.to_string())
+                            .or_insert_with(|| json!([]))
+                            .as_array_mut()
+                            .map(|a| a.push(ev));
+                    }
+                }
+            }
+        }
+        for (room, events) in room_ad {
+            let mut jr = empty_joined();
+            jr["account_data"]["events"] = events;
+            join.insert(room, jr);
+        }
+
+        let mut presence = Vec::new();
+        shared_users.insert(req.user.to_owned());
+        for u in &shared_users {
+            if let Some(p) = self.ephemeral.presence(u)? {
+                if req.since.is_none_or(|s| p.pos > s) && p.pos <= upto {
+                    presence.push(Ephemeral::presence_event(u, &p));
+                }
+            }
+        }
+
+        let has_news = !join.is_empty()
+            || !invite.is_empty()
+            || !leave.is_empty()
+            || !global_ad.is_empty()
+            || !presence.is_empty();
+        let body = json!({
+            "next_batch": make_token(upto),
+            "rooms": { "join": join, "invite": invite, "leave": leave, "knock": {} },
+            "account_data": { "events": global_ad },
+            "presence": { "events": presence },
+            "to_device": { "events": [] },
+            "device_lists": { "changed": [], "left": [] },
+            "device_one_time_keys_count": {},
+        });
+        Ok((body, has_news))
+    }
+
+    /// A joined room's section, or `None` if nothing changed since `since`.
+    fn joined_room(
+        &self,
+        req: &SyncRequest<'_>,
+        room_id: &RoomId,
+        membership_pos: u64,
+        upto: u64,
+    ) -> Result<Option<Value>> {
+        let room = self.rooms.room_or_404(room_id)?;
+        let newly_joined = match req.since {
+            None => true,
+            Some(s) if membership_pos > s => {
+                let state_then = self.rooms.state(self.rooms.state_at_pos(room_id, s)?)?;
+                self.rooms.membership_in(&state_then, req.user)?.as_deref() != Some("join")
+            }
+            Some(_) => false,
+        };
+        let since = req.since.filter(|_| !newly_joined);
+        let typing = self.ephemeral.typing_event(room_id, since);
+        let receipts = self.ephemeral.receipt_event(room_id, req.user, since)?;
+        let timeline_changed = since.is_none_or(|s| room.last_pos > s);
+        if !timeline_changed && !req.full_state && typing.is_none() && receipts.is_none() {
+            return Ok(None);
+        }
+        let mut out = empty_joined();
+        self.fill_timeline_and_state(req, room_id, since, upto, &mut out)?;
+        if let Some(t) = typing {
+            push_to(&mut out, "ephemeral", t);
+        }
+        if let Some(r) = receipts {
+            push_to(&mut out, "ephemeral", r);
+        }
+        let members = self.rooms.members(room_id)?;
+        let joined = members.iter().filter(|(_, m)| m == "join").count();
+        let invited = members.iter().filter(|(_, m)| m == "invite").count();
+        out["summary"] =
+            json!({ "m.joined_member_count": joined, "m.invited_member_count": invited });
+        if self
+            .rooms
+            .state_content(&*self.rooms.state(room.state)?, "m.room.name", "")?
+            .is_none()
+        {
+            let heroes: Vec<&OwnedUserId> = members
+                .iter()
+                .filter(|(u, m)| u != req.user && (m == "join" || m == "invite"))
+                .map(|(u, _)| u)
+                .take(5)
+                .collect();
+            out["summary"]["m.heroes"] = json!(heroes);
+        }
+        Ok(Some(out))
+    }
+
+    /// Timeline and state of a room between `since` and `upto` (`end` bounds a left room).
+    fn fill_timeline_and_state(
+        &self,
+        req: &SyncRequest<'_>,
+        room_id: &RoomId,
+        since: Option<u64>,
+        upto: u64,
+        out: &mut Value,
+    ) -> Result<()> {
+        let tf = &req.filter.room.timeline;
+        let limit = tf
+            .limit
+            .map(|l| usize::try_from(u64::from(l)).unwrap_or(MAX_TIMELINE_LIMIT))
+            .unwrap_or(DEFAULT_TIMELINE_LIMIT);
+        let limit = limit.clamp(1, MAX_TIMELINE_LIMIT);
+        let reader = Reader {
+            user: req.user,
+            device: Some(req.device),
+        };
+        let page = self.rooms.paginate(
+            room_id,
+            reader,
+            upto,
+            since,
+            Dir::Backward,
+            limit + 1,
+            &event_filter(tf),
+        )?;
+        let mut events = page.events;
+        let limited = events.len() > limit || (page.next.is_some() && events.len() >= limit);
+        events.truncate(limit);
+        events.reverse();
+        let first_pos = events.first().map(|(p, _)| *p);
+        let prev_batch = match first_pos {
+            Some(p) => make_token(p.saturating_sub(1)),
+            None => make_token(upto),
+        };
+        // State at the start of the timeline.
+        let state_start_snapshot = match first_pos {
+            Some(p) => self.rooms.state_at_pos(room_id, p.saturating_sub(1))?,
+            None => self.rooms.state_at_pos(room_id, upto)?,
+        };
+        let in_timeline: HashSet<&str> = events
+            .iter()
+            .filter_map(|(_, e)| e["event_id"].as_str())
+            .collect();
+        let state_start = self.rooms.state(state_start_snapshot)?;
+        let mut state_events = Vec::new();
+        let full = since.is_none() || req.full_state;
+        if full || limited {
+            let base = match since {
+                Some(s) if !req.full_state => {
+                    Some(self.rooms.state(self.rooms.state_at_pos(room_id, s)?)?)
+                }
+                _ => None,
+            };
+            let lazy = lazy_members(&req.filter.room.state);
+            let wanted: HashSet<String> = Rooms::senders_of(&events)
+                .into_iter()
+                .map(|u| u.to_string())
+                .chain([req.user.to_string()])
+                .collect();
+            let sf = event_filter(&req.filter.room.state);
+            for ((kind, key), short) in state_start.iter() {
+                if base
+                    .as_ref()
+                    .is_some_and(|b| b.get(&(kind.clone(), key.clone())) == Some(short))
+                {
+                    continue;
+                }
+                if lazy && kind == "m.room.member" && !wanted.contains(key) {
+                    continue;
+                }
+                if let Some((_, ev)) = self.rooms.client_event(*short, Some(reader))? {
+                    if in_timeline.contains(ev["event_id"].as_str().unwrap_or_default())
+                        || !sf.allows(&ev)
+                    {
+                        continue;
+                    }
+                    state_events.push(ev);
+                }
+            }
+        }
+        out["timeline"] = json!({
+            "events": events.into_iter().map(|(_, e)| e).collect::<Vec<_>>(),
+            "limited": limited,
+            "prev_batch": prev_batch,
+        });
+        out["state"] = json!({ "events": state_events });
+        Ok(())
+    }
+
+    fn invited_room(&self, room_id: &RoomId, invite_event: &str) -> Result<Value> {
+        let state = self.rooms.current_state(room_id)?;
+        let mut events = Vec::new();
+        for kind in [
+            "m.room.create",
+            "m.room.join_rules",
+            "m.room.name",
+            "m.room.avatar",
+            "m.room.canonical_alias",
+            "m.room.encryption",
+            "m.room.topic",
+        ] {
+            if let Some(short) = state.get(&(kind.to_owned(), String::new())) {
+                if let Some(raw) = self.rooms.raw_pdu(*short)? {
+                    events.push(stripped_event(&raw)?);
+                }
+            }
+        }
+        if let Ok(eid) = ruma::OwnedEventId::try_from(invite_event) {
+            if let Some(short) = self.rooms.short_id(&eid)? {
+                if let Some(raw) = self.rooms.raw_pdu(short)? {
+                    events.push(stripped_event(&raw)?);
+                }
+            }
+        }
+        Ok(json!({ "invite_state": { "events": events } }))
+    }
+
+    fn left_room(&self, req: &SyncRequest<'_>, room_id: &RoomId, leave_pos: u64) -> Result<Value> {
+        let mut out = json!({ "account_data": { "events": [] } });
+        self.fill_timeline_and_state(req, room_id, req.since, leave_pos, &mut out)?;
+        Ok(out)
+    }
+}
+
+fn empty_joined() -> Value {
+    json!({
+        "timeline": { "events": [], "limited": false },
+        "state": { "events": [] },
+        "ephemeral": { "events": [] },
+        "account_data": { "events": [] },
+        "unread_notifications": { "highlight_count": 0, "notification_count": 0 },
+        "summary": {},
+    })
+}
+
+fn push_to(room: &mut Value, section: &str, ev: Value) {
+    if let Some(a) = room[section]["events"].as_array_mut() {
+        a.push(ev);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip() {
+        assert_eq!(parse_token(&make_token(42)).unwrap(), 42);
+        assert!(parse_token("garbage").is_err());
+        assert!(parse_token("s-1").is_err());
+    }
+}

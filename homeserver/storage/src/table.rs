@@ -1,0 +1,105 @@
+//! The catalogue of column families. Each name says `<key>_<value>`.
+
+/// A table (column family). The name is its on-disk identity; never rename one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Table {
+    /// Fixed-name global values (stream position, id counters, server facts).
+    GlobalValue,
+    /// `user_id` → account record (password hash, admin, deactivated, profile).
+    UseridAccount,
+    /// sha256(token) → session (user, device, kind, expiry).
+    TokenhashSession,
+    /// `user_id 0xFF device_id` → device record.
+    UserdeviceDevice,
+    /// `user_id 0xFF device_id 0xFF txn_id` → event id.
+    TxnEventid,
+    /// `event_id` → short event id (u64 big-endian).
+    EventidShorteventid,
+    /// short event id → the PDU as canonical JSON.
+    ShorteventidPdu,
+    /// short event id → event metadata (room, stream position, state before it, outcome).
+    ShorteventidMeta,
+    /// `room_id` → room record (version, forward extremities, current state snapshot, ...).
+    RoomidRoom,
+    /// `room_id 0xFF stream_pos` → short event id: the room's timeline in stream order.
+    RoompositionShorteventid,
+    /// snapshot id → state snapshot (parent snapshot plus the entries that changed).
+    SnapshotidState,
+    /// `user_id 0xFF room_id` → the user's membership in the room and its stream position.
+    UserroomMembership,
+    /// `room_id 0xFF user_id` → membership string, for member lists.
+    RoomuserMembership,
+    /// room alias → room id.
+    AliasRoomid,
+    /// `room_id` → "" for rooms published in the public room directory.
+    RoomidPublished,
+    /// `user_id 0xFF room_id-or-empty 0xFF type` → account data content and stream position.
+    UserroomtypeAccountdata,
+    /// `user_id 0xFF filter_id` → filter JSON.
+    UserfilterFilter,
+    /// `room_id 0xFF receipt_type 0xFF user_id 0xFF thread` → receipt.
+    RoomreceiptReceipt,
+    /// `user_id` → presence record.
+    UseridPresence,
+}
+
+impl Table {
+    pub const ALL: &'static [Table] = &[
+        Table::GlobalValue,
+        Table::UseridAccount,
+        Table::TokenhashSession,
+        Table::UserdeviceDevice,
+        Table::TxnEventid,
+        Table::EventidShorteventid,
+        Table::ShorteventidPdu,
+        Table::ShorteventidMeta,
+        Table::RoomidRoom,
+        Table::RoompositionShorteventid,
+        Table::SnapshotidState,
+        Table::UserroomMembership,
+        Table::RoomuserMembership,
+        Table::AliasRoomid,
+        Table::RoomidPublished,
+        Table::UserroomtypeAccountdata,
+        Table::UserfilterFilter,
+        Table::RoomreceiptReceipt,
+        Table::UseridPresence,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::GlobalValue => "global_value",
+            Table::UseridAccount => "userid_account",
+            Table::TokenhashSession => "tokenhash_session",
+            Table::UserdeviceDevice => "userdevice_device",
+            Table::TxnEventid => "txn_eventid",
+            Table::EventidShorteventid => "eventid_shorteventid",
+            Table::ShorteventidPdu => "shorteventid_pdu",
+            Table::ShorteventidMeta => "shorteventid_meta",
+            Table::RoomidRoom => "roomid_room",
+            Table::RoompositionShorteventid => "roomposition_shorteventid",
+            Table::SnapshotidState => "snapshotid_state",
+            Table::UserroomMembership => "userroom_membership",
+            Table::RoomuserMembership => "roomuser_membership",
+            Table::AliasRoomid => "alias_roomid",
+            Table::RoomidPublished => "roomid_published",
+            Table::UserroomtypeAccountdata => "userroomtype_accountdata",
+            Table::UserfilterFilter => "userfilter_filter",
+            Table::RoomreceiptReceipt => "roomreceipt_receipt",
+            Table::UseridPresence => "userid_presence",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique() {
+        let mut names: Vec<_> = Table::ALL.iter().map(|t| t.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Table::ALL.len());
+    }
+}

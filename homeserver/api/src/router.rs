@@ -22,6 +22,14 @@ use crate::{
     synapse_admin, well_known, ApiError, AppState,
 };
 
+/// The state paths without a state key (empty state key), with and without trailing slash.
+const STATE_WITHOUT_KEY: &[&str] = &[
+    "/_matrix/client/v3/rooms/{room_id}/state/{event_type}",
+    "/_matrix/client/v3/rooms/{room_id}/state/{event_type}/",
+    "/_matrix/client/r0/rooms/{room_id}/state/{event_type}",
+    "/_matrix/client/r0/rooms/{room_id}/state/{event_type}/",
+];
+
 /// The whole HTTP application. Separate from `main` so tests can run it in-process.
 pub fn app(services: Arc<Services>) -> Router {
     let state = AppState(services);
@@ -93,17 +101,11 @@ pub fn app(services: Arc<Services>) -> Router {
         // state
         .ruma::<c::state::get_state_events::v3::Request, _, _>(state::get_state_events_route)
         .ruma_with::<c::state::get_state_event_for_key::v3::Request, _, _>(
-            &[
-                "/_matrix/client/v3/rooms/{room_id}/state/{event_type}",
-                "/_matrix/client/r0/rooms/{room_id}/state/{event_type}",
-            ],
+            STATE_WITHOUT_KEY,
             state::get_state_event_for_key_route,
         )
         .ruma_with::<c::state::send_state_event::v3::Request, _, _>(
-            &[
-                "/_matrix/client/v3/rooms/{room_id}/state/{event_type}",
-                "/_matrix/client/r0/rooms/{room_id}/state/{event_type}",
-            ],
+            STATE_WITHOUT_KEY,
             state::send_state_event_route,
         )
         // messages

@@ -121,13 +121,10 @@ impl Sync {
         let room_filter = &req.filter.room;
         let mut shared_users: HashSet<OwnedUserId> = HashSet::new();
         for (room_id, rec) in self.rooms.user_rooms(req.user)? {
+            // A change committed but not yet published (pos > upto) shows in the next sync; the
+            // writer wakes us after publishing it.
             if rec.forgotten || rec.pos > upto {
-                // A change after `upto` is reported by the next sync.
-                if rec.pos > upto && rec.membership == "join" {
-                    // still joined before; fall through with the older view
-                } else {
-                    continue;
-                }
+                continue;
             }
             if room_filter.not_rooms.contains(&room_id)
                 || room_filter

@@ -131,6 +131,14 @@ pub fn client_event(
     for k in FEDERATION_ONLY_KEYS {
         v.remove(*k);
     }
+    // Since v11 `redacts` lives in content; clients still look for it at the top level too.
+    if v.get("type").and_then(|t| t.as_str()) == Some("m.room.redaction")
+        && !v.contains_key("redacts")
+    {
+        if let Some(r) = v.get("content").and_then(|c| c.get("redacts")).cloned() {
+            v.insert("redacts".into(), r);
+        }
+    }
     v.insert("event_id".into(), event_id.into());
     v.insert("room_id".into(), room_id.into());
     if let Some(u) = unsigned {

@@ -568,7 +568,12 @@ impl Rooms {
             &mut obj,
             &rules.redaction,
         )
-        .map_err(|e| Error::bad_json(format!("event cannot be signed: {e}")))?;
+        .map_err(|e| match e {
+            ruma::signatures::JsonError::PduTooLarge => {
+                Error::too_large("event is larger than 65535 bytes of canonical JSON")
+            }
+            other => Error::bad_json(format!("event cannot be signed: {other}")),
+        })?;
         Ok(obj)
     }
 
@@ -583,11 +588,13 @@ impl Rooms {
         let signed = self.sign_obj(obj, rules)?;
         let bytes = obj_bytes(&signed)?;
         if bytes.len() > pdu::MAX_PDU_BYTES {
-            return Err(Error::too_large("event is larger than 65536 bytes"));
+            return Err(Error::too_large(
+                "event is larger than 65535 bytes of canonical JSON",
+            ));
         }
         let hash = reference_hash(&signed, rules).map_err(|e| match e {
             ruma::signatures::JsonError::PduTooLarge => {
-                Error::too_large("event is larger than 65536 bytes")
+                Error::too_large("event is larger than 65535 bytes of canonical JSON")
             }
             other => Error::bad_json(format!("event cannot be hashed: {other}")),
         })?;

@@ -139,6 +139,15 @@ impl Rooms {
             return Ok(true);
         }
         let at_event = self.membership_in(&state, user)?;
+        // Whoever was joined just before an event sees it too: that covers their own leave.
+        if meta.state_before != meta.state_after
+            && self
+                .membership_in(&*self.state(meta.state_before)?, user)?
+                .as_deref()
+                == Some("join")
+        {
+            return Ok(true);
+        }
         match at_event.as_deref() {
             Some("join") => return Ok(true),
             Some("invite") if hv == "invited" || hv == "shared" => {

@@ -1,0 +1,11 @@
+//! Paracord's black-box conformance suite: every test starts its own
+//! `paracord` process and talks to it over HTTP only.
+
+mod accounts;
+mod durability;
+mod ephemeral;
+mod errors;
+mod membership;
+mod messages;
+mod rooms;
+mod sync;

@@ -857,3 +857,146 @@ pub(crate) fn json_int(v: &serde_json::Value) -> Option<i64> {
     v.as_i64()
         .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{create::CreateRoom, *};
+    use crate::Services;
+
+    fn services() -> (tempfile::TempDir, Services) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            data_dir: dir.path().join("data"),
+            ..Config::default()
+        };
+        (dir, Services::open(config).unwrap())
+    }
+
+    fn create(version: Option<&str>) -> CreateRoom {
+        CreateRoom {
+            version: version.map(str::to_owned),
+            preset: None,
+            public: false,
+            name: Some("test".into()),
+            topic: None,
+            alias: None,
+            invite: vec![],
+            is_direct: false,
+            initial_state: vec![],
+            power_level_override: None,
+            creation_content: None,
+            profile: (None, None),
+        }
+    }
+
+    #[tokio::test]
+    async fn state_snapshots_fold_deltas_and_match_every_change() {
+        let (_dir, s) = services();
+        let alice = OwnedUserId::try_from("@alice:localhost").unwrap();
+        let room = s.rooms.create_room(&alice, create(None)).await.unwrap();
+        // More state changes than MAX_SNAPSHOT_DEPTH, so a full snapshot gets written.
+        for i in 0..(MAX_SNAPSHOT_DEPTH as usize + 8) {
+            let ev = NewEvent::state(
+                "org.example.counter".into(),
+                &format!("k{}", i % 5),
+                json!({ "n": i }),
+            );
+            s.rooms.append(&room, &alice, ev).await.unwrap();
+        }
+        let record = s.rooms.room(&room).unwrap().unwrap();
+        assert!(s.rooms.snapshot_depth(record.state).unwrap() < MAX_SNAPSHOT_DEPTH);
+        let state = s.rooms.current_state(&room).unwrap();
+        for k in 0..5 {
+            let content = s
+                .rooms
+                .state_content(&state, "org.example.counter", &format!("k{k}"))
+                .unwrap()
+                .unwrap();
+            let last = (0..(MAX_SNAPSHOT_DEPTH as usize + 8))
+                .filter(|i| i % 5 == k)
+                .max()
+                .unwrap();
+            assert_eq!(content["n"], last, "k{k} holds the newest value");
+        }
+        assert_eq!(
+            s.rooms
+                .state_content(&state, "m.room.name", "")
+                .unwrap()
+                .unwrap()["name"],
+            "test"
+        );
+    }
+
+    #[tokio::test]
+    async fn events_are_signed_pdus_with_reference_hash_ids() {
+        let (_dir, s) = services();
+        let alice = OwnedUserId::try_from("@alice:localhost").unwrap();
+        for version in ["10", "11", "12"] {
+            let room = s
+                .rooms
+                .create_room(&alice, create(Some(version)))
+                .await
+                .unwrap();
+            let id = s
+                .rooms
+                .append(
+                    &room,
+                    &alice,
+                    NewEvent::message("m.room.message".into(), json!({"body": "hi"})),
+                )
+                .await
+                .unwrap();
+            let short = s.rooms.short_id(&id).unwrap().unwrap();
+            let raw = s.rooms.raw_pdu(short).unwrap().unwrap();
+            let obj: CanonicalJsonObject = serde_json::from_slice(&raw).unwrap();
+            let rules = rules_for(version).unwrap();
+            assert_eq!(
+                format!("${}", reference_hash(&obj, &rules).unwrap()),
+                id.as_str(),
+                "v{version}"
+            );
+            let pdu = s.rooms.pdu(&id).unwrap().unwrap();
+            assert!(
+                !pdu.auth_events.is_empty() && pdu.prev_events.len() == 1,
+                "v{version}: {pdu:?}"
+            );
+            let sigs = &serde_json::from_slice::<serde_json::Value>(&raw).unwrap()["signatures"]
+                ["localhost"];
+            assert!(
+                sigs.get(s.keys.key_id()).is_some(),
+                "v{version} signed by {}",
+                s.keys.key_id()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn auth_rules_reject_non_members_and_missing_power() {
+        let (_dir, s) = services();
+        let alice = OwnedUserId::try_from("@alice:localhost").unwrap();
+        let bob = OwnedUserId::try_from("@bob:localhost").unwrap();
+        let room = s.rooms.create_room(&alice, create(None)).await.unwrap();
+        let msg = NewEvent::message("m.room.message".into(), json!({"body": "x"}));
+        assert!(
+            s.rooms.append(&room, &bob, msg.clone()).await.is_err(),
+            "non-member may not send"
+        );
+        assert!(
+            s.rooms.join(&room, &bob, (None, None), None).await.is_err(),
+            "invite-only room"
+        );
+        s.rooms
+            .invite(&room, &alice, &bob, None, false)
+            .await
+            .unwrap();
+        s.rooms.join(&room, &bob, (None, None), None).await.unwrap();
+        s.rooms.append(&room, &bob, msg).await.unwrap();
+        let name = NewEvent::state(TimelineEventType::RoomName, "", json!({"name": "bob's"}));
+        assert!(
+            s.rooms.append(&room, &bob, name).await.is_err(),
+            "state_default is 50"
+        );
+    }
+}

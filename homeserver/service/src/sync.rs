@@ -15,7 +15,7 @@ use crate::{
     ephemeral::Ephemeral,
     rooms::{
         pdu::stripped_event,
-        timeline::{Dir, EventFilter, Reader},
+        timeline::{Dir, EventFilter, Reader, Window},
         Rooms,
     },
     stream::Stream,
@@ -104,12 +104,12 @@ impl Sync {
             if req.since.is_none() || has_news || req.full_state || Instant::now() >= deadline {
                 return Ok(body);
             }
-            if req.since == Some(upto) || !has_news {
-                if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                    // Timed out: answer with what there is (nothing new).
-                    let (body, _) = self.build(&req, self.stream.current())?;
-                    return Ok(body);
-                }
+            if (req.since == Some(upto) || !has_news)
+                && tokio::time::timeout_at(deadline, notified).await.is_err()
+            {
+                // Timed out: answer with what there is (nothing new).
+                let (body, _) = self.build(&req, self.stream.current())?;
+                return Ok(body);
             }
         }
     }
@@ -143,13 +143,11 @@ impl Sync {
                         join.insert(room_id.to_string(), v);
                     }
                 }
-                "invite" => {
-                    if req.since.is_none_or(|s| rec.pos > s) {
-                        invite.insert(
-                            room_id.to_string(),
-                            self.invited_room(&room_id, rec.event_id.as_str())?,
-                        );
-                    }
+                "invite" if req.since.is_none_or(|s| rec.pos > s) => {
+                    invite.insert(
+                        room_id.to_string(),
+                        self.invited_room(&room_id, rec.event_id.as_str())?,
+                    );
                 }
                 "leave" | "ban" => {
                     let include = match req.since {
@@ -174,11 +172,13 @@ impl Sync {
                     if let Some(j) = join.get_mut(r.as_str()) {
                         push_to(j, "account_data", ev);
                     } else if self.rooms.is_joined(&r, req.user)? {
-                        room_ad
+                        if let Some(a) = room_ad
                             .entry(r.to_string())
                             .or_insert_with(|| json!([]))
                             .as_array_mut()
-                            .map(|a| a.push(ev));
+                        {
+                            a.push(ev)
+                        }
                     }
                 }
             }
@@ -291,10 +291,12 @@ impl Sync {
         let page = self.rooms.paginate(
             room_id,
             reader,
-            upto,
-            since,
-            Dir::Backward,
-            limit + 1,
+            Window {
+                from: upto,
+                to: since,
+                dir: Dir::Backward,
+                limit: limit + 1,
+            },
             &event_filter(tf),
         )?;
         let mut events = page.events;
@@ -402,7 +404,6 @@ fn empty_joined() -> Value {
         "state": { "events": [] },
         "ephemeral": { "events": [] },
         "account_data": { "events": [] },
-        "unread_notifications": { "highlight_count": 0, "notification_count": 0 },
         "summary": {},
     })
 }

@@ -33,7 +33,7 @@ pub(crate) async fn get_capabilities_route(
         }
     }
     let default = RoomVersionId::try_from(state.config.default_room_version.as_str())
-        .map_err(|e| paracord_core::Error::internal(e))?;
+        .map_err(paracord_core::Error::internal)?;
     let mut c = caps::Capabilities::new();
     c.room_versions = caps::RoomVersionsCapability::new(default, available);
     c.change_password = caps::ChangePasswordCapability::new(true);

@@ -5,7 +5,7 @@ use paracord_core::Error;
 use paracord_service::{
     ratelimit::Limit,
     rooms::{
-        timeline::{Dir, EventFilter},
+        timeline::{Dir, EventFilter, Window},
         NewEvent,
     },
     sync::{make_token, parse_token},
@@ -113,9 +113,17 @@ pub(crate) async fn get_message_events_route(
         Dir::Forward => Some(to.unwrap_or(ceiling).min(ceiling)),
         Dir::Backward => to,
     };
-    let page = state
-        .rooms
-        .paginate(room_id, r, from, to, dir, limit, &filter)?;
+    let page = state.rooms.paginate(
+        room_id,
+        r,
+        Window {
+            from,
+            to,
+            dir,
+            limit,
+        },
+        &filter,
+    )?;
     let lazy = matches!(
         req.body.filter.lazy_load_options,
         ruma::api::client::filter::LazyLoadOptions::Enabled { .. }

@@ -4,7 +4,7 @@ use axum::{extract::State, Json};
 use paracord_core::Error;
 use paracord_service::rooms::{
     create::{CreateRoom, Preset},
-    timeline::Dir,
+    timeline::{Dir, Window},
 };
 use ruma::api::client::{
     context::get_context,
@@ -112,15 +112,25 @@ pub(crate) async fn get_context_route(
     let before = state.rooms.paginate(
         room_id,
         r,
-        pos.saturating_sub(1),
-        None,
-        Dir::Backward,
-        before_n,
+        Window {
+            from: pos.saturating_sub(1),
+            to: None,
+            dir: Dir::Backward,
+            limit: before_n,
+        },
         &filter,
     )?;
-    let after = state
-        .rooms
-        .paginate(room_id, r, pos, None, Dir::Forward, after_n, &filter)?;
+    let after = state.rooms.paginate(
+        room_id,
+        r,
+        Window {
+            from: pos,
+            to: None,
+            dir: Dir::Forward,
+            limit: after_n,
+        },
+        &filter,
+    )?;
     let start = before
         .events
         .last()

@@ -97,7 +97,7 @@ impl Rooms {
                     .collect()
             };
             let id = OwnedRoomId::try_from(format!("!{local}:{}", self.config.server_name))
-                .map_err(|e| Error::internal(e))?;
+                .map_err(Error::internal)?;
             obj.insert("room_id".into(), CanonicalJsonValue::String(id.to_string()));
             Some(id)
         };
@@ -107,7 +107,7 @@ impl Rooms {
             Some(r) => r,
             None => {
                 OwnedRoomId::try_from(format!("!{}", event_id.as_str().trim_start_matches('$')))
-                    .map_err(|e| Error::internal(e))?
+                    .map_err(Error::internal)?
             }
         };
         let empty = super::StateMap::new();

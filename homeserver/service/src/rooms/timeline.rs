@@ -67,6 +67,16 @@ pub enum Dir {
     Forward,
 }
 
+/// Which part of a timeline to read: from `from` (exclusive forwards, inclusive backwards)
+/// towards `to` (exclusive), at most `limit` events.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub from: u64,
+    pub to: Option<u64>,
+    pub dir: Dir,
+    pub limit: usize,
+}
+
 /// A page of events with the tokens around it.
 #[derive(Debug, Default)]
 pub struct Page {
@@ -164,12 +174,15 @@ impl Rooms {
         &self,
         room_id: &RoomId,
         reader: Reader<'_>,
-        from: u64,
-        to: Option<u64>,
-        dir: Dir,
-        limit: usize,
+        window: Window,
         filter: &EventFilter,
     ) -> Result<Page> {
+        let Window {
+            from,
+            to,
+            dir,
+            limit,
+        } = window;
         let prefix = KeyBuf::new().str(room_id.as_str()).into_vec();
         let mut page = Page::default();
         let mut cursor = from;

@@ -1,6 +1,13 @@
 //! Typing notifications, receipts and presence.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use paracord_core::{time::now_ms, Error, Result};
 use paracord_storage::{Db, KeyBuf, KeyReader, Table};
@@ -42,15 +49,20 @@ pub struct Ephemeral {
     typing: Arc<Mutex<HashMap<OwnedRoomId, RoomTyping>>>,
     /// Stream position of the newest receipt per room (rooms missing: unknown since restart).
     receipt_pos: Mutex<HashMap<OwnedRoomId, u64>>,
+    /// Stream position of the newest presence change (at start: the stream position, so
+    /// tokens from before a restart look at presence once).
+    presence_pos: AtomicU64,
 }
 
 impl Ephemeral {
     pub fn new(db: Arc<Db>, stream: Arc<Stream>) -> Self {
+        let presence_pos = AtomicU64::new(stream.current());
         Self {
             db,
             stream,
             typing: Arc::default(),
             receipt_pos: Mutex::default(),
+            presence_pos,
         }
     }
 
@@ -214,7 +226,7 @@ impl Ephemeral {
                 return Ok(());
             }
         }
-        self.stream.commit(|pos, batch| {
+        let (pos, ()) = self.stream.commit(|pos, batch| {
             let p = Presence {
                 presence: presence.to_owned(),
                 status_msg: status_msg.clone(),
@@ -228,10 +240,16 @@ impl Ephemeral {
             );
             Ok(())
         })?;
+        self.presence_pos.fetch_max(pos, Ordering::AcqRel);
         self.stream
             .notifier()
             .wake(wake.iter().map(|u| u.as_ref()).chain([user]));
         Ok(())
+    }
+
+    /// Whether any presence changed after `since` (always true for an initial sync).
+    pub fn presence_changed_after(&self, since: Option<u64>) -> bool {
+        since.is_none_or(|s| self.presence_pos.load(Ordering::Acquire) > s)
     }
 
     pub fn presence(&self, user: &UserId) -> Result<Option<Presence>> {

@@ -119,6 +119,8 @@ impl Sync {
         let mut invite = Map::new();
         let mut leave = Map::new();
         let room_filter = &req.filter.room;
+        // Presence needs the members of every joined room: only look when some presence changed.
+        let presence_changed = self.ephemeral.presence_changed_after(req.since);
         let mut shared_users: HashSet<OwnedUserId> = HashSet::new();
         for (room_id, rec) in self.rooms.user_rooms(req.user)? {
             // A change committed but not yet published (pos > upto) shows in the next sync; the
@@ -136,8 +138,8 @@ impl Sync {
             }
             match rec.membership.as_str() {
                 "join" => {
-                    for u in self.rooms.joined_members(&room_id)? {
-                        shared_users.insert(u);
+                    if presence_changed {
+                        shared_users.extend(self.rooms.joined_members(&room_id)?);
                     }
                     if let Some(v) = self.joined_room(req, &room_id, rec.pos, upto)? {
                         join.insert(room_id.to_string(), v);
@@ -190,7 +192,9 @@ impl Sync {
         }
 
         let mut presence = Vec::new();
-        shared_users.insert(req.user.to_owned());
+        if presence_changed {
+            shared_users.insert(req.user.to_owned());
+        }
         for u in &shared_users {
             if let Some(p) = self.ephemeral.presence(u)? {
                 if req.since.is_none_or(|s| p.pos > s) && p.pos <= upto {

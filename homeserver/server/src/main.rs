@@ -73,7 +73,14 @@ async fn run(config: Config) -> Result<(), String> {
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown_signal())
+    .with_graceful_shutdown({
+        let services = services.clone();
+        async move {
+            shutdown_signal().await;
+            tracing::info!("shutdown requested: finishing in-flight requests");
+            services.stream.notifier().shutdown();
+        }
+    })
     .await
     .map_err(|e| format!("server error: {e}"))?;
     tracing::info!("shutting down: flushing the database");

@@ -74,6 +74,8 @@ impl Stream {
 #[derive(Default)]
 pub struct Notifier {
     users: Mutex<HashMap<OwnedUserId, Arc<Notify>>>,
+    shutting_down: std::sync::atomic::AtomicBool,
+    shutdown: Notify,
 }
 
 impl Notifier {
@@ -94,6 +96,23 @@ impl Notifier {
                 n.notify_waiters();
             }
         }
+    }
+
+    /// Ends every long-poll: the server is shutting down.
+    pub fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        self.shutdown.notify_waiters();
+    }
+
+    /// Resolves when [`Notifier::shutdown`] is called (at once if it already was).
+    pub async fn shutting_down(&self) {
+        let notified = self.shutdown.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.shutting_down.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
     }
 
     /// Drops handles nobody waits on (called now and then).

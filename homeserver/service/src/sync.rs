@@ -104,12 +104,14 @@ impl Sync {
             if req.since.is_none() || has_news || req.full_state || Instant::now() >= deadline {
                 return Ok(body);
             }
-            if (req.since == Some(upto) || !has_news)
-                && tokio::time::timeout_at(deadline, notified).await.is_err()
-            {
-                // Timed out: answer with what there is (nothing new).
-                let (body, _) = self.build(&req, self.stream.current())?;
-                return Ok(body);
+            // Nothing new: wait for a wake-up, the deadline or shutdown.
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    let (body, _) = self.build(&req, self.stream.current())?;
+                    return Ok(body);
+                }
+                () = self.stream.notifier().shutting_down() => return Ok(body),
             }
         }
     }

@@ -76,6 +76,7 @@ struct Snapshot {
 /// Deltas longer than this are folded into a full snapshot.
 const MAX_SNAPSHOT_DEPTH: u32 = 32;
 const STATE_CACHE_ENTRIES: usize = 4096;
+const PDU_CACHE_ENTRIES: usize = 16_384;
 
 /// What a local client asks to send.
 #[derive(Debug, Clone)]
@@ -115,6 +116,7 @@ pub struct Rooms {
     pub(crate) stream: Arc<Stream>,
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
     state_cache: Mutex<HashMap<u64, Arc<StateMap>>>,
+    pdu_cache: Mutex<HashMap<u64, Arc<Pdu>>>,
 }
 
 fn db_err(e: impl std::fmt::Display) -> Error {
@@ -142,6 +144,7 @@ impl Rooms {
             stream,
             room_locks: Mutex::default(),
             state_cache: Mutex::default(),
+            pdu_cache: Mutex::default(),
         }
     }
 
@@ -191,11 +194,22 @@ impl Rooms {
         }
     }
 
+    /// A parsed PDU; auth checks read the same few events (create, power levels, members)
+    /// for every event of a room, so parsed PDUs are cached.
     pub fn pdu_by_short(&self, short: u64) -> Result<Option<Pdu>> {
+        if let Some(p) = self.pdu_cache.lock().get(&short) {
+            return Ok(Some(Pdu::clone(p)));
+        }
         let (Some(raw), Some(meta)) = (self.raw_pdu(short)?, self.meta(short)?) else {
             return Ok(None);
         };
-        Pdu::from_json(meta.event_id, &raw).map(Some)
+        let pdu = Arc::new(Pdu::from_json(meta.event_id, &raw)?);
+        let mut cache = self.pdu_cache.lock();
+        if cache.len() >= PDU_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(short, pdu.clone());
+        Ok(Some(Pdu::clone(&pdu)))
     }
 
     pub fn pdu(&self, event_id: &EventId) -> Result<Option<Pdu>> {
@@ -789,6 +803,12 @@ impl Rooms {
             }
             Ok(())
         })?;
+        // The redacted event changed on disk: drop its parsed copy.
+        if let Some(target) = &redact_target {
+            if let Some(short) = self.short_id(target)? {
+                self.pdu_cache.lock().remove(&short);
+            }
+        }
         // Wake everyone who can see the room, and the target of a membership change.
         let mut wake: Vec<OwnedUserId> = self.joined_members(room_id)?;
         if let Some(u) = membership_target {
@@ -998,5 +1018,39 @@ mod tests {
             s.rooms.append(&room, &bob, name).await.is_err(),
             "state_default is 50"
         );
+    }
+
+    #[tokio::test]
+    async fn redaction_replaces_the_stored_and_cached_event() {
+        let (_dir, s) = services();
+        let alice = OwnedUserId::try_from("@alice:localhost").unwrap();
+        let room = s.rooms.create_room(&alice, create(None)).await.unwrap();
+        let id = s
+            .rooms
+            .append(
+                &room,
+                &alice,
+                NewEvent::message("m.room.message".into(), json!({"body": "secret"})),
+            )
+            .await
+            .unwrap();
+        // Parse it once so it is cached.
+        assert_eq!(
+            s.rooms.pdu(&id).unwrap().unwrap().content_value()["body"],
+            "secret"
+        );
+        let mut redaction = NewEvent::message(TimelineEventType::RoomRedaction, json!({}));
+        redaction.redacts = Some(id.clone());
+        s.rooms.append(&room, &alice, redaction).await.unwrap();
+        assert_eq!(
+            s.rooms.pdu(&id).unwrap().unwrap().content_value(),
+            json!({})
+        );
+        let raw = s
+            .rooms
+            .raw_pdu(s.rooms.short_id(&id).unwrap().unwrap())
+            .unwrap()
+            .unwrap();
+        assert!(!String::from_utf8_lossy(&raw).contains("secret"));
     }
 }

@@ -7,5 +7,6 @@ mod ephemeral;
 mod errors;
 mod membership;
 mod messages;
+mod relations;
 mod rooms;
 mod sync;

@@ -9,6 +9,7 @@ pub mod ephemeral;
 pub mod membership;
 pub mod message;
 pub mod profile;
+pub mod relations;
 pub mod room;
 pub mod session;
 pub mod state;

@@ -16,7 +16,7 @@ use tower_http::{catch_panic::CatchPanicLayer, cors::CorsLayer, trace::TraceLaye
 use crate::{
     client::{
         account, config, device, directory, discovery, ephemeral, membership, message, profile,
-        room, session, state, sync,
+        relations, room, session, state, sync,
     },
     ruma_wrapper::RouterExt,
     synapse_admin, well_known, ApiError, AppState,
@@ -116,6 +116,17 @@ pub fn app(services: Arc<Services>) -> Router {
             message::get_message_events_route,
         )
         .ruma::<c::redact::redact_event::v3::Request, _, _>(message::redact_event_route)
+        // relations and threads
+        .ruma::<c::relations::get_relating_events::v1::Request, _, _>(
+            relations::get_relating_events_route,
+        )
+        .ruma::<c::relations::get_relating_events_with_rel_type::v1::Request, _, _>(
+            relations::get_relating_events_with_rel_type_route,
+        )
+        .ruma::<c::relations::get_relating_events_with_rel_type_and_event_type::v1::Request, _, _>(
+            relations::get_relating_events_with_rel_type_and_event_type_route,
+        )
+        .ruma::<c::threads::get_threads::v1::Request, _, _>(relations::get_threads_route)
         // directory
         .ruma::<c::alias::create_alias::v3::Request, _, _>(directory::create_alias_route)
         .ruma::<c::alias::delete_alias::v3::Request, _, _>(directory::delete_alias_route)

@@ -27,6 +27,7 @@ pub enum ErrorKind {
     UnsupportedRoomVersion,
     InvalidRoomState,
     UserDeactivated,
+    DuplicateAnnotation,
     Unknown,
 }
 
@@ -52,6 +53,7 @@ impl ErrorKind {
             Self::UnsupportedRoomVersion => "M_UNSUPPORTED_ROOM_VERSION",
             Self::InvalidRoomState => "M_INVALID_ROOM_STATE",
             Self::UserDeactivated => "M_USER_DEACTIVATED",
+            Self::DuplicateAnnotation => "M_DUPLICATE_ANNOTATION",
             Self::Unknown => "M_UNKNOWN",
         }
     }

@@ -9,6 +9,7 @@ pub mod create;
 pub mod directory;
 pub mod membership;
 pub mod pdu;
+pub mod relations;
 pub mod timeline;
 
 use std::{
@@ -494,6 +495,7 @@ impl Rooms {
         let (event_id, pdu, pdu_bytes) = self.sign(obj, &rules, Some(room_id))?;
         self.authorize(&rules, &pdu, &state)?;
         self.check_redaction(&room, &state, &pdu)?;
+        let relation = self.check_relation(room_id, &pdu)?;
         self.commit_event(
             room_id,
             room,
@@ -502,6 +504,7 @@ impl Rooms {
             pdu_bytes,
             event_id.clone(),
             new.txn,
+            relation,
         )?;
         Ok(event_id)
     }
@@ -677,6 +680,7 @@ impl Rooms {
         pdu_bytes: Vec<u8>,
         event_id: OwnedEventId,
         txn: Option<(String, String)>,
+        relation: Option<relations::Relation>,
     ) -> Result<u64> {
         let rules = rules_for(&room.version)?;
         let redact_target = if pdu.kind == TimelineEventType::RoomRedaction {
@@ -791,6 +795,9 @@ impl Rooms {
                     m.as_bytes().to_vec(),
                 );
             }
+            if let Some(r) = &relation {
+                self.index_relation(batch, room_id, r, pos);
+            }
             if let Some(t) = &txn {
                 batch.put(
                     Table::TxnEventid,
@@ -832,6 +839,7 @@ impl Rooms {
         let (Some(raw), Some(mut meta)) = (self.raw_pdu(short)?, self.meta(short)?) else {
             return Ok(());
         };
+        self.unindex_relation(batch, &relations::content_of(&raw), short)?;
         let obj: CanonicalJsonObject = serde_json::from_slice(&raw)?;
         let redacted = ruma::canonical_json::redact(obj, &rules.redaction, None)
             .map_err(|e| Error::internal(format!("redaction failed: {e}")))?;

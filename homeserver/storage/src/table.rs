@@ -41,6 +41,10 @@ pub enum Table {
     RoomreceiptReceipt,
     /// `user_id` → presence record.
     UseridPresence,
+    /// `target short id, rel_type 0xFF, child stream position` → child short id.
+    TargetrelposShorteventid,
+    /// `room_id 0xFF thread root short id` → stream position of the thread's newest event.
+    RoomthreadLatest,
 }
 
 impl Table {
@@ -64,6 +68,8 @@ impl Table {
         Table::UserfilterFilter,
         Table::RoomreceiptReceipt,
         Table::UseridPresence,
+        Table::TargetrelposShorteventid,
+        Table::RoomthreadLatest,
     ];
 
     pub fn name(self) -> &'static str {
@@ -87,6 +93,8 @@ impl Table {
             Table::UserfilterFilter => "userfilter_filter",
             Table::RoomreceiptReceipt => "roomreceipt_receipt",
             Table::UseridPresence => "userid_presence",
+            Table::TargetrelposShorteventid => "targetrelpos_shorteventid",
+            Table::RoomthreadLatest => "roomthread_latest",
         }
     }
 }

@@ -119,7 +119,7 @@ impl Rooms {
             depth: 0,
             last_pos: 0,
         };
-        self.commit_event(&room_id, record, &empty, pdu, bytes, event_id, None)?;
+        self.commit_event(&room_id, record, &empty, pdu, bytes, event_id, None, None)?;
 
         // The creator joins.
         let mut member = json!({ "membership": "join" });

@@ -86,8 +86,28 @@ pub struct Page {
 }
 
 impl Rooms {
-    /// The client JSON of an event with its `unsigned` section.
+    /// The client JSON of an event with its `unsigned` section and, for a reader, the bundled
+    /// aggregations of its relations.
     pub fn client_event(
+        &self,
+        short: u64,
+        reader: Option<Reader<'_>>,
+    ) -> Result<Option<(EventMeta, Value)>> {
+        let Some((meta, mut ev)) = self.client_event_plain(short, reader)? else {
+            return Ok(None);
+        };
+        if let Some(r) = reader {
+            let sender = ev["sender"].as_str().unwrap_or_default().to_owned();
+            let kind = ev["type"].as_str().unwrap_or_default().to_owned();
+            if let Some(agg) = self.aggregations(short, &sender, &kind, r)? {
+                ev["unsigned"]["m.relations"] = agg;
+            }
+        }
+        Ok(Some((meta, ev)))
+    }
+
+    /// The client JSON of an event with its `unsigned` section, without aggregations.
+    pub fn client_event_plain(
         &self,
         short: u64,
         reader: Option<Reader<'_>>,

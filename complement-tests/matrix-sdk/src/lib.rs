@@ -1,0 +1,1 @@
+//! See `tests/matrix_sdk_client.rs`.

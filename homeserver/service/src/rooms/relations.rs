@@ -1,0 +1,374 @@
+//! Relations: reactions, edits, replies in threads and references; their index, the rules a
+//! new relation must follow, bundled aggregations and the `/relations` and `/threads` reads.
+
+use ruma::{EventId, OwnedEventId, RoomId};
+use serde_json::{json, Value};
+
+use paracord_core::{Error, ErrorKind, Result};
+use paracord_storage::{key::decode_u64, Batch, KeyBuf, KeyReader, Table};
+
+use super::{
+    timeline::{Dir, Reader},
+    Pdu, Rooms,
+};
+
+/// A new event's relation, checked and ready to index.
+#[derive(Debug, Clone)]
+pub struct Relation {
+    pub target_short: u64,
+    pub rel_type: String,
+    /// The thread root this event extends (for `m.thread`).
+    pub thread_root: Option<u64>,
+}
+
+/// `(rel_type, target, annotation key)` of an event's `m.relates_to`.
+pub fn relates_to(content: &Value) -> Option<(String, OwnedEventId, Option<String>)> {
+    let rel = content.get("m.relates_to")?;
+    let rel_type = rel.get("rel_type")?.as_str()?.to_owned();
+    let target = OwnedEventId::try_from(rel.get("event_id")?.as_str()?).ok()?;
+    let key = rel.get("key").and_then(|k| k.as_str()).map(str::to_owned);
+    Some((rel_type, target, key))
+}
+
+fn index_key(target_short: u64, rel_type: &str, pos: u64) -> Vec<u8> {
+    KeyBuf::new()
+        .u64(target_short)
+        .str(rel_type)
+        .u64(pos)
+        .into_vec()
+}
+
+fn bad(msg: &str) -> Error {
+    Error::invalid_param(msg)
+}
+
+/// One child in the index: `(rel_type, child short id)`.
+type Child = (String, u64);
+
+impl Rooms {
+    /// Checks the relation a new event declares, if any.
+    pub(crate) fn check_relation(&self, room_id: &RoomId, pdu: &Pdu) -> Result<Option<Relation>> {
+        if pdu.kind == ruma::events::TimelineEventType::RoomRedaction {
+            return Ok(None);
+        }
+        let content = pdu.content_value();
+        let Some((rel_type, target_id, key)) = relates_to(&content) else {
+            return Ok(None);
+        };
+        let target_short = self
+            .short_id(&target_id)?
+            .ok_or_else(|| bad("the related event is not known"))?;
+        let target_meta = self
+            .meta(target_short)?
+            .ok_or_else(|| bad("the related event is not known"))?;
+        if target_meta.room_id != room_id {
+            return Err(bad("the related event is in another room"));
+        }
+        let target = self
+            .pdu_by_short(target_short)?
+            .ok_or_else(|| bad("the related event is not known"))?;
+        let target_rel = relates_to(&target.content_value());
+        let mut thread_root = None;
+        match rel_type.as_str() {
+            "m.annotation" => {
+                let key = key.ok_or_else(|| bad("an annotation needs a key"))?;
+                for (_, child) in self.children(target_short, Some("m.annotation"))? {
+                    if let Some(c) = self.pdu_by_short(child)? {
+                        if c.sender == pdu.sender
+                            && relates_to(&c.content_value()).and_then(|r| r.2).as_deref()
+                                == Some(key.as_str())
+                        {
+                            return Err(Error::new(
+                                http::StatusCode::BAD_REQUEST,
+                                ErrorKind::DuplicateAnnotation,
+                                "you already reacted with this key",
+                            ));
+                        }
+                    }
+                }
+            }
+            "m.replace" => {
+                if target.sender != pdu.sender {
+                    return Err(Error::forbidden("only the sender of an event may edit it"));
+                }
+                if pdu.state_key.is_some() || target.state_key.is_some() {
+                    return Err(bad("state events cannot be edited"));
+                }
+                if target.kind != pdu.kind {
+                    return Err(bad("an edit must have the type of the event it edits"));
+                }
+                if target_rel.as_ref().is_some_and(|r| r.0 == "m.replace") {
+                    return Err(bad("an edit cannot be edited; edit the original event"));
+                }
+            }
+            "m.thread" => {
+                if target_rel.is_some() {
+                    return Err(bad(
+                        "a thread cannot start from an event that has a relation",
+                    ));
+                }
+                thread_root = Some(target_short);
+            }
+            _ => {}
+        }
+        Ok(Some(Relation {
+            target_short,
+            rel_type,
+            thread_root,
+        }))
+    }
+
+    /// Adds a related event to the index.
+    pub(crate) fn index_relation(
+        &self,
+        batch: &mut Batch,
+        room_id: &RoomId,
+        rel: &Relation,
+        pos: u64,
+    ) {
+        batch.put(
+            Table::TargetrelposShorteventid,
+            index_key(rel.target_short, &rel.rel_type, pos),
+            pos.to_be_bytes().to_vec(),
+        );
+        if let Some(root) = rel.thread_root {
+            batch.put(
+                Table::RoomthreadLatest,
+                KeyBuf::new().str(room_id.as_str()).u64(root).into_vec(),
+                pos.to_be_bytes().to_vec(),
+            );
+        }
+    }
+
+    /// Removes a redacted event from the index (its relation is gone with its content).
+    pub(crate) fn unindex_relation(
+        &self,
+        batch: &mut Batch,
+        original_content: &Value,
+        pos: u64,
+    ) -> Result<()> {
+        if let Some((rel_type, target, _)) = relates_to(original_content) {
+            if let Some(target_short) = self.short_id(&target)? {
+                batch.delete(
+                    Table::TargetrelposShorteventid,
+                    index_key(target_short, &rel_type, pos),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Children of an event, oldest first, optionally of one relation type.
+    pub fn children(&self, target_short: u64, rel_type: Option<&str>) -> Result<Vec<Child>> {
+        let prefix = match rel_type {
+            Some(r) => KeyBuf::new().u64(target_short).str(r).into_vec(),
+            None => KeyBuf::new().u64(target_short).into_vec(),
+        };
+        let mut out = Vec::new();
+        for (k, v) in self
+            .db
+            .scan_prefix(Table::TargetrelposShorteventid, &prefix)
+            .map_err(Error::internal)?
+        {
+            let mut r = KeyReader::new(&k);
+            r.u64().map_err(Error::internal)?;
+            let rel = r.str().map_err(Error::internal)?.to_owned();
+            out.push((rel, decode_u64(&v).map_err(Error::internal)?));
+        }
+        Ok(out)
+    }
+
+    /// The `unsigned.m.relations` of an event for a reader: the latest edit, the thread
+    /// summary and the references.
+    pub(crate) fn aggregations(
+        &self,
+        target_short: u64,
+        original_sender: &str,
+        original_type: &str,
+        reader: Reader<'_>,
+    ) -> Result<Option<Value>> {
+        let children = self.children(target_short, None)?;
+        if children.is_empty() {
+            return Ok(None);
+        }
+        let mut out = serde_json::Map::new();
+        // The newest valid edit, in full.
+        let mut latest_edit = None;
+        let mut thread: Vec<u64> = Vec::new();
+        let mut references = Vec::new();
+        for (rel, child) in &children {
+            match rel.as_str() {
+                "m.replace" => {
+                    if let Some(p) = self.pdu_by_short(*child)? {
+                        if p.sender.as_str() == original_sender
+                            && p.kind.to_string() == original_type
+                        {
+                            latest_edit = Some(*child);
+                        }
+                    }
+                }
+                "m.thread" => thread.push(*child),
+                "m.reference" => references.push(*child),
+                _ => {}
+            }
+        }
+        if let Some(edit) = latest_edit {
+            if let Some((meta, ev)) = self.client_event_plain(edit, Some(reader))? {
+                if self.can_see(reader.user, &meta)? {
+                    out.insert("m.replace".into(), ev);
+                }
+            }
+        }
+        if let Some(last) = thread.last() {
+            let participated = original_sender == reader.user.as_str()
+                || thread.iter().any(|c| {
+                    self.pdu_by_short(*c)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|p| p.sender == reader.user)
+                });
+            if let Some((_, ev)) = self.client_event_plain(*last, Some(reader))? {
+                out.insert(
+                    "m.thread".into(),
+                    json!({ "latest_event": ev, "count": thread.len(), "current_user_participated": participated }),
+                );
+            }
+        }
+        if !references.is_empty() {
+            let mut chunk = Vec::new();
+            for r in references {
+                if let Some(m) = self.meta(r)? {
+                    chunk.push(json!({ "event_id": m.event_id }));
+                }
+            }
+            out.insert("m.reference".into(), json!({ "chunk": chunk }));
+        }
+        Ok((!out.is_empty()).then_some(Value::Object(out)))
+    }
+
+    /// `/relations`: events relating to `target`, newest first by default, with tokens.
+    #[allow(clippy::too_many_arguments)]
+    pub fn relations(
+        &self,
+        reader: Reader<'_>,
+        room_id: &RoomId,
+        target: &EventId,
+        rel_type: Option<&str>,
+        event_type: Option<&str>,
+        from: Option<u64>,
+        to: Option<u64>,
+        dir: Dir,
+        limit: usize,
+        recurse: bool,
+    ) -> Result<(Vec<Value>, Option<u64>, u32)> {
+        let (target_short, _, _) = self.visible_event(reader, Some(room_id), target)?;
+        // Collect (pos, child) up to three levels deep when recursing.
+        let max_depth = if recurse { 3 } else { 1 };
+        let mut found: Vec<u64> = Vec::new();
+        let mut frontier = vec![target_short];
+        let mut depth = 0;
+        while depth < max_depth && !frontier.is_empty() {
+            depth += 1;
+            let mut next = Vec::new();
+            for t in frontier {
+                for (rel, child) in self.children(t, None)? {
+                    if rel_type.is_none_or(|r| r == rel) {
+                        found.push(child);
+                    }
+                    next.push(child);
+                }
+            }
+            frontier = next;
+        }
+        found.sort_unstable();
+        found.dedup();
+        if dir == Dir::Backward {
+            found.reverse();
+        }
+        let mut chunk = Vec::new();
+        let mut next = None;
+        for pos in found {
+            let in_range = match dir {
+                Dir::Backward => from.is_none_or(|f| pos <= f) && to.is_none_or(|t| pos > t),
+                Dir::Forward => from.is_none_or(|f| pos > f) && to.is_none_or(|t| pos <= t),
+            };
+            if !in_range {
+                continue;
+            }
+            let Some((meta, ev)) = self.client_event(pos, Some(reader))? else {
+                continue;
+            };
+            if event_type.is_some_and(|t| ev["type"].as_str() != Some(t))
+                || !self.can_see(reader.user, &meta)?
+            {
+                continue;
+            }
+            if chunk.len() >= limit {
+                next = Some(match dir {
+                    Dir::Backward => pos,
+                    Dir::Forward => pos.saturating_sub(1),
+                });
+                break;
+            }
+            chunk.push(ev);
+        }
+        Ok((chunk, next, depth))
+    }
+
+    /// `/threads`: thread roots of a room, most recently active first.
+    pub fn threads(
+        &self,
+        reader: Reader<'_>,
+        room_id: &RoomId,
+        participated_only: bool,
+        from: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<Value>, Option<u64>)> {
+        let prefix = KeyBuf::new().str(room_id.as_str()).into_vec();
+        let mut roots: Vec<(u64, u64)> = Vec::new();
+        for (k, v) in self
+            .db
+            .scan_prefix(Table::RoomthreadLatest, &prefix)
+            .map_err(Error::internal)?
+        {
+            let mut r = KeyReader::new(&k);
+            r.str().map_err(Error::internal)?;
+            let root = r.u64().map_err(Error::internal)?;
+            roots.push((decode_u64(&v).map_err(Error::internal)?, root));
+        }
+        roots.sort_unstable_by(|a, b| b.cmp(a));
+        let mut chunk = Vec::new();
+        let mut next = None;
+        for (latest, root) in roots {
+            if from.is_some_and(|f| latest > f) {
+                continue;
+            }
+            let Some((meta, ev)) = self.client_event(root, Some(reader))? else {
+                continue;
+            };
+            if !self.can_see(reader.user, &meta)? {
+                continue;
+            }
+            if participated_only
+                && !ev["unsigned"]["m.relations"]["m.thread"]["current_user_participated"]
+                    .as_bool()
+                    .unwrap_or(false)
+            {
+                continue;
+            }
+            if chunk.len() >= limit {
+                next = Some(latest);
+                break;
+            }
+            chunk.push(ev);
+        }
+        Ok((chunk, next))
+    }
+}
+
+/// The original content of a stored PDU (for unindexing on redaction).
+pub(crate) fn content_of(raw: &[u8]) -> Value {
+    serde_json::from_slice::<Value>(raw)
+        .map(|v| v["content"].clone())
+        .unwrap_or(Value::Null)
+}

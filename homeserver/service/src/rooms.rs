@@ -703,7 +703,11 @@ impl Rooms {
                 .to_owned()
         });
         let state_before = room.state;
-        let snapshot_depth = self.snapshot_depth(state_before)?;
+        // Only state events write a snapshot, so only they need the current chain length.
+        let snapshot_depth = match pdu.state_key {
+            Some(_) => self.snapshot_depth(state_before)?,
+            None => 0,
+        };
         let (pos, ()) = self.stream.commit(|pos, batch| {
             let short = pos;
             let mut state_after = state_before;

@@ -564,3 +564,26 @@ async fn event_ids_are_url_safe_reference_hashes() {
         }
     }
 }
+
+/// Regression (found by the load tool): concurrent createRoom calls of one user with the same
+/// body made identical v12 create events, hence the same room id, and half of them failed.
+#[tokio::test]
+async fn concurrent_room_creation_by_one_user_gives_distinct_rooms() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let body = json!({});
+    let creates = (0..16).map(|_| alice.post("/createRoom", &body));
+    let results = futures::future::join_all(creates).await;
+    let mut ids = Vec::new();
+    for (status, body) in results {
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "every createRoom succeeds, got {status}: {body}"
+        );
+        ids.push(body["room_id"].as_str().unwrap_or_default().to_owned());
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 16, "16 distinct rooms: {ids:?}");
+}

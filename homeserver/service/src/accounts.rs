@@ -103,7 +103,12 @@ fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
+/// Argon2 takes 19 MiB and a core for tens of milliseconds per hash: run at most this many at
+/// once, so a burst of logins queues instead of growing memory without bound.
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 async fn hash_password(password: String) -> Result<String> {
+    let _permit = HASHING.acquire().await.map_err(db_err)?;
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut OsRng);
         // Argon2id, m=19 MiB, t=2, p=1: the OWASP recommendation.
@@ -117,6 +122,9 @@ async fn hash_password(password: String) -> Result<String> {
 }
 
 async fn verify_password(password: String, hash: String) -> bool {
+    let Ok(_permit) = HASHING.acquire().await else {
+        return false;
+    };
     tokio::task::spawn_blocking(move || {
         PasswordHash::new(&hash)
             .map(|h| {

@@ -118,6 +118,7 @@ pub struct Rooms {
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
     state_cache: Mutex<HashMap<u64, Arc<StateMap>>>,
     pdu_cache: Mutex<HashMap<u64, Arc<Pdu>>>,
+    last_create_ts: Mutex<u64>,
 }
 
 fn db_err(e: impl std::fmt::Display) -> Error {
@@ -146,6 +147,7 @@ impl Rooms {
             room_locks: Mutex::default(),
             state_cache: Mutex::default(),
             pdu_cache: Mutex::default(),
+            last_create_ts: Mutex::default(),
         }
     }
 

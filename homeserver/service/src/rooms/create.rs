@@ -37,6 +37,14 @@ pub struct CreateRoom {
 }
 
 impl Rooms {
+    /// A timestamp for a create event: now, or one past the previous one.
+    fn next_create_ts(&self) -> u64 {
+        let now = paracord_core::time::now_ms();
+        let mut last = self.last_create_ts.lock();
+        *last = (*last + 1).max(now);
+        *last
+    }
+
     /// Creates a room and returns its id.
     pub async fn create_room(&self, creator: &UserId, req: CreateRoom) -> Result<OwnedRoomId> {
         let version = req
@@ -102,6 +110,15 @@ impl Rooms {
             Some(id)
         };
         self.fill_common(&mut obj, creator, &new, vec![], vec![], 1, &rules)?;
+        // In v12 the room id is the create event's hash: two identical create events (same
+        // creator and content in the same millisecond) would be the same room. Create events
+        // of this server get strictly increasing timestamps.
+        obj.insert(
+            "origin_server_ts".into(),
+            CanonicalJsonValue::Integer(
+                ruma::Int::try_from(self.next_create_ts()).map_err(Error::internal)?,
+            ),
+        );
         let (event_id, pdu, bytes) = self.sign(obj, &rules, room_id.as_deref())?;
         let room_id = match room_id {
             Some(r) => r,
@@ -110,6 +127,9 @@ impl Rooms {
                     .map_err(Error::internal)?
             }
         };
+        if self.room(&room_id)?.is_some() {
+            return Err(Error::internal(format!("room id {room_id} already exists")));
+        }
         let empty = super::StateMap::new();
         self.authorize(&rules, &pdu, &empty)?;
         let record = RoomRecord {

@@ -1,0 +1,140 @@
+//! `paracord-load`: command-line front end of the load tool. Prints one JSON
+//! line per scenario (per step for `growth`) to stdout; progress and errors
+//! go to stderr.
+
+use std::{process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use paracord_load::{
+    fanout, growth, initial_sync, paginate, register, rooms, run_all, send, FanoutParams,
+    GrowthParams, InitialSyncParams, LoadError, PaginateParams, RegisterParams, Registration,
+    Report, RoomsParams, Scale, SendParams, Target,
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "paracord-load",
+    about = "Drives a Matrix homeserver through the client-server API and reports rates and \
+             latencies as JSON lines"
+)]
+struct Cli {
+    /// The homeserver's client API base URL, e.g. http://127.0.0.1:8008.
+    #[arg(long)]
+    base_url: String,
+    /// How to create users.
+    #[arg(long, value_enum, default_value_t = RegisterMethod::Dummy)]
+    register: RegisterMethod,
+    /// The registration shared secret (with --register shared-secret).
+    #[arg(long)]
+    secret: Option<String>,
+    /// PID of the server process, if local: reports include its peak RSS
+    /// and CPU seconds.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Requests kept in flight by batch phases (1..=64).
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Time limit of each scenario, in seconds (1..=3600).
+    #[arg(long, default_value_t = 600)]
+    time_limit: u64,
+    /// Allow a base URL that is not on loopback.
+    #[arg(long)]
+    allow_remote: bool,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum RegisterMethod {
+    /// POST /register completing the m.login.dummy stage.
+    Dummy,
+    /// Synapse's shared-secret admin API (needs --secret).
+    SharedSecret,
+}
+
+#[derive(Subcommand, Debug)]
+enum Scenario {
+    /// Register and log in N users.
+    Register(RegisterParams),
+    /// Create R rooms and have U users join each.
+    Rooms(RoomsParams),
+    /// M messages into one room from S concurrent senders.
+    Send(SendParams),
+    /// K long-polling listeners, one sender: delivery latency.
+    Fanout(FanoutParams),
+    /// Initial and incremental /sync of a user in R rooms of H messages.
+    InitialSync(InitialSyncParams),
+    /// /messages backwards through H messages in pages of P.
+    Paginate(PaginateParams),
+    /// Rooms, members and history doubled step by step.
+    Growth(GrowthParams),
+    /// Every scenario at one scale.
+    All {
+        #[arg(long, value_enum, default_value_t = Scale::Tiny)]
+        scale: Scale,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("paracord-load: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs the chosen scenario; `Ok(false)` when a scenario failed outright or
+/// counted errors (the JSON lines are printed either way).
+async fn run(cli: Cli) -> Result<bool, LoadError> {
+    let registration = match (cli.register, cli.secret) {
+        (RegisterMethod::Dummy, _) => Registration::Dummy,
+        (RegisterMethod::SharedSecret, Some(secret)) => Registration::SharedSecret(secret),
+        (RegisterMethod::SharedSecret, None) => {
+            return Err(LoadError::Params(
+                "--register shared-secret needs --secret".into(),
+            ))
+        }
+    };
+    let target = if cli.allow_remote {
+        Target::new_remote(&cli.base_url, registration)?
+    } else {
+        Target::new(&cli.base_url, registration)?
+    };
+    let target = target
+        .with_pid(cli.pid)
+        .with_concurrency(cli.concurrency)?
+        .with_time_limit(Duration::from_secs(cli.time_limit))?;
+    let print = |r: &Report| {
+        println!("{}", r.to_json_line());
+        if let Some(e) = &r.first_error {
+            eprintln!(
+                "paracord-load: {}: {} error(s), first: {e}",
+                r.scenario, r.errors
+            );
+        }
+    };
+    let reports = match cli.scenario {
+        Scenario::Register(p) => vec![register(&target, &p).await?],
+        Scenario::Rooms(p) => vec![rooms(&target, &p).await?],
+        Scenario::Send(p) => vec![send(&target, &p).await?],
+        Scenario::Fanout(p) => vec![fanout(&target, &p).await?],
+        Scenario::InitialSync(p) => vec![initial_sync(&target, &p).await?],
+        Scenario::Paginate(p) => vec![paginate(&target, &p).await?],
+        Scenario::Growth(p) => growth(&target, &p).await?,
+        Scenario::All { scale } => {
+            return Ok(run_all(&target, scale, print)
+                .await
+                .iter()
+                .all(|r| !r.failed && r.errors == 0));
+        }
+    };
+    for r in &reports {
+        print(r);
+    }
+    Ok(reports.iter().all(|r| !r.failed && r.errors == 0))
+}

@@ -1,0 +1,122 @@
+//! `all --scale`: every scenario at one of three fixed sizes.
+
+use crate::{
+    client::Target,
+    error::LoadError,
+    report::Report,
+    scenario::{
+        fanout::{fanout, FanoutParams},
+        growth::{growth, GrowthParams},
+        initial_sync::{initial_sync, InitialSyncParams},
+        paginate::{paginate, PaginateParams},
+        register::{register, RegisterParams},
+        rooms::{rooms, RoomsParams},
+        send::{send, SendParams},
+    },
+};
+
+/// How big `all` makes each scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scale {
+    /// A smoke run: seconds against a debug build.
+    Tiny,
+    /// Minutes against a release build.
+    Small,
+    /// Tens of minutes against a release build.
+    Medium,
+}
+
+/// The parameters of every scenario at one scale.
+#[derive(Clone, Debug)]
+pub struct ScaleParams {
+    pub register: RegisterParams,
+    pub rooms: RoomsParams,
+    pub send: SendParams,
+    pub fanout: FanoutParams,
+    pub initial_sync: InitialSyncParams,
+    pub paginate: PaginateParams,
+    pub growth: GrowthParams,
+}
+
+impl Scale {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scale::Tiny => "tiny",
+            Scale::Small => "small",
+            Scale::Medium => "medium",
+        }
+    }
+
+    pub fn params(self) -> ScaleParams {
+        // (users; rooms, members; messages, senders; listeners, messages;
+        //  rooms, history; history, page; growth bases, steps, sends, page)
+        let (users, rooms, members, messages, senders, listeners, fan_msgs) = match self {
+            Scale::Tiny => (3, 3, 2, 30, 3, 3, 10),
+            Scale::Small => (20, 20, 10, 500, 8, 10, 50),
+            Scale::Medium => (50, 50, 25, 2000, 16, 25, 100),
+        };
+        let (sync_rooms, sync_history, pag_history, page) = match self {
+            Scale::Tiny => (3, 10, 60, 20),
+            Scale::Small => (20, 50, 1000, 50),
+            Scale::Medium => (100, 100, 5000, 100),
+        };
+        let (base_rooms, base_members, base_history, steps, sends) = match self {
+            Scale::Tiny => (1, 1, 5, 3, 5),
+            Scale::Small => (2, 2, 20, 4, 20),
+            Scale::Medium => (4, 4, 25, 4, 50),
+        };
+        ScaleParams {
+            register: RegisterParams { users },
+            rooms: RoomsParams { rooms, members },
+            send: SendParams { messages, senders },
+            fanout: FanoutParams {
+                listeners,
+                messages: fan_msgs,
+            },
+            initial_sync: InitialSyncParams {
+                rooms: sync_rooms,
+                history: sync_history,
+            },
+            paginate: PaginateParams {
+                history: pag_history,
+                page,
+            },
+            growth: GrowthParams {
+                base_rooms,
+                base_members,
+                base_history,
+                steps,
+                sends,
+                page,
+            },
+        }
+    }
+}
+
+/// Runs every scenario at `scale`, handing each report to `emit` as soon as
+/// it is ready. A scenario that fails outright yields a report with
+/// `failed: true` and the run goes on with the next one.
+pub async fn run_all(target: &Target, scale: Scale, mut emit: impl FnMut(&Report)) -> Vec<Report> {
+    let p = scale.params();
+    let mut reports = Vec::new();
+    let mut keep = |name: &str, r: Result<Report, LoadError>| {
+        let report = r.unwrap_or_else(|e| Report::failure(name, target, &e));
+        emit(&report);
+        reports.push(report);
+    };
+    keep("register", register(target, &p.register).await);
+    keep("rooms", rooms(target, &p.rooms).await);
+    keep("send", send(target, &p.send).await);
+    keep("fanout", fanout(target, &p.fanout).await);
+    keep("initial-sync", initial_sync(target, &p.initial_sync).await);
+    keep("paginate", paginate(target, &p.paginate).await);
+    match growth(target, &p.growth).await {
+        Ok(steps) => {
+            for step in steps {
+                keep("growth", Ok(step));
+            }
+        }
+        Err(e) => keep("growth", Err(e)),
+    }
+    reports
+}

@@ -1,0 +1,170 @@
+//! Smoke test of the load tool: a real debug `paracord` (through the
+//! complement harness) and every scenario at tiny sizes through the library
+//! API, checking that each produced sane figures.
+
+// A test reports failure by panicking.
+#![allow(clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use paracord_complement::TestServer;
+use paracord_load::{register, run_all, RegisterParams, Registration, Report, Scale, Target};
+use serde_json::Value;
+
+const SECRET: &str = "load-smoke-shared-secret";
+
+/// Checks what every report must satisfy: it ran, nothing failed, nothing
+/// was cut short, every latency and rate is positive, the server process
+/// was sampled, and the JSON line reads back.
+fn assert_sane(r: &Report) {
+    let line = r.to_json_line();
+    assert!(!r.failed, "scenario failed: {line}");
+    assert_eq!(r.errors, 0, "errors in {line}");
+    assert!(!r.timed_out, "timed out: {line}");
+    assert!(!r.metrics.is_empty(), "no metrics in {line}");
+    for (key, value) in &r.metrics {
+        assert!(value.is_finite(), "{key} is not finite in {line}");
+        // A listener may see an event before the sender has read the
+        // response to its send: a delivery delay of zero is legitimate for
+        // the median, not for the tail.
+        let may_be_zero = key == "deliver_p50_ms";
+        if (key.ends_with("_ms") || key.ends_with("_per_s")) && !may_be_zero {
+            assert!(*value > 0.0, "{key} = {value} in {line}");
+        }
+    }
+    let process = r
+        .process
+        .unwrap_or_else(|| panic!("expected process figures in {line}"));
+    assert!(process.peak_rss_kib_after > 0, "{line}");
+    assert!(
+        process.peak_rss_kib_after >= process.peak_rss_kib_before,
+        "{line}"
+    );
+    let parsed: Value = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("expected the JSON line to parse: {e}: {line}"));
+    assert_eq!(parsed["scenario"], r.scenario.as_str(), "{line}");
+    assert!(!line.contains('\n'), "expected one line: {line}");
+}
+
+fn count(r: &Report, key: &str) -> u64 {
+    r.count_value(key)
+        .unwrap_or_else(|| panic!("expected count `{key}` in {}", r.to_json_line()))
+}
+
+fn param(r: &Report, key: &str) -> u64 {
+    r.params[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("expected numeric param `{key}` in {}", r.to_json_line()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_at_tiny_scale() {
+    let started = Instant::now();
+    let server = TestServer::start_with(|env| {
+        TestServer::set_env(env, "PARACORD_REGISTRATION_SHARED_SECRET", SECRET);
+        TestServer::set_env(env, "PARACORD_LOG", "warn");
+    })
+    .await;
+    // The harness does not expose the server's pid; the test process's own
+    // figures exercise the same /proc reading.
+    let me = Some(std::process::id());
+    let target = |registration| {
+        Target::new(&server.base_url(), registration)
+            .unwrap_or_else(|e| panic!("expected a loopback target: {e}"))
+            .with_pid(me)
+            // Concurrent createRoom calls by one user trip a server bug
+            // (identical m.room.create events in the same millisecond); the
+            // smoke test checks the tool, not that.
+            .with_concurrency(1)
+            .and_then(|t| t.with_time_limit(Duration::from_secs(40)))
+            .unwrap_or_else(|e| panic!("expected valid knobs: {e}"))
+    };
+
+    // Both registration methods.
+    let dummy = register(&target(Registration::Dummy), &RegisterParams { users: 2 })
+        .await
+        .unwrap_or_else(|e| panic!("expected dummy registration to run: {e}"));
+    assert_sane(&dummy);
+    assert_eq!(count(&dummy, "registered"), 2);
+    assert_eq!(count(&dummy, "logged_in"), 2);
+
+    let shared = target(Registration::SharedSecret(SECRET.into()));
+    let wrong = target(Registration::SharedSecret("not-the-secret".into()));
+    let refused = register(&wrong, &RegisterParams { users: 1 })
+        .await
+        .unwrap_or_else(|e| panic!("expected the scenario to run: {e}"));
+    assert_eq!(
+        refused.errors,
+        1,
+        "a wrong MAC must be refused: {}",
+        refused.to_json_line()
+    );
+    assert_eq!(count(&refused, "registered"), 0);
+
+    // Every scenario, as `paracord-load all --scale tiny` runs them.
+    let mut lines = Vec::new();
+    let reports = run_all(&shared, Scale::Tiny, |r| lines.push(r.to_json_line())).await;
+    assert_eq!(lines.len(), reports.len());
+    let p = Scale::Tiny.params();
+    let find = |name: &str| -> &Report {
+        reports
+            .iter()
+            .find(|r| r.scenario == name)
+            .unwrap_or_else(|| panic!("expected a `{name}` report among {lines:#?}"))
+    };
+    for r in &reports {
+        assert_sane(r);
+    }
+
+    let r = find("register");
+    assert_eq!(count(r, "registered"), p.register.users as u64);
+    assert_eq!(count(r, "logged_in"), p.register.users as u64);
+
+    let r = find("rooms");
+    assert_eq!(count(r, "rooms_created"), p.rooms.rooms as u64);
+    assert_eq!(count(r, "joins"), (p.rooms.rooms * p.rooms.members) as u64);
+
+    let r = find("send");
+    assert_eq!(count(r, "messages_sent"), p.send.messages as u64);
+
+    let r = find("fanout");
+    assert_eq!(count(r, "messages_sent"), p.fanout.messages as u64);
+    assert_eq!(
+        count(r, "deliveries"),
+        (p.fanout.messages * p.fanout.listeners) as u64
+    );
+    assert!(r.metrics["deliver_p99_ms"] >= r.metrics["deliver_p50_ms"]);
+
+    let r = find("initial-sync");
+    assert_eq!(count(r, "initial_syncs"), 3);
+    assert_eq!(count(r, "incremental_syncs"), 10);
+    assert!(r.metrics["initial_sync_bytes"] > 0.0);
+
+    let r = find("paginate");
+    assert_eq!(count(r, "messages"), p.paginate.history as u64);
+    assert!(
+        count(r, "events") > p.paginate.history as u64,
+        "state events come too"
+    );
+    assert!(count(r, "pages") >= (p.paginate.history / p.paginate.page) as u64);
+
+    let steps: Vec<&Report> = reports.iter().filter(|r| r.scenario == "growth").collect();
+    assert_eq!(steps.len(), p.growth.steps);
+    for (i, step) in steps.iter().enumerate() {
+        let factor = 1u64 << i;
+        assert_eq!(param(step, "factor"), factor);
+        assert_eq!(param(step, "rooms"), p.growth.base_rooms as u64 * factor);
+        assert_eq!(
+            param(step, "history"),
+            p.growth.base_history as u64 * factor
+        );
+        assert_eq!(count(step, "messages_sent"), p.growth.sends as u64);
+        assert!(count(step, "events_paginated") > p.growth.base_history as u64 * factor);
+    }
+
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "expected the tiny run to take under 60 s, took {:?}",
+        started.elapsed()
+    );
+}

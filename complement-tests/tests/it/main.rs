@@ -7,6 +7,7 @@ mod ephemeral;
 mod errors;
 mod membership;
 mod messages;
+mod people;
 mod relations;
 mod rooms;
 mod sync;

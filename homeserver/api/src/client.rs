@@ -8,6 +8,7 @@ pub mod discovery;
 pub mod ephemeral;
 pub mod membership;
 pub mod message;
+pub mod people;
 pub mod profile;
 pub mod relations;
 pub mod room;

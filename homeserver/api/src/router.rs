@@ -15,8 +15,8 @@ use tower_http::{catch_panic::CatchPanicLayer, cors::CorsLayer, trace::TraceLaye
 
 use crate::{
     client::{
-        account, config, device, directory, discovery, ephemeral, membership, message, profile,
-        relations, room, session, state, sync,
+        account, config, device, directory, discovery, ephemeral, membership, message, people,
+        profile, relations, room, session, state, sync,
     },
     ruma_wrapper::RouterExt,
     synapse_admin, well_known, ApiError, AppState,
@@ -127,6 +127,24 @@ pub fn app(services: Arc<Services>) -> Router {
             relations::get_relating_events_with_rel_type_and_event_type_route,
         )
         .ruma::<c::threads::get_threads::v1::Request, _, _>(relations::get_threads_route)
+        // discovery and people
+        .ruma::<c::tag::get_tags::v3::Request, _, _>(people::get_tags_route)
+        .ruma::<c::tag::create_tag::v3::Request, _, _>(people::create_tag_route)
+        .ruma::<c::tag::delete_tag::v3::Request, _, _>(people::delete_tag_route)
+        .ruma::<c::user_directory::search_users::v3::Request, _, _>(people::search_users_route)
+        .ruma::<c::room::report_content::v3::Request, _, _>(people::report_content_route)
+        .ruma::<c::room::report_room::v3::Request, _, _>(people::report_room_route)
+        .ruma::<c::reporting::report_user::v3::Request, _, _>(people::report_user_route)
+        .ruma::<c::room::get_event_by_timestamp::v1::Request, _, _>(
+            people::get_event_by_timestamp_route,
+        )
+        .ruma::<c::account::request_openid_token::v3::Request, _, _>(
+            people::request_openid_token_route,
+        )
+        .route(
+            "/_matrix/federation/v1/openid/userinfo",
+            get(people::openid_userinfo_route),
+        )
         // directory
         .ruma::<c::alias::create_alias::v3::Request, _, _>(directory::create_alias_route)
         .ruma::<c::alias::delete_alias::v3::Request, _, _>(directory::delete_alias_route)

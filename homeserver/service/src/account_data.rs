@@ -106,6 +106,18 @@ impl AccountData {
         Ok(out)
     }
 
+    /// Users in the `m.ignored_user_list` of `user`.
+    pub fn ignored_users(&self, user: &UserId) -> Result<Vec<String>> {
+        Ok(self
+            .get(user, None, "m.ignored_user_list")?
+            .and_then(|c| {
+                c.get("ignored_users")
+                    .and_then(|i| i.as_object())
+                    .map(|o| o.keys().cloned().collect())
+            })
+            .unwrap_or_default())
+    }
+
     pub fn create_filter(&self, user: &UserId, filter: &Value) -> Result<String> {
         let id: String = rand::thread_rng()
             .sample_iter(&Alphanumeric)

@@ -710,6 +710,41 @@ impl Accounts {
         Ok(())
     }
 
+    // ----- OpenID tokens (for third parties to verify a user's identity) -----
+
+    /// Issues an OpenID token for `user`, valid for an hour.
+    pub fn request_openid_token(&self, user: &UserId) -> Result<(String, u64)> {
+        const LIFETIME_MS: u64 = 60 * 60 * 1000;
+        let token = random_string(40);
+        let record = json!({ "user_id": user, "expires_at": now_ms().saturating_add(LIFETIME_MS) });
+        let mut batch = Batch::new();
+        batch.put(
+            Table::OpenidtokenSession,
+            token_hash(&token),
+            serde_json::to_vec(&record)?,
+        );
+        self.db.write(batch).map_err(db_err)?;
+        Ok((token, LIFETIME_MS / 1000))
+    }
+
+    /// The user an unexpired OpenID token was issued to.
+    pub fn openid_user(&self, token: &str) -> Result<Option<OwnedUserId>> {
+        let Some(raw) = self
+            .db
+            .get(Table::OpenidtokenSession, &token_hash(token))
+            .map_err(db_err)?
+        else {
+            return Ok(None);
+        };
+        let record: Value = serde_json::from_slice(&raw)?;
+        if record["expires_at"].as_u64().is_none_or(|t| t <= now_ms()) {
+            return Ok(None);
+        }
+        Ok(record["user_id"]
+            .as_str()
+            .and_then(|u| OwnedUserId::try_from(u).ok()))
+    }
+
     // ----- Synapse-compatible shared-secret registration -----
 
     pub fn new_nonce(&self) -> String {

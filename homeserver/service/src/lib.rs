@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod ephemeral;
 pub mod keys;
 pub mod ratelimit;
+pub mod reports;
 pub mod rooms;
 pub mod stream;
 pub mod sync;
@@ -26,6 +27,7 @@ pub struct Services {
     pub ephemeral: Arc<ephemeral::Ephemeral>,
     pub sync: Arc<sync::Sync>,
     pub ratelimit: Arc<ratelimit::RateLimiter>,
+    pub reports: Arc<reports::Reports>,
 }
 
 impl Services {
@@ -59,6 +61,7 @@ impl Services {
             ephemeral.clone(),
         ));
         let ratelimit = Arc::new(ratelimit::RateLimiter::new(&config));
+        let reports = Arc::new(reports::Reports::new(db.clone()));
         Ok(Self {
             config,
             db,
@@ -70,6 +73,7 @@ impl Services {
             ephemeral,
             sync,
             ratelimit,
+            reports,
         })
     }
 }

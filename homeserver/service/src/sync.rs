@@ -91,6 +91,8 @@ impl Sync {
     /// Answers a sync, waiting up to `timeout` for news when there is none.
     pub async fn sync(&self, req: SyncRequest<'_>) -> Result<Value> {
         let deadline = Instant::now() + req.timeout;
+        // Events and invites of ignored users are left out (m.ignored_user_list).
+        let ignored = self.account_data.ignored_users(req.user)?;
         let notify = self.stream.notifier().handle(req.user);
         loop {
             let notified = notify.notified();
@@ -100,7 +102,7 @@ impl Sync {
             if req.since.is_some_and(|s| s > upto) {
                 return Err(Error::invalid_param("since token is from the future"));
             }
-            let (body, has_news) = self.build(&req, upto)?;
+            let (body, has_news) = self.build(&req, &ignored, upto)?;
             if req.since.is_none() || has_news || req.full_state || Instant::now() >= deadline {
                 return Ok(body);
             }
@@ -108,7 +110,7 @@ impl Sync {
             tokio::select! {
                 () = &mut notified => {}
                 () = tokio::time::sleep_until(deadline) => {
-                    let (body, _) = self.build(&req, self.stream.current())?;
+                    let (body, _) = self.build(&req, &ignored, self.stream.current())?;
                     return Ok(body);
                 }
                 () = self.stream.notifier().shutting_down() => return Ok(body),
@@ -116,7 +118,7 @@ impl Sync {
         }
     }
 
-    fn build(&self, req: &SyncRequest<'_>, upto: u64) -> Result<(Value, bool)> {
+    fn build(&self, req: &SyncRequest<'_>, ignored: &[String], upto: u64) -> Result<(Value, bool)> {
         let mut join = Map::new();
         let mut invite = Map::new();
         let mut leave = Map::new();
@@ -143,11 +145,14 @@ impl Sync {
                     if presence_changed {
                         shared_users.extend(self.rooms.joined_members(&room_id)?);
                     }
-                    if let Some(v) = self.joined_room(req, &room_id, rec.pos, upto)? {
+                    if let Some(v) = self.joined_room(req, ignored, &room_id, rec.pos, upto)? {
                         join.insert(room_id.to_string(), v);
                     }
                 }
-                "invite" if req.since.is_none_or(|s| rec.pos > s) => {
+                "invite"
+                    if req.since.is_none_or(|s| rec.pos > s)
+                        && !self.sent_by_ignored(&rec.event_id, ignored)? =>
+                {
                     invite.insert(
                         room_id.to_string(),
                         self.invited_room(&room_id, rec.event_id.as_str())?,
@@ -159,7 +164,10 @@ impl Sync {
                         None => room_filter.include_leave,
                     };
                     if include {
-                        leave.insert(room_id.to_string(), self.left_room(req, &room_id, rec.pos)?);
+                        leave.insert(
+                            room_id.to_string(),
+                            self.left_room(req, ignored, &room_id, rec.pos)?,
+                        );
                     }
                 }
                 _ => {}
@@ -226,6 +234,7 @@ impl Sync {
     fn joined_room(
         &self,
         req: &SyncRequest<'_>,
+        ignored: &[String],
         room_id: &RoomId,
         membership_pos: u64,
         upto: u64,
@@ -247,7 +256,7 @@ impl Sync {
             return Ok(None);
         }
         let mut out = empty_joined();
-        self.fill_timeline_and_state(req, room_id, since, upto, &mut out)?;
+        self.fill_timeline_and_state(req, ignored, room_id, since, upto, &mut out)?;
         if let Some(t) = typing {
             push_to(&mut out, "ephemeral", t);
         }
@@ -279,6 +288,7 @@ impl Sync {
     fn fill_timeline_and_state(
         &self,
         req: &SyncRequest<'_>,
+        ignored: &[String],
         room_id: &RoomId,
         since: Option<u64>,
         upto: u64,
@@ -294,6 +304,8 @@ impl Sync {
             user: req.user,
             device: Some(req.device),
         };
+        let mut timeline_filter = event_filter(tf);
+        timeline_filter.not_senders.extend(ignored.iter().cloned());
         let page = self.rooms.paginate(
             room_id,
             reader,
@@ -303,7 +315,7 @@ impl Sync {
                 dir: Dir::Backward,
                 limit: limit + 1,
             },
-            &event_filter(tf),
+            &timeline_filter,
         )?;
         let mut events = page.events;
         let limited = events.len() > limit || (page.next.is_some() && events.len() >= limit);
@@ -369,6 +381,13 @@ impl Sync {
         Ok(())
     }
 
+    fn sent_by_ignored(&self, event_id: &ruma::EventId, ignored: &[String]) -> Result<bool> {
+        Ok(self
+            .rooms
+            .pdu(event_id)?
+            .is_some_and(|p| ignored.iter().any(|i| i == p.sender.as_str())))
+    }
+
     fn invited_room(&self, room_id: &RoomId, invite_event: &str) -> Result<Value> {
         let state = self.rooms.current_state(room_id)?;
         let mut events = Vec::new();
@@ -397,9 +416,15 @@ impl Sync {
         Ok(json!({ "invite_state": { "events": events } }))
     }
 
-    fn left_room(&self, req: &SyncRequest<'_>, room_id: &RoomId, leave_pos: u64) -> Result<Value> {
+    fn left_room(
+        &self,
+        req: &SyncRequest<'_>,
+        ignored: &[String],
+        room_id: &RoomId,
+        leave_pos: u64,
+    ) -> Result<Value> {
         let mut out = json!({ "account_data": { "events": [] } });
-        self.fill_timeline_and_state(req, room_id, req.since, leave_pos, &mut out)?;
+        self.fill_timeline_and_state(req, ignored, room_id, req.since, leave_pos, &mut out)?;
         Ok(out)
     }
 }

@@ -45,6 +45,10 @@ pub enum Table {
     TargetrelposShorteventid,
     /// `room_id 0xFF thread root short id` → stream position of the thread's newest event.
     RoomthreadLatest,
+    /// `timestamp, random id` → a report of a room, event or user, for the admins.
+    ReportidReport,
+    /// sha256(OpenID token) → the user it vouches for and its expiry.
+    OpenidtokenSession,
 }
 
 impl Table {
@@ -70,6 +74,8 @@ impl Table {
         Table::UseridPresence,
         Table::TargetrelposShorteventid,
         Table::RoomthreadLatest,
+        Table::ReportidReport,
+        Table::OpenidtokenSession,
     ];
 
     pub fn name(self) -> &'static str {
@@ -95,6 +101,8 @@ impl Table {
             Table::UseridPresence => "userid_presence",
             Table::TargetrelposShorteventid => "targetrelpos_shorteventid",
             Table::RoomthreadLatest => "roomthread_latest",
+            Table::ReportidReport => "reportid_report",
+            Table::OpenidtokenSession => "openidtoken_session",
         }
     }
 }

@@ -108,7 +108,10 @@ pub(crate) async fn get_message_events_route(
     let limit = usize::try_from(u64::from(req.body.limit))
         .unwrap_or(10)
         .clamp(1, 1000);
-    let filter = filter_of(&req.body.filter);
+    let mut filter = filter_of(&req.body.filter);
+    filter
+        .not_senders
+        .extend(state.account_data.ignored_users(r.user)?);
     let to = match dir {
         Dir::Forward => Some(to.unwrap_or(ceiling).min(ceiling)),
         Dir::Backward => to,

@@ -106,7 +106,10 @@ pub(crate) async fn get_context_route(
         .min(100);
     let before_n = limit / 2;
     let after_n = limit - before_n;
-    let filter = crate::client::message::filter_of(&req.body.filter);
+    let mut filter = crate::client::message::filter_of(&req.body.filter);
+    filter
+        .not_senders
+        .extend(state.account_data.ignored_users(r.user)?);
     // The event's stream position is its short id.
     let pos = short;
     let before = state.rooms.paginate(

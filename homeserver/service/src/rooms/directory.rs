@@ -195,3 +195,81 @@ impl Rooms {
         Ok(out)
     }
 }
+
+/// One user directory hit.
+#[derive(Debug, Clone)]
+pub struct DirectoryUser {
+    pub user_id: OwnedUserId,
+    pub display_name: Option<String>,
+    pub avatar_url: Option<String>,
+}
+
+impl Rooms {
+    /// Users who share a room with `requester` or are in a public room, whose id or display
+    /// name contains `term` (case-insensitive). Returns at most `limit` and whether there were more.
+    pub fn search_users(
+        &self,
+        requester: &UserId,
+        term: &str,
+        limit: usize,
+    ) -> Result<(Vec<DirectoryUser>, bool)> {
+        let term = term.to_lowercase();
+        let mut rooms: Vec<OwnedRoomId> = self
+            .user_rooms(requester)?
+            .into_iter()
+            .filter(|(_, r)| r.membership == "join")
+            .map(|(room, _)| room)
+            .collect();
+        // Public rooms: published in the directory or with a public join rule.
+        for (k, _) in self
+            .db
+            .scan_prefix(Table::RoomidRoom, b"")
+            .map_err(Error::internal)?
+        {
+            let Ok(room_id) = OwnedRoomId::try_from(String::from_utf8_lossy(&k).into_owned())
+            else {
+                continue;
+            };
+            let state = self.current_state(&room_id)?;
+            let public = self.is_published(&room_id)?
+                || self
+                    .state_content(&state, "m.room.join_rules", "")?
+                    .is_some_and(|c| c["join_rule"] == "public");
+            if public {
+                rooms.push(room_id);
+            }
+        }
+        rooms.sort();
+        rooms.dedup();
+        let mut found: std::collections::BTreeMap<OwnedUserId, DirectoryUser> = Default::default();
+        for room_id in rooms {
+            let state = self.current_state(&room_id)?;
+            for user in self.joined_members(&room_id)? {
+                if found.contains_key(&user) {
+                    continue;
+                }
+                let member = self
+                    .state_content(&state, "m.room.member", user.as_str())?
+                    .unwrap_or_default();
+                let display_name = member["displayname"].as_str().map(str::to_owned);
+                let hit = user.as_str().to_lowercase().contains(&term)
+                    || display_name
+                        .as_ref()
+                        .is_some_and(|d| d.to_lowercase().contains(&term));
+                if hit {
+                    let avatar_url = member["avatar_url"].as_str().map(str::to_owned);
+                    found.insert(
+                        user.clone(),
+                        DirectoryUser {
+                            user_id: user,
+                            display_name,
+                            avatar_url,
+                        },
+                    );
+                }
+            }
+        }
+        let limited = found.len() > limit;
+        Ok((found.into_values().take(limit).collect(), limited))
+    }
+}

@@ -382,3 +382,65 @@ impl Rooms {
         out
     }
 }
+
+impl Rooms {
+    /// The event closest to `ts` in direction `dir` (`Forward`: the first at or after `ts`;
+    /// `Backward`: the last at or before it) that `reader` may see.
+    pub fn event_by_timestamp(
+        &self,
+        room_id: &RoomId,
+        reader: Reader<'_>,
+        ts: u64,
+        dir: Dir,
+    ) -> Result<Option<(String, u64)>> {
+        // Timestamps follow stream order closely but not exactly; scan the timeline in the
+        // asked direction and keep the best candidate, stopping after a bounded number of rows.
+        const MAX_SCAN: usize = 100_000;
+        let prefix = KeyBuf::new().str(room_id.as_str()).into_vec();
+        let rows = self
+            .db
+            .scan(
+                Table::RoompositionShorteventid,
+                &prefix,
+                &prefix,
+                None,
+                dir == Dir::Backward,
+                MAX_SCAN,
+            )
+            .map_err(Error::internal)?;
+        let mut best: Option<(String, u64)> = None;
+        for (_, v) in rows {
+            let short = decode_u64(&v).map_err(Error::internal)?;
+            let Some(raw) = self.raw_pdu(short)? else {
+                continue;
+            };
+            let ev_ts = serde_json::from_slice::<Value>(&raw)?["origin_server_ts"]
+                .as_u64()
+                .unwrap_or(0);
+            let fits = match dir {
+                Dir::Forward => ev_ts >= ts,
+                Dir::Backward => ev_ts <= ts,
+            };
+            if !fits {
+                continue;
+            }
+            let Some(meta) = self.meta(short)? else {
+                continue;
+            };
+            if !self.can_see(reader.user, &meta)? {
+                continue;
+            }
+            let better = best.as_ref().is_none_or(|(_, b)| match dir {
+                Dir::Forward => ev_ts < *b,
+                Dir::Backward => ev_ts > *b,
+            });
+            if better {
+                best = Some((meta.event_id.to_string(), ev_ts));
+            }
+            if ev_ts == ts {
+                break;
+            }
+        }
+        Ok(best)
+    }
+}

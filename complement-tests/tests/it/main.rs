@@ -10,4 +10,5 @@ mod messages;
 mod people;
 mod relations;
 mod rooms;
+mod spaces;
 mod sync;

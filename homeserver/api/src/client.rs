@@ -13,6 +13,7 @@ pub mod profile;
 pub mod relations;
 pub mod room;
 pub mod session;
+pub mod space;
 pub mod state;
 pub mod sync;
 

@@ -16,7 +16,7 @@ use tower_http::{catch_panic::CatchPanicLayer, cors::CorsLayer, trace::TraceLaye
 use crate::{
     client::{
         account, config, device, directory, discovery, ephemeral, membership, message, people,
-        profile, relations, room, session, state, sync,
+        profile, relations, room, session, space, state, sync,
     },
     ruma_wrapper::RouterExt,
     synapse_admin, well_known, ApiError, AppState,
@@ -145,6 +145,11 @@ pub fn app(services: Arc<Services>) -> Router {
             "/_matrix/federation/v1/openid/userinfo",
             get(people::openid_userinfo_route),
         )
+        // spaces and ways in
+        .ruma::<c::space::get_hierarchy::v1::Request, _, _>(space::get_hierarchy_route)
+        .ruma::<c::room::get_summary::v1::Request, _, _>(space::get_summary_route)
+        .ruma::<c::knock::knock_room::v3::Request, _, _>(space::knock_room_route)
+        .ruma::<c::room::upgrade_room::v3::Request, _, _>(space::upgrade_room_route)
         // directory
         .ruma::<c::alias::create_alias::v3::Request, _, _>(directory::create_alias_route)
         .ruma::<c::alias::delete_alias::v3::Request, _, _>(directory::delete_alias_route)

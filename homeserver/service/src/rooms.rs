@@ -10,6 +10,7 @@ pub mod directory;
 pub mod membership;
 pub mod pdu;
 pub mod relations;
+pub mod spaces;
 pub mod timeline;
 
 use std::{

@@ -14,7 +14,6 @@ use crate::{
     account_data::AccountData,
     ephemeral::Ephemeral,
     rooms::{
-        pdu::stripped_event,
         timeline::{Dir, EventFilter, Reader, Window},
         Rooms,
     },
@@ -121,6 +120,7 @@ impl Sync {
     fn build(&self, req: &SyncRequest<'_>, ignored: &[String], upto: u64) -> Result<(Value, bool)> {
         let mut join = Map::new();
         let mut invite = Map::new();
+        let mut knock = Map::new();
         let mut leave = Map::new();
         let room_filter = &req.filter.room;
         // Presence needs the members of every joined room: only look when some presence changed.
@@ -156,6 +156,15 @@ impl Sync {
                     invite.insert(
                         room_id.to_string(),
                         self.invited_room(&room_id, rec.event_id.as_str())?,
+                    );
+                }
+                "knock" if req.since.is_none_or(|s| rec.pos > s) => {
+                    let events = self
+                        .rooms
+                        .stripped_state(&room_id, Some(rec.event_id.as_str()))?;
+                    knock.insert(
+                        room_id.to_string(),
+                        json!({ "knock_state": { "events": events } }),
                     );
                 }
                 "leave" | "ban" => {
@@ -215,12 +224,13 @@ impl Sync {
 
         let has_news = !join.is_empty()
             || !invite.is_empty()
+            || !knock.is_empty()
             || !leave.is_empty()
             || !global_ad.is_empty()
             || !presence.is_empty();
         let body = json!({
             "next_batch": make_token(upto),
-            "rooms": { "join": join, "invite": invite, "leave": leave, "knock": {} },
+            "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
             "account_data": { "events": global_ad },
             "presence": { "events": presence },
             "to_device": { "events": [] },
@@ -389,30 +399,7 @@ impl Sync {
     }
 
     fn invited_room(&self, room_id: &RoomId, invite_event: &str) -> Result<Value> {
-        let state = self.rooms.current_state(room_id)?;
-        let mut events = Vec::new();
-        for kind in [
-            "m.room.create",
-            "m.room.join_rules",
-            "m.room.name",
-            "m.room.avatar",
-            "m.room.canonical_alias",
-            "m.room.encryption",
-            "m.room.topic",
-        ] {
-            if let Some(short) = state.get(&(kind.to_owned(), String::new())) {
-                if let Some(raw) = self.rooms.raw_pdu(*short)? {
-                    events.push(stripped_event(&raw)?);
-                }
-            }
-        }
-        if let Ok(eid) = ruma::OwnedEventId::try_from(invite_event) {
-            if let Some(short) = self.rooms.short_id(&eid)? {
-                if let Some(raw) = self.rooms.raw_pdu(short)? {
-                    events.push(stripped_event(&raw)?);
-                }
-            }
-        }
+        let events = self.rooms.stripped_state(room_id, Some(invite_event))?;
         Ok(json!({ "invite_state": { "events": events } }))
     }
 

@@ -57,6 +57,26 @@ impl Rooms {
         self.db.write(batch).map_err(Error::internal)
     }
 
+    /// Points an existing local alias at another room (room upgrades).
+    pub(crate) fn repoint_alias(&self, alias: &RoomAliasId, room_id: &RoomId) -> Result<()> {
+        let Some(v) = self
+            .db
+            .get(Table::AliasRoomid, alias.as_bytes())
+            .map_err(Error::internal)?
+        else {
+            return Ok(());
+        };
+        let mut rec: AliasRecord = serde_json::from_slice(&v)?;
+        rec.room_id = room_id.to_owned();
+        let mut batch = Batch::new();
+        batch.put(
+            Table::AliasRoomid,
+            alias.as_bytes().to_vec(),
+            serde_json::to_vec(&rec)?,
+        );
+        self.db.write(batch).map_err(Error::internal)
+    }
+
     /// Deletes an alias: its creator, a server admin, or a room member with power to change
     /// the canonical alias may.
     pub fn delete_alias(&self, alias: &RoomAliasId, user: &UserId, is_admin: bool) -> Result<()> {

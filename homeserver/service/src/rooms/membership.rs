@@ -34,6 +34,9 @@ impl Rooms {
             ));
         }
         let mut content = json!({ "membership": "join" });
+        if let Some(authoriser) = self.join_authoriser(room_id, user)? {
+            content["join_authorised_via_users_server"] = json!(authoriser);
+        }
         if let Some(d) = profile.0 {
             content["displayname"] = json!(d);
         }

@@ -1,0 +1,416 @@
+//! Spaces and the ways into a room: `/hierarchy`, room summaries, restricted joins, knocking
+//! and room upgrades.
+
+use ruma::{events::TimelineEventType, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use serde_json::{json, Value};
+
+use paracord_core::{config::SUPPORTED_ROOM_VERSIONS, Error, ErrorKind, Result};
+
+use super::{create::CreateRoom, pdu::stripped_event, NewEvent, Rooms, StateMap};
+
+/// Rooms `/hierarchy` walks at most, whatever the pagination.
+const MAX_HIERARCHY_ROOMS: usize = 1000;
+
+/// State copied into the replacement room by an upgrade.
+const UPGRADE_COPIED_STATE: &[&str] = &[
+    "m.room.server_acl",
+    "m.room.encryption",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.topic",
+    "m.room.guest_access",
+    "m.room.history_visibility",
+    "m.room.join_rules",
+];
+
+impl Rooms {
+    fn join_rule(&self, state: &StateMap) -> Result<String> {
+        Ok(self
+            .state_content(state, "m.room.join_rules", "")?
+            .and_then(|c| c["join_rule"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "invite".to_owned()))
+    }
+
+    /// Rooms named by a restricted join rule's allow list.
+    fn allowed_rooms(&self, state: &StateMap) -> Result<Vec<OwnedRoomId>> {
+        Ok(self
+            .state_content(state, "m.room.join_rules", "")?
+            .and_then(|c| c["allow"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter(|a| a["type"] == "m.room_membership")
+            .filter_map(|a| {
+                a["room_id"]
+                    .as_str()
+                    .and_then(|r| OwnedRoomId::try_from(r).ok())
+            })
+            .collect())
+    }
+
+    /// Whether `user` may see a room's summary without being in it.
+    pub fn can_peek_summary(&self, room_id: &RoomId, user: Option<&UserId>) -> Result<bool> {
+        let state = self.current_state(room_id)?;
+        if let Some(u) = user {
+            if matches!(
+                self.membership(room_id, u)?.as_deref(),
+                Some("join") | Some("invite") | Some("knock")
+            ) {
+                return Ok(true);
+            }
+        }
+        let rule = self.join_rule(&state)?;
+        if matches!(rule.as_str(), "public" | "knock" | "knock_restricted") {
+            return Ok(true);
+        }
+        let world_readable = self
+            .state_content(&state, "m.room.history_visibility", "")?
+            .is_some_and(|c| c["history_visibility"] == "world_readable");
+        if world_readable {
+            return Ok(true);
+        }
+        if rule == "restricted" {
+            if let Some(u) = user {
+                for allowed in self.allowed_rooms(&state)? {
+                    if self.is_joined(&allowed, u)? {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// The summary of a room (`/room_summary`), with the asker's membership.
+    pub fn room_summary(&self, room_id: &RoomId, user: Option<&UserId>) -> Result<Value> {
+        let room = self
+            .room(room_id)?
+            .ok_or_else(|| Error::not_found("room not known to this server"))?;
+        if !self.can_peek_summary(room_id, user)? {
+            return Err(Error::forbidden("you may not see this room"));
+        }
+        let state = self.state(room.state)?;
+        let mut summary = self.public_room_chunk(room_id)?;
+        summary["room_version"] = json!(room.version);
+        if let Some(enc) = self.state_content(&state, "m.room.encryption", "")? {
+            summary["encryption"] = enc["algorithm"].clone();
+        }
+        if let Some(u) = user {
+            summary["membership"] = json!(self
+                .membership(room_id, u)?
+                .unwrap_or_else(|| "leave".to_owned()));
+        }
+        Ok(summary)
+    }
+
+    /// `/hierarchy`: the space tree under `root`, breadth first, as far as this server knows
+    /// the rooms. Returns the page and the offset of the next one.
+    pub fn hierarchy(
+        &self,
+        user: &UserId,
+        root: &RoomId,
+        suggested_only: bool,
+        max_depth: Option<usize>,
+        from: usize,
+        limit: usize,
+    ) -> Result<(Vec<Value>, Option<usize>)> {
+        self.room_or_404(root)?;
+        if !self.can_peek_summary(root, Some(user))? {
+            return Err(Error::forbidden("you may not see this space"));
+        }
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut queue = std::collections::VecDeque::from([(root.to_owned(), 0usize)]);
+        while let Some((room_id, depth)) = queue.pop_front() {
+            if out.len() >= MAX_HIERARCHY_ROOMS || !seen.insert(room_id.clone()) {
+                continue;
+            }
+            if self.room(&room_id)?.is_none() || !self.can_peek_summary(&room_id, Some(user))? {
+                continue;
+            }
+            let state = self.current_state(&room_id)?;
+            let mut children_state = Vec::new();
+            for ((kind, key), short) in state.range(("m.space.child".to_owned(), String::new())..) {
+                if kind != "m.space.child" {
+                    break;
+                }
+                let Some(raw) = self.raw_pdu(*short)? else {
+                    continue;
+                };
+                let ev = stripped_event(&raw)?;
+                let via_ok = ev["content"]["via"]
+                    .as_array()
+                    .is_some_and(|v| !v.is_empty());
+                let suggested = ev["content"]["suggested"].as_bool().unwrap_or(false);
+                if !via_ok || (suggested_only && !suggested) {
+                    continue;
+                }
+                let mut ev = ev;
+                // Children state carries its timestamp (clients order children by it).
+                ev["origin_server_ts"] =
+                    serde_json::from_slice::<Value>(&raw)?["origin_server_ts"].clone();
+                if max_depth.is_none_or(|d| depth < d) {
+                    if let Ok(child) = OwnedRoomId::try_from(key.as_str()) {
+                        queue.push_back((child, depth + 1));
+                    }
+                }
+                children_state.push(ev);
+            }
+            let mut chunk = self.public_room_chunk(&room_id)?;
+            chunk["children_state"] = json!(children_state);
+            out.push(chunk);
+        }
+        let total = out.len();
+        let page: Vec<Value> = out.into_iter().skip(from).take(limit).collect();
+        let next = (from.saturating_add(limit) < total).then(|| from.saturating_add(limit));
+        Ok((page, next))
+    }
+
+    /// For a restricted room: the local member who vouches for `user`'s join, or `None` when
+    /// the join rule does not need one.
+    pub(crate) fn join_authoriser(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+    ) -> Result<Option<OwnedUserId>> {
+        let room = self.room_or_404(room_id)?;
+        let state = self.state(room.state)?;
+        let rule = self.join_rule(&state)?;
+        if !matches!(rule.as_str(), "restricted" | "knock_restricted") {
+            return Ok(None);
+        }
+        if matches!(
+            self.membership_in(&state, user)?.as_deref(),
+            Some("invite") | Some("join")
+        ) {
+            return Ok(None);
+        }
+        let mut allowed = false;
+        for r in self.allowed_rooms(&state)? {
+            if self.is_joined(&r, user)? {
+                allowed = true;
+                break;
+            }
+        }
+        if !allowed {
+            if rule == "knock_restricted" {
+                return Ok(None);
+            }
+            return Err(Error::forbidden(
+                "you are not in any room that grants access to this one",
+            ));
+        }
+        let invite_level = self.required_level(&state, "invite", 0)?;
+        for member in self.joined_members(room_id)? {
+            if member.server_name() == self.config.server_name.as_str()
+                && self.power_level(&room.version, &state, &member)? >= invite_level
+            {
+                return Ok(Some(member));
+            }
+        }
+        Err(Error::forbidden(
+            "no member of this server can authorise your join",
+        ))
+    }
+
+    /// Knocks on a room.
+    pub async fn knock(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        reason: Option<&str>,
+    ) -> Result<OwnedEventId> {
+        self.room(room_id)?.ok_or_else(|| {
+            Error::not_found("room not known to this server (federation is not supported yet)")
+        })?;
+        let mut content = json!({ "membership": "knock" });
+        if let Some(r) = reason {
+            content["reason"] = json!(r);
+        }
+        self.append(
+            room_id,
+            user,
+            NewEvent::state(TimelineEventType::RoomMember, user.as_str(), content),
+        )
+        .await
+    }
+
+    /// Stripped state shown to a knocker or invitee.
+    pub fn stripped_state(
+        &self,
+        room_id: &RoomId,
+        own_member_event: Option<&str>,
+    ) -> Result<Vec<Value>> {
+        let state = self.current_state(room_id)?;
+        let mut events = Vec::new();
+        for kind in [
+            "m.room.create",
+            "m.room.join_rules",
+            "m.room.name",
+            "m.room.avatar",
+            "m.room.canonical_alias",
+            "m.room.encryption",
+            "m.room.topic",
+        ] {
+            if let Some(short) = state.get(&(kind.to_owned(), String::new())) {
+                if let Some(raw) = self.raw_pdu(*short)? {
+                    events.push(stripped_event(&raw)?);
+                }
+            }
+        }
+        if let Some(eid) = own_member_event.and_then(|e| OwnedEventId::try_from(e).ok()) {
+            if let Some(short) = self.short_id(&eid)? {
+                if let Some(raw) = self.raw_pdu(short)? {
+                    events.push(stripped_event(&raw)?);
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    /// Upgrades a room: a new room of `new_version` with the old one's important state, a
+    /// tombstone in the old one, its local aliases moved, and sending there restricted.
+    pub async fn upgrade_room(
+        &self,
+        old: &RoomId,
+        user: &UserId,
+        new_version: &str,
+        profile: (Option<String>, Option<String>),
+    ) -> Result<OwnedRoomId> {
+        if !SUPPORTED_ROOM_VERSIONS.contains(&new_version) {
+            return Err(Error::new(
+                http::StatusCode::BAD_REQUEST,
+                ErrorKind::UnsupportedRoomVersion,
+                format!("room version {new_version} is not supported"),
+            ));
+        }
+        let room = self.room_or_404(old)?;
+        let state = self.state(room.state)?;
+        if !self.is_joined(old, user)? {
+            return Err(Error::forbidden("you are not in this room"));
+        }
+        let tombstone_level = self
+            .state_content(&state, "m.room.power_levels", "")?
+            .and_then(|pl| {
+                pl["events"]
+                    .get("m.room.tombstone")
+                    .and_then(super::json_int)
+            })
+            .map_or_else(|| self.required_level(&state, "state_default", 50), Ok)?;
+        if self.power_level(&room.version, &state, user)? < tombstone_level {
+            return Err(Error::forbidden("you may not upgrade this room"));
+        }
+        let old_create = self
+            .state_content(&state, "m.room.create", "")?
+            .unwrap_or_default();
+        let mut creation = json!({ "predecessor": { "room_id": old } });
+        if new_version != "12" {
+            if let Some(last) = room.extremities.first() {
+                creation["predecessor"]["event_id"] = json!(last);
+            }
+        }
+        for key in ["type", "m.federate"] {
+            if let Some(v) = old_create.get(key) {
+                creation[key] = v.clone();
+            }
+        }
+        let mut initial_state = Vec::new();
+        for kind in UPGRADE_COPIED_STATE {
+            if let Some(content) = self.state_content(&state, kind, "")? {
+                initial_state.push(((*kind).to_owned(), String::new(), content));
+            }
+        }
+        let mut pl = self
+            .state_content(&state, "m.room.power_levels", "")?
+            .unwrap_or_else(|| json!({}));
+        if new_version == "12" {
+            // Creators of v12 rooms hold their power through the create event.
+            if let Some(users) = pl["users"].as_object_mut() {
+                users.remove(user.as_str());
+            }
+        } else {
+            pl["users"][user.as_str()] = json!(100);
+        }
+        let aliases = self.local_aliases(old)?;
+        let canonical = self.state_content(&state, "m.room.canonical_alias", "")?;
+        let new_room = self
+            .create_room(
+                user,
+                CreateRoom {
+                    version: Some(new_version.to_owned()),
+                    preset: None,
+                    public: false,
+                    name: None,
+                    topic: None,
+                    alias: None,
+                    invite: vec![],
+                    is_direct: false,
+                    initial_state,
+                    power_level_override: Some(pl),
+                    creation_content: Some(creation),
+                    profile,
+                },
+            )
+            .await?;
+        // Bans carry over.
+        for (member, m) in self.members(old)? {
+            if m == "ban" {
+                let _ = self
+                    .ban(
+                        &new_room,
+                        user,
+                        &member,
+                        Some("banned in the predecessor room"),
+                    )
+                    .await;
+            }
+        }
+        self.append(
+            old,
+            user,
+            NewEvent::state(
+                TimelineEventType::RoomTombstone,
+                "",
+                json!({ "body": "This room has been replaced", "replacement_room": new_room }),
+            ),
+        )
+        .await?;
+        // Aliases now lead to the new room.
+        for alias in aliases {
+            if let Ok(a) = ruma::OwnedRoomAliasId::try_from(alias) {
+                self.repoint_alias(&a, &new_room)?;
+            }
+        }
+        if let Some(c) = canonical {
+            self.append(
+                &new_room,
+                user,
+                NewEvent::state(TimelineEventType::RoomCanonicalAlias, "", c),
+            )
+            .await?;
+            let _ = self
+                .append(
+                    old,
+                    user,
+                    NewEvent::state(TimelineEventType::RoomCanonicalAlias, "", json!({})),
+                )
+                .await;
+        }
+        // Keep people from talking in the old room.
+        let room = self.room_or_404(old)?;
+        let state = self.state(room.state)?;
+        if let Some(mut pl) = self.state_content(&state, "m.room.power_levels", "")? {
+            let users_default = pl["users_default"].as_i64().unwrap_or(0);
+            let restricted = users_default.saturating_add(1).max(50);
+            pl["events_default"] = json!(restricted);
+            pl["invite"] = json!(restricted);
+            let _ = self
+                .append(
+                    old,
+                    user,
+                    NewEvent::state(TimelineEventType::RoomPowerLevels, "", pl),
+                )
+                .await;
+        }
+        Ok(new_room)
+    }
+}

@@ -8,6 +8,7 @@ mod errors;
 mod membership;
 mod messages;
 mod people;
+mod push;
 mod relations;
 mod rooms;
 mod spaces;

@@ -10,6 +10,7 @@ pub mod membership;
 pub mod message;
 pub mod people;
 pub mod profile;
+pub mod push;
 pub mod relations;
 pub mod room;
 pub mod session;

@@ -16,7 +16,7 @@ use tower_http::{catch_panic::CatchPanicLayer, cors::CorsLayer, trace::TraceLaye
 use crate::{
     client::{
         account, config, device, directory, discovery, ephemeral, membership, message, people,
-        profile, relations, room, session, space, state, sync,
+        profile, push, relations, room, session, space, state, sync,
     },
     ruma_wrapper::RouterExt,
     synapse_admin, well_known, ApiError, AppState,
@@ -127,6 +127,18 @@ pub fn app(services: Arc<Services>) -> Router {
             relations::get_relating_events_with_rel_type_and_event_type_route,
         )
         .ruma::<c::threads::get_threads::v1::Request, _, _>(relations::get_threads_route)
+        // push rules
+        .ruma::<c::push::get_pushrules_all::v3::Request, _, _>(push::get_pushrules_all_route)
+        .ruma::<c::push::get_pushrules_global_scope::v3::Request, _, _>(
+            push::get_pushrules_global_scope_route,
+        )
+        .ruma::<c::push::get_pushrule::v3::Request, _, _>(push::get_pushrule_route)
+        .ruma::<c::push::set_pushrule::v3::Request, _, _>(push::set_pushrule_route)
+        .ruma::<c::push::delete_pushrule::v3::Request, _, _>(push::delete_pushrule_route)
+        .ruma::<c::push::get_pushrule_enabled::v3::Request, _, _>(push::get_pushrule_enabled_route)
+        .ruma::<c::push::set_pushrule_enabled::v3::Request, _, _>(push::set_pushrule_enabled_route)
+        .ruma::<c::push::get_pushrule_actions::v3::Request, _, _>(push::get_pushrule_actions_route)
+        .ruma::<c::push::set_pushrule_actions::v3::Request, _, _>(push::set_pushrule_actions_route)
         // discovery and people
         .ruma::<c::tag::get_tags::v3::Request, _, _>(people::get_tags_route)
         .ruma::<c::tag::create_tag::v3::Request, _, _>(people::create_tag_route)

@@ -106,6 +106,26 @@ impl AccountData {
         Ok(out)
     }
 
+    /// The user's push rules: as stored in the `m.push_rules` account data, or the spec's
+    /// defaults for a user who never changed them.
+    pub fn push_rules(&self, user: &UserId) -> Result<ruma::push::Ruleset> {
+        if let Some(stored) = self.get(user, None, "m.push_rules")? {
+            if let Ok(r) = serde_json::from_value::<ruma::push::Ruleset>(stored["global"].clone()) {
+                return Ok(r);
+            }
+        }
+        Ok(ruma::push::Ruleset::server_default(user))
+    }
+
+    pub fn set_push_rules(&self, user: &UserId, rules: &ruma::push::Ruleset) -> Result<()> {
+        self.set(
+            user,
+            None,
+            "m.push_rules",
+            serde_json::json!({ "global": rules }),
+        )
+    }
+
     /// Users in the `m.ignored_user_list` of `user`.
     pub fn ignored_users(&self, user: &UserId) -> Result<Vec<String>> {
         Ok(self

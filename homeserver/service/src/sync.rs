@@ -184,6 +184,17 @@ impl Sync {
         }
 
         let mut global_ad = Vec::new();
+        // Clients read their push rules from account data; a user who never changed them has
+        // the defaults, which are not stored.
+        if req.since.is_none()
+            && self
+                .account_data
+                .get(req.user, None, "m.push_rules")?
+                .is_none()
+        {
+            let rules = self.account_data.push_rules(req.user)?;
+            global_ad.push(json!({ "type": "m.push_rules", "content": { "global": rules } }));
+        }
         let mut room_ad: Map<String, Value> = Map::new();
         for (room, kind, content) in self.account_data.changed_since(req.user, req.since, upto)? {
             let ev = json!({ "type": kind, "content": content });

@@ -1,0 +1,151 @@
+//! Push rules (`/pushrules`): the spec's default rule set and its changes, stored as the
+//! `m.push_rules` account data. Server-side evaluation, notifications and pushers come later.
+
+use axum::{extract::State, Json};
+use paracord_core::Error;
+use ruma::{
+    api::client::push::{
+        delete_pushrule, get_pushrule, get_pushrule_actions, get_pushrule_enabled,
+        get_pushrules_all, get_pushrules_global_scope, set_pushrule, set_pushrule_actions,
+        set_pushrule_enabled,
+    },
+    push::{RuleKind, Ruleset},
+};
+use serde_json::{json, Value};
+
+use crate::{ruma_wrapper::Ruma, ApiResult, AppState};
+
+fn rule_json(rules: &Ruleset, kind: &RuleKind, rule_id: &str) -> Result<Value, Error> {
+    use ruma::push::AnyPushRule;
+    let rule = rules
+        .get(kind.clone(), rule_id)
+        .ok_or_else(|| Error::not_found("push rule not found"))?;
+    Ok(match rule.to_owned() {
+        AnyPushRule::Override(r) | AnyPushRule::Underride(r) => serde_json::to_value(r)?,
+        AnyPushRule::Content(r) => serde_json::to_value(r)?,
+        AnyPushRule::Room(r) => serde_json::to_value(r)?,
+        AnyPushRule::Sender(r) => serde_json::to_value(r)?,
+        _ => return Err(Error::not_found("push rule of an unknown kind")),
+    })
+}
+
+/// `GET /_matrix/client/v3/pushrules/` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3pushrules
+pub(crate) async fn get_pushrules_all_route(
+    State(state): State<AppState>,
+    req: Ruma<get_pushrules_all::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    Ok(Json(
+        json!({ "global": state.account_data.push_rules(&id.user_id)? }),
+    ))
+}
+
+/// `GET /_matrix/client/v3/pushrules/global/` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3pushrulesglobal
+pub(crate) async fn get_pushrules_global_scope_route(
+    State(state): State<AppState>,
+    req: Ruma<get_pushrules_global_scope::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    Ok(Json(
+        serde_json::to_value(state.account_data.push_rules(&id.user_id)?).map_err(Error::from)?,
+    ))
+}
+
+/// `GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3pushrulesglobalkindruleid
+pub(crate) async fn get_pushrule_route(
+    State(state): State<AppState>,
+    req: Ruma<get_pushrule::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    let rules = state.account_data.push_rules(&id.user_id)?;
+    Ok(Json(rule_json(&rules, &req.body.kind, &req.body.rule_id)?))
+}
+
+/// `PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}` — https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3pushrulesglobalkindruleid
+pub(crate) async fn set_pushrule_route(
+    State(state): State<AppState>,
+    req: Ruma<set_pushrule::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    let mut rules = state.account_data.push_rules(&id.user_id)?;
+    rules
+        .insert(
+            req.body.rule.clone(),
+            req.body.after.as_deref(),
+            req.body.before.as_deref(),
+        )
+        .map_err(|e| Error::invalid_param(format!("cannot insert the rule: {e}")))?;
+    state.account_data.set_push_rules(&id.user_id, &rules)?;
+    Ok(Json(json!({})))
+}
+
+/// `DELETE /_matrix/client/v3/pushrules/global/{kind}/{ruleId}` — https://spec.matrix.org/v1.19/client-server-api/#delete_matrixclientv3pushrulesglobalkindruleid
+pub(crate) async fn delete_pushrule_route(
+    State(state): State<AppState>,
+    req: Ruma<delete_pushrule::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    let mut rules = state.account_data.push_rules(&id.user_id)?;
+    rules
+        .remove(req.body.kind.clone(), &req.body.rule_id)
+        .map_err(|e| match e {
+            ruma::push::RemovePushRuleError::NotFound => Error::not_found("push rule not found"),
+            other => Error::invalid_param(format!("cannot delete the rule: {other}")),
+        })?;
+    state.account_data.set_push_rules(&id.user_id, &rules)?;
+    Ok(Json(json!({})))
+}
+
+/// `GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3pushrulesglobalkindruleidenabled
+pub(crate) async fn get_pushrule_enabled_route(
+    State(state): State<AppState>,
+    req: Ruma<get_pushrule_enabled::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    let rules = state.account_data.push_rules(&id.user_id)?;
+    let rule = rule_json(&rules, &req.body.kind, &req.body.rule_id)?;
+    Ok(Json(json!({ "enabled": rule["enabled"] })))
+}
+
+/// `PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled` — https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3pushrulesglobalkindruleidenabled
+pub(crate) async fn set_pushrule_enabled_route(
+    State(state): State<AppState>,
+    req: Ruma<set_pushrule_enabled::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    let mut rules = state.account_data.push_rules(&id.user_id)?;
+    rules
+        .set_enabled(req.body.kind.clone(), &req.body.rule_id, req.body.enabled)
+        .map_err(|_| Error::not_found("push rule not found"))?;
+    state.account_data.set_push_rules(&id.user_id, &rules)?;
+    Ok(Json(json!({})))
+}
+
+/// `GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3pushrulesglobalkindruleidactions
+pub(crate) async fn get_pushrule_actions_route(
+    State(state): State<AppState>,
+    req: Ruma<get_pushrule_actions::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    let rules = state.account_data.push_rules(&id.user_id)?;
+    let rule = rule_json(&rules, &req.body.kind, &req.body.rule_id)?;
+    Ok(Json(json!({ "actions": rule["actions"] })))
+}
+
+/// `PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions` — https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3pushrulesglobalkindruleidactions
+pub(crate) async fn set_pushrule_actions_route(
+    State(state): State<AppState>,
+    req: Ruma<set_pushrule_actions::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    let mut rules = state.account_data.push_rules(&id.user_id)?;
+    rules
+        .set_actions(
+            req.body.kind.clone(),
+            &req.body.rule_id,
+            req.body.actions.clone(),
+        )
+        .map_err(|_| Error::not_found("push rule not found"))?;
+    state.account_data.set_push_rules(&id.user_id, &rules)?;
+    Ok(Json(json!({})))
+}

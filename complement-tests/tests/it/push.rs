@@ -139,3 +139,110 @@ async fn rules_can_be_added_ordered_toggled_and_removed() {
         "{ad}"
     );
 }
+
+fn counts(sync: &serde_json::Value, room: &str) -> (u64, u64) {
+    let n = &sync["rooms"]["join"][room]["unread_notifications"];
+    (
+        n["notification_count"].as_u64().unwrap_or(u64::MAX),
+        n["highlight_count"].as_u64().unwrap_or(u64::MAX),
+    )
+}
+
+#[tokio::test]
+async fn push_rules_drive_unread_counts_and_notifications() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    let room = alice
+        .create_room(&json!({ "preset": "trusted_private_chat", "invite": [bob.user_id] }))
+        .await;
+    bob.join_ok(&room).await;
+    bob.send_text(&room, "hello").await;
+    let mention = bob
+        .send_event(
+            &room,
+            "m.room.message",
+            &json!({ "msgtype": "m.text", "body": "alice?", "m.mentions": { "user_ids": [alice.user_id] } }),
+        )
+        .await;
+    let sync = alice.sync(None, 0, None).await;
+    assert_eq!(
+        counts(&sync, &room),
+        (2, 1),
+        "two notifying messages in a DM, one mention: {}",
+        sync["rooms"]["join"][&room]["unread_notifications"]
+    );
+    // The sender is not notified by their own messages.
+    let bob_sync = bob.sync(None, 0, None).await;
+    assert_eq!(
+        counts(&bob_sync, &room).0,
+        0,
+        "{}",
+        bob_sync["rooms"]["join"][&room]["unread_notifications"]
+    );
+
+    let all = expect_ok(alice.get("/notifications").await, "GET /notifications");
+    let list = all["notifications"].as_array().cloned().unwrap_or_default();
+    assert_eq!(list.len(), 2, "{all}");
+    assert_eq!(
+        list[0]["event"]["event_id"],
+        mention.as_str(),
+        "newest first: {all}"
+    );
+    assert_eq!(list[0]["read"], false, "{all}");
+    let highlights = expect_ok(
+        alice.get("/notifications?only=highlight").await,
+        "only=highlight",
+    );
+    assert_eq!(
+        highlights["notifications"].as_array().map(Vec::len),
+        Some(1),
+        "{highlights}"
+    );
+
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+    expect_ok(
+        alice
+            .post(
+                &format!(
+                    "/rooms/{}/receipt/m.read/{}",
+                    paracord_complement::enc(&room),
+                    paracord_complement::enc(&mention)
+                ),
+                &json!({}),
+            )
+            .await,
+        "read receipt",
+    );
+    let after = alice.sync(Some(&since), 0, None).await;
+    assert_eq!(
+        counts(&after, &room),
+        (0, 0),
+        "read up to the newest: {}",
+        after["rooms"]["join"][&room]
+    );
+    let all = expect_ok(
+        alice.get("/notifications").await,
+        "GET /notifications after reading",
+    );
+    assert_eq!(all["notifications"][0]["read"], true, "{all}");
+
+    // A room rule with no actions mutes the room.
+    expect_ok(
+        alice
+            .put(
+                &format!("/pushrules/global/room/{}", paracord_complement::enc(&room)),
+                &json!({ "actions": [] }),
+            )
+            .await,
+        "mute",
+    );
+    bob.send_text(&room, "muted?").await;
+    let muted = alice.sync(None, 0, None).await;
+    assert_eq!(
+        counts(&muted, &room).0,
+        0,
+        "muted room: {}",
+        muted["rooms"]["join"][&room]["unread_notifications"]
+    );
+}

@@ -139,6 +139,7 @@ pub fn app(services: Arc<Services>) -> Router {
         .ruma::<c::push::set_pushrule_enabled::v3::Request, _, _>(push::set_pushrule_enabled_route)
         .ruma::<c::push::get_pushrule_actions::v3::Request, _, _>(push::get_pushrule_actions_route)
         .ruma::<c::push::set_pushrule_actions::v3::Request, _, _>(push::set_pushrule_actions_route)
+        .ruma::<c::push::get_notifications::v3::Request, _, _>(push::get_notifications_route)
         // discovery and people
         .ruma::<c::tag::get_tags::v3::Request, _, _>(people::get_tags_route)
         .ruma::<c::tag::create_tag::v3::Request, _, _>(people::create_tag_route)

@@ -23,6 +23,9 @@ pub type Entry = (Option<OwnedRoomId>, String, Value);
 pub struct AccountData {
     db: Arc<Db>,
     stream: Arc<Stream>,
+    /// Parsed push rules: every event is evaluated against every member's rules.
+    push_rules_cache:
+        parking_lot::Mutex<std::collections::HashMap<ruma::OwnedUserId, Arc<ruma::push::Ruleset>>>,
 }
 
 fn key(user: &UserId, room: Option<&RoomId>, kind: &str) -> Vec<u8> {
@@ -35,7 +38,11 @@ fn key(user: &UserId, room: Option<&RoomId>, kind: &str) -> Vec<u8> {
 
 impl AccountData {
     pub fn new(db: Arc<Db>, stream: Arc<Stream>) -> Self {
-        Self { db, stream }
+        Self {
+            db,
+            stream,
+            push_rules_cache: Default::default(),
+        }
     }
 
     pub fn get(&self, user: &UserId, room: Option<&RoomId>, kind: &str) -> Result<Option<Value>> {
@@ -70,6 +77,11 @@ impl AccountData {
             );
             Ok(())
         })?;
+        if kind == "m.push_rules" && room.is_none() {
+            // After the write, so a concurrent read cannot cache the old rules again; also
+            // when a client writes the account data directly.
+            self.push_rules_cache.lock().remove(user);
+        }
         self.stream.notifier().wake([user]);
         Ok(())
     }
@@ -108,13 +120,22 @@ impl AccountData {
 
     /// The user's push rules: as stored in the `m.push_rules` account data, or the spec's
     /// defaults for a user who never changed them.
-    pub fn push_rules(&self, user: &UserId) -> Result<ruma::push::Ruleset> {
-        if let Some(stored) = self.get(user, None, "m.push_rules")? {
-            if let Ok(r) = serde_json::from_value::<ruma::push::Ruleset>(stored["global"].clone()) {
-                return Ok(r);
-            }
+    pub fn push_rules(&self, user: &UserId) -> Result<Arc<ruma::push::Ruleset>> {
+        if let Some(r) = self.push_rules_cache.lock().get(user) {
+            return Ok(r.clone());
         }
-        Ok(ruma::push::Ruleset::server_default(user))
+        let rules = match self.get(user, None, "m.push_rules")? {
+            Some(stored) => serde_json::from_value::<ruma::push::Ruleset>(stored["global"].clone())
+                .unwrap_or_else(|_| ruma::push::Ruleset::server_default(user)),
+            None => ruma::push::Ruleset::server_default(user),
+        };
+        let rules = Arc::new(rules);
+        let mut cache = self.push_rules_cache.lock();
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(user.to_owned(), rules.clone());
+        Ok(rules)
     }
 
     pub fn set_push_rules(&self, user: &UserId, rules: &ruma::push::Ruleset) -> Result<()> {

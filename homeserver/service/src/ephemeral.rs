@@ -206,6 +206,29 @@ impl Ephemeral {
         Ok((!content.is_empty()).then(|| json!({ "type": "m.receipt", "content": content })))
     }
 
+    /// Event ids of the user's own unthreaded (or main-thread) read receipts in a room.
+    pub fn own_read_receipts(&self, room: &RoomId, user: &UserId) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for kind in ["m.read", "m.read.private"] {
+            for thread in ["", "main"] {
+                let key = KeyBuf::new()
+                    .str(room.as_str())
+                    .str(kind)
+                    .str(user.as_str())
+                    .last_str(thread)
+                    .into_vec();
+                if let Some(v) = self
+                    .db
+                    .get(Table::RoomreceiptReceipt, &key)
+                    .map_err(Error::internal)?
+                {
+                    out.push(serde_json::from_slice::<Receipt>(&v)?.event_id);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     pub fn set_presence(
         &self,
         user: &UserId,

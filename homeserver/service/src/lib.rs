@@ -46,13 +46,14 @@ impl Services {
         let keys = Arc::new(keys);
         let stream = Arc::new(stream::Stream::load(db.clone())?);
         let accounts = Arc::new(accounts::Accounts::new(db.clone(), config.clone()));
+        let account_data = Arc::new(account_data::AccountData::new(db.clone(), stream.clone()));
         let rooms = Arc::new(rooms::Rooms::new(
             db.clone(),
             config.clone(),
             keys.clone(),
             stream.clone(),
+            Some(account_data.clone()),
         ));
-        let account_data = Arc::new(account_data::AccountData::new(db.clone(), stream.clone()));
         let ephemeral = Arc::new(ephemeral::Ephemeral::new(db.clone(), stream.clone()));
         let sync = Arc::new(sync::Sync::new(
             rooms.clone(),

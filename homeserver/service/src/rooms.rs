@@ -8,6 +8,7 @@
 pub mod create;
 pub mod directory;
 pub mod membership;
+pub mod notify;
 pub mod pdu;
 pub mod relations;
 pub mod spaces;
@@ -120,6 +121,8 @@ pub struct Rooms {
     state_cache: Mutex<HashMap<u64, Arc<StateMap>>>,
     pdu_cache: Mutex<HashMap<u64, Arc<Pdu>>>,
     last_create_ts: Mutex<u64>,
+    /// Push rules live in account data; `None` only in tests that need no notifications.
+    account_data: Option<Arc<crate::account_data::AccountData>>,
 }
 
 fn db_err(e: impl std::fmt::Display) -> Error {
@@ -139,6 +142,7 @@ impl Rooms {
         config: Arc<Config>,
         keys: Arc<ServerKeys>,
         stream: Arc<Stream>,
+        account_data: Option<Arc<crate::account_data::AccountData>>,
     ) -> Self {
         Self {
             db,
@@ -149,6 +153,7 @@ impl Rooms {
             state_cache: Mutex::default(),
             pdu_cache: Mutex::default(),
             last_create_ts: Mutex::default(),
+            account_data,
         }
     }
 
@@ -711,8 +716,13 @@ impl Rooms {
             Some(_) => self.snapshot_depth(state_before)?,
             None => 0,
         };
+        // Push rules are evaluated before the commit so the event and its notifications are
+        // written together.
+        let client_json = pdu::client_event(&pdu_bytes, event_id.as_str(), room_id.as_str(), None)?;
+        let notes = self.evaluate_push(room_id, &room.version, state, &pdu, &client_json)?;
         let (pos, ()) = self.stream.commit(|pos, batch| {
             let short = pos;
+            self.write_notifications(batch, room_id, event_id.as_str(), pos, &notes)?;
             let mut state_after = state_before;
             if let Some(k) = &pdu.state_key {
                 state_after = short;

@@ -193,7 +193,7 @@ impl Sync {
                 .is_none()
         {
             let rules = self.account_data.push_rules(req.user)?;
-            global_ad.push(json!({ "type": "m.push_rules", "content": { "global": rules } }));
+            global_ad.push(json!({ "type": "m.push_rules", "content": { "global": &*rules } }));
         }
         let mut room_ad: Map<String, Value> = Map::new();
         for (room, kind, content) in self.account_data.changed_since(req.user, req.since, upto)? {
@@ -284,6 +284,11 @@ impl Sync {
         if let Some(r) = receipts {
             push_to(&mut out, "ephemeral", r);
         }
+        let (notifications, highlights) =
+            self.rooms
+                .unread_counts(req.user, room_id, self.read_pos(room_id, req.user)?)?;
+        out["unread_notifications"] =
+            json!({ "notification_count": notifications, "highlight_count": highlights });
         let members = self.rooms.members(room_id)?;
         let joined = members.iter().filter(|(_, m)| m == "join").count();
         let invited = members.iter().filter(|(_, m)| m == "invite").count();
@@ -400,6 +405,17 @@ impl Sync {
         });
         out["state"] = json!({ "events": state_events });
         Ok(())
+    }
+
+    /// Stream position of the user's read receipt in a room (0 when they have none).
+    pub fn read_pos(&self, room_id: &RoomId, user: &UserId) -> Result<u64> {
+        let mut best = 0;
+        for event_id in self.ephemeral.own_read_receipts(room_id, user)? {
+            if let Ok(e) = ruma::OwnedEventId::try_from(event_id) {
+                best = best.max(self.rooms.short_id(&e)?.unwrap_or(0));
+            }
+        }
+        Ok(best)
     }
 
     fn sent_by_ignored(&self, event_id: &ruma::EventId, ignored: &[String]) -> Result<bool> {

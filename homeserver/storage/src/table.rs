@@ -49,6 +49,10 @@ pub enum Table {
     ReportidReport,
     /// sha256(OpenID token) → the user it vouches for and its expiry.
     OpenidtokenSession,
+    /// `user_id 0xFF stream_pos` → a notification (room, event, highlight, actions).
+    UserposNotification,
+    /// `user_id 0xFF room_id 0xFF stream_pos` → 1 if the notification highlights, else 0.
+    UserroomposHighlight,
 }
 
 impl Table {
@@ -76,6 +80,8 @@ impl Table {
         Table::RoomthreadLatest,
         Table::ReportidReport,
         Table::OpenidtokenSession,
+        Table::UserposNotification,
+        Table::UserroomposHighlight,
     ];
 
     pub fn name(self) -> &'static str {
@@ -103,6 +109,8 @@ impl Table {
             Table::RoomthreadLatest => "roomthread_latest",
             Table::ReportidReport => "reportid_report",
             Table::OpenidtokenSession => "openidtoken_session",
+            Table::UserposNotification => "userpos_notification",
+            Table::UserroomposHighlight => "userroompos_highlight",
         }
     }
 }

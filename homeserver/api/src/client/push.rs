@@ -36,7 +36,7 @@ pub(crate) async fn get_pushrules_all_route(
 ) -> ApiResult<Json<Value>> {
     let id = req.user()?;
     Ok(Json(
-        json!({ "global": state.account_data.push_rules(&id.user_id)? }),
+        json!({ "global": &*state.account_data.push_rules(&id.user_id)? }),
     ))
 }
 
@@ -47,7 +47,7 @@ pub(crate) async fn get_pushrules_global_scope_route(
 ) -> ApiResult<Json<Value>> {
     let id = req.user()?;
     Ok(Json(
-        serde_json::to_value(state.account_data.push_rules(&id.user_id)?).map_err(Error::from)?,
+        serde_json::to_value(&*state.account_data.push_rules(&id.user_id)?).map_err(Error::from)?,
     ))
 }
 
@@ -67,7 +67,7 @@ pub(crate) async fn set_pushrule_route(
     req: Ruma<set_pushrule::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let id = req.user()?;
-    let mut rules = state.account_data.push_rules(&id.user_id)?;
+    let mut rules = Ruleset::clone(&*state.account_data.push_rules(&id.user_id)?);
     rules
         .insert(
             req.body.rule.clone(),
@@ -85,7 +85,7 @@ pub(crate) async fn delete_pushrule_route(
     req: Ruma<delete_pushrule::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let id = req.user()?;
-    let mut rules = state.account_data.push_rules(&id.user_id)?;
+    let mut rules = Ruleset::clone(&*state.account_data.push_rules(&id.user_id)?);
     rules
         .remove(req.body.kind.clone(), &req.body.rule_id)
         .map_err(|e| match e {
@@ -113,7 +113,7 @@ pub(crate) async fn set_pushrule_enabled_route(
     req: Ruma<set_pushrule_enabled::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let id = req.user()?;
-    let mut rules = state.account_data.push_rules(&id.user_id)?;
+    let mut rules = Ruleset::clone(&*state.account_data.push_rules(&id.user_id)?);
     rules
         .set_enabled(req.body.kind.clone(), &req.body.rule_id, req.body.enabled)
         .map_err(|_| Error::not_found("push rule not found"))?;
@@ -138,7 +138,7 @@ pub(crate) async fn set_pushrule_actions_route(
     req: Ruma<set_pushrule_actions::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let id = req.user()?;
-    let mut rules = state.account_data.push_rules(&id.user_id)?;
+    let mut rules = Ruleset::clone(&*state.account_data.push_rules(&id.user_id)?);
     rules
         .set_actions(
             req.body.kind.clone(),
@@ -148,4 +148,38 @@ pub(crate) async fn set_pushrule_actions_route(
         .map_err(|_| Error::not_found("push rule not found"))?;
     state.account_data.set_push_rules(&id.user_id, &rules)?;
     Ok(Json(json!({})))
+}
+
+/// `GET /_matrix/client/v3/notifications` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3notifications
+pub(crate) async fn get_notifications_route(
+    State(state): State<AppState>,
+    req: Ruma<ruma::api::client::push::get_notifications::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    let from = match &req.body.from {
+        Some(t) => Some(
+            t.strip_prefix('n')
+                .and_then(|n| n.parse::<u64>().ok())
+                .ok_or_else(|| Error::invalid_param("invalid from token"))?,
+        ),
+        None => None,
+    };
+    let limit = req
+        .body
+        .limit
+        .map(|l| usize::try_from(u64::from(l)).unwrap_or(50))
+        .unwrap_or(50)
+        .clamp(1, 100);
+    let only_highlight = req.body.only.as_deref() == Some("highlight");
+    let (notifications, next) =
+        state
+            .rooms
+            .notifications(&id.user_id, from, limit, only_highlight, |room| {
+                state.sync.read_pos(room, &id.user_id).unwrap_or(0)
+            })?;
+    let mut body = json!({ "notifications": notifications });
+    if let Some(n) = next {
+        body["next_token"] = json!(format!("n{n}"));
+    }
+    Ok(Json(body))
 }

@@ -1,0 +1,249 @@
+//! Push-rule evaluation: which local members an event notifies, stored in the event's batch so
+//! unread counts and `/notifications` never disagree with the timeline.
+
+use std::collections::BTreeMap;
+
+use ruma::{
+    power_levels::NotificationPowerLevels,
+    push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx},
+    room_version_rules::RoomPowerLevelsRules,
+    serde::Raw,
+    Int, OwnedUserId, RoomId, UInt, UserId,
+};
+use serde_json::{json, Value};
+
+use paracord_core::{time::now_ms, Error, Result};
+use paracord_storage::{Batch, KeyBuf, KeyReader, Table};
+
+use super::{rules_for, Pdu, Rooms, StateMap};
+
+/// One notification for one user.
+#[derive(Debug, Clone)]
+pub struct Notification {
+    pub user: OwnedUserId,
+    pub highlight: bool,
+    pub actions: Vec<Action>,
+}
+
+impl Rooms {
+    fn power_levels_ctx(
+        &self,
+        version: &str,
+        state: &StateMap,
+    ) -> Result<Option<PushConditionPowerLevelsCtx>> {
+        let Some(pl) = self.state_content(state, "m.room.power_levels", "")? else {
+            return Ok(None);
+        };
+        let mut users = BTreeMap::new();
+        if let Some(map) = pl["users"].as_object() {
+            for (u, level) in map {
+                if let (Ok(u), Some(l)) =
+                    (OwnedUserId::try_from(u.as_str()), super::json_int(level))
+                {
+                    users.insert(u, Int::try_from(l).unwrap_or_default());
+                }
+            }
+        }
+        let users_default =
+            Int::try_from(pl["users_default"].as_i64().unwrap_or(0)).unwrap_or_default();
+        let notifications: NotificationPowerLevels =
+            serde_json::from_value(pl["notifications"].clone()).unwrap_or_default();
+        let rules = rules_for(version)?;
+        let creators: Vec<OwnedUserId> =
+            self.state_pdu(state, "m.room.create", "")?
+                .map(|c| {
+                    let mut v = vec![c.sender.clone()];
+                    if let Some(extra) = c.content_value()["additional_creators"].as_array() {
+                        v.extend(extra.iter().filter_map(|u| {
+                            u.as_str().and_then(|u| OwnedUserId::try_from(u).ok())
+                        }));
+                    }
+                    v
+                })
+                .unwrap_or_default();
+        Ok(Some(PushConditionPowerLevelsCtx::new(
+            users,
+            users_default,
+            notifications,
+            RoomPowerLevelsRules::new(&rules.authorization, creators),
+        )))
+    }
+
+    /// Evaluates every joined local member's push rules (the sender's excepted) for a new event
+    /// against the state after it.
+    pub(crate) fn evaluate_push(
+        &self,
+        room_id: &RoomId,
+        version: &str,
+        state: &StateMap,
+        pdu: &Pdu,
+        client_event: &Value,
+    ) -> Result<Vec<Notification>> {
+        let Some(account_data) = &self.account_data else {
+            return Ok(vec![]);
+        };
+        let members = self.joined_members(room_id)?;
+        let member_count = UInt::try_from(members.len() as u64).unwrap_or_default();
+        let pl_ctx = self.power_levels_ctx(version, state)?;
+        let raw: Raw<ruma::events::AnySyncTimelineEvent> = super::pdu::raw(client_event);
+        let mut out = Vec::new();
+        for user in members {
+            if user == pdu.sender || user.server_name() != self.config.server_name.as_str() {
+                continue;
+            }
+            let display_name = self
+                .state_content(state, "m.room.member", user.as_str())?
+                .and_then(|c| c["displayname"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| user.localpart().to_owned());
+            let mut ctx = PushConditionRoomCtx::new(
+                room_id.to_owned(),
+                member_count,
+                user.clone(),
+                display_name,
+            );
+            if let Some(p) = &pl_ctx {
+                ctx = ctx.with_power_levels(p.clone());
+            }
+            let rules = account_data.push_rules(&user)?;
+            // No condition here awaits anything: ruma's evaluation is async only for optional
+            // thread-subscription lookups, which are not configured.
+            let actions = futures::executor::block_on(rules.get_actions(&raw, &ctx)).to_vec();
+            if !actions.iter().any(Action::should_notify) {
+                continue;
+            }
+            let highlight = actions.iter().any(Action::is_highlight);
+            out.push(Notification {
+                user,
+                highlight,
+                actions,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Adds the notifications of the event at `pos` to its batch.
+    pub(crate) fn write_notifications(
+        &self,
+        batch: &mut Batch,
+        room_id: &RoomId,
+        event_id: &str,
+        pos: u64,
+        notes: &[Notification],
+    ) -> Result<()> {
+        for n in notes {
+            let record = json!({
+                "room_id": room_id, "event_id": event_id, "highlight": n.highlight,
+                "actions": n.actions, "ts": now_ms(),
+            });
+            batch.put(
+                Table::UserposNotification,
+                KeyBuf::new().str(n.user.as_str()).u64(pos).into_vec(),
+                serde_json::to_vec(&record)?,
+            );
+            batch.put(
+                Table::UserroomposHighlight,
+                KeyBuf::new()
+                    .str(n.user.as_str())
+                    .str(room_id.as_str())
+                    .u64(pos)
+                    .into_vec(),
+                vec![u8::from(n.highlight)],
+            );
+        }
+        Ok(())
+    }
+
+    /// `(notification_count, highlight_count)` of a room for a user: notifications after
+    /// stream position `read_pos` (their read receipt).
+    pub fn unread_counts(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        read_pos: u64,
+    ) -> Result<(u64, u64)> {
+        let prefix = KeyBuf::new()
+            .str(user.as_str())
+            .str(room_id.as_str())
+            .into_vec();
+        let lower = KeyBuf::new()
+            .str(user.as_str())
+            .str(room_id.as_str())
+            .u64(read_pos.saturating_add(1))
+            .into_vec();
+        let rows = self
+            .db
+            .scan(
+                Table::UserroomposHighlight,
+                &prefix,
+                &lower,
+                None,
+                false,
+                usize::MAX,
+            )
+            .map_err(Error::internal)?;
+        let highlights = rows.iter().filter(|(_, v)| v.first() == Some(&1)).count() as u64;
+        Ok((rows.len() as u64, highlights))
+    }
+
+    /// `/notifications`: newest first from `from` (exclusive), at most `limit`; with the read
+    /// state of each from `read_pos_of`.
+    pub fn notifications(
+        &self,
+        user: &UserId,
+        from: Option<u64>,
+        limit: usize,
+        only_highlight: bool,
+        read_pos_of: impl Fn(&RoomId) -> u64,
+    ) -> Result<(Vec<Value>, Option<u64>)> {
+        let prefix = KeyBuf::new().str(user.as_str()).into_vec();
+        let upper = from.map(|f| KeyBuf::new().str(user.as_str()).u64(f).into_vec());
+        let rows = self
+            .db
+            .scan(
+                Table::UserposNotification,
+                &prefix,
+                &prefix,
+                upper.as_deref(),
+                true,
+                10_000,
+            )
+            .map_err(Error::internal)?;
+        let mut out = Vec::new();
+        let mut next = None;
+        for (k, v) in rows {
+            let mut r = KeyReader::new(&k);
+            r.str().map_err(Error::internal)?;
+            let pos = r.u64().map_err(Error::internal)?;
+            let rec: Value = serde_json::from_slice(&v)?;
+            if only_highlight && rec["highlight"] != true {
+                continue;
+            }
+            if out.len() >= limit {
+                next = Some(pos.saturating_add(1));
+                break;
+            }
+            let Ok(room_id) =
+                ruma::OwnedRoomId::try_from(rec["room_id"].as_str().unwrap_or_default())
+            else {
+                continue;
+            };
+            let reader = super::timeline::Reader { user, device: None };
+            let Ok(event_id) =
+                ruma::OwnedEventId::try_from(rec["event_id"].as_str().unwrap_or_default())
+            else {
+                continue;
+            };
+            let Ok((_, _, event)) = self.visible_event(reader, Some(&room_id), &event_id) else {
+                continue;
+            };
+            out.push(json!({
+                "room_id": room_id,
+                "event": event,
+                "actions": rec["actions"],
+                "ts": rec["ts"],
+                "read": pos <= read_pos_of(&room_id),
+            }));
+        }
+        Ok((out, next))
+    }
+}

@@ -443,6 +443,21 @@ impl Rooms {
         sender: &UserId,
         new: NewEvent,
     ) -> Result<OwnedEventId> {
+        // Push rules are evaluated before taking the room lock (they cost more than the rest
+        // of the pipeline, and only need the event's type, content and sender), then written
+        // in the event's own batch.
+        let notes = {
+            let before = self.room_or_404(room_id)?;
+            let state = self.state(before.state)?;
+            let mut provisional = serde_json::json!({
+                "type": new.kind.to_string(), "content": new.content, "sender": sender,
+                "room_id": room_id, "origin_server_ts": now_ms(),
+            });
+            if let Some(k) = &new.state_key {
+                provisional["state_key"] = serde_json::json!(k);
+            }
+            self.evaluate_push(room_id, &before.version, &state, sender, &provisional)?
+        };
         let lock = self.room_lock(room_id);
         let _guard = lock.lock().await;
         let room = self.room_or_404(room_id)?;
@@ -456,7 +471,7 @@ impl Rooms {
                     .map_err(db_err);
             }
         }
-        self.append_locked(room_id, room, sender, new)
+        self.append_locked(room_id, room, sender, new, notes)
     }
 
     fn append_locked(
@@ -465,6 +480,7 @@ impl Rooms {
         room: RoomRecord,
         sender: &UserId,
         new: NewEvent,
+        notes: Vec<notify::Notification>,
     ) -> Result<OwnedEventId> {
         let rules = rules_for(&room.version)?;
         let state = self.state(room.state)?;
@@ -513,6 +529,7 @@ impl Rooms {
             event_id.clone(),
             new.txn,
             relation,
+            notes,
         )?;
         Ok(event_id)
     }
@@ -689,6 +706,7 @@ impl Rooms {
         event_id: OwnedEventId,
         txn: Option<(String, String)>,
         relation: Option<relations::Relation>,
+        notes: Vec<notify::Notification>,
     ) -> Result<u64> {
         let rules = rules_for(&room.version)?;
         let redact_target = if pdu.kind == TimelineEventType::RoomRedaction {
@@ -716,10 +734,6 @@ impl Rooms {
             Some(_) => self.snapshot_depth(state_before)?,
             None => 0,
         };
-        // Push rules are evaluated before the commit so the event and its notifications are
-        // written together.
-        let client_json = pdu::client_event(&pdu_bytes, event_id.as_str(), room_id.as_str(), None)?;
-        let notes = self.evaluate_push(room_id, &room.version, state, &pdu, &client_json)?;
         let (pos, ()) = self.stream.commit(|pos, batch| {
             let short = pos;
             self.write_notifications(batch, room_id, event_id.as_str(), pos, &notes)?;

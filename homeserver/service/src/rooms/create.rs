@@ -139,7 +139,17 @@ impl Rooms {
             depth: 0,
             last_pos: 0,
         };
-        self.commit_event(&room_id, record, &empty, pdu, bytes, event_id, None, None)?;
+        self.commit_event(
+            &room_id,
+            record,
+            &empty,
+            pdu,
+            bytes,
+            event_id,
+            None,
+            None,
+            vec![],
+        )?;
 
         // The creator joins.
         let mut member = json!({ "membership": "join" });

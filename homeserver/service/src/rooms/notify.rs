@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use paracord_core::{time::now_ms, Error, Result};
 use paracord_storage::{Batch, KeyBuf, KeyReader, Table};
 
-use super::{rules_for, Pdu, Rooms, StateMap};
+use super::{rules_for, Rooms, StateMap};
 
 /// One notification for one user.
 #[derive(Debug, Clone)]
@@ -76,7 +76,7 @@ impl Rooms {
         room_id: &RoomId,
         version: &str,
         state: &StateMap,
-        pdu: &Pdu,
+        sender: &UserId,
         client_event: &Value,
     ) -> Result<Vec<Notification>> {
         let Some(account_data) = &self.account_data else {
@@ -88,7 +88,7 @@ impl Rooms {
         let raw: Raw<ruma::events::AnySyncTimelineEvent> = super::pdu::raw(client_event);
         let mut out = Vec::new();
         for user in members {
-            if user == pdu.sender || user.server_name() != self.config.server_name.as_str() {
+            if user == sender || user.server_name() != self.config.server_name.as_str() {
                 continue;
             }
             let display_name = self

@@ -246,3 +246,165 @@ async fn push_rules_drive_unread_counts_and_notifications() {
         muted["rooms"]["join"][&room]["unread_notifications"]
     );
 }
+
+/// The push gateway is a real separate process (complement-tests/support/push_gateway.py).
+struct Gateway {
+    child: std::process::Child,
+    port: u16,
+    out: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_gateway(reject: &str) -> Gateway {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pushes.jsonl");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("support/push_gateway.py");
+    let child = std::process::Command::new("python3")
+        .arg(script)
+        .arg(port.to_string())
+        .arg(&out)
+        .arg(reject)
+        .spawn()
+        .expect("python3 runs the test push gateway");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "push gateway did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Gateway {
+        child,
+        port,
+        out,
+        _dir: dir,
+    }
+}
+
+async fn wait_for_push(gw: &Gateway, event_id: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let text = std::fs::read_to_string(&gw.out).unwrap_or_default();
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            if v["notification"]["event_id"] == event_id {
+                return v;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no push for {event_id}; gateway got: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn notifications_are_pushed_to_a_real_gateway() {
+    let gw = start_gateway("stale-key").await;
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    let url = format!("http://127.0.0.1:{}/_matrix/push/v1/notify", gw.port);
+    let pusher = |key: &str| {
+        json!({
+            "kind": "http", "app_id": "chat.paracord.test", "pushkey": key,
+            "app_display_name": "Test", "device_display_name": "Phone", "lang": "en",
+            "data": { "url": url },
+        })
+    };
+    let bad = alice.post("/pushers/set", &json!({ "kind": "http", "app_id": "a", "pushkey": "k", "app_display_name": "a", "device_display_name": "d", "lang": "en", "data": { "url": "http://127.0.0.1:1/wrong" } })).await;
+    expect_error(
+        &bad,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+        "gateway url must end in /_matrix/push/v1/notify",
+    );
+    expect_ok(
+        alice.post("/pushers/set", &pusher("good-key")).await,
+        "set pusher",
+    );
+    let mut second = pusher("stale-key");
+    second["append"] = json!(true);
+    expect_ok(alice.post("/pushers/set", &second).await, "second pusher");
+    let listed = expect_ok(alice.get("/pushers").await, "GET /pushers");
+    assert_eq!(
+        listed["pushers"].as_array().map(Vec::len),
+        Some(2),
+        "{listed}"
+    );
+
+    let room = alice
+        .create_room(
+            &json!({ "preset": "trusted_private_chat", "invite": [bob.user_id], "name": "Pushy" }),
+        )
+        .await;
+    bob.join_ok(&room).await;
+    let event = bob.send_text(&room, "ping").await;
+    let push = wait_for_push(&gw, &event).await;
+    let n = &push["notification"];
+    assert_eq!(n["room_id"], room.as_str(), "{push}");
+    assert_eq!(n["sender"], bob.user_id.as_str(), "{push}");
+    assert_eq!(n["content"]["body"], "ping", "{push}");
+    assert_eq!(n["room_name"], "Pushy", "{push}");
+    assert_eq!(n["counts"]["unread"], 1, "{push}");
+    let keys: Vec<&str> = n["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["pushkey"].as_str())
+        .collect();
+    assert!(
+        keys.contains(&"good-key") || keys.contains(&"stale-key"),
+        "{push}"
+    );
+
+    // The gateway rejected "stale-key": the server drops that pusher.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let listed = expect_ok(alice.get("/pushers").await, "GET /pushers");
+        let keys: Vec<String> = listed["pushers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["pushkey"].as_str().map(str::to_owned))
+            .collect();
+        if keys == vec!["good-key".to_owned()] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rejected pusher still listed: {listed}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // kind: null deletes.
+    expect_ok(
+        alice
+            .post(
+                "/pushers/set",
+                &json!({ "kind": null, "app_id": "chat.paracord.test", "pushkey": "good-key" }),
+            )
+            .await,
+        "delete pusher",
+    );
+    let listed = expect_ok(alice.get("/pushers").await, "GET /pushers after delete");
+    assert_eq!(
+        listed["pushers"].as_array().map(Vec::len),
+        Some(0),
+        "{listed}"
+    );
+}

@@ -140,6 +140,8 @@ pub fn app(services: Arc<Services>) -> Router {
         .ruma::<c::push::get_pushrule_actions::v3::Request, _, _>(push::get_pushrule_actions_route)
         .ruma::<c::push::set_pushrule_actions::v3::Request, _, _>(push::set_pushrule_actions_route)
         .ruma::<c::push::get_notifications::v3::Request, _, _>(push::get_notifications_route)
+        .ruma::<c::push::get_pushers::v3::Request, _, _>(push::get_pushers_route)
+        .ruma::<c::push::set_pusher::v3::Request, _, _>(push::set_pusher_route)
         // discovery and people
         .ruma::<c::tag::get_tags::v3::Request, _, _>(people::get_tags_route)
         .ruma::<c::tag::create_tag::v3::Request, _, _>(people::create_tag_route)

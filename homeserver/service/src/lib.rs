@@ -4,6 +4,7 @@ pub mod account_data;
 pub mod accounts;
 pub mod ephemeral;
 pub mod keys;
+pub mod pushers;
 pub mod ratelimit;
 pub mod reports;
 pub mod rooms;
@@ -28,6 +29,7 @@ pub struct Services {
     pub sync: Arc<sync::Sync>,
     pub ratelimit: Arc<ratelimit::RateLimiter>,
     pub reports: Arc<reports::Reports>,
+    pub pushers: Arc<pushers::Pushers>,
 }
 
 impl Services {
@@ -63,6 +65,10 @@ impl Services {
         ));
         let ratelimit = Arc::new(ratelimit::RateLimiter::new(&config));
         let reports = Arc::new(reports::Reports::new(db.clone()));
+        let pushers = Arc::new(pushers::Pushers::new(db.clone()));
+        if let Some(tx) = pushers.start(rooms.clone(), ephemeral.clone()) {
+            rooms.set_push_sender(tx);
+        }
         Ok(Self {
             config,
             db,
@@ -75,6 +81,7 @@ impl Services {
             sync,
             ratelimit,
             reports,
+            pushers,
         })
     }
 }

@@ -123,6 +123,8 @@ pub struct Rooms {
     last_create_ts: Mutex<u64>,
     /// Push rules live in account data; `None` only in tests that need no notifications.
     account_data: Option<Arc<crate::account_data::AccountData>>,
+    /// Where notifications go to be pushed to gateways (set once the sender runs).
+    push_tx: Mutex<Option<tokio::sync::mpsc::UnboundedSender<crate::pushers::PushJob>>>,
 }
 
 fn db_err(e: impl std::fmt::Display) -> Error {
@@ -154,7 +156,13 @@ impl Rooms {
             pdu_cache: Mutex::default(),
             last_create_ts: Mutex::default(),
             account_data,
+            push_tx: Mutex::default(),
         }
+    }
+
+    /// Connects the push-gateway sender.
+    pub fn set_push_sender(&self, tx: tokio::sync::mpsc::UnboundedSender<crate::pushers::PushJob>) {
+        *self.push_tx.lock() = Some(tx);
     }
 
     // ----- reads -----
@@ -841,6 +849,17 @@ impl Rooms {
             }
             Ok(())
         })?;
+        // Hand the notifications to the push-gateway sender.
+        if let Some(tx) = self.push_tx.lock().as_ref() {
+            for n in &notes {
+                let _ = tx.send(crate::pushers::PushJob {
+                    user: n.user.clone(),
+                    room_id: room_id.to_owned(),
+                    event_id: event_id.clone(),
+                    actions: serde_json::to_value(&n.actions).unwrap_or_default(),
+                });
+            }
+        }
         // The redacted event changed on disk: drop its parsed copy.
         if let Some(target) = &redact_target {
             if let Some(short) = self.short_id(target)? {

@@ -409,13 +409,7 @@ impl Sync {
 
     /// Stream position of the user's read receipt in a room (0 when they have none).
     pub fn read_pos(&self, room_id: &RoomId, user: &UserId) -> Result<u64> {
-        let mut best = 0;
-        for event_id in self.ephemeral.own_read_receipts(room_id, user)? {
-            if let Ok(e) = ruma::OwnedEventId::try_from(event_id) {
-                best = best.max(self.rooms.short_id(&e)?.unwrap_or(0));
-            }
-        }
-        Ok(best)
+        read_pos(&self.rooms, &self.ephemeral, room_id, user)
     }
 
     fn sent_by_ignored(&self, event_id: &ruma::EventId, ignored: &[String]) -> Result<bool> {
@@ -441,6 +435,22 @@ impl Sync {
         self.fill_timeline_and_state(req, ignored, room_id, req.since, leave_pos, &mut out)?;
         Ok(out)
     }
+}
+
+/// Stream position of a user's read receipt in a room (0 when they have none).
+pub fn read_pos(
+    rooms: &Rooms,
+    ephemeral: &Ephemeral,
+    room_id: &RoomId,
+    user: &UserId,
+) -> Result<u64> {
+    let mut best = 0;
+    for event_id in ephemeral.own_read_receipts(room_id, user)? {
+        if let Ok(e) = ruma::OwnedEventId::try_from(event_id) {
+            best = best.max(rooms.short_id(&e)?.unwrap_or(0));
+        }
+    }
+    Ok(best)
 }
 
 fn empty_joined() -> Value {

@@ -53,6 +53,8 @@ pub enum Table {
     UserposNotification,
     /// `user_id 0xFF room_id 0xFF stream_pos` → 1 if the notification highlights, else 0.
     UserroomposHighlight,
+    /// `user_id 0xFF app_id 0xFF pushkey` → pusher.
+    UserapppushkeyPusher,
 }
 
 impl Table {
@@ -82,6 +84,7 @@ impl Table {
         Table::OpenidtokenSession,
         Table::UserposNotification,
         Table::UserroomposHighlight,
+        Table::UserapppushkeyPusher,
     ];
 
     pub fn name(self) -> &'static str {
@@ -111,6 +114,7 @@ impl Table {
             Table::OpenidtokenSession => "openidtoken_session",
             Table::UserposNotification => "userpos_notification",
             Table::UserroomposHighlight => "userroompos_highlight",
+            Table::UserapppushkeyPusher => "userapppushkey_pusher",
         }
     }
 }

@@ -183,3 +183,26 @@ pub(crate) async fn get_notifications_route(
     }
     Ok(Json(body))
 }
+
+/// `GET /_matrix/client/v3/pushers` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3pushers
+pub(crate) async fn get_pushers_route(
+    State(state): State<AppState>,
+    req: Ruma<ruma::api::client::push::get_pushers::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    Ok(Json(json!({ "pushers": state.pushers.list(&id.user_id)? })))
+}
+
+/// `POST /_matrix/client/v3/pushers/set` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3pushersset
+pub(crate) async fn set_pusher_route(
+    State(state): State<AppState>,
+    req: Ruma<ruma::api::client::push::set_pusher::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    let body = req
+        .json
+        .clone()
+        .ok_or_else(|| Error::bad_json("missing body"))?;
+    state.pushers.set(&id.user_id, &body)?;
+    Ok(Json(json!({})))
+}

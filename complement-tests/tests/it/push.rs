@@ -408,3 +408,63 @@ async fn notifications_are_pushed_to_a_real_gateway() {
         "{listed}"
     );
 }
+
+#[tokio::test]
+async fn thread_notifications_are_counted_per_thread_with_threaded_receipts() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    let room = alice
+        .create_room(&json!({ "preset": "trusted_private_chat", "invite": [bob.user_id] }))
+        .await;
+    bob.join_ok(&room).await;
+    let root = bob.send_text(&room, "thread root").await;
+    let reply = |body: &str| json!({ "msgtype": "m.text", "body": body, "m.relates_to": { "rel_type": "m.thread", "event_id": root } });
+    bob.send_event(&room, "m.room.message", &reply("r1")).await;
+    let r2 = bob.send_event(&room, "m.room.message", &reply("r2")).await;
+    bob.send_text(&room, "main timeline").await;
+
+    let filter = r#"{"room":{"timeline":{"unread_thread_notifications":true}}}"#;
+    let sync = alice.sync(None, 0, Some(filter)).await;
+    let joined = &sync["rooms"]["join"][&room];
+    assert_eq!(
+        joined["unread_notifications"]["notification_count"], 2,
+        "root and main message: {joined}"
+    );
+    assert_eq!(
+        joined["unread_thread_notifications"][&root]["notification_count"], 2,
+        "two replies: {joined}"
+    );
+    // Without the filter flag, one total.
+    let plain = alice.sync(None, 0, None).await;
+    assert_eq!(
+        counts(&plain, &room).0,
+        4,
+        "{}",
+        plain["rooms"]["join"][&room]["unread_notifications"]
+    );
+
+    expect_ok(
+        alice
+            .post(
+                &format!(
+                    "/rooms/{}/receipt/m.read/{}",
+                    paracord_complement::enc(&room),
+                    paracord_complement::enc(&r2)
+                ),
+                &json!({ "thread_id": root }),
+            )
+            .await,
+        "threaded receipt",
+    );
+    let sync = alice.sync(None, 0, Some(filter)).await;
+    let joined = &sync["rooms"]["join"][&room];
+    assert!(
+        joined["unread_thread_notifications"].get(&root).is_none(),
+        "thread read: {joined}"
+    );
+    assert_eq!(
+        joined["unread_notifications"]["notification_count"], 2,
+        "main still unread: {joined}"
+    );
+}

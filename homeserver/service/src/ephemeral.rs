@@ -229,6 +229,32 @@ impl Ephemeral {
         Ok(out)
     }
 
+    /// The user's own read receipts in a room: `(thread, event id)`, thread "" for unthreaded.
+    pub fn own_receipts_by_thread(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+    ) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for kind in ["m.read", "m.read.private"] {
+            let prefix = KeyBuf::new()
+                .str(room.as_str())
+                .str(kind)
+                .str(user.as_str())
+                .into_vec();
+            for (k, v) in self
+                .db
+                .scan_prefix(Table::RoomreceiptReceipt, &prefix)
+                .map_err(Error::internal)?
+            {
+                let thread =
+                    String::from_utf8_lossy(k.get(prefix.len()..).unwrap_or_default()).into_owned();
+                out.push((thread, serde_json::from_slice::<Receipt>(&v)?.event_id));
+            }
+        }
+        Ok(out)
+    }
+
     pub fn set_presence(
         &self,
         user: &UserId,

@@ -284,11 +284,7 @@ impl Sync {
         if let Some(r) = receipts {
             push_to(&mut out, "ephemeral", r);
         }
-        let (notifications, highlights) =
-            self.rooms
-                .unread_counts(req.user, room_id, self.read_pos(room_id, req.user)?)?;
-        out["unread_notifications"] =
-            json!({ "notification_count": notifications, "highlight_count": highlights });
+        self.fill_unread_counts(req, room_id, &mut out)?;
         let members = self.rooms.members(room_id)?;
         let joined = members.iter().filter(|(_, m)| m == "join").count();
         let invited = members.iter().filter(|(_, m)| m == "invite").count();
@@ -404,6 +400,67 @@ impl Sync {
             "prev_batch": prev_batch,
         });
         out["state"] = json!({ "events": state_events });
+        Ok(())
+    }
+
+    /// `unread_notifications`, and `unread_thread_notifications` when the filter asks for them.
+    fn fill_unread_counts(
+        &self,
+        req: &SyncRequest<'_>,
+        room_id: &RoomId,
+        out: &mut Value,
+    ) -> Result<()> {
+        if !req.filter.room.timeline.unread_thread_notifications {
+            let (n, h) =
+                self.rooms
+                    .unread_counts(req.user, room_id, self.read_pos(room_id, req.user)?)?;
+            out["unread_notifications"] = json!({ "notification_count": n, "highlight_count": h });
+            return Ok(());
+        }
+        // Receipt positions: unthreaded applies everywhere; "main" and each thread root add to it.
+        let mut unthreaded = 0;
+        let mut by_thread: std::collections::HashMap<String, u64> = Default::default();
+        for (thread, event_id) in self.ephemeral.own_receipts_by_thread(room_id, req.user)? {
+            let pos = match ruma::OwnedEventId::try_from(event_id) {
+                Ok(e) => self.rooms.short_id(&e)?.unwrap_or(0),
+                Err(_) => 0,
+            };
+            if thread.is_empty() {
+                unthreaded = unthreaded.max(pos);
+            } else {
+                let e = by_thread.entry(thread).or_default();
+                *e = (*e).max(pos);
+            }
+        }
+        let main_read = unthreaded.max(by_thread.get("main").copied().unwrap_or(0));
+        let (main, threads) = self.rooms.unread_counts_by_thread(
+            req.user,
+            room_id,
+            unthreaded,
+            main_read,
+            |root| {
+                let id = self
+                    .rooms
+                    .meta(root)
+                    .ok()
+                    .flatten()
+                    .map(|m| m.event_id.to_string())
+                    .unwrap_or_default();
+                unthreaded.max(by_thread.get(&id).copied().unwrap_or(0))
+            },
+        )?;
+        out["unread_notifications"] =
+            json!({ "notification_count": main.0, "highlight_count": main.1 });
+        let mut per_thread = Map::new();
+        for (root, (n, h)) in threads {
+            if let Some(m) = self.rooms.meta(root)? {
+                per_thread.insert(
+                    m.event_id.to_string(),
+                    json!({ "notification_count": n, "highlight_count": h }),
+                );
+            }
+        }
+        out["unread_thread_notifications"] = Value::Object(per_thread);
         Ok(())
     }
 

@@ -23,6 +23,8 @@ pub struct Notification {
     pub user: OwnedUserId,
     pub highlight: bool,
     pub actions: Vec<Action>,
+    /// Short id of the thread root, for an event in a thread.
+    pub thread_root: Option<u64>,
 }
 
 impl Rooms {
@@ -86,6 +88,10 @@ impl Rooms {
         let member_count = UInt::try_from(members.len() as u64).unwrap_or_default();
         let pl_ctx = self.power_levels_ctx(version, state)?;
         let raw: Raw<ruma::events::AnySyncTimelineEvent> = super::pdu::raw(client_event);
+        let thread_root = match super::relations::relates_to(&client_event["content"]) {
+            Some((rel, root, _)) if rel == "m.thread" => self.short_id(&root)?,
+            _ => None,
+        };
         let mut out = Vec::new();
         for user in members {
             if user == sender || user.server_name() != self.config.server_name.as_str() {
@@ -116,6 +122,7 @@ impl Rooms {
                 user,
                 highlight,
                 actions,
+                thread_root,
             });
         }
         Ok(out)
@@ -147,7 +154,14 @@ impl Rooms {
                     .str(room_id.as_str())
                     .u64(pos)
                     .into_vec(),
-                vec![u8::from(n.highlight)],
+                {
+                    // highlight flag, then the thread root's short id for threaded events
+                    let mut v = vec![u8::from(n.highlight)];
+                    if let Some(root) = n.thread_root {
+                        v.extend_from_slice(&root.to_be_bytes());
+                    }
+                    v
+                },
             );
         }
         Ok(())
@@ -183,6 +197,65 @@ impl Rooms {
             .map_err(Error::internal)?;
         let highlights = rows.iter().filter(|(_, v)| v.first() == Some(&1)).count() as u64;
         Ok((rows.len() as u64, highlights))
+    }
+
+    /// Unread counts split by thread: `(main timeline, per thread root)`. Rows after
+    /// `unthreaded_read` are looked at; the main timeline counts after `main_read`, a thread
+    /// after `thread_read(root)`.
+    pub fn unread_counts_by_thread(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        unthreaded_read: u64,
+        main_read: u64,
+        thread_read: impl Fn(u64) -> u64,
+    ) -> Result<((u64, u64), BTreeMap<u64, (u64, u64)>)> {
+        let prefix = KeyBuf::new()
+            .str(user.as_str())
+            .str(room_id.as_str())
+            .into_vec();
+        let lower = KeyBuf::new()
+            .str(user.as_str())
+            .str(room_id.as_str())
+            .u64(unthreaded_read.saturating_add(1))
+            .into_vec();
+        let rows = self
+            .db
+            .scan(
+                Table::UserroomposHighlight,
+                &prefix,
+                &lower,
+                None,
+                false,
+                usize::MAX,
+            )
+            .map_err(Error::internal)?;
+        let mut main = (0, 0);
+        let mut threads: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+        for (k, v) in rows {
+            let mut r = KeyReader::new(&k);
+            r.str().map_err(Error::internal)?;
+            r.str().map_err(Error::internal)?;
+            let pos = r.u64().map_err(Error::internal)?;
+            let highlight = u64::from(v.first() == Some(&1));
+            let root = v
+                .get(1..9)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes);
+            match root {
+                Some(root) if pos > thread_read(root) => {
+                    let e = threads.entry(root).or_default();
+                    e.0 += 1;
+                    e.1 += highlight;
+                }
+                None if pos > main_read => {
+                    main.0 += 1;
+                    main.1 += highlight;
+                }
+                _ => {}
+            }
+        }
+        Ok((main, threads))
     }
 
     /// `/notifications`: newest first from `from` (exclusive), at most `limit`; with the read

@@ -17,6 +17,9 @@ use paracord_storage::{Batch, KeyBuf, KeyReader, Table};
 
 use super::{rules_for, Rooms, StateMap};
 
+/// `(notification_count, highlight_count)`.
+pub type Counts = (u64, u64);
+
 /// One notification for one user.
 #[derive(Debug, Clone)]
 pub struct Notification {
@@ -209,7 +212,7 @@ impl Rooms {
         unthreaded_read: u64,
         main_read: u64,
         thread_read: impl Fn(u64) -> u64,
-    ) -> Result<((u64, u64), BTreeMap<u64, (u64, u64)>)> {
+    ) -> Result<(Counts, BTreeMap<u64, Counts>)> {
         let prefix = KeyBuf::new()
             .str(user.as_str())
             .str(room_id.as_str())
@@ -231,7 +234,7 @@ impl Rooms {
             )
             .map_err(Error::internal)?;
         let mut main = (0, 0);
-        let mut threads: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+        let mut threads: BTreeMap<u64, Counts> = BTreeMap::new();
         for (k, v) in rows {
             let mut r = KeyReader::new(&k);
             r.str().map_err(Error::internal)?;

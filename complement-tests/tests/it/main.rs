@@ -5,6 +5,7 @@ mod accounts;
 mod durability;
 mod ephemeral;
 mod errors;
+mod media;
 mod membership;
 mod messages;
 mod people;

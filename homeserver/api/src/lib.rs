@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod error;
+pub mod media;
 pub mod router;
 pub mod ruma_wrapper;
 pub mod synapse_admin;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::{
     extract::{MatchedPath, Request},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post, put},
     Router,
 };
 use paracord_core::Error;
@@ -18,6 +18,7 @@ use crate::{
         account, config, device, directory, discovery, ephemeral, membership, message, people,
         profile, push, relations, room, session, space, state, sync,
     },
+    media,
     ruma_wrapper::RouterExt,
     synapse_admin, well_known, ApiError, AppState,
 };
@@ -208,6 +209,44 @@ pub fn app(services: Arc<Services>) -> Router {
         )
         .ruma::<c::presence::set_presence::v3::Request, _, _>(ephemeral::set_presence_route)
         .ruma::<c::presence::get_presence::v3::Request, _, _>(ephemeral::get_presence_route)
+        // media
+        .route("/_matrix/media/v3/upload", post(media::upload_route))
+        .route("/_matrix/media/r0/upload", post(media::upload_route))
+        .route("/_matrix/media/v1/create", post(media::create_route))
+        .route(
+            "/_matrix/media/v3/upload/{server_name}/{media_id}",
+            put(media::upload_pending_route),
+        )
+        .route(
+            "/_matrix/client/v1/media/download/{server_name}/{media_id}",
+            get(media::download_route),
+        )
+        .route(
+            "/_matrix/client/v1/media/download/{server_name}/{media_id}/{file_name}",
+            get(media::download_named_route),
+        )
+        .route(
+            "/_matrix/client/v1/media/thumbnail/{server_name}/{media_id}",
+            get(media::thumbnail_route),
+        )
+        .route("/_matrix/client/v1/media/config", get(media::config_route))
+        .route(
+            "/_matrix/client/v1/media/preview_url",
+            get(media::preview_url_route),
+        )
+        .route(
+            "/_matrix/media/v3/download/{server_name}/{media_id}",
+            get(media::legacy_download_route),
+        )
+        .route(
+            "/_matrix/media/v3/download/{server_name}/{media_id}/{file_name}",
+            get(media::legacy_download_named_route),
+        )
+        .route(
+            "/_matrix/media/v3/thumbnail/{server_name}/{media_id}",
+            get(media::legacy_thumbnail_route),
+        )
+        .route("/_matrix/media/v3/config", get(media::legacy_config_route))
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(CatchPanicLayer::custom(|_| {

@@ -75,7 +75,7 @@ impl<T> Ruma<T> {
     }
 }
 
-fn access_token(req: &http::request::Parts) -> Option<String> {
+pub(crate) fn access_token(req: &http::request::Parts) -> Option<String> {
     if let Some(h) = req
         .headers
         .get(http::header::AUTHORIZATION)

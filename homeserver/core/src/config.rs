@@ -37,6 +37,9 @@ pub struct Config {
     pub default_room_version: String,
     pub max_request_bytes: usize,
     pub refreshable_access_token_lifetime_ms: u64,
+    pub max_upload_bytes: usize,
+    pub url_preview_enabled: bool,
+    pub url_preview_allow_private: bool,
     #[serde(deserialize_with = "string_like")]
     pub log: String,
 }
@@ -59,6 +62,9 @@ impl Default for Config {
             default_room_version: "12".to_owned(),
             max_request_bytes: 1024 * 1024,
             refreshable_access_token_lifetime_ms: 5 * 60 * 1000,
+            max_upload_bytes: 50 * 1024 * 1024,
+            url_preview_enabled: true,
+            url_preview_allow_private: false,
             log: "info".to_owned(),
         }
     }
@@ -112,6 +118,15 @@ pub const TEMPLATE: &str = r#"# Paracord homeserver configuration.
 
 # Lifetime of access tokens issued together with a refresh token, in milliseconds.
 #refreshable_access_token_lifetime_ms = 300000
+
+# Largest media upload, in bytes (M_TOO_LARGE above it).
+#max_upload_bytes = 52428800
+
+# URL previews (/media/preview_url): the server fetches the page for the client.
+#url_preview_enabled = true
+# Let previews fetch private, loopback and link-local addresses. Keep this off on a server
+# reachable from the internet: it would let users probe your internal network.
+#url_preview_allow_private = false
 
 # Log filter (tracing EnvFilter syntax), e.g. "info,paracord_service=debug".
 #log = "info"

@@ -28,6 +28,8 @@ pub enum ErrorKind {
     InvalidRoomState,
     UserDeactivated,
     DuplicateAnnotation,
+    CannotOverwriteMedia,
+    NotYetUploaded,
     Unknown,
 }
 
@@ -54,6 +56,8 @@ impl ErrorKind {
             Self::InvalidRoomState => "M_INVALID_ROOM_STATE",
             Self::UserDeactivated => "M_USER_DEACTIVATED",
             Self::DuplicateAnnotation => "M_DUPLICATE_ANNOTATION",
+            Self::CannotOverwriteMedia => "M_CANNOT_OVERWRITE_MEDIA",
+            Self::NotYetUploaded => "M_NOT_YET_UPLOADED",
             Self::Unknown => "M_UNKNOWN",
         }
     }

@@ -4,6 +4,7 @@ pub mod account_data;
 pub mod accounts;
 pub mod ephemeral;
 pub mod keys;
+pub mod media;
 pub mod pushers;
 pub mod ratelimit;
 pub mod reports;
@@ -30,6 +31,7 @@ pub struct Services {
     pub ratelimit: Arc<ratelimit::RateLimiter>,
     pub reports: Arc<reports::Reports>,
     pub pushers: Arc<pushers::Pushers>,
+    pub media: Arc<media::Media>,
 }
 
 impl Services {
@@ -66,6 +68,7 @@ impl Services {
         let ratelimit = Arc::new(ratelimit::RateLimiter::new(&config));
         let reports = Arc::new(reports::Reports::new(db.clone()));
         let pushers = Arc::new(pushers::Pushers::new(db.clone()));
+        let media = Arc::new(media::Media::new(db.clone(), config.clone())?);
         if let Some(tx) = pushers.start(rooms.clone(), ephemeral.clone()) {
             rooms.set_push_sender(tx);
         }
@@ -82,6 +85,7 @@ impl Services {
             ratelimit,
             reports,
             pushers,
+            media,
         })
     }
 }

@@ -55,6 +55,8 @@ pub enum Table {
     UserroomposHighlight,
     /// `user_id 0xFF app_id 0xFF pushkey` → pusher.
     UserapppushkeyPusher,
+    /// media id → media metadata (content hash, type, name, size, uploader).
+    MediaidMedia,
 }
 
 impl Table {
@@ -85,6 +87,7 @@ impl Table {
         Table::UserposNotification,
         Table::UserroomposHighlight,
         Table::UserapppushkeyPusher,
+        Table::MediaidMedia,
     ];
 
     pub fn name(self) -> &'static str {
@@ -115,6 +118,7 @@ impl Table {
             Table::UserposNotification => "userpos_notification",
             Table::UserroomposHighlight => "userroompos_highlight",
             Table::UserapppushkeyPusher => "userapppushkey_pusher",
+            Table::MediaidMedia => "mediaid_media",
         }
     }
 }

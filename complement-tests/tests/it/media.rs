@@ -1,0 +1,455 @@
+//! The media repository: uploads (plain and async), authenticated and legacy downloads,
+//! thumbnails, safe headers, size limits and URL previews.
+
+use paracord_complement::{expect_error, expect_ok, StatusCode, TestServer, User};
+use serde_json::{json, Value};
+
+/// A 64×32 red PNG.
+const PNG: &[u8] = &[
+    137, 80, 78, 71, 13, 10, 26, 10, 0, 0, 0, 13, 73, 72, 68, 82, 0, 0, 0, 64, 0, 0, 0, 32, 8, 2,
+    0, 0, 0, 45, 255, 233, 211, 0, 0, 0, 52, 73, 68, 65, 84, 120, 218, 237, 207, 65, 9, 0, 0, 8, 0,
+    177, 235, 95, 90, 51, 248, 20, 6, 43, 176, 166, 94, 75, 64, 64, 64, 64, 64, 64, 64, 64, 64, 64,
+    64, 64, 64, 64, 64, 64, 64, 64, 64, 64, 64, 64, 224, 106, 1, 50, 195, 248, 106, 79, 231, 227,
+    87, 0, 0, 0, 0, 73, 69, 78, 68, 174, 66, 96, 130,
+];
+
+struct Got {
+    status: StatusCode,
+    headers: reqwest::header::HeaderMap,
+    bytes: Vec<u8>,
+}
+
+impl Got {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.bytes).unwrap_or(Value::Null)
+    }
+    fn header(&self, name: &str) -> String {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+async fn call(
+    server: &TestServer,
+    user: Option<&User>,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<(&[u8], &str)>,
+) -> Got {
+    let mut req = reqwest::Client::new().request(method, format!("{}{path}", server.base_url()));
+    if let Some(u) = user {
+        req = req.bearer_auth(&u.access_token);
+    }
+    if let Some((b, ct)) = body {
+        req = req.header("content-type", ct).body(b.to_vec());
+    }
+    let resp = req.send().await.expect("HTTP answer");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = resp.bytes().await.expect("body").to_vec();
+    Got {
+        status,
+        headers,
+        bytes,
+    }
+}
+
+fn png_size(png: &[u8]) -> (u32, u32) {
+    assert!(
+        png.starts_with(&[137, 80, 78, 71]),
+        "not a PNG: {:?}",
+        &png[..png.len().min(8)]
+    );
+    let w = u32::from_be_bytes(png[16..20].try_into().unwrap());
+    let h = u32::from_be_bytes(png[20..24].try_into().unwrap());
+    (w, h)
+}
+
+fn mxc_parts(uri: &str) -> (String, String) {
+    let rest = uri.strip_prefix("mxc://").expect("mxc uri");
+    let (server, id) = rest.split_once('/').expect("server/id");
+    (server.to_owned(), id.to_owned())
+}
+
+#[tokio::test]
+async fn images_upload_download_and_thumbnail() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let up = call(
+        &server,
+        Some(&alice),
+        reqwest::Method::POST,
+        "/_matrix/media/v3/upload?filename=red.png",
+        Some((PNG, "image/png")),
+    )
+    .await;
+    assert_eq!(
+        up.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&up.bytes)
+    );
+    let (srv, id) = mxc_parts(up.json()["content_uri"].as_str().unwrap());
+
+    let dl = call(
+        &server,
+        Some(&alice),
+        reqwest::Method::GET,
+        &format!("/_matrix/client/v1/media/download/{srv}/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(dl.status, StatusCode::OK);
+    assert_eq!(dl.bytes, PNG, "same bytes back");
+    assert_eq!(dl.header("content-type"), "image/png");
+    assert!(
+        dl.header("content-disposition").starts_with("inline"),
+        "{}",
+        dl.header("content-disposition")
+    );
+    assert!(
+        dl.header("content-disposition").contains("red.png"),
+        "{}",
+        dl.header("content-disposition")
+    );
+
+    let anon = call(
+        &server,
+        None,
+        reqwest::Method::GET,
+        &format!("/_matrix/client/v1/media/download/{srv}/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        anon.status,
+        StatusCode::UNAUTHORIZED,
+        "authenticated media needs a token"
+    );
+    let legacy = call(
+        &server,
+        None,
+        reqwest::Method::GET,
+        &format!("/_matrix/media/v3/download/{srv}/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(legacy.bytes, PNG, "legacy download");
+
+    let crop = call(
+        &server,
+        Some(&alice),
+        reqwest::Method::GET,
+        &format!("/_matrix/client/v1/media/thumbnail/{srv}/{id}?width=16&height=16&method=crop"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        crop.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&crop.bytes)
+    );
+    assert_eq!(png_size(&crop.bytes), (16, 16), "crop fills the box");
+    let scale = call(
+        &server,
+        Some(&alice),
+        reqwest::Method::GET,
+        &format!("/_matrix/client/v1/media/thumbnail/{srv}/{id}?width=16&height=16&method=scale"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        png_size(&scale.bytes),
+        (16, 8),
+        "scale keeps the aspect ratio"
+    );
+    let again = call(
+        &server,
+        Some(&alice),
+        reqwest::Method::GET,
+        &format!("/_matrix/client/v1/media/thumbnail/{srv}/{id}?width=16&height=16&method=scale"),
+        None,
+    )
+    .await;
+    assert_eq!(again.bytes, scale.bytes, "cached thumbnail is the same");
+    let bad = call(
+        &server,
+        Some(&alice),
+        reqwest::Method::GET,
+        &format!("/_matrix/client/v1/media/thumbnail/{srv}/{id}?width=x&height=16"),
+        None,
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+
+    let missing = call(
+        &server,
+        Some(&alice),
+        reqwest::Method::GET,
+        &format!("/_matrix/client/v1/media/download/{srv}/nope"),
+        None,
+    )
+    .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.json()["errcode"], "M_NOT_FOUND");
+    let config = call(
+        &server,
+        Some(&alice),
+        reqwest::Method::GET,
+        "/_matrix/client/v1/media/config",
+        None,
+    )
+    .await;
+    assert!(
+        config.json()["m.upload.size"].as_u64().unwrap_or(0) > 0,
+        "{}",
+        config.json()
+    );
+}
+
+#[tokio::test]
+async fn html_and_svg_are_served_as_attachments() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    for (ct, body) in [
+        ("text/html", &b"<script>alert(1)</script>"[..]),
+        (
+            "image/svg+xml",
+            &b"<svg xmlns='http://www.w3.org/2000/svg'/>"[..],
+        ),
+    ] {
+        let up = call(
+            &server,
+            Some(&alice),
+            reqwest::Method::POST,
+            "/_matrix/media/v3/upload",
+            Some((body, ct)),
+        )
+        .await;
+        let (srv, id) = mxc_parts(up.json()["content_uri"].as_str().unwrap());
+        let dl = call(
+            &server,
+            Some(&alice),
+            reqwest::Method::GET,
+            &format!("/_matrix/client/v1/media/download/{srv}/{id}"),
+            None,
+        )
+        .await;
+        assert!(
+            dl.header("content-disposition").starts_with("attachment"),
+            "{ct}: {}",
+            dl.header("content-disposition")
+        );
+        assert!(
+            dl.header("content-security-policy").contains("sandbox"),
+            "{ct}"
+        );
+        assert_eq!(dl.header("x-content-type-options"), "nosniff");
+        let thumb = call(
+            &server,
+            Some(&alice),
+            reqwest::Method::GET,
+            &format!("/_matrix/client/v1/media/thumbnail/{srv}/{id}?width=8&height=8"),
+            None,
+        )
+        .await;
+        assert!(
+            thumb.status.is_client_error(),
+            "{ct} is not thumbnailed: {}",
+            thumb.status
+        );
+    }
+}
+
+#[tokio::test]
+async fn async_uploads_fill_a_reserved_id_once() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    let created = call(
+        &server,
+        Some(&alice),
+        reqwest::Method::POST,
+        "/_matrix/media/v1/create",
+        None,
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::OK);
+    assert!(
+        created.json()["unused_expires_at"].as_u64().is_some(),
+        "{}",
+        created.json()
+    );
+    let (srv, id) = mxc_parts(created.json()["content_uri"].as_str().unwrap());
+    let early = call(
+        &server,
+        Some(&alice),
+        reqwest::Method::GET,
+        &format!("/_matrix/client/v1/media/download/{srv}/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        early.json()["errcode"],
+        "M_NOT_YET_UPLOADED",
+        "{}",
+        early.json()
+    );
+    let by_bob = call(
+        &server,
+        Some(&bob),
+        reqwest::Method::PUT,
+        &format!("/_matrix/media/v3/upload/{srv}/{id}"),
+        Some((b"hi", "text/plain")),
+    )
+    .await;
+    assert_eq!(
+        by_bob.status,
+        StatusCode::FORBIDDEN,
+        "only the reserver uploads"
+    );
+    let put = call(
+        &server,
+        Some(&alice),
+        reqwest::Method::PUT,
+        &format!("/_matrix/media/v3/upload/{srv}/{id}"),
+        Some((b"hello", "text/plain")),
+    )
+    .await;
+    assert_eq!(put.status, StatusCode::OK, "{}", put.json());
+    let again = call(
+        &server,
+        Some(&alice),
+        reqwest::Method::PUT,
+        &format!("/_matrix/media/v3/upload/{srv}/{id}"),
+        Some((b"other", "text/plain")),
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert_eq!(again.json()["errcode"], "M_CANNOT_OVERWRITE_MEDIA");
+    let dl = call(
+        &server,
+        Some(&bob),
+        reqwest::Method::GET,
+        &format!("/_matrix/client/v1/media/download/{srv}/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(dl.bytes, b"hello");
+}
+
+#[tokio::test]
+async fn uploads_over_the_limit_are_too_large() {
+    let server =
+        TestServer::start_with(|env| env.push(("PARACORD_MAX_UPLOAD_BYTES".into(), "1000".into())))
+            .await;
+    let alice = server.register_random().await;
+    let big = vec![b'x'; 2000];
+    let up = call(
+        &server,
+        Some(&alice),
+        reqwest::Method::POST,
+        "/_matrix/media/v3/upload",
+        Some((&big, "text/plain")),
+    )
+    .await;
+    assert_eq!(up.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(up.json()["errcode"], "M_TOO_LARGE");
+    let small = call(
+        &server,
+        Some(&alice),
+        reqwest::Method::POST,
+        "/_matrix/media/v3/upload",
+        Some((&big[..500], "text/plain")),
+    )
+    .await;
+    assert_eq!(small.status, StatusCode::OK);
+}
+
+/// A page served by a separate local HTTP server process (python3 -m http.server).
+struct Site {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn serve_page(html: &str) -> Site {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("page.html"), html).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 serves the page");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "page server did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Site {
+        child,
+        port,
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn url_previews_refuse_loopback_unless_allowed() {
+    let site = serve_page(r#"<html><head><title>Fallback</title><meta property="og:title" content="Paracord page"><meta property="og:description" content="A test page"></head></html>"#).await;
+    let url = format!("http://127.0.0.1:{}/page.html", site.port);
+    let q = format!(
+        "/_matrix/client/v1/media/preview_url?url={}",
+        paracord_complement::enc(&url)
+    );
+
+    let strict = TestServer::start().await;
+    let alice = strict.register_random().await;
+    let refused = alice.get(&q).await;
+    expect_error(
+        &refused,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+        "preview of a loopback URL",
+    );
+
+    let open = TestServer::start_with(|env| {
+        env.push(("PARACORD_URL_PREVIEW_ALLOW_PRIVATE".into(), "true".into()))
+    })
+    .await;
+    let bob = open.register_random().await;
+    let preview = expect_ok(bob.get(&q).await, "preview with private addresses allowed");
+    assert_eq!(preview["og:title"], "Paracord page", "{preview}");
+    assert_eq!(preview["og:description"], "A test page", "{preview}");
+    let bad = bob
+        .get("/_matrix/client/v1/media/preview_url?url=ftp%3A%2F%2Fexample.org")
+        .await;
+    assert_eq!(bad.0, StatusCode::BAD_REQUEST, "{bad:?}");
+    let _ = json!({});
+}

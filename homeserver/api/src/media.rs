@@ -1,0 +1,297 @@
+//! The media repository endpoints: authenticated media (`/_matrix/client/v1/media/...`), uploads
+//! (`/_matrix/media/v3/upload`, `/_matrix/media/v1/create`) and the legacy `/_matrix/media/v3`
+//! reads. Bodies are raw bytes, so these are plain axum handlers that authenticate with the
+//! same token rules as every other endpoint.
+
+use std::collections::HashMap;
+
+use axum::{
+    body::Body,
+    extract::{Path, Query, Request, State},
+    response::{IntoResponse, Response},
+    Json,
+};
+use http::{header, HeaderValue, StatusCode};
+use paracord_core::Error;
+use paracord_service::{
+    accounts::Identity,
+    media::{inline_safe, ThumbnailMethod},
+    ratelimit::Limit,
+};
+use serde_json::{json, Value};
+
+use crate::{ruma_wrapper::access_token, ApiError, ApiResult, AppState};
+
+fn authenticate(state: &AppState, parts: &http::request::Parts) -> Result<Identity, ApiError> {
+    let token = access_token(parts).ok_or_else(|| ApiError(Error::missing_token()))?;
+    Ok(state.accounts.authenticate(&token)?)
+}
+
+fn local(state: &AppState, server_name: &str) -> Result<(), ApiError> {
+    if server_name != state.config.server_name {
+        return Err(Error::not_found(
+            "media of other servers needs federation, which this server does not speak yet",
+        )
+        .into());
+    }
+    Ok(())
+}
+
+async fn body_of(state: &AppState, body: Body) -> Result<Vec<u8>, ApiError> {
+    let limit = state.config.max_upload_bytes;
+    axum::body::to_bytes(body, limit)
+        .await
+        .map(|b| b.to_vec())
+        .map_err(|_| {
+            ApiError(Error::too_large(format!(
+                "uploads are limited to {limit} bytes"
+            )))
+        })
+}
+
+fn content_type_of(parts: &http::request::Parts) -> Option<String> {
+    parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// `POST /_matrix/media/v3/upload` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixmediav3upload
+pub(crate) async fn upload_route(
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+    req: Request,
+) -> ApiResult<Json<Value>> {
+    let (parts, body) = req.into_parts();
+    let id = authenticate(&state, &parts)?;
+    state.ratelimit.check(Limit::Send, id.user_id.as_str())?;
+    let bytes = body_of(&state, body).await?;
+    let media_id = state.media.upload(
+        &id.user_id,
+        &bytes,
+        content_type_of(&parts),
+        q.get("filename").cloned(),
+    )?;
+    Ok(Json(
+        json!({ "content_uri": format!("mxc://{}/{media_id}", state.config.server_name) }),
+    ))
+}
+
+/// `POST /_matrix/media/v1/create` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixmediav1create
+pub(crate) async fn create_route(
+    State(state): State<AppState>,
+    req: Request,
+) -> ApiResult<Json<Value>> {
+    let (parts, _) = req.into_parts();
+    let id = authenticate(&state, &parts)?;
+    state.ratelimit.check(Limit::Send, id.user_id.as_str())?;
+    let (media_id, expires) = state.media.create_pending(&id.user_id)?;
+    Ok(Json(json!({
+        "content_uri": format!("mxc://{}/{media_id}", state.config.server_name),
+        "unused_expires_at": expires,
+    })))
+}
+
+/// `PUT /_matrix/media/v3/upload/{serverName}/{mediaId}` — https://spec.matrix.org/v1.19/client-server-api/#put_matrixmediav3uploadservernamemediaid
+pub(crate) async fn upload_pending_route(
+    State(state): State<AppState>,
+    Path((server_name, media_id)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    req: Request,
+) -> ApiResult<Json<Value>> {
+    let (parts, body) = req.into_parts();
+    let id = authenticate(&state, &parts)?;
+    local(&state, &server_name)?;
+    let bytes = body_of(&state, body).await?;
+    state.media.upload_pending(
+        &id.user_id,
+        &media_id,
+        &bytes,
+        content_type_of(&parts),
+        q.get("filename").cloned(),
+    )?;
+    Ok(Json(json!({})))
+}
+
+fn media_response(bytes: Vec<u8>, content_type: Option<&str>, filename: Option<&str>) -> Response {
+    let ct = content_type.unwrap_or("application/octet-stream");
+    let disposition = if inline_safe(ct) {
+        "inline"
+    } else {
+        "attachment"
+    };
+    let disposition = match filename {
+        // RFC 6266 with RFC 8187 encoding, so any file name is safe in the header.
+        Some(name) => {
+            let encoded: String = name
+                .bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect();
+            format!("{disposition}; filename*=utf-8''{encoded}")
+        }
+        None => disposition.to_owned(),
+    };
+    let mut resp = (StatusCode::OK, bytes).into_response();
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(ct).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    if let Ok(v) = HeaderValue::from_str(&disposition) {
+        headers.insert(header::CONTENT_DISPOSITION, v);
+    }
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox; default-src 'none'; script-src 'none'; plugin-types application/pdf; style-src 'unsafe-inline'; media-src 'self'; object-src 'self';"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=86400, immutable"),
+    );
+    resp
+}
+
+async fn download(
+    state: &AppState,
+    server_name: &str,
+    media_id: &str,
+    file_name: Option<&str>,
+) -> Result<Response, ApiError> {
+    local(state, server_name)?;
+    let (meta, bytes) = state.media.download(media_id)?;
+    let name = file_name.or(meta.filename.as_deref());
+    Ok(media_response(bytes, meta.content_type.as_deref(), name))
+}
+
+/// `GET /_matrix/client/v1/media/download/{serverName}/{mediaId}` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1mediadownloadservernamemediaid
+pub(crate) async fn download_route(
+    State(state): State<AppState>,
+    Path((server_name, media_id)): Path<(String, String)>,
+    req: Request,
+) -> ApiResult<Response> {
+    let (parts, _) = req.into_parts();
+    authenticate(&state, &parts)?;
+    download(&state, &server_name, &media_id, None).await
+}
+
+/// `GET /_matrix/client/v1/media/download/{serverName}/{mediaId}/{fileName}`
+pub(crate) async fn download_named_route(
+    State(state): State<AppState>,
+    Path((server_name, media_id, file_name)): Path<(String, String, String)>,
+    req: Request,
+) -> ApiResult<Response> {
+    let (parts, _) = req.into_parts();
+    authenticate(&state, &parts)?;
+    download(&state, &server_name, &media_id, Some(&file_name)).await
+}
+
+/// Legacy unauthenticated `GET /_matrix/media/v3/download/{serverName}/{mediaId}`.
+pub(crate) async fn legacy_download_route(
+    State(state): State<AppState>,
+    Path((server_name, media_id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    download(&state, &server_name, &media_id, None).await
+}
+
+/// Legacy unauthenticated `GET /_matrix/media/v3/download/{serverName}/{mediaId}/{fileName}`.
+pub(crate) async fn legacy_download_named_route(
+    State(state): State<AppState>,
+    Path((server_name, media_id, file_name)): Path<(String, String, String)>,
+) -> ApiResult<Response> {
+    download(&state, &server_name, &media_id, Some(&file_name)).await
+}
+
+async fn thumbnail(
+    state: &AppState,
+    server_name: &str,
+    media_id: &str,
+    q: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    local(state, server_name)?;
+    let dim = |k: &str| -> Result<u32, ApiError> {
+        q.get(k)
+            .ok_or_else(|| ApiError(Error::missing_param(format!("missing {k}"))))?
+            .parse::<u32>()
+            .map_err(|_| {
+                ApiError(Error::invalid_param(format!(
+                    "{k} must be a positive integer"
+                )))
+            })
+    };
+    let (w, h) = (dim("width")?, dim("height")?);
+    let method = match q.get("method").map(String::as_str) {
+        None | Some("scale") => ThumbnailMethod::Scale,
+        Some("crop") => ThumbnailMethod::Crop,
+        Some(_) => return Err(Error::invalid_param("method must be crop or scale").into()),
+    };
+    let media = state.media.clone();
+    let media_id = media_id.to_owned();
+    let png = tokio::task::spawn_blocking(move || media.thumbnail(&media_id, w, h, method))
+        .await
+        .map_err(|e| ApiError(Error::internal(e)))??;
+    Ok(media_response(png, Some("image/png"), None))
+}
+
+/// `GET /_matrix/client/v1/media/thumbnail/{serverName}/{mediaId}` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1mediathumbnailservernamemediaid
+pub(crate) async fn thumbnail_route(
+    State(state): State<AppState>,
+    Path((server_name, media_id)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    req: Request,
+) -> ApiResult<Response> {
+    let (parts, _) = req.into_parts();
+    authenticate(&state, &parts)?;
+    thumbnail(&state, &server_name, &media_id, &q).await
+}
+
+/// Legacy unauthenticated `GET /_matrix/media/v3/thumbnail/{serverName}/{mediaId}`.
+pub(crate) async fn legacy_thumbnail_route(
+    State(state): State<AppState>,
+    Path((server_name, media_id)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    thumbnail(&state, &server_name, &media_id, &q).await
+}
+
+/// `GET /_matrix/client/v1/media/config` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1mediaconfig
+pub(crate) async fn config_route(
+    State(state): State<AppState>,
+    req: Request,
+) -> ApiResult<Json<Value>> {
+    let (parts, _) = req.into_parts();
+    authenticate(&state, &parts)?;
+    Ok(Json(
+        json!({ "m.upload.size": state.config.max_upload_bytes }),
+    ))
+}
+
+/// Legacy `GET /_matrix/media/v3/config`.
+pub(crate) async fn legacy_config_route(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({ "m.upload.size": state.config.max_upload_bytes }))
+}
+
+/// `GET /_matrix/client/v1/media/preview_url` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1mediapreview_url
+pub(crate) async fn preview_url_route(
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+    req: Request,
+) -> ApiResult<Json<Value>> {
+    let (parts, _) = req.into_parts();
+    let id = authenticate(&state, &parts)?;
+    state.ratelimit.check(Limit::Send, id.user_id.as_str())?;
+    let url = q
+        .get("url")
+        .ok_or_else(|| ApiError(Error::missing_param("missing url")))?;
+    Ok(Json(state.media.preview_url(url).await?))
+}

@@ -1,0 +1,490 @@
+//! The media repository: content stored on disk addressed by its SHA-256, metadata in
+//! RocksDB, thumbnails made with the `image` crate and cached, and URL previews.
+
+use std::{io::Cursor, net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use paracord_core::{time::now_ms, Config, Error, ErrorKind, Result};
+use paracord_storage::{Batch, Db, Table};
+use rand::{distributions::Alphanumeric, Rng};
+use ruma::UserId;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+/// Media metadata as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MediaMeta {
+    /// Hex SHA-256 of the content; `None` while an async upload is pending.
+    pub hash: Option<String>,
+    pub content_type: Option<String>,
+    pub filename: Option<String>,
+    pub size: u64,
+    pub uploader: String,
+    pub created: u64,
+    /// For `/media/create`: when the reserved id expires unused.
+    #[serde(default)]
+    pub unused_expires_at: Option<u64>,
+}
+
+/// How to make a thumbnail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThumbnailMethod {
+    Crop,
+    Scale,
+}
+
+const PENDING_LIFETIME_MS: u64 = 24 * 60 * 60 * 1000;
+const MAX_THUMBNAIL_SIDE: u32 = 1600;
+/// Images larger than this many pixels are not thumbnailed (decompression bombs).
+const MAX_SOURCE_PIXELS: u64 = 40_000_000;
+const MAX_PREVIEW_BYTES: usize = 1024 * 1024;
+
+/// Content types served inline; everything else is an attachment.
+const INLINE_TYPES: &[&str] = &[
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/webp",
+    "image/apng",
+    "image/avif",
+    "video/mp4",
+    "video/webm",
+    "video/ogg",
+    "audio/mpeg",
+    "audio/ogg",
+    "audio/wav",
+    "audio/webm",
+    "audio/mp4",
+    "audio/aac",
+    "audio/flac",
+    "text/plain",
+    "text/csv",
+    "application/json",
+];
+
+pub struct Media {
+    db: Arc<Db>,
+    config: Arc<Config>,
+    dir: PathBuf,
+}
+
+fn db_err(e: impl std::fmt::Display) -> Error {
+    Error::internal(e)
+}
+
+/// Whether a content type may be shown inline by a browser (never HTML or SVG).
+pub fn inline_safe(content_type: &str) -> bool {
+    let base = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    INLINE_TYPES.contains(&base.as_str())
+}
+
+impl Media {
+    pub fn new(db: Arc<Db>, config: Arc<Config>) -> Result<Self> {
+        let dir = config.data_dir.join("media");
+        std::fs::create_dir_all(dir.join("thumbnails")).map_err(db_err)?;
+        Ok(Self { db, config, dir })
+    }
+
+    fn new_id() -> String {
+        rand::thread_rng()
+            .sample_iter(&Alphanumeric)
+            .take(24)
+            .map(char::from)
+            .collect()
+    }
+
+    fn content_path(&self, hash: &str) -> PathBuf {
+        self.dir.join(hash.get(..2).unwrap_or("00")).join(hash)
+    }
+
+    pub fn meta(&self, media_id: &str) -> Result<Option<MediaMeta>> {
+        match self
+            .db
+            .get(Table::MediaidMedia, media_id.as_bytes())
+            .map_err(db_err)?
+        {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_meta(&self, media_id: &str, meta: &MediaMeta) -> Result<()> {
+        let mut batch = Batch::new();
+        batch.put(
+            Table::MediaidMedia,
+            media_id.as_bytes().to_vec(),
+            serde_json::to_vec(meta)?,
+        );
+        self.db.write(batch).map_err(db_err)
+    }
+
+    fn check_size(&self, len: usize) -> Result<()> {
+        if len > self.config.max_upload_bytes {
+            return Err(Error::too_large(format!(
+                "uploads are limited to {} bytes",
+                self.config.max_upload_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Stores content (once per distinct hash) and returns its hash.
+    fn store(&self, bytes: &[u8]) -> Result<String> {
+        let hash = hex::encode(Sha256::digest(bytes));
+        let path = self.content_path(&hash);
+        if !path.exists() {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(db_err)?;
+            }
+            // Write then rename, so a crash never leaves a half-written file under the hash.
+            let tmp = path.with_extension(format!("tmp{}", Self::new_id()));
+            std::fs::write(&tmp, bytes).map_err(db_err)?;
+            std::fs::rename(&tmp, &path).map_err(db_err)?;
+        }
+        Ok(hash)
+    }
+
+    /// `/upload`: stores new media and returns its id.
+    pub fn upload(
+        &self,
+        uploader: &UserId,
+        bytes: &[u8],
+        content_type: Option<String>,
+        filename: Option<String>,
+    ) -> Result<String> {
+        self.check_size(bytes.len())?;
+        let hash = self.store(bytes)?;
+        let id = Self::new_id();
+        let meta = MediaMeta {
+            hash: Some(hash),
+            content_type,
+            filename,
+            size: bytes.len() as u64,
+            uploader: uploader.to_string(),
+            created: now_ms(),
+            unused_expires_at: None,
+        };
+        self.put_meta(&id, &meta)?;
+        Ok(id)
+    }
+
+    /// `/media/create`: reserves an id for a later upload; returns it and its expiry.
+    pub fn create_pending(&self, uploader: &UserId) -> Result<(String, u64)> {
+        let id = Self::new_id();
+        let expires = now_ms().saturating_add(PENDING_LIFETIME_MS);
+        let meta = MediaMeta {
+            hash: None,
+            content_type: None,
+            filename: None,
+            size: 0,
+            uploader: uploader.to_string(),
+            created: now_ms(),
+            unused_expires_at: Some(expires),
+        };
+        self.put_meta(&id, &meta)?;
+        Ok((id, expires))
+    }
+
+    /// `PUT /upload/{server}/{id}`: fills a reserved id, once, by the user who reserved it.
+    pub fn upload_pending(
+        &self,
+        uploader: &UserId,
+        media_id: &str,
+        bytes: &[u8],
+        content_type: Option<String>,
+        filename: Option<String>,
+    ) -> Result<()> {
+        let mut meta = self
+            .meta(media_id)?
+            .ok_or_else(|| Error::not_found("unknown media id"))?;
+        if meta.uploader != uploader.as_str() {
+            return Err(Error::forbidden(
+                "this media id was reserved by someone else",
+            ));
+        }
+        if meta.hash.is_some() {
+            return Err(Error::new(
+                http::StatusCode::CONFLICT,
+                ErrorKind::CannotOverwriteMedia,
+                "media already uploaded",
+            ));
+        }
+        if meta.unused_expires_at.is_some_and(|t| t < now_ms()) {
+            return Err(Error::not_found("the reserved media id expired"));
+        }
+        self.check_size(bytes.len())?;
+        meta.hash = Some(self.store(bytes)?);
+        meta.content_type = content_type;
+        meta.filename = filename;
+        meta.size = bytes.len() as u64;
+        meta.unused_expires_at = None;
+        self.put_meta(media_id, &meta)
+    }
+
+    /// The content of a media id.
+    pub fn download(&self, media_id: &str) -> Result<(MediaMeta, Vec<u8>)> {
+        let meta = self
+            .meta(media_id)?
+            .ok_or_else(|| Error::not_found("media not found"))?;
+        let Some(hash) = &meta.hash else {
+            return Err(Error::new(
+                http::StatusCode::GATEWAY_TIMEOUT,
+                ErrorKind::NotYetUploaded,
+                "media not uploaded yet",
+            ));
+        };
+        let bytes = std::fs::read(self.content_path(hash))
+            .map_err(|e| Error::internal(format!("media file missing: {e}")))?;
+        Ok((meta, bytes))
+    }
+
+    /// A thumbnail (PNG) of image media, made once per size and method and cached on disk.
+    pub fn thumbnail(
+        &self,
+        media_id: &str,
+        width: u32,
+        height: u32,
+        method: ThumbnailMethod,
+    ) -> Result<Vec<u8>> {
+        let (meta, bytes) = self.download(media_id)?;
+        let hash = meta.hash.unwrap_or_default();
+        let (w, h) = (
+            width.clamp(1, MAX_THUMBNAIL_SIDE),
+            height.clamp(1, MAX_THUMBNAIL_SIDE),
+        );
+        let m = match method {
+            ThumbnailMethod::Crop => "crop",
+            ThumbnailMethod::Scale => "scale",
+        };
+        let cached = self
+            .dir
+            .join("thumbnails")
+            .join(format!("{hash}-{w}x{h}-{m}.png"));
+        if let Ok(b) = std::fs::read(&cached) {
+            return Ok(b);
+        }
+        let reader = image::ImageReader::new(Cursor::new(&bytes))
+            .with_guessed_format()
+            .map_err(|_| Error::invalid_param("media is not an image"))?;
+        let (sw, sh) = reader
+            .into_dimensions()
+            .map_err(|_| Error::invalid_param("media is not an image that can be thumbnailed"))?;
+        if u64::from(sw) * u64::from(sh) > MAX_SOURCE_PIXELS {
+            return Err(Error::invalid_param("image too large to thumbnail"));
+        }
+        let img = image::ImageReader::new(Cursor::new(&bytes))
+            .with_guessed_format()
+            .map_err(|_| Error::invalid_param("media is not an image"))?
+            .decode()
+            .map_err(|_| Error::invalid_param("media is not an image that can be thumbnailed"))?;
+        let thumb = match method {
+            // Never upscale: a thumbnail is at most the original's size.
+            ThumbnailMethod::Scale => img.thumbnail(w.min(sw), h.min(sh)),
+            ThumbnailMethod::Crop => {
+                img.resize_to_fill(w.min(sw), h.min(sh), image::imageops::FilterType::Triangle)
+            }
+        };
+        let mut out = Vec::new();
+        thumb
+            .write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png)
+            .map_err(|e| Error::internal(format!("thumbnail encoding: {e}")))?;
+        let tmp = cached.with_extension(format!("tmp{}", Self::new_id()));
+        if std::fs::write(&tmp, &out).is_ok() {
+            let _ = std::fs::rename(&tmp, &cached);
+        }
+        Ok(out)
+    }
+
+    /// `/preview_url`: fetches an http(s) page (refusing private addresses unless allowed) and
+    /// reads its title, description and image from OpenGraph tags or `<title>`.
+    pub async fn preview_url(&self, url: &str) -> Result<Value> {
+        if !self.config.url_preview_enabled {
+            return Err(Error::forbidden("URL previews are disabled on this server"));
+        }
+        let parsed = reqwest::Url::parse(url).map_err(|_| Error::invalid_param("invalid url"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(Error::invalid_param(
+                "only http and https URLs can be previewed",
+            ));
+        }
+        let host = parsed
+            .host_str()
+            .ok_or_else(|| Error::invalid_param("url has no host"))?
+            .to_owned();
+        let port = parsed.port_or_known_default().unwrap_or(80);
+        let addrs: Vec<std::net::SocketAddr> =
+            tokio::net::lookup_host((host.trim_matches(|c| c == '[' || c == ']'), port))
+                .await
+                .map_err(|_| Error::not_found("host not found"))?
+                .collect();
+        let Some(addr) = addrs.first().copied() else {
+            return Err(Error::not_found("host not found"));
+        };
+        if !self.config.url_preview_allow_private && addrs.iter().any(|a| !is_public(a.ip())) {
+            return Err(Error::forbidden(
+                "previews of private, loopback or link-local addresses are not allowed",
+            ));
+        }
+        // Connect to the address that was checked, not one resolved again later.
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .resolve(&host, addr)
+            .build()
+            .map_err(db_err)?;
+        let resp = client
+            .get(parsed)
+            .send()
+            .await
+            .map_err(|_| Error::not_found("the page could not be fetched"))?;
+        if !resp.status().is_success() {
+            return Err(Error::not_found(format!(
+                "the page answered {}",
+                resp.status()
+            )));
+        }
+        let mut body = Vec::new();
+        let mut resp = resp;
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|_| Error::not_found("the page could not be read"))?
+        {
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_PREVIEW_BYTES {
+                body.truncate(MAX_PREVIEW_BYTES);
+                break;
+            }
+        }
+        Ok(parse_preview(&String::from_utf8_lossy(&body)))
+    }
+}
+
+/// Whether an address is on the public internet.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            !(v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xC0) == 64
+                || v4.octets()[0] >= 224)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let seg = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || (seg & 0xfe00) == 0xfc00
+                || (seg & 0xffc0) == 0xfe80
+                || (seg & 0xff00) == 0xff00)
+        }
+    }
+}
+
+/// `og:*` and `<title>` of an HTML page, as preview JSON.
+pub fn parse_preview(html: &str) -> Value {
+    let mut out = serde_json::Map::new();
+    let lower = html.to_ascii_lowercase();
+    let mut rest = 0;
+    while let Some(start) = lower[rest..].find("<meta") {
+        let tag_start = rest + start;
+        let Some(end) = lower[tag_start..].find('>') else {
+            break;
+        };
+        let tag = &html[tag_start..tag_start + end];
+        rest = tag_start + end;
+        let prop = attr(tag, "property").or_else(|| attr(tag, "name"));
+        if let (Some(p), Some(c)) = (prop, attr(tag, "content")) {
+            if p.starts_with("og:") && !out.contains_key(&p) {
+                out.insert(p, json!(c));
+            }
+        }
+    }
+    if !out.contains_key("og:title") {
+        if let (Some(s), Some(e)) = (lower.find("<title>"), lower.find("</title>")) {
+            if e > s + 7 {
+                out.insert("og:title".into(), json!(html[s + 7..e].trim()));
+            }
+        }
+    }
+    Value::Object(out)
+}
+
+fn attr(tag: &str, name: &str) -> Option<String> {
+    let lower = tag.to_ascii_lowercase();
+    let pos = lower.find(&format!("{name}="))?;
+    let after = &tag[pos + name.len() + 1..];
+    let quote = after.chars().next()?;
+    if quote == '"' || quote == '\'' {
+        let inner = &after[1..];
+        inner.find(quote).map(|e| inner[..e].to_owned())
+    } else {
+        Some(
+            after
+                .split(|c: char| c.is_whitespace() || c == '/')
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_addresses_are_not_public() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.1.1",
+            "172.16.0.1",
+            "169.254.1.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "100.64.0.1",
+            "0.0.0.0",
+        ] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["8.8.8.8", "2001:4860:4860::8888"] {
+            assert!(is_public(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn previews_read_opengraph_and_title() {
+        let html = r#"<html><head><title> Fallback </title><meta property="og:title" content="OG Title"><meta name='og:description' content='Desc'></head></html>"#;
+        let v = parse_preview(html);
+        assert_eq!(v["og:title"], "OG Title");
+        assert_eq!(v["og:description"], "Desc");
+        assert_eq!(
+            parse_preview("<title>Only title</title>")["og:title"],
+            "Only title"
+        );
+        assert_eq!(parse_preview("<meta property=\"og:title\""), json!({}));
+    }
+
+    #[test]
+    fn html_and_svg_are_never_inline() {
+        assert!(!inline_safe("text/html"));
+        assert!(!inline_safe("image/svg+xml"));
+        assert!(!inline_safe("application/javascript"));
+        assert!(inline_safe("image/png"));
+        assert!(inline_safe("text/plain; charset=utf-8"));
+    }
+}

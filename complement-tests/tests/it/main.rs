@@ -12,5 +12,6 @@ mod people;
 mod push;
 mod relations;
 mod rooms;
+mod search;
 mod spaces;
 mod sync;

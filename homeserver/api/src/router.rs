@@ -16,7 +16,7 @@ use tower_http::{catch_panic::CatchPanicLayer, cors::CorsLayer, trace::TraceLaye
 use crate::{
     client::{
         account, config, device, directory, discovery, ephemeral, membership, message, people,
-        profile, push, relations, room, session, space, state, sync,
+        profile, push, relations, room, search, session, space, state, sync,
     },
     media,
     ruma_wrapper::RouterExt,
@@ -209,6 +209,12 @@ pub fn app(services: Arc<Services>) -> Router {
         )
         .ruma::<c::presence::set_presence::v3::Request, _, _>(ephemeral::set_presence_route)
         .ruma::<c::presence::get_presence::v3::Request, _, _>(ephemeral::get_presence_route)
+        // search
+        .ruma::<c::search::search_events::v3::Request, _, _>(search::search_events_route)
+        .route(
+            "/_paracord/v1/admin/search/rebuild",
+            post(search::rebuild_route),
+        )
         // media
         .route("/_matrix/media/v3/upload", post(media::upload_route))
         .route("/_matrix/media/r0/upload", post(media::upload_route))

@@ -9,6 +9,7 @@ pub mod pushers;
 pub mod ratelimit;
 pub mod reports;
 pub mod rooms;
+pub mod search;
 pub mod stream;
 pub mod sync;
 
@@ -32,6 +33,7 @@ pub struct Services {
     pub reports: Arc<reports::Reports>,
     pub pushers: Arc<pushers::Pushers>,
     pub media: Arc<media::Media>,
+    pub search: Arc<search::Search>,
 }
 
 impl Services {
@@ -69,6 +71,13 @@ impl Services {
         let reports = Arc::new(reports::Reports::new(db.clone()));
         let pushers = Arc::new(pushers::Pushers::new(db.clone()));
         let media = Arc::new(media::Media::new(db.clone(), config.clone())?);
+        let search = Arc::new(search::Search::open(config.data_dir.join("search"))?);
+        rooms.set_search(search.clone());
+        if search.created {
+            // A new (or deleted) index is filled from the database.
+            rooms.reindex(&search)?;
+        }
+        search.start_committer();
         if let Some(tx) = pushers.start(rooms.clone(), ephemeral.clone()) {
             rooms.set_push_sender(tx);
         }
@@ -86,6 +95,7 @@ impl Services {
             reports,
             pushers,
             media,
+            search,
         })
     }
 }

@@ -125,6 +125,8 @@ pub struct Rooms {
     account_data: Option<Arc<crate::account_data::AccountData>>,
     /// Where notifications go to be pushed to gateways (set once the sender runs).
     push_tx: Mutex<Option<tokio::sync::mpsc::UnboundedSender<crate::pushers::PushJob>>>,
+    /// The full-text index, fed as events are committed.
+    search: Mutex<Option<Arc<crate::search::Search>>>,
 }
 
 fn db_err(e: impl std::fmt::Display) -> Error {
@@ -157,7 +159,52 @@ impl Rooms {
             last_create_ts: Mutex::default(),
             account_data,
             push_tx: Mutex::default(),
+            search: Mutex::default(),
         }
+    }
+
+    /// Connects the full-text index.
+    pub fn set_search(&self, search: Arc<crate::search::Search>) {
+        *self.search.lock() = Some(search);
+    }
+
+    /// Rebuilds the full-text index from every stored event.
+    pub fn reindex(&self, search: &crate::search::Search) -> Result<u64> {
+        search.clear()?;
+        let mut n = 0;
+        for (k, _) in self
+            .db
+            .scan_prefix(Table::RoomidRoom, b"")
+            .map_err(db_err)?
+        {
+            let room_id = String::from_utf8_lossy(&k).into_owned();
+            let prefix = KeyBuf::new().str(&room_id).into_vec();
+            for (_, v) in self
+                .db
+                .scan_prefix(Table::RoompositionShorteventid, &prefix)
+                .map_err(db_err)?
+            {
+                let short = decode_u64(&v).map_err(db_err)?;
+                let (Some(raw), Some(meta)) = (self.raw_pdu(short)?, self.meta(short)?) else {
+                    continue;
+                };
+                if meta.redacted_by.is_some() {
+                    continue;
+                }
+                let ev: serde_json::Value = serde_json::from_slice(&raw)?;
+                search.add(
+                    meta.event_id.as_str(),
+                    &room_id,
+                    ev["sender"].as_str().unwrap_or_default(),
+                    ev["type"].as_str().unwrap_or_default(),
+                    &ev["content"],
+                    short,
+                )?;
+                n += 1;
+            }
+        }
+        search.commit()?;
+        Ok(n)
     }
 
     /// Connects the push-gateway sender.
@@ -849,6 +896,23 @@ impl Rooms {
             }
             Ok(())
         })?;
+        // Index the event for full-text search; drop a redacted one.
+        if let Some(search) = self.search.lock().clone() {
+            let content = pdu.content_value();
+            if let Err(e) = search.add(
+                event_id.as_str(),
+                room_id.as_str(),
+                pdu.sender.as_str(),
+                &pdu.kind.to_string(),
+                &content,
+                pos,
+            ) {
+                tracing::warn!("search indexing failed: {e}");
+            }
+            if let Some(target) = &redact_target {
+                search.remove(target.as_str());
+            }
+        }
         // Hand the notifications to the push-gateway sender.
         if let Some(tx) = self.push_tx.lock().as_ref() {
             for n in &notes {

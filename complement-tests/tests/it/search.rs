@@ -61,6 +61,8 @@ async fn search_finds_visible_messages_with_order_filters_context_and_groups() {
         .await;
     let quick = alice.send_text(&room, "the quick brown fox").await;
     bob.send_text(&room, "a lazy dog sleeps").await;
+    // A later millisecond for the date-range check below.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     let again = bob.send_text(&room, "fox again, foxes everywhere").await;
     carol.send_text(&private, "a secret fox").await;
 
@@ -143,6 +145,44 @@ async fn search_finds_visible_messages_with_order_filters_context_and_groups() {
         groups["results"].as_array().map(Vec::len),
         Some(1),
         "{with_ctx}"
+    );
+
+    // Date range (Paracord extension keys in the filter).
+    let ts_of = |v: Value| v["origin_server_ts"].as_u64().unwrap();
+    let quick_ts = ts_of(expect_ok(
+        alice
+            .get(&format!("/rooms/{}/event/{}", enc(&room), enc(&quick)))
+            .await,
+        "GET event",
+    ));
+    let again_ts = ts_of(expect_ok(
+        alice
+            .get(&format!("/rooms/{}/event/{}", enc(&room), enc(&again)))
+            .await,
+        "GET event",
+    ));
+    assert!(again_ts > quick_ts, "sent at least 5 ms apart");
+    let until_quick = search(
+        &alice,
+        json!({ "search_term": "fox", "filter": { "org.paracord.until_ts": quick_ts } }),
+        None,
+    )
+    .await;
+    assert_eq!(
+        ids(&until_quick),
+        vec![quick.clone()],
+        "only the earlier event: {until_quick}"
+    );
+    let from_again = search(
+        &alice,
+        json!({ "search_term": "fox", "filter": { "org.paracord.from_ts": again_ts } }),
+        None,
+    )
+    .await;
+    assert_eq!(
+        ids(&from_again),
+        vec![again.clone()],
+        "only the later event: {from_again}"
     );
 
     let page1 = search(

@@ -199,6 +199,7 @@ impl Rooms {
                     ev["type"].as_str().unwrap_or_default(),
                     &ev["content"],
                     short,
+                    ev["origin_server_ts"].as_u64().unwrap_or(0),
                 )?;
                 n += 1;
             }
@@ -906,6 +907,7 @@ impl Rooms {
                 &pdu.kind.to_string(),
                 &content,
                 pos,
+                u64::from(pdu.origin_server_ts.get()),
             ) {
                 tracing::warn!("search indexing failed: {e}");
             }

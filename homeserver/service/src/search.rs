@@ -41,6 +41,9 @@ pub struct SearchQuery<'a> {
     pub recent: bool,
     pub offset: usize,
     pub limit: usize,
+    /// Only events with `origin_server_ts` in this range (milliseconds, inclusive).
+    pub from_ts: Option<u64>,
+    pub until_ts: Option<u64>,
 }
 
 /// One hit: `(rank, stream position of the event)`.
@@ -54,6 +57,7 @@ struct Fields {
     name: Field,
     topic: Field,
     pos: Field,
+    ts: Field,
 }
 
 pub struct Search {
@@ -83,9 +87,23 @@ impl Search {
             name: sb.add_text_field("name", TEXT),
             topic: sb.add_text_field("topic", TEXT),
             pos: sb.add_u64_field("pos", INDEXED | STORED | FAST),
+            ts: sb.add_u64_field("ts", INDEXED | FAST),
         };
-        let index = Index::open_or_create(MmapDirectory::open(&dir).map_err(err)?, sb.build())
-            .map_err(err)?;
+        let schema = sb.build();
+        let (index, created) =
+            match Index::open_or_create(MmapDirectory::open(&dir).map_err(err)?, schema.clone()) {
+                Ok(index) => (index, created),
+                Err(e) => {
+                    // An index of an older schema: start again; it is rebuilt from the database.
+                    tracing::warn!("search index unusable ({e}); recreating it");
+                    std::fs::remove_dir_all(&dir).map_err(err)?;
+                    std::fs::create_dir_all(&dir).map_err(err)?;
+                    let fresh =
+                        Index::open_or_create(MmapDirectory::open(&dir).map_err(err)?, schema)
+                            .map_err(err)?;
+                    (fresh, true)
+                }
+            };
         // One indexing thread with tantivy's smallest memory budget: the index is written in
         // small, frequent commits.
         let writer = index.writer_with_num_threads(1, 15_000_000).map_err(err)?;
@@ -132,6 +150,7 @@ impl Search {
     }
 
     /// Indexes an event if it has searchable text (`content.body`, `.name`, `.topic`).
+    #[allow(clippy::too_many_arguments)]
     pub fn add(
         &self,
         event_id: &str,
@@ -140,6 +159,7 @@ impl Search {
         kind: &str,
         content: &Value,
         pos: u64,
+        ts: u64,
     ) -> Result<()> {
         let text = |k: &str| content.get(k).and_then(|v| v.as_str()).map(str::to_owned);
         let (body, name, topic) = match kind {
@@ -166,6 +186,7 @@ impl Search {
             doc.add_text(f.topic, t);
         }
         doc.add_u64(f.pos, pos);
+        doc.add_u64(f.ts, ts);
         self.writer.lock().add_document(doc).map_err(err)?;
         self.dirty.store(true, Ordering::Release);
         Ok(())
@@ -197,6 +218,8 @@ impl Search {
             recent,
             offset,
             limit,
+            from_ts,
+            until_ts,
         } = *q;
         let f = &self.fields;
         let mut default_fields = Vec::new();
@@ -244,6 +267,21 @@ impl Search {
                 })
                 .collect();
             clauses.push((Occur::Must, Box::new(BooleanQuery::new(by))));
+        }
+        if from_ts.is_some() || until_ts.is_some() {
+            use std::ops::Bound;
+            let bound = |t: Option<u64>| {
+                t.map_or(Bound::Unbounded, |t| {
+                    Bound::Included(Term::from_field_u64(f.ts, t))
+                })
+            };
+            clauses.push((
+                Occur::Must,
+                Box::new(tantivy::query::RangeQuery::new(
+                    bound(from_ts),
+                    bound(until_ts),
+                )),
+            ));
         }
         let query = BooleanQuery::new(clauses);
         let searcher = self.reader.searcher();

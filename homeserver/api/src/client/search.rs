@@ -79,6 +79,9 @@ pub(crate) async fn search_events_route(
             .ok_or_else(|| Error::invalid_param("invalid next_batch"))?,
         None => 0,
     };
+    // Paracord extension (the spec's filter has no dates): origin_server_ts bounds in ms.
+    let from_ts = filter["org.paracord.from_ts"].as_u64();
+    let until_ts = filter["org.paracord.until_ts"].as_u64();
     let search = state.search.clone();
     let (term_owned, rooms_q, senders_q) = (term.to_owned(), rooms.clone(), senders.clone());
     let (hits, count) = tokio::task::spawn_blocking(move || {
@@ -90,6 +93,8 @@ pub(crate) async fn search_events_route(
             recent,
             offset,
             limit,
+            from_ts,
+            until_ts,
         })
     })
     .await

@@ -468,3 +468,70 @@ async fn thread_notifications_are_counted_per_thread_with_threaded_receipts() {
         "main still unread: {joined}"
     );
 }
+
+#[tokio::test]
+async fn room_mentions_need_power_and_sender_rules_mute() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let mod_user = server.register_random().await;
+    let pleb = server.register_random().await;
+    let room = alice.create_room(&json!({ "preset": "public_chat" })).await;
+    mod_user.join_ok(&room).await;
+    pleb.join_ok(&room).await;
+    let mut pl = alice.state_content(&room, "m.room.power_levels", "").await;
+    pl["users"][&mod_user.user_id] = json!(50);
+    alice.put_state(&room, "m.room.power_levels", "", &pl).await;
+
+    let room_mention =
+        |body: &str| json!({ "msgtype": "m.text", "body": body, "m.mentions": { "room": true } });
+    pleb.send_event(&room, "m.room.message", &room_mention("@room from pleb"))
+        .await;
+    let sync = alice.sync(None, 0, None).await;
+    assert_eq!(
+        counts(&sync, &room).1,
+        0,
+        "pleb lacks notifications.room power: {}",
+        sync["rooms"]["join"][&room]["unread_notifications"]
+    );
+    mod_user
+        .send_event(&room, "m.room.message", &room_mention("@room from mod"))
+        .await;
+    let sync = alice.sync(None, 0, None).await;
+    assert_eq!(
+        counts(&sync, &room).1,
+        1,
+        "sender_notification_permission lets the mod highlight: {}",
+        sync["rooms"]["join"][&room]["unread_notifications"]
+    );
+
+    // A sender rule with no actions silences one user (mentions would still notify: override
+    // rules such as .m.rule.is_user_mention come before sender rules).
+    let before = counts(&alice.sync(None, 0, None).await, &room).0;
+    expect_ok(
+        alice
+            .put(
+                &format!(
+                    "/pushrules/global/sender/{}",
+                    paracord_complement::enc(&pleb.user_id)
+                ),
+                &json!({ "actions": [] }),
+            )
+            .await,
+        "mute pleb",
+    );
+    let muted = pleb
+        .send_event(
+            &room,
+            "m.room.message",
+            &json!({ "msgtype": "m.text", "body": "hello" }),
+        )
+        .await;
+    let after = counts(&alice.sync(None, 0, None).await, &room).0;
+    assert_eq!(
+        after, before,
+        "muted sender does not notify (event {muted})"
+    );
+    mod_user.send_text(&room, "hello from mod").await;
+    let later = counts(&alice.sync(None, 0, None).await, &room).0;
+    assert_eq!(later, before + 1, "others still notify");
+}

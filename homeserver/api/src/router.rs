@@ -218,6 +218,7 @@ pub fn app(services: Arc<Services>) -> Router {
         // media
         .route("/_matrix/media/v3/upload", post(media::upload_route))
         .route("/_matrix/media/r0/upload", post(media::upload_route))
+        .route("/_matrix/client/v1/media/upload", post(media::upload_route))
         .route("/_matrix/media/v1/create", post(media::create_route))
         .route(
             "/_matrix/media/v3/upload/{server_name}/{media_id}",

@@ -2,7 +2,7 @@
 //! thumbnails, safe headers, size limits and URL previews.
 
 use paracord_complement::{expect_error, expect_ok, StatusCode, TestServer, User};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// A 64×32 red PNG.
 const PNG: &[u8] = &[
@@ -447,9 +447,35 @@ async fn url_previews_refuse_loopback_unless_allowed() {
     let preview = expect_ok(bob.get(&q).await, "preview with private addresses allowed");
     assert_eq!(preview["og:title"], "Paracord page", "{preview}");
     assert_eq!(preview["og:description"], "A test page", "{preview}");
+    // An allow list admits one range; a deny list beats everything.
+    let listed = TestServer::start_with(|env| {
+        env.push((
+            "PARACORD_URL_PREVIEW_IP_ALLOWLIST".into(),
+            r#"["127.0.0.0/8"]"#.into(),
+        ))
+    })
+    .await;
+    let carol = listed.register_random().await;
+    let preview = expect_ok(carol.get(&q).await, "preview of an allow-listed range");
+    assert_eq!(preview["og:title"], "Paracord page", "{preview}");
+    let denied = TestServer::start_with(|env| {
+        env.push(("PARACORD_URL_PREVIEW_ALLOW_PRIVATE".into(), "true".into()));
+        env.push((
+            "PARACORD_URL_PREVIEW_IP_DENYLIST".into(),
+            r#"["127.0.0.1/32"]"#.into(),
+        ));
+    })
+    .await;
+    let dave = denied.register_random().await;
+    let refused = dave.get(&q).await;
+    expect_error(
+        &refused,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+        "preview of a deny-listed address",
+    );
     let bad = bob
         .get("/_matrix/client/v1/media/preview_url?url=ftp%3A%2F%2Fexample.org")
         .await;
     assert_eq!(bad.0, StatusCode::BAD_REQUEST, "{bad:?}");
-    let _ = json!({});
 }

@@ -40,6 +40,8 @@ pub struct Config {
     pub max_upload_bytes: usize,
     pub url_preview_enabled: bool,
     pub url_preview_allow_private: bool,
+    pub url_preview_ip_allowlist: Vec<String>,
+    pub url_preview_ip_denylist: Vec<String>,
     #[serde(deserialize_with = "string_like")]
     pub log: String,
 }
@@ -65,6 +67,8 @@ impl Default for Config {
             max_upload_bytes: 50 * 1024 * 1024,
             url_preview_enabled: true,
             url_preview_allow_private: false,
+            url_preview_ip_allowlist: Vec::new(),
+            url_preview_ip_denylist: Vec::new(),
             log: "info".to_owned(),
         }
     }
@@ -127,6 +131,10 @@ pub const TEMPLATE: &str = r#"# Paracord homeserver configuration.
 # Let previews fetch private, loopback and link-local addresses. Keep this off on a server
 # reachable from the internet: it would let users probe your internal network.
 #url_preview_allow_private = false
+# Address ranges (CIDR, e.g. "10.1.0.0/16" or "::1/128") previews may fetch even though they
+# are private, and ranges they must never fetch even though they are public.
+#url_preview_ip_allowlist = []
+#url_preview_ip_denylist = []
 
 # Log filter (tracing EnvFilter syntax), e.g. "info,paracord_service=debug".
 #log = "info"
@@ -188,6 +196,15 @@ impl Config {
                 self.default_room_version
             ));
         }
+        for cidr in self
+            .url_preview_ip_allowlist
+            .iter()
+            .chain(&self.url_preview_ip_denylist)
+        {
+            if parse_cidr(cidr).is_none() {
+                return Err(format!("{cidr:?} is not an address range (CIDR)"));
+            }
+        }
         if self.rate_limit_auth_per_second <= 0.0 || self.rate_limit_send_per_second <= 0.0 {
             return Err("rate limits per second must be positive".to_owned());
         }
@@ -214,6 +231,52 @@ impl Config {
             self.listen.ip().to_string()
         };
         format!("http://{host}:{}", self.listen.port())
+    }
+}
+
+/// Parses `a.b.c.d/n`, `x::y/n` or a single address into `(network, prefix length)`.
+pub fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    let ip: std::net::IpAddr = addr.trim().parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        Some(l) => l.trim().parse::<u8>().ok().filter(|l| *l <= max)?,
+        None => max,
+    };
+    Some((ip, len))
+}
+
+/// Whether `ip` lies in the range `(network, prefix length)`.
+pub fn cidr_contains((net, len): (std::net::IpAddr, u8), ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    let ip = match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(i)) => {
+            let mask = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(len))
+            };
+            u32::from(n) & mask == u32::from(i) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(i)) => {
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(len))
+            };
+            u128::from(n) & mask == u128::from(i) & mask
+        }
+        _ => false,
     }
 }
 
@@ -285,6 +348,33 @@ mod tests {
         let config: Config = figment.extract().unwrap();
         assert_eq!(config.default_room_version, "11");
         assert_eq!(config.registration_shared_secret.as_deref(), Some("1234"));
+    }
+
+    #[test]
+    fn lists_come_from_the_environment_as_toml_arrays() {
+        let figment = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(
+            "url_preview_ip_allowlist = [\"127.0.0.1/32\"]",
+        ));
+        let config: Config = figment.extract().unwrap();
+        assert_eq!(
+            config.url_preview_ip_allowlist,
+            vec!["127.0.0.1/32".to_owned()]
+        );
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "PARACORD_URL_PREVIEW_IP_DENYLIST",
+                r#"["8.8.8.0/24", "::1/128"]"#,
+            );
+            let config: Config = Figment::from(Serialized::defaults(Config::default()))
+                .merge(Env::prefixed("PARACORD_"))
+                .extract()
+                .map_err(|e| e.to_string())?;
+            assert_eq!(
+                config.url_preview_ip_denylist,
+                vec!["8.8.8.0/24".to_owned(), "::1/128".to_owned()]
+            );
+            Ok(())
+        });
     }
 
     #[test]

@@ -300,6 +300,23 @@ impl Media {
         Ok(out)
     }
 
+    /// The deny list wins, then the allow list, then public addresses (or any address when
+    /// `url_preview_allow_private`).
+    fn preview_allowed(&self, ip: IpAddr) -> bool {
+        use paracord_core::config::{cidr_contains, parse_cidr};
+        let in_list = |list: &[String]| {
+            list.iter()
+                .filter_map(|c| parse_cidr(c))
+                .any(|r| cidr_contains(r, ip))
+        };
+        if in_list(&self.config.url_preview_ip_denylist) {
+            return false;
+        }
+        in_list(&self.config.url_preview_ip_allowlist)
+            || self.config.url_preview_allow_private
+            || is_public(ip)
+    }
+
     /// `/preview_url`: fetches an http(s) page (refusing private addresses unless allowed) and
     /// reads its title, description and image from OpenGraph tags or `<title>`.
     pub async fn preview_url(&self, url: &str) -> Result<Value> {
@@ -325,10 +342,8 @@ impl Media {
         let Some(addr) = addrs.first().copied() else {
             return Err(Error::not_found("host not found"));
         };
-        if !self.config.url_preview_allow_private && addrs.iter().any(|a| !is_public(a.ip())) {
-            return Err(Error::forbidden(
-                "previews of private, loopback or link-local addresses are not allowed",
-            ));
+        if addrs.iter().any(|a| !self.preview_allowed(a.ip())) {
+            return Err(Error::forbidden("previews of this address are not allowed"));
         }
         // Connect to the address that was checked, not one resolved again later.
         let client = reqwest::Client::builder()

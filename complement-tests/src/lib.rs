@@ -102,3 +102,39 @@ pub fn is_hash_id(s: &str, sigil: char) -> bool {
         && s.len() == 44
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
+
+/// A helper process of a test (a push gateway, a web page server), killed on drop.
+pub struct ChildProcess {
+    child: std::process::Child,
+    /// The loopback port it listens on.
+    pub port: u16,
+}
+
+impl ChildProcess {
+    /// Starts `command` (given the chosen free port) and waits, with a deadline, until the port
+    /// accepts connections.
+    pub async fn start(command: impl FnOnce(u16) -> std::process::Command) -> ChildProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        let child = command(port).spawn().expect("the helper process starts");
+        let process = ChildProcess { child, port };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "helper process did not listen on {port}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        process
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

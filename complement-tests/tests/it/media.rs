@@ -372,58 +372,36 @@ async fn uploads_over_the_limit_are_too_large() {
 
 /// A page served by a separate local HTTP server process (python3 -m http.server).
 struct Site {
-    child: std::process::Child,
-    port: u16,
+    process: paracord_complement::ChildProcess,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Site {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 async fn serve_page(html: &str) -> Site {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("page.html"), html).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = std::process::Command::new("python3")
-        .args([
+    let root = dir.path().to_owned();
+    let process = paracord_complement::ChildProcess::start(move |port| {
+        let mut c = std::process::Command::new("python3");
+        c.args([
             "-m",
             "http.server",
             &port.to_string(),
             "--bind",
             "127.0.0.1",
         ])
-        .current_dir(dir.path())
+        .current_dir(root)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("python3 serves the page");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "page server did not start"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    Site {
-        child,
-        port,
-        _dir: dir,
-    }
+        .stderr(std::process::Stdio::null());
+        c
+    })
+    .await;
+    Site { process, _dir: dir }
 }
 
 #[tokio::test]
 async fn url_previews_refuse_loopback_unless_allowed() {
     let site = serve_page(r#"<html><head><title>Fallback</title><meta property="og:title" content="Paracord page"><meta property="og:description" content="A test page"></head></html>"#).await;
-    let url = format!("http://127.0.0.1:{}/page.html", site.port);
+    let url = format!("http://127.0.0.1:{}/page.html", site.process.port);
     let q = format!(
         "/_matrix/client/v1/media/preview_url?url={}",
         paracord_complement::enc(&url)

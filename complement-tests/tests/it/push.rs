@@ -249,46 +249,24 @@ async fn push_rules_drive_unread_counts_and_notifications() {
 
 /// The push gateway is a real separate process (complement-tests/support/push_gateway.py).
 struct Gateway {
-    child: std::process::Child,
-    port: u16,
+    process: paracord_complement::ChildProcess,
     out: std::path::PathBuf,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 async fn start_gateway(reject: &str) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("pushes.jsonl");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("support/push_gateway.py");
-    let child = std::process::Command::new("python3")
-        .arg(script)
-        .arg(port.to_string())
-        .arg(&out)
-        .arg(reject)
-        .spawn()
-        .expect("python3 runs the test push gateway");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "push gateway did not start"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let (out_arg, reject) = (out.clone(), reject.to_owned());
+    let process = paracord_complement::ChildProcess::start(move |port| {
+        let mut c = std::process::Command::new("python3");
+        c.arg(script).arg(port.to_string()).arg(out_arg).arg(reject);
+        c
+    })
+    .await;
     Gateway {
-        child,
-        port,
+        process,
         out,
         _dir: dir,
     }
@@ -318,7 +296,10 @@ async fn notifications_are_pushed_to_a_real_gateway() {
     let server = TestServer::start().await;
     let alice = server.register_random().await;
     let bob = server.register_random().await;
-    let url = format!("http://127.0.0.1:{}/_matrix/push/v1/notify", gw.port);
+    let url = format!(
+        "http://127.0.0.1:{}/_matrix/push/v1/notify",
+        gw.process.port
+    );
     let pusher = |key: &str| {
         json!({
             "kind": "http", "app_id": "chat.paracord.test", "pushkey": key,

@@ -172,34 +172,12 @@ impl Rooms {
 
     /// `(notification_count, highlight_count)` of a room for a user: notifications after
     /// stream position `read_pos` (their read receipt).
-    pub fn unread_counts(
-        &self,
-        user: &UserId,
-        room_id: &RoomId,
-        read_pos: u64,
-    ) -> Result<(u64, u64)> {
-        let prefix = KeyBuf::new()
-            .str(user.as_str())
-            .str(room_id.as_str())
-            .into_vec();
-        let lower = KeyBuf::new()
-            .str(user.as_str())
-            .str(room_id.as_str())
-            .u64(read_pos.saturating_add(1))
-            .into_vec();
-        let rows = self
-            .db
-            .scan(
-                Table::UserroomposHighlight,
-                &prefix,
-                &lower,
-                None,
-                false,
-                usize::MAX,
-            )
-            .map_err(Error::internal)?;
-        let highlights = rows.iter().filter(|(_, v)| v.first() == Some(&1)).count() as u64;
-        Ok((rows.len() as u64, highlights))
+    pub fn unread_counts(&self, user: &UserId, room_id: &RoomId, read_pos: u64) -> Result<Counts> {
+        let (main, threads) =
+            self.unread_counts_by_thread(user, room_id, read_pos, read_pos, |_| read_pos)?;
+        Ok(threads
+            .values()
+            .fold(main, |(n, h), (tn, th)| (n + tn, h + th)))
     }
 
     /// Unread counts split by thread: `(main timeline, per thread root)`. Rows after

@@ -501,6 +501,84 @@ impl Target {
         .await
     }
 
+    // ---- search and media ---------------------------------------------
+
+    /// `POST /search` over room events, ordered by rank.
+    pub(crate) async fn search(&self, user: &User, term: &str) -> Result<Reply, LoadError> {
+        let body = json!({
+            "search_categories": {
+                "room_events": { "search_term": term, "order_by": "rank" }
+            }
+        });
+        self.call(
+            Method::POST,
+            &format!("{CLIENT_V3}/search"),
+            Some(&user.token),
+            Some(&body),
+            None,
+            "search",
+        )
+        .await
+    }
+
+    /// `POST /_matrix/media/v3/upload` of `data`; returns the `mxc://` URI.
+    pub(crate) async fn upload(
+        &self,
+        user: &User,
+        data: Vec<u8>,
+        content_type: &str,
+    ) -> Result<String, LoadError> {
+        let what = "upload";
+        let transport = |e| LoadError::Transport {
+            what: what.to_owned(),
+            source: e,
+        };
+        let resp = self
+            .http
+            .post(format!("{}/_matrix/media/v3/upload", self.base_url))
+            .bearer_auth(&user.token)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(data)
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(transport)?;
+        let reply = Reply {
+            status,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            bytes: bytes.len(),
+        };
+        if !(200..300).contains(&status) {
+            return Err(status_error(what, &reply));
+        }
+        str_field(&reply.body, "content_uri", what)
+    }
+
+    /// `GET path` with the user's token, returning the status and the raw
+    /// body; a non-2xx answer comes back as `Ok` for the caller to judge.
+    pub(crate) async fn get_bytes(
+        &self,
+        user: &User,
+        path: &str,
+        what: &str,
+    ) -> Result<(u16, Vec<u8>), LoadError> {
+        let transport = |e| LoadError::Transport {
+            what: what.to_owned(),
+            source: e,
+        };
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base_url))
+            .bearer_auth(&user.token)
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(transport)?;
+        Ok((status, bytes.to_vec()))
+    }
+
     // ---- concurrency --------------------------------------------------
 
     /// Runs `f` over `items` with at most the target's concurrency in flight;
@@ -588,7 +666,7 @@ fn parse_base(base_url: &str) -> Result<Url, LoadError> {
     Ok(url)
 }
 
-fn status_error(what: &str, reply: &Reply) -> LoadError {
+pub(crate) fn status_error(what: &str, reply: &Reply) -> LoadError {
     let mut body = reply.body.to_string();
     body.truncate(300);
     LoadError::Status {

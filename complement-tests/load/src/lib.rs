@@ -27,9 +27,11 @@ pub use crate::{
         fanout::{fanout, FanoutParams},
         growth::{growth, GrowthParams},
         initial_sync::{initial_sync, InitialSyncParams},
+        media::{media, MediaParams},
         paginate::{paginate, PaginateParams},
         register::{register, RegisterParams},
         rooms::{rooms, RoomsParams},
+        search::{search, SearchParams},
         send::{send, SendParams},
     },
 };

@@ -6,9 +6,9 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use paracord_load::{
-    fanout, growth, initial_sync, paginate, register, rooms, run_all, send, FanoutParams,
-    GrowthParams, InitialSyncParams, LoadError, PaginateParams, RegisterParams, Registration,
-    Report, RoomsParams, Scale, SendParams, Target,
+    fanout, growth, initial_sync, media, paginate, register, rooms, run_all, search, send,
+    FanoutParams, GrowthParams, InitialSyncParams, LoadError, MediaParams, PaginateParams,
+    RegisterParams, Registration, Report, RoomsParams, Scale, SearchParams, SendParams, Target,
 };
 
 #[derive(Parser, Debug)]
@@ -68,6 +68,10 @@ enum Scenario {
     Paginate(PaginateParams),
     /// Rooms, members and history doubled step by step.
     Growth(GrowthParams),
+    /// Q full-text searches over a room of H messages.
+    Search(SearchParams),
+    /// N uploads of B bytes, their downloads, and thumbnails of a small PNG.
+    Media(MediaParams),
     /// Every scenario at one scale.
     All {
         #[arg(long, value_enum, default_value_t = Scale::Tiny)]
@@ -126,6 +130,8 @@ async fn run(cli: Cli) -> Result<bool, LoadError> {
         Scenario::InitialSync(p) => vec![initial_sync(&target, &p).await?],
         Scenario::Paginate(p) => vec![paginate(&target, &p).await?],
         Scenario::Growth(p) => growth(&target, &p).await?,
+        Scenario::Search(p) => vec![search(&target, &p).await?],
+        Scenario::Media(p) => vec![media(&target, &p).await?],
         Scenario::All { scale } => {
             return Ok(run_all(&target, scale, print)
                 .await

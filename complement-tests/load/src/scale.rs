@@ -8,9 +8,11 @@ use crate::{
         fanout::{fanout, FanoutParams},
         growth::{growth, GrowthParams},
         initial_sync::{initial_sync, InitialSyncParams},
+        media::{media, MediaParams},
         paginate::{paginate, PaginateParams},
         register::{register, RegisterParams},
         rooms::{rooms, RoomsParams},
+        search::{search, SearchParams},
         send::{send, SendParams},
     },
 };
@@ -36,6 +38,8 @@ pub struct ScaleParams {
     pub initial_sync: InitialSyncParams,
     pub paginate: PaginateParams,
     pub growth: GrowthParams,
+    pub search: SearchParams,
+    pub media: MediaParams,
 }
 
 impl Scale {
@@ -65,6 +69,12 @@ impl Scale {
             Scale::Small => (2, 2, 20, 4, 20),
             Scale::Medium => (4, 4, 25, 4, 50),
         };
+        // (search history, queries; media uploads, bytes each)
+        let (search_history, queries, uploads, size) = match self {
+            Scale::Tiny => (30, 10, 5, 64 * 1024),
+            Scale::Small => (500, 100, 50, 256 * 1024),
+            Scale::Medium => (2000, 500, 200, 1024 * 1024),
+        };
         ScaleParams {
             register: RegisterParams { users },
             rooms: RoomsParams { rooms, members },
@@ -89,6 +99,11 @@ impl Scale {
                 sends,
                 page,
             },
+            search: SearchParams {
+                history: search_history,
+                queries,
+            },
+            media: MediaParams { uploads, size },
         }
     }
 }
@@ -118,5 +133,7 @@ pub async fn run_all(target: &Target, scale: Scale, mut emit: impl FnMut(&Report
         }
         Err(e) => keep("growth", Err(e)),
     }
+    keep("search", search(target, &p.search).await);
+    keep("media", media(target, &p.media).await);
     reports
 }

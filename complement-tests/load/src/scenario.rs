@@ -3,9 +3,11 @@
 pub(crate) mod fanout;
 pub(crate) mod growth;
 pub(crate) mod initial_sync;
+pub(crate) mod media;
 pub(crate) mod paginate;
 pub(crate) mod register;
 pub(crate) mod rooms;
+pub(crate) mod search;
 pub(crate) mod send;
 
 use std::time::{Duration, Instant};

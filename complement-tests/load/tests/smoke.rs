@@ -162,6 +162,20 @@ async fn every_scenario_at_tiny_scale() {
         assert!(count(step, "events_paginated") > p.growth.base_history as u64 * factor);
     }
 
+    let r = find("search");
+    assert_eq!(count(r, "queries"), p.search.queries as u64);
+    assert!(count(r, "results") > 0, "searches found nothing");
+
+    let r = find("media");
+    assert_eq!(count(r, "uploads"), p.media.uploads as u64);
+    assert_eq!(count(r, "downloads"), p.media.uploads as u64);
+    assert_eq!(
+        count(r, "bytes_downloaded"),
+        (p.media.uploads * p.media.size) as u64
+    );
+    assert_eq!(count(r, "thumbnails"), 10);
+    assert!(r.metrics["download_mib_per_s"] > 0.0);
+
     assert!(
         started.elapsed() < Duration::from_secs(60),
         "expected the tiny run to take under 60 s, took {:?}",

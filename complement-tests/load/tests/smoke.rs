@@ -36,8 +36,10 @@ fn assert_sane(r: &Report) {
         .process
         .unwrap_or_else(|| panic!("expected process figures in {line}"));
     assert!(process.peak_rss_kib_after > 0, "{line}");
+    // VmHWM is folded from the current RSS lazily by the kernel, so two reads can differ
+    // slightly downwards; allow 1 MiB.
     assert!(
-        process.peak_rss_kib_after >= process.peak_rss_kib_before,
+        process.peak_rss_kib_after + 1024 >= process.peak_rss_kib_before,
         "{line}"
     );
     let parsed: Value = serde_json::from_str(&line)

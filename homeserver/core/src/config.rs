@@ -167,10 +167,12 @@ impl Config {
     fn figment(path: &Path) -> Figment {
         Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::file(path))
-            .merge(
-                Env::prefixed("PARACORD_")
-                    .filter(|key| Self::is_key(&key.as_str().to_ascii_lowercase())),
-            )
+            .merge(Self::env())
+    }
+
+    /// `PARACORD_<KEY>` variables that name config keys.
+    fn env() -> Env {
+        Env::prefixed("PARACORD_").filter(|key| Self::is_key(&key.as_str().to_ascii_lowercase()))
     }
 
     /// Whether `key` names a config key. Other `PARACORD_*` variables (a test harness's
@@ -366,7 +368,7 @@ mod tests {
                 r#"["8.8.8.0/24", "::1/128"]"#,
             );
             let config: Config = Figment::from(Serialized::defaults(Config::default()))
-                .merge(Env::prefixed("PARACORD_"))
+                .merge(Config::env())
                 .extract()
                 .map_err(|e| e.to_string())?;
             assert_eq!(

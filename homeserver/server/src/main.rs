@@ -10,6 +10,11 @@ use paracord_core::Config;
 use paracord_service::Services;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of the system allocator: glibc's per-thread arenas kept freed memory
+/// resident (see docs/benchmarks.md for the peak RSS before and after).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "paracord", version, about = "Paracord homeserver")]
 struct Args {

@@ -69,12 +69,16 @@ impl Db {
         // write_buffer_size / 8 by default (8 MiB with the 64 MiB default). With ~20 tables
         // that dominated the resident size of a small server, so memtables are small and grow
         // in small blocks; one block cache is shared by every table.
-        let cache = rocksdb::Cache::new_lru_cache(32 * 1024 * 1024);
+        let cache = rocksdb::Cache::new_lru_cache(16 * 1024 * 1024);
+        // Memtables of all tables together stay under 8 MiB: past that, the largest is
+        // flushed. Without a shared budget every table could hold 8 MiB of recent writes.
+        let write_buffers = rocksdb::WriteBufferManager::new_write_buffer_manager(8 << 20, false);
+        opts.set_write_buffer_manager(&write_buffers);
         let cfs = Table::ALL.iter().map(|t| {
             let mut cf_opts = Options::default();
             cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
             cf_opts.set_write_buffer_size(8 * 1024 * 1024);
-            cf_opts.set_arena_block_size(256 * 1024);
+            cf_opts.set_arena_block_size(64 * 1024);
             let mut table_opts = rocksdb::BlockBasedOptions::default();
             table_opts.set_block_cache(&cache);
             cf_opts.set_block_based_table_factory(&table_opts);

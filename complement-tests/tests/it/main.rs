@@ -2,6 +2,7 @@
 //! `paracord` process and talks to it over HTTP only.
 
 mod accounts;
+mod backup;
 mod durability;
 mod ephemeral;
 mod errors;

@@ -15,8 +15,8 @@ use tower_http::{catch_panic::CatchPanicLayer, cors::CorsLayer, trace::TraceLaye
 
 use crate::{
     client::{
-        account, config, device, directory, discovery, ephemeral, membership, message, people,
-        profile, push, relations, room, search, session, space, state, sync,
+        account, backup, config, device, directory, discovery, ephemeral, membership, message,
+        people, profile, push, relations, room, search, session, space, state, sync,
     },
     media,
     ruma_wrapper::RouterExt,
@@ -198,6 +198,41 @@ pub fn app(services: Arc<Services>) -> Router {
         )
         .ruma::<c::config::get_room_account_data::v3::Request, _, _>(
             config::get_room_account_data_route,
+        )
+        // key backup
+        .ruma::<c::backup::create_backup_version::v3::Request, _, _>(
+            backup::create_backup_version_route,
+        )
+        .ruma::<c::backup::get_latest_backup_info::v3::Request, _, _>(
+            backup::get_latest_backup_info_route,
+        )
+        .ruma::<c::backup::get_backup_info::v3::Request, _, _>(backup::get_backup_info_route)
+        .ruma::<c::backup::update_backup_version::v3::Request, _, _>(
+            backup::update_backup_version_route,
+        )
+        .ruma::<c::backup::delete_backup_version::v3::Request, _, _>(
+            backup::delete_backup_version_route,
+        )
+        .ruma::<c::backup::add_backup_keys::v3::Request, _, _>(backup::add_backup_keys_route)
+        .ruma::<c::backup::add_backup_keys_for_room::v3::Request, _, _>(
+            backup::add_backup_keys_for_room_route,
+        )
+        .ruma::<c::backup::add_backup_keys_for_session::v3::Request, _, _>(
+            backup::add_backup_keys_for_session_route,
+        )
+        .ruma::<c::backup::get_backup_keys::v3::Request, _, _>(backup::get_backup_keys_route)
+        .ruma::<c::backup::get_backup_keys_for_room::v3::Request, _, _>(
+            backup::get_backup_keys_for_room_route,
+        )
+        .ruma::<c::backup::get_backup_keys_for_session::v3::Request, _, _>(
+            backup::get_backup_keys_for_session_route,
+        )
+        .ruma::<c::backup::delete_backup_keys::v3::Request, _, _>(backup::delete_backup_keys_route)
+        .ruma::<c::backup::delete_backup_keys_for_room::v3::Request, _, _>(
+            backup::delete_backup_keys_for_room_route,
+        )
+        .ruma::<c::backup::delete_backup_keys_for_session::v3::Request, _, _>(
+            backup::delete_backup_keys_for_session_route,
         )
         // ephemeral
         .ruma::<c::typing::create_typing_event::v3::Request, _, _>(

@@ -166,8 +166,14 @@ where
         let http_req = http::Request::from_parts(parts, body_for_ruma);
         let path_refs: Vec<&str> = path_args.iter().map(String::as_str).collect();
         let body = T::try_from_http_request(http_req, &path_refs).map_err(|e| {
-            use ruma::api::error::FromHttpRequestError;
+            use ruma::api::error::{DeserializationError, FromHttpRequestError};
             match e {
+                // A required query parameter (such as `?version=`) that is absent.
+                FromHttpRequestError::Deserialization(DeserializationError::Query(q))
+                    if q.to_string().starts_with("missing field") =>
+                {
+                    ApiError(Error::missing_param(format!("invalid request: {q}")))
+                }
                 FromHttpRequestError::MethodMismatch { .. } => ApiError(Error::new(
                     StatusCode::METHOD_NOT_ALLOWED,
                     ErrorKind::Unrecognized,

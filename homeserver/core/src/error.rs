@@ -30,6 +30,9 @@ pub enum ErrorKind {
     DuplicateAnnotation,
     CannotOverwriteMedia,
     NotYetUploaded,
+    // A key backup write named a backup that is not the current one (a doc comment here
+    // would make rustfmt reflow every struct variant).
+    WrongRoomKeysVersion { current_version: Option<String> },
     Unknown,
 }
 
@@ -58,6 +61,7 @@ impl ErrorKind {
             Self::DuplicateAnnotation => "M_DUPLICATE_ANNOTATION",
             Self::CannotOverwriteMedia => "M_CANNOT_OVERWRITE_MEDIA",
             Self::NotYetUploaded => "M_NOT_YET_UPLOADED",
+            Self::WrongRoomKeysVersion { .. } => "M_WRONG_ROOM_KEYS_VERSION",
             Self::Unknown => "M_UNKNOWN",
         }
     }
@@ -136,6 +140,14 @@ impl Error {
             "too many requests",
         )
     }
+    /// 403 `M_WRONG_ROOM_KEYS_VERSION`, telling the client which backup is current.
+    pub fn wrong_room_keys_version(current_version: Option<String>) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            ErrorKind::WrongRoomKeysVersion { current_version },
+            "wrong backup version",
+        )
+    }
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         Self::Internal(detail.to_string())
     }
@@ -155,6 +167,11 @@ impl Error {
                     }
                     ErrorKind::LimitExceeded { retry_after_ms } => {
                         body["retry_after_ms"] = (*retry_after_ms).into();
+                    }
+                    ErrorKind::WrongRoomKeysVersion {
+                        current_version: Some(current),
+                    } => {
+                        body["current_version"] = current.as_str().into();
                     }
                     _ => {}
                 }
@@ -200,6 +217,14 @@ mod tests {
         assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(body["errcode"], "M_LIMIT_EXCEEDED");
         assert_eq!(body["retry_after_ms"], 1500);
+    }
+
+    #[test]
+    fn wrong_room_keys_version_names_the_current_one() {
+        let (status, body) = Error::wrong_room_keys_version(Some("42".into())).classify();
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(body["errcode"], "M_WRONG_ROOM_KEYS_VERSION");
+        assert_eq!(body["current_version"], "42");
     }
 
     #[test]

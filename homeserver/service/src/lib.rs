@@ -2,6 +2,7 @@
 
 pub mod account_data;
 pub mod accounts;
+pub mod backup;
 pub mod ephemeral;
 pub mod keys;
 pub mod media;
@@ -34,6 +35,7 @@ pub struct Services {
     pub pushers: Arc<pushers::Pushers>,
     pub media: Arc<media::Media>,
     pub search: Arc<search::Search>,
+    pub backups: Arc<backup::KeyBackups>,
 }
 
 impl Services {
@@ -77,6 +79,7 @@ impl Services {
             // A new (or deleted) index is filled from the database.
             rooms.reindex(&search)?;
         }
+        let backups = Arc::new(backup::KeyBackups::new(db.clone()));
         search.start_committer();
         if let Some(tx) = pushers.start(rooms.clone(), ephemeral.clone()) {
             rooms.set_push_sender(tx);
@@ -96,6 +99,7 @@ impl Services {
             pushers,
             media,
             search,
+            backups,
         })
     }
 }

@@ -57,6 +57,12 @@ pub enum Table {
     UserapppushkeyPusher,
     /// media id → media metadata (content hash, type, name, size, uploader).
     MediaidMedia,
+    // key backup
+    /// `user_id 0xFF version (u64)` → backup version record (algorithm, auth_data, etag,
+    /// count, deleted).
+    UserversionBackup,
+    /// `user_id 0xFF version (u64) room_id 0xFF session_id` → the backed-up session key.
+    UserversionroomsessionRoomkey,
 }
 
 impl Table {
@@ -88,6 +94,9 @@ impl Table {
         Table::UserroomposHighlight,
         Table::UserapppushkeyPusher,
         Table::MediaidMedia,
+        // key backup
+        Table::UserversionBackup,
+        Table::UserversionroomsessionRoomkey,
     ];
 
     pub fn name(self) -> &'static str {
@@ -119,6 +128,9 @@ impl Table {
             Table::UserroomposHighlight => "userroompos_highlight",
             Table::UserapppushkeyPusher => "userapppushkey_pusher",
             Table::MediaidMedia => "mediaid_media",
+            // key backup
+            Table::UserversionBackup => "userversion_backup",
+            Table::UserversionroomsessionRoomkey => "userversionroomsession_roomkey",
         }
     }
 }

@@ -140,6 +140,7 @@ pub(crate) async fn deactivate_route(
             }
         }
     }
+    state.backups.delete_all(&id.user_id)?;
     state.accounts.deactivate(&id.user_id)?;
     Ok(RumaResponse(deactivate::v3::Response::new(
         ruma::api::client::account::ThirdPartyIdRemovalStatus::NoSupport,

@@ -5,6 +5,7 @@
 //! executable's `deps/` directory (`target/<profile>/paracord`).
 
 mod client;
+pub mod e2ee;
 mod events;
 mod hmac_sha1;
 mod server;

@@ -4,6 +4,7 @@
 mod accounts;
 mod backup;
 mod durability;
+mod e2ee;
 mod ephemeral;
 mod errors;
 mod media;

@@ -252,6 +252,10 @@ fn no_presence() -> String {
     json!({ "presence": { "not_types": ["*"] } }).to_string()
 }
 
+fn next_batch(sync: &Value) -> String {
+    sync["next_batch"].as_str().unwrap_or_default().to_owned()
+}
+
 fn string_list(value: &Value) -> Vec<String> {
     value
         .as_array()
@@ -291,7 +295,7 @@ async fn device_lists_until(
         seen.changed
             .extend(string_list(&sync["device_lists"]["changed"]));
         seen.left.extend(string_list(&sync["device_lists"]["left"]));
-        seen.next_batch = sync["next_batch"].as_str().unwrap_or_default().to_owned();
+        seen.next_batch = next_batch(&sync);
         if done(&seen) {
             return seen;
         }
@@ -656,9 +660,11 @@ async fn keys_query_shows_display_names_and_answers_for_the_devices_asked() {
     );
 
     let all = query(&bob, json!({ &alice.user_id: [] })).await;
+    // `failures` is optional in the spec's response schema (it lists unreachable remote
+    // servers), so only its content is checked.
     assert!(
-        all["failures"].is_object(),
-        "expected a `failures` object (empty for a local query), got {all}"
+        no_failures(&all),
+        "expected no `failures` for a local query, got {all}"
     );
     let devices = &all["device_keys"][&alice.user_id];
     let ids: HashSet<&str> = devices
@@ -718,7 +724,7 @@ async fn keys_query_shows_display_names_and_answers_for_the_devices_asked() {
         "expected an unknown user not to spoil the rest of the answer, got {mixed}"
     );
     assert!(
-        mixed["failures"].is_object() && no_failures(&mixed),
+        no_failures(&mixed),
         "expected an unknown local user to be no failure, got {mixed}"
     );
 }
@@ -798,6 +804,7 @@ async fn one_time_keys_are_claimed_once_then_the_fallback_key_is_reused() {
         "device keys, two one-time keys and a fallback key",
     )
     .await;
+    // Incremental syncs from here on: the answers must reflect each change.
     let sync = alice.sync(None, 0, None).await;
     assert_eq!(
         otk_count(&sync["device_one_time_keys_count"]),
@@ -855,7 +862,7 @@ async fn one_time_keys_are_claimed_once_then_the_fallback_key_is_reused() {
         );
     }
 
-    let sync = alice.sync(None, 0, None).await;
+    let sync = alice.sync(Some(&next_batch(&sync)), 0, None).await;
     assert_eq!(
         otk_count(&sync["device_one_time_keys_count"]),
         0,
@@ -875,7 +882,7 @@ async fn one_time_keys_are_claimed_once_then_the_fallback_key_is_reused() {
         "a replacement fallback key",
     )
     .await;
-    let sync = alice.sync(None, 0, None).await;
+    let sync = alice.sync(Some(&next_batch(&sync)), 0, None).await;
     assert_eq!(
         sync["device_unused_fallback_key_types"],
         json!([SIGNED_CURVE25519]),
@@ -1115,7 +1122,7 @@ async fn to_device_until_marker(user: &User, since: &str, marker: &str) -> Vec<V
             Instant::now() < deadline,
             "expected the {marker} to-device event within {WAIT:?}; seen {seen:?}"
         );
-        since = sync["next_batch"].as_str().unwrap_or_default().to_owned();
+        since = next_batch(&sync);
     }
 }
 
@@ -1176,7 +1183,7 @@ async fn to_device_messages_stay_until_next_batch_acknowledges_them() {
             Instant::now() < deadline,
             "expected the to-device message within {WAIT:?}"
         );
-        since = sync["next_batch"].as_str().unwrap_or_default().to_owned();
+        since = next_batch(&sync);
     };
     let expected = to_device_events(&first);
 
@@ -1230,7 +1237,7 @@ async fn more_than_a_hundred_queued_to_device_messages_all_arrive_in_order() {
                 .iter()
                 .map(|e| e["content"]["n"].as_u64().unwrap_or(u64::MAX)),
         );
-        since = sync["next_batch"].as_str().unwrap_or_default().to_owned();
+        since = next_batch(&sync);
     }
     let expected: Vec<u64> = (0..TOTAL).collect();
     assert_eq!(
@@ -1357,7 +1364,7 @@ async fn a_user_who_leaves_the_last_shared_room_appears_in_device_lists_left() {
     loop {
         let sync = alice.sync(Some(&since), 500, Some(&filter)).await;
         left_seen.extend(string_list(&sync["device_lists"]["left"]));
-        since = sync["next_batch"].as_str().unwrap_or_default().to_owned();
+        since = next_batch(&sync);
         if has_event_id(&room_timeline(&sync, &first), &marker) {
             break;
         }
@@ -1714,6 +1721,49 @@ async fn a_user_signing_signature_of_another_users_master_key_is_seen_by_the_sig
             "expected {who} not to see alice's user-signing signature, got {seen}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_cross_signing_key_equal_to_a_device_id_is_forbidden() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    // A master key whose base64 is a plain alphanumeric device id.
+    let master = std::iter::repeat_with(Ed25519Key::for_cross_signing)
+        .find(|k| k.public_key().chars().all(|c| c.is_ascii_alphanumeric()))
+        .unwrap_or_else(|| unreachable!());
+    let device_id = master.public_key();
+    let login = expect_ok(
+        server
+            .client()
+            .post(
+                "/login",
+                &json!({
+                    "type": "m.login.password",
+                    "identifier": { "type": "m.id.user", "user": alice.localpart },
+                    "password": alice.password,
+                    "device_id": device_id,
+                }),
+            )
+            .await,
+        "a login with a chosen device id",
+    );
+    assert_eq!(login["device_id"], device_id, "{login}");
+
+    let cross = CrossSigning {
+        master,
+        ..CrossSigning::new(&alice.user_id)
+    };
+    expect_error(
+        &upload_cross_signing(&alice, &cross.upload_body()).await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+        "a master key whose public key is one of the user's device ids",
+    );
+    let own = query(&alice, json!({ &alice.user_id: [] })).await;
+    assert!(
+        own["master_keys"].get(&alice.user_id).is_none(),
+        "expected the refused master key not to be stored, got {own}"
+    );
 }
 
 #[tokio::test]

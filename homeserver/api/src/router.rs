@@ -15,8 +15,8 @@ use tower_http::{catch_panic::CatchPanicLayer, cors::CorsLayer, trace::TraceLaye
 
 use crate::{
     client::{
-        account, backup, config, device, directory, discovery, ephemeral, membership, message,
-        people, profile, push, relations, room, search, session, space, state, sync,
+        account, backup, config, device, directory, discovery, ephemeral, keys, membership,
+        message, people, profile, push, relations, room, search, session, space, state, sync,
     },
     media,
     ruma_wrapper::RouterExt,
@@ -198,6 +198,26 @@ pub fn app(services: Arc<Services>) -> Router {
         )
         .ruma::<c::config::get_room_account_data::v3::Request, _, _>(
             config::get_room_account_data_route,
+        )
+        // end-to-end encryption
+        .ruma::<c::keys::upload_keys::v3::Request, _, _>(keys::upload_keys_route)
+        .ruma::<c::keys::get_keys::v3::Request, _, _>(keys::get_keys_route)
+        .ruma::<c::keys::claim_keys::v3::Request, _, _>(keys::claim_keys_route)
+        .ruma::<c::keys::get_key_changes::v3::Request, _, _>(keys::get_key_changes_route)
+        .ruma::<c::keys::upload_signing_keys::v3::Request, _, _>(keys::upload_signing_keys_route)
+        .ruma::<c::keys::upload_signatures::v3::Request, _, _>(keys::upload_signatures_route)
+        .ruma::<c::to_device::send_event_to_device::v3::Request, _, _>(keys::send_to_device_route)
+        .ruma::<c::dehydrated_device::put_dehydrated_device::unstable::Request, _, _>(
+            keys::put_dehydrated_device_route,
+        )
+        .ruma::<c::dehydrated_device::get_dehydrated_device::unstable::Request, _, _>(
+            keys::get_dehydrated_device_route,
+        )
+        .ruma::<c::dehydrated_device::delete_dehydrated_device::unstable::Request, _, _>(
+            keys::delete_dehydrated_device_route,
+        )
+        .ruma::<c::dehydrated_device::get_events::unstable::Request, _, _>(
+            keys::dehydrated_events_route,
         )
         // key backup
         .ruma::<c::backup::create_backup_version::v3::Request, _, _>(

@@ -33,6 +33,7 @@ pub enum ErrorKind {
     // A key backup write named a backup that is not the current one (a doc comment here
     // would make rustfmt reflow every struct variant).
     WrongRoomKeysVersion { current_version: Option<String> },
+    InvalidSignature,
     Unknown,
 }
 
@@ -62,6 +63,7 @@ impl ErrorKind {
             Self::CannotOverwriteMedia => "M_CANNOT_OVERWRITE_MEDIA",
             Self::NotYetUploaded => "M_NOT_YET_UPLOADED",
             Self::WrongRoomKeysVersion { .. } => "M_WRONG_ROOM_KEYS_VERSION",
+            Self::InvalidSignature => "M_INVALID_SIGNATURE",
             Self::Unknown => "M_UNKNOWN",
         }
     }
@@ -115,6 +117,13 @@ impl Error {
     }
     pub fn too_large(message: impl Into<String>) -> Self {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorKind::TooLarge, message)
+    }
+    pub fn invalid_signature(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorKind::InvalidSignature,
+            message,
+        )
     }
     pub fn unrecognized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, ErrorKind::Unrecognized, message)

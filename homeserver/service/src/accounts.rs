@@ -85,7 +85,13 @@ pub struct Accounts {
     uia_sessions: Mutex<HashMap<String, UiaSession>>,
     register_lock: tokio::sync::Mutex<()>,
     nonces: Mutex<HashMap<String, u64>>,
+    /// Told about devices after they are deleted (their encryption keys go with them).
+    removal_hook: std::sync::OnceLock<DeviceRemovalHook>,
 }
+
+/// Called with a user and the ids of devices just deleted, and whether the whole account was
+/// deactivated.
+pub type DeviceRemovalHook = Box<dyn Fn(&UserId, &[String], bool) -> Result<()> + Send + Sync>;
 
 fn db_err(e: impl std::fmt::Display) -> Error {
     Error::internal(e)
@@ -247,7 +253,52 @@ impl Accounts {
             uia_sessions: Mutex::default(),
             register_lock: tokio::sync::Mutex::new(()),
             nonces: Mutex::default(),
+            removal_hook: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets what happens after devices are deleted (once, at start-up).
+    pub fn set_device_removal_hook(&self, hook: DeviceRemovalHook) {
+        let _ = self.removal_hook.set(hook);
+    }
+
+    fn devices_removed(&self, user: &UserId, devices: &[String], deactivated: bool) -> Result<()> {
+        match self.removal_hook.get() {
+            Some(hook) if !devices.is_empty() || deactivated => hook(user, devices, deactivated),
+            _ => Ok(()),
+        }
+    }
+
+    /// Adds a device that has no access token (a dehydrated device, MSC3814), replacing any
+    /// device of that id.
+    pub fn create_tokenless_device(
+        &self,
+        user: &UserId,
+        device_id: &str,
+        display_name: Option<String>,
+    ) -> Result<()> {
+        let mut batch = Batch::new();
+        if let Some(old) = self.device(user, device_id)? {
+            self.delete_device_into(&mut batch, user, &old);
+        }
+        let device = Device {
+            device_id: device_id.into(),
+            display_name,
+            last_seen_ip: None,
+            last_seen_ts: None,
+            // The hash of a token nobody was given: no request authenticates as this device.
+            access_hash: hex::encode(token_hash(&random_string(40))),
+            refresh_hash: None,
+        };
+        batch.put(
+            Table::UserdeviceDevice,
+            KeyBuf::new()
+                .str(user.as_str())
+                .last_str(device_id)
+                .into_vec(),
+            serde_json::to_vec(&device)?,
+        );
+        self.db.write(batch).map_err(db_err)
     }
 
     pub fn account(&self, user: &UserId) -> Result<Option<Account>> {
@@ -644,23 +695,29 @@ impl Accounts {
     /// Deletes devices and their tokens (logout).
     pub fn delete_devices(&self, user: &UserId, device_ids: &[String]) -> Result<()> {
         let mut batch = Batch::new();
+        let mut removed = Vec::new();
         for d in device_ids {
             if let Some(device) = self.device(user, d)? {
                 self.delete_device_into(&mut batch, user, &device);
+                removed.push(device.device_id.to_string());
             }
         }
-        self.db.write(batch).map_err(db_err)
+        self.db.write(batch).map_err(db_err)?;
+        self.devices_removed(user, &removed, false)
     }
 
     /// Deletes every device of the user except `keep`.
     pub fn delete_all_devices(&self, user: &UserId, keep: Option<&str>) -> Result<()> {
         let mut batch = Batch::new();
+        let mut removed = Vec::new();
         for device in self.devices(user)? {
             if keep != Some(device.device_id.as_str()) {
                 self.delete_device_into(&mut batch, user, &device);
+                removed.push(device.device_id.to_string());
             }
         }
-        self.db.write(batch).map_err(db_err)
+        self.db.write(batch).map_err(db_err)?;
+        self.devices_removed(user, &removed, false)
     }
 
     pub async fn set_password(&self, user: &UserId, password: String) -> Result<()> {
@@ -688,10 +745,13 @@ impl Accounts {
         account.avatar_url = None;
         let mut batch = Batch::new();
         self.put_account(&mut batch, user, &account)?;
+        let mut removed = Vec::new();
         for device in self.devices(user)? {
             self.delete_device_into(&mut batch, user, &device);
+            removed.push(device.device_id.to_string());
         }
-        self.db.write(batch).map_err(db_err)
+        self.db.write(batch).map_err(db_err)?;
+        self.devices_removed(user, &removed, true)
     }
 
     pub fn set_profile(

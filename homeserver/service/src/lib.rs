@@ -3,6 +3,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod backup;
+pub mod e2ee;
 pub mod ephemeral;
 pub mod keys;
 pub mod media;
@@ -30,6 +31,7 @@ pub struct Services {
     pub account_data: Arc<account_data::AccountData>,
     pub ephemeral: Arc<ephemeral::Ephemeral>,
     pub sync: Arc<sync::Sync>,
+    pub e2ee: Arc<e2ee::E2ee>,
     pub ratelimit: Arc<ratelimit::RateLimiter>,
     pub reports: Arc<reports::Reports>,
     pub pushers: Arc<pushers::Pushers>,
@@ -63,11 +65,28 @@ impl Services {
             Some(account_data.clone()),
         ));
         let ephemeral = Arc::new(ephemeral::Ephemeral::new(db.clone(), stream.clone()));
+        let e2ee = Arc::new(e2ee::E2ee::new(
+            db.clone(),
+            stream.clone(),
+            accounts.clone(),
+            rooms.clone(),
+        ));
+        {
+            let e2ee = e2ee.clone();
+            accounts.set_device_removal_hook(Box::new(move |user, devices, deactivated| {
+                if deactivated {
+                    e2ee.user_deactivated(user, devices)
+                } else {
+                    e2ee.devices_removed(user, devices)
+                }
+            }));
+        }
         let sync = Arc::new(sync::Sync::new(
             rooms.clone(),
             stream.clone(),
             account_data.clone(),
             ephemeral.clone(),
+            e2ee.clone(),
         ));
         let ratelimit = Arc::new(ratelimit::RateLimiter::new(&config));
         let reports = Arc::new(reports::Reports::new(db.clone()));
@@ -94,6 +113,7 @@ impl Services {
             account_data,
             ephemeral,
             sync,
+            e2ee,
             ratelimit,
             reports,
             pushers,

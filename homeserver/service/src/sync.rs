@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use crate::{
     account_data::AccountData,
+    e2ee::E2ee,
     ephemeral::Ephemeral,
     rooms::{
         timeline::{Dir, EventFilter, Reader, Window},
@@ -20,13 +21,28 @@ use crate::{
     stream::Stream,
 };
 
-/// Parses a `since`/`from` token (`s<pos>`).
+/// Parses a `since`/`from` token (`s<pos>`, or a sync token `s<pos>_<to-device ack>`) into
+/// its stream position.
 pub fn parse_token(token: &str) -> Result<u64> {
-    token
-        .strip_prefix('s')
-        .unwrap_or(token)
-        .parse()
-        .map_err(|_| Error::invalid_param("invalid pagination token"))
+    Ok(parse_sync_token(token)?.0)
+}
+
+/// Parses a sync token: the stream position, and up to where the to-device messages were
+/// delivered (the same position unless a sync handed out only part of them).
+pub fn parse_sync_token(token: &str) -> Result<(u64, u64)> {
+    let t = token.strip_prefix('s').unwrap_or(token);
+    let bad = || Error::invalid_param("invalid pagination token");
+    match t.split_once('_') {
+        None => {
+            let pos = t.parse().map_err(|_| bad())?;
+            Ok((pos, pos))
+        }
+        Some((pos, ack)) => {
+            let pos: u64 = pos.parse().map_err(|_| bad())?;
+            let ack: u64 = ack.parse().map_err(|_| bad())?;
+            Ok((pos, ack.min(pos)))
+        }
+    }
 }
 
 pub fn make_token(pos: u64) -> String {
@@ -57,6 +73,8 @@ pub struct SyncRequest<'a> {
     pub user: &'a UserId,
     pub device: &'a str,
     pub since: Option<u64>,
+    /// To-device messages up to here were received (from the `since` token).
+    pub to_device_ack: Option<u64>,
     pub full_state: bool,
     pub filter: FilterDefinition,
     pub timeout: Duration,
@@ -67,6 +85,7 @@ pub struct Sync {
     stream: Arc<Stream>,
     account_data: Arc<AccountData>,
     ephemeral: Arc<Ephemeral>,
+    e2ee: Arc<E2ee>,
 }
 
 const DEFAULT_TIMELINE_LIMIT: usize = 10;
@@ -78,12 +97,14 @@ impl Sync {
         stream: Arc<Stream>,
         account_data: Arc<AccountData>,
         ephemeral: Arc<Ephemeral>,
+        e2ee: Arc<E2ee>,
     ) -> Self {
         Self {
             rooms,
             stream,
             account_data,
             ephemeral,
+            e2ee,
         }
     }
 
@@ -93,6 +114,10 @@ impl Sync {
         // Events and invites of ignored users are left out (m.ignored_user_list).
         let ignored = self.account_data.ignored_users(req.user)?;
         let notify = self.stream.notifier().handle(req.user);
+        // The client has the to-device messages the `since` token covers: delete them.
+        if let Some(ack) = req.to_device_ack {
+            self.e2ee.ack_to_device(req.user, req.device, ack)?;
+        }
         loop {
             let notified = notify.notified();
             tokio::pin!(notified);
@@ -233,20 +258,41 @@ impl Sync {
             }
         }
 
+        // End-to-end encryption: to-device messages, device lists, key counts.
+        let (to_device, to_device_ack) = self.e2ee.pending_to_device(
+            req.user,
+            req.device,
+            upto,
+            crate::e2ee::TO_DEVICE_PER_SYNC,
+        )?;
+        let device_lists = match req.since {
+            Some(since) => self.e2ee.device_list_changes(req.user, since, upto)?,
+            None => Default::default(),
+        };
+        let otk_counts = self.e2ee.one_time_key_counts(req.user, req.device)?;
+        let fallback_types = self.e2ee.unused_fallback_key_types(req.user, req.device)?;
+
         let has_news = !join.is_empty()
             || !invite.is_empty()
             || !knock.is_empty()
             || !leave.is_empty()
             || !global_ad.is_empty()
-            || !presence.is_empty();
+            || !presence.is_empty()
+            || !to_device.is_empty()
+            || !device_lists.is_empty();
+        let next_batch = match to_device_ack {
+            Some(ack) => format!("{}_{ack}", make_token(upto)),
+            None => make_token(upto),
+        };
         let body = json!({
-            "next_batch": make_token(upto),
+            "next_batch": next_batch,
             "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
             "account_data": { "events": global_ad },
             "presence": { "events": presence },
-            "to_device": { "events": [] },
-            "device_lists": { "changed": [], "left": [] },
-            "device_one_time_keys_count": {},
+            "to_device": { "events": to_device },
+            "device_lists": { "changed": device_lists.changed, "left": device_lists.left },
+            "device_one_time_keys_count": otk_counts,
+            "device_unused_fallback_key_types": fallback_types,
         });
         Ok((body, has_news))
     }

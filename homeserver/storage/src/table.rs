@@ -63,6 +63,26 @@ pub enum Table {
     UserversionBackup,
     /// `user_id 0xFF version (u64) room_id 0xFF session_id` → the backed-up session key.
     UserversionroomsessionRoomkey,
+    // end-to-end encryption keys and to-device messages
+    /// `user_id 0xFF device_id` → the device's signed identity keys, as uploaded.
+    UserdeviceDevicekeys,
+    /// `user_id 0xFF device_id 0xFF algorithm:key_id` → a one-time key (JSON).
+    UserdevicekeyidOnetimekey,
+    /// `user_id 0xFF device_id 0xFF algorithm` → the fallback key and whether it was used.
+    UserdevicealgFallbackkey,
+    /// `user_id 0xFF usage` (master, self_signing, user_signing) → cross-signing key JSON.
+    UserusageCrosssigningkey,
+    /// `target user 0xFF target key id 0xFF signer user 0xFF signer key id` → signature,
+    /// uploaded after the key itself (`/keys/signatures/upload`).
+    TargetsignerSignature,
+    /// `stream_pos user_id` → "": the user's device list or cross-signing keys changed.
+    PositionuserKeychange,
+    /// `user_id 0xFF device_id 0xFF stream_pos seq` → a to-device message awaiting delivery.
+    UserdeviceposTodevice,
+    /// `user_id 0xFF device_id 0xFF txn_id` → "": to-device transactions already accepted.
+    UserdevicetxnTodevice,
+    /// `user_id` → the user's dehydrated device (MSC3814): device id and its opaque data.
+    UseridDehydrateddevice,
 }
 
 impl Table {
@@ -97,6 +117,16 @@ impl Table {
         // key backup
         Table::UserversionBackup,
         Table::UserversionroomsessionRoomkey,
+        // end-to-end encryption
+        Table::UserdeviceDevicekeys,
+        Table::UserdevicekeyidOnetimekey,
+        Table::UserdevicealgFallbackkey,
+        Table::UserusageCrosssigningkey,
+        Table::TargetsignerSignature,
+        Table::PositionuserKeychange,
+        Table::UserdeviceposTodevice,
+        Table::UserdevicetxnTodevice,
+        Table::UseridDehydrateddevice,
     ];
 
     pub fn name(self) -> &'static str {
@@ -131,6 +161,16 @@ impl Table {
             // key backup
             Table::UserversionBackup => "userversion_backup",
             Table::UserversionroomsessionRoomkey => "userversionroomsession_roomkey",
+            // end-to-end encryption
+            Table::UserdeviceDevicekeys => "userdevice_devicekeys",
+            Table::UserdevicekeyidOnetimekey => "userdevicekeyid_onetimekey",
+            Table::UserdevicealgFallbackkey => "userdevicealg_fallbackkey",
+            Table::UserusageCrosssigningkey => "userusage_crosssigningkey",
+            Table::TargetsignerSignature => "targetsigner_signature",
+            Table::PositionuserKeychange => "positionuser_keychange",
+            Table::UserdeviceposTodevice => "userdevicepos_todevice",
+            Table::UserdevicetxnTodevice => "userdevicetxn_todevice",
+            Table::UseridDehydrateddevice => "userid_dehydrateddevice",
         }
     }
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use axum::{extract::State, Json};
 use paracord_core::Error;
-use paracord_service::sync::{parse_token, SyncRequest};
+use paracord_service::sync::{parse_sync_token, SyncRequest};
 use ruma::{
     api::client::{
         filter::{create_filter, get_filter, FilterDefinition},
@@ -38,7 +38,12 @@ pub(crate) async fn sync_events_route(
         }
         Some(_) => FilterDefinition::default(),
     };
-    let since = req.body.since.as_deref().map(parse_token).transpose()?;
+    let since = req
+        .body
+        .since
+        .as_deref()
+        .map(parse_sync_token)
+        .transpose()?;
     match req.body.set_presence {
         PresenceState::Offline => {}
         ref p => {
@@ -60,7 +65,8 @@ pub(crate) async fn sync_events_route(
         .sync(SyncRequest {
             user: &id.user_id,
             device: id.device_id.as_str(),
-            since,
+            since: since.map(|(pos, _)| pos),
+            to_device_ack: since.map(|(_, ack)| ack),
             full_state: req.body.full_state,
             filter,
             timeout,

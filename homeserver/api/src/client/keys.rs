@@ -1,0 +1,260 @@
+//! End-to-end encryption: device keys, cross-signing, to-device messages and dehydrated
+//! devices (MSC3814). The logic is in `paracord_service::e2ee`; handlers pass the request's
+//! JSON through unchanged, since signatures cover every field, known or not.
+
+use std::collections::BTreeMap;
+
+use axum::{extract::State, Json};
+use paracord_core::Error;
+use paracord_service::{accounts::UiaFlow, e2ee::DehydratedDevice, sync::parse_sync_token};
+use ruma::{
+    api::client::{
+        dehydrated_device::{
+            delete_dehydrated_device, get_dehydrated_device, get_events, put_dehydrated_device,
+        },
+        keys::{
+            claim_keys, get_key_changes, get_keys, upload_keys, upload_signatures,
+            upload_signing_keys,
+        },
+        to_device::send_event_to_device,
+    },
+    OwnedUserId,
+};
+use serde_json::{json, Value};
+
+use crate::{ruma_wrapper::Ruma, ApiResult, AppState};
+
+/// The request body as JSON (an empty object when there is none).
+fn body<T>(req: &Ruma<T>) -> Value {
+    req.json.clone().unwrap_or_else(|| json!({}))
+}
+
+/// `POST /_matrix/client/v3/keys/upload` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3keysupload
+pub(crate) async fn upload_keys_route(
+    State(state): State<AppState>,
+    req: Ruma<upload_keys::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    let counts = state
+        .e2ee
+        .upload_keys(&id.user_id, id.device_id.as_str(), &body(&req))?;
+    Ok(Json(json!({ "one_time_key_counts": counts })))
+}
+
+/// `POST /_matrix/client/v3/keys/query` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3keysquery
+pub(crate) async fn get_keys_route(
+    State(state): State<AppState>,
+    req: Ruma<get_keys::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    let wanted: BTreeMap<OwnedUserId, Vec<String>> = req
+        .body
+        .device_keys
+        .iter()
+        .map(|(u, ds)| (u.clone(), ds.iter().map(|d| d.to_string()).collect()))
+        .collect();
+    Ok(Json(state.e2ee.query_keys(&id.user_id, &wanted)?))
+}
+
+/// `POST /_matrix/client/v3/keys/claim` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3keysclaim
+pub(crate) async fn claim_keys_route(
+    State(state): State<AppState>,
+    req: Ruma<claim_keys::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    req.user()?;
+    let wanted: BTreeMap<OwnedUserId, BTreeMap<String, String>> = req
+        .body
+        .one_time_keys
+        .iter()
+        .map(|(u, ds)| {
+            (
+                u.clone(),
+                ds.iter()
+                    .map(|(d, alg)| (d.to_string(), alg.to_string()))
+                    .collect(),
+            )
+        })
+        .collect();
+    Ok(Json(state.e2ee.claim_keys(&wanted)?))
+}
+
+/// `GET /_matrix/client/v3/keys/changes` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3keyschanges
+pub(crate) async fn get_key_changes_route(
+    State(state): State<AppState>,
+    req: Ruma<get_key_changes::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    let (from, _) = parse_sync_token(&req.body.from)?;
+    let (to, _) = parse_sync_token(&req.body.to)?;
+    let to = to.min(state.stream.current());
+    let changes = state.e2ee.device_list_changes(&id.user_id, from, to)?;
+    Ok(Json(
+        json!({ "changed": changes.changed, "left": changes.left }),
+    ))
+}
+
+/// `POST /_matrix/client/v3/keys/device_signing/upload` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3keysdevice_signingupload
+pub(crate) async fn upload_signing_keys_route(
+    State(state): State<AppState>,
+    req: Ruma<upload_signing_keys::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?.clone();
+    let body = body(&req);
+    // UIA unless this is the first upload or the same keys again.
+    if state.e2ee.signing_upload_needs_auth(&id.user_id, &body)? {
+        state
+            .accounts
+            .uia(body.get("auth"), UiaFlow::Password(id.user_id.clone()))
+            .await?;
+    }
+    state.e2ee.upload_signing_keys(&id.user_id, &body)?;
+    Ok(Json(json!({})))
+}
+
+/// `POST /_matrix/client/v3/keys/signatures/upload` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3keyssignaturesupload
+pub(crate) async fn upload_signatures_route(
+    State(state): State<AppState>,
+    req: Ruma<upload_signatures::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    Ok(Json(
+        state.e2ee.upload_signatures(&id.user_id, &body(&req))?,
+    ))
+}
+
+/// `PUT /_matrix/client/v3/sendToDevice/{eventType}/{txnId}` — https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3sendtodeviceeventtypetxnid
+pub(crate) async fn send_to_device_route(
+    State(state): State<AppState>,
+    req: Ruma<send_event_to_device::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    let body = body(&req);
+    let messages = body
+        .get("messages")
+        .ok_or_else(|| Error::bad_json("`messages` is required"))?;
+    state.e2ee.send_to_device(
+        &id.user_id,
+        id.device_id.as_str(),
+        &req.body.event_type.to_string(),
+        req.body.txn_id.as_str(),
+        messages,
+    )?;
+    Ok(Json(json!({})))
+}
+
+/// `PUT /_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device` — MSC3814: stores a
+/// device that is not running anywhere, with its keys, so it can receive room keys while the
+/// user has no client online.
+pub(crate) async fn put_dehydrated_device_route(
+    State(state): State<AppState>,
+    req: Ruma<put_dehydrated_device::unstable::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?.clone();
+    let body = body(&req);
+    let device_id = req.body.device_id.to_string();
+    let device_data = body
+        .get("device_data")
+        .filter(|d| d.is_object())
+        .cloned()
+        .ok_or_else(|| Error::bad_json("`device_data` must be an object"))?;
+    let old = state.e2ee.dehydrated_device(&id.user_id)?;
+    let replacing_same = old.as_ref().is_some_and(|o| o.device_id == device_id);
+    if !replacing_same && state.accounts.device(&id.user_id, &device_id)?.is_some() {
+        return Err(Error::invalid_param("a device with this id already exists").into());
+    }
+    // The previous dehydrated device (and its keys and messages) goes.
+    if let Some(old) = old {
+        state
+            .accounts
+            .delete_devices(&id.user_id, &[old.device_id])?;
+    }
+    state.accounts.create_tokenless_device(
+        &id.user_id,
+        &device_id,
+        req.body.initial_device_display_name.clone(),
+    )?;
+    let keys = json!({
+        "device_keys": body.get("device_keys"),
+        "one_time_keys": body.get("one_time_keys"),
+        "fallback_keys": body.get("fallback_keys"),
+    });
+    if let Err(e) = state.e2ee.upload_keys(&id.user_id, &device_id, &keys) {
+        state.accounts.delete_devices(&id.user_id, &[device_id])?;
+        return Err(e.into());
+    }
+    state.e2ee.set_dehydrated_device(
+        &id.user_id,
+        DehydratedDevice {
+            device_id: device_id.clone(),
+            device_data,
+        },
+    )?;
+    Ok(Json(json!({ "device_id": device_id })))
+}
+
+/// `GET /_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device` — MSC3814.
+pub(crate) async fn get_dehydrated_device_route(
+    State(state): State<AppState>,
+    req: Ruma<get_dehydrated_device::unstable::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    let d = state
+        .e2ee
+        .dehydrated_device(&id.user_id)?
+        .ok_or_else(|| Error::not_found("no dehydrated device"))?;
+    Ok(Json(
+        json!({ "device_id": d.device_id, "device_data": d.device_data }),
+    ))
+}
+
+/// `DELETE /_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device` — MSC3814.
+pub(crate) async fn delete_dehydrated_device_route(
+    State(state): State<AppState>,
+    req: Ruma<delete_dehydrated_device::unstable::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    let d = state
+        .e2ee
+        .dehydrated_device(&id.user_id)?
+        .ok_or_else(|| Error::not_found("no dehydrated device"))?;
+    state
+        .accounts
+        .delete_devices(&id.user_id, std::slice::from_ref(&d.device_id))?;
+    Ok(Json(json!({ "device_id": d.device_id })))
+}
+
+/// `POST /_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device/{deviceId}/events` —
+/// MSC3814: the to-device messages queued for the dehydrated device, a batch at a time;
+/// passing `next_batch` back acknowledges the previous batch.
+pub(crate) async fn dehydrated_events_route(
+    State(state): State<AppState>,
+    req: Ruma<get_events::unstable::Request>,
+) -> ApiResult<Json<Value>> {
+    let id = req.user()?;
+    let device_id = req.body.device_id.as_str();
+    match state.e2ee.dehydrated_device(&id.user_id)? {
+        Some(d) if d.device_id == device_id => {}
+        _ => return Err(Error::not_found("no such dehydrated device").into()),
+    }
+    if let Some(token) = &req.body.next_batch {
+        let (_, acked) = parse_sync_token(token)?;
+        state.e2ee.ack_to_device(&id.user_id, device_id, acked)?;
+    }
+    let upto = state.stream.current();
+    let (events, truncated_at) = state.e2ee.pending_to_device(
+        &id.user_id,
+        device_id,
+        upto,
+        paracord_service::e2ee::TO_DEVICE_PER_SYNC,
+    )?;
+    let mut out = json!({ "events": events });
+    if !events_is_empty(&out) {
+        let ack = truncated_at.unwrap_or(upto);
+        out["next_batch"] = json!(format!("s{upto}_{ack}"));
+    }
+    Ok(Json(out))
+}
+
+fn events_is_empty(out: &Value) -> bool {
+    out["events"].as_array().is_none_or(Vec::is_empty)
+}

@@ -1,0 +1,1360 @@
+//! The server side of end-to-end encryption: device identity keys, one-time and fallback keys,
+//! cross-signing keys and their signatures, the device-list change log, to-device messages and
+//! dehydrated devices (MSC3814). The server stores and routes keys and ciphertext; it checks
+//! signatures so that nobody can publish keys in another device's name, and it never sees a
+//! plaintext message.
+//!
+//! Every table is keyed by user id first, so a remote user's devices (federation) fit in the
+//! same tables.
+//!
+//! Spec: https://spec.matrix.org/v1.19/client-server-api/#end-to-end-encryption
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashSet},
+    sync::Arc,
+};
+
+use base64::{engine::general_purpose::STANDARD_NO_PAD, Engine};
+use paracord_core::{Error, Result};
+use paracord_storage::{Batch, Db, KeyBuf, KeyReader, Table};
+use parking_lot::Mutex;
+use ruma::{
+    signatures::{
+        to_canonical_json_string_for_signing, verify_canonical_json_bytes, SigningKeyAlgorithm,
+    },
+    CanonicalJsonObject, OwnedUserId, RoomId, UserId,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::{
+    accounts::Accounts,
+    rooms::{
+        timeline::{Dir, EventFilter, Reader, Window},
+        Rooms,
+    },
+    stream::Stream,
+};
+
+/// To-device messages handed out per sync (the rest follow in the next ones).
+pub const TO_DEVICE_PER_SYNC: usize = 100;
+/// One-time keys one device may hold; more in one upload is refused.
+const MAX_ONE_TIME_KEYS: usize = 10_000;
+/// Users and devices in one `/keys/query` or `/keys/claim`, and recipients of one
+/// `/sendToDevice`.
+const MAX_TARGETS: usize = 10_000;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct FallbackKey {
+    key_id: String,
+    key: Value,
+    used: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ToDevice {
+    sender: String,
+    #[serde(rename = "type")]
+    kind: String,
+    content: Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DehydratedDevice {
+    pub device_id: String,
+    pub device_data: Value,
+}
+
+/// What `/keys/changes` and sync's `device_lists` report.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DeviceListChanges {
+    pub changed: BTreeSet<OwnedUserId>,
+    pub left: BTreeSet<OwnedUserId>,
+}
+
+impl DeviceListChanges {
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.left.is_empty()
+    }
+}
+
+pub struct E2ee {
+    db: Arc<Db>,
+    stream: Arc<Stream>,
+    accounts: Arc<Accounts>,
+    rooms: Arc<Rooms>,
+    /// One-time key claims and uploads: a key is read and deleted under this lock, so
+    /// concurrent claims never hand out the same key.
+    keys_lock: Mutex<()>,
+    /// Cross-signing uploads and signature uploads (read-check-write of one user's keys).
+    signing_lock: Mutex<()>,
+}
+
+fn dev_key(user: &str, device: &str) -> Vec<u8> {
+    KeyBuf::new().str(user).last_str(device).into_vec()
+}
+
+fn dev_prefix(user: &str, device: &str) -> Vec<u8> {
+    KeyBuf::new().str(user).str(device).into_vec()
+}
+
+fn user_prefix(user: &str) -> Vec<u8> {
+    KeyBuf::new().str(user).into_vec()
+}
+
+fn db_err(e: impl std::fmt::Display) -> Error {
+    Error::internal(e)
+}
+
+fn as_canonical(v: &Value, what: &str) -> Result<CanonicalJsonObject> {
+    let obj: CanonicalJsonObject = serde_json::from_value(v.clone())
+        .map_err(|e| Error::bad_json(format!("{what} is not canonical JSON: {e}")))?;
+    Ok(obj)
+}
+
+/// Checks `object.signatures[signer][key_id]` against the unpadded-base64 ed25519 `public_key`.
+fn signature_valid(object: &Value, signer: &str, key_id: &str, public_key: &str) -> bool {
+    let Some(sig) = object
+        .get("signatures")
+        .and_then(|s| s.get(signer))
+        .and_then(|s| s.get(key_id))
+        .and_then(Value::as_str)
+    else {
+        return false;
+    };
+    let (Ok(sig), Ok(public_key)) = (
+        STANDARD_NO_PAD.decode(sig.trim_end_matches('=')),
+        STANDARD_NO_PAD.decode(public_key.trim_end_matches('=')),
+    ) else {
+        return false;
+    };
+    let Ok(canonical) = as_canonical(object, "signed object").and_then(|o| {
+        to_canonical_json_string_for_signing(&o).map_err(|e| Error::bad_json(e.to_string()))
+    }) else {
+        return false;
+    };
+    verify_canonical_json_bytes(
+        &SigningKeyAlgorithm::Ed25519,
+        &public_key,
+        &sig,
+        canonical.as_bytes(),
+    )
+    .is_ok()
+}
+
+/// The object without `signatures` and `unsigned`, canonical: two uploads of one key compare
+/// equal with this even when they carry different signatures.
+fn signed_part(object: &Value) -> Result<String> {
+    let o = as_canonical(object, "key")?;
+    to_canonical_json_string_for_signing(&o).map_err(|e| Error::bad_json(e.to_string()))
+}
+
+/// The single `ed25519:<public key>` of a cross-signing key: `(key id, public key)`.
+fn cross_signing_public_key(key: &Value) -> Result<(String, String)> {
+    let keys = key
+        .get("keys")
+        .and_then(Value::as_object)
+        .ok_or_else(|| Error::bad_json("a cross-signing key needs `keys`"))?;
+    if keys.len() != 1 {
+        return Err(Error::invalid_param(
+            "a cross-signing key has exactly one public key",
+        ));
+    }
+    let Some((id, public)) = keys.iter().next() else {
+        return Err(Error::invalid_param(
+            "a cross-signing key has no public key",
+        ));
+    };
+    let public = public
+        .as_str()
+        .ok_or_else(|| Error::bad_json("public keys are strings"))?;
+    match id.strip_prefix("ed25519:") {
+        Some(suffix) if suffix == public => Ok((id.clone(), public.to_owned())),
+        _ => Err(Error::invalid_param(
+            "a cross-signing key's id is `ed25519:` followed by the public key",
+        )),
+    }
+}
+
+/// Splits `algorithm:key_id`.
+fn split_key_id(id: &str) -> Result<(&str, &str)> {
+    match id.split_once(':') {
+        Some((alg, kid)) if !alg.is_empty() && !kid.is_empty() => Ok((alg, kid)),
+        _ => Err(Error::invalid_param(format!(
+            "key id `{id}` is not `<algorithm>:<key id>`"
+        ))),
+    }
+}
+
+impl E2ee {
+    pub fn new(
+        db: Arc<Db>,
+        stream: Arc<Stream>,
+        accounts: Arc<Accounts>,
+        rooms: Arc<Rooms>,
+    ) -> Self {
+        Self {
+            db,
+            stream,
+            accounts,
+            rooms,
+            keys_lock: Mutex::new(()),
+            signing_lock: Mutex::new(()),
+        }
+    }
+
+    // ---- device keys -----------------------------------------------------------------------
+
+    pub fn device_keys(&self, user: &UserId, device: &str) -> Result<Option<Value>> {
+        match self
+            .db
+            .get(Table::UserdeviceDevicekeys, &dev_key(user.as_str(), device))
+            .map_err(db_err)?
+        {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The device's ed25519 identity key (unpadded base64), if it uploaded keys.
+    fn device_ed25519(&self, user: &UserId, device: &str) -> Result<Option<String>> {
+        Ok(self.device_keys(user, device)?.and_then(|k| {
+            k.get("keys")
+                .and_then(|ks| ks.get(format!("ed25519:{device}")))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        }))
+    }
+
+    /// `/keys/upload` for `user`'s `device`: device keys, one-time keys and fallback keys, with
+    /// their signatures checked. Returns the one-time key counts per algorithm.
+    pub fn upload_keys(
+        &self,
+        user: &UserId,
+        device: &str,
+        body: &Value,
+    ) -> Result<BTreeMap<String, u64>> {
+        let _guard = self.keys_lock.lock();
+        let mut batch = Batch::new();
+        let mut device_keys_changed = false;
+
+        // The identity key that signs the other keys: the uploaded one, or the stored one.
+        let mut ed25519 = self.device_ed25519(user, device)?;
+        if let Some(dk) = body.get("device_keys").filter(|v| !v.is_null()) {
+            let dk_obj = dk
+                .as_object()
+                .ok_or_else(|| Error::bad_json("device_keys must be an object"))?;
+            if dk_obj.get("user_id").and_then(Value::as_str) != Some(user.as_str()) {
+                return Err(Error::invalid_param(
+                    "device_keys.user_id must be the uploading user",
+                ));
+            }
+            if dk_obj.get("device_id").and_then(Value::as_str) != Some(device) {
+                return Err(Error::invalid_param(
+                    "device_keys.device_id must be the uploading device",
+                ));
+            }
+            if !dk_obj.get("algorithms").is_some_and(Value::is_array) {
+                return Err(Error::bad_json("device_keys.algorithms must be a list"));
+            }
+            let key_id = format!("ed25519:{device}");
+            let public = dk_obj
+                .get("keys")
+                .and_then(|k| k.get(&key_id))
+                .and_then(Value::as_str)
+                .ok_or_else(|| Error::invalid_param(format!("device_keys.keys needs `{key_id}`")))?
+                .to_owned();
+            if !signature_valid(dk, user.as_str(), &key_id, &public) {
+                return Err(Error::invalid_signature(
+                    "device_keys are not signed by the device's ed25519 key",
+                ));
+            }
+            let mut stored = dk.clone();
+            if let Some(o) = stored.as_object_mut() {
+                o.remove("unsigned");
+            }
+            let old = self.device_keys(user, device)?;
+            if old.as_ref() != Some(&stored) {
+                device_keys_changed = true;
+                batch.put(
+                    Table::UserdeviceDevicekeys,
+                    dev_key(user.as_str(), device),
+                    serde_json::to_vec(&stored)?,
+                );
+            }
+            ed25519 = Some(public);
+        }
+
+        let check_signed = |key_id: &str, key: &Value| -> Result<()> {
+            if key.is_string() {
+                return Ok(());
+            }
+            if !key.is_object() {
+                return Err(Error::bad_json(format!(
+                    "key {key_id} must be a string or an object"
+                )));
+            }
+            let Some(public) = &ed25519 else {
+                return Err(Error::invalid_param(
+                    "upload the device keys before signed one-time or fallback keys",
+                ));
+            };
+            if !signature_valid(key, user.as_str(), &format!("ed25519:{device}"), public) {
+                return Err(Error::invalid_signature(format!(
+                    "key {key_id} is not signed by the device's ed25519 key"
+                )));
+            }
+            Ok(())
+        };
+
+        if let Some(otks) = body.get("one_time_keys").filter(|v| !v.is_null()) {
+            let otks = otks
+                .as_object()
+                .ok_or_else(|| Error::bad_json("one_time_keys must be an object"))?;
+            if otks.len() > MAX_ONE_TIME_KEYS {
+                return Err(Error::invalid_param("too many one-time keys in one upload"));
+            }
+            for (id, key) in otks {
+                split_key_id(id)?;
+                check_signed(id, key)?;
+                let k = KeyBuf::new()
+                    .str(user.as_str())
+                    .str(device)
+                    .last_str(id)
+                    .into_vec();
+                match self
+                    .db
+                    .get(Table::UserdevicekeyidOnetimekey, &k)
+                    .map_err(db_err)?
+                {
+                    Some(old) => {
+                        let old: Value = serde_json::from_slice(&old)?;
+                        if &old != key {
+                            return Err(Error::invalid_param(format!(
+                                "one-time key {id} already exists with different content"
+                            )));
+                        }
+                    }
+                    None => batch.put(
+                        Table::UserdevicekeyidOnetimekey,
+                        k,
+                        serde_json::to_vec(key)?,
+                    ),
+                }
+            }
+        }
+
+        let fallback = body
+            .get("fallback_keys")
+            .or_else(|| body.get("org.matrix.msc2732.fallback_keys"))
+            .filter(|v| !v.is_null());
+        if let Some(fks) = fallback {
+            let fks = fks
+                .as_object()
+                .ok_or_else(|| Error::bad_json("fallback_keys must be an object"))?;
+            let mut per_alg: BTreeMap<&str, (&str, &Value)> = BTreeMap::new();
+            for (id, key) in fks {
+                let (alg, _) = split_key_id(id)?;
+                check_signed(id, key)?;
+                if per_alg.insert(alg, (id, key)).is_some() {
+                    return Err(Error::invalid_param(format!(
+                        "one fallback key per algorithm ({alg} twice)"
+                    )));
+                }
+            }
+            for (alg, (id, key)) in per_alg {
+                let k = KeyBuf::new()
+                    .str(user.as_str())
+                    .str(device)
+                    .last_str(alg)
+                    .into_vec();
+                let old: Option<FallbackKey> = self
+                    .db
+                    .get(Table::UserdevicealgFallbackkey, &k)
+                    .map_err(db_err)?
+                    .map(|v| serde_json::from_slice(&v))
+                    .transpose()?;
+                // The same key uploaded again keeps its used flag; a new one starts unused.
+                let used = old
+                    .as_ref()
+                    .is_some_and(|o| o.key_id == id && &o.key == key && o.used);
+                batch.put(
+                    Table::UserdevicealgFallbackkey,
+                    k,
+                    serde_json::to_vec(&FallbackKey {
+                        key_id: id.to_owned(),
+                        key: key.clone(),
+                        used,
+                    })?,
+                );
+            }
+        }
+
+        if device_keys_changed {
+            self.commit_key_change(user, batch)?;
+        } else if !batch.is_empty() {
+            self.db.write(batch).map_err(db_err)?;
+        }
+        self.one_time_key_counts(user, device)
+    }
+
+    /// Writes `batch` at a new stream position recorded as a key change of `user`, then wakes
+    /// everyone who shares a room with them.
+    fn commit_key_change(&self, user: &UserId, mut batch: Batch) -> Result<()> {
+        let ops = std::mem::take(&mut batch);
+        self.stream.commit(|pos, b| {
+            *b = ops;
+            b.put(
+                Table::PositionuserKeychange,
+                KeyBuf::new().u64(pos).last_str(user.as_str()).into_vec(),
+                Vec::new(),
+            );
+            Ok(())
+        })?;
+        let mut wake: HashSet<OwnedUserId> = self.users_sharing_rooms(user)?;
+        wake.insert(user.to_owned());
+        self.stream.notifier().wake(wake.iter().map(|u| u.as_ref()));
+        Ok(())
+    }
+
+    /// Users in at least one room `user` is joined to (including `user` if joined anywhere).
+    fn users_sharing_rooms(&self, user: &UserId) -> Result<HashSet<OwnedUserId>> {
+        let mut out = HashSet::new();
+        for (room, rec) in self.rooms.user_rooms(user)? {
+            if rec.membership == "join" {
+                out.extend(self.rooms.joined_members(&room)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One-time keys left per algorithm (`signed_curve25519` always present).
+    pub fn one_time_key_counts(
+        &self,
+        user: &UserId,
+        device: &str,
+    ) -> Result<BTreeMap<String, u64>> {
+        let mut counts = BTreeMap::from([("signed_curve25519".to_owned(), 0u64)]);
+        for (k, _) in self
+            .db
+            .scan_prefix(
+                Table::UserdevicekeyidOnetimekey,
+                &dev_prefix(user.as_str(), device),
+            )
+            .map_err(db_err)?
+        {
+            let mut r = KeyReader::new(&k);
+            r.str().map_err(db_err)?;
+            r.str().map_err(db_err)?;
+            let id = r.last_str().map_err(db_err)?;
+            if let Some((alg, _)) = id.split_once(':') {
+                *counts.entry(alg.to_owned()).or_default() += 1;
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Algorithms of the device's fallback keys that have not been handed out yet.
+    pub fn unused_fallback_key_types(&self, user: &UserId, device: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for (k, v) in self
+            .db
+            .scan_prefix(
+                Table::UserdevicealgFallbackkey,
+                &dev_prefix(user.as_str(), device),
+            )
+            .map_err(db_err)?
+        {
+            let fk: FallbackKey = serde_json::from_slice(&v)?;
+            if !fk.used {
+                let mut r = KeyReader::new(&k);
+                r.str().map_err(db_err)?;
+                r.str().map_err(db_err)?;
+                out.push(r.last_str().map_err(db_err)?.to_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- query and claim -------------------------------------------------------------------
+
+    /// Signatures uploaded later for `target`'s key `key_id`, merged into `object`. Signatures
+    /// by other users (user-signing signatures) are private to their signer.
+    fn merge_signatures(
+        &self,
+        requester: &UserId,
+        target: &UserId,
+        key_id: &str,
+        object: &mut Value,
+    ) -> Result<()> {
+        let prefix = KeyBuf::new().str(target.as_str()).str(key_id).into_vec();
+        for (k, v) in self
+            .db
+            .scan_prefix(Table::TargetsignerSignature, &prefix)
+            .map_err(db_err)?
+        {
+            let mut r = KeyReader::new(&k);
+            r.str().map_err(db_err)?;
+            r.str().map_err(db_err)?;
+            let signer = r.str().map_err(db_err)?;
+            let signer_key = r.last_str().map_err(db_err)?;
+            if signer != target.as_str() && signer != requester.as_str() {
+                continue;
+            }
+            let sig = String::from_utf8_lossy(&v).into_owned();
+            if !object.get("signatures").is_some_and(Value::is_object) {
+                object["signatures"] = json!({});
+            }
+            let sigs = &mut object["signatures"];
+            if !sigs.get(signer).is_some_and(Value::is_object) {
+                sigs[signer] = json!({});
+            }
+            sigs[signer][signer_key] = Value::String(sig);
+        }
+        Ok(())
+    }
+
+    pub fn cross_signing_key(&self, user: &UserId, usage: &str) -> Result<Option<Value>> {
+        match self
+            .db
+            .get(
+                Table::UserusageCrosssigningkey,
+                &KeyBuf::new().str(user.as_str()).last_str(usage).into_vec(),
+            )
+            .map_err(db_err)?
+        {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A cross-signing key as `requester` may see it, with the signatures added since.
+    fn cross_signing_key_for(
+        &self,
+        requester: &UserId,
+        user: &UserId,
+        usage: &str,
+    ) -> Result<Option<Value>> {
+        let Some(mut key) = self.cross_signing_key(user, usage)? else {
+            return Ok(None);
+        };
+        let (_, public) = cross_signing_public_key(&key)?;
+        self.merge_signatures(requester, user, &public, &mut key)?;
+        Ok(Some(key))
+    }
+
+    /// `/keys/query`: device keys and cross-signing keys of the requested users.
+    pub fn query_keys(
+        &self,
+        requester: &UserId,
+        wanted: &BTreeMap<OwnedUserId, Vec<String>>,
+    ) -> Result<Value> {
+        if wanted.len() > MAX_TARGETS {
+            return Err(Error::invalid_param("too many users in one query"));
+        }
+        let mut device_keys = Map::new();
+        let mut master = Map::new();
+        let mut self_signing = Map::new();
+        let mut user_signing = Map::new();
+        let mut failures = Map::new();
+        for (user, devices) in wanted {
+            if !self.accounts.is_local(user) {
+                failures.insert(
+                    user.server_name().to_string(),
+                    json!({ "status": 503, "message": "federation is not available on this server yet" }),
+                );
+                continue;
+            }
+            let mut per_device = Map::new();
+            let device_ids: Vec<String> = if devices.is_empty() {
+                self.db
+                    .scan_prefix(Table::UserdeviceDevicekeys, &user_prefix(user.as_str()))
+                    .map_err(db_err)?
+                    .into_iter()
+                    .filter_map(|(k, _)| {
+                        let mut r = KeyReader::new(&k);
+                        r.str().ok()?;
+                        r.last_str().ok().map(str::to_owned)
+                    })
+                    .collect()
+            } else {
+                devices.clone()
+            };
+            for d in device_ids {
+                let Some(mut keys) = self.device_keys(user, &d)? else {
+                    continue;
+                };
+                self.merge_signatures(requester, user, &d, &mut keys)?;
+                if let Some(dev) = self.accounts.device(user, &d)? {
+                    if let Some(name) = dev.display_name {
+                        keys["unsigned"] = json!({ "device_display_name": name });
+                    }
+                }
+                per_device.insert(d, keys);
+            }
+            device_keys.insert(user.to_string(), Value::Object(per_device));
+            if let Some(k) = self.cross_signing_key_for(requester, user, "master")? {
+                master.insert(user.to_string(), k);
+            }
+            if let Some(k) = self.cross_signing_key_for(requester, user, "self_signing")? {
+                self_signing.insert(user.to_string(), k);
+            }
+            if user == requester {
+                if let Some(k) = self.cross_signing_key_for(requester, user, "user_signing")? {
+                    user_signing.insert(user.to_string(), k);
+                }
+            }
+        }
+        Ok(json!({
+            "device_keys": device_keys,
+            "master_keys": master,
+            "self_signing_keys": self_signing,
+            "user_signing_keys": user_signing,
+            "failures": failures,
+        }))
+    }
+
+    /// `/keys/claim`: for each device, one one-time key of the algorithm (each handed out once),
+    /// or the device's fallback key when none is left.
+    pub fn claim_keys(
+        &self,
+        wanted: &BTreeMap<OwnedUserId, BTreeMap<String, String>>,
+    ) -> Result<Value> {
+        if wanted.values().map(BTreeMap::len).sum::<usize>() > MAX_TARGETS {
+            return Err(Error::invalid_param("too many devices in one claim"));
+        }
+        let _guard = self.keys_lock.lock();
+        let mut out = Map::new();
+        let mut failures = Map::new();
+        let mut batch = Batch::new();
+        for (user, devices) in wanted {
+            if !self.accounts.is_local(user) {
+                failures.insert(
+                    user.server_name().to_string(),
+                    json!({ "status": 503, "message": "federation is not available on this server yet" }),
+                );
+                continue;
+            }
+            let mut per_device = Map::new();
+            for (device, alg) in devices {
+                let prefix = KeyBuf::new()
+                    .str(user.as_str())
+                    .str(device)
+                    .last_str(&format!("{alg}:"))
+                    .into_vec();
+                let first = self
+                    .db
+                    .scan(
+                        Table::UserdevicekeyidOnetimekey,
+                        &prefix,
+                        &prefix,
+                        None,
+                        false,
+                        1,
+                    )
+                    .map_err(db_err)?
+                    .into_iter()
+                    .next();
+                if let Some((k, v)) = first {
+                    let mut r = KeyReader::new(&k);
+                    r.str().map_err(db_err)?;
+                    r.str().map_err(db_err)?;
+                    let id = r.last_str().map_err(db_err)?.to_owned();
+                    let key: Value = serde_json::from_slice(&v)?;
+                    batch.delete(Table::UserdevicekeyidOnetimekey, k.to_vec());
+                    per_device.insert(device.clone(), json!({ id: key }));
+                    continue;
+                }
+                let fk_key = KeyBuf::new()
+                    .str(user.as_str())
+                    .str(device)
+                    .last_str(alg)
+                    .into_vec();
+                if let Some(v) = self
+                    .db
+                    .get(Table::UserdevicealgFallbackkey, &fk_key)
+                    .map_err(db_err)?
+                {
+                    let mut fk: FallbackKey = serde_json::from_slice(&v)?;
+                    per_device.insert(device.clone(), json!({ fk.key_id.clone(): fk.key.clone() }));
+                    if !fk.used {
+                        fk.used = true;
+                        batch.put(
+                            Table::UserdevicealgFallbackkey,
+                            fk_key,
+                            serde_json::to_vec(&fk)?,
+                        );
+                    }
+                }
+            }
+            if !per_device.is_empty() {
+                out.insert(user.to_string(), Value::Object(per_device));
+            }
+        }
+        if !batch.is_empty() {
+            self.db.write(batch).map_err(db_err)?;
+        }
+        Ok(json!({ "one_time_keys": out, "failures": failures }))
+    }
+
+    // ---- device lists ----------------------------------------------------------------------
+
+    /// Users whose device lists `user` should refetch after `from` up to `to` (stream
+    /// positions): those sharing a room with `user` whose keys changed, those who started
+    /// sharing a room; and those who no longer share any room (`left`).
+    pub fn device_list_changes(
+        &self,
+        user: &UserId,
+        from: u64,
+        to: u64,
+    ) -> Result<DeviceListChanges> {
+        let mut out = DeviceListChanges::default();
+        if from >= to {
+            return Ok(out);
+        }
+        let mut key_changed: BTreeSet<OwnedUserId> = BTreeSet::new();
+        let lower = KeyBuf::new().u64(from.saturating_add(1)).into_vec();
+        let upper = KeyBuf::new().u64(to.saturating_add(1)).into_vec();
+        for (k, _) in self
+            .db
+            .scan(
+                Table::PositionuserKeychange,
+                b"",
+                &lower,
+                Some(&upper),
+                false,
+                usize::MAX,
+            )
+            .map_err(db_err)?
+        {
+            let mut r = KeyReader::new(&k);
+            r.u64().map_err(db_err)?;
+            if let Ok(u) = UserId::parse(r.last_str().map_err(db_err)?) {
+                key_changed.insert(u);
+            }
+        }
+
+        let mut joined_candidates: BTreeSet<OwnedUserId> = BTreeSet::new();
+        let mut left_candidates: BTreeSet<OwnedUserId> = BTreeSet::new();
+        let mut shared: HashSet<OwnedUserId> = HashSet::new();
+        for (room, rec) in self.rooms.user_rooms(user)? {
+            let in_window = rec.pos > from && rec.pos <= to;
+            match rec.membership.as_str() {
+                "join" => {
+                    let members = self.rooms.joined_members(&room)?;
+                    if in_window {
+                        // Newly joined: every member's devices are new to us.
+                        joined_candidates.extend(members.iter().cloned());
+                    } else {
+                        self.member_changes(
+                            user,
+                            &room,
+                            from,
+                            to,
+                            &mut joined_candidates,
+                            &mut left_candidates,
+                        )?;
+                    }
+                    shared.extend(members);
+                }
+                "leave" | "ban" if in_window => {
+                    left_candidates.extend(self.rooms.joined_members(&room)?);
+                }
+                _ => {}
+            }
+        }
+        for u in key_changed {
+            if shared.contains(&u) || u == user {
+                out.changed.insert(u);
+            }
+        }
+        for u in joined_candidates {
+            if shared.contains(&u) {
+                out.changed.insert(u);
+            }
+        }
+        for u in left_candidates {
+            if !shared.contains(&u) && u != user {
+                out.changed.remove(&u);
+                out.left.insert(u);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Joins and leaves of other members of `room` between `from` and `to`.
+    fn member_changes(
+        &self,
+        user: &UserId,
+        room: &RoomId,
+        from: u64,
+        to: u64,
+        joined: &mut BTreeSet<OwnedUserId>,
+        left: &mut BTreeSet<OwnedUserId>,
+    ) -> Result<()> {
+        let filter = EventFilter {
+            types: Some(vec!["m.room.member".to_owned()]),
+            ..EventFilter::default()
+        };
+        let mut cursor = from;
+        loop {
+            let page = self.rooms.paginate(
+                room,
+                Reader { user, device: None },
+                Window {
+                    from: cursor,
+                    to: Some(to),
+                    dir: Dir::Forward,
+                    limit: 500,
+                },
+                &filter,
+            )?;
+            for (_, ev) in &page.events {
+                let Some(target) = ev
+                    .get("state_key")
+                    .and_then(Value::as_str)
+                    .and_then(|s| UserId::parse(s).ok())
+                else {
+                    continue;
+                };
+                if target == user {
+                    continue;
+                }
+                match ev["content"]["membership"].as_str() {
+                    Some("join") => {
+                        left.remove(&target);
+                        joined.insert(target);
+                    }
+                    Some("leave") | Some("ban") => {
+                        joined.remove(&target);
+                        left.insert(target);
+                    }
+                    _ => {}
+                }
+            }
+            match page.next {
+                Some(next) if next > cursor && next < to => cursor = next,
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+
+    // ---- cross-signing ---------------------------------------------------------------------
+
+    /// Whether uploading `body` would replace an existing master key (so UIA is required).
+    pub fn signing_upload_needs_auth(&self, user: &UserId, body: &Value) -> Result<bool> {
+        let Some(old) = self.cross_signing_key(user, "master")? else {
+            return Ok(false);
+        };
+        for usage in ["master", "self_signing", "user_signing"] {
+            let Some(new) = body.get(format!("{usage}_key")).filter(|v| !v.is_null()) else {
+                continue;
+            };
+            let stored = if usage == "master" {
+                Some(old.clone())
+            } else {
+                self.cross_signing_key(user, usage)?
+            };
+            match stored {
+                Some(s) if signed_part(&s)? == signed_part(new)? => {}
+                _ => return Ok(true),
+            }
+        }
+        Ok(false)
+    }
+
+    /// `/keys/device_signing/upload` (after UIA where needed).
+    pub fn upload_signing_keys(&self, user: &UserId, body: &Value) -> Result<()> {
+        let _guard = self.signing_lock.lock();
+        let get = |usage: &str| body.get(format!("{usage}_key")).filter(|v| !v.is_null());
+        for usage in ["master", "self_signing", "user_signing"] {
+            if let Some(k) = get(usage) {
+                if k.get("user_id").and_then(Value::as_str) != Some(user.as_str()) {
+                    return Err(Error::invalid_param(format!(
+                        "{usage}_key.user_id must be the uploading user"
+                    )));
+                }
+                let usages = k.get("usage").and_then(Value::as_array);
+                if !usages.is_some_and(|u| u.iter().any(|x| x.as_str() == Some(usage))) {
+                    return Err(Error::invalid_param(format!(
+                        "{usage}_key.usage must contain \"{usage}\""
+                    )));
+                }
+                cross_signing_public_key(k)?;
+            }
+        }
+        let master = match get("master") {
+            Some(m) => m.clone(),
+            None => self.cross_signing_key(user, "master")?.ok_or_else(|| {
+                Error::invalid_param("upload a master key before the other cross-signing keys")
+            })?,
+        };
+        let (master_id, master_public) = cross_signing_public_key(&master)?;
+        for usage in ["self_signing", "user_signing"] {
+            if let Some(k) = get(usage) {
+                if !signature_valid(k, user.as_str(), &master_id, &master_public) {
+                    return Err(Error::invalid_signature(format!(
+                        "{usage}_key is not signed by the master key"
+                    )));
+                }
+            }
+        }
+        let mut batch = Batch::new();
+        for usage in ["master", "self_signing", "user_signing"] {
+            if let Some(k) = get(usage) {
+                batch.put(
+                    Table::UserusageCrosssigningkey,
+                    KeyBuf::new().str(user.as_str()).last_str(usage).into_vec(),
+                    serde_json::to_vec(k)?,
+                );
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.commit_key_change(user, batch)
+    }
+
+    /// `/keys/signatures/upload`: signatures of `uploader`'s own devices and master key, and
+    /// of other users' master keys by the uploader's user-signing key. Returns `failures`.
+    pub fn upload_signatures(&self, uploader: &UserId, body: &Value) -> Result<Value> {
+        let body = body
+            .as_object()
+            .ok_or_else(|| Error::bad_json("the body must be an object"))?;
+        let _guard = self.signing_lock.lock();
+        let mut failures = Map::new();
+        let mut changed: BTreeSet<OwnedUserId> = BTreeSet::new();
+        let mut batch = Batch::new();
+        for (target, keys) in body {
+            let Some(keys) = keys.as_object() else {
+                return Err(Error::bad_json("each user maps key ids to signed keys"));
+            };
+            let Ok(target_user) = UserId::parse(target.as_str()) else {
+                failures.insert(
+                    target.clone(),
+                    json!({ "*": { "errcode": "M_INVALID_PARAM", "error": "not a user id" } }),
+                );
+                continue;
+            };
+            for (key_id, signed) in keys {
+                match self.check_uploaded_signature(uploader, &target_user, key_id, signed) {
+                    Ok((signer_key_id, signature)) => {
+                        batch.put(
+                            Table::TargetsignerSignature,
+                            KeyBuf::new()
+                                .str(target_user.as_str())
+                                .str(key_id)
+                                .str(uploader.as_str())
+                                .last_str(&signer_key_id)
+                                .into_vec(),
+                            signature.into_bytes(),
+                        );
+                        changed.insert(target_user.clone());
+                    }
+                    Err(e) => {
+                        let (_, body) = e.classify();
+                        let entry = failures.entry(target.clone()).or_insert_with(|| json!({}));
+                        entry[key_id] = body;
+                    }
+                }
+            }
+        }
+        if !batch.is_empty() {
+            self.db.write(batch).map_err(db_err)?;
+            for u in changed {
+                self.commit_key_change(&u, Batch::new())?;
+            }
+        }
+        Ok(json!({ "failures": failures }))
+    }
+
+    /// Checks one uploaded signature; returns the signing key id and the signature.
+    fn check_uploaded_signature(
+        &self,
+        uploader: &UserId,
+        target: &UserId,
+        key_id: &str,
+        signed: &Value,
+    ) -> Result<(String, String)> {
+        if !self.accounts.is_local(target) {
+            return Err(Error::invalid_param(
+                "signing remote users' keys needs federation, which is not available yet",
+            ));
+        }
+        // The key being signed, as stored.
+        let (stored, is_master) = if let Some(dk) = self.device_keys(target, key_id)? {
+            (dk, false)
+        } else {
+            match self.cross_signing_key(target, "master")? {
+                Some(m) if cross_signing_public_key(&m)?.1 == key_id => (m, true),
+                _ => return Err(Error::not_found(format!("no key {key_id} for {target}"))),
+            }
+        };
+        if signed_part(&stored)? != signed_part(signed)? {
+            return Err(Error::invalid_param(
+                "the signed object differs from the stored key",
+            ));
+        }
+        let sigs = signed
+            .get("signatures")
+            .and_then(|s| s.get(uploader.as_str()))
+            .and_then(Value::as_object)
+            .ok_or_else(|| Error::invalid_signature("no signature by the uploader"))?;
+        // Which of the uploader's keys may sign this key.
+        let candidates: Vec<(String, String)> = if target == uploader {
+            if is_master {
+                // Own master key: signed by one of the user's devices.
+                let mut c = Vec::new();
+                for sig_key_id in sigs.keys() {
+                    if let Some(dev) = sig_key_id.strip_prefix("ed25519:") {
+                        if let Some(pk) = self.device_ed25519(uploader, dev)? {
+                            c.push((sig_key_id.clone(), pk));
+                        }
+                    }
+                }
+                c
+            } else {
+                // Own device: signed by the self-signing key.
+                let ssk = self
+                    .cross_signing_key(uploader, "self_signing")?
+                    .ok_or_else(|| Error::invalid_signature("no self-signing key uploaded"))?;
+                vec![cross_signing_public_key(&ssk)?]
+            }
+        } else {
+            if !is_master {
+                return Err(Error::invalid_param(
+                    "other users' devices are signed through their master key",
+                ));
+            }
+            let usk = self
+                .cross_signing_key(uploader, "user_signing")?
+                .ok_or_else(|| Error::invalid_signature("no user-signing key uploaded"))?;
+            vec![cross_signing_public_key(&usk)?]
+        };
+        for (sig_key_id, public) in candidates {
+            if sigs.contains_key(&sig_key_id)
+                && signature_valid(signed, uploader.as_str(), &sig_key_id, &public)
+            {
+                let sig = sigs[&sig_key_id].as_str().unwrap_or_default().to_owned();
+                return Ok((sig_key_id, sig));
+            }
+        }
+        Err(Error::invalid_signature("the signature does not verify"))
+    }
+
+    // ---- to-device -------------------------------------------------------------------------
+
+    /// `/sendToDevice/{type}/{txnId}`: queues `messages` (user → device or `*` → content) for
+    /// their recipients, once per transaction.
+    pub fn send_to_device(
+        &self,
+        sender: &UserId,
+        sender_device: &str,
+        kind: &str,
+        txn_id: &str,
+        messages: &Value,
+    ) -> Result<()> {
+        let messages = messages
+            .as_object()
+            .ok_or_else(|| Error::bad_json("messages must be an object"))?;
+        let txn_key = KeyBuf::new()
+            .str(sender.as_str())
+            .str(sender_device)
+            .last_str(txn_id)
+            .into_vec();
+        let mut recipients: Vec<(OwnedUserId, String, Value)> = Vec::new();
+        for (user, devices) in messages {
+            let user_id = UserId::parse(user.as_str())
+                .map_err(|_| Error::invalid_param(format!("{user} is not a user id")))?;
+            let devices = devices
+                .as_object()
+                .ok_or_else(|| Error::bad_json("each user maps device ids to contents"))?;
+            if !self.accounts.is_local(&user_id) {
+                tracing::warn!(%user_id, "to-device message for a remote user dropped: no federation yet");
+                continue;
+            }
+            for (device, content) in devices {
+                if !content.is_object() {
+                    return Err(Error::bad_json("to-device contents must be objects"));
+                }
+                if device == "*" {
+                    for d in self.accounts.devices(&user_id)? {
+                        recipients.push((
+                            user_id.clone(),
+                            d.device_id.to_string(),
+                            content.clone(),
+                        ));
+                    }
+                } else if self.accounts.device(&user_id, device)?.is_some() {
+                    recipients.push((user_id.clone(), device.clone(), content.clone()));
+                }
+            }
+            if recipients.len() > MAX_TARGETS {
+                return Err(Error::invalid_param("too many recipients"));
+            }
+        }
+        let sender_s = sender.as_str().to_owned();
+        let kind_s = kind.to_owned();
+        let (_, accepted) = self.stream.commit(|pos, batch| {
+            if self
+                .db
+                .exists(Table::UserdevicetxnTodevice, &txn_key)
+                .map_err(db_err)?
+            {
+                return Ok(false);
+            }
+            batch.put(Table::UserdevicetxnTodevice, txn_key.clone(), Vec::new());
+            for (seq, (user, device, content)) in recipients.iter().enumerate() {
+                batch.put(
+                    Table::UserdeviceposTodevice,
+                    KeyBuf::new()
+                        .str(user.as_str())
+                        .str(device)
+                        .u64(pos)
+                        .u64(seq as u64)
+                        .into_vec(),
+                    serde_json::to_vec(&ToDevice {
+                        sender: sender_s.clone(),
+                        kind: kind_s.clone(),
+                        content: content.clone(),
+                    })?,
+                );
+            }
+            Ok(true)
+        })?;
+        if accepted {
+            let users: BTreeSet<&UserId> = recipients.iter().map(|(u, _, _)| u.as_ref()).collect();
+            self.stream.notifier().wake(users);
+        }
+        Ok(())
+    }
+
+    /// Deletes the device's to-device messages at or before `acked` (the client has them).
+    pub fn ack_to_device(&self, user: &UserId, device: &str, acked: u64) -> Result<()> {
+        let prefix = dev_prefix(user.as_str(), device);
+        let upper = KeyBuf::new()
+            .str(user.as_str())
+            .str(device)
+            .u64(acked.saturating_add(1))
+            .into_vec();
+        let rows = self
+            .db
+            .scan(
+                Table::UserdeviceposTodevice,
+                &prefix,
+                &prefix,
+                Some(&upper),
+                false,
+                usize::MAX,
+            )
+            .map_err(db_err)?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        for (k, _) in rows {
+            batch.delete(Table::UserdeviceposTodevice, k.to_vec());
+        }
+        self.db.write(batch).map_err(db_err)
+    }
+
+    /// The device's oldest pending to-device messages at or before `upto`, at most `limit`.
+    /// When some are left for later, also the stream position up to which these cover
+    /// everything (the sync token carries it, so the next sync acknowledges only these).
+    pub fn pending_to_device(
+        &self,
+        user: &UserId,
+        device: &str,
+        upto: u64,
+        limit: usize,
+    ) -> Result<(Vec<Value>, Option<u64>)> {
+        let prefix = dev_prefix(user.as_str(), device);
+        let upper = KeyBuf::new()
+            .str(user.as_str())
+            .str(device)
+            .u64(upto.saturating_add(1))
+            .into_vec();
+        let mut rows = Vec::new();
+        for (k, v) in self
+            .db
+            .scan(
+                Table::UserdeviceposTodevice,
+                &prefix,
+                &prefix,
+                Some(&upper),
+                false,
+                limit.saturating_add(1),
+            )
+            .map_err(db_err)?
+        {
+            let mut r = KeyReader::new(&k);
+            r.str().map_err(db_err)?;
+            r.str().map_err(db_err)?;
+            rows.push((r.u64().map_err(db_err)?, v));
+        }
+        let mut ack = None;
+        if rows.len() > limit {
+            // Stop at a position boundary: an acknowledgement covers whole positions.
+            let first_left = rows[limit].0;
+            rows.truncate(limit);
+            while rows.last().is_some_and(|(p, _)| *p == first_left) && rows.len() > 1 {
+                rows.pop();
+            }
+            ack = rows.last().map(|(p, _)| *p);
+        }
+        let mut events = Vec::with_capacity(rows.len());
+        for (_, v) in rows {
+            let m: ToDevice = serde_json::from_slice(&v)?;
+            events.push(json!({ "sender": m.sender, "type": m.kind, "content": m.content }));
+        }
+        Ok((events, ack))
+    }
+
+    // ---- devices going away ----------------------------------------------------------------
+
+    /// Forgets everything about devices that were deleted (logout, DELETE /devices, password
+    /// change, deactivation): their keys, pending messages and the signatures on them.
+    pub fn devices_removed(&self, user: &UserId, devices: &[String]) -> Result<()> {
+        if devices.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        let mut had_keys = false;
+        {
+            let _guard = self.keys_lock.lock();
+            for d in devices {
+                if self
+                    .db
+                    .exists(Table::UserdeviceDevicekeys, &dev_key(user.as_str(), d))
+                    .map_err(db_err)?
+                {
+                    had_keys = true;
+                    batch.delete(Table::UserdeviceDevicekeys, dev_key(user.as_str(), d));
+                }
+                for table in [
+                    Table::UserdevicekeyidOnetimekey,
+                    Table::UserdevicealgFallbackkey,
+                    Table::UserdeviceposTodevice,
+                ] {
+                    for (k, _) in self
+                        .db
+                        .scan_prefix(table, &dev_prefix(user.as_str(), d))
+                        .map_err(db_err)?
+                    {
+                        batch.delete(table, k.to_vec());
+                    }
+                }
+                let sig_prefix = KeyBuf::new().str(user.as_str()).str(d).into_vec();
+                for (k, _) in self
+                    .db
+                    .scan_prefix(Table::TargetsignerSignature, &sig_prefix)
+                    .map_err(db_err)?
+                {
+                    batch.delete(Table::TargetsignerSignature, k.to_vec());
+                }
+            }
+            if let Some(dd) = self.dehydrated_device(user)? {
+                if devices.contains(&dd.device_id) {
+                    batch.delete(Table::UseridDehydrateddevice, user.as_bytes().to_vec());
+                }
+            }
+        }
+        // Every device change is a device-list change, keys or not: clients also list devices.
+        let _ = had_keys;
+        self.commit_key_change(user, batch)
+    }
+
+    /// Deactivation: the user's devices' keys (see [`E2ee::devices_removed`]) and their
+    /// cross-signing keys.
+    pub fn user_deactivated(&self, user: &UserId, devices: &[String]) -> Result<()> {
+        self.devices_removed(user, devices)?;
+        let mut batch = Batch::new();
+        for table in [Table::UserusageCrosssigningkey] {
+            for (k, _) in self
+                .db
+                .scan_prefix(table, &user_prefix(user.as_str()))
+                .map_err(db_err)?
+            {
+                batch.delete(table, k.to_vec());
+            }
+        }
+        batch.delete(Table::UseridDehydrateddevice, user.as_bytes().to_vec());
+        self.commit_key_change(user, batch)
+    }
+
+    // ---- dehydrated devices (MSC3814) ------------------------------------------------------
+
+    pub fn dehydrated_device(&self, user: &UserId) -> Result<Option<DehydratedDevice>> {
+        match self
+            .db
+            .get(Table::UseridDehydrateddevice, user.as_bytes())
+            .map_err(db_err)?
+        {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn set_dehydrated_device(&self, user: &UserId, device: DehydratedDevice) -> Result<()> {
+        let mut batch = Batch::new();
+        batch.put(
+            Table::UseridDehydrateddevice,
+            user.as_bytes().to_vec(),
+            serde_json::to_vec(&device)?,
+        );
+        self.db.write(batch).map_err(db_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_ids_need_an_algorithm_and_an_id() {
+        assert!(split_key_id("signed_curve25519:AAAAAQ").is_ok());
+        assert!(split_key_id("signed_curve25519").is_err());
+        assert!(split_key_id(":x").is_err());
+        assert!(split_key_id("x:").is_err());
+    }
+
+    #[test]
+    fn cross_signing_key_ids_carry_their_public_key() {
+        let ok = json!({ "keys": { "ed25519:abc": "abc" } });
+        assert_eq!(
+            cross_signing_public_key(&ok).ok(),
+            Some(("ed25519:abc".to_owned(), "abc".to_owned()))
+        );
+        assert!(cross_signing_public_key(&json!({ "keys": { "ed25519:abc": "abd" } })).is_err());
+        assert!(cross_signing_public_key(&json!({ "keys": {} })).is_err());
+        assert!(cross_signing_public_key(&json!({})).is_err());
+    }
+
+    #[test]
+    fn signatures_are_checked_over_the_canonical_object() {
+        use ruma::signatures::{sign_json, Ed25519KeyPair};
+        let der = Ed25519KeyPair::generate();
+        let Ok(kp) = Ed25519KeyPair::from_der(&der, "DEV".to_owned()) else {
+            unreachable!("key parse");
+        };
+        let public = STANDARD_NO_PAD.encode(kp.public_key());
+        let mut obj: CanonicalJsonObject = match serde_json::from_value(json!({
+            "user_id": "@a:x", "device_id": "DEV", "keys": { "ed25519:DEV": public },
+            "unsigned": { "device_display_name": "ignored" }
+        })) {
+            Ok(o) => o,
+            Err(_) => unreachable!("object"),
+        };
+        assert!(sign_json("@a:x", &kp, &mut obj).is_ok());
+        let signed = match serde_json::to_value(&obj) {
+            Ok(v) => v,
+            Err(_) => unreachable!("value"),
+        };
+        assert!(signature_valid(&signed, "@a:x", "ed25519:DEV", &public));
+        let mut tampered = signed.clone();
+        tampered["device_id"] = json!("OTHER");
+        assert!(!signature_valid(&tampered, "@a:x", "ed25519:DEV", &public));
+        assert!(!signature_valid(&signed, "@b:x", "ed25519:DEV", &public));
+    }
+}

@@ -992,6 +992,43 @@ async fn concurrent_claims_never_hand_out_the_same_key_twice() {
 }
 
 #[tokio::test]
+async fn one_time_keys_are_claimed_in_upload_order() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    let device = device_of(&alice);
+    upload_device_keys(&alice, &device).await;
+    // keys.yaml, /keys/claim: "One-time keys are given out in the order that they were
+    // uploaded via /keys/upload." Key ids are chosen so that their sort order is the reverse.
+    let mut uploaded = Vec::new();
+    for id in [
+        "signed_curve25519:CCCC",
+        "signed_curve25519:BBBB",
+        "signed_curve25519:AAAA",
+    ] {
+        let key = device.signed_key(false);
+        upload_ok(
+            &alice,
+            &json!({ "one_time_keys": { id: key } }),
+            "one one-time key",
+        )
+        .await;
+        uploaded.push(id.to_owned());
+    }
+    let mut claimed = Vec::new();
+    for _ in 0..3 {
+        let (id, _) = claim_one(&bob, &alice.user_id, &alice.device_id)
+            .await
+            .unwrap_or_else(|| panic!("expected a one-time key, claimed so far {claimed:?}"));
+        claimed.push(id);
+    }
+    assert_eq!(
+        claimed, uploaded,
+        "expected one-time keys to be handed out in upload order"
+    );
+}
+
+#[tokio::test]
 async fn claims_for_unknown_users_and_devices_are_no_error() {
     let server = TestServer::start().await;
     let alice = server.register_random().await;
@@ -1410,7 +1447,17 @@ async fn a_deleted_device_leaves_keys_query_and_marks_its_user_changed() {
     bob.join_ok(&room).await;
     let bob_phone = server.login(&bob.localpart, &bob.password).await;
     upload_device_keys(&bob, &device_of(&bob)).await;
-    upload_device_keys(&bob_phone, &device_of(&bob_phone)).await;
+    let phone_device = device_of(&bob_phone);
+    upload_ok(
+        &bob_phone,
+        &json!({
+            "device_keys": phone_device.device_keys(),
+            "one_time_keys": phone_device.one_time_keys(2),
+            "fallback_keys": phone_device.fallback_keys(),
+        }),
+        "the phone's keys",
+    )
+    .await;
     let before = queried_devices(&alice, &bob.user_id).await;
     assert!(
         before.contains_key(&bob_phone.device_id),
@@ -1431,6 +1478,12 @@ async fn a_deleted_device_leaves_keys_query_and_marks_its_user_changed() {
     assert!(
         !after.contains_key(&bob_phone.device_id) && after.contains_key(&bob.device_id),
         "expected only the deleted device gone from /keys/query, got {after:?}"
+    );
+    assert!(
+        claim_one(&alice, &bob.user_id, &bob_phone.device_id)
+            .await
+            .is_none(),
+        "expected no one-time or fallback key of a deleted device to be claimable"
     );
     let seen = device_lists_until(&alice, &since, "bob is in `changed`", |s| {
         s.changed.contains(&bob.user_id)
@@ -1497,12 +1550,11 @@ async fn replacing_the_master_key_needs_uia_but_the_first_upload_does_not() {
 }
 
 #[tokio::test]
-async fn cross_signing_keys_not_signed_by_the_master_key_are_refused() {
+async fn a_self_signing_key_without_any_master_key_is_a_missing_param() {
     let server = TestServer::start().await;
     let alice = server.register_random().await;
     let cross = CrossSigning::new(&alice.user_id);
-    let stranger = Ed25519Key::for_cross_signing();
-
+    // cross_signing.yaml, 400: "`M_MISSING_PARAM`: No master signing key is available."
     expect_error(
         &with_uia_if_asked(
             &alice,
@@ -1514,6 +1566,20 @@ async fn cross_signing_keys_not_signed_by_the_master_key_are_refused() {
         "M_MISSING_PARAM",
         "a self-signing key with no master key uploaded or included",
     );
+    let own = query(&alice, json!({ &alice.user_id: [] })).await;
+    assert!(
+        own["self_signing_keys"].get(&alice.user_id).is_none(),
+        "expected the refused self-signing key not to be stored, got {own}"
+    );
+}
+
+#[tokio::test]
+async fn cross_signing_keys_not_signed_by_the_master_key_are_refused() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let cross = CrossSigning::new(&alice.user_id);
+    let stranger = Ed25519Key::for_cross_signing();
+
     expect_error(
         &with_uia_if_asked(
             &alice,
@@ -1763,6 +1829,50 @@ async fn a_cross_signing_key_equal_to_a_device_id_is_forbidden() {
     assert!(
         own["master_keys"].get(&alice.user_id).is_none(),
         "expected the refused master key not to be stored, got {own}"
+    );
+}
+
+#[tokio::test]
+async fn a_new_device_cannot_take_the_id_of_a_cross_signing_key() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let master = std::iter::repeat_with(Ed25519Key::for_cross_signing)
+        .find(|k| k.public_key().chars().all(|c| c.is_ascii_alphanumeric()))
+        .unwrap_or_else(|| unreachable!());
+    let cross = CrossSigning {
+        master,
+        ..CrossSigning::new(&alice.user_id)
+    };
+    expect_ok(
+        upload_cross_signing(&alice, &cross.upload_body()).await,
+        "cross-signing keys",
+    );
+    // "Servers therefore must ensure that device IDs will not collide with cross-signing
+    // public keys." The spec names no error, so a refused login and a login that gets
+    // another device id both pass.
+    let wanted = cross.master.public_key();
+    let (status, login) = server
+        .client()
+        .post(
+            "/login",
+            &json!({
+                "type": "m.login.password",
+                "identifier": { "type": "m.id.user", "user": alice.localpart },
+                "password": alice.password,
+                "device_id": wanted,
+            }),
+        )
+        .await;
+    assert!(
+        status != StatusCode::OK || login["device_id"] != wanted.as_str(),
+        "expected no device to get the master key's public key as its id, got {status}: {login}"
+    );
+    let devices = expect_ok(alice.get("/devices").await, "GET /devices");
+    assert!(
+        !devices["devices"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|d| d["device_id"] == wanted.as_str())),
+        "expected no device with the master key's id, got {devices}"
     );
 }
 

@@ -1194,6 +1194,53 @@ async fn to_device_with_a_repeated_transaction_id_is_delivered_once() {
 }
 
 #[tokio::test]
+async fn to_device_transaction_ids_are_scoped_to_the_device_and_the_endpoint() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let alice_phone = server.login(&alice.localpart, &alice.password).await;
+    let bob = server.register_random().await;
+    let room = alice.create_room(&json!({})).await;
+    let since = bob.sync_token().await;
+
+    // "The scope of a transaction ID is for a single device, and a single HTTP endpoint."
+    let txn = Client::txn_id();
+    let to_bob = |from: &str| json!({ &bob.user_id: { &bob.device_id: { "from": from } } });
+    send_to_device(&alice, "org.example.scoped", &txn, to_bob("laptop")).await;
+    send_to_device(&alice_phone, "org.example.scoped", &txn, to_bob("phone")).await;
+    expect_ok(
+        alice
+            .send_with_txn(
+                &room,
+                "m.room.message",
+                &txn,
+                &json!({ "msgtype": "m.text", "body": "same txn" }),
+            )
+            .await,
+        "a room message reusing the to-device transaction id",
+    );
+    send_to_device(
+        &alice,
+        "org.example.marker",
+        &Client::txn_id(),
+        json!({ &bob.user_id: { &bob.device_id: {} } }),
+    )
+    .await;
+
+    let seen = to_device_until_marker(&bob, &since, "org.example.marker").await;
+    let mut from: Vec<&str> = seen
+        .iter()
+        .filter(|e| e["type"] == "org.example.scoped")
+        .filter_map(|e| e["content"]["from"].as_str())
+        .collect();
+    from.sort_unstable();
+    assert_eq!(
+        from,
+        vec!["laptop", "phone"],
+        "expected the same transaction id from two devices to be two messages, got {seen:?}"
+    );
+}
+
+#[tokio::test]
 async fn to_device_messages_stay_until_next_batch_acknowledges_them() {
     let server = TestServer::start().await;
     let alice = server.register_random().await;
@@ -1280,6 +1327,52 @@ async fn more_than_a_hundred_queued_to_device_messages_all_arrive_in_order() {
     assert_eq!(
         got, expected,
         "expected every queued message once, in the order sent"
+    );
+}
+
+#[tokio::test]
+async fn long_polling_sync_wakes_up_for_a_device_list_change() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    let room = encrypted_room(&alice).await;
+    bob.join_ok(&room).await;
+    let filter = no_presence();
+    let since = alice.sync(None, 0, Some(&filter)).await["next_batch"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    // Let a sync see bob's join, so only the key upload is left to wake the long-poll.
+    let since = device_lists_until(&alice, &since, "bob's join is seen", |_| true)
+        .await
+        .next_batch;
+
+    let poller = alice.client.clone();
+    let bob_id = bob.user_id.clone();
+    let task = tokio::spawn(async move {
+        // Some servers answer once for other news first; keep polling until bob shows up.
+        let mut since = since;
+        loop {
+            let resp = poller.sync(Some(&since), 10_000, Some(&filter)).await;
+            if string_list(&resp["device_lists"]["changed"]).contains(&bob_id) {
+                return (resp, Instant::now());
+            }
+            since = next_batch(&resp);
+        }
+    });
+    // Scenario step, not a wait: give the request time to park on the server
+    // so the upload below has to wake it.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let sent_at = Instant::now();
+    upload_device_keys(&bob, &device_of(&bob)).await;
+    let (_, returned_at) = tokio::time::timeout(WAIT, task)
+        .await
+        .unwrap_or_else(|_| panic!("expected bob in alice's device_lists.changed within {WAIT:?}"))
+        .unwrap_or_else(|e| panic!("expected the sync task to finish: {e}"));
+    let latency = returned_at.saturating_duration_since(sent_at);
+    assert!(
+        latency < Duration::from_secs(3),
+        "expected the long-poll to wake well before its 10 s timeout, took {latency:?} after the upload"
     );
 }
 
@@ -1680,6 +1773,41 @@ async fn a_device_signature_by_the_self_signing_key_shows_in_keys_query() {
             "expected {who} to still see the device's own signature, got {got}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_device_signature_of_the_own_master_key_is_visible_to_others() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    let device = device_of(&alice);
+    upload_device_keys(&alice, &device).await;
+    let cross = CrossSigning::new(&alice.user_id);
+    expect_ok(
+        upload_cross_signing(&alice, &cross.upload_body()).await,
+        "cross-signing keys",
+    );
+    // Migrating a device verification: the device signs its user's master key.
+    let resp = upload_signatures(
+        &alice,
+        &json!({ &alice.user_id: {
+            master_public(&cross): device.ed25519.signed_copy(&alice.user_id, &cross.master_key()),
+        } }),
+    )
+    .await;
+    assert!(no_failures(&resp), "expected no failures, got {resp}");
+
+    // "signatures made by other users' devices about their respective master signing keys"
+    let seen = query(&bob, json!({ &alice.user_id: [] })).await;
+    assert!(
+        verify_signature(
+            &seen["master_keys"][&alice.user_id],
+            &alice.user_id,
+            &device.key_id(),
+            &device.ed25519.public_key()
+        ),
+        "expected bob to see the device's signature of alice's master key, got {seen}"
+    );
 }
 
 #[tokio::test]

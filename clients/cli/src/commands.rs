@@ -45,13 +45,27 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             let client = session::login(store, &homeserver, &user, &password, &device_name).await?;
             // The first sync uploads this device's identity and one-time keys.
             session::sync(&client, CATCH_UP).await?;
-            if !no_cross_signing {
-                session::ensure_cross_signing(&client, Some(&password)).await?;
-            }
+            // The login itself has succeeded (and is saved): a cross-signing failure is a
+            // warning, and `verify` or `backup` try again later.
+            let cross_signing = if no_cross_signing {
+                false
+            } else {
+                match session::ensure_cross_signing(&client, Some(&password)).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        eprintln!("paracord-cli: warning: {e:#}");
+                        false
+                    }
+                }
+            };
             let user_id = client.user_id().context("not logged in")?;
             let device_id = client.device_id().context("no device id")?;
             out.object(
-                json!({ "user_id": user_id, "device_id": device_id }),
+                json!({
+                    "user_id": user_id,
+                    "device_id": device_id,
+                    "cross_signing": cross_signing,
+                }),
                 format!("logged in as {user_id}, device {device_id}"),
             );
         }

@@ -755,6 +755,10 @@ async fn cli_dm_send_tail_verify_backup_restore() {
         "login",
     );
     assert_eq!(a_login["user_id"], alice.user_id.as_str());
+    assert_eq!(
+        a_login["cross_signing"], true,
+        "expected login to set up cross-signing: {a_login}"
+    );
     let b_login = one(
         cli(
             &b,
@@ -763,6 +767,10 @@ async fn cli_dm_send_tail_verify_backup_restore() {
         )
         .await,
         "login",
+    );
+    assert_eq!(
+        b_login["cross_signing"], true,
+        "expected login to set up cross-signing: {b_login}"
     );
     let b_device = b_login["device_id"]
         .as_str()

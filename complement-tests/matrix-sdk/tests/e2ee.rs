@@ -842,14 +842,39 @@ async fn cli_dm_send_tail_verify_backup_restore() {
         .as_str()
         .expect("a recovery key")
         .to_owned();
-    cli(
-        &a2,
-        Some(&alice.password),
-        &["login", "--homeserver", &hs, "--user", &alice.user_id],
-    )
-    .await;
+    let a2_login = one(
+        cli(
+            &a2,
+            Some(&alice.password),
+            &["login", "--homeserver", &hs, "--user", &alice.user_id],
+        )
+        .await,
+        "login",
+    );
+    let a2_device = a2_login["device_id"]
+        .as_str()
+        .expect("a device id")
+        .to_owned();
+    // Before the restore the new device cannot read the history.
+    let before = cli(&a2, None, &["tail", &room_id, "--count", "2"]).await;
+    assert!(
+        before.len() == 2 && before.iter().all(|m| m["decrypted"] == false),
+        "expected no readable history on a new device before `restore`: {before:?}"
+    );
+    // A's first device signs the new one with its self-signing key.
+    let own = one(
+        cli(&a, None, &["verify", &alice.user_id, &a2_device]).await,
+        "verify",
+    );
+    assert_eq!(own["verified"], true, "{own}");
     let restored = one(cli(&a2, None, &["restore", &key]).await, "restore");
     assert_eq!(restored["restored"], true, "{restored}");
+    // Secret storage gave the new device the cross-signing keys: it trusts itself.
+    let whoami = one(cli(&a2, None, &["whoami"]).await, "whoami");
+    assert_eq!(whoami["device_id"], a2_device.as_str(), "{whoami}");
+    assert_eq!(whoami["cross_signing_master_key"], true, "{whoami}");
+    assert_eq!(whoami["device_verified"], true, "{whoami}");
+    assert_eq!(whoami["backup"], "Enabled", "{whoami}");
     let tail = cli(
         &a2,
         None,

@@ -2,6 +2,8 @@
 //! are in complement-tests/matrix-sdk/tests/e2ee.rs and complement-tests/js (this test
 //! target also makes `cargo test -p paracord-cli` build the binary they run).
 
+#![allow(clippy::expect_used)]
+
 use std::process::Command;
 
 fn cli() -> Command {

@@ -163,8 +163,9 @@ async fn sync_until<T>(client: &Client, what: &str, mut check: impl AsyncCheck<T
         }
         assert!(
             Instant::now() < deadline,
-            "expected {who} ({}) to see {what} within {DEADLINE:?}",
-            device_of(client)
+            "expected {who} ({}) to see {what} within {DEADLINE:?}; last seen: {}",
+            device_of(client),
+            check.last_seen()
         );
     }
 }
@@ -172,6 +173,11 @@ async fn sync_until<T>(client: &Client, what: &str, mut check: impl AsyncCheck<T
 /// An async condition over a client (closures returning futures do not borrow well).
 trait AsyncCheck<T> {
     async fn check(&mut self, client: &Client) -> Option<T>;
+
+    /// What the last check saw, for the failure message.
+    fn last_seen(&self) -> String {
+        "nothing recorded".to_owned()
+    }
 }
 
 /// The room in `state`.
@@ -185,14 +191,33 @@ impl AsyncCheck<Room> for RoomIn<'_> {
     }
 }
 
-/// The event, decrypted.
-struct Decrypted<'a>(&'a RoomId, &'a OwnedEventId);
+/// The event, decrypted; remembers the last failure (not found, or why it did not
+/// decrypt).
+struct Decrypted<'a>(&'a RoomId, &'a OwnedEventId, String);
 
 impl AsyncCheck<TimelineEvent> for Decrypted<'_> {
     async fn check(&mut self, client: &Client) -> Option<TimelineEvent> {
-        let room = client.get_room(self.0)?;
-        let event = room.event(self.1, None).await.ok()?;
-        matches!(event.kind, TimelineEventKind::Decrypted(_)).then_some(event)
+        let Some(room) = client.get_room(self.0) else {
+            self.2 = "the room is unknown".to_owned();
+            return None;
+        };
+        match room.event(self.1, None).await {
+            Ok(event) => match &event.kind {
+                TimelineEventKind::Decrypted(_) => Some(event),
+                other => {
+                    self.2 = format!("{other:?}");
+                    None
+                }
+            },
+            Err(e) => {
+                self.2 = format!("GET /event failed: {e:?}");
+                None
+            }
+        }
+    }
+
+    fn last_seen(&self) -> String {
+        self.2.clone()
     }
 }
 
@@ -257,7 +282,7 @@ async fn expect_decrypts(
     body: &str,
 ) -> String {
     let what = format!("{event_id} ({body:?}) decrypted in {room_id}");
-    let event = sync_until(client, &what, Decrypted(room_id, event_id)).await;
+    let event = sync_until(client, &what, Decrypted(room_id, event_id, String::new())).await;
     let (got, session_id) = decrypted_text(&event, &what);
     assert_eq!(got, body, "expected {} to read {what}", user_of(client));
     session_id

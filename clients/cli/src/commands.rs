@@ -77,7 +77,10 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
                     RoomState::Invited => "invited",
                     _ => continue,
                 };
-                let encrypted = room.encryption_state().is_encrypted();
+                // An invite shows only the stripped state the server chose to include,
+                // which may leave the encryption state unknown.
+                let encryption = room.encryption_state();
+                let encrypted = (!encryption.is_unknown()).then(|| encryption.is_encrypted());
                 let direct = room.is_direct().await.unwrap_or(false);
                 let name = room.cached_display_name().map(|n| n.to_string());
                 out.object(
@@ -91,7 +94,11 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
                     format!(
                         "{}\t{state}\t{}{}\t{}",
                         room.room_id(),
-                        if encrypted { "encrypted" } else { "plain" },
+                        match encrypted {
+                            Some(true) => "encrypted",
+                            Some(false) => "plain",
+                            None => "encryption-unknown",
+                        },
                         if direct { ",direct" } else { "" },
                         name.unwrap_or_default()
                     ),
@@ -252,10 +259,12 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             let user_id = client.user_id().context("not logged in")?;
             let device_id = client.device_id().context("no device id")?;
             let status = encryption.cross_signing_status().await;
+            // Our own device is always trusted locally; what others can check is whether
+            // our cross-signing identity signed it.
             let own_verified = encryption
                 .get_own_device()
                 .await?
-                .map(|d| d.is_verified())
+                .map(|d| d.is_verified_with_cross_signing())
                 .unwrap_or(false);
             let backup = format!("{:?}", encryption.backups().state());
             let recovery = format!("{:?}", encryption.recovery().state());

@@ -3,10 +3,15 @@
 //! `paracord` process.
 //!
 //! What the server must provide: `/keys/upload`, `/keys/query`, `/keys/claim`,
-//! `/keys/changes`, `/keys/device_signing/upload` and `/keys/signatures/upload`,
-//! `/sendToDevice`, `device_lists` / `device_one_time_keys_count` / `to_device` in
-//! `/sync`, `/room_keys/version` and `/room_keys/keys`, global account data (secret
-//! storage), and `DELETE /devices/{id}` with password UIA.
+//! `/keys/device_signing/upload` (password UIA or none) and `/keys/signatures/upload`,
+//! `/sendToDevice`, and in `/sync` the `to_device` events, `device_lists.changed` and
+//! `device_one_time_keys_count`; `/room_keys/version` (with `count`) and
+//! `/room_keys/keys`; global account data (secret storage, `m.direct`); the invitee's
+//! `m.room.member` with `is_direct` in the invite's stripped state; `GET
+//! /rooms/{id}/event/{id}`, `/members` and `/messages`; `DELETE /devices/{id}` with
+//! password UIA, which also removes the device's keys from `/keys/query` and tells the
+//! users who share a room through `device_lists`. The harness's `data_dir()` and
+//! `log_path()` give the files to scan for plaintext.
 //!
 //! `RUST_LOG=matrix_sdk=debug` shows the SDK's requests. Run against Synapse (to tell a
 //! test mistake from a server one) with `PARACORD_BIN` pointing at

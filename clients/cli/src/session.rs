@@ -72,7 +72,9 @@ pub(crate) async fn login(
         .matrix_auth()
         .session()
         .context("the login gave no session")?;
-    save_session(store, homeserver, &session)?;
+    // The login response may name the server's canonical URL (`well_known`), which the
+    // SDK then uses: keep that one.
+    save_session(store, client.homeserver().as_str(), &session)?;
     Ok(client)
 }
 

@@ -20,6 +20,7 @@
 use std::{
     path::{Path, PathBuf},
     process::Stdio,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -35,6 +36,10 @@ use matrix_sdk::{
 };
 use paracord_complement::{enc, expect_ok, random_word, StatusCode, TestServer, User};
 use serde_json::{json, Value};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
 
 /// How long any one wait (a sync condition, a CLI run) may take.
 const DEADLINE: Duration = Duration::from_secs(45);
@@ -55,12 +60,15 @@ fn init_logging() {
 
 /// An SDK client with end-to-end encryption and in-memory stores. Retries are off so
 /// that a failing request shows up as the first error it caused.
-async fn sdk_client(server: &TestServer) -> Client {
+async fn sdk_client(base_url: &str) -> Client {
     // reqwest 0.13 is built with `rustls-no-provider`: a TLS provider must exist even
     // for http:// URLs.
     let _ = rustls::crypto::ring::default_provider().install_default();
     Client::builder()
-        .homeserver_url(server.base_url())
+        .homeserver_url(base_url)
+        // Stay on `base_url` (a relay, in one test) even when the login response
+        // names the server's own public URL in `well_known`.
+        .respect_login_well_known(false)
         .request_config(
             RequestConfig::new()
                 .disable_retry()
@@ -68,13 +76,18 @@ async fn sdk_client(server: &TestServer) -> Client {
         )
         .build()
         .await
-        .unwrap_or_else(|e| panic!("expected an SDK client for {}: {e:?}", server.base_url()))
+        .unwrap_or_else(|e| panic!("expected an SDK client for {base_url}: {e:?}"))
 }
 
 /// Logs `user` in as a new device and runs the first sync, which uploads the
 /// device's identity keys and one-time keys.
 async fn login(server: &TestServer, user: &User, device_name: &str) -> Client {
-    let client = sdk_client(server).await;
+    login_via(server, &server.base_url(), user, device_name).await
+}
+
+/// [`login`] with the client talking to `base_url` (a relay in front of `server`).
+async fn login_via(server: &TestServer, base_url: &str, user: &User, device_name: &str) -> Client {
+    let client = sdk_client(base_url).await;
     client
         .matrix_auth()
         .login_username(&user.user_id, &user.password)
@@ -609,7 +622,10 @@ async fn deleted_device_gets_no_new_room_key() {
     let server = TestServer::start().await;
     let alice = server.register_random().await;
     let bob = server.register_random().await;
-    let a = login(&server, &alice, "alice").await;
+    // A talks through a relay that records its requests: which devices its
+    // `/sendToDevice` calls address is then observed, not inferred.
+    let relay = Relay::start(server.port()).await;
+    let a = login_via(&server, &relay.url(), &alice, "alice").await;
     let b1 = login(&server, &bob, "bob keeps").await;
     let b2 = login(&server, &bob, "bob loses").await;
     let b2_device = device_of(&b2);
@@ -632,7 +648,18 @@ async fn deleted_device_gets_no_new_room_key() {
         "both of B's devices got the same room key"
     );
 
+    // Control: the first room key was sent to B2, and the relay saw it.
+    let before = relay.sent_since(&RelayMark::default());
+    assert!(
+        before
+            .iter()
+            .any(|c| contains(c, b"/sendToDevice/") && contains(c, b2_device.as_str().as_bytes())),
+        "expected A's /sendToDevice requests before the deletion to address {b2_device} \
+         (else the check below proves nothing)"
+    );
+
     delete_device(&bob, &b2_device).await;
+    let mark = relay.mark();
     let (status, _) = whoami_of(&server, &b2).await;
     assert_eq!(
         status,
@@ -675,6 +702,17 @@ async fn deleted_device_gets_no_new_room_key() {
         "expected A to start a new Megolm session once a recipient device was deleted, \
          so the deleted device never gets the new room key"
     );
+    let after = relay.sent_since(&mark);
+    assert!(
+        after.iter().any(|c| contains(c, b"/sendToDevice/")),
+        "expected A to send the new room key with /sendToDevice after the deletion"
+    );
+    assert!(
+        !after
+            .iter()
+            .any(|c| contains(c, b2_device.as_str().as_bytes())),
+        "expected no request of A after the deletion to address the deleted device {b2_device}"
+    );
     let recipients = a
         .encryption()
         .get_user_devices(&bob_id)
@@ -690,6 +728,107 @@ async fn deleted_device_gets_no_new_room_key() {
         vec![device_of(&b1)],
         "expected A to encrypt only to B's remaining device"
     );
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A loopback TCP relay in front of the server that keeps every byte its clients send
+/// (plain HTTP/1.1), one buffer per connection so a request is never split by another
+/// connection's bytes.
+struct Relay {
+    port: u16,
+    sent: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// How much each connection of a [`Relay`] had sent at some moment.
+#[derive(Default)]
+struct RelayMark(Vec<usize>);
+
+impl Relay {
+    async fn start(upstream: u16) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port for the relay");
+        let port = listener.local_addr().expect("the relay's address").port();
+        let sent: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>> = Arc::default();
+        let connections = Arc::clone(&sent);
+        let task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let buffer: Arc<Mutex<Vec<u8>>> = Arc::default();
+                connections
+                    .lock()
+                    .expect("relay lock")
+                    .push(Arc::clone(&buffer));
+                tokio::spawn(async move {
+                    let Ok(outbound) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                        return;
+                    };
+                    let (mut from_client, mut to_client) = inbound.into_split();
+                    let (mut from_server, mut to_server) = outbound.into_split();
+                    let up = async {
+                        let mut chunk = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match from_client.read(&mut chunk).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            buffer
+                                .lock()
+                                .expect("relay lock")
+                                .extend_from_slice(&chunk[..n]);
+                            if to_server.write_all(&chunk[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to_server.shutdown().await;
+                    };
+                    let down = async {
+                        let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+                        let _ = to_client.shutdown().await;
+                    };
+                    tokio::join!(up, down);
+                });
+            }
+        });
+        Relay { port, sent, task }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn mark(&self) -> RelayMark {
+        let connections = self.sent.lock().expect("relay lock");
+        RelayMark(
+            connections
+                .iter()
+                .map(|c| c.lock().expect("relay lock").len())
+                .collect(),
+        )
+    }
+
+    /// What each connection sent after `mark` (connections opened since: everything).
+    fn sent_since(&self, mark: &RelayMark) -> Vec<Vec<u8>> {
+        let connections = self.sent.lock().expect("relay lock");
+        connections
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let bytes = c.lock().expect("relay lock");
+                let from = mark.0.get(i).copied().unwrap_or(0).min(bytes.len());
+                bytes[from..].to_vec()
+            })
+            .collect()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 async fn whoami_of(server: &TestServer, client: &Client) -> (StatusCode, Value) {

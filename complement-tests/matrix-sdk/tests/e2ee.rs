@@ -879,6 +879,10 @@ async fn cli(store: &Path, password: Option<&str>, args: &[&str]) -> Vec<Value> 
         .unwrap_or_else(|e| panic!("expected to run {}: {e}", bin.display()));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
+    if !stderr.is_empty() {
+        // Warnings (e.g. a failed cross-signing setup at login); shown when the test fails.
+        eprintln!("paracord-cli {args:?} stderr: {stderr}");
+    }
     assert!(
         output.status.success(),
         "expected paracord-cli {args:?} to succeed, got {}\nstdout: {stdout}\nstderr: {stderr}",

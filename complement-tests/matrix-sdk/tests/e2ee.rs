@@ -739,9 +739,12 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// connection's bytes.
 struct Relay {
     port: u16,
-    sent: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>,
+    sent: Connections,
     task: tokio::task::JoinHandle<()>,
 }
+
+/// The bytes sent on each connection of a [`Relay`], in the order they were accepted.
+type Connections = Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>;
 
 /// How much each connection of a [`Relay`] had sent at some moment.
 #[derive(Default)]
@@ -753,7 +756,7 @@ impl Relay {
             .await
             .expect("a loopback port for the relay");
         let port = listener.local_addr().expect("the relay's address").port();
-        let sent: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>> = Arc::default();
+        let sent: Connections = Arc::default();
         let connections = Arc::clone(&sent);
         let task = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {

@@ -105,8 +105,15 @@ impl TestServer {
         profile_dir.join(format!("paracord{}", std::env::consts::EXE_SUFFIX))
     }
 
-    fn log_path(&self) -> PathBuf {
+    /// The file that receives the server's stdout and stderr.
+    pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("paracord.log")
+    }
+
+    /// The server's data directory (`PARACORD_DATA_DIR`: RocksDB, media, search index,
+    /// signing key). Tests that prove what the server never stores walk it.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
     }
 
     async fn spawn(&mut self) {

@@ -1,13 +1,14 @@
 // Test harness: spawns a throwaway Paracord homeserver and builds
 // matrix-js-sdk clients against it. Kept out of test/ so that
 // `node --test test/` does not treat it as a test file.
-import { spawn } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import fs from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 
+import * as RustSdkCryptoJs from "@matrix-org/matrix-sdk-crypto-wasm";
 import loglevel from "loglevel";
 import * as sdk from "matrix-js-sdk";
 
@@ -188,6 +189,23 @@ export function makeClient(baseUrl, creds) {
   });
 }
 
+/**
+ * End-to-end encryption for `client` with matrix-js-sdk's Rust crypto (WASM) and an
+ * in-memory store. initRustCrypto turns the WASM tracing on at DEBUG, straight to the
+ * console; it is lowered to SDK_LOG_LEVEL (default: errors only) afterwards.
+ */
+export async function initCrypto(client) {
+  await client.initRustCrypto({ useIndexedDB: false });
+  const levels = {
+    trace: RustSdkCryptoJs.LoggerLevel.Trace,
+    debug: RustSdkCryptoJs.LoggerLevel.Debug,
+    info: RustSdkCryptoJs.LoggerLevel.Info,
+    warn: RustSdkCryptoJs.LoggerLevel.Warn,
+  };
+  const wanted = levels[(process.env.SDK_LOG_LEVEL ?? "").toLowerCase()];
+  new RustSdkCryptoJs.Tracing(wanted ?? RustSdkCryptoJs.LoggerLevel.Error).turnOn();
+}
+
 /** startClient and wait for the first sync to reach PREPARED. */
 export async function startAndSync(client, timeoutMs = 20_000) {
   const prepared = new Promise((resolve, reject) => {
@@ -214,6 +232,59 @@ export async function startAndSync(client, timeoutMs = 20_000) {
   });
   await client.startClient({ initialSyncLimit: 20, threadSupport: true });
   await prepared;
+}
+
+/**
+ * The `paracord-cli` binary (matrix-sdk with end-to-end encryption): PARACORD_CLI_BIN, or
+ * debug/paracord-cli under CARGO_TARGET_DIR (default $HOME/.cache/paracord/target).
+ */
+export function cliBin() {
+  return (
+    process.env.PARACORD_CLI_BIN ??
+    path.join(
+      process.env.CARGO_TARGET_DIR ?? path.join(os.homedir(), ".cache/paracord/target"),
+      "debug/paracord-cli",
+    )
+  );
+}
+
+/**
+ * Run `paracord-cli --json --store <store> ...args` and return its stdout as parsed JSON
+ * lines. Rejects, with stderr, when it exits non-zero.
+ */
+export function runCli(store, args, { password, timeoutMs = 60_000 } = {}) {
+  const env = { ...process.env };
+  delete env.PARACORD_CLI_STORE;
+  delete env.PARACORD_CLI_PASSWORD;
+  if (password !== undefined) env.PARACORD_CLI_PASSWORD = password;
+  return new Promise((resolve, reject) => {
+    execFile(
+      cliBin(),
+      ["--json", "--store", store, ...args],
+      { env, timeout: timeoutMs, maxBuffer: 4 * 1024 * 1024 },
+      (error, stdout, stderr) => {
+        if (error) {
+          reject(
+            new Error(
+              `paracord-cli ${args.join(" ")} failed (${error.code ?? error.signal}):\n` +
+                `stdout: ${stdout}\nstderr: ${stderr}`,
+            ),
+          );
+          return;
+        }
+        try {
+          resolve(
+            stdout
+              .split("\n")
+              .filter((line) => line.trim() !== "")
+              .map((line) => JSON.parse(line)),
+          );
+        } catch (e) {
+          reject(new Error(`paracord-cli ${args.join(" ")}: not JSON lines (${e.message}): ${stdout}`));
+        }
+      },
+    );
+  });
 }
 
 export { sdk };

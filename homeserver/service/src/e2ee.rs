@@ -736,15 +736,14 @@ impl E2ee {
 
         let mut joined_candidates: BTreeSet<OwnedUserId> = BTreeSet::new();
         let mut left_candidates: BTreeSet<OwnedUserId> = BTreeSet::new();
-        let mut shared: HashSet<OwnedUserId> = HashSet::new();
+        let mut joined_rooms = Vec::new();
         for (room, rec) in self.rooms.user_rooms(user)? {
             let in_window = rec.pos > from && rec.pos <= to;
             match rec.membership.as_str() {
                 "join" => {
-                    let members = self.rooms.joined_members(&room)?;
                     if in_window {
                         // Newly joined: every member's devices are new to us.
-                        joined_candidates.extend(members.iter().cloned());
+                        joined_candidates.extend(self.rooms.joined_members(&room)?);
                     } else {
                         self.member_changes(
                             user,
@@ -755,13 +754,21 @@ impl E2ee {
                             &mut left_candidates,
                         )?;
                     }
-                    shared.extend(members);
+                    joined_rooms.push(room);
                 }
                 "leave" | "ban" if in_window => {
                     left_candidates.extend(self.rooms.joined_members(&room)?);
                 }
                 _ => {}
             }
+        }
+        if key_changed.is_empty() && joined_candidates.is_empty() && left_candidates.is_empty() {
+            // The common case (a message arrived): no member lists read.
+            return Ok(out);
+        }
+        let mut shared: HashSet<OwnedUserId> = HashSet::new();
+        for room in &joined_rooms {
+            shared.extend(self.rooms.joined_members(room)?);
         }
         for u in key_changed {
             if shared.contains(&u) || u == user {

@@ -60,10 +60,22 @@ struct Fields {
     ts: Field,
 }
 
+/// A change waiting for the next commit.
+enum Pending {
+    Add(TantivyDocument),
+    Delete(Term),
+    Clear,
+}
+
 pub struct Search {
     index: Index,
     reader: IndexReader,
-    writer: Mutex<IndexWriter>,
+    /// Changes since the last commit. An index writer exists only while they are committed:
+    /// a resident writer held ~15 MiB (its document channel, arena and column writers) for
+    /// an index that changes a few times a second.
+    pending: Mutex<Vec<Pending>>,
+    /// Serialises commits (one writer at a time holds the index lock).
+    commit_lock: Mutex<()>,
     fields: Fields,
     dirty: AtomicBool,
     /// Whether the index was created empty at start (and so needs a rebuild).
@@ -104,9 +116,6 @@ impl Search {
                     (fresh, true)
                 }
             };
-        // One indexing thread with tantivy's smallest memory budget: the index is written in
-        // small, frequent commits.
-        let writer = index.writer_with_num_threads(1, 15_000_000).map_err(err)?;
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -115,7 +124,8 @@ impl Search {
         Ok(Self {
             index,
             reader,
-            writer: Mutex::new(writer),
+            pending: Mutex::new(Vec::new()),
+            commit_lock: Mutex::new(()),
             fields,
             dirty: AtomicBool::new(false),
             created,
@@ -144,8 +154,33 @@ impl Search {
         });
     }
 
+    /// Writes the pending changes: a writer with one indexing thread and tantivy's smallest
+    /// memory budget, dropped (after its merges) once the commit is done.
     pub fn commit(&self) -> Result<()> {
-        self.writer.lock().commit().map_err(err)?;
+        let _guard = self.commit_lock.lock();
+        let ops = std::mem::take(&mut *self.pending.lock());
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let mut writer: IndexWriter = self
+            .index
+            .writer_with_num_threads(1, 15_000_000)
+            .map_err(err)?;
+        for op in ops {
+            match op {
+                Pending::Add(doc) => {
+                    writer.add_document(doc).map_err(err)?;
+                }
+                Pending::Delete(term) => {
+                    writer.delete_term(term);
+                }
+                Pending::Clear => {
+                    writer.delete_all_documents().map_err(err)?;
+                }
+            }
+        }
+        writer.commit().map_err(err)?;
+        writer.wait_merging_threads().map_err(err)?;
         self.reader.reload().map_err(err)
     }
 
@@ -187,22 +222,25 @@ impl Search {
         }
         doc.add_u64(f.pos, pos);
         doc.add_u64(f.ts, ts);
-        self.writer.lock().add_document(doc).map_err(err)?;
+        self.pending.lock().push(Pending::Add(doc));
         self.dirty.store(true, Ordering::Release);
         Ok(())
     }
 
     /// Removes a (redacted) event.
     pub fn remove(&self, event_id: &str) {
-        self.writer
+        self.pending
             .lock()
-            .delete_term(Term::from_field_text(self.fields.event_id, event_id));
+            .push(Pending::Delete(Term::from_field_text(
+                self.fields.event_id,
+                event_id,
+            )));
         self.dirty.store(true, Ordering::Release);
     }
 
     /// Deletes everything (before a rebuild).
     pub fn clear(&self) -> Result<()> {
-        self.writer.lock().delete_all_documents().map_err(err)?;
+        self.pending.lock().push(Pending::Clear);
         self.dirty.store(true, Ordering::Release);
         Ok(())
     }

@@ -44,6 +44,14 @@ const MAX_ONE_TIME_KEYS: usize = 10_000;
 /// `/sendToDevice`.
 const MAX_TARGETS: usize = 10_000;
 
+/// A stored one-time key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct OneTimeKey {
+    /// `algorithm:key_id`
+    id: String,
+    key: Value,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct FallbackKey {
     key_id: String,
@@ -88,6 +96,8 @@ pub struct E2ee {
     keys_lock: Mutex<()>,
     /// Cross-signing uploads and signature uploads (read-check-write of one user's keys).
     signing_lock: Mutex<()>,
+    /// The last one-time key upload sequence number (microseconds, kept increasing).
+    otk_seq: std::sync::atomic::AtomicU64,
 }
 
 fn dev_key(user: &str, device: &str) -> Vec<u8> {
@@ -200,6 +210,7 @@ impl E2ee {
             rooms,
             keys_lock: Mutex::new(()),
             signing_lock: Mutex::new(()),
+            otk_seq: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -314,32 +325,48 @@ impl E2ee {
             if otks.len() > MAX_ONE_TIME_KEYS {
                 return Err(Error::invalid_param("too many one-time keys in one upload"));
             }
-            for (id, key) in otks {
-                split_key_id(id)?;
-                check_signed(id, key)?;
-                let k = KeyBuf::new()
-                    .str(user.as_str())
-                    .str(device)
-                    .last_str(id)
-                    .into_vec();
-                match self
+            // Keys already stored for the device, by id: a re-upload must match.
+            let mut existing: BTreeMap<String, Value> = BTreeMap::new();
+            if !otks.is_empty() {
+                for (_, v) in self
                     .db
-                    .get(Table::UserdevicekeyidOnetimekey, &k)
+                    .scan_prefix(
+                        Table::UserdevicealgseqOnetimekey,
+                        &dev_prefix(user.as_str(), device),
+                    )
                     .map_err(db_err)?
                 {
-                    Some(old) => {
-                        let old: Value = serde_json::from_slice(&old)?;
-                        if &old != key {
-                            return Err(Error::invalid_param(format!(
-                                "one-time key {id} already exists with different content"
-                            )));
-                        }
+                    let k: OneTimeKey = serde_json::from_slice(&v)?;
+                    existing.insert(k.id, k.key);
+                }
+            }
+            for (id, key) in otks {
+                let (alg, _) = split_key_id(id)?;
+                check_signed(id, key)?;
+                match existing.get(id.as_str()) {
+                    Some(old) if old == key => {}
+                    Some(_) => {
+                        return Err(Error::invalid_param(format!(
+                            "one-time key {id} already exists with different content"
+                        )));
                     }
-                    None => batch.put(
-                        Table::UserdevicekeyidOnetimekey,
-                        k,
-                        serde_json::to_vec(key)?,
-                    ),
+                    None => {
+                        let seq = self.next_otk_seq();
+                        batch.put(
+                            Table::UserdevicealgseqOnetimekey,
+                            KeyBuf::new()
+                                .str(user.as_str())
+                                .str(device)
+                                .str(alg)
+                                .u64(seq)
+                                .into_vec(),
+                            serde_json::to_vec(&OneTimeKey {
+                                id: id.clone(),
+                                key: key.clone(),
+                            })?,
+                        );
+                        existing.insert(id.clone(), key.clone());
+                    }
                 }
             }
         }
@@ -398,6 +425,27 @@ impl E2ee {
         self.one_time_key_counts(user, device)
     }
 
+    /// The next one-time key upload sequence number: the time in microseconds, or one more
+    /// than the last number if the clock has not moved on (or went back).
+    fn next_otk_seq(&self) -> u64 {
+        use std::sync::atomic::Ordering;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        let mut last = self.otk_seq.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(last + 1);
+            match self
+                .otk_seq
+                .compare_exchange(last, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return next,
+                Err(seen) => last = seen,
+            }
+        }
+    }
+
     /// Writes `batch` at a new stream position recorded as a key change of `user`, then wakes
     /// everyone who shares a room with them.
     fn commit_key_change(&self, user: &UserId, mut batch: Batch) -> Result<()> {
@@ -438,7 +486,7 @@ impl E2ee {
         for (k, _) in self
             .db
             .scan_prefix(
-                Table::UserdevicekeyidOnetimekey,
+                Table::UserdevicealgseqOnetimekey,
                 &dev_prefix(user.as_str(), device),
             )
             .map_err(db_err)?
@@ -446,10 +494,8 @@ impl E2ee {
             let mut r = KeyReader::new(&k);
             r.str().map_err(db_err)?;
             r.str().map_err(db_err)?;
-            let id = r.last_str().map_err(db_err)?;
-            if let Some((alg, _)) = id.split_once(':') {
-                *counts.entry(alg.to_owned()).or_default() += 1;
-            }
+            let alg = r.str().map_err(db_err)?;
+            *counts.entry(alg.to_owned()).or_default() += 1;
         }
         Ok(counts)
     }
@@ -526,6 +572,18 @@ impl E2ee {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }
+    }
+
+    /// Whether `id` is the public key of one of `user`'s cross-signing keys.
+    pub fn is_cross_signing_key(&self, user: &UserId, id: &str) -> Result<bool> {
+        for usage in ["master", "self_signing", "user_signing"] {
+            if let Some(k) = self.cross_signing_key(user, usage)? {
+                if cross_signing_public_key(&k)?.1 == id {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// A cross-signing key as `requester` may see it, with the signatures added since.
@@ -640,12 +698,12 @@ impl E2ee {
                 let prefix = KeyBuf::new()
                     .str(user.as_str())
                     .str(device)
-                    .last_str(&format!("{alg}:"))
+                    .str(alg)
                     .into_vec();
                 let first = self
                     .db
                     .scan(
-                        Table::UserdevicekeyidOnetimekey,
+                        Table::UserdevicealgseqOnetimekey,
                         &prefix,
                         &prefix,
                         None,
@@ -656,13 +714,10 @@ impl E2ee {
                     .into_iter()
                     .next();
                 if let Some((k, v)) = first {
-                    let mut r = KeyReader::new(&k);
-                    r.str().map_err(db_err)?;
-                    r.str().map_err(db_err)?;
-                    let id = r.last_str().map_err(db_err)?.to_owned();
-                    let key: Value = serde_json::from_slice(&v)?;
-                    batch.delete(Table::UserdevicekeyidOnetimekey, k.to_vec());
-                    per_device.insert(device.clone(), json!({ id: key }));
+                    // The oldest key of the algorithm: keys go out in upload order.
+                    let otk: OneTimeKey = serde_json::from_slice(&v)?;
+                    batch.delete(Table::UserdevicealgseqOnetimekey, k.to_vec());
+                    per_device.insert(device.clone(), json!({ otk.id: otk.key }));
                     continue;
                 }
                 let fk_key = KeyBuf::new()
@@ -894,7 +949,7 @@ impl E2ee {
         let master = match get("master") {
             Some(m) => m.clone(),
             None => self.cross_signing_key(user, "master")?.ok_or_else(|| {
-                Error::invalid_param("upload a master key before the other cross-signing keys")
+                Error::missing_param("no master key: upload one with the other cross-signing keys")
             })?,
         };
         let (master_id, master_public) = cross_signing_public_key(&master)?;
@@ -903,6 +958,17 @@ impl E2ee {
                 if !signature_valid(k, user.as_str(), &master_id, &master_public) {
                     return Err(Error::invalid_signature(format!(
                         "{usage}_key is not signed by the master key"
+                    )));
+                }
+            }
+        }
+        // A cross-signing key may not share its id with a device (the spec's MUST).
+        for usage in ["master", "self_signing", "user_signing"] {
+            if let Some(k) = get(usage) {
+                let (_, public) = cross_signing_public_key(k)?;
+                if self.accounts.device(user, &public)?.is_some() {
+                    return Err(Error::forbidden(format!(
+                        "{usage}_key has the same id as one of your devices"
                     )));
                 }
             }
@@ -1240,7 +1306,7 @@ impl E2ee {
                     batch.delete(Table::UserdeviceDevicekeys, dev_key(user.as_str(), d));
                 }
                 for table in [
-                    Table::UserdevicekeyidOnetimekey,
+                    Table::UserdevicealgseqOnetimekey,
                     Table::UserdevicealgFallbackkey,
                     Table::UserdeviceposTodevice,
                 ] {

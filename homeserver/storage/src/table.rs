@@ -66,8 +66,9 @@ pub enum Table {
     // end-to-end encryption keys and to-device messages
     /// `user_id 0xFF device_id` → the device's signed identity keys, as uploaded.
     UserdeviceDevicekeys,
-    /// `user_id 0xFF device_id 0xFF algorithm:key_id` → a one-time key (JSON).
-    UserdevicekeyidOnetimekey,
+    /// `user_id 0xFF device_id 0xFF algorithm 0xFF upload sequence (u64)` → a one-time key
+    /// and its id: keys are handed out in upload order.
+    UserdevicealgseqOnetimekey,
     /// `user_id 0xFF device_id 0xFF algorithm` → the fallback key and whether it was used.
     UserdevicealgFallbackkey,
     /// `user_id 0xFF usage` (master, self_signing, user_signing) → cross-signing key JSON.
@@ -119,7 +120,7 @@ impl Table {
         Table::UserversionroomsessionRoomkey,
         // end-to-end encryption
         Table::UserdeviceDevicekeys,
-        Table::UserdevicekeyidOnetimekey,
+        Table::UserdevicealgseqOnetimekey,
         Table::UserdevicealgFallbackkey,
         Table::UserusageCrosssigningkey,
         Table::TargetsignerSignature,
@@ -163,7 +164,7 @@ impl Table {
             Table::UserversionroomsessionRoomkey => "userversionroomsession_roomkey",
             // end-to-end encryption
             Table::UserdeviceDevicekeys => "userdevice_devicekeys",
-            Table::UserdevicekeyidOnetimekey => "userdevicekeyid_onetimekey",
+            Table::UserdevicealgseqOnetimekey => "userdevicealgseq_onetimekey",
             Table::UserdevicealgFallbackkey => "userdevicealg_fallbackkey",
             Table::UserusageCrosssigningkey => "userusage_crosssigningkey",
             Table::TargetsignerSignature => "targetsigner_signature",

@@ -159,6 +159,9 @@ pub(crate) async fn put_dehydrated_device_route(
         .ok_or_else(|| Error::bad_json("`device_data` must be an object"))?;
     let old = state.e2ee.dehydrated_device(&id.user_id)?;
     let replacing_same = old.as_ref().is_some_and(|o| o.device_id == device_id);
+    if state.e2ee.is_cross_signing_key(&id.user_id, &device_id)? {
+        return Err(Error::invalid_param("this device id is a cross-signing key").into());
+    }
     if !replacing_same && state.accounts.device(&id.user_id, &device_id)?.is_some() {
         return Err(Error::invalid_param("a device with this id already exists").into());
     }

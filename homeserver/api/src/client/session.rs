@@ -41,6 +41,15 @@ pub(crate) async fn login_route(
         Some(_) => return Err(Error::forbidden("only user identifiers are supported").into()),
     };
     let user_id = state.accounts.resolve_login_user(&user)?;
+    if let Some(d) = &req.body.device_id {
+        // Devices may not take the id of a cross-signing key (the spec's MUST).
+        if state.e2ee.is_cross_signing_key(&user_id, d.as_str())? {
+            return Err(Error::invalid_param(
+                "this device id is the public key of one of your cross-signing keys",
+            )
+            .into());
+        }
+    }
     let r = state
         .accounts
         .login_password(

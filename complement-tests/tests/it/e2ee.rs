@@ -2210,3 +2210,221 @@ async fn malformed_e2ee_requests_get_an_errcode_and_the_server_keeps_answering()
         "expected the valid upload to be visible"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Dehydrated devices (MSC3814)
+// ---------------------------------------------------------------------------------------------
+
+const DEHYDRATED: &str = "/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device";
+
+/// The PUT body for a dehydrated device `device` (keys signed by it) with opaque `data`.
+fn dehydrated_body(device: &FakeDevice, data: &str) -> Value {
+    json!({
+        "device_id": device.device_id,
+        "device_data": { "algorithm": "m.dehydration.v1.olm", "device_pickle": data },
+        "initial_device_display_name": "dehydrated",
+        "device_keys": device.device_keys(),
+        "one_time_keys": device.one_time_keys(2),
+        "fallback_keys": device.fallback_keys(),
+    })
+}
+
+/// POST …/dehydrated_device/{id}/events expecting 200.
+async fn dehydrated_events(user: &Client, device_id: &str, next_batch: Option<&str>) -> Value {
+    let body = match next_batch {
+        Some(t) => json!({ "next_batch": t }),
+        None => json!({}),
+    };
+    expect_ok(
+        user.post(&format!("{DEHYDRATED}/{}/events", enc(device_id)), &body)
+            .await,
+        "POST dehydrated_device events",
+    )
+}
+
+#[tokio::test]
+async fn a_dehydrated_device_has_keys_and_receives_to_device_messages_while_offline() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    let dehydrated = FakeDevice::new(&alice.user_id, "DEHYDRATEDA");
+
+    expect_error(
+        &alice.get(DEHYDRATED).await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+        "GET with no dehydrated device",
+    );
+    let put = expect_ok(
+        alice
+            .put(DEHYDRATED, &dehydrated_body(&dehydrated, "pickle-1"))
+            .await,
+        "PUT dehydrated_device",
+    );
+    assert_eq!(put["device_id"], "DEHYDRATEDA", "PUT answered {put}");
+    let got = expect_ok(alice.get(DEHYDRATED).await, "GET dehydrated_device");
+    assert_eq!(got["device_id"], "DEHYDRATEDA");
+    assert_eq!(
+        got["device_data"]["device_pickle"], "pickle-1",
+        "GET answered {got}"
+    );
+
+    // Others see its keys and can claim its one-time keys, so they can encrypt to it.
+    let q = query(&bob, json!({ &alice.user_id: [] })).await;
+    assert!(
+        q["device_keys"][&alice.user_id]["DEHYDRATEDA"]["keys"].is_object(),
+        "expected the dehydrated device in /keys/query, got {q}"
+    );
+    let claim = expect_ok(
+        bob.post(
+            "/keys/claim",
+            &json!({ "one_time_keys": { &alice.user_id: { "DEHYDRATEDA": SIGNED_CURVE25519 } } }),
+        )
+        .await,
+        "claiming a dehydrated device's key",
+    );
+    assert!(
+        claim["one_time_keys"][&alice.user_id]["DEHYDRATEDA"].is_object(),
+        "expected a one-time key of the dehydrated device, got {claim}"
+    );
+
+    // A to-device message for it waits until the next batch token acknowledges it.
+    let content = json!({ "room_key": "for the dehydrated device" });
+    send_to_device(
+        &bob,
+        "m.room.encrypted",
+        &Client::txn_id(),
+        json!({ &alice.user_id: { "DEHYDRATEDA": content } }),
+    )
+    .await;
+    let first = dehydrated_events(&alice, "DEHYDRATEDA", None).await;
+    let events = first["events"].as_array().cloned().unwrap_or_default();
+    assert_eq!(events.len(), 1, "expected one event, got {first}");
+    assert_eq!(events[0]["sender"], bob.user_id.as_str());
+    assert_eq!(events[0]["type"], "m.room.encrypted");
+    assert_eq!(events[0]["content"], content);
+    let again = dehydrated_events(&alice, "DEHYDRATEDA", None).await;
+    assert_eq!(
+        again["events"].as_array().map(Vec::len),
+        Some(1),
+        "without next_batch the message is handed out again, got {again}"
+    );
+    let token = first["next_batch"]
+        .as_str()
+        .unwrap_or_else(|| panic!("expected next_batch, got {first}"));
+    let after = dehydrated_events(&alice, "DEHYDRATEDA", Some(token)).await;
+    assert_eq!(
+        after["events"].as_array().map(Vec::len),
+        Some(0),
+        "next_batch acknowledges the batch, got {after}"
+    );
+
+    // Another user's (or a wrong) device id is not found.
+    expect_error(
+        &bob.post(&format!("{DEHYDRATED}/DEHYDRATEDA/events"), &json!({}))
+            .await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+        "events of someone else's dehydrated device",
+    );
+}
+
+#[tokio::test]
+async fn a_new_dehydrated_device_replaces_the_old_one_and_delete_removes_it() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let first = FakeDevice::new(&alice.user_id, "DEHYD1");
+    let second = FakeDevice::new(&alice.user_id, "DEHYD2");
+    expect_ok(
+        alice.put(DEHYDRATED, &dehydrated_body(&first, "one")).await,
+        "first PUT",
+    );
+    expect_ok(
+        alice
+            .put(DEHYDRATED, &dehydrated_body(&second, "two"))
+            .await,
+        "second PUT",
+    );
+    let got = expect_ok(alice.get(DEHYDRATED).await, "GET");
+    assert_eq!(got["device_id"], "DEHYD2", "GET answered {got}");
+    let q = query(&alice, json!({ &alice.user_id: [] })).await;
+    let mine = &q["device_keys"][&alice.user_id];
+    assert!(
+        mine["DEHYD1"].is_null(),
+        "the replaced device's keys stay, got {q}"
+    );
+    assert!(
+        mine["DEHYD2"].is_object(),
+        "the new device's keys are missing, got {q}"
+    );
+    let devices = expect_ok(alice.get("/devices").await, "GET /devices");
+    let ids: Vec<&str> = devices["devices"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|d| d["device_id"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        !ids.contains(&"DEHYD1"),
+        "the replaced device is still listed: {devices}"
+    );
+    assert!(
+        ids.contains(&"DEHYD2"),
+        "the dehydrated device is not listed: {devices}"
+    );
+
+    let deleted = expect_ok(
+        alice.delete(DEHYDRATED, &json!({})).await,
+        "DELETE dehydrated_device",
+    );
+    assert_eq!(deleted["device_id"], "DEHYD2");
+    expect_error(
+        &alice.get(DEHYDRATED).await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+        "GET after DELETE",
+    );
+    let q = query(&alice, json!({ &alice.user_id: [] })).await;
+    assert!(
+        q["device_keys"][&alice.user_id]["DEHYD2"].is_null(),
+        "the deleted device's keys stay, got {q}"
+    );
+}
+
+#[tokio::test]
+async fn a_dehydrated_device_with_bad_keys_is_refused_and_leaves_nothing() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let device = FakeDevice::new(&alice.user_id, "DEHYDBAD");
+    let mut body = dehydrated_body(&device, "x");
+    body["device_keys"]["signatures"][&alice.user_id]["ed25519:DEHYDBAD"] =
+        json!(Ed25519Key::for_device("OTHER").signature(&device.unsigned_device_keys()));
+    expect_error(
+        &alice.put(DEHYDRATED, &body).await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_SIGNATURE",
+        "PUT with a bad self-signature",
+    );
+    expect_error(
+        &alice.get(DEHYDRATED).await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+        "GET after a refused PUT",
+    );
+    let devices = expect_ok(alice.get("/devices").await, "GET /devices");
+    assert!(
+        !devices.to_string().contains("DEHYDBAD"),
+        "the refused device was created: {devices}"
+    );
+    // A device id that is already a normal device is refused too.
+    let mut clash = dehydrated_body(&FakeDevice::new(&alice.user_id, &alice.device_id), "y");
+    clash["device_id"] = json!(alice.device_id);
+    expect_error(
+        &alice.put(DEHYDRATED, &clash).await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+        "PUT with the id of an existing device",
+    );
+    expect_ok(
+        alice.get("/account/whoami").await,
+        "the caller's device still works",
+    );
+}

@@ -92,14 +92,13 @@ impl Services {
         let reports = Arc::new(reports::Reports::new(db.clone()));
         let pushers = Arc::new(pushers::Pushers::new(db.clone()));
         let media = Arc::new(media::Media::new(db.clone(), config.clone())?);
-        let search = Arc::new(search::Search::open(config.data_dir.join("search"))?);
+        let search = Arc::new(search::Search::open(db.clone())?);
         rooms.set_search(search.clone());
         if search.created {
             // A new (or deleted) index is filled from the database.
             rooms.reindex(&search)?;
         }
         let backups = Arc::new(backup::KeyBackups::new(db.clone()));
-        search.start_committer();
         if let Some(tx) = pushers.start(rooms.clone(), ephemeral.clone()) {
             rooms.set_push_sender(tx);
         }

@@ -172,6 +172,7 @@ impl Rooms {
     pub fn reindex(&self, search: &crate::search::Search) -> Result<u64> {
         search.clear()?;
         let mut n = 0;
+        let mut batch = Batch::new();
         for (k, _) in self
             .db
             .scan_prefix(Table::RoomidRoom, b"")
@@ -192,8 +193,8 @@ impl Rooms {
                     continue;
                 }
                 let ev: serde_json::Value = serde_json::from_slice(&raw)?;
-                search.add(
-                    meta.event_id.as_str(),
+                search.index_into(
+                    &mut batch,
                     &room_id,
                     ev["sender"].as_str().unwrap_or_default(),
                     ev["type"].as_str().unwrap_or_default(),
@@ -202,9 +203,13 @@ impl Rooms {
                     ev["origin_server_ts"].as_u64().unwrap_or(0),
                 )?;
                 n += 1;
+                if batch.len() >= 10_000 {
+                    self.db.write(std::mem::take(&mut batch)).map_err(db_err)?;
+                }
             }
         }
-        search.commit()?;
+        self.db.write(batch).map_err(db_err)?;
+        search.mark_ready()?;
         Ok(n)
     }
 
@@ -790,6 +795,9 @@ impl Rooms {
             Some(_) => self.snapshot_depth(state_before)?,
             None => 0,
         };
+        let search = self.search.lock().clone();
+        let kind = pdu.kind.to_string();
+        let content = pdu.content_value();
         let (pos, ()) = self.stream.commit(|pos, batch| {
             let short = pos;
             self.write_notifications(batch, room_id, event_id.as_str(), pos, &notes)?;
@@ -895,26 +903,20 @@ impl Rooms {
             if let Some(target) = &redact_target {
                 self.redact_into(batch, target, &event_id, &rules)?;
             }
+            // Full-text search entries go with the event, in its batch.
+            if let Some(search) = &search {
+                search.index_into(
+                    batch,
+                    room_id.as_str(),
+                    pdu.sender.as_str(),
+                    &kind,
+                    &content,
+                    pos,
+                    u64::from(pdu.origin_server_ts.get()),
+                )?;
+            }
             Ok(())
         })?;
-        // Index the event for full-text search; drop a redacted one.
-        if let Some(search) = self.search.lock().clone() {
-            let content = pdu.content_value();
-            if let Err(e) = search.add(
-                event_id.as_str(),
-                room_id.as_str(),
-                pdu.sender.as_str(),
-                &pdu.kind.to_string(),
-                &content,
-                pos,
-                u64::from(pdu.origin_server_ts.get()),
-            ) {
-                tracing::warn!("search indexing failed: {e}");
-            }
-            if let Some(target) = &redact_target {
-                search.remove(target.as_str());
-            }
-        }
         // Hand the notifications to the push-gateway sender.
         if let Some(tx) = self.push_tx.lock().as_ref() {
             for n in &notes {
@@ -956,6 +958,9 @@ impl Rooms {
             return Ok(());
         };
         self.unindex_relation(batch, &relations::content_of(&raw), short)?;
+        if let Some(search) = self.search.lock().clone() {
+            search.unindex_into(batch, short)?;
+        }
         let obj: CanonicalJsonObject = serde_json::from_slice(&raw)?;
         let redacted = ruma::canonical_json::redact(obj, &rules.redaction, None)
             .map_err(|e| Error::internal(format!("redaction failed: {e}")))?;

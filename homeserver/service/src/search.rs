@@ -1,27 +1,20 @@
-//! Full-text search over room events with tantivy: events are indexed as they are committed,
-//! removed when redacted, and the whole index can be rebuilt from the database.
+//! Full-text search over room events: an inverted index in RocksDB, written in the same batch
+//! as the event it indexes (so search is never behind the timeline and survives a crash with
+//! it), removed in the batch that redacts the event, and rebuildable from the stored events.
+//!
+//! Text is split like a simple full-text tokenizer does: runs of letters and digits,
+//! lowercased; tokens longer than 40 bytes are dropped. A query matches events containing any
+//! of its tokens; the rank is BM25-like (term frequency, saturated, times the rarity of the
+//! token among the matches).
 
-use std::{
-    path::PathBuf,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc};
 
 use paracord_core::{Error, Result};
-use parking_lot::Mutex;
+use paracord_storage::{Batch, Db, KeyBuf, KeyReader, Table};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tantivy::{
-    collector::{Count, TopDocs},
-    directory::MmapDirectory,
-    query::{BooleanQuery, Occur, Query, QueryParser, TermQuery},
-    schema::{Field, IndexRecordOption, Schema, Value as _, FAST, INDEXED, STORED, STRING, TEXT},
-    Index, IndexReader, IndexWriter, Order, ReloadPolicy, TantivyDocument, Term,
-};
 
-/// Which content keys to search (`keys` of the request).
+/// Which fields of an event a query looks at.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Keys {
     pub body: bool,
@@ -29,56 +22,86 @@ pub struct Keys {
     pub topic: bool,
 }
 
-/// What to look for.
 #[derive(Debug, Clone, Copy)]
 pub struct SearchQuery<'a> {
     pub term: &'a str,
     pub keys: Keys,
-    /// Rooms the searcher may see (already checked).
     pub rooms: &'a [String],
     pub senders: Option<&'a [String]>,
-    /// Newest first instead of best first.
     pub recent: bool,
     pub offset: usize,
     pub limit: usize,
-    /// Only events with `origin_server_ts` in this range (milliseconds, inclusive).
     pub from_ts: Option<u64>,
     pub until_ts: Option<u64>,
 }
 
-/// One hit: `(rank, stream position of the event)`.
+/// A match: its score and the event's stream position (short id).
 pub type Hit = (f32, u64);
 
-struct Fields {
-    event_id: Field,
-    room_id: Field,
-    sender: Field,
-    body: Field,
-    name: Field,
-    topic: Field,
-    pos: Field,
-    ts: Field,
+/// Longest indexed token, in bytes.
+const MAX_TOKEN_BYTES: usize = 40;
+/// Distinct tokens indexed per event.
+const MAX_TOKENS_PER_EVENT: usize = 1024;
+/// Distinct tokens a query looks up.
+const MAX_QUERY_TOKENS: usize = 32;
+/// Index entries a query reads at most (bounds the work of a very common word).
+const MAX_SCANNED: usize = 200_000;
+/// Marks that the index tables are filled (absent: rebuild from the events at start).
+const READY_KEY: &[u8] = b"search_index_version";
+const INDEX_VERSION: &[u8] = b"1";
+
+const FIELD_BODY: u8 = 1;
+const FIELD_NAME: u8 = 2;
+const FIELD_TOPIC: u8 = 4;
+
+/// One posting: `token 0xFF room 0xFF pos` → this, as `ts (u64 BE) fields (u8) tf (u16 BE)
+/// sender (UTF-8)`.
+#[derive(Debug, PartialEq, Eq)]
+struct Posting {
+    /// `origin_server_ts`
+    ts: u64,
+    /// FIELD_* bits of the fields the token occurs in.
+    fields: u8,
+    /// Occurrences of the token in the event (capped).
+    tf: u16,
+    sender: String,
 }
 
-/// A change waiting for the next commit.
-enum Pending {
-    Add(TantivyDocument),
-    Delete(Term),
-    Clear,
+impl Posting {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(11 + self.sender.len());
+        out.extend_from_slice(&self.ts.to_be_bytes());
+        out.push(self.fields);
+        out.extend_from_slice(&self.tf.to_be_bytes());
+        out.extend_from_slice(self.sender.as_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() < 11 {
+            return Err(err("short posting"));
+        }
+        let mut ts = [0u8; 8];
+        ts.copy_from_slice(&bytes[..8]);
+        Ok(Self {
+            ts: u64::from_be_bytes(ts),
+            fields: bytes[8],
+            tf: u16::from_be_bytes([bytes[9], bytes[10]]),
+            sender: String::from_utf8_lossy(&bytes[11..]).into_owned(),
+        })
+    }
+}
+
+/// What was indexed for an event, so redaction can remove it: `pos` → this.
+#[derive(Debug, Serialize, Deserialize)]
+struct Indexed {
+    room: String,
+    tokens: Vec<String>,
 }
 
 pub struct Search {
-    index: Index,
-    reader: IndexReader,
-    /// Changes since the last commit. An index writer exists only while they are committed:
-    /// a resident writer held ~15 MiB (its document channel, arena and column writers) for
-    /// an index that changes a few times a second.
-    pending: Mutex<Vec<Pending>>,
-    /// Serialises commits (one writer at a time holds the index lock).
-    commit_lock: Mutex<()>,
-    fields: Fields,
-    dirty: AtomicBool,
-    /// Whether the index was created empty at start (and so needs a rebuild).
+    db: Arc<Db>,
+    /// Whether the index was missing at start (and so needs a rebuild).
     pub created: bool,
 }
 
@@ -86,109 +109,34 @@ fn err(e: impl std::fmt::Display) -> Error {
     Error::internal(format!("search index: {e}"))
 }
 
+/// Splits text into lowercased runs of letters and digits.
+pub fn tokenize(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|t| !t.is_empty())
+        .map(str::to_lowercase)
+        .filter(|t| t.len() <= MAX_TOKEN_BYTES)
+}
+
+fn posting_key(token: &str, room: &str, pos: u64) -> Vec<u8> {
+    KeyBuf::new().str(token).str(room).u64(pos).into_vec()
+}
+
 impl Search {
-    pub fn open(dir: PathBuf) -> Result<Self> {
-        let created = !dir.join("meta.json").exists();
-        std::fs::create_dir_all(&dir).map_err(err)?;
-        let mut sb = Schema::builder();
-        let fields = Fields {
-            event_id: sb.add_text_field("event_id", STRING | STORED),
-            room_id: sb.add_text_field("room_id", STRING),
-            sender: sb.add_text_field("sender", STRING),
-            body: sb.add_text_field("body", TEXT),
-            name: sb.add_text_field("name", TEXT),
-            topic: sb.add_text_field("topic", TEXT),
-            pos: sb.add_u64_field("pos", INDEXED | STORED | FAST),
-            ts: sb.add_u64_field("ts", INDEXED | FAST),
-        };
-        let schema = sb.build();
-        let (index, created) =
-            match Index::open_or_create(MmapDirectory::open(&dir).map_err(err)?, schema.clone()) {
-                Ok(index) => (index, created),
-                Err(e) => {
-                    // An index of an older schema: start again; it is rebuilt from the database.
-                    tracing::warn!("search index unusable ({e}); recreating it");
-                    std::fs::remove_dir_all(&dir).map_err(err)?;
-                    std::fs::create_dir_all(&dir).map_err(err)?;
-                    let fresh =
-                        Index::open_or_create(MmapDirectory::open(&dir).map_err(err)?, schema)
-                            .map_err(err)?;
-                    (fresh, true)
-                }
-            };
-        let reader = index
-            .reader_builder()
-            .reload_policy(ReloadPolicy::Manual)
-            .try_into()
-            .map_err(err)?;
-        Ok(Self {
-            index,
-            reader,
-            pending: Mutex::new(Vec::new()),
-            commit_lock: Mutex::new(()),
-            fields,
-            dirty: AtomicBool::new(false),
-            created,
-        })
+    pub fn open(db: Arc<Db>) -> Result<Self> {
+        let created = db
+            .get(Table::GlobalValue, READY_KEY)
+            .map_err(err)?
+            .as_deref()
+            != Some(INDEX_VERSION);
+        Ok(Self { db, created })
     }
 
-    /// Commits pending changes every half second, in the background.
-    pub fn start_committer(self: &Arc<Self>) {
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let this = self.clone();
-        handle.spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                if this.dirty.swap(false, Ordering::AcqRel) {
-                    let this = this.clone();
-                    let _ = tokio::task::spawn_blocking(move || {
-                        if let Err(e) = this.commit() {
-                            tracing::warn!("search commit failed: {e}");
-                        }
-                    })
-                    .await;
-                }
-            }
-        });
-    }
-
-    /// Writes the pending changes: a writer with one indexing thread and tantivy's smallest
-    /// memory budget, dropped (after its merges) once the commit is done.
-    pub fn commit(&self) -> Result<()> {
-        let _guard = self.commit_lock.lock();
-        let ops = std::mem::take(&mut *self.pending.lock());
-        if ops.is_empty() {
-            return Ok(());
-        }
-        let mut writer: IndexWriter = self
-            .index
-            .writer_with_num_threads(1, 15_000_000)
-            .map_err(err)?;
-        for op in ops {
-            match op {
-                Pending::Add(doc) => {
-                    writer.add_document(doc).map_err(err)?;
-                }
-                Pending::Delete(term) => {
-                    writer.delete_term(term);
-                }
-                Pending::Clear => {
-                    writer.delete_all_documents().map_err(err)?;
-                }
-            }
-        }
-        writer.commit().map_err(err)?;
-        writer.wait_merging_threads().map_err(err)?;
-        self.reader.reload().map_err(err)
-    }
-
-    /// Indexes an event if it has searchable text (`content.body`, `.name`, `.topic`).
+    /// Adds the index entries of an event to `batch` (the batch that stores the event).
+    /// Events without searchable text (`content.body`, `.name`, `.topic`) add nothing.
     #[allow(clippy::too_many_arguments)]
-    pub fn add(
+    pub fn index_into(
         &self,
-        event_id: &str,
+        batch: &mut Batch,
         room_id: &str,
         sender: &str,
         kind: &str,
@@ -196,154 +144,285 @@ impl Search {
         pos: u64,
         ts: u64,
     ) -> Result<()> {
-        let text = |k: &str| content.get(k).and_then(|v| v.as_str()).map(str::to_owned);
-        let (body, name, topic) = match kind {
-            "m.room.message" => (text("body"), None, None),
-            "m.room.name" => (None, text("name"), None),
-            "m.room.topic" => (None, None, text("topic")),
-            _ => (None, None, None),
+        let text = |k: &str| content.get(k).and_then(Value::as_str);
+        let (field, text) = match kind {
+            "m.room.message" => (FIELD_BODY, text("body")),
+            "m.room.name" => (FIELD_NAME, text("name")),
+            "m.room.topic" => (FIELD_TOPIC, text("topic")),
+            _ => return Ok(()),
         };
-        if body.is_none() && name.is_none() && topic.is_none() {
+        let Some(text) = text else {
+            return Ok(());
+        };
+        let mut counts: HashMap<String, u16> = HashMap::new();
+        for token in tokenize(text) {
+            if counts.len() >= MAX_TOKENS_PER_EVENT && !counts.contains_key(&token) {
+                continue;
+            }
+            let n = counts.entry(token).or_default();
+            *n = n.saturating_add(1);
+        }
+        if counts.is_empty() {
             return Ok(());
         }
-        let f = &self.fields;
-        let mut doc = TantivyDocument::default();
-        doc.add_text(f.event_id, event_id);
-        doc.add_text(f.room_id, room_id);
-        doc.add_text(f.sender, sender);
-        if let Some(b) = body {
-            doc.add_text(f.body, b);
+        let mut tokens = Vec::with_capacity(counts.len());
+        for (token, tf) in counts {
+            batch.put(
+                Table::TokenroomposSearch,
+                posting_key(&token, room_id, pos),
+                Posting {
+                    ts,
+                    fields: field,
+                    tf,
+                    sender: sender.to_owned(),
+                }
+                .encode(),
+            );
+            tokens.push(token);
         }
-        if let Some(n) = name {
-            doc.add_text(f.name, n);
-        }
-        if let Some(t) = topic {
-            doc.add_text(f.topic, t);
-        }
-        doc.add_u64(f.pos, pos);
-        doc.add_u64(f.ts, ts);
-        self.pending.lock().push(Pending::Add(doc));
-        self.dirty.store(true, Ordering::Release);
+        batch.put(
+            Table::ShorteventidSearchtokens,
+            pos.to_be_bytes().to_vec(),
+            serde_json::to_vec(&Indexed {
+                room: room_id.to_owned(),
+                tokens,
+            })?,
+        );
         Ok(())
     }
 
-    /// Removes a (redacted) event.
-    pub fn remove(&self, event_id: &str) {
-        self.pending
-            .lock()
-            .push(Pending::Delete(Term::from_field_text(
-                self.fields.event_id,
-                event_id,
-            )));
-        self.dirty.store(true, Ordering::Release);
+    /// Adds to `batch` the removal of an event's index entries (it is being redacted).
+    pub fn unindex_into(&self, batch: &mut Batch, pos: u64) -> Result<()> {
+        let Some(v) = self
+            .db
+            .get(Table::ShorteventidSearchtokens, &pos.to_be_bytes())
+            .map_err(err)?
+        else {
+            return Ok(());
+        };
+        let indexed: Indexed = serde_json::from_slice(&v)?;
+        for token in &indexed.tokens {
+            batch.delete(
+                Table::TokenroomposSearch,
+                posting_key(token, &indexed.room, pos),
+            );
+        }
+        batch.delete(Table::ShorteventidSearchtokens, pos.to_be_bytes().to_vec());
+        Ok(())
     }
 
-    /// Deletes everything (before a rebuild).
+    /// Deletes the whole index (before a rebuild).
     pub fn clear(&self) -> Result<()> {
-        self.pending.lock().push(Pending::Clear);
-        self.dirty.store(true, Ordering::Release);
-        Ok(())
+        for table in [Table::TokenroomposSearch, Table::ShorteventidSearchtokens] {
+            let mut batch = Batch::new();
+            for (k, _) in self.db.scan_prefix(table, b"").map_err(err)? {
+                batch.delete(table, k.to_vec());
+                if batch.len() >= 10_000 {
+                    self.db.write(std::mem::take(&mut batch)).map_err(err)?;
+                }
+            }
+            self.db.write(batch).map_err(err)?;
+        }
+        let mut batch = Batch::new();
+        batch.delete(Table::GlobalValue, READY_KEY.to_vec());
+        self.db.write(batch).map_err(err)
+    }
+
+    /// Records that the index is complete (after a rebuild).
+    pub fn mark_ready(&self) -> Result<()> {
+        let mut batch = Batch::new();
+        batch.put(
+            Table::GlobalValue,
+            READY_KEY.to_vec(),
+            INDEX_VERSION.to_vec(),
+        );
+        self.db.write(batch).map_err(err)
     }
 
     /// Events matching `term` in `rooms`, best first (or newest first when `recent`), from
     /// `offset`, at most `limit`; with the total number of matches.
     pub fn query(&self, q: &SearchQuery<'_>) -> Result<(Vec<Hit>, usize)> {
-        let SearchQuery {
-            term,
-            keys,
-            rooms,
-            senders,
-            recent,
-            offset,
-            limit,
-            from_ts,
-            until_ts,
-        } = *q;
-        let f = &self.fields;
-        let mut default_fields = Vec::new();
-        if keys.body {
-            default_fields.push(f.body);
+        let mut wanted_fields = 0u8;
+        if q.keys.body {
+            wanted_fields |= FIELD_BODY;
         }
-        if keys.name {
-            default_fields.push(f.name);
+        if q.keys.name {
+            wanted_fields |= FIELD_NAME;
         }
-        if keys.topic {
-            default_fields.push(f.topic);
+        if q.keys.topic {
+            wanted_fields |= FIELD_TOPIC;
         }
-        if default_fields.is_empty() || rooms.is_empty() {
-            return Ok((vec![], 0));
-        }
-        let parser = QueryParser::for_index(&self.index, default_fields);
-        let (text_query, _) = parser.parse_query_lenient(term);
-        let in_rooms: Vec<(Occur, Box<dyn Query>)> = rooms
-            .iter()
-            .map(|r| {
-                (
-                    Occur::Should,
-                    Box::new(TermQuery::new(
-                        Term::from_field_text(f.room_id, r),
-                        IndexRecordOption::Basic,
-                    )) as Box<dyn Query>,
-                )
-            })
-            .collect();
-        let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![
-            (Occur::Must, text_query),
-            (Occur::Must, Box::new(BooleanQuery::new(in_rooms))),
-        ];
-        if let Some(s) = senders {
-            let by: Vec<(Occur, Box<dyn Query>)> = s
-                .iter()
-                .map(|u| {
-                    (
-                        Occur::Should,
-                        Box::new(TermQuery::new(
-                            Term::from_field_text(f.sender, u),
-                            IndexRecordOption::Basic,
-                        )) as Box<dyn Query>,
-                    )
-                })
-                .collect();
-            clauses.push((Occur::Must, Box::new(BooleanQuery::new(by))));
-        }
-        if from_ts.is_some() || until_ts.is_some() {
-            use std::ops::Bound;
-            let bound = |t: Option<u64>| {
-                t.map_or(Bound::Unbounded, |t| {
-                    Bound::Included(Term::from_field_u64(f.ts, t))
-                })
-            };
-            clauses.push((
-                Occur::Must,
-                Box::new(tantivy::query::RangeQuery::new(
-                    bound(from_ts),
-                    bound(until_ts),
-                )),
-            ));
-        }
-        let query = BooleanQuery::new(clauses);
-        let searcher = self.reader.searcher();
-        let top = TopDocs::with_limit(limit.max(1)).and_offset(offset);
-        let count = searcher.search(&query, &Count).map_err(err)?;
-        let addresses: Vec<(f32, tantivy::DocAddress)> = if recent {
-            searcher
-                .search(&query, &top.order_by_fast_field::<u64>("pos", Order::Desc))
-                .map_err(err)?
-                .into_iter()
-                .map(|(_, a)| (0.0, a))
-                .collect()
-        } else {
-            searcher
-                .search(&query, &top.order_by_score())
-                .map_err(err)?
-        };
-        let mut hits = Vec::new();
-        for (score, address) in addresses {
-            let doc: TantivyDocument = searcher.doc(address).map_err(err)?;
-            if let Some(pos) = doc.get_first(f.pos).and_then(|v| v.as_u64()) {
-                hits.push((score, pos));
+        let mut tokens: Vec<String> = Vec::new();
+        for t in tokenize(q.term) {
+            if !tokens.contains(&t) && tokens.len() < MAX_QUERY_TOKENS {
+                tokens.push(t);
             }
         }
+        if wanted_fields == 0 || q.rooms.is_empty() || tokens.is_empty() {
+            return Ok((vec![], 0));
+        }
+        // Per token: the matching events and the token's count in each.
+        let mut per_token: Vec<Vec<(u64, u16)>> = Vec::with_capacity(tokens.len());
+        let mut scanned = 0usize;
+        for token in &tokens {
+            let mut matches = Vec::new();
+            for room in q.rooms {
+                if scanned >= MAX_SCANNED {
+                    break;
+                }
+                let prefix = KeyBuf::new().str(token).str(room).into_vec();
+                let rows = self
+                    .db
+                    .scan(
+                        Table::TokenroomposSearch,
+                        &prefix,
+                        &prefix,
+                        None,
+                        false,
+                        MAX_SCANNED - scanned,
+                    )
+                    .map_err(err)?;
+                scanned += rows.len();
+                for (k, v) in rows {
+                    let mut r = KeyReader::new(&k);
+                    r.str().map_err(err)?;
+                    r.str().map_err(err)?;
+                    let pos = r.u64().map_err(err)?;
+                    let p = Posting::decode(&v)?;
+                    if p.fields & wanted_fields == 0
+                        || q.from_ts.is_some_and(|f| p.ts < f)
+                        || q.until_ts.is_some_and(|u| p.ts > u)
+                        || q.senders.is_some_and(|s| !s.contains(&p.sender))
+                    {
+                        continue;
+                    }
+                    matches.push((pos, p.tf));
+                }
+            }
+            per_token.push(matches);
+        }
+        // BM25-like: saturated term frequency times the token's rarity among the matches.
+        let mut scores: HashMap<u64, f32> = HashMap::new();
+        let distinct: usize = {
+            let mut all: Vec<u64> = per_token.iter().flatten().map(|(p, _)| *p).collect();
+            all.sort_unstable();
+            all.dedup();
+            all.len()
+        };
+        for matches in &per_token {
+            if matches.is_empty() {
+                continue;
+            }
+            let df = matches.len() as f32;
+            let idf = (1.0 + (distinct as f32 - df + 0.5) / (df + 0.5)).ln();
+            for (pos, tf) in matches {
+                let tf = f32::from(*tf);
+                *scores.entry(*pos).or_default() += idf.max(0.01) * (tf * 2.2) / (tf + 1.2);
+            }
+        }
+        let count = scores.len();
+        let mut hits: Vec<Hit> = scores.into_iter().map(|(pos, s)| (s, pos)).collect();
+        if q.recent {
+            hits.sort_unstable_by_key(|h| std::cmp::Reverse(h.1));
+            for h in &mut hits {
+                h.0 = 0.0;
+            }
+        } else {
+            hits.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
+        }
+        let hits = hits.into_iter().skip(q.offset).take(q.limit).collect();
         Ok((hits, count))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postings_round_trip() {
+        let p = Posting {
+            ts: 1_700_000_000_000,
+            fields: FIELD_NAME,
+            tf: 3,
+            sender: "@ü:x".to_owned(),
+        };
+        assert_eq!(Posting::decode(&p.encode()).ok(), Some(p));
+        assert!(Posting::decode(&[1, 2]).is_err());
+    }
+
+    #[test]
+    fn tokens_are_lowercased_runs_of_letters_and_digits() {
+        let t: Vec<String> = tokenize("Hello, wörld! x2 -- ÉTÉ").collect();
+        assert_eq!(t, ["hello", "wörld", "x2", "été"]);
+        let long = "a".repeat(41);
+        assert_eq!(tokenize(&long).count(), 0);
+    }
+
+    fn db() -> (tempfile::TempDir, Arc<Db>) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| unreachable!("tempdir: {e}"));
+        let db = Db::open(&dir.path().join("db")).unwrap_or_else(|e| unreachable!("db: {e}"));
+        (dir, Arc::new(db))
+    }
+
+    fn index(s: &Search, db: &Db, room: &str, pos: u64, body: &str) {
+        let mut b = Batch::new();
+        let content = serde_json::json!({ "body": body });
+        s.index_into(
+            &mut b,
+            room,
+            "@a:x",
+            "m.room.message",
+            &content,
+            pos,
+            pos * 10,
+        )
+        .unwrap_or_else(|e| unreachable!("index: {e}"));
+        db.write(b).unwrap_or_else(|e| unreachable!("write: {e}"));
+    }
+
+    fn query(s: &Search, term: &str, rooms: &[String], recent: bool) -> (Vec<u64>, usize) {
+        let (hits, n) = s
+            .query(&SearchQuery {
+                term,
+                keys: Keys {
+                    body: true,
+                    name: true,
+                    topic: true,
+                },
+                rooms,
+                senders: None,
+                recent,
+                offset: 0,
+                limit: 10,
+                from_ts: None,
+                until_ts: None,
+            })
+            .unwrap_or_else(|e| unreachable!("query: {e}"));
+        (hits.into_iter().map(|(_, p)| p).collect(), n)
+    }
+
+    #[test]
+    fn ranks_by_matches_and_forgets_redacted_events() {
+        let (_dir, db) = db();
+        let s = Search::open(db.clone()).unwrap_or_else(|e| unreachable!("open: {e}"));
+        let rooms = vec!["!r:x".to_owned()];
+        index(&s, &db, "!r:x", 1, "apple banana");
+        index(&s, &db, "!r:x", 2, "apple apple apple");
+        index(&s, &db, "!r:x", 3, "cherry");
+        index(&s, &db, "!other:x", 4, "apple");
+        let (hits, n) = query(&s, "Apple", &rooms, false);
+        assert_eq!((hits.as_slice(), n), ([2, 1].as_slice(), 2));
+        let (hits, _) = query(&s, "banana apple", &rooms, false);
+        assert_eq!(hits.first(), Some(&1), "both words beat one");
+        let (hits, _) = query(&s, "apple", &rooms, true);
+        assert_eq!(hits, [2, 1]);
+        let mut b = Batch::new();
+        s.unindex_into(&mut b, 2)
+            .unwrap_or_else(|e| unreachable!("unindex: {e}"));
+        db.write(b).unwrap_or_else(|e| unreachable!("write: {e}"));
+        assert_eq!(query(&s, "apple", &rooms, false).0, [1]);
+        s.clear().unwrap_or_else(|e| unreachable!("clear: {e}"));
+        assert_eq!(query(&s, "apple", &rooms, false).1, 0);
     }
 }

@@ -51,6 +51,9 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
 }
 
 /// A key-value pair read from a scan.

@@ -84,6 +84,11 @@ pub enum Table {
     UserdevicetxnTodevice,
     /// `user_id` → the user's dehydrated device (MSC3814): device id and its opaque data.
     UseridDehydrateddevice,
+    // full-text search
+    /// `token 0xFF room_id 0xFF stream_pos` → posting (timestamp, fields, count, sender).
+    TokenroomposSearch,
+    /// short event id → the room and the tokens indexed for the event (for redaction).
+    ShorteventidSearchtokens,
 }
 
 impl Table {
@@ -128,6 +133,9 @@ impl Table {
         Table::UserdeviceposTodevice,
         Table::UserdevicetxnTodevice,
         Table::UseridDehydrateddevice,
+        // full-text search
+        Table::TokenroomposSearch,
+        Table::ShorteventidSearchtokens,
     ];
 
     pub fn name(self) -> &'static str {
@@ -172,6 +180,9 @@ impl Table {
             Table::UserdeviceposTodevice => "userdevicepos_todevice",
             Table::UserdevicetxnTodevice => "userdevicetxn_todevice",
             Table::UseridDehydrateddevice => "userid_dehydrateddevice",
+            // full-text search
+            Table::TokenroomposSearch => "tokenroompos_search",
+            Table::ShorteventidSearchtokens => "shorteventid_searchtokens",
         }
     }
 }

@@ -7,6 +7,7 @@ mod durability;
 mod e2ee;
 mod ephemeral;
 mod errors;
+mod federation_keys;
 mod media;
 mod membership;
 mod messages;

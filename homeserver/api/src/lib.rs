@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod error;
+pub mod federation;
 pub mod media;
 pub mod router;
 pub mod ruma_wrapper;

@@ -18,7 +18,7 @@ use crate::{
         account, backup, config, device, directory, discovery, ephemeral, keys, membership,
         message, people, profile, push, relations, room, search, session, space, state, sync,
     },
-    media,
+    federation, media,
     ruma_wrapper::RouterExt,
     synapse_admin, well_known, ApiError, AppState,
 };
@@ -198,6 +198,19 @@ pub fn app(services: Arc<Services>) -> Router {
         )
         .ruma::<c::config::get_room_account_data::v3::Request, _, _>(
             config::get_room_account_data_route,
+        )
+        // federation: keys and version
+        .ruma::<ruma::api::federation::discovery::get_server_keys::v2::Request, _, _>(
+            federation::get_server_keys_route,
+        )
+        .ruma::<ruma::api::federation::discovery::get_remote_server_keys::v2::Request, _, _>(
+            federation::get_remote_server_keys_route,
+        )
+        .ruma::<ruma::api::federation::discovery::get_remote_server_keys_batch::v2::Request, _, _>(
+            federation::get_remote_server_keys_batch_route,
+        )
+        .ruma::<ruma::api::federation::discovery::get_server_version::v1::Request, _, _>(
+            federation::get_server_version_route,
         )
         // end-to-end encryption
         .ruma::<c::keys::upload_keys::v3::Request, _, _>(keys::upload_keys_route)

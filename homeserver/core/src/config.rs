@@ -25,6 +25,11 @@ pub struct Config {
     pub public_baseurl: Option<String>,
     pub data_dir: PathBuf,
     pub signing_key_path: Option<PathBuf>,
+    /// How long other servers may cache this server's signing keys (`valid_until_ts`).
+    pub key_validity_period_ms: u64,
+    /// Earlier signing keys still published as `old_verify_keys` (besides those the server
+    /// recorded itself when its key file changed).
+    pub old_verify_keys: std::collections::BTreeMap<String, OldVerifyKey>,
     pub registration_enabled: bool,
     #[serde(deserialize_with = "opt_string_like")]
     pub registration_shared_secret: Option<String>,
@@ -46,6 +51,15 @@ pub struct Config {
     pub log: String,
 }
 
+/// A signing key the server no longer signs with, still published for verifying old events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OldVerifyKey {
+    /// Unpadded base64 ed25519 public key.
+    pub key: String,
+    /// When the server stopped using it (ms since the epoch).
+    pub expired_ts: u64,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -54,6 +68,8 @@ impl Default for Config {
             public_baseurl: None,
             data_dir: PathBuf::from("data"),
             signing_key_path: None,
+            key_validity_period_ms: 24 * 60 * 60 * 1000,
+            old_verify_keys: std::collections::BTreeMap::new(),
             registration_enabled: true,
             registration_shared_secret: None,
             rate_limits_enabled: true,
@@ -97,6 +113,14 @@ pub const TEMPLATE: &str = r#"# Paracord homeserver configuration.
 
 # The server's ed25519 signing key, generated on first start. Default: <data_dir>/signing.key
 #signing_key_path = "data/signing.key"
+
+# How long other servers may cache the signing key before asking again, in milliseconds.
+#key_validity_period_ms = 86400000
+
+# Key rotation: point signing_key_path at a new key (or replace the file) and restart; the
+# server keeps publishing the previous key as an old verify key, expired at the restart.
+# Older keys from elsewhere (another install, say) can be listed here:
+#old_verify_keys = { "ed25519:abc123" = { key = "<unpadded base64 public key>", expired_ts = 1700000000000 } }
 
 # Anyone may register an account through /register (m.login.dummy).
 #registration_enabled = true

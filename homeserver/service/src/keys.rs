@@ -2,14 +2,33 @@
 
 use std::path::Path;
 
-use base64::{engine::general_purpose::STANDARD_NO_PAD, Engine};
-use ruma::signatures::Ed25519KeyPair;
+use std::collections::BTreeMap;
 
-use paracord_core::{Error, Result};
+use base64::{engine::general_purpose::STANDARD_NO_PAD, Engine};
+use paracord_core::{config::OldVerifyKey, Error, Result};
+use paracord_storage::{Batch, Db, Table};
+use ruma::{
+    signatures::{sign_json, Ed25519KeyPair},
+    CanonicalJsonObject,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 
 pub struct ServerKeys {
     keypair: Ed25519KeyPair,
+    /// Keys this server signed with before: key id → public key and when it stopped.
+    old: BTreeMap<String, OldVerifyKey>,
 }
+
+/// What the database remembers of the server's keys, so a rotated key stays published.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct KeyHistory {
+    /// The key id and public key in use at the last start.
+    current: Option<(String, String)>,
+    old: BTreeMap<String, OldVerifyKey>,
+}
+
+const HISTORY_KEY: &[u8] = b"signing_key_history";
 
 impl ServerKeys {
     /// Loads the key at `path`, writing a new one there first if there is none. The file holds
@@ -53,7 +72,13 @@ impl ServerKeys {
             .map_err(|e| Error::internal(format!("signing key is not base64: {e}")))?;
         let keypair = Ed25519KeyPair::from_der(&der, version.to_owned())
             .map_err(|e| Error::internal(format!("signing key unreadable: {e}")))?;
-        Ok((Self { keypair }, created))
+        Ok((
+            Self {
+                keypair,
+                old: BTreeMap::new(),
+            },
+            created,
+        ))
     }
 
     pub fn keypair(&self) -> &Ed25519KeyPair {
@@ -68,6 +93,84 @@ impl ServerKeys {
     pub fn public_key_base64(&self) -> String {
         STANDARD_NO_PAD.encode(self.keypair.public_key())
     }
+
+    /// Records the key in use; a different key than at the last start makes the previous one
+    /// an old verify key (expired now). Keys listed in the config are published too.
+    pub fn track_rotation(
+        &mut self,
+        db: &Db,
+        configured: &BTreeMap<String, OldVerifyKey>,
+    ) -> Result<()> {
+        let mut history: KeyHistory = match db
+            .get(Table::GlobalValue, HISTORY_KEY)
+            .map_err(Error::internal)?
+        {
+            Some(v) => serde_json::from_slice(&v)?,
+            None => KeyHistory::default(),
+        };
+        let current = (self.key_id(), self.public_key_base64());
+        if history.current.as_ref() != Some(&current) {
+            if let Some((id, key)) = history.current.take() {
+                if id != current.0 {
+                    tracing::info!(old = %id, new = %current.0, "signing key rotated");
+                    history.old.insert(
+                        id,
+                        OldVerifyKey {
+                            key,
+                            expired_ts: now_ms(),
+                        },
+                    );
+                }
+            }
+            history.current = Some(current.clone());
+            let mut batch = Batch::new();
+            batch.put(
+                Table::GlobalValue,
+                HISTORY_KEY.to_vec(),
+                serde_json::to_vec(&history)?,
+            );
+            db.write(batch).map_err(Error::internal)?;
+        }
+        self.old = history.old;
+        for (id, k) in configured {
+            if *id != current.0 {
+                self.old.insert(id.clone(), k.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// This server's keys as `/_matrix/key/v2/server` publishes them, signed.
+    pub fn server_keys(&self, server_name: &str, valid_until_ts: u64) -> Result<Value> {
+        let old: serde_json::Map<String, Value> = self
+            .old
+            .iter()
+            .map(|(id, k)| {
+                (
+                    id.clone(),
+                    json!({ "key": k.key, "expired_ts": k.expired_ts }),
+                )
+            })
+            .collect();
+        let body = json!({
+            "server_name": server_name,
+            "valid_until_ts": valid_until_ts,
+            "verify_keys": { self.key_id(): { "key": self.public_key_base64() } },
+            "old_verify_keys": old,
+        });
+        let mut obj: CanonicalJsonObject = serde_json::from_value(body)
+            .map_err(|e| Error::internal(format!("server keys: {e}")))?;
+        sign_json(server_name, &self.keypair, &mut obj)
+            .map_err(|e| Error::internal(format!("signing server keys: {e}")))?;
+        Ok(serde_json::to_value(obj)?)
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(unix)]

@@ -51,7 +51,8 @@ impl Services {
         Self::build(config, db, keys)
     }
 
-    pub fn build(config: Config, db: Arc<Db>, keys: keys::ServerKeys) -> Result<Self> {
+    pub fn build(config: Config, db: Arc<Db>, mut keys: keys::ServerKeys) -> Result<Self> {
+        keys.track_rotation(&db, &config.old_verify_keys)?;
         let config = Arc::new(config);
         let keys = Arc::new(keys);
         let stream = Arc::new(stream::Stream::load(db.clone())?);

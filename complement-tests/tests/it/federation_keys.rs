@@ -1,0 +1,172 @@
+//! The server's signing keys as other servers see them: `/_matrix/key/v2/server`, the notary
+//! endpoints answering for this server, key rotation, and `/_matrix/federation/v1/version`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use paracord_complement::{e2ee::verify_signature, enc, expect_ok, TestServer};
+use serde_json::{json, Value};
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The one current key of a key response: `(key id, public key)`.
+fn current_key(keys: &Value) -> (String, String) {
+    let verify = keys["verify_keys"]
+        .as_object()
+        .unwrap_or_else(|| panic!("expected verify_keys, got {keys}"));
+    assert_eq!(verify.len(), 1, "expected one current key, got {keys}");
+    let (id, k) = verify.iter().next().unwrap_or_else(|| unreachable!());
+    let public = k["key"]
+        .as_str()
+        .unwrap_or_else(|| panic!("expected a key string, got {keys}"));
+    (id.clone(), public.to_owned())
+}
+
+/// Checks a key response of `server`: its name, validity and self-signature.
+fn assert_signed_keys(keys: &Value, server: &str) -> (String, String) {
+    assert_eq!(keys["server_name"], server, "got {keys}");
+    let (id, public) = current_key(keys);
+    assert!(id.starts_with("ed25519:"), "got key id {id}");
+    assert!(
+        verify_signature(keys, server, &id, &public),
+        "expected the key response to be signed by {id}: {keys}"
+    );
+    let mut tampered = keys.clone();
+    tampered["valid_until_ts"] = json!(1);
+    assert!(
+        !verify_signature(&tampered, server, &id, &public),
+        "a changed response must not verify (is the check real?)"
+    );
+    (id, public)
+}
+
+async fn server_keys(server: &TestServer) -> Value {
+    expect_ok(
+        server.client().get("/_matrix/key/v2/server").await,
+        "GET /_matrix/key/v2/server",
+    )
+}
+
+#[tokio::test]
+async fn server_keys_are_self_signed_and_valid_for_the_configured_period() {
+    let server = TestServer::start_with(|env| {
+        TestServer::set_env(env, "PARACORD_KEY_VALIDITY_PERIOD_MS", "3600000");
+    })
+    .await;
+    let before = now_ms();
+    let keys = server_keys(&server).await;
+    assert_signed_keys(&keys, &server.server_name());
+    let valid_until = keys["valid_until_ts"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("expected valid_until_ts, got {keys}"));
+    assert!(
+        valid_until >= before + 3_600_000 && valid_until <= now_ms() + 3_600_000,
+        "expected valid_until_ts an hour from now, got {valid_until} (now {before})"
+    );
+    assert_eq!(keys["old_verify_keys"], json!({}), "got {keys}");
+}
+
+#[tokio::test]
+async fn a_replaced_signing_key_stays_published_as_an_old_key() {
+    let mut server = TestServer::start_with(|env| {
+        TestServer::set_env(
+            env,
+            "PARACORD_OLD_VERIFY_KEYS",
+            r#"{ "ed25519:legacy" = { key = "bGVnYWN5a2V5", expired_ts = 5 } }"#,
+        );
+    })
+    .await;
+    let first = server_keys(&server).await;
+    let (old_id, old_public) = assert_signed_keys(&first, &server.server_name());
+    assert_eq!(
+        first["old_verify_keys"]["ed25519:legacy"],
+        json!({ "key": "bGVnYWN5a2V5", "expired_ts": 5 }),
+        "keys from the config are published, got {first}"
+    );
+
+    // Rotate: a new key file, then a restart.
+    server.kill9();
+    std::fs::remove_file(server.data_dir().join("signing.key"))
+        .unwrap_or_else(|e| panic!("expected to remove the signing key: {e}"));
+    let rotated_at = now_ms();
+    server.restart().await;
+    let second = server_keys(&server).await;
+    let (new_id, new_public) = assert_signed_keys(&second, &server.server_name());
+    assert_ne!(new_public, old_public, "expected a new key after rotation");
+    assert_ne!(new_id, old_id);
+    let old = &second["old_verify_keys"][&old_id];
+    assert_eq!(old["key"], old_public.as_str(), "got {second}");
+    let expired = old["expired_ts"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("expected expired_ts, got {second}"));
+    assert!(
+        expired >= rotated_at && expired <= now_ms(),
+        "expected the old key to expire at the restart, got {expired}"
+    );
+    assert!(second["old_verify_keys"]["ed25519:legacy"].is_object());
+
+    // Another restart with the same key changes nothing.
+    server.restart().await;
+    let third = server_keys(&server).await;
+    assert_eq!(third["old_verify_keys"], second["old_verify_keys"]);
+    assert_eq!(current_key(&third), (new_id, new_public));
+}
+
+#[tokio::test]
+async fn the_notary_endpoints_answer_for_this_server_only() {
+    let server = TestServer::start().await;
+    let name = server.server_name();
+    let client = server.client();
+    let own = expect_ok(
+        client
+            .get(&format!("/_matrix/key/v2/query/{}", enc(&name)))
+            .await,
+        "GET /_matrix/key/v2/query/{own}",
+    );
+    let list = own["server_keys"]
+        .as_array()
+        .unwrap_or_else(|| panic!("expected server_keys, got {own}"));
+    assert_eq!(list.len(), 1, "got {own}");
+    assert_signed_keys(&list[0], &name);
+
+    let other = expect_ok(
+        client.get("/_matrix/key/v2/query/unknown.example").await,
+        "GET /_matrix/key/v2/query/{other}",
+    );
+    assert_eq!(other["server_keys"], json!([]), "got {other}");
+
+    let batch = expect_ok(
+        client
+            .post(
+                "/_matrix/key/v2/query",
+                &json!({ "server_keys": { &name: {}, "unknown.example": {} } }),
+            )
+            .await,
+        "POST /_matrix/key/v2/query",
+    );
+    let list = batch["server_keys"]
+        .as_array()
+        .unwrap_or_else(|| panic!("expected server_keys, got {batch}"));
+    assert_eq!(list.len(), 1, "only this server's keys, got {batch}");
+    assert_signed_keys(&list[0], &name);
+
+    let (status, _) = client
+        .post("/_matrix/key/v2/query", &json!({ "server_keys": 5 }))
+        .await;
+    assert_eq!(status.as_u16(), 400, "a malformed query is a 400");
+}
+
+#[tokio::test]
+async fn federation_version_names_the_server() {
+    let server = TestServer::start().await;
+    let v = expect_ok(
+        server.client().get("/_matrix/federation/v1/version").await,
+        "GET /_matrix/federation/v1/version",
+    );
+    assert_eq!(v["server"]["name"], "Paracord", "got {v}");
+    assert!(v["server"]["version"].is_string(), "got {v}");
+}

@@ -1,0 +1,77 @@
+//! Server-Server API. So far: this server's signing keys (`/_matrix/key/v2/server`), the
+//! notary endpoints answering for this server, and `/_matrix/federation/v1/version`. The rest
+//! of federation (signed requests, transactions, joins) is not built yet and answers
+//! `M_UNRECOGNIZED`.
+
+use axum::{extract::State, Json};
+use ruma::api::federation::discovery::{
+    get_remote_server_keys, get_remote_server_keys_batch, get_server_keys, get_server_version,
+};
+use serde_json::{json, Value};
+
+use crate::{ruma_wrapper::Ruma, ApiResult, AppState};
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// This server's keys, signed, valid for the configured period.
+fn own_keys(state: &AppState) -> ApiResult<Value> {
+    let valid_until = now_ms().saturating_add(state.config.key_validity_period_ms);
+    Ok(state
+        .keys
+        .server_keys(&state.config.server_name, valid_until)?)
+}
+
+/// `GET /_matrix/key/v2/server` — https://spec.matrix.org/v1.19/server-server-api/#get_matrixkeyv2server
+pub(crate) async fn get_server_keys_route(
+    State(state): State<AppState>,
+    _req: Ruma<get_server_keys::v2::Request>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(own_keys(&state)?))
+}
+
+/// `GET /_matrix/key/v2/query/{serverName}` — https://spec.matrix.org/v1.19/server-server-api/#get_matrixkeyv2queryservername
+///
+/// Answers for this server only: fetching other servers' keys comes with federation. An
+/// unknown server gets an empty list, which the spec allows (the notary has no keys for it).
+pub(crate) async fn get_remote_server_keys_route(
+    State(state): State<AppState>,
+    req: Ruma<get_remote_server_keys::v2::Request>,
+) -> ApiResult<Json<Value>> {
+    let keys = if req.body.server_name.as_str() == state.config.server_name {
+        vec![own_keys(&state)?]
+    } else {
+        vec![]
+    };
+    Ok(Json(json!({ "server_keys": keys })))
+}
+
+/// `POST /_matrix/key/v2/query` — https://spec.matrix.org/v1.19/server-server-api/#post_matrixkeyv2query
+pub(crate) async fn get_remote_server_keys_batch_route(
+    State(state): State<AppState>,
+    req: Ruma<get_remote_server_keys_batch::v2::Request>,
+) -> ApiResult<Json<Value>> {
+    let mut keys = Vec::new();
+    if req
+        .body
+        .server_keys
+        .keys()
+        .any(|s| s.as_str() == state.config.server_name)
+    {
+        keys.push(own_keys(&state)?);
+    }
+    Ok(Json(json!({ "server_keys": keys })))
+}
+
+/// `GET /_matrix/federation/v1/version` — https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1version
+pub(crate) async fn get_server_version_route(
+    _req: Ruma<get_server_version::v1::Request>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        json!({ "server": { "name": "Paracord", "version": env!("CARGO_PKG_VERSION") } }),
+    ))
+}

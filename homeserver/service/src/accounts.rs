@@ -134,9 +134,14 @@ fn hashing_thread() -> Result<&'static std::sync::mpsc::Sender<HashJob>> {
     let (tx, rx) = std::sync::mpsc::channel::<HashJob>();
     std::thread::Builder::new()
         .name("password-hashing".into())
-        .spawn(move || {
-            while let Ok(job) = rx.recv() {
-                job();
+        .spawn(move || loop {
+            match rx.recv_timeout(ARGON2_MEMORY_IDLE) {
+                Ok(job) => job(),
+                // Idle: give Argon2's working memory back until the next burst of logins.
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    ARGON2_MEMORY.with(|m| *m.borrow_mut() = Vec::new());
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             }
         })
         .map_err(db_err)?;
@@ -155,9 +160,13 @@ async fn on_hashing_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'st
         .map_err(|_| Error::internal("password hashing thread dropped a job"))
 }
 
+/// How long the hashing thread keeps Argon2's working memory after the last hash.
+const ARGON2_MEMORY_IDLE: std::time::Duration = std::time::Duration::from_millis(500);
+
 thread_local! {
-    /// Argon2's working memory, allocated once per hashing thread and reused: allocating it
-    /// per hash left a new aligned block behind in the arena each time (7 MB per login).
+    /// Argon2's working memory, allocated once per hashing thread and reused while hashes
+    /// come in (allocating it per hash left a new aligned block behind in the arena each time,
+    /// 7 MB per login); freed when the thread has been idle for [`ARGON2_MEMORY_IDLE`].
     static ARGON2_MEMORY: std::cell::RefCell<Vec<argon2::Block>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 

@@ -186,6 +186,14 @@ fn cross_signing_public_key(key: &Value) -> Result<(String, String)> {
     }
 }
 
+/// Records in a `failures` map that `user`'s server could not be asked (no federation yet).
+fn remote_failure(failures: &mut Map<String, Value>, user: &UserId) {
+    failures.insert(
+        user.server_name().to_string(),
+        json!({ "status": 503, "message": "federation is not available on this server yet" }),
+    );
+}
+
 /// Splits `algorithm:key_id`.
 fn split_key_id(id: &str) -> Result<(&str, &str)> {
     match id.split_once(':') {
@@ -617,10 +625,7 @@ impl E2ee {
         let mut failures = Map::new();
         for (user, devices) in wanted {
             if !self.accounts.is_local(user) {
-                failures.insert(
-                    user.server_name().to_string(),
-                    json!({ "status": 503, "message": "federation is not available on this server yet" }),
-                );
+                remote_failure(&mut failures, user);
                 continue;
             }
             let mut per_device = Map::new();
@@ -687,10 +692,7 @@ impl E2ee {
         let mut batch = Batch::new();
         for (user, devices) in wanted {
             if !self.accounts.is_local(user) {
-                failures.insert(
-                    user.server_name().to_string(),
-                    json!({ "status": 503, "message": "federation is not available on this server yet" }),
-                );
+                remote_failure(&mut failures, user);
                 continue;
             }
             let mut per_device = Map::new();

@@ -10,7 +10,8 @@
 //! `m.room.member` with `is_direct` in the invite's stripped state; `GET
 //! /rooms/{id}/event/{id}`, `/members` and `/messages`; `DELETE /devices/{id}` with
 //! password UIA, which also removes the device's keys from `/keys/query` and tells the
-//! users who share a room through `device_lists`. The harness's `data_dir()` and
+//! users who share a room through `device_lists`; MSC3814 dehydrated devices (`PUT`,
+//! `GET`, `DELETE /dehydrated_device` and its `events` with `next_batch`). The harness's `data_dir()` and
 //! `log_path()` give the files to scan for plaintext.
 //!
 //! `RUST_LOG=matrix_sdk=debug` shows the SDK's requests. Run against Synapse (to tell a
@@ -24,9 +25,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures_util::{FutureExt, StreamExt};
 use matrix_sdk::{
     config::{RequestConfig, SyncSettings},
     deserialized_responses::{TimelineEvent, TimelineEventKind},
+    encryption::dehydrated_devices::DehydratedDeviceEvent,
     room::MessagesOptions,
     ruma::{
         api::client::uiaa, events::room::message::RoomMessageEventContent, OwnedDeviceId,
@@ -34,6 +37,7 @@ use matrix_sdk::{
     },
     Client, Room, RoomState,
 };
+use matrix_sdk_crypto::store::types::DehydratedDeviceKey;
 use paracord_complement::{enc, expect_ok, random_word, StatusCode, TestServer, User};
 use serde_json::{json, Value};
 use tokio::{
@@ -1062,5 +1066,221 @@ async fn cli_dm_send_tail_verify_backup_restore() {
         bodies,
         vec![hello.as_str(), reply.as_str()],
         "expected the second device to read the history after `restore`: {tail:?}"
+    );
+}
+
+/// MSC3814's unstable endpoint, for the checks over plain HTTP.
+const DEHYDRATED_DEVICE: &str = "/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device";
+
+/// `user`'s dehydrated `device`, as the client sees it: known, flagged dehydrated and
+/// cross-signed by its owner (else senders withhold room keys from it).
+struct DehydratedDeviceKnown<'a>(&'a UserId, &'a OwnedDeviceId, String);
+
+impl AsyncCheck<()> for DehydratedDeviceKnown<'_> {
+    async fn check(&mut self, client: &Client) -> Option<()> {
+        let device = match client.encryption().get_device(self.0, self.1).await {
+            Ok(Some(device)) => device,
+            other => {
+                self.2 = format!("get_device: {other:?}");
+                return None;
+            }
+        };
+        self.2 = format!(
+            "dehydrated: {}, cross-signed by owner: {}",
+            device.is_dehydrated(),
+            device.is_cross_signed_by_owner()
+        );
+        (device.is_dehydrated() && device.is_cross_signed_by_owner()).then_some(())
+    }
+
+    fn last_seen(&self) -> String {
+        self.2.clone()
+    }
+}
+
+/// Sends `count` plaintext to-device events from `from` to `user`'s `device` over plain
+/// HTTP, one `/sendToDevice` each.
+async fn send_filler_to_device(from: &User, user: &str, device: &OwnedDeviceId, count: usize) {
+    for n in 0..count {
+        let path = format!(
+            "/sendToDevice/org.paracord.test.filler/{}",
+            paracord_complement::Client::txn_id()
+        );
+        let body = json!({ "messages": { user: { device.as_str(): { "n": n } } } });
+        expect_ok(from.put(&path, &body).await, "PUT /sendToDevice (filler)");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dehydrated_device_gets_room_keys_while_alice_is_offline() {
+    init_logging();
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    let a1 = login(&server, &alice, "alice only device").await;
+    let b = login(&server, &bob, "bob").await;
+    // Senders give room keys only to dehydrated devices their owner cross-signed.
+    bootstrap_cross_signing(&a1, &alice).await;
+    let room_id = open_dm(&a1, &b, &bob).await;
+    let alice_id = user_of(&a1);
+
+    let dehydration = a1.encryption().dehydrated_devices();
+    let supported = dehydration
+        .is_supported()
+        .await
+        .unwrap_or_else(|e| panic!("expected GET {DEHYDRATED_DEVICE} to answer: {e:?}"));
+    assert!(
+        supported,
+        "expected GET {DEHYDRATED_DEVICE} without a device to be M_NOT_FOUND, not M_UNRECOGNIZED"
+    );
+    let pickle_key = DehydratedDeviceKey::new();
+    let dehydrated_id = dehydration
+        .create(Some("alice dehydrated"), &pickle_key)
+        .await
+        .unwrap_or_else(|e| panic!("expected A to upload a dehydrated device: {e:?}"));
+    let stored = expect_ok(alice.get(DEHYDRATED_DEVICE).await, "GET dehydrated_device");
+    assert_eq!(
+        stored["device_id"],
+        dehydrated_id.as_str(),
+        "expected GET {DEHYDRATED_DEVICE} to return the uploaded device, got {stored}"
+    );
+    assert!(
+        stored["device_data"]["algorithm"].is_string(),
+        "expected the device_data the SDK uploaded (with its algorithm) back, got {stored}"
+    );
+
+    // Alice goes offline: her SDK device and the harness's registration device log out.
+    a1.logout()
+        .await
+        .unwrap_or_else(|e| panic!("expected A's SDK device to log out: {e:?}"));
+    expect_ok(alice.post("/logout", &json!({})).await, "POST /logout");
+    let keys = expect_ok(
+        bob.post(
+            "/keys/query",
+            &json!({ "device_keys": { alice.user_id.clone(): [] } }),
+        )
+        .await,
+        "POST /keys/query",
+    );
+    let devices = &keys["device_keys"][&alice.user_id];
+    let listed: Vec<&String> = devices
+        .as_object()
+        .map(|d| d.keys().collect())
+        .unwrap_or_default();
+    assert_eq!(
+        listed,
+        vec![dehydrated_id.as_str()],
+        "expected the dehydrated device to be A's only device with keys once she logged out, \
+         got {keys}"
+    );
+    assert_eq!(
+        devices[dehydrated_id.as_str()]["dehydrated"],
+        true,
+        "expected /keys/query to flag the device as dehydrated, got {keys}"
+    );
+    sync_until(
+        &b,
+        "A's dehydrated device, cross-signed",
+        DehydratedDeviceKnown(&alice_id, &dehydrated_id, String::new()),
+    )
+    .await;
+    sync_until(
+        &b,
+        "A's logged-out device gone",
+        DeviceGone(&alice_id, &device_of(&a1)),
+    )
+    .await;
+
+    // Bob writes while Alice has no client. Plaintext to-device filler between the two
+    // room keys makes the dehydrated device's queue longer than one batch of
+    // `/dehydrated_device/{id}/events` (Paracord gives 100 at a time), so the room keys
+    // are on different pages and rehydration must follow `next_batch`.
+    const FILLER: usize = 150;
+    let room_b = b.get_room(&room_id).expect("B's room");
+    let first = marker("offline-1");
+    let id1 = send_text(&room_b, &first).await;
+    send_filler_to_device(&bob, &alice.user_id, &dehydrated_id, FILLER).await;
+    room_b
+        .discard_room_key()
+        .await
+        .unwrap_or_else(|e| panic!("expected B to discard its room key: {e:?}"));
+    let second = marker("offline-2");
+    let id2 = send_text(&room_b, &second).await;
+    expect_ciphertext_on_server(&bob, &room_id, &id2, &second).await;
+
+    // Alice comes back on a new device, without key backup.
+    let a2 = login(&server, &alice, "alice new device").await;
+    let a2_http = server.client_with_token(&a2.access_token().expect("an access token"));
+    let (status, backup) = a2_http.get("/room_keys/version").await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "expected A to have no key backup (so only the dehydrated device can help), got {backup}"
+    );
+    let room_a2 = sync_until(
+        &a2,
+        "the room on the new device",
+        RoomIn(&room_id, RoomState::Joined),
+    )
+    .await;
+    let before = room_a2
+        .event(&id1, None)
+        .await
+        .unwrap_or_else(|e| panic!("expected A2 to fetch {id1}: {e:?}"));
+    assert!(
+        matches!(before.kind, TimelineEventKind::UnableToDecrypt { .. }),
+        "expected the new device not to decrypt B's offline messages before rehydrating, got {:?}",
+        before.kind
+    );
+
+    let rehydration = a2.encryption().dehydrated_devices();
+    let mut progress = rehydration.state_stream();
+    let rehydrated = rehydration
+        .rehydrate(&pickle_key)
+        .await
+        .unwrap_or_else(|e| panic!("expected A2 to rehydrate {dehydrated_id}: {e:?}"));
+    assert!(
+        rehydrated,
+        "expected A2 to find the dehydrated device {dehydrated_id} (GET {DEHYDRATED_DEVICE})"
+    );
+    let mut batches = 0;
+    let mut completed = None;
+    while let Some(Some(event)) = progress.next().now_or_never() {
+        match event {
+            Ok(DehydratedDeviceEvent::RehydrationProgress { .. }) => batches += 1,
+            Ok(DehydratedDeviceEvent::RehydrationCompleted {
+                device_id,
+                room_keys_imported,
+                to_device_events,
+            }) => completed = Some((device_id, room_keys_imported, to_device_events)),
+            _ => {}
+        }
+    }
+    let (device_id, room_keys, to_device) =
+        completed.unwrap_or_else(|| panic!("expected a RehydrationCompleted event"));
+    assert_eq!(device_id, dehydrated_id);
+    assert!(
+        to_device >= FILLER + 2,
+        "expected the {FILLER} filler events and both room keys from the events endpoint, \
+         got {to_device} to-device events"
+    );
+    assert!(
+        batches >= 2,
+        "expected the queue to come in more than one batch (next_batch), got {batches}"
+    );
+    assert_eq!(
+        room_keys, 2,
+        "expected the dehydrated device to have received B's two room keys"
+    );
+
+    expect_decrypts(&a2, &room_id, &id1, &first).await;
+    expect_decrypts(&a2, &room_id, &id2, &second).await;
+
+    // The SDK deletes the device it rehydrated.
+    let (status, body) = a2_http.get(DEHYDRATED_DEVICE).await;
+    assert_eq!(
+        (status, &body["errcode"]),
+        (StatusCode::NOT_FOUND, &json!("M_NOT_FOUND")),
+        "expected no dehydrated device after rehydration (the SDK deletes it), got {body}"
     );
 }

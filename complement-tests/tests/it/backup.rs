@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use paracord_complement::{
-    enc, expect_error, expect_ok, random_word, Client, Method, StatusCode, TestServer, User,
+    enc, expect_error, expect_ok, random_word, Method, StatusCode, TestServer, User,
 };
 use serde_json::{json, Value};
 
@@ -857,15 +857,24 @@ async fn bad_backup_requests_get_matrix_errors() {
     }
     let huge = json!({ "sessions": sessions }).to_string().into_bytes();
     assert!(huge.len() > 1024 * 1024);
-    // Its own connection: the server answers before reading the whole body and then closes
-    // the connection, which a pooled connection of `alice` would only notice on reuse.
-    let reply = Client::new(&server.base_url(), Some(alice.access_token.clone()))
+    // On alice's own (pooled) connection: the server answers before reading the whole body,
+    // so it must close the connection and say so, or the next request on it would fail.
+    let reply = alice
         .raw(
             Method::PUT,
             &room_path(&room, &v),
             Some((huge, "application/json")),
         )
         .await;
+    assert_eq!(
+        reply
+            .headers
+            .get("connection")
+            .and_then(|h| h.to_str().ok()),
+        Some("close"),
+        "a 413 must close the connection, got headers {:?}",
+        reply.headers
+    );
     expect_error(
         &(reply.status, reply.body),
         StatusCode::PAYLOAD_TOO_LARGE,

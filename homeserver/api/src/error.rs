@@ -29,6 +29,14 @@ impl IntoResponse for ApiError {
                 resp.headers_mut().insert(http::header::RETRY_AFTER, v);
             }
         }
+        if status == http::StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the oversized body is not read, so the connection cannot carry
+            // another request: say so, or the client would reuse it and fail.
+            resp.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
         resp
     }
 }

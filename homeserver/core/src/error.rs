@@ -34,6 +34,7 @@ pub enum ErrorKind {
     // would make rustfmt reflow every struct variant).
     WrongRoomKeysVersion { current_version: Option<String> },
     InvalidSignature,
+    Unauthorized,
     Unknown,
 }
 
@@ -64,6 +65,7 @@ impl ErrorKind {
             Self::NotYetUploaded => "M_NOT_YET_UPLOADED",
             Self::WrongRoomKeysVersion { .. } => "M_WRONG_ROOM_KEYS_VERSION",
             Self::InvalidSignature => "M_INVALID_SIGNATURE",
+            Self::Unauthorized => "M_UNAUTHORIZED",
             Self::Unknown => "M_UNKNOWN",
         }
     }

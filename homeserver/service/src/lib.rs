@@ -12,6 +12,7 @@ pub mod ratelimit;
 pub mod reports;
 pub mod rooms;
 pub mod search;
+pub mod server_keys;
 pub mod stream;
 pub mod sync;
 
@@ -32,6 +33,7 @@ pub struct Services {
     pub ephemeral: Arc<ephemeral::Ephemeral>,
     pub sync: Arc<sync::Sync>,
     pub e2ee: Arc<e2ee::E2ee>,
+    pub remote_keys: Arc<server_keys::RemoteKeys>,
     pub ratelimit: Arc<ratelimit::RateLimiter>,
     pub reports: Arc<reports::Reports>,
     pub pushers: Arc<pushers::Pushers>,
@@ -64,6 +66,11 @@ impl Services {
             keys.clone(),
             stream.clone(),
             Some(account_data.clone()),
+        ));
+        let remote_keys = Arc::new(server_keys::RemoteKeys::new(
+            db.clone(),
+            config.server_name.clone(),
+            keys.clone(),
         ));
         let ephemeral = Arc::new(ephemeral::Ephemeral::new(db.clone(), stream.clone()));
         let e2ee = Arc::new(e2ee::E2ee::new(
@@ -114,6 +121,7 @@ impl Services {
             ephemeral,
             sync,
             e2ee,
+            remote_keys,
             ratelimit,
             reports,
             pushers,

@@ -89,6 +89,9 @@ pub enum Table {
     TokenroomposSearch,
     /// short event id → the room and the tokens indexed for the event (for redaction).
     ShorteventidSearchtokens,
+    // federation
+    /// `server_name 0xFF key_id` → another server's verify key and until when it is valid.
+    ServerkeyidVerifykey,
 }
 
 impl Table {
@@ -136,6 +139,8 @@ impl Table {
         // full-text search
         Table::TokenroomposSearch,
         Table::ShorteventidSearchtokens,
+        // federation
+        Table::ServerkeyidVerifykey,
     ];
 
     pub fn name(self) -> &'static str {
@@ -183,6 +188,8 @@ impl Table {
             // full-text search
             Table::TokenroomposSearch => "tokenroompos_search",
             Table::ShorteventidSearchtokens => "shorteventid_searchtokens",
+            // federation
+            Table::ServerkeyidVerifykey => "serverkeyid_verifykey",
         }
     }
 }

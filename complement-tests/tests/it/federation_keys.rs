@@ -1,9 +1,13 @@
 //! The server's signing keys as other servers see them: `/_matrix/key/v2/server`, the notary
-//! endpoints answering for this server, key rotation, and `/_matrix/federation/v1/version`.
+//! endpoints answering for this server, key rotation, `/_matrix/federation/v1/version`, and
+//! `X-Matrix` request signatures on the federation query endpoints.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use paracord_complement::{e2ee::verify_signature, enc, expect_ok, TestServer};
+use paracord_complement::{
+    e2ee::{b64_decode, verify_signature, Ed25519Key},
+    enc, expect_ok, TestServer,
+};
 use serde_json::{json, Value};
 
 fn now_ms() -> u64 {
@@ -169,4 +173,148 @@ async fn federation_version_names_the_server() {
     );
     assert_eq!(v["server"]["name"], "Paracord", "got {v}");
     assert!(v["server"]["version"].is_string(), "got {v}");
+}
+
+/// The server's own signing key, read from its key file (`ed25519 <version> <PKCS#8>`).
+fn server_signing_key(server: &TestServer) -> Ed25519Key {
+    let text = std::fs::read_to_string(server.data_dir().join("signing.key"))
+        .unwrap_or_else(|e| panic!("expected the signing key file: {e}"));
+    let mut parts = text.split_whitespace();
+    let (Some("ed25519"), Some(version), Some(der)) = (parts.next(), parts.next(), parts.next())
+    else {
+        panic!("unexpected signing key file: {text}");
+    };
+    let der = b64_decode(der).unwrap_or_else(|| panic!("expected base64 PKCS#8, got {der}"));
+    // PKCS#8 for Ed25519: the private key is an OCTET STRING (04 20 <seed>) inside the
+    // privateKey OCTET STRING (04 22).
+    let at = der
+        .windows(4)
+        .position(|w| w == [0x04, 0x22, 0x04, 0x20])
+        .unwrap_or_else(|| panic!("no Ed25519 seed in the PKCS#8 document"));
+    let mut seed = [0u8; 32];
+    seed.copy_from_slice(&der[at + 4..at + 36]);
+    Ed25519Key::from_seed(&seed, version)
+}
+
+/// An `X-Matrix` authorization for `method uri` from `origin` to `destination`.
+fn x_matrix(key: &Ed25519Key, origin: &str, destination: &str, method: &str, uri: &str) -> String {
+    let object =
+        json!({ "method": method, "uri": uri, "origin": origin, "destination": destination });
+    format!(
+        "X-Matrix origin=\"{origin}\",destination=\"{destination}\",key=\"{}\",sig=\"{}\"",
+        key.key_id(),
+        key.signature(&object)
+    )
+}
+
+async fn get_with_auth(server: &TestServer, uri: &str, auth: Option<&str>) -> (u16, Value) {
+    let mut req = reqwest::Client::new().get(format!("{}{uri}", server.base_url()));
+    if let Some(a) = auth {
+        req = req.header("Authorization", a);
+    }
+    let resp = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("expected an answer to GET {uri}: {e}"));
+    let status = resp.status().as_u16();
+    let body = resp.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+#[tokio::test]
+async fn federation_queries_need_a_valid_x_matrix_signature() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    expect_ok(
+        alice
+            .put(
+                &format!("/profile/{}/displayname", enc(&alice.user_id)),
+                &json!({ "displayname": "Alice" }),
+            )
+            .await,
+        "setting a display name",
+    );
+    let name = server.server_name();
+    let uri = format!(
+        "/_matrix/federation/v1/query/profile?user_id={}",
+        enc(&alice.user_id)
+    );
+
+    let (status, body) = get_with_auth(&server, &uri, None).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (401, Some("M_UNAUTHORIZED")),
+        "unsigned: {body}"
+    );
+    let (status, body) = get_with_auth(&server, &uri, Some("X-Matrix nonsense")).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (401, Some("M_UNAUTHORIZED")),
+        "malformed: {body}"
+    );
+
+    // Signed by a server whose keys cannot be fetched.
+    let stranger = Ed25519Key::from_seed(&rand::random(), "a_stranger");
+    let auth = x_matrix(&stranger, "127.0.0.1:1", &name, "GET", &uri);
+    let (status, body) = get_with_auth(&server, &uri, Some(&auth)).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (401, Some("M_UNAUTHORIZED")),
+        "unknown origin: {body}"
+    );
+
+    // Signed with the server's own key (a key it knows without fetching): accepted...
+    let own = server_signing_key(&server);
+    let auth = x_matrix(&own, &name, &name, "GET", &uri);
+    let (status, body) = get_with_auth(&server, &uri, Some(&auth)).await;
+    assert_eq!(status, 200, "a valid signature: {body}");
+    assert_eq!(body["displayname"], "Alice", "got {body}");
+    // ...but not for another request, another destination or with another key id.
+    let other_uri = format!(
+        "/_matrix/federation/v1/query/profile?user_id={}&field=displayname",
+        enc(&alice.user_id)
+    );
+    let (status, _) = get_with_auth(&server, &other_uri, Some(&auth)).await;
+    assert_eq!(status, 401, "a signature covers the URI");
+    let elsewhere = x_matrix(&own, &name, "other.example", "GET", &uri);
+    let (status, _) = get_with_auth(&server, &uri, Some(&elsewhere)).await;
+    assert_eq!(status, 401, "a signature for another destination");
+    let wrong_id = Ed25519Key::from_seed(&rand::random(), "a_other");
+    let (status, _) = get_with_auth(
+        &server,
+        &uri,
+        Some(&x_matrix(&wrong_id, &name, &name, "GET", &uri)),
+    )
+    .await;
+    assert_eq!(status, 401, "an unknown key id");
+
+    // The directory query, signed.
+    expect_ok(
+        alice
+            .post("/createRoom", &json!({ "room_alias_name": "lobby" }))
+            .await,
+        "creating a room with an alias",
+    );
+    let alias_uri = format!(
+        "/_matrix/federation/v1/query/directory?room_alias={}",
+        enc(&format!("#lobby:{name}"))
+    );
+    let auth = x_matrix(&own, &name, &name, "GET", &alias_uri);
+    let (status, body) = get_with_auth(&server, &alias_uri, Some(&auth)).await;
+    assert_eq!(status, 200, "directory query: {body}");
+    assert!(
+        body["room_id"].is_string() && body["servers"][0] == name.as_str(),
+        "got {body}"
+    );
+    let missing_uri = format!(
+        "/_matrix/federation/v1/query/directory?room_alias={}",
+        enc(&format!("#nope:{name}"))
+    );
+    let auth = x_matrix(&own, &name, &name, "GET", &missing_uri);
+    let (status, body) = get_with_auth(&server, &missing_uri, Some(&auth)).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (404, Some("M_NOT_FOUND")),
+        "got {body}"
+    );
 }

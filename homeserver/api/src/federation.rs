@@ -1,11 +1,15 @@
 //! Server-Server API. So far: this server's signing keys (`/_matrix/key/v2/server`), the
-//! notary endpoints answering for this server, and `/_matrix/federation/v1/version`. The rest
-//! of federation (signed requests, transactions, joins) is not built yet and answers
-//! `M_UNRECOGNIZED`.
+//! notary endpoints answering for this server, `/_matrix/federation/v1/version`, and the
+//! profile and directory queries, which require an `X-Matrix` signature of the asking server.
+//! The rest of federation (transactions, joins) is not built yet and answers `M_UNRECOGNIZED`.
 
 use axum::{extract::State, Json};
-use ruma::api::federation::discovery::{
-    get_remote_server_keys, get_remote_server_keys_batch, get_server_keys, get_server_version,
+use paracord_core::Error;
+use ruma::api::federation::{
+    discovery::{
+        get_remote_server_keys, get_remote_server_keys_batch, get_server_keys, get_server_version,
+    },
+    query::{get_profile_information, get_room_information},
 };
 use serde_json::{json, Value};
 
@@ -73,5 +77,48 @@ pub(crate) async fn get_server_version_route(
 ) -> ApiResult<Json<Value>> {
     Ok(Json(
         json!({ "server": { "name": "Paracord", "version": env!("CARGO_PKG_VERSION") } }),
+    ))
+}
+
+/// `GET /_matrix/federation/v1/query/profile` — https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1queryprofile
+pub(crate) async fn query_profile_route(
+    State(state): State<AppState>,
+    req: Ruma<get_profile_information::v1::Request>,
+) -> ApiResult<Json<Value>> {
+    let user = &req.body.user_id;
+    if !state.accounts.is_local(user) || state.accounts.account(user)?.is_none() {
+        return Err(Error::not_found("no such user on this server").into());
+    }
+    let (displayname, avatar_url) = state.accounts.profile(user)?;
+    let mut out = serde_json::Map::new();
+    let field = req.body.field.as_ref().map(|f| f.as_str().to_owned());
+    if field.as_deref().is_none_or(|f| f == "displayname") {
+        if let Some(d) = displayname {
+            out.insert("displayname".into(), json!(d));
+        }
+    }
+    if field.as_deref().is_none_or(|f| f == "avatar_url") {
+        if let Some(a) = avatar_url {
+            out.insert("avatar_url".into(), json!(a));
+        }
+    }
+    Ok(Json(Value::Object(out)))
+}
+
+/// `GET /_matrix/federation/v1/query/directory` — https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1querydirectory
+pub(crate) async fn query_directory_route(
+    State(state): State<AppState>,
+    req: Ruma<get_room_information::v1::Request>,
+) -> ApiResult<Json<Value>> {
+    let alias = &req.body.room_alias;
+    if alias.server_name().as_str() != state.config.server_name {
+        return Err(Error::not_found("the alias is not on this server").into());
+    }
+    let room_id = state
+        .rooms
+        .resolve_alias(alias)?
+        .ok_or_else(|| Error::not_found("no such alias"))?;
+    Ok(Json(
+        json!({ "room_id": room_id, "servers": [state.config.server_name] }),
     ))
 }

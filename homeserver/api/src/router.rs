@@ -212,6 +212,12 @@ pub fn app(services: Arc<Services>) -> Router {
         .ruma::<ruma::api::federation::discovery::get_server_version::v1::Request, _, _>(
             federation::get_server_version_route,
         )
+        .ruma::<ruma::api::federation::query::get_profile_information::v1::Request, _, _>(
+            federation::query_profile_route,
+        )
+        .ruma::<ruma::api::federation::query::get_room_information::v1::Request, _, _>(
+            federation::query_directory_route,
+        )
         // end-to-end encryption
         .ruma::<c::keys::upload_keys::v3::Request, _, _>(keys::upload_keys_route)
         .ruma::<c::keys::get_keys::v3::Request, _, _>(keys::get_keys_route)

@@ -30,6 +30,13 @@ use crate::{ApiError, AppState};
 pub trait AuthRequirement {
     const REQUIRED: bool;
     const OPTIONAL: bool;
+    /// A federation request signed by its origin server (`X-Matrix`).
+    const SERVER_SIGNED: bool = false;
+}
+impl AuthRequirement for ruma::api::federation::authentication::ServerSignatures {
+    const REQUIRED: bool = false;
+    const OPTIONAL: bool = false;
+    const SERVER_SIGNED: bool = true;
 }
 impl AuthRequirement for AccessToken {
     const REQUIRED: bool = true;
@@ -64,6 +71,8 @@ pub struct Ruma<T> {
     /// The request body as JSON, for fields ruma keeps opaque (e.g. UIA `auth`).
     pub json: Option<serde_json::Value>,
     pub client_ip: Option<IpAddr>,
+    /// The server that signed a federation request.
+    pub origin: Option<ruma::OwnedServerName>,
 }
 
 impl<T> Ruma<T> {
@@ -126,6 +135,15 @@ where
             )))
         })?;
 
+        let mut origin = None;
+        if <T::Authentication as AuthRequirement>::SERVER_SIGNED {
+            let mut signed = http::Request::new(bytes.to_vec());
+            *signed.method_mut() = parts.method.clone();
+            *signed.uri_mut() = parts.uri.clone();
+            *signed.headers_mut() = parts.headers.clone();
+            origin = Some(state.remote_keys.verify_request(&signed).await?);
+        }
+
         let mut ident = None;
         let requirement_required = <T::Authentication as AuthRequirement>::REQUIRED;
         let requirement_optional = <T::Authentication as AuthRequirement>::OPTIONAL;
@@ -187,6 +205,7 @@ where
             ident,
             json,
             client_ip,
+            origin,
         })
     }
 }

@@ -232,10 +232,7 @@ impl RemoteKeys {
         let public = self
             .key(x.origin.as_str(), x.key.as_str(), now_ms())
             .await
-            .map_err(|e| match e.kind() {
-                Some(ErrorKind::Unrecognized) => e,
-                _ => unauthorized(format!("cannot get the signing key of {}: {e}", x.origin)),
-            })?
+            .map_err(|e| unauthorized(format!("cannot get the signing key of {}: {e}", x.origin)))?
             .ok_or_else(|| unauthorized(format!("{} has no valid key {}", x.origin, x.key)))?;
         let public = b64(&public).map_err(|_| unauthorized("the origin's key is not base64"))?;
         let map = BTreeMap::from([(

@@ -20,7 +20,7 @@ pub use crate::{
         bodies, ephemeral, find_event, find_state, has_event_id, joined_room, room_account_data,
         room_state, room_timeline,
     },
-    server::{Env, TestServer},
+    server::{free_port, Env, TestServer},
 };
 
 /// Percent-encodes everything but RFC 3986 unreserved characters, for path

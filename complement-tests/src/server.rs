@@ -80,6 +80,57 @@ impl TestServer {
         server
     }
 
+    /// Starts a server that is expected not to come up: waits (with a deadline) for the
+    /// process to exit and returns its exit status and log. Panics if it answers instead.
+    pub async fn start_expecting_failure(
+        configure: impl FnOnce(&mut Env),
+    ) -> (std::process::ExitStatus, String) {
+        let dir = tempfile::Builder::new()
+            .prefix("paracord-complement-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("expected a temporary directory: {e}"));
+        let port = free_port();
+        let mut env: Env = vec![
+            ("PARACORD_SERVER_NAME".into(), format!("localhost:{port}")),
+            ("PARACORD_LISTEN".into(), format!("127.0.0.1:{port}")),
+            (
+                "PARACORD_DATA_DIR".into(),
+                dir.path().join("data").display().to_string(),
+            ),
+            ("PARACORD_LOG".into(), "info".into()),
+        ];
+        configure(&mut env);
+        let mut server = TestServer {
+            dir,
+            port,
+            env,
+            child: None,
+            shared_secret: String::new(),
+        };
+        let mut child = server
+            .command()
+            .spawn()
+            .unwrap_or_else(|e| panic!("expected to spawn {}: {e}", Self::binary().display()));
+        let deadline = Instant::now() + STARTUP_DEADLINE;
+        let status = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "expected the server to exit at start, it kept running; log tail:\n{}",
+                    server.log_tail(60)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        };
+        server.child = None;
+        let log = std::fs::read_to_string(server.log_path()).unwrap_or_default();
+        (status, log)
+    }
+
     /// Replaces (or adds) `key` in an environment being configured.
     pub fn set_env(env: &mut Env, key: &str, value: &str) {
         env.retain(|(k, _)| k != key);
@@ -116,7 +167,8 @@ impl TestServer {
         self.dir.path().join("data")
     }
 
-    async fn spawn(&mut self) {
+    /// The server command with this server's environment, output going to the log.
+    fn command(&self) -> Command {
         let bin = Self::binary();
         assert!(
             bin.exists(),
@@ -144,7 +196,13 @@ impl TestServer {
             }
         }
         cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        let child = cmd
+        cmd
+    }
+
+    async fn spawn(&mut self) {
+        let bin = Self::binary();
+        let child = self
+            .command()
             .spawn()
             .unwrap_or_else(|e| panic!("expected to spawn {}: {e}", bin.display()));
         self.child = Some(child);
@@ -189,6 +247,35 @@ impl TestServer {
             // `Child::kill` is SIGKILL on unix.
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM (a graceful shutdown) and waits, with a deadline, for the exit status.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self
+            .child
+            .take()
+            .unwrap_or_else(|| panic!("expected a running server to terminate"));
+        let sent = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap_or_else(|e| panic!("expected to run kill: {e}"));
+        assert!(sent.success(), "expected kill -TERM to succeed");
+        let deadline = Instant::now() + STARTUP_DEADLINE;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "expected the server to stop after SIGTERM within {STARTUP_DEADLINE:?}; log tail:\n{}",
+                    self.log_tail(60)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 
@@ -370,7 +457,8 @@ impl Drop for TestServer {
     }
 }
 
-fn free_port() -> u16 {
+/// A loopback port that was free a moment ago (for a second listener of a server, say).
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0")
         .unwrap_or_else(|e| panic!("expected to bind a loopback port: {e}"));
     listener

@@ -46,6 +46,10 @@ pub fn app(services: Arc<Services>) -> Router {
             "/.well-known/matrix/client",
             get(well_known::well_known_client_route),
         )
+        .route(
+            "/.well-known/matrix/server",
+            get(well_known::well_known_server_route),
+        )
         // accounts
         .ruma::<c::account::register::v3::Request, _, _>(account::register_route)
         .ruma::<c::account::get_username_availability::v3::Request, _, _>(

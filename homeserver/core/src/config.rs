@@ -47,6 +47,19 @@ pub struct Config {
     pub url_preview_allow_private: bool,
     pub url_preview_ip_allowlist: Vec<String>,
     pub url_preview_ip_denylist: Vec<String>,
+    /// A second listener serving the same app over TLS (federation's HTTPS port).
+    pub tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain for `tls_listen`. Unset: a self-signed one under `<data_dir>/tls/`.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// A PEM file of extra CA certificates trusted for outgoing federation requests.
+    pub federation_ca_file: Option<PathBuf>,
+    /// Verify other servers' certificates. `false` is for tests only.
+    pub federation_verify_tls: bool,
+    /// Served as `{"m.server": ...}` at `/.well-known/matrix/server`.
+    #[serde(deserialize_with = "opt_string_like")]
+    pub well_known_server: Option<String>,
     #[serde(deserialize_with = "string_like")]
     pub log: String,
 }
@@ -85,6 +98,12 @@ impl Default for Config {
             url_preview_allow_private: false,
             url_preview_ip_allowlist: Vec::new(),
             url_preview_ip_denylist: Vec::new(),
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            federation_ca_file: None,
+            federation_verify_tls: true,
+            well_known_server: None,
             log: "info".to_owned(),
         }
     }
@@ -160,6 +179,22 @@ pub const TEMPLATE: &str = r#"# Paracord homeserver configuration.
 #url_preview_ip_allowlist = []
 #url_preview_ip_denylist = []
 
+# Federation over TLS. Other servers reach this one over HTTPS (port 8448 unless delegated).
+# Set tls_listen to serve the same API over TLS as well, e.g. "0.0.0.0:8448".
+#tls_listen = "0.0.0.0:8448"
+# PEM certificate chain and private key for tls_listen. Unset: a self-signed certificate for
+# the server name is generated under <data_dir>/tls/ and reused (fine for tests, not for
+# federating with the internet).
+#tls_cert = "/etc/letsencrypt/live/example.org/fullchain.pem"
+#tls_key = "/etc/letsencrypt/live/example.org/privkey.pem"
+# An extra CA (PEM) trusted for outgoing federation requests, besides the system roots.
+#federation_ca_file = "ca.pem"
+# Check other servers' certificates. Turn off for tests on loopback only.
+#federation_verify_tls = true
+# Delegation: served as {"m.server": "<value>"} at /.well-known/matrix/server, e.g.
+# "matrix.example.org:443". Unset: that endpoint answers 404.
+#well_known_server = "matrix.example.org:443"
+
 # Log filter (tracing EnvFilter syntax), e.g. "info,paracord_service=debug".
 #log = "info"
 "#;
@@ -229,6 +264,16 @@ impl Config {
         {
             if parse_cidr(cidr).is_none() {
                 return Err(format!("{cidr:?} is not an address range (CIDR)"));
+            }
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("tls_cert and tls_key must be set together".to_owned());
+        }
+        if let Some(name) = &self.well_known_server {
+            if ruma::ServerName::parse(name).is_err() {
+                return Err(format!(
+                    "well_known_server {name:?} is not a server name (host[:port])"
+                ));
             }
         }
         if self.rate_limit_auth_per_second <= 0.0 || self.rate_limit_send_per_second <= 0.0 {
@@ -401,6 +446,39 @@ mod tests {
             );
             Ok(())
         });
+    }
+
+    #[test]
+    fn federation_tls_keys_come_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PARACORD_TLS_LISTEN", "127.0.0.1:8448");
+            jail.set_env("PARACORD_TLS_CERT", "/c.pem");
+            jail.set_env("PARACORD_TLS_KEY", "/k.pem");
+            jail.set_env("PARACORD_FEDERATION_CA_FILE", "/ca.pem");
+            jail.set_env("PARACORD_FEDERATION_VERIFY_TLS", "false");
+            jail.set_env("PARACORD_WELL_KNOWN_SERVER", "matrix.example.org:443");
+            let config: Config = Figment::from(Serialized::defaults(Config::default()))
+                .merge(Config::env())
+                .extract()
+                .map_err(|e| e.to_string())?;
+            assert_eq!(config.tls_listen, "127.0.0.1:8448".parse().ok());
+            assert_eq!(config.tls_cert, Some(PathBuf::from("/c.pem")));
+            assert_eq!(config.tls_key, Some(PathBuf::from("/k.pem")));
+            assert_eq!(config.federation_ca_file, Some(PathBuf::from("/ca.pem")));
+            assert!(!config.federation_verify_tls);
+            assert_eq!(
+                config.well_known_server.as_deref(),
+                Some("matrix.example.org:443")
+            );
+            config.validate()?;
+            Ok(())
+        });
+        assert!(Config::default().federation_verify_tls);
+        let half = Config {
+            tls_cert: Some(PathBuf::from("/c.pem")),
+            ..Config::default()
+        };
+        assert!(half.validate().is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 
+use axum::serve::ListenerExt;
 use clap::Parser;
 use paracord_core::Config;
 use paracord_service::Services;
@@ -14,6 +15,8 @@ use tracing_subscriber::EnvFilter;
 /// resident (see docs/benchmarks.md for the peak RSS before and after).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+mod tls;
 
 #[derive(Parser)]
 #[command(name = "paracord", version, about = "Paracord homeserver")]
@@ -66,28 +69,74 @@ async fn run(config: Config) -> Result<(), String> {
     let listen = config.listen;
     let url = config.public_baseurl();
     let server_name = config.server_name.clone();
-    let services =
-        Arc::new(Services::open(config).map_err(|e| format!("cannot open the database: {e:?}"))?);
+    if !config.federation_verify_tls {
+        tracing::warn!(
+            "federation_verify_tls = false: other servers' certificates are not checked; \
+             this is for tests only"
+        );
+    }
+    // Before the database opens, so a bad certificate fails the start at once.
+    let tls = match config.tls_listen {
+        Some(addr) => Some((addr, tls::server_config(&config)?)),
+        None => None,
+    };
+    let services = Arc::new(Services::open(config).map_err(|e| format!("cannot start: {e}"))?);
     let app = paracord_api::app(services.clone());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let tls_listener = match tls {
+        Some((addr, tls)) => {
+            let tcp = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} (tls_listen): {e}"))?;
+            let listener = tls::TlsListener::new(tcp, tls)
+                .map_err(|e| format!("cannot listen on {addr} (tls_listen): {e}"))?;
+            tracing::info!(%addr, "listening for TLS");
+            Some(listener)
+        }
+        None => None,
+    };
     tracing::info!(%server_name, %listen, "listening");
     println!("Paracord is running for {server_name} at {url} (listening on {listen})");
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown({
+
+    // One signal stops both listeners: each stops accepting and finishes its requests.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn({
         let services = services.clone();
         async move {
             shutdown_signal().await;
             tracing::info!("shutdown requested: finishing in-flight requests");
             services.stream.notifier().shutdown();
+            let _ = stop_tx.send(true);
         }
-    })
-    .await
-    .map_err(|e| format!("server error: {e}"))?;
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let plain = axum::serve(
+        listener,
+        app.clone()
+            .into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let secure = async {
+        match tls_listener {
+            // `tap_io` only to get axum's `ConnectInfo<SocketAddr>` for a custom listener.
+            Some(listener) => {
+                axum::serve(
+                    listener.tap_io(|_| ()),
+                    app.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(stopped(stop_rx))
+                .await
+            }
+            None => Ok(()),
+        }
+    };
+    let (plain, secure) = tokio::join!(plain, secure);
+    plain.map_err(|e| format!("server error: {e}"))?;
+    secure.map_err(|e| format!("TLS server error: {e}"))?;
     tracing::info!("shutting down: flushing the database");
     services
         .db

@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod backup;
 pub mod e2ee;
 pub mod ephemeral;
+pub mod federation;
 pub mod keys;
 pub mod media;
 pub mod pushers;
@@ -40,6 +41,7 @@ pub struct Services {
     pub media: Arc<media::Media>,
     pub search: Arc<search::Search>,
     pub backups: Arc<backup::KeyBackups>,
+    pub federation: Arc<federation::client::FederationClient>,
 }
 
 impl Services {
@@ -107,6 +109,9 @@ impl Services {
             rooms.reindex(&search)?;
         }
         let backups = Arc::new(backup::KeyBackups::new(db.clone()));
+        let federation = Arc::new(
+            federation::client::FederationClient::from_config(&config).map_err(Error::internal)?,
+        );
         if let Some(tx) = pushers.start(rooms.clone(), ephemeral.clone()) {
             rooms.set_push_sender(tx);
         }
@@ -128,6 +133,7 @@ impl Services {
             media,
             search,
             backups,
+            federation,
         })
     }
 }

@@ -1,0 +1,9 @@
+//! Federation: how this server reaches other servers.
+//!
+//! - [`resolve`]: server discovery (server name → address, port, `Host` header, TLS name).
+//! - [`client`]: the outgoing HTTPS client that sends a request to a destination server name.
+//!
+//! No HTTP handlers live here; the federation API routes are in `paracord-api`.
+
+pub mod client;
+pub mod resolve;

@@ -318,3 +318,47 @@ async fn federation_queries_need_a_valid_x_matrix_signature() {
         "got {body}"
     );
 }
+
+#[tokio::test]
+async fn a_request_signed_by_another_server_is_verified_with_keys_fetched_over_tls() {
+    // B: a server whose name is its TLS address, so A finds it without DNS.
+    let b_tls = paracord_complement::free_port();
+    let b_name = format!("127.0.0.1:{b_tls}");
+    let b = TestServer::start_with(|env| {
+        TestServer::set_env(env, "PARACORD_SERVER_NAME", &b_name);
+        TestServer::set_env(env, "PARACORD_TLS_LISTEN", &b_name);
+    })
+    .await;
+    // A: trusts B's self-signed certificate by not checking certificates (test-only switch).
+    let a = TestServer::start_with(|env| {
+        TestServer::set_env(env, "PARACORD_FEDERATION_VERIFY_TLS", "false");
+    })
+    .await;
+    let alice = a.register_random().await;
+    let a_name = a.server_name();
+    let uri = format!(
+        "/_matrix/federation/v1/query/profile?user_id={}",
+        enc(&alice.user_id)
+    );
+
+    let b_key = server_signing_key(&b);
+    let auth = x_matrix(&b_key, &b_name, &a_name, "GET", &uri);
+    let (status, body) = get_with_auth(&a, &uri, Some(&auth)).await;
+    assert_eq!(
+        status, 200,
+        "signed by B, whose key A fetches over TLS: {body}"
+    );
+
+    // B's name with a key B does not have: A fetches B's keys and refuses.
+    let impostor = Ed25519Key::from_seed(
+        &rand::random(),
+        b_key.key_id().trim_start_matches("ed25519:"),
+    );
+    let forged = x_matrix(&impostor, &b_name, &a_name, "GET", &uri);
+    let (status, body) = get_with_auth(&a, &uri, Some(&forged)).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (401, Some("M_UNAUTHORIZED")),
+        "same key id, another key: {body}"
+    );
+}

@@ -112,6 +112,7 @@ impl Services {
         let federation = Arc::new(
             federation::client::FederationClient::from_config(&config).map_err(Error::internal)?,
         );
+        remote_keys.set_fetcher(server_keys::fetch_with(federation.clone()));
         if let Some(tx) = pushers.start(rooms.clone(), ephemeral.clone()) {
             rooms.set_push_sender(tx);
         }

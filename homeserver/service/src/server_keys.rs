@@ -152,6 +152,32 @@ pub fn validate_key_response(
     Ok(out)
 }
 
+/// Fetches keys with the federation client: `GET /_matrix/key/v2/server` on the server itself.
+pub fn fetch_with(client: Arc<crate::federation::client::FederationClient>) -> KeyFetcher {
+    Arc::new(move |server: String| {
+        let client = client.clone();
+        Box::pin(async move {
+            let name = ruma::OwnedServerName::try_from(server.as_str())
+                .map_err(|e| Error::invalid_param(format!("{server} is not a server name: {e}")))?;
+            let request = http::Request::get("/_matrix/key/v2/server")
+                .body(Vec::new())
+                .map_err(Error::internal)?;
+            let response = client
+                .send(&name, request)
+                .await
+                .map_err(|e| Error::internal(format!("fetching the keys of {server}: {e}")))?;
+            if !response.status.is_success() {
+                return Err(Error::internal(format!(
+                    "{server} answered {} to a key request",
+                    response.status
+                )));
+            }
+            serde_json::from_slice(&response.body)
+                .map_err(|e| Error::bad_json(format!("key response of {server}: {e}")))
+        })
+    })
+}
+
 impl RemoteKeys {
     pub fn new(db: Arc<Db>, own_name: String, own: Arc<ServerKeys>) -> Self {
         Self {

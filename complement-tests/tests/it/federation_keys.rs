@@ -362,3 +362,94 @@ async fn a_request_signed_by_another_server_is_verified_with_keys_fetched_over_t
         "same key id, another key: {body}"
     );
 }
+
+/// A server named by its TLS address (so others find it without DNS) that does not check other
+/// servers' certificates (they are self-signed; test-only switch).
+async fn federating_server() -> (TestServer, String) {
+    let tls = paracord_complement::free_port();
+    let name = format!("127.0.0.1:{tls}");
+    let server = TestServer::start_with(|env| {
+        TestServer::set_env(env, "PARACORD_SERVER_NAME", &name);
+        TestServer::set_env(env, "PARACORD_TLS_LISTEN", &name);
+        TestServer::set_env(env, "PARACORD_FEDERATION_VERIFY_TLS", "false");
+    })
+    .await;
+    (server, name)
+}
+
+#[tokio::test]
+async fn profiles_and_aliases_of_another_server_are_asked_over_federation() {
+    let (a, _) = federating_server().await;
+    let (b, b_name) = federating_server().await;
+    let alice = a.register_random().await;
+    let bob = b.register_random().await;
+    assert!(
+        bob.user_id.ends_with(&format!(":{b_name}")),
+        "got {}",
+        bob.user_id
+    );
+    expect_ok(
+        bob.put(
+            &format!("/profile/{}/displayname", enc(&bob.user_id)),
+            &json!({ "displayname": "Bob on B" }),
+        )
+        .await,
+        "bob sets a display name",
+    );
+    expect_ok(
+        bob.post("/createRoom", &json!({ "room_alias_name": "square" }))
+            .await,
+        "bob creates a room with an alias",
+    );
+
+    // A asks B, signing as A; B fetches A's key over TLS to check the signature.
+    let profile = expect_ok(
+        alice.get(&format!("/profile/{}", enc(&bob.user_id))).await,
+        "alice reads bob's profile through A",
+    );
+    assert_eq!(profile["displayname"], "Bob on B", "got {profile}");
+    let name = expect_ok(
+        alice
+            .get(&format!("/profile/{}/displayname", enc(&bob.user_id)))
+            .await,
+        "alice reads bob's display name through A",
+    );
+    assert_eq!(name["displayname"], "Bob on B");
+    let alias = expect_ok(
+        alice
+            .get(&format!(
+                "/directory/room/{}",
+                enc(&format!("#square:{b_name}"))
+            ))
+            .await,
+        "alice resolves an alias of B through A",
+    );
+    assert!(alias["room_id"].is_string(), "got {alias}");
+    assert_eq!(alias["servers"][0], b_name.as_str(), "got {alias}");
+
+    // Unknown on B: a 404 through A.
+    let (status, body) = alice
+        .get(&format!("/profile/{}", enc(&format!("@nobody:{b_name}"))))
+        .await;
+    assert_eq!(
+        (status.as_u16(), body["errcode"].as_str()),
+        (404, Some("M_NOT_FOUND")),
+        "got {body}"
+    );
+    let (status, body) = alice
+        .get(&format!(
+            "/directory/room/{}",
+            enc(&format!("#nothing:{b_name}"))
+        ))
+        .await;
+    assert_eq!(
+        (status.as_u16(), body["errcode"].as_str()),
+        (404, Some("M_NOT_FOUND")),
+        "got {body}"
+    );
+    // A server nobody runs: an error, not a hang or a 200.
+    let (status, body) = alice
+        .get(&format!("/profile/{}", enc("@x:127.0.0.1:1")))
+        .await;
+    assert_eq!(status.as_u16(), 502, "unreachable server: {body}");
+}

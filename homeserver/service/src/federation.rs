@@ -2,8 +2,10 @@
 //!
 //! - [`resolve`]: server discovery (server name → address, port, `Host` header, TLS name).
 //! - [`client`]: the outgoing HTTPS client that sends a request to a destination server name.
+//! - [`request`]: requests signed with this server's key (`X-Matrix`).
 //!
 //! No HTTP handlers live here; the federation API routes are in `paracord-api`.
 
 pub mod client;
+pub mod request;
 pub mod resolve;

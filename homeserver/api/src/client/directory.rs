@@ -46,6 +46,32 @@ pub(crate) async fn get_alias_route(
     State(state): State<AppState>,
     req: Ruma<get_alias::v3::Request>,
 ) -> ApiResult<Json<Value>> {
+    let alias = &req.body.room_alias;
+    if alias.server_name().as_str() != state.config.server_name {
+        // Another server's alias: ask that server.
+        use paracord_service::federation::request::{remote_error, signed_json};
+        let server = alias.server_name();
+        let path = format!(
+            "/_matrix/federation/v1/query/directory?room_alias={}",
+            crate::percent_encode(alias.as_str())
+        );
+        let (status, body) = signed_json(
+            &state.federation,
+            &state.keys,
+            &state.config.server_name,
+            server,
+            http::Method::GET,
+            &path,
+            None,
+        )
+        .await?;
+        if !status.is_success() || !body["room_id"].is_string() {
+            return Err(remote_error(server, status, &body).into());
+        }
+        return Ok(Json(
+            json!({ "room_id": body["room_id"], "servers": body["servers"] }),
+        ));
+    }
     let room_id = state
         .rooms
         .resolve_alias(&req.body.room_alias)?

@@ -14,6 +14,9 @@ pub(crate) async fn get_profile_route(
     State(state): State<AppState>,
     req: Ruma<get_profile::v3::Request>,
 ) -> ApiResult<Json<Value>> {
+    if !state.accounts.is_local(&req.body.user_id) {
+        return Ok(Json(remote_profile(&state, &req.body.user_id, None).await?));
+    }
     let (d, a) = state.accounts.profile(&req.body.user_id)?;
     let mut body = json!({});
     if let Some(d) = d {
@@ -30,6 +33,14 @@ pub(crate) async fn get_display_name_route(
     State(state): State<AppState>,
     req: Ruma<get_display_name::v3::Request>,
 ) -> ApiResult<Json<Value>> {
+    if !state.accounts.is_local(&req.body.user_id) {
+        let p = remote_profile(&state, &req.body.user_id, Some("displayname")).await?;
+        let d = p
+            .get("displayname")
+            .cloned()
+            .ok_or_else(|| Error::not_found("no display name set"))?;
+        return Ok(Json(json!({ "displayname": d })));
+    }
     let (d, _) = state.accounts.profile(&req.body.user_id)?;
     let d = d.ok_or_else(|| Error::not_found("no display name set"))?;
     Ok(Json(json!({ "displayname": d })))
@@ -102,4 +113,42 @@ pub(crate) async fn set_avatar_url_route(
         )
         .await?;
     Ok(Json(json!({})))
+}
+
+/// Another server's user's profile, asked over federation (`field` limits it to one key).
+async fn remote_profile(
+    state: &AppState,
+    user: &ruma::UserId,
+    field: Option<&str>,
+) -> Result<Value, Error> {
+    use paracord_service::federation::request::{remote_error, signed_json};
+    let mut path = format!(
+        "/_matrix/federation/v1/query/profile?user_id={}",
+        crate::percent_encode(user.as_str())
+    );
+    if let Some(f) = field {
+        path.push_str(&format!("&field={f}"));
+    }
+    let server = user.server_name();
+    let (status, body) = signed_json(
+        &state.federation,
+        &state.keys,
+        &state.config.server_name,
+        server,
+        http::Method::GET,
+        &path,
+        None,
+    )
+    .await?;
+    if !status.is_success() {
+        return Err(remote_error(server, status, &body));
+    }
+    if !body.is_object() {
+        return Err(remote_error(
+            server,
+            http::StatusCode::BAD_GATEWAY,
+            &json!({ "error": "the profile is not a JSON object" }),
+        ));
+    }
+    Ok(body)
 }

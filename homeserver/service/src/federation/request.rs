@@ -1,0 +1,70 @@
+//! Signed requests to other servers: the `X-Matrix` authorization over method, URI, origin,
+//! destination and body, then the federation client.
+
+use paracord_core::{Error, ErrorKind, Result};
+use ruma::{
+    api::federation::authentication::{XMatrix, XMatrixSigningInput},
+    OwnedServerName, ServerName,
+};
+use serde_json::Value;
+
+use crate::{federation::client::FederationClient, keys::ServerKeys};
+
+/// Sends `method path` (with a JSON `body`) to `destination`, signed as `origin`, and returns
+/// the status and the JSON answer (`Null` when the body is not JSON).
+pub async fn signed_json(
+    client: &FederationClient,
+    keys: &ServerKeys,
+    origin: &str,
+    destination: &ServerName,
+    method: http::Method,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<(http::StatusCode, Value)> {
+    let bytes = match body {
+        Some(b) => serde_json::to_vec(b)?,
+        None => Vec::new(),
+    };
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(bytes)
+        .map_err(|e| Error::internal(format!("federation request: {e}")))?;
+    let origin = OwnedServerName::try_from(origin)
+        .map_err(|e| Error::internal(format!("own server name: {e}")))?;
+    let x = XMatrix::sign_http_request(
+        &request,
+        XMatrixSigningInput::new(origin, destination.to_owned(), keys.keypair()),
+    )
+    .map_err(|e| Error::internal(format!("signing a federation request: {e}")))?;
+    request
+        .headers_mut()
+        .insert(http::header::AUTHORIZATION, http::HeaderValue::from(&x));
+    let response = client.send(destination, request).await.map_err(|e| {
+        Error::new(
+            http::StatusCode::BAD_GATEWAY,
+            ErrorKind::Unknown,
+            format!("{destination} could not be reached: {e}"),
+        )
+    })?;
+    let json = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
+    Ok((response.status, json))
+}
+
+/// Turns another server's error answer into ours: its 404 stays a 404, anything else is a
+/// bad gateway naming the server.
+pub fn remote_error(destination: &ServerName, status: http::StatusCode, body: &Value) -> Error {
+    let message = body
+        .get("error")
+        .and_then(Value::as_str)
+        .unwrap_or("no error message");
+    if status == http::StatusCode::NOT_FOUND {
+        return Error::not_found(format!("{destination}: {message}"));
+    }
+    Error::new(
+        http::StatusCode::BAD_GATEWAY,
+        ErrorKind::Unknown,
+        format!("{destination} answered {status}: {message}"),
+    )
+}

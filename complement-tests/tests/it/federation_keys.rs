@@ -453,3 +453,102 @@ async fn profiles_and_aliases_of_another_server_are_asked_over_federation() {
         .await;
     assert_eq!(status.as_u16(), 502, "unreachable server: {body}");
 }
+
+#[tokio::test]
+async fn device_keys_of_another_server_are_queried_and_claimed_over_federation() {
+    use paracord_complement::e2ee::{FakeDevice, SIGNED_CURVE25519};
+    let (a, a_name) = federating_server().await;
+    let (b, _) = federating_server().await;
+    let alice = a.register_random().await;
+    let bob = b.register_random().await;
+    let device = FakeDevice::new(&alice.user_id, &alice.device_id);
+    expect_ok(
+        alice
+            .post(
+                "/keys/upload",
+                &json!({ "device_keys": device.device_keys(), "one_time_keys": device.one_time_keys(2) }),
+            )
+            .await,
+        "alice uploads keys on A",
+    );
+
+    // Bob, on B, asks for Alice's keys: B asks A.
+    let q = expect_ok(
+        bob.post(
+            "/keys/query",
+            &json!({ "device_keys": { &alice.user_id: [] } }),
+        )
+        .await,
+        "bob queries alice's keys through B",
+    );
+    let keys = &q["device_keys"][&alice.user_id][&alice.device_id];
+    assert_eq!(keys["keys"], device.device_keys()["keys"], "got {q}");
+    assert!(
+        verify_signature(
+            keys,
+            &alice.user_id,
+            &device.key_id(),
+            &device.ed25519.public_key()
+        ),
+        "the device keys arrive with their signature intact: {q}"
+    );
+    let claim = |n: u32| {
+        let bob = &bob;
+        let alice = &alice;
+        async move {
+            expect_ok(
+                bob.post(
+                    "/keys/claim",
+                    &json!({ "one_time_keys": { &alice.user_id: { &alice.device_id: SIGNED_CURVE25519 } } }),
+                )
+                .await,
+                &format!("claim {n} through B"),
+            )
+        }
+    };
+    let first = claim(1).await;
+    let second = claim(2).await;
+    let third = claim(3).await;
+    let got = |c: &Value| c["one_time_keys"][&alice.user_id][&alice.device_id].clone();
+    assert!(
+        got(&first).is_object() && got(&second).is_object(),
+        "{first} {second}"
+    );
+    assert_ne!(
+        got(&first),
+        got(&second),
+        "each one-time key once, across servers too"
+    );
+    assert_eq!(
+        got(&third),
+        Value::Null,
+        "no keys left (and no fallback): {third}"
+    );
+
+    // A federation user's devices, as other servers see them.
+    let own = server_signing_key(&a);
+    let uri = format!(
+        "/_matrix/federation/v1/user/devices/{}",
+        enc(&alice.user_id)
+    );
+    let auth = x_matrix(&own, &a_name, &a_name, "GET", &uri);
+    let (status, devices) = get_with_auth(&a, &uri, Some(&auth)).await;
+    assert_eq!(status, 200, "got {devices}");
+    assert_eq!(
+        devices["devices"][0]["device_id"],
+        alice.device_id.as_str(),
+        "got {devices}"
+    );
+    assert!(devices["stream_id"].is_u64(), "got {devices}");
+
+    // A server nobody runs shows up in failures, not as an error.
+    let q = expect_ok(
+        bob.post(
+            "/keys/query",
+            &json!({ "device_keys": { "@x:127.0.0.1:1": [] } }),
+        )
+        .await,
+        "querying a user of an unreachable server",
+    );
+    assert!(q["failures"]["127.0.0.1:1"].is_object(), "got {q}");
+}

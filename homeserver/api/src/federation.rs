@@ -6,9 +6,11 @@
 use axum::{extract::State, Json};
 use paracord_core::Error;
 use ruma::api::federation::{
+    device::get_devices,
     discovery::{
         get_remote_server_keys, get_remote_server_keys_batch, get_server_keys, get_server_version,
     },
+    keys::{claim_keys, get_keys},
     query::{get_profile_information, get_room_information},
 };
 use serde_json::{json, Value};
@@ -121,4 +123,68 @@ pub(crate) async fn query_directory_route(
     Ok(Json(
         json!({ "room_id": room_id, "servers": [state.config.server_name] }),
     ))
+}
+
+/// A local user of this server, or 404.
+fn local_user(state: &AppState, user: &ruma::UserId) -> ApiResult<()> {
+    if !state.accounts.is_local(user) || state.accounts.account(user)?.is_none() {
+        return Err(Error::not_found("no such user on this server").into());
+    }
+    Ok(())
+}
+
+/// `GET /_matrix/federation/v1/user/devices/{userId}` — https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1userdevicesuserid
+pub(crate) async fn user_devices_route(
+    State(state): State<AppState>,
+    req: Ruma<get_devices::v1::Request>,
+) -> ApiResult<Json<Value>> {
+    local_user(&state, &req.body.user_id)?;
+    Ok(Json(state.e2ee.federation_devices(
+        &req.body.user_id,
+        state.stream.current(),
+    )?))
+}
+
+/// `POST /_matrix/federation/v1/user/keys/query` — https://spec.matrix.org/v1.19/server-server-api/#post_matrixfederationv1userkeysquery
+pub(crate) async fn user_keys_query_route(
+    State(state): State<AppState>,
+    req: Ruma<get_keys::v1::Request>,
+) -> ApiResult<Json<Value>> {
+    let wanted: std::collections::BTreeMap<ruma::OwnedUserId, Vec<String>> = req
+        .body
+        .device_keys
+        .iter()
+        .map(|(u, ds)| (u.clone(), ds.iter().map(|d| d.to_string()).collect()))
+        .collect();
+    let mut out = state.e2ee.query_keys(None, &wanted)?;
+    if let Some(o) = out.as_object_mut() {
+        o.remove("failures");
+        o.remove("user_signing_keys");
+    }
+    Ok(Json(out))
+}
+
+/// `POST /_matrix/federation/v1/user/keys/claim` — https://spec.matrix.org/v1.19/server-server-api/#post_matrixfederationv1userkeysclaim
+pub(crate) async fn user_keys_claim_route(
+    State(state): State<AppState>,
+    req: Ruma<claim_keys::v1::Request>,
+) -> ApiResult<Json<Value>> {
+    let wanted: std::collections::BTreeMap<
+        ruma::OwnedUserId,
+        std::collections::BTreeMap<String, String>,
+    > = req
+        .body
+        .one_time_keys
+        .iter()
+        .map(|(u, ds)| {
+            (
+                u.clone(),
+                ds.iter()
+                    .map(|(d, alg)| (d.to_string(), alg.to_string()))
+                    .collect(),
+            )
+        })
+        .collect();
+    let out = state.e2ee.claim_keys(&wanted)?;
+    Ok(Json(json!({ "one_time_keys": out["one_time_keys"] })))
 }

@@ -222,6 +222,15 @@ pub fn app(services: Arc<Services>) -> Router {
         .ruma::<ruma::api::federation::query::get_room_information::v1::Request, _, _>(
             federation::query_directory_route,
         )
+        .ruma::<ruma::api::federation::device::get_devices::v1::Request, _, _>(
+            federation::user_devices_route,
+        )
+        .ruma::<ruma::api::federation::keys::get_keys::v1::Request, _, _>(
+            federation::user_keys_query_route,
+        )
+        .ruma::<ruma::api::federation::keys::claim_keys::v1::Request, _, _>(
+            federation::user_keys_claim_route,
+        )
         // end-to-end encryption
         .ruma::<c::keys::upload_keys::v3::Request, _, _>(keys::upload_keys_route)
         .ruma::<c::keys::get_keys::v3::Request, _, _>(keys::get_keys_route)

@@ -186,14 +186,6 @@ fn cross_signing_public_key(key: &Value) -> Result<(String, String)> {
     }
 }
 
-/// Records in a `failures` map that `user`'s server could not be asked (no federation yet).
-fn remote_failure(failures: &mut Map<String, Value>, user: &UserId) {
-    failures.insert(
-        user.server_name().to_string(),
-        json!({ "status": 503, "message": "federation is not available on this server yet" }),
-    );
-}
-
 /// Splits `algorithm:key_id`.
 fn split_key_id(id: &str) -> Result<(&str, &str)> {
     match id.split_once(':') {
@@ -536,7 +528,7 @@ impl E2ee {
     /// by other users (user-signing signatures) are private to their signer.
     fn merge_signatures(
         &self,
-        requester: &UserId,
+        requester: Option<&UserId>,
         target: &UserId,
         key_id: &str,
         object: &mut Value,
@@ -552,7 +544,7 @@ impl E2ee {
             r.str().map_err(db_err)?;
             let signer = r.str().map_err(db_err)?;
             let signer_key = r.last_str().map_err(db_err)?;
-            if signer != target.as_str() && signer != requester.as_str() {
+            if signer != target.as_str() && requester.is_none_or(|r| signer != r.as_str()) {
                 continue;
             }
             let sig = String::from_utf8_lossy(&v).into_owned();
@@ -597,7 +589,7 @@ impl E2ee {
     /// A cross-signing key as `requester` may see it, with the signatures added since.
     fn cross_signing_key_for(
         &self,
-        requester: &UserId,
+        requester: Option<&UserId>,
         user: &UserId,
         usage: &str,
     ) -> Result<Option<Value>> {
@@ -609,10 +601,12 @@ impl E2ee {
         Ok(Some(key))
     }
 
-    /// `/keys/query`: device keys and cross-signing keys of the requested users.
+    /// `/keys/query` for this server's users among `wanted`: device keys and cross-signing
+    /// keys. `requester` is the asking user (None for another server), who also sees their own
+    /// user-signing key and the signatures they made of others' keys.
     pub fn query_keys(
         &self,
-        requester: &UserId,
+        requester: Option<&UserId>,
         wanted: &BTreeMap<OwnedUserId, Vec<String>>,
     ) -> Result<Value> {
         if wanted.len() > MAX_TARGETS {
@@ -622,10 +616,9 @@ impl E2ee {
         let mut master = Map::new();
         let mut self_signing = Map::new();
         let mut user_signing = Map::new();
-        let mut failures = Map::new();
         for (user, devices) in wanted {
             if !self.accounts.is_local(user) {
-                remote_failure(&mut failures, user);
+                // Other servers' users are asked over federation by the caller.
                 continue;
             }
             let mut per_device = Map::new();
@@ -662,7 +655,7 @@ impl E2ee {
             if let Some(k) = self.cross_signing_key_for(requester, user, "self_signing")? {
                 self_signing.insert(user.to_string(), k);
             }
-            if user == requester {
+            if requester == Some(user.as_ref()) {
                 if let Some(k) = self.cross_signing_key_for(requester, user, "user_signing")? {
                     user_signing.insert(user.to_string(), k);
                 }
@@ -673,7 +666,7 @@ impl E2ee {
             "master_keys": master,
             "self_signing_keys": self_signing,
             "user_signing_keys": user_signing,
-            "failures": failures,
+            "failures": {},
         }))
     }
 
@@ -688,11 +681,10 @@ impl E2ee {
         }
         let _guard = self.keys_lock.lock();
         let mut out = Map::new();
-        let mut failures = Map::new();
         let mut batch = Batch::new();
         for (user, devices) in wanted {
             if !self.accounts.is_local(user) {
-                remote_failure(&mut failures, user);
+                // Other servers' users are asked over federation by the caller.
                 continue;
             }
             let mut per_device = Map::new();
@@ -751,7 +743,32 @@ impl E2ee {
         if !batch.is_empty() {
             self.db.write(batch).map_err(db_err)?;
         }
-        Ok(json!({ "one_time_keys": out, "failures": failures }))
+        Ok(json!({ "one_time_keys": out, "failures": {} }))
+    }
+
+    /// `/_matrix/federation/v1/user/devices/{userId}`: a local user's devices with keys and
+    /// cross-signing keys, and a position that grows whenever they change.
+    pub fn federation_devices(&self, user: &UserId, stream_id: u64) -> Result<Value> {
+        let mut devices = Vec::new();
+        for d in self.accounts.devices(user)? {
+            let Some(mut keys) = self.device_keys(user, d.device_id.as_str())? else {
+                continue;
+            };
+            self.merge_signatures(None, user, d.device_id.as_str(), &mut keys)?;
+            let mut entry = json!({ "device_id": d.device_id, "keys": keys });
+            if let Some(name) = d.display_name {
+                entry["device_display_name"] = json!(name);
+            }
+            devices.push(entry);
+        }
+        let mut out = json!({ "user_id": user, "stream_id": stream_id, "devices": devices });
+        if let Some(k) = self.cross_signing_key_for(None, user, "master")? {
+            out["master_key"] = k;
+        }
+        if let Some(k) = self.cross_signing_key_for(None, user, "self_signing")? {
+            out["self_signing_key"] = k;
+        }
+        Ok(out)
     }
 
     // ---- device lists ----------------------------------------------------------------------

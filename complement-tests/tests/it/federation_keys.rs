@@ -552,3 +552,52 @@ async fn device_keys_of_another_server_are_queried_and_claimed_over_federation()
     );
     assert!(q["failures"]["127.0.0.1:1"].is_object(), "got {q}");
 }
+
+#[tokio::test]
+async fn another_servers_public_room_directory_is_read_over_federation() {
+    let (a, _) = federating_server().await;
+    let (b, b_name) = federating_server().await;
+    let alice = a.register_random().await;
+    let bob = b.register_random().await;
+    for name in ["Gardening club", "Chess corner"] {
+        expect_ok(
+            bob.post(
+                "/createRoom",
+                &json!({ "name": name, "visibility": "public", "preset": "public_chat" }),
+            )
+            .await,
+            "bob publishes a room on B",
+        );
+    }
+    let all = expect_ok(
+        alice
+            .get(&format!("/publicRooms?server={}", enc(&b_name)))
+            .await,
+        "alice lists B's directory through A",
+    );
+    let names: Vec<&str> = all["chunk"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|r| r["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        names.contains(&"Gardening club") && names.contains(&"Chess corner"),
+        "got {all}"
+    );
+    let filtered = expect_ok(
+        alice
+            .post(
+                &format!("/publicRooms?server={}", enc(&b_name)),
+                &json!({ "filter": { "generic_search_term": "chess" } }),
+            )
+            .await,
+        "alice searches B's directory through A",
+    );
+    let names: Vec<&str> = filtered["chunk"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|r| r["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, ["Chess corner"], "got {filtered}");
+    // A's own directory does not contain B's rooms.
+    let own = expect_ok(alice.get("/publicRooms").await, "A's own directory");
+    assert_eq!(own["chunk"], json!([]), "got {own}");
+}

@@ -7,6 +7,7 @@ use axum::{extract::State, Json};
 use paracord_core::Error;
 use ruma::api::federation::{
     device::get_devices,
+    directory::{get_public_rooms, get_public_rooms_filtered},
     discovery::{
         get_remote_server_keys, get_remote_server_keys_batch, get_server_keys, get_server_version,
     },
@@ -187,4 +188,32 @@ pub(crate) async fn user_keys_claim_route(
         .collect();
     let out = state.e2ee.claim_keys(&wanted)?;
     Ok(Json(json!({ "one_time_keys": out["one_time_keys"] })))
+}
+
+/// `GET /_matrix/federation/v1/publicRooms` — https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1publicrooms
+pub(crate) async fn public_rooms_route(
+    State(state): State<AppState>,
+    req: Ruma<get_public_rooms::v1::Request>,
+) -> ApiResult<Json<Value>> {
+    let all = state.rooms.public_rooms(None)?;
+    Ok(Json(crate::client::directory::page(
+        all,
+        req.body.since.as_deref(),
+        req.body.limit.map(u64::from),
+    )?))
+}
+
+/// `POST /_matrix/federation/v1/publicRooms` — https://spec.matrix.org/v1.19/server-server-api/#post_matrixfederationv1publicrooms
+pub(crate) async fn public_rooms_filtered_route(
+    State(state): State<AppState>,
+    req: Ruma<get_public_rooms_filtered::v1::Request>,
+) -> ApiResult<Json<Value>> {
+    let all = state
+        .rooms
+        .public_rooms(req.body.filter.generic_search_term.as_deref())?;
+    Ok(Json(crate::client::directory::page(
+        all,
+        req.body.since.as_deref(),
+        req.body.limit.map(u64::from),
+    )?))
 }

@@ -222,6 +222,12 @@ pub fn app(services: Arc<Services>) -> Router {
         .ruma::<ruma::api::federation::query::get_room_information::v1::Request, _, _>(
             federation::query_directory_route,
         )
+        .ruma::<ruma::api::federation::directory::get_public_rooms::v1::Request, _, _>(
+            federation::public_rooms_route,
+        )
+        .ruma::<ruma::api::federation::directory::get_public_rooms_filtered::v1::Request, _, _>(
+            federation::public_rooms_filtered_route,
+        )
         .ruma::<ruma::api::federation::device::get_devices::v1::Request, _, _>(
             federation::user_devices_route,
         )

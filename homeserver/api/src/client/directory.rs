@@ -114,7 +114,11 @@ pub(crate) async fn set_room_visibility_route(
     Ok(Json(json!({})))
 }
 
-fn page(all: Vec<Value>, since: Option<&str>, limit: Option<u64>) -> Result<Value, Error> {
+pub(crate) fn page(
+    all: Vec<Value>,
+    since: Option<&str>,
+    limit: Option<u64>,
+) -> Result<Value, Error> {
     let total = all.len();
     let start = match since {
         Some(s) => s
@@ -148,16 +152,26 @@ pub(crate) async fn get_public_rooms_route(
     State(state): State<AppState>,
     req: Ruma<get_public_rooms::v3::Request>,
 ) -> ApiResult<Json<Value>> {
-    if req
+    if let Some(server) = req
         .body
         .server
         .as_ref()
-        .is_some_and(|s| s.as_str() != state.config.server_name)
+        .filter(|s| s.as_str() != state.config.server_name)
     {
-        return Err(Error::not_found(
-            "other servers' directories need federation, which this server does not speak yet",
-        )
-        .into());
+        let mut path = "/_matrix/federation/v1/publicRooms".to_owned();
+        let mut query = Vec::new();
+        if let Some(l) = req.body.limit {
+            query.push(format!("limit={l}"));
+        }
+        if let Some(s) = &req.body.since {
+            query.push(format!("since={}", crate::percent_encode(s)));
+        }
+        if !query.is_empty() {
+            path = format!("{path}?{}", query.join("&"));
+        }
+        return Ok(Json(
+            remote_directory(&state, server, http::Method::GET, &path, None).await?,
+        ));
     }
     let all = state.rooms.public_rooms(None)?;
     Ok(Json(page(
@@ -172,16 +186,29 @@ pub(crate) async fn get_public_rooms_filtered_route(
     State(state): State<AppState>,
     req: Ruma<get_public_rooms_filtered::v3::Request>,
 ) -> ApiResult<Json<Value>> {
-    if req
+    if let Some(server) = req
         .body
         .server
         .as_ref()
-        .is_some_and(|s| s.as_str() != state.config.server_name)
+        .filter(|s| s.as_str() != state.config.server_name)
     {
-        return Err(Error::not_found(
-            "other servers' directories need federation, which this server does not speak yet",
-        )
-        .into());
+        let mut body = json!({ "filter": req.body.filter });
+        if let Some(l) = req.body.limit {
+            body["limit"] = json!(l);
+        }
+        if let Some(s) = &req.body.since {
+            body["since"] = json!(s);
+        }
+        return Ok(Json(
+            remote_directory(
+                &state,
+                server,
+                http::Method::POST,
+                "/_matrix/federation/v1/publicRooms",
+                Some(&body),
+            )
+            .await?,
+        ));
     }
     let term = req.body.filter.generic_search_term.as_deref();
     let all = state.rooms.public_rooms(term)?;
@@ -190,4 +217,29 @@ pub(crate) async fn get_public_rooms_filtered_route(
         req.body.since.as_deref(),
         req.body.limit.map(u64::from),
     )?))
+}
+
+/// Another server's public room directory, asked over federation.
+async fn remote_directory(
+    state: &AppState,
+    server: &ruma::ServerName,
+    method: http::Method,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Value, Error> {
+    use paracord_service::federation::request::{remote_error, signed_json};
+    let (status, answer) = signed_json(
+        &state.federation,
+        &state.keys,
+        &state.config.server_name,
+        server,
+        method,
+        path,
+        body,
+    )
+    .await?;
+    if !status.is_success() || !answer["chunk"].is_array() {
+        return Err(remote_error(server, status, &answer));
+    }
+    Ok(answer)
 }

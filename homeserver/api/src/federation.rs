@@ -151,12 +151,7 @@ pub(crate) async fn user_keys_query_route(
     State(state): State<AppState>,
     req: Ruma<get_keys::v1::Request>,
 ) -> ApiResult<Json<Value>> {
-    let wanted: std::collections::BTreeMap<ruma::OwnedUserId, Vec<String>> = req
-        .body
-        .device_keys
-        .iter()
-        .map(|(u, ds)| (u.clone(), ds.iter().map(|d| d.to_string()).collect()))
-        .collect();
+    let wanted = crate::client::keys::query_wanted(&req.body.device_keys);
     let mut out = state.e2ee.query_keys(None, &wanted)?;
     if let Some(o) = out.as_object_mut() {
         o.remove("failures");
@@ -170,22 +165,7 @@ pub(crate) async fn user_keys_claim_route(
     State(state): State<AppState>,
     req: Ruma<claim_keys::v1::Request>,
 ) -> ApiResult<Json<Value>> {
-    let wanted: std::collections::BTreeMap<
-        ruma::OwnedUserId,
-        std::collections::BTreeMap<String, String>,
-    > = req
-        .body
-        .one_time_keys
-        .iter()
-        .map(|(u, ds)| {
-            (
-                u.clone(),
-                ds.iter()
-                    .map(|(d, alg)| (d.to_string(), alg.to_string()))
-                    .collect(),
-            )
-        })
-        .collect();
+    let wanted = crate::client::keys::claim_wanted(&req.body.one_time_keys);
     let out = state.e2ee.claim_keys(&wanted)?;
     Ok(Json(json!({ "one_time_keys": out["one_time_keys"] })))
 }
@@ -216,4 +196,37 @@ pub(crate) async fn public_rooms_filtered_route(
         req.body.since.as_deref(),
         req.body.limit.map(u64::from),
     )?))
+}
+
+/// Asks `server` (signed as this server) and returns its JSON object answer; its 404 is our
+/// 404, any other failure a 502 naming it.
+pub(crate) async fn ask(
+    state: &AppState,
+    server: &ruma::ServerName,
+    method: http::Method,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Value, Error> {
+    use paracord_service::federation::request::{remote_error, signed_json};
+    let (status, answer) = signed_json(
+        &state.federation,
+        &state.keys,
+        &state.config.server_name,
+        server,
+        method,
+        path,
+        body,
+    )
+    .await?;
+    if !status.is_success() {
+        return Err(remote_error(server, status, &answer));
+    }
+    if !answer.is_object() {
+        return Err(remote_error(
+            server,
+            http::StatusCode::BAD_GATEWAY,
+            &json!({ "error": "the answer is not a JSON object" }),
+        ));
+    }
+    Ok(answer)
 }

@@ -49,24 +49,14 @@ pub(crate) async fn get_alias_route(
     let alias = &req.body.room_alias;
     if alias.server_name().as_str() != state.config.server_name {
         // Another server's alias: ask that server.
-        use paracord_service::federation::request::{remote_error, signed_json};
         let server = alias.server_name();
         let path = format!(
             "/_matrix/federation/v1/query/directory?room_alias={}",
             crate::percent_encode(alias.as_str())
         );
-        let (status, body) = signed_json(
-            &state.federation,
-            &state.keys,
-            &state.config.server_name,
-            server,
-            http::Method::GET,
-            &path,
-            None,
-        )
-        .await?;
-        if !status.is_success() || !body["room_id"].is_string() {
-            return Err(remote_error(server, status, &body).into());
+        let body = crate::federation::ask(&state, server, http::Method::GET, &path, None).await?;
+        if !body["room_id"].is_string() {
+            return Err(Error::not_found(format!("{server} gave no room for the alias")).into());
         }
         return Ok(Json(
             json!({ "room_id": body["room_id"], "servers": body["servers"] }),
@@ -170,7 +160,7 @@ pub(crate) async fn get_public_rooms_route(
             path = format!("{path}?{}", query.join("&"));
         }
         return Ok(Json(
-            remote_directory(&state, server, http::Method::GET, &path, None).await?,
+            crate::federation::ask(&state, server, http::Method::GET, &path, None).await?,
         ));
     }
     let all = state.rooms.public_rooms(None)?;
@@ -200,7 +190,7 @@ pub(crate) async fn get_public_rooms_filtered_route(
             body["since"] = json!(s);
         }
         return Ok(Json(
-            remote_directory(
+            crate::federation::ask(
                 &state,
                 server,
                 http::Method::POST,
@@ -217,29 +207,4 @@ pub(crate) async fn get_public_rooms_filtered_route(
         req.body.since.as_deref(),
         req.body.limit.map(u64::from),
     )?))
-}
-
-/// Another server's public room directory, asked over federation.
-async fn remote_directory(
-    state: &AppState,
-    server: &ruma::ServerName,
-    method: http::Method,
-    path: &str,
-    body: Option<&Value>,
-) -> Result<Value, Error> {
-    use paracord_service::federation::request::{remote_error, signed_json};
-    let (status, answer) = signed_json(
-        &state.federation,
-        &state.keys,
-        &state.config.server_name,
-        server,
-        method,
-        path,
-        body,
-    )
-    .await?;
-    if !status.is_success() || !answer["chunk"].is_array() {
-        return Err(remote_error(server, status, &answer));
-    }
-    Ok(answer)
 }

@@ -121,7 +121,6 @@ async fn remote_profile(
     user: &ruma::UserId,
     field: Option<&str>,
 ) -> Result<Value, Error> {
-    use paracord_service::federation::request::{remote_error, signed_json};
     let mut path = format!(
         "/_matrix/federation/v1/query/profile?user_id={}",
         crate::percent_encode(user.as_str())
@@ -129,26 +128,5 @@ async fn remote_profile(
     if let Some(f) = field {
         path.push_str(&format!("&field={f}"));
     }
-    let server = user.server_name();
-    let (status, body) = signed_json(
-        &state.federation,
-        &state.keys,
-        &state.config.server_name,
-        server,
-        http::Method::GET,
-        &path,
-        None,
-    )
-    .await?;
-    if !status.is_success() {
-        return Err(remote_error(server, status, &body));
-    }
-    if !body.is_object() {
-        return Err(remote_error(
-            server,
-            http::StatusCode::BAD_GATEWAY,
-            &json!({ "error": "the profile is not a JSON object" }),
-        ));
-    }
-    Ok(body)
+    crate::federation::ask(state, user.server_name(), http::Method::GET, &path, None).await
 }

@@ -7,6 +7,7 @@
 mod client;
 pub mod e2ee;
 mod events;
+pub mod federation;
 mod hmac_sha1;
 mod server;
 

@@ -5,8 +5,10 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use paracord_complement::{
-    e2ee::{b64_decode, verify_signature, Ed25519Key},
-    enc, expect_ok, TestServer,
+    e2ee::{verify_signature, Ed25519Key},
+    enc, expect_ok,
+    federation::{federating_server, server_signing_key, x_matrix},
+    TestServer,
 };
 use serde_json::{json, Value};
 
@@ -175,38 +177,6 @@ async fn federation_version_names_the_server() {
     assert!(v["server"]["version"].is_string(), "got {v}");
 }
 
-/// The server's own signing key, read from its key file (`ed25519 <version> <PKCS#8>`).
-fn server_signing_key(server: &TestServer) -> Ed25519Key {
-    let text = std::fs::read_to_string(server.data_dir().join("signing.key"))
-        .unwrap_or_else(|e| panic!("expected the signing key file: {e}"));
-    let mut parts = text.split_whitespace();
-    let (Some("ed25519"), Some(version), Some(der)) = (parts.next(), parts.next(), parts.next())
-    else {
-        panic!("unexpected signing key file: {text}");
-    };
-    let der = b64_decode(der).unwrap_or_else(|| panic!("expected base64 PKCS#8, got {der}"));
-    // PKCS#8 for Ed25519: the private key is an OCTET STRING (04 20 <seed>) inside the
-    // privateKey OCTET STRING (04 22).
-    let at = der
-        .windows(4)
-        .position(|w| w == [0x04, 0x22, 0x04, 0x20])
-        .unwrap_or_else(|| panic!("no Ed25519 seed in the PKCS#8 document"));
-    let mut seed = [0u8; 32];
-    seed.copy_from_slice(&der[at + 4..at + 36]);
-    Ed25519Key::from_seed(&seed, version)
-}
-
-/// An `X-Matrix` authorization for `method uri` from `origin` to `destination`.
-fn x_matrix(key: &Ed25519Key, origin: &str, destination: &str, method: &str, uri: &str) -> String {
-    let object =
-        json!({ "method": method, "uri": uri, "origin": origin, "destination": destination });
-    format!(
-        "X-Matrix origin=\"{origin}\",destination=\"{destination}\",key=\"{}\",sig=\"{}\"",
-        key.key_id(),
-        key.signature(&object)
-    )
-}
-
 async fn get_with_auth(server: &TestServer, uri: &str, auth: Option<&str>) -> (u16, Value) {
     let mut req = reqwest::Client::new().get(format!("{}{uri}", server.base_url()));
     if let Some(a) = auth {
@@ -361,20 +331,6 @@ async fn a_request_signed_by_another_server_is_verified_with_keys_fetched_over_t
         (401, Some("M_UNAUTHORIZED")),
         "same key id, another key: {body}"
     );
-}
-
-/// A server named by its TLS address (so others find it without DNS) that does not check other
-/// servers' certificates (they are self-signed; test-only switch).
-async fn federating_server() -> (TestServer, String) {
-    let tls = paracord_complement::free_port();
-    let name = format!("127.0.0.1:{tls}");
-    let server = TestServer::start_with(|env| {
-        TestServer::set_env(env, "PARACORD_SERVER_NAME", &name);
-        TestServer::set_env(env, "PARACORD_TLS_LISTEN", &name);
-        TestServer::set_env(env, "PARACORD_FEDERATION_VERIFY_TLS", "false");
-    })
-    .await;
-    (server, name)
 }
 
 #[tokio::test]

@@ -1,0 +1,60 @@
+//! Helpers for tests with several servers federating on loopback.
+
+use serde_json::json;
+
+use crate::{
+    e2ee::{b64_decode, Ed25519Key},
+    TestServer,
+};
+
+/// The server's own signing key, read from its key file (`ed25519 <version> <PKCS#8>`).
+pub fn server_signing_key(server: &TestServer) -> Ed25519Key {
+    let text = std::fs::read_to_string(server.data_dir().join("signing.key"))
+        .unwrap_or_else(|e| panic!("expected the signing key file: {e}"));
+    let mut parts = text.split_whitespace();
+    let (Some("ed25519"), Some(version), Some(der)) = (parts.next(), parts.next(), parts.next())
+    else {
+        panic!("unexpected signing key file: {text}");
+    };
+    let der = b64_decode(der).unwrap_or_else(|| panic!("expected base64 PKCS#8, got {der}"));
+    // PKCS#8 for Ed25519: the private key is an OCTET STRING (04 20 <seed>) inside the
+    // privateKey OCTET STRING (04 22).
+    let at = der
+        .windows(4)
+        .position(|w| w == [0x04, 0x22, 0x04, 0x20])
+        .unwrap_or_else(|| panic!("no Ed25519 seed in the PKCS#8 document"));
+    let mut seed = [0u8; 32];
+    seed.copy_from_slice(&der[at + 4..at + 36]);
+    Ed25519Key::from_seed(&seed, version)
+}
+
+/// An `X-Matrix` authorization for `method uri` from `origin` to `destination`.
+pub fn x_matrix(
+    key: &Ed25519Key,
+    origin: &str,
+    destination: &str,
+    method: &str,
+    uri: &str,
+) -> String {
+    let object =
+        json!({ "method": method, "uri": uri, "origin": origin, "destination": destination });
+    format!(
+        "X-Matrix origin=\"{origin}\",destination=\"{destination}\",key=\"{}\",sig=\"{}\"",
+        key.key_id(),
+        key.signature(&object)
+    )
+}
+
+/// A server named by its TLS address (so others find it without DNS) that does not check other
+/// servers' certificates (they are self-signed; test-only switch).
+pub async fn federating_server() -> (TestServer, String) {
+    let tls = crate::free_port();
+    let name = format!("127.0.0.1:{tls}");
+    let server = TestServer::start_with(|env| {
+        TestServer::set_env(env, "PARACORD_SERVER_NAME", &name);
+        TestServer::set_env(env, "PARACORD_TLS_LISTEN", &name);
+        TestServer::set_env(env, "PARACORD_FEDERATION_VERIFY_TLS", "false");
+    })
+    .await;
+    (server, name)
+}

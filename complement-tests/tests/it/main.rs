@@ -8,6 +8,7 @@ mod e2ee;
 mod ephemeral;
 mod errors;
 mod federation_keys;
+mod federation_rooms;
 mod federation_transport;
 mod media;
 mod membership;

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod error;
 pub mod federation;
+pub mod federation_rooms;
 pub mod media;
 pub mod router;
 pub mod ruma_wrapper;
@@ -33,16 +34,4 @@ impl std::ops::Deref for AppState {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
-/// Percent-encodes everything but RFC 3986 unreserved characters (for ids in query strings
-/// and paths of outgoing requests).
-pub(crate) fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+pub(crate) use paracord_service::percent_encode;

@@ -18,7 +18,7 @@ use crate::{
         account, backup, config, device, directory, discovery, ephemeral, keys, membership,
         message, people, profile, push, relations, room, search, session, space, state, sync,
     },
-    federation, media,
+    federation, federation_rooms, media,
     ruma_wrapper::RouterExt,
     synapse_admin, well_known, ApiError, AppState,
 };
@@ -227,6 +227,21 @@ pub fn app(services: Arc<Services>) -> Router {
         )
         .ruma::<ruma::api::federation::directory::get_public_rooms_filtered::v1::Request, _, _>(
             federation::public_rooms_filtered_route,
+        )
+        .ruma::<ruma::api::federation::transactions::send_transaction_message::v1::Request, _, _>(
+            federation_rooms::send_transaction_route,
+        )
+        .ruma::<ruma::api::federation::membership::prepare_join_event::v1::Request, _, _>(
+            federation_rooms::make_join_route,
+        )
+        .ruma::<ruma::api::federation::membership::create_join_event::v2::Request, _, _>(
+            federation_rooms::send_join_route,
+        )
+        .ruma::<ruma::api::federation::membership::prepare_leave_event::v1::Request, _, _>(
+            federation_rooms::make_leave_route,
+        )
+        .ruma::<ruma::api::federation::membership::create_leave_event::v2::Request, _, _>(
+            federation_rooms::send_leave_route,
         )
         .ruma::<ruma::api::federation::device::get_devices::v1::Request, _, _>(
             federation::user_devices_route,

@@ -35,6 +35,8 @@ pub enum ErrorKind {
     WrongRoomKeysVersion { current_version: Option<String> },
     InvalidSignature,
     Unauthorized,
+    // A server asked to join a room whose version it did not list as supported.
+    IncompatibleRoomVersion { room_version: String },
     Unknown,
 }
 
@@ -66,6 +68,7 @@ impl ErrorKind {
             Self::WrongRoomKeysVersion { .. } => "M_WRONG_ROOM_KEYS_VERSION",
             Self::InvalidSignature => "M_INVALID_SIGNATURE",
             Self::Unauthorized => "M_UNAUTHORIZED",
+            Self::IncompatibleRoomVersion { .. } => "M_INCOMPATIBLE_ROOM_VERSION",
             Self::Unknown => "M_UNKNOWN",
         }
     }
@@ -183,6 +186,9 @@ impl Error {
                         current_version: Some(current),
                     } => {
                         body["current_version"] = current.as_str().into();
+                    }
+                    ErrorKind::IncompatibleRoomVersion { room_version } => {
+                        body["room_version"] = room_version.as_str().into();
                     }
                     _ => {}
                 }

@@ -7,5 +7,6 @@
 //! No HTTP handlers live here; the federation API routes are in `paracord-api`.
 
 pub mod client;
+pub mod pdus;
 pub mod request;
 pub mod resolve;

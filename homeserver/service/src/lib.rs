@@ -22,6 +22,20 @@ use std::sync::Arc;
 use paracord_core::{Config, Error, Result};
 use paracord_storage::Db;
 
+/// Percent-encodes everything but RFC 3986 unreserved characters (for ids in query strings
+/// and paths of outgoing requests).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Every service, built in dependency order.
 pub struct Services {
     pub config: Arc<Config>,
@@ -42,6 +56,7 @@ pub struct Services {
     pub search: Arc<search::Search>,
     pub backups: Arc<backup::KeyBackups>,
     pub federation: Arc<federation::client::FederationClient>,
+    pub pdus: Arc<federation::pdus::Pdus>,
 }
 
 impl Services {
@@ -113,6 +128,13 @@ impl Services {
             federation::client::FederationClient::from_config(&config).map_err(Error::internal)?,
         );
         remote_keys.set_fetcher(server_keys::fetch_with(federation.clone()));
+        let pdus = Arc::new(federation::pdus::Pdus::new(
+            rooms.clone(),
+            remote_keys.clone(),
+            federation.clone(),
+            keys.clone(),
+            config.clone(),
+        ));
         if let Some(tx) = pushers.start(rooms.clone(), ephemeral.clone()) {
             rooms.set_push_sender(tx);
         }
@@ -135,6 +157,7 @@ impl Services {
             search,
             backups,
             federation,
+            pdus,
         })
     }
 }

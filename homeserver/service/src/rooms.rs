@@ -11,6 +11,7 @@ pub mod membership;
 pub mod notify;
 pub mod pdu;
 pub mod relations;
+pub mod remote;
 pub mod spaces;
 pub mod timeline;
 
@@ -66,6 +67,15 @@ pub struct EventMeta {
     /// `(device id, transaction id)` of a local client send.
     #[serde(default)]
     pub txn: Option<(String, String)>,
+    /// Stored without the state around it (part of a joined room's state or auth chain, or a
+    /// fetched auth event): `state_before`/`state_after` mean nothing, and it is not in the
+    /// timeline.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub outlier: bool,
+    /// In the room's DAG with known state but not in the timeline: soft-failed, or filled in
+    /// from another server to bridge a gap.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hidden: bool,
 }
 
 /// A state snapshot: a parent and what changed, or a full map when `parent` is 0.
@@ -127,7 +137,13 @@ pub struct Rooms {
     push_tx: Mutex<Option<tokio::sync::mpsc::UnboundedSender<crate::pushers::PushJob>>>,
     /// The full-text index, fed as events are committed.
     search: Mutex<Option<Arc<crate::search::Search>>>,
+    /// Where local events go to reach other servers (set once the federation sender exists).
+    outgoing: Mutex<Option<OutgoingPdu>>,
 }
+
+/// Queues a local PDU (event id, canonical JSON) for other servers.
+pub type OutgoingPdu =
+    Arc<dyn Fn(&[ruma::OwnedServerName], &EventId, &[u8]) -> Result<()> + Send + Sync + 'static>;
 
 fn db_err(e: impl std::fmt::Display) -> Error {
     Error::internal(e)
@@ -160,6 +176,7 @@ impl Rooms {
             account_data,
             push_tx: Mutex::default(),
             search: Mutex::default(),
+            outgoing: Mutex::default(),
         }
     }
 
@@ -545,6 +562,36 @@ impl Rooms {
     ) -> Result<OwnedEventId> {
         let rules = rules_for(&room.version)?;
         let state = self.state(room.state)?;
+        let obj = self.template(room_id, &room, &state, sender, &new)?;
+        let (event_id, pdu, pdu_bytes) = self.sign(obj, &rules, Some(room_id))?;
+        self.authorize(&rules, &pdu, &state)?;
+        self.check_redaction(&room, &state, &pdu)?;
+        let relation = self.check_relation(room_id, &pdu)?;
+        self.commit_event(
+            room_id,
+            room,
+            &state,
+            pdu,
+            pdu_bytes,
+            event_id.clone(),
+            new.txn,
+            relation,
+            notes,
+        )?;
+        Ok(event_id)
+    }
+
+    /// An unsigned event built on the room's current state: auth events chosen by
+    /// `auth_types_for_event`, `prev_events` = the forward extremities.
+    pub(crate) fn template(
+        &self,
+        room_id: &RoomId,
+        room: &RoomRecord,
+        state: &StateMap,
+        sender: &UserId,
+        new: &NewEvent,
+    ) -> Result<CanonicalJsonObject> {
+        let rules = rules_for(&room.version)?;
         let content_raw = serde_json::value::to_raw_value(&new.content)?;
         let auth_types = auth_types_for_event(
             &new.kind,
@@ -571,28 +618,63 @@ impl Rooms {
         self.fill_common(
             &mut obj,
             sender,
-            &new,
+            new,
             auth_events,
             room.extremities.clone(),
             depth,
             &rules,
         )?;
-        let (event_id, pdu, pdu_bytes) = self.sign(obj, &rules, Some(room_id))?;
-        self.authorize(&rules, &pdu, &state)?;
-        self.check_redaction(&room, &state, &pdu)?;
-        let relation = self.check_relation(room_id, &pdu)?;
-        self.commit_event(
-            room_id,
-            room,
-            &state,
-            pdu,
-            pdu_bytes,
-            event_id.clone(),
-            new.txn,
-            relation,
-            notes,
-        )?;
-        Ok(event_id)
+        Ok(obj)
+    }
+
+    /// A join-event template for a user of another server (`make_join`), checked against the
+    /// room's current state. Returns the room version too.
+    pub fn join_template(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        membership: &str,
+    ) -> Result<(String, CanonicalJsonObject)> {
+        let room = self.room_or_404(room_id)?;
+        let state = self.state(room.state)?;
+        let mut content = serde_json::json!({ "membership": membership });
+        if membership == "join" {
+            if let Some(authoriser) = self.join_authoriser(room_id, user)? {
+                content["join_authorised_via_users_server"] = serde_json::json!(authoriser);
+            }
+        }
+        let new = NewEvent::state(TimelineEventType::RoomMember, user.as_str(), content);
+        let obj = self.template(room_id, &room, &state, user, &new)?;
+        // Dry run: would the room allow it now?
+        let rules = rules_for(&room.version)?;
+        let mut probe = obj.clone();
+        probe.insert(
+            "hashes".into(),
+            CanonicalJsonValue::Object(Default::default()),
+        );
+        let pdu = Pdu::from_json(ruma::event_id!("$probe").to_owned(), &obj_bytes(&probe)?)?;
+        self.check_against_state(&rules, &pdu, &state)
+            .map_err(|e| Error::forbidden(format!("{user} may not {membership} this room: {e}")))?;
+        Ok((room.version, obj))
+    }
+
+    /// Hashes and signs an event of a room version with this server's key: the event id, the
+    /// parsed PDU and its canonical JSON.
+    pub fn sign_event(
+        &self,
+        obj: CanonicalJsonObject,
+        version: &str,
+    ) -> Result<(OwnedEventId, Pdu, Vec<u8>)> {
+        let rules = rules_for(version)?;
+        let (id, _, bytes) = self.sign(obj, &rules, None)?;
+        let pdu = Pdu::from_json(id.clone(), &bytes)?;
+        Ok((id, pdu, bytes))
+    }
+
+    /// Adds this server's signature to an event signed by others (the event id does not change).
+    pub fn cosign(&self, obj: &mut CanonicalJsonObject) -> Result<()> {
+        ruma::signatures::sign_json(self.config.server_name.as_str(), self.keys.keypair(), obj)
+            .map_err(|e| Error::bad_json(format!("event cannot be signed: {e}")))
     }
 
     /// Adds the fields every PDU has.
@@ -804,30 +886,15 @@ impl Rooms {
             let mut state_after = state_before;
             if let Some(k) = &pdu.state_key {
                 state_after = short;
-                let snap = if snapshot_depth >= MAX_SNAPSHOT_DEPTH || state_before == 0 {
-                    let mut full: Vec<_> = state
-                        .iter()
-                        .map(|((t, sk), s)| (t.clone(), sk.clone(), *s))
-                        .collect();
-                    full.retain(|(t, sk, _)| !(t == pdu.kind.to_string().as_str() && sk == k));
-                    full.push((pdu.kind.to_string(), k.clone(), short));
-                    Snapshot {
-                        parent: 0,
-                        depth: 0,
-                        changes: full,
-                    }
-                } else {
-                    Snapshot {
-                        parent: state_before,
-                        depth: snapshot_depth + 1,
-                        changes: vec![(pdu.kind.to_string(), k.clone(), short)],
-                    }
-                };
-                batch.put(
-                    Table::SnapshotidState,
-                    short.to_be_bytes().to_vec(),
-                    serde_json::to_vec(&snap)?,
-                );
+                write_state_snapshot(
+                    batch,
+                    short,
+                    state_before,
+                    snapshot_depth,
+                    state,
+                    (&kind, k),
+                    short,
+                )?;
             }
             let meta = EventMeta {
                 event_id: event_id.clone(),
@@ -836,22 +903,10 @@ impl Rooms {
                 state_after,
                 redacted_by: None,
                 txn: txn.clone(),
+                outlier: false,
+                hidden: false,
             };
-            batch.put(
-                Table::EventidShorteventid,
-                event_id.as_bytes().to_vec(),
-                short.to_be_bytes().to_vec(),
-            );
-            batch.put(
-                Table::ShorteventidPdu,
-                short.to_be_bytes().to_vec(),
-                pdu_bytes.clone(),
-            );
-            batch.put(
-                Table::ShorteventidMeta,
-                short.to_be_bytes().to_vec(),
-                serde_json::to_vec(&meta)?,
-            );
+            write_event_rows(batch, short, &event_id, &pdu_bytes, &meta)?;
             batch.put(
                 Table::RoompositionShorteventid,
                 KeyBuf::new().str(room_id.as_str()).u64(pos).into_vec(),
@@ -867,28 +922,7 @@ impl Rooms {
                 serde_json::to_vec(&room)?,
             );
             if let (Some(user), Some(m)) = (&membership_target, &membership) {
-                let rec = MembershipRecord {
-                    membership: m.clone(),
-                    pos,
-                    event_id: event_id.clone(),
-                    forgotten: false,
-                };
-                batch.put(
-                    Table::UserroomMembership,
-                    KeyBuf::new()
-                        .str(user.as_str())
-                        .last_str(room_id.as_str())
-                        .into_vec(),
-                    serde_json::to_vec(&rec)?,
-                );
-                batch.put(
-                    Table::RoomuserMembership,
-                    KeyBuf::new()
-                        .str(room_id.as_str())
-                        .last_str(user.as_str())
-                        .into_vec(),
-                    m.as_bytes().to_vec(),
-                );
+                write_membership(batch, room_id, user, m, pos, &event_id)?;
             }
             if let Some(r) = &relation {
                 self.index_relation(batch, room_id, r, pos);
@@ -917,30 +951,123 @@ impl Rooms {
             }
             Ok(())
         })?;
-        // Hand the notifications to the push-gateway sender.
+        self.after_commit(
+            room_id,
+            &event_id,
+            &notes,
+            redact_target.as_deref(),
+            membership_target,
+        )?;
+        self.send_out(room_id, &event_id, &pdu, &pdu_bytes)?;
+        Ok(pos)
+    }
+
+    /// What follows a commit: notifications to the push sender, the redacted event's parsed
+    /// copy dropped, and everyone who can see the room (and a membership's target) woken.
+    pub(crate) fn after_commit(
+        &self,
+        room_id: &RoomId,
+        event_id: &EventId,
+        notes: &[notify::Notification],
+        redact_target: Option<&EventId>,
+        membership_target: Option<OwnedUserId>,
+    ) -> Result<()> {
         if let Some(tx) = self.push_tx.lock().as_ref() {
-            for n in &notes {
+            for n in notes {
                 let _ = tx.send(crate::pushers::PushJob {
                     user: n.user.clone(),
                     room_id: room_id.to_owned(),
-                    event_id: event_id.clone(),
+                    event_id: event_id.to_owned(),
                     actions: serde_json::to_value(&n.actions).unwrap_or_default(),
                 });
             }
         }
-        // The redacted event changed on disk: drop its parsed copy.
-        if let Some(target) = &redact_target {
+        if let Some(target) = redact_target {
             if let Some(short) = self.short_id(target)? {
                 self.pdu_cache.lock().remove(&short);
             }
         }
-        // Wake everyone who can see the room, and the target of a membership change.
         let mut wake: Vec<OwnedUserId> = self.joined_members(room_id)?;
         if let Some(u) = membership_target {
             wake.push(u);
         }
         self.stream.notifier().wake(wake.iter().map(|u| u.as_ref()));
-        Ok(pos)
+        Ok(())
+    }
+
+    /// Connects the federation sender: local events go to every other server in the room.
+    pub fn set_outgoing(&self, outgoing: OutgoingPdu) {
+        *self.outgoing.lock() = Some(outgoing);
+    }
+
+    /// Hands a local event to the federation sender, for every other server with a member
+    /// in the room after it, and the server of a membership event's target.
+    fn send_out(
+        &self,
+        room_id: &RoomId,
+        event_id: &EventId,
+        pdu: &Pdu,
+        bytes: &[u8],
+    ) -> Result<()> {
+        self.send_out_to(room_id, event_id, pdu, bytes, None)
+    }
+
+    /// Passes on another server's event (a join or leave it sent us directly) to the other
+    /// servers in the room.
+    pub fn send_out_except(
+        &self,
+        room_id: &RoomId,
+        event_id: &EventId,
+        bytes: &[u8],
+        except: &ruma::ServerName,
+    ) -> Result<()> {
+        let pdu = Pdu::from_json(event_id.to_owned(), bytes)?;
+        self.send_out_to(room_id, event_id, &pdu, bytes, Some(except))
+    }
+
+    fn send_out_to(
+        &self,
+        room_id: &RoomId,
+        event_id: &EventId,
+        pdu: &Pdu,
+        bytes: &[u8],
+        except: Option<&ruma::ServerName>,
+    ) -> Result<()> {
+        let outgoing = self.outgoing.lock().clone();
+        let Some(outgoing) = outgoing else {
+            return Ok(());
+        };
+        let mut servers = self.servers_in_room(room_id)?;
+        if pdu.kind == TimelineEventType::RoomMember {
+            if let Some(user) = pdu
+                .state_key
+                .as_deref()
+                .and_then(|k| <&UserId>::try_from(k).ok())
+            {
+                servers.insert(user.server_name().to_owned());
+            }
+        }
+        servers.remove(self.config.server_name.as_str());
+        if let Some(e) = except {
+            servers.remove(e);
+        }
+        if servers.is_empty() {
+            return Ok(());
+        }
+        let servers: Vec<_> = servers.into_iter().collect();
+        outgoing(&servers, event_id, bytes)
+    }
+
+    /// The servers with a joined member in a room (this one included when it has one).
+    pub fn servers_in_room(
+        &self,
+        room_id: &RoomId,
+    ) -> Result<std::collections::BTreeSet<ruma::OwnedServerName>> {
+        Ok(self
+            .joined_members(room_id)?
+            .into_iter()
+            .map(|u| u.server_name().to_owned())
+            .collect())
     }
 
     /// Replaces the stored target of a redaction with its redacted form.
@@ -996,6 +1123,128 @@ fn txn_key(sender: &UserId, room_id: &RoomId, (device, txn): &(String, String)) 
         .str(room_id.as_str())
         .last_str(txn)
         .into_vec()
+}
+
+/// Writes the state snapshot of a state event with short id `short` that sets `entry` on top
+/// of `state_before` (whose map is `state` and chain length `depth`): a delta, or a full map
+/// when the chain got long.
+pub(crate) fn write_state_snapshot(
+    batch: &mut Batch,
+    snapshot: u64,
+    state_before: u64,
+    depth: u32,
+    state: &StateMap,
+    entry: (&str, &str),
+    short: u64,
+) -> Result<()> {
+    let (kind, key) = entry;
+    let snap = if depth >= MAX_SNAPSHOT_DEPTH || state_before == 0 {
+        let mut full: Vec<_> = state
+            .iter()
+            .filter(|((t, sk), _)| !(t == kind && sk == key))
+            .map(|((t, sk), s)| (t.clone(), sk.clone(), *s))
+            .collect();
+        full.push((kind.to_owned(), key.to_owned(), short));
+        Snapshot {
+            parent: 0,
+            depth: 0,
+            changes: full,
+        }
+    } else {
+        Snapshot {
+            parent: state_before,
+            depth: depth + 1,
+            changes: vec![(kind.to_owned(), key.to_owned(), short)],
+        }
+    };
+    batch.put(
+        Table::SnapshotidState,
+        snapshot.to_be_bytes().to_vec(),
+        serde_json::to_vec(&snap)?,
+    );
+    Ok(())
+}
+
+/// Writes a whole state map as a snapshot of its own.
+pub(crate) fn write_full_snapshot(
+    batch: &mut Batch,
+    snapshot: u64,
+    state: &StateMap,
+) -> Result<()> {
+    let snap = Snapshot {
+        parent: 0,
+        depth: 0,
+        changes: state
+            .iter()
+            .map(|((t, sk), s)| (t.clone(), sk.clone(), *s))
+            .collect(),
+    };
+    batch.put(
+        Table::SnapshotidState,
+        snapshot.to_be_bytes().to_vec(),
+        serde_json::to_vec(&snap)?,
+    );
+    Ok(())
+}
+
+/// The rows every stored event has: id ↔ short id, the PDU and its metadata.
+pub(crate) fn write_event_rows(
+    batch: &mut Batch,
+    short: u64,
+    event_id: &EventId,
+    pdu_bytes: &[u8],
+    meta: &EventMeta,
+) -> Result<()> {
+    batch.put(
+        Table::EventidShorteventid,
+        event_id.as_bytes().to_vec(),
+        short.to_be_bytes().to_vec(),
+    );
+    batch.put(
+        Table::ShorteventidPdu,
+        short.to_be_bytes().to_vec(),
+        pdu_bytes.to_vec(),
+    );
+    batch.put(
+        Table::ShorteventidMeta,
+        short.to_be_bytes().to_vec(),
+        serde_json::to_vec(meta)?,
+    );
+    Ok(())
+}
+
+/// Indexes `user`'s membership `m` in a room, set by `event_id` at stream position `pos`.
+pub(crate) fn write_membership(
+    batch: &mut Batch,
+    room_id: &RoomId,
+    user: &UserId,
+    m: &str,
+    pos: u64,
+    event_id: &EventId,
+) -> Result<()> {
+    let rec = MembershipRecord {
+        membership: m.to_owned(),
+        pos,
+        event_id: event_id.to_owned(),
+        forgotten: false,
+    };
+    batch.put(
+        Table::UserroomMembership,
+        KeyBuf::new()
+            .str(user.as_str())
+            .last_str(room_id.as_str())
+            .into_vec(),
+        serde_json::to_vec(&rec)?,
+    );
+    batch.put(
+        Table::RoomuserMembership,
+        KeyBuf::new()
+            .str(room_id.as_str())
+            .last_str(user.as_str())
+            .into_vec(),
+        m.as_bytes().to_vec(),
+    );
+    Ok(())
 }
 
 pub(crate) fn obj_bytes(obj: &CanonicalJsonObject) -> Result<Vec<u8>> {

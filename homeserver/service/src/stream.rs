@@ -51,18 +51,29 @@ impl Stream {
     /// atomically together with the new position. Positions become visible in order: a reader
     /// that sees position `n` can read everything at or below `n`.
     pub fn commit<R>(&self, fill: impl FnOnce(u64, &mut Batch) -> Result<R>) -> Result<(u64, R)> {
+        self.commit_n(1, fill)
+    }
+
+    /// Like [`Stream::commit`] but allocates `n` (at least one) consecutive positions at once,
+    /// for changes that need several ids (events stored together); `fill` gets the first.
+    pub fn commit_n<R>(
+        &self,
+        n: u64,
+        fill: impl FnOnce(u64, &mut Batch) -> Result<R>,
+    ) -> Result<(u64, R)> {
         let _guard = self.commit_lock.lock();
-        let pos = self.pos.load(Ordering::Acquire) + 1;
+        let first = self.pos.load(Ordering::Acquire) + 1;
+        let last = first + n.max(1) - 1;
         let mut batch = Batch::new();
-        let out = fill(pos, &mut batch)?;
+        let out = fill(first, &mut batch)?;
         batch.put(
             Table::GlobalValue,
             STREAM_KEY.to_vec(),
-            pos.to_be_bytes().to_vec(),
+            last.to_be_bytes().to_vec(),
         );
         self.db.write(batch).map_err(Error::internal)?;
-        self.pos.store(pos, Ordering::Release);
-        Ok((pos, out))
+        self.pos.store(last, Ordering::Release);
+        Ok((first, out))
     }
 
     pub fn notifier(&self) -> &Notifier {

@@ -395,8 +395,14 @@ impl Sync {
             None => make_token(upto),
         };
         // State at the start of the timeline.
+        // (Timeline events' short ids are their positions; the state before the first one is
+        // right even when it came from another server with a state of its own, such as the
+        // join of a room joined over federation.)
         let state_start_snapshot = match first_pos {
-            Some(p) => self.rooms.state_at_pos(room_id, p.saturating_sub(1))?,
+            Some(p) => match self.rooms.meta(p)? {
+                Some(m) => m.state_before,
+                None => self.rooms.state_at_pos(room_id, p.saturating_sub(1))?,
+            },
             None => self.rooms.state_at_pos(room_id, upto)?,
         };
         let in_timeline: HashSet<&str> = events

@@ -29,6 +29,14 @@ pub enum Table {
     UserroomMembership,
     /// `room_id 0xFF user_id` → membership string, for member lists.
     RoomuserMembership,
+    /// `event_id` → why it was rejected: remote events that failed their checks, kept so they
+    /// are not fetched and checked again.
+    EventidRejected,
+    /// `origin 0xFF txn_id` → the answer to an incoming federation transaction (idempotency).
+    OrigintxnResponse,
+    /// `user_id 0xFF room_id` → an invite from another server: the signed invite event and the
+    /// stripped state it came with.
+    UserroomRemoteinvite,
     /// room alias → room id.
     AliasRoomid,
     /// `room_id` → "" for rooms published in the public room directory.
@@ -109,6 +117,9 @@ impl Table {
         Table::SnapshotidState,
         Table::UserroomMembership,
         Table::RoomuserMembership,
+        Table::EventidRejected,
+        Table::OrigintxnResponse,
+        Table::UserroomRemoteinvite,
         Table::AliasRoomid,
         Table::RoomidPublished,
         Table::UserroomtypeAccountdata,
@@ -158,6 +169,9 @@ impl Table {
             Table::SnapshotidState => "snapshotid_state",
             Table::UserroomMembership => "userroom_membership",
             Table::RoomuserMembership => "roomuser_membership",
+            Table::EventidRejected => "eventid_rejected",
+            Table::OrigintxnResponse => "origintxn_response",
+            Table::UserroomRemoteinvite => "userroom_remoteinvite",
             Table::AliasRoomid => "alias_roomid",
             Table::RoomidPublished => "roomid_published",
             Table::UserroomtypeAccountdata => "userroomtype_accountdata",

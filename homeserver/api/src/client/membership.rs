@@ -15,21 +15,71 @@ fn profile(state: &AppState, user: &ruma::UserId) -> (Option<String>, Option<Str
     state.accounts.profile(user).unwrap_or((None, None))
 }
 
+/// Joins a room: locally when this server is in it, otherwise over federation through the
+/// servers given (`via`), the room id's server and the server of a pending invite.
+async fn join(
+    state: &AppState,
+    user: &ruma::UserId,
+    room_id: &ruma::RoomId,
+    via: &[ruma::OwnedServerName],
+    reason: Option<&str>,
+) -> ApiResult<()> {
+    let own = state.config.server_name.as_str();
+    let resident = state.rooms.room(room_id)?.is_some()
+        && state
+            .rooms
+            .servers_in_room(room_id)?
+            .iter()
+            .any(|s| s.as_str() == own);
+    let mut candidates: Vec<ruma::OwnedServerName> = via.to_vec();
+    if let Some(server) = room_id.server_name() {
+        candidates.push(server.to_owned());
+    }
+    if let Some(inviter) = state.rooms.remote_invite_sender(user, room_id)? {
+        candidates.push(inviter.server_name().to_owned());
+    }
+    candidates.retain(|s| s.as_str() != own);
+    let mut seen = std::collections::HashSet::new();
+    candidates.retain(|s| seen.insert(s.clone()));
+    if resident || candidates.is_empty() {
+        state
+            .rooms
+            .join(room_id, user, profile(state, user), reason)
+            .await?;
+        return Ok(());
+    }
+    let (displayname, avatar_url) = profile(state, user);
+    let mut extra = serde_json::Map::new();
+    if let Some(d) = displayname {
+        extra.insert("displayname".into(), json!(d));
+    }
+    if let Some(a) = avatar_url {
+        extra.insert("avatar_url".into(), json!(a));
+    }
+    if let Some(r) = reason {
+        extra.insert("reason".into(), json!(r));
+    }
+    state
+        .pdus
+        .join_remote(user, room_id, &candidates, Value::Object(extra))
+        .await?;
+    Ok(())
+}
+
 /// `POST /_matrix/client/v3/rooms/{roomId}/join` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3roomsroomidjoin
 pub(crate) async fn join_room_by_id_route(
     State(state): State<AppState>,
     req: Ruma<join_room_by_id::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let id = req.user()?;
-    state
-        .rooms
-        .join(
-            &req.body.room_id,
-            &id.user_id,
-            profile(&state, &id.user_id),
-            req.body.reason.as_deref(),
-        )
-        .await?;
+    join(
+        &state,
+        &id.user_id,
+        &req.body.room_id,
+        &[],
+        req.body.reason.as_deref(),
+    )
+    .await?;
     Ok(Json(json!({ "room_id": req.body.room_id })))
 }
 
@@ -39,16 +89,42 @@ pub(crate) async fn join_room_by_id_or_alias_route(
     req: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let id = req.user()?;
-    let room_id = resolve_room(&state, &req.body.room_id_or_alias)?;
-    state
-        .rooms
-        .join(
-            &room_id,
-            &id.user_id,
-            profile(&state, &id.user_id),
-            req.body.reason.as_deref(),
-        )
-        .await?;
+    let mut via = req.body.via.clone();
+    let room_id = match <&ruma::RoomAliasId>::try_from(&*req.body.room_id_or_alias) {
+        Ok(alias) if alias.server_name().as_str() != state.config.server_name => {
+            // Another server's alias: it says which room and which servers are in it.
+            let server = alias.server_name();
+            let path = format!(
+                "/_matrix/federation/v1/query/directory?room_alias={}",
+                crate::percent_encode(alias.as_str())
+            );
+            let answer =
+                crate::federation::ask(&state, server, http::Method::GET, &path, None).await?;
+            let room_id = answer["room_id"]
+                .as_str()
+                .and_then(|r| ruma::OwnedRoomId::try_from(r).ok())
+                .ok_or_else(|| Error::not_found(format!("{server} gave no room for the alias")))?;
+            via.push(server.to_owned());
+            via.extend(
+                answer["servers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s.as_str())
+                    .filter_map(|s| ruma::OwnedServerName::try_from(s).ok()),
+            );
+            room_id
+        }
+        _ => resolve_room(&state, &req.body.room_id_or_alias)?,
+    };
+    join(
+        &state,
+        &id.user_id,
+        &room_id,
+        &via,
+        req.body.reason.as_deref(),
+    )
+    .await?;
     Ok(Json(json!({ "room_id": room_id })))
 }
 

@@ -1,0 +1,90 @@
+//! Rooms across servers: a user of one Paracord server joins a room on another
+//! (make_join/send_join), the room's state arrives verified, and events flow both ways
+//! through the federation sender and incoming transactions.
+
+use paracord_complement::{
+    enc, expect_ok, federation::federating_server, find_state, joined_room, room_state,
+    room_timeline,
+};
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn a_user_of_another_server_joins_and_sees_the_room_state() {
+    let (a, a_name) = federating_server().await;
+    let (b, _) = federating_server().await;
+    let alice = a.register_random().await;
+    let bob = b.register_random().await;
+    let room = alice
+        .create_room(&json!({ "preset": "public_chat", "name": "Across" }))
+        .await;
+    alice.send_text(&room, "before bob").await;
+    let (status, body) = bob
+        .post(
+            &format!("/join/{}?via={}", enc(&room), enc(&a_name)),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "bob joins through A: {body}");
+    // B has the room with its state: the name set on A, alice and bob joined.
+    let sync = bob.sync(None, 0, None).await;
+    assert!(
+        joined_room(&sync, &room).is_some(),
+        "expected the room in bob's sync: {sync}"
+    );
+    let name = expect_ok(
+        bob.get(&format!("/rooms/{}/state/m.room.name/", enc(&room)))
+            .await,
+        "room name on B",
+    );
+    assert_eq!(name["name"], "Across");
+    let members = expect_ok(
+        bob.get(&format!("/rooms/{}/joined_members", enc(&room)))
+            .await,
+        "joined members on B",
+    );
+    assert!(
+        members["joined"][&alice.user_id].is_object(),
+        "got {members}"
+    );
+    assert!(members["joined"][&bob.user_id].is_object(), "got {members}");
+    // A accepted the join.
+    let m = expect_ok(
+        alice
+            .get(&format!(
+                "/rooms/{}/state/m.room.member/{}",
+                enc(&room),
+                enc(&bob.user_id)
+            ))
+            .await,
+        "bob's membership on A",
+    );
+    assert_eq!(m["membership"], "join", "got {m}");
+    let state = room_state(&sync, &room);
+    let timeline = room_timeline(&sync, &room);
+    let all: Vec<Value> = state.into_iter().chain(timeline).collect();
+    assert!(
+        find_state(&all, "m.room.create", "").is_some(),
+        "got {sync}"
+    );
+}
+
+#[tokio::test]
+async fn joining_a_room_that_does_not_allow_it_is_refused() {
+    let (a, a_name) = federating_server().await;
+    let (b, _) = federating_server().await;
+    let alice = a.register_random().await;
+    let bob = b.register_random().await;
+    let room = alice
+        .create_room(&json!({ "preset": "private_chat" }))
+        .await;
+    let (status, body) = bob
+        .post(
+            &format!("/join/{}?via={}", enc(&room), enc(&a_name)),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 403, "an invite-only room: {body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN", "got {body}");
+    let sync = bob.sync(None, 0, None).await;
+    assert!(joined_room(&sync, &room).is_none(), "got {sync}");
+}

@@ -1,0 +1,128 @@
+//! Server-Server API for rooms: incoming transactions (`/send`) and membership through a
+//! resident server (`make_join`/`send_join`, `make_leave`/`send_leave`). The checks live in
+//! `paracord_service::federation::pdus`; these handlers only take the request apart.
+
+use axum::{extract::State, Json};
+use paracord_core::Error;
+use ruma::api::federation::{
+    membership::{create_join_event, create_leave_event, prepare_join_event, prepare_leave_event},
+    transactions::send_transaction_message,
+};
+use serde_json::{json, Value};
+
+use crate::{ruma_wrapper::Ruma, ApiResult, AppState};
+
+fn origin<T>(req: &Ruma<T>) -> ApiResult<ruma::OwnedServerName> {
+    req.origin
+        .clone()
+        .ok_or_else(|| Error::forbidden("the request is not signed by a server").into())
+}
+
+fn raw_value(raw: &serde_json::value::RawValue) -> ApiResult<Value> {
+    serde_json::from_str(raw.get()).map_err(|e| Error::bad_json(format!("bad PDU: {e}")).into())
+}
+
+/// `PUT /_matrix/federation/v1/send/{txnId}` — https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv1sendtxnid
+pub(crate) async fn send_transaction_route(
+    State(state): State<AppState>,
+    req: Ruma<send_transaction_message::v1::Request>,
+) -> ApiResult<Json<Value>> {
+    let origin = origin(&req)?;
+    if req.body.origin != origin {
+        return Err(Error::forbidden(format!(
+            "the transaction names {} as its origin but is signed by {origin}",
+            req.body.origin
+        ))
+        .into());
+    }
+    let pdus = req
+        .body
+        .pdus
+        .iter()
+        .map(|p| raw_value(p))
+        .collect::<ApiResult<Vec<_>>>()?;
+    let edus = req
+        .body
+        .edus
+        .iter()
+        .map(|e| raw_value(e.json()))
+        .collect::<ApiResult<Vec<_>>>()?;
+    let body = json!({ "pdus": pdus, "edus": edus });
+    Ok(Json(
+        state
+            .pdus
+            .transaction(&origin, req.body.transaction_id.as_str(), &body)
+            .await?,
+    ))
+}
+
+/// `GET /_matrix/federation/v1/make_join/{roomId}/{userId}` — https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1make_joinroomiduserid
+pub(crate) async fn make_join_route(
+    State(state): State<AppState>,
+    req: Ruma<prepare_join_event::v1::Request>,
+) -> ApiResult<Json<Value>> {
+    let origin = origin(&req)?;
+    let versions: Vec<String> = if req.body.ver.is_empty() {
+        vec!["1".to_owned()]
+    } else {
+        req.body.ver.iter().map(|v| v.to_string()).collect()
+    };
+    Ok(Json(state.pdus.make_membership(
+        &origin,
+        &req.body.room_id,
+        &req.body.user_id,
+        "join",
+        &versions,
+    )?))
+}
+
+/// `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}` — https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv2send_joinroomideventid
+pub(crate) async fn send_join_route(
+    State(state): State<AppState>,
+    req: Ruma<create_join_event::v2::Request>,
+) -> ApiResult<Json<Value>> {
+    let origin = origin(&req)?;
+    let pdu = raw_value(&req.body.pdu)?;
+    Ok(Json(
+        state
+            .pdus
+            .send_membership(&origin, &req.body.room_id, &req.body.event_id, &pdu, "join")
+            .await?,
+    ))
+}
+
+/// `GET /_matrix/federation/v1/make_leave/{roomId}/{userId}` — https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1make_leaveroomiduserid
+pub(crate) async fn make_leave_route(
+    State(state): State<AppState>,
+    req: Ruma<prepare_leave_event::v1::Request>,
+) -> ApiResult<Json<Value>> {
+    let origin = origin(&req)?;
+    Ok(Json(state.pdus.make_membership(
+        &origin,
+        &req.body.room_id,
+        &req.body.user_id,
+        "leave",
+        &[],
+    )?))
+}
+
+/// `PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}` — https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv2send_leaveroomideventid
+pub(crate) async fn send_leave_route(
+    State(state): State<AppState>,
+    req: Ruma<create_leave_event::v2::Request>,
+) -> ApiResult<Json<Value>> {
+    let origin = origin(&req)?;
+    let pdu = raw_value(&req.body.pdu)?;
+    Ok(Json(
+        state
+            .pdus
+            .send_membership(
+                &origin,
+                &req.body.room_id,
+                &req.body.event_id,
+                &pdu,
+                "leave",
+            )
+            .await?,
+    ))
+}

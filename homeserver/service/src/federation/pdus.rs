@@ -1,0 +1,873 @@
+//! PDUs from other servers: every one goes through the same checks — format, content hash
+//! (redacted and kept when it fails), signatures of the servers that must sign it, its auth
+//! events (fetched when missing), its `prev_events` (fetched with `/get_missing_events`, or the
+//! state at a gap taken from `/state`) — before `Rooms::place_remote` puts it in the DAG.
+//!
+//! Also incoming transactions (`/send`) and joins over federation, both sides.
+//!
+//! Spec: https://spec.matrix.org/v1.19/server-server-api/#pdus
+
+use std::{collections::HashMap, sync::Arc};
+
+use paracord_core::{time::now_ms, Config, Error, ErrorKind, Result};
+use paracord_storage::{Batch, KeyBuf, Table};
+use ruma::{
+    canonical_json::CanonicalJsonObject,
+    events::TimelineEventType,
+    serde::Base64,
+    signatures::{
+        required_server_signatures_to_verify_event, verify_event, PublicKeyMap, PublicKeySet,
+        Verified,
+    },
+    state_res::check_pdu_format,
+    CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, ServerName,
+    UserId,
+};
+use serde_json::{json, Value};
+use tracing::{debug, info, warn};
+
+use crate::{
+    federation::{
+        client::FederationClient,
+        request::{remote_error, signed_json},
+    },
+    keys::ServerKeys,
+    rooms::{
+        pdu::{to_canonical_object, Pdu},
+        remote::{check_auth_with, Checked, Placed},
+        Rooms,
+    },
+    server_keys::RemoteKeys,
+};
+
+/// Room versions this server joins and serves over federation.
+pub const SUPPORTED_VERSIONS: &[&str] = &["10", "11", "12"];
+/// Most PDUs and EDUs an incoming transaction may carry.
+const MAX_TXN_PDUS: usize = 50;
+const MAX_TXN_EDUS: usize = 100;
+/// How many missing events one `/get_missing_events` asks for.
+const MISSING_EVENTS_LIMIT: u64 = 20;
+/// Most auth events fetched one by one for one event.
+const MAX_AUTH_FETCHES: usize = 200;
+
+pub struct Pdus {
+    rooms: Arc<Rooms>,
+    remote_keys: Arc<RemoteKeys>,
+    client: Arc<FederationClient>,
+    keys: Arc<ServerKeys>,
+    config: Arc<Config>,
+}
+
+fn version_rules(
+    version: &str,
+) -> std::result::Result<ruma::room_version_rules::RoomVersionRules, String> {
+    if !SUPPORTED_VERSIONS.contains(&version) {
+        return Err(format!("room version {version} is not supported"));
+    }
+    ruma::RoomVersionId::try_from(version)
+        .ok()
+        .and_then(|v| v.rules())
+        .ok_or_else(|| format!("room version {version} has no rules"))
+}
+
+fn pdu_list(v: &Value, key: &str) -> Vec<Value> {
+    v.get(key)
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
+impl Pdus {
+    pub fn new(
+        rooms: Arc<Rooms>,
+        remote_keys: Arc<RemoteKeys>,
+        client: Arc<FederationClient>,
+        keys: Arc<ServerKeys>,
+        config: Arc<Config>,
+    ) -> Self {
+        Self {
+            rooms,
+            remote_keys,
+            client,
+            keys,
+            config,
+        }
+    }
+
+    fn own_name(&self) -> &str {
+        self.config.server_name.as_str()
+    }
+
+    async fn ask(
+        &self,
+        destination: &ServerName,
+        method: http::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value> {
+        let (status, json) = signed_json(
+            &self.client,
+            &self.keys,
+            self.own_name(),
+            destination,
+            method,
+            path,
+            body,
+        )
+        .await?;
+        if status == http::StatusCode::FORBIDDEN {
+            // The resident server refused: that is the answer, not a gateway failure.
+            let message = json
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("forbidden");
+            return Err(Error::forbidden(format!("{destination}: {message}")));
+        }
+        if !status.is_success() {
+            return Err(remote_error(destination, status, &json));
+        }
+        Ok(json)
+    }
+
+    // ----- checks of one PDU -----
+
+    /// Format, event id, signatures and content hash of a PDU of a room version. A PDU whose
+    /// content hash does not match is redacted and kept.
+    pub async fn check_pdu(
+        &self,
+        version: &str,
+        value: &Value,
+        room_id: Option<&RoomId>,
+    ) -> std::result::Result<Checked, String> {
+        let rules = version_rules(version)?;
+        let mut obj = to_canonical_object(value.clone()).map_err(|e| e.to_string())?;
+        obj.remove("unsigned");
+        check_pdu_format(&obj, &rules.event_format)?;
+        let hash = ruma::signatures::reference_hash(&obj, &rules).map_err(|e| e.to_string())?;
+        let event_id = OwnedEventId::try_from(format!("${hash}")).map_err(|e| e.to_string())?;
+        let servers = required_server_signatures_to_verify_event(&obj, &rules.signatures)
+            .map_err(|e| format!("{event_id}: {e}"))?;
+        let ts = match obj.get("origin_server_ts") {
+            Some(CanonicalJsonValue::Integer(i)) => u64::try_from(i64::from(*i)).unwrap_or(0),
+            _ => 0,
+        };
+        let mut map = PublicKeyMap::new();
+        for server in servers {
+            let ids: Vec<String> = match obj.get("signatures") {
+                Some(CanonicalJsonValue::Object(sigs)) => match sigs.get(server.as_str()) {
+                    Some(CanonicalJsonValue::Object(by_key)) => by_key.keys().cloned().collect(),
+                    _ => Vec::new(),
+                },
+                _ => Vec::new(),
+            };
+            let mut set = PublicKeySet::new();
+            for id in ids {
+                let key = self
+                    .remote_keys
+                    .key(server.as_str(), &id, ts)
+                    .await
+                    .map_err(|e| format!("{event_id}: the keys of {server}: {e}"))?;
+                if let Some(k) = key.and_then(|k| Base64::parse(k).ok()) {
+                    set.insert(id, k);
+                }
+            }
+            if set.is_empty() {
+                return Err(format!(
+                    "{event_id}: no valid signing key of {server} signed it"
+                ));
+            }
+            map.insert(server.to_string(), set);
+        }
+        match verify_event(&map, &obj, &rules) {
+            Ok(Verified::All) => {}
+            Ok(Verified::Signatures) => {
+                info!(%event_id, "content hash mismatch: the event is kept redacted");
+                obj = ruma::canonical_json::redact(obj, &rules.redaction, None)
+                    .map_err(|e| format!("{event_id}: cannot redact: {e}"))?;
+            }
+            Err(e) => return Err(format!("{event_id}: bad signature: {e}")),
+        }
+        let bytes = serde_json::to_vec(&obj).map_err(|e| e.to_string())?;
+        let pdu = Pdu::from_json(event_id.clone(), &bytes).map_err(|e| e.to_string())?;
+        if let Some(room_id) = room_id {
+            let in_room = match &pdu.room_id {
+                Some(r) => r == room_id,
+                // A v12 create event names no room: its id is the room's.
+                None => room_id.as_str()[1..] == event_id.as_str()[1..],
+            };
+            if !in_room {
+                return Err(format!("{event_id} belongs to another room"));
+            }
+        }
+        Ok(Checked {
+            event_id,
+            pdu,
+            bytes,
+        })
+    }
+
+    /// Checks a bundle of events (a room's state and auth chain, an auth chain): each PDU's
+    /// signatures and hash, then each against its auth events in depth order, with the bundle
+    /// itself as where auth events are found. Events that fail are left out.
+    pub async fn check_bundle(
+        &self,
+        version: &str,
+        room_id: &RoomId,
+        values: &[Value],
+    ) -> Result<Vec<Checked>> {
+        let rules = version_rules(version).map_err(Error::bad_json)?;
+        let mut checked = Vec::new();
+        for v in values {
+            match self.check_pdu(version, v, Some(room_id)).await {
+                Ok(c) => checked.push(c),
+                Err(e) => warn!(%room_id, "dropped an event of a bundle: {e}"),
+            }
+        }
+        checked.sort_by_key(|c| u64::from(c.pdu.depth));
+        let mut good: HashMap<OwnedEventId, Pdu> = HashMap::new();
+        let mut out = Vec::new();
+        for c in checked {
+            let lookup = |id: &EventId| {
+                good.get(id)
+                    .cloned()
+                    .or_else(|| self.rooms.pdu(id).ok().flatten())
+            };
+            match check_auth_with(&rules, &c.pdu, lookup) {
+                Ok(()) => {
+                    good.insert(c.event_id.clone(), c.pdu.clone());
+                    out.push(c);
+                }
+                Err(e) => {
+                    warn!(%room_id, event_id = %c.event_id, "dropped an event of a bundle: {e}")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fetches the auth events of `event` that are not stored, from `from`, and stores the
+    /// ones that pass as outliers.
+    async fn fetch_auth_events(
+        &self,
+        from: &ServerName,
+        room_id: &RoomId,
+        version: &str,
+        event: &Checked,
+    ) -> Result<()> {
+        let mut missing = Vec::new();
+        for id in &event.pdu.auth_events {
+            if !self.rooms.knows_event(id)? {
+                missing.push(id.clone());
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        debug!(event_id = %event.event_id, missing = missing.len(), "fetching auth events");
+        let path = format!(
+            "/_matrix/federation/v1/event_auth/{}/{}",
+            crate::percent_encode(room_id.as_str()),
+            crate::percent_encode(event.event_id.as_str())
+        );
+        let chain = match self.ask(from, http::Method::GET, &path, None).await {
+            Ok(v) => pdu_list(&v, "auth_chain"),
+            Err(e) => {
+                // Ask for the events one by one instead.
+                debug!("event_auth from {from} failed ({e}); fetching one by one");
+                let mut got = Vec::new();
+                let mut todo = missing;
+                while let Some(id) = todo.pop() {
+                    if got.len() >= MAX_AUTH_FETCHES {
+                        break;
+                    }
+                    if let Ok(v) = self.fetch_event_json(from, &id).await {
+                        if let Some(auth) = v.get("auth_events").and_then(Value::as_array) {
+                            for a in auth.iter().filter_map(Value::as_str) {
+                                if let Ok(a) = OwnedEventId::try_from(a) {
+                                    if !self.rooms.knows_event(&a)? {
+                                        todo.push(a);
+                                    }
+                                }
+                            }
+                        }
+                        got.push(v);
+                    }
+                }
+                got
+            }
+        };
+        let good = self.check_bundle(version, room_id, &chain).await?;
+        self.rooms.store_outliers(room_id, &good)
+    }
+
+    async fn fetch_event_json(&self, from: &ServerName, id: &EventId) -> Result<Value> {
+        let path = format!(
+            "/_matrix/federation/v1/event/{}",
+            crate::percent_encode(id.as_str())
+        );
+        let v = self.ask(from, http::Method::GET, &path, None).await?;
+        pdu_list(&v, "pdus")
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::not_found(format!("{from} did not return {id}")))
+    }
+
+    /// Takes the state before a `prev_event` we lack from `from` (`/state`) and stores the
+    /// event with it, out of the timeline, so that later events can build on it.
+    async fn fill_gap(
+        &self,
+        from: &ServerName,
+        room_id: &RoomId,
+        version: &str,
+        prev: &EventId,
+    ) -> Result<()> {
+        let path = format!(
+            "/_matrix/federation/v1/state/{}?event_id={}",
+            crate::percent_encode(room_id.as_str()),
+            crate::percent_encode(prev.as_str())
+        );
+        let v = self.ask(from, http::Method::GET, &path, None).await?;
+        let mut bundle = pdu_list(&v, "auth_chain");
+        bundle.extend(pdu_list(&v, "pdus"));
+        let good = self.check_bundle(version, room_id, &bundle).await?;
+        self.rooms.store_outliers(room_id, &good)?;
+        let good_ids: std::collections::HashSet<_> = good.iter().map(|c| &c.event_id).collect();
+        let state_ids: Vec<OwnedEventId> = pdu_list(&v, "pdus")
+            .into_iter()
+            .filter_map(|p| event_id_of(&to_canonical_object(p).ok()?, version))
+            .filter(|id| good_ids.contains(id))
+            .collect();
+        let raw = self.fetch_event_json(from, prev).await?;
+        let event = self
+            .check_pdu(version, &raw, Some(room_id))
+            .await
+            .map_err(Error::bad_json)?;
+        self.fetch_auth_events(from, room_id, version, &event)
+            .await?;
+        self.rooms
+            .store_with_state(room_id, event, &state_ids)
+            .await
+    }
+
+    /// The whole pipeline for one PDU of a room this server is in. `Err` explains why the
+    /// PDU was not accepted (for the transaction's answer).
+    pub async fn receive_pdu(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        value: &Value,
+    ) -> std::result::Result<(), String> {
+        let room = self
+            .rooms
+            .room(room_id)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("this server is not in {room_id}"))?;
+        let event = self.check_pdu(&room.version, value, Some(room_id)).await?;
+        self.receive_checked(origin, room_id, &room.version, event, true)
+            .await
+    }
+
+    async fn receive_checked(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        version: &str,
+        event: Checked,
+        fetch_missing: bool,
+    ) -> std::result::Result<(), String> {
+        if self
+            .rooms
+            .knows_event(&event.event_id)
+            .map_err(|e| e.to_string())?
+        {
+            return Ok(());
+        }
+        self.fetch_auth_events(origin, room_id, version, &event)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut filled = false;
+        loop {
+            match self
+                .rooms
+                .place_remote(room_id, event.clone())
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Placed::Accepted(_) | Placed::Known => return Ok(()),
+                Placed::SoftFailed => return Ok(()),
+                Placed::Rejected(reason) => return Err(reason),
+                Placed::MissingState(prevs) => {
+                    if filled {
+                        return Err(format!(
+                            "the state after {} prev_events could not be found",
+                            prevs.len()
+                        ));
+                    }
+                    filled = true;
+                    if fetch_missing {
+                        self.fetch_missing_events(origin, room_id, version, &event)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
+                    for prev in prevs {
+                        let known = self
+                            .rooms
+                            .short_id(&prev)
+                            .map_err(|e| e.to_string())?
+                            .and_then(|s| self.rooms.meta(s).ok().flatten())
+                            .is_some_and(|m| !m.outlier);
+                        if !known {
+                            if let Err(e) = self.fill_gap(origin, room_id, version, &prev).await {
+                                return Err(format!("cannot fill the gap at {prev}: {e}"));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Asks `origin` for the events between this server's extremities and `event`, and takes
+    /// them in, oldest first; those it cannot place are left for [`Pdus::fill_gap`].
+    async fn fetch_missing_events(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        version: &str,
+        event: &Checked,
+    ) -> Result<()> {
+        let room = self.rooms.room_or_404(room_id)?;
+        let path = format!(
+            "/_matrix/federation/v1/get_missing_events/{}",
+            crate::percent_encode(room_id.as_str())
+        );
+        let body = json!({
+            "earliest_events": room.extremities,
+            "latest_events": [event.event_id],
+            "limit": MISSING_EVENTS_LIMIT,
+            "min_depth": 0,
+        });
+        let v = self
+            .ask(origin, http::Method::POST, &path, Some(&body))
+            .await?;
+        let mut events = Vec::new();
+        for raw in pdu_list(&v, "events") {
+            match self.check_pdu(version, &raw, Some(room_id)).await {
+                Ok(c) => events.push(c),
+                Err(e) => warn!(%room_id, "a missing event failed its checks: {e}"),
+            }
+        }
+        events.sort_by_key(|c| u64::from(c.pdu.depth));
+        for e in events {
+            let id = e.event_id.clone();
+            // No further fetching from here: what is still missing gets its state from /state.
+            if let Err(err) =
+                Box::pin(self.receive_checked(origin, room_id, version, e, false)).await
+            {
+                debug!(event_id = %id, "a missing event was not placed: {err}");
+            }
+        }
+        Ok(())
+    }
+
+    // ----- transactions -----
+
+    /// `PUT /send/{txnId}`: every PDU through the pipeline (one failing does not fail the
+    /// others), EDUs handed to `edus`; the answer is remembered per origin and transaction id.
+    pub async fn transaction(
+        &self,
+        origin: &ServerName,
+        txn_id: &str,
+        body: &Value,
+    ) -> Result<Value> {
+        let key = KeyBuf::new()
+            .str(origin.as_str())
+            .last_str(txn_id)
+            .into_vec();
+        if let Some(done) = self
+            .rooms
+            .db
+            .get(Table::OrigintxnResponse, &key)
+            .map_err(Error::internal)?
+        {
+            return Ok(serde_json::from_slice(&done)?);
+        }
+        let pdus = pdu_list(body, "pdus");
+        let edus = pdu_list(body, "edus");
+        if pdus.len() > MAX_TXN_PDUS || edus.len() > MAX_TXN_EDUS {
+            return Err(Error::bad_json(format!(
+                "a transaction carries at most {MAX_TXN_PDUS} PDUs and {MAX_TXN_EDUS} EDUs"
+            )));
+        }
+        let mut results = serde_json::Map::new();
+        for value in &pdus {
+            let Some(room_id) = value
+                .get("room_id")
+                .and_then(Value::as_str)
+                .and_then(|r| OwnedRoomId::try_from(r).ok())
+            else {
+                debug!(%origin, "a PDU without a room id in a transaction");
+                continue;
+            };
+            let Some(room) = self.rooms.room(&room_id)? else {
+                debug!(%origin, %room_id, "a PDU of a room this server is not in");
+                continue;
+            };
+            let event_id = match to_canonical_object(value.clone())
+                .ok()
+                .and_then(|o| event_id_of(&o, &room.version))
+            {
+                Some(id) => id,
+                None => {
+                    debug!(%origin, "a PDU whose event id cannot be computed");
+                    continue;
+                }
+            };
+            let outcome = match self.acl_allows(&room_id, origin) {
+                Err(e) => Err(e),
+                Ok(()) => self.receive_pdu(origin, &room_id, value).await,
+            };
+            let entry = match outcome {
+                Ok(()) => json!({}),
+                Err(e) => {
+                    info!(%origin, %event_id, "PDU not accepted: {e}");
+                    json!({ "error": e })
+                }
+            };
+            results.insert(event_id.to_string(), entry);
+        }
+        if !edus.is_empty() {
+            debug!(%origin, count = edus.len(), "EDUs received (not handled yet)");
+        }
+        let answer = json!({ "pdus": results });
+        let mut batch = Batch::new();
+        batch.put(Table::OrigintxnResponse, key, serde_json::to_vec(&answer)?);
+        self.rooms.db.write(batch).map_err(Error::internal)?;
+        Ok(answer)
+    }
+
+    fn acl_allows(
+        &self,
+        _room_id: &RoomId,
+        _origin: &ServerName,
+    ) -> std::result::Result<(), String> {
+        Ok(())
+    }
+
+    // ----- joins: the resident side -----
+
+    /// `make_join` / `make_leave`: a template for a user of `origin`.
+    pub fn make_membership(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        user: &UserId,
+        membership: &str,
+        versions: &[String],
+    ) -> Result<Value> {
+        if user.server_name() != origin {
+            return Err(Error::forbidden(format!(
+                "{origin} cannot ask on behalf of {user}"
+            )));
+        }
+        let room = self.rooms.room_or_404(room_id)?;
+        if !self
+            .rooms
+            .servers_in_room(room_id)?
+            .iter()
+            .any(|s| s.as_str() == self.own_name())
+        {
+            return Err(Error::not_found("this server is no longer in the room"));
+        }
+        if membership == "join" && !versions.contains(&room.version) {
+            return Err(Error::new(
+                http::StatusCode::BAD_REQUEST,
+                ErrorKind::IncompatibleRoomVersion {
+                    room_version: room.version.clone(),
+                },
+                format!(
+                    "the room's version {} is not among those supported",
+                    room.version
+                ),
+            ));
+        }
+        self.acl_allows(room_id, origin).map_err(Error::forbidden)?;
+        let (version, template) = self.rooms.join_template(room_id, user, membership)?;
+        Ok(json!({ "room_version": version, "event": template }))
+    }
+
+    /// `send_join` / `send_leave` (v2): takes the signed membership event of a user of `origin`
+    /// through the pipeline and, for a join, answers with the room's state before it and the
+    /// auth chain.
+    pub async fn send_membership(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        event_id: &EventId,
+        value: &Value,
+        membership: &str,
+    ) -> Result<Value> {
+        let room = self.rooms.room_or_404(room_id)?;
+        self.acl_allows(room_id, origin).map_err(Error::forbidden)?;
+        let mut event = self
+            .check_pdu(&room.version, value, Some(room_id))
+            .await
+            .map_err(Error::bad_json)?;
+        if event.event_id != event_id {
+            return Err(Error::bad_json(format!(
+                "the event's id is {}, not {event_id}",
+                event.event_id
+            )));
+        }
+        let content = event.pdu.content_value();
+        if event.pdu.kind != TimelineEventType::RoomMember
+            || event.pdu.state_key.as_deref() != Some(event.pdu.sender.as_str())
+            || content.get("membership").and_then(Value::as_str) != Some(membership)
+        {
+            return Err(Error::bad_json(format!(
+                "not an m.room.member {membership} event of its sender"
+            )));
+        }
+        if event.pdu.sender.server_name() != origin {
+            return Err(Error::forbidden(format!(
+                "{origin} cannot send a membership event of {}",
+                event.pdu.sender
+            )));
+        }
+        // A restricted join authorised by one of our users carries our signature too.
+        let mut signed_by_us = false;
+        if let Some(via) = content
+            .get("join_authorised_via_users_server")
+            .and_then(Value::as_str)
+            .and_then(|u| <&UserId>::try_from(u).ok())
+        {
+            if via.server_name().as_str() == self.own_name() {
+                let mut obj: CanonicalJsonObject = serde_json::from_slice(&event.bytes)?;
+                self.rooms.cosign(&mut obj)?;
+                event.bytes = serde_json::to_vec(&obj)?;
+                signed_by_us = true;
+            }
+        }
+        let bytes = event.bytes.clone();
+        self.receive_checked(origin, room_id, &room.version, event, true)
+            .await
+            .map_err(|e| Error::forbidden(format!("the {membership} was not accepted: {e}")))?;
+        let short = self
+            .rooms
+            .short_id(event_id)?
+            .ok_or_else(|| Error::internal("accepted event not stored"))?;
+        let meta = self
+            .rooms
+            .meta(short)?
+            .ok_or_else(|| Error::internal("accepted event has no metadata"))?;
+        if meta.hidden {
+            return Err(Error::forbidden(format!(
+                "the {membership} is not allowed by the room's current state"
+            )));
+        }
+        // The other servers in the room hear of it from us.
+        let raw: Vec<u8> = self.rooms.raw_pdu(short)?.unwrap_or(bytes);
+        self.rooms
+            .send_out_except(room_id, event_id, &raw, origin)?;
+        if membership != "join" {
+            return Ok(json!({}));
+        }
+        let state = self.rooms.state(meta.state_before)?;
+        let mut state_pdus = Vec::new();
+        let mut ids = Vec::new();
+        for s in state.values() {
+            if let (Some(raw), Some(m)) = (self.rooms.raw_pdu(*s)?, self.rooms.meta(*s)?) {
+                state_pdus.push(serde_json::from_slice::<Value>(&raw)?);
+                ids.push(m.event_id);
+            }
+        }
+        ids.push(event_id.to_owned());
+        let mut auth_chain = Vec::new();
+        for id in self.rooms.auth_chain_ids(&ids)? {
+            if let Some(s) = self.rooms.short_id(&id)? {
+                if let Some(raw) = self.rooms.raw_pdu(s)? {
+                    auth_chain.push(serde_json::from_slice::<Value>(&raw)?);
+                }
+            }
+        }
+        let servers: Vec<String> = self
+            .rooms
+            .servers_in_room(room_id)?
+            .into_iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut answer = json!({
+            "origin": self.own_name(),
+            "state": state_pdus,
+            "auth_chain": auth_chain,
+            "members_omitted": false,
+            "servers_in_room": servers,
+        });
+        if signed_by_us {
+            answer["event"] = serde_json::from_slice(&raw)?;
+        }
+        Ok(answer)
+    }
+
+    // ----- joins: the joining side -----
+
+    /// Joins `user` to a room over federation, trying each candidate server in turn.
+    pub async fn join_remote(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        candidates: &[OwnedServerName],
+        extra_content: Value,
+    ) -> Result<OwnedEventId> {
+        let mut last = Error::not_found("no server to join the room through");
+        for server in candidates {
+            if server.as_str() == self.own_name() {
+                continue;
+            }
+            match self.join_via(user, room_id, server, &extra_content).await {
+                Ok(id) => return Ok(id),
+                Err(e) => {
+                    warn!(%room_id, %server, "joining through {server} failed: {e}");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn join_via(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        server: &ServerName,
+        extra_content: &Value,
+    ) -> Result<OwnedEventId> {
+        let vers: String = SUPPORTED_VERSIONS
+            .iter()
+            .map(|v| format!("ver={v}"))
+            .collect::<Vec<_>>()
+            .join("&");
+        let path = format!(
+            "/_matrix/federation/v1/make_join/{}/{}?{vers}",
+            crate::percent_encode(room_id.as_str()),
+            crate::percent_encode(user.as_str())
+        );
+        let made = self.ask(server, http::Method::GET, &path, None).await?;
+        let version = made
+            .get("room_version")
+            .and_then(Value::as_str)
+            .unwrap_or("1")
+            .to_owned();
+        version_rules(&version).map_err(|e| {
+            Error::new(
+                http::StatusCode::BAD_REQUEST,
+                ErrorKind::UnsupportedRoomVersion,
+                e,
+            )
+        })?;
+        let mut template = made
+            .get("event")
+            .cloned()
+            .filter(Value::is_object)
+            .ok_or_else(|| Error::bad_json(format!("{server} sent no join template")))?;
+        if template.get("type").and_then(Value::as_str) != Some("m.room.member")
+            || template.get("state_key").and_then(Value::as_str) != Some(user.as_str())
+            || template.get("sender").and_then(Value::as_str) != Some(user.as_str())
+            || template.get("room_id").and_then(Value::as_str) != Some(room_id.as_str())
+        {
+            return Err(Error::bad_json(format!(
+                "{server} sent a wrong join template"
+            )));
+        }
+        if let (Some(content), Some(extra)) = (
+            template["content"].as_object_mut(),
+            extra_content.as_object(),
+        ) {
+            content.insert("membership".into(), json!("join"));
+            for (k, v) in extra {
+                content.insert(k.clone(), v.clone());
+            }
+        }
+        template["origin_server_ts"] = json!(now_ms());
+        if let Some(o) = template.as_object_mut() {
+            o.remove("signatures");
+            o.remove("hashes");
+            o.remove("event_id");
+            o.remove("unsigned");
+        }
+        let obj = to_canonical_object(template)?;
+        let (event_id, _, bytes) = self.rooms.sign_event(obj, &version)?;
+        let path = format!(
+            "/_matrix/federation/v2/send_join/{}/{}",
+            crate::percent_encode(room_id.as_str()),
+            crate::percent_encode(event_id.as_str())
+        );
+        let body: Value = serde_json::from_slice(&bytes)?;
+        let sent = self
+            .ask(server, http::Method::PUT, &path, Some(&body))
+            .await?;
+        // A restricted join comes back with the resident server's signature added.
+        let join_value = match sent.get("event") {
+            Some(e) if e.is_object() => e.clone(),
+            _ => body,
+        };
+        let join = self
+            .check_pdu(&version, &join_value, Some(room_id))
+            .await
+            .map_err(|e| Error::bad_json(format!("the join event came back wrong: {e}")))?;
+        if join.event_id != event_id {
+            return Err(Error::bad_json(format!("{server} changed the join event")));
+        }
+        let state_values = pdu_list(&sent, "state");
+        let mut bundle = pdu_list(&sent, "auth_chain");
+        bundle.extend(state_values.iter().cloned());
+        let good = self.check_bundle(&version, room_id, &bundle).await?;
+        let good_ids: std::collections::HashSet<_> =
+            good.iter().map(|c| c.event_id.clone()).collect();
+        let mut state = Vec::new();
+        for v in &state_values {
+            let Some(id) = to_canonical_object(v.clone())
+                .ok()
+                .and_then(|o| event_id_of(&o, &version))
+            else {
+                continue;
+            };
+            if good_ids.contains(&id) {
+                if let Some(c) = good.iter().find(|c| c.event_id == id) {
+                    state.push(c.clone());
+                }
+            }
+        }
+        let create_ok = state.iter().any(|c| {
+            c.pdu.kind == TimelineEventType::RoomCreate
+                && c.pdu
+                    .content_value()
+                    .get("room_version")
+                    .and_then(Value::as_str)
+                    .unwrap_or("1")
+                    == version
+        });
+        if !create_ok {
+            return Err(Error::bad_json(format!(
+                "{server} sent a room state without a valid create event of version {version}"
+            )));
+        }
+        let auth_chain: Vec<Checked> = good
+            .iter()
+            .filter(|c| !state.iter().any(|s| s.event_id == c.event_id))
+            .cloned()
+            .collect();
+        self.rooms
+            .join_remote_room(room_id, &version, &state, &auth_chain, join)
+            .await?;
+        info!(%room_id, %server, %user, "joined over federation");
+        Ok(event_id)
+    }
+}
+
+/// The event id of a PDU in a room version with reference-hash ids.
+pub fn event_id_of(obj: &CanonicalJsonObject, version: &str) -> Option<OwnedEventId> {
+    let rules = version_rules(version).ok()?;
+    let hash = ruma::signatures::reference_hash(obj, &rules).ok()?;
+    OwnedEventId::try_from(format!("${hash}")).ok()
+}

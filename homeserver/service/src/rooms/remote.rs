@@ -1,0 +1,727 @@
+//! Events from other servers, once their format, hashes and signatures are checked (in
+//! `federation::events`): kept as outliers when their state is unknown, rejected when they fail
+//! their auth checks, and otherwise placed in the room's DAG — the state before them resolved
+//! from their `prev_events`, auth checked against it, soft-failed when the room's current state
+//! no longer allows them.
+//!
+//! Spec: https://spec.matrix.org/v1.19/server-server-api/#checks-performed-on-receipt-of-a-pdu
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use paracord_core::{Error, Result};
+use paracord_storage::{Batch, KeyBuf, Table};
+use ruma::{
+    events::{StateEventType, TimelineEventType},
+    room_version_rules::RoomVersionRules,
+    state_res::{
+        self, check_state_dependent_auth_rules, check_state_independent_auth_rules,
+        utils::event_id_set::EventIdSet,
+    },
+    EventId, OwnedEventId, OwnedUserId, RoomId, UserId,
+};
+use tracing::{debug, info};
+
+use super::{
+    db_err, rules_for, write_event_rows, write_full_snapshot, write_membership,
+    write_state_snapshot, EventMeta, Pdu, RoomRecord, Rooms, StateMap,
+};
+
+/// Snapshot ids of resolved states (which belong to no one event) have this bit set, and the
+/// stream position of the commit that wrote them below it.
+const RESOLVED_BEFORE: u64 = 1 << 62;
+const RESOLVED_CURRENT: u64 = (1 << 62) | (1 << 61);
+
+/// A remote event whose format, hashes and signatures passed (redacted if its content hash
+/// did not match).
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub event_id: OwnedEventId,
+    pub pdu: Pdu,
+    /// Canonical JSON as it will be stored.
+    pub bytes: Vec<u8>,
+}
+
+/// What happened to a remote event offered to a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placed {
+    /// In the timeline at this stream position.
+    Accepted(u64),
+    /// Stored, but current state no longer allows it: not in the timeline, not an extremity.
+    SoftFailed,
+    /// Failed its auth checks; kept only as rejected.
+    Rejected(String),
+    /// Already stored (or rejected before).
+    Known,
+    /// The state after these `prev_events` is not known here yet.
+    MissingState(Vec<OwnedEventId>),
+}
+
+/// Auth checks of an event against its own auth events, found through `lookup`: the rules
+/// that do not depend on the room's state, then the rest with the auth events as the state.
+pub fn check_auth_with(
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+    lookup: impl Fn(&EventId) -> Option<Pdu>,
+) -> std::result::Result<(), String> {
+    check_state_independent_auth_rules(&rules.authorization, pdu, &lookup)
+        .map_err(|e| format!("fails the auth rules: {e}"))?;
+    let mut by_key: HashMap<(String, String), Pdu> = HashMap::new();
+    // Since v12 the create event is not listed: the room id names it.
+    if rules.authorization.room_create_event_id_as_room_id {
+        if let Some(room_id) = &pdu.room_id {
+            let create = EventId::parse(format!("${}", &room_id.as_str()[1..]))
+                .map_err(|e| format!("bad room id {room_id}: {e}"))?;
+            if let Some(c) = lookup(&create) {
+                by_key.insert(("m.room.create".to_owned(), String::new()), c);
+            }
+        }
+    }
+    for id in &pdu.auth_events {
+        let auth =
+            lookup(id).ok_or_else(|| format!("auth event {id} is missing or was rejected"))?;
+        if let Some(k) = &auth.state_key {
+            by_key.insert((auth.kind.to_string(), k.clone()), auth);
+        }
+    }
+    check_state_dependent_auth_rules(&rules.authorization, pdu, |t: &StateEventType, k| {
+        by_key.get(&(t.to_string(), k.to_owned())).cloned()
+    })
+    .map_err(|e| format!("not allowed by its auth events: {e}"))
+}
+
+impl Rooms {
+    /// Whether an event was rejected, and why.
+    pub fn rejection(&self, event_id: &EventId) -> Result<Option<String>> {
+        Ok(self
+            .db
+            .get(Table::EventidRejected, event_id.as_bytes())
+            .map_err(db_err)?
+            .map(|r| String::from_utf8_lossy(&r).into_owned()))
+    }
+
+    /// Who invited `user` to a room from another server, if an invite is pending.
+    pub fn remote_invite_sender(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+    ) -> Result<Option<OwnedUserId>> {
+        let key = KeyBuf::new()
+            .str(user.as_str())
+            .last_str(room_id.as_str())
+            .into_vec();
+        let Some(raw) = self
+            .db
+            .get(Table::UserroomRemoteinvite, &key)
+            .map_err(db_err)?
+        else {
+            return Ok(None);
+        };
+        let v: serde_json::Value = serde_json::from_slice(&raw)?;
+        Ok(v["event"]["sender"]
+            .as_str()
+            .and_then(|s| OwnedUserId::try_from(s).ok()))
+    }
+
+    /// Whether the event is stored or was rejected.
+    pub fn knows_event(&self, event_id: &EventId) -> Result<bool> {
+        Ok(self.short_id(event_id)?.is_some() || self.rejection(event_id)?.is_some())
+    }
+
+    pub fn store_rejected(&self, event_id: &EventId, reason: &str) -> Result<()> {
+        info!(%event_id, reason, "rejected a remote event");
+        let mut batch = Batch::new();
+        batch.put(
+            Table::EventidRejected,
+            event_id.as_bytes().to_vec(),
+            reason.as_bytes().to_vec(),
+        );
+        self.db.write(batch).map_err(db_err)
+    }
+
+    /// Checks an event against its own auth events (which must all be stored): the auth rules
+    /// that do not depend on the room's state, then the rest with its auth events as the state.
+    pub fn check_against_auth_events(
+        &self,
+        rules: &RoomVersionRules,
+        pdu: &Pdu,
+    ) -> std::result::Result<(), String> {
+        check_auth_with(rules, pdu, |id: &EventId| self.pdu(id).ok().flatten())
+    }
+
+    /// Checks an event against a state map.
+    pub fn check_against_state(
+        &self,
+        rules: &RoomVersionRules,
+        pdu: &Pdu,
+        state: &StateMap,
+    ) -> std::result::Result<(), String> {
+        check_state_dependent_auth_rules(&rules.authorization, pdu, |t: &StateEventType, k| {
+            state
+                .get(&(t.to_string(), k.to_owned()))
+                .and_then(|s| self.pdu_by_short(*s).ok().flatten())
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    /// Stores events whose surrounding state is unknown (a joined room's state and auth chain,
+    /// fetched auth events), skipping those already stored, in one batch.
+    pub fn store_outliers(&self, room_id: &RoomId, events: &[Checked]) -> Result<()> {
+        let mut fresh = Vec::new();
+        let mut seen = HashSet::new();
+        for e in events {
+            if seen.insert(e.event_id.clone()) && self.short_id(&e.event_id)?.is_none() {
+                fresh.push(e);
+            }
+        }
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        self.stream.commit_n(fresh.len() as u64, |first, batch| {
+            for (i, e) in fresh.iter().enumerate() {
+                let meta = EventMeta {
+                    event_id: e.event_id.clone(),
+                    room_id: room_id.to_owned(),
+                    state_before: 0,
+                    state_after: 0,
+                    redacted_by: None,
+                    txn: None,
+                    outlier: true,
+                    hidden: false,
+                };
+                write_event_rows(batch, first + i as u64, &e.event_id, &e.bytes, &meta)?;
+            }
+            Ok(())
+        })?;
+        debug!(count = fresh.len(), %room_id, "stored outliers");
+        Ok(())
+    }
+
+    /// The snapshot id of the state after an event, if the event is stored with its state.
+    fn state_after_event(&self, event_id: &EventId) -> Result<Option<u64>> {
+        let Some(short) = self.short_id(event_id)? else {
+            return Ok(None);
+        };
+        Ok(self
+            .meta(short)?
+            .filter(|m| !m.outlier)
+            .map(|m| m.state_after))
+    }
+
+    /// Resolves several states of a room into one (state resolution v2, with the rules of the
+    /// room's version).
+    pub fn resolve_states(&self, version: &str, states: &[&StateMap]) -> Result<StateMap> {
+        let rules = rules_for(version)?;
+        let Some(state_res_rules) = rules.state_res.v2_rules() else {
+            return Err(Error::internal(format!(
+                "room version {version} does not use state resolution v2"
+            )));
+        };
+        let mut maps = Vec::new();
+        let mut auth_chains = Vec::new();
+        for state in states {
+            let mut map = state_res::StateMap::new();
+            let mut ids = Vec::new();
+            for ((t, k), short) in state.iter() {
+                if let Some(meta) = self.meta(*short)? {
+                    map.insert(
+                        (StateEventType::from(t.as_str()), k.clone()),
+                        meta.event_id.clone(),
+                    );
+                    ids.push(meta.event_id);
+                }
+            }
+            auth_chains.push(
+                self.auth_chain_ids(&ids)?
+                    .into_iter()
+                    .collect::<EventIdSet<_>>(),
+            );
+            maps.push(map);
+        }
+        let resolved = state_res::resolve(
+            &rules.authorization,
+            state_res_rules,
+            &maps,
+            auth_chains,
+            |id: &EventId| self.pdu(id).ok().flatten(),
+            |conflicted| {
+                self.conflicted_subgraph(conflicted)
+                    .map(|s| s.into_iter().collect::<EventIdSet<_>>())
+            },
+        )
+        .map_err(|e| Error::internal(format!("state resolution failed: {e}")))?;
+        let mut out = StateMap::new();
+        for ((t, k), id) in resolved {
+            if let Some(short) = self.short_id(&id)? {
+                out.insert((t.to_string(), k), short);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every event in the auth chains of `ids` (not the events themselves), walked
+    /// iteratively.
+    pub fn auth_chain_ids(&self, ids: &[OwnedEventId]) -> Result<HashSet<OwnedEventId>> {
+        let mut chain = HashSet::new();
+        let mut todo: Vec<OwnedEventId> = Vec::new();
+        for id in ids {
+            if let Some(p) = self.pdu(id)? {
+                todo.extend(p.auth_events.iter().cloned());
+            }
+        }
+        while let Some(id) = todo.pop() {
+            if !chain.insert(id.clone()) {
+                continue;
+            }
+            if let Some(p) = self.pdu(&id)? {
+                todo.extend(p.auth_events.into_iter().filter(|a| !chain.contains(a)));
+            }
+        }
+        Ok(chain)
+    }
+
+    /// The conflicted state subgraph (room version 12): the events on an auth-event path from
+    /// one conflicted event to another.
+    fn conflicted_subgraph(
+        &self,
+        conflicted: &state_res::StateMap<Vec<OwnedEventId>>,
+    ) -> Option<HashSet<OwnedEventId>> {
+        let set: HashSet<OwnedEventId> = conflicted.values().flatten().cloned().collect();
+        let ids: Vec<_> = set.iter().cloned().collect();
+        let ancestors = self.auth_chain_ids(&ids).ok()?;
+        let mut out: HashSet<OwnedEventId> = set.clone();
+        for x in ancestors {
+            let chain = self.auth_chain_ids(std::slice::from_ref(&x)).ok()?;
+            if chain.iter().any(|c| set.contains(c)) {
+                out.insert(x);
+            }
+        }
+        Some(out)
+    }
+
+    /// Places a checked remote event in the DAG of a room this server is in. Its auth events
+    /// must be stored already; `prev_events` without known state are reported back.
+    pub async fn place_remote(&self, room_id: &RoomId, event: Checked) -> Result<Placed> {
+        let lock = self.room_lock(room_id);
+        let _guard = lock.lock().await;
+        if self.knows_event(&event.event_id)? {
+            return Ok(Placed::Known);
+        }
+        let room = self.room_or_404(room_id)?;
+        let rules = rules_for(&room.version)?;
+        if let Err(reason) = self.check_against_auth_events(&rules, &event.pdu) {
+            self.store_rejected(&event.event_id, &reason)?;
+            return Ok(Placed::Rejected(reason));
+        }
+        // The state before the event: after its prev_events, resolved where they differ.
+        let mut missing = Vec::new();
+        let mut befores = BTreeSet::new();
+        for prev in &event.pdu.prev_events {
+            if self.rejection(prev)?.is_some() {
+                continue;
+            }
+            match self.state_after_event(prev)? {
+                Some(s) => {
+                    befores.insert(s);
+                }
+                None => missing.push(prev.clone()),
+            }
+        }
+        if !missing.is_empty() {
+            return Ok(Placed::MissingState(missing));
+        }
+        let (before_id, before_map, new_before) = match befores.len() {
+            0 => {
+                let reason = "every prev_event was rejected".to_owned();
+                self.store_rejected(&event.event_id, &reason)?;
+                return Ok(Placed::Rejected(reason));
+            }
+            1 => {
+                let id = befores.first().copied().unwrap_or_default();
+                (id, self.state(id)?, false)
+            }
+            _ => {
+                let maps: Vec<_> = befores
+                    .iter()
+                    .map(|s| self.state(*s))
+                    .collect::<Result<_>>()?;
+                let refs: Vec<&StateMap> = maps.iter().map(|m| m.as_ref()).collect();
+                (
+                    0,
+                    std::sync::Arc::new(self.resolve_states(&room.version, &refs)?),
+                    true,
+                )
+            }
+        };
+        if let Err(e) = self.check_against_state(&rules, &event.pdu, &before_map) {
+            let reason = format!("not allowed by the state before it: {e}");
+            self.store_rejected(&event.event_id, &reason)?;
+            return Ok(Placed::Rejected(reason));
+        }
+        // Soft fail: allowed where it was sent, but not by the room's current state.
+        let current = self.state(room.state)?;
+        let soft_failed = (new_before || before_id != room.state)
+            && self
+                .check_against_state(&rules, &event.pdu, &current)
+                .is_err();
+        self.commit_remote(
+            room_id,
+            room,
+            event,
+            before_id,
+            &before_map,
+            new_before,
+            soft_failed,
+        )
+    }
+
+    /// Writes a placed remote event: its state snapshot, the timeline entry (unless
+    /// soft-failed), the new extremities and current state, membership changes.
+    #[allow(clippy::too_many_arguments)]
+    fn commit_remote(
+        &self,
+        room_id: &RoomId,
+        mut room: RoomRecord,
+        event: Checked,
+        before_id: u64,
+        before_map: &StateMap,
+        new_before: bool,
+        soft_failed: bool,
+    ) -> Result<Placed> {
+        let rules = rules_for(&room.version)?;
+        let pdu = &event.pdu;
+        let kind = pdu.kind.to_string();
+        let snapshot_depth = match (&pdu.state_key, new_before) {
+            (Some(_), false) => self.snapshot_depth(before_id)?,
+            _ => 0,
+        };
+        // Extremities and current state after the event (unchanged when soft-failed).
+        let mut extremities: Vec<OwnedEventId> = room
+            .extremities
+            .iter()
+            .filter(|e| !pdu.prev_events.contains(e))
+            .cloned()
+            .collect();
+        extremities.push(event.event_id.clone());
+        let notes = if soft_failed {
+            Vec::new()
+        } else {
+            let client = super::pdu::client_event(
+                &event.bytes,
+                event.event_id.as_str(),
+                room_id.as_str(),
+                None,
+            )?;
+            self.evaluate_push(room_id, &room.version, before_map, &pdu.sender, &client)?
+        };
+        let relation = if soft_failed {
+            None
+        } else {
+            self.check_relation(room_id, pdu).ok().flatten()
+        };
+        let redact_target = match (&pdu.kind, soft_failed) {
+            (TimelineEventType::RoomRedaction, false) => pdu.redacts.clone().filter(|t| {
+                self.check_redaction(&room, before_map, pdu).is_ok()
+                    && self.pdu(t).ok().flatten().is_some()
+            }),
+            _ => None,
+        };
+        let search = self.search.lock().clone();
+        let content = pdu.content_value();
+        let old_current = self.state(room.state)?;
+        let (pos, changed_members) = self.stream.commit(|pos, batch| {
+            let short = pos;
+            let before = if new_before {
+                let id = RESOLVED_BEFORE | pos;
+                write_full_snapshot(batch, id, before_map)?;
+                id
+            } else {
+                before_id
+            };
+            let mut after = before;
+            let mut after_map = before_map.clone();
+            if let Some(k) = &pdu.state_key {
+                after = short;
+                write_state_snapshot(
+                    batch,
+                    short,
+                    before,
+                    snapshot_depth,
+                    before_map,
+                    (&kind, k),
+                    short,
+                )?;
+                after_map.insert((kind.clone(), k.clone()), short);
+            }
+            let meta = EventMeta {
+                event_id: event.event_id.clone(),
+                room_id: room_id.to_owned(),
+                state_before: before,
+                state_after: after,
+                redacted_by: None,
+                txn: None,
+                outlier: false,
+                hidden: soft_failed,
+            };
+            write_event_rows(batch, short, &event.event_id, &event.bytes, &meta)?;
+            if soft_failed {
+                return Ok(Vec::new());
+            }
+            self.write_notifications(batch, room_id, event.event_id.as_str(), pos, &notes)?;
+            batch.put(
+                Table::RoompositionShorteventid,
+                KeyBuf::new().str(room_id.as_str()).u64(pos).into_vec(),
+                short.to_be_bytes().to_vec(),
+            );
+            // The new current state: the event's own when it follows every extremity,
+            // otherwise the extremities' states resolved.
+            let new_current = if extremities.len() == 1 {
+                room.state = after;
+                after_map
+            } else {
+                let mut maps = vec![after_map];
+                for e in &extremities[..extremities.len() - 1] {
+                    if let Some(s) = self.state_after_event(e)? {
+                        maps.push((*self.state(s)?).clone());
+                    }
+                }
+                let refs: Vec<&StateMap> = maps.iter().collect();
+                let resolved = self.resolve_states(&room.version, &refs)?;
+                let id = RESOLVED_CURRENT | pos;
+                write_full_snapshot(batch, id, &resolved)?;
+                room.state = id;
+                resolved
+            };
+            room.extremities = extremities.clone();
+            room.depth = room.depth.max(u64::from(pdu.depth));
+            room.last_pos = pos;
+            batch.put(
+                Table::RoomidRoom,
+                room_id.as_bytes().to_vec(),
+                serde_json::to_vec(&room)?,
+            );
+            // Memberships that changed in the current state.
+            let mut changed = Vec::new();
+            for ((t, k), s) in &new_current {
+                if t != "m.room.member" || old_current.get(&(t.clone(), k.clone())) == Some(s) {
+                    continue;
+                }
+                let Ok(user) = OwnedUserId::try_from(k.as_str()) else {
+                    continue;
+                };
+                let Some(member) = self.pdu_by_short(*s)? else {
+                    continue;
+                };
+                let m = member
+                    .content_value()
+                    .get("membership")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or("leave")
+                    .to_owned();
+                write_membership(batch, room_id, &user, &m, pos, &member.event_id)?;
+                changed.push(user);
+            }
+            if let Some(r) = &relation {
+                self.index_relation(batch, room_id, r, pos);
+            }
+            if let Some(target) = &redact_target {
+                self.redact_into(batch, target, &event.event_id, &rules)?;
+            }
+            if let Some(search) = &search {
+                search.index_into(
+                    batch,
+                    room_id.as_str(),
+                    pdu.sender.as_str(),
+                    &kind,
+                    &content,
+                    pos,
+                    u64::from(pdu.origin_server_ts.get()),
+                )?;
+            }
+            Ok(changed)
+        })?;
+        if soft_failed {
+            info!(event_id = %event.event_id, "soft-failed a remote event");
+            return Ok(Placed::SoftFailed);
+        }
+        self.after_commit(
+            room_id,
+            &event.event_id,
+            &notes,
+            redact_target.as_deref(),
+            None,
+        )?;
+        self.stream
+            .notifier()
+            .wake(changed_members.iter().map(|u| u.as_ref()));
+        Ok(Placed::Accepted(pos))
+    }
+
+    /// Stores an event whose `prev_events` this server lacks, with the state before it as
+    /// another server reported it (`state_ids`, all stored), out of the timeline: later events
+    /// can then build on it.
+    pub async fn store_with_state(
+        &self,
+        room_id: &RoomId,
+        event: Checked,
+        state_ids: &[OwnedEventId],
+    ) -> Result<()> {
+        let lock = self.room_lock(room_id);
+        let _guard = lock.lock().await;
+        let room = self.room_or_404(room_id)?;
+        let rules = rules_for(&room.version)?;
+        if let Some(short) = self.short_id(&event.event_id)? {
+            if self.meta(short)?.is_some_and(|m| !m.outlier) {
+                return Ok(());
+            }
+        }
+        if let Err(reason) = self.check_against_auth_events(&rules, &event.pdu) {
+            self.store_rejected(&event.event_id, &reason)?;
+            return Err(Error::forbidden(reason));
+        }
+        let mut map = StateMap::new();
+        for id in state_ids {
+            let (Some(short), Some(pdu)) = (self.short_id(id)?, self.pdu(id)?) else {
+                continue;
+            };
+            if let Some(k) = pdu.state_key {
+                map.insert((pdu.kind.to_string(), k), short);
+            }
+        }
+        let existing = self.short_id(&event.event_id)?;
+        let kind = event.pdu.kind.to_string();
+        self.stream.commit(|pos, batch| {
+            let short = existing.unwrap_or(pos);
+            let before = RESOLVED_BEFORE | pos;
+            write_full_snapshot(batch, before, &map)?;
+            let mut after = before;
+            if let Some(k) = &event.pdu.state_key {
+                after = RESOLVED_CURRENT | pos;
+                write_state_snapshot(batch, after, before, 0, &map, (&kind, k), short)?;
+            }
+            let meta = EventMeta {
+                event_id: event.event_id.clone(),
+                room_id: room_id.to_owned(),
+                state_before: before,
+                state_after: after,
+                redacted_by: None,
+                txn: None,
+                outlier: false,
+                hidden: true,
+            };
+            write_event_rows(batch, short, &event.event_id, &event.bytes, &meta)
+        })?;
+        Ok(())
+    }
+
+    /// Creates (or replaces) a room joined over federation: `state` is the room's state before
+    /// the `join` event and `auth_chain` its auth chain, all checked by the caller.
+    pub async fn join_remote_room(
+        &self,
+        room_id: &RoomId,
+        version: &str,
+        state: &[Checked],
+        auth_chain: &[Checked],
+        join: Checked,
+    ) -> Result<u64> {
+        let rules = rules_for(version)?;
+        let lock = self.room_lock(room_id);
+        let _guard = lock.lock().await;
+        let mut all: Vec<Checked> = auth_chain.to_vec();
+        all.extend(state.iter().cloned());
+        self.store_outliers(room_id, &all)?;
+        let mut map = StateMap::new();
+        for e in state {
+            let Some(k) = &e.pdu.state_key else {
+                return Err(Error::bad_json(format!(
+                    "{} in the room state is not a state event",
+                    e.event_id
+                )));
+            };
+            let short = self
+                .short_id(&e.event_id)?
+                .ok_or_else(|| Error::internal("state event not stored"))?;
+            map.insert((e.pdu.kind.to_string(), k.clone()), short);
+        }
+        self.check_against_auth_events(&rules, &join.pdu)
+            .map_err(|e| Error::forbidden(format!("the join event {e}")))?;
+        self.check_against_state(&rules, &join.pdu, &map)
+            .map_err(|e| {
+                Error::forbidden(format!("the join is not allowed by the room state: {e}"))
+            })?;
+        let existing = self.room(room_id)?;
+        let join_id = join.event_id.clone();
+        let joiner = OwnedUserId::try_from(join.pdu.state_key.clone().unwrap_or_default())
+            .map_err(|_| Error::bad_json("the join event has no user as state_key"))?;
+        let (pos, ()) = self.stream.commit(|pos, batch| {
+            let before = RESOLVED_BEFORE | pos;
+            write_full_snapshot(batch, before, &map)?;
+            let short = pos;
+            write_state_snapshot(
+                batch,
+                short,
+                before,
+                0,
+                &map,
+                ("m.room.member", joiner.as_str()),
+                short,
+            )?;
+            let meta = EventMeta {
+                event_id: join_id.clone(),
+                room_id: room_id.to_owned(),
+                state_before: before,
+                state_after: short,
+                redacted_by: None,
+                txn: None,
+                outlier: false,
+                hidden: false,
+            };
+            write_event_rows(batch, short, &join_id, &join.bytes, &meta)?;
+            batch.put(
+                Table::RoompositionShorteventid,
+                KeyBuf::new().str(room_id.as_str()).u64(pos).into_vec(),
+                short.to_be_bytes().to_vec(),
+            );
+            let record = RoomRecord {
+                version: version.to_owned(),
+                extremities: vec![join_id.clone()],
+                state: short,
+                depth: u64::from(join.pdu.depth).max(existing.as_ref().map_or(0, |r| r.depth)),
+                last_pos: pos,
+            };
+            batch.put(
+                Table::RoomidRoom,
+                room_id.as_bytes().to_vec(),
+                serde_json::to_vec(&record)?,
+            );
+            for e in state {
+                if e.pdu.kind != TimelineEventType::RoomMember {
+                    continue;
+                }
+                let Some(user) = e
+                    .pdu
+                    .state_key
+                    .as_deref()
+                    .and_then(|k| OwnedUserId::try_from(k).ok())
+                else {
+                    continue;
+                };
+                if user == joiner {
+                    continue;
+                }
+                let m = e
+                    .pdu
+                    .content_value()
+                    .get("membership")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or("leave")
+                    .to_owned();
+                write_membership(batch, room_id, &user, &m, pos, &e.event_id)?;
+            }
+            write_membership(batch, room_id, &joiner, "join", pos, &join_id)?;
+            Ok(())
+        })?;
+        info!(%room_id, state = state.len(), auth_chain = auth_chain.len(), "joined a room over federation");
+        self.after_commit(room_id, &join_id, &[], None, Some(joiner))?;
+        Ok(pos)
+    }
+}

@@ -88,3 +88,68 @@ async fn joining_a_room_that_does_not_allow_it_is_refused() {
     let sync = bob.sync(None, 0, None).await;
     assert!(joined_room(&sync, &room).is_none(), "got {sync}");
 }
+
+#[tokio::test]
+async fn an_invite_to_a_user_of_another_server_can_be_accepted_or_rejected() {
+    let (a, _) = federating_server().await;
+    let (b, _) = federating_server().await;
+    let alice = a.register_random().await;
+    let bob = b.register_random().await;
+    let carol = b.register_random().await;
+    let room = alice
+        .create_room(&json!({ "preset": "private_chat", "name": "Invitation only" }))
+        .await;
+    alice.invite_ok(&room, &bob.user_id).await;
+    alice.invite_ok(&room, &carol.user_id).await;
+    // Bob sees the invite with the room's name, sent along by A.
+    let sync = bob
+        .sync_until(None, None, "bob is invited", |s| {
+            s["rooms"]["invite"].get(&room).is_some()
+        })
+        .await;
+    let invite_state = sync["rooms"]["invite"][&room]["invite_state"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        invite_state
+            .iter()
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Invitation only"),
+        "got {sync}"
+    );
+    assert!(
+        invite_state
+            .iter()
+            .any(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id.as_str()),
+        "got {sync}"
+    );
+    // Carol rejects while B shares no room with A: A hears of it through
+    // make_leave/send_leave.
+    carol.leave_ok(&room).await;
+    let m = expect_ok(
+        alice
+            .get(&format!(
+                "/rooms/{}/state/m.room.member/{}",
+                enc(&room),
+                enc(&carol.user_id)
+            ))
+            .await,
+        "carol's membership on A",
+    );
+    assert_eq!(m["membership"], "leave", "got {m}");
+    let sync = carol.sync(None, 0, None).await;
+    assert!(sync["rooms"]["invite"].get(&room).is_none(), "got {sync}");
+    // Joining needs no via: the invite says where the room is.
+    bob.join_ok(&room).await;
+    let m = expect_ok(
+        alice
+            .get(&format!(
+                "/rooms/{}/state/m.room.member/{}",
+                enc(&room),
+                enc(&bob.user_id)
+            ))
+            .await,
+        "bob's membership on A",
+    );
+    assert_eq!(m["membership"], "join", "got {m}");
+}

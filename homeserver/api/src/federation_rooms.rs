@@ -5,7 +5,10 @@
 use axum::{extract::State, Json};
 use paracord_core::Error;
 use ruma::api::federation::{
-    membership::{create_join_event, create_leave_event, prepare_join_event, prepare_leave_event},
+    membership::{
+        create_invite, create_join_event, create_leave_event, prepare_join_event,
+        prepare_leave_event, RawStrippedState,
+    },
     transactions::send_transaction_message,
 };
 use serde_json::{json, Value};
@@ -122,6 +125,47 @@ pub(crate) async fn send_leave_route(
                 &req.body.event_id,
                 &pdu,
                 "leave",
+            )
+            .await?,
+    ))
+}
+
+/// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}` — https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv2inviteroomideventid
+pub(crate) async fn invite_route(
+    State(state): State<AppState>,
+    req: Ruma<create_invite::v2::Request>,
+) -> ApiResult<Json<Value>> {
+    let origin = origin(&req)?;
+    let event = raw_value(&req.body.event)?;
+    if let Some(target) = event["state_key"]
+        .as_str()
+        .and_then(|k| <&ruma::UserId>::try_from(k).ok())
+    {
+        if !state.accounts.is_local(target) || state.accounts.account(target)?.is_none() {
+            return Err(Error::not_found("no such user on this server").into());
+        }
+    }
+    let stripped = req
+        .body
+        .invite_room_state
+        .iter()
+        .map(|e| match e {
+            #[allow(deprecated)]
+            RawStrippedState::Stripped(s) => raw_value(s.json()),
+            RawStrippedState::Pdu(p) => raw_value(p),
+            _ => Err(Error::bad_json("unknown invite_room_state entry").into()),
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok(Json(
+        state
+            .pdus
+            .receive_invite(
+                &origin,
+                &req.body.room_id,
+                &req.body.event_id,
+                req.body.room_version.as_str(),
+                &event,
+                &stripped,
             )
             .await?,
     ))

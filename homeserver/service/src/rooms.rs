@@ -635,8 +635,6 @@ impl Rooms {
         user: &UserId,
         membership: &str,
     ) -> Result<(String, CanonicalJsonObject)> {
-        let room = self.room_or_404(room_id)?;
-        let state = self.state(room.state)?;
         let mut content = serde_json::json!({ "membership": membership });
         if membership == "join" {
             if let Some(authoriser) = self.join_authoriser(room_id, user)? {
@@ -644,8 +642,21 @@ impl Rooms {
             }
         }
         let new = NewEvent::state(TimelineEventType::RoomMember, user.as_str(), content);
-        let obj = self.template(room_id, &room, &state, user, &new)?;
-        // Dry run: would the room allow it now?
+        self.checked_template(room_id, user, &new)
+    }
+
+    /// An unsigned event on the room's current state that the room would allow now (for
+    /// events that another server must see before they are committed). Returns the room
+    /// version too.
+    pub fn checked_template(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        new: &NewEvent,
+    ) -> Result<(String, CanonicalJsonObject)> {
+        let room = self.room_or_404(room_id)?;
+        let state = self.state(room.state)?;
+        let obj = self.template(room_id, &room, &state, sender, new)?;
         let rules = rules_for(&room.version)?;
         let mut probe = obj.clone();
         probe.insert(
@@ -654,7 +665,7 @@ impl Rooms {
         );
         let pdu = Pdu::from_json(ruma::event_id!("$probe").to_owned(), &obj_bytes(&probe)?)?;
         self.check_against_state(&rules, &pdu, &state)
-            .map_err(|e| Error::forbidden(format!("{user} may not {membership} this room: {e}")))?;
+            .map_err(|e| Error::forbidden(format!("not allowed: {e}")))?;
         Ok((room.version, obj))
     }
 

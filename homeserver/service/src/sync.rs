@@ -180,7 +180,7 @@ impl Sync {
                 {
                     invite.insert(
                         room_id.to_string(),
-                        self.invited_room(&room_id, rec.event_id.as_str())?,
+                        self.invited_room(req.user, &room_id, rec.event_id.as_str())?,
                     );
                 }
                 "knock" if req.since.is_none_or(|s| rec.pos > s) => {
@@ -528,7 +528,20 @@ impl Sync {
             .is_some_and(|p| ignored.iter().any(|i| i == p.sender.as_str())))
     }
 
-    fn invited_room(&self, room_id: &RoomId, invite_event: &str) -> Result<Value> {
+    fn invited_room(&self, user: &UserId, room_id: &RoomId, invite_event: &str) -> Result<Value> {
+        // An invite from another server brings the room's stripped state with it.
+        if let Some(remote) = self.rooms.remote_invite(user, room_id)? {
+            let mut events: Vec<Value> = remote["invite_room_state"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let ev = &remote["event"];
+            events.push(json!({
+                "type": ev["type"], "state_key": ev["state_key"], "sender": ev["sender"],
+                "content": ev["content"],
+            }));
+            return Ok(json!({ "invite_state": { "events": events } }));
+        }
         let events = self.rooms.stripped_state(room_id, Some(invite_event))?;
         Ok(json!({ "invite_state": { "events": events } }))
     }

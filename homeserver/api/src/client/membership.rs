@@ -146,6 +146,17 @@ pub(crate) async fn invite_user_route(
     if state.accounts.is_local(user_id) && state.accounts.account(user_id)?.is_none() {
         return Err(Error::not_found("no such user").into());
     }
+    if !state.accounts.is_local(user_id) {
+        let mut content = json!({ "membership": "invite" });
+        if let Some(r) = &invitee.reason {
+            content["reason"] = json!(r);
+        }
+        state
+            .pdus
+            .invite_remote(&req.body.room_id, &id.user_id, user_id, content)
+            .await?;
+        return Ok(Json(json!({})));
+    }
     state
         .rooms
         .invite(
@@ -165,6 +176,24 @@ pub(crate) async fn leave_room_route(
     req: Ruma<leave_room::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let id = req.user()?;
+    // An invite from a server this one shares no room with is rejected through that server.
+    if state
+        .rooms
+        .remote_invite(&id.user_id, &req.body.room_id)?
+        .is_some()
+        && !state
+            .rooms
+            .servers_in_room(&req.body.room_id)
+            .unwrap_or_default()
+            .iter()
+            .any(|s| s.as_str() == state.config.server_name)
+    {
+        state
+            .pdus
+            .reject_remote_invite(&id.user_id, &req.body.room_id, req.body.reason.as_deref())
+            .await?;
+        return Ok(Json(json!({})));
+    }
     state.rooms.room_or_404(&req.body.room_id)?;
     state
         .rooms

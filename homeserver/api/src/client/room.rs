@@ -73,6 +73,17 @@ pub(crate) async fn create_room_route(
         profile,
     };
     let room_id = state.rooms.create_room(&id.user_id, create).await?;
+    // Users of other servers are invited over federation now that the room exists.
+    for user in b.invite.iter().filter(|u| !state.accounts.is_local(u)) {
+        let mut content = json!({ "membership": "invite" });
+        if b.is_direct {
+            content["is_direct"] = json!(true);
+        }
+        state
+            .pdus
+            .invite_remote(&room_id, &id.user_id, user, content)
+            .await?;
+    }
     Ok(Json(json!({ "room_id": room_id })))
 }
 

@@ -709,6 +709,243 @@ impl Pdus {
         Ok(answer)
     }
 
+    // ----- invites -----
+
+    /// `PUT /v2/invite` on the invitee's side: checks the invite of a local user, signs it
+    /// too and keeps it (with the room's stripped state) until the user joins or rejects.
+    pub async fn receive_invite(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        event_id: &EventId,
+        version: &str,
+        event: &Value,
+        invite_room_state: &[Value],
+    ) -> Result<Value> {
+        if !SUPPORTED_VERSIONS.contains(&version) {
+            return Err(Error::new(
+                http::StatusCode::BAD_REQUEST,
+                ErrorKind::IncompatibleRoomVersion {
+                    room_version: version.to_owned(),
+                },
+                format!("room version {version} is not supported here"),
+            ));
+        }
+        self.acl_allows(room_id, origin).map_err(Error::forbidden)?;
+        let checked = self
+            .check_pdu(version, event, Some(room_id))
+            .await
+            .map_err(Error::bad_json)?;
+        if checked.event_id != event_id {
+            return Err(Error::bad_json(format!(
+                "the event's id is {}, not {event_id}",
+                checked.event_id
+            )));
+        }
+        let pdu = &checked.pdu;
+        let target = pdu
+            .state_key
+            .as_deref()
+            .and_then(|k| <&UserId>::try_from(k).ok())
+            .filter(|_| pdu.kind == TimelineEventType::RoomMember)
+            .ok_or_else(|| Error::bad_json("not an m.room.member event"))?;
+        if pdu
+            .content_value()
+            .get("membership")
+            .and_then(Value::as_str)
+            != Some("invite")
+        {
+            return Err(Error::bad_json("not an invite"));
+        }
+        if target.server_name().as_str() != self.own_name() {
+            return Err(Error::bad_json(format!(
+                "{target} is not a user of this server"
+            )));
+        }
+        if pdu.sender.server_name() != origin {
+            return Err(Error::forbidden(format!(
+                "{origin} cannot send an invite from {}",
+                pdu.sender
+            )));
+        }
+        let mut obj: CanonicalJsonObject = serde_json::from_slice(&checked.bytes)?;
+        self.rooms.cosign(&mut obj)?;
+        let signed = serde_json::to_value(&obj)?;
+        let resident = self.rooms.room(room_id)?.is_some()
+            && self
+                .rooms
+                .servers_in_room(room_id)?
+                .iter()
+                .any(|s| s.as_str() == self.own_name());
+        // When this server is in the room the invite arrives in a transaction like any event;
+        // otherwise it is kept apart, with what the inviter told about the room.
+        if !resident {
+            // Kept stripped, as clients see it (full PDUs or stripped events may arrive).
+            let stripped: Vec<Value> = invite_room_state
+                .iter()
+                .filter(|e| e["type"].is_string())
+                .map(|e| {
+                    json!({
+                        "type": e["type"], "state_key": e["state_key"], "sender": e["sender"],
+                        "content": e["content"],
+                    })
+                })
+                .collect();
+            let record = json!({
+                "event": signed,
+                "room_version": version,
+                "invite_room_state": stripped,
+            });
+            self.rooms
+                .store_remote_invite(target, room_id, event_id, &record)?;
+        }
+        Ok(json!({ "event": signed }))
+    }
+
+    /// Invites a user of another server: their server signs the invite first, then it
+    /// enters the room like any event and goes to the other servers.
+    pub async fn invite_remote(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        content: Value,
+    ) -> Result<OwnedEventId> {
+        let new =
+            crate::rooms::NewEvent::state(TimelineEventType::RoomMember, target.as_str(), content);
+        let (version, obj) = self.rooms.checked_template(room_id, sender, &new)?;
+        let (event_id, _, bytes) = self.rooms.sign_event(obj, &version)?;
+        let invite_room_state = self.rooms.invite_state_pdus(room_id)?;
+        let server = target.server_name();
+        let path = format!(
+            "/_matrix/federation/v2/invite/{}/{}",
+            crate::percent_encode(room_id.as_str()),
+            crate::percent_encode(event_id.as_str())
+        );
+        let body = json!({
+            "event": serde_json::from_slice::<Value>(&bytes)?,
+            "room_version": version,
+            "invite_room_state": invite_room_state,
+        });
+        let answer = self
+            .ask(server, http::Method::PUT, &path, Some(&body))
+            .await?;
+        let returned = answer
+            .get("event")
+            .ok_or_else(|| Error::bad_json(format!("{server} returned no invite event")))?;
+        if returned["signatures"].get(server.as_str()).is_none() {
+            return Err(Error::bad_json(format!("{server} did not sign the invite")));
+        }
+        let checked = self
+            .check_pdu(&version, returned, Some(room_id))
+            .await
+            .map_err(Error::bad_json)?;
+        if checked.event_id != event_id {
+            return Err(Error::bad_json(format!(
+                "{server} changed the invite event"
+            )));
+        }
+        let signed = checked.bytes.clone();
+        match self.rooms.place_remote(room_id, checked).await? {
+            Placed::Accepted(_) | Placed::Known => {}
+            Placed::SoftFailed => {
+                return Err(Error::forbidden("the room no longer allows the invite"));
+            }
+            Placed::Rejected(reason) => return Err(Error::forbidden(reason)),
+            Placed::MissingState(_) => {
+                return Err(Error::internal("own invite has unknown prev events"))
+            }
+        }
+        self.rooms
+            .send_out_except(room_id, &event_id, &signed, server)?;
+        Ok(event_id)
+    }
+
+    /// Rejects an invite from another server: a leave through the inviting server
+    /// (`make_leave`/`send_leave`); if that server cannot be reached the invite is still
+    /// dropped here.
+    pub async fn reject_remote_invite(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        let record = self
+            .rooms
+            .remote_invite(user, room_id)?
+            .ok_or_else(|| Error::forbidden("you are not invited to this room"))?;
+        let invite_id = record["event"]
+            .as_object()
+            .and_then(|_| to_canonical_object(record["event"].clone()).ok())
+            .and_then(|o| event_id_of(&o, record["room_version"].as_str().unwrap_or_default()))
+            .ok_or_else(|| Error::internal("stored invite unreadable"))?;
+        let leave_id = match self.leave_via_inviter(user, room_id, &record, reason).await {
+            Ok(id) => id,
+            Err(e) => {
+                warn!(%room_id, %user, "rejecting the invite remotely failed ({e}); rejecting here only");
+                invite_id
+            }
+        };
+        self.rooms.end_remote_invite(user, room_id, &leave_id)
+    }
+
+    async fn leave_via_inviter(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        record: &Value,
+        reason: Option<&str>,
+    ) -> Result<OwnedEventId> {
+        let server = record["event"]["sender"]
+            .as_str()
+            .and_then(|s| <&UserId>::try_from(s).ok())
+            .map(|u| u.server_name().to_owned())
+            .ok_or_else(|| Error::internal("stored invite has no sender"))?;
+        let path = format!(
+            "/_matrix/federation/v1/make_leave/{}/{}",
+            crate::percent_encode(room_id.as_str()),
+            crate::percent_encode(user.as_str())
+        );
+        let made = self.ask(&server, http::Method::GET, &path, None).await?;
+        let version = made["room_version"].as_str().unwrap_or("1").to_owned();
+        version_rules(&version).map_err(Error::bad_json)?;
+        let mut template = made
+            .get("event")
+            .cloned()
+            .filter(Value::is_object)
+            .ok_or_else(|| Error::bad_json(format!("{server} sent no leave template")))?;
+        if template["type"] != "m.room.member"
+            || template["state_key"] != user.as_str()
+            || template["sender"] != user.as_str()
+        {
+            return Err(Error::bad_json(format!(
+                "{server} sent a wrong leave template"
+            )));
+        }
+        template["content"] = json!({ "membership": "leave" });
+        if let Some(r) = reason {
+            template["content"]["reason"] = json!(r);
+        }
+        template["origin_server_ts"] = json!(now_ms());
+        if let Some(o) = template.as_object_mut() {
+            o.remove("signatures");
+            o.remove("hashes");
+            o.remove("unsigned");
+        }
+        let (event_id, _, bytes) = self
+            .rooms
+            .sign_event(to_canonical_object(template)?, &version)?;
+        let path = format!(
+            "/_matrix/federation/v2/send_leave/{}/{}",
+            crate::percent_encode(room_id.as_str()),
+            crate::percent_encode(event_id.as_str())
+        );
+        let body: Value = serde_json::from_slice(&bytes)?;
+        self.ask(&server, http::Method::PUT, &path, Some(&body))
+            .await?;
+        Ok(event_id)
+    }
+
     // ----- joins: the joining side -----
 
     /// Joins `user` to a room over federation, trying each candidate server in turn.

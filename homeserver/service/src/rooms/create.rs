@@ -67,11 +67,6 @@ impl Rooms {
                 ));
             }
         }
-        for u in &req.invite {
-            if u.server_name() != self.config.server_name.as_str() {
-                return Err(Error::forbidden("inviting users of other servers needs federation, which this server does not speak yet"));
-            }
-        }
         let rules = rules_for(&version)?;
         let v12 = rules.authorization.room_create_event_id_as_room_id;
 
@@ -285,7 +280,13 @@ impl Rooms {
             )
             .await?;
         }
-        for u in &req.invite {
+        // Users of other servers are invited over federation by the caller, once the room
+        // exists.
+        for u in req
+            .invite
+            .iter()
+            .filter(|u| u.server_name() == self.config.server_name.as_str())
+        {
             self.invite(&room_id, creator, u, None, req.is_direct)
                 .await?;
         }

@@ -60,7 +60,9 @@ impl Rooms {
         is_direct: bool,
     ) -> Result<OwnedEventId> {
         if target.server_name() != self.config.server_name.as_str() {
-            return Err(Error::forbidden("inviting users of other servers needs federation, which this server does not speak yet"));
+            return Err(Error::internal(
+                "invites of users of other servers go through federation::pdus",
+            ));
         }
         let mut content = json!({ "membership": "invite" });
         if is_direct {

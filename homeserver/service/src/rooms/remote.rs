@@ -56,6 +56,13 @@ pub enum Placed {
     MissingState(Vec<OwnedEventId>),
 }
 
+fn invite_key(user: &UserId, room_id: &RoomId) -> Vec<u8> {
+    KeyBuf::new()
+        .str(user.as_str())
+        .last_str(room_id.as_str())
+        .into_vec()
+}
+
 /// Auth checks of an event against its own auth events, found through `lookup`: the rules
 /// that do not depend on the room's state, then the rest with the auth events as the state.
 pub fn check_auth_with(
@@ -99,27 +106,69 @@ impl Rooms {
             .map(|r| String::from_utf8_lossy(&r).into_owned()))
     }
 
+    /// A pending invite of `user` from another server: `{event, room_version,
+    /// invite_room_state}`.
+    pub fn remote_invite(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+    ) -> Result<Option<serde_json::Value>> {
+        match self
+            .db
+            .get(Table::UserroomRemoteinvite, &invite_key(user, room_id))
+            .map_err(db_err)?
+        {
+            Some(raw) => Ok(Some(serde_json::from_slice(&raw)?)),
+            None => Ok(None),
+        }
+    }
+
     /// Who invited `user` to a room from another server, if an invite is pending.
     pub fn remote_invite_sender(
         &self,
         user: &UserId,
         room_id: &RoomId,
     ) -> Result<Option<OwnedUserId>> {
-        let key = KeyBuf::new()
-            .str(user.as_str())
-            .last_str(room_id.as_str())
-            .into_vec();
-        let Some(raw) = self
-            .db
-            .get(Table::UserroomRemoteinvite, &key)
-            .map_err(db_err)?
-        else {
-            return Ok(None);
-        };
-        let v: serde_json::Value = serde_json::from_slice(&raw)?;
-        Ok(v["event"]["sender"]
-            .as_str()
-            .and_then(|s| OwnedUserId::try_from(s).ok()))
+        Ok(self.remote_invite(user, room_id)?.and_then(|v| {
+            v["event"]["sender"]
+                .as_str()
+                .and_then(|s| OwnedUserId::try_from(s).ok())
+        }))
+    }
+
+    /// Keeps an invite of a local user to a room on another server, and shows it in sync.
+    pub fn store_remote_invite(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        event_id: &EventId,
+        record: &serde_json::Value,
+    ) -> Result<()> {
+        self.stream.commit(|pos, batch| {
+            batch.put(
+                Table::UserroomRemoteinvite,
+                invite_key(user, room_id),
+                serde_json::to_vec(record)?,
+            );
+            write_membership(batch, room_id, user, "invite", pos, event_id)
+        })?;
+        self.stream.notifier().wake([user]);
+        Ok(())
+    }
+
+    /// Ends a pending remote invite (rejected): the user's membership becomes `leave`.
+    pub fn end_remote_invite(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        event_id: &EventId,
+    ) -> Result<()> {
+        self.stream.commit(|pos, batch| {
+            batch.delete(Table::UserroomRemoteinvite, invite_key(user, room_id));
+            write_membership(batch, room_id, user, "leave", pos, event_id)
+        })?;
+        self.stream.notifier().wake([user]);
+        Ok(())
     }
 
     /// Whether the event is stored or was rejected.
@@ -718,6 +767,7 @@ impl Rooms {
                 write_membership(batch, room_id, &user, &m, pos, &e.event_id)?;
             }
             write_membership(batch, room_id, &joiner, "join", pos, &join_id)?;
+            batch.delete(Table::UserroomRemoteinvite, invite_key(&joiner, room_id));
             Ok(())
         })?;
         info!(%room_id, state = state.len(), auth_chain = auth_chain.len(), "joined a room over federation");

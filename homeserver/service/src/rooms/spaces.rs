@@ -23,6 +23,17 @@ const UPGRADE_COPIED_STATE: &[&str] = &[
     "m.room.join_rules",
 ];
 
+/// The state an invite carries so the invitee can see what the room is.
+pub(crate) const INVITE_STATE_KINDS: &[&str] = &[
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+];
+
 impl Rooms {
     fn join_rule(&self, state: &StateMap) -> Result<String> {
         Ok(self
@@ -242,16 +253,8 @@ impl Rooms {
     ) -> Result<Vec<Value>> {
         let state = self.current_state(room_id)?;
         let mut events = Vec::new();
-        for kind in [
-            "m.room.create",
-            "m.room.join_rules",
-            "m.room.name",
-            "m.room.avatar",
-            "m.room.canonical_alias",
-            "m.room.encryption",
-            "m.room.topic",
-        ] {
-            if let Some(short) = state.get(&(kind.to_owned(), String::new())) {
+        for kind in INVITE_STATE_KINDS {
+            if let Some(short) = state.get(&((*kind).to_owned(), String::new())) {
                 if let Some(raw) = self.raw_pdu(*short)? {
                     events.push(stripped_event(&raw)?);
                 }
@@ -261,6 +264,20 @@ impl Rooms {
             if let Some(short) = self.short_id(&eid)? {
                 if let Some(raw) = self.raw_pdu(short)? {
                     events.push(stripped_event(&raw)?);
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    /// The invite state as full PDUs, as federation sends it (since Matrix 1.16).
+    pub fn invite_state_pdus(&self, room_id: &RoomId) -> Result<Vec<Value>> {
+        let state = self.current_state(room_id)?;
+        let mut events = Vec::new();
+        for kind in INVITE_STATE_KINDS {
+            if let Some(short) = state.get(&((*kind).to_owned(), String::new())) {
+                if let Some(raw) = self.raw_pdu(*short)? {
+                    events.push(serde_json::from_slice(&raw)?);
                 }
             }
         }

@@ -446,6 +446,12 @@ impl E2ee {
         }
     }
 
+    /// Another server says `user`'s devices or cross-signing keys changed: local users who
+    /// share a room with them see it in `device_lists.changed` and ask again.
+    pub fn remote_keys_changed(&self, user: &UserId) -> Result<()> {
+        self.commit_key_change(user, Batch::new())
+    }
+
     /// Writes `batch` at a new stream position recorded as a key change of `user`, then wakes
     /// everyone who shares a room with them.
     fn commit_key_change(&self, user: &UserId, mut batch: Batch) -> Result<()> {

@@ -7,6 +7,7 @@
 //! No HTTP handlers live here; the federation API routes are in `paracord-api`.
 
 pub mod client;
+pub mod edus;
 pub mod pdus;
 pub mod request;
 pub mod resolve;

@@ -129,6 +129,12 @@ impl Services {
         );
         remote_keys.set_fetcher(server_keys::fetch_with(federation.clone()));
         let pdus = Arc::new(federation::pdus::Pdus::new(
+            federation::edus::Edus::new(
+                rooms.clone(),
+                ephemeral.clone(),
+                e2ee.clone(),
+                accounts.clone(),
+            ),
             rooms.clone(),
             remote_keys.clone(),
             federation.clone(),

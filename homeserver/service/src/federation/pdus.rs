@@ -51,6 +51,7 @@ const MISSING_EVENTS_LIMIT: u64 = 20;
 const MAX_AUTH_FETCHES: usize = 200;
 
 pub struct Pdus {
+    edus: super::edus::Edus,
     rooms: Arc<Rooms>,
     remote_keys: Arc<RemoteKeys>,
     client: Arc<FederationClient>,
@@ -79,6 +80,7 @@ fn pdu_list(v: &Value, key: &str) -> Vec<Value> {
 
 impl Pdus {
     pub fn new(
+        edus: super::edus::Edus,
         rooms: Arc<Rooms>,
         remote_keys: Arc<RemoteKeys>,
         client: Arc<FederationClient>,
@@ -86,6 +88,7 @@ impl Pdus {
         config: Arc<Config>,
     ) -> Self {
         Self {
+            edus,
             rooms,
             remote_keys,
             client,
@@ -536,8 +539,8 @@ impl Pdus {
             };
             results.insert(event_id.to_string(), entry);
         }
-        if !edus.is_empty() {
-            debug!(%origin, count = edus.len(), "EDUs received (not handled yet)");
+        for edu in &edus {
+            self.edus.handle(origin, edu);
         }
         let answer = json!({ "pdus": results });
         let mut batch = Batch::new();

@@ -7,6 +7,7 @@ mod durability;
 mod e2ee;
 mod ephemeral;
 mod errors;
+mod federation_events;
 mod federation_keys;
 mod federation_rooms;
 mod federation_transport;

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod error;
 pub mod federation;
+pub mod federation_events;
 pub mod federation_rooms;
 pub mod media;
 pub mod router;

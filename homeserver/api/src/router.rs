@@ -18,7 +18,7 @@ use crate::{
         account, backup, config, device, directory, discovery, ephemeral, keys, membership,
         message, people, profile, push, relations, room, search, session, space, state, sync,
     },
-    federation, federation_rooms, media,
+    federation, federation_events, federation_rooms, media,
     ruma_wrapper::RouterExt,
     synapse_admin, well_known, ApiError, AppState,
 };
@@ -254,6 +254,25 @@ pub fn app(services: Arc<Services>) -> Router {
         )
         .ruma::<ruma::api::federation::keys::claim_keys::v1::Request, _, _>(
             federation::user_keys_claim_route,
+        )
+        // federation: reading a room's events, state and history
+        .ruma::<ruma::api::federation::event::get_event::v1::Request, _, _>(
+            federation_events::get_event_route,
+        )
+        .ruma::<ruma::api::federation::event::get_room_state_ids::v1::Request, _, _>(
+            federation_events::get_room_state_ids_route,
+        )
+        .ruma::<ruma::api::federation::event::get_room_state::v1::Request, _, _>(
+            federation_events::get_room_state_route,
+        )
+        .ruma::<ruma::api::federation::authorization::get_event_authorization::v1::Request, _, _>(
+            federation_events::get_event_authorization_route,
+        )
+        .ruma::<ruma::api::federation::event::get_missing_events::v1::Request, _, _>(
+            federation_events::get_missing_events_route,
+        )
+        .ruma::<ruma::api::federation::backfill::get_backfill::v1::Request, _, _>(
+            federation_events::get_backfill_route,
         )
         // end-to-end encryption
         .ruma::<c::keys::upload_keys::v3::Request, _, _>(keys::upload_keys_route)

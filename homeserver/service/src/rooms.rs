@@ -7,6 +7,7 @@
 
 pub mod create;
 pub mod directory;
+pub mod federation_read;
 pub mod membership;
 pub mod notify;
 pub mod pdu;

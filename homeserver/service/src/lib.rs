@@ -42,6 +42,7 @@ pub struct Services {
     pub search: Arc<search::Search>,
     pub backups: Arc<backup::KeyBackups>,
     pub federation: Arc<federation::client::FederationClient>,
+    pub sender: Arc<federation::sender::Sender>,
 }
 
 impl Services {
@@ -113,6 +114,18 @@ impl Services {
             federation::client::FederationClient::from_config(&config).map_err(Error::internal)?,
         );
         remote_keys.set_fetcher(server_keys::fetch_with(federation.clone()));
+        let sender = federation::sender::Sender::new(
+            db.clone(),
+            config.clone(),
+            keys.clone(),
+            federation.clone(),
+            stream.clone(),
+        );
+        // Like the push sender: background delivery starts with the services when there is a
+        // runtime to run it (the server always has one); queued items wait otherwise.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            sender.start();
+        }
         if let Some(tx) = pushers.start(rooms.clone(), ephemeral.clone()) {
             rooms.set_push_sender(tx);
         }
@@ -135,6 +148,7 @@ impl Services {
             search,
             backups,
             federation,
+            sender,
         })
     }
 }

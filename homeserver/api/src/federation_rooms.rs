@@ -51,6 +51,8 @@ pub(crate) async fn send_transaction_route(
         .map(|e| raw_value(e.json()))
         .collect::<ApiResult<Vec<_>>>()?;
     let body = json!({ "pdus": pdus, "edus": edus });
+    // The server is talking to us: whatever we queued for it can go now.
+    state.sender.wake(&origin);
     Ok(Json(
         state
             .pdus

@@ -57,6 +57,11 @@ pub struct Config {
     pub federation_ca_file: Option<PathBuf>,
     /// Verify other servers' certificates. `false` is for tests only.
     pub federation_verify_tls: bool,
+    /// First wait before retrying a destination whose transaction failed; doubled after each
+    /// further failure.
+    pub federation_retry_base_ms: u64,
+    /// Longest wait between retries of a failing destination.
+    pub federation_retry_max_ms: u64,
     /// Served as `{"m.server": ...}` at `/.well-known/matrix/server`.
     #[serde(deserialize_with = "opt_string_like")]
     pub well_known_server: Option<String>,
@@ -103,6 +108,8 @@ impl Default for Config {
             tls_key: None,
             federation_ca_file: None,
             federation_verify_tls: true,
+            federation_retry_base_ms: 2_000,
+            federation_retry_max_ms: 3_600_000,
             well_known_server: None,
             log: "info".to_owned(),
         }
@@ -191,6 +198,11 @@ pub const TEMPLATE: &str = r#"# Paracord homeserver configuration.
 #federation_ca_file = "ca.pem"
 # Check other servers' certificates. Turn off for tests on loopback only.
 #federation_verify_tls = true
+# Outgoing transactions that fail (unreachable server, error answer) stay queued and are
+# retried after federation_retry_base_ms, doubling after each further failure up to
+# federation_retry_max_ms. A request from that server retries at once. Milliseconds.
+#federation_retry_base_ms = 2000
+#federation_retry_max_ms = 3600000
 # Delegation: served as {"m.server": "<value>"} at /.well-known/matrix/server, e.g.
 # "matrix.example.org:443". Unset: that endpoint answers 404.
 #well_known_server = "matrix.example.org:443"
@@ -275,6 +287,14 @@ impl Config {
                     "well_known_server {name:?} is not a server name (host[:port])"
                 ));
             }
+        }
+        if self.federation_retry_base_ms == 0
+            || self.federation_retry_max_ms < self.federation_retry_base_ms
+        {
+            return Err(
+                "federation_retry_base_ms must be positive and at most federation_retry_max_ms"
+                    .to_owned(),
+            );
         }
         if self.rate_limit_auth_per_second <= 0.0 || self.rate_limit_send_per_second <= 0.0 {
             return Err("rate limits per second must be positive".to_owned());
@@ -457,6 +477,8 @@ mod tests {
             jail.set_env("PARACORD_FEDERATION_CA_FILE", "/ca.pem");
             jail.set_env("PARACORD_FEDERATION_VERIFY_TLS", "false");
             jail.set_env("PARACORD_WELL_KNOWN_SERVER", "matrix.example.org:443");
+            jail.set_env("PARACORD_FEDERATION_RETRY_BASE_MS", "50");
+            jail.set_env("PARACORD_FEDERATION_RETRY_MAX_MS", "1000");
             let config: Config = Figment::from(Serialized::defaults(Config::default()))
                 .merge(Config::env())
                 .extract()
@@ -466,6 +488,8 @@ mod tests {
             assert_eq!(config.tls_key, Some(PathBuf::from("/k.pem")));
             assert_eq!(config.federation_ca_file, Some(PathBuf::from("/ca.pem")));
             assert!(!config.federation_verify_tls);
+            assert_eq!(config.federation_retry_base_ms, 50);
+            assert_eq!(config.federation_retry_max_ms, 1000);
             assert_eq!(
                 config.well_known_server.as_deref(),
                 Some("matrix.example.org:443")
@@ -479,6 +503,25 @@ mod tests {
             ..Config::default()
         };
         assert!(half.validate().is_err());
+        let no_wait = Config {
+            federation_retry_base_ms: 0,
+            ..Config::default()
+        };
+        assert!(no_wait.validate().is_err());
+        let max_below_base = Config {
+            federation_retry_base_ms: 10_000,
+            federation_retry_max_ms: 1_000,
+            ..Config::default()
+        };
+        assert!(max_below_base.validate().is_err());
+        let defaults = Config::default();
+        assert_eq!(
+            (
+                defaults.federation_retry_base_ms,
+                defaults.federation_retry_max_ms
+            ),
+            (2_000, 3_600_000)
+        );
     }
 
     #[test]

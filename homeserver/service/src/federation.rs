@@ -3,6 +3,8 @@
 //! - [`resolve`]: server discovery (server name → address, port, `Host` header, TLS name).
 //! - [`client`]: the outgoing HTTPS client that sends a request to a destination server name.
 //! - [`request`]: requests signed with this server's key (`X-Matrix`).
+//! - [`sender`]: outgoing transactions (PDUs and EDUs), queued per destination in the
+//!   database and retried with backoff.
 //!
 //! No HTTP handlers live here; the federation API routes are in `paracord-api`.
 
@@ -11,3 +13,4 @@ pub mod edus;
 pub mod pdus;
 pub mod request;
 pub mod resolve;
+pub mod sender;

@@ -57,6 +57,7 @@ pub struct Services {
     pub backups: Arc<backup::KeyBackups>,
     pub federation: Arc<federation::client::FederationClient>,
     pub pdus: Arc<federation::pdus::Pdus>,
+    pub sender: Arc<federation::sender::Sender>,
 }
 
 impl Services {
@@ -128,6 +129,24 @@ impl Services {
             federation::client::FederationClient::from_config(&config).map_err(Error::internal)?,
         );
         remote_keys.set_fetcher(server_keys::fetch_with(federation.clone()));
+        let sender = federation::sender::Sender::new(
+            db.clone(),
+            config.clone(),
+            keys.clone(),
+            federation.clone(),
+            stream.clone(),
+        );
+        // Like the push sender: background delivery starts with the services when there is a
+        // runtime to run it (the server always has one); queued items wait otherwise.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            sender.start();
+        }
+        {
+            let sender = sender.clone();
+            rooms.set_outgoing(Arc::new(move |destinations, event_id, pdu| {
+                sender.queue_pdu(destinations, event_id, pdu)
+            }));
+        }
         let pdus = Arc::new(federation::pdus::Pdus::new(
             federation::edus::Edus::new(
                 rooms.clone(),
@@ -164,6 +183,7 @@ impl Services {
             backups,
             federation,
             pdus,
+            sender,
         })
     }
 }

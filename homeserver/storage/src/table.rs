@@ -100,6 +100,13 @@ pub enum Table {
     // federation
     /// `server_name 0xFF key_id` → another server's verify key and until when it is valid.
     ServerkeyidVerifykey,
+    // federation sender
+    /// `destination 0xFF seq (u64)` → a PDU (canonical JSON) waiting to be sent to the
+    /// destination, oldest first.
+    DestinationseqPdu,
+    /// `destination 0xFF seq (u64)` → an EDU (`{"edu_type", "content"}`) waiting to be sent to
+    /// the destination, oldest first.
+    DestinationseqEdu,
 }
 
 impl Table {
@@ -152,6 +159,9 @@ impl Table {
         Table::ShorteventidSearchtokens,
         // federation
         Table::ServerkeyidVerifykey,
+        // federation sender
+        Table::DestinationseqPdu,
+        Table::DestinationseqEdu,
     ];
 
     pub fn name(self) -> &'static str {
@@ -204,6 +214,9 @@ impl Table {
             Table::ShorteventidSearchtokens => "shorteventid_searchtokens",
             // federation
             Table::ServerkeyidVerifykey => "serverkeyid_verifykey",
+            // federation sender
+            Table::DestinationseqPdu => "destinationseq_pdu",
+            Table::DestinationseqEdu => "destinationseq_edu",
         }
     }
 }

@@ -66,7 +66,10 @@ impl TestServer {
                 shared_secret.clone(),
             ),
             ("PARACORD_RATE_LIMITS_ENABLED".into(), "false".into()),
-            ("PARACORD_LOG".into(), "info".into()),
+            (
+                "PARACORD_LOG".into(),
+                std::env::var("PARACORD_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            ),
         ];
         configure(&mut env);
         let mut server = TestServer {
@@ -97,7 +100,10 @@ impl TestServer {
                 "PARACORD_DATA_DIR".into(),
                 dir.path().join("data").display().to_string(),
             ),
-            ("PARACORD_LOG".into(), "info".into()),
+            (
+                "PARACORD_LOG".into(),
+                std::env::var("PARACORD_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            ),
         ];
         configure(&mut env);
         let mut server = TestServer {

@@ -153,3 +153,109 @@ async fn an_invite_to_a_user_of_another_server_can_be_accepted_or_rejected() {
     );
     assert_eq!(m["membership"], "join", "got {m}");
 }
+
+/// Whether `sync` has an event of `sender` with body `body` in `room`'s timeline.
+fn has_text(sync: &Value, room: &str, sender: &str, body: &str) -> bool {
+    room_timeline(sync, room)
+        .iter()
+        .any(|e| e["sender"] == sender && e["content"]["body"] == body)
+}
+
+#[tokio::test]
+async fn messages_edits_and_reactions_flow_both_ways() {
+    let (a, a_name) = federating_server().await;
+    let (b, _) = federating_server().await;
+    let alice = a.register_random().await;
+    let bob = b.register_random().await;
+    let room = alice.create_room(&json!({ "preset": "public_chat" })).await;
+    let (status, body) = bob
+        .post(
+            &format!("/join/{}?via={}", enc(&room), enc(&a_name)),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "bob joins: {body}");
+    let alice_since = alice.sync_token().await;
+    let bob_since = bob.sync_token().await;
+    // A → B
+    let hello = alice.send_text(&room, "hello from A").await;
+    bob.sync_until(Some(&bob_since), None, "alice's message reaches B", |s| {
+        has_text(s, &room, &alice.user_id, "hello from A")
+    })
+    .await;
+    // B → A, a reaction to alice's message and an edit of bob's own
+    let reply = bob.send_text(&room, "hello from B").await;
+    bob.send_event(
+        &room,
+        "m.reaction",
+        &json!({ "m.relates_to": { "rel_type": "m.annotation", "event_id": hello, "key": "👍" } }),
+    )
+    .await;
+    bob.send_event(
+        &room,
+        "m.room.message",
+        &json!({
+            "msgtype": "m.text", "body": "* hello from B, edited",
+            "m.new_content": { "msgtype": "m.text", "body": "hello from B, edited" },
+            "m.relates_to": { "rel_type": "m.replace", "event_id": reply },
+        }),
+    )
+    .await;
+    let seen = std::cell::RefCell::new(Vec::new());
+    alice
+        .sync_until(
+            Some(&alice_since),
+            None,
+            "bob's message, reaction and edit reach A",
+            |s| {
+                seen.borrow_mut().extend(room_timeline(s, &room));
+                let t = seen.borrow();
+                t.iter().any(|e| {
+                    e["sender"] == bob.user_id.as_str() && e["content"]["body"] == "hello from B"
+                }) && t.iter().any(|e| e["type"] == "m.reaction")
+                    && t.iter()
+                        .any(|e| e["content"]["m.new_content"]["body"] == "hello from B, edited")
+            },
+        )
+        .await;
+    // Both servers have the same timeline, in the same order.
+    let on_a: Vec<String> = paracord_complement::bodies(&alice.all_messages(&room).await);
+    let on_b: Vec<String> = paracord_complement::bodies(&bob.all_messages(&room).await);
+    assert_eq!(on_a, on_b, "the two servers' timelines differ");
+    // The annotation is aggregated on A like a local one.
+    let relations = expect_ok(
+        alice
+            .get(&format!(
+                "/_matrix/client/v1/rooms/{}/relations/{}/m.annotation",
+                enc(&room),
+                enc(&hello)
+            ))
+            .await,
+        "relations of alice's message on A",
+    );
+    assert_eq!(
+        relations["chunk"].as_array().map(Vec::len),
+        Some(1),
+        "got {relations}"
+    );
+    // Bob leaves: A sees it.
+    bob.leave_ok(&room).await;
+    let deadline = std::time::Instant::now() + paracord_complement::WAIT;
+    loop {
+        let (_, m) = alice
+            .get(&format!(
+                "/rooms/{}/state/m.room.member/{}",
+                enc(&room),
+                enc(&bob.user_id)
+            ))
+            .await;
+        if m["membership"] == "leave" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bob's leave never reached A: {m}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

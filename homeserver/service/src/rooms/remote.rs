@@ -557,8 +557,14 @@ impl Rooms {
                 let Ok(user) = OwnedUserId::try_from(k.as_str()) else {
                     continue;
                 };
-                let Some(member) = self.pdu_by_short(*s)? else {
-                    continue;
+                // The event itself is not in the database until this batch is written.
+                let member = if *s == short {
+                    pdu.clone()
+                } else {
+                    match self.pdu_by_short(*s)? {
+                        Some(m) => m,
+                        None => continue,
+                    }
                 };
                 let m = member
                     .content_value()

@@ -259,3 +259,193 @@ async fn messages_edits_and_reactions_flow_both_ways() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Alice on A and bob on B in a room of A.
+async fn two_servers_one_room() -> (
+    paracord_complement::TestServer,
+    paracord_complement::TestServer,
+    paracord_complement::User,
+    paracord_complement::User,
+    String,
+) {
+    let (a, a_name) = federating_server().await;
+    let (b, _) = federating_server().await;
+    let alice = a.register_random().await;
+    let bob = b.register_random().await;
+    let room = alice.create_room(&json!({ "preset": "public_chat" })).await;
+    let (status, body) = bob
+        .post(
+            &format!("/join/{}?via={}", enc(&room), enc(&a_name)),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "bob joins: {body}");
+    (a, b, alice, bob, room)
+}
+
+fn typing_users(sync: &Value, room: &str) -> Vec<String> {
+    paracord_complement::ephemeral(sync, room)
+        .iter()
+        .filter(|e| e["type"] == "m.typing")
+        .flat_map(|e| {
+            e["content"]["user_ids"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|u| u.as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn typing_and_read_receipts_cross_servers_both_ways() {
+    let (_a, _b, alice, bob, room) = two_servers_one_room().await;
+    let since = bob.sync_token().await;
+    expect_ok(
+        alice
+            .put(
+                &format!("/rooms/{}/typing/{}", enc(&room), enc(&alice.user_id)),
+                &json!({ "typing": true, "timeout": 20000 }),
+            )
+            .await,
+        "alice types",
+    );
+    bob.sync_until(Some(&since), None, "alice typing reaches B", |s| {
+        typing_users(s, &room).contains(&alice.user_id)
+    })
+    .await;
+    let since = alice.sync_token().await;
+    expect_ok(
+        bob.put(
+            &format!("/rooms/{}/typing/{}", enc(&room), enc(&bob.user_id)),
+            &json!({ "typing": true, "timeout": 20000 }),
+        )
+        .await,
+        "bob types",
+    );
+    alice
+        .sync_until(Some(&since), None, "bob typing reaches A", |s| {
+            typing_users(s, &room).contains(&bob.user_id)
+        })
+        .await;
+    // Read receipts: bob reads alice's message; alice reads bob's.
+    let from_alice = alice.send_text(&room, "read me").await;
+    bob.sync_until(None, None, "alice's message reaches B", |s| {
+        has_text(s, &room, &alice.user_id, "read me")
+    })
+    .await;
+    let since = alice.sync_token().await;
+    expect_ok(
+        bob.post(
+            &format!("/rooms/{}/receipt/m.read/{}", enc(&room), enc(&from_alice)),
+            &json!({}),
+        )
+        .await,
+        "bob's receipt",
+    );
+    alice
+        .sync_until(Some(&since), None, "bob's receipt reaches A", |s| {
+            paracord_complement::ephemeral(s, &room).iter().any(|e| {
+                e["type"] == "m.receipt"
+                    && e["content"][&from_alice]["m.read"][&bob.user_id].is_object()
+            })
+        })
+        .await;
+    let from_bob = bob.send_text(&room, "and me").await;
+    alice
+        .sync_until(None, None, "bob's message reaches A", |s| {
+            has_text(s, &room, &bob.user_id, "and me")
+        })
+        .await;
+    let since = bob.sync_token().await;
+    expect_ok(
+        alice
+            .post(
+                &format!("/rooms/{}/receipt/m.read/{}", enc(&room), enc(&from_bob)),
+                &json!({}),
+            )
+            .await,
+        "alice's receipt",
+    );
+    bob.sync_until(Some(&since), None, "alice's receipt reaches B", |s| {
+        paracord_complement::ephemeral(s, &room).iter().any(|e| {
+            e["type"] == "m.receipt"
+                && e["content"][&from_bob]["m.read"][&alice.user_id].is_object()
+        })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn to_device_messages_and_device_list_changes_cross_servers() {
+    let (_a, b, alice, bob, room) = two_servers_one_room().await;
+    let _ = room;
+    let bob_device = bob.device_id.clone();
+    let since = bob.sync_token().await;
+    expect_ok(
+        alice
+            .put(
+                &format!(
+                    "/sendToDevice/m.test/{}",
+                    paracord_complement::Client::txn_id()
+                ),
+                &json!({ "messages": { &bob.user_id: { &bob_device: { "hello": "from A" } } } }),
+            )
+            .await,
+        "alice sends to bob's device",
+    );
+    bob.sync_until(
+        Some(&since),
+        None,
+        "the to-device message reaches bob",
+        |s| {
+            s["to_device"]["events"].as_array().is_some_and(|evs| {
+                evs.iter().any(|e| {
+                    e["type"] == "m.test"
+                        && e["sender"] == alice.user_id.as_str()
+                        && e["content"]["hello"] == "from A"
+                })
+            })
+        },
+    )
+    .await;
+    // Bob's device uploads its keys: alice is told his device list changed, and sees the
+    // keys when she asks (over federation).
+    let since = alice.sync_token().await;
+    let device = paracord_complement::e2ee::FakeDevice::new(&bob.user_id, &bob_device);
+    expect_ok(
+        bob.post(
+            "/keys/upload",
+            &json!({ "device_keys": device.device_keys() }),
+        )
+        .await,
+        "bob uploads device keys",
+    );
+    alice
+        .sync_until(
+            Some(&since),
+            None,
+            "bob's device list change reaches A",
+            |s| {
+                s["device_lists"]["changed"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|u| u == bob.user_id.as_str()))
+            },
+        )
+        .await;
+    let keys = expect_ok(
+        alice
+            .post(
+                "/keys/query",
+                &json!({ "device_keys": { &bob.user_id: [] } }),
+            )
+            .await,
+        "alice queries bob's keys",
+    );
+    assert_eq!(
+        keys["device_keys"][&bob.user_id][&bob_device]["keys"],
+        device.device_keys()["keys"],
+        "got {keys}"
+    );
+    let _ = b;
+}

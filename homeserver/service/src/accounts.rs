@@ -331,7 +331,11 @@ impl Accounts {
     }
 
     pub fn is_local(&self, user: &UserId) -> bool {
-        user.server_name() == self.config.server_name.as_str()
+        self.is_local_server(user.server_name())
+    }
+
+    pub fn is_local_server(&self, server: &ruma::ServerName) -> bool {
+        server == self.config.server_name.as_str()
     }
 
     /// Validates a localpart and makes the user id.

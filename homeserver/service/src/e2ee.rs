@@ -98,7 +98,13 @@ pub struct E2ee {
     signing_lock: Mutex<()>,
     /// The last one-time key upload sequence number (microseconds, kept increasing).
     otk_seq: std::sync::atomic::AtomicU64,
+    /// Where EDUs for other servers go (to-device messages, device-list updates); set once
+    /// the federation sender exists.
+    edu_out: Mutex<Option<OutgoingEdu>>,
 }
+
+/// Queues an EDU (`{edu_type, content}`) for another server.
+pub type OutgoingEdu = Arc<dyn Fn(&ruma::ServerName, Value) -> Result<()> + Send + Sync + 'static>;
 
 fn dev_key(user: &str, device: &str) -> Vec<u8> {
     KeyBuf::new().str(user).last_str(device).into_vec()
@@ -211,6 +217,7 @@ impl E2ee {
             keys_lock: Mutex::new(()),
             signing_lock: Mutex::new(()),
             otk_seq: std::sync::atomic::AtomicU64::new(0),
+            edu_out: Mutex::default(),
         }
     }
 
@@ -456,7 +463,7 @@ impl E2ee {
     /// everyone who shares a room with them.
     fn commit_key_change(&self, user: &UserId, mut batch: Batch) -> Result<()> {
         let ops = std::mem::take(&mut batch);
-        self.stream.commit(|pos, b| {
+        let (pos, ()) = self.stream.commit(|pos, b| {
             *b = ops;
             b.put(
                 Table::PositionuserKeychange,
@@ -468,6 +475,50 @@ impl E2ee {
         let mut wake: HashSet<OwnedUserId> = self.users_sharing_rooms(user)?;
         wake.insert(user.to_owned());
         self.stream.notifier().wake(wake.iter().map(|u| u.as_ref()));
+        if self.accounts.is_local(user) {
+            self.announce_key_change(user, pos, &wake)?;
+        }
+        Ok(())
+    }
+
+    /// Connects the federation sender.
+    pub fn set_edu_out(&self, out: OutgoingEdu) {
+        *self.edu_out.lock() = Some(out);
+    }
+
+    /// Tells the servers of users sharing a room with local `user` that its keys changed
+    /// (`m.device_list_update`). The previous id named is one they have not seen, so each
+    /// asks `/user/devices` again rather than trusting a partial update.
+    fn announce_key_change(
+        &self,
+        user: &UserId,
+        pos: u64,
+        sharing: &HashSet<OwnedUserId>,
+    ) -> Result<()> {
+        let Some(out) = self.edu_out.lock().clone() else {
+            return Ok(());
+        };
+        let servers: BTreeSet<&ruma::ServerName> = sharing
+            .iter()
+            .map(|u| u.server_name())
+            .filter(|s| !self.accounts.is_local_server(s))
+            .collect();
+        if servers.is_empty() {
+            return Ok(());
+        }
+        let device_id = self
+            .accounts
+            .devices(user)?
+            .first()
+            .map(|d| d.device_id.to_string())
+            .unwrap_or_default();
+        let edu = json!({ "edu_type": "m.device_list_update", "content": {
+            "user_id": user, "device_id": device_id, "stream_id": pos,
+            "prev_id": [pos.saturating_sub(1)], "deleted": false,
+        }});
+        for server in servers {
+            out(server, edu.clone())?;
+        }
         Ok(())
     }
 
@@ -1162,6 +1213,7 @@ impl E2ee {
             .last_str(txn_id)
             .into_vec();
         let mut recipients: Vec<(OwnedUserId, String, Value)> = Vec::new();
+        let mut remote: BTreeMap<ruma::OwnedServerName, Map<String, Value>> = BTreeMap::new();
         for (user, devices) in messages {
             let user_id = UserId::parse(user.as_str())
                 .map_err(|_| Error::invalid_param(format!("{user} is not a user id")))?;
@@ -1169,7 +1221,10 @@ impl E2ee {
                 .as_object()
                 .ok_or_else(|| Error::bad_json("each user maps device ids to contents"))?;
             if !self.accounts.is_local(&user_id) {
-                tracing::warn!(%user_id, "to-device message for a remote user dropped: no federation yet");
+                remote
+                    .entry(user_id.server_name().to_owned())
+                    .or_default()
+                    .insert(user.clone(), Value::Object(devices.clone()));
                 continue;
             }
             for (device, content) in devices {
@@ -1224,6 +1279,21 @@ impl E2ee {
         if accepted {
             let users: BTreeSet<&UserId> = recipients.iter().map(|(u, _, _)| u.as_ref()).collect();
             self.stream.notifier().wake(users);
+            // Users of other servers: one EDU per server, identified by the sender's device
+            // and transaction so a retry is recognised there too.
+            let out = self.edu_out.lock().clone();
+            if let Some(out) = out {
+                for (server, messages) in remote {
+                    out(
+                        &server,
+                        json!({ "edu_type": "m.direct_to_device", "content": {
+                            "sender": sender, "type": kind,
+                            "message_id": format!("{sender_device}.{txn_id}"),
+                            "messages": messages,
+                        }}),
+                    )?;
+                }
+            }
         }
         Ok(())
     }

@@ -143,6 +143,12 @@ impl Services {
         }
         {
             let sender = sender.clone();
+            e2ee.set_edu_out(Arc::new(move |destination, edu| {
+                sender.queue_edu(destination, edu)
+            }));
+        }
+        {
+            let sender = sender.clone();
             rooms.set_outgoing(Arc::new(move |destinations, event_id, pdu| {
                 sender.queue_pdu(destinations, event_id, pdu)
             }));

@@ -25,17 +25,28 @@ pub(crate) async fn create_typing_event_route(
         return Err(Error::forbidden("you are not in this room").into());
     }
     let members = state.rooms.joined_members(&req.body.room_id)?;
-    match req.body.state {
+    let typing = match req.body.state {
         create_typing_event::v3::Typing::Yes(ref info) => {
             let ms = u64::try_from(info.timeout.as_millis()).unwrap_or(u64::MAX);
             state
                 .ephemeral
                 .set_typing(&req.body.room_id, &id.user_id, true, ms, members)?;
+            true
         }
-        _ => state
-            .ephemeral
-            .set_typing(&req.body.room_id, &id.user_id, false, 0, members)?,
-    }
+        _ => {
+            state
+                .ephemeral
+                .set_typing(&req.body.room_id, &id.user_id, false, 0, members)?;
+            false
+        }
+    };
+    crate::federation_rooms::edu_to_room(
+        &state,
+        &req.body.room_id,
+        json!({ "edu_type": "m.typing", "content": {
+            "room_id": req.body.room_id, "user_id": id.user_id, "typing": typing,
+        }}),
+    )?;
     Ok(Json(json!({})))
 }
 
@@ -68,7 +79,25 @@ async fn receipt(
         event_id.as_str(),
         thread.as_deref(),
         members,
-    )
+    )?;
+    // Public read receipts reach the other servers in the room; private ones never leave.
+    if kind == "m.read" {
+        let mut data = json!({ "ts": paracord_core::time::now_ms() });
+        if let Some(t) = &thread {
+            data["thread_id"] = json!(t);
+        }
+        crate::federation_rooms::edu_to_room(
+            state,
+            room_id,
+            json!({ "edu_type": "m.receipt", "content": {
+                room_id.as_str(): { "m.read": { user.as_str(): {
+                    "event_ids": [event_id], "data": data,
+                }}}
+            }}),
+        )
+        .map_err(|e| e.0)?;
+    }
+    Ok(())
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/receipt/{receiptType}/{eventId}` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3roomsroomidreceiptreceipttypeeventid
@@ -127,9 +156,11 @@ pub(crate) async fn set_presence_route(
         return Err(Error::forbidden("you may only set your own presence").into());
     }
     let mut wake = Vec::new();
+    let mut servers = std::collections::BTreeSet::new();
     for (room, rec) in state.rooms.user_rooms(&id.user_id)? {
         if rec.membership == "join" {
             wake.extend(state.rooms.joined_members(&room)?);
+            servers.extend(state.rooms.servers_in_room(&room)?);
         }
     }
     wake.sort();
@@ -140,6 +171,22 @@ pub(crate) async fn set_presence_route(
         req.body.status_msg.clone(),
         wake,
     )?;
+    // Servers sharing a room with the user hear of it.
+    let mut update = json!({
+        "user_id": id.user_id,
+        "presence": req.body.presence.as_str(),
+        "last_active_ago": 0,
+        "currently_active": req.body.presence.as_str() == "online",
+    });
+    if let Some(m) = &req.body.status_msg {
+        update["status_msg"] = json!(m);
+    }
+    let edu = json!({ "edu_type": "m.presence", "content": { "push": [update] } });
+    for server in servers {
+        if server.as_str() != state.config.server_name {
+            state.sender.queue_edu(&server, edu.clone())?;
+        }
+    }
     Ok(Json(json!({})))
 }
 

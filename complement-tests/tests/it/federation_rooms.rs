@@ -449,3 +449,129 @@ async fn to_device_messages_and_device_list_changes_cross_servers() {
     );
     let _ = b;
 }
+
+#[tokio::test]
+async fn a_third_server_joins_later_sees_history_and_hears_everyone() {
+    let (_a, _b, alice, bob, room) = two_servers_one_room().await;
+    let (c, _) = federating_server().await;
+    let carol = c.register_random().await;
+    alice.send_text(&room, "early from A").await;
+    bob.send_text(&room, "early from B").await;
+    // Wait until A has bob's message, so that it is history when carol joins through A.
+    alice
+        .sync_until(None, None, "bob's message reaches A", |s| {
+            has_text(s, &room, &bob.user_id, "early from B")
+        })
+        .await;
+    let a_name = alice
+        .user_id
+        .split_once(':')
+        .map(|(_, s)| s.to_owned())
+        .unwrap_or_default();
+    let (status, body) = carol
+        .post(
+            &format!("/join/{}?via={}", enc(&room), enc(&a_name)),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "carol joins through A: {body}");
+    // Carol sees what was said before she came.
+    let history = paracord_complement::bodies(&carol.all_messages(&room).await);
+    assert!(
+        history.iter().any(|b| b == "early from A") && history.iter().any(|b| b == "early from B"),
+        "carol's history: {history:?}"
+    );
+    // B learns of carol's join (from A) and sends to C directly afterwards.
+    let since = carol.sync_token().await;
+    let deadline = std::time::Instant::now() + paracord_complement::WAIT;
+    loop {
+        let members = expect_ok(
+            bob.get(&format!("/rooms/{}/joined_members", enc(&room)))
+                .await,
+            "members on B",
+        );
+        if members["joined"][&carol.user_id].is_object() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B never saw carol join: {members}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    bob.send_text(&room, "welcome from B").await;
+    alice.send_text(&room, "welcome from A").await;
+    let seen = std::cell::RefCell::new(Vec::new());
+    carol
+        .sync_until(Some(&since), None, "both welcomes reach C", |s| {
+            seen.borrow_mut().extend(room_timeline(s, &room));
+            let t = seen.borrow();
+            ["welcome from A", "welcome from B"]
+                .iter()
+                .all(|w| t.iter().any(|e| e["content"]["body"] == *w))
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn rooms_of_versions_10_11_and_12_are_joined_and_used_across_servers() {
+    let (a, a_name) = federating_server().await;
+    let (b, _) = federating_server().await;
+    let alice = a.register_random().await;
+    let bob = b.register_random().await;
+    for version in ["10", "11", "12"] {
+        let room = alice
+            .create_room(&json!({ "preset": "public_chat", "room_version": version }))
+            .await;
+        let (status, body) = bob
+            .post(
+                &format!("/join/{}?via={}", enc(&room), enc(&a_name)),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "bob joins a v{version} room: {body}");
+        let create = expect_ok(
+            bob.get(&format!("/rooms/{}/state/m.room.create/", enc(&room)))
+                .await,
+            "create event on B",
+        );
+        assert_eq!(create["room_version"], version, "got {create}");
+        let text = format!("hello in v{version}");
+        bob.send_text(&room, &text).await;
+        alice
+            .sync_until(None, None, "bob's message reaches A", |s| {
+                has_text(s, &room, &bob.user_id, &text)
+            })
+            .await;
+        // A redaction crosses too (v11 moved `redacts` into content).
+        let id = alice.send_text(&room, "to be redacted").await;
+        expect_ok(
+            alice
+                .put(
+                    &format!(
+                        "/rooms/{}/redact/{}/{}",
+                        enc(&room),
+                        enc(&id),
+                        paracord_complement::Client::txn_id()
+                    ),
+                    &json!({}),
+                )
+                .await,
+            "alice redacts",
+        );
+        let deadline = std::time::Instant::now() + paracord_complement::WAIT;
+        loop {
+            let (status, ev) = bob
+                .get(&format!("/rooms/{}/event/{}", enc(&room), enc(&id)))
+                .await;
+            if status == 200 && ev["content"].as_object().is_some_and(|c| c.is_empty()) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the redaction never reached B in v{version}: {status} {ev}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -395,15 +395,22 @@ impl Sync {
             None => make_token(upto),
         };
         // State at the start of the timeline.
-        // (Timeline events' short ids are their positions; the state before the first one is
-        // right even when it came from another server with a state of its own, such as the
-        // join of a room joined over federation.)
-        let state_start_snapshot = match first_pos {
-            Some(p) => match self.rooms.meta(p)? {
-                Some(m) => m.state_before,
-                None => self.rooms.state_at_pos(room_id, p.saturating_sub(1))?,
+        // (The state before the first event is right even when it came from another server
+        // with a state of its own, such as the join of a room joined over federation.)
+        let first_meta = match events.first().and_then(|(_, e)| e["event_id"].as_str()) {
+            Some(id) => match ruma::EventId::parse(id).ok() {
+                Some(id) => match self.rooms.short_id(&id)? {
+                    Some(short) => self.rooms.meta(short)?,
+                    None => None,
+                },
+                None => None,
             },
-            None => self.rooms.state_at_pos(room_id, upto)?,
+            None => None,
+        };
+        let state_start_snapshot = match (first_pos, first_meta) {
+            (Some(_), Some(m)) => m.state_before,
+            (Some(p), None) => self.rooms.state_at_pos(room_id, p.saturating_sub(1))?,
+            (None, _) => self.rooms.state_at_pos(room_id, upto)?,
         };
         let in_timeline: HashSet<&str> = events
             .iter()

@@ -47,6 +47,8 @@ const MAX_TXN_PDUS: usize = 50;
 const MAX_TXN_EDUS: usize = 100;
 /// How many missing events one `/get_missing_events` asks for.
 const MISSING_EVENTS_LIMIT: u64 = 20;
+/// How many events before a join are fetched so the room has some history.
+const JOIN_HISTORY: u64 = 50;
 /// Most auth events fetched one by one for one event.
 const MAX_AUTH_FETCHES: usize = 200;
 
@@ -1097,11 +1099,52 @@ impl Pdus {
             .filter(|c| !state.iter().any(|s| s.event_id == c.event_id))
             .cloned()
             .collect();
+        let history = self.recent_history(server, room_id, &version, &join).await;
         self.rooms
-            .join_remote_room(room_id, &version, &state, &auth_chain, join)
+            .join_remote_room(room_id, &version, &state, &auth_chain, join, &history)
             .await?;
         info!(%room_id, %server, %user, "joined over federation");
         Ok(event_id)
+    }
+}
+
+impl Pdus {
+    /// Up to [`JOIN_HISTORY`] events before a join, from the resident server (`/backfill`),
+    /// with signatures and hashes checked; none when it will not say.
+    async fn recent_history(
+        &self,
+        server: &ServerName,
+        room_id: &RoomId,
+        version: &str,
+        join: &Checked,
+    ) -> Vec<Checked> {
+        let mut query: Vec<String> = join
+            .pdu
+            .prev_events
+            .iter()
+            .map(|e| format!("v={}", crate::percent_encode(e.as_str())))
+            .collect();
+        query.push(format!("limit={JOIN_HISTORY}"));
+        let path = format!(
+            "/_matrix/federation/v1/backfill/{}?{}",
+            crate::percent_encode(room_id.as_str()),
+            query.join("&")
+        );
+        let answer = match self.ask(server, http::Method::GET, &path, None).await {
+            Ok(a) => a,
+            Err(e) => {
+                info!(%room_id, %server, "no history before the join: {e}");
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for raw in pdu_list(&answer, "pdus") {
+            match self.check_pdu(version, &raw, Some(room_id)).await {
+                Ok(c) => out.push(c),
+                Err(e) => warn!(%room_id, "a history event failed its checks: {e}"),
+            }
+        }
+        out
     }
 }
 

@@ -677,6 +677,7 @@ impl Rooms {
         state: &[Checked],
         auth_chain: &[Checked],
         join: Checked,
+        history: &[Checked],
     ) -> Result<u64> {
         let rules = rules_for(version)?;
         let lock = self.room_lock(room_id);
@@ -684,6 +685,26 @@ impl Rooms {
         let mut all: Vec<Checked> = auth_chain.to_vec();
         all.extend(state.iter().cloned());
         self.store_outliers(room_id, &all)?;
+        // Recent history from the resident server goes in the timeline before the join,
+        // oldest first, each checked against its auth events.
+        let mut history: Vec<&Checked> = history
+            .iter()
+            .filter(|h| h.event_id != join.event_id)
+            .filter(|h| match self.check_against_auth_events(&rules, &h.pdu) {
+                Ok(()) => true,
+                Err(e) => {
+                    info!(event_id = %h.event_id, "history event dropped: {e}");
+                    false
+                }
+            })
+            .collect();
+        history.sort_by_key(|h| u64::from(h.pdu.depth));
+        let mut seen = HashSet::new();
+        history.retain(|h| seen.insert(h.event_id.clone()));
+        let mut stored: Vec<Option<u64>> = Vec::with_capacity(history.len());
+        for h in &history {
+            stored.push(self.short_id(&h.event_id)?);
+        }
         let mut map = StateMap::new();
         for e in state {
             let Some(k) = &e.pdu.state_key else {
@@ -707,9 +728,33 @@ impl Rooms {
         let join_id = join.event_id.clone();
         let joiner = OwnedUserId::try_from(join.pdu.state_key.clone().unwrap_or_default())
             .map_err(|_| Error::bad_json("the join event has no user as state_key"))?;
-        let (pos, ()) = self.stream.commit(|pos, batch| {
+        let n = history.len() as u64;
+        let (first, ()) = self.stream.commit_n(n + 1, |first, batch| {
+            let pos = first + n;
             let before = RESOLVED_BEFORE | pos;
             write_full_snapshot(batch, before, &map)?;
+            // History before the join: the state before the join is the best known state
+            // for it (it decides who may see it, like the join's own).
+            for (i, h) in history.iter().enumerate() {
+                let hpos = first + i as u64;
+                let short = stored[i].unwrap_or(hpos);
+                let meta = EventMeta {
+                    event_id: h.event_id.clone(),
+                    room_id: room_id.to_owned(),
+                    state_before: before,
+                    state_after: before,
+                    redacted_by: None,
+                    txn: None,
+                    outlier: false,
+                    hidden: false,
+                };
+                write_event_rows(batch, short, &h.event_id, &h.bytes, &meta)?;
+                batch.put(
+                    Table::RoompositionShorteventid,
+                    KeyBuf::new().str(room_id.as_str()).u64(hpos).into_vec(),
+                    short.to_be_bytes().to_vec(),
+                );
+            }
             let short = pos;
             write_state_snapshot(
                 batch,
@@ -776,7 +821,11 @@ impl Rooms {
             batch.delete(Table::UserroomRemoteinvite, invite_key(&joiner, room_id));
             Ok(())
         })?;
-        info!(%room_id, state = state.len(), auth_chain = auth_chain.len(), "joined a room over federation");
+        let pos = first + n;
+        for s in stored.iter().flatten() {
+            self.pdu_cache.lock().remove(s);
+        }
+        info!(%room_id, state = state.len(), auth_chain = auth_chain.len(), history = n, "joined a room over federation");
         self.after_commit(room_id, &join_id, &[], None, Some(joiner))?;
         Ok(pos)
     }

@@ -509,6 +509,35 @@ async fn encrypted_dm_both_ways_and_no_plaintext_on_the_server() {
     );
 }
 
+/// Alice on one Paracord server, bob on another: the direct room, its invite and join cross
+/// the federation, and so do device-key queries, one-time-key claims and the to-device
+/// messages that carry the room keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_dm_across_two_servers() {
+    init_logging();
+    let (server_a, _) = paracord_complement::federation::federating_server().await;
+    let (server_b, _) = paracord_complement::federation::federating_server().await;
+    let alice = server_a.register_random().await;
+    let bob = server_b.register_random().await;
+    let a = login(&server_a, &alice, "alice on A").await;
+    let b = login(&server_b, &bob, "bob on B").await;
+
+    let room_id = open_dm(&a, &b, &bob).await;
+    let room_a = a.get_room(&room_id).expect("A's room");
+    let room_b = b.get_room(&room_id).expect("B's room");
+    for round in 0..2 {
+        let text = marker(&format!("fed-a{round}"));
+        let id = send_text(&room_a, &text).await;
+        expect_decrypts(&b, &room_id, &id, &text).await;
+        expect_ciphertext_on_server(&bob, &room_id, &id, &text).await;
+
+        let text = marker(&format!("fed-b{round}"));
+        let id = send_text(&room_b, &text).await;
+        expect_decrypts(&a, &room_id, &id, &text).await;
+        expect_ciphertext_on_server(&alice, &room_id, &id, &text).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_device_restores_history_from_key_backup() {
     init_logging();

@@ -575,3 +575,140 @@ async fn rooms_of_versions_10_11_and_12_are_joined_and_used_across_servers() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_user_of_another_server_knocks_is_invited_and_joins() {
+    let (a, a_name) = federating_server().await;
+    let (b, _) = federating_server().await;
+    let alice = a.register_random().await;
+    let bob = b.register_random().await;
+    let room = alice
+        .create_room(&json!({
+            "preset": "private_chat", "name": "Knock first",
+            "initial_state": [{ "type": "m.room.join_rules", "state_key": "", "content": { "join_rule": "knock" } }],
+        }))
+        .await;
+    let (status, body) = bob
+        .post(
+            &format!("/knock/{}?via={}", enc(&room), enc(&a_name)),
+            &json!({ "reason": "let me in" }),
+        )
+        .await;
+    assert_eq!(status, 200, "bob knocks through A: {body}");
+    let sync = bob
+        .sync_until(None, None, "bob's knock in his sync", |s| {
+            s["rooms"]["knock"].get(&room).is_some()
+        })
+        .await;
+    let knock_state = sync["rooms"]["knock"][&room]["knock_state"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        knock_state
+            .iter()
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Knock first"),
+        "got {sync}"
+    );
+    let m = expect_ok(
+        alice
+            .get(&format!(
+                "/rooms/{}/state/m.room.member/{}",
+                enc(&room),
+                enc(&bob.user_id)
+            ))
+            .await,
+        "bob's knock on A",
+    );
+    assert_eq!(m["membership"], "knock", "got {m}");
+    assert_eq!(m["reason"], "let me in", "got {m}");
+    alice.invite_ok(&room, &bob.user_id).await;
+    bob.sync_until(None, None, "bob is invited", |s| {
+        s["rooms"]["invite"].get(&room).is_some()
+    })
+    .await;
+    bob.join_ok(&room).await;
+    let m = expect_ok(
+        alice
+            .get(&format!(
+                "/rooms/{}/state/m.room.member/{}",
+                enc(&room),
+                enc(&bob.user_id)
+            ))
+            .await,
+        "bob's membership on A",
+    );
+    assert_eq!(m["membership"], "join", "got {m}");
+}
+
+#[tokio::test]
+async fn a_join_fails_over_to_the_next_server_and_restricted_joins_are_authorised() {
+    let (a, a_name) = federating_server().await;
+    let (b, _) = federating_server().await;
+    let alice = a.register_random().await;
+    let bob = b.register_random().await;
+    // A space bob joins, and a room open to the space's members only.
+    let space = alice
+        .create_room(&json!({ "preset": "public_chat", "creation_content": { "type": "m.space" } }))
+        .await;
+    let room = alice
+        .create_room(&json!({
+            "preset": "private_chat",
+            "initial_state": [{ "type": "m.room.join_rules", "state_key": "", "content": {
+                "join_rule": "restricted",
+                "allow": [{ "type": "m.room_membership", "room_id": space }],
+            }}],
+        }))
+        .await;
+    // Not yet in the space: refused.
+    let (status, body) = bob
+        .post(
+            &format!("/join/{}?via={}", enc(&room), enc(&a_name)),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(
+        status, 403,
+        "a restricted room before joining the space: {body}"
+    );
+    // The first server named does not answer; the second is A.
+    let dead = format!("127.0.0.1:{}", paracord_complement::free_port());
+    let (status, body) = bob
+        .post(
+            &format!(
+                "/join/{}?via={}&via={}",
+                enc(&space),
+                enc(&dead),
+                enc(&a_name)
+            ),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "joining the space fails over to A: {body}");
+    let (status, body) = bob
+        .post(
+            &format!("/join/{}?via={}", enc(&room), enc(&a_name)),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(
+        status, 200,
+        "a space member joins the restricted room: {body}"
+    );
+    let m = expect_ok(
+        alice
+            .get(&format!(
+                "/rooms/{}/state/m.room.member/{}",
+                enc(&room),
+                enc(&bob.user_id)
+            ))
+            .await,
+        "bob's membership on A",
+    );
+    assert_eq!(m["membership"], "join", "got {m}");
+    assert_eq!(
+        m["join_authorised_via_users_server"],
+        alice.user_id.as_str(),
+        "A authorises the join through its member: {m}"
+    );
+}

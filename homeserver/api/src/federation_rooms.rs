@@ -6,8 +6,8 @@ use axum::{extract::State, Json};
 use paracord_core::Error;
 use ruma::api::federation::{
     membership::{
-        create_invite, create_join_event, create_leave_event, prepare_join_event,
-        prepare_leave_event, RawStrippedState,
+        create_invite, create_join_event, create_knock_event, create_leave_event,
+        prepare_join_event, prepare_knock_event, prepare_leave_event, RawStrippedState,
     },
     transactions::send_transaction_message,
 };
@@ -178,6 +178,43 @@ pub(crate) async fn invite_route(
                 req.body.room_version.as_str(),
                 &event,
                 &stripped,
+            )
+            .await?,
+    ))
+}
+
+/// `GET /_matrix/federation/v1/make_knock/{roomId}/{userId}` — https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1make_knockroomiduserid
+pub(crate) async fn make_knock_route(
+    State(state): State<AppState>,
+    req: Ruma<prepare_knock_event::v1::Request>,
+) -> ApiResult<Json<Value>> {
+    let origin = origin(&req)?;
+    let versions: Vec<String> = req.body.ver.iter().map(|v| v.to_string()).collect();
+    Ok(Json(state.pdus.make_membership(
+        &origin,
+        &req.body.room_id,
+        &req.body.user_id,
+        "knock",
+        &versions,
+    )?))
+}
+
+/// `PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}` — https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv1send_knockroomideventid
+pub(crate) async fn send_knock_route(
+    State(state): State<AppState>,
+    req: Ruma<create_knock_event::v1::Request>,
+) -> ApiResult<Json<Value>> {
+    let origin = origin(&req)?;
+    let pdu = raw_value(&req.body.pdu)?;
+    Ok(Json(
+        state
+            .pdus
+            .send_membership(
+                &origin,
+                &req.body.room_id,
+                &req.body.event_id,
+                &pdu,
+                "knock",
             )
             .await?,
     ))

@@ -683,10 +683,17 @@ impl Rooms {
         Ok((id, pdu, bytes))
     }
 
-    /// Adds this server's signature to an event signed by others (the event id does not change).
-    pub fn cosign(&self, obj: &mut CanonicalJsonObject) -> Result<()> {
-        ruma::signatures::sign_json(self.config.server_name.as_str(), self.keys.keypair(), obj)
-            .map_err(|e| Error::bad_json(format!("event cannot be signed: {e}")))
+    /// Adds this server's signature to an event of a room version signed by others (the
+    /// event id does not change).
+    pub fn cosign(&self, obj: &mut CanonicalJsonObject, version: &str) -> Result<()> {
+        let rules = rules_for(version)?;
+        ruma::signatures::sign_event(
+            self.config.server_name.as_str(),
+            self.keys.keypair(),
+            obj,
+            &rules.redaction,
+        )
+        .map_err(|e| Error::bad_json(format!("event cannot be signed: {e}")))
     }
 
     /// Adds the fields every PDU has.

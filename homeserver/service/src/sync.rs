@@ -184,9 +184,13 @@ impl Sync {
                     );
                 }
                 "knock" if req.since.is_none_or(|s| rec.pos > s) => {
-                    let events = self
-                        .rooms
-                        .stripped_state(&room_id, Some(rec.event_id.as_str()))?;
+                    let events = match self.remote_stripped_state(req.user, &room_id)? {
+                        // A knock on another server's room: the state it sent back.
+                        Some(events) => events,
+                        None => self
+                            .rooms
+                            .stripped_state(&room_id, Some(rec.event_id.as_str()))?,
+                    };
                     knock.insert(
                         room_id.to_string(),
                         json!({ "knock_state": { "events": events } }),
@@ -535,18 +539,27 @@ impl Sync {
             .is_some_and(|p| ignored.iter().any(|i| i == p.sender.as_str())))
     }
 
+    /// The stripped state of a room on another server that `user` is invited to or knocked
+    /// on, with the membership event itself.
+    fn remote_stripped_state(&self, user: &UserId, room_id: &RoomId) -> Result<Option<Vec<Value>>> {
+        let Some(remote) = self.rooms.remote_invite(user, room_id)? else {
+            return Ok(None);
+        };
+        let mut events: Vec<Value> = remote["invite_room_state"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let ev = &remote["event"];
+        events.push(json!({
+            "type": ev["type"], "state_key": ev["state_key"], "sender": ev["sender"],
+            "content": ev["content"],
+        }));
+        Ok(Some(events))
+    }
+
     fn invited_room(&self, user: &UserId, room_id: &RoomId, invite_event: &str) -> Result<Value> {
         // An invite from another server brings the room's stripped state with it.
-        if let Some(remote) = self.rooms.remote_invite(user, room_id)? {
-            let mut events: Vec<Value> = remote["invite_room_state"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            let ev = &remote["event"];
-            events.push(json!({
-                "type": ev["type"], "state_key": ev["state_key"], "sender": ev["sender"],
-                "content": ev["content"],
-            }));
+        if let Some(events) = self.remote_stripped_state(user, room_id)? {
             return Ok(json!({ "invite_state": { "events": events } }));
         }
         let events = self.rooms.stripped_state(room_id, Some(invite_event))?;

@@ -15,6 +15,75 @@ fn profile(state: &AppState, user: &ruma::UserId) -> (Option<String>, Option<Str
     state.accounts.profile(user).unwrap_or((None, None))
 }
 
+/// The room a room id or alias names, and the servers that may be in it: those given, and
+/// for another server's alias, that server and the ones it names.
+pub(crate) async fn room_and_servers(
+    state: &AppState,
+    room: &ruma::RoomOrAliasId,
+    via: &[ruma::OwnedServerName],
+) -> ApiResult<(ruma::OwnedRoomId, Vec<ruma::OwnedServerName>)> {
+    let mut via = via.to_vec();
+    let room_id = match <&ruma::RoomAliasId>::try_from(room) {
+        Ok(alias) if alias.server_name().as_str() != state.config.server_name => {
+            // Another server's alias: it says which room and which servers are in it.
+            let server = alias.server_name();
+            let path = format!(
+                "/_matrix/federation/v1/query/directory?room_alias={}",
+                crate::percent_encode(alias.as_str())
+            );
+            let answer =
+                crate::federation::ask(state, server, http::Method::GET, &path, None).await?;
+            let room_id = answer["room_id"]
+                .as_str()
+                .and_then(|r| ruma::OwnedRoomId::try_from(r).ok())
+                .ok_or_else(|| Error::not_found(format!("{server} gave no room for the alias")))?;
+            via.push(server.to_owned());
+            via.extend(
+                answer["servers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s.as_str())
+                    .filter_map(|s| ruma::OwnedServerName::try_from(s).ok()),
+            );
+            room_id
+        }
+        _ => resolve_room(state, room)?,
+    };
+    Ok((room_id, via))
+}
+
+/// Whether this server has a member joined to the room (so it can act in it alone).
+pub(crate) fn resident(state: &AppState, room_id: &ruma::RoomId) -> ApiResult<bool> {
+    Ok(state.rooms.room(room_id)?.is_some()
+        && state
+            .rooms
+            .servers_in_room(room_id)?
+            .iter()
+            .any(|s| s.as_str() == state.config.server_name))
+}
+
+/// Servers to ask about a room this server is not in: those given, the room id's server and
+/// the server of a pending invite, without this one and without repeats.
+pub(crate) fn candidates(
+    state: &AppState,
+    user: &ruma::UserId,
+    room_id: &ruma::RoomId,
+    via: &[ruma::OwnedServerName],
+) -> ApiResult<Vec<ruma::OwnedServerName>> {
+    let mut candidates: Vec<ruma::OwnedServerName> = via.to_vec();
+    if let Some(server) = room_id.server_name() {
+        candidates.push(server.to_owned());
+    }
+    if let Some(inviter) = state.rooms.remote_invite_sender(user, room_id)? {
+        candidates.push(inviter.server_name().to_owned());
+    }
+    candidates.retain(|s| s.as_str() != state.config.server_name);
+    let mut seen = std::collections::HashSet::new();
+    candidates.retain(|s| seen.insert(s.clone()));
+    Ok(candidates)
+}
+
 /// Joins a room: locally when this server is in it, otherwise over federation through the
 /// servers given (`via`), the room id's server and the server of a pending invite.
 async fn join(
@@ -24,23 +93,8 @@ async fn join(
     via: &[ruma::OwnedServerName],
     reason: Option<&str>,
 ) -> ApiResult<()> {
-    let own = state.config.server_name.as_str();
-    let resident = state.rooms.room(room_id)?.is_some()
-        && state
-            .rooms
-            .servers_in_room(room_id)?
-            .iter()
-            .any(|s| s.as_str() == own);
-    let mut candidates: Vec<ruma::OwnedServerName> = via.to_vec();
-    if let Some(server) = room_id.server_name() {
-        candidates.push(server.to_owned());
-    }
-    if let Some(inviter) = state.rooms.remote_invite_sender(user, room_id)? {
-        candidates.push(inviter.server_name().to_owned());
-    }
-    candidates.retain(|s| s.as_str() != own);
-    let mut seen = std::collections::HashSet::new();
-    candidates.retain(|s| seen.insert(s.clone()));
+    let resident = resident(state, room_id)?;
+    let candidates = candidates(state, user, room_id, via)?;
     if resident || candidates.is_empty() {
         state
             .rooms
@@ -89,34 +143,8 @@ pub(crate) async fn join_room_by_id_or_alias_route(
     req: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let id = req.user()?;
-    let mut via = req.body.via.clone();
-    let room_id = match <&ruma::RoomAliasId>::try_from(&*req.body.room_id_or_alias) {
-        Ok(alias) if alias.server_name().as_str() != state.config.server_name => {
-            // Another server's alias: it says which room and which servers are in it.
-            let server = alias.server_name();
-            let path = format!(
-                "/_matrix/federation/v1/query/directory?room_alias={}",
-                crate::percent_encode(alias.as_str())
-            );
-            let answer =
-                crate::federation::ask(&state, server, http::Method::GET, &path, None).await?;
-            let room_id = answer["room_id"]
-                .as_str()
-                .and_then(|r| ruma::OwnedRoomId::try_from(r).ok())
-                .ok_or_else(|| Error::not_found(format!("{server} gave no room for the alias")))?;
-            via.push(server.to_owned());
-            via.extend(
-                answer["servers"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|s| s.as_str())
-                    .filter_map(|s| ruma::OwnedServerName::try_from(s).ok()),
-            );
-            room_id
-        }
-        _ => resolve_room(&state, &req.body.room_id_or_alias)?,
-    };
+    let (room_id, via) =
+        room_and_servers(&state, &req.body.room_id_or_alias, &req.body.via).await?;
     join(
         &state,
         &id.user_id,

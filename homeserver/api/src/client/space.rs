@@ -65,7 +65,22 @@ pub(crate) async fn knock_room_route(
     req: Ruma<knock_room::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let id = req.user()?;
-    let room_id = resolve_room(&state, &req.body.room_id_or_alias)?;
+    let (room_id, via) =
+        super::membership::room_and_servers(&state, &req.body.room_id_or_alias, &req.body.via)
+            .await?;
+    let candidates = super::membership::candidates(&state, &id.user_id, &room_id, &via)?;
+    if !super::membership::resident(&state, &room_id)? && !candidates.is_empty() {
+        state
+            .pdus
+            .knock_remote(
+                &id.user_id,
+                &room_id,
+                &candidates,
+                req.body.reason.as_deref(),
+            )
+            .await?;
+        return Ok(Json(json!({ "room_id": room_id })));
+    }
     state
         .rooms
         .knock(&room_id, &id.user_id, req.body.reason.as_deref())

@@ -584,7 +584,7 @@ impl Pdus {
         {
             return Err(Error::not_found("this server is no longer in the room"));
         }
-        if membership == "join" && !versions.contains(&room.version) {
+        if membership != "leave" && !versions.contains(&room.version) {
             return Err(Error::new(
                 http::StatusCode::BAD_REQUEST,
                 ErrorKind::IncompatibleRoomVersion {
@@ -614,8 +614,23 @@ impl Pdus {
     ) -> Result<Value> {
         let room = self.rooms.room_or_404(room_id)?;
         self.acl_allows(room_id, origin).map_err(Error::forbidden)?;
-        let mut event = self
-            .check_pdu(&room.version, value, Some(room_id))
+        // A restricted join authorised by one of our users needs our signature too, before
+        // the signature checks (which ask for the authorising server's).
+        let mut value = value.clone();
+        let mut signed_by_us = false;
+        if let Some(via) = value["content"]["join_authorised_via_users_server"]
+            .as_str()
+            .and_then(|u| <&UserId>::try_from(u).ok())
+        {
+            if membership == "join" && via.server_name().as_str() == self.own_name() {
+                let mut obj = to_canonical_object(value.clone())?;
+                self.rooms.cosign(&mut obj, &room.version)?;
+                value = serde_json::to_value(&obj)?;
+                signed_by_us = true;
+            }
+        }
+        let event = self
+            .check_pdu(&room.version, &value, Some(room_id))
             .await
             .map_err(Error::bad_json)?;
         if event.event_id != event_id {
@@ -639,20 +654,6 @@ impl Pdus {
                 event.pdu.sender
             )));
         }
-        // A restricted join authorised by one of our users carries our signature too.
-        let mut signed_by_us = false;
-        if let Some(via) = content
-            .get("join_authorised_via_users_server")
-            .and_then(Value::as_str)
-            .and_then(|u| <&UserId>::try_from(u).ok())
-        {
-            if via.server_name().as_str() == self.own_name() {
-                let mut obj: CanonicalJsonObject = serde_json::from_slice(&event.bytes)?;
-                self.rooms.cosign(&mut obj)?;
-                event.bytes = serde_json::to_vec(&obj)?;
-                signed_by_us = true;
-            }
-        }
         let bytes = event.bytes.clone();
         self.receive_checked(origin, room_id, &room.version, event, true)
             .await
@@ -674,6 +675,9 @@ impl Pdus {
         let raw: Vec<u8> = self.rooms.raw_pdu(short)?.unwrap_or(bytes);
         self.rooms
             .send_out_except(room_id, event_id, &raw, origin)?;
+        if membership == "knock" {
+            return Ok(json!({ "knock_room_state": self.rooms.invite_state_pdus(room_id)? }));
+        }
         if membership != "join" {
             return Ok(json!({}));
         }
@@ -774,7 +778,7 @@ impl Pdus {
             )));
         }
         let mut obj: CanonicalJsonObject = serde_json::from_slice(&checked.bytes)?;
-        self.rooms.cosign(&mut obj)?;
+        self.rooms.cosign(&mut obj, version)?;
         let signed = serde_json::to_value(&obj)?;
         let resident = self.rooms.room(room_id)?.is_some()
             && self
@@ -802,7 +806,7 @@ impl Pdus {
                 "invite_room_state": stripped,
             });
             self.rooms
-                .store_remote_invite(target, room_id, event_id, &record)?;
+                .store_remote_invite(target, room_id, event_id, &record, "invite")?;
         }
         Ok(json!({ "event": signed }))
     }
@@ -901,11 +905,18 @@ impl Pdus {
         record: &Value,
         reason: Option<&str>,
     ) -> Result<OwnedEventId> {
-        let server = record["event"]["sender"]
+        // A knock names the server it went through; an invite comes from its sender's.
+        let server = match record["server"]
             .as_str()
-            .and_then(|s| <&UserId>::try_from(s).ok())
-            .map(|u| u.server_name().to_owned())
-            .ok_or_else(|| Error::internal("stored invite has no sender"))?;
+            .and_then(|s| OwnedServerName::try_from(s).ok())
+        {
+            Some(s) => s,
+            None => record["event"]["sender"]
+                .as_str()
+                .and_then(|s| <&UserId>::try_from(s).ok())
+                .map(|u| u.server_name().to_owned())
+                .ok_or_else(|| Error::internal("stored invite has no sender"))?,
+        };
         let path = format!(
             "/_matrix/federation/v1/make_leave/{}/{}",
             crate::percent_encode(room_id.as_str()),
@@ -948,6 +959,110 @@ impl Pdus {
         let body: Value = serde_json::from_slice(&bytes)?;
         self.ask(&server, http::Method::PUT, &path, Some(&body))
             .await?;
+        Ok(event_id)
+    }
+
+    // ----- knocks: the knocking side -----
+
+    /// Knocks on a room of another server (`make_knock`/`send_knock`), trying each candidate
+    /// server; the room's stripped state comes back and is kept for sync.
+    pub async fn knock_remote(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        candidates: &[OwnedServerName],
+        reason: Option<&str>,
+    ) -> Result<OwnedEventId> {
+        let mut last = Error::not_found("no server to knock through");
+        for server in candidates {
+            if server.as_str() == self.own_name() {
+                continue;
+            }
+            match self.knock_via(user, room_id, server, reason).await {
+                Ok(id) => return Ok(id),
+                Err(e) => {
+                    warn!(%room_id, %server, "knocking through {server} failed: {e}");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn knock_via(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        server: &ServerName,
+        reason: Option<&str>,
+    ) -> Result<OwnedEventId> {
+        let vers: String = SUPPORTED_VERSIONS
+            .iter()
+            .map(|v| format!("ver={v}"))
+            .collect::<Vec<_>>()
+            .join("&");
+        let path = format!(
+            "/_matrix/federation/v1/make_knock/{}/{}?{vers}",
+            crate::percent_encode(room_id.as_str()),
+            crate::percent_encode(user.as_str())
+        );
+        let made = self.ask(server, http::Method::GET, &path, None).await?;
+        let version = made["room_version"].as_str().unwrap_or("1").to_owned();
+        version_rules(&version).map_err(Error::bad_json)?;
+        let mut template = made
+            .get("event")
+            .cloned()
+            .filter(Value::is_object)
+            .ok_or_else(|| Error::bad_json(format!("{server} sent no knock template")))?;
+        if template["type"] != "m.room.member"
+            || template["state_key"] != user.as_str()
+            || template["sender"] != user.as_str()
+            || template["room_id"] != room_id.as_str()
+        {
+            return Err(Error::bad_json(format!(
+                "{server} sent a wrong knock template"
+            )));
+        }
+        template["content"] = json!({ "membership": "knock" });
+        if let Some(r) = reason {
+            template["content"]["reason"] = json!(r);
+        }
+        template["origin_server_ts"] = json!(now_ms());
+        if let Some(o) = template.as_object_mut() {
+            o.remove("signatures");
+            o.remove("hashes");
+            o.remove("unsigned");
+        }
+        let (event_id, _, bytes) = self
+            .rooms
+            .sign_event(to_canonical_object(template)?, &version)?;
+        let path = format!(
+            "/_matrix/federation/v1/send_knock/{}/{}",
+            crate::percent_encode(room_id.as_str()),
+            crate::percent_encode(event_id.as_str())
+        );
+        let body: Value = serde_json::from_slice(&bytes)?;
+        let answer = self
+            .ask(server, http::Method::PUT, &path, Some(&body))
+            .await?;
+        let stripped: Vec<Value> = pdu_list(&answer, "knock_room_state")
+            .iter()
+            .filter(|e| e["type"].is_string())
+            .map(|e| {
+                json!({
+                    "type": e["type"], "state_key": e["state_key"], "sender": e["sender"],
+                    "content": e["content"],
+                })
+            })
+            .collect();
+        let record = json!({
+            "event": body,
+            "room_version": version,
+            "invite_room_state": stripped,
+            "server": server,
+        });
+        self.rooms
+            .store_remote_invite(user, room_id, &event_id, &record, "knock")?;
         Ok(event_id)
     }
 

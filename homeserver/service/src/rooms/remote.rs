@@ -136,13 +136,15 @@ impl Rooms {
         }))
     }
 
-    /// Keeps an invite of a local user to a room on another server, and shows it in sync.
+    /// Keeps an invite of a local user to a room on another server (or the user's knock on
+    /// one: `membership` says which), and shows it in sync.
     pub fn store_remote_invite(
         &self,
         user: &UserId,
         room_id: &RoomId,
         event_id: &EventId,
         record: &serde_json::Value,
+        membership: &str,
     ) -> Result<()> {
         self.stream.commit(|pos, batch| {
             batch.put(
@@ -150,7 +152,7 @@ impl Rooms {
                 invite_key(user, room_id),
                 serde_json::to_vec(record)?,
             );
-            write_membership(batch, room_id, user, "invite", pos, event_id)
+            write_membership(batch, room_id, user, membership, pos, event_id)
         })?;
         self.stream.notifier().wake([user]);
         Ok(())

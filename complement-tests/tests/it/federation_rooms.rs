@@ -712,3 +712,64 @@ async fn a_join_fails_over_to_the_next_server_and_restricted_joins_are_authorise
         "A authorises the join through its member: {m}"
     );
 }
+
+#[tokio::test]
+async fn the_hierarchy_of_a_space_includes_rooms_only_another_server_is_in() {
+    let (a, a_name) = federating_server().await;
+    let (b, _) = federating_server().await;
+    let alice = a.register_random().await;
+    let bob = b.register_random().await;
+    let space = alice
+        .create_room(&json!({
+            "preset": "public_chat", "name": "Guild",
+            "creation_content": { "type": "m.space" },
+        }))
+        .await;
+    let open = alice
+        .create_room(&json!({ "preset": "public_chat", "name": "open channel" }))
+        .await;
+    let hidden = alice
+        .create_room(&json!({ "preset": "private_chat", "name": "staff only" }))
+        .await;
+    for child in [&open, &hidden] {
+        alice
+            .put_state(&space, "m.space.child", child, &json!({ "via": [a_name] }))
+            .await;
+    }
+    let (status, body) = bob
+        .post(
+            &format!("/join/{}?via={}", enc(&space), enc(&a_name)),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "bob joins the space: {body}");
+    let h = expect_ok(
+        bob.get(&format!(
+            "/_matrix/client/v1/rooms/{}/hierarchy",
+            enc(&space)
+        ))
+        .await,
+        "hierarchy on B",
+    );
+    let rooms = h["rooms"].as_array().cloned().unwrap_or_default();
+    let names: Vec<&str> = rooms.iter().filter_map(|r| r["name"].as_str()).collect();
+    assert!(names.contains(&"Guild"), "got {h}");
+    assert!(
+        names.contains(&"open channel"),
+        "the public child, asked of A: {h}"
+    );
+    assert!(
+        !names.contains(&"staff only"),
+        "a private child A will not show: {h}"
+    );
+    let guild = rooms
+        .iter()
+        .find(|r| r["room_id"] == space.as_str())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        guild["children_state"].as_array().map(Vec::len),
+        Some(2),
+        "both children listed in the space's state: {h}"
+    );
+}

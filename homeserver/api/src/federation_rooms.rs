@@ -9,6 +9,7 @@ use ruma::api::federation::{
         create_invite, create_join_event, create_knock_event, create_leave_event,
         prepare_join_event, prepare_knock_event, prepare_leave_event, RawStrippedState,
     },
+    space::get_hierarchy,
     transactions::send_transaction_message,
 };
 use serde_json::{json, Value};
@@ -218,4 +219,18 @@ pub(crate) async fn send_knock_route(
             )
             .await?,
     ))
+}
+
+/// `GET /_matrix/federation/v1/hierarchy/{roomId}` — https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1hierarchyroomid
+pub(crate) async fn hierarchy_route(
+    State(state): State<AppState>,
+    req: Ruma<get_hierarchy::v1::Request>,
+) -> ApiResult<Json<Value>> {
+    let origin = origin(&req)?;
+    state.rooms.check_server_acl(&req.body.room_id, &origin)?;
+    Ok(Json(state.rooms.federation_hierarchy(
+        &origin,
+        &req.body.room_id,
+        req.body.suggested_only,
+    )?))
 }

@@ -237,6 +237,9 @@ pub fn app(services: Arc<Services>) -> Router {
         .ruma::<ruma::api::federation::membership::create_join_event::v2::Request, _, _>(
             federation_rooms::send_join_route,
         )
+        .ruma::<ruma::api::federation::space::get_hierarchy::v1::Request, _, _>(
+            federation_rooms::hierarchy_route,
+        )
         .ruma::<ruma::api::federation::membership::prepare_knock_event::v1::Request, _, _>(
             federation_rooms::make_knock_route,
         )

@@ -9,6 +9,8 @@ use ruma::api::client::{
 };
 use serde_json::{json, Value};
 
+use futures::future::BoxFuture;
+
 use super::resolve_room;
 use crate::{ruma_wrapper::Ruma, ApiResult, AppState};
 
@@ -34,14 +36,44 @@ pub(crate) async fn get_hierarchy_route(
     let max_depth = b
         .max_depth
         .map(|d| usize::try_from(u64::from(d)).unwrap_or(usize::MAX));
-    let (rooms, next) = state.rooms.hierarchy(
-        &id.user_id,
-        &b.room_id,
-        b.suggested_only,
-        max_depth,
-        from,
-        limit,
-    )?;
+    let suggested_only = b.suggested_only;
+    // Rooms this server is not in are asked of the servers their parent names.
+    let remote = |room: ruma::OwnedRoomId,
+                  via: Vec<ruma::OwnedServerName>|
+     -> BoxFuture<'_, Option<Value>> {
+        let state = &state;
+        Box::pin(async move {
+            for server in via {
+                if server.as_str() == state.config.server_name {
+                    continue;
+                }
+                let path = format!(
+                    "/_matrix/federation/v1/hierarchy/{}?suggested_only={suggested_only}",
+                    crate::percent_encode(room.as_str())
+                );
+                match crate::federation::ask(state, &server, http::Method::GET, &path, None).await {
+                    Ok(answer) if answer["room"].is_object() => {
+                        return Some(answer["room"].clone())
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(%room, %server, "hierarchy over federation: {}", e),
+                }
+            }
+            None
+        })
+    };
+    let (rooms, next) = state
+        .rooms
+        .hierarchy(
+            &id.user_id,
+            &b.room_id,
+            suggested_only,
+            max_depth,
+            from,
+            limit,
+            &remote,
+        )
+        .await?;
     let mut body = json!({ "rooms": rooms });
     if let Some(n) = next {
         body["next_batch"] = json!(format!("h{n}"));

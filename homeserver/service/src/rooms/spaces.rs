@@ -1,7 +1,10 @@
 //! Spaces and the ways into a room: `/hierarchy`, room summaries, restricted joins, knocking
 //! and room upgrades.
 
-use ruma::{events::TimelineEventType, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use ruma::{
+    events::TimelineEventType, OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId,
+    ServerName, UserId,
+};
 use serde_json::{json, Value};
 
 use paracord_core::{config::SUPPORTED_ROOM_VERSIONS, Error, ErrorKind, Result};
@@ -10,6 +13,14 @@ use super::{create::CreateRoom, pdu::stripped_event, NewEvent, Rooms, StateMap};
 
 /// Rooms `/hierarchy` walks at most, whatever the pagination.
 const MAX_HIERARCHY_ROOMS: usize = 1000;
+/// Most rooms one `/hierarchy` asks other servers about.
+const MAX_REMOTE_SUMMARIES: usize = 50;
+
+/// Asks other servers (`via`) for the summary of a room this server is not in, with its
+/// `children_state`.
+pub type RemoteSummary<'a> = &'a (dyn Fn(OwnedRoomId, Vec<OwnedServerName>) -> futures::future::BoxFuture<'a, Option<Value>>
+         + Send
+         + Sync);
 
 /// State copied into the replacement room by an upgrade.
 const UPGRADE_COPIED_STATE: &[&str] = &[
@@ -113,9 +124,60 @@ impl Rooms {
         Ok(summary)
     }
 
-    /// `/hierarchy`: the space tree under `root`, breadth first, as far as this server knows
-    /// the rooms. Returns the page and the offset of the next one.
-    pub fn hierarchy(
+    /// A room's `m.space.child` events (stripped, with their timestamps) that name at least
+    /// one server, with the child room and those servers.
+    fn space_children(
+        &self,
+        room_id: &RoomId,
+        suggested_only: bool,
+    ) -> Result<Vec<(Value, OwnedRoomId, Vec<OwnedServerName>)>> {
+        let state = self.current_state(room_id)?;
+        let mut out = Vec::new();
+        for ((kind, key), short) in state.range(("m.space.child".to_owned(), String::new())..) {
+            if kind != "m.space.child" {
+                break;
+            }
+            let Some(raw) = self.raw_pdu(*short)? else {
+                continue;
+            };
+            let mut ev = stripped_event(&raw)?;
+            let via: Vec<OwnedServerName> = ev["content"]["via"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str())
+                .filter_map(|v| OwnedServerName::try_from(v).ok())
+                .collect();
+            let suggested = ev["content"]["suggested"].as_bool().unwrap_or(false);
+            let Ok(child) = OwnedRoomId::try_from(key.as_str()) else {
+                continue;
+            };
+            if via.is_empty() || (suggested_only && !suggested) {
+                continue;
+            }
+            // Children state carries its timestamp (clients order children by it).
+            ev["origin_server_ts"] =
+                serde_json::from_slice::<Value>(&raw)?["origin_server_ts"].clone();
+            out.push((ev, child, via));
+        }
+        Ok(out)
+    }
+
+    /// Whether this server has a member joined to the room.
+    fn resident_here(&self, room_id: &RoomId) -> Result<bool> {
+        Ok(self.room(room_id)?.is_some()
+            && self
+                .joined_members(room_id)?
+                .iter()
+                .any(|m| m.server_name() == self.config.server_name.as_str()))
+    }
+
+    /// `/hierarchy`: the space tree under `root`, breadth first. Rooms this server is not in
+    /// are asked of the servers their `m.space.child` events name, through `remote` (which
+    /// returns the room's summary with its `children_state`), at most [`MAX_REMOTE_SUMMARIES`]
+    /// times. Returns the page and the offset of the next one.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn hierarchy(
         &self,
         user: &UserId,
         root: &RoomId,
@@ -123,57 +185,154 @@ impl Rooms {
         max_depth: Option<usize>,
         from: usize,
         limit: usize,
+        remote: RemoteSummary<'_>,
     ) -> Result<(Vec<Value>, Option<usize>)> {
-        self.room_or_404(root)?;
-        if !self.can_peek_summary(root, Some(user))? {
+        let root_here = self.resident_here(root)?;
+        if root_here && !self.can_peek_summary(root, Some(user))? {
             return Err(Error::forbidden("you may not see this space"));
         }
         let mut out = Vec::new();
         let mut seen = std::collections::HashSet::new();
-        let mut queue = std::collections::VecDeque::from([(root.to_owned(), 0usize)]);
-        while let Some((room_id, depth)) = queue.pop_front() {
+        let root_via: Vec<OwnedServerName> = root
+            .server_name()
+            .map(|s| s.to_owned())
+            .into_iter()
+            .collect();
+        let mut queue = std::collections::VecDeque::from([(root.to_owned(), 0usize, root_via)]);
+        let mut asked = 0usize;
+        while let Some((room_id, depth, via)) = queue.pop_front() {
             if out.len() >= MAX_HIERARCHY_ROOMS || !seen.insert(room_id.clone()) {
                 continue;
             }
-            if self.room(&room_id)?.is_none() || !self.can_peek_summary(&room_id, Some(user))? {
-                continue;
-            }
-            let state = self.current_state(&room_id)?;
-            let mut children_state = Vec::new();
-            for ((kind, key), short) in state.range(("m.space.child".to_owned(), String::new())..) {
-                if kind != "m.space.child" {
-                    break;
+            let (mut chunk, children) = if self.resident_here(&room_id)? {
+                if !self.can_peek_summary(&room_id, Some(user))? {
+                    continue;
                 }
-                let Some(raw) = self.raw_pdu(*short)? else {
+                let children = self.space_children(&room_id, suggested_only)?;
+                let chunk = self.public_room_chunk(&room_id)?;
+                (chunk, children)
+            } else {
+                if asked >= MAX_REMOTE_SUMMARIES || via.is_empty() {
+                    continue;
+                }
+                asked += 1;
+                let Some(chunk) = remote(room_id.clone(), via).await else {
                     continue;
                 };
-                let ev = stripped_event(&raw)?;
-                let via_ok = ev["content"]["via"]
+                let children = chunk["children_state"]
                     .as_array()
-                    .is_some_and(|v| !v.is_empty());
-                let suggested = ev["content"]["suggested"].as_bool().unwrap_or(false);
-                if !via_ok || (suggested_only && !suggested) {
-                    continue;
-                }
-                let mut ev = ev;
-                // Children state carries its timestamp (clients order children by it).
-                ev["origin_server_ts"] =
-                    serde_json::from_slice::<Value>(&raw)?["origin_server_ts"].clone();
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|ev| {
+                        let child = OwnedRoomId::try_from(ev["state_key"].as_str()?).ok()?;
+                        let via: Vec<OwnedServerName> = ev["content"]["via"]
+                            .as_array()?
+                            .iter()
+                            .filter_map(|v| v.as_str())
+                            .filter_map(|v| OwnedServerName::try_from(v).ok())
+                            .collect();
+                        let suggested = ev["content"]["suggested"].as_bool().unwrap_or(false);
+                        (!via.is_empty() && (!suggested_only || suggested))
+                            .then(|| (ev.clone(), child, via))
+                    })
+                    .collect();
+                (chunk, children)
+            };
+            let mut children_state = Vec::new();
+            for (ev, child, via) in children {
                 if max_depth.is_none_or(|d| depth < d) {
-                    if let Ok(child) = OwnedRoomId::try_from(key.as_str()) {
-                        queue.push_back((child, depth + 1));
-                    }
+                    queue.push_back((child, depth + 1, via));
                 }
                 children_state.push(ev);
             }
-            let mut chunk = self.public_room_chunk(&room_id)?;
             chunk["children_state"] = json!(children_state);
             out.push(chunk);
+        }
+        if out.is_empty() {
+            return Err(Error::not_found(
+                "space not known to this server or its servers",
+            ));
         }
         let total = out.len();
         let page: Vec<Value> = out.into_iter().skip(from).take(limit).collect();
         let next = (from.saturating_add(limit) < total).then(|| from.saturating_add(limit));
         Ok((page, next))
+    }
+
+    /// Whether another server may see a room's summary: the room is public, knockable or
+    /// world-readable, the server has a member in it, or (restricted) in a room it allows.
+    fn server_may_peek(&self, room_id: &RoomId, server: &ServerName) -> Result<bool> {
+        let state = self.current_state(room_id)?;
+        let rule = self.join_rule(&state)?;
+        if matches!(rule.as_str(), "public" | "knock" | "knock_restricted") {
+            return Ok(true);
+        }
+        let world_readable = self
+            .state_content(&state, "m.room.history_visibility", "")?
+            .is_some_and(|c| c["history_visibility"] == "world_readable");
+        if world_readable || self.server_in_room(room_id, server)? {
+            return Ok(true);
+        }
+        if rule == "restricted" {
+            for allowed in self.allowed_rooms(&state)? {
+                if self.room(&allowed)?.is_some() && self.server_in_room(&allowed, server)? {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// A child's summary for another server (no `children_state`; restricted rooms name
+    /// the rooms that allow joining).
+    fn child_summary(&self, room_id: &RoomId) -> Result<Value> {
+        let room = self.room_or_404(room_id)?;
+        let state = self.state(room.state)?;
+        let mut chunk = self.public_room_chunk(room_id)?;
+        chunk["room_version"] = json!(room.version);
+        let allowed = self.allowed_rooms(&state)?;
+        if !allowed.is_empty() {
+            chunk["allowed_room_ids"] = json!(allowed);
+        }
+        if let Some(enc) = self.state_content(&state, "m.room.encryption", "")? {
+            chunk["encryption"] = enc["algorithm"].clone();
+        }
+        Ok(chunk)
+    }
+
+    /// `GET /_matrix/federation/v1/hierarchy/{roomId}`: the room with its `children_state`,
+    /// the children this server knows and `origin` may see, and those it may not.
+    pub fn federation_hierarchy(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        suggested_only: bool,
+    ) -> Result<Value> {
+        if !self.resident_here(room_id)? {
+            return Err(Error::not_found("room not known to this server"));
+        }
+        if !self.server_may_peek(room_id, origin)? {
+            return Err(Error::forbidden(
+                "this room's summary is not visible to your server",
+            ));
+        }
+        let mut room = self.child_summary(room_id)?;
+        let mut children_state = Vec::new();
+        let mut children = Vec::new();
+        let mut inaccessible = Vec::new();
+        for (ev, child, _) in self.space_children(room_id, suggested_only)? {
+            children_state.push(ev);
+            if !self.resident_here(&child)? {
+                continue;
+            }
+            if self.server_may_peek(&child, origin)? {
+                children.push(self.child_summary(&child)?);
+            } else {
+                inaccessible.push(json!(child));
+            }
+        }
+        room["children_state"] = json!(children_state);
+        Ok(json!({ "room": room, "children": children, "inaccessible_children": inaccessible }))
     }
 
     /// For a restricted room: the local member who vouches for `user`'s join, or `None` when

@@ -457,3 +457,91 @@ async fn url_previews_refuse_loopback_unless_allowed() {
         .await;
     assert_eq!(bad.0, StatusCode::BAD_REQUEST, "{bad:?}");
 }
+
+#[tokio::test]
+async fn media_of_another_server_is_fetched_over_federation_and_cached() {
+    let (a, _) = paracord_complement::federation::federating_server().await;
+    let (b, _) = paracord_complement::federation::federating_server().await;
+    let alice = a.register_random().await;
+    let bob = b.register_random().await;
+    let up = call(
+        &a,
+        Some(&alice),
+        reqwest::Method::POST,
+        "/_matrix/media/v3/upload?filename=red%20dot.png",
+        Some((PNG, "image/png")),
+    )
+    .await;
+    assert_eq!(
+        up.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&up.bytes)
+    );
+    let (srv, id) = mxc_parts(up.json()["content_uri"].as_str().unwrap());
+    // Bob asks his own server, which asks A.
+    let dl = call(
+        &b,
+        Some(&bob),
+        reqwest::Method::GET,
+        &format!("/_matrix/client/v1/media/download/{srv}/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        dl.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&dl.bytes)
+    );
+    assert_eq!(dl.bytes, PNG, "the same bytes through B");
+    assert_eq!(dl.header("content-type"), "image/png");
+    assert!(
+        dl.header("content-disposition").contains("red%20dot.png"),
+        "{}",
+        dl.header("content-disposition")
+    );
+    let thumb = call(
+        &b,
+        Some(&bob),
+        reqwest::Method::GET,
+        &format!("/_matrix/client/v1/media/thumbnail/{srv}/{id}?width=8&height=8&method=scale"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        thumb.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&thumb.bytes)
+    );
+    png_size(&thumb.bytes);
+    // Unknown media on A is a 404 through B.
+    let missing = call(
+        &b,
+        Some(&bob),
+        reqwest::Method::GET,
+        &format!("/_matrix/client/v1/media/download/{srv}/nosuchmedia"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        missing.status,
+        StatusCode::NOT_FOUND,
+        "{}",
+        String::from_utf8_lossy(&missing.bytes)
+    );
+
+    // Cached: B still serves it once A is gone.
+    drop(a);
+    let again = call(
+        &b,
+        Some(&bob),
+        reqwest::Method::GET,
+        &format!("/_matrix/client/v1/media/download/{srv}/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::OK, "served from B's cache");
+    assert_eq!(again.bytes, PNG);
+}

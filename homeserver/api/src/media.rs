@@ -15,8 +15,14 @@ use http::{header, HeaderValue, StatusCode};
 use paracord_core::Error;
 use paracord_service::{
     accounts::Identity,
-    media::{inline_safe, ThumbnailMethod},
+    media::{inline_safe, Media, ThumbnailMethod},
     ratelimit::Limit,
+};
+use ruma::{
+    api::federation::authenticated_media::{
+        get_content, get_content_thumbnail, Content, ContentMetadata, FileOrLocation,
+    },
+    http_headers::{ContentDisposition, ContentDispositionType},
 };
 use serde_json::{json, Value};
 
@@ -27,14 +33,165 @@ fn authenticate(state: &AppState, parts: &http::request::Parts) -> Result<Identi
     Ok(state.accounts.authenticate(&token)?)
 }
 
-fn local(state: &AppState, server_name: &str) -> Result<(), ApiError> {
-    if server_name != state.config.server_name {
-        return Err(Error::not_found(
-            "media of other servers needs federation, which this server does not speak yet",
+/// The key media is stored under here: its id for local media; for another server's, its
+/// cached copy, fetched over federation the first time.
+async fn media_key(
+    state: &AppState,
+    server_name: &str,
+    media_id: &str,
+) -> Result<String, ApiError> {
+    if server_name == state.config.server_name {
+        return Ok(media_id.to_owned());
+    }
+    let server = ruma::OwnedServerName::try_from(server_name)
+        .map_err(|_| Error::invalid_param("not a server name"))?;
+    let key = Media::remote_key(server_name, media_id);
+    if state.media.meta(&key)?.is_some() {
+        return Ok(key);
+    }
+    let path = format!(
+        "/_matrix/federation/v1/media/download/{}",
+        crate::percent_encode(media_id)
+    );
+    let response = paracord_service::federation::request::signed_request(
+        &state.federation,
+        &state.keys,
+        &state.config.server_name,
+        &server,
+        http::Method::GET,
+        &path,
+        None,
+    )
+    .await?;
+    if !response.status.is_success() {
+        let body = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
+        return Err(paracord_service::federation::request::remote_error(
+            &server,
+            response.status,
+            &body,
         )
         .into());
     }
-    Ok(())
+    let content_type = response
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let (file, content_type, filename) =
+        file_part(&content_type, &response.body).ok_or_else(|| {
+            Error::new(
+                StatusCode::BAD_GATEWAY,
+                paracord_core::ErrorKind::Unknown,
+                format!("{server} sent media that is not a multipart answer with a file"),
+            )
+        })?;
+    state
+        .media
+        .store_remote(server_name, media_id, &file, content_type, filename)?;
+    Ok(key)
+}
+
+/// The file of a federation media answer (`multipart/mixed`: a JSON metadata part, then the
+/// file with its own `Content-Type` and `Content-Disposition`): its bytes, type and name.
+/// `None` when the answer is not such a multipart body (or redirects with `Location`).
+fn file_part(content_type: &str, body: &[u8]) -> Option<(Vec<u8>, Option<String>, Option<String>)> {
+    let boundary = content_type
+        .split(';')
+        .map(str::trim)
+        .find_map(|p| p.strip_prefix("boundary="))?
+        .trim_matches('"');
+    let delimiter = format!("--{boundary}");
+    let d = delimiter.as_bytes();
+    let find = |from: usize| -> Option<usize> {
+        body.get(from..)?
+            .windows(d.len())
+            .position(|w| w == d)
+            .map(|i| i + from)
+    };
+    let first = find(0)?;
+    let second = find(first + d.len())?;
+    let start = second + d.len();
+    let end = find(start)?;
+    // The part, between its CRLF after the delimiter and the CRLF before the next one.
+    let part = body.get(start..end)?;
+    let part = part.strip_prefix(b"\r\n").unwrap_or(part);
+    let part = part.strip_suffix(b"\r\n").unwrap_or(part);
+    let split = part.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let headers = std::str::from_utf8(&part[..split]).ok()?;
+    let file = part[split + 4..].to_vec();
+    let mut ct = None;
+    let mut name = None;
+    for line in headers.split("\r\n") {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        match k.trim().to_ascii_lowercase().as_str() {
+            "content-type" => ct = Some(v.trim().to_owned()),
+            "content-disposition" => {
+                name = ContentDisposition::try_from(v.trim().as_bytes())
+                    .ok()
+                    .and_then(|d| d.filename)
+            }
+            "location" => return None,
+            _ => {}
+        }
+    }
+    Some((file, ct, name))
+}
+
+/// A ruma federation media answer (multipart) as an axum response.
+fn multipart(content: Content) -> Result<Response, ApiError> {
+    use ruma::api::OutgoingResponseExt;
+    let response =
+        get_content::v1::Response::new(ContentMetadata::new(), FileOrLocation::File(content))
+            .try_into_http_response::<Vec<u8>>()
+            .map_err(|e| ApiError(Error::internal(format!("media answer: {e}"))))?;
+    let (parts, body) = response.into_parts();
+    Ok(Response::from_parts(parts, Body::from(body)))
+}
+
+fn disposition(filename: Option<&str>) -> ContentDisposition {
+    let mut d = ContentDisposition::new(ContentDispositionType::Attachment);
+    d.filename = filename.map(str::to_owned);
+    d
+}
+
+/// `GET /_matrix/federation/v1/media/download/{mediaId}` — https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1mediadownloadmediaid
+pub(crate) async fn federation_download_route(
+    State(state): State<AppState>,
+    req: crate::ruma_wrapper::Ruma<get_content::v1::Request>,
+) -> ApiResult<Response> {
+    let (meta, bytes) = state.media.download(&req.body.media_id)?;
+    multipart(Content::new(
+        bytes,
+        meta.content_type
+            .clone()
+            .unwrap_or_else(|| "application/octet-stream".to_owned()),
+        disposition(meta.filename.as_deref()),
+    ))
+}
+
+/// `GET /_matrix/federation/v1/media/thumbnail/{mediaId}` — https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1mediathumbnailmediaid
+pub(crate) async fn federation_thumbnail_route(
+    State(state): State<AppState>,
+    req: crate::ruma_wrapper::Ruma<get_content_thumbnail::v1::Request>,
+) -> ApiResult<Response> {
+    let b = &req.body;
+    let method = match b.method.as_ref().map(|m| m.as_str()) {
+        Some("crop") => ThumbnailMethod::Crop,
+        _ => ThumbnailMethod::Scale,
+    };
+    let (w, h) = (
+        u32::try_from(u64::from(b.width)).unwrap_or(u32::MAX),
+        u32::try_from(u64::from(b.height)).unwrap_or(u32::MAX),
+    );
+    let media = state.media.clone();
+    let id = b.media_id.clone();
+    let png = tokio::task::spawn_blocking(move || media.thumbnail(&id, w, h, method))
+        .await
+        .map_err(|e| ApiError(Error::internal(e)))??;
+    multipart(Content::new(png, "image/png".to_owned(), disposition(None)))
 }
 
 async fn body_of(state: &AppState, body: Body) -> Result<Vec<u8>, ApiError> {
@@ -102,7 +259,11 @@ pub(crate) async fn upload_pending_route(
 ) -> ApiResult<Json<Value>> {
     let (parts, body) = req.into_parts();
     let id = authenticate(&state, &parts)?;
-    local(&state, &server_name)?;
+    if server_name != state.config.server_name {
+        return Err(
+            Error::forbidden("media ids of other servers cannot be uploaded to here").into(),
+        );
+    }
     let bytes = body_of(&state, body).await?;
     state.media.upload_pending(
         &id.user_id,
@@ -168,8 +329,8 @@ async fn download(
     media_id: &str,
     file_name: Option<&str>,
 ) -> Result<Response, ApiError> {
-    local(state, server_name)?;
-    let (meta, bytes) = state.media.download(media_id)?;
+    let key = media_key(state, server_name, media_id).await?;
+    let (meta, bytes) = state.media.download(&key)?;
     let name = file_name.or(meta.filename.as_deref());
     Ok(media_response(bytes, meta.content_type.as_deref(), name))
 }
@@ -218,7 +379,7 @@ async fn thumbnail(
     media_id: &str,
     q: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
-    local(state, server_name)?;
+    let key = media_key(state, server_name, media_id).await?;
     let dim = |k: &str| -> Result<u32, ApiError> {
         q.get(k)
             .ok_or_else(|| ApiError(Error::missing_param(format!("missing {k}"))))?
@@ -236,8 +397,7 @@ async fn thumbnail(
         Some(_) => return Err(Error::invalid_param("method must be crop or scale").into()),
     };
     let media = state.media.clone();
-    let media_id = media_id.to_owned();
-    let png = tokio::task::spawn_blocking(move || media.thumbnail(&media_id, w, h, method))
+    let png = tokio::task::spawn_blocking(move || media.thumbnail(&key, w, h, method))
         .await
         .map_err(|e| ApiError(Error::internal(e)))??;
     Ok(media_response(png, Some("image/png"), None))

@@ -237,6 +237,12 @@ pub fn app(services: Arc<Services>) -> Router {
         .ruma::<ruma::api::federation::membership::create_join_event::v2::Request, _, _>(
             federation_rooms::send_join_route,
         )
+        .ruma::<ruma::api::federation::authenticated_media::get_content::v1::Request, _, _>(
+            media::federation_download_route,
+        )
+        .ruma::<ruma::api::federation::authenticated_media::get_content_thumbnail::v1::Request, _, _>(
+            media::federation_thumbnail_route,
+        )
         .ruma::<ruma::api::federation::space::get_hierarchy::v1::Request, _, _>(
             federation_rooms::hierarchy_route,
         )

@@ -226,6 +226,34 @@ impl Media {
         self.put_meta(media_id, &meta)
     }
 
+    /// The key remote media is cached under (local ids never contain `/`).
+    pub fn remote_key(server: &str, media_id: &str) -> String {
+        format!("{server}/{media_id}")
+    }
+
+    /// Caches media of another server, fetched over federation.
+    pub fn store_remote(
+        &self,
+        server: &str,
+        media_id: &str,
+        bytes: &[u8],
+        content_type: Option<String>,
+        filename: Option<String>,
+    ) -> Result<()> {
+        self.check_size(bytes.len())?;
+        let hash = self.store(bytes)?;
+        let meta = MediaMeta {
+            hash: Some(hash),
+            content_type,
+            filename,
+            size: bytes.len() as u64,
+            uploader: server.to_owned(),
+            created: now_ms(),
+            unused_expires_at: None,
+        };
+        self.put_meta(&Self::remote_key(server, media_id), &meta)
+    }
+
     /// The content of a media id.
     pub fn download(&self, media_id: &str) -> Result<(MediaMeta, Vec<u8>)> {
         let meta = self

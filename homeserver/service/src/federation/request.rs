@@ -21,6 +21,21 @@ pub async fn signed_json(
     path: &str,
     body: Option<&Value>,
 ) -> Result<(http::StatusCode, Value)> {
+    let response = signed_request(client, keys, origin, destination, method, path, body).await?;
+    let json = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
+    Ok((response.status, json))
+}
+
+/// Like [`signed_json`], but the answer as it came: status, headers and body bytes.
+pub async fn signed_request(
+    client: &FederationClient,
+    keys: &ServerKeys,
+    origin: &str,
+    destination: &ServerName,
+    method: http::Method,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<crate::federation::client::FederationResponse> {
     let bytes = match body {
         Some(b) => serde_json::to_vec(b)?,
         None => Vec::new(),
@@ -41,15 +56,13 @@ pub async fn signed_json(
     request
         .headers_mut()
         .insert(http::header::AUTHORIZATION, http::HeaderValue::from(&x));
-    let response = client.send(destination, request).await.map_err(|e| {
+    client.send(destination, request).await.map_err(|e| {
         Error::new(
             http::StatusCode::BAD_GATEWAY,
             ErrorKind::Unknown,
             format!("{destination} could not be reached: {e}"),
         )
-    })?;
-    let json = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
-    Ok((response.status, json))
+    })
 }
 
 /// Turns another server's error answer into ours: its 404 stays a 404, anything else is a

@@ -123,7 +123,7 @@ async fn a_replaced_signing_key_stays_published_as_an_old_key() {
 }
 
 #[tokio::test]
-async fn the_notary_endpoints_answer_for_this_server_only() {
+async fn the_notary_endpoints_answer_for_this_server_and_not_for_unreachable_ones() {
     let server = TestServer::start().await;
     let name = server.server_name();
     let client = server.client();
@@ -157,13 +157,64 @@ async fn the_notary_endpoints_answer_for_this_server_only() {
     let list = batch["server_keys"]
         .as_array()
         .unwrap_or_else(|| panic!("expected server_keys, got {batch}"));
-    assert_eq!(list.len(), 1, "only this server's keys, got {batch}");
+    assert_eq!(
+        list.len(),
+        1,
+        "no keys for an unreachable server, got {batch}"
+    );
     assert_signed_keys(&list[0], &name);
 
     let (status, _) = client
         .post("/_matrix/key/v2/query", &json!({ "server_keys": 5 }))
         .await;
     assert_eq!(status.as_u16(), 400, "a malformed query is a 400");
+}
+
+#[tokio::test]
+async fn a_notary_serves_another_servers_keys_signed_by_both() {
+    let (a, a_name) = federating_server().await;
+    let (b, b_name) = federating_server().await;
+    let answer = expect_ok(
+        a.client()
+            .get(&format!("/_matrix/key/v2/query/{}", enc(&b_name)))
+            .await,
+        "A's notary answer for B",
+    );
+    let list = answer["server_keys"]
+        .as_array()
+        .unwrap_or_else(|| panic!("expected server_keys, got {answer}"));
+    assert_eq!(list.len(), 1, "got {answer}");
+    let (b_key_id, b_key) = assert_signed_keys(&list[0], &b_name);
+    let own_b = expect_ok(b.client().get("/_matrix/key/v2/server").await, "B's keys");
+    assert_eq!(
+        current_key(&own_b),
+        (b_key_id, b_key),
+        "the notary relays B's own key"
+    );
+    // The notary's own signature, by A's current key.
+    let a_keys = expect_ok(a.client().get("/_matrix/key/v2/server").await, "A's keys");
+    let (a_key_id, a_key) = current_key(&a_keys);
+    assert!(
+        verify_signature(&list[0], &a_name, &a_key_id, &a_key),
+        "expected A's notary signature on {}",
+        list[0]
+    );
+    // Served from A's cache once B is gone.
+    drop(b);
+    let again = expect_ok(
+        a.client()
+            .post(
+                "/_matrix/key/v2/query",
+                &json!({ "server_keys": { &b_name: {} } }),
+            )
+            .await,
+        "A's notary answer for B, B gone",
+    );
+    assert_eq!(
+        again["server_keys"].as_array().map(Vec::len),
+        Some(1),
+        "got {again}"
+    );
 }
 
 #[tokio::test]

@@ -43,18 +43,27 @@ pub(crate) async fn get_server_keys_route(
 
 /// `GET /_matrix/key/v2/query/{serverName}` — https://spec.matrix.org/v1.19/server-server-api/#get_matrixkeyv2queryservername
 ///
-/// Answers for this server only: fetching other servers' keys comes with federation. An
-/// unknown server gets an empty list, which the spec allows (the notary has no keys for it).
+/// As a notary: this server's keys, or another server's as fetched (or cached) here, with this
+/// server's signature added. A server whose keys cannot be had gets an empty list.
 pub(crate) async fn get_remote_server_keys_route(
     State(state): State<AppState>,
     req: Ruma<get_remote_server_keys::v2::Request>,
 ) -> ApiResult<Json<Value>> {
-    let keys = if req.body.server_name.as_str() == state.config.server_name {
-        vec![own_keys(&state)?]
-    } else {
-        vec![]
-    };
+    let minimum = u64::from(req.body.minimum_valid_until_ts.get());
+    let keys = notary_keys(&state, req.body.server_name.as_str(), minimum).await?;
     Ok(Json(json!({ "server_keys": keys })))
+}
+
+async fn notary_keys(state: &AppState, server: &str, minimum: u64) -> ApiResult<Vec<Value>> {
+    if server == state.config.server_name {
+        return Ok(vec![own_keys(state)?]);
+    }
+    Ok(state
+        .remote_keys
+        .notary(server, minimum)
+        .await?
+        .into_iter()
+        .collect())
 }
 
 /// `POST /_matrix/key/v2/query` — https://spec.matrix.org/v1.19/server-server-api/#post_matrixkeyv2query
@@ -63,13 +72,13 @@ pub(crate) async fn get_remote_server_keys_batch_route(
     req: Ruma<get_remote_server_keys_batch::v2::Request>,
 ) -> ApiResult<Json<Value>> {
     let mut keys = Vec::new();
-    if req
-        .body
-        .server_keys
-        .keys()
-        .any(|s| s.as_str() == state.config.server_name)
-    {
-        keys.push(own_keys(&state)?);
+    for (server, wanted) in req.body.server_keys.iter().take(100) {
+        let minimum = wanted
+            .values()
+            .filter_map(|c| c.minimum_valid_until_ts.map(|t| u64::from(t.get())))
+            .max()
+            .unwrap_or(0);
+        keys.extend(notary_keys(&state, server.as_str(), minimum).await?);
     }
     Ok(Json(json!({ "server_keys": keys })))
 }

@@ -219,6 +219,16 @@ impl RemoteKeys {
                 return Ok(None);
             }
         }
+        let (_, keys) = self.fetch(server).await?;
+        Ok(keys
+            .get(key_id)
+            .filter(|k| k.valid_until_ts >= at)
+            .map(|k| k.key.clone()))
+    }
+
+    /// Fetches `server`'s key response, checks it, and caches its keys and the response itself
+    /// (which this server serves as a notary).
+    async fn fetch(&self, server: &str) -> Result<(Value, BTreeMap<String, CachedKey>)> {
         let Some(fetcher) = self.fetcher.get() else {
             return Err(Error::unrecognized(
                 "fetching other servers' keys needs federation, which is not available yet",
@@ -234,11 +244,51 @@ impl RemoteKeys {
                 serde_json::to_vec(k)?,
             );
         }
+        batch.put(
+            Table::ServernameKeyresponse,
+            server.as_bytes().to_vec(),
+            serde_json::to_vec(&response)?,
+        );
         self.db.write(batch).map_err(Error::internal)?;
-        Ok(keys
-            .get(key_id)
-            .filter(|k| k.valid_until_ts >= at)
-            .map(|k| k.key.clone()))
+        Ok((response, keys))
+    }
+
+    /// As a notary (`/_matrix/key/v2/query`): `server`'s own key response, valid until at
+    /// least `minimum_valid_until_ts` when it can be had — from the cache, else fetched — with
+    /// this server's signature added. `None` when neither has one.
+    pub async fn notary(&self, server: &str, minimum_valid_until_ts: u64) -> Result<Option<Value>> {
+        let cached: Option<Value> = match self
+            .db
+            .get(Table::ServernameKeyresponse, server.as_bytes())
+            .map_err(Error::internal)?
+        {
+            Some(v) => Some(serde_json::from_slice(&v)?),
+            None => None,
+        };
+        let wanted = minimum_valid_until_ts.max(now_ms());
+        let fresh_enough = cached
+            .as_ref()
+            .and_then(|c| c["valid_until_ts"].as_u64())
+            .is_some_and(|t| t >= wanted);
+        let response = if fresh_enough {
+            cached
+        } else {
+            match self.fetch(server).await {
+                Ok((r, _)) => Some(r),
+                Err(e) => {
+                    tracing::debug!(server, "notary fetch failed: {e}");
+                    cached
+                }
+            }
+        };
+        let Some(response) = response else {
+            return Ok(None);
+        };
+        let mut obj: CanonicalJsonObject = serde_json::from_value(response)
+            .map_err(|e| Error::internal(format!("cached key response: {e}")))?;
+        ruma::signatures::sign_json(&self.own_name, self.own.keypair(), &mut obj)
+            .map_err(|e| Error::internal(format!("signing as a notary: {e}")))?;
+        Ok(Some(serde_json::to_value(obj)?))
     }
 
     /// Verifies the `X-Matrix` authorization of an incoming federation request and returns the

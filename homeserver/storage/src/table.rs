@@ -100,6 +100,8 @@ pub enum Table {
     // federation
     /// `server_name 0xFF key_id` → another server's verify key and until when it is valid.
     ServerkeyidVerifykey,
+    /// `server_name` → its last checked `/_matrix/key/v2/server` response (served as a notary).
+    ServernameKeyresponse,
     // federation sender
     /// `destination 0xFF seq (u64)` → a PDU (canonical JSON) waiting to be sent to the
     /// destination, oldest first.
@@ -159,6 +161,7 @@ impl Table {
         Table::ShorteventidSearchtokens,
         // federation
         Table::ServerkeyidVerifykey,
+        Table::ServernameKeyresponse,
         // federation sender
         Table::DestinationseqPdu,
         Table::DestinationseqEdu,
@@ -214,6 +217,7 @@ impl Table {
             Table::ShorteventidSearchtokens => "shorteventid_searchtokens",
             // federation
             Table::ServerkeyidVerifykey => "serverkeyid_verifykey",
+            Table::ServernameKeyresponse => "servername_keyresponse",
             // federation sender
             Table::DestinationseqPdu => "destinationseq_pdu",
             Table::DestinationseqEdu => "destinationseq_edu",

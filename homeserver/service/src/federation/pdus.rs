@@ -40,6 +40,31 @@ use crate::{
     server_keys::RemoteKeys,
 };
 
+/// A membership event made and sent through another server.
+struct Handshake {
+    event_id: OwnedEventId,
+    version: String,
+    /// The signed event as sent.
+    body: Value,
+    /// The server's answer to `send_*`.
+    answer: Value,
+}
+
+/// Stripped state (type, state key, sender, content) of events, full PDUs or already
+/// stripped, as clients see an invite's or a knock's room state.
+fn stripped(events: &[Value]) -> Vec<Value> {
+    events
+        .iter()
+        .filter(|e| e["type"].is_string())
+        .map(|e| {
+            json!({
+                "type": e["type"], "state_key": e["state_key"], "sender": e["sender"],
+                "content": e["content"],
+            })
+        })
+        .collect()
+}
+
 /// Room versions this server joins and serves over federation.
 pub const SUPPORTED_VERSIONS: &[&str] = &["10", "11", "12"];
 /// Most PDUs and EDUs an incoming transaction may carry.
@@ -790,16 +815,7 @@ impl Pdus {
         // otherwise it is kept apart, with what the inviter told about the room.
         if !resident {
             // Kept stripped, as clients see it (full PDUs or stripped events may arrive).
-            let stripped: Vec<Value> = invite_room_state
-                .iter()
-                .filter(|e| e["type"].is_string())
-                .map(|e| {
-                    json!({
-                        "type": e["type"], "state_key": e["state_key"], "sender": e["sender"],
-                        "content": e["content"],
-                    })
-                })
-                .collect();
+            let stripped = stripped(invite_room_state);
             let record = json!({
                 "event": signed,
                 "room_version": version,
@@ -917,49 +933,104 @@ impl Pdus {
                 .map(|u| u.server_name().to_owned())
                 .ok_or_else(|| Error::internal("stored invite has no sender"))?,
         };
+        let mut content = json!({});
+        if let Some(r) = reason {
+            content["reason"] = json!(r);
+        }
+        Ok(self
+            .handshake(&server, user, room_id, "leave", content)
+            .await?
+            .event_id)
+    }
+
+    /// `make_{membership}` then `send_{membership}` on `server` for a local user: the template
+    /// is checked (a member event of the user in the room, a version this server supports),
+    /// gets `content` (for a join added to the template's, which may name an authorising
+    /// user; otherwise replacing it), a fresh timestamp and this server's hashes and
+    /// signature.
+    async fn handshake(
+        &self,
+        server: &ServerName,
+        user: &UserId,
+        room_id: &RoomId,
+        membership: &str,
+        content: Value,
+    ) -> Result<Handshake> {
+        let (make_query, send_version) = match membership {
+            "join" | "knock" => (
+                format!(
+                    "?{}",
+                    SUPPORTED_VERSIONS
+                        .iter()
+                        .map(|v| format!("ver={v}"))
+                        .collect::<Vec<_>>()
+                        .join("&")
+                ),
+                if membership == "join" { "v2" } else { "v1" },
+            ),
+            _ => (String::new(), "v2"),
+        };
         let path = format!(
-            "/_matrix/federation/v1/make_leave/{}/{}",
+            "/_matrix/federation/v1/make_{membership}/{}/{}{make_query}",
             crate::percent_encode(room_id.as_str()),
             crate::percent_encode(user.as_str())
         );
-        let made = self.ask(&server, http::Method::GET, &path, None).await?;
+        let made = self.ask(server, http::Method::GET, &path, None).await?;
         let version = made["room_version"].as_str().unwrap_or("1").to_owned();
-        version_rules(&version).map_err(Error::bad_json)?;
+        version_rules(&version).map_err(|e| {
+            Error::new(
+                http::StatusCode::BAD_REQUEST,
+                ErrorKind::UnsupportedRoomVersion,
+                e,
+            )
+        })?;
         let mut template = made
             .get("event")
             .cloned()
             .filter(Value::is_object)
-            .ok_or_else(|| Error::bad_json(format!("{server} sent no leave template")))?;
+            .ok_or_else(|| Error::bad_json(format!("{server} sent no {membership} template")))?;
         if template["type"] != "m.room.member"
             || template["state_key"] != user.as_str()
             || template["sender"] != user.as_str()
+            || template["room_id"] != room_id.as_str()
         {
             return Err(Error::bad_json(format!(
-                "{server} sent a wrong leave template"
+                "{server} sent a wrong {membership} template"
             )));
         }
-        template["content"] = json!({ "membership": "leave" });
-        if let Some(r) = reason {
-            template["content"]["reason"] = json!(r);
+        if membership != "join" || !template["content"].is_object() {
+            template["content"] = json!({});
+        }
+        if let (Some(c), Some(extra)) = (template["content"].as_object_mut(), content.as_object()) {
+            for (k, v) in extra {
+                c.insert(k.clone(), v.clone());
+            }
+            c.insert("membership".into(), json!(membership));
         }
         template["origin_server_ts"] = json!(now_ms());
         if let Some(o) = template.as_object_mut() {
-            o.remove("signatures");
-            o.remove("hashes");
-            o.remove("unsigned");
+            for k in ["signatures", "hashes", "event_id", "unsigned"] {
+                o.remove(k);
+            }
         }
         let (event_id, _, bytes) = self
             .rooms
             .sign_event(to_canonical_object(template)?, &version)?;
         let path = format!(
-            "/_matrix/federation/v2/send_leave/{}/{}",
+            "/_matrix/federation/{send_version}/send_{membership}/{}/{}",
             crate::percent_encode(room_id.as_str()),
             crate::percent_encode(event_id.as_str())
         );
         let body: Value = serde_json::from_slice(&bytes)?;
-        self.ask(&server, http::Method::PUT, &path, Some(&body))
+        let answer = self
+            .ask(server, http::Method::PUT, &path, Some(&body))
             .await?;
-        Ok(event_id)
+        Ok(Handshake {
+            event_id,
+            version,
+            body,
+            answer,
+        })
     }
 
     // ----- knocks: the knocking side -----
@@ -996,65 +1067,19 @@ impl Pdus {
         server: &ServerName,
         reason: Option<&str>,
     ) -> Result<OwnedEventId> {
-        let vers: String = SUPPORTED_VERSIONS
-            .iter()
-            .map(|v| format!("ver={v}"))
-            .collect::<Vec<_>>()
-            .join("&");
-        let path = format!(
-            "/_matrix/federation/v1/make_knock/{}/{}?{vers}",
-            crate::percent_encode(room_id.as_str()),
-            crate::percent_encode(user.as_str())
-        );
-        let made = self.ask(server, http::Method::GET, &path, None).await?;
-        let version = made["room_version"].as_str().unwrap_or("1").to_owned();
-        version_rules(&version).map_err(Error::bad_json)?;
-        let mut template = made
-            .get("event")
-            .cloned()
-            .filter(Value::is_object)
-            .ok_or_else(|| Error::bad_json(format!("{server} sent no knock template")))?;
-        if template["type"] != "m.room.member"
-            || template["state_key"] != user.as_str()
-            || template["sender"] != user.as_str()
-            || template["room_id"] != room_id.as_str()
-        {
-            return Err(Error::bad_json(format!(
-                "{server} sent a wrong knock template"
-            )));
-        }
-        template["content"] = json!({ "membership": "knock" });
+        let mut content = json!({});
         if let Some(r) = reason {
-            template["content"]["reason"] = json!(r);
+            content["reason"] = json!(r);
         }
-        template["origin_server_ts"] = json!(now_ms());
-        if let Some(o) = template.as_object_mut() {
-            o.remove("signatures");
-            o.remove("hashes");
-            o.remove("unsigned");
-        }
-        let (event_id, _, bytes) = self
-            .rooms
-            .sign_event(to_canonical_object(template)?, &version)?;
-        let path = format!(
-            "/_matrix/federation/v1/send_knock/{}/{}",
-            crate::percent_encode(room_id.as_str()),
-            crate::percent_encode(event_id.as_str())
-        );
-        let body: Value = serde_json::from_slice(&bytes)?;
-        let answer = self
-            .ask(server, http::Method::PUT, &path, Some(&body))
+        let Handshake {
+            event_id,
+            version,
+            body,
+            answer,
+        } = self
+            .handshake(server, user, room_id, "knock", content)
             .await?;
-        let stripped: Vec<Value> = pdu_list(&answer, "knock_room_state")
-            .iter()
-            .filter(|e| e["type"].is_string())
-            .map(|e| {
-                json!({
-                    "type": e["type"], "state_key": e["state_key"], "sender": e["sender"],
-                    "content": e["content"],
-                })
-            })
-            .collect();
+        let stripped = stripped(&pdu_list(&answer, "knock_room_state"));
         let record = json!({
             "event": body,
             "room_version": version,
@@ -1099,69 +1124,13 @@ impl Pdus {
         server: &ServerName,
         extra_content: &Value,
     ) -> Result<OwnedEventId> {
-        let vers: String = SUPPORTED_VERSIONS
-            .iter()
-            .map(|v| format!("ver={v}"))
-            .collect::<Vec<_>>()
-            .join("&");
-        let path = format!(
-            "/_matrix/federation/v1/make_join/{}/{}?{vers}",
-            crate::percent_encode(room_id.as_str()),
-            crate::percent_encode(user.as_str())
-        );
-        let made = self.ask(server, http::Method::GET, &path, None).await?;
-        let version = made
-            .get("room_version")
-            .and_then(Value::as_str)
-            .unwrap_or("1")
-            .to_owned();
-        version_rules(&version).map_err(|e| {
-            Error::new(
-                http::StatusCode::BAD_REQUEST,
-                ErrorKind::UnsupportedRoomVersion,
-                e,
-            )
-        })?;
-        let mut template = made
-            .get("event")
-            .cloned()
-            .filter(Value::is_object)
-            .ok_or_else(|| Error::bad_json(format!("{server} sent no join template")))?;
-        if template.get("type").and_then(Value::as_str) != Some("m.room.member")
-            || template.get("state_key").and_then(Value::as_str) != Some(user.as_str())
-            || template.get("sender").and_then(Value::as_str) != Some(user.as_str())
-            || template.get("room_id").and_then(Value::as_str) != Some(room_id.as_str())
-        {
-            return Err(Error::bad_json(format!(
-                "{server} sent a wrong join template"
-            )));
-        }
-        if let (Some(content), Some(extra)) = (
-            template["content"].as_object_mut(),
-            extra_content.as_object(),
-        ) {
-            content.insert("membership".into(), json!("join"));
-            for (k, v) in extra {
-                content.insert(k.clone(), v.clone());
-            }
-        }
-        template["origin_server_ts"] = json!(now_ms());
-        if let Some(o) = template.as_object_mut() {
-            o.remove("signatures");
-            o.remove("hashes");
-            o.remove("event_id");
-            o.remove("unsigned");
-        }
-        let obj = to_canonical_object(template)?;
-        let (event_id, _, bytes) = self.rooms.sign_event(obj, &version)?;
-        let path = format!(
-            "/_matrix/federation/v2/send_join/{}/{}",
-            crate::percent_encode(room_id.as_str()),
-            crate::percent_encode(event_id.as_str())
-        );
-        let body: Value = serde_json::from_slice(&bytes)?;
-        let sent = self
-            .ask(server, http::Method::PUT, &path, Some(&body))
+        let Handshake {
+            event_id,
+            version,
+            body,
+            answer: sent,
+        } = self
+            .handshake(server, user, room_id, "join", extra_content.clone())
             .await?;
         // A restricted join comes back with the resident server's signature added.
         let join_value = match sent.get("event") {

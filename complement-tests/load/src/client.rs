@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use crate::error::LoadError;
 
-const CLIENT_V3: &str = "/_matrix/client/v3";
+pub(crate) const CLIENT_V3: &str = "/_matrix/client/v3";
 const SHARED_SECRET_REGISTER: &str = "/_synapse/admin/v1/register";
 
 /// Timeout of every request except long-polls, which get their own

@@ -30,6 +30,7 @@ pub use crate::{
         media::{media, MediaParams},
         paginate::{paginate, PaginateParams},
         register::{register, RegisterParams},
+        remote_join::{remote_join, RemoteJoinParams},
         rooms::{rooms, RoomsParams},
         search::{search, SearchParams},
         send::{send, SendParams},

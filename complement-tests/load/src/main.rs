@@ -6,9 +6,10 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use paracord_load::{
-    fanout, growth, initial_sync, media, paginate, register, rooms, run_all, search, send,
-    FanoutParams, GrowthParams, InitialSyncParams, LoadError, MediaParams, PaginateParams,
-    RegisterParams, Registration, Report, RoomsParams, Scale, SearchParams, SendParams, Target,
+    fanout, growth, initial_sync, media, paginate, register, remote_join, rooms, run_all, search,
+    send, FanoutParams, GrowthParams, InitialSyncParams, LoadError, MediaParams, PaginateParams,
+    RegisterParams, Registration, RemoteJoinParams, Report, RoomsParams, Scale, SearchParams,
+    SendParams, Target,
 };
 
 #[derive(Parser, Debug)]
@@ -72,6 +73,9 @@ enum Scenario {
     Search(SearchParams),
     /// N uploads of B bytes, their downloads, and thumbnails of a small PNG.
     Media(MediaParams),
+    /// A user of a second server (--joiner-url, same registration) joins a room of M members
+    /// on this one over federation.
+    RemoteJoin(RemoteJoinParams),
     /// Every scenario at one scale.
     All {
         #[arg(long, value_enum, default_value_t = Scale::Tiny)]
@@ -95,7 +99,7 @@ async fn main() -> ExitCode {
 /// Runs the chosen scenario; `Ok(false)` when a scenario failed outright or
 /// counted errors (the JSON lines are printed either way).
 async fn run(cli: Cli) -> Result<bool, LoadError> {
-    let registration = match (cli.register, cli.secret) {
+    let registration = match (cli.register, cli.secret.clone()) {
         (RegisterMethod::Dummy, _) => Registration::Dummy,
         (RegisterMethod::SharedSecret, Some(secret)) => Registration::SharedSecret(secret),
         (RegisterMethod::SharedSecret, None) => {
@@ -132,6 +136,20 @@ async fn run(cli: Cli) -> Result<bool, LoadError> {
         Scenario::Growth(p) => growth(&target, &p).await?,
         Scenario::Search(p) => vec![search(&target, &p).await?],
         Scenario::Media(p) => vec![media(&target, &p).await?],
+        Scenario::RemoteJoin(p) => {
+            let joiner_registration = match (cli.register, cli.secret) {
+                (RegisterMethod::SharedSecret, Some(secret)) => Registration::SharedSecret(secret),
+                _ => Registration::Dummy,
+            };
+            let joiner = if cli.allow_remote {
+                Target::new_remote(&p.joiner_url, joiner_registration)?
+            } else {
+                Target::new(&p.joiner_url, joiner_registration)?
+            }
+            .with_concurrency(cli.concurrency)?
+            .with_time_limit(Duration::from_secs(cli.time_limit))?;
+            vec![remote_join(&target, &joiner, &p).await?]
+        }
         Scenario::All { scale } => {
             return Ok(run_all(&target, scale, print)
                 .await

@@ -6,6 +6,7 @@ pub(crate) mod initial_sync;
 pub(crate) mod media;
 pub(crate) mod paginate;
 pub(crate) mod register;
+pub(crate) mod remote_join;
 pub(crate) mod rooms;
 pub(crate) mod search;
 pub(crate) mod send;

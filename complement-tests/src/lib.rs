@@ -9,6 +9,7 @@ pub mod e2ee;
 mod events;
 pub mod federation;
 mod hmac_sha1;
+pub mod network;
 mod server;
 
 use rand::{distributions::Alphanumeric, Rng};

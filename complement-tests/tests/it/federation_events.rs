@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use paracord_complement::{
     e2ee::Ed25519Key,
     enc,
-    federation::{federating_server, server_signing_key},
+    federation::{federating_server, server_signing_key, x_matrix_with_content},
     TestServer, User,
 };
 use serde_json::{json, Value};
@@ -36,19 +36,7 @@ impl AsB {
     /// An `X-Matrix` header for a request with an optional JSON body (which the signature
     /// covers as `content`).
     fn auth(&self, method: &str, uri: &str, content: Option<&Value>) -> String {
-        let mut object = json!({
-            "method": method, "uri": uri, "origin": self.b_name, "destination": self.a_name,
-        });
-        if let Some(c) = content {
-            object["content"] = c.clone();
-        }
-        format!(
-            "X-Matrix origin=\"{}\",destination=\"{}\",key=\"{}\",sig=\"{}\"",
-            self.b_name,
-            self.a_name,
-            self.key.key_id(),
-            self.key.signature(&object)
-        )
+        x_matrix_with_content(&self.key, &self.b_name, &self.a_name, method, uri, content)
     }
 
     async fn send(

@@ -62,6 +62,10 @@ pub struct Config {
     pub federation_retry_base_ms: u64,
     /// Longest wait between retries of a failing destination.
     pub federation_retry_max_ms: u64,
+    /// An HTTP proxy (`http://host:port`) that every outgoing federation request goes through,
+    /// tunnelled with `CONNECT`.
+    #[serde(deserialize_with = "opt_string_like")]
+    pub federation_proxy: Option<String>,
     /// Served as `{"m.server": ...}` at `/.well-known/matrix/server`.
     #[serde(deserialize_with = "opt_string_like")]
     pub well_known_server: Option<String>,
@@ -110,6 +114,7 @@ impl Default for Config {
             federation_verify_tls: true,
             federation_retry_base_ms: 2_000,
             federation_retry_max_ms: 3_600_000,
+            federation_proxy: None,
             well_known_server: None,
             log: "info".to_owned(),
         }
@@ -203,6 +208,11 @@ pub const TEMPLATE: &str = r#"# Paracord homeserver configuration.
 # federation_retry_max_ms. A request from that server retries at once. Milliseconds.
 #federation_retry_base_ms = 2000
 #federation_retry_max_ms = 3600000
+# Send every outgoing federation request (and .well-known lookup) through this HTTP proxy,
+# tunnelled with CONNECT (TLS stays end to end). The proxy resolves host names itself, so an
+# SRV record pointing elsewhere is not followed through it. Unset: direct connections
+# (HTTPS_PROXY and similar environment variables are not used).
+#federation_proxy = "http://127.0.0.1:3128"
 # Delegation: served as {"m.server": "<value>"} at /.well-known/matrix/server, e.g.
 # "matrix.example.org:443". Unset: that endpoint answers 404.
 #well_known_server = "matrix.example.org:443"
@@ -296,6 +306,9 @@ impl Config {
                     .to_owned(),
             );
         }
+        if let Some(proxy) = &self.federation_proxy {
+            check_proxy_url(proxy)?;
+        }
         if self.rate_limit_auth_per_second <= 0.0 || self.rate_limit_send_per_second <= 0.0 {
             return Err("rate limits per second must be positive".to_owned());
         }
@@ -323,6 +336,24 @@ impl Config {
         };
         format!("http://{host}:{}", self.listen.port())
     }
+}
+
+/// Checks a `federation_proxy` value: `http://host:port`, nothing after the authority.
+fn check_proxy_url(url: &str) -> Result<(), String> {
+    // The value is not repeated: it may carry the proxy's password.
+    let bad = |why: &str| format!("federation_proxy {why} (expected http://host:port)");
+    let uri: http::Uri = url.parse().map_err(|_| bad("is not a URL"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(bad("is not an http:// URL"));
+    }
+    let authority = uri.authority().ok_or_else(|| bad("names no host"))?;
+    if authority.host().is_empty() || authority.port_u16().is_none() {
+        return Err(bad("names no host and port"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(bad("has a path"));
+    }
+    Ok(())
 }
 
 /// Parses `a.b.c.d/n`, `x::y/n` or a single address into `(network, prefix length)`.
@@ -479,6 +510,7 @@ mod tests {
             jail.set_env("PARACORD_WELL_KNOWN_SERVER", "matrix.example.org:443");
             jail.set_env("PARACORD_FEDERATION_RETRY_BASE_MS", "50");
             jail.set_env("PARACORD_FEDERATION_RETRY_MAX_MS", "1000");
+            jail.set_env("PARACORD_FEDERATION_PROXY", "http://127.0.0.1:3128");
             let config: Config = Figment::from(Serialized::defaults(Config::default()))
                 .merge(Config::env())
                 .extract()
@@ -490,6 +522,10 @@ mod tests {
             assert!(!config.federation_verify_tls);
             assert_eq!(config.federation_retry_base_ms, 50);
             assert_eq!(config.federation_retry_max_ms, 1000);
+            assert_eq!(
+                config.federation_proxy.as_deref(),
+                Some("http://127.0.0.1:3128")
+            );
             assert_eq!(
                 config.well_known_server.as_deref(),
                 Some("matrix.example.org:443")
@@ -514,6 +550,24 @@ mod tests {
             ..Config::default()
         };
         assert!(max_below_base.validate().is_err());
+        for bad in [
+            "127.0.0.1:3128",
+            "https://proxy.example:3128",
+            "http://proxy.example",
+            "http://proxy.example:3128/path",
+            "socks5://proxy.example:1080",
+        ] {
+            let config = Config {
+                federation_proxy: Some(bad.to_owned()),
+                ..Config::default()
+            };
+            assert!(config.validate().is_err(), "{bad} passed");
+        }
+        let user_pass = Config {
+            federation_proxy: Some("http://user:secret@proxy.example:3128".to_owned()),
+            ..Config::default()
+        };
+        assert!(user_pass.validate().is_ok());
         let defaults = Config::default();
         assert_eq!(
             (

@@ -54,6 +54,11 @@ pub struct RoomRecord {
     pub depth: u64,
     /// Stream position of the newest event in the room.
     pub last_pos: u64,
+    /// `prev_events` not in the DAG of events that were placed with another server's state
+    /// (a gap was filled with `/state`). When one of them arrives later it already has a
+    /// child here, so it is not a forward extremity. Oldest first, capped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holes: Vec<OwnedEventId>,
 }
 
 /// Per-event metadata.
@@ -73,8 +78,8 @@ pub struct EventMeta {
     /// timeline.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub outlier: bool,
-    /// In the room's DAG with known state but not in the timeline: soft-failed, or filled in
-    /// from another server to bridge a gap.
+    /// In the room's DAG with known state but not in the timeline: soft-failed. (Databases
+    /// written before gap-filled events went into the timeline also have such events hidden.)
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub hidden: bool,
 }

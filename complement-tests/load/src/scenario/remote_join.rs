@@ -36,7 +36,9 @@ pub async fn remote_join(
     p: &RemoteJoinParams,
 ) -> Result<Report, LoadError> {
     bound("members", p.members, 1, 5000)?;
-    target.hard_limit("remote-join", run(target, joiner, p)).await
+    target
+        .hard_limit("remote-join", run(target, joiner, p))
+        .await
 }
 
 async fn run(target: &Target, joiner: &Target, p: &RemoteJoinParams) -> Result<Report, LoadError> {

@@ -40,6 +40,8 @@ pub struct ClientSettings {
     pub well_known_port: u16,
     pub request_timeout: Duration,
     pub max_response_bytes: usize,
+    /// An HTTP proxy (`http://host:port`) every request is tunnelled through with `CONNECT`.
+    pub proxy: Option<String>,
 }
 
 impl ClientSettings {
@@ -50,6 +52,7 @@ impl ClientSettings {
             well_known_port: 443,
             request_timeout: REQUEST_TIMEOUT,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            proxy: config.federation_proxy.clone(),
         }
     }
 }
@@ -209,6 +212,16 @@ fn builder(
     }
     if !settings.verify_tls {
         builder = builder.danger_accept_invalid_certs(true);
+    }
+    if let Some(url) = &settings.proxy {
+        // Every URL is https, so reqwest tunnels with CONNECT to `<tls_name>:<port>`: the
+        // proxy resolves that name, and the DNS hook (SRV targets) is not consulted for it.
+        let proxy = reqwest::Proxy::all(url.as_str())
+            .map_err(|e| format!("federation_proxy is not a proxy URL: {e}"))?;
+        builder = builder.proxy(proxy);
+    } else {
+        // One way to set a proxy: `HTTPS_PROXY` and friends in the environment are ignored.
+        builder = builder.no_proxy();
     }
     Ok(builder)
 }
@@ -441,6 +454,7 @@ mod tests {
                 well_known_port: self.addr.port(),
                 request_timeout: Duration::from_secs(10),
                 max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+                proxy: None,
             }
         }
     }
@@ -524,6 +538,72 @@ mod tests {
         assert_eq!(body["host"], name);
     }
 
+    /// A `CONNECT` proxy on loopback that tunnels to the asked address and records each
+    /// `CONNECT` target.
+    async fn connect_proxy() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let record = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if inbound.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let target = head.split(' ').nth(1).unwrap_or("").to_owned();
+                    record
+                        .lock()
+                        .push(head.lines().next().unwrap_or("").to_owned());
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    let _ = inbound.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await;
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    #[tokio::test]
+    async fn requests_are_tunnelled_through_the_configured_proxy() {
+        let server = TestHttps::start(&["127.0.0.1"], None, 0).await;
+        let (proxy, seen) = connect_proxy().await;
+        let mut settings = server.settings();
+        settings.proxy = Some(format!("http://{proxy}"));
+        let client = FederationClient::new(&settings, Arc::new(FakeDns::default())).unwrap();
+        let name = format!("127.0.0.1:{}", server.addr.port());
+        // TLS is end to end: the certificate is still checked against the server name.
+        let body = send(&client, &name, "/x").await.unwrap();
+        assert_eq!(body["host"], name);
+        assert_eq!(
+            seen.lock().clone(),
+            vec![format!("CONNECT {name} HTTP/1.1")]
+        );
+        // A proxy that is down is an unreachable destination, not a direct connection.
+        settings.proxy = Some(format!("http://127.0.0.1:{}", free_port().await));
+        let client = FederationClient::new(&settings, Arc::new(FakeDns::default())).unwrap();
+        let err = send(&client, &name, "/x").await.unwrap_err();
+        assert!(
+            matches!(err, FederationError::Unreachable { .. }),
+            "got {err}"
+        );
+    }
+
+    /// A loopback port nothing listens on (bound, then released).
+    async fn free_port() -> u16 {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap().port()
+    }
+
     #[tokio::test]
     async fn untrusted_certificates_are_refused_unless_verification_is_off() {
         let server = TestHttps::start(&["localhost"], None, 0).await;
@@ -566,6 +646,7 @@ mod tests {
             well_known_port: 443,
             request_timeout: REQUEST_TIMEOUT,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            proxy: None,
         };
         let err = FederationClient::new(&settings, Arc::new(FakeDns::default()))
             .err()

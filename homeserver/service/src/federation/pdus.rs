@@ -33,7 +33,7 @@ use crate::{
     },
     keys::ServerKeys,
     rooms::{
-        pdu::{to_canonical_object, Pdu},
+        pdu::{to_canonical_object, Pdu, MAX_PDU_BYTES},
         remote::{check_auth_with, Checked, Placed},
         Rooms,
     },
@@ -172,6 +172,13 @@ impl Pdus {
         let rules = version_rules(version)?;
         let mut obj = to_canonical_object(value.clone()).map_err(|e| e.to_string())?;
         obj.remove("unsigned");
+        // Checked here too for a readable reason (ruma's message leaves its limit unfilled).
+        let size = serde_json::to_vec(&obj).map_err(|e| e.to_string())?.len();
+        if size > MAX_PDU_BYTES {
+            return Err(format!(
+                "the PDU is {size} bytes of canonical JSON, more than {MAX_PDU_BYTES}"
+            ));
+        }
         check_pdu_format(&obj, &rules.event_format)?;
         let hash = ruma::signatures::reference_hash(&obj, &rules).map_err(|e| e.to_string())?;
         let event_id = OwnedEventId::try_from(format!("${hash}")).map_err(|e| e.to_string())?;
@@ -351,6 +358,7 @@ impl Pdus {
         version: &str,
         prev: &EventId,
     ) -> Result<()> {
+        debug!(%room_id, %prev, server = %from, "filling a gap with the state at a prev_event");
         let path = format!(
             "/_matrix/federation/v1/state/{}?event_id={}",
             crate::percent_encode(room_id.as_str()),
@@ -374,9 +382,14 @@ impl Pdus {
             .map_err(Error::bad_json)?;
         self.fetch_auth_events(from, room_id, version, &event)
             .await?;
-        self.rooms
-            .store_with_state(room_id, event, &state_ids)
-            .await
+        match self
+            .rooms
+            .place_with_state(room_id, event, &state_ids)
+            .await?
+        {
+            Placed::Rejected(reason) => Err(Error::forbidden(reason)),
+            _ => Ok(()),
+        }
     }
 
     /// The whole pipeline for one PDU of a room this server is in. `Err` explains why the
@@ -405,9 +418,11 @@ impl Pdus {
         event: Checked,
         fetch_missing: bool,
     ) -> std::result::Result<(), String> {
+        // An outlier (fetched as an auth event, or sent as state at a join) arriving as a room
+        // event is placed now.
         if self
             .rooms
-            .knows_event(&event.event_id)
+            .is_placed(&event.event_id)
             .map_err(|e| e.to_string())?
         {
             return Ok(());
@@ -440,12 +455,7 @@ impl Pdus {
                             .map_err(|e| e.to_string())?;
                     }
                     for prev in prevs {
-                        let known = self
-                            .rooms
-                            .short_id(&prev)
-                            .map_err(|e| e.to_string())?
-                            .and_then(|s| self.rooms.meta(s).ok().flatten())
-                            .is_some_and(|m| !m.outlier);
+                        let known = self.rooms.is_placed(&prev).map_err(|e| e.to_string())?;
                         if !known {
                             if let Err(e) = self.fill_gap(origin, room_id, version, &prev).await {
                                 return Err(format!("cannot fill the gap at {prev}: {e}"));
@@ -471,11 +481,14 @@ impl Pdus {
             "/_matrix/federation/v1/get_missing_events/{}",
             crate::percent_encode(room_id.as_str())
         );
+        // Nothing older than this server's timeline: that is history from before it joined,
+        // which would otherwise come back as "missing" events.
+        let min_depth = self.rooms.first_timeline_depth(room_id)?.unwrap_or(0);
         let body = json!({
             "earliest_events": room.extremities,
             "latest_events": [event.event_id],
             "limit": MISSING_EVENTS_LIMIT,
-            "min_depth": 0,
+            "min_depth": min_depth,
         });
         let v = self
             .ask(origin, http::Method::POST, &path, Some(&body))
@@ -488,6 +501,7 @@ impl Pdus {
             }
         }
         events.sort_by_key(|c| u64::from(c.pdu.depth));
+        debug!(%room_id, %origin, count = events.len(), "took missing events");
         for e in events {
             let id = e.event_id.clone();
             // No further fetching from here: what is still missing gets its state from /state.

@@ -875,6 +875,7 @@ mod tests {
             well_known_port: 443,
             request_timeout: Duration::from_secs(10),
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            proxy: None,
         };
         let client =
             Arc::new(FederationClient::new(&settings, Arc::new(FakeDns::default())).unwrap());

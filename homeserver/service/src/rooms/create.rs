@@ -133,6 +133,7 @@ impl Rooms {
             state: 0,
             depth: 0,
             last_pos: 0,
+            holes: Vec::new(),
         };
         self.commit_event(
             &room_id,

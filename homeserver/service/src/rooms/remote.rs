@@ -30,6 +30,8 @@ use super::{
 /// stream position of the commit that wrote them below it.
 const RESOLVED_BEFORE: u64 = 1 << 62;
 const RESOLVED_CURRENT: u64 = (1 << 62) | (1 << 61);
+/// Most holes a room remembers (see `RoomRecord::holes`).
+const MAX_HOLES: usize = 1024;
 
 /// A remote event whose format, hashes and signatures passed (redacted if its content hash
 /// did not match).
@@ -176,6 +178,45 @@ impl Rooms {
     /// Whether the event is stored or was rejected.
     pub fn knows_event(&self, event_id: &EventId) -> Result<bool> {
         Ok(self.short_id(event_id)?.is_some() || self.rejection(event_id)?.is_some())
+    }
+
+    /// Whether the event is in a room's DAG with its state (in the timeline, soft-failed, or
+    /// placed on another server's state) or was rejected. An outlier is not: when it arrives
+    /// as a room event (an auth event fetched earlier, part of the state sent at a join), it
+    /// still has to be placed.
+    pub fn is_placed(&self, event_id: &EventId) -> Result<bool> {
+        if self.rejection(event_id)?.is_some() {
+            return Ok(true);
+        }
+        let Some(short) = self.short_id(event_id)? else {
+            return Ok(false);
+        };
+        Ok(self.meta(short)?.is_some_and(|m| !m.outlier))
+    }
+
+    /// The depth of the oldest event of this server's timeline of a room (its join, for a
+    /// room joined over federation): older events are history from before this server was
+    /// in the room, not gaps to fill.
+    pub fn first_timeline_depth(&self, room_id: &RoomId) -> Result<Option<u64>> {
+        let prefix = KeyBuf::new().str(room_id.as_str()).into_vec();
+        let first = self
+            .db
+            .scan(
+                Table::RoompositionShorteventid,
+                &prefix,
+                &prefix,
+                None,
+                false,
+                1,
+            )
+            .map_err(db_err)?;
+        let Some((_, value)) = first.into_iter().next() else {
+            return Ok(None);
+        };
+        let short = <[u8; 8]>::try_from(value.as_ref())
+            .map(u64::from_be_bytes)
+            .map_err(|_| Error::internal("bad timeline entry"))?;
+        Ok(self.pdu_by_short(short)?.map(|p| u64::from(p.depth)))
     }
 
     pub fn store_rejected(&self, event_id: &EventId, reason: &str) -> Result<()> {
@@ -354,7 +395,7 @@ impl Rooms {
     pub async fn place_remote(&self, room_id: &RoomId, event: Checked) -> Result<Placed> {
         let lock = self.room_lock(room_id);
         let _guard = lock.lock().await;
-        if self.knows_event(&event.event_id)? {
+        if self.is_placed(&event.event_id)? {
             return Ok(Placed::Known);
         }
         let room = self.room_or_404(room_id)?;
@@ -381,6 +422,18 @@ impl Rooms {
             return Ok(Placed::MissingState(missing));
         }
         let (before_id, before_map, new_before) = match befores.len() {
+            0 if event.pdu.prev_events.is_empty() => {
+                // Only a create event has no prev_events, and this room has its own already
+                // (an outlier here when the room was joined over federation).
+                if event.pdu.kind == TimelineEventType::RoomCreate
+                    && self.short_id(&event.event_id)?.is_some()
+                {
+                    return Ok(Placed::Known);
+                }
+                let reason = "an event without prev_events in an existing room".to_owned();
+                self.store_rejected(&event.event_id, &reason)?;
+                return Ok(Placed::Rejected(reason));
+            }
             0 => {
                 let reason = "every prev_event was rejected".to_owned();
                 self.store_rejected(&event.event_id, &reason)?;
@@ -403,7 +456,32 @@ impl Rooms {
                 )
             }
         };
-        if let Err(e) = self.check_against_state(&rules, &event.pdu, &before_map) {
+        self.place_on(
+            room_id,
+            room,
+            &rules,
+            event,
+            before_id,
+            &before_map,
+            new_before,
+        )
+    }
+
+    /// The rest of placing an event once the state before it is known (snapshot `before_id`,
+    /// or a new one when `new_before`): auth against that state, soft fail against the
+    /// current state, the commit.
+    #[allow(clippy::too_many_arguments)]
+    fn place_on(
+        &self,
+        room_id: &RoomId,
+        room: RoomRecord,
+        rules: &RoomVersionRules,
+        event: Checked,
+        before_id: u64,
+        before_map: &StateMap,
+        new_before: bool,
+    ) -> Result<Placed> {
+        if let Err(e) = self.check_against_state(rules, &event.pdu, before_map) {
             let reason = format!("not allowed by the state before it: {e}");
             self.store_rejected(&event.event_id, &reason)?;
             return Ok(Placed::Rejected(reason));
@@ -412,14 +490,14 @@ impl Rooms {
         let current = self.state(room.state)?;
         let soft_failed = (new_before || before_id != room.state)
             && self
-                .check_against_state(&rules, &event.pdu, &current)
+                .check_against_state(rules, &event.pdu, &current)
                 .is_err();
         self.commit_remote(
             room_id,
             room,
             event,
             before_id,
-            &before_map,
+            before_map,
             new_before,
             soft_failed,
         )
@@ -445,14 +523,34 @@ impl Rooms {
             (Some(_), false) => self.snapshot_depth(before_id)?,
             _ => 0,
         };
-        // Extremities and current state after the event (unchanged when soft-failed).
+        // Extremities and current state after the event (unchanged when soft-failed). An
+        // event that fills a hole has a child here already: it is no forward extremity.
+        let late = room.holes.contains(&event.event_id);
         let mut extremities: Vec<OwnedEventId> = room
             .extremities
             .iter()
             .filter(|e| !pdu.prev_events.contains(e))
             .cloned()
             .collect();
-        extremities.push(event.event_id.clone());
+        if !late || extremities.is_empty() {
+            extremities.push(event.event_id.clone());
+        }
+        // Placed on another server's state: the prev_events not here are holes now.
+        let mut holes_after: Vec<OwnedEventId> = room
+            .holes
+            .iter()
+            .filter(|h| **h != event.event_id)
+            .cloned()
+            .collect();
+        for prev in &pdu.prev_events {
+            if !self.is_placed(prev)? && !holes_after.contains(prev) {
+                holes_after.push(prev.clone());
+            }
+        }
+        let overflow = holes_after.len().saturating_sub(MAX_HOLES);
+        holes_after.drain(..overflow);
+        // An outlier placed now keeps its short id (state maps may name it already).
+        let existing_short = self.short_id(&event.event_id)?;
         let notes = if soft_failed {
             Vec::new()
         } else {
@@ -480,7 +578,7 @@ impl Rooms {
         let content = pdu.content_value();
         let old_current = self.state(room.state)?;
         let (pos, changed_members) = self.stream.commit(|pos, batch| {
-            let short = pos;
+            let short = existing_short.unwrap_or(pos);
             let before = if new_before {
                 let id = RESOLVED_BEFORE | pos;
                 write_full_snapshot(batch, id, before_map)?;
@@ -523,15 +621,20 @@ impl Rooms {
                 KeyBuf::new().str(room_id.as_str()).u64(pos).into_vec(),
                 short.to_be_bytes().to_vec(),
             );
-            // The new current state: the event's own when it follows every extremity,
-            // otherwise the extremities' states resolved.
-            let new_current = if extremities.len() == 1 {
+            // The new current state: unchanged when the extremities are (a late event); the
+            // event's own when it follows every extremity; otherwise the extremities' states
+            // resolved.
+            let new_current = if extremities == room.extremities {
+                (*old_current).clone()
+            } else if extremities == [event.event_id.clone()] {
                 room.state = after;
                 after_map
             } else {
-                let mut maps = vec![after_map];
-                for e in &extremities[..extremities.len() - 1] {
-                    if let Some(s) = self.state_after_event(e)? {
+                let mut maps = Vec::new();
+                for e in &extremities {
+                    if *e == event.event_id {
+                        maps.push(after_map.clone());
+                    } else if let Some(s) = self.state_after_event(e)? {
                         maps.push((*self.state(s)?).clone());
                     }
                 }
@@ -543,6 +646,7 @@ impl Rooms {
                 resolved
             };
             room.extremities = extremities.clone();
+            room.holes = holes_after.clone();
             room.depth = room.depth.max(u64::from(pdu.depth));
             room.last_pos = pos;
             batch.put(
@@ -577,8 +681,10 @@ impl Rooms {
                 write_membership(batch, room_id, &user, &m, pos, &member.event_id)?;
                 changed.push(user);
             }
+            // Relations and search entries name the event by its short id (which is `pos`
+            // unless an outlier is being placed).
             if let Some(r) = &relation {
-                self.index_relation(batch, room_id, r, pos);
+                self.index_relation(batch, room_id, r, short);
             }
             if let Some(target) = &redact_target {
                 self.redact_into(batch, target, &event.event_id, &rules)?;
@@ -590,7 +696,7 @@ impl Rooms {
                     pdu.sender.as_str(),
                     &kind,
                     &content,
-                    pos,
+                    short,
                     u64::from(pdu.origin_server_ts.get()),
                 )?;
             }
@@ -613,27 +719,26 @@ impl Rooms {
         Ok(Placed::Accepted(pos))
     }
 
-    /// Stores an event whose `prev_events` this server lacks, with the state before it as
-    /// another server reported it (`state_ids`, all stored), out of the timeline: later events
-    /// can then build on it.
-    pub async fn store_with_state(
+    /// Places an event whose `prev_events` this server lacks, on the state before it as
+    /// another server reported it (`state_ids`, all stored): checked like any event, in the
+    /// timeline unless soft-failed, so later events can build on it. The missing
+    /// `prev_events` become holes.
+    pub async fn place_with_state(
         &self,
         room_id: &RoomId,
         event: Checked,
         state_ids: &[OwnedEventId],
-    ) -> Result<()> {
+    ) -> Result<Placed> {
         let lock = self.room_lock(room_id);
         let _guard = lock.lock().await;
+        if self.is_placed(&event.event_id)? {
+            return Ok(Placed::Known);
+        }
         let room = self.room_or_404(room_id)?;
         let rules = rules_for(&room.version)?;
-        if let Some(short) = self.short_id(&event.event_id)? {
-            if self.meta(short)?.is_some_and(|m| !m.outlier) {
-                return Ok(());
-            }
-        }
         if let Err(reason) = self.check_against_auth_events(&rules, &event.pdu) {
             self.store_rejected(&event.event_id, &reason)?;
-            return Err(Error::forbidden(reason));
+            return Ok(Placed::Rejected(reason));
         }
         let mut map = StateMap::new();
         for id in state_ids {
@@ -644,30 +749,7 @@ impl Rooms {
                 map.insert((pdu.kind.to_string(), k), short);
             }
         }
-        let existing = self.short_id(&event.event_id)?;
-        let kind = event.pdu.kind.to_string();
-        self.stream.commit(|pos, batch| {
-            let short = existing.unwrap_or(pos);
-            let before = RESOLVED_BEFORE | pos;
-            write_full_snapshot(batch, before, &map)?;
-            let mut after = before;
-            if let Some(k) = &event.pdu.state_key {
-                after = RESOLVED_CURRENT | pos;
-                write_state_snapshot(batch, after, before, 0, &map, (&kind, k), short)?;
-            }
-            let meta = EventMeta {
-                event_id: event.event_id.clone(),
-                room_id: room_id.to_owned(),
-                state_before: before,
-                state_after: after,
-                redacted_by: None,
-                txn: None,
-                outlier: false,
-                hidden: true,
-            };
-            write_event_rows(batch, short, &event.event_id, &event.bytes, &meta)
-        })?;
-        Ok(())
+        self.place_on(room_id, room, &rules, event, 0, &map, true)
     }
 
     /// Creates (or replaces) a room joined over federation: `state` is the room's state before
@@ -789,6 +871,7 @@ impl Rooms {
                 state: short,
                 depth: u64::from(join.pdu.depth).max(existing.as_ref().map_or(0, |r| r.depth)),
                 last_pos: pos,
+                holes: Vec::new(),
             };
             batch.put(
                 Table::RoomidRoom,

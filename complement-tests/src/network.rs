@@ -1,0 +1,209 @@
+//! Network paths a test can cut: a TCP forwarder (for traffic into a server) and an HTTP
+//! `CONNECT` proxy (for traffic out of a server, through its `federation_proxy`). Both run as
+//! tasks of the test's runtime and have a gate: [`TcpForwarder::close`] /
+//! [`ConnectProxy::close`] drop every connection passing through and refuse new ones (accepted,
+//! then dropped at once) until `open` is called again.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    task::{AbortHandle, JoinHandle},
+};
+
+/// Longest `CONNECT` request head the proxy reads.
+const MAX_CONNECT_HEAD: usize = 8 * 1024;
+
+/// Whether connections may pass, and the tasks carrying the ones that do.
+#[derive(Clone, Default)]
+struct Gate(Arc<Mutex<GateState>>);
+
+#[derive(Default)]
+struct GateState {
+    closed: bool,
+    connections: Vec<AbortHandle>,
+}
+
+impl Gate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        // A test that panicked while holding the lock has failed already; keep going.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `carry` for `inbound` in its own task, unless the gate is closed (then the
+    /// connection is dropped). Decided and registered under the lock, so a `close` racing
+    /// with an accept cannot miss the new connection.
+    fn admit<F>(&self, inbound: TcpStream, carry: impl FnOnce(TcpStream) -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let mut state = self.lock();
+        if state.closed {
+            return;
+        }
+        state.connections.retain(|c| !c.is_finished());
+        let task = tokio::spawn(carry(inbound));
+        state.connections.push(task.abort_handle());
+    }
+
+    fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        for c in state.connections.drain(..) {
+            c.abort();
+        }
+    }
+
+    fn open(&self) {
+        self.lock().closed = false;
+    }
+}
+
+async fn listen() -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("expected to bind a loopback port: {e}"));
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("expected a local address: {e}"));
+    (listener, addr)
+}
+
+/// Copies both ways between two connections until either side ends.
+async fn pipe(mut a: TcpStream, mut b: TcpStream) {
+    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+}
+
+/// Forwards every connection to its port to `target` (another server's TLS port, say).
+pub struct TcpForwarder {
+    addr: SocketAddr,
+    gate: Gate,
+    accept: JoinHandle<()>,
+}
+
+impl TcpForwarder {
+    /// Listens on a free loopback port; `target` need not accept connections yet.
+    pub async fn start(target: SocketAddr) -> TcpForwarder {
+        let (listener, addr) = listen().await;
+        let gate = Gate::default();
+        let accept = tokio::spawn({
+            let gate = gate.clone();
+            async move {
+                while let Ok((inbound, _)) = listener.accept().await {
+                    gate.admit(inbound, move |inbound| async move {
+                        if let Ok(outbound) = TcpStream::connect(target).await {
+                            pipe(inbound, outbound).await;
+                        }
+                    });
+                }
+            }
+        });
+        TcpForwarder { addr, gate, accept }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Drops the connections being forwarded and refuses new ones.
+    pub fn close(&self) {
+        self.gate.close();
+    }
+
+    /// Forwards new connections again.
+    pub fn open(&self) {
+        self.gate.open();
+    }
+}
+
+impl Drop for TcpForwarder {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.gate.close();
+    }
+}
+
+/// An HTTP proxy that only tunnels (`CONNECT host:port`), as a server's `federation_proxy`.
+pub struct ConnectProxy {
+    addr: SocketAddr,
+    gate: Gate,
+    accept: JoinHandle<()>,
+}
+
+impl ConnectProxy {
+    pub async fn start() -> ConnectProxy {
+        let (listener, addr) = listen().await;
+        let gate = Gate::default();
+        let accept = tokio::spawn({
+            let gate = gate.clone();
+            async move {
+                while let Ok((inbound, _)) = listener.accept().await {
+                    gate.admit(inbound, tunnel);
+                }
+            }
+        });
+        ConnectProxy { addr, gate, accept }
+    }
+
+    /// The proxy's URL, for `PARACORD_FEDERATION_PROXY`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Drops the tunnels and refuses new ones.
+    pub fn close(&self) {
+        self.gate.close();
+    }
+
+    /// Tunnels new connections again.
+    pub fn open(&self) {
+        self.gate.open();
+    }
+}
+
+impl Drop for ConnectProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.gate.close();
+    }
+}
+
+/// Reads a `CONNECT` request, connects to its target and pipes the rest through.
+async fn tunnel(mut inbound: TcpStream) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > MAX_CONNECT_HEAD || !matches!(inbound.read(&mut byte).await, Ok(1)) {
+            return;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let mut words = head.split(' ');
+    let (Some("CONNECT"), Some(target)) = (words.next(), words.next()) else {
+        let _ = inbound
+            .write_all(b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\n\r\n")
+            .await;
+        return;
+    };
+    match TcpStream::connect(target).await {
+        Ok(outbound) => {
+            if inbound
+                .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+                .await
+                .is_ok()
+            {
+                pipe(inbound, outbound).await;
+            }
+        }
+        Err(_) => {
+            let _ = inbound
+                .write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        }
+    }
+}

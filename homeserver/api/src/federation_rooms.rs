@@ -96,7 +96,7 @@ pub(crate) async fn make_join_route(
 pub(crate) async fn send_join_route(
     State(state): State<AppState>,
     req: Ruma<create_join_event::v2::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Box<serde_json::value::RawValue>>> {
     let origin = origin(&req)?;
     let pdu = raw_value(&req.body.pdu)?;
     Ok(Json(
@@ -126,7 +126,7 @@ pub(crate) async fn make_leave_route(
 pub(crate) async fn send_leave_route(
     State(state): State<AppState>,
     req: Ruma<create_leave_event::v2::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Box<serde_json::value::RawValue>>> {
     let origin = origin(&req)?;
     let pdu = raw_value(&req.body.pdu)?;
     Ok(Json(
@@ -204,7 +204,7 @@ pub(crate) async fn make_knock_route(
 pub(crate) async fn send_knock_route(
     State(state): State<AppState>,
     req: Ruma<create_knock_event::v1::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Box<serde_json::value::RawValue>>> {
     let origin = origin(&req)?;
     let pdu = raw_value(&req.body.pdu)?;
     Ok(Json(

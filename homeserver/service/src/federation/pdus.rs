@@ -23,7 +23,7 @@ use ruma::{
     CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, ServerName,
     UserId,
 };
-use serde_json::{json, Value};
+use serde_json::{json, value::RawValue, Value};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -39,6 +39,94 @@ use crate::{
     },
     server_keys::RemoteKeys,
 };
+
+/// A PDU whose format is checked and whose signers' keys are at hand.
+struct Prepared {
+    obj: CanonicalJsonObject,
+    event_id: OwnedEventId,
+    keys: PublicKeyMap,
+    rules: ruma::room_version_rules::RoomVersionRules,
+}
+
+/// The CPU part of a PDU's checks: signatures, content hash (a mismatch redacts it), parsing,
+/// and that it belongs to `room_id`.
+fn finish_pdu(p: Prepared, room_id: Option<&RoomId>) -> std::result::Result<Checked, String> {
+    let Prepared {
+        mut obj,
+        event_id,
+        keys,
+        rules,
+    } = p;
+    match verify_event(&keys, &obj, &rules) {
+        Ok(Verified::All) => {}
+        Ok(Verified::Signatures) => {
+            info!(%event_id, "content hash mismatch: the event is kept redacted");
+            obj = ruma::canonical_json::redact(obj, &rules.redaction, None)
+                .map_err(|e| format!("{event_id}: cannot redact: {e}"))?;
+        }
+        Err(e) => return Err(format!("{event_id}: bad signature: {e}")),
+    }
+    let bytes = serde_json::to_vec(&obj).map_err(|e| e.to_string())?;
+    let pdu = Pdu::from_json(event_id.clone(), &bytes).map_err(|e| e.to_string())?;
+    if let Some(room_id) = room_id {
+        let in_room = match &pdu.room_id {
+            Some(r) => r == room_id,
+            // A v12 create event names no room: its id is the room's.
+            None => room_id.as_str()[1..] == event_id.as_str()[1..],
+        };
+        if !in_room {
+            return Err(format!("{event_id} belongs to another room"));
+        }
+    }
+    Ok(Checked {
+        event_id,
+        pdu,
+        bytes,
+    })
+}
+
+/// [`finish_pdu`] for many PDUs, split over the available cores.
+fn finish_all(
+    prepared: Vec<Prepared>,
+    room_id: &RoomId,
+) -> Vec<std::result::Result<Checked, String>> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8);
+    if threads == 1 || prepared.len() < 64 {
+        return prepared
+            .into_iter()
+            .map(|p| finish_pdu(p, Some(room_id)))
+            .collect();
+    }
+    let per = prepared.len().div_ceil(threads);
+    let mut chunks: Vec<Vec<Prepared>> = Vec::new();
+    let mut rest = prepared.into_iter().peekable();
+    while rest.peek().is_some() {
+        chunks.push(rest.by_ref().take(per).collect());
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .into_iter()
+                        .map(|p| finish_pdu(p, Some(room_id)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| vec![Err("a verification thread failed".to_owned())])
+            })
+            .collect()
+    })
+}
 
 /// A membership event made and sent through another server.
 struct Handshake {
@@ -169,6 +257,16 @@ impl Pdus {
         value: &Value,
         room_id: Option<&RoomId>,
     ) -> std::result::Result<Checked, String> {
+        finish_pdu(self.prepare_pdu(version, value).await?, room_id)
+    }
+
+    /// The part of the checks that reads: format, size, event id and the keys of the servers
+    /// that must have signed (fetched when not cached). [`finish_pdu`] does the CPU work.
+    async fn prepare_pdu(
+        &self,
+        version: &str,
+        value: &Value,
+    ) -> std::result::Result<Prepared, String> {
         let rules = version_rules(version)?;
         let mut obj = to_canonical_object(value.clone()).map_err(|e| e.to_string())?;
         obj.remove("unsigned");
@@ -188,7 +286,7 @@ impl Pdus {
             Some(CanonicalJsonValue::Integer(i)) => u64::try_from(i64::from(*i)).unwrap_or(0),
             _ => 0,
         };
-        let mut map = PublicKeyMap::new();
+        let mut keys = PublicKeyMap::new();
         for server in servers {
             let ids: Vec<String> = match obj.get("signatures") {
                 Some(CanonicalJsonValue::Object(sigs)) => match sigs.get(server.as_str()) {
@@ -213,33 +311,13 @@ impl Pdus {
                     "{event_id}: no valid signing key of {server} signed it"
                 ));
             }
-            map.insert(server.to_string(), set);
+            keys.insert(server.to_string(), set);
         }
-        match verify_event(&map, &obj, &rules) {
-            Ok(Verified::All) => {}
-            Ok(Verified::Signatures) => {
-                info!(%event_id, "content hash mismatch: the event is kept redacted");
-                obj = ruma::canonical_json::redact(obj, &rules.redaction, None)
-                    .map_err(|e| format!("{event_id}: cannot redact: {e}"))?;
-            }
-            Err(e) => return Err(format!("{event_id}: bad signature: {e}")),
-        }
-        let bytes = serde_json::to_vec(&obj).map_err(|e| e.to_string())?;
-        let pdu = Pdu::from_json(event_id.clone(), &bytes).map_err(|e| e.to_string())?;
-        if let Some(room_id) = room_id {
-            let in_room = match &pdu.room_id {
-                Some(r) => r == room_id,
-                // A v12 create event names no room: its id is the room's.
-                None => room_id.as_str()[1..] == event_id.as_str()[1..],
-            };
-            if !in_room {
-                return Err(format!("{event_id} belongs to another room"));
-            }
-        }
-        Ok(Checked {
+        Ok(Prepared {
+            obj,
             event_id,
-            pdu,
-            bytes,
+            keys,
+            rules,
         })
     }
 
@@ -252,17 +330,52 @@ impl Pdus {
         room_id: &RoomId,
         values: &[Value],
     ) -> Result<Vec<Checked>> {
+        Ok(self
+            .check_bundle_tagged(version, room_id, values)
+            .await?
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect())
+    }
+
+    /// [`Pdus::check_bundle`], each event with its index in `values` (the last one when it
+    /// is there more than once).
+    async fn check_bundle_tagged(
+        &self,
+        version: &str,
+        room_id: &RoomId,
+        values: &[Value],
+    ) -> Result<Vec<(usize, Checked)>> {
         let rules = version_rules(version).map_err(Error::bad_json)?;
-        let mut checked = Vec::new();
-        for v in values {
-            match self.check_pdu(version, v, Some(room_id)).await {
+        let mut prepared: Vec<Prepared> = Vec::with_capacity(values.len());
+        let mut index: HashMap<OwnedEventId, usize> = HashMap::new();
+        for (i, v) in values.iter().enumerate() {
+            match self.prepare_pdu(version, v).await {
+                Ok(p) => {
+                    if index.insert(p.event_id.clone(), i).is_none() {
+                        prepared.push(p);
+                    }
+                }
+                Err(e) => warn!(%room_id, "dropped an event of a bundle: {e}"),
+            }
+        }
+        let t0 = std::time::Instant::now();
+        // Signatures and hashes of a large bundle (a big room's state) on every core.
+        let room = room_id.to_owned();
+        let results = tokio::task::spawn_blocking(move || finish_all(prepared, &room))
+            .await
+            .map_err(Error::internal)?;
+        let t1 = std::time::Instant::now();
+        let mut checked = Vec::with_capacity(results.len());
+        for r in results {
+            match r {
                 Ok(c) => checked.push(c),
                 Err(e) => warn!(%room_id, "dropped an event of a bundle: {e}"),
             }
         }
         checked.sort_by_key(|c| u64::from(c.pdu.depth));
         let mut good: HashMap<OwnedEventId, Pdu> = HashMap::new();
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(checked.len());
         for c in checked {
             let lookup = |id: &EventId| {
                 good.get(id)
@@ -272,13 +385,20 @@ impl Pdus {
             match check_auth_with(&rules, &c.pdu, lookup) {
                 Ok(()) => {
                     good.insert(c.event_id.clone(), c.pdu.clone());
-                    out.push(c);
+                    let i = index.get(&c.event_id).copied().unwrap_or_default();
+                    out.push((i, c));
                 }
                 Err(e) => {
                     warn!(%room_id, event_id = %c.event_id, "dropped an event of a bundle: {e}")
                 }
             }
         }
+        debug!(
+            events = values.len(),
+            signatures_ms = (t1 - t0).as_millis() as u64,
+            auth_ms = t1.elapsed().as_millis() as u64,
+            "checked a bundle of events"
+        );
         Ok(out)
     }
 
@@ -650,7 +770,8 @@ impl Pdus {
         event_id: &EventId,
         value: &Value,
         membership: &str,
-    ) -> Result<Value> {
+    ) -> Result<Box<RawValue>> {
+        let started = std::time::Instant::now();
         let room = self.rooms.room_or_404(room_id)?;
         self.acl_allows(room_id, origin).map_err(Error::forbidden)?;
         // A restricted join authorised by one of our users needs our signature too, before
@@ -715,17 +836,24 @@ impl Pdus {
         self.rooms
             .send_out_except(room_id, event_id, &raw, origin)?;
         if membership == "knock" {
-            return Ok(json!({ "knock_room_state": self.rooms.invite_state_pdus(room_id)? }));
+            let answer = json!({ "knock_room_state": self.rooms.invite_state_pdus(room_id)? });
+            return Ok(serde_json::value::to_raw_value(&answer)?);
         }
         if membership != "join" {
-            return Ok(json!({}));
+            return Ok(serde_json::value::to_raw_value(&json!({}))?);
         }
+        let placed_ms = started.elapsed().as_millis() as u64;
         let state = self.rooms.state(meta.state_before)?;
-        let mut state_pdus = Vec::new();
-        let mut ids = Vec::new();
+        // PDUs go out as stored, never parsed into a JSON tree and printed again.
+        let raw_json = |bytes: Vec<u8>| -> Result<Box<RawValue>> {
+            RawValue::from_string(String::from_utf8(bytes).map_err(Error::internal)?)
+                .map_err(Error::internal)
+        };
+        let mut state_pdus = Vec::with_capacity(state.len());
+        let mut ids = Vec::with_capacity(state.len() + 1);
         for s in state.values() {
             if let (Some(raw), Some(m)) = (self.rooms.raw_pdu(*s)?, self.rooms.meta(*s)?) {
-                state_pdus.push(serde_json::from_slice::<Value>(&raw)?);
+                state_pdus.push(raw_json(raw)?);
                 ids.push(m.event_id);
             }
         }
@@ -734,7 +862,7 @@ impl Pdus {
         for id in self.rooms.auth_chain_ids(&ids)? {
             if let Some(s) = self.rooms.short_id(&id)? {
                 if let Some(raw) = self.rooms.raw_pdu(s)? {
-                    auth_chain.push(serde_json::from_slice::<Value>(&raw)?);
+                    auth_chain.push(raw_json(raw)?);
                 }
             }
         }
@@ -744,16 +872,35 @@ impl Pdus {
             .into_iter()
             .map(|s| s.to_string())
             .collect();
-        let mut answer = json!({
-            "origin": self.own_name(),
-            "state": state_pdus,
-            "auth_chain": auth_chain,
-            "members_omitted": false,
-            "servers_in_room": servers,
-        });
-        if signed_by_us {
-            answer["event"] = serde_json::from_slice(&raw)?;
+        #[derive(serde::Serialize)]
+        struct JoinAnswer<'a> {
+            origin: &'a str,
+            state: Vec<Box<RawValue>>,
+            auth_chain: Vec<Box<RawValue>>,
+            members_omitted: bool,
+            servers_in_room: Vec<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            event: Option<Box<RawValue>>,
         }
+        let answer = JoinAnswer {
+            origin: self.own_name(),
+            state: state_pdus,
+            auth_chain,
+            members_omitted: false,
+            servers_in_room: servers,
+            event: if signed_by_us {
+                Some(raw_json(raw)?)
+            } else {
+                None
+            },
+        };
+        let answer = serde_json::value::to_raw_value(&answer)?;
+        debug!(
+            placed_ms,
+            ms = started.elapsed().as_millis() as u64,
+            bytes = answer.get().len(),
+            "answered a send_join"
+        );
         Ok(answer)
     }
 
@@ -1138,6 +1285,7 @@ impl Pdus {
         server: &ServerName,
         extra_content: &Value,
     ) -> Result<OwnedEventId> {
+        let handshake_started = std::time::Instant::now();
         let Handshake {
             event_id,
             version,
@@ -1158,24 +1306,43 @@ impl Pdus {
         if join.event_id != event_id {
             return Err(Error::bad_json(format!("{server} changed the join event")));
         }
-        let state_values = pdu_list(&sent, "state");
+        let sent_at = std::time::Instant::now();
+        debug!(
+            ms = handshake_started.elapsed().as_millis() as u64,
+            "make_join and send_join"
+        );
         let mut bundle = pdu_list(&sent, "auth_chain");
-        bundle.extend(state_values.iter().cloned());
-        let good = self.check_bundle(&version, room_id, &bundle).await?;
-        let good_ids: std::collections::HashSet<_> =
-            good.iter().map(|c| c.event_id.clone()).collect();
-        let mut state = Vec::new();
-        for v in &state_values {
-            let Some(id) = to_canonical_object(v.clone())
-                .ok()
-                .and_then(|o| event_id_of(&o, &version))
-            else {
+        let auth_len = bundle.len();
+        bundle.extend(pdu_list(&sent, "state"));
+        // The history before the join is fetched while the state is checked.
+        let (good, history) = tokio::join!(
+            self.check_bundle_tagged(&version, room_id, &bundle),
+            self.recent_history(server, room_id, &version, &join)
+        );
+        let good = good?;
+        debug!(
+            events = bundle.len(),
+            ms = sent_at.elapsed().as_millis() as u64,
+            "checked the state and auth chain of a join"
+        );
+        // What came in the `state` list is the state (an event may be in both lists).
+        let mut state_ids = std::collections::HashSet::new();
+        for (i, c) in &good {
+            if *i >= auth_len {
+                state_ids.insert(c.event_id.clone());
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut state = Vec::with_capacity(state_ids.len());
+        let mut auth_chain = Vec::new();
+        for (_, c) in good {
+            if !seen.insert(c.event_id.clone()) {
                 continue;
-            };
-            if good_ids.contains(&id) {
-                if let Some(c) = good.iter().find(|c| c.event_id == id) {
-                    state.push(c.clone());
-                }
+            }
+            if state_ids.contains(&c.event_id) {
+                state.push(c);
+            } else {
+                auth_chain.push(c);
             }
         }
         let create_ok = state.iter().any(|c| {
@@ -1192,15 +1359,13 @@ impl Pdus {
                 "{server} sent a room state without a valid create event of version {version}"
             )));
         }
-        let auth_chain: Vec<Checked> = good
-            .iter()
-            .filter(|c| !state.iter().any(|s| s.event_id == c.event_id))
-            .cloned()
-            .collect();
-        let history = self.recent_history(server, room_id, &version, &join).await;
         self.rooms
             .join_remote_room(room_id, &version, &state, &auth_chain, join, &history)
             .await?;
+        debug!(
+            ms = sent_at.elapsed().as_millis() as u64,
+            "stored a room joined over federation"
+        );
         info!(%room_id, %server, %user, "joined over federation");
         Ok(event_id)
     }

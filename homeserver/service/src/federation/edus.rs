@@ -63,6 +63,7 @@ impl Edus {
         }
     }
 
+    /// The room, if `user` is joined to it and its server ACL admits the user's server.
     fn joined(&self, room: &str, user: &UserId) -> Result<OwnedRoomId, String> {
         let room = OwnedRoomId::try_from(room).map_err(|e| format!("bad room id: {e}"))?;
         if !self
@@ -72,6 +73,10 @@ impl Edus {
         {
             return Err(format!("{user} is not in {room}"));
         }
+        // The room's server ACL applies to EDUs about it too.
+        self.rooms
+            .check_server_acl(&room, user.server_name())
+            .map_err(|e| e.to_string())?;
         Ok(room)
     }
 

@@ -29,6 +29,8 @@ pub struct Reply {
     pub headers: HeaderMap,
     pub body: Value,
     pub text: String,
+    /// The body as received (media, binary answers).
+    pub bytes: Vec<u8>,
 }
 
 #[derive(Clone)]
@@ -135,6 +137,7 @@ impl Client {
             headers,
             body,
             text,
+            bytes: bytes.to_vec(),
         })
     }
 

@@ -1,5 +1,6 @@
 //! Black-box harness for the Paracord conformance suite: real `paracord`
-//! processes on loopback ports, driven over HTTP only.
+//! processes on loopback ports, driven over HTTP only; for interoperability
+//! tests, a real Synapse next to them ([`synapse`]).
 //!
 //! The server binary comes from `PARACORD_BIN`, or sits next to the test
 //! executable's `deps/` directory (`target/<profile>/paracord`).
@@ -11,6 +12,7 @@ pub mod federation;
 mod hmac_sha1;
 pub mod network;
 mod server;
+pub mod synapse;
 
 use rand::{distributions::Alphanumeric, Rng};
 pub use reqwest::{Method, StatusCode};

@@ -22,4 +22,5 @@ mod relations;
 mod rooms;
 mod search;
 mod spaces;
+mod synapse_interop;
 mod sync;

@@ -487,8 +487,14 @@ impl E2ee {
     }
 
     /// Tells the servers of users sharing a room with local `user` that its keys changed
-    /// (`m.device_list_update`). The previous id named is one they have not seen, so each
-    /// asks `/user/devices` again rather than trusting a partial update.
+    /// (`m.device_list_update`). The update carries no keys and no previous id, so each
+    /// receiver takes a fresh snapshot from `/user/devices` rather than applying it as a delta.
+    ///
+    /// An empty `prev_id` is what makes Synapse resync (its `_need_to_do_resync`); a previous
+    /// id it knows (the `stream_id` of its last `/user/devices` snapshot, or of an update it
+    /// has seen) makes it apply the key-less update as is, and the new device stays out of
+    /// its `/keys/query` answers. The spec allows an empty `prev_id` for the first update of a
+    /// sequence; each update here starts one.
     fn announce_key_change(
         &self,
         user: &UserId,
@@ -514,7 +520,7 @@ impl E2ee {
             .unwrap_or_default();
         let edu = json!({ "edu_type": "m.device_list_update", "content": {
             "user_id": user, "device_id": device_id, "stream_id": pos,
-            "prev_id": [pos.saturating_sub(1)], "deleted": false,
+            "prev_id": [], "deleted": false,
         }});
         for server in servers {
             out(server, edu.clone())?;

@@ -58,6 +58,14 @@ pub enum Placed {
     MissingState(Vec<OwnedEventId>),
 }
 
+/// An event of the batch being written: its short id, id and PDU, not readable from the
+/// database until the batch is.
+struct Pending<'a> {
+    short: u64,
+    event_id: &'a EventId,
+    pdu: &'a Pdu,
+}
+
 fn invite_key(user: &UserId, room_id: &RoomId) -> Vec<u8> {
     KeyBuf::new()
         .str(user.as_str())
@@ -302,6 +310,23 @@ impl Rooms {
     /// Resolves several states of a room into one (state resolution v2, with the rules of the
     /// room's version).
     pub fn resolve_states(&self, version: &str, states: &[&StateMap]) -> Result<StateMap> {
+        self.resolve_states_with(version, states, None)
+    }
+
+    /// [`Self::resolve_states`] where the states may hold `pending`, an event of the batch
+    /// being written (so not in the database yet).
+    fn resolve_states_with(
+        &self,
+        version: &str,
+        states: &[&StateMap],
+        pending: Option<&Pending<'_>>,
+    ) -> Result<StateMap> {
+        let pdu_of = |id: &EventId| -> Result<Option<Pdu>> {
+            match pending {
+                Some(p) if p.event_id == id => Ok(Some(p.pdu.clone())),
+                _ => self.pdu(id),
+            }
+        };
         let rules = rules_for(version)?;
         let Some(state_res_rules) = rules.state_res.v2_rules() else {
             return Err(Error::internal(format!(
@@ -314,16 +339,19 @@ impl Rooms {
             let mut map = state_res::StateMap::new();
             let mut ids = Vec::new();
             for ((t, k), short) in state.iter() {
-                if let Some(meta) = self.meta(*short)? {
-                    map.insert(
-                        (StateEventType::from(t.as_str()), k.clone()),
-                        meta.event_id.clone(),
-                    );
-                    ids.push(meta.event_id);
-                }
+                let event_id = match (self.meta(*short)?, pending) {
+                    (Some(meta), _) => meta.event_id,
+                    (None, Some(p)) if p.short == *short => p.event_id.to_owned(),
+                    (None, _) => continue,
+                };
+                map.insert(
+                    (StateEventType::from(t.as_str()), k.clone()),
+                    event_id.clone(),
+                );
+                ids.push(event_id);
             }
             auth_chains.push(
-                self.auth_chain_ids(&ids)?
+                self.auth_chain_ids_with(&ids, &pdu_of)?
                     .into_iter()
                     .collect::<EventIdSet<_>>(),
             );
@@ -334,16 +362,20 @@ impl Rooms {
             state_res_rules,
             &maps,
             auth_chains,
-            |id: &EventId| self.pdu(id).ok().flatten(),
+            |id: &EventId| pdu_of(id).ok().flatten(),
             |conflicted| {
-                self.conflicted_subgraph(conflicted)
+                self.conflicted_subgraph(conflicted, &pdu_of)
                     .map(|s| s.into_iter().collect::<EventIdSet<_>>())
             },
         )
         .map_err(|e| Error::internal(format!("state resolution failed: {e}")))?;
         let mut out = StateMap::new();
         for ((t, k), id) in resolved {
-            if let Some(short) = self.short_id(&id)? {
+            let short = match pending {
+                Some(p) if p.event_id == id => Some(p.short),
+                _ => self.short_id(&id)?,
+            };
+            if let Some(short) = short {
                 out.insert((t.to_string(), k), short);
             }
         }
@@ -353,10 +385,19 @@ impl Rooms {
     /// Every event in the auth chains of `ids` (not the events themselves), walked
     /// iteratively.
     pub fn auth_chain_ids(&self, ids: &[OwnedEventId]) -> Result<HashSet<OwnedEventId>> {
+        self.auth_chain_ids_with(ids, &|id| self.pdu(id))
+    }
+
+    /// [`Self::auth_chain_ids`] with events found through `pdu_of`.
+    fn auth_chain_ids_with(
+        &self,
+        ids: &[OwnedEventId],
+        pdu_of: &dyn Fn(&EventId) -> Result<Option<Pdu>>,
+    ) -> Result<HashSet<OwnedEventId>> {
         let mut chain = HashSet::new();
         let mut todo: Vec<OwnedEventId> = Vec::new();
         for id in ids {
-            if let Some(p) = self.pdu(id)? {
+            if let Some(p) = pdu_of(id)? {
                 todo.extend(p.auth_events.iter().cloned());
             }
         }
@@ -364,7 +405,7 @@ impl Rooms {
             if !chain.insert(id.clone()) {
                 continue;
             }
-            if let Some(p) = self.pdu(&id)? {
+            if let Some(p) = pdu_of(&id)? {
                 todo.extend(p.auth_events.into_iter().filter(|a| !chain.contains(a)));
             }
         }
@@ -376,13 +417,16 @@ impl Rooms {
     fn conflicted_subgraph(
         &self,
         conflicted: &state_res::StateMap<Vec<OwnedEventId>>,
+        pdu_of: &dyn Fn(&EventId) -> Result<Option<Pdu>>,
     ) -> Option<HashSet<OwnedEventId>> {
         let set: HashSet<OwnedEventId> = conflicted.values().flatten().cloned().collect();
         let ids: Vec<_> = set.iter().cloned().collect();
-        let ancestors = self.auth_chain_ids(&ids).ok()?;
+        let ancestors = self.auth_chain_ids_with(&ids, pdu_of).ok()?;
         let mut out: HashSet<OwnedEventId> = set.clone();
         for x in ancestors {
-            let chain = self.auth_chain_ids(std::slice::from_ref(&x)).ok()?;
+            let chain = self
+                .auth_chain_ids_with(std::slice::from_ref(&x), pdu_of)
+                .ok()?;
             if chain.iter().any(|c| set.contains(c)) {
                 out.insert(x);
             }
@@ -639,7 +683,14 @@ impl Rooms {
                     }
                 }
                 let refs: Vec<&StateMap> = maps.iter().collect();
-                let resolved = self.resolve_states(&room.version, &refs)?;
+                // The event's own state entry must take part: it is in this batch, not yet
+                // readable, and would otherwise drop out of the current state.
+                let pending = Pending {
+                    short,
+                    event_id: &event.event_id,
+                    pdu,
+                };
+                let resolved = self.resolve_states_with(&room.version, &refs, Some(&pending))?;
                 let id = RESOLVED_CURRENT | pos;
                 write_full_snapshot(batch, id, &resolved)?;
                 room.state = id;

@@ -538,6 +538,57 @@ async fn encrypted_dm_across_two_servers() {
     }
 }
 
+/// Logs a user of a Synapse in with the SDK and runs the first sync (device keys uploaded).
+async fn login_synapse(base_url: &str, user: &User, device_name: &str) -> Client {
+    let client = sdk_client(base_url).await;
+    client
+        .matrix_auth()
+        .login_username(&user.user_id, &user.password)
+        .initial_device_display_name(device_name)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("expected SDK login of {} on Synapse: {e:?}", user.user_id));
+    client
+        .sync_once(SyncSettings::default())
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "expected the first /sync of {} on Synapse: {e:?}",
+                user.user_id
+            )
+        });
+    client
+}
+
+/// A Paracord user and a Synapse user (Synapse from PyPI, federating over TLS on loopback)
+/// in an encrypted direct room, both with matrix-sdk: the DM's invite and join, the key
+/// queries and claims and the to-device room keys all cross between the two servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_dm_between_a_paracord_and_a_synapse_user() {
+    init_logging();
+    let synapse = paracord_complement::synapse::SynapseServer::start().await;
+    let (paracord, _) = paracord_complement::federation::federating_server().await;
+    let alice = paracord.register_random().await;
+    let bob = synapse.register_random().await;
+    let a = login(&paracord, &alice, "alice on Paracord").await;
+    let b = login_synapse(&synapse.base_url(), &bob, "bob on Synapse").await;
+
+    let room_id = open_dm(&a, &b, &bob).await;
+    let room_a = a.get_room(&room_id).expect("alice's room");
+    let room_b = b.get_room(&room_id).expect("bob's room");
+    for round in 0..2 {
+        let text = marker(&format!("to-synapse-{round}"));
+        let id = send_text(&room_a, &text).await;
+        expect_decrypts(&b, &room_id, &id, &text).await;
+        expect_ciphertext_on_server(&alice, &room_id, &id, &text).await;
+
+        let text = marker(&format!("to-paracord-{round}"));
+        let id = send_text(&room_b, &text).await;
+        expect_decrypts(&a, &room_id, &id, &text).await;
+        expect_ciphertext_on_server(&alice, &room_id, &id, &text).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_device_restores_history_from_key_backup() {
     init_logging();

@@ -205,6 +205,10 @@ fn builder(
         .connect_timeout(CONNECT_TIMEOUT)
         .dns_resolver(dns)
         .user_agent(concat!("Paracord/", env!("CARGO_PKG_VERSION")));
+    // Trust: the compiled-in webpki roots, the system's CAs, and `federation_ca_file`.
+    for cert in system_roots() {
+        builder = builder.add_root_certificate(cert);
+    }
     if let Some(path) = &settings.ca_file {
         for cert in load_ca_file(path)? {
             builder = builder.add_root_certificate(cert);
@@ -224,6 +228,24 @@ fn builder(
         builder = builder.no_proxy();
     }
     Ok(builder)
+}
+
+/// The operating system's trusted CA certificates (on Debian, `/etc/ssl/certs`); none, with a
+/// warning, when they cannot be read.
+fn system_roots() -> Vec<reqwest::Certificate> {
+    let found = rustls_native_certs::load_native_certs();
+    if !found.errors.is_empty() {
+        tracing::warn!(
+            errors = found.errors.len(),
+            "some system CA certificates could not be read: {}",
+            found.errors[0]
+        );
+    }
+    found
+        .certs
+        .iter()
+        .filter_map(|c| reqwest::Certificate::from_der(c.as_ref()).ok())
+        .collect()
 }
 
 /// The certificates of a PEM file; an error names the file.
@@ -350,6 +372,18 @@ mod tests {
 
     use super::*;
     use crate::federation::resolve::tests::FakeDns;
+
+    #[test]
+    fn the_systems_trusted_cas_are_loaded() {
+        // Debian's ca-certificates (installed by scripts/install-deps with curl) provides
+        // /etc/ssl/certs; the federation client trusts them besides its own roots.
+        let roots = system_roots();
+        assert!(
+            roots.len() > 10,
+            "expected the system's CA certificates, got {}",
+            roots.len()
+        );
+    }
 
     /// An HTTPS server on loopback with a self-signed certificate for `names`. It answers
     /// `/.well-known/matrix/server` with `well_known` (404 when `None`), anything else with

@@ -6,6 +6,7 @@ pub mod backup;
 pub mod e2ee;
 pub mod ephemeral;
 pub mod federation;
+pub mod guilds;
 pub mod keys;
 pub mod media;
 pub mod pushers;

@@ -1,0 +1,4 @@
+//! The Paracord profile's guilds (spec/guilds.md). So far: the permission model.
+
+pub mod permissions;
+pub mod projection;

@@ -1,0 +1,238 @@
+//! The projection of guild roles and channel overwrites onto a channel's
+//! `m.room.power_levels` (spec/guilds.md, "Projection onto power levels"), so that every
+//! Matrix server enforces the coarse rules through the ordinary auth rules.
+
+use serde_json::{json, Map, Value};
+
+use super::permissions::{ChannelOverwrites, Guild, Member, Permissions};
+
+/// Levels of the projection.
+pub const OWNER_LEVEL: i64 = 100;
+pub const ADMIN_LEVEL: i64 = 90;
+pub const MODERATOR_LEVEL: i64 = 50;
+pub const SENDER_LEVEL: i64 = 1;
+
+/// Flags that make a member a moderator of the channel (level 50).
+const MODERATION: Permissions = Permissions(
+    Permissions::MANAGE_MESSAGES.0
+        | Permissions::KICK_MEMBERS.0
+        | Permissions::BAN_MEMBERS.0
+        | Permissions::MANAGE_CHANNELS.0
+        | Permissions::MANAGE_ROLES.0,
+);
+
+/// A member's level in a channel.
+pub fn member_level(
+    guild: &Guild,
+    member: &Member,
+    overwrites: &ChannelOverwrites,
+    now: u64,
+) -> i64 {
+    if member.user_id == guild.owner {
+        return OWNER_LEVEL;
+    }
+    if guild
+        .base_permissions(member)
+        .contains(Permissions::ADMINISTRATOR)
+    {
+        return ADMIN_LEVEL;
+    }
+    let p = guild.channel_permissions(member, overwrites, now);
+    if p.0 & MODERATION.0 != 0 {
+        MODERATOR_LEVEL
+    } else if p.contains(Permissions::SEND_MESSAGES) {
+        SENDER_LEVEL
+    } else {
+        0
+    }
+}
+
+/// The power levels content of a channel for these members at time `now` (ms). The guild
+/// space's own power levels are the same projection with no overwrites.
+pub fn power_levels(
+    guild: &Guild,
+    members: &[Member],
+    overwrites: &ChannelOverwrites,
+    now: u64,
+) -> Value {
+    // What a member with no role and no overwrite of their own gets.
+    let nobody = Member {
+        user_id: String::new(),
+        roles: Vec::new(),
+        communication_disabled_until: None,
+    };
+    let everyone = guild.channel_permissions(&nobody, overwrites, now);
+    let users_default = if everyone.contains(Permissions::SEND_MESSAGES) {
+        SENDER_LEVEL
+    } else {
+        0
+    };
+    let mut users = Map::new();
+    for m in members {
+        let level = member_level(guild, m, overwrites, now);
+        if level != users_default {
+            users.insert(m.user_id.clone(), json!(level));
+        }
+    }
+    let invite = if everyone.contains(Permissions::CREATE_INSTANT_INVITE) {
+        0
+    } else {
+        MODERATOR_LEVEL
+    };
+    json!({
+        "users": users,
+        "users_default": users_default,
+        "events_default": SENDER_LEVEL,
+        "state_default": MODERATOR_LEVEL,
+        "redact": MODERATOR_LEVEL,
+        "kick": MODERATOR_LEVEL,
+        "ban": MODERATOR_LEVEL,
+        "invite": invite,
+        "events": {
+            "m.room.power_levels": ADMIN_LEVEL,
+            "m.room.name": MODERATOR_LEVEL,
+            "m.room.topic": MODERATOR_LEVEL,
+            "m.room.avatar": MODERATOR_LEVEL,
+            "chat.paracord.channel": MODERATOR_LEVEL,
+            "chat.paracord.overwrite": MODERATOR_LEVEL,
+            "m.reaction": SENDER_LEVEL,
+        },
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::guilds::permissions::{Overwrite, Role, EVERYONE};
+
+    fn guild() -> Guild {
+        let everyone = Permissions::VIEW_CHANNEL
+            | Permissions::SEND_MESSAGES
+            | Permissions::READ_MESSAGE_HISTORY
+            | Permissions::CREATE_INSTANT_INVITE;
+        let mut roles = BTreeMap::new();
+        roles.insert(
+            EVERYONE.to_owned(),
+            Role {
+                position: 0,
+                permissions: everyone,
+            },
+        );
+        roles.insert(
+            "mod".to_owned(),
+            Role {
+                position: 5,
+                permissions: Permissions::MANAGE_MESSAGES | Permissions::KICK_MEMBERS,
+            },
+        );
+        roles.insert(
+            "admin".to_owned(),
+            Role {
+                position: 9,
+                permissions: Permissions::ADMINISTRATOR,
+            },
+        );
+        roles.insert(
+            "speaker".to_owned(),
+            Role {
+                position: 1,
+                permissions: Permissions::NONE,
+            },
+        );
+        Guild {
+            owner: "@owner:x".to_owned(),
+            roles,
+        }
+    }
+
+    fn member(id: &str, roles: &[&str]) -> Member {
+        Member {
+            user_id: id.to_owned(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            communication_disabled_until: None,
+        }
+    }
+
+    fn members() -> Vec<Member> {
+        vec![
+            member("@owner:x", &[]),
+            member("@admin:x", &["admin"]),
+            member("@mod:x", &["mod"]),
+            member("@speaker:x", &["speaker"]),
+            member("@plain:x", &[]),
+        ]
+    }
+
+    /// An open channel: everyone sends; moderators and admins stand out.
+    #[test]
+    fn an_open_channel() {
+        let pl = power_levels(&guild(), &members(), &ChannelOverwrites::default(), 0);
+        assert_eq!(
+            pl,
+            json!({
+                "users": { "@owner:x": 100, "@admin:x": 90, "@mod:x": 50 },
+                "users_default": 1,
+                "events_default": 1,
+                "state_default": 50,
+                "redact": 50, "kick": 50, "ban": 50,
+                "invite": 0,
+                "events": {
+                    "m.room.power_levels": 90, "m.room.name": 50, "m.room.topic": 50,
+                    "m.room.avatar": 50, "chat.paracord.channel": 50,
+                    "chat.paracord.overwrite": 50, "m.reaction": 1,
+                },
+            })
+        );
+    }
+
+    /// An announcement channel: @everyone may not send or invite, the speaker role may
+    /// send, and one timed-out moderator is held at 0 until the timeout ends.
+    #[test]
+    fn an_announcement_channel_with_a_timeout() {
+        let mut o = ChannelOverwrites::default();
+        o.roles.insert(
+            EVERYONE.into(),
+            Overwrite {
+                allow: Permissions::NONE,
+                deny: Permissions::SEND_MESSAGES | Permissions::CREATE_INSTANT_INVITE,
+            },
+        );
+        o.roles.insert(
+            "speaker".into(),
+            Overwrite {
+                allow: Permissions::SEND_MESSAGES,
+                deny: Permissions::NONE,
+            },
+        );
+        let mut ms = members();
+        ms[2].communication_disabled_until = Some(500);
+        let pl = power_levels(&guild(), &ms, &o, 100);
+        assert_eq!(pl["users_default"], 0);
+        assert_eq!(pl["invite"], 50);
+        assert_eq!(
+            pl["users"],
+            json!({ "@owner:x": 100, "@admin:x": 90, "@speaker:x": 1 }),
+            "the timed-out moderator is at the default 0"
+        );
+        let after = power_levels(&guild(), &ms, &o, 500);
+        assert_eq!(after["users"]["@mod:x"], 50);
+    }
+
+    #[test]
+    fn a_hidden_channel_leaves_its_members_at_zero() {
+        let mut o = ChannelOverwrites::default();
+        o.roles.insert(
+            EVERYONE.into(),
+            Overwrite {
+                allow: Permissions::NONE,
+                deny: Permissions::VIEW_CHANNEL,
+            },
+        );
+        let pl = power_levels(&guild(), &members(), &o, 0);
+        assert_eq!(pl["users_default"], 0);
+        assert_eq!(pl["users"], json!({ "@owner:x": 100, "@admin:x": 90 }));
+    }
+}

@@ -48,12 +48,14 @@ pub fn member_level(
 }
 
 /// The power levels content of a channel for these members at time `now` (ms). The guild
-/// space's own power levels are the same projection with no overwrites.
+/// space's own power levels are the same projection with no overwrites. In room versions
+/// whose creators have unlimited power (12), the owner (the creator) must not be listed.
 pub fn power_levels(
     guild: &Guild,
     members: &[Member],
     overwrites: &ChannelOverwrites,
     now: u64,
+    owner_is_creator: bool,
 ) -> Value {
     // What a member with no role and no overwrite of their own gets.
     let nobody = Member {
@@ -69,6 +71,9 @@ pub fn power_levels(
     };
     let mut users = Map::new();
     for m in members {
+        if owner_is_creator && m.user_id == guild.owner {
+            continue;
+        }
         let level = member_level(guild, m, overwrites, now);
         if level != users_default {
             users.insert(m.user_id.clone(), json!(level));
@@ -169,7 +174,13 @@ mod tests {
     /// An open channel: everyone sends; moderators and admins stand out.
     #[test]
     fn an_open_channel() {
-        let pl = power_levels(&guild(), &members(), &ChannelOverwrites::default(), 0);
+        let pl = power_levels(
+            &guild(),
+            &members(),
+            &ChannelOverwrites::default(),
+            0,
+            false,
+        );
         assert_eq!(
             pl,
             json!({
@@ -209,7 +220,7 @@ mod tests {
         );
         let mut ms = members();
         ms[2].communication_disabled_until = Some(500);
-        let pl = power_levels(&guild(), &ms, &o, 100);
+        let pl = power_levels(&guild(), &ms, &o, 100, false);
         assert_eq!(pl["users_default"], 0);
         assert_eq!(pl["invite"], 50);
         assert_eq!(
@@ -217,7 +228,7 @@ mod tests {
             json!({ "@owner:x": 100, "@admin:x": 90, "@speaker:x": 1 }),
             "the timed-out moderator is at the default 0"
         );
-        let after = power_levels(&guild(), &ms, &o, 500);
+        let after = power_levels(&guild(), &ms, &o, 500, false);
         assert_eq!(after["users"]["@mod:x"], 50);
     }
 
@@ -231,8 +242,11 @@ mod tests {
                 deny: Permissions::VIEW_CHANNEL,
             },
         );
-        let pl = power_levels(&guild(), &members(), &o, 0);
+        let pl = power_levels(&guild(), &members(), &o, 0, false);
         assert_eq!(pl["users_default"], 0);
         assert_eq!(pl["users"], json!({ "@owner:x": 100, "@admin:x": 90 }));
+        // Room version 12: the owner created the room and is not listed.
+        let v12 = power_levels(&guild(), &members(), &o, 0, true);
+        assert_eq!(v12["users"], json!({ "@admin:x": 90 }));
     }
 }

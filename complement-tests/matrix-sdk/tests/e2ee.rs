@@ -89,8 +89,8 @@ async fn login(server: &TestServer, user: &User, device_name: &str) -> Client {
     login_via(server, &server.base_url(), user, device_name).await
 }
 
-/// [`login`] with the client talking to `base_url` (a relay in front of `server`).
-async fn login_via(server: &TestServer, base_url: &str, user: &User, device_name: &str) -> Client {
+/// Logs `user` in with the SDK at `base_url` (any homeserver) and runs the first sync.
+async fn sdk_login(base_url: &str, user: &User, device_name: &str) -> Client {
     let client = sdk_client(base_url).await;
     client
         .matrix_auth()
@@ -108,6 +108,12 @@ async fn login_via(server: &TestServer, base_url: &str, user: &User, device_name
                 user.user_id
             )
         });
+    client
+}
+
+/// [`login`] with the client talking to `base_url` (a relay in front of `server`).
+async fn login_via(server: &TestServer, base_url: &str, user: &User, device_name: &str) -> Client {
+    let client = sdk_login(base_url, user, device_name).await;
     // The server now publishes the device's identity keys.
     let device = device_of(&client);
     let http = server.client_with_token(&client.access_token().expect("an access token"));
@@ -538,28 +544,6 @@ async fn encrypted_dm_across_two_servers() {
     }
 }
 
-/// Logs a user of a Synapse in with the SDK and runs the first sync (device keys uploaded).
-async fn login_synapse(base_url: &str, user: &User, device_name: &str) -> Client {
-    let client = sdk_client(base_url).await;
-    client
-        .matrix_auth()
-        .login_username(&user.user_id, &user.password)
-        .initial_device_display_name(device_name)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("expected SDK login of {} on Synapse: {e:?}", user.user_id));
-    client
-        .sync_once(SyncSettings::default())
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "expected the first /sync of {} on Synapse: {e:?}",
-                user.user_id
-            )
-        });
-    client
-}
-
 /// A Paracord user and a Synapse user (Synapse from PyPI, federating over TLS on loopback)
 /// in an encrypted direct room, both with matrix-sdk: the DM's invite and join, the key
 /// queries and claims and the to-device room keys all cross between the two servers.
@@ -571,7 +555,7 @@ async fn encrypted_dm_between_a_paracord_and_a_synapse_user() {
     let alice = paracord.register_random().await;
     let bob = synapse.register_random().await;
     let a = login(&paracord, &alice, "alice on Paracord").await;
-    let b = login_synapse(&synapse.base_url(), &bob, "bob on Synapse").await;
+    let b = sdk_login(&synapse.base_url(), &bob, "bob on Synapse").await;
 
     let room_id = open_dm(&a, &b, &bob).await;
     let room_a = a.get_room(&room_id).expect("alice's room");

@@ -7,6 +7,7 @@ pub mod federation;
 pub mod federation_events;
 pub mod federation_rooms;
 pub mod media;
+pub mod paracord;
 pub mod router;
 pub mod ruma_wrapper;
 pub mod synapse_admin;

@@ -360,6 +360,20 @@ pub fn app(services: Arc<Services>) -> Router {
             "/_paracord/v1/admin/search/rebuild",
             post(search::rebuild_route),
         )
+        // the Paracord profile (spec/rest.md)
+        .route("/_paracord/v1/guilds", post(crate::paracord::create_guild_route))
+        .route(
+            "/_paracord/v1/guilds/{guild_id}",
+            get(crate::paracord::get_guild_route),
+        )
+        .route(
+            "/_paracord/v1/guilds/{guild_id}/channels",
+            get(crate::paracord::guild_channels_route),
+        )
+        .route(
+            "/_paracord/v1/guilds/{guild_id}/roles",
+            get(crate::paracord::guild_roles_route),
+        )
         // media
         .route("/_matrix/media/v3/upload", post(media::upload_route))
         .route("/_matrix/media/r0/upload", post(media::upload_route))

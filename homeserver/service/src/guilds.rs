@@ -3,3 +3,4 @@
 pub mod events;
 pub mod permissions;
 pub mod projection;
+pub mod store;

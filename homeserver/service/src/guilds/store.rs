@@ -1,0 +1,368 @@
+//! Guilds as rooms (spec/guilds.md, spec/rest.md §5–7): creating one (the space, @everyone, a
+//! category and #general, each with its projected power levels) and reading guilds, channels
+//! and roles back from room state.
+
+use paracord_core::{time::now_ms, Error, Result};
+use ruma::{OwnedRoomId, RoomId, UserId};
+use serde_json::{json, Value};
+
+use super::{
+    events::{ChannelContent, GuildContent, OverwriteContent, OverwriteTarget, RoleContent},
+    permissions::{ChannelOverwrites, Guild, Member, Permissions, Role, EVERYONE},
+    projection::power_levels,
+};
+use crate::rooms::{
+    create::{CreateRoom, Preset},
+    Rooms,
+};
+
+/// @everyone's permissions in a new guild (spec/guilds.md §5.1).
+pub const DEFAULT_EVERYONE: u64 = 563_327_981_178_433;
+
+/// What `POST /_paracord/v1/guilds` asks for.
+#[derive(Clone, Debug, Default)]
+pub struct NewGuild {
+    pub name: String,
+    pub description: Option<String>,
+    pub icon: Option<String>,
+}
+
+fn everyone_role() -> RoleContent {
+    RoleContent {
+        name: "@everyone".to_owned(),
+        color: 0,
+        position: 0,
+        hoist: false,
+        mentionable: false,
+        permissions: Permissions(DEFAULT_EVERYONE).to_wire(),
+    }
+}
+
+/// Creates a guild owned by `owner` and returns it (spec/rest.md §5 `POST /guilds`).
+pub async fn create_guild(
+    rooms: &Rooms,
+    owner: &UserId,
+    new: NewGuild,
+    profile: (Option<String>, Option<String>),
+) -> Result<Value> {
+    if new.name.trim().is_empty() || new.name.chars().count() > 100 {
+        return Err(Error::invalid_param("a guild name has 1 to 100 characters"));
+    }
+    if new
+        .icon
+        .as_deref()
+        .is_some_and(|i| !i.starts_with("mxc://"))
+    {
+        return Err(Error::invalid_param("icon must be an mxc:// URI"));
+    }
+    let server = owner.server_name().to_string();
+    let guild = Guild {
+        owner: owner.to_string(),
+        roles: [(
+            EVERYONE.to_owned(),
+            Role {
+                position: 0,
+                permissions: Permissions(DEFAULT_EVERYONE),
+            },
+        )]
+        .into(),
+    };
+    let owner_member = Member {
+        user_id: owner.to_string(),
+        ..Member::default()
+    };
+    // Room version 12: the owner creates every room and is not listed in power levels.
+    let pl = power_levels(
+        &guild,
+        &[owner_member],
+        &ChannelOverwrites::default(),
+        now_ms(),
+        true,
+    );
+    let room = |name: &str,
+                preset: Preset,
+                creation: Option<Value>,
+                state: Vec<(String, String, Value)>| CreateRoom {
+        version: Some("12".to_owned()),
+        preset: Some(preset),
+        public: false,
+        name: Some(name.to_owned()),
+        topic: None,
+        alias: None,
+        invite: Vec::new(),
+        is_direct: false,
+        initial_state: state,
+        power_level_override: Some(pl.clone()),
+        creation_content: creation,
+        profile: profile.clone(),
+    };
+    let space = rooms
+        .create_room(
+            owner,
+            room(
+                &new.name,
+                Preset::PrivateChat,
+                Some(json!({ "type": "m.space" })),
+                vec![(
+                    "chat.paracord.role".to_owned(),
+                    EVERYONE.to_owned(),
+                    serde_json::to_value(everyone_role())?,
+                )],
+            ),
+        )
+        .await?;
+    let channel_state = |content: &ChannelContent| -> Result<Vec<(String, String, Value)>> {
+        Ok(vec![
+            (
+                "chat.paracord.channel".to_owned(),
+                String::new(),
+                serde_json::to_value(content)?,
+            ),
+            (
+                "m.space.parent".to_owned(),
+                space.to_string(),
+                json!({ "via": [server], "canonical": true }),
+            ),
+            (
+                "m.room.join_rules".to_owned(),
+                String::new(),
+                json!({ "join_rule": "restricted", "allow": [{ "type": "m.room_membership", "room_id": space }] }),
+            ),
+        ])
+    };
+    let category_content = ChannelContent {
+        kind: super::events::ChannelKind::Category,
+        position: 0,
+        parent: None,
+        topic: None,
+        nsfw: None,
+        rate_limit_per_user: None,
+    };
+    let category = rooms
+        .create_room(
+            owner,
+            room(
+                "Text Channels",
+                Preset::PrivateChat,
+                None,
+                channel_state(&category_content)?,
+            ),
+        )
+        .await?;
+    let general_content = ChannelContent {
+        kind: super::events::ChannelKind::Text,
+        position: 0,
+        parent: Some(category.to_string()),
+        topic: None,
+        nsfw: Some(false),
+        rate_limit_per_user: Some(0),
+    };
+    let general = rooms
+        .create_room(
+            owner,
+            room(
+                "general",
+                Preset::PrivateChat,
+                None,
+                channel_state(&general_content)?,
+            ),
+        )
+        .await?;
+    for (i, child) in [&category, &general].into_iter().enumerate() {
+        rooms
+            .append(
+                &space,
+                owner,
+                crate::rooms::NewEvent::state(
+                    ruma::events::TimelineEventType::SpaceChild,
+                    child.as_str(),
+                    json!({ "via": [server], "order": format!("{i:04}") }),
+                ),
+            )
+            .await?;
+    }
+    let content = GuildContent {
+        version: "1".to_owned(),
+        name: new.name,
+        description: new.description,
+        icon: new.icon,
+        owner: owner.to_string(),
+        system_channel: Some(general.to_string()),
+    };
+    rooms
+        .append(
+            &space,
+            owner,
+            crate::rooms::NewEvent::state(
+                "chat.paracord.guild".into(),
+                "",
+                serde_json::to_value(&content)?,
+            ),
+        )
+        .await?;
+    let mut out = guild_object(rooms, &space)?;
+    out["channels"] = json!(channels(rooms, &space, owner)?);
+    out["roles"] = json!(roles(rooms, &space)?);
+    Ok(out)
+}
+
+/// The guild's `chat.paracord.guild` content, or 404 when the room is no guild.
+fn guild_content(rooms: &Rooms, guild_id: &RoomId) -> Result<GuildContent> {
+    let state = rooms.current_state(guild_id)?;
+    let content = rooms
+        .state_content(&state, "chat.paracord.guild", "")?
+        .ok_or_else(|| Error::not_found("no such guild"))?;
+    serde_json::from_value(content).map_err(|_| Error::not_found("no such guild"))
+}
+
+/// The Guild object (spec/rest.md §4).
+pub fn guild_object(rooms: &Rooms, guild_id: &RoomId) -> Result<Value> {
+    let mut v = serde_json::to_value(guild_content(rooms, guild_id)?)?;
+    v["id"] = json!(guild_id);
+    Ok(v)
+}
+
+/// The guild's roles, by position.
+pub fn roles(rooms: &Rooms, guild_id: &RoomId) -> Result<Vec<Value>> {
+    let state = rooms.current_state(guild_id)?;
+    let mut out = Vec::new();
+    for ((kind, key), _) in state.range(("chat.paracord.role".to_owned(), String::new())..) {
+        if kind != "chat.paracord.role" {
+            break;
+        }
+        let Some(content) = rooms.state_content(&state, kind, key)? else {
+            continue;
+        };
+        let Ok(role) = serde_json::from_value::<RoleContent>(content) else {
+            continue;
+        };
+        let mut v = serde_json::to_value(&role)?;
+        v["id"] = json!(key);
+        out.push((role.position, key.clone(), v));
+    }
+    out.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    Ok(out.into_iter().map(|(_, _, v)| v).collect())
+}
+
+/// The guild's roles and owner, for the permission algorithm.
+pub fn load_guild(rooms: &Rooms, guild_id: &RoomId) -> Result<Guild> {
+    let content = guild_content(rooms, guild_id)?;
+    let mut guild = Guild {
+        owner: content.owner,
+        roles: Default::default(),
+    };
+    for r in roles(rooms, guild_id)? {
+        let (Some(id), Ok(role)) = (
+            r["id"].as_str(),
+            serde_json::from_value::<RoleContent>(r.clone()),
+        ) else {
+            continue;
+        };
+        if let Some(role) = role.role() {
+            guild.roles.insert(id.to_owned(), role);
+        }
+    }
+    Ok(guild)
+}
+
+/// A member of the guild as the permission algorithm needs it.
+pub fn load_member(rooms: &Rooms, guild_id: &RoomId, user: &UserId) -> Result<Member> {
+    let state = rooms.current_state(guild_id)?;
+    let content = rooms
+        .state_content(
+            &state,
+            "chat.paracord.member",
+            &super::events::member_state_key(user.as_str()),
+        )?
+        .and_then(|c| serde_json::from_value::<super::events::MemberContent>(c).ok())
+        .unwrap_or_default();
+    Ok(Member {
+        user_id: user.to_string(),
+        roles: content.roles,
+        communication_disabled_until: content.communication_disabled_until,
+    })
+}
+
+/// A channel room's overwrites.
+fn overwrites(rooms: &Rooms, channel: &RoomId) -> Result<(ChannelOverwrites, Vec<Value>)> {
+    let state = rooms.current_state(channel)?;
+    let mut o = ChannelOverwrites::default();
+    let mut list = Vec::new();
+    for ((kind, key), _) in state.range(("chat.paracord.overwrite".to_owned(), String::new())..) {
+        if kind != "chat.paracord.overwrite" {
+            break;
+        }
+        let Some(content) = rooms.state_content(&state, kind, key)? else {
+            continue;
+        };
+        let Ok(c) = serde_json::from_value::<OverwriteContent>(content) else {
+            continue;
+        };
+        let (Some(target), Some(ow)) = (OverwriteTarget::parse(key), c.overwrite()) else {
+            continue;
+        };
+        match target {
+            OverwriteTarget::Role(r) => o.roles.insert(r, ow),
+            OverwriteTarget::User(u) => o.users.insert(u, ow),
+        };
+        list.push(json!({ "id": key, "allow": c.allow, "deny": c.deny }));
+    }
+    Ok((o, list))
+}
+
+/// The guild's channels that `user` can see (VIEW_CHANNEL), categories included, ordered by
+/// position within their parent, ties by room id (spec/guilds.md §2.2).
+pub fn channels(rooms: &Rooms, guild_id: &RoomId, user: &UserId) -> Result<Vec<Value>> {
+    let guild = load_guild(rooms, guild_id)?;
+    let member = load_member(rooms, guild_id, user)?;
+    let state = rooms.current_state(guild_id)?;
+    let now = now_ms();
+    let mut out = Vec::new();
+    for ((kind, key), _) in state.range(("m.space.child".to_owned(), String::new())..) {
+        if kind != "m.space.child" {
+            break;
+        }
+        let Ok(channel) = OwnedRoomId::try_from(key.as_str()) else {
+            continue;
+        };
+        if rooms.room(&channel)?.is_none() {
+            continue;
+        }
+        let cstate = rooms.current_state(&channel)?;
+        let Some(content) = rooms
+            .state_content(&cstate, "chat.paracord.channel", "")?
+            .and_then(|c| serde_json::from_value::<ChannelContent>(c).ok())
+        else {
+            continue;
+        };
+        let (o, list) = overwrites(rooms, &channel)?;
+        if !guild
+            .channel_permissions(&member, &o, now)
+            .contains(Permissions::VIEW_CHANNEL)
+        {
+            continue;
+        }
+        let mut v = serde_json::to_value(&content)?;
+        v["id"] = json!(channel);
+        v["guild_id"] = json!(guild_id);
+        if let Some(name) = rooms.state_content(&cstate, "m.room.name", "")? {
+            v["name"] = name["name"].clone();
+        }
+        if let Some(topic) = rooms.state_content(&cstate, "m.room.topic", "")? {
+            v["topic"] = topic["topic"].clone();
+        }
+        v["permission_overwrites"] = json!(list);
+        out.push(v);
+    }
+    out.sort_by(|a, b| {
+        let k = |v: &Value| {
+            (
+                v["parent"].as_str().unwrap_or_default().to_owned(),
+                v["position"].as_i64().unwrap_or_default(),
+                v["id"].as_str().unwrap_or_default().to_owned(),
+            )
+        };
+        k(a).cmp(&k(b))
+    });
+    Ok(out)
+}

@@ -129,3 +129,166 @@ async fn creating_a_guild_checks_its_input() {
         (404, Some("M_NOT_FOUND"))
     );
 }
+
+/// Alice's guild with bob and carol joined to the space and #general.
+async fn guild_with_members() -> (
+    TestServer,
+    paracord_complement::User,
+    paracord_complement::User,
+    paracord_complement::User,
+    String,
+    String,
+) {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    let carol = server.register_random().await;
+    let guild = expect_ok(
+        alice
+            .post("/_paracord/v1/guilds", &json!({ "name": "Roles" }))
+            .await,
+        "create guild",
+    );
+    let id = guild["id"].as_str().unwrap_or_default().to_owned();
+    let general = guild["system_channel"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for u in [&bob, &carol] {
+        alice.invite_ok(&id, &u.user_id).await;
+        u.join_ok(&id).await;
+        u.join_ok(&general).await;
+    }
+    (server, alice, bob, carol, id, general)
+}
+
+#[tokio::test]
+async fn roles_give_permissions_and_power_levels_within_the_hierarchy() {
+    let (_server, alice, bob, carol, id, general) = guild_with_members().await;
+    let roles_path = format!("/_paracord/v1/guilds/{}/roles", enc(&id));
+    // MANAGE_MESSAGES (8192) | KICK_MEMBERS (2) | MANAGE_ROLES (268435456)
+    let moderator = expect_ok(
+        alice
+            .post(
+                &roles_path,
+                &json!({ "name": "Moderator", "position": 5, "permissions": "268443650" }),
+            )
+            .await,
+        "alice creates Moderator",
+    );
+    let helper = expect_ok(
+        alice
+            .post(
+                &roles_path,
+                &json!({ "name": "Helper", "position": 2, "permissions": "8192" }),
+            )
+            .await,
+        "alice creates Helper",
+    );
+    let mod_id = moderator["id"].as_str().unwrap_or_default().to_owned();
+    let helper_id = helper["id"].as_str().unwrap_or_default().to_owned();
+    let assign = |guild: &str, user: &str, role: &str| {
+        format!(
+            "/_paracord/v1/guilds/{}/members/{}/roles/{}",
+            enc(guild),
+            enc(user),
+            enc(role)
+        )
+    };
+    // Carol has no MANAGE_ROLES: refused.
+    let (status, body) = carol.post(&roles_path, &json!({ "name": "x" })).await;
+    assert_eq!(
+        (status.as_u16(), body["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN")),
+        "{body}"
+    );
+    let (status, body) = carol
+        .put(&assign(&id, &carol.user_id, &mod_id), &json!({}))
+        .await;
+    assert_eq!(status.as_u16(), 403, "{body}");
+    // Alice makes bob a moderator: his level in #general becomes 50.
+    let member = expect_ok(
+        alice
+            .put(&assign(&id, &bob.user_id, &mod_id), &json!({}))
+            .await,
+        "assign Moderator",
+    );
+    assert_eq!(member["roles"], json!([mod_id]));
+    let pl = alice
+        .state_content(&general, "m.room.power_levels", "")
+        .await;
+    assert_eq!(pl["users"][&bob.user_id], 50, "got {pl}");
+    let perms = expect_ok(
+        carol
+            .get(&format!(
+                "/_paracord/v1/channels/{}/permissions/{}",
+                enc(&general),
+                enc(&bob.user_id)
+            ))
+            .await,
+        "bob's effective permissions",
+    );
+    let bits: u64 = perms["permissions"]
+        .as_str()
+        .unwrap_or("0")
+        .parse()
+        .unwrap_or(0);
+    assert!(
+        bits & 8192 != 0 && bits & 2048 != 0,
+        "MANAGE_MESSAGES and SEND_MESSAGES: {perms}"
+    );
+    // Bob (Moderator, position 5) may hand out Helper (2), not Moderator (5), and may not
+    // create a role with a permission he lacks (BAN_MEMBERS = 4) or at his own position.
+    expect_ok(
+        bob.put(&assign(&id, &carol.user_id, &helper_id), &json!({}))
+            .await,
+        "bob assigns Helper",
+    );
+    let (status, _) = bob
+        .put(&assign(&id, &carol.user_id, &mod_id), &json!({}))
+        .await;
+    assert_eq!(status.as_u16(), 403, "a role at his own position");
+    let (status, _) = bob
+        .post(
+            &roles_path,
+            &json!({ "name": "Banner", "position": 1, "permissions": "4" }),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 403, "a permission bob lacks");
+    let (status, _) = bob
+        .post(&roles_path, &json!({ "name": "Peer", "position": 5 }))
+        .await;
+    assert_eq!(status.as_u16(), 403, "a role at bob's own position");
+    // Taking the role back lowers bob again.
+    expect_ok(
+        alice
+            .delete(&assign(&id, &bob.user_id, &mod_id), &json!({}))
+            .await,
+        "unassign Moderator",
+    );
+    let pl = alice
+        .state_content(&general, "m.room.power_levels", "")
+        .await;
+    assert!(
+        pl["users"].get(&bob.user_id).is_none(),
+        "back to the default: {pl}"
+    );
+    // Bad input.
+    for (body, code) in [
+        (json!({ "permissions": "-1" }), "M_INVALID_PARAM"),
+        (json!({ "color": 16777216 }), "M_INVALID_PARAM"),
+        (json!({ "position": 0 }), "M_INVALID_PARAM"),
+        (json!({ "hoist": "yes" }), "M_BAD_JSON"),
+    ] {
+        let (status, answer) = alice.post(&roles_path, &body).await;
+        assert_eq!(
+            (status.as_u16(), answer["errcode"].as_str()),
+            (400, Some(code)),
+            "{body}"
+        );
+    }
+    let (status, _) = alice
+        .put(&assign(&id, &bob.user_id, "no-such-role"), &json!({}))
+        .await;
+    assert_eq!(status.as_u16(), 404);
+}

@@ -95,3 +95,90 @@ pub(crate) async fn guild_roles_route(
     let id = member_guild(&state, &user, &id)?;
     Ok(Json(store::roles(&state.rooms, &id)?))
 }
+
+async fn json_body(state: &AppState, body: axum::body::Body) -> ApiResult<Value> {
+    let limit = state.config.max_request_bytes;
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| Error::too_large(format!("the body is larger than {limit} bytes")))?;
+    if bytes.is_empty() {
+        return Ok(Value::Object(Default::default()));
+    }
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| Error::not_json(e.to_string()))?;
+    if !v.is_object() {
+        return Err(Error::bad_json("the body must be a JSON object").into());
+    }
+    Ok(v)
+}
+
+/// `POST /_paracord/v1/guilds/{guildId}/roles`
+pub(crate) async fn create_role_route(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    req: Request,
+) -> ApiResult<Json<Value>> {
+    let (parts, body) = req.into_parts();
+    let user = user(&state, &parts)?;
+    let id = member_guild(&state, &user, &id)?;
+    let body = json_body(&state, body).await?;
+    Ok(Json(
+        store::create_role(&state.rooms, &id, &user, &body).await?,
+    ))
+}
+
+async fn member_role(
+    state: AppState,
+    (id, target, role): (String, String, String),
+    req: Request,
+    add: bool,
+) -> ApiResult<Json<Value>> {
+    let (parts, _) = req.into_parts();
+    let user = user(&state, &parts)?;
+    let id = member_guild(&state, &user, &id)?;
+    let target =
+        ruma::OwnedUserId::try_from(target).map_err(|_| Error::invalid_param("not a user id"))?;
+    Ok(Json(
+        store::set_member_role(&state.rooms, &id, &user, &target, &role, add).await?,
+    ))
+}
+
+/// `PUT /_paracord/v1/guilds/{guildId}/members/{userId}/roles/{roleId}`
+pub(crate) async fn add_member_role_route(
+    State(state): State<AppState>,
+    Path(p): Path<(String, String, String)>,
+    req: Request,
+) -> ApiResult<Json<Value>> {
+    member_role(state, p, req, true).await
+}
+
+/// `DELETE /_paracord/v1/guilds/{guildId}/members/{userId}/roles/{roleId}`
+pub(crate) async fn remove_member_role_route(
+    State(state): State<AppState>,
+    Path(p): Path<(String, String, String)>,
+    req: Request,
+) -> ApiResult<Json<Value>> {
+    member_role(state, p, req, false).await
+}
+
+/// `GET /_paracord/v1/channels/{channelId}/permissions/{userId}`
+pub(crate) async fn channel_permissions_route(
+    State(state): State<AppState>,
+    Path((channel, target)): Path<(String, String)>,
+    req: Request,
+) -> ApiResult<Json<Value>> {
+    let (parts, _) = req.into_parts();
+    let user = user(&state, &parts)?;
+    let channel =
+        ruma::OwnedRoomId::try_from(channel).map_err(|_| Error::not_found("no such channel"))?;
+    if state.rooms.room(&channel)?.is_none() {
+        return Err(Error::not_found("no such channel").into());
+    }
+    let target =
+        ruma::OwnedUserId::try_from(target).map_err(|_| Error::invalid_param("not a user id"))?;
+    Ok(Json(store::effective_permissions(
+        &state.rooms,
+        &channel,
+        &user,
+        &target,
+    )?))
+}

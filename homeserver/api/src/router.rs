@@ -372,7 +372,16 @@ pub fn app(services: Arc<Services>) -> Router {
         )
         .route(
             "/_paracord/v1/guilds/{guild_id}/roles",
-            get(crate::paracord::guild_roles_route),
+            get(crate::paracord::guild_roles_route).post(crate::paracord::create_role_route),
+        )
+        .route(
+            "/_paracord/v1/guilds/{guild_id}/members/{user_id}/roles/{role_id}",
+            put(crate::paracord::add_member_role_route)
+                .delete(crate::paracord::remove_member_role_route),
+        )
+        .route(
+            "/_paracord/v1/channels/{channel_id}/permissions/{user_id}",
+            get(crate::paracord::channel_permissions_route),
         )
         // media
         .route("/_matrix/media/v3/upload", post(media::upload_route))

@@ -366,3 +366,268 @@ pub fn channels(rooms: &Rooms, guild_id: &RoomId, user: &UserId) -> Result<Vec<V
     });
     Ok(out)
 }
+
+// ----- writes: sent by the guild host as the owner (spec/guilds.md) -----
+
+/// The guild's owner, who sends the guild's state: a user of this server, or the write must
+/// go through the guild host (not built yet).
+fn local_owner(rooms: &Rooms, guild: &Guild) -> Result<ruma::OwnedUserId> {
+    let owner = ruma::OwnedUserId::try_from(guild.owner.as_str())
+        .map_err(|_| Error::internal("guild owner is not a user id"))?;
+    if owner.server_name().as_str() != rooms.config.server_name {
+        return Err(Error::unrecognized(
+            "this guild is hosted by another server; relaying writes to it is not built yet",
+        ));
+    }
+    Ok(owner)
+}
+
+async fn send_state(
+    rooms: &Rooms,
+    room: &RoomId,
+    sender: &UserId,
+    kind: &str,
+    key: &str,
+    content: Value,
+) -> Result<()> {
+    rooms
+        .append(
+            room,
+            sender,
+            crate::rooms::NewEvent::state(kind.into(), key, content),
+        )
+        .await
+        .map(drop)
+}
+
+/// The guild's channel rooms (its `m.space.child` rooms this server knows).
+fn channel_ids(rooms: &Rooms, guild_id: &RoomId) -> Result<Vec<OwnedRoomId>> {
+    let state = rooms.current_state(guild_id)?;
+    let mut out = Vec::new();
+    for ((kind, key), _) in state.range(("m.space.child".to_owned(), String::new())..) {
+        if kind != "m.space.child" {
+            break;
+        }
+        if let Ok(id) = OwnedRoomId::try_from(key.as_str()) {
+            if rooms.room(&id)?.is_some() {
+                out.push(id);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Sends the projected power levels of the space and every channel where they changed.
+pub async fn reproject(rooms: &Rooms, guild_id: &RoomId) -> Result<()> {
+    let guild = load_guild(rooms, guild_id)?;
+    let owner = local_owner(rooms, &guild)?;
+    let mut members = Vec::new();
+    for (user, m) in rooms.members(guild_id)? {
+        if m == "join" || m == "invite" {
+            members.push(load_member(rooms, guild_id, &user)?);
+        }
+    }
+    let now = now_ms();
+    let mut targets = vec![(guild_id.to_owned(), ChannelOverwrites::default())];
+    for c in channel_ids(rooms, guild_id)? {
+        let (o, _) = overwrites(rooms, &c)?;
+        targets.push((c, o));
+    }
+    for (room, o) in targets {
+        let v12 = rooms.room_or_404(&room)?.version == "12";
+        let pl = power_levels(&guild, &members, &o, now, v12);
+        let current = rooms.current_state(&room)?;
+        if rooms
+            .state_content(&current, "m.room.power_levels", "")?
+            .as_ref()
+            != Some(&pl)
+        {
+            send_state(rooms, &room, &owner, "m.room.power_levels", "", pl).await?;
+        }
+    }
+    Ok(())
+}
+
+/// `POST /guilds/{id}/roles`: MANAGE_ROLES, below the actor's highest role, with no
+/// permission the actor lacks.
+pub async fn create_role(
+    rooms: &Rooms,
+    guild_id: &RoomId,
+    actor: &UserId,
+    body: &Value,
+) -> Result<Value> {
+    let guild = load_guild(rooms, guild_id)?;
+    let member = load_member(rooms, guild_id, actor)?;
+    let text = |k: &str, d: &str| -> Result<String> {
+        match body.get(k) {
+            None => Ok(d.to_owned()),
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(Error::bad_json(format!("{k} must be a string"))),
+        }
+    };
+    let flag = |k: &str| -> Result<bool> {
+        match body.get(k) {
+            None => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(Error::bad_json(format!("{k} must be a boolean"))),
+        }
+    };
+    let number = |k: &str, d: i64| -> Result<i64> {
+        match body.get(k) {
+            None => Ok(d),
+            Some(v) => v
+                .as_i64()
+                .ok_or_else(|| Error::bad_json(format!("{k} must be an integer"))),
+        }
+    };
+    let permissions = Permissions::parse(&text("permissions", "0")?)
+        .ok_or_else(|| Error::invalid_param("permissions must be a u64 as a decimal string"))?;
+    let position = number("position", 1)?;
+    let color = u32::try_from(number("color", 0)?)
+        .ok()
+        .filter(|c| *c <= 0xFF_FFFF)
+        .ok_or_else(|| Error::invalid_param("color is 0 to 0xFFFFFF"))?;
+    if position < 1 {
+        return Err(Error::invalid_param(
+            "a role's position is at least 1 (@everyone is 0)",
+        ));
+    }
+    if !guild.may_manage_role(&member, position, permissions) {
+        return Err(Error::forbidden(
+            "creating this role needs MANAGE_ROLES, a higher role of your own and every permission it grants",
+        ));
+    }
+    let content = RoleContent {
+        name: text("name", "new role")?,
+        color,
+        position,
+        hoist: flag("hoist")?,
+        mentionable: flag("mentionable")?,
+        permissions: permissions.to_wire(),
+    };
+    if content.name.is_empty() || content.name.chars().count() > 100 {
+        return Err(Error::invalid_param("a role name has 1 to 100 characters"));
+    }
+    let id: String = {
+        use rand::{distributions::Alphanumeric, Rng};
+        rand::thread_rng()
+            .sample_iter(&Alphanumeric)
+            .take(8)
+            .map(char::from)
+            .collect()
+    };
+    let owner = local_owner(rooms, &guild)?;
+    send_state(
+        rooms,
+        guild_id,
+        &owner,
+        "chat.paracord.role",
+        &id,
+        serde_json::to_value(&content)?,
+    )
+    .await?;
+    let mut v = serde_json::to_value(&content)?;
+    v["id"] = json!(id);
+    Ok(v)
+}
+
+/// `PUT`/`DELETE /guilds/{id}/members/{userId}/roles/{roleId}`: MANAGE_ROLES and the
+/// hierarchy for the role; then the power levels follow.
+pub async fn set_member_role(
+    rooms: &Rooms,
+    guild_id: &RoomId,
+    actor: &UserId,
+    target: &UserId,
+    role_id: &str,
+    add: bool,
+) -> Result<Value> {
+    let guild = load_guild(rooms, guild_id)?;
+    let role = guild
+        .roles
+        .get(role_id)
+        .filter(|_| role_id != EVERYONE)
+        .cloned()
+        .ok_or_else(|| Error::not_found("no such role"))?;
+    if !matches!(
+        rooms.membership(guild_id, target)?.as_deref(),
+        Some("join") | Some("invite")
+    ) {
+        return Err(Error::not_found("not a member of this guild"));
+    }
+    let actor_member = load_member(rooms, guild_id, actor)?;
+    if !guild.may_manage_role(&actor_member, role.position, role.permissions) {
+        return Err(Error::forbidden(
+            "assigning this role needs MANAGE_ROLES and a higher role of your own",
+        ));
+    }
+    let state = rooms.current_state(guild_id)?;
+    let key = super::events::member_state_key(target.as_str());
+    let mut content: super::events::MemberContent = rooms
+        .state_content(&state, "chat.paracord.member", &key)?
+        .and_then(|c| serde_json::from_value(c).ok())
+        .unwrap_or_default();
+    let had = content.roles.iter().any(|r| r == role_id);
+    if add && !had {
+        content.roles.push(role_id.to_owned());
+    } else if !add && had {
+        content.roles.retain(|r| r != role_id);
+    }
+    if add != had {
+        let owner = local_owner(rooms, &guild)?;
+        send_state(
+            rooms,
+            guild_id,
+            &owner,
+            "chat.paracord.member",
+            &key,
+            serde_json::to_value(&content)?,
+        )
+        .await?;
+        reproject(rooms, guild_id).await?;
+    }
+    Ok(
+        json!({ "user_id": target, "roles": content.roles, "nick": content.nick,
+                "communication_disabled_until": content.communication_disabled_until }),
+    )
+}
+
+/// `GET /channels/{id}/permissions/{userId}`: the effective permissions now, `"0"` when the
+/// user cannot see the channel. The asker must see it.
+pub fn effective_permissions(
+    rooms: &Rooms,
+    channel: &RoomId,
+    asker: &UserId,
+    user: &UserId,
+) -> Result<Value> {
+    let state = rooms.current_state(channel)?;
+    let guild_id = state
+        .range(("m.space.parent".to_owned(), String::new())..)
+        .take_while(|((k, _), _)| k == "m.space.parent")
+        .find_map(|((_, key), _)| OwnedRoomId::try_from(key.as_str()).ok())
+        .ok_or_else(|| Error::not_found("no such channel"))?;
+    if rooms
+        .state_content(&state, "chat.paracord.channel", "")?
+        .is_none()
+    {
+        return Err(Error::not_found("no such channel"));
+    }
+    let guild = load_guild(rooms, &guild_id)?;
+    let (o, _) = overwrites(rooms, channel)?;
+    let now = now_ms();
+    let asker_member = load_member(rooms, &guild_id, asker)?;
+    if !rooms.is_joined(&guild_id, asker)?
+        || !guild
+            .channel_permissions(&asker_member, &o, now)
+            .contains(Permissions::VIEW_CHANNEL)
+    {
+        return Err(Error::not_found("no such channel"));
+    }
+    if !matches!(
+        rooms.membership(&guild_id, user)?.as_deref(),
+        Some("join") | Some("invite")
+    ) {
+        return Err(Error::not_found("not a member of this guild"));
+    }
+    let member = load_member(rooms, &guild_id, user)?;
+    Ok(json!({ "permissions": guild.channel_permissions(&member, &o, now).to_wire() }))
+}

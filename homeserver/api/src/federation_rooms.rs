@@ -36,6 +36,25 @@ fn raw_value(raw: &serde_json::value::RawValue) -> ApiResult<Value> {
     serde_json::from_str(raw.get()).map_err(|e| Error::bad_json(format!("bad PDU: {e}")).into())
 }
 
+/// The `send_join` / `send_leave` / `send_knock` handlers' common part.
+async fn sent_membership<T>(
+    state: &AppState,
+    req: &Ruma<T>,
+    room_id: &ruma::RoomId,
+    event_id: &ruma::EventId,
+    pdu: &serde_json::value::RawValue,
+    membership: &str,
+) -> ApiResult<Json<Box<serde_json::value::RawValue>>> {
+    let origin = origin(req)?;
+    let pdu = raw_value(pdu)?;
+    Ok(Json(
+        state
+            .pdus
+            .send_membership(&origin, room_id, event_id, &pdu, membership)
+            .await?,
+    ))
+}
+
 /// `PUT /_matrix/federation/v1/send/{txnId}` — https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv1sendtxnid
 pub(crate) async fn send_transaction_route(
     State(state): State<AppState>,
@@ -97,14 +116,15 @@ pub(crate) async fn send_join_route(
     State(state): State<AppState>,
     req: Ruma<create_join_event::v2::Request>,
 ) -> ApiResult<Json<Box<serde_json::value::RawValue>>> {
-    let origin = origin(&req)?;
-    let pdu = raw_value(&req.body.pdu)?;
-    Ok(Json(
-        state
-            .pdus
-            .send_membership(&origin, &req.body.room_id, &req.body.event_id, &pdu, "join")
-            .await?,
-    ))
+    sent_membership(
+        &state,
+        &req,
+        &req.body.room_id,
+        &req.body.event_id,
+        &req.body.pdu,
+        "join",
+    )
+    .await
 }
 
 /// `GET /_matrix/federation/v1/make_leave/{roomId}/{userId}` — https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1make_leaveroomiduserid
@@ -127,20 +147,15 @@ pub(crate) async fn send_leave_route(
     State(state): State<AppState>,
     req: Ruma<create_leave_event::v2::Request>,
 ) -> ApiResult<Json<Box<serde_json::value::RawValue>>> {
-    let origin = origin(&req)?;
-    let pdu = raw_value(&req.body.pdu)?;
-    Ok(Json(
-        state
-            .pdus
-            .send_membership(
-                &origin,
-                &req.body.room_id,
-                &req.body.event_id,
-                &pdu,
-                "leave",
-            )
-            .await?,
-    ))
+    sent_membership(
+        &state,
+        &req,
+        &req.body.room_id,
+        &req.body.event_id,
+        &req.body.pdu,
+        "leave",
+    )
+    .await
 }
 
 /// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}` — https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv2inviteroomideventid
@@ -205,20 +220,15 @@ pub(crate) async fn send_knock_route(
     State(state): State<AppState>,
     req: Ruma<create_knock_event::v1::Request>,
 ) -> ApiResult<Json<Box<serde_json::value::RawValue>>> {
-    let origin = origin(&req)?;
-    let pdu = raw_value(&req.body.pdu)?;
-    Ok(Json(
-        state
-            .pdus
-            .send_membership(
-                &origin,
-                &req.body.room_id,
-                &req.body.event_id,
-                &pdu,
-                "knock",
-            )
-            .await?,
-    ))
+    sent_membership(
+        &state,
+        &req,
+        &req.body.room_id,
+        &req.body.event_id,
+        &req.body.pdu,
+        "knock",
+    )
+    .await
 }
 
 /// `GET /_matrix/federation/v1/hierarchy/{roomId}` — https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1hierarchyroomid

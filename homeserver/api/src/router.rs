@@ -361,28 +361,7 @@ pub fn app(services: Arc<Services>) -> Router {
             post(search::rebuild_route),
         )
         // the Paracord profile (spec/rest.md)
-        .route("/_paracord/v1/guilds", post(crate::paracord::create_guild_route))
-        .route(
-            "/_paracord/v1/guilds/{guild_id}",
-            get(crate::paracord::get_guild_route),
-        )
-        .route(
-            "/_paracord/v1/guilds/{guild_id}/channels",
-            get(crate::paracord::guild_channels_route),
-        )
-        .route(
-            "/_paracord/v1/guilds/{guild_id}/roles",
-            get(crate::paracord::guild_roles_route).post(crate::paracord::create_role_route),
-        )
-        .route(
-            "/_paracord/v1/guilds/{guild_id}/members/{user_id}/roles/{role_id}",
-            put(crate::paracord::add_member_role_route)
-                .delete(crate::paracord::remove_member_role_route),
-        )
-        .route(
-            "/_paracord/v1/channels/{channel_id}/permissions/{user_id}",
-            get(crate::paracord::channel_permissions_route),
-        )
+        .merge(crate::paracord::routes())
         // media
         .route("/_matrix/media/v3/upload", post(media::upload_route))
         .route("/_matrix/media/r0/upload", post(media::upload_route))

@@ -1,6 +1,8 @@
-//! The Paracord profile's guilds (spec/guilds.md). So far: the permission model.
+//! The Paracord profile's guilds (spec/guilds.md, spec/rest.md).
 
+pub mod channels;
 pub mod events;
+pub mod members;
 pub mod permissions;
 pub mod projection;
 pub mod store;

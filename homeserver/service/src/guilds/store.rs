@@ -207,7 +207,7 @@ pub async fn create_guild(
 }
 
 /// The guild's `chat.paracord.guild` content, or 404 when the room is no guild.
-fn guild_content(rooms: &Rooms, guild_id: &RoomId) -> Result<GuildContent> {
+pub(crate) fn guild_content(rooms: &Rooms, guild_id: &RoomId) -> Result<GuildContent> {
     let state = rooms.current_state(guild_id)?;
     let content = rooms
         .state_content(&state, "chat.paracord.guild", "")?
@@ -284,7 +284,10 @@ pub fn load_member(rooms: &Rooms, guild_id: &RoomId, user: &UserId) -> Result<Me
 }
 
 /// A channel room's overwrites.
-fn overwrites(rooms: &Rooms, channel: &RoomId) -> Result<(ChannelOverwrites, Vec<Value>)> {
+pub(crate) fn overwrites(
+    rooms: &Rooms,
+    channel: &RoomId,
+) -> Result<(ChannelOverwrites, Vec<Value>)> {
     let state = rooms.current_state(channel)?;
     let mut o = ChannelOverwrites::default();
     let mut list = Vec::new();
@@ -371,7 +374,7 @@ pub fn channels(rooms: &Rooms, guild_id: &RoomId, user: &UserId) -> Result<Vec<V
 
 /// The guild's owner, who sends the guild's state: a user of this server, or the write must
 /// go through the guild host (not built yet).
-fn local_owner(rooms: &Rooms, guild: &Guild) -> Result<ruma::OwnedUserId> {
+pub(crate) fn host_owner(rooms: &Rooms, guild: &Guild) -> Result<ruma::OwnedUserId> {
     let owner = ruma::OwnedUserId::try_from(guild.owner.as_str())
         .map_err(|_| Error::internal("guild owner is not a user id"))?;
     if owner.server_name().as_str() != rooms.config.server_name {
@@ -382,7 +385,7 @@ fn local_owner(rooms: &Rooms, guild: &Guild) -> Result<ruma::OwnedUserId> {
     Ok(owner)
 }
 
-async fn send_state(
+pub(crate) async fn send_state(
     rooms: &Rooms,
     room: &RoomId,
     sender: &UserId,
@@ -401,7 +404,7 @@ async fn send_state(
 }
 
 /// The guild's channel rooms (its `m.space.child` rooms this server knows).
-fn channel_ids(rooms: &Rooms, guild_id: &RoomId) -> Result<Vec<OwnedRoomId>> {
+pub(crate) fn channel_ids(rooms: &Rooms, guild_id: &RoomId) -> Result<Vec<OwnedRoomId>> {
     let state = rooms.current_state(guild_id)?;
     let mut out = Vec::new();
     for ((kind, key), _) in state.range(("m.space.child".to_owned(), String::new())..) {
@@ -420,7 +423,7 @@ fn channel_ids(rooms: &Rooms, guild_id: &RoomId) -> Result<Vec<OwnedRoomId>> {
 /// Sends the projected power levels of the space and every channel where they changed.
 pub async fn reproject(rooms: &Rooms, guild_id: &RoomId) -> Result<()> {
     let guild = load_guild(rooms, guild_id)?;
-    let owner = local_owner(rooms, &guild)?;
+    let owner = host_owner(rooms, &guild)?;
     let mut members = Vec::new();
     for (user, m) in rooms.members(guild_id)? {
         if m == "join" || m == "invite" {
@@ -516,7 +519,7 @@ pub async fn create_role(
             .map(char::from)
             .collect()
     };
-    let owner = local_owner(rooms, &guild)?;
+    let owner = host_owner(rooms, &guild)?;
     send_state(
         rooms,
         guild_id,
@@ -573,7 +576,7 @@ pub async fn set_member_role(
         content.roles.retain(|r| r != role_id);
     }
     if add != had {
-        let owner = local_owner(rooms, &guild)?;
+        let owner = host_owner(rooms, &guild)?;
         send_state(
             rooms,
             guild_id,

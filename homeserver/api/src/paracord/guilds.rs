@@ -1,6 +1,4 @@
-//! The Paracord REST extension under `/_paracord/v1` (spec/rest.md). So far: creating a guild
-//! and reading a guild, its channels and its roles; the rest of the resources answer
-//! `M_UNRECOGNIZED` through the router's fallback.
+//! Guilds, roles, member roles and effective permissions (spec/rest.md §5, §7, §8, §10).
 
 use axum::{
     extract::{Path, Request, State},
@@ -10,25 +8,8 @@ use paracord_core::Error;
 use paracord_service::guilds::store::{self, NewGuild};
 use serde_json::Value;
 
-use crate::{ruma_wrapper::access_token, ApiResult, AppState};
-
-fn user(state: &AppState, parts: &http::request::Parts) -> ApiResult<ruma::OwnedUserId> {
-    let token = access_token(parts).ok_or_else(Error::missing_token)?;
-    Ok(state.accounts.authenticate(&token)?.user_id)
-}
-
-fn guild_id(id: &str) -> ApiResult<ruma::OwnedRoomId> {
-    ruma::OwnedRoomId::try_from(id).map_err(|_| Error::not_found("no such guild").into())
-}
-
-/// A guild the user is in (joined to its space); anything else is 404, as if it did not exist.
-fn member_guild(state: &AppState, user: &ruma::UserId, id: &str) -> ApiResult<ruma::OwnedRoomId> {
-    let id = guild_id(id)?;
-    if state.rooms.room(&id)?.is_none() || !state.rooms.is_joined(&id, user)? {
-        return Err(Error::not_found("no such guild").into());
-    }
-    Ok(id)
-}
+use super::{json_body, member_guild, user};
+use crate::{ApiResult, AppState};
 
 /// `POST /_paracord/v1/guilds`
 pub(crate) async fn create_guild_route(
@@ -94,21 +75,6 @@ pub(crate) async fn guild_roles_route(
     let user = user(&state, &parts)?;
     let id = member_guild(&state, &user, &id)?;
     Ok(Json(store::roles(&state.rooms, &id)?))
-}
-
-async fn json_body(state: &AppState, body: axum::body::Body) -> ApiResult<Value> {
-    let limit = state.config.max_request_bytes;
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| Error::too_large(format!("the body is larger than {limit} bytes")))?;
-    if bytes.is_empty() {
-        return Ok(Value::Object(Default::default()));
-    }
-    let v: Value = serde_json::from_slice(&bytes).map_err(|e| Error::not_json(e.to_string()))?;
-    if !v.is_object() {
-        return Err(Error::bad_json("the body must be a JSON object").into());
-    }
-    Ok(v)
 }
 
 /// `POST /_paracord/v1/guilds/{guildId}/roles`

@@ -1,0 +1,95 @@
+//! The Paracord REST extension under `/_paracord/v1` (spec/rest.md). Each resource has its
+//! module; anything not routed here answers `M_UNRECOGNIZED` through the router's fallback.
+
+use axum::{
+    routing::{get, post, put},
+    Router,
+};
+use paracord_core::Error;
+use serde_json::Value;
+
+use crate::{ruma_wrapper::access_token, ApiResult, AppState};
+
+mod channels;
+mod guilds;
+mod members;
+
+/// Every `/_paracord/v1` route. Modules may add methods to the same path.
+pub(crate) fn routes() -> Router<AppState> {
+    let r = Router::new()
+        .route("/_paracord/v1/guilds", post(guilds::create_guild_route))
+        .route(
+            "/_paracord/v1/guilds/{guild_id}",
+            get(guilds::get_guild_route),
+        )
+        .route(
+            "/_paracord/v1/guilds/{guild_id}/channels",
+            get(guilds::guild_channels_route),
+        )
+        .route(
+            "/_paracord/v1/guilds/{guild_id}/roles",
+            get(guilds::guild_roles_route).post(guilds::create_role_route),
+        )
+        .route(
+            "/_paracord/v1/guilds/{guild_id}/members/{user_id}/roles/{role_id}",
+            put(guilds::add_member_role_route).delete(guilds::remove_member_role_route),
+        )
+        .route(
+            "/_paracord/v1/channels/{channel_id}/permissions/{target}",
+            get(guilds::channel_permissions_route),
+        );
+    let r = channels::routes(r);
+    members::routes(r)
+}
+
+/// The requester: the owner of the access token.
+pub(crate) fn user(state: &AppState, parts: &http::request::Parts) -> ApiResult<ruma::OwnedUserId> {
+    let token = access_token(parts).ok_or_else(Error::missing_token)?;
+    Ok(state.accounts.authenticate(&token)?.user_id)
+}
+
+pub(crate) fn guild_id(id: &str) -> ApiResult<ruma::OwnedRoomId> {
+    ruma::OwnedRoomId::try_from(id).map_err(|_| Error::not_found("no such guild").into())
+}
+
+/// A guild the user is in (joined to its space); anything else is 404, as if it did not exist.
+pub(crate) fn member_guild(
+    state: &AppState,
+    user: &ruma::UserId,
+    id: &str,
+) -> ApiResult<ruma::OwnedRoomId> {
+    let id = guild_id(id)?;
+    if state.rooms.room(&id)?.is_none() || !state.rooms.is_joined(&id, user)? {
+        return Err(Error::not_found("no such guild").into());
+    }
+    Ok(id)
+}
+
+/// The request body as JSON of any shape (an empty body is `{}`).
+pub(crate) async fn json_value(state: &AppState, body: axum::body::Body) -> ApiResult<Value> {
+    let limit = state.config.max_request_bytes;
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| Error::too_large(format!("the body is larger than {limit} bytes")))?;
+    if bytes.is_empty() {
+        return Ok(Value::Object(Default::default()));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| Error::not_json(e.to_string()).into())
+}
+
+/// The request body as a JSON object (an empty body is `{}`).
+pub(crate) async fn json_body(state: &AppState, body: axum::body::Body) -> ApiResult<Value> {
+    let v = json_value(state, body).await?;
+    if !v.is_object() {
+        return Err(Error::bad_json("the body must be a JSON object").into());
+    }
+    Ok(v)
+}
+
+/// The request body as a JSON array.
+pub(crate) async fn json_array(state: &AppState, body: axum::body::Body) -> ApiResult<Vec<Value>> {
+    match json_value(state, body).await? {
+        Value::Array(a) => Ok(a),
+        _ => Err(Error::bad_json("the body must be a JSON array").into()),
+    }
+}

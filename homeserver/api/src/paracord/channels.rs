@@ -1,9 +1,172 @@
-//! Guild settings, channels and permission overwrites (spec/rest.md §5, §6, §10).
+//! Guild settings, channels and permission overwrites (spec/rest.md §2, §5, §6, §10).
 
-use axum::Router;
+use axum::{
+    extract::{Path, Request, State},
+    routing::{get, patch, post, put},
+    Json, Router,
+};
+use paracord_core::Error;
+use paracord_service::guilds::channels;
+use serde_json::{json, Value};
 
-use crate::AppState;
+use super::{json_array, json_body, member_guild, user};
+use crate::{ApiResult, AppState};
 
+/// Routes of this module; paths shared with other modules keep their parameter names.
 pub(super) fn routes(r: Router<AppState>) -> Router<AppState> {
-    r
+    r.route("/_paracord/v1/versions", get(versions_route))
+        .route(
+            "/_paracord/v1/guilds/{guild_id}",
+            patch(update_guild_route).delete(delete_guild_route),
+        )
+        .route(
+            "/_paracord/v1/guilds/{guild_id}/channels",
+            post(create_channel_route).patch(reorder_channels_route),
+        )
+        .route(
+            "/_paracord/v1/channels/{channel_id}",
+            get(get_channel_route)
+                .patch(update_channel_route)
+                .delete(delete_channel_route),
+        )
+        .route(
+            "/_paracord/v1/channels/{channel_id}/permissions/{target}",
+            put(put_overwrite_route).delete(delete_overwrite_route),
+        )
+}
+
+/// A channel id from the path; anything that is not a room id names no channel.
+fn channel_id(id: &str) -> ApiResult<ruma::OwnedRoomId> {
+    ruma::OwnedRoomId::try_from(id).map_err(|_| Error::not_found("no such channel").into())
+}
+
+/// `GET /_paracord/v1/versions`: the profile versions this server implements. Like the
+/// Matrix `/versions`, it answers with or without an access token.
+pub(crate) async fn versions_route() -> Json<Value> {
+    Json(json!({ "versions": ["1"] }))
+}
+
+/// `PATCH /_paracord/v1/guilds/{guildId}`
+pub(crate) async fn update_guild_route(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    req: Request,
+) -> ApiResult<Json<Value>> {
+    let (parts, body) = req.into_parts();
+    let user = user(&state, &parts)?;
+    let id = member_guild(&state, &user, &id)?;
+    let body = json_body(&state, body).await?;
+    Ok(Json(
+        channels::update_guild(&state.rooms, &id, &user, &body).await?,
+    ))
+}
+
+/// `DELETE /_paracord/v1/guilds/{guildId}`
+pub(crate) async fn delete_guild_route(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    req: Request,
+) -> ApiResult<Json<Value>> {
+    let (parts, _) = req.into_parts();
+    let user = user(&state, &parts)?;
+    let id = member_guild(&state, &user, &id)?;
+    channels::delete_guild(&state.rooms, &id, &user).await?;
+    Ok(Json(json!({})))
+}
+
+/// `POST /_paracord/v1/guilds/{guildId}/channels`
+pub(crate) async fn create_channel_route(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    req: Request,
+) -> ApiResult<Json<Value>> {
+    let (parts, body) = req.into_parts();
+    let user = user(&state, &parts)?;
+    let id = member_guild(&state, &user, &id)?;
+    let body = json_body(&state, body).await?;
+    Ok(Json(
+        channels::create_channel(&state.rooms, &state.pdus, &id, &user, &body).await?,
+    ))
+}
+
+/// `PATCH /_paracord/v1/guilds/{guildId}/channels`
+pub(crate) async fn reorder_channels_route(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    req: Request,
+) -> ApiResult<Json<Value>> {
+    let (parts, body) = req.into_parts();
+    let user = user(&state, &parts)?;
+    let id = member_guild(&state, &user, &id)?;
+    let items = json_array(&state, body).await?;
+    channels::reorder_channels(&state.rooms, &state.pdus, &id, &user, &items).await?;
+    Ok(Json(json!({})))
+}
+
+/// `GET /_paracord/v1/channels/{channelId}`
+pub(crate) async fn get_channel_route(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    req: Request,
+) -> ApiResult<Json<Value>> {
+    let (parts, _) = req.into_parts();
+    let user = user(&state, &parts)?;
+    let id = channel_id(&id)?;
+    Ok(Json(channels::get_channel(&state.rooms, &id, &user)?))
+}
+
+/// `PATCH /_paracord/v1/channels/{channelId}`
+pub(crate) async fn update_channel_route(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    req: Request,
+) -> ApiResult<Json<Value>> {
+    let (parts, body) = req.into_parts();
+    let user = user(&state, &parts)?;
+    let id = channel_id(&id)?;
+    let body = json_body(&state, body).await?;
+    Ok(Json(
+        channels::update_channel(&state.rooms, &state.pdus, &id, &user, &body).await?,
+    ))
+}
+
+/// `DELETE /_paracord/v1/channels/{channelId}`
+pub(crate) async fn delete_channel_route(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    req: Request,
+) -> ApiResult<Json<Value>> {
+    let (parts, _) = req.into_parts();
+    let user = user(&state, &parts)?;
+    let id = channel_id(&id)?;
+    channels::delete_channel(&state.rooms, &id, &user).await?;
+    Ok(Json(json!({})))
+}
+
+/// `PUT /_paracord/v1/channels/{channelId}/permissions/{overwriteId}`
+pub(crate) async fn put_overwrite_route(
+    State(state): State<AppState>,
+    Path((id, target)): Path<(String, String)>,
+    req: Request,
+) -> ApiResult<Json<Value>> {
+    let (parts, body) = req.into_parts();
+    let user = user(&state, &parts)?;
+    let id = channel_id(&id)?;
+    let body = json_body(&state, body).await?;
+    Ok(Json(
+        channels::put_overwrite(&state.rooms, &state.pdus, &id, &user, &target, &body).await?,
+    ))
+}
+
+/// `DELETE /_paracord/v1/channels/{channelId}/permissions/{overwriteId}`
+pub(crate) async fn delete_overwrite_route(
+    State(state): State<AppState>,
+    Path((id, target)): Path<(String, String)>,
+    req: Request,
+) -> ApiResult<Json<Value>> {
+    let (parts, _) = req.into_parts();
+    let user = user(&state, &parts)?;
+    let id = channel_id(&id)?;
+    channels::delete_overwrite(&state.rooms, &state.pdus, &id, &user, &target).await?;
+    Ok(Json(json!({})))
 }

@@ -1,1 +1,1658 @@
-//! Guild settings, channels and permission overwrites (spec/rest.md §5, §6, §10).
+//! Guild settings, channels and permission overwrites (spec/rest.md §5, §6, §10), carried out
+//! by the guild host as the owner: `chat.paracord.guild`, the channel rooms with their
+//! `chat.paracord.channel`, `m.space.child`/`m.space.parent` links and join rules, and the
+//! `chat.paracord.overwrite` events, each change followed by the projected power levels
+//! (spec/guilds.md §2, §5, §7, §8).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use paracord_core::{time::now_ms, Error, Result};
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+use serde_json::{json, Value};
+use tracing::{instrument, warn};
+
+use super::{
+    events::{ChannelContent, ChannelKind, GuildContent, OverwriteTarget},
+    permissions::{ChannelOverwrites, Guild, Member, Overwrite, Permissions},
+    projection::power_levels,
+    store::{
+        channel_ids, guild_content, guild_object, host_owner, load_guild, load_member, overwrites,
+        reproject, send_state,
+    },
+};
+use crate::{
+    federation::pdus::Pdus,
+    rooms::{
+        create::{CreateRoom, Preset},
+        Rooms,
+    },
+};
+
+/// Longest channel or guild name, in characters.
+const MAX_NAME: usize = 100;
+/// Longest guild description (spec/guilds.md §1).
+const MAX_DESCRIPTION: usize = 1000;
+/// Longest channel topic (spec/guilds.md §2).
+const MAX_TOPIC: usize = 1024;
+/// Longest slow mode, in seconds (spec/guilds.md §2).
+const MAX_RATE_LIMIT: i64 = 21_600;
+
+// ----- reading request bodies -----
+
+/// A field of a request body: absent (keep the current value), `null` (remove it) or a value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Field<T> {
+    Keep,
+    Remove,
+    Set(T),
+}
+
+fn text(body: &Value, key: &str) -> Result<Field<String>> {
+    match body.get(key) {
+        None => Ok(Field::Keep),
+        Some(Value::Null) => Ok(Field::Remove),
+        Some(Value::String(s)) => Ok(Field::Set(s.clone())),
+        Some(_) => Err(Error::bad_json(format!("{key} must be a string"))),
+    }
+}
+
+fn flag(body: &Value, key: &str) -> Result<Option<bool>> {
+    match body.get(key) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(Error::bad_json(format!("{key} must be a boolean"))),
+    }
+}
+
+/// An integer from 0 to `max`: another number is out of range (`M_INVALID_PARAM`, as for
+/// "position not an integer" in spec/rest.md §1.1), anything else has the wrong type.
+fn integer(body: &Value, key: &str, max: i64) -> Result<Option<i64>> {
+    match body.get(key) {
+        None => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .filter(|v| (0..=max).contains(v))
+            .map(Some)
+            .ok_or_else(|| {
+                Error::invalid_param(format!("{key} must be an integer from 0 to {max}"))
+            }),
+        Some(_) => Err(Error::bad_json(format!("{key} must be an integer"))),
+    }
+}
+
+fn room_id(key: &str, s: &str) -> Result<OwnedRoomId> {
+    OwnedRoomId::try_from(s).map_err(|_| Error::invalid_param(format!("{key} must be a room id")))
+}
+
+fn name_of(key: &str, s: String) -> Result<String> {
+    if s.trim().is_empty() || s.chars().count() > MAX_NAME {
+        return Err(Error::invalid_param(format!(
+            "{key} has 1 to {MAX_NAME} characters"
+        )));
+    }
+    Ok(s)
+}
+
+fn kind_of(s: &str) -> Result<ChannelKind> {
+    serde_json::from_value(json!(s)).map_err(|_| {
+        Error::invalid_param("kind is one of text, voice, forum, announcement, category")
+    })
+}
+
+fn permissions_of(key: &str, v: Option<&Value>) -> Result<Permissions> {
+    match v {
+        None => Ok(Permissions::NONE),
+        Some(Value::String(s)) => Permissions::parse(s).ok_or_else(|| {
+            Error::invalid_param(format!("{key} must be a u64 as a decimal string"))
+        }),
+        Some(_) => Err(Error::bad_json(format!("{key} must be a string"))),
+    }
+}
+
+/// `permission_overwrites` of a new channel: `None` when absent or `null`.
+fn overwrite_list(v: Option<&Value>) -> Result<Option<Vec<(OverwriteTarget, Overwrite)>>> {
+    let items = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(Error::bad_json("permission_overwrites must be an array")),
+    };
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for item in items {
+        if !item.is_object() {
+            return Err(Error::bad_json("each overwrite must be an object"));
+        }
+        let id = match item.get("id") {
+            None => return Err(Error::missing_param("each overwrite needs an id")),
+            Some(Value::String(s)) => s,
+            Some(_) => return Err(Error::bad_json("an overwrite's id must be a string")),
+        };
+        let target = target_of(id)?;
+        if !seen.insert(target.state_key()) {
+            return Err(Error::invalid_param(format!(
+                "overwrite {id} is given twice"
+            )));
+        }
+        let ow = Overwrite {
+            allow: permissions_of("allow", item.get("allow"))?,
+            deny: permissions_of("deny", item.get("deny"))?,
+        };
+        out.push((target, ow));
+    }
+    Ok(Some(out))
+}
+
+fn target_of(id: &str) -> Result<OverwriteTarget> {
+    let target = OverwriteTarget::parse(id).ok_or_else(|| {
+        Error::invalid_param("an overwrite id is role:<role id> or user:<user id>")
+    })?;
+    if let OverwriteTarget::User(u) = &target {
+        if UserId::parse(u.as_str()).is_err() {
+            return Err(Error::invalid_param(format!("{u} is not a user id")));
+        }
+    }
+    Ok(target)
+}
+
+fn missing(flag: &str) -> Error {
+    Error::forbidden(format!("Missing permission: {flag}"))
+}
+
+fn require(have: Permissions, flag: Permissions, name: &str) -> Result<()> {
+    if have.contains(flag) {
+        Ok(())
+    } else {
+        Err(missing(name))
+    }
+}
+
+// ----- the guild's channels -----
+
+/// A live channel of a guild: listed by the space (`m.space.child` with `via`) and with a
+/// readable `chat.paracord.channel`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Channel {
+    pub(crate) id: OwnedRoomId,
+    pub(crate) content: ChannelContent,
+}
+
+/// Every live channel of the guild, hidden ones included.
+pub(crate) fn guild_channels(rooms: &Rooms, guild_id: &RoomId) -> Result<Vec<Channel>> {
+    let mut out = Vec::new();
+    for id in channel_ids(rooms, guild_id)? {
+        let state = rooms.current_state(&id)?;
+        if let Some(content) = rooms
+            .state_content(&state, "chat.paracord.channel", "")?
+            .and_then(|c| serde_json::from_value::<ChannelContent>(c).ok())
+        {
+            out.push(Channel { id, content });
+        }
+    }
+    Ok(out)
+}
+
+/// A channel in the guild's order.
+#[derive(Debug)]
+struct Placed<'a> {
+    channel: &'a Channel,
+    /// The category it is shown in: its `parent` when that is a category of the guild.
+    parent: Option<&'a str>,
+    /// Its `m.space.child` `order`.
+    order: String,
+}
+
+fn by_position(a: &&Channel, b: &&Channel) -> std::cmp::Ordering {
+    (a.content.position, a.id.as_str().as_bytes())
+        .cmp(&(b.content.position, b.id.as_str().as_bytes()))
+}
+
+/// The category a channel is shown in (spec/guilds.md §2): none for categories and for a
+/// `parent` that is not a category of the guild.
+fn shown_parent<'a>(c: &'a Channel, categories: &BTreeSet<&str>) -> Option<&'a str> {
+    if c.content.kind == ChannelKind::Category {
+        return None;
+    }
+    c.content
+        .parent
+        .as_deref()
+        .filter(|p| categories.contains(p))
+}
+
+/// The channels in the order a client shows them (spec/guilds.md §2.2): the top level
+/// (categories, and channels without a valid `parent`) by position then room id, each
+/// category followed by its own channels in the same order. Each gets an `m.space.child`
+/// `order` that sorts the same way: `"0003"` for the fourth top-level item, `"0003.0001"` for
+/// the second channel in it. (Four digits: Discord caps a guild at 500 channels.)
+fn display_order(channels: &[Channel]) -> Vec<Placed<'_>> {
+    let categories: BTreeSet<&str> = channels
+        .iter()
+        .filter(|c| c.content.kind == ChannelKind::Category)
+        .map(|c| c.id.as_str())
+        .collect();
+    let mut top: Vec<&Channel> = channels
+        .iter()
+        .filter(|c| shown_parent(c, &categories).is_none())
+        .collect();
+    top.sort_by(by_position);
+    let mut out = Vec::with_capacity(channels.len());
+    for (i, t) in top.into_iter().enumerate() {
+        out.push(Placed {
+            channel: t,
+            parent: None,
+            order: format!("{i:04}"),
+        });
+        if t.content.kind != ChannelKind::Category {
+            continue;
+        }
+        let mut children: Vec<&Channel> = channels
+            .iter()
+            .filter(|c| shown_parent(c, &categories) == Some(t.id.as_str()))
+            .collect();
+        children.sort_by(by_position);
+        for (j, c) in children.into_iter().enumerate() {
+            out.push(Placed {
+                channel: c,
+                parent: Some(t.id.as_str()),
+                order: format!("{i:04}.{j:04}"),
+            });
+        }
+    }
+    out
+}
+
+/// Where a new channel goes by default: after the last of its siblings.
+fn next_position(channels: &[Channel], parent: Option<&str>) -> i64 {
+    display_order(channels)
+        .iter()
+        .filter(|p| p.parent == parent)
+        .map(|p| p.channel.content.position.saturating_add(1))
+        .max()
+        .unwrap_or(0)
+}
+
+/// The Channel object (spec/rest.md §4): `name` and `topic` from `m.room.name` and
+/// `m.room.topic` (which clients prefer over the copy in `chat.paracord.channel`), the rest
+/// from `chat.paracord.channel`, and the overwrites.
+pub(crate) fn channel_object(
+    rooms: &Rooms,
+    guild_id: &RoomId,
+    channel: &Channel,
+    overwrites: Vec<Value>,
+) -> Result<Value> {
+    let state = rooms.current_state(&channel.id)?;
+    let mut v = serde_json::to_value(&channel.content)?;
+    let Some(o) = v.as_object_mut() else {
+        return Err(Error::internal("a channel's content is not an object"));
+    };
+    o.insert("id".into(), json!(channel.id));
+    o.insert("guild_id".into(), json!(guild_id));
+    if let Some(name) = rooms
+        .state_content(&state, "m.room.name", "")?
+        .and_then(|n| n.get("name").filter(|n| n.is_string()).cloned())
+    {
+        o.insert("name".into(), name);
+    }
+    if let Some(topic) = rooms.state_content(&state, "m.room.topic", "")? {
+        match topic.get("topic") {
+            Some(Value::String(t)) if !t.is_empty() => {
+                o.insert("topic".into(), json!(t));
+            }
+            _ => {
+                o.remove("topic");
+            }
+        }
+    }
+    o.insert("permission_overwrites".into(), json!(overwrites));
+    Ok(v)
+}
+
+/// `GET /guilds/{id}/channels`: the channels `user` can see (VIEW_CHANNEL) in the guild's
+/// order; a category is listed when it or any of its channels is visible.
+pub fn list(rooms: &Rooms, guild_id: &RoomId, user: &UserId) -> Result<Vec<Value>> {
+    let guild = load_guild(rooms, guild_id)?;
+    let member = load_member(rooms, guild_id, user)?;
+    let now = now_ms();
+    let all = guild_channels(rooms, guild_id)?;
+    let placed = display_order(&all);
+    let mut seen = Vec::with_capacity(placed.len());
+    for p in &placed {
+        let (o, list) = overwrites(rooms, &p.channel.id)?;
+        let visible = guild
+            .channel_permissions(&member, &o, now)
+            .contains(Permissions::VIEW_CHANNEL);
+        seen.push((p, visible, list));
+    }
+    let shown_categories: BTreeSet<&str> = seen
+        .iter()
+        .filter(|(_, visible, _)| *visible)
+        .filter_map(|(p, _, _)| p.parent)
+        .collect();
+    let mut out = Vec::new();
+    for (p, visible, list) in seen {
+        if visible || shown_categories.contains(p.channel.id.as_str()) {
+            out.push(channel_object(rooms, guild_id, p.channel, list)?);
+        }
+    }
+    Ok(out)
+}
+
+/// A channel room with its guild, as the channel endpoints need it.
+struct Ctx {
+    guild_id: OwnedRoomId,
+    guild: Guild,
+    channel: Channel,
+    overwrites: ChannelOverwrites,
+    list: Vec<Value>,
+}
+
+fn no_channel() -> Error {
+    Error::not_found("no such channel")
+}
+
+/// Whether the space lists `child` (an `m.space.child` with `via`).
+fn is_child(rooms: &Rooms, guild_id: &RoomId, child: &RoomId) -> Result<bool> {
+    let state = rooms.current_state(guild_id)?;
+    Ok(rooms
+        .state_content(&state, "m.space.child", child.as_str())?
+        .and_then(|c| {
+            c.get("via")
+                .and_then(Value::as_array)
+                .map(|v| !v.is_empty())
+        })
+        .unwrap_or(false))
+}
+
+/// The channel and its guild: a room with `chat.paracord.channel` whose `m.space.parent`
+/// is a guild listing it. Anything else is 404.
+fn resolve(rooms: &Rooms, channel_id: &RoomId) -> Result<Ctx> {
+    if rooms.room(channel_id)?.is_none() {
+        return Err(no_channel());
+    }
+    let state = rooms.current_state(channel_id)?;
+    let content = rooms
+        .state_content(&state, "chat.paracord.channel", "")?
+        .and_then(|c| serde_json::from_value::<ChannelContent>(c).ok())
+        .ok_or_else(no_channel)?;
+    for ((kind, key), _) in state.range(("m.space.parent".to_owned(), String::new())..) {
+        if kind != "m.space.parent" {
+            break;
+        }
+        let Ok(guild_id) = OwnedRoomId::try_from(key.as_str()) else {
+            continue;
+        };
+        if rooms.room(&guild_id)?.is_none() || !is_child(rooms, &guild_id, channel_id)? {
+            continue;
+        }
+        let Ok(guild) = load_guild(rooms, &guild_id) else {
+            continue;
+        };
+        let (overwrites, list) = overwrites(rooms, channel_id)?;
+        return Ok(Ctx {
+            guild_id,
+            guild,
+            channel: Channel {
+                id: channel_id.to_owned(),
+                content,
+            },
+            overwrites,
+            list,
+        });
+    }
+    Err(no_channel())
+}
+
+/// The requester as a member who can see the channel, with their permissions in it; 404
+/// for anyone else (spec/rest.md §1).
+fn viewer(rooms: &Rooms, ctx: &Ctx, user: &UserId) -> Result<(Member, Permissions)> {
+    if !rooms.is_joined(&ctx.guild_id, user)? {
+        return Err(no_channel());
+    }
+    let member = load_member(rooms, &ctx.guild_id, user)?;
+    let p = ctx
+        .guild
+        .channel_permissions(&member, &ctx.overwrites, now_ms());
+    if !p.contains(Permissions::VIEW_CHANNEL) {
+        return Err(no_channel());
+    }
+    Ok((member, p))
+}
+
+/// `GET /channels/{id}`: VIEW_CHANNEL.
+pub fn get_channel(rooms: &Rooms, channel_id: &RoomId, user: &UserId) -> Result<Value> {
+    let ctx = resolve(rooms, channel_id)?;
+    viewer(rooms, &ctx, user)?;
+    channel_object(rooms, &ctx.guild_id, &ctx.channel, ctx.list)
+}
+
+// ----- writes -----
+
+fn is_local(rooms: &Rooms, user: &UserId) -> bool {
+    user.server_name().as_str() == rooms.config.server_name
+}
+
+/// Members of the guild for the projection: joined or invited to the space.
+fn guild_members(rooms: &Rooms, guild_id: &RoomId) -> Result<Vec<Member>> {
+    let mut out = Vec::new();
+    for (user, m) in rooms.members(guild_id)? {
+        if m == "join" || m == "invite" {
+            out.push(load_member(rooms, guild_id, &user)?);
+        }
+    }
+    Ok(out)
+}
+
+fn is_guild_member(rooms: &Rooms, guild_id: &RoomId, user: &UserId) -> Result<bool> {
+    Ok(matches!(
+        rooms.membership(guild_id, user)?.as_deref(),
+        Some("join") | Some("invite")
+    ))
+}
+
+fn restricted_to(guild_id: &RoomId) -> Value {
+    json!({
+        "join_rule": "restricted",
+        "allow": [{ "type": "m.room_membership", "room_id": guild_id }],
+    })
+}
+
+/// Whether @everyone alone (no role, no overwrite of one's own) cannot see the channel: a
+/// private channel, whose join rule is `invite` (spec/guilds.md §2.1).
+fn is_private(guild: &Guild, o: &ChannelOverwrites) -> bool {
+    !guild
+        .channel_permissions(&Member::default(), o, now_ms())
+        .contains(Permissions::VIEW_CHANNEL)
+}
+
+/// Removes everyone but the owner from a room (spec/rest.md §5, §6).
+async fn kick_all(rooms: &Rooms, room: &RoomId, owner: &UserId) -> Result<()> {
+    for (user, m) in rooms.members(room)? {
+        if user != owner && matches!(m.as_str(), "join" | "invite" | "knock") {
+            rooms.kick(room, owner, &user, None).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Keeps who may enter a channel in line with who can see it (spec/guilds.md §2.1): a private
+/// channel gets the `invite` join rule, an invite for every guild member who can see it and
+/// a kick for everyone in it who cannot; a channel visible to @everyone gets the
+/// `restricted` join rule back. Call it after anything that may change who sees a channel.
+#[instrument(skip_all, fields(channel = %channel))]
+pub async fn sync_access(
+    rooms: &Rooms,
+    pdus: &Pdus,
+    guild_id: &RoomId,
+    channel: &RoomId,
+) -> Result<()> {
+    let guild = load_guild(rooms, guild_id)?;
+    let owner = host_owner(rooms, &guild)?;
+    let (o, _) = overwrites(rooms, channel)?;
+    let private = is_private(&guild, &o);
+    let rule = if private {
+        json!({ "join_rule": "invite" })
+    } else {
+        restricted_to(guild_id)
+    };
+    let state = rooms.current_state(channel)?;
+    if rooms
+        .state_content(&state, "m.room.join_rules", "")?
+        .as_ref()
+        != Some(&rule)
+    {
+        send_state(rooms, channel, &owner, "m.room.join_rules", "", rule).await?;
+    }
+    if !private {
+        return Ok(());
+    }
+    let now = now_ms();
+    let sees = |user: &UserId| -> Result<bool> {
+        Ok(rooms.is_joined(guild_id, user)?
+            && guild
+                .channel_permissions(&load_member(rooms, guild_id, user)?, &o, now)
+                .contains(Permissions::VIEW_CHANNEL))
+    };
+    for (user, m) in rooms.members(guild_id)? {
+        if m != "join" || user == owner || !sees(&user)? {
+            continue;
+        }
+        if matches!(
+            rooms.membership(channel, &user)?.as_deref(),
+            Some("join") | Some("invite") | Some("ban")
+        ) {
+            continue;
+        }
+        if is_local(rooms, &user) {
+            rooms.invite(channel, &owner, &user, None, false).await?;
+        } else if let Err(e) = pdus
+            .invite_remote(channel, &owner, &user, json!({ "membership": "invite" }))
+            .await
+        {
+            // Their server may be down: they can still be let in later by an invite.
+            warn!(user = %user, error = %e, "could not invite a member to a private channel");
+        }
+    }
+    for (user, m) in rooms.members(channel)? {
+        if user != owner && matches!(m.as_str(), "join" | "invite" | "knock") && !sees(&user)? {
+            rooms.kick(channel, &owner, &user, None).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Rewrites the `order` of every `m.space.child` that no longer sorts like the guild's
+/// channel list (spec/guilds.md §2).
+async fn relayout(rooms: &Rooms, guild_id: &RoomId, owner: &UserId) -> Result<()> {
+    let all = guild_channels(rooms, guild_id)?;
+    let state = rooms.current_state(guild_id)?;
+    for p in display_order(&all) {
+        let key = p.channel.id.as_str();
+        let Some(mut content) = rooms.state_content(&state, "m.space.child", key)? else {
+            continue;
+        };
+        if content.get("order").and_then(Value::as_str) == Some(p.order.as_str()) {
+            continue;
+        }
+        let Some(o) = content.as_object_mut() else {
+            continue;
+        };
+        o.insert("order".into(), json!(p.order));
+        send_state(rooms, guild_id, owner, "m.space.child", key, content).await?;
+    }
+    Ok(())
+}
+
+/// Hierarchy for setting or removing an overwrite (spec/guilds.md §7): its `allow` and
+/// `deny` within the actor's own permissions there, and a role overwrite only for a role
+/// below the actor's highest.
+fn check_overwrite(
+    guild: &Guild,
+    actor: &Member,
+    actor_permissions: Permissions,
+    target: &OverwriteTarget,
+    ow: Overwrite,
+) -> Result<()> {
+    if !actor_permissions.contains(ow.allow) || !actor_permissions.contains(ow.deny) {
+        return Err(Error::forbidden(
+            "hierarchy: an overwrite cannot allow or deny a permission you do not have here",
+        ));
+    }
+    if let OverwriteTarget::Role(r) = target {
+        if let Some(role) = guild.roles.get(r) {
+            if actor.user_id != guild.owner && role.position >= guild.highest_position(actor) {
+                return Err(Error::forbidden(
+                    "hierarchy: the role is not below your highest role",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The role or user an overwrite names must exist in the guild (spec/rest.md §10).
+fn check_target_exists(
+    rooms: &Rooms,
+    guild_id: &RoomId,
+    guild: &Guild,
+    target: &OverwriteTarget,
+) -> Result<()> {
+    match target {
+        OverwriteTarget::Role(r) if !guild.roles.contains_key(r) => {
+            Err(Error::not_found(format!("no such role: {r}")))
+        }
+        OverwriteTarget::User(u) => {
+            let user = OwnedUserId::try_from(u.as_str())
+                .map_err(|_| Error::invalid_param(format!("{u} is not a user id")))?;
+            if is_guild_member(rooms, guild_id, &user)? {
+                Ok(())
+            } else {
+                Err(Error::not_found(format!(
+                    "{u} is not a member of this guild"
+                )))
+            }
+        }
+        OverwriteTarget::Role(_) => Ok(()),
+    }
+}
+
+fn overwrite_content(ow: Overwrite) -> Value {
+    json!({ "allow": ow.allow.to_wire(), "deny": ow.deny.to_wire() })
+}
+
+/// A channel's overwrites as `(target, overwrite)` pairs.
+fn overwrite_entries(o: &ChannelOverwrites) -> Vec<(OverwriteTarget, Overwrite)> {
+    o.roles
+        .iter()
+        .map(|(r, ow)| (OverwriteTarget::Role(r.clone()), *ow))
+        .chain(
+            o.users
+                .iter()
+                .map(|(u, ow)| (OverwriteTarget::User(u.clone()), *ow)),
+        )
+        .collect()
+}
+
+/// Makes a channel's overwrites a copy of its category's (spec/guilds.md §2: a category's
+/// overwrites are templates for channels created in or moved into it).
+async fn copy_overwrites(
+    rooms: &Rooms,
+    owner: &UserId,
+    category: &RoomId,
+    channel: &RoomId,
+) -> Result<()> {
+    let keyed = |o: &ChannelOverwrites| -> BTreeMap<String, Overwrite> {
+        overwrite_entries(o)
+            .into_iter()
+            .map(|(t, ow)| (t.state_key(), ow))
+            .collect()
+    };
+    let wanted = keyed(&overwrites(rooms, category)?.0);
+    let current = keyed(&overwrites(rooms, channel)?.0);
+    for key in current.keys().filter(|k| !wanted.contains_key(*k)) {
+        send_state(
+            rooms,
+            channel,
+            owner,
+            "chat.paracord.overwrite",
+            key,
+            json!({}),
+        )
+        .await?;
+    }
+    for (key, ow) in wanted {
+        if current.get(&key) != Some(&ow) {
+            send_state(
+                rooms,
+                channel,
+                owner,
+                "chat.paracord.overwrite",
+                &key,
+                overwrite_content(ow),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes changed `chat.paracord.channel` contents; a channel moved into a category takes a
+/// copy of its overwrites. Then the `m.space.child` orders, and, when overwrites changed,
+/// the power levels and who may enter.
+async fn apply_moves(
+    rooms: &Rooms,
+    pdus: &Pdus,
+    guild_id: &RoomId,
+    owner: &UserId,
+    changes: Vec<(Channel, ChannelContent)>,
+) -> Result<()> {
+    let mut copied = Vec::new();
+    for (old, new) in changes {
+        if old.content == new {
+            continue;
+        }
+        send_state(
+            rooms,
+            &old.id,
+            owner,
+            "chat.paracord.channel",
+            "",
+            serde_json::to_value(&new)?,
+        )
+        .await?;
+        if let Some(category) = new
+            .parent
+            .as_deref()
+            .filter(|p| Some(*p) != old.content.parent.as_deref())
+        {
+            let category = room_id("parent", category)?;
+            copy_overwrites(rooms, owner, &category, &old.id).await?;
+            copied.push(old.id);
+        }
+    }
+    relayout(rooms, guild_id, owner).await?;
+    if !copied.is_empty() {
+        reproject(rooms, guild_id).await?;
+        for c in copied {
+            sync_access(rooms, pdus, guild_id, &c).await?;
+        }
+    }
+    Ok(())
+}
+
+/// `PATCH /guilds/{id}`: MANAGE_GUILD. `owner` and `version` cannot change.
+#[instrument(skip_all, fields(guild_id = %guild_id))]
+pub async fn update_guild(
+    rooms: &Rooms,
+    guild_id: &RoomId,
+    actor: &UserId,
+    body: &Value,
+) -> Result<Value> {
+    let guild = load_guild(rooms, guild_id)?;
+    let owner = host_owner(rooms, &guild)?;
+    let member = load_member(rooms, guild_id, actor)?;
+    require(
+        guild.base_permissions(&member),
+        Permissions::MANAGE_GUILD,
+        "MANAGE_GUILD",
+    )?;
+    let old = guild_content(rooms, guild_id)?;
+    for (key, current) in [("owner", &old.owner), ("version", &old.version)] {
+        if let Some(v) = body.get(key) {
+            if v.as_str() != Some(current.as_str()) {
+                return Err(Error::invalid_param(format!("{key} cannot be changed")));
+            }
+        }
+    }
+    let mut new = old.clone();
+    match text(body, "name")? {
+        Field::Keep => {}
+        Field::Remove => return Err(Error::invalid_param("a guild must have a name")),
+        Field::Set(s) => new.name = name_of("name", s)?,
+    }
+    match text(body, "description")? {
+        Field::Keep => {}
+        Field::Remove => new.description = None,
+        Field::Set(s) if s.chars().count() > MAX_DESCRIPTION => {
+            return Err(Error::invalid_param(format!(
+                "description has at most {MAX_DESCRIPTION} characters"
+            )))
+        }
+        Field::Set(s) => new.description = Some(s),
+    }
+    match text(body, "icon")? {
+        Field::Keep => {}
+        Field::Remove => new.icon = None,
+        Field::Set(s) if !s.starts_with("mxc://") => {
+            return Err(Error::invalid_param("icon must be an mxc:// URI"))
+        }
+        Field::Set(s) => new.icon = Some(s),
+    }
+    match text(body, "system_channel")? {
+        Field::Keep => {}
+        Field::Remove => new.system_channel = None,
+        Field::Set(s) => {
+            let id = room_id("system_channel", &s)?;
+            if !guild_channels(rooms, guild_id)?
+                .iter()
+                .any(|c| c.id == id && c.content.kind == ChannelKind::Text)
+            {
+                return Err(Error::invalid_param(
+                    "system_channel must be a text channel of this guild",
+                ));
+            }
+            new.system_channel = Some(id.to_string());
+        }
+    }
+    if new != old {
+        write_guild(rooms, guild_id, &owner, &new).await?;
+    }
+    // Mirrored for plain Matrix clients (spec/guilds.md §1).
+    if new.name != old.name {
+        send_state(
+            rooms,
+            guild_id,
+            &owner,
+            "m.room.name",
+            "",
+            json!({ "name": new.name }),
+        )
+        .await?;
+    }
+    if new.icon != old.icon {
+        let avatar = match &new.icon {
+            Some(url) => json!({ "url": url }),
+            None => json!({}),
+        };
+        send_state(rooms, guild_id, &owner, "m.room.avatar", "", avatar).await?;
+    }
+    guild_object(rooms, guild_id)
+}
+
+async fn write_guild(
+    rooms: &Rooms,
+    guild_id: &RoomId,
+    owner: &UserId,
+    content: &GuildContent,
+) -> Result<()> {
+    send_state(
+        rooms,
+        guild_id,
+        owner,
+        "chat.paracord.guild",
+        "",
+        serde_json::to_value(content)?,
+    )
+    .await
+}
+
+/// `DELETE /guilds/{id}`: the owner only. Every member leaves every channel and the space,
+/// the space stops listing the channels, and `chat.paracord.guild` becomes `{}` last, so an
+/// interrupted deletion can be asked again.
+#[instrument(skip_all, fields(guild_id = %guild_id))]
+pub async fn delete_guild(rooms: &Rooms, guild_id: &RoomId, actor: &UserId) -> Result<()> {
+    let guild = load_guild(rooms, guild_id)?;
+    let owner = host_owner(rooms, &guild)?;
+    if actor != owner {
+        return Err(Error::forbidden("only the owner may delete the guild"));
+    }
+    for channel in channel_ids(rooms, guild_id)? {
+        kick_all(rooms, &channel, &owner).await?;
+        send_state(
+            rooms,
+            guild_id,
+            &owner,
+            "m.space.child",
+            channel.as_str(),
+            json!({}),
+        )
+        .await?;
+    }
+    kick_all(rooms, guild_id, &owner).await?;
+    send_state(
+        rooms,
+        guild_id,
+        &owner,
+        "chat.paracord.guild",
+        "",
+        json!({}),
+    )
+    .await
+}
+
+/// `POST /guilds/{id}/channels`: MANAGE_CHANNELS guild-wide, or in `parent` when given; the
+/// overwrites given need MANAGE_ROLES there and the hierarchy; without them a channel in a
+/// category copies the category's.
+#[instrument(skip_all, fields(guild_id = %guild_id))]
+pub async fn create_channel(
+    rooms: &Rooms,
+    pdus: &Pdus,
+    guild_id: &RoomId,
+    actor: &UserId,
+    body: &Value,
+) -> Result<Value> {
+    let guild = load_guild(rooms, guild_id)?;
+    let owner = host_owner(rooms, &guild)?;
+    let member = load_member(rooms, guild_id, actor)?;
+    let now = now_ms();
+    let name = match text(body, "name")? {
+        Field::Set(s) => name_of("name", s)?,
+        Field::Keep => return Err(Error::missing_param("name is required")),
+        Field::Remove => return Err(Error::bad_json("name must be a string")),
+    };
+    let kind = match body.get("kind") {
+        None => return Err(Error::missing_param("kind is required")),
+        Some(Value::String(s)) => kind_of(s)?,
+        Some(_) => return Err(Error::bad_json("kind must be a string")),
+    };
+    let all = guild_channels(rooms, guild_id)?;
+    let parent = match text(body, "parent")? {
+        Field::Set(s) => {
+            let id = room_id("parent", &s)?;
+            let category = all
+                .iter()
+                .find(|c| c.id == id && c.content.kind == ChannelKind::Category)
+                .ok_or_else(|| Error::invalid_param("parent must be a category of this guild"))?;
+            if kind == ChannelKind::Category {
+                return Err(Error::invalid_param("a category cannot have a parent"));
+            }
+            Some(category.id.clone())
+        }
+        Field::Keep | Field::Remove => None,
+    };
+    // Where the actor's permissions count: in the category, or guild-wide.
+    let template = match &parent {
+        Some(p) => overwrites(rooms, p)?.0,
+        None => ChannelOverwrites::default(),
+    };
+    let actor_permissions = match &parent {
+        Some(_) => guild.channel_permissions(&member, &template, now),
+        None => guild.base_permissions(&member),
+    };
+    require(
+        actor_permissions,
+        Permissions::MANAGE_CHANNELS,
+        "MANAGE_CHANNELS",
+    )?;
+    let topic = match text(body, "topic")? {
+        Field::Set(s) if s.chars().count() > MAX_TOPIC => {
+            return Err(Error::invalid_param(format!(
+                "topic has at most {MAX_TOPIC} characters"
+            )))
+        }
+        Field::Set(s) if !s.is_empty() => Some(s),
+        _ => None,
+    };
+    let position = integer(body, "position", i64::MAX)?;
+    let nsfw = flag(body, "nsfw")?;
+    let rate_limit = integer(body, "rate_limit_per_user", MAX_RATE_LIMIT)?;
+    let entries = match overwrite_list(body.get("permission_overwrites"))? {
+        Some(list) => {
+            if !list.is_empty() {
+                require(actor_permissions, Permissions::MANAGE_ROLES, "MANAGE_ROLES")?;
+            }
+            for (target, ow) in &list {
+                check_target_exists(rooms, guild_id, &guild, target)?;
+                check_overwrite(&guild, &member, actor_permissions, target, *ow)?;
+            }
+            list
+        }
+        None => overwrite_entries(&template),
+    };
+    let mut o = ChannelOverwrites::default();
+    for (target, ow) in &entries {
+        match target {
+            OverwriteTarget::Role(r) => o.roles.insert(r.clone(), *ow),
+            OverwriteTarget::User(u) => o.users.insert(u.clone(), *ow),
+        };
+    }
+    let is_category = kind == ChannelKind::Category;
+    let content = ChannelContent {
+        kind,
+        position: position
+            .unwrap_or_else(|| next_position(&all, parent.as_ref().map(|p| p.as_str()))),
+        parent: parent.as_ref().map(|p| p.to_string()),
+        topic: topic.clone(),
+        nsfw: if is_category {
+            nsfw
+        } else {
+            Some(nsfw.unwrap_or(false))
+        },
+        rate_limit_per_user: if is_category {
+            rate_limit.and_then(|r| u64::try_from(r).ok())
+        } else {
+            Some(rate_limit.and_then(|r| u64::try_from(r).ok()).unwrap_or(0))
+        },
+    };
+
+    let server = rooms.config.server_name.clone();
+    let join_rule = if is_private(&guild, &o) {
+        json!({ "join_rule": "invite" })
+    } else {
+        restricted_to(guild_id)
+    };
+    let mut initial_state = vec![
+        (
+            "chat.paracord.channel".to_owned(),
+            String::new(),
+            serde_json::to_value(&content)?,
+        ),
+        (
+            "m.space.parent".to_owned(),
+            guild_id.to_string(),
+            json!({ "via": [server], "canonical": true }),
+        ),
+        ("m.room.join_rules".to_owned(), String::new(), join_rule),
+    ];
+    for (target, ow) in &entries {
+        initial_state.push((
+            "chat.paracord.overwrite".to_owned(),
+            target.state_key(),
+            overwrite_content(*ow),
+        ));
+    }
+    // The owner creates the room, with their profile from the space.
+    let space_state = rooms.current_state(guild_id)?;
+    let owner_event = rooms
+        .state_content(&space_state, "m.room.member", owner.as_str())?
+        .unwrap_or_default();
+    let profile_field = |k: &str| {
+        owner_event
+            .get(k)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let members = guild_members(rooms, guild_id)?;
+    let channel = rooms
+        .create_room(
+            &owner,
+            CreateRoom {
+                version: Some("12".to_owned()),
+                preset: Some(Preset::PrivateChat),
+                public: false,
+                name: Some(name),
+                topic,
+                alias: None,
+                invite: Vec::new(),
+                is_direct: false,
+                initial_state,
+                power_level_override: Some(power_levels(&guild, &members, &o, now, true)),
+                creation_content: None,
+                profile: (profile_field("displayname"), profile_field("avatar_url")),
+            },
+        )
+        .await?;
+    let created = Channel {
+        id: channel.clone(),
+        content,
+    };
+    let mut with_new = all;
+    with_new.push(created.clone());
+    let order = display_order(&with_new)
+        .into_iter()
+        .find(|p| p.channel.id == channel)
+        .map(|p| p.order)
+        .unwrap_or_default();
+    send_state(
+        rooms,
+        guild_id,
+        &owner,
+        "m.space.child",
+        channel.as_str(),
+        json!({ "via": [rooms.config.server_name], "order": order }),
+    )
+    .await?;
+    relayout(rooms, guild_id, &owner).await?;
+    reproject(rooms, guild_id).await?;
+    sync_access(rooms, pdus, guild_id, &channel).await?;
+    let (_, list) = overwrites(rooms, &channel)?;
+    channel_object(rooms, guild_id, &created, list)
+}
+
+/// One item of `PATCH /guilds/{id}/channels`.
+#[derive(Debug, PartialEq, Eq)]
+struct Move {
+    id: OwnedRoomId,
+    position: Option<i64>,
+    parent: Field<OwnedRoomId>,
+}
+
+fn moves_of(items: &[Value]) -> Result<Vec<Move>> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        if !item.is_object() {
+            return Err(Error::bad_json("each item must be an object"));
+        }
+        let id = match item.get("id") {
+            None => return Err(Error::missing_param("each item needs an id")),
+            Some(Value::String(s)) => {
+                OwnedRoomId::try_from(s.as_str()).map_err(|_| no_channel())?
+            }
+            Some(_) => return Err(Error::bad_json("id must be a string")),
+        };
+        if !seen.insert(id.clone()) {
+            return Err(Error::invalid_param(format!("{id} is listed twice")));
+        }
+        let parent = match text(item, "parent")? {
+            Field::Keep => Field::Keep,
+            Field::Remove => Field::Remove,
+            Field::Set(s) => Field::Set(room_id("parent", &s)?),
+        };
+        out.push(Move {
+            id,
+            position: integer(item, "position", i64::MAX)?,
+            parent,
+        });
+    }
+    Ok(out)
+}
+
+/// A channel's content with a new position and parent, checked: `parent` must be a category
+/// of the guild, and a category has none.
+fn moved(
+    all: &[Channel],
+    channel: &Channel,
+    position: Option<i64>,
+    parent: &Field<OwnedRoomId>,
+) -> Result<ChannelContent> {
+    let mut content = channel.content.clone();
+    if let Some(p) = position {
+        content.position = p;
+    }
+    match parent {
+        Field::Keep => {}
+        Field::Remove => content.parent = None,
+        Field::Set(p) => {
+            if channel.content.kind == ChannelKind::Category {
+                return Err(Error::invalid_param("a category cannot have a parent"));
+            }
+            if !all
+                .iter()
+                .any(|c| &c.id == p && c.content.kind == ChannelKind::Category)
+            {
+                return Err(Error::invalid_param(
+                    "parent must be a category of this guild",
+                ));
+            }
+            content.parent = Some(p.to_string());
+        }
+    }
+    Ok(content)
+}
+
+/// `PATCH /guilds/{id}/channels`: MANAGE_CHANNELS guild-wide. Reorders and re-parents the
+/// channels listed (each visible to the actor); the others keep their values.
+#[instrument(skip_all, fields(guild_id = %guild_id))]
+pub async fn reorder_channels(
+    rooms: &Rooms,
+    pdus: &Pdus,
+    guild_id: &RoomId,
+    actor: &UserId,
+    items: &[Value],
+) -> Result<()> {
+    let guild = load_guild(rooms, guild_id)?;
+    let owner = host_owner(rooms, &guild)?;
+    let member = load_member(rooms, guild_id, actor)?;
+    require(
+        guild.base_permissions(&member),
+        Permissions::MANAGE_CHANNELS,
+        "MANAGE_CHANNELS",
+    )?;
+    let moves = moves_of(items)?;
+    let all = guild_channels(rooms, guild_id)?;
+    let now = now_ms();
+    let mut changes = Vec::with_capacity(moves.len());
+    for m in &moves {
+        let channel = all.iter().find(|c| c.id == m.id).ok_or_else(no_channel)?;
+        let (o, _) = overwrites(rooms, &channel.id)?;
+        if !guild
+            .channel_permissions(&member, &o, now)
+            .contains(Permissions::VIEW_CHANNEL)
+        {
+            return Err(no_channel());
+        }
+        changes.push((
+            channel.clone(),
+            moved(&all, channel, m.position, &m.parent)?,
+        ));
+    }
+    apply_moves(rooms, pdus, guild_id, &owner, changes).await
+}
+
+/// `PATCH /channels/{id}`: MANAGE_CHANNELS in the channel. `kind` only between `text` and
+/// `announcement`; `null` removes `topic` or `parent`.
+#[instrument(skip_all, fields(channel_id = %channel_id))]
+pub async fn update_channel(
+    rooms: &Rooms,
+    pdus: &Pdus,
+    channel_id: &RoomId,
+    actor: &UserId,
+    body: &Value,
+) -> Result<Value> {
+    let ctx = resolve(rooms, channel_id)?;
+    let owner = host_owner(rooms, &ctx.guild)?;
+    let (_, p) = viewer(rooms, &ctx, actor)?;
+    require(p, Permissions::MANAGE_CHANNELS, "MANAGE_CHANNELS")?;
+    let name = match text(body, "name")? {
+        Field::Keep => None,
+        Field::Remove => return Err(Error::invalid_param("a channel must have a name")),
+        Field::Set(s) => Some(name_of("name", s)?),
+    };
+    let topic = match text(body, "topic")? {
+        Field::Set(s) if s.chars().count() > MAX_TOPIC => {
+            return Err(Error::invalid_param(format!(
+                "topic has at most {MAX_TOPIC} characters"
+            )))
+        }
+        Field::Set(s) if s.is_empty() => Field::Remove,
+        other => other,
+    };
+    let kind = match body.get("kind") {
+        None => None,
+        Some(Value::String(s)) => Some(kind_of(s)?),
+        Some(_) => return Err(Error::bad_json("kind must be a string")),
+    };
+    let parent = match text(body, "parent")? {
+        Field::Keep => Field::Keep,
+        Field::Remove => Field::Remove,
+        Field::Set(s) => Field::Set(room_id("parent", &s)?),
+    };
+    let position = integer(body, "position", i64::MAX)?;
+    let nsfw = flag(body, "nsfw")?;
+    let rate_limit = integer(body, "rate_limit_per_user", MAX_RATE_LIMIT)?;
+
+    let all = guild_channels(rooms, &ctx.guild_id)?;
+    let mut content = moved(&all, &ctx.channel, position, &parent)?;
+    if let Some(k) = kind {
+        use ChannelKind::{Announcement, Text};
+        let old = ctx.channel.content.kind;
+        if k != old && !matches!((old, k), (Text, Announcement) | (Announcement, Text)) {
+            return Err(Error::invalid_param(
+                "kind only changes between text and announcement",
+            ));
+        }
+        content.kind = k;
+    }
+    if nsfw.is_some() {
+        content.nsfw = nsfw;
+    }
+    if let Some(r) = rate_limit.and_then(|r| u64::try_from(r).ok()) {
+        content.rate_limit_per_user = Some(r);
+    }
+    match &topic {
+        Field::Keep => {}
+        Field::Remove => content.topic = None,
+        Field::Set(t) => content.topic = Some(t.clone()),
+    }
+    let state = rooms.current_state(channel_id)?;
+    if let Some(name) = name {
+        let current = rooms.state_content(&state, "m.room.name", "")?;
+        if current
+            .as_ref()
+            .and_then(|n| n.get("name"))
+            .and_then(Value::as_str)
+            != Some(&name)
+        {
+            send_state(
+                rooms,
+                channel_id,
+                &owner,
+                "m.room.name",
+                "",
+                json!({ "name": name }),
+            )
+            .await?;
+        }
+    }
+    let topic_now = rooms
+        .state_content(&state, "m.room.topic", "")?
+        .and_then(|t| t.get("topic").and_then(Value::as_str).map(str::to_owned))
+        .filter(|t| !t.is_empty());
+    let topic_wanted = match topic {
+        Field::Keep => topic_now.clone(),
+        Field::Remove => None,
+        Field::Set(t) => Some(t),
+    };
+    if topic_wanted != topic_now {
+        send_state(
+            rooms,
+            channel_id,
+            &owner,
+            "m.room.topic",
+            "",
+            json!({ "topic": topic_wanted.unwrap_or_default() }),
+        )
+        .await?;
+    }
+    let guild_id = ctx.guild_id.clone();
+    apply_moves(rooms, pdus, &guild_id, &owner, vec![(ctx.channel, content)]).await?;
+    let ctx = resolve(rooms, channel_id)?;
+    channel_object(rooms, &ctx.guild_id, &ctx.channel, ctx.list)
+}
+
+/// `DELETE /channels/{id}`: MANAGE_CHANNELS in the channel. A category's channels move to
+/// the top level; the guild's `system_channel` is cleared if it was this one.
+#[instrument(skip_all, fields(channel_id = %channel_id))]
+pub async fn delete_channel(rooms: &Rooms, channel_id: &RoomId, actor: &UserId) -> Result<()> {
+    let ctx = resolve(rooms, channel_id)?;
+    let owner = host_owner(rooms, &ctx.guild)?;
+    let (_, p) = viewer(rooms, &ctx, actor)?;
+    require(p, Permissions::MANAGE_CHANNELS, "MANAGE_CHANNELS")?;
+    let guild_id = &ctx.guild_id;
+    if ctx.channel.content.kind == ChannelKind::Category {
+        for c in guild_channels(rooms, guild_id)? {
+            if c.content.parent.as_deref() == Some(channel_id.as_str()) {
+                let mut content = c.content.clone();
+                content.parent = None;
+                send_state(
+                    rooms,
+                    &c.id,
+                    &owner,
+                    "chat.paracord.channel",
+                    "",
+                    serde_json::to_value(&content)?,
+                )
+                .await?;
+            }
+        }
+    }
+    let mut guild = guild_content(rooms, guild_id)?;
+    if guild.system_channel.as_deref() == Some(channel_id.as_str()) {
+        guild.system_channel = None;
+        write_guild(rooms, guild_id, &owner, &guild).await?;
+    }
+    send_state(
+        rooms,
+        guild_id,
+        &owner,
+        "m.space.child",
+        channel_id.as_str(),
+        json!({}),
+    )
+    .await?;
+    send_state(
+        rooms,
+        channel_id,
+        &owner,
+        "chat.paracord.channel",
+        "",
+        json!({}),
+    )
+    .await?;
+    kick_all(rooms, channel_id, &owner).await?;
+    relayout(rooms, guild_id, &owner).await
+}
+
+/// `PUT /channels/{id}/permissions/{overwriteId}`: MANAGE_ROLES in the channel and the
+/// hierarchy; the role or user must exist in the guild.
+#[instrument(skip_all, fields(channel_id = %channel_id))]
+pub async fn put_overwrite(
+    rooms: &Rooms,
+    pdus: &Pdus,
+    channel_id: &RoomId,
+    actor: &UserId,
+    overwrite_id: &str,
+    body: &Value,
+) -> Result<Value> {
+    let ctx = resolve(rooms, channel_id)?;
+    let owner = host_owner(rooms, &ctx.guild)?;
+    let (member, p) = viewer(rooms, &ctx, actor)?;
+    require(p, Permissions::MANAGE_ROLES, "MANAGE_ROLES")?;
+    let target = target_of(overwrite_id)?;
+    let ow = Overwrite {
+        allow: permissions_of("allow", body.get("allow"))?,
+        deny: permissions_of("deny", body.get("deny"))?,
+    };
+    check_target_exists(rooms, &ctx.guild_id, &ctx.guild, &target)?;
+    check_overwrite(&ctx.guild, &member, p, &target, ow)?;
+    let key = target.state_key();
+    send_state(
+        rooms,
+        channel_id,
+        &owner,
+        "chat.paracord.overwrite",
+        &key,
+        overwrite_content(ow),
+    )
+    .await?;
+    reproject(rooms, &ctx.guild_id).await?;
+    sync_access(rooms, pdus, &ctx.guild_id, channel_id).await?;
+    let mut v = overwrite_content(ow);
+    v["id"] = json!(key);
+    Ok(v)
+}
+
+/// `DELETE /channels/{id}/permissions/{overwriteId}`: as for setting it, with the hierarchy
+/// applied to the overwrite being removed.
+#[instrument(skip_all, fields(channel_id = %channel_id))]
+pub async fn delete_overwrite(
+    rooms: &Rooms,
+    pdus: &Pdus,
+    channel_id: &RoomId,
+    actor: &UserId,
+    overwrite_id: &str,
+) -> Result<()> {
+    let ctx = resolve(rooms, channel_id)?;
+    let owner = host_owner(rooms, &ctx.guild)?;
+    let (member, p) = viewer(rooms, &ctx, actor)?;
+    require(p, Permissions::MANAGE_ROLES, "MANAGE_ROLES")?;
+    let target = target_of(overwrite_id)?;
+    let existing = match &target {
+        OverwriteTarget::Role(r) => ctx.overwrites.roles.get(r),
+        OverwriteTarget::User(u) => ctx.overwrites.users.get(u),
+    }
+    .copied()
+    .ok_or_else(|| Error::not_found("no such overwrite"))?;
+    check_overwrite(&ctx.guild, &member, p, &target, existing)?;
+    send_state(
+        rooms,
+        channel_id,
+        &owner,
+        "chat.paracord.overwrite",
+        &target.state_key(),
+        json!({}),
+    )
+    .await?;
+    reproject(rooms, &ctx.guild_id).await?;
+    sync_access(rooms, pdus, &ctx.guild_id, channel_id).await
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn errcode(e: Error) -> String {
+        e.classify().1["errcode"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    fn channel(id: &str, kind: ChannelKind, position: i64, parent: Option<&str>) -> Channel {
+        Channel {
+            id: OwnedRoomId::try_from(id).unwrap(),
+            content: ChannelContent {
+                kind,
+                position,
+                parent: parent.map(str::to_owned),
+                topic: None,
+                nsfw: None,
+                rate_limit_per_user: None,
+            },
+        }
+    }
+
+    /// Categories and top-level channels by position then room id, each category followed
+    /// by its channels; a `parent` that is no category puts the channel at the top level.
+    #[test]
+    fn channels_are_shown_by_position_within_their_parent_with_matching_orders() {
+        use ChannelKind::{Category, Text, Voice};
+        let all = vec![
+            channel("!b:x", Category, 1, None),
+            channel("!a:x", Category, 1, None),
+            channel("!t1:x", Text, 0, Some("!b:x")),
+            channel("!t0:x", Voice, 0, Some("!b:x")),
+            channel("!t2:x", Text, 5, Some("!a:x")),
+            channel("!top:x", Text, 0, None),
+            channel("!lost:x", Text, 3, Some("!t2:x")),
+        ];
+        let placed = display_order(&all);
+        let got: Vec<(&str, Option<&str>, &str)> = placed
+            .iter()
+            .map(|p| (p.channel.id.as_str(), p.parent, p.order.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("!top:x", None, "0000"),
+                ("!a:x", None, "0001"),
+                ("!t2:x", Some("!a:x"), "0001.0000"),
+                ("!b:x", None, "0002"),
+                ("!t0:x", Some("!b:x"), "0002.0000"),
+                ("!t1:x", Some("!b:x"), "0002.0001"),
+                ("!lost:x", None, "0003"),
+            ]
+        );
+        let orders: Vec<&str> = got.iter().map(|g| g.2).collect();
+        let mut sorted = orders.clone();
+        sorted.sort_unstable();
+        assert_eq!(orders, sorted, "the order strings sort like the list");
+        assert_eq!(next_position(&all, Some("!b:x")), 1);
+        assert_eq!(next_position(&all, Some("!a:x")), 6);
+        assert_eq!(next_position(&all, None), 4);
+        assert_eq!(next_position(&[], None), 0);
+    }
+
+    #[test]
+    fn body_fields_tell_wrong_types_from_out_of_range_values() {
+        let body = json!({ "position": 1.5, "rate_limit_per_user": 21601, "nsfw": "no",
+                           "name": 3, "topic": null, "good": 7 });
+        assert_eq!(
+            errcode(integer(&body, "position", i64::MAX).unwrap_err()),
+            "M_INVALID_PARAM"
+        );
+        assert_eq!(
+            errcode(integer(&body, "rate_limit_per_user", MAX_RATE_LIMIT).unwrap_err()),
+            "M_INVALID_PARAM"
+        );
+        assert_eq!(integer(&body, "good", 10).unwrap(), Some(7));
+        assert_eq!(
+            errcode(integer(&json!({ "p": "1" }), "p", 10).unwrap_err()),
+            "M_BAD_JSON"
+        );
+        assert_eq!(errcode(flag(&body, "nsfw").unwrap_err()), "M_BAD_JSON");
+        assert_eq!(errcode(text(&body, "name").unwrap_err()), "M_BAD_JSON");
+        assert_eq!(text(&body, "topic").unwrap(), Field::Remove);
+        assert_eq!(text(&body, "absent").unwrap(), Field::Keep);
+        assert_eq!(kind_of("forum").unwrap(), ChannelKind::Forum);
+        assert_eq!(errcode(kind_of("stage").unwrap_err()), "M_INVALID_PARAM");
+        assert_eq!(
+            errcode(name_of("name", " ".into()).unwrap_err()),
+            "M_INVALID_PARAM"
+        );
+        assert_eq!(
+            errcode(name_of("name", "x".repeat(101)).unwrap_err()),
+            "M_INVALID_PARAM"
+        );
+    }
+
+    #[test]
+    fn overwrite_lists_are_checked_item_by_item() {
+        let list = overwrite_list(Some(&json!([
+            { "id": "role:everyone", "deny": "2049" },
+            { "id": "user:@bob:x", "allow": "1024", "deny": "0", "type": 1 },
+        ])))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            list,
+            [
+                (
+                    OverwriteTarget::Role("everyone".into()),
+                    Overwrite {
+                        allow: Permissions::NONE,
+                        deny: Permissions(2049)
+                    }
+                ),
+                (
+                    OverwriteTarget::User("@bob:x".into()),
+                    Overwrite {
+                        allow: Permissions::VIEW_CHANNEL,
+                        deny: Permissions::NONE
+                    }
+                ),
+            ]
+        );
+        assert_eq!(overwrite_list(None).unwrap(), None);
+        assert_eq!(overwrite_list(Some(&Value::Null)).unwrap(), None);
+        for (bad, code) in [
+            (json!({}), "M_BAD_JSON"),
+            (json!([1]), "M_BAD_JSON"),
+            (json!([{ "allow": "1" }]), "M_MISSING_PARAM"),
+            (json!([{ "id": "mods" }]), "M_INVALID_PARAM"),
+            (json!([{ "id": "user:@nope" }]), "M_INVALID_PARAM"),
+            (json!([{ "id": "role:a", "allow": 1 }]), "M_BAD_JSON"),
+            (
+                json!([{ "id": "role:a", "allow": "-1" }]),
+                "M_INVALID_PARAM",
+            ),
+            (
+                json!([{ "id": "role:a" }, { "id": "role:a" }]),
+                "M_INVALID_PARAM",
+            ),
+        ] {
+            assert_eq!(
+                errcode(overwrite_list(Some(&bad)).unwrap_err()),
+                code,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn moves_need_an_id_and_a_category_as_parent() {
+        use ChannelKind::{Category, Text};
+        let all = vec![
+            channel("!cat:x", Category, 0, None),
+            channel("!t:x", Text, 0, Some("!cat:x")),
+            channel("!u:x", Text, 1, None),
+        ];
+        let moves = moves_of(&[
+            json!({ "id": "!t:x", "position": 2, "parent": null }),
+            json!({ "id": "!u:x", "parent": "!cat:x" }),
+        ])
+        .unwrap();
+        assert_eq!(moves[0].parent, Field::Remove);
+        let t = moved(&all, &all[1], moves[0].position, &moves[0].parent).unwrap();
+        assert_eq!((t.position, t.parent), (2, None));
+        let u = moved(&all, &all[2], moves[1].position, &moves[1].parent).unwrap();
+        assert_eq!((u.position, u.parent.as_deref()), (1, Some("!cat:x")));
+        let into_text = Field::Set(OwnedRoomId::try_from("!u:x").unwrap());
+        assert_eq!(
+            errcode(moved(&all, &all[1], None, &into_text).unwrap_err()),
+            "M_INVALID_PARAM"
+        );
+        let cat_into_cat = Field::Set(OwnedRoomId::try_from("!cat:x").unwrap());
+        assert_eq!(
+            errcode(moved(&all, &all[0], None, &cat_into_cat).unwrap_err()),
+            "M_INVALID_PARAM"
+        );
+        for (bad, code) in [
+            (json!([{ "position": 1 }]), "M_MISSING_PARAM"),
+            (json!([{ "id": 5 }]), "M_BAD_JSON"),
+            (json!(["!t:x"]), "M_BAD_JSON"),
+            (json!([{ "id": "!t:x", "position": -1 }]), "M_INVALID_PARAM"),
+            (
+                json!([{ "id": "!t:x" }, { "id": "!t:x" }]),
+                "M_INVALID_PARAM",
+            ),
+        ] {
+            let items = bad.as_array().cloned().unwrap();
+            assert_eq!(errcode(moves_of(&items).unwrap_err()), code, "{bad}");
+        }
+    }
+
+    #[test]
+    fn overwrites_are_bounded_by_the_actors_own_permissions_and_rank() {
+        use super::super::permissions::Role;
+        let mut guild = Guild {
+            owner: "@owner:x".into(),
+            roles: BTreeMap::new(),
+        };
+        guild.roles.insert(
+            "everyone".into(),
+            Role {
+                position: 0,
+                permissions: Permissions::VIEW_CHANNEL | Permissions::SEND_MESSAGES,
+            },
+        );
+        guild.roles.insert(
+            "mod".into(),
+            Role {
+                position: 5,
+                permissions: Permissions::MANAGE_ROLES,
+            },
+        );
+        guild.roles.insert(
+            "top".into(),
+            Role {
+                position: 9,
+                permissions: Permissions::NONE,
+            },
+        );
+        let m = Member {
+            user_id: "@m:x".into(),
+            roles: vec!["mod".into()],
+            communication_disabled_until: None,
+        };
+        let p = guild.base_permissions(&m);
+        let send = Overwrite {
+            allow: Permissions::NONE,
+            deny: Permissions::SEND_MESSAGES,
+        };
+        let everyone = OverwriteTarget::Role("everyone".into());
+        assert!(check_overwrite(&guild, &m, p, &everyone, send).is_ok());
+        let kick = Overwrite {
+            allow: Permissions::KICK_MEMBERS,
+            deny: Permissions::NONE,
+        };
+        assert_eq!(
+            errcode(check_overwrite(&guild, &m, p, &everyone, kick).unwrap_err()),
+            "M_FORBIDDEN"
+        );
+        for r in ["mod", "top"] {
+            let t = OverwriteTarget::Role(r.into());
+            assert_eq!(
+                errcode(check_overwrite(&guild, &m, p, &t, send).unwrap_err()),
+                "M_FORBIDDEN",
+                "{r}"
+            );
+        }
+        let owner = Member {
+            user_id: "@owner:x".into(),
+            ..Member::default()
+        };
+        let t = OverwriteTarget::Role("top".into());
+        assert!(check_overwrite(&guild, &owner, Permissions::ALL, &t, kick).is_ok());
+    }
+}

@@ -313,61 +313,11 @@ pub(crate) fn overwrites(
     Ok((o, list))
 }
 
-/// The guild's channels that `user` can see (VIEW_CHANNEL), categories included, ordered by
-/// position within their parent, ties by room id (spec/guilds.md §2.2).
+/// The guild's channels that `user` can see (VIEW_CHANNEL) in the guild's order
+/// (spec/guilds.md §2.2, spec/rest.md §6); a category is listed when it or one of its
+/// channels is visible.
 pub fn channels(rooms: &Rooms, guild_id: &RoomId, user: &UserId) -> Result<Vec<Value>> {
-    let guild = load_guild(rooms, guild_id)?;
-    let member = load_member(rooms, guild_id, user)?;
-    let state = rooms.current_state(guild_id)?;
-    let now = now_ms();
-    let mut out = Vec::new();
-    for ((kind, key), _) in state.range(("m.space.child".to_owned(), String::new())..) {
-        if kind != "m.space.child" {
-            break;
-        }
-        let Ok(channel) = OwnedRoomId::try_from(key.as_str()) else {
-            continue;
-        };
-        if rooms.room(&channel)?.is_none() {
-            continue;
-        }
-        let cstate = rooms.current_state(&channel)?;
-        let Some(content) = rooms
-            .state_content(&cstate, "chat.paracord.channel", "")?
-            .and_then(|c| serde_json::from_value::<ChannelContent>(c).ok())
-        else {
-            continue;
-        };
-        let (o, list) = overwrites(rooms, &channel)?;
-        if !guild
-            .channel_permissions(&member, &o, now)
-            .contains(Permissions::VIEW_CHANNEL)
-        {
-            continue;
-        }
-        let mut v = serde_json::to_value(&content)?;
-        v["id"] = json!(channel);
-        v["guild_id"] = json!(guild_id);
-        if let Some(name) = rooms.state_content(&cstate, "m.room.name", "")? {
-            v["name"] = name["name"].clone();
-        }
-        if let Some(topic) = rooms.state_content(&cstate, "m.room.topic", "")? {
-            v["topic"] = topic["topic"].clone();
-        }
-        v["permission_overwrites"] = json!(list);
-        out.push(v);
-    }
-    out.sort_by(|a, b| {
-        let k = |v: &Value| {
-            (
-                v["parent"].as_str().unwrap_or_default().to_owned(),
-                v["position"].as_i64().unwrap_or_default(),
-                v["id"].as_str().unwrap_or_default().to_owned(),
-            )
-        };
-        k(a).cmp(&k(b))
-    });
-    Ok(out)
+    super::channels::list(rooms, guild_id, user)
 }
 
 // ----- writes: sent by the guild host as the owner (spec/guilds.md) -----
@@ -403,7 +353,8 @@ pub(crate) async fn send_state(
         .map(drop)
 }
 
-/// The guild's channel rooms (its `m.space.child` rooms this server knows).
+/// The guild's channel rooms (its `m.space.child` rooms this server knows). A child whose
+/// content has no `via` has been removed (a deleted channel) and is left out.
 pub(crate) fn channel_ids(rooms: &Rooms, guild_id: &RoomId) -> Result<Vec<OwnedRoomId>> {
     let state = rooms.current_state(guild_id)?;
     let mut out = Vec::new();
@@ -411,8 +362,16 @@ pub(crate) fn channel_ids(rooms: &Rooms, guild_id: &RoomId) -> Result<Vec<OwnedR
         if kind != "m.space.child" {
             break;
         }
+        let linked = rooms
+            .state_content(&state, kind, key)?
+            .and_then(|c| {
+                c.get("via")
+                    .and_then(Value::as_array)
+                    .map(|v| !v.is_empty())
+            })
+            .unwrap_or(false);
         if let Ok(id) = OwnedRoomId::try_from(key.as_str()) {
-            if rooms.room(&id)?.is_some() {
+            if linked && rooms.room(&id)?.is_some() {
                 out.push(id);
             }
         }

@@ -13,6 +13,7 @@ mod federation_keys;
 mod federation_rooms;
 mod federation_split;
 mod federation_transport;
+mod guild_members;
 mod guilds;
 mod media;
 mod membership;

@@ -951,6 +951,12 @@ impl Rooms {
             if let Some(r) = &relation {
                 self.index_relation(batch, room_id, r, pos);
             }
+            // A guild invite is found by its code alone (spec/rest.md §11), in its event's batch.
+            if kind == crate::guilds::members::INVITE_EVENT {
+                if let Some(code) = pdu.state_key.as_deref() {
+                    crate::guilds::members::index_invite(batch, code, room_id);
+                }
+            }
             if let Some(t) = &txn {
                 batch.put(
                     Table::TxnEventid,

@@ -109,6 +109,10 @@ pub enum Table {
     /// `destination 0xFF seq (u64)` → an EDU (`{"edu_type", "content"}`) waiting to be sent to
     /// the destination, oldest first.
     DestinationseqEdu,
+    // guilds
+    /// `invite code 0xFF room_id` → "": the guild spaces holding a `chat.paracord.invite` with
+    /// that code, so an invite can be found by a user who is not in the guild yet.
+    CoderoomInvite,
 }
 
 impl Table {
@@ -165,6 +169,8 @@ impl Table {
         // federation sender
         Table::DestinationseqPdu,
         Table::DestinationseqEdu,
+        // guilds
+        Table::CoderoomInvite,
     ];
 
     pub fn name(self) -> &'static str {
@@ -221,6 +227,8 @@ impl Table {
             // federation sender
             Table::DestinationseqPdu => "destinationseq_pdu",
             Table::DestinationseqEdu => "destinationseq_edu",
+            // guilds
+            Table::CoderoomInvite => "coderoom_invite",
         }
     }
 }

@@ -86,7 +86,7 @@ pub(crate) fn candidates(
 
 /// Joins a room: locally when this server is in it, otherwise over federation through the
 /// servers given (`via`), the room id's server and the server of a pending invite.
-async fn join(
+pub(crate) async fn join(
     state: &AppState,
     user: &ruma::UserId,
     room_id: &ruma::RoomId,

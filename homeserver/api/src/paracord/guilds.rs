@@ -103,9 +103,14 @@ async fn member_role(
     let id = member_guild(&state, &user, &id)?;
     let target =
         ruma::OwnedUserId::try_from(target).map_err(|_| Error::invalid_param("not a user id"))?;
-    Ok(Json(
-        store::set_member_role(&state.rooms, &id, &user, &target, &role, add).await?,
-    ))
+    store::set_member_role(&state.rooms, &id, &user, &target, &role, add).await?;
+    // The full Member object (spec/rest.md §4); roles may be given to an invited user too.
+    Ok(Json(paracord_service::guilds::members::member(
+        &state.rooms,
+        &id,
+        &target,
+        true,
+    )?))
 }
 
 /// `PUT /_paracord/v1/guilds/{guildId}/members/{userId}/roles/{roleId}`

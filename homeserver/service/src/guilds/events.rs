@@ -150,7 +150,11 @@ impl InviteContent {
     pub fn usable(&self, now: u64) -> bool {
         !self.revoked
             && (self.max_uses == 0 || self.uses < self.max_uses)
-            && (self.max_age == 0 || now < self.created_at.saturating_add(self.max_age * 1000))
+            && (self.max_age == 0
+                || now
+                    < self
+                        .created_at
+                        .saturating_add(self.max_age.saturating_mul(1000)))
     }
 }
 

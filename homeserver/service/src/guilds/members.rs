@@ -1,1 +1,1367 @@
-//! Roles (modify, reorder, delete), members, bans and invites (spec/rest.md §7, §8, §9, §11).
+//! Roles (modify, reorder, delete), members, bans and invites (spec/rest.md §7–9, §11;
+//! spec/guilds.md §3, §4, §7, §10).
+//!
+//! Every write is carried out by the guild host as the owner after the requester's
+//! permissions were checked, and the projected power levels follow every change of a role, a
+//! member's roles or timeout, or the member list.
+
+use std::{sync::Arc, time::Duration};
+
+use paracord_core::{time::now_ms, Error, Result};
+use paracord_storage::{key::next_key, Batch, KeyBuf, KeyReader, Table};
+use ruma::{
+    events::TimelineEventType, OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId,
+    UserId,
+};
+use serde_json::{json, Value};
+
+use super::{
+    events::{
+        member_state_key, ChannelContent, ChannelKind, InviteContent, MemberContent, RoleContent,
+    },
+    permissions::{Guild, Member, Permissions, EVERYONE},
+    store::{
+        channel_ids, guild_content, host_owner, load_guild, load_member, overwrites, reproject,
+        roles, send_state,
+    },
+};
+use crate::rooms::{
+    timeline::{Dir, EventFilter, Reader, Window},
+    NewEvent, Rooms, StateMap,
+};
+
+/// The event type of an invite, indexed by code as it is committed.
+pub const INVITE_EVENT: &str = "chat.paracord.invite";
+const ROLE_EVENT: &str = "chat.paracord.role";
+const MEMBER_EVENT: &str = "chat.paracord.member";
+const OVERWRITE_EVENT: &str = "chat.paracord.overwrite";
+
+/// How far ahead a timeout may reach: 28 days (spec/guilds.md §4).
+pub const MAX_TIMEOUT_MS: u64 = 2_419_200_000;
+/// The longest window of messages a ban may redact: 7 days (spec/rest.md §9).
+const MAX_DELETE_SECONDS: u64 = 604_800;
+/// An invite's longest lifetime and most uses (spec/rest.md §11).
+const MAX_INVITE_AGE: u64 = 604_800;
+const MAX_INVITE_USES: u64 = 100;
+/// The most events of one channel a ban looks through for messages to redact.
+const MAX_REDACTION_SCAN: usize = 10_000;
+
+// ----- request fields -----
+
+fn string(v: &Value, k: &str) -> Result<String> {
+    v.as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| Error::bad_json(format!("{k} must be a string")))
+}
+
+fn boolean(v: &Value, k: &str) -> Result<bool> {
+    v.as_bool()
+        .ok_or_else(|| Error::bad_json(format!("{k} must be a boolean")))
+}
+
+/// An integer: another type is malformed JSON, a fraction or a huge number is out of range.
+fn integer(v: &Value, k: &str) -> Result<i64> {
+    if !v.is_number() {
+        return Err(Error::bad_json(format!("{k} must be an integer")));
+    }
+    v.as_i64()
+        .ok_or_else(|| Error::invalid_param(format!("{k} must be an integer")))
+}
+
+/// An integer from 0 to `max`, `default` when absent.
+fn bounded(body: &Value, k: &str, default: u64, max: u64) -> Result<u64> {
+    let Some(v) = body.get(k) else {
+        return Ok(default);
+    };
+    u64::try_from(integer(v, k)?)
+        .ok()
+        .filter(|n| *n <= max)
+        .ok_or_else(|| Error::invalid_param(format!("{k} is 0 to {max}")))
+}
+
+// ----- permission checks, with the flag or rule named in the refusal -----
+
+fn flag_name(flag: Permissions) -> &'static str {
+    Permissions::NAMED
+        .iter()
+        .find(|(_, p)| *p == flag)
+        .map_or("?", |(n, _)| *n)
+}
+
+fn missing(flag: Permissions) -> Error {
+    Error::forbidden(format!("Missing permission: {}", flag_name(flag)))
+}
+
+/// A guild-wide flag (spec/guilds.md §6: steps 1–2).
+fn need(guild: &Guild, actor: &Member, flag: Permissions) -> Result<()> {
+    if guild.base_permissions(actor).contains(flag) {
+        Ok(())
+    } else {
+        Err(missing(flag))
+    }
+}
+
+/// Creating, editing, deleting, assigning or unassigning a role at `position` that grants
+/// `permissions` (spec/guilds.md §7).
+fn check_role(
+    guild: &Guild,
+    actor: &Member,
+    position: i64,
+    permissions: Permissions,
+) -> Result<()> {
+    if guild.may_manage_role(actor, position, permissions) {
+        return Ok(());
+    }
+    need(guild, actor, Permissions::MANAGE_ROLES)?;
+    if guild.highest_position(actor) <= position {
+        return Err(Error::forbidden(
+            "Role hierarchy: the role must be below your highest role",
+        ));
+    }
+    Err(Error::forbidden(
+        "Role hierarchy: a role cannot grant permissions you do not have",
+    ))
+}
+
+/// Acting on another member with `flag` (kick, ban, timeout, nickname): never on the owner,
+/// and only from a highest role strictly above theirs (spec/guilds.md §7).
+fn check_act(guild: &Guild, actor: &Member, target: &Member, flag: Permissions) -> Result<()> {
+    need(guild, actor, flag)?;
+    if target.user_id == guild.owner {
+        return Err(Error::forbidden(
+            "Role hierarchy: nobody can act on the guild's owner",
+        ));
+    }
+    if !guild.outranks(actor, target) {
+        return Err(Error::forbidden(
+            "Role hierarchy: your highest role must be above the member's",
+        ));
+    }
+    Ok(())
+}
+
+// ----- roles -----
+
+fn role_content(rooms: &Rooms, state: &StateMap, id: &str) -> Result<Option<RoleContent>> {
+    Ok(rooms
+        .state_content(state, ROLE_EVENT, id)?
+        .and_then(|c| serde_json::from_value(c).ok()))
+}
+
+fn role_value(id: &str, content: &RoleContent) -> Result<Value> {
+    let mut v = serde_json::to_value(content)?;
+    v["id"] = json!(id);
+    Ok(v)
+}
+
+fn role_permissions(content: &RoleContent) -> Permissions {
+    Permissions::parse(&content.permissions).unwrap_or_default()
+}
+
+/// `PATCH /guilds/{id}/roles/{roleId}`: any of name, color, position, hoist, mentionable,
+/// permissions; the hierarchy must allow the role before and after the change.
+pub async fn modify_role(
+    rooms: &Rooms,
+    guild_id: &RoomId,
+    actor: &UserId,
+    role_id: &str,
+    body: &Value,
+) -> Result<Value> {
+    let guild = load_guild(rooms, guild_id)?;
+    let owner = host_owner(rooms, &guild)?;
+    let state = rooms.current_state(guild_id)?;
+    let old =
+        role_content(rooms, &state, role_id)?.ok_or_else(|| Error::not_found("no such role"))?;
+    let everyone = role_id == EVERYONE;
+    let mut new = old.clone();
+    if let Some(v) = body.get("name") {
+        new.name = string(v, "name")?;
+        if new.name.is_empty() || new.name.chars().count() > 100 {
+            return Err(Error::invalid_param("a role name has 1 to 100 characters"));
+        }
+        if everyone && new.name != old.name {
+            return Err(Error::invalid_param("@everyone cannot be renamed"));
+        }
+    }
+    if let Some(v) = body.get("color") {
+        new.color = u32::try_from(integer(v, "color")?)
+            .ok()
+            .filter(|c| *c <= 0xFF_FFFF)
+            .ok_or_else(|| Error::invalid_param("color is 0 to 0xFFFFFF"))?;
+    }
+    if let Some(v) = body.get("position") {
+        new.position = integer(v, "position")?;
+        if everyone && new.position != old.position {
+            return Err(Error::invalid_param(
+                "the position of @everyone cannot change",
+            ));
+        }
+        if !everyone && new.position < 1 {
+            return Err(Error::invalid_param(
+                "a role's position is at least 1 (@everyone is 0)",
+            ));
+        }
+    }
+    if let Some(v) = body.get("hoist") {
+        new.hoist = boolean(v, "hoist")?;
+    }
+    if let Some(v) = body.get("mentionable") {
+        new.mentionable = boolean(v, "mentionable")?;
+    }
+    if let Some(v) = body.get("permissions") {
+        new.permissions = Permissions::parse(&string(v, "permissions")?)
+            .ok_or_else(|| Error::invalid_param("permissions must be a u64 as a decimal string"))?
+            .to_wire();
+    }
+    let me = load_member(rooms, guild_id, actor)?;
+    let granted = role_permissions(&new);
+    check_role(&guild, &me, old.position, granted)?;
+    if new.position != old.position {
+        check_role(&guild, &me, new.position, granted)?;
+    }
+    if new != old {
+        send_state(
+            rooms,
+            guild_id,
+            &owner,
+            ROLE_EVENT,
+            role_id,
+            serde_json::to_value(&new)?,
+        )
+        .await?;
+        reproject(rooms, guild_id).await?;
+    }
+    role_value(role_id, &new)
+}
+
+/// `PATCH /guilds/{id}/roles`: new positions for some roles, each move allowed by the
+/// hierarchy at its old and its new position; @everyone stays at 0. Every entry is checked
+/// before anything is written. Answers every role.
+pub async fn reorder_roles(
+    rooms: &Rooms,
+    guild_id: &RoomId,
+    actor: &UserId,
+    items: &[Value],
+) -> Result<Vec<Value>> {
+    let guild = load_guild(rooms, guild_id)?;
+    let owner = host_owner(rooms, &guild)?;
+    let mut moves: Vec<(String, i64)> = Vec::new();
+    for item in items {
+        if !item.is_object() {
+            return Err(Error::bad_json(
+                "each entry is an object with id and position",
+            ));
+        }
+        let id = string(
+            item.get("id")
+                .ok_or_else(|| Error::missing_param("each entry needs an id"))?,
+            "id",
+        )?;
+        let position = integer(
+            item.get("position")
+                .ok_or_else(|| Error::missing_param("each entry needs a position"))?,
+            "position",
+        )?;
+        if moves.iter().any(|(i, _)| *i == id) {
+            return Err(Error::invalid_param(format!("role {id} is listed twice")));
+        }
+        moves.push((id, position));
+    }
+    let state = rooms.current_state(guild_id)?;
+    let me = load_member(rooms, guild_id, actor)?;
+    let mut changed = Vec::new();
+    for (id, position) in moves {
+        let role = role_content(rooms, &state, &id)?
+            .ok_or_else(|| Error::not_found(format!("no such role: {id}")))?;
+        if id == EVERYONE {
+            if position != role.position {
+                return Err(Error::invalid_param("@everyone cannot be moved"));
+            }
+            continue;
+        }
+        if position < 1 {
+            return Err(Error::invalid_param(
+                "a role's position is at least 1 (@everyone is 0)",
+            ));
+        }
+        if position == role.position {
+            continue;
+        }
+        let granted = role_permissions(&role);
+        check_role(&guild, &me, role.position, granted)?;
+        check_role(&guild, &me, position, granted)?;
+        changed.push((id, RoleContent { position, ..role }));
+    }
+    for (id, content) in &changed {
+        send_state(
+            rooms,
+            guild_id,
+            &owner,
+            ROLE_EVENT,
+            id,
+            serde_json::to_value(content)?,
+        )
+        .await?;
+    }
+    if !changed.is_empty() {
+        reproject(rooms, guild_id).await?;
+    }
+    roles(rooms, guild_id)
+}
+
+/// `DELETE /guilds/{id}/roles/{roleId}`: the role leaves every member and every channel's
+/// overwrites, then is replaced with `{}`. In that order, so that a request cut short can be
+/// repeated: the role is still there to be found.
+pub async fn delete_role(
+    rooms: &Rooms,
+    guild_id: &RoomId,
+    actor: &UserId,
+    role_id: &str,
+) -> Result<()> {
+    let guild = load_guild(rooms, guild_id)?;
+    let owner = host_owner(rooms, &guild)?;
+    if role_id == EVERYONE {
+        return Err(Error::invalid_param("@everyone cannot be deleted"));
+    }
+    let state = rooms.current_state(guild_id)?;
+    let role =
+        role_content(rooms, &state, role_id)?.ok_or_else(|| Error::not_found("no such role"))?;
+    let me = load_member(rooms, guild_id, actor)?;
+    check_role(&guild, &me, role.position, role_permissions(&role))?;
+    for ((kind, key), _) in state.range((MEMBER_EVENT.to_owned(), String::new())..) {
+        if kind != MEMBER_EVENT {
+            break;
+        }
+        let Some(mut content) = rooms
+            .state_content(&state, kind, key)?
+            .and_then(|c| serde_json::from_value::<MemberContent>(c).ok())
+        else {
+            continue;
+        };
+        if !content.roles.iter().any(|r| r == role_id) {
+            continue;
+        }
+        content.roles.retain(|r| r != role_id);
+        send_state(
+            rooms,
+            guild_id,
+            &owner,
+            MEMBER_EVENT,
+            key,
+            serde_json::to_value(&content)?,
+        )
+        .await?;
+    }
+    let key = format!("role:{role_id}");
+    for channel in channel_ids(rooms, guild_id)? {
+        let cstate = rooms.current_state(&channel)?;
+        let present = rooms
+            .state_content(&cstate, OVERWRITE_EVENT, &key)?
+            .is_some_and(|c| c.as_object().is_some_and(|o| !o.is_empty()));
+        if present {
+            send_state(rooms, &channel, &owner, OVERWRITE_EVENT, &key, json!({})).await?;
+        }
+    }
+    send_state(rooms, guild_id, &owner, ROLE_EVENT, role_id, json!({})).await?;
+    reproject(rooms, guild_id).await
+}
+
+// ----- members -----
+
+fn member_content(rooms: &Rooms, state: &StateMap, user: &UserId) -> Result<MemberContent> {
+    Ok(rooms
+        .state_content(state, MEMBER_EVENT, &member_state_key(user.as_str()))?
+        .and_then(|c| serde_json::from_value(c).ok())
+        .unwrap_or_default())
+}
+
+/// The `origin_server_ts` of the user's latest join: the member event of the state, followed
+/// back through the joins before it (profile changes are joins too) to the first of the run.
+fn joined_at(rooms: &Rooms, state: &StateMap, user: &UserId) -> Result<Option<u64>> {
+    let key = ("m.room.member".to_owned(), user.to_string());
+    let mut short = state.get(&key).copied();
+    let mut at = None;
+    // A bound, so a long history of profile changes costs little.
+    for _ in 0..1000 {
+        let Some(s) = short else { break };
+        let Some(pdu) = rooms.pdu_by_short(s)? else {
+            break;
+        };
+        if pdu.content_value()["membership"] != "join" {
+            break;
+        }
+        at = Some(u64::from(pdu.origin_server_ts.get()));
+        let Some(meta) = rooms.meta(s)?.filter(|m| !m.outlier) else {
+            break;
+        };
+        short = rooms.state(meta.state_before)?.get(&key).copied();
+    }
+    Ok(at)
+}
+
+/// The Member object (spec/rest.md §4).
+fn member_value(
+    rooms: &Rooms,
+    guild: &Guild,
+    state: &StateMap,
+    user: &UserId,
+    now: u64,
+) -> Result<Value> {
+    let profile = rooms
+        .state_content(state, "m.room.member", user.as_str())?
+        .unwrap_or_default();
+    let text = |k: &str| profile.get(k).filter(|v| v.is_string()).cloned();
+    let content = member_content(rooms, state, user)?;
+    let roles: Vec<&String> = content
+        .roles
+        .iter()
+        .filter(|r| r.as_str() != EVERYONE && guild.roles.contains_key(r.as_str()))
+        .collect();
+    Ok(json!({
+        "user_id": user,
+        "displayname": text("displayname"),
+        "avatar_url": text("avatar_url"),
+        "nick": content.nick,
+        "roles": roles,
+        "communication_disabled_until": content.communication_disabled_until.filter(|t| *t > now),
+        "joined_at": joined_at(rooms, state, user)?,
+    }))
+}
+
+/// `GET /guilds/{id}/members/{userId}`: a joined member, or 404. With `invited`, a user
+/// invited to the space counts too (roles may be given before joining).
+pub fn member(rooms: &Rooms, guild_id: &RoomId, user: &UserId, invited: bool) -> Result<Value> {
+    let membership = rooms.membership(guild_id, user)?;
+    let counts = match membership.as_deref() {
+        Some("join") => true,
+        Some("invite") => invited,
+        _ => false,
+    };
+    if !counts {
+        return Err(Error::not_found("not a member of this guild"));
+    }
+    let guild = load_guild(rooms, guild_id)?;
+    let state = rooms.current_state(guild_id)?;
+    member_value(rooms, &guild, &state, user, now_ms())
+}
+
+/// `GET /guilds/{id}/members`: joined members by user id (byte order), after `after`.
+pub fn members(
+    rooms: &Rooms,
+    guild_id: &RoomId,
+    limit: usize,
+    after: Option<&str>,
+) -> Result<Vec<Value>> {
+    let guild = load_guild(rooms, guild_id)?;
+    let state = rooms.current_state(guild_id)?;
+    let now = now_ms();
+    let mut joined = rooms.joined_members(guild_id)?;
+    joined.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    joined
+        .iter()
+        .filter(|u| after.is_none_or(|a| u.as_bytes() > a.as_bytes()))
+        .take(limit)
+        .map(|u| member_value(rooms, &guild, &state, u, now))
+        .collect()
+}
+
+/// `PATCH /guilds/{id}/members/{userId}`: nick, roles and timeout, each with its own
+/// permission (spec/rest.md §8). The whole request is checked before anything is written.
+pub async fn modify_member(
+    rooms: &Arc<Rooms>,
+    guild_id: &RoomId,
+    actor: &UserId,
+    target: &UserId,
+    body: &Value,
+) -> Result<Value> {
+    let guild = load_guild(rooms, guild_id)?;
+    let owner = host_owner(rooms, &guild)?;
+    let now = now_ms();
+    let nick = match body.get("nick") {
+        None => None,
+        Some(Value::Null) => Some(None),
+        Some(v) => {
+            let n = string(v, "nick")?;
+            if n.is_empty() || n.chars().count() > 32 {
+                return Err(Error::invalid_param("a nick has 1 to 32 characters"));
+            }
+            Some(Some(n))
+        }
+    };
+    let wanted_roles = match body.get("roles") {
+        None => None,
+        Some(Value::Array(a)) => {
+            let mut ids: Vec<String> = Vec::new();
+            for v in a {
+                let id = string(v, "roles")?;
+                if id != EVERYONE && !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+            Some(ids)
+        }
+        Some(_) => return Err(Error::bad_json("roles must be an array of role ids")),
+    };
+    let timeout = match body.get("communication_disabled_until") {
+        None => None,
+        Some(Value::Null) => Some(None),
+        Some(v) => {
+            let until =
+                u64::try_from(integer(v, "communication_disabled_until")?).map_err(|_| {
+                    Error::invalid_param("communication_disabled_until is a time in ms")
+                })?;
+            if until > now.saturating_add(MAX_TIMEOUT_MS) {
+                return Err(Error::invalid_param(
+                    "a timeout reaches at most 28 days ahead",
+                ));
+            }
+            // A timeout in the past means none.
+            Some(Some(until).filter(|t| *t > now))
+        }
+    };
+    if !rooms.is_joined(guild_id, target)? {
+        return Err(Error::not_found("not a member of this guild"));
+    }
+    let me = load_member(rooms, guild_id, actor)?;
+    let them = load_member(rooms, guild_id, target)?;
+    let state = rooms.current_state(guild_id)?;
+    let old = member_content(rooms, &state, target)?;
+    let mut new = old.clone();
+    if let Some(nick) = nick {
+        if actor == target {
+            need(&guild, &me, Permissions::CHANGE_NICKNAME)?;
+        } else {
+            check_act(&guild, &me, &them, Permissions::MANAGE_NICKNAMES)?;
+        }
+        new.nick = nick;
+    }
+    if let Some(wanted) = wanted_roles {
+        need(&guild, &me, Permissions::MANAGE_ROLES)?;
+        if let Some(unknown) = wanted
+            .iter()
+            .find(|r| !guild.roles.contains_key(r.as_str()))
+        {
+            return Err(Error::invalid_param(format!("no such role: {unknown}")));
+        }
+        let held: Vec<&String> = old
+            .roles
+            .iter()
+            .filter(|r| r.as_str() != EVERYONE && guild.roles.contains_key(r.as_str()))
+            .collect();
+        let added = wanted.iter().filter(|r| !held.contains(r));
+        let removed = held.iter().copied().filter(|r| !wanted.contains(*r));
+        for id in added.chain(removed) {
+            if let Some(role) = guild.roles.get(id) {
+                check_role(&guild, &me, role.position, role.permissions)?;
+            }
+        }
+        new.roles = wanted;
+    }
+    if let Some(until) = timeout {
+        check_act(&guild, &me, &them, Permissions::MODERATE_MEMBERS)?;
+        if until.is_some()
+            && guild
+                .base_permissions(&them)
+                .contains(Permissions::ADMINISTRATOR)
+        {
+            return Err(Error::forbidden(
+                "Timeouts: the owner and administrators cannot be timed out",
+            ));
+        }
+        new.communication_disabled_until = until;
+    }
+    if new != old {
+        send_state(
+            rooms,
+            guild_id,
+            &owner,
+            MEMBER_EVENT,
+            &member_state_key(target.as_str()),
+            serde_json::to_value(&new)?,
+        )
+        .await?;
+        let timeout_changed = new.communication_disabled_until != old.communication_disabled_until;
+        if new.roles != old.roles || timeout_changed {
+            reproject(rooms, guild_id).await?;
+        }
+        if let Some(until) = new.communication_disabled_until.filter(|_| timeout_changed) {
+            schedule_timeout_end(rooms.clone(), guild_id.to_owned(), until);
+        }
+    }
+    member(rooms, guild_id, target, false)
+}
+
+/// Re-projects the guild's power levels once a timeout has ended (spec/guilds.md §8: the
+/// end of a timeout is an input of the projection), so the member's level comes back without
+/// anyone acting. A timeout changed again before then leaves this task with nothing to send.
+/// A restart forgets the task: the next re-projection of the guild catches up.
+pub fn schedule_timeout_end(rooms: Arc<Rooms>, guild_id: OwnedRoomId, until: u64) {
+    // A little after the end, so that `now` is past it when the projection is computed.
+    let wait = until.saturating_sub(now_ms()).saturating_add(50);
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        if let Err(e) = reproject(&rooms, &guild_id).await {
+            tracing::warn!(%guild_id, "power levels not re-projected after a timeout: {e}");
+        }
+    });
+}
+
+/// Replaces a departed member's `chat.paracord.member` with `{}` (spec/guilds.md §4).
+async fn forget_member(
+    rooms: &Rooms,
+    guild_id: &RoomId,
+    owner: &UserId,
+    user: &UserId,
+) -> Result<()> {
+    let state = rooms.current_state(guild_id)?;
+    let key = member_state_key(user.as_str());
+    let present = rooms
+        .state_content(&state, MEMBER_EVENT, &key)?
+        .is_some_and(|c| c.as_object().is_some_and(|o| !o.is_empty()));
+    if present {
+        send_state(rooms, guild_id, owner, MEMBER_EVENT, &key, json!({})).await?;
+    }
+    Ok(())
+}
+
+/// The guild's channels, then the space: removals end with the space, so a request cut short
+/// finds the user still a member and can be repeated.
+fn channels_then_space(rooms: &Rooms, guild_id: &RoomId) -> Result<Vec<OwnedRoomId>> {
+    let mut out = channel_ids(rooms, guild_id)?;
+    out.push(guild_id.to_owned());
+    Ok(out)
+}
+
+/// `DELETE /guilds/{id}/members/{userId}`: a kick (KICK_MEMBERS and the hierarchy) from the
+/// space and every channel, or leaving when the user is the requester. The owner cannot
+/// leave: the guild would have nobody to write it.
+pub async fn remove_member(
+    rooms: &Rooms,
+    guild_id: &RoomId,
+    actor: &UserId,
+    target: &UserId,
+    reason: Option<&str>,
+) -> Result<()> {
+    let guild = load_guild(rooms, guild_id)?;
+    let owner = host_owner(rooms, &guild)?;
+    if !rooms.is_joined(guild_id, target)? {
+        return Err(Error::not_found("not a member of this guild"));
+    }
+    let leaving = actor == target;
+    if leaving {
+        if target.as_str() == owner.as_str() {
+            return Err(Error::forbidden(
+                "the owner cannot leave their guild; delete it instead",
+            ));
+        }
+    } else {
+        let me = load_member(rooms, guild_id, actor)?;
+        let them = load_member(rooms, guild_id, target)?;
+        check_act(&guild, &me, &them, Permissions::KICK_MEMBERS)?;
+    }
+    // A local user leaves by themself; anyone else is removed by the owner.
+    let own_leave = leaving && target.server_name().as_str() == rooms.config.server_name;
+    for room in channels_then_space(rooms, guild_id)? {
+        if !matches!(
+            rooms.membership(&room, target)?.as_deref(),
+            Some("join") | Some("invite") | Some("knock")
+        ) {
+            continue;
+        }
+        if own_leave {
+            rooms.leave(&room, target, reason).await?;
+        } else {
+            rooms.kick(&room, &owner, target, reason).await?;
+        }
+    }
+    forget_member(rooms, guild_id, &owner, target).await?;
+    reproject(rooms, guild_id).await
+}
+
+// ----- bans -----
+
+/// `GET /guilds/{id}/bans`: BAN_MEMBERS.
+pub fn bans(rooms: &Rooms, guild_id: &RoomId, actor: &UserId) -> Result<Vec<Value>> {
+    let guild = load_guild(rooms, guild_id)?;
+    need(
+        &guild,
+        &load_member(rooms, guild_id, actor)?,
+        Permissions::BAN_MEMBERS,
+    )?;
+    let state = rooms.current_state(guild_id)?;
+    let mut out = Vec::new();
+    for (user, m) in rooms.members(guild_id)? {
+        if m != "ban" {
+            continue;
+        }
+        let reason = rooms
+            .state_content(&state, "m.room.member", user.as_str())?
+            .and_then(|c| c.get("reason").filter(|r| r.is_string()).cloned());
+        out.push(json!({ "user_id": user, "reason": reason }));
+    }
+    Ok(out)
+}
+
+/// `PUT /guilds/{id}/bans/{userId}`: BAN_MEMBERS, and the hierarchy when the user is a
+/// member. Bans in every channel and the space, then redacts the user's messages of the last
+/// `delete_message_seconds` in every channel.
+pub async fn ban(
+    rooms: &Rooms,
+    guild_id: &RoomId,
+    actor: &UserId,
+    target: &UserId,
+    body: &Value,
+) -> Result<Value> {
+    let guild = load_guild(rooms, guild_id)?;
+    let owner = host_owner(rooms, &guild)?;
+    let reason = match body.get("reason") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(string(v, "reason")?),
+    };
+    let seconds = bounded(body, "delete_message_seconds", 0, MAX_DELETE_SECONDS)?;
+    let me = load_member(rooms, guild_id, actor)?;
+    let them = load_member(rooms, guild_id, target)?;
+    let is_member = matches!(
+        rooms.membership(guild_id, target)?.as_deref(),
+        Some("join") | Some("invite")
+    );
+    if is_member || them.user_id == guild.owner {
+        check_act(&guild, &me, &them, Permissions::BAN_MEMBERS)?;
+    } else {
+        need(&guild, &me, Permissions::BAN_MEMBERS)?;
+    }
+    let since = now_ms().saturating_sub(seconds.saturating_mul(1000));
+    for room in channels_then_space(rooms, guild_id)? {
+        if rooms.membership(&room, target)?.as_deref() != Some("ban") {
+            rooms.ban(&room, &owner, target, reason.as_deref()).await?;
+        }
+    }
+    if seconds > 0 {
+        for channel in channel_ids(rooms, guild_id)? {
+            redact_recent(rooms, &channel, &owner, target, since).await?;
+        }
+    }
+    forget_member(rooms, guild_id, &owner, target).await?;
+    reproject(rooms, guild_id).await?;
+    Ok(json!({ "user_id": target, "reason": reason }))
+}
+
+/// Redacts, as `redactor`, the messages `sender` sent to `room` at or after `since` (ms),
+/// newest first, stopping at the first older event.
+async fn redact_recent(
+    rooms: &Rooms,
+    room: &RoomId,
+    redactor: &UserId,
+    sender: &UserId,
+    since: u64,
+) -> Result<()> {
+    let reader = Reader {
+        user: redactor,
+        device: None,
+    };
+    let mut from = rooms.stream.current();
+    let mut scanned = 0;
+    let mut targets: Vec<OwnedEventId> = Vec::new();
+    'pages: while scanned < MAX_REDACTION_SCAN {
+        let window = Window {
+            from,
+            to: None,
+            dir: Dir::Backward,
+            limit: 100,
+        };
+        let page = rooms.paginate(room, reader, window, &EventFilter::default())?;
+        for (_, ev) in &page.events {
+            scanned += 1;
+            if ev["origin_server_ts"].as_u64().unwrap_or(0) < since {
+                break 'pages;
+            }
+            let message = ev.get("state_key").is_none() && ev["type"] != "m.room.redaction";
+            let redacted = ev["unsigned"].get("redacted_because").is_some();
+            if ev["sender"] == sender.as_str() && message && !redacted {
+                if let Some(id) = ev["event_id"]
+                    .as_str()
+                    .and_then(|i| OwnedEventId::try_from(i).ok())
+                {
+                    targets.push(id);
+                }
+            }
+        }
+        match page.next {
+            Some(next) if next < from => from = next,
+            _ => break,
+        }
+    }
+    for id in targets {
+        let mut new = NewEvent::message(
+            TimelineEventType::RoomRedaction,
+            json!({ "reason": "banned from the guild" }),
+        );
+        new.redacts = Some(id);
+        rooms.append(room, redactor, new).await?;
+    }
+    Ok(())
+}
+
+/// `DELETE /guilds/{id}/bans/{userId}`: BAN_MEMBERS; unbans in every channel and the space.
+pub async fn unban(
+    rooms: &Rooms,
+    guild_id: &RoomId,
+    actor: &UserId,
+    target: &UserId,
+) -> Result<()> {
+    let guild = load_guild(rooms, guild_id)?;
+    let owner = host_owner(rooms, &guild)?;
+    need(
+        &guild,
+        &load_member(rooms, guild_id, actor)?,
+        Permissions::BAN_MEMBERS,
+    )?;
+    if rooms.membership(guild_id, target)?.as_deref() != Some("ban") {
+        return Err(Error::not_found("no such ban"));
+    }
+    for room in channels_then_space(rooms, guild_id)? {
+        if rooms.membership(&room, target)?.as_deref() == Some("ban") {
+            rooms.unban(&room, &owner, target, None).await?;
+        }
+    }
+    Ok(())
+}
+
+// ----- invites -----
+
+/// Invite codes: 8 to 32 characters from `[A-Za-z0-9]` (spec/guilds.md §10).
+fn is_code(code: &str) -> bool {
+    (8..=32).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+fn code_prefix(code: &str) -> Vec<u8> {
+    KeyBuf::new().str(code).into_vec()
+}
+
+/// Indexes an invite code with the room whose state holds it, in the batch of its event.
+pub(crate) fn index_invite(batch: &mut Batch, code: &str, room_id: &RoomId) {
+    if is_code(code) {
+        batch.put(
+            Table::CoderoomInvite,
+            KeyBuf::new()
+                .str(code)
+                .last_str(room_id.as_str())
+                .into_vec(),
+            Vec::new(),
+        );
+    }
+}
+
+/// Rooms indexed for a code (a few: anyone allowed to send state could reuse a code in
+/// another room; only the guild owner's invite counts).
+fn indexed_rooms(rooms: &Rooms, code: &str) -> Result<Vec<OwnedRoomId>> {
+    let prefix = code_prefix(code);
+    let upper = next_key(&prefix);
+    let rows = rooms
+        .db
+        .scan(
+            Table::CoderoomInvite,
+            &prefix,
+            &prefix,
+            upper.as_deref(),
+            false,
+            16,
+        )
+        .map_err(Error::internal)?;
+    let mut out = Vec::new();
+    for (k, _) in rows {
+        let mut r = KeyReader::new(&k);
+        r.str().map_err(Error::internal)?;
+        if let Ok(room) = OwnedRoomId::try_from(r.last_str().map_err(Error::internal)?) {
+            out.push(room);
+        }
+    }
+    Ok(out)
+}
+
+/// The guild and content of an invite this server knows: a `chat.paracord.invite` sent by
+/// the owner in the state of a guild space. Nothing else is an invite (spec/guilds.md: only
+/// the owner writes `chat.paracord.*` state).
+fn find_invite(rooms: &Rooms, code: &str) -> Result<(OwnedRoomId, Guild, InviteContent)> {
+    let unknown = || Error::not_found("no such invite");
+    if !is_code(code) {
+        return Err(unknown());
+    }
+    for room in indexed_rooms(rooms, code)? {
+        if rooms.room(&room)?.is_none() {
+            continue;
+        }
+        let state = rooms.current_state(&room)?;
+        if rooms
+            .state_content(&state, "chat.paracord.guild", "")?
+            .is_none()
+        {
+            continue;
+        }
+        let guild = load_guild(rooms, &room)?;
+        let Some(pdu) = rooms.state_pdu(&state, INVITE_EVENT, code)? else {
+            continue;
+        };
+        if pdu.sender.as_str() != guild.owner {
+            continue;
+        }
+        if let Ok(invite) = serde_json::from_value::<InviteContent>(pdu.content_value()) {
+            return Ok((room, guild, invite));
+        }
+    }
+    Err(unknown())
+}
+
+/// Whether the invite is valid now, but for its number of uses: not revoked nor expired, its
+/// channel still a channel of the guild, its inviter still a member allowed to invite there
+/// (spec/guilds.md §10).
+fn valid_but_uses(
+    rooms: &Rooms,
+    guild_id: &RoomId,
+    guild: &Guild,
+    invite: &InviteContent,
+    now: u64,
+) -> Result<bool> {
+    let unused = InviteContent {
+        uses: 0,
+        ..invite.clone()
+    };
+    if !unused.usable(now) {
+        return Ok(false);
+    }
+    let (Ok(channel), Ok(inviter)) = (
+        OwnedRoomId::try_from(invite.channel.as_str()),
+        OwnedUserId::try_from(invite.inviter.as_str()),
+    ) else {
+        return Ok(false);
+    };
+    if !channel_ids(rooms, guild_id)?.contains(&channel)
+        || channel_content(rooms, &channel)?.is_none()
+    {
+        return Ok(false);
+    }
+    if !rooms.is_joined(guild_id, &inviter)? {
+        return Ok(false);
+    }
+    let (o, _) = overwrites(rooms, &channel)?;
+    Ok(guild
+        .channel_permissions(&load_member(rooms, guild_id, &inviter)?, &o, now)
+        .contains(Permissions::CREATE_INSTANT_INVITE))
+}
+
+fn exhausted(invite: &InviteContent) -> bool {
+    invite.max_uses != 0 && invite.uses >= invite.max_uses
+}
+
+fn channel_content(rooms: &Rooms, channel: &RoomId) -> Result<Option<ChannelContent>> {
+    let state = rooms.current_state(channel)?;
+    Ok(rooms
+        .state_content(&state, "chat.paracord.channel", "")?
+        .and_then(|c| serde_json::from_value(c).ok()))
+}
+
+/// The Invite object (spec/rest.md §4).
+fn invite_value(
+    rooms: &Rooms,
+    guild_id: &RoomId,
+    code: &str,
+    invite: &InviteContent,
+) -> Result<Value> {
+    let guild = guild_content(rooms, guild_id)?;
+    let channel_name = match OwnedRoomId::try_from(invite.channel.as_str()) {
+        Ok(c) if rooms.room(&c)?.is_some() => {
+            let state = rooms.current_state(&c)?;
+            rooms
+                .state_content(&state, "m.room.name", "")?
+                .and_then(|n| n.get("name").filter(|n| n.is_string()).cloned())
+        }
+        _ => None,
+    };
+    let expires_at = (invite.max_age != 0).then(|| {
+        invite
+            .created_at
+            .saturating_add(invite.max_age.saturating_mul(1000))
+    });
+    Ok(json!({
+        "code": code,
+        "guild": {
+            "id": guild_id,
+            "name": guild.name,
+            "icon": guild.icon,
+            "description": guild.description,
+            "member_count": rooms.joined_members(guild_id)?.len(),
+        },
+        "channel": { "id": invite.channel, "name": channel_name },
+        "inviter": invite.inviter,
+        "created_at": invite.created_at,
+        "max_age": invite.max_age,
+        "max_uses": invite.max_uses,
+        "uses": invite.uses,
+        "revoked": invite.revoked,
+        "expires_at": expires_at,
+    }))
+}
+
+/// The guild a channel belongs to: its `m.space.parent`, which lists it as a child.
+fn channel_guild(rooms: &Rooms, channel: &RoomId) -> Result<OwnedRoomId> {
+    let unknown = || Error::not_found("no such channel");
+    if rooms.room(channel)?.is_none() {
+        return Err(unknown());
+    }
+    let state = rooms.current_state(channel)?;
+    let parents: Vec<OwnedRoomId> = state
+        .range(("m.space.parent".to_owned(), String::new())..)
+        .take_while(|((k, _), _)| k == "m.space.parent")
+        .filter_map(|((_, key), _)| OwnedRoomId::try_from(key.as_str()).ok())
+        .collect();
+    for guild_id in parents {
+        if rooms.room(&guild_id)?.is_some()
+            && channel_ids(rooms, &guild_id)?.iter().any(|c| c == channel)
+            && guild_content(rooms, &guild_id).is_ok()
+        {
+            return Ok(guild_id);
+        }
+    }
+    Err(unknown())
+}
+
+fn fresh_code() -> String {
+    use rand::{distributions::Alphanumeric, Rng};
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(10)
+        .map(char::from)
+        .collect()
+}
+
+/// `POST /channels/{id}/invites`: CREATE_INSTANT_INVITE in the channel.
+pub async fn create_invite(
+    rooms: &Rooms,
+    channel: &RoomId,
+    actor: &UserId,
+    body: &Value,
+) -> Result<Value> {
+    let guild_id = channel_guild(rooms, channel)?;
+    let guild = load_guild(rooms, &guild_id)?;
+    let owner = host_owner(rooms, &guild)?;
+    let max_age = bounded(body, "max_age", 86_400, MAX_INVITE_AGE)?;
+    let max_uses = bounded(body, "max_uses", 0, MAX_INVITE_USES)?;
+    let now = now_ms();
+    let me = load_member(rooms, &guild_id, actor)?;
+    let (o, _) = overwrites(rooms, channel)?;
+    let perms = guild.channel_permissions(&me, &o, now);
+    if !rooms.is_joined(&guild_id, actor)? || !perms.contains(Permissions::VIEW_CHANNEL) {
+        return Err(Error::not_found("no such channel"));
+    }
+    let content =
+        channel_content(rooms, channel)?.ok_or_else(|| Error::not_found("no such channel"))?;
+    if content.kind == ChannelKind::Category {
+        return Err(Error::invalid_param(
+            "an invite leads to a channel, not a category",
+        ));
+    }
+    if !perms.contains(Permissions::CREATE_INSTANT_INVITE) {
+        return Err(missing(Permissions::CREATE_INSTANT_INVITE));
+    }
+    let mut code = fresh_code();
+    while !indexed_rooms(rooms, &code)?.is_empty() {
+        code = fresh_code();
+    }
+    let invite = InviteContent {
+        channel: channel.to_string(),
+        inviter: actor.to_string(),
+        created_at: now,
+        max_age,
+        max_uses,
+        uses: 0,
+        revoked: false,
+    };
+    send_state(
+        rooms,
+        &guild_id,
+        &owner,
+        INVITE_EVENT,
+        &code,
+        serde_json::to_value(&invite)?,
+    )
+    .await?;
+    invite_value(rooms, &guild_id, &code, &invite)
+}
+
+/// `GET /invites/{code}`: any user may preview a valid invite; anything else is unknown.
+pub fn invite(rooms: &Rooms, code: &str) -> Result<Value> {
+    let (guild_id, guild, invite) = find_invite(rooms, code)?;
+    if exhausted(&invite) || !valid_but_uses(rooms, &guild_id, &guild, &invite, now_ms())? {
+        return Err(Error::not_found("no such invite"));
+    }
+    invite_value(rooms, &guild_id, code, &invite)
+}
+
+/// What accepting an invite leads to: the user's server then joins the space and, when the
+/// user may see it, the channel, with the guild host as `via`.
+#[derive(Debug)]
+pub struct Accepted {
+    pub guild_id: OwnedRoomId,
+    pub channel_id: OwnedRoomId,
+    pub join_channel: bool,
+    pub via: OwnedServerName,
+}
+
+/// Serialises acceptances, so two users cannot both take an invite's last use.
+static ACCEPTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// `POST /invites/{code}`, the guild host's part: the invite is valid and the user is not
+/// banned; the owner invites the user to the space (and to the channel when it is private,
+/// `invite`-only, and the user may see it) and counts a use. A member gets the same answer
+/// and no use is counted.
+pub async fn accept_invite(rooms: &Rooms, code: &str, user: &UserId) -> Result<Accepted> {
+    let _one_at_a_time = ACCEPTING.lock().await;
+    let (guild_id, guild, invite) = find_invite(rooms, code)?;
+    let owner = host_owner(rooms, &guild)?;
+    let now = now_ms();
+    if !valid_but_uses(rooms, &guild_id, &guild, &invite, now)? {
+        return Err(Error::not_found("no such invite"));
+    }
+    let channel_id = OwnedRoomId::try_from(invite.channel.as_str())
+        .map_err(|_| Error::not_found("no such invite"))?;
+    let membership = rooms.membership(&guild_id, user)?;
+    if membership.as_deref() == Some("ban") {
+        return Err(Error::forbidden("you are banned from this guild"));
+    }
+    let (o, _) = overwrites(rooms, &channel_id)?;
+    let sees_channel = guild
+        .channel_permissions(&load_member(rooms, &guild_id, user)?, &o, now)
+        .contains(Permissions::VIEW_CHANNEL);
+    let accepted = Accepted {
+        guild_id: guild_id.clone(),
+        channel_id: channel_id.clone(),
+        join_channel: sees_channel,
+        via: owner.server_name().to_owned(),
+    };
+    if membership.as_deref() == Some("join") {
+        return Ok(accepted);
+    }
+    if exhausted(&invite) {
+        return Err(Error::not_found("no such invite"));
+    }
+    if membership.as_deref() != Some("invite") {
+        rooms.invite(&guild_id, &owner, user, None, false).await?;
+    }
+    let cstate = rooms.current_state(&channel_id)?;
+    let invite_only = rooms
+        .state_content(&cstate, "m.room.join_rules", "")?
+        .is_some_and(|j| j["join_rule"] == "invite");
+    if invite_only
+        && sees_channel
+        && !matches!(
+            rooms.membership(&channel_id, user)?.as_deref(),
+            Some("join") | Some("invite")
+        )
+    {
+        rooms.invite(&channel_id, &owner, user, None, false).await?;
+    }
+    let used = InviteContent {
+        uses: invite.uses.saturating_add(1),
+        ..invite
+    };
+    send_state(
+        rooms,
+        &guild_id,
+        &owner,
+        INVITE_EVENT,
+        code,
+        serde_json::to_value(&used)?,
+    )
+    .await?;
+    reproject(rooms, &guild_id).await?;
+    Ok(accepted)
+}
+
+/// `DELETE /invites/{code}`: the inviter, MANAGE_GUILD, or MANAGE_CHANNELS in the invite's
+/// channel. Answers the revoked invite.
+pub async fn revoke_invite(rooms: &Rooms, code: &str, actor: &UserId) -> Result<Value> {
+    let (guild_id, guild, invite) = find_invite(rooms, code)?;
+    let owner = host_owner(rooms, &guild)?;
+    if !rooms.is_joined(&guild_id, actor)? {
+        return Err(Error::not_found("no such invite"));
+    }
+    let me = load_member(rooms, &guild_id, actor)?;
+    let in_channel = match OwnedRoomId::try_from(invite.channel.as_str()) {
+        Ok(c) if rooms.room(&c)?.is_some() => {
+            let (o, _) = overwrites(rooms, &c)?;
+            guild.channel_permissions(&me, &o, now_ms())
+        }
+        _ => Permissions::NONE,
+    };
+    let allowed = invite.inviter == actor.as_str()
+        || guild
+            .base_permissions(&me)
+            .contains(Permissions::MANAGE_GUILD)
+        || in_channel.contains(Permissions::MANAGE_CHANNELS);
+    if !allowed {
+        return Err(Error::forbidden(
+            "Missing permission: MANAGE_GUILD or MANAGE_CHANNELS (or be the inviter)",
+        ));
+    }
+    let revoked = InviteContent {
+        revoked: true,
+        ..invite.clone()
+    };
+    if !invite.revoked {
+        send_state(
+            rooms,
+            &guild_id,
+            &owner,
+            INVITE_EVENT,
+            code,
+            serde_json::to_value(&revoked)?,
+        )
+        .await?;
+    }
+    invite_value(rooms, &guild_id, code, &revoked)
+}
+
+/// `GET /guilds/{id}/invites`: MANAGE_GUILD; the valid invites.
+pub fn guild_invites(rooms: &Rooms, guild_id: &RoomId, actor: &UserId) -> Result<Vec<Value>> {
+    let guild = load_guild(rooms, guild_id)?;
+    need(
+        &guild,
+        &load_member(rooms, guild_id, actor)?,
+        Permissions::MANAGE_GUILD,
+    )?;
+    let state = rooms.current_state(guild_id)?;
+    let now = now_ms();
+    let mut out = Vec::new();
+    for ((kind, code), _) in state.range((INVITE_EVENT.to_owned(), String::new())..) {
+        if kind != INVITE_EVENT {
+            break;
+        }
+        let Some(pdu) = rooms.state_pdu(&state, kind, code)? else {
+            continue;
+        };
+        if pdu.sender.as_str() != guild.owner {
+            continue;
+        }
+        let Ok(invite) = serde_json::from_value::<InviteContent>(pdu.content_value()) else {
+            continue;
+        };
+        if !exhausted(&invite) && valid_but_uses(rooms, guild_id, &guild, &invite, now)? {
+            out.push(invite_value(rooms, guild_id, code, &invite)?);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::guilds::permissions::Role;
+
+    fn guild() -> Guild {
+        let role = |position, permissions| Role {
+            position,
+            permissions: Permissions(permissions),
+        };
+        let roles = BTreeMap::from([
+            (EVERYONE.to_owned(), role(0, 0)),
+            (
+                "mod".to_owned(),
+                role(5, Permissions::KICK_MEMBERS.0 | Permissions::MANAGE_ROLES.0),
+            ),
+            ("low".to_owned(), role(1, 0)),
+            ("ban".to_owned(), role(2, Permissions::BAN_MEMBERS.0)),
+        ]);
+        Guild {
+            owner: "@owner:x".to_owned(),
+            roles,
+        }
+    }
+
+    fn member(id: &str, roles: &[&str]) -> Member {
+        Member {
+            user_id: id.to_owned(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            communication_disabled_until: None,
+        }
+    }
+
+    fn refusal(r: Result<()>) -> String {
+        match r {
+            Ok(()) => "allowed".to_owned(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn refusals_name_the_missing_flag_or_the_rule() {
+        let g = guild();
+        let (owner, mo, bob) = (
+            member("@owner:x", &[]),
+            member("@mo:x", &["mod"]),
+            member("@bob:x", &["low"]),
+        );
+        assert_eq!(
+            refusal(check_role(&g, &owner, 99, Permissions::ALL)),
+            "allowed"
+        );
+        assert_eq!(
+            refusal(check_role(&g, &mo, 1, Permissions::NONE)),
+            "allowed"
+        );
+        assert!(refusal(check_role(&g, &bob, 0, Permissions::NONE)).contains("MANAGE_ROLES"));
+        assert!(refusal(check_role(&g, &mo, 5, Permissions::NONE)).contains("below your highest"));
+        assert!(refusal(check_role(&g, &mo, 2, Permissions::BAN_MEMBERS))
+            .contains("permissions you do not have"));
+        assert_eq!(
+            refusal(check_act(&g, &mo, &bob, Permissions::KICK_MEMBERS)),
+            "allowed"
+        );
+        assert!(refusal(check_act(&g, &mo, &bob, Permissions::BAN_MEMBERS)).contains("BAN_MEMBERS"));
+        assert!(refusal(check_act(&g, &mo, &owner, Permissions::KICK_MEMBERS)).contains("owner"));
+        let peer = member("@peer:x", &["mod"]);
+        assert!(
+            refusal(check_act(&g, &mo, &peer, Permissions::KICK_MEMBERS))
+                .contains("above the member's")
+        );
+    }
+
+    #[test]
+    fn invite_codes_are_8_to_32_letters_and_digits_and_index_apart() {
+        assert!(is_code("hT4k9QzP"));
+        assert!(is_code(&"a".repeat(32)));
+        for bad in ["short7x", &"a".repeat(33), "hT4k-9QzP", "hT4k9QzP\u{e9}"] {
+            assert!(!is_code(bad), "{bad}");
+        }
+        // A code's entries never fall under a shorter code's prefix.
+        let longer = KeyBuf::new().str("abcdefghi").last_str("!r:x").into_vec();
+        assert!(!longer.starts_with(&code_prefix("abcdefgh")));
+        let own = KeyBuf::new().str("abcdefgh").last_str("!r:x").into_vec();
+        assert!(own.starts_with(&code_prefix("abcdefgh")));
+        assert_eq!(fresh_code().len(), 10);
+        assert!(is_code(&fresh_code()));
+    }
+
+    #[test]
+    fn wrong_types_are_bad_json_and_out_of_range_values_invalid() {
+        let kind = |r: Result<u64>| r.map_err(|e| e.kind().cloned());
+        let body = json!({ "n": 5, "s": "5", "f": 1.5, "neg": -1, "big": 604_801 });
+        assert_eq!(kind(bounded(&body, "n", 0, 10)), Ok(5));
+        assert_eq!(kind(bounded(&body, "missing", 7, 10)), Ok(7));
+        assert!(matches!(
+            kind(bounded(&body, "s", 0, 10)),
+            Err(Some(paracord_core::ErrorKind::BadJson))
+        ));
+        for k in ["f", "neg", "big"] {
+            assert!(
+                matches!(
+                    kind(bounded(&body, k, 0, 604_800)),
+                    Err(Some(paracord_core::ErrorKind::InvalidParam))
+                ),
+                "{k}"
+            );
+        }
+    }
+}

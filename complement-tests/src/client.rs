@@ -185,6 +185,10 @@ impl Client {
         self.json(Method::DELETE, path, Some(body)).await
     }
 
+    pub async fn patch(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.json(Method::PATCH, path, Some(body)).await
+    }
+
     pub async fn whoami(&self) -> (StatusCode, Value) {
         self.get("/account/whoami").await
     }

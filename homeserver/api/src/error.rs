@@ -23,6 +23,11 @@ impl IntoResponse for ApiError {
         }
         let (status, body) = self.0.classify();
         let mut resp = (status, Json(body)).into_response();
+        if let Error::HostedElsewhere(host) = &self.0 {
+            // Picked up by the Paracord API's relay layer (paracord/relay.rs).
+            resp.extensions_mut()
+                .insert(crate::paracord::relay::RelayTo(host.clone()));
+        }
         if let Some(paracord_core::ErrorKind::LimitExceeded { retry_after_ms }) = self.0.kind() {
             let secs = retry_after_ms.div_ceil(1000).max(1);
             if let Ok(v) = http::HeaderValue::from_str(&secs.to_string()) {

@@ -361,7 +361,12 @@ pub fn app(services: Arc<Services>) -> Router {
             post(search::rebuild_route),
         )
         // the Paracord profile (spec/rest.md)
-        .merge(crate::paracord::routes())
+        .merge(
+            crate::paracord::routes().layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::paracord::relay::relay_layer,
+            )),
+        )
         // media
         .route("/_matrix/media/v3/upload", post(media::upload_route))
         .route("/_matrix/media/r0/upload", post(media::upload_route))

@@ -90,6 +90,10 @@ pub enum Error {
     /// Something went wrong inside the server; the detail is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The request is about a guild hosted by another server (named here), which has to
+    /// carry it out; the Paracord API relays it there (spec/rest.md §3).
+    #[error("the guild is hosted by {0}")]
+    HostedElsewhere(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -195,6 +199,13 @@ impl Error {
                 (*status, body)
             }
             Self::Uia(body) => (StatusCode::UNAUTHORIZED, body.clone()),
+            Self::HostedElsewhere(host) => (
+                StatusCode::BAD_GATEWAY,
+                serde_json::json!({
+                    "errcode": "M_UNKNOWN",
+                    "error": format!("this guild is hosted by {host}, which has to carry out the request"),
+                }),
+            ),
             Self::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 serde_json::json!({ "errcode": "M_UNKNOWN", "error": "internal server error" }),

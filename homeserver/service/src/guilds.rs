@@ -5,4 +5,5 @@ pub mod events;
 pub mod members;
 pub mod permissions;
 pub mod projection;
+pub mod relay;
 pub mod store;

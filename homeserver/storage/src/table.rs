@@ -113,6 +113,9 @@ pub enum Table {
     /// `invite code 0xFF room_id` → "": the guild spaces holding a `chat.paracord.invite` with
     /// that code, so an invite can be found by a user who is not in the guild yet.
     CoderoomInvite,
+    /// `origin 0xFF txn_id` → the `{status, body}` answer to a relayed Paracord request
+    /// (spec/rest.md §3), so a repeated relay gets the same answer.
+    OrigintxnRelay,
 }
 
 impl Table {
@@ -171,6 +174,7 @@ impl Table {
         Table::DestinationseqEdu,
         // guilds
         Table::CoderoomInvite,
+        Table::OrigintxnRelay,
     ];
 
     pub fn name(self) -> &'static str {
@@ -229,6 +233,7 @@ impl Table {
             Table::DestinationseqEdu => "destinationseq_edu",
             // guilds
             Table::CoderoomInvite => "coderoom_invite",
+            Table::OrigintxnRelay => "origintxn_relay",
         }
     }
 }

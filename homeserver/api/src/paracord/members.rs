@@ -4,14 +4,20 @@ use std::collections::HashMap;
 
 use axum::{
     extract::{Path, Query, Request, State},
+    response::{IntoResponse, Response},
     routing::{get, patch, post, put},
     Json, Router,
 };
+use http::Method;
 use paracord_core::Error;
 use paracord_service::guilds::members;
 use serde_json::{json, Value};
 
-use super::{json_array, json_body, member_guild, user};
+use super::{
+    json_array, json_body, member_guild,
+    relay::{forward, RelayedUser},
+    user,
+};
 use crate::{client::membership::join, ApiResult, AppState};
 
 pub(super) fn routes(r: Router<AppState>) -> Router<AppState> {
@@ -257,40 +263,148 @@ pub(crate) async fn create_invite_route(
     ))
 }
 
-/// `GET /_paracord/v1/invites/{code}?server=` (codes of guilds hosted elsewhere are not
-/// relayed yet: they are unknown here)
+/// The guild host to ask about an invite code this server does not know: the `server`
+/// parameter, unless it is this server or the request is already a relayed one.
+fn invite_host(
+    state: &AppState,
+    parts: &http::request::Parts,
+    error: &Error,
+) -> ApiResult<Option<ruma::OwnedServerName>> {
+    if parts.extensions.get::<RelayedUser>().is_some() {
+        return Ok(None);
+    }
+    if let Error::HostedElsewhere(host) = error {
+        return Ok(ruma::OwnedServerName::try_from(host.as_str()).ok());
+    }
+    if error.kind() != Some(&paracord_core::ErrorKind::NotFound) {
+        return Ok(None);
+    }
+    let Some(server) = query(parts)?.remove("server") else {
+        return Ok(None);
+    };
+    let server = ruma::OwnedServerName::try_from(server)
+        .map_err(|_| Error::invalid_param("server is not a server name"))?;
+    Ok((server.as_str() != state.config.server_name).then_some(server))
+}
+
+fn path_and_query(parts: &http::request::Parts) -> &str {
+    parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path(), |p| p.as_str())
+}
+
+/// `GET /_paracord/v1/invites/{code}?server=`: from the guild state here, or else from the
+/// guild host named by `server`.
 pub(crate) async fn get_invite_route(
     State(state): State<AppState>,
     Path(code): Path<String>,
     req: Request,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let (parts, _) = req.into_parts();
-    user(&state, &parts)?;
-    Ok(Json(members::invite(&state.rooms, &code)?))
+    let user = user(&state, &parts)?;
+    match members::invite(&state.rooms, &code) {
+        Ok(invite) => Ok(Json(invite).into_response()),
+        Err(e) => {
+            let Some(host) = invite_host(&state, &parts, &e)? else {
+                return Err(e.into());
+            };
+            let (status, body) = forward(
+                &state,
+                &host,
+                &user,
+                &Method::GET,
+                path_and_query(&parts),
+                None,
+            )
+            .await?;
+            Ok((status, Json(body)).into_response())
+        }
+    }
 }
 
-/// `POST /_paracord/v1/invites/{code}?server=`: the guild host's checks and invites, then
-/// the user's own joins through the ordinary Matrix join, with the guild host as `via`.
+/// `POST /_paracord/v1/invites/{code}?server=`: the guild host's checks and invites (here, or
+/// relayed to the host named by `server`), then the user's own joins through the ordinary
+/// Matrix join, with the guild host as `via`. A relayed acceptance is only the host's part:
+/// the user's server joins.
 pub(crate) async fn accept_invite_route(
     State(state): State<AppState>,
     Path(code): Path<String>,
     req: Request,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let (parts, body) = req.into_parts();
     let user = user(&state, &parts)?;
-    json_body(&state, body).await?;
-    let accepted = members::accept_invite(&state.rooms, &code, &user).await?;
-    let via = [accepted.via.clone()];
-    if !state.rooms.is_joined(&accepted.guild_id, &user)? {
-        join(&state, &user, &accepted.guild_id, &via, None).await?;
+    let body = json_body(&state, body).await?;
+    let (guild_id, channel_id, via, join_channel) =
+        match members::accept_invite(&state.rooms, &state.pdus, &code, &user).await {
+            Ok(accepted) => {
+                if parts.extensions.get::<RelayedUser>().is_some() {
+                    return Ok(Json(json!({
+                        "guild_id": accepted.guild_id,
+                        "channel_id": accepted.channel_id,
+                    }))
+                    .into_response());
+                }
+                (
+                    accepted.guild_id,
+                    accepted.channel_id,
+                    accepted.via,
+                    Some(accepted.join_channel),
+                )
+            }
+            Err(e) => {
+                let Some(host) = invite_host(&state, &parts, &e)? else {
+                    return Err(e.into());
+                };
+                let (status, answer) = forward(
+                    &state,
+                    &host,
+                    &user,
+                    &Method::POST,
+                    path_and_query(&parts),
+                    Some(body),
+                )
+                .await?;
+                if !status.is_success() {
+                    return Ok((status, Json(answer)).into_response());
+                }
+                let room = |k: &str| {
+                    answer[k]
+                        .as_str()
+                        .and_then(|r| ruma::OwnedRoomId::try_from(r).ok())
+                        .ok_or_else(|| {
+                            Error::new(
+                                http::StatusCode::BAD_GATEWAY,
+                                paracord_core::ErrorKind::Unknown,
+                                format!("{host} accepted the invite without naming the {k}"),
+                            )
+                        })
+                };
+                (room("guild_id")?, room("channel_id")?, host, None)
+            }
+        };
+    let via = [via];
+    if !state.rooms.is_joined(&guild_id, &user)? {
+        join(&state, &user, &guild_id, &via, None).await?;
     }
-    if accepted.join_channel && !state.rooms.is_joined(&accepted.channel_id, &user)? {
-        join(&state, &user, &accepted.channel_id, &via, None).await?;
+    if join_channel == Some(true) && !state.rooms.is_joined(&channel_id, &user)? {
+        join(&state, &user, &channel_id, &via, None).await?;
     }
-    Ok(Json(json!({
-        "guild_id": accepted.guild_id,
-        "channel_id": accepted.channel_id,
-    })))
+    // As in Discord, a new member is in every channel they can see, categories included (so
+    // that this server holds their state): the invite's channel first, then the rest. A
+    // refusal means the channel is hidden from them (or private), and is no failure here.
+    let mut others = paracord_service::guilds::store::channel_rooms(&state.rooms, &guild_id)?;
+    others.retain(|c| *c != channel_id);
+    others.insert(0, channel_id.clone());
+    for channel in others {
+        if state.rooms.is_joined(&channel, &user)? {
+            continue;
+        }
+        if let Err(e) = join(&state, &user, &channel, &via, None).await {
+            tracing::debug!(%channel, error = ?e.0, "a channel of the guild was not joined");
+        }
+    }
+    Ok(Json(json!({ "guild_id": guild_id, "channel_id": channel_id })).into_response())
 }
 
 /// `DELETE /_paracord/v1/invites/{code}`

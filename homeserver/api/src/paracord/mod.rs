@@ -13,6 +13,7 @@ use crate::{ruma_wrapper::access_token, ApiResult, AppState};
 mod channels;
 mod guilds;
 mod members;
+pub(crate) mod relay;
 
 /// Every `/_paracord/v1` route. Modules may add methods to the same path.
 pub(crate) fn routes() -> Router<AppState> {
@@ -37,13 +38,21 @@ pub(crate) fn routes() -> Router<AppState> {
         .route(
             "/_paracord/v1/channels/{channel_id}/permissions/{target}",
             get(guilds::channel_permissions_route),
+        )
+        .route(
+            "/_paracord/federation/v1/relay/{txn_id}",
+            put(relay::relay_route),
         );
     let r = channels::routes(r);
     members::routes(r)
 }
 
-/// The requester: the owner of the access token.
+/// The requester: the owner of the access token, or the user of another server for whom the
+/// guild host runs a relayed request.
 pub(crate) fn user(state: &AppState, parts: &http::request::Parts) -> ApiResult<ruma::OwnedUserId> {
+    if let Some(relay::RelayedUser(user)) = parts.extensions.get::<relay::RelayedUser>() {
+        return Ok(user.clone());
+    }
     let token = access_token(parts).ok_or_else(Error::missing_token)?;
     Ok(state.accounts.authenticate(&token)?.user_id)
 }

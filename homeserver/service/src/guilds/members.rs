@@ -1114,7 +1114,12 @@ static ACCEPTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// banned; the owner invites the user to the space (and to the channel when it is private,
 /// `invite`-only, and the user may see it) and counts a use. A member gets the same answer
 /// and no use is counted.
-pub async fn accept_invite(rooms: &Rooms, code: &str, user: &UserId) -> Result<Accepted> {
+pub async fn accept_invite(
+    rooms: &Rooms,
+    pdus: &crate::federation::pdus::Pdus,
+    code: &str,
+    user: &UserId,
+) -> Result<Accepted> {
     let _one_at_a_time = ACCEPTING.lock().await;
     let (guild_id, guild, invite) = find_invite(rooms, code)?;
     let owner = host_owner(rooms, &guild)?;
@@ -1144,8 +1149,23 @@ pub async fn accept_invite(rooms: &Rooms, code: &str, user: &UserId) -> Result<A
     if exhausted(&invite) {
         return Err(Error::not_found("no such invite"));
     }
+    let local = user.server_name().as_str() == rooms.config.server_name;
+    let owner_ref = &owner;
+    let invite_to = |room: OwnedRoomId| async move {
+        let owner = owner_ref;
+        if local {
+            rooms
+                .invite(&room, owner, user, None, false)
+                .await
+                .map(drop)
+        } else {
+            pdus.invite_remote(&room, owner, user, json!({ "membership": "invite" }))
+                .await
+                .map(drop)
+        }
+    };
     if membership.as_deref() != Some("invite") {
-        rooms.invite(&guild_id, &owner, user, None, false).await?;
+        invite_to(guild_id.clone()).await?;
     }
     let cstate = rooms.current_state(&channel_id)?;
     let invite_only = rooms
@@ -1158,7 +1178,7 @@ pub async fn accept_invite(rooms: &Rooms, code: &str, user: &UserId) -> Result<A
             Some("join") | Some("invite")
         )
     {
-        rooms.invite(&channel_id, &owner, user, None, false).await?;
+        invite_to(channel_id.clone()).await?;
     }
     let used = InviteContent {
         uses: invite.uses.saturating_add(1),

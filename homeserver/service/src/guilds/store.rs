@@ -322,15 +322,13 @@ pub fn channels(rooms: &Rooms, guild_id: &RoomId, user: &UserId) -> Result<Vec<V
 
 // ----- writes: sent by the guild host as the owner (spec/guilds.md) -----
 
-/// The guild's owner, who sends the guild's state: a user of this server, or the write must
-/// go through the guild host (not built yet).
+/// The guild's owner, who sends the guild's state: a user of this server, or
+/// [`Error::HostedElsewhere`] naming the guild host, to which the API relays the request.
 pub(crate) fn host_owner(rooms: &Rooms, guild: &Guild) -> Result<ruma::OwnedUserId> {
     let owner = ruma::OwnedUserId::try_from(guild.owner.as_str())
         .map_err(|_| Error::internal("guild owner is not a user id"))?;
     if owner.server_name().as_str() != rooms.config.server_name {
-        return Err(Error::unrecognized(
-            "this guild is hosted by another server; relaying writes to it is not built yet",
-        ));
+        return Err(Error::HostedElsewhere(owner.server_name().to_string()));
     }
     Ok(owner)
 }
@@ -356,6 +354,14 @@ pub(crate) async fn send_state(
 /// The guild's channel rooms (its `m.space.child` rooms this server knows). A child whose
 /// content has no `via` has been removed (a deleted channel) and is left out.
 pub(crate) fn channel_ids(rooms: &Rooms, guild_id: &RoomId) -> Result<Vec<OwnedRoomId>> {
+    let mut out = channel_rooms(rooms, guild_id)?;
+    out.retain(|id| rooms.room(id).ok().flatten().is_some());
+    Ok(out)
+}
+
+/// The guild's channel rooms, categories included, whether this server is in them or not:
+/// the space's `m.space.child` entries with a `via`.
+pub fn channel_rooms(rooms: &Rooms, guild_id: &RoomId) -> Result<Vec<OwnedRoomId>> {
     let state = rooms.current_state(guild_id)?;
     let mut out = Vec::new();
     for ((kind, key), _) in state.range(("m.space.child".to_owned(), String::new())..) {
@@ -371,7 +377,7 @@ pub(crate) fn channel_ids(rooms: &Rooms, guild_id: &RoomId) -> Result<Vec<OwnedR
             })
             .unwrap_or(false);
         if let Ok(id) = OwnedRoomId::try_from(key.as_str()) {
-            if linked && rooms.room(&id)?.is_some() {
+            if linked {
                 out.push(id);
             }
         }

@@ -1,0 +1,338 @@
+//! A guild across two Paracord servers (spec/rest.md §3, spec/profile.md §5): a user of
+//! another server accepts an invite through their own server, which relays to the guild
+//! host; their writes are relayed and checked by the host; both servers hold them to the
+//! same permissions.
+
+use std::time::Duration;
+
+use paracord_complement::{
+    enc, expect_ok,
+    federation::{federating_server, server_signing_key, x_matrix_with_content},
+    User,
+};
+use serde_json::{json, Value};
+
+/// Polls `check` every 100 ms for up to 20 s until it returns `Some`.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..200 {
+        if let Some(v) = check().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn send(user: &User, room: &str, text: &str) -> (u16, Value) {
+    let (status, body) = user
+        .put(
+            &format!(
+                "/rooms/{}/send/m.room.message/{}",
+                enc(room),
+                paracord_complement::random_word()
+            ),
+            &json!({ "msgtype": "m.text", "body": text }),
+        )
+        .await;
+    (status.as_u16(), body)
+}
+
+#[tokio::test]
+async fn a_member_on_another_server_joins_by_invite_and_both_servers_hold_them_to_the_same_permissions(
+) {
+    let (a, a_name) = federating_server().await;
+    let (b, _) = federating_server().await;
+    let alice = a.register_random().await;
+    let bob = b.register_random().await;
+    let guild = expect_ok(
+        alice
+            .post("/_paracord/v1/guilds", &json!({ "name": "Across" }))
+            .await,
+        "create guild",
+    );
+    let guild_id = guild["id"].as_str().unwrap_or_default().to_owned();
+    let general = guild["system_channel"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let invite = expect_ok(
+        alice
+            .post(
+                &format!("/_paracord/v1/channels/{}/invites", enc(&general)),
+                &json!({ "max_uses": 2 }),
+            )
+            .await,
+        "create invite",
+    );
+    let code = invite["code"].as_str().unwrap_or_default().to_owned();
+
+    // Bob's server does not know the code: without `server` it is unknown, with it the
+    // guild host answers.
+    let (status, body) = bob.get(&format!("/_paracord/v1/invites/{code}")).await;
+    assert_eq!(
+        (status.as_u16(), body["errcode"].as_str()),
+        (404, Some("M_NOT_FOUND"))
+    );
+    let preview = expect_ok(
+        bob.get(&format!(
+            "/_paracord/v1/invites/{code}?server={}",
+            enc(&a_name)
+        ))
+        .await,
+        "preview through B",
+    );
+    assert_eq!(preview["guild"]["name"], "Across", "got {preview}");
+    assert_eq!(preview["uses"], 0);
+
+    // Accepting: A invites bob, B joins him to the space and #general.
+    let accepted = expect_ok(
+        bob.post(
+            &format!("/_paracord/v1/invites/{code}?server={}", enc(&a_name)),
+            &json!({}),
+        )
+        .await,
+        "accept through B",
+    );
+    assert_eq!(accepted["guild_id"], guild_id.as_str());
+    assert_eq!(accepted["channel_id"], general.as_str());
+    let joined = expect_ok(bob.get("/joined_rooms").await, "bob's rooms");
+    let joined: Vec<&str> = joined["joined_rooms"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    assert!(
+        joined.contains(&guild_id.as_str()) && joined.contains(&general.as_str()),
+        "bob should be in the space and #general: {joined:?}"
+    );
+    let used = expect_ok(
+        alice.get(&format!("/_paracord/v1/invites/{code}")).await,
+        "invite on A",
+    );
+    assert_eq!(used["uses"], 1, "one use counted: {used}");
+
+    // Reads come from B's own copy of the guild.
+    let on_b = expect_ok(
+        bob.get(&format!("/_paracord/v1/guilds/{}", enc(&guild_id)))
+            .await,
+        "guild on B",
+    );
+    assert_eq!(on_b["owner"], alice.user_id.as_str());
+    let channels = expect_ok(
+        bob.get(&format!("/_paracord/v1/guilds/{}/channels", enc(&guild_id)))
+            .await,
+        "channels on B",
+    );
+    assert_eq!(channels.as_array().map(Vec::len), Some(2), "got {channels}");
+
+    // A write without the permission: relayed, refused by the host, the refusal passed on.
+    let path = format!("/_paracord/v1/guilds/{}", enc(&guild_id));
+    let (status, body) = bob.patch(&path, &json!({ "description": "bob's" })).await;
+    assert_eq!(
+        (status.as_u16(), body["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN")),
+        "got {body}"
+    );
+
+    // With a role granting MANAGE_GUILD (1 << 5) the same write is carried out by the host.
+    let role = expect_ok(
+        alice
+            .post(
+                &format!("/_paracord/v1/guilds/{}/roles", enc(&guild_id)),
+                &json!({ "name": "Manager", "permissions": "32" }),
+            )
+            .await,
+        "create role",
+    );
+    let role_id = role["id"].as_str().unwrap_or_default().to_owned();
+    expect_ok(
+        alice
+            .put(
+                &format!(
+                    "/_paracord/v1/guilds/{}/members/{}/roles/{role_id}",
+                    enc(&guild_id),
+                    enc(&bob.user_id)
+                ),
+                &json!({}),
+            )
+            .await,
+        "give bob the role",
+    );
+    // B must have the role assignment before it lets the write through its own checks.
+    eventually("B to see bob's role", || async {
+        let m = bob
+            .get(&format!(
+                "/_paracord/v1/guilds/{}/members/{}",
+                enc(&guild_id),
+                enc(&bob.user_id)
+            ))
+            .await
+            .1;
+        (m["roles"] == json!([role_id.clone()])).then_some(())
+    })
+    .await;
+    let patched = expect_ok(
+        bob.patch(&path, &json!({ "description": "bob's" })).await,
+        "PATCH guild through B",
+    );
+    assert_eq!(patched["description"], "bob's");
+    let on_a = expect_ok(alice.get(&path).await, "guild on A");
+    assert_eq!(on_a["description"], "bob's", "the host carried it out");
+    eventually("B to see the new description", || async {
+        (bob.get(&path).await.1["description"] == "bob's").then_some(())
+    })
+    .await;
+
+    // Sending: allowed now; after @everyone is denied SEND_MESSAGES (1 << 11) in #general,
+    // both servers compute the same permissions and B refuses bob's message.
+    let (status, body) = send(&bob, &general, "hello from B").await;
+    assert_eq!(status, 200, "bob may send: {body}");
+    expect_ok(
+        alice
+            .put(
+                &format!(
+                    "/_paracord/v1/channels/{}/permissions/role:everyone",
+                    enc(&general)
+                ),
+                &json!({ "allow": "0", "deny": "2048" }),
+            )
+            .await,
+        "deny SEND_MESSAGES",
+    );
+    let perms_path = format!(
+        "/_paracord/v1/channels/{}/permissions/{}",
+        enc(&general),
+        enc(&bob.user_id)
+    );
+    let on_a = alice.get(&perms_path).await.1["permissions"].clone();
+    let on_b = eventually("B to agree with A on bob's permissions", || async {
+        let p = bob.get(&perms_path).await.1["permissions"].clone();
+        (p == on_a).then_some(p)
+    })
+    .await;
+    let bits: u64 = on_b
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(u64::MAX);
+    assert_eq!(bits & 2048, 0, "SEND_MESSAGES is gone: {on_b}");
+    let (status, body) = send(&bob, &general, "should be refused").await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN")),
+        "B refuses: {body}"
+    );
+    // Alice, the owner, still sends.
+    let (status, _) = send(&alice, &general, "owner speaks").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn relays_are_signed_for_the_senders_own_users_and_answered_once_per_transaction() {
+    let (a, a_name) = federating_server().await;
+    let (b, b_name) = federating_server().await;
+    let alice = a.register_random().await;
+    let bob = b.register_random().await;
+    let guild = expect_ok(
+        alice
+            .post("/_paracord/v1/guilds", &json!({ "name": "Signed" }))
+            .await,
+        "create guild",
+    );
+    let general = guild["system_channel"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let invite = expect_ok(
+        alice
+            .post(
+                &format!("/_paracord/v1/channels/{}/invites", enc(&general)),
+                &json!({ "max_uses": 5 }),
+            )
+            .await,
+        "create invite",
+    );
+    let code = invite["code"].as_str().unwrap_or_default().to_owned();
+    let key = server_signing_key(&b);
+    let relay = |txn: &str, body: Value, signed: bool| {
+        let uri = format!("/_paracord/federation/v1/relay/{txn}");
+        let auth = x_matrix_with_content(&key, &b_name, &a_name, "PUT", &uri, Some(&body));
+        let url = format!("{}{uri}", a.base_url());
+        async move {
+            let mut req = reqwest::Client::new().put(url).json(&body);
+            if signed {
+                req = req.header("Authorization", auth);
+            }
+            let resp = req.send().await.expect("an answer to the relay");
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let accept = |user: &str| {
+        json!({ "user_id": user, "method": "POST",
+                "path": format!("/_paracord/v1/invites/{code}"), "body": {} })
+    };
+
+    // Unsigned: 401. Signed by B for a user of A, or of a third server: 403.
+    let (status, body) = relay("t0", accept(&bob.user_id), false).await;
+    assert_eq!(status, 401, "unsigned relay: {body}");
+    let (status, body) = relay("t1", accept(&alice.user_id), true).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN")),
+        "B acting for A's user: {body}"
+    );
+    let (status, body) = relay("t2", accept("@mallory:elsewhere.example"), true).await;
+    assert_eq!(status, 403, "B acting for a third server's user: {body}");
+    // Bad input: not a Paracord path, an unknown method, guild creation.
+    let (status, body) = relay(
+        "t3",
+        json!({ "user_id": bob.user_id, "method": "GET", "path": "/_matrix/client/v3/joined_rooms" }),
+        true,
+    )
+    .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("M_INVALID_PARAM")),
+        "got {body}"
+    );
+    let (status, body) = relay(
+        "t4",
+        json!({ "user_id": bob.user_id, "method": "TRACE", "path": "/_paracord/v1/versions" }),
+        true,
+    )
+    .await;
+    assert_eq!(body["errcode"], "M_INVALID_PARAM", "{status}: {body}");
+    let (status, body) = relay(
+        "t5",
+        json!({ "user_id": bob.user_id, "method": "POST", "path": "/_paracord/v1/guilds",
+                "body": { "name": "not hosted for others" } }),
+        true,
+    )
+    .await;
+    assert_eq!(status, 403, "guild creation is not relayed: {body}");
+    let (status, body) = relay("t6", json!({ "method": "GET" }), true).await;
+    assert_eq!(body["errcode"], "M_MISSING_PARAM", "{status}: {body}");
+
+    // A relayed acceptance, sent twice with one transaction id, counts one use.
+    let (status, first) = relay("t7", accept(&bob.user_id), true).await;
+    assert_eq!(status, 200, "got {first}");
+    assert_eq!(first["status"], 200, "got {first}");
+    assert_eq!(first["body"]["channel_id"], general.as_str());
+    let (_, again) = relay("t7", accept(&bob.user_id), true).await;
+    assert_eq!(again, first, "the same answer for the same transaction");
+    let invite = expect_ok(
+        alice.get(&format!("/_paracord/v1/invites/{code}")).await,
+        "invite on A",
+    );
+    assert_eq!(invite["uses"], 1, "got {invite}");
+    // The relayed user was invited over federation: B holds bob's invite to the space.
+    let guild_id = guild["id"].as_str().unwrap_or_default().to_owned();
+    eventually("bob's invite to reach B", || async {
+        let sync = bob.sync(None, 0, None).await;
+        sync["rooms"]["invite"].get(&guild_id).map(|_| ())
+    })
+    .await;
+}

@@ -1,0 +1,227 @@
+//! Relaying Paracord requests to the guild host (spec/rest.md §3).
+//!
+//! Writes on a guild are carried out by its guild host, the owner's server. A handler that
+//! finds the guild hosted elsewhere fails with `Error::HostedElsewhere`; [`relay_layer`], over
+//! every `/_paracord/v1` route, then sends the same request to the host as
+//! `PUT /_paracord/federation/v1/relay/{txnId}` and answers with the host's status and body.
+//! On the host, [`relay_route`] checks the signature and that the user belongs to the asking
+//! server, and runs the request through the same routes as that user ([`RelayedUser`]).
+
+use axum::{
+    body::{Body, Bytes},
+    extract::{Path, Request, State},
+    middleware::Next,
+    response::{IntoResponse, Response},
+    Json,
+};
+use http::{Method, StatusCode};
+use paracord_core::{Error, ErrorKind};
+use paracord_service::{
+    federation::request::{remote_error, signed_json},
+    guilds::relay,
+};
+use ruma::{OwnedServerName, OwnedUserId, UserId};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use crate::{error::ApiError, ApiResult, AppState};
+
+/// Put on a response whose request has to be carried out by the guild host named here.
+#[derive(Clone, Debug)]
+pub(crate) struct RelayTo(pub String);
+
+/// Put on a request the guild host runs for a user of another server: that user is the
+/// requester. Only [`relay_route`] sets it (extensions never come from the wire).
+#[derive(Clone, Debug)]
+pub(crate) struct RelayedUser(pub OwnedUserId);
+
+/// The largest answer a relayed request may produce.
+const MAX_ANSWER: usize = 16 * 1024 * 1024;
+
+/// Over every `/_paracord/v1` route: runs the request here, and relays it to the guild host
+/// when the handler says the guild is hosted elsewhere.
+pub(crate) async fn relay_layer(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if req.extensions().get::<RelayedUser>().is_some() {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let limit = state.config.max_request_bytes;
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        return ApiError(Error::too_large(format!(
+            "the body is larger than {limit} bytes"
+        )))
+        .into_response();
+    };
+    let response = next
+        .run(Request::from_parts(
+            parts.clone(),
+            Body::from(bytes.clone()),
+        ))
+        .await;
+    let Some(RelayTo(host)) = response.extensions().get::<RelayTo>().cloned() else {
+        return response;
+    };
+    match relay(&state, &parts, &host, &bytes).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn relay(
+    state: &AppState,
+    parts: &http::request::Parts,
+    host: &str,
+    bytes: &Bytes,
+) -> ApiResult<Response> {
+    let user = super::user(state, parts)?;
+    let host = OwnedServerName::try_from(host)
+        .map_err(|_| Error::internal(format!("guild host {host} is not a server name")))?;
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path(), |p| p.as_str());
+    let body = if bytes.is_empty() {
+        None
+    } else {
+        Some(serde_json::from_slice(bytes).map_err(|e| Error::not_json(e.to_string()))?)
+    };
+    let (status, body) = forward(state, &host, &user, &parts.method, path, body).await?;
+    Ok((status, Json(body)).into_response())
+}
+
+/// Sends `method path` with `body` to the guild host `host` on behalf of `user` and returns
+/// the host's status and body for it.
+pub(crate) async fn forward(
+    state: &AppState,
+    host: &ruma::ServerName,
+    user: &UserId,
+    method: &Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<(StatusCode, Value), Error> {
+    let txn_id: String = {
+        use rand::{distributions::Alphanumeric, Rng};
+        rand::thread_rng()
+            .sample_iter(&Alphanumeric)
+            .take(20)
+            .map(char::from)
+            .collect()
+    };
+    let mut relayed = json!({ "user_id": user, "method": method.as_str(), "path": path });
+    if let Some(body) = body {
+        relayed["body"] = body;
+    }
+    tracing::debug!(%host, %method, path, "relaying a Paracord request to the guild host");
+    let (status, answer) = signed_json(
+        &state.federation,
+        &state.keys,
+        &state.config.server_name,
+        host,
+        Method::PUT,
+        &format!("/_paracord/federation/v1/relay/{txn_id}"),
+        Some(&relayed),
+    )
+    .await?;
+    if !status.is_success() {
+        return Err(remote_error(host, status, &answer));
+    }
+    let relayed_status = answer["status"]
+        .as_u64()
+        .and_then(|s| u16::try_from(s).ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .ok_or_else(|| {
+            Error::new(
+                StatusCode::BAD_GATEWAY,
+                ErrorKind::Unknown,
+                format!("{host} answered the relay without a status"),
+            )
+        })?;
+    Ok((
+        relayed_status,
+        answer.get("body").cloned().unwrap_or_else(|| json!({})),
+    ))
+}
+
+/// `PUT /_paracord/federation/v1/relay/{txnId}` — spec/rest.md §3.
+pub(crate) async fn relay_route(
+    State(state): State<AppState>,
+    Path(txn_id): Path<String>,
+    req: Request,
+) -> ApiResult<Json<Value>> {
+    let (parts, body) = req.into_parts();
+    let limit = state.config.max_request_bytes;
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| Error::too_large(format!("the body is larger than {limit} bytes")))?;
+    let mut signed = http::Request::new(bytes.to_vec());
+    *signed.method_mut() = parts.method.clone();
+    *signed.uri_mut() = parts.uri.clone();
+    *signed.headers_mut() = parts.headers.clone();
+    let origin = state.remote_keys.verify_request(&signed).await?;
+    if let Some(done) = relay::answered(&state.db, &origin, &txn_id)? {
+        return Ok(Json(done));
+    }
+    let relayed: Value =
+        serde_json::from_slice(&bytes).map_err(|e| Error::not_json(e.to_string()))?;
+    let field = |k: &str| -> Result<&str, Error> {
+        match relayed.get(k) {
+            Some(Value::String(s)) => Ok(s),
+            None => Err(Error::missing_param(format!("{k} is required"))),
+            Some(_) => Err(Error::bad_json(format!("{k} must be a string"))),
+        }
+    };
+    let user = OwnedUserId::try_from(field("user_id")?)
+        .map_err(|_| Error::invalid_param("user_id is not a user id"))?;
+    if user.server_name() != origin || origin.as_str() == state.config.server_name {
+        return Err(Error::forbidden(format!("{origin} cannot act for {user}")).into());
+    }
+    let method = match field("method")? {
+        "GET" => Method::GET,
+        "POST" => Method::POST,
+        "PUT" => Method::PUT,
+        "PATCH" => Method::PATCH,
+        "DELETE" => Method::DELETE,
+        m => return Err(Error::invalid_param(format!("cannot relay method {m}")).into()),
+    };
+    let path = field("path")?;
+    if !path.starts_with("/_paracord/v1/") {
+        return Err(Error::invalid_param("only /_paracord/v1 requests are relayed").into());
+    }
+    if method == Method::POST && path.split('?').next() == Some("/_paracord/v1/guilds") {
+        return Err(Error::forbidden("guilds are created by their owner's own server").into());
+    }
+    let uri: http::Uri = path
+        .parse()
+        .map_err(|_| Error::invalid_param("path is not a valid request path"))?;
+    let body = match relayed.get("body") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(v) => serde_json::to_vec(v).map_err(Error::from)?,
+    };
+    let mut inner = http::Request::new(Body::from(body));
+    *inner.method_mut() = method;
+    *inner.uri_mut() = uri;
+    inner.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    inner.extensions_mut().insert(RelayedUser(user));
+    let router = super::routes()
+        .fallback(|| async { ApiError(Error::unrecognized("unrecognized request")) })
+        .with_state(state.clone());
+    let response = match router.oneshot(inner).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    let status = response.status().as_u16();
+    let body = axum::body::to_bytes(response.into_body(), MAX_ANSWER)
+        .await
+        .map_err(|e| Error::internal(format!("reading a relayed answer: {e}")))?;
+    let body: Value = serde_json::from_slice(&body).unwrap_or_else(|_| json!({}));
+    let answer = json!({ "status": status, "body": body });
+    relay::remember(&state.db, &origin, &txn_id, &answer)?;
+    Ok(Json(answer))
+}

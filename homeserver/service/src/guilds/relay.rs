@@ -1,0 +1,36 @@
+//! The guild host's memory of relayed requests (spec/rest.md §3): the answer to each
+//! `(origin, txnId)`, so that a relay repeated after a lost answer is not carried out twice.
+
+use paracord_core::{Error, Result};
+use paracord_storage::{Batch, Db, KeyBuf, Table};
+use ruma::ServerName;
+use serde_json::Value;
+
+fn key(origin: &ServerName, txn_id: &str) -> Vec<u8> {
+    KeyBuf::new()
+        .str(origin.as_str())
+        .last_str(txn_id)
+        .into_vec()
+}
+
+/// The stored answer to an earlier relay with this transaction id, if any.
+pub fn answered(db: &Db, origin: &ServerName, txn_id: &str) -> Result<Option<Value>> {
+    match db
+        .get(Table::OrigintxnRelay, &key(origin, txn_id))
+        .map_err(Error::internal)?
+    {
+        Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+        None => Ok(None),
+    }
+}
+
+/// Remembers the answer to a relay.
+pub fn remember(db: &Db, origin: &ServerName, txn_id: &str, answer: &Value) -> Result<()> {
+    let mut batch = Batch::new();
+    batch.put(
+        Table::OrigintxnRelay,
+        key(origin, txn_id),
+        serde_json::to_vec(answer)?,
+    );
+    db.write(batch).map_err(Error::internal)
+}

@@ -1028,3 +1028,66 @@ async fn members_without_the_permission_are_refused_and_bad_input_is_named() {
         .await;
     assert_eq!(status.as_u16(), 401, "no token");
 }
+
+#[tokio::test]
+async fn a_role_that_sees_a_private_channel_brings_its_members_in_and_out() {
+    let (_server, alice, bob, _carol, guild, _category, _general) = guild_with_members().await;
+    let staff = expect_ok(
+        alice
+            .post(
+                &format!("/_paracord/v1/guilds/{}/roles", enc(&guild)),
+                &json!({ "name": "Staff" }),
+            )
+            .await,
+        "create role",
+    );
+    let staff = s(&staff["id"]);
+    let private = expect_ok(
+        alice
+            .post(
+                &channels_path(&guild),
+                &json!({ "name": "staff-room", "kind": "text", "permission_overwrites": [
+                    { "id": "role:everyone", "allow": "0", "deny": VIEW_CHANNEL.to_string() },
+                    { "id": format!("role:{staff}"), "allow": VIEW_CHANNEL.to_string(), "deny": "0" },
+                ] }),
+            )
+            .await,
+        "create private channel",
+    );
+    let private = s(&private["id"]);
+    let (status, _) = alice
+        .get(&format!(
+            "/rooms/{}/state/m.room.member/{}",
+            enc(&private),
+            enc(&bob.user_id)
+        ))
+        .await;
+    assert_eq!(
+        status, 404,
+        "bob has no membership in the private channel yet"
+    );
+    let role_path = format!(
+        "/_paracord/v1/guilds/{}/members/{}/roles/{staff}",
+        enc(&guild),
+        enc(&bob.user_id)
+    );
+    expect_ok(alice.put(&role_path, &json!({})).await, "give bob Staff");
+    assert_eq!(
+        membership(&alice, &private, &bob.user_id).await,
+        "invite",
+        "the role lets bob see the private channel: he is invited"
+    );
+    let (status, body) = bob
+        .post(&format!("/join/{}", enc(&private)), &json!({}))
+        .await;
+    assert_eq!(status, 200, "bob joins: {body}");
+    expect_ok(
+        alice.delete(&role_path, &json!({})).await,
+        "take Staff away",
+    );
+    assert_eq!(
+        membership(&alice, &private, &bob.user_id).await,
+        "leave",
+        "without the role bob cannot see it: he is removed"
+    );
+}

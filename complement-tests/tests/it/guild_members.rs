@@ -573,6 +573,45 @@ async fn a_timed_out_member_is_muted_until_the_timeout_ends_by_itself() {
 }
 
 #[tokio::test]
+async fn a_timeout_still_ends_when_the_server_restarted_during_it() {
+    let mut g = Guild::with_members(1).await;
+    let path = g.member(&g.users[1].user_id);
+    let until = now_ms() + 3_000;
+    expect_ok(
+        g.users[0]
+            .client
+            .json_patch(&path, &json!({ "communication_disabled_until": until }))
+            .await,
+        "time out bob",
+    );
+    assert_eq!(g.level(&g.general, &g.users[1].user_id).await, Some(0));
+    // The task that would have lifted it dies with the process.
+    g.server.restart().await;
+    let bob = &g.users[1];
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = bob
+            .send_with_txn(
+                &g.general,
+                "m.room.message",
+                &paracord_complement::Client::txn_id(),
+                &json!({ "msgtype": "m.text", "body": "back after a restart" }),
+            )
+            .await;
+        if status == StatusCode::OK {
+            assert!(now_ms() >= until, "sent before the timeout ended: {body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bob still cannot send after his timeout and a restart: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(g.level(&g.general, &bob.user_id).await, None);
+}
+
+#[tokio::test]
 async fn a_ban_redacts_recent_messages_keeps_the_user_out_and_can_be_lifted() {
     let g = Guild::with_members(2).await;
     let (alice, bob, carol) = (&g.users[0], &g.users[1], &g.users[2]);

@@ -81,6 +81,7 @@ async fn run(config: Config) -> Result<(), String> {
         None => None,
     };
     let services = Arc::new(Services::open(config).map_err(|e| format!("cannot start: {e}"))?);
+    paracord_service::guilds::members::resume_timeouts(services.rooms.clone());
     let app = paracord_api::app(services.clone());
     let listener = tokio::net::TcpListener::bind(listen)
         .await

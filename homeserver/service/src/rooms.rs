@@ -254,6 +254,21 @@ impl Rooms {
         }
     }
 
+    /// Every room this server has (joined, left or outlier-only rooms included).
+    pub fn room_ids(&self) -> Result<Vec<OwnedRoomId>> {
+        Ok(self
+            .db
+            .scan_prefix(Table::RoomidRoom, b"")
+            .map_err(db_err)?
+            .into_iter()
+            .filter_map(|(k, _)| {
+                std::str::from_utf8(&k)
+                    .ok()
+                    .and_then(|id| OwnedRoomId::try_from(id).ok())
+            })
+            .collect())
+    }
+
     pub fn room_or_404(&self, room_id: &RoomId) -> Result<RoomRecord> {
         self.room(room_id)?
             .ok_or_else(|| Error::not_found("room not found"))

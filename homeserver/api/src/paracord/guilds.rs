@@ -104,6 +104,7 @@ async fn member_role(
     let target =
         ruma::OwnedUserId::try_from(target).map_err(|_| Error::invalid_param("not a user id"))?;
     store::set_member_role(&state.rooms, &id, &user, &target, &role, add).await?;
+    paracord_service::guilds::channels::sync_all_access(&state.rooms, &state.pdus, &id).await?;
     // The full Member object (spec/rest.md §4); roles may be given to an invited user too.
     Ok(Json(paracord_service::guilds::members::member(
         &state.rooms,

@@ -10,7 +10,7 @@ use axum::{
 };
 use http::Method;
 use paracord_core::Error;
-use paracord_service::guilds::members;
+use paracord_service::guilds::{channels::sync_all_access, members};
 use serde_json::{json, Value};
 
 use super::{
@@ -97,9 +97,9 @@ pub(crate) async fn modify_role_route(
     let user = user(&state, &parts)?;
     let id = member_guild(&state, &user, &id)?;
     let body = json_body(&state, body).await?;
-    Ok(Json(
-        members::modify_role(&state.rooms, &id, &user, &role, &body).await?,
-    ))
+    let role = members::modify_role(&state.rooms, &id, &user, &role, &body).await?;
+    sync_all_access(&state.rooms, &state.pdus, &id).await?;
+    Ok(Json(role))
 }
 
 /// `DELETE /_paracord/v1/guilds/{guildId}/roles/{roleId}`
@@ -112,6 +112,7 @@ pub(crate) async fn delete_role_route(
     let user = user(&state, &parts)?;
     let id = member_guild(&state, &user, &id)?;
     members::delete_role(&state.rooms, &id, &user, &role).await?;
+    sync_all_access(&state.rooms, &state.pdus, &id).await?;
     Ok(Json(json!({})))
 }
 
@@ -165,9 +166,11 @@ pub(crate) async fn modify_member_route(
     let id = member_guild(&state, &user, &id)?;
     let target = known_user(&target)?;
     let body = json_body(&state, body).await?;
-    Ok(Json(
-        members::modify_member(&state.rooms, &id, &user, &target, &body).await?,
-    ))
+    let member = members::modify_member(&state.rooms, &id, &user, &target, &body).await?;
+    if body.get("roles").is_some() {
+        sync_all_access(&state.rooms, &state.pdus, &id).await?;
+    }
+    Ok(Json(member))
 }
 
 /// `DELETE /_paracord/v1/guilds/{guildId}/members/{userId}?reason=`

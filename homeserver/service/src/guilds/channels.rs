@@ -473,6 +473,15 @@ async fn kick_all(rooms: &Rooms, room: &RoomId, owner: &UserId) -> Result<()> {
     Ok(())
 }
 
+/// [`sync_access`] for every channel of the guild: after a change of roles or of role
+/// assignments, which may change who sees which private channel.
+pub async fn sync_all_access(rooms: &Rooms, pdus: &Pdus, guild_id: &RoomId) -> Result<()> {
+    for channel in channel_ids(rooms, guild_id)? {
+        sync_access(rooms, pdus, guild_id, &channel).await?;
+    }
+    Ok(())
+}
+
 /// Keeps who may enter a channel in line with who can see it (spec/guilds.md §2.1): a private
 /// channel gets the `invite` join rule, an invite for every guild member who can see it and
 /// a kick for everyone in it who cannot; a channel visible to @everyone gets the

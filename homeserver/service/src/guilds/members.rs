@@ -606,6 +606,51 @@ pub fn schedule_timeout_end(rooms: Arc<Rooms>, guild_id: OwnedRoomId, until: u64
     });
 }
 
+/// After a start: re-projects every guild this server hosts (a timeout may have ended while
+/// it was down) and schedules the end of every timeout still running.
+pub fn resume_timeouts(rooms: Arc<Rooms>) {
+    tokio::spawn(async move {
+        let ids = match rooms.room_ids() {
+            Ok(ids) => ids,
+            Err(e) => return tracing::warn!("guild timeouts not resumed: {e}"),
+        };
+        for guild_id in ids {
+            if let Err(e) = resume_guild(&rooms, &guild_id).await {
+                tracing::warn!(%guild_id, "guild timeouts not resumed: {e}");
+            }
+        }
+    });
+}
+
+async fn resume_guild(rooms: &Arc<Rooms>, guild_id: &RoomId) -> Result<()> {
+    let state = rooms.current_state(guild_id)?;
+    if rooms
+        .state_content(&state, "chat.paracord.guild", "")?
+        .is_none()
+    {
+        return Ok(());
+    }
+    let Ok(guild) = load_guild(rooms, guild_id) else {
+        return Ok(());
+    };
+    if host_owner(rooms, &guild).is_err() {
+        return Ok(());
+    }
+    reproject(rooms, guild_id).await?;
+    let now = now_ms();
+    for (user, m) in rooms.members(guild_id)? {
+        if m != "join" {
+            continue;
+        }
+        if let Some(until) = load_member(rooms, guild_id, &user)?.communication_disabled_until {
+            if until > now {
+                schedule_timeout_end(rooms.clone(), guild_id.to_owned(), until);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Replaces a departed member's `chat.paracord.member` with `{}` (spec/guilds.md §4).
 async fn forget_member(
     rooms: &Rooms,

@@ -218,6 +218,40 @@ async fn roles_give_permissions_and_power_levels_within_the_hierarchy() {
         .state_content(&general, "m.room.power_levels", "")
         .await;
     assert_eq!(pl["users"][&bob.user_id], 50, "got {pl}");
+    // At 50 bob may rename the channel through plain Matrix, but what the guild host alone
+    // manages (join rules, the profile's state) is at the owner's level.
+    let (status, body) = bob
+        .put(
+            &format!("/rooms/{}/state/m.room.name/", enc(&general)),
+            &json!({ "name": "general-chat" }),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 200, "{body}");
+    for (kind, key, content) in [
+        ("m.room.join_rules", "", json!({ "join_rule": "public" })),
+        (
+            "chat.paracord.channel",
+            "",
+            json!({ "kind": "text", "position": 9 }),
+        ),
+        (
+            "chat.paracord.overwrite",
+            "role:everyone",
+            json!({ "allow": "8", "deny": "0" }),
+        ),
+    ] {
+        let (status, body) = bob
+            .put(
+                &format!("/rooms/{}/state/{kind}/{key}", enc(&general)),
+                &content,
+            )
+            .await;
+        assert_eq!(
+            (status.as_u16(), body["errcode"].as_str()),
+            (403, Some("M_FORBIDDEN")),
+            "{kind} from a moderator: {body}"
+        );
+    }
     let perms = expect_ok(
         carol
             .get(&format!(

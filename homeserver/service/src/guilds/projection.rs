@@ -93,13 +93,26 @@ pub fn power_levels(
         "kick": MODERATOR_LEVEL,
         "ban": MODERATOR_LEVEL,
         "invite": invite,
+        // What the guild host alone manages is at the owner's level, so that plain Matrix
+        // servers refuse it from anyone else too (spec/guilds.md §8.1, §9).
         "events": {
             "m.room.power_levels": ADMIN_LEVEL,
             "m.room.name": MODERATOR_LEVEL,
             "m.room.topic": MODERATOR_LEVEL,
             "m.room.avatar": MODERATOR_LEVEL,
-            "chat.paracord.channel": MODERATOR_LEVEL,
-            "chat.paracord.overwrite": MODERATOR_LEVEL,
+            "m.room.join_rules": OWNER_LEVEL,
+            "m.room.history_visibility": OWNER_LEVEL,
+            "m.room.server_acl": OWNER_LEVEL,
+            "m.room.tombstone": OWNER_LEVEL,
+            "m.room.encryption": OWNER_LEVEL,
+            "m.space.child": OWNER_LEVEL,
+            "m.space.parent": OWNER_LEVEL,
+            "chat.paracord.guild": OWNER_LEVEL,
+            "chat.paracord.channel": OWNER_LEVEL,
+            "chat.paracord.role": OWNER_LEVEL,
+            "chat.paracord.member": OWNER_LEVEL,
+            "chat.paracord.overwrite": OWNER_LEVEL,
+            "chat.paracord.invite": OWNER_LEVEL,
             "m.reaction": SENDER_LEVEL,
         },
     })
@@ -192,8 +205,14 @@ mod tests {
                 "invite": 0,
                 "events": {
                     "m.room.power_levels": 90, "m.room.name": 50, "m.room.topic": 50,
-                    "m.room.avatar": 50, "chat.paracord.channel": 50,
-                    "chat.paracord.overwrite": 50, "m.reaction": 1,
+                    "m.room.avatar": 50, "m.room.join_rules": 100,
+                    "m.room.history_visibility": 100, "m.room.server_acl": 100,
+                    "m.room.tombstone": 100, "m.room.encryption": 100,
+                    "m.space.child": 100, "m.space.parent": 100,
+                    "chat.paracord.guild": 100, "chat.paracord.channel": 100,
+                    "chat.paracord.role": 100, "chat.paracord.member": 100,
+                    "chat.paracord.overwrite": 100, "chat.paracord.invite": 100,
+                    "m.reaction": 1,
                 },
             })
         );

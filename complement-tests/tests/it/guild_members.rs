@@ -573,6 +573,20 @@ async fn a_timed_out_member_is_muted_until_the_timeout_ends_by_itself() {
 }
 
 #[tokio::test]
+async fn leaving_the_guild_space_through_plain_matrix_leaves_its_channels() {
+    let g = Guild::with_members(1).await;
+    let bob = &g.users[1];
+    let (status, body) = bob
+        .post(&format!("/rooms/{}/leave", enc(&g.id)), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let m = g.users[0]
+        .state_content(&g.general, "m.room.member", &bob.user_id)
+        .await;
+    assert_eq!(m["membership"], "leave", "bob left #general too: {m}");
+}
+
+#[tokio::test]
 async fn a_timeout_still_ends_when_the_server_restarted_during_it() {
     let mut g = Guild::with_members(1).await;
     let path = g.member(&g.users[1].user_id);

@@ -606,6 +606,30 @@ pub fn schedule_timeout_end(rooms: Arc<Rooms>, guild_id: OwnedRoomId, until: u64
     });
 }
 
+/// After `user` (of this server) left a room: when it is a guild space, they leave the
+/// guild's channels too (spec/guilds.md §2.1). A channel that cannot be left now is logged.
+pub async fn left_room(rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<()> {
+    let state = rooms.current_state(room_id)?;
+    if rooms
+        .state_content(&state, "chat.paracord.guild", "")?
+        .is_none_or(|c| c.as_object().is_none_or(|o| o.is_empty()))
+    {
+        return Ok(());
+    }
+    for channel in super::store::channel_rooms(rooms, room_id)? {
+        if !matches!(
+            rooms.membership(&channel, user)?.as_deref(),
+            Some("join") | Some("invite") | Some("knock")
+        ) {
+            continue;
+        }
+        if let Err(e) = rooms.leave(&channel, user, None).await {
+            tracing::warn!(%channel, %user, "a channel of a guild left was not left: {e}");
+        }
+    }
+    Ok(())
+}
+
 /// After a start: re-projects every guild this server hosts (a timeout may have ended while
 /// it was down) and schedules the end of every timeout still running.
 pub fn resume_timeouts(rooms: Arc<Rooms>) {

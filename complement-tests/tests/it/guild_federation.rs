@@ -128,6 +128,32 @@ async fn a_member_on_another_server_joins_by_invite_and_both_servers_hold_them_t
     );
     assert_eq!(channels.as_array().map(Vec::len), Some(2), "got {channels}");
 
+    // A new channel reaches B's members: B joins bob to it, and B lists it.
+    let random = expect_ok(
+        alice
+            .post(
+                &format!("/_paracord/v1/guilds/{}/channels", enc(&guild_id)),
+                &json!({ "name": "random", "kind": "text" }),
+            )
+            .await,
+        "create #random",
+    );
+    let random = random["id"].as_str().unwrap_or_default().to_owned();
+    eventually("B to join bob to #random", || async {
+        let rooms = bob.get("/joined_rooms").await.1;
+        rooms["joined_rooms"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|r| r == random.as_str()))
+            .then_some(())
+    })
+    .await;
+    let channels = expect_ok(
+        bob.get(&format!("/_paracord/v1/guilds/{}/channels", enc(&guild_id)))
+            .await,
+        "channels on B",
+    );
+    assert_eq!(channels.as_array().map(Vec::len), Some(3), "got {channels}");
+
     // A write without the permission: relayed, refused by the host, the refusal passed on.
     let path = format!("/_paracord/v1/guilds/{}", enc(&guild_id));
     let (status, body) = bob.patch(&path, &json!({ "description": "bob's" })).await;

@@ -154,19 +154,22 @@ impl Services {
                 sender.queue_pdu(destinations, event_id, pdu)
             }));
         }
-        let pdus = Arc::new(federation::pdus::Pdus::new(
-            federation::edus::Edus::new(
+        let pdus = Arc::new_cyclic(|me| {
+            federation::pdus::Pdus::new(
+                federation::edus::Edus::new(
+                    rooms.clone(),
+                    ephemeral.clone(),
+                    e2ee.clone(),
+                    accounts.clone(),
+                ),
                 rooms.clone(),
-                ephemeral.clone(),
-                e2ee.clone(),
-                accounts.clone(),
-            ),
-            rooms.clone(),
-            remote_keys.clone(),
-            federation.clone(),
-            keys.clone(),
-            config.clone(),
-        ));
+                remote_keys.clone(),
+                federation.clone(),
+                keys.clone(),
+                config.clone(),
+                me.clone(),
+            )
+        });
         if let Some(tx) = pushers.start(rooms.clone(), ephemeral.clone()) {
             rooms.set_push_sender(tx);
         }

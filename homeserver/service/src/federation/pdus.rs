@@ -172,6 +172,8 @@ pub struct Pdus {
     client: Arc<FederationClient>,
     keys: Arc<ServerKeys>,
     config: Arc<Config>,
+    /// This service itself, for work it starts in the background.
+    me: std::sync::Weak<Pdus>,
 }
 
 fn version_rules(
@@ -201,6 +203,7 @@ impl Pdus {
         client: Arc<FederationClient>,
         keys: Arc<ServerKeys>,
         config: Arc<Config>,
+        me: std::sync::Weak<Pdus>,
     ) -> Self {
         Self {
             edus,
@@ -209,6 +212,7 @@ impl Pdus {
             client,
             keys,
             config,
+            me,
         }
     }
 
@@ -691,6 +695,10 @@ impl Pdus {
                 Err(e) => Err(e),
                 Ok(()) => self.receive_pdu(origin, &room_id, value).await,
             };
+            if outcome.is_ok() && value.get("type").and_then(Value::as_str) == Some("m.space.child")
+            {
+                self.follow_new_channel(&room_id, &event_id);
+            }
             let entry = match outcome {
                 Ok(()) => json!({}),
                 Err(e) => {
@@ -1255,6 +1263,79 @@ impl Pdus {
     // ----- joins: the joining side -----
 
     /// Joins `user` to a room over federation, trying each candidate server in turn.
+    /// A guild space gained a channel (an `m.space.child` now in its current state): as in
+    /// Discord, this server's members of the guild are joined to it, in the background, through
+    /// the servers named in `via` (spec/rest.md §11). A join the channel refuses (a private or
+    /// hidden channel) is no error.
+    fn follow_new_channel(&self, space: &RoomId, event_id: &EventId) {
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        let Ok(Some(pdu)) = self.rooms.pdu(event_id) else {
+            return;
+        };
+        let Some(key) = pdu.state_key.clone() else {
+            return;
+        };
+        let Ok(state) = self.rooms.current_state(space) else {
+            return;
+        };
+        let current = self
+            .rooms
+            .state_pdu(&state, "m.space.child", &key)
+            .ok()
+            .flatten()
+            .is_some_and(|p| p.event_id == event_id);
+        let is_guild = self
+            .rooms
+            .state_content(&state, "chat.paracord.guild", "")
+            .ok()
+            .flatten()
+            .is_some_and(|c| c.as_object().is_some_and(|o| !o.is_empty()));
+        let via: Vec<OwnedServerName> = pdu.content_value()["via"]
+            .as_array()
+            .map(|v| {
+                v.iter()
+                    .filter_map(|s| s.as_str().and_then(|s| OwnedServerName::try_from(s).ok()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let Ok(channel) = OwnedRoomId::try_from(key) else {
+            return;
+        };
+        if !current || !is_guild || via.is_empty() {
+            return;
+        }
+        let members: Vec<ruma::OwnedUserId> = self
+            .rooms
+            .members(space)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(u, m)| m == "join" && u.server_name().as_str() == self.own_name())
+            .map(|(u, _)| u)
+            .collect();
+        if members.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            for user in members {
+                if matches!(
+                    me.rooms
+                        .membership(&channel, &user)
+                        .ok()
+                        .flatten()
+                        .as_deref(),
+                    Some("join") | Some("ban")
+                ) {
+                    continue;
+                }
+                if let Err(e) = me.join_remote(&user, &channel, &via, json!({})).await {
+                    debug!(%channel, %user, "a new channel of a guild was not joined: {e}");
+                }
+            }
+        });
+    }
+
     pub async fn join_remote(
         &self,
         user: &UserId,

@@ -14,6 +14,7 @@ mod federation_rooms;
 mod federation_split;
 mod federation_transport;
 mod guild_channels;
+mod guild_enforce;
 mod guilds;
 mod media;
 mod membership;

@@ -14,6 +14,7 @@ mod federation_rooms;
 mod federation_split;
 mod federation_transport;
 mod guild_channels;
+mod guild_enforce;
 mod guild_federation;
 mod guild_members;
 mod guilds;

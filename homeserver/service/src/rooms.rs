@@ -588,6 +588,7 @@ impl Rooms {
         self.authorize(&rules, &pdu, &state)?;
         self.check_redaction(&room, &state, &pdu)?;
         let relation = self.check_relation(room_id, &pdu)?;
+        crate::guilds::enforce::submitted(self, room_id, &state, &pdu)?;
         self.commit_event(
             room_id,
             room,
@@ -687,6 +688,7 @@ impl Rooms {
         let pdu = Pdu::from_json(ruma::event_id!("$probe").to_owned(), &obj_bytes(&probe)?)?;
         self.check_against_state(&rules, &pdu, &state)
             .map_err(|e| Error::forbidden(format!("not allowed: {e}")))?;
+        crate::guilds::enforce::submitted(self, room_id, &state, &pdu)?;
         Ok((room.version, obj))
     }
 

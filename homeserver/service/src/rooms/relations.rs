@@ -158,6 +158,33 @@ impl Rooms {
         Ok(())
     }
 
+    /// Whether an event has an annotation (a reaction) with `key`: one that is in the
+    /// timeline and not redacted (redactions and soft-failed events are not in the index).
+    pub(crate) fn has_annotation(&self, target_short: u64, key: &str) -> Result<bool> {
+        for (_, child) in self.children(target_short, Some("m.annotation"))? {
+            let Some(c) = self.pdu_by_short(child)? else {
+                continue;
+            };
+            if relates_to(&c.content_value()).and_then(|r| r.2).as_deref() == Some(key) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Whether a thread has started from `root` (an `m.thread` event has been indexed).
+    pub(crate) fn thread_started(&self, room_id: &RoomId, root_short: u64) -> Result<bool> {
+        self.db
+            .exists(
+                Table::RoomthreadLatest,
+                &KeyBuf::new()
+                    .str(room_id.as_str())
+                    .u64(root_short)
+                    .into_vec(),
+            )
+            .map_err(Error::internal)
+    }
+
     /// Children of an event, oldest first, optionally of one relation type.
     pub fn children(&self, target_short: u64, rel_type: Option<&str>) -> Result<Vec<Child>> {
         let prefix = match rel_type {

@@ -530,12 +530,26 @@ impl Rooms {
             self.store_rejected(&event.event_id, &reason)?;
             return Ok(Placed::Rejected(reason));
         }
-        // Soft fail: allowed where it was sent, but not by the room's current state.
+        // Soft fail: allowed where it was sent, but not by the room's current state, or
+        // breaking a fine rule of the guild the room belongs to (spec/profile.md §4).
         let current = self.state(room.state)?;
         let soft_failed = (new_before || before_id != room.state)
             && self
                 .check_against_state(rules, &event.pdu, &current)
                 .is_err();
+        let soft_failed = soft_failed || {
+            let refusal = crate::guilds::enforce::check(
+                self,
+                room_id,
+                &current,
+                &event.pdu,
+                crate::guilds::enforce::Source::Received,
+            )?;
+            if let Some(r) = &refusal {
+                info!(event_id = %event.event_id, "breaks a guild rule: {r}");
+            }
+            refusal.is_some()
+        };
         self.commit_remote(
             room_id,
             room,

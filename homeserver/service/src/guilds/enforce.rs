@@ -1012,6 +1012,21 @@ mod tests {
     async fn only_the_owner_writes_or_redacts_the_guilds_state() {
         let f = fixture().await;
         f.role("admin", 9, Permissions::ADMINISTRATOR, &f.bob).await;
+        // Projected power levels keep the profile's state at the owner's level; here they
+        // leave it at 50 (as a guild of an older projection or of another implementation
+        // might), so that only the fine rule stands in the way.
+        for room in [&f.space, &f.general] {
+            let state = f.s.rooms.current_state(room).unwrap();
+            let mut pl =
+                f.s.rooms
+                    .state_content(&state, "m.room.power_levels", "")
+                    .unwrap()
+                    .unwrap();
+            for kind in ["chat.paracord.role", "chat.paracord.overwrite"] {
+                pl["events"][kind] = json!(50);
+            }
+            f.owner_state(room, "m.room.power_levels", "", pl).await;
+        }
         let role = NewEvent::state(
             "chat.paracord.role".into(),
             "sneaky",

@@ -27,6 +27,28 @@ where
     panic!("timed out waiting for {what}");
 }
 
+/// A new guild of `owner` and an invite to its #general: `(guild, general, code)`.
+async fn guild_with_invite(owner: &User, name: &str, max_uses: u32) -> (String, String, String) {
+    let guild = expect_ok(
+        owner
+            .post("/_paracord/v1/guilds", &json!({ "name": name }))
+            .await,
+        "create guild",
+    );
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    let general = text(&guild["system_channel"]);
+    let invite = expect_ok(
+        owner
+            .post(
+                &format!("/_paracord/v1/channels/{}/invites", enc(&general)),
+                &json!({ "max_uses": max_uses }),
+            )
+            .await,
+        "create invite",
+    );
+    (text(&guild["id"]), general, text(&invite["code"]))
+}
+
 async fn send(user: &User, room: &str, text: &str) -> (u16, Value) {
     let (status, body) = user
         .put(
@@ -48,27 +70,7 @@ async fn a_member_on_another_server_joins_by_invite_and_both_servers_hold_them_t
     let (b, _) = federating_server().await;
     let alice = a.register_random().await;
     let bob = b.register_random().await;
-    let guild = expect_ok(
-        alice
-            .post("/_paracord/v1/guilds", &json!({ "name": "Across" }))
-            .await,
-        "create guild",
-    );
-    let guild_id = guild["id"].as_str().unwrap_or_default().to_owned();
-    let general = guild["system_channel"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let invite = expect_ok(
-        alice
-            .post(
-                &format!("/_paracord/v1/channels/{}/invites", enc(&general)),
-                &json!({ "max_uses": 2 }),
-            )
-            .await,
-        "create invite",
-    );
-    let code = invite["code"].as_str().unwrap_or_default().to_owned();
+    let (guild_id, general, code) = guild_with_invite(&alice, "Across", 2).await;
 
     // Bob's server does not know the code: without `server` it is unknown, with it the
     // guild host answers.
@@ -261,26 +263,7 @@ async fn relays_are_signed_for_the_senders_own_users_and_answered_once_per_trans
     let (b, b_name) = federating_server().await;
     let alice = a.register_random().await;
     let bob = b.register_random().await;
-    let guild = expect_ok(
-        alice
-            .post("/_paracord/v1/guilds", &json!({ "name": "Signed" }))
-            .await,
-        "create guild",
-    );
-    let general = guild["system_channel"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let invite = expect_ok(
-        alice
-            .post(
-                &format!("/_paracord/v1/channels/{}/invites", enc(&general)),
-                &json!({ "max_uses": 5 }),
-            )
-            .await,
-        "create invite",
-    );
-    let code = invite["code"].as_str().unwrap_or_default().to_owned();
+    let (guild_id, general, code) = guild_with_invite(&alice, "Signed", 5).await;
     let key = server_signing_key(&b);
     let relay = |txn: &str, body: Value, signed: bool| {
         let uri = format!("/_paracord/federation/v1/relay/{txn}");
@@ -355,7 +338,6 @@ async fn relays_are_signed_for_the_senders_own_users_and_answered_once_per_trans
     );
     assert_eq!(invite["uses"], 1, "got {invite}");
     // The relayed user was invited over federation: B holds bob's invite to the space.
-    let guild_id = guild["id"].as_str().unwrap_or_default().to_owned();
     eventually("bob's invite to reach B", || async {
         let sync = bob.sync(None, 0, None).await;
         sync["rooms"]["invite"].get(&guild_id).map(|_| ())

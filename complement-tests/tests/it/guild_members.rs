@@ -498,6 +498,31 @@ async fn a_moderator_kicks_bans_and_times_out_only_members_ranked_below() {
     );
 }
 
+/// Polls (up to 15 s) until `user` can send in #general again, which must not be before
+/// `until`.
+async fn speaks_again_after(g: &Guild, user: &User, until: u64) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = user
+            .send_with_txn(
+                &g.general,
+                "m.room.message",
+                &paracord_complement::Client::txn_id(),
+                &json!({ "msgtype": "m.text", "body": "back" }),
+            )
+            .await;
+        if status == StatusCode::OK {
+            assert!(now_ms() >= until, "sent before the timeout ended: {body}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still muted after the timeout: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_timed_out_member_is_muted_until_the_timeout_ends_by_itself() {
     let g = Guild::with_members(1).await;
@@ -543,26 +568,7 @@ async fn a_timed_out_member_is_muted_until_the_timeout_ends_by_itself() {
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     // The timeout ends by itself: bob's level and his voice come back.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (status, body) = bob
-            .send_with_txn(
-                &g.general,
-                "m.room.message",
-                &paracord_complement::Client::txn_id(),
-                &json!({ "msgtype": "m.text", "body": "back" }),
-            )
-            .await;
-        if status == StatusCode::OK {
-            assert!(now_ms() >= until, "sent before the timeout ended: {body}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "bob still cannot send after his timeout: {status} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    speaks_again_after(&g, bob, until).await;
     assert_eq!(g.level(&g.general, &bob.user_id).await, None);
     let member = expect_ok(alice.get(&path).await, "GET bob");
     assert_eq!(
@@ -602,26 +608,7 @@ async fn a_timeout_still_ends_when_the_server_restarted_during_it() {
     // The task that would have lifted it dies with the process.
     g.server.restart().await;
     let bob = &g.users[1];
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (status, body) = bob
-            .send_with_txn(
-                &g.general,
-                "m.room.message",
-                &paracord_complement::Client::txn_id(),
-                &json!({ "msgtype": "m.text", "body": "back after a restart" }),
-            )
-            .await;
-        if status == StatusCode::OK {
-            assert!(now_ms() >= until, "sent before the timeout ended: {body}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "bob still cannot send after his timeout and a restart: {status} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    speaks_again_after(&g, bob, until).await;
     assert_eq!(g.level(&g.general, &bob.user_id).await, None);
 }
 

@@ -1,7 +1,7 @@
 //! Guild settings, channels and permission overwrites (spec/rest.md §2, §5, §6, §10).
 
 use axum::{
-    extract::{Path, Request, State},
+    extract::{Path, State},
     routing::{get, patch, post, put},
     Json, Router,
 };
@@ -9,7 +9,7 @@ use paracord_core::Error;
 use paracord_service::guilds::channels;
 use serde_json::{json, Value};
 
-use super::{json_array, json_body, member_guild, user};
+use super::{member_guild, Caller, JsonArray, JsonObject};
 use crate::{ApiResult, AppState};
 
 /// Routes of this module; paths shared with other modules keep their parameter names.
@@ -49,13 +49,11 @@ pub(crate) async fn versions_route() -> Json<Value> {
 /// `PATCH /_paracord/v1/guilds/{guildId}`
 pub(crate) async fn update_guild_route(
     State(state): State<AppState>,
+    Caller(user): Caller,
     Path(id): Path<String>,
-    req: Request,
+    JsonObject(body): JsonObject,
 ) -> ApiResult<Json<Value>> {
-    let (parts, body) = req.into_parts();
-    let user = user(&state, &parts)?;
     let id = member_guild(&state, &user, &id)?;
-    let body = json_body(&state, body).await?;
     Ok(Json(
         channels::update_guild(&state.rooms, &id, &user, &body).await?,
     ))
@@ -64,11 +62,9 @@ pub(crate) async fn update_guild_route(
 /// `DELETE /_paracord/v1/guilds/{guildId}`
 pub(crate) async fn delete_guild_route(
     State(state): State<AppState>,
+    Caller(user): Caller,
     Path(id): Path<String>,
-    req: Request,
 ) -> ApiResult<Json<Value>> {
-    let (parts, _) = req.into_parts();
-    let user = user(&state, &parts)?;
     let id = member_guild(&state, &user, &id)?;
     channels::delete_guild(&state.rooms, &id, &user).await?;
     Ok(Json(json!({})))
@@ -77,13 +73,11 @@ pub(crate) async fn delete_guild_route(
 /// `POST /_paracord/v1/guilds/{guildId}/channels`
 pub(crate) async fn create_channel_route(
     State(state): State<AppState>,
+    Caller(user): Caller,
     Path(id): Path<String>,
-    req: Request,
+    JsonObject(body): JsonObject,
 ) -> ApiResult<Json<Value>> {
-    let (parts, body) = req.into_parts();
-    let user = user(&state, &parts)?;
     let id = member_guild(&state, &user, &id)?;
-    let body = json_body(&state, body).await?;
     Ok(Json(
         channels::create_channel(&state.rooms, &state.pdus, &id, &user, &body).await?,
     ))
@@ -92,13 +86,11 @@ pub(crate) async fn create_channel_route(
 /// `PATCH /_paracord/v1/guilds/{guildId}/channels`
 pub(crate) async fn reorder_channels_route(
     State(state): State<AppState>,
+    Caller(user): Caller,
     Path(id): Path<String>,
-    req: Request,
+    JsonArray(items): JsonArray,
 ) -> ApiResult<Json<Value>> {
-    let (parts, body) = req.into_parts();
-    let user = user(&state, &parts)?;
     let id = member_guild(&state, &user, &id)?;
-    let items = json_array(&state, body).await?;
     channels::reorder_channels(&state.rooms, &state.pdus, &id, &user, &items).await?;
     Ok(Json(json!({})))
 }
@@ -106,11 +98,9 @@ pub(crate) async fn reorder_channels_route(
 /// `GET /_paracord/v1/channels/{channelId}`
 pub(crate) async fn get_channel_route(
     State(state): State<AppState>,
+    Caller(user): Caller,
     Path(id): Path<String>,
-    req: Request,
 ) -> ApiResult<Json<Value>> {
-    let (parts, _) = req.into_parts();
-    let user = user(&state, &parts)?;
     let id = channel_id(&id)?;
     Ok(Json(channels::get_channel(&state.rooms, &id, &user)?))
 }
@@ -118,13 +108,11 @@ pub(crate) async fn get_channel_route(
 /// `PATCH /_paracord/v1/channels/{channelId}`
 pub(crate) async fn update_channel_route(
     State(state): State<AppState>,
+    Caller(user): Caller,
     Path(id): Path<String>,
-    req: Request,
+    JsonObject(body): JsonObject,
 ) -> ApiResult<Json<Value>> {
-    let (parts, body) = req.into_parts();
-    let user = user(&state, &parts)?;
     let id = channel_id(&id)?;
-    let body = json_body(&state, body).await?;
     Ok(Json(
         channels::update_channel(&state.rooms, &state.pdus, &id, &user, &body).await?,
     ))
@@ -133,11 +121,9 @@ pub(crate) async fn update_channel_route(
 /// `DELETE /_paracord/v1/channels/{channelId}`
 pub(crate) async fn delete_channel_route(
     State(state): State<AppState>,
+    Caller(user): Caller,
     Path(id): Path<String>,
-    req: Request,
 ) -> ApiResult<Json<Value>> {
-    let (parts, _) = req.into_parts();
-    let user = user(&state, &parts)?;
     let id = channel_id(&id)?;
     channels::delete_channel(&state.rooms, &id, &user).await?;
     Ok(Json(json!({})))
@@ -146,13 +132,11 @@ pub(crate) async fn delete_channel_route(
 /// `PUT /_paracord/v1/channels/{channelId}/permissions/{overwriteId}`
 pub(crate) async fn put_overwrite_route(
     State(state): State<AppState>,
+    Caller(user): Caller,
     Path((id, target)): Path<(String, String)>,
-    req: Request,
+    JsonObject(body): JsonObject,
 ) -> ApiResult<Json<Value>> {
-    let (parts, body) = req.into_parts();
-    let user = user(&state, &parts)?;
     let id = channel_id(&id)?;
-    let body = json_body(&state, body).await?;
     Ok(Json(
         channels::put_overwrite(&state.rooms, &state.pdus, &id, &user, &target, &body).await?,
     ))
@@ -161,11 +145,9 @@ pub(crate) async fn put_overwrite_route(
 /// `DELETE /_paracord/v1/channels/{channelId}/permissions/{overwriteId}`
 pub(crate) async fn delete_overwrite_route(
     State(state): State<AppState>,
+    Caller(user): Caller,
     Path((id, target)): Path<(String, String)>,
-    req: Request,
 ) -> ApiResult<Json<Value>> {
-    let (parts, _) = req.into_parts();
-    let user = user(&state, &parts)?;
     let id = channel_id(&id)?;
     channels::delete_overwrite(&state.rooms, &state.pdus, &id, &user, &target).await?;
     Ok(Json(json!({})))

@@ -8,7 +8,7 @@ use paracord_core::Error;
 use paracord_service::guilds::store::{self, NewGuild};
 use serde_json::Value;
 
-use super::{json_body, member_guild, user};
+use super::{json_body, member_guild, user, Caller};
 use crate::{ApiResult, AppState};
 
 /// `POST /_paracord/v1/guilds`
@@ -44,11 +44,9 @@ pub(crate) async fn create_guild_route(
 /// `GET /_paracord/v1/guilds/{guildId}`
 pub(crate) async fn get_guild_route(
     State(state): State<AppState>,
+    Caller(user): Caller,
     Path(id): Path<String>,
-    req: Request,
 ) -> ApiResult<Json<Value>> {
-    let (parts, _) = req.into_parts();
-    let user = user(&state, &parts)?;
     let id = member_guild(&state, &user, &id)?;
     Ok(Json(store::guild_object(&state.rooms, &id)?))
 }
@@ -56,11 +54,9 @@ pub(crate) async fn get_guild_route(
 /// `GET /_paracord/v1/guilds/{guildId}/channels`
 pub(crate) async fn guild_channels_route(
     State(state): State<AppState>,
+    Caller(user): Caller,
     Path(id): Path<String>,
-    req: Request,
 ) -> ApiResult<Json<Vec<Value>>> {
-    let (parts, _) = req.into_parts();
-    let user = user(&state, &parts)?;
     let id = member_guild(&state, &user, &id)?;
     Ok(Json(store::channels(&state.rooms, &id, &user)?))
 }
@@ -68,11 +64,9 @@ pub(crate) async fn guild_channels_route(
 /// `GET /_paracord/v1/guilds/{guildId}/roles`
 pub(crate) async fn guild_roles_route(
     State(state): State<AppState>,
+    Caller(user): Caller,
     Path(id): Path<String>,
-    req: Request,
 ) -> ApiResult<Json<Vec<Value>>> {
-    let (parts, _) = req.into_parts();
-    let user = user(&state, &parts)?;
     let id = member_guild(&state, &user, &id)?;
     Ok(Json(store::roles(&state.rooms, &id)?))
 }
@@ -135,11 +129,9 @@ pub(crate) async fn remove_member_role_route(
 /// `GET /_paracord/v1/channels/{channelId}/permissions/{userId}`
 pub(crate) async fn channel_permissions_route(
     State(state): State<AppState>,
+    Caller(user): Caller,
     Path((channel, target)): Path<(String, String)>,
-    req: Request,
 ) -> ApiResult<Json<Value>> {
-    let (parts, _) = req.into_parts();
-    let user = user(&state, &parts)?;
     let channel =
         ruma::OwnedRoomId::try_from(channel).map_err(|_| Error::not_found("no such channel"))?;
     if state.rooms.room(&channel)?.is_none() {

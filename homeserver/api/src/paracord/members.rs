@@ -14,9 +14,9 @@ use paracord_service::guilds::{channels::sync_all_access, members};
 use serde_json::{json, Value};
 
 use super::{
-    json_array, json_body, member_guild,
+    json_body, member_guild,
     relay::{forward, RelayedUser},
-    user,
+    user, Caller, JsonArray, JsonObject,
 };
 use crate::{client::membership::join, ApiResult, AppState};
 
@@ -75,13 +75,11 @@ fn known_user(id: &str) -> ApiResult<ruma::OwnedUserId> {
 /// `PATCH /_paracord/v1/guilds/{guildId}/roles`
 pub(crate) async fn reorder_roles_route(
     State(state): State<AppState>,
+    Caller(user): Caller,
     Path(id): Path<String>,
-    req: Request,
+    JsonArray(items): JsonArray,
 ) -> ApiResult<Json<Vec<Value>>> {
-    let (parts, body) = req.into_parts();
-    let user = user(&state, &parts)?;
     let id = member_guild(&state, &user, &id)?;
-    let items = json_array(&state, body).await?;
     Ok(Json(
         members::reorder_roles(&state.rooms, &id, &user, &items).await?,
     ))
@@ -90,13 +88,11 @@ pub(crate) async fn reorder_roles_route(
 /// `PATCH /_paracord/v1/guilds/{guildId}/roles/{roleId}`
 pub(crate) async fn modify_role_route(
     State(state): State<AppState>,
+    Caller(user): Caller,
     Path((id, role)): Path<(String, String)>,
-    req: Request,
+    JsonObject(body): JsonObject,
 ) -> ApiResult<Json<Value>> {
-    let (parts, body) = req.into_parts();
-    let user = user(&state, &parts)?;
     let id = member_guild(&state, &user, &id)?;
-    let body = json_body(&state, body).await?;
     let role = members::modify_role(&state.rooms, &id, &user, &role, &body).await?;
     sync_all_access(&state.rooms, &state.pdus, &id).await?;
     Ok(Json(role))
@@ -105,11 +101,9 @@ pub(crate) async fn modify_role_route(
 /// `DELETE /_paracord/v1/guilds/{guildId}/roles/{roleId}`
 pub(crate) async fn delete_role_route(
     State(state): State<AppState>,
+    Caller(user): Caller,
     Path((id, role)): Path<(String, String)>,
-    req: Request,
 ) -> ApiResult<Json<Value>> {
-    let (parts, _) = req.into_parts();
-    let user = user(&state, &parts)?;
     let id = member_guild(&state, &user, &id)?;
     members::delete_role(&state.rooms, &id, &user, &role).await?;
     sync_all_access(&state.rooms, &state.pdus, &id).await?;
@@ -145,11 +139,9 @@ pub(crate) async fn list_members_route(
 /// `GET /_paracord/v1/guilds/{guildId}/members/{userId}`
 pub(crate) async fn get_member_route(
     State(state): State<AppState>,
+    Caller(user): Caller,
     Path((id, target)): Path<(String, String)>,
-    req: Request,
 ) -> ApiResult<Json<Value>> {
-    let (parts, _) = req.into_parts();
-    let user = user(&state, &parts)?;
     let id = member_guild(&state, &user, &id)?;
     let target = known_user(&target)?;
     Ok(Json(members::member(&state.rooms, &id, &target, false)?))
@@ -158,14 +150,12 @@ pub(crate) async fn get_member_route(
 /// `PATCH /_paracord/v1/guilds/{guildId}/members/{userId}`
 pub(crate) async fn modify_member_route(
     State(state): State<AppState>,
+    Caller(user): Caller,
     Path((id, target)): Path<(String, String)>,
-    req: Request,
+    JsonObject(body): JsonObject,
 ) -> ApiResult<Json<Value>> {
-    let (parts, body) = req.into_parts();
-    let user = user(&state, &parts)?;
     let id = member_guild(&state, &user, &id)?;
     let target = known_user(&target)?;
-    let body = json_body(&state, body).await?;
     let member = members::modify_member(&state.rooms, &id, &user, &target, &body).await?;
     if body.get("roles").is_some() {
         sync_all_access(&state.rooms, &state.pdus, &id).await?;
@@ -198,11 +188,9 @@ pub(crate) async fn remove_member_route(
 /// `GET /_paracord/v1/guilds/{guildId}/bans`
 pub(crate) async fn bans_route(
     State(state): State<AppState>,
+    Caller(user): Caller,
     Path(id): Path<String>,
-    req: Request,
 ) -> ApiResult<Json<Vec<Value>>> {
-    let (parts, _) = req.into_parts();
-    let user = user(&state, &parts)?;
     let id = member_guild(&state, &user, &id)?;
     Ok(Json(members::bans(&state.rooms, &id, &user)?))
 }
@@ -210,15 +198,13 @@ pub(crate) async fn bans_route(
 /// `PUT /_paracord/v1/guilds/{guildId}/bans/{userId}`
 pub(crate) async fn ban_route(
     State(state): State<AppState>,
+    Caller(user): Caller,
     Path((id, target)): Path<(String, String)>,
-    req: Request,
+    JsonObject(body): JsonObject,
 ) -> ApiResult<Json<Value>> {
-    let (parts, body) = req.into_parts();
-    let user = user(&state, &parts)?;
     let id = member_guild(&state, &user, &id)?;
     let target =
         ruma::OwnedUserId::try_from(target).map_err(|_| Error::invalid_param("not a user id"))?;
-    let body = json_body(&state, body).await?;
     Ok(Json(
         members::ban(&state.rooms, &id, &user, &target, &body).await?,
     ))
@@ -227,11 +213,9 @@ pub(crate) async fn ban_route(
 /// `DELETE /_paracord/v1/guilds/{guildId}/bans/{userId}`
 pub(crate) async fn unban_route(
     State(state): State<AppState>,
+    Caller(user): Caller,
     Path((id, target)): Path<(String, String)>,
-    req: Request,
 ) -> ApiResult<Json<Value>> {
-    let (parts, _) = req.into_parts();
-    let user = user(&state, &parts)?;
     let id = member_guild(&state, &user, &id)?;
     let target = known_user(&target)?;
     members::unban(&state.rooms, &id, &user, &target).await?;
@@ -241,11 +225,9 @@ pub(crate) async fn unban_route(
 /// `GET /_paracord/v1/guilds/{guildId}/invites`
 pub(crate) async fn guild_invites_route(
     State(state): State<AppState>,
+    Caller(user): Caller,
     Path(id): Path<String>,
-    req: Request,
 ) -> ApiResult<Json<Vec<Value>>> {
-    let (parts, _) = req.into_parts();
-    let user = user(&state, &parts)?;
     let id = member_guild(&state, &user, &id)?;
     Ok(Json(members::guild_invites(&state.rooms, &id, &user)?))
 }
@@ -413,11 +395,9 @@ pub(crate) async fn accept_invite_route(
 /// `DELETE /_paracord/v1/invites/{code}`
 pub(crate) async fn revoke_invite_route(
     State(state): State<AppState>,
+    Caller(user): Caller,
     Path(code): Path<String>,
-    req: Request,
 ) -> ApiResult<Json<Value>> {
-    let (parts, _) = req.into_parts();
-    let user = user(&state, &parts)?;
     Ok(Json(
         members::revoke_invite(&state.rooms, &code, &user).await?,
     ))

@@ -74,6 +74,48 @@ pub(crate) fn member_guild(
     Ok(id)
 }
 
+/// The requester, as an extractor: see [`user`].
+pub(crate) struct Caller(pub ruma::OwnedUserId);
+
+impl axum::extract::FromRequestParts<AppState> for Caller {
+    type Rejection = crate::error::ApiError;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        user(state, parts).map(Caller)
+    }
+}
+
+/// The request body as a JSON object, as an extractor: see [`json_body`].
+pub(crate) struct JsonObject(pub Value);
+
+impl axum::extract::FromRequest<AppState> for JsonObject {
+    type Rejection = crate::error::ApiError;
+
+    async fn from_request(
+        req: axum::extract::Request,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        json_body(state, req.into_body()).await.map(JsonObject)
+    }
+}
+
+/// The request body as a JSON array, as an extractor: see [`json_array`].
+pub(crate) struct JsonArray(pub Vec<Value>);
+
+impl axum::extract::FromRequest<AppState> for JsonArray {
+    type Rejection = crate::error::ApiError;
+
+    async fn from_request(
+        req: axum::extract::Request,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        json_array(state, req.into_body()).await.map(JsonArray)
+    }
+}
+
 /// The request body as JSON of any shape (an empty body is `{}`).
 pub(crate) async fn json_value(state: &AppState, body: axum::body::Body) -> ApiResult<Value> {
     let limit = state.config.max_request_bytes;

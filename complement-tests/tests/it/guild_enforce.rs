@@ -504,3 +504,43 @@ async fn a_synapse_members_events_that_break_the_guilds_rules_are_soft_failed() 
     keys.sort();
     assert_eq!(keys, ["👍", "👍"], "{relations}");
 }
+
+#[tokio::test]
+async fn without_read_message_history_a_member_sees_nothing_from_before_joining() {
+    const READ_MESSAGE_HISTORY: u64 = 65_536;
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    let (guild, general) = new_guild(&alice).await;
+    alice.invite_ok(&guild, &bob.user_id).await;
+    bob.join_ok(&guild).await;
+    let before = alice.send_text(&general, "before bob").await;
+    overwrite(&alice, &general, "role:everyone", 0, READ_MESSAGE_HISTORY).await;
+    bob.join_ok(&general).await;
+    let after = alice.send_text(&general, "after bob").await;
+    let texts = |v: &Value| -> Vec<String> {
+        v["chunk"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["type"] == "m.room.message")
+            .map(|e| s(&e["content"]["body"]))
+            .collect()
+    };
+    let path = format!("/rooms/{}/messages?dir=b&limit=50", enc(&general));
+    let page = expect_ok(bob.get(&path).await, "bob's /messages");
+    assert_eq!(texts(&page), ["after bob"], "got {page}");
+    let (status, _) = bob
+        .get(&format!("/rooms/{}/event/{}", enc(&general), enc(&before)))
+        .await;
+    assert_eq!(status, 404, "the earlier message is not served to bob");
+    expect_ok(
+        bob.get(&format!("/rooms/{}/event/{}", enc(&general), enc(&after)))
+            .await,
+        "a message after bob's join",
+    );
+    // With the permission back, the history is there.
+    overwrite(&alice, &general, "role:everyone", 0, 0).await;
+    let page = expect_ok(bob.get(&path).await, "bob's /messages again");
+    assert_eq!(texts(&page), ["after bob", "before bob"], "got {page}");
+}

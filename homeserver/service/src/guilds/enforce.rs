@@ -30,7 +30,7 @@
 
 use std::fmt;
 
-use paracord_core::{Error, Result};
+use paracord_core::{time::now_ms, Error, Result};
 use paracord_storage::{key::decode_u64, KeyBuf, Table};
 use ruma::{events::TimelineEventType, OwnedRoomId, RoomId, UserId};
 use serde_json::Value;
@@ -126,6 +126,28 @@ pub fn submitted(rooms: &Rooms, room_id: &RoomId, state: &StateMap, pdu: &Pdu) -
         Some(r) => Err(r.into()),
         None => Ok(()),
     }
+}
+
+/// Whether `user` may read a channel's events from before their latest join: without
+/// READ_MESSAGE_HISTORY a Paracord server does not serve them (spec/guilds.md §9). Rooms
+/// that are no guild channel, and the owner, always may.
+pub fn reads_history(rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<bool> {
+    let state = rooms.current_state(room_id)?;
+    let Some(place) = place(rooms, room_id, &state)? else {
+        return Ok(true);
+    };
+    if place.channel.is_none() || user.as_str() == place.owner {
+        return Ok(true);
+    }
+    if !rooms.is_joined(&place.guild_id, user)? {
+        return Ok(false);
+    }
+    let guild = load_guild(rooms, &place.guild_id)?;
+    let member = load_member(rooms, &place.guild_id, user)?;
+    let (ow, _) = overwrites(rooms, room_id)?;
+    Ok(guild
+        .channel_permissions(&member, &ow, now_ms())
+        .contains(Permissions::READ_MESSAGE_HISTORY))
 }
 
 /// The guild a room belongs to, and which part of it the room is.

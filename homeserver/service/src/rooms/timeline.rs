@@ -180,12 +180,14 @@ impl Rooms {
         }
         match at_event.as_deref() {
             Some("join") => return Ok(true),
-            Some("invite") if hv == "invited" || hv == "shared" => {
-                return Ok(hv == "invited" || self.is_joined(&meta.room_id, user)?)
-            }
+            Some("invite") if hv == "invited" => return Ok(true),
             _ => {}
         }
-        Ok(hv == "shared" && self.is_joined(&meta.room_id, user)?)
+        // History from before the user joined: `shared` lets members read it, unless a guild
+        // channel denies them READ_MESSAGE_HISTORY.
+        Ok(hv == "shared"
+            && self.is_joined(&meta.room_id, user)?
+            && crate::guilds::enforce::reads_history(self, &meta.room_id, user)?)
     }
 
     /// Events of a room strictly after (`Forward`) or at-or-before (`Backward`) `from`, visible to

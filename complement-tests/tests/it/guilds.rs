@@ -326,3 +326,22 @@ async fn roles_give_permissions_and_power_levels_within_the_hierarchy() {
         .await;
     assert_eq!(status.as_u16(), 404);
 }
+
+#[tokio::test]
+async fn a_path_that_cannot_be_read_is_a_matrix_error() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    for path in [
+        "/_paracord/v1/guilds/%FF%FE",
+        "/_paracord/v1/guilds/%FF/members/%FE",
+        "/_paracord/v1/channels/%C3%28/permissions/x",
+        "/_matrix/client/v1/media/download/%FF/x",
+    ] {
+        let (status, body) = alice.get(path).await;
+        assert_eq!(
+            (status.as_u16(), body["errcode"].as_str()),
+            (400, Some("M_INVALID_PARAM")),
+            "{path}: {body}"
+        );
+    }
+}

@@ -8,6 +8,7 @@ pub mod federation_events;
 pub mod federation_rooms;
 pub mod media;
 pub mod paracord;
+mod params;
 pub mod router;
 pub mod ruma_wrapper;
 pub mod synapse_admin;

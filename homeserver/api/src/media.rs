@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use axum::{
     body::Body,
-    extract::{Path, Query, Request, State},
+    extract::{Query, Request, State},
     response::{IntoResponse, Response},
     Json,
 };
@@ -26,6 +26,7 @@ use ruma::{
 };
 use serde_json::{json, Value};
 
+use crate::params::Params;
 use crate::{ruma_wrapper::access_token, ApiError, ApiResult, AppState};
 
 fn authenticate(state: &AppState, parts: &http::request::Parts) -> Result<Identity, ApiError> {
@@ -253,7 +254,7 @@ pub(crate) async fn create_route(
 /// `PUT /_matrix/media/v3/upload/{serverName}/{mediaId}` — https://spec.matrix.org/v1.19/client-server-api/#put_matrixmediav3uploadservernamemediaid
 pub(crate) async fn upload_pending_route(
     State(state): State<AppState>,
-    Path((server_name, media_id)): Path<(String, String)>,
+    Params((server_name, media_id)): Params<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
     req: Request,
 ) -> ApiResult<Json<Value>> {
@@ -338,7 +339,7 @@ async fn download(
 /// `GET /_matrix/client/v1/media/download/{serverName}/{mediaId}` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1mediadownloadservernamemediaid
 pub(crate) async fn download_route(
     State(state): State<AppState>,
-    Path((server_name, media_id)): Path<(String, String)>,
+    Params((server_name, media_id)): Params<(String, String)>,
     req: Request,
 ) -> ApiResult<Response> {
     let (parts, _) = req.into_parts();
@@ -349,7 +350,7 @@ pub(crate) async fn download_route(
 /// `GET /_matrix/client/v1/media/download/{serverName}/{mediaId}/{fileName}`
 pub(crate) async fn download_named_route(
     State(state): State<AppState>,
-    Path((server_name, media_id, file_name)): Path<(String, String, String)>,
+    Params((server_name, media_id, file_name)): Params<(String, String, String)>,
     req: Request,
 ) -> ApiResult<Response> {
     let (parts, _) = req.into_parts();
@@ -360,7 +361,7 @@ pub(crate) async fn download_named_route(
 /// Legacy unauthenticated `GET /_matrix/media/v3/download/{serverName}/{mediaId}`.
 pub(crate) async fn legacy_download_route(
     State(state): State<AppState>,
-    Path((server_name, media_id)): Path<(String, String)>,
+    Params((server_name, media_id)): Params<(String, String)>,
 ) -> ApiResult<Response> {
     download(&state, &server_name, &media_id, None).await
 }
@@ -368,7 +369,7 @@ pub(crate) async fn legacy_download_route(
 /// Legacy unauthenticated `GET /_matrix/media/v3/download/{serverName}/{mediaId}/{fileName}`.
 pub(crate) async fn legacy_download_named_route(
     State(state): State<AppState>,
-    Path((server_name, media_id, file_name)): Path<(String, String, String)>,
+    Params((server_name, media_id, file_name)): Params<(String, String, String)>,
 ) -> ApiResult<Response> {
     download(&state, &server_name, &media_id, Some(&file_name)).await
 }
@@ -406,7 +407,7 @@ async fn thumbnail(
 /// `GET /_matrix/client/v1/media/thumbnail/{serverName}/{mediaId}` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1mediathumbnailservernamemediaid
 pub(crate) async fn thumbnail_route(
     State(state): State<AppState>,
-    Path((server_name, media_id)): Path<(String, String)>,
+    Params((server_name, media_id)): Params<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
     req: Request,
 ) -> ApiResult<Response> {
@@ -418,7 +419,7 @@ pub(crate) async fn thumbnail_route(
 /// Legacy unauthenticated `GET /_matrix/media/v3/thumbnail/{serverName}/{mediaId}`.
 pub(crate) async fn legacy_thumbnail_route(
     State(state): State<AppState>,
-    Path((server_name, media_id)): Path<(String, String)>,
+    Params((server_name, media_id)): Params<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     thumbnail(&state, &server_name, &media_id, &q).await

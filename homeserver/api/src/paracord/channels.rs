@@ -1,7 +1,7 @@
 //! Guild settings, channels and permission overwrites (spec/rest.md §2, §5, §6, §10).
 
 use axum::{
-    extract::{Path, State},
+    extract::State,
     routing::{get, patch, post, put},
     Json, Router,
 };
@@ -10,6 +10,7 @@ use paracord_service::guilds::channels;
 use serde_json::{json, Value};
 
 use super::{member_guild, Caller, JsonArray, JsonObject};
+use crate::params::Params;
 use crate::{ApiResult, AppState};
 
 /// Routes of this module; paths shared with other modules keep their parameter names.
@@ -50,7 +51,7 @@ pub(crate) async fn versions_route() -> Json<Value> {
 pub(crate) async fn update_guild_route(
     State(state): State<AppState>,
     Caller(user): Caller,
-    Path(id): Path<String>,
+    Params(id): Params<String>,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Json<Value>> {
     let id = member_guild(&state, &user, &id)?;
@@ -63,7 +64,7 @@ pub(crate) async fn update_guild_route(
 pub(crate) async fn delete_guild_route(
     State(state): State<AppState>,
     Caller(user): Caller,
-    Path(id): Path<String>,
+    Params(id): Params<String>,
 ) -> ApiResult<Json<Value>> {
     let id = member_guild(&state, &user, &id)?;
     channels::delete_guild(&state.rooms, &id, &user).await?;
@@ -74,7 +75,7 @@ pub(crate) async fn delete_guild_route(
 pub(crate) async fn create_channel_route(
     State(state): State<AppState>,
     Caller(user): Caller,
-    Path(id): Path<String>,
+    Params(id): Params<String>,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Json<Value>> {
     let id = member_guild(&state, &user, &id)?;
@@ -87,7 +88,7 @@ pub(crate) async fn create_channel_route(
 pub(crate) async fn reorder_channels_route(
     State(state): State<AppState>,
     Caller(user): Caller,
-    Path(id): Path<String>,
+    Params(id): Params<String>,
     JsonArray(items): JsonArray,
 ) -> ApiResult<Json<Value>> {
     let id = member_guild(&state, &user, &id)?;
@@ -99,7 +100,7 @@ pub(crate) async fn reorder_channels_route(
 pub(crate) async fn get_channel_route(
     State(state): State<AppState>,
     Caller(user): Caller,
-    Path(id): Path<String>,
+    Params(id): Params<String>,
 ) -> ApiResult<Json<Value>> {
     let id = channel_id(&id)?;
     Ok(Json(channels::get_channel(&state.rooms, &id, &user)?))
@@ -109,7 +110,7 @@ pub(crate) async fn get_channel_route(
 pub(crate) async fn update_channel_route(
     State(state): State<AppState>,
     Caller(user): Caller,
-    Path(id): Path<String>,
+    Params(id): Params<String>,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Json<Value>> {
     let id = channel_id(&id)?;
@@ -122,7 +123,7 @@ pub(crate) async fn update_channel_route(
 pub(crate) async fn delete_channel_route(
     State(state): State<AppState>,
     Caller(user): Caller,
-    Path(id): Path<String>,
+    Params(id): Params<String>,
 ) -> ApiResult<Json<Value>> {
     let id = channel_id(&id)?;
     channels::delete_channel(&state.rooms, &id, &user).await?;
@@ -133,7 +134,7 @@ pub(crate) async fn delete_channel_route(
 pub(crate) async fn put_overwrite_route(
     State(state): State<AppState>,
     Caller(user): Caller,
-    Path((id, target)): Path<(String, String)>,
+    Params((id, target)): Params<(String, String)>,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Json<Value>> {
     let id = channel_id(&id)?;
@@ -146,7 +147,7 @@ pub(crate) async fn put_overwrite_route(
 pub(crate) async fn delete_overwrite_route(
     State(state): State<AppState>,
     Caller(user): Caller,
-    Path((id, target)): Path<(String, String)>,
+    Params((id, target)): Params<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let id = channel_id(&id)?;
     channels::delete_overwrite(&state.rooms, &state.pdus, &id, &user, &target).await?;

@@ -1,7 +1,7 @@
 //! Guilds, roles, member roles and effective permissions (spec/rest.md §5, §7, §8, §10).
 
 use axum::{
-    extract::{Path, Request, State},
+    extract::{Request, State},
     Json,
 };
 use paracord_core::Error;
@@ -9,6 +9,7 @@ use paracord_service::guilds::store::{self, NewGuild};
 use serde_json::Value;
 
 use super::{json_body, member_guild, user, Caller};
+use crate::params::Params;
 use crate::{ApiResult, AppState};
 
 /// `POST /_paracord/v1/guilds`
@@ -45,7 +46,7 @@ pub(crate) async fn create_guild_route(
 pub(crate) async fn get_guild_route(
     State(state): State<AppState>,
     Caller(user): Caller,
-    Path(id): Path<String>,
+    Params(id): Params<String>,
 ) -> ApiResult<Json<Value>> {
     let id = member_guild(&state, &user, &id)?;
     Ok(Json(store::guild_object(&state.rooms, &id)?))
@@ -55,7 +56,7 @@ pub(crate) async fn get_guild_route(
 pub(crate) async fn guild_channels_route(
     State(state): State<AppState>,
     Caller(user): Caller,
-    Path(id): Path<String>,
+    Params(id): Params<String>,
 ) -> ApiResult<Json<Vec<Value>>> {
     let id = member_guild(&state, &user, &id)?;
     Ok(Json(store::channels(&state.rooms, &id, &user)?))
@@ -65,7 +66,7 @@ pub(crate) async fn guild_channels_route(
 pub(crate) async fn guild_roles_route(
     State(state): State<AppState>,
     Caller(user): Caller,
-    Path(id): Path<String>,
+    Params(id): Params<String>,
 ) -> ApiResult<Json<Vec<Value>>> {
     let id = member_guild(&state, &user, &id)?;
     Ok(Json(store::roles(&state.rooms, &id)?))
@@ -74,7 +75,7 @@ pub(crate) async fn guild_roles_route(
 /// `POST /_paracord/v1/guilds/{guildId}/roles`
 pub(crate) async fn create_role_route(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Params(id): Params<String>,
     req: Request,
 ) -> ApiResult<Json<Value>> {
     let (parts, body) = req.into_parts();
@@ -111,7 +112,7 @@ async fn member_role(
 /// `PUT /_paracord/v1/guilds/{guildId}/members/{userId}/roles/{roleId}`
 pub(crate) async fn add_member_role_route(
     State(state): State<AppState>,
-    Path(p): Path<(String, String, String)>,
+    Params(p): Params<(String, String, String)>,
     req: Request,
 ) -> ApiResult<Json<Value>> {
     member_role(state, p, req, true).await
@@ -120,7 +121,7 @@ pub(crate) async fn add_member_role_route(
 /// `DELETE /_paracord/v1/guilds/{guildId}/members/{userId}/roles/{roleId}`
 pub(crate) async fn remove_member_role_route(
     State(state): State<AppState>,
-    Path(p): Path<(String, String, String)>,
+    Params(p): Params<(String, String, String)>,
     req: Request,
 ) -> ApiResult<Json<Value>> {
     member_role(state, p, req, false).await
@@ -130,7 +131,7 @@ pub(crate) async fn remove_member_role_route(
 pub(crate) async fn channel_permissions_route(
     State(state): State<AppState>,
     Caller(user): Caller,
-    Path((channel, target)): Path<(String, String)>,
+    Params((channel, target)): Params<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let channel =
         ruma::OwnedRoomId::try_from(channel).map_err(|_| Error::not_found("no such channel"))?;

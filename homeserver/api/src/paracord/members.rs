@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use axum::{
-    extract::{Path, Query, Request, State},
+    extract::{Query, Request, State},
     response::{IntoResponse, Response},
     routing::{get, patch, post, put},
     Json, Router,
@@ -18,6 +18,7 @@ use super::{
     relay::{forward, RelayedUser},
     user, Caller, JsonArray, JsonObject,
 };
+use crate::params::Params;
 use crate::{client::membership::join, ApiResult, AppState};
 
 pub(super) fn routes(r: Router<AppState>) -> Router<AppState> {
@@ -76,7 +77,7 @@ fn known_user(id: &str) -> ApiResult<ruma::OwnedUserId> {
 pub(crate) async fn reorder_roles_route(
     State(state): State<AppState>,
     Caller(user): Caller,
-    Path(id): Path<String>,
+    Params(id): Params<String>,
     JsonArray(items): JsonArray,
 ) -> ApiResult<Json<Vec<Value>>> {
     let id = member_guild(&state, &user, &id)?;
@@ -89,7 +90,7 @@ pub(crate) async fn reorder_roles_route(
 pub(crate) async fn modify_role_route(
     State(state): State<AppState>,
     Caller(user): Caller,
-    Path((id, role)): Path<(String, String)>,
+    Params((id, role)): Params<(String, String)>,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Json<Value>> {
     let id = member_guild(&state, &user, &id)?;
@@ -102,7 +103,7 @@ pub(crate) async fn modify_role_route(
 pub(crate) async fn delete_role_route(
     State(state): State<AppState>,
     Caller(user): Caller,
-    Path((id, role)): Path<(String, String)>,
+    Params((id, role)): Params<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let id = member_guild(&state, &user, &id)?;
     members::delete_role(&state.rooms, &id, &user, &role).await?;
@@ -113,7 +114,7 @@ pub(crate) async fn delete_role_route(
 /// `GET /_paracord/v1/guilds/{guildId}/members?limit=&after=`
 pub(crate) async fn list_members_route(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Params(id): Params<String>,
     req: Request,
 ) -> ApiResult<Json<Vec<Value>>> {
     let (parts, _) = req.into_parts();
@@ -140,7 +141,7 @@ pub(crate) async fn list_members_route(
 pub(crate) async fn get_member_route(
     State(state): State<AppState>,
     Caller(user): Caller,
-    Path((id, target)): Path<(String, String)>,
+    Params((id, target)): Params<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let id = member_guild(&state, &user, &id)?;
     let target = known_user(&target)?;
@@ -151,7 +152,7 @@ pub(crate) async fn get_member_route(
 pub(crate) async fn modify_member_route(
     State(state): State<AppState>,
     Caller(user): Caller,
-    Path((id, target)): Path<(String, String)>,
+    Params((id, target)): Params<(String, String)>,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Json<Value>> {
     let id = member_guild(&state, &user, &id)?;
@@ -166,7 +167,7 @@ pub(crate) async fn modify_member_route(
 /// `DELETE /_paracord/v1/guilds/{guildId}/members/{userId}?reason=`
 pub(crate) async fn remove_member_route(
     State(state): State<AppState>,
-    Path((id, target)): Path<(String, String)>,
+    Params((id, target)): Params<(String, String)>,
     req: Request,
 ) -> ApiResult<Json<Value>> {
     let (parts, _) = req.into_parts();
@@ -189,7 +190,7 @@ pub(crate) async fn remove_member_route(
 pub(crate) async fn bans_route(
     State(state): State<AppState>,
     Caller(user): Caller,
-    Path(id): Path<String>,
+    Params(id): Params<String>,
 ) -> ApiResult<Json<Vec<Value>>> {
     let id = member_guild(&state, &user, &id)?;
     Ok(Json(members::bans(&state.rooms, &id, &user)?))
@@ -199,7 +200,7 @@ pub(crate) async fn bans_route(
 pub(crate) async fn ban_route(
     State(state): State<AppState>,
     Caller(user): Caller,
-    Path((id, target)): Path<(String, String)>,
+    Params((id, target)): Params<(String, String)>,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Json<Value>> {
     let id = member_guild(&state, &user, &id)?;
@@ -214,7 +215,7 @@ pub(crate) async fn ban_route(
 pub(crate) async fn unban_route(
     State(state): State<AppState>,
     Caller(user): Caller,
-    Path((id, target)): Path<(String, String)>,
+    Params((id, target)): Params<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let id = member_guild(&state, &user, &id)?;
     let target = known_user(&target)?;
@@ -226,7 +227,7 @@ pub(crate) async fn unban_route(
 pub(crate) async fn guild_invites_route(
     State(state): State<AppState>,
     Caller(user): Caller,
-    Path(id): Path<String>,
+    Params(id): Params<String>,
 ) -> ApiResult<Json<Vec<Value>>> {
     let id = member_guild(&state, &user, &id)?;
     Ok(Json(members::guild_invites(&state.rooms, &id, &user)?))
@@ -235,7 +236,7 @@ pub(crate) async fn guild_invites_route(
 /// `POST /_paracord/v1/channels/{channelId}/invites`
 pub(crate) async fn create_invite_route(
     State(state): State<AppState>,
-    Path(channel): Path<String>,
+    Params(channel): Params<String>,
     req: Request,
 ) -> ApiResult<Json<Value>> {
     let (parts, body) = req.into_parts();
@@ -283,7 +284,7 @@ fn path_and_query(parts: &http::request::Parts) -> &str {
 /// guild host named by `server`.
 pub(crate) async fn get_invite_route(
     State(state): State<AppState>,
-    Path(code): Path<String>,
+    Params(code): Params<String>,
     req: Request,
 ) -> ApiResult<Response> {
     let (parts, _) = req.into_parts();
@@ -314,7 +315,7 @@ pub(crate) async fn get_invite_route(
 /// the user's server joins.
 pub(crate) async fn accept_invite_route(
     State(state): State<AppState>,
-    Path(code): Path<String>,
+    Params(code): Params<String>,
     req: Request,
 ) -> ApiResult<Response> {
     let (parts, body) = req.into_parts();
@@ -396,7 +397,7 @@ pub(crate) async fn accept_invite_route(
 pub(crate) async fn revoke_invite_route(
     State(state): State<AppState>,
     Caller(user): Caller,
-    Path(code): Path<String>,
+    Params(code): Params<String>,
 ) -> ApiResult<Json<Value>> {
     Ok(Json(
         members::revoke_invite(&state.rooms, &code, &user).await?,

@@ -9,7 +9,7 @@
 
 use axum::{
     body::{Body, Bytes},
-    extract::{Path, Request, State},
+    extract::{Request, State},
     middleware::Next,
     response::{IntoResponse, Response},
     Json,
@@ -24,6 +24,7 @@ use ruma::{OwnedServerName, OwnedUserId, UserId};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
+use crate::params::Params;
 use crate::{error::ApiError, ApiResult, AppState};
 
 /// Put on a response whose request has to be carried out by the guild host named here.
@@ -149,7 +150,7 @@ pub(crate) async fn forward(
 /// `PUT /_paracord/federation/v1/relay/{txnId}` — spec/rest.md §3.
 pub(crate) async fn relay_route(
     State(state): State<AppState>,
-    Path(txn_id): Path<String>,
+    Params(txn_id): Params<String>,
     req: Request,
 ) -> ApiResult<Json<Value>> {
     let (parts, body) = req.into_parts();

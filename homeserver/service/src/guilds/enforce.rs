@@ -237,6 +237,68 @@ fn declared_owner(rooms: &Rooms, space: &StateMap) -> Result<Option<String>> {
     )
 }
 
+/// The `mxc://` sources of the custom emoji in an HTML body: `<img data-mx-emoticon
+/// src="mxc://…">` (https://spec.matrix.org/v1.19/client-server-api/#mroommessage-msgtypes,
+/// MSC2545).
+fn custom_emoji(html: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = html;
+    while let Some(start) = rest.find("<img") {
+        let tag_and_after = &rest[start..];
+        let end = tag_and_after.find('>').unwrap_or(tag_and_after.len());
+        let tag = &tag_and_after[..end];
+        if tag.contains("data-mx-emoticon") {
+            for quote in ['"', '\''] {
+                let opening = format!("src={quote}");
+                if let Some(at) = tag.find(&opening) {
+                    let value = &tag[at + opening.len()..];
+                    let value = &value[..value.find(quote).unwrap_or(value.len())];
+                    if value.starts_with("mxc://") {
+                        out.push(value);
+                    }
+                    break;
+                }
+            }
+        }
+        rest = &tag_and_after[end..];
+    }
+    out
+}
+
+/// USE_EXTERNAL_EMOJIS: custom emoji (`mxc://` images) not in one of the guild's own packs,
+/// the `im.ponies.room_emotes` state of its space (MSC2545), need the flag.
+fn external_emoji(
+    rooms: &Rooms,
+    guild_id: &RoomId,
+    used: &[&str],
+    perms: Permissions,
+) -> Result<Option<Refusal>> {
+    if used.is_empty() || perms.contains(Permissions::USE_EXTERNAL_EMOJIS) {
+        return Ok(None);
+    }
+    let space = rooms.current_state(guild_id)?;
+    let mut own = std::collections::BTreeSet::new();
+    for ((kind, state_key), _) in space.range(key("im.ponies.room_emotes", "")..) {
+        if kind != "im.ponies.room_emotes" {
+            break;
+        }
+        if let Some(pack) = rooms.state_content(&space, kind, state_key)? {
+            if let Some(images) = pack.get("images").and_then(Value::as_object) {
+                own.extend(
+                    images
+                        .values()
+                        .filter_map(|i| i.get("url").and_then(Value::as_str))
+                        .map(str::to_owned),
+                );
+            }
+        }
+    }
+    Ok(used
+        .iter()
+        .any(|u| !own.contains(*u))
+        .then_some(Refusal::Missing("USE_EXTERNAL_EMOJIS")))
+}
+
 fn missing(have: Permissions, flag: Permissions) -> Option<Refusal> {
     if have.contains(flag) {
         return None;
@@ -377,11 +439,18 @@ fn decide(
             }
             _ => false,
         };
-        return Ok(if existing {
-            None
-        } else {
-            missing(perms, Permissions::ADD_REACTIONS)
-        });
+        if existing {
+            return Ok(None);
+        }
+        if let Some(r) = missing(perms, Permissions::ADD_REACTIONS) {
+            return Ok(Some(r));
+        }
+        let key = relation.as_ref().and_then(|(_, _, k)| k.as_deref());
+        let custom: Vec<&str> = key
+            .filter(|k| k.starts_with("mxc://"))
+            .into_iter()
+            .collect();
+        return external_emoji(rooms, &place.guild_id, &custom, perms);
     }
     let (needed, is_edit) = match &relation {
         Some((rel, root, _)) if rel == "m.thread" => {
@@ -448,6 +517,14 @@ fn decide(
         if let Some(r) = missing(perms, Permissions::EMBED_LINKS) {
             return Ok(Some(r));
         }
+    }
+    let custom: Vec<&str> = bodies
+        .clone()
+        .filter_map(|c| c.get("formatted_body").and_then(Value::as_str))
+        .flat_map(custom_emoji)
+        .collect();
+    if let Some(r) = external_emoji(rooms, &place.guild_id, &custom, perms)? {
+        return Ok(Some(r));
     }
     let limit = place
         .channel
@@ -889,6 +966,54 @@ mod tests {
         let other = f.react(&f.owner, &msg, "👀").await.unwrap();
         f.redact(&f.owner, &f.general, &other).await.unwrap();
         refused(f.react(&f.carol, &msg, "👀").await, "ADD_REACTIONS");
+    }
+
+    #[test]
+    fn custom_emoji_are_the_emoticon_images_of_a_body() {
+        let html = r#"hi <img data-mx-emoticon src="mxc://a/one" alt=":one:"> and
+            <img src="mxc://a/photo"> <img data-mx-emoticon height="32" src='mxc://b/two'>
+            <img data-mx-emoticon src="https://not/mxc">"#;
+        assert_eq!(custom_emoji(html), ["mxc://a/one", "mxc://b/two"]);
+        assert!(custom_emoji("<img data-mx-emoticon").is_empty());
+        assert!(custom_emoji("plain text").is_empty());
+    }
+
+    #[tokio::test]
+    async fn emoji_from_outside_the_guilds_packs_need_use_external_emojis() {
+        let f = fixture().await;
+        f.owner_state(
+            &f.space,
+            "im.ponies.room_emotes",
+            "pack",
+            json!({ "images": { "party": { "url": "mxc://localhost/party" } } }),
+        )
+        .await;
+        let emote = |src: &str| {
+            json!({ "msgtype": "m.text", "body": ":e:", "format": "org.matrix.custom.html",
+                    "formatted_body": format!("<img data-mx-emoticon src=\"{src}\" alt=\":e:\">") })
+        };
+        // The guild's own emoji need nothing more; @everyone has USE_EXTERNAL_EMOJIS by
+        // default, so it is denied here.
+        f.overwrite(EVERYONE, NONE, Permissions::USE_EXTERNAL_EMOJIS)
+            .await;
+        f.say(&f.bob, emote("mxc://localhost/party")).await.unwrap();
+        refused(
+            f.say(&f.bob, emote("mxc://elsewhere/cat")).await,
+            "Missing permission: USE_EXTERNAL_EMOJIS",
+        );
+        let msg = f.say(&f.owner, text("react to me")).await.unwrap();
+        f.react(&f.bob, &msg, "mxc://localhost/party")
+            .await
+            .unwrap();
+        refused(
+            f.react(&f.bob, &msg, "mxc://elsewhere/cat").await,
+            "USE_EXTERNAL_EMOJIS",
+        );
+        // Once someone may use it, joining the reaction needs only VIEW_CHANNEL.
+        f.react(&f.owner, &msg, "mxc://elsewhere/dog")
+            .await
+            .unwrap();
+        f.react(&f.bob, &msg, "mxc://elsewhere/dog").await.unwrap();
     }
 
     #[tokio::test]

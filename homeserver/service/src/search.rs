@@ -271,32 +271,41 @@ impl Search {
                     break;
                 }
                 let prefix = KeyBuf::new().str(token).str(room).into_vec();
-                let rows = self
+                // Postings are visited in place: a common token can have many thousands.
+                let mut bad = None;
+                scanned += self
                     .db
-                    .scan(
+                    .for_each_prefix(
                         Table::TokenroomposSearch,
                         &prefix,
-                        &prefix,
-                        None,
-                        false,
                         MAX_SCANNED - scanned,
+                        |k, v| {
+                            let mut r = KeyReader::new(k);
+                            let pos = r.str().and_then(|_| r.str()).and_then(|_| r.u64());
+                            let (pos, p) = match (pos, Posting::decode(v)) {
+                                (Ok(pos), Ok(p)) => (pos, p),
+                                (Err(e), _) => {
+                                    bad = Some(err(e));
+                                    return Ok(());
+                                }
+                                (_, Err(e)) => {
+                                    bad = Some(e);
+                                    return Ok(());
+                                }
+                            };
+                            if p.fields & wanted_fields != 0
+                                && !q.from_ts.is_some_and(|f| p.ts < f)
+                                && !q.until_ts.is_some_and(|u| p.ts > u)
+                                && !q.senders.is_some_and(|s| !s.contains(&p.sender))
+                            {
+                                matches.push((pos, p.tf));
+                            }
+                            Ok(())
+                        },
                     )
                     .map_err(err)?;
-                scanned += rows.len();
-                for (k, v) in rows {
-                    let mut r = KeyReader::new(&k);
-                    r.str().map_err(err)?;
-                    r.str().map_err(err)?;
-                    let pos = r.u64().map_err(err)?;
-                    let p = Posting::decode(&v)?;
-                    if p.fields & wanted_fields == 0
-                        || q.from_ts.is_some_and(|f| p.ts < f)
-                        || q.until_ts.is_some_and(|u| p.ts > u)
-                        || q.senders.is_some_and(|s| !s.contains(&p.sender))
-                    {
-                        continue;
-                    }
-                    matches.push((pos, p.tf));
+                if let Some(e) = bad {
+                    return Err(e);
                 }
             }
             per_token.push(matches);

@@ -175,6 +175,39 @@ impl Db {
     }
 
     /// The last entry starting with `prefix`.
+    /// Calls `visit` with the entries whose key starts with `prefix`, in key order, at most
+    /// `limit` of them, without collecting them; returns how many were visited.
+    pub fn for_each_prefix(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        limit: usize,
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<(), StorageError>,
+    ) -> Result<usize, StorageError> {
+        let cf = self.cf(table)?;
+        let mut ropts = rocksdb::ReadOptions::default();
+        ropts.set_iterate_lower_bound(prefix.to_vec());
+        if let Some(upper) = next_key(prefix) {
+            ropts.set_iterate_upper_bound(upper);
+        }
+        let mut iter = self.db.raw_iterator_cf_opt(cf, ropts);
+        iter.seek(prefix);
+        let mut n = 0;
+        while n < limit && iter.valid() {
+            let (Some(k), Some(v)) = (iter.key(), iter.value()) else {
+                break;
+            };
+            if !k.starts_with(prefix) {
+                break;
+            }
+            visit(k, v)?;
+            n += 1;
+            iter.next();
+        }
+        iter.status()?;
+        Ok(n)
+    }
+
     pub fn last_with_prefix(
         &self,
         table: Table,

@@ -407,6 +407,37 @@ async fn the_owner_builds_channels_with_overwrites_that_become_power_levels_and_
             ("Lounge", "voice", None),
         ])
     );
+    // A plain Matrix client walking /hierarchy sees the channels in the same order.
+    let hierarchy = expect_ok(
+        alice
+            .get(&format!(
+                "/_matrix/client/v1/rooms/{}/hierarchy",
+                enc(&guild)
+            ))
+            .await,
+        "hierarchy",
+    );
+    let names: Vec<String> = hierarchy["rooms"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .skip(1)
+        .map(|r| s(&r["name"]))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "Text Channels",
+            "rules",
+            "Info",
+            "announcements",
+            "help",
+            "mods",
+            "general",
+            "Lounge"
+        ],
+        "{hierarchy}"
+    );
     let rules_now = expect_ok(alice.get(&channel_path(&rules_id)).await, "GET rules");
     assert_eq!(rules_now["permission_overwrites"], json!([]), "{rules_now}");
     assert_eq!(child_order(&alice, &guild, &voice_id).await, "0005");

@@ -64,13 +64,13 @@ async fn a_new_guild_has_everyone_a_category_and_general_and_is_a_space_to_matri
             .await,
         "hierarchy",
     );
-    let mut names: Vec<&str> = hierarchy["rooms"]
+    // In the guild's order: the space, then its children by `m.space.child` `order`.
+    let names: Vec<&str> = hierarchy["rooms"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|r| r["name"].as_str())
         .collect();
-    names.sort_unstable();
     assert_eq!(
         names,
         ["Rustaceans", "Text Channels", "general"],

@@ -238,6 +238,8 @@ impl Rooms {
                     .collect();
                 (chunk, children)
             };
+            let mut children = children;
+            order_children(&mut children);
             let mut children_state = Vec::new();
             for (ev, child, via) in children {
                 if max_depth.is_none_or(|d| depth < d) {
@@ -588,5 +590,62 @@ impl Rooms {
                 .await;
         }
         Ok(new_room)
+    }
+}
+
+/// A space's children in the order the spec gives clients
+/// (https://spec.matrix.org/v1.19/client-server-api/#ordering-of-children-within-a-space):
+/// those with a valid `order` (up to 50 characters of 0x20–0x7E) first, by `order`; then by
+/// the `m.space.child` event's `origin_server_ts`; ties by room id. `/hierarchy` walks them in
+/// that order, so a guild's channels come out as the guild lists them.
+fn order_children<T>(children: &mut [(Value, OwnedRoomId, T)]) {
+    fn order(ev: &Value) -> Option<&str> {
+        ev["content"]["order"]
+            .as_str()
+            .filter(|o| o.len() <= 50 && o.bytes().all(|b| (0x20..=0x7E).contains(&b)))
+    }
+    children.sort_by(|(a, a_id, _), (b, b_id, _)| {
+        let key = |ev: &Value| {
+            (
+                // `None` sorts first: invert so that ordered children come first.
+                order(ev).is_none(),
+                order(ev).map(str::to_owned),
+                ev["origin_server_ts"].as_u64().unwrap_or(u64::MAX),
+            )
+        };
+        key(a).cmp(&key(b)).then_with(|| a_id.cmp(b_id))
+    });
+}
+
+#[cfg(test)]
+mod ordering_tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn children_come_by_order_then_timestamp_then_room_id() {
+        let child = |id: &str, content: Value, ts: u64| {
+            (
+                json!({ "content": content, "origin_server_ts": ts }),
+                OwnedRoomId::try_from(id).unwrap_or_else(|_| panic!("room id {id}")),
+                (),
+            )
+        };
+        let mut children = vec![
+            child("!late:x", json!({ "via": ["x"] }), 5),
+            child("!b:x", json!({ "via": ["x"], "order": "0002" }), 9),
+            child("!early:x", json!({ "via": ["x"] }), 1),
+            child("!bad:x", json!({ "via": ["x"], "order": "\u{7f}" }), 3),
+            child("!a:x", json!({ "via": ["x"], "order": "0001" }), 9),
+            child("!tie2:x", json!({ "via": ["x"], "order": "0003" }), 4),
+            child("!tie1:x", json!({ "via": ["x"], "order": "0003" }), 4),
+        ];
+        order_children(&mut children);
+        let ids: Vec<&str> = children.iter().map(|(_, id, _)| id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["!a:x", "!b:x", "!tie1:x", "!tie2:x", "!early:x", "!bad:x", "!late:x"]
+        );
     }
 }

@@ -131,13 +131,24 @@ enum Step {
     Empty,
     /// A transaction was accepted and its items deleted.
     Sent,
+    /// The destination refused the same transaction [`MAX_REFUSALS`] times in a row as
+    /// malformed, too large or forbidden: its items were deleted so that the rest of the queue
+    /// can go.
+    Dropped,
 }
+
+/// How many times in a row a destination may refuse a transaction (400, 403, 413) before its
+/// items are given up: a refusal of the whole transaction is no network trouble, and retrying
+/// it for ever would hold back everything queued behind it.
+const MAX_REFUSALS: u32 = 3;
 
 /// Why a transaction did not go through; its items stay queued.
 struct Failure {
     reason: String,
     /// The destination asked us to wait at least this long (429 `retry_after_ms`).
     retry_after: Option<Duration>,
+    /// The destination refused the transaction itself (400, 403, 413).
+    refused: bool,
 }
 
 impl Failure {
@@ -145,6 +156,7 @@ impl Failure {
         Self {
             reason: reason.into(),
             retry_after: None,
+            refused: false,
         }
     }
 }
@@ -438,15 +450,17 @@ impl Sender {
         let shutdown = self.stream.notifier().shutting_down();
         tokio::pin!(shutdown);
         let mut failures: u32 = 0;
+        let mut refusals: u32 = 0;
         loop {
             let step = tokio::select! {
                 biased;
                 () = &mut shutdown => return,
-                step = self.send_next(&destination) => step,
+                step = self.send_next(&destination, refusals) => step,
             };
             let failure = match step {
-                Ok(Step::Sent) => {
+                Ok(Step::Sent | Step::Dropped) => {
                     failures = 0;
+                    refusals = 0;
                     // A wake-up that came while things went well is no reason to skip a
                     // later backoff.
                     let _ = worker.wake.notified().now_or_never();
@@ -459,6 +473,11 @@ impl Sender {
                     continue;
                 }
                 Err(failure) => failure,
+            };
+            refusals = if failure.refused {
+                refusals.saturating_add(1)
+            } else {
+                0
             };
             failures = failures.saturating_add(1);
             let delay = self.backoff(failures, failure.retry_after);
@@ -481,7 +500,7 @@ impl Sender {
     }
 
     /// Sends the oldest queued items of `destination` as one transaction.
-    async fn send_next(&self, destination: &ServerName) -> Result<Step, Failure> {
+    async fn send_next(&self, destination: &ServerName, refusals: u32) -> Result<Step, Failure> {
         let storage = |e: StorageError| Failure::new(format!("federation queue: {e}"));
         let prefix = QueueKey::prefix(destination.as_str());
         let pdus = self
@@ -566,9 +585,22 @@ impl Sender {
                 .and_then(Value::as_str)
                 .map(|m| m.chars().take(LOGGED_ERROR_CHARS).collect::<String>())
                 .unwrap_or_default();
+            let refused = matches!(status.as_u16(), 400 | 403 | 413);
+            if refused && refusals.saturating_add(1) >= MAX_REFUSALS {
+                tracing::warn!(
+                    destination = %destination,
+                    txn_id,
+                    pdus = pdu_count,
+                    edus = edu_count,
+                    "giving up a transaction refused {MAX_REFUSALS} times ({status} {message})"
+                );
+                self.db.write(sent).map_err(storage)?;
+                return Ok(Step::Dropped);
+            }
             return Err(Failure {
                 reason: format!("{destination} answered {status} {message}"),
                 retry_after,
+                refused,
             });
         }
         log_rejected_pdus(destination, &answer);
@@ -1088,6 +1120,39 @@ mod tests {
         assert_eq!(numbers(&txns, "edus"), (0..10).collect::<Vec<_>>());
         assert_eq!(held.state.max_in_flight.load(Ordering::SeqCst), 1);
         assert_eq!(free.state.max_in_flight.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_transaction_refused_again_and_again_is_given_up_and_the_queue_moves_on() {
+        let receiver = Receiver::start().await;
+        // The first transaction is refused as malformed three times; a 503 between refusals
+        // would restart the count, so none is sent here.
+        receiver.state.statuses.lock().extend([400, 413, 400]);
+        let o = origin(config(ORIGIN, 20, 200));
+        let dest = receiver.name.clone();
+        for n in 0..MAX_PDUS_PER_TRANSACTION + 2 {
+            o.sender
+                .queue_pdu(std::slice::from_ref(&dest), &event_id(n), &pdu(n))
+                .unwrap();
+        }
+        o.sender.start();
+        wait_for("the rest of the queue to be delivered", DEADLINE, || {
+            receiver.state.delivered().len() == 1 && queue_is_empty(&o.db, &dest)
+        })
+        .await;
+        let txns = receiver.state.received();
+        assert_eq!(
+            txns.iter().map(|t| t.status).collect::<Vec<_>>(),
+            vec![400, 413, 400, 200]
+        );
+        // The refused transaction (the first 50 PDUs) was given up; the next one went.
+        assert_eq!(
+            numbers(&txns[3..], "pdus"),
+            vec![
+                MAX_PDUS_PER_TRANSACTION as u64,
+                MAX_PDUS_PER_TRANSACTION as u64 + 1
+            ]
+        );
     }
 
     #[tokio::test]

@@ -344,3 +344,86 @@ async fn relays_are_signed_for_the_senders_own_users_and_answered_once_per_trans
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_moderator_on_another_server_kicks_through_the_host_and_leaves_the_same_way() {
+    let (a, a_name) = federating_server().await;
+    let (b, _) = federating_server().await;
+    let alice = a.register_random().await;
+    let carol = a.register_random().await;
+    let bob = b.register_random().await;
+    let (guild_id, general, code) = guild_with_invite(&alice, "Moderated", 5).await;
+    expect_ok(
+        carol
+            .post(&format!("/_paracord/v1/invites/{code}"), &json!({}))
+            .await,
+        "carol accepts on A",
+    );
+    expect_ok(
+        bob.post(
+            &format!("/_paracord/v1/invites/{code}?server={}", enc(&a_name)),
+            &json!({}),
+        )
+        .await,
+        "bob accepts through B",
+    );
+    let member = |user: &User| {
+        format!(
+            "/_paracord/v1/guilds/{}/members/{}",
+            enc(&guild_id),
+            enc(&user.user_id)
+        )
+    };
+    // Bob may not kick yet; with KICK_MEMBERS (1 << 1) he may, through B.
+    let (status, body) = bob
+        .delete(&format!("{}?reason=spam", member(&carol)), &json!({}))
+        .await;
+    assert_eq!(
+        (status.as_u16(), body["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN")),
+        "{body}"
+    );
+    let role = expect_ok(
+        alice
+            .post(
+                &format!("/_paracord/v1/guilds/{}/roles", enc(&guild_id)),
+                &json!({ "name": "Mod", "permissions": "2" }),
+            )
+            .await,
+        "create Mod",
+    );
+    let role_id = role["id"].as_str().unwrap_or_default().to_owned();
+    expect_ok(
+        alice
+            .put(&format!("{}/roles/{role_id}", member(&bob)), &json!({}))
+            .await,
+        "give bob Mod",
+    );
+    eventually("B to see bob's role", || async {
+        (bob.get(&member(&bob)).await.1["roles"] == json!([role_id.clone()])).then_some(())
+    })
+    .await;
+    expect_ok(
+        bob.delete(&format!("{}?reason=spam", member(&carol)), &json!({}))
+            .await,
+        "bob kicks carol through B",
+    );
+    for room in [&guild_id, &general] {
+        let m = alice
+            .state_content(room, "m.room.member", &carol.user_id)
+            .await;
+        assert_eq!(m["membership"], "leave", "carol kicked from {room}: {m}");
+        assert_eq!(m["reason"], "spam", "{m}");
+    }
+    // Bob leaves through his own server: the host removes him from the channels too.
+    expect_ok(
+        bob.delete(&member(&bob), &json!({})).await,
+        "bob leaves through B",
+    );
+    for room in [&guild_id, &general] {
+        let m = alice
+            .state_content(room, "m.room.member", &bob.user_id)
+            .await;
+        assert_eq!(m["membership"], "leave", "bob left {room}: {m}");
+    }
+}

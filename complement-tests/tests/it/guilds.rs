@@ -345,3 +345,37 @@ async fn a_path_that_cannot_be_read_is_a_matrix_error() {
         );
     }
 }
+
+#[tokio::test]
+async fn guild_writes_share_the_sending_rate_limit() {
+    let server = TestServer::start_with(|env| {
+        TestServer::set_env(env, "PARACORD_RATE_LIMITS_ENABLED", "true")
+    })
+    .await;
+    let alice = server.register_random().await;
+    let guild = expect_ok(
+        alice
+            .post("/_paracord/v1/guilds", &json!({ "name": "Busy" }))
+            .await,
+        "create guild",
+    );
+    let path = format!(
+        "/_paracord/v1/guilds/{}",
+        enc(guild["id"].as_str().unwrap_or_default())
+    );
+    let mut limited = None;
+    for i in 0..300 {
+        let (status, body) = alice
+            .patch(&path, &json!({ "description": format!("take {i}") }))
+            .await;
+        if status.as_u16() == 429 {
+            limited = Some(body);
+            break;
+        }
+        assert_eq!(status.as_u16(), 200, "{body}");
+    }
+    let body = limited.unwrap_or_else(|| panic!("expected a 429 within 300 writes"));
+    assert_eq!(body["errcode"], "M_LIMIT_EXCEEDED", "{body}");
+    // Reads are not limited.
+    expect_ok(alice.get(&path).await, "GET guild while limited");
+}

@@ -6,6 +6,7 @@
 //! `PUT /_paracord/federation/v1/relay/{txnId}` and answers with the host's status and body.
 //! On the host, [`relay_route`] checks the signature and that the user belongs to the asking
 //! server, and runs the request through the same routes as that user ([`RelayedUser`]).
+//! Writes are rate-limited here too, with the sending limit.
 
 use axum::{
     body::{Body, Bytes},
@@ -19,6 +20,7 @@ use paracord_core::{Error, ErrorKind};
 use paracord_service::{
     federation::request::{remote_error, signed_json},
     guilds::relay,
+    ratelimit::Limit,
 };
 use ruma::{OwnedServerName, OwnedUserId, UserId};
 use serde_json::{json, Value};
@@ -50,6 +52,15 @@ pub(crate) async fn relay_layer(
         return next.run(req).await;
     }
     let (parts, body) = req.into_parts();
+    // Every write becomes several room events: writes share the sending rate limit. (A
+    // request without a valid token is left to the handler to refuse.)
+    if parts.method != Method::GET {
+        if let Ok(user) = super::user(&state, &parts) {
+            if let Err(e) = state.ratelimit.check(Limit::Send, user.as_str()) {
+                return ApiError(e).into_response();
+            }
+        }
+    }
     let limit = state.config.max_request_bytes;
     let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
         return ApiError(Error::too_large(format!(

@@ -8,7 +8,7 @@ use paracord_core::Error;
 use paracord_service::guilds::store::{self, NewGuild};
 use serde_json::Value;
 
-use super::{json_body, member_guild, user, Caller};
+use super::{json_body, member_guild, user, user_param, Caller};
 use crate::params::Params;
 use crate::{ApiResult, AppState};
 
@@ -96,8 +96,7 @@ async fn member_role(
     let (parts, _) = req.into_parts();
     let user = user(&state, &parts)?;
     let id = member_guild(&state, &user, &id)?;
-    let target =
-        ruma::OwnedUserId::try_from(target).map_err(|_| Error::invalid_param("not a user id"))?;
+    let target = user_param(&target)?;
     store::set_member_role(&state.rooms, &id, &user, &target, &role, add).await?;
     paracord_service::guilds::channels::sync_all_access(&state.rooms, &state.pdus, &id).await?;
     // The full Member object (spec/rest.md §4); roles may be given to an invited user too.
@@ -138,8 +137,7 @@ pub(crate) async fn channel_permissions_route(
     if state.rooms.room(&channel)?.is_none() {
         return Err(Error::not_found("no such channel").into());
     }
-    let target =
-        ruma::OwnedUserId::try_from(target).map_err(|_| Error::invalid_param("not a user id"))?;
+    let target = user_param(&target)?;
     Ok(Json(store::effective_permissions(
         &state.rooms,
         &channel,

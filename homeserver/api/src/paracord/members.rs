@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use super::{
     json_body, member_guild,
     relay::{forward, RelayedUser},
-    user, Caller, JsonArray, JsonObject,
+    user, user_param, Caller, JsonArray, JsonObject,
 };
 use crate::params::Params;
 use crate::{client::membership::join, ApiResult, AppState};
@@ -204,8 +204,7 @@ pub(crate) async fn ban_route(
     JsonObject(body): JsonObject,
 ) -> ApiResult<Json<Value>> {
     let id = member_guild(&state, &user, &id)?;
-    let target =
-        ruma::OwnedUserId::try_from(target).map_err(|_| Error::invalid_param("not a user id"))?;
+    let target = user_param(&target)?;
     Ok(Json(
         members::ban(&state.rooms, &id, &user, &target, &body).await?,
     ))

@@ -57,6 +57,11 @@ pub(crate) fn user(state: &AppState, parts: &http::request::Parts) -> ApiResult<
     Ok(state.accounts.authenticate(&token)?.user_id)
 }
 
+/// A user id from the path; anything else is an invalid parameter.
+pub(crate) fn user_param(id: &str) -> ApiResult<ruma::OwnedUserId> {
+    ruma::OwnedUserId::try_from(id).map_err(|_| Error::invalid_param("not a user id").into())
+}
+
 pub(crate) fn guild_id(id: &str) -> ApiResult<ruma::OwnedRoomId> {
     ruma::OwnedRoomId::try_from(id).map_err(|_| Error::not_found("no such guild").into())
 }

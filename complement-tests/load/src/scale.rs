@@ -56,7 +56,7 @@ impl Scale {
         //  rooms, history; history, page; growth bases, steps, sends, page)
         let (users, rooms, members, messages, senders, listeners, fan_msgs) = match self {
             Scale::Tiny => (3, 3, 2, 30, 3, 3, 10),
-            Scale::Small => (20, 20, 10, 500, 8, 100, 50),
+            Scale::Small => (20, 20, 10, 2000, 8, 100, 50),
             Scale::Medium => (50, 50, 25, 2000, 16, 100, 100),
         };
         let (sync_rooms, sync_history, pag_history, page) = match self {

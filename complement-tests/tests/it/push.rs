@@ -257,7 +257,11 @@ struct Gateway {
 async fn start_gateway(reject: &str) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("pushes.jsonl");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("support/push_gateway.py");
+    // The checkout's path when cargo runs the test: a test binary reused from a build in
+    // another checkout (the same target directory) has that one's path compiled in.
+    let crate_dir =
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into());
+    let script = std::path::Path::new(&crate_dir).join("support/push_gateway.py");
     let (out_arg, reject) = (out.clone(), reject.to_owned());
     let process = paracord_complement::ChildProcess::start(move |port| {
         let mut c = std::process::Command::new("python3");

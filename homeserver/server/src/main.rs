@@ -11,8 +11,10 @@ use paracord_core::Config;
 use paracord_service::Services;
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc instead of the system allocator: glibc's per-thread arenas kept freed memory
-/// resident (see docs/benchmarks.md for the peak RSS before and after).
+/// jemalloc instead of the system allocator: glibc's per-thread arenas kept freed memory
+/// resident. It also serves RocksDB's C++ (unprefixed), with one arena and freed pages given
+/// back within 100 ms by a background thread (`.cargo/config.toml`; `MALLOC_CONF` in the
+/// environment overrides it). See docs/benchmarks.md for the peak RSS before and after.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -135,13 +135,18 @@ fn hashing_thread() -> Result<&'static std::sync::mpsc::Sender<HashJob>> {
     std::thread::Builder::new()
         .name("password-hashing".into())
         .spawn(move || loop {
-            match rx.recv_timeout(ARGON2_MEMORY_IDLE) {
+            match rx.try_recv() {
                 Ok(job) => job(),
-                // Idle: give Argon2's working memory back until the next burst of logins.
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                // Nothing queued: give Argon2's working memory back before waiting, so it is
+                // only held while hashes come back to back.
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
                     ARGON2_MEMORY.with(|m| *m.borrow_mut() = Vec::new());
+                    match rx.recv() {
+                        Ok(job) => job(),
+                        Err(_) => break,
+                    }
                 }
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
             }
         })
         .map_err(db_err)?;
@@ -160,13 +165,10 @@ async fn on_hashing_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'st
         .map_err(|_| Error::internal("password hashing thread dropped a job"))
 }
 
-/// How long the hashing thread keeps Argon2's working memory after the last hash.
-const ARGON2_MEMORY_IDLE: std::time::Duration = std::time::Duration::from_millis(500);
-
 thread_local! {
     /// Argon2's working memory, allocated once per hashing thread and reused while hashes
     /// come in (allocating it per hash left a new aligned block behind in the arena each time,
-    /// 7 MB per login); freed when the thread has been idle for [`ARGON2_MEMORY_IDLE`].
+    /// 7 MB per login); freed as soon as no hash is queued.
     static ARGON2_MEMORY: std::cell::RefCell<Vec<argon2::Block>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 

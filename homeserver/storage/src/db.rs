@@ -73,9 +73,11 @@ impl Db {
         // that dominated the resident size of a small server, so memtables are small and grow
         // in small blocks; one block cache is shared by every table.
         let cache = rocksdb::Cache::new_lru_cache(16 * 1024 * 1024);
-        // Memtables of all tables together stay under 8 MiB: past that, the largest is
+        // Memtables of all tables together stay under 4 MiB: past that, the largest is
         // flushed. Without a shared budget every table could hold 8 MiB of recent writes.
-        let write_buffers = rocksdb::WriteBufferManager::new_write_buffer_manager(8 << 20, false);
+        // 4 MiB rather than 8 took 2-3 MiB off the benchmark's peak RSS at no measurable
+        // cost in send throughput (docs/benchmarks.md); less than 4 saved nothing more.
+        let write_buffers = rocksdb::WriteBufferManager::new_write_buffer_manager(4 << 20, false);
         opts.set_write_buffer_manager(&write_buffers);
         let cfs = Table::ALL.iter().map(|t| {
             let mut cf_opts = Options::default();

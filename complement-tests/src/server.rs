@@ -79,8 +79,40 @@ impl TestServer {
             child: None,
             shared_secret,
         };
-        server.spawn().await;
-        server
+        // The port was free when chosen, but another process (a server of a parallel test)
+        // can take it before this one binds: then start again, on a new port, from an
+        // empty directory.
+        for _ in 0..5 {
+            match server.try_spawn().await {
+                Ok(()) => return server,
+                Err(log) if log.contains("Address already in use") => server.move_to_new_port(),
+                Err(log) => {
+                    panic!("expected the server to keep running, it exited; log tail:\n{log}")
+                }
+            }
+        }
+        panic!(
+            "expected the server to find a free port in 5 tries; log tail:\n{}",
+            server.log_tail(60)
+        );
+    }
+
+    /// After a start lost its port to another process: a new port for the listener and the
+    /// server name (unless the test set them), and a fresh data directory and config.
+    fn move_to_new_port(&mut self) {
+        let (old, new) = (self.port, free_port());
+        for (key, value) in &mut self.env {
+            if key == "PARACORD_LISTEN" && *value == format!("127.0.0.1:{old}") {
+                *value = format!("127.0.0.1:{new}");
+            }
+            if key == "PARACORD_SERVER_NAME" && *value == format!("localhost:{old}") {
+                *value = format!("localhost:{new}");
+            }
+        }
+        self.port = new;
+        for sub in ["data", "config"] {
+            let _ = std::fs::remove_dir_all(self.dir.path().join(sub));
+        }
     }
 
     /// Starts a server that is expected not to come up: waits (with a deadline) for the
@@ -206,16 +238,34 @@ impl TestServer {
     }
 
     async fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn().await {
+            panic!("expected the server to keep running, it exited; log tail:\n{log}");
+        }
+    }
+
+    /// Starts the process and waits until it answers; `Err(log tail)` if it exits first.
+    async fn try_spawn(&mut self) -> Result<(), String> {
         let bin = Self::binary();
+        let started_before = self.times_started();
         let child = self
             .command()
             .spawn()
             .unwrap_or_else(|e| panic!("expected to spawn {}: {e}", bin.display()));
         self.child = Some(child);
-        self.wait_ready().await;
+        self.wait_ready(started_before).await
     }
 
-    async fn wait_ready(&mut self) {
+    /// How many times the log says a server started listening on this port.
+    fn times_started(&self) -> usize {
+        let line = format!("(listening on 127.0.0.1:{})", self.port);
+        std::fs::read_to_string(self.log_path())
+            .map(|log| log.matches(&line).count())
+            .unwrap_or(0)
+    }
+
+    /// Waits until this process listens and answers. An answer alone is not enough: another
+    /// process may have the port, so the log must also say this start is listening.
+    async fn wait_ready(&mut self, started_before: usize) -> Result<(), String> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
             .build()
@@ -224,17 +274,16 @@ impl TestServer {
         let deadline = Instant::now() + STARTUP_DEADLINE;
         loop {
             if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
+                if let Ok(Some(_)) = child.try_wait() {
                     self.child = None;
-                    panic!(
-                        "expected the server to keep running, it exited with {status}; log tail:\n{}",
-                        self.log_tail(60)
-                    );
+                    return Err(self.log_tail(60));
                 }
             }
-            if let Ok(resp) = http.get(&url).send().await {
-                if resp.status() == StatusCode::OK {
-                    return;
+            if self.times_started() > started_before {
+                if let Ok(resp) = http.get(&url).send().await {
+                    if resp.status() == StatusCode::OK {
+                        return Ok(());
+                    }
                 }
             }
             if Instant::now() > deadline {

@@ -236,3 +236,21 @@ async fn acknowledged_events_survive_sigkill_during_concurrent_sends() {
         })
         .await;
 }
+
+/// A server whose port is taken is not mistaken for the one already listening there: the
+/// harness sees it exit (the other answers `/versions` just as well) and, when the port is
+/// its own choice, starts it again elsewhere; here the test pins the port, so it gives up.
+#[tokio::test]
+#[should_panic(expected = "find a free port")]
+async fn a_server_whose_port_is_taken_is_not_taken_for_the_other() {
+    let first = TestServer::start().await;
+    let taken = format!("127.0.0.1:{}", first.port());
+    let _second = TestServer::start_with(move |env| {
+        for (key, value) in env.iter_mut() {
+            if key == "PARACORD_LISTEN" {
+                *value = taken.clone();
+            }
+        }
+    })
+    .await;
+}

@@ -1122,3 +1122,55 @@ async fn a_role_that_sees_a_private_channel_brings_its_members_in_and_out() {
         "without the role bob cannot see it: he is removed"
     );
 }
+
+/// Issue 14: a member on the guild's own server is joined to a channel created after they
+/// joined (members on other servers are joined by their servers); a private channel they
+/// cannot see is not joined.
+#[tokio::test]
+async fn members_on_the_host_are_joined_to_channels_created_later() {
+    let (_server, alice, bob, carol, guild, _category, _general) = guild_with_members().await;
+    let later = expect_ok(
+        alice
+            .post(
+                &channels_path(&guild),
+                &json!({ "name": "later", "kind": "text" }),
+            )
+            .await,
+        "create a channel",
+    );
+    let later = s(&later["id"]);
+    for u in [&bob, &carol] {
+        assert_eq!(
+            membership(&alice, &later, &u.user_id).await,
+            "join",
+            "{} is in the new channel",
+            u.user_id
+        );
+    }
+    let sync = bob.sync(None, 0, None).await;
+    assert!(
+        sync["rooms"]["join"].get(&later).is_some(),
+        "the new channel in bob's sync: {}",
+        sync["rooms"]["join"]
+    );
+    let hidden = expect_ok(
+        alice
+            .post(
+                &channels_path(&guild),
+                &json!({ "name": "hidden", "kind": "text", "permission_overwrites": [
+                    { "id": "role:everyone", "allow": "0", "deny": VIEW_CHANNEL.to_string() },
+                ] }),
+            )
+            .await,
+        "create a private channel",
+    );
+    let hidden = s(&hidden["id"]);
+    let (status, body) = alice
+        .get(&format!(
+            "/rooms/{}/state/m.room.member/{}",
+            enc(&hidden),
+            enc(&bob.user_id)
+        ))
+        .await;
+    assert_eq!(status, 404, "bob is not in the hidden channel: {body}");
+}

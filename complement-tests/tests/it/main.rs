@@ -3,6 +3,7 @@
 
 mod accounts;
 mod backup;
+mod conformance;
 mod durability;
 mod e2ee;
 mod ephemeral;
@@ -24,6 +25,7 @@ mod messages;
 mod people;
 mod push;
 mod relations;
+mod room_versions;
 mod rooms;
 mod search;
 mod spaces;

@@ -136,9 +136,27 @@ async fn ignored_users_messages_and_invites_are_hidden() {
         "ignore",
     );
     let trolling = troll.send_text(&room, "trolling").await;
+    // Issue 14: state events of ignored users still reach the client (the room must look the
+    // same to everyone); only their other events are hidden.
+    let (status, body) = troll
+        .put(
+            &format!(
+                "/rooms/{}/state/m.room.member/{}",
+                enc(&room),
+                enc(&troll.user_id)
+            ),
+            &json!({ "membership": "join", "displayname": "Troll" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let renamed = body["event_id"].as_str().unwrap_or_default().to_owned();
     let fine = alice.send_text(&room, "fine").await;
     let sync = alice.sync(None, 0, None).await;
     let timeline = room_timeline(&sync, &room);
+    assert!(
+        timeline.iter().any(|e| e["event_id"] == renamed.as_str()),
+        "an ignored user's state event is delivered: {timeline:?}"
+    );
     assert!(
         timeline.iter().any(|e| e["event_id"] == fine.as_str()),
         "own message present"

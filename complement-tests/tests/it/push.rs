@@ -407,7 +407,63 @@ async fn thread_notifications_are_counted_per_thread_with_threaded_receipts() {
     let reply = |body: &str| json!({ "msgtype": "m.text", "body": body, "m.relates_to": { "rel_type": "m.thread", "event_id": root } });
     bob.send_event(&room, "m.room.message", &reply("r1")).await;
     let r2 = bob.send_event(&room, "m.room.message", &reply("r2")).await;
-    bob.send_text(&room, "main timeline").await;
+    let main_message = bob.send_text(&room, "main timeline").await;
+
+    // Issue 14: a threaded receipt names a thread root (or `main`) and an event in that
+    // thread; anything else is a 400 M_INVALID_PARAM.
+    let receipt_path = |event: &str| {
+        format!(
+            "/rooms/{}/receipt/m.read/{}",
+            paracord_complement::enc(&room),
+            paracord_complement::enc(event)
+        )
+    };
+    for (event, body, what) in [
+        (
+            &r2,
+            json!({ "thread_id": main_message }),
+            "a thread_id that is not a thread root",
+        ),
+        (
+            &main_message,
+            json!({ "thread_id": root }),
+            "an event outside the thread",
+        ),
+        (
+            &r2,
+            json!({ "thread_id": "main" }),
+            "a thread reply as main",
+        ),
+        (&r2, json!({ "thread_id": "" }), "an empty thread_id"),
+    ] {
+        let resp = alice.post(&receipt_path(event), &body).await;
+        expect_error(&resp, StatusCode::BAD_REQUEST, "M_INVALID_PARAM", what);
+    }
+    // Not a string: refused while the body is read (M_BAD_JSON).
+    let resp = alice
+        .post(&receipt_path(&r2), &json!({ "thread_id": 7 }))
+        .await;
+    paracord_complement::expect_error_status(
+        &resp,
+        StatusCode::BAD_REQUEST,
+        "a thread_id that is not a string",
+    );
+    let resp = alice
+        .post(
+            &format!(
+                "/rooms/{}/receipt/m.fully_read/{}",
+                paracord_complement::enc(&room),
+                paracord_complement::enc(&r2)
+            ),
+            &json!({ "thread_id": root }),
+        )
+        .await;
+    expect_error(
+        &resp,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+        "m.fully_read with a thread_id",
+    );
 
     let filter = r#"{"room":{"timeline":{"unread_thread_notifications":true}}}"#;
     let sync = alice.sync(None, 0, Some(filter)).await;

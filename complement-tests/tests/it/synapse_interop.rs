@@ -671,8 +671,18 @@ async fn scenario(host: &Side, guest: &Side, version: &str, join_by: JoinBy) {
     )
     .await;
 
-    // Knocking: the guest knocks on the host's knock-only room and is let in.
-    let knock_room = host
+    // Knocking (room version 7 and later): the guest knocks on the host's knock-only room
+    // and is let in.
+    let number: u32 = version.parse().unwrap_or(u32::MAX);
+    let via = |room: &str| {
+        format!(
+            "{}?via={h}&server_name={h}",
+            enc(room),
+            h = enc(&host.server_name)
+        )
+    };
+    if number >= 7 {
+        let knock_room = host
         .main
         .create_room(&json!({
             "preset": "private_chat", "room_version": version,
@@ -681,127 +691,124 @@ async fn scenario(host: &Side, guest: &Side, version: &str, join_by: JoinBy) {
             }],
         }))
         .await;
-    let via = |room: &str| {
-        format!(
-            "{}?via={h}&server_name={h}",
-            enc(room),
-            h = enc(&host.server_name)
-        )
-    };
-    let (status, body) = guest
-        .main
-        .post(
-            &format!("/knock/{}", via(&knock_room)),
-            &json!({ "reason": "let me in" }),
-        )
-        .await;
-    assert_eq!(status, 200, "the guest knocks: {body}");
-    wait_membership(
-        &host.main,
-        &knock_room,
-        &guest.main.user_id,
-        "knock",
-        "the knock on the host",
-    )
-    .await;
-    host.main.invite_ok(&knock_room, &guest.main.user_id).await;
-    sync_until(&guest.main, "the host's answer to the knock", |sync| {
-        sync["rooms"]["invite"].get(&knock_room).map(|_| ())
-    })
-    .await;
-    guest.main.join_ok(&knock_room).await;
-    wait_membership(
-        &host.main,
-        &knock_room,
-        &guest.main.user_id,
-        "join",
-        "the knocker's join on the host",
-    )
-    .await;
-
-    // A restricted room: refused until the guest is in the space that grants access, then
-    // joined on the authority of a user of the host; the space's hierarchy from the guest.
-    let space = host
-        .main
-        .create_room(&json!({
-            "preset": "public_chat", "room_version": version, "name": "a space",
-            "creation_content": { "type": "m.space" },
-        }))
-        .await;
-    let restricted = host
-        .main
-        .create_room(&json!({
-            "preset": "private_chat", "room_version": version, "name": "restricted",
-            "initial_state": [{
-                "type": "m.room.join_rules", "state_key": "",
-                "content": {
-                    "join_rule": "restricted",
-                    "allow": [{ "type": "m.room_membership", "room_id": space }],
-                },
-            }],
-        }))
-        .await;
-    host.main
-        .put_state(
-            &space,
-            "m.space.child",
-            &restricted,
-            &json!({ "via": [host.server_name] }),
-        )
-        .await;
-    let (status, body) = guest
-        .main
-        .post(&format!("/join/{}", via(&restricted)), &json!({}))
-        .await;
-    assert_eq!(
-        status, 403,
-        "a restricted room before joining the space: {body}"
-    );
-    let (status, body) = guest
-        .main
-        .post(&format!("/join/{}", via(&space)), &json!({}))
-        .await;
-    assert_eq!(status, 200, "the guest joins the space: {body}");
-    let (status, body) = guest
-        .main
-        .post(&format!("/join/{}", via(&restricted)), &json!({}))
-        .await;
-    assert_eq!(status, 200, "the restricted room once in the space: {body}");
-    let member = host
-        .main
-        .state_content(&restricted, "m.room.member", &guest.main.user_id)
-        .await;
-    assert_eq!(
-        member["membership"], "join",
-        "the restricted join on the host: {member}"
-    );
-    let authoriser = member["join_authorised_via_users_server"]
-        .as_str()
-        .unwrap_or_default();
-    assert!(
-        authoriser.ends_with(&format!(":{}", host.server_name)),
-        "a user of the host authorised the join: {member}"
-    );
-    let hierarchy = expect_ok(
-        guest
+        let (status, body) = guest
             .main
-            .get(&format!(
-                "/_matrix/client/v1/rooms/{}/hierarchy",
-                enc(&space)
-            ))
-            .await,
-        "the space's hierarchy from the guest",
-    );
-    let rooms = hierarchy["rooms"].as_array().cloned().unwrap_or_default();
-    assert!(
-        rooms
-            .iter()
-            .any(|r| r["room_id"] == space.as_str() && r["room_type"] == "m.space")
-            && rooms
+            .post(
+                &format!("/knock/{}", via(&knock_room)),
+                &json!({ "reason": "let me in" }),
+            )
+            .await;
+        assert_eq!(status, 200, "the guest knocks: {body}");
+        wait_membership(
+            &host.main,
+            &knock_room,
+            &guest.main.user_id,
+            "knock",
+            "the knock on the host",
+        )
+        .await;
+        host.main.invite_ok(&knock_room, &guest.main.user_id).await;
+        sync_until(&guest.main, "the host's answer to the knock", |sync| {
+            sync["rooms"]["invite"].get(&knock_room).map(|_| ())
+        })
+        .await;
+        guest.main.join_ok(&knock_room).await;
+        wait_membership(
+            &host.main,
+            &knock_room,
+            &guest.main.user_id,
+            "join",
+            "the knocker's join on the host",
+        )
+        .await;
+    }
+
+    // A restricted room (room version 8 and later): refused until the guest is in the space
+    // that grants access, then
+    if number >= 8 {
+        // joined on the authority of a user of the host; the space's hierarchy from the guest.
+        let space = host
+            .main
+            .create_room(&json!({
+                "preset": "public_chat", "room_version": version, "name": "a space",
+                "creation_content": { "type": "m.space" },
+            }))
+            .await;
+        let restricted = host
+            .main
+            .create_room(&json!({
+                "preset": "private_chat", "room_version": version, "name": "restricted",
+                "initial_state": [{
+                    "type": "m.room.join_rules", "state_key": "",
+                    "content": {
+                        "join_rule": "restricted",
+                        "allow": [{ "type": "m.room_membership", "room_id": space }],
+                    },
+                }],
+            }))
+            .await;
+        host.main
+            .put_state(
+                &space,
+                "m.space.child",
+                &restricted,
+                &json!({ "via": [host.server_name] }),
+            )
+            .await;
+        let (status, body) = guest
+            .main
+            .post(&format!("/join/{}", via(&restricted)), &json!({}))
+            .await;
+        assert_eq!(
+            status, 403,
+            "a restricted room before joining the space: {body}"
+        );
+        let (status, body) = guest
+            .main
+            .post(&format!("/join/{}", via(&space)), &json!({}))
+            .await;
+        assert_eq!(status, 200, "the guest joins the space: {body}");
+        let (status, body) = guest
+            .main
+            .post(&format!("/join/{}", via(&restricted)), &json!({}))
+            .await;
+        assert_eq!(status, 200, "the restricted room once in the space: {body}");
+        let member = host
+            .main
+            .state_content(&restricted, "m.room.member", &guest.main.user_id)
+            .await;
+        assert_eq!(
+            member["membership"], "join",
+            "the restricted join on the host: {member}"
+        );
+        let authoriser = member["join_authorised_via_users_server"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            authoriser.ends_with(&format!(":{}", host.server_name)),
+            "a user of the host authorised the join: {member}"
+        );
+        let hierarchy = expect_ok(
+            guest
+                .main
+                .get(&format!(
+                    "/_matrix/client/v1/rooms/{}/hierarchy",
+                    enc(&space)
+                ))
+                .await,
+            "the space's hierarchy from the guest",
+        );
+        let rooms = hierarchy["rooms"].as_array().cloned().unwrap_or_default();
+        assert!(
+            rooms
                 .iter()
-                .any(|r| r["room_id"] == restricted.as_str() && r["name"] == "restricted"),
-        "the space and its child in the hierarchy: {hierarchy}"
-    );
+                .any(|r| r["room_id"] == space.as_str() && r["room_type"] == "m.space")
+                && rooms
+                    .iter()
+                    .any(|r| r["room_id"] == restricted.as_str() && r["name"] == "restricted"),
+            "the space and its child in the hierarchy: {hierarchy}"
+        );
+    }
 
     // The guest leaves: the host sees it.
     guest.main.leave_ok(&room).await;
@@ -856,6 +863,34 @@ async fn a_synapse_user_joins_a_paracord_room_v12_by_alias() {
 async fn a_synapse_user_joins_a_paracord_room_v10_by_id() {
     let (_synapse, _paracord, s, p) = start().await;
     scenario(&p, &s, "10", JoinBy::RoomId).await;
+}
+
+/// Issue 14: rooms of every stable version. Version 1 has `$opaque:server` event ids,
+/// `[id, hashes]` event references and state resolution v1; version 3 the first
+/// reference-hash ids (standard base64, with `/` and `+` to escape in paths); version 5 the
+/// last without strict canonical JSON.
+#[tokio::test]
+async fn a_synapse_user_joins_a_paracord_room_v1_by_id() {
+    let (_synapse, _paracord, s, p) = start().await;
+    scenario(&p, &s, "1", JoinBy::RoomId).await;
+}
+
+#[tokio::test]
+async fn a_paracord_user_joins_a_synapse_room_v3_by_alias() {
+    let (_synapse, _paracord, s, p) = start().await;
+    scenario(&s, &p, "3", JoinBy::Alias).await;
+}
+
+#[tokio::test]
+async fn a_paracord_user_joins_a_synapse_room_v5_by_id() {
+    let (_synapse, _paracord, s, p) = start().await;
+    scenario(&s, &p, "5", JoinBy::RoomId).await;
+}
+
+#[tokio::test]
+async fn a_synapse_user_joins_a_paracord_room_v9_by_alias() {
+    let (_synapse, _paracord, s, p) = start().await;
+    scenario(&p, &s, "9", JoinBy::Alias).await;
 }
 
 /// Device keys go both ways through `/user/keys/query`, one-time keys through
@@ -1168,13 +1203,14 @@ async fn is_ancestor(admin: &User, ancestor: &str, event: &str) -> bool {
 
 /// Both servers change the same state at the same moment, repeatedly, and one of them takes
 /// away the other's power while that other renames the room: the room forks, and both servers
-/// must resolve it to the same state (state resolution v2, and v2.1 in room version 12).
+/// must resolve it to the same state (state resolution v2, v2.1 in room version 12, and v1 in
+/// room version 1).
 #[tokio::test]
 async fn concurrent_state_changes_resolve_the_same_on_both_servers() {
     let (synapse, _paracord, s, p) = start().await;
     let admin = synapse.register_admin().await;
     let (sam, pat) = (&s.main, &p.main);
-    for version in ["12", "10"] {
+    for version in ["12", "10", "1"] {
         let room = sam
             .create_room(&json!({ "preset": "public_chat", "room_version": version }))
             .await;

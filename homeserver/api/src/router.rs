@@ -62,6 +62,14 @@ pub fn app(services: Arc<Services>) -> Router {
             "/_synapse/admin/v1/register",
             get(synapse_admin::get_nonce_route).post(synapse_admin::register_route),
         )
+        .route(
+            "/_synapse/admin/v1/send_server_notice",
+            post(synapse_admin::send_server_notice_route),
+        )
+        .route(
+            "/_synapse/admin/v1/send_server_notice/{txn_id}",
+            put(synapse_admin::send_server_notice_route),
+        )
         // sessions
         .ruma::<c::session::get_login_types::v3::Request, _, _>(session::get_login_types_route)
         .ruma::<c::session::login::v3::Request, _, _>(session::login_route)

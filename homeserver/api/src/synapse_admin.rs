@@ -68,3 +68,61 @@ pub(crate) async fn register_route(
         "home_server": state.config.server_name,
     })))
 }
+
+/// `POST /_synapse/admin/v1/send_server_notice` and `PUT …/send_server_notice/{txnId}`
+/// (Synapse admin API, server admins): a notice to a local user in their server notices
+/// room. Body: `user_id`, `content`, optional `type` (default `m.room.message`) and
+/// `state_key`. Answer: `{"event_id": …}`; a repeated `txnId` answers with the same event.
+pub(crate) async fn send_server_notice_route(
+    State(state): State<AppState>,
+    txn: Option<axum::extract::Path<String>>,
+    req: axum::extract::Request,
+) -> ApiResult<Json<Value>> {
+    let (parts, body) = req.into_parts();
+    let token = crate::ruma_wrapper::access_token(&parts).ok_or_else(Error::missing_token)?;
+    let id = state.accounts.authenticate(&token)?;
+    if !id.admin {
+        return Err(Error::forbidden("only server admins may send server notices").into());
+    }
+    let bytes = axum::body::to_bytes(body, state.config.max_request_bytes)
+        .await
+        .map_err(|_| Error::too_large("request body too large"))?;
+    let body: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::not_json(format!("request body is not JSON: {e}")))?;
+    let user = body["user_id"]
+        .as_str()
+        .ok_or_else(|| Error::missing_param("user_id is required"))?;
+    let user = ruma::OwnedUserId::try_from(user)
+        .map_err(|_| Error::invalid_param("user_id is not a user id"))?;
+    let content = body
+        .get("content")
+        .filter(|c| c.is_object())
+        .cloned()
+        .ok_or_else(|| Error::missing_param("content must be an object"))?;
+    let kind = match body.get("type") {
+        None | Some(Value::Null) => "m.room.message".to_owned(),
+        Some(Value::String(t)) if !t.is_empty() => t.clone(),
+        Some(_) => return Err(Error::invalid_param("type must be an event type").into()),
+    };
+    let state_key = match body.get("state_key") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(k)) => Some(k.clone()),
+        Some(_) => return Err(Error::invalid_param("state_key must be a string").into()),
+    };
+    let txn = txn.map(|axum::extract::Path(t)| {
+        (format!("server notice {} {}", id.user_id, id.device_id), t)
+    });
+    let event_id = state
+        .server_notices
+        .send(
+            paracord_service::server_notices::Notice {
+                user,
+                kind,
+                state_key,
+                content,
+            },
+            txn,
+        )
+        .await?;
+    Ok(Json(json!({ "event_id": event_id })))
+}

@@ -69,6 +69,14 @@ pub struct Config {
     /// Served as `{"m.server": ...}` at `/.well-known/matrix/server`.
     #[serde(deserialize_with = "opt_string_like")]
     pub well_known_server: Option<String>,
+    /// Localpart of the system user that sends server notices (`/_synapse/admin/v1/
+    /// send_server_notice`); nobody can register it.
+    #[serde(deserialize_with = "string_like")]
+    pub server_notices_localpart: String,
+    /// Display name of the server notices user.
+    pub server_notices_display_name: String,
+    /// Name of each user's server notices room.
+    pub server_notices_room_name: String,
     #[serde(deserialize_with = "string_like")]
     pub log: String,
 }
@@ -116,6 +124,9 @@ impl Default for Config {
             federation_retry_max_ms: 3_600_000,
             federation_proxy: None,
             well_known_server: None,
+            server_notices_localpart: "_server".to_owned(),
+            server_notices_display_name: "Server Notices".to_owned(),
+            server_notices_room_name: "Server Notices".to_owned(),
             log: "info".to_owned(),
         }
     }
@@ -169,7 +180,7 @@ pub const TEMPLATE: &str = r#"# Paracord homeserver configuration.
 #rate_limit_send_per_second = 10.0
 #rate_limit_send_burst = 50
 
-# Room version of new rooms: "10", "11" or "12".
+# Room version of new rooms: any stable version, "1" to "12".
 #default_room_version = "12"
 
 # Largest request body accepted, in bytes.
@@ -217,12 +228,21 @@ pub const TEMPLATE: &str = r#"# Paracord homeserver configuration.
 # "matrix.example.org:443". Unset: that endpoint answers 404.
 #well_known_server = "matrix.example.org:443"
 
+# Server notices: admins send them to users with /_synapse/admin/v1/send_server_notice; each
+# user gets a room with the system user below, which they cannot refuse (they may leave it
+# once joined). Nobody can register the localpart.
+#server_notices_localpart = "_server"
+#server_notices_display_name = "Server Notices"
+#server_notices_room_name = "Server Notices"
+
 # Log filter (tracing EnvFilter syntax), e.g. "info,paracord_service=debug".
 #log = "info"
 "#;
 
-/// Room versions this server can create and join.
-pub const SUPPORTED_ROOM_VERSIONS: &[&str] = &["10", "11", "12"];
+/// Room versions this server can create and join: every stable version of the spec.
+pub const SUPPORTED_ROOM_VERSIONS: &[&str] = &[
+    "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12",
+];
 
 impl Config {
     /// Loads the configuration from `path` (written from [`TEMPLATE`] if it does not exist yet)

@@ -35,6 +35,8 @@ pub enum ErrorKind {
     WrongRoomKeysVersion { current_version: Option<String> },
     InvalidSignature,
     Unauthorized,
+    BadAlias,
+    CannotLeaveServerNoticeRoom,
     // A server asked to join a room whose version it did not list as supported.
     IncompatibleRoomVersion { room_version: String },
     Unknown,
@@ -68,6 +70,8 @@ impl ErrorKind {
             Self::WrongRoomKeysVersion { .. } => "M_WRONG_ROOM_KEYS_VERSION",
             Self::InvalidSignature => "M_INVALID_SIGNATURE",
             Self::Unauthorized => "M_UNAUTHORIZED",
+            Self::BadAlias => "M_BAD_ALIAS",
+            Self::CannotLeaveServerNoticeRoom => "M_CANNOT_LEAVE_SERVER_NOTICE_ROOM",
             Self::IncompatibleRoomVersion { .. } => "M_INCOMPATIBLE_ROOM_VERSION",
             Self::Unknown => "M_UNKNOWN",
         }

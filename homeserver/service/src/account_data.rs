@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use paracord_core::{Error, Result};
 use paracord_storage::{Batch, Db, KeyBuf, KeyReader, Table};
-use rand::{distributions::Alphanumeric, Rng};
 use ruma::{OwnedRoomId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -160,11 +159,7 @@ impl AccountData {
     }
 
     pub fn create_filter(&self, user: &UserId, filter: &Value) -> Result<String> {
-        let id: String = rand::thread_rng()
-            .sample_iter(&Alphanumeric)
-            .take(12)
-            .map(char::from)
-            .collect();
+        let id: String = crate::random_string(12);
         let mut batch = Batch::new();
         batch.put(
             Table::UserfilterFilter,

@@ -10,12 +10,13 @@ use hmac::{Hmac, Mac};
 use paracord_core::{time::now_ms, Config, Error, ErrorKind, Result};
 use paracord_storage::{Batch, Db, KeyBuf, KeyReader, Table};
 use parking_lot::Mutex;
-use rand::{distributions::Alphanumeric, Rng};
 use ruma::{OwnedDeviceId, OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tracing::instrument;
+
+use crate::random_string;
 
 /// An account as stored.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -95,14 +96,6 @@ pub type DeviceRemovalHook = Box<dyn Fn(&UserId, &[String], bool) -> Result<()> 
 
 fn db_err(e: impl std::fmt::Display) -> Error {
     Error::internal(e)
-}
-
-fn random_string(n: usize) -> String {
-    rand::thread_rng()
-        .sample_iter(&Alphanumeric)
-        .take(n)
-        .map(char::from)
-        .collect()
 }
 
 fn token_hash(token: &str) -> Vec<u8> {
@@ -368,7 +361,12 @@ impl Accounts {
             if !self.is_local(&id) {
                 return Err(Error::forbidden("invalid username or password"));
             }
-            Ok(id)
+            if self.account(&id)?.is_some() {
+                return Ok(id);
+            }
+            // Localparts are registered in lower case: `@Alice:server` logs in as `@alice`.
+            self.user_id_for(id.localpart())
+                .map_err(|_| Error::forbidden("invalid username or password"))
         } else {
             self.user_id_for(user)
                 .map_err(|_| Error::forbidden("invalid username or password"))
@@ -376,6 +374,9 @@ impl Accounts {
     }
 
     pub fn is_available(&self, localpart: &str) -> Result<bool> {
+        if localpart.eq_ignore_ascii_case(&self.config.server_notices_localpart) {
+            return Ok(false);
+        }
         let user = self.user_id_for(localpart)?;
         Ok(self.account(&user)?.is_none())
     }
@@ -405,6 +406,13 @@ impl Accounts {
         };
         let _guard = self.register_lock.lock().await;
         let user = match localpart {
+            Some(l) if l.eq_ignore_ascii_case(&self.config.server_notices_localpart) => {
+                return Err(Error::new(
+                    http::StatusCode::BAD_REQUEST,
+                    ErrorKind::UserInUse,
+                    "this user id is reserved for the server",
+                ))
+            }
             Some(l) => self.user_id_for(l)?,
             None => loop {
                 let candidate =
@@ -449,6 +457,26 @@ impl Accounts {
         let result = self.new_session(&mut batch, &user, device_id, display_name, refresh)?;
         self.db.write(batch).map_err(db_err)?;
         Ok(result)
+    }
+
+    /// Creates a system account (no password, no device: nobody logs in as it) unless it
+    /// exists.
+    pub async fn ensure_system_account(&self, user: &UserId, displayname: &str) -> Result<()> {
+        let _guard = self.register_lock.lock().await;
+        if self.account(user)?.is_some() {
+            return Ok(());
+        }
+        let account = Account {
+            password_hash: None,
+            admin: false,
+            deactivated: false,
+            displayname: Some(displayname.to_owned()),
+            avatar_url: None,
+            created_ts: now_ms(),
+        };
+        let mut batch = Batch::new();
+        self.put_account(&mut batch, user, &account)?;
+        self.db.write(batch).map_err(db_err)
     }
 
     /// Adds a device (or replaces the tokens of an existing one) to `batch`.
@@ -863,6 +891,14 @@ impl Accounts {
                     .unwrap_or_default();
                 let given_user = self.resolve_login_user(given).ok();
                 let password = auth["password"].as_str().unwrap_or_default();
+                if let Some(other) = given_user.as_ref().filter(|g| *g != user) {
+                    // Someone else's valid credentials do not authorize this user's request.
+                    if self.check_password(other, password).await? {
+                        return Err(Error::forbidden(
+                            "the credentials given are not those of the requesting user",
+                        ));
+                    }
+                }
                 if given_user.as_ref() != Some(user) || !self.check_password(user, password).await?
                 {
                     return Err(Error::Uia(self.uia_body(

@@ -459,6 +459,13 @@ impl E2ee {
         self.commit_key_change(user, Batch::new())
     }
 
+    /// A local device was renamed: its display name is part of what `/keys/query` and
+    /// `/user/devices` answer, so the users sharing a room (here and on other servers) are
+    /// told its device list changed.
+    pub fn device_renamed(&self, user: &UserId) -> Result<()> {
+        self.commit_key_change(user, Batch::new())
+    }
+
     /// Writes `batch` at a new stream position recorded as a key change of `user`, then wakes
     /// everyone who shares a room with them.
     fn commit_key_change(&self, user: &UserId, mut batch: Batch) -> Result<()> {

@@ -37,14 +37,7 @@ impl ServerKeys {
         let mut created = false;
         if !path.exists() {
             let der = Ed25519KeyPair::generate();
-            let version: String = {
-                use rand::{distributions::Alphanumeric, Rng};
-                rand::thread_rng()
-                    .sample_iter(&Alphanumeric)
-                    .take(6)
-                    .map(char::from)
-                    .collect()
-            };
+            let version: String = crate::random_string(6);
             let line = format!(
                 "ed25519 a_{version} {}\n",
                 STANDARD_NO_PAD.encode(der.as_slice())

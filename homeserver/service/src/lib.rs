@@ -15,6 +15,7 @@ pub mod reports;
 pub mod rooms;
 pub mod search;
 pub mod server_keys;
+pub mod server_notices;
 pub mod stream;
 pub mod sync;
 
@@ -35,6 +36,16 @@ pub fn percent_encode(s: &str) -> String {
         }
     }
     out
+}
+
+/// A random string of `len` ASCII letters and digits (ids, opaque tokens).
+pub fn random_string(len: usize) -> String {
+    use rand::{distributions::Alphanumeric, Rng};
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
 }
 
 /// Every service, built in dependency order.
@@ -59,6 +70,7 @@ pub struct Services {
     pub federation: Arc<federation::client::FederationClient>,
     pub pdus: Arc<federation::pdus::Pdus>,
     pub sender: Arc<federation::sender::Sender>,
+    pub server_notices: Arc<server_notices::ServerNotices>,
 }
 
 impl Services {
@@ -98,16 +110,6 @@ impl Services {
             accounts.clone(),
             rooms.clone(),
         ));
-        {
-            let e2ee = e2ee.clone();
-            accounts.set_device_removal_hook(Box::new(move |user, devices, deactivated| {
-                if deactivated {
-                    e2ee.user_deactivated(user, devices)
-                } else {
-                    e2ee.devices_removed(user, devices)
-                }
-            }));
-        }
         let sync = Arc::new(sync::Sync::new(
             rooms.clone(),
             stream.clone(),
@@ -118,6 +120,18 @@ impl Services {
         let ratelimit = Arc::new(ratelimit::RateLimiter::new(&config));
         let reports = Arc::new(reports::Reports::new(db.clone()));
         let pushers = Arc::new(pushers::Pushers::new(db.clone()));
+        {
+            // A deleted device takes its keys and the pushers it set with it.
+            let (e2ee, pushers) = (e2ee.clone(), pushers.clone());
+            accounts.set_device_removal_hook(Box::new(move |user, devices, deactivated| {
+                pushers.devices_removed(user, devices, deactivated)?;
+                if deactivated {
+                    e2ee.user_deactivated(user, devices)
+                } else {
+                    e2ee.devices_removed(user, devices)
+                }
+            }));
+        }
         let media = Arc::new(media::Media::new(db.clone(), config.clone())?);
         let search = Arc::new(search::Search::open(db.clone())?);
         rooms.set_search(search.clone());
@@ -173,6 +187,12 @@ impl Services {
         if let Some(tx) = pushers.start(rooms.clone(), ephemeral.clone()) {
             rooms.set_push_sender(tx);
         }
+        let server_notices = Arc::new(server_notices::ServerNotices::new(
+            config.clone(),
+            accounts.clone(),
+            rooms.clone(),
+            account_data.clone(),
+        ));
         Ok(Self {
             config,
             db,
@@ -194,6 +214,7 @@ impl Services {
             federation,
             pdus,
             sender,
+            server_notices,
         })
     }
 }

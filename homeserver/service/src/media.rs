@@ -5,7 +5,6 @@ use std::{io::Cursor, net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use paracord_core::{time::now_ms, Config, Error, ErrorKind, Result};
 use paracord_storage::{Batch, Db, Table};
-use rand::{distributions::Alphanumeric, Rng};
 use ruma::UserId;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -91,11 +90,7 @@ impl Media {
     }
 
     fn new_id() -> String {
-        rand::thread_rng()
-            .sample_iter(&Alphanumeric)
-            .take(24)
-            .map(char::from)
-            .collect()
+        crate::random_string(24)
     }
 
     fn content_path(&self, hash: &str) -> PathBuf {

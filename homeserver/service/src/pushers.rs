@@ -25,6 +25,8 @@ pub struct Pushers {
 }
 
 const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
+/// Where a stored pusher records the device that set it (not shown to clients).
+const DEVICE_FIELD: &str = "paracord.device_id";
 const ATTEMPTS: u32 = 4;
 
 fn key(user: &UserId, app_id: &str, pushkey: &str) -> Vec<u8> {
@@ -42,17 +44,46 @@ impl Pushers {
 
     /// The user's pushers as the client set them (plus `pushkey_ts`).
     pub fn list(&self, user: &UserId) -> Result<Vec<Value>> {
+        Ok(self
+            .stored(user)?
+            .into_iter()
+            .map(|(_, mut p)| {
+                if let Some(o) = p.as_object_mut() {
+                    o.remove(DEVICE_FIELD);
+                }
+                p
+            })
+            .collect())
+    }
+
+    /// The stored pushers of a user (with the device that set them) and their keys.
+    fn stored(&self, user: &UserId) -> Result<Vec<(Vec<u8>, Value)>> {
         let prefix = KeyBuf::new().str(user.as_str()).into_vec();
         self.db
             .scan_prefix(Table::UserapppushkeyPusher, &prefix)
             .map_err(Error::internal)?
             .into_iter()
-            .map(|(_, v)| serde_json::from_slice(&v).map_err(Error::from))
+            .map(|(k, v)| Ok((k.to_vec(), serde_json::from_slice(&v)?)))
             .collect()
     }
 
-    /// `/pushers/set`: adds or replaces a pusher, or deletes it when `kind` is null.
-    pub fn set(&self, user: &UserId, body: &Value) -> Result<()> {
+    /// Deletes the pushers set by devices that were deleted (every pusher of a deactivated
+    /// account): a pusher belongs to the session that set it, as in other servers, so a
+    /// password change that logs out the other devices stops their notifications too.
+    pub fn devices_removed(&self, user: &UserId, devices: &[String], all: bool) -> Result<()> {
+        let mut batch = Batch::new();
+        for (k, p) in self.stored(user)? {
+            let by = p.get(DEVICE_FIELD).and_then(Value::as_str);
+            if all || by.is_some_and(|d| devices.iter().any(|x| x == d)) {
+                batch.delete(Table::UserapppushkeyPusher, k);
+            }
+        }
+        self.db.write(batch).map_err(Error::internal)
+    }
+
+    /// `/pushers/set` from `device`: adds or replaces a pusher, or deletes it when `kind` is
+    /// null.
+    pub fn set(&self, user: &UserId, device: &str, body: &Value) -> Result<()> {
         let app_id = body["app_id"]
             .as_str()
             .filter(|a| !a.is_empty() && a.len() <= 64)
@@ -99,6 +130,7 @@ impl Pushers {
         if let Some(o) = pusher.as_object_mut() {
             o.remove("append");
             o.insert("pushkey_ts".into(), json!(now_ms() / 1000));
+            o.insert(DEVICE_FIELD.into(), json!(device));
         }
         batch.put(
             Table::UserapppushkeyPusher,

@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use paracord_core::{time::now_ms, Error, Result};
 use paracord_storage::{Batch, Db, KeyBuf, Table};
-use rand::{distributions::Alphanumeric, Rng};
 use ruma::UserId;
 use serde_json::{json, Value};
 
@@ -49,11 +48,7 @@ impl Reports {
         if let Some(s) = score {
             record["score"] = json!(s);
         }
-        let id: String = rand::thread_rng()
-            .sample_iter(&Alphanumeric)
-            .take(8)
-            .map(char::from)
-            .collect();
+        let id: String = crate::random_string(8);
         let mut batch = Batch::new();
         batch.put(
             Table::ReportidReport,

@@ -14,6 +14,7 @@ pub mod pdu;
 pub mod relations;
 pub mod remote;
 pub mod spaces;
+mod state_res_v1;
 pub mod timeline;
 
 use std::{
@@ -27,7 +28,7 @@ use parking_lot::Mutex;
 use ruma::{
     canonical_json::CanonicalJsonObject,
     events::{StateEventType, TimelineEventType},
-    room_version_rules::RoomVersionRules,
+    room_version_rules::{EventIdFormatVersion, RoomVersionRules},
     signatures::{hash_and_sign_event, reference_hash},
     state_res::{
         auth_types_for_event, check_state_dependent_auth_rules, check_state_independent_auth_rules,
@@ -59,6 +60,11 @@ pub struct RoomRecord {
     /// child here, so it is not a forward extremity. Oldest first, capped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub holes: Vec<OwnedEventId>,
+    /// Stream positions of timeline events placed after a gap in the DAG (some of their
+    /// `prev_events` are not here): `/sync` starts a timeline after the newest gap since the
+    /// client's token and says it is `limited`. Oldest first, capped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gaps: Vec<u64>,
 }
 
 /// Per-event metadata.
@@ -92,6 +98,8 @@ struct Snapshot {
     changes: Vec<(String, String, u64)>,
 }
 
+/// Most bytes of a PDU's `type` and `state_key` (and of its ids).
+const MAX_ID_FIELD_BYTES: usize = 255;
 /// Deltas longer than this are folded into a full snapshot.
 const MAX_SNAPSHOT_DEPTH: u32 = 32;
 const STATE_CACHE_ENTRIES: usize = 4096;
@@ -485,7 +493,10 @@ impl Rooms {
 
     /// Power level of `user` given a state map (creators of v12 rooms are above everyone).
     pub fn power_level(&self, version: &str, state: &StateMap, user: &UserId) -> Result<i64> {
-        if version == "12" {
+        if rules_for(version)?
+            .authorization
+            .explicitly_privilege_room_creators
+        {
             if let Some(create) = self.state_pdu(state, "m.room.create", "")? {
                 let extra = create.content_value();
                 let additional = extra
@@ -583,6 +594,9 @@ impl Rooms {
     ) -> Result<OwnedEventId> {
         let rules = rules_for(&room.version)?;
         let state = self.state(room.state)?;
+        if let Some(current) = self.same_state(&state, sender, &new)? {
+            return Ok(current);
+        }
         let obj = self.template(room_id, &room, &state, sender, &new)?;
         let (event_id, pdu, pdu_bytes) = self.sign(obj, &rules, Some(room_id))?;
         self.authorize(&rules, &pdu, &state)?;
@@ -601,6 +615,34 @@ impl Rooms {
             notes,
         )?;
         Ok(event_id)
+    }
+
+    /// The current state event that a new state event would only repeat (same type, state
+    /// key, sender and content): sending it again changes nothing, so no event is made and
+    /// the current one is the answer, as other servers do for a repeated join or a no-op state
+    /// change.
+    fn same_state(
+        &self,
+        state: &StateMap,
+        sender: &UserId,
+        new: &NewEvent,
+    ) -> Result<Option<OwnedEventId>> {
+        let Some(key) = &new.state_key else {
+            return Ok(None);
+        };
+        if new.redacts.is_some() {
+            return Ok(None);
+        }
+        let Some(short) = state.get(&(new.kind.to_string(), key.clone())) else {
+            return Ok(None);
+        };
+        let Some(current) = self.pdu_by_short(*short)? else {
+            return Ok(None);
+        };
+        Ok(
+            (current.sender == sender && current.content_value() == new.content)
+                .then_some(current.event_id),
+        )
     }
 
     /// An unsigned event built on the room's current state: auth events chosen by
@@ -730,16 +772,25 @@ impl Rooms {
         depth: u64,
         rules: &RoomVersionRules,
     ) -> Result<()> {
+        // Spec size limits: `type` and `state_key` (like the ids) are at most 255 bytes.
+        let kind = new.kind.to_string();
+        if kind.len() > MAX_ID_FIELD_BYTES {
+            return Err(Error::too_large("the event type is longer than 255 bytes"));
+        }
+        if new
+            .state_key
+            .as_ref()
+            .is_some_and(|k| k.len() > MAX_ID_FIELD_BYTES)
+        {
+            return Err(Error::too_large("the state key is longer than 255 bytes"));
+        }
         let mut content = pdu::to_canonical_object(new.content.clone())?;
         if let Some(r) = &new.redacts {
             if rules.redaction.content_field_redacts {
                 content.insert("redacts".into(), CanonicalJsonValue::String(r.to_string()));
             }
         }
-        obj.insert(
-            "type".into(),
-            CanonicalJsonValue::String(new.kind.to_string()),
-        );
+        obj.insert("type".into(), CanonicalJsonValue::String(kind));
         obj.insert(
             "sender".into(),
             CanonicalJsonValue::String(sender.to_string()),
@@ -762,25 +813,35 @@ impl Rooms {
             "depth".into(),
             CanonicalJsonValue::Integer(ruma::Int::try_from(depth).map_err(db_err)?),
         );
-        obj.insert(
-            "auth_events".into(),
-            CanonicalJsonValue::Array(
-                auth_events
-                    .iter()
-                    .map(|e| CanonicalJsonValue::String(e.to_string()))
-                    .collect(),
-            ),
-        );
-        obj.insert(
-            "prev_events".into(),
-            CanonicalJsonValue::Array(
-                prev_events
-                    .iter()
-                    .map(|e| CanonicalJsonValue::String(e.to_string()))
-                    .collect(),
-            ),
-        );
+        let auth_events = self.event_refs(&auth_events, rules)?;
+        obj.insert("auth_events".into(), CanonicalJsonValue::Array(auth_events));
+        let prev_events = self.event_refs(&prev_events, rules)?;
+        obj.insert("prev_events".into(), CanonicalJsonValue::Array(prev_events));
         Ok(())
+    }
+
+    /// `prev_events`/`auth_events` entries in the room version's format.
+    fn event_refs(
+        &self,
+        ids: &[OwnedEventId],
+        rules: &RoomVersionRules,
+    ) -> Result<Vec<CanonicalJsonValue>> {
+        let pairs = rules.events_reference_format
+            == ruma::room_version_rules::EventsReferenceFormatVersion::V1;
+        ids.iter()
+            .map(|id| {
+                let referenced = match pairs {
+                    true => match self.short_id(id)? {
+                        Some(short) => self.raw_pdu(short)?.and_then(|raw| {
+                            serde_json::from_slice::<CanonicalJsonObject>(&raw).ok()
+                        }),
+                        None => None,
+                    },
+                    false => None,
+                };
+                Ok(pdu::event_ref(id, referenced.as_ref(), rules))
+            })
+            .collect()
     }
 
     fn sign_obj(
@@ -811,6 +872,18 @@ impl Rooms {
         rules: &RoomVersionRules,
         room_id: Option<&RoomId>,
     ) -> Result<(OwnedEventId, Pdu, Vec<u8>)> {
+        let mut obj = obj;
+        if rules.event_id_format == EventIdFormatVersion::V1 && !obj.contains_key("event_id") {
+            // Room versions 1 and 2: `$opaque:server`, chosen by the server that makes it.
+            obj.insert(
+                "event_id".into(),
+                CanonicalJsonValue::String(format!(
+                    "${}:{}",
+                    crate::random_string(18),
+                    self.config.server_name
+                )),
+            );
+        }
         let signed = self.sign_obj(obj, rules)?;
         let bytes = obj_bytes(&signed)?;
         if bytes.len() > pdu::MAX_PDU_BYTES {
@@ -818,13 +891,16 @@ impl Rooms {
                 "event is larger than 65535 bytes of canonical JSON",
             ));
         }
-        let hash = reference_hash(&signed, rules).map_err(|e| match e {
-            ruma::signatures::JsonError::PduTooLarge => {
+        let event_id = pdu::event_id_of(&signed, rules).map_err(|e| {
+            if matches!(
+                reference_hash(&signed, rules),
+                Err(ruma::signatures::JsonError::PduTooLarge)
+            ) {
                 Error::too_large("event is larger than 65535 bytes of canonical JSON")
+            } else {
+                Error::bad_json(format!("event cannot be hashed: {e}"))
             }
-            other => Error::bad_json(format!("event cannot be hashed: {other}")),
         })?;
-        let event_id = OwnedEventId::try_from(format!("${hash}")).map_err(db_err)?;
         let mut pdu = Pdu::from_json(event_id.clone(), &bytes)?;
         if room_id.is_none() {
             pdu.room_id = None;

@@ -62,6 +62,7 @@ pub fn event_filter(f: &RoomEventFilter) -> EventFilter {
         contains_url: f
             .url_filter
             .map(|u| matches!(u, ruma::api::client::filter::UrlFilter::EventsWithUrl)),
+        ignored: Vec::new(),
     }
 }
 
@@ -377,7 +378,7 @@ impl Sync {
             device: Some(req.device),
         };
         let mut timeline_filter = event_filter(tf);
-        timeline_filter.not_senders.extend(ignored.iter().cloned());
+        timeline_filter.ignored = ignored.to_vec();
         let page = self.rooms.paginate(
             room_id,
             reader,
@@ -390,8 +391,24 @@ impl Sync {
             &timeline_filter,
         )?;
         let mut events = page.events;
-        let limited = events.len() > limit || (page.next.is_some() && events.len() >= limit);
+        let mut limited = events.len() > limit || (page.next.is_some() && events.len() >= limit);
         events.truncate(limit);
+        // A room joined since the token, whose history goes back further than what the
+        // timeline holds: limited, as the client has not seen that history.
+        if since.is_none() && req.since.is_some() && !limited {
+            if let Some((oldest, _)) = events.last() {
+                limited = self.rooms.has_timeline_before(room_id, *oldest)?;
+            }
+        }
+        // A gap in the DAG since the client's token (events this server never got): the
+        // timeline starts after it and is limited, as the client's view has a hole there.
+        if let Some(since) = since {
+            let room = self.rooms.room_or_404(room_id)?;
+            if let Some(gap) = room.gaps.iter().rev().find(|g| **g > since && **g <= upto) {
+                limited = true;
+                events.retain(|(pos, _)| pos >= gap);
+            }
+        }
         events.reverse();
         let first_pos = events.first().map(|(p, _)| *p);
         let prev_batch = match first_pos {

@@ -59,6 +59,7 @@ pub(crate) async fn update_device_route(
         req.body.device_id.as_str(),
         req.body.display_name.clone(),
     )?;
+    state.e2ee.device_renamed(&id.user_id)?;
     Ok(RumaResponse(update_device::v3::Response::new()))
 }
 

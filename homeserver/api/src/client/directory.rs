@@ -35,9 +35,13 @@ pub(crate) async fn delete_alias_route(
     req: Ruma<delete_alias::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let id = req.user()?;
-    state
+    let room_id = state
         .rooms
         .delete_alias(&req.body.room_alias, &id.user_id, id.admin)?;
+    state
+        .rooms
+        .forget_canonical_alias(&room_id, &req.body.room_alias, &id.user_id)
+        .await?;
     Ok(Json(json!({})))
 }
 

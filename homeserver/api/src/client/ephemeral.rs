@@ -63,6 +63,9 @@ async fn receipt(
     }
     let reader = paracord_service::rooms::timeline::Reader { user, device: None };
     state.rooms.visible_event(reader, Some(room_id), event_id)?;
+    if let Some(t) = &thread {
+        state.rooms.check_receipt_thread(event_id, t)?;
+    }
     if kind == "m.fully_read" {
         return state.account_data.set(
             user,
@@ -110,11 +113,14 @@ pub(crate) async fn create_receipt_route(
     if !matches!(kind.as_str(), "m.read" | "m.read.private" | "m.fully_read") {
         return Err(Error::invalid_param("unknown receipt type").into());
     }
-    let thread = req
-        .json
-        .as_ref()
-        .and_then(|j| j["thread_id"].as_str())
-        .map(str::to_owned);
+    let thread = match req.json.as_ref().and_then(|j| j.get("thread_id")) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(t)) => Some(t.clone()),
+        Some(_) => return Err(Error::invalid_param("thread_id must be a string").into()),
+    };
+    if thread.is_some() && kind == "m.fully_read" {
+        return Err(Error::invalid_param("m.fully_read takes no thread_id").into());
+    }
     receipt(
         &state,
         &id.user_id,

@@ -85,37 +85,27 @@ pub(crate) fn candidates(
 }
 
 /// Joins a room: locally when this server is in it, otherwise over federation through the
-/// servers given (`via`), the room id's server and the server of a pending invite.
+/// servers given (`via`), the room id's server and the server of a pending invite. `body` is
+/// the client's request body, whose fields become member event content.
 pub(crate) async fn join(
     state: &AppState,
     user: &ruma::UserId,
     room_id: &ruma::RoomId,
     via: &[ruma::OwnedServerName],
     reason: Option<&str>,
+    body: Option<&Value>,
 ) -> ApiResult<()> {
     let resident = resident(state, room_id)?;
     let candidates = candidates(state, user, room_id, via)?;
+    let content =
+        paracord_service::rooms::membership::join_content(profile(state, user), reason, body);
     if resident || candidates.is_empty() {
-        state
-            .rooms
-            .join(room_id, user, profile(state, user), reason)
-            .await?;
+        state.rooms.join_with(room_id, user, content).await?;
         return Ok(());
-    }
-    let (displayname, avatar_url) = profile(state, user);
-    let mut extra = serde_json::Map::new();
-    if let Some(d) = displayname {
-        extra.insert("displayname".into(), json!(d));
-    }
-    if let Some(a) = avatar_url {
-        extra.insert("avatar_url".into(), json!(a));
-    }
-    if let Some(r) = reason {
-        extra.insert("reason".into(), json!(r));
     }
     state
         .pdus
-        .join_remote(user, room_id, &candidates, Value::Object(extra))
+        .join_remote(user, room_id, &candidates, Value::Object(content))
         .await?;
     Ok(())
 }
@@ -132,6 +122,7 @@ pub(crate) async fn join_room_by_id_route(
         &req.body.room_id,
         &[],
         req.body.reason.as_deref(),
+        req.json.as_ref(),
     )
     .await?;
     Ok(Json(json!({ "room_id": req.body.room_id })))
@@ -151,6 +142,7 @@ pub(crate) async fn join_room_by_id_or_alias_route(
         &room_id,
         &via,
         req.body.reason.as_deref(),
+        req.json.as_ref(),
     )
     .await?;
     Ok(Json(json!({ "room_id": room_id })))
@@ -223,6 +215,9 @@ pub(crate) async fn leave_room_route(
         return Ok(Json(json!({})));
     }
     state.rooms.room_or_404(&req.body.room_id)?;
+    state
+        .server_notices
+        .check_leave(&req.body.room_id, &id.user_id)?;
     state
         .rooms
         .leave(&req.body.room_id, &id.user_id, req.body.reason.as_deref())

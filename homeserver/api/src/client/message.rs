@@ -87,6 +87,11 @@ pub(crate) async fn get_message_events_route(
 ) -> ApiResult<Json<Value>> {
     let r = reader(&req)?;
     let room_id = &req.body.room_id;
+    // A room this server does not know is one the user is not in (403, as other servers
+    // answer; a 404 would tell which rooms exist).
+    if state.rooms.room(room_id)?.is_none() {
+        return Err(Error::forbidden("you are not a member of this room").into());
+    }
     state.rooms.check_can_read(room_id, r.user)?;
     let dir = match req.body.dir {
         Direction::Backward => Dir::Backward,
@@ -109,9 +114,7 @@ pub(crate) async fn get_message_events_route(
         .unwrap_or(10)
         .clamp(1, 1000);
     let mut filter = filter_of(&req.body.filter);
-    filter
-        .not_senders
-        .extend(state.account_data.ignored_users(r.user)?);
+    filter.ignored = state.account_data.ignored_users(r.user)?;
     let to = match dir {
         Dir::Forward => Some(to.unwrap_or(ceiling).min(ceiling)),
         Dir::Backward => to,

@@ -203,6 +203,8 @@ pub(crate) async fn set_pusher_route(
         .json
         .clone()
         .ok_or_else(|| Error::bad_json("missing body"))?;
-    state.pushers.set(&id.user_id, &body)?;
+    state
+        .pushers
+        .set(&id.user_id, id.device_id.as_str(), &body)?;
     Ok(Json(json!({})))
 }

@@ -93,7 +93,15 @@ pub(crate) async fn get_room_event_route(
     req: Ruma<get_room_event::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let r = reader(&req)?;
-    state.rooms.check_can_read(&req.body.room_id, r.user)?;
+    // An event the user may not see is, to them, an event that does not exist (404, as the
+    // spec and other servers answer), not a room they are refused.
+    if let Err(e) = state.rooms.check_can_read(&req.body.room_id, r.user) {
+        return Err(match e {
+            Error::Matrix { .. } => Error::not_found("event not found or not visible to you"),
+            other => other,
+        }
+        .into());
+    }
     let (_, _, ev) = state
         .rooms
         .visible_event(r, Some(&req.body.room_id), &req.body.event_id)?;
@@ -118,9 +126,7 @@ pub(crate) async fn get_context_route(
     let before_n = limit / 2;
     let after_n = limit - before_n;
     let mut filter = crate::client::message::filter_of(&req.body.filter);
-    filter
-        .not_senders
-        .extend(state.account_data.ignored_users(r.user)?);
+    filter.ignored = state.account_data.ignored_users(r.user)?;
     // The event's stream position is its short id.
     let pos = short;
     let before = state.rooms.paginate(

@@ -109,6 +109,7 @@ pub(crate) async fn search_events_route(
             .chain(state.account_data.ignored_users(r.user)?)
             .collect(),
         contains_url: filter["contains_url"].as_bool(),
+        ignored: Vec::new(),
     };
     let ctx = &criteria["event_context"];
     let (before, after) = (

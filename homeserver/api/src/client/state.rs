@@ -49,6 +49,13 @@ pub(crate) async fn get_state_event_for_key_route(
         .rooms
         .client_event(*short, Some(r))?
         .ok_or_else(|| Error::not_found("state event not found"))?;
+    // `?format=event`: the whole event, as clients see events elsewhere.
+    if matches!(
+        req.body.format,
+        get_state_event_for_key::v3::StateEventFormat::Event
+    ) {
+        return Ok(Json(ev));
+    }
     Ok(Json(ev["content"].clone()))
 }
 
@@ -83,12 +90,12 @@ pub(crate) async fn send_state_event_route(
                 .filter_map(|a| a.as_str()),
         ) {
             let alias = ruma::OwnedRoomAliasId::try_from(alias)
-                .map_err(|_| Error::invalid_param("invalid alias"))?;
+                .map_err(|_| Error::invalid_param(format!("{alias:?} is not a room alias")))?;
             if state.rooms.resolve_alias(&alias)?.as_deref() != Some(&*req.body.room_id) {
                 return Err(Error::new(
                     http::StatusCode::BAD_REQUEST,
-                    paracord_core::ErrorKind::Unknown,
-                    "alias does not point at this room",
+                    paracord_core::ErrorKind::BadAlias,
+                    format!("{alias} does not point at this room"),
                 )
                 .into());
             }

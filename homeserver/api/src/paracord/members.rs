@@ -370,10 +370,10 @@ pub(crate) async fn accept_invite_route(
         };
     let via = [via];
     if !state.rooms.is_joined(&guild_id, &user)? {
-        join(&state, &user, &guild_id, &via, None).await?;
+        join(&state, &user, &guild_id, &via, None, None).await?;
     }
     if join_channel == Some(true) && !state.rooms.is_joined(&channel_id, &user)? {
-        join(&state, &user, &channel_id, &via, None).await?;
+        join(&state, &user, &channel_id, &via, None, None).await?;
     }
     // As in Discord, a new member is in every channel they can see, categories included (so
     // that this server holds their state): the invite's channel first, then the rest. A
@@ -385,7 +385,7 @@ pub(crate) async fn accept_invite_route(
         if state.rooms.is_joined(&channel, &user)? {
             continue;
         }
-        if let Err(e) = join(&state, &user, &channel, &via, None).await {
+        if let Err(e) = join(&state, &user, &channel, &via, None, None).await {
             tracing::debug!(%channel, error = ?e.0, "a channel of the guild was not joined");
         }
     }

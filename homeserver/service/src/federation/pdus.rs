@@ -9,7 +9,9 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use paracord_core::{time::now_ms, Config, Error, ErrorKind, Result};
+use paracord_core::{
+    config::SUPPORTED_ROOM_VERSIONS, time::now_ms, Config, Error, ErrorKind, Result,
+};
 use paracord_storage::{Batch, KeyBuf, Table};
 use ruma::{
     canonical_json::CanonicalJsonObject,
@@ -153,8 +155,6 @@ fn stripped(events: &[Value]) -> Vec<Value> {
         .collect()
 }
 
-/// Room versions this server joins and serves over federation.
-pub const SUPPORTED_VERSIONS: &[&str] = &["10", "11", "12"];
 /// Most PDUs and EDUs an incoming transaction may carry.
 const MAX_TXN_PDUS: usize = 50;
 const MAX_TXN_EDUS: usize = 100;
@@ -179,7 +179,7 @@ pub struct Pdus {
 fn version_rules(
     version: &str,
 ) -> std::result::Result<ruma::room_version_rules::RoomVersionRules, String> {
-    if !SUPPORTED_VERSIONS.contains(&version) {
+    if !SUPPORTED_ROOM_VERSIONS.contains(&version) {
         return Err(format!("room version {version} is not supported"));
     }
     ruma::RoomVersionId::try_from(version)
@@ -282,8 +282,7 @@ impl Pdus {
             ));
         }
         check_pdu_format(&obj, &rules.event_format)?;
-        let hash = ruma::signatures::reference_hash(&obj, &rules).map_err(|e| e.to_string())?;
-        let event_id = OwnedEventId::try_from(format!("${hash}")).map_err(|e| e.to_string())?;
+        let event_id = crate::rooms::pdu::event_id_of(&obj, &rules)?;
         let servers = required_server_signatures_to_verify_event(&obj, &rules.signatures)
             .map_err(|e| format!("{event_id}: {e}"))?;
         let ts = match obj.get("origin_server_ts") {
@@ -442,13 +441,9 @@ impl Pdus {
                         break;
                     }
                     if let Ok(v) = self.fetch_event_json(from, &id).await {
-                        if let Some(auth) = v.get("auth_events").and_then(Value::as_array) {
-                            for a in auth.iter().filter_map(Value::as_str) {
-                                if let Ok(a) = OwnedEventId::try_from(a) {
-                                    if !self.rooms.knows_event(&a)? {
-                                        todo.push(a);
-                                    }
-                                }
+                        for a in crate::rooms::pdu::ref_ids(&v["auth_events"]) {
+                            if !self.rooms.knows_event(&a)? {
+                                todo.push(a);
                             }
                         }
                         got.push(v);
@@ -925,7 +920,7 @@ impl Pdus {
         event: &Value,
         invite_room_state: &[Value],
     ) -> Result<Value> {
-        if !SUPPORTED_VERSIONS.contains(&version) {
+        if !SUPPORTED_ROOM_VERSIONS.contains(&version) {
             return Err(Error::new(
                 http::StatusCode::BAD_REQUEST,
                 ErrorKind::IncompatibleRoomVersion {
@@ -1129,7 +1124,7 @@ impl Pdus {
             "join" | "knock" => (
                 format!(
                     "?{}",
-                    SUPPORTED_VERSIONS
+                    SUPPORTED_ROOM_VERSIONS
                         .iter()
                         .map(|v| format!("ver={v}"))
                         .collect::<Vec<_>>()
@@ -1492,9 +1487,8 @@ impl Pdus {
     }
 }
 
-/// The event id of a PDU in a room version with reference-hash ids.
+/// The event id of a PDU of a room version.
 pub fn event_id_of(obj: &CanonicalJsonObject, version: &str) -> Option<OwnedEventId> {
     let rules = version_rules(version).ok()?;
-    let hash = ruma::signatures::reference_hash(obj, &rules).ok()?;
-    OwnedEventId::try_from(format!("${hash}")).ok()
+    crate::rooms::pdu::event_id_of(obj, &rules).ok()
 }

@@ -27,7 +27,7 @@ use futures::FutureExt;
 use paracord_core::{time::now_ms, Config, Error, Result};
 use paracord_storage::{db::Entry, next_key, Batch, Db, KeyBuf, KeyReader, StorageError, Table};
 use parking_lot::Mutex;
-use rand::{distributions::Alphanumeric, Rng};
+use rand::Rng;
 use ruma::{EventId, OwnedServerName, ServerName};
 use serde_json::{json, value::RawValue, Value};
 use tokio::{runtime::Handle, sync::Notify};
@@ -169,11 +169,7 @@ impl Sender {
         client: Arc<FederationClient>,
         stream: Arc<Stream>,
     ) -> Arc<Self> {
-        let txn_prefix: String = rand::thread_rng()
-            .sample_iter(&Alphanumeric)
-            .take(12)
-            .map(char::from)
-            .collect();
+        let txn_prefix: String = crate::random_string(12);
         Arc::new_cyclic(|this| Self {
             db,
             config,

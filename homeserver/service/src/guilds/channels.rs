@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use paracord_core::{time::now_ms, Error, Result};
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{json, Value};
-use tracing::{instrument, warn};
+use tracing::{debug, instrument, warn};
 
 use super::{
     events::{ChannelContent, ChannelKind, GuildContent, OverwriteTarget},
@@ -1052,8 +1052,37 @@ pub async fn create_channel(
     relayout(rooms, guild_id, &owner).await?;
     reproject(rooms, guild_id).await?;
     sync_access(rooms, pdus, guild_id, &channel).await?;
+    join_local_members(rooms, guild_id, &channel).await?;
     let (_, list) = overwrites(rooms, &channel)?;
     channel_object(rooms, guild_id, &created, list)
+}
+
+/// Joins the guild's members on this server to a new channel they may enter, as members on
+/// other servers are joined by theirs (`Pdus::follow_new_channel`): in Discord a member is in
+/// every channel they can see (spec/rest.md §11). A channel that refuses the join (private,
+/// hidden from them) is skipped; private channels reach their members as invites.
+async fn join_local_members(rooms: &Rooms, guild_id: &RoomId, channel: &RoomId) -> Result<()> {
+    let space_state = rooms.current_state(guild_id)?;
+    for (user, m) in rooms.members(guild_id)? {
+        if m != "join" || !is_local(rooms, &user) {
+            continue;
+        }
+        if matches!(
+            rooms.membership(channel, &user)?.as_deref(),
+            Some("join") | Some("invite") | Some("ban")
+        ) {
+            continue;
+        }
+        let member = rooms
+            .state_content(&space_state, "m.room.member", user.as_str())?
+            .unwrap_or_default();
+        let field = |k: &str| member.get(k).and_then(Value::as_str).map(str::to_owned);
+        let profile = (field("displayname"), field("avatar_url"));
+        if let Err(e) = rooms.join(channel, &user, profile, None).await {
+            debug!(%user, %channel, "a guild member was not joined to a new channel: {e}");
+        }
+    }
+    Ok(())
 }
 
 /// One item of `PATCH /guilds/{id}/channels`.

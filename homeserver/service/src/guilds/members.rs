@@ -1095,12 +1095,7 @@ fn channel_guild(rooms: &Rooms, channel: &RoomId) -> Result<OwnedRoomId> {
 }
 
 fn fresh_code() -> String {
-    use rand::{distributions::Alphanumeric, Rng};
-    rand::thread_rng()
-        .sample_iter(&Alphanumeric)
-        .take(10)
-        .map(char::from)
-        .collect()
+    crate::random_string(10)
 }
 
 /// `POST /channels/{id}/invites`: CREATE_INSTANT_INVITE in the channel.

@@ -476,14 +476,7 @@ pub async fn create_role(
     if content.name.is_empty() || content.name.chars().count() > 100 {
         return Err(Error::invalid_param("a role name has 1 to 100 characters"));
     }
-    let id: String = {
-        use rand::{distributions::Alphanumeric, Rng};
-        rand::thread_rng()
-            .sample_iter(&Alphanumeric)
-            .take(8)
-            .map(char::from)
-            .collect()
-    };
+    let id: String = crate::random_string(8);
     let owner = host_owner(rooms, &guild)?;
     send_state(
         rooms,

@@ -91,14 +91,7 @@ impl Rooms {
         let room_id = if v12 {
             None
         } else {
-            let local: String = {
-                use rand::{distributions::Alphanumeric, Rng};
-                rand::thread_rng()
-                    .sample_iter(&Alphanumeric)
-                    .take(18)
-                    .map(char::from)
-                    .collect()
-            };
+            let local: String = crate::random_string(18);
             let id = OwnedRoomId::try_from(format!("!{local}:{}", self.config.server_name))
                 .map_err(Error::internal)?;
             obj.insert("room_id".into(), CanonicalJsonValue::String(id.to_string()));
@@ -134,6 +127,7 @@ impl Rooms {
             depth: 0,
             last_pos: 0,
             holes: Vec::new(),
+            gaps: Vec::new(),
         };
         self.commit_event(
             &room_id,

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use paracord_core::{Error, Result};
 use paracord_storage::{Batch, Table};
 
-use super::Rooms;
+use super::{NewEvent, Rooms};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct AliasRecord {
@@ -79,7 +79,12 @@ impl Rooms {
 
     /// Deletes an alias: its creator, a server admin, or a room member with power to change
     /// the canonical alias may.
-    pub fn delete_alias(&self, alias: &RoomAliasId, user: &UserId, is_admin: bool) -> Result<()> {
+    pub fn delete_alias(
+        &self,
+        alias: &RoomAliasId,
+        user: &UserId,
+        is_admin: bool,
+    ) -> Result<OwnedRoomId> {
         self.check_local_alias(alias)?;
         let Some(v) = self
             .db
@@ -108,7 +113,57 @@ impl Rooms {
         }
         let mut batch = Batch::new();
         batch.delete(Table::AliasRoomid, alias.as_bytes().to_vec());
-        self.db.write(batch).map_err(Error::internal)
+        self.db.write(batch).map_err(Error::internal)?;
+        Ok(rec.room_id)
+    }
+
+    /// Takes a deleted alias out of the room's `m.room.canonical_alias` (as `alias` or among
+    /// `alt_aliases`), sent by `user`. A user without the power to change it leaves it as it
+    /// is (the alias is deleted either way).
+    pub async fn forget_canonical_alias(
+        &self,
+        room_id: &RoomId,
+        alias: &RoomAliasId,
+        user: &UserId,
+    ) -> Result<()> {
+        let state = self.current_state(room_id)?;
+        let Some(mut content) = self.state_content(&state, "m.room.canonical_alias", "")? else {
+            return Ok(());
+        };
+        let Some(obj) = content.as_object_mut() else {
+            return Ok(());
+        };
+        let mut changed = false;
+        if obj.get("alias").and_then(Value::as_str) == Some(alias.as_str()) {
+            obj.remove("alias");
+            changed = true;
+        }
+        if let Some(alt) = obj.get_mut("alt_aliases").and_then(Value::as_array_mut) {
+            let before = alt.len();
+            alt.retain(|a| a.as_str() != Some(alias.as_str()));
+            changed |= alt.len() != before;
+            if alt.is_empty() {
+                obj.remove("alt_aliases");
+            }
+        }
+        if !changed {
+            return Ok(());
+        }
+        if let Err(e) = self
+            .append(
+                room_id,
+                user,
+                NewEvent::state(
+                    ruma::events::TimelineEventType::RoomCanonicalAlias,
+                    "",
+                    content,
+                ),
+            )
+            .await
+        {
+            tracing::info!(%room_id, "the canonical alias keeps a deleted alias: {e}");
+        }
+        Ok(())
     }
 
     /// Local aliases pointing at a room.

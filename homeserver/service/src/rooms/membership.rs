@@ -15,6 +15,28 @@ fn with_reason(mut content: Value, reason: Option<&str>) -> Value {
     content
 }
 
+/// The content of a join: the client's own fields (spec: "POST /join ... can join a room with
+/// custom content"; `third_party_signed` is not content), the profile where the client gave
+/// none, and the reason.
+pub fn join_content(
+    profile: (Option<String>, Option<String>),
+    reason: Option<&str>,
+    body: Option<&Value>,
+) -> serde_json::Map<String, Value> {
+    let mut content = body.and_then(Value::as_object).cloned().unwrap_or_default();
+    content.remove("third_party_signed");
+    if let Some(d) = profile.0 {
+        content.entry("displayname").or_insert_with(|| json!(d));
+    }
+    if let Some(a) = profile.1 {
+        content.entry("avatar_url").or_insert_with(|| json!(a));
+    }
+    if let Some(r) = reason {
+        content.insert("reason".into(), json!(r));
+    }
+    content
+}
+
 impl Rooms {
     fn member_event(&self, target: &UserId, content: Value) -> NewEvent {
         NewEvent::state(TimelineEventType::RoomMember, target.as_str(), content)
@@ -28,25 +50,30 @@ impl Rooms {
         profile: (Option<String>, Option<String>),
         reason: Option<&str>,
     ) -> Result<OwnedEventId> {
+        self.join_with(room_id, user, join_content(profile, reason, None))
+            .await
+    }
+
+    /// Joins a local room with the given member event content (`membership` and the restricted
+    /// join's authoriser are filled in).
+    pub async fn join_with(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        mut content: serde_json::Map<String, Value>,
+    ) -> Result<OwnedEventId> {
         if self.room(room_id)?.is_none() {
-            return Err(Error::not_found(
-                "room not known to this server (federation is not supported yet)",
-            ));
+            return Err(Error::not_found("room not known to this server"));
         }
-        let mut content = json!({ "membership": "join" });
+        content.insert("membership".into(), json!("join"));
+        content.remove("join_authorised_via_users_server");
         if let Some(authoriser) = self.join_authoriser(room_id, user)? {
-            content["join_authorised_via_users_server"] = json!(authoriser);
-        }
-        if let Some(d) = profile.0 {
-            content["displayname"] = json!(d);
-        }
-        if let Some(a) = profile.1 {
-            content["avatar_url"] = json!(a);
+            content.insert("join_authorised_via_users_server".into(), json!(authoriser));
         }
         self.append(
             room_id,
             user,
-            self.member_event(user, with_reason(content, reason)),
+            self.member_event(user, Value::Object(content)),
         )
         .await
     }

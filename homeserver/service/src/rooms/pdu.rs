@@ -1,10 +1,14 @@
 //! Persistent data units: the signed events of a room's DAG.
 
 use ruma::{
-    canonical_json::CanonicalJsonObject, events::TimelineEventType, serde::Raw, CanonicalJsonValue,
-    MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
+    canonical_json::CanonicalJsonObject,
+    events::TimelineEventType,
+    room_version_rules::{EventIdFormatVersion, RoomVersionRules},
+    serde::Raw,
+    CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId,
+    UInt, UserId,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use paracord_core::{Error, Result};
@@ -27,9 +31,9 @@ pub struct Pdu {
     pub state_key: Option<String>,
     pub content: Box<RawValue>,
     pub origin_server_ts: MilliSecondsSinceUnixEpoch,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "event_refs")]
     pub prev_events: Vec<OwnedEventId>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "event_refs")]
     pub auth_events: Vec<OwnedEventId>,
     #[serde(default)]
     pub redacts: Option<OwnedEventId>,
@@ -37,6 +41,78 @@ pub struct Pdu {
     pub depth: UInt,
     #[serde(skip)]
     pub rejected: bool,
+}
+
+/// `prev_events`/`auth_events`: event ids (room versions 3 and later) or, in versions 1 and 2,
+/// `[event_id, {"sha256": …}]` pairs.
+fn event_refs<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<OwnedEventId>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Ref {
+        Id(OwnedEventId),
+        Pair(OwnedEventId, serde::de::IgnoredAny),
+    }
+    Ok(Vec::<Ref>::deserialize(d)?
+        .into_iter()
+        .map(|r| match r {
+            Ref::Id(id) | Ref::Pair(id, _) => id,
+        })
+        .collect())
+}
+
+/// The ids in a `prev_events`/`auth_events` JSON array of any room version (malformed entries
+/// are left out).
+pub fn ref_ids(refs: &serde_json::Value) -> Vec<OwnedEventId> {
+    refs.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r.as_str().or_else(|| r.get(0).and_then(|id| id.as_str())))
+                .filter_map(|id| OwnedEventId::try_from(id).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The event id of a PDU: its `event_id` field in room versions 1 and 2 (`$opaque:server`),
+/// otherwise `$` and its reference hash.
+pub fn event_id_of(
+    obj: &CanonicalJsonObject,
+    rules: &RoomVersionRules,
+) -> std::result::Result<OwnedEventId, String> {
+    if rules.event_id_format == EventIdFormatVersion::V1 {
+        let Some(CanonicalJsonValue::String(id)) = obj.get("event_id") else {
+            return Err("the PDU has no event_id".to_owned());
+        };
+        let id = OwnedEventId::try_from(id.as_str()).map_err(|e| format!("bad event_id: {e}"))?;
+        if id.server_name().is_none() {
+            return Err(format!("the event id {id} names no server"));
+        }
+        return Ok(id);
+    }
+    let hash = ruma::signatures::reference_hash(obj, rules).map_err(|e| e.to_string())?;
+    OwnedEventId::try_from(format!("${hash}")).map_err(|e| e.to_string())
+}
+
+/// One entry of `prev_events`/`auth_events` in a room version: the id, or (versions 1 and 2)
+/// `[id, {"sha256": reference hash}]` with the referenced event's canonical JSON.
+pub fn event_ref(
+    id: &ruma::EventId,
+    referenced: Option<&CanonicalJsonObject>,
+    rules: &RoomVersionRules,
+) -> CanonicalJsonValue {
+    if rules.events_reference_format == ruma::room_version_rules::EventsReferenceFormatVersion::V1 {
+        let mut hashes = CanonicalJsonObject::new();
+        if let Some(hash) = referenced.and_then(|r| ruma::signatures::reference_hash(r, rules).ok())
+        {
+            hashes.insert("sha256".into(), CanonicalJsonValue::String(hash));
+        }
+        CanonicalJsonValue::Array(vec![
+            CanonicalJsonValue::String(id.to_string()),
+            CanonicalJsonValue::Object(hashes),
+        ])
+    } else {
+        CanonicalJsonValue::String(id.to_string())
+    }
 }
 
 fn placeholder_event_id() -> OwnedEventId {

@@ -46,6 +46,56 @@ fn bad(msg: &str) -> Error {
 type Child = (String, u64);
 
 impl Rooms {
+    /// The thread an event is in: the root of the `m.thread` relation reached by following
+    /// its relations up to 3 hops (spec: threading), `None` for the main timeline.
+    pub fn thread_of(&self, event_id: &EventId) -> Result<Option<OwnedEventId>> {
+        let mut current = event_id.to_owned();
+        for _ in 0..3 {
+            let Some(pdu) = self.pdu(&current)? else {
+                return Ok(None);
+            };
+            match relates_to(&pdu.content_value()) {
+                Some((rel, target, _)) if rel == "m.thread" => return Ok(Some(target)),
+                Some((_, target, _)) => current = target,
+                None => return Ok(None),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether `event_id` is the root of a thread (some event starts or extends a thread
+    /// from it).
+    pub fn is_thread_root(&self, event_id: &EventId) -> Result<bool> {
+        match self.short_id(event_id)? {
+            Some(short) => Ok(!self.children(short, Some("m.thread"))?.is_empty()),
+            None => Ok(false),
+        }
+    }
+
+    /// Checks the `thread_id` of a receipt for `event_id` (spec: 400 when it is empty, not a
+    /// thread root or `main`, or `event_id` is not in that thread).
+    pub fn check_receipt_thread(&self, event_id: &EventId, thread_id: &str) -> Result<()> {
+        if thread_id.is_empty() {
+            return Err(bad("thread_id must be a non-empty string"));
+        }
+        let in_thread = self.thread_of(event_id)?;
+        if thread_id == "main" {
+            return match in_thread {
+                None => Ok(()),
+                Some(_) => Err(bad("the event is in a thread, not in the main timeline")),
+            };
+        }
+        let root = OwnedEventId::try_from(thread_id)
+            .map_err(|_| bad("thread_id must be \"main\" or a thread root's event id"))?;
+        if !self.is_thread_root(&root)? {
+            return Err(bad("thread_id is not the root of a thread"));
+        }
+        if event_id != root && in_thread.as_deref() != Some(&*root) {
+            return Err(bad("the event is not in that thread"));
+        }
+        Ok(())
+    }
+
     /// Checks the relation a new event declares, if any.
     pub(crate) fn check_relation(&self, room_id: &RoomId, pdu: &Pdu) -> Result<Option<Relation>> {
         if pdu.kind == ruma::events::TimelineEventType::RoomRedaction {
@@ -87,20 +137,10 @@ impl Rooms {
                     }
                 }
             }
-            "m.replace" => {
-                if target.sender != pdu.sender {
-                    return Err(Error::forbidden("only the sender of an event may edit it"));
-                }
-                if pdu.state_key.is_some() || target.state_key.is_some() {
-                    return Err(bad("state events cannot be edited"));
-                }
-                if target.kind != pdu.kind {
-                    return Err(bad("an edit must have the type of the event it edits"));
-                }
-                if target_rel.as_ref().is_some_and(|r| r.0 == "m.replace") {
-                    return Err(bad("an edit cannot be edited; edit the original event"));
-                }
-            }
+            // An invalid replacement (another sender, another type, a state event, an edit of
+            // an edit) is not refused: the spec has servers ignore it when they aggregate
+            // edits (`aggregations`), as other servers will have sent such events too.
+            "m.replace" => {}
             "m.thread" => {
                 if target_rel.is_some() {
                     return Err(bad(
@@ -219,7 +259,12 @@ impl Rooms {
             return Ok(None);
         }
         let mut out = serde_json::Map::new();
-        // The newest valid edit, in full.
+        // The newest valid edit, in full. The original must be a plain event that is not
+        // itself an edit.
+        let original_editable = self.pdu_by_short(target_short)?.is_some_and(|o| {
+            o.state_key.is_none()
+                && relates_to(&o.content_value()).is_none_or(|r| r.0 != "m.replace")
+        });
         let mut latest_edit = None;
         let mut thread: Vec<u64> = Vec::new();
         let mut references = Vec::new();
@@ -227,8 +272,10 @@ impl Rooms {
             match rel.as_str() {
                 "m.replace" => {
                     if let Some(p) = self.pdu_by_short(*child)? {
-                        if p.sender.as_str() == original_sender
+                        if original_editable
+                            && p.sender.as_str() == original_sender
                             && p.kind.to_string() == original_type
+                            && p.state_key.is_none()
                         {
                             latest_edit = Some(*child);
                         }

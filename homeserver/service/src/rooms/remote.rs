@@ -328,11 +328,6 @@ impl Rooms {
             }
         };
         let rules = rules_for(version)?;
-        let Some(state_res_rules) = rules.state_res.v2_rules() else {
-            return Err(Error::internal(format!(
-                "room version {version} does not use state resolution v2"
-            )));
-        };
         let mut maps = Vec::new();
         let mut auth_chains = Vec::new();
         for state in states {
@@ -357,18 +352,23 @@ impl Rooms {
             );
             maps.push(map);
         }
-        let resolved = state_res::resolve(
-            &rules.authorization,
-            state_res_rules,
-            &maps,
-            auth_chains,
-            |id: &EventId| pdu_of(id).ok().flatten(),
-            |conflicted| {
-                self.conflicted_subgraph(conflicted, &pdu_of)
-                    .map(|s| s.into_iter().collect::<EventIdSet<_>>())
-            },
-        )
-        .map_err(|e| Error::internal(format!("state resolution failed: {e}")))?;
+        let resolved = match rules.state_res.v2_rules() {
+            Some(state_res_rules) => state_res::resolve(
+                &rules.authorization,
+                state_res_rules,
+                &maps,
+                auth_chains,
+                |id: &EventId| pdu_of(id).ok().flatten(),
+                |conflicted| {
+                    self.conflicted_subgraph(conflicted, &pdu_of)
+                        .map(|s| s.into_iter().collect::<EventIdSet<_>>())
+                },
+            )
+            .map_err(|e| Error::internal(format!("state resolution failed: {e}")))?,
+            None => super::state_res_v1::resolve(&rules.authorization, &maps, |id: &EventId| {
+                pdu_of(id).ok().flatten()
+            }),
+        };
         let mut out = StateMap::new();
         for ((t, k), id) in resolved {
             let short = match pending {
@@ -600,9 +600,13 @@ impl Rooms {
             .filter(|h| **h != event.event_id)
             .cloned()
             .collect();
+        let mut after_gap = false;
         for prev in &pdu.prev_events {
-            if !self.is_placed(prev)? && !holes_after.contains(prev) {
-                holes_after.push(prev.clone());
+            if !self.is_placed(prev)? {
+                after_gap = true;
+                if !holes_after.contains(prev) {
+                    holes_after.push(prev.clone());
+                }
             }
         }
         let overflow = holes_after.len().saturating_sub(MAX_HOLES);
@@ -712,6 +716,11 @@ impl Rooms {
             };
             room.extremities = extremities.clone();
             room.holes = holes_after.clone();
+            if after_gap {
+                room.gaps.push(pos);
+                let overflow = room.gaps.len().saturating_sub(MAX_HOLES);
+                room.gaps.drain(..overflow);
+            }
             room.depth = room.depth.max(u64::from(pdu.depth));
             room.last_pos = pos;
             batch.put(
@@ -937,6 +946,7 @@ impl Rooms {
                 depth: u64::from(join.pdu.depth).max(existing.as_ref().map_or(0, |r| r.depth)),
                 last_pos: pos,
                 holes: Vec::new(),
+                gaps: Vec::new(),
             };
             batch.put(
                 Table::RoomidRoom,

@@ -16,6 +16,9 @@ pub struct EventFilter {
     pub senders: Option<Vec<String>>,
     pub not_senders: Vec<String>,
     pub contains_url: Option<bool>,
+    /// The reader's ignored users: their events are left out, their state events are not
+    /// (spec: "Servers must still send state events sent by ignored users").
+    pub ignored: Vec<String>,
 }
 
 fn type_matches(pattern: &str, kind: &str) -> bool {
@@ -38,6 +41,9 @@ impl EventFilter {
             }
         }
         if self.not_senders.iter().any(|s| s == sender) {
+            return false;
+        }
+        if ev.get("state_key").is_none() && self.ignored.iter().any(|s| s == sender) {
             return false;
         }
         if let Some(senders) = &self.senders {
@@ -310,6 +316,24 @@ impl Rooms {
             return Err(Error::not_found("event not found or not visible to you"));
         }
         Ok((short, meta, ev))
+    }
+
+    /// Whether the room's timeline has an event before stream position `pos`.
+    pub fn has_timeline_before(&self, room_id: &RoomId, pos: u64) -> Result<bool> {
+        let prefix = KeyBuf::new().str(room_id.as_str()).into_vec();
+        let upper = KeyBuf::new().str(room_id.as_str()).u64(pos).into_vec();
+        let rows = self
+            .db
+            .scan(
+                Table::RoompositionShorteventid,
+                &prefix,
+                &prefix,
+                Some(&upper),
+                false,
+                1,
+            )
+            .map_err(Error::internal)?;
+        Ok(!rows.is_empty())
     }
 
     /// The state of a room as it was at stream position `pos` (after all events up to it).

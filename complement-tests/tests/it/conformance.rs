@@ -509,3 +509,45 @@ async fn server_notices_reach_users_in_one_room_they_cannot_refuse() {
         .await;
     assert_eq!(status, 400, "the system localpart is reserved: {body}");
 }
+
+/// A join -> join change (a new display name) in a restricted room ignores any
+/// `join_authorised_via_users_server` the client sent, as the spec says for such transitions.
+#[tokio::test]
+async fn a_rejoin_ignores_a_client_supplied_join_authoriser() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    let space = alice.create_room(&json!({ "preset": "public_chat" })).await;
+    let room = alice
+        .create_room(&json!({
+            "preset": "public_chat",
+            "initial_state": [{
+                "type": "m.room.join_rules", "state_key": "",
+                "content": { "join_rule": "restricted",
+                    "allow": [{ "type": "m.room_membership", "room_id": space }] },
+            }],
+        }))
+        .await;
+    bob.join_ok(&space).await;
+    bob.join_ok(&room).await;
+    expect_ok(
+        bob.put(
+            &format!(
+                "/rooms/{}/state/m.room.member/{}",
+                enc(&room),
+                enc(&bob.user_id)
+            ),
+            &json!({
+                "membership": "join", "displayname": "Bobby",
+                "join_authorised_via_users_server": "unused",
+            }),
+        )
+        .await,
+        "a join -> join with a bogus authoriser",
+    );
+    let m = alice
+        .state_content(&room, "m.room.member", &bob.user_id)
+        .await;
+    assert_eq!(m["displayname"], "Bobby", "{m}");
+    assert!(m.get("join_authorised_via_users_server").is_none(), "{m}");
+}

@@ -504,3 +504,64 @@ async fn a_transaction_signed_with_a_key_its_origin_does_not_have_is_refused() {
     let timeline = timeline_ids(&alice, &room).await;
     assert!(timeline.contains(&good), "got {timeline:?}");
 }
+
+/// Issue 14: the deprecated v1 `send_join`/`send_leave` (answered `[200, {…}]`) take the same
+/// checks as v2: a leave is refused through `send_join`, then accepted through `send_leave`.
+#[tokio::test]
+async fn v1_send_join_and_send_leave_check_the_membership() {
+    let (_a, _b, alice, bob, as_b) = setup().await;
+    let leave = as_b.template(
+        &bob.user_id,
+        "m.room.member",
+        Some(&bob.user_id),
+        json!({ "membership": "leave" }),
+    );
+    let (id, pdu) = as_b.signed(leave);
+    let put = |path: String, body: Value| {
+        let as_b = &as_b;
+        async move {
+            let auth = x_matrix_with_content(
+                &as_b.request_key,
+                &as_b.b_name,
+                &as_b.a_name,
+                "PUT",
+                &path,
+                Some(&body),
+            );
+            let resp = reqwest::Client::new()
+                .put(format!("{}{path}", as_b.a_url))
+                .header("Authorization", auth)
+                .json(&body)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("expected an answer to PUT {path}: {e}"));
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (status, body) = put(
+        format!(
+            "/_matrix/federation/v1/send_join/{}/{}",
+            enc(&as_b.room),
+            enc(&id)
+        ),
+        pdu.clone(),
+    )
+    .await;
+    assert_eq!(status, 400, "a leave through v1 send_join: {body}");
+    let (status, body) = put(
+        format!(
+            "/_matrix/federation/v1/send_leave/{}/{}",
+            enc(&as_b.room),
+            enc(&id)
+        ),
+        pdu,
+    )
+    .await;
+    assert_eq!(status, 200, "the leave through v1 send_leave: {body}");
+    assert_eq!(body[0], 200, "the v1 answer is [200, {{…}}]: {body}");
+    let m = alice
+        .state_content(&as_b.room, "m.room.member", &bob.user_id)
+        .await;
+    assert_eq!(m["membership"], "leave", "{m}");
+}

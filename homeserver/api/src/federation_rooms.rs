@@ -244,3 +244,43 @@ pub(crate) async fn hierarchy_route(
         req.body.suggested_only,
     )?))
 }
+
+/// `PUT /_matrix/federation/v1/send_join/{roomId}/{eventId}` and `…/v1/send_leave/…` — the
+/// deprecated v1 forms (https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv1send_joinroomideventid),
+/// which servers still send: the same checks as v2, answered as `[200, {…}]`. ruma has no
+/// types for them, so the X-Matrix signature is checked here.
+pub(crate) async fn send_membership_v1_route(
+    State(state): State<AppState>,
+    crate::params::Params((room_id, event_id)): crate::params::Params<(String, String)>,
+    req: axum::extract::Request,
+) -> ApiResult<Json<Value>> {
+    let membership = if req.uri().path().contains("/send_join/") {
+        "join"
+    } else {
+        "leave"
+    };
+    let (parts, body) = req.into_parts();
+    let limit = state.config.max_request_bytes;
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| Error::too_large(format!("the body is larger than {limit} bytes")))?;
+    let mut signed = http::Request::new(bytes.to_vec());
+    *signed.method_mut() = parts.method.clone();
+    *signed.uri_mut() = parts.uri.clone();
+    *signed.headers_mut() = parts.headers.clone();
+    let origin = state.remote_keys.verify_request(&signed).await?;
+    let room_id =
+        ruma::OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param("not a room id"))?;
+    let event_id = ruma::OwnedEventId::try_from(event_id)
+        .map_err(|_| Error::invalid_param("not an event id"))?;
+    let pdu: Value = serde_json::from_slice(&bytes).map_err(|e| Error::not_json(e.to_string()))?;
+    if !pdu.is_object() {
+        return Err(Error::bad_json("the body must be a PDU").into());
+    }
+    let answer = state
+        .pdus
+        .send_membership(&origin, &room_id, &event_id, &pdu, membership)
+        .await?;
+    let answer: Value = serde_json::from_str(answer.get()).map_err(Error::internal)?;
+    Ok(Json(json!([200, answer])))
+}

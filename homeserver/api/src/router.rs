@@ -242,6 +242,14 @@ pub fn app(services: Arc<Services>) -> Router {
         .ruma::<ruma::api::federation::membership::prepare_join_event::v1::Request, _, _>(
             federation_rooms::make_join_route,
         )
+        .route(
+            "/_matrix/federation/v1/send_join/{room_id}/{event_id}",
+            put(federation_rooms::send_membership_v1_route),
+        )
+        .route(
+            "/_matrix/federation/v1/send_leave/{room_id}/{event_id}",
+            put(federation_rooms::send_membership_v1_route),
+        )
         .ruma::<ruma::api::federation::membership::create_join_event::v2::Request, _, _>(
             federation_rooms::send_join_route,
         )

@@ -105,6 +105,20 @@ pub(crate) async fn send_state_event_route(
         paracord_service::ratelimit::Limit::Send,
         id.user_id.as_str(),
     )?;
+    // One's own join (also a join -> join profile change) goes through the join path, which
+    // sets `join_authorised_via_users_server` itself: whatever the client put there is
+    // ignored, as for `/join`.
+    if kind == "m.room.member"
+        && req.body.state_key == id.user_id.as_str()
+        && content["membership"] == "join"
+    {
+        let content = content.as_object().cloned().unwrap_or_default();
+        let event_id = state
+            .rooms
+            .join_with(&req.body.room_id, &id.user_id, content)
+            .await?;
+        return Ok(Json(json!({ "event_id": event_id })));
+    }
     let event_id = state
         .rooms
         .append(

@@ -673,6 +673,11 @@ async fn capabilities_offer_room_versions_1_to_12_with_12_default() {
     let server = TestServer::start().await;
     let alice = server.register_random().await;
     let caps = expect_ok(alice.get("/capabilities").await, "GET /capabilities");
+    // Issue 14: the capabilities are written out, defaults included.
+    assert_eq!(
+        caps["capabilities"]["m.change_password"]["enabled"], true,
+        "{caps}"
+    );
     let versions = &caps["capabilities"]["m.room_versions"];
     assert_eq!(
         versions["default"], "12",

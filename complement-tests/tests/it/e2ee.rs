@@ -489,6 +489,27 @@ async fn device_keys_with_a_bad_self_signature_are_refused() {
     upload_device_keys(&alice, &device).await;
 }
 
+/// Issue 14: device keys with no self-signature at all are stored as given (the spec leaves
+/// trusting them to clients; other servers and Complement's tests upload such keys), while a
+/// self-signature that is present must verify (above).
+#[tokio::test]
+async fn device_keys_without_a_self_signature_are_stored_as_given() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let device = device_of(&alice);
+    let mut unsigned = device.unsigned_device_keys();
+    unsigned["signatures"] = json!({});
+    expect_ok(
+        upload(&alice, &json!({ "device_keys": unsigned })).await,
+        "unsigned device keys",
+    );
+    let stored = queried_devices(&alice, &alice.user_id).await;
+    assert_eq!(
+        stored[&alice.device_id]["keys"], unsigned["keys"],
+        "stored as given: {stored:?}"
+    );
+}
+
 #[tokio::test]
 async fn one_time_and_fallback_keys_with_a_bad_signature_are_refused() {
     let server = TestServer::start().await;

@@ -425,6 +425,21 @@ async fn url_previews_refuse_loopback_unless_allowed() {
     let preview = expect_ok(bob.get(&q).await, "preview with private addresses allowed");
     assert_eq!(preview["og:title"], "Paracord page", "{preview}");
     assert_eq!(preview["og:description"], "A test page", "{preview}");
+    // Issue 14: the legacy path answers the same.
+    let legacy = format!(
+        "{}/_matrix/media/v3/preview_url?url={}",
+        open.base_url(),
+        paracord_complement::enc(&url)
+    );
+    let resp = reqwest::Client::new()
+        .get(legacy)
+        .bearer_auth(&bob.access_token)
+        .send()
+        .await
+        .expect("legacy preview_url");
+    assert_eq!(resp.status(), 200, "the legacy preview_url path");
+    let legacy: serde_json::Value = resp.json().await.expect("JSON");
+    assert_eq!(legacy["og:title"], "Paracord page", "{legacy}");
     // An allow list admits one range; a deny list beats everything.
     let listed = TestServer::start_with(|env| {
         env.push((

@@ -114,6 +114,26 @@ async fn user_directory_finds_people_in_shared_and_public_rooms_only() {
         !found.to_string().contains(&stranger.user_id),
         "no shared or public room: {found}"
     );
+
+    // Issue 14: the searcher is not a result; the exact id of a user finds them.
+    let found = expect_ok(
+        alice
+            .post("/user_directory/search", &search(&alice.localpart))
+            .await,
+        "oneself",
+    );
+    assert!(!found.to_string().contains(&alice.user_id), "{found}");
+    let found = expect_ok(
+        alice
+            .post("/user_directory/search", &search(&stranger.user_id))
+            .await,
+        "a stranger by exact id",
+    );
+    assert_eq!(
+        found["results"][0]["user_id"],
+        stranger.user_id.as_str(),
+        "{found}"
+    );
 }
 
 #[tokio::test]

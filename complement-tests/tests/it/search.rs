@@ -86,6 +86,13 @@ async fn search_finds_visible_messages_with_order_filters_context_and_groups() {
         "{found}"
     );
     assert!(cat["results"][0]["rank"].is_number(), "{found}");
+    // Issue 14: every word of the term must match.
+    let both = search(&alice, json!({ "search_term": "quick fox" }), None).await;
+    assert_eq!(ids(&both), vec![quick.clone()], "{both}");
+    assert_eq!(
+        both["search_categories"]["room_events"]["count"], 1,
+        "{both}"
+    );
 
     let recent = search(
         &alice,
@@ -203,6 +210,22 @@ async fn search_finds_visible_messages_with_order_filters_context_and_groups() {
     )
     .await;
     assert_eq!(ids(&page2), vec![quick.clone()], "{page2}");
+    // Issue 14: a full page has a next one; the page after the last is empty, without one.
+    let next = page2["search_categories"]["room_events"]["next_batch"]
+        .as_str()
+        .expect("next_batch after a full page")
+        .to_owned();
+    let page3 = search(
+        &alice,
+        json!({ "search_term": "fox", "order_by": "recent", "filter": { "limit": 1 } }),
+        Some(&next),
+    )
+    .await;
+    assert!(ids(&page3).is_empty(), "{page3}");
+    assert!(
+        page3["search_categories"]["room_events"]["next_batch"].is_null(),
+        "{page3}"
+    );
 }
 
 #[tokio::test]

@@ -33,7 +33,7 @@ async fn hierarchy_walks_children_with_depth_suggestions_and_pages() {
         .create_room(&json!({ "preset": "public_chat", "name": "Space", "creation_content": { "type": "m.space" } }))
         .await;
     let a = alice
-        .create_room(&json!({ "preset": "public_chat", "name": "A" }))
+        .create_room(&json!({ "preset": "public_chat", "name": "A", "creation_content": { "type": "m.space" } }))
         .await;
     let b = alice
         .create_room(&json!({ "preset": "public_chat", "name": "B" }))
@@ -44,10 +44,27 @@ async fn hierarchy_walks_children_with_depth_suggestions_and_pages() {
     add_child(&alice, &space, &a, true).await;
     add_child(&alice, &space, &b, false).await;
     add_child(&alice, &a, &deep, false).await;
+    // Issue 14: an ordinary room's `m.space.child` is not followed.
+    let plain = alice
+        .create_room(&json!({ "preset": "public_chat", "name": "Plain" }))
+        .await;
+    let hidden = alice
+        .create_room(&json!({ "preset": "public_chat", "name": "Hidden" }))
+        .await;
+    add_child(&alice, &plain, &hidden, false).await;
+    add_child(&alice, &b, &plain, false).await;
     let path = |q: &str| format!("/_matrix/client/v1/rooms/{}/hierarchy{q}", enc(&space));
 
     let all = expect_ok(alice.get(&path("")).await, "hierarchy");
     let ids = room_ids(&all);
+    assert!(
+        !ids.contains(&hidden),
+        "below a room that is no space: {all}"
+    );
+    assert!(
+        !ids.contains(&plain),
+        "below a room that is no space: {all}"
+    );
     assert_eq!(ids.len(), 4, "space, A, B and Deep: {all}");
     assert_eq!(ids[0], space, "the root comes first: {all}");
     assert_eq!(all["rooms"][0]["room_type"], "m.space", "{all}");

@@ -409,6 +409,11 @@ pub fn app(services: Arc<Services>) -> Router {
             "/_matrix/client/v1/media/preview_url",
             get(media::preview_url_route),
         )
+        // The legacy path, still used by clients (and Complement), the same handler.
+        .route(
+            "/_matrix/media/v3/preview_url",
+            get(media::preview_url_route),
+        )
         .route(
             "/_matrix/media/v3/download/{server_name}/{media_id}",
             get(media::legacy_download_route),

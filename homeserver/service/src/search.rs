@@ -310,6 +310,20 @@ impl Search {
             }
             per_token.push(matches);
         }
+        // Every token must match (as other servers' full-text search does: "message 4" finds
+        // the fourth message, not every message).
+        let mut in_all: HashMap<u64, usize> = HashMap::new();
+        for matches in &per_token {
+            let mut seen: Vec<u64> = matches.iter().map(|(p, _)| *p).collect();
+            seen.sort_unstable();
+            seen.dedup();
+            for pos in seen {
+                *in_all.entry(pos).or_default() += 1;
+            }
+        }
+        for matches in &mut per_token {
+            matches.retain(|(pos, _)| in_all.get(pos) == Some(&tokens.len()));
+        }
         // BM25-like: saturated term frequency times the token's rarity among the matches.
         let mut scores: HashMap<u64, f32> = HashMap::new();
         let distinct: usize = {
@@ -422,8 +436,14 @@ mod tests {
         index(&s, &db, "!other:x", 4, "apple");
         let (hits, n) = query(&s, "Apple", &rooms, false);
         assert_eq!((hits.as_slice(), n), ([2, 1].as_slice(), 2));
-        let (hits, _) = query(&s, "banana apple", &rooms, false);
-        assert_eq!(hits.first(), Some(&1), "both words beat one");
+        // Issue 14: every word must match.
+        let (hits, n) = query(&s, "banana apple", &rooms, false);
+        assert_eq!(
+            (hits.as_slice(), n),
+            ([1].as_slice(), 1),
+            "both words, or nothing"
+        );
+        assert_eq!(query(&s, "banana cherry", &rooms, false).1, 0);
         let (hits, _) = query(&s, "apple", &rooms, true);
         assert_eq!(hits, [2, 1]);
         let mut b = Batch::new();

@@ -9,7 +9,7 @@ use ruma::{
 };
 use serde_json::{json, Value};
 
-use crate::{ruma_wrapper::Ruma, ApiResult, AppState, RumaResponse};
+use crate::{ruma_wrapper::Ruma, ApiResult, AppState};
 
 /// `GET /_matrix/client/versions` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientversions
 pub(crate) async fn get_supported_versions_route(
@@ -22,20 +22,29 @@ pub(crate) async fn get_supported_versions_route(
 }
 
 /// `GET /_matrix/client/v3/capabilities` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3capabilities
+///
+/// Written out in full: ruma leaves capabilities at their default value out of the JSON, and
+/// clients (and Complement) look for `m.change_password` and the profile capabilities.
 pub(crate) async fn get_capabilities_route(
     State(state): State<AppState>,
-    _req: Ruma<caps::Request>,
-) -> ApiResult<RumaResponse<caps::Response>> {
+    req: Ruma<caps::Request>,
+) -> ApiResult<Json<Value>> {
+    req.user()?;
     let mut available = BTreeMap::new();
     for v in paracord_core::config::SUPPORTED_ROOM_VERSIONS {
         if let Ok(id) = RoomVersionId::try_from(*v) {
-            available.insert(id, caps::RoomVersionStability::Stable);
+            available.insert(id.to_string(), "stable");
         }
     }
-    let default = RoomVersionId::try_from(state.config.default_room_version.as_str())
-        .map_err(paracord_core::Error::internal)?;
-    let mut c = caps::Capabilities::new();
-    c.room_versions = caps::RoomVersionsCapability::new(default, available);
-    c.change_password = caps::ChangePasswordCapability::new(true);
-    Ok(RumaResponse(caps::Response::new(c)))
+    Ok(Json(json!({ "capabilities": {
+        "m.room_versions": {
+            "default": state.config.default_room_version,
+            "available": available,
+        },
+        "m.change_password": { "enabled": true },
+        "m.set_displayname": { "enabled": true },
+        "m.set_avatar_url": { "enabled": true },
+        "m.3pid_changes": { "enabled": false },
+        "m.get_login_token": { "enabled": false },
+    }})))
 }

@@ -111,10 +111,27 @@ pub(crate) async fn search_users_route(
     let (users, limited) = state
         .rooms
         .search_users(&id.user_id, &req.body.search_term, limit)?;
-    let results: Vec<Value> = users
+    let mut results: Vec<Value> = users
         .into_iter()
         .map(|u| json!({ "user_id": u.user_id, "display_name": u.display_name, "avatar_url": u.avatar_url }))
         .collect();
+    // A search for the exact id of a user of this server finds them, rooms shared or not
+    // (someone who knows the id already knows they exist).
+    if let Ok(exact) = ruma::OwnedUserId::try_from(req.body.search_term.trim()) {
+        let known = state.accounts.is_local(&exact)
+            && state
+                .accounts
+                .account(&exact)?
+                .is_some_and(|a| !a.deactivated);
+        if known && exact != id.user_id && !results.iter().any(|r| r["user_id"] == exact.as_str()) {
+            let (display_name, avatar_url) = state.accounts.profile(&exact)?;
+            results.insert(
+                0,
+                json!({ "user_id": exact, "display_name": display_name, "avatar_url": avatar_url }),
+            );
+            results.truncate(limit);
+        }
+    }
     Ok(Json(json!({ "results": results, "limited": limited })))
 }
 

@@ -157,7 +157,9 @@ pub(crate) async fn search_events_route(
         .map(str::to_lowercase)
         .collect();
     let mut out = json!({ "count": count, "highlights": highlights, "results": results });
-    if offset + hits.len() < count && !hits.is_empty() {
+    // A full page has a next one, possibly empty (the end is a page without `next_batch`),
+    // as other servers and clients expect.
+    if !hits.is_empty() && hits.len() == limit {
         out["next_batch"] = json!(format!("o{}", offset + hits.len()));
     }
     let group_by: Vec<String> = criteria["groupings"]["group_by"]

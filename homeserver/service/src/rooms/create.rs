@@ -189,7 +189,9 @@ impl Rooms {
             "ban": 50,
             "kick": 50,
             "redact": 50,
-            "invite": 0,
+            // Anyone invited to a private room may invite others; in a public room that
+            // takes a moderator (as other servers' presets do).
+            "invite": if preset == Preset::PublicChat { 50 } else { 0 },
             "notifications": { "room": 50 },
         });
         if let Some(over) = &req.power_level_override {
@@ -271,7 +273,15 @@ impl Rooms {
             self.append(
                 &room_id,
                 creator,
-                NewEvent::state(TimelineEventType::RoomTopic, "", json!({ "topic": topic })),
+                // The plain topic and its rich form (`m.topic`, spec v1.15).
+                NewEvent::state(
+                    TimelineEventType::RoomTopic,
+                    "",
+                    json!({
+                        "topic": topic,
+                        "m.topic": { "m.text": [{ "body": topic, "mimetype": "text/plain" }] },
+                    }),
+                ),
             )
             .await?;
         }

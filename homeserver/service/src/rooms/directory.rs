@@ -320,7 +320,8 @@ impl Rooms {
         for room_id in rooms {
             let state = self.current_state(&room_id)?;
             for user in self.joined_members(&room_id)? {
-                if found.contains_key(&user) {
+                // The searcher is not among the results (as with other servers).
+                if found.contains_key(&user) || user == requester {
                     continue;
                 }
                 let member = self

@@ -239,6 +239,11 @@ impl Rooms {
                 (chunk, children)
             };
             let mut children = children;
+            // Only spaces have children to follow: an `m.space.child` in an ordinary room
+            // is not part of the hierarchy (spec: "rooms which are not spaces").
+            if chunk["room_type"] != "m.space" {
+                children.clear();
+            }
             order_children(&mut children);
             let mut children_state = Vec::new();
             for (ev, child, via) in children {

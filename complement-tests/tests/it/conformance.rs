@@ -551,3 +551,127 @@ async fn a_rejoin_ignores_a_client_supplied_join_authoriser() {
     assert_eq!(m["displayname"], "Bobby", "{m}");
     assert!(m.get("join_authorised_via_users_server").is_none(), "{m}");
 }
+
+/// Room version 12 creators (MSC4289): `additional_creators` is validated (400), trusted
+/// private chats make their invitees creators, creators may not be listed in power levels
+/// (400, not 403), no second create event can be sent (400), and an upgrade names the new
+/// room's additional creators and takes them out of its power levels.
+#[tokio::test]
+async fn v12_creators_are_validated_and_kept_out_of_power_levels() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    for bad in [
+        json!("nope"),
+        json!(["@a:example.org", 42]),
+        json!(["not-a-user"]),
+    ] {
+        let (status, body) = alice
+            .post(
+                "/createRoom",
+                &json!({ "room_version": "12", "creation_content": { "additional_creators": bad } }),
+            )
+            .await;
+        assert_eq!(status, 400, "additional_creators {bad}: {body}");
+    }
+    let (status, body) = alice
+        .post(
+            "/createRoom",
+            &json!({ "room_version": "12",
+                "power_level_content_override": { "users": { alice.user_id.clone(): 100 } } }),
+        )
+        .await;
+    assert_eq!(
+        status, 400,
+        "the creator in the power levels override: {body}"
+    );
+
+    let room = alice
+        .create_room(&json!({
+            "room_version": "12", "preset": "trusted_private_chat", "is_direct": true,
+            "invite": [bob.user_id],
+        }))
+        .await;
+    let create = alice.state_content(&room, "m.room.create", "").await;
+    assert_eq!(
+        create["additional_creators"],
+        json!([bob.user_id]),
+        "{create}"
+    );
+    let pl = alice.state_content(&room, "m.room.power_levels", "").await;
+    assert!(pl["users"].get(&bob.user_id).is_none(), "{pl}");
+    let path = format!("/rooms/{}/state/m.room.power_levels/", enc(&room));
+    for who in [&alice.user_id, &bob.user_id] {
+        let (status, body) = alice
+            .put(&path, &json!({ "users": { who.clone(): 100 } }))
+            .await;
+        assert_eq!(status, 400, "creator {who} in power levels: {body}");
+    }
+    let (status, body) = alice
+        .put(
+            &format!("/rooms/{}/state/m.room.create/", enc(&room)),
+            &json!({ "room_version": "12" }),
+        )
+        .await;
+    assert_eq!(status, 400, "a second create event: {body}");
+
+    // An upgrade to v12 naming bob as an additional creator.
+    let old = alice
+        .create_room(&json!({ "room_version": "11", "preset": "public_chat" }))
+        .await;
+    bob.join_ok(&old).await;
+    let mut levels = alice.state_content(&old, "m.room.power_levels", "").await;
+    levels["users"][&bob.user_id] = json!(100);
+    alice
+        .put_state(&old, "m.room.power_levels", "", &levels)
+        .await;
+    let upgraded = expect_ok(
+        alice
+            .post(
+                &format!("/rooms/{}/upgrade", enc(&old)),
+                &json!({ "new_version": "12", "additional_creators": [bob.user_id] }),
+            )
+            .await,
+        "upgrade",
+    );
+    let new_room = upgraded["replacement_room"].as_str().unwrap_or_default();
+    let create = alice.state_content(new_room, "m.room.create", "").await;
+    assert_eq!(
+        create["additional_creators"],
+        json!([bob.user_id]),
+        "{create}"
+    );
+    let pl = alice
+        .state_content(new_room, "m.room.power_levels", "")
+        .await;
+    assert_eq!(
+        pl["users"],
+        json!({}),
+        "creators are not in power levels: {pl}"
+    );
+}
+
+/// MSC4311: the create event in an invite's stripped state is whole (clients read the room
+/// version and creators from it).
+#[tokio::test]
+async fn the_create_event_in_invite_state_is_whole() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    let room = alice
+        .create_room(&json!({ "preset": "private_chat" }))
+        .await;
+    alice.invite_ok(&room, &bob.user_id).await;
+    let sync = bob.sync(None, 0, None).await;
+    let events = sync["rooms"]["invite"][&room]["invite_state"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let create = events
+        .iter()
+        .find(|e| e["type"] == "m.room.create")
+        .unwrap_or_else(|| panic!("a create event in {events:?}"));
+    assert!(create["origin_server_ts"].is_u64(), "{create}");
+    assert!(create["event_id"].is_string(), "{create}");
+    assert!(create.get("auth_events").is_none(), "client form: {create}");
+}

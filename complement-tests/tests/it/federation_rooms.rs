@@ -773,3 +773,86 @@ async fn the_hierarchy_of_a_space_includes_rooms_only_another_server_is_in() {
         "both children listed in the space's state: {h}"
     );
 }
+
+/// Issue 14: a restricted room that no user of this server may let someone into (nobody here
+/// has the power to invite) is joined through another server in it, whose user authorises
+/// the join; a server no longer in the allowed room cannot vouch for anyone.
+#[tokio::test]
+async fn a_restricted_join_nobody_here_can_authorise_goes_through_another_server() {
+    let (a, a_name) = federating_server().await;
+    let (b, b_name) = federating_server().await;
+    let charlie = b.register_random().await;
+    let allowed = charlie
+        .create_room(&json!({ "preset": "public_chat", "name": "Space" }))
+        .await;
+    let room = charlie
+        .create_room(&json!({
+            "preset": "public_chat", "room_version": "10",
+            "initial_state": [{
+                "type": "m.room.join_rules", "state_key": "",
+                "content": { "join_rule": "restricted", "allow": [
+                    { "type": "m.room_membership", "room_id": allowed, "via": [b_name] },
+                ] },
+            }],
+        }))
+        .await;
+    // Alice (on A) is in the room but may not invite: public rooms need power 50 for that.
+    let alice = a.register_random().await;
+    charlie.invite_ok(&room, &alice.user_id).await;
+    let (status, body) = alice
+        .post(
+            &format!("/join/{}?via={}", enc(&room), enc(&b_name)),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "alice joins: {body}");
+    let bob = a.register_random().await;
+    let (status, body) = alice
+        .post(
+            &format!("/rooms/{}/invite", enc(&room)),
+            &json!({ "user_id": bob.user_id }),
+        )
+        .await;
+    assert_eq!(status, 403, "alice may not invite: {body}");
+    let (status, body) = bob
+        .post(
+            &format!("/join/{}?via={}", enc(&room), enc(&a_name)),
+            &json!({}),
+        )
+        .await;
+    assert!(
+        status.is_client_error(),
+        "bob is in no allowed room yet: {status} {body}"
+    );
+    let (status, body) = bob
+        .post(
+            &format!("/join/{}?via={}", enc(&allowed), enc(&b_name)),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "bob joins the allowed room: {body}");
+    // Through A, which is in the room but cannot authorise: the join goes through B.
+    let (status, body) = bob
+        .post(
+            &format!("/join/{}?via={}", enc(&room), enc(&a_name)),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "bob joins the restricted room: {body}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, m) = charlie
+            .get_state(&room, "m.room.member", &bob.user_id)
+            .await;
+        if m["membership"] == "join" {
+            assert_eq!(
+                m["join_authorised_via_users_server"],
+                charlie.user_id.as_str(),
+                "authorised by charlie on B: {m}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "bob's join on B: {m}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

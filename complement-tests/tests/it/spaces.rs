@@ -65,7 +65,12 @@ async fn hierarchy_walks_children_with_depth_suggestions_and_pages() {
         !ids.contains(&plain),
         "below a room that is no space: {all}"
     );
-    assert_eq!(ids.len(), 4, "space, A, B and Deep: {all}");
+    // Depth first, children in order: A's child comes before B.
+    assert_eq!(
+        ids,
+        vec![space.clone(), a.clone(), deep.clone(), b.clone()],
+        "{all}"
+    );
     assert_eq!(ids[0], space, "the root comes first: {all}");
     assert_eq!(all["rooms"][0]["room_type"], "m.space", "{all}");
     assert_eq!(

@@ -37,6 +37,7 @@ pub enum ErrorKind {
     Unauthorized,
     BadAlias,
     CannotLeaveServerNoticeRoom,
+    UnableToAuthoriseJoin,
     // A server asked to join a room whose version it did not list as supported.
     IncompatibleRoomVersion { room_version: String },
     Unknown,
@@ -72,6 +73,7 @@ impl ErrorKind {
             Self::Unauthorized => "M_UNAUTHORIZED",
             Self::BadAlias => "M_BAD_ALIAS",
             Self::CannotLeaveServerNoticeRoom => "M_CANNOT_LEAVE_SERVER_NOTICE_ROOM",
+            Self::UnableToAuthoriseJoin => "M_UNABLE_TO_AUTHORISE_JOIN",
             Self::IncompatibleRoomVersion { .. } => "M_INCOMPATIBLE_ROOM_VERSION",
             Self::Unknown => "M_UNKNOWN",
         }

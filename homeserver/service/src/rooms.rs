@@ -594,6 +594,7 @@ impl Rooms {
     ) -> Result<OwnedEventId> {
         let rules = rules_for(&room.version)?;
         let state = self.state(room.state)?;
+        self.check_local_content(&rules, &state, &new)?;
         if let Some(current) = self.same_state(&state, sender, &new)? {
             return Ok(current);
         }
@@ -615,6 +616,47 @@ impl Rooms {
             notes,
         )?;
         Ok(event_id)
+    }
+
+    /// Bad input in a local event, refused with a 400 before the auth rules (which would
+    /// answer 403): a second create event; power levels listing a creator of a room version
+    /// that privileges its creators (MSC4289).
+    fn check_local_content(
+        &self,
+        rules: &RoomVersionRules,
+        state: &StateMap,
+        new: &NewEvent,
+    ) -> Result<()> {
+        if new.kind == TimelineEventType::RoomCreate {
+            return Err(Error::bad_json(
+                "a room has one create event, made with the room",
+            ));
+        }
+        if new.kind != TimelineEventType::RoomPowerLevels
+            || !rules.authorization.explicitly_privilege_room_creators
+        {
+            return Ok(());
+        }
+        let Some(users) = new.content.get("users").and_then(|u| u.as_object()) else {
+            return Ok(());
+        };
+        let Some(create) = self.state_pdu(state, "m.room.create", "")? else {
+            return Ok(());
+        };
+        let mut creators = vec![create.sender.to_string()];
+        if let Some(extra) = create
+            .content_value()
+            .get("additional_creators")
+            .and_then(|a| a.as_array())
+        {
+            creators.extend(extra.iter().filter_map(|u| u.as_str().map(str::to_owned)));
+        }
+        if let Some(c) = creators.iter().find(|c| users.contains_key(c.as_str())) {
+            return Err(Error::bad_json(format!(
+                "{c} is a creator of the room: creators are not listed in power levels"
+            )));
+        }
+        Ok(())
     }
 
     /// The current state event that a new state event would only repeat (same type, state

@@ -63,8 +63,8 @@ pub(crate) fn resident(state: &AppState, room_id: &ruma::RoomId) -> ApiResult<bo
             .any(|s| s.as_str() == state.config.server_name))
 }
 
-/// Servers to ask about a room this server is not in: those given, the room id's server and
-/// the server of a pending invite, without this one and without repeats.
+/// Servers to ask about a room this server is not in: those given (else the room id's
+/// server) and the server of a pending invite, without this one and without repeats.
 pub(crate) fn candidates(
     state: &AppState,
     user: &ruma::UserId,
@@ -72,8 +72,13 @@ pub(crate) fn candidates(
     via: &[ruma::OwnedServerName],
 ) -> ApiResult<Vec<ruma::OwnedServerName>> {
     let mut candidates: Vec<ruma::OwnedServerName> = via.to_vec();
-    if let Some(server) = room_id.server_name() {
-        candidates.push(server.to_owned());
+    // The room id's server only when the client named none: the servers it names are the
+    // ones it wants the join to go through (a restricted join must fail rather than go to a
+    // server it did not name).
+    if via.is_empty() {
+        if let Some(server) = room_id.server_name() {
+            candidates.push(server.to_owned());
+        }
     }
     if let Some(inviter) = state.rooms.remote_invite_sender(user, room_id)? {
         candidates.push(inviter.server_name().to_owned());
@@ -100,8 +105,33 @@ pub(crate) async fn join(
     let content =
         paracord_service::rooms::membership::join_content(profile(state, user), reason, body);
     if resident || candidates.is_empty() {
-        state.rooms.join_with(room_id, user, content).await?;
-        return Ok(());
+        match state.rooms.join_with(room_id, user, content.clone()).await {
+            Ok(_) => return Ok(()),
+            // A restricted room no member here may let the user into: another server in the
+            // room may have one, so the join goes through it.
+            Err(Error::Matrix {
+                kind: paracord_core::ErrorKind::UnableToAuthoriseJoin,
+                ..
+            }) if resident => {
+                let others: Vec<ruma::OwnedServerName> = state
+                    .rooms
+                    .servers_in_room(room_id)?
+                    .into_iter()
+                    .filter(|s| s.as_str() != state.config.server_name)
+                    .collect();
+                if others.is_empty() {
+                    return Err(
+                        Error::forbidden("no member of the room can authorise your join").into(),
+                    );
+                }
+                state
+                    .pdus
+                    .join_remote(user, room_id, &others, Value::Object(content))
+                    .await?;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     state
         .pdus

@@ -133,6 +133,7 @@ pub(crate) async fn upgrade_room_route(
             &req.body.room_id,
             &id.user_id,
             req.body.new_version.as_str(),
+            req.json.as_ref().and_then(|j| j.get("additional_creators")),
             profile,
         )
         .await?;

@@ -141,12 +141,16 @@ struct Handshake {
 }
 
 /// Stripped state (type, state key, sender, content) of events, full PDUs or already
-/// stripped, as clients see an invite's or a knock's room state.
+/// stripped, as clients see an invite's or a knock's room state. The create event stays
+/// whole (MSC4311: clients check the room's version and creators with it), in client form.
 fn stripped(events: &[Value]) -> Vec<Value> {
     events
         .iter()
         .filter(|e| e["type"].is_string())
         .map(|e| {
+            if e["type"] == "m.room.create" && e.get("origin_server_ts").is_some() {
+                return crate::rooms::pdu::client_form(e);
+            }
             json!({
                 "type": e["type"], "state_key": e["state_key"], "sender": e["sender"],
                 "content": e["content"],
@@ -1381,6 +1385,20 @@ impl Pdus {
             .map_err(|e| Error::bad_json(format!("the join event came back wrong: {e}")))?;
         if join.event_id != event_id {
             return Err(Error::bad_json(format!("{server} changed the join event")));
+        }
+        // Already in the room (a restricted join that only another server could authorise):
+        // the join is one more event of the room.
+        if self.rooms.room(room_id)?.is_some()
+            && self
+                .rooms
+                .servers_in_room(room_id)?
+                .iter()
+                .any(|s| s.as_str() == self.own_name())
+        {
+            self.receive_checked(server, room_id, &version, join, true)
+                .await
+                .map_err(Error::forbidden)?;
+            return Ok(event_id);
         }
         let sent_at = std::time::Instant::now();
         debug!(

@@ -77,6 +77,40 @@ impl Rooms {
             None => serde_json::Map::new(),
         };
         create_content.insert("room_version".into(), json!(version));
+        // Room version 12 (MSC4289): creators besides the sender are named in the create
+        // event; in a trusted private chat the invitees are creators too. Creators hold
+        // their power through the create event and may not be listed in power levels.
+        let mut creators: Vec<OwnedUserId> = vec![creator.to_owned()];
+        if rules.authorization.additional_room_creators {
+            let mut additional = additional_creators(create_content.get("additional_creators"))?;
+            if req.preset == Some(Preset::TrustedPrivateChat) {
+                for u in &req.invite {
+                    if !additional.contains(u) && u != creator {
+                        additional.push(u.clone());
+                    }
+                }
+            }
+            if additional.is_empty() {
+                create_content.remove("additional_creators");
+            } else {
+                create_content.insert("additional_creators".into(), json!(additional));
+            }
+            creators.extend(additional);
+        }
+        if rules.authorization.explicitly_privilege_room_creators {
+            if let Some(users) = req
+                .power_level_override
+                .as_ref()
+                .and_then(|o| o.get("users"))
+                .and_then(Value::as_object)
+            {
+                if let Some(c) = creators.iter().find(|c| users.contains_key(c.as_str())) {
+                    return Err(Error::bad_json(format!(
+                        "{c} is a creator of the room: creators are not listed in power levels"
+                    )));
+                }
+            }
+        }
         if rules.authorization.use_room_create_sender {
             create_content.remove("creator");
         } else {
@@ -166,7 +200,7 @@ impl Rooms {
         if !v12 {
             users.insert(creator.to_string(), json!(100));
         }
-        if preset == Preset::TrustedPrivateChat {
+        if preset == Preset::TrustedPrivateChat && !v12 {
             for u in &req.invite {
                 users.insert(u.to_string(), json!(100));
             }
@@ -300,4 +334,28 @@ impl Rooms {
         }
         Ok(room_id)
     }
+}
+
+/// The `additional_creators` of a create event's content (room version 12): user ids, else a
+/// 400 naming what is wrong.
+pub(crate) fn additional_creators(v: Option<&Value>) -> Result<Vec<OwnedUserId>> {
+    let Some(v) = v else {
+        return Ok(Vec::new());
+    };
+    let list = v
+        .as_array()
+        .ok_or_else(|| Error::bad_json("additional_creators must be an array of user ids"))?;
+    let mut out: Vec<OwnedUserId> = Vec::new();
+    for item in list {
+        let id = item
+            .as_str()
+            .and_then(|s| OwnedUserId::try_from(s).ok())
+            .ok_or_else(|| {
+                Error::bad_json(format!("additional_creators: {item} is not a user id"))
+            })?;
+        if !out.contains(&id) {
+            out.push(id);
+        }
+    }
+    Ok(out)
 }

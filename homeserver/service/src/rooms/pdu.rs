@@ -225,6 +225,18 @@ pub fn client_event(
     Ok(serde_json::Value::Object(v))
 }
 
+/// A PDU without the keys only servers need (`auth_events`, `hashes`, …).
+pub fn client_form(pdu: &serde_json::Value) -> serde_json::Value {
+    let mut v = pdu.clone();
+    if let Some(o) = v.as_object_mut() {
+        for k in FEDERATION_ONLY_KEYS {
+            o.remove(*k);
+        }
+        o.remove("unsigned");
+    }
+    v
+}
+
 /// Stripped state (for invites): type, state_key, sender, content.
 pub fn stripped_event(stored: &[u8]) -> Result<serde_json::Value> {
     let v: serde_json::Value = serde_json::from_slice(stored)?;

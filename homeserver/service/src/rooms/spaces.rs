@@ -200,7 +200,9 @@ impl Rooms {
             .collect();
         let mut queue = std::collections::VecDeque::from([(root.to_owned(), 0usize, root_via)]);
         let mut asked = 0usize;
-        while let Some((room_id, depth, via)) = queue.pop_front() {
+        // Depth first, children in their order (as other servers walk it, and clients page
+        // through it): the queue is a stack, children pushed last to first.
+        while let Some((room_id, depth, via)) = queue.pop_back() {
             if out.len() >= MAX_HIERARCHY_ROOMS || !seen.insert(room_id.clone()) {
                 continue;
             }
@@ -216,9 +218,30 @@ impl Rooms {
                     continue;
                 }
                 asked += 1;
-                let Some(chunk) = remote(room_id.clone(), via).await else {
+                let Some(mut chunk) = remote(room_id.clone(), via).await else {
                     continue;
                 };
+                // A restricted room of another server is shown only to users in a room that
+                // grants access to it (the summary names them: `allowed_room_ids`).
+                // (A `knock_restricted` room can be knocked on by anyone: it stays.)
+                if chunk["join_rule"] == "restricted" {
+                    let allowed: Vec<OwnedRoomId> = chunk["allowed_room_ids"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|r| r.as_str().and_then(|r| OwnedRoomId::try_from(r).ok()))
+                        .collect();
+                    let mut may = self.is_joined(&room_id, user)?;
+                    for r in &allowed {
+                        may = may || self.is_joined(r, user)?;
+                    }
+                    if !may {
+                        continue;
+                    }
+                }
+                if let Some(o) = chunk.as_object_mut() {
+                    o.remove("allowed_room_ids");
+                }
                 let children = chunk["children_state"]
                     .as_array()
                     .into_iter()
@@ -246,12 +269,14 @@ impl Rooms {
             }
             order_children(&mut children);
             let mut children_state = Vec::new();
+            let mut next = Vec::new();
             for (ev, child, via) in children {
                 if max_depth.is_none_or(|d| depth < d) {
-                    queue.push_back((child, depth + 1, via));
+                    next.push((child, depth + 1, via));
                 }
                 children_state.push(ev);
             }
+            queue.extend(next.into_iter().rev());
             chunk["children_state"] = json!(children_state);
             out.push(chunk);
         }
@@ -363,7 +388,12 @@ impl Rooms {
         }
         let mut allowed = false;
         for r in self.allowed_rooms(&state)? {
-            if self.is_joined(&r, user)? {
+            // Only a room this server is still in tells who is in it now.
+            let resident = self
+                .servers_in_room(&r)?
+                .iter()
+                .any(|s| s.as_str() == self.config.server_name);
+            if resident && self.is_joined(&r, user)? {
                 allowed = true;
                 break;
             }
@@ -384,7 +414,10 @@ impl Rooms {
                 return Ok(Some(member));
             }
         }
-        Err(Error::forbidden(
+        // Spec: another resident server may be able to (the joining server tries it).
+        Err(Error::new(
+            http::StatusCode::BAD_REQUEST,
+            ErrorKind::UnableToAuthoriseJoin,
             "no member of this server can authorise your join",
         ))
     }
@@ -421,6 +454,13 @@ impl Rooms {
         let mut events = Vec::new();
         for kind in INVITE_STATE_KINDS {
             if let Some(short) = state.get(&((*kind).to_owned(), String::new())) {
+                if *kind == "m.room.create" {
+                    // The whole create event (MSC4311), as clients see events.
+                    if let Some((_, ev)) = self.client_event(*short, None)? {
+                        events.push(ev);
+                    }
+                    continue;
+                }
                 if let Some(raw) = self.raw_pdu(*short)? {
                     events.push(stripped_event(&raw)?);
                 }
@@ -457,6 +497,7 @@ impl Rooms {
         old: &RoomId,
         user: &UserId,
         new_version: &str,
+        additional_creators: Option<&Value>,
         profile: (Option<String>, Option<String>),
     ) -> Result<OwnedRoomId> {
         if !SUPPORTED_ROOM_VERSIONS.contains(&new_version) {
@@ -502,13 +543,27 @@ impl Rooms {
                 initial_state.push(((*kind).to_owned(), String::new(), content));
             }
         }
+        let new_rules = super::rules_for(new_version)?;
+        // MSC4289: the upgrade may name further creators of the new room.
+        let additional = super::create::additional_creators(additional_creators)?;
+        if !additional.is_empty() {
+            if !new_rules.authorization.additional_room_creators {
+                return Err(Error::bad_json(format!(
+                    "room version {new_version} has no additional creators"
+                )));
+            }
+            creation["additional_creators"] = json!(additional);
+        }
         let mut pl = self
             .state_content(&state, "m.room.power_levels", "")?
             .unwrap_or_else(|| json!({}));
-        if new_version == "12" {
+        if new_rules.authorization.explicitly_privilege_room_creators {
             // Creators of v12 rooms hold their power through the create event.
             if let Some(users) = pl["users"].as_object_mut() {
                 users.remove(user.as_str());
+                for c in &additional {
+                    users.remove(c.as_str());
+                }
             }
         } else {
             pl["users"][user.as_str()] = json!(100);

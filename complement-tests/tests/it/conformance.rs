@@ -675,3 +675,22 @@ async fn the_create_event_in_invite_state_is_whole() {
     assert!(create["event_id"].is_string(), "{create}");
     assert!(create.get("auth_events").is_none(), "client form: {create}");
 }
+
+/// A redaction of an event this server does not have is sent when its sender may redact
+/// anyone's events (the servers that have the event apply it); others get a 404.
+#[tokio::test]
+async fn redacting_an_unknown_event_needs_the_power_to_redact_others() {
+    let (_server, alice, bob, room) = public_room_with_two().await;
+    let path = |who: &str| {
+        format!(
+            "/rooms/{}/redact/{}/{who}{}",
+            enc(&room),
+            enc("$unknown-event-id"),
+            Client::txn_id()
+        )
+    };
+    let (status, body) = bob.put(&path("b"), &json!({})).await;
+    assert_eq!(status, 404, "bob may not redact others: {body}");
+    let (status, body) = alice.put(&path("a"), &json!({})).await;
+    assert_eq!(status, 200, "alice, the room's admin: {body}");
+}

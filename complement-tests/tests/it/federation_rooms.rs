@@ -856,3 +856,52 @@ async fn a_restricted_join_nobody_here_can_authorise_goes_through_another_server
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// Issue 14: no history is fetched at a join (other servers do not expect it); a client
+/// paging back gets it with `/backfill`, also across the gap of a re-join (what was said
+/// while the server was out of the room).
+#[tokio::test]
+async fn history_before_a_join_or_rejoin_is_backfilled_when_paging_back() {
+    let (a, a_name) = federating_server().await;
+    let (b, _) = federating_server().await;
+    let alice = a.register_random().await;
+    let bob = b.register_random().await;
+    let room = alice.create_room(&json!({ "preset": "public_chat" })).await;
+    let join = |bob: &paracord_complement::User| {
+        let path = format!("/join/{}?via={}", enc(&room), enc(&a_name));
+        let bob = bob.client.clone();
+        async move {
+            let (status, body) = bob.post(&path, &json!({})).await;
+            assert_eq!(status, 200, "bob joins: {body}");
+        }
+    };
+    let mut before = Vec::new();
+    for i in 0..25 {
+        before.push(alice.send_text(&room, &format!("before {i}")).await);
+    }
+    join(&bob).await;
+    let ids = |events: Vec<Value>| -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let seen = ids(bob.all_messages(&room).await);
+    for id in &before {
+        assert!(seen.contains(id), "{id} from before the join: {seen:?}");
+    }
+    bob.leave_ok(&room).await;
+    let mut away = Vec::new();
+    for i in 0..15 {
+        away.push(
+            alice
+                .send_text(&room, &format!("while bob was away {i}"))
+                .await,
+        );
+    }
+    join(&bob).await;
+    let seen = ids(bob.all_messages(&room).await);
+    for id in away.iter().chain(&before) {
+        assert!(seen.contains(id), "{id} after the re-join: {seen:?}");
+    }
+}

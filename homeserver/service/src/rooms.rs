@@ -65,6 +65,17 @@ pub struct RoomRecord {
     /// client's token and says it is `limited`. Oldest first, capped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gaps: Vec<u64>,
+    /// Timeline positions kept free before a join over federation for history fetched later
+    /// (`/backfill`, when a client pages back): `[backfill_floor, backfill_next)` are still
+    /// free, filled from the top down. Both 0 when there are none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub backfill_next: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub backfill_floor: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Per-event metadata.
@@ -977,9 +988,19 @@ impl Rooms {
             .redacts
             .clone()
             .ok_or_else(|| Error::bad_json("redaction without target"))?;
-        let target = self
-            .pdu(&target_id)?
-            .ok_or_else(|| Error::not_found("event to redact not found"))?;
+        let can_redact_others = |s: &Self| -> Result<bool> {
+            Ok(s.power_level(&room.version, state, &pdu.sender)?
+                >= s.required_level(state, "redact", 50)?)
+        };
+        let Some(target) = self.pdu(&target_id)? else {
+            // An event this server does not have: a redaction by someone who may redact anyone's
+            // events is still sent, for the servers that have it. (This server does not
+            // remember it for the event's later arrival.)
+            if can_redact_others(self)? {
+                return Ok(());
+            }
+            return Err(Error::not_found("event to redact not found"));
+        };
         if target
             .room_id
             .as_deref()
@@ -987,10 +1008,7 @@ impl Rooms {
         {
             return Err(Error::not_found("event to redact not found in this room"));
         }
-        if target.sender != pdu.sender
-            && self.power_level(&room.version, state, &pdu.sender)?
-                < self.required_level(state, "redact", 50)?
-        {
+        if target.sender != pdu.sender && !can_redact_others(self)? {
             return Err(Error::forbidden("you may not redact other users' events"));
         }
         Ok(())

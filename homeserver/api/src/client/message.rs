@@ -119,17 +119,30 @@ pub(crate) async fn get_message_events_route(
         Dir::Forward => Some(to.unwrap_or(ceiling).min(ceiling)),
         Dir::Backward => to,
     };
-    let page = state.rooms.paginate(
-        room_id,
-        r,
-        Window {
-            from,
-            to,
-            dir,
-            limit,
-        },
-        &filter,
-    )?;
+    let window = Window {
+        from,
+        to,
+        dir,
+        limit,
+    };
+    let mut page = state.rooms.paginate(room_id, r, window, &filter)?;
+    // Paging back into the positions kept free before a join over federation: the history
+    // there comes from the other servers in the room, a batch at a time.
+    let mut rounds = 0;
+    while dir == Dir::Backward && rounds < 5 {
+        let Some(free) = state.rooms.backfill_room(room_id)? else {
+            break;
+        };
+        let reached = from >= free.end && page.next.is_none_or(|n| n < free.end);
+        if !reached {
+            break;
+        }
+        rounds += 1;
+        if state.pdus.backfill(room_id, limit).await? == 0 {
+            break;
+        }
+        page = state.rooms.paginate(room_id, r, window, &filter)?;
+    }
     let lazy = matches!(
         req.body.filter.lazy_load_options,
         ruma::api::client::filter::LazyLoadOptions::Enabled { .. }

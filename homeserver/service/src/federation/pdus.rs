@@ -164,8 +164,6 @@ const MAX_TXN_PDUS: usize = 50;
 const MAX_TXN_EDUS: usize = 100;
 /// How many missing events one `/get_missing_events` asks for.
 const MISSING_EVENTS_LIMIT: u64 = 20;
-/// How many events before a join are fetched so the room has some history.
-const JOIN_HISTORY: u64 = 50;
 /// Most auth events fetched one by one for one event.
 const MAX_AUTH_FETCHES: usize = 200;
 
@@ -1408,12 +1406,9 @@ impl Pdus {
         let mut bundle = pdu_list(&sent, "auth_chain");
         let auth_len = bundle.len();
         bundle.extend(pdu_list(&sent, "state"));
-        // The history before the join is fetched while the state is checked.
-        let (good, history) = tokio::join!(
-            self.check_bundle_tagged(&version, room_id, &bundle),
-            self.recent_history(server, room_id, &version, &join)
-        );
-        let good = good?;
+        // No history is fetched now: clients paging back past the join fetch it
+        // (`Pdus::backfill`), as other servers do.
+        let good = self.check_bundle_tagged(&version, room_id, &bundle).await?;
         debug!(
             events = bundle.len(),
             ms = sent_at.elapsed().as_millis() as u64,
@@ -1454,7 +1449,7 @@ impl Pdus {
             )));
         }
         self.rooms
-            .join_remote_room(room_id, &version, &state, &auth_chain, join, &history)
+            .join_remote_room(room_id, &version, &state, &auth_chain, join)
             .await?;
         debug!(
             ms = sent_at.elapsed().as_millis() as u64,
@@ -1466,42 +1461,59 @@ impl Pdus {
 }
 
 impl Pdus {
-    /// Up to [`JOIN_HISTORY`] events before a join, from the resident server (`/backfill`),
-    /// with signatures and hashes checked; none when it will not say.
-    async fn recent_history(
-        &self,
-        server: &ServerName,
-        room_id: &RoomId,
-        version: &str,
-        join: &Checked,
-    ) -> Vec<Checked> {
-        let mut query: Vec<String> = join
-            .pdu
-            .prev_events
+    /// Fetches up to `limit` (at most 100) events of history before this server's oldest
+    /// timeline event of a room from the other servers in it (`/backfill`), with their
+    /// missing auth events, and stores them below it. Returns how many were stored (0 when
+    /// there is nothing before, or no server answers).
+    pub async fn backfill(&self, room_id: &RoomId, limit: usize) -> Result<usize> {
+        let from = self.rooms.backfill_from(room_id)?;
+        if from.is_empty() {
+            return Ok(0);
+        }
+        let room = self.rooms.room_or_404(room_id)?;
+        let mut query: Vec<String> = from
             .iter()
             .map(|e| format!("v={}", crate::percent_encode(e.as_str())))
             .collect();
-        query.push(format!("limit={JOIN_HISTORY}"));
+        query.push(format!("limit={}", limit.clamp(1, 100)));
         let path = format!(
             "/_matrix/federation/v1/backfill/{}?{}",
             crate::percent_encode(room_id.as_str()),
             query.join("&")
         );
-        let answer = match self.ask(server, http::Method::GET, &path, None).await {
-            Ok(a) => a,
-            Err(e) => {
-                info!(%room_id, %server, "no history before the join: {e}");
-                return Vec::new();
+        for server in self.rooms.servers_in_room(room_id)? {
+            if server.as_str() == self.own_name() {
+                continue;
             }
-        };
-        let mut out = Vec::new();
-        for raw in pdu_list(&answer, "pdus") {
-            match self.check_pdu(version, &raw, Some(room_id)).await {
-                Ok(c) => out.push(c),
-                Err(e) => warn!(%room_id, "a history event failed its checks: {e}"),
+            let answer = match self.ask(&server, http::Method::GET, &path, None).await {
+                Ok(a) => a,
+                Err(e) => {
+                    debug!(%room_id, %server, "backfill failed: {e}");
+                    continue;
+                }
+            };
+            let mut events = Vec::new();
+            for raw in pdu_list(&answer, "pdus") {
+                match self.check_pdu(&room.version, &raw, Some(room_id)).await {
+                    Ok(c) => events.push(c),
+                    Err(e) => warn!(%room_id, "a backfilled event failed its checks: {e}"),
+                }
             }
+            // Oldest first, so that events in the answer can be auth events of later ones.
+            events.sort_by_key(|c| u64::from(c.pdu.depth));
+            for e in &events {
+                if let Err(err) = self
+                    .fetch_auth_events(&server, room_id, &room.version, e)
+                    .await
+                {
+                    debug!(event_id = %e.event_id, "auth events of a backfilled event: {err}");
+                }
+            }
+            let stored = self.rooms.store_backfilled(room_id, events).await?;
+            debug!(%room_id, %server, stored, "backfilled");
+            return Ok(stored);
         }
-        out
+        Ok(0)
     }
 }
 

@@ -162,6 +162,8 @@ impl Rooms {
             last_pos: 0,
             holes: Vec::new(),
             gaps: Vec::new(),
+            backfill_next: 0,
+            backfill_floor: 0,
         };
         self.commit_event(
             &room_id,

@@ -9,7 +9,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use paracord_core::{Error, Result};
-use paracord_storage::{Batch, KeyBuf, Table};
+use paracord_storage::{key::decode_u64, Batch, KeyBuf, KeyReader, Table};
 use ruma::{
     events::{StateEventType, TimelineEventType},
     room_version_rules::RoomVersionRules,
@@ -32,6 +32,8 @@ const RESOLVED_BEFORE: u64 = 1 << 62;
 const RESOLVED_CURRENT: u64 = (1 << 62) | (1 << 61);
 /// Most holes a room remembers (see `RoomRecord::holes`).
 const MAX_HOLES: usize = 1024;
+/// Timeline positions kept free before a join over federation for the history before it.
+const BACKFILL_SLOTS: u64 = 100_000;
 
 /// A remote event whose format, hashes and signatures passed (redacted if its content hash
 /// did not match).
@@ -225,6 +227,125 @@ impl Rooms {
             .map(u64::from_be_bytes)
             .map_err(|_| Error::internal("bad timeline entry"))?;
         Ok(self.pdu_by_short(short)?.map(|p| u64::from(p.depth)))
+    }
+
+    /// The room's first timeline event at or after position `from`: `(position, short id)`.
+    fn timeline_event_from(&self, room_id: &RoomId, from: u64) -> Result<Option<(u64, u64)>> {
+        let prefix = KeyBuf::new().str(room_id.as_str()).into_vec();
+        let lower = KeyBuf::new().str(room_id.as_str()).u64(from).into_vec();
+        let first = self
+            .db
+            .scan(
+                Table::RoompositionShorteventid,
+                &prefix,
+                &lower,
+                None,
+                false,
+                1,
+            )
+            .map_err(db_err)?;
+        let Some((key, value)) = first.into_iter().next() else {
+            return Ok(None);
+        };
+        let mut r = KeyReader::new(&key);
+        r.str().map_err(db_err)?;
+        let pos = r.u64().map_err(db_err)?;
+        Ok(Some((pos, decode_u64(&value).map_err(db_err)?)))
+    }
+
+    /// The positions still free for history in a room (`backfill_floor..backfill_next`).
+    pub fn backfill_room(&self, room_id: &RoomId) -> Result<Option<std::ops::Range<u64>>> {
+        let room = self.room_or_404(room_id)?;
+        Ok((room.backfill_next > room.backfill_floor)
+            .then_some(room.backfill_floor..room.backfill_next))
+    }
+
+    /// Where history before the free positions of a room would be fetched from
+    /// (`/backfill`'s `v`): the `prev_events` of the event just above them that are not in
+    /// the timeline. Empty when there is nothing to fetch or no room for it.
+    pub fn backfill_from(&self, room_id: &RoomId) -> Result<Vec<OwnedEventId>> {
+        let Some(free) = self.backfill_room(room_id)? else {
+            return Ok(Vec::new());
+        };
+        let Some((_, short)) = self.timeline_event_from(room_id, free.end)? else {
+            return Ok(Vec::new());
+        };
+        let Some(above) = self.pdu_by_short(short)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for prev in &above.prev_events {
+            if !self.is_placed(prev)? {
+                out.push(prev.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores history fetched with `/backfill` in the room's free positions, newest at the
+    /// top, each checked against its auth events (which must be stored). The state before the
+    /// event just above them is the best known state for them (it decides who may see them).
+    /// Returns how many were stored.
+    pub async fn store_backfilled(&self, room_id: &RoomId, events: Vec<Checked>) -> Result<usize> {
+        let lock = self.room_lock(room_id);
+        let _guard = lock.lock().await;
+        let mut room = self.room_or_404(room_id)?;
+        let rules = rules_for(&room.version)?;
+        let Some((_, above)) = self.timeline_event_from(room_id, room.backfill_next)? else {
+            return Ok(0);
+        };
+        let Some(before) = self.meta(above)?.map(|m| m.state_before) else {
+            return Ok(0);
+        };
+        let mut events = events;
+        events.sort_by_key(|e| std::cmp::Reverse(u64::from(e.pdu.depth)));
+        let mut seen = HashSet::new();
+        events.retain(|e| seen.insert(e.event_id.clone()));
+        let mut batch = Batch::new();
+        let mut stored = 0;
+        for e in &events {
+            if room.backfill_next <= room.backfill_floor {
+                break;
+            }
+            if e.pdu.room_id.as_deref() != Some(room_id) || self.is_placed(&e.event_id)? {
+                continue;
+            }
+            if let Err(err) = self.check_against_auth_events(&rules, &e.pdu) {
+                info!(event_id = %e.event_id, "a backfilled event was dropped: {err}");
+                continue;
+            }
+            let pos = room.backfill_next - 1;
+            room.backfill_next = pos;
+            // A stored outlier keeps its short id (state maps may name it).
+            let short = self.short_id(&e.event_id)?.unwrap_or(pos);
+            let meta = EventMeta {
+                event_id: e.event_id.clone(),
+                room_id: room_id.to_owned(),
+                state_before: before,
+                state_after: before,
+                redacted_by: None,
+                txn: None,
+                outlier: false,
+                hidden: false,
+            };
+            write_event_rows(&mut batch, short, &e.event_id, &e.bytes, &meta)?;
+            batch.put(
+                Table::RoompositionShorteventid,
+                KeyBuf::new().str(room_id.as_str()).u64(pos).into_vec(),
+                short.to_be_bytes().to_vec(),
+            );
+            self.pdu_cache.lock().remove(&short);
+            stored += 1;
+        }
+        if stored > 0 {
+            batch.put(
+                Table::RoomidRoom,
+                room_id.as_bytes().to_vec(),
+                serde_json::to_vec(&room)?,
+            );
+            self.db.write(batch).map_err(db_err)?;
+        }
+        Ok(stored)
     }
 
     pub fn store_rejected(&self, event_id: &EventId, reason: &str) -> Result<()> {
@@ -835,7 +956,6 @@ impl Rooms {
         state: &[Checked],
         auth_chain: &[Checked],
         join: Checked,
-        history: &[Checked],
     ) -> Result<u64> {
         let rules = rules_for(version)?;
         let lock = self.room_lock(room_id);
@@ -843,26 +963,6 @@ impl Rooms {
         let mut all: Vec<Checked> = auth_chain.to_vec();
         all.extend(state.iter().cloned());
         self.store_outliers(room_id, &all)?;
-        // Recent history from the resident server goes in the timeline before the join,
-        // oldest first, each checked against its auth events.
-        let mut history: Vec<&Checked> = history
-            .iter()
-            .filter(|h| h.event_id != join.event_id)
-            .filter(|h| match self.check_against_auth_events(&rules, &h.pdu) {
-                Ok(()) => true,
-                Err(e) => {
-                    info!(event_id = %h.event_id, "history event dropped: {e}");
-                    false
-                }
-            })
-            .collect();
-        history.sort_by_key(|h| u64::from(h.pdu.depth));
-        let mut seen = HashSet::new();
-        history.retain(|h| seen.insert(h.event_id.clone()));
-        let mut stored: Vec<Option<u64>> = Vec::with_capacity(history.len());
-        for h in &history {
-            stored.push(self.short_id(&h.event_id)?);
-        }
         let mut map = StateMap::new();
         for e in state {
             let Some(k) = &e.pdu.state_key else {
@@ -886,33 +986,12 @@ impl Rooms {
         let join_id = join.event_id.clone();
         let joiner = OwnedUserId::try_from(join.pdu.state_key.clone().unwrap_or_default())
             .map_err(|_| Error::bad_json("the join event has no user as state_key"))?;
-        let n = history.len() as u64;
-        let (first, ()) = self.stream.commit_n(n + 1, |first, batch| {
-            let pos = first + n;
+        // The positions before the join are kept free for the history before it, fetched
+        // when a client pages back (`Rooms::store_backfilled`); no request goes out now.
+        let (first, ()) = self.stream.commit_n(BACKFILL_SLOTS + 1, |first, batch| {
+            let pos = first + BACKFILL_SLOTS;
             let before = RESOLVED_BEFORE | pos;
             write_full_snapshot(batch, before, &map)?;
-            // History before the join: the state before the join is the best known state
-            // for it (it decides who may see it, like the join's own).
-            for (i, h) in history.iter().enumerate() {
-                let hpos = first + i as u64;
-                let short = stored[i].unwrap_or(hpos);
-                let meta = EventMeta {
-                    event_id: h.event_id.clone(),
-                    room_id: room_id.to_owned(),
-                    state_before: before,
-                    state_after: before,
-                    redacted_by: None,
-                    txn: None,
-                    outlier: false,
-                    hidden: false,
-                };
-                write_event_rows(batch, short, &h.event_id, &h.bytes, &meta)?;
-                batch.put(
-                    Table::RoompositionShorteventid,
-                    KeyBuf::new().str(room_id.as_str()).u64(hpos).into_vec(),
-                    short.to_be_bytes().to_vec(),
-                );
-            }
             let short = pos;
             write_state_snapshot(
                 batch,
@@ -947,6 +1026,8 @@ impl Rooms {
                 last_pos: pos,
                 holes: Vec::new(),
                 gaps: Vec::new(),
+                backfill_next: pos,
+                backfill_floor: first,
             };
             batch.put(
                 Table::RoomidRoom,
@@ -981,11 +1062,8 @@ impl Rooms {
             batch.delete(Table::UserroomRemoteinvite, invite_key(&joiner, room_id));
             Ok(())
         })?;
-        let pos = first + n;
-        for s in stored.iter().flatten() {
-            self.pdu_cache.lock().remove(s);
-        }
-        info!(%room_id, state = state.len(), auth_chain = auth_chain.len(), history = n, "joined a room over federation");
+        let pos = first + BACKFILL_SLOTS;
+        info!(%room_id, state = state.len(), auth_chain = auth_chain.len(), "joined a room over federation");
         self.after_commit(room_id, &join_id, &[], None, Some(joiner))?;
         Ok(pos)
     }

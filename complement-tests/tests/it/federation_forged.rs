@@ -565,3 +565,43 @@ async fn v1_send_join_and_send_leave_check_the_membership() {
         .await;
     assert_eq!(m["membership"], "leave", "{m}");
 }
+
+/// Issue 14: a remote state event whose `state_key` is more than 255 bytes but at most 255
+/// code points is taken in (other servers have long allowed it, so rooms hold such events);
+/// one of more than 255 code points is refused.
+#[tokio::test]
+async fn long_state_keys_of_remote_events_are_counted_in_code_points() {
+    let (_a, _b, alice, bob, mut as_b) = setup().await;
+    let room = as_b.room.clone();
+    let mut levels = alice.state_content(&room, "m.room.power_levels", "").await;
+    levels["users"][&bob.user_id] = json!(50);
+    alice
+        .put_state(&room, "m.room.power_levels", "", &levels)
+        .await;
+    let state = state_set(&alice, &room).await;
+    let levels_id = state_event_id(&state, "m.room.power_levels", "");
+    as_b.auth_events[0] = levels_id.clone();
+    let got = as_b
+        .get(&format!("/_matrix/federation/v1/event/{}", enc(&levels_id)))
+        .await;
+    as_b.depth = got["pdus"][0]["depth"].as_u64().unwrap_or_default();
+    as_b.prev = levels_id;
+    let emoji = "💥".repeat(70); // 280 bytes, 70 code points
+    let (ok_id, ok) =
+        as_b.signed(as_b.template(&bob.user_id, "org.example.breaker", Some(&emoji), json!({})));
+    let too_long = "x".repeat(256);
+    let (bad_id, bad) = as_b.signed(as_b.template(
+        &bob.user_id,
+        "org.example.breaker",
+        Some(&too_long),
+        json!({}),
+    ));
+    let (status, answer) = as_b
+        .put_send("long-keys", &as_b.transaction(&[ok, bad]))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["pdus"][&ok_id], json!({}), "{answer}");
+    assert!(answer["pdus"][&bad_id]["error"].is_string(), "{answer}");
+    let (status, _) = alice.get_state(&room, "org.example.breaker", &emoji).await;
+    assert_eq!(status, 200, "the event is state on A");
+}

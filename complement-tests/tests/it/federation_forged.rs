@@ -605,3 +605,67 @@ async fn long_state_keys_of_remote_events_are_counted_in_code_points() {
     let (status, _) = alice.get_state(&room, "org.example.breaker", &emoji).await;
     assert_eq!(status, 200, "the event is state on A");
 }
+
+/// Issue 14 (and the hardening issue): a server the room's `m.room.server_acl` denies cannot
+/// send PDUs into it (each is refused in the transaction's answer) nor use the membership
+/// endpoints (403).
+#[tokio::test]
+async fn a_server_denied_by_the_rooms_acl_is_refused() {
+    let (_a, _b, alice, bob, as_b) = setup().await;
+    let room = as_b.room.clone();
+    let before =
+        as_b.signed(as_b.template(&bob.user_id, "m.room.message", None, message("allowed")));
+    let (_, answer) = as_b
+        .put_send("acl-before", &as_b.transaction(&[before.1]))
+        .await;
+    assert_eq!(
+        answer["pdus"][&before.0],
+        json!({}),
+        "before the ACL: {answer}"
+    );
+    // Both test servers are IP literals on loopback: denying IP literals denies B (A's own
+    // events are not checked against the ACL).
+    alice
+        .put_state(
+            &room,
+            "m.room.server_acl",
+            "",
+            &json!({ "allow": ["*"], "deny": [], "allow_ip_literals": false }),
+        )
+        .await;
+    let (id, pdu) =
+        as_b.signed(as_b.template(&bob.user_id, "m.room.message", None, message("denied")));
+    let (status, answer) = as_b.put_send("acl-after", &as_b.transaction(&[pdu])).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer["pdus"][&id]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("server ACL")),
+        "{answer}"
+    );
+    let timeline: Vec<String> = timeline_ids(&alice, &room).await;
+    assert!(
+        !timeline.contains(&id),
+        "the denied event is not in A's timeline"
+    );
+    let uri = format!(
+        "/_matrix/federation/v1/make_join/{}/{}?ver=12&ver=10",
+        enc(&room),
+        enc(&format!("@newcomer:{}", as_b.b_name))
+    );
+    let auth = x_matrix_with_content(
+        &as_b.request_key,
+        &as_b.b_name,
+        &as_b.a_name,
+        "GET",
+        &uri,
+        None,
+    );
+    let resp = reqwest::Client::new()
+        .get(format!("{}{uri}", as_b.a_url))
+        .header("Authorization", auth)
+        .send()
+        .await
+        .expect("make_join");
+    assert_eq!(resp.status(), 403, "make_join from a denied server");
+}

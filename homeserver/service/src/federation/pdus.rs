@@ -688,7 +688,17 @@ impl Pdus {
                     continue;
                 }
             };
-            let outcome = match self.acl_allows(&room_id, origin) {
+            // Both the server sending the PDU and the server of its sender must be admitted.
+            let sender_server = value
+                .get("sender")
+                .and_then(Value::as_str)
+                .and_then(|s| <&UserId>::try_from(s).ok())
+                .map(|u| u.server_name().to_owned());
+            let outcome = match self.acl_allows(&room_id, origin).and_then(|()| {
+                sender_server
+                    .as_deref()
+                    .map_or(Ok(()), |s| self.acl_allows(&room_id, s))
+            }) {
                 Err(e) => Err(e),
                 Ok(()) => self.receive_pdu(origin, &room_id, value).await,
             };
@@ -715,12 +725,15 @@ impl Pdus {
         Ok(answer)
     }
 
-    fn acl_allows(
-        &self,
-        _room_id: &RoomId,
-        _origin: &ServerName,
-    ) -> std::result::Result<(), String> {
-        Ok(())
+    /// The room's `m.room.server_acl` admits `server` (spec: server ACLs apply to `/send` per
+    /// PDU and to the membership endpoints).
+    fn acl_allows(&self, room_id: &RoomId, server: &ServerName) -> std::result::Result<(), String> {
+        self.rooms
+            .check_server_acl(room_id, server)
+            .map_err(|e| match e {
+                Error::Matrix { message, .. } => message,
+                other => other.to_string(),
+            })
     }
 
     // ----- joins: the resident side -----

@@ -422,3 +422,46 @@ async fn reads_are_refused_without_a_member_unknown_events_and_acl_denied_server
         "/get_missing_events denied by the ACL",
     );
 }
+
+/// Issue 14: `/get_missing_events` answers a server in the room with redacted copies of the
+/// events it may not see (a `joined` room's history from before its member joined): it needs
+/// them to link the DAG.
+#[tokio::test]
+async fn missing_events_a_member_server_may_not_see_come_redacted() {
+    let (a, a_name) = federating_server().await;
+    let (b, b_name) = federating_server().await;
+    let as_b = AsB::new(&a, &a_name, &b, &b_name);
+    let alice = a.register_random().await;
+    let bob = b.register_random().await;
+    let room = room_with(&alice, "joined").await;
+    let before = alice.send_text(&room, "before bob").await;
+    let (status, body) = bob
+        .post(
+            &format!("/join/{}?via={}", enc(&room), enc(&a_name)),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let after = alice.send_text(&room, "after bob").await;
+    let state = alice.full_state(&room).await;
+    let create_id = state
+        .iter()
+        .find(|e| e["type"] == "m.room.create")
+        .and_then(|e| e["event_id"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let missing = as_b
+        .post_ok(
+            &format!("/_matrix/federation/v1/get_missing_events/{}", enc(&room)),
+            &json!({ "earliest_events": [create_id], "latest_events": [after], "limit": 20 }),
+        )
+        .await;
+    let events = array(&missing, "events");
+    let copy = events
+        .iter()
+        .find(|e| {
+            e["type"] == "m.room.message" && e["content"].get("body") != Some(&json!("after bob"))
+        })
+        .unwrap_or_else(|| panic!("the message from before bob's join ({before}): {missing}"));
+    assert_eq!(copy["content"], json!({}), "redacted: {copy}");
+}

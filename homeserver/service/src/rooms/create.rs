@@ -261,9 +261,9 @@ impl Rooms {
             .await?;
         }
 
-        let (join_rule, guest) = match preset {
-            Preset::PublicChat => ("public", "forbidden"),
-            _ => ("invite", "can_join"),
+        let join_rule = match preset {
+            Preset::PublicChat => "public",
+            _ => "invite",
         };
         let mut preset_state = vec![
             (
@@ -276,12 +276,16 @@ impl Rooms {
                 String::new(),
                 json!({ "history_visibility": "shared" }),
             ),
-            (
+        ];
+        // Guests may join private chats; a public room has no guest access event (its
+        // absence means `forbidden`), as with other servers' presets.
+        if preset != Preset::PublicChat {
+            preset_state.push((
                 "m.room.guest_access".to_owned(),
                 String::new(),
-                json!({ "guest_access": guest }),
-            ),
-        ];
+                json!({ "guest_access": "can_join" }),
+            ));
+        }
         // initial_state overrides the preset for the same (type, state_key).
         preset_state.retain(|(t, k, _)| {
             !req.initial_state

@@ -26,9 +26,9 @@
 //!   the server; the state and auth chains then go out whole, since they are what a server
 //!   needs to take part in the room.
 //! * `/backfill` and `/get_missing_events` need every asked event that is known here not to be
-//!   hidden. Walked events the server may not see in full go out redacted in `/backfill` and
-//!   are left out of `/get_missing_events` (as Synapse does: a gap filled with redacted copies
-//!   would be stored redacted for good).
+//!   hidden. Walked events the server may not see in full go out redacted in `/backfill`; in
+//!   `/get_missing_events` they go out redacted to a server in the room (it needs them to link
+//!   the DAG; Complement checks these redacted copies) and not at all to others.
 
 use std::{
     collections::{BinaryHeap, HashMap, HashSet, VecDeque},
@@ -663,10 +663,8 @@ impl Rooms {
             let Some(meta) = self.meta(short)? else {
                 continue;
             };
-            if self.server_view(server, &meta, in_room)? != ServerView::Full {
-                continue;
-            }
-            if let Some(pdu) = self.outgoing_pdu(short, ServerView::Full, &rules)? {
+            let view = self.server_view(server, &meta, in_room)?;
+            if let Some(pdu) = self.outgoing_pdu(short, view, &rules)? {
                 out.push(pdu);
             }
         }

@@ -359,10 +359,17 @@ async fn bad_pdus_are_refused_one_by_one_and_the_good_one_in_their_transaction_g
         json!({}),
         "a content hash mismatch is accepted redacted, not refused: {answer}"
     );
+    // Issue 14: an event the auth rules refuse is handled (kept as rejected, never shown),
+    // which is no error in the answer, as with other servers; A's view below shows it is not
+    // there.
+    assert_eq!(
+        results[&coup],
+        json!({}),
+        "a power change without power is rejected, not an error: {answer}"
+    );
     for (what, id) in [
         ("a bad signature", &bad_sig),
         ("a sender of another server", &impostor),
-        ("a power change without power", &coup),
         ("an oversized PDU", &huge),
     ] {
         assert!(
@@ -668,4 +675,33 @@ async fn a_server_denied_by_the_rooms_acl_is_refused() {
         .await
         .expect("make_join");
     assert_eq!(resp.status(), 403, "make_join from a denied server");
+}
+
+/// Issue 14 (spec: rejection): an event built on a rejected event is taken in when the auth
+/// rules allow it, with the state before the rejected one; the rejected event itself is never
+/// shown (404) and changes no state.
+#[tokio::test]
+async fn an_event_built_on_a_rejected_event_is_accepted() {
+    let (_a, _b, alice, bob, mut as_b) = setup().await;
+    let room = as_b.room.clone();
+    let mut power = alice.state_content(&room, "m.room.power_levels", "").await;
+    power["users"][&bob.user_id] = json!(100);
+    let (coup, coup_pdu) =
+        as_b.signed(as_b.template(&bob.user_id, "m.room.power_levels", Some(""), power));
+    as_b.prev = coup.clone();
+    as_b.depth += 1;
+    let (after, after_pdu) =
+        as_b.signed(as_b.template(&bob.user_id, "m.room.message", None, message("after")));
+    let (status, answer) = as_b
+        .put_send("on-rejected", &as_b.transaction(&[coup_pdu, after_pdu]))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["pdus"][&after], json!({}), "{answer}");
+    let event = |id: &str| format!("/rooms/{}/event/{}", enc(&room), enc(id));
+    let (status, got) = alice.get(&event(&after)).await;
+    assert_eq!(status, 200, "the event after the rejected one: {got}");
+    let (status, got) = alice.get(&event(&coup)).await;
+    assert_eq!(status, 404, "the rejected event is not shown: {got}");
+    let levels = alice.state_content(&room, "m.room.power_levels", "").await;
+    assert!(levels["users"].get(&bob.user_id).is_none(), "{levels}");
 }

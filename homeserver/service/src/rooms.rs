@@ -99,6 +99,11 @@ pub struct EventMeta {
     /// written before gap-filled events went into the timeline also have such events hidden.)
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub hidden: bool,
+    /// A remote event that failed the auth rules, stored with the state before it (which is
+    /// also the state after it) so that events built on it can be placed (spec: rejection).
+    /// Never shown to clients, never an auth event.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rejected: bool,
 }
 
 /// A state snapshot: a parent and what changed, or a full map when `parent` is 0.
@@ -330,7 +335,9 @@ impl Rooms {
         let (Some(raw), Some(meta)) = (self.raw_pdu(short)?, self.meta(short)?) else {
             return Ok(None);
         };
-        let pdu = Arc::new(Pdu::from_json(meta.event_id, &raw)?);
+        let mut pdu = Pdu::from_json(meta.event_id, &raw)?;
+        pdu.rejected = meta.rejected;
+        let pdu = Arc::new(pdu);
         let mut cache = self.pdu_cache.lock();
         if cache.len() >= PDU_CACHE_ENTRIES {
             cache.clear();
@@ -1082,6 +1089,7 @@ impl Rooms {
                 txn: txn.clone(),
                 outlier: false,
                 hidden: false,
+                rejected: false,
             };
             write_event_rows(batch, short, &event_id, &pdu_bytes, &meta)?;
             batch.put(

@@ -130,6 +130,29 @@ fn finish_all(
     })
 }
 
+/// Why a remote PDU was not taken into the room.
+#[derive(Debug)]
+pub enum NotTaken {
+    /// Checked and kept as rejected (the auth rules refuse it): handled as the spec says,
+    /// so not an error in the answer to its transaction (as with other servers).
+    Rejected(String),
+    /// Not processed: it failed its checks, or what it needs could not be had.
+    Failed(String),
+}
+
+impl std::fmt::Display for NotTaken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Rejected(r) => write!(f, "rejected: {r}"),
+            Self::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
+fn failed(e: impl std::fmt::Display) -> NotTaken {
+    NotTaken::Failed(e.to_string())
+}
+
 /// A membership event made and sent through another server.
 struct Handshake {
     event_id: OwnedEventId,
@@ -164,6 +187,10 @@ const MAX_TXN_PDUS: usize = 50;
 const MAX_TXN_EDUS: usize = 100;
 /// How many missing events one `/get_missing_events` asks for.
 const MISSING_EVENTS_LIMIT: u64 = 20;
+/// Most unknown events of a `/state_ids` answer fetched one by one (else `/state`).
+const MAX_EVENTS_ONE_BY_ONE: usize = 100;
+/// Most events a `/state_ids` answer may name.
+const MAX_STATE_IDS: usize = 20_000;
 /// Most auth events fetched one by one for one event.
 const MAX_AUTH_FETCHES: usize = 200;
 
@@ -458,6 +485,95 @@ impl Pdus {
         self.rooms.store_outliers(room_id, &good)
     }
 
+    /// The state at `prev` from `from` with `/state_ids`, fetching the events not stored here
+    /// one by one (`/event`) and storing those that pass their checks as outliers: the ids of
+    /// the state events now stored. (Servers answer `/state_ids` more cheaply than `/state`,
+    /// and most of the state is usually known already.)
+    async fn state_ids_at(
+        &self,
+        from: &ServerName,
+        room_id: &RoomId,
+        version: &str,
+        prev: &EventId,
+    ) -> Result<Vec<OwnedEventId>> {
+        let path = format!(
+            "/_matrix/federation/v1/state_ids/{}?event_id={}",
+            crate::percent_encode(room_id.as_str()),
+            crate::percent_encode(prev.as_str())
+        );
+        let v = self.ask(from, http::Method::GET, &path, None).await?;
+        let ids = |key: &str| -> Vec<OwnedEventId> {
+            v[key]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i.as_str().and_then(|i| OwnedEventId::try_from(i).ok()))
+                .collect()
+        };
+        let (state, auth_chain) = (ids("pdu_ids"), ids("auth_chain_ids"));
+        if state.len() + auth_chain.len() > MAX_STATE_IDS {
+            return Err(Error::bad_json(format!(
+                "{from} named more than {MAX_STATE_IDS} events"
+            )));
+        }
+        let mut unknown = Vec::new();
+        for id in auth_chain.iter().chain(&state) {
+            if !self.rooms.knows_event(id)? {
+                unknown.push(id.clone());
+            }
+        }
+        if unknown.len() > MAX_EVENTS_ONE_BY_ONE {
+            // Cheaper as one `/state` than as that many `/event`s.
+            return Err(Error::bad_json(format!(
+                "{} events of the state are unknown here",
+                unknown.len()
+            )));
+        }
+        let mut bundle = Vec::new();
+        for id in &unknown {
+            match self.fetch_event_json(from, id).await {
+                Ok(v) => bundle.push(v),
+                Err(e) => debug!(event_id = %id, "a state event could not be fetched: {e}"),
+            }
+        }
+        let good = self.check_bundle(version, room_id, &bundle).await?;
+        self.rooms.store_outliers(room_id, &good)?;
+        let mut out = Vec::new();
+        for id in state {
+            if self.rooms.short_id(&id)?.is_some() && self.rooms.rejection(&id)?.is_none() {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The state at `prev` from `from` with `/state` (events and auth chain in full), stored
+    /// as outliers: the ids of the state events that passed their checks.
+    async fn state_at(
+        &self,
+        from: &ServerName,
+        room_id: &RoomId,
+        version: &str,
+        prev: &EventId,
+    ) -> Result<Vec<OwnedEventId>> {
+        let path = format!(
+            "/_matrix/federation/v1/state/{}?event_id={}",
+            crate::percent_encode(room_id.as_str()),
+            crate::percent_encode(prev.as_str())
+        );
+        let v = self.ask(from, http::Method::GET, &path, None).await?;
+        let mut bundle = pdu_list(&v, "auth_chain");
+        bundle.extend(pdu_list(&v, "pdus"));
+        let good = self.check_bundle(version, room_id, &bundle).await?;
+        self.rooms.store_outliers(room_id, &good)?;
+        let good_ids: std::collections::HashSet<_> = good.iter().map(|c| &c.event_id).collect();
+        Ok(pdu_list(&v, "pdus")
+            .into_iter()
+            .filter_map(|p| event_id_of(&to_canonical_object(p).ok()?, version))
+            .filter(|id| good_ids.contains(id))
+            .collect())
+    }
+
     async fn fetch_event_json(&self, from: &ServerName, id: &EventId) -> Result<Value> {
         let path = format!(
             "/_matrix/federation/v1/event/{}",
@@ -480,22 +596,13 @@ impl Pdus {
         prev: &EventId,
     ) -> Result<()> {
         debug!(%room_id, %prev, server = %from, "filling a gap with the state at a prev_event");
-        let path = format!(
-            "/_matrix/federation/v1/state/{}?event_id={}",
-            crate::percent_encode(room_id.as_str()),
-            crate::percent_encode(prev.as_str())
-        );
-        let v = self.ask(from, http::Method::GET, &path, None).await?;
-        let mut bundle = pdu_list(&v, "auth_chain");
-        bundle.extend(pdu_list(&v, "pdus"));
-        let good = self.check_bundle(version, room_id, &bundle).await?;
-        self.rooms.store_outliers(room_id, &good)?;
-        let good_ids: std::collections::HashSet<_> = good.iter().map(|c| &c.event_id).collect();
-        let state_ids: Vec<OwnedEventId> = pdu_list(&v, "pdus")
-            .into_iter()
-            .filter_map(|p| event_id_of(&to_canonical_object(p).ok()?, version))
-            .filter(|id| good_ids.contains(id))
-            .collect();
+        let state_ids = match self.state_ids_at(from, room_id, version, prev).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                debug!(%room_id, "state_ids from {from} failed ({e}); asking for /state");
+                self.state_at(from, room_id, version, prev).await?
+            }
+        };
         let raw = self.fetch_event_json(from, prev).await?;
         let event = self
             .check_pdu(version, &raw, Some(room_id))
@@ -503,14 +610,15 @@ impl Pdus {
             .map_err(Error::bad_json)?;
         self.fetch_auth_events(from, room_id, version, &event)
             .await?;
-        match self
+        // A rejected event fills the gap too: it is stored with the state at it.
+        if let Placed::Rejected(reason) = self
             .rooms
             .place_with_state(room_id, event, &state_ids)
             .await?
         {
-            Placed::Rejected(reason) => Err(Error::forbidden(reason)),
-            _ => Ok(()),
+            debug!(%room_id, %prev, "the event at a gap is rejected: {reason}");
         }
+        Ok(())
     }
 
     /// The whole pipeline for one PDU of a room this server is in. `Err` explains why the
@@ -520,13 +628,16 @@ impl Pdus {
         origin: &ServerName,
         room_id: &RoomId,
         value: &Value,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), NotTaken> {
         let room = self
             .rooms
             .room(room_id)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("this server is not in {room_id}"))?;
-        let event = self.check_pdu(&room.version, value, Some(room_id)).await?;
+            .map_err(failed)?
+            .ok_or_else(|| failed(format!("this server is not in {room_id}")))?;
+        let event = self
+            .check_pdu(&room.version, value, Some(room_id))
+            .await
+            .map_err(NotTaken::Failed)?;
         self.receive_checked(origin, room_id, &room.version, event, true)
             .await
     }
@@ -538,54 +649,97 @@ impl Pdus {
         version: &str,
         event: Checked,
         fetch_missing: bool,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), NotTaken> {
         // An outlier (fetched as an auth event, or sent as state at a join) arriving as a room
         // event is placed now.
-        if self
-            .rooms
-            .is_placed(&event.event_id)
-            .map_err(|e| e.to_string())?
-        {
+        if self.rooms.is_placed(&event.event_id).map_err(failed)? {
             return Ok(());
+        }
+        // Missing prev_events first (`/get_missing_events` unless this is one of its answers,
+        // then the state at what is still missing): the state they bring may hold the auth
+        // events this event names.
+        let mut filled = false;
+        if !self.missing_prevs(&event).map_err(failed)?.is_empty() {
+            filled = true;
+            self.fill_missing(origin, room_id, version, &event, fetch_missing)
+                .await?;
         }
         self.fetch_auth_events(origin, room_id, version, &event)
             .await
-            .map_err(|e| e.to_string())?;
-        let mut filled = false;
+            .map_err(failed)?;
         loop {
             match self
                 .rooms
                 .place_remote(room_id, event.clone())
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(failed)?
             {
                 Placed::Accepted(_) | Placed::Known => return Ok(()),
                 Placed::SoftFailed => return Ok(()),
-                Placed::Rejected(reason) => return Err(reason),
+                Placed::Rejected(reason) => return Err(NotTaken::Rejected(reason)),
                 Placed::MissingState(prevs) => {
                     if filled {
-                        return Err(format!(
+                        return Err(failed(format!(
                             "the state after {} prev_events could not be found",
                             prevs.len()
-                        ));
+                        )));
                     }
                     filled = true;
-                    if fetch_missing {
-                        self.fetch_missing_events(origin, room_id, version, &event)
-                            .await
-                            .map_err(|e| e.to_string())?;
-                    }
-                    for prev in prevs {
-                        let known = self.rooms.is_placed(&prev).map_err(|e| e.to_string())?;
-                        if !known {
-                            if let Err(e) = self.fill_gap(origin, room_id, version, &prev).await {
-                                return Err(format!("cannot fill the gap at {prev}: {e}"));
-                            }
-                        }
-                    }
+                    self.fill_missing(origin, room_id, version, &event, fetch_missing)
+                        .await?;
                 }
             }
         }
+    }
+
+    /// The `prev_events` of an event that are not placed here (and not rejected without
+    /// state).
+    fn missing_prevs(&self, event: &Checked) -> Result<Vec<OwnedEventId>> {
+        let mut out = Vec::new();
+        for prev in &event.pdu.prev_events {
+            if !self.rooms.is_placed(prev)? && self.rooms.rejection(prev)?.is_none() {
+                out.push(prev.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Takes in what lies between the room and `event`. An event pushed to this server
+    /// (`pushed`) gets its missing events with `/get_missing_events`, and is refused if some
+    /// `prev_events` are still missing then: its sender has them, and taking its word for the
+    /// state there would let it make the room's state whatever it likes. An event pulled in
+    /// (an answer to `/get_missing_events`) gets the state at its missing `prev_events`
+    /// (`/state_ids`) instead: that is where a long gap is bridged.
+    async fn fill_missing(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        version: &str,
+        event: &Checked,
+        pushed: bool,
+    ) -> std::result::Result<(), NotTaken> {
+        if pushed {
+            if let Err(e) = self
+                .fetch_missing_events(origin, room_id, version, event)
+                .await
+            {
+                debug!(%room_id, "get_missing_events from {origin} failed: {e}");
+            }
+            let still = self.missing_prevs(event).map_err(failed)?;
+            if !still.is_empty() {
+                return Err(failed(format!(
+                    "{} prev_events of the event could not be fetched from its sender",
+                    still.len()
+                )));
+            }
+            return Ok(());
+        }
+        for prev in self.missing_prevs(event).map_err(failed)? {
+            if let Err(e) = self.fill_gap(origin, room_id, version, &prev).await {
+                return Err(failed(format!("cannot fill the gap at {prev}: {e}")));
+            }
+        }
+        Ok(())
     }
 
     /// Asks `origin` for the events between this server's extremities and `event`, and takes
@@ -699,7 +853,7 @@ impl Pdus {
                     .as_deref()
                     .map_or(Ok(()), |s| self.acl_allows(&room_id, s))
             }) {
-                Err(e) => Err(e),
+                Err(e) => Err(NotTaken::Failed(e)),
                 Ok(()) => self.receive_pdu(origin, &room_id, value).await,
             };
             if outcome.is_ok() && value.get("type").and_then(Value::as_str) == Some("m.space.child")
@@ -708,7 +862,11 @@ impl Pdus {
             }
             let entry = match outcome {
                 Ok(()) => json!({}),
-                Err(e) => {
+                Err(NotTaken::Rejected(r)) => {
+                    info!(%origin, %event_id, "PDU rejected: {r}");
+                    json!({})
+                }
+                Err(NotTaken::Failed(e)) => {
                     info!(%origin, %event_id, "PDU not accepted: {e}");
                     json!({ "error": e })
                 }
@@ -1408,7 +1566,7 @@ impl Pdus {
         {
             self.receive_checked(server, room_id, &version, join, true)
                 .await
-                .map_err(Error::forbidden)?;
+                .map_err(|e| Error::forbidden(e.to_string()))?;
             return Ok(event_id);
         }
         let sent_at = std::time::Instant::now();

@@ -327,6 +327,7 @@ impl Rooms {
                 txn: None,
                 outlier: false,
                 hidden: false,
+                rejected: false,
             };
             write_event_rows(&mut batch, short, &e.event_id, &e.bytes, &meta)?;
             batch.put(
@@ -408,6 +409,7 @@ impl Rooms {
                     txn: None,
                     outlier: true,
                     hidden: false,
+                    rejected: false,
                 };
                 write_event_rows(batch, first + i as u64, &e.event_id, &e.bytes, &meta)?;
             }
@@ -565,23 +567,30 @@ impl Rooms {
         }
         let room = self.room_or_404(room_id)?;
         let rules = rules_for(&room.version)?;
-        if let Err(reason) = self.check_against_auth_events(&rules, &event.pdu) {
-            self.store_rejected(&event.event_id, &reason)?;
-            return Ok(Placed::Rejected(reason));
-        }
-        // The state before the event: after its prev_events, resolved where they differ.
+        let auth_failure = self.check_against_auth_events(&rules, &event.pdu).err();
+        // The state before the event: after its prev_events, resolved where they differ. A
+        // rejected prev_event counts with the state before it, when known (spec: rejection).
         let mut missing = Vec::new();
         let mut befores = BTreeSet::new();
         for prev in &event.pdu.prev_events {
-            if self.rejection(prev)?.is_some() {
-                continue;
-            }
             match self.state_after_event(prev)? {
                 Some(s) => {
                     befores.insert(s);
                 }
+                None if self.rejection(prev)?.is_some() => {}
                 None => missing.push(prev.clone()),
             }
+        }
+        if let Some(reason) = auth_failure {
+            // Kept with the state before it when that is known here, so that later events
+            // may still build on it; otherwise only as rejected.
+            if missing.is_empty() && !befores.is_empty() {
+                let (before_id, before_map, new_before) = self.state_of(&room, &befores)?;
+                self.commit_rejected(room_id, &event, before_id, &before_map, new_before, &reason)?;
+            } else {
+                self.store_rejected(&event.event_id, &reason)?;
+            }
+            return Ok(Placed::Rejected(reason));
         }
         if !missing.is_empty() {
             return Ok(Placed::MissingState(missing));
@@ -604,22 +613,7 @@ impl Rooms {
                 self.store_rejected(&event.event_id, &reason)?;
                 return Ok(Placed::Rejected(reason));
             }
-            1 => {
-                let id = befores.first().copied().unwrap_or_default();
-                (id, self.state(id)?, false)
-            }
-            _ => {
-                let maps: Vec<_> = befores
-                    .iter()
-                    .map(|s| self.state(*s))
-                    .collect::<Result<_>>()?;
-                let refs: Vec<&StateMap> = maps.iter().map(|m| m.as_ref()).collect();
-                (
-                    0,
-                    std::sync::Arc::new(self.resolve_states(&room.version, &refs)?),
-                    true,
-                )
-            }
+            _ => self.state_of(&room, &befores)?,
         };
         self.place_on(
             room_id,
@@ -630,6 +624,77 @@ impl Rooms {
             &before_map,
             new_before,
         )
+    }
+
+    /// The state made of the states after some events (snapshot ids): `(snapshot id, map,
+    /// whether it is new)`; a new one (the resolution of several) has no id yet.
+    fn state_of(
+        &self,
+        room: &RoomRecord,
+        befores: &BTreeSet<u64>,
+    ) -> Result<(u64, std::sync::Arc<StateMap>, bool)> {
+        if befores.len() == 1 {
+            let id = befores.first().copied().unwrap_or_default();
+            return Ok((id, self.state(id)?, false));
+        }
+        let maps: Vec<_> = befores
+            .iter()
+            .map(|s| self.state(*s))
+            .collect::<Result<_>>()?;
+        let refs: Vec<&StateMap> = maps.iter().map(|m| m.as_ref()).collect();
+        Ok((
+            0,
+            std::sync::Arc::new(self.resolve_states(&room.version, &refs)?),
+            true,
+        ))
+    }
+
+    /// Stores a rejected event with the state before it as its state after too: out of the
+    /// timeline, no extremity, never shown or used as an auth event (`EventMeta::rejected`),
+    /// but a `prev_event` later events can be placed on (spec: rejection).
+    fn commit_rejected(
+        &self,
+        room_id: &RoomId,
+        event: &Checked,
+        before_id: u64,
+        before_map: &StateMap,
+        new_before: bool,
+        reason: &str,
+    ) -> Result<()> {
+        info!(event_id = %event.event_id, reason, "rejected a remote event");
+        let existing_short = self.short_id(&event.event_id)?;
+        self.stream.commit(|pos, batch| {
+            let short = existing_short.unwrap_or(pos);
+            let before = if new_before {
+                let id = RESOLVED_BEFORE | pos;
+                write_full_snapshot(batch, id, before_map)?;
+                id
+            } else {
+                before_id
+            };
+            let meta = EventMeta {
+                event_id: event.event_id.clone(),
+                room_id: room_id.to_owned(),
+                state_before: before,
+                state_after: before,
+                redacted_by: None,
+                txn: None,
+                outlier: false,
+                hidden: true,
+                rejected: true,
+            };
+            write_event_rows(batch, short, &event.event_id, &event.bytes, &meta)?;
+            batch.put(
+                Table::EventidRejected,
+                event.event_id.as_bytes().to_vec(),
+                reason.as_bytes().to_vec(),
+            );
+            Ok(())
+        })?;
+        if let Some(short) = existing_short {
+            self.pdu_cache.lock().remove(&short);
+        }
+        Ok(())
     }
 
     /// The rest of placing an event once the state before it is known (snapshot `before_id`,
@@ -648,7 +713,7 @@ impl Rooms {
     ) -> Result<Placed> {
         if let Err(e) = self.check_against_state(rules, &event.pdu, before_map) {
             let reason = format!("not allowed by the state before it: {e}");
-            self.store_rejected(&event.event_id, &reason)?;
+            self.commit_rejected(room_id, &event, before_id, before_map, new_before, &reason)?;
             return Ok(Placed::Rejected(reason));
         }
         // Soft fail: allowed where it was sent, but not by the room's current state, or
@@ -793,6 +858,7 @@ impl Rooms {
                 txn: None,
                 outlier: false,
                 hidden: soft_failed,
+                rejected: false,
             };
             write_event_rows(batch, short, &event.event_id, &event.bytes, &meta)?;
             if soft_failed {
@@ -931,10 +997,6 @@ impl Rooms {
         }
         let room = self.room_or_404(room_id)?;
         let rules = rules_for(&room.version)?;
-        if let Err(reason) = self.check_against_auth_events(&rules, &event.pdu) {
-            self.store_rejected(&event.event_id, &reason)?;
-            return Ok(Placed::Rejected(reason));
-        }
         let mut map = StateMap::new();
         for id in state_ids {
             let (Some(short), Some(pdu)) = (self.short_id(id)?, self.pdu(id)?) else {
@@ -943,6 +1005,11 @@ impl Rooms {
             if let Some(k) = pdu.state_key {
                 map.insert((pdu.kind.to_string(), k), short);
             }
+        }
+        if let Err(reason) = self.check_against_auth_events(&rules, &event.pdu) {
+            // Rejected, but with the state at it known: later events can build on it.
+            self.commit_rejected(room_id, &event, 0, &map, true, &reason)?;
+            return Ok(Placed::Rejected(reason));
         }
         self.place_on(room_id, room, &rules, event, 0, &map, true)
     }
@@ -1011,6 +1078,7 @@ impl Rooms {
                 txn: None,
                 outlier: false,
                 hidden: false,
+                rejected: false,
             };
             write_event_rows(batch, short, &join_id, &join.bytes, &meta)?;
             batch.put(

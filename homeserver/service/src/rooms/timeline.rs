@@ -121,6 +121,9 @@ impl Rooms {
         let (Some(raw), Some(meta)) = (self.raw_pdu(short)?, self.meta(short)?) else {
             return Ok(None);
         };
+        if meta.rejected {
+            return Ok(None);
+        }
         let stored: Value = serde_json::from_slice(&raw)?;
         let mut unsigned = serde_json::Map::new();
         if let Some(ts) = stored["origin_server_ts"].as_u64() {

@@ -560,3 +560,84 @@ async fn media_of_another_server_is_fetched_over_federation_and_cached() {
     assert_eq!(again.status, StatusCode::OK, "served from B's cache");
     assert_eq!(again.bytes, PNG);
 }
+
+/// Issue 14: media of a server from before authenticated media (its federation media
+/// endpoints answer 400) is fetched from its legacy download path; and this server's own
+/// federation media answers end with the closing multipart delimiter (`--boundary--`).
+#[tokio::test]
+async fn media_of_a_legacy_server_comes_from_its_legacy_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let crate_dir =
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into());
+    let script = std::path::Path::new(&crate_dir).join("support/legacy_media_server.py");
+    let legacy = paracord_complement::ChildProcess::start(move |port| {
+        let mut c = std::process::Command::new("python3");
+        c.arg(script)
+            .arg(port.to_string())
+            .arg(&cert_path)
+            .arg(&key_path);
+        c
+    })
+    .await;
+    let (b, b_name) = paracord_complement::federation::federating_server().await;
+    let bob = b.register_random().await;
+    let legacy_name = format!("127.0.0.1:{}", legacy.port);
+    let dl = call(
+        &b,
+        Some(&bob),
+        reqwest::Method::GET,
+        &format!("/_matrix/client/v1/media/download/{legacy_name}/abc"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        dl.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&dl.bytes)
+    );
+    assert_eq!(dl.bytes, b"legacy bytes of abc");
+
+    // B's own answer to another server, read raw.
+    let up = call(
+        &b,
+        Some(&bob),
+        reqwest::Method::POST,
+        "/_matrix/media/v3/upload?filename=a.png",
+        Some((PNG, "image/png")),
+    )
+    .await;
+    let (_, id) = mxc_parts(up.json()["content_uri"].as_str().unwrap());
+    let (a, a_name) = paracord_complement::federation::federating_server().await;
+    let uri = format!("/_matrix/federation/v1/media/download/{id}");
+    let auth = paracord_complement::federation::x_matrix(
+        &paracord_complement::federation::server_signing_key(&a),
+        &a_name,
+        &b_name,
+        "GET",
+        &uri,
+    );
+    let resp = reqwest::Client::new()
+        .get(format!("{}{uri}", b.base_url()))
+        .header("Authorization", auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let content_type = resp.headers()["content-type"].to_str().unwrap().to_owned();
+    let boundary = content_type
+        .split("boundary=")
+        .nth(1)
+        .unwrap_or_else(|| panic!("a boundary in {content_type}"))
+        .to_owned();
+    let body = resp.bytes().await.unwrap();
+    assert!(
+        body.ends_with(format!("--{boundary}--\r\n").as_bytes()),
+        "the closing delimiter ends the body: {:?}",
+        String::from_utf8_lossy(&body[body.len().saturating_sub(80)..])
+    );
+}

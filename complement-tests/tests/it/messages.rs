@@ -194,6 +194,27 @@ async fn messages_filter_by_types_and_not_types() {
     let page = alice
         .messages(&room, &[("dir", "b"), ("limit", "50"), ("filter", &only)])
         .await;
+    // Issue 14: a page with events has an `end`, even when the filter left fewer than the
+    // limit; the page after the last is empty and has none.
+    let end = page["end"]
+        .as_str()
+        .unwrap_or_else(|| panic!("`end`: {page}"))
+        .to_owned();
+    let last = alice
+        .messages(
+            &room,
+            &[
+                ("dir", "b"),
+                ("limit", "50"),
+                ("filter", &only),
+                ("from", &end),
+            ],
+        )
+        .await;
+    assert!(
+        chunk(&last).is_empty() && last.get("end").is_none(),
+        "{last}"
+    );
     let events = chunk(&page);
     assert_eq!(
         events.len(),

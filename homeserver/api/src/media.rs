@@ -64,33 +64,80 @@ async fn media_key(
         None,
     )
     .await?;
-    if !response.status.is_success() {
-        let body = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
-        return Err(paracord_service::federation::request::remote_error(
-            &server,
-            response.status,
-            &body,
-        )
-        .into());
-    }
-    let content_type = response
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let (file, content_type, filename) =
+    let (file, content_type, filename) = if response.status.is_success() {
+        let content_type = response
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
         file_part(&content_type, &response.body).ok_or_else(|| {
             Error::new(
                 StatusCode::BAD_GATEWAY,
                 paracord_core::ErrorKind::Unknown,
                 format!("{server} sent media that is not a multipart answer with a file"),
             )
-        })?;
+        })?
+    } else {
+        // Servers from before authenticated media (Matrix 1.11) serve it only on the
+        // legacy client path, unauthenticated.
+        match legacy_download(state, &server, media_id).await? {
+            Some(found) => found,
+            None => {
+                let body = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
+                return Err(paracord_service::federation::request::remote_error(
+                    &server,
+                    response.status,
+                    &body,
+                )
+                .into());
+            }
+        }
+    };
     state
         .media
         .store_remote(server_name, media_id, &file, content_type, filename)?;
     Ok(key)
+}
+
+/// Remote media from the legacy `/_matrix/media/v3/download/{serverName}/{mediaId}` of its
+/// server: `(bytes, content type, file name)`, or `None` when that fails too.
+async fn legacy_download(
+    state: &AppState,
+    server: &ruma::ServerName,
+    media_id: &str,
+) -> Result<Option<(Vec<u8>, Option<String>, Option<String>)>, ApiError> {
+    let path = format!(
+        "/_matrix/media/v3/download/{}/{}?allow_remote=false",
+        crate::percent_encode(server.as_str()),
+        crate::percent_encode(media_id)
+    );
+    let request = http::Request::builder()
+        .method(http::Method::GET)
+        .uri(path)
+        .body(Vec::new())
+        .map_err(|e| ApiError(Error::internal(format!("media request: {e}"))))?;
+    let Ok(response) = state.federation.send(server, request).await else {
+        return Ok(None);
+    };
+    if !response.status.is_success() {
+        return Ok(None);
+    }
+    let header_str = |name: header::HeaderName| {
+        response
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let filename = header_str(header::CONTENT_DISPOSITION)
+        .and_then(|d| ContentDisposition::try_from(d.as_bytes()).ok())
+        .and_then(|d| d.filename);
+    Ok(Some((
+        response.body,
+        header_str(header::CONTENT_TYPE),
+        filename,
+    )))
 }
 
 /// The file of a federation media answer (`multipart/mixed`: a JSON metadata part, then the
@@ -148,7 +195,22 @@ fn multipart(content: Content) -> Result<Response, ApiError> {
         get_content::v1::Response::new(ContentMetadata::new(), FileOrLocation::File(content))
             .try_into_http_response::<Vec<u8>>()
             .map_err(|e| ApiError(Error::internal(format!("media answer: {e}"))))?;
-    let (parts, body) = response.into_parts();
+    let (parts, mut body) = response.into_parts();
+    // ruma ends the body with `--boundary`, not the closing delimiter `--boundary--` that
+    // RFC 2046 requires (and other servers' parsers insist on).
+    let boundary = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ct| {
+            ct.split(';')
+                .map(str::trim)
+                .find_map(|p| p.strip_prefix("boundary="))
+        })
+        .map(|b| format!("--{}", b.trim_matches('"')));
+    if boundary.is_some_and(|b| body.ends_with(b.as_bytes())) {
+        body.extend_from_slice(b"--\r\n");
+    }
     Ok(Response::from_parts(parts, Body::from(body)))
 }
 

@@ -158,12 +158,20 @@ pub(crate) async fn get_message_events_route(
             }
         }
     }
+    // `end` whenever events came back (where the next page starts; that page may be empty,
+    // and has no `end`), as clients and other servers expect.
+    let end = page.next.or_else(|| {
+        page.events.last().map(|(pos, _)| match dir {
+            Dir::Backward => pos.saturating_sub(1),
+            Dir::Forward => *pos,
+        })
+    });
     let mut body = json!({
         "start": make_token(from),
         "chunk": page.events.into_iter().map(|(_, e)| e).collect::<Vec<_>>(),
     });
-    if let Some(next) = page.next {
-        body["end"] = json!(make_token(next));
+    if let Some(end) = end {
+        body["end"] = json!(make_token(end));
     }
     if lazy {
         body["state"] = json!(state_events);

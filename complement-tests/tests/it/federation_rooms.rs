@@ -935,3 +935,63 @@ async fn an_invite_over_federation_is_rescinded_by_its_inviter_only() {
         "expected the invite kicked by a non-inviter to stay, got {sync}"
     );
 }
+
+// Issue 14: a room upgraded on another server: this server's users' push rules for the old
+// room follow them when they join the new one, over federation or locally once their server
+// is in it.
+#[tokio::test]
+async fn room_push_rules_follow_remote_users_into_a_room_upgraded_elsewhere() {
+    let (a, b, alice, bob, old) = two_servers_one_room().await;
+    let _ = a;
+    let bob2 = b.register_random().await;
+    bob2.join_ok(&old).await;
+    for u in [&bob, &bob2] {
+        expect_ok(
+            u.put(
+                &format!("/pushrules/global/room/{}", enc(&old)),
+                &json!({ "actions": ["dont_notify"] }),
+            )
+            .await,
+            "PUT room push rule",
+        );
+    }
+    let up = expect_ok(
+        alice
+            .post(
+                &format!("/rooms/{}/upgrade", enc(&old)),
+                &json!({ "new_version": "11" }),
+            )
+            .await,
+        "POST /upgrade",
+    );
+    let new = up["replacement_room"]
+        .as_str()
+        .unwrap_or_else(|| panic!("expected a replacement_room, got {up}"))
+        .to_owned();
+    let a_name = alice
+        .user_id
+        .split_once(':')
+        .map(|(_, s)| s.to_owned())
+        .unwrap_or_default();
+    expect_ok(
+        bob.post(
+            &format!("/join/{}?via={}", enc(&new), enc(&a_name)),
+            &json!({}),
+        )
+        .await,
+        "bob joins the new room through A",
+    );
+    expect_ok(bob2.join(&new).await, "bob2 joins the new room on B");
+    for u in [&bob, &bob2] {
+        let all = expect_ok(u.get("/pushrules/").await, "GET /pushrules/");
+        assert!(
+            all["global"]["room"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| r["rule_id"] == new.as_str() && r["actions"][0] == "dont_notify"),
+            "expected {}'s rule copied to {new}, got {all}",
+            u.user_id
+        );
+    }
+}

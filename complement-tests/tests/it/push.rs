@@ -698,3 +698,99 @@ async fn room_mentions_need_power_and_sender_rules_mute() {
     let later = counts(&alice.sync(None, 0, None).await, &room).0;
     assert_eq!(later, before + 1, "others still notify");
 }
+
+/// Whether `user`'s push rules have a room rule for `room` that does not notify.
+async fn mutes_room(user: &paracord_complement::User, room: &str) -> bool {
+    let all = expect_ok(user.get("/pushrules/").await, "GET /pushrules/");
+    all["global"]["room"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|r| r["rule_id"] == room && r["actions"][0] == "dont_notify")
+}
+
+// Issue 14: a user's push rule for a room follows them into the room that replaces it, when
+// they join it: the upgrader through `/upgrade`, the creator of a room naming a predecessor
+// (an upgrade by hand), and any other member who joins later.
+#[tokio::test]
+async fn room_push_rules_follow_users_into_an_upgraded_room() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let alice2 = server.register_random().await;
+    for manual in [false, true] {
+        let old = alice
+            .create_room(&json!({ "preset": "public_chat", "room_version": "10" }))
+            .await;
+        alice2.join_ok(&old).await;
+        for u in [&alice, &alice2] {
+            expect_ok(
+                u.put(
+                    &format!("/pushrules/global/room/{}", paracord_complement::enc(&old)),
+                    &json!({ "actions": ["dont_notify"] }),
+                )
+                .await,
+                "PUT room push rule",
+            );
+        }
+        let new = if manual {
+            let new = alice
+                .create_room(&json!({
+                    "preset": "public_chat", "room_version": "11",
+                    "creation_content": { "predecessor": { "room_id": old } },
+                }))
+                .await;
+            alice
+                .put_state(
+                    &old,
+                    "m.room.tombstone",
+                    "",
+                    &json!({ "body": "replaced", "replacement_room": new }),
+                )
+                .await;
+            new
+        } else {
+            let up = expect_ok(
+                alice
+                    .post(
+                        &format!("/rooms/{}/upgrade", paracord_complement::enc(&old)),
+                        &json!({ "new_version": "11" }),
+                    )
+                    .await,
+                "POST /upgrade",
+            );
+            up["replacement_room"]
+                .as_str()
+                .unwrap_or_else(|| panic!("expected a replacement_room, got {up}"))
+                .to_owned()
+        };
+        assert!(
+            mutes_room(&alice, &new).await && mutes_room(&alice, &old).await,
+            "expected the upgrader's rule copied (manual: {manual})"
+        );
+        assert!(
+            !mutes_room(&alice2, &new).await,
+            "expected no copy before alice2 joins (manual: {manual})"
+        );
+        alice2.join_ok(&new).await;
+        assert!(
+            mutes_room(&alice2, &new).await,
+            "expected alice2's rule copied on joining (manual: {manual})"
+        );
+        let sync = alice2.sync(None, 0, None).await;
+        let rules = sync["account_data"]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["type"] == "m.push_rules")
+            .cloned()
+            .unwrap_or_else(|| panic!("expected m.push_rules in account data, got {sync}"));
+        assert!(
+            rules["content"]["global"]["room"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| r["rule_id"] == new.as_str()),
+            "expected the copied rule in sync's account data, got {rules}"
+        );
+    }
+}

@@ -146,6 +146,34 @@ impl AccountData {
         )
     }
 
+    /// Copies the user's push rule for room `from` (a room-specific rule, whose id is the
+    /// room id) to room `to`, actions and enabled state alike, unless `to` has one already.
+    /// Returns whether a rule was copied.
+    pub fn copy_room_push_rule(&self, user: &UserId, from: &RoomId, to: &RoomId) -> Result<bool> {
+        use ruma::push::{AnyPushRuleRef, NewPushRule, NewSimplePushRule, RuleKind};
+        let current = self.push_rules(user)?;
+        let Some(AnyPushRuleRef::Room(old)) = current.get(RuleKind::Room, from.as_str()) else {
+            return Ok(false);
+        };
+        if current.get(RuleKind::Room, to.as_str()).is_some() {
+            return Ok(false);
+        }
+        let (actions, enabled) = (old.actions.clone(), old.enabled);
+        let mut rules = ruma::push::Ruleset::clone(&current);
+        rules
+            .insert(
+                NewPushRule::Room(NewSimplePushRule::new(to.to_owned(), actions)),
+                None,
+                None,
+            )
+            .map_err(|e| Error::internal(format!("push rule not copied: {e}")))?;
+        rules
+            .set_enabled(RuleKind::Room, to.as_str(), enabled)
+            .map_err(|e| Error::internal(format!("push rule not copied: {e}")))?;
+        self.set_push_rules(user, &rules)?;
+        Ok(true)
+    }
+
     /// Users in the `m.ignored_user_list` of `user`.
     pub fn ignored_users(&self, user: &UserId) -> Result<Vec<String>> {
         Ok(self

@@ -1074,6 +1074,13 @@ impl Rooms {
             }
             Ok(())
         })?;
+        if let (Some(user), Some("join")) = (&membership_target, membership.as_deref()) {
+            if user.server_name() == self.config.server_name.as_str()
+                && self.membership_in(state, user)?.as_deref() != Some("join")
+            {
+                self.follow_predecessor(room_id, state, user);
+            }
+        }
         self.after_commit(
             room_id,
             &event_id,

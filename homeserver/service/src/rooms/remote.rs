@@ -1005,6 +1005,7 @@ impl Rooms {
             self.pdu_cache.lock().remove(s);
         }
         info!(%room_id, state = state.len(), auth_chain = auth_chain.len(), history = n, "joined a room over federation");
+        self.follow_predecessor(room_id, &map, &joiner);
         self.after_commit(room_id, &join_id, &[], None, Some(joiner))?;
         Ok(pos)
     }

@@ -794,3 +794,41 @@ async fn room_push_rules_follow_users_into_an_upgraded_room() {
         );
     }
 }
+
+// Issue 14: push-rule changes made at the same moment are all kept (each used to start from
+// the same stored rules and the last write won, losing the others; Complement's
+// TestPushRuleRoomUpgrade sets rules for one user from parallel subtests).
+#[tokio::test]
+async fn concurrent_push_rule_changes_are_all_kept() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let rooms: Vec<String> = (0..16)
+        .map(|i| format!("!concurrent{i}:example.org"))
+        .collect();
+    let puts = rooms.iter().map(|room| {
+        let client = alice.client.clone();
+        let path = format!("/pushrules/global/room/{}", paracord_complement::enc(room));
+        async move {
+            expect_ok(
+                client
+                    .put(&path, &json!({ "actions": ["dont_notify"] }))
+                    .await,
+                "PUT room push rule",
+            )
+        }
+    });
+    futures::future::join_all(puts).await;
+    let all = expect_ok(alice.get("/pushrules/").await, "GET /pushrules/");
+    let kept: Vec<&str> = all["global"]["room"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["rule_id"].as_str())
+        .collect();
+    for room in &rooms {
+        assert!(
+            kept.contains(&room.as_str()),
+            "expected the rule for {room} kept, got {kept:?}"
+        );
+    }
+}

@@ -1191,7 +1191,11 @@ async fn is_ancestor(admin: &User, ancestor: &str, event: &str) -> bool {
             .into_iter()
             .flatten()
         {
-            let prev = prev.as_str().unwrap_or_default();
+            // An event id, or in room versions 1 and 2 an `[id, {"sha256": …}]` pair.
+            let prev = prev
+                .as_str()
+                .or_else(|| prev[0].as_str())
+                .unwrap_or_default();
             if prev == ancestor {
                 return true;
             }

@@ -265,3 +265,50 @@ async fn presence_status_round_trips() {
         "expected presence unavailable, got {away}"
     );
 }
+
+// Issue 14: an unthreaded and a threaded receipt of one user on the same event are both kept
+// and both reach sync (MSC4102): the unthreaded one in the receipt event a client reads first,
+// the threaded one after it.
+#[tokio::test]
+async fn unthreaded_and_threaded_receipts_on_one_event_are_both_delivered() {
+    let server = TestServer::start().await;
+    let (alice, bob, room) = room_with_two(&server).await;
+    let root = alice.send_text(&room, "root").await;
+    let reply = alice
+        .send_event(
+            &room,
+            "m.room.message",
+            &json!({ "msgtype": "m.text", "body": "in thread",
+                "m.relates_to": { "rel_type": "m.thread", "event_id": root } }),
+        )
+        .await;
+    let path = format!("/rooms/{}/receipt/m.read/{}", enc(&room), enc(&reply));
+    expect_ok(alice.post(&path, &json!({})).await, "unthreaded receipt");
+    expect_ok(
+        alice.post(&path, &json!({ "thread_id": root })).await,
+        "threaded receipt",
+    );
+
+    for reader in [&alice, &bob] {
+        let sync = reader.sync(None, 0, None).await;
+        let receipts: Vec<Value> = ephemeral(&sync, &room)
+            .into_iter()
+            .filter(|e| e["type"] == "m.receipt")
+            .filter_map(|e| e["content"][&reply]["m.read"].get(&alice.user_id).cloned())
+            .collect();
+        assert_eq!(
+            receipts.len(),
+            2,
+            "expected both of alice's receipts on the reply, got {sync}"
+        );
+        assert!(
+            receipts[0].get("thread_id").is_none(),
+            "expected the unthreaded receipt first, got {receipts:?}"
+        );
+        assert_eq!(
+            receipts[1]["thread_id"],
+            root.as_str(),
+            "expected the threaded receipt second, got {receipts:?}"
+        );
+    }
+}

@@ -903,5 +903,225 @@ async fn history_before_a_join_or_rejoin_is_backfilled_when_paging_back() {
     let seen = ids(bob.all_messages(&room).await);
     for id in away.iter().chain(&before) {
         assert!(seen.contains(id), "{id} after the re-join: {seen:?}");
+
+/// Whether `room`'s `leave` section in `sync` holds `user`'s leave (timeline or state).
+fn leave_reported(sync: &Value, room: &str, user: &str) -> bool {
+    let left = &sync["rooms"]["leave"][room];
+    ["timeline", "state"]
+        .iter()
+        .filter_map(|s| left[s]["events"].as_array())
+        .flatten()
+        .any(|e| {
+            e["type"] == "m.room.member"
+                && e["state_key"] == user
+                && e["content"]["membership"] == "leave"
+        })
+}
+
+async fn membership_on(user: &paracord_complement::User, room: &str, of: &str) -> Option<String> {
+    let (status, body) = user
+        .get(&format!(
+            "/rooms/{}/state/m.room.member/{}",
+            enc(room),
+            enc(of)
+        ))
+        .await;
+    (status == 200)
+        .then(|| body["membership"].as_str().map(str::to_owned))
+        .flatten()
+}
+
+// Issue 14: an invite to a room the invitee's server is already in (another of its users is
+// joined) reaches the invitee like any room event: it shows in `rooms.invite`, and the
+// invitee can join, or reject it, locally.
+#[tokio::test]
+async fn an_invite_to_a_room_the_invitees_server_is_in_can_be_joined_or_rejected() {
+    let (a, b, alice, _bob, room) = two_servers_one_room().await;
+    let _ = a;
+    let bob2 = b.register_random().await;
+    let bob3 = b.register_random().await;
+    for (invitee, joins) in [(&bob2, true), (&bob3, false)] {
+        alice.invite_ok(&room, &invitee.user_id).await;
+        invitee
+            .sync_until(None, None, "the invite shows", |s| {
+                s["rooms"]["invite"][&room]["invite_state"]["events"]
+                    .as_array()
+                    .is_some_and(|ev| {
+                        ev.iter().any(|e| {
+                            e["type"] == "m.room.member"
+                                && e["state_key"] == invitee.user_id.as_str()
+                                && e["content"]["membership"] == "invite"
+                        })
+                    })
+            })
+            .await;
+        let want = if joins {
+            invitee.join_ok(&room).await;
+            "join"
+        } else {
+            invitee.leave_ok(&room).await;
+            "leave"
+        };
+        let deadline = tokio::time::Instant::now() + paracord_complement::WAIT;
+        loop {
+            let m = membership_on(&alice, &room, &invitee.user_id).await;
+            if m.as_deref() == Some(want) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "expected {} to be {want} on A, got {m:?}",
+                invitee.user_id
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+// Issue 14: rejecting an invite to a room its inviter has left (no server will take the
+// leave) still rejects it: the invitee's incremental sync answers and shows the leave in
+// `rooms.leave`.
+#[tokio::test]
+async fn rejecting_an_invite_to_an_emptied_room_of_another_server_shows_the_leave() {
+    let (a, _) = federating_server().await;
+    let (b, _) = federating_server().await;
+    let alice = a.register_random().await;
+    let bob = b.register_random().await;
+    let room = alice
+        .create_room(&json!({ "preset": "private_chat" }))
+        .await;
+    alice.invite_ok(&room, &bob.user_id).await;
+    let invited = bob
+        .sync_until(None, None, "bob is invited", |s| {
+            s["rooms"]["invite"].get(&room).is_some()
+        })
+        .await;
+    let since = invited["next_batch"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    alice.leave_ok(&room).await;
+    bob.leave_ok(&room).await;
+    let filter = json!({ "room": { "include_leave": true } }).to_string();
+    let sync = bob.sync(Some(&since), 0, Some(&filter)).await;
+    assert!(
+        leave_reported(&sync, &room, &bob.user_id),
+        "expected bob's leave in rooms.leave, got {sync}"
+    );
+    let next = sync["next_batch"].as_str().unwrap_or_default().to_owned();
+    let later = bob.sync(Some(&next), 0, Some(&filter)).await;
+    assert!(
+        later["rooms"]["invite"].get(&room).is_none(),
+        "expected no invite any more, got {later}"
+    );
+}
+
+// Issue 14: an invite to a server not in the room can be taken back by its inviter (a kick
+// of the invitee): the invitee's server ends the invite and the invitee sees the leave. A
+// kick by another member is not taken from the room's side: the invite stays.
+#[tokio::test]
+async fn an_invite_over_federation_is_rescinded_by_its_inviter_only() {
+    let (a, _) = federating_server().await;
+    let (b, _) = federating_server().await;
+    let alice = a.register_random().await;
+    let alice2 = a.register_random().await;
+    let bob = b.register_random().await;
+    let kick = |by: &paracord_complement::User, room: &str| {
+        let path = format!("/rooms/{}/kick", enc(room));
+        let body = json!({ "user_id": bob.user_id, "reason": "testing" });
+        let by = by.client.clone();
+        async move { expect_ok(by.post(&path, &body).await, "POST /kick") }
+    };
+
+    let by_inviter = alice
+        .create_room(&json!({ "preset": "private_chat" }))
+        .await;
+    alice.invite_ok(&by_inviter, &bob.user_id).await;
+    bob.sync_until(None, None, "bob is invited", |s| {
+        s["rooms"]["invite"].get(&by_inviter).is_some()
+    })
+    .await;
+    let other = alice
+        .create_room(&json!({ "preset": "private_chat", "invite": [alice2.user_id] }))
+        .await;
+    alice2.join_ok(&other).await;
+    alice2.invite_ok(&other, &bob.user_id).await;
+    bob.sync_until(None, None, "bob is invited by alice2", |s| {
+        s["rooms"]["invite"].get(&other).is_some()
+    })
+    .await;
+
+    kick(&alice, &other).await;
+    kick(&alice, &by_inviter).await;
+    let filter = json!({ "room": { "include_leave": true } }).to_string();
+    bob.sync_until(None, Some(&filter), "the rescinded invite's leave", |s| {
+        leave_reported(s, &by_inviter, &bob.user_id)
+    })
+    .await;
+    // Both kicks were sent to B in order: the one of the room whose invite ended came last.
+    let sync = bob.sync(None, 0, Some(&filter)).await;
+    assert!(
+        sync["rooms"]["invite"].get(&other).is_some(),
+        "expected the invite kicked by a non-inviter to stay, got {sync}"
+    );
+}
+
+// Issue 14: a room upgraded on another server: this server's users' push rules for the old
+// room follow them when they join the new one, over federation or locally once their server
+// is in it.
+#[tokio::test]
+async fn room_push_rules_follow_remote_users_into_a_room_upgraded_elsewhere() {
+    let (a, b, alice, bob, old) = two_servers_one_room().await;
+    let _ = a;
+    let bob2 = b.register_random().await;
+    bob2.join_ok(&old).await;
+    for u in [&bob, &bob2] {
+        expect_ok(
+            u.put(
+                &format!("/pushrules/global/room/{}", enc(&old)),
+                &json!({ "actions": ["dont_notify"] }),
+            )
+            .await,
+            "PUT room push rule",
+        );
+    }
+    let up = expect_ok(
+        alice
+            .post(
+                &format!("/rooms/{}/upgrade", enc(&old)),
+                &json!({ "new_version": "11" }),
+            )
+            .await,
+        "POST /upgrade",
+    );
+    let new = up["replacement_room"]
+        .as_str()
+        .unwrap_or_else(|| panic!("expected a replacement_room, got {up}"))
+        .to_owned();
+    let a_name = alice
+        .user_id
+        .split_once(':')
+        .map(|(_, s)| s.to_owned())
+        .unwrap_or_default();
+    expect_ok(
+        bob.post(
+            &format!("/join/{}?via={}", enc(&new), enc(&a_name)),
+            &json!({}),
+        )
+        .await,
+        "bob joins the new room through A",
+    );
+    expect_ok(bob2.join(&new).await, "bob2 joins the new room on B");
+    for u in [&bob, &bob2] {
+        let all = expect_ok(u.get("/pushrules/").await, "GET /pushrules/");
+        assert!(
+            all["global"]["room"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| r["rule_id"] == new.as_str() && r["actions"][0] == "dont_notify"),
+            "expected {}'s rule copied to {new}, got {all}",
+            u.user_id
+        );
     }
 }

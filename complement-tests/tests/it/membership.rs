@@ -487,3 +487,154 @@ async fn non_member_cannot_read_messages() {
         "a non-member reading /messages",
     );
 }
+
+/// Whether `room`'s `leave` section in `sync` holds `user`'s leave (in its timeline or state).
+fn leave_reported(sync: &Value, room: &str, user: &str, in_timeline_only: bool) -> bool {
+    let left = &sync["rooms"]["leave"][room];
+    let sections: &[&str] = if in_timeline_only {
+        &["timeline"]
+    } else {
+        &["timeline", "state"]
+    };
+    sections
+        .iter()
+        .filter_map(|s| left[s]["events"].as_array())
+        .flatten()
+        .any(|e| {
+            e["type"] == "m.room.member"
+                && e["state_key"] == user
+                && e["content"]["membership"] == "leave"
+        })
+}
+
+// Issue 14: rejecting an invite puts the room in `rooms.leave` of the incremental sync with
+// the user's own leave, even in a room whose history is visible to joined members only,
+// and even when the inviter left first (an empty room).
+#[tokio::test]
+async fn a_rejected_invite_shows_its_leave_in_incremental_sync() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    let room = alice
+        .create_room(&json!({
+            "preset": "private_chat",
+            "initial_state": [{
+                "type": "m.room.history_visibility", "state_key": "",
+                "content": { "history_visibility": "joined" },
+            }],
+        }))
+        .await;
+    let since = bob.sync_token().await;
+    alice.invite_ok(&room, &bob.user_id).await;
+    let invited = bob
+        .sync_until(Some(&since), None, "bob is invited", |s| {
+            s["rooms"]["invite"].get(&room).is_some()
+        })
+        .await;
+    let since = invited["next_batch"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    alice.leave_ok(&room).await;
+    bob.leave_ok(&room).await;
+    let sync = bob.sync(Some(&since), 0, None).await;
+    assert!(
+        leave_reported(&sync, &room, &bob.user_id, false),
+        "expected bob's leave in rooms.leave, got {sync}"
+    );
+    let next = sync["next_batch"].as_str().unwrap_or_default().to_owned();
+    let later = bob.sync(Some(&next), 0, None).await;
+    assert!(
+        later["rooms"]["invite"].get(&room).is_none(),
+        "expected no invite any more, got {later}"
+    );
+}
+
+// Issue 14: a knock can be rescinded (the leave shows in the knocker's incremental sync)
+// and made again, and a member can refuse a knock by kicking the knocker.
+#[tokio::test]
+async fn a_knock_can_be_rescinded_and_refused_with_a_kick() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    let room = alice
+        .create_room(&json!({
+            "preset": "private_chat",
+            "initial_state": [{
+                "type": "m.room.join_rules", "state_key": "",
+                "content": { "join_rule": "knock" },
+            }],
+        }))
+        .await;
+    let knock = |reason: &'static str| {
+        let bob = &bob;
+        let room = &room;
+        async move {
+            expect_ok(
+                bob.post(
+                    &format!("/knock/{}", enc(room)),
+                    &json!({ "reason": reason }),
+                )
+                .await,
+                "POST /knock",
+            )
+        }
+    };
+    knock("let me in").await;
+    let since = bob.sync_token().await;
+    bob.leave_ok(&room).await;
+    let sync = bob.sync(Some(&since), 0, None).await;
+    assert!(
+        leave_reported(&sync, &room, &bob.user_id, true),
+        "expected the rescinded knock's leave in the leave timeline, got {sync}"
+    );
+
+    knock("again").await;
+    expect_ok(
+        alice
+            .post(
+                &format!("/rooms/{}/kick", enc(&room)),
+                &json!({ "user_id": bob.user_id, "reason": "not now" }),
+            )
+            .await,
+        "kicking a knocker",
+    );
+    let m = alice
+        .state_content(&room, "m.room.member", &bob.user_id)
+        .await;
+    assert_eq!(
+        m["membership"], "leave",
+        "expected the knock refused, got {m}"
+    );
+    knock("please").await;
+}
+
+// Issue 14: `/members?at=` a fresh sync's `prev_batch` gives the members as that sync saw
+// them, before a later join, even when the sync's timeline starts with the room's creation.
+#[tokio::test]
+async fn members_at_a_syncs_prev_batch_leave_out_later_joins() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    let room = alice.create_room(&json!({ "preset": "public_chat" })).await;
+    alice.send_text(&room, "hello").await;
+    let sync = alice.sync(None, 0, None).await;
+    let at = sync["rooms"]["join"][&room]["timeline"]["prev_batch"]
+        .as_str()
+        .unwrap_or_else(|| panic!("expected a prev_batch, got {sync}"))
+        .to_owned();
+    bob.join_ok(&room).await;
+    bob.send_text(&room, "hello back").await;
+
+    let then = expect_ok(
+        alice
+            .get(&format!("/rooms/{}/members?at={}", enc(&room), enc(&at)))
+            .await,
+        "GET /members?at=prev_batch",
+    );
+    assert_eq!(
+        member_ids(&then, None),
+        vec![alice.user_id.clone()],
+        "expected alice alone at the prev_batch token, got {then}"
+    );
+}

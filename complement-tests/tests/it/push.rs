@@ -510,6 +510,128 @@ async fn thread_notifications_are_counted_per_thread_with_threaded_receipts() {
     );
 }
 
+// Issue 14: threaded receipts read their thread's notifications in every count: the total
+// without `unread_thread_notifications` drops what a threaded receipt read, and with it a
+// thread with nothing unread is left out (and the field with it when no thread is unread).
+// The receipts follow Complement's TestThreadedReceipts; mentions use `m.mentions`, the
+// legacy body-matching rules being gone from the spec (v1.17, MSC4210).
+#[tokio::test]
+async fn threaded_receipts_read_their_thread_in_every_count() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    let room = alice.create_room(&json!({ "preset": "public_chat" })).await;
+    bob.join_ok(&room).await;
+    let mention = json!({ "user_ids": [bob.user_id] });
+    let a = alice.send_text(&room, "Hello world!").await;
+    let in_thread = |body: &str, mentions: Option<&serde_json::Value>| {
+        let mut c = json!({ "msgtype": "m.text", "body": body,
+            "m.relates_to": { "rel_type": "m.thread", "event_id": a } });
+        if let Some(m) = mentions {
+            c["m.mentions"] = m.clone();
+        }
+        c
+    };
+    let b = alice
+        .send_event(&room, "m.room.message", &in_thread("Start thread!", None))
+        .await;
+    alice
+        .send_event(
+            &room,
+            "m.room.message",
+            &in_thread("Thread response", Some(&mention)),
+        )
+        .await;
+    let d = alice
+        .send_event(
+            &room,
+            "m.room.message",
+            &json!({ "msgtype": "m.text", "body": "Hello bob", "m.mentions": mention }),
+        )
+        .await;
+    alice
+        .send_event(&room, "m.room.message", &in_thread("End thread", None))
+        .await;
+    let f = alice
+        .send_event(
+            &room,
+            "m.room.message",
+            &json!({ "msgtype": "m.text", "body": "Reference!",
+                "m.relates_to": { "rel_type": "m.reference", "event_id": a } }),
+        )
+        .await;
+    let g = alice
+        .send_event(
+            &room,
+            "m.room.reaction",
+            &json!({ "m.relates_to": { "rel_type": "m.annotation", "event_id": f, "key": "test" } }),
+        )
+        .await;
+
+    let filter = r#"{"room":{"timeline":{"unread_thread_notifications":true}}}"#;
+    let receipt = |event: &str, body: serde_json::Value| {
+        let path = format!(
+            "/rooms/{}/receipt/m.read/{}",
+            paracord_complement::enc(&room),
+            paracord_complement::enc(event)
+        );
+        let bob = &bob;
+        async move { expect_ok(bob.post(&path, &body).await, "POST receipt") }
+    };
+    // (total, total highlights, main, main highlights, thread, thread highlights)
+    let check = |step: &'static str, want: (u64, u64, u64, u64, Option<(u64, u64)>)| {
+        let bob = &bob;
+        let room = &room;
+        let a = &a;
+        async move {
+            let plain = bob.sync(None, 0, None).await;
+            let joined = &plain["rooms"]["join"][room];
+            assert_eq!(
+                counts(&plain, room),
+                (want.0, want.1),
+                "{step}: total counts, got {joined}"
+            );
+            assert!(
+                joined.get("unread_thread_notifications").is_none(),
+                "{step}: no thread counts without the filter flag, got {joined}"
+            );
+            let split = bob.sync(None, 0, Some(filter)).await;
+            let joined = &split["rooms"]["join"][room];
+            assert_eq!(
+                counts(&split, room),
+                (want.2, want.3),
+                "{step}: main timeline counts, got {joined}"
+            );
+            match want.4 {
+                Some((n, h)) => {
+                    let t = &joined["unread_thread_notifications"][a.as_str()];
+                    assert_eq!(
+                        (
+                            t["notification_count"].as_u64(),
+                            t["highlight_count"].as_u64()
+                        ),
+                        (Some(n), Some(h)),
+                        "{step}: thread counts, got {joined}"
+                    );
+                }
+                None => assert!(
+                    joined.get("unread_thread_notifications").is_none(),
+                    "{step}: no thread counts when no thread is unread, got {joined}"
+                ),
+            }
+        }
+    };
+    check("nothing read", (6, 2, 3, 1, Some((3, 1)))).await;
+    receipt(&a, json!({ "thread_id": "main" })).await;
+    check("main read up to A", (5, 2, 2, 1, Some((3, 1)))).await;
+    receipt(&b, json!({ "thread_id": a })).await;
+    check("thread read up to B", (4, 2, 2, 1, Some((2, 1)))).await;
+    receipt(&d, json!({})).await;
+    check("all read up to D", (2, 0, 1, 0, Some((1, 0)))).await;
+    receipt(&g, json!({ "thread_id": a })).await;
+    check("thread read up to G", (1, 0, 1, 0, None)).await;
+}
+
 #[tokio::test]
 async fn room_mentions_need_power_and_sender_rules_mute() {
     let server = TestServer::start().await;
@@ -575,4 +697,138 @@ async fn room_mentions_need_power_and_sender_rules_mute() {
     mod_user.send_text(&room, "hello from mod").await;
     let later = counts(&alice.sync(None, 0, None).await, &room).0;
     assert_eq!(later, before + 1, "others still notify");
+}
+
+/// Whether `user`'s push rules have a room rule for `room` that does not notify.
+async fn mutes_room(user: &paracord_complement::User, room: &str) -> bool {
+    let all = expect_ok(user.get("/pushrules/").await, "GET /pushrules/");
+    all["global"]["room"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|r| r["rule_id"] == room && r["actions"][0] == "dont_notify")
+}
+
+// Issue 14: a user's push rule for a room follows them into the room that replaces it, when
+// they join it: the upgrader through `/upgrade`, the creator of a room naming a predecessor
+// (an upgrade by hand), and any other member who joins later.
+#[tokio::test]
+async fn room_push_rules_follow_users_into_an_upgraded_room() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let alice2 = server.register_random().await;
+    for manual in [false, true] {
+        let old = alice
+            .create_room(&json!({ "preset": "public_chat", "room_version": "10" }))
+            .await;
+        alice2.join_ok(&old).await;
+        for u in [&alice, &alice2] {
+            expect_ok(
+                u.put(
+                    &format!("/pushrules/global/room/{}", paracord_complement::enc(&old)),
+                    &json!({ "actions": ["dont_notify"] }),
+                )
+                .await,
+                "PUT room push rule",
+            );
+        }
+        let new = if manual {
+            let new = alice
+                .create_room(&json!({
+                    "preset": "public_chat", "room_version": "11",
+                    "creation_content": { "predecessor": { "room_id": old } },
+                }))
+                .await;
+            alice
+                .put_state(
+                    &old,
+                    "m.room.tombstone",
+                    "",
+                    &json!({ "body": "replaced", "replacement_room": new }),
+                )
+                .await;
+            new
+        } else {
+            let up = expect_ok(
+                alice
+                    .post(
+                        &format!("/rooms/{}/upgrade", paracord_complement::enc(&old)),
+                        &json!({ "new_version": "11" }),
+                    )
+                    .await,
+                "POST /upgrade",
+            );
+            up["replacement_room"]
+                .as_str()
+                .unwrap_or_else(|| panic!("expected a replacement_room, got {up}"))
+                .to_owned()
+        };
+        assert!(
+            mutes_room(&alice, &new).await && mutes_room(&alice, &old).await,
+            "expected the upgrader's rule copied (manual: {manual})"
+        );
+        assert!(
+            !mutes_room(&alice2, &new).await,
+            "expected no copy before alice2 joins (manual: {manual})"
+        );
+        alice2.join_ok(&new).await;
+        assert!(
+            mutes_room(&alice2, &new).await,
+            "expected alice2's rule copied on joining (manual: {manual})"
+        );
+        let sync = alice2.sync(None, 0, None).await;
+        let rules = sync["account_data"]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["type"] == "m.push_rules")
+            .cloned()
+            .unwrap_or_else(|| panic!("expected m.push_rules in account data, got {sync}"));
+        assert!(
+            rules["content"]["global"]["room"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| r["rule_id"] == new.as_str()),
+            "expected the copied rule in sync's account data, got {rules}"
+        );
+    }
+}
+
+// Issue 14: push-rule changes made at the same moment are all kept (each used to start from
+// the same stored rules and the last write won, losing the others; Complement's
+// TestPushRuleRoomUpgrade sets rules for one user from parallel subtests).
+#[tokio::test]
+async fn concurrent_push_rule_changes_are_all_kept() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let rooms: Vec<String> = (0..16)
+        .map(|i| format!("!concurrent{i}:example.org"))
+        .collect();
+    let puts = rooms.iter().map(|room| {
+        let client = alice.client.clone();
+        let path = format!("/pushrules/global/room/{}", paracord_complement::enc(room));
+        async move {
+            expect_ok(
+                client
+                    .put(&path, &json!({ "actions": ["dont_notify"] }))
+                    .await,
+                "PUT room push rule",
+            )
+        }
+    });
+    futures::future::join_all(puts).await;
+    let all = expect_ok(alice.get("/pushrules/").await, "GET /pushrules/");
+    let kept: Vec<&str> = all["global"]["room"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["rule_id"].as_str())
+        .collect();
+    for room in &rooms {
+        assert!(
+            kept.contains(&room.as_str()),
+            "expected the rule for {room} kept, got {kept:?}"
+        );
+    }
 }

@@ -427,3 +427,223 @@ async fn lazy_loaded_members_cover_only_timeline_senders() {
         "expected carol's membership without lazy loading, got {full}"
     );
 }
+
+/// The events of `room` in the `leave` section of a sync: its timeline and state.
+fn left_events(sync: &Value, room: &str) -> Vec<Value> {
+    let left = &sync["rooms"]["leave"][room];
+    ["timeline", "state"]
+        .iter()
+        .filter_map(|s| left[s]["events"].as_array())
+        .flatten()
+        .cloned()
+        .collect()
+}
+
+// Issue 14: a room left and then forgotten still reports the leave to an incremental sync
+// from before it (another device must learn the room was left), and its history is closed:
+// `/messages` is 403 M_FORBIDDEN before any parameter is looked at.
+#[tokio::test]
+async fn a_forgotten_rooms_leave_reaches_incremental_sync_and_its_messages_are_forbidden() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    let room = alice.create_room(&json!({ "preset": "public_chat" })).await;
+    bob.join_ok(&room).await;
+    alice.send_text(&room, "hello").await;
+    let before_leave = alice.sync_token().await;
+    alice.leave_ok(&room).await;
+    expect_ok(
+        alice
+            .post(&format!("/rooms/{}/forget", enc(&room)), &json!({}))
+            .await,
+        "POST /forget",
+    );
+    bob.send_text(&room, "after the forget").await;
+
+    let filter = json!({ "room": { "include_leave": true } }).to_string();
+    let sync = alice.sync(Some(&before_leave), 0, Some(&filter)).await;
+    assert!(
+        left_events(&sync, &room)
+            .iter()
+            .any(|e| e["type"] == "m.room.member"
+                && e["state_key"] == alice.user_id.as_str()
+                && e["content"]["membership"] == "leave"),
+        "expected the leave of the forgotten room in rooms.leave, got {sync}"
+    );
+    let initial = alice.sync(None, 0, Some(&filter)).await;
+    assert!(
+        initial["rooms"]["leave"].get(&room).is_none(),
+        "expected no forgotten room in an initial sync, got {initial}"
+    );
+
+    // No `dir`: the membership check comes first.
+    let resp = alice.get(&format!("/rooms/{}/messages", enc(&room))).await;
+    expect_error(
+        &resp,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+        "/messages of a forgotten room without dir",
+    );
+    let resp = alice
+        .get(&format!("/rooms/{}/messages?dir=b", enc(&room)))
+        .await;
+    expect_error(
+        &resp,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+        "/messages of a forgotten room",
+    );
+    // A member's request without `dir` is still a parameter error.
+    let resp = bob.get(&format!("/rooms/{}/messages", enc(&room))).await;
+    assert_eq!(
+        resp.0,
+        StatusCode::BAD_REQUEST,
+        "expected 400 for /messages without dir, got {resp:?}"
+    );
+}
+
+// Issue 14: `timeline.limit` 0 is honoured for a left room in an initial sync: no events,
+// and the state up to the leave (the leave included, nothing sent after it).
+#[tokio::test]
+async fn timeline_limit_zero_gives_a_left_room_its_state_and_no_events() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    let room = alice.create_room(&json!({ "preset": "public_chat" })).await;
+    bob.join_ok(&room).await;
+    alice
+        .put_state(&room, "a.test.state", "", &json!({ "when": "before" }))
+        .await;
+    bob.leave_ok(&room).await;
+    alice
+        .put_state(&room, "a.test.state", "", &json!({ "when": "after" }))
+        .await;
+
+    let filter = json!({ "room": { "timeline": { "limit": 0 }, "include_leave": true } });
+    let sync = bob.sync(None, 0, Some(&filter.to_string())).await;
+    let left = &sync["rooms"]["leave"][&room];
+    assert_eq!(
+        left["timeline"]["events"].as_array().map(Vec::len),
+        Some(0),
+        "expected an empty timeline, got {sync}"
+    );
+    let state = left["state"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let leave = find_state(&state, "m.room.member", &bob.user_id)
+        .unwrap_or_else(|| panic!("expected bob's membership in the state, got {sync}"));
+    assert_eq!(leave["content"]["membership"], "leave", "got {sync}");
+    let custom = find_state(&state, "a.test.state", "")
+        .unwrap_or_else(|| panic!("expected the test state, got {sync}"));
+    assert_eq!(
+        custom["content"]["when"], "before",
+        "expected the state as of the leave, got {sync}"
+    );
+}
+
+// Issue 14: the presence of people the user starts sharing a room with reaches the
+// incremental sync, however old it is: all members of a room the user joins, and a member
+// who joins a room the user is in.
+#[tokio::test]
+async fn incremental_sync_brings_the_presence_of_newly_shared_members() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    let carol = server.register_random().await;
+    for u in [&alice, &bob, &carol] {
+        expect_ok(
+            u.put(
+                &format!("/presence/{}/status", enc(&u.user_id)),
+                &json!({ "presence": "online" }),
+            )
+            .await,
+            "PUT presence",
+        );
+    }
+    let room = alice.create_room(&json!({ "preset": "public_chat" })).await;
+    let bob_since = bob.sync_token().await;
+    let alice_since = alice.sync_token().await;
+    bob.join_ok(&room).await;
+
+    let senders = |s: &Value| -> Vec<String> {
+        s["presence"]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["type"] == "m.presence")
+            .filter_map(|e| e["sender"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let sync = bob.sync(Some(&bob_since), 0, None).await;
+    assert!(
+        senders(&sync).contains(&alice.user_id),
+        "expected alice's presence for the newly joined room, got {sync}"
+    );
+    assert!(
+        !senders(&sync).contains(&carol.user_id),
+        "expected no presence of carol, who shares no room with bob, got {sync}"
+    );
+    let sync = alice.sync(Some(&alice_since), 0, None).await;
+    assert!(
+        senders(&sync).contains(&bob.user_id),
+        "expected the presence of bob, newly joined, got {sync}"
+    );
+    // Told once: the next incremental sync has no news of it.
+    let next = sync["next_batch"].as_str().unwrap_or_default().to_owned();
+    let again = alice.sync(Some(&next), 0, None).await;
+    assert!(
+        !senders(&again).contains(&bob.user_id),
+        "expected bob's unchanged presence only once, got {again}"
+    );
+}
+
+// Issue 14: every event served to a client carries the reader's membership at it
+// (`unsigned.membership`): `leave` before they joined, `join` from their join on.
+#[tokio::test]
+async fn events_carry_the_readers_membership_at_them() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    let room = alice.create_room(&json!({ "preset": "public_chat" })).await;
+    let before = alice.send_text(&room, "before bob").await;
+    bob.join_ok(&room).await;
+    let after = alice.send_text(&room, "after bob").await;
+
+    let sync = bob.sync(None, 0, None).await;
+    let timeline = room_timeline(&sync, &room);
+    let mut joined = false;
+    for ev in &timeline {
+        if ev["type"] == "m.room.member" && ev["state_key"] == bob.user_id.as_str() {
+            joined = true;
+        }
+        let want = if joined { "join" } else { "leave" };
+        assert_eq!(
+            ev["unsigned"]["membership"], want,
+            "expected unsigned.membership {want} on {ev}"
+        );
+    }
+    assert!(
+        has_event_id(&timeline, &before) && has_event_id(&timeline, &after),
+        "expected both messages in bob's timeline, got {sync}"
+    );
+    // The same through /event and /messages, and from alice's side.
+    let ev = expect_ok(
+        bob.get(&format!("/rooms/{}/event/{}", enc(&room), enc(&before)))
+            .await,
+        "GET /event",
+    );
+    assert_eq!(ev["unsigned"]["membership"], "leave", "got {ev}");
+    let page = bob.messages(&room, &[("dir", "b"), ("limit", "1")]).await;
+    assert_eq!(
+        page["chunk"][0]["unsigned"]["membership"], "join",
+        "got {page}"
+    );
+    let ev = expect_ok(
+        alice
+            .get(&format!("/rooms/{}/event/{}", enc(&room), enc(&before)))
+            .await,
+        "GET /event as alice",
+    );
+    assert_eq!(ev["unsigned"]["membership"], "join", "got {ev}");
+}

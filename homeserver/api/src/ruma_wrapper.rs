@@ -108,6 +108,48 @@ fn path_param_count<T: Metadata>() -> usize {
         .unwrap_or(0)
 }
 
+/// A request whose caller is authenticated and whose path is read, but whose parsing into
+/// the ruma type may have failed: for the endpoints that must refuse a caller before they
+/// look at the parameters (a forgotten room's `/messages` is `403` whatever they are).
+pub struct Attempt<T> {
+    /// The authenticated user, when the endpoint takes a token and one was given.
+    pub ident: Option<Identity>,
+    /// The path parameters, percent-decoded, in order.
+    pub path: Vec<String>,
+    /// The parsed request, or why it could not be parsed.
+    pub request: Result<Ruma<T>, ApiError>,
+}
+
+impl<T> FromRequest<AppState> for Attempt<T>
+where
+    T: IncomingRequest + Send,
+    T::Authentication: AuthRequirement,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let read = Read::from_request::<T>(req, state).await?;
+        let ident = read.ident.clone();
+        let path = read.path_args.clone();
+        Ok(Self {
+            ident,
+            path,
+            request: read.parse(),
+        })
+    }
+}
+
+/// A request read up to its ruma parsing: path, authentication and body.
+struct Read {
+    parts: http::request::Parts,
+    path_args: Vec<String>,
+    bytes: bytes::Bytes,
+    ident: Option<Identity>,
+    json: Option<serde_json::Value>,
+    client_ip: Option<IpAddr>,
+    origin: Option<ruma::OwnedServerName>,
+}
+
 impl<T> FromRequest<AppState> for Ruma<T>
 where
     T: IncomingRequest + Send,
@@ -116,6 +158,16 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        Read::from_request::<T>(req, state).await?.parse()
+    }
+}
+
+impl Read {
+    async fn from_request<T>(req: Request, state: &AppState) -> Result<Self, ApiError>
+    where
+        T: IncomingRequest + Send,
+        T::Authentication: AuthRequirement,
+    {
         let (mut parts, body) = req.into_parts();
         let Path(mut path_args): Path<Vec<String>> = Path::from_request_parts(&mut parts, state)
             .await
@@ -176,6 +228,27 @@ where
                 Err(_) => None,
             }
         };
+        Ok(Self {
+            parts,
+            path_args,
+            bytes,
+            ident,
+            json,
+            client_ip,
+            origin,
+        })
+    }
+
+    fn parse<T: IncomingRequest>(self) -> Result<Ruma<T>, ApiError> {
+        let Self {
+            parts,
+            path_args,
+            bytes,
+            ident,
+            json,
+            client_ip,
+            origin,
+        } = self;
         let body_for_ruma: &[u8] = if bytes.is_empty() && parts.method != http::Method::GET {
             b"{}"
         } else {
@@ -200,7 +273,7 @@ where
                 other => ApiError(Error::bad_json(format!("invalid request: {other}"))),
             }
         })?;
-        Ok(Self {
+        Ok(Ruma {
             body,
             ident,
             json,

@@ -25,6 +25,10 @@ pub struct AccountData {
     /// Parsed push rules: every event is evaluated against every member's rules.
     push_rules_cache:
         parking_lot::Mutex<std::collections::HashMap<ruma::OwnedUserId, Arc<ruma::push::Ruleset>>>,
+    /// Held across each read-modify-write of a rule set (`update_push_rules`), so two
+    /// concurrent changes cannot both start from the same rules and lose one of them. Edits
+    /// are rare and quick: one lock for every user is enough.
+    push_rules_edit: parking_lot::Mutex<()>,
 }
 
 fn key(user: &UserId, room: Option<&RoomId>, kind: &str) -> Vec<u8> {
@@ -41,6 +45,7 @@ impl AccountData {
             db,
             stream,
             push_rules_cache: Default::default(),
+            push_rules_edit: Default::default(),
         }
     }
 
@@ -144,6 +149,58 @@ impl AccountData {
             "m.push_rules",
             serde_json::json!({ "global": rules }),
         )
+    }
+
+    /// Changes the user's push rules with `edit` and stores them, unless `edit` fails; no
+    /// other change of push rules runs in between.
+    pub fn update_push_rules<T>(
+        &self,
+        user: &UserId,
+        edit: impl FnOnce(&mut ruma::push::Ruleset) -> Result<T>,
+    ) -> Result<T> {
+        let _editing = self.push_rules_edit.lock();
+        let mut rules = ruma::push::Ruleset::clone(&*self.push_rules(user)?);
+        let out = edit(&mut rules)?;
+        self.set_push_rules(user, &rules)?;
+        Ok(out)
+    }
+
+    /// Copies the user's push rule for room `from` (a room-specific rule, whose id is the
+    /// room id) to room `to`, actions and enabled state alike, unless `to` has one already.
+    /// Returns whether a rule was copied.
+    pub fn copy_room_push_rule(&self, user: &UserId, from: &RoomId, to: &RoomId) -> Result<bool> {
+        use ruma::push::{AnyPushRuleRef, NewPushRule, NewSimplePushRule, RuleKind};
+        let current = self.push_rules(user)?;
+        if !matches!(
+            current.get(RuleKind::Room, from.as_str()),
+            Some(AnyPushRuleRef::Room(_))
+        ) || current.get(RuleKind::Room, to.as_str()).is_some()
+        {
+            // Nothing to copy: no write (and no wait for the edit lock).
+            return Ok(false);
+        }
+        self.update_push_rules(user, |rules| {
+            let Some(AnyPushRuleRef::Room(old)) = rules.get(RuleKind::Room, from.as_str()) else {
+                return Ok(false);
+            };
+            if rules.get(RuleKind::Room, to.as_str()).is_some() {
+                return Ok(false);
+            }
+            let (actions, enabled) = (old.actions.clone(), old.enabled);
+            let copy_failed =
+                |e: &dyn std::fmt::Display| Error::internal(format!("push rule not copied: {e}"));
+            rules
+                .insert(
+                    NewPushRule::Room(NewSimplePushRule::new(to.to_owned(), actions)),
+                    None,
+                    None,
+                )
+                .map_err(|e| copy_failed(&e))?;
+            rules
+                .set_enabled(RuleKind::Room, to.as_str(), enabled)
+                .map_err(|e| copy_failed(&e))?;
+            Ok(true)
+        })
     }
 
     /// Users in the `m.ignored_user_list` of `user`.

@@ -165,20 +165,26 @@ impl Ephemeral {
         Ok(())
     }
 
-    /// The `m.receipt` event with receipts newer than `since` that `reader` may see.
-    pub fn receipt_event(
+    /// The `m.receipt` events with receipts newer than `since` that `reader` may see.
+    ///
+    /// A user may hold an unthreaded and a threaded receipt of one type on the same event;
+    /// both are kept, but one `m.receipt` content has room for only one of them. The
+    /// unthreaded one goes in the first event (MSC4102: on a clash servers prefer it), and the
+    /// threaded ones it displaced follow in a second event, so the client still gets them.
+    pub fn receipt_events(
         &self,
         room: &RoomId,
         reader: &UserId,
         since: Option<u64>,
-    ) -> Result<Option<Value>> {
+    ) -> Result<Vec<Value>> {
         if let (Some(s), Some(p)) = (since, self.receipt_pos.lock().get(room)) {
             if *p <= s {
-                return Ok(None);
+                return Ok(Vec::new());
             }
         }
         let prefix = KeyBuf::new().str(room.as_str()).into_vec();
         let mut content = serde_json::Map::new();
+        let mut displaced = serde_json::Map::new();
         for (k, v) in self
             .db
             .scan_prefix(Table::RoomreceiptReceipt, &prefix)
@@ -200,10 +206,27 @@ impl Ephemeral {
             if !thread.is_empty() {
                 entry["thread_id"] = json!(thread);
             }
-            let ev = content.entry(rec.event_id).or_insert_with(|| json!({}));
-            ev[kind][user] = entry;
+            let ev = content
+                .entry(rec.event_id.clone())
+                .or_insert_with(|| json!({}));
+            let held = &mut ev[kind][user];
+            if held.is_null() {
+                *held = entry;
+            } else {
+                // A clash: the unthreaded receipt keeps the place, the threaded one moves.
+                let moved = if held.get("thread_id").is_some() && thread.is_empty() {
+                    std::mem::replace(held, entry)
+                } else {
+                    entry
+                };
+                displaced.entry(rec.event_id).or_insert_with(|| json!({}))[kind][user] = moved;
+            }
         }
-        Ok((!content.is_empty()).then(|| json!({ "type": "m.receipt", "content": content })))
+        Ok([content, displaced]
+            .into_iter()
+            .filter(|c| !c.is_empty())
+            .map(|c| json!({ "type": "m.receipt", "content": c }))
+            .collect())
     }
 
     /// Event ids of the user's own unthreaded (or main-thread) read receipts in a room.

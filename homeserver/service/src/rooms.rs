@@ -1142,6 +1142,13 @@ impl Rooms {
             }
             Ok(())
         })?;
+        if let (Some(user), Some("join")) = (&membership_target, membership.as_deref()) {
+            if user.server_name() == self.config.server_name.as_str()
+                && self.membership_in(state, user)?.as_deref() != Some("join")
+            {
+                self.follow_predecessor(room_id, state, user);
+            }
+        }
         self.after_commit(
             room_id,
             &event_id,
@@ -1203,17 +1210,18 @@ impl Rooms {
         self.send_out_to(room_id, event_id, pdu, bytes, None)
     }
 
-    /// Passes on another server's event (a join or leave it sent us directly) to the other
-    /// servers in the room.
+    /// Passes on an event placed here from outside the local pipeline (a join or leave
+    /// another server sent us directly, an invite its invitee's server signed) to the other
+    /// servers in the room, but `except`.
     pub fn send_out_except(
         &self,
         room_id: &RoomId,
         event_id: &EventId,
         bytes: &[u8],
-        except: &ruma::ServerName,
+        except: Option<&ruma::ServerName>,
     ) -> Result<()> {
         let pdu = Pdu::from_json(event_id.to_owned(), bytes)?;
-        self.send_out_to(room_id, event_id, &pdu, bytes, Some(except))
+        self.send_out_to(room_id, event_id, &pdu, bytes, except)
     }
 
     fn send_out_to(

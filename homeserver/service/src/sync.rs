@@ -16,7 +16,7 @@ use crate::{
     ephemeral::Ephemeral,
     rooms::{
         timeline::{Dir, EventFilter, Reader, Window},
-        Rooms,
+        MembershipRecord, Rooms,
     },
     stream::Stream,
 };
@@ -152,10 +152,19 @@ impl Sync {
         // Presence needs the members of every joined room: only look when some presence changed.
         let presence_changed = self.ephemeral.presence_changed_after(req.since);
         let mut shared_users: HashSet<OwnedUserId> = HashSet::new();
+        // Users who started sharing a room with the user since `since`: their presence is
+        // news to the user even when it did not change.
+        let mut newly_shared: HashSet<OwnedUserId> = HashSet::new();
         for (room_id, rec) in self.rooms.user_rooms(req.user)? {
             // A change committed but not yet published (pos > upto) shows in the next sync; the
             // writer wakes us after publishing it.
-            if rec.forgotten || rec.pos > upto {
+            if rec.pos > upto {
+                continue;
+            }
+            // A forgotten room is gone from sync, except for the leave itself when it is newer
+            // than the client's token: another device (or this one, forgetting quickly) would
+            // otherwise never learn that the room was left.
+            if rec.forgotten && req.since.is_none_or(|s| rec.pos <= s) {
                 continue;
             }
             if room_filter.not_rooms.contains(&room_id)
@@ -171,7 +180,9 @@ impl Sync {
                     if presence_changed {
                         shared_users.extend(self.rooms.joined_members(&room_id)?);
                     }
-                    if let Some(v) = self.joined_room(req, ignored, &room_id, rec.pos, upto)? {
+                    if let Some(v) =
+                        self.joined_room(req, ignored, &room_id, rec.pos, upto, &mut newly_shared)?
+                    {
                         join.insert(room_id.to_string(), v);
                     }
                 }
@@ -205,7 +216,7 @@ impl Sync {
                     if include {
                         leave.insert(
                             room_id.to_string(),
-                            self.left_room(req, ignored, &room_id, rec.pos)?,
+                            self.left_room(req, ignored, &room_id, &rec)?,
                         );
                     }
                 }
@@ -256,8 +267,21 @@ impl Sync {
             shared_users.insert(req.user.to_owned());
         }
         for u in &shared_users {
+            if newly_shared.contains(u) {
+                continue;
+            }
             if let Some(p) = self.ephemeral.presence(u)? {
                 if req.since.is_none_or(|s| p.pos > s) && p.pos <= upto {
+                    presence.push(Ephemeral::presence_event(u, &p));
+                }
+            }
+        }
+        // Whoever the user just started sharing a room with: their current presence, however
+        // old (the client has never been told it).
+        newly_shared.remove(req.user);
+        for u in &newly_shared {
+            if let Some(p) = self.ephemeral.presence(u)? {
+                if p.pos <= upto {
                     presence.push(Ephemeral::presence_event(u, &p));
                 }
             }
@@ -302,7 +326,9 @@ impl Sync {
         Ok((body, has_news))
     }
 
-    /// A joined room's section, or `None` if nothing changed since `since`.
+    /// A joined room's section, or `None` if nothing changed since `since`. Members the user
+    /// started sharing the room with since `since` (all of them for a newly joined room) are
+    /// added to `newly_shared`.
     fn joined_room(
         &self,
         req: &SyncRequest<'_>,
@@ -310,6 +336,7 @@ impl Sync {
         room_id: &RoomId,
         membership_pos: u64,
         upto: u64,
+        newly_shared: &mut HashSet<OwnedUserId>,
     ) -> Result<Option<Value>> {
         let room = self.rooms.room_or_404(room_id)?;
         let newly_joined = match req.since {
@@ -321,18 +348,24 @@ impl Sync {
             Some(_) => false,
         };
         let since = req.since.filter(|_| !newly_joined);
+        if newly_joined && req.since.is_some() {
+            newly_shared.extend(self.rooms.joined_members(room_id)?);
+        }
         let typing = self.ephemeral.typing_event(room_id, since);
-        let receipts = self.ephemeral.receipt_event(room_id, req.user, since)?;
+        let receipts = self.ephemeral.receipt_events(room_id, req.user, since)?;
         let timeline_changed = since.is_none_or(|s| room.last_pos > s);
-        if !timeline_changed && !req.full_state && typing.is_none() && receipts.is_none() {
+        if !timeline_changed && !req.full_state && typing.is_none() && receipts.is_empty() {
             return Ok(None);
         }
         let mut out = empty_joined();
         self.fill_timeline_and_state(req, ignored, room_id, since, upto, &mut out)?;
+        if since.is_some() {
+            newly_shared.extend(joins_in(&out));
+        }
         if let Some(t) = typing {
             push_to(&mut out, "ephemeral", t);
         }
-        if let Some(r) = receipts {
+        for r in receipts {
             push_to(&mut out, "ephemeral", r);
         }
         self.fill_unread_counts(req, room_id, &mut out)?;
@@ -372,7 +405,9 @@ impl Sync {
             .limit
             .map(|l| usize::try_from(u64::from(l)).unwrap_or(MAX_TIMELINE_LIMIT))
             .unwrap_or(DEFAULT_TIMELINE_LIMIT);
-        let limit = limit.clamp(1, MAX_TIMELINE_LIMIT);
+        // 0 is a valid limit: no events, only the state (a left room's state then ends with
+        // the leave).
+        let limit = limit.min(MAX_TIMELINE_LIMIT);
         let reader = Reader {
             user: req.user,
             device: Some(req.device),
@@ -411,8 +446,15 @@ impl Sync {
         }
         events.reverse();
         let first_pos = events.first().map(|(p, _)| *p);
-        let prev_batch = match first_pos {
-            Some(p) => make_token(p.saturating_sub(1)),
+        let prev_batch = match events.first() {
+            // The timeline starts with the room itself: there is nothing earlier to paginate
+            // to (the spec lets `prev_batch` be left out then), and a point before the create
+            // event is a point with no room at all. The sync's own position is given instead,
+            // which `/members?at=` reads as the members the client's timeline leads to.
+            Some((_, e)) if e["type"] == "m.room.create" && e["state_key"] == "" => {
+                make_token(upto)
+            }
+            Some((p, _)) => make_token(p.saturating_sub(1)),
             None => make_token(upto),
         };
         // State at the start of the timeline.
@@ -483,20 +525,16 @@ impl Sync {
         Ok(())
     }
 
-    /// `unread_notifications`, and `unread_thread_notifications` when the filter asks for them.
+    /// `unread_notifications`, and `unread_thread_notifications` when the filter asks for them
+    /// (left out when no thread has any). Every receipt counts either way: without the filter
+    /// a thread's notifications read by a threaded receipt are read all the same, they are
+    /// only not reported apart.
     fn fill_unread_counts(
         &self,
         req: &SyncRequest<'_>,
         room_id: &RoomId,
         out: &mut Value,
     ) -> Result<()> {
-        if !req.filter.room.timeline.unread_thread_notifications {
-            let (n, h) =
-                self.rooms
-                    .unread_counts(req.user, room_id, self.read_pos(room_id, req.user)?)?;
-            out["unread_notifications"] = json!({ "notification_count": n, "highlight_count": h });
-            return Ok(());
-        }
         // Receipt positions: unthreaded applies everywhere; "main" and each thread root add to it.
         let mut unthreaded = 0;
         let mut by_thread: std::collections::HashMap<String, u64> = Default::default();
@@ -529,8 +567,18 @@ impl Sync {
                 unthreaded.max(by_thread.get(&id).copied().unwrap_or(0))
             },
         )?;
+        if !req.filter.room.timeline.unread_thread_notifications {
+            let (n, h) = threads
+                .values()
+                .fold(main, |(n, h), (tn, th)| (n + tn, h + th));
+            out["unread_notifications"] = json!({ "notification_count": n, "highlight_count": h });
+            return Ok(());
+        }
         out["unread_notifications"] =
             json!({ "notification_count": main.0, "highlight_count": main.1 });
+        if threads.is_empty() {
+            return Ok(());
+        }
         let mut per_thread = Map::new();
         for (root, (n, h)) in threads {
             if let Some(m) = self.rooms.meta(root)? {
@@ -588,10 +636,33 @@ impl Sync {
         req: &SyncRequest<'_>,
         ignored: &[String],
         room_id: &RoomId,
-        leave_pos: u64,
+        rec: &MembershipRecord,
     ) -> Result<Value> {
         let mut out = json!({ "account_data": { "events": [] } });
-        self.fill_timeline_and_state(req, ignored, room_id, req.since, leave_pos, &mut out)?;
+        // An invite or knock of another server's room that ended (rejected, rescinded) is not
+        // in any timeline here: the membership event that ended it is all there is to show,
+        // and it is what tells the client the room left its invites or knocks.
+        let ending = match self.rooms.short_id(&rec.event_id)? {
+            Some(short) => self.rooms.meta(short)?.map(|m| (short, m)),
+            None => None,
+        };
+        let in_timeline = ending.as_ref().is_some_and(|(_, m)| !m.outlier);
+        if !in_timeline {
+            let reader = Reader {
+                user: req.user,
+                device: Some(req.device),
+            };
+            let mut events = Vec::new();
+            if let Some((short, _)) = ending {
+                if let Some((_, ev)) = self.rooms.client_event(short, Some(reader))? {
+                    events.push(ev);
+                }
+            }
+            out["timeline"] = json!({ "events": events, "limited": false });
+            out["state"] = json!({ "events": [] });
+            return Ok(out);
+        }
+        self.fill_timeline_and_state(req, ignored, room_id, req.since, rec.pos, &mut out)?;
         Ok(out)
     }
 }
@@ -610,6 +681,23 @@ pub fn read_pos(
         }
     }
     Ok(best)
+}
+
+/// Users who joined in a room's sync section (its timeline or state; a join that only
+/// changes a profile is not one).
+fn joins_in(room: &Value) -> Vec<OwnedUserId> {
+    ["timeline", "state"]
+        .iter()
+        .filter_map(|section| room[section]["events"].as_array())
+        .flatten()
+        .filter(|e| {
+            e["type"] == "m.room.member"
+                && e["content"]["membership"] == "join"
+                && e["unsigned"]["prev_content"]["membership"] != "join"
+        })
+        .filter_map(|e| e["state_key"].as_str())
+        .filter_map(|u| OwnedUserId::try_from(u).ok())
+        .collect()
 }
 
 fn empty_joined() -> Value {

@@ -21,7 +21,10 @@ use ruma::api::{
 use serde_json::{json, Value};
 
 use super::reader;
-use crate::{ruma_wrapper::Ruma, ApiResult, AppState};
+use crate::{
+    ruma_wrapper::{Attempt, Ruma},
+    ApiResult, AppState,
+};
 
 pub(crate) fn filter_of(f: &RoomEventFilter) -> EventFilter {
     paracord_service::sync::event_filter(f)
@@ -80,19 +83,40 @@ pub(crate) async fn redact_event_route(
     Ok(Json(json!({ "event_id": event_id })))
 }
 
-/// `GET /_matrix/client/v3/rooms/{roomId}/messages` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3roomsroomidmessages
-pub(crate) async fn get_message_events_route(
-    State(state): State<AppState>,
-    req: Ruma<get_message_events::v3::Request>,
-) -> ApiResult<Json<Value>> {
-    let r = reader(&req)?;
-    let room_id = &req.body.room_id;
-    // A room this server does not know is one the user is not in (403, as other servers
-    // answer; a 404 would tell which rooms exist).
+/// A room this server does not know is one the user is not in (403, as other servers
+/// answer; a 404 would tell which rooms exist); otherwise the user must be allowed to read it.
+fn check_can_read_messages(
+    state: &AppState,
+    room_id: &ruma::RoomId,
+    user: &ruma::UserId,
+) -> ApiResult<()> {
     if state.rooms.room(room_id)?.is_none() {
         return Err(Error::forbidden("you are not a member of this room").into());
     }
-    state.rooms.check_can_read(room_id, r.user)?;
+    state.rooms.check_can_read(room_id, user)?;
+    Ok(())
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/messages` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3roomsroomidmessages
+pub(crate) async fn get_message_events_route(
+    State(state): State<AppState>,
+    attempt: Attempt<get_message_events::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    // Whether the caller may read the room is answered before their parameters are looked
+    // at: a forgotten room is 403 even to a request without `dir`. (A path that names no
+    // room fails the parsing below.)
+    if let (Some(id), Some(room_id)) = (
+        &attempt.ident,
+        attempt
+            .path
+            .first()
+            .and_then(|r| ruma::RoomId::parse(r).ok()),
+    ) {
+        check_can_read_messages(&state, &room_id, &id.user_id)?;
+    }
+    let req = attempt.request?;
+    let r = reader(&req)?;
+    let room_id = &req.body.room_id;
     let dir = match req.body.dir {
         Direction::Backward => Dir::Backward,
         Direction::Forward => Dir::Forward,

@@ -67,15 +67,15 @@ pub(crate) async fn set_pushrule_route(
     req: Ruma<set_pushrule::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let id = req.user()?;
-    let mut rules = Ruleset::clone(&*state.account_data.push_rules(&id.user_id)?);
-    rules
-        .insert(
-            req.body.rule.clone(),
-            req.body.after.as_deref(),
-            req.body.before.as_deref(),
-        )
-        .map_err(|e| Error::invalid_param(format!("cannot insert the rule: {e}")))?;
-    state.account_data.set_push_rules(&id.user_id, &rules)?;
+    state.account_data.update_push_rules(&id.user_id, |rules| {
+        rules
+            .insert(
+                req.body.rule.clone(),
+                req.body.after.as_deref(),
+                req.body.before.as_deref(),
+            )
+            .map_err(|e| Error::invalid_param(format!("cannot insert the rule: {e}")))
+    })?;
     Ok(Json(json!({})))
 }
 
@@ -85,14 +85,16 @@ pub(crate) async fn delete_pushrule_route(
     req: Ruma<delete_pushrule::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let id = req.user()?;
-    let mut rules = Ruleset::clone(&*state.account_data.push_rules(&id.user_id)?);
-    rules
-        .remove(req.body.kind.clone(), &req.body.rule_id)
-        .map_err(|e| match e {
-            ruma::push::RemovePushRuleError::NotFound => Error::not_found("push rule not found"),
-            other => Error::invalid_param(format!("cannot delete the rule: {other}")),
-        })?;
-    state.account_data.set_push_rules(&id.user_id, &rules)?;
+    state.account_data.update_push_rules(&id.user_id, |rules| {
+        rules
+            .remove(req.body.kind.clone(), &req.body.rule_id)
+            .map_err(|e| match e {
+                ruma::push::RemovePushRuleError::NotFound => {
+                    Error::not_found("push rule not found")
+                }
+                other => Error::invalid_param(format!("cannot delete the rule: {other}")),
+            })
+    })?;
     Ok(Json(json!({})))
 }
 
@@ -113,11 +115,11 @@ pub(crate) async fn set_pushrule_enabled_route(
     req: Ruma<set_pushrule_enabled::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let id = req.user()?;
-    let mut rules = Ruleset::clone(&*state.account_data.push_rules(&id.user_id)?);
-    rules
-        .set_enabled(req.body.kind.clone(), &req.body.rule_id, req.body.enabled)
-        .map_err(|_| Error::not_found("push rule not found"))?;
-    state.account_data.set_push_rules(&id.user_id, &rules)?;
+    state.account_data.update_push_rules(&id.user_id, |rules| {
+        rules
+            .set_enabled(req.body.kind.clone(), &req.body.rule_id, req.body.enabled)
+            .map_err(|_| Error::not_found("push rule not found"))
+    })?;
     Ok(Json(json!({})))
 }
 
@@ -138,15 +140,15 @@ pub(crate) async fn set_pushrule_actions_route(
     req: Ruma<set_pushrule_actions::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let id = req.user()?;
-    let mut rules = Ruleset::clone(&*state.account_data.push_rules(&id.user_id)?);
-    rules
-        .set_actions(
-            req.body.kind.clone(),
-            &req.body.rule_id,
-            req.body.actions.clone(),
-        )
-        .map_err(|_| Error::not_found("push rule not found"))?;
-    state.account_data.set_push_rules(&id.user_id, &rules)?;
+    state.account_data.update_push_rules(&id.user_id, |rules| {
+        rules
+            .set_actions(
+                req.body.kind.clone(),
+                &req.body.rule_id,
+                req.body.actions.clone(),
+            )
+            .map_err(|_| Error::not_found("push rule not found"))
+    })?;
     Ok(Json(json!({})))
 }
 

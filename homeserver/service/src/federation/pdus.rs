@@ -829,7 +829,14 @@ impl Pdus {
                 continue;
             };
             let Some(room) = self.rooms.room(&room_id)? else {
-                debug!(%origin, %room_id, "a PDU of a room this server is not in");
+                match self.end_pending(origin, &room_id, value).await {
+                    Ok(event_id) => {
+                        results.insert(event_id.to_string(), json!({}));
+                    }
+                    Err(e) => {
+                        debug!(%origin, %room_id, "a PDU of a room this server is not in: {e}")
+                    }
+                }
                 continue;
             };
             let event_id = match to_canonical_object(value.clone())
@@ -881,6 +888,59 @@ impl Pdus {
         batch.put(Table::OrigintxnResponse, key, serde_json::to_vec(&answer)?);
         self.rooms.db.write(batch).map_err(Error::internal)?;
         Ok(answer)
+    }
+
+    /// A PDU of a room this server is not in may still end a local user's pending invite
+    /// there: its inviter's leave (or ban) of that user, a rescinded invite. Anything else of
+    /// such a room is not taken.
+    async fn end_pending(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        value: &Value,
+    ) -> std::result::Result<OwnedEventId, String> {
+        let target = value
+            .get("state_key")
+            .and_then(Value::as_str)
+            .and_then(|k| <&UserId>::try_from(k).ok())
+            .filter(|_| value.get("type").and_then(Value::as_str) == Some("m.room.member"))
+            .ok_or("not a membership event")?;
+        let record = self
+            .rooms
+            .remote_invite(target, room_id)
+            .map_err(|e| e.to_string())?
+            .ok_or("no pending invite of its target")?;
+        let version = record["room_version"].as_str().unwrap_or_default();
+        let checked = self.check_pdu(version, value, Some(room_id)).await?;
+        let membership = checked
+            .pdu
+            .content_value()
+            .get("membership")
+            .and_then(Value::as_str)
+            .filter(|m| matches!(*m, "leave" | "ban"))
+            .map(str::to_owned)
+            .ok_or("not a leave or ban")?;
+        // Without the room's state nothing else can be checked, so only the user who made
+        // the invite may take it back (another member's kick could be a forgery of their
+        // server, or not allowed at all). A knock has no such author on the room's side.
+        let inviter = record["event"]["sender"]
+            .as_str()
+            .filter(|_| record["event"]["content"]["membership"] == "invite")
+            .ok_or("only an invite can be ended from the room's side")?;
+        if checked.pdu.sender.as_str() != inviter || origin != checked.pdu.sender.server_name() {
+            return Err(format!("only {inviter} may rescind this invite"));
+        }
+        self.rooms
+            .end_remote_invite(
+                target,
+                room_id,
+                &checked.event_id,
+                &membership,
+                Some(&checked),
+            )
+            .map_err(|e| e.to_string())?;
+        info!(%room_id, user = %target, membership, "the inviter rescinded a pending invite");
+        Ok(checked.event_id)
     }
 
     /// The room's `m.room.server_acl` admits `server` (spec: server ACLs apply to `/send` per
@@ -1010,7 +1070,7 @@ impl Pdus {
         // The other servers in the room hear of it from us.
         let raw: Vec<u8> = self.rooms.raw_pdu(short)?.unwrap_or(bytes);
         self.rooms
-            .send_out_except(room_id, event_id, &raw, origin)?;
+            .send_out_except(room_id, event_id, &raw, Some(origin))?;
         if membership == "knock" {
             let answer = json!({ "knock_room_state": self.rooms.invite_state_pdus(room_id)? });
             return Ok(serde_json::value::to_raw_value(&answer)?);
@@ -1148,9 +1208,25 @@ impl Pdus {
                 .servers_in_room(room_id)?
                 .iter()
                 .any(|s| s.as_str() == self.own_name());
-        // When this server is in the room the invite arrives in a transaction like any event;
-        // otherwise it is kept apart, with what the inviter told about the room.
-        if !resident {
+        // When this server is in the room the invite is a room event like any other: it is
+        // placed now (the inviting server sends it in a transaction too, where it is then
+        // known), so the invitee sees it and can join or leave locally. Otherwise, or when it
+        // cannot be placed here, it is kept apart with what the inviter told about the room.
+        let mut placed = false;
+        if resident {
+            let mut cosigned = checked.clone();
+            cosigned.bytes = serde_json::to_vec(&obj)?;
+            match self
+                .receive_checked(origin, room_id, version, cosigned, true)
+                .await
+            {
+                Ok(()) => {
+                    placed = self.rooms.membership(room_id, target)?.as_deref() == Some("invite")
+                }
+                Err(e) => info!(%room_id, %event_id, "an invite not placed in the room: {e}"),
+            }
+        }
+        if !placed {
             // Kept stripped, as clients see it (full PDUs or stripped events may arrive).
             let stripped = stripped(invite_room_state);
             let record = json!({
@@ -1208,6 +1284,9 @@ impl Pdus {
             )));
         }
         let signed = checked.bytes.clone();
+        // The invitee's server gets the invite in a transaction too when it is in the room
+        // (it is one of the room's servers); otherwise it has it from `/invite` alone.
+        let invitee_resident = self.rooms.servers_in_room(room_id)?.contains(server);
         match self.rooms.place_remote(room_id, checked).await? {
             Placed::Accepted(_) | Placed::Known => {}
             Placed::SoftFailed => {
@@ -1218,14 +1297,16 @@ impl Pdus {
                 return Err(Error::internal("own invite has unknown prev events"))
             }
         }
+        let except = (!invitee_resident).then_some(server);
         self.rooms
-            .send_out_except(room_id, &event_id, &signed, server)?;
+            .send_out_except(room_id, &event_id, &signed, except)?;
         Ok(event_id)
     }
 
-    /// Rejects an invite from another server: a leave through the inviting server
-    /// (`make_leave`/`send_leave`); if that server cannot be reached the invite is still
-    /// dropped here.
+    /// Rejects an invite from another server (or rescinds a knock): a leave through the
+    /// inviting server (`make_leave`/`send_leave`). If that server will not take it (it left
+    /// the room, or cannot be reached), the invite is still rejected here, with a leave of
+    /// this server's own that no other server sees.
     pub async fn reject_remote_invite(
         &self,
         user: &UserId,
@@ -1236,28 +1317,75 @@ impl Pdus {
             .rooms
             .remote_invite(user, room_id)?
             .ok_or_else(|| Error::forbidden("you are not invited to this room"))?;
-        let invite_id = record["event"]
-            .as_object()
-            .and_then(|_| to_canonical_object(record["event"].clone()).ok())
-            .and_then(|o| event_id_of(&o, record["room_version"].as_str().unwrap_or_default()))
-            .ok_or_else(|| Error::internal("stored invite unreadable"))?;
-        let leave_id = match self.leave_via_inviter(user, room_id, &record, reason).await {
-            Ok(id) => id,
+        let leave = match self.leave_via_inviter(user, room_id, &record, reason).await {
+            Ok(leave) => leave,
             Err(e) => {
                 warn!(%room_id, %user, "rejecting the invite remotely failed ({e}); rejecting here only");
-                invite_id
+                self.local_leave(user, room_id, &record, reason)?
             }
         };
-        self.rooms.end_remote_invite(user, room_id, &leave_id)
+        self.rooms
+            .end_remote_invite(user, room_id, &leave.event_id, "leave", Some(&leave))
     }
 
+    /// A leave made here alone, after an invite (or knock) of another server's room: the
+    /// invite is its only `prev_event` and auth event, this server signs it, and it goes to
+    /// no one. It is what the user's sync shows for the rejected invite.
+    fn local_leave(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        record: &Value,
+        reason: Option<&str>,
+    ) -> Result<Checked> {
+        let version = record["room_version"].as_str().unwrap_or_default();
+        let rules = version_rules(version).map_err(Error::internal)?;
+        let invite = to_canonical_object(record["event"].clone())?;
+        let invite_id = crate::rooms::pdu::event_id_of(&invite, &rules)
+            .map_err(|e| Error::internal(format!("stored invite unreadable: {e}")))?;
+        let reference = crate::rooms::pdu::event_ref(&invite_id, Some(&invite), &rules);
+        let depth = record["event"]["depth"]
+            .as_u64()
+            .unwrap_or(0)
+            .saturating_add(1);
+        let mut content = json!({ "membership": "leave" });
+        if let Some(r) = reason {
+            content["reason"] = json!(r);
+        }
+        let mut obj = to_canonical_object(json!({
+            "type": "m.room.member",
+            "state_key": user,
+            "sender": user,
+            "room_id": room_id,
+            "content": content,
+            "origin_server_ts": now_ms(),
+            "depth": depth,
+        }))?;
+        obj.insert(
+            "prev_events".into(),
+            CanonicalJsonValue::Array(vec![reference.clone()]),
+        );
+        obj.insert(
+            "auth_events".into(),
+            CanonicalJsonValue::Array(vec![reference]),
+        );
+        let (event_id, pdu, bytes) = self.rooms.sign_event(obj, version)?;
+        Ok(Checked {
+            event_id,
+            pdu,
+            bytes,
+        })
+    }
+
+    /// The leave of a local user through the server an invite came from (or a knock went
+    /// through): `make_leave`/`send_leave` there. Returns the leave as sent.
     async fn leave_via_inviter(
         &self,
         user: &UserId,
         room_id: &RoomId,
         record: &Value,
         reason: Option<&str>,
-    ) -> Result<OwnedEventId> {
+    ) -> Result<Checked> {
         // A knock names the server it went through; an invite comes from its sender's.
         let server = match record["server"]
             .as_str()
@@ -1274,10 +1402,15 @@ impl Pdus {
         if let Some(r) = reason {
             content["reason"] = json!(r);
         }
-        Ok(self
+        let Handshake { event_id, body, .. } = self
             .handshake(&server, user, room_id, "leave", content)
-            .await?
-            .event_id)
+            .await?;
+        let bytes = serde_json::to_vec(&to_canonical_object(body)?)?;
+        Ok(Checked {
+            pdu: Pdu::from_json(event_id.clone(), &bytes)?,
+            event_id,
+            bytes,
+        })
     }
 
     /// `make_{membership}` then `send_{membership}` on `server` for a local user: the template

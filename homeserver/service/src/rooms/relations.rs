@@ -73,7 +73,7 @@ impl Rooms {
     }
 
     /// Checks the `thread_id` of a receipt for `event_id` (spec: 400 when it is empty, not a
-    /// thread root or `main`, or `event_id` is not in that thread).
+    /// thread root or `main`, or `event_id` is not related to that thread).
     pub fn check_receipt_thread(&self, event_id: &EventId, thread_id: &str) -> Result<()> {
         if thread_id.is_empty() {
             return Err(bad("thread_id must be a non-empty string"));
@@ -90,10 +90,32 @@ impl Rooms {
         if !self.is_thread_root(&root)? {
             return Err(bad("thread_id is not the root of a thread"));
         }
-        if event_id != root && in_thread.as_deref() != Some(&*root) {
-            return Err(bad("the event is not in that thread"));
+        if event_id != root
+            && in_thread.as_deref() != Some(&*root)
+            && !self.relates_up_to(event_id, &root)?
+        {
+            return Err(bad("the event is not related to that thread"));
         }
         Ok(())
+    }
+
+    /// Whether following `event_id`'s relations (up to 3 hops, as for threads) leads to
+    /// `target`: an annotation of a reference to a thread root is "related to" that thread
+    /// (spec: a receipt's `event_id` must be related to its `thread_id`), though it is shown
+    /// in the main timeline.
+    fn relates_up_to(&self, event_id: &EventId, target: &EventId) -> Result<bool> {
+        let mut current = event_id.to_owned();
+        for _ in 0..3 {
+            let Some(pdu) = self.pdu(&current)? else {
+                return Ok(false);
+            };
+            match relates_to(&pdu.content_value()) {
+                Some((_, next, _)) if next == target => return Ok(true),
+                Some((_, next, _)) => current = next,
+                None => return Ok(false),
+            }
+        }
+        Ok(false)
     }
 
     /// Checks the relation a new event declares, if any.

@@ -170,16 +170,36 @@ impl Rooms {
         Ok(())
     }
 
-    /// Ends a pending remote invite (rejected): the user's membership becomes `leave`.
+    /// Ends a pending remote invite or knock (rejected, rescinded, refused): the user's
+    /// membership becomes `membership` (`leave` or `ban`), set by `event_id`. The event that
+    /// ended it, when there is one, is kept as an outlier in the same batch: the room has no
+    /// timeline here, and sync shows the user that event in the room's `leave` section.
     pub fn end_remote_invite(
         &self,
         user: &UserId,
         room_id: &RoomId,
         event_id: &EventId,
+        membership: &str,
+        ending: Option<&Checked>,
     ) -> Result<()> {
+        let stored = self.short_id(event_id)?.is_some();
         self.stream.commit(|pos, batch| {
             batch.delete(Table::UserroomRemoteinvite, invite_key(user, room_id));
-            write_membership(batch, room_id, user, "leave", pos, event_id)
+            if let Some(e) = ending.filter(|_| !stored) {
+                let meta = EventMeta {
+                    event_id: e.event_id.clone(),
+                    room_id: room_id.to_owned(),
+                    state_before: 0,
+                    state_after: 0,
+                    redacted_by: None,
+                    txn: None,
+                    outlier: true,
+                    hidden: false,
+                    rejected: false,
+                };
+                write_event_rows(batch, pos, &e.event_id, &e.bytes, &meta)?;
+            }
+            write_membership(batch, room_id, user, membership, pos, event_id)
         })?;
         self.stream.notifier().wake([user]);
         Ok(())
@@ -1132,6 +1152,7 @@ impl Rooms {
         })?;
         let pos = first + BACKFILL_SLOTS;
         info!(%room_id, state = state.len(), auth_chain = auth_chain.len(), "joined a room over federation");
+        self.follow_predecessor(room_id, &map, &joiner);
         self.after_commit(room_id, &join_id, &[], None, Some(joiner))?;
         Ok(pos)
     }

@@ -34,6 +34,39 @@ const UPGRADE_COPIED_STATE: &[&str] = &[
     "m.room.join_rules",
 ];
 
+impl Rooms {
+    /// A local user's join of a room that replaces another (its create event names a
+    /// `predecessor`): their settings for the old room follow them (spec, room upgrades:
+    /// "When a user joins the new room, the server should automatically transfer ... the
+    /// user's personalized settings such as notifications"), which is the room's push rule.
+    /// This covers every upgrade alike: made here or by another server, through
+    /// `/upgrade` or by hand. `state` is the room's state at the join.
+    pub(crate) fn follow_predecessor(&self, room_id: &RoomId, state: &StateMap, user: &UserId) {
+        let Some(account_data) = &self.account_data else {
+            return;
+        };
+        let predecessor = match self.state_content(state, "m.room.create", "") {
+            Ok(Some(c)) => c["predecessor"]["room_id"]
+                .as_str()
+                .and_then(|r| OwnedRoomId::try_from(r).ok()),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(%room_id, "create event unreadable: {e}");
+                None
+            }
+        };
+        let Some(old) = predecessor.filter(|old| old != room_id) else {
+            return;
+        };
+        // The join is committed whatever happens here: a failure only loses the copy.
+        match account_data.copy_room_push_rule(user, &old, room_id) {
+            Ok(true) => tracing::debug!(%room_id, %old, %user, "push rule carried over"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(%room_id, %old, %user, "push rule not carried over: {e}"),
+        }
+    }
+}
+
 /// The state an invite carries so the invitee can see what the room is.
 pub(crate) const INVITE_STATE_KINDS: &[&str] = &[
     "m.room.create",

@@ -145,6 +145,11 @@ impl Rooms {
                 }
             }
         }
+        if let Some(r) = reader {
+            if let Some(m) = self.membership_at(&meta, &stored, r.user)? {
+                unsigned.insert("membership".into(), json!(m));
+            }
+        }
         if let (Some(kind), Some(key)) = (stored["type"].as_str(), stored["state_key"].as_str()) {
             let before = self.state(meta.state_before)?;
             if let Some(prev) = before.get(&(kind.to_owned(), key.to_owned())) {
@@ -167,6 +172,28 @@ impl Rooms {
         Ok(Some((meta, ev)))
     }
 
+    /// The reader's membership at an event, with what the event itself changed
+    /// (`unsigned.membership`, spec v1.11): `leave` when they had none. An outlier has no
+    /// known state around it, so only its own membership events say anything.
+    fn membership_at(
+        &self,
+        meta: &EventMeta,
+        stored: &Value,
+        user: &UserId,
+    ) -> Result<Option<String>> {
+        if meta.outlier {
+            let own = stored["type"] == "m.room.member" && stored["state_key"] == user.as_str();
+            return Ok(own
+                .then(|| stored["content"]["membership"].as_str().map(str::to_owned))
+                .flatten());
+        }
+        let state = self.state(meta.state_after)?;
+        Ok(Some(
+            self.membership_in(&state, user)?
+                .unwrap_or_else(|| "leave".to_owned()),
+        ))
+    }
+
     /// Whether `user` may see an event, following `m.room.history_visibility`.
     pub fn can_see(&self, user: &UserId, meta: &EventMeta) -> Result<bool> {
         let state = self.state(meta.state_after)?;
@@ -176,6 +203,18 @@ impl Rooms {
             .unwrap_or_else(|| "shared".to_owned());
         if hv == "world_readable" {
             return Ok(true);
+        }
+        // The user's own membership events are theirs to see, whatever the history
+        // visibility. The spec's rule (their membership before or after the event allows it)
+        // covers joins and leaves after a join, not a leave after an invite or a knock; but a
+        // rejected invite or rescinded knock must reach the user's sync, or the room would
+        // never leave their invites or knocks.
+        if meta.state_before != meta.state_after {
+            if let Some(own) = state.get(&("m.room.member".to_owned(), user.to_string())) {
+                if self.short_id(&meta.event_id)? == Some(*own) {
+                    return Ok(true);
+                }
+            }
         }
         let at_event = self.membership_in(&state, user)?;
         // Whoever was joined just before an event sees it too: that covers their own leave.
@@ -377,9 +416,12 @@ impl Rooms {
         Ok(out)
     }
 
-    /// The reader must be, or have been, in the room to read it.
+    /// The reader must be, or have been, in the room to read it (and not have forgotten it).
     pub fn check_can_read(&self, room_id: &RoomId, user: &UserId) -> Result<()> {
         self.room_or_404(room_id)?;
+        if self.user_room(user, room_id)?.is_some_and(|r| r.forgotten) {
+            return Err(Error::forbidden("you have forgotten this room"));
+        }
         match self.membership(room_id, user)?.as_deref() {
             Some("join") | Some("leave") | Some("ban") => Ok(()),
             _ => {

@@ -903,6 +903,8 @@ async fn history_before_a_join_or_rejoin_is_backfilled_when_paging_back() {
     let seen = ids(bob.all_messages(&room).await);
     for id in away.iter().chain(&before) {
         assert!(seen.contains(id), "{id} after the re-join: {seen:?}");
+    }
+}
 
 /// Whether `room`'s `leave` section in `sync` holds `user`'s leave (timeline or state).
 fn leave_reported(sync: &Value, room: &str, user: &str) -> bool {

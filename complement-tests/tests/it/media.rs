@@ -400,7 +400,8 @@ async fn serve_page(html: &str) -> Site {
 
 #[tokio::test]
 async fn url_previews_refuse_loopback_unless_allowed() {
-    let site = serve_page(r#"<html><head><title>Fallback</title><meta property="og:title" content="Paracord page"><meta property="og:description" content="A test page"></head></html>"#).await;
+    let site = serve_page(r#"<html><head><title>Fallback</title><meta property="og:title" content="Paracord page"><meta property="og:description" content="A test page"><meta property="og:image" content="dot.png"></head></html>"#).await;
+    std::fs::write(site._dir.path().join("dot.png"), PNG).unwrap();
     let url = format!("http://127.0.0.1:{}/page.html", site.process.port);
     let q = format!(
         "/_matrix/client/v1/media/preview_url?url={}",
@@ -425,6 +426,17 @@ async fn url_previews_refuse_loopback_unless_allowed() {
     let preview = expect_ok(bob.get(&q).await, "preview with private addresses allowed");
     assert_eq!(preview["og:title"], "Paracord page", "{preview}");
     assert_eq!(preview["og:description"], "A test page", "{preview}");
+    // Issue 14: the image (a relative URL) is fetched and kept here, with its size and
+    // dimensions.
+    assert!(
+        preview["og:image"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("mxc://")),
+        "{preview}"
+    );
+    assert_eq!(preview["matrix:image:size"], PNG.len(), "{preview}");
+    assert_eq!(preview["og:image:width"], 64, "{preview}");
+    assert_eq!(preview["og:image:height"], 32, "{preview}");
     // Issue 14: the legacy path answers the same.
     let legacy = format!(
         "{}/_matrix/media/v3/preview_url?url={}",

@@ -516,5 +516,5 @@ pub(crate) async fn preview_url_route(
     let url = q
         .get("url")
         .ok_or_else(|| ApiError(Error::missing_param("missing url")))?;
-    Ok(Json(state.media.preview_url(url).await?))
+    Ok(Json(state.media.preview_url(&id.user_id, url).await?))
 }

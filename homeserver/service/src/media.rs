@@ -37,6 +37,8 @@ const MAX_THUMBNAIL_SIDE: u32 = 1600;
 /// Images larger than this many pixels are not thumbnailed (decompression bombs).
 const MAX_SOURCE_PIXELS: u64 = 40_000_000;
 const MAX_PREVIEW_BYTES: usize = 1024 * 1024;
+/// Largest image a preview fetches.
+const MAX_PREVIEW_IMAGE_BYTES: usize = 10 * 1024 * 1024;
 
 /// Content types served inline; everything else is an attachment.
 const INLINE_TYPES: &[&str] = &[
@@ -340,23 +342,24 @@ impl Media {
             || is_public(ip)
     }
 
-    /// `/preview_url`: fetches an http(s) page (refusing private addresses unless allowed) and
-    /// reads its title, description and image from OpenGraph tags or `<title>`.
-    pub async fn preview_url(&self, url: &str) -> Result<Value> {
-        if !self.config.url_preview_enabled {
-            return Err(Error::forbidden("URL previews are disabled on this server"));
-        }
-        let parsed = reqwest::Url::parse(url).map_err(|_| Error::invalid_param("invalid url"))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
+    /// Fetches an http(s) URL for a preview, refusing private addresses unless allowed and
+    /// connecting to the address that was checked: the body (at most `max` bytes) and its
+    /// `Content-Type`.
+    async fn fetch_for_preview(
+        &self,
+        url: &reqwest::Url,
+        max: usize,
+    ) -> Result<(Vec<u8>, Option<String>)> {
+        if !matches!(url.scheme(), "http" | "https") {
             return Err(Error::invalid_param(
                 "only http and https URLs can be previewed",
             ));
         }
-        let host = parsed
+        let host = url
             .host_str()
             .ok_or_else(|| Error::invalid_param("url has no host"))?
             .to_owned();
-        let port = parsed.port_or_known_default().unwrap_or(80);
+        let port = url.port_or_known_default().unwrap_or(80);
         let addrs: Vec<std::net::SocketAddr> =
             tokio::net::lookup_host((host.trim_matches(|c| c == '[' || c == ']'), port))
                 .await
@@ -376,7 +379,7 @@ impl Media {
             .build()
             .map_err(db_err)?;
         let resp = client
-            .get(parsed)
+            .get(url.clone())
             .send()
             .await
             .map_err(|_| Error::not_found("the page could not be fetched"))?;
@@ -386,6 +389,11 @@ impl Media {
                 resp.status()
             )));
         }
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let mut body = Vec::new();
         let mut resp = resp;
         while let Some(chunk) = resp
@@ -394,12 +402,72 @@ impl Media {
             .map_err(|_| Error::not_found("the page could not be read"))?
         {
             body.extend_from_slice(&chunk);
-            if body.len() > MAX_PREVIEW_BYTES {
-                body.truncate(MAX_PREVIEW_BYTES);
+            if body.len() > max {
+                body.truncate(max);
                 break;
             }
         }
-        Ok(parse_preview(&String::from_utf8_lossy(&body)))
+        Ok((body, content_type))
+    }
+
+    /// `/preview_url`: fetches an http(s) page (refusing private addresses unless allowed) and
+    /// reads its title, description and image from OpenGraph tags or `<title>`. The image is
+    /// fetched too and kept as media of this server, so the preview names it with an `mxc://`
+    /// URI, its size (`matrix:image:size`) and dimensions, as clients expect.
+    pub async fn preview_url(&self, requester: &UserId, url: &str) -> Result<Value> {
+        if !self.config.url_preview_enabled {
+            return Err(Error::forbidden("URL previews are disabled on this server"));
+        }
+        let parsed = reqwest::Url::parse(url).map_err(|_| Error::invalid_param("invalid url"))?;
+        let (body, _) = self.fetch_for_preview(&parsed, MAX_PREVIEW_BYTES).await?;
+        let mut preview = parse_preview(&String::from_utf8_lossy(&body));
+        let image = preview["og:image"]
+            .as_str()
+            .and_then(|i| parsed.join(i).ok());
+        if let Some(image_url) = image {
+            match self.preview_image(requester, &image_url).await {
+                Ok(fields) => {
+                    if let (Some(p), Some(f)) = (preview.as_object_mut(), fields.as_object()) {
+                        p.extend(f.clone());
+                    }
+                }
+                Err(e) => tracing::debug!(url = %image_url, "a preview image was not fetched: {e}"),
+            }
+        }
+        Ok(preview)
+    }
+
+    /// A preview's image, fetched and stored: `og:image` (mxc), `og:image:type`,
+    /// `matrix:image:size` and, when it decodes, `og:image:width`/`og:image:height`.
+    async fn preview_image(&self, requester: &UserId, url: &reqwest::Url) -> Result<Value> {
+        let max = self.config.max_upload_bytes.min(MAX_PREVIEW_IMAGE_BYTES);
+        let (bytes, content_type) = self.fetch_for_preview(url, max + 1).await?;
+        if bytes.len() > max {
+            return Err(Error::too_large("the image is too large"));
+        }
+        if !content_type
+            .as_deref()
+            .is_some_and(|c| c.starts_with("image/"))
+        {
+            return Err(Error::invalid_param("not an image"));
+        }
+        let dimensions = image::ImageReader::new(Cursor::new(&bytes))
+            .with_guessed_format()
+            .ok()
+            .and_then(|r| r.into_dimensions().ok());
+        let id = self.upload(requester, &bytes, content_type.clone(), None)?;
+        let mut out = json!({
+            "og:image": format!("mxc://{}/{id}", self.config.server_name),
+            "matrix:image:size": bytes.len(),
+        });
+        if let Some(ct) = content_type {
+            out["og:image:type"] = json!(ct);
+        }
+        if let Some((w, h)) = dimensions {
+            out["og:image:width"] = json!(w);
+            out["og:image:height"] = json!(h);
+        }
+        Ok(out)
     }
 }
 

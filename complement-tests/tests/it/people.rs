@@ -365,3 +365,59 @@ async fn openid_tokens_are_checked_by_userinfo() {
         "tokens only for oneself: {other:?}"
     );
 }
+
+/// Issue 14: the user directory shows a user's own profile; a name given in one room stays in
+/// that room (it is neither shown nor searchable).
+#[tokio::test]
+async fn the_user_directory_shows_global_profiles_not_room_names() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    expect_ok(
+        alice
+            .put(
+                &format!("/profile/{}/displayname", enc(&alice.user_id)),
+                &json!({ "displayname": "Alice Public" }),
+            )
+            .await,
+        "global name",
+    );
+    let room = alice
+        .create_room(&json!({ "preset": "private_chat", "invite": [bob.user_id] }))
+        .await;
+    bob.join_ok(&room).await;
+    expect_ok(
+        alice
+            .put(
+                &format!(
+                    "/rooms/{}/state/m.room.member/{}",
+                    enc(&room),
+                    enc(&alice.user_id)
+                ),
+                &json!({ "membership": "join", "displayname": "Secret Name" }),
+            )
+            .await,
+        "room-specific name",
+    );
+    let found = expect_ok(
+        bob.post(
+            "/user_directory/search",
+            &json!({ "search_term": alice.localpart }),
+        )
+        .await,
+        "search by localpart",
+    );
+    assert_eq!(
+        found["results"][0]["display_name"], "Alice Public",
+        "{found}"
+    );
+    let found = expect_ok(
+        bob.post(
+            "/user_directory/search",
+            &json!({ "search_term": "Secret" }),
+        )
+        .await,
+        "search by the room name",
+    );
+    assert_eq!(found["results"], json!([]), "{found}");
+}

@@ -287,6 +287,7 @@ impl Rooms {
         requester: &UserId,
         term: &str,
         limit: usize,
+        global_profile: &dyn Fn(&UserId) -> Option<(Option<String>, Option<String>)>,
     ) -> Result<(Vec<DirectoryUser>, bool)> {
         let term = term.to_lowercase();
         let mut rooms: Vec<OwnedRoomId> = self
@@ -327,13 +328,19 @@ impl Rooms {
                 let member = self
                     .state_content(&state, "m.room.member", user.as_str())?
                     .unwrap_or_default();
-                let display_name = member["displayname"].as_str().map(str::to_owned);
+                // A user's own profile where this server has it: a name given in one room
+                // stays in that room (other servers' users have only their room profiles).
+                let (display_name, avatar_url) = global_profile(&user).unwrap_or_else(|| {
+                    (
+                        member["displayname"].as_str().map(str::to_owned),
+                        member["avatar_url"].as_str().map(str::to_owned),
+                    )
+                });
                 let hit = user.as_str().to_lowercase().contains(&term)
                     || display_name
                         .as_ref()
                         .is_some_and(|d| d.to_lowercase().contains(&term));
                 if hit {
-                    let avatar_url = member["avatar_url"].as_str().map(str::to_owned);
                     found.insert(
                         user.clone(),
                         DirectoryUser {

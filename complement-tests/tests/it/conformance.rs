@@ -399,35 +399,27 @@ async fn server_notices_reach_users_in_one_room_they_cannot_refuse() {
     });
     let path = "/_synapse/admin/v1/send_server_notice";
     let url = |p: &str| format!("{}{p}", server.base_url());
+    let send =
+        |method: reqwest::Method, who: &paracord_complement::User, p: String, body: &Value| {
+            let token = who.access_token.clone();
+            let body = body.clone();
+            async move {
+                let resp = reqwest::Client::new()
+                    .request(method, p)
+                    .bearer_auth(token)
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("request");
+                let status = resp.status();
+                (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+            }
+        };
     let post = |who: &paracord_complement::User, p: String, body: &Value| {
-        let token = who.access_token.clone();
-        let body = body.clone();
-        async move {
-            let resp = reqwest::Client::new()
-                .post(p)
-                .bearer_auth(token)
-                .json(&body)
-                .send()
-                .await
-                .expect("request");
-            let status = resp.status();
-            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
-        }
+        send(reqwest::Method::POST, who, p, body)
     };
     let put = |who: &paracord_complement::User, p: String, body: &Value| {
-        let token = who.access_token.clone();
-        let body = body.clone();
-        async move {
-            let resp = reqwest::Client::new()
-                .put(p)
-                .bearer_auth(token)
-                .json(&body)
-                .send()
-                .await
-                .expect("request");
-            let status = resp.status();
-            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
-        }
+        send(reqwest::Method::PUT, who, p, body)
     };
     expect_error(
         &post(&alice, url(path), &notice).await,

@@ -239,3 +239,22 @@ pub(crate) async fn ask(
     }
     Ok(answer)
 }
+
+/// The body of a federation request handled without ruma types, with the origin server whose
+/// `X-Matrix` signature over it (and the method, path and destination) verifies.
+pub(crate) async fn signed_body(
+    state: &AppState,
+    req: axum::extract::Request,
+) -> ApiResult<(ruma::OwnedServerName, axum::body::Bytes)> {
+    let (parts, body) = req.into_parts();
+    let limit = state.config.max_request_bytes;
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| Error::too_large(format!("the body is larger than {limit} bytes")))?;
+    let mut signed = http::Request::new(bytes.to_vec());
+    *signed.method_mut() = parts.method;
+    *signed.uri_mut() = parts.uri;
+    *signed.headers_mut() = parts.headers;
+    let origin = state.remote_keys.verify_request(&signed).await?;
+    Ok((origin, bytes))
+}

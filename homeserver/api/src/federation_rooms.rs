@@ -259,16 +259,7 @@ pub(crate) async fn send_membership_v1_route(
     } else {
         "leave"
     };
-    let (parts, body) = req.into_parts();
-    let limit = state.config.max_request_bytes;
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| Error::too_large(format!("the body is larger than {limit} bytes")))?;
-    let mut signed = http::Request::new(bytes.to_vec());
-    *signed.method_mut() = parts.method.clone();
-    *signed.uri_mut() = parts.uri.clone();
-    *signed.headers_mut() = parts.headers.clone();
-    let origin = state.remote_keys.verify_request(&signed).await?;
+    let (origin, bytes) = crate::federation::signed_body(&state, req).await?;
     let room_id =
         ruma::OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param("not a room id"))?;
     let event_id = ruma::OwnedEventId::try_from(event_id)

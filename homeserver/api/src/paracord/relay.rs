@@ -164,16 +164,7 @@ pub(crate) async fn relay_route(
     Params(txn_id): Params<String>,
     req: Request,
 ) -> ApiResult<Json<Value>> {
-    let (parts, body) = req.into_parts();
-    let limit = state.config.max_request_bytes;
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| Error::too_large(format!("the body is larger than {limit} bytes")))?;
-    let mut signed = http::Request::new(bytes.to_vec());
-    *signed.method_mut() = parts.method.clone();
-    *signed.uri_mut() = parts.uri.clone();
-    *signed.headers_mut() = parts.headers.clone();
-    let origin = state.remote_keys.verify_request(&signed).await?;
+    let (origin, bytes) = crate::federation::signed_body(&state, req).await?;
     if let Some(done) = relay::answered(&state.db, &origin, &txn_id)? {
         return Ok(Json(done));
     }

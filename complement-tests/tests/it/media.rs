@@ -450,7 +450,7 @@ async fn url_previews_refuse_loopback_unless_allowed() {
         .await
         .expect("legacy preview_url");
     assert_eq!(resp.status(), 200, "the legacy preview_url path");
-    let legacy: serde_json::Value = resp.json().await.expect("JSON");
+    let legacy: Value = resp.json().await.expect("JSON");
     assert_eq!(legacy["og:title"], "Paracord page", "{legacy}");
     // An allow list admits one range; a deny list beats everything.
     let listed = TestServer::start_with(|env| {

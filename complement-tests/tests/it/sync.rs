@@ -647,3 +647,46 @@ async fn events_carry_the_readers_membership_at_them() {
     );
     assert_eq!(ev["unsigned"]["membership"], "join", "got {ev}");
 }
+
+// Issue 14: a state change the timeline filter leaves out still reaches the client, through
+// `state` (Complement's TestSyncOmitsStateChangeOnFilteredEvents is the federated form).
+#[tokio::test]
+async fn state_changed_by_filtered_out_events_is_given_in_state() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let room = alice.create_room(&json!({ "topic": "old" })).await;
+    alice.send_text(&room, "a").await;
+    alice.send_text(&room, "b").await;
+    // After the last message the timeline will show.
+    alice
+        .put_state(&room, "m.room.topic", "", &json!({ "topic": "new" }))
+        .await;
+    let filter = json!({
+        "room": { "timeline": { "not_types": ["m.room.topic"], "limit": 1 } }
+    })
+    .to_string();
+    let sync = alice.sync(None, 0, Some(&filter)).await;
+    let timeline = room_timeline(&sync, &room);
+    assert_eq!(timeline.len(), 1, "expected one message, got {sync}");
+    assert_eq!(timeline[0]["content"]["body"], "b", "got {sync}");
+    let state = room_state(&sync, &room);
+    let topic = find_state(&state, "m.room.topic", "")
+        .unwrap_or_else(|| panic!("expected the topic in state, got {sync}"));
+    assert_eq!(topic["content"]["topic"], "new", "got {topic}");
+
+    // Incremental: nothing in the timeline, the change in state.
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+    alice
+        .put_state(&room, "m.room.topic", "", &json!({ "topic": "newer" }))
+        .await;
+    let sync = alice.sync(Some(&since), 0, Some(&filter)).await;
+    assert!(
+        room_timeline(&sync, &room).is_empty(),
+        "expected no timeline events, got {sync}"
+    );
+    let state = room_state(&sync, &room);
+    let topic = find_state(&state, "m.room.topic", "")
+        .unwrap_or_else(|| panic!("expected the new topic in state, got {sync}"));
+    assert_eq!(topic["content"]["topic"], "newer", "got {topic}");
+    assert_eq!(state.len(), 1, "expected only what changed, got {sync}");
+}

@@ -482,13 +482,40 @@ impl Sync {
         let state_start = self.rooms.state(state_start_snapshot)?;
         let mut state_events = Vec::new();
         let full = since.is_none() || req.full_state;
-        if full || limited {
+        // A filter that leaves state events out of the timeline can leave out changes made
+        // after it starts: the state then has to say where the room ended up.
+        if full || limited || timeline_filter.may_drop_state() {
             let base = match since {
                 Some(s) if !req.full_state => {
                     Some(self.rooms.state(self.rooms.state_at_pos(room_id, s)?)?)
                 }
                 _ => None,
             };
+            // A key a timeline event sets is given as it was before the timeline (the
+            // timeline carries the change); any other key as it is at the end of the sync
+            // (a filtered-out change, or a fork merged by a filtered-out event, included).
+            let touched: HashSet<(String, String)> = events
+                .iter()
+                .filter_map(|(_, e)| {
+                    Some((
+                        e["type"].as_str()?.to_owned(),
+                        e.get("state_key")?.as_str()?.to_owned(),
+                    ))
+                })
+                .collect();
+            let state_end = match first_pos {
+                Some(_) => Some(self.rooms.state(self.rooms.state_at_pos(room_id, upto)?)?),
+                None => None,
+            };
+            let mut target: std::collections::BTreeMap<&(String, String), u64> =
+                state_start.iter().map(|(k, short)| (k, *short)).collect();
+            if let Some(end) = &state_end {
+                for (k, short) in end.iter() {
+                    if !touched.contains(k) {
+                        target.insert(k, *short);
+                    }
+                }
+            }
             let lazy = lazy_members(&req.filter.room.state);
             let wanted: HashSet<String> = Rooms::senders_of(&events)
                 .into_iter()
@@ -496,17 +523,17 @@ impl Sync {
                 .chain([req.user.to_string()])
                 .collect();
             let sf = event_filter(&req.filter.room.state);
-            for ((kind, key), short) in state_start.iter() {
+            for ((kind, key), short) in target {
                 if base
                     .as_ref()
-                    .is_some_and(|b| b.get(&(kind.clone(), key.clone())) == Some(short))
+                    .is_some_and(|b| b.get(&(kind.clone(), key.clone())) == Some(&short))
                 {
                     continue;
                 }
                 if lazy && kind == "m.room.member" && !wanted.contains(key) {
                     continue;
                 }
-                if let Some((_, ev)) = self.rooms.client_event(*short, Some(reader))? {
+                if let Some((_, ev)) = self.rooms.client_event(short, Some(reader))? {
                     if in_timeline.contains(ev["event_id"].as_str().unwrap_or_default())
                         || !sf.allows(&ev)
                     {

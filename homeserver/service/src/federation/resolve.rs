@@ -32,6 +32,10 @@ const WELL_KNOWN_ERROR_TTL_MIN: Duration = Duration::from_secs(2 * 60);
 const WELL_KNOWN_ERROR_TTL_MAX: Duration = Duration::from_secs(60 * 60);
 /// How many server names the `.well-known` cache holds.
 const WELL_KNOWN_CACHE_CAPACITY: usize = 10_000;
+/// How long an SRV answer (records found or none) is kept. Resolvers do not keep "no such
+/// record" without an SOA to say for how long, and most servers have no SRV record, so without
+/// this every transaction would wait for two DNS round trips.
+const SRV_TTL: Duration = Duration::from_secs(5 * 60);
 /// The largest `.well-known` body read.
 pub(crate) const WELL_KNOWN_MAX_BYTES: usize = 64 * 1024;
 
@@ -169,6 +173,8 @@ pub struct Resolver {
     dns: Arc<dyn Dns>,
     well_known: Arc<dyn WellKnownFetcher>,
     cache: Mutex<HashMap<String, WellKnownEntry>>,
+    /// SRV answers by hostname: the best target, or `None` when there is no record.
+    srv_cache: Mutex<HashMap<String, (Option<(String, u16)>, Instant)>>,
 }
 
 impl Resolver {
@@ -177,6 +183,7 @@ impl Resolver {
             dns,
             well_known,
             cache: Mutex::new(HashMap::new()),
+            srv_cache: Mutex::new(HashMap::new()),
         }
     }
 
@@ -263,18 +270,41 @@ impl Resolver {
 
     /// `_matrix-fed._tcp.<host>`, then the deprecated `_matrix._tcp.<host>`: the best target.
     async fn srv(&self, host: &str) -> Option<(String, u16)> {
+        let now = Instant::now();
+        if let Some((best, expires)) = self.srv_cache.lock().get(host) {
+            if *expires > now {
+                return best.clone();
+            }
+        }
+        let mut answered = true;
+        let mut found = None;
         for service in ["_matrix-fed._tcp", "_matrix._tcp"] {
             let name = format!("{service}.{host}");
             match self.dns.lookup_srv(&name).await {
                 Ok(records) => {
                     if let Some(best) = best_srv(records) {
-                        return Some(best);
+                        found = Some(best);
+                        break;
                     }
                 }
-                Err(e) => tracing::debug!(%name, error = %e, "SRV lookup failed"),
+                Err(e) => {
+                    // A failed lookup is asked again next time, not remembered as "none".
+                    answered = false;
+                    tracing::debug!(%name, error = %e, "SRV lookup failed");
+                }
             }
         }
-        None
+        if answered || found.is_some() {
+            let mut cache = self.srv_cache.lock();
+            if cache.len() >= WELL_KNOWN_CACHE_CAPACITY && !cache.contains_key(host) {
+                cache.retain(|_, (_, expires)| *expires > now);
+                if cache.len() >= WELL_KNOWN_CACHE_CAPACITY {
+                    cache.clear();
+                }
+            }
+            cache.insert(host.to_owned(), (found.clone(), now + SRV_TTL));
+        }
+        found
     }
 
     /// The delegated server name from `.well-known`, from the cache when it is fresh.
@@ -523,6 +553,35 @@ pub(crate) mod tests {
             &format!(r#"{{"m.server": "{to}"}}"#),
             None,
         )
+    }
+
+    #[tokio::test]
+    async fn srv_answers_are_kept_found_or_not() {
+        let dns = Arc::new(FakeDns::default().with_srv(
+            "_matrix-fed._tcp.srv.example",
+            "backend.example.net",
+            8501,
+        ));
+        let r = Resolver::new(dns.clone(), Arc::new(FakeWellKnown::default()));
+        for _ in 0..3 {
+            assert_eq!(
+                resolve(&r, "srv.example").await.connect_host,
+                "backend.example.net"
+            );
+            assert_eq!(
+                resolve(&r, "plain.example").await.connect_host,
+                "plain.example"
+            );
+        }
+        // One query for the name with a record, two (both service names) for the one without.
+        assert_eq!(
+            *dns.srv_queries.lock(),
+            [
+                "_matrix-fed._tcp.srv.example",
+                "_matrix-fed._tcp.plain.example",
+                "_matrix._tcp.plain.example"
+            ]
+        );
     }
 
     #[tokio::test]

@@ -29,6 +29,16 @@ fn type_matches(pattern: &str, kind: &str) -> bool {
 }
 
 impl EventFilter {
+    /// Whether the filter can leave state events out (the reader's ignored users cannot:
+    /// their state events are still sent).
+    pub fn may_drop_state(&self) -> bool {
+        self.types.is_some()
+            || !self.not_types.is_empty()
+            || self.senders.is_some()
+            || !self.not_senders.is_empty()
+            || self.contains_url.is_some()
+    }
+
     pub fn allows(&self, ev: &Value) -> bool {
         let kind = ev["type"].as_str().unwrap_or_default();
         let sender = ev["sender"].as_str().unwrap_or_default();

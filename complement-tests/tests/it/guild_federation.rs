@@ -427,3 +427,93 @@ async fn a_moderator_on_another_server_kicks_through_the_host_and_leaves_the_sam
         assert_eq!(m["membership"], "leave", "bob left {room}: {m}");
     }
 }
+
+/// Whether `user`'s server has them joined to `room`, and their membership there.
+async fn membership_in(user: &User, room: &str) -> Option<String> {
+    let (status, body) = user
+        .get(&format!(
+            "/rooms/{}/state/m.room.member/{}",
+            enc(room),
+            enc(&user.user_id)
+        ))
+        .await;
+    (status.as_u16() == 200)
+        .then(|| body["membership"].as_str().map(str::to_owned))
+        .flatten()
+}
+
+// Issue 15: a space admin cannot join a guild's members on other servers to a room that is
+// not a channel of the guild by adding it as a child: a room open to anyone is not followed
+// at all, a room that claims to be restricted to the guild but is no channel of it is left
+// at once; real channels are still followed.
+#[tokio::test]
+async fn a_guilds_child_that_is_not_its_channel_does_not_pull_members_in() {
+    let (a, a_name) = federating_server().await;
+    let (b, _) = federating_server().await;
+    let alice = a.register_random().await;
+    let bob = b.register_random().await;
+    let (guild_id, _general, code) = guild_with_invite(&alice, "Lure", 2).await;
+    expect_ok(
+        bob.post(
+            &format!("/_paracord/v1/invites/{code}?server={}", enc(&a_name)),
+            &json!({}),
+        )
+        .await,
+        "accept through B",
+    );
+
+    let public = alice.create_room(&json!({ "preset": "public_chat" })).await;
+    let restricted = alice
+        .create_room(&json!({
+            "initial_state": [{
+                "type": "m.room.join_rules",
+                "state_key": "",
+                "content": {
+                    "join_rule": "restricted",
+                    "allow": [{ "type": "m.room_membership", "room_id": guild_id }]
+                }
+            }]
+        }))
+        .await;
+    for room in [&public, &restricted] {
+        alice
+            .put_state(
+                &guild_id,
+                "m.space.child",
+                room,
+                &json!({ "via": [a_name.clone()] }),
+            )
+            .await;
+    }
+    // A real channel after them: once bob is in it, B has handled the two children.
+    let real = expect_ok(
+        alice
+            .post(
+                &format!("/_paracord/v1/guilds/{}/channels", enc(&guild_id)),
+                &json!({ "name": "real", "kind": "text" }),
+            )
+            .await,
+        "create #real",
+    );
+    let real = real["id"].as_str().unwrap_or_default().to_owned();
+    eventually("B to join bob to #real", || async {
+        (membership_in(&bob, &real).await.as_deref() == Some("join")).then_some(())
+    })
+    .await;
+    // The restricted impostor may have been joined and left by then or a moment later.
+    eventually("bob not to stay in the impostor", || async {
+        (membership_in(&bob, &restricted).await.as_deref() != Some("join")).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        membership_in(&bob, &public).await,
+        None,
+        "bob must never have joined the public room"
+    );
+    assert_ne!(
+        membership_in(&bob, &restricted).await.as_deref(),
+        Some("join"),
+        "bob must not stay in a room that only claims to be a channel"
+    );
+}

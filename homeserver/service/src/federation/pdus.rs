@@ -1618,7 +1618,18 @@ impl Pdus {
         if members.is_empty() {
             return;
         }
+        let space = space.to_owned();
         tokio::spawn(async move {
+            // A child is followed only when it is a channel of this guild: a space admin
+            // must not be able to join everyone to any room they like. Before anyone joins,
+            // the room's summary must restrict it to the guild; after the first join, its
+            // own state (signed and checked, unlike a summary) must name the guild as its
+            // parent and carry the channel event, or that member leaves and no one follows.
+            if !me.summary_restricts_to(&channel, &space, &via).await {
+                warn!(%space, %channel, "a guild's new child is not restricted to the guild: not followed");
+                return;
+            }
+            let mut verified = false;
             for user in members {
                 if matches!(
                     me.rooms
@@ -1632,9 +1643,66 @@ impl Pdus {
                 }
                 if let Err(e) = me.join_remote(&user, &channel, &via, json!({})).await {
                     debug!(%channel, %user, "a new channel of a guild was not joined: {e}");
+                    continue;
+                }
+                if !verified {
+                    if !me.is_channel_of(&channel, &space) {
+                        warn!(%space, %channel, "a guild's new child is not its channel: left, not followed");
+                        if let Err(e) = me.rooms.leave(&channel, &user, None).await {
+                            warn!(%channel, %user, "leaving a room that is not a channel failed: {e}");
+                        }
+                        return;
+                    }
+                    verified = true;
                 }
             }
         });
+    }
+
+    /// Whether `/hierarchy` of `room`, asked of `via`, says it is restricted to `space`.
+    async fn summary_restricts_to(
+        &self,
+        room: &RoomId,
+        space: &RoomId,
+        via: &[OwnedServerName],
+    ) -> bool {
+        let path = format!(
+            "/_matrix/federation/v1/hierarchy/{}",
+            crate::percent_encode(room.as_str())
+        );
+        for server in via {
+            if server.as_str() == self.own_name() {
+                continue;
+            }
+            match self.ask(server, http::Method::GET, &path, None).await {
+                Ok(answer) => {
+                    let summary = &answer["room"];
+                    return summary["room_id"] == room.as_str()
+                        && summary["join_rule"] == "restricted"
+                        && summary["allowed_room_ids"]
+                            .as_array()
+                            .is_some_and(|a| a.iter().any(|r| r == space.as_str()));
+                }
+                Err(e) => debug!(%room, %server, "summary of a new child: {e}"),
+            }
+        }
+        false
+    }
+
+    /// Whether this server's copy of `room`'s state makes it a channel of `space`: an
+    /// `m.space.parent` naming the space and a `chat.paracord.channel` event.
+    fn is_channel_of(&self, room: &RoomId, space: &RoomId) -> bool {
+        let Ok(state) = self.rooms.current_state(room) else {
+            return false;
+        };
+        let non_empty = |kind: &str, key: &str| {
+            self.rooms
+                .state_content(&state, kind, key)
+                .ok()
+                .flatten()
+                .is_some_and(|c| c.as_object().is_some_and(|o| !o.is_empty()))
+        };
+        non_empty("m.space.parent", space.as_str()) && non_empty("chat.paracord.channel", "")
     }
 
     pub async fn join_remote(

@@ -19,6 +19,7 @@ mod guild_enforce;
 mod guild_federation;
 mod guild_members;
 mod guilds;
+mod hardening;
 mod media;
 mod membership;
 mod messages;

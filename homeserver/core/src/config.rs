@@ -244,6 +244,15 @@ pub const SUPPORTED_ROOM_VERSIONS: &[&str] = &[
     "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12",
 ];
 
+/// `PARACORD_*` variables of the project's own tools, not of the server (a name ending in `_`
+/// covers every variable it starts): the test harness's server binary and logs, the CLI's.
+const TOOL_ENV: &[&str] = &[
+    "PARACORD_BIN",
+    "PARACORD_CLI_",
+    "PARACORD_TEST_",
+    "PARACORD_SYNAPSE_VENV",
+];
+
 impl Config {
     /// Loads the configuration from `path` (written from [`TEMPLATE`] if it does not exist yet)
     /// and the environment. Returns the config and whether the file was created.
@@ -258,6 +267,7 @@ impl Config {
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
             created = true;
         }
+        Self::check_env(std::env::vars_os().map(|(k, _)| k.to_string_lossy().into_owned()))?;
         let config = Self::figment(path)
             .extract::<Config>()
             .map_err(|e| e.to_string())?;
@@ -274,6 +284,27 @@ impl Config {
     /// `PARACORD_<KEY>` variables that name config keys.
     fn env() -> Env {
         Env::prefixed("PARACORD_").filter(|key| Self::is_key(&key.as_str().to_ascii_lowercase()))
+    }
+
+    /// Refuses a `PARACORD_*` variable that is neither a config key nor one of the project's
+    /// own tools' variables ([`TOOL_ENV`]): a typo is reported, not silently ignored.
+    fn check_env(names: impl Iterator<Item = String>) -> Result<(), String> {
+        for name in names {
+            let Some(key) = name.strip_prefix("PARACORD_") else {
+                continue;
+            };
+            let tool = TOOL_ENV
+                .iter()
+                .any(|t| name == *t || (t.ends_with('_') && name.starts_with(t)));
+            if !tool && !Self::is_key(&key.to_ascii_lowercase()) {
+                return Err(format!(
+                    "unknown environment variable {name}: no configuration key \
+                     {:?} (docs/configuration.md lists them)",
+                    key.to_ascii_lowercase()
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Whether `key` names a config key. Other `PARACORD_*` variables (a test harness's
@@ -457,6 +488,25 @@ fn opt_string_like<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_paracord_variables_are_refused_with_their_name() {
+        let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert!(Config::check_env(
+            names(&[
+                "PARACORD_SERVER_NAME",
+                "PARACORD_BIN",
+                "PARACORD_CLI_STORE",
+                "PATH"
+            ])
+            .into_iter()
+        )
+        .is_ok());
+        let err = Config::check_env(names(&["PARACORD_SERVR_NAME"]).into_iter()).unwrap_err();
+        assert!(err.contains("PARACORD_SERVR_NAME"), "{err}");
+        // A tool prefix covers only its own names.
+        assert!(Config::check_env(names(&["PARACORD_CLIX"]).into_iter()).is_err());
+    }
 
     #[test]
     fn template_parses_to_defaults() {

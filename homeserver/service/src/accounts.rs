@@ -85,6 +85,10 @@ pub struct Accounts {
     config: Arc<Config>,
     uia_sessions: Mutex<HashMap<String, UiaSession>>,
     register_lock: tokio::sync::Mutex<()>,
+    /// Held while a device's tokens are replaced or deleted (login, refresh, logout): two
+    /// refreshes of one token, or a refresh racing a logout, would otherwise both write, and
+    /// leave a token that no device names or bring a deleted device back.
+    session_lock: Mutex<()>,
     nonces: Mutex<HashMap<String, u64>>,
     /// Told about devices after they are deleted (their encryption keys go with them).
     removal_hook: std::sync::OnceLock<DeviceRemovalHook>,
@@ -256,6 +260,7 @@ impl Accounts {
             config,
             uia_sessions: Mutex::default(),
             register_lock: tokio::sync::Mutex::new(()),
+            session_lock: Mutex::new(()),
             nonces: Mutex::default(),
             removal_hook: std::sync::OnceLock::new(),
         }
@@ -454,6 +459,7 @@ impl Accounts {
                 expires_in_ms: None,
             });
         }
+        let _sessions = self.session_lock.lock();
         let result = self.new_session(&mut batch, &user, device_id, display_name, refresh)?;
         self.db.write(batch).map_err(db_err)?;
         Ok(result)
@@ -589,6 +595,7 @@ impl Accounts {
             return Err(Error::forbidden("invalid username or password"));
         }
         let mut batch = Batch::new();
+        let _sessions = self.session_lock.lock();
         let result = self.new_session(&mut batch, user, device_id, display_name, refresh)?;
         self.db.write(batch).map_err(db_err)?;
         Ok(result)
@@ -610,6 +617,14 @@ impl Accounts {
         if session.expires_at.is_some_and(|t| t <= now_ms()) {
             return Err(Error::unknown_token(true));
         }
+        // Only the device's current token: whatever a race may have left behind, a token
+        // its device does not name is dead.
+        let current = self
+            .device(&session.user_id, session.device_id.as_str())?
+            .is_some_and(|d| d.access_hash == hex::encode(token_hash(token)));
+        if !current {
+            return Err(Error::unknown_token(false));
+        }
         let account = self
             .account(&session.user_id)?
             .ok_or_else(|| Error::unknown_token(false))?;
@@ -625,13 +640,17 @@ impl Accounts {
 
     /// Exchanges a refresh token for a new access and refresh token; the old ones stop working.
     pub fn refresh(&self, refresh_token: &str) -> Result<LoginResult> {
+        let _sessions = self.session_lock.lock();
         let raw = self
             .db
             .get(Table::TokenhashSession, &token_hash(refresh_token))
             .map_err(db_err)?
             .ok_or_else(|| Error::unknown_token(false))?;
         let session: Session = serde_json::from_slice(&raw)?;
-        if !session.refresh {
+        let current = self
+            .device(&session.user_id, session.device_id.as_str())?
+            .is_some_and(|d| d.refresh_hash == Some(hex::encode(token_hash(refresh_token))));
+        if !session.refresh || !current {
             return Err(Error::unknown_token(false));
         }
         let mut batch = Batch::new();
@@ -737,6 +756,7 @@ impl Accounts {
 
     /// Deletes devices and their tokens (logout).
     pub fn delete_devices(&self, user: &UserId, device_ids: &[String]) -> Result<()> {
+        let sessions = self.session_lock.lock();
         let mut batch = Batch::new();
         let mut removed = Vec::new();
         for d in device_ids {
@@ -746,11 +766,13 @@ impl Accounts {
             }
         }
         self.db.write(batch).map_err(db_err)?;
+        drop(sessions);
         self.devices_removed(user, &removed, false)
     }
 
     /// Deletes every device of the user except `keep`.
     pub fn delete_all_devices(&self, user: &UserId, keep: Option<&str>) -> Result<()> {
+        let sessions = self.session_lock.lock();
         let mut batch = Batch::new();
         let mut removed = Vec::new();
         for device in self.devices(user)? {
@@ -760,6 +782,7 @@ impl Accounts {
             }
         }
         self.db.write(batch).map_err(db_err)?;
+        drop(sessions);
         self.devices_removed(user, &removed, false)
     }
 
@@ -786,6 +809,7 @@ impl Accounts {
         account.password_hash = None;
         account.displayname = None;
         account.avatar_url = None;
+        let sessions = self.session_lock.lock();
         let mut batch = Batch::new();
         self.put_account(&mut batch, user, &account)?;
         let mut removed = Vec::new();
@@ -794,6 +818,7 @@ impl Accounts {
             removed.push(device.device_id.to_string());
         }
         self.db.write(batch).map_err(db_err)?;
+        drop(sessions);
         self.devices_removed(user, &removed, true)
     }
 
@@ -1049,6 +1074,52 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.kind(), Some(&ErrorKind::UserInUse));
+    }
+
+    // Issue 15 item 10: of refreshes of one token at the same moment, one wins, and no
+    // access token handed out but the device's current one works.
+    #[tokio::test]
+    async fn simultaneous_refreshes_leave_one_live_token() {
+        let (_d, a) = accounts();
+        let a = Arc::new(a);
+        let r = a
+            .register(
+                Some("dave"),
+                Some("pw".into()),
+                None,
+                None,
+                false,
+                true,
+                None,
+            )
+            .await
+            .unwrap();
+        let mut refresh = r.refresh_token.clone().unwrap();
+        let mut issued = vec![r.access_token.clone()];
+        for round in 0..200 {
+            let barrier = Arc::new(std::sync::Barrier::new(4));
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    let (a, barrier, token) = (a.clone(), barrier.clone(), refresh.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        a.refresh(&token)
+                    })
+                })
+                .collect();
+            let won: Vec<LoginResult> = handles
+                .into_iter()
+                .filter_map(|h| h.join().unwrap().ok())
+                .collect();
+            assert_eq!(won.len(), 1, "round {round}: one refresh wins");
+            issued.extend(won.iter().map(|w| w.access_token.clone()));
+            refresh = won[0].refresh_token.clone().unwrap();
+        }
+        let live = issued.iter().filter(|t| a.authenticate(t).is_ok()).count();
+        assert_eq!(live, 1, "only the device's current token works");
+        a.delete_devices(&r.user_id, &[r.device_id.to_string()])
+            .unwrap();
+        assert!(issued.iter().all(|t| a.authenticate(t).is_err()));
     }
 
     #[tokio::test]

@@ -125,6 +125,8 @@ async fn registration_disabled_is_forbidden() {
         TestServer::set_env(env, "PARACORD_REGISTRATION_ENABLED", "false")
     })
     .await;
+    // Once the server has an admin (before, the one-time admin token is a way in).
+    server.admin_register(&random_localpart(), true).await;
     let resp = server
         .register_raw(json!({ "username": random_localpart(), "password": "a long password 123" }))
         .await;

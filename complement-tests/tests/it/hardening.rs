@@ -1,7 +1,7 @@
 //! Issue 15: defences the server claims, each attacked here (settings, accounts, sessions).
 
 use paracord_complement::{StatusCode, TestServer};
-use serde_json::json;
+use serde_json::{json, Value};
 
 // Issue 15 item 15: a misspelt `PARACORD_*` variable stops the start with its name, instead
 // of being ignored while the operator believes it applies.
@@ -90,4 +90,146 @@ async fn racing_refreshes_leave_one_live_token_and_logout_kills_it() {
             );
         }
     }
+}
+
+/// POSTs a registration with `auth` (and a fixed password) for `localpart`.
+async fn register_with(server: &TestServer, localpart: &str, auth: Value) -> (StatusCode, Value) {
+    server
+        .client()
+        .post(
+            "/register",
+            &json!({ "username": localpart, "password": "a long enough password", "auth": auth }),
+        )
+        .await
+}
+
+/// The token a server without an admin printed at start.
+fn printed_admin_token(server: &TestServer) -> Option<String> {
+    let log = std::fs::read_to_string(server.log_path()).unwrap_or_default();
+    let marker = "one-time registration token";
+    log.lines()
+        .filter(|l| l.contains(marker) && l.starts_with("No admin"))
+        .last()
+        .and_then(|l| l.rsplit(": ").next())
+        .map(|t| t.trim().to_owned())
+}
+
+// Issue 15 item 12: a fresh server does not hand admin to whoever registers first. With the
+// default settings registration is closed but for the one-time token printed at start; the
+// account made with it is the admin, and the token works once.
+#[tokio::test]
+async fn a_fresh_server_gives_admin_only_to_its_printed_token() {
+    let mut server = TestServer::start_with(|env| {
+        env.retain(|(k, _)| k != "PARACORD_REGISTRATION_ENABLED");
+    })
+    .await;
+    let token = printed_admin_token(&server)
+        .unwrap_or_else(|| panic!("expected a token at start, log:\n{}", server.log_tail(40)));
+
+    // The first comer without the token gets nothing: only the token flow is offered.
+    let (status, body) = register_with(&server, "mallory", Value::Null).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "got {body}");
+    assert_eq!(
+        body["flows"],
+        json!([{ "stages": ["m.login.registration_token"] }]),
+        "got {body}"
+    );
+    let session = body["session"].as_str().unwrap().to_owned();
+    let (status, body) = register_with(
+        &server,
+        "mallory",
+        json!({ "type": "m.login.dummy", "session": session }),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "dummy must not pass: {body}"
+    );
+    let (status, body) = register_with(
+        &server,
+        "mallory",
+        json!({ "type": "m.login.registration_token", "token": "guess", "session": session }),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "a wrong token must not pass: {body}"
+    );
+    assert_eq!(body["errcode"], "M_FORBIDDEN", "got {body}");
+    let validity = |t: String| {
+        let client = server.client();
+        async move {
+            client
+                .get(&format!(
+                    "/_matrix/client/v1/register/m.login.registration_token/validity?token={t}"
+                ))
+                .await
+        }
+    };
+    let (_, v) = validity("guess".into()).await;
+    assert_eq!(v["valid"], false, "got {v}");
+    let (_, v) = validity(token.clone()).await;
+    assert_eq!(v["valid"], true, "got {v}");
+
+    // The operator, with the token: the admin.
+    let (status, body) = register_with(
+        &server,
+        "operator",
+        json!({ "type": "m.login.registration_token", "token": token, "session": session }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "got {body}");
+    let admin = server.client_with_token(body["access_token"].as_str().unwrap());
+    let (status, body) = admin
+        .post(
+            "/_synapse/admin/v1/send_server_notice",
+            &json!({
+                "user_id": body["user_id"],
+                "content": { "msgtype": "m.text", "body": "admin works" }
+            }),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the token's account is an admin: {body}"
+    );
+
+    // Used up: registration is closed now, also after a restart (no new token).
+    let (status, body) = register_with(
+        &server,
+        "mallory",
+        json!({ "type": "m.login.registration_token", "token": token }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "got {body}");
+    server.restart().await;
+    let log = std::fs::read_to_string(server.log_path()).unwrap_or_default();
+    assert_eq!(
+        log.matches("No admin account yet").count(),
+        1,
+        "no token once an admin exists, log:\n{log}"
+    );
+    let (status, body) = register_with(&server, "mallory", Value::Null).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "got {body}");
+}
+
+// Issue 15 item 12: with registration opened on purpose, the first account is still not an
+// admin.
+#[tokio::test]
+async fn with_open_registration_the_first_account_is_not_admin() {
+    let server = TestServer::start().await;
+    let first = server.register_random().await;
+    let (status, body) = first
+        .post(
+            "/_synapse/admin/v1/send_server_notice",
+            &json!({
+                "user_id": first.user_id,
+                "content": { "msgtype": "m.text", "body": "not an admin" }
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "got {body}");
 }

@@ -55,6 +55,9 @@ pub fn app(services: Arc<Services>) -> Router {
         .ruma::<c::account::get_username_availability::v3::Request, _, _>(
             account::get_username_availability_route,
         )
+        .ruma::<c::account::check_registration_token_validity::v1::Request, _, _>(
+            account::registration_token_validity_route,
+        )
         .ruma::<c::account::whoami::v3::Request, _, _>(account::whoami_route)
         .ruma::<c::account::change_password::v3::Request, _, _>(account::change_password_route)
         .ruma::<c::account::deactivate::v3::Request, _, _>(account::deactivate_route)

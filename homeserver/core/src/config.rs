@@ -94,13 +94,13 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             server_name: "localhost".to_owned(),
-            listen: SocketAddr::from(([0, 0, 0, 0], 8008)),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8008)),
             public_baseurl: None,
             data_dir: PathBuf::from("data"),
             signing_key_path: None,
             key_validity_period_ms: 24 * 60 * 60 * 1000,
             old_verify_keys: std::collections::BTreeMap::new(),
-            registration_enabled: true,
+            registration_enabled: false,
             registration_shared_secret: None,
             rate_limits_enabled: true,
             rate_limit_auth_per_second: 0.5,
@@ -144,7 +144,7 @@ pub const TEMPLATE: &str = r#"# Paracord homeserver configuration.
 #server_name = "localhost"
 
 # Where the client API listens (plain HTTP; put a TLS reverse proxy in front for the internet).
-#listen = "0.0.0.0:8008"
+#listen = "127.0.0.1:8008"
 
 # The URL clients use to reach this server, advertised in /.well-known/matrix/client.
 # Default: http://<listen> with 0.0.0.0 shown as localhost.
@@ -164,8 +164,10 @@ pub const TEMPLATE: &str = r#"# Paracord homeserver configuration.
 # Older keys from elsewhere (another install, say) can be listed here:
 #old_verify_keys = { "ed25519:abc123" = { key = "<unpadded base64 public key>", expired_ts = 1700000000000 } }
 
-# Anyone may register an account through /register (m.login.dummy).
-#registration_enabled = true
+# Anyone may register an account through /register (m.login.dummy). Off by default: until the
+# server has an admin, a one-time registration token printed at start registers one; after
+# that, accounts come from the admin (shared-secret registration) unless this is turned on.
+#registration_enabled = false
 
 # Shared secret for Synapse-compatible admin registration at /_synapse/admin/v1/register.
 # Unset disables that endpoint.

@@ -102,6 +102,23 @@ async fn run(config: Config) -> Result<(), String> {
     };
     tracing::info!(%server_name, %listen, "listening");
     println!("Paracord is running for {server_name} at {url} (listening on {listen})");
+    // A server without an admin hands admin to whoever holds this token, never to whoever
+    // registers first: it is shown to the operator, on the console and in the log.
+    match services.accounts.admin_registration_token() {
+        Ok(Some(token)) => {
+            tracing::warn!(
+                "no admin account yet: register the first admin with the one-time \
+                 registration token printed on the console"
+            );
+            println!(
+                "No admin account yet. Register one with this one-time registration token \
+                 (the registration token field of a Matrix client, or \
+                 m.login.registration_token): {token}"
+            );
+        }
+        Ok(None) => {}
+        Err(e) => return Err(format!("cannot read the admin registration token: {e}")),
+    }
 
     // One signal stops both listeners: each stops accepting and finishes its requests.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -69,8 +69,10 @@ pub struct LoginResult {
 /// A user-interactive authentication flow.
 #[derive(Debug, Clone)]
 pub enum UiaFlow {
-    /// Registration: `m.login.dummy`.
-    Dummy,
+    /// Registration: `m.login.dummy` when registration is open, and
+    /// `m.login.registration_token` while the one-time token that creates the first admin
+    /// is waiting to be used.
+    Register { open: bool },
     /// Sensitive account actions: `m.login.password` for this user.
     Password(OwnedUserId),
 }
@@ -89,6 +91,9 @@ pub struct Accounts {
     /// refreshes of one token, or a refresh racing a logout, would otherwise both write, and
     /// leave a token that no device names or bring a deleted device back.
     session_lock: Mutex<()>,
+    /// The one-time admin registration token while it waits (a copy of the stored one).
+    admin_token: Mutex<Option<String>>,
+    admin_token_lock: Mutex<()>,
     nonces: Mutex<HashMap<String, u64>>,
     /// Told about devices after they are deleted (their encryption keys go with them).
     removal_hook: std::sync::OnceLock<DeviceRemovalHook>,
@@ -252,6 +257,8 @@ async fn verify_password(password: String, hash: String) -> bool {
 }
 
 const MAX_PASSWORD_BYTES: usize = 512;
+/// `GlobalValue` key of the one-time admin registration token.
+const ADMIN_TOKEN_KEY: &[u8] = b"admin_registration_token";
 
 impl Accounts {
     pub fn new(db: Arc<Db>, config: Arc<Config>) -> Self {
@@ -261,6 +268,8 @@ impl Accounts {
             uia_sessions: Mutex::default(),
             register_lock: tokio::sync::Mutex::new(()),
             session_lock: Mutex::new(()),
+            admin_token: Mutex::new(None),
+            admin_token_lock: Mutex::new(()),
             nonces: Mutex::default(),
             removal_hook: std::sync::OnceLock::new(),
         }
@@ -386,7 +395,7 @@ impl Accounts {
         Ok(self.account(&user)?.is_none())
     }
 
-    /// Registers a local account. The first account of the server is an admin.
+    /// Registers a local account (an admin only when `admin` says so).
     #[instrument(skip_all)]
     #[allow(clippy::too_many_arguments)]
     pub async fn register(
@@ -434,14 +443,11 @@ impl Accounts {
                 "user id already taken",
             ));
         }
-        let first = self
-            .db
-            .scan(Table::UseridAccount, b"", b"", None, false, 1)
-            .map_err(db_err)?
-            .is_empty();
         let account = Account {
             password_hash,
-            admin: admin.unwrap_or(first),
+            // Admin only when asked for (the shared-secret API, the one-time admin token):
+            // never because the account happens to be the first.
+            admin: admin.unwrap_or(false),
             deactivated: false,
             displayname: Some(user.localpart().to_owned()),
             avatar_url: None,
@@ -449,6 +455,11 @@ impl Accounts {
         };
         let mut batch = Batch::new();
         self.put_account(&mut batch, &user, &account)?;
+        if account.admin {
+            // However the server got its admin, the one-time token has done its work.
+            batch.delete(Table::GlobalValue, ADMIN_TOKEN_KEY.to_vec());
+            *self.admin_token.lock() = None;
+        }
         if inhibit_login {
             self.db.write(batch).map_err(db_err)?;
             return Ok(LoginResult {
@@ -869,11 +880,20 @@ impl Accounts {
     // ----- user-interactive authentication -----
 
     fn uia_body(&self, flow: &UiaFlow, session: &str, error: Option<(&str, &str)>) -> Value {
-        let stage = match flow {
-            UiaFlow::Dummy => "m.login.dummy",
-            UiaFlow::Password(_) => "m.login.password",
-        };
-        let mut body = json!({ "flows": [{ "stages": [stage] }], "params": {}, "session": session, "completed": [] });
+        let mut stages = Vec::new();
+        match flow {
+            UiaFlow::Register { open } => {
+                if *open {
+                    stages.push("m.login.dummy");
+                }
+                if self.admin_token_waiting() {
+                    stages.push("m.login.registration_token");
+                }
+            }
+            UiaFlow::Password(_) => stages.push("m.login.password"),
+        }
+        let flows: Vec<Value> = stages.iter().map(|s| json!({ "stages": [s] })).collect();
+        let mut body = json!({ "flows": flows, "params": {}, "session": session, "completed": [] });
         if let Some((code, msg)) = error {
             body["errcode"] = json!(code);
             body["error"] = json!(msg);
@@ -890,9 +910,10 @@ impl Accounts {
         id
     }
 
-    /// Runs one step of user-interactive auth. `Ok(())` once the flow is complete; otherwise an
-    /// [`Error::Uia`] with the flows and the session to continue with.
-    pub async fn uia(&self, auth: Option<&Value>, flow: UiaFlow) -> Result<()> {
+    /// Runs one step of user-interactive auth. `Ok` once the flow is complete, with the
+    /// registration token when that was the stage; otherwise an [`Error::Uia`] with the flows
+    /// and the session to continue with.
+    pub async fn uia(&self, auth: Option<&Value>, flow: UiaFlow) -> Result<Option<String>> {
         let Some(auth) = auth.filter(|a| a.get("type").is_some()) else {
             let session = auth
                 .and_then(|a| a["session"].as_str())
@@ -907,8 +928,20 @@ impl Accounts {
             .map(str::to_owned)
             .unwrap_or_else(|| self.new_uia_session());
         let kind = auth["type"].as_str().unwrap_or_default();
+        let mut token = None;
         match (&flow, kind) {
-            (UiaFlow::Dummy, "m.login.dummy") => {}
+            (UiaFlow::Register { open: true }, "m.login.dummy") => {}
+            (UiaFlow::Register { .. }, "m.login.registration_token") => {
+                let given = auth["token"].as_str().unwrap_or_default();
+                if !self.admin_token_matches(given) {
+                    return Err(Error::Uia(self.uia_body(
+                        &flow,
+                        &session,
+                        Some(("M_FORBIDDEN", "invalid registration token")),
+                    )));
+                }
+                token = Some(given.to_owned());
+            }
             (UiaFlow::Password(user), "m.login.password") => {
                 let given = auth["identifier"]["user"]
                     .as_str()
@@ -942,6 +975,92 @@ impl Accounts {
             }
         }
         self.uia_sessions.lock().remove(&session);
+        Ok(token)
+    }
+
+    // ----- The one-time token that creates the first admin -----
+
+    /// The token that registers the server's first admin, made (and kept across restarts)
+    /// while no account is an admin; `None` once one is. Read at start-up, which prints it.
+    pub fn admin_registration_token(&self) -> Result<Option<String>> {
+        let _guard = self.admin_token_lock.lock();
+        let any_admin = self
+            .db
+            .scan_prefix(Table::UseridAccount, b"")
+            .map_err(db_err)?
+            .into_iter()
+            .any(|(_, v)| {
+                serde_json::from_slice::<Account>(&v).is_ok_and(|a| a.admin && !a.deactivated)
+            });
+        if any_admin {
+            let mut batch = Batch::new();
+            batch.delete(Table::GlobalValue, ADMIN_TOKEN_KEY.to_vec());
+            self.db.write(batch).map_err(db_err)?;
+            *self.admin_token.lock() = None;
+            return Ok(None);
+        }
+        let token = match self
+            .db
+            .get(Table::GlobalValue, ADMIN_TOKEN_KEY)
+            .map_err(db_err)?
+        {
+            Some(v) => String::from_utf8_lossy(&v).into_owned(),
+            None => {
+                let token = random_string(32);
+                let mut batch = Batch::new();
+                batch.put(
+                    Table::GlobalValue,
+                    ADMIN_TOKEN_KEY.to_vec(),
+                    token.as_bytes().to_vec(),
+                );
+                self.db.write(batch).map_err(db_err)?;
+                token
+            }
+        };
+        *self.admin_token.lock() = Some(token.clone());
+        Ok(Some(token))
+    }
+
+    /// Whether the admin token is waiting to be used.
+    pub fn admin_token_waiting(&self) -> bool {
+        self.admin_token.lock().is_some()
+    }
+
+    /// Whether `given` is the waiting admin token (compared in constant time).
+    pub fn admin_token_matches(&self, given: &str) -> bool {
+        self.admin_token.lock().as_deref().is_some_and(|t| {
+            t.len() == given.len()
+                && t.bytes()
+                    .zip(given.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        })
+    }
+
+    /// Uses up the admin token: `false` when it is not (or no longer) `given`.
+    pub fn take_admin_token(&self, given: &str) -> Result<bool> {
+        let _guard = self.admin_token_lock.lock();
+        if !self.admin_token_matches(given) {
+            return Ok(false);
+        }
+        let mut batch = Batch::new();
+        batch.delete(Table::GlobalValue, ADMIN_TOKEN_KEY.to_vec());
+        self.db.write(batch).map_err(db_err)?;
+        *self.admin_token.lock() = None;
+        Ok(true)
+    }
+
+    /// Puts back a token taken for a registration that then failed.
+    pub fn restore_admin_token(&self, token: &str) -> Result<()> {
+        let _guard = self.admin_token_lock.lock();
+        let mut batch = Batch::new();
+        batch.put(
+            Table::GlobalValue,
+            ADMIN_TOKEN_KEY.to_vec(),
+            token.as_bytes().to_vec(),
+        );
+        self.db.write(batch).map_err(db_err)?;
+        *self.admin_token.lock() = Some(token.to_owned());
         Ok(())
     }
 
@@ -1041,7 +1160,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn first_user_is_admin_and_tokens_work() {
+    async fn only_an_asked_for_account_is_admin_and_tokens_work() {
         let (_d, a) = accounts();
         let first = a
             .register(
@@ -1067,7 +1186,8 @@ mod tests {
             )
             .await
             .unwrap();
-        assert!(a.authenticate(&first.access_token).unwrap().admin);
+        // Issue 15 item 12: the first account is not an admin for being first.
+        assert!(!a.authenticate(&first.access_token).unwrap().admin);
         assert!(!a.authenticate(&second.access_token).unwrap().admin);
         let err = a
             .register(Some("alice"), None, None, None, false, false, None)

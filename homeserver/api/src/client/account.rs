@@ -4,7 +4,8 @@ use axum::{extract::State, Json};
 use paracord_core::Error;
 use paracord_service::{accounts::UiaFlow, ratelimit::Limit};
 use ruma::api::client::account::{
-    change_password, deactivate, get_username_availability, register, whoami,
+    change_password, check_registration_token_validity, deactivate, get_username_availability,
+    register, whoami,
 };
 use serde_json::{json, Value};
 
@@ -19,7 +20,10 @@ pub(crate) async fn register_route(
     State(state): State<AppState>,
     req: Ruma<register::v3::Request>,
 ) -> ApiResult<Json<Value>> {
-    if !state.config.registration_enabled {
+    let open = state.config.registration_enabled;
+    // With registration closed, the one-time admin token (printed at start while the server
+    // has no admin) is the only way in.
+    if !open && !state.accounts.admin_token_waiting() {
         return Err(Error::forbidden("registration is disabled on this server").into());
     }
     if req.body.kind == register::RegistrationKind::Guest {
@@ -38,9 +42,19 @@ pub(crate) async fn register_route(
         }
     }
     let auth = req.json.as_ref().and_then(|j| j.get("auth")).cloned();
-    state.accounts.uia(auth.as_ref(), UiaFlow::Dummy).await?;
+    let token = state
+        .accounts
+        .uia(auth.as_ref(), UiaFlow::Register { open })
+        .await?;
+    // The admin token is used up before the account is made, so two registrations cannot
+    // both use it; it is put back if the registration fails.
+    if let Some(t) = &token {
+        if !state.accounts.take_admin_token(t)? {
+            return Err(Error::forbidden("the registration token has been used").into());
+        }
+    }
     let b = req.body;
-    let r = state
+    let r = match state
         .accounts
         .register(
             b.username.as_deref(),
@@ -49,9 +63,21 @@ pub(crate) async fn register_route(
             b.initial_device_display_name,
             b.inhibit_login,
             b.refresh_token,
-            None,
+            Some(token.is_some()),
         )
-        .await?;
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(t) = &token {
+                state.accounts.restore_admin_token(t)?;
+            }
+            return Err(e.into());
+        }
+    };
+    if token.is_some() {
+        tracing::info!(user = %r.user_id, "the first admin registered with the one-time token");
+    }
     let mut body = json!({ "user_id": r.user_id });
     if !b.inhibit_login {
         body["access_token"] = json!(r.access_token);
@@ -64,6 +90,22 @@ pub(crate) async fn register_route(
         }
     }
     Ok(Json(body))
+}
+
+/// `GET /_matrix/client/v1/register/m.login.registration_token/validity` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1registermloginregistration_tokenvalidity
+pub(crate) async fn registration_token_validity_route(
+    State(state): State<AppState>,
+    req: Ruma<check_registration_token_validity::v1::Request>,
+) -> ApiResult<RumaResponse<check_registration_token_validity::v1::Response>> {
+    state.ratelimit.check(Limit::Auth, &ip_key(&req))?;
+    if !state.accounts.admin_token_waiting() {
+        return Err(Error::forbidden("this server has no registration tokens").into());
+    }
+    Ok(RumaResponse(
+        check_registration_token_validity::v1::Response::new(
+            state.accounts.admin_token_matches(&req.body.token),
+        ),
+    ))
 }
 
 /// `GET /_matrix/client/v3/register/available` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3registeravailable

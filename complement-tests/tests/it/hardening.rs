@@ -233,3 +233,46 @@ async fn with_open_registration_the_first_account_is_not_admin() {
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "got {body}");
 }
+
+// Issue 15 item 8: password checks of user-interactive auth are limited per user: a stolen
+// access token cannot be used to guess the account's password at full speed.
+#[tokio::test]
+async fn uia_password_guesses_are_rate_limited_per_user() {
+    let server = TestServer::start_with(|env| {
+        TestServer::set_env(env, "PARACORD_RATE_LIMITS_ENABLED", "true");
+        TestServer::set_env(env, "PARACORD_RATE_LIMIT_AUTH_BURST", "4");
+        TestServer::set_env(env, "PARACORD_RATE_LIMIT_AUTH_PER_SECOND", "0.01");
+    })
+    .await;
+    let alice = server.register_random().await;
+    let whoami = alice.get("/account/whoami").await.1;
+    let device = whoami["device_id"].as_str().unwrap().to_owned();
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let (status, body) = alice
+            .post(
+                "/delete_devices",
+                &json!({
+                    "devices": [device],
+                    "auth": {
+                        "type": "m.login.password",
+                        "identifier": { "type": "m.id.user", "user": alice.user_id },
+                        "password": "not the password",
+                    }
+                }),
+            )
+            .await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(body["errcode"], "M_LIMIT_EXCEEDED", "got {body}");
+        }
+        statuses.push(status.as_u16());
+    }
+    assert!(
+        statuses.contains(&429),
+        "expected guesses to be cut off, got {statuses:?}"
+    );
+    assert_eq!(
+        statuses[0], 401,
+        "the first guess is answered: {statuses:?}"
+    );
+}

@@ -94,6 +94,12 @@ pub struct Accounts {
     /// The one-time admin registration token while it waits (a copy of the stored one).
     admin_token: Mutex<Option<String>>,
     admin_token_lock: Mutex<()>,
+    hasher: Hasher,
+    dummy_hash: tokio::sync::OnceCell<String>,
+    /// Password checks made (the unit tests count them).
+    hashes_checked: std::sync::atomic::AtomicU64,
+    /// Per-user limits on password checks of user-interactive auth and login.
+    limiter: std::sync::OnceLock<Arc<crate::ratelimit::RateLimiter>>,
     nonces: Mutex<HashMap<String, u64>>,
     /// Told about devices after they are deleted (their encryption keys go with them).
     removal_hook: std::sync::OnceLock<DeviceRemovalHook>,
@@ -124,47 +130,75 @@ fn argon2() -> Argon2<'static> {
 
 type HashJob = Box<dyn FnOnce() + Send>;
 
-/// Password hashing runs on one dedicated thread. On tokio's blocking pool every thread that
-/// ever hashed kept its own multi-megabyte malloc arena: ten sequential registrations grew RSS
-/// from 19 MB to 195 MB. One thread bounds that to one arena, and a burst of logins queues.
-fn hashing_thread() -> Result<&'static std::sync::mpsc::Sender<HashJob>> {
-    static SENDER: std::sync::OnceLock<std::sync::mpsc::Sender<HashJob>> =
-        std::sync::OnceLock::new();
-    if let Some(s) = SENDER.get() {
-        return Ok(s);
-    }
-    let (tx, rx) = std::sync::mpsc::channel::<HashJob>();
-    std::thread::Builder::new()
-        .name("password-hashing".into())
-        .spawn(move || loop {
-            match rx.try_recv() {
-                Ok(job) => job(),
-                // Nothing queued: give Argon2's working memory back before waiting, so it is
-                // only held while hashes come back to back.
-                Err(std::sync::mpsc::TryRecvError::Empty) => {
-                    ARGON2_MEMORY.with(|m| *m.borrow_mut() = Vec::new());
-                    match rx.recv() {
-                        Ok(job) => job(),
-                        Err(_) => break,
-                    }
-                }
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
-            }
-        })
-        .map_err(db_err)?;
-    Ok(SENDER.get_or_init(|| tx))
+/// Password hashes waiting for the hashing thread at most; past that a login or registration
+/// is answered 503 `M_LIMIT_EXCEEDED` at once instead of queueing without bound (a flood of
+/// logins would otherwise hold every request and its memory for as long as the queue is).
+const HASH_QUEUE_CAPACITY: usize = 64;
+
+/// Password hashing runs on one dedicated thread per server. On tokio's blocking pool every
+/// thread that ever hashed kept its own multi-megabyte malloc arena: ten sequential
+/// registrations grew RSS from 19 MB to 195 MB. One thread bounds that to one arena, and a
+/// burst of logins queues, up to [`HASH_QUEUE_CAPACITY`].
+struct Hasher {
+    tx: std::sync::mpsc::SyncSender<HashJob>,
 }
 
-/// Runs `f` on the hashing thread.
-async fn on_hashing_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    hashing_thread()?
-        .send(Box::new(move || {
+impl Hasher {
+    fn new(capacity: usize) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<HashJob>(capacity);
+        let spawned = std::thread::Builder::new()
+            .name("password-hashing".into())
+            .spawn(move || loop {
+                match rx.try_recv() {
+                    Ok(job) => job(),
+                    // Nothing queued: give Argon2's working memory back before waiting, so
+                    // it is only held while hashes come back to back.
+                    Err(std::sync::mpsc::TryRecvError::Empty) => {
+                        ARGON2_MEMORY.with(|m| *m.borrow_mut() = Vec::new());
+                        match rx.recv() {
+                            Ok(job) => job(),
+                            Err(_) => break,
+                        }
+                    }
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+                }
+            });
+        if let Err(e) = spawned {
+            // Jobs then fail with "the hashing thread is gone" rather than the start.
+            tracing::error!("cannot start the password hashing thread: {e}");
+        }
+        Self { tx }
+    }
+
+    /// Queues `f` for the hashing thread, or refuses at once when the queue is full.
+    fn submit<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<tokio::sync::oneshot::Receiver<T>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        match self.tx.try_send(Box::new(move || {
             let _ = tx.send(f());
-        }))
-        .map_err(|_| Error::internal("password hashing thread is gone"))?;
-    rx.await
-        .map_err(|_| Error::internal("password hashing thread dropped a job"))
+        })) {
+            Ok(()) => Ok(rx),
+            Err(std::sync::mpsc::TrySendError::Full(_)) => Err(Error::new(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                ErrorKind::LimitExceeded {
+                    retry_after_ms: 1000,
+                },
+                "the server is busy checking passwords; try again in a moment",
+            )),
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                Err(Error::internal("password hashing thread is gone"))
+            }
+        }
+    }
+
+    /// Runs `f` on the hashing thread (see [`Hasher::submit`]).
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let rx = self.submit(f)?;
+        rx.await
+            .map_err(|_| Error::internal("password hashing thread dropped a job"))
+    }
 }
 
 thread_local! {
@@ -246,16 +280,6 @@ fn verify_blocking(password: &[u8], stored: &str) -> bool {
     argon2_output(&hasher, &params, password, &salt).is_ok_and(|out| out == expected)
 }
 
-async fn hash_password(password: String) -> Result<String> {
-    on_hashing_thread(move || hash_blocking(password.as_bytes())).await?
-}
-
-async fn verify_password(password: String, hash: String) -> bool {
-    on_hashing_thread(move || verify_blocking(password.as_bytes(), &hash))
-        .await
-        .unwrap_or(false)
-}
-
 const MAX_PASSWORD_BYTES: usize = 512;
 /// `GlobalValue` key of the one-time admin registration token.
 const ADMIN_TOKEN_KEY: &[u8] = b"admin_registration_token";
@@ -270,8 +294,26 @@ impl Accounts {
             session_lock: Mutex::new(()),
             admin_token: Mutex::new(None),
             admin_token_lock: Mutex::new(()),
+            hasher: Hasher::new(HASH_QUEUE_CAPACITY),
+            dummy_hash: tokio::sync::OnceCell::new(),
+            hashes_checked: std::sync::atomic::AtomicU64::new(0),
+            limiter: std::sync::OnceLock::new(),
             nonces: Mutex::default(),
             removal_hook: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Sets the rate limiter that bounds password guesses per user (once, at start-up).
+    pub fn set_rate_limiter(&self, limiter: Arc<crate::ratelimit::RateLimiter>) {
+        let _ = self.limiter.set(limiter);
+    }
+
+    /// One password guess against `user`'s account: refused once they come too fast,
+    /// whichever addresses they come from.
+    fn password_guess(&self, user: &UserId) -> Result<()> {
+        match self.limiter.get() {
+            Some(l) => l.check(crate::ratelimit::Limit::Auth, &format!("user {user}")),
+            None => Ok(()),
         }
     }
 
@@ -415,7 +457,7 @@ impl Accounts {
             return Err(Error::invalid_param("password too long"));
         }
         let password_hash = match password {
-            Some(p) if !p.is_empty() => Some(hash_password(p).await?),
+            Some(p) if !p.is_empty() => Some(self.hash_password(p).await?),
             _ => None,
         };
         let _guard = self.register_lock.lock().await;
@@ -575,13 +617,45 @@ impl Accounts {
         if password.len() > MAX_PASSWORD_BYTES {
             return Ok(false);
         }
-        let Some(account) = self.account(user)? else {
-            return Ok(false);
-        };
-        let Some(hash) = account.password_hash.filter(|_| !account.deactivated) else {
-            return Ok(false);
-        };
-        Ok(verify_password(password.to_owned(), hash).await)
+        let stored = self
+            .account(user)?
+            .and_then(|a| a.password_hash.filter(|_| !a.deactivated));
+        match stored {
+            Some(hash) => self.verify_password(password.to_owned(), hash).await,
+            None => {
+                // No account, or none that logs in by password: the same work as a wrong
+                // password, so the answer's timing does not tell which users exist.
+                let dummy = self.dummy_hash().await?;
+                self.verify_password(password.to_owned(), dummy).await?;
+                Ok(false)
+            }
+        }
+    }
+
+    async fn hash_password(&self, password: String) -> Result<String> {
+        self.hasher
+            .run(move || hash_blocking(password.as_bytes()))
+            .await?
+    }
+
+    /// Whether `password` matches `hash`; `Err` only when the hashing queue is full.
+    async fn verify_password(&self, password: String, hash: String) -> Result<bool> {
+        let result = self
+            .hasher
+            .run(move || verify_blocking(password.as_bytes(), &hash))
+            .await;
+        self.hashes_checked
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        result
+    }
+
+    /// A hash of a random password, made once, that unknown users' passwords are checked
+    /// against.
+    async fn dummy_hash(&self) -> Result<String> {
+        self.dummy_hash
+            .get_or_try_init(|| self.hash_password(random_string(32)))
+            .await
+            .cloned()
     }
 
     /// `m.login.password`.
@@ -602,6 +676,7 @@ impl Accounts {
                 ));
             }
         }
+        self.password_guess(user)?;
         if !self.check_password(user, password).await? {
             return Err(Error::forbidden("invalid username or password"));
         }
@@ -801,7 +876,7 @@ impl Accounts {
         if password.len() > MAX_PASSWORD_BYTES {
             return Err(Error::invalid_param("password too long"));
         }
-        let hash = hash_password(password).await?;
+        let hash = self.hash_password(password).await?;
         let mut account = self
             .account(user)?
             .ok_or_else(|| Error::not_found("no such user"))?;
@@ -943,6 +1018,7 @@ impl Accounts {
                 token = Some(given.to_owned());
             }
             (UiaFlow::Password(user), "m.login.password") => {
+                self.password_guess(user)?;
                 let given = auth["identifier"]["user"]
                     .as_str()
                     .or_else(|| auth["user"].as_str())
@@ -1295,10 +1371,14 @@ mod tests {
 
     #[tokio::test]
     async fn password_hashes_use_the_owasp_parameters() {
-        let hash = hash_password("pw".into()).await.unwrap();
+        let (_d, a) = accounts();
+        let hash = a.hash_password("pw".into()).await.unwrap();
         assert!(hash.starts_with("$argon2id$v=19$m=7168,t=5,p=1$"), "{hash}");
-        assert!(verify_password("pw".into(), hash.clone()).await);
-        assert!(!verify_password("wrong".into(), hash.clone()).await);
+        assert!(a.verify_password("pw".into(), hash.clone()).await.unwrap());
+        assert!(!a
+            .verify_password("wrong".into(), hash.clone())
+            .await
+            .unwrap());
         // Hashes made by the argon2 crate's own hasher (other parameters) still verify.
         use argon2::PasswordHasher;
         let salt = SaltString::generate(&mut OsRng);
@@ -1306,9 +1386,71 @@ mod tests {
             .hash_password(b"old", &salt)
             .unwrap()
             .to_string();
-        assert!(verify_password("old".into(), other.clone()).await);
-        assert!(!verify_password("new".into(), other).await);
-        assert!(!verify_password("pw".into(), "not a hash".into()).await);
+        assert!(a
+            .verify_password("old".into(), other.clone())
+            .await
+            .unwrap());
+        assert!(!a.verify_password("new".into(), other).await.unwrap());
+        assert!(!a
+            .verify_password("pw".into(), "not a hash".into())
+            .await
+            .unwrap());
+    }
+
+    // Issue 15 item 8: an unknown user's password is checked against a hash all the same,
+    // so the answer takes as long as for a known user with a wrong password.
+    #[tokio::test]
+    async fn unknown_users_cost_a_password_check_too() {
+        let (_d, a) = accounts();
+        let checked = || a.hashes_checked.load(std::sync::atomic::Ordering::Relaxed);
+        let before = checked();
+        let nobody = a.user_id_for("nobody").unwrap();
+        assert!(!a.check_password(&nobody, "guess").await.unwrap());
+        assert_eq!(
+            checked(),
+            before + 1,
+            "one hash checked for an unknown user"
+        );
+        let u = a
+            .register(
+                Some("erin"),
+                Some("right".into()),
+                None,
+                None,
+                true,
+                false,
+                None,
+            )
+            .await
+            .unwrap();
+        let before = checked();
+        assert!(!a.check_password(&u.user_id, "wrong").await.unwrap());
+        assert_eq!(checked(), before + 1, "and one for a known user");
+    }
+
+    // Issue 15 item 8: the hashing queue is bounded; when it is full the answer is an
+    // immediate 503 M_LIMIT_EXCEEDED, not a wait behind every queued hash.
+    #[tokio::test]
+    async fn a_full_hashing_queue_refuses_at_once() {
+        let hasher = Hasher::new(2);
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let busy = hasher
+            .submit(move || {
+                let _ = started_tx.send(());
+                let _ = release_rx.recv();
+            })
+            .unwrap();
+        started_rx.recv().unwrap();
+        let queued: Vec<_> = (0..2).map(|_| hasher.submit(|| ()).unwrap()).collect();
+        let err = hasher.run(|| ()).await.unwrap_err();
+        assert_eq!(err.classify().0, http::StatusCode::SERVICE_UNAVAILABLE);
+        assert!(matches!(err.kind(), Some(ErrorKind::LimitExceeded { .. })));
+        release_tx.send(()).unwrap();
+        busy.await.unwrap();
+        for q in queued {
+            q.await.unwrap();
+        }
     }
 
     #[test]

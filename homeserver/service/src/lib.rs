@@ -118,6 +118,7 @@ impl Services {
             e2ee.clone(),
         ));
         let ratelimit = Arc::new(ratelimit::RateLimiter::new(&config));
+        accounts.set_rate_limiter(ratelimit.clone());
         let reports = Arc::new(reports::Reports::new(db.clone()));
         let pushers = Arc::new(pushers::Pushers::new(db.clone()));
         {

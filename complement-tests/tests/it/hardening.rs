@@ -1,6 +1,6 @@
 //! Issue 15: defences the server claims, each attacked here (settings, accounts, sessions).
 
-use paracord_complement::{StatusCode, TestServer};
+use paracord_complement::{enc, StatusCode, TestServer};
 use serde_json::{json, Value};
 
 // Issue 15 item 15: a misspelt `PARACORD_*` variable stops the start with its name, instead
@@ -275,4 +275,119 @@ async fn uia_password_guesses_are_rate_limited_per_user() {
         statuses[0], 401,
         "the first guess is answered: {statuses:?}"
     );
+}
+
+/// POST /register with no auth from behind `xff` (a value of X-Forwarded-For, if any).
+async fn register_attempt(server: &TestServer, xff: Option<&str>) -> u16 {
+    let mut req = reqwest::Client::new()
+        .post(format!("{}/_matrix/client/v3/register", server.base_url()))
+        .json(&json!({ "password": "a long enough password" }));
+    if let Some(xff) = xff {
+        req = req.header("X-Forwarded-For", xff);
+    }
+    req.send().await.expect("an answer").status().as_u16()
+}
+
+// Issue 15 item 9: behind a trusted proxy, limits apply to the address the proxy names, so one
+// abusive client does not lock everyone out; from anyone else the header is ignored, so a
+// client cannot dodge its limit by inventing addresses.
+#[tokio::test]
+async fn forwarded_addresses_count_only_from_trusted_proxies() {
+    let limited = |trusted: Option<&'static str>| {
+        TestServer::start_with(move |env| {
+            TestServer::set_env(env, "PARACORD_RATE_LIMITS_ENABLED", "true");
+            TestServer::set_env(env, "PARACORD_RATE_LIMIT_AUTH_BURST", "3");
+            TestServer::set_env(env, "PARACORD_RATE_LIMIT_AUTH_PER_SECOND", "0.01");
+            if let Some(t) = trusted {
+                TestServer::set_env(env, "PARACORD_TRUSTED_PROXIES", t);
+            }
+        })
+    };
+    // Not trusted: invented addresses share the peer's bucket.
+    let server = limited(None).await;
+    let mut got = Vec::new();
+    for i in 0..5 {
+        got.push(register_attempt(&server, Some(&format!("198.51.100.{i}"))).await);
+    }
+    assert_eq!(
+        got[4], 429,
+        "invented addresses must not reset the limit: {got:?}"
+    );
+
+    // Trusted (loopback is the proxy here): each forwarded client has its own bucket.
+    let server = limited(Some("127.0.0.1/32,::1/128")).await;
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.push(register_attempt(&server, Some("198.51.100.7")).await);
+    }
+    assert_eq!(got[4], 429, "one client is limited: {got:?}");
+    assert_eq!(
+        register_attempt(&server, Some("198.51.100.8")).await,
+        401,
+        "another client behind the same proxy is not"
+    );
+}
+
+// Issue 15 item 9: creating rooms, membership changes, profile changes, typing and reports
+// are limited per user.
+#[tokio::test]
+async fn everyday_actions_are_rate_limited_per_user() {
+    let server = TestServer::start_with(|env| {
+        TestServer::set_env(env, "PARACORD_RATE_LIMITS_ENABLED", "true");
+        TestServer::set_env(env, "PARACORD_RATE_LIMIT_AUTH_BURST", "50");
+        TestServer::set_env(env, "PARACORD_RATE_LIMIT_ACTION_BURST", "3");
+        TestServer::set_env(env, "PARACORD_RATE_LIMIT_ACTION_PER_SECOND", "0.01");
+        TestServer::set_env(env, "PARACORD_RATE_LIMIT_EPHEMERAL_BURST", "3");
+        TestServer::set_env(env, "PARACORD_RATE_LIMIT_EPHEMERAL_PER_SECOND", "0.01");
+    })
+    .await;
+    let alice = server.register_random().await;
+    let mut rooms = Vec::new();
+    let mut created = Vec::new();
+    for _ in 0..5 {
+        let (status, body) = alice
+            .post("/createRoom", &json!({ "preset": "public_chat" }))
+            .await;
+        if let Some(r) = body["room_id"].as_str() {
+            rooms.push(r.to_owned());
+        }
+        created.push(status.as_u16());
+    }
+    assert_eq!(created[4], 429, "createRoom: {created:?}");
+    let room = rooms[0].clone();
+    let path = format!("/profile/{}/displayname", enc(&alice.user_id));
+    let mut named = Vec::new();
+    for i in 0..5 {
+        named.push(
+            alice
+                .put(&path, &json!({ "displayname": format!("a{i}") }))
+                .await
+                .0
+                .as_u16(),
+        );
+    }
+    assert_eq!(named[4], 429, "profile: {named:?}");
+    let path = format!("/rooms/{}/typing/{}", enc(&room), enc(&alice.user_id));
+    let mut typed = Vec::new();
+    for _ in 0..5 {
+        typed.push(
+            alice
+                .put(&path, &json!({ "typing": true, "timeout": 1000 }))
+                .await
+                .0
+                .as_u16(),
+        );
+    }
+    assert_eq!(typed[4], 429, "typing: {typed:?}");
+    let bob = server.register_random().await;
+    let mut left = Vec::new();
+    for i in 0..6 {
+        let path = if i % 2 == 0 {
+            format!("/rooms/{}/join", enc(&room))
+        } else {
+            format!("/rooms/{}/leave", enc(&room))
+        };
+        left.push(bob.post(&path, &json!({})).await.0.as_u16());
+    }
+    assert!(left.contains(&429), "membership: {left:?}");
 }

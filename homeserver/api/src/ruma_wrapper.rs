@@ -139,6 +139,43 @@ where
     }
 }
 
+/// The client's address: the peer's, unless the peer is a trusted proxy, in which case the
+/// last address of `X-Forwarded-For` that is not itself a trusted proxy (the header's
+/// earlier entries are whatever the client chose to send, so they are not believed).
+pub(crate) fn client_address(
+    trusted: &[String],
+    peer: IpAddr,
+    headers: &http::HeaderMap,
+) -> IpAddr {
+    use paracord_core::config::{cidr_contains, parse_cidr};
+    let is_trusted = |ip: IpAddr| {
+        trusted
+            .iter()
+            .filter_map(|c| parse_cidr(c))
+            .any(|range| cidr_contains(range, ip))
+    };
+    if trusted.is_empty() || !is_trusted(peer) {
+        return peer;
+    }
+    let mut hops: Vec<IpAddr> = Vec::new();
+    for value in headers.get_all("x-forwarded-for") {
+        let Ok(value) = value.to_str() else {
+            return peer;
+        };
+        for item in value.split(',') {
+            match item.trim().parse::<IpAddr>() {
+                Ok(ip) => hops.push(ip),
+                // A hop we cannot read: stop believing the header there.
+                Err(_) => return peer,
+            }
+        }
+    }
+    hops.into_iter()
+        .rev()
+        .find(|ip| !is_trusted(*ip))
+        .unwrap_or(peer)
+}
+
 /// A request read up to its ruma parsing: path, authentication and body.
 struct Read {
     parts: http::request::Parts,
@@ -179,7 +216,7 @@ impl Read {
         let client_ip = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
+            .map(|c| client_address(&state.config.trusted_proxies, c.0.ip(), &parts.headers));
         let limit = state.config.max_request_bytes;
         let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
             ApiError(Error::too_large(format!(
@@ -344,5 +381,50 @@ impl RouterExt for Router<AppState> {
             self = self.route(path, on(filter, handler.clone()));
         }
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(xff: &[&str]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for v in xff {
+            h.append("x-forwarded-for", v.parse().unwrap());
+        }
+        h
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    // Issue 15 item 9: X-Forwarded-For is believed only from a trusted proxy, and only as far
+    // as the hops it and other trusted proxies added.
+    #[test]
+    fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
+        let trusted = vec!["10.0.0.0/8".to_owned()];
+        let h = headers(&["1.2.3.4"]);
+        // From an untrusted peer the header is the client's own word: ignored.
+        assert_eq!(client_address(&trusted, ip("5.6.7.8"), &h), ip("5.6.7.8"));
+        assert_eq!(client_address(&[], ip("10.0.0.1"), &h), ip("10.0.0.1"));
+        // From the proxy: the address it saw.
+        assert_eq!(client_address(&trusted, ip("10.0.0.1"), &h), ip("1.2.3.4"));
+        // A client that sends its own header: the proxy appends the real one, which wins.
+        let h = headers(&["9.9.9.9, 1.2.3.4"]);
+        assert_eq!(client_address(&trusted, ip("10.0.0.1"), &h), ip("1.2.3.4"));
+        // Two trusted proxies in a row, headers split over two lines.
+        let h = headers(&["1.2.3.4", "10.0.0.2"]);
+        assert_eq!(client_address(&trusted, ip("10.0.0.1"), &h), ip("1.2.3.4"));
+        // Garbage or no header: the peer.
+        assert_eq!(
+            client_address(&trusted, ip("10.0.0.1"), &headers(&["nonsense"])),
+            ip("10.0.0.1")
+        );
+        assert_eq!(
+            client_address(&trusted, ip("10.0.0.1"), &headers(&[])),
+            ip("10.0.0.1")
+        );
     }
 }

@@ -38,6 +38,16 @@ pub struct Config {
     pub rate_limit_auth_burst: u32,
     pub rate_limit_send_per_second: f64,
     pub rate_limit_send_burst: u32,
+    /// Other actions of a user, each kind in its own bucket: creating rooms, membership
+    /// changes, profile changes, reports.
+    pub rate_limit_action_per_second: f64,
+    pub rate_limit_action_burst: u32,
+    /// Typing notices, presence and to-device messages of a user (chattier, so higher).
+    pub rate_limit_ephemeral_per_second: f64,
+    pub rate_limit_ephemeral_burst: u32,
+    /// Reverse proxies (CIDR ranges) whose `X-Forwarded-For` names the client's address.
+    #[serde(deserialize_with = "list_or_csv")]
+    pub trusted_proxies: Vec<String>,
     #[serde(deserialize_with = "string_like")]
     pub default_room_version: String,
     pub max_request_bytes: usize,
@@ -107,6 +117,11 @@ impl Default for Config {
             rate_limit_auth_burst: 10,
             rate_limit_send_per_second: 10.0,
             rate_limit_send_burst: 50,
+            rate_limit_action_per_second: 0.5,
+            rate_limit_action_burst: 20,
+            rate_limit_ephemeral_per_second: 10.0,
+            rate_limit_ephemeral_burst: 100,
+            trusted_proxies: Vec::new(),
             default_room_version: "12".to_owned(),
             max_request_bytes: 1024 * 1024,
             refreshable_access_token_lifetime_ms: 5 * 60 * 1000,
@@ -181,6 +196,18 @@ pub const TEMPLATE: &str = r#"# Paracord homeserver configuration.
 # Events sent, per user.
 #rate_limit_send_per_second = 10.0
 #rate_limit_send_burst = 50
+# Per user, each kind apart: creating rooms, joins/invites/leaves/kicks/bans, profile
+# changes, reports.
+#rate_limit_action_per_second = 0.5
+#rate_limit_action_burst = 20
+# Per user: typing notices, presence and to-device messages.
+#rate_limit_ephemeral_per_second = 10.0
+#rate_limit_ephemeral_burst = 100
+
+# Reverse proxies in front of the server (CIDR ranges, e.g. ["127.0.0.1/32"]; from the
+# environment also comma-separated). Only from these is X-Forwarded-For believed, for rate
+# limits and the addresses shown with devices; from anyone else it is ignored.
+#trusted_proxies = []
 
 # Room version of new rooms: any stable version, "1" to "12".
 #default_room_version = "12"
@@ -336,6 +363,7 @@ impl Config {
             .url_preview_ip_allowlist
             .iter()
             .chain(&self.url_preview_ip_denylist)
+            .chain(&self.trusted_proxies)
         {
             if parse_cidr(cidr).is_none() {
                 return Err(format!("{cidr:?} is not an address range (CIDR)"));
@@ -362,7 +390,15 @@ impl Config {
         if let Some(proxy) = &self.federation_proxy {
             check_proxy_url(proxy)?;
         }
-        if self.rate_limit_auth_per_second <= 0.0 || self.rate_limit_send_per_second <= 0.0 {
+        if [
+            self.rate_limit_auth_per_second,
+            self.rate_limit_send_per_second,
+            self.rate_limit_action_per_second,
+            self.rate_limit_ephemeral_per_second,
+        ]
+        .iter()
+        .any(|r| *r <= 0.0 || !r.is_finite())
+        {
             return Err("rate limits per second must be positive".to_owned());
         }
         Ok(())
@@ -422,6 +458,26 @@ pub fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
         None => max,
     };
     Some((ip, len))
+}
+
+/// A list setting given as a list, or (as environment variables often are) as one string of
+/// comma-separated items.
+fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrCsv {
+        List(Vec<String>),
+        Csv(String),
+    }
+    Ok(match ListOrCsv::deserialize(d)? {
+        ListOrCsv::List(l) => l,
+        ListOrCsv::Csv(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
 }
 
 /// Whether `ip` lies in the range `(network, prefix length)`.

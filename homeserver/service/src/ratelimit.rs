@@ -11,12 +11,28 @@ pub enum Limit {
     Auth,
     /// Sending events, keyed by user.
     Send,
+    /// Creating rooms (and guilds), keyed by user.
+    CreateRoom,
+    /// Joins, invites, leaves, kicks, bans and knocks, keyed by user.
+    Membership,
+    /// Display name and avatar changes, keyed by user.
+    Profile,
+    /// Reports of events, rooms and users, keyed by user.
+    Report,
+    /// Typing notices, keyed by user.
+    Typing,
+    /// Presence updates, keyed by user.
+    Presence,
+    /// `sendToDevice` requests, keyed by user.
+    ToDevice,
 }
 
 pub struct RateLimiter {
     enabled: bool,
     auth: (f64, f64),
     send: (f64, f64),
+    action: (f64, f64),
+    ephemeral: (f64, f64),
     buckets: Mutex<HashMap<(Limit, String), (f64, Instant)>>,
 }
 
@@ -32,6 +48,14 @@ impl RateLimiter {
                 config.rate_limit_send_per_second,
                 f64::from(config.rate_limit_send_burst.max(1)),
             ),
+            action: (
+                config.rate_limit_action_per_second,
+                f64::from(config.rate_limit_action_burst.max(1)),
+            ),
+            ephemeral: (
+                config.rate_limit_ephemeral_per_second,
+                f64::from(config.rate_limit_ephemeral_burst.max(1)),
+            ),
             buckets: Mutex::default(),
         }
     }
@@ -44,6 +68,8 @@ impl RateLimiter {
         let (rate, burst) = match limit {
             Limit::Auth => self.auth,
             Limit::Send => self.send,
+            Limit::CreateRoom | Limit::Membership | Limit::Profile | Limit::Report => self.action,
+            Limit::Typing | Limit::Presence | Limit::ToDevice => self.ephemeral,
         };
         let now = Instant::now();
         let mut buckets = self.buckets.lock();

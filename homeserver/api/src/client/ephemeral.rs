@@ -11,6 +11,7 @@ use ruma::api::client::{
 use serde_json::{json, Value};
 
 use crate::{ruma_wrapper::Ruma, ApiResult, AppState};
+use paracord_service::ratelimit::Limit;
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/typing/{userId}` — https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3roomsroomidtypinguserid
 pub(crate) async fn create_typing_event_route(
@@ -18,6 +19,7 @@ pub(crate) async fn create_typing_event_route(
     req: Ruma<create_typing_event::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let id = req.user()?;
+    state.ratelimit.check(Limit::Typing, id.user_id.as_str())?;
     if id.user_id != req.body.user_id {
         return Err(Error::forbidden("you may only set your own typing state").into());
     }
@@ -158,6 +160,9 @@ pub(crate) async fn set_presence_route(
     req: Ruma<set_presence::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let id = req.user()?;
+    state
+        .ratelimit
+        .check(Limit::Presence, id.user_id.as_str())?;
     if id.user_id != req.body.user_id {
         return Err(Error::forbidden("you may only set your own presence").into());
     }

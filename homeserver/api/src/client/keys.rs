@@ -23,6 +23,7 @@ use ruma::{
 use serde_json::{json, Value};
 
 use crate::{ruma_wrapper::Ruma, ApiResult, AppState};
+use paracord_service::ratelimit::Limit;
 
 /// The request body as JSON (an empty object when there is none).
 fn body<T>(req: &Ruma<T>) -> Value {
@@ -251,6 +252,9 @@ pub(crate) async fn send_to_device_route(
     req: Ruma<send_event_to_device::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let id = req.user()?;
+    state
+        .ratelimit
+        .check(Limit::ToDevice, id.user_id.as_str())?;
     let body = body(&req);
     let messages = body
         .get("messages")

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use super::{reader, resolve_room};
 use crate::{ruma_wrapper::Ruma, ApiResult, AppState};
+use paracord_service::ratelimit::Limit;
 
 fn profile(state: &AppState, user: &ruma::UserId) -> (Option<String>, Option<String>) {
     state.accounts.profile(user).unwrap_or((None, None))
@@ -146,6 +147,9 @@ pub(crate) async fn join_room_by_id_route(
     req: Ruma<join_room_by_id::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let id = req.user()?;
+    state
+        .ratelimit
+        .check(Limit::Membership, id.user_id.as_str())?;
     join(
         &state,
         &id.user_id,
@@ -164,6 +168,9 @@ pub(crate) async fn join_room_by_id_or_alias_route(
     req: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let id = req.user()?;
+    state
+        .ratelimit
+        .check(Limit::Membership, id.user_id.as_str())?;
     let (room_id, via) =
         room_and_servers(&state, &req.body.room_id_or_alias, &req.body.via).await?;
     join(
@@ -184,6 +191,9 @@ pub(crate) async fn invite_user_route(
     req: Ruma<invite_user::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let id = req.user()?;
+    state
+        .ratelimit
+        .check(Limit::Membership, id.user_id.as_str())?;
     let invite_user::v3::InvitationRecipient::UserId(invitee) = &req.body.recipient else {
         return Err(Error::new(
             http::StatusCode::BAD_REQUEST,
@@ -226,6 +236,9 @@ pub(crate) async fn leave_room_route(
     req: Ruma<leave_room::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let id = req.user()?;
+    state
+        .ratelimit
+        .check(Limit::Membership, id.user_id.as_str())?;
     // An invite from a server this one shares no room with is rejected through that server.
     if state
         .rooms
@@ -263,6 +276,9 @@ pub(crate) async fn kick_user_route(
     req: Ruma<kick_user::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let id = req.user()?;
+    state
+        .ratelimit
+        .check(Limit::Membership, id.user_id.as_str())?;
     state.rooms.room_or_404(&req.body.room_id)?;
     state
         .rooms
@@ -283,6 +299,9 @@ pub(crate) async fn ban_user_route(
 ) -> ApiResult<Json<Value>> {
     let id = req.user()?;
     state
+        .ratelimit
+        .check(Limit::Membership, id.user_id.as_str())?;
+    state
         .rooms
         .ban(
             &req.body.room_id,
@@ -300,6 +319,9 @@ pub(crate) async fn unban_user_route(
     req: Ruma<unban_user::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let id = req.user()?;
+    state
+        .ratelimit
+        .check(Limit::Membership, id.user_id.as_str())?;
     state.rooms.room_or_404(&req.body.room_id)?;
     state
         .rooms

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 
 use super::reader;
 use crate::{ruma_wrapper::Ruma, ApiResult, AppState};
+use paracord_service::ratelimit::Limit;
 
 fn own<T>(req: &Ruma<T>, user: &ruma::UserId) -> Result<(), Error> {
     match &req.ident {
@@ -146,6 +147,7 @@ pub(crate) async fn report_content_route(
     req: Ruma<report_content::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let r = reader(&req)?;
+    state.ratelimit.check(Limit::Report, r.user.as_str())?;
     // Only events the reporter can see may be reported; others are "not found".
     state
         .rooms
@@ -173,6 +175,7 @@ pub(crate) async fn report_room_route(
     req: Ruma<report_room::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let id = req.user()?;
+    state.ratelimit.check(Limit::Report, id.user_id.as_str())?;
     state.rooms.room_or_404(&req.body.room_id)?;
     state.reports.report(
         &id.user_id,
@@ -189,6 +192,7 @@ pub(crate) async fn report_user_route(
     req: Ruma<report_user::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let id = req.user()?;
+    state.ratelimit.check(Limit::Report, id.user_id.as_str())?;
     if state.accounts.is_local(&req.body.user_id)
         && state.accounts.account(&req.body.user_id)?.is_none()
     {

@@ -8,6 +8,7 @@ use ruma::api::client::profile::{
 use serde_json::{json, Value};
 
 use crate::{ruma_wrapper::Ruma, ApiResult, AppState};
+use paracord_service::ratelimit::Limit;
 
 /// `GET /_matrix/client/v3/profile/{userId}` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3profileuserid
 pub(crate) async fn get_profile_route(
@@ -62,6 +63,7 @@ pub(crate) async fn set_display_name_route(
     req: Ruma<set_display_name::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let id = req.user()?;
+    state.ratelimit.check(Limit::Profile, id.user_id.as_str())?;
     if id.user_id != req.body.user_id {
         return Err(Error::forbidden("you may only change your own profile").into());
     }
@@ -91,6 +93,7 @@ pub(crate) async fn set_avatar_url_route(
     req: Ruma<set_avatar_url::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let id = req.user()?;
+    state.ratelimit.check(Limit::Profile, id.user_id.as_str())?;
     if id.user_id != req.body.user_id {
         return Err(Error::forbidden("you may only change your own profile").into());
     }

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 use super::reader;
 use crate::{ruma_wrapper::Ruma, ApiResult, AppState};
+use paracord_service::ratelimit::Limit;
 
 /// `POST /_matrix/client/v3/createRoom` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3createroom
 pub(crate) async fn create_room_route(
@@ -21,6 +22,9 @@ pub(crate) async fn create_room_route(
     req: Ruma<create_room::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let id = req.user()?;
+    state
+        .ratelimit
+        .check(Limit::CreateRoom, id.user_id.as_str())?;
     let b = &req.body;
     let raw = req.json.clone().unwrap_or_default();
     let alias = match &b.room_alias_name {

@@ -391,3 +391,28 @@ async fn everyday_actions_are_rate_limited_per_user() {
     }
     assert!(left.contains(&429), "membership: {left:?}");
 }
+
+// Issue 15 item 13: durability against power loss is on unless an operator turns it off, and
+// the server says which it runs with.
+#[tokio::test]
+async fn sync_writes_are_on_by_default_and_logged() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let room = alice.create_room(&json!({})).await;
+    alice.send_text(&room, "on disk").await;
+    let log = std::fs::read_to_string(server.log_path()).unwrap_or_default();
+    assert!(
+        log.contains("sync_writes = true"),
+        "expected the durable mode by default, log:\n{log}"
+    );
+    let fast = TestServer::start_with(|env| {
+        TestServer::set_env(env, "PARACORD_SYNC_WRITES", "false");
+    })
+    .await;
+    fast.register_random().await;
+    let log = std::fs::read_to_string(fast.log_path()).unwrap_or_default();
+    assert!(
+        log.contains("WARN") && log.contains("sync_writes = false"),
+        "expected a warning when switched off, log:\n{log}"
+    );
+}

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::{
-    extract::{MatchedPath, Request},
+    extract::{MatchedPath, Request, State},
     response::{IntoResponse, Response},
     routing::{get, post, put},
     Router,
@@ -432,6 +432,10 @@ pub fn app(services: Arc<Services>) -> Router {
         .route("/_matrix/media/v3/config", get(media::legacy_config_route))
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            settle_writes,
+        ))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError(Error::internal("handler panicked")).into_response()
         }))
@@ -445,6 +449,28 @@ pub fn app(services: Arc<Services>) -> Router {
         }))
         .layer(CorsLayer::very_permissive())
         .with_state(state)
+}
+
+/// A request that may have written is answered once its writes are on disk (with
+/// `sync_writes`, the default): the acknowledgement means the data survives a power loss.
+/// Reads do not wait.
+async fn settle_writes(
+    State(state): State<AppState>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let reads_only = matches!(
+        *req.method(),
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    );
+    let response = next.run(req).await;
+    if reads_only {
+        return response;
+    }
+    match state.durability.settle().await {
+        Ok(()) => response,
+        Err(e) => ApiError(e).into_response(),
+    }
 }
 
 async fn unrecognized() -> Response {

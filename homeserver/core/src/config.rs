@@ -45,6 +45,8 @@ pub struct Config {
     /// Typing notices, presence and to-device messages of a user (chattier, so higher).
     pub rate_limit_ephemeral_per_second: f64,
     pub rate_limit_ephemeral_burst: u32,
+    /// Whether a write is on disk (fsynced) before the request that made it is answered.
+    pub sync_writes: bool,
     /// Reverse proxies (CIDR ranges) whose `X-Forwarded-For` names the client's address.
     #[serde(deserialize_with = "list_or_csv")]
     pub trusted_proxies: Vec<String>,
@@ -122,6 +124,7 @@ impl Default for Config {
             rate_limit_ephemeral_per_second: 10.0,
             rate_limit_ephemeral_burst: 100,
             trusted_proxies: Vec::new(),
+            sync_writes: true,
             default_room_version: "12".to_owned(),
             max_request_bytes: 1024 * 1024,
             refreshable_access_token_lifetime_ms: 5 * 60 * 1000,
@@ -203,6 +206,12 @@ pub const TEMPLATE: &str = r#"# Paracord homeserver configuration.
 # Per user: typing notices, presence and to-device messages.
 #rate_limit_ephemeral_per_second = 10.0
 #rate_limit_ephemeral_burst = 100
+
+# An acknowledged write is on disk: requests that change something are answered after the
+# database's log is fsynced (many requests share one fsync). false answers as soon as the
+# write is in the log: it still survives the server being killed, but not a power loss or an
+# operating-system crash, which can lose the last second or so of acknowledged writes.
+#sync_writes = true
 
 # Reverse proxies in front of the server (CIDR ranges, e.g. ["127.0.0.1/32"]; from the
 # environment also comma-separated). Only from these is X-Forwarded-For believed, for rate

@@ -71,6 +71,14 @@ async fn run(config: Config) -> Result<(), String> {
     let listen = config.listen;
     let url = config.public_baseurl();
     let server_name = config.server_name.clone();
+    if config.sync_writes {
+        tracing::info!("sync_writes = true: writes are on disk before they are acknowledged");
+    } else {
+        tracing::warn!(
+            "sync_writes = false: an acknowledged write survives the server being killed, \
+             not a power loss or an operating-system crash"
+        );
+    }
     if !config.federation_verify_tls {
         tracing::warn!(
             "federation_verify_tls = false: other servers' certificates are not checked; \

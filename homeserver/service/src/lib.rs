@@ -3,6 +3,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod backup;
+pub mod durability;
 pub mod e2ee;
 pub mod ephemeral;
 pub mod federation;
@@ -71,6 +72,7 @@ pub struct Services {
     pub pdus: Arc<federation::pdus::Pdus>,
     pub sender: Arc<federation::sender::Sender>,
     pub server_notices: Arc<server_notices::ServerNotices>,
+    pub durability: Arc<durability::Durability>,
 }
 
 impl Services {
@@ -194,6 +196,7 @@ impl Services {
             rooms.clone(),
             account_data.clone(),
         ));
+        let durability = Arc::new(durability::Durability::new(db.clone(), config.sync_writes));
         Ok(Self {
             config,
             db,
@@ -216,6 +219,7 @@ impl Services {
             pdus,
             sender,
             server_notices,
+            durability,
         })
     }
 }

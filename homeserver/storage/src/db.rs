@@ -19,6 +19,8 @@ pub enum StorageError {
 /// The database: one RocksDB instance with a column family per [`Table`].
 pub struct Db {
     db: DB,
+    /// Batches written so far (a sequence for [`Db::sync_wal`]).
+    written: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Db {
@@ -90,7 +92,10 @@ impl Db {
             ColumnFamilyDescriptor::new(t.name(), cf_opts)
         });
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            written: std::sync::atomic::AtomicU64::new(0),
+        })
     }
 
     fn cf(&self, table: Table) -> Result<&ColumnFamily, StorageError> {
@@ -108,7 +113,9 @@ impl Db {
     }
 
     /// Applies a batch atomically. The write goes to the WAL before this returns, so it
-    /// survives the process being killed.
+    /// survives the process being killed; it survives the machine losing power once a
+    /// [`Db::sync_wal`] that started after it has returned (the service layer does that
+    /// before a write is acknowledged, for many writes at once).
     pub fn write(&self, batch: Batch) -> Result<(), StorageError> {
         let mut wb = WriteBatch::default();
         for op in batch.ops {
@@ -118,7 +125,22 @@ impl Db {
             }
         }
         self.db.write(wb)?;
+        self.written
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(())
+    }
+
+    /// How many batches have been written since the database was opened.
+    pub fn written(&self) -> u64 {
+        self.written.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Forces the WAL to disk (fsync). Returns the [`Db::written`] count it covers: every
+    /// batch written before the call.
+    pub fn sync_wal(&self) -> Result<u64, StorageError> {
+        let covered = self.written();
+        self.db.flush_wal(true)?;
+        Ok(covered)
     }
 
     /// Every entry whose key starts with `prefix`, in key order.

@@ -43,7 +43,14 @@ pub struct Config {
     pub max_request_bytes: usize,
     pub refreshable_access_token_lifetime_ms: u64,
     pub max_upload_bytes: usize,
+    /// Address ranges (CIDR) the outbound guard lets the server reach although they are
+    /// private or special (loopback, RFC 1918, link-local, …). In the environment, a
+    /// comma-separated list or a TOML array.
+    #[serde(deserialize_with = "string_list")]
+    pub ip_range_allowlist: Vec<String>,
     pub url_preview_enabled: bool,
+    /// Deprecated: previews may fetch any address. Use `ip_range_allowlist` or
+    /// `url_preview_ip_allowlist` instead.
     pub url_preview_allow_private: bool,
     pub url_preview_ip_allowlist: Vec<String>,
     pub url_preview_ip_denylist: Vec<String>,
@@ -111,6 +118,7 @@ impl Default for Config {
             max_request_bytes: 1024 * 1024,
             refreshable_access_token_lifetime_ms: 5 * 60 * 1000,
             max_upload_bytes: 50 * 1024 * 1024,
+            ip_range_allowlist: Vec::new(),
             url_preview_enabled: true,
             url_preview_allow_private: false,
             url_preview_ip_allowlist: Vec::new(),
@@ -192,13 +200,22 @@ pub const TEMPLATE: &str = r#"# Paracord homeserver configuration.
 # Largest media upload, in bytes (M_TOO_LARGE above it).
 #max_upload_bytes = 52428800
 
+# Everything the server fetches (federation, signing keys, push gateways, remote media, URL
+# previews) is refused when the address a name resolves to is loopback, private (RFC 1918,
+# unique-local), link-local, CGNAT, NAT64, 6to4, Teredo, multicast, documentation or otherwise
+# reserved. Address ranges (CIDR, e.g. "10.1.0.0/16" or "::1/128") listed here may be reached
+# anyway, e.g. a push gateway or a federating server on your internal network. From the
+# environment: PARACORD_IP_RANGE_ALLOWLIST="10.1.0.0/16,::1/128".
+#ip_range_allowlist = []
+
 # URL previews (/media/preview_url): the server fetches the page for the client.
 #url_preview_enabled = true
-# Let previews fetch private, loopback and link-local addresses. Keep this off on a server
-# reachable from the internet: it would let users probe your internal network.
+# Deprecated: let previews fetch any address, private ones included. Keep this off on a server
+# reachable from the internet: it would let users probe your internal network. Prefer
+# ip_range_allowlist or url_preview_ip_allowlist with the ranges you need.
 #url_preview_allow_private = false
-# Address ranges (CIDR, e.g. "10.1.0.0/16" or "::1/128") previews may fetch even though they
-# are private, and ranges they must never fetch even though they are public.
+# Ranges previews (only) may fetch even though they are private, and ranges previews must
+# never fetch even though they are public or allowed by ip_range_allowlist.
 #url_preview_ip_allowlist = []
 #url_preview_ip_denylist = []
 
@@ -303,6 +320,7 @@ impl Config {
             .url_preview_ip_allowlist
             .iter()
             .chain(&self.url_preview_ip_denylist)
+            .chain(&self.ip_range_allowlist)
         {
             if parse_cidr(cidr).is_none() {
                 return Err(format!("{cidr:?} is not an address range (CIDR)"));
@@ -450,6 +468,26 @@ fn string_like<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     StringLike::deserialize(d).map(String::from)
 }
 
+/// A list of strings given as a list (TOML, or a TOML array in the environment) or as one
+/// comma-separated string (`PARACORD_IP_RANGE_ALLOWLIST=10.0.0.0/8,::1/128`).
+fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrString {
+        List(Vec<String>),
+        One(String),
+    }
+    Ok(match ListOrString::deserialize(d)? {
+        ListOrString::List(list) => list,
+        ListOrString::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
 fn opt_string_like<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     Ok(Option::<StringLike>::deserialize(d)?.map(String::from))
 }
@@ -517,6 +555,40 @@ mod tests {
             );
             Ok(())
         });
+    }
+
+    #[test]
+    fn ip_range_allowlist_comes_from_the_environment_as_a_list_or_commas() {
+        for value in ["127.0.0.0/8, ::1/128", r#"["127.0.0.0/8", "::1/128"]"#] {
+            figment::Jail::expect_with(|jail| {
+                jail.set_env("PARACORD_IP_RANGE_ALLOWLIST", value);
+                let config: Config = Figment::from(Serialized::defaults(Config::default()))
+                    .merge(Config::env())
+                    .extract()
+                    .map_err(|e| e.to_string())?;
+                assert_eq!(
+                    config.ip_range_allowlist,
+                    vec!["127.0.0.0/8".to_owned(), "::1/128".to_owned()]
+                );
+                config.validate()?;
+                Ok(())
+            });
+        }
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PARACORD_IP_RANGE_ALLOWLIST", "10.0.0.0/8");
+            let config: Config = Figment::from(Serialized::defaults(Config::default()))
+                .merge(Config::env())
+                .extract()
+                .map_err(|e| e.to_string())?;
+            assert_eq!(config.ip_range_allowlist, vec!["10.0.0.0/8".to_owned()]);
+            Ok(())
+        });
+        let bad = Config {
+            ip_range_allowlist: vec!["10.0.0.0/33".to_owned()],
+            ..Config::default()
+        };
+        assert!(bad.validate().is_err());
+        assert!(Config::default().ip_range_allowlist.is_empty());
     }
 
     #[test]

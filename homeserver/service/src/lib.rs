@@ -9,6 +9,7 @@ pub mod federation;
 pub mod guilds;
 pub mod keys;
 pub mod media;
+pub mod outbound;
 pub mod pushers;
 pub mod ratelimit;
 pub mod reports;
@@ -119,7 +120,10 @@ impl Services {
         ));
         let ratelimit = Arc::new(ratelimit::RateLimiter::new(&config));
         let reports = Arc::new(reports::Reports::new(db.clone()));
-        let pushers = Arc::new(pushers::Pushers::new(db.clone()));
+        let pushers = Arc::new(pushers::Pushers::new(
+            db.clone(),
+            outbound::OutboundGuard::from_config(&config),
+        )?);
         {
             // A deleted device takes its keys and the pushers it set with it.
             let (e2ee, pushers) = (e2ee.clone(), pushers.clone());

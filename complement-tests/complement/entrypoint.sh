@@ -61,8 +61,10 @@ export PARACORD_RATE_LIMITS_ENABLED="${PARACORD_RATE_LIMITS_ENABLED:-false}"
 # Complement's mock servers come and go within one test: retry failed destinations quickly.
 export PARACORD_FEDERATION_RETRY_BASE_MS="${PARACORD_FEDERATION_RETRY_BASE_MS:-200}"
 export PARACORD_FEDERATION_RETRY_MAX_MS="${PARACORD_FEDERATION_RETRY_MAX_MS:-5000}"
-# URL-preview tests serve pages from the host running Complement (a private address).
-export PARACORD_URL_PREVIEW_ALLOW_PRIVATE="${PARACORD_URL_PREVIEW_ALLOW_PRIVATE:-true}"
+# Complement's homeservers, mock servers, push gateways and URL-preview pages are on the Docker
+# network or the host running Complement: private addresses the outbound guard refuses unless
+# allowed.
+export PARACORD_IP_RANGE_ALLOWLIST="${PARACORD_IP_RANGE_ALLOWLIST:-127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16}"
 export PARACORD_LOG="${PARACORD_LOG:-info}"
 # default_room_version stays Paracord's default unless PARACORD_DEFAULT_ROOM_VERSION is passed.
 

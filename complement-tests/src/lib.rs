@@ -24,7 +24,7 @@ pub use crate::{
         bodies, ephemeral, find_event, find_state, has_event_id, joined_room, room_account_data,
         room_state, room_timeline,
     },
-    server::{free_port, Env, TestServer},
+    server::{free_port, Env, TestServer, LOOPBACK_ALLOWLIST},
 };
 
 /// Percent-encodes everything but RFC 3986 unreserved characters, for path

@@ -2,7 +2,8 @@
 //! `CONNECT` proxy (for traffic out of a server, through its `federation_proxy`). Both run as
 //! tasks of the test's runtime and have a gate: [`TcpForwarder::close`] /
 //! [`ConnectProxy::close`] drop every connection passing through and refuse new ones (accepted,
-//! then dropped at once) until `open` is called again.
+//! then dropped at once) until `open` is called again. A [`StubHttp`] stands in for a page, a
+//! push gateway or a remote server that a test needs to see (or not see) requests to.
 
 use std::{
     net::SocketAddr,
@@ -205,5 +206,135 @@ async fn tunnel(mut inbound: TcpStream) {
                 .write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n")
                 .await;
         }
+    }
+}
+
+/// What a [`StubHttp`] does with a request.
+#[derive(Clone)]
+pub enum StubAnswer {
+    /// Answers with these raw bytes (status line, headers, body) and closes.
+    Raw(String),
+    /// Reads the request and never answers (a push gateway that hangs).
+    Hang,
+}
+
+impl StubAnswer {
+    /// A `status` answer with a `Location` header.
+    pub fn redirect(status: u16, location: &str) -> StubAnswer {
+        StubAnswer::Raw(format!(
+            "HTTP/1.1 {status} Redirect\r\nlocation: {location}\r\ncontent-length: 0\r\n\
+             connection: close\r\n\r\n"
+        ))
+    }
+
+    /// A 200 answer with `body` as `content_type`.
+    pub fn ok(content_type: &str, body: &str) -> StubAnswer {
+        StubAnswer::Raw(format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n{body}",
+            body.len()
+        ))
+    }
+}
+
+/// A minimal HTTP server on a loopback address (any of 127.0.0.0/8) for tests of what the
+/// server fetches: it counts connections, records request lines and answers every request
+/// the same way.
+pub struct StubHttp {
+    addr: SocketAddr,
+    seen: Arc<Mutex<StubSeen>>,
+    gate: Gate,
+    accept: JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct StubSeen {
+    connections: usize,
+    requests: Vec<String>,
+}
+
+impl StubHttp {
+    pub async fn start(ip: [u8; 4], answer: StubAnswer) -> StubHttp {
+        let listener = TcpListener::bind((std::net::Ipv4Addr::from(ip), 0))
+            .await
+            .unwrap_or_else(|e| panic!("expected to bind {ip:?}: {e}"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("expected a local address: {e}"));
+        let seen: Arc<Mutex<StubSeen>> = Arc::default();
+        let gate = Gate::default();
+        let accept = tokio::spawn({
+            let (seen, gate) = (seen.clone(), gate.clone());
+            async move {
+                while let Ok((inbound, _)) = listener.accept().await {
+                    lock(&seen).connections += 1;
+                    let (seen, answer) = (seen.clone(), answer.clone());
+                    gate.admit(inbound, move |mut inbound| async move {
+                        let mut head = Vec::new();
+                        let mut buf = [0u8; 4096];
+                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match inbound.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => head.extend_from_slice(&buf[..n]),
+                            }
+                            if head.len() > MAX_CONNECT_HEAD {
+                                return;
+                            }
+                        }
+                        let line = String::from_utf8_lossy(&head)
+                            .lines()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned();
+                        lock(&seen).requests.push(line);
+                        match answer {
+                            StubAnswer::Raw(raw) => {
+                                let _ = inbound.write_all(raw.as_bytes()).await;
+                                let _ = inbound.shutdown().await;
+                            }
+                            StubAnswer::Hang => {
+                                // Keeps the connection open until the stub is dropped.
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        StubHttp {
+            addr,
+            seen,
+            gate,
+            accept,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Connections accepted so far (a TLS handshake counts, a request need not follow).
+    pub fn connections(&self) -> usize {
+        lock(&self.seen).connections
+    }
+
+    /// Request lines (`POST /path HTTP/1.1`) received so far.
+    pub fn requests(&self) -> Vec<String> {
+        lock(&self.seen).requests.clone()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Drop for StubHttp {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.gate.close();
     }
 }

@@ -25,6 +25,10 @@ const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
 /// Environment a test can rewrite before the server starts.
 pub type Env = Vec<(String, String)>;
 
+/// The outbound guard's allowlist of test servers: every server, gateway and page of a test
+/// is on loopback. Tests of the guard itself remove it ([`TestServer::unset_env`]).
+pub const LOOPBACK_ALLOWLIST: &str = "127.0.0.0/8,::1/128";
+
 /// One homeserver process. The data directory lives as long as this value;
 /// the process is killed when it is dropped, and if the test is failing the
 /// tail of the server log is printed first.
@@ -66,6 +70,10 @@ impl TestServer {
                 shared_secret.clone(),
             ),
             ("PARACORD_RATE_LIMITS_ENABLED".into(), "false".into()),
+            (
+                "PARACORD_IP_RANGE_ALLOWLIST".into(),
+                LOOPBACK_ALLOWLIST.into(),
+            ),
             (
                 "PARACORD_LOG".into(),
                 std::env::var("PARACORD_TEST_LOG").unwrap_or_else(|_| "info".into()),
@@ -173,6 +181,38 @@ impl TestServer {
     pub fn set_env(env: &mut Env, key: &str, value: &str) {
         env.retain(|(k, _)| k != key);
         env.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// Removes `key` from an environment being configured (the server gets its default).
+    pub fn unset_env(env: &mut Env, key: &str) {
+        env.retain(|(k, _)| k != key);
+    }
+
+    /// Starts a server with the outbound guard's defaults: no allowlist, so nothing on
+    /// loopback (other test servers, gateways, pages) may be reached.
+    pub async fn start_guarded(configure: impl FnOnce(&mut Env)) -> TestServer {
+        Self::start_with(|env| {
+            Self::unset_env(env, "PARACORD_IP_RANGE_ALLOWLIST");
+            configure(env);
+        })
+        .await
+    }
+
+    /// Whether the server's log has a line containing `text`, waiting for it (with a deadline).
+    pub async fn wait_for_log(&self, text: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if std::fs::read_to_string(self.log_path())
+                .unwrap_or_default()
+                .contains(text)
+            {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn binary() -> PathBuf {

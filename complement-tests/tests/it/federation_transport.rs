@@ -268,3 +268,84 @@ async fn sigterm_stops_both_listeners_gracefully() {
         "the TLS listener must be closed after shutdown"
     );
 }
+
+/// Issue 15: without `ip_range_allowlist`, federation reaches nothing on loopback: not a room
+/// to join, not remote media, not keys or profiles, whether the server name is an address or a
+/// name resolving to one. The client gets a generic error (no connect error text), and nothing
+/// connects to the listener.
+#[tokio::test]
+async fn federation_and_remote_media_never_reach_loopback_without_the_allowlist() {
+    use paracord_complement::network::{StubAnswer, StubHttp};
+    let remote = StubHttp::start([127, 0, 0, 1], StubAnswer::ok("application/json", "{}")).await;
+    let server = TestServer::start_guarded(|_| {}).await;
+    let alice = server.register_random().await;
+    let port = remote.port();
+    for name in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("[::1]:{port}"),
+        format!("[::ffff:127.0.0.1]:{port}"),
+    ] {
+        let enc = paracord_complement::enc;
+        let join = alice
+            .post(
+                &format!(
+                    "/join/{}?server_name={}&via={}",
+                    enc(&format!("!room:{name}")),
+                    enc(&name),
+                    enc(&name)
+                ),
+                &serde_json::json!({}),
+            )
+            .await;
+        assert_ne!(join.0, StatusCode::OK, "join through {name}: {:?}", join.1);
+        let media = alice
+            .get(&format!(
+                "/_matrix/client/v1/media/download/{}/abcdef",
+                enc(&name)
+            ))
+            .await;
+        expect_error(
+            &media,
+            StatusCode::BAD_GATEWAY,
+            "M_UNKNOWN",
+            &format!("remote media of {name}"),
+        );
+        let profile = alice
+            .get(&format!("/profile/{}", enc(&format!("@someone:{name}"))))
+            .await;
+        assert_ne!(
+            profile.0,
+            StatusCode::OK,
+            "profile on {name}: {:?}",
+            profile.1
+        );
+        for (what, body) in [
+            ("join", &join.1),
+            ("media", &media.1),
+            ("profile", &profile.1),
+        ] {
+            let error = body["error"].as_str().unwrap_or_default().to_lowercase();
+            for leak in [
+                "tcp",
+                "connect",
+                "dns",
+                "refused",
+                "os error",
+                "tls",
+                "127.0.0.1:",
+            ] {
+                assert!(
+                    !error.contains(leak) || (leak == "127.0.0.1:" && name.contains(leak)),
+                    "the {what} error of {name} tells too much: {body}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        remote.connections(),
+        0,
+        "a request reached the loopback listener: {:?}",
+        remote.requests()
+    );
+}

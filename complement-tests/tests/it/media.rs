@@ -408,17 +408,18 @@ async fn url_previews_refuse_loopback_unless_allowed() {
         paracord_complement::enc(&url)
     );
 
-    let strict = TestServer::start().await;
+    let strict = TestServer::start_guarded(|_| {}).await;
     let alice = strict.register_random().await;
     let refused = alice.get(&q).await;
     expect_error(
         &refused,
-        StatusCode::FORBIDDEN,
-        "M_FORBIDDEN",
+        StatusCode::BAD_GATEWAY,
+        "M_UNKNOWN",
         "preview of a loopback URL",
     );
 
-    let open = TestServer::start_with(|env| {
+    // The deprecated url_preview_allow_private still opens previews (only).
+    let open = TestServer::start_guarded(|env| {
         env.push(("PARACORD_URL_PREVIEW_ALLOW_PRIVATE".into(), "true".into()))
     })
     .await;
@@ -453,7 +454,7 @@ async fn url_previews_refuse_loopback_unless_allowed() {
     let legacy: Value = resp.json().await.expect("JSON");
     assert_eq!(legacy["og:title"], "Paracord page", "{legacy}");
     // An allow list admits one range; a deny list beats everything.
-    let listed = TestServer::start_with(|env| {
+    let listed = TestServer::start_guarded(|env| {
         env.push((
             "PARACORD_URL_PREVIEW_IP_ALLOWLIST".into(),
             r#"["127.0.0.0/8"]"#.into(),
@@ -475,14 +476,103 @@ async fn url_previews_refuse_loopback_unless_allowed() {
     let refused = dave.get(&q).await;
     expect_error(
         &refused,
-        StatusCode::FORBIDDEN,
-        "M_FORBIDDEN",
+        StatusCode::BAD_GATEWAY,
+        "M_UNKNOWN",
         "preview of a deny-listed address",
     );
     let bad = bob
         .get("/_matrix/client/v1/media/preview_url?url=ftp%3A%2F%2Fexample.org")
         .await;
     assert_eq!(bad.0, StatusCode::BAD_REQUEST, "{bad:?}");
+}
+
+/// Issue 15: without `ip_range_allowlist`, a preview reaches nothing on loopback, whichever way
+/// the URL names it, and the client learns only that the page could not be reached (the same
+/// answer as for a host that is down), not why.
+#[tokio::test]
+async fn url_previews_of_loopback_are_refused_without_the_allowlist() {
+    use paracord_complement::network::{StubAnswer, StubHttp};
+    let page = StubHttp::start(
+        [127, 0, 0, 1],
+        StubAnswer::ok("text/html", "<title>inside</title>"),
+    )
+    .await;
+    let server = TestServer::start_guarded(|_| {}).await;
+    let alice = server.register_random().await;
+    let port = page.port();
+    for url in [
+        format!("http://127.0.0.1:{port}/"),
+        format!("http://localhost:{port}/"),
+        format!("http://[::ffff:127.0.0.1]:{port}/"),
+        format!("http://2130706433:{port}/"),
+        format!("http://127.1:{port}/"),
+    ] {
+        let resp = alice
+            .get(&format!(
+                "/_matrix/client/v1/media/preview_url?url={}",
+                paracord_complement::enc(&url)
+            ))
+            .await;
+        expect_error(&resp, StatusCode::BAD_GATEWAY, "M_UNKNOWN", &url);
+        assert_eq!(
+            resp.1["error"], "could not reach the remote server",
+            "a generic message for {url}"
+        );
+    }
+    assert_eq!(page.connections(), 0, "the page was fetched");
+}
+
+/// Issue 15: previews follow redirects, and every hop passes the guard: a hop to an address
+/// outside the allowlist (127.0.0.2, with only 127.0.0.1 allowed) is refused before anything
+/// connects to it; a hop by name to an allowed address is followed.
+#[tokio::test]
+async fn url_preview_redirects_are_checked_at_every_hop() {
+    use paracord_complement::network::{StubAnswer, StubHttp};
+    let html =
+        r#"<html><head><meta property="og:title" content="Behind a redirect"></head></html>"#;
+    let outside = StubHttp::start([127, 0, 0, 2], StubAnswer::ok("text/html", html)).await;
+    let to_outside = StubHttp::start(
+        [127, 0, 0, 1],
+        StubAnswer::redirect(302, &format!("http://{}/page", outside.addr())),
+    )
+    .await;
+    let inside = StubHttp::start([127, 0, 0, 1], StubAnswer::ok("text/html", html)).await;
+    let to_inside = StubHttp::start(
+        [127, 0, 0, 1],
+        StubAnswer::redirect(301, &format!("http://localhost:{}/page", inside.port())),
+    )
+    .await;
+    let server = TestServer::start_with(|env| {
+        TestServer::set_env(env, "PARACORD_IP_RANGE_ALLOWLIST", "127.0.0.1/32");
+    })
+    .await;
+    let alice = server.register_random().await;
+    let preview = |url: String| {
+        let alice = &alice;
+        async move {
+            alice
+                .get(&format!(
+                    "/_matrix/client/v1/media/preview_url?url={}",
+                    paracord_complement::enc(&url)
+                ))
+                .await
+        }
+    };
+    let refused = preview(format!("http://{}/", to_outside.addr())).await;
+    expect_error(
+        &refused,
+        StatusCode::BAD_GATEWAY,
+        "M_UNKNOWN",
+        "a redirect to 127.0.0.2",
+    );
+    assert_eq!(to_outside.requests().len(), 1, "the first hop was asked");
+    assert_eq!(outside.connections(), 0, "the refused hop was reached");
+    let followed = expect_ok(
+        preview(format!("http://{}/", to_inside.addr())).await,
+        "a redirect to an allowed address",
+    );
+    assert_eq!(followed["og:title"], "Behind a redirect", "{followed}");
+    assert_eq!(inside.requests(), vec!["GET /page HTTP/1.1".to_owned()]);
 }
 
 #[tokio::test]

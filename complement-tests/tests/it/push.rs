@@ -832,3 +832,208 @@ async fn concurrent_push_rule_changes_are_all_kept() {
         );
     }
 }
+
+/// A pusher body for `url`.
+fn http_pusher(pushkey: &str, url: &str) -> serde_json::Value {
+    json!({
+        "kind": "http", "app_id": "chat.paracord.test", "pushkey": pushkey,
+        "app_display_name": "Test", "device_display_name": "Phone", "lang": "en",
+        "data": { "url": url }, "append": true,
+    })
+}
+
+/// Issue 15: a pusher's URL must be an http(s) URL whose path is exactly the notify path, with
+/// no query or fragment (the old check only looked at how the URL ended), and a user's pushers
+/// are capped.
+#[tokio::test]
+async fn pusher_urls_need_exactly_the_notify_path_and_pushers_are_capped() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    for bad in [
+        "http://127.0.0.1:9/other/_matrix/push/v1/notify",
+        "http://127.0.0.1:9/?/_matrix/push/v1/notify",
+        "http://127.0.0.1:9/_matrix/push/v1/notify?x=1",
+        "http://127.0.0.1:9/x#/_matrix/push/v1/notify",
+        "http://127.0.0.1:9/_matrix/push/v1/notify#",
+        "ftp://127.0.0.1:9/_matrix/push/v1/notify",
+        "http:///_matrix/push/v1/notify",
+    ] {
+        let resp = alice.post("/pushers/set", &http_pusher("k", bad)).await;
+        expect_error(&resp, StatusCode::BAD_REQUEST, "M_INVALID_PARAM", bad);
+    }
+    let url = "http://127.0.0.1:9/_matrix/push/v1/notify";
+    for i in 0..20 {
+        expect_ok(
+            alice
+                .post("/pushers/set", &http_pusher(&format!("key{i}"), url))
+                .await,
+            "a pusher within the cap",
+        );
+    }
+    // Replacing one is not a new one; a 21st is refused.
+    expect_ok(
+        alice.post("/pushers/set", &http_pusher("key3", url)).await,
+        "replacing a pusher",
+    );
+    let over = alice.post("/pushers/set", &http_pusher("key20", url)).await;
+    expect_error(&over, StatusCode::FORBIDDEN, "M_FORBIDDEN", "a 21st pusher");
+    let listed = expect_ok(alice.get("/pushers").await, "GET /pushers");
+    assert_eq!(
+        listed["pushers"].as_array().map(Vec::len),
+        Some(20),
+        "{listed}"
+    );
+}
+
+/// Issue 15: without `ip_range_allowlist`, a push gateway on loopback is never sent to: an IP
+/// literal is refused at `/pushers/set`, a name resolving to loopback at delivery, and the
+/// gateway gets nothing.
+#[tokio::test]
+async fn push_gateways_on_loopback_are_refused_without_the_allowlist() {
+    let gw = start_gateway("").await;
+    let server = TestServer::start_guarded(|_| {}).await;
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    for host in [
+        "127.0.0.1",
+        "[::1]",
+        "[::ffff:127.0.0.1]",
+        "127.1",
+        "0.0.0.0",
+    ] {
+        let url = format!("http://{host}:{}/_matrix/push/v1/notify", gw.process.port);
+        let resp = alice.post("/pushers/set", &http_pusher("lit", &url)).await;
+        expect_error(&resp, StatusCode::BAD_REQUEST, "M_INVALID_PARAM", &url);
+    }
+    let by_name = format!(
+        "http://localhost:{}/_matrix/push/v1/notify",
+        gw.process.port
+    );
+    expect_ok(
+        alice
+            .post("/pushers/set", &http_pusher("named", &by_name))
+            .await,
+        "a pusher by name (resolved at delivery)",
+    );
+    let room = alice
+        .create_room(&json!({ "preset": "trusted_private_chat", "invite": [bob.user_id] }))
+        .await;
+    bob.join_ok(&room).await;
+    bob.send_text(&room, "ping").await;
+    assert!(
+        server.wait_for_log("outbound request refused").await,
+        "expected the guard to refuse the gateway; log:\n{}",
+        server.log_tail(30)
+    );
+    let pushed = std::fs::read_to_string(&gw.out).unwrap_or_default();
+    assert!(pushed.is_empty(), "the gateway got: {pushed}");
+}
+
+/// Issue 15: a push gateway's redirect is not followed (here to 127.0.0.2, outside the
+/// allowlist as well): the notification never reaches the redirect's target.
+#[tokio::test]
+async fn push_gateway_redirects_are_not_followed() {
+    use paracord_complement::network::{StubAnswer, StubHttp};
+    let target = StubHttp::start(
+        [127, 0, 0, 2],
+        StubAnswer::ok("application/json", r#"{"rejected":[]}"#),
+    )
+    .await;
+    let gateway = StubHttp::start(
+        [127, 0, 0, 1],
+        StubAnswer::redirect(
+            307,
+            &format!("http://{}/_matrix/push/v1/notify", target.addr()),
+        ),
+    )
+    .await;
+    let server = TestServer::start_with(|env| {
+        TestServer::set_env(env, "PARACORD_IP_RANGE_ALLOWLIST", "127.0.0.1/32");
+    })
+    .await;
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    let url = format!("http://{}/_matrix/push/v1/notify", gateway.addr());
+    expect_ok(
+        alice.post("/pushers/set", &http_pusher("k", &url)).await,
+        "set pusher",
+    );
+    let room = alice
+        .create_room(&json!({ "preset": "trusted_private_chat", "invite": [bob.user_id] }))
+        .await;
+    bob.join_ok(&room).await;
+    bob.send_text(&room, "ping").await;
+    // The 307 is a failed attempt, retried: a second request to the gateway means the first
+    // answer was handled without following it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while gateway.requests().len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expected the gateway to be retried, got {:?}",
+            gateway.requests()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(target.connections(), 0, "the redirect was followed");
+}
+
+/// Issue 15: one gateway that never answers does not delay pushes to other gateways (each
+/// gateway has its own queue). Before, one worker sent every push in turn, so a hanging
+/// gateway held everyone's for its timeout times its retries (over 40 seconds).
+#[tokio::test]
+async fn a_slow_push_gateway_does_not_delay_another_users_push() {
+    use paracord_complement::network::{StubAnswer, StubHttp};
+    let hanging = StubHttp::start([127, 0, 0, 1], StubAnswer::Hang).await;
+    let gw = start_gateway("").await;
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    let carol = server.register_random().await;
+    let slow = format!("http://{}/_matrix/push/v1/notify", hanging.addr());
+    let fast = format!(
+        "http://127.0.0.1:{}/_matrix/push/v1/notify",
+        gw.process.port
+    );
+    expect_ok(
+        alice
+            .post("/pushers/set", &http_pusher("alice", &slow))
+            .await,
+        "alice's pusher",
+    );
+    expect_ok(
+        bob.post("/pushers/set", &http_pusher("bob", &fast)).await,
+        "bob's pusher",
+    );
+    let with_alice = carol
+        .create_room(&json!({ "preset": "trusted_private_chat", "invite": [alice.user_id] }))
+        .await;
+    alice.join_ok(&with_alice).await;
+    let with_bob = carol
+        .create_room(&json!({ "preset": "trusted_private_chat", "invite": [bob.user_id] }))
+        .await;
+    bob.join_ok(&with_bob).await;
+    // Alice's push first: it hangs at her gateway.
+    carol.send_text(&with_alice, "to alice").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while hanging.requests().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expected alice's gateway to be asked"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let event = carol.send_text(&with_bob, "to bob").await;
+    let sent = std::time::Instant::now();
+    let deadline = sent + std::time::Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(&gw.out).unwrap_or_default();
+        if text.contains(&event) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bob's push waited for alice's gateway; bob's gateway got: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}

@@ -48,14 +48,21 @@ pub struct Config {
     /// Whether a write is on disk (fsynced) before the request that made it is answered.
     pub sync_writes: bool,
     /// Reverse proxies (CIDR ranges) whose `X-Forwarded-For` names the client's address.
-    #[serde(deserialize_with = "list_or_csv")]
+    #[serde(deserialize_with = "string_list")]
     pub trusted_proxies: Vec<String>,
     #[serde(deserialize_with = "string_like")]
     pub default_room_version: String,
     pub max_request_bytes: usize,
     pub refreshable_access_token_lifetime_ms: u64,
     pub max_upload_bytes: usize,
+    /// Address ranges (CIDR) the outbound guard lets the server reach although they are
+    /// private or special (loopback, RFC 1918, link-local, …). In the environment, a
+    /// comma-separated list or a TOML array.
+    #[serde(deserialize_with = "string_list")]
+    pub ip_range_allowlist: Vec<String>,
     pub url_preview_enabled: bool,
+    /// Deprecated: previews may fetch any address. Use `ip_range_allowlist` or
+    /// `url_preview_ip_allowlist` instead.
     pub url_preview_allow_private: bool,
     pub url_preview_ip_allowlist: Vec<String>,
     pub url_preview_ip_denylist: Vec<String>,
@@ -129,6 +136,7 @@ impl Default for Config {
             max_request_bytes: 1024 * 1024,
             refreshable_access_token_lifetime_ms: 5 * 60 * 1000,
             max_upload_bytes: 50 * 1024 * 1024,
+            ip_range_allowlist: Vec::new(),
             url_preview_enabled: true,
             url_preview_allow_private: false,
             url_preview_ip_allowlist: Vec::new(),
@@ -230,13 +238,22 @@ pub const TEMPLATE: &str = r#"# Paracord homeserver configuration.
 # Largest media upload, in bytes (M_TOO_LARGE above it).
 #max_upload_bytes = 52428800
 
+# Everything the server fetches (federation, signing keys, push gateways, remote media, URL
+# previews) is refused when the address a name resolves to is loopback, private (RFC 1918,
+# unique-local), link-local, CGNAT, NAT64, 6to4, Teredo, multicast, documentation or otherwise
+# reserved. Address ranges (CIDR, e.g. "10.1.0.0/16" or "::1/128") listed here may be reached
+# anyway, e.g. a push gateway or a federating server on your internal network. From the
+# environment: PARACORD_IP_RANGE_ALLOWLIST="10.1.0.0/16,::1/128".
+#ip_range_allowlist = []
+
 # URL previews (/media/preview_url): the server fetches the page for the client.
 #url_preview_enabled = true
-# Let previews fetch private, loopback and link-local addresses. Keep this off on a server
-# reachable from the internet: it would let users probe your internal network.
+# Deprecated: let previews fetch any address, private ones included. Keep this off on a server
+# reachable from the internet: it would let users probe your internal network. Prefer
+# ip_range_allowlist or url_preview_ip_allowlist with the ranges you need.
 #url_preview_allow_private = false
-# Address ranges (CIDR, e.g. "10.1.0.0/16" or "::1/128") previews may fetch even though they
-# are private, and ranges they must never fetch even though they are public.
+# Ranges previews (only) may fetch even though they are private, and ranges previews must
+# never fetch even though they are public or allowed by ip_range_allowlist.
 #url_preview_ip_allowlist = []
 #url_preview_ip_denylist = []
 
@@ -373,6 +390,7 @@ impl Config {
             .iter()
             .chain(&self.url_preview_ip_denylist)
             .chain(&self.trusted_proxies)
+            .chain(&self.ip_range_allowlist)
         {
             if parse_cidr(cidr).is_none() {
                 return Err(format!("{cidr:?} is not an address range (CIDR)"));
@@ -469,26 +487,6 @@ pub fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
     Some((ip, len))
 }
 
-/// A list setting given as a list, or (as environment variables often are) as one string of
-/// comma-separated items.
-fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum ListOrCsv {
-        List(Vec<String>),
-        Csv(String),
-    }
-    Ok(match ListOrCsv::deserialize(d)? {
-        ListOrCsv::List(l) => l,
-        ListOrCsv::Csv(s) => s
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect(),
-    })
-}
-
 /// Whether `ip` lies in the range `(network, prefix length)`.
 pub fn cidr_contains((net, len): (std::net::IpAddr, u8), ip: std::net::IpAddr) -> bool {
     use std::net::IpAddr;
@@ -546,6 +544,26 @@ impl From<StringLike> for String {
 
 fn string_like<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     StringLike::deserialize(d).map(String::from)
+}
+
+/// A list of strings given as a list (TOML, or a TOML array in the environment) or as one
+/// comma-separated string (`PARACORD_IP_RANGE_ALLOWLIST=10.0.0.0/8,::1/128`).
+fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrString {
+        List(Vec<String>),
+        One(String),
+    }
+    Ok(match ListOrString::deserialize(d)? {
+        ListOrString::List(list) => list,
+        ListOrString::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
 }
 
 fn opt_string_like<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -637,6 +655,40 @@ mod tests {
     }
 
     #[test]
+    fn ip_range_allowlist_comes_from_the_environment_as_a_list_or_commas() {
+        for value in ["127.0.0.0/8, ::1/128", r#"["127.0.0.0/8", "::1/128"]"#] {
+            figment::Jail::expect_with(|jail| {
+                jail.set_env("PARACORD_IP_RANGE_ALLOWLIST", value);
+                let config: Config = Figment::from(Serialized::defaults(Config::default()))
+                    .merge(Config::env())
+                    .extract()
+                    .map_err(|e| e.to_string())?;
+                assert_eq!(
+                    config.ip_range_allowlist,
+                    vec!["127.0.0.0/8".to_owned(), "::1/128".to_owned()]
+                );
+                config.validate()?;
+                Ok(())
+            });
+        }
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PARACORD_IP_RANGE_ALLOWLIST", "10.0.0.0/8");
+            let config: Config = Figment::from(Serialized::defaults(Config::default()))
+                .merge(Config::env())
+                .extract()
+                .map_err(|e| e.to_string())?;
+            assert_eq!(config.ip_range_allowlist, vec!["10.0.0.0/8".to_owned()]);
+            Ok(())
+        });
+        let bad = Config {
+            ip_range_allowlist: vec!["10.0.0.0/33".to_owned()],
+            ..Config::default()
+        };
+        assert!(bad.validate().is_err());
+        assert!(Config::default().ip_range_allowlist.is_empty());
+    }
+
+    #[test]
     fn federation_tls_keys_come_from_the_environment() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("PARACORD_TLS_LISTEN", "127.0.0.1:8448");
@@ -717,6 +769,11 @@ mod tests {
 
     #[test]
     fn public_baseurl_hides_unspecified_address() {
-        assert_eq!(Config::default().public_baseurl(), "http://localhost:8008");
+        let everywhere = Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8008)),
+            ..Config::default()
+        };
+        assert_eq!(everywhere.public_baseurl(), "http://localhost:8008");
+        assert_eq!(Config::default().public_baseurl(), "http://127.0.0.1:8008");
     }
 }

@@ -10,6 +10,7 @@ pub mod federation;
 pub mod guilds;
 pub mod keys;
 pub mod media;
+pub mod outbound;
 pub mod pushers;
 pub mod ratelimit;
 pub mod reports;
@@ -122,7 +123,10 @@ impl Services {
         let ratelimit = Arc::new(ratelimit::RateLimiter::new(&config));
         accounts.set_rate_limiter(ratelimit.clone());
         let reports = Arc::new(reports::Reports::new(db.clone()));
-        let pushers = Arc::new(pushers::Pushers::new(db.clone()));
+        let pushers = Arc::new(pushers::Pushers::new(
+            db.clone(),
+            outbound::OutboundGuard::from_config(&config),
+        )?);
         {
             // A deleted device takes its keys and the pushers it set with it.
             let (e2ee, pushers) = (e2ee.clone(), pushers.clone());

@@ -1,7 +1,7 @@
 //! The media repository: content stored on disk addressed by its SHA-256, metadata in
 //! RocksDB, thumbnails made with the `image` crate and cached, and URL previews.
 
-use std::{io::Cursor, net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{io::Cursor, path::PathBuf, sync::Arc, time::Duration};
 
 use paracord_core::{time::now_ms, Config, Error, ErrorKind, Result};
 use paracord_storage::{Batch, Db, Table};
@@ -39,6 +39,9 @@ const MAX_SOURCE_PIXELS: u64 = 40_000_000;
 const MAX_PREVIEW_BYTES: usize = 1024 * 1024;
 /// Largest image a preview fetches.
 const MAX_PREVIEW_IMAGE_BYTES: usize = 10 * 1024 * 1024;
+/// Redirects a preview follows (each hop checked by the outbound guard).
+const PREVIEW_MAX_REDIRECTS: usize = 5;
+const PREVIEW_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Content types served inline; everything else is an attachment.
 const INLINE_TYPES: &[&str] = &[
@@ -67,6 +70,8 @@ pub struct Media {
     db: Arc<Db>,
     config: Arc<Config>,
     dir: PathBuf,
+    /// Fetches pages and images for previews, through the outbound guard.
+    preview_http: crate::outbound::GuardedClient,
 }
 
 fn db_err(e: impl std::fmt::Display) -> Error {
@@ -88,7 +93,24 @@ impl Media {
     pub fn new(db: Arc<Db>, config: Arc<Config>) -> Result<Self> {
         let dir = config.data_dir.join("media");
         std::fs::create_dir_all(dir.join("thumbnails")).map_err(db_err)?;
-        Ok(Self { db, config, dir })
+        if config.url_preview_allow_private {
+            tracing::warn!(
+                "url_preview_allow_private is deprecated: previews may fetch any address; \
+                 list the ranges they need in ip_range_allowlist or url_preview_ip_allowlist"
+            );
+        }
+        let preview_http = crate::outbound::GuardedClient::new(
+            crate::outbound::OutboundGuard::for_previews(&config),
+            PREVIEW_MAX_REDIRECTS,
+            PREVIEW_TIMEOUT,
+        )
+        .map_err(db_err)?;
+        Ok(Self {
+            db,
+            config,
+            dir,
+            preview_http,
+        })
     }
 
     fn new_id() -> String {
@@ -325,26 +347,9 @@ impl Media {
         Ok(out)
     }
 
-    /// The deny list wins, then the allow list, then public addresses (or any address when
-    /// `url_preview_allow_private`).
-    fn preview_allowed(&self, ip: IpAddr) -> bool {
-        use paracord_core::config::{cidr_contains, parse_cidr};
-        let in_list = |list: &[String]| {
-            list.iter()
-                .filter_map(|c| parse_cidr(c))
-                .any(|r| cidr_contains(r, ip))
-        };
-        if in_list(&self.config.url_preview_ip_denylist) {
-            return false;
-        }
-        in_list(&self.config.url_preview_ip_allowlist)
-            || self.config.url_preview_allow_private
-            || is_public(ip)
-    }
-
-    /// Fetches an http(s) URL for a preview, refusing private addresses unless allowed and
-    /// connecting to the address that was checked: the body (at most `max` bytes) and its
-    /// `Content-Type`.
+    /// Fetches an http(s) URL for a preview through the outbound guard (its preview rules),
+    /// following up to [`PREVIEW_MAX_REDIRECTS`] redirects, each checked: the body (at most
+    /// `max` bytes) and its `Content-Type`. Failures reach the client as one generic error.
     async fn fetch_for_preview(
         &self,
         url: &reqwest::Url,
@@ -355,34 +360,17 @@ impl Media {
                 "only http and https URLs can be previewed",
             ));
         }
-        let host = url
-            .host_str()
-            .ok_or_else(|| Error::invalid_param("url has no host"))?
-            .to_owned();
-        let port = url.port_or_known_default().unwrap_or(80);
-        let addrs: Vec<std::net::SocketAddr> =
-            tokio::net::lookup_host((host.trim_matches(|c| c == '[' || c == ']'), port))
-                .await
-                .map_err(|_| Error::not_found("host not found"))?
-                .collect();
-        let Some(addr) = addrs.first().copied() else {
-            return Err(Error::not_found("host not found"));
+        let fetch_failed = |e: &dyn std::fmt::Display| {
+            tracing::info!(%url, "a preview fetch failed: {e}");
+            crate::outbound::unreachable()
         };
-        if addrs.iter().any(|a| !self.preview_allowed(a.ip())) {
-            return Err(Error::forbidden("previews of this address are not allowed"));
-        }
-        // Connect to the address that was checked, not one resolved again later.
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
-            .resolve(&host, addr)
-            .build()
-            .map_err(db_err)?;
-        let resp = client
-            .get(url.clone())
+        let resp = self
+            .preview_http
+            .request(reqwest::Method::GET, url.clone())
+            .map_err(|e| fetch_failed(&e))?
             .send()
             .await
-            .map_err(|_| Error::not_found("the page could not be fetched"))?;
+            .map_err(|e| fetch_failed(&e))?;
         if !resp.status().is_success() {
             return Err(Error::not_found(format!(
                 "the page answered {}",
@@ -396,11 +384,7 @@ impl Media {
             .map(str::to_owned);
         let mut body = Vec::new();
         let mut resp = resp;
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|_| Error::not_found("the page could not be read"))?
-        {
+        while let Some(chunk) = resp.chunk().await.map_err(|e| fetch_failed(&e))? {
             body.extend_from_slice(&chunk);
             if body.len() > max {
                 body.truncate(max);
@@ -410,7 +394,7 @@ impl Media {
         Ok((body, content_type))
     }
 
-    /// `/preview_url`: fetches an http(s) page (refusing private addresses unless allowed) and
+    /// `/preview_url`: fetches an http(s) page (through the outbound guard) and
     /// reads its title, description and image from OpenGraph tags or `<title>`. The image is
     /// fetched too and kept as media of this server, so the preview names it with an `mxc://`
     /// URI, its size (`matrix:image:size`) and dimensions, as clients expect.
@@ -471,33 +455,6 @@ impl Media {
     }
 }
 
-/// Whether an address is on the public internet.
-pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            !(v4.is_private()
-                || v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_documentation()
-                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xC0) == 64
-                || v4.octets()[0] >= 224)
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
-            }
-            let seg = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || (seg & 0xfe00) == 0xfc00
-                || (seg & 0xffc0) == 0xfe80
-                || (seg & 0xff00) == 0xff00)
-        }
-    }
-}
-
 /// `og:*` and `<title>` of an HTML page, as preview JSON.
 pub fn parse_preview(html: &str) -> Value {
     let mut out = serde_json::Map::new();
@@ -549,28 +506,6 @@ fn attr(tag: &str, name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn private_addresses_are_not_public() {
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "192.168.1.1",
-            "172.16.0.1",
-            "169.254.1.1",
-            "::1",
-            "fe80::1",
-            "fd00::1",
-            "::ffff:127.0.0.1",
-            "100.64.0.1",
-            "0.0.0.0",
-        ] {
-            assert!(!is_public(ip.parse().unwrap()), "{ip}");
-        }
-        for ip in ["8.8.8.8", "2001:4860:4860::8888"] {
-            assert!(is_public(ip.parse().unwrap()), "{ip}");
-        }
-    }
 
     #[test]
     fn previews_read_opengraph_and_title() {

@@ -1,15 +1,30 @@
 //! Pushers and the push-gateway sender: each notification of a user with HTTP pushers is
 //! POSTed to their gateway (push gateway API `/_matrix/push/v1/notify`), with retries.
+//!
+//! Gateways are chosen by users, so they are fetched like everything else the server fetches
+//! on someone's say: through the outbound guard ([`crate::outbound`]), never through a proxy
+//! from the environment, without following redirects. Each gateway (scheme, host and port)
+//! has its own bounded queue and worker, so a slow or dead gateway delays only its own
+//! notifications, and a circuit breaker stops trying a gateway that keeps failing for a while.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use paracord_core::{time::now_ms, Error, Result};
 use paracord_storage::{Batch, Db, KeyBuf, Table};
+use parking_lot::Mutex;
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, UserId};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::{ephemeral::Ephemeral, rooms::Rooms};
+use crate::{
+    ephemeral::Ephemeral,
+    outbound::{GuardedClient, OutboundGuard},
+    rooms::Rooms,
+};
 
 /// One notification to deliver.
 #[derive(Debug, Clone)]
@@ -22,12 +37,50 @@ pub struct PushJob {
 
 pub struct Pushers {
     db: Arc<Db>,
+    guard: OutboundGuard,
+    http: GuardedClient,
+    /// Queues and circuit breakers by gateway origin.
+    gateways: Mutex<HashMap<String, Gateway>>,
 }
 
 const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
 /// Where a stored pusher records the device that set it (not shown to clients).
 const DEVICE_FIELD: &str = "paracord.device_id";
+/// Attempts at delivering one notification.
 const ATTEMPTS: u32 = 4;
+/// Time for one request to a gateway.
+const GATEWAY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pushers one user may have.
+pub const MAX_PUSHERS_PER_USER: usize = 20;
+/// Notifications waiting for one gateway; the oldest is dropped to make room.
+const GATEWAY_QUEUE: usize = 200;
+/// Failed attempts in a row after which a gateway is not tried for a while.
+const BREAKER_THRESHOLD: u32 = 5;
+/// The first pause of a failing gateway; it doubles each time the breaker opens again.
+const BREAKER_BASE: Duration = Duration::from_secs(30);
+const BREAKER_MAX: Duration = Duration::from_secs(15 * 60);
+/// Idle gateways remembered (their breakers) before forgotten ones are pruned.
+const GATEWAYS_KEPT: usize = 10_000;
+
+/// Parses a pusher's `data.url`: an http(s) URL whose path is exactly
+/// `/_matrix/push/v1/notify`, with no query or fragment.
+pub fn gateway_url(url: &str) -> Result<reqwest::Url> {
+    let bad = || {
+        Error::invalid_param(format!(
+            "data.url must be an http(s) URL with the path {NOTIFY_PATH} and no query or fragment"
+        ))
+    };
+    let parsed = reqwest::Url::parse(url).map_err(|_| bad())?;
+    if !matches!(parsed.scheme(), "http" | "https")
+        || parsed.host_str().is_none_or(str::is_empty)
+        || parsed.path() != NOTIFY_PATH
+        || parsed.query().is_some()
+        || parsed.fragment().is_some()
+    {
+        return Err(bad());
+    }
+    Ok(parsed)
+}
 
 fn key(user: &UserId, app_id: &str, pushkey: &str) -> Vec<u8> {
     KeyBuf::new()
@@ -38,8 +91,16 @@ fn key(user: &UserId, app_id: &str, pushkey: &str) -> Vec<u8> {
 }
 
 impl Pushers {
-    pub fn new(db: Arc<Db>) -> Self {
-        Self { db }
+    /// Pushers on `db`; gateways are reached through `guard`.
+    pub fn new(db: Arc<Db>, guard: OutboundGuard) -> Result<Self> {
+        let http =
+            GuardedClient::new(guard.clone(), 0, GATEWAY_TIMEOUT).map_err(Error::internal)?;
+        Ok(Self {
+            db,
+            guard,
+            http,
+            gateways: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The user's pushers as the client set them (plus `pushkey_ts`).
@@ -102,29 +163,36 @@ impl Pushers {
                 let url = body["data"]["url"]
                     .as_str()
                     .ok_or_else(|| Error::missing_param("an http pusher needs data.url"))?;
-                let ok_scheme = url.starts_with("http://") || url.starts_with("https://");
-                if !ok_scheme || !url.ends_with(NOTIFY_PATH) {
-                    return Err(Error::invalid_param(format!(
-                        "data.url must be an http(s) URL ending in {NOTIFY_PATH}"
-                    )));
+                let url = gateway_url(url)?;
+                // A host name is checked at each delivery (what it resolves to can change);
+                // an address can be refused now.
+                if self.guard.check_url(&url).is_err() {
+                    return Err(Error::invalid_param(
+                        "data.url names an address this server does not send pushes to",
+                    ));
                 }
             }
             Some("email") => return Err(Error::invalid_param("email pushers are not supported")),
             _ => return Err(Error::invalid_param("kind must be http or null")),
         }
-        if !body["append"].as_bool().unwrap_or(false) {
-            // Without append, this pushkey belongs to this app only: drop it from other apps.
-            let prefix = KeyBuf::new().str(user.as_str()).into_vec();
-            for (k, v) in self
-                .db
-                .scan_prefix(Table::UserapppushkeyPusher, &prefix)
-                .map_err(Error::internal)?
-            {
-                let p: Value = serde_json::from_slice(&v)?;
-                if p["pushkey"] == pushkey && p["app_id"] != app_id {
-                    batch.delete(Table::UserapppushkeyPusher, k.to_vec());
-                }
+        let append = body["append"].as_bool().unwrap_or(false);
+        let this_key = key(user, app_id, pushkey);
+        let mut kept = 0;
+        for (k, p) in self.stored(user)? {
+            if k == this_key {
+                continue;
             }
+            if !append && p["pushkey"] == pushkey && p["app_id"] != app_id {
+                // Without append, this pushkey belongs to this app only: drop it from others.
+                batch.delete(Table::UserapppushkeyPusher, k);
+            } else {
+                kept += 1;
+            }
+        }
+        if kept >= MAX_PUSHERS_PER_USER {
+            return Err(Error::forbidden(format!(
+                "a user can have at most {MAX_PUSHERS_PER_USER} pushers: delete one first"
+            )));
         }
         let mut pusher = body.clone();
         if let Some(o) = pusher.as_object_mut() {
@@ -146,7 +214,8 @@ impl Pushers {
         let _ = self.db.write(batch);
     }
 
-    /// Starts the sender: jobs from the event pipeline are delivered in the background.
+    /// Starts the sender: jobs from the event pipeline are turned into notifications and
+    /// queued for their gateways in the background.
     pub fn start(
         self: &Arc<Self>,
         rooms: Arc<Rooms>,
@@ -155,34 +224,35 @@ impl Pushers {
         let handle = tokio::runtime::Handle::try_current().ok()?;
         let (tx, mut rx) = mpsc::unbounded_channel::<PushJob>();
         let this = self.clone();
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .ok()?;
         handle.spawn(async move {
             while let Some(job) = rx.recv().await {
-                if let Err(e) = this.deliver(&client, &rooms, &ephemeral, &job).await {
-                    tracing::warn!(user = %job.user, "push delivery failed: {e}");
+                match this.notifications(&rooms, &ephemeral, &job) {
+                    Ok(deliveries) => {
+                        for delivery in deliveries {
+                            this.enqueue(delivery);
+                        }
+                    }
+                    Err(e) => tracing::warn!(user = %job.user, "push notification not built: {e}"),
                 }
             }
         });
         Some(tx)
     }
 
-    async fn deliver(
+    /// The notifications of a job, one per HTTP pusher of the user.
+    fn notifications(
         &self,
-        client: &reqwest::Client,
         rooms: &Rooms,
         ephemeral: &Ephemeral,
         job: &PushJob,
-    ) -> Result<()> {
+    ) -> Result<Vec<Delivery>> {
         let pushers: Vec<Value> = self
             .list(&job.user)?
             .into_iter()
             .filter(|p| p["kind"] == "http")
             .collect();
         if pushers.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let reader = crate::rooms::timeline::Reader {
             user: &job.user,
@@ -190,7 +260,7 @@ impl Pushers {
         };
         let Ok((_, _, event)) = rooms.visible_event(reader, Some(&job.room_id), &job.event_id)
         else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let read_pos = crate::sync::read_pos(rooms, ephemeral, &job.room_id, &job.user)?;
         let (unread, _) = rooms.unread_counts(&job.user, &job.room_id, read_pos)?;
@@ -213,8 +283,14 @@ impl Pushers {
                     .map(|t| (t.to_owned(), a.get("value").cloned().unwrap_or(json!(true))))
             })
             .collect();
+        let mut out = Vec::new();
         for pusher in pushers {
             let Some(url) = pusher["data"]["url"].as_str() else {
+                continue;
+            };
+            // Pushers set before the URL rules were strict may not pass them: skipped.
+            let Ok(url) = gateway_url(url) else {
+                tracing::debug!(user = %job.user, "a pusher with an invalid gateway URL is skipped");
                 continue;
             };
             let mut data = pusher["data"].clone();
@@ -242,40 +318,248 @@ impl Pushers {
                     notification["room_name"] = json!(n);
                 }
             }
-            let body = json!({ "notification": notification });
-            let mut delay = Duration::from_millis(250);
-            for attempt in 1..=ATTEMPTS {
-                match client.post(url).json(&body).send().await {
-                    Ok(resp) if resp.status().is_success() => {
-                        let answer: Value = resp.json().await.unwrap_or(Value::Null);
-                        let rejected = answer["rejected"]
-                            .as_array()
-                            .is_some_and(|r| r.iter().any(|k| k == &pusher["pushkey"]));
-                        if rejected {
-                            self.remove(
-                                &job.user,
-                                pusher["app_id"].as_str().unwrap_or_default(),
-                                pusher["pushkey"].as_str().unwrap_or_default(),
-                            );
+            out.push(Delivery {
+                user: job.user.clone(),
+                app_id: pusher["app_id"].as_str().unwrap_or_default().to_owned(),
+                pushkey: pusher["pushkey"].as_str().unwrap_or_default().to_owned(),
+                url,
+                body: json!({ "notification": notification }),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Queues a notification for its gateway and starts the gateway's worker if it is idle.
+    fn enqueue(self: &Arc<Self>, delivery: Delivery) {
+        let origin = delivery.url.origin().ascii_serialization();
+        let now = Instant::now();
+        let mut gateways = self.gateways.lock();
+        if gateways.len() >= GATEWAYS_KEPT && !gateways.contains_key(&origin) {
+            gateways.retain(|_, g| g.running || !g.queue.is_empty() || g.breaker.is_open(now));
+        }
+        let gateway = gateways.entry(origin.clone()).or_default();
+        if gateway.breaker.is_open(now) {
+            tracing::debug!(gateway = %origin, user = %delivery.user, "gateway paused after failures: notification dropped");
+            return;
+        }
+        if gateway.queue.len() >= GATEWAY_QUEUE {
+            gateway.queue.pop_front();
+            tracing::warn!(gateway = %origin, "push gateway queue full: the oldest notification was dropped");
+        }
+        gateway.queue.push_back(delivery);
+        if !gateway.running {
+            gateway.running = true;
+            let this = self.clone();
+            tokio::spawn(async move { this.work(origin).await });
+        }
+    }
+
+    /// Delivers the queue of one gateway, one notification at a time, until it is empty.
+    async fn work(self: Arc<Self>, origin: String) {
+        loop {
+            let delivery = {
+                let mut gateways = self.gateways.lock();
+                let Some(gateway) = gateways.get_mut(&origin) else {
+                    return;
+                };
+                match gateway.queue.pop_front() {
+                    Some(d) => d,
+                    None => {
+                        gateway.running = false;
+                        if gateway.breaker.is_idle() {
+                            gateways.remove(&origin);
                         }
-                        break;
-                    }
-                    // A 4xx other than rate limiting will not get better by retrying.
-                    Ok(resp)
-                        if resp.status().is_client_error() && resp.status().as_u16() != 429 =>
-                    {
-                        break
-                    }
-                    _ if attempt == ATTEMPTS => {
-                        tracing::warn!(%url, "push gateway unreachable after {ATTEMPTS} attempts")
-                    }
-                    _ => {
-                        tokio::time::sleep(delay).await;
-                        delay *= 2;
+                        return;
                     }
                 }
-            }
+            };
+            self.deliver(&origin, delivery).await;
         }
-        Ok(())
+    }
+
+    /// Sends one notification, retrying failures while the gateway's breaker stays closed.
+    async fn deliver(&self, origin: &str, d: Delivery) {
+        let mut delay = Duration::from_millis(250);
+        for attempt in 1..=ATTEMPTS {
+            let sent = match self.http.request(reqwest::Method::POST, d.url.clone()) {
+                Ok(request) => request
+                    .json(&d.body)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(refused) => Err(refused.to_string()),
+            };
+            let failure = match sent {
+                Ok(resp) if resp.status().is_success() => {
+                    self.record(origin, true);
+                    let answer: Value = resp.json().await.unwrap_or(Value::Null);
+                    let rejected = answer["rejected"]
+                        .as_array()
+                        .is_some_and(|r| r.iter().any(|k| k == d.pushkey.as_str()));
+                    if rejected {
+                        self.remove(&d.user, &d.app_id, &d.pushkey);
+                    }
+                    return;
+                }
+                // A 4xx other than rate limiting will not get better by retrying; the gateway
+                // itself answers, so it is not failing.
+                Ok(resp) if resp.status().is_client_error() && resp.status().as_u16() != 429 => {
+                    self.record(origin, true);
+                    tracing::info!(gateway = %origin, status = %resp.status(), "push gateway refused a notification");
+                    return;
+                }
+                Ok(resp) => format!("answered {}", resp.status()),
+                Err(e) => e,
+            };
+            if self.record(origin, false) {
+                tracing::warn!(gateway = %origin, "push gateway failing ({failure}): paused");
+                return;
+            }
+            if attempt == ATTEMPTS {
+                tracing::warn!(gateway = %origin, "push gateway unreachable after {ATTEMPTS} attempts: {failure}");
+                return;
+            }
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+    }
+
+    /// Records an attempt's outcome in the gateway's breaker; `true` when the gateway is
+    /// paused (its queued notifications are dropped).
+    fn record(&self, origin: &str, ok: bool) -> bool {
+        let mut gateways = self.gateways.lock();
+        let Some(gateway) = gateways.get_mut(origin) else {
+            return false;
+        };
+        if ok {
+            gateway.breaker.success();
+            return false;
+        }
+        let now = Instant::now();
+        gateway.breaker.failure(now);
+        if gateway.breaker.is_open(now) {
+            let dropped = gateway.queue.len();
+            gateway.queue.clear();
+            if dropped > 0 {
+                tracing::warn!(gateway = %origin, dropped, "push gateway paused: its queued notifications were dropped");
+            }
+            return true;
+        }
+        false
+    }
+}
+
+/// One notification for one pusher.
+struct Delivery {
+    user: OwnedUserId,
+    app_id: String,
+    pushkey: String,
+    url: reqwest::Url,
+    body: Value,
+}
+
+/// One gateway: its waiting notifications, whether a worker delivers them, its breaker.
+#[derive(Default)]
+struct Gateway {
+    queue: VecDeque<Delivery>,
+    running: bool,
+    breaker: Breaker,
+}
+
+/// A circuit breaker: after [`BREAKER_THRESHOLD`] failures in a row the gateway is not tried
+/// for a pause, doubling from [`BREAKER_BASE`] up to [`BREAKER_MAX`] while it keeps failing;
+/// after a pause one failure is enough to pause it again, one success closes it.
+#[derive(Debug, Default)]
+struct Breaker {
+    failures: u32,
+    open_until: Option<Instant>,
+    /// Pauses in a row.
+    trips: u32,
+}
+
+impl Breaker {
+    fn is_open(&self, now: Instant) -> bool {
+        self.open_until.is_some_and(|t| t > now)
+    }
+
+    /// Nothing to remember: no failure, no pause.
+    fn is_idle(&self) -> bool {
+        self.failures == 0 && self.trips == 0
+    }
+
+    fn success(&mut self) {
+        *self = Self::default();
+    }
+
+    fn failure(&mut self, now: Instant) {
+        self.failures = self.failures.saturating_add(1);
+        let threshold = if self.trips > 0 { 1 } else { BREAKER_THRESHOLD };
+        if self.failures >= threshold {
+            let pause = BREAKER_BASE
+                .saturating_mul(1u32.checked_shl(self.trips.min(16)).unwrap_or(u32::MAX))
+                .min(BREAKER_MAX);
+            self.open_until = Some(now + pause);
+            self.trips = self.trips.saturating_add(1);
+            self.failures = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Issue 15: only http(s) URLs with exactly the notify path are gateways.
+    #[test]
+    fn gateway_urls_need_the_exact_notify_path() {
+        for ok in [
+            "https://push.example.org/_matrix/push/v1/notify",
+            "http://push.example.org:8080/_matrix/push/v1/notify",
+            "https://[2001:4860::1]/_matrix/push/v1/notify",
+        ] {
+            assert!(gateway_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "ftp://push.example.org/_matrix/push/v1/notify",
+            "https://push.example.org/_matrix/push/v1/notify?x=1",
+            "https://push.example.org/_matrix/push/v1/notify?",
+            "https://push.example.org/_matrix/push/v1/notify#f",
+            "https://push.example.org/other/_matrix/push/v1/notify",
+            "https://push.example.org/_matrix/push/v1/notify/",
+            "https://push.example.org/?/_matrix/push/v1/notify",
+            "https://push.example.org/",
+            "/_matrix/push/v1/notify",
+            "not a url",
+        ] {
+            assert!(gateway_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    // Issue 15: a failing gateway is paused, longer each time, and a success resets it.
+    #[test]
+    fn the_breaker_opens_after_failures_in_a_row() {
+        let now = Instant::now();
+        let mut b = Breaker::default();
+        for _ in 1..BREAKER_THRESHOLD {
+            b.failure(now);
+            assert!(!b.is_open(now));
+        }
+        b.failure(now);
+        assert!(b.is_open(now));
+        assert!(!b.is_open(now + BREAKER_BASE));
+        // After the pause, one failure pauses it again, twice as long.
+        let later = now + BREAKER_BASE;
+        b.failure(later);
+        assert!(b.is_open(later + BREAKER_BASE));
+        assert!(!b.is_open(later + BREAKER_BASE * 2));
+        b.success();
+        assert!(b.is_idle());
+        for _ in 0..100 {
+            b.failure(now);
+        }
+        assert!(
+            !b.is_open(now + BREAKER_MAX),
+            "never longer than the maximum"
+        );
     }
 }

@@ -5,6 +5,12 @@
 //! for (so the SNI is right), the `Host` header is the one discovery chose, and when an SRV
 //! record points elsewhere the connection goes to the SRV target's addresses through a DNS
 //! hook. Requests are not signed here; X-Matrix signing wraps [`FederationClient::send`].
+//!
+//! The outbound guard ([`crate::outbound`]) applies to every connection: the DNS hook drops
+//! addresses the guard refuses (so the checked address is the one connected to), IP-literal
+//! destinations are checked before the request, and `.well-known` redirects are checked at
+//! every hop. Through a `federation_proxy`, which resolves names itself, the destination's
+//! addresses are checked before the `CONNECT` (not pinned: the proxy looks the name up again).
 
 use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
 
@@ -13,6 +19,8 @@ use http::header::{HeaderValue, CACHE_CONTROL, HOST};
 use paracord_core::Config;
 use parking_lot::Mutex;
 use ruma::ServerName;
+
+use crate::outbound::OutboundGuard;
 
 use super::resolve::{
     socket_addrs, Destination, Dns, Resolver, SystemDns, WellKnownFetcher, WellKnownResponse,
@@ -42,6 +50,8 @@ pub struct ClientSettings {
     pub max_response_bytes: usize,
     /// An HTTP proxy (`http://host:port`) every request is tunnelled through with `CONNECT`.
     pub proxy: Option<String>,
+    /// Which addresses may be reached (`ip_range_allowlist`).
+    pub guard: OutboundGuard,
 }
 
 impl ClientSettings {
@@ -53,6 +63,7 @@ impl ClientSettings {
             request_timeout: REQUEST_TIMEOUT,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             proxy: config.federation_proxy.clone(),
+            guard: OutboundGuard::from_config(config),
         }
     }
 }
@@ -66,6 +77,8 @@ pub enum FederationError {
     Unreachable { destination: String, detail: String },
     #[error("the response of {destination} is larger than {limit} bytes")]
     TooLarge { destination: String, limit: usize },
+    #[error(transparent)]
+    Refused(#[from] crate::outbound::Refused),
 }
 
 /// A response of another server.
@@ -85,6 +98,9 @@ pub struct FederationClient {
     http: reqwest::Client,
     overrides: Overrides,
     max_response_bytes: usize,
+    guard: OutboundGuard,
+    /// Whether requests go through a `federation_proxy`.
+    proxied: bool,
 }
 
 impl FederationClient {
@@ -101,6 +117,8 @@ impl FederationClient {
         let bridge = Arc::new(DnsBridge {
             dns: dns.clone(),
             overrides: overrides.clone(),
+            guard: settings.guard.clone(),
+            trusted: settings.proxy.as_deref().and_then(proxy_host),
         });
         let http = builder(settings, bridge.clone())?
             .redirect(reqwest::redirect::Policy::none())
@@ -108,7 +126,11 @@ impl FederationClient {
             .build()
             .map_err(|e| format!("cannot build the federation client: {e}"))?;
         let well_known_http = builder(settings, bridge)?
-            .redirect(reqwest::redirect::Policy::limited(WELL_KNOWN_MAX_REDIRECTS))
+            .redirect(
+                settings
+                    .guard
+                    .redirect_policy(WELL_KNOWN_MAX_REDIRECTS, true),
+            )
             .timeout(WELL_KNOWN_TIMEOUT)
             .build()
             .map_err(|e| format!("cannot build the federation client: {e}"))?;
@@ -121,6 +143,8 @@ impl FederationClient {
             http,
             overrides,
             max_response_bytes: settings.max_response_bytes,
+            guard: settings.guard.clone(),
+            proxied: settings.proxy.is_some(),
         })
     }
 
@@ -154,6 +178,7 @@ impl FederationClient {
             .map(|p| p.as_str())
             .filter(|p| p.starts_with('/'))
             .ok_or_else(|| FederationError::BadRequest("the URI has no path".to_owned()))?;
+        self.check_destination(target).await?;
         if target.connects_elsewhere() {
             self.overrides
                 .lock()
@@ -193,6 +218,47 @@ impl FederationClient {
             body,
         })
     }
+}
+
+impl FederationClient {
+    /// The guard's checks that the DNS hook cannot make: an IP-literal host (reqwest connects
+    /// to it without asking the hook) and, through a proxy (which resolves names itself), the
+    /// addresses the name has now.
+    async fn check_destination(&self, target: &Destination) -> Result<(), FederationError> {
+        let bare = target
+            .tls_name
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+            self.guard.check_ip(&target.tls_name, ip)?;
+            return Ok(());
+        }
+        if self.proxied {
+            let addrs = socket_addrs(self.resolver.dns().as_ref(), bare, target.port)
+                .await
+                .map_err(|e| FederationError::Unreachable {
+                    destination: target.tls_name.clone(),
+                    detail: e.to_string(),
+                })?;
+            let kept = self.guard.filter(bare, addrs.iter().copied())?;
+            if kept.len() != addrs.len() {
+                // The proxy may pick any of them.
+                return Err(crate::outbound::Refused {
+                    host: bare.to_owned(),
+                    reason: "some of its addresses may not be reached".to_owned(),
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The host of a proxy URL (`http://user:pass@host:port`), which the DNS hook resolves without
+/// the guard: the operator chose it.
+fn proxy_host(url: &str) -> Option<String> {
+    let uri: http::Uri = url.parse().ok()?;
+    Some(uri.host()?.to_owned())
 }
 
 fn builder(
@@ -263,15 +329,21 @@ fn load_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
     Ok(certs)
 }
 
-/// reqwest's name resolution through [`Dns`], sending SRV-delegated names to their targets.
+/// reqwest's name resolution through [`Dns`], sending SRV-delegated names to their targets
+/// and dropping addresses the outbound guard refuses.
 struct DnsBridge {
     dns: Arc<dyn Dns>,
     overrides: Overrides,
+    guard: OutboundGuard,
+    /// The proxy's host, resolved without the guard.
+    trusted: Option<String>,
 }
 
 impl reqwest::dns::Resolve for DnsBridge {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let dns = self.dns.clone();
+        let guard = self.guard.clone();
+        let trusted = self.trusted.as_deref() == Some(name.as_str());
         let host = self
             .overrides
             .lock()
@@ -280,6 +352,11 @@ impl reqwest::dns::Resolve for DnsBridge {
             .unwrap_or_else(|| name.as_str().to_owned());
         Box::pin(async move {
             let addrs = socket_addrs(dns.as_ref(), &host, 0).await?;
+            let addrs = if trusted {
+                addrs
+            } else {
+                guard.filter(&host, addrs)?
+            };
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
     }
@@ -489,8 +566,14 @@ mod tests {
                 request_timeout: Duration::from_secs(10),
                 max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
                 proxy: None,
+                guard: loopback(),
             }
         }
+    }
+
+    /// The guard of tests on loopback.
+    fn loopback() -> OutboundGuard {
+        OutboundGuard::new(&["127.0.0.0/8".to_owned(), "::1/128".to_owned()])
     }
 
     fn get(path: &str) -> http::Request<Vec<u8>> {
@@ -672,6 +755,77 @@ mod tests {
         assert!(matches!(err, FederationError::TooLarge { .. }), "got {err}");
     }
 
+    /// A TCP listener on loopback that counts the connections it gets.
+    async fn counting_listener() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = count.clone();
+        tokio::spawn(async move {
+            while let Ok((_stream, _)) = listener.accept().await {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        (addr, count)
+    }
+
+    // Issue 15: without an allowlist, federation reaches no special address: not an IP
+    // literal, not a name resolving to one, not an SRV target resolving to one, not through
+    // the proxy; and nothing connects.
+    #[tokio::test]
+    async fn special_destinations_are_refused_without_the_allowlist() {
+        let (addr, connections) = counting_listener().await;
+        let port = addr.port();
+        let dns = || {
+            Arc::new(
+                FakeDns::default()
+                    .with_host("inside.test", "127.0.0.1")
+                    .with_host("backend.test", "10.0.0.1")
+                    .with_srv("_matrix-fed._tcp.srv.test", "backend.test", port),
+            )
+        };
+        let mut settings = ClientSettings {
+            ca_file: None,
+            verify_tls: false,
+            well_known_port: port,
+            request_timeout: Duration::from_secs(5),
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            proxy: None,
+            guard: OutboundGuard::default(),
+        };
+        let client = FederationClient::new(&settings, dns()).unwrap();
+        for name in [
+            format!("127.0.0.1:{port}"),
+            format!("[::1]:{port}"),
+            format!("[::ffff:127.0.0.1]:{port}"),
+            format!("inside.test:{port}"),
+            "srv.test".to_owned(),
+        ] {
+            let err = send(&client, &name, "/x").await.unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    FederationError::Refused(_) | FederationError::Unreachable { .. }
+                ),
+                "{name}: {err}"
+            );
+            assert!(error_chain(&err).contains("refused"), "{name}: {err}");
+        }
+        let (proxy, seen) = connect_proxy().await;
+        settings.proxy = Some(format!("http://{proxy}"));
+        let client = FederationClient::new(&settings, dns()).unwrap();
+        for name in [format!("127.0.0.1:{port}"), format!("inside.test:{port}")] {
+            let err = send(&client, &name, "/x").await.unwrap_err();
+            assert!(matches!(err, FederationError::Refused(_)), "{name}: {err}");
+        }
+        assert!(seen.lock().is_empty(), "the proxy was asked for nothing");
+        assert_eq!(
+            connections.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "no connection reached the listener"
+        );
+    }
+
     #[test]
     fn a_bad_ca_file_is_a_clear_error() {
         let mut settings = ClientSettings {
@@ -681,6 +835,7 @@ mod tests {
             request_timeout: REQUEST_TIMEOUT,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             proxy: None,
+            guard: OutboundGuard::default(),
         };
         let err = FederationClient::new(&settings, Arc::new(FakeDns::default()))
             .err()

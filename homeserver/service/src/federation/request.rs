@@ -57,10 +57,13 @@ pub async fn signed_request(
         .headers_mut()
         .insert(http::header::AUTHORIZATION, http::HeaderValue::from(&x));
     client.send(destination, request).await.map_err(|e| {
+        // The detail (a connect error, an address the guard refused) is for the log only: it
+        // would tell the client about this server's network.
+        tracing::info!(%destination, error = %e, "federation request failed");
         Error::new(
             http::StatusCode::BAD_GATEWAY,
             ErrorKind::Unknown,
-            format!("{destination} could not be reached: {e}"),
+            format!("could not reach the remote server {destination}"),
         )
     })
 }

@@ -904,6 +904,7 @@ mod tests {
             request_timeout: Duration::from_secs(10),
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             proxy: None,
+            guard: crate::outbound::OutboundGuard::new(&["127.0.0.0/8".to_owned()]),
         };
         let client =
             Arc::new(FederationClient::new(&settings, Arc::new(FakeDns::default())).unwrap());

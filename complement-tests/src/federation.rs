@@ -128,6 +128,11 @@ impl SplittableServer {
         self.outgoing.open();
     }
 
+    /// How many connections other servers opened to this one since it started.
+    pub fn connections_in(&self) -> usize {
+        self.incoming.connections()
+    }
+
     /// Cuts only the server's own requests (its transactions, its fetches); other servers
     /// still reach it.
     pub fn cut_outgoing(&self) {

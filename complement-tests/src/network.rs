@@ -27,6 +27,8 @@ struct Gate(Arc<Mutex<GateState>>);
 struct GateState {
     closed: bool,
     connections: Vec<AbortHandle>,
+    /// Connections let through since the start.
+    admitted: usize,
 }
 
 impl Gate {
@@ -47,6 +49,7 @@ impl Gate {
             return;
         }
         state.connections.retain(|c| !c.is_finished());
+        state.admitted += 1;
         let task = tokio::spawn(carry(inbound));
         state.connections.push(task.abort_handle());
     }
@@ -61,6 +64,10 @@ impl Gate {
 
     fn open(&self) {
         self.lock().closed = false;
+    }
+
+    fn admitted(&self) -> usize {
+        self.lock().admitted
     }
 }
 
@@ -118,6 +125,12 @@ impl TcpForwarder {
     /// Forwards new connections again.
     pub fn open(&self) {
         self.gate.open();
+    }
+
+    /// How many connections were forwarded since the start (not requests: a client may send
+    /// many over one connection), so a test can tell "none" from "some".
+    pub fn connections(&self) -> usize {
+        self.gate.admitted()
     }
 }
 

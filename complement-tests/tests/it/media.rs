@@ -153,7 +153,8 @@ async fn images_upload_download_and_thumbnail() {
         "{}",
         String::from_utf8_lossy(&crop.bytes)
     );
-    assert_eq!(png_size(&crop.bytes), (16, 16), "crop fills the box");
+    // Issue 15: sizes snap to the fixed set; 16×16 is served at 32×32 (of a 64×32 image).
+    assert_eq!(png_size(&crop.bytes), (32, 32), "crop fills the box");
     let scale = call(
         &server,
         Some(&alice),
@@ -164,7 +165,7 @@ async fn images_upload_download_and_thumbnail() {
     .await;
     assert_eq!(
         png_size(&scale.bytes),
-        (16, 8),
+        (32, 16),
         "scale keeps the aspect ratio"
     );
     let again = call(
@@ -742,4 +743,361 @@ async fn media_of_a_legacy_server_comes_from_its_legacy_path() {
         "the closing delimiter ends the body: {:?}",
         String::from_utf8_lossy(&body[body.len().saturating_sub(80)..])
     );
+}
+
+/// CRC-32 (ISO-HDLC, as PNG chunks use).
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut table = [0u32; 256];
+    for (n, entry) in table.iter_mut().enumerate() {
+        let mut c = n as u32;
+        for _ in 0..8 {
+            c = if c & 1 == 1 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+        *entry = c;
+    }
+    !bytes.iter().fold(0xFFFF_FFFFu32, |c, b| {
+        table[((c ^ u32::from(*b)) & 0xFF) as usize] ^ (c >> 8)
+    })
+}
+
+fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    let start = out.len();
+    out.extend_from_slice(kind);
+    out.extend_from_slice(data);
+    let crc = crc32(&out[start..]);
+    out.extend_from_slice(&crc.to_be_bytes());
+}
+
+/// A PNG of `width`×`height` pixels (8 bits per sample, RGB or RGBA) with a header and no
+/// pixel data: what a decompression bomb's first bytes look like.
+fn png_header_only(width: u32, height: u32) -> Vec<u8> {
+    let mut out = vec![137, 80, 78, 71, 13, 10, 26, 10];
+    let mut ihdr = width.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 6, 0, 0, 0]);
+    png_chunk(&mut out, b"IHDR", &ihdr);
+    png_chunk(&mut out, b"IDAT", &[0x78, 0x01]);
+    png_chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+/// A valid, all-black PNG: `bit_depth` 8 or 16, `color_type` 2 (RGB) or 6 (RGBA). Every
+/// scanline is a zero filter byte and zero samples, so the image stream is one long run of
+/// zeros, written by hand as DEFLATE with fixed Huffman codes: a literal 0, then copies of 258
+/// bytes at distance 1 (13 bits each). A 6000×6000 16-bit RGBA image (288 MB decoded) takes
+/// under 2 MB: a decompression bomb.
+fn black_png(width: u32, height: u32, color_type: u8, bit_depth: u8) -> Vec<u8> {
+    struct Bits {
+        out: Vec<u8>,
+        acc: u64,
+        n: u32,
+    }
+    impl Bits {
+        /// `len` bits of `value`, least significant first (DEFLATE's bit order).
+        fn put(&mut self, value: u32, len: u32) {
+            self.acc |= u64::from(value) << self.n;
+            self.n += len;
+            while self.n >= 8 {
+                self.out.push(self.acc as u8);
+                self.acc >>= 8;
+                self.n -= 8;
+            }
+        }
+        /// A Huffman code: most significant bit first.
+        fn code(&mut self, code: u32, len: u32) {
+            let reversed = (0..len).fold(0, |r, i| r | (((code >> i) & 1) << (len - 1 - i)));
+            self.put(reversed, len);
+        }
+    }
+    let channels: u64 = if color_type == 6 { 4 } else { 3 };
+    let row = 1 + u64::from(width) * channels * u64::from(bit_depth / 8);
+    let total = row * u64::from(height);
+    let mut bits = Bits {
+        out: vec![0x78, 0x01],
+        acc: 0,
+        n: 0,
+    };
+    bits.put(1, 1); // last block
+    bits.put(1, 2); // fixed Huffman codes
+    bits.code(0x30, 8); // literal 0
+    for _ in 0..(total - 1) / 258 {
+        bits.code(0xC5, 8); // length 258 (code 285)
+        bits.code(0, 5); // distance 1
+    }
+    for _ in 0..(total - 1) % 258 {
+        bits.code(0x30, 8);
+    }
+    bits.code(0, 7); // end of block
+    if bits.n > 0 {
+        bits.out.push(bits.acc as u8);
+    }
+    // Adler-32 of zeros: a stays 1, b adds 1 per byte.
+    let adler = (((total % 65521) as u32) << 16) | 1;
+    bits.out.extend_from_slice(&adler.to_be_bytes());
+
+    let mut out = vec![137, 80, 78, 71, 13, 10, 26, 10];
+    let mut ihdr = width.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[bit_depth, color_type, 0, 0, 0]);
+    png_chunk(&mut out, b"IHDR", &ihdr);
+    png_chunk(&mut out, b"IDAT", &bits.out);
+    png_chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+async fn upload(server: &TestServer, user: &User, bytes: &[u8], content_type: &str) -> String {
+    let up = call(
+        server,
+        Some(user),
+        reqwest::Method::POST,
+        "/_matrix/media/v3/upload",
+        Some((bytes, content_type)),
+    )
+    .await;
+    assert_eq!(
+        up.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&up.bytes)
+    );
+    up.json()["content_uri"].as_str().unwrap().to_owned()
+}
+
+/// Issue 15: a decompression bomb (a tiny PNG declaring 100000×100000 pixels; a valid 2 MB
+/// PNG that decodes to 288 MB) is refused with 413 `M_TOO_LARGE` before it is decoded, and
+/// the server stays up and keeps making thumbnails.
+#[tokio::test]
+async fn thumbnails_of_decompression_bombs_are_refused() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let bombs = [
+        ("6000x6000 16-bit RGBA", black_png(6000, 6000, 6, 16)),
+        ("100000x100000 header", png_header_only(100_000, 100_000)),
+    ];
+    for (what, png) in &bombs {
+        let (srv, id) = mxc_parts(&upload(&server, &alice, png, "image/png").await);
+        for method in ["scale", "crop"] {
+            let thumb = tokio::time::timeout(
+                std::time::Duration::from_secs(60),
+                call(
+                    &server,
+                    Some(&alice),
+                    reqwest::Method::GET,
+                    &format!(
+                        "/_matrix/client/v1/media/thumbnail/{srv}/{id}?width=32&height=32&method={method}"
+                    ),
+                    None,
+                ),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("the thumbnail of the {what} bomb took over 60 s"));
+            assert_eq!(
+                thumb.status,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "{what} ({method}): {}",
+                String::from_utf8_lossy(&thumb.bytes)
+            );
+            assert_eq!(thumb.json()["errcode"], "M_TOO_LARGE", "{what}");
+        }
+    }
+    let (srv, id) = mxc_parts(&upload(&server, &alice, PNG, "image/png").await);
+    let thumb = call(
+        &server,
+        Some(&alice),
+        reqwest::Method::GET,
+        &format!("/_matrix/client/v1/media/thumbnail/{srv}/{id}?width=32&height=32"),
+        None,
+    )
+    .await;
+    assert_eq!(thumb.status, StatusCode::OK, "the server is still up");
+    png_size(&thumb.bytes);
+}
+
+/// Issue 15: requested thumbnail sizes snap to a fixed set (32×32, 96×96, 320×240, 640×480,
+/// 800×600), so asking for many distinct sizes makes at most that many thumbnails per method:
+/// 100×100 and 101×101 get the same bytes.
+#[tokio::test]
+async fn thumbnail_sizes_snap_to_a_fixed_set() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let image = black_png(1000, 800, 2, 8);
+    let (srv, id) = mxc_parts(&upload(&server, &alice, &image, "image/png").await);
+    let thumb = |w: u32, h: u32, method: &'static str| {
+        let (server, alice, srv, id) = (&server, &alice, &srv, &id);
+        async move {
+            let got = call(
+                server,
+                Some(alice),
+                reqwest::Method::GET,
+                &format!(
+                    "/_matrix/client/v1/media/thumbnail/{srv}/{id}?width={w}&height={h}&method={method}"
+                ),
+                None,
+            )
+            .await;
+            assert_eq!(
+                got.status,
+                StatusCode::OK,
+                "{w}x{h} {method}: {}",
+                String::from_utf8_lossy(&got.bytes)
+            );
+            got.bytes
+        }
+    };
+    let a = thumb(100, 100, "scale").await;
+    let b = thumb(101, 101, "scale").await;
+    assert_eq!(png_size(&a), (300, 240), "fits 320×240, aspect kept");
+    assert_eq!(a, b, "100×100 and 101×101 are the same thumbnail");
+    assert_eq!(png_size(&thumb(100, 100, "crop").await), (320, 240));
+    assert_eq!(png_size(&thumb(20, 20, "crop").await), (32, 32));
+
+    let mut sizes = std::collections::BTreeSet::new();
+    for i in 1..=60u32 {
+        for method in ["scale", "crop"] {
+            let (w, h) = (i * 17 % 997 + 1, i * 29 % 991 + 1);
+            sizes.insert((method, png_size(&thumb(w, h, method).await)));
+        }
+    }
+    assert!(
+        sizes.len() <= 10,
+        "at most 5 sizes × 2 methods, got {sizes:?}"
+    );
+    let files = std::fs::read_dir(server.data_dir().join("media/thumbnails"))
+        .map(|dir| dir.count())
+        .unwrap_or(0);
+    assert!(
+        files <= 10,
+        "at most 10 thumbnail files on disk for one image, found {files}"
+    );
+}
+
+/// Issue 15: the legacy unauthenticated routes serve only what is here: another server's
+/// media that was never fetched is a 404 there, and no connection to that server is made;
+/// authenticated media fetches it, and from then on the legacy route serves the cached copy.
+#[tokio::test]
+async fn legacy_media_routes_never_fetch_from_other_servers() {
+    let a = paracord_complement::federation::SplittableServer::start(|_| {}).await;
+    let (b, _) = paracord_complement::federation::federating_server().await;
+    let alice = a.server.register_random().await;
+    let bob = b.register_random().await;
+    let (srv, id) = mxc_parts(&upload(&a.server, &alice, PNG, "image/png").await);
+    assert_eq!(srv, a.name);
+    for path in [
+        format!("/_matrix/media/v3/download/{srv}/{id}"),
+        format!("/_matrix/media/v3/download/{srv}/{id}/red.png"),
+        format!("/_matrix/media/v3/thumbnail/{srv}/{id}?width=32&height=32"),
+    ] {
+        let legacy = call(&b, None, reqwest::Method::GET, &path, None).await;
+        assert_eq!(
+            legacy.status,
+            StatusCode::NOT_FOUND,
+            "{path}: {}",
+            String::from_utf8_lossy(&legacy.bytes)
+        );
+        assert_eq!(legacy.json()["errcode"], "M_NOT_FOUND", "{path}");
+    }
+    assert_eq!(
+        a.connections_in(),
+        0,
+        "the legacy routes made B connect to A"
+    );
+    let dl = call(
+        &b,
+        Some(&bob),
+        reqwest::Method::GET,
+        &format!("/_matrix/client/v1/media/download/{srv}/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        dl.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&dl.bytes)
+    );
+    assert_eq!(dl.bytes, PNG);
+    assert!(a.connections_in() > 0, "authenticated media fetches from A");
+    let legacy = call(
+        &b,
+        None,
+        reqwest::Method::GET,
+        &format!("/_matrix/media/v3/download/{srv}/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(legacy.status, StatusCode::OK, "the cached copy is served");
+    assert_eq!(legacy.bytes, PNG);
+}
+
+/// Issue 15: each origin's media is cached within `remote_media_cache_bytes_per_origin`;
+/// past it, the origin's least recently used copy is evicted (the legacy route, which serves
+/// only cached media, no longer has it) and fetched from the origin again when asked for.
+#[tokio::test]
+async fn remote_media_past_the_origin_quota_evicts_the_least_recently_used() {
+    let a = paracord_complement::federation::SplittableServer::start(|_| {}).await;
+    let (b, _) = paracord_complement::federation::federating_server_with(|env| {
+        TestServer::set_env(env, "PARACORD_REMOTE_MEDIA_CACHE_BYTES_PER_ORIGIN", "250");
+    })
+    .await;
+    let alice = a.server.register_random().await;
+    let bob = b.register_random().await;
+    let mut ids = Vec::new();
+    for n in 1..=3u8 {
+        let uri = upload(&a.server, &alice, &[b'0' + n; 100], "text/plain").await;
+        ids.push(mxc_parts(&uri).1);
+    }
+    let srv = a.name.clone();
+    let get = |id: String, authenticated: bool| {
+        let (b, bob, srv) = (&b, &bob, &srv);
+        async move {
+            let path = if authenticated {
+                format!("/_matrix/client/v1/media/download/{srv}/{id}")
+            } else {
+                format!("/_matrix/media/v3/download/{srv}/{id}")
+            };
+            call(
+                b,
+                authenticated.then_some(bob),
+                reqwest::Method::GET,
+                &path,
+                None,
+            )
+            .await
+        }
+    };
+    let (one, two, three) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
+    for id in [&one, &two] {
+        assert_eq!(get(id.clone(), true).await.status, StatusCode::OK);
+    }
+    // One is used again, so two is the least recently used when three comes in.
+    assert_eq!(get(one.clone(), true).await.bytes, vec![b'1'; 100]);
+    assert_eq!(get(three.clone(), true).await.status, StatusCode::OK);
+    assert_eq!(
+        get(two.clone(), false).await.status,
+        StatusCode::NOT_FOUND,
+        "two was evicted"
+    );
+    assert_eq!(get(one.clone(), false).await.bytes, vec![b'1'; 100]);
+    assert_eq!(get(three.clone(), false).await.bytes, vec![b'3'; 100]);
+
+    // With A cut off, the cached copies are still served and the evicted one is not.
+    a.split();
+    assert_eq!(get(one.clone(), true).await.status, StatusCode::OK);
+    let gone = get(two.clone(), true).await;
+    assert_ne!(gone.status, StatusCode::OK, "two is no longer here");
+    // Back online, two is fetched from A again.
+    a.heal();
+    let again = get(two.clone(), true).await;
+    assert_eq!(
+        again.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&again.bytes)
+    );
+    assert_eq!(again.bytes, vec![b'2'; 100]);
 }

@@ -11,11 +11,12 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
+use futures::StreamExt;
 use http::{header, HeaderValue, StatusCode};
 use paracord_core::Error;
 use paracord_service::{
     accounts::Identity,
-    media::{inline_safe, Media, ThumbnailMethod},
+    media::{inline_safe, multipart_boundary, Media, MediaMeta, MultipartFile, ThumbnailMethod},
     ratelimit::Limit,
 };
 use ruma::{
@@ -34,13 +35,26 @@ fn authenticate(state: &AppState, parts: &http::request::Parts) -> Result<Identi
     Ok(state.accounts.authenticate(&token)?)
 }
 
+/// Whether a read of another server's media may fetch it from there. The legacy
+/// unauthenticated routes may not (as with Synapse's `enable_authenticated_media`): they serve
+/// only what is already here, so anyone on the internet cannot make this server fetch and
+/// store arbitrary remote media.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Remote {
+    Fetch,
+    CachedOnly,
+}
+
 /// The key media is stored under here: its id for local media; for another server's, its
-/// cached copy, fetched over federation the first time.
+/// cached copy, fetched over federation the first time (when `remote` allows).
 async fn media_key(
     state: &AppState,
     server_name: &str,
     media_id: &str,
+    remote: Remote,
 ) -> Result<String, ApiError> {
+    // Cached copies are keyed `server/id`: an id with a `/` (a decoded `%2F`) must not name one.
+    local_id(media_id)?;
     if server_name == state.config.server_name {
         return Ok(media_id.to_owned());
     }
@@ -50,6 +64,24 @@ async fn media_key(
     if state.media.meta(&key)?.is_some() {
         return Ok(key);
     }
+    if remote == Remote::CachedOnly {
+        return Err(Error::not_found(
+            "media not found (media of other servers is fetched through authenticated media only)",
+        )
+        .into());
+    }
+    fetch_remote(state, &server, media_id).await?;
+    Ok(key)
+}
+
+/// Fetches `media_id` from `server` and caches it. The file part of the federation answer is
+/// read chunk by chunk into a capped temporary file; the federation client itself hands the
+/// body over whole (at most its response cap), as it does for every federation answer.
+async fn fetch_remote(
+    state: &AppState,
+    server: &ruma::ServerName,
+    media_id: &str,
+) -> Result<(), ApiError> {
     let path = format!(
         "/_matrix/federation/v1/media/download/{}",
         crate::percent_encode(media_id)
@@ -58,35 +90,46 @@ async fn media_key(
         &state.federation,
         &state.keys,
         &state.config.server_name,
-        &server,
+        server,
         http::Method::GET,
         &path,
         None,
     )
     .await?;
-    let (file, content_type, filename) = if response.status.is_success() {
-        let content_type = response
+    let mut file = state.media.cache_file().await?;
+    let (content_type, filename) = if response.status.is_success() {
+        let boundary = response
             .headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        file_part(&content_type, &response.body).ok_or_else(|| {
-            Error::new(
-                StatusCode::BAD_GATEWAY,
-                paracord_core::ErrorKind::Unknown,
-                format!("{server} sent media that is not a multipart answer with a file"),
-            )
-        })?
+            .and_then(multipart_boundary)
+            .ok_or_else(|| {
+                Error::new(
+                    StatusCode::BAD_GATEWAY,
+                    paracord_core::ErrorKind::Unknown,
+                    format!("{server} sent media that is not a multipart answer"),
+                )
+            })?;
+        let mut parser = MultipartFile::new(&boundary);
+        for chunk in response.body.chunks(FETCH_CHUNK) {
+            parser.feed(chunk, &mut file).await?;
+        }
+        let part = parser.finish()?;
+        (part.content_type, part.filename)
     } else {
         // Servers from before authenticated media (Matrix 1.11) serve it only on the
         // legacy client path, unauthenticated.
-        match legacy_download(state, &server, media_id).await? {
-            Some(found) => found,
+        match legacy_download(state, server, media_id).await? {
+            Some((body, content_type, filename)) => {
+                for chunk in body.chunks(FETCH_CHUNK) {
+                    file.write(chunk).await?;
+                }
+                (content_type, filename)
+            }
             None => {
                 let body = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
                 return Err(paracord_service::federation::request::remote_error(
-                    &server,
+                    server,
                     response.status,
                     &body,
                 )
@@ -96,9 +139,13 @@ async fn media_key(
     };
     state
         .media
-        .store_remote(server_name, media_id, &file, content_type, filename)?;
-    Ok(key)
+        .commit_remote(server.as_str(), media_id, file, content_type, filename)
+        .await?;
+    Ok(())
 }
+
+/// Size of the pieces a fetched body is written to disk in.
+const FETCH_CHUNK: usize = 64 * 1024;
 
 /// Remote media from the legacy `/_matrix/media/v3/download/{serverName}/{mediaId}` of its
 /// server: `(bytes, content type, file name)`, or `None` when that fails too.
@@ -140,52 +187,54 @@ async fn legacy_download(
     )))
 }
 
-/// The file of a federation media answer (`multipart/mixed`: a JSON metadata part, then the
-/// file with its own `Content-Type` and `Content-Disposition`): its bytes, type and name.
-/// `None` when the answer is not such a multipart body (or redirects with `Location`).
-fn file_part(content_type: &str, body: &[u8]) -> Option<(Vec<u8>, Option<String>, Option<String>)> {
-    let boundary = content_type
-        .split(';')
-        .map(str::trim)
-        .find_map(|p| p.strip_prefix("boundary="))?
-        .trim_matches('"');
-    let delimiter = format!("--{boundary}");
-    let d = delimiter.as_bytes();
-    let find = |from: usize| -> Option<usize> {
-        body.get(from..)?
-            .windows(d.len())
-            .position(|w| w == d)
-            .map(|i| i + from)
-    };
-    let first = find(0)?;
-    let second = find(first + d.len())?;
-    let start = second + d.len();
-    let end = find(start)?;
-    // The part, between its CRLF after the delimiter and the CRLF before the next one.
-    let part = body.get(start..end)?;
-    let part = part.strip_prefix(b"\r\n").unwrap_or(part);
-    let part = part.strip_suffix(b"\r\n").unwrap_or(part);
-    let split = part.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let headers = std::str::from_utf8(&part[..split]).ok()?;
-    let file = part[split + 4..].to_vec();
-    let mut ct = None;
-    let mut name = None;
-    for line in headers.split("\r\n") {
-        let Some((k, v)) = line.split_once(':') else {
-            continue;
-        };
-        match k.trim().to_ascii_lowercase().as_str() {
-            "content-type" => ct = Some(v.trim().to_owned()),
-            "content-disposition" => {
-                name = ContentDisposition::try_from(v.trim().as_bytes())
-                    .ok()
-                    .and_then(|d| d.filename)
-            }
-            "location" => return None,
-            _ => {}
-        }
+/// A media id other servers may ask for: this server's own media only, never a cached copy of
+/// a third server's (keyed `server/id`).
+fn local_id(media_id: &str) -> Result<&str, ApiError> {
+    if media_id.contains('/') {
+        return Err(Error::not_found("media not found").into());
     }
-    Some((file, ct, name))
+    Ok(media_id)
+}
+
+/// A file read from disk in pieces of [`FETCH_CHUNK`] bytes.
+fn file_stream(
+    file: tokio::fs::File,
+) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    use tokio::io::AsyncReadExt;
+    futures::stream::try_unfold(file, |mut file| async move {
+        let mut buf = bytes::BytesMut::with_capacity(FETCH_CHUNK);
+        let n = file.read_buf(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        Ok(Some((buf.freeze(), file)))
+    })
+}
+
+/// A file streamed from disk as a response body.
+fn file_body(file: tokio::fs::File) -> Body {
+    Body::from_stream(file_stream(file))
+}
+
+/// Opens the file of a media key: the file and its length. A file gone between the lookup and
+/// the open (evicted from the cache) is a 404.
+async fn open_media(
+    state: &AppState,
+    key: &str,
+) -> Result<(MediaMeta, tokio::fs::File, u64), ApiError> {
+    let (meta, path) = state.media.locate(key)?;
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ApiError(Error::not_found("media not found")),
+            _ => ApiError(Error::internal(format!("media file: {e}"))),
+        })?;
+    let len = file
+        .metadata()
+        .await
+        .map_err(|e| ApiError(Error::internal(format!("media file: {e}"))))?
+        .len();
+    Ok((meta, file, len))
 }
 
 /// A ruma federation media answer (multipart) as an axum response.
@@ -221,18 +270,41 @@ fn disposition(filename: Option<&str>) -> ContentDisposition {
 }
 
 /// `GET /_matrix/federation/v1/media/download/{mediaId}` — https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1mediadownloadmediaid
+///
+/// The `multipart/mixed` answer is written here rather than by ruma, so the file streams from
+/// disk instead of being read into memory first.
 pub(crate) async fn federation_download_route(
     State(state): State<AppState>,
     req: crate::ruma_wrapper::Ruma<get_content::v1::Request>,
 ) -> ApiResult<Response> {
-    let (meta, bytes) = state.media.download(&req.body.media_id)?;
-    multipart(Content::new(
-        bytes,
-        meta.content_type
-            .clone()
-            .unwrap_or_else(|| "application/octet-stream".to_owned()),
-        disposition(meta.filename.as_deref()),
-    ))
+    let (meta, file, len) = open_media(&state, local_id(&req.body.media_id)?).await?;
+    let boundary = paracord_service::random_string(32);
+    let content_type: String = meta
+        .content_type
+        .as_deref()
+        .unwrap_or("application/octet-stream")
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    let head = format!(
+        "--{boundary}\r\nContent-Type: application/json\r\n\r\n{{}}\r\n--{boundary}\r\n\
+         Content-Type: {content_type}\r\nContent-Disposition: {}\r\n\r\n",
+        disposition(meta.filename.as_deref())
+    );
+    let tail = format!("\r\n--{boundary}--\r\n");
+    let total = (head.len() as u64)
+        .saturating_add(len)
+        .saturating_add(tail.len() as u64);
+    let stream = futures::stream::iter([Ok(bytes::Bytes::from(head))])
+        .chain(file_stream(file))
+        .chain(futures::stream::iter([Ok(bytes::Bytes::from(tail))]));
+    let mut response = Response::new(Body::from_stream(stream));
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&format!("multipart/mixed; boundary={boundary}")) {
+        headers.insert(header::CONTENT_TYPE, v);
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+    Ok(response)
 }
 
 /// `GET /_matrix/federation/v1/media/thumbnail/{mediaId}` — https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1mediathumbnailmediaid
@@ -249,11 +321,10 @@ pub(crate) async fn federation_thumbnail_route(
         u32::try_from(u64::from(b.width)).unwrap_or(u32::MAX),
         u32::try_from(u64::from(b.height)).unwrap_or(u32::MAX),
     );
-    let media = state.media.clone();
-    let id = b.media_id.clone();
-    let png = tokio::task::spawn_blocking(move || media.thumbnail(&id, w, h, method))
-        .await
-        .map_err(|e| ApiError(Error::internal(e)))??;
+    let png = state
+        .media
+        .thumbnail(local_id(&b.media_id)?, w, h, method)
+        .await?;
     multipart(Content::new(png, "image/png".to_owned(), disposition(None)))
 }
 
@@ -338,7 +409,12 @@ pub(crate) async fn upload_pending_route(
     Ok(Json(json!({})))
 }
 
-fn media_response(bytes: Vec<u8>, content_type: Option<&str>, filename: Option<&str>) -> Response {
+fn media_response(
+    body: Body,
+    len: Option<u64>,
+    content_type: Option<&str>,
+    filename: Option<&str>,
+) -> Response {
     let ct = content_type.unwrap_or("application/octet-stream");
     let disposition = if inline_safe(ct) {
         "inline"
@@ -362,8 +438,11 @@ fn media_response(bytes: Vec<u8>, content_type: Option<&str>, filename: Option<&
         }
         None => disposition.to_owned(),
     };
-    let mut resp = (StatusCode::OK, bytes).into_response();
+    let mut resp = (StatusCode::OK, body).into_response();
     let headers = resp.headers_mut();
+    if let Some(len) = len {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_str(ct).unwrap_or(HeaderValue::from_static("application/octet-stream")),
@@ -391,11 +470,17 @@ async fn download(
     server_name: &str,
     media_id: &str,
     file_name: Option<&str>,
+    remote: Remote,
 ) -> Result<Response, ApiError> {
-    let key = media_key(state, server_name, media_id).await?;
-    let (meta, bytes) = state.media.download(&key)?;
+    let key = media_key(state, server_name, media_id, remote).await?;
+    let (meta, file, len) = open_media(state, &key).await?;
     let name = file_name.or(meta.filename.as_deref());
-    Ok(media_response(bytes, meta.content_type.as_deref(), name))
+    Ok(media_response(
+        file_body(file),
+        Some(len),
+        meta.content_type.as_deref(),
+        name,
+    ))
 }
 
 /// `GET /_matrix/client/v1/media/download/{serverName}/{mediaId}` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1mediadownloadservernamemediaid
@@ -406,7 +491,7 @@ pub(crate) async fn download_route(
 ) -> ApiResult<Response> {
     let (parts, _) = req.into_parts();
     authenticate(&state, &parts)?;
-    download(&state, &server_name, &media_id, None).await
+    download(&state, &server_name, &media_id, None, Remote::Fetch).await
 }
 
 /// `GET /_matrix/client/v1/media/download/{serverName}/{mediaId}/{fileName}`
@@ -417,23 +502,39 @@ pub(crate) async fn download_named_route(
 ) -> ApiResult<Response> {
     let (parts, _) = req.into_parts();
     authenticate(&state, &parts)?;
-    download(&state, &server_name, &media_id, Some(&file_name)).await
+    download(
+        &state,
+        &server_name,
+        &media_id,
+        Some(&file_name),
+        Remote::Fetch,
+    )
+    .await
 }
 
-/// Legacy unauthenticated `GET /_matrix/media/v3/download/{serverName}/{mediaId}`.
+/// Legacy unauthenticated `GET /_matrix/media/v3/download/{serverName}/{mediaId}`: local
+/// media and other servers' media already cached here, never a fetch.
 pub(crate) async fn legacy_download_route(
     State(state): State<AppState>,
     Params((server_name, media_id)): Params<(String, String)>,
 ) -> ApiResult<Response> {
-    download(&state, &server_name, &media_id, None).await
+    download(&state, &server_name, &media_id, None, Remote::CachedOnly).await
 }
 
-/// Legacy unauthenticated `GET /_matrix/media/v3/download/{serverName}/{mediaId}/{fileName}`.
+/// Legacy unauthenticated `GET /_matrix/media/v3/download/{serverName}/{mediaId}/{fileName}`:
+/// what is here only, as [`legacy_download_route`].
 pub(crate) async fn legacy_download_named_route(
     State(state): State<AppState>,
     Params((server_name, media_id, file_name)): Params<(String, String, String)>,
 ) -> ApiResult<Response> {
-    download(&state, &server_name, &media_id, Some(&file_name)).await
+    download(
+        &state,
+        &server_name,
+        &media_id,
+        Some(&file_name),
+        Remote::CachedOnly,
+    )
+    .await
 }
 
 async fn thumbnail(
@@ -441,8 +542,9 @@ async fn thumbnail(
     server_name: &str,
     media_id: &str,
     q: &HashMap<String, String>,
+    remote: Remote,
 ) -> Result<Response, ApiError> {
-    let key = media_key(state, server_name, media_id).await?;
+    let key = media_key(state, server_name, media_id, remote).await?;
     let dim = |k: &str| -> Result<u32, ApiError> {
         q.get(k)
             .ok_or_else(|| ApiError(Error::missing_param(format!("missing {k}"))))?
@@ -459,11 +561,14 @@ async fn thumbnail(
         Some("crop") => ThumbnailMethod::Crop,
         Some(_) => return Err(Error::invalid_param("method must be crop or scale").into()),
     };
-    let media = state.media.clone();
-    let png = tokio::task::spawn_blocking(move || media.thumbnail(&key, w, h, method))
-        .await
-        .map_err(|e| ApiError(Error::internal(e)))??;
-    Ok(media_response(png, Some("image/png"), None))
+    let png = state.media.thumbnail(&key, w, h, method).await?;
+    let len = png.len() as u64;
+    Ok(media_response(
+        Body::from(png),
+        Some(len),
+        Some("image/png"),
+        None,
+    ))
 }
 
 /// `GET /_matrix/client/v1/media/thumbnail/{serverName}/{mediaId}` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1mediathumbnailservernamemediaid
@@ -475,16 +580,17 @@ pub(crate) async fn thumbnail_route(
 ) -> ApiResult<Response> {
     let (parts, _) = req.into_parts();
     authenticate(&state, &parts)?;
-    thumbnail(&state, &server_name, &media_id, &q).await
+    thumbnail(&state, &server_name, &media_id, &q, Remote::Fetch).await
 }
 
-/// Legacy unauthenticated `GET /_matrix/media/v3/thumbnail/{serverName}/{mediaId}`.
+/// Legacy unauthenticated `GET /_matrix/media/v3/thumbnail/{serverName}/{mediaId}`: of media
+/// that is here only, as [`legacy_download_route`].
 pub(crate) async fn legacy_thumbnail_route(
     State(state): State<AppState>,
     Params((server_name, media_id)): Params<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    thumbnail(&state, &server_name, &media_id, &q).await
+    thumbnail(&state, &server_name, &media_id, &q, Remote::CachedOnly).await
 }
 
 /// `GET /_matrix/client/v1/media/config` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1mediaconfig

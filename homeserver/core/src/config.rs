@@ -54,6 +54,15 @@ pub struct Config {
     pub default_room_version: String,
     pub max_request_bytes: usize,
     pub refreshable_access_token_lifetime_ms: u64,
+    /// Bytes of another server's media kept in the local cache; past it, that server's least
+    /// recently used cached files are evicted.
+    pub remote_media_cache_bytes_per_origin: u64,
+    /// Widest and tallest image that is decoded for a thumbnail, in pixels.
+    pub thumbnail_max_source_side: u32,
+    /// Most memory one image decode for a thumbnail may allocate, in bytes.
+    pub thumbnail_max_decode_bytes: u64,
+    /// How many images are decoded for thumbnails at the same time.
+    pub thumbnail_max_concurrent_decodes: usize,
     pub max_upload_bytes: usize,
     /// Address ranges (CIDR) the outbound guard lets the server reach although they are
     /// private or special (loopback, RFC 1918, link-local, …). In the environment, a
@@ -135,6 +144,10 @@ impl Default for Config {
             default_room_version: "12".to_owned(),
             max_request_bytes: 1024 * 1024,
             refreshable_access_token_lifetime_ms: 5 * 60 * 1000,
+            remote_media_cache_bytes_per_origin: 1024 * 1024 * 1024,
+            thumbnail_max_source_side: 8192,
+            thumbnail_max_decode_bytes: 256 * 1024 * 1024,
+            thumbnail_max_concurrent_decodes: 2,
             max_upload_bytes: 50 * 1024 * 1024,
             ip_range_allowlist: Vec::new(),
             url_preview_enabled: true,
@@ -234,6 +247,17 @@ pub const TEMPLATE: &str = r#"# Paracord homeserver configuration.
 
 # Lifetime of access tokens issued together with a refresh token, in milliseconds.
 #refreshable_access_token_lifetime_ms = 300000
+
+# Media of other servers is fetched (through authenticated media only) and cached here. Each
+# origin server gets this many bytes of cache; past it, its least recently used files are
+# evicted and fetched again when next asked for.
+#remote_media_cache_bytes_per_origin = 1073741824
+# Thumbnails: images wider or taller than this many pixels, or whose decoding would allocate
+# more than thumbnail_max_decode_bytes, are refused (M_TOO_LARGE) instead of decoded; at most
+# thumbnail_max_concurrent_decodes images are decoded at the same time.
+#thumbnail_max_source_side = 8192
+#thumbnail_max_decode_bytes = 268435456
+#thumbnail_max_concurrent_decodes = 2
 
 # Largest media upload, in bytes (M_TOO_LARGE above it).
 #max_upload_bytes = 52428800
@@ -416,6 +440,16 @@ impl Config {
         }
         if let Some(proxy) = &self.federation_proxy {
             check_proxy_url(proxy)?;
+        }
+        if self.remote_media_cache_bytes_per_origin == 0
+            || self.thumbnail_max_source_side == 0
+            || self.thumbnail_max_decode_bytes == 0
+            || self.thumbnail_max_concurrent_decodes == 0
+        {
+            return Err(
+                "remote_media_cache_bytes_per_origin and the thumbnail_max_* limits must be positive"
+                    .to_owned(),
+            );
         }
         if [
             self.rate_limit_auth_per_second,

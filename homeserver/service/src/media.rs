@@ -1,5 +1,13 @@
 //! The media repository: content stored on disk addressed by its SHA-256, metadata in
 //! RocksDB, thumbnails made with the `image` crate and cached, and URL previews.
+//!
+//! Media of other servers is cached under `media/remote/`, one file per cached copy, within a
+//! byte quota per origin server (`remote_cache`); thumbnails come in a fixed set of sizes and
+//! are decoded under limits (`thumbnail`).
+
+mod multipart;
+mod remote_cache;
+mod thumbnail;
 
 use std::{io::Cursor, path::PathBuf, sync::Arc, time::Duration};
 
@@ -9,6 +17,12 @@ use ruma::UserId;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+
+pub use self::{
+    multipart::{multipart_boundary, FilePart, MultipartFile},
+    remote_cache::CacheFile,
+    thumbnail::{snap_thumbnail_size, THUMBNAIL_SIZES},
+};
 
 /// Media metadata as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -23,6 +37,20 @@ pub struct MediaMeta {
     /// For `/media/create`: when the reserved id expires unused.
     #[serde(default)]
     pub unused_expires_at: Option<u64>,
+    /// For media of another server cached here (since the per-origin quota): its own file and
+    /// when it was last used. Copies cached before that live in the content store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached: Option<CachedCopy>,
+}
+
+/// Where a cached copy of another server's media is and when it was last used.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CachedCopy {
+    pub origin: String,
+    /// Relative to the media directory (`remote/ab/abc…`).
+    pub file: String,
+    /// Access stamp (microseconds, strictly increasing): the LRU order of the origin's copies.
+    pub last_access: u64,
 }
 
 /// How to make a thumbnail.
@@ -33,9 +61,6 @@ pub enum ThumbnailMethod {
 }
 
 const PENDING_LIFETIME_MS: u64 = 24 * 60 * 60 * 1000;
-const MAX_THUMBNAIL_SIDE: u32 = 1600;
-/// Images larger than this many pixels are not thumbnailed (decompression bombs).
-const MAX_SOURCE_PIXELS: u64 = 40_000_000;
 const MAX_PREVIEW_BYTES: usize = 1024 * 1024;
 /// Largest image a preview fetches.
 const MAX_PREVIEW_IMAGE_BYTES: usize = 10 * 1024 * 1024;
@@ -72,6 +97,11 @@ pub struct Media {
     dir: PathBuf,
     /// Fetches pages and images for previews, through the outbound guard.
     preview_http: crate::outbound::GuardedClient,
+    /// Held while the remote cache's accounting (per-origin bytes, LRU index) changes; holds
+    /// the last access stamp handed out.
+    cache_lock: parking_lot::Mutex<u64>,
+    /// Permits for image decodes (`thumbnail_max_concurrent_decodes`).
+    decodes: Arc<tokio::sync::Semaphore>,
 }
 
 fn db_err(e: impl std::fmt::Display) -> Error {
@@ -105,11 +135,19 @@ impl Media {
             PREVIEW_TIMEOUT,
         )
         .map_err(db_err)?;
+        // Fetches that were cut short by a crash leave their partial files here.
+        let _ = std::fs::remove_dir_all(dir.join(remote_cache::TMP_DIR));
+        std::fs::create_dir_all(dir.join(remote_cache::TMP_DIR)).map_err(db_err)?;
+        let decodes = Arc::new(tokio::sync::Semaphore::new(
+            config.thumbnail_max_concurrent_decodes.max(1),
+        ));
         Ok(Self {
             db,
             config,
             dir,
             preview_http,
+            cache_lock: parking_lot::Mutex::new(0),
+            decodes,
         })
     }
 
@@ -160,10 +198,27 @@ impl Media {
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent).map_err(db_err)?;
             }
-            // Write then rename, so a crash never leaves a half-written file under the hash.
+            // Write then rename, so a crash never leaves a half-written file under the hash;
+            // the file and its directory entry are on disk before the record that points at
+            // them is written (with `sync_writes`), so a power loss cannot leave a record of
+            // content that is not there.
             let tmp = path.with_extension(format!("tmp{}", Self::new_id()));
-            std::fs::write(&tmp, bytes).map_err(db_err)?;
+            {
+                use std::io::Write;
+                let mut file = std::fs::File::create(&tmp).map_err(db_err)?;
+                file.write_all(bytes).map_err(db_err)?;
+                if self.config.sync_writes {
+                    file.sync_all().map_err(db_err)?;
+                }
+            }
             std::fs::rename(&tmp, &path).map_err(db_err)?;
+            if self.config.sync_writes {
+                if let Some(parent) = path.parent() {
+                    std::fs::File::open(parent)
+                        .and_then(|d| d.sync_all())
+                        .map_err(db_err)?;
+                }
+            }
         }
         Ok(hash)
     }
@@ -187,6 +242,7 @@ impl Media {
             uploader: uploader.to_string(),
             created: now_ms(),
             unused_expires_at: None,
+            cached: None,
         };
         self.put_meta(&id, &meta)?;
         Ok(id)
@@ -204,6 +260,7 @@ impl Media {
             uploader: uploader.to_string(),
             created: now_ms(),
             unused_expires_at: Some(expires),
+            cached: None,
         };
         self.put_meta(&id, &meta)?;
         Ok((id, expires))
@@ -250,31 +307,9 @@ impl Media {
         format!("{server}/{media_id}")
     }
 
-    /// Caches media of another server, fetched over federation.
-    pub fn store_remote(
-        &self,
-        server: &str,
-        media_id: &str,
-        bytes: &[u8],
-        content_type: Option<String>,
-        filename: Option<String>,
-    ) -> Result<()> {
-        self.check_size(bytes.len())?;
-        let hash = self.store(bytes)?;
-        let meta = MediaMeta {
-            hash: Some(hash),
-            content_type,
-            filename,
-            size: bytes.len() as u64,
-            uploader: server.to_owned(),
-            created: now_ms(),
-            unused_expires_at: None,
-        };
-        self.put_meta(&Self::remote_key(server, media_id), &meta)
-    }
-
-    /// The content of a media id.
-    pub fn download(&self, media_id: &str) -> Result<(MediaMeta, Vec<u8>)> {
+    /// The metadata and the file of a media id (local, or another server's cached here). Using
+    /// a cached copy makes it the origin's most recently used one.
+    pub fn locate(&self, media_id: &str) -> Result<(MediaMeta, PathBuf)> {
         let meta = self
             .meta(media_id)?
             .ok_or_else(|| Error::not_found("media not found"))?;
@@ -285,66 +320,14 @@ impl Media {
                 "media not uploaded yet",
             ));
         };
-        let bytes = std::fs::read(self.content_path(hash))
-            .map_err(|e| Error::internal(format!("media file missing: {e}")))?;
-        Ok((meta, bytes))
-    }
-
-    /// A thumbnail (PNG) of image media, made once per size and method and cached on disk.
-    pub fn thumbnail(
-        &self,
-        media_id: &str,
-        width: u32,
-        height: u32,
-        method: ThumbnailMethod,
-    ) -> Result<Vec<u8>> {
-        let (meta, bytes) = self.download(media_id)?;
-        let hash = meta.hash.unwrap_or_default();
-        let (w, h) = (
-            width.clamp(1, MAX_THUMBNAIL_SIDE),
-            height.clamp(1, MAX_THUMBNAIL_SIDE),
-        );
-        let m = match method {
-            ThumbnailMethod::Crop => "crop",
-            ThumbnailMethod::Scale => "scale",
-        };
-        let cached = self
-            .dir
-            .join("thumbnails")
-            .join(format!("{hash}-{w}x{h}-{m}.png"));
-        if let Ok(b) = std::fs::read(&cached) {
-            return Ok(b);
-        }
-        let reader = image::ImageReader::new(Cursor::new(&bytes))
-            .with_guessed_format()
-            .map_err(|_| Error::invalid_param("media is not an image"))?;
-        let (sw, sh) = reader
-            .into_dimensions()
-            .map_err(|_| Error::invalid_param("media is not an image that can be thumbnailed"))?;
-        if u64::from(sw) * u64::from(sh) > MAX_SOURCE_PIXELS {
-            return Err(Error::invalid_param("image too large to thumbnail"));
-        }
-        let img = image::ImageReader::new(Cursor::new(&bytes))
-            .with_guessed_format()
-            .map_err(|_| Error::invalid_param("media is not an image"))?
-            .decode()
-            .map_err(|_| Error::invalid_param("media is not an image that can be thumbnailed"))?;
-        let thumb = match method {
-            // Never upscale: a thumbnail is at most the original's size.
-            ThumbnailMethod::Scale => img.thumbnail(w.min(sw), h.min(sh)),
-            ThumbnailMethod::Crop => {
-                img.resize_to_fill(w.min(sw), h.min(sh), image::imageops::FilterType::Triangle)
+        let path = match &meta.cached {
+            Some(copy) => {
+                self.touch(media_id)?;
+                self.dir.join(&copy.file)
             }
+            None => self.content_path(hash),
         };
-        let mut out = Vec::new();
-        thumb
-            .write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png)
-            .map_err(|e| Error::internal(format!("thumbnail encoding: {e}")))?;
-        let tmp = cached.with_extension(format!("tmp{}", Self::new_id()));
-        if std::fs::write(&tmp, &out).is_ok() {
-            let _ = std::fs::rename(&tmp, &cached);
-        }
-        Ok(out)
+        Ok((meta, path))
     }
 
     /// Fetches an http(s) URL for a preview through the outbound guard (its preview rules),

@@ -65,6 +65,11 @@ pub enum Table {
     UserapppushkeyPusher,
     /// media id → media metadata (content hash, type, name, size, uploader).
     MediaidMedia,
+    /// `origin 0xFF access stamp (u64) media_id` → size (u64): another server's media cached
+    /// here, least recently used first.
+    OriginaccessMedia,
+    /// `origin` → bytes (u64) of that server's media cached here.
+    OriginCachebytes,
     // key backup
     /// `user_id 0xFF version (u64)` → backup version record (algorithm, auth_data, etag,
     /// count, deleted).
@@ -150,6 +155,8 @@ impl Table {
         Table::UserroomposHighlight,
         Table::UserapppushkeyPusher,
         Table::MediaidMedia,
+        Table::OriginaccessMedia,
+        Table::OriginCachebytes,
         // key backup
         Table::UserversionBackup,
         Table::UserversionroomsessionRoomkey,
@@ -209,6 +216,8 @@ impl Table {
             Table::UserroomposHighlight => "userroompos_highlight",
             Table::UserapppushkeyPusher => "userapppushkey_pusher",
             Table::MediaidMedia => "mediaid_media",
+            Table::OriginaccessMedia => "originaccess_media",
+            Table::OriginCachebytes => "origin_cachebytes",
             // key backup
             Table::UserversionBackup => "userversion_backup",
             Table::UserversionroomsessionRoomkey => "userversionroomsession_roomkey",

@@ -705,3 +705,54 @@ async fn an_event_built_on_a_rejected_event_is_accepted() {
     let levels = alice.state_content(&room, "m.room.power_levels", "").await;
     assert!(levels["users"].get(&bob.user_id).is_none(), "{levels}");
 }
+
+// Issue 15 item 6: a transaction of 50 PDUs of nearly 64 KiB each is valid and is taken,
+// whatever the limit on clients' request bodies.
+#[tokio::test]
+async fn a_transaction_of_fifty_full_size_pdus_is_taken() {
+    let (_a, _b, alice, bob, as_b) = setup().await;
+    let body = "x".repeat(60_000);
+    let pdus: Vec<(String, Value)> = (0..50)
+        .map(|i| {
+            as_b.signed(as_b.template(
+                &bob.user_id,
+                "m.room.message",
+                None,
+                message(&format!("{i} {body}")),
+            ))
+        })
+        .collect();
+    let txn = as_b.transaction(&pdus.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>());
+    assert!(
+        serde_json::to_vec(&txn).unwrap().len() > 2 * 1024 * 1024,
+        "the transaction is over 2 MiB"
+    );
+    let (status, answer) = as_b.put_send("full-size", &txn).await;
+    assert_eq!(status, 200, "got {answer}");
+    for (id, _) in &pdus {
+        assert_eq!(answer["pdus"][id], json!({}), "{id}: {answer}");
+    }
+    let ids = timeline_ids(&alice, &as_b.room).await;
+    assert!(
+        pdus.iter().all(|(id, _)| ids.contains(id)),
+        "all 50 in A's timeline"
+    );
+}
+
+// Issue 15 item 6: before fetching anything for a pushed event, A checks that its sender
+// could be in the room; a stranger's event with unknown prev_events is refused at once.
+#[tokio::test]
+async fn missing_events_are_not_fetched_for_a_sender_who_could_not_be_in_the_room() {
+    let (_a, _b, _alice, _bob, as_b) = setup().await;
+    let stranger = format!("@stranger:{}", as_b.b_name);
+    let mut event = as_b.template(&stranger, "m.room.message", None, message("let me in"));
+    event["prev_events"] = json!(["$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"]);
+    let (id, pdu) = as_b.signed(event);
+    let (status, answer) = as_b.put_send("stranger", &as_b.transaction(&[pdu])).await;
+    assert_eq!(status, 200, "got {answer}");
+    let error = answer["pdus"][&id]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("could not be in"),
+        "expected the cheap check's refusal, got {answer}"
+    );
+}

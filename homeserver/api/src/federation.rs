@@ -240,6 +240,14 @@ pub(crate) async fn ask(
     Ok(answer)
 }
 
+/// The largest body of a request from another server: a transaction of 50 PDUs of 64 KiB
+/// each (the most the spec allows) and its EDUs fits, whatever `max_request_bytes` (which
+/// bounds clients' requests) says.
+pub(crate) fn request_limit(config: &paracord_core::Config) -> usize {
+    const FEDERATION_REQUEST_BYTES: usize = 6 * 1024 * 1024;
+    config.max_request_bytes.max(FEDERATION_REQUEST_BYTES)
+}
+
 /// The body of a federation request handled without ruma types, with the origin server whose
 /// `X-Matrix` signature over it (and the method, path and destination) verifies.
 pub(crate) async fn signed_body(
@@ -247,7 +255,7 @@ pub(crate) async fn signed_body(
     req: axum::extract::Request,
 ) -> ApiResult<(ruma::OwnedServerName, axum::body::Bytes)> {
     let (parts, body) = req.into_parts();
-    let limit = state.config.max_request_bytes;
+    let limit = request_limit(&state.config);
     let bytes = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| Error::too_large(format!("the body is larger than {limit} bytes")))?;

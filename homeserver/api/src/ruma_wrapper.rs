@@ -217,7 +217,11 @@ impl Read {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| client_address(&state.config.trusted_proxies, c.0.ip(), &parts.headers));
-        let limit = state.config.max_request_bytes;
+        let limit = if <T::Authentication as AuthRequirement>::SERVER_SIGNED {
+            crate::federation::request_limit(&state.config)
+        } else {
+            state.config.max_request_bytes
+        };
         let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
             ApiError(Error::too_large(format!(
                 "request body is larger than {limit} bytes"

@@ -203,6 +203,10 @@ pub struct Pdus {
     config: Arc<Config>,
     /// This service itself, for work it starts in the background.
     me: std::sync::Weak<Pdus>,
+    /// One transaction at a time per origin: a server's transactions are taken in the order
+    /// they come, and one server cannot have this one process many of its transactions (each
+    /// possibly fetching missing events) at once.
+    txn_locks: parking_lot::Mutex<HashMap<OwnedServerName, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 fn version_rules(
@@ -242,7 +246,18 @@ impl Pdus {
             keys,
             config,
             me,
+            txn_locks: parking_lot::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The lock that serializes `origin`'s transactions.
+    fn txn_lock(&self, origin: &ServerName) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.txn_locks.lock();
+        if locks.len() > 10_000 {
+            // Locks nobody holds or waits for can go.
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        locks.entry(origin.to_owned()).or_default().clone()
     }
 
     fn own_name(&self) -> &str {
@@ -660,6 +675,12 @@ impl Pdus {
         // events this event names.
         let mut filled = false;
         if !self.missing_prevs(&event).map_err(failed)?.is_empty() {
+            // Fetching costs this server work and the room's history: only for a sender who
+            // could be in the room, through a server that is.
+            if fetch_missing {
+                self.could_be_in_room(origin, room_id, &event)
+                    .map_err(failed)?;
+            }
             filled = true;
             self.fill_missing(origin, room_id, version, &event, fetch_missing)
                 .await?;
@@ -690,6 +711,34 @@ impl Pdus {
                 }
             }
         }
+    }
+
+    /// A check that costs nothing but reads of the current state, made before fetching
+    /// anything for a pushed event: its sender must have some membership in the room (or the
+    /// event is their own membership), and the server pushing it must have a member there.
+    fn could_be_in_room(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        event: &Checked,
+    ) -> Result<()> {
+        let state = self.rooms.current_state(room_id)?;
+        let sender = &event.pdu.sender;
+        let own_membership = event.pdu.kind.to_string() == "m.room.member"
+            && event.pdu.state_key.as_deref() == Some(sender.as_str());
+        let sender_known = own_membership || self.rooms.membership_in(&state, sender)?.is_some();
+        let origin_in_room = self
+            .rooms
+            .servers_in_room(room_id)?
+            .iter()
+            .any(|s| s.as_str() == origin.as_str());
+        if !sender_known || !origin_in_room {
+            return Err(Error::forbidden(format!(
+                "{sender} could not be in {room_id} as far as this server knows, through \
+                 {origin}: its missing events are not fetched"
+            )));
+        }
+        Ok(())
     }
 
     /// The `prev_events` of an event that are not placed here (and not rejected without
@@ -799,6 +848,8 @@ impl Pdus {
         txn_id: &str,
         body: &Value,
     ) -> Result<Value> {
+        let lock = self.txn_lock(origin);
+        let _serial = lock.lock().await;
         let key = KeyBuf::new()
             .str(origin.as_str())
             .last_str(txn_id)

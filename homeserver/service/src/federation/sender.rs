@@ -47,6 +47,10 @@ pub const MAX_QUEUED_EDUS: u64 = 10_000;
 /// How many of the oldest EDUs go when a destination's queue is full: a tenth at once, so a
 /// long-dead destination costs a warning per thousand EDUs rather than one per EDU.
 pub const EDUS_DROPPED_AT_CAP: u64 = MAX_QUEUED_EDUS / 10;
+/// Most bytes of PDUs and EDUs in one transaction: a destination with the common 1 MiB limit
+/// on request bodies takes it (50 PDUs of 64 KiB would not fit). One item always goes, however
+/// large.
+pub const TRANSACTION_BYTE_BUDGET: usize = 900 * 1024;
 /// Longest piece of a remote error message copied into our logs.
 const LOGGED_ERROR_CHARS: usize = 200;
 
@@ -149,6 +153,8 @@ struct Failure {
     retry_after: Option<Duration>,
     /// The destination refused the transaction itself (400, 403, 413).
     refused: bool,
+    /// How many items (PDUs and EDUs) the transaction held.
+    items: usize,
 }
 
 impl Failure {
@@ -157,6 +163,7 @@ impl Failure {
             reason: reason.into(),
             retry_after: None,
             refused: false,
+            items: 0,
         }
     }
 }
@@ -447,16 +454,19 @@ impl Sender {
         tokio::pin!(shutdown);
         let mut failures: u32 = 0;
         let mut refusals: u32 = 0;
+        // Items per transaction while a refused transaction is being narrowed down.
+        let mut limit = usize::MAX;
         loop {
             let step = tokio::select! {
                 biased;
                 () = &mut shutdown => return,
-                step = self.send_next(&destination, refusals) => step,
+                step = self.send_next(&destination, refusals, limit) => step,
             };
             let failure = match step {
                 Ok(Step::Sent | Step::Dropped) => {
                     failures = 0;
                     refusals = 0;
+                    limit = usize::MAX;
                     // A wake-up that came while things went well is no reason to skip a
                     // later backoff.
                     let _ = worker.wake.notified().now_or_never();
@@ -466,6 +476,20 @@ impl Sender {
                     if self.retire(&destination, &worker) {
                         return;
                     }
+                    continue;
+                }
+                Err(failure) if failure.refused && failure.items > 1 => {
+                    // The destination refuses the transaction as a whole: the trouble is one
+                    // of its items (or its size). Halves go at once until a single item is
+                    // refused; only that one is given up, not those around it.
+                    limit = failure.items.div_ceil(2);
+                    refusals = 0;
+                    tracing::info!(
+                        destination = %destination,
+                        items = failure.items,
+                        "{}: sending {limit} items at a time to find the one refused",
+                        failure.reason
+                    );
                     continue;
                 }
                 Err(failure) => failure,
@@ -496,7 +520,12 @@ impl Sender {
     }
 
     /// Sends the oldest queued items of `destination` as one transaction.
-    async fn send_next(&self, destination: &ServerName, refusals: u32) -> Result<Step, Failure> {
+    async fn send_next(
+        &self,
+        destination: &ServerName,
+        refusals: u32,
+        limit: usize,
+    ) -> Result<Step, Failure> {
         let storage = |e: StorageError| Failure::new(format!("federation queue: {e}"));
         let prefix = QueueKey::prefix(destination.as_str());
         let pdus = self
@@ -507,7 +536,7 @@ impl Sender {
                 &prefix,
                 None,
                 false,
-                MAX_PDUS_PER_TRANSACTION,
+                MAX_PDUS_PER_TRANSACTION.min(limit),
             )
             .map_err(storage)?;
         let edus = self
@@ -518,12 +547,29 @@ impl Sender {
                 &prefix,
                 None,
                 false,
-                MAX_EDUS_PER_TRANSACTION,
+                MAX_EDUS_PER_TRANSACTION.min(limit.saturating_sub(pdus.len())),
             )
             .map_err(storage)?;
         if pdus.is_empty() && edus.is_empty() {
             return Ok(Step::Empty);
         }
+        // Within the byte budget, oldest first, PDUs before EDUs; at least one item.
+        let mut budget = TRANSACTION_BYTE_BUDGET;
+        let mut fits = |rows: Vec<Entry>, first: bool| -> Vec<Entry> {
+            let mut kept = Vec::with_capacity(rows.len());
+            for row in rows {
+                let size = row.1.len();
+                if size > budget && !(first && kept.is_empty()) {
+                    budget = 0;
+                    break;
+                }
+                budget = budget.saturating_sub(size);
+                kept.push(row);
+            }
+            kept
+        };
+        let pdus = fits(pdus, true);
+        let edus = fits(edus, pdus.is_empty());
         // Deleted together once the destination has accepted them.
         let mut sent = Batch::new();
         let mut items = |queue: Queue, rows: Vec<Entry>| -> Vec<Value> {
@@ -597,6 +643,7 @@ impl Sender {
                 reason: format!("{destination} answered {status} {message}"),
                 retry_after,
                 refused,
+                items: pdu_count + edu_count,
             });
         }
         log_rejected_pdus(destination, &answer);
@@ -716,6 +763,8 @@ mod tests {
         ok_body: Mutex<Option<Value>>,
         in_flight: AtomicUsize,
         max_in_flight: AtomicUsize,
+        /// A transaction holding the PDU with this `content.n` is refused (400).
+        poison: Mutex<Option<u64>>,
     }
 
     impl ReceiverState {
@@ -848,12 +897,22 @@ mod tests {
             Some(txn_id) if method == "PUT" => {
                 let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                 state.max_in_flight.fetch_max(now, Ordering::SeqCst);
-                let status = state.statuses.lock().pop_front().unwrap_or(200);
+                let body: Value = serde_json::from_slice(&buf[head_end..head_end + length])
+                    .unwrap_or(Value::Null);
+                let poisoned = state.poison.lock().is_some_and(|n| {
+                    body["pdus"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|p| p["content"]["n"] == n))
+                });
+                let status = if poisoned {
+                    400
+                } else {
+                    state.statuses.lock().pop_front().unwrap_or(200)
+                };
                 state.received.lock().push(Received {
                     txn_id: txn_id.to_owned(),
                     authorization: header("authorization"),
-                    body: serde_json::from_slice(&buf[head_end..head_end + length])
-                        .unwrap_or(Value::Null),
+                    body,
                     status,
                     at: Instant::now(),
                 });
@@ -1119,37 +1178,76 @@ mod tests {
         assert_eq!(free.state.max_in_flight.load(Ordering::SeqCst), 1);
     }
 
+    // Issue 15 item 6: a transaction refused as a whole is narrowed down to the item the
+    // destination refuses; only that item is given up, not the 49 around it.
     #[tokio::test]
-    async fn a_transaction_refused_again_and_again_is_given_up_and_the_queue_moves_on() {
+    async fn only_the_item_a_destination_refuses_is_given_up() {
         let receiver = Receiver::start().await;
-        // The first transaction is refused as malformed three times; a 503 between refusals
-        // would restart the count, so none is sent here.
-        receiver.state.statuses.lock().extend([400, 413, 400]);
+        *receiver.state.poison.lock() = Some(7);
         let o = origin(config(ORIGIN, 20, 200));
         let dest = receiver.name.clone();
-        for n in 0..MAX_PDUS_PER_TRANSACTION + 2 {
+        let total = MAX_PDUS_PER_TRANSACTION + 2;
+        for n in 0..total {
             o.sender
                 .queue_pdu(std::slice::from_ref(&dest), &event_id(n), &pdu(n))
                 .unwrap();
         }
         o.sender.start();
-        wait_for("the rest of the queue to be delivered", DEADLINE, || {
-            receiver.state.delivered().len() == 1 && queue_is_empty(&o.db, &dest)
+        wait_for("the queue to be delivered", DEADLINE, || {
+            queue_is_empty(&o.db, &dest)
         })
         .await;
+        let mut delivered = numbers(&receiver.state.delivered(), "pdus");
+        delivered.sort_unstable();
+        let expected: Vec<u64> = (0..total as u64).filter(|n| *n != 7).collect();
+        assert_eq!(delivered, expected, "everything but the refused PDU");
+        // The refused one alone was refused the last times.
         let txns = receiver.state.received();
-        assert_eq!(
-            txns.iter().map(|t| t.status).collect::<Vec<_>>(),
-            vec![400, 413, 400, 200]
+        let last_refused: Vec<_> = txns
+            .iter()
+            .filter(|t| t.status == 400)
+            .rev()
+            .take(3)
+            .collect();
+        assert!(last_refused
+            .iter()
+            .all(|t| numbers(std::slice::from_ref(t), "pdus") == vec![7]));
+    }
+
+    // Issue 15 item 6: transactions are packed by bytes as well as by count.
+    #[tokio::test]
+    async fn transactions_are_packed_within_the_byte_budget() {
+        let receiver = Receiver::start().await;
+        let o = origin(config(ORIGIN, 20, 200));
+        let dest = receiver.name.clone();
+        let big = |n: usize| {
+            json!({ "type": "m.test", "content": { "n": n, "pad": "x".repeat(60_000) } })
+                .to_string()
+                .into_bytes()
+        };
+        for n in 0..40 {
+            o.sender
+                .queue_pdu(std::slice::from_ref(&dest), &event_id(n), &big(n))
+                .unwrap();
+        }
+        o.sender.start();
+        wait_for("the queue to be delivered", DEADLINE, || {
+            queue_is_empty(&o.db, &dest)
+        })
+        .await;
+        let txns = receiver.state.delivered();
+        assert!(
+            txns.len() >= 3,
+            "40 PDUs of 60 KB take several transactions"
         );
-        // The refused transaction (the first 50 PDUs) was given up; the next one went.
-        assert_eq!(
-            numbers(&txns[3..], "pdus"),
-            vec![
-                MAX_PDUS_PER_TRANSACTION as u64,
-                MAX_PDUS_PER_TRANSACTION as u64 + 1
-            ]
-        );
+        for t in &txns {
+            let size = serde_json::to_vec(&t.body["pdus"]).unwrap().len();
+            assert!(
+                size <= TRANSACTION_BYTE_BUDGET + 1024,
+                "{size} bytes in one transaction"
+            );
+        }
+        assert_eq!(numbers(&txns, "pdus"), (0..40).collect::<Vec<u64>>());
     }
 
     #[tokio::test]

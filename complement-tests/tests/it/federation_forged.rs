@@ -14,8 +14,10 @@ use std::collections::BTreeSet;
 use paracord_complement::{
     e2ee::{b64, b64_decode, Ed25519Key},
     enc,
-    federation::{federating_server, server_signing_key, x_matrix_with_content},
-    TestServer, User,
+    federation::{
+        federating_server, federating_server_with, server_signing_key, x_matrix_with_content,
+    },
+    Env, TestServer, User,
 };
 use ruma::{
     canonical_json::CanonicalJsonObject,
@@ -221,7 +223,12 @@ fn state_event_id(state: &StateSet, kind: &str, state_key: &str) -> String {
 /// A on one side, B (whose user Bob joined A's room) on the other, and the test able to speak
 /// as B about that room.
 async fn setup() -> (TestServer, TestServer, User, User, AsB) {
-    let (a, a_name) = federating_server().await;
+    setup_with(|_| {}).await
+}
+
+/// [`setup`] with A's environment adjusted by `configure`.
+async fn setup_with(configure: impl FnOnce(&mut Env)) -> (TestServer, TestServer, User, User, AsB) {
+    let (a, a_name) = federating_server_with(configure).await;
     let (b, b_name) = federating_server().await;
     let alice = a.register_random().await;
     let bob = b.register_random().await;
@@ -754,5 +761,25 @@ async fn missing_events_are_not_fetched_for_a_sender_who_could_not_be_in_the_roo
     assert!(
         error.contains("could not be in"),
         "expected the cheap check's refusal, got {answer}"
+    );
+}
+
+// Issue 15 item 6: what a transaction may cost in fetching is budgeted; once spent (here: a
+// budget of nothing), A fetches nothing more for it and says why.
+#[tokio::test]
+async fn fetching_for_a_transaction_stops_when_its_budget_is_spent() {
+    let (_a, _b, _alice, bob, as_b) = setup_with(|env| {
+        TestServer::set_env(env, "PARACORD_FEDERATION_FETCH_BUDGET_BYTES", "0");
+    })
+    .await;
+    let mut event = as_b.template(&bob.user_id, "m.room.message", None, message("after a gap"));
+    event["prev_events"] = json!(["$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"]);
+    let (id, pdu) = as_b.signed(event);
+    let (status, answer) = as_b.put_send("no-budget", &as_b.transaction(&[pdu])).await;
+    assert_eq!(status, 200, "got {answer}");
+    let error = answer["pdus"][&id]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("budget"),
+        "expected the budget's refusal, got {answer}"
     );
 }

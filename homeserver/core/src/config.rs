@@ -45,6 +45,10 @@ pub struct Config {
     /// Typing notices, presence and to-device messages of a user (chattier, so higher).
     pub rate_limit_ephemeral_per_second: f64,
     pub rate_limit_ephemeral_burst: u32,
+    /// What fetching missing events, state and auth events for one incoming transaction may
+    /// cost at most: bytes of answers, and time.
+    pub federation_fetch_budget_bytes: usize,
+    pub federation_fetch_budget_ms: u64,
     /// Whether a write is on disk (fsynced) before the request that made it is answered.
     pub sync_writes: bool,
     /// Reverse proxies (CIDR ranges) whose `X-Forwarded-For` names the client's address.
@@ -141,6 +145,8 @@ impl Default for Config {
             rate_limit_ephemeral_burst: 100,
             trusted_proxies: Vec::new(),
             sync_writes: true,
+            federation_fetch_budget_bytes: 64 * 1024 * 1024,
+            federation_fetch_budget_ms: 30_000,
             default_room_version: "12".to_owned(),
             max_request_bytes: 1024 * 1024,
             refreshable_access_token_lifetime_ms: 5 * 60 * 1000,
@@ -227,6 +233,12 @@ pub const TEMPLATE: &str = r#"# Paracord homeserver configuration.
 # Per user: typing notices, presence and to-device messages.
 #rate_limit_ephemeral_per_second = 10.0
 #rate_limit_ephemeral_burst = 100
+
+# What fetching the missing events, state and auth events of one incoming federation
+# transaction may cost at most: bytes of the answers, and milliseconds. Past either, the PDUs
+# still waiting are answered with an error (their sender's later events bring them again).
+#federation_fetch_budget_bytes = 67108864
+#federation_fetch_budget_ms = 30000
 
 # An acknowledged write is on disk: requests that change something are answered after the
 # database's log is fsynced (many requests share one fsync). false answers as soon as the

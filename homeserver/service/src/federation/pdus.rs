@@ -221,6 +221,64 @@ fn version_rules(
         .ok_or_else(|| format!("room version {version} has no rules"))
 }
 
+/// What fetching for one incoming transaction may still cost (missing events, state, auth
+/// events): bytes of answers and time. Set while a transaction is taken in; requests made
+/// outside one (joins, a user's own actions) have no such budget.
+#[derive(Debug)]
+struct FetchBudget {
+    bytes_left: usize,
+    deadline: tokio::time::Instant,
+}
+
+impl FetchBudget {
+    /// Refuses a request once the time or the bytes are spent.
+    fn check(&self) -> Result<()> {
+        if self.bytes_left == 0 || tokio::time::Instant::now() >= self.deadline {
+            return Err(Error::new(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                ErrorKind::LimitExceeded {
+                    retry_after_ms: 1000,
+                },
+                "the budget for fetching what this transaction is missing is spent",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Takes `bytes` off the budget.
+    fn charge(&mut self, bytes: usize) {
+        self.bytes_left = self.bytes_left.saturating_sub(bytes);
+    }
+}
+
+tokio::task_local! {
+    static FETCH_BUDGET: std::cell::RefCell<FetchBudget>;
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    // Issue 15 item 6: the fetch budget of a transaction runs out by bytes and by time.
+    #[tokio::test]
+    async fn the_fetch_budget_runs_out_by_bytes_and_by_time() {
+        let mut b = FetchBudget {
+            bytes_left: 100,
+            deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(30),
+        };
+        assert!(b.check().is_ok());
+        b.charge(60);
+        assert!(b.check().is_ok());
+        b.charge(60);
+        assert!(b.check().is_err(), "bytes spent");
+        let b = FetchBudget {
+            bytes_left: 100,
+            deadline: tokio::time::Instant::now(),
+        };
+        assert!(b.check().is_err(), "time spent");
+    }
+}
+
 fn pdu_list(v: &Value, key: &str) -> Vec<Value> {
     v.get(key)
         .and_then(Value::as_array)
@@ -271,6 +329,9 @@ impl Pdus {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value> {
+        FETCH_BUDGET
+            .try_with(|b| b.borrow().check())
+            .unwrap_or(Ok(()))?;
         let (status, json) = signed_json(
             &self.client,
             &self.keys,
@@ -281,6 +342,11 @@ impl Pdus {
             body,
         )
         .await?;
+        let _ = FETCH_BUDGET.try_with(|b| {
+            // The answer's size as it came (near enough: its compact JSON).
+            let size = serde_json::to_vec(&json).map_or(0, |v| v.len());
+            b.borrow_mut().charge(size);
+        });
         if status == http::StatusCode::FORBIDDEN {
             // The resident server refused: that is the answer, not a gateway failure.
             let message = json
@@ -772,6 +838,9 @@ impl Pdus {
                 .fetch_missing_events(origin, room_id, version, event)
                 .await
             {
+                if matches!(e.kind(), Some(ErrorKind::LimitExceeded { .. })) {
+                    return Err(failed(e));
+                }
                 debug!(%room_id, "get_missing_events from {origin} failed: {e}");
             }
             let still = self.missing_prevs(event).map_err(failed)?;
@@ -869,8 +938,35 @@ impl Pdus {
                 "a transaction carries at most {MAX_TXN_PDUS} PDUs and {MAX_TXN_EDUS} EDUs"
             )));
         }
+        let budget = FetchBudget {
+            bytes_left: self.config.federation_fetch_budget_bytes,
+            deadline: tokio::time::Instant::now()
+                + std::time::Duration::from_millis(self.config.federation_fetch_budget_ms),
+        };
+        let results = FETCH_BUDGET
+            .scope(
+                std::cell::RefCell::new(budget),
+                self.take_pdus(origin, &pdus),
+            )
+            .await?;
+        for edu in &edus {
+            self.edus.handle(origin, edu);
+        }
+        let answer = json!({ "pdus": results });
+        let mut batch = Batch::new();
+        batch.put(Table::OrigintxnResponse, key, serde_json::to_vec(&answer)?);
+        self.rooms.db.write(batch).map_err(Error::internal)?;
+        Ok(answer)
+    }
+
+    /// Takes in the PDUs of a transaction: the per-PDU answers.
+    async fn take_pdus(
+        &self,
+        origin: &ServerName,
+        pdus: &[Value],
+    ) -> Result<serde_json::Map<String, Value>> {
         let mut results = serde_json::Map::new();
-        for value in &pdus {
+        for value in pdus {
             let Some(room_id) = value
                 .get("room_id")
                 .and_then(Value::as_str)
@@ -931,14 +1027,7 @@ impl Pdus {
             };
             results.insert(event_id.to_string(), entry);
         }
-        for edu in &edus {
-            self.edus.handle(origin, edu);
-        }
-        let answer = json!({ "pdus": results });
-        let mut batch = Batch::new();
-        batch.put(Table::OrigintxnResponse, key, serde_json::to_vec(&answer)?);
-        self.rooms.db.write(batch).map_err(Error::internal)?;
-        Ok(answer)
+        Ok(results)
     }
 
     /// A PDU of a room this server is not in may still end a local user's pending invite

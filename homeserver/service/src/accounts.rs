@@ -1235,6 +1235,13 @@ mod tests {
         (dir, Accounts::new(db, Arc::new(config)))
     }
 
+    /// A new account `name` (password "pw") logged in with a refresh token.
+    async fn refreshable(a: &Accounts, name: &str) -> LoginResult {
+        a.register(Some(name), Some("pw".into()), None, None, false, true, None)
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn only_an_asked_for_account_is_admin_and_tokens_work() {
         let (_d, a) = accounts();
@@ -1278,18 +1285,7 @@ mod tests {
     async fn simultaneous_refreshes_leave_one_live_token() {
         let (_d, a) = accounts();
         let a = Arc::new(a);
-        let r = a
-            .register(
-                Some("dave"),
-                Some("pw".into()),
-                None,
-                None,
-                false,
-                true,
-                None,
-            )
-            .await
-            .unwrap();
+        let r = refreshable(&a, "dave").await;
         let mut refresh = r.refresh_token.clone().unwrap();
         let mut issued = vec![r.access_token.clone()];
         for round in 0..200 {
@@ -1321,18 +1317,7 @@ mod tests {
     #[tokio::test]
     async fn refresh_rotates_tokens() {
         let (_d, a) = accounts();
-        let r = a
-            .register(
-                Some("carol"),
-                Some("pw".into()),
-                None,
-                None,
-                false,
-                true,
-                None,
-            )
-            .await
-            .unwrap();
+        let r = refreshable(&a, "carol").await;
         let refresh = r.refresh_token.clone().unwrap();
         let next = a.refresh(&refresh).unwrap();
         assert!(a.authenticate(&r.access_token).is_err());

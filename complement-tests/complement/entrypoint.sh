@@ -65,6 +65,9 @@ export PARACORD_FEDERATION_RETRY_MAX_MS="${PARACORD_FEDERATION_RETRY_MAX_MS:-500
 # network or the host running Complement: private addresses the outbound guard refuses unless
 # allowed.
 export PARACORD_IP_RANGE_ALLOWLIST="${PARACORD_IP_RANGE_ALLOWLIST:-127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16}"
+# Complement's media tests fetch other servers' media through the legacy unauthenticated
+# routes, which by default serve only cached media (Synapse's enable_authenticated_media).
+export PARACORD_LEGACY_MEDIA_FETCHES_REMOTE="${PARACORD_LEGACY_MEDIA_FETCHES_REMOTE:-true}"
 export PARACORD_LOG="${PARACORD_LOG:-info}"
 # default_room_version stays Paracord's default unless PARACORD_DEFAULT_ROOM_VERSION is passed.
 

@@ -1034,6 +1034,33 @@ async fn legacy_media_routes_never_fetch_from_other_servers() {
     assert_eq!(legacy.bytes, PNG);
 }
 
+/// `legacy_media_fetches_remote` opens the legacy routes to other servers' media again.
+#[tokio::test]
+async fn legacy_media_routes_fetch_when_the_operator_allows_it() {
+    let (a, _) = paracord_complement::federation::federating_server().await;
+    let (b, _) = paracord_complement::federation::federating_server_with(|env| {
+        TestServer::set_env(env, "PARACORD_LEGACY_MEDIA_FETCHES_REMOTE", "true");
+    })
+    .await;
+    let alice = a.register_random().await;
+    let (srv, id) = mxc_parts(&upload(&a, &alice, PNG, "image/png").await);
+    let legacy = call(
+        &b,
+        None,
+        reqwest::Method::GET,
+        &format!("/_matrix/media/v3/download/{srv}/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        legacy.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&legacy.bytes)
+    );
+    assert_eq!(legacy.bytes, PNG);
+}
+
 /// Issue 15: each origin's media is cached within `remote_media_cache_bytes_per_origin`;
 /// past it, the origin's least recently used copy is evicted (the legacy route, which serves
 /// only cached media, no longer has it) and fetched from the origin again when asked for.

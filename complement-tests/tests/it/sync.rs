@@ -690,3 +690,63 @@ async fn state_changed_by_filtered_out_events_is_given_in_state() {
     assert_eq!(topic["content"]["topic"], "newer", "got {topic}");
     assert_eq!(state.len(), 1, "expected only what changed, got {sync}");
 }
+
+// Complement's TestUnbanViaInvite: an initial sync gives the rooms the user was banned or
+// kicked from (their client should show it) without `include_leave`; a room they left
+// themselves only with it.
+#[tokio::test]
+async fn initial_sync_gives_rooms_the_user_was_removed_from() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    let mut rooms = Vec::new();
+    for _ in 0..3 {
+        let room = bob.create_room(&json!({ "preset": "public_chat" })).await;
+        alice.join_ok(&room).await;
+        rooms.push(room);
+    }
+    let (banned, kicked, left) = (&rooms[0], &rooms[1], &rooms[2]);
+    let (status, body) = bob
+        .post(
+            &format!("/rooms/{}/ban", enc(banned)),
+            &json!({ "user_id": alice.user_id }),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 200, "ban: {body}");
+    let (status, body) = bob
+        .post(
+            &format!("/rooms/{}/kick", enc(kicked)),
+            &json!({ "user_id": alice.user_id }),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 200, "kick: {body}");
+    let (status, body) = alice
+        .post(&format!("/rooms/{}/leave", enc(left)), &json!({}))
+        .await;
+    assert_eq!(status.as_u16(), 200, "leave: {body}");
+
+    let sync = alice.sync(None, 0, None).await;
+    let leave = &sync["rooms"]["leave"];
+    for (room, what) in [(banned, "ban"), (kicked, "leave")] {
+        let timeline = leave[room.as_str()]["timeline"]["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            timeline.iter().any(|e| e["type"] == "m.room.member"
+                && e["state_key"] == alice.user_id.as_str()
+                && e["content"]["membership"] == what),
+            "expected the {what} in rooms.leave, got {sync}"
+        );
+    }
+    assert!(
+        leave.get(left.as_str()).is_none(),
+        "a room left by choice only with include_leave: {sync}"
+    );
+    let filter = json!({ "room": { "include_leave": true } }).to_string();
+    let sync = alice.sync(None, 0, Some(&filter)).await;
+    assert!(
+        sync["rooms"]["leave"].get(left.as_str()).is_some(),
+        "with include_leave: {sync}"
+    );
+}

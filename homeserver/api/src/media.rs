@@ -45,6 +45,17 @@ enum Remote {
     CachedOnly,
 }
 
+/// What the legacy unauthenticated routes may do with other servers' media: serve what is
+/// cached, or (`legacy_media_fetches_remote`, like Synapse's `enable_authenticated_media:
+/// false`) fetch it too.
+fn legacy(state: &AppState) -> Remote {
+    if state.config.legacy_media_fetches_remote {
+        Remote::Fetch
+    } else {
+        Remote::CachedOnly
+    }
+}
+
 /// The key media is stored under here: its id for local media; for another server's, its
 /// cached copy, fetched over federation the first time (when `remote` allows).
 async fn media_key(
@@ -518,7 +529,7 @@ pub(crate) async fn legacy_download_route(
     State(state): State<AppState>,
     Params((server_name, media_id)): Params<(String, String)>,
 ) -> ApiResult<Response> {
-    download(&state, &server_name, &media_id, None, Remote::CachedOnly).await
+    download(&state, &server_name, &media_id, None, legacy(&state)).await
 }
 
 /// Legacy unauthenticated `GET /_matrix/media/v3/download/{serverName}/{mediaId}/{fileName}`:
@@ -532,7 +543,7 @@ pub(crate) async fn legacy_download_named_route(
         &server_name,
         &media_id,
         Some(&file_name),
-        Remote::CachedOnly,
+        legacy(&state),
     )
     .await
 }
@@ -590,7 +601,7 @@ pub(crate) async fn legacy_thumbnail_route(
     Params((server_name, media_id)): Params<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    thumbnail(&state, &server_name, &media_id, &q, Remote::CachedOnly).await
+    thumbnail(&state, &server_name, &media_id, &q, legacy(&state)).await
 }
 
 /// `GET /_matrix/client/v1/media/config` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1mediaconfig

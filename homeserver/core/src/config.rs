@@ -49,6 +49,9 @@ pub struct Config {
     /// cost at most: bytes of answers, and time.
     pub federation_fetch_budget_bytes: usize,
     pub federation_fetch_budget_ms: u64,
+    /// Whether the unauthenticated legacy media routes fetch other servers' media (off: they
+    /// serve only what is cached here).
+    pub legacy_media_fetches_remote: bool,
     /// Whether a write is on disk (fsynced) before the request that made it is answered.
     pub sync_writes: bool,
     /// Reverse proxies (CIDR ranges) whose `X-Forwarded-For` names the client's address.
@@ -145,6 +148,7 @@ impl Default for Config {
             rate_limit_ephemeral_burst: 100,
             trusted_proxies: Vec::new(),
             sync_writes: true,
+            legacy_media_fetches_remote: false,
             federation_fetch_budget_bytes: 64 * 1024 * 1024,
             federation_fetch_budget_ms: 30_000,
             default_room_version: "12".to_owned(),
@@ -233,6 +237,11 @@ pub const TEMPLATE: &str = r#"# Paracord homeserver configuration.
 # Per user: typing notices, presence and to-device messages.
 #rate_limit_ephemeral_per_second = 10.0
 #rate_limit_ephemeral_burst = 100
+
+# Let the unauthenticated legacy media routes (/_matrix/media/v3/download, /thumbnail) fetch
+# other servers' media, as before Matrix 1.11. Off, they serve only what is cached here, so
+# nobody without an account can make this server fetch and store remote media.
+#legacy_media_fetches_remote = false
 
 # What fetching the missing events, state and auth events of one incoming federation
 # transaction may cost at most: bytes of the answers, and milliseconds. Past either, the PDUs

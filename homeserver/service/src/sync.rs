@@ -209,9 +209,15 @@ impl Sync {
                     );
                 }
                 "leave" | "ban" => {
+                    // An initial sync gives the rooms the user was banned or kicked from
+                    // whatever the filter says (they did not choose to go, and their client
+                    // should show it), the rooms they left themselves only with
+                    // `include_leave`.
                     let include = match req.since {
                         Some(s) => rec.pos > s,
-                        None => room_filter.include_leave,
+                        None => {
+                            room_filter.include_leave || self.removed_by_other(req.user, &rec)?
+                        }
                     };
                     if include {
                         leave.insert(
@@ -388,6 +394,17 @@ impl Sync {
             out["summary"]["m.heroes"] = json!(heroes);
         }
         Ok(Some(out))
+    }
+
+    /// Whether a membership of `leave` or `ban` was someone else's doing (a kick or a ban).
+    fn removed_by_other(&self, user: &UserId, rec: &MembershipRecord) -> Result<bool> {
+        if rec.membership == "ban" {
+            return Ok(true);
+        }
+        Ok(self
+            .rooms
+            .pdu(&rec.event_id)?
+            .is_some_and(|p| p.sender != user))
     }
 
     /// Timeline and state of a room between `since` and `upto` (`end` bounds a left room).

@@ -32,3 +32,4 @@ mod search;
 mod spaces;
 mod synapse_interop;
 mod sync;
+mod visibility;

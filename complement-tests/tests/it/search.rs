@@ -231,7 +231,10 @@ async fn search_finds_visible_messages_with_order_filters_context_and_groups() {
 #[tokio::test]
 async fn redacted_events_leave_the_index_and_admins_can_rebuild_it() {
     let server = TestServer::start().await;
-    let admin = server.register_random().await;
+    // No account is an admin for being registered first (issue 15): register one as such.
+    let admin = server
+        .admin_register(&paracord_complement::random_localpart(), true)
+        .await;
     let bob = server.register_random().await;
     let room = admin.create_room(&json!({})).await;
     let gone = admin.send_text(&room, "embarrassing typo").await;

@@ -451,6 +451,16 @@ impl Rooms {
         Ok(self.membership(room_id, user)?.as_deref() == Some("join"))
     }
 
+    /// Whether `a` and `b` are both joined to some room (who may see whose presence).
+    pub fn share_a_room(&self, a: &UserId, b: &UserId) -> Result<bool> {
+        for (room_id, rec) in self.user_rooms(a)? {
+            if rec.membership == "join" && self.is_joined(&room_id, b)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Members of a room with their membership.
     pub fn members(&self, room_id: &RoomId) -> Result<Vec<(OwnedUserId, String)>> {
         let prefix = KeyBuf::new().str(room_id.as_str()).into_vec();

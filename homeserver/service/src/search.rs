@@ -26,7 +26,9 @@ pub struct Keys {
 pub struct SearchQuery<'a> {
     pub term: &'a str,
     pub keys: Keys,
-    pub rooms: &'a [String],
+    /// The rooms to search, each with the last stream position the searcher may find in it
+    /// (a user who left finds nothing sent after their leave, and it is not counted).
+    pub rooms: &'a [(String, Option<u64>)],
     pub senders: Option<&'a [String]>,
     pub recent: bool,
     pub offset: usize,
@@ -266,7 +268,7 @@ impl Search {
         let mut scanned = 0usize;
         for token in &tokens {
             let mut matches = Vec::new();
-            for room in q.rooms {
+            for (room, until) in q.rooms {
                 if scanned >= MAX_SCANNED {
                     break;
                 }
@@ -294,6 +296,7 @@ impl Search {
                                 }
                             };
                             if p.fields & wanted_fields != 0
+                                && !until.is_some_and(|u| pos > u)
                                 && !q.from_ts.is_some_and(|f| p.ts < f)
                                 && !q.until_ts.is_some_and(|u| p.ts > u)
                                 && !q.senders.is_some_and(|s| !s.contains(&p.sender))
@@ -404,7 +407,12 @@ mod tests {
         db.write(b).unwrap_or_else(|e| unreachable!("write: {e}"));
     }
 
-    fn query(s: &Search, term: &str, rooms: &[String], recent: bool) -> (Vec<u64>, usize) {
+    fn query(
+        s: &Search,
+        term: &str,
+        rooms: &[(String, Option<u64>)],
+        recent: bool,
+    ) -> (Vec<u64>, usize) {
         let (hits, n) = s
             .query(&SearchQuery {
                 term,
@@ -429,7 +437,7 @@ mod tests {
     fn ranks_by_matches_and_forgets_redacted_events() {
         let (_dir, db) = db();
         let s = Search::open(db.clone()).unwrap_or_else(|e| unreachable!("open: {e}"));
-        let rooms = vec!["!r:x".to_owned()];
+        let rooms = vec![("!r:x".to_owned(), None)];
         index(&s, &db, "!r:x", 1, "apple banana");
         index(&s, &db, "!r:x", 2, "apple apple apple");
         index(&s, &db, "!r:x", 3, "cherry");
@@ -446,6 +454,9 @@ mod tests {
         assert_eq!(query(&s, "banana cherry", &rooms, false).1, 0);
         let (hits, _) = query(&s, "apple", &rooms, true);
         assert_eq!(hits, [2, 1]);
+        // Issue 15: nothing after a room's bound is found or counted.
+        let until_1 = [("!r:x".to_owned(), Some(1))];
+        assert_eq!(query(&s, "apple", &until_1, false), (vec![1], 1));
         let mut b = Batch::new();
         s.unindex_into(&mut b, 2)
             .unwrap_or_else(|e| unreachable!("unindex: {e}"));

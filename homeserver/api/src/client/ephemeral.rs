@@ -206,6 +206,14 @@ pub(crate) async fn get_presence_route(
     State(state): State<AppState>,
     req: Ruma<get_presence::v3::Request>,
 ) -> ApiResult<Json<Value>> {
+    // Issue 15: presence is for the users who share a room with its user (and the user
+    // themselves), as in sync; to anyone else, whether the user exists or not, 403.
+    let id = req.user()?;
+    if id.user_id != req.body.user_id
+        && !state.rooms.share_a_room(&id.user_id, &req.body.user_id)?
+    {
+        return Err(Error::forbidden("you share no room with this user").into());
+    }
     let p = state.ephemeral.presence(&req.body.user_id)?;
     if p.is_none() && state.accounts.account(&req.body.user_id)?.is_none() {
         return Err(Error::not_found("unknown user").into());

@@ -369,19 +369,19 @@ pub(crate) async fn get_member_events_route(
     let r = reader(&req)?;
     let room_id = &req.body.room_id;
     state.rooms.check_can_read(room_id, r.user)?;
-    let snapshot = match &req.body.at {
-        Some(token) => state
-            .rooms
-            .state_at_pos(room_id, paracord_service::sync::parse_token(token)?)?,
-        None => {
-            // A user who left sees the members as of their leave.
-            match state.rooms.user_room(r.user, room_id)? {
-                Some(rec) if rec.membership != "join" => {
-                    state.rooms.state_at_pos(room_id, rec.pos)?
-                }
-                _ => state.rooms.room_or_404(room_id)?.state,
-            }
-        }
+    // A user who left sees the members as of their leave, also when `at` names a later
+    // point (issue 15; spec: the membership at the time they left).
+    let ceiling = state.rooms.read_ceiling(room_id, r.user)?;
+    let at = req
+        .body
+        .at
+        .as_deref()
+        .map(paracord_service::sync::parse_token)
+        .transpose()?;
+    let snapshot = match (at, ceiling) {
+        (Some(at), Some(ceiling)) => state.rooms.state_at_pos(room_id, at.min(ceiling))?,
+        (Some(pos), None) | (None, Some(pos)) => state.rooms.state_at_pos(room_id, pos)?,
+        (None, None) => state.rooms.room_or_404(room_id)?.state,
     };
     let map = state.rooms.state(snapshot)?;
     let want = req.body.membership.as_ref().map(|m| m.to_string());

@@ -5,7 +5,7 @@ use paracord_core::Error;
 use paracord_service::{
     ratelimit::Limit,
     rooms::{
-        timeline::{Dir, EventFilter, Window},
+        timeline::{Dir, EventFilter, Reader, Window},
         NewEvent,
     },
     sync::{make_token, parse_token},
@@ -122,9 +122,9 @@ pub(crate) async fn get_message_events_route(
         Direction::Forward => Dir::Forward,
     };
     // A user who left reads no further than their leave.
-    let ceiling = match state.rooms.user_room(r.user, room_id)? {
-        Some(rec) if rec.membership != "join" => rec.pos,
-        _ => state.stream.current(),
+    let ceiling = match state.rooms.read_ceiling(room_id, r.user)? {
+        Some(pos) => pos,
+        None => state.stream.current(),
     };
     let from = match &req.body.from {
         Some(t) => parse_token(t)?.min(ceiling),
@@ -171,17 +171,11 @@ pub(crate) async fn get_message_events_route(
         req.body.filter.lazy_load_options,
         ruma::api::client::filter::LazyLoadOptions::Enabled { .. }
     );
-    let mut state_events = Vec::new();
-    if lazy {
-        let current = state.rooms.current_state(room_id)?;
-        for user in paracord_service::rooms::Rooms::senders_of(&page.events) {
-            if let Some(short) = current.get(&("m.room.member".to_owned(), user.to_string())) {
-                if let Some((_, ev)) = state.rooms.client_event(*short, Some(r))? {
-                    state_events.push(ev);
-                }
-            }
-        }
-    }
+    let state_events = if lazy {
+        lazy_members(&state, r, room_id, &page.events)?
+    } else {
+        Vec::new()
+    };
     // `end` whenever events came back (where the next page starts; that page may be empty,
     // and has no `end`), as clients and other servers expect.
     let end = page.next.or_else(|| {
@@ -201,4 +195,29 @@ pub(crate) async fn get_message_events_route(
         body["state"] = json!(state_events);
     }
     Ok(Json(body))
+}
+
+/// The member events of the senders of `events` (visible events of a page), as they were at
+/// the newest of them: not the current ones, which a user who left may not see (issue 15).
+pub(crate) fn lazy_members(
+    state: &AppState,
+    r: Reader<'_>,
+    room_id: &ruma::RoomId,
+    events: &[(u64, Value)],
+) -> Result<Vec<Value>, Error> {
+    let Some(newest) = events.iter().map(|(pos, _)| *pos).max() else {
+        return Ok(Vec::new());
+    };
+    let at = state
+        .rooms
+        .state(state.rooms.state_at_pos(room_id, newest)?)?;
+    let mut out = Vec::new();
+    for user in paracord_service::rooms::Rooms::senders_of(events) {
+        if let Some(short) = at.get(&("m.room.member".to_owned(), user.to_string())) {
+            if let Some((_, ev)) = state.rooms.client_event(*short, Some(r))? {
+                out.push(ev);
+            }
+        }
+    }
+    Ok(out)
 }

@@ -127,6 +127,8 @@ pub(crate) async fn get_context_route(
     let limit = usize::try_from(u64::from(req.body.limit))
         .unwrap_or(10)
         .min(100);
+    // A user who left reads no further than their leave (issue 15).
+    let ceiling = state.rooms.read_ceiling(room_id, r.user)?;
     let before_n = limit / 2;
     let after_n = limit - before_n;
     let mut filter = crate::client::message::filter_of(&req.body.filter);
@@ -149,7 +151,7 @@ pub(crate) async fn get_context_route(
         r,
         Window {
             from: pos,
-            to: None,
+            to: ceiling,
             dir: Dir::Forward,
             limit: after_n,
         },
@@ -162,7 +164,31 @@ pub(crate) async fn get_context_route(
         .unwrap_or(pos.saturating_sub(1));
     let end = after.events.last().map(|(p, _)| *p).unwrap_or(pos);
     let state_map = state.rooms.state(state.rooms.state_at_pos(room_id, end)?)?;
-    let state_events = state.rooms.state_events(&state_map, Some(r))?;
+    let mut state_events = state.rooms.state_events(&state_map, Some(r))?;
+    // Lazy-loading members: only those of the senders of the events returned (and the
+    // reader's own), as at `end`.
+    if matches!(
+        req.body.filter.lazy_load_options,
+        ruma::api::client::filter::LazyLoadOptions::Enabled { .. }
+    ) {
+        let mut senders: Vec<&str> = before
+            .events
+            .iter()
+            .chain(after.events.iter())
+            .map(|(_, e)| e)
+            .chain(std::iter::once(&ev))
+            .filter_map(|e| e["sender"].as_str())
+            .chain(std::iter::once(r.user.as_str()))
+            .collect();
+        senders.sort_unstable();
+        senders.dedup();
+        state_events.retain(|e| {
+            e["type"] != "m.room.member"
+                || e["state_key"]
+                    .as_str()
+                    .is_some_and(|k| senders.binary_search(&k).is_ok())
+        });
+    }
     Ok(Json(json!({
         "event": ev,
         "events_before": before.events.into_iter().map(|(_, e)| e).collect::<Vec<_>>(),

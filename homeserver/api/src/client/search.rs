@@ -49,13 +49,17 @@ pub(crate) async fn search_events_route(
         .map(|l| usize::try_from(l).unwrap_or(MAX_LIMIT))
         .unwrap_or(10)
         .clamp(1, MAX_LIMIT);
-    // Users only find what they may see: rooms they are or were in, then per event.
-    let mut rooms: Vec<String> = state
+    // Users only find what they may see: rooms they are or were in, in a room they left
+    // nothing after their leave (issue 15), then per event.
+    let mut rooms: Vec<(String, Option<u64>)> = state
         .rooms
         .user_rooms(r.user)?
         .into_iter()
-        .filter(|(_, m)| matches!(m.membership.as_str(), "join" | "leave" | "ban"))
-        .map(|(room, _)| room.to_string())
+        .filter_map(|(room, m)| match m.membership.as_str() {
+            "join" => Some((room.to_string(), None)),
+            "leave" | "ban" => Some((room.to_string(), Some(m.pos))),
+            _ => None,
+        })
         .collect();
     let strs = |v: &Value| {
         v.as_array().map(|a| {
@@ -65,10 +69,10 @@ pub(crate) async fn search_events_route(
         })
     };
     if let Some(only) = strs(&filter["rooms"]) {
-        rooms.retain(|room| only.contains(room));
+        rooms.retain(|(room, _)| only.contains(room));
     }
     if let Some(not) = strs(&filter["not_rooms"]) {
-        rooms.retain(|room| !not.contains(room));
+        rooms.retain(|(room, _)| !not.contains(room));
     }
     let senders = strs(&filter["senders"]);
     let recent = criteria["order_by"] == "recent";
@@ -118,6 +122,12 @@ pub(crate) async fn search_events_route(
     );
     let with_context = ctx.is_object();
     let include_profile = ctx["include_profile"].as_bool().unwrap_or(false);
+    let ceiling_of = |room_id: &ruma::RoomId| {
+        rooms
+            .iter()
+            .find(|(room, _)| room == room_id.as_str())
+            .and_then(|(_, until)| *until)
+    };
     let mut results = Vec::new();
     let mut groups_room: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut groups_sender: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -134,10 +144,10 @@ pub(crate) async fn search_events_route(
                 &state,
                 r,
                 &meta.room_id,
+                ceiling_of(&meta.room_id),
                 *pos,
-                before,
-                after,
-                include_profile,
+                (before, after),
+                include_profile.then(|| ev["sender"].as_str().unwrap_or_default()),
             )?;
         }
         let id = ev["event_id"].as_str().unwrap_or_default().to_owned();
@@ -195,7 +205,8 @@ pub(crate) async fn search_events_route(
         let mut st = serde_json::Map::new();
         for room in groups_room.keys() {
             if let Ok(room_id) = ruma::OwnedRoomId::try_from(room.as_str()) {
-                let map = state.rooms.current_state(&room_id)?;
+                // The state a user who left saw last: at their leave (issue 15).
+                let map = state_for(&state, &room_id, ceiling_of(&room_id))?;
                 st.insert(
                     room.clone(),
                     Value::Array(state.rooms.state_events(&map, Some(r))?),
@@ -207,14 +218,29 @@ pub(crate) async fn search_events_route(
     Ok(Json(json!({ "search_categories": { "room_events": out } })))
 }
 
+/// The state of a room for a searcher: the current state, or at `ceiling` for a user who
+/// left.
+fn state_for(
+    state: &AppState,
+    room_id: &ruma::RoomId,
+    ceiling: Option<u64>,
+) -> Result<std::sync::Arc<paracord_service::rooms::StateMap>, Error> {
+    match ceiling {
+        Some(pos) => state.rooms.state(state.rooms.state_at_pos(room_id, pos)?),
+        None => state.rooms.current_state(room_id),
+    }
+}
+
+/// The events around a result; `ceiling` is where a user who left stops reading; with
+/// `profiles_for` (the result's sender), the profiles of the senders.
 fn context(
     state: &AppState,
     r: Reader<'_>,
     room_id: &ruma::RoomId,
+    ceiling: Option<u64>,
     pos: u64,
-    before: usize,
-    after: usize,
-    include_profile: bool,
+    (before, after): (usize, usize),
+    profiles_for: Option<&str>,
 ) -> Result<Value, Error> {
     let none = EventFilter::default();
     let b = if before > 0 {
@@ -243,7 +269,7 @@ fn context(
                 r,
                 Window {
                     from: pos,
-                    to: None,
+                    to: ceiling,
                     dir: Dir::Forward,
                     limit: after,
                 },
@@ -264,17 +290,25 @@ fn context(
         "start": make_token(start),
         "end": make_token(end),
     });
-    if include_profile {
-        let map = state.rooms.current_state(room_id)?;
+    if let Some(result_sender) = profiles_for {
+        // Historic profiles: as at the result, which the reader may see (issue 15: not the
+        // current ones, which a user who left may not), for its sender and the events around.
+        let map = state.rooms.state(state.rooms.state_at_pos(room_id, pos)?)?;
         let mut profiles = serde_json::Map::new();
-        for ev in b.iter().chain(a.iter()).map(|(_, e)| e) {
-            if let Some(sender) = ev["sender"].as_str() {
-                let member = state
-                    .rooms
-                    .state_content(&map, "m.room.member", sender)?
-                    .unwrap_or_default();
-                profiles.insert(sender.to_owned(), json!({ "displayname": member["displayname"], "avatar_url": member["avatar_url"] }));
-            }
+        let senders = b
+            .iter()
+            .chain(a.iter())
+            .filter_map(|(_, e)| e["sender"].as_str())
+            .chain(std::iter::once(result_sender));
+        for sender in senders {
+            let member = state
+                .rooms
+                .state_content(&map, "m.room.member", sender)?
+                .unwrap_or_default();
+            profiles.insert(
+                sender.to_owned(),
+                json!({ "displayname": member["displayname"], "avatar_url": member["avatar_url"] }),
+            );
         }
         out["profile_info"] = Value::Object(profiles);
     }

@@ -8,7 +8,7 @@ use paracord_core::{Error, ErrorKind, Result};
 use paracord_storage::{key::decode_u64, Batch, KeyBuf, KeyReader, Table};
 
 use super::{
-    timeline::{Dir, Reader},
+    timeline::{Dir, Reader, Sight},
     Pdu, Rooms,
 };
 
@@ -268,7 +268,8 @@ impl Rooms {
     }
 
     /// The `unsigned.m.relations` of an event for a reader: the latest edit, the thread
-    /// summary and the references.
+    /// summary and the references, each made of the related events the reader may see (a
+    /// user who left sees none sent after their leave).
     pub(crate) fn aggregations(
         &self,
         target_short: u64,
@@ -280,66 +281,99 @@ impl Rooms {
         if children.is_empty() {
             return Ok(None);
         }
+        // Issue 15: every related event is judged for this reader.
+        let mut sight = Sight::new(self, reader.user);
         let mut out = serde_json::Map::new();
-        // The newest valid edit, in full. The original must be a plain event that is not
-        // itself an edit.
-        let original_editable = self.pdu_by_short(target_short)?.is_some_and(|o| {
-            o.state_key.is_none()
-                && relates_to(&o.content_value()).is_none_or(|r| r.0 != "m.replace")
-        });
-        let mut latest_edit = None;
+        let mut edits: Vec<u64> = Vec::new();
         let mut thread: Vec<u64> = Vec::new();
         let mut references = Vec::new();
         for (rel, child) in &children {
             match rel.as_str() {
-                "m.replace" => {
-                    if let Some(p) = self.pdu_by_short(*child)? {
-                        if original_editable
-                            && p.sender.as_str() == original_sender
-                            && p.kind.to_string() == original_type
-                            && p.state_key.is_none()
-                        {
-                            latest_edit = Some(*child);
-                        }
-                    }
-                }
+                "m.replace" => edits.push(*child),
                 "m.thread" => thread.push(*child),
                 "m.reference" => references.push(*child),
                 _ => {}
             }
         }
-        if let Some(edit) = latest_edit {
-            if let Some((meta, ev)) = self.client_event_plain(edit, Some(reader))? {
-                if self.can_see(reader.user, &meta)? {
+        // The newest valid edit the reader may see, in full. The original must be a plain
+        // event that is not itself an edit.
+        let original_editable = !edits.is_empty()
+            && self.pdu_by_short(target_short)?.is_some_and(|o| {
+                o.state_key.is_none()
+                    && relates_to(&o.content_value()).is_none_or(|r| r.0 != "m.replace")
+            });
+        if original_editable {
+            for edit in edits.into_iter().rev() {
+                let Some(p) = self.pdu_by_short(edit)? else {
+                    continue;
+                };
+                let valid = p.sender.as_str() == original_sender
+                    && p.kind.to_string() == original_type
+                    && p.state_key.is_none();
+                if !valid || !sight.sees(edit)? {
+                    continue;
+                }
+                if let Some((_, ev)) = self.client_event_plain(edit, Some(reader))? {
                     out.insert("m.replace".into(), ev);
                 }
+                break;
             }
         }
-        if let Some(last) = thread.last() {
-            let participated = original_sender == reader.user.as_str()
-                || thread.iter().any(|c| {
-                    self.pdu_by_short(*c)
-                        .ok()
-                        .flatten()
-                        .is_some_and(|p| p.sender == reader.user)
-                });
+        let mut visible_thread = Vec::with_capacity(thread.len());
+        for child in thread {
+            if sight.sees(child)? {
+                visible_thread.push(child);
+            }
+        }
+        if let Some(last) = visible_thread.last() {
+            let mut participated = original_sender == reader.user.as_str();
+            for c in &visible_thread {
+                if participated {
+                    break;
+                }
+                participated = self
+                    .pdu_by_short(*c)?
+                    .is_some_and(|p| p.sender == reader.user);
+            }
             if let Some((_, ev)) = self.client_event_plain(*last, Some(reader))? {
                 out.insert(
                     "m.thread".into(),
-                    json!({ "latest_event": ev, "count": thread.len(), "current_user_participated": participated }),
+                    json!({ "latest_event": ev, "count": visible_thread.len(), "current_user_participated": participated }),
                 );
             }
         }
-        if !references.is_empty() {
-            let mut chunk = Vec::new();
-            for r in references {
-                if let Some(m) = self.meta(r)? {
-                    chunk.push(json!({ "event_id": m.event_id }));
-                }
+        let mut chunk = Vec::new();
+        for r in references {
+            if !sight.sees(r)? {
+                continue;
             }
+            if let Some(m) = self.meta(r)? {
+                chunk.push(json!({ "event_id": m.event_id }));
+            }
+        }
+        if !chunk.is_empty() {
             out.insert("m.reference".into(), json!({ "chunk": chunk }));
         }
         Ok((!out.is_empty()).then_some(Value::Object(out)))
+    }
+
+    /// The newest reply in the thread from `root` that the reader may see: `indexed` (the
+    /// newest of all) when they may see it, else found by walking the thread back.
+    fn latest_visible_reply(
+        &self,
+        sight: &mut Sight<'_>,
+        root: u64,
+        indexed: u64,
+    ) -> Result<Option<u64>> {
+        if sight.sees(indexed)? {
+            return Ok(Some(indexed));
+        }
+        for (_, child) in self.children(root, Some("m.thread"))?.into_iter().rev() {
+            if sight.sees(child)? {
+                return Ok(Some(child));
+            }
+        }
+        Ok(None)
     }
 
     /// `/relations`: events relating to `target`, newest first by default, with tokens.
@@ -432,6 +466,16 @@ impl Rooms {
             let root = r.u64().map_err(Error::internal)?;
             roots.push((decode_u64(&v).map_err(Error::internal)?, root));
         }
+        // Issue 15: a thread is listed, and ordered, by the newest reply the reader may see;
+        // one with none (started after the reader left) is not listed.
+        let mut sight = Sight::new(self, reader.user);
+        let mut visible_roots = Vec::with_capacity(roots.len());
+        for (latest, root) in roots {
+            if let Some(latest) = self.latest_visible_reply(&mut sight, root, latest)? {
+                visible_roots.push((latest, root));
+            }
+        }
+        let mut roots = visible_roots;
         roots.sort_unstable_by(|a, b| b.cmp(a));
         let mut chunk = Vec::new();
         let mut next = None;

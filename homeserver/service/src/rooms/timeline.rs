@@ -1,5 +1,7 @@
 //! Reading a room's timeline: client events, visibility, pagination and context.
 
+use std::collections::HashMap;
+
 use ruma::{EventId, OwnedUserId, RoomId, UserId};
 use serde_json::{json, Value};
 
@@ -248,6 +250,16 @@ impl Rooms {
             && crate::guilds::enforce::reads_history(self, &meta.room_id, user)?)
     }
 
+    /// How far `user` reads a room: a user who is no longer joined (who left, was kicked or
+    /// banned) reads up to the stream position of their leave, a member or a stranger has no
+    /// ceiling (`None`).
+    pub fn read_ceiling(&self, room_id: &RoomId, user: &UserId) -> Result<Option<u64>> {
+        Ok(match self.user_room(user, room_id)? {
+            Some(rec) if rec.membership != "join" => Some(rec.pos),
+            _ => None,
+        })
+    }
+
     /// Events of a room strictly after (`Forward`) or at-or-before (`Backward`) `from`, visible to
     /// the reader and passing the filter, at most `limit`, scanning at most a bounded window.
     pub fn paginate(
@@ -461,6 +473,45 @@ impl Rooms {
         out.sort();
         out.dedup();
         out
+    }
+}
+
+/// [`Rooms::can_see`] for many events of a room read by one user, such as the relations of an
+/// event: an event that changes no state is judged by the state it was sent in alone, so a
+/// long thread costs one judgement per state snapshot, not one per reply.
+pub(crate) struct Sight<'a> {
+    rooms: &'a Rooms,
+    user: &'a UserId,
+    by_state: HashMap<u64, bool>,
+}
+
+impl<'a> Sight<'a> {
+    pub(crate) fn new(rooms: &'a Rooms, user: &'a UserId) -> Self {
+        Self {
+            rooms,
+            user,
+            by_state: HashMap::new(),
+        }
+    }
+
+    /// Whether the user may see the event with this short id (an unknown or rejected event
+    /// is not seen).
+    pub(crate) fn sees(&mut self, short: u64) -> Result<bool> {
+        let Some(meta) = self.rooms.meta(short)? else {
+            return Ok(false);
+        };
+        if meta.rejected {
+            return Ok(false);
+        }
+        if meta.state_before != meta.state_after || meta.outlier {
+            return self.rooms.can_see(self.user, &meta);
+        }
+        if let Some(seen) = self.by_state.get(&meta.state_after) {
+            return Ok(*seen);
+        }
+        let seen = self.rooms.can_see(self.user, &meta)?;
+        self.by_state.insert(meta.state_after, seen);
+        Ok(seen)
     }
 }
 

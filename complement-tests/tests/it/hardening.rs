@@ -416,3 +416,75 @@ async fn sync_writes_are_on_by_default_and_logged() {
         "expected a warning when switched off, log:\n{log}"
     );
 }
+
+// Issue 15 item 14: a device that never syncs keeps at most `to_device_max_pending` to-device
+// messages; past the cap the oldest are dropped and the newest still reach it, while another
+// device of the same user is untouched.
+#[tokio::test]
+async fn a_device_that_never_syncs_keeps_at_most_the_cap_of_to_device_messages() {
+    const CAP: usize = 5;
+    let server = TestServer::start_with(|env| {
+        TestServer::set_env(env, "PARACORD_TO_DEVICE_MAX_PENDING", &CAP.to_string());
+    })
+    .await;
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    let sent = 3 * CAP + 2;
+    for n in 0..sent {
+        let (status, body) = alice
+            .put(
+                &format!("/sendToDevice/m.test/cap{n}"),
+                &json!({ "messages": { &bob.user_id: { &bob.device_id: { "n": n } } } }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "sendToDevice {n}: {body}");
+    }
+    // One message to a second device of Bob's, which stays below the cap.
+    let (status, login) = server
+        .client()
+        .post(
+            "/login",
+            &json!({
+                "type": "m.login.password",
+                "identifier": { "type": "m.id.user", "user": bob.localpart },
+                "password": bob.password,
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "login: {login}");
+    let second = server.client_with_token(login["access_token"].as_str().unwrap());
+    let second_device = login["device_id"].as_str().unwrap().to_owned();
+    let (status, body) = alice
+        .put(
+            "/sendToDevice/m.test/other",
+            &json!({ "messages": { &bob.user_id: { &second_device: { "n": "other" } } } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "sendToDevice: {body}");
+
+    let ns = |sync: &Value| -> Vec<Value> {
+        sync["to_device"]["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|e| e["content"]["n"].clone())
+            .collect()
+    };
+    let first = bob.sync(None, 0, None).await;
+    let got = ns(&first);
+    assert!(
+        got.len() <= CAP,
+        "{} messages kept, cap {CAP}: {got:?}",
+        got.len()
+    );
+    // The newest are kept, in order.
+    let newest: Vec<Value> = (sent - got.len()..sent).map(|n| json!(n)).collect();
+    assert_eq!(got, newest, "the oldest are dropped");
+    assert!(!got.is_empty());
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    let again = bob.sync(Some(&since), 0, None).await;
+    assert!(ns(&again).is_empty(), "nothing more: {again}");
+    let other = second.sync(None, 0, None).await;
+    assert_eq!(ns(&other), vec![json!("other")]);
+}

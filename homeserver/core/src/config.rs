@@ -97,6 +97,9 @@ pub struct Config {
     pub federation_retry_base_ms: u64,
     /// Longest wait between retries of a failing destination.
     pub federation_retry_max_ms: u64,
+    /// A destination that has failed for this long keeps only the newest queued PDU of each
+    /// room; it catches up on the rest through `prev_events` when it is back.
+    pub federation_catch_up_after_ms: u64,
     /// An HTTP proxy (`http://host:port`) that every outgoing federation request goes through,
     /// tunnelled with `CONNECT`.
     #[serde(deserialize_with = "opt_string_like")]
@@ -112,6 +115,10 @@ pub struct Config {
     pub server_notices_display_name: String,
     /// Name of each user's server notices room.
     pub server_notices_room_name: String,
+    /// Most to-device messages waiting for one device; past it the oldest are dropped.
+    pub to_device_max_pending: u64,
+    /// To-device messages older than this that their device has not collected are deleted.
+    pub to_device_max_age_ms: u64,
     #[serde(deserialize_with = "string_like")]
     pub log: String,
 }
@@ -171,11 +178,14 @@ impl Default for Config {
             federation_verify_tls: true,
             federation_retry_base_ms: 2_000,
             federation_retry_max_ms: 3_600_000,
+            federation_catch_up_after_ms: 24 * 60 * 60 * 1000,
             federation_proxy: None,
             well_known_server: None,
             server_notices_localpart: "_server".to_owned(),
             server_notices_display_name: "Server Notices".to_owned(),
             server_notices_room_name: "Server Notices".to_owned(),
+            to_device_max_pending: 10_000,
+            to_device_max_age_ms: 30 * 24 * 60 * 60 * 1000,
             log: "info".to_owned(),
         }
     }
@@ -319,6 +329,11 @@ pub const TEMPLATE: &str = r#"# Paracord homeserver configuration.
 # federation_retry_max_ms. A request from that server retries at once. Milliseconds.
 #federation_retry_base_ms = 2000
 #federation_retry_max_ms = 3600000
+# A destination that has been failing for this long (milliseconds; default a day) stops
+# accumulating: its queue keeps only the newest PDU of each room, which lets it fetch the rest
+# (through prev_events) once it is back. Up to 10000 PDUs and 10000 EDUs stay queued per
+# destination in any case; past that the oldest are dropped.
+#federation_catch_up_after_ms = 86400000
 # Send every outgoing federation request (and .well-known lookup) through this HTTP proxy,
 # tunnelled with CONNECT (TLS stays end to end). The proxy resolves host names itself, so an
 # SRV record pointing elsewhere is not followed through it. Unset: direct connections
@@ -334,6 +349,12 @@ pub const TEMPLATE: &str = r#"# Paracord homeserver configuration.
 #server_notices_localpart = "_server"
 #server_notices_display_name = "Server Notices"
 #server_notices_room_name = "Server Notices"
+
+# To-device messages (encryption keys, verification) wait for their device's next sync. At
+# most to_device_max_pending wait per device (past that the oldest are dropped), and those
+# older than to_device_max_age_ms (default 30 days) are deleted.
+#to_device_max_pending = 10000
+#to_device_max_age_ms = 2592000000
 
 # Log filter (tracing EnvFilter syntax), e.g. "info,paracord_service=debug".
 #log = "info"
@@ -461,6 +482,16 @@ impl Config {
         }
         if let Some(proxy) = &self.federation_proxy {
             check_proxy_url(proxy)?;
+        }
+        if self.federation_catch_up_after_ms == 0
+            || self.to_device_max_pending == 0
+            || self.to_device_max_age_ms == 0
+        {
+            return Err(
+                "federation_catch_up_after_ms, to_device_max_pending and to_device_max_age_ms \
+                 must be positive"
+                    .to_owned(),
+            );
         }
         if self.remote_media_cache_bytes_per_origin == 0
             || self.thumbnail_max_source_side == 0

@@ -1,6 +1,9 @@
 //! Accounts, devices, access and refresh tokens, and user-interactive authentication.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+};
 
 use argon2::{
     password_hash::{rand_core::OsRng, PasswordHash, SaltString},
@@ -77,15 +80,83 @@ pub enum UiaFlow {
     Password(OwnedUserId),
 }
 
-#[derive(Debug, Clone)]
-struct UiaSession {
-    created: u64,
+/// How long a user-interactive authentication session lives after it is handed out.
+pub const UIA_SESSION_TTL_MS: u64 = 30 * 60 * 1000;
+/// Most user-interactive authentication sessions alive at once; one more forgets the oldest.
+pub const MAX_UIA_SESSIONS: usize = 10_000;
+/// How long a shared-secret registration nonce may be used (a minute, as Synapse).
+pub const NONCE_TTL_MS: u64 = 60 * 1000;
+/// Most shared-secret registration nonces alive at once; one more forgets the oldest.
+pub const MAX_NONCES: usize = 1_000;
+
+/// Short-lived random ids kept in memory (UIA sessions, registration nonces): each is valid
+/// for `ttl_ms` from its creation and at most `cap` are kept, so neither time nor a flood of
+/// requests makes the set grow; one more than `cap` forgets the oldest.
+#[derive(Debug)]
+struct ExpiringSet {
+    ttl_ms: u64,
+    cap: usize,
+    created: HashMap<String, u64>,
+    /// Ids in creation order, including some already taken; never longer than `cap`.
+    order: VecDeque<(u64, String)>,
+}
+
+impl ExpiringSet {
+    fn new(ttl_ms: u64, cap: usize) -> Self {
+        Self {
+            ttl_ms,
+            cap: cap.max(1),
+            created: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    fn live(&self, created: u64, now: u64) -> bool {
+        now.saturating_sub(created) < self.ttl_ms
+    }
+
+    /// Forgets the ids that have expired.
+    fn prune(&mut self, now: u64) {
+        while let Some((created, _)) = self.order.front() {
+            if self.live(*created, now) {
+                break;
+            }
+            if let Some((_, id)) = self.order.pop_front() {
+                self.created.remove(&id);
+            }
+        }
+    }
+
+    fn insert(&mut self, id: String, now: u64) {
+        self.prune(now);
+        while self.order.len() >= self.cap {
+            if let Some((_, oldest)) = self.order.pop_front() {
+                self.created.remove(&oldest);
+            }
+        }
+        self.created.insert(id.clone(), now);
+        self.order.push_back((now, id));
+    }
+
+    fn contains(&self, id: &str, now: u64) -> bool {
+        self.created.get(id).is_some_and(|c| self.live(*c, now))
+    }
+
+    /// Removes the id; whether it was there and still valid.
+    fn take(&mut self, id: &str, now: u64) -> bool {
+        self.created.remove(id).is_some_and(|c| self.live(c, now))
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.created.len()
+    }
 }
 
 pub struct Accounts {
     db: Arc<Db>,
     config: Arc<Config>,
-    uia_sessions: Mutex<HashMap<String, UiaSession>>,
+    uia_sessions: Mutex<ExpiringSet>,
     register_lock: tokio::sync::Mutex<()>,
     /// Held while a device's tokens are replaced or deleted (login, refresh, logout): two
     /// refreshes of one token, or a refresh racing a logout, would otherwise both write, and
@@ -100,7 +171,7 @@ pub struct Accounts {
     hashes_checked: std::sync::atomic::AtomicU64,
     /// Per-user limits on password checks of user-interactive auth and login.
     limiter: std::sync::OnceLock<Arc<crate::ratelimit::RateLimiter>>,
-    nonces: Mutex<HashMap<String, u64>>,
+    nonces: Mutex<ExpiringSet>,
     /// Told about devices after they are deleted (their encryption keys go with them).
     removal_hook: std::sync::OnceLock<DeviceRemovalHook>,
 }
@@ -289,7 +360,7 @@ impl Accounts {
         Self {
             db,
             config,
-            uia_sessions: Mutex::default(),
+            uia_sessions: Mutex::new(ExpiringSet::new(UIA_SESSION_TTL_MS, MAX_UIA_SESSIONS)),
             register_lock: tokio::sync::Mutex::new(()),
             session_lock: Mutex::new(()),
             admin_token: Mutex::new(None),
@@ -298,7 +369,7 @@ impl Accounts {
             dummy_hash: tokio::sync::OnceCell::new(),
             hashes_checked: std::sync::atomic::AtomicU64::new(0),
             limiter: std::sync::OnceLock::new(),
-            nonces: Mutex::default(),
+            nonces: Mutex::new(ExpiringSet::new(NONCE_TTL_MS, MAX_NONCES)),
             removal_hook: std::sync::OnceLock::new(),
         }
     }
@@ -978,10 +1049,7 @@ impl Accounts {
 
     fn new_uia_session(&self) -> String {
         let id = random_string(24);
-        let mut sessions = self.uia_sessions.lock();
-        let now = now_ms();
-        sessions.retain(|_, s| now.saturating_sub(s.created) < 30 * 60 * 1000);
-        sessions.insert(id.clone(), UiaSession { created: now });
+        self.uia_sessions.lock().insert(id.clone(), now_ms());
         id
     }
 
@@ -992,14 +1060,14 @@ impl Accounts {
         let Some(auth) = auth.filter(|a| a.get("type").is_some()) else {
             let session = auth
                 .and_then(|a| a["session"].as_str())
-                .filter(|s| self.uia_sessions.lock().contains_key(*s))
+                .filter(|s| self.uia_sessions.lock().contains(s, now_ms()))
                 .map(str::to_owned)
                 .unwrap_or_else(|| self.new_uia_session());
             return Err(Error::Uia(self.uia_body(&flow, &session, None)));
         };
         let session = auth["session"]
             .as_str()
-            .filter(|s| self.uia_sessions.lock().contains_key(*s))
+            .filter(|s| self.uia_sessions.lock().contains(s, now_ms()))
             .map(str::to_owned)
             .unwrap_or_else(|| self.new_uia_session());
         let kind = auth["type"].as_str().unwrap_or_default();
@@ -1050,7 +1118,7 @@ impl Accounts {
                 )))
             }
         }
-        self.uia_sessions.lock().remove(&session);
+        self.uia_sessions.lock().take(&session, now_ms());
         Ok(token)
     }
 
@@ -1179,10 +1247,7 @@ impl Accounts {
 
     pub fn new_nonce(&self) -> String {
         let nonce = random_string(32);
-        let mut nonces = self.nonces.lock();
-        let now = now_ms();
-        nonces.retain(|_, t| now.saturating_sub(*t) < 60_000);
-        nonces.insert(nonce.clone(), now);
+        self.nonces.lock().insert(nonce.clone(), now_ms());
         nonce
     }
 
@@ -1200,7 +1265,7 @@ impl Accounts {
                 "shared-secret registration is not enabled",
             ));
         };
-        if self.nonces.lock().remove(nonce).is_none() {
+        if !self.nonces.lock().take(nonce, now_ms()) {
             return Err(Error::forbidden("unrecognised nonce"));
         }
         let mut m = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).map_err(db_err)?;
@@ -1471,5 +1536,85 @@ mod tests {
                 .is_err(),
             "nonce is single-use"
         );
+    }
+
+    // Issue 15: UIA sessions and nonces expire and are bounded in number.
+    #[test]
+    fn expiring_sets_forget_by_age_and_by_count() {
+        let mut set = ExpiringSet::new(1_000, 3);
+        set.insert("a".into(), 10);
+        set.insert("b".into(), 20);
+        assert!(set.contains("a", 1_009));
+        assert!(!set.contains("a", 1_010), "valid after its lifetime");
+        assert!(set.contains("b", 1_010));
+        // Expired ids are dropped when another comes.
+        set.insert("c".into(), 1_015);
+        assert_eq!(set.len(), 2);
+        assert!(!set.take("b", 1_020), "taken after its lifetime");
+        // Taking is single-use.
+        assert!(set.take("c", 1_020));
+        assert!(!set.take("c", 1_020));
+        // At most three at once, the oldest forgotten first.
+        for (n, id) in ["d", "e", "f", "g"].into_iter().enumerate() {
+            set.insert(id.into(), 1_100 + n as u64);
+        }
+        assert!(set.len() <= 3);
+        assert!(!set.contains("d", 1_200));
+        assert!(["e", "f", "g"].iter().all(|id| set.contains(id, 1_200)));
+        // A flood of ids keeps the bound.
+        for n in 0..10_000u64 {
+            set.insert(format!("x{n}"), 2_000 + n / 100);
+        }
+        assert!(set.len() <= 3 && set.order.len() <= 3);
+    }
+
+    // Issue 15: a registration nonce is refused after a minute, and a flood of nonces keeps
+    // at most MAX_NONCES, forgetting the oldest.
+    #[test]
+    fn nonces_expire_and_are_bounded() {
+        let (_d, a) = accounts();
+        let mac_for = |nonce: &str| {
+            let mut m = Hmac::<sha1::Sha1>::new_from_slice(b"s3cret").unwrap();
+            m.update(format!("{nonce}\0eve\0pw\0notadmin").as_bytes());
+            hex::encode(m.finalize().into_bytes())
+        };
+        a.nonces
+            .lock()
+            .insert("stale".into(), now_ms().saturating_sub(NONCE_TTL_MS + 1));
+        assert!(a
+            .check_shared_secret_mac("stale", "eve", "pw", false, &mac_for("stale"))
+            .is_err());
+        let first = a.new_nonce();
+        for _ in 0..MAX_NONCES {
+            a.new_nonce();
+        }
+        assert!(a.nonces.lock().len() <= MAX_NONCES);
+        assert!(a
+            .check_shared_secret_mac(&first, "eve", "pw", false, &mac_for(&first))
+            .is_err());
+        let fresh = a.new_nonce();
+        assert!(a
+            .check_shared_secret_mac(&fresh, "eve", "pw", false, &mac_for(&fresh))
+            .is_ok());
+    }
+
+    // Issue 15: an expired UIA session is not continued, and sessions are bounded in number.
+    #[tokio::test]
+    async fn uia_sessions_expire_and_are_bounded() {
+        let (_d, a) = accounts();
+        a.uia_sessions.lock().insert(
+            "old".into(),
+            now_ms().saturating_sub(UIA_SESSION_TTL_MS + 1),
+        );
+        let flow = UiaFlow::Register { open: true };
+        let auth = json!({ "session": "old" });
+        let Err(Error::Uia(body)) = a.uia(Some(&auth), flow.clone()).await else {
+            panic!("no UIA answer");
+        };
+        assert_ne!(body["session"], "old", "an expired session was continued");
+        for _ in 0..MAX_UIA_SESSIONS + 10 {
+            let _ = a.uia(None, flow.clone()).await;
+        }
+        assert!(a.uia_sessions.lock().len() <= MAX_UIA_SESSIONS);
     }
 }

@@ -4,18 +4,22 @@
 //! signatures so that nobody can publish keys in another device's name, and it never sees a
 //! plaintext message.
 //!
+//! To-device messages wait for their device's sync, but not for ever: at most
+//! `to_device_max_pending` per device (the oldest go first, see [`E2ee::send_to_device`]) and
+//! none older than `to_device_max_age_ms` (see [`E2ee::expire_to_device`]).
+//!
 //! Every table is keyed by user id first, so a remote user's devices (federation) fit in the
 //! same tables.
 //!
 //! Spec: https://spec.matrix.org/v1.19/client-server-api/#end-to-end-encryption
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     sync::Arc,
 };
 
 use base64::{engine::general_purpose::STANDARD_NO_PAD, Engine};
-use paracord_core::{Error, Result};
+use paracord_core::{time::now_ms, Config, Error, Result};
 use paracord_storage::{Batch, Db, KeyBuf, KeyReader, Table};
 use parking_lot::Mutex;
 use ruma::{
@@ -65,7 +69,32 @@ struct ToDevice {
     #[serde(rename = "type")]
     kind: String,
     content: Value,
+    /// When it was queued (ms). Absent on messages queued before messages expired: those
+    /// are bounded by the per-device cap only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ts: Option<u64>,
 }
+
+/// How many to-device messages may wait, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct ToDeviceLimits {
+    /// Most messages waiting for one device.
+    pub max_pending: u64,
+    /// Oldest a waiting message may be, in ms.
+    pub max_age_ms: u64,
+}
+
+impl ToDeviceLimits {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            max_pending: config.to_device_max_pending.max(1),
+            max_age_ms: config.to_device_max_age_ms.max(1),
+        }
+    }
+}
+
+/// Rows of `userdevicepos_todevice` read per step of an expiry sweep.
+const TO_DEVICE_SWEEP_BATCH: usize = 1_000;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DehydratedDevice {
@@ -101,6 +130,12 @@ pub struct E2ee {
     /// Where EDUs for other servers go (to-device messages, device-list updates); set once
     /// the federation sender exists.
     edu_out: Mutex<Option<OutgoingEdu>>,
+    to_device_limits: ToDeviceLimits,
+    /// How many to-device messages wait for each device that was sent one since the start:
+    /// counted once from the table, then kept up to date as messages come and go. Concurrent
+    /// acknowledgements may make it drift; a count past the cap is checked against the table
+    /// before anything is dropped, and the expiry sweep starts every count afresh.
+    pending_counts: Mutex<HashMap<(OwnedUserId, String), u64>>,
 }
 
 /// Queues an EDU (`{edu_type, content}`) for another server.
@@ -208,6 +243,7 @@ impl E2ee {
         stream: Arc<Stream>,
         accounts: Arc<Accounts>,
         rooms: Arc<Rooms>,
+        to_device_limits: ToDeviceLimits,
     ) -> Self {
         Self {
             db,
@@ -218,6 +254,8 @@ impl E2ee {
             signing_lock: Mutex::new(()),
             otk_seq: std::sync::atomic::AtomicU64::new(0),
             edu_out: Mutex::default(),
+            to_device_limits,
+            pending_counts: Mutex::default(),
         }
     }
 
@@ -1271,6 +1309,7 @@ impl E2ee {
         }
         let sender_s = sender.as_str().to_owned();
         let kind_s = kind.to_owned();
+        let now = now_ms();
         let (_, accepted) = self.stream.commit(|pos, batch| {
             if self
                 .db
@@ -1279,6 +1318,13 @@ impl E2ee {
             {
                 return Ok(false);
             }
+            // The transaction id is remembered for retries, for a day.
+            crate::expiry::schedule(
+                batch,
+                Table::UserdevicetxnTodevice,
+                &txn_key,
+                now.saturating_add(crate::expiry::TRANSACTION_TTL_MS),
+            );
             batch.put(Table::UserdevicetxnTodevice, txn_key.clone(), Vec::new());
             for (seq, (user, device, content)) in recipients.iter().enumerate() {
                 batch.put(
@@ -1293,12 +1339,14 @@ impl E2ee {
                         sender: sender_s.clone(),
                         kind: kind_s.clone(),
                         content: content.clone(),
+                        ts: Some(now),
                     })?,
                 );
             }
             Ok(true)
         })?;
         if accepted {
+            self.cap_to_device_queues(&recipients)?;
             let users: BTreeSet<&UserId> = recipients.iter().map(|(u, _, _)| u.as_ref()).collect();
             self.stream.notifier().wake(users);
             // Users of other servers: one EDU per server, identified by the sender's device
@@ -1342,11 +1390,121 @@ impl E2ee {
         if rows.is_empty() {
             return Ok(());
         }
+        let acked = rows.len() as u64;
         let mut batch = Batch::new();
         for (k, _) in rows {
             batch.delete(Table::UserdeviceposTodevice, k.to_vec());
         }
-        self.db.write(batch).map_err(db_err)
+        self.db.write(batch).map_err(db_err)?;
+        if let Some(count) = self
+            .pending_counts
+            .lock()
+            .get_mut(&(user.to_owned(), device.to_owned()))
+        {
+            *count = count.saturating_sub(acked);
+        }
+        Ok(())
+    }
+
+    /// Keeps each recipient device's queue within `to_device_max_pending` after `recipients`
+    /// were queued: past the cap the oldest messages are dropped, the excess plus a tenth of
+    /// the cap at once, so a device that never syncs costs one trim (and one warning) per
+    /// tenth of the cap rather than per message. Dropping beats refusing: a refusal would fail
+    /// the sender's request for every recipient because one device is gone for good, and the
+    /// messages lost are the oldest a device that long away is least likely to need.
+    fn cap_to_device_queues(&self, recipients: &[(OwnedUserId, String, Value)]) -> Result<()> {
+        let cap = self.to_device_limits.max_pending;
+        let mut added: BTreeMap<(&UserId, &str), u64> = BTreeMap::new();
+        for (user, device, _) in recipients {
+            *added.entry((user.as_ref(), device.as_str())).or_default() += 1;
+        }
+        for ((user, device), n) in added {
+            let id = (user.to_owned(), device.to_owned());
+            let known = self.pending_counts.lock().get_mut(&id).map(|count| {
+                *count = count.saturating_add(n);
+                *count
+            });
+            let count = match known {
+                Some(count) => count,
+                None => {
+                    // The first message to this device since the start: count its queue.
+                    let exact = self.count_to_device(user, device)?;
+                    self.pending_counts.lock().insert(id.clone(), exact);
+                    exact
+                }
+            };
+            if count > cap {
+                let left = self.trim_to_device(user, device, cap)?;
+                self.pending_counts.lock().insert(id, left);
+            }
+        }
+        Ok(())
+    }
+
+    /// How many to-device messages wait for the device.
+    fn count_to_device(&self, user: &UserId, device: &str) -> Result<u64> {
+        let n = self
+            .db
+            .for_each_prefix(
+                Table::UserdeviceposTodevice,
+                &dev_prefix(user.as_str(), device),
+                usize::MAX,
+                |_, _| Ok(()),
+            )
+            .map_err(db_err)?;
+        Ok(n as u64)
+    }
+
+    /// Drops the device's oldest to-device messages if more than `cap` wait; returns how many
+    /// are left.
+    fn trim_to_device(&self, user: &UserId, device: &str, cap: u64) -> Result<u64> {
+        let prefix = dev_prefix(user.as_str(), device);
+        let mut keys = Vec::new();
+        self.db
+            .for_each_prefix(Table::UserdeviceposTodevice, &prefix, usize::MAX, |k, _| {
+                keys.push(k.to_vec());
+                Ok(())
+            })
+            .map_err(db_err)?;
+        let pending = keys.len() as u64;
+        if pending <= cap {
+            return Ok(pending);
+        }
+        let drop = pending
+            .saturating_sub(cap)
+            .saturating_add(cap / 10)
+            .min(pending);
+        let mut batch = Batch::new();
+        for key in keys
+            .into_iter()
+            .take(usize::try_from(drop).unwrap_or(usize::MAX))
+        {
+            batch.delete(Table::UserdeviceposTodevice, key);
+        }
+        self.db.write(batch).map_err(db_err)?;
+        tracing::warn!(
+            user = %user,
+            device,
+            dropped = drop,
+            "to-device queue full: dropping the oldest messages"
+        );
+        Ok(pending.saturating_sub(drop))
+    }
+
+    /// Deletes the to-device messages queued before `now - to_device_max_age_ms` that their
+    /// device never collected, in batches of [`TO_DEVICE_SWEEP_BATCH`]; returns how many went.
+    /// Run by the housekeeping task; it also recounts every device's queue afresh.
+    pub fn expire_to_device(&self, now: u64) -> Result<usize> {
+        let cutoff = now.saturating_sub(self.to_device_limits.max_age_ms);
+        let expired = expire_to_device_rows(&self.db, cutoff)?;
+        self.pending_counts.lock().clear();
+        if expired > 0 {
+            tracing::info!(
+                expired,
+                "deleted to-device messages their devices never collected"
+            );
+        }
+        Ok(expired)
     }
 
     /// The device's oldest pending to-device messages at or before `upto`, at most `limit`.
@@ -1450,6 +1608,12 @@ impl E2ee {
                 }
             }
         }
+        {
+            let mut counts = self.pending_counts.lock();
+            for d in devices {
+                counts.remove(&(user.to_owned(), d.clone()));
+            }
+        }
         // Every device change is a device-list change, keys or not: clients also list devices.
         let _ = had_keys;
         self.commit_key_change(user, batch)
@@ -1497,9 +1661,101 @@ impl E2ee {
     }
 }
 
+/// Deletes every to-device message queued before `cutoff` (ms); messages without a queueing
+/// time are kept. Reads the table in steps of [`TO_DEVICE_SWEEP_BATCH`] rows, each step's
+/// deletions in one batch.
+fn expire_to_device_rows(db: &Db, cutoff: u64) -> Result<usize> {
+    let mut lower: Vec<u8> = Vec::new();
+    let mut expired = 0usize;
+    loop {
+        let rows = db
+            .scan(
+                Table::UserdeviceposTodevice,
+                &[],
+                &lower,
+                None,
+                false,
+                TO_DEVICE_SWEEP_BATCH,
+            )
+            .map_err(db_err)?;
+        let Some((last, _)) = rows.last() else {
+            break;
+        };
+        let mut next = last.to_vec();
+        next.push(0);
+        let mut batch = Batch::new();
+        for (key, value) in &rows {
+            let old = match serde_json::from_slice::<ToDevice>(value) {
+                Ok(m) => m.ts.is_some_and(|ts| ts < cutoff),
+                // Unreadable: nobody can be handed it either.
+                Err(_) => true,
+            };
+            if old {
+                batch.delete(Table::UserdeviceposTodevice, key.to_vec());
+                expired += 1;
+            }
+        }
+        if !batch.is_empty() {
+            db.write(batch).map_err(db_err)?;
+        }
+        if rows.len() < TO_DEVICE_SWEEP_BATCH {
+            break;
+        }
+        lower = next;
+    }
+    Ok(expired)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Issue 15: to-device messages a device never collects are deleted once older than the
+    // limit; newer ones, and those from before messages carried a time, stay.
+    #[test]
+    fn old_to_device_messages_expire() {
+        let Ok(dir) = tempfile::tempdir() else {
+            unreachable!("tempdir");
+        };
+        let Ok(db) = Db::open(&dir.path().join("db")) else {
+            unreachable!("db");
+        };
+        let n = TO_DEVICE_SWEEP_BATCH + 10;
+        let mut batch = Batch::new();
+        for i in 0..n {
+            let ts = if i % 2 == 0 { Some(100) } else { Some(200) };
+            let message = ToDevice {
+                sender: "@a:x".into(),
+                kind: "m.test".into(),
+                content: json!({ "i": i }),
+                ts: if i == 0 { None } else { ts },
+            };
+            let key = KeyBuf::new()
+                .str("@b:x")
+                .str(if i % 3 == 0 { "D1" } else { "D2" })
+                .u64(i as u64)
+                .u64(0)
+                .into_vec();
+            let Ok(value) = serde_json::to_vec(&message) else {
+                unreachable!("json");
+            };
+            batch.put(Table::UserdeviceposTodevice, key, value);
+        }
+        assert!(db.write(batch).is_ok());
+        let left = |db: &Db| {
+            db.scan_prefix(Table::UserdeviceposTodevice, b"")
+                .map(|rows| rows.len())
+                .unwrap_or(0)
+        };
+        assert!(matches!(expire_to_device_rows(&db, 100), Ok(0)));
+        assert_eq!(left(&db), n);
+        // Even numbers (ts 100) go, except message 0, which has no time.
+        let even = n.div_ceil(2);
+        assert!(matches!(expire_to_device_rows(&db, 101), Ok(k) if k == even - 1));
+        assert_eq!(left(&db), n - even + 1);
+        assert!(matches!(expire_to_device_rows(&db, 201), Ok(k) if k == n - even));
+        assert_eq!(left(&db), 1);
+    }
 
     #[test]
     fn key_ids_need_an_algorithm_and_an_id() {

@@ -6,8 +6,10 @@ pub mod backup;
 pub mod durability;
 pub mod e2ee;
 pub mod ephemeral;
+pub mod expiry;
 pub mod federation;
 pub mod guilds;
+pub mod housekeeping;
 pub mod keys;
 pub mod media;
 pub mod outbound;
@@ -112,6 +114,7 @@ impl Services {
             stream.clone(),
             accounts.clone(),
             rooms.clone(),
+            e2ee::ToDeviceLimits::from_config(&config),
         ));
         let sync = Arc::new(sync::Sync::new(
             rooms.clone(),
@@ -162,6 +165,7 @@ impl Services {
         // runtime to run it (the server always has one); queued items wait otherwise.
         if tokio::runtime::Handle::try_current().is_ok() {
             sender.start();
+            housekeeping::start(db.clone(), e2ee.clone(), stream.clone());
         }
         {
             let sender = sender.clone();

@@ -1129,11 +1129,14 @@ impl Rooms {
                 }
             }
             if let Some(t) = &txn {
-                batch.put(
+                let key = txn_key(&pdu.sender, room_id, t);
+                crate::expiry::schedule(
+                    batch,
                     Table::TxnEventid,
-                    txn_key(&pdu.sender, room_id, t),
-                    event_id.as_bytes().to_vec(),
+                    &key,
+                    now_ms().saturating_add(crate::expiry::TRANSACTION_TTL_MS),
                 );
+                batch.put(Table::TxnEventid, key, event_id.as_bytes().to_vec());
             }
             if let Some(target) = &redact_target {
                 self.redact_into(batch, target, &event_id, &rules)?;

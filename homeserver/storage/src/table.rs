@@ -114,6 +114,13 @@ pub enum Table {
     /// `destination 0xFF seq (u64)` → an EDU (`{"edu_type", "content"}`) waiting to be sent to
     /// the destination, oldest first.
     DestinationseqEdu,
+    /// `destination` → since when (ms, u64) its transactions have been failing, without a
+    /// success since; absent while it answers.
+    DestinationDownsince,
+    // rows kept for a while
+    /// `deadline (u64 ms) table name 0xFF row key` → "": a row of another table to delete once
+    /// the deadline has passed (stored transaction answers and the like).
+    DeadlinerowExpire,
     // guilds
     /// `invite code 0xFF room_id` → "": the guild spaces holding a `chat.paracord.invite` with
     /// that code, so an invite can be found by a user who is not in the guild yet.
@@ -179,6 +186,9 @@ impl Table {
         // federation sender
         Table::DestinationseqPdu,
         Table::DestinationseqEdu,
+        Table::DestinationDownsince,
+        // rows kept for a while
+        Table::DeadlinerowExpire,
         // guilds
         Table::CoderoomInvite,
         Table::OrigintxnRelay,
@@ -240,6 +250,9 @@ impl Table {
             // federation sender
             Table::DestinationseqPdu => "destinationseq_pdu",
             Table::DestinationseqEdu => "destinationseq_edu",
+            Table::DestinationDownsince => "destination_downsince",
+            // rows kept for a while
+            Table::DeadlinerowExpire => "deadlinerow_expire",
             // guilds
             Table::CoderoomInvite => "coderoom_invite",
             Table::OrigintxnRelay => "origintxn_relay",

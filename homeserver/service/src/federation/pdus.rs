@@ -954,6 +954,12 @@ impl Pdus {
         }
         let answer = json!({ "pdus": results });
         let mut batch = Batch::new();
+        crate::expiry::schedule(
+            &mut batch,
+            Table::OrigintxnResponse,
+            &key,
+            now_ms().saturating_add(crate::expiry::TRANSACTION_TTL_MS),
+        );
         batch.put(Table::OrigintxnResponse, key, serde_json::to_vec(&answer)?);
         self.rooms.db.write(batch).map_err(Error::internal)?;
         Ok(answer)

@@ -11,8 +11,13 @@
 //! signs of life. A worker exits when its queue is empty; the next queued item spawns another.
 //! Workers stop when the server shuts down; [`Sender::start`] resumes every non-empty queue.
 //!
-//! PDUs are never dropped. A destination's EDUs (typing, receipts, presence: worthless when
-//! stale) are capped at [`MAX_QUEUED_EDUS`]; reaching it drops the oldest with a warning.
+//! Nothing queued grows without bound. A destination's EDUs (typing, receipts, presence:
+//! worthless when stale) are capped at [`MAX_QUEUED_EDUS`] and its PDUs at [`MAX_QUEUED_PDUS`];
+//! reaching a cap drops the oldest with a warning. A destination that has been failing for
+//! `federation_catch_up_after_ms` (a day by default; since when is kept in
+//! `destination_downsince`, so restarts do not reset it) keeps only the newest queued PDU of
+//! each room, as Synapse's catch-up does: when it is back it receives those and fetches
+//! whatever it misses through their `prev_events` (`/get_missing_events`, `/backfill`).
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -51,6 +56,10 @@ pub const EDUS_DROPPED_AT_CAP: u64 = MAX_QUEUED_EDUS / 10;
 /// on request bodies takes it (50 PDUs of 64 KiB would not fit). One item always goes, however
 /// large.
 pub const TRANSACTION_BYTE_BUDGET: usize = 900 * 1024;
+/// Most PDUs queued for one destination: about a day of a busy server's traffic to it.
+pub const MAX_QUEUED_PDUS: u64 = 10_000;
+/// How many of the oldest PDUs go when a destination's queue is full (a tenth, as for EDUs).
+pub const PDUS_DROPPED_AT_CAP: u64 = MAX_QUEUED_PDUS / 10;
 /// Longest piece of a remote error message copied into our logs.
 const LOGGED_ERROR_CHARS: usize = 200;
 
@@ -221,6 +230,7 @@ impl Sender {
             let mut batch = Batch::new();
             for destination in &targets {
                 let seq = self.next_seq(Queue::Pdu, destination)?;
+                self.cap_pdu_queue(&mut batch, destination, seq)?;
                 let key = QueueKey {
                     destination: destination.as_str(),
                     seq,
@@ -295,6 +305,111 @@ impl Sender {
         }
         self.ensure_worker(destination);
         Ok(())
+    }
+
+    /// Adds to `batch` the deletion of the destination's oldest PDUs when its queue, about to
+    /// receive sequence number `seq`, is full. The queue's length is taken as the distance
+    /// from its first sequence number to `seq`: items leave a PDU queue from its front, and
+    /// from its middle only when it is reduced for catch-up, so the distance is never less
+    /// than the length. Call with `queue_lock` held.
+    fn cap_pdu_queue(&self, batch: &mut Batch, destination: &ServerName, seq: u64) -> Result<()> {
+        let table = Queue::Pdu.table();
+        let prefix = QueueKey::prefix(destination.as_str());
+        let Some((first, _)) = self
+            .db
+            .scan(table, &prefix, &prefix, None, false, 1)
+            .map_err(Error::internal)?
+            .into_iter()
+            .next()
+        else {
+            return Ok(());
+        };
+        let first = QueueKey::decode(&first).map_err(Error::internal)?.seq;
+        if seq.saturating_sub(first) < MAX_QUEUED_PDUS {
+            return Ok(());
+        }
+        // Kept: the sequence numbers from `cut` on, the new one included.
+        let cut = seq.saturating_sub(MAX_QUEUED_PDUS - PDUS_DROPPED_AT_CAP);
+        let upper = QueueKey {
+            destination: destination.as_str(),
+            seq: cut,
+        }
+        .encode();
+        let old = self
+            .db
+            .scan(table, &prefix, &prefix, Some(&upper), false, usize::MAX)
+            .map_err(Error::internal)?;
+        let dropped = old.len();
+        for (key, _) in old {
+            batch.delete(table, key.to_vec());
+        }
+        tracing::warn!(
+            destination = %destination,
+            dropped,
+            "federation PDU queue is full: dropping the oldest PDUs"
+        );
+        Ok(())
+    }
+
+    /// Reduces the destination's PDU queue to the newest PDU of each room (and PDUs without a
+    /// room id): what Synapse's catch-up sends to a destination back from a long absence.
+    /// Returns how many PDUs were dropped. Only the destination's worker calls it, so no
+    /// transaction of these PDUs is in flight; PDUs queued meanwhile are not looked at.
+    fn reduce_for_catch_up(&self, destination: &ServerName) -> Result<u64> {
+        #[derive(serde::Deserialize)]
+        struct RoomOf {
+            room_id: Option<String>,
+        }
+        let table = Queue::Pdu.table();
+        let prefix = QueueKey::prefix(destination.as_str());
+        let mut newest: HashMap<String, Vec<u8>> = HashMap::new();
+        let mut batch = Batch::new();
+        let mut dropped = 0u64;
+        self.db
+            .for_each_prefix(table, &prefix, usize::MAX, |key, value| {
+                let room = serde_json::from_slice::<RoomOf>(value)
+                    .ok()
+                    .and_then(|r| r.room_id);
+                if let Some(room) = room {
+                    if let Some(older) = newest.insert(room, key.to_vec()) {
+                        batch.delete(table, older);
+                        dropped += 1;
+                    }
+                }
+                Ok(())
+            })
+            .map_err(Error::internal)?;
+        if !batch.is_empty() {
+            self.db.write(batch).map_err(Error::internal)?;
+        }
+        Ok(dropped)
+    }
+
+    /// Since when the destination has been failing, if it has.
+    fn down_since(&self, destination: &ServerName) -> Option<u64> {
+        match self
+            .db
+            .get(Table::DestinationDownsince, destination.as_bytes())
+        {
+            Ok(Some(v)) => paracord_storage::key::decode_u64(&v).ok(),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(destination = %destination, "cannot read the destination's state: {e}");
+                None
+            }
+        }
+    }
+
+    fn set_down_since(&self, destination: &ServerName, since: Option<u64>) {
+        let mut batch = Batch::new();
+        let key = destination.as_bytes().to_vec();
+        match since {
+            Some(ms) => batch.put(Table::DestinationDownsince, key, ms.to_be_bytes().to_vec()),
+            None => batch.delete(Table::DestinationDownsince, key),
+        }
+        if let Err(e) = self.db.write(batch) {
+            tracing::warn!(destination = %destination, "cannot record the destination's state: {e}");
+        }
     }
 
     /// The destination contacted us: retry now instead of waiting out its backoff.
@@ -456,6 +571,7 @@ impl Sender {
         let mut refusals: u32 = 0;
         // Items per transaction while a refused transaction is being narrowed down.
         let mut limit = usize::MAX;
+        let mut down_since = self.down_since(&destination);
         loop {
             let step = tokio::select! {
                 biased;
@@ -467,6 +583,9 @@ impl Sender {
                     failures = 0;
                     refusals = 0;
                     limit = usize::MAX;
+                    if down_since.take().is_some() {
+                        self.set_down_since(&destination, None);
+                    }
                     // A wake-up that came while things went well is no reason to skip a
                     // later backoff.
                     let _ = worker.wake.notified().now_or_never();
@@ -500,6 +619,31 @@ impl Sender {
                 0
             };
             failures = failures.saturating_add(1);
+            let now = now_ms();
+            match down_since {
+                None => {
+                    down_since = Some(now);
+                    self.set_down_since(&destination, down_since);
+                }
+                Some(since)
+                    if now.saturating_sub(since) >= self.config.federation_catch_up_after_ms =>
+                {
+                    match self.reduce_for_catch_up(&destination) {
+                        Ok(0) => {}
+                        Ok(dropped) => tracing::warn!(
+                            destination = %destination,
+                            dropped,
+                            down_for_ms = now.saturating_sub(since),
+                            "destination down for long: keeping only the newest PDU of each room"
+                        ),
+                        Err(e) => tracing::warn!(
+                            destination = %destination,
+                            "cannot reduce the federation queue: {e}"
+                        ),
+                    }
+                }
+                Some(_) => {}
+            }
             let delay = self.backoff(failures, failure.retry_after);
             tracing::warn!(
                 destination = %destination,
@@ -1439,8 +1583,9 @@ mod tests {
         assert!(o.dir.path().exists());
     }
 
+    // Issue 15: both queues of a destination are capped, the oldest items dropped.
     #[test]
-    fn edu_queue_is_capped_and_pdus_are_not() {
+    fn edu_and_pdu_queues_are_capped() {
         let o = origin(config(ORIGIN, 20, 1_000));
         let dest = <&ServerName>::try_from("remote.test").unwrap();
         let extra = 5;
@@ -1459,9 +1604,117 @@ mod tests {
         assert_eq!(edus[0]["content"]["n"], dropped, "the oldest are dropped");
         assert_eq!(edus[edus.len() - 1]["content"]["n"], total - 1);
         let pdus = queued(&o.db, Table::DestinationseqPdu, dest);
-        assert_eq!(pdus.len(), total);
+        let dropped = usize::try_from(PDUS_DROPPED_AT_CAP).unwrap();
+        assert_eq!(pdus.len(), total - dropped);
+        assert!(pdus.len() <= usize::try_from(MAX_QUEUED_PDUS).unwrap());
+        assert_eq!(pdus[0]["content"]["n"], dropped, "the oldest are dropped");
+        assert_eq!(pdus[pdus.len() - 1]["content"]["n"], total - 1);
         // Not started: nothing was sent, nothing runs.
         assert!(o.sender.workers.lock().is_empty());
+    }
+
+    fn pdu_in(room: Option<&str>, n: usize) -> Vec<u8> {
+        let mut pdu = json!({ "type": "m.test", "content": { "n": n } });
+        if let Some(room) = room {
+            pdu["room_id"] = json!(room);
+        }
+        pdu.to_string().into_bytes()
+    }
+
+    // Issue 15: a destination that has been failing for longer than
+    // federation_catch_up_after_ms keeps only the newest PDU of each room; once back, it gets
+    // those and the record of its failure is gone.
+    #[tokio::test]
+    async fn a_destination_down_for_long_keeps_the_newest_pdu_of_each_room() {
+        // The receiver's port, with nothing listening on it yet.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dest = OwnedServerName::try_from(format!("127.0.0.1:{port}")).unwrap();
+        let o = origin(Config {
+            federation_catch_up_after_ms: 300,
+            ..config(ORIGIN, 20, 50)
+        });
+        let rooms = [
+            Some("!a:origin.test"),
+            Some("!b:origin.test"),
+            Some("!a:origin.test"),
+            None,
+            Some("!a:origin.test"),
+            Some("!b:origin.test"),
+            Some("!c:origin.test"),
+        ];
+        for (n, room) in rooms.iter().enumerate() {
+            o.sender
+                .queue_pdu(std::slice::from_ref(&dest), &event_id(n), &pdu_in(*room, n))
+                .unwrap();
+        }
+        o.sender.start();
+        wait_for("the failure to be recorded", DEADLINE, || {
+            o.sender.down_since(&dest).is_some()
+        })
+        .await;
+        // Not before the bound.
+        assert_eq!(queued(&o.db, Table::DestinationseqPdu, &dest).len(), 7);
+        let newest = |db: &Db| {
+            queued(db, Table::DestinationseqPdu, &dest)
+                .iter()
+                .map(|p| p["content"]["n"].as_u64().unwrap())
+                .collect::<Vec<_>>()
+        };
+        wait_for("the queue to be reduced", DEADLINE, || {
+            newest(&o.db) == vec![3, 4, 5, 6]
+        })
+        .await;
+        let receiver = Receiver::start_on(port).await;
+        wait_for("the rest to be delivered", DEADLINE, || {
+            queue_is_empty(&o.db, &dest)
+        })
+        .await;
+        assert_eq!(
+            numbers(&receiver.state.delivered(), "pdus"),
+            vec![3, 4, 5, 6]
+        );
+        assert_eq!(o.sender.down_since(&dest), None);
+    }
+
+    // Issue 15: the time a destination started failing survives a restart, so a server
+    // restarted daily still gives up on a destination that is gone for good.
+    #[tokio::test]
+    async fn the_start_of_a_failure_survives_a_restart() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dest = OwnedServerName::try_from(format!("127.0.0.1:{port}")).unwrap();
+        let o = origin(Config {
+            federation_catch_up_after_ms: 60_000,
+            ..config(ORIGIN, 20, 50)
+        });
+        // Failing since long before this start.
+        o.sender
+            .set_down_since(&dest, Some(now_ms().saturating_sub(120_000)));
+        for n in 0..4 {
+            o.sender
+                .queue_pdu(
+                    std::slice::from_ref(&dest),
+                    &event_id(n),
+                    &pdu_in(Some("!a:origin.test"), n),
+                )
+                .unwrap();
+        }
+        o.sender.start();
+        wait_for("the queue to be reduced", DEADLINE, || {
+            queued(&o.db, Table::DestinationseqPdu, &dest).len() == 1
+        })
+        .await;
+        assert_eq!(
+            queued(&o.db, Table::DestinationseqPdu, &dest)[0]["content"]["n"],
+            3
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The guild host's memory of relayed requests (spec/rest.md §3): the answer to each
 //! `(origin, txnId)`, so that a relay repeated after a lost answer is not carried out twice.
+//! Answers are kept for [`crate::expiry::TRANSACTION_TTL_MS`].
 
-use paracord_core::{Error, Result};
+use paracord_core::{time::now_ms, Error, Result};
 use paracord_storage::{Batch, Db, KeyBuf, Table};
 use ruma::ServerName;
 use serde_json::Value;
@@ -27,10 +28,13 @@ pub fn answered(db: &Db, origin: &ServerName, txn_id: &str) -> Result<Option<Val
 /// Remembers the answer to a relay.
 pub fn remember(db: &Db, origin: &ServerName, txn_id: &str, answer: &Value) -> Result<()> {
     let mut batch = Batch::new();
-    batch.put(
+    let key = key(origin, txn_id);
+    crate::expiry::schedule(
+        &mut batch,
         Table::OrigintxnRelay,
-        key(origin, txn_id),
-        serde_json::to_vec(answer)?,
+        &key,
+        now_ms().saturating_add(crate::expiry::TRANSACTION_TTL_MS),
     );
+    batch.put(Table::OrigintxnRelay, key, serde_json::to_vec(answer)?);
     db.write(batch).map_err(Error::internal)
 }

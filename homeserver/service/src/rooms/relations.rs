@@ -12,6 +12,11 @@ use super::{
     Pdu, Rooms,
 };
 
+/// Most edits, and most thread replies, that bundling an event's aggregations reads.
+pub const MAX_BUNDLE_SCAN: usize = 1_000;
+/// Most `m.reference` event ids bundled with an event (the newest).
+pub const MAX_BUNDLED_REFERENCES: usize = 100;
+
 /// A new event's relation, checked and ready to index.
 #[derive(Debug, Clone)]
 pub struct Relation {
@@ -267,9 +272,37 @@ impl Rooms {
         Ok(out)
     }
 
+    /// The newest `limit` children of an event of one relation type, newest first.
+    fn newest_children(&self, target_short: u64, rel_type: &str, limit: usize) -> Result<Vec<u64>> {
+        let prefix = KeyBuf::new().u64(target_short).str(rel_type).into_vec();
+        let mut out = Vec::new();
+        for (_, v) in self
+            .db
+            .scan(
+                Table::TargetrelposShorteventid,
+                &prefix,
+                &prefix,
+                None,
+                true,
+                limit,
+            )
+            .map_err(Error::internal)?
+        {
+            out.push(decode_u64(&v).map_err(Error::internal)?);
+        }
+        Ok(out)
+    }
+
     /// The `unsigned.m.relations` of an event for a reader: the latest edit, the thread
     /// summary and the references, each made of the related events the reader may see (a
     /// user who left sees none sent after their leave).
+    ///
+    /// Issue 15: the work is bounded whatever the event's relations. Only the three bundled
+    /// relation types are read, each from its own part of the index, so reactions
+    /// (`m.annotation`, possibly 100,000 of them) are never touched; at most
+    /// [`MAX_BUNDLE_SCAN`] edits are looked at for the newest valid one, the thread's newest
+    /// [`MAX_BUNDLE_SCAN`] replies are read, and at most [`MAX_BUNDLED_REFERENCES`]
+    /// references are listed (the newest).
     pub(crate) fn aggregations(
         &self,
         target_short: u64,
@@ -277,33 +310,26 @@ impl Rooms {
         original_type: &str,
         reader: Reader<'_>,
     ) -> Result<Option<Value>> {
-        let children = self.children(target_short, None)?;
-        if children.is_empty() {
+        let edits = self.newest_children(target_short, "m.replace", MAX_BUNDLE_SCAN)?;
+        let thread_newest = self.newest_children(target_short, "m.thread", MAX_BUNDLE_SCAN)?;
+        let mut references =
+            self.newest_children(target_short, "m.reference", MAX_BUNDLED_REFERENCES)?;
+        references.reverse();
+        if edits.is_empty() && thread_newest.is_empty() && references.is_empty() {
             return Ok(None);
         }
         // Issue 15: every related event is judged for this reader.
         let mut sight = Sight::new(self, reader.user);
         let mut out = serde_json::Map::new();
-        let mut edits: Vec<u64> = Vec::new();
-        let mut thread: Vec<u64> = Vec::new();
-        let mut references = Vec::new();
-        for (rel, child) in &children {
-            match rel.as_str() {
-                "m.replace" => edits.push(*child),
-                "m.thread" => thread.push(*child),
-                "m.reference" => references.push(*child),
-                _ => {}
-            }
-        }
-        // The newest valid edit the reader may see, in full. The original must be a plain
-        // event that is not itself an edit.
+        // The newest valid edit the reader may see, in full (`edits` is newest first). The
+        // original must be a plain event that is not itself an edit.
         let original_editable = !edits.is_empty()
             && self.pdu_by_short(target_short)?.is_some_and(|o| {
                 o.state_key.is_none()
                     && relates_to(&o.content_value()).is_none_or(|r| r.0 != "m.replace")
             });
         if original_editable {
-            for edit in edits.into_iter().rev() {
+            for edit in edits.iter().copied() {
                 let Some(p) = self.pdu_by_short(edit)? else {
                     continue;
                 };
@@ -319,13 +345,30 @@ impl Rooms {
                 break;
             }
         }
-        let mut visible_thread = Vec::with_capacity(thread.len());
-        for child in thread {
+        // The thread's newest replies the reader may see (newest first). A longer thread is
+        // counted by its index keys, less the scanned replies the reader may not see (older
+        // replies are seen by whoever sees newer ones, history being read up to a point).
+        let mut visible_thread = Vec::with_capacity(thread_newest.len());
+        for child in thread_newest.iter().copied() {
             if sight.sees(child)? {
                 visible_thread.push(child);
             }
         }
-        if let Some(last) = visible_thread.last() {
+        let thread_count = if thread_newest.len() < MAX_BUNDLE_SCAN {
+            visible_thread.len()
+        } else {
+            let total = self
+                .db
+                .for_each_prefix(
+                    Table::TargetrelposShorteventid,
+                    &KeyBuf::new().u64(target_short).str("m.thread").into_vec(),
+                    usize::MAX,
+                    |_, _| Ok(()),
+                )
+                .map_err(Error::internal)?;
+            total.saturating_sub(thread_newest.len() - visible_thread.len())
+        };
+        if let Some(newest) = visible_thread.first() {
             let mut participated = original_sender == reader.user.as_str();
             for c in &visible_thread {
                 if participated {
@@ -335,10 +378,10 @@ impl Rooms {
                     .pdu_by_short(*c)?
                     .is_some_and(|p| p.sender == reader.user);
             }
-            if let Some((_, ev)) = self.client_event_plain(*last, Some(reader))? {
+            if let Some((_, ev)) = self.client_event_plain(*newest, Some(reader))? {
                 out.insert(
                     "m.thread".into(),
-                    json!({ "latest_event": ev, "count": visible_thread.len(), "current_user_participated": participated }),
+                    json!({ "latest_event": ev, "count": thread_count, "current_user_participated": participated }),
                 );
             }
         }
@@ -511,4 +554,105 @@ pub(crate) fn content_of(raw: &[u8]) -> Value {
     serde_json::from_slice::<Value>(raw)
         .map(|v| v["content"].clone())
         .unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use paracord_core::Config;
+    use ruma::OwnedUserId;
+
+    use super::*;
+    use crate::{
+        rooms::{
+            create::{CreateRoom, Preset},
+            NewEvent,
+        },
+        Services,
+    };
+
+    // Issue 15: bundling an event's aggregations does not read its reactions, however many:
+    // 10,000 annotation rows that cannot even be decoded are never touched, and the edit and
+    // the capped references still come out.
+    #[tokio::test]
+    async fn bundling_skips_reactions_and_caps_references() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Services::open(Config {
+            data_dir: dir.path().join("data"),
+            ..Config::default()
+        })
+        .unwrap();
+        let alice = OwnedUserId::try_from("@alice:localhost").unwrap();
+        let room = s
+            .rooms
+            .create_room(
+                &alice,
+                CreateRoom {
+                    version: None,
+                    preset: Some(Preset::PrivateChat),
+                    public: false,
+                    name: None,
+                    topic: None,
+                    alias: None,
+                    invite: vec![],
+                    is_direct: false,
+                    initial_state: vec![],
+                    power_level_override: None,
+                    creation_content: None,
+                    profile: (None, None),
+                },
+            )
+            .await
+            .unwrap();
+        let send = |content: Value| {
+            let (s, room, alice) = (&s, room.clone(), alice.clone());
+            async move {
+                s.rooms
+                    .append(
+                        &room,
+                        &alice,
+                        NewEvent::message("m.room.message".into(), content),
+                    )
+                    .await
+                    .unwrap()
+            }
+        };
+        let target = send(json!({ "body": "hello", "msgtype": "m.text" })).await;
+        let target_short = s.rooms.short_id(&target).unwrap().unwrap();
+        let edit = send(json!({
+            "body": "* hi", "msgtype": "m.text",
+            "m.new_content": { "body": "hi", "msgtype": "m.text" },
+            "m.relates_to": { "rel_type": "m.replace", "event_id": target },
+        }))
+        .await;
+        let references = MAX_BUNDLED_REFERENCES + 3;
+        for n in 0..references {
+            send(json!({
+                "body": format!("see {n}"), "msgtype": "m.text",
+                "m.relates_to": { "rel_type": "m.reference", "event_id": target },
+            }))
+            .await;
+        }
+        let mut batch = Batch::new();
+        for pos in 0..10_000u64 {
+            batch.put(
+                Table::TargetrelposShorteventid,
+                index_key(target_short, "m.annotation", pos),
+                b"not a short id".to_vec(),
+            );
+        }
+        s.db.write(batch).unwrap();
+        let reader = Reader {
+            user: &alice,
+            device: None,
+        };
+        let bundle = s
+            .rooms
+            .aggregations(target_short, alice.as_str(), "m.room.message", reader)
+            .unwrap()
+            .unwrap();
+        assert_eq!(bundle["m.replace"]["event_id"], edit.as_str());
+        let chunk = bundle["m.reference"]["chunk"].as_array().unwrap();
+        assert_eq!(chunk.len(), MAX_BUNDLED_REFERENCES);
+    }
 }

@@ -690,7 +690,9 @@ impl Sync {
             Some(short) => self.rooms.meta(short)?.map(|m| (short, m)),
             None => None,
         };
-        let in_timeline = ending.as_ref().is_some_and(|(_, m)| !m.outlier);
+        // (Nor is anything of a room this server holds no record of.)
+        let in_timeline =
+            ending.as_ref().is_some_and(|(_, m)| !m.outlier) && self.rooms.room(room_id)?.is_some();
         if !in_timeline {
             let reader = Reader {
                 user: req.user,

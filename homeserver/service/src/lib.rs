@@ -205,6 +205,7 @@ impl Services {
             account_data.clone(),
         ));
         let durability = Arc::new(durability::Durability::new(db.clone(), config.sync_writes));
+        sync.set_durability(durability.clone());
         Ok(Self {
             config,
             db,

@@ -87,6 +87,8 @@ pub struct Sync {
     account_data: Arc<AccountData>,
     ephemeral: Arc<Ephemeral>,
     e2ee: Arc<E2ee>,
+    /// With `sync_writes`, what a sync gives is on disk first (set once at start-up).
+    durability: std::sync::OnceLock<Arc<crate::durability::Durability>>,
 }
 
 const DEFAULT_TIMELINE_LIMIT: usize = 10;
@@ -106,7 +108,13 @@ impl Sync {
             account_data,
             ephemeral,
             e2ee,
+            durability: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Makes syncs give only what is on disk (`sync_writes`).
+    pub fn set_durability(&self, durability: Arc<crate::durability::Durability>) {
+        let _ = self.durability.set(durability);
     }
 
     /// Answers a sync, waiting up to `timeout` for news when there is none.
@@ -126,6 +134,14 @@ impl Sync {
             let upto = self.stream.current();
             if req.since.is_some_and(|s| s > upto) {
                 return Err(Error::invalid_param("since token is from the future"));
+            }
+            // Nobody is shown an event that a power loss could still take back: everything
+            // up to `upto` was written before this, so the sync waits for its fsync (which
+            // the request that wrote it waits for too, and usually started already). The
+            // sender's own answer then tends to come before its event's remote echo, as
+            // clients expect.
+            if let Some(d) = self.durability.get() {
+                d.settle().await?;
             }
             let (body, has_news) = self.build(&req, &ignored, upto)?;
             if req.since.is_none() || has_news || req.full_state || Instant::now() >= deadline {

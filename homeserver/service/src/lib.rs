@@ -103,6 +103,13 @@ impl Services {
             stream.clone(),
             Some(account_data.clone()),
         ));
+        let migrated = rooms.migrate_annotation_index()?;
+        if migrated > 0 {
+            tracing::info!(
+                annotations = migrated,
+                "indexed existing reactions by key and sender"
+            );
+        }
         let remote_keys = Arc::new(server_keys::RemoteKeys::new(
             db.clone(),
             config.server_name.clone(),

@@ -1296,7 +1296,11 @@ impl Rooms {
         let (Some(raw), Some(mut meta)) = (self.raw_pdu(short)?, self.meta(short)?) else {
             return Ok(());
         };
-        self.unindex_relation(batch, &relations::content_of(&raw), short)?;
+        self.unindex_relation(
+            batch,
+            &serde_json::from_slice::<serde_json::Value>(&raw).unwrap_or(serde_json::Value::Null),
+            short,
+        )?;
         if let Some(search) = self.search.lock().clone() {
             search.unindex_into(batch, short)?;
         }

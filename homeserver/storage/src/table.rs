@@ -51,6 +51,9 @@ pub enum Table {
     UseridPresence,
     /// `target short id, rel_type 0xFF, child stream position` → child short id.
     TargetrelposShorteventid,
+    /// `target short id, annotation key 0xFF sender` → the annotation's stream position: who
+    /// reacted to an event with which key, without reading its reactions.
+    TargetkeysenderPos,
     /// `room_id 0xFF thread root short id` → stream position of the thread's newest event.
     RoomthreadLatest,
     /// `timestamp, random id` → a report of a room, event or user, for the admins.
@@ -155,6 +158,7 @@ impl Table {
         Table::RoomreceiptReceipt,
         Table::UseridPresence,
         Table::TargetrelposShorteventid,
+        Table::TargetkeysenderPos,
         Table::RoomthreadLatest,
         Table::ReportidReport,
         Table::OpenidtokenSession,
@@ -219,6 +223,7 @@ impl Table {
             Table::RoomreceiptReceipt => "roomreceipt_receipt",
             Table::UseridPresence => "userid_presence",
             Table::TargetrelposShorteventid => "targetrelpos_shorteventid",
+            Table::TargetkeysenderPos => "targetkeysender_pos",
             Table::RoomthreadLatest => "roomthread_latest",
             Table::ReportidReport => "reportid_report",
             Table::OpenidtokenSession => "openidtoken_session",

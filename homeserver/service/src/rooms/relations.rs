@@ -24,6 +24,17 @@ pub struct Relation {
     pub rel_type: String,
     /// The thread root this event extends (for `m.thread`).
     pub thread_root: Option<u64>,
+    /// `(key, sender)` of an annotation (a reaction).
+    pub annotation: Option<(String, String)>,
+}
+
+/// The key of an annotation in `targetkeysender_pos`.
+fn annotation_key(target_short: u64, key: &str, sender: &str) -> Vec<u8> {
+    KeyBuf::new()
+        .u64(target_short)
+        .str(key)
+        .last_str(sender)
+        .into_vec()
 }
 
 /// `(rel_type, target, annotation key)` of an event's `m.relates_to`.
@@ -146,23 +157,26 @@ impl Rooms {
             .ok_or_else(|| bad("the related event is not known"))?;
         let target_rel = relates_to(&target.content_value());
         let mut thread_root = None;
+        let mut annotation = None;
         match rel_type.as_str() {
             "m.annotation" => {
                 let key = key.ok_or_else(|| bad("an annotation needs a key"))?;
-                for (_, child) in self.children(target_short, Some("m.annotation"))? {
-                    if let Some(c) = self.pdu_by_short(child)? {
-                        if c.sender == pdu.sender
-                            && relates_to(&c.content_value()).and_then(|r| r.2).as_deref()
-                                == Some(key.as_str())
-                        {
-                            return Err(Error::new(
-                                http::StatusCode::BAD_REQUEST,
-                                ErrorKind::DuplicateAnnotation,
-                                "you already reacted with this key",
-                            ));
-                        }
-                    }
+                // Issue 15: one read of the index, however many reactions the event has.
+                if self
+                    .db
+                    .exists(
+                        Table::TargetkeysenderPos,
+                        &annotation_key(target_short, &key, pdu.sender.as_str()),
+                    )
+                    .map_err(Error::internal)?
+                {
+                    return Err(Error::new(
+                        http::StatusCode::BAD_REQUEST,
+                        ErrorKind::DuplicateAnnotation,
+                        "you already reacted with this key",
+                    ));
                 }
+                annotation = Some((key, pdu.sender.to_string()));
             }
             // An invalid replacement (another sender, another type, a state event, an edit of
             // an edit) is not refused: the spec has servers ignore it when they aggregate
@@ -182,6 +196,7 @@ impl Rooms {
             target_short,
             rel_type,
             thread_root,
+            annotation,
         }))
     }
 
@@ -198,6 +213,13 @@ impl Rooms {
             index_key(rel.target_short, &rel.rel_type, pos),
             pos.to_be_bytes().to_vec(),
         );
+        if let Some((key, sender)) = &rel.annotation {
+            batch.put(
+                Table::TargetkeysenderPos,
+                annotation_key(rel.target_short, key, sender),
+                pos.to_be_bytes().to_vec(),
+            );
+        }
         if let Some(root) = rel.thread_root {
             batch.put(
                 Table::RoomthreadLatest,
@@ -211,15 +233,23 @@ impl Rooms {
     pub(crate) fn unindex_relation(
         &self,
         batch: &mut Batch,
-        original_content: &Value,
+        original: &Value,
         pos: u64,
     ) -> Result<()> {
-        if let Some((rel_type, target, _)) = relates_to(original_content) {
+        if let Some((rel_type, target, key)) = relates_to(&original["content"]) {
             if let Some(target_short) = self.short_id(&target)? {
                 batch.delete(
                     Table::TargetrelposShorteventid,
                     index_key(target_short, &rel_type, pos),
                 );
+                if let (Some(key), Some(sender)) = (key, original["sender"].as_str()) {
+                    if rel_type == "m.annotation" {
+                        batch.delete(
+                            Table::TargetkeysenderPos,
+                            annotation_key(target_short, &key, sender),
+                        );
+                    }
+                }
             }
         }
         Ok(())
@@ -228,15 +258,59 @@ impl Rooms {
     /// Whether an event has an annotation (a reaction) with `key`: one that is in the
     /// timeline and not redacted (redactions and soft-failed events are not in the index).
     pub(crate) fn has_annotation(&self, target_short: u64, key: &str) -> Result<bool> {
-        for (_, child) in self.children(target_short, Some("m.annotation"))? {
-            let Some(c) = self.pdu_by_short(child)? else {
+        // Issue 15: one row of the index, however many reactions the event has.
+        let prefix = KeyBuf::new().u64(target_short).str(key).into_vec();
+        Ok(!self
+            .db
+            .scan(Table::TargetkeysenderPos, &prefix, &prefix, None, false, 1)
+            .map_err(Error::internal)?
+            .is_empty())
+    }
+
+    /// Fills the annotation index (`targetkeysender_pos`) from the relation index, once, for
+    /// databases written before it existed. Returns how many annotations it indexed.
+    pub fn migrate_annotation_index(&self) -> Result<usize> {
+        const DONE: &[u8] = b"annotation_index_v1";
+        if self
+            .db
+            .exists(Table::GlobalValue, DONE)
+            .map_err(Error::internal)?
+        {
+            return Ok(0);
+        }
+        let mut rows = Vec::new();
+        self.db
+            .for_each_prefix(Table::TargetrelposShorteventid, b"", usize::MAX, |k, v| {
+                let mut r = KeyReader::new(k);
+                let (Ok(target), Ok(rel)) = (r.u64(), r.str()) else {
+                    return Ok(());
+                };
+                if rel == "m.annotation" {
+                    if let Ok(short) = decode_u64(v) {
+                        rows.push((target, short));
+                    }
+                }
+                Ok(())
+            })
+            .map_err(Error::internal)?;
+        let mut batch = Batch::new();
+        let mut count = 0;
+        for (target, short) in rows {
+            let Some(p) = self.pdu_by_short(short)? else {
                 continue;
             };
-            if relates_to(&c.content_value()).and_then(|r| r.2).as_deref() == Some(key) {
-                return Ok(true);
+            if let Some((_, _, Some(key))) = relates_to(&p.content_value()) {
+                batch.put(
+                    Table::TargetkeysenderPos,
+                    annotation_key(target, &key, p.sender.as_str()),
+                    short.to_be_bytes().to_vec(),
+                );
+                count += 1;
             }
         }
-        Ok(false)
+        batch.put(Table::GlobalValue, DONE.to_vec(), b"1".to_vec());
+        self.db.write(batch).map_err(Error::internal)?;
+        Ok(count)
     }
 
     /// Whether a thread has started from `root` (an `m.thread` event has been indexed).
@@ -549,13 +623,6 @@ impl Rooms {
     }
 }
 
-/// The original content of a stored PDU (for unindexing on redaction).
-pub(crate) fn content_of(raw: &[u8]) -> Value {
-    serde_json::from_slice::<Value>(raw)
-        .map(|v| v["content"].clone())
-        .unwrap_or(Value::Null)
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -654,5 +721,89 @@ mod tests {
         assert_eq!(bundle["m.replace"]["event_id"], edit.as_str());
         let chunk = bundle["m.reference"]["chunk"].as_array().unwrap();
         assert_eq!(chunk.len(), MAX_BUNDLED_REFERENCES);
+    }
+
+    // Issue 15 item 14: a reaction's duplicate check and `has_annotation` read one row of the
+    // annotation index, however many reactions the event has (10,000 undecodable rows of the
+    // relation index are never touched); redacting a reaction frees its key; databases from
+    // before the index get it filled once.
+    #[tokio::test]
+    async fn reactions_are_checked_through_the_annotation_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Services::open(Config {
+            data_dir: dir.path().join("data"),
+            ..Config::default()
+        })
+        .unwrap();
+        let alice = OwnedUserId::try_from("@alice:localhost").unwrap();
+        let room = s
+            .rooms
+            .create_room(
+                &alice,
+                CreateRoom {
+                    version: None,
+                    preset: Some(Preset::PrivateChat),
+                    public: false,
+                    name: None,
+                    topic: None,
+                    alias: None,
+                    invite: vec![],
+                    is_direct: false,
+                    initial_state: vec![],
+                    power_level_override: None,
+                    creation_content: None,
+                    profile: (None, None),
+                },
+            )
+            .await
+            .unwrap();
+        let send = |kind: &'static str, content: Value| {
+            let (s, room, alice) = (&s, room.clone(), alice.clone());
+            async move {
+                s.rooms
+                    .append(&room, &alice, NewEvent::message(kind.into(), content))
+                    .await
+            }
+        };
+        let target = send(
+            "m.room.message",
+            json!({ "body": "hi", "msgtype": "m.text" }),
+        )
+        .await
+        .unwrap();
+        let target_short = s.rooms.short_id(&target).unwrap().unwrap();
+        let mut batch = Batch::new();
+        for pos in 0..10_000u64 {
+            batch.put(
+                Table::TargetrelposShorteventid,
+                index_key(target_short, "m.annotation", 1_000_000 + pos),
+                b"not a short id".to_vec(),
+            );
+        }
+        s.db.write(batch).unwrap();
+        let react = || json!({ "m.relates_to": { "rel_type": "m.annotation", "event_id": target, "key": "👍" } });
+        assert!(!s.rooms.has_annotation(target_short, "👍").unwrap());
+        let first = send("m.reaction", react()).await.unwrap();
+        assert!(s.rooms.has_annotation(target_short, "👍").unwrap());
+        assert!(!s.rooms.has_annotation(target_short, "👎").unwrap());
+        let again = send("m.reaction", react()).await.unwrap_err();
+        assert!(matches!(again.kind(), Some(ErrorKind::DuplicateAnnotation)));
+
+        // A database from before the index: its entries are filled again at start.
+        let key = annotation_key(target_short, "👍", alice.as_str());
+        let mut batch = Batch::new();
+        batch.delete(Table::TargetkeysenderPos, key.clone());
+        batch.delete(Table::GlobalValue, b"annotation_index_v1".to_vec());
+        s.db.write(batch).unwrap();
+        assert!(!s.rooms.has_annotation(target_short, "👍").unwrap());
+        assert_eq!(s.rooms.migrate_annotation_index().unwrap(), 1);
+        assert!(s.rooms.has_annotation(target_short, "👍").unwrap());
+
+        // Redacted, the reaction's key is free again.
+        let mut redaction = NewEvent::message("m.room.redaction".into(), json!({}));
+        redaction.redacts = Some(first.clone());
+        s.rooms.append(&room, &alice, redaction).await.unwrap();
+        assert!(!s.rooms.has_annotation(target_short, "👍").unwrap());
+        send("m.reaction", react()).await.unwrap();
     }
 }

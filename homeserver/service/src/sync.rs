@@ -142,6 +142,9 @@ impl Sync {
             // clients expect.
             if let Some(d) = self.durability.get() {
                 d.settle().await?;
+                // The requests that wrote are woken by the same fsync: let their answers go
+                // out before this sync builds its own.
+                tokio::task::yield_now().await;
             }
             let (body, has_news) = self.build(&req, &ignored, upto)?;
             if req.since.is_none() || has_news || req.full_state || Instant::now() >= deadline {

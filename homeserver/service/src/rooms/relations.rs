@@ -638,11 +638,8 @@ mod tests {
         Services,
     };
 
-    // Issue 15: bundling an event's aggregations does not read its reactions, however many:
-    // 10,000 annotation rows that cannot even be decoded are never touched, and the edit and
-    // the capped references still come out.
-    #[tokio::test]
-    async fn bundling_skips_reactions_and_caps_references() {
+    /// A server on a fresh data directory and a private room of @alice there.
+    async fn private_room() -> (tempfile::TempDir, Services, OwnedUserId, ruma::OwnedRoomId) {
         let dir = tempfile::tempdir().unwrap();
         let s = Services::open(Config {
             data_dir: dir.path().join("data"),
@@ -671,6 +668,15 @@ mod tests {
             )
             .await
             .unwrap();
+        (dir, s, alice, room)
+    }
+
+    // Issue 15: bundling an event's aggregations does not read its reactions, however many:
+    // 10,000 annotation rows that cannot even be decoded are never touched, and the edit and
+    // the capped references still come out.
+    #[tokio::test]
+    async fn bundling_skips_reactions_and_caps_references() {
+        let (_dir, s, alice, room) = private_room().await;
         let send = |content: Value| {
             let (s, room, alice) = (&s, room.clone(), alice.clone());
             async move {
@@ -729,34 +735,7 @@ mod tests {
     // before the index get it filled once.
     #[tokio::test]
     async fn reactions_are_checked_through_the_annotation_index() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Services::open(Config {
-            data_dir: dir.path().join("data"),
-            ..Config::default()
-        })
-        .unwrap();
-        let alice = OwnedUserId::try_from("@alice:localhost").unwrap();
-        let room = s
-            .rooms
-            .create_room(
-                &alice,
-                CreateRoom {
-                    version: None,
-                    preset: Some(Preset::PrivateChat),
-                    public: false,
-                    name: None,
-                    topic: None,
-                    alias: None,
-                    invite: vec![],
-                    is_direct: false,
-                    initial_state: vec![],
-                    power_level_override: None,
-                    creation_content: None,
-                    profile: (None, None),
-                },
-            )
-            .await
-            .unwrap();
+        let (_dir, s, alice, room) = private_room().await;
         let send = |kind: &'static str, content: Value| {
             let (s, room, alice) = (&s, room.clone(), alice.clone());
             async move {

@@ -110,6 +110,17 @@ impl Services {
                 "indexed existing reactions by key and sender"
             );
         }
+        let migrated = rooms.migrate_thread_counts()?;
+        if migrated > 0 {
+            tracing::info!(
+                threads = migrated,
+                "counted the replies of existing threads"
+            );
+        }
+        let migrated = rooms.migrate_timestamp_index()?;
+        if migrated > 0 {
+            tracing::info!(events = migrated, "indexed existing events by timestamp");
+        }
         let remote_keys = Arc::new(server_keys::RemoteKeys::new(
             db.clone(),
             config.server_name.clone(),

@@ -1102,10 +1102,12 @@ impl Rooms {
                 rejected: false,
             };
             write_event_rows(batch, short, &event_id, &pdu_bytes, &meta)?;
-            batch.put(
-                Table::RoompositionShorteventid,
-                KeyBuf::new().str(room_id.as_str()).u64(pos).into_vec(),
-                short.to_be_bytes().to_vec(),
+            put_timeline_row(
+                batch,
+                room_id,
+                pos,
+                short,
+                u64::from(pdu.origin_server_ts.get()),
             );
             room.extremities = vec![event_id.clone()];
             room.state = state_after;
@@ -1120,7 +1122,7 @@ impl Rooms {
                 write_membership(batch, room_id, user, m, pos, &event_id)?;
             }
             if let Some(r) = &relation {
-                self.index_relation(batch, room_id, r, pos);
+                self.index_relation(batch, room_id, r, pos)?;
             }
             // A guild invite is found by its code alone (spec/rest.md §11), in its event's batch.
             if kind == crate::guilds::members::INVITE_EVENT {
@@ -1427,6 +1429,25 @@ pub(crate) fn write_event_rows(
         serde_json::to_vec(meta)?,
     );
     Ok(())
+}
+
+/// Places an event (short id `short`, sent at `ts`) in a room's timeline at stream position
+/// `pos`: by position, and by timestamp for `/timestamp_to_event`.
+pub(crate) fn put_timeline_row(batch: &mut Batch, room_id: &RoomId, pos: u64, short: u64, ts: u64) {
+    batch.put(
+        Table::RoompositionShorteventid,
+        KeyBuf::new().str(room_id.as_str()).u64(pos).into_vec(),
+        short.to_be_bytes().to_vec(),
+    );
+    batch.put(
+        Table::RoomtsposShorteventid,
+        KeyBuf::new()
+            .str(room_id.as_str())
+            .u64(ts)
+            .u64(pos)
+            .into_vec(),
+        short.to_be_bytes().to_vec(),
+    );
 }
 
 /// Indexes `user`'s membership `m` in a room, set by `event_id` at stream position `pos`.

@@ -53,6 +53,16 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
+    /// What this batch will leave at `key`: `Some(Some(value))` for a put, `Some(None)` for a
+    /// delete (the last of them wins), `None` when the batch does not touch the key. For
+    /// read-modify-write of a row the same batch may already have changed.
+    pub fn pending(&self, table: Table, key: &[u8]) -> Option<Option<&[u8]>> {
+        self.ops.iter().rev().find_map(|op| match op {
+            Op::Put(t, k, v) if *t == table && k == key => Some(Some(v.as_slice())),
+            Op::Delete(t, k) if *t == table && k == key => Some(None),
+            _ => None,
+        })
+    }
     pub fn len(&self) -> usize {
         self.ops.len()
     }

@@ -23,6 +23,9 @@ pub enum Table {
     RoomidRoom,
     /// `room_id 0xFF stream_pos` → short event id: the room's timeline in stream order.
     RoompositionShorteventid,
+    /// `room_id 0xFF origin_server_ts (u64) stream_pos (u64)` → short event id: the same
+    /// timeline by the events' timestamps (`/timestamp_to_event`).
+    RoomtsposShorteventid,
     /// snapshot id → state snapshot (parent snapshot plus the entries that changed).
     SnapshotidState,
     /// `user_id 0xFF room_id` → the user's membership in the room and its stream position.
@@ -56,6 +59,8 @@ pub enum Table {
     TargetkeysenderPos,
     /// `room_id 0xFF thread root short id` → stream position of the thread's newest event.
     RoomthreadLatest,
+    /// thread root short id → how many replies (`m.thread` relations) the index holds for it.
+    RootThreadcount,
     /// `timestamp, random id` → a report of a room, event or user, for the admins.
     ReportidReport,
     /// sha256(OpenID token) → the user it vouches for and its expiry.
@@ -145,6 +150,7 @@ impl Table {
         Table::ShorteventidMeta,
         Table::RoomidRoom,
         Table::RoompositionShorteventid,
+        Table::RoomtsposShorteventid,
         Table::SnapshotidState,
         Table::UserroomMembership,
         Table::RoomuserMembership,
@@ -160,6 +166,7 @@ impl Table {
         Table::TargetrelposShorteventid,
         Table::TargetkeysenderPos,
         Table::RoomthreadLatest,
+        Table::RootThreadcount,
         Table::ReportidReport,
         Table::OpenidtokenSession,
         Table::UserposNotification,
@@ -209,6 +216,7 @@ impl Table {
             Table::ShorteventidPdu => "shorteventid_pdu",
             Table::ShorteventidMeta => "shorteventid_meta",
             Table::RoomidRoom => "roomid_room",
+            Table::RoomtsposShorteventid => "roomtspos_shorteventid",
             Table::RoompositionShorteventid => "roomposition_shorteventid",
             Table::SnapshotidState => "snapshotid_state",
             Table::UserroomMembership => "userroom_membership",
@@ -225,6 +233,7 @@ impl Table {
             Table::TargetrelposShorteventid => "targetrelpos_shorteventid",
             Table::TargetkeysenderPos => "targetkeysender_pos",
             Table::RoomthreadLatest => "roomthread_latest",
+            Table::RootThreadcount => "root_threadcount",
             Table::ReportidReport => "reportid_report",
             Table::OpenidtokenSession => "openidtoken_session",
             Table::UserposNotification => "userpos_notification",

@@ -207,12 +207,15 @@ impl Rooms {
         room_id: &RoomId,
         rel: &Relation,
         pos: u64,
-    ) {
+    ) -> Result<()> {
         batch.put(
             Table::TargetrelposShorteventid,
             index_key(rel.target_short, &rel.rel_type, pos),
             pos.to_be_bytes().to_vec(),
         );
+        if rel.rel_type == "m.thread" {
+            self.add_to_thread_count(batch, rel.target_short, 1)?;
+        }
         if let Some((key, sender)) = &rel.annotation {
             batch.put(
                 Table::TargetkeysenderPos,
@@ -227,6 +230,43 @@ impl Rooms {
                 pos.to_be_bytes().to_vec(),
             );
         }
+        Ok(())
+    }
+
+    /// Changes the count of a thread's replies by `delta` (in the same batch as the index
+    /// row; the room's lock serializes the read and the write).
+    fn add_to_thread_count(&self, batch: &mut Batch, root: u64, delta: i64) -> Result<()> {
+        let key = root.to_be_bytes();
+        let current = match batch.pending(Table::RootThreadcount, &key) {
+            Some(v) => v.map(<[u8]>::to_vec),
+            None => self
+                .db
+                .get(Table::RootThreadcount, &key)
+                .map_err(Error::internal)?,
+        };
+        let current = current
+            .map(|v| decode_u64(&v))
+            .transpose()
+            .map_err(Error::internal)?
+            .unwrap_or(0);
+        let next = current.saturating_add_signed(delta);
+        batch.put(
+            Table::RootThreadcount,
+            key.to_vec(),
+            next.to_be_bytes().to_vec(),
+        );
+        Ok(())
+    }
+
+    /// How many replies a thread has in the index (visible to anyone or not).
+    fn thread_count(&self, root: u64) -> Result<u64> {
+        self.db
+            .get(Table::RootThreadcount, &root.to_be_bytes())
+            .map_err(Error::internal)?
+            .map(|v| decode_u64(&v))
+            .transpose()
+            .map_err(Error::internal)
+            .map(Option::unwrap_or_default)
     }
 
     /// Removes a redacted event from the index (its relation is gone with its content).
@@ -238,10 +278,21 @@ impl Rooms {
     ) -> Result<()> {
         if let Some((rel_type, target, key)) = relates_to(&original["content"]) {
             if let Some(target_short) = self.short_id(&target)? {
-                batch.delete(
-                    Table::TargetrelposShorteventid,
-                    index_key(target_short, &rel_type, pos),
-                );
+                let row = index_key(target_short, &rel_type, pos);
+                // Counted once: a second redaction of the same event finds no row.
+                if rel_type == "m.thread" {
+                    let indexed = match batch.pending(Table::TargetrelposShorteventid, &row) {
+                        Some(v) => v.is_some(),
+                        None => self
+                            .db
+                            .exists(Table::TargetrelposShorteventid, &row)
+                            .map_err(Error::internal)?,
+                    };
+                    if indexed {
+                        self.add_to_thread_count(batch, target_short, -1)?;
+                    }
+                }
+                batch.delete(Table::TargetrelposShorteventid, row);
                 if let (Some(key), Some(sender)) = (key, original["sender"].as_str()) {
                     if rel_type == "m.annotation" {
                         batch.delete(
@@ -311,6 +362,40 @@ impl Rooms {
         batch.put(Table::GlobalValue, DONE.to_vec(), b"1".to_vec());
         self.db.write(batch).map_err(Error::internal)?;
         Ok(count)
+    }
+
+    /// Counts the replies of every thread (`root_threadcount`) from the relation index, once,
+    /// for databases written before the count existed. Returns how many threads it counted.
+    pub fn migrate_thread_counts(&self) -> Result<usize> {
+        const DONE: &[u8] = b"thread_count_v1";
+        if self
+            .db
+            .exists(Table::GlobalValue, DONE)
+            .map_err(Error::internal)?
+        {
+            return Ok(0);
+        }
+        let mut counts: std::collections::BTreeMap<u64, u64> = Default::default();
+        self.db
+            .for_each_prefix(Table::TargetrelposShorteventid, b"", usize::MAX, |k, _| {
+                let mut r = KeyReader::new(k);
+                if let (Ok(target), Ok("m.thread")) = (r.u64(), r.str()) {
+                    *counts.entry(target).or_default() += 1;
+                }
+                Ok(())
+            })
+            .map_err(Error::internal)?;
+        let mut batch = Batch::new();
+        for (root, n) in &counts {
+            batch.put(
+                Table::RootThreadcount,
+                root.to_be_bytes().to_vec(),
+                n.to_be_bytes().to_vec(),
+            );
+        }
+        batch.put(Table::GlobalValue, DONE.to_vec(), b"1".to_vec());
+        self.db.write(batch).map_err(Error::internal)?;
+        Ok(counts.len())
     }
 
     /// Whether a thread has started from `root` (an `m.thread` event has been indexed).
@@ -420,7 +505,7 @@ impl Rooms {
             }
         }
         // The thread's newest replies the reader may see (newest first). A longer thread is
-        // counted by its index keys, less the scanned replies the reader may not see (older
+        // counted by its reply count, less the scanned replies the reader may not see (older
         // replies are seen by whoever sees newer ones, history being read up to a point).
         let mut visible_thread = Vec::with_capacity(thread_newest.len());
         for child in thread_newest.iter().copied() {
@@ -429,18 +514,10 @@ impl Rooms {
             }
         }
         let thread_count = if thread_newest.len() < MAX_BUNDLE_SCAN {
-            visible_thread.len()
+            visible_thread.len() as u64
         } else {
-            let total = self
-                .db
-                .for_each_prefix(
-                    Table::TargetrelposShorteventid,
-                    &KeyBuf::new().u64(target_short).str("m.thread").into_vec(),
-                    usize::MAX,
-                    |_, _| Ok(()),
-                )
-                .map_err(Error::internal)?;
-            total.saturating_sub(thread_newest.len() - visible_thread.len())
+            self.thread_count(target_short)?
+                .saturating_sub((thread_newest.len() - visible_thread.len()) as u64)
         };
         if let Some(newest) = visible_thread.first() {
             let mut participated = original_sender == reader.user.as_str();
@@ -625,7 +702,7 @@ impl Rooms {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use paracord_core::Config;
     use ruma::OwnedUserId;
 
@@ -639,7 +716,8 @@ mod tests {
     };
 
     /// A server on a fresh data directory and a private room of @alice there.
-    async fn private_room() -> (tempfile::TempDir, Services, OwnedUserId, ruma::OwnedRoomId) {
+    pub(crate) async fn private_room(
+    ) -> (tempfile::TempDir, Services, OwnedUserId, ruma::OwnedRoomId) {
         let dir = tempfile::tempdir().unwrap();
         let s = Services::open(Config {
             data_dir: dir.path().join("data"),
@@ -784,5 +862,83 @@ mod tests {
         s.rooms.append(&room, &alice, redaction).await.unwrap();
         assert!(!s.rooms.has_annotation(target_short, "👍").unwrap());
         send("m.reaction", react()).await.unwrap();
+    }
+
+    // Issue 15 item 14: a long thread's reply count is a counter kept with the index, not a
+    // walk of the thread's index rows: 50,000 extra rows do not change it (nor cost a read);
+    // a redacted reply leaves it (once); a database from before the counter gets it at start.
+    #[tokio::test]
+    async fn thread_counts_are_kept_not_walked() {
+        let (_dir, s, alice, room) = private_room().await;
+        let send = |content: Value| {
+            let (s, room, alice) = (&s, room.clone(), alice.clone());
+            async move {
+                s.rooms
+                    .append(
+                        &room,
+                        &alice,
+                        NewEvent::message("m.room.message".into(), content),
+                    )
+                    .await
+                    .unwrap()
+            }
+        };
+        let root = send(json!({ "body": "root", "msgtype": "m.text" })).await;
+        let root_short = s.rooms.short_id(&root).unwrap().unwrap();
+        let replies = MAX_BUNDLE_SCAN + 5;
+        let mut first = None;
+        for n in 0..replies {
+            let id = send(json!({
+                "body": format!("reply {n}"), "msgtype": "m.text",
+                "m.relates_to": { "rel_type": "m.thread", "event_id": root },
+            }))
+            .await;
+            first.get_or_insert(id);
+        }
+        let reader = Reader {
+            user: &alice,
+            device: None,
+        };
+        let count = || {
+            s.rooms
+                .aggregations(root_short, alice.as_str(), "m.room.message", reader)
+                .unwrap()
+                .unwrap()["m.thread"]["count"]
+                .as_u64()
+                .unwrap()
+        };
+        assert_eq!(count(), replies as u64);
+        // Rows under the thread's prefix, older than every reply (position 0, before the
+        // room existed, and a suffix): a walk of the thread's rows would count them.
+        let junk = |n: u32| {
+            [
+                index_key(root_short, "m.thread", 0),
+                n.to_be_bytes().to_vec(),
+            ]
+            .concat()
+        };
+        let mut batch = Batch::new();
+        for n in 0..50_000 {
+            batch.put(Table::TargetrelposShorteventid, junk(n), b"junk".to_vec());
+        }
+        s.db.write(batch).unwrap();
+        assert_eq!(count(), replies as u64);
+
+        for _ in 0..2 {
+            let mut redaction = NewEvent::message("m.room.redaction".into(), json!({}));
+            redaction.redacts = first.clone();
+            s.rooms.append(&room, &alice, redaction).await.unwrap();
+            assert_eq!(count(), replies as u64 - 1);
+        }
+
+        let mut batch = Batch::new();
+        batch.delete(Table::RootThreadcount, root_short.to_be_bytes().to_vec());
+        batch.delete(Table::GlobalValue, b"thread_count_v1".to_vec());
+        for n in 0..50_000 {
+            batch.delete(Table::TargetrelposShorteventid, junk(n));
+        }
+        s.db.write(batch).unwrap();
+        assert_eq!(s.rooms.migrate_thread_counts().unwrap(), 1);
+        assert_eq!(count(), replies as u64 - 1);
     }
 }

@@ -22,7 +22,7 @@ use ruma::{
 use tracing::{debug, info};
 
 use super::{
-    db_err, rules_for, write_event_rows, write_full_snapshot, write_membership,
+    db_err, put_timeline_row, rules_for, write_event_rows, write_full_snapshot, write_membership,
     write_state_snapshot, EventMeta, Pdu, RoomRecord, Rooms, StateMap,
 };
 
@@ -350,10 +350,12 @@ impl Rooms {
                 rejected: false,
             };
             write_event_rows(&mut batch, short, &e.event_id, &e.bytes, &meta)?;
-            batch.put(
-                Table::RoompositionShorteventid,
-                KeyBuf::new().str(room_id.as_str()).u64(pos).into_vec(),
-                short.to_be_bytes().to_vec(),
+            put_timeline_row(
+                &mut batch,
+                room_id,
+                pos,
+                short,
+                u64::from(e.pdu.origin_server_ts.get()),
             );
             self.pdu_cache.lock().remove(&short);
             stored += 1;
@@ -885,10 +887,12 @@ impl Rooms {
                 return Ok(Vec::new());
             }
             self.write_notifications(batch, room_id, event.event_id.as_str(), pos, &notes)?;
-            batch.put(
-                Table::RoompositionShorteventid,
-                KeyBuf::new().str(room_id.as_str()).u64(pos).into_vec(),
-                short.to_be_bytes().to_vec(),
+            put_timeline_row(
+                batch,
+                room_id,
+                pos,
+                short,
+                u64::from(pdu.origin_server_ts.get()),
             );
             // The new current state: unchanged when the extremities are (a late event); the
             // event's own when it follows every extremity; otherwise the extremities' states
@@ -965,7 +969,7 @@ impl Rooms {
             // Relations and search entries name the event by its short id (which is `pos`
             // unless an outlier is being placed).
             if let Some(r) = &relation {
-                self.index_relation(batch, room_id, r, short);
+                self.index_relation(batch, room_id, r, short)?;
             }
             if let Some(target) = &redact_target {
                 self.redact_into(batch, target, &event.event_id, &rules)?;
@@ -1101,10 +1105,12 @@ impl Rooms {
                 rejected: false,
             };
             write_event_rows(batch, short, &join_id, &join.bytes, &meta)?;
-            batch.put(
-                Table::RoompositionShorteventid,
-                KeyBuf::new().str(room_id.as_str()).u64(pos).into_vec(),
-                short.to_be_bytes().to_vec(),
+            put_timeline_row(
+                batch,
+                room_id,
+                pos,
+                short,
+                u64::from(join.pdu.origin_server_ts.get()),
             );
             let record = RoomRecord {
                 version: version.to_owned(),

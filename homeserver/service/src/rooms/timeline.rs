@@ -516,8 +516,75 @@ impl<'a> Sight<'a> {
 }
 
 impl Rooms {
+    /// Fills the timeline's index by timestamp (`roomtspos_shorteventid`), once, for databases
+    /// written before it existed. Returns how many events it indexed.
+    pub fn migrate_timestamp_index(&self) -> Result<usize> {
+        const DONE: &[u8] = b"timestamp_index_v1";
+        if self
+            .db
+            .exists(Table::GlobalValue, DONE)
+            .map_err(Error::internal)?
+        {
+            return Ok(0);
+        }
+        // In pages, each written before the next is read: a large database is not held in
+        // memory. Rows that do not decode are left alone.
+        let mut count = 0;
+        let mut lower = Vec::new();
+        loop {
+            let rows = self
+                .db
+                .scan(
+                    Table::RoompositionShorteventid,
+                    b"",
+                    &lower,
+                    None,
+                    false,
+                    10_000,
+                )
+                .map_err(Error::internal)?;
+            let mut batch = paracord_storage::Batch::new();
+            for (k, v) in &rows {
+                let mut r = KeyReader::new(k);
+                let (Ok(room), Ok(pos), Ok(short)) = (r.str(), r.u64(), decode_u64(v)) else {
+                    continue;
+                };
+                let Some(p) = self.pdu_by_short(short)? else {
+                    continue;
+                };
+                let ts = u64::from(p.origin_server_ts.get());
+                batch.put(
+                    Table::RoomtsposShorteventid,
+                    KeyBuf::new().str(room).u64(ts).u64(pos).into_vec(),
+                    short.to_be_bytes().to_vec(),
+                );
+                count += 1;
+            }
+            self.db.write(batch).map_err(Error::internal)?;
+            match rows.last() {
+                Some((last, _)) if rows.len() == 10_000 => lower = [last.as_ref(), &[0]].concat(),
+                _ => break,
+            }
+        }
+        let mut batch = paracord_storage::Batch::new();
+        batch.put(Table::GlobalValue, DONE.to_vec(), b"1".to_vec());
+        self.db.write(batch).map_err(Error::internal)?;
+        Ok(count)
+    }
+}
+
+/// Events `/timestamp_to_event` skips (the reader may not see them) before answering "none".
+const MAX_TIMESTAMP_CANDIDATES: usize = 1_000;
+/// Rows of the timestamp index read at a time.
+const TIMESTAMP_PAGE: usize = 50;
+
+impl Rooms {
     /// The event closest to `ts` in direction `dir` (`Forward`: the first at or after `ts`;
     /// `Backward`: the last at or before it) that `reader` may see.
+    ///
+    /// Issue 15: read from the timeline's index by timestamp, so the work does not grow with
+    /// the room's history; at most [`MAX_TIMESTAMP_CANDIDATES`] events the reader may not see
+    /// are skipped before the answer is "none".
     pub fn event_by_timestamp(
         &self,
         room_id: &RoomId,
@@ -525,54 +592,132 @@ impl Rooms {
         ts: u64,
         dir: Dir,
     ) -> Result<Option<(String, u64)>> {
-        // Timestamps follow stream order closely but not exactly; scan the timeline in the
-        // asked direction and keep the best candidate, stopping after a bounded number of rows.
-        const MAX_SCAN: usize = 100_000;
         let prefix = KeyBuf::new().str(room_id.as_str()).into_vec();
-        let rows = self
-            .db
-            .scan(
-                Table::RoompositionShorteventid,
-                &prefix,
-                &prefix,
-                None,
-                dir == Dir::Backward,
-                MAX_SCAN,
-            )
-            .map_err(Error::internal)?;
-        let mut best: Option<(String, u64)> = None;
-        for (_, v) in rows {
-            let short = decode_u64(&v).map_err(Error::internal)?;
-            let Some(raw) = self.raw_pdu(short)? else {
-                continue;
-            };
-            let ev_ts = serde_json::from_slice::<Value>(&raw)?["origin_server_ts"]
-                .as_u64()
-                .unwrap_or(0);
-            let fits = match dir {
-                Dir::Forward => ev_ts >= ts,
-                Dir::Backward => ev_ts <= ts,
-            };
-            if !fits {
-                continue;
+        let (lower, upper) = match dir {
+            Dir::Forward => (KeyBuf::new().str(room_id.as_str()).u64(ts).into_vec(), None),
+            Dir::Backward => (
+                prefix.clone(),
+                ts.checked_add(1)
+                    .map(|t| KeyBuf::new().str(room_id.as_str()).u64(t).into_vec()),
+            ),
+        };
+        let (mut lower, mut upper) = (lower, upper);
+        let mut skipped = 0;
+        loop {
+            let rows = self
+                .db
+                .scan(
+                    Table::RoomtsposShorteventid,
+                    &prefix,
+                    &lower,
+                    upper.as_deref(),
+                    dir == Dir::Backward,
+                    TIMESTAMP_PAGE,
+                )
+                .map_err(Error::internal)?;
+            for (k, v) in &rows {
+                let mut r = KeyReader::new(k);
+                r.str().map_err(Error::internal)?;
+                let ev_ts = r.u64().map_err(Error::internal)?;
+                let short = decode_u64(v).map_err(Error::internal)?;
+                if let Some(meta) = self.meta(short)? {
+                    if self.can_see(reader.user, &meta)? {
+                        return Ok(Some((meta.event_id.to_string(), ev_ts)));
+                    }
+                }
+                skipped += 1;
+                if skipped >= MAX_TIMESTAMP_CANDIDATES {
+                    return Ok(None);
+                }
             }
-            let Some(meta) = self.meta(short)? else {
-                continue;
+            let Some((last, _)) = rows.last() else {
+                return Ok(None);
             };
-            if !self.can_see(reader.user, &meta)? {
-                continue;
+            if rows.len() < TIMESTAMP_PAGE {
+                return Ok(None);
             }
-            let better = best.as_ref().is_none_or(|(_, b)| match dir {
-                Dir::Forward => ev_ts < *b,
-                Dir::Backward => ev_ts > *b,
-            });
-            if better {
-                best = Some((meta.event_id.to_string(), ev_ts));
-            }
-            if ev_ts == ts {
-                break;
+            // The next page starts just past the last key seen.
+            match dir {
+                Dir::Forward => lower = [last.as_ref(), &[0]].concat(),
+                Dir::Backward => upper = Some(last.to_vec()),
             }
         }
-        Ok(best)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use paracord_storage::Batch;
+    use serde_json::json;
+
+    use super::*;
+    use crate::rooms::{relations::tests::private_room, NewEvent};
+
+    // Issue 15 item 14: `/timestamp_to_event` reads the index by timestamp, not the timeline.
+    // 100,000 timeline rows after the room's messages (which a backwards scan of the
+    // timeline reads first, up to its cap, and gives up) are never touched; a database from
+    // before the index gets it at start.
+    #[tokio::test]
+    async fn timestamp_lookups_use_the_index_not_the_timeline() {
+        let (_dir, s, alice, room) = private_room().await;
+        let mut sent = Vec::new();
+        for n in 0..3 {
+            // Each message at a millisecond of its own, after the room's creation.
+            tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+            let id = s
+                .rooms
+                .append(
+                    &room,
+                    &alice,
+                    NewEvent::message(
+                        "m.room.message".into(),
+                        json!({ "body": format!("m{n}"), "msgtype": "m.text" }),
+                    ),
+                )
+                .await
+                .unwrap();
+            let ts = u64::from(
+                s.rooms
+                    .pdu_by_short(s.rooms.short_id(&id).unwrap().unwrap())
+                    .unwrap()
+                    .unwrap()
+                    .origin_server_ts
+                    .get(),
+            );
+            sent.push((id.to_string(), ts));
+        }
+        let mut batch = Batch::new();
+        for pos in 1_000_000..1_100_000u64 {
+            batch.put(
+                Table::RoompositionShorteventid,
+                KeyBuf::new().str(room.as_str()).u64(pos).into_vec(),
+                b"not a short id".to_vec(),
+            );
+        }
+        s.db.write(batch).unwrap();
+        let reader = Reader {
+            user: &alice,
+            device: None,
+        };
+        let at = |ts, dir| s.rooms.event_by_timestamp(&room, reader, ts, dir).unwrap();
+        let (first, last) = (&sent[0], &sent[2]);
+        assert_eq!(at(first.1, Dir::Forward).as_ref(), Some(first));
+        assert_eq!(at(first.1 + 1, Dir::Forward).as_ref(), Some(&sent[1]));
+        assert_eq!(at(last.1, Dir::Backward).as_ref(), Some(last));
+        assert_eq!(at(last.1 - 1, Dir::Backward).as_ref(), Some(&sent[1]));
+        assert_eq!(at(u64::MAX, Dir::Backward).as_ref(), Some(last));
+        assert_eq!(at(last.1 + 1, Dir::Forward), None);
+
+        // Without the index (a database written before it), the start fills it again.
+        let mut batch = Batch::new();
+        for row in s.db.scan_prefix(Table::RoomtsposShorteventid, b"").unwrap() {
+            batch.delete(Table::RoomtsposShorteventid, row.0.to_vec());
+        }
+        batch.delete(Table::GlobalValue, b"timestamp_index_v1".to_vec());
+        s.db.write(batch).unwrap();
+        assert_eq!(at(first.1, Dir::Forward), None);
+        assert!(s.rooms.migrate_timestamp_index().unwrap() >= 3);
+        assert_eq!(at(first.1, Dir::Forward).as_ref(), Some(first));
+        assert_eq!(s.rooms.migrate_timestamp_index().unwrap(), 0, "only once");
     }
 }

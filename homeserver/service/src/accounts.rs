@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tracing::instrument;
 
-use crate::random_string;
+use crate::{random_string, user_directory};
 
 /// An account as stored.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -443,13 +443,55 @@ impl Accounts {
         }
     }
 
+    /// Writes an account and its user directory row (its global profile; none once it is
+    /// deactivated).
     fn put_account(&self, batch: &mut Batch, user: &UserId, account: &Account) -> Result<()> {
         batch.put(
             Table::UseridAccount,
             user.as_bytes().to_vec(),
             serde_json::to_vec(account)?,
         );
+        if account.deactivated {
+            user_directory::remove(batch, user);
+        } else {
+            user_directory::put(
+                batch,
+                user,
+                &user_directory::Entry {
+                    displayname: account.displayname.clone(),
+                    avatar_url: account.avatar_url.clone(),
+                },
+            )?;
+        }
         Ok(())
+    }
+
+    /// Writes the directory rows of the accounts made before the user directory had rows,
+    /// once. Returns how many it wrote.
+    pub fn migrate_user_directory(&self) -> Result<usize> {
+        const DONE: &[u8] = b"user_directory_local_v1";
+        if self.db.exists(Table::GlobalValue, DONE).map_err(db_err)? {
+            return Ok(0);
+        }
+        let mut batch = Batch::new();
+        let mut count = 0;
+        for (k, v) in self
+            .db
+            .scan_prefix(Table::UseridAccount, b"")
+            .map_err(db_err)?
+        {
+            let (Ok(user), Ok(account)) = (
+                OwnedUserId::try_from(String::from_utf8_lossy(&k).into_owned()),
+                serde_json::from_slice::<Account>(&v),
+            ) else {
+                continue;
+            };
+            self.put_account(&mut batch, &user, &account)?;
+            count += 1;
+        }
+        batch.put(Table::GlobalValue, DONE.to_vec(), b"1".to_vec());
+        self.db.write(batch).map_err(db_err)?;
+        Ok(count)
     }
 
     pub fn is_local(&self, user: &UserId) -> bool {

@@ -22,6 +22,7 @@ pub mod server_keys;
 pub mod server_notices;
 pub mod stream;
 pub mod sync;
+pub mod user_directory;
 
 use std::sync::Arc;
 
@@ -109,6 +110,10 @@ impl Services {
                 annotations = migrated,
                 "indexed existing reactions by key and sender"
             );
+        }
+        let migrated = accounts.migrate_user_directory()? + rooms.migrate_user_directory()?;
+        if migrated > 0 {
+            tracing::info!(users = migrated, "filled the user directory");
         }
         let migrated = rooms.migrate_thread_counts()?;
         if migrated > 0 {

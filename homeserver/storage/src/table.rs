@@ -52,6 +52,8 @@ pub enum Table {
     RoomreceiptReceipt,
     /// `user_id` → presence record.
     UseridPresence,
+    /// `user_id` → the user's name and avatar in the user directory.
+    UseridDirectory,
     /// `target short id, rel_type 0xFF, child stream position` → child short id.
     TargetrelposShorteventid,
     /// `target short id, annotation key 0xFF sender` → the annotation's stream position: who
@@ -163,6 +165,7 @@ impl Table {
         Table::UserfilterFilter,
         Table::RoomreceiptReceipt,
         Table::UseridPresence,
+        Table::UseridDirectory,
         Table::TargetrelposShorteventid,
         Table::TargetkeysenderPos,
         Table::RoomthreadLatest,
@@ -230,6 +233,7 @@ impl Table {
             Table::UserfilterFilter => "userfilter_filter",
             Table::RoomreceiptReceipt => "roomreceipt_receipt",
             Table::UseridPresence => "userid_presence",
+            Table::UseridDirectory => "userid_directory",
             Table::TargetrelposShorteventid => "targetrelpos_shorteventid",
             Table::TargetkeysenderPos => "targetkeysender_pos",
             Table::RoomthreadLatest => "roomthread_latest",

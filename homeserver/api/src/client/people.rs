@@ -109,14 +109,9 @@ pub(crate) async fn search_users_route(
     let limit = usize::try_from(u64::from(req.body.limit))
         .unwrap_or(10)
         .clamp(1, 100);
-    let (users, limited) =
-        state
-            .rooms
-            .search_users(&id.user_id, &req.body.search_term, limit, &|u| {
-                (state.accounts.is_local(u))
-                    .then(|| state.accounts.profile(u).ok())
-                    .flatten()
-            })?;
+    let (users, limited) = state
+        .rooms
+        .search_users(&id.user_id, &req.body.search_term, limit)?;
     let mut results: Vec<Value> = users
         .into_iter()
         .map(|u| json!({ "user_id": u.user_id, "display_name": u.display_name, "avatar_url": u.avatar_url }))

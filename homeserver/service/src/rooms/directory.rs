@@ -5,9 +5,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use paracord_core::{Error, Result};
+use std::collections::{HashMap, HashSet};
+
 use paracord_storage::{Batch, Table};
 
 use super::{NewEvent, Rooms};
+use crate::user_directory;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct AliasRecord {
@@ -280,23 +283,35 @@ pub struct DirectoryUser {
 }
 
 impl Rooms {
-    /// Users who share a room with `requester` or are in a public room, whose id or display
-    /// name contains `term` (case-insensitive). Returns at most `limit` and whether there were more.
-    pub fn search_users(
+    /// Keeps the directory row of another server's user who joined a room (their name and
+    /// avatar of that join; this server's users are in the directory under their global
+    /// profile, written with their account).
+    pub(crate) fn index_remote_member(
         &self,
-        requester: &UserId,
-        term: &str,
-        limit: usize,
-        global_profile: &dyn Fn(&UserId) -> Option<(Option<String>, Option<String>)>,
-    ) -> Result<(Vec<DirectoryUser>, bool)> {
-        let term = term.to_lowercase();
-        let mut rooms: Vec<OwnedRoomId> = self
-            .user_rooms(requester)?
-            .into_iter()
-            .filter(|(_, r)| r.membership == "join")
-            .map(|(room, _)| room)
-            .collect();
-        // Public rooms: published in the directory or with a public join rule.
+        batch: &mut Batch,
+        user: &UserId,
+        membership: &str,
+        content: &Value,
+    ) -> Result<()> {
+        if membership == "join" && user.server_name() != self.config.server_name.as_str() {
+            user_directory::put(batch, user, &user_directory::entry_of_member(content))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the directory rows of other servers' users joined to rooms here before the
+    /// directory had rows, once. Returns how many it wrote.
+    pub fn migrate_user_directory(&self) -> Result<usize> {
+        const DONE: &[u8] = b"user_directory_remote_v1";
+        if self
+            .db
+            .exists(Table::GlobalValue, DONE)
+            .map_err(Error::internal)?
+        {
+            return Ok(0);
+        }
+        let mut batch = Batch::new();
+        let mut count = 0;
         for (k, _) in self
             .db
             .scan_prefix(Table::RoomidRoom, b"")
@@ -307,52 +322,277 @@ impl Rooms {
                 continue;
             };
             let state = self.current_state(&room_id)?;
-            let public = self.is_published(&room_id)?
-                || self
-                    .state_content(&state, "m.room.join_rules", "")?
-                    .is_some_and(|c| c["join_rule"] == "public");
-            if public {
-                rooms.push(room_id);
-            }
-        }
-        rooms.sort();
-        rooms.dedup();
-        let mut found: std::collections::BTreeMap<OwnedUserId, DirectoryUser> = Default::default();
-        for room_id in rooms {
-            let state = self.current_state(&room_id)?;
             for user in self.joined_members(&room_id)? {
-                // The searcher is not among the results (as with other servers).
-                if found.contains_key(&user) || user == requester {
+                if user.server_name() == self.config.server_name.as_str() {
                     continue;
                 }
-                let member = self
+                let content = self
                     .state_content(&state, "m.room.member", user.as_str())?
                     .unwrap_or_default();
-                // A user's own profile where this server has it: a name given in one room
-                // stays in that room (other servers' users have only their room profiles).
-                let (display_name, avatar_url) = global_profile(&user).unwrap_or_else(|| {
-                    (
-                        member["displayname"].as_str().map(str::to_owned),
-                        member["avatar_url"].as_str().map(str::to_owned),
-                    )
-                });
+                self.index_remote_member(&mut batch, &user, "join", &content)?;
+                count += 1;
+            }
+        }
+        batch.put(Table::GlobalValue, DONE.to_vec(), b"1".to_vec());
+        self.db.write(batch).map_err(Error::internal)?;
+        Ok(count)
+    }
+
+    /// Users who share a room with `requester` or are in a public room, whose id or display
+    /// name contains `term` (case-insensitive), in user id order. Returns at most `limit` and
+    /// whether there were more.
+    ///
+    /// Issue 15 item 14: the directory's rows are read (one per user this server knows), not
+    /// every room's members and state; only the users whose name matches have their rooms
+    /// looked at, and the search stops once it has one more than `limit`.
+    pub fn search_users(
+        &self,
+        requester: &UserId,
+        term: &str,
+        limit: usize,
+    ) -> Result<(Vec<DirectoryUser>, bool)> {
+        let term = term.to_lowercase();
+        let shared: HashSet<OwnedRoomId> = self
+            .user_rooms(requester)?
+            .into_iter()
+            .filter(|(_, r)| r.membership == "join")
+            .map(|(room, _)| room)
+            .collect();
+        // Whether a room is public (published in the directory or with a public join rule),
+        // judged once per search.
+        let mut public: HashMap<OwnedRoomId, bool> = HashMap::new();
+        let mut found = Vec::new();
+        let mut lower = Vec::new();
+        'pages: loop {
+            let rows = self
+                .db
+                .scan(
+                    Table::UseridDirectory,
+                    b"",
+                    &lower,
+                    None,
+                    false,
+                    DIRECTORY_PAGE,
+                )
+                .map_err(Error::internal)?;
+            for (k, v) in &rows {
+                let Ok(user) = OwnedUserId::try_from(String::from_utf8_lossy(k).into_owned())
+                else {
+                    continue;
+                };
+                // The searcher is not among the results (as with other servers).
+                if user == requester {
+                    continue;
+                }
+                let Ok(entry) = serde_json::from_slice::<user_directory::Entry>(v) else {
+                    continue;
+                };
                 let hit = user.as_str().to_lowercase().contains(&term)
-                    || display_name
+                    || entry
+                        .displayname
                         .as_ref()
                         .is_some_and(|d| d.to_lowercase().contains(&term));
-                if hit {
-                    found.insert(
-                        user.clone(),
-                        DirectoryUser {
-                            user_id: user,
-                            display_name,
-                            avatar_url,
-                        },
-                    );
+                if !hit {
+                    continue;
                 }
+                let mut visible = false;
+                for (room, r) in self.user_rooms(&user)? {
+                    if r.membership != "join" {
+                        continue;
+                    }
+                    if shared.contains(&room) {
+                        visible = true;
+                        break;
+                    }
+                    let is_public = match public.get(&room) {
+                        Some(p) => *p,
+                        None => {
+                            let state = self.current_state(&room)?;
+                            let p = self.is_published(&room)?
+                                || self
+                                    .state_content(&state, "m.room.join_rules", "")?
+                                    .is_some_and(|c| c["join_rule"] == "public");
+                            public.insert(room, p);
+                            p
+                        }
+                    };
+                    if is_public {
+                        visible = true;
+                        break;
+                    }
+                }
+                if visible {
+                    found.push(DirectoryUser {
+                        user_id: user,
+                        display_name: entry.displayname,
+                        avatar_url: entry.avatar_url,
+                    });
+                    if found.len() > limit {
+                        break 'pages;
+                    }
+                }
+            }
+            match rows.last() {
+                Some((last, _)) if rows.len() == DIRECTORY_PAGE => {
+                    lower = [last.as_ref(), &[0]].concat();
+                }
+                _ => break,
             }
         }
         let limited = found.len() > limit;
-        Ok((found.into_values().take(limit).collect(), limited))
+        found.truncate(limit);
+        Ok((found, limited))
+    }
+}
+
+/// Directory rows read at a time.
+const DIRECTORY_PAGE: usize = 500;
+
+#[cfg(test)]
+mod tests {
+    use paracord_core::Config;
+    use ruma::OwnedUserId;
+
+    use super::*;
+    use crate::{
+        rooms::{
+            create::{CreateRoom, Preset},
+            write_membership,
+        },
+        Services,
+    };
+
+    fn room(preset: Preset) -> CreateRoom {
+        CreateRoom {
+            version: None,
+            preset: Some(preset),
+            public: false,
+            name: None,
+            topic: None,
+            alias: None,
+            invite: vec![],
+            is_direct: false,
+            initial_state: vec![],
+            power_level_override: None,
+            creation_content: None,
+            profile: (None, None),
+        }
+    }
+
+    // Issue 15 item 14: a user directory search reads the directory's rows and the rooms of
+    // the users it matches, not every room of the server: 10,000 room records that cannot
+    // even be read are never touched. Who is found is unchanged: people sharing a room and
+    // people in public rooms, under their global profile (other servers' users under their
+    // join), never the searcher, strangers or deactivated accounts.
+    #[tokio::test]
+    async fn user_search_reads_the_directory_not_every_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Services::open(Config {
+            data_dir: dir.path().join("data"),
+            ..Config::default()
+        })
+        .unwrap();
+        let mut users = Vec::new();
+        for name in ["alice", "bob", "carol", "dave", "erin"] {
+            let r = s
+                .accounts
+                .register(Some(name), None, None, None, true, false, None)
+                .await
+                .unwrap();
+            users.push(r.user_id);
+        }
+        let [alice, bob, carol, dave, erin] = users.try_into().unwrap();
+        s.accounts
+            .set_profile(&bob, Some(Some("Bobby Tables".into())), None)
+            .unwrap();
+        let private = s
+            .rooms
+            .create_room(&alice, room(Preset::PrivateChat))
+            .await
+            .unwrap();
+        for u in [&bob, &erin] {
+            s.rooms
+                .invite(&private, &alice, u, None, false)
+                .await
+                .unwrap();
+            s.rooms
+                .join(&private, u, (Some("in-room name".into()), None), None)
+                .await
+                .unwrap();
+        }
+        let public = s
+            .rooms
+            .create_room(&carol, room(Preset::PublicChat))
+            .await
+            .unwrap();
+        s.rooms
+            .create_room(&dave, room(Preset::PrivateChat))
+            .await
+            .unwrap();
+        s.accounts.deactivate(&erin).unwrap();
+        // Another server's user in the shared room, as a federated join leaves it.
+        let zed = OwnedUserId::try_from("@zed:remote.example").unwrap();
+        let mut batch = Batch::new();
+        let join = ruma::OwnedEventId::try_from("$join:remote.example").unwrap();
+        write_membership(&mut batch, &private, &zed, "join", 1, &join).unwrap();
+        s.rooms
+            .index_remote_member(
+                &mut batch,
+                &zed,
+                "join",
+                &json!({ "displayname": "Zed Remote" }),
+            )
+            .unwrap();
+        for n in 0..10_000 {
+            batch.put(
+                Table::RoomidRoom,
+                format!("!junk{n}:localhost").into_bytes(),
+                b"not a room record".to_vec(),
+            );
+        }
+        s.db.write(batch).unwrap();
+        assert_ne!(public, private);
+
+        let search = |term: &str, limit| {
+            let (found, limited) = s.rooms.search_users(&alice, term, limit).unwrap();
+            let ids: Vec<String> = found.iter().map(|u| u.user_id.to_string()).collect();
+            (ids, limited, found)
+        };
+        let (ids, limited, found) = search("", 10);
+        assert_eq!(ids, [bob.to_string(), carol.to_string(), zed.to_string()]);
+        assert!(!limited);
+        assert_eq!(found[0].display_name.as_deref(), Some("Bobby Tables"));
+        assert_eq!(found[2].display_name.as_deref(), Some("Zed Remote"));
+        assert_eq!(search("tables", 10).0, [bob.to_string()]);
+        assert_eq!(search("in-room", 10).0, Vec::<String>::new());
+        assert_eq!(search("REMOTE", 10).0, [zed.to_string()]);
+        assert_eq!(search("dave", 10).0, Vec::<String>::new());
+        assert_eq!(search("erin", 10).0, Vec::<String>::new());
+        let (ids, limited, _) = search("", 2);
+        assert_eq!(ids, [bob.to_string(), carol.to_string()]);
+        assert!(limited);
+
+        // A database from before the directory's rows gets them at start (the junk rooms
+        // gone: the one-time fill does read every room).
+        let mut batch = Batch::new();
+        for (k, _) in s.db.scan_prefix(Table::UseridDirectory, b"").unwrap() {
+            batch.delete(Table::UseridDirectory, k.to_vec());
+        }
+        for n in 0..10_000 {
+            batch.delete(
+                Table::RoomidRoom,
+                format!("!junk{n}:localhost").into_bytes(),
+            );
+        }
+        batch.delete(Table::GlobalValue, b"user_directory_local_v1".to_vec());
+        batch.delete(Table::GlobalValue, b"user_directory_remote_v1".to_vec());
+        s.db.write(batch).unwrap();
+        assert_eq!(search("", 10).0, Vec::<String>::new());
+        assert_eq!(s.accounts.migrate_user_directory().unwrap(), 5);
+        assert_eq!(s.rooms.migrate_user_directory().unwrap(), 1);
+        assert_eq!(
+            search("", 10).0,
+            [bob.to_string(), carol.to_string(), zed.to_string()]
+        );
     }
 }

@@ -964,6 +964,7 @@ impl Rooms {
                     .unwrap_or("leave")
                     .to_owned();
                 write_membership(batch, room_id, &user, &m, pos, &member.event_id)?;
+                self.index_remote_member(batch, &user, &m, &member.content_value())?;
                 changed.push(user);
             }
             // Relations and search entries name the event by its short id (which is `pos`
@@ -1151,6 +1152,7 @@ impl Rooms {
                     .unwrap_or("leave")
                     .to_owned();
                 write_membership(batch, room_id, &user, &m, pos, &e.event_id)?;
+                self.index_remote_member(batch, &user, &m, &e.pdu.content_value())?;
             }
             write_membership(batch, room_id, &joiner, "join", pos, &join_id)?;
             batch.delete(Table::UserroomRemoteinvite, invite_key(&joiner, room_id));

@@ -133,6 +133,18 @@ impl SplittableServer {
         self.incoming.connections()
     }
 
+    /// Other servers' connections to this one are accepted and never answered (a server that
+    /// hangs), until [`SplittableServer::heal`]. Returns nothing; see
+    /// [`SplittableServer::held_in`].
+    pub fn hang(&self) {
+        self.incoming.hold();
+    }
+
+    /// How many connections of other servers were held unanswered since the start.
+    pub fn held_in(&self) -> usize {
+        self.incoming.held()
+    }
+
     /// Cuts only the server's own requests (its transactions, its fetches); other servers
     /// still reach it.
     pub fn cut_outgoing(&self) {

@@ -26,9 +26,13 @@ struct Gate(Arc<Mutex<GateState>>);
 #[derive(Default)]
 struct GateState {
     closed: bool,
+    /// New connections are accepted and kept open, but nothing is carried or answered.
+    holding: bool,
     connections: Vec<AbortHandle>,
     /// Connections let through since the start.
     admitted: usize,
+    /// Connections held since the start.
+    held: usize,
 }
 
 impl Gate {
@@ -49,9 +53,26 @@ impl Gate {
             return;
         }
         state.connections.retain(|c| !c.is_finished());
-        state.admitted += 1;
-        let task = tokio::spawn(carry(inbound));
+        let task = if state.holding {
+            state.held += 1;
+            tokio::spawn(hold(inbound))
+        } else {
+            state.admitted += 1;
+            tokio::spawn(carry(inbound))
+        };
         state.connections.push(task.abort_handle());
+    }
+
+    /// Drops the connections passing and holds new ones (see [`hold`]).
+    fn hold(&self) {
+        self.close();
+        let mut state = self.lock();
+        state.closed = false;
+        state.holding = true;
+    }
+
+    fn held(&self) -> usize {
+        self.lock().held
     }
 
     fn close(&self) {
@@ -63,7 +84,9 @@ impl Gate {
     }
 
     fn open(&self) {
-        self.lock().closed = false;
+        let mut state = self.lock();
+        state.closed = false;
+        state.holding = false;
     }
 
     fn admitted(&self) -> usize {
@@ -79,6 +102,13 @@ async fn listen() -> (TcpListener, SocketAddr) {
         .local_addr()
         .unwrap_or_else(|e| panic!("expected a local address: {e}"));
     (listener, addr)
+}
+
+/// Reads what the client sends and never answers, until it gives up: a peer that accepted
+/// the connection and then hangs.
+async fn hold(mut inbound: TcpStream) {
+    let mut buf = [0u8; 4096];
+    while matches!(inbound.read(&mut buf).await, Ok(n) if n > 0) {}
 }
 
 /// Copies both ways between two connections until either side ends.
@@ -125,6 +155,17 @@ impl TcpForwarder {
     /// Forwards new connections again.
     pub fn open(&self) {
         self.gate.open();
+    }
+
+    /// Drops the connections being forwarded; new ones are accepted and held open, unanswered,
+    /// until [`TcpForwarder::open`] or [`TcpForwarder::close`].
+    pub fn hold(&self) {
+        self.gate.hold();
+    }
+
+    /// How many connections were held since the start.
+    pub fn held(&self) -> usize {
+        self.gate.held()
     }
 
     /// How many connections were forwarded since the start (not requests: a client may send

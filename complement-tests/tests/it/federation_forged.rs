@@ -16,6 +16,7 @@ use paracord_complement::{
     enc,
     federation::{
         federating_server, federating_server_with, server_signing_key, x_matrix_with_content,
+        SplittableServer,
     },
     Env, TestServer, User,
 };
@@ -230,6 +231,17 @@ async fn setup() -> (TestServer, TestServer, User, User, AsB) {
 async fn setup_with(configure: impl FnOnce(&mut Env)) -> (TestServer, TestServer, User, User, AsB) {
     let (a, a_name) = federating_server_with(configure).await;
     let (b, b_name) = federating_server().await;
+    let (alice, bob, as_b) = setup_between(&a, a_name, &b, b_name).await;
+    (a, b, alice, bob, as_b)
+}
+
+/// [`setup`] between two given servers.
+async fn setup_between(
+    a: &TestServer,
+    a_name: String,
+    b: &TestServer,
+    b_name: String,
+) -> (User, User, AsB) {
     let alice = a.register_random().await;
     let bob = b.register_random().await;
     let room = alice.create_room(&json!({ "preset": "public_chat" })).await;
@@ -273,7 +285,7 @@ async fn setup_with(configure: impl FnOnce(&mut Env)) -> (TestServer, TestServer
     as_b.depth = got["pdus"][0]["depth"]
         .as_u64()
         .unwrap_or_else(|| panic!("expected the depth of {prev}: {got}"));
-    (a, b, alice, bob, as_b)
+    (alice, bob, as_b)
 }
 
 fn message(body: &str) -> Value {
@@ -782,4 +794,76 @@ async fn fetching_for_a_transaction_stops_when_its_budget_is_spent() {
         error.contains("budget"),
         "expected the budget's refusal, got {answer}"
     );
+}
+
+// Issue 15 item 6: an origin's transactions are taken in one at a time, and what one of them
+// may spend fetching is cut at its budget's time even mid-request. B hangs (accepts A's
+// connections and never answers); a transaction of B's whose event has unknown prev_events
+// makes A fetch from B, which holds it until the budget's 2 seconds run out. A second
+// transaction of B's, sent while the first is fetching, is answered only after the first.
+#[tokio::test]
+async fn an_origins_transactions_are_serialized_and_a_hanging_fetch_ends_at_the_budget() {
+    let (a, a_name) = federating_server_with(|env| {
+        TestServer::set_env(env, "PARACORD_FEDERATION_FETCH_BUDGET_MS", "2000");
+    })
+    .await;
+    let b = SplittableServer::start(|_| {}).await;
+    let (alice, bob, as_b) = setup_between(&a, a_name, &b.server, b.name.clone()).await;
+    let room = as_b.room.clone();
+    b.hang();
+
+    let mut gap = as_b.template(&bob.user_id, "m.room.message", None, message("after a gap"));
+    gap["prev_events"] = json!(["$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"]);
+    let (gap_id, gap_pdu) = as_b.signed(gap);
+    let (next_id, next_pdu) =
+        as_b.signed(as_b.template(&bob.user_id, "m.room.message", None, message("next")));
+    let as_b = std::sync::Arc::new(as_b);
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let started = std::time::Instant::now();
+    let first = tokio::spawn({
+        let (as_b, order) = (as_b.clone(), order.clone());
+        async move {
+            let answer = as_b.put_send("gap", &as_b.transaction(&[gap_pdu])).await;
+            order.lock().unwrap().push("gap");
+            answer
+        }
+    });
+    for _ in 0..1000 {
+        if b.held_in() > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(b.held_in() > 0, "expected A to be fetching from B (held)");
+    let second = tokio::spawn({
+        let (as_b, order) = (as_b.clone(), order.clone());
+        async move {
+            let answer = as_b.put_send("next", &as_b.transaction(&[next_pdu])).await;
+            order.lock().unwrap().push("next");
+            answer
+        }
+    });
+    let (status, answer) = first.await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(status, 200, "got {answer}");
+    let error = answer["pdus"][&gap_id]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        error.contains("budget"),
+        "expected the budget's refusal, got {answer}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(30),
+        "the hanging fetch held the transaction for {took:?} (a request times out after 60 s)"
+    );
+    let (status, answer) = second.await.unwrap();
+    assert_eq!(status, 200, "got {answer}");
+    assert_eq!(answer["pdus"][&next_id], json!({}), "got {answer}");
+    assert_eq!(
+        *order.lock().unwrap(),
+        ["gap", "next"],
+        "B's second transaction was answered while its first was still being taken in"
+    );
+    assert!(timeline_ids(&alice, &room).await.contains(&next_id));
 }

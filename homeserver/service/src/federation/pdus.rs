@@ -234,15 +234,19 @@ impl FetchBudget {
     /// Refuses a request once the time or the bytes are spent.
     fn check(&self) -> Result<()> {
         if self.bytes_left == 0 || tokio::time::Instant::now() >= self.deadline {
-            return Err(Error::new(
-                http::StatusCode::SERVICE_UNAVAILABLE,
-                ErrorKind::LimitExceeded {
-                    retry_after_ms: 1000,
-                },
-                "the budget for fetching what this transaction is missing is spent",
-            ));
+            return Err(Self::spent());
         }
         Ok(())
+    }
+
+    fn spent() -> Error {
+        Error::new(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::LimitExceeded {
+                retry_after_ms: 1000,
+            },
+            "the budget for fetching what this transaction is missing is spent",
+        )
     }
 
     /// Takes `bytes` off the budget.
@@ -332,7 +336,7 @@ impl Pdus {
         FETCH_BUDGET
             .try_with(|b| b.borrow().check())
             .unwrap_or(Ok(()))?;
-        let (status, json) = signed_json(
+        let request = signed_json(
             &self.client,
             &self.keys,
             self.own_name(),
@@ -340,8 +344,15 @@ impl Pdus {
             method,
             path,
             body,
-        )
-        .await?;
+        );
+        // A request in flight when the budget's time runs out ends there: a peer that accepts
+        // the connection and never answers holds the transaction no longer than its budget.
+        let (status, json) = match FETCH_BUDGET.try_with(|b| b.borrow().deadline) {
+            Ok(deadline) => tokio::time::timeout_at(deadline, request)
+                .await
+                .map_err(|_| FetchBudget::spent())??,
+            Err(_) => request.await?,
+        };
         let _ = FETCH_BUDGET.try_with(|b| {
             // The answer's size as it came (near enough: its compact JSON).
             let size = serde_json::to_vec(&json).map_or(0, |v| v.len());

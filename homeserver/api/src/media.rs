@@ -289,7 +289,7 @@ pub(crate) async fn federation_download_route(
     req: crate::ruma_wrapper::Ruma<get_content::v1::Request>,
 ) -> ApiResult<Response> {
     let (meta, file, len) = open_media(&state, local_id(&req.body.media_id)?).await?;
-    let boundary = paracord_service::random_string(32);
+    let boundary = paracord_service::random::random_string(32);
     let content_type: String = meta
         .content_type
         .as_deref()

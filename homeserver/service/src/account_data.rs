@@ -216,7 +216,7 @@ impl AccountData {
     }
 
     pub fn create_filter(&self, user: &UserId, filter: &Value) -> Result<String> {
-        let id: String = crate::random_string(12);
+        let id: String = crate::random::random_string(12);
         let mut batch = Batch::new();
         batch.put(
             Table::UserfilterFilter,

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tracing::instrument;
 
-use crate::{random_string, user_directory};
+use crate::{random::random_string, user_directory};
 
 /// An account as stored.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

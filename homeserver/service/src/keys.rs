@@ -37,7 +37,7 @@ impl ServerKeys {
         let mut created = false;
         if !path.exists() {
             let der = Ed25519KeyPair::generate();
-            let version: String = crate::random_string(6);
+            let version: String = crate::random::random_string(6);
             let line = format!(
                 "ed25519 a_{version} {}\n",
                 STANDARD_NO_PAD.encode(der.as_slice())

@@ -14,6 +14,7 @@ pub mod keys;
 pub mod media;
 pub mod outbound;
 pub mod pushers;
+pub mod random;
 pub mod ratelimit;
 pub mod reports;
 pub mod rooms;
@@ -41,16 +42,6 @@ pub fn percent_encode(s: &str) -> String {
         }
     }
     out
-}
-
-/// A random string of `len` ASCII letters and digits (ids, opaque tokens).
-pub fn random_string(len: usize) -> String {
-    use rand::{distributions::Alphanumeric, Rng};
-    rand::thread_rng()
-        .sample_iter(&Alphanumeric)
-        .take(len)
-        .map(char::from)
-        .collect()
 }
 
 /// Every service, built in dependency order.
@@ -97,12 +88,20 @@ impl Services {
         let stream = Arc::new(stream::Stream::load(db.clone())?);
         let accounts = Arc::new(accounts::Accounts::new(db.clone(), config.clone()));
         let account_data = Arc::new(account_data::AccountData::new(db.clone(), stream.clone()));
+        // The Matrix pipeline, with the guild rules as its policy and, told of every accepted
+        // event, the guild invite index and the push sender.
+        let (push_observer, push_jobs) = pushers::PushObserver::new();
         let rooms = Arc::new(rooms::Rooms::new(
             db.clone(),
             config.clone(),
             keys.clone(),
             stream.clone(),
             Some(account_data.clone()),
+            Arc::new(guilds::enforce::GuildRules),
+            vec![
+                Arc::new(guilds::members::InviteIndex),
+                Arc::new(push_observer),
+            ],
         ));
         let migrated = rooms.migrate_annotation_index()?;
         if migrated > 0 {
@@ -218,9 +217,7 @@ impl Services {
                 me.clone(),
             )
         });
-        if let Some(tx) = pushers.start(rooms.clone(), ephemeral.clone()) {
-            rooms.set_push_sender(tx);
-        }
+        pushers.start(rooms.clone(), ephemeral.clone(), push_jobs);
         let server_notices = Arc::new(server_notices::ServerNotices::new(
             config.clone(),
             accounts.clone(),

@@ -152,7 +152,7 @@ impl Media {
     }
 
     fn new_id() -> String {
-        crate::random_string(24)
+        crate::random::random_string(24)
     }
 
     fn content_path(&self, hash: &str) -> PathBuf {

@@ -16,14 +16,14 @@ use std::{
 use paracord_core::{time::now_ms, Error, Result};
 use paracord_storage::{Batch, Db, KeyBuf, Table};
 use parking_lot::Mutex;
-use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, UserId};
+use ruma::{EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::{
     ephemeral::Ephemeral,
     outbound::{GuardedClient, OutboundGuard},
-    rooms::Rooms,
+    rooms::{hooks::EventObserver, notify::Notification, Rooms},
 };
 
 /// One notification to deliver.
@@ -33,6 +33,30 @@ pub struct PushJob {
     pub room_id: OwnedRoomId,
     pub event_id: OwnedEventId,
     pub actions: Value,
+}
+
+/// Hands the notifications of each accepted event to the push sender ([`Pushers::start`]).
+pub struct PushObserver(mpsc::UnboundedSender<PushJob>);
+
+impl PushObserver {
+    /// The observer, and the receiving end for [`Pushers::start`].
+    pub fn new() -> (Self, mpsc::UnboundedReceiver<PushJob>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Self(tx), rx)
+    }
+}
+
+impl EventObserver for PushObserver {
+    fn committed(&self, room_id: &RoomId, event_id: &EventId, notifications: &[Notification]) {
+        for n in notifications {
+            let _ = self.0.send(PushJob {
+                user: n.user.clone(),
+                room_id: room_id.to_owned(),
+                event_id: event_id.to_owned(),
+                actions: serde_json::to_value(&n.actions).unwrap_or_default(),
+            });
+        }
+    }
 }
 
 pub struct Pushers {
@@ -214,15 +238,18 @@ impl Pushers {
         let _ = self.db.write(batch);
     }
 
-    /// Starts the sender: jobs from the event pipeline are turned into notifications and
-    /// queued for their gateways in the background.
+    /// Starts the sender: jobs from the event pipeline (through [`PushObserver`]) are turned
+    /// into notifications and queued for their gateways in the background. Without a runtime
+    /// nothing starts and the jobs are dropped.
     pub fn start(
         self: &Arc<Self>,
         rooms: Arc<Rooms>,
         ephemeral: Arc<Ephemeral>,
-    ) -> Option<mpsc::UnboundedSender<PushJob>> {
-        let handle = tokio::runtime::Handle::try_current().ok()?;
-        let (tx, mut rx) = mpsc::unbounded_channel::<PushJob>();
+        mut rx: mpsc::UnboundedReceiver<PushJob>,
+    ) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let this = self.clone();
         handle.spawn(async move {
             while let Some(job) = rx.recv().await {
@@ -236,7 +263,6 @@ impl Pushers {
                 }
             }
         });
-        Some(tx)
     }
 
     /// The notifications of a job, one per HTTP pusher of the user.

@@ -48,7 +48,7 @@ impl Reports {
         if let Some(s) = score {
             record["score"] = json!(s);
         }
-        let id: String = crate::random_string(8);
+        let id: String = crate::random::random_string(8);
         let mut batch = Batch::new();
         batch.put(
             Table::ReportidReport,

@@ -8,6 +8,7 @@
 pub mod create;
 pub mod directory;
 pub mod federation_read;
+pub mod hooks;
 pub mod membership;
 pub mod notify;
 pub mod pdu;
@@ -39,8 +40,9 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use tracing::instrument;
 
+use self::hooks::{EventObserver, EventPolicy};
 pub use self::pdu::Pdu;
-use crate::{keys::ServerKeys, stream::Stream};
+use crate::{account_data::AccountData, keys::ServerKeys, stream::Stream};
 
 /// `(event type, state key)` → short event id.
 pub type StateMap = BTreeMap<(String, String), u64>;
@@ -162,9 +164,11 @@ pub struct Rooms {
     pdu_cache: Mutex<HashMap<u64, Arc<Pdu>>>,
     last_create_ts: Mutex<u64>,
     /// Push rules live in account data; `None` only in tests that need no notifications.
-    account_data: Option<Arc<crate::account_data::AccountData>>,
-    /// Where notifications go to be pushed to gateways (set once the sender runs).
-    push_tx: Mutex<Option<tokio::sync::mpsc::UnboundedSender<crate::pushers::PushJob>>>,
+    account_data: Option<Arc<AccountData>>,
+    /// The profile's rules on top of the Matrix auth rules.
+    policy: Arc<dyn EventPolicy>,
+    /// Told of every event accepted into a timeline.
+    observers: Vec<Arc<dyn EventObserver>>,
     /// The full-text index, fed as events are committed.
     search: Mutex<Option<Arc<crate::search::Search>>>,
     /// Where local events go to reach other servers (set once the federation sender exists).
@@ -192,7 +196,9 @@ impl Rooms {
         config: Arc<Config>,
         keys: Arc<ServerKeys>,
         stream: Arc<Stream>,
-        account_data: Option<Arc<crate::account_data::AccountData>>,
+        account_data: Option<Arc<AccountData>>,
+        policy: Arc<dyn EventPolicy>,
+        observers: Vec<Arc<dyn EventObserver>>,
     ) -> Self {
         Self {
             db,
@@ -204,7 +210,8 @@ impl Rooms {
             pdu_cache: Mutex::default(),
             last_create_ts: Mutex::default(),
             account_data,
-            push_tx: Mutex::default(),
+            policy,
+            observers,
             search: Mutex::default(),
             outgoing: Mutex::default(),
         }
@@ -258,11 +265,6 @@ impl Rooms {
         self.db.write(batch).map_err(db_err)?;
         search.mark_ready()?;
         Ok(n)
-    }
-
-    /// Connects the push-gateway sender.
-    pub fn set_push_sender(&self, tx: tokio::sync::mpsc::UnboundedSender<crate::pushers::PushJob>) {
-        *self.push_tx.lock() = Some(tx);
     }
 
     // ----- reads -----
@@ -631,7 +633,7 @@ impl Rooms {
         self.authorize(&rules, &pdu, &state)?;
         self.check_redaction(&room, &state, &pdu)?;
         let relation = self.check_relation(room_id, &pdu)?;
-        crate::guilds::enforce::submitted(self, room_id, &state, &pdu)?;
+        self.policy.check_submitted(self, room_id, &state, &pdu)?;
         self.commit_event(
             room_id,
             room,
@@ -800,7 +802,7 @@ impl Rooms {
         let pdu = Pdu::from_json(ruma::event_id!("$probe").to_owned(), &obj_bytes(&probe)?)?;
         self.check_against_state(&rules, &pdu, &state)
             .map_err(|e| Error::forbidden(format!("not allowed: {e}")))?;
-        crate::guilds::enforce::submitted(self, room_id, &state, &pdu)?;
+        self.policy.check_submitted(self, room_id, &state, &pdu)?;
         Ok((room.version, obj))
     }
 
@@ -949,7 +951,7 @@ impl Rooms {
                 "event_id".into(),
                 CanonicalJsonValue::String(format!(
                     "${}:{}",
-                    crate::random_string(18),
+                    crate::random::random_string(18),
                     self.config.server_name
                 )),
             );
@@ -1124,11 +1126,8 @@ impl Rooms {
             if let Some(r) = &relation {
                 self.index_relation(batch, room_id, r, pos)?;
             }
-            // A guild invite is found by its code alone (spec/rest.md §11), in its event's batch.
-            if kind == crate::guilds::members::INVITE_EVENT {
-                if let Some(code) = pdu.state_key.as_deref() {
-                    crate::guilds::members::index_invite(batch, code, room_id);
-                }
+            for o in &self.observers {
+                o.index(batch, room_id, &pdu)?;
             }
             if let Some(t) = &txn {
                 let key = txn_key(&pdu.sender, room_id, t);
@@ -1185,15 +1184,8 @@ impl Rooms {
         redact_target: Option<&EventId>,
         membership_target: Option<OwnedUserId>,
     ) -> Result<()> {
-        if let Some(tx) = self.push_tx.lock().as_ref() {
-            for n in notes {
-                let _ = tx.send(crate::pushers::PushJob {
-                    user: n.user.clone(),
-                    room_id: room_id.to_owned(),
-                    event_id: event_id.to_owned(),
-                    actions: serde_json::to_value(&n.actions).unwrap_or_default(),
-                });
-            }
+        for o in &self.observers {
+            o.committed(room_id, event_id, notes);
         }
         if let Some(target) = redact_target {
             if let Some(short) = self.short_id(target)? {

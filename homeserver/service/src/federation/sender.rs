@@ -185,7 +185,7 @@ impl Sender {
         client: Arc<FederationClient>,
         stream: Arc<Stream>,
     ) -> Arc<Self> {
-        let txn_prefix: String = crate::random_string(12);
+        let txn_prefix: String = crate::random::random_string(12);
         Arc::new_cyclic(|this| Self {
             db,
             config,

@@ -40,7 +40,7 @@ use super::{
     permissions::{ChannelOverwrites, Permissions},
     store::{load_guild, load_member, overwrites},
 };
-use crate::rooms::{relations::relates_to, Pdu, Rooms, StateMap};
+use crate::rooms::{hooks::EventPolicy, relations::relates_to, Pdu, Rooms, StateMap};
 
 /// Where an event comes from, which decides what a broken rule means.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,6 +125,35 @@ pub fn submitted(rooms: &Rooms, room_id: &RoomId, state: &StateMap, pdu: &Pdu) -
     match check(rooms, room_id, state, pdu, Source::Submitted)? {
         Some(r) => Err(r.into()),
         None => Ok(()),
+    }
+}
+
+/// The guild rules as the event pipeline's policy (`rooms::hooks`).
+pub struct GuildRules;
+
+impl EventPolicy for GuildRules {
+    fn check_submitted(
+        &self,
+        rooms: &Rooms,
+        room_id: &RoomId,
+        state: &StateMap,
+        pdu: &Pdu,
+    ) -> Result<()> {
+        submitted(rooms, room_id, state, pdu)
+    }
+
+    fn check_received(
+        &self,
+        rooms: &Rooms,
+        room_id: &RoomId,
+        state: &StateMap,
+        pdu: &Pdu,
+    ) -> Result<Option<String>> {
+        Ok(check(rooms, room_id, state, pdu, Source::Received)?.map(|r| r.to_string()))
+    }
+
+    fn reads_history(&self, rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<bool> {
+        reads_history(rooms, room_id, user)
     }
 }
 

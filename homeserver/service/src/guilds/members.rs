@@ -26,12 +26,13 @@ use super::{
     },
 };
 use crate::rooms::{
+    hooks::EventObserver,
     timeline::{Dir, EventFilter, Reader, Window},
-    NewEvent, Rooms, StateMap,
+    NewEvent, Pdu, Rooms, StateMap,
 };
 
 /// The event type of an invite, indexed by code as it is committed.
-pub const INVITE_EVENT: &str = "chat.paracord.invite";
+const INVITE_EVENT: &str = "chat.paracord.invite";
 const ROLE_EVENT: &str = "chat.paracord.role";
 const MEMBER_EVENT: &str = "chat.paracord.member";
 const OVERWRITE_EVENT: &str = "chat.paracord.overwrite";
@@ -907,8 +908,24 @@ fn code_prefix(code: &str) -> Vec<u8> {
     KeyBuf::new().str(code).into_vec()
 }
 
+/// Keeps the invite index (a guild invite is found by its code alone, spec/rest.md §11): an
+/// observer of the event pipeline, so an invite is indexed in its event's batch however the
+/// event arrived.
+pub struct InviteIndex;
+
+impl EventObserver for InviteIndex {
+    fn index(&self, batch: &mut Batch, room_id: &RoomId, pdu: &Pdu) -> Result<()> {
+        if pdu.kind.to_string() == INVITE_EVENT {
+            if let Some(code) = pdu.state_key.as_deref() {
+                index_invite(batch, code, room_id);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Indexes an invite code with the room whose state holds it, in the batch of its event.
-pub(crate) fn index_invite(batch: &mut Batch, code: &str, room_id: &RoomId) {
+fn index_invite(batch: &mut Batch, code: &str, room_id: &RoomId) {
     if is_code(code) {
         batch.put(
             Table::CoderoomInvite,
@@ -1095,7 +1112,7 @@ fn channel_guild(rooms: &Rooms, channel: &RoomId) -> Result<OwnedRoomId> {
 }
 
 fn fresh_code() -> String {
-    crate::random_string(10)
+    crate::random::random_string(10)
 }
 
 /// `POST /channels/{id}/invites`: CREATE_INSTANT_INVITE in the channel.

@@ -476,7 +476,7 @@ pub async fn create_role(
     if content.name.is_empty() || content.name.chars().count() > 100 {
         return Err(Error::invalid_param("a role name has 1 to 100 characters"));
     }
-    let id: String = crate::random_string(8);
+    let id: String = crate::random::random_string(8);
     let owner = host_owner(rooms, &guild)?;
     send_state(
         rooms,

@@ -125,7 +125,7 @@ impl Rooms {
         let room_id = if v12 {
             None
         } else {
-            let local: String = crate::random_string(18);
+            let local: String = crate::random::random_string(18);
             let id = OwnedRoomId::try_from(format!("!{local}:{}", self.config.server_name))
                 .map_err(Error::internal)?;
             obj.insert("room_id".into(), CanonicalJsonValue::String(id.to_string()));

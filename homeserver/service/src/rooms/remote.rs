@@ -746,15 +746,11 @@ impl Rooms {
                 .check_against_state(rules, &event.pdu, &current)
                 .is_err();
         let soft_failed = soft_failed || {
-            let refusal = crate::guilds::enforce::check(
-                self,
-                room_id,
-                &current,
-                &event.pdu,
-                crate::guilds::enforce::Source::Received,
-            )?;
+            let refusal = self
+                .policy
+                .check_received(self, room_id, &current, &event.pdu)?;
             if let Some(r) = &refusal {
-                info!(event_id = %event.event_id, "breaks a guild rule: {r}");
+                info!(event_id = %event.event_id, "breaks a rule of the profile: {r}");
             }
             refusal.is_some()
         };
@@ -971,6 +967,9 @@ impl Rooms {
             // unless an outlier is being placed).
             if let Some(r) = &relation {
                 self.index_relation(batch, room_id, r, short)?;
+            }
+            for o in &self.observers {
+                o.index(batch, room_id, pdu)?;
             }
             if let Some(target) = &redact_target {
                 self.redact_into(batch, target, &event.event_id, &rules)?;

@@ -247,7 +247,7 @@ impl Rooms {
         // channel denies them READ_MESSAGE_HISTORY.
         Ok(hv == "shared"
             && self.is_joined(&meta.room_id, user)?
-            && crate::guilds::enforce::reads_history(self, &meta.room_id, user)?)
+            && self.policy.reads_history(self, &meta.room_id, user)?)
     }
 
     /// How far `user` reads a room: a user who is no longer joined (who left, was kicked or

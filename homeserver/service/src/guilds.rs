@@ -1,6 +1,7 @@
 //! The Paracord profile's guilds (spec/guilds.md, spec/rest.md).
 
 pub mod channels;
+pub mod create;
 pub mod enforce;
 pub mod events;
 pub mod members;

@@ -5,7 +5,11 @@ use axum::{
     Json,
 };
 use paracord_core::Error;
-use paracord_service::guilds::store::{self, NewGuild};
+use paracord_service::guilds::{
+    channels,
+    create::{create_guild, NewGuild},
+    store,
+};
 use serde_json::Value;
 
 use super::{json_body, member_guild, user, user_param, Caller};
@@ -37,9 +41,7 @@ pub(crate) async fn create_guild_route(
         icon: text("icon")?,
     };
     let profile = state.accounts.profile(&user).unwrap_or((None, None));
-    Ok(Json(
-        store::create_guild(&state.rooms, &user, new, profile).await?,
-    ))
+    Ok(Json(create_guild(&state.rooms, &user, new, profile).await?))
 }
 
 /// `GET /_paracord/v1/guilds/{guildId}`
@@ -59,7 +61,7 @@ pub(crate) async fn guild_channels_route(
     Params(id): Params<String>,
 ) -> ApiResult<Json<Vec<Value>>> {
     let id = member_guild(&state, &user, &id)?;
-    Ok(Json(store::channels(&state.rooms, &id, &user)?))
+    Ok(Json(channels::list(&state.rooms, &id, &user)?))
 }
 
 /// `GET /_paracord/v1/guilds/{guildId}/roles`
@@ -98,7 +100,7 @@ async fn member_role(
     let id = member_guild(&state, &user, &id)?;
     let target = user_param(&target)?;
     store::set_member_role(&state.rooms, &id, &user, &target, &role, add).await?;
-    paracord_service::guilds::channels::sync_all_access(&state.rooms, &state.pdus, &id).await?;
+    channels::sync_all_access(&state.rooms, &state.pdus, &id).await?;
     // The full Member object (spec/rest.md §4); roles may be given to an invited user too.
     Ok(Json(paracord_service::guilds::members::member(
         &state.rooms,

@@ -637,7 +637,10 @@ mod tests {
 
     use super::*;
     use crate::{
-        guilds::store::{create_guild, reproject, send_state, NewGuild},
+        guilds::{
+            create::{create_guild, NewGuild},
+            store::{reproject, send_state},
+        },
         rooms::NewEvent,
         Services,
     };

@@ -16,6 +16,10 @@ impl From<Error> for ApiError {
     }
 }
 
+/// Put on a response whose request has to be carried out by the guild host named here.
+#[derive(Clone, Debug)]
+pub(crate) struct RelayTo(pub String);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if let Error::Internal(detail) = &self.0 {
@@ -25,8 +29,7 @@ impl IntoResponse for ApiError {
         let mut resp = (status, Json(body)).into_response();
         if let Error::HostedElsewhere(host) = &self.0 {
             // Picked up by the Paracord API's relay layer (paracord/relay.rs).
-            resp.extensions_mut()
-                .insert(crate::paracord::relay::RelayTo(host.clone()));
+            resp.extensions_mut().insert(RelayTo(host.clone()));
         }
         if let Some(paracord_core::ErrorKind::LimitExceeded { retry_after_ms }) = self.0.kind() {
             let secs = retry_after_ms.div_ceil(1000).max(1);

@@ -160,7 +160,7 @@ pub(crate) async fn user_keys_query_route(
     State(state): State<AppState>,
     req: Ruma<get_keys::v1::Request>,
 ) -> ApiResult<Json<Value>> {
-    let wanted = crate::client::keys::query_wanted(&req.body.device_keys);
+    let wanted = paracord_service::e2ee::query_wanted(&req.body.device_keys);
     let mut out = state.e2ee.query_keys(None, &wanted)?;
     if let Some(o) = out.as_object_mut() {
         o.remove("failures");
@@ -174,7 +174,7 @@ pub(crate) async fn user_keys_claim_route(
     State(state): State<AppState>,
     req: Ruma<claim_keys::v1::Request>,
 ) -> ApiResult<Json<Value>> {
-    let wanted = crate::client::keys::claim_wanted(&req.body.one_time_keys);
+    let wanted = paracord_service::e2ee::claim_wanted(&req.body.one_time_keys);
     let out = state.e2ee.claim_keys(&wanted)?;
     Ok(Json(json!({ "one_time_keys": out["one_time_keys"] })))
 }
@@ -185,7 +185,7 @@ pub(crate) async fn public_rooms_route(
     req: Ruma<get_public_rooms::v1::Request>,
 ) -> ApiResult<Json<Value>> {
     let all = state.rooms.public_rooms(None)?;
-    Ok(Json(crate::client::directory::page(
+    Ok(Json(paracord_service::rooms::directory::public_rooms_page(
         all,
         req.body.since.as_deref(),
         req.body.limit.map(u64::from),
@@ -200,7 +200,7 @@ pub(crate) async fn public_rooms_filtered_route(
     let all = state
         .rooms
         .public_rooms(req.body.filter.generic_search_term.as_deref())?;
-    Ok(Json(crate::client::directory::page(
+    Ok(Json(paracord_service::rooms::directory::public_rooms_page(
         all,
         req.body.since.as_deref(),
         req.body.limit.map(u64::from),
@@ -240,14 +240,6 @@ pub(crate) async fn ask(
     Ok(answer)
 }
 
-/// The largest body of a request from another server: a transaction of 50 PDUs of 64 KiB
-/// each (the most the spec allows) and its EDUs fits, whatever `max_request_bytes` (which
-/// bounds clients' requests) says.
-pub(crate) fn request_limit(config: &paracord_core::Config) -> usize {
-    const FEDERATION_REQUEST_BYTES: usize = 6 * 1024 * 1024;
-    config.max_request_bytes.max(FEDERATION_REQUEST_BYTES)
-}
-
 /// The body of a federation request handled without ruma types, with the origin server whose
 /// `X-Matrix` signature over it (and the method, path and destination) verifies.
 pub(crate) async fn signed_body(
@@ -255,7 +247,7 @@ pub(crate) async fn signed_body(
     req: axum::extract::Request,
 ) -> ApiResult<(ruma::OwnedServerName, axum::body::Bytes)> {
     let (parts, body) = req.into_parts();
-    let limit = request_limit(&state.config);
+    let limit = crate::ruma_wrapper::request_limit(&state.config);
     let bytes = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| Error::too_large(format!("the body is larger than {limit} bytes")))?;

@@ -218,7 +218,7 @@ impl Read {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| client_address(&state.config.trusted_proxies, c.0.ip(), &parts.headers));
         let limit = if <T::Authentication as AuthRequirement>::SERVER_SIGNED {
-            crate::federation::request_limit(&state.config)
+            request_limit(&state.config)
         } else {
             state.config.max_request_bytes
         };
@@ -386,6 +386,14 @@ impl RouterExt for Router<AppState> {
         }
         self
     }
+}
+
+/// The largest body of a request from another server: a transaction of 50 PDUs of 64 KiB
+/// each (the most the spec allows) and its EDUs fits, whatever `max_request_bytes` (which
+/// bounds clients' requests) says.
+pub(crate) fn request_limit(config: &paracord_core::Config) -> usize {
+    const FEDERATION_REQUEST_BYTES: usize = 6 * 1024 * 1024;
+    config.max_request_bytes.max(FEDERATION_REQUEST_BYTES)
 }
 
 #[cfg(test)]

@@ -1706,6 +1706,33 @@ fn expire_to_device_rows(db: &Db, cutoff: u64) -> Result<usize> {
     Ok(expired)
 }
 
+/// The users and devices of a key query (client or federation), as the service takes them.
+pub fn query_wanted(
+    asked: &BTreeMap<OwnedUserId, Vec<ruma::OwnedDeviceId>>,
+) -> BTreeMap<OwnedUserId, Vec<String>> {
+    asked
+        .iter()
+        .map(|(u, ds)| (u.clone(), ds.iter().map(|d| d.to_string()).collect()))
+        .collect()
+}
+
+/// The devices and algorithms of a key claim (client or federation), as the service takes them.
+pub fn claim_wanted(
+    asked: &BTreeMap<OwnedUserId, BTreeMap<ruma::OwnedDeviceId, ruma::OneTimeKeyAlgorithm>>,
+) -> BTreeMap<OwnedUserId, BTreeMap<String, String>> {
+    asked
+        .iter()
+        .map(|(u, ds)| {
+            (
+                u.clone(),
+                ds.iter()
+                    .map(|(d, alg)| (d.to_string(), alg.to_string()))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -108,39 +108,6 @@ pub(crate) async fn set_room_visibility_route(
     Ok(Json(json!({})))
 }
 
-pub(crate) fn page(
-    all: Vec<Value>,
-    since: Option<&str>,
-    limit: Option<u64>,
-) -> Result<Value, Error> {
-    let total = all.len();
-    let start = match since {
-        Some(s) => s
-            .strip_prefix('p')
-            .and_then(|n| n.parse::<usize>().ok())
-            .ok_or_else(|| Error::invalid_param("invalid since token"))?,
-        None => 0,
-    };
-    let limit = limit
-        .map(|l| usize::try_from(l).unwrap_or(usize::MAX))
-        .unwrap_or(usize::MAX)
-        .max(1);
-    let end = start.saturating_add(limit).min(total);
-    let chunk: Vec<Value> = all
-        .into_iter()
-        .skip(start)
-        .take(end.saturating_sub(start))
-        .collect();
-    let mut body = json!({ "chunk": chunk, "total_room_count_estimate": total });
-    if end < total {
-        body["next_batch"] = json!(format!("p{end}"));
-    }
-    if start > 0 {
-        body["prev_batch"] = json!(format!("p{}", start.saturating_sub(limit)));
-    }
-    Ok(body)
-}
-
 /// `GET /_matrix/client/v3/publicRooms` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3publicrooms
 pub(crate) async fn get_public_rooms_route(
     State(state): State<AppState>,
@@ -168,7 +135,7 @@ pub(crate) async fn get_public_rooms_route(
         ));
     }
     let all = state.rooms.public_rooms(None)?;
-    Ok(Json(page(
+    Ok(Json(paracord_service::rooms::directory::public_rooms_page(
         all,
         req.body.since.as_deref(),
         req.body.limit.map(u64::from),
@@ -206,7 +173,7 @@ pub(crate) async fn get_public_rooms_filtered_route(
     }
     let term = req.body.filter.generic_search_term.as_deref();
     let all = state.rooms.public_rooms(term)?;
-    Ok(Json(page(
+    Ok(Json(paracord_service::rooms::directory::public_rooms_page(
         all,
         req.body.since.as_deref(),
         req.body.limit.map(u64::from),

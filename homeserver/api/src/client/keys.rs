@@ -48,7 +48,7 @@ pub(crate) async fn get_keys_route(
     req: Ruma<get_keys::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let id = req.user()?;
-    let wanted = query_wanted(&req.body.device_keys);
+    let wanted = paracord_service::e2ee::query_wanted(&req.body.device_keys);
     let mut out = state.e2ee.query_keys(Some(&id.user_id), &wanted)?;
     // Other servers' users: ask each server once, in parallel.
     let remote = by_remote_server(&state, wanted.iter().map(|(u, ds)| (u, json!(ds))));
@@ -72,33 +72,6 @@ pub(crate) async fn get_keys_route(
         }
     }
     Ok(Json(out))
-}
-
-/// The users and devices of a key query (client or federation), as the service takes them.
-pub(crate) fn query_wanted(
-    asked: &BTreeMap<OwnedUserId, Vec<ruma::OwnedDeviceId>>,
-) -> BTreeMap<OwnedUserId, Vec<String>> {
-    asked
-        .iter()
-        .map(|(u, ds)| (u.clone(), ds.iter().map(|d| d.to_string()).collect()))
-        .collect()
-}
-
-/// The devices and algorithms of a key claim (client or federation), as the service takes them.
-pub(crate) fn claim_wanted(
-    asked: &BTreeMap<OwnedUserId, BTreeMap<ruma::OwnedDeviceId, ruma::OneTimeKeyAlgorithm>>,
-) -> BTreeMap<OwnedUserId, BTreeMap<String, String>> {
-    asked
-        .iter()
-        .map(|(u, ds)| {
-            (
-                u.clone(),
-                ds.iter()
-                    .map(|(d, alg)| (d.to_string(), alg.to_string()))
-                    .collect(),
-            )
-        })
-        .collect()
 }
 
 /// Requests grouped by the other server they are for: server → (user → what to ask).
@@ -176,7 +149,7 @@ pub(crate) async fn claim_keys_route(
     req: Ruma<claim_keys::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     req.user()?;
-    let wanted = claim_wanted(&req.body.one_time_keys);
+    let wanted = paracord_service::e2ee::claim_wanted(&req.body.one_time_keys);
     let mut out = state.e2ee.claim_keys(&wanted)?;
     let remote = by_remote_server(&state, wanted.iter().map(|(u, ds)| (u, json!(ds))));
     let answers = ask_servers(

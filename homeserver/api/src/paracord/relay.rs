@@ -27,11 +27,10 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use crate::params::Params;
-use crate::{error::ApiError, ApiResult, AppState};
-
-/// Put on a response whose request has to be carried out by the guild host named here.
-#[derive(Clone, Debug)]
-pub(crate) struct RelayTo(pub String);
+use crate::{
+    error::{ApiError, RelayTo},
+    ApiResult, AppState,
+};
 
 /// Put on a request the guild host runs for a user of another server: that user is the
 /// requester. Only [`relay_route`] sets it (extensions never come from the wire).

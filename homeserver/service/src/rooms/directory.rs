@@ -274,6 +274,41 @@ impl Rooms {
     }
 }
 
+/// One page of the public room directory (`since` tokens `p<offset>`), for clients and
+/// other servers alike.
+pub fn public_rooms_page(
+    all: Vec<Value>,
+    since: Option<&str>,
+    limit: Option<u64>,
+) -> Result<Value> {
+    let total = all.len();
+    let start = match since {
+        Some(s) => s
+            .strip_prefix('p')
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or_else(|| Error::invalid_param("invalid since token"))?,
+        None => 0,
+    };
+    let limit = limit
+        .map(|l| usize::try_from(l).unwrap_or(usize::MAX))
+        .unwrap_or(usize::MAX)
+        .max(1);
+    let end = start.saturating_add(limit).min(total);
+    let chunk: Vec<Value> = all
+        .into_iter()
+        .skip(start)
+        .take(end.saturating_sub(start))
+        .collect();
+    let mut body = json!({ "chunk": chunk, "total_room_count_estimate": total });
+    if end < total {
+        body["next_batch"] = json!(format!("p{end}"));
+    }
+    if start > 0 {
+        body["prev_batch"] = json!(format!("p{}", start.saturating_sub(limit)));
+    }
+    Ok(body)
+}
+
 /// One user directory hit.
 #[derive(Debug, Clone)]
 pub struct DirectoryUser {

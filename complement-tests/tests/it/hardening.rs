@@ -108,8 +108,7 @@ fn printed_admin_token(server: &TestServer) -> Option<String> {
     let log = std::fs::read_to_string(server.log_path()).unwrap_or_default();
     let marker = "one-time registration token";
     log.lines()
-        .filter(|l| l.contains(marker) && l.starts_with("No admin"))
-        .last()
+        .rfind(|l| l.contains(marker) && l.starts_with("No admin"))
         .and_then(|l| l.rsplit(": ").next())
         .map(|t| t.trim().to_owned())
 }

@@ -657,6 +657,8 @@ fn opt_string_like<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D:
 }
 
 #[cfg(test)]
+// figment::Jail's closures return figment's (large) error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 

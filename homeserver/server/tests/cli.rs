@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failing test stops where it fails
 //! The binary's first start, as an operator sees it. These tests also make `cargo test` build
 //! the `paracord` binary that the black-box suites spawn, with the same features.
 

@@ -297,9 +297,9 @@ impl Search {
                             };
                             if p.fields & wanted_fields != 0
                                 && !until.is_some_and(|u| pos > u)
-                                && !q.from_ts.is_some_and(|f| p.ts < f)
-                                && !q.until_ts.is_some_and(|u| p.ts > u)
-                                && !q.senders.is_some_and(|s| !s.contains(&p.sender))
+                                && q.from_ts.is_none_or(|f| p.ts >= f)
+                                && q.until_ts.is_none_or(|u| p.ts <= u)
+                                && q.senders.is_none_or(|s| s.contains(&p.sender))
                             {
                                 matches.push((pos, p.tf));
                             }

@@ -259,30 +259,6 @@ tokio::task_local! {
     static FETCH_BUDGET: std::cell::RefCell<FetchBudget>;
 }
 
-#[cfg(test)]
-mod budget_tests {
-    use super::*;
-
-    // Issue 15 item 6: the fetch budget of a transaction runs out by bytes and by time.
-    #[tokio::test]
-    async fn the_fetch_budget_runs_out_by_bytes_and_by_time() {
-        let mut b = FetchBudget {
-            bytes_left: 100,
-            deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(30),
-        };
-        assert!(b.check().is_ok());
-        b.charge(60);
-        assert!(b.check().is_ok());
-        b.charge(60);
-        assert!(b.check().is_err(), "bytes spent");
-        let b = FetchBudget {
-            bytes_left: 100,
-            deadline: tokio::time::Instant::now(),
-        };
-        assert!(b.check().is_err(), "time spent");
-    }
-}
-
 fn pdu_list(v: &Value, key: &str) -> Vec<Value> {
     v.get(key)
         .and_then(Value::as_array)
@@ -2068,4 +2044,28 @@ fn lenient_state_key(obj: &CanonicalJsonObject) -> std::borrow::Cow<'_, Canonica
 pub fn event_id_of(obj: &CanonicalJsonObject, version: &str) -> Option<OwnedEventId> {
     let rules = version_rules(version).ok()?;
     crate::rooms::pdu::event_id_of(obj, &rules).ok()
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    // Issue 15 item 6: the fetch budget of a transaction runs out by bytes and by time.
+    #[tokio::test]
+    async fn the_fetch_budget_runs_out_by_bytes_and_by_time() {
+        let mut b = FetchBudget {
+            bytes_left: 100,
+            deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(30),
+        };
+        assert!(b.check().is_ok());
+        b.charge(60);
+        assert!(b.check().is_ok());
+        b.charge(60);
+        assert!(b.check().is_err(), "bytes spent");
+        let b = FetchBudget {
+            bytes_left: 100,
+            deadline: tokio::time::Instant::now(),
+        };
+        assert!(b.check().is_err(), "time spent");
+    }
 }

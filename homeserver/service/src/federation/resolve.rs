@@ -146,6 +146,9 @@ impl Destination {
 }
 
 /// A cached `.well-known` answer: the delegated name, or `None` for a failure.
+/// A cached SRV answer: the best target (`None`: no record) and when it was looked up.
+type SrvEntry = (Option<(String, u16)>, Instant);
+
 struct WellKnownEntry {
     delegated: Option<String>,
     expires: Instant,
@@ -174,7 +177,7 @@ pub struct Resolver {
     well_known: Arc<dyn WellKnownFetcher>,
     cache: Mutex<HashMap<String, WellKnownEntry>>,
     /// SRV answers by hostname: the best target, or `None` when there is no record.
-    srv_cache: Mutex<HashMap<String, (Option<(String, u16)>, Instant)>>,
+    srv_cache: Mutex<HashMap<String, SrvEntry>>,
 }
 
 impl Resolver {

@@ -294,7 +294,7 @@ mod tests {
     #[test]
     fn v1_ties_break_on_sha1_and_absent_keys_are_kept() {
         let rules = RoomVersionRules::V1.authorization;
-        let events = vec![
+        let events = [
             pdu(
                 "$create:a",
                 "m.room.create",

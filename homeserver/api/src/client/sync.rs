@@ -47,13 +47,6 @@ pub(crate) async fn sync_events_route(
     match req.body.set_presence {
         PresenceState::Offline => {}
         ref p => {
-            let wake = state
-                .rooms
-                .user_rooms(&id.user_id)?
-                .into_iter()
-                .filter(|(_, r)| r.membership == "join")
-                .count();
-            let _ = wake;
             state
                 .ephemeral
                 .set_presence(&id.user_id, p.as_str(), None, vec![])?;

@@ -517,3 +517,49 @@ async fn a_guilds_child_that_is_not_its_channel_does_not_pull_members_in() {
         "bob must not stay in a room that only claims to be a channel"
     );
 }
+
+// Issue 16: leaving a guild's space means leaving the guild (spec/guilds.md §2.1), however the
+// departure arrives. Here the host's owner kicks Bob from the space with a plain Matrix kick
+// (not the guild API, which would kick him from the channels itself): the kick reaches B
+// over federation, and B has Bob leave #general on his behalf.
+#[tokio::test]
+async fn a_member_kicked_from_the_space_over_federation_leaves_its_channels() {
+    let (a, a_name) = federating_server().await;
+    let (b, _) = federating_server().await;
+    let alice = a.register_random().await;
+    let bob = b.register_random().await;
+    let (guild_id, general, code) = guild_with_invite(&alice, "Plain kicks", 5).await;
+    expect_ok(
+        bob.post(
+            &format!("/_paracord/v1/invites/{code}?server={}", enc(&a_name)),
+            &json!({}),
+        )
+        .await,
+        "bob accepts through B",
+    );
+    eventually("bob in #general", || async {
+        (alice
+            .state_content(&general, "m.room.member", &bob.user_id)
+            .await["membership"]
+            == "join")
+            .then_some(())
+    })
+    .await;
+    expect_ok(
+        alice
+            .post(
+                &format!("/rooms/{}/kick", enc(&guild_id)),
+                &json!({ "user_id": bob.user_id }),
+            )
+            .await,
+        "alice kicks bob from the space",
+    );
+    eventually("bob to have left #general", || async {
+        (alice
+            .state_content(&general, "m.room.member", &bob.user_id)
+            .await["membership"]
+            == "leave")
+            .then_some(())
+    })
+    .await;
+}

@@ -89,20 +89,24 @@ impl Services {
         let accounts = Arc::new(accounts::Accounts::new(db.clone(), config.clone()));
         let account_data = Arc::new(account_data::AccountData::new(db.clone(), stream.clone()));
         // The Matrix pipeline, with the guild rules as its policy and, told of every accepted
-        // event, the guild invite index and the push sender.
+        // event, the guild invite index, the guild departures and the push sender.
         let (push_observer, push_jobs) = pushers::PushObserver::new();
-        let rooms = Arc::new(rooms::Rooms::new(
-            db.clone(),
-            config.clone(),
-            keys.clone(),
-            stream.clone(),
-            Some(account_data.clone()),
-            Arc::new(guilds::enforce::GuildRules),
-            vec![
-                Arc::new(guilds::members::InviteIndex),
-                Arc::new(push_observer),
-            ],
-        ));
+        let rooms = Arc::new_cyclic(|me| {
+            rooms::Rooms::new(
+                db.clone(),
+                config.clone(),
+                keys.clone(),
+                stream.clone(),
+                Some(account_data.clone()),
+                Arc::new(guilds::enforce::GuildRules),
+                vec![
+                    Arc::new(guilds::members::InviteIndex),
+                    Arc::new(guilds::members::GuildDeparture),
+                    Arc::new(push_observer),
+                ],
+                me.clone(),
+            )
+        });
         let migrated = rooms.migrate_annotation_index()?;
         if migrated > 0 {
             tracing::info!(

@@ -16,14 +16,18 @@ use std::{
 use paracord_core::{time::now_ms, Error, Result};
 use paracord_storage::{Batch, Db, KeyBuf, Table};
 use parking_lot::Mutex;
-use ruma::{EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::{
     ephemeral::Ephemeral,
     outbound::{GuardedClient, OutboundGuard},
-    rooms::{hooks::EventObserver, notify::Notification, Rooms},
+    rooms::{
+        hooks::{EventObserver, FollowUp},
+        notify::Notification,
+        Pdu, Rooms,
+    },
 };
 
 /// One notification to deliver.
@@ -47,15 +51,22 @@ impl PushObserver {
 }
 
 impl EventObserver for PushObserver {
-    fn committed(&self, room_id: &RoomId, event_id: &EventId, notifications: &[Notification]) {
+    fn committed(
+        &self,
+        _: &Arc<Rooms>,
+        room_id: &RoomId,
+        pdu: &Pdu,
+        notifications: &[Notification],
+    ) -> Option<FollowUp> {
         for n in notifications {
             let _ = self.0.send(PushJob {
                 user: n.user.clone(),
                 room_id: room_id.to_owned(),
-                event_id: event_id.to_owned(),
+                event_id: pdu.event_id.clone(),
                 actions: serde_json::to_value(&n.actions).unwrap_or_default(),
             });
         }
+        None
     }
 }
 

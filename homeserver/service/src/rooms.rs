@@ -169,6 +169,8 @@ pub struct Rooms {
     policy: Arc<dyn EventPolicy>,
     /// Told of every event accepted into a timeline.
     observers: Vec<Arc<dyn EventObserver>>,
+    /// This service, for observers' follow-ups (which outlive a call).
+    me: std::sync::Weak<Rooms>,
     /// The full-text index, fed as events are committed.
     search: Mutex<Option<Arc<crate::search::Search>>>,
     /// Where local events go to reach other servers (set once the federation sender exists).
@@ -199,6 +201,7 @@ impl Rooms {
         account_data: Option<Arc<AccountData>>,
         policy: Arc<dyn EventPolicy>,
         observers: Vec<Arc<dyn EventObserver>>,
+        me: std::sync::Weak<Rooms>,
     ) -> Self {
         Self {
             db,
@@ -212,6 +215,7 @@ impl Rooms {
             account_data,
             policy,
             observers,
+            me,
             search: Mutex::default(),
             outgoing: Mutex::default(),
         }
@@ -598,20 +602,25 @@ impl Rooms {
             }
             self.evaluate_push(room_id, &before.version, &state, sender, &provisional)?
         };
-        let lock = self.room_lock(room_id);
-        let _guard = lock.lock().await;
-        let room = self.room_or_404(room_id)?;
-        if let Some(txn) = &new.txn {
-            if let Some(existing) = self
-                .db
-                .get(Table::TxnEventid, &txn_key(sender, room_id, txn))
-                .map_err(db_err)?
-            {
-                return OwnedEventId::try_from(String::from_utf8_lossy(&existing).into_owned())
-                    .map_err(db_err);
+        let (event_id, follow_ups) = {
+            let lock = self.room_lock(room_id);
+            let _guard = lock.lock().await;
+            let room = self.room_or_404(room_id)?;
+            if let Some(txn) = &new.txn {
+                if let Some(existing) = self
+                    .db
+                    .get(Table::TxnEventid, &txn_key(sender, room_id, txn))
+                    .map_err(db_err)?
+                {
+                    return OwnedEventId::try_from(String::from_utf8_lossy(&existing).into_owned())
+                        .map_err(db_err);
+                }
             }
-        }
-        self.append_locked(room_id, room, sender, new, notes)
+            self.append_locked(room_id, room, sender, new, notes)?
+        };
+        // After the room's lock: a follow-up may append to this room too.
+        hooks::run(follow_ups).await;
+        Ok(event_id)
     }
 
     fn append_locked(
@@ -621,12 +630,12 @@ impl Rooms {
         sender: &UserId,
         new: NewEvent,
         notes: Vec<notify::Notification>,
-    ) -> Result<OwnedEventId> {
+    ) -> Result<(OwnedEventId, Vec<hooks::FollowUp>)> {
         let rules = rules_for(&room.version)?;
         let state = self.state(room.state)?;
         self.check_local_content(&rules, &state, &new)?;
         if let Some(current) = self.same_state(&state, sender, &new)? {
-            return Ok(current);
+            return Ok((current, Vec::new()));
         }
         let obj = self.template(room_id, &room, &state, sender, &new)?;
         let (event_id, pdu, pdu_bytes) = self.sign(obj, &rules, Some(room_id))?;
@@ -634,7 +643,7 @@ impl Rooms {
         self.check_redaction(&room, &state, &pdu)?;
         let relation = self.check_relation(room_id, &pdu)?;
         self.policy.check_submitted(self, room_id, &state, &pdu)?;
-        self.commit_event(
+        let (_, follow_ups) = self.commit_event(
             room_id,
             room,
             &state,
@@ -645,7 +654,7 @@ impl Rooms {
             relation,
             notes,
         )?;
-        Ok(event_id)
+        Ok((event_id, follow_ups))
     }
 
     /// Bad input in a local event, refused with a 400 before the auth rules (which would
@@ -1046,7 +1055,7 @@ impl Rooms {
         txn: Option<(String, String)>,
         relation: Option<relations::Relation>,
         notes: Vec<notify::Notification>,
-    ) -> Result<u64> {
+    ) -> Result<(u64, Vec<hooks::FollowUp>)> {
         let rules = rules_for(&room.version)?;
         let redact_target = if pdu.kind == TimelineEventType::RoomRedaction {
             pdu.redacts.clone()
@@ -1163,15 +1172,15 @@ impl Rooms {
                 self.follow_predecessor(room_id, state, user);
             }
         }
-        self.after_commit(
+        let follow_ups = self.after_commit(
             room_id,
-            &event_id,
+            &pdu,
             &notes,
             redact_target.as_deref(),
             membership_target,
         )?;
         self.send_out(room_id, &event_id, &pdu, &pdu_bytes)?;
-        Ok(pos)
+        Ok((pos, follow_ups))
     }
 
     /// What follows a commit: notifications to the push sender, the redacted event's parsed
@@ -1179,13 +1188,16 @@ impl Rooms {
     pub(crate) fn after_commit(
         &self,
         room_id: &RoomId,
-        event_id: &EventId,
+        pdu: &Pdu,
         notes: &[notify::Notification],
         redact_target: Option<&EventId>,
         membership_target: Option<OwnedUserId>,
-    ) -> Result<()> {
-        for o in &self.observers {
-            o.committed(room_id, event_id, notes);
+    ) -> Result<Vec<hooks::FollowUp>> {
+        let mut follow_ups = Vec::new();
+        if let Some(me) = self.me.upgrade() {
+            for o in &self.observers {
+                follow_ups.extend(o.committed(&me, room_id, pdu, notes));
+            }
         }
         if let Some(target) = redact_target {
             if let Some(short) = self.short_id(target)? {
@@ -1197,7 +1209,7 @@ impl Rooms {
             wake.push(u);
         }
         self.stream.notifier().wake(wake.iter().map(|u| u.as_ref()));
-        Ok(())
+        Ok(follow_ups)
     }
 
     /// Connects the federation sender: local events go to every other server in the room.

@@ -265,8 +265,6 @@ pub(crate) async fn leave_room_route(
         .rooms
         .leave(&req.body.room_id, &id.user_id, req.body.reason.as_deref())
         .await?;
-    paracord_service::guilds::members::left_room(&state.rooms, &req.body.room_id, &id.user_id)
-        .await?;
     Ok(Json(json!({})))
 }
 

@@ -26,7 +26,8 @@ use super::{
     },
 };
 use crate::rooms::{
-    hooks::EventObserver,
+    hooks::{EventObserver, FollowUp},
+    notify::Notification,
     timeline::{Dir, EventFilter, Reader, Window},
     NewEvent, Pdu, Rooms, StateMap,
 };
@@ -607,9 +608,43 @@ pub fn schedule_timeout_end(rooms: Arc<Rooms>, guild_id: OwnedRoomId, until: u64
     });
 }
 
+/// Leaving a guild's space means leaving the guild (spec/guilds.md §2.1): an observer of the
+/// event pipeline that, when a user of this server leaves a room or is kicked or banned from
+/// it, however the event arrived, has them leave the guild's channels when the room is a
+/// guild space ([`left_room`]).
+pub struct GuildDeparture;
+
+impl EventObserver for GuildDeparture {
+    fn committed(
+        &self,
+        rooms: &Arc<Rooms>,
+        room_id: &RoomId,
+        pdu: &Pdu,
+        _: &[Notification],
+    ) -> Option<FollowUp> {
+        if pdu.kind != TimelineEventType::RoomMember {
+            return None;
+        }
+        let user = OwnedUserId::try_from(pdu.state_key.as_deref()?).ok()?;
+        if user.server_name() != rooms.config.server_name.as_str() {
+            return None;
+        }
+        let membership = pdu.content_value()["membership"].as_str()?.to_owned();
+        if !matches!(membership.as_str(), "leave" | "ban") {
+            return None;
+        }
+        let (rooms, room_id) = (rooms.clone(), room_id.to_owned());
+        Some(Box::pin(async move {
+            if let Err(e) = left_room(&rooms, &room_id, &user).await {
+                tracing::warn!(%room_id, %user, "the channels of a guild left were not left: {e}");
+            }
+        }))
+    }
+}
+
 /// After `user` (of this server) left a room: when it is a guild space, they leave the
 /// guild's channels too (spec/guilds.md §2.1). A channel that cannot be left now is logged.
-pub async fn left_room(rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<()> {
+async fn left_room(rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<()> {
     let state = rooms.current_state(room_id)?;
     if rooms
         .state_content(&state, "chat.paracord.guild", "")?

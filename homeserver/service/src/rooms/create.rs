@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use paracord_core::{config::SUPPORTED_ROOM_VERSIONS, Error, ErrorKind, Result};
 
-use super::{rules_for, NewEvent, RoomRecord, Rooms};
+use super::{hooks, rules_for, NewEvent, RoomRecord, Rooms};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preset {
@@ -165,7 +165,7 @@ impl Rooms {
             backfill_next: 0,
             backfill_floor: 0,
         };
-        self.commit_event(
+        let (_, follow_ups) = self.commit_event(
             &room_id,
             record,
             &empty,
@@ -176,6 +176,7 @@ impl Rooms {
             None,
             vec![],
         )?;
+        hooks::run(follow_ups).await;
 
         // The creator joins.
         let mut member = json!({ "membership": "join" });

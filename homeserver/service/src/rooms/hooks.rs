@@ -7,11 +7,14 @@
 //!   a profile uses [`MatrixOnly`].
 //! - [`EventObserver`]s are told of every event accepted into a room's timeline, whether a
 //!   local user sent it or it came over federation: first inside the batch that writes it
-//!   (rows that must be written with the event), then once it is written.
+//!   (rows that must be written with the event), then once it is written, when they may
+//!   return work that follows from the event (a [`FollowUp`]).
+
+use std::{future::Future, pin::Pin, sync::Arc};
 
 use paracord_core::Result;
 use paracord_storage::Batch;
-use ruma::{EventId, RoomId, UserId};
+use ruma::{RoomId, UserId};
 
 use super::{notify::Notification, Pdu, Rooms, StateMap};
 
@@ -72,6 +75,37 @@ pub trait EventObserver: Send + Sync {
         Ok(())
     }
 
-    /// The event is written; `notifications` are the users its push rules notify.
-    fn committed(&self, _room_id: &RoomId, _event_id: &EventId, _notifications: &[Notification]) {}
+    /// The event is written; `notifications` are the users its push rules notify. Work that
+    /// follows from the event and takes time (appending events of its own, say) is returned:
+    /// a local request that made the event is answered once it is done; for an event that
+    /// came over federation it runs on its own.
+    fn committed(
+        &self,
+        _rooms: &Arc<Rooms>,
+        _room_id: &RoomId,
+        _pdu: &Pdu,
+        _notifications: &[Notification],
+    ) -> Option<FollowUp> {
+        None
+    }
+}
+
+/// Work an observer returns for after an event ([`EventObserver::committed`]).
+pub type FollowUp = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// Waits for follow-ups (a local request's own events).
+pub(crate) async fn run(follow_ups: Vec<FollowUp>) {
+    for f in follow_ups {
+        f.await;
+    }
+}
+
+/// Runs follow-ups on their own (events that came over federation), when there is a runtime.
+pub(crate) fn spawn(follow_ups: Vec<FollowUp>) {
+    if follow_ups.is_empty() {
+        return;
+    }
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        handle.spawn(run(follow_ups));
+    }
 }

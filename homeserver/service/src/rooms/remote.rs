@@ -22,8 +22,8 @@ use ruma::{
 use tracing::{debug, info};
 
 use super::{
-    db_err, put_timeline_row, rules_for, write_event_rows, write_full_snapshot, write_membership,
-    write_state_snapshot, EventMeta, Pdu, RoomRecord, Rooms, StateMap,
+    db_err, hooks, put_timeline_row, rules_for, write_event_rows, write_full_snapshot,
+    write_membership, write_state_snapshot, EventMeta, Pdu, RoomRecord, Rooms, StateMap,
 };
 
 /// Snapshot ids of resolved states (which belong to no one event) have this bit set, and the
@@ -991,13 +991,13 @@ impl Rooms {
             info!(event_id = %event.event_id, "soft-failed a remote event");
             return Ok(Placed::SoftFailed);
         }
-        self.after_commit(
+        hooks::spawn(self.after_commit(
             room_id,
-            &event.event_id,
+            &event.pdu,
             &notes,
             redact_target.as_deref(),
             None,
-        )?;
+        )?);
         self.stream
             .notifier()
             .wake(changed_members.iter().map(|u| u.as_ref()));
@@ -1160,7 +1160,7 @@ impl Rooms {
         let pos = first + BACKFILL_SLOTS;
         info!(%room_id, state = state.len(), auth_chain = auth_chain.len(), "joined a room over federation");
         self.follow_predecessor(room_id, &map, &joiner);
-        self.after_commit(room_id, &join_id, &[], None, Some(joiner))?;
+        hooks::spawn(self.after_commit(room_id, &join.pdu, &[], None, Some(joiner))?);
         Ok(pos)
     }
 }

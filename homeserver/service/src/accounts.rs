@@ -170,7 +170,7 @@ pub struct Accounts {
     /// Password checks made (the unit tests count them).
     hashes_checked: std::sync::atomic::AtomicU64,
     /// Per-user limits on password checks of user-interactive auth and login.
-    limiter: std::sync::OnceLock<Arc<crate::ratelimit::RateLimiter>>,
+    limiter: Option<Arc<crate::ratelimit::RateLimiter>>,
     nonces: Mutex<ExpiringSet>,
     /// Told about devices after they are deleted (their encryption keys go with them).
     removal_hook: std::sync::OnceLock<DeviceRemovalHook>,
@@ -356,7 +356,12 @@ const MAX_PASSWORD_BYTES: usize = 512;
 const ADMIN_TOKEN_KEY: &[u8] = b"admin_registration_token";
 
 impl Accounts {
-    pub fn new(db: Arc<Db>, config: Arc<Config>) -> Self {
+    /// `limiter` bounds password guesses per user (`None`: unbounded, for tests).
+    pub fn new(
+        db: Arc<Db>,
+        config: Arc<Config>,
+        limiter: Option<Arc<crate::ratelimit::RateLimiter>>,
+    ) -> Self {
         Self {
             db,
             config,
@@ -368,21 +373,16 @@ impl Accounts {
             hasher: Hasher::new(HASH_QUEUE_CAPACITY),
             dummy_hash: tokio::sync::OnceCell::new(),
             hashes_checked: std::sync::atomic::AtomicU64::new(0),
-            limiter: std::sync::OnceLock::new(),
+            limiter,
             nonces: Mutex::new(ExpiringSet::new(NONCE_TTL_MS, MAX_NONCES)),
             removal_hook: std::sync::OnceLock::new(),
         }
     }
 
-    /// Sets the rate limiter that bounds password guesses per user (once, at start-up).
-    pub fn set_rate_limiter(&self, limiter: Arc<crate::ratelimit::RateLimiter>) {
-        let _ = self.limiter.set(limiter);
-    }
-
     /// One password guess against `user`'s account: refused once they come too fast,
     /// whichever addresses they come from.
     fn password_guess(&self, user: &UserId) -> Result<()> {
-        match self.limiter.get() {
+        match &self.limiter {
             Some(l) => l.check(crate::ratelimit::Limit::Auth, &format!("user {user}")),
             None => Ok(()),
         }
@@ -1339,7 +1339,7 @@ mod tests {
             registration_shared_secret: Some("s3cret".into()),
             ..Config::default()
         };
-        (dir, Accounts::new(db, Arc::new(config)))
+        (dir, Accounts::new(db, Arc::new(config), None))
     }
 
     /// A new account `name` (password "pw") logged in with a refresh token.

@@ -129,7 +129,7 @@ pub struct E2ee {
     otk_seq: std::sync::atomic::AtomicU64,
     /// Where EDUs for other servers go (to-device messages, device-list updates); set once
     /// the federation sender exists.
-    edu_out: Mutex<Option<OutgoingEdu>>,
+    edu_out: Option<OutgoingEdu>,
     to_device_limits: ToDeviceLimits,
     /// How many to-device messages wait for each device that was sent one since the start:
     /// counted once from the table, then kept up to date as messages come and go. Concurrent
@@ -244,6 +244,7 @@ impl E2ee {
         accounts: Arc<Accounts>,
         rooms: Arc<Rooms>,
         to_device_limits: ToDeviceLimits,
+        edu_out: Option<OutgoingEdu>,
     ) -> Self {
         Self {
             db,
@@ -253,7 +254,7 @@ impl E2ee {
             keys_lock: Mutex::new(()),
             signing_lock: Mutex::new(()),
             otk_seq: std::sync::atomic::AtomicU64::new(0),
-            edu_out: Mutex::default(),
+            edu_out,
             to_device_limits,
             pending_counts: Mutex::default(),
         }
@@ -535,11 +536,6 @@ impl E2ee {
         Ok(())
     }
 
-    /// Connects the federation sender.
-    pub fn set_edu_out(&self, out: OutgoingEdu) {
-        *self.edu_out.lock() = Some(out);
-    }
-
     /// Tells the servers of users sharing a room with local `user` that its keys changed
     /// (`m.device_list_update`). The update carries no keys and no previous id, so each
     /// receiver takes a fresh snapshot from `/user/devices` rather than applying it as a delta.
@@ -555,7 +551,7 @@ impl E2ee {
         pos: u64,
         sharing: &HashSet<OwnedUserId>,
     ) -> Result<()> {
-        let Some(out) = self.edu_out.lock().clone() else {
+        let Some(out) = &self.edu_out else {
             return Ok(());
         };
         let servers: BTreeSet<&ruma::ServerName> = sharing
@@ -1351,8 +1347,7 @@ impl E2ee {
             self.stream.notifier().wake(users);
             // Users of other servers: one EDU per server, identified by the sender's device
             // and transaction so a retry is recognised there too.
-            let out = self.edu_out.lock().clone();
-            if let Some(out) = out {
+            if let Some(out) = &self.edu_out {
                 for (server, messages) in remote {
                     out(
                         &server,

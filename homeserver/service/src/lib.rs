@@ -81,32 +81,64 @@ impl Services {
         Self::build(config, db, keys)
     }
 
+    /// Builds every service in dependency order: each gets what it uses when it is made.
     pub fn build(config: Config, db: Arc<Db>, mut keys: keys::ServerKeys) -> Result<Self> {
         keys.track_rotation(&db, &config.old_verify_keys)?;
         let config = Arc::new(config);
         let keys = Arc::new(keys);
         let stream = Arc::new(stream::Stream::load(db.clone())?);
-        let accounts = Arc::new(accounts::Accounts::new(db.clone(), config.clone()));
+        let ratelimit = Arc::new(ratelimit::RateLimiter::new(&config));
+        let accounts = Arc::new(accounts::Accounts::new(
+            db.clone(),
+            config.clone(),
+            Some(ratelimit.clone()),
+        ));
         let account_data = Arc::new(account_data::AccountData::new(db.clone(), stream.clone()));
+        let search = Arc::new(search::Search::open(db.clone())?);
+        let federation = Arc::new(
+            federation::client::FederationClient::from_config(&config).map_err(Error::internal)?,
+        );
+        let sender = federation::sender::Sender::new(
+            db.clone(),
+            config.clone(),
+            keys.clone(),
+            federation.clone(),
+            stream.clone(),
+        );
         // The Matrix pipeline, with the guild rules as its policy and, told of every accepted
-        // event, the guild invite index, the guild departures and the push sender.
+        // event, the guild invite index, the guild departures and the push sender. Local
+        // events go to the federation sender.
         let (push_observer, push_jobs) = pushers::PushObserver::new();
+        let outgoing: rooms::OutgoingPdu = {
+            let sender = sender.clone();
+            Arc::new(move |destinations, event_id, pdu| {
+                sender.queue_pdu(destinations, event_id, pdu)
+            })
+        };
         let rooms = Arc::new_cyclic(|me| {
             rooms::Rooms::new(
-                db.clone(),
-                config.clone(),
-                keys.clone(),
-                stream.clone(),
-                Some(account_data.clone()),
-                Arc::new(guilds::enforce::GuildRules),
-                vec![
-                    Arc::new(guilds::members::InviteIndex),
-                    Arc::new(guilds::members::GuildDeparture),
-                    Arc::new(push_observer),
-                ],
+                rooms::RoomsParts {
+                    db: db.clone(),
+                    config: config.clone(),
+                    keys: keys.clone(),
+                    stream: stream.clone(),
+                    account_data: Some(account_data.clone()),
+                    search: Some(search.clone()),
+                    outgoing: Some(outgoing),
+                    policy: Arc::new(guilds::enforce::GuildRules),
+                    observers: vec![
+                        Arc::new(guilds::members::InviteIndex),
+                        Arc::new(guilds::members::GuildDeparture),
+                        Arc::new(push_observer),
+                    ],
+                },
                 me.clone(),
             )
         });
+        if search.created {
+            // A new (or deleted) index is filled from the database.
+            rooms.reindex(&search)?;
+        }
         let migrated = rooms.migrate_annotation_index()?;
         if migrated > 0 {
             tracing::info!(
@@ -133,24 +165,30 @@ impl Services {
             db.clone(),
             config.server_name.clone(),
             keys.clone(),
+            Some(server_keys::fetch_with(federation.clone())),
         ));
         let ephemeral = Arc::new(ephemeral::Ephemeral::new(db.clone(), stream.clone()));
+        let edu_out: e2ee::OutgoingEdu = {
+            let sender = sender.clone();
+            Arc::new(move |destination, edu| sender.queue_edu(destination, edu))
+        };
         let e2ee = Arc::new(e2ee::E2ee::new(
             db.clone(),
             stream.clone(),
             accounts.clone(),
             rooms.clone(),
             e2ee::ToDeviceLimits::from_config(&config),
+            Some(edu_out),
         ));
+        let durability = Arc::new(durability::Durability::new(db.clone(), config.sync_writes));
         let sync = Arc::new(sync::Sync::new(
             rooms.clone(),
             stream.clone(),
             account_data.clone(),
             ephemeral.clone(),
             e2ee.clone(),
+            durability.clone(),
         ));
-        let ratelimit = Arc::new(ratelimit::RateLimiter::new(&config));
-        accounts.set_rate_limiter(ratelimit.clone());
         let reports = Arc::new(reports::Reports::new(db.clone()));
         let pushers = Arc::new(pushers::Pushers::new(
             db.clone(),
@@ -169,41 +207,13 @@ impl Services {
             }));
         }
         let media = Arc::new(media::Media::new(db.clone(), config.clone())?);
-        let search = Arc::new(search::Search::open(db.clone())?);
-        rooms.set_search(search.clone());
-        if search.created {
-            // A new (or deleted) index is filled from the database.
-            rooms.reindex(&search)?;
-        }
         let backups = Arc::new(backup::KeyBackups::new(db.clone()));
-        let federation = Arc::new(
-            federation::client::FederationClient::from_config(&config).map_err(Error::internal)?,
-        );
-        remote_keys.set_fetcher(server_keys::fetch_with(federation.clone()));
-        let sender = federation::sender::Sender::new(
-            db.clone(),
-            config.clone(),
-            keys.clone(),
-            federation.clone(),
-            stream.clone(),
-        );
-        // Like the push sender: background delivery starts with the services when there is a
-        // runtime to run it (the server always has one); queued items wait otherwise.
+        // Background delivery (federation, push) and housekeeping start with the services
+        // when there is a runtime to run them (the server always has one); queued items wait
+        // otherwise.
         if tokio::runtime::Handle::try_current().is_ok() {
             sender.start();
             housekeeping::start(db.clone(), e2ee.clone(), stream.clone());
-        }
-        {
-            let sender = sender.clone();
-            e2ee.set_edu_out(Arc::new(move |destination, edu| {
-                sender.queue_edu(destination, edu)
-            }));
-        }
-        {
-            let sender = sender.clone();
-            rooms.set_outgoing(Arc::new(move |destinations, event_id, pdu| {
-                sender.queue_pdu(destinations, event_id, pdu)
-            }));
         }
         let pdus = Arc::new_cyclic(|me| {
             federation::pdus::Pdus::new(
@@ -228,8 +238,6 @@ impl Services {
             rooms.clone(),
             account_data.clone(),
         ));
-        let durability = Arc::new(durability::Durability::new(db.clone(), config.sync_writes));
-        sync.set_durability(durability.clone());
         Ok(Self {
             config,
             db,

@@ -172,9 +172,27 @@ pub struct Rooms {
     /// This service, for observers' follow-ups (which outlive a call).
     me: std::sync::Weak<Rooms>,
     /// The full-text index, fed as events are committed.
-    search: Mutex<Option<Arc<crate::search::Search>>>,
-    /// Where local events go to reach other servers (set once the federation sender exists).
-    outgoing: Mutex<Option<OutgoingPdu>>,
+    search: Option<Arc<crate::search::Search>>,
+    /// Where local events go to reach other servers.
+    outgoing: Option<OutgoingPdu>,
+}
+
+/// What the event pipeline is built from (`Services::build` makes them first).
+pub struct RoomsParts {
+    pub db: Arc<Db>,
+    pub config: Arc<Config>,
+    pub keys: Arc<ServerKeys>,
+    pub stream: Arc<Stream>,
+    /// Push rules live in account data; `None` only in tests that need no notifications.
+    pub account_data: Option<Arc<AccountData>>,
+    /// The full-text index, fed as events are committed.
+    pub search: Option<Arc<crate::search::Search>>,
+    /// Where local events go to reach other servers.
+    pub outgoing: Option<OutgoingPdu>,
+    /// The profile's rules on top of the Matrix auth rules.
+    pub policy: Arc<dyn EventPolicy>,
+    /// Told of every event accepted into a timeline.
+    pub observers: Vec<Arc<dyn EventObserver>>,
 }
 
 /// Queues a local PDU (event id, canonical JSON) for other servers.
@@ -193,16 +211,19 @@ pub(crate) fn rules_for(version: &str) -> Result<RoomVersionRules> {
 }
 
 impl Rooms {
-    pub fn new(
-        db: Arc<Db>,
-        config: Arc<Config>,
-        keys: Arc<ServerKeys>,
-        stream: Arc<Stream>,
-        account_data: Option<Arc<AccountData>>,
-        policy: Arc<dyn EventPolicy>,
-        observers: Vec<Arc<dyn EventObserver>>,
-        me: std::sync::Weak<Rooms>,
-    ) -> Self {
+    /// The pipeline from its parts; `me` is the `Arc` it will be in (`Arc::new_cyclic`).
+    pub fn new(parts: RoomsParts, me: std::sync::Weak<Rooms>) -> Self {
+        let RoomsParts {
+            db,
+            config,
+            keys,
+            stream,
+            account_data,
+            search,
+            outgoing,
+            policy,
+            observers,
+        } = parts;
         Self {
             db,
             config,
@@ -216,14 +237,9 @@ impl Rooms {
             policy,
             observers,
             me,
-            search: Mutex::default(),
-            outgoing: Mutex::default(),
+            search,
+            outgoing,
         }
-    }
-
-    /// Connects the full-text index.
-    pub fn set_search(&self, search: Arc<crate::search::Search>) {
-        *self.search.lock() = Some(search);
     }
 
     /// Rebuilds the full-text index from every stored event.
@@ -1082,7 +1098,7 @@ impl Rooms {
             Some(_) => self.snapshot_depth(state_before)?,
             None => 0,
         };
-        let search = self.search.lock().clone();
+        let search = self.search.clone();
         let kind = pdu.kind.to_string();
         let content = pdu.content_value();
         let (pos, ()) = self.stream.commit(|pos, batch| {
@@ -1212,11 +1228,6 @@ impl Rooms {
         Ok(follow_ups)
     }
 
-    /// Connects the federation sender: local events go to every other server in the room.
-    pub fn set_outgoing(&self, outgoing: OutgoingPdu) {
-        *self.outgoing.lock() = Some(outgoing);
-    }
-
     /// Hands a local event to the federation sender, for every other server with a member
     /// in the room after it, and the server of a membership event's target.
     fn send_out(
@@ -1251,8 +1262,7 @@ impl Rooms {
         bytes: &[u8],
         except: Option<&ruma::ServerName>,
     ) -> Result<()> {
-        let outgoing = self.outgoing.lock().clone();
-        let Some(outgoing) = outgoing else {
+        let Some(outgoing) = &self.outgoing else {
             return Ok(());
         };
         let mut servers = self.servers_in_room(room_id)?;
@@ -1307,7 +1317,7 @@ impl Rooms {
             &serde_json::from_slice::<serde_json::Value>(&raw).unwrap_or(serde_json::Value::Null),
             short,
         )?;
-        if let Some(search) = self.search.lock().clone() {
+        if let Some(search) = &self.search {
             search.unindex_into(batch, short)?;
         }
         let obj: CanonicalJsonObject = serde_json::from_slice(&raw)?;

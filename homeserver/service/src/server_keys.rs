@@ -47,7 +47,7 @@ pub struct RemoteKeys {
     db: Arc<Db>,
     own_name: String,
     own: Arc<ServerKeys>,
-    fetcher: std::sync::OnceLock<KeyFetcher>,
+    fetcher: Option<KeyFetcher>,
 }
 
 fn now_ms() -> u64 {
@@ -179,18 +179,19 @@ pub fn fetch_with(client: Arc<crate::federation::client::FederationClient>) -> K
 }
 
 impl RemoteKeys {
-    pub fn new(db: Arc<Db>, own_name: String, own: Arc<ServerKeys>) -> Self {
+    /// `fetcher`: how other servers' keys are fetched (`None`: they are not).
+    pub fn new(
+        db: Arc<Db>,
+        own_name: String,
+        own: Arc<ServerKeys>,
+        fetcher: Option<KeyFetcher>,
+    ) -> Self {
         Self {
             db,
             own_name,
             own,
-            fetcher: std::sync::OnceLock::new(),
+            fetcher,
         }
-    }
-
-    /// Sets how keys are fetched (once, at start-up).
-    pub fn set_fetcher(&self, fetcher: KeyFetcher) {
-        let _ = self.fetcher.set(fetcher);
     }
 
     fn cached(&self, server: &str, key_id: &str) -> Result<Option<CachedKey>> {
@@ -229,7 +230,7 @@ impl RemoteKeys {
     /// Fetches `server`'s key response, checks it, and caches its keys and the response itself
     /// (which this server serves as a notary).
     async fn fetch(&self, server: &str) -> Result<(Value, BTreeMap<String, CachedKey>)> {
-        let Some(fetcher) = self.fetcher.get() else {
+        let Some(fetcher) = &self.fetcher else {
             return Err(Error::unrecognized(
                 "fetching other servers' keys needs federation, which is not available yet",
             ));
@@ -348,10 +349,9 @@ mod tests {
             )
         };
         let (own, remote) = (key("own.key"), key("remote.key"));
-        let local = RemoteKeys::new(db, "local.test".to_owned(), own);
         let fetches = Arc::new(AtomicUsize::new(0));
         let (r, f) = (remote.clone(), fetches.clone());
-        local.set_fetcher(Arc::new(move |server: String| {
+        let fetcher: KeyFetcher = Arc::new(move |server: String| {
             let (r, f) = (r.clone(), f.clone());
             Box::pin(async move {
                 f.fetch_add(1, Ordering::SeqCst);
@@ -360,7 +360,8 @@ mod tests {
                 }
                 r.server_keys("remote.test", now_ms() + 3_600_000)
             })
-        }));
+        });
+        let local = RemoteKeys::new(db, "local.test".to_owned(), own, Some(fetcher));
         Setup {
             _dir: dir,
             local,

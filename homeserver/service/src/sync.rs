@@ -88,7 +88,7 @@ pub struct Sync {
     ephemeral: Arc<Ephemeral>,
     e2ee: Arc<E2ee>,
     /// With `sync_writes`, what a sync gives is on disk first (set once at start-up).
-    durability: std::sync::OnceLock<Arc<crate::durability::Durability>>,
+    durability: Arc<crate::durability::Durability>,
 }
 
 const DEFAULT_TIMELINE_LIMIT: usize = 10;
@@ -101,6 +101,7 @@ impl Sync {
         account_data: Arc<AccountData>,
         ephemeral: Arc<Ephemeral>,
         e2ee: Arc<E2ee>,
+        durability: Arc<crate::durability::Durability>,
     ) -> Self {
         Self {
             rooms,
@@ -108,13 +109,8 @@ impl Sync {
             account_data,
             ephemeral,
             e2ee,
-            durability: std::sync::OnceLock::new(),
+            durability,
         }
-    }
-
-    /// Makes syncs give only what is on disk (`sync_writes`).
-    pub fn set_durability(&self, durability: Arc<crate::durability::Durability>) {
-        let _ = self.durability.set(durability);
     }
 
     /// Answers a sync, waiting up to `timeout` for news when there is none.
@@ -140,8 +136,8 @@ impl Sync {
             // the request that wrote it waits for too, and usually started already). The
             // sender's own answer then tends to come before its event's remote echo, as
             // clients expect.
-            if let Some(d) = self.durability.get() {
-                d.settle().await?;
+            if self.durability.enabled() {
+                self.durability.settle().await?;
                 // The requests that wrote are woken by the same fsync: let their answers go
                 // out before this sync builds its own.
                 tokio::task::yield_now().await;

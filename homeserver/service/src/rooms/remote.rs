@@ -840,7 +840,7 @@ impl Rooms {
             }),
             _ => None,
         };
-        let search = self.search.lock().clone();
+        let search = self.search.clone();
         let content = pdu.content_value();
         let old_current = self.state(room.state)?;
         let (pos, changed_members) = self.stream.commit(|pos, batch| {

@@ -297,28 +297,48 @@ impl RemoteKeys {
         &self,
         request: &http::Request<Vec<u8>>,
     ) -> Result<ruma::OwnedServerName> {
-        let x = XMatrix::extract_from_http_headers(request.headers()).map_err(|e| {
-            unauthorized(format!("missing or malformed X-Matrix authorization: {e}"))
-        })?;
-        let destination = ServerName::parse(&self.own_name)
-            .map_err(|e| Error::internal(format!("own server name: {e}")))?;
-        if x.destination.as_deref().is_some_and(|d| d != destination) {
-            return Err(unauthorized("the request is addressed to another server"));
-        }
+        let (x, destination) = read_x_matrix(request, &self.own_name)?;
         let public = self
             .key(x.origin.as_str(), x.key.as_str(), now_ms())
             .await
             .map_err(|e| unauthorized(format!("cannot get the signing key of {}: {e}", x.origin)))?
             .ok_or_else(|| unauthorized(format!("{} has no valid key {}", x.origin, x.key)))?;
-        let public = b64(&public).map_err(|_| unauthorized("the origin's key is not base64"))?;
-        let map = BTreeMap::from([(
-            x.origin.to_string(),
-            BTreeMap::from([(x.key.to_string(), Base64::new(public))]),
-        )]);
-        x.verify_http_request(request, &destination, &map)
-            .map_err(|e| unauthorized(format!("bad X-Matrix signature: {e}")))?;
+        verify_x_matrix(&x, request, &destination, &public)?;
         Ok(x.origin)
     }
+}
+
+/// The `X-Matrix` authorization of a request to `own_name`, read and checked to be addressed
+/// here but not yet verified, with this server's name as the destination it is verified for.
+pub fn read_x_matrix(
+    request: &http::Request<Vec<u8>>,
+    own_name: &str,
+) -> Result<(XMatrix, ruma::OwnedServerName)> {
+    let x = XMatrix::extract_from_http_headers(request.headers())
+        .map_err(|e| unauthorized(format!("missing or malformed X-Matrix authorization: {e}")))?;
+    let destination = ServerName::parse(own_name)
+        .map_err(|e| Error::internal(format!("own server name: {e}")))?;
+    if x.destination.as_deref().is_some_and(|d| d != destination) {
+        return Err(unauthorized("the request is addressed to another server"));
+    }
+    Ok((x, destination))
+}
+
+/// Verifies the signature of an `X-Matrix` authorization (from [`read_x_matrix`]) over
+/// `request` with the origin's public key `public` (unpadded base64).
+pub fn verify_x_matrix(
+    x: &XMatrix,
+    request: &http::Request<Vec<u8>>,
+    destination: &ServerName,
+    public: &str,
+) -> Result<()> {
+    let public = b64(public).map_err(|_| unauthorized("the origin's key is not base64"))?;
+    let map = BTreeMap::from([(
+        x.origin.to_string(),
+        BTreeMap::from([(x.key.to_string(), Base64::new(public))]),
+    )]);
+    x.verify_http_request(request, destination, &map)
+        .map_err(|e| unauthorized(format!("bad X-Matrix signature: {e}")))
 }
 
 #[cfg(test)]

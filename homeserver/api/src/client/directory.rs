@@ -115,9 +115,7 @@ pub(crate) fn page(
 ) -> Result<Value, Error> {
     let total = all.len();
     let start = match since {
-        Some(s) => s
-            .strip_prefix('p')
-            .and_then(|n| n.parse::<usize>().ok())
+        Some(s) => paracord_service::sync::parse_offset_token::<usize>('p', s)
             .ok_or_else(|| Error::invalid_param("invalid since token"))?,
         None => 0,
     };

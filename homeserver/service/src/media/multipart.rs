@@ -100,6 +100,15 @@ impl MultipartFile {
         Ok(())
     }
 
+    /// [`MultipartFile::feed`] into memory.
+    pub(crate) fn feed_vec(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<()> {
+        if let Some(n) = self.read(chunk)? {
+            out.extend_from_slice(&self.buf[..n]);
+            self.written(n);
+        }
+        Ok(())
+    }
+
     /// Takes in the next chunk of the body: how many bytes at the start of the buffer are
     /// the file's, to be written and then passed to [`MultipartFile::written`].
     fn read(&mut self, chunk: &[u8]) -> Result<Option<usize>> {

@@ -332,6 +332,10 @@ pub fn verify_x_matrix(
     destination: &ServerName,
     public: &str,
 ) -> Result<()> {
+    // What is signed includes the path; ruma panics on a request without one.
+    if request.uri().path_and_query().is_none() {
+        return Err(unauthorized("the request has no path"));
+    }
     let public = b64(public).map_err(|_| unauthorized("the origin's key is not base64"))?;
     let map = BTreeMap::from([(
         x.origin.to_string(),
@@ -441,6 +445,28 @@ mod tests {
         let impostor = setup().remote;
         let forged = signed_request(&impostor, "local.test", "{}");
         assert!(is_unauthorized(&s.local.verify_request(&forged).await));
+    }
+
+    // Issue 15 (found by the x_matrix fuzz target): ruma panics on a request without a path;
+    // such a request is unauthorized, and one is never signed.
+    #[test]
+    fn requests_without_a_path_are_refused_not_a_panic() {
+        let s = setup();
+        let mut req = signed_request(&s.remote, "local.test", "{}");
+        *req.uri_mut() = http::Uri::from_static("local.test");
+        let (x, destination) = read_x_matrix(&req, "local.test")
+            .unwrap_or_else(|e| unreachable!("the header reads: {e}"));
+        let verified = verify_x_matrix(&x, &req, &destination, &s.remote.public_key_base64());
+        assert!(matches!(verified, Err(e) if e.kind() == Some(&ErrorKind::Unauthorized)));
+        let signed = crate::federation::request::signed_http_request(
+            s.remote.keypair(),
+            "remote.test",
+            &destination,
+            http::Method::GET,
+            "local.test",
+            Vec::new(),
+        );
+        assert!(signed.is_err());
     }
 
     #[test]

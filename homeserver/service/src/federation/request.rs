@@ -70,6 +70,12 @@ pub fn signed_http_request(
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(body)
         .map_err(|e| Error::internal(format!("federation request: {e}")))?;
+    // What is signed includes the path; ruma panics on a request without one.
+    if request.uri().path_and_query().is_none() {
+        return Err(Error::internal(format!(
+            "federation request to {path:?} without a path"
+        )));
+    }
     let origin = OwnedServerName::try_from(origin)
         .map_err(|e| Error::internal(format!("own server name: {e}")))?;
     let x = XMatrix::sign_http_request(

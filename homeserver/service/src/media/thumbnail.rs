@@ -141,6 +141,13 @@ pub(crate) fn thumbnail_of(
         _ => Error::invalid_param("media is not an image that can be thumbnailed"),
     })?;
     let (sw, sh) = (img.width(), img.height());
+    if sw == 0 || sh == 0 {
+        // A header may declare an empty image (a GIF's screen 0 pixels wide, say): there is
+        // nothing to scale, and a thumbnail of it would be made up.
+        return Err(Error::invalid_param(
+            "media is not an image that can be thumbnailed",
+        ));
+    }
     let thumb = match method {
         // Never upscale: a thumbnail is at most the original's size.
         ThumbnailMethod::Scale => img.thumbnail(width.min(sw), height.min(sh)),

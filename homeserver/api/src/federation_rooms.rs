@@ -61,26 +61,7 @@ pub(crate) async fn send_transaction_route(
     req: Ruma<send_transaction_message::v1::Request>,
 ) -> ApiResult<Json<Value>> {
     let origin = origin(&req)?;
-    if req.body.origin != origin {
-        return Err(Error::forbidden(format!(
-            "the transaction names {} as its origin but is signed by {origin}",
-            req.body.origin
-        ))
-        .into());
-    }
-    let pdus = req
-        .body
-        .pdus
-        .iter()
-        .map(|p| raw_value(p))
-        .collect::<ApiResult<Vec<_>>>()?;
-    let edus = req
-        .body
-        .edus
-        .iter()
-        .map(|e| raw_value(e.json()))
-        .collect::<ApiResult<Vec<_>>>()?;
-    let body = json!({ "pdus": pdus, "edus": edus });
+    let body = transaction_body(&req.body, &origin)?;
     // The server is talking to us: whatever we queued for it can go now.
     state.sender.wake(&origin);
     Ok(Json(
@@ -89,6 +70,32 @@ pub(crate) async fn send_transaction_route(
             .transaction(&origin, req.body.transaction_id.as_str(), &body)
             .await?,
     ))
+}
+
+/// The PDUs and EDUs of a transaction from `origin`, as JSON for
+/// `paracord_service::federation::pdus::Pdus::transaction`.
+pub(crate) fn transaction_body(
+    txn: &send_transaction_message::v1::Request,
+    origin: &ruma::ServerName,
+) -> ApiResult<Value> {
+    if txn.origin != origin {
+        return Err(Error::forbidden(format!(
+            "the transaction names {} as its origin but is signed by {origin}",
+            txn.origin
+        ))
+        .into());
+    }
+    let pdus = txn
+        .pdus
+        .iter()
+        .map(|p| raw_value(p))
+        .collect::<ApiResult<Vec<_>>>()?;
+    let edus = txn
+        .edus
+        .iter()
+        .map(|e| raw_value(e.json()))
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok(json!({ "pdus": pdus, "edus": edus }))
 }
 
 /// `GET /_matrix/federation/v1/make_join/{roomId}/{userId}` — https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1make_joinroomiduserid

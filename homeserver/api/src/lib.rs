@@ -6,6 +6,7 @@ pub mod error;
 pub mod federation;
 pub mod federation_events;
 pub mod federation_rooms;
+pub mod fuzzing;
 pub mod media;
 pub mod paracord;
 mod params;

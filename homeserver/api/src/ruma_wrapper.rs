@@ -256,19 +256,7 @@ impl Read {
             }
         }
 
-        let json = if bytes.is_empty() {
-            None
-        } else {
-            match serde_json::from_slice::<serde_json::Value>(&bytes) {
-                Ok(v) => Some(v),
-                Err(e) if parts.method != http::Method::GET => {
-                    return Err(ApiError(Error::not_json(format!(
-                        "request body is not valid JSON: {e}"
-                    ))))
-                }
-                Err(_) => None,
-            }
-        };
+        let json = body_json(&parts.method, &bytes)?;
         Ok(Self {
             parts,
             path_args,
@@ -290,30 +278,7 @@ impl Read {
             client_ip,
             origin,
         } = self;
-        let body_for_ruma: &[u8] = if bytes.is_empty() && parts.method != http::Method::GET {
-            b"{}"
-        } else {
-            &bytes
-        };
-        let http_req = http::Request::from_parts(parts, body_for_ruma);
-        let path_refs: Vec<&str> = path_args.iter().map(String::as_str).collect();
-        let body = T::try_from_http_request(http_req, &path_refs).map_err(|e| {
-            use ruma::api::error::{DeserializationError, FromHttpRequestError};
-            match e {
-                // A required query parameter (such as `?version=`) that is absent.
-                FromHttpRequestError::Deserialization(DeserializationError::Query(q))
-                    if q.to_string().starts_with("missing field") =>
-                {
-                    ApiError(Error::missing_param(format!("invalid request: {q}")))
-                }
-                FromHttpRequestError::MethodMismatch { .. } => ApiError(Error::new(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    ErrorKind::Unrecognized,
-                    "method not allowed",
-                )),
-                other => ApiError(Error::bad_json(format!("invalid request: {other}"))),
-            }
-        })?;
+        let body = ruma_request(parts, &path_args, &bytes)?;
         Ok(Ruma {
             body,
             ident,
@@ -322,6 +287,57 @@ impl Read {
             origin,
         })
     }
+}
+
+/// The request body as JSON: `None` when empty, or when not JSON in a `GET` (whose body is
+/// ignored); otherwise a body that is not JSON is `M_NOT_JSON`.
+pub(crate) fn body_json(
+    method: &http::Method,
+    bytes: &[u8],
+) -> Result<Option<serde_json::Value>, ApiError> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if method != http::Method::GET => Err(ApiError(Error::not_json(format!(
+            "request body is not valid JSON: {e}"
+        )))),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Parses a request (its head, percent-decoded path parameters and body) into the ruma
+/// request type `T`.
+pub(crate) fn ruma_request<T: IncomingRequest>(
+    parts: http::request::Parts,
+    path_args: &[String],
+    bytes: &[u8],
+) -> Result<T, ApiError> {
+    let body_for_ruma: &[u8] = if bytes.is_empty() && parts.method != http::Method::GET {
+        b"{}"
+    } else {
+        bytes
+    };
+    let http_req = http::Request::from_parts(parts, body_for_ruma);
+    let path_refs: Vec<&str> = path_args.iter().map(String::as_str).collect();
+    T::try_from_http_request(http_req, &path_refs).map_err(|e| {
+        use ruma::api::error::{DeserializationError, FromHttpRequestError};
+        match e {
+            // A required query parameter (such as `?version=`) that is absent.
+            FromHttpRequestError::Deserialization(DeserializationError::Query(q))
+                if q.to_string().starts_with("missing field") =>
+            {
+                ApiError(Error::missing_param(format!("invalid request: {q}")))
+            }
+            FromHttpRequestError::MethodMismatch { .. } => ApiError(Error::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                ErrorKind::Unrecognized,
+                "method not allowed",
+            )),
+            other => ApiError(Error::bad_json(format!("invalid request: {other}"))),
+        }
+    })
 }
 
 /// A ruma response as an HTTP response.

@@ -8,6 +8,7 @@ pub mod e2ee;
 pub mod ephemeral;
 pub mod expiry;
 pub mod federation;
+pub mod fuzzing;
 pub mod guilds;
 pub mod housekeeping;
 pub mod keys;

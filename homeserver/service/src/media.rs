@@ -7,7 +7,7 @@
 
 mod multipart;
 mod remote_cache;
-mod thumbnail;
+pub(crate) mod thumbnail;
 
 use std::{io::Cursor, path::PathBuf, sync::Arc, time::Duration};
 
@@ -418,10 +418,7 @@ impl Media {
         {
             return Err(Error::invalid_param("not an image"));
         }
-        let dimensions = image::ImageReader::new(Cursor::new(&bytes))
-            .with_guessed_format()
-            .ok()
-            .and_then(|r| r.into_dimensions().ok());
+        let dimensions = image_dimensions(&bytes);
         let id = self.upload(requester, &bytes, content_type.clone(), None)?;
         let mut out = json!({
             "og:image": format!("mxc://{}/{id}", self.config.server_name),
@@ -436,6 +433,15 @@ impl Media {
         }
         Ok(out)
     }
+}
+
+/// The width and height of an image, when its format is recognised from its first bytes and
+/// its header reads.
+pub fn image_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    image::ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .ok()
+        .and_then(|r| r.into_dimensions().ok())
 }
 
 /// `og:*` and `<title>` of an HTML page, as preview JSON.

@@ -298,28 +298,52 @@ impl RemoteKeys {
         &self,
         request: &http::Request<Vec<u8>>,
     ) -> Result<ruma::OwnedServerName> {
-        let x = XMatrix::extract_from_http_headers(request.headers()).map_err(|e| {
-            unauthorized(format!("missing or malformed X-Matrix authorization: {e}"))
-        })?;
-        let destination = ServerName::parse(&self.own_name)
-            .map_err(|e| Error::internal(format!("own server name: {e}")))?;
-        if x.destination.as_deref().is_some_and(|d| d != destination) {
-            return Err(unauthorized("the request is addressed to another server"));
-        }
+        let (x, destination) = read_x_matrix(request, &self.own_name)?;
         let public = self
             .key(x.origin.as_str(), x.key.as_str(), now_ms())
             .await
             .map_err(|e| unauthorized(format!("cannot get the signing key of {}: {e}", x.origin)))?
             .ok_or_else(|| unauthorized(format!("{} has no valid key {}", x.origin, x.key)))?;
-        let public = b64(&public).map_err(|_| unauthorized("the origin's key is not base64"))?;
-        let map = BTreeMap::from([(
-            x.origin.to_string(),
-            BTreeMap::from([(x.key.to_string(), Base64::new(public))]),
-        )]);
-        x.verify_http_request(request, &destination, &map)
-            .map_err(|e| unauthorized(format!("bad X-Matrix signature: {e}")))?;
+        verify_x_matrix(&x, request, &destination, &public)?;
         Ok(x.origin)
     }
+}
+
+/// The `X-Matrix` authorization of a request to `own_name`, read and checked to be addressed
+/// here but not yet verified, with this server's name as the destination it is verified for.
+pub fn read_x_matrix(
+    request: &http::Request<Vec<u8>>,
+    own_name: &str,
+) -> Result<(XMatrix, ruma::OwnedServerName)> {
+    let x = XMatrix::extract_from_http_headers(request.headers())
+        .map_err(|e| unauthorized(format!("missing or malformed X-Matrix authorization: {e}")))?;
+    let destination = ServerName::parse(own_name)
+        .map_err(|e| Error::internal(format!("own server name: {e}")))?;
+    if x.destination.as_deref().is_some_and(|d| d != destination) {
+        return Err(unauthorized("the request is addressed to another server"));
+    }
+    Ok((x, destination))
+}
+
+/// Verifies the signature of an `X-Matrix` authorization (from [`read_x_matrix`]) over
+/// `request` with the origin's public key `public` (unpadded base64).
+pub fn verify_x_matrix(
+    x: &XMatrix,
+    request: &http::Request<Vec<u8>>,
+    destination: &ServerName,
+    public: &str,
+) -> Result<()> {
+    // What is signed includes the path; ruma panics on a request without one.
+    if request.uri().path_and_query().is_none() {
+        return Err(unauthorized("the request has no path"));
+    }
+    let public = b64(public).map_err(|_| unauthorized("the origin's key is not base64"))?;
+    let map = BTreeMap::from([(
+        x.origin.to_string(),
+        BTreeMap::from([(x.key.to_string(), Base64::new(public))]),
+    )]);
+    x.verify_http_request(request, destination, &map)
+        .map_err(|e| unauthorized(format!("bad X-Matrix signature: {e}")))
 }
 
 #[cfg(test)]
@@ -422,6 +446,28 @@ mod tests {
         let impostor = setup().remote;
         let forged = signed_request(&impostor, "local.test", "{}");
         assert!(is_unauthorized(&s.local.verify_request(&forged).await));
+    }
+
+    // Issue 15 (found by the x_matrix fuzz target): ruma panics on a request without a path;
+    // such a request is unauthorized, and one is never signed.
+    #[test]
+    fn requests_without_a_path_are_refused_not_a_panic() {
+        let s = setup();
+        let mut req = signed_request(&s.remote, "local.test", "{}");
+        *req.uri_mut() = http::Uri::from_static("local.test");
+        let (x, destination) = read_x_matrix(&req, "local.test")
+            .unwrap_or_else(|e| unreachable!("the header reads: {e}"));
+        let verified = verify_x_matrix(&x, &req, &destination, &s.remote.public_key_base64());
+        assert!(matches!(verified, Err(e) if e.kind() == Some(&ErrorKind::Unauthorized)));
+        let signed = crate::federation::request::signed_http_request(
+            s.remote.keypair(),
+            "remote.test",
+            &destination,
+            http::Method::GET,
+            "local.test",
+            Vec::new(),
+        );
+        assert!(signed.is_err());
     }
 
     #[test]

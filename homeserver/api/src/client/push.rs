@@ -160,8 +160,7 @@ pub(crate) async fn get_notifications_route(
     let id = req.user()?;
     let from = match &req.body.from {
         Some(t) => Some(
-            t.strip_prefix('n')
-                .and_then(|n| n.parse::<u64>().ok())
+            paracord_service::sync::parse_offset_token::<u64>('n', t)
                 .ok_or_else(|| Error::invalid_param("invalid from token"))?,
         ),
         None => None,

@@ -27,7 +27,14 @@ pub(crate) async fn create_guild_route(
     let body = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| Error::too_large(format!("the body is larger than {limit} bytes")))?;
-    let body: Value = serde_json::from_slice(&body).map_err(|e| Error::not_json(e.to_string()))?;
+    let new = new_guild(&body)?;
+    let profile = state.accounts.profile(&user).unwrap_or((None, None));
+    Ok(Json(create_guild(&state.rooms, &user, new, profile).await?))
+}
+
+/// The guild a `POST /_paracord/v1/guilds` body asks for.
+pub(crate) fn new_guild(body: &[u8]) -> ApiResult<NewGuild> {
+    let body: Value = serde_json::from_slice(body).map_err(|e| Error::not_json(e.to_string()))?;
     let text = |k: &str| -> ApiResult<Option<String>> {
         match body.get(k) {
             None | Some(Value::Null) => Ok(None),
@@ -35,13 +42,11 @@ pub(crate) async fn create_guild_route(
             Some(_) => Err(Error::bad_json(format!("{k} must be a string")).into()),
         }
     };
-    let new = NewGuild {
+    Ok(NewGuild {
         name: text("name")?.ok_or_else(|| Error::missing_param("name is required"))?,
         description: text("description")?,
         icon: text("icon")?,
-    };
-    let profile = state.accounts.profile(&user).unwrap_or((None, None));
-    Ok(Json(create_guild(&state.rooms, &user, new, profile).await?))
+    })
 }
 
 /// `GET /_paracord/v1/guilds/{guildId}`

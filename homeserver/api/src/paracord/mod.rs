@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::{ruma_wrapper::access_token, ApiResult, AppState};
 
 mod channels;
-mod guilds;
+pub(crate) mod guilds;
 mod members;
 pub(crate) mod relay;
 
@@ -127,15 +127,24 @@ pub(crate) async fn json_value(state: &AppState, body: axum::body::Body) -> ApiR
     let bytes = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| Error::too_large(format!("the body is larger than {limit} bytes")))?;
+    json_of(&bytes)
+}
+
+/// A request body as JSON of any shape (an empty body is `{}`).
+pub(crate) fn json_of(bytes: &[u8]) -> ApiResult<Value> {
     if bytes.is_empty() {
         return Ok(Value::Object(Default::default()));
     }
-    serde_json::from_slice(&bytes).map_err(|e| Error::not_json(e.to_string()).into())
+    serde_json::from_slice(bytes).map_err(|e| Error::not_json(e.to_string()).into())
 }
 
 /// The request body as a JSON object (an empty body is `{}`).
 pub(crate) async fn json_body(state: &AppState, body: axum::body::Body) -> ApiResult<Value> {
-    let v = json_value(state, body).await?;
+    object_of(json_value(state, body).await?)
+}
+
+/// A request body that must be a JSON object.
+pub(crate) fn object_of(v: Value) -> ApiResult<Value> {
     if !v.is_object() {
         return Err(Error::bad_json("the body must be a JSON object").into());
     }
@@ -144,7 +153,12 @@ pub(crate) async fn json_body(state: &AppState, body: axum::body::Body) -> ApiRe
 
 /// The request body as a JSON array.
 pub(crate) async fn json_array(state: &AppState, body: axum::body::Body) -> ApiResult<Vec<Value>> {
-    match json_value(state, body).await? {
+    array_of(json_value(state, body).await?)
+}
+
+/// A request body that must be a JSON array.
+pub(crate) fn array_of(v: Value) -> ApiResult<Vec<Value>> {
+    match v {
         Value::Array(a) => Ok(a),
         _ => Err(Error::bad_json("the body must be a JSON array").into()),
     }

@@ -167,8 +167,56 @@ pub(crate) async fn relay_route(
     if let Some(done) = relay::answered(&state.db, &origin, &txn_id)? {
         return Ok(Json(done));
     }
+    let Relayed {
+        user,
+        method,
+        uri,
+        body,
+    } = relayed_request(&bytes, &origin, &state.config.server_name)?;
+    let mut inner = http::Request::new(Body::from(body));
+    *inner.method_mut() = method;
+    *inner.uri_mut() = uri;
+    inner.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    inner.extensions_mut().insert(RelayedUser(user));
+    let router = super::routes()
+        .fallback(|| async { ApiError(Error::unrecognized("unrecognized request")) })
+        .with_state(state.clone());
+    let response = match router.oneshot(inner).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    let status = response.status().as_u16();
+    let body = axum::body::to_bytes(response.into_body(), MAX_ANSWER)
+        .await
+        .map_err(|e| Error::internal(format!("reading a relayed answer: {e}")))?;
+    let body: Value = serde_json::from_slice(&body).unwrap_or_else(|_| json!({}));
+    let answer = json!({ "status": status, "body": body });
+    relay::remember(&state.db, &origin, &txn_id, &answer)?;
+    Ok(Json(answer))
+}
+
+/// A request relayed to the guild host (the body of `PUT /_paracord/federation/v1/relay/…`).
+#[derive(Debug)]
+pub(crate) struct Relayed {
+    /// The user of the asking server the request is for.
+    pub(crate) user: OwnedUserId,
+    pub(crate) method: Method,
+    pub(crate) uri: http::Uri,
+    pub(crate) body: Vec<u8>,
+}
+
+/// Reads and checks the body of a relay from `origin` to `own_name`: a user of `origin`, and
+/// a `/_paracord/v1` request other than creating a guild.
+pub(crate) fn relayed_request(
+    bytes: &[u8],
+    origin: &ruma::ServerName,
+    own_name: &str,
+) -> ApiResult<Relayed> {
     let relayed: Value =
-        serde_json::from_slice(&bytes).map_err(|e| Error::not_json(e.to_string()))?;
+        serde_json::from_slice(bytes).map_err(|e| Error::not_json(e.to_string()))?;
     let field = |k: &str| -> Result<&str, Error> {
         match relayed.get(k) {
             Some(Value::String(s)) => Ok(s),
@@ -178,7 +226,7 @@ pub(crate) async fn relay_route(
     };
     let user = OwnedUserId::try_from(field("user_id")?)
         .map_err(|_| Error::invalid_param("user_id is not a user id"))?;
-    if user.server_name() != origin || origin.as_str() == state.config.server_name {
+    if user.server_name() != origin || origin.as_str() == own_name {
         return Err(Error::forbidden(format!("{origin} cannot act for {user}")).into());
     }
     let method = match field("method")? {
@@ -203,27 +251,10 @@ pub(crate) async fn relay_route(
         None | Some(Value::Null) => Vec::new(),
         Some(v) => serde_json::to_vec(v).map_err(Error::from)?,
     };
-    let mut inner = http::Request::new(Body::from(body));
-    *inner.method_mut() = method;
-    *inner.uri_mut() = uri;
-    inner.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    inner.extensions_mut().insert(RelayedUser(user));
-    let router = super::routes()
-        .fallback(|| async { ApiError(Error::unrecognized("unrecognized request")) })
-        .with_state(state.clone());
-    let response = match router.oneshot(inner).await {
-        Ok(r) => r,
-        Err(never) => match never {},
-    };
-    let status = response.status().as_u16();
-    let body = axum::body::to_bytes(response.into_body(), MAX_ANSWER)
-        .await
-        .map_err(|e| Error::internal(format!("reading a relayed answer: {e}")))?;
-    let body: Value = serde_json::from_slice(&body).unwrap_or_else(|_| json!({}));
-    let answer = json!({ "status": status, "body": body });
-    relay::remember(&state.db, &origin, &txn_id, &answer)?;
-    Ok(Json(answer))
+    Ok(Relayed {
+        user,
+        method,
+        uri,
+        body,
+    })
 }

@@ -24,7 +24,7 @@ pub struct Edus {
 }
 
 /// A user id of `origin`, or `None`.
-fn user_of(origin: &ServerName, v: &Value) -> Option<OwnedUserId> {
+pub(crate) fn user_of(origin: &ServerName, v: &Value) -> Option<OwnedUserId> {
     v.as_str()
         .and_then(|u| OwnedUserId::try_from(u).ok())
         .filter(|u| u.server_name() == origin)

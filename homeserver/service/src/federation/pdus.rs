@@ -7,7 +7,10 @@
 //!
 //! Spec: https://spec.matrix.org/v1.19/server-server-api/#pdus
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+};
 
 use paracord_core::{
     config::SUPPORTED_ROOM_VERSIONS, time::now_ms, Config, Error, ErrorKind, Result,
@@ -43,16 +46,53 @@ use crate::{
 };
 
 /// A PDU whose format is checked and whose signers' keys are at hand.
-struct Prepared {
-    obj: CanonicalJsonObject,
-    event_id: OwnedEventId,
-    keys: PublicKeyMap,
-    rules: ruma::room_version_rules::RoomVersionRules,
+pub(crate) struct Prepared {
+    pub(crate) obj: CanonicalJsonObject,
+    pub(crate) event_id: OwnedEventId,
+    pub(crate) keys: PublicKeyMap,
+    pub(crate) rules: ruma::room_version_rules::RoomVersionRules,
+}
+
+/// A PDU whose format and size are checked, with its event id and the servers that must have
+/// signed it.
+pub(crate) struct Formatted {
+    pub(crate) obj: CanonicalJsonObject,
+    pub(crate) event_id: OwnedEventId,
+    pub(crate) rules: ruma::room_version_rules::RoomVersionRules,
+    pub(crate) servers: BTreeSet<OwnedServerName>,
+}
+
+/// The checks of a PDU of a room version that need nothing but the PDU: canonical JSON, size,
+/// the version's event format, the event id, and which servers must have signed it.
+pub(crate) fn check_format(version: &str, value: &Value) -> std::result::Result<Formatted, String> {
+    let rules = version_rules(version)?;
+    let mut obj = to_canonical_object(value.clone()).map_err(|e| e.to_string())?;
+    obj.remove("unsigned");
+    // Checked here too for a readable reason (ruma's message leaves its limit unfilled).
+    let size = serde_json::to_vec(&obj).map_err(|e| e.to_string())?.len();
+    if size > MAX_PDU_BYTES {
+        return Err(format!(
+            "the PDU is {size} bytes of canonical JSON, more than {MAX_PDU_BYTES}"
+        ));
+    }
+    check_pdu_format(&lenient_state_key(&obj), &rules.event_format)?;
+    let event_id = crate::rooms::pdu::event_id_of(&obj, &rules)?;
+    let servers = required_server_signatures_to_verify_event(&obj, &rules.signatures)
+        .map_err(|e| format!("{event_id}: {e}"))?;
+    Ok(Formatted {
+        obj,
+        event_id,
+        rules,
+        servers,
+    })
 }
 
 /// The CPU part of a PDU's checks: signatures, content hash (a mismatch redacts it), parsing,
 /// and that it belongs to `room_id`.
-fn finish_pdu(p: Prepared, room_id: Option<&RoomId>) -> std::result::Result<Checked, String> {
+pub(crate) fn finish_pdu(
+    p: Prepared,
+    room_id: Option<&RoomId>,
+) -> std::result::Result<Checked, String> {
     let Prepared {
         mut obj,
         event_id,
@@ -266,6 +306,35 @@ fn pdu_list(v: &Value, key: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// The room a PDU of a transaction names.
+pub(crate) fn room_of(value: &Value) -> Option<OwnedRoomId> {
+    value
+        .get("room_id")
+        .and_then(Value::as_str)
+        .and_then(|r| OwnedRoomId::try_from(r).ok())
+}
+
+/// The server of a PDU's sender.
+pub(crate) fn sender_server(value: &Value) -> Option<OwnedServerName> {
+    value
+        .get("sender")
+        .and_then(Value::as_str)
+        .and_then(|s| <&UserId>::try_from(s).ok())
+        .map(|u| u.server_name().to_owned())
+}
+
+/// The PDUs and EDUs of a transaction's body, at most [`MAX_TXN_PDUS`] and [`MAX_TXN_EDUS`].
+pub(crate) fn transaction_items(body: &Value) -> Result<(Vec<Value>, Vec<Value>)> {
+    let pdus = pdu_list(body, "pdus");
+    let edus = pdu_list(body, "edus");
+    if pdus.len() > MAX_TXN_PDUS || edus.len() > MAX_TXN_EDUS {
+        return Err(Error::bad_json(format!(
+            "a transaction carries at most {MAX_TXN_PDUS} PDUs and {MAX_TXN_EDUS} EDUs"
+        )));
+    }
+    Ok((pdus, edus))
+}
+
 impl Pdus {
     pub fn new(
         edus: super::edus::Edus,
@@ -368,20 +437,12 @@ impl Pdus {
         version: &str,
         value: &Value,
     ) -> std::result::Result<Prepared, String> {
-        let rules = version_rules(version)?;
-        let mut obj = to_canonical_object(value.clone()).map_err(|e| e.to_string())?;
-        obj.remove("unsigned");
-        // Checked here too for a readable reason (ruma's message leaves its limit unfilled).
-        let size = serde_json::to_vec(&obj).map_err(|e| e.to_string())?.len();
-        if size > MAX_PDU_BYTES {
-            return Err(format!(
-                "the PDU is {size} bytes of canonical JSON, more than {MAX_PDU_BYTES}"
-            ));
-        }
-        check_pdu_format(&lenient_state_key(&obj), &rules.event_format)?;
-        let event_id = crate::rooms::pdu::event_id_of(&obj, &rules)?;
-        let servers = required_server_signatures_to_verify_event(&obj, &rules.signatures)
-            .map_err(|e| format!("{event_id}: {e}"))?;
+        let Formatted {
+            obj,
+            event_id,
+            rules,
+            servers,
+        } = check_format(version, value)?;
         let ts = match obj.get("origin_server_ts") {
             Some(CanonicalJsonValue::Integer(i)) => u64::try_from(i64::from(*i)).unwrap_or(0),
             _ => 0,
@@ -918,13 +979,7 @@ impl Pdus {
         {
             return Ok(serde_json::from_slice(&done)?);
         }
-        let pdus = pdu_list(body, "pdus");
-        let edus = pdu_list(body, "edus");
-        if pdus.len() > MAX_TXN_PDUS || edus.len() > MAX_TXN_EDUS {
-            return Err(Error::bad_json(format!(
-                "a transaction carries at most {MAX_TXN_PDUS} PDUs and {MAX_TXN_EDUS} EDUs"
-            )));
-        }
+        let (pdus, edus) = transaction_items(body)?;
         let budget = FetchBudget {
             bytes_left: self.config.federation_fetch_budget_bytes,
             deadline: tokio::time::Instant::now()
@@ -960,11 +1015,7 @@ impl Pdus {
     ) -> Result<serde_json::Map<String, Value>> {
         let mut results = serde_json::Map::new();
         for value in pdus {
-            let Some(room_id) = value
-                .get("room_id")
-                .and_then(Value::as_str)
-                .and_then(|r| OwnedRoomId::try_from(r).ok())
-            else {
+            let Some(room_id) = room_of(value) else {
                 debug!(%origin, "a PDU without a room id in a transaction");
                 continue;
             };
@@ -990,11 +1041,7 @@ impl Pdus {
                 }
             };
             // Both the server sending the PDU and the server of its sender must be admitted.
-            let sender_server = value
-                .get("sender")
-                .and_then(Value::as_str)
-                .and_then(|s| <&UserId>::try_from(s).ok())
-                .map(|u| u.server_name().to_owned());
+            let sender_server = sender_server(value);
             let outcome = match self.acl_allows(&room_id, origin).and_then(|()| {
                 sender_server
                     .as_deref()

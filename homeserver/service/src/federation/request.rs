@@ -4,6 +4,7 @@
 use paracord_core::{Error, ErrorKind, Result};
 use ruma::{
     api::federation::authentication::{XMatrix, XMatrixSigningInput},
+    signatures::Ed25519KeyPair,
     OwnedServerName, ServerName,
 };
 use serde_json::Value;
@@ -40,22 +41,7 @@ pub async fn signed_request(
         Some(b) => serde_json::to_vec(b)?,
         None => Vec::new(),
     };
-    let mut request = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(bytes)
-        .map_err(|e| Error::internal(format!("federation request: {e}")))?;
-    let origin = OwnedServerName::try_from(origin)
-        .map_err(|e| Error::internal(format!("own server name: {e}")))?;
-    let x = XMatrix::sign_http_request(
-        &request,
-        XMatrixSigningInput::new(origin, destination.to_owned(), keys.keypair()),
-    )
-    .map_err(|e| Error::internal(format!("signing a federation request: {e}")))?;
-    request
-        .headers_mut()
-        .insert(http::header::AUTHORIZATION, http::HeaderValue::from(&x));
+    let request = signed_http_request(keys.keypair(), origin, destination, method, path, bytes)?;
     client.send(destination, request).await.map_err(|e| {
         // The detail (a connect error, an address the guard refused) is for the log only: it
         // would tell the client about this server's network.
@@ -66,6 +52,41 @@ pub async fn signed_request(
             format!("could not reach the remote server {destination}"),
         )
     })
+}
+
+/// The request `method path` with a JSON `body` from `origin` to `destination`, with its
+/// `X-Matrix` authorization signed by `keypair`.
+pub fn signed_http_request(
+    keypair: &Ed25519KeyPair,
+    origin: &str,
+    destination: &ServerName,
+    method: http::Method,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<http::Request<Vec<u8>>> {
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .map_err(|e| Error::internal(format!("federation request: {e}")))?;
+    // What is signed includes the path; ruma panics on a request without one.
+    if request.uri().path_and_query().is_none() {
+        return Err(Error::internal(format!(
+            "federation request to {path:?} without a path"
+        )));
+    }
+    let origin = OwnedServerName::try_from(origin)
+        .map_err(|e| Error::internal(format!("own server name: {e}")))?;
+    let x = XMatrix::sign_http_request(
+        &request,
+        XMatrixSigningInput::new(origin, destination.to_owned(), keypair),
+    )
+    .map_err(|e| Error::internal(format!("signing a federation request: {e}")))?;
+    request
+        .headers_mut()
+        .insert(http::header::AUTHORIZATION, http::HeaderValue::from(&x));
+    Ok(request)
 }
 
 /// Turns another server's error answer into ours: its 404 stays a 404, anything else is a

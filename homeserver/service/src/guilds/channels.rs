@@ -41,7 +41,7 @@ const MAX_RATE_LIMIT: i64 = 21_600;
 
 /// A field of a request body: absent (keep the current value), `null` (remove it) or a value.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Field<T> {
+pub(crate) enum Field<T> {
     Keep,
     Remove,
     Set(T),
@@ -82,6 +82,15 @@ fn integer(body: &Value, key: &str, max: i64) -> Result<Option<i64>> {
 
 fn room_id(key: &str, s: &str) -> Result<OwnedRoomId> {
     OwnedRoomId::try_from(s).map_err(|_| Error::invalid_param(format!("{key} must be a room id")))
+}
+
+/// A room id field: absent, `null` or a room id.
+fn room_field(body: &Value, key: &str) -> Result<Field<OwnedRoomId>> {
+    Ok(match text(body, key)? {
+        Field::Keep => Field::Keep,
+        Field::Remove => Field::Remove,
+        Field::Set(s) => Field::Set(room_id(key, &s)?),
+    })
 }
 
 fn name_of(key: &str, s: String) -> Result<String> {
@@ -744,42 +753,11 @@ pub async fn update_guild(
         "MANAGE_GUILD",
     )?;
     let old = guild_content(rooms, guild_id)?;
-    for (key, current) in [("owner", &old.owner), ("version", &old.version)] {
-        if let Some(v) = body.get(key) {
-            if v.as_str() != Some(current.as_str()) {
-                return Err(Error::invalid_param(format!("{key} cannot be changed")));
-            }
-        }
-    }
-    let mut new = old.clone();
-    match text(body, "name")? {
-        Field::Keep => {}
-        Field::Remove => return Err(Error::invalid_param("a guild must have a name")),
-        Field::Set(s) => new.name = name_of("name", s)?,
-    }
-    match text(body, "description")? {
-        Field::Keep => {}
-        Field::Remove => new.description = None,
-        Field::Set(s) if s.chars().count() > MAX_DESCRIPTION => {
-            return Err(Error::invalid_param(format!(
-                "description has at most {MAX_DESCRIPTION} characters"
-            )))
-        }
-        Field::Set(s) => new.description = Some(s),
-    }
-    match text(body, "icon")? {
-        Field::Keep => {}
-        Field::Remove => new.icon = None,
-        Field::Set(s) if !s.starts_with("mxc://") => {
-            return Err(Error::invalid_param("icon must be an mxc:// URI"))
-        }
-        Field::Set(s) => new.icon = Some(s),
-    }
-    match text(body, "system_channel")? {
+    let (mut new, system_channel) = changed_guild(&old, body)?;
+    match system_channel {
         Field::Keep => {}
         Field::Remove => new.system_channel = None,
-        Field::Set(s) => {
-            let id = room_id("system_channel", &s)?;
+        Field::Set(id) => {
             if !guild_channels(rooms, guild_id)?
                 .iter()
                 .any(|c| c.id == id && c.content.kind == ChannelKind::Text)
@@ -814,6 +792,47 @@ pub async fn update_guild(
         send_state(rooms, guild_id, &owner, "m.room.avatar", "", avatar).await?;
     }
     guild_object(rooms, guild_id)
+}
+
+/// The guild settings as `body` changes them, but for `system_channel`, returned apart: it
+/// must be checked against the guild's channels.
+pub(crate) fn changed_guild(
+    old: &GuildContent,
+    body: &Value,
+) -> Result<(GuildContent, Field<OwnedRoomId>)> {
+    for (key, current) in [("owner", &old.owner), ("version", &old.version)] {
+        if let Some(v) = body.get(key) {
+            if v.as_str() != Some(current.as_str()) {
+                return Err(Error::invalid_param(format!("{key} cannot be changed")));
+            }
+        }
+    }
+    let mut new = old.clone();
+    match text(body, "name")? {
+        Field::Keep => {}
+        Field::Remove => return Err(Error::invalid_param("a guild must have a name")),
+        Field::Set(s) => new.name = name_of("name", s)?,
+    }
+    match text(body, "description")? {
+        Field::Keep => {}
+        Field::Remove => new.description = None,
+        Field::Set(s) if s.chars().count() > MAX_DESCRIPTION => {
+            return Err(Error::invalid_param(format!(
+                "description has at most {MAX_DESCRIPTION} characters"
+            )))
+        }
+        Field::Set(s) => new.description = Some(s),
+    }
+    match text(body, "icon")? {
+        Field::Keep => {}
+        Field::Remove => new.icon = None,
+        Field::Set(s) if !s.starts_with("mxc://") => {
+            return Err(Error::invalid_param("icon must be an mxc:// URI"))
+        }
+        Field::Set(s) => new.icon = Some(s),
+    }
+    let system_channel = room_field(body, "system_channel")?;
+    Ok((new, system_channel))
 }
 
 async fn write_guild(
@@ -882,20 +901,10 @@ pub async fn create_channel(
     let owner = host_owner(rooms, &guild)?;
     let member = load_member(rooms, guild_id, actor)?;
     let now = now_ms();
-    let name = match text(body, "name")? {
-        Field::Set(s) => name_of("name", s)?,
-        Field::Keep => return Err(Error::missing_param("name is required")),
-        Field::Remove => return Err(Error::bad_json("name must be a string")),
-    };
-    let kind = match body.get("kind") {
-        None => return Err(Error::missing_param("kind is required")),
-        Some(Value::String(s)) => kind_of(s)?,
-        Some(_) => return Err(Error::bad_json("kind must be a string")),
-    };
+    let (name, kind) = new_channel_name_kind(body)?;
     let all = guild_channels(rooms, guild_id)?;
-    let parent = match text(body, "parent")? {
-        Field::Set(s) => {
-            let id = room_id("parent", &s)?;
+    let parent = match room_field(body, "parent")? {
+        Field::Set(id) => {
             let category = all
                 .iter()
                 .find(|c| c.id == id && c.content.kind == ChannelKind::Category)
@@ -921,19 +930,14 @@ pub async fn create_channel(
         Permissions::MANAGE_CHANNELS,
         "MANAGE_CHANNELS",
     )?;
-    let topic = match text(body, "topic")? {
-        Field::Set(s) if s.chars().count() > MAX_TOPIC => {
-            return Err(Error::invalid_param(format!(
-                "topic has at most {MAX_TOPIC} characters"
-            )))
-        }
-        Field::Set(s) if !s.is_empty() => Some(s),
-        _ => None,
-    };
-    let position = integer(body, "position", i64::MAX)?;
-    let nsfw = flag(body, "nsfw")?;
-    let rate_limit = integer(body, "rate_limit_per_user", MAX_RATE_LIMIT)?;
-    let entries = match overwrite_list(body.get("permission_overwrites"))? {
+    let NewChannelSettings {
+        topic,
+        position,
+        nsfw,
+        rate_limit,
+        overwrites: given,
+    } = new_channel_settings(body)?;
+    let entries = match given {
         Some(list) => {
             if !list.is_empty() {
                 require(actor_permissions, Permissions::MANAGE_ROLES, "MANAGE_ROLES")?;
@@ -1087,13 +1091,13 @@ async fn join_local_members(rooms: &Rooms, guild_id: &RoomId, channel: &RoomId) 
 
 /// One item of `PATCH /guilds/{id}/channels`.
 #[derive(Debug, PartialEq, Eq)]
-struct Move {
+pub(crate) struct Move {
     id: OwnedRoomId,
     position: Option<i64>,
     parent: Field<OwnedRoomId>,
 }
 
-fn moves_of(items: &[Value]) -> Result<Vec<Move>> {
+pub(crate) fn moves_of(items: &[Value]) -> Result<Vec<Move>> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::with_capacity(items.len());
     for item in items {
@@ -1110,11 +1114,7 @@ fn moves_of(items: &[Value]) -> Result<Vec<Move>> {
         if !seen.insert(id.clone()) {
             return Err(Error::invalid_param(format!("{id} is listed twice")));
         }
-        let parent = match text(item, "parent")? {
-            Field::Keep => Field::Keep,
-            Field::Remove => Field::Remove,
-            Field::Set(s) => Field::Set(room_id("parent", &s)?),
-        };
+        let parent = room_field(item, "parent")?;
         out.push(Move {
             id,
             position: integer(item, "position", i64::MAX)?,
@@ -1155,6 +1155,50 @@ fn moved(
         }
     }
     Ok(content)
+}
+
+/// The name and kind of a new channel (`POST /guilds/{id}/channels`).
+pub(crate) fn new_channel_name_kind(body: &Value) -> Result<(String, ChannelKind)> {
+    let name = match text(body, "name")? {
+        Field::Set(s) => name_of("name", s)?,
+        Field::Keep => return Err(Error::missing_param("name is required")),
+        Field::Remove => return Err(Error::bad_json("name must be a string")),
+    };
+    let kind = match body.get("kind") {
+        None => return Err(Error::missing_param("kind is required")),
+        Some(Value::String(s)) => kind_of(s)?,
+        Some(_) => return Err(Error::bad_json("kind must be a string")),
+    };
+    Ok((name, kind))
+}
+
+/// The settings of a new channel besides its name, kind and parent.
+#[derive(Debug)]
+pub(crate) struct NewChannelSettings {
+    pub(crate) topic: Option<String>,
+    pub(crate) position: Option<i64>,
+    pub(crate) nsfw: Option<bool>,
+    pub(crate) rate_limit: Option<i64>,
+    pub(crate) overwrites: Option<Vec<(OverwriteTarget, Overwrite)>>,
+}
+
+pub(crate) fn new_channel_settings(body: &Value) -> Result<NewChannelSettings> {
+    let topic = match text(body, "topic")? {
+        Field::Set(s) if s.chars().count() > MAX_TOPIC => {
+            return Err(Error::invalid_param(format!(
+                "topic has at most {MAX_TOPIC} characters"
+            )))
+        }
+        Field::Set(s) if !s.is_empty() => Some(s),
+        _ => None,
+    };
+    Ok(NewChannelSettings {
+        topic,
+        position: integer(body, "position", i64::MAX)?,
+        nsfw: flag(body, "nsfw")?,
+        rate_limit: integer(body, "rate_limit_per_user", MAX_RATE_LIMIT)?,
+        overwrites: overwrite_list(body.get("permission_overwrites"))?,
+    })
 }
 
 /// `PATCH /guilds/{id}/channels`: MANAGE_CHANNELS guild-wide. Reorders and re-parents the
@@ -1210,34 +1254,15 @@ pub async fn update_channel(
     let owner = host_owner(rooms, &ctx.guild)?;
     let (_, p) = viewer(rooms, &ctx, actor)?;
     require(p, Permissions::MANAGE_CHANNELS, "MANAGE_CHANNELS")?;
-    let name = match text(body, "name")? {
-        Field::Keep => None,
-        Field::Remove => return Err(Error::invalid_param("a channel must have a name")),
-        Field::Set(s) => Some(name_of("name", s)?),
-    };
-    let topic = match text(body, "topic")? {
-        Field::Set(s) if s.chars().count() > MAX_TOPIC => {
-            return Err(Error::invalid_param(format!(
-                "topic has at most {MAX_TOPIC} characters"
-            )))
-        }
-        Field::Set(s) if s.is_empty() => Field::Remove,
-        other => other,
-    };
-    let kind = match body.get("kind") {
-        None => None,
-        Some(Value::String(s)) => Some(kind_of(s)?),
-        Some(_) => return Err(Error::bad_json("kind must be a string")),
-    };
-    let parent = match text(body, "parent")? {
-        Field::Keep => Field::Keep,
-        Field::Remove => Field::Remove,
-        Field::Set(s) => Field::Set(room_id("parent", &s)?),
-    };
-    let position = integer(body, "position", i64::MAX)?;
-    let nsfw = flag(body, "nsfw")?;
-    let rate_limit = integer(body, "rate_limit_per_user", MAX_RATE_LIMIT)?;
-
+    let ChannelUpdate {
+        name,
+        topic,
+        kind,
+        parent,
+        position,
+        nsfw,
+        rate_limit,
+    } = channel_update(body)?;
     let all = guild_channels(rooms, &ctx.guild_id)?;
     let mut content = moved(&all, &ctx.channel, position, &parent)?;
     if let Some(k) = kind {
@@ -1305,6 +1330,53 @@ pub async fn update_channel(
     apply_moves(rooms, pdus, &guild_id, &owner, vec![(ctx.channel, content)]).await?;
     let ctx = resolve(rooms, channel_id)?;
     channel_object(rooms, &ctx.guild_id, &ctx.channel, ctx.list)
+}
+
+/// What a `PATCH /channels/{id}` body changes.
+#[derive(Debug)]
+pub(crate) struct ChannelUpdate {
+    pub(crate) name: Option<String>,
+    pub(crate) topic: Field<String>,
+    pub(crate) kind: Option<ChannelKind>,
+    pub(crate) parent: Field<OwnedRoomId>,
+    pub(crate) position: Option<i64>,
+    pub(crate) nsfw: Option<bool>,
+    pub(crate) rate_limit: Option<i64>,
+}
+
+pub(crate) fn channel_update(body: &Value) -> Result<ChannelUpdate> {
+    let name = match text(body, "name")? {
+        Field::Keep => None,
+        Field::Remove => return Err(Error::invalid_param("a channel must have a name")),
+        Field::Set(s) => Some(name_of("name", s)?),
+    };
+    let topic = match text(body, "topic")? {
+        Field::Set(s) if s.chars().count() > MAX_TOPIC => {
+            return Err(Error::invalid_param(format!(
+                "topic has at most {MAX_TOPIC} characters"
+            )))
+        }
+        Field::Set(s) if s.is_empty() => Field::Remove,
+        other => other,
+    };
+    let kind = match body.get("kind") {
+        None => None,
+        Some(Value::String(s)) => Some(kind_of(s)?),
+        Some(_) => return Err(Error::bad_json("kind must be a string")),
+    };
+    let parent = room_field(body, "parent")?;
+    let position = integer(body, "position", i64::MAX)?;
+    let nsfw = flag(body, "nsfw")?;
+    let rate_limit = integer(body, "rate_limit_per_user", MAX_RATE_LIMIT)?;
+    Ok(ChannelUpdate {
+        name,
+        topic,
+        kind,
+        parent,
+        position,
+        nsfw,
+        rate_limit,
+    })
 }
 
 /// `DELETE /channels/{id}`: MANAGE_CHANNELS in the channel. A category's channels move to
@@ -1375,11 +1447,7 @@ pub async fn put_overwrite(
     let owner = host_owner(rooms, &ctx.guild)?;
     let (member, p) = viewer(rooms, &ctx, actor)?;
     require(p, Permissions::MANAGE_ROLES, "MANAGE_ROLES")?;
-    let target = target_of(overwrite_id)?;
-    let ow = Overwrite {
-        allow: permissions_of("allow", body.get("allow"))?,
-        deny: permissions_of("deny", body.get("deny"))?,
-    };
+    let (target, ow) = overwrite_request(overwrite_id, body)?;
     check_target_exists(rooms, &ctx.guild_id, &ctx.guild, &target)?;
     check_overwrite(&ctx.guild, &member, p, &target, ow)?;
     let key = target.state_key();
@@ -1397,6 +1465,19 @@ pub async fn put_overwrite(
     let mut v = overwrite_content(ow);
     v["id"] = json!(key);
     Ok(v)
+}
+
+/// The target and the overwrite of a `PUT /channels/{id}/permissions/{overwriteId}`.
+pub(crate) fn overwrite_request(
+    overwrite_id: &str,
+    body: &Value,
+) -> Result<(OverwriteTarget, Overwrite)> {
+    let target = target_of(overwrite_id)?;
+    let ow = Overwrite {
+        allow: permissions_of("allow", body.get("allow"))?,
+        deny: permissions_of("deny", body.get("deny"))?,
+    };
+    Ok((target, ow))
 }
 
 /// `DELETE /channels/{id}/permissions/{overwriteId}`: as for setting it, with the hierarchy

@@ -174,7 +174,30 @@ pub async fn modify_role(
     let state = rooms.current_state(guild_id)?;
     let old =
         role_content(rooms, &state, role_id)?.ok_or_else(|| Error::not_found("no such role"))?;
-    let everyone = role_id == EVERYONE;
+    let new = changed_role(&old, role_id == EVERYONE, body)?;
+    let me = load_member(rooms, guild_id, actor)?;
+    let granted = role_permissions(&new);
+    check_role(&guild, &me, old.position, granted)?;
+    if new.position != old.position {
+        check_role(&guild, &me, new.position, granted)?;
+    }
+    if new != old {
+        send_state(
+            rooms,
+            guild_id,
+            &owner,
+            ROLE_EVENT,
+            role_id,
+            serde_json::to_value(&new)?,
+        )
+        .await?;
+        reproject(rooms, guild_id).await?;
+    }
+    role_value(role_id, &new)
+}
+
+/// A role as `body` changes it (`everyone`: the role is @everyone).
+pub(crate) fn changed_role(old: &RoleContent, everyone: bool, body: &Value) -> Result<RoleContent> {
     let mut new = old.clone();
     if let Some(v) = body.get("name") {
         new.name = string(v, "name")?;
@@ -215,25 +238,7 @@ pub async fn modify_role(
             .ok_or_else(|| Error::invalid_param("permissions must be a u64 as a decimal string"))?
             .to_wire();
     }
-    let me = load_member(rooms, guild_id, actor)?;
-    let granted = role_permissions(&new);
-    check_role(&guild, &me, old.position, granted)?;
-    if new.position != old.position {
-        check_role(&guild, &me, new.position, granted)?;
-    }
-    if new != old {
-        send_state(
-            rooms,
-            guild_id,
-            &owner,
-            ROLE_EVENT,
-            role_id,
-            serde_json::to_value(&new)?,
-        )
-        .await?;
-        reproject(rooms, guild_id).await?;
-    }
-    role_value(role_id, &new)
+    Ok(new)
 }
 
 /// `PATCH /guilds/{id}/roles`: new positions for some roles, each move allowed by the
@@ -247,28 +252,7 @@ pub async fn reorder_roles(
 ) -> Result<Vec<Value>> {
     let guild = load_guild(rooms, guild_id)?;
     let owner = host_owner(rooms, &guild)?;
-    let mut moves: Vec<(String, i64)> = Vec::new();
-    for item in items {
-        if !item.is_object() {
-            return Err(Error::bad_json(
-                "each entry is an object with id and position",
-            ));
-        }
-        let id = string(
-            item.get("id")
-                .ok_or_else(|| Error::missing_param("each entry needs an id"))?,
-            "id",
-        )?;
-        let position = integer(
-            item.get("position")
-                .ok_or_else(|| Error::missing_param("each entry needs a position"))?,
-            "position",
-        )?;
-        if moves.iter().any(|(i, _)| *i == id) {
-            return Err(Error::invalid_param(format!("role {id} is listed twice")));
-        }
-        moves.push((id, position));
-    }
+    let moves = role_moves(items)?;
     let state = rooms.current_state(guild_id)?;
     let me = load_member(rooms, guild_id, actor)?;
     let mut changed = Vec::new();
@@ -309,6 +293,33 @@ pub async fn reorder_roles(
         reproject(rooms, guild_id).await?;
     }
     roles(rooms, guild_id)
+}
+
+/// The entries of a `PATCH /guilds/{id}/roles` body: role id and new position.
+pub(crate) fn role_moves(items: &[Value]) -> Result<Vec<(String, i64)>> {
+    let mut moves: Vec<(String, i64)> = Vec::new();
+    for item in items {
+        if !item.is_object() {
+            return Err(Error::bad_json(
+                "each entry is an object with id and position",
+            ));
+        }
+        let id = string(
+            item.get("id")
+                .ok_or_else(|| Error::missing_param("each entry needs an id"))?,
+            "id",
+        )?;
+        let position = integer(
+            item.get("position")
+                .ok_or_else(|| Error::missing_param("each entry needs a position"))?,
+            "position",
+        )?;
+        if moves.iter().any(|(i, _)| *i == id) {
+            return Err(Error::invalid_param(format!("role {id} is listed twice")));
+        }
+        moves.push((id, position));
+    }
+    Ok(moves)
 }
 
 /// `DELETE /guilds/{id}/roles/{roleId}`: the role leaves every member and every channel's
@@ -478,49 +489,11 @@ pub async fn modify_member(
 ) -> Result<Value> {
     let guild = load_guild(rooms, guild_id)?;
     let owner = host_owner(rooms, &guild)?;
-    let now = now_ms();
-    let nick = match body.get("nick") {
-        None => None,
-        Some(Value::Null) => Some(None),
-        Some(v) => {
-            let n = string(v, "nick")?;
-            if n.is_empty() || n.chars().count() > 32 {
-                return Err(Error::invalid_param("a nick has 1 to 32 characters"));
-            }
-            Some(Some(n))
-        }
-    };
-    let wanted_roles = match body.get("roles") {
-        None => None,
-        Some(Value::Array(a)) => {
-            let mut ids: Vec<String> = Vec::new();
-            for v in a {
-                let id = string(v, "roles")?;
-                if id != EVERYONE && !ids.contains(&id) {
-                    ids.push(id);
-                }
-            }
-            Some(ids)
-        }
-        Some(_) => return Err(Error::bad_json("roles must be an array of role ids")),
-    };
-    let timeout = match body.get("communication_disabled_until") {
-        None => None,
-        Some(Value::Null) => Some(None),
-        Some(v) => {
-            let until =
-                u64::try_from(integer(v, "communication_disabled_until")?).map_err(|_| {
-                    Error::invalid_param("communication_disabled_until is a time in ms")
-                })?;
-            if until > now.saturating_add(MAX_TIMEOUT_MS) {
-                return Err(Error::invalid_param(
-                    "a timeout reaches at most 28 days ahead",
-                ));
-            }
-            // A timeout in the past means none.
-            Some(Some(until).filter(|t| *t > now))
-        }
-    };
+    let MemberChanges {
+        nick,
+        roles: wanted_roles,
+        timeout,
+    } = member_changes(body, now_ms())?;
     if !rooms.is_joined(guild_id, target)? {
         return Err(Error::not_found("not a member of this guild"));
     }
@@ -591,6 +564,68 @@ pub async fn modify_member(
         }
     }
     member(rooms, guild_id, target, false)
+}
+
+/// What a `PATCH /guilds/{id}/members/{userId}` body asks for; each `None` is "no change",
+/// `Some(None)` a removal.
+#[derive(Debug)]
+pub(crate) struct MemberChanges {
+    pub(crate) nick: Option<Option<String>>,
+    /// Role ids, without @everyone and without repeats.
+    pub(crate) roles: Option<Vec<String>>,
+    /// The end of a timeout (ms), or none.
+    pub(crate) timeout: Option<Option<u64>>,
+}
+
+/// The changes a `PATCH /guilds/{id}/members/{userId}` body asks for at `now` (ms).
+pub(crate) fn member_changes(body: &Value, now: u64) -> Result<MemberChanges> {
+    let nick = match body.get("nick") {
+        None => None,
+        Some(Value::Null) => Some(None),
+        Some(v) => {
+            let n = string(v, "nick")?;
+            if n.is_empty() || n.chars().count() > 32 {
+                return Err(Error::invalid_param("a nick has 1 to 32 characters"));
+            }
+            Some(Some(n))
+        }
+    };
+    let wanted_roles = match body.get("roles") {
+        None => None,
+        Some(Value::Array(a)) => {
+            let mut ids: Vec<String> = Vec::new();
+            for v in a {
+                let id = string(v, "roles")?;
+                if id != EVERYONE && !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+            Some(ids)
+        }
+        Some(_) => return Err(Error::bad_json("roles must be an array of role ids")),
+    };
+    let timeout = match body.get("communication_disabled_until") {
+        None => None,
+        Some(Value::Null) => Some(None),
+        Some(v) => {
+            let until =
+                u64::try_from(integer(v, "communication_disabled_until")?).map_err(|_| {
+                    Error::invalid_param("communication_disabled_until is a time in ms")
+                })?;
+            if until > now.saturating_add(MAX_TIMEOUT_MS) {
+                return Err(Error::invalid_param(
+                    "a timeout reaches at most 28 days ahead",
+                ));
+            }
+            // A timeout in the past means none.
+            Some(Some(until).filter(|t| *t > now))
+        }
+    };
+    Ok(MemberChanges {
+        nick,
+        roles: wanted_roles,
+        timeout,
+    })
 }
 
 /// Re-projects the guild's power levels once a timeout has ended (spec/guilds.md §8: the
@@ -819,11 +854,7 @@ pub async fn ban(
 ) -> Result<Value> {
     let guild = load_guild(rooms, guild_id)?;
     let owner = host_owner(rooms, &guild)?;
-    let reason = match body.get("reason") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(string(v, "reason")?),
-    };
-    let seconds = bounded(body, "delete_message_seconds", 0, MAX_DELETE_SECONDS)?;
+    let (reason, seconds) = ban_request(body)?;
     let me = load_member(rooms, guild_id, actor)?;
     let them = load_member(rooms, guild_id, target)?;
     let is_member = matches!(
@@ -849,6 +880,16 @@ pub async fn ban(
     forget_member(rooms, guild_id, &owner, target).await?;
     reproject(rooms, guild_id).await?;
     Ok(json!({ "user_id": target, "reason": reason }))
+}
+
+/// A ban's reason and how many seconds of the user's messages it redacts.
+pub(crate) fn ban_request(body: &Value) -> Result<(Option<String>, u64)> {
+    let reason = match body.get("reason") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(string(v, "reason")?),
+    };
+    let seconds = bounded(body, "delete_message_seconds", 0, MAX_DELETE_SECONDS)?;
+    Ok((reason, seconds))
 }
 
 /// Redacts, as `redactor`, the messages `sender` sent to `room` at or after `since` (ms),
@@ -1160,8 +1201,7 @@ pub async fn create_invite(
     let guild_id = channel_guild(rooms, channel)?;
     let guild = load_guild(rooms, &guild_id)?;
     let owner = host_owner(rooms, &guild)?;
-    let max_age = bounded(body, "max_age", 86_400, MAX_INVITE_AGE)?;
-    let max_uses = bounded(body, "max_uses", 0, MAX_INVITE_USES)?;
+    let (max_age, max_uses) = invite_limits(body)?;
     let now = now_ms();
     let me = load_member(rooms, &guild_id, actor)?;
     let (o, _) = overwrites(rooms, channel)?;
@@ -1202,6 +1242,14 @@ pub async fn create_invite(
     )
     .await?;
     invite_value(rooms, &guild_id, &code, &invite)
+}
+
+/// A new invite's `max_age` (seconds) and `max_uses` (0: unlimited).
+pub(crate) fn invite_limits(body: &Value) -> Result<(u64, u64)> {
+    Ok((
+        bounded(body, "max_age", 86_400, MAX_INVITE_AGE)?,
+        bounded(body, "max_uses", 0, MAX_INVITE_USES)?,
+    ))
 }
 
 /// `GET /invites/{code}`: any user may preview a valid invite; anything else is unknown.

@@ -225,6 +225,31 @@ pub async fn create_role(
 ) -> Result<Value> {
     let guild = load_guild(rooms, guild_id)?;
     let member = load_member(rooms, guild_id, actor)?;
+    let content = new_role(body, |position, permissions| {
+        guild.may_manage_role(&member, position, permissions)
+    })?;
+    let id: String = crate::random::random_string(8);
+    let owner = host_owner(rooms, &guild)?;
+    send_state(
+        rooms,
+        guild_id,
+        &owner,
+        "chat.paracord.role",
+        &id,
+        serde_json::to_value(&content)?,
+    )
+    .await?;
+    let mut v = serde_json::to_value(&content)?;
+    v["id"] = json!(id);
+    Ok(v)
+}
+
+/// The role a `POST /guilds/{id}/roles` body asks for; `may_manage` tells whether the actor
+/// may create a role at a position with permissions.
+pub(crate) fn new_role(
+    body: &Value,
+    may_manage: impl FnOnce(i64, Permissions) -> bool,
+) -> Result<RoleContent> {
     let text = |k: &str, d: &str| -> Result<String> {
         match body.get(k) {
             None => Ok(d.to_owned()),
@@ -259,7 +284,7 @@ pub async fn create_role(
             "a role's position is at least 1 (@everyone is 0)",
         ));
     }
-    if !guild.may_manage_role(&member, position, permissions) {
+    if !may_manage(position, permissions) {
         return Err(Error::forbidden(
             "creating this role needs MANAGE_ROLES, a higher role of your own and every permission it grants",
         ));
@@ -275,20 +300,7 @@ pub async fn create_role(
     if content.name.is_empty() || content.name.chars().count() > 100 {
         return Err(Error::invalid_param("a role name has 1 to 100 characters"));
     }
-    let id: String = crate::random::random_string(8);
-    let owner = host_owner(rooms, &guild)?;
-    send_state(
-        rooms,
-        guild_id,
-        &owner,
-        "chat.paracord.role",
-        &id,
-        serde_json::to_value(&content)?,
-    )
-    .await?;
-    let mut v = serde_json::to_value(&content)?;
-    v["id"] = json!(id);
-    Ok(v)
+    Ok(content)
 }
 
 /// `PUT`/`DELETE /guilds/{id}/members/{userId}/roles/{roleId}`: MANAGE_ROLES and the

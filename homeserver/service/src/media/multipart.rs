@@ -93,8 +93,27 @@ impl MultipartFile {
 
     /// Reads the next chunk of the body, writing the file's bytes to `out`.
     pub async fn feed(&mut self, chunk: &[u8], out: &mut CacheFile) -> Result<()> {
+        if let Some(n) = self.read(chunk)? {
+            out.write(&self.buf[..n]).await?;
+            self.written(n);
+        }
+        Ok(())
+    }
+
+    /// [`MultipartFile::feed`] into memory.
+    pub(crate) fn feed_vec(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<()> {
+        if let Some(n) = self.read(chunk)? {
+            out.extend_from_slice(&self.buf[..n]);
+            self.written(n);
+        }
+        Ok(())
+    }
+
+    /// Takes in the next chunk of the body: how many bytes at the start of the buffer are
+    /// the file's, to be written and then passed to [`MultipartFile::written`].
+    fn read(&mut self, chunk: &[u8]) -> Result<Option<usize>> {
         if self.state == State::Done {
-            return Ok(());
+            return Ok(None);
         }
         self.buf.extend_from_slice(chunk);
         loop {
@@ -103,16 +122,12 @@ impl MultipartFile {
                     let in_file = self.state == State::Body && self.part == 1;
                     if let Some(at) = find(&self.buf, &self.delimiter) {
                         if in_file {
-                            out.write(&self.buf[..at]).await?;
-                        } else {
-                            self.count_prefix(at)?;
-                        }
-                        self.buf.drain(..at + self.delimiter.len());
-                        if in_file {
+                            // The file ends here: [`MultipartFile::written`] drops the rest.
                             self.state = State::Done;
-                            self.buf = Vec::new();
-                            return Ok(());
+                            return Ok(Some(at));
                         }
+                        self.count_prefix(at)?;
+                        self.buf.drain(..at + self.delimiter.len());
                         if self.state == State::Body {
                             self.part += 1;
                         }
@@ -124,13 +139,12 @@ impl MultipartFile {
                     if self.buf.len() > keep {
                         let n = self.buf.len() - keep;
                         if in_file {
-                            out.write(&self.buf[..n]).await?;
-                        } else {
-                            self.count_prefix(n)?;
+                            return Ok(Some(n));
                         }
+                        self.count_prefix(n)?;
                         self.buf.drain(..n);
                     }
-                    return Ok(());
+                    return Ok(None);
                 }
                 State::AfterDelimiter => {
                     if self.buf.starts_with(b"--") {
@@ -140,7 +154,7 @@ impl MultipartFile {
                         if self.buf.len() > 1024 {
                             return Err(malformed("a delimiter line is too long"));
                         }
-                        return Ok(());
+                        return Ok(None);
                     };
                     if self.buf[..at].iter().any(|b| !matches!(b, b' ' | b'\t')) {
                         return Err(malformed("text after a delimiter"));
@@ -158,7 +172,7 @@ impl MultipartFile {
                         if self.buf.len() > MAX_HEADER_BYTES {
                             return Err(malformed("a part's headers are too long"));
                         }
-                        return Ok(());
+                        return Ok(None);
                     };
                     if headers_end > MAX_HEADER_BYTES {
                         return Err(malformed("a part's headers are too long"));
@@ -173,8 +187,17 @@ impl MultipartFile {
                     self.buf.drain(..skip);
                     self.state = State::Body;
                 }
-                State::Done => return Ok(()),
+                State::Done => return Ok(None),
             }
+        }
+    }
+
+    /// The first `n` bytes of the buffer, the file's, are written.
+    fn written(&mut self, n: usize) {
+        if self.state == State::Done {
+            self.buf = Vec::new();
+        } else {
+            self.buf.drain(..n);
         }
     }
 

@@ -4,12 +4,12 @@
 //! `thumbnail_max_concurrent_decodes` at a time, and each thumbnail is made once and cached.
 
 use std::{
-    io::{BufReader, Cursor},
+    io::{BufRead, BufReader, Cursor, Seek},
     path::{Path, PathBuf},
     sync::Arc,
 };
 
-use paracord_core::{Error, Result};
+use paracord_core::{Config, Error, Result};
 
 use super::{Media, ThumbnailMethod};
 
@@ -54,12 +54,7 @@ impl Media {
     }
 
     fn decode_limits(&self) -> image::Limits {
-        let side = self.config.thumbnail_max_source_side;
-        let mut limits = image::Limits::default();
-        limits.max_image_width = Some(side);
-        limits.max_image_height = Some(side);
-        limits.max_alloc = Some(self.config.thumbnail_max_decode_bytes);
-        limits
+        decode_limits(&self.config)
     }
 
     /// A thumbnail (PNG) of image media at the snapped size of `width`×`height`, made once
@@ -102,6 +97,17 @@ impl Media {
     }
 }
 
+/// The limits images are decoded under: `thumbnail_max_source_side` pixels each way and
+/// `thumbnail_max_decode_bytes` of memory.
+pub(crate) fn decode_limits(config: &Config) -> image::Limits {
+    let side = config.thumbnail_max_source_side;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(side);
+    limits.max_image_height = Some(side);
+    limits.max_alloc = Some(config.thumbnail_max_decode_bytes);
+    limits
+}
+
 /// Decodes `source` under `limits` and makes its `width`×`height` thumbnail, never larger
 /// than the image itself.
 fn make_thumbnail(
@@ -115,7 +121,18 @@ fn make_thumbnail(
         std::io::ErrorKind::NotFound => Error::not_found("media not found"),
         _ => Error::internal(format!("media file: {e}")),
     })?;
-    let mut reader = image::ImageReader::new(BufReader::new(file))
+    thumbnail_of(BufReader::new(file), width, height, method, limits)
+}
+
+/// [`make_thumbnail`] of an image read from `source`.
+pub(crate) fn thumbnail_of(
+    source: impl BufRead + Seek,
+    width: u32,
+    height: u32,
+    method: ThumbnailMethod,
+    limits: image::Limits,
+) -> Result<Vec<u8>> {
+    let mut reader = image::ImageReader::new(source)
         .with_guessed_format()
         .map_err(|_| Error::invalid_param("media is not an image"))?;
     reader.limits(limits);
@@ -124,6 +141,13 @@ fn make_thumbnail(
         _ => Error::invalid_param("media is not an image that can be thumbnailed"),
     })?;
     let (sw, sh) = (img.width(), img.height());
+    if sw == 0 || sh == 0 {
+        // A header may declare an empty image (a GIF's screen 0 pixels wide, say): there is
+        // nothing to scale, and a thumbnail of it would be made up.
+        return Err(Error::invalid_param(
+            "media is not an image that can be thumbnailed",
+        ));
+    }
     let thumb = match method {
         // Never upscale: a thumbnail is at most the original's size.
         ThumbnailMethod::Scale => img.thumbnail(width.min(sw), height.min(sh)),

@@ -1,0 +1,144 @@
+//! Entry points for the fuzz targets of `homeserver/fuzz` (issue 15) whose input is read in
+//! this crate first: the `/send` body as ruma and the handler read it, `/_paracord/v1` bodies,
+//! and the directory's paging. Like `paracord_service::fuzzing`, they panic only where the
+//! code broke a promise of its own; the seed corpus and the crash inputs run through them in
+//! `cargo test` (the tests below).
+
+use paracord_service::fuzzing as service;
+use ruma::api::federation::transactions::send_transaction_message;
+use serde_json::{json, Value};
+
+use crate::{
+    federation_rooms::transaction_body,
+    paracord::{array_of, guilds::new_guild, json_of, object_of, relay::relayed_request},
+    ruma_wrapper::{body_json, ruma_request},
+};
+
+/// `PUT /_matrix/federation/v1/send/{txnId}` from `remote.test`: `<txnId>\n<body>`. The body
+/// as the extractor reads it (JSON, then ruma's request type), the handler's checks and
+/// conversion, then the service's part ([`service::transaction`]).
+pub fn send_transaction(data: &[u8]) {
+    let (txn_id, body) = match data.iter().position(|b| *b == b'\n') {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (&b"1"[..], data),
+    };
+    let txn_id = String::from_utf8_lossy(txn_id).into_owned();
+    let method = http::Method::PUT;
+    if body_json(&method, body).is_err() {
+        return;
+    }
+    let Ok(request) = http::Request::builder()
+        .method(method)
+        .uri("/_matrix/federation/v1/send/txn")
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(())
+    else {
+        return;
+    };
+    let (parts, ()) = request.into_parts();
+    let Ok(txn) = ruma_request::<send_transaction_message::v1::Request>(parts, &[txn_id], body)
+    else {
+        return;
+    };
+    let origin = <&ruma::ServerName>::try_from("remote.test")
+        .unwrap_or_else(|e| unreachable!("a server name: {e}"));
+    if let Ok(body) = transaction_body(&txn, origin) {
+        service::transaction(&body);
+    }
+}
+
+/// A `/_paracord/v1` request body: read as the extractors read it (any JSON, then an object
+/// or an array), as `POST /guilds` reads it, and as the guild host reads a relayed request
+/// from `remote.test`; then every body reader of the service ([`service::guild_bodies`]).
+pub fn paracord_bodies(data: &[u8]) {
+    let _ = new_guild(data);
+    let origin = <&ruma::ServerName>::try_from("remote.test")
+        .unwrap_or_else(|e| unreachable!("a server name: {e}"));
+    if let Ok(relayed) = relayed_request(data, origin, "local.test") {
+        assert!(relayed.uri.path().starts_with("/_paracord/v1/"));
+        assert_eq!(relayed.user.server_name(), origin);
+    }
+    let Ok(value) = json_of(data) else {
+        return;
+    };
+    let _ = array_of(value.clone());
+    let _ = object_of(value.clone());
+    service::guild_bodies(&value);
+}
+
+/// A pagination token ([`service::tokens`]), also as the room directory's `since` over a list
+/// whose length and page size the token's first two bytes choose.
+pub fn tokens(data: &[u8]) {
+    service::tokens(data);
+    let Ok(token) = std::str::from_utf8(data) else {
+        return;
+    };
+    let bytes = token.as_bytes();
+    let total = usize::from(bytes.first().copied().unwrap_or(0) % 64);
+    let limit = bytes.get(1).map(|b| u64::from(*b % 32));
+    let all: Vec<Value> = (0..total).map(|i| json!(i)).collect();
+    let Ok(body) = paracord_service::rooms::directory::public_rooms_page(all, Some(token), limit)
+    else {
+        return;
+    };
+    let chunk = body["chunk"].as_array().map_or(0, Vec::len);
+    let most = limit.map_or(usize::MAX, |l| {
+        usize::try_from(l.max(1)).unwrap_or(usize::MAX)
+    });
+    assert!(chunk <= most, "{chunk} rooms in a page of {most}");
+    for key in ["next_batch", "prev_batch"] {
+        if let Some(next) = body[key].as_str() {
+            assert!(
+                paracord_service::sync::parse_offset_token::<usize>('p', next).is_some(),
+                "{key} {next} does not parse"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    /// Runs every seed and regression input of `target` through `run`: none may panic.
+    fn run_inputs(target: &str, run: fn(&[u8])) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+        let mut seeds = 0;
+        let mut failed = Vec::new();
+        for kind in ["corpus", "regressions"] {
+            let Ok(entries) = std::fs::read_dir(root.join(kind).join(target)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let data = std::fs::read(&path)
+                    .unwrap_or_else(|e| unreachable!("{}: {e}", path.display()));
+                if kind == "corpus" {
+                    seeds += 1;
+                }
+                if std::panic::catch_unwind(|| run(&data)).is_err() {
+                    failed.push(path.display().to_string());
+                }
+            }
+        }
+        assert!(seeds > 0, "no seed corpus for {target}");
+        assert!(failed.is_empty(), "{target} panicked on {failed:?}");
+    }
+
+    #[test]
+    fn fuzz_send_transaction_inputs() {
+        run_inputs("send_transaction", send_transaction);
+    }
+
+    #[test]
+    fn fuzz_paracord_bodies_inputs() {
+        run_inputs("paracord_bodies", paracord_bodies);
+    }
+
+    #[test]
+    fn fuzz_tokens_inputs() {
+        run_inputs("tokens", tokens);
+    }
+}

@@ -98,47 +98,21 @@ pub fn tokens(data: &[u8]) {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
 
     use super::*;
 
-    /// Runs every seed and regression input of `target` through `run`: none may panic.
-    fn run_inputs(target: &str, run: fn(&[u8])) {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
-        let mut seeds = 0;
-        let mut failed = Vec::new();
-        for kind in ["corpus", "regressions"] {
-            let Ok(entries) = std::fs::read_dir(root.join(kind).join(target)) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let path = entry.path();
-                let data = std::fs::read(&path)
-                    .unwrap_or_else(|e| unreachable!("{}: {e}", path.display()));
-                if kind == "corpus" {
-                    seeds += 1;
-                }
-                if std::panic::catch_unwind(|| run(&data)).is_err() {
-                    failed.push(path.display().to_string());
-                }
-            }
-        }
-        assert!(seeds > 0, "no seed corpus for {target}");
-        assert!(failed.is_empty(), "{target} panicked on {failed:?}");
-    }
-
     #[test]
     fn fuzz_send_transaction_inputs() {
-        run_inputs("send_transaction", send_transaction);
+        service::run_saved_inputs("send_transaction", send_transaction);
     }
 
     #[test]
     fn fuzz_paracord_bodies_inputs() {
-        run_inputs("paracord_bodies", paracord_bodies);
+        service::run_saved_inputs("paracord_bodies", paracord_bodies);
     }
 
     #[test]
     fn fuzz_tokens_inputs() {
-        run_inputs("tokens", tokens);
+        service::run_saved_inputs("tokens", tokens);
     }
 }

@@ -469,29 +469,26 @@ impl Accounts {
     /// Writes the directory rows of the accounts made before the user directory had rows,
     /// once. Returns how many it wrote.
     pub fn migrate_user_directory(&self) -> Result<usize> {
-        const DONE: &[u8] = b"user_directory_local_v1";
-        if self.db.exists(Table::GlobalValue, DONE).map_err(db_err)? {
-            return Ok(0);
-        }
-        let mut batch = Batch::new();
-        let mut count = 0;
-        for (k, v) in self
-            .db
-            .scan_prefix(Table::UseridAccount, b"")
-            .map_err(db_err)?
-        {
-            let (Ok(user), Ok(account)) = (
-                OwnedUserId::try_from(String::from_utf8_lossy(&k).into_owned()),
-                serde_json::from_slice::<Account>(&v),
-            ) else {
-                continue;
-            };
-            self.put_account(&mut batch, &user, &account)?;
-            count += 1;
-        }
-        batch.put(Table::GlobalValue, DONE.to_vec(), b"1".to_vec());
-        self.db.write(batch).map_err(db_err)?;
-        Ok(count)
+        crate::migrations::once(&self.db, b"user_directory_local_v1", || {
+            let mut batch = Batch::new();
+            let mut count = 0;
+            for (k, v) in self
+                .db
+                .scan_prefix(Table::UseridAccount, b"")
+                .map_err(db_err)?
+            {
+                let (Ok(user), Ok(account)) = (
+                    OwnedUserId::try_from(String::from_utf8_lossy(&k).into_owned()),
+                    serde_json::from_slice::<Account>(&v),
+                ) else {
+                    continue;
+                };
+                self.put_account(&mut batch, &user, &account)?;
+                count += 1;
+            }
+            self.db.write(batch).map_err(db_err)?;
+            Ok(count)
+        })
     }
 
     pub fn is_local(&self, user: &UserId) -> bool {

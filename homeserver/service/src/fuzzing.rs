@@ -473,65 +473,64 @@ pub fn guild_bodies(body: &Value) {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use std::path::{Path, PathBuf};
+/// `homeserver/fuzz`.
+fn fuzz_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
+}
 
-    use super::*;
-
-    /// `homeserver/fuzz`.
-    fn fuzz_dir() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
-    }
-
-    /// Runs every seed and regression input of `target` through `run`: none may panic.
-    pub(crate) fn run_inputs(target: &str, run: fn(&[u8])) {
-        let root = fuzz_dir();
-        let mut seeds = 0;
-        let mut failed = Vec::new();
-        for kind in ["corpus", "regressions"] {
-            let Ok(entries) = std::fs::read_dir(root.join(kind).join(target)) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let path = entry.path();
-                let data = std::fs::read(&path)
-                    .unwrap_or_else(|e| unreachable!("{}: {e}", path.display()));
-                if kind == "corpus" {
-                    seeds += 1;
-                }
-                if std::panic::catch_unwind(|| run(&data)).is_err() {
-                    failed.push(path.display().to_string());
-                }
+/// Runs every seed and regression input of `target` (`homeserver/fuzz/{corpus,regressions}`)
+/// through `run`: none may panic. The unit tests of this crate and of the API run them so.
+pub fn run_saved_inputs(target: &str, run: fn(&[u8])) {
+    let root = fuzz_dir();
+    let mut seeds = 0;
+    let mut failed = Vec::new();
+    for kind in ["corpus", "regressions"] {
+        let Ok(entries) = std::fs::read_dir(root.join(kind).join(target)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let data =
+                std::fs::read(&path).unwrap_or_else(|e| unreachable!("{}: {e}", path.display()));
+            if kind == "corpus" {
+                seeds += 1;
+            }
+            if std::panic::catch_unwind(|| run(&data)).is_err() {
+                failed.push(path.display().to_string());
             }
         }
-        assert!(seeds > 0, "no seed corpus for {target}");
-        assert!(failed.is_empty(), "{target} panicked on {failed:?}");
     }
+    assert!(seeds > 0, "no seed corpus for {target}");
+    assert!(failed.is_empty(), "{target} panicked on {failed:?}");
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
 
     #[test]
     fn fuzz_canonical_json_pdu_inputs() {
-        run_inputs("canonical_json_pdu", canonical_json_pdu);
+        run_saved_inputs("canonical_json_pdu", canonical_json_pdu);
     }
 
     #[test]
     fn fuzz_x_matrix_inputs() {
-        run_inputs("x_matrix", x_matrix);
+        run_saved_inputs("x_matrix", x_matrix);
     }
 
     #[test]
     fn fuzz_media_sniff_thumbnail_inputs() {
-        run_inputs("media_sniff_thumbnail", media_sniff_thumbnail);
+        run_saved_inputs("media_sniff_thumbnail", media_sniff_thumbnail);
     }
 
     #[test]
     fn fuzz_media_remote_inputs() {
-        run_inputs("media_remote", media_remote);
+        run_saved_inputs("media_remote", media_remote);
     }
 
     #[test]
     fn fuzz_tokens_inputs() {
-        run_inputs("tokens", tokens);
+        run_saved_inputs("tokens", tokens);
     }
 
     #[test]

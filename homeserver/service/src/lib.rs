@@ -13,6 +13,7 @@ pub mod guilds;
 pub mod housekeeping;
 pub mod keys;
 pub mod media;
+mod migrations;
 pub mod outbound;
 pub mod pushers;
 pub mod random;

@@ -335,40 +335,33 @@ impl Rooms {
     /// Writes the directory rows of other servers' users joined to rooms here before the
     /// directory had rows, once. Returns how many it wrote.
     pub fn migrate_user_directory(&self) -> Result<usize> {
-        const DONE: &[u8] = b"user_directory_remote_v1";
-        if self
-            .db
-            .exists(Table::GlobalValue, DONE)
-            .map_err(Error::internal)?
-        {
-            return Ok(0);
-        }
-        let mut batch = Batch::new();
-        let mut count = 0;
-        for (k, _) in self
-            .db
-            .scan_prefix(Table::RoomidRoom, b"")
-            .map_err(Error::internal)?
-        {
-            let Ok(room_id) = OwnedRoomId::try_from(String::from_utf8_lossy(&k).into_owned())
-            else {
-                continue;
-            };
-            let state = self.current_state(&room_id)?;
-            for user in self.joined_members(&room_id)? {
-                if user.server_name() == self.config.server_name.as_str() {
+        crate::migrations::once(&self.db, b"user_directory_remote_v1", || {
+            let mut batch = Batch::new();
+            let mut count = 0;
+            for (k, _) in self
+                .db
+                .scan_prefix(Table::RoomidRoom, b"")
+                .map_err(Error::internal)?
+            {
+                let Ok(room_id) = OwnedRoomId::try_from(String::from_utf8_lossy(&k).into_owned())
+                else {
                     continue;
+                };
+                let state = self.current_state(&room_id)?;
+                for user in self.joined_members(&room_id)? {
+                    if user.server_name() == self.config.server_name.as_str() {
+                        continue;
+                    }
+                    let content = self
+                        .state_content(&state, "m.room.member", user.as_str())?
+                        .unwrap_or_default();
+                    self.index_remote_member(&mut batch, &user, "join", &content)?;
+                    count += 1;
                 }
-                let content = self
-                    .state_content(&state, "m.room.member", user.as_str())?
-                    .unwrap_or_default();
-                self.index_remote_member(&mut batch, &user, "join", &content)?;
-                count += 1;
             }
-        }
-        batch.put(Table::GlobalValue, DONE.to_vec(), b"1".to_vec());
-        self.db.write(batch).map_err(Error::internal)?;
-        Ok(count)
+            self.db.write(batch).map_err(Error::internal)?;
+            Ok(count)
+        })
     }
 
     /// Users who share a room with `requester` or are in a public room, whose id or display

@@ -321,81 +321,67 @@ impl Rooms {
     /// Fills the annotation index (`targetkeysender_pos`) from the relation index, once, for
     /// databases written before it existed. Returns how many annotations it indexed.
     pub fn migrate_annotation_index(&self) -> Result<usize> {
-        const DONE: &[u8] = b"annotation_index_v1";
-        if self
-            .db
-            .exists(Table::GlobalValue, DONE)
-            .map_err(Error::internal)?
-        {
-            return Ok(0);
-        }
-        let mut rows = Vec::new();
-        self.db
-            .for_each_prefix(Table::TargetrelposShorteventid, b"", usize::MAX, |k, v| {
-                let mut r = KeyReader::new(k);
-                let (Ok(target), Ok(rel)) = (r.u64(), r.str()) else {
-                    return Ok(());
-                };
-                if rel == "m.annotation" {
-                    if let Ok(short) = decode_u64(v) {
-                        rows.push((target, short));
+        crate::migrations::once(&self.db, b"annotation_index_v1", || {
+            let mut rows = Vec::new();
+            self.db
+                .for_each_prefix(Table::TargetrelposShorteventid, b"", usize::MAX, |k, v| {
+                    let mut r = KeyReader::new(k);
+                    let (Ok(target), Ok(rel)) = (r.u64(), r.str()) else {
+                        return Ok(());
+                    };
+                    if rel == "m.annotation" {
+                        if let Ok(short) = decode_u64(v) {
+                            rows.push((target, short));
+                        }
                     }
+                    Ok(())
+                })
+                .map_err(Error::internal)?;
+            let mut batch = Batch::new();
+            let mut count = 0;
+            for (target, short) in rows {
+                let Some(p) = self.pdu_by_short(short)? else {
+                    continue;
+                };
+                if let Some((_, _, Some(key))) = relates_to(&p.content_value()) {
+                    batch.put(
+                        Table::TargetkeysenderPos,
+                        annotation_key(target, &key, p.sender.as_str()),
+                        short.to_be_bytes().to_vec(),
+                    );
+                    count += 1;
                 }
-                Ok(())
-            })
-            .map_err(Error::internal)?;
-        let mut batch = Batch::new();
-        let mut count = 0;
-        for (target, short) in rows {
-            let Some(p) = self.pdu_by_short(short)? else {
-                continue;
-            };
-            if let Some((_, _, Some(key))) = relates_to(&p.content_value()) {
-                batch.put(
-                    Table::TargetkeysenderPos,
-                    annotation_key(target, &key, p.sender.as_str()),
-                    short.to_be_bytes().to_vec(),
-                );
-                count += 1;
             }
-        }
-        batch.put(Table::GlobalValue, DONE.to_vec(), b"1".to_vec());
-        self.db.write(batch).map_err(Error::internal)?;
-        Ok(count)
+            self.db.write(batch).map_err(Error::internal)?;
+            Ok(count)
+        })
     }
 
     /// Counts the replies of every thread (`root_threadcount`) from the relation index, once,
     /// for databases written before the count existed. Returns how many threads it counted.
     pub fn migrate_thread_counts(&self) -> Result<usize> {
-        const DONE: &[u8] = b"thread_count_v1";
-        if self
-            .db
-            .exists(Table::GlobalValue, DONE)
-            .map_err(Error::internal)?
-        {
-            return Ok(0);
-        }
-        let mut counts: std::collections::BTreeMap<u64, u64> = Default::default();
-        self.db
-            .for_each_prefix(Table::TargetrelposShorteventid, b"", usize::MAX, |k, _| {
-                let mut r = KeyReader::new(k);
-                if let (Ok(target), Ok("m.thread")) = (r.u64(), r.str()) {
-                    *counts.entry(target).or_default() += 1;
-                }
-                Ok(())
-            })
-            .map_err(Error::internal)?;
-        let mut batch = Batch::new();
-        for (root, n) in &counts {
-            batch.put(
-                Table::RootThreadcount,
-                root.to_be_bytes().to_vec(),
-                n.to_be_bytes().to_vec(),
-            );
-        }
-        batch.put(Table::GlobalValue, DONE.to_vec(), b"1".to_vec());
-        self.db.write(batch).map_err(Error::internal)?;
-        Ok(counts.len())
+        crate::migrations::once(&self.db, b"thread_count_v1", || {
+            let mut counts: std::collections::BTreeMap<u64, u64> = Default::default();
+            self.db
+                .for_each_prefix(Table::TargetrelposShorteventid, b"", usize::MAX, |k, _| {
+                    let mut r = KeyReader::new(k);
+                    if let (Ok(target), Ok("m.thread")) = (r.u64(), r.str()) {
+                        *counts.entry(target).or_default() += 1;
+                    }
+                    Ok(())
+                })
+                .map_err(Error::internal)?;
+            let mut batch = Batch::new();
+            for (root, n) in &counts {
+                batch.put(
+                    Table::RootThreadcount,
+                    root.to_be_bytes().to_vec(),
+                    n.to_be_bytes().to_vec(),
+                );
+            }
+            self.db.write(batch).map_err(Error::internal)?;
+            Ok(counts.len())
+        })
     }
 
     /// Whether a thread has started from `root` (an `m.thread` event has been indexed).

@@ -519,57 +519,50 @@ impl Rooms {
     /// Fills the timeline's index by timestamp (`roomtspos_shorteventid`), once, for databases
     /// written before it existed. Returns how many events it indexed.
     pub fn migrate_timestamp_index(&self) -> Result<usize> {
-        const DONE: &[u8] = b"timestamp_index_v1";
-        if self
-            .db
-            .exists(Table::GlobalValue, DONE)
-            .map_err(Error::internal)?
-        {
-            return Ok(0);
-        }
-        // In pages, each written before the next is read: a large database is not held in
-        // memory. Rows that do not decode are left alone.
-        let mut count = 0;
-        let mut lower = Vec::new();
-        loop {
-            let rows = self
-                .db
-                .scan(
-                    Table::RoompositionShorteventid,
-                    b"",
-                    &lower,
-                    None,
-                    false,
-                    10_000,
-                )
-                .map_err(Error::internal)?;
-            let mut batch = paracord_storage::Batch::new();
-            for (k, v) in &rows {
-                let mut r = KeyReader::new(k);
-                let (Ok(room), Ok(pos), Ok(short)) = (r.str(), r.u64(), decode_u64(v)) else {
-                    continue;
-                };
-                let Some(p) = self.pdu_by_short(short)? else {
-                    continue;
-                };
-                let ts = u64::from(p.origin_server_ts.get());
-                batch.put(
-                    Table::RoomtsposShorteventid,
-                    KeyBuf::new().str(room).u64(ts).u64(pos).into_vec(),
-                    short.to_be_bytes().to_vec(),
-                );
-                count += 1;
+        crate::migrations::once(&self.db, b"timestamp_index_v1", || {
+            // In pages, each written before the next is read: a large database is not held in
+            // memory. Rows that do not decode are left alone.
+            let mut count = 0;
+            let mut lower = Vec::new();
+            loop {
+                let rows = self
+                    .db
+                    .scan(
+                        Table::RoompositionShorteventid,
+                        b"",
+                        &lower,
+                        None,
+                        false,
+                        10_000,
+                    )
+                    .map_err(Error::internal)?;
+                let mut batch = paracord_storage::Batch::new();
+                for (k, v) in &rows {
+                    let mut r = KeyReader::new(k);
+                    let (Ok(room), Ok(pos), Ok(short)) = (r.str(), r.u64(), decode_u64(v)) else {
+                        continue;
+                    };
+                    let Some(p) = self.pdu_by_short(short)? else {
+                        continue;
+                    };
+                    let ts = u64::from(p.origin_server_ts.get());
+                    batch.put(
+                        Table::RoomtsposShorteventid,
+                        KeyBuf::new().str(room).u64(ts).u64(pos).into_vec(),
+                        short.to_be_bytes().to_vec(),
+                    );
+                    count += 1;
+                }
+                self.db.write(batch).map_err(Error::internal)?;
+                match rows.last() {
+                    Some((last, _)) if rows.len() == 10_000 => {
+                        lower = [last.as_ref(), &[0]].concat()
+                    }
+                    _ => break,
+                }
             }
-            self.db.write(batch).map_err(Error::internal)?;
-            match rows.last() {
-                Some((last, _)) if rows.len() == 10_000 => lower = [last.as_ref(), &[0]].concat(),
-                _ => break,
-            }
-        }
-        let mut batch = paracord_storage::Batch::new();
-        batch.put(Table::GlobalValue, DONE.to_vec(), b"1".to_vec());
-        self.db.write(batch).map_err(Error::internal)?;
-        Ok(count)
+            Ok(count)
+        })
     }
 }
 

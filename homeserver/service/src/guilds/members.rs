@@ -5,7 +5,7 @@
 //! permissions were checked, and the projected power levels follow every change of a role, a
 //! member's roles or timeout, or the member list.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use paracord_core::{time::now_ms, Error, Result};
 use paracord_storage::{key::next_key, Batch, KeyBuf, KeyReader, Table};
@@ -297,6 +297,7 @@ pub async fn reorder_roles(
 
 /// The entries of a `PATCH /guilds/{id}/roles` body: role id and new position.
 pub(crate) fn role_moves(items: &[Value]) -> Result<Vec<(String, i64)>> {
+    let mut seen = HashSet::new();
     let mut moves: Vec<(String, i64)> = Vec::new();
     for item in items {
         if !item.is_object() {
@@ -314,7 +315,7 @@ pub(crate) fn role_moves(items: &[Value]) -> Result<Vec<(String, i64)>> {
                 .ok_or_else(|| Error::missing_param("each entry needs a position"))?,
             "position",
         )?;
-        if moves.iter().any(|(i, _)| *i == id) {
+        if !seen.insert(id.clone()) {
             return Err(Error::invalid_param(format!("role {id} is listed twice")));
         }
         moves.push((id, position));
@@ -593,10 +594,13 @@ pub(crate) fn member_changes(body: &Value, now: u64) -> Result<MemberChanges> {
     let wanted_roles = match body.get("roles") {
         None => None,
         Some(Value::Array(a)) => {
+            // Repeats are dropped through a set: a body of a megabyte holds some 100,000
+            // role ids, too many to compare each with every other.
+            let mut seen = HashSet::new();
             let mut ids: Vec<String> = Vec::new();
             for v in a {
                 let id = string(v, "roles")?;
-                if id != EVERYONE && !ids.contains(&id) {
+                if id != EVERYONE && seen.insert(id.clone()) {
                     ids.push(id);
                 }
             }
@@ -1526,6 +1530,26 @@ mod tests {
         assert!(own.starts_with(&code_prefix("abcdefgh")));
         assert_eq!(fresh_code().len(), 10);
         assert!(is_code(&fresh_code()));
+    }
+
+    #[test]
+    // Issue 15 (fuzzing review): repeated role ids are found through a set, in one pass.
+    #[test]
+    fn repeated_roles_are_dropped_or_refused_in_one_pass() {
+        let many: Vec<String> = (0..50_000).map(|i| format!("r{i}")).collect();
+        let mut roles = many.clone();
+        roles.extend(["r1".to_owned(), EVERYONE.to_owned(), "r0".to_owned()]);
+        let changes = member_changes(&json!({ "roles": roles }), 0).unwrap();
+        assert_eq!(changes.roles, Some(many.clone()));
+        let moves: Vec<Value> = many
+            .iter()
+            .map(|id| json!({ "id": id, "position": 1 }))
+            .collect();
+        assert_eq!(role_moves(&moves).unwrap().len(), 50_000);
+        let mut twice = moves;
+        twice.push(json!({ "id": "r7", "position": 2 }));
+        let err = role_moves(&twice).unwrap_err();
+        assert_eq!(err.kind(), Some(&paracord_core::ErrorKind::InvalidParam));
     }
 
     #[test]

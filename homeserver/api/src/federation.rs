@@ -93,7 +93,7 @@ pub(crate) async fn get_server_version_route(
 }
 
 /// `GET /_matrix/federation/v1/query/profile` — https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1queryprofile
-pub(crate) async fn query_profile_route(
+pub(crate) async fn get_profile_information_route(
     State(state): State<AppState>,
     req: Ruma<get_profile_information::v1::Request>,
 ) -> ApiResult<Json<Value>> {
@@ -118,7 +118,7 @@ pub(crate) async fn query_profile_route(
 }
 
 /// `GET /_matrix/federation/v1/query/directory` — https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1querydirectory
-pub(crate) async fn query_directory_route(
+pub(crate) async fn get_room_information_route(
     State(state): State<AppState>,
     req: Ruma<get_room_information::v1::Request>,
 ) -> ApiResult<Json<Value>> {
@@ -144,7 +144,7 @@ fn local_user(state: &AppState, user: &ruma::UserId) -> ApiResult<()> {
 }
 
 /// `GET /_matrix/federation/v1/user/devices/{userId}` — https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1userdevicesuserid
-pub(crate) async fn user_devices_route(
+pub(crate) async fn get_devices_route(
     State(state): State<AppState>,
     req: Ruma<get_devices::v1::Request>,
 ) -> ApiResult<Json<Value>> {
@@ -156,7 +156,7 @@ pub(crate) async fn user_devices_route(
 }
 
 /// `POST /_matrix/federation/v1/user/keys/query` — https://spec.matrix.org/v1.19/server-server-api/#post_matrixfederationv1userkeysquery
-pub(crate) async fn user_keys_query_route(
+pub(crate) async fn get_keys_route(
     State(state): State<AppState>,
     req: Ruma<get_keys::v1::Request>,
 ) -> ApiResult<Json<Value>> {
@@ -170,7 +170,7 @@ pub(crate) async fn user_keys_query_route(
 }
 
 /// `POST /_matrix/federation/v1/user/keys/claim` — https://spec.matrix.org/v1.19/server-server-api/#post_matrixfederationv1userkeysclaim
-pub(crate) async fn user_keys_claim_route(
+pub(crate) async fn claim_keys_route(
     State(state): State<AppState>,
     req: Ruma<claim_keys::v1::Request>,
 ) -> ApiResult<Json<Value>> {
@@ -180,7 +180,7 @@ pub(crate) async fn user_keys_claim_route(
 }
 
 /// `GET /_matrix/federation/v1/publicRooms` — https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1publicrooms
-pub(crate) async fn public_rooms_route(
+pub(crate) async fn get_public_rooms_route(
     State(state): State<AppState>,
     req: Ruma<get_public_rooms::v1::Request>,
 ) -> ApiResult<Json<Value>> {
@@ -193,7 +193,7 @@ pub(crate) async fn public_rooms_route(
 }
 
 /// `POST /_matrix/federation/v1/publicRooms` — https://spec.matrix.org/v1.19/server-server-api/#post_matrixfederationv1publicrooms
-pub(crate) async fn public_rooms_filtered_route(
+pub(crate) async fn get_public_rooms_filtered_route(
     State(state): State<AppState>,
     req: Ruma<get_public_rooms_filtered::v1::Request>,
 ) -> ApiResult<Json<Value>> {

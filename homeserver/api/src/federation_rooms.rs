@@ -56,7 +56,7 @@ async fn sent_membership<T>(
 }
 
 /// `PUT /_matrix/federation/v1/send/{txnId}` — https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv1sendtxnid
-pub(crate) async fn send_transaction_route(
+pub(crate) async fn send_transaction_message_route(
     State(state): State<AppState>,
     req: Ruma<send_transaction_message::v1::Request>,
 ) -> ApiResult<Json<Value>> {
@@ -99,7 +99,7 @@ pub(crate) fn transaction_body(
 }
 
 /// `GET /_matrix/federation/v1/make_join/{roomId}/{userId}` — https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1make_joinroomiduserid
-pub(crate) async fn make_join_route(
+pub(crate) async fn prepare_join_event_route(
     State(state): State<AppState>,
     req: Ruma<prepare_join_event::v1::Request>,
 ) -> ApiResult<Json<Value>> {
@@ -119,7 +119,7 @@ pub(crate) async fn make_join_route(
 }
 
 /// `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}` — https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv2send_joinroomideventid
-pub(crate) async fn send_join_route(
+pub(crate) async fn create_join_event_route(
     State(state): State<AppState>,
     req: Ruma<create_join_event::v2::Request>,
 ) -> ApiResult<Json<Box<serde_json::value::RawValue>>> {
@@ -135,7 +135,7 @@ pub(crate) async fn send_join_route(
 }
 
 /// `GET /_matrix/federation/v1/make_leave/{roomId}/{userId}` — https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1make_leaveroomiduserid
-pub(crate) async fn make_leave_route(
+pub(crate) async fn prepare_leave_event_route(
     State(state): State<AppState>,
     req: Ruma<prepare_leave_event::v1::Request>,
 ) -> ApiResult<Json<Value>> {
@@ -150,7 +150,7 @@ pub(crate) async fn make_leave_route(
 }
 
 /// `PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}` — https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv2send_leaveroomideventid
-pub(crate) async fn send_leave_route(
+pub(crate) async fn create_leave_event_route(
     State(state): State<AppState>,
     req: Ruma<create_leave_event::v2::Request>,
 ) -> ApiResult<Json<Box<serde_json::value::RawValue>>> {
@@ -166,7 +166,7 @@ pub(crate) async fn send_leave_route(
 }
 
 /// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}` — https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv2inviteroomideventid
-pub(crate) async fn invite_route(
+pub(crate) async fn create_invite_route(
     State(state): State<AppState>,
     req: Ruma<create_invite::v2::Request>,
 ) -> ApiResult<Json<Value>> {
@@ -207,7 +207,7 @@ pub(crate) async fn invite_route(
 }
 
 /// `GET /_matrix/federation/v1/make_knock/{roomId}/{userId}` — https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1make_knockroomiduserid
-pub(crate) async fn make_knock_route(
+pub(crate) async fn prepare_knock_event_route(
     State(state): State<AppState>,
     req: Ruma<prepare_knock_event::v1::Request>,
 ) -> ApiResult<Json<Value>> {
@@ -223,7 +223,7 @@ pub(crate) async fn make_knock_route(
 }
 
 /// `PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}` — https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv1send_knockroomideventid
-pub(crate) async fn send_knock_route(
+pub(crate) async fn create_knock_event_route(
     State(state): State<AppState>,
     req: Ruma<create_knock_event::v1::Request>,
 ) -> ApiResult<Json<Box<serde_json::value::RawValue>>> {
@@ -239,7 +239,7 @@ pub(crate) async fn send_knock_route(
 }
 
 /// `GET /_matrix/federation/v1/hierarchy/{roomId}` — https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1hierarchyroomid
-pub(crate) async fn hierarchy_route(
+pub(crate) async fn get_hierarchy_route(
     State(state): State<AppState>,
     req: Ruma<get_hierarchy::v1::Request>,
 ) -> ApiResult<Json<Value>> {
@@ -256,7 +256,7 @@ pub(crate) async fn hierarchy_route(
 /// deprecated v1 forms (https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv1send_joinroomideventid),
 /// which servers still send: the same checks as v2, answered as `[200, {…}]`. ruma has no
 /// types for them, so the X-Matrix signature is checked here.
-pub(crate) async fn send_membership_v1_route(
+pub(crate) async fn create_membership_event_v1_route(
     State(state): State<AppState>,
     crate::params::Params((room_id, event_id)): crate::params::Params<(String, String)>,
     req: axum::extract::Request,

@@ -228,33 +228,33 @@ pub fn app(services: Arc<Services>) -> Router {
             federation::get_server_version_route,
         )
         .ruma::<ruma::api::federation::query::get_profile_information::v1::Request, _, _>(
-            federation::query_profile_route,
+            federation::get_profile_information_route,
         )
         .ruma::<ruma::api::federation::query::get_room_information::v1::Request, _, _>(
-            federation::query_directory_route,
+            federation::get_room_information_route,
         )
         .ruma::<ruma::api::federation::directory::get_public_rooms::v1::Request, _, _>(
-            federation::public_rooms_route,
+            federation::get_public_rooms_route,
         )
         .ruma::<ruma::api::federation::directory::get_public_rooms_filtered::v1::Request, _, _>(
-            federation::public_rooms_filtered_route,
+            federation::get_public_rooms_filtered_route,
         )
         .ruma::<ruma::api::federation::transactions::send_transaction_message::v1::Request, _, _>(
-            federation_rooms::send_transaction_route,
+            federation_rooms::send_transaction_message_route,
         )
         .ruma::<ruma::api::federation::membership::prepare_join_event::v1::Request, _, _>(
-            federation_rooms::make_join_route,
+            federation_rooms::prepare_join_event_route,
         )
         .route(
             "/_matrix/federation/v1/send_join/{room_id}/{event_id}",
-            put(federation_rooms::send_membership_v1_route),
+            put(federation_rooms::create_membership_event_v1_route),
         )
         .route(
             "/_matrix/federation/v1/send_leave/{room_id}/{event_id}",
-            put(federation_rooms::send_membership_v1_route),
+            put(federation_rooms::create_membership_event_v1_route),
         )
         .ruma::<ruma::api::federation::membership::create_join_event::v2::Request, _, _>(
-            federation_rooms::send_join_route,
+            federation_rooms::create_join_event_route,
         )
         .ruma::<ruma::api::federation::authenticated_media::get_content::v1::Request, _, _>(
             media::federation_download_route,
@@ -263,31 +263,31 @@ pub fn app(services: Arc<Services>) -> Router {
             media::federation_thumbnail_route,
         )
         .ruma::<ruma::api::federation::space::get_hierarchy::v1::Request, _, _>(
-            federation_rooms::hierarchy_route,
+            federation_rooms::get_hierarchy_route,
         )
         .ruma::<ruma::api::federation::membership::prepare_knock_event::v1::Request, _, _>(
-            federation_rooms::make_knock_route,
+            federation_rooms::prepare_knock_event_route,
         )
         .ruma::<ruma::api::federation::membership::create_knock_event::v1::Request, _, _>(
-            federation_rooms::send_knock_route,
+            federation_rooms::create_knock_event_route,
         )
         .ruma::<ruma::api::federation::membership::create_invite::v2::Request, _, _>(
-            federation_rooms::invite_route,
+            federation_rooms::create_invite_route,
         )
         .ruma::<ruma::api::federation::membership::prepare_leave_event::v1::Request, _, _>(
-            federation_rooms::make_leave_route,
+            federation_rooms::prepare_leave_event_route,
         )
         .ruma::<ruma::api::federation::membership::create_leave_event::v2::Request, _, _>(
-            federation_rooms::send_leave_route,
+            federation_rooms::create_leave_event_route,
         )
         .ruma::<ruma::api::federation::device::get_devices::v1::Request, _, _>(
-            federation::user_devices_route,
+            federation::get_devices_route,
         )
         .ruma::<ruma::api::federation::keys::get_keys::v1::Request, _, _>(
-            federation::user_keys_query_route,
+            federation::get_keys_route,
         )
         .ruma::<ruma::api::federation::keys::claim_keys::v1::Request, _, _>(
-            federation::user_keys_claim_route,
+            federation::claim_keys_route,
         )
         // federation: reading a room's events, state and history
         .ruma::<ruma::api::federation::event::get_event::v1::Request, _, _>(

@@ -1532,7 +1532,6 @@ mod tests {
         assert!(is_code(&fresh_code()));
     }
 
-    #[test]
     // Issue 15 (fuzzing review): repeated role ids are found through a set, in one pass.
     #[test]
     fn repeated_roles_are_dropped_or_refused_in_one_pass() {

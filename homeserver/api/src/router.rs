@@ -16,7 +16,8 @@ use tower_http::{catch_panic::CatchPanicLayer, cors::CorsLayer, trace::TraceLaye
 use crate::{
     client::{
         account, backup, config, device, directory, discovery, ephemeral, keys, membership,
-        message, people, profile, push, relations, room, search, session, space, state, sync,
+        message, openid, profile, push, relations, reports, room, search, session, space, state,
+        sync, tags, user_directory,
     },
     federation, federation_events, federation_rooms, media,
     ruma_wrapper::RouterExt,
@@ -158,23 +159,23 @@ pub fn app(services: Arc<Services>) -> Router {
         .ruma::<c::push::get_notifications::v3::Request, _, _>(push::get_notifications_route)
         .ruma::<c::push::get_pushers::v3::Request, _, _>(push::get_pushers_route)
         .ruma::<c::push::set_pusher::v3::Request, _, _>(push::set_pusher_route)
-        // discovery and people
-        .ruma::<c::tag::get_tags::v3::Request, _, _>(people::get_tags_route)
-        .ruma::<c::tag::create_tag::v3::Request, _, _>(people::create_tag_route)
-        .ruma::<c::tag::delete_tag::v3::Request, _, _>(people::delete_tag_route)
-        .ruma::<c::user_directory::search_users::v3::Request, _, _>(people::search_users_route)
-        .ruma::<c::room::report_content::v3::Request, _, _>(people::report_content_route)
-        .ruma::<c::room::report_room::v3::Request, _, _>(people::report_room_route)
-        .ruma::<c::reporting::report_user::v3::Request, _, _>(people::report_user_route)
+        // tags, the user directory, reports, jumping to a date, OpenID
+        .ruma::<c::tag::get_tags::v3::Request, _, _>(tags::get_tags_route)
+        .ruma::<c::tag::create_tag::v3::Request, _, _>(tags::create_tag_route)
+        .ruma::<c::tag::delete_tag::v3::Request, _, _>(tags::delete_tag_route)
+        .ruma::<c::user_directory::search_users::v3::Request, _, _>(user_directory::search_users_route)
+        .ruma::<c::room::report_content::v3::Request, _, _>(reports::report_content_route)
+        .ruma::<c::room::report_room::v3::Request, _, _>(reports::report_room_route)
+        .ruma::<c::reporting::report_user::v3::Request, _, _>(reports::report_user_route)
         .ruma::<c::room::get_event_by_timestamp::v1::Request, _, _>(
-            people::get_event_by_timestamp_route,
+            message::get_event_by_timestamp_route,
         )
         .ruma::<c::account::request_openid_token::v3::Request, _, _>(
-            people::request_openid_token_route,
+            openid::request_openid_token_route,
         )
         .route(
             "/_matrix/federation/v1/openid/userinfo",
-            get(people::openid_userinfo_route),
+            get(openid::openid_userinfo_route),
         )
         // spaces and ways in
         .ruma::<c::space::get_hierarchy::v1::Request, _, _>(space::get_hierarchy_route)

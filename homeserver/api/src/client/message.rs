@@ -15,6 +15,7 @@ use ruma::api::{
         filter::RoomEventFilter,
         message::{get_message_events, send_message_event},
         redact::redact_event,
+        room::get_event_by_timestamp,
     },
     Direction,
 };
@@ -220,4 +221,25 @@ pub(crate) fn lazy_members(
         }
     }
     Ok(out)
+}
+
+/// `GET /_matrix/client/v1/rooms/{roomId}/timestamp_to_event` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1roomsroomidtimestamp_to_event
+pub(crate) async fn get_event_by_timestamp_route(
+    State(state): State<AppState>,
+    req: Ruma<get_event_by_timestamp::v1::Request>,
+) -> ApiResult<Json<Value>> {
+    let r = reader(&req)?;
+    state.rooms.check_can_read(&req.body.room_id, r.user)?;
+    let dir = match req.body.dir {
+        Direction::Forward => Dir::Forward,
+        Direction::Backward => Dir::Backward,
+    };
+    let ts = u64::from(req.body.ts.get());
+    let (event_id, ts) = state
+        .rooms
+        .event_by_timestamp(&req.body.room_id, r, ts, dir)?
+        .ok_or_else(|| Error::not_found("no event found in that direction"))?;
+    Ok(Json(
+        json!({ "event_id": event_id, "origin_server_ts": ts }),
+    ))
 }

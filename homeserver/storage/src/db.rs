@@ -29,8 +29,10 @@ impl std::fmt::Debug for Db {
     }
 }
 
-/// One logical change: applied atomically by [`Db::write`].
+/// One logical change: applied atomically by [`Db::write`]. A batch that is built and then
+/// dropped writes nothing, hence `must_use`.
 #[derive(Default)]
+#[must_use = "a batch writes nothing until it is given to Db::write"]
 pub struct Batch {
     ops: Vec<Op>,
 }

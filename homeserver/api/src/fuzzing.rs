@@ -89,7 +89,7 @@ pub fn tokens(data: &[u8]) {
     for key in ["next_batch", "prev_batch"] {
         if let Some(next) = body[key].as_str() {
             assert!(
-                paracord_service::sync::parse_offset_token::<usize>('p', next).is_some(),
+                paracord_service::tokens::parse_offset_token::<usize>('p', next).is_some(),
                 "{key} {next} does not parse"
             );
         }

@@ -43,7 +43,8 @@ use crate::{
     },
     rooms::pdu::{ref_ids, to_canonical_object, Pdu},
     server_keys::{read_x_matrix, validate_key_response, verify_x_matrix},
-    sync::{make_token, parse_offset_token, parse_sync_token, parse_token},
+    sync::{make_token, parse_sync_token, parse_token},
+    tokens::parse_offset_token,
 };
 
 /// The server the fuzz inputs are addressed to, and the one they come from.

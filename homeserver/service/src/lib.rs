@@ -25,6 +25,7 @@ pub mod server_keys;
 pub mod server_notices;
 pub mod stream;
 pub mod sync;
+pub mod tokens;
 pub mod user_directory;
 
 use std::sync::Arc;

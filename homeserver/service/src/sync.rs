@@ -49,13 +49,6 @@ pub fn make_token(pos: u64) -> String {
     format!("s{pos}")
 }
 
-/// Parses an offset token of the endpoints that page through a list by position (`o<n>` for
-/// `/search`, `p<n>` for the room directory, `h<n>` for `/hierarchy`, `n<n>` for
-/// `/notifications`): `prefix` then a decimal number. `None` when it is anything else.
-pub fn parse_offset_token<T: std::str::FromStr>(prefix: char, token: &str) -> Option<T> {
-    token.strip_prefix(prefix)?.parse().ok()
-}
-
 /// The server-side parts of a RoomEventFilter.
 pub fn event_filter(f: &RoomEventFilter) -> EventFilter {
     EventFilter {

@@ -160,7 +160,7 @@ pub(crate) async fn get_notifications_route(
     let id = req.user()?;
     let from = match &req.body.from {
         Some(t) => Some(
-            paracord_service::sync::parse_offset_token::<u64>('n', t)
+            paracord_service::tokens::parse_offset_token::<u64>('n', t)
                 .ok_or_else(|| Error::invalid_param("invalid from token"))?,
         ),
         None => None,

@@ -77,7 +77,7 @@ pub(crate) async fn search_events_route(
     let senders = strs(&filter["senders"]);
     let recent = criteria["order_by"] == "recent";
     let offset = match &req.body.next_batch {
-        Some(t) => paracord_service::sync::parse_offset_token::<usize>('o', t)
+        Some(t) => paracord_service::tokens::parse_offset_token::<usize>('o', t)
             .ok_or_else(|| Error::invalid_param("invalid next_batch"))?,
         None => 0,
     };

@@ -22,7 +22,7 @@ pub(crate) async fn get_hierarchy_route(
     let id = req.user()?;
     let b = &req.body;
     let from = match &b.from {
-        Some(t) => paracord_service::sync::parse_offset_token::<usize>('h', t)
+        Some(t) => paracord_service::tokens::parse_offset_token::<usize>('h', t)
             .ok_or_else(|| Error::invalid_param("invalid from token"))?,
         None => 0,
     };

@@ -283,7 +283,7 @@ pub fn public_rooms_page(
 ) -> Result<Value> {
     let total = all.len();
     let start = match since {
-        Some(s) => crate::sync::parse_offset_token::<usize>('p', s)
+        Some(s) => crate::tokens::parse_offset_token::<usize>('p', s)
             .ok_or_else(|| Error::invalid_param("invalid since token"))?,
         None => 0,
     };

@@ -1508,13 +1508,14 @@ pub(crate) fn json_int(v: &serde_json::Value) -> Option<i64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use serde_json::json;
 
     use super::{create::CreateRoom, *};
     use crate::Services;
 
-    fn services() -> (tempfile::TempDir, Services) {
+    /// A server on a fresh data directory.
+    pub(crate) fn services() -> (tempfile::TempDir, Services) {
         let dir = tempfile::tempdir().unwrap();
         let config = Config {
             data_dir: dir.path().join("data"),

@@ -18,7 +18,7 @@ pub enum Preset {
 }
 
 /// What `createRoom` asks for, already parsed.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct CreateRoom {
     pub version: Option<String>,
     pub preset: Option<Preset>,

@@ -476,32 +476,18 @@ const DIRECTORY_PAGE: usize = 500;
 
 #[cfg(test)]
 mod tests {
-    use paracord_core::Config;
     use ruma::OwnedUserId;
 
     use super::*;
-    use crate::{
-        rooms::{
-            create::{CreateRoom, Preset},
-            write_membership,
-        },
-        Services,
+    use crate::rooms::{
+        create::{CreateRoom, Preset},
+        write_membership,
     };
 
     fn room(preset: Preset) -> CreateRoom {
         CreateRoom {
-            version: None,
             preset: Some(preset),
-            public: false,
-            name: None,
-            topic: None,
-            alias: None,
-            invite: vec![],
-            is_direct: false,
-            initial_state: vec![],
-            power_level_override: None,
-            creation_content: None,
-            profile: (None, None),
+            ..CreateRoom::default()
         }
     }
 
@@ -512,12 +498,7 @@ mod tests {
     // join), never the searcher, strangers or deactivated accounts.
     #[tokio::test]
     async fn user_search_reads_the_directory_not_every_room() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Services::open(Config {
-            data_dir: dir.path().join("data"),
-            ..Config::default()
-        })
-        .unwrap();
+        let (_dir, s) = crate::rooms::tests::services();
         let mut users = Vec::new();
         for name in ["alice", "bob", "carol", "dave", "erin"] {
             let r = s

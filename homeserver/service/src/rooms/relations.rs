@@ -689,7 +689,6 @@ impl Rooms {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 pub(crate) mod tests {
-    use paracord_core::Config;
     use ruma::OwnedUserId;
 
     use super::*;
@@ -704,35 +703,37 @@ pub(crate) mod tests {
     /// A server on a fresh data directory and a private room of @alice there.
     pub(crate) async fn private_room(
     ) -> (tempfile::TempDir, Services, OwnedUserId, ruma::OwnedRoomId) {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Services::open(Config {
-            data_dir: dir.path().join("data"),
-            ..Config::default()
-        })
-        .unwrap();
+        let (dir, s) = crate::rooms::tests::services();
         let alice = OwnedUserId::try_from("@alice:localhost").unwrap();
         let room = s
             .rooms
             .create_room(
                 &alice,
                 CreateRoom {
-                    version: None,
                     preset: Some(Preset::PrivateChat),
-                    public: false,
-                    name: None,
-                    topic: None,
-                    alias: None,
-                    invite: vec![],
-                    is_direct: false,
-                    initial_state: vec![],
-                    power_level_override: None,
-                    creation_content: None,
-                    profile: (None, None),
+                    ..CreateRoom::default()
                 },
             )
             .await
             .unwrap();
         (dir, s, alice, room)
+    }
+
+    /// `sender` sends an `m.room.message` with `content` to `room`.
+    pub(crate) async fn send_message(
+        s: &Services,
+        room: &RoomId,
+        sender: &ruma::UserId,
+        content: Value,
+    ) -> OwnedEventId {
+        s.rooms
+            .append(
+                room,
+                sender,
+                NewEvent::message("m.room.message".into(), content),
+            )
+            .await
+            .unwrap()
     }
 
     // Issue 15: bundling an event's aggregations does not read its reactions, however many:
@@ -741,19 +742,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn bundling_skips_reactions_and_caps_references() {
         let (_dir, s, alice, room) = private_room().await;
-        let send = |content: Value| {
-            let (s, room, alice) = (&s, room.clone(), alice.clone());
-            async move {
-                s.rooms
-                    .append(
-                        &room,
-                        &alice,
-                        NewEvent::message("m.room.message".into(), content),
-                    )
-                    .await
-                    .unwrap()
-            }
-        };
+        let send = |content: Value| send_message(&s, &room, &alice, content);
         let target = send(json!({ "body": "hello", "msgtype": "m.text" })).await;
         let target_short = s.rooms.short_id(&target).unwrap().unwrap();
         let edit = send(json!({
@@ -856,19 +845,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn thread_counts_are_kept_not_walked() {
         let (_dir, s, alice, room) = private_room().await;
-        let send = |content: Value| {
-            let (s, room, alice) = (&s, room.clone(), alice.clone());
-            async move {
-                s.rooms
-                    .append(
-                        &room,
-                        &alice,
-                        NewEvent::message("m.room.message".into(), content),
-                    )
-                    .await
-                    .unwrap()
-            }
-        };
+        let send = |content: Value| send_message(&s, &room, &alice, content);
         let root = send(json!({ "body": "root", "msgtype": "m.text" })).await;
         let root_short = s.rooms.short_id(&root).unwrap().unwrap();
         let replies = MAX_BUNDLE_SCAN + 5;

@@ -644,7 +644,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::rooms::{relations::tests::private_room, NewEvent};
+    use crate::rooms::relations::tests::{private_room, send_message};
 
     // Issue 15 item 14: `/timestamp_to_event` reads the index by timestamp, not the timeline.
     // 100,000 timeline rows after the room's messages (which a backwards scan of the
@@ -657,18 +657,8 @@ mod tests {
         for n in 0..3 {
             // Each message at a millisecond of its own, after the room's creation.
             tokio::time::sleep(std::time::Duration::from_millis(3)).await;
-            let id = s
-                .rooms
-                .append(
-                    &room,
-                    &alice,
-                    NewEvent::message(
-                        "m.room.message".into(),
-                        json!({ "body": format!("m{n}"), "msgtype": "m.text" }),
-                    ),
-                )
-                .await
-                .unwrap();
+            let content = json!({ "body": format!("m{n}"), "msgtype": "m.text" });
+            let id = send_message(&s, &room, &alice, content).await;
             let ts = u64::from(
                 s.rooms
                     .pdu_by_short(s.rooms.short_id(&id).unwrap().unwrap())

@@ -118,6 +118,12 @@ pub(crate) async fn open(store: &Path) -> Result<Client> {
         .restore_session(session)
         .await
         .context("cannot restore the saved session")?;
+    // Restoring starts a background task that reads the backup and recovery state; wait
+    // for it, or a command right after start-up sees them as `Unknown`.
+    client
+        .encryption()
+        .wait_for_e2ee_initialization_tasks()
+        .await;
     Ok(client)
 }
 

@@ -1,13 +1,29 @@
 //! `/sync`: initial and incremental, long-polling on the notifier.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use paracord_core::{Error, Result};
 use ruma::{
-    api::client::filter::{FilterDefinition, LazyLoadOptions, RoomEventFilter},
-    OwnedUserId, RoomId, UserId,
+    api::client::{
+        filter::{FilterDefinition, LazyLoadOptions, RoomEventFilter},
+        sync::sync_events::{
+            v3::{
+                Ephemeral as EphemeralEvents, GlobalAccountData, InviteState, InvitedRoom,
+                JoinedRoom, KnockState, KnockedRoom, LeftRoom, Presence as PresenceEvents,
+                Response, RoomSummary, State, StateEvents, Timeline, ToDevice,
+            },
+            DeviceLists, UnreadNotificationsCount,
+        },
+    },
+    events::room::member::MembershipState,
+    serde::Raw,
+    OneTimeKeyAlgorithm, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
 };
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::{
@@ -114,7 +130,7 @@ impl Sync {
     }
 
     /// Answers a sync, waiting up to `timeout` for news when there is none.
-    pub async fn sync(&self, req: SyncRequest<'_>) -> Result<Value> {
+    pub async fn sync(&self, req: SyncRequest<'_>) -> Result<Response> {
         let deadline = Instant::now() + req.timeout;
         // Events and invites of ignored users are left out (m.ignored_user_list).
         let ignored = self.account_data.ignored_users(req.user)?;
@@ -158,11 +174,16 @@ impl Sync {
         }
     }
 
-    fn build(&self, req: &SyncRequest<'_>, ignored: &[String], upto: u64) -> Result<(Value, bool)> {
-        let mut join = Map::new();
-        let mut invite = Map::new();
-        let mut knock = Map::new();
-        let mut leave = Map::new();
+    fn build(
+        &self,
+        req: &SyncRequest<'_>,
+        ignored: &[String],
+        upto: u64,
+    ) -> Result<(Response, bool)> {
+        let mut join: BTreeMap<OwnedRoomId, JoinedRoom> = BTreeMap::new();
+        let mut invite: BTreeMap<OwnedRoomId, InvitedRoom> = BTreeMap::new();
+        let mut knock: BTreeMap<OwnedRoomId, KnockedRoom> = BTreeMap::new();
+        let mut leave: BTreeMap<OwnedRoomId, LeftRoom> = BTreeMap::new();
         let room_filter = &req.filter.room;
         // Presence needs the members of every joined room: only look when some presence changed.
         let presence_changed = self.ephemeral.presence_changed_after(req.since);
@@ -198,17 +219,15 @@ impl Sync {
                     if let Some(v) =
                         self.joined_room(req, ignored, &room_id, rec.pos, upto, &mut newly_shared)?
                     {
-                        join.insert(room_id.to_string(), v);
+                        join.insert(room_id, v);
                     }
                 }
                 "invite"
                     if req.since.is_none_or(|s| rec.pos > s)
                         && !self.sent_by_ignored(&rec.event_id, ignored)? =>
                 {
-                    invite.insert(
-                        room_id.to_string(),
-                        self.invited_room(req.user, &room_id, rec.event_id.as_str())?,
-                    );
+                    let room = self.invited_room(req.user, &room_id, rec.event_id.as_str())?;
+                    invite.insert(room_id, room);
                 }
                 "knock" if req.since.is_none_or(|s| rec.pos > s) => {
                     let events = match self.remote_stripped_state(req.user, &room_id)? {
@@ -218,10 +237,9 @@ impl Sync {
                             .rooms
                             .stripped_state(&room_id, Some(rec.event_id.as_str()))?,
                     };
-                    knock.insert(
-                        room_id.to_string(),
-                        json!({ "knock_state": { "events": events } }),
-                    );
+                    let mut state = KnockState::new();
+                    state.events = raws(events)?;
+                    knock.insert(room_id, KnockedRoom::from(state));
                 }
                 "leave" | "ban" => {
                     // An initial sync gives the rooms the user was banned or kicked from
@@ -235,10 +253,8 @@ impl Sync {
                         }
                     };
                     if include {
-                        leave.insert(
-                            room_id.to_string(),
-                            self.left_room(req, ignored, &room_id, &rec)?,
-                        );
+                        let room = self.left_room(req, ignored, &room_id, &rec)?;
+                        leave.insert(room_id, room);
                     }
                 }
                 _ => {}
@@ -255,32 +271,26 @@ impl Sync {
                 .is_none()
         {
             let rules = self.account_data.push_rules(req.user)?;
-            global_ad.push(json!({ "type": "m.push_rules", "content": { "global": &*rules } }));
+            global_ad.push(raw(&json!({
+                "type": "m.push_rules", "content": { "global": &*rules }
+            }))?);
         }
-        let mut room_ad: Map<String, Value> = Map::new();
         for (room, kind, content) in self.account_data.changed_since(req.user, req.since, upto)? {
             let ev = json!({ "type": kind, "content": content });
             match room {
-                None => global_ad.push(ev),
+                None => global_ad.push(raw(&ev)?),
                 Some(r) => {
-                    if let Some(j) = join.get_mut(r.as_str()) {
-                        push_to(j, "account_data", ev);
+                    if let Some(j) = join.get_mut(&r) {
+                        j.account_data.events.push(raw(&ev)?);
                     } else if self.rooms.is_joined(&r, req.user)? {
-                        if let Some(a) = room_ad
-                            .entry(r.to_string())
-                            .or_insert_with(|| json!([]))
-                            .as_array_mut()
-                        {
-                            a.push(ev)
-                        }
+                        join.entry(r)
+                            .or_default()
+                            .account_data
+                            .events
+                            .push(raw(&ev)?);
                     }
                 }
             }
-        }
-        for (room, events) in room_ad {
-            let mut jr = empty_joined();
-            jr["account_data"]["events"] = events;
-            join.insert(room, jr);
         }
 
         let mut presence = Vec::new();
@@ -293,7 +303,7 @@ impl Sync {
             }
             if let Some(p) = self.ephemeral.presence(u)? {
                 if req.since.is_none_or(|s| p.pos > s) && p.pos <= upto {
-                    presence.push(Ephemeral::presence_event(u, &p));
+                    presence.push(raw(&Ephemeral::presence_event(u, &p))?);
                 }
             }
         }
@@ -303,7 +313,7 @@ impl Sync {
         for u in &newly_shared {
             if let Some(p) = self.ephemeral.presence(u)? {
                 if p.pos <= upto {
-                    presence.push(Ephemeral::presence_event(u, &p));
+                    presence.push(raw(&Ephemeral::presence_event(u, &p))?);
                 }
             }
         }
@@ -334,16 +344,31 @@ impl Sync {
             Some(ack) => format!("{}_{ack}", make_token(upto)),
             None => make_token(upto),
         };
-        let body = json!({
-            "next_batch": next_batch,
-            "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
-            "account_data": { "events": global_ad },
-            "presence": { "events": presence },
-            "to_device": { "events": to_device },
-            "device_lists": { "changed": device_lists.changed, "left": device_lists.left },
-            "device_one_time_keys_count": otk_counts,
-            "device_unused_fallback_key_types": fallback_types,
-        });
+        let mut body = Response::new(next_batch);
+        body.rooms.join = join;
+        body.rooms.invite = invite;
+        body.rooms.leave = leave;
+        body.rooms.knock = knock;
+        body.account_data = GlobalAccountData::new();
+        body.account_data.events = global_ad;
+        body.presence = PresenceEvents::new();
+        body.presence.events = presence;
+        body.to_device = ToDevice::new();
+        body.to_device.events = raws(to_device)?;
+        body.device_lists = DeviceLists::new();
+        body.device_lists.changed = device_lists.changed.into_iter().collect();
+        body.device_lists.left = device_lists.left.into_iter().collect();
+        body.device_one_time_keys_count = otk_counts
+            .into_iter()
+            .map(|(alg, n)| (OneTimeKeyAlgorithm::from(alg), UInt::new_saturating(n)))
+            .collect();
+        // Always given, empty or not: it tells clients the server supports fallback keys.
+        body.device_unused_fallback_key_types = Some(
+            fallback_types
+                .into_iter()
+                .map(OneTimeKeyAlgorithm::from)
+                .collect(),
+        );
         Ok((body, has_news))
     }
 
@@ -358,7 +383,7 @@ impl Sync {
         membership_pos: u64,
         upto: u64,
         newly_shared: &mut HashSet<OwnedUserId>,
-    ) -> Result<Option<Value>> {
+    ) -> Result<Option<JoinedRoom>> {
         let room = self.rooms.room_or_404(room_id)?;
         let newly_joined = match req.since {
             None => true,
@@ -378,35 +403,34 @@ impl Sync {
         if !timeline_changed && !req.full_state && typing.is_none() && receipts.is_empty() {
             return Ok(None);
         }
-        let mut out = empty_joined();
-        self.fill_timeline_and_state(req, ignored, room_id, since, upto, &mut out)?;
+        let section = self.timeline_and_state(req, ignored, room_id, since, upto)?;
         if since.is_some() {
-            newly_shared.extend(joins_in(&out));
+            newly_shared.extend(section.joins());
         }
-        if let Some(t) = typing {
-            push_to(&mut out, "ephemeral", t);
-        }
-        for r in receipts {
-            push_to(&mut out, "ephemeral", r);
-        }
+        let mut out = JoinedRoom::new();
+        (out.timeline, out.state) = section.into_ruma()?;
+        out.ephemeral = EphemeralEvents::new();
+        out.ephemeral.events = raws(typing.into_iter().chain(receipts))?;
         self.fill_unread_counts(req, room_id, &mut out)?;
         let members = self.rooms.members(room_id)?;
-        let joined = members.iter().filter(|(_, m)| m == "join").count();
-        let invited = members.iter().filter(|(_, m)| m == "invite").count();
-        out["summary"] =
-            json!({ "m.joined_member_count": joined, "m.invited_member_count": invited });
+        let count = |state: MembershipState| {
+            let n = members.iter().filter(|(_, m)| *m == state.as_str()).count();
+            UInt::new_saturating(u64::try_from(n).unwrap_or(u64::MAX))
+        };
+        out.summary = RoomSummary::new();
+        out.summary.joined_member_count = Some(count(MembershipState::Join));
+        out.summary.invited_member_count = Some(count(MembershipState::Invite));
         if self
             .rooms
             .state_content(&*self.rooms.state(room.state)?, "m.room.name", "")?
             .is_none()
         {
-            let heroes: Vec<&OwnedUserId> = members
+            out.summary.heroes = members
                 .iter()
                 .filter(|(u, m)| u != req.user && (m == "join" || m == "invite"))
-                .map(|(u, _)| u)
+                .map(|(u, _)| u.clone())
                 .take(5)
                 .collect();
-            out["summary"]["m.heroes"] = json!(heroes);
         }
         Ok(Some(out))
     }
@@ -423,15 +447,14 @@ impl Sync {
     }
 
     /// Timeline and state of a room between `since` and `upto` (`end` bounds a left room).
-    fn fill_timeline_and_state(
+    fn timeline_and_state(
         &self,
         req: &SyncRequest<'_>,
         ignored: &[String],
         room_id: &RoomId,
         since: Option<u64>,
         upto: u64,
-        out: &mut Value,
-    ) -> Result<()> {
+    ) -> Result<Section> {
         let tf = &req.filter.room.timeline;
         let limit = tf
             .limit
@@ -539,7 +562,7 @@ impl Sync {
                 Some(_) => Some(self.rooms.state(self.rooms.state_at_pos(room_id, upto)?)?),
                 None => None,
             };
-            let mut target: std::collections::BTreeMap<&(String, String), u64> =
+            let mut target: BTreeMap<&(String, String), u64> =
                 state_start.iter().map(|(k, short)| (k, *short)).collect();
             if let Some(end) = &state_end {
                 for (k, short) in end.iter() {
@@ -575,13 +598,12 @@ impl Sync {
                 }
             }
         }
-        out["timeline"] = json!({
-            "events": events.into_iter().map(|(_, e)| e).collect::<Vec<_>>(),
-            "limited": limited,
-            "prev_batch": prev_batch,
-        });
-        out["state"] = json!({ "events": state_events });
-        Ok(())
+        Ok(Section {
+            events: events.into_iter().map(|(_, e)| e).collect(),
+            limited,
+            prev_batch: Some(prev_batch),
+            state: state_events,
+        })
     }
 
     /// `unread_notifications`, and `unread_thread_notifications` when the filter asks for them
@@ -592,13 +614,13 @@ impl Sync {
         &self,
         req: &SyncRequest<'_>,
         room_id: &RoomId,
-        out: &mut Value,
+        out: &mut JoinedRoom,
     ) -> Result<()> {
         // Receipt positions: unthreaded applies everywhere; "main" and each thread root add to it.
         let mut unthreaded = 0;
         let mut by_thread: std::collections::HashMap<String, u64> = Default::default();
         for (thread, event_id) in self.ephemeral.own_receipts_by_thread(room_id, req.user)? {
-            let pos = match ruma::OwnedEventId::try_from(event_id) {
+            let pos = match OwnedEventId::try_from(event_id) {
                 Ok(e) => self.rooms.short_id(&e)?.unwrap_or(0),
                 Err(_) => 0,
             };
@@ -630,24 +652,16 @@ impl Sync {
             let (n, h) = threads
                 .values()
                 .fold(main, |(n, h), (tn, th)| (n + tn, h + th));
-            out["unread_notifications"] = json!({ "notification_count": n, "highlight_count": h });
+            out.unread_notifications = counts(n, h);
             return Ok(());
         }
-        out["unread_notifications"] =
-            json!({ "notification_count": main.0, "highlight_count": main.1 });
-        if threads.is_empty() {
-            return Ok(());
-        }
-        let mut per_thread = Map::new();
+        out.unread_notifications = counts(main.0, main.1);
         for (root, (n, h)) in threads {
             if let Some(m) = self.rooms.meta(root)? {
-                per_thread.insert(
-                    m.event_id.to_string(),
-                    json!({ "notification_count": n, "highlight_count": h }),
-                );
+                let id: OwnedEventId = m.event_id.clone();
+                out.unread_thread_notifications.insert(id, counts(n, h));
             }
         }
-        out["unread_thread_notifications"] = Value::Object(per_thread);
         Ok(())
     }
 
@@ -681,13 +695,20 @@ impl Sync {
         Ok(Some(events))
     }
 
-    fn invited_room(&self, user: &UserId, room_id: &RoomId, invite_event: &str) -> Result<Value> {
+    fn invited_room(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        invite_event: &str,
+    ) -> Result<InvitedRoom> {
         // An invite from another server brings the room's stripped state with it.
-        if let Some(events) = self.remote_stripped_state(user, room_id)? {
-            return Ok(json!({ "invite_state": { "events": events } }));
-        }
-        let events = self.rooms.stripped_state(room_id, Some(invite_event))?;
-        Ok(json!({ "invite_state": { "events": events } }))
+        let events = match self.remote_stripped_state(user, room_id)? {
+            Some(events) => events,
+            None => self.rooms.stripped_state(room_id, Some(invite_event))?,
+        };
+        let mut state = InviteState::new();
+        state.events = raws(events)?;
+        Ok(InvitedRoom::from(state))
     }
 
     fn left_room(
@@ -696,8 +717,8 @@ impl Sync {
         ignored: &[String],
         room_id: &RoomId,
         rec: &MembershipRecord,
-    ) -> Result<Value> {
-        let mut out = json!({ "account_data": { "events": [] } });
+    ) -> Result<LeftRoom> {
+        let mut out = LeftRoom::new();
         // An invite or knock of another server's room that ended (rejected, rescinded) is not
         // in any timeline here: the membership event that ended it is all there is to show,
         // and it is what tells the client the room left its invites or knocks.
@@ -719,11 +740,17 @@ impl Sync {
                     events.push(ev);
                 }
             }
-            out["timeline"] = json!({ "events": events, "limited": false });
-            out["state"] = json!({ "events": [] });
+            let section = Section {
+                events,
+                limited: false,
+                prev_batch: None,
+                state: Vec::new(),
+            };
+            (out.timeline, out.state) = section.into_ruma()?;
             return Ok(out);
         }
-        self.fill_timeline_and_state(req, ignored, room_id, req.since, rec.pos, &mut out)?;
+        let section = self.timeline_and_state(req, ignored, room_id, req.since, rec.pos)?;
+        (out.timeline, out.state) = section.into_ruma()?;
         Ok(out)
     }
 }
@@ -737,44 +764,65 @@ pub fn read_pos(
 ) -> Result<u64> {
     let mut best = 0;
     for event_id in ephemeral.own_read_receipts(room_id, user)? {
-        if let Ok(e) = ruma::OwnedEventId::try_from(event_id) {
+        if let Ok(e) = OwnedEventId::try_from(event_id) {
             best = best.max(rooms.short_id(&e)?.unwrap_or(0));
         }
     }
     Ok(best)
 }
 
-/// Users who joined in a room's sync section (its timeline or state; a join that only
-/// changes a profile is not one).
-fn joins_in(room: &Value) -> Vec<OwnedUserId> {
-    ["timeline", "state"]
-        .iter()
-        .filter_map(|section| room[section]["events"].as_array())
-        .flatten()
-        .filter(|e| {
-            e["type"] == "m.room.member"
-                && e["content"]["membership"] == "join"
-                && e["unsigned"]["prev_content"]["membership"] != "join"
-        })
-        .filter_map(|e| e["state_key"].as_str())
-        .filter_map(|u| OwnedUserId::try_from(u).ok())
-        .collect()
+/// A room's timeline and the state before it, as client events.
+struct Section {
+    events: Vec<Value>,
+    limited: bool,
+    prev_batch: Option<String>,
+    state: Vec<Value>,
 }
 
-fn empty_joined() -> Value {
-    json!({
-        "timeline": { "events": [], "limited": false },
-        "state": { "events": [] },
-        "ephemeral": { "events": [] },
-        "account_data": { "events": [] },
-        "summary": {},
-    })
-}
-
-fn push_to(room: &mut Value, section: &str, ev: Value) {
-    if let Some(a) = room[section]["events"].as_array_mut() {
-        a.push(ev);
+impl Section {
+    /// Users who joined in this section (its timeline or state; a join that only changes a
+    /// profile is not one).
+    fn joins(&self) -> Vec<OwnedUserId> {
+        let join = MembershipState::Join.as_str();
+        self.events
+            .iter()
+            .chain(&self.state)
+            .filter(|e| {
+                e["type"] == "m.room.member"
+                    && e["content"]["membership"] == join
+                    && e["unsigned"]["prev_content"]["membership"] != join
+            })
+            .filter_map(|e| e["state_key"].as_str())
+            .filter_map(|u| OwnedUserId::try_from(u).ok())
+            .collect()
     }
+
+    fn into_ruma(self) -> Result<(Timeline, State)> {
+        let mut timeline = Timeline::new();
+        timeline.events = raws(self.events)?;
+        timeline.limited = self.limited;
+        timeline.prev_batch = self.prev_batch;
+        Ok((
+            timeline,
+            State::Before(StateEvents::with_events(raws(self.state)?)),
+        ))
+    }
+}
+
+/// A JSON object the server built, as the ruma type of its place in the response.
+fn raw<T>(value: &Value) -> Result<Raw<T>> {
+    Ok(Raw::from_json(serde_json::value::to_raw_value(value)?))
+}
+
+fn raws<T>(values: impl IntoIterator<Item = Value>) -> Result<Vec<Raw<T>>> {
+    values.into_iter().map(|v| raw(&v)).collect()
+}
+
+fn counts(notifications: u64, highlights: u64) -> UnreadNotificationsCount {
+    let mut out = UnreadNotificationsCount::new();
+    out.notification_count = Some(UInt::new_saturating(notifications));
+    out.highlight_count = Some(UInt::new_saturating(highlights));
+    out
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use axum::{extract::State, Json};
+use axum::extract::State;
 use paracord_core::Error;
 use paracord_service::sync::{parse_sync_token, SyncRequest};
 use ruma::{
@@ -12,9 +12,8 @@ use ruma::{
     },
     presence::PresenceState,
 };
-use serde_json::{json, Value};
 
-use crate::{ruma_wrapper::Ruma, ApiResult, AppState};
+use crate::{ruma_wrapper::Ruma, ApiResult, AppState, RumaResponse};
 
 /// Longest long-poll honoured.
 const MAX_TIMEOUT: Duration = Duration::from_secs(60);
@@ -23,7 +22,7 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) async fn sync_events_route(
     State(state): State<AppState>,
     req: Ruma<sync_events::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<sync_events::v3::Response>> {
     let id = req.user()?.clone();
     let filter = match &req.body.filter {
         None => FilterDefinition::default(),
@@ -33,8 +32,7 @@ pub(crate) async fn sync_events_route(
                 .account_data
                 .filter(&id.user_id, fid)?
                 .ok_or_else(|| Error::not_found("filter not found"))?;
-            serde_json::from_value(raw)
-                .map_err(|e| Error::bad_json(format!("stored filter unreadable: {e}")))?
+            stored_filter(raw)?
         }
         Some(_) => FilterDefinition::default(),
     };
@@ -65,28 +63,28 @@ pub(crate) async fn sync_events_route(
             timeout,
         })
         .await?;
-    Ok(Json(body))
+    Ok(RumaResponse(body))
 }
 
 /// `POST /_matrix/client/v3/user/{userId}/filter` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3useruseridfilter
 pub(crate) async fn create_filter_route(
     State(state): State<AppState>,
     req: Ruma<create_filter::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<create_filter::v3::Response>> {
     let id = req.user()?;
     if id.user_id != req.body.user_id {
         return Err(Error::forbidden("you may only create filters for yourself").into());
     }
-    let raw = req.json.clone().unwrap_or_else(|| json!({}));
-    let filter_id = state.account_data.create_filter(&id.user_id, &raw)?;
-    Ok(Json(json!({ "filter_id": filter_id })))
+    let filter = serde_json::to_value(&req.body.filter).map_err(Error::from)?;
+    let filter_id = state.account_data.create_filter(&id.user_id, &filter)?;
+    Ok(RumaResponse(create_filter::v3::Response::new(filter_id)))
 }
 
 /// `GET /_matrix/client/v3/user/{userId}/filter/{filterId}` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3useruseridfilterfilterid
 pub(crate) async fn get_filter_route(
     State(state): State<AppState>,
     req: Ruma<get_filter::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<get_filter::v3::Response>> {
     let id = req.user()?;
     if id.user_id != req.body.user_id {
         return Err(Error::forbidden("you may only read your own filters").into());
@@ -95,5 +93,13 @@ pub(crate) async fn get_filter_route(
         .account_data
         .filter(&id.user_id, &req.body.filter_id)?
         .ok_or_else(|| Error::not_found("filter not found"))?;
-    Ok(Json(f))
+    Ok(RumaResponse(get_filter::v3::Response::new(stored_filter(
+        f,
+    )?)))
+}
+
+/// A filter as it was stored when it was created.
+fn stored_filter(raw: serde_json::Value) -> Result<FilterDefinition, Error> {
+    serde_json::from_value(raw)
+        .map_err(|e| Error::internal(format!("stored filter unreadable: {e}")))
 }

@@ -5,6 +5,7 @@
 //! `auth_events` chosen by `auth_types_for_event`. It is checked with ruma's auth rules against
 //! its auth events and the state before it, then committed in one batch at one stream position.
 
+mod commit;
 pub mod create;
 pub mod directory;
 pub mod federation_read;
@@ -1058,12 +1059,15 @@ impl Rooms {
         Ok(())
     }
 
-    /// Writes an authorized event and everything it changes in one batch.
+    /// Writes an authorized local event (see [`Rooms::commit`]), follows a local user's join
+    /// into the room's predecessor and hands the event to the federation sender. The
+    /// observers' follow-ups are returned, for the caller to run once it let go of the
+    /// room's lock.
     #[allow(clippy::too_many_arguments)]
     fn commit_event(
         &self,
         room_id: &RoomId,
-        mut room: RoomRecord,
+        room: RoomRecord,
         state: &StateMap,
         pdu: Pdu,
         pdu_bytes: Vec<u8>,
@@ -1072,120 +1076,41 @@ impl Rooms {
         relation: Option<relations::Relation>,
         notes: Vec<notify::Notification>,
     ) -> Result<(u64, Vec<hooks::FollowUp>)> {
-        let rules = rules_for(&room.version)?;
-        let redact_target = if pdu.kind == TimelineEventType::RoomRedaction {
-            pdu.redacts.clone()
-        } else {
-            None
+        let redact_target = match pdu.kind {
+            TimelineEventType::RoomRedaction => pdu.redacts.clone(),
+            _ => None,
         };
-        let membership_target = if pdu.kind == TimelineEventType::RoomMember {
-            pdu.state_key
-                .clone()
-                .and_then(|k| OwnedUserId::try_from(k).ok())
-        } else {
-            None
-        };
-        let membership = membership_target.as_ref().map(|_| {
-            pdu.content_value()
+        let state_before = room.state;
+        let committed = self.commit(
+            room_id,
+            room,
+            commit::Accepted {
+                event_id: &event_id,
+                pdu: &pdu,
+                bytes: &pdu_bytes,
+                before: commit::Before {
+                    id: state_before,
+                    map: state,
+                    resolved: false,
+                },
+                soft_failed: false,
+                existing_short: None,
+                txn: txn.as_ref(),
+                relation: relation.as_ref(),
+                notes: &notes,
+                redact_target: redact_target.as_ref(),
+            },
+        )?;
+        if let Some(user) = commit::member_target(&pdu) {
+            if pdu
+                .content_value()
                 .get("membership")
                 .and_then(|m| m.as_str())
-                .unwrap_or("leave")
-                .to_owned()
-        });
-        let state_before = room.state;
-        // Only state events write a snapshot, so only they need the current chain length.
-        let snapshot_depth = match pdu.state_key {
-            Some(_) => self.snapshot_depth(state_before)?,
-            None => 0,
-        };
-        let search = self.search.clone();
-        let kind = pdu.kind.to_string();
-        let content = pdu.content_value();
-        let (pos, ()) = self.stream.commit(|pos, batch| {
-            let short = pos;
-            self.write_notifications(batch, room_id, event_id.as_str(), pos, &notes)?;
-            let mut state_after = state_before;
-            if let Some(k) = &pdu.state_key {
-                state_after = short;
-                write_state_snapshot(
-                    batch,
-                    short,
-                    state_before,
-                    snapshot_depth,
-                    state,
-                    (&kind, k),
-                    short,
-                )?;
-            }
-            let meta = EventMeta {
-                event_id: event_id.clone(),
-                room_id: room_id.to_owned(),
-                state_before,
-                state_after,
-                redacted_by: None,
-                txn: txn.clone(),
-                outlier: false,
-                hidden: false,
-                rejected: false,
-            };
-            write_event_rows(batch, short, &event_id, &pdu_bytes, &meta)?;
-            put_timeline_row(
-                batch,
-                room_id,
-                pos,
-                short,
-                u64::from(pdu.origin_server_ts.get()),
-            );
-            room.extremities = vec![event_id.clone()];
-            room.state = state_after;
-            room.depth = room.depth.saturating_add(1);
-            room.last_pos = pos;
-            batch.put(
-                Table::RoomidRoom,
-                room_id.as_bytes().to_vec(),
-                serde_json::to_vec(&room)?,
-            );
-            if let (Some(user), Some(m)) = (&membership_target, &membership) {
-                write_membership(batch, room_id, user, m, pos, &event_id)?;
-            }
-            if let Some(r) = &relation {
-                self.index_relation(batch, room_id, r, pos)?;
-            }
-            for o in &self.observers {
-                o.index(batch, room_id, &pdu)?;
-            }
-            if let Some(t) = &txn {
-                let key = txn_key(&pdu.sender, room_id, t);
-                crate::expiry::schedule(
-                    batch,
-                    Table::TxnEventid,
-                    &key,
-                    now_ms().saturating_add(crate::expiry::TRANSACTION_TTL_MS),
-                );
-                batch.put(Table::TxnEventid, key, event_id.as_bytes().to_vec());
-            }
-            if let Some(target) = &redact_target {
-                self.redact_into(batch, target, &event_id, &rules)?;
-            }
-            // Full-text search entries go with the event, in its batch.
-            if let Some(search) = &search {
-                search.index_into(
-                    batch,
-                    room_id.as_str(),
-                    pdu.sender.as_str(),
-                    &kind,
-                    &content,
-                    pos,
-                    u64::from(pdu.origin_server_ts.get()),
-                )?;
-            }
-            Ok(())
-        })?;
-        if let (Some(user), Some("join")) = (&membership_target, membership.as_deref()) {
-            if user.server_name() == self.config.server_name.as_str()
-                && self.membership_in(state, user)?.as_deref() != Some("join")
+                == Some("join")
+                && user.server_name() == self.config.server_name.as_str()
+                && self.membership_in(state, &user)?.as_deref() != Some("join")
             {
-                self.follow_predecessor(room_id, state, user);
+                self.follow_predecessor(room_id, state, &user);
             }
         }
         let follow_ups = self.after_commit(
@@ -1193,10 +1118,10 @@ impl Rooms {
             &pdu,
             &notes,
             redact_target.as_deref(),
-            membership_target,
+            committed.changed_members,
         )?;
         self.send_out(room_id, &event_id, &pdu, &pdu_bytes)?;
-        Ok((pos, follow_ups))
+        Ok((committed.pos, follow_ups))
     }
 
     /// What follows a commit: notifications to the push sender, the redacted event's parsed
@@ -1207,7 +1132,7 @@ impl Rooms {
         pdu: &Pdu,
         notes: &[notify::Notification],
         redact_target: Option<&EventId>,
-        membership_target: Option<OwnedUserId>,
+        changed_members: Vec<OwnedUserId>,
     ) -> Result<Vec<hooks::FollowUp>> {
         let mut follow_ups = Vec::new();
         if let Some(me) = self.me.upgrade() {
@@ -1221,9 +1146,7 @@ impl Rooms {
             }
         }
         let mut wake: Vec<OwnedUserId> = self.joined_members(room_id)?;
-        if let Some(u) = membership_target {
-            wake.push(u);
-        }
+        wake.extend(changed_members);
         self.stream.notifier().wake(wake.iter().map(|u| u.as_ref()));
         Ok(follow_ups)
     }

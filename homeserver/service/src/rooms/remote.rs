@@ -22,16 +22,17 @@ use ruma::{
 use tracing::{debug, info};
 
 use super::{
+    commit::{Accepted, Before},
     db_err, hooks, put_timeline_row, rules_for, write_event_rows, write_full_snapshot,
     write_membership, write_state_snapshot, EventMeta, Pdu, RoomRecord, Rooms, StateMap,
 };
 
 /// Snapshot ids of resolved states (which belong to no one event) have this bit set, and the
 /// stream position of the commit that wrote them below it.
-const RESOLVED_BEFORE: u64 = 1 << 62;
-const RESOLVED_CURRENT: u64 = (1 << 62) | (1 << 61);
+pub(super) const RESOLVED_BEFORE: u64 = 1 << 62;
+pub(super) const RESOLVED_CURRENT: u64 = (1 << 62) | (1 << 61);
 /// Most holes a room remembers (see `RoomRecord::holes`).
-const MAX_HOLES: usize = 1024;
+pub(super) const MAX_HOLES: usize = 1024;
 /// Timeline positions kept free before a join over federation for the history before it.
 const BACKFILL_SLOTS: u64 = 100_000;
 
@@ -62,10 +63,10 @@ pub enum Placed {
 
 /// An event of the batch being written: its short id, id and PDU, not readable from the
 /// database until the batch is.
-struct Pending<'a> {
-    short: u64,
-    event_id: &'a EventId,
-    pdu: &'a Pdu,
+pub(super) struct Pending<'a> {
+    pub(super) short: u64,
+    pub(super) event_id: &'a EventId,
+    pub(super) pdu: &'a Pdu,
 }
 
 fn invite_key(user: &UserId, room_id: &RoomId) -> Vec<u8> {
@@ -442,7 +443,7 @@ impl Rooms {
     }
 
     /// The snapshot id of the state after an event, if the event is stored with its state.
-    fn state_after_event(&self, event_id: &EventId) -> Result<Option<u64>> {
+    pub(super) fn state_after_event(&self, event_id: &EventId) -> Result<Option<u64>> {
         let Some(short) = self.short_id(event_id)? else {
             return Ok(None);
         };
@@ -460,7 +461,7 @@ impl Rooms {
 
     /// [`Self::resolve_states`] where the states may hold `pending`, an event of the batch
     /// being written (so not in the database yet).
-    fn resolve_states_with(
+    pub(super) fn resolve_states_with(
         &self,
         version: &str,
         states: &[&StateMap],
@@ -765,58 +766,21 @@ impl Rooms {
         )
     }
 
-    /// Writes a placed remote event: its state snapshot, the timeline entry (unless
-    /// soft-failed), the new extremities and current state, membership changes.
+    /// Writes a placed remote event (see [`Rooms::commit`]): what only a received event
+    /// needs is worked out here — its push notifications and relation, whether its redaction
+    /// applies — and its observers' follow-ups run in the background.
     #[allow(clippy::too_many_arguments)]
     fn commit_remote(
         &self,
         room_id: &RoomId,
-        mut room: RoomRecord,
+        room: RoomRecord,
         event: Checked,
         before_id: u64,
         before_map: &StateMap,
         new_before: bool,
         soft_failed: bool,
     ) -> Result<Placed> {
-        let rules = rules_for(&room.version)?;
         let pdu = &event.pdu;
-        let kind = pdu.kind.to_string();
-        let snapshot_depth = match (&pdu.state_key, new_before) {
-            (Some(_), false) => self.snapshot_depth(before_id)?,
-            _ => 0,
-        };
-        // Extremities and current state after the event (unchanged when soft-failed). An
-        // event that fills a hole has a child here already: it is no forward extremity.
-        let late = room.holes.contains(&event.event_id);
-        let mut extremities: Vec<OwnedEventId> = room
-            .extremities
-            .iter()
-            .filter(|e| !pdu.prev_events.contains(e))
-            .cloned()
-            .collect();
-        if !late || extremities.is_empty() {
-            extremities.push(event.event_id.clone());
-        }
-        // Placed on another server's state: the prev_events not here are holes now.
-        let mut holes_after: Vec<OwnedEventId> = room
-            .holes
-            .iter()
-            .filter(|h| **h != event.event_id)
-            .cloned()
-            .collect();
-        let mut after_gap = false;
-        for prev in &pdu.prev_events {
-            if !self.is_placed(prev)? {
-                after_gap = true;
-                if !holes_after.contains(prev) {
-                    holes_after.push(prev.clone());
-                }
-            }
-        }
-        let overflow = holes_after.len().saturating_sub(MAX_HOLES);
-        holes_after.drain(..overflow);
-        // An outlier placed now keeps its short id (state maps may name it already).
-        let existing_short = self.short_id(&event.event_id)?;
         let notes = if soft_failed {
             Vec::new()
         } else {
@@ -840,168 +804,40 @@ impl Rooms {
             }),
             _ => None,
         };
-        let search = self.search.clone();
-        let content = pdu.content_value();
-        let old_current = self.state(room.state)?;
-        let (pos, changed_members) = self.stream.commit(|pos, batch| {
-            let short = existing_short.unwrap_or(pos);
-            let before = if new_before {
-                let id = RESOLVED_BEFORE | pos;
-                write_full_snapshot(batch, id, before_map)?;
-                id
-            } else {
-                before_id
-            };
-            let mut after = before;
-            let mut after_map = before_map.clone();
-            if let Some(k) = &pdu.state_key {
-                after = short;
-                write_state_snapshot(
-                    batch,
-                    short,
-                    before,
-                    snapshot_depth,
-                    before_map,
-                    (&kind, k),
-                    short,
-                )?;
-                after_map.insert((kind.clone(), k.clone()), short);
-            }
-            let meta = EventMeta {
-                event_id: event.event_id.clone(),
-                room_id: room_id.to_owned(),
-                state_before: before,
-                state_after: after,
-                redacted_by: None,
+        // An outlier placed now keeps its short id (state maps may name it already).
+        let existing_short = self.short_id(&event.event_id)?;
+        let committed = self.commit(
+            room_id,
+            room,
+            Accepted {
+                event_id: &event.event_id,
+                pdu,
+                bytes: &event.bytes,
+                before: Before {
+                    id: before_id,
+                    map: before_map,
+                    resolved: new_before,
+                },
+                soft_failed,
+                existing_short,
                 txn: None,
-                outlier: false,
-                hidden: soft_failed,
-                rejected: false,
-            };
-            write_event_rows(batch, short, &event.event_id, &event.bytes, &meta)?;
-            if soft_failed {
-                return Ok(Vec::new());
-            }
-            self.write_notifications(batch, room_id, event.event_id.as_str(), pos, &notes)?;
-            put_timeline_row(
-                batch,
-                room_id,
-                pos,
-                short,
-                u64::from(pdu.origin_server_ts.get()),
-            );
-            // The new current state: unchanged when the extremities are (a late event); the
-            // event's own when it follows every extremity; otherwise the extremities' states
-            // resolved.
-            let new_current = if extremities == room.extremities {
-                (*old_current).clone()
-            } else if extremities == [event.event_id.clone()] {
-                room.state = after;
-                after_map
-            } else {
-                let mut maps = Vec::new();
-                for e in &extremities {
-                    if *e == event.event_id {
-                        maps.push(after_map.clone());
-                    } else if let Some(s) = self.state_after_event(e)? {
-                        maps.push((*self.state(s)?).clone());
-                    }
-                }
-                let refs: Vec<&StateMap> = maps.iter().collect();
-                // The event's own state entry must take part: it is in this batch, not yet
-                // readable, and would otherwise drop out of the current state.
-                let pending = Pending {
-                    short,
-                    event_id: &event.event_id,
-                    pdu,
-                };
-                let resolved = self.resolve_states_with(&room.version, &refs, Some(&pending))?;
-                let id = RESOLVED_CURRENT | pos;
-                write_full_snapshot(batch, id, &resolved)?;
-                room.state = id;
-                resolved
-            };
-            room.extremities = extremities.clone();
-            room.holes = holes_after.clone();
-            if after_gap {
-                room.gaps.push(pos);
-                let overflow = room.gaps.len().saturating_sub(MAX_HOLES);
-                room.gaps.drain(..overflow);
-            }
-            room.depth = room.depth.max(u64::from(pdu.depth));
-            room.last_pos = pos;
-            batch.put(
-                Table::RoomidRoom,
-                room_id.as_bytes().to_vec(),
-                serde_json::to_vec(&room)?,
-            );
-            // Memberships that changed in the current state.
-            let mut changed = Vec::new();
-            for ((t, k), s) in &new_current {
-                if t != "m.room.member" || old_current.get(&(t.clone(), k.clone())) == Some(s) {
-                    continue;
-                }
-                let Ok(user) = OwnedUserId::try_from(k.as_str()) else {
-                    continue;
-                };
-                // The event itself is not in the database until this batch is written.
-                let member = if *s == short {
-                    pdu.clone()
-                } else {
-                    match self.pdu_by_short(*s)? {
-                        Some(m) => m,
-                        None => continue,
-                    }
-                };
-                let m = member
-                    .content_value()
-                    .get("membership")
-                    .and_then(|m| m.as_str())
-                    .unwrap_or("leave")
-                    .to_owned();
-                write_membership(batch, room_id, &user, &m, pos, &member.event_id)?;
-                self.index_remote_member(batch, &user, &m, &member.content_value())?;
-                changed.push(user);
-            }
-            // Relations and search entries name the event by its short id (which is `pos`
-            // unless an outlier is being placed).
-            if let Some(r) = &relation {
-                self.index_relation(batch, room_id, r, short)?;
-            }
-            for o in &self.observers {
-                o.index(batch, room_id, pdu)?;
-            }
-            if let Some(target) = &redact_target {
-                self.redact_into(batch, target, &event.event_id, &rules)?;
-            }
-            if let Some(search) = &search {
-                search.index_into(
-                    batch,
-                    room_id.as_str(),
-                    pdu.sender.as_str(),
-                    &kind,
-                    &content,
-                    short,
-                    u64::from(pdu.origin_server_ts.get()),
-                )?;
-            }
-            Ok(changed)
-        })?;
+                relation: relation.as_ref(),
+                notes: &notes,
+                redact_target: redact_target.as_ref(),
+            },
+        )?;
         if soft_failed {
             info!(event_id = %event.event_id, "soft-failed a remote event");
             return Ok(Placed::SoftFailed);
         }
         hooks::spawn(self.after_commit(
             room_id,
-            &event.pdu,
+            pdu,
             &notes,
             redact_target.as_deref(),
-            None,
+            committed.changed_members,
         )?);
-        self.stream
-            .notifier()
-            .wake(changed_members.iter().map(|u| u.as_ref()));
-        Ok(Placed::Accepted(pos))
+        Ok(Placed::Accepted(committed.pos))
     }
 
     /// Places an event whose `prev_events` this server lacks, on the state before it as
@@ -1160,7 +996,7 @@ impl Rooms {
         let pos = first + BACKFILL_SLOTS;
         info!(%room_id, state = state.len(), auth_chain = auth_chain.len(), "joined a room over federation");
         self.follow_predecessor(room_id, &map, &joiner);
-        hooks::spawn(self.after_commit(room_id, &join.pdu, &[], None, Some(joiner))?);
+        hooks::spawn(self.after_commit(room_id, &join.pdu, &[], None, vec![joiner])?);
         Ok(pos)
     }
 }

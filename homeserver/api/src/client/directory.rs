@@ -1,23 +1,67 @@
 //! Room aliases and the public room directory.
 
-use axum::{extract::State, Json};
+use axum::extract::State;
 use paracord_core::Error;
-use ruma::api::client::{
-    alias::{create_alias, delete_alias, get_alias},
-    directory::{
-        get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility,
+use ruma::{
+    api::client::{
+        alias::{create_alias, delete_alias, get_alias},
+        directory::{
+            get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility,
+        },
+        room::Visibility,
     },
-    room::Visibility,
+    directory::PublicRoomsChunk,
+    OwnedRoomId, OwnedServerName, RoomAliasId, UInt,
 };
 use serde_json::{json, Value};
 
-use crate::{ruma_wrapper::Ruma, ApiResult, AppState};
+use crate::{ruma_wrapper::Ruma, ApiResult, AppState, RumaResponse};
+
+/// A page of the public room directory, read from its JSON (this server's page or another
+/// server's answer).
+struct Page {
+    chunk: Vec<PublicRoomsChunk>,
+    next_batch: Option<String>,
+    prev_batch: Option<String>,
+    total_room_count_estimate: Option<UInt>,
+}
+
+impl Page {
+    fn from_json(mut page: Value) -> Self {
+        let chunk = match page["chunk"].take() {
+            Value::Array(rooms) => rooms.into_iter().filter_map(room_entry).collect(),
+            _ => Vec::new(),
+        };
+        let token = |v: &Value| v.as_str().map(str::to_owned);
+        Self {
+            chunk,
+            next_batch: token(&page["next_batch"]),
+            prev_batch: token(&page["prev_batch"]),
+            total_room_count_estimate: page["total_room_count_estimate"]
+                .as_u64()
+                .map(UInt::new_saturating),
+        }
+    }
+}
+
+/// One room of a directory page. A canonical alias that is not an alias is left out rather
+/// than the room (state events are not checked for it); an entry that still does not read as
+/// a room (only another server's answer can have one) is left out.
+fn room_entry(mut room: Value) -> Option<PublicRoomsChunk> {
+    let bad_alias = room
+        .get("canonical_alias")
+        .is_some_and(|a| a.as_str().is_none_or(|a| RoomAliasId::parse(a).is_err()));
+    if bad_alias {
+        room.as_object_mut()?.remove("canonical_alias");
+    }
+    serde_json::from_value(room).ok()
+}
 
 /// `PUT /_matrix/client/v3/directory/room/{roomAlias}` — https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3directoryroomroomalias
 pub(crate) async fn create_alias_route(
     State(state): State<AppState>,
     req: Ruma<create_alias::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<create_alias::v3::Response>> {
     let id = req.user()?;
     if !state.rooms.is_joined(&req.body.room_id, &id.user_id)? && !id.admin {
         state.rooms.room_or_404(&req.body.room_id)?;
@@ -26,14 +70,14 @@ pub(crate) async fn create_alias_route(
     state
         .rooms
         .set_alias(&req.body.room_alias, &req.body.room_id, &id.user_id)?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(create_alias::v3::Response::new()))
 }
 
 /// `DELETE /_matrix/client/v3/directory/room/{roomAlias}` — https://spec.matrix.org/v1.19/client-server-api/#delete_matrixclientv3directoryroomroomalias
 pub(crate) async fn delete_alias_route(
     State(state): State<AppState>,
     req: Ruma<delete_alias::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<delete_alias::v3::Response>> {
     let id = req.user()?;
     let room_id = state
         .rooms
@@ -42,14 +86,14 @@ pub(crate) async fn delete_alias_route(
         .rooms
         .forget_canonical_alias(&room_id, &req.body.room_alias, &id.user_id)
         .await?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(delete_alias::v3::Response::new()))
 }
 
 /// `GET /_matrix/client/v3/directory/room/{roomAlias}` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3directoryroomroomalias
 pub(crate) async fn get_alias_route(
     State(state): State<AppState>,
     req: Ruma<get_alias::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<get_alias::v3::Response>> {
     let alias = &req.body.room_alias;
     if alias.server_name().as_str() != state.config.server_name {
         // Another server's alias: ask that server.
@@ -59,41 +103,49 @@ pub(crate) async fn get_alias_route(
             crate::percent_encode(alias.as_str())
         );
         let body = crate::federation::ask(&state, server, http::Method::GET, &path, None).await?;
-        if !body["room_id"].is_string() {
-            return Err(Error::not_found(format!("{server} gave no room for the alias")).into());
-        }
-        return Ok(Json(
-            json!({ "room_id": body["room_id"], "servers": body["servers"] }),
-        ));
+        let room_id = body["room_id"]
+            .as_str()
+            .and_then(|r| OwnedRoomId::try_from(r).ok())
+            .ok_or_else(|| Error::not_found(format!("{server} gave no room for the alias")))?;
+        let servers = body["servers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| OwnedServerName::try_from(s.as_str()?).ok())
+            .collect();
+        return Ok(RumaResponse(get_alias::v3::Response::new(room_id, servers)));
     }
     let room_id = state
         .rooms
         .resolve_alias(&req.body.room_alias)?
         .ok_or_else(|| Error::not_found("room alias not found"))?;
-    Ok(Json(
-        json!({ "room_id": room_id, "servers": [state.config.server_name] }),
-    ))
+    let own = OwnedServerName::try_from(state.config.server_name.as_str())
+        .map_err(|e| Error::internal(format!("own server name: {e}")))?;
+    Ok(RumaResponse(get_alias::v3::Response::new(
+        room_id,
+        vec![own],
+    )))
 }
 
 /// `GET /_matrix/client/v3/directory/list/room/{roomId}` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3directorylistroomroomid
 pub(crate) async fn get_room_visibility_route(
     State(state): State<AppState>,
     req: Ruma<get_room_visibility::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<get_room_visibility::v3::Response>> {
     state.rooms.room_or_404(&req.body.room_id)?;
     let v = if state.rooms.is_published(&req.body.room_id)? {
-        "public"
+        Visibility::Public
     } else {
-        "private"
+        Visibility::Private
     };
-    Ok(Json(json!({ "visibility": v })))
+    Ok(RumaResponse(get_room_visibility::v3::Response::new(v)))
 }
 
 /// `PUT /_matrix/client/v3/directory/list/room/{roomId}` — https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3directorylistroomroomid
 pub(crate) async fn set_room_visibility_route(
     State(state): State<AppState>,
     req: Ruma<set_room_visibility::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<set_room_visibility::v3::Response>> {
     let id = req.user()?;
     let room = state.rooms.room_or_404(&req.body.room_id)?;
     let map = state.rooms.state(room.state)?;
@@ -105,14 +157,14 @@ pub(crate) async fn set_room_visibility_route(
     state
         .rooms
         .set_published(&req.body.room_id, req.body.visibility == Visibility::Public)?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(set_room_visibility::v3::Response::new()))
 }
 
 /// `GET /_matrix/client/v3/publicRooms` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3publicrooms
 pub(crate) async fn get_public_rooms_route(
     State(state): State<AppState>,
     req: Ruma<get_public_rooms::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<get_public_rooms::v3::Response>> {
     if let Some(server) = req
         .body
         .server
@@ -130,23 +182,23 @@ pub(crate) async fn get_public_rooms_route(
         if !query.is_empty() {
             path = format!("{path}?{}", query.join("&"));
         }
-        return Ok(Json(
-            crate::federation::ask(&state, server, http::Method::GET, &path, None).await?,
-        ));
+        let answer = crate::federation::ask(&state, server, http::Method::GET, &path, None).await?;
+        return Ok(RumaResponse(public_rooms(Page::from_json(answer))));
     }
     let all = state.rooms.public_rooms(None)?;
-    Ok(Json(paracord_service::rooms::directory::public_rooms_page(
+    let page = paracord_service::rooms::directory::public_rooms_page(
         all,
         req.body.since.as_deref(),
         req.body.limit.map(u64::from),
-    )?))
+    )?;
+    Ok(RumaResponse(public_rooms(Page::from_json(page))))
 }
 
 /// `POST /_matrix/client/v3/publicRooms` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3publicrooms
 pub(crate) async fn get_public_rooms_filtered_route(
     State(state): State<AppState>,
     req: Ruma<get_public_rooms_filtered::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<get_public_rooms_filtered::v3::Response>> {
     if let Some(server) = req
         .body
         .server
@@ -160,22 +212,39 @@ pub(crate) async fn get_public_rooms_filtered_route(
         if let Some(s) = &req.body.since {
             body["since"] = json!(s);
         }
-        return Ok(Json(
-            crate::federation::ask(
-                &state,
-                server,
-                http::Method::POST,
-                "/_matrix/federation/v1/publicRooms",
-                Some(&body),
-            )
-            .await?,
-        ));
+        let answer = crate::federation::ask(
+            &state,
+            server,
+            http::Method::POST,
+            "/_matrix/federation/v1/publicRooms",
+            Some(&body),
+        )
+        .await?;
+        return Ok(RumaResponse(public_rooms_filtered(Page::from_json(answer))));
     }
     let term = req.body.filter.generic_search_term.as_deref();
     let all = state.rooms.public_rooms(term)?;
-    Ok(Json(paracord_service::rooms::directory::public_rooms_page(
+    let page = paracord_service::rooms::directory::public_rooms_page(
         all,
         req.body.since.as_deref(),
         req.body.limit.map(u64::from),
-    )?))
+    )?;
+    Ok(RumaResponse(public_rooms_filtered(Page::from_json(page))))
+}
+
+fn public_rooms(page: Page) -> get_public_rooms::v3::Response {
+    let mut resp = get_public_rooms::v3::Response::new(page.chunk);
+    resp.next_batch = page.next_batch;
+    resp.prev_batch = page.prev_batch;
+    resp.total_room_count_estimate = page.total_room_count_estimate;
+    resp
+}
+
+fn public_rooms_filtered(page: Page) -> get_public_rooms_filtered::v3::Response {
+    let mut resp = get_public_rooms_filtered::v3::Response::new();
+    resp.chunk = page.chunk;
+    resp.next_batch = page.next_batch;
+    resp.prev_batch = page.prev_batch;
+    resp.total_room_count_estimate = page.total_room_count_estimate;
+    resp
 }

@@ -4,9 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use axum::{extract::State, Json};
+use axum::extract::State;
 use paracord_core::Error;
-use paracord_service::{accounts::UiaFlow, e2ee::DehydratedDevice, sync::parse_sync_token};
+use paracord_service::{
+    accounts::UiaFlow, e2ee::DehydratedDevice, rooms::pdu::raw, sync::parse_sync_token,
+};
 use ruma::{
     api::client::{
         dehydrated_device::{
@@ -18,11 +20,12 @@ use ruma::{
         },
         to_device::send_event_to_device,
     },
-    OwnedServerName, OwnedUserId,
+    OneTimeKeyAlgorithm, OwnedServerName, OwnedUserId, UInt,
 };
+use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
-use crate::{ruma_wrapper::Ruma, ApiResult, AppState};
+use crate::{ruma_wrapper::Ruma, ApiResult, AppState, RumaResponse};
 use paracord_service::ratelimit::Limit;
 
 /// The request body as JSON (an empty object when there is none).
@@ -30,23 +33,56 @@ fn body<T>(req: &Ruma<T>) -> Value {
     req.json.clone().unwrap_or_else(|| json!({}))
 }
 
+/// The entries of the JSON object `v` whose key and value parse as `K` and `V`. The service
+/// builds these maps from keys it checked; an entry that does not parse can only come from
+/// another server's answer, and is left out.
+fn typed_map<K: DeserializeOwned + Ord, V: DeserializeOwned>(v: Value) -> BTreeMap<K, V> {
+    let Value::Object(entries) = v else {
+        return BTreeMap::new();
+    };
+    entries
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let k = serde_json::from_value(Value::String(k)).ok()?;
+            Some((k, serde_json::from_value(v).ok()?))
+        })
+        .collect()
+}
+
+/// A JSON value taken out of a typed request field (`null` when the field is absent).
+fn json_of<T: serde::Serialize>(field: &T) -> ApiResult<Value> {
+    Ok(serde_json::to_value(field).map_err(Error::from)?)
+}
+
 /// `POST /_matrix/client/v3/keys/upload` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3keysupload
 pub(crate) async fn upload_keys_route(
     State(state): State<AppState>,
     req: Ruma<upload_keys::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<upload_keys::v3::Response>> {
     let id = req.user()?;
+    // The whole body, not ruma's fields: it also takes the fallback keys under their
+    // unstable name `org.matrix.msc2732.fallback_keys`, which ruma's request does not have.
     let counts = state
         .e2ee
         .upload_keys(&id.user_id, id.device_id.as_str(), &body(&req))?;
-    Ok(Json(json!({ "one_time_key_counts": counts })))
+    Ok(RumaResponse(upload_keys::v3::Response::new(key_counts(
+        counts,
+    ))))
+}
+
+/// One-time key counts per algorithm, as ruma has them.
+fn key_counts(counts: BTreeMap<String, u64>) -> BTreeMap<OneTimeKeyAlgorithm, UInt> {
+    counts
+        .into_iter()
+        .map(|(alg, n)| (alg.as_str().into(), UInt::new_saturating(n)))
+        .collect()
 }
 
 /// `POST /_matrix/client/v3/keys/query` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3keysquery
 pub(crate) async fn get_keys_route(
     State(state): State<AppState>,
     req: Ruma<get_keys::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<get_keys::v3::Response>> {
     let id = req.user()?;
     let wanted = paracord_service::e2ee::query_wanted(&req.body.device_keys);
     let mut out = state.e2ee.query_keys(Some(&id.user_id), &wanted)?;
@@ -71,7 +107,13 @@ pub(crate) async fn get_keys_route(
             }
         }
     }
-    Ok(Json(out))
+    let mut resp = get_keys::v3::Response::new();
+    resp.failures = typed_map(out["failures"].take());
+    resp.device_keys = typed_map(out["device_keys"].take());
+    resp.master_keys = typed_map(out["master_keys"].take());
+    resp.self_signing_keys = typed_map(out["self_signing_keys"].take());
+    resp.user_signing_keys = typed_map(out["user_signing_keys"].take());
+    Ok(RumaResponse(resp))
 }
 
 /// Requests grouped by the other server they are for: server → (user → what to ask).
@@ -147,7 +189,7 @@ fn merge_users(into: &mut Value, from: &Value, server: &ruma::ServerName, asked:
 pub(crate) async fn claim_keys_route(
     State(state): State<AppState>,
     req: Ruma<claim_keys::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<claim_keys::v3::Response>> {
     req.user()?;
     let wanted = paracord_service::e2ee::claim_wanted(&req.body.one_time_keys);
     let mut out = state.e2ee.claim_keys(&wanted)?;
@@ -172,74 +214,82 @@ pub(crate) async fn claim_keys_route(
             }
         }
     }
-    Ok(Json(out))
+    let mut resp = claim_keys::v3::Response::new(typed_map(out["one_time_keys"].take()));
+    resp.failures = typed_map(out["failures"].take());
+    Ok(RumaResponse(resp))
 }
 
 /// `GET /_matrix/client/v3/keys/changes` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3keyschanges
 pub(crate) async fn get_key_changes_route(
     State(state): State<AppState>,
     req: Ruma<get_key_changes::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<get_key_changes::v3::Response>> {
     let id = req.user()?;
     let (from, _) = parse_sync_token(&req.body.from)?;
     let (to, _) = parse_sync_token(&req.body.to)?;
     let to = to.min(state.stream.current());
     let changes = state.e2ee.device_list_changes(&id.user_id, from, to)?;
-    Ok(Json(
-        json!({ "changed": changes.changed, "left": changes.left }),
-    ))
+    Ok(RumaResponse(get_key_changes::v3::Response::new(
+        changes.changed.into_iter().collect(),
+        changes.left.into_iter().collect(),
+    )))
 }
 
 /// `POST /_matrix/client/v3/keys/device_signing/upload` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3keysdevice_signingupload
 pub(crate) async fn upload_signing_keys_route(
     State(state): State<AppState>,
     req: Ruma<upload_signing_keys::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<upload_signing_keys::v3::Response>> {
     let id = req.user()?.clone();
-    let body = body(&req);
+    // The keys as sent (a `Raw` keeps every field, which the signatures cover).
+    let body = json!({
+        "master_key": json_of(&req.body.master_key)?,
+        "self_signing_key": json_of(&req.body.self_signing_key)?,
+        "user_signing_key": json_of(&req.body.user_signing_key)?,
+    });
     // UIA unless this is the first upload or the same keys again.
     if state.e2ee.signing_upload_needs_auth(&id.user_id, &body)? {
+        let auth = req.body.auth.as_ref().map(json_of).transpose()?;
         state
             .accounts
-            .uia(body.get("auth"), UiaFlow::Password(id.user_id.clone()))
+            .uia(auth.as_ref(), UiaFlow::Password(id.user_id.clone()))
             .await?;
     }
     state.e2ee.upload_signing_keys(&id.user_id, &body)?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(upload_signing_keys::v3::Response::new()))
 }
 
 /// `POST /_matrix/client/v3/keys/signatures/upload` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3keyssignaturesupload
 pub(crate) async fn upload_signatures_route(
     State(state): State<AppState>,
     req: Ruma<upload_signatures::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<upload_signatures::v3::Response>> {
     let id = req.user()?;
-    Ok(Json(
-        state.e2ee.upload_signatures(&id.user_id, &body(&req))?,
-    ))
+    let mut out = state
+        .e2ee
+        .upload_signatures(&id.user_id, &json_of(&req.body.signed_keys)?)?;
+    let mut resp = upload_signatures::v3::Response::new();
+    resp.failures = typed_map(out["failures"].take());
+    Ok(RumaResponse(resp))
 }
 
 /// `PUT /_matrix/client/v3/sendToDevice/{eventType}/{txnId}` — https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3sendtodeviceeventtypetxnid
 pub(crate) async fn send_to_device_route(
     State(state): State<AppState>,
     req: Ruma<send_event_to_device::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<send_event_to_device::v3::Response>> {
     let id = req.user()?;
     state
         .ratelimit
         .check(Limit::ToDevice, id.user_id.as_str())?;
-    let body = body(&req);
-    let messages = body
-        .get("messages")
-        .ok_or_else(|| Error::bad_json("`messages` is required"))?;
     state.e2ee.send_to_device(
         &id.user_id,
         id.device_id.as_str(),
         &req.body.event_type.to_string(),
         req.body.txn_id.as_str(),
-        messages,
+        &json_of(&req.body.messages)?,
     )?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(send_event_to_device::v3::Response::new()))
 }
 
 /// `PUT /_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device` — MSC3814: stores a
@@ -248,14 +298,11 @@ pub(crate) async fn send_to_device_route(
 pub(crate) async fn put_dehydrated_device_route(
     State(state): State<AppState>,
     req: Ruma<put_dehydrated_device::unstable::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<put_dehydrated_device::unstable::Response>> {
     let id = req.user()?.clone();
-    let body = body(&req);
     let device_id = req.body.device_id.to_string();
-    let device_data = body
-        .get("device_data")
-        .filter(|d| d.is_object())
-        .cloned()
+    let device_data = Some(json_of(&req.body.device_data)?)
+        .filter(Value::is_object)
         .ok_or_else(|| Error::bad_json("`device_data` must be an object"))?;
     let old = state.e2ee.dehydrated_device(&id.user_id)?;
     let replacing_same = old.as_ref().is_some_and(|o| o.device_id == device_id);
@@ -277,9 +324,9 @@ pub(crate) async fn put_dehydrated_device_route(
         req.body.initial_device_display_name.clone(),
     )?;
     let keys = json!({
-        "device_keys": body.get("device_keys"),
-        "one_time_keys": body.get("one_time_keys"),
-        "fallback_keys": body.get("fallback_keys"),
+        "device_keys": json_of(&req.body.device_keys)?,
+        "one_time_keys": json_of(&req.body.one_time_keys)?,
+        "fallback_keys": json_of(&req.body.fallback_keys)?,
     });
     if let Err(e) = state.e2ee.upload_keys(&id.user_id, &device_id, &keys) {
         state.accounts.delete_devices(&id.user_id, &[device_id])?;
@@ -292,21 +339,23 @@ pub(crate) async fn put_dehydrated_device_route(
             device_data,
         },
     )?;
-    Ok(Json(json!({ "device_id": device_id })))
+    Ok(RumaResponse(
+        put_dehydrated_device::unstable::Response::new(device_id.into()),
+    ))
 }
 
 /// `GET /_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device` — MSC3814.
 pub(crate) async fn get_dehydrated_device_route(
     State(state): State<AppState>,
     req: Ruma<get_dehydrated_device::unstable::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<get_dehydrated_device::unstable::Response>> {
     let id = req.user()?;
     let d = state
         .e2ee
         .dehydrated_device(&id.user_id)?
         .ok_or_else(|| Error::not_found("no dehydrated device"))?;
-    Ok(Json(
-        json!({ "device_id": d.device_id, "device_data": d.device_data }),
+    Ok(RumaResponse(
+        get_dehydrated_device::unstable::Response::new(d.device_id.into(), raw(&d.device_data)),
     ))
 }
 
@@ -314,7 +363,7 @@ pub(crate) async fn get_dehydrated_device_route(
 pub(crate) async fn delete_dehydrated_device_route(
     State(state): State<AppState>,
     req: Ruma<delete_dehydrated_device::unstable::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<delete_dehydrated_device::unstable::Response>> {
     let id = req.user()?;
     let d = state
         .e2ee
@@ -323,7 +372,9 @@ pub(crate) async fn delete_dehydrated_device_route(
     state
         .accounts
         .delete_devices(&id.user_id, std::slice::from_ref(&d.device_id))?;
-    Ok(Json(json!({ "device_id": d.device_id })))
+    Ok(RumaResponse(
+        delete_dehydrated_device::unstable::Response::new(d.device_id.into()),
+    ))
 }
 
 /// `POST /_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device/{deviceId}/events` —
@@ -332,7 +383,7 @@ pub(crate) async fn delete_dehydrated_device_route(
 pub(crate) async fn dehydrated_events_route(
     State(state): State<AppState>,
     req: Ruma<get_events::unstable::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<get_events::unstable::Response>> {
     let id = req.user()?;
     let device_id = req.body.device_id.as_str();
     match state.e2ee.dehydrated_device(&id.user_id)? {
@@ -350,14 +401,11 @@ pub(crate) async fn dehydrated_events_route(
         upto,
         paracord_service::e2ee::TO_DEVICE_PER_SYNC,
     )?;
-    let mut out = json!({ "events": events });
-    if !events_is_empty(&out) {
+    let empty = events.is_empty();
+    let mut resp = get_events::unstable::Response::new(events.iter().map(raw).collect());
+    if !empty {
         let ack = truncated_at.unwrap_or(upto);
-        out["next_batch"] = json!(format!("s{upto}_{ack}"));
+        resp.next_batch = Some(format!("s{upto}_{ack}"));
     }
-    Ok(Json(out))
-}
-
-fn events_is_empty(out: &Value) -> bool {
-    out["events"].as_array().is_none_or(Vec::is_empty)
+    Ok(RumaResponse(resp))
 }

@@ -1,15 +1,21 @@
 //! Membership: join, invite, leave, kick, ban, unban, forget, member lists.
 
-use axum::{extract::State, Json};
+use std::collections::BTreeMap;
+
+use axum::extract::State;
 use paracord_core::Error;
-use ruma::api::client::membership::{
-    ban_user, forget_room, get_member_events, invite_user, join_room_by_id,
-    join_room_by_id_or_alias, joined_members, joined_rooms, kick_user, leave_room, unban_user,
+use paracord_service::rooms::pdu::raw;
+use ruma::{
+    api::client::membership::{
+        ban_user, forget_room, get_member_events, invite_user, join_room_by_id,
+        join_room_by_id_or_alias, joined_members, joined_rooms, kick_user, leave_room, unban_user,
+    },
+    events::room::member::MembershipState,
 };
 use serde_json::{json, Value};
 
 use super::{reader, resolve_room};
-use crate::{ruma_wrapper::Ruma, ApiResult, AppState};
+use crate::{ruma_wrapper::Ruma, ApiResult, AppState, RumaResponse};
 use paracord_service::ratelimit::Limit;
 
 fn profile(state: &AppState, user: &ruma::UserId) -> (Option<String>, Option<String>) {
@@ -145,7 +151,7 @@ pub(crate) async fn join(
 pub(crate) async fn join_room_by_id_route(
     State(state): State<AppState>,
     req: Ruma<join_room_by_id::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<join_room_by_id::v3::Response>> {
     let id = req.user()?;
     state
         .ratelimit
@@ -159,14 +165,16 @@ pub(crate) async fn join_room_by_id_route(
         req.json.as_ref(),
     )
     .await?;
-    Ok(Json(json!({ "room_id": req.body.room_id })))
+    Ok(RumaResponse(join_room_by_id::v3::Response::new(
+        req.body.room_id.clone(),
+    )))
 }
 
 /// `POST /_matrix/client/v3/join/{roomIdOrAlias}` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3joinroomidoralias
 pub(crate) async fn join_room_by_id_or_alias_route(
     State(state): State<AppState>,
     req: Ruma<join_room_by_id_or_alias::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<join_room_by_id_or_alias::v3::Response>> {
     let id = req.user()?;
     state
         .ratelimit
@@ -182,14 +190,16 @@ pub(crate) async fn join_room_by_id_or_alias_route(
         req.json.as_ref(),
     )
     .await?;
-    Ok(Json(json!({ "room_id": room_id })))
+    Ok(RumaResponse(join_room_by_id_or_alias::v3::Response::new(
+        room_id,
+    )))
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/invite` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3roomsroomidinvite
 pub(crate) async fn invite_user_route(
     State(state): State<AppState>,
     req: Ruma<invite_user::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<invite_user::v3::Response>> {
     let id = req.user()?;
     state
         .ratelimit
@@ -215,7 +225,7 @@ pub(crate) async fn invite_user_route(
             .pdus
             .invite_remote(&req.body.room_id, &id.user_id, user_id, content)
             .await?;
-        return Ok(Json(json!({})));
+        return Ok(RumaResponse(invite_user::v3::Response::new()));
     }
     state
         .rooms
@@ -227,14 +237,14 @@ pub(crate) async fn invite_user_route(
             false,
         )
         .await?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(invite_user::v3::Response::new()))
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/leave` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3roomsroomidleave
 pub(crate) async fn leave_room_route(
     State(state): State<AppState>,
     req: Ruma<leave_room::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<leave_room::v3::Response>> {
     let id = req.user()?;
     state
         .ratelimit
@@ -255,7 +265,7 @@ pub(crate) async fn leave_room_route(
             .pdus
             .reject_remote_invite(&id.user_id, &req.body.room_id, req.body.reason.as_deref())
             .await?;
-        return Ok(Json(json!({})));
+        return Ok(RumaResponse(leave_room::v3::Response::new()));
     }
     state.rooms.room_or_404(&req.body.room_id)?;
     state
@@ -265,14 +275,14 @@ pub(crate) async fn leave_room_route(
         .rooms
         .leave(&req.body.room_id, &id.user_id, req.body.reason.as_deref())
         .await?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(leave_room::v3::Response::new()))
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/kick` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3roomsroomidkick
 pub(crate) async fn kick_user_route(
     State(state): State<AppState>,
     req: Ruma<kick_user::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<kick_user::v3::Response>> {
     let id = req.user()?;
     state
         .ratelimit
@@ -287,14 +297,14 @@ pub(crate) async fn kick_user_route(
             req.body.reason.as_deref(),
         )
         .await?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(kick_user::v3::Response::new()))
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/ban` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3roomsroomidban
 pub(crate) async fn ban_user_route(
     State(state): State<AppState>,
     req: Ruma<ban_user::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<ban_user::v3::Response>> {
     let id = req.user()?;
     state
         .ratelimit
@@ -308,14 +318,14 @@ pub(crate) async fn ban_user_route(
             req.body.reason.as_deref(),
         )
         .await?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(ban_user::v3::Response::new()))
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/unban` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3roomsroomidunban
 pub(crate) async fn unban_user_route(
     State(state): State<AppState>,
     req: Ruma<unban_user::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<unban_user::v3::Response>> {
     let id = req.user()?;
     state
         .ratelimit
@@ -330,40 +340,40 @@ pub(crate) async fn unban_user_route(
             req.body.reason.as_deref(),
         )
         .await?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(unban_user::v3::Response::new()))
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/forget` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3roomsroomidforget
 pub(crate) async fn forget_room_route(
     State(state): State<AppState>,
     req: Ruma<forget_room::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<forget_room::v3::Response>> {
     let id = req.user()?;
     state.rooms.forget(&req.body.room_id, &id.user_id)?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(forget_room::v3::Response::new()))
 }
 
 /// `GET /_matrix/client/v3/joined_rooms` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3joined_rooms
 pub(crate) async fn joined_rooms_route(
     State(state): State<AppState>,
     req: Ruma<joined_rooms::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<joined_rooms::v3::Response>> {
     let id = req.user()?;
-    let rooms: Vec<String> = state
+    let rooms = state
         .rooms
         .user_rooms(&id.user_id)?
         .into_iter()
-        .filter(|(_, r)| r.membership == "join")
-        .map(|(room, _)| room.to_string())
+        .filter(|(_, r)| r.membership == MembershipState::Join.as_str())
+        .map(|(room, _)| room)
         .collect();
-    Ok(Json(json!({ "joined_rooms": rooms })))
+    Ok(RumaResponse(joined_rooms::v3::Response::new(rooms)))
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/members` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3roomsroomidmembers
 pub(crate) async fn get_member_events_route(
     State(state): State<AppState>,
     req: Ruma<get_member_events::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<get_member_events::v3::Response>> {
     let r = reader(&req)?;
     let room_id = &req.body.room_id;
     state.rooms.check_can_read(room_id, r.user)?;
@@ -397,17 +407,17 @@ pub(crate) async fn get_member_events_route(
             if want.as_ref().is_some_and(|w| *w != m) || not.as_ref().is_some_and(|n| *n == m) {
                 continue;
             }
-            chunk.push(ev);
+            chunk.push(raw(&ev));
         }
     }
-    Ok(Json(json!({ "chunk": chunk })))
+    Ok(RumaResponse(get_member_events::v3::Response::new(chunk)))
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/joined_members` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3roomsroomidjoined_members
 pub(crate) async fn joined_members_route(
     State(state): State<AppState>,
     req: Ruma<joined_members::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<joined_members::v3::Response>> {
     let id = req.user()?;
     let room_id = &req.body.room_id;
     if !state.rooms.is_joined(room_id, &id.user_id)? {
@@ -415,16 +425,22 @@ pub(crate) async fn joined_members_route(
         return Err(Error::forbidden("you are not in this room").into());
     }
     let map = state.rooms.current_state(room_id)?;
-    let mut joined = serde_json::Map::new();
+    let mut joined = BTreeMap::new();
     for user in state.rooms.joined_members(room_id)? {
         let content = state
             .rooms
             .state_content(&map, "m.room.member", user.as_str())?
             .unwrap_or_default();
-        joined.insert(
-            user.to_string(),
-            json!({ "display_name": content.get("displayname"), "avatar_url": content.get("avatar_url") }),
-        );
+        let mut member = joined_members::v3::RoomMember::new();
+        member.display_name = content
+            .get("displayname")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        member.avatar_url = content
+            .get("avatar_url")
+            .and_then(Value::as_str)
+            .map(Into::into);
+        joined.insert(user, member);
     }
-    Ok(Json(json!({ "joined": joined })))
+    Ok(RumaResponse(joined_members::v3::Response::new(joined)))
 }

@@ -1,77 +1,82 @@
 //! Profiles: display name and avatar, propagated into room membership.
 
-use axum::{extract::State, Json};
+use axum::extract::State;
 use paracord_core::Error;
 use ruma::api::client::profile::{
     get_avatar_url, get_display_name, get_profile, set_avatar_url, set_display_name,
 };
 use serde_json::{json, Value};
 
-use crate::{ruma_wrapper::Ruma, ApiResult, AppState};
+use crate::{ruma_wrapper::Ruma, ApiResult, AppState, RumaResponse};
 use paracord_service::ratelimit::Limit;
 
 /// `GET /_matrix/client/v3/profile/{userId}` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3profileuserid
 pub(crate) async fn get_profile_route(
     State(state): State<AppState>,
     req: Ruma<get_profile::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<get_profile::v3::Response>> {
     if !state.accounts.is_local(&req.body.user_id) {
-        return Ok(Json(remote_profile(&state, &req.body.user_id, None).await?));
+        // Another server's answer, every field of it (extended profiles included).
+        let answer = remote_profile(&state, &req.body.user_id, None).await?;
+        let fields = match answer {
+            Value::Object(fields) => fields,
+            _ => serde_json::Map::new(),
+        };
+        return Ok(RumaResponse(fields.into_iter().collect()));
     }
     let (d, a) = state.accounts.profile(&req.body.user_id)?;
-    let mut body = json!({});
+    let mut resp = get_profile::v3::Response::new();
     if let Some(d) = d {
-        body["displayname"] = json!(d);
+        resp.set("displayname".to_owned(), json!(d));
     }
     if let Some(a) = a {
-        body["avatar_url"] = json!(a);
+        resp.set("avatar_url".to_owned(), json!(a));
     }
-    Ok(Json(body))
+    Ok(RumaResponse(resp))
 }
 
 /// `GET /_matrix/client/v3/profile/{userId}/displayname` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3profileuseriddisplayname
 pub(crate) async fn get_display_name_route(
     State(state): State<AppState>,
     req: Ruma<get_display_name::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<get_display_name::v3::Response>> {
     if !state.accounts.is_local(&req.body.user_id) {
         let p = remote_profile(&state, &req.body.user_id, Some("displayname")).await?;
         let d = p
             .get("displayname")
-            .cloned()
             .ok_or_else(|| Error::not_found("no display name set"))?;
-        return Ok(Json(json!({ "displayname": d })));
+        return Ok(RumaResponse(get_display_name::v3::Response::new(
+            d.as_str().map(str::to_owned),
+        )));
     }
     let (d, _) = state.accounts.profile(&req.body.user_id)?;
     let d = d.ok_or_else(|| Error::not_found("no display name set"))?;
-    Ok(Json(json!({ "displayname": d })))
+    Ok(RumaResponse(get_display_name::v3::Response::new(Some(d))))
 }
 
 /// `GET /_matrix/client/v3/profile/{userId}/avatar_url` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3profileuseridavatar_url
 pub(crate) async fn get_avatar_url_route(
     State(state): State<AppState>,
     req: Ruma<get_avatar_url::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<get_avatar_url::v3::Response>> {
     let (_, a) = state.accounts.profile(&req.body.user_id)?;
     let a = a.ok_or_else(|| Error::not_found("no avatar set"))?;
-    Ok(Json(json!({ "avatar_url": a })))
+    Ok(RumaResponse(get_avatar_url::v3::Response::new(Some(
+        a.into(),
+    ))))
 }
 
 /// `PUT /_matrix/client/v3/profile/{userId}/displayname` — https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3profileuseriddisplayname
 pub(crate) async fn set_display_name_route(
     State(state): State<AppState>,
     req: Ruma<set_display_name::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<set_display_name::v3::Response>> {
     let id = req.user()?;
     state.ratelimit.check(Limit::Profile, id.user_id.as_str())?;
     if id.user_id != req.body.user_id {
         return Err(Error::forbidden("you may only change your own profile").into());
     }
-    let name = req
-        .json
-        .as_ref()
-        .and_then(|j| j["displayname"].as_str())
-        .map(str::to_owned);
+    let name = req.body.displayname.clone();
     if name.as_ref().is_some_and(|n| n.len() > 256) {
         return Err(Error::invalid_param("display name too long").into());
     }
@@ -84,24 +89,24 @@ pub(crate) async fn set_display_name_route(
             account.avatar_url.as_deref(),
         )
         .await?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(set_display_name::v3::Response::new()))
 }
 
 /// `PUT /_matrix/client/v3/profile/{userId}/avatar_url` — https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3profileuseridavatar_url
 pub(crate) async fn set_avatar_url_route(
     State(state): State<AppState>,
     req: Ruma<set_avatar_url::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<set_avatar_url::v3::Response>> {
     let id = req.user()?;
     state.ratelimit.check(Limit::Profile, id.user_id.as_str())?;
     if id.user_id != req.body.user_id {
         return Err(Error::forbidden("you may only change your own profile").into());
     }
     let url = req
-        .json
+        .body
+        .avatar_url
         .as_ref()
-        .and_then(|j| j["avatar_url"].as_str())
-        .map(str::to_owned)
+        .map(|u| u.to_string())
         .filter(|u| !u.is_empty());
     if url.as_ref().is_some_and(|u| u.len() > 1024) {
         return Err(Error::invalid_param("avatar url too long").into());
@@ -115,7 +120,7 @@ pub(crate) async fn set_avatar_url_route(
             account.avatar_url.as_deref(),
         )
         .await?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(set_avatar_url::v3::Response::new()))
 }
 
 /// Another server's user's profile, asked over federation (`field` limits it to one key).

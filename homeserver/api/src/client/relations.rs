@@ -1,8 +1,11 @@
 //! `/relations` and `/threads`.
 
-use axum::{extract::State, Json};
+use axum::extract::State;
 use paracord_service::{
-    rooms::timeline::{Dir, Reader},
+    rooms::{
+        pdu::raw,
+        timeline::{Dir, Reader},
+    },
     sync::{make_token, parse_token},
 };
 use ruma::{
@@ -16,12 +19,13 @@ use ruma::{
         },
         Direction,
     },
+    events::AnyMessageLikeEvent,
+    serde::Raw,
     EventId, RoomId, UInt,
 };
-use serde_json::{json, Value};
 
 use super::reader;
-use crate::{ruma_wrapper::Ruma, ApiResult, AppState};
+use crate::{ruma_wrapper::Ruma, ApiResult, AppState, RumaResponse};
 
 /// The query of every `/relations` form.
 struct RelationsQuery<'a> {
@@ -36,7 +40,26 @@ struct RelationsQuery<'a> {
     recurse: bool,
 }
 
-fn relations(state: &AppState, r: Reader<'_>, q: RelationsQuery<'_>) -> ApiResult<Json<Value>> {
+/// One page of relations, as every `/relations` form answers it.
+struct RelationsPage {
+    chunk: Vec<Raw<AnyMessageLikeEvent>>,
+    next_batch: Option<String>,
+    /// Only when the client asked to recurse.
+    recursion_depth: Option<UInt>,
+}
+
+/// Fills the fields that the three `/relations` responses share.
+macro_rules! relations_response {
+    ($endpoint:ident, $page:expr) => {{
+        let page = $page;
+        let mut resp = $endpoint::v1::Response::new(page.chunk);
+        resp.next_batch = page.next_batch;
+        resp.recursion_depth = page.recursion_depth;
+        RumaResponse(resp)
+    }};
+}
+
+fn relations(state: &AppState, r: Reader<'_>, q: RelationsQuery<'_>) -> ApiResult<RelationsPage> {
     state.rooms.check_can_read(q.room_id, r.user)?;
     let dir = match q.dir {
         Direction::Backward => Dir::Backward,
@@ -61,21 +84,18 @@ fn relations(state: &AppState, r: Reader<'_>, q: RelationsQuery<'_>) -> ApiResul
         limit,
         q.recurse,
     )?;
-    let mut body = json!({ "chunk": chunk });
-    if let Some(n) = next {
-        body["next_batch"] = json!(make_token(n));
-    }
-    if q.recurse {
-        body["recursion_depth"] = json!(depth);
-    }
-    Ok(Json(body))
+    Ok(RelationsPage {
+        chunk: chunk.iter().map(raw).collect(),
+        next_batch: next.map(make_token),
+        recursion_depth: q.recurse.then(|| UInt::from(depth)),
+    })
 }
 
 /// `GET /_matrix/client/v1/rooms/{roomId}/relations/{eventId}` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1roomsroomidrelationseventid
 pub(crate) async fn get_relating_events_route(
     State(state): State<AppState>,
     req: Ruma<get_relating_events::v1::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<get_relating_events::v1::Response>> {
     let b = &req.body;
     let q = RelationsQuery {
         room_id: &b.room_id,
@@ -88,14 +108,17 @@ pub(crate) async fn get_relating_events_route(
         limit: b.limit,
         recurse: b.recurse,
     };
-    relations(&state, reader(&req)?, q)
+    Ok(relations_response!(
+        get_relating_events,
+        relations(&state, reader(&req)?, q)?
+    ))
 }
 
 /// `GET /_matrix/client/v1/rooms/{roomId}/relations/{eventId}/{relType}` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1roomsroomidrelationseventidreltype
 pub(crate) async fn get_relating_events_with_rel_type_route(
     State(state): State<AppState>,
     req: Ruma<get_relating_events_with_rel_type::v1::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<get_relating_events_with_rel_type::v1::Response>> {
     let b = &req.body;
     let q = RelationsQuery {
         room_id: &b.room_id,
@@ -108,14 +131,17 @@ pub(crate) async fn get_relating_events_with_rel_type_route(
         limit: b.limit,
         recurse: b.recurse,
     };
-    relations(&state, reader(&req)?, q)
+    Ok(relations_response!(
+        get_relating_events_with_rel_type,
+        relations(&state, reader(&req)?, q)?
+    ))
 }
 
 /// `GET /_matrix/client/v1/rooms/{roomId}/relations/{eventId}/{relType}/{eventType}` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1roomsroomidrelationseventidreltypeeventtype
 pub(crate) async fn get_relating_events_with_rel_type_and_event_type_route(
     State(state): State<AppState>,
     req: Ruma<get_relating_events_with_rel_type_and_event_type::v1::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<get_relating_events_with_rel_type_and_event_type::v1::Response>> {
     let b = &req.body;
     let q = RelationsQuery {
         room_id: &b.room_id,
@@ -128,14 +154,17 @@ pub(crate) async fn get_relating_events_with_rel_type_and_event_type_route(
         limit: b.limit,
         recurse: b.recurse,
     };
-    relations(&state, reader(&req)?, q)
+    Ok(relations_response!(
+        get_relating_events_with_rel_type_and_event_type,
+        relations(&state, reader(&req)?, q)?
+    ))
 }
 
 /// `GET /_matrix/client/v1/rooms/{roomId}/threads` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1roomsroomidthreads
 pub(crate) async fn get_threads_route(
     State(state): State<AppState>,
     req: Ruma<get_threads::v1::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<get_threads::v1::Response>> {
     let r = reader(&req)?;
     let b = &req.body;
     state.rooms.check_can_read(&b.room_id, r.user)?;
@@ -149,9 +178,7 @@ pub(crate) async fn get_threads_route(
     let (chunk, next) = state
         .rooms
         .threads(r, &b.room_id, participated, from, limit)?;
-    let mut body = json!({ "chunk": chunk });
-    if let Some(n) = next {
-        body["next_batch"] = json!(make_token(n));
-    }
-    Ok(Json(body))
+    let mut resp = get_threads::v1::Response::new(chunk.iter().map(raw).collect());
+    resp.next_batch = next.map(make_token);
+    Ok(RumaResponse(resp))
 }

@@ -1,0 +1,237 @@
+//! The router in process: requests go through `router::app` (extractors, authentication,
+//! error mapping, the typed responses) against a real RocksDB in a temporary directory, with
+//! no listener and no second process. The black-box suite in complement-tests drives a real
+//! server over HTTP; these tests catch the same classes of mistake in seconds.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{
+    body::Body,
+    extract::ConnectInfo,
+    http::{Method, Request, StatusCode},
+    Router,
+};
+use paracord_core::Config;
+use paracord_service::Services;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+/// A server on a fresh database, and an account on it.
+struct Server {
+    _dir: tempfile::TempDir,
+    app: Router,
+    token: String,
+    user_id: String,
+}
+
+async fn server() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        data_dir: dir.path().join("data"),
+        ..Config::default()
+    };
+    let services = Services::open(config).unwrap();
+    let login = services
+        .accounts
+        .register(
+            Some("alice"),
+            Some("a long enough password".into()),
+            None,
+            None,
+            false,
+            false,
+            None,
+        )
+        .await
+        .unwrap();
+    Server {
+        _dir: dir,
+        app: paracord_api::router::app(Arc::new(services)),
+        token: login.access_token,
+        user_id: login.user_id.to_string(),
+    }
+}
+
+/// The status and JSON body of one request.
+async fn call(
+    app: &Router,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&[u8]>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    let mut req = req
+        .body(Body::from(body.map(<[u8]>::to_vec).unwrap_or_default()))
+        .unwrap();
+    req.extensions_mut()
+        .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let json = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("{path} answered no JSON ({e}): {bytes:?}"))
+    };
+    (status, json)
+}
+
+async fn get(s: &Server, path: &str) -> (StatusCode, Value) {
+    call(&s.app, Method::GET, path, Some(&s.token), None).await
+}
+
+async fn send(s: &Server, method: Method, path: &str, body: &Value) -> (StatusCode, Value) {
+    let bytes = serde_json::to_vec(body).unwrap();
+    call(&s.app, method, path, Some(&s.token), Some(&bytes)).await
+}
+
+#[tokio::test]
+async fn versions_answer_without_a_token() {
+    let s = server().await;
+    let (status, body) = call(&s.app, Method::GET, "/_matrix/client/versions", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let versions = body["versions"].as_array().expect("a versions list");
+    assert!(
+        versions.iter().any(|v| v == "v1.1"),
+        "expected v1.1 among {versions:?}"
+    );
+    let (status, body) = call(&s.app, Method::GET, "/_paracord/v1/versions", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["versions"], json!(["1"]));
+}
+
+#[tokio::test]
+async fn unknown_endpoints_and_methods_are_unrecognized() {
+    let s = server().await;
+    let (status, body) = get(&s, "/_matrix/client/v3/no_such_endpoint").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["errcode"], "M_UNRECOGNIZED", "{body}");
+    let (status, body) = send(&s, Method::DELETE, "/_matrix/client/v3/account/whoami", &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+    assert_eq!(body["errcode"], "M_UNRECOGNIZED", "{body}");
+}
+
+#[tokio::test]
+async fn a_token_is_required_and_checked() {
+    let s = server().await;
+    let path = "/_matrix/client/v3/account/whoami";
+    let (status, body) = call(&s.app, Method::GET, path, None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["errcode"], "M_MISSING_TOKEN", "{body}");
+    let (status, body) = call(&s.app, Method::GET, path, Some("not-a-token"), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["errcode"], "M_UNKNOWN_TOKEN", "{body}");
+    let (status, body) = get(&s, path).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["user_id"], s.user_id.as_str(), "{body}");
+}
+
+#[tokio::test]
+async fn bad_bodies_get_matrix_errors() {
+    let s = server().await;
+    let path = "/_matrix/client/v3/createRoom";
+    let (status, body) = call(&s.app, Method::POST, path, Some(&s.token), Some(b"{")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["errcode"], "M_NOT_JSON", "{body}");
+    let (status, body) = send(&s, Method::POST, path, &json!({ "preset": 7 })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["errcode"], "M_BAD_JSON", "{body}");
+    // Nothing was created by either.
+    let (_, rooms) = get(&s, "/_matrix/client/v3/joined_rooms").await;
+    assert_eq!(rooms["joined_rooms"], json!([]), "{rooms}");
+}
+
+#[tokio::test]
+async fn a_message_goes_in_and_comes_back_through_sync_and_messages() {
+    let s = server().await;
+    let (status, created) = send(
+        &s,
+        Method::POST,
+        "/_matrix/client/v3/createRoom",
+        &json!({ "name": "in process" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let room = created["room_id"].as_str().expect("a room id").to_owned();
+    let (status, sent) = send(
+        &s,
+        Method::PUT,
+        &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/t1"),
+        &json!({ "msgtype": "m.text", "body": "hello" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{sent}");
+    let event_id = sent["event_id"].as_str().expect("an event id").to_owned();
+    // The same transaction id gives the same event.
+    let (_, again) = send(
+        &s,
+        Method::PUT,
+        &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/t1"),
+        &json!({ "msgtype": "m.text", "body": "hello" }),
+    )
+    .await;
+    assert_eq!(again["event_id"], event_id.as_str(), "{again}");
+
+    let (status, sync) = get(&s, "/_matrix/client/v3/sync").await;
+    assert_eq!(status, StatusCode::OK, "{sync}");
+    assert!(sync["next_batch"].is_string(), "{sync}");
+    let joined = &sync["rooms"]["join"][&room];
+    let timeline = joined["timeline"]["events"].as_array().expect("a timeline");
+    assert_eq!(
+        timeline.last().map(|e| &e["event_id"]),
+        Some(&json!(event_id)),
+        "{sync}"
+    );
+    assert_eq!(joined["summary"]["m.joined_member_count"], 1, "{sync}");
+    assert_eq!(
+        joined["unread_notifications"]["notification_count"], 0,
+        "{sync}"
+    );
+
+    let (status, page) = get(
+        &s,
+        &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=1"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["chunk"][0]["content"]["body"], "hello", "{page}");
+
+    // An incremental sync from the token has nothing new.
+    let since = sync["next_batch"].as_str().unwrap();
+    let (status, next) = get(&s, &format!("/_matrix/client/v3/sync?since={since}")).await;
+    assert_eq!(status, StatusCode::OK, "{next}");
+    assert!(next["rooms"]["join"].get(&room).is_none(), "{next}");
+}
+
+#[tokio::test]
+async fn filters_round_trip() {
+    let s = server().await;
+    let user = s.user_id.clone();
+    let filter = json!({ "room": { "timeline": { "limit": 3, "types": ["m.room.message"] } } });
+    let (status, created) = send(
+        &s,
+        Method::POST,
+        &format!("/_matrix/client/v3/user/{user}/filter"),
+        &filter,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let id = created["filter_id"].as_str().expect("a filter id");
+    let (status, read) = get(&s, &format!("/_matrix/client/v3/user/{user}/filter/{id}")).await;
+    assert_eq!(status, StatusCode::OK, "{read}");
+    assert_eq!(read, filter);
+    let (status, body) = get(&s, &format!("/_matrix/client/v3/user/{user}/filter/nope")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["errcode"], "M_NOT_FOUND", "{body}");
+}

@@ -1,15 +1,22 @@
 //! Registration and account management.
 
-use axum::{extract::State, Json};
+use std::time::Duration;
+
+use axum::extract::State;
 use paracord_core::Error;
 use paracord_service::{accounts::UiaFlow, ratelimit::Limit};
 use ruma::api::client::account::{
     change_password, check_registration_token_validity, deactivate, get_username_availability,
     register, whoami,
 };
-use serde_json::{json, Value};
+use ruma::api::client::uiaa::AuthData;
 
 use crate::{ruma_wrapper::Ruma, ApiError, ApiResult, AppState, RumaResponse};
+
+/// The UIA `auth` of a request as the JSON the accounts service reads.
+pub(crate) fn auth_json(auth: &Option<AuthData>) -> Result<Option<serde_json::Value>, Error> {
+    Ok(auth.as_ref().map(serde_json::to_value).transpose()?)
+}
 
 fn ip_key<T>(req: &Ruma<T>) -> String {
     req.client_ip.map(|i| i.to_string()).unwrap_or_default()
@@ -19,7 +26,7 @@ fn ip_key<T>(req: &Ruma<T>) -> String {
 pub(crate) async fn register_route(
     State(state): State<AppState>,
     req: Ruma<register::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<register::v3::Response>> {
     let open = state.config.registration_enabled;
     // With registration closed, the one-time admin token (printed at start while the server
     // has no admin) is the only way in.
@@ -41,7 +48,7 @@ pub(crate) async fn register_route(
             .into());
         }
     }
-    let auth = req.json.as_ref().and_then(|j| j.get("auth")).cloned();
+    let auth = auth_json(&req.body.auth)?;
     let token = state
         .accounts
         .uia(auth.as_ref(), UiaFlow::Register { open })
@@ -78,18 +85,14 @@ pub(crate) async fn register_route(
     if token.is_some() {
         tracing::info!(user = %r.user_id, "the first admin registered with the one-time token");
     }
-    let mut body = json!({ "user_id": r.user_id });
+    let mut resp = register::v3::Response::new(r.user_id);
     if !b.inhibit_login {
-        body["access_token"] = json!(r.access_token);
-        body["device_id"] = json!(r.device_id);
-        if let Some(t) = r.refresh_token {
-            body["refresh_token"] = json!(t);
-        }
-        if let Some(ms) = r.expires_in_ms {
-            body["expires_in_ms"] = json!(ms);
-        }
+        resp.access_token = Some(r.access_token);
+        resp.device_id = Some(r.device_id);
+        resp.refresh_token = r.refresh_token;
+        resp.expires_in = r.expires_in_ms.map(Duration::from_millis);
     }
-    Ok(Json(body))
+    Ok(RumaResponse(resp))
 }
 
 /// `GET /_matrix/client/v1/register/m.login.registration_token/validity` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1registermloginregistration_tokenvalidity
@@ -142,7 +145,7 @@ pub(crate) async fn change_password_route(
     req: Ruma<change_password::v3::Request>,
 ) -> ApiResult<RumaResponse<change_password::v3::Response>> {
     let id = req.user()?.clone();
-    let auth = req.json.as_ref().and_then(|j| j.get("auth")).cloned();
+    let auth = auth_json(&req.body.auth)?;
     state
         .accounts
         .uia(auth.as_ref(), UiaFlow::Password(id.user_id.clone()))
@@ -165,7 +168,7 @@ pub(crate) async fn deactivate_route(
     req: Ruma<deactivate::v3::Request>,
 ) -> ApiResult<RumaResponse<deactivate::v3::Response>> {
     let id = req.user()?.clone();
-    let auth = req.json.as_ref().and_then(|j| j.get("auth")).cloned();
+    let auth = auth_json(&req.body.auth)?;
     state
         .accounts
         .uia(auth.as_ref(), UiaFlow::Password(id.user_id.clone()))

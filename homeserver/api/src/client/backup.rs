@@ -129,7 +129,13 @@ pub(crate) async fn update_backup_version_route(
 ) -> ApiResult<RumaResponse<update_backup_version::v3::Response>> {
     let id = req.user()?;
     // ruma keeps the whole body as the algorithm; a `version` in it must name the path's.
-    if let Some(v) = req.json.as_ref().and_then(|j| j.get("version")) {
+    if let Some(v) = req
+        .body
+        .algorithm
+        .get_field::<Value>("version")
+        .ok()
+        .flatten()
+    {
         if v.as_str() != Some(req.body.version.as_str()) {
             return Err(Error::invalid_param(
                 "the version in the body does not match the version in the path",

@@ -1,51 +1,55 @@
 //! Devices.
 
-use axum::{extract::State, Json};
+use axum::extract::State;
 use paracord_core::Error;
 use paracord_service::accounts::{Device, UiaFlow};
-use ruma::api::client::device::{
-    delete_device, delete_devices, get_device, get_devices, update_device,
+use ruma::{
+    api::client::device::{
+        self as wire, delete_device, delete_devices, get_device, get_devices, update_device,
+    },
+    MilliSecondsSinceUnixEpoch, UInt,
 };
-use serde_json::{json, Value};
 
+use super::account::auth_json;
 use crate::{ruma_wrapper::Ruma, ApiResult, AppState, RumaResponse};
 
-fn device_json(user: &str, d: &Device) -> Value {
-    let _ = user;
-    json!({
-        "device_id": d.device_id,
-        "display_name": d.display_name,
-        "last_seen_ip": d.last_seen_ip,
-        "last_seen_ts": d.last_seen_ts,
-    })
+fn device_wire(d: &Device) -> wire::Device {
+    let mut out = wire::Device::new(d.device_id.clone());
+    out.display_name = d.display_name.clone();
+    out.last_seen_ip = d.last_seen_ip.clone();
+    out.last_seen_ts = d
+        .last_seen_ts
+        .and_then(|ts| UInt::try_from(ts).ok())
+        .map(MilliSecondsSinceUnixEpoch);
+    out
 }
 
 /// `GET /_matrix/client/v3/devices` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3devices
 pub(crate) async fn get_devices_route(
     State(state): State<AppState>,
     req: Ruma<get_devices::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<get_devices::v3::Response>> {
     let id = req.user()?;
-    let devices: Vec<Value> = state
+    let devices = state
         .accounts
         .devices(&id.user_id)?
         .iter()
-        .map(|d| device_json(id.user_id.as_str(), d))
+        .map(device_wire)
         .collect();
-    Ok(Json(json!({ "devices": devices })))
+    Ok(RumaResponse(get_devices::v3::Response::new(devices)))
 }
 
 /// `GET /_matrix/client/v3/devices/{deviceId}` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3devicesdeviceid
 pub(crate) async fn get_device_route(
     State(state): State<AppState>,
     req: Ruma<get_device::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<get_device::v3::Response>> {
     let id = req.user()?;
     let d = state
         .accounts
         .device(&id.user_id, req.body.device_id.as_str())?
         .ok_or_else(|| Error::not_found("device not found"))?;
-    Ok(Json(device_json(id.user_id.as_str(), &d)))
+    Ok(RumaResponse(get_device::v3::Response::new(device_wire(&d))))
 }
 
 /// `PUT /_matrix/client/v3/devices/{deviceId}` — https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3devicesdeviceid
@@ -76,7 +80,7 @@ pub(crate) async fn delete_device_route(
     {
         return Err(Error::not_found("device not found").into());
     }
-    let auth = req.json.as_ref().and_then(|j| j.get("auth")).cloned();
+    let auth = auth_json(&req.body.auth)?;
     state
         .accounts
         .uia(auth.as_ref(), UiaFlow::Password(id.user_id.clone()))
@@ -93,7 +97,7 @@ pub(crate) async fn delete_devices_route(
     req: Ruma<delete_devices::v3::Request>,
 ) -> ApiResult<RumaResponse<delete_devices::v3::Response>> {
     let id = req.user()?.clone();
-    let auth = req.json.as_ref().and_then(|j| j.get("auth")).cloned();
+    let auth = auth_json(&req.body.auth)?;
     state
         .accounts
         .uia(auth.as_ref(), UiaFlow::Password(id.user_id.clone()))

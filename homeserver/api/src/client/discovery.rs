@@ -3,48 +3,78 @@
 use std::collections::BTreeMap;
 
 use axum::{extract::State, Json};
+use paracord_core::Error;
 use ruma::{
     api::client::discovery::{get_capabilities::v3 as caps, get_supported_versions},
     RoomVersionId,
 };
-use serde_json::{json, Value};
+use serde::Serialize;
 
-use crate::{ruma_wrapper::Ruma, ApiResult, AppState};
+use crate::{ruma_wrapper::Ruma, ApiResult, AppState, RumaResponse};
 
 /// `GET /_matrix/client/versions` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientversions
 pub(crate) async fn get_supported_versions_route(
     _req: Ruma<get_supported_versions::Request>,
-) -> Json<Value> {
-    Json(json!({
-        "versions": ["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11", "v1.12"],
-        "unstable_features": {},
-    }))
+) -> RumaResponse<get_supported_versions::Response> {
+    let versions = [
+        "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10",
+        "v1.11", "v1.12",
+    ];
+    RumaResponse(get_supported_versions::Response::new(
+        versions.into_iter().map(str::to_owned).collect(),
+    ))
+}
+
+/// The body of `GET /capabilities`: ruma's [`caps::Capabilities`] leaves a capability at its
+/// default value out of the JSON, and clients (and Complement) look for `m.change_password`
+/// and the profile capabilities, so they are written out in full here.
+#[derive(Serialize)]
+pub(crate) struct CapabilitiesBody {
+    capabilities: AllCapabilities,
+}
+
+#[derive(Serialize)]
+#[allow(deprecated)]
+struct AllCapabilities {
+    #[serde(rename = "m.room_versions")]
+    room_versions: caps::RoomVersionsCapability,
+    #[serde(rename = "m.change_password")]
+    change_password: caps::ChangePasswordCapability,
+    #[serde(rename = "m.set_displayname")]
+    set_displayname: caps::SetDisplayNameCapability,
+    #[serde(rename = "m.set_avatar_url")]
+    set_avatar_url: caps::SetAvatarUrlCapability,
+    #[serde(rename = "m.3pid_changes")]
+    thirdparty_id_changes: caps::ThirdPartyIdChangesCapability,
+    #[serde(rename = "m.get_login_token")]
+    get_login_token: caps::GetLoginTokenCapability,
 }
 
 /// `GET /_matrix/client/v3/capabilities` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3capabilities
 ///
-/// Written out in full: ruma leaves capabilities at their default value out of the JSON, and
-/// clients (and Complement) look for `m.change_password` and the profile capabilities.
+/// Written out in full (see [`CapabilitiesBody`]).
+#[allow(deprecated)]
 pub(crate) async fn get_capabilities_route(
     State(state): State<AppState>,
     req: Ruma<caps::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<CapabilitiesBody>> {
     req.user()?;
     let mut available = BTreeMap::new();
     for v in paracord_core::config::SUPPORTED_ROOM_VERSIONS {
         if let Ok(id) = RoomVersionId::try_from(*v) {
-            available.insert(id.to_string(), "stable");
+            available.insert(id, caps::RoomVersionStability::Stable);
         }
     }
-    Ok(Json(json!({ "capabilities": {
-        "m.room_versions": {
-            "default": state.config.default_room_version,
-            "available": available,
+    let default = RoomVersionId::try_from(state.config.default_room_version.as_str())
+        .map_err(|e| Error::internal(format!("default room version: {e}")))?;
+    Ok(Json(CapabilitiesBody {
+        capabilities: AllCapabilities {
+            room_versions: caps::RoomVersionsCapability::new(default, available),
+            change_password: caps::ChangePasswordCapability::new(true),
+            set_displayname: caps::SetDisplayNameCapability::new(true),
+            set_avatar_url: caps::SetAvatarUrlCapability::new(true),
+            thirdparty_id_changes: caps::ThirdPartyIdChangesCapability::new(false),
+            get_login_token: caps::GetLoginTokenCapability::new(false),
         },
-        "m.change_password": { "enabled": true },
-        "m.set_displayname": { "enabled": true },
-        "m.set_avatar_url": { "enabled": true },
-        "m.3pid_changes": { "enabled": false },
-        "m.get_login_token": { "enabled": false },
-    }})))
+    }))
 }

@@ -1,23 +1,26 @@
 //! Typing, receipts, read markers and presence.
 
-use axum::{extract::State, Json};
+use axum::extract::State;
 use paracord_core::Error;
-use ruma::api::client::{
-    presence::{get_presence, set_presence},
-    read_marker::set_read_marker,
-    receipt::create_receipt,
-    typing::create_typing_event,
+use ruma::{
+    api::client::{
+        presence::{get_presence, set_presence},
+        read_marker::set_read_marker,
+        receipt::create_receipt,
+        typing::create_typing_event,
+    },
+    presence::PresenceState,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::{ruma_wrapper::Ruma, ApiResult, AppState};
+use crate::{ruma_wrapper::Ruma, ApiResult, AppState, RumaResponse};
 use paracord_service::ratelimit::Limit;
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/typing/{userId}` — https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3roomsroomidtypinguserid
 pub(crate) async fn create_typing_event_route(
     State(state): State<AppState>,
     req: Ruma<create_typing_event::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<create_typing_event::v3::Response>> {
     let id = req.user()?;
     state.ratelimit.check(Limit::Typing, id.user_id.as_str())?;
     if id.user_id != req.body.user_id {
@@ -49,7 +52,7 @@ pub(crate) async fn create_typing_event_route(
             "room_id": req.body.room_id, "user_id": id.user_id, "typing": typing,
         }}),
     )?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(create_typing_event::v3::Response::new()))
 }
 
 async fn receipt(
@@ -109,17 +112,13 @@ async fn receipt(
 pub(crate) async fn create_receipt_route(
     State(state): State<AppState>,
     req: Ruma<create_receipt::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<create_receipt::v3::Response>> {
     let id = req.user()?;
     let kind = req.body.receipt_type.to_string();
     if !matches!(kind.as_str(), "m.read" | "m.read.private" | "m.fully_read") {
         return Err(Error::invalid_param("unknown receipt type").into());
     }
-    let thread = match req.json.as_ref().and_then(|j| j.get("thread_id")) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(t)) => Some(t.clone()),
-        Some(_) => return Err(Error::invalid_param("thread_id must be a string").into()),
-    };
+    let thread = req.body.thread.as_str().map(str::to_owned);
     if thread.is_some() && kind == "m.fully_read" {
         return Err(Error::invalid_param("m.fully_read takes no thread_id").into());
     }
@@ -132,14 +131,14 @@ pub(crate) async fn create_receipt_route(
         thread,
     )
     .await?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(create_receipt::v3::Response::new()))
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/read_markers` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3roomsroomidread_markers
 pub(crate) async fn set_read_marker_route(
     State(state): State<AppState>,
     req: Ruma<set_read_marker::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<set_read_marker::v3::Response>> {
     let id = req.user()?;
     let b = &req.body;
     if let Some(e) = &b.fully_read {
@@ -151,14 +150,14 @@ pub(crate) async fn set_read_marker_route(
     if let Some(e) = &b.private_read_receipt {
         receipt(&state, &id.user_id, &b.room_id, "m.read.private", e, None).await?;
     }
-    Ok(Json(json!({})))
+    Ok(RumaResponse(set_read_marker::v3::Response::new()))
 }
 
 /// `PUT /_matrix/client/v3/presence/{userId}/status` — https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3presenceuseridstatus
 pub(crate) async fn set_presence_route(
     State(state): State<AppState>,
     req: Ruma<set_presence::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<set_presence::v3::Response>> {
     let id = req.user()?;
     state
         .ratelimit
@@ -198,14 +197,14 @@ pub(crate) async fn set_presence_route(
             state.sender.queue_edu(&server, edu.clone())?;
         }
     }
-    Ok(Json(json!({})))
+    Ok(RumaResponse(set_presence::v3::Response::new()))
 }
 
 /// `GET /_matrix/client/v3/presence/{userId}/status` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3presenceuseridstatus
 pub(crate) async fn get_presence_route(
     State(state): State<AppState>,
     req: Ruma<get_presence::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<get_presence::v3::Response>> {
     // Issue 15: presence is for the users who share a room with its user (and the user
     // themselves), as in sync; to anyone else, whether the user exists or not, 403.
     let id = req.user()?;
@@ -219,8 +218,15 @@ pub(crate) async fn get_presence_route(
         return Err(Error::not_found("unknown user").into());
     }
     let Some(p) = p else {
-        return Ok(Json(json!({ "presence": "offline" })));
+        return Ok(RumaResponse(get_presence::v3::Response::new(
+            PresenceState::Offline,
+        )));
     };
-    let ev = paracord_service::ephemeral::Ephemeral::presence_event(&req.body.user_id, &p);
-    Ok(Json(ev["content"].clone()))
+    let mut resp = get_presence::v3::Response::new(PresenceState::from(p.presence.as_str()));
+    resp.last_active_ago = Some(std::time::Duration::from_millis(
+        paracord_core::time::now_ms().saturating_sub(p.last_active_ts),
+    ));
+    resp.currently_active = Some(p.presence == "online");
+    resp.status_msg = p.status_msg;
+    Ok(RumaResponse(resp))
 }

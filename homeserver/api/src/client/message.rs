@@ -1,6 +1,6 @@
 //! Sending, reading and redacting room events.
 
-use axum::{extract::State, Json};
+use axum::extract::State;
 use paracord_core::Error;
 use paracord_service::{
     ratelimit::Limit,
@@ -19,13 +19,27 @@ use ruma::api::{
     },
     Direction,
 };
+use ruma::{serde::Raw, MilliSecondsSinceUnixEpoch, UInt};
 use serde_json::{json, Value};
 
 use super::reader;
 use crate::{
     ruma_wrapper::{Attempt, Ruma},
-    ApiResult, AppState,
+    ApiResult, AppState, RumaResponse,
 };
+
+/// A service's JSON (an event, a content) as the `Raw` a ruma response carries: the same
+/// bytes a `Json<Value>` body would have had.
+pub(crate) fn raw<T>(v: &Value) -> Result<Raw<T>, Error> {
+    Ok(Raw::new(v)?.cast_unchecked())
+}
+
+/// The JSON of a typed request field kept opaque by ruma (an event content, a creation
+/// content), as the service takes it.
+pub(crate) fn json_of<T>(raw: &Raw<T>) -> Result<Value, Error> {
+    raw.deserialize_as_unchecked()
+        .map_err(|e| Error::bad_json(format!("invalid JSON: {e}")))
+}
 
 pub(crate) fn filter_of(f: &RoomEventFilter) -> EventFilter {
     paracord_service::sync::event_filter(f)
@@ -35,11 +49,13 @@ pub(crate) fn filter_of(f: &RoomEventFilter) -> EventFilter {
 pub(crate) async fn send_message_event_route(
     State(state): State<AppState>,
     req: Ruma<send_message_event::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<send_message_event::v3::Response>> {
     let id = req.user()?;
-    let content = req
-        .json
-        .clone()
+    // An empty body reaches ruma as `{}`: the side channel tells it apart.
+    if req.json.is_none() {
+        return Err(Error::bad_json("event content must be a JSON object").into());
+    }
+    let content = Some(json_of(&req.body.body)?)
         .filter(|c| c.is_object())
         .ok_or_else(|| Error::bad_json("event content must be a JSON object"))?;
     if !state.rooms.is_joined(&req.body.room_id, &id.user_id)? {
@@ -53,14 +69,16 @@ pub(crate) async fn send_message_event_route(
         .rooms
         .append(&req.body.room_id, &id.user_id, new)
         .await?;
-    Ok(Json(json!({ "event_id": event_id })))
+    Ok(RumaResponse(send_message_event::v3::Response::new(
+        event_id,
+    )))
 }
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}` — https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3roomsroomidredacteventidtxnid
 pub(crate) async fn redact_event_route(
     State(state): State<AppState>,
     req: Ruma<redact_event::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<redact_event::v3::Response>> {
     let id = req.user()?;
     if !state.rooms.is_joined(&req.body.room_id, &id.user_id)? {
         state.rooms.room_or_404(&req.body.room_id)?;
@@ -81,7 +99,7 @@ pub(crate) async fn redact_event_route(
         .rooms
         .append(&req.body.room_id, &id.user_id, new)
         .await?;
-    Ok(Json(json!({ "event_id": event_id })))
+    Ok(RumaResponse(redact_event::v3::Response::new(event_id)))
 }
 
 /// A room this server does not know is one the user is not in (403, as other servers
@@ -102,7 +120,7 @@ fn check_can_read_messages(
 pub(crate) async fn get_message_events_route(
     State(state): State<AppState>,
     attempt: Attempt<get_message_events::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<get_message_events::v3::Response>> {
     // Whether the caller may read the room is answered before their parameters are looked
     // at: a forgotten room is 403 even to a request without `dir`. (A path that names no
     // room fails the parsing below.)
@@ -185,17 +203,16 @@ pub(crate) async fn get_message_events_route(
             Dir::Forward => *pos,
         })
     });
-    let mut body = json!({
-        "start": make_token(from),
-        "chunk": page.events.into_iter().map(|(_, e)| e).collect::<Vec<_>>(),
-    });
-    if let Some(end) = end {
-        body["end"] = json!(make_token(end));
-    }
-    if lazy {
-        body["state"] = json!(state_events);
-    }
-    Ok(Json(body))
+    let mut resp = get_message_events::v3::Response::new();
+    resp.start = make_token(from);
+    resp.end = end.map(make_token);
+    resp.chunk = page
+        .events
+        .iter()
+        .map(|(_, e)| raw(e))
+        .collect::<Result<_, _>>()?;
+    resp.state = state_events.iter().map(raw).collect::<Result<_, _>>()?;
+    Ok(RumaResponse(resp))
 }
 
 /// The member events of the senders of `events` (visible events of a page), as they were at
@@ -227,7 +244,7 @@ pub(crate) fn lazy_members(
 pub(crate) async fn get_event_by_timestamp_route(
     State(state): State<AppState>,
     req: Ruma<get_event_by_timestamp::v1::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<get_event_by_timestamp::v1::Response>> {
     let r = reader(&req)?;
     state.rooms.check_can_read(&req.body.room_id, r.user)?;
     let dir = match req.body.dir {
@@ -239,7 +256,9 @@ pub(crate) async fn get_event_by_timestamp_route(
         .rooms
         .event_by_timestamp(&req.body.room_id, r, ts, dir)?
         .ok_or_else(|| Error::not_found("no event found in that direction"))?;
-    Ok(Json(
-        json!({ "event_id": event_id, "origin_server_ts": ts }),
-    ))
+    let ts = UInt::try_from(ts).map_err(Error::internal)?;
+    Ok(RumaResponse(get_event_by_timestamp::v1::Response::new(
+        ruma::OwnedEventId::try_from(event_id).map_err(Error::internal)?,
+        MilliSecondsSinceUnixEpoch(ts),
+    )))
 }

@@ -1,6 +1,6 @@
 //! Room creation, single events, context and aliases of a room.
 
-use axum::{extract::State, Json};
+use axum::extract::State;
 use paracord_core::Error;
 use paracord_service::rooms::{
     create::{CreateRoom, Preset},
@@ -10,23 +10,25 @@ use ruma::api::client::{
     context::get_context,
     room::{aliases, create_room, get_room_event},
 };
-use serde_json::{json, Value};
+use serde_json::json;
 
-use super::reader;
-use crate::{ruma_wrapper::Ruma, ApiResult, AppState};
+use super::{
+    message::{json_of, raw},
+    reader,
+};
+use crate::{ruma_wrapper::Ruma, ApiResult, AppState, RumaResponse};
 use paracord_service::ratelimit::Limit;
 
 /// `POST /_matrix/client/v3/createRoom` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3createroom
 pub(crate) async fn create_room_route(
     State(state): State<AppState>,
     req: Ruma<create_room::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<create_room::v3::Response>> {
     let id = req.user()?;
     state
         .ratelimit
         .check(Limit::CreateRoom, id.user_id.as_str())?;
     let b = &req.body;
-    let raw = req.json.clone().unwrap_or_default();
     let alias = match &b.room_alias_name {
         Some(local) => {
             let alias =
@@ -47,19 +49,18 @@ pub(crate) async fn create_room_route(
         None => None,
     };
     let mut initial_state = Vec::new();
-    if let Some(items) = raw.get("initial_state").and_then(|i| i.as_array()) {
-        for item in items {
-            let kind = item["type"]
-                .as_str()
-                .ok_or_else(|| Error::bad_json("initial_state entry without type"))?;
-            let key = item.get("state_key").and_then(|k| k.as_str()).unwrap_or("");
-            let content = item
-                .get("content")
-                .cloned()
-                .filter(|c| c.is_object())
-                .ok_or_else(|| Error::bad_json("initial_state content must be an object"))?;
-            initial_state.push((kind.to_owned(), key.to_owned(), content));
-        }
+    for item in &b.initial_state {
+        let item = json_of(item)?;
+        let kind = item["type"]
+            .as_str()
+            .ok_or_else(|| Error::bad_json("initial_state entry without type"))?;
+        let key = item.get("state_key").and_then(|k| k.as_str()).unwrap_or("");
+        let content = item
+            .get("content")
+            .cloned()
+            .filter(|c| c.is_object())
+            .ok_or_else(|| Error::bad_json("initial_state content must be an object"))?;
+        initial_state.push((kind.to_owned(), key.to_owned(), content));
     }
     let profile = state.accounts.profile(&id.user_id).unwrap_or((None, None));
     let create = CreateRoom {
@@ -72,8 +73,12 @@ pub(crate) async fn create_room_route(
         invite: b.invite.clone(),
         is_direct: b.is_direct,
         initial_state,
-        power_level_override: raw.get("power_level_content_override").cloned(),
-        creation_content: raw.get("creation_content").cloned(),
+        power_level_override: b
+            .power_level_content_override
+            .as_ref()
+            .map(json_of)
+            .transpose()?,
+        creation_content: b.creation_content.as_ref().map(json_of).transpose()?,
         profile,
     };
     let room_id = state.rooms.create_room(&id.user_id, create).await?;
@@ -88,14 +93,14 @@ pub(crate) async fn create_room_route(
             .invite_remote(&room_id, &id.user_id, user, content)
             .await?;
     }
-    Ok(Json(json!({ "room_id": room_id })))
+    Ok(RumaResponse(create_room::v3::Response::new(room_id)))
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/event/{eventId}` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3roomsroomideventeventid
 pub(crate) async fn get_room_event_route(
     State(state): State<AppState>,
     req: Ruma<get_room_event::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<get_room_event::v3::Response>> {
     let r = reader(&req)?;
     // An event the user may not see is, to them, an event that does not exist (404, as the
     // spec and other servers answer), not a room they are refused.
@@ -109,14 +114,14 @@ pub(crate) async fn get_room_event_route(
     let (_, _, ev) = state
         .rooms
         .visible_event(r, Some(&req.body.room_id), &req.body.event_id)?;
-    Ok(Json(ev))
+    Ok(RumaResponse(get_room_event::v3::Response::new(raw(&ev)?)))
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/context/{eventId}` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3roomsroomidcontexteventid
 pub(crate) async fn get_context_route(
     State(state): State<AppState>,
     req: Ruma<get_context::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<get_context::v3::Response>> {
     let r = reader(&req)?;
     let room_id = &req.body.room_id;
     state.rooms.check_can_read(room_id, r.user)?;
@@ -189,24 +194,37 @@ pub(crate) async fn get_context_route(
                     .is_some_and(|k| senders.binary_search(&k).is_ok())
         });
     }
-    Ok(Json(json!({
-        "event": ev,
-        "events_before": before.events.into_iter().map(|(_, e)| e).collect::<Vec<_>>(),
-        "events_after": after.events.into_iter().map(|(_, e)| e).collect::<Vec<_>>(),
-        "start": paracord_service::sync::make_token(start),
-        "end": paracord_service::sync::make_token(end),
-        "state": state_events,
-    })))
+    let mut resp = get_context::v3::Response::new();
+    resp.event = Some(raw(&ev)?);
+    resp.events_before = before
+        .events
+        .iter()
+        .map(|(_, e)| raw(e))
+        .collect::<Result<_, _>>()?;
+    resp.events_after = after
+        .events
+        .iter()
+        .map(|(_, e)| raw(e))
+        .collect::<Result<_, _>>()?;
+    resp.start = Some(paracord_service::sync::make_token(start));
+    resp.end = Some(paracord_service::sync::make_token(end));
+    resp.state = state_events.iter().map(raw).collect::<Result<_, _>>()?;
+    Ok(RumaResponse(resp))
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/aliases` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3roomsroomidaliases
 pub(crate) async fn aliases_route(
     State(state): State<AppState>,
     req: Ruma<aliases::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<aliases::v3::Response>> {
     let r = reader(&req)?;
     state.rooms.check_can_read(&req.body.room_id, r.user)?;
-    Ok(Json(
-        json!({ "aliases": state.rooms.local_aliases(&req.body.room_id)? }),
-    ))
+    // The aliases were checked when they were made.
+    let aliases = state
+        .rooms
+        .local_aliases(&req.body.room_id)?
+        .into_iter()
+        .filter_map(|a| ruma::OwnedRoomAliasId::try_from(a).ok())
+        .collect();
+    Ok(RumaResponse(aliases::v3::Response::new(aliases)))
 }

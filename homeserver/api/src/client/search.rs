@@ -9,33 +9,53 @@ use paracord_service::{
     search::{Keys, SearchQuery},
     sync::make_token,
 };
-use ruma::api::client::search::search_events;
-use serde_json::{json, Value};
+use ruma::{
+    api::client::{
+        filter::UrlFilter,
+        search::search_events::v3::{
+            self as search_events, EventContextResult, GroupingKey, OrderBy, ResultCategories,
+            ResultGroup, ResultGroupMap, ResultGroupMapsByGroupingKey, ResultRoomEvents,
+            SearchKeys, SearchResult, UserProfile,
+        },
+    },
+    OwnedEventId, OwnedMxcUri, OwnedRoomId, OwnedUserId, UInt,
+};
+use serde::Serialize;
+use serde_json::Value;
 
-use super::reader;
-use crate::{ruma_wrapper::Ruma, ApiResult, AppState};
+use super::{message::raw, reader};
+use crate::{ruma_wrapper::Ruma, ApiResult, AppState, RumaResponse};
 
 const MAX_LIMIT: usize = 50;
+
+fn uint(n: usize) -> UInt {
+    UInt::try_from(n).unwrap_or(UInt::MAX)
+}
 
 /// `POST /_matrix/client/v3/search` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3search
 pub(crate) async fn search_events_route(
     State(state): State<AppState>,
-    req: Ruma<search_events::v3::Request>,
-) -> ApiResult<Json<Value>> {
+    req: Ruma<search_events::Request>,
+) -> ApiResult<RumaResponse<search_events::Response>> {
     let r = reader(&req)?;
-    let body = req.json.clone().unwrap_or_default();
-    let criteria = &body["search_categories"]["room_events"];
-    if !criteria.is_object() {
-        return Ok(Json(json!({ "search_categories": {} })));
-    }
-    let term = criteria["search_term"]
-        .as_str()
-        .ok_or_else(|| Error::bad_json("search_term is required"))?;
-    let keys = match criteria["keys"].as_array() {
+    let Some(criteria) = &req.body.search_categories.room_events else {
+        return Ok(RumaResponse(search_events::Response::new(
+            ResultCategories::new(),
+        )));
+    };
+    // Two things ruma's criteria do not carry: whether `event_context` was sent at all (ruma
+    // fills in its defaults; without one no context is returned) and Paracord's date bounds
+    // in the filter.
+    let raw_criteria = req
+        .json
+        .as_ref()
+        .map(|j| &j["search_categories"]["room_events"]);
+    let term = criteria.search_term.as_str();
+    let keys = match &criteria.keys {
         Some(k) => Keys {
-            body: k.iter().any(|x| x == "content.body"),
-            name: k.iter().any(|x| x == "content.name"),
-            topic: k.iter().any(|x| x == "content.topic"),
+            body: k.contains(&SearchKeys::ContentBody),
+            name: k.contains(&SearchKeys::ContentName),
+            topic: k.contains(&SearchKeys::ContentTopic),
         },
         None => Keys {
             body: true,
@@ -43,10 +63,10 @@ pub(crate) async fn search_events_route(
             topic: true,
         },
     };
-    let filter = &criteria["filter"];
-    let limit = filter["limit"]
-        .as_u64()
-        .map(|l| usize::try_from(l).unwrap_or(MAX_LIMIT))
+    let filter = &criteria.filter;
+    let limit = filter
+        .limit
+        .map(|l| usize::try_from(u64::from(l)).unwrap_or(MAX_LIMIT))
         .unwrap_or(10)
         .clamp(1, MAX_LIMIT);
     // Users only find what they may see: rooms they are or were in, in a room they left
@@ -61,29 +81,24 @@ pub(crate) async fn search_events_route(
             _ => None,
         })
         .collect();
-    let strs = |v: &Value| {
-        v.as_array().map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(str::to_owned))
-                .collect::<Vec<_>>()
-        })
-    };
-    if let Some(only) = strs(&filter["rooms"]) {
-        rooms.retain(|(room, _)| only.contains(room));
+    if let Some(only) = &filter.rooms {
+        rooms.retain(|(room, _)| only.iter().any(|o| o.as_str() == room));
     }
-    if let Some(not) = strs(&filter["not_rooms"]) {
-        rooms.retain(|(room, _)| !not.contains(room));
-    }
-    let senders = strs(&filter["senders"]);
-    let recent = criteria["order_by"] == "recent";
+    rooms.retain(|(room, _)| !filter.not_rooms.iter().any(|n| n.as_str() == room));
+    let senders: Option<Vec<String>> = filter
+        .senders
+        .as_ref()
+        .map(|s| s.iter().map(|u| u.to_string()).collect());
+    let recent = matches!(criteria.order_by, Some(OrderBy::Recent));
     let offset = match &req.body.next_batch {
         Some(t) => paracord_service::tokens::parse_offset_token::<usize>('o', t)
             .ok_or_else(|| Error::invalid_param("invalid next_batch"))?,
         None => 0,
     };
     // Paracord extension (the spec's filter has no dates): origin_server_ts bounds in ms.
-    let from_ts = filter["org.paracord.from_ts"].as_u64();
-    let until_ts = filter["org.paracord.until_ts"].as_u64();
+    let raw_filter = raw_criteria.map(|c| &c["filter"]);
+    let from_ts = raw_filter.and_then(|f| f["org.paracord.from_ts"].as_u64());
+    let until_ts = raw_filter.and_then(|f| f["org.paracord.until_ts"].as_u64());
     let search = state.search.clone();
     let (term_owned, rooms_q, senders_q) = (term.to_owned(), rooms.clone(), senders.clone());
     let (hits, count) = tokio::task::spawn_blocking(move || {
@@ -102,18 +117,22 @@ pub(crate) async fn search_events_route(
     .await
     .map_err(Error::internal)??;
     let post_filter = EventFilter {
-        types: strs(&filter["types"]),
-        not_types: strs(&filter["not_types"]).unwrap_or_default(),
+        types: filter.types.clone(),
+        not_types: filter.not_types.clone(),
         senders: None,
-        not_senders: strs(&filter["not_senders"])
-            .unwrap_or_default()
-            .into_iter()
+        not_senders: filter
+            .not_senders
+            .iter()
+            .map(|u| u.to_string())
             .chain(state.account_data.ignored_users(r.user)?)
             .collect(),
-        contains_url: filter["contains_url"].as_bool(),
+        contains_url: filter.url_filter.as_ref().map(|u| match u {
+            UrlFilter::EventsWithUrl => true,
+            UrlFilter::EventsWithoutUrl => false,
+        }),
         ignored: Vec::new(),
     };
-    let ctx = &criteria["event_context"];
+    let ctx = raw_criteria.map_or(&Value::Null, |c| &c["event_context"]);
     let (before, after) = (
         ctx["before_limit"].as_u64().unwrap_or(0).min(20) as usize,
         ctx["after_limit"].as_u64().unwrap_or(0).min(20) as usize,
@@ -127,8 +146,8 @@ pub(crate) async fn search_events_route(
             .and_then(|(_, until)| *until)
     };
     let mut results = Vec::new();
-    let mut groups_room: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut groups_sender: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut groups_room: BTreeMap<OwnedRoomId, Vec<OwnedEventId>> = BTreeMap::new();
+    let mut groups_sender: BTreeMap<OwnedUserId, Vec<OwnedEventId>> = BTreeMap::new();
     for (rank, pos) in &hits {
         let Some((meta, ev)) = state.rooms.client_event(*pos, Some(r))? else {
             continue;
@@ -136,9 +155,11 @@ pub(crate) async fn search_events_route(
         if !post_filter.allows(&ev) || !state.rooms.can_see(r.user, &meta)? {
             continue;
         }
-        let mut item = json!({ "rank": rank, "result": ev });
+        let mut item = SearchResult::new();
+        item.rank = Some(f64::from(*rank));
+        item.result = Some(raw(&ev)?);
         if with_context {
-            item["context"] = context(
+            item.context = context(
                 &state,
                 r,
                 &meta.room_id,
@@ -148,72 +169,82 @@ pub(crate) async fn search_events_route(
                 include_profile.then(|| ev["sender"].as_str().unwrap_or_default()),
             )?;
         }
-        let id = ev["event_id"].as_str().unwrap_or_default().to_owned();
-        groups_room
-            .entry(meta.room_id.to_string())
-            .or_default()
-            .push(id.clone());
-        groups_sender
-            .entry(ev["sender"].as_str().unwrap_or_default().to_owned())
-            .or_default()
-            .push(id);
+        let id = ev["event_id"]
+            .as_str()
+            .and_then(|e| OwnedEventId::try_from(e).ok());
+        let sender = ev["sender"]
+            .as_str()
+            .and_then(|s| OwnedUserId::try_from(s).ok());
+        if let Some(id) = id {
+            groups_room
+                .entry(meta.room_id.clone())
+                .or_default()
+                .push(id.clone());
+            if let Some(sender) = sender {
+                groups_sender.entry(sender).or_default().push(id);
+            }
+        }
         results.push(item);
     }
-    let highlights: Vec<String> = term
+    let mut out = ResultRoomEvents::new();
+    out.count = Some(uint(count));
+    out.highlights = term
         .split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
         .map(str::to_lowercase)
         .collect();
-    let mut out = json!({ "count": count, "highlights": highlights, "results": results });
+    out.results = results;
     // A full page has a next one, possibly empty (the end is a page without `next_batch`),
     // as other servers and clients expect.
     if !hits.is_empty() && hits.len() == limit {
-        out["next_batch"] = json!(format!("o{}", offset + hits.len()));
+        out.next_batch = Some(format!("o{}", offset + hits.len()));
     }
-    let group_by: Vec<String> = criteria["groupings"]["group_by"]
-        .as_array()
-        .map(|g| {
-            g.iter()
-                .filter_map(|x| x["key"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
-    if !group_by.is_empty() {
-        let mut groups = serde_json::Map::new();
-        for key in group_by {
-            let source = match key.as_str() {
-                "room_id" => &groups_room,
-                "sender" => &groups_sender,
-                _ => {
-                    return Err(
-                        Error::invalid_param("group_by key must be room_id or sender").into(),
-                    )
-                }
-            };
-            let g: serde_json::Map<String, Value> = source
-                .iter()
-                .enumerate()
-                .map(|(i, (k, ids))| (k.clone(), json!({ "results": ids, "order": i + 1 })))
-                .collect();
-            groups.insert(key, Value::Object(g));
-        }
-        out["groups"] = Value::Object(groups);
+    fn grouped<K: Ord + Clone>(
+        source: &BTreeMap<K, Vec<OwnedEventId>>,
+    ) -> BTreeMap<K, ResultGroup> {
+        source
+            .iter()
+            .enumerate()
+            .map(|(i, (k, ids))| {
+                let mut g = ResultGroup::new();
+                g.results = ids.clone();
+                g.order = Some(uint(i + 1));
+                (k.clone(), g)
+            })
+            .collect()
     }
-    if criteria["include_state"].as_bool().unwrap_or(false) {
-        let mut st = serde_json::Map::new();
-        for room in groups_room.keys() {
-            if let Ok(room_id) = ruma::OwnedRoomId::try_from(room.as_str()) {
-                // The state a user who left saw last: at their leave (issue 15).
-                let map = state_for(&state, &room_id, ceiling_of(&room_id))?;
-                st.insert(
-                    room.clone(),
-                    Value::Array(state.rooms.state_events(&map, Some(r))?),
-                );
+    let mut groups = ResultGroupMapsByGroupingKey::new();
+    for grouping in &criteria.groupings.group_by {
+        match &grouping.key {
+            None => {}
+            Some(GroupingKey::RoomId) => {
+                groups.insert(ResultGroupMap::RoomId(grouped(&groups_room)));
+            }
+            Some(GroupingKey::Sender) => {
+                groups.insert(ResultGroupMap::Sender(grouped(&groups_sender)));
+            }
+            Some(_) => {
+                return Err(Error::invalid_param("group_by key must be room_id or sender").into())
             }
         }
-        out["state"] = Value::Object(st);
     }
-    Ok(Json(json!({ "search_categories": { "room_events": out } })))
+    out.groups = groups;
+    if criteria.include_state.unwrap_or(false) {
+        for room_id in groups_room.keys() {
+            // The state a user who left saw last: at their leave (issue 15).
+            let map = state_for(&state, room_id, ceiling_of(room_id))?;
+            let events = state
+                .rooms
+                .state_events(&map, Some(r))?
+                .iter()
+                .map(raw)
+                .collect::<Result<_, _>>()?;
+            out.state.insert(room_id.clone(), events);
+        }
+    }
+    let mut categories = ResultCategories::new();
+    categories.room_events = out;
+    Ok(RumaResponse(search_events::Response::new(categories)))
 }
 
 /// The state of a room for a searcher: the current state, or at `ceiling` for a user who
@@ -239,7 +270,7 @@ fn context(
     pos: u64,
     (before, after): (usize, usize),
     profiles_for: Option<&str>,
-) -> Result<Value, Error> {
+) -> Result<EventContextResult, Error> {
     let none = EventFilter::default();
     let b = if before > 0 {
         state
@@ -282,42 +313,49 @@ fn context(
         .map(|(p, _)| p.saturating_sub(1))
         .unwrap_or(pos.saturating_sub(1));
     let end = a.last().map(|(p, _)| *p).unwrap_or(pos);
-    let mut out = json!({
-        "events_before": b.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(),
-        "events_after": a.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(),
-        "start": make_token(start),
-        "end": make_token(end),
-    });
+    let mut out = EventContextResult::new();
+    out.events_before = b.iter().map(|(_, e)| raw(e)).collect::<Result<_, _>>()?;
+    out.events_after = a.iter().map(|(_, e)| raw(e)).collect::<Result<_, _>>()?;
+    out.start = Some(make_token(start));
+    out.end = Some(make_token(end));
     if let Some(result_sender) = profiles_for {
         // Historic profiles: as at the result, which the reader may see (issue 15: not the
         // current ones, which a user who left may not), for its sender and the events around.
         let map = state.rooms.state(state.rooms.state_at_pos(room_id, pos)?)?;
-        let mut profiles = serde_json::Map::new();
         let senders = b
             .iter()
             .chain(a.iter())
             .filter_map(|(_, e)| e["sender"].as_str())
             .chain(std::iter::once(result_sender));
         for sender in senders {
+            let Ok(user_id) = OwnedUserId::try_from(sender) else {
+                continue;
+            };
             let member = state
                 .rooms
                 .state_content(&map, "m.room.member", sender)?
                 .unwrap_or_default();
-            profiles.insert(
-                sender.to_owned(),
-                json!({ "displayname": member["displayname"], "avatar_url": member["avatar_url"] }),
-            );
+            let mut profile = UserProfile::new();
+            profile.displayname = member["displayname"].as_str().map(str::to_owned);
+            profile.avatar_url = member["avatar_url"].as_str().map(OwnedMxcUri::from);
+            out.profile_info.insert(user_id, profile);
         }
-        out["profile_info"] = Value::Object(profiles);
     }
     Ok(out)
+}
+
+/// The answer of `POST /_paracord/v1/admin/search/rebuild`.
+#[derive(Serialize)]
+pub(crate) struct RebuildResponse {
+    /// How many events the rebuilt index holds.
+    indexed_events: u64,
 }
 
 /// `POST /_paracord/v1/admin/search/rebuild`: rebuilds the full-text index (server admins).
 pub(crate) async fn rebuild_route(
     State(state): State<AppState>,
     req: axum::extract::Request,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<RebuildResponse>> {
     let (parts, _) = req.into_parts();
     let token = crate::ruma_wrapper::access_token(&parts).ok_or_else(Error::missing_token)?;
     let id = state.accounts.authenticate(&token)?;
@@ -328,5 +366,5 @@ pub(crate) async fn rebuild_route(
     let n = tokio::task::spawn_blocking(move || rooms.reindex(&search))
         .await
         .map_err(Error::internal)??;
-    Ok(Json(json!({ "indexed_events": n })))
+    Ok(Json(RebuildResponse { indexed_events: n }))
 }

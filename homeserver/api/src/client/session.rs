@@ -1,23 +1,37 @@
 //! Login, logout and refresh.
 
-use axum::{extract::State, Json};
+use std::time::Duration;
+
+use axum::extract::State;
 use paracord_core::Error;
 use paracord_service::ratelimit::Limit;
-use ruma::api::client::session::{get_login_types, login, logout, logout_all, refresh_token};
-use serde_json::{json, Value};
+use ruma::{
+    api::client::session::{
+        get_login_types::{
+            self,
+            v3::{LoginType, PasswordLoginType},
+        },
+        login, logout, logout_all, refresh_token,
+    },
+    ServerName,
+};
 
 use crate::{ruma_wrapper::Ruma, ApiResult, AppState, RumaResponse};
 
 /// `GET /_matrix/client/v3/login` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3login
-pub(crate) async fn get_login_types_route(_req: Ruma<get_login_types::v3::Request>) -> Json<Value> {
-    Json(json!({ "flows": [{ "type": "m.login.password" }] }))
+pub(crate) async fn get_login_types_route(
+    _req: Ruma<get_login_types::v3::Request>,
+) -> RumaResponse<get_login_types::v3::Response> {
+    RumaResponse(get_login_types::v3::Response::new(vec![
+        LoginType::Password(PasswordLoginType::new()),
+    ]))
 }
 
 /// `POST /_matrix/client/v3/login` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3login
 pub(crate) async fn login_route(
     State(state): State<AppState>,
     req: Ruma<login::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<login::v3::Response>> {
     state.ratelimit.check(
         Limit::Auth,
         &req.client_ip.map(|i| i.to_string()).unwrap_or_default(),
@@ -32,11 +46,11 @@ pub(crate) async fn login_route(
     };
     let user = match &p.identifier {
         Some(ruma::api::client::uiaa::UserIdentifier::Matrix(m)) => m.user.clone(),
-        None => req
-            .json
-            .as_ref()
-            .and_then(|j| j["user"].as_str())
-            .map(str::to_owned)
+        // The deprecated `user` of r0 clients.
+        #[allow(deprecated)]
+        None => p
+            .user
+            .clone()
             .ok_or_else(|| Error::bad_json("missing identifier"))?,
         Some(_) => return Err(Error::forbidden("only user identifiers are supported").into()),
     };
@@ -60,20 +74,20 @@ pub(crate) async fn login_route(
             req.body.refresh_token,
         )
         .await?;
-    let mut body = json!({
-        "user_id": r.user_id,
-        "access_token": r.access_token,
-        "device_id": r.device_id,
-        "home_server": state.config.server_name,
-        "well_known": { "m.homeserver": { "base_url": state.config.public_baseurl() } },
-    });
-    if let Some(t) = r.refresh_token {
-        body["refresh_token"] = json!(t);
+    let mut resp = login::v3::Response::new(r.user_id, r.access_token, r.device_id);
+    #[allow(deprecated)]
+    {
+        resp.home_server = Some(
+            ServerName::parse(&state.config.server_name)
+                .map_err(|e| Error::internal(format!("own server name: {e}")))?,
+        );
     }
-    if let Some(ms) = r.expires_in_ms {
-        body["expires_in_ms"] = json!(ms);
-    }
-    Ok(Json(body))
+    resp.well_known = Some(login::v3::DiscoveryInfo::new(
+        login::v3::HomeserverInfo::new(state.config.public_baseurl()),
+    ));
+    resp.refresh_token = r.refresh_token;
+    resp.expires_in = r.expires_in_ms.map(Duration::from_millis);
+    Ok(RumaResponse(resp))
 }
 
 /// `POST /_matrix/client/v3/logout` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3logout
@@ -102,14 +116,10 @@ pub(crate) async fn logout_all_route(
 pub(crate) async fn refresh_token_route(
     State(state): State<AppState>,
     req: Ruma<refresh_token::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<refresh_token::v3::Response>> {
     let r = state.accounts.refresh(&req.body.refresh_token)?;
-    let mut body = json!({ "access_token": r.access_token });
-    if let Some(t) = r.refresh_token {
-        body["refresh_token"] = json!(t);
-    }
-    if let Some(ms) = r.expires_in_ms {
-        body["expires_in_ms"] = json!(ms);
-    }
-    Ok(Json(body))
+    let mut resp = refresh_token::v3::Response::new(r.access_token);
+    resp.refresh_token = r.refresh_token;
+    resp.expires_in_ms = r.expires_in_ms.map(Duration::from_millis);
+    Ok(RumaResponse(resp))
 }

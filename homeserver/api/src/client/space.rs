@@ -1,24 +1,82 @@
 //! Spaces and ways into rooms: `/hierarchy`, room summaries, knocking and upgrades.
 
-use axum::{extract::State, Json};
+use axum::extract::State;
 use paracord_core::Error;
-use ruma::api::client::{
-    knock::knock_room,
-    room::{get_summary, upgrade_room},
-    space::get_hierarchy,
+use ruma::{
+    api::client::{
+        knock::knock_room,
+        room::{get_summary, upgrade_room},
+        space::{get_hierarchy, SpaceHierarchyRoomsChunk},
+    },
+    events::room::member::MembershipState,
+    room::RoomSummary,
 };
 use serde_json::{json, Value};
 
 use futures::future::BoxFuture;
 
 use super::resolve_room;
-use crate::{ruma_wrapper::Ruma, ApiResult, AppState};
+use crate::{ruma_wrapper::Ruma, ApiResult, AppState, RumaResponse};
+
+/// A room summary as the service writes it (`public_room_chunk` and what other servers
+/// sent), with the `allowed_room_ids` of a restricted room this server knows (read from its
+/// join rules: ruma writes the field for such rooms, and an empty list would say that no
+/// room grants access).
+fn with_allowed_rooms(state: &AppState, mut chunk: Value) -> Result<Value, Error> {
+    let restricted = matches!(
+        chunk["join_rule"].as_str(),
+        Some("restricted" | "knock_restricted")
+    );
+    if !restricted || chunk.get("allowed_room_ids").is_some() {
+        return Ok(chunk);
+    }
+    let Some(room_id) = chunk["room_id"]
+        .as_str()
+        .and_then(|r| ruma::OwnedRoomId::try_from(r).ok())
+    else {
+        return Ok(chunk);
+    };
+    if state.rooms.room(&room_id)?.is_none() {
+        return Ok(chunk);
+    }
+    let current = state.rooms.current_state(&room_id)?;
+    let allowed: Vec<Value> = state
+        .rooms
+        .state_content(&current, "m.room.join_rules", "")?
+        .and_then(|c| c["allow"].as_array().cloned())
+        .into_iter()
+        .flatten()
+        .filter(|a| a["type"] == "m.room_membership")
+        .filter_map(|a| {
+            a["room_id"]
+                .as_str()
+                .filter(|r| ruma::RoomId::parse(r).is_ok())
+                .map(|r| json!(r))
+        })
+        .collect();
+    chunk["allowed_room_ids"] = Value::Array(allowed);
+    Ok(chunk)
+}
+
+/// A summary the service wrote, as ruma's type: an alias that is not one (state content is
+/// what clients and other servers sent) is left out rather than failing the whole summary.
+fn summary_of<T: serde::de::DeserializeOwned>(mut chunk: Value) -> serde_json::Result<T> {
+    if chunk["canonical_alias"]
+        .as_str()
+        .is_some_and(|a| ruma::RoomAliasId::parse(a).is_err())
+    {
+        if let Some(o) = chunk.as_object_mut() {
+            o.remove("canonical_alias");
+        }
+    }
+    serde_json::from_value(chunk)
+}
 
 /// `GET /_matrix/client/v1/rooms/{roomId}/hierarchy` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1roomsroomidhierarchy
 pub(crate) async fn get_hierarchy_route(
     State(state): State<AppState>,
     req: Ruma<get_hierarchy::v1::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<get_hierarchy::v1::Response>> {
     let id = req.user()?;
     let b = &req.body;
     let from = match &b.from {
@@ -72,28 +130,40 @@ pub(crate) async fn get_hierarchy_route(
             &remote,
         )
         .await?;
-    let mut body = json!({ "rooms": rooms });
-    if let Some(n) = next {
-        body["next_batch"] = json!(format!("h{n}"));
+    let mut resp = get_hierarchy::v1::Response::new();
+    for chunk in rooms {
+        let chunk = with_allowed_rooms(&state, chunk)?;
+        // Local rooms' summaries always read; another server's that does not is left out.
+        match summary_of::<SpaceHierarchyRoomsChunk>(chunk) {
+            Ok(c) => resp.rooms.push(c),
+            Err(e) => tracing::debug!("hierarchy: a room summary that does not read: {e}"),
+        }
     }
-    Ok(Json(body))
+    resp.next_batch = next.map(|n| format!("h{n}"));
+    Ok(RumaResponse(resp))
 }
 
 /// `GET /_matrix/client/v1/room_summary/{roomIdOrAlias}` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1room_summaryroomidoralias
 pub(crate) async fn get_summary_route(
     State(state): State<AppState>,
     req: Ruma<get_summary::v1::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<get_summary::v1::Response>> {
     let room_id = resolve_room(&state, &req.body.room_id_or_alias)?;
     let user = req.ident.as_ref().map(|i| i.user_id.as_ref());
-    Ok(Json(state.rooms.room_summary(&room_id, user)?))
+    let summary = with_allowed_rooms(&state, state.rooms.room_summary(&room_id, user)?)?;
+    let membership = summary["membership"].as_str().map(MembershipState::from);
+    let summary: RoomSummary =
+        summary_of(summary).map_err(|e| Error::internal(format!("room summary: {e}")))?;
+    let mut resp = get_summary::v1::Response::new(summary);
+    resp.membership = membership;
+    Ok(RumaResponse(resp))
 }
 
 /// `POST /_matrix/client/v3/knock/{roomIdOrAlias}` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3knockroomidoralias
 pub(crate) async fn knock_room_route(
     State(state): State<AppState>,
     req: Ruma<knock_room::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<knock_room::v3::Response>> {
     let id = req.user()?;
     let (room_id, via) =
         super::membership::room_and_servers(&state, &req.body.room_id_or_alias, &req.body.via)
@@ -109,31 +179,33 @@ pub(crate) async fn knock_room_route(
                 req.body.reason.as_deref(),
             )
             .await?;
-        return Ok(Json(json!({ "room_id": room_id })));
+        return Ok(RumaResponse(knock_room::v3::Response::new(room_id)));
     }
     state
         .rooms
         .knock(&room_id, &id.user_id, req.body.reason.as_deref())
         .await?;
-    Ok(Json(json!({ "room_id": room_id })))
+    Ok(RumaResponse(knock_room::v3::Response::new(room_id)))
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/upgrade` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3roomsroomidupgrade
 pub(crate) async fn upgrade_room_route(
     State(state): State<AppState>,
     req: Ruma<upgrade_room::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<upgrade_room::v3::Response>> {
     let id = req.user()?;
     let profile = state.accounts.profile(&id.user_id).unwrap_or((None, None));
+    let additional_creators =
+        (!req.body.additional_creators.is_empty()).then(|| json!(req.body.additional_creators));
     let new_room = state
         .rooms
         .upgrade_room(
             &req.body.room_id,
             &id.user_id,
             req.body.new_version.as_str(),
-            req.json.as_ref().and_then(|j| j.get("additional_creators")),
+            additional_creators.as_ref(),
             profile,
         )
         .await?;
-    Ok(Json(json!({ "replacement_room": new_room })))
+    Ok(RumaResponse(upgrade_room::v3::Response::new(new_room)))
 }

@@ -1,13 +1,16 @@
 //! Room state.
 
-use axum::{extract::State, Json};
+use axum::extract::State;
 use paracord_core::Error;
 use paracord_service::rooms::NewEvent;
 use ruma::api::client::state::{get_state_event_for_key, get_state_events, send_state_event};
-use serde_json::{json, Value};
+use ruma::events::room::member::MembershipState;
 
-use super::reader;
-use crate::{ruma_wrapper::Ruma, ApiResult, AppState};
+use super::{
+    message::{json_of, raw},
+    reader,
+};
+use crate::{ruma_wrapper::Ruma, ApiResult, AppState, RumaResponse};
 
 /// The state a reader sees: current state if joined, the state at their leave otherwise.
 fn visible_snapshot(
@@ -17,7 +20,9 @@ fn visible_snapshot(
 ) -> Result<u64, crate::ApiError> {
     state.rooms.check_can_read(room_id, user)?;
     Ok(match state.rooms.user_room(user, room_id)? {
-        Some(rec) if rec.membership != "join" => state.rooms.state_at_pos(room_id, rec.pos)?,
+        Some(rec) if rec.membership != MembershipState::Join.as_str() => {
+            state.rooms.state_at_pos(room_id, rec.pos)?
+        }
         _ => state.rooms.room_or_404(room_id)?.state,
     })
 }
@@ -26,18 +31,24 @@ fn visible_snapshot(
 pub(crate) async fn get_state_events_route(
     State(state): State<AppState>,
     req: Ruma<get_state_events::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<get_state_events::v3::Response>> {
     let r = reader(&req)?;
     let snap = visible_snapshot(&state, &req.body.room_id, r.user)?;
     let map = state.rooms.state(snap)?;
-    Ok(Json(Value::Array(state.rooms.state_events(&map, Some(r))?)))
+    let events = state
+        .rooms
+        .state_events(&map, Some(r))?
+        .iter()
+        .map(raw)
+        .collect::<Result<_, _>>()?;
+    Ok(RumaResponse(get_state_events::v3::Response::new(events)))
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3roomsroomidstateeventtypestatekey
 pub(crate) async fn get_state_event_for_key_route(
     State(state): State<AppState>,
     req: Ruma<get_state_event_for_key::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<get_state_event_for_key::v3::Response>> {
     let r = reader(&req)?;
     let snap = visible_snapshot(&state, &req.body.room_id, r.user)?;
     let map = state.rooms.state(snap)?;
@@ -49,25 +60,33 @@ pub(crate) async fn get_state_event_for_key_route(
         .rooms
         .client_event(*short, Some(r))?
         .ok_or_else(|| Error::not_found("state event not found"))?;
-    // `?format=event`: the whole event, as clients see events elsewhere.
-    if matches!(
+    // `?format=event`: the whole event, as clients see events elsewhere; otherwise its
+    // content (any JSON object, as the spec has it).
+    let body = if matches!(
         req.body.format,
         get_state_event_for_key::v3::StateEventFormat::Event
     ) {
-        return Ok(Json(ev));
+        serde_json::value::to_raw_value(&ev)
+    } else {
+        serde_json::value::to_raw_value(&ev["content"])
     }
-    Ok(Json(ev["content"].clone()))
+    .map_err(Error::from)?;
+    Ok(RumaResponse(get_state_event_for_key::v3::Response::new(
+        body,
+    )))
 }
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}` — https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3roomsroomidstateeventtypestatekey
 pub(crate) async fn send_state_event_route(
     State(state): State<AppState>,
     req: Ruma<send_state_event::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<send_state_event::v3::Response>> {
     let id = req.user()?;
-    let content = req
-        .json
-        .clone()
+    // An empty body reaches ruma as `{}`: the side channel tells it apart.
+    if req.json.is_none() {
+        return Err(Error::bad_json("state content must be a JSON object").into());
+    }
+    let content = Some(json_of(&req.body.body)?)
         .filter(|c| c.is_object())
         .ok_or_else(|| Error::bad_json("state content must be a JSON object"))?;
     let kind = req.body.event_type.to_string();
@@ -110,14 +129,14 @@ pub(crate) async fn send_state_event_route(
     // ignored, as for `/join`.
     if kind == "m.room.member"
         && req.body.state_key == id.user_id.as_str()
-        && content["membership"] == "join"
+        && content["membership"].as_str() == Some(MembershipState::Join.as_str())
     {
         let content = content.as_object().cloned().unwrap_or_default();
         let event_id = state
             .rooms
             .join_with(&req.body.room_id, &id.user_id, content)
             .await?;
-        return Ok(Json(json!({ "event_id": event_id })));
+        return Ok(RumaResponse(send_state_event::v3::Response::new(event_id)));
     }
     let event_id = state
         .rooms
@@ -127,5 +146,5 @@ pub(crate) async fn send_state_event_route(
             NewEvent::state(kind.as_str().into(), &req.body.state_key, content),
         )
         .await?;
-    Ok(Json(json!({ "event_id": event_id })))
+    Ok(RumaResponse(send_state_event::v3::Response::new(event_id)))
 }

@@ -1,11 +1,14 @@
 //! Room tags (spec: client-server API, room tagging), kept in the user's room account data.
 
-use axum::{extract::State, Json};
+use axum::extract::State;
 use paracord_core::Error;
-use ruma::api::client::tag::{create_tag, delete_tag, get_tags};
+use ruma::{
+    api::client::tag::{create_tag, delete_tag, get_tags},
+    events::tag::{TagInfo, TagName, Tags},
+};
 use serde_json::{json, Value};
 
-use crate::{ruma_wrapper::Ruma, ApiResult, AppState};
+use crate::{ruma_wrapper::Ruma, ApiResult, AppState, RumaResponse};
 
 fn own<T>(req: &Ruma<T>, user: &ruma::UserId) -> Result<(), Error> {
     match &req.ident {
@@ -30,31 +33,30 @@ fn tags_of(
 pub(crate) async fn get_tags_route(
     State(state): State<AppState>,
     req: Ruma<get_tags::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<get_tags::v3::Response>> {
     own(&req, &req.body.user_id)?;
-    Ok(Json(
-        json!({ "tags": tags_of(&state, &req.body.user_id, &req.body.room_id)? }),
-    ))
+    let tags: Tags = tags_of(&state, &req.body.user_id, &req.body.room_id)?
+        .into_iter()
+        .map(|(name, info)| {
+            let info: TagInfo = serde_json::from_value(info).unwrap_or_default();
+            (TagName::from(name), info)
+        })
+        .collect();
+    Ok(RumaResponse(get_tags::v3::Response::new(tags)))
 }
 
 /// `PUT /_matrix/client/v3/user/{userId}/rooms/{roomId}/tags/{tag}` — https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3useruseridroomsroomidtagstag
 pub(crate) async fn create_tag_route(
     State(state): State<AppState>,
     req: Ruma<create_tag::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<create_tag::v3::Response>> {
     own(&req, &req.body.user_id)?;
     if req.body.tag.is_empty() || req.body.tag.len() > 255 {
         return Err(Error::invalid_param("tag must be 1 to 255 bytes").into());
     }
     state.rooms.room_or_404(&req.body.room_id)?;
-    let info = req
-        .json
-        .clone()
-        .filter(|j| j.is_object())
-        .unwrap_or_else(|| json!({}));
-    if info.get("order").is_some_and(|o| !o.is_number()) {
-        return Err(Error::bad_json("order must be a number").into());
-    }
+    // ruma has checked that `order`, if any, is a number.
+    let info = serde_json::to_value(&req.body.tag_info).map_err(Error::from)?;
     let mut tags = tags_of(&state, &req.body.user_id, &req.body.room_id)?;
     tags.insert(req.body.tag.clone(), info);
     state.account_data.set(
@@ -63,14 +65,14 @@ pub(crate) async fn create_tag_route(
         "m.tag",
         json!({ "tags": tags }),
     )?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(create_tag::v3::Response::new()))
 }
 
 /// `DELETE /_matrix/client/v3/user/{userId}/rooms/{roomId}/tags/{tag}` — https://spec.matrix.org/v1.19/client-server-api/#delete_matrixclientv3useruseridroomsroomidtagstag
 pub(crate) async fn delete_tag_route(
     State(state): State<AppState>,
     req: Ruma<delete_tag::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<delete_tag::v3::Response>> {
     own(&req, &req.body.user_id)?;
     let mut tags = tags_of(&state, &req.body.user_id, &req.body.room_id)?;
     if tags.remove(&req.body.tag).is_some() {
@@ -81,5 +83,5 @@ pub(crate) async fn delete_tag_route(
             json!({ "tags": tags }),
         )?;
     }
-    Ok(Json(json!({})))
+    Ok(RumaResponse(delete_tag::v3::Response::new()))
 }

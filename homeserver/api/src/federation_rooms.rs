@@ -4,6 +4,7 @@
 
 use axum::{extract::State, Json};
 use paracord_core::Error;
+use paracord_service::federation::pdus::{JoinAnswer, MembershipAnswer};
 use ruma::{
     api::federation::{
         membership::{
@@ -47,15 +48,18 @@ async fn sent_membership<T>(
     event_id: &ruma::EventId,
     pdu: &serde_json::value::RawValue,
     membership: &str,
-) -> ApiResult<Json<Box<serde_json::value::RawValue>>> {
+) -> ApiResult<MembershipAnswer> {
     let origin = origin(req)?;
     let pdu = raw_value(pdu)?;
-    Ok(Json(
-        state
-            .pdus
-            .send_membership(&origin, room_id, event_id, &pdu, membership)
-            .await?,
-    ))
+    Ok(state
+        .pdus
+        .send_membership(&origin, room_id, event_id, &pdu, membership)
+        .await?)
+}
+
+/// An answer of `send_membership` that is not the one its membership gives.
+fn unexpected_answer(membership: &str) -> crate::ApiError {
+    Error::internal(format!("an unexpected answer to a {membership}")).into()
 }
 
 /// `PUT /_matrix/federation/v1/send/{txnId}` — https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv1sendtxnid
@@ -100,8 +104,8 @@ pub(crate) async fn prepare_join_event_route(
 pub(crate) async fn create_join_event_route(
     State(state): State<AppState>,
     req: Ruma<create_join_event::v2::Request>,
-) -> ApiResult<Json<Box<serde_json::value::RawValue>>> {
-    sent_membership(
+) -> ApiResult<Json<JoinAnswer>> {
+    match sent_membership(
         &state,
         &req,
         &req.body.room_id,
@@ -109,7 +113,11 @@ pub(crate) async fn create_join_event_route(
         &req.body.pdu,
         "join",
     )
-    .await
+    .await?
+    {
+        MembershipAnswer::Join(answer) => Ok(Json(answer)),
+        _ => Err(unexpected_answer("join")),
+    }
 }
 
 /// `GET /_matrix/federation/v1/make_leave/{roomId}/{userId}` — https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1make_leaveroomiduserid
@@ -132,8 +140,8 @@ pub(crate) async fn prepare_leave_event_route(
 pub(crate) async fn create_leave_event_route(
     State(state): State<AppState>,
     req: Ruma<create_leave_event::v2::Request>,
-) -> ApiResult<Json<Box<serde_json::value::RawValue>>> {
-    sent_membership(
+) -> ApiResult<RumaResponse<create_leave_event::v2::Response>> {
+    match sent_membership(
         &state,
         &req,
         &req.body.room_id,
@@ -141,7 +149,11 @@ pub(crate) async fn create_leave_event_route(
         &req.body.pdu,
         "leave",
     )
-    .await
+    .await?
+    {
+        MembershipAnswer::Leave => Ok(RumaResponse(create_leave_event::v2::Response::new())),
+        _ => Err(unexpected_answer("leave")),
+    }
 }
 
 /// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}` — https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv2inviteroomideventid
@@ -207,8 +219,8 @@ pub(crate) async fn prepare_knock_event_route(
 pub(crate) async fn create_knock_event_route(
     State(state): State<AppState>,
     req: Ruma<create_knock_event::v1::Request>,
-) -> ApiResult<Json<Box<serde_json::value::RawValue>>> {
-    sent_membership(
+) -> ApiResult<RumaResponse<create_knock_event::v1::Response>> {
+    match sent_membership(
         &state,
         &req,
         &req.body.room_id,
@@ -216,7 +228,18 @@ pub(crate) async fn create_knock_event_route(
         &req.body.pdu,
         "knock",
     )
-    .await
+    .await?
+    {
+        MembershipAnswer::Knock(knock_room_state) => {
+            Ok(RumaResponse(create_knock_event::v1::Response::new(
+                knock_room_state
+                    .into_iter()
+                    .map(RawStrippedState::Pdu)
+                    .collect(),
+            )))
+        }
+        _ => Err(unexpected_answer("knock")),
+    }
 }
 
 /// `GET /_matrix/federation/v1/hierarchy/{roomId}` — https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1hierarchyroomid
@@ -281,7 +304,15 @@ fn room_summary(mut room: Value) -> Option<RoomSummary> {
 /// The answer of the v1 `send_join` / `send_leave`: `[200, answer]`, the v2 answer after the
 /// status code the v1 API repeats in its body.
 #[derive(serde::Serialize)]
-pub(crate) struct V1MembershipAnswer(u16, Box<serde_json::value::RawValue>);
+pub(crate) struct V1MembershipAnswer(u16, V1Answer);
+
+/// The v2 answer inside a v1 one: a join's, or a leave's `{}`.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+pub(crate) enum V1Answer {
+    Join(JoinAnswer),
+    Leave {},
+}
 
 /// `PUT /_matrix/federation/v1/send_join/{roomId}/{eventId}` and `…/v1/send_leave/…` — the
 /// deprecated v1 forms (https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv1send_joinroomideventid),
@@ -310,5 +341,10 @@ pub(crate) async fn create_membership_event_v1_route(
         .pdus
         .send_membership(&origin, &room_id, &event_id, &pdu, membership)
         .await?;
+    let answer = match answer {
+        MembershipAnswer::Join(join) => V1Answer::Join(join),
+        MembershipAnswer::Leave => V1Answer::Leave {},
+        MembershipAnswer::Knock(_) => return Err(unexpected_answer(membership)),
+    };
     Ok(Json(V1MembershipAnswer(200, answer)))
 }

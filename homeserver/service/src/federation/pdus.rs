@@ -394,6 +394,36 @@ pub fn check_transaction_origin(
     Ok(())
 }
 
+/// What `send_join` / `send_leave` / `send_knock` answer.
+pub enum MembershipAnswer {
+    /// A join: the room's state before it and the auth chain.
+    Join(JoinAnswer),
+    /// A leave: nothing.
+    Leave,
+    /// A knock: the room's stripped state, as full PDUs.
+    Knock(Vec<Box<RawValue>>),
+}
+
+/// The answer to `send_join` (v2), as the spec has it. (ruma's `RoomState` lacks `origin`,
+/// which the spec requires.) PDUs go out as stored, never parsed into a JSON tree and
+/// printed again.
+#[derive(Debug, serde::Serialize)]
+pub struct JoinAnswer {
+    /// This server, the resident server answering.
+    pub origin: String,
+    /// The room's state before the join, full PDUs.
+    pub state: Vec<Box<RawValue>>,
+    /// The auth chain of the state and of the join, full PDUs.
+    pub auth_chain: Vec<Box<RawValue>>,
+    /// Always `false`: the whole state is sent.
+    pub members_omitted: bool,
+    /// The servers in the room.
+    pub servers_in_room: Vec<String>,
+    /// The join event as this server signed it too, for a restricted join it authorised.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<Box<RawValue>>,
+}
+
 /// The answer to a transaction: per PDU (by event id) whether it was taken, or why not.
 pub type TransactionAnswer = BTreeMap<OwnedEventId, std::result::Result<(), String>>;
 
@@ -1253,7 +1283,7 @@ impl Pdus {
         event_id: &EventId,
         value: &Value,
         membership: &str,
-    ) -> Result<Box<RawValue>> {
+    ) -> Result<MembershipAnswer> {
         let started = std::time::Instant::now();
         let room = self.rooms.room_or_404(room_id)?;
         self.acl_allows(room_id, origin).map_err(Error::forbidden)?;
@@ -1319,11 +1349,16 @@ impl Pdus {
         self.rooms
             .send_out_except(room_id, event_id, &raw, Some(origin))?;
         if membership == "knock" {
-            let answer = json!({ "knock_room_state": self.rooms.invite_state_pdus(room_id)? });
-            return Ok(serde_json::value::to_raw_value(&answer)?);
+            let state = self
+                .rooms
+                .invite_state_pdus(room_id)?
+                .iter()
+                .map(serde_json::value::to_raw_value)
+                .collect::<serde_json::Result<_>>()?;
+            return Ok(MembershipAnswer::Knock(state));
         }
         if membership != "join" {
-            return Ok(serde_json::value::to_raw_value(&json!({}))?);
+            return Ok(MembershipAnswer::Leave);
         }
         let placed_ms = started.elapsed().as_millis() as u64;
         let state = self.rooms.state(meta.state_before)?;
@@ -1355,18 +1390,8 @@ impl Pdus {
             .into_iter()
             .map(|s| s.to_string())
             .collect();
-        #[derive(serde::Serialize)]
-        struct JoinAnswer<'a> {
-            origin: &'a str,
-            state: Vec<Box<RawValue>>,
-            auth_chain: Vec<Box<RawValue>>,
-            members_omitted: bool,
-            servers_in_room: Vec<String>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            event: Option<Box<RawValue>>,
-        }
         let answer = JoinAnswer {
-            origin: self.own_name(),
+            origin: self.own_name().to_owned(),
             state: state_pdus,
             auth_chain,
             members_omitted: false,
@@ -1377,14 +1402,14 @@ impl Pdus {
                 None
             },
         };
-        let answer = serde_json::value::to_raw_value(&answer)?;
         debug!(
             placed_ms,
             ms = started.elapsed().as_millis() as u64,
-            bytes = answer.get().len(),
+            state = answer.state.len(),
+            auth_chain = answer.auth_chain.len(),
             "answered a send_join"
         );
-        Ok(answer)
+        Ok(MembershipAnswer::Join(answer))
     }
 
     // ----- invites -----

@@ -4,17 +4,21 @@
 
 use axum::{extract::State, Json};
 use paracord_core::Error;
-use ruma::api::federation::{
-    membership::{
-        create_invite, create_join_event, create_knock_event, create_leave_event,
-        prepare_join_event, prepare_knock_event, prepare_leave_event, RawStrippedState,
+use paracord_service::federation::pdus::{JoinAnswer, MembershipAnswer};
+use ruma::{
+    api::federation::{
+        membership::{
+            create_invite, create_join_event, create_knock_event, create_leave_event,
+            prepare_join_event, prepare_knock_event, prepare_leave_event, RawStrippedState,
+        },
+        space::{get_hierarchy, SpaceHierarchyParentSummary},
+        transactions::send_transaction_message,
     },
-    space::get_hierarchy,
-    transactions::send_transaction_message,
+    room::RoomSummary,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::{ruma_wrapper::Ruma, ApiResult, AppState};
+use crate::{ruma_wrapper::Ruma, ApiResult, AppState, RumaResponse};
 
 /// Queues an EDU for every other server with a member in the room.
 pub(crate) fn edu_to_room(state: &AppState, room_id: &ruma::RoomId, edu: Value) -> ApiResult<()> {
@@ -44,86 +48,64 @@ async fn sent_membership<T>(
     event_id: &ruma::EventId,
     pdu: &serde_json::value::RawValue,
     membership: &str,
-) -> ApiResult<Json<Box<serde_json::value::RawValue>>> {
+) -> ApiResult<MembershipAnswer> {
     let origin = origin(req)?;
     let pdu = raw_value(pdu)?;
-    Ok(Json(
-        state
-            .pdus
-            .send_membership(&origin, room_id, event_id, &pdu, membership)
-            .await?,
-    ))
+    Ok(state
+        .pdus
+        .send_membership(&origin, room_id, event_id, &pdu, membership)
+        .await?)
+}
+
+/// An answer of `send_membership` that is not the one its membership gives.
+fn unexpected_answer(membership: &str) -> crate::ApiError {
+    Error::internal(format!("an unexpected answer to a {membership}")).into()
 }
 
 /// `PUT /_matrix/federation/v1/send/{txnId}` — https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv1sendtxnid
 pub(crate) async fn send_transaction_message_route(
     State(state): State<AppState>,
     req: Ruma<send_transaction_message::v1::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<send_transaction_message::v1::Response>> {
     let origin = origin(&req)?;
-    let body = transaction_body(&req.body, &origin)?;
+    paracord_service::federation::pdus::check_transaction_origin(&req.body, &origin)?;
     // The server is talking to us: whatever we queued for it can go now.
     state.sender.wake(&origin);
-    Ok(Json(
-        state
-            .pdus
-            .transaction(&origin, req.body.transaction_id.as_str(), &body)
-            .await?,
-    ))
-}
-
-/// The PDUs and EDUs of a transaction from `origin`, as JSON for
-/// `paracord_service::federation::pdus::Pdus::transaction`.
-pub(crate) fn transaction_body(
-    txn: &send_transaction_message::v1::Request,
-    origin: &ruma::ServerName,
-) -> ApiResult<Value> {
-    if txn.origin != origin {
-        return Err(Error::forbidden(format!(
-            "the transaction names {} as its origin but is signed by {origin}",
-            txn.origin
-        ))
-        .into());
-    }
-    let pdus = txn
-        .pdus
-        .iter()
-        .map(|p| raw_value(p))
-        .collect::<ApiResult<Vec<_>>>()?;
-    let edus = txn
-        .edus
-        .iter()
-        .map(|e| raw_value(e.json()))
-        .collect::<ApiResult<Vec<_>>>()?;
-    Ok(json!({ "pdus": pdus, "edus": edus }))
+    let pdus = state.pdus.transaction(&origin, &req.body).await?;
+    Ok(RumaResponse(send_transaction_message::v1::Response::new(
+        pdus,
+    )))
 }
 
 /// `GET /_matrix/federation/v1/make_join/{roomId}/{userId}` — https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1make_joinroomiduserid
 pub(crate) async fn prepare_join_event_route(
     State(state): State<AppState>,
     req: Ruma<prepare_join_event::v1::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<prepare_join_event::v1::Response>> {
     let origin = origin(&req)?;
     let versions: Vec<String> = if req.body.ver.is_empty() {
         vec!["1".to_owned()]
     } else {
         req.body.ver.iter().map(|v| v.to_string()).collect()
     };
-    Ok(Json(state.pdus.make_membership(
+    let (version, event) = state.pdus.make_membership(
         &origin,
         &req.body.room_id,
         &req.body.user_id,
         "join",
         &versions,
-    )?))
+    )?;
+    let mut response = prepare_join_event::v1::Response::new(event);
+    response.room_version = Some(version);
+    Ok(RumaResponse(response))
 }
 
 /// `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}` — https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv2send_joinroomideventid
 pub(crate) async fn create_join_event_route(
     State(state): State<AppState>,
     req: Ruma<create_join_event::v2::Request>,
-) -> ApiResult<Json<Box<serde_json::value::RawValue>>> {
-    sent_membership(
+) -> ApiResult<Json<JoinAnswer>> {
+    match sent_membership(
         &state,
         &req,
         &req.body.room_id,
@@ -131,30 +113,35 @@ pub(crate) async fn create_join_event_route(
         &req.body.pdu,
         "join",
     )
-    .await
+    .await?
+    {
+        MembershipAnswer::Join(answer) => Ok(Json(answer)),
+        _ => Err(unexpected_answer("join")),
+    }
 }
 
 /// `GET /_matrix/federation/v1/make_leave/{roomId}/{userId}` — https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1make_leaveroomiduserid
 pub(crate) async fn prepare_leave_event_route(
     State(state): State<AppState>,
     req: Ruma<prepare_leave_event::v1::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<prepare_leave_event::v1::Response>> {
     let origin = origin(&req)?;
-    Ok(Json(state.pdus.make_membership(
-        &origin,
-        &req.body.room_id,
-        &req.body.user_id,
-        "leave",
-        &[],
-    )?))
+    let (version, event) =
+        state
+            .pdus
+            .make_membership(&origin, &req.body.room_id, &req.body.user_id, "leave", &[])?;
+    Ok(RumaResponse(prepare_leave_event::v1::Response::new(
+        Some(version),
+        event,
+    )))
 }
 
 /// `PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}` — https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv2send_leaveroomideventid
 pub(crate) async fn create_leave_event_route(
     State(state): State<AppState>,
     req: Ruma<create_leave_event::v2::Request>,
-) -> ApiResult<Json<Box<serde_json::value::RawValue>>> {
-    sent_membership(
+) -> ApiResult<RumaResponse<create_leave_event::v2::Response>> {
+    match sent_membership(
         &state,
         &req,
         &req.body.room_id,
@@ -162,14 +149,18 @@ pub(crate) async fn create_leave_event_route(
         &req.body.pdu,
         "leave",
     )
-    .await
+    .await?
+    {
+        MembershipAnswer::Leave => Ok(RumaResponse(create_leave_event::v2::Response::new())),
+        _ => Err(unexpected_answer("leave")),
+    }
 }
 
 /// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}` — https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv2inviteroomideventid
 pub(crate) async fn create_invite_route(
     State(state): State<AppState>,
     req: Ruma<create_invite::v2::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<create_invite::v2::Response>> {
     let origin = origin(&req)?;
     let event = raw_value(&req.body.event)?;
     if let Some(target) = event["state_key"]
@@ -191,43 +182,45 @@ pub(crate) async fn create_invite_route(
             _ => Err(Error::bad_json("unknown invite_room_state entry").into()),
         })
         .collect::<ApiResult<Vec<_>>>()?;
-    Ok(Json(
-        state
-            .pdus
-            .receive_invite(
-                &origin,
-                &req.body.room_id,
-                &req.body.event_id,
-                req.body.room_version.as_str(),
-                &event,
-                &stripped,
-            )
-            .await?,
-    ))
+    let signed = state
+        .pdus
+        .receive_invite(
+            &origin,
+            &req.body.room_id,
+            &req.body.event_id,
+            req.body.room_version.as_str(),
+            &event,
+            &stripped,
+        )
+        .await?;
+    Ok(RumaResponse(create_invite::v2::Response::new(signed)))
 }
 
 /// `GET /_matrix/federation/v1/make_knock/{roomId}/{userId}` — https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1make_knockroomiduserid
 pub(crate) async fn prepare_knock_event_route(
     State(state): State<AppState>,
     req: Ruma<prepare_knock_event::v1::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<prepare_knock_event::v1::Response>> {
     let origin = origin(&req)?;
     let versions: Vec<String> = req.body.ver.iter().map(|v| v.to_string()).collect();
-    Ok(Json(state.pdus.make_membership(
+    let (version, event) = state.pdus.make_membership(
         &origin,
         &req.body.room_id,
         &req.body.user_id,
         "knock",
         &versions,
-    )?))
+    )?;
+    Ok(RumaResponse(prepare_knock_event::v1::Response::new(
+        version, event,
+    )))
 }
 
 /// `PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}` — https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv1send_knockroomideventid
 pub(crate) async fn create_knock_event_route(
     State(state): State<AppState>,
     req: Ruma<create_knock_event::v1::Request>,
-) -> ApiResult<Json<Box<serde_json::value::RawValue>>> {
-    sent_membership(
+) -> ApiResult<RumaResponse<create_knock_event::v1::Response>> {
+    match sent_membership(
         &state,
         &req,
         &req.body.room_id,
@@ -235,21 +228,90 @@ pub(crate) async fn create_knock_event_route(
         &req.body.pdu,
         "knock",
     )
-    .await
+    .await?
+    {
+        MembershipAnswer::Knock(knock_room_state) => {
+            Ok(RumaResponse(create_knock_event::v1::Response::new(
+                knock_room_state
+                    .into_iter()
+                    .map(RawStrippedState::Pdu)
+                    .collect(),
+            )))
+        }
+        _ => Err(unexpected_answer("knock")),
+    }
 }
 
 /// `GET /_matrix/federation/v1/hierarchy/{roomId}` — https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1hierarchyroomid
 pub(crate) async fn get_hierarchy_route(
     State(state): State<AppState>,
     req: Ruma<get_hierarchy::v1::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<get_hierarchy::v1::Response>> {
     let origin = origin(&req)?;
     state.rooms.check_server_acl(&req.body.room_id, &origin)?;
-    Ok(Json(state.rooms.federation_hierarchy(
-        &origin,
-        &req.body.room_id,
-        req.body.suggested_only,
-    )?))
+    let mut hierarchy =
+        state
+            .rooms
+            .federation_hierarchy(&origin, &req.body.room_id, req.body.suggested_only)?;
+    let mut room = hierarchy["room"].take();
+    let children_state = crate::federation::wire(room["children_state"].take())?;
+    let room = room_summary(room)
+        .ok_or_else(|| Error::internal("the room's summary cannot be told to another server"))?;
+    let mut response =
+        get_hierarchy::v1::Response::new(SpaceHierarchyParentSummary::new(room, children_state));
+    response.children = match hierarchy["children"].take() {
+        Value::Array(children) => children.into_iter().filter_map(room_summary).collect(),
+        _ => Vec::new(),
+    };
+    response.inaccessible_children =
+        crate::federation::wire(hierarchy["inaccessible_children"].take())?;
+    Ok(RumaResponse(response))
+}
+
+/// A room's summary for `/hierarchy`, as `paracord_service::rooms` builds it, in ruma's type.
+/// Its fields come from room state, which another server may have filled with anything: a
+/// `canonical_alias` or `avatar_url` ruma cannot read is left out, and a room ruma cannot
+/// tell (a join rule the spec does not know, which ruma cannot write) is `None`.
+fn room_summary(mut room: Value) -> Option<RoomSummary> {
+    if let Some(o) = room.as_object_mut() {
+        o.remove("children_state");
+    }
+    let summary = serde_json::from_value::<RoomSummary>(room.clone())
+        .or_else(|_| {
+            if let Some(o) = room.as_object_mut() {
+                o.remove("canonical_alias");
+                o.remove("avatar_url");
+            }
+            serde_json::from_value::<RoomSummary>(room)
+        })
+        .map_err(|e| tracing::warn!("a room summary that cannot be told: {e}"))
+        .ok()?;
+    let known = matches!(
+        summary.join_rule.as_str(),
+        "public" | "invite" | "knock" | "private" | "restricted" | "knock_restricted"
+    );
+    if !known {
+        tracing::warn!(
+            room_id = %summary.room_id,
+            join_rule = summary.join_rule.as_str(),
+            "a room summary with a join rule ruma cannot write"
+        );
+        return None;
+    }
+    Some(summary)
+}
+
+/// The answer of the v1 `send_join` / `send_leave`: `[200, answer]`, the v2 answer after the
+/// status code the v1 API repeats in its body.
+#[derive(serde::Serialize)]
+pub(crate) struct V1MembershipAnswer(u16, V1Answer);
+
+/// The v2 answer inside a v1 one: a join's, or a leave's `{}`.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+pub(crate) enum V1Answer {
+    Join(JoinAnswer),
+    Leave {},
 }
 
 /// `PUT /_matrix/federation/v1/send_join/{roomId}/{eventId}` and `…/v1/send_leave/…` — the
@@ -260,7 +322,7 @@ pub(crate) async fn create_membership_event_v1_route(
     State(state): State<AppState>,
     crate::params::Params((room_id, event_id)): crate::params::Params<(String, String)>,
     req: axum::extract::Request,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<V1MembershipAnswer>> {
     let membership = if req.uri().path().contains("/send_join/") {
         "join"
     } else {
@@ -279,6 +341,10 @@ pub(crate) async fn create_membership_event_v1_route(
         .pdus
         .send_membership(&origin, &room_id, &event_id, &pdu, membership)
         .await?;
-    let answer: Value = serde_json::from_str(answer.get()).map_err(Error::internal)?;
-    Ok(Json(json!([200, answer])))
+    let answer = match answer {
+        MembershipAnswer::Join(join) => V1Answer::Join(join),
+        MembershipAnswer::Leave => V1Answer::Leave {},
+        MembershipAnswer::Knock(_) => return Err(unexpected_answer(membership)),
+    };
+    Ok(Json(V1MembershipAnswer(200, answer)))
 }

@@ -9,7 +9,6 @@ use ruma::api::federation::transactions::send_transaction_message;
 use serde_json::{json, Value};
 
 use crate::{
-    federation_rooms::transaction_body,
     paracord::{array_of, guilds::new_guild, json_of, object_of, relay::relayed_request},
     ruma_wrapper::{body_json, ruma_request},
 };
@@ -42,8 +41,8 @@ pub fn send_transaction(data: &[u8]) {
     };
     let origin = <&ruma::ServerName>::try_from("remote.test")
         .unwrap_or_else(|e| unreachable!("a server name: {e}"));
-    if let Ok(body) = transaction_body(&txn, origin) {
-        service::transaction(&body);
+    if paracord_service::federation::pdus::check_transaction_origin(&txn, origin).is_ok() {
+        service::transaction(&txn.pdus, &txn.edus);
     }
 }
 

@@ -20,15 +20,22 @@ use paracord_service::{
     ratelimit::Limit,
 };
 use ruma::{
-    api::federation::authenticated_media::{
-        get_content, get_content_thumbnail, Content, ContentMetadata, FileOrLocation,
+    api::{
+        client::{
+            authenticated_media::{get_media_config, get_media_preview},
+            media::{self as legacy_media, create_content, create_mxc_uri},
+        },
+        federation::authenticated_media::{
+            get_content, get_content_thumbnail, Content, ContentMetadata, FileOrLocation,
+        },
     },
     http_headers::{ContentDisposition, ContentDispositionType},
+    MilliSecondsSinceUnixEpoch, OwnedMxcUri, UInt,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::params::Params;
-use crate::{ruma_wrapper::access_token, ApiError, ApiResult, AppState};
+use crate::{ruma_wrapper::access_token, ApiError, ApiResult, AppState, RumaResponse};
 
 fn authenticate(state: &AppState, parts: &http::request::Parts) -> Result<Identity, ApiError> {
     let token = access_token(parts).ok_or_else(|| ApiError(Error::missing_token()))?;
@@ -364,7 +371,7 @@ pub(crate) async fn upload_route(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
     req: Request,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<create_content::v3::Response>> {
     let (parts, body) = req.into_parts();
     let id = authenticate(&state, &parts)?;
     state.ratelimit.check(Limit::Send, id.user_id.as_str())?;
@@ -375,25 +382,37 @@ pub(crate) async fn upload_route(
         content_type_of(&parts),
         q.get("filename").cloned(),
     )?;
-    Ok(Json(
-        json!({ "content_uri": format!("mxc://{}/{media_id}", state.config.server_name) }),
-    ))
+    Ok(RumaResponse(create_content::v3::Response::new(mxc(
+        &state, &media_id,
+    ))))
 }
 
 /// `POST /_matrix/media/v1/create` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixmediav1create
 pub(crate) async fn create_route(
     State(state): State<AppState>,
     req: Request,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<create_mxc_uri::v1::Response>> {
     let (parts, _) = req.into_parts();
     let id = authenticate(&state, &parts)?;
     state.ratelimit.check(Limit::Send, id.user_id.as_str())?;
     let (media_id, expires) = state.media.create_pending(&id.user_id)?;
-    Ok(Json(json!({
-        "content_uri": format!("mxc://{}/{media_id}", state.config.server_name),
-        "unused_expires_at": expires,
-    })))
+    let mut response = create_mxc_uri::v1::Response::new(mxc(&state, &media_id));
+    response.unused_expires_at = Some(MilliSecondsSinceUnixEpoch(
+        UInt::try_from(expires).unwrap_or(UInt::MAX),
+    ));
+    Ok(RumaResponse(response))
 }
+
+/// The `mxc://` URI of this server's media `media_id`.
+fn mxc(state: &AppState, media_id: &str) -> OwnedMxcUri {
+    OwnedMxcUri::from(format!("mxc://{}/{media_id}", state.config.server_name))
+}
+
+/// The answer of `PUT /_matrix/media/v3/upload/{serverName}/{mediaId}`: an empty object.
+/// (ruma's `create_content_async::v3::Response` is the same, but it can only be built by
+/// ruma itself: it is `non_exhaustive` and has no constructor.)
+#[derive(serde::Serialize)]
+pub(crate) struct UploadedAnswer {}
 
 /// `PUT /_matrix/media/v3/upload/{serverName}/{mediaId}` — https://spec.matrix.org/v1.19/client-server-api/#put_matrixmediav3uploadservernamemediaid
 pub(crate) async fn upload_pending_route(
@@ -401,7 +420,7 @@ pub(crate) async fn upload_pending_route(
     Params((server_name, media_id)): Params<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
     req: Request,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<UploadedAnswer>> {
     let (parts, body) = req.into_parts();
     let id = authenticate(&state, &parts)?;
     if server_name != state.config.server_name {
@@ -417,7 +436,7 @@ pub(crate) async fn upload_pending_route(
         content_type_of(&parts),
         q.get("filename").cloned(),
     )?;
-    Ok(Json(json!({})))
+    Ok(Json(UploadedAnswer {}))
 }
 
 fn media_response(
@@ -608,17 +627,27 @@ pub(crate) async fn legacy_thumbnail_route(
 pub(crate) async fn config_route(
     State(state): State<AppState>,
     req: Request,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<get_media_config::v1::Response>> {
     let (parts, _) = req.into_parts();
     authenticate(&state, &parts)?;
-    Ok(Json(
-        json!({ "m.upload.size": state.config.max_upload_bytes }),
-    ))
+    Ok(RumaResponse(get_media_config::v1::Response::new(
+        upload_size(&state),
+    )))
+}
+
+/// The largest upload, as the media config answers it.
+fn upload_size(state: &AppState) -> UInt {
+    UInt::try_from(state.config.max_upload_bytes as u64).unwrap_or(UInt::MAX)
 }
 
 /// Legacy `GET /_matrix/media/v3/config`.
-pub(crate) async fn legacy_config_route(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({ "m.upload.size": state.config.max_upload_bytes }))
+#[allow(deprecated)]
+pub(crate) async fn legacy_config_route(
+    State(state): State<AppState>,
+) -> RumaResponse<legacy_media::get_media_config::v3::Response> {
+    RumaResponse(legacy_media::get_media_config::v3::Response::new(
+        upload_size(&state),
+    ))
 }
 
 /// `GET /_matrix/client/v1/media/preview_url` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1mediapreview_url
@@ -626,12 +655,15 @@ pub(crate) async fn preview_url_route(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
     req: Request,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<get_media_preview::v1::Response>> {
     let (parts, _) = req.into_parts();
     let id = authenticate(&state, &parts)?;
     state.ratelimit.check(Limit::Send, id.user_id.as_str())?;
     let url = q
         .get("url")
         .ok_or_else(|| ApiError(Error::missing_param("missing url")))?;
-    Ok(Json(state.media.preview_url(&id.user_id, url).await?))
+    let preview = state.media.preview_url(&id.user_id, url).await?;
+    let mut response = get_media_preview::v1::Response::new();
+    response.data = Some(serde_json::value::to_raw_value(&preview).map_err(Error::internal)?);
+    Ok(RumaResponse(response))
 }

@@ -218,12 +218,15 @@ fn sign_and_verify(version: &str, f: Formatted, room_id: Option<&ruma::RoomId>) 
 
 // ----- transactions -----
 
-/// The service's part of `PUT /send/{txnId}` for a transaction `body` from `remote.test`
-/// (as `paracord_api`'s handler hands it over): its PDUs and EDUs taken apart as
-/// `Pdus::transaction` does before it needs the room, each PDU checked as in the rooms of
-/// some room versions, and the senders of the EDUs read as `Edus::handle` does.
-pub fn transaction(body: &Value) {
-    let Ok((pdus, edus)) = transaction_items(body) else {
+/// The service's part of `PUT /send/{txnId}` for a transaction from `remote.test` (its
+/// `pdus` and `edus` as ruma read them): taken apart as `Pdus::transaction` does before it
+/// needs the room, each PDU checked as in the rooms of some room versions, and the senders
+/// of the EDUs read as `Edus::handle` does.
+pub fn transaction(
+    pdus: &[Box<serde_json::value::RawValue>],
+    edus: &[ruma::serde::Raw<ruma::api::federation::transactions::edu::Edu>],
+) {
+    let Ok((pdus, edus)) = transaction_items(pdus, edus) else {
         return;
     };
     let origin = <&ServerName>::try_from(REMOTE)

@@ -12,8 +12,8 @@ use futures::future::BoxFuture;
 use paracord_core::{Error, ErrorKind, Result};
 use paracord_storage::{Batch, Db, KeyBuf, Table};
 use ruma::{
-    api::federation::authentication::XMatrix,
-    serde::Base64,
+    api::federation::{authentication::XMatrix, discovery::ServerSigningKeys},
+    serde::{Base64, Raw},
     signatures::{
         to_canonical_json_string_for_signing, verify_canonical_json_bytes, SigningKeyAlgorithm,
     },
@@ -257,7 +257,11 @@ impl RemoteKeys {
     /// As a notary (`/_matrix/key/v2/query`): `server`'s own key response, valid until at
     /// least `minimum_valid_until_ts` when it can be had — from the cache, else fetched — with
     /// this server's signature added. `None` when neither has one.
-    pub async fn notary(&self, server: &str, minimum_valid_until_ts: u64) -> Result<Option<Value>> {
+    pub async fn notary(
+        &self,
+        server: &str,
+        minimum_valid_until_ts: u64,
+    ) -> Result<Option<Raw<ServerSigningKeys>>> {
         let cached: Option<Value> = match self
             .db
             .get(Table::ServernameKeyresponse, server.as_bytes())
@@ -289,7 +293,7 @@ impl RemoteKeys {
             .map_err(|e| Error::internal(format!("cached key response: {e}")))?;
         ruma::signatures::sign_json(&self.own_name, self.own.keypair(), &mut obj)
             .map_err(|e| Error::internal(format!("signing as a notary: {e}")))?;
-        Ok(Some(serde_json::to_value(obj)?))
+        Ok(Some(Raw::from_json(serde_json::value::to_raw_value(&obj)?)))
     }
 
     /// Verifies the `X-Matrix` authorization of an incoming federation request and returns the

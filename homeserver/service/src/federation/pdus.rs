@@ -8,7 +8,7 @@
 //! Spec: https://spec.matrix.org/v1.19/server-server-api/#pdus
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::Arc,
 };
 
@@ -17,16 +17,17 @@ use paracord_core::{
 };
 use paracord_storage::{Batch, KeyBuf, Table};
 use ruma::{
+    api::federation::transactions::{edu::Edu, send_transaction_message},
     canonical_json::CanonicalJsonObject,
     events::TimelineEventType,
-    serde::Base64,
+    serde::{Base64, Raw},
     signatures::{
         required_server_signatures_to_verify_event, verify_event, PublicKeyMap, PublicKeySet,
         Verified,
     },
     state_res::check_pdu_format,
-    CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, ServerName,
-    UserId,
+    CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId,
+    ServerName, UserId,
 };
 use serde_json::{json, value::RawValue, Value};
 use tracing::{debug, info, warn};
@@ -255,7 +256,7 @@ fn version_rules(
     if !SUPPORTED_ROOM_VERSIONS.contains(&version) {
         return Err(format!("room version {version} is not supported"));
     }
-    ruma::RoomVersionId::try_from(version)
+    RoomVersionId::try_from(version)
         .ok()
         .and_then(|v| v.rules())
         .ok_or_else(|| format!("room version {version} has no rules"))
@@ -324,16 +325,107 @@ pub(crate) fn sender_server(value: &Value) -> Option<OwnedServerName> {
 }
 
 /// The PDUs and EDUs of a transaction's body, at most [`MAX_TXN_PDUS`] and [`MAX_TXN_EDUS`].
-pub(crate) fn transaction_items(body: &Value) -> Result<(Vec<Value>, Vec<Value>)> {
-    let pdus = pdu_list(body, "pdus");
-    let edus = pdu_list(body, "edus");
+pub(crate) fn transaction_items(
+    pdus: &[Box<RawValue>],
+    edus: &[Raw<Edu>],
+) -> Result<(Vec<Value>, Vec<Value>)> {
     if pdus.len() > MAX_TXN_PDUS || edus.len() > MAX_TXN_EDUS {
         return Err(Error::bad_json(format!(
             "a transaction carries at most {MAX_TXN_PDUS} PDUs and {MAX_TXN_EDUS} EDUs"
         )));
     }
+    let value = |raw: &RawValue| -> Result<Value> {
+        serde_json::from_str(raw.get()).map_err(|e| Error::bad_json(format!("bad PDU: {e}")))
+    };
+    let pdus = pdus.iter().map(|p| value(p)).collect::<Result<_>>()?;
+    let edus = edus
+        .iter()
+        .map(|e| value(e.json()))
+        .collect::<Result<_>>()?;
     Ok((pdus, edus))
 }
+
+/// The per-PDU answers of a transaction as they are kept (the wire form: `{}` or
+/// `{"error": …}` per event id), read back.
+fn stored_answer(bytes: &[u8]) -> Result<TransactionAnswer> {
+    let stored: Value = serde_json::from_slice(bytes)?;
+    Ok(stored
+        .get("pdus")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter_map(|(id, outcome)| {
+            let id = OwnedEventId::try_from(id.as_str()).ok()?;
+            let outcome = match outcome.get("error") {
+                Some(e) => Err(e.as_str().map_or_else(|| e.to_string(), str::to_owned)),
+                None => Ok(()),
+            };
+            Some((id, outcome))
+        })
+        .collect())
+}
+
+/// The per-PDU answers of a transaction in the form they are kept in.
+fn stored_form(answer: &TransactionAnswer) -> Value {
+    let pdus: serde_json::Map<String, Value> = answer
+        .iter()
+        .map(|(id, outcome)| {
+            let entry = match outcome {
+                Ok(()) => json!({}),
+                Err(e) => json!({ "error": e }),
+            };
+            (id.to_string(), entry)
+        })
+        .collect();
+    json!({ "pdus": pdus })
+}
+
+/// A transaction must name as its origin the server that signed it.
+pub fn check_transaction_origin(
+    txn: &send_transaction_message::v1::Request,
+    origin: &ServerName,
+) -> Result<()> {
+    if txn.origin != origin {
+        return Err(Error::forbidden(format!(
+            "the transaction names {} as its origin but is signed by {origin}",
+            txn.origin
+        )));
+    }
+    Ok(())
+}
+
+/// What `send_join` / `send_leave` / `send_knock` answer.
+pub enum MembershipAnswer {
+    /// A join: the room's state before it and the auth chain.
+    Join(JoinAnswer),
+    /// A leave: nothing.
+    Leave,
+    /// A knock: the room's stripped state, as full PDUs.
+    Knock(Vec<Box<RawValue>>),
+}
+
+/// The answer to `send_join` (v2), as the spec has it. (ruma's `RoomState` lacks `origin`,
+/// which the spec requires.) PDUs go out as stored, never parsed into a JSON tree and
+/// printed again.
+#[derive(Debug, serde::Serialize)]
+pub struct JoinAnswer {
+    /// This server, the resident server answering.
+    pub origin: String,
+    /// The room's state before the join, full PDUs.
+    pub state: Vec<Box<RawValue>>,
+    /// The auth chain of the state and of the join, full PDUs.
+    pub auth_chain: Vec<Box<RawValue>>,
+    /// Always `false`: the whole state is sent.
+    pub members_omitted: bool,
+    /// The servers in the room.
+    pub servers_in_room: Vec<String>,
+    /// The join event as this server signed it too, for a restricted join it authorised.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<Box<RawValue>>,
+}
+
+/// The answer to a transaction: per PDU (by event id) whether it was taken, or why not.
+pub type TransactionAnswer = BTreeMap<OwnedEventId, std::result::Result<(), String>>;
 
 impl Pdus {
     pub fn new(
@@ -957,14 +1049,17 @@ impl Pdus {
 
     // ----- transactions -----
 
-    /// `PUT /send/{txnId}`: every PDU through the pipeline (one failing does not fail the
-    /// others), EDUs handed to `edus`; the answer is remembered per origin and transaction id.
+    /// `PUT /send/{txnId}` from `origin` (the server that signed the request, which the
+    /// transaction must name as its own): every PDU through the pipeline (one failing does
+    /// not fail the others), EDUs handed to `edus`; the answer is remembered per origin and
+    /// transaction id.
     pub async fn transaction(
         &self,
         origin: &ServerName,
-        txn_id: &str,
-        body: &Value,
-    ) -> Result<Value> {
+        txn: &send_transaction_message::v1::Request,
+    ) -> Result<TransactionAnswer> {
+        check_transaction_origin(txn, origin)?;
+        let txn_id = txn.transaction_id.as_str();
         let lock = self.txn_lock(origin);
         let _serial = lock.lock().await;
         let key = KeyBuf::new()
@@ -977,9 +1072,9 @@ impl Pdus {
             .get(Table::OrigintxnResponse, &key)
             .map_err(Error::internal)?
         {
-            return Ok(serde_json::from_slice(&done)?);
+            return stored_answer(&done);
         }
-        let (pdus, edus) = transaction_items(body)?;
+        let (pdus, edus) = transaction_items(&txn.pdus, &txn.edus)?;
         let budget = FetchBudget {
             bytes_left: self.config.federation_fetch_budget_bytes,
             deadline: tokio::time::Instant::now()
@@ -994,7 +1089,6 @@ impl Pdus {
         for edu in &edus {
             self.edus.handle(origin, edu);
         }
-        let answer = json!({ "pdus": results });
         let mut batch = Batch::new();
         crate::expiry::schedule(
             &mut batch,
@@ -1002,18 +1096,18 @@ impl Pdus {
             &key,
             now_ms().saturating_add(crate::expiry::TRANSACTION_TTL_MS),
         );
-        batch.put(Table::OrigintxnResponse, key, serde_json::to_vec(&answer)?);
+        batch.put(
+            Table::OrigintxnResponse,
+            key,
+            serde_json::to_vec(&stored_form(&results))?,
+        );
         self.rooms.db.write(batch).map_err(Error::internal)?;
-        Ok(answer)
+        Ok(results)
     }
 
     /// Takes in the PDUs of a transaction: the per-PDU answers.
-    async fn take_pdus(
-        &self,
-        origin: &ServerName,
-        pdus: &[Value],
-    ) -> Result<serde_json::Map<String, Value>> {
-        let mut results = serde_json::Map::new();
+    async fn take_pdus(&self, origin: &ServerName, pdus: &[Value]) -> Result<TransactionAnswer> {
+        let mut results = TransactionAnswer::new();
         for value in pdus {
             let Some(room_id) = room_of(value) else {
                 debug!(%origin, "a PDU without a room id in a transaction");
@@ -1022,7 +1116,7 @@ impl Pdus {
             let Some(room) = self.rooms.room(&room_id)? else {
                 match self.end_pending(origin, &room_id, value).await {
                     Ok(event_id) => {
-                        results.insert(event_id.to_string(), json!({}));
+                        results.insert(event_id, Ok(()));
                     }
                     Err(e) => {
                         debug!(%origin, %room_id, "a PDU of a room this server is not in: {e}")
@@ -1055,17 +1149,17 @@ impl Pdus {
                 self.follow_new_channel(&room_id, &event_id);
             }
             let entry = match outcome {
-                Ok(()) => json!({}),
+                Ok(()) => Ok(()),
                 Err(NotTaken::Rejected(r)) => {
                     info!(%origin, %event_id, "PDU rejected: {r}");
-                    json!({})
+                    Ok(())
                 }
                 Err(NotTaken::Failed(e)) => {
                     info!(%origin, %event_id, "PDU not accepted: {e}");
-                    json!({ "error": e })
+                    Err(e)
                 }
             };
-            results.insert(event_id.to_string(), entry);
+            results.insert(event_id, entry);
         }
         Ok(results)
     }
@@ -1136,7 +1230,8 @@ impl Pdus {
 
     // ----- joins: the resident side -----
 
-    /// `make_join` / `make_leave`: a template for a user of `origin`.
+    /// `make_join` / `make_leave` / `make_knock`: the room's version and a template for a user
+    /// of `origin`.
     pub fn make_membership(
         &self,
         origin: &ServerName,
@@ -1144,7 +1239,7 @@ impl Pdus {
         user: &UserId,
         membership: &str,
         versions: &[String],
-    ) -> Result<Value> {
+    ) -> Result<(RoomVersionId, Box<RawValue>)> {
         if user.server_name() != origin {
             return Err(Error::forbidden(format!(
                 "{origin} cannot ask on behalf of {user}"
@@ -1173,7 +1268,9 @@ impl Pdus {
         }
         self.acl_allows(room_id, origin).map_err(Error::forbidden)?;
         let (version, template) = self.rooms.join_template(room_id, user, membership)?;
-        Ok(json!({ "room_version": version, "event": template }))
+        let version = RoomVersionId::try_from(version)
+            .map_err(|e| Error::internal(format!("the room's version: {e}")))?;
+        Ok((version, serde_json::value::to_raw_value(&template)?))
     }
 
     /// `send_join` / `send_leave` (v2): takes the signed membership event of a user of `origin`
@@ -1186,7 +1283,7 @@ impl Pdus {
         event_id: &EventId,
         value: &Value,
         membership: &str,
-    ) -> Result<Box<RawValue>> {
+    ) -> Result<MembershipAnswer> {
         let started = std::time::Instant::now();
         let room = self.rooms.room_or_404(room_id)?;
         self.acl_allows(room_id, origin).map_err(Error::forbidden)?;
@@ -1252,11 +1349,16 @@ impl Pdus {
         self.rooms
             .send_out_except(room_id, event_id, &raw, Some(origin))?;
         if membership == "knock" {
-            let answer = json!({ "knock_room_state": self.rooms.invite_state_pdus(room_id)? });
-            return Ok(serde_json::value::to_raw_value(&answer)?);
+            let state = self
+                .rooms
+                .invite_state_pdus(room_id)?
+                .iter()
+                .map(serde_json::value::to_raw_value)
+                .collect::<serde_json::Result<_>>()?;
+            return Ok(MembershipAnswer::Knock(state));
         }
         if membership != "join" {
-            return Ok(serde_json::value::to_raw_value(&json!({}))?);
+            return Ok(MembershipAnswer::Leave);
         }
         let placed_ms = started.elapsed().as_millis() as u64;
         let state = self.rooms.state(meta.state_before)?;
@@ -1288,18 +1390,8 @@ impl Pdus {
             .into_iter()
             .map(|s| s.to_string())
             .collect();
-        #[derive(serde::Serialize)]
-        struct JoinAnswer<'a> {
-            origin: &'a str,
-            state: Vec<Box<RawValue>>,
-            auth_chain: Vec<Box<RawValue>>,
-            members_omitted: bool,
-            servers_in_room: Vec<String>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            event: Option<Box<RawValue>>,
-        }
         let answer = JoinAnswer {
-            origin: self.own_name(),
+            origin: self.own_name().to_owned(),
             state: state_pdus,
             auth_chain,
             members_omitted: false,
@@ -1310,14 +1402,14 @@ impl Pdus {
                 None
             },
         };
-        let answer = serde_json::value::to_raw_value(&answer)?;
         debug!(
             placed_ms,
             ms = started.elapsed().as_millis() as u64,
-            bytes = answer.get().len(),
+            state = answer.state.len(),
+            auth_chain = answer.auth_chain.len(),
             "answered a send_join"
         );
-        Ok(answer)
+        Ok(MembershipAnswer::Join(answer))
     }
 
     // ----- invites -----
@@ -1332,7 +1424,7 @@ impl Pdus {
         version: &str,
         event: &Value,
         invite_room_state: &[Value],
-    ) -> Result<Value> {
+    ) -> Result<Box<RawValue>> {
         if !SUPPORTED_ROOM_VERSIONS.contains(&version) {
             return Err(Error::new(
                 http::StatusCode::BAD_REQUEST,
@@ -1417,7 +1509,7 @@ impl Pdus {
             self.rooms
                 .store_remote_invite(target, room_id, event_id, &record, "invite")?;
         }
-        Ok(json!({ "event": signed }))
+        Ok(serde_json::value::to_raw_value(&signed)?)
     }
 
     /// Invites a user of another server: their server signs the invite first, then it

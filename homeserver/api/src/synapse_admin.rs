@@ -7,7 +7,10 @@ use ruma::{OwnedDeviceId, OwnedEventId, OwnedUserId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{ApiResult, AppState};
+use crate::{
+    paracord::wire::{self, Input},
+    ApiResult, AppState,
+};
 
 /// The answer to `GET /_synapse/admin/v1/register`.
 #[derive(Debug, Serialize)]
@@ -93,6 +96,18 @@ pub(crate) async fn register_route(
     }))
 }
 
+/// The body of `…/send_server_notice`: `user_id`, `content` (an event content: any JSON
+/// object), optional `type` and `state_key`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ServerNotice {
+    user_id: Input<String>,
+    content: Input<serde_json::Map<String, Value>>,
+    #[serde(rename = "type")]
+    kind: Input<String>,
+    state_key: Input<String>,
+}
+
 /// `POST /_synapse/admin/v1/send_server_notice` and `PUT …/send_server_notice/{txnId}`
 /// (Synapse admin API, server admins): a notice to a local user in their server notices
 /// room. Body: `user_id`, `content`, optional `type` (default `m.room.message`) and
@@ -113,25 +128,29 @@ pub(crate) async fn send_server_notice_route(
         .map_err(|_| Error::too_large("request body too large"))?;
     let body: Value = serde_json::from_slice(&bytes)
         .map_err(|e| Error::not_json(format!("request body is not JSON: {e}")))?;
-    let user = body["user_id"]
-        .as_str()
-        .ok_or_else(|| Error::missing_param("user_id is required"))?;
+    // JSON other than an object has none of the fields.
+    let body: ServerNotice = if body.is_object() {
+        wire::read(body)?
+    } else {
+        ServerNotice::default()
+    };
+    let Input::Value(user) = body.user_id else {
+        return Err(Error::missing_param("user_id is required").into());
+    };
     let user = OwnedUserId::try_from(user)
         .map_err(|_| Error::invalid_param("user_id is not a user id"))?;
-    let content = body
-        .get("content")
-        .filter(|c| c.is_object())
-        .cloned()
-        .ok_or_else(|| Error::missing_param("content must be an object"))?;
-    let kind = match body.get("type") {
-        None | Some(Value::Null) => "m.room.message".to_owned(),
-        Some(Value::String(t)) if !t.is_empty() => t.clone(),
-        Some(_) => return Err(Error::invalid_param("type must be an event type").into()),
+    let Input::Value(content) = body.content else {
+        return Err(Error::missing_param("content must be an object").into());
     };
-    let state_key = match body.get("state_key") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(k)) => Some(k.clone()),
-        Some(_) => return Err(Error::invalid_param("state_key must be a string").into()),
+    let kind = match body.kind {
+        Input::Absent | Input::Null => "m.room.message".to_owned(),
+        Input::Value(t) if !t.is_empty() => t,
+        _ => return Err(Error::invalid_param("type must be an event type").into()),
+    };
+    let state_key = match body.state_key {
+        Input::Absent | Input::Null => None,
+        Input::Value(k) => Some(k),
+        Input::WrongType => return Err(Error::invalid_param("state_key must be a string").into()),
     };
     let txn = txn.map(|axum::extract::Path(t)| {
         (format!("server notice {} {}", id.user_id, id.device_id), t)
@@ -143,7 +162,7 @@ pub(crate) async fn send_server_notice_route(
                 user,
                 kind,
                 state_key,
-                content,
+                content: Value::Object(content),
             },
             txn,
         )

@@ -4,12 +4,12 @@
 //! code broke a promise of its own; the seed corpus and the crash inputs run through them in
 //! `cargo test` (the tests below).
 
-use paracord_service::fuzzing as service;
+use paracord_service::{fuzzing as service, guilds::permissions::EVERYONE};
 use ruma::api::federation::transactions::send_transaction_message;
 use serde_json::{json, Value};
 
 use crate::{
-    paracord::{array_of, guilds::new_guild, json_of, object_of, relay::relayed_request},
+    paracord::{array_of, guilds::new_guild, json_of, object_of, relay::relayed_request, wire},
     ruma_wrapper::{body_json, ruma_request},
 };
 
@@ -48,7 +48,7 @@ pub fn send_transaction(data: &[u8]) {
 
 /// A `/_paracord/v1` request body: read as the extractors read it (any JSON, then an object
 /// or an array), as `POST /guilds` reads it, and as the guild host reads a relayed request
-/// from `remote.test`; then every body reader of the service ([`service::guild_bodies`]).
+/// from `remote.test`; then every body reader of the handlers ([`guild_bodies`]).
 pub fn paracord_bodies(data: &[u8]) {
     let _ = new_guild(data);
     let origin = <&ruma::ServerName>::try_from("remote.test")
@@ -62,7 +62,57 @@ pub fn paracord_bodies(data: &[u8]) {
     };
     let _ = array_of(value.clone());
     let _ = object_of(value.clone());
-    service::guild_bodies(&value);
+    guild_bodies(value);
+}
+
+/// A request type of [`wire`] read from a body of its shape: reading never fails on a field
+/// (each is an [`wire::Input`]), which is a promise of the wire module.
+fn read<T: serde::de::DeserializeOwned>(body: &Value) -> T {
+    wire::read(body.clone())
+        .unwrap_or_else(|e| unreachable!("a body of the right shape is read: {e}"))
+}
+
+/// Every reader of a `/_paracord/v1` body of that shape (an object or an array), as the
+/// handlers run them before they touch the guild.
+fn guild_bodies(body: Value) {
+    if body.is_array() {
+        let _ = wire::channel_moves(read(&body));
+        if let Ok(moves) = wire::role_moves(read(&body)) {
+            for (i, m) in moves.iter().enumerate() {
+                assert!(
+                    !moves[..i].iter().any(|other| other.id == m.id),
+                    "role {} moved twice",
+                    m.id
+                );
+            }
+        }
+        return;
+    }
+    if !body.is_object() {
+        return;
+    }
+    let _ = read::<wire::UpdateGuild>(&body).check();
+    let _ = read::<wire::CreateChannel>(&body).check();
+    let _ = read::<wire::UpdateChannel>(&body).check();
+    let _ = read::<wire::CreateRole>(&body).check();
+    let _ = read::<wire::UpdateRole>(&body).check();
+    if let Ok(changes) = read::<wire::UpdateMember>(&body).check(1_700_000_000_000) {
+        if let Some(roles) = &changes.roles {
+            for (i, id) in roles.iter().enumerate() {
+                assert!(
+                    id != EVERYONE && !roles[..i].contains(id),
+                    "roles {roles:?}"
+                );
+            }
+        }
+    }
+    let _ = read::<wire::PutBan>(&body).check();
+    let _ = read::<wire::CreateInvite>(&body).check();
+    let ids = ["role:everyone", "user:@a:local.test", "role:", "user:x"];
+    let from_body = body.get("id").and_then(Value::as_str);
+    for id in ids.into_iter().chain(from_body) {
+        let _ = read::<wire::PutOverwrite>(&body).check(id);
+    }
 }
 
 /// A pagination token ([`service::tokens`]), also as the room directory's `since` over a list

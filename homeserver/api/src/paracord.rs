@@ -6,6 +6,7 @@ use axum::{
     Router,
 };
 use paracord_core::Error;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::{ruma_wrapper::access_token, ApiResult, AppState};
@@ -14,6 +15,7 @@ mod channels;
 pub(crate) mod guilds;
 mod members;
 pub(crate) mod relay;
+pub(crate) mod wire;
 
 /// Every `/_paracord/v1` route. Modules may add methods to the same path.
 pub(crate) fn routes() -> Router<AppState> {
@@ -93,31 +95,36 @@ impl axum::extract::FromRequestParts<AppState> for Caller {
     }
 }
 
-/// The request body as a JSON object, as an extractor: see [`json_body`].
-pub(crate) struct JsonObject(pub Value);
+/// The request body (a JSON object) read into a request type of [`wire`], as an extractor:
+/// malformed JSON is `M_NOT_JSON` and anything but an object `M_BAD_JSON` (see
+/// [`json_body`]); the fields are checked by the request type's `check`.
+pub(crate) struct JsonBody<T>(pub T);
 
-impl axum::extract::FromRequest<AppState> for JsonObject {
+impl<T: DeserializeOwned> axum::extract::FromRequest<AppState> for JsonBody<T> {
     type Rejection = crate::error::ApiError;
 
     async fn from_request(
         req: axum::extract::Request,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        json_body(state, req.into_body()).await.map(JsonObject)
+        let body = json_body(state, req.into_body()).await?;
+        Ok(JsonBody(wire::read(body)?))
     }
 }
 
-/// The request body as a JSON array, as an extractor: see [`json_array`].
-pub(crate) struct JsonArray(pub Vec<Value>);
+/// The request body (a JSON array) read as a list of `T`, as an extractor: malformed JSON is
+/// `M_NOT_JSON` and anything but an array `M_BAD_JSON` (see [`json_array`]).
+pub(crate) struct JsonList<T>(pub Vec<T>);
 
-impl axum::extract::FromRequest<AppState> for JsonArray {
+impl<T: DeserializeOwned> axum::extract::FromRequest<AppState> for JsonList<T> {
     type Rejection = crate::error::ApiError;
 
     async fn from_request(
         req: axum::extract::Request,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        json_array(state, req.into_body()).await.map(JsonArray)
+        let items = json_array(state, req.into_body()).await?;
+        Ok(JsonList(wire::read(Value::Array(items))?))
     }
 }
 

@@ -3,17 +3,44 @@
 
 use axum::{body::Bytes, extract::State, Json};
 use paracord_core::Error;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use ruma::{OwnedDeviceId, OwnedEventId, OwnedUserId};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use crate::{ApiResult, AppState};
+use crate::{
+    paracord::wire::{self, Input},
+    ApiResult, AppState,
+};
+
+/// The answer to `GET /_synapse/admin/v1/register`.
+#[derive(Debug, Serialize)]
+pub(crate) struct Nonce {
+    pub nonce: String,
+}
+
+/// The answer to `POST /_synapse/admin/v1/register`.
+#[derive(Debug, Serialize)]
+pub(crate) struct Registered {
+    pub user_id: OwnedUserId,
+    pub access_token: String,
+    pub device_id: OwnedDeviceId,
+    pub home_server: String,
+}
+
+/// The answer to `…/send_server_notice`.
+#[derive(Debug, Serialize)]
+pub(crate) struct NoticeSent {
+    pub event_id: OwnedEventId,
+}
 
 /// `GET /_synapse/admin/v1/register`: a single-use nonce.
-pub(crate) async fn get_nonce_route(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+pub(crate) async fn get_nonce_route(State(state): State<AppState>) -> ApiResult<Json<Nonce>> {
     if state.config.registration_shared_secret.is_none() {
         return Err(Error::forbidden("shared-secret registration is not enabled").into());
     }
-    Ok(Json(json!({ "nonce": state.accounts.new_nonce() })))
+    Ok(Json(Nonce {
+        nonce: state.accounts.new_nonce(),
+    }))
 }
 
 #[derive(Deserialize)]
@@ -31,7 +58,7 @@ struct SharedSecretRegister {
 pub(crate) async fn register_route(
     State(state): State<AppState>,
     body: Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Registered>> {
     let req: SharedSecretRegister = match serde_json::from_slice::<Value>(&body) {
         Err(e) => return Err(Error::not_json(format!("request body is not JSON: {e}")).into()),
         Ok(v) => serde_json::from_value(v)
@@ -61,12 +88,24 @@ pub(crate) async fn register_route(
             .accounts
             .set_profile(&r.user_id, Some(Some(d)), None)?;
     }
-    Ok(Json(json!({
-        "user_id": r.user_id,
-        "access_token": r.access_token,
-        "device_id": r.device_id,
-        "home_server": state.config.server_name,
-    })))
+    Ok(Json(Registered {
+        user_id: r.user_id,
+        access_token: r.access_token,
+        device_id: r.device_id,
+        home_server: state.config.server_name.clone(),
+    }))
+}
+
+/// The body of `…/send_server_notice`: `user_id`, `content` (an event content: any JSON
+/// object), optional `type` and `state_key`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ServerNotice {
+    user_id: Input<String>,
+    content: Input<serde_json::Map<String, Value>>,
+    #[serde(rename = "type")]
+    kind: Input<String>,
+    state_key: Input<String>,
 }
 
 /// `POST /_synapse/admin/v1/send_server_notice` and `PUT …/send_server_notice/{txnId}`
@@ -77,7 +116,7 @@ pub(crate) async fn send_server_notice_route(
     State(state): State<AppState>,
     txn: Option<axum::extract::Path<String>>,
     req: axum::extract::Request,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<NoticeSent>> {
     let (parts, body) = req.into_parts();
     let token = crate::ruma_wrapper::access_token(&parts).ok_or_else(Error::missing_token)?;
     let id = state.accounts.authenticate(&token)?;
@@ -89,25 +128,29 @@ pub(crate) async fn send_server_notice_route(
         .map_err(|_| Error::too_large("request body too large"))?;
     let body: Value = serde_json::from_slice(&bytes)
         .map_err(|e| Error::not_json(format!("request body is not JSON: {e}")))?;
-    let user = body["user_id"]
-        .as_str()
-        .ok_or_else(|| Error::missing_param("user_id is required"))?;
-    let user = ruma::OwnedUserId::try_from(user)
-        .map_err(|_| Error::invalid_param("user_id is not a user id"))?;
-    let content = body
-        .get("content")
-        .filter(|c| c.is_object())
-        .cloned()
-        .ok_or_else(|| Error::missing_param("content must be an object"))?;
-    let kind = match body.get("type") {
-        None | Some(Value::Null) => "m.room.message".to_owned(),
-        Some(Value::String(t)) if !t.is_empty() => t.clone(),
-        Some(_) => return Err(Error::invalid_param("type must be an event type").into()),
+    // JSON other than an object has none of the fields.
+    let body: ServerNotice = if body.is_object() {
+        wire::read(body)?
+    } else {
+        ServerNotice::default()
     };
-    let state_key = match body.get("state_key") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(k)) => Some(k.clone()),
-        Some(_) => return Err(Error::invalid_param("state_key must be a string").into()),
+    let Input::Value(user) = body.user_id else {
+        return Err(Error::missing_param("user_id is required").into());
+    };
+    let user = OwnedUserId::try_from(user)
+        .map_err(|_| Error::invalid_param("user_id is not a user id"))?;
+    let Input::Value(content) = body.content else {
+        return Err(Error::missing_param("content must be an object").into());
+    };
+    let kind = match body.kind {
+        Input::Absent | Input::Null => "m.room.message".to_owned(),
+        Input::Value(t) if !t.is_empty() => t,
+        _ => return Err(Error::invalid_param("type must be an event type").into()),
+    };
+    let state_key = match body.state_key {
+        Input::Absent | Input::Null => None,
+        Input::Value(k) => Some(k),
+        Input::WrongType => return Err(Error::invalid_param("state_key must be a string").into()),
     };
     let txn = txn.map(|axum::extract::Path(t)| {
         (format!("server notice {} {}", id.user_id, id.device_id), t)
@@ -119,10 +162,10 @@ pub(crate) async fn send_server_notice_route(
                 user,
                 kind,
                 state_key,
-                content,
+                content: Value::Object(content),
             },
             txn,
         )
         .await?;
-    Ok(Json(json!({ "event_id": event_id })))
+    Ok(Json(NoticeSent { event_id }))
 }

@@ -3,6 +3,9 @@
 //! no listener and no second process. The black-box suite in complement-tests drives a real
 //! server over HTTP; these tests catch the same classes of mistake in seconds.
 
+// The helpers below are part of the tests: a failure stops the test there.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
@@ -116,8 +119,13 @@ async fn unknown_endpoints_and_methods_are_unrecognized() {
     let (status, body) = get(&s, "/_matrix/client/v3/no_such_endpoint").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert_eq!(body["errcode"], "M_UNRECOGNIZED", "{body}");
-    let (status, body) = send(&s, Method::DELETE, "/_matrix/client/v3/account/whoami", &json!({}))
-        .await;
+    let (status, body) = send(
+        &s,
+        Method::DELETE,
+        "/_matrix/client/v3/account/whoami",
+        &json!({}),
+    )
+    .await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
     assert_eq!(body["errcode"], "M_UNRECOGNIZED", "{body}");
 }

@@ -26,16 +26,6 @@ use crate::{
         },
         request::signed_http_request,
     },
-    guilds::{
-        channels::{
-            changed_guild, channel_update, moves_of, new_channel_name_kind, new_channel_settings,
-            overwrite_request,
-        },
-        events::{GuildContent, RoleContent},
-        members::{ban_request, changed_role, invite_limits, member_changes, role_moves},
-        permissions::EVERYONE,
-        store::new_role,
-    },
     media::{
         image_dimensions, inline_safe, multipart_boundary, parse_preview,
         thumbnail::{decode_limits, snap_thumbnail_size, thumbnail_of},
@@ -416,66 +406,6 @@ pub fn tokens(data: &[u8]) {
 }
 
 // ----- Paracord bodies -----
-
-/// The service's part of a `/_paracord/v1` request body (as `paracord_api` reads it): every
-/// reader of a body of that shape, as the handlers run them before they touch the guild.
-pub fn guild_bodies(body: &Value) {
-    if let Value::Array(items) = body {
-        let _ = moves_of(items);
-        if let Ok(moves) = role_moves(items) {
-            for (i, (id, _)) in moves.iter().enumerate() {
-                assert!(
-                    !moves[..i].iter().any(|(other, _)| other == id),
-                    "role {id} moved twice"
-                );
-            }
-        }
-        return;
-    }
-    if !body.is_object() {
-        return;
-    }
-    let guild = GuildContent {
-        version: "1".to_owned(),
-        name: "Guild".to_owned(),
-        description: None,
-        icon: None,
-        system_channel: None,
-        owner: "@owner:local.test".to_owned(),
-    };
-    let _ = changed_guild(&guild, body);
-    let _ = new_channel_name_kind(body);
-    let _ = new_channel_settings(body);
-    let _ = channel_update(body);
-    let role = RoleContent {
-        name: "Moderator".to_owned(),
-        color: 0,
-        position: 3,
-        hoist: false,
-        mentionable: false,
-        permissions: "8".to_owned(),
-    };
-    let _ = changed_role(&role, false, body);
-    let _ = changed_role(&role, true, body);
-    let _ = new_role(body, |position, _| position < 10);
-    if let Ok(changes) = member_changes(body, 1_700_000_000_000) {
-        if let Some(roles) = &changes.roles {
-            for (i, id) in roles.iter().enumerate() {
-                assert!(
-                    id != EVERYONE && !roles[..i].contains(id),
-                    "roles {roles:?}"
-                );
-            }
-        }
-    }
-    let _ = ban_request(body);
-    let _ = invite_limits(body);
-    let ids = ["role:everyone", "user:@a:local.test", "role:", "user:x"];
-    let from_body = body.get("id").and_then(Value::as_str);
-    for id in ids.into_iter().chain(from_body) {
-        let _ = overwrite_request(id, body);
-    }
-}
 
 /// `homeserver/fuzz`.
 fn fuzz_dir() -> std::path::PathBuf {

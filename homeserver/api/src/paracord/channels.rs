@@ -7,9 +7,15 @@ use axum::{
 };
 use paracord_core::Error;
 use paracord_service::guilds::channels;
-use serde_json::{json, Value};
 
-use super::{member_guild, Caller, JsonArray, JsonObject};
+use super::{
+    member_guild,
+    wire::{
+        channel_moves, overwrite_target, Channel, ChannelMove, CreateChannel, Empty, Guild, Input,
+        Obj, Overwrite, PutOverwrite, UpdateChannel, UpdateGuild, Versions,
+    },
+    Caller, JsonBody, JsonList,
+};
 use crate::params::Params;
 use crate::{ApiResult, AppState};
 
@@ -43,8 +49,10 @@ fn channel_id(id: &str) -> ApiResult<ruma::OwnedRoomId> {
 
 /// `GET /_paracord/v1/versions`: the profile versions this server implements. Like the
 /// Matrix `/versions`, it answers with or without an access token.
-pub(crate) async fn versions_route() -> Json<Value> {
-    Json(json!({ "versions": ["1"] }))
+pub(crate) async fn versions_route() -> Json<Versions> {
+    Json(Versions {
+        versions: vec!["1"],
+    })
 }
 
 /// `PATCH /_paracord/v1/guilds/{guildId}`
@@ -52,12 +60,12 @@ pub(crate) async fn update_guild_route(
     State(state): State<AppState>,
     Caller(user): Caller,
     Params(id): Params<String>,
-    JsonObject(body): JsonObject,
-) -> ApiResult<Json<Value>> {
+    JsonBody(body): JsonBody<UpdateGuild>,
+) -> ApiResult<Json<Guild>> {
     let id = member_guild(&state, &user, &id)?;
-    Ok(Json(
-        channels::update_guild(&state.rooms, &id, &user, &body).await?,
-    ))
+    let update = body.check()?;
+    let guild = channels::update_guild(&state.rooms, &id, &user, update).await?;
+    Ok(Json(Guild::new(id, guild)))
 }
 
 /// `DELETE /_paracord/v1/guilds/{guildId}`
@@ -65,10 +73,10 @@ pub(crate) async fn delete_guild_route(
     State(state): State<AppState>,
     Caller(user): Caller,
     Params(id): Params<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Empty>> {
     let id = member_guild(&state, &user, &id)?;
     channels::delete_guild(&state.rooms, &id, &user).await?;
-    Ok(Json(json!({})))
+    Ok(Json(Empty {}))
 }
 
 /// `POST /_paracord/v1/guilds/{guildId}/channels`
@@ -76,12 +84,12 @@ pub(crate) async fn create_channel_route(
     State(state): State<AppState>,
     Caller(user): Caller,
     Params(id): Params<String>,
-    JsonObject(body): JsonObject,
-) -> ApiResult<Json<Value>> {
+    JsonBody(body): JsonBody<CreateChannel>,
+) -> ApiResult<Json<Channel>> {
     let id = member_guild(&state, &user, &id)?;
-    Ok(Json(
-        channels::create_channel(&state.rooms, &state.pdus, &id, &user, &body).await?,
-    ))
+    let new = body.check()?;
+    let channel = channels::create_channel(&state.rooms, &state.pdus, &id, &user, new).await?;
+    Ok(Json(channel.into()))
 }
 
 /// `PATCH /_paracord/v1/guilds/{guildId}/channels`
@@ -89,11 +97,12 @@ pub(crate) async fn reorder_channels_route(
     State(state): State<AppState>,
     Caller(user): Caller,
     Params(id): Params<String>,
-    JsonArray(items): JsonArray,
-) -> ApiResult<Json<Value>> {
+    JsonList(items): JsonList<Input<Obj<ChannelMove>>>,
+) -> ApiResult<Json<Empty>> {
     let id = member_guild(&state, &user, &id)?;
-    channels::reorder_channels(&state.rooms, &state.pdus, &id, &user, &items).await?;
-    Ok(Json(json!({})))
+    let moves = channel_moves(items)?;
+    channels::reorder_channels(&state.rooms, &state.pdus, &id, &user, moves).await?;
+    Ok(Json(Empty {}))
 }
 
 /// `GET /_paracord/v1/channels/{channelId}`
@@ -101,9 +110,11 @@ pub(crate) async fn get_channel_route(
     State(state): State<AppState>,
     Caller(user): Caller,
     Params(id): Params<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Channel>> {
     let id = channel_id(&id)?;
-    Ok(Json(channels::get_channel(&state.rooms, &id, &user)?))
+    Ok(Json(
+        channels::get_channel(&state.rooms, &id, &user)?.into(),
+    ))
 }
 
 /// `PATCH /_paracord/v1/channels/{channelId}`
@@ -111,12 +122,12 @@ pub(crate) async fn update_channel_route(
     State(state): State<AppState>,
     Caller(user): Caller,
     Params(id): Params<String>,
-    JsonObject(body): JsonObject,
-) -> ApiResult<Json<Value>> {
+    JsonBody(body): JsonBody<UpdateChannel>,
+) -> ApiResult<Json<Channel>> {
     let id = channel_id(&id)?;
-    Ok(Json(
-        channels::update_channel(&state.rooms, &state.pdus, &id, &user, &body).await?,
-    ))
+    let update = body.check()?;
+    let channel = channels::update_channel(&state.rooms, &state.pdus, &id, &user, update).await?;
+    Ok(Json(channel.into()))
 }
 
 /// `DELETE /_paracord/v1/channels/{channelId}`
@@ -124,10 +135,10 @@ pub(crate) async fn delete_channel_route(
     State(state): State<AppState>,
     Caller(user): Caller,
     Params(id): Params<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Empty>> {
     let id = channel_id(&id)?;
     channels::delete_channel(&state.rooms, &id, &user).await?;
-    Ok(Json(json!({})))
+    Ok(Json(Empty {}))
 }
 
 /// `PUT /_paracord/v1/channels/{channelId}/permissions/{overwriteId}`
@@ -135,12 +146,12 @@ pub(crate) async fn put_overwrite_route(
     State(state): State<AppState>,
     Caller(user): Caller,
     Params((id, target)): Params<(String, String)>,
-    JsonObject(body): JsonObject,
-) -> ApiResult<Json<Value>> {
+    JsonBody(body): JsonBody<PutOverwrite>,
+) -> ApiResult<Json<Overwrite>> {
     let id = channel_id(&id)?;
-    Ok(Json(
-        channels::put_overwrite(&state.rooms, &state.pdus, &id, &user, &target, &body).await?,
-    ))
+    let (target, ow) = body.check(&target)?;
+    let entry = channels::put_overwrite(&state.rooms, &state.pdus, &id, &user, &target, ow).await?;
+    Ok(Json(entry.into()))
 }
 
 /// `DELETE /_paracord/v1/channels/{channelId}/permissions/{overwriteId}`
@@ -148,8 +159,9 @@ pub(crate) async fn delete_overwrite_route(
     State(state): State<AppState>,
     Caller(user): Caller,
     Params((id, target)): Params<(String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Empty>> {
     let id = channel_id(&id)?;
+    let target = overwrite_target(&target)?;
     channels::delete_overwrite(&state.rooms, &state.pdus, &id, &user, &target).await?;
-    Ok(Json(json!({})))
+    Ok(Json(Empty {}))
 }

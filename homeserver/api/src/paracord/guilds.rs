@@ -12,7 +12,13 @@ use paracord_service::guilds::{
 };
 use serde_json::Value;
 
-use super::{json_body, member_guild, user, user_param, Caller};
+use super::{
+    json_body, member_guild, user, user_param,
+    wire::{
+        self, Channel, CreateGuild, CreatedGuildAnswer, EffectivePermissions, Guild, Member, Role,
+    },
+    Caller,
+};
 use crate::params::Params;
 use crate::{ApiResult, AppState};
 
@@ -20,7 +26,7 @@ use crate::{ApiResult, AppState};
 pub(crate) async fn create_guild_route(
     State(state): State<AppState>,
     req: Request,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<CreatedGuildAnswer>> {
     let (parts, body) = req.into_parts();
     let user = user(&state, &parts)?;
     let limit = state.config.max_request_bytes;
@@ -29,24 +35,20 @@ pub(crate) async fn create_guild_route(
         .map_err(|_| Error::too_large(format!("the body is larger than {limit} bytes")))?;
     let new = new_guild(&body)?;
     let profile = state.accounts.profile(&user).unwrap_or((None, None));
-    Ok(Json(create_guild(&state.rooms, &user, new, profile).await?))
+    let created = create_guild(&state.rooms, &user, new, profile).await?;
+    Ok(Json(created.into()))
 }
 
-/// The guild a `POST /_paracord/v1/guilds` body asks for.
+/// The guild a `POST /_paracord/v1/guilds` body asks for. JSON other than an object asks for
+/// nothing: `name` is missing.
 pub(crate) fn new_guild(body: &[u8]) -> ApiResult<NewGuild> {
     let body: Value = serde_json::from_slice(body).map_err(|e| Error::not_json(e.to_string()))?;
-    let text = |k: &str| -> ApiResult<Option<String>> {
-        match body.get(k) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(Error::bad_json(format!("{k} must be a string")).into()),
-        }
+    let body: CreateGuild = if body.is_object() {
+        wire::read(body)?
+    } else {
+        CreateGuild::default()
     };
-    Ok(NewGuild {
-        name: text("name")?.ok_or_else(|| Error::missing_param("name is required"))?,
-        description: text("description")?,
-        icon: text("icon")?,
-    })
+    Ok(body.check()?)
 }
 
 /// `GET /_paracord/v1/guilds/{guildId}`
@@ -54,9 +56,10 @@ pub(crate) async fn get_guild_route(
     State(state): State<AppState>,
     Caller(user): Caller,
     Params(id): Params<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Guild>> {
     let id = member_guild(&state, &user, &id)?;
-    Ok(Json(store::guild_object(&state.rooms, &id)?))
+    let guild = store::guild_object(&state.rooms, &id)?;
+    Ok(Json(Guild::new(id, guild)))
 }
 
 /// `GET /_paracord/v1/guilds/{guildId}/channels`
@@ -64,9 +67,10 @@ pub(crate) async fn guild_channels_route(
     State(state): State<AppState>,
     Caller(user): Caller,
     Params(id): Params<String>,
-) -> ApiResult<Json<Vec<Value>>> {
+) -> ApiResult<Json<Vec<Channel>>> {
     let id = member_guild(&state, &user, &id)?;
-    Ok(Json(channels::list(&state.rooms, &id, &user)?))
+    let list = channels::list(&state.rooms, &id, &user)?;
+    Ok(Json(list.into_iter().map(Channel::from).collect()))
 }
 
 /// `GET /_paracord/v1/guilds/{guildId}/roles`
@@ -74,9 +78,10 @@ pub(crate) async fn guild_roles_route(
     State(state): State<AppState>,
     Caller(user): Caller,
     Params(id): Params<String>,
-) -> ApiResult<Json<Vec<Value>>> {
+) -> ApiResult<Json<Vec<Role>>> {
     let id = member_guild(&state, &user, &id)?;
-    Ok(Json(store::roles(&state.rooms, &id)?))
+    let roles = store::roles(&state.rooms, &id)?;
+    Ok(Json(roles.into_iter().map(Role::from).collect()))
 }
 
 /// `POST /_paracord/v1/guilds/{guildId}/roles`
@@ -84,13 +89,16 @@ pub(crate) async fn create_role_route(
     State(state): State<AppState>,
     Params(id): Params<String>,
     req: Request,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Role>> {
     let (parts, body) = req.into_parts();
     let user = user(&state, &parts)?;
     let id = member_guild(&state, &user, &id)?;
-    let body = json_body(&state, body).await?;
+    let body: wire::CreateRole = wire::read(json_body(&state, body).await?)?;
+    let role = body.check()?;
     Ok(Json(
-        store::create_role(&state.rooms, &id, &user, &body).await?,
+        store::create_role(&state.rooms, &id, &user, role)
+            .await?
+            .into(),
     ))
 }
 
@@ -99,7 +107,7 @@ async fn member_role(
     (id, target, role): (String, String, String),
     req: Request,
     add: bool,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Member>> {
     let (parts, _) = req.into_parts();
     let user = user(&state, &parts)?;
     let id = member_guild(&state, &user, &id)?;
@@ -107,12 +115,9 @@ async fn member_role(
     store::set_member_role(&state.rooms, &id, &user, &target, &role, add).await?;
     channels::sync_all_access(&state.rooms, &state.pdus, &id).await?;
     // The full Member object (spec/rest.md §4); roles may be given to an invited user too.
-    Ok(Json(paracord_service::guilds::members::member(
-        &state.rooms,
-        &id,
-        &target,
-        true,
-    )?))
+    Ok(Json(
+        paracord_service::guilds::members::member(&state.rooms, &id, &target, true)?.into(),
+    ))
 }
 
 /// `PUT /_paracord/v1/guilds/{guildId}/members/{userId}/roles/{roleId}`
@@ -120,7 +125,7 @@ pub(crate) async fn add_member_role_route(
     State(state): State<AppState>,
     Params(p): Params<(String, String, String)>,
     req: Request,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Member>> {
     member_role(state, p, req, true).await
 }
 
@@ -129,7 +134,7 @@ pub(crate) async fn remove_member_role_route(
     State(state): State<AppState>,
     Params(p): Params<(String, String, String)>,
     req: Request,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Member>> {
     member_role(state, p, req, false).await
 }
 
@@ -138,17 +143,15 @@ pub(crate) async fn channel_permissions_route(
     State(state): State<AppState>,
     Caller(user): Caller,
     Params((channel, target)): Params<(String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<EffectivePermissions>> {
     let channel =
         ruma::OwnedRoomId::try_from(channel).map_err(|_| Error::not_found("no such channel"))?;
     if state.rooms.room(&channel)?.is_none() {
         return Err(Error::not_found("no such channel").into());
     }
     let target = user_param(&target)?;
-    Ok(Json(store::effective_permissions(
-        &state.rooms,
-        &channel,
-        &user,
-        &target,
-    )?))
+    let permissions = store::effective_permissions(&state.rooms, &channel, &user, &target)?;
+    Ok(Json(EffectivePermissions {
+        permissions: permissions.to_wire(),
+    }))
 }

@@ -9,14 +9,18 @@ use axum::{
     Json, Router,
 };
 use http::Method;
-use paracord_core::Error;
+use paracord_core::{time::now_ms, Error};
 use paracord_service::guilds::{channels::sync_all_access, members};
-use serde_json::{json, Value};
 
 use super::{
     json_body, member_guild,
     relay::{forward, RelayedUser},
-    user, user_param, Caller, JsonArray, JsonObject,
+    user, user_param,
+    wire::{
+        self, role_moves, Ban, CreateInvite, Empty, Input, Invite, InviteAccepted, Member, Obj,
+        PutBan, Role, RolePosition, UpdateMember, UpdateRole,
+    },
+    Caller, JsonBody, JsonList,
 };
 use crate::params::Params;
 use crate::{client::membership::join, ApiResult, AppState};
@@ -78,12 +82,12 @@ pub(crate) async fn reorder_roles_route(
     State(state): State<AppState>,
     Caller(user): Caller,
     Params(id): Params<String>,
-    JsonArray(items): JsonArray,
-) -> ApiResult<Json<Vec<Value>>> {
+    JsonList(items): JsonList<Input<Obj<RolePosition>>>,
+) -> ApiResult<Json<Vec<Role>>> {
     let id = member_guild(&state, &user, &id)?;
-    Ok(Json(
-        members::reorder_roles(&state.rooms, &id, &user, &items).await?,
-    ))
+    let moves = role_moves(items)?;
+    let roles = members::reorder_roles(&state.rooms, &id, &user, moves).await?;
+    Ok(Json(roles.into_iter().map(Role::from).collect()))
 }
 
 /// `PATCH /_paracord/v1/guilds/{guildId}/roles/{roleId}`
@@ -91,12 +95,13 @@ pub(crate) async fn modify_role_route(
     State(state): State<AppState>,
     Caller(user): Caller,
     Params((id, role)): Params<(String, String)>,
-    JsonObject(body): JsonObject,
-) -> ApiResult<Json<Value>> {
+    JsonBody(body): JsonBody<UpdateRole>,
+) -> ApiResult<Json<Role>> {
     let id = member_guild(&state, &user, &id)?;
-    let role = members::modify_role(&state.rooms, &id, &user, &role, &body).await?;
+    let changes = body.check()?;
+    let role = members::modify_role(&state.rooms, &id, &user, &role, changes).await?;
     sync_all_access(&state.rooms, &state.pdus, &id).await?;
-    Ok(Json(role))
+    Ok(Json(role.into()))
 }
 
 /// `DELETE /_paracord/v1/guilds/{guildId}/roles/{roleId}`
@@ -104,11 +109,11 @@ pub(crate) async fn delete_role_route(
     State(state): State<AppState>,
     Caller(user): Caller,
     Params((id, role)): Params<(String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Empty>> {
     let id = member_guild(&state, &user, &id)?;
     members::delete_role(&state.rooms, &id, &user, &role).await?;
     sync_all_access(&state.rooms, &state.pdus, &id).await?;
-    Ok(Json(json!({})))
+    Ok(Json(Empty {}))
 }
 
 /// `GET /_paracord/v1/guilds/{guildId}/members?limit=&after=`
@@ -116,7 +121,7 @@ pub(crate) async fn list_members_route(
     State(state): State<AppState>,
     Params(id): Params<String>,
     req: Request,
-) -> ApiResult<Json<Vec<Value>>> {
+) -> ApiResult<Json<Vec<Member>>> {
     let (parts, _) = req.into_parts();
     let user = user(&state, &parts)?;
     let id = member_guild(&state, &user, &id)?;
@@ -129,12 +134,8 @@ pub(crate) async fn list_members_route(
             .filter(|l| (1..=1000).contains(l))
             .ok_or_else(|| Error::invalid_param("limit is 1 to 1000"))?,
     };
-    Ok(Json(members::members(
-        &state.rooms,
-        &id,
-        limit,
-        q.get("after").map(String::as_str),
-    )?))
+    let list = members::members(&state.rooms, &id, limit, q.get("after").map(String::as_str))?;
+    Ok(Json(list.into_iter().map(Member::from).collect()))
 }
 
 /// `GET /_paracord/v1/guilds/{guildId}/members/{userId}`
@@ -142,10 +143,12 @@ pub(crate) async fn get_member_route(
     State(state): State<AppState>,
     Caller(user): Caller,
     Params((id, target)): Params<(String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Member>> {
     let id = member_guild(&state, &user, &id)?;
     let target = known_user(&target)?;
-    Ok(Json(members::member(&state.rooms, &id, &target, false)?))
+    Ok(Json(
+        members::member(&state.rooms, &id, &target, false)?.into(),
+    ))
 }
 
 /// `PATCH /_paracord/v1/guilds/{guildId}/members/{userId}`
@@ -153,15 +156,17 @@ pub(crate) async fn modify_member_route(
     State(state): State<AppState>,
     Caller(user): Caller,
     Params((id, target)): Params<(String, String)>,
-    JsonObject(body): JsonObject,
-) -> ApiResult<Json<Value>> {
+    JsonBody(body): JsonBody<UpdateMember>,
+) -> ApiResult<Json<Member>> {
     let id = member_guild(&state, &user, &id)?;
     let target = known_user(&target)?;
-    let member = members::modify_member(&state.rooms, &id, &user, &target, &body).await?;
-    if body.get("roles").is_some() {
+    let changes = body.check(now_ms())?;
+    let roles_changed = changes.roles.is_some();
+    let member = members::modify_member(&state.rooms, &id, &user, &target, changes).await?;
+    if roles_changed {
         sync_all_access(&state.rooms, &state.pdus, &id).await?;
     }
-    Ok(Json(member))
+    Ok(Json(member.into()))
 }
 
 /// `DELETE /_paracord/v1/guilds/{guildId}/members/{userId}?reason=`
@@ -169,7 +174,7 @@ pub(crate) async fn remove_member_route(
     State(state): State<AppState>,
     Params((id, target)): Params<(String, String)>,
     req: Request,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Empty>> {
     let (parts, _) = req.into_parts();
     let user = user(&state, &parts)?;
     let id = member_guild(&state, &user, &id)?;
@@ -183,7 +188,7 @@ pub(crate) async fn remove_member_route(
         q.get("reason").map(String::as_str),
     )
     .await?;
-    Ok(Json(json!({})))
+    Ok(Json(Empty {}))
 }
 
 /// `GET /_paracord/v1/guilds/{guildId}/bans`
@@ -191,9 +196,10 @@ pub(crate) async fn bans_route(
     State(state): State<AppState>,
     Caller(user): Caller,
     Params(id): Params<String>,
-) -> ApiResult<Json<Vec<Value>>> {
+) -> ApiResult<Json<Vec<Ban>>> {
     let id = member_guild(&state, &user, &id)?;
-    Ok(Json(members::bans(&state.rooms, &id, &user)?))
+    let bans = members::bans(&state.rooms, &id, &user)?;
+    Ok(Json(bans.into_iter().map(Ban::from).collect()))
 }
 
 /// `PUT /_paracord/v1/guilds/{guildId}/bans/{userId}`
@@ -201,12 +207,15 @@ pub(crate) async fn ban_route(
     State(state): State<AppState>,
     Caller(user): Caller,
     Params((id, target)): Params<(String, String)>,
-    JsonObject(body): JsonObject,
-) -> ApiResult<Json<Value>> {
+    JsonBody(body): JsonBody<PutBan>,
+) -> ApiResult<Json<Ban>> {
     let id = member_guild(&state, &user, &id)?;
     let target = user_param(&target)?;
+    let request = body.check()?;
     Ok(Json(
-        members::ban(&state.rooms, &id, &user, &target, &body).await?,
+        members::ban(&state.rooms, &id, &user, &target, request)
+            .await?
+            .into(),
     ))
 }
 
@@ -215,11 +224,11 @@ pub(crate) async fn unban_route(
     State(state): State<AppState>,
     Caller(user): Caller,
     Params((id, target)): Params<(String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Empty>> {
     let id = member_guild(&state, &user, &id)?;
     let target = known_user(&target)?;
     members::unban(&state.rooms, &id, &user, &target).await?;
-    Ok(Json(json!({})))
+    Ok(Json(Empty {}))
 }
 
 /// `GET /_paracord/v1/guilds/{guildId}/invites`
@@ -227,9 +236,10 @@ pub(crate) async fn guild_invites_route(
     State(state): State<AppState>,
     Caller(user): Caller,
     Params(id): Params<String>,
-) -> ApiResult<Json<Vec<Value>>> {
+) -> ApiResult<Json<Vec<Invite>>> {
     let id = member_guild(&state, &user, &id)?;
-    Ok(Json(members::guild_invites(&state.rooms, &id, &user)?))
+    let invites = members::guild_invites(&state.rooms, &id, &user)?;
+    Ok(Json(invites.into_iter().map(Invite::from).collect()))
 }
 
 /// `POST /_paracord/v1/channels/{channelId}/invites`
@@ -237,14 +247,17 @@ pub(crate) async fn create_invite_route(
     State(state): State<AppState>,
     Params(channel): Params<String>,
     req: Request,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Invite>> {
     let (parts, body) = req.into_parts();
     let user = user(&state, &parts)?;
     let channel =
         ruma::OwnedRoomId::try_from(channel).map_err(|_| Error::not_found("no such channel"))?;
-    let body = json_body(&state, body).await?;
+    let body: CreateInvite = wire::read(json_body(&state, body).await?)?;
+    let limits = body.check()?;
     Ok(Json(
-        members::create_invite(&state.rooms, &channel, &user, &body).await?,
+        members::create_invite(&state.rooms, &channel, &user, limits)
+            .await?
+            .into(),
     ))
 }
 
@@ -289,7 +302,7 @@ pub(crate) async fn get_invite_route(
     let (parts, _) = req.into_parts();
     let user = user(&state, &parts)?;
     match members::invite(&state.rooms, &code) {
-        Ok(invite) => Ok(Json(invite).into_response()),
+        Ok(invite) => Ok(Json(Invite::from(invite)).into_response()),
         Err(e) => {
             let Some(host) = invite_host(&state, &parts, &e)? else {
                 return Err(e.into());
@@ -324,10 +337,10 @@ pub(crate) async fn accept_invite_route(
         match members::accept_invite(&state.rooms, &state.pdus, &code, &user).await {
             Ok(accepted) => {
                 if parts.extensions.get::<RelayedUser>().is_some() {
-                    return Ok(Json(json!({
-                        "guild_id": accepted.guild_id,
-                        "channel_id": accepted.channel_id,
-                    }))
+                    return Ok(Json(InviteAccepted {
+                        guild_id: accepted.guild_id,
+                        channel_id: accepted.channel_id,
+                    })
                     .into_response());
                 }
                 (
@@ -389,7 +402,11 @@ pub(crate) async fn accept_invite_route(
             tracing::debug!(%channel, error = ?e.0, "a channel of the guild was not joined");
         }
     }
-    Ok(Json(json!({ "guild_id": guild_id, "channel_id": channel_id })).into_response())
+    Ok(Json(InviteAccepted {
+        guild_id,
+        channel_id,
+    })
+    .into_response())
 }
 
 /// `DELETE /_paracord/v1/invites/{code}`
@@ -397,8 +414,10 @@ pub(crate) async fn revoke_invite_route(
     State(state): State<AppState>,
     Caller(user): Caller,
     Params(code): Params<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Invite>> {
     Ok(Json(
-        members::revoke_invite(&state.rooms, &code, &user).await?,
+        members::revoke_invite(&state.rooms, &code, &user)
+            .await?
+            .into(),
     ))
 }

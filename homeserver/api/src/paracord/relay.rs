@@ -26,6 +26,7 @@ use ruma::{OwnedServerName, OwnedUserId, UserId};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
+use super::wire::{self, Input, RelayAnswer, RelayRequest, RelayedBody};
 use crate::params::Params;
 use crate::{
     error::{ApiError, RelayTo},
@@ -122,10 +123,13 @@ pub(crate) async fn forward(
             .map(char::from)
             .collect()
     };
-    let mut relayed = json!({ "user_id": user, "method": method.as_str(), "path": path });
-    if let Some(body) = body {
-        relayed["body"] = body;
-    }
+    let relayed = serde_json::to_value(RelayRequest {
+        user_id: user,
+        method: method.as_str(),
+        path,
+        body,
+    })
+    .map_err(Error::from)?;
     tracing::debug!(%host, %method, path, "relaying a Paracord request to the guild host");
     let (status, answer) = signed_json(
         &state.federation,
@@ -162,9 +166,11 @@ pub(crate) async fn relay_route(
     State(state): State<AppState>,
     Params(txn_id): Params<String>,
     req: Request,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<RelayAnswer>> {
     let (origin, bytes) = crate::federation::signed_body(&state, req).await?;
     if let Some(done) = relay::answered(&state.db, &origin, &txn_id)? {
+        let done = serde_json::from_value(done)
+            .map_err(|e| Error::internal(format!("a stored relay answer: {e}")))?;
         return Ok(Json(done));
     }
     let Relayed {
@@ -193,8 +199,13 @@ pub(crate) async fn relay_route(
         .await
         .map_err(|e| Error::internal(format!("reading a relayed answer: {e}")))?;
     let body: Value = serde_json::from_slice(&body).unwrap_or_else(|_| json!({}));
-    let answer = json!({ "status": status, "body": body });
-    relay::remember(&state.db, &origin, &txn_id, &answer)?;
+    let answer = RelayAnswer { status, body };
+    relay::remember(
+        &state.db,
+        &origin,
+        &txn_id,
+        &serde_json::to_value(&answer).map_err(Error::from)?,
+    )?;
     Ok(Json(answer))
 }
 
@@ -217,19 +228,25 @@ pub(crate) fn relayed_request(
 ) -> ApiResult<Relayed> {
     let relayed: Value =
         serde_json::from_slice(bytes).map_err(|e| Error::not_json(e.to_string()))?;
-    let field = |k: &str| -> Result<&str, Error> {
-        match relayed.get(k) {
-            Some(Value::String(s)) => Ok(s),
-            None => Err(Error::missing_param(format!("{k} is required"))),
-            Some(_) => Err(Error::bad_json(format!("{k} must be a string"))),
+    // JSON other than an object has none of the fields.
+    let relayed: RelayedBody = if relayed.is_object() {
+        wire::read(relayed)?
+    } else {
+        RelayedBody::default()
+    };
+    let field = |v: Input<String>, k: &str| -> Result<String, Error> {
+        match v {
+            Input::Value(s) => Ok(s),
+            Input::Absent => Err(Error::missing_param(format!("{k} is required"))),
+            Input::Null | Input::WrongType => Err(Error::bad_json(format!("{k} must be a string"))),
         }
     };
-    let user = OwnedUserId::try_from(field("user_id")?)
+    let user = OwnedUserId::try_from(field(relayed.user_id, "user_id")?)
         .map_err(|_| Error::invalid_param("user_id is not a user id"))?;
     if user.server_name() != origin || origin.as_str() == own_name {
         return Err(Error::forbidden(format!("{origin} cannot act for {user}")).into());
     }
-    let method = match field("method")? {
+    let method = match field(relayed.method, "method")?.as_str() {
         "GET" => Method::GET,
         "POST" => Method::POST,
         "PUT" => Method::PUT,
@@ -237,7 +254,7 @@ pub(crate) fn relayed_request(
         "DELETE" => Method::DELETE,
         m => return Err(Error::invalid_param(format!("cannot relay method {m}")).into()),
     };
-    let path = field("path")?;
+    let path = field(relayed.path, "path")?;
     if !path.starts_with("/_paracord/v1/") {
         return Err(Error::invalid_param("only /_paracord/v1 requests are relayed").into());
     }
@@ -247,9 +264,9 @@ pub(crate) fn relayed_request(
     let uri: http::Uri = path
         .parse()
         .map_err(|_| Error::invalid_param("path is not a valid request path"))?;
-    let body = match relayed.get("body") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(v) => serde_json::to_vec(v).map_err(Error::from)?,
+    let body = match relayed.body {
+        None => Vec::new(),
+        Some(v) => serde_json::to_vec(&v).map_err(Error::from)?,
     };
     Ok(Relayed {
         user,

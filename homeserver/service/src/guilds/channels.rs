@@ -17,7 +17,7 @@ use super::{
     projection::power_levels,
     store::{
         channel_ids, guild_content, guild_object, host_owner, load_guild, load_member, overwrites,
-        reproject, send_state,
+        reproject, send_state, OverwriteEntry,
     },
 };
 use crate::{
@@ -28,139 +28,50 @@ use crate::{
     },
 };
 
-/// Longest channel or guild name, in characters.
-const MAX_NAME: usize = 100;
-/// Longest guild description (spec/guilds.md §1).
-const MAX_DESCRIPTION: usize = 1000;
-/// Longest channel topic (spec/guilds.md §2).
-const MAX_TOPIC: usize = 1024;
-/// Longest slow mode, in seconds (spec/guilds.md §2).
-const MAX_RATE_LIMIT: i64 = 21_600;
-
-// ----- reading request bodies -----
+// ----- requests, as the API reads and checks them -----
 
 /// A field of a request body: absent (keep the current value), `null` (remove it) or a value.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Field<T> {
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Field<T> {
+    #[default]
     Keep,
     Remove,
     Set(T),
 }
 
-fn text(body: &Value, key: &str) -> Result<Field<String>> {
-    match body.get(key) {
-        None => Ok(Field::Keep),
-        Some(Value::Null) => Ok(Field::Remove),
-        Some(Value::String(s)) => Ok(Field::Set(s.clone())),
-        Some(_) => Err(Error::bad_json(format!("{key} must be a string"))),
-    }
+/// What a `PATCH /guilds/{id}` body changes (spec/rest.md §5), each field checked on its own;
+/// what needs the guild (`owner`, `version`, `system_channel`) is checked here.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GuildUpdate {
+    /// `owner` as given: `Some(None)` when it is not a string.
+    pub owner: Option<Option<String>>,
+    /// `version` as given: `Some(None)` when it is not a string.
+    pub version: Option<Option<String>>,
+    pub name: Option<String>,
+    pub description: Field<String>,
+    pub icon: Field<String>,
+    pub system_channel: Field<OwnedRoomId>,
 }
 
-fn flag(body: &Value, key: &str) -> Result<Option<bool>> {
-    match body.get(key) {
-        None => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(Error::bad_json(format!("{key} must be a boolean"))),
-    }
-}
-
-/// An integer from 0 to `max`: another number is out of range (`M_INVALID_PARAM`, as for
-/// "position not an integer" in spec/rest.md §1.1), anything else has the wrong type.
-fn integer(body: &Value, key: &str, max: i64) -> Result<Option<i64>> {
-    match body.get(key) {
-        None => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_i64()
-            .filter(|v| (0..=max).contains(v))
-            .map(Some)
-            .ok_or_else(|| {
-                Error::invalid_param(format!("{key} must be an integer from 0 to {max}"))
-            }),
-        Some(_) => Err(Error::bad_json(format!("{key} must be an integer"))),
-    }
+/// A `POST /guilds/{id}/channels` body (spec/rest.md §6), checked on its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewChannel {
+    pub name: String,
+    pub kind: ChannelKind,
+    /// The category asked for (`null` is none).
+    pub parent: Option<OwnedRoomId>,
+    /// A non-empty topic.
+    pub topic: Option<String>,
+    pub position: Option<i64>,
+    pub nsfw: Option<bool>,
+    /// Seconds, 0 to 21,600.
+    pub rate_limit: Option<i64>,
+    /// `None` when absent or `null`: a channel in a category then copies its overwrites.
+    pub overwrites: Option<Vec<(OverwriteTarget, Overwrite)>>,
 }
 
 fn room_id(key: &str, s: &str) -> Result<OwnedRoomId> {
     OwnedRoomId::try_from(s).map_err(|_| Error::invalid_param(format!("{key} must be a room id")))
-}
-
-/// A room id field: absent, `null` or a room id.
-fn room_field(body: &Value, key: &str) -> Result<Field<OwnedRoomId>> {
-    Ok(match text(body, key)? {
-        Field::Keep => Field::Keep,
-        Field::Remove => Field::Remove,
-        Field::Set(s) => Field::Set(room_id(key, &s)?),
-    })
-}
-
-fn name_of(key: &str, s: String) -> Result<String> {
-    if s.trim().is_empty() || s.chars().count() > MAX_NAME {
-        return Err(Error::invalid_param(format!(
-            "{key} has 1 to {MAX_NAME} characters"
-        )));
-    }
-    Ok(s)
-}
-
-fn kind_of(s: &str) -> Result<ChannelKind> {
-    serde_json::from_value(json!(s)).map_err(|_| {
-        Error::invalid_param("kind is one of text, voice, forum, announcement, category")
-    })
-}
-
-fn permissions_of(key: &str, v: Option<&Value>) -> Result<Permissions> {
-    match v {
-        None => Ok(Permissions::NONE),
-        Some(Value::String(s)) => Permissions::parse(s).ok_or_else(|| {
-            Error::invalid_param(format!("{key} must be a u64 as a decimal string"))
-        }),
-        Some(_) => Err(Error::bad_json(format!("{key} must be a string"))),
-    }
-}
-
-/// `permission_overwrites` of a new channel: `None` when absent or `null`.
-fn overwrite_list(v: Option<&Value>) -> Result<Option<Vec<(OverwriteTarget, Overwrite)>>> {
-    let items = match v {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::Array(items)) => items,
-        Some(_) => return Err(Error::bad_json("permission_overwrites must be an array")),
-    };
-    let mut seen = BTreeSet::new();
-    let mut out = Vec::new();
-    for item in items {
-        if !item.is_object() {
-            return Err(Error::bad_json("each overwrite must be an object"));
-        }
-        let id = match item.get("id") {
-            None => return Err(Error::missing_param("each overwrite needs an id")),
-            Some(Value::String(s)) => s,
-            Some(_) => return Err(Error::bad_json("an overwrite's id must be a string")),
-        };
-        let target = target_of(id)?;
-        if !seen.insert(target.state_key()) {
-            return Err(Error::invalid_param(format!(
-                "overwrite {id} is given twice"
-            )));
-        }
-        let ow = Overwrite {
-            allow: permissions_of("allow", item.get("allow"))?,
-            deny: permissions_of("deny", item.get("deny"))?,
-        };
-        out.push((target, ow));
-    }
-    Ok(Some(out))
-}
-
-fn target_of(id: &str) -> Result<OverwriteTarget> {
-    let target = OverwriteTarget::parse(id).ok_or_else(|| {
-        Error::invalid_param("an overwrite id is role:<role id> or user:<user id>")
-    })?;
-    if let OverwriteTarget::User(u) = &target {
-        if UserId::parse(u.as_str()).is_err() {
-            return Err(Error::invalid_param(format!("{u} is not a user id")));
-        }
-    }
-    Ok(target)
 }
 
 fn missing(flag: &str) -> Error {
@@ -279,6 +190,18 @@ fn next_position(channels: &[Channel], parent: Option<&str>) -> i64 {
         .unwrap_or(0)
 }
 
+/// A channel as the Channel object shows it (spec/rest.md §4).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelInfo {
+    pub id: OwnedRoomId,
+    pub guild_id: OwnedRoomId,
+    /// From `m.room.name`, when it has one.
+    pub name: Option<String>,
+    /// Its `chat.paracord.channel`, with `topic` from `m.room.topic` when there is one.
+    pub content: ChannelContent,
+    pub overwrites: Vec<OverwriteEntry>,
+}
+
 /// The Channel object (spec/rest.md §4): `name` and `topic` from `m.room.name` and
 /// `m.room.topic` (which clients prefer over the copy in `chat.paracord.channel`), the rest
 /// from `chat.paracord.channel`, and the overwrites.
@@ -286,38 +209,31 @@ pub(crate) fn channel_object(
     rooms: &Rooms,
     guild_id: &RoomId,
     channel: &Channel,
-    overwrites: Vec<Value>,
-) -> Result<Value> {
+    overwrites: Vec<OverwriteEntry>,
+) -> Result<ChannelInfo> {
     let state = rooms.current_state(&channel.id)?;
-    let mut v = serde_json::to_value(&channel.content)?;
-    let Some(o) = v.as_object_mut() else {
-        return Err(Error::internal("a channel's content is not an object"));
-    };
-    o.insert("id".into(), json!(channel.id));
-    o.insert("guild_id".into(), json!(guild_id));
-    if let Some(name) = rooms
+    let mut content = channel.content.clone();
+    let name = rooms
         .state_content(&state, "m.room.name", "")?
-        .and_then(|n| n.get("name").filter(|n| n.is_string()).cloned())
-    {
-        o.insert("name".into(), name);
-    }
+        .and_then(|n| n.get("name").and_then(Value::as_str).map(str::to_owned));
     if let Some(topic) = rooms.state_content(&state, "m.room.topic", "")? {
-        match topic.get("topic") {
-            Some(Value::String(t)) if !t.is_empty() => {
-                o.insert("topic".into(), json!(t));
-            }
-            _ => {
-                o.remove("topic");
-            }
-        }
+        content.topic = match topic.get("topic") {
+            Some(Value::String(t)) if !t.is_empty() => Some(t.clone()),
+            _ => None,
+        };
     }
-    o.insert("permission_overwrites".into(), json!(overwrites));
-    Ok(v)
+    Ok(ChannelInfo {
+        id: channel.id.clone(),
+        guild_id: guild_id.to_owned(),
+        name,
+        content,
+        overwrites,
+    })
 }
 
 /// `GET /guilds/{id}/channels`: the channels `user` can see (VIEW_CHANNEL) in the guild's
 /// order; a category is listed when it or any of its channels is visible.
-pub fn list(rooms: &Rooms, guild_id: &RoomId, user: &UserId) -> Result<Vec<Value>> {
+pub fn list(rooms: &Rooms, guild_id: &RoomId, user: &UserId) -> Result<Vec<ChannelInfo>> {
     let guild = load_guild(rooms, guild_id)?;
     let member = load_member(rooms, guild_id, user)?;
     let now = now_ms();
@@ -351,7 +267,7 @@ struct Ctx {
     guild: Guild,
     channel: Channel,
     overwrites: ChannelOverwrites,
-    list: Vec<Value>,
+    list: Vec<OverwriteEntry>,
 }
 
 fn no_channel() -> Error {
@@ -427,7 +343,7 @@ fn viewer(rooms: &Rooms, ctx: &Ctx, user: &UserId) -> Result<(Member, Permission
 }
 
 /// `GET /channels/{id}`: VIEW_CHANNEL.
-pub fn get_channel(rooms: &Rooms, channel_id: &RoomId, user: &UserId) -> Result<Value> {
+pub fn get_channel(rooms: &Rooms, channel_id: &RoomId, user: &UserId) -> Result<ChannelInfo> {
     let ctx = resolve(rooms, channel_id)?;
     viewer(rooms, &ctx, user)?;
     channel_object(rooms, &ctx.guild_id, &ctx.channel, ctx.list)
@@ -742,8 +658,8 @@ pub async fn update_guild(
     rooms: &Rooms,
     guild_id: &RoomId,
     actor: &UserId,
-    body: &Value,
-) -> Result<Value> {
+    update: GuildUpdate,
+) -> Result<GuildContent> {
     let guild = load_guild(rooms, guild_id)?;
     let owner = host_owner(rooms, &guild)?;
     let member = load_member(rooms, guild_id, actor)?;
@@ -753,7 +669,7 @@ pub async fn update_guild(
         "MANAGE_GUILD",
     )?;
     let old = guild_content(rooms, guild_id)?;
-    let (mut new, system_channel) = changed_guild(&old, body)?;
+    let (mut new, system_channel) = changed_guild(&old, update)?;
     match system_channel {
         Field::Keep => {}
         Field::Remove => new.system_channel = None,
@@ -794,45 +710,38 @@ pub async fn update_guild(
     guild_object(rooms, guild_id)
 }
 
-/// The guild settings as `body` changes them, but for `system_channel`, returned apart: it
-/// must be checked against the guild's channels.
+/// The guild settings as `update` changes them, but for `system_channel`, returned apart: it
+/// must be checked against the guild's channels. `owner` and `version` may only be given
+/// unchanged.
 pub(crate) fn changed_guild(
     old: &GuildContent,
-    body: &Value,
+    update: GuildUpdate,
 ) -> Result<(GuildContent, Field<OwnedRoomId>)> {
-    for (key, current) in [("owner", &old.owner), ("version", &old.version)] {
-        if let Some(v) = body.get(key) {
-            if v.as_str() != Some(current.as_str()) {
+    for (key, given, current) in [
+        ("owner", &update.owner, &old.owner),
+        ("version", &update.version, &old.version),
+    ] {
+        if let Some(v) = given {
+            if v.as_deref() != Some(current.as_str()) {
                 return Err(Error::invalid_param(format!("{key} cannot be changed")));
             }
         }
     }
     let mut new = old.clone();
-    match text(body, "name")? {
-        Field::Keep => {}
-        Field::Remove => return Err(Error::invalid_param("a guild must have a name")),
-        Field::Set(s) => new.name = name_of("name", s)?,
+    if let Some(name) = update.name {
+        new.name = name;
     }
-    match text(body, "description")? {
+    match update.description {
         Field::Keep => {}
         Field::Remove => new.description = None,
-        Field::Set(s) if s.chars().count() > MAX_DESCRIPTION => {
-            return Err(Error::invalid_param(format!(
-                "description has at most {MAX_DESCRIPTION} characters"
-            )))
-        }
         Field::Set(s) => new.description = Some(s),
     }
-    match text(body, "icon")? {
+    match update.icon {
         Field::Keep => {}
         Field::Remove => new.icon = None,
-        Field::Set(s) if !s.starts_with("mxc://") => {
-            return Err(Error::invalid_param("icon must be an mxc:// URI"))
-        }
         Field::Set(s) => new.icon = Some(s),
     }
-    let system_channel = room_field(body, "system_channel")?;
-    Ok((new, system_channel))
+    Ok((new, update.system_channel))
 }
 
 async fn write_guild(
@@ -895,16 +804,25 @@ pub async fn create_channel(
     pdus: &Pdus,
     guild_id: &RoomId,
     actor: &UserId,
-    body: &Value,
-) -> Result<Value> {
+    new: NewChannel,
+) -> Result<ChannelInfo> {
     let guild = load_guild(rooms, guild_id)?;
     let owner = host_owner(rooms, &guild)?;
     let member = load_member(rooms, guild_id, actor)?;
     let now = now_ms();
-    let (name, kind) = new_channel_name_kind(body)?;
+    let NewChannel {
+        name,
+        kind,
+        parent,
+        topic,
+        position,
+        nsfw,
+        rate_limit,
+        overwrites: given,
+    } = new;
     let all = guild_channels(rooms, guild_id)?;
-    let parent = match room_field(body, "parent")? {
-        Field::Set(id) => {
+    let parent = match parent {
+        Some(id) => {
             let category = all
                 .iter()
                 .find(|c| c.id == id && c.content.kind == ChannelKind::Category)
@@ -914,7 +832,7 @@ pub async fn create_channel(
             }
             Some(category.id.clone())
         }
-        Field::Keep | Field::Remove => None,
+        None => None,
     };
     // Where the actor's permissions count: in the category, or guild-wide.
     let template = match &parent {
@@ -930,13 +848,6 @@ pub async fn create_channel(
         Permissions::MANAGE_CHANNELS,
         "MANAGE_CHANNELS",
     )?;
-    let NewChannelSettings {
-        topic,
-        position,
-        nsfw,
-        rate_limit,
-        overwrites: given,
-    } = new_channel_settings(body)?;
     let entries = match given {
         Some(list) => {
             if !list.is_empty() {
@@ -1089,39 +1000,12 @@ async fn join_local_members(rooms: &Rooms, guild_id: &RoomId, channel: &RoomId) 
     Ok(())
 }
 
-/// One item of `PATCH /guilds/{id}/channels`.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Move {
-    id: OwnedRoomId,
-    position: Option<i64>,
-    parent: Field<OwnedRoomId>,
-}
-
-pub(crate) fn moves_of(items: &[Value]) -> Result<Vec<Move>> {
-    let mut seen = BTreeSet::new();
-    let mut out = Vec::with_capacity(items.len());
-    for item in items {
-        if !item.is_object() {
-            return Err(Error::bad_json("each item must be an object"));
-        }
-        let id = match item.get("id") {
-            None => return Err(Error::missing_param("each item needs an id")),
-            Some(Value::String(s)) => {
-                OwnedRoomId::try_from(s.as_str()).map_err(|_| no_channel())?
-            }
-            Some(_) => return Err(Error::bad_json("id must be a string")),
-        };
-        if !seen.insert(id.clone()) {
-            return Err(Error::invalid_param(format!("{id} is listed twice")));
-        }
-        let parent = room_field(item, "parent")?;
-        out.push(Move {
-            id,
-            position: integer(item, "position", i64::MAX)?,
-            parent,
-        });
-    }
-    Ok(out)
+/// One item of `PATCH /guilds/{id}/channels`: a channel's new position and parent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Move {
+    pub id: OwnedRoomId,
+    pub position: Option<i64>,
+    pub parent: Field<OwnedRoomId>,
 }
 
 /// A channel's content with a new position and parent, checked: `parent` must be a category
@@ -1157,50 +1041,6 @@ fn moved(
     Ok(content)
 }
 
-/// The name and kind of a new channel (`POST /guilds/{id}/channels`).
-pub(crate) fn new_channel_name_kind(body: &Value) -> Result<(String, ChannelKind)> {
-    let name = match text(body, "name")? {
-        Field::Set(s) => name_of("name", s)?,
-        Field::Keep => return Err(Error::missing_param("name is required")),
-        Field::Remove => return Err(Error::bad_json("name must be a string")),
-    };
-    let kind = match body.get("kind") {
-        None => return Err(Error::missing_param("kind is required")),
-        Some(Value::String(s)) => kind_of(s)?,
-        Some(_) => return Err(Error::bad_json("kind must be a string")),
-    };
-    Ok((name, kind))
-}
-
-/// The settings of a new channel besides its name, kind and parent.
-#[derive(Debug)]
-pub(crate) struct NewChannelSettings {
-    pub(crate) topic: Option<String>,
-    pub(crate) position: Option<i64>,
-    pub(crate) nsfw: Option<bool>,
-    pub(crate) rate_limit: Option<i64>,
-    pub(crate) overwrites: Option<Vec<(OverwriteTarget, Overwrite)>>,
-}
-
-pub(crate) fn new_channel_settings(body: &Value) -> Result<NewChannelSettings> {
-    let topic = match text(body, "topic")? {
-        Field::Set(s) if s.chars().count() > MAX_TOPIC => {
-            return Err(Error::invalid_param(format!(
-                "topic has at most {MAX_TOPIC} characters"
-            )))
-        }
-        Field::Set(s) if !s.is_empty() => Some(s),
-        _ => None,
-    };
-    Ok(NewChannelSettings {
-        topic,
-        position: integer(body, "position", i64::MAX)?,
-        nsfw: flag(body, "nsfw")?,
-        rate_limit: integer(body, "rate_limit_per_user", MAX_RATE_LIMIT)?,
-        overwrites: overwrite_list(body.get("permission_overwrites"))?,
-    })
-}
-
 /// `PATCH /guilds/{id}/channels`: MANAGE_CHANNELS guild-wide. Reorders and re-parents the
 /// channels listed (each visible to the actor); the others keep their values.
 #[instrument(skip_all, fields(guild_id = %guild_id))]
@@ -1209,7 +1049,7 @@ pub async fn reorder_channels(
     pdus: &Pdus,
     guild_id: &RoomId,
     actor: &UserId,
-    items: &[Value],
+    moves: Vec<Move>,
 ) -> Result<()> {
     let guild = load_guild(rooms, guild_id)?;
     let owner = host_owner(rooms, &guild)?;
@@ -1219,7 +1059,6 @@ pub async fn reorder_channels(
         Permissions::MANAGE_CHANNELS,
         "MANAGE_CHANNELS",
     )?;
-    let moves = moves_of(items)?;
     let all = guild_channels(rooms, guild_id)?;
     let now = now_ms();
     let mut changes = Vec::with_capacity(moves.len());
@@ -1248,8 +1087,8 @@ pub async fn update_channel(
     pdus: &Pdus,
     channel_id: &RoomId,
     actor: &UserId,
-    body: &Value,
-) -> Result<Value> {
+    update: ChannelUpdate,
+) -> Result<ChannelInfo> {
     let ctx = resolve(rooms, channel_id)?;
     let owner = host_owner(rooms, &ctx.guild)?;
     let (_, p) = viewer(rooms, &ctx, actor)?;
@@ -1262,7 +1101,7 @@ pub async fn update_channel(
         position,
         nsfw,
         rate_limit,
-    } = channel_update(body)?;
+    } = update;
     let all = guild_channels(rooms, &ctx.guild_id)?;
     let mut content = moved(&all, &ctx.channel, position, &parent)?;
     if let Some(k) = kind {
@@ -1332,51 +1171,18 @@ pub async fn update_channel(
     channel_object(rooms, &ctx.guild_id, &ctx.channel, ctx.list)
 }
 
-/// What a `PATCH /channels/{id}` body changes.
-#[derive(Debug)]
-pub(crate) struct ChannelUpdate {
-    pub(crate) name: Option<String>,
-    pub(crate) topic: Field<String>,
-    pub(crate) kind: Option<ChannelKind>,
-    pub(crate) parent: Field<OwnedRoomId>,
-    pub(crate) position: Option<i64>,
-    pub(crate) nsfw: Option<bool>,
-    pub(crate) rate_limit: Option<i64>,
-}
-
-pub(crate) fn channel_update(body: &Value) -> Result<ChannelUpdate> {
-    let name = match text(body, "name")? {
-        Field::Keep => None,
-        Field::Remove => return Err(Error::invalid_param("a channel must have a name")),
-        Field::Set(s) => Some(name_of("name", s)?),
-    };
-    let topic = match text(body, "topic")? {
-        Field::Set(s) if s.chars().count() > MAX_TOPIC => {
-            return Err(Error::invalid_param(format!(
-                "topic has at most {MAX_TOPIC} characters"
-            )))
-        }
-        Field::Set(s) if s.is_empty() => Field::Remove,
-        other => other,
-    };
-    let kind = match body.get("kind") {
-        None => None,
-        Some(Value::String(s)) => Some(kind_of(s)?),
-        Some(_) => return Err(Error::bad_json("kind must be a string")),
-    };
-    let parent = room_field(body, "parent")?;
-    let position = integer(body, "position", i64::MAX)?;
-    let nsfw = flag(body, "nsfw")?;
-    let rate_limit = integer(body, "rate_limit_per_user", MAX_RATE_LIMIT)?;
-    Ok(ChannelUpdate {
-        name,
-        topic,
-        kind,
-        parent,
-        position,
-        nsfw,
-        rate_limit,
-    })
+/// What a `PATCH /channels/{id}` body changes (spec/rest.md §6), checked on its own.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChannelUpdate {
+    pub name: Option<String>,
+    /// A non-empty topic, or its removal.
+    pub topic: Field<String>,
+    pub kind: Option<ChannelKind>,
+    pub parent: Field<OwnedRoomId>,
+    pub position: Option<i64>,
+    pub nsfw: Option<bool>,
+    /// Seconds, 0 to 21,600.
+    pub rate_limit: Option<i64>,
 }
 
 /// `DELETE /channels/{id}`: MANAGE_CHANNELS in the channel. A category's channels move to
@@ -1440,16 +1246,15 @@ pub async fn put_overwrite(
     pdus: &Pdus,
     channel_id: &RoomId,
     actor: &UserId,
-    overwrite_id: &str,
-    body: &Value,
-) -> Result<Value> {
+    target: &OverwriteTarget,
+    ow: Overwrite,
+) -> Result<OverwriteEntry> {
     let ctx = resolve(rooms, channel_id)?;
     let owner = host_owner(rooms, &ctx.guild)?;
     let (member, p) = viewer(rooms, &ctx, actor)?;
     require(p, Permissions::MANAGE_ROLES, "MANAGE_ROLES")?;
-    let (target, ow) = overwrite_request(overwrite_id, body)?;
-    check_target_exists(rooms, &ctx.guild_id, &ctx.guild, &target)?;
-    check_overwrite(&ctx.guild, &member, p, &target, ow)?;
+    check_target_exists(rooms, &ctx.guild_id, &ctx.guild, target)?;
+    check_overwrite(&ctx.guild, &member, p, target, ow)?;
     let key = target.state_key();
     send_state(
         rooms,
@@ -1462,22 +1267,11 @@ pub async fn put_overwrite(
     .await?;
     reproject(rooms, &ctx.guild_id).await?;
     sync_access(rooms, pdus, &ctx.guild_id, channel_id).await?;
-    let mut v = overwrite_content(ow);
-    v["id"] = json!(key);
-    Ok(v)
-}
-
-/// The target and the overwrite of a `PUT /channels/{id}/permissions/{overwriteId}`.
-pub(crate) fn overwrite_request(
-    overwrite_id: &str,
-    body: &Value,
-) -> Result<(OverwriteTarget, Overwrite)> {
-    let target = target_of(overwrite_id)?;
-    let ow = Overwrite {
-        allow: permissions_of("allow", body.get("allow"))?,
-        deny: permissions_of("deny", body.get("deny"))?,
-    };
-    Ok((target, ow))
+    Ok(OverwriteEntry {
+        id: key,
+        allow: ow.allow.to_wire(),
+        deny: ow.deny.to_wire(),
+    })
 }
 
 /// `DELETE /channels/{id}/permissions/{overwriteId}`: as for setting it, with the hierarchy
@@ -1488,20 +1282,19 @@ pub async fn delete_overwrite(
     pdus: &Pdus,
     channel_id: &RoomId,
     actor: &UserId,
-    overwrite_id: &str,
+    target: &OverwriteTarget,
 ) -> Result<()> {
     let ctx = resolve(rooms, channel_id)?;
     let owner = host_owner(rooms, &ctx.guild)?;
     let (member, p) = viewer(rooms, &ctx, actor)?;
     require(p, Permissions::MANAGE_ROLES, "MANAGE_ROLES")?;
-    let target = target_of(overwrite_id)?;
-    let existing = match &target {
+    let existing = match target {
         OverwriteTarget::Role(r) => ctx.overwrites.roles.get(r),
         OverwriteTarget::User(u) => ctx.overwrites.users.get(u),
     }
     .copied()
     .ok_or_else(|| Error::not_found("no such overwrite"))?;
-    check_overwrite(&ctx.guild, &member, p, &target, existing)?;
+    check_overwrite(&ctx.guild, &member, p, target, existing)?;
     send_state(
         rooms,
         channel_id,
@@ -1583,108 +1376,17 @@ mod tests {
     }
 
     #[test]
-    fn body_fields_tell_wrong_types_from_out_of_range_values() {
-        let body = json!({ "position": 1.5, "rate_limit_per_user": 21601, "nsfw": "no",
-                           "name": 3, "topic": null, "good": 7 });
-        assert_eq!(
-            errcode(integer(&body, "position", i64::MAX).unwrap_err()),
-            "M_INVALID_PARAM"
-        );
-        assert_eq!(
-            errcode(integer(&body, "rate_limit_per_user", MAX_RATE_LIMIT).unwrap_err()),
-            "M_INVALID_PARAM"
-        );
-        assert_eq!(integer(&body, "good", 10).unwrap(), Some(7));
-        assert_eq!(
-            errcode(integer(&json!({ "p": "1" }), "p", 10).unwrap_err()),
-            "M_BAD_JSON"
-        );
-        assert_eq!(errcode(flag(&body, "nsfw").unwrap_err()), "M_BAD_JSON");
-        assert_eq!(errcode(text(&body, "name").unwrap_err()), "M_BAD_JSON");
-        assert_eq!(text(&body, "topic").unwrap(), Field::Remove);
-        assert_eq!(text(&body, "absent").unwrap(), Field::Keep);
-        assert_eq!(kind_of("forum").unwrap(), ChannelKind::Forum);
-        assert_eq!(errcode(kind_of("stage").unwrap_err()), "M_INVALID_PARAM");
-        assert_eq!(
-            errcode(name_of("name", " ".into()).unwrap_err()),
-            "M_INVALID_PARAM"
-        );
-        assert_eq!(
-            errcode(name_of("name", "x".repeat(101)).unwrap_err()),
-            "M_INVALID_PARAM"
-        );
-    }
-
-    #[test]
-    fn overwrite_lists_are_checked_item_by_item() {
-        let list = overwrite_list(Some(&json!([
-            { "id": "role:everyone", "deny": "2049" },
-            { "id": "user:@bob:x", "allow": "1024", "deny": "0", "type": 1 },
-        ])))
-        .unwrap()
-        .unwrap();
-        assert_eq!(
-            list,
-            [
-                (
-                    OverwriteTarget::Role("everyone".into()),
-                    Overwrite {
-                        allow: Permissions::NONE,
-                        deny: Permissions(2049)
-                    }
-                ),
-                (
-                    OverwriteTarget::User("@bob:x".into()),
-                    Overwrite {
-                        allow: Permissions::VIEW_CHANNEL,
-                        deny: Permissions::NONE
-                    }
-                ),
-            ]
-        );
-        assert_eq!(overwrite_list(None).unwrap(), None);
-        assert_eq!(overwrite_list(Some(&Value::Null)).unwrap(), None);
-        for (bad, code) in [
-            (json!({}), "M_BAD_JSON"),
-            (json!([1]), "M_BAD_JSON"),
-            (json!([{ "allow": "1" }]), "M_MISSING_PARAM"),
-            (json!([{ "id": "mods" }]), "M_INVALID_PARAM"),
-            (json!([{ "id": "user:@nope" }]), "M_INVALID_PARAM"),
-            (json!([{ "id": "role:a", "allow": 1 }]), "M_BAD_JSON"),
-            (
-                json!([{ "id": "role:a", "allow": "-1" }]),
-                "M_INVALID_PARAM",
-            ),
-            (
-                json!([{ "id": "role:a" }, { "id": "role:a" }]),
-                "M_INVALID_PARAM",
-            ),
-        ] {
-            assert_eq!(
-                errcode(overwrite_list(Some(&bad)).unwrap_err()),
-                code,
-                "{bad}"
-            );
-        }
-    }
-
-    #[test]
-    fn moves_need_an_id_and_a_category_as_parent() {
+    fn moves_need_a_category_as_parent() {
         use ChannelKind::{Category, Text};
         let all = vec![
             channel("!cat:x", Category, 0, None),
             channel("!t:x", Text, 0, Some("!cat:x")),
             channel("!u:x", Text, 1, None),
         ];
-        let moves = moves_of(&[
-            json!({ "id": "!t:x", "position": 2, "parent": null }),
-            json!({ "id": "!u:x", "parent": "!cat:x" }),
-        ])
-        .unwrap();
-        assert_eq!(moves[0].parent, Field::Remove);
-        let t = moved(&all, &all[1], moves[0].position, &moves[0].parent).unwrap();
+        let cat = Field::Set(OwnedRoomId::try_from("!cat:x").unwrap());
+        let t = moved(&all, &all[1], Some(2), &Field::Remove).unwrap();
         assert_eq!((t.position, t.parent), (2, None));
-        let u = moved(&all, &all[2], moves[1].position, &moves[1].parent).unwrap();
+        let u = moved(&all, &all[2], None, &cat).unwrap();
         assert_eq!((u.position, u.parent.as_deref()), (1, Some("!cat:x")));
         let into_text = Field::Set(OwnedRoomId::try_from("!u:x").unwrap());
         assert_eq!(
@@ -1696,19 +1398,6 @@ mod tests {
             errcode(moved(&all, &all[0], None, &cat_into_cat).unwrap_err()),
             "M_INVALID_PARAM"
         );
-        for (bad, code) in [
-            (json!([{ "position": 1 }]), "M_MISSING_PARAM"),
-            (json!([{ "id": 5 }]), "M_BAD_JSON"),
-            (json!(["!t:x"]), "M_BAD_JSON"),
-            (json!([{ "id": "!t:x", "position": -1 }]), "M_INVALID_PARAM"),
-            (
-                json!([{ "id": "!t:x" }, { "id": "!t:x" }]),
-                "M_INVALID_PARAM",
-            ),
-        ] {
-            let items = bad.as_array().cloned().unwrap();
-            assert_eq!(errcode(moves_of(&items).unwrap_err()), code, "{bad}");
-        }
     }
 
     #[test]

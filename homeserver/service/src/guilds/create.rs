@@ -1,16 +1,16 @@
 //! Creating a guild (spec/rest.md §5 `POST /guilds`): the space, @everyone, a category and
 //! #general, each with its projected power levels.
 
-use paracord_core::{time::now_ms, Error, Result};
-use ruma::UserId;
+use paracord_core::{time::now_ms, Result};
+use ruma::{OwnedRoomId, UserId};
 use serde_json::{json, Value};
 
 use super::{
-    channels,
+    channels::{self, ChannelInfo},
     events::{ChannelContent, GuildContent, RoleContent},
     permissions::{ChannelOverwrites, Guild, Member, Permissions, Role, EVERYONE},
     projection::power_levels,
-    store::{guild_object, roles},
+    store::{guild_object, roles, RoleEntry},
 };
 use crate::rooms::{
     create::{CreateRoom, Preset},
@@ -20,7 +20,8 @@ use crate::rooms::{
 /// @everyone's permissions in a new guild (spec/guilds.md §5.1).
 pub const DEFAULT_EVERYONE: u64 = 563_327_981_178_433;
 
-/// What `POST /_paracord/v1/guilds` asks for.
+/// What `POST /_paracord/v1/guilds` asks for, checked on its own: a name of 1 to 100
+/// characters, an `mxc://` icon.
 #[derive(Clone, Debug, Default)]
 pub struct NewGuild {
     pub name: String,
@@ -39,23 +40,23 @@ fn everyone_role() -> RoleContent {
     }
 }
 
+/// A new guild as `POST /guilds` answers it (spec/rest.md §5): the Guild object, its
+/// channels and its roles.
+#[derive(Clone, Debug)]
+pub struct CreatedGuild {
+    pub id: OwnedRoomId,
+    pub guild: GuildContent,
+    pub channels: Vec<ChannelInfo>,
+    pub roles: Vec<RoleEntry>,
+}
+
 /// Creates a guild owned by `owner` and returns it (spec/rest.md §5 `POST /guilds`).
 pub async fn create_guild(
     rooms: &Rooms,
     owner: &UserId,
     new: NewGuild,
     profile: (Option<String>, Option<String>),
-) -> Result<Value> {
-    if new.name.trim().is_empty() || new.name.chars().count() > 100 {
-        return Err(Error::invalid_param("a guild name has 1 to 100 characters"));
-    }
-    if new
-        .icon
-        .as_deref()
-        .is_some_and(|i| !i.starts_with("mxc://"))
-    {
-        return Err(Error::invalid_param("icon must be an mxc:// URI"));
-    }
+) -> Result<CreatedGuild> {
     let server = owner.server_name().to_string();
     let guild = Guild {
         owner: owner.to_string(),
@@ -201,8 +202,10 @@ pub async fn create_guild(
             ),
         )
         .await?;
-    let mut out = guild_object(rooms, &space)?;
-    out["channels"] = json!(channels::list(rooms, &space, owner)?);
-    out["roles"] = json!(roles(rooms, &space)?);
-    Ok(out)
+    Ok(CreatedGuild {
+        guild: guild_object(rooms, &space)?,
+        channels: channels::list(rooms, &space, owner)?,
+        roles: roles(rooms, &space)?,
+        id: space,
+    })
 }

@@ -661,10 +661,6 @@ mod tests {
         OwnedUserId::try_from(id).unwrap()
     }
 
-    fn room(v: &Value) -> OwnedRoomId {
-        OwnedRoomId::try_from(v.as_str().unwrap()).unwrap()
-    }
-
     async fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let config = Config {
@@ -684,9 +680,9 @@ mod tests {
         )
         .await
         .unwrap();
-        let space = room(&g["id"]);
-        let general = room(&g["system_channel"]);
-        let category = room(&g["channels"][0]["id"]);
+        let space = g.id.clone();
+        let general = OwnedRoomId::try_from(g.guild.system_channel.unwrap()).unwrap();
+        let category = g.channels[0].id.clone();
         let (bob, carol) = (user("@bob:localhost"), user("@carol:localhost"));
         for u in [&bob, &carol] {
             s.rooms

@@ -3,7 +3,7 @@
 
 use paracord_core::{time::now_ms, Error, Result};
 use ruma::{OwnedRoomId, RoomId, UserId};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{
     events::{GuildContent, OverwriteContent, OverwriteTarget, RoleContent},
@@ -21,15 +21,30 @@ pub(crate) fn guild_content(rooms: &Rooms, guild_id: &RoomId) -> Result<GuildCon
     serde_json::from_value(content).map_err(|_| Error::not_found("no such guild"))
 }
 
-/// The Guild object (spec/rest.md §4).
-pub fn guild_object(rooms: &Rooms, guild_id: &RoomId) -> Result<Value> {
-    let mut v = serde_json::to_value(guild_content(rooms, guild_id)?)?;
-    v["id"] = json!(guild_id);
-    Ok(v)
+/// The guild's settings, for the Guild object (spec/rest.md §4): its `chat.paracord.guild`.
+pub fn guild_object(rooms: &Rooms, guild_id: &RoomId) -> Result<GuildContent> {
+    guild_content(rooms, guild_id)
+}
+
+/// A role of a guild: its id (the state key) and its `chat.paracord.role` (the Role object
+/// of spec/rest.md §4).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoleEntry {
+    pub id: String,
+    pub role: RoleContent,
+}
+
+/// A permission overwrite of a channel: its id (the state key, `role:…` or `user:…`) and its
+/// `chat.paracord.overwrite` as sent (spec/rest.md §4 Channel, §10).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OverwriteEntry {
+    pub id: String,
+    pub allow: String,
+    pub deny: String,
 }
 
 /// The guild's roles, by position.
-pub fn roles(rooms: &Rooms, guild_id: &RoomId) -> Result<Vec<Value>> {
+pub fn roles(rooms: &Rooms, guild_id: &RoomId) -> Result<Vec<RoleEntry>> {
     let state = rooms.current_state(guild_id)?;
     let mut out = Vec::new();
     for ((kind, key), _) in state.range(("chat.paracord.role".to_owned(), String::new())..) {
@@ -42,12 +57,13 @@ pub fn roles(rooms: &Rooms, guild_id: &RoomId) -> Result<Vec<Value>> {
         let Ok(role) = serde_json::from_value::<RoleContent>(content) else {
             continue;
         };
-        let mut v = serde_json::to_value(&role)?;
-        v["id"] = json!(key);
-        out.push((role.position, key.clone(), v));
+        out.push(RoleEntry {
+            id: key.clone(),
+            role,
+        });
     }
-    out.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-    Ok(out.into_iter().map(|(_, _, v)| v).collect())
+    out.sort_by(|a, b| (a.role.position, &a.id).cmp(&(b.role.position, &b.id)));
+    Ok(out)
 }
 
 /// The guild's roles and owner, for the permission algorithm.
@@ -58,14 +74,8 @@ pub fn load_guild(rooms: &Rooms, guild_id: &RoomId) -> Result<Guild> {
         roles: Default::default(),
     };
     for r in roles(rooms, guild_id)? {
-        let (Some(id), Ok(role)) = (
-            r["id"].as_str(),
-            serde_json::from_value::<RoleContent>(r.clone()),
-        ) else {
-            continue;
-        };
-        if let Some(role) = role.role() {
-            guild.roles.insert(id.to_owned(), role);
+        if let Some(role) = r.role.role() {
+            guild.roles.insert(r.id, role);
         }
     }
     Ok(guild)
@@ -93,7 +103,7 @@ pub fn load_member(rooms: &Rooms, guild_id: &RoomId, user: &UserId) -> Result<Me
 pub(crate) fn overwrites(
     rooms: &Rooms,
     channel: &RoomId,
-) -> Result<(ChannelOverwrites, Vec<Value>)> {
+) -> Result<(ChannelOverwrites, Vec<OverwriteEntry>)> {
     let state = rooms.current_state(channel)?;
     let mut o = ChannelOverwrites::default();
     let mut list = Vec::new();
@@ -114,7 +124,11 @@ pub(crate) fn overwrites(
             OverwriteTarget::Role(r) => o.roles.insert(r, ow),
             OverwriteTarget::User(u) => o.users.insert(u, ow),
         };
-        list.push(json!({ "id": key, "allow": c.allow, "deny": c.deny }));
+        list.push(OverwriteEntry {
+            id: key.clone(),
+            allow: c.allow,
+            deny: c.deny,
+        });
     }
     Ok((o, list))
 }
@@ -216,18 +230,23 @@ pub async fn reproject(rooms: &Rooms, guild_id: &RoomId) -> Result<()> {
 }
 
 /// `POST /guilds/{id}/roles`: MANAGE_ROLES, below the actor's highest role, with no
-/// permission the actor lacks.
+/// permission the actor lacks. `content` is the role asked for, already checked on its own
+/// (names, ranges; the API reads the body).
 pub async fn create_role(
     rooms: &Rooms,
     guild_id: &RoomId,
     actor: &UserId,
-    body: &Value,
-) -> Result<Value> {
+    content: RoleContent,
+) -> Result<RoleEntry> {
     let guild = load_guild(rooms, guild_id)?;
     let member = load_member(rooms, guild_id, actor)?;
-    let content = new_role(body, |position, permissions| {
-        guild.may_manage_role(&member, position, permissions)
-    })?;
+    let permissions = Permissions::parse(&content.permissions)
+        .ok_or_else(|| Error::invalid_param("permissions must be a u64 as a decimal string"))?;
+    if !guild.may_manage_role(&member, content.position, permissions) {
+        return Err(Error::forbidden(
+            "creating this role needs MANAGE_ROLES, a higher role of your own and every permission it grants",
+        ));
+    }
     let id: String = crate::random::random_string(8);
     let owner = host_owner(rooms, &guild)?;
     send_state(
@@ -239,68 +258,7 @@ pub async fn create_role(
         serde_json::to_value(&content)?,
     )
     .await?;
-    let mut v = serde_json::to_value(&content)?;
-    v["id"] = json!(id);
-    Ok(v)
-}
-
-/// The role a `POST /guilds/{id}/roles` body asks for; `may_manage` tells whether the actor
-/// may create a role at a position with permissions.
-pub(crate) fn new_role(
-    body: &Value,
-    may_manage: impl FnOnce(i64, Permissions) -> bool,
-) -> Result<RoleContent> {
-    let text = |k: &str, d: &str| -> Result<String> {
-        match body.get(k) {
-            None => Ok(d.to_owned()),
-            Some(Value::String(s)) => Ok(s.clone()),
-            Some(_) => Err(Error::bad_json(format!("{k} must be a string"))),
-        }
-    };
-    let flag = |k: &str| -> Result<bool> {
-        match body.get(k) {
-            None => Ok(false),
-            Some(Value::Bool(b)) => Ok(*b),
-            Some(_) => Err(Error::bad_json(format!("{k} must be a boolean"))),
-        }
-    };
-    let number = |k: &str, d: i64| -> Result<i64> {
-        match body.get(k) {
-            None => Ok(d),
-            Some(v) => v
-                .as_i64()
-                .ok_or_else(|| Error::bad_json(format!("{k} must be an integer"))),
-        }
-    };
-    let permissions = Permissions::parse(&text("permissions", "0")?)
-        .ok_or_else(|| Error::invalid_param("permissions must be a u64 as a decimal string"))?;
-    let position = number("position", 1)?;
-    let color = u32::try_from(number("color", 0)?)
-        .ok()
-        .filter(|c| *c <= 0xFF_FFFF)
-        .ok_or_else(|| Error::invalid_param("color is 0 to 0xFFFFFF"))?;
-    if position < 1 {
-        return Err(Error::invalid_param(
-            "a role's position is at least 1 (@everyone is 0)",
-        ));
-    }
-    if !may_manage(position, permissions) {
-        return Err(Error::forbidden(
-            "creating this role needs MANAGE_ROLES, a higher role of your own and every permission it grants",
-        ));
-    }
-    let content = RoleContent {
-        name: text("name", "new role")?,
-        color,
-        position,
-        hoist: flag("hoist")?,
-        mentionable: flag("mentionable")?,
-        permissions: permissions.to_wire(),
-    };
-    if content.name.is_empty() || content.name.chars().count() > 100 {
-        return Err(Error::invalid_param("a role name has 1 to 100 characters"));
-    }
-    Ok(content)
+    Ok(RoleEntry { id, role: content })
 }
 
 /// `PUT`/`DELETE /guilds/{id}/members/{userId}/roles/{roleId}`: MANAGE_ROLES and the
@@ -312,7 +270,7 @@ pub async fn set_member_role(
     target: &UserId,
     role_id: &str,
     add: bool,
-) -> Result<Value> {
+) -> Result<()> {
     let guild = load_guild(rooms, guild_id)?;
     let role = guild
         .roles
@@ -357,20 +315,17 @@ pub async fn set_member_role(
         .await?;
         reproject(rooms, guild_id).await?;
     }
-    Ok(
-        json!({ "user_id": target, "roles": content.roles, "nick": content.nick,
-                "communication_disabled_until": content.communication_disabled_until }),
-    )
+    Ok(())
 }
 
-/// `GET /channels/{id}/permissions/{userId}`: the effective permissions now, `"0"` when the
+/// `GET /channels/{id}/permissions/{userId}`: the effective permissions now, none when the
 /// user cannot see the channel. The asker must see it.
 pub fn effective_permissions(
     rooms: &Rooms,
     channel: &RoomId,
     asker: &UserId,
     user: &UserId,
-) -> Result<Value> {
+) -> Result<Permissions> {
     let state = rooms.current_state(channel)?;
     let guild_id = state
         .range(("m.space.parent".to_owned(), String::new())..)
@@ -401,5 +356,5 @@ pub fn effective_permissions(
         return Err(Error::not_found("not a member of this guild"));
     }
     let member = load_member(rooms, &guild_id, user)?;
-    Ok(json!({ "permissions": guild.channel_permissions(&member, &o, now).to_wire() }))
+    Ok(guild.channel_permissions(&member, &o, now))
 }

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::{
     paracord::{array_of, guilds::new_guild, json_of, object_of, relay::relayed_request, wire},
-    ruma_wrapper::{body_json, ruma_request},
+    ruma_wrapper::{check_body_json, ruma_request},
 };
 
 /// `PUT /_matrix/federation/v1/send/{txnId}` from `remote.test`: `<txnId>\n<body>`. The body
@@ -23,7 +23,7 @@ pub fn send_transaction(data: &[u8]) {
     };
     let txn_id = String::from_utf8_lossy(txn_id).into_owned();
     let method = http::Method::PUT;
-    if body_json(&method, body).is_err() {
+    if check_body_json(&method, body).is_err() {
         return;
     }
     let Ok(request) = http::Request::builder()

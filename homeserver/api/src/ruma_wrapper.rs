@@ -68,14 +68,35 @@ pub struct Ruma<T> {
     pub body: T,
     /// The authenticated user, when the endpoint takes a token and one was given.
     pub ident: Option<Identity>,
-    /// The request body as JSON, for fields ruma keeps opaque (e.g. UIA `auth`).
-    pub json: Option<serde_json::Value>,
     pub client_ip: Option<IpAddr>,
     /// The server that signed a federation request.
     pub origin: Option<ruma::OwnedServerName>,
+    /// The request body as sent (checked to be JSON, or empty).
+    raw_body: bytes::Bytes,
 }
 
 impl<T> Ruma<T> {
+    /// Whether the request came with no body at all (ruma reads an empty body as `{}`).
+    pub fn body_is_empty(&self) -> bool {
+        self.raw_body.is_empty()
+    }
+
+    /// A field of the body's JSON object as sent, for what ruma's request type does not
+    /// carry (a field that left the spec, an unstable name) or carries with its defaults
+    /// filled in. Parsed on demand: most handlers never ask.
+    pub fn raw_field(&self, name: &str) -> Option<serde_json::Value> {
+        self.body_object()?.remove(name)
+    }
+
+    /// The body's JSON object, for the few endpoints that keep a client's own fields (a
+    /// join's member event content). `None` when the body is empty or not an object.
+    pub fn body_object(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
+        match serde_json::from_slice(&self.raw_body) {
+            Ok(serde_json::Value::Object(map)) => Some(map),
+            _ => None,
+        }
+    }
+
     /// The identity of an endpoint that requires authentication.
     pub fn user(&self) -> Result<&Identity, ApiError> {
         self.ident
@@ -182,7 +203,6 @@ struct Read {
     path_args: Vec<String>,
     bytes: bytes::Bytes,
     ident: Option<Identity>,
-    json: Option<serde_json::Value>,
     client_ip: Option<IpAddr>,
     origin: Option<ruma::OwnedServerName>,
 }
@@ -256,13 +276,12 @@ impl Read {
             }
         }
 
-        let json = body_json(&parts.method, &bytes)?;
+        check_body_json(&parts.method, &bytes)?;
         Ok(Self {
             parts,
             path_args,
             bytes,
             ident,
-            json,
             client_ip,
             origin,
         })
@@ -274,7 +293,6 @@ impl Read {
             path_args,
             bytes,
             ident,
-            json,
             client_ip,
             origin,
         } = self;
@@ -282,29 +300,64 @@ impl Read {
         Ok(Ruma {
             body,
             ident,
-            json,
             client_ip,
             origin,
+            raw_body: bytes,
         })
     }
 }
 
-/// The request body as JSON: `None` when empty, or when not JSON in a `GET` (whose body is
-/// ignored); otherwise a body that is not JSON is `M_NOT_JSON`.
-pub(crate) fn body_json(
-    method: &http::Method,
-    bytes: &[u8],
-) -> Result<Option<serde_json::Value>, ApiError> {
-    if bytes.is_empty() {
-        return Ok(None);
+/// A request body that is not JSON is `M_NOT_JSON`, unless it is empty or the body of a
+/// `GET` (which is ignored). Checked without building the JSON: ruma parses it next.
+pub(crate) fn check_body_json(method: &http::Method, bytes: &[u8]) -> Result<(), ApiError> {
+    if bytes.is_empty() || method == http::Method::GET {
+        return Ok(());
     }
-    match serde_json::from_slice::<serde_json::Value>(bytes) {
-        Ok(v) => Ok(Some(v)),
-        Err(e) if method != http::Method::GET => Err(ApiError(Error::not_json(format!(
+    // Skipping a value has no depth limit in serde_json, parsing one into a type does (128):
+    // a body nested deeper is refused here, whatever ruma's type would skip of it.
+    if nesting_exceeds(bytes, MAX_JSON_NESTING) {
+        return Err(ApiError(Error::not_json(format!(
+            "request body is not valid JSON: nested deeper than {MAX_JSON_NESTING} levels"
+        ))));
+    }
+    match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(ApiError(Error::not_json(format!(
             "request body is not valid JSON: {e}"
         )))),
-        Err(_) => Ok(None),
     }
+}
+
+/// How deep a request body's arrays and objects may nest (serde_json's own limit).
+const MAX_JSON_NESTING: usize = 128;
+
+/// Whether the arrays and objects of a JSON text nest deeper than `limit` (brackets inside
+/// strings do not count).
+fn nesting_exceeds(bytes: &[u8], limit: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 /// Parses a request (its head, percent-decoded path parameters and body) into the ruma
@@ -415,6 +468,21 @@ pub(crate) fn request_limit(config: &paracord_core::Config) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nesting_is_counted_outside_strings() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(!nesting_exceeds(deep(128).as_bytes(), 128));
+        assert!(nesting_exceeds(deep(129).as_bytes(), 128));
+        let in_string = format!(r#"{{"a":"{}\"{}"}}"#, "[".repeat(500), "{".repeat(500));
+        assert!(!nesting_exceeds(in_string.as_bytes(), 128));
+        let post = http::Method::POST;
+        assert!(check_body_json(&post, deep(129).as_bytes()).is_err());
+        assert!(check_body_json(&post, deep(100).as_bytes()).is_ok());
+        assert!(check_body_json(&post, b"{").is_err());
+        assert!(check_body_json(&post, b"").is_ok());
+        assert!(check_body_json(&http::Method::GET, b"{").is_ok());
+    }
 
     fn headers(xff: &[&str]) -> http::HeaderMap {
         let mut h = http::HeaderMap::new();

@@ -24,8 +24,8 @@ pub(crate) async fn set_global_account_data_route(
     req: Ruma<set_global_account_data::v3::Request>,
 ) -> ApiResult<RumaResponse<set_global_account_data::v3::Response>> {
     own(&req, &req.body.user_id)?;
-    // An empty body reaches ruma as `{}`: the side channel tells it apart.
-    if req.json.is_none() {
+    // An empty body reaches ruma as `{}`: only the raw body tells it apart.
+    if req.body_is_empty() {
         return Err(Error::bad_json("content must be a JSON object").into());
     }
     let content = json_of(&req.body.data)?;
@@ -59,8 +59,8 @@ pub(crate) async fn set_room_account_data_route(
     req: Ruma<set_room_account_data::v3::Request>,
 ) -> ApiResult<RumaResponse<set_room_account_data::v3::Response>> {
     own(&req, &req.body.user_id)?;
-    // An empty body reaches ruma as `{}`: the side channel tells it apart.
-    if req.json.is_none() {
+    // An empty body reaches ruma as `{}`: only the raw body tells it apart.
+    if req.body_is_empty() {
         return Err(Error::bad_json("content must be a JSON object").into());
     }
     let content = json_of(&req.body.data)?;

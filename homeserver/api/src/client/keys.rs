@@ -28,9 +28,10 @@ use serde_json::{json, Value};
 use crate::{ruma_wrapper::Ruma, ApiResult, AppState, RumaResponse};
 use paracord_service::ratelimit::Limit;
 
-/// The request body as JSON (an empty object when there is none).
+/// The request body as JSON (an empty object when there is none): `/keys/upload` also takes
+/// fallback keys under their unstable name, which ruma's request type does not carry.
 fn body<T>(req: &Ruma<T>) -> Value {
-    req.json.clone().unwrap_or_else(|| json!({}))
+    Value::Object(req.body_object().unwrap_or_default())
 }
 
 /// The entries of the JSON object `v` whose key and value parse as `K` and `V`. The service

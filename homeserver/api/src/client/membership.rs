@@ -162,7 +162,7 @@ pub(crate) async fn join_room_by_id_route(
         &req.body.room_id,
         &[],
         req.body.reason.as_deref(),
-        req.json.as_ref(),
+        req.body_object().map(Value::Object).as_ref(),
     )
     .await?;
     Ok(RumaResponse(join_room_by_id::v3::Response::new(
@@ -187,7 +187,7 @@ pub(crate) async fn join_room_by_id_or_alias_route(
         &room_id,
         &via,
         req.body.reason.as_deref(),
-        req.json.as_ref(),
+        req.body_object().map(Value::Object).as_ref(),
     )
     .await?;
     Ok(RumaResponse(join_room_by_id_or_alias::v3::Response::new(

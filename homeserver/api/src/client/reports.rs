@@ -27,7 +27,7 @@ pub(crate) async fn report_content_route(
         .rooms
         .visible_event(r, Some(&req.body.room_id), &req.body.event_id)?;
     // ruma's request has no `score` (no longer in the spec); older clients still send it.
-    let score = req.json.as_ref().and_then(|j| j["score"].as_i64());
+    let score = req.raw_field("score").and_then(|s| s.as_i64());
     state.reports.report(
         r.user,
         Subject::Event {

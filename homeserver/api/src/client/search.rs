@@ -46,10 +46,10 @@ pub(crate) async fn search_events_route(
     // Two things ruma's criteria do not carry: whether `event_context` was sent at all (ruma
     // fills in its defaults; without one no context is returned) and Paracord's date bounds
     // in the filter.
-    let raw_criteria = req
-        .json
-        .as_ref()
-        .map(|j| &j["search_categories"]["room_events"]);
+    let raw_body = req
+        .raw_field("search_categories")
+        .map(|c| c["room_events"].clone());
+    let raw_criteria = raw_body.as_ref();
     let term = criteria.search_term.as_str();
     let keys = match &criteria.keys {
         Some(k) => Keys {

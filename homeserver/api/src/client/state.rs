@@ -82,8 +82,8 @@ pub(crate) async fn send_state_event_route(
     req: Ruma<send_state_event::v3::Request>,
 ) -> ApiResult<RumaResponse<send_state_event::v3::Response>> {
     let id = req.user()?;
-    // An empty body reaches ruma as `{}`: the side channel tells it apart.
-    if req.json.is_none() {
+    // An empty body reaches ruma as `{}`: only the raw body tells it apart.
+    if req.body_is_empty() {
         return Err(Error::bad_json("state content must be a JSON object").into());
     }
     let content = Some(json_of(&req.body.body)?)

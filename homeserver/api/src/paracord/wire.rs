@@ -529,11 +529,9 @@ pub(crate) struct CreateRole {
 impl CreateRole {
     /// The role asked for; whether the requester may create it is the service's check.
     pub(crate) fn check(self) -> Result<RoleContent> {
-        // Here a fraction is of the wrong type too.
-        let number = |v: Input<Number>, key: &str, default: i64| match v {
-            Input::Absent => Ok(default),
-            Input::Value(n) => n.as_i64().ok_or_else(|| wrong(key, "an integer")),
-            Input::Null | Input::WrongType => Err(wrong(key, "an integer")),
+        // A fraction is out of range, as everywhere (spec/rest.md §1.1).
+        let number = |v: Input<Number>, key: &str, default: i64| {
+            integer_field(v, key).map(|n| n.unwrap_or(default))
         };
         let permissions = permissions_text(
             &string(self.permissions, "permissions")?.unwrap_or_else(|| "0".to_owned()),
@@ -1300,7 +1298,9 @@ mod tests {
             (json!({ "permissions": "-1" }), "M_INVALID_PARAM"),
             (json!({ "color": 16_777_216 }), "M_INVALID_PARAM"),
             (json!({ "position": 0 }), "M_INVALID_PARAM"),
-            (json!({ "position": 1.5 }), "M_BAD_JSON"),
+            (json!({ "position": 1.5 }), "M_INVALID_PARAM"),
+            (json!({ "color": 2.5 }), "M_INVALID_PARAM"),
+            (json!({ "position": "2" }), "M_BAD_JSON"),
             (json!({ "hoist": "yes" }), "M_BAD_JSON"),
             (json!({ "name": "" }), "M_INVALID_PARAM"),
         ] {

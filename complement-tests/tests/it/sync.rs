@@ -74,9 +74,8 @@ async fn incremental_sync_returns_only_new_events() {
             .any(|e| e["type"] == "m.room.create"),
         "expected no unchanged state in an incremental sync, got {sync}"
     );
-    // `limited` may be left out when false (the spec gives no default; ruma omits it).
-    assert_ne!(
-        sync["rooms"]["join"][&room]["timeline"]["limited"], true,
+    assert_eq!(
+        sync["rooms"]["join"][&room]["timeline"]["limited"], false,
         "expected an unlimited incremental timeline, got {sync}"
     );
 }

@@ -202,6 +202,8 @@ async fn a_message_goes_in_and_comes_back_through_sync_and_messages() {
         "{sync}"
     );
     assert_eq!(joined["summary"]["m.joined_member_count"], 1, "{sync}");
+    // Complement reads `limited` whenever there is a timeline.
+    assert_eq!(joined["timeline"]["limited"], false, "{sync}");
     assert_eq!(
         joined["unread_notifications"]["notification_count"], 0,
         "{sync}"
@@ -242,4 +244,114 @@ async fn filters_round_trip() {
     let (status, body) = get(&s, &format!("/_matrix/client/v3/user/{user}/filter/nope")).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert_eq!(body["errcode"], "M_NOT_FOUND", "{body}");
+}
+
+#[tokio::test]
+async fn search_results_page_back_with_next_batch() {
+    let s = server().await;
+    let (_, created) = send(
+        &s,
+        Method::POST,
+        "/_matrix/client/v3/createRoom",
+        &json!({}),
+    )
+    .await;
+    let room = created["room_id"].as_str().expect("a room id").to_owned();
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let (status, sent) = send(
+            &s,
+            Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/s{i}"),
+            &json!({ "msgtype": "m.text", "body": format!("Message number {i}") }),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{sent}");
+        ids.push(sent["event_id"].as_str().unwrap().to_owned());
+    }
+    let body = json!({ "search_categories": { "room_events": {
+        "keys": ["content.body"], "search_term": "Message", "order_by": "recent",
+        "filter": { "limit": 10, "rooms": [room] },
+    } } });
+    let page_ids = |page: &Value| -> Vec<String> {
+        page["search_categories"]["room_events"]["results"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no results in {page}"))
+            .iter()
+            .map(|r| r["result"]["event_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (status, first) = send(&s, Method::POST, "/_matrix/client/v3/search", &body).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(
+        first["search_categories"]["room_events"]["count"], 20,
+        "{first}"
+    );
+    let newest: Vec<String> = ids[10..].iter().rev().cloned().collect();
+    assert_eq!(page_ids(&first), newest);
+    let next = first["search_categories"]["room_events"]["next_batch"]
+        .as_str()
+        .expect("a next_batch")
+        .to_owned();
+    let (status, second) = send(
+        &s,
+        Method::POST,
+        &format!("/_matrix/client/v3/search?next_batch={next}"),
+        &body,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    let oldest: Vec<String> = ids[..10].iter().rev().cloned().collect();
+    assert_eq!(page_ids(&second), oldest);
+    // The page after the last is empty, with its `results` key all the same.
+    let last = second["search_categories"]["room_events"]["next_batch"]
+        .as_str()
+        .expect("a next_batch after a full page")
+        .to_owned();
+    let (status, third) = send(
+        &s,
+        Method::POST,
+        &format!("/_matrix/client/v3/search?next_batch={last}"),
+        &body,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{third}");
+    assert!(page_ids(&third).is_empty(), "{third}");
+}
+
+#[tokio::test]
+async fn joined_members_always_name_their_profile_fields() {
+    let s = server().await;
+    let (_, created) = send(
+        &s,
+        Method::POST,
+        "/_matrix/client/v3/createRoom",
+        &json!({}),
+    )
+    .await;
+    let room = created["room_id"].as_str().expect("a room id").to_owned();
+    let (status, body) = get(
+        &s,
+        &format!("/_matrix/client/v3/rooms/{room}/joined_members"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let me = &body["joined"][&s.user_id];
+    assert!(me.get("display_name").is_some(), "{body}");
+    assert_eq!(me.get("avatar_url"), Some(&Value::Null), "{body}");
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_utf8_is_not_json() {
+    let s = server().await;
+    let (status, body) = call(
+        &s.app,
+        Method::POST,
+        "/_matrix/client/v3/createRoom",
+        Some(&s.token),
+        Some(b"{\"name\":\"\xff\"}"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["errcode"], "M_NOT_JSON", "{body}");
 }

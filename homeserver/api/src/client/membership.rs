@@ -15,7 +15,7 @@ use ruma::{
 use serde_json::{json, Value};
 
 use super::{reader, resolve_room};
-use crate::{ruma_wrapper::Ruma, ApiResult, AppState, RumaResponse};
+use crate::{ruma_wrapper::Ruma, ApiResult, AppState, Patched, RumaResponse};
 use paracord_service::ratelimit::Limit;
 
 fn profile(state: &AppState, user: &ruma::UserId) -> (Option<String>, Option<String>) {
@@ -417,7 +417,7 @@ pub(crate) async fn get_member_events_route(
 pub(crate) async fn joined_members_route(
     State(state): State<AppState>,
     req: Ruma<joined_members::v3::Request>,
-) -> ApiResult<RumaResponse<joined_members::v3::Response>> {
+) -> ApiResult<Patched<joined_members::v3::Response>> {
     let id = req.user()?;
     let room_id = &req.body.room_id;
     if !state.rooms.is_joined(room_id, &id.user_id)? {
@@ -442,5 +442,21 @@ pub(crate) async fn joined_members_route(
             .map(Into::into);
         joined.insert(user, member);
     }
-    Ok(RumaResponse(joined_members::v3::Response::new(joined)))
+    Ok(Patched {
+        response: joined_members::v3::Response::new(joined),
+        patch: profile_keys,
+    })
+}
+
+/// Every member has `display_name` and `avatar_url`, `null` when unset (ruma leaves them
+/// out; Complement and Synapse's clients read them as present).
+fn profile_keys(answer: &mut Value) {
+    let Some(joined) = answer.get_mut("joined").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for member in joined.values_mut().filter_map(Value::as_object_mut) {
+        for key in ["display_name", "avatar_url"] {
+            member.entry(key).or_insert(Value::Null);
+        }
+    }
 }

@@ -24,7 +24,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{message::raw, reader};
-use crate::{ruma_wrapper::Ruma, ApiResult, AppState, RumaResponse};
+use crate::{ruma_wrapper::Ruma, ApiResult, AppState, Patched};
 
 const MAX_LIMIT: usize = 50;
 
@@ -36,10 +36,10 @@ fn uint(n: usize) -> UInt {
 pub(crate) async fn search_events_route(
     State(state): State<AppState>,
     req: Ruma<search_events::Request>,
-) -> ApiResult<RumaResponse<search_events::Response>> {
+) -> ApiResult<Patched<search_events::Response>> {
     let r = reader(&req)?;
     let Some(criteria) = &req.body.search_categories.room_events else {
-        return Ok(RumaResponse(search_events::Response::new(
+        return Ok(search_answer(search_events::Response::new(
             ResultCategories::new(),
         )));
     };
@@ -244,7 +244,7 @@ pub(crate) async fn search_events_route(
     }
     let mut categories = ResultCategories::new();
     categories.room_events = out;
-    Ok(RumaResponse(search_events::Response::new(categories)))
+    Ok(search_answer(search_events::Response::new(categories)))
 }
 
 /// The state of a room for a searcher: the current state, or at `ceiling` for a user who
@@ -367,4 +367,22 @@ pub(crate) async fn rebuild_route(
         .await
         .map_err(Error::internal)??;
     Ok(Json(RebuildResponse { indexed_events: n }))
+}
+
+/// A page of room events always has `results`, empty on the page after the last (ruma
+/// leaves an empty list out; Complement reads the key).
+fn search_answer(response: search_events::Response) -> Patched<search_events::Response> {
+    Patched {
+        response,
+        patch: |answer| {
+            if let Some(room_events) = answer
+                .pointer_mut("/search_categories/room_events")
+                .and_then(Value::as_object_mut)
+            {
+                room_events
+                    .entry("results")
+                    .or_insert_with(|| Value::Array(Vec::new()));
+            }
+        },
+    }
 }

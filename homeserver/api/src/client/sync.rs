@@ -1,8 +1,8 @@
 //! `/sync` and filters.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
-use axum::extract::State;
+use axum::{extract::State, Json};
 use paracord_core::Error;
 use paracord_service::sync::{parse_sync_token, SyncRequest};
 use ruma::{
@@ -13,6 +13,8 @@ use ruma::{
     presence::PresenceState,
 };
 
+use serde::{ser::SerializeMap, Serialize, Serializer};
+
 use crate::{ruma_wrapper::Ruma, ApiResult, AppState, RumaResponse};
 
 /// Longest long-poll honoured.
@@ -22,7 +24,7 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) async fn sync_events_route(
     State(state): State<AppState>,
     req: Ruma<sync_events::v3::Request>,
-) -> ApiResult<RumaResponse<sync_events::v3::Response>> {
+) -> ApiResult<Json<SyncBody>> {
     let id = req.user()?.clone();
     let filter = match &req.body.filter {
         None => FilterDefinition::default(),
@@ -63,7 +65,7 @@ pub(crate) async fn sync_events_route(
             timeout,
         })
         .await?;
-    Ok(RumaResponse(body))
+    Ok(Json(SyncBody(body)))
 }
 
 /// `POST /_matrix/client/v3/user/{userId}/filter` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3useruseridfilter
@@ -102,4 +104,137 @@ pub(crate) async fn get_filter_route(
 fn stored_filter(raw: serde_json::Value) -> Result<FilterDefinition, Error> {
     serde_json::from_value(raw)
         .map_err(|e| Error::internal(format!("stored filter unreadable: {e}")))
+}
+
+/// ruma's sync response, written as ruma writes it but for a room's timeline, whose `limited`
+/// ruma leaves out when false: Synapse always sends it, and Complement checks that a
+/// timeline has it.
+pub(crate) struct SyncBody(sync_events::v3::Response);
+
+impl Serialize for SyncBody {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let r = &self.0;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("next_batch", &r.next_batch)?;
+        if !r.rooms.is_empty() {
+            m.serialize_entry("rooms", &RoomsOut(&r.rooms))?;
+        }
+        if !r.presence.is_empty() {
+            m.serialize_entry("presence", &r.presence)?;
+        }
+        if !r.account_data.is_empty() {
+            m.serialize_entry("account_data", &r.account_data)?;
+        }
+        if !r.to_device.is_empty() {
+            m.serialize_entry("to_device", &r.to_device)?;
+        }
+        if !r.device_lists.is_empty() {
+            m.serialize_entry("device_lists", &r.device_lists)?;
+        }
+        if !r.device_one_time_keys_count.is_empty() {
+            m.serialize_entry("device_one_time_keys_count", &r.device_one_time_keys_count)?;
+        }
+        if let Some(types) = &r.device_unused_fallback_key_types {
+            m.serialize_entry("device_unused_fallback_key_types", types)?;
+        }
+        m.end()
+    }
+}
+
+struct RoomsOut<'a>(&'a sync_events::v3::Rooms);
+
+impl Serialize for RoomsOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let r = self.0;
+        let mut m = s.serialize_map(None)?;
+        if !r.leave.is_empty() {
+            let leave: BTreeMap<_, _> = r.leave.iter().map(|(k, v)| (k, LeftOut(v))).collect();
+            m.serialize_entry("leave", &leave)?;
+        }
+        if !r.join.is_empty() {
+            let join: BTreeMap<_, _> = r.join.iter().map(|(k, v)| (k, JoinedOut(v))).collect();
+            m.serialize_entry("join", &join)?;
+        }
+        if !r.invite.is_empty() {
+            m.serialize_entry("invite", &r.invite)?;
+        }
+        if !r.knock.is_empty() {
+            m.serialize_entry("knock", &r.knock)?;
+        }
+        m.end()
+    }
+}
+
+struct JoinedOut<'a>(&'a sync_events::v3::JoinedRoom);
+
+impl Serialize for JoinedOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let r = self.0;
+        let mut m = s.serialize_map(None)?;
+        if !r.summary.is_empty() {
+            m.serialize_entry("summary", &r.summary)?;
+        }
+        if !r.unread_notifications.is_empty() {
+            m.serialize_entry("unread_notifications", &r.unread_notifications)?;
+        }
+        if !r.unread_thread_notifications.is_empty() {
+            m.serialize_entry(
+                "unread_thread_notifications",
+                &r.unread_thread_notifications,
+            )?;
+        }
+        if !r.timeline.is_empty() {
+            m.serialize_entry("timeline", &TimelineOut(&r.timeline))?;
+        }
+        state_entry(&mut m, &r.state)?;
+        if !r.account_data.is_empty() {
+            m.serialize_entry("account_data", &r.account_data)?;
+        }
+        if !r.ephemeral.is_empty() {
+            m.serialize_entry("ephemeral", &r.ephemeral)?;
+        }
+        m.end()
+    }
+}
+
+struct LeftOut<'a>(&'a sync_events::v3::LeftRoom);
+
+impl Serialize for LeftOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let r = self.0;
+        let mut m = s.serialize_map(None)?;
+        if !r.timeline.is_empty() {
+            m.serialize_entry("timeline", &TimelineOut(&r.timeline))?;
+        }
+        state_entry(&mut m, &r.state)?;
+        if !r.account_data.is_empty() {
+            m.serialize_entry("account_data", &r.account_data)?;
+        }
+        m.end()
+    }
+}
+
+/// `state` (the state before the timeline) unless empty, or `state_after` (MSC4222).
+fn state_entry<M: SerializeMap>(m: &mut M, state: &sync_events::v3::State) -> Result<(), M::Error> {
+    match state {
+        sync_events::v3::State::Before(events) if events.is_empty() => Ok(()),
+        sync_events::v3::State::Before(events) => m.serialize_entry("state", events),
+        sync_events::v3::State::After(events) => m.serialize_entry("state_after", events),
+        _ => Ok(()),
+    }
+}
+
+struct TimelineOut<'a>(&'a sync_events::v3::Timeline);
+
+impl Serialize for TimelineOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let t = self.0;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("events", &t.events)?;
+        m.serialize_entry("limited", &t.limited)?;
+        if let Some(prev) = &t.prev_batch {
+            m.serialize_entry("prev_batch", prev)?;
+        }
+        m.end()
+    }
 }

@@ -25,7 +25,7 @@ use ruma::{
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
-use crate::{ruma_wrapper::Ruma, ApiResult, AppState, RumaResponse};
+use crate::{public_join_rules, ruma_wrapper::Ruma, ApiResult, AppState, Patched, RumaResponse};
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -274,7 +274,7 @@ fn public_room(mut room: Value) -> Option<PublicRoomsChunk> {
 pub(crate) async fn get_public_rooms_route(
     State(state): State<AppState>,
     req: Ruma<get_public_rooms::v1::Request>,
-) -> ApiResult<RumaResponse<get_public_rooms::v1::Response>> {
+) -> ApiResult<Patched<get_public_rooms::v1::Response>> {
     let all = state.rooms.public_rooms(None)?;
     let (chunk, next_batch, prev_batch, estimate) =
         public_rooms(paracord_service::rooms::directory::public_rooms_page(
@@ -287,14 +287,14 @@ pub(crate) async fn get_public_rooms_route(
     response.next_batch = next_batch;
     response.prev_batch = prev_batch;
     response.total_room_count_estimate = estimate;
-    Ok(RumaResponse(response))
+    Ok(public_join_rules(response))
 }
 
 /// `POST /_matrix/federation/v1/publicRooms` — https://spec.matrix.org/v1.19/server-server-api/#post_matrixfederationv1publicrooms
 pub(crate) async fn get_public_rooms_filtered_route(
     State(state): State<AppState>,
     req: Ruma<get_public_rooms_filtered::v1::Request>,
-) -> ApiResult<RumaResponse<get_public_rooms_filtered::v1::Response>> {
+) -> ApiResult<Patched<get_public_rooms_filtered::v1::Response>> {
     let all = state
         .rooms
         .public_rooms(req.body.filter.generic_search_term.as_deref())?;
@@ -309,7 +309,7 @@ pub(crate) async fn get_public_rooms_filtered_route(
     response.next_batch = next_batch;
     response.prev_batch = prev_batch;
     response.total_room_count_estimate = estimate;
-    Ok(RumaResponse(response))
+    Ok(public_join_rules(response))
 }
 
 /// Asks `server` (signed as this server) and returns its JSON object answer; its 404 is our

@@ -18,7 +18,7 @@ use ruma::{
 };
 use serde_json::Value;
 
-use crate::{ruma_wrapper::Ruma, ApiResult, AppState, RumaResponse};
+use crate::{public_join_rules, ruma_wrapper::Ruma, ApiResult, AppState, Patched, RumaResponse};
 
 /// Queues an EDU for every other server with a member in the room.
 pub(crate) fn edu_to_room(state: &AppState, room_id: &ruma::RoomId, edu: Value) -> ApiResult<()> {
@@ -246,7 +246,7 @@ pub(crate) async fn create_knock_event_route(
 pub(crate) async fn get_hierarchy_route(
     State(state): State<AppState>,
     req: Ruma<get_hierarchy::v1::Request>,
-) -> ApiResult<RumaResponse<get_hierarchy::v1::Response>> {
+) -> ApiResult<Patched<get_hierarchy::v1::Response>> {
     let origin = origin(&req)?;
     state.rooms.check_server_acl(&req.body.room_id, &origin)?;
     let mut hierarchy =
@@ -265,7 +265,7 @@ pub(crate) async fn get_hierarchy_route(
     };
     response.inaccessible_children =
         crate::federation::wire(hierarchy["inaccessible_children"].take())?;
-    Ok(RumaResponse(response))
+    Ok(public_join_rules(response))
 }
 
 /// A room's summary for `/hierarchy`, as `paracord_service::rooms` builds it, in ruma's type.

@@ -22,7 +22,7 @@ use paracord_service::Services;
 pub use self::{
     error::ApiError,
     router::app,
-    ruma_wrapper::{Patched, Ruma, RumaResponse},
+    ruma_wrapper::{public_join_rules, Patched, Ruma, RumaResponse},
 };
 
 /// The state every handler gets.

@@ -446,6 +446,40 @@ impl<T: OutgoingResponse> IntoResponse for Patched<T> {
     }
 }
 
+/// A room directory page, hierarchy or summary whose rooms all say their `join_rule`: ruma
+/// leaves out `public` (the spec's default), where Synapse writes it and Complement reads it.
+pub fn public_join_rules<T: OutgoingResponse>(response: T) -> Patched<T> {
+    Patched {
+        response,
+        patch: |answer| fill_join_rule(answer, 0),
+    }
+}
+
+/// Gives every room object (one with `room_id` and `num_joined_members`) under `v` a
+/// `join_rule`, `public` when it has none.
+fn fill_join_rule(v: &mut serde_json::Value, depth: usize) {
+    if depth > 4 {
+        return;
+    }
+    match v {
+        serde_json::Value::Object(map) => {
+            if map.contains_key("room_id") && map.contains_key("num_joined_members") {
+                map.entry("join_rule")
+                    .or_insert_with(|| serde_json::Value::from("public"));
+            }
+            for child in map.values_mut() {
+                fill_join_rule(child, depth + 1);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for item in items {
+                fill_join_rule(item, depth + 1);
+            }
+        }
+        _ => {}
+    }
+}
+
 impl<T> From<T> for RumaResponse<T> {
     fn from(t: T) -> Self {
         Self(t)

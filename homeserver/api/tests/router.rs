@@ -202,8 +202,9 @@ async fn a_message_goes_in_and_comes_back_through_sync_and_messages() {
         "{sync}"
     );
     assert_eq!(joined["summary"]["m.joined_member_count"], 1, "{sync}");
-    // Complement reads `limited` whenever there is a timeline.
+    // Complement reads `limited` whenever there is a timeline, and an empty `ephemeral`.
     assert_eq!(joined["timeline"]["limited"], false, "{sync}");
+    assert_eq!(joined["ephemeral"], json!({ "events": [] }), "{sync}");
     assert_eq!(
         joined["unread_notifications"]["notification_count"], 0,
         "{sync}"
@@ -354,4 +355,21 @@ async fn a_body_that_is_not_utf8_is_not_json() {
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["errcode"], "M_NOT_JSON", "{body}");
+}
+
+#[tokio::test]
+async fn public_rooms_say_they_are_public() {
+    let s = server().await;
+    let (status, created) = send(
+        &s,
+        Method::POST,
+        "/_matrix/client/v3/createRoom",
+        &json!({ "visibility": "public", "preset": "public_chat", "name": "open" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let (status, page) = get(&s, "/_matrix/client/v3/publicRooms").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["chunk"][0]["room_id"], created["room_id"], "{page}");
+    assert_eq!(page["chunk"][0]["join_rule"], "public", "{page}");
 }

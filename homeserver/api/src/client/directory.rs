@@ -15,7 +15,7 @@ use ruma::{
 };
 use serde_json::{json, Value};
 
-use crate::{ruma_wrapper::Ruma, ApiResult, AppState, RumaResponse};
+use crate::{public_join_rules, ruma_wrapper::Ruma, ApiResult, AppState, Patched, RumaResponse};
 
 /// A page of the public room directory, read from its JSON (this server's page or another
 /// server's answer).
@@ -164,7 +164,7 @@ pub(crate) async fn set_room_visibility_route(
 pub(crate) async fn get_public_rooms_route(
     State(state): State<AppState>,
     req: Ruma<get_public_rooms::v3::Request>,
-) -> ApiResult<RumaResponse<get_public_rooms::v3::Response>> {
+) -> ApiResult<Patched<get_public_rooms::v3::Response>> {
     if let Some(server) = req
         .body
         .server
@@ -183,7 +183,7 @@ pub(crate) async fn get_public_rooms_route(
             path = format!("{path}?{}", query.join("&"));
         }
         let answer = crate::federation::ask(&state, server, http::Method::GET, &path, None).await?;
-        return Ok(RumaResponse(public_rooms(Page::from_json(answer))));
+        return Ok(public_join_rules(public_rooms(Page::from_json(answer))));
     }
     let all = state.rooms.public_rooms(None)?;
     let page = paracord_service::rooms::directory::public_rooms_page(
@@ -191,14 +191,14 @@ pub(crate) async fn get_public_rooms_route(
         req.body.since.as_deref(),
         req.body.limit.map(u64::from),
     )?;
-    Ok(RumaResponse(public_rooms(Page::from_json(page))))
+    Ok(public_join_rules(public_rooms(Page::from_json(page))))
 }
 
 /// `POST /_matrix/client/v3/publicRooms` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3publicrooms
 pub(crate) async fn get_public_rooms_filtered_route(
     State(state): State<AppState>,
     req: Ruma<get_public_rooms_filtered::v3::Request>,
-) -> ApiResult<RumaResponse<get_public_rooms_filtered::v3::Response>> {
+) -> ApiResult<Patched<get_public_rooms_filtered::v3::Response>> {
     if let Some(server) = req
         .body
         .server
@@ -220,7 +220,9 @@ pub(crate) async fn get_public_rooms_filtered_route(
             Some(&body),
         )
         .await?;
-        return Ok(RumaResponse(public_rooms_filtered(Page::from_json(answer))));
+        return Ok(public_join_rules(public_rooms_filtered(Page::from_json(
+            answer,
+        ))));
     }
     let term = req.body.filter.generic_search_term.as_deref();
     let all = state.rooms.public_rooms(term)?;
@@ -229,7 +231,9 @@ pub(crate) async fn get_public_rooms_filtered_route(
         req.body.since.as_deref(),
         req.body.limit.map(u64::from),
     )?;
-    Ok(RumaResponse(public_rooms_filtered(Page::from_json(page))))
+    Ok(public_join_rules(public_rooms_filtered(Page::from_json(
+        page,
+    ))))
 }
 
 fn public_rooms(page: Page) -> get_public_rooms::v3::Response {

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use futures::future::BoxFuture;
 
 use super::resolve_room;
-use crate::{ruma_wrapper::Ruma, ApiResult, AppState, RumaResponse};
+use crate::{public_join_rules, ruma_wrapper::Ruma, ApiResult, AppState, Patched, RumaResponse};
 
 /// A room summary as the service writes it (`public_room_chunk` and what other servers
 /// sent), with the `allowed_room_ids` of a restricted room this server knows (read from its
@@ -76,7 +76,7 @@ fn summary_of<T: serde::de::DeserializeOwned>(mut chunk: Value) -> serde_json::R
 pub(crate) async fn get_hierarchy_route(
     State(state): State<AppState>,
     req: Ruma<get_hierarchy::v1::Request>,
-) -> ApiResult<RumaResponse<get_hierarchy::v1::Response>> {
+) -> ApiResult<Patched<get_hierarchy::v1::Response>> {
     let id = req.user()?;
     let b = &req.body;
     let from = match &b.from {
@@ -140,14 +140,14 @@ pub(crate) async fn get_hierarchy_route(
         }
     }
     resp.next_batch = next.map(|n| format!("h{n}"));
-    Ok(RumaResponse(resp))
+    Ok(public_join_rules(resp))
 }
 
 /// `GET /_matrix/client/v1/room_summary/{roomIdOrAlias}` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1room_summaryroomidoralias
 pub(crate) async fn get_summary_route(
     State(state): State<AppState>,
     req: Ruma<get_summary::v1::Request>,
-) -> ApiResult<RumaResponse<get_summary::v1::Response>> {
+) -> ApiResult<Patched<get_summary::v1::Response>> {
     let room_id = resolve_room(&state, &req.body.room_id_or_alias)?;
     let user = req.ident.as_ref().map(|i| i.user_id.as_ref());
     let summary = with_allowed_rooms(&state, state.rooms.room_summary(&room_id, user)?)?;
@@ -156,7 +156,7 @@ pub(crate) async fn get_summary_route(
         summary_of(summary).map_err(|e| Error::internal(format!("room summary: {e}")))?;
     let mut resp = get_summary::v1::Response::new(summary);
     resp.membership = membership;
-    Ok(RumaResponse(resp))
+    Ok(public_join_rules(resp))
 }
 
 /// `POST /_matrix/client/v3/knock/{roomIdOrAlias}` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3knockroomidoralias

@@ -106,9 +106,9 @@ fn stored_filter(raw: serde_json::Value) -> Result<FilterDefinition, Error> {
         .map_err(|e| Error::internal(format!("stored filter unreadable: {e}")))
 }
 
-/// ruma's sync response, written as ruma writes it but for a room's timeline, whose `limited`
-/// ruma leaves out when false: Synapse always sends it, and Complement checks that a
-/// timeline has it.
+/// ruma's sync response, written as ruma writes it but for the sections of a joined or left
+/// room: ruma leaves out an empty section and a timeline's `limited` when false, where
+/// Synapse always sends them (`"ephemeral": {"events": []}`) and Complement reads them.
 pub(crate) struct SyncBody(sync_events::v3::Response);
 
 impl Serialize for SyncBody {
@@ -171,9 +171,7 @@ impl Serialize for JoinedOut<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let r = self.0;
         let mut m = s.serialize_map(None)?;
-        if !r.summary.is_empty() {
-            m.serialize_entry("summary", &r.summary)?;
-        }
+        m.serialize_entry("summary", &r.summary)?;
         if !r.unread_notifications.is_empty() {
             m.serialize_entry("unread_notifications", &r.unread_notifications)?;
         }
@@ -183,16 +181,10 @@ impl Serialize for JoinedOut<'_> {
                 &r.unread_thread_notifications,
             )?;
         }
-        if !r.timeline.is_empty() {
-            m.serialize_entry("timeline", &TimelineOut(&r.timeline))?;
-        }
+        m.serialize_entry("timeline", &TimelineOut(&r.timeline))?;
         state_entry(&mut m, &r.state)?;
-        if !r.account_data.is_empty() {
-            m.serialize_entry("account_data", &r.account_data)?;
-        }
-        if !r.ephemeral.is_empty() {
-            m.serialize_entry("ephemeral", &r.ephemeral)?;
-        }
+        m.serialize_entry("account_data", &Events(&r.account_data.events))?;
+        m.serialize_entry("ephemeral", &Events(&r.ephemeral.events))?;
         m.end()
     }
 }
@@ -203,24 +195,34 @@ impl Serialize for LeftOut<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let r = self.0;
         let mut m = s.serialize_map(None)?;
-        if !r.timeline.is_empty() {
-            m.serialize_entry("timeline", &TimelineOut(&r.timeline))?;
-        }
+        m.serialize_entry("timeline", &TimelineOut(&r.timeline))?;
         state_entry(&mut m, &r.state)?;
-        if !r.account_data.is_empty() {
-            m.serialize_entry("account_data", &r.account_data)?;
-        }
+        m.serialize_entry("account_data", &Events(&r.account_data.events))?;
         m.end()
     }
 }
 
-/// `state` (the state before the timeline) unless empty, or `state_after` (MSC4222).
+/// `state` (the state before the timeline), or `state_after` (MSC4222).
 fn state_entry<M: SerializeMap>(m: &mut M, state: &sync_events::v3::State) -> Result<(), M::Error> {
     match state {
-        sync_events::v3::State::Before(events) if events.is_empty() => Ok(()),
-        sync_events::v3::State::Before(events) => m.serialize_entry("state", events),
-        sync_events::v3::State::After(events) => m.serialize_entry("state_after", events),
-        _ => Ok(()),
+        sync_events::v3::State::After(after) => {
+            m.serialize_entry("state_after", &Events(&after.events))
+        }
+        sync_events::v3::State::Before(before) => {
+            m.serialize_entry("state", &Events(&before.events))
+        }
+        _ => m.serialize_entry("state", &Events::<()>(&[])),
+    }
+}
+
+/// `{"events": [...]}`, empty or not.
+struct Events<'a, T>(&'a [ruma::serde::Raw<T>]);
+
+impl<T> Serialize for Events<'_, T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(1))?;
+        m.serialize_entry("events", self.0)?;
+        m.end()
     }
 }
 

@@ -52,8 +52,7 @@ impl AccountData {
     pub fn get(&self, user: &UserId, room: Option<&RoomId>, kind: &str) -> Result<Option<Value>> {
         match self
             .db
-            .get(Table::UserroomtypeAccountdata, &key(user, room, kind))
-            .map_err(Error::internal)?
+            .get(Table::UserroomtypeAccountdata, &key(user, room, kind))?
         {
             Some(v) => Ok(Some(serde_json::from_slice::<Record>(&v)?.content)),
             None => Ok(None),
@@ -101,17 +100,16 @@ impl AccountData {
         let mut out = Vec::new();
         for (k, v) in self
             .db
-            .scan_prefix(Table::UserroomtypeAccountdata, &prefix)
-            .map_err(Error::internal)?
+            .scan_prefix(Table::UserroomtypeAccountdata, &prefix)?
         {
             let rec: Record = serde_json::from_slice(&v)?;
             if since.is_some_and(|s| rec.pos <= s) || rec.pos > upto {
                 continue;
             }
             let mut r = KeyReader::new(&k);
-            r.str().map_err(Error::internal)?;
-            let room = r.str().map_err(Error::internal)?;
-            let kind = r.last_str().map_err(Error::internal)?.to_owned();
+            r.str()?;
+            let room = r.str()?;
+            let kind = r.last_str()?.to_owned();
             let room = if room.is_empty() {
                 None
             } else {
@@ -223,19 +221,15 @@ impl AccountData {
             KeyBuf::new().str(user.as_str()).last_str(&id).into_vec(),
             serde_json::to_vec(filter)?,
         );
-        self.db.write(batch).map_err(Error::internal)?;
+        self.db.write(batch)?;
         Ok(id)
     }
 
     pub fn filter(&self, user: &UserId, id: &str) -> Result<Option<Value>> {
-        match self
-            .db
-            .get(
-                Table::UserfilterFilter,
-                &KeyBuf::new().str(user.as_str()).last_str(id).into_vec(),
-            )
-            .map_err(Error::internal)?
-        {
+        match self.db.get(
+            Table::UserfilterFilter,
+            &KeyBuf::new().str(user.as_str()).last_str(id).into_vec(),
+        )? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }

@@ -180,10 +180,6 @@ pub struct Accounts {
 /// deactivated.
 pub type DeviceRemovalHook = Box<dyn Fn(&UserId, &[String], bool) -> Result<()> + Send + Sync>;
 
-fn db_err(e: impl std::fmt::Display) -> Error {
-    Error::internal(e)
-}
-
 fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
@@ -429,15 +425,11 @@ impl Accounts {
                 .into_vec(),
             serde_json::to_vec(&device)?,
         );
-        self.db.write(batch).map_err(db_err)
+        Ok(self.db.write(batch)?)
     }
 
     pub fn account(&self, user: &UserId) -> Result<Option<Account>> {
-        match self
-            .db
-            .get(Table::UseridAccount, user.as_bytes())
-            .map_err(db_err)?
-        {
+        match self.db.get(Table::UseridAccount, user.as_bytes())? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }
@@ -472,11 +464,7 @@ impl Accounts {
         crate::migrations::once(&self.db, b"user_directory_local_v1", || {
             let mut batch = Batch::new();
             let mut count = 0;
-            for (k, v) in self
-                .db
-                .scan_prefix(Table::UseridAccount, b"")
-                .map_err(db_err)?
-            {
+            for (k, v) in self.db.scan_prefix(Table::UseridAccount, b"")? {
                 let (Ok(user), Ok(account)) = (
                     OwnedUserId::try_from(String::from_utf8_lossy(&k).into_owned()),
                     serde_json::from_slice::<Account>(&v),
@@ -486,7 +474,7 @@ impl Accounts {
                 self.put_account(&mut batch, &user, &account)?;
                 count += 1;
             }
-            self.db.write(batch).map_err(db_err)?;
+            self.db.write(batch)?;
             Ok(count)
         })
     }
@@ -613,7 +601,7 @@ impl Accounts {
             *self.admin_token.lock() = None;
         }
         if inhibit_login {
-            self.db.write(batch).map_err(db_err)?;
+            self.db.write(batch)?;
             return Ok(LoginResult {
                 user_id: user,
                 device_id: OwnedDeviceId::from(""),
@@ -624,7 +612,7 @@ impl Accounts {
         }
         let _sessions = self.session_lock.lock();
         let result = self.new_session(&mut batch, &user, device_id, display_name, refresh)?;
-        self.db.write(batch).map_err(db_err)?;
+        self.db.write(batch)?;
         Ok(result)
     }
 
@@ -645,7 +633,7 @@ impl Accounts {
         };
         let mut batch = Batch::new();
         self.put_account(&mut batch, user, &account)?;
-        self.db.write(batch).map_err(db_err)
+        Ok(self.db.write(batch)?)
     }
 
     /// Adds a device (or replaces the tokens of an existing one) to `batch`.
@@ -793,17 +781,13 @@ impl Accounts {
         let mut batch = Batch::new();
         let _sessions = self.session_lock.lock();
         let result = self.new_session(&mut batch, user, device_id, display_name, refresh)?;
-        self.db.write(batch).map_err(db_err)?;
+        self.db.write(batch)?;
         Ok(result)
     }
 
     /// Resolves an access token.
     pub fn authenticate(&self, token: &str) -> Result<Identity> {
-        let Some(raw) = self
-            .db
-            .get(Table::TokenhashSession, &token_hash(token))
-            .map_err(db_err)?
-        else {
+        let Some(raw) = self.db.get(Table::TokenhashSession, &token_hash(token))? else {
             return Err(Error::unknown_token(false));
         };
         let session: Session = serde_json::from_slice(&raw)?;
@@ -839,8 +823,7 @@ impl Accounts {
         let _sessions = self.session_lock.lock();
         let raw = self
             .db
-            .get(Table::TokenhashSession, &token_hash(refresh_token))
-            .map_err(db_err)?
+            .get(Table::TokenhashSession, &token_hash(refresh_token))?
             .ok_or_else(|| Error::unknown_token(false))?;
         let session: Session = serde_json::from_slice(&raw)?;
         let current = self
@@ -857,7 +840,7 @@ impl Accounts {
             None,
             true,
         )?;
-        self.db.write(batch).map_err(db_err)?;
+        self.db.write(batch)?;
         Ok(result)
     }
 
@@ -866,7 +849,7 @@ impl Accounts {
             .str(user.as_str())
             .last_str(device_id)
             .into_vec();
-        match self.db.get(Table::UserdeviceDevice, &key).map_err(db_err)? {
+        match self.db.get(Table::UserdeviceDevice, &key)? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }
@@ -875,8 +858,7 @@ impl Accounts {
     pub fn devices(&self, user: &UserId) -> Result<Vec<Device>> {
         let prefix = KeyBuf::new().str(user.as_str()).into_vec();
         self.db
-            .scan_prefix(Table::UserdeviceDevice, &prefix)
-            .map_err(db_err)?
+            .scan_prefix(Table::UserdeviceDevice, &prefix)?
             .into_iter()
             .map(|(_, v)| serde_json::from_slice(&v).map_err(Error::from))
             .collect()
@@ -901,7 +883,7 @@ impl Accounts {
                 .into_vec(),
             serde_json::to_vec(&device)?,
         );
-        self.db.write(batch).map_err(db_err)
+        Ok(self.db.write(batch)?)
     }
 
     /// Records where and when a device was last seen (best effort).
@@ -961,7 +943,7 @@ impl Accounts {
                 removed.push(device.device_id.to_string());
             }
         }
-        self.db.write(batch).map_err(db_err)?;
+        self.db.write(batch)?;
         drop(sessions);
         self.devices_removed(user, &removed, false)
     }
@@ -977,7 +959,7 @@ impl Accounts {
                 removed.push(device.device_id.to_string());
             }
         }
-        self.db.write(batch).map_err(db_err)?;
+        self.db.write(batch)?;
         drop(sessions);
         self.devices_removed(user, &removed, false)
     }
@@ -993,7 +975,7 @@ impl Accounts {
         account.password_hash = Some(hash);
         let mut batch = Batch::new();
         self.put_account(&mut batch, user, &account)?;
-        self.db.write(batch).map_err(db_err)
+        Ok(self.db.write(batch)?)
     }
 
     /// Deactivates an account: no password, no devices, no tokens.
@@ -1013,7 +995,7 @@ impl Accounts {
             self.delete_device_into(&mut batch, user, &device);
             removed.push(device.device_id.to_string());
         }
-        self.db.write(batch).map_err(db_err)?;
+        self.db.write(batch)?;
         drop(sessions);
         self.devices_removed(user, &removed, true)
     }
@@ -1035,7 +1017,7 @@ impl Accounts {
         }
         let mut batch = Batch::new();
         self.put_account(&mut batch, user, &account)?;
-        self.db.write(batch).map_err(db_err)?;
+        self.db.write(batch)?;
         Ok(account)
     }
 
@@ -1049,12 +1031,8 @@ impl Accounts {
 
     pub fn all_users(&self) -> Result<Vec<OwnedUserId>> {
         let mut out = Vec::new();
-        for (k, _) in self
-            .db
-            .scan_prefix(Table::UseridAccount, b"")
-            .map_err(db_err)?
-        {
-            let s = KeyReader::new(&k).last_str().map_err(db_err)?;
+        for (k, _) in self.db.scan_prefix(Table::UseridAccount, b"")? {
+            let s = KeyReader::new(&k).last_str()?;
             if let Ok(u) = OwnedUserId::try_from(s) {
                 out.push(u);
             }
@@ -1169,8 +1147,7 @@ impl Accounts {
         let _guard = self.admin_token_lock.lock();
         let any_admin = self
             .db
-            .scan_prefix(Table::UseridAccount, b"")
-            .map_err(db_err)?
+            .scan_prefix(Table::UseridAccount, b"")?
             .into_iter()
             .any(|(_, v)| {
                 serde_json::from_slice::<Account>(&v).is_ok_and(|a| a.admin && !a.deactivated)
@@ -1178,15 +1155,11 @@ impl Accounts {
         if any_admin {
             let mut batch = Batch::new();
             batch.delete(Table::GlobalValue, ADMIN_TOKEN_KEY.to_vec());
-            self.db.write(batch).map_err(db_err)?;
+            self.db.write(batch)?;
             *self.admin_token.lock() = None;
             return Ok(None);
         }
-        let token = match self
-            .db
-            .get(Table::GlobalValue, ADMIN_TOKEN_KEY)
-            .map_err(db_err)?
-        {
+        let token = match self.db.get(Table::GlobalValue, ADMIN_TOKEN_KEY)? {
             Some(v) => String::from_utf8_lossy(&v).into_owned(),
             None => {
                 let token = random_string(32);
@@ -1196,7 +1169,7 @@ impl Accounts {
                     ADMIN_TOKEN_KEY.to_vec(),
                     token.as_bytes().to_vec(),
                 );
-                self.db.write(batch).map_err(db_err)?;
+                self.db.write(batch)?;
                 token
             }
         };
@@ -1228,7 +1201,7 @@ impl Accounts {
         }
         let mut batch = Batch::new();
         batch.delete(Table::GlobalValue, ADMIN_TOKEN_KEY.to_vec());
-        self.db.write(batch).map_err(db_err)?;
+        self.db.write(batch)?;
         *self.admin_token.lock() = None;
         Ok(true)
     }
@@ -1242,7 +1215,7 @@ impl Accounts {
             ADMIN_TOKEN_KEY.to_vec(),
             token.as_bytes().to_vec(),
         );
-        self.db.write(batch).map_err(db_err)?;
+        self.db.write(batch)?;
         *self.admin_token.lock() = Some(token.to_owned());
         Ok(())
     }
@@ -1260,17 +1233,13 @@ impl Accounts {
             token_hash(&token),
             serde_json::to_vec(&record)?,
         );
-        self.db.write(batch).map_err(db_err)?;
+        self.db.write(batch)?;
         Ok((token, LIFETIME_MS / 1000))
     }
 
     /// The user an unexpired OpenID token was issued to.
     pub fn openid_user(&self, token: &str) -> Result<Option<OwnedUserId>> {
-        let Some(raw) = self
-            .db
-            .get(Table::OpenidtokenSession, &token_hash(token))
-            .map_err(db_err)?
-        else {
+        let Some(raw) = self.db.get(Table::OpenidtokenSession, &token_hash(token))? else {
             return Ok(None);
         };
         let record: Value = serde_json::from_slice(&raw)?;
@@ -1307,7 +1276,8 @@ impl Accounts {
         if !self.nonces.lock().take(nonce, now_ms()) {
             return Err(Error::forbidden("unrecognised nonce"));
         }
-        let mut m = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).map_err(db_err)?;
+        let mut m =
+            Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).map_err(Error::internal)?;
         m.update(nonce.as_bytes());
         m.update(b"\0");
         m.update(user.as_bytes());

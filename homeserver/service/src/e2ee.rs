@@ -153,10 +153,6 @@ fn user_prefix(user: &str) -> Vec<u8> {
     KeyBuf::new().str(user).into_vec()
 }
 
-fn db_err(e: impl std::fmt::Display) -> Error {
-    Error::internal(e)
-}
-
 fn as_canonical(v: &Value, what: &str) -> Result<CanonicalJsonObject> {
     let obj: CanonicalJsonObject = serde_json::from_value(v.clone())
         .map_err(|e| Error::bad_json(format!("{what} is not canonical JSON: {e}")))?;
@@ -265,8 +261,7 @@ impl E2ee {
     pub fn device_keys(&self, user: &UserId, device: &str) -> Result<Option<Value>> {
         match self
             .db
-            .get(Table::UserdeviceDevicekeys, &dev_key(user.as_str(), device))
-            .map_err(db_err)?
+            .get(Table::UserdeviceDevicekeys, &dev_key(user.as_str(), device))?
         {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
@@ -383,14 +378,10 @@ impl E2ee {
             // Keys already stored for the device, by id: a re-upload must match.
             let mut existing: BTreeMap<String, Value> = BTreeMap::new();
             if !otks.is_empty() {
-                for (_, v) in self
-                    .db
-                    .scan_prefix(
-                        Table::UserdevicealgseqOnetimekey,
-                        &dev_prefix(user.as_str(), device),
-                    )
-                    .map_err(db_err)?
-                {
+                for (_, v) in self.db.scan_prefix(
+                    Table::UserdevicealgseqOnetimekey,
+                    &dev_prefix(user.as_str(), device),
+                )? {
                     let k: OneTimeKey = serde_json::from_slice(&v)?;
                     existing.insert(k.id, k.key);
                 }
@@ -452,8 +443,7 @@ impl E2ee {
                     .into_vec();
                 let old: Option<FallbackKey> = self
                     .db
-                    .get(Table::UserdevicealgFallbackkey, &k)
-                    .map_err(db_err)?
+                    .get(Table::UserdevicealgFallbackkey, &k)?
                     .map(|v| serde_json::from_slice(&v))
                     .transpose()?;
                 // The same key uploaded again keeps its used flag; a new one starts unused.
@@ -475,7 +465,7 @@ impl E2ee {
         if device_keys_changed {
             self.commit_key_change(user, batch)?;
         } else if !batch.is_empty() {
-            self.db.write(batch).map_err(db_err)?;
+            self.db.write(batch)?;
         }
         self.one_time_key_counts(user, device)
     }
@@ -596,18 +586,14 @@ impl E2ee {
         device: &str,
     ) -> Result<BTreeMap<String, u64>> {
         let mut counts = BTreeMap::from([("signed_curve25519".to_owned(), 0u64)]);
-        for (k, _) in self
-            .db
-            .scan_prefix(
-                Table::UserdevicealgseqOnetimekey,
-                &dev_prefix(user.as_str(), device),
-            )
-            .map_err(db_err)?
-        {
+        for (k, _) in self.db.scan_prefix(
+            Table::UserdevicealgseqOnetimekey,
+            &dev_prefix(user.as_str(), device),
+        )? {
             let mut r = KeyReader::new(&k);
-            r.str().map_err(db_err)?;
-            r.str().map_err(db_err)?;
-            let alg = r.str().map_err(db_err)?;
+            r.str()?;
+            r.str()?;
+            let alg = r.str()?;
             *counts.entry(alg.to_owned()).or_default() += 1;
         }
         Ok(counts)
@@ -616,20 +602,16 @@ impl E2ee {
     /// Algorithms of the device's fallback keys that have not been handed out yet.
     pub fn unused_fallback_key_types(&self, user: &UserId, device: &str) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        for (k, v) in self
-            .db
-            .scan_prefix(
-                Table::UserdevicealgFallbackkey,
-                &dev_prefix(user.as_str(), device),
-            )
-            .map_err(db_err)?
-        {
+        for (k, v) in self.db.scan_prefix(
+            Table::UserdevicealgFallbackkey,
+            &dev_prefix(user.as_str(), device),
+        )? {
             let fk: FallbackKey = serde_json::from_slice(&v)?;
             if !fk.used {
                 let mut r = KeyReader::new(&k);
-                r.str().map_err(db_err)?;
-                r.str().map_err(db_err)?;
-                out.push(r.last_str().map_err(db_err)?.to_owned());
+                r.str()?;
+                r.str()?;
+                out.push(r.last_str()?.to_owned());
             }
         }
         Ok(out)
@@ -647,16 +629,12 @@ impl E2ee {
         object: &mut Value,
     ) -> Result<()> {
         let prefix = KeyBuf::new().str(target.as_str()).str(key_id).into_vec();
-        for (k, v) in self
-            .db
-            .scan_prefix(Table::TargetsignerSignature, &prefix)
-            .map_err(db_err)?
-        {
+        for (k, v) in self.db.scan_prefix(Table::TargetsignerSignature, &prefix)? {
             let mut r = KeyReader::new(&k);
-            r.str().map_err(db_err)?;
-            r.str().map_err(db_err)?;
-            let signer = r.str().map_err(db_err)?;
-            let signer_key = r.last_str().map_err(db_err)?;
+            r.str()?;
+            r.str()?;
+            let signer = r.str()?;
+            let signer_key = r.last_str()?;
             if signer != target.as_str() && requester.is_none_or(|r| signer != r.as_str()) {
                 continue;
             }
@@ -674,14 +652,10 @@ impl E2ee {
     }
 
     pub fn cross_signing_key(&self, user: &UserId, usage: &str) -> Result<Option<Value>> {
-        match self
-            .db
-            .get(
-                Table::UserusageCrosssigningkey,
-                &KeyBuf::new().str(user.as_str()).last_str(usage).into_vec(),
-            )
-            .map_err(db_err)?
-        {
+        match self.db.get(
+            Table::UserusageCrosssigningkey,
+            &KeyBuf::new().str(user.as_str()).last_str(usage).into_vec(),
+        )? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }
@@ -737,8 +711,7 @@ impl E2ee {
             let mut per_device = Map::new();
             let device_ids: Vec<String> = if devices.is_empty() {
                 self.db
-                    .scan_prefix(Table::UserdeviceDevicekeys, &user_prefix(user.as_str()))
-                    .map_err(db_err)?
+                    .scan_prefix(Table::UserdeviceDevicekeys, &user_prefix(user.as_str()))?
                     .into_iter()
                     .filter_map(|(k, _)| {
                         let mut r = KeyReader::new(&k);
@@ -816,8 +789,7 @@ impl E2ee {
                         None,
                         false,
                         1,
-                    )
-                    .map_err(db_err)?
+                    )?
                     .into_iter()
                     .next();
                 if let Some((k, v)) = first {
@@ -832,11 +804,7 @@ impl E2ee {
                     .str(device)
                     .last_str(alg)
                     .into_vec();
-                if let Some(v) = self
-                    .db
-                    .get(Table::UserdevicealgFallbackkey, &fk_key)
-                    .map_err(db_err)?
-                {
+                if let Some(v) = self.db.get(Table::UserdevicealgFallbackkey, &fk_key)? {
                     let mut fk: FallbackKey = serde_json::from_slice(&v)?;
                     per_device.insert(device.clone(), json!({ fk.key_id.clone(): fk.key.clone() }));
                     if !fk.used {
@@ -854,7 +822,7 @@ impl E2ee {
             }
         }
         if !batch.is_empty() {
-            self.db.write(batch).map_err(db_err)?;
+            self.db.write(batch)?;
         }
         Ok(json!({ "one_time_keys": out, "failures": {} }))
     }
@@ -902,21 +870,17 @@ impl E2ee {
         let mut key_changed: BTreeSet<OwnedUserId> = BTreeSet::new();
         let lower = KeyBuf::new().u64(from.saturating_add(1)).into_vec();
         let upper = KeyBuf::new().u64(to.saturating_add(1)).into_vec();
-        for (k, _) in self
-            .db
-            .scan(
-                Table::PositionuserKeychange,
-                b"",
-                &lower,
-                Some(&upper),
-                false,
-                usize::MAX,
-            )
-            .map_err(db_err)?
-        {
+        for (k, _) in self.db.scan(
+            Table::PositionuserKeychange,
+            b"",
+            &lower,
+            Some(&upper),
+            false,
+            usize::MAX,
+        )? {
             let mut r = KeyReader::new(&k);
-            r.u64().map_err(db_err)?;
-            if let Ok(u) = UserId::parse(r.last_str().map_err(db_err)?) {
+            r.u64()?;
+            if let Ok(u) = UserId::parse(r.last_str()?) {
                 key_changed.insert(u);
             }
         }
@@ -1166,7 +1130,7 @@ impl E2ee {
             }
         }
         if !batch.is_empty() {
-            self.db.write(batch).map_err(db_err)?;
+            self.db.write(batch)?;
             for u in changed {
                 self.commit_key_change(&u, Batch::new())?;
             }
@@ -1307,11 +1271,7 @@ impl E2ee {
         let kind_s = kind.to_owned();
         let now = now_ms();
         let (_, accepted) = self.stream.commit(|pos, batch| {
-            if self
-                .db
-                .exists(Table::UserdevicetxnTodevice, &txn_key)
-                .map_err(db_err)?
-            {
+            if self.db.exists(Table::UserdevicetxnTodevice, &txn_key)? {
                 return Ok(false);
             }
             // The transaction id is remembered for retries, for a day.
@@ -1371,17 +1331,14 @@ impl E2ee {
             .str(device)
             .u64(acked.saturating_add(1))
             .into_vec();
-        let rows = self
-            .db
-            .scan(
-                Table::UserdeviceposTodevice,
-                &prefix,
-                &prefix,
-                Some(&upper),
-                false,
-                usize::MAX,
-            )
-            .map_err(db_err)?;
+        let rows = self.db.scan(
+            Table::UserdeviceposTodevice,
+            &prefix,
+            &prefix,
+            Some(&upper),
+            false,
+            usize::MAX,
+        )?;
         if rows.is_empty() {
             return Ok(());
         }
@@ -1390,7 +1347,7 @@ impl E2ee {
         for (k, _) in rows {
             batch.delete(Table::UserdeviceposTodevice, k.to_vec());
         }
-        self.db.write(batch).map_err(db_err)?;
+        self.db.write(batch)?;
         if let Some(count) = self
             .pending_counts
             .lock()
@@ -1438,15 +1395,12 @@ impl E2ee {
 
     /// How many to-device messages wait for the device.
     fn count_to_device(&self, user: &UserId, device: &str) -> Result<u64> {
-        let n = self
-            .db
-            .for_each_prefix(
-                Table::UserdeviceposTodevice,
-                &dev_prefix(user.as_str(), device),
-                usize::MAX,
-                |_, _| Ok(()),
-            )
-            .map_err(db_err)?;
+        let n = self.db.for_each_prefix(
+            Table::UserdeviceposTodevice,
+            &dev_prefix(user.as_str(), device),
+            usize::MAX,
+            |_, _| Ok(()),
+        )?;
         Ok(n as u64)
     }
 
@@ -1459,8 +1413,7 @@ impl E2ee {
             .for_each_prefix(Table::UserdeviceposTodevice, &prefix, usize::MAX, |k, _| {
                 keys.push(k.to_vec());
                 Ok(())
-            })
-            .map_err(db_err)?;
+            })?;
         let pending = keys.len() as u64;
         if pending <= cap {
             return Ok(pending);
@@ -1476,7 +1429,7 @@ impl E2ee {
         {
             batch.delete(Table::UserdeviceposTodevice, key);
         }
-        self.db.write(batch).map_err(db_err)?;
+        self.db.write(batch)?;
         tracing::warn!(
             user = %user,
             device,
@@ -1519,22 +1472,18 @@ impl E2ee {
             .u64(upto.saturating_add(1))
             .into_vec();
         let mut rows = Vec::new();
-        for (k, v) in self
-            .db
-            .scan(
-                Table::UserdeviceposTodevice,
-                &prefix,
-                &prefix,
-                Some(&upper),
-                false,
-                limit.saturating_add(1),
-            )
-            .map_err(db_err)?
-        {
+        for (k, v) in self.db.scan(
+            Table::UserdeviceposTodevice,
+            &prefix,
+            &prefix,
+            Some(&upper),
+            false,
+            limit.saturating_add(1),
+        )? {
             let mut r = KeyReader::new(&k);
-            r.str().map_err(db_err)?;
-            r.str().map_err(db_err)?;
-            rows.push((r.u64().map_err(db_err)?, v));
+            r.str()?;
+            r.str()?;
+            rows.push((r.u64()?, v));
         }
         let mut ack = None;
         if rows.len() > limit {
@@ -1569,8 +1518,7 @@ impl E2ee {
             for d in devices {
                 if self
                     .db
-                    .exists(Table::UserdeviceDevicekeys, &dev_key(user.as_str(), d))
-                    .map_err(db_err)?
+                    .exists(Table::UserdeviceDevicekeys, &dev_key(user.as_str(), d))?
                 {
                     had_keys = true;
                     batch.delete(Table::UserdeviceDevicekeys, dev_key(user.as_str(), d));
@@ -1580,19 +1528,14 @@ impl E2ee {
                     Table::UserdevicealgFallbackkey,
                     Table::UserdeviceposTodevice,
                 ] {
-                    for (k, _) in self
-                        .db
-                        .scan_prefix(table, &dev_prefix(user.as_str(), d))
-                        .map_err(db_err)?
-                    {
+                    for (k, _) in self.db.scan_prefix(table, &dev_prefix(user.as_str(), d))? {
                         batch.delete(table, k.to_vec());
                     }
                 }
                 let sig_prefix = KeyBuf::new().str(user.as_str()).str(d).into_vec();
                 for (k, _) in self
                     .db
-                    .scan_prefix(Table::TargetsignerSignature, &sig_prefix)
-                    .map_err(db_err)?
+                    .scan_prefix(Table::TargetsignerSignature, &sig_prefix)?
                 {
                     batch.delete(Table::TargetsignerSignature, k.to_vec());
                 }
@@ -1620,11 +1563,7 @@ impl E2ee {
         self.devices_removed(user, devices)?;
         let mut batch = Batch::new();
         for table in [Table::UserusageCrosssigningkey] {
-            for (k, _) in self
-                .db
-                .scan_prefix(table, &user_prefix(user.as_str()))
-                .map_err(db_err)?
-            {
+            for (k, _) in self.db.scan_prefix(table, &user_prefix(user.as_str()))? {
                 batch.delete(table, k.to_vec());
             }
         }
@@ -1637,8 +1576,7 @@ impl E2ee {
     pub fn dehydrated_device(&self, user: &UserId) -> Result<Option<DehydratedDevice>> {
         match self
             .db
-            .get(Table::UseridDehydrateddevice, user.as_bytes())
-            .map_err(db_err)?
+            .get(Table::UseridDehydrateddevice, user.as_bytes())?
         {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
@@ -1652,7 +1590,7 @@ impl E2ee {
             user.as_bytes().to_vec(),
             serde_json::to_vec(&device)?,
         );
-        self.db.write(batch).map_err(db_err)
+        Ok(self.db.write(batch)?)
     }
 }
 
@@ -1663,16 +1601,14 @@ fn expire_to_device_rows(db: &Db, cutoff: u64) -> Result<usize> {
     let mut lower: Vec<u8> = Vec::new();
     let mut expired = 0usize;
     loop {
-        let rows = db
-            .scan(
-                Table::UserdeviceposTodevice,
-                &[],
-                &lower,
-                None,
-                false,
-                TO_DEVICE_SWEEP_BATCH,
-            )
-            .map_err(db_err)?;
+        let rows = db.scan(
+            Table::UserdeviceposTodevice,
+            &[],
+            &lower,
+            None,
+            false,
+            TO_DEVICE_SWEEP_BATCH,
+        )?;
         let Some((last, _)) = rows.last() else {
             break;
         };
@@ -1691,7 +1627,7 @@ fn expire_to_device_rows(db: &Db, cutoff: u64) -> Result<usize> {
             }
         }
         if !batch.is_empty() {
-            db.write(batch).map_err(db_err)?;
+            db.write(batch)?;
         }
         if rows.len() < TO_DEVICE_SWEEP_BATCH {
             break;

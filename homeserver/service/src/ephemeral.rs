@@ -185,20 +185,16 @@ impl Ephemeral {
         let prefix = KeyBuf::new().str(room.as_str()).into_vec();
         let mut content = serde_json::Map::new();
         let mut displaced = serde_json::Map::new();
-        for (k, v) in self
-            .db
-            .scan_prefix(Table::RoomreceiptReceipt, &prefix)
-            .map_err(Error::internal)?
-        {
+        for (k, v) in self.db.scan_prefix(Table::RoomreceiptReceipt, &prefix)? {
             let rec: Receipt = serde_json::from_slice(&v)?;
             if since.is_some_and(|s| rec.pos <= s) {
                 continue;
             }
             let mut r = KeyReader::new(&k);
-            r.str().map_err(Error::internal)?;
-            let kind = r.str().map_err(Error::internal)?;
-            let user = r.str().map_err(Error::internal)?;
-            let thread = r.last_str().map_err(Error::internal)?;
+            r.str()?;
+            let kind = r.str()?;
+            let user = r.str()?;
+            let thread = r.last_str()?;
             if kind == "m.read.private" && user != reader.as_str() {
                 continue;
             }
@@ -240,11 +236,7 @@ impl Ephemeral {
                     .str(user.as_str())
                     .last_str(thread)
                     .into_vec();
-                if let Some(v) = self
-                    .db
-                    .get(Table::RoomreceiptReceipt, &key)
-                    .map_err(Error::internal)?
-                {
+                if let Some(v) = self.db.get(Table::RoomreceiptReceipt, &key)? {
                     out.push(serde_json::from_slice::<Receipt>(&v)?.event_id);
                 }
             }
@@ -265,11 +257,7 @@ impl Ephemeral {
                 .str(kind)
                 .str(user.as_str())
                 .into_vec();
-            for (k, v) in self
-                .db
-                .scan_prefix(Table::RoomreceiptReceipt, &prefix)
-                .map_err(Error::internal)?
-            {
+            for (k, v) in self.db.scan_prefix(Table::RoomreceiptReceipt, &prefix)? {
                 let thread =
                     String::from_utf8_lossy(k.get(prefix.len()..).unwrap_or_default()).into_owned();
                 out.push((thread, serde_json::from_slice::<Receipt>(&v)?.event_id));
@@ -325,11 +313,7 @@ impl Ephemeral {
     }
 
     pub fn presence(&self, user: &UserId) -> Result<Option<Presence>> {
-        match self
-            .db
-            .get(Table::UseridPresence, user.as_bytes())
-            .map_err(Error::internal)?
-        {
+        match self.db.get(Table::UseridPresence, user.as_bytes())? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }

@@ -200,10 +200,6 @@ pub struct RoomsParts {
 pub type OutgoingPdu =
     Arc<dyn Fn(&[ruma::OwnedServerName], &EventId, &[u8]) -> Result<()> + Send + Sync + 'static>;
 
-fn db_err(e: impl std::fmt::Display) -> Error {
-    Error::internal(e)
-}
-
 pub(crate) fn rules_for(version: &str) -> Result<RoomVersionRules> {
     RoomVersionId::try_from(version)
         .ok()
@@ -248,19 +244,14 @@ impl Rooms {
         search.clear()?;
         let mut n = 0;
         let mut batch = Batch::new();
-        for (k, _) in self
-            .db
-            .scan_prefix(Table::RoomidRoom, b"")
-            .map_err(db_err)?
-        {
+        for (k, _) in self.db.scan_prefix(Table::RoomidRoom, b"")? {
             let room_id = String::from_utf8_lossy(&k).into_owned();
             let prefix = KeyBuf::new().str(&room_id).into_vec();
             for (_, v) in self
                 .db
-                .scan_prefix(Table::RoompositionShorteventid, &prefix)
-                .map_err(db_err)?
+                .scan_prefix(Table::RoompositionShorteventid, &prefix)?
             {
-                let short = decode_u64(&v).map_err(db_err)?;
+                let short = decode_u64(&v)?;
                 let (Some(raw), Some(meta)) = (self.raw_pdu(short)?, self.meta(short)?) else {
                     continue;
                 };
@@ -279,11 +270,11 @@ impl Rooms {
                 )?;
                 n += 1;
                 if batch.len() >= 10_000 {
-                    self.db.write(std::mem::take(&mut batch)).map_err(db_err)?;
+                    self.db.write(std::mem::take(&mut batch))?;
                 }
             }
         }
-        self.db.write(batch).map_err(db_err)?;
+        self.db.write(batch)?;
         search.mark_ready()?;
         Ok(n)
     }
@@ -291,11 +282,7 @@ impl Rooms {
     // ----- reads -----
 
     pub fn room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>> {
-        match self
-            .db
-            .get(Table::RoomidRoom, room_id.as_bytes())
-            .map_err(db_err)?
-        {
+        match self.db.get(Table::RoomidRoom, room_id.as_bytes())? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }
@@ -305,8 +292,7 @@ impl Rooms {
     pub fn room_ids(&self) -> Result<Vec<OwnedRoomId>> {
         Ok(self
             .db
-            .scan_prefix(Table::RoomidRoom, b"")
-            .map_err(db_err)?
+            .scan_prefix(Table::RoomidRoom, b"")?
             .into_iter()
             .filter_map(|(k, _)| {
                 std::str::from_utf8(&k)
@@ -324,26 +310,19 @@ impl Rooms {
     pub fn short_id(&self, event_id: &EventId) -> Result<Option<u64>> {
         match self
             .db
-            .get(Table::EventidShorteventid, event_id.as_bytes())
-            .map_err(db_err)?
+            .get(Table::EventidShorteventid, event_id.as_bytes())?
         {
-            Some(v) => Ok(Some(decode_u64(&v).map_err(db_err)?)),
+            Some(v) => Ok(Some(decode_u64(&v)?)),
             None => Ok(None),
         }
     }
 
     pub fn raw_pdu(&self, short: u64) -> Result<Option<Vec<u8>>> {
-        self.db
-            .get(Table::ShorteventidPdu, &short.to_be_bytes())
-            .map_err(db_err)
+        Ok(self.db.get(Table::ShorteventidPdu, &short.to_be_bytes())?)
     }
 
     pub fn meta(&self, short: u64) -> Result<Option<EventMeta>> {
-        match self
-            .db
-            .get(Table::ShorteventidMeta, &short.to_be_bytes())
-            .map_err(db_err)?
-        {
+        match self.db.get(Table::ShorteventidMeta, &short.to_be_bytes())? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }
@@ -386,8 +365,7 @@ impl Rooms {
         }
         let raw = self
             .db
-            .get(Table::SnapshotidState, &snapshot.to_be_bytes())
-            .map_err(db_err)?
+            .get(Table::SnapshotidState, &snapshot.to_be_bytes())?
             .ok_or_else(|| Error::internal(format!("missing state snapshot {snapshot}")))?;
         let snap: Snapshot = serde_json::from_slice(&raw)?;
         let mut map = if snap.parent == 0 {
@@ -413,8 +391,7 @@ impl Rooms {
         }
         let raw = self
             .db
-            .get(Table::SnapshotidState, &snapshot.to_be_bytes())
-            .map_err(db_err)?
+            .get(Table::SnapshotidState, &snapshot.to_be_bytes())?
             .ok_or_else(|| Error::internal(format!("missing state snapshot {snapshot}")))?;
         let snap: Snapshot = serde_json::from_slice(&raw)?;
         Ok(snap.depth)
@@ -465,8 +442,7 @@ impl Rooms {
             .into_vec();
         Ok(self
             .db
-            .get(Table::RoomuserMembership, &key)
-            .map_err(db_err)?
+            .get(Table::RoomuserMembership, &key)?
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
@@ -488,14 +464,10 @@ impl Rooms {
     pub fn members(&self, room_id: &RoomId) -> Result<Vec<(OwnedUserId, String)>> {
         let prefix = KeyBuf::new().str(room_id.as_str()).into_vec();
         let mut out = Vec::new();
-        for (k, v) in self
-            .db
-            .scan_prefix(Table::RoomuserMembership, &prefix)
-            .map_err(db_err)?
-        {
+        for (k, v) in self.db.scan_prefix(Table::RoomuserMembership, &prefix)? {
             let mut r = KeyReader::new(&k);
-            r.str().map_err(db_err)?;
-            let user = OwnedUserId::try_from(r.last_str().map_err(db_err)?).map_err(db_err)?;
+            r.str()?;
+            let user = OwnedUserId::try_from(r.last_str()?).map_err(Error::internal)?;
             out.push((user, String::from_utf8_lossy(&v).into_owned()));
         }
         Ok(out)
@@ -514,14 +486,10 @@ impl Rooms {
     pub fn user_rooms(&self, user: &UserId) -> Result<Vec<(OwnedRoomId, MembershipRecord)>> {
         let prefix = KeyBuf::new().str(user.as_str()).into_vec();
         let mut out = Vec::new();
-        for (k, v) in self
-            .db
-            .scan_prefix(Table::UserroomMembership, &prefix)
-            .map_err(db_err)?
-        {
+        for (k, v) in self.db.scan_prefix(Table::UserroomMembership, &prefix)? {
             let mut r = KeyReader::new(&k);
-            r.str().map_err(db_err)?;
-            let room = OwnedRoomId::try_from(r.last_str().map_err(db_err)?).map_err(db_err)?;
+            r.str()?;
+            let room = OwnedRoomId::try_from(r.last_str()?).map_err(Error::internal)?;
             out.push((room, serde_json::from_slice(&v)?));
         }
         Ok(out)
@@ -532,11 +500,7 @@ impl Rooms {
             .str(user.as_str())
             .last_str(room_id.as_str())
             .into_vec();
-        match self
-            .db
-            .get(Table::UserroomMembership, &key)
-            .map_err(db_err)?
-        {
+        match self.db.get(Table::UserroomMembership, &key)? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }
@@ -626,11 +590,10 @@ impl Rooms {
             if let Some(txn) = &new.txn {
                 if let Some(existing) = self
                     .db
-                    .get(Table::TxnEventid, &txn_key(sender, room_id, txn))
-                    .map_err(db_err)?
+                    .get(Table::TxnEventid, &txn_key(sender, room_id, txn))?
                 {
                     return OwnedEventId::try_from(String::from_utf8_lossy(&existing).into_owned())
-                        .map_err(db_err);
+                        .map_err(Error::internal);
                 }
             }
             self.append_locked(room_id, room, sender, new, notes)?
@@ -909,7 +872,7 @@ impl Rooms {
         );
         obj.insert(
             "depth".into(),
-            CanonicalJsonValue::Integer(ruma::Int::try_from(depth).map_err(db_err)?),
+            CanonicalJsonValue::Integer(ruma::Int::try_from(depth).map_err(Error::internal)?),
         );
         let auth_events = self.event_refs(&auth_events, rules)?;
         obj.insert("auth_events".into(), CanonicalJsonValue::Array(auth_events));

@@ -1066,12 +1066,7 @@ impl Pdus {
             .str(origin.as_str())
             .last_str(txn_id)
             .into_vec();
-        if let Some(done) = self
-            .rooms
-            .db
-            .get(Table::OrigintxnResponse, &key)
-            .map_err(Error::internal)?
-        {
+        if let Some(done) = self.rooms.db.get(Table::OrigintxnResponse, &key)? {
             return stored_answer(&done);
         }
         let (pdus, edus) = transaction_items(&txn.pdus, &txn.edus)?;
@@ -1101,7 +1096,7 @@ impl Pdus {
             key,
             serde_json::to_vec(&stored_form(&results))?,
         );
-        self.rooms.db.write(batch).map_err(Error::internal)?;
+        self.rooms.db.write(batch)?;
         Ok(results)
     }
 

@@ -596,20 +596,17 @@ fn last_message_ts(
     window: u64,
 ) -> Result<Option<u64>> {
     let prefix = KeyBuf::new().str(room_id.as_str()).into_vec();
-    let rows = rooms
-        .db
-        .scan(
-            Table::RoompositionShorteventid,
-            &prefix,
-            &prefix,
-            None,
-            true,
-            SLOW_MODE_SCAN,
-        )
-        .map_err(Error::internal)?;
+    let rows = rooms.db.scan(
+        Table::RoompositionShorteventid,
+        &prefix,
+        &prefix,
+        None,
+        true,
+        SLOW_MODE_SCAN,
+    )?;
     let oldest = ts.saturating_sub(window);
     for (_, v) in rows {
-        let short = decode_u64(&v).map_err(Error::internal)?;
+        let short = decode_u64(&v)?;
         let Some(p) = rooms.pdu_by_short(short)? else {
             continue;
         };

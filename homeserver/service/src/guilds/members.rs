@@ -972,22 +972,19 @@ fn index_invite(batch: &mut Batch, code: &str, room_id: &RoomId) {
 fn indexed_rooms(rooms: &Rooms, code: &str) -> Result<Vec<OwnedRoomId>> {
     let prefix = code_prefix(code);
     let upper = next_key(&prefix);
-    let rows = rooms
-        .db
-        .scan(
-            Table::CoderoomInvite,
-            &prefix,
-            &prefix,
-            upper.as_deref(),
-            false,
-            16,
-        )
-        .map_err(Error::internal)?;
+    let rows = rooms.db.scan(
+        Table::CoderoomInvite,
+        &prefix,
+        &prefix,
+        upper.as_deref(),
+        false,
+        16,
+    )?;
     let mut out = Vec::new();
     for (k, _) in rows {
         let mut r = KeyReader::new(&k);
-        r.str().map_err(Error::internal)?;
-        if let Ok(room) = OwnedRoomId::try_from(r.last_str().map_err(Error::internal)?) {
+        r.str()?;
+        if let Ok(room) = OwnedRoomId::try_from(r.last_str()?) {
             out.push(room);
         }
     }

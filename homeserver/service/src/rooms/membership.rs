@@ -203,7 +203,7 @@ impl Rooms {
                 .into_vec(),
             serde_json::to_vec(&rec)?,
         );
-        self.db.write(batch).map_err(Error::internal)
+        Ok(self.db.write(batch)?)
     }
 
     /// Sends a new join event with the user's profile into every room they are joined to.

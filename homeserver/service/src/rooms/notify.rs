@@ -12,7 +12,7 @@ use ruma::{
 };
 use serde_json::{json, Value};
 
-use paracord_core::{time::now_ms, Error, Result};
+use paracord_core::{time::now_ms, Result};
 use paracord_storage::{Batch, KeyBuf, KeyReader, Table};
 
 use super::{rules_for, Rooms, StateMap};
@@ -200,24 +200,21 @@ impl Rooms {
             .str(room_id.as_str())
             .u64(unthreaded_read.saturating_add(1))
             .into_vec();
-        let rows = self
-            .db
-            .scan(
-                Table::UserroomposHighlight,
-                &prefix,
-                &lower,
-                None,
-                false,
-                usize::MAX,
-            )
-            .map_err(Error::internal)?;
+        let rows = self.db.scan(
+            Table::UserroomposHighlight,
+            &prefix,
+            &lower,
+            None,
+            false,
+            usize::MAX,
+        )?;
         let mut main = (0, 0);
         let mut threads: BTreeMap<u64, Counts> = BTreeMap::new();
         for (k, v) in rows {
             let mut r = KeyReader::new(&k);
-            r.str().map_err(Error::internal)?;
-            r.str().map_err(Error::internal)?;
-            let pos = r.u64().map_err(Error::internal)?;
+            r.str()?;
+            r.str()?;
+            let pos = r.u64()?;
             let highlight = u64::from(v.first() == Some(&1));
             let root = v
                 .get(1..9)
@@ -251,23 +248,20 @@ impl Rooms {
     ) -> Result<(Vec<Value>, Option<u64>)> {
         let prefix = KeyBuf::new().str(user.as_str()).into_vec();
         let upper = from.map(|f| KeyBuf::new().str(user.as_str()).u64(f).into_vec());
-        let rows = self
-            .db
-            .scan(
-                Table::UserposNotification,
-                &prefix,
-                &prefix,
-                upper.as_deref(),
-                true,
-                10_000,
-            )
-            .map_err(Error::internal)?;
+        let rows = self.db.scan(
+            Table::UserposNotification,
+            &prefix,
+            &prefix,
+            upper.as_deref(),
+            true,
+            10_000,
+        )?;
         let mut out = Vec::new();
         let mut next = None;
         for (k, v) in rows {
             let mut r = KeyReader::new(&k);
-            r.str().map_err(Error::internal)?;
-            let pos = r.u64().map_err(Error::internal)?;
+            r.str()?;
+            let pos = r.u64()?;
             let rec: Value = serde_json::from_slice(&v)?;
             if only_highlight && rec["highlight"] != true {
                 continue;

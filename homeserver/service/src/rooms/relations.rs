@@ -162,14 +162,10 @@ impl Rooms {
             "m.annotation" => {
                 let key = key.ok_or_else(|| bad("an annotation needs a key"))?;
                 // Issue 15: one read of the index, however many reactions the event has.
-                if self
-                    .db
-                    .exists(
-                        Table::TargetkeysenderPos,
-                        &annotation_key(target_short, &key, pdu.sender.as_str()),
-                    )
-                    .map_err(Error::internal)?
-                {
+                if self.db.exists(
+                    Table::TargetkeysenderPos,
+                    &annotation_key(target_short, &key, pdu.sender.as_str()),
+                )? {
                     return Err(Error::new(
                         http::StatusCode::BAD_REQUEST,
                         ErrorKind::DuplicateAnnotation,
@@ -239,16 +235,9 @@ impl Rooms {
         let key = root.to_be_bytes();
         let current = match batch.pending(Table::RootThreadcount, &key) {
             Some(v) => v.map(<[u8]>::to_vec),
-            None => self
-                .db
-                .get(Table::RootThreadcount, &key)
-                .map_err(Error::internal)?,
+            None => self.db.get(Table::RootThreadcount, &key)?,
         };
-        let current = current
-            .map(|v| decode_u64(&v))
-            .transpose()
-            .map_err(Error::internal)?
-            .unwrap_or(0);
+        let current = current.map(|v| decode_u64(&v)).transpose()?.unwrap_or(0);
         let next = current.saturating_add_signed(delta);
         batch.put(
             Table::RootThreadcount,
@@ -260,13 +249,12 @@ impl Rooms {
 
     /// How many replies a thread has in the index (visible to anyone or not).
     fn thread_count(&self, root: u64) -> Result<u64> {
-        self.db
-            .get(Table::RootThreadcount, &root.to_be_bytes())
-            .map_err(Error::internal)?
+        Ok(self
+            .db
+            .get(Table::RootThreadcount, &root.to_be_bytes())?
             .map(|v| decode_u64(&v))
-            .transpose()
-            .map_err(Error::internal)
-            .map(Option::unwrap_or_default)
+            .transpose()?
+            .unwrap_or_default())
     }
 
     /// Removes a redacted event from the index (its relation is gone with its content).
@@ -283,10 +271,7 @@ impl Rooms {
                 if rel_type == "m.thread" {
                     let indexed = match batch.pending(Table::TargetrelposShorteventid, &row) {
                         Some(v) => v.is_some(),
-                        None => self
-                            .db
-                            .exists(Table::TargetrelposShorteventid, &row)
-                            .map_err(Error::internal)?,
+                        None => self.db.exists(Table::TargetrelposShorteventid, &row)?,
                     };
                     if indexed {
                         self.add_to_thread_count(batch, target_short, -1)?;
@@ -313,8 +298,7 @@ impl Rooms {
         let prefix = KeyBuf::new().u64(target_short).str(key).into_vec();
         Ok(!self
             .db
-            .scan(Table::TargetkeysenderPos, &prefix, &prefix, None, false, 1)
-            .map_err(Error::internal)?
+            .scan(Table::TargetkeysenderPos, &prefix, &prefix, None, false, 1)?
             .is_empty())
     }
 
@@ -335,8 +319,7 @@ impl Rooms {
                         }
                     }
                     Ok(())
-                })
-                .map_err(Error::internal)?;
+                })?;
             let mut batch = Batch::new();
             let mut count = 0;
             for (target, short) in rows {
@@ -352,7 +335,7 @@ impl Rooms {
                     count += 1;
                 }
             }
-            self.db.write(batch).map_err(Error::internal)?;
+            self.db.write(batch)?;
             Ok(count)
         })
     }
@@ -369,8 +352,7 @@ impl Rooms {
                         *counts.entry(target).or_default() += 1;
                     }
                     Ok(())
-                })
-                .map_err(Error::internal)?;
+                })?;
             let mut batch = Batch::new();
             for (root, n) in &counts {
                 batch.put(
@@ -379,22 +361,20 @@ impl Rooms {
                     n.to_be_bytes().to_vec(),
                 );
             }
-            self.db.write(batch).map_err(Error::internal)?;
+            self.db.write(batch)?;
             Ok(counts.len())
         })
     }
 
     /// Whether a thread has started from `root` (an `m.thread` event has been indexed).
     pub(crate) fn thread_started(&self, room_id: &RoomId, root_short: u64) -> Result<bool> {
-        self.db
-            .exists(
-                Table::RoomthreadLatest,
-                &KeyBuf::new()
-                    .str(room_id.as_str())
-                    .u64(root_short)
-                    .into_vec(),
-            )
-            .map_err(Error::internal)
+        Ok(self.db.exists(
+            Table::RoomthreadLatest,
+            &KeyBuf::new()
+                .str(room_id.as_str())
+                .u64(root_short)
+                .into_vec(),
+        )?)
     }
 
     /// Children of an event, oldest first, optionally of one relation type.
@@ -406,13 +386,12 @@ impl Rooms {
         let mut out = Vec::new();
         for (k, v) in self
             .db
-            .scan_prefix(Table::TargetrelposShorteventid, &prefix)
-            .map_err(Error::internal)?
+            .scan_prefix(Table::TargetrelposShorteventid, &prefix)?
         {
             let mut r = KeyReader::new(&k);
-            r.u64().map_err(Error::internal)?;
-            let rel = r.str().map_err(Error::internal)?.to_owned();
-            out.push((rel, decode_u64(&v).map_err(Error::internal)?));
+            r.u64()?;
+            let rel = r.str()?.to_owned();
+            out.push((rel, decode_u64(&v)?));
         }
         Ok(out)
     }
@@ -421,19 +400,15 @@ impl Rooms {
     fn newest_children(&self, target_short: u64, rel_type: &str, limit: usize) -> Result<Vec<u64>> {
         let prefix = KeyBuf::new().u64(target_short).str(rel_type).into_vec();
         let mut out = Vec::new();
-        for (_, v) in self
-            .db
-            .scan(
-                Table::TargetrelposShorteventid,
-                &prefix,
-                &prefix,
-                None,
-                true,
-                limit,
-            )
-            .map_err(Error::internal)?
-        {
-            out.push(decode_u64(&v).map_err(Error::internal)?);
+        for (_, v) in self.db.scan(
+            Table::TargetrelposShorteventid,
+            &prefix,
+            &prefix,
+            None,
+            true,
+            limit,
+        )? {
+            out.push(decode_u64(&v)?);
         }
         Ok(out)
     }
@@ -636,15 +611,11 @@ impl Rooms {
     ) -> Result<(Vec<Value>, Option<u64>)> {
         let prefix = KeyBuf::new().str(room_id.as_str()).into_vec();
         let mut roots: Vec<(u64, u64)> = Vec::new();
-        for (k, v) in self
-            .db
-            .scan_prefix(Table::RoomthreadLatest, &prefix)
-            .map_err(Error::internal)?
-        {
+        for (k, v) in self.db.scan_prefix(Table::RoomthreadLatest, &prefix)? {
             let mut r = KeyReader::new(&k);
-            r.str().map_err(Error::internal)?;
-            let root = r.u64().map_err(Error::internal)?;
-            roots.push((decode_u64(&v).map_err(Error::internal)?, root));
+            r.str()?;
+            let root = r.u64()?;
+            roots.push((decode_u64(&v)?, root));
         }
         // Issue 15: a thread is listed, and ordered, by the newest reply the reader may see;
         // one with none (started after the reader left) is not listed.

@@ -23,8 +23,8 @@ use tracing::{debug, info};
 
 use super::{
     commit::{Accepted, Before},
-    db_err, hooks, put_timeline_row, rules_for, write_event_rows, write_full_snapshot,
-    write_membership, write_state_snapshot, EventMeta, Pdu, RoomRecord, Rooms, StateMap,
+    hooks, put_timeline_row, rules_for, write_event_rows, write_full_snapshot, write_membership,
+    write_state_snapshot, EventMeta, Pdu, RoomRecord, Rooms, StateMap,
 };
 
 /// Snapshot ids of resolved states (which belong to no one event) have this bit set, and the
@@ -114,8 +114,7 @@ impl Rooms {
     pub fn rejection(&self, event_id: &EventId) -> Result<Option<String>> {
         Ok(self
             .db
-            .get(Table::EventidRejected, event_id.as_bytes())
-            .map_err(db_err)?
+            .get(Table::EventidRejected, event_id.as_bytes())?
             .map(|r| String::from_utf8_lossy(&r).into_owned()))
     }
 
@@ -128,8 +127,7 @@ impl Rooms {
     ) -> Result<Option<serde_json::Value>> {
         match self
             .db
-            .get(Table::UserroomRemoteinvite, &invite_key(user, room_id))
-            .map_err(db_err)?
+            .get(Table::UserroomRemoteinvite, &invite_key(user, room_id))?
         {
             Some(raw) => Ok(Some(serde_json::from_slice(&raw)?)),
             None => Ok(None),
@@ -230,17 +228,14 @@ impl Rooms {
     /// in the room, not gaps to fill.
     pub fn first_timeline_depth(&self, room_id: &RoomId) -> Result<Option<u64>> {
         let prefix = KeyBuf::new().str(room_id.as_str()).into_vec();
-        let first = self
-            .db
-            .scan(
-                Table::RoompositionShorteventid,
-                &prefix,
-                &prefix,
-                None,
-                false,
-                1,
-            )
-            .map_err(db_err)?;
+        let first = self.db.scan(
+            Table::RoompositionShorteventid,
+            &prefix,
+            &prefix,
+            None,
+            false,
+            1,
+        )?;
         let Some((_, value)) = first.into_iter().next() else {
             return Ok(None);
         };
@@ -254,24 +249,21 @@ impl Rooms {
     fn timeline_event_from(&self, room_id: &RoomId, from: u64) -> Result<Option<(u64, u64)>> {
         let prefix = KeyBuf::new().str(room_id.as_str()).into_vec();
         let lower = KeyBuf::new().str(room_id.as_str()).u64(from).into_vec();
-        let first = self
-            .db
-            .scan(
-                Table::RoompositionShorteventid,
-                &prefix,
-                &lower,
-                None,
-                false,
-                1,
-            )
-            .map_err(db_err)?;
+        let first = self.db.scan(
+            Table::RoompositionShorteventid,
+            &prefix,
+            &lower,
+            None,
+            false,
+            1,
+        )?;
         let Some((key, value)) = first.into_iter().next() else {
             return Ok(None);
         };
         let mut r = KeyReader::new(&key);
-        r.str().map_err(db_err)?;
-        let pos = r.u64().map_err(db_err)?;
-        Ok(Some((pos, decode_u64(&value).map_err(db_err)?)))
+        r.str()?;
+        let pos = r.u64()?;
+        Ok(Some((pos, decode_u64(&value)?)))
     }
 
     /// The positions still free for history in a room (`backfill_floor..backfill_next`).
@@ -367,7 +359,7 @@ impl Rooms {
                 room_id.as_bytes().to_vec(),
                 serde_json::to_vec(&room)?,
             );
-            self.db.write(batch).map_err(db_err)?;
+            self.db.write(batch)?;
         }
         Ok(stored)
     }
@@ -380,7 +372,7 @@ impl Rooms {
             event_id.as_bytes().to_vec(),
             reason.as_bytes().to_vec(),
         );
-        self.db.write(batch).map_err(db_err)
+        Ok(self.db.write(batch)?)
     }
 
     /// Checks an event against its own auth events (which must all be stored): the auth rules

@@ -293,16 +293,14 @@ impl Rooms {
                             .u64(t.saturating_add(1))
                             .into_vec()
                     });
-                    self.db
-                        .scan(
-                            Table::RoompositionShorteventid,
-                            &prefix,
-                            &lower,
-                            upper.as_deref(),
-                            false,
-                            WINDOW,
-                        )
-                        .map_err(Error::internal)?
+                    self.db.scan(
+                        Table::RoompositionShorteventid,
+                        &prefix,
+                        &lower,
+                        upper.as_deref(),
+                        false,
+                        WINDOW,
+                    )?
                 }
                 Dir::Backward => {
                     let lower = match to {
@@ -316,24 +314,22 @@ impl Rooms {
                         .str(room_id.as_str())
                         .u64(cursor.saturating_add(1))
                         .into_vec();
-                    self.db
-                        .scan(
-                            Table::RoompositionShorteventid,
-                            &prefix,
-                            &lower,
-                            Some(&upper),
-                            true,
-                            WINDOW,
-                        )
-                        .map_err(Error::internal)?
+                    self.db.scan(
+                        Table::RoompositionShorteventid,
+                        &prefix,
+                        &lower,
+                        Some(&upper),
+                        true,
+                        WINDOW,
+                    )?
                 }
             };
             let exhausted = rows.len() < WINDOW;
             for (k, v) in rows {
                 let mut r = KeyReader::new(&k);
-                r.str().map_err(Error::internal)?;
-                let pos = r.u64().map_err(Error::internal)?;
-                let short = decode_u64(&v).map_err(Error::internal)?;
+                r.str()?;
+                let pos = r.u64()?;
+                let short = decode_u64(&v)?;
                 cursor = match dir {
                     Dir::Forward => pos,
                     Dir::Backward => pos.saturating_sub(1),
@@ -386,17 +382,14 @@ impl Rooms {
     pub fn has_timeline_before(&self, room_id: &RoomId, pos: u64) -> Result<bool> {
         let prefix = KeyBuf::new().str(room_id.as_str()).into_vec();
         let upper = KeyBuf::new().str(room_id.as_str()).u64(pos).into_vec();
-        let rows = self
-            .db
-            .scan(
-                Table::RoompositionShorteventid,
-                &prefix,
-                &prefix,
-                Some(&upper),
-                false,
-                1,
-            )
-            .map_err(Error::internal)?;
+        let rows = self.db.scan(
+            Table::RoompositionShorteventid,
+            &prefix,
+            &prefix,
+            Some(&upper),
+            false,
+            1,
+        )?;
         Ok(!rows.is_empty())
     }
 
@@ -407,20 +400,17 @@ impl Rooms {
             .str(room_id.as_str())
             .u64(pos.saturating_add(1))
             .into_vec();
-        let rows = self
-            .db
-            .scan(
-                Table::RoompositionShorteventid,
-                &prefix,
-                &prefix,
-                Some(&upper),
-                true,
-                1,
-            )
-            .map_err(Error::internal)?;
+        let rows = self.db.scan(
+            Table::RoompositionShorteventid,
+            &prefix,
+            &prefix,
+            Some(&upper),
+            true,
+            1,
+        )?;
         match rows.into_iter().next() {
             Some((_, v)) => {
-                let short = decode_u64(&v).map_err(Error::internal)?;
+                let short = decode_u64(&v)?;
                 Ok(self.meta(short)?.map(|m| m.state_after).unwrap_or(0))
             }
             None => Ok(0),
@@ -525,17 +515,14 @@ impl Rooms {
             let mut count = 0;
             let mut lower = Vec::new();
             loop {
-                let rows = self
-                    .db
-                    .scan(
-                        Table::RoompositionShorteventid,
-                        b"",
-                        &lower,
-                        None,
-                        false,
-                        10_000,
-                    )
-                    .map_err(Error::internal)?;
+                let rows = self.db.scan(
+                    Table::RoompositionShorteventid,
+                    b"",
+                    &lower,
+                    None,
+                    false,
+                    10_000,
+                )?;
                 let mut batch = paracord_storage::Batch::new();
                 for (k, v) in &rows {
                     let mut r = KeyReader::new(k);
@@ -553,7 +540,7 @@ impl Rooms {
                     );
                     count += 1;
                 }
-                self.db.write(batch).map_err(Error::internal)?;
+                self.db.write(batch)?;
                 match rows.last() {
                     Some((last, _)) if rows.len() == 10_000 => {
                         lower = [last.as_ref(), &[0]].concat()
@@ -597,22 +584,19 @@ impl Rooms {
         let (mut lower, mut upper) = (lower, upper);
         let mut skipped = 0;
         loop {
-            let rows = self
-                .db
-                .scan(
-                    Table::RoomtsposShorteventid,
-                    &prefix,
-                    &lower,
-                    upper.as_deref(),
-                    dir == Dir::Backward,
-                    TIMESTAMP_PAGE,
-                )
-                .map_err(Error::internal)?;
+            let rows = self.db.scan(
+                Table::RoomtsposShorteventid,
+                &prefix,
+                &lower,
+                upper.as_deref(),
+                dir == Dir::Backward,
+                TIMESTAMP_PAGE,
+            )?;
             for (k, v) in &rows {
                 let mut r = KeyReader::new(k);
-                r.str().map_err(Error::internal)?;
-                let ev_ts = r.u64().map_err(Error::internal)?;
-                let short = decode_u64(v).map_err(Error::internal)?;
+                r.str()?;
+                let ev_ts = r.u64()?;
+                let short = decode_u64(v)?;
                 if let Some(meta) = self.meta(short)? {
                     if self.can_see(reader.user, &meta)? {
                         return Ok(Some((meta.event_id.to_string(), ev_ts)));

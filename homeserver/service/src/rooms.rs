@@ -10,6 +10,7 @@ pub mod create;
 pub mod directory;
 pub mod federation_read;
 pub mod hooks;
+mod keys;
 pub mod membership;
 pub mod notify;
 pub mod pdu;
@@ -25,7 +26,7 @@ use std::{
 };
 
 use paracord_core::{time::now_ms, Config, Error, Result};
-use paracord_storage::{key::decode_u64, Batch, Db, KeyBuf, KeyReader, Table};
+use paracord_storage::{key::decode_u64, Batch, Db, KeyBuf, Table};
 use parking_lot::Mutex;
 use ruma::{
     canonical_json::CanonicalJsonObject,
@@ -42,6 +43,7 @@ use serde::{Deserialize, Serialize};
 use tracing::instrument;
 
 use self::hooks::{EventObserver, EventPolicy};
+use self::keys::{RoomPosKey, RoomTsPosKey, RoomUserKey, UserRoomKey};
 pub use self::pdu::Pdu;
 use crate::{account_data::AccountData, keys::ServerKeys, stream::Stream};
 
@@ -246,7 +248,7 @@ impl Rooms {
         let mut batch = Batch::new();
         for (k, _) in self.db.scan_prefix(Table::RoomidRoom, b"")? {
             let room_id = String::from_utf8_lossy(&k).into_owned();
-            let prefix = KeyBuf::new().str(&room_id).into_vec();
+            let prefix = RoomPosKey::prefix(&room_id);
             for (_, v) in self
                 .db
                 .scan_prefix(Table::RoompositionShorteventid, &prefix)?
@@ -436,10 +438,11 @@ impl Rooms {
 
     /// The user's current membership according to the membership index.
     pub fn membership(&self, room_id: &RoomId, user: &UserId) -> Result<Option<String>> {
-        let key = KeyBuf::new()
-            .str(room_id.as_str())
-            .last_str(user.as_str())
-            .into_vec();
+        let key = RoomUserKey {
+            room_id: room_id.as_str(),
+            user_id: user.as_str(),
+        }
+        .encode();
         Ok(self
             .db
             .get(Table::RoomuserMembership, &key)?
@@ -462,12 +465,11 @@ impl Rooms {
 
     /// Members of a room with their membership.
     pub fn members(&self, room_id: &RoomId) -> Result<Vec<(OwnedUserId, String)>> {
-        let prefix = KeyBuf::new().str(room_id.as_str()).into_vec();
+        let prefix = RoomUserKey::prefix(room_id.as_str());
         let mut out = Vec::new();
         for (k, v) in self.db.scan_prefix(Table::RoomuserMembership, &prefix)? {
-            let mut r = KeyReader::new(&k);
-            r.str()?;
-            let user = OwnedUserId::try_from(r.last_str()?).map_err(Error::internal)?;
+            let user =
+                OwnedUserId::try_from(RoomUserKey::decode(&k)?.user_id).map_err(Error::internal)?;
             out.push((user, String::from_utf8_lossy(&v).into_owned()));
         }
         Ok(out)
@@ -484,22 +486,22 @@ impl Rooms {
 
     /// Rooms of a user with membership record `(membership, stream position, forgotten)`.
     pub fn user_rooms(&self, user: &UserId) -> Result<Vec<(OwnedRoomId, MembershipRecord)>> {
-        let prefix = KeyBuf::new().str(user.as_str()).into_vec();
+        let prefix = UserRoomKey::prefix(user.as_str());
         let mut out = Vec::new();
         for (k, v) in self.db.scan_prefix(Table::UserroomMembership, &prefix)? {
-            let mut r = KeyReader::new(&k);
-            r.str()?;
-            let room = OwnedRoomId::try_from(r.last_str()?).map_err(Error::internal)?;
+            let room =
+                OwnedRoomId::try_from(UserRoomKey::decode(&k)?.room_id).map_err(Error::internal)?;
             out.push((room, serde_json::from_slice(&v)?));
         }
         Ok(out)
     }
 
     pub fn user_room(&self, user: &UserId, room_id: &RoomId) -> Result<Option<MembershipRecord>> {
-        let key = KeyBuf::new()
-            .str(user.as_str())
-            .last_str(room_id.as_str())
-            .into_vec();
+        let key = UserRoomKey {
+            user_id: user.as_str(),
+            room_id: room_id.as_str(),
+        }
+        .encode();
         match self.db.get(Table::UserroomMembership, &key)? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
@@ -1334,18 +1336,15 @@ pub(crate) fn write_event_rows(
 /// Places an event (short id `short`, sent at `ts`) in a room's timeline at stream position
 /// `pos`: by position, and by timestamp for `/timestamp_to_event`.
 pub(crate) fn put_timeline_row(batch: &mut Batch, room_id: &RoomId, pos: u64, short: u64, ts: u64) {
+    let room_id = room_id.as_str();
     batch.put(
         Table::RoompositionShorteventid,
-        KeyBuf::new().str(room_id.as_str()).u64(pos).into_vec(),
+        RoomPosKey { room_id, pos }.encode(),
         short.to_be_bytes().to_vec(),
     );
     batch.put(
         Table::RoomtsposShorteventid,
-        KeyBuf::new()
-            .str(room_id.as_str())
-            .u64(ts)
-            .u64(pos)
-            .into_vec(),
+        RoomTsPosKey { room_id, ts, pos }.encode(),
         short.to_be_bytes().to_vec(),
     );
 }
@@ -1365,20 +1364,15 @@ pub(crate) fn write_membership(
         event_id: event_id.to_owned(),
         forgotten: false,
     };
+    let (room_id, user_id) = (room_id.as_str(), user.as_str());
     batch.put(
         Table::UserroomMembership,
-        KeyBuf::new()
-            .str(user.as_str())
-            .last_str(room_id.as_str())
-            .into_vec(),
+        UserRoomKey { user_id, room_id }.encode(),
         serde_json::to_vec(&rec)?,
     );
     batch.put(
         Table::RoomuserMembership,
-        KeyBuf::new()
-            .str(room_id.as_str())
-            .last_str(user.as_str())
-            .into_vec(),
+        RoomUserKey { room_id, user_id }.encode(),
         m.as_bytes().to_vec(),
     );
     Ok(())

@@ -9,7 +9,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use paracord_core::{Error, Result};
-use paracord_storage::{key::decode_u64, Batch, KeyBuf, KeyReader, Table};
+use paracord_storage::{key::decode_u64, Batch, Table};
 use ruma::{
     events::{StateEventType, TimelineEventType},
     room_version_rules::RoomVersionRules,
@@ -23,7 +23,9 @@ use tracing::{debug, info};
 
 use super::{
     commit::{Accepted, Before},
-    hooks, put_timeline_row, rules_for, write_event_rows, write_full_snapshot, write_membership,
+    hooks,
+    keys::{RoomPosKey, UserRoomKey},
+    put_timeline_row, rules_for, write_event_rows, write_full_snapshot, write_membership,
     write_state_snapshot, EventMeta, Pdu, RoomRecord, Rooms, StateMap,
 };
 
@@ -70,10 +72,11 @@ pub(super) struct Pending<'a> {
 }
 
 fn invite_key(user: &UserId, room_id: &RoomId) -> Vec<u8> {
-    KeyBuf::new()
-        .str(user.as_str())
-        .last_str(room_id.as_str())
-        .into_vec()
+    UserRoomKey {
+        user_id: user.as_str(),
+        room_id: room_id.as_str(),
+    }
+    .encode()
 }
 
 /// Auth checks of an event against its own auth events, found through `lookup`: the rules
@@ -227,7 +230,7 @@ impl Rooms {
     /// room joined over federation): older events are history from before this server was
     /// in the room, not gaps to fill.
     pub fn first_timeline_depth(&self, room_id: &RoomId) -> Result<Option<u64>> {
-        let prefix = KeyBuf::new().str(room_id.as_str()).into_vec();
+        let prefix = RoomPosKey::prefix(room_id.as_str());
         let first = self.db.scan(
             Table::RoompositionShorteventid,
             &prefix,
@@ -247,8 +250,12 @@ impl Rooms {
 
     /// The room's first timeline event at or after position `from`: `(position, short id)`.
     fn timeline_event_from(&self, room_id: &RoomId, from: u64) -> Result<Option<(u64, u64)>> {
-        let prefix = KeyBuf::new().str(room_id.as_str()).into_vec();
-        let lower = KeyBuf::new().str(room_id.as_str()).u64(from).into_vec();
+        let prefix = RoomPosKey::prefix(room_id.as_str());
+        let lower = RoomPosKey {
+            room_id: room_id.as_str(),
+            pos: from,
+        }
+        .encode();
         let first = self.db.scan(
             Table::RoompositionShorteventid,
             &prefix,
@@ -260,9 +267,7 @@ impl Rooms {
         let Some((key, value)) = first.into_iter().next() else {
             return Ok(None);
         };
-        let mut r = KeyReader::new(&key);
-        r.str()?;
-        let pos = r.u64()?;
+        let pos = RoomPosKey::decode(&key)?.pos;
         Ok(Some((pos, decode_u64(&value)?)))
     }
 

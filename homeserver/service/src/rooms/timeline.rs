@@ -6,9 +6,13 @@ use ruma::{EventId, OwnedUserId, RoomId, UserId};
 use serde_json::{json, Value};
 
 use paracord_core::{time::now_ms, Error, Result};
-use paracord_storage::{key::decode_u64, KeyBuf, KeyReader, Table};
+use paracord_storage::{key::decode_u64, Table};
 
-use super::{pdu::client_event, EventMeta, Rooms, StateMap};
+use super::{
+    keys::{RoomPosKey, RoomTsPosKey},
+    pdu::client_event,
+    EventMeta, Rooms, StateMap,
+};
 
 /// Which events a timeline read keeps (the parts of a RoomEventFilter the server applies).
 #[derive(Debug, Clone, Default)]
@@ -275,7 +279,7 @@ impl Rooms {
             dir,
             limit,
         } = window;
-        let prefix = KeyBuf::new().str(room_id.as_str()).into_vec();
+        let prefix = RoomPosKey::prefix(room_id.as_str());
         let mut page = Page::default();
         let mut cursor = from;
         const WINDOW: usize = 200;
@@ -283,15 +287,17 @@ impl Rooms {
         loop {
             let rows = match dir {
                 Dir::Forward => {
-                    let lower = KeyBuf::new()
-                        .str(room_id.as_str())
-                        .u64(cursor.saturating_add(1))
-                        .into_vec();
+                    let lower = RoomPosKey {
+                        room_id: room_id.as_str(),
+                        pos: cursor.saturating_add(1),
+                    }
+                    .encode();
                     let upper = to.map(|t| {
-                        KeyBuf::new()
-                            .str(room_id.as_str())
-                            .u64(t.saturating_add(1))
-                            .into_vec()
+                        RoomPosKey {
+                            room_id: room_id.as_str(),
+                            pos: t.saturating_add(1),
+                        }
+                        .encode()
                     });
                     self.db.scan(
                         Table::RoompositionShorteventid,
@@ -304,16 +310,18 @@ impl Rooms {
                 }
                 Dir::Backward => {
                     let lower = match to {
-                        Some(t) => KeyBuf::new()
-                            .str(room_id.as_str())
-                            .u64(t.saturating_add(1))
-                            .into_vec(),
+                        Some(t) => RoomPosKey {
+                            room_id: room_id.as_str(),
+                            pos: t.saturating_add(1),
+                        }
+                        .encode(),
                         None => prefix.clone(),
                     };
-                    let upper = KeyBuf::new()
-                        .str(room_id.as_str())
-                        .u64(cursor.saturating_add(1))
-                        .into_vec();
+                    let upper = RoomPosKey {
+                        room_id: room_id.as_str(),
+                        pos: cursor.saturating_add(1),
+                    }
+                    .encode();
                     self.db.scan(
                         Table::RoompositionShorteventid,
                         &prefix,
@@ -326,9 +334,7 @@ impl Rooms {
             };
             let exhausted = rows.len() < WINDOW;
             for (k, v) in rows {
-                let mut r = KeyReader::new(&k);
-                r.str()?;
-                let pos = r.u64()?;
+                let pos = RoomPosKey::decode(&k)?.pos;
                 let short = decode_u64(&v)?;
                 cursor = match dir {
                     Dir::Forward => pos,
@@ -380,8 +386,12 @@ impl Rooms {
 
     /// Whether the room's timeline has an event before stream position `pos`.
     pub fn has_timeline_before(&self, room_id: &RoomId, pos: u64) -> Result<bool> {
-        let prefix = KeyBuf::new().str(room_id.as_str()).into_vec();
-        let upper = KeyBuf::new().str(room_id.as_str()).u64(pos).into_vec();
+        let prefix = RoomPosKey::prefix(room_id.as_str());
+        let upper = RoomPosKey {
+            room_id: room_id.as_str(),
+            pos,
+        }
+        .encode();
         let rows = self.db.scan(
             Table::RoompositionShorteventid,
             &prefix,
@@ -395,11 +405,12 @@ impl Rooms {
 
     /// The state of a room as it was at stream position `pos` (after all events up to it).
     pub fn state_at_pos(&self, room_id: &RoomId, pos: u64) -> Result<u64> {
-        let prefix = KeyBuf::new().str(room_id.as_str()).into_vec();
-        let upper = KeyBuf::new()
-            .str(room_id.as_str())
-            .u64(pos.saturating_add(1))
-            .into_vec();
+        let prefix = RoomPosKey::prefix(room_id.as_str());
+        let upper = RoomPosKey {
+            room_id: room_id.as_str(),
+            pos: pos.saturating_add(1),
+        }
+        .encode();
         let rows = self.db.scan(
             Table::RoompositionShorteventid,
             &prefix,
@@ -525,8 +536,9 @@ impl Rooms {
                 )?;
                 let mut batch = paracord_storage::Batch::new();
                 for (k, v) in &rows {
-                    let mut r = KeyReader::new(k);
-                    let (Ok(room), Ok(pos), Ok(short)) = (r.str(), r.u64(), decode_u64(v)) else {
+                    let (Ok(RoomPosKey { room_id, pos }), Ok(short)) =
+                        (RoomPosKey::decode(k), decode_u64(v))
+                    else {
                         continue;
                     };
                     let Some(p) = self.pdu_by_short(short)? else {
@@ -535,7 +547,7 @@ impl Rooms {
                     let ts = u64::from(p.origin_server_ts.get());
                     batch.put(
                         Table::RoomtsposShorteventid,
-                        KeyBuf::new().str(room).u64(ts).u64(pos).into_vec(),
+                        RoomTsPosKey { room_id, ts, pos }.encode(),
                         short.to_be_bytes().to_vec(),
                     );
                     count += 1;
@@ -572,13 +584,13 @@ impl Rooms {
         ts: u64,
         dir: Dir,
     ) -> Result<Option<(String, u64)>> {
-        let prefix = KeyBuf::new().str(room_id.as_str()).into_vec();
+        let prefix = RoomTsPosKey::prefix(room_id.as_str());
         let (lower, upper) = match dir {
-            Dir::Forward => (KeyBuf::new().str(room_id.as_str()).u64(ts).into_vec(), None),
+            Dir::Forward => (RoomTsPosKey::at_ts(room_id.as_str(), ts), None),
             Dir::Backward => (
                 prefix.clone(),
                 ts.checked_add(1)
-                    .map(|t| KeyBuf::new().str(room_id.as_str()).u64(t).into_vec()),
+                    .map(|t| RoomTsPosKey::at_ts(room_id.as_str(), t)),
             ),
         };
         let (mut lower, mut upper) = (lower, upper);
@@ -593,9 +605,7 @@ impl Rooms {
                 TIMESTAMP_PAGE,
             )?;
             for (k, v) in &rows {
-                let mut r = KeyReader::new(k);
-                r.str()?;
-                let ev_ts = r.u64()?;
+                let ev_ts = RoomTsPosKey::decode(k)?.ts;
                 let short = decode_u64(v)?;
                 if let Some(meta) = self.meta(short)? {
                     if self.can_see(reader.user, &meta)? {
@@ -624,7 +634,7 @@ impl Rooms {
 
 #[cfg(test)]
 mod tests {
-    use paracord_storage::Batch;
+    use paracord_storage::{Batch, KeyBuf};
     use serde_json::json;
 
     use super::*;

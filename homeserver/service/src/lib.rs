@@ -231,6 +231,7 @@ impl Services {
                 federation.clone(),
                 keys.clone(),
                 config.clone(),
+                db.clone(),
                 me.clone(),
             )
         });

@@ -364,26 +364,15 @@ impl Rooms {
         let mut found = Vec::new();
         let mut lower = Vec::new();
         'pages: loop {
-            let rows = self.db.scan(
-                Table::UseridDirectory,
-                b"",
-                &lower,
-                None,
-                false,
-                DIRECTORY_PAGE,
-            )?;
+            let rows = user_directory::page(&self.db, &lower, DIRECTORY_PAGE)?;
             for (k, v) in &rows {
-                let Ok(user) = OwnedUserId::try_from(String::from_utf8_lossy(k).into_owned())
-                else {
+                let Some((user, entry)) = user_directory::decode(k, v) else {
                     continue;
                 };
                 // The searcher is not among the results (as with other servers).
                 if user == requester {
                     continue;
                 }
-                let Ok(entry) = serde_json::from_slice::<user_directory::Entry>(v) else {
-                    continue;
-                };
                 let hit = user.as_str().to_lowercase().contains(&term)
                     || entry
                         .displayname

@@ -403,6 +403,25 @@ impl Rooms {
         Ok(!rows.is_empty())
     }
 
+    /// The short ids of the room's newest `limit` timeline events, newest first (in stream
+    /// order, which is arrival order). Each id is decoded when the iterator reaches it.
+    pub(crate) fn newest_timeline_events(
+        &self,
+        room_id: &RoomId,
+        limit: usize,
+    ) -> Result<impl Iterator<Item = Result<u64>>> {
+        let prefix = RoomPosKey::prefix(room_id.as_str());
+        let rows = self.db.scan(
+            Table::RoompositionShorteventid,
+            &prefix,
+            &prefix,
+            None,
+            true,
+            limit,
+        )?;
+        Ok(rows.into_iter().map(|(_, v)| Ok(decode_u64(&v)?)))
+    }
+
     /// The state of a room as it was at stream position `pos` (after all events up to it).
     pub fn state_at_pos(&self, room_id: &RoomId, pos: u64) -> Result<u64> {
         let prefix = RoomPosKey::prefix(room_id.as_str());

@@ -13,6 +13,8 @@
 //!
 //! Spec: https://spec.matrix.org/v1.19/client-server-api/#end-to-end-encryption
 
+mod keys;
+
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     sync::Arc,
@@ -31,6 +33,7 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+use self::keys::{FallbackKeyKey, OneTimeKeyKey, ToDeviceKey};
 use crate::{
     accounts::Accounts,
     rooms::{
@@ -380,7 +383,7 @@ impl E2ee {
             if !otks.is_empty() {
                 for (_, v) in self.db.scan_prefix(
                     Table::UserdevicealgseqOnetimekey,
-                    &dev_prefix(user.as_str(), device),
+                    &OneTimeKeyKey::device_prefix(user.as_str(), device),
                 )? {
                     let k: OneTimeKey = serde_json::from_slice(&v)?;
                     existing.insert(k.id, k.key);
@@ -400,12 +403,13 @@ impl E2ee {
                         let seq = self.next_otk_seq();
                         batch.put(
                             Table::UserdevicealgseqOnetimekey,
-                            KeyBuf::new()
-                                .str(user.as_str())
-                                .str(device)
-                                .str(alg)
-                                .u64(seq)
-                                .into_vec(),
+                            OneTimeKeyKey {
+                                user_id: user.as_str(),
+                                device_id: device,
+                                algorithm: alg,
+                                seq,
+                            }
+                            .encode(),
                             serde_json::to_vec(&OneTimeKey {
                                 id: id.clone(),
                                 key: key.clone(),
@@ -436,11 +440,12 @@ impl E2ee {
                 }
             }
             for (alg, (id, key)) in per_alg {
-                let k = KeyBuf::new()
-                    .str(user.as_str())
-                    .str(device)
-                    .last_str(alg)
-                    .into_vec();
+                let k = FallbackKeyKey {
+                    user_id: user.as_str(),
+                    device_id: device,
+                    algorithm: alg,
+                }
+                .encode();
                 let old: Option<FallbackKey> = self
                     .db
                     .get(Table::UserdevicealgFallbackkey, &k)?
@@ -588,12 +593,9 @@ impl E2ee {
         let mut counts = BTreeMap::from([("signed_curve25519".to_owned(), 0u64)]);
         for (k, _) in self.db.scan_prefix(
             Table::UserdevicealgseqOnetimekey,
-            &dev_prefix(user.as_str(), device),
+            &OneTimeKeyKey::device_prefix(user.as_str(), device),
         )? {
-            let mut r = KeyReader::new(&k);
-            r.str()?;
-            r.str()?;
-            let alg = r.str()?;
+            let alg = OneTimeKeyKey::decode_algorithm(&k)?;
             *counts.entry(alg.to_owned()).or_default() += 1;
         }
         Ok(counts)
@@ -604,14 +606,11 @@ impl E2ee {
         let mut out = Vec::new();
         for (k, v) in self.db.scan_prefix(
             Table::UserdevicealgFallbackkey,
-            &dev_prefix(user.as_str(), device),
+            &FallbackKeyKey::device_prefix(user.as_str(), device),
         )? {
             let fk: FallbackKey = serde_json::from_slice(&v)?;
             if !fk.used {
-                let mut r = KeyReader::new(&k);
-                r.str()?;
-                r.str()?;
-                out.push(r.last_str()?.to_owned());
+                out.push(FallbackKeyKey::decode(&k)?.algorithm.to_owned());
             }
         }
         Ok(out)
@@ -775,11 +774,7 @@ impl E2ee {
             }
             let mut per_device = Map::new();
             for (device, alg) in devices {
-                let prefix = KeyBuf::new()
-                    .str(user.as_str())
-                    .str(device)
-                    .str(alg)
-                    .into_vec();
+                let prefix = OneTimeKeyKey::algorithm_prefix(user.as_str(), device, alg);
                 let first = self
                     .db
                     .scan(
@@ -799,11 +794,12 @@ impl E2ee {
                     per_device.insert(device.clone(), json!({ otk.id: otk.key }));
                     continue;
                 }
-                let fk_key = KeyBuf::new()
-                    .str(user.as_str())
-                    .str(device)
-                    .last_str(alg)
-                    .into_vec();
+                let fk_key = FallbackKeyKey {
+                    user_id: user.as_str(),
+                    device_id: device,
+                    algorithm: alg,
+                }
+                .encode();
                 if let Some(v) = self.db.get(Table::UserdevicealgFallbackkey, &fk_key)? {
                     let mut fk: FallbackKey = serde_json::from_slice(&v)?;
                     per_device.insert(device.clone(), json!({ fk.key_id.clone(): fk.key.clone() }));
@@ -1285,12 +1281,13 @@ impl E2ee {
             for (seq, (user, device, content)) in recipients.iter().enumerate() {
                 batch.put(
                     Table::UserdeviceposTodevice,
-                    KeyBuf::new()
-                        .str(user.as_str())
-                        .str(device)
-                        .u64(pos)
-                        .u64(seq as u64)
-                        .into_vec(),
+                    ToDeviceKey {
+                        user_id: user.as_str(),
+                        device_id: device,
+                        pos,
+                        seq: seq as u64,
+                    }
+                    .encode(),
                     serde_json::to_vec(&ToDevice {
                         sender: sender_s.clone(),
                         kind: kind_s.clone(),
@@ -1325,12 +1322,8 @@ impl E2ee {
 
     /// Deletes the device's to-device messages at or before `acked` (the client has them).
     pub fn ack_to_device(&self, user: &UserId, device: &str, acked: u64) -> Result<()> {
-        let prefix = dev_prefix(user.as_str(), device);
-        let upper = KeyBuf::new()
-            .str(user.as_str())
-            .str(device)
-            .u64(acked.saturating_add(1))
-            .into_vec();
+        let prefix = ToDeviceKey::device_prefix(user.as_str(), device);
+        let upper = ToDeviceKey::at_pos(user.as_str(), device, acked.saturating_add(1));
         let rows = self.db.scan(
             Table::UserdeviceposTodevice,
             &prefix,
@@ -1397,7 +1390,7 @@ impl E2ee {
     fn count_to_device(&self, user: &UserId, device: &str) -> Result<u64> {
         let n = self.db.for_each_prefix(
             Table::UserdeviceposTodevice,
-            &dev_prefix(user.as_str(), device),
+            &ToDeviceKey::device_prefix(user.as_str(), device),
             usize::MAX,
             |_, _| Ok(()),
         )?;
@@ -1407,7 +1400,7 @@ impl E2ee {
     /// Drops the device's oldest to-device messages if more than `cap` wait; returns how many
     /// are left.
     fn trim_to_device(&self, user: &UserId, device: &str, cap: u64) -> Result<u64> {
-        let prefix = dev_prefix(user.as_str(), device);
+        let prefix = ToDeviceKey::device_prefix(user.as_str(), device);
         let mut keys = Vec::new();
         self.db
             .for_each_prefix(Table::UserdeviceposTodevice, &prefix, usize::MAX, |k, _| {
@@ -1465,12 +1458,8 @@ impl E2ee {
         upto: u64,
         limit: usize,
     ) -> Result<(Vec<Value>, Option<u64>)> {
-        let prefix = dev_prefix(user.as_str(), device);
-        let upper = KeyBuf::new()
-            .str(user.as_str())
-            .str(device)
-            .u64(upto.saturating_add(1))
-            .into_vec();
+        let prefix = ToDeviceKey::device_prefix(user.as_str(), device);
+        let upper = ToDeviceKey::at_pos(user.as_str(), device, upto.saturating_add(1));
         let mut rows = Vec::new();
         for (k, v) in self.db.scan(
             Table::UserdeviceposTodevice,
@@ -1480,10 +1469,7 @@ impl E2ee {
             false,
             limit.saturating_add(1),
         )? {
-            let mut r = KeyReader::new(&k);
-            r.str()?;
-            r.str()?;
-            rows.push((r.u64()?, v));
+            rows.push((ToDeviceKey::decode_pos(&k)?, v));
         }
         let mut ack = None;
         if rows.len() > limit {

@@ -1,0 +1,308 @@
+//! The keys of the per-device key and message tables, one type per key layout. The byte
+//! layouts are the on-disk format: changing one needs a migration, which the
+//! `*_layout_is_stable` tests guard.
+
+use paracord_storage::{KeyBuf, KeyReader, StorageError};
+
+/// The key of `userdevicepos_todevice` (to-device messages awaiting delivery):
+/// `user_id 0xFF device_id 0xFF stream_pos seq`. A device's messages are contiguous and in
+/// stream order, then in the order they were queued at one position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ToDeviceKey<'a> {
+    pub(crate) user_id: &'a str,
+    pub(crate) device_id: &'a str,
+    pub(crate) pos: u64,
+    pub(crate) seq: u64,
+}
+
+impl<'a> ToDeviceKey<'a> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        KeyBuf::new()
+            .str(self.user_id)
+            .str(self.device_id)
+            .u64(self.pos)
+            .u64(self.seq)
+            .into_vec()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn decode(key: &'a [u8]) -> Result<Self, StorageError> {
+        let mut r = KeyReader::new(key);
+        let user_id = r.str()?;
+        let device_id = r.str()?;
+        let pos = r.u64()?;
+        let seq = r.u64()?;
+        r.finish()?;
+        Ok(Self {
+            user_id,
+            device_id,
+            pos,
+            seq,
+        })
+    }
+
+    /// The stream position of a key, without reading (or checking) the rest.
+    pub(crate) fn decode_pos(key: &[u8]) -> Result<u64, StorageError> {
+        let mut r = KeyReader::new(key);
+        r.str()?;
+        r.str()?;
+        r.u64()
+    }
+
+    /// Every key of the device's messages starts with this.
+    pub(crate) fn device_prefix(user_id: &str, device_id: &str) -> Vec<u8> {
+        KeyBuf::new().str(user_id).str(device_id).into_vec()
+    }
+
+    /// The first possible key of the device's messages at `pos` (an exclusive upper bound for
+    /// the messages before it).
+    pub(crate) fn at_pos(user_id: &str, device_id: &str, pos: u64) -> Vec<u8> {
+        KeyBuf::new()
+            .str(user_id)
+            .str(device_id)
+            .u64(pos)
+            .into_vec()
+    }
+}
+
+/// The key of `userdevicealgseq_onetimekey` (a device's one-time keys):
+/// `user_id 0xFF device_id 0xFF algorithm 0xFF upload seq`. The keys of one algorithm are
+/// contiguous and in upload order: the first is the one handed out next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OneTimeKeyKey<'a> {
+    pub(crate) user_id: &'a str,
+    pub(crate) device_id: &'a str,
+    pub(crate) algorithm: &'a str,
+    pub(crate) seq: u64,
+}
+
+impl<'a> OneTimeKeyKey<'a> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        KeyBuf::new()
+            .str(self.user_id)
+            .str(self.device_id)
+            .str(self.algorithm)
+            .u64(self.seq)
+            .into_vec()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn decode(key: &'a [u8]) -> Result<Self, StorageError> {
+        let mut r = KeyReader::new(key);
+        let user_id = r.str()?;
+        let device_id = r.str()?;
+        let algorithm = r.str()?;
+        let seq = r.u64()?;
+        r.finish()?;
+        Ok(Self {
+            user_id,
+            device_id,
+            algorithm,
+            seq,
+        })
+    }
+
+    /// The algorithm of a key, without reading (or checking) the rest.
+    pub(crate) fn decode_algorithm(key: &'a [u8]) -> Result<&'a str, StorageError> {
+        let mut r = KeyReader::new(key);
+        r.str()?;
+        r.str()?;
+        r.str()
+    }
+
+    /// Every key of the device's one-time keys starts with this.
+    pub(crate) fn device_prefix(user_id: &str, device_id: &str) -> Vec<u8> {
+        KeyBuf::new().str(user_id).str(device_id).into_vec()
+    }
+
+    /// Every key of the device's one-time keys of `algorithm` starts with this.
+    pub(crate) fn algorithm_prefix(user_id: &str, device_id: &str, algorithm: &str) -> Vec<u8> {
+        KeyBuf::new()
+            .str(user_id)
+            .str(device_id)
+            .str(algorithm)
+            .into_vec()
+    }
+}
+
+/// The key of `userdevicealg_fallbackkey` (a device's fallback key of an algorithm):
+/// `user_id 0xFF device_id 0xFF algorithm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FallbackKeyKey<'a> {
+    pub(crate) user_id: &'a str,
+    pub(crate) device_id: &'a str,
+    pub(crate) algorithm: &'a str,
+}
+
+impl<'a> FallbackKeyKey<'a> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        KeyBuf::new()
+            .str(self.user_id)
+            .str(self.device_id)
+            .last_str(self.algorithm)
+            .into_vec()
+    }
+
+    pub(crate) fn decode(key: &'a [u8]) -> Result<Self, StorageError> {
+        let mut r = KeyReader::new(key);
+        let user_id = r.str()?;
+        let device_id = r.str()?;
+        let algorithm = r.last_str()?;
+        Ok(Self {
+            user_id,
+            device_id,
+            algorithm,
+        })
+    }
+
+    /// Every key of the device's fallback keys starts with this.
+    pub(crate) fn device_prefix(user_id: &str, device_id: &str) -> Vec<u8> {
+        KeyBuf::new().str(user_id).str(device_id).into_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn to_device_round_trips_and_layout_is_stable() {
+        let key = ToDeviceKey {
+            user_id: "@u:x",
+            device_id: "D",
+            pos: 0x0102,
+            seq: 3,
+        };
+        let bytes = key.encode();
+        assert_eq!(
+            bytes,
+            b"@u:x\xFFD\xFF\0\0\0\0\0\0\x01\x02\0\0\0\0\0\0\0\x03".as_slice()
+        );
+        assert_eq!(
+            bytes,
+            KeyBuf::new()
+                .str("@u:x")
+                .str("D")
+                .u64(0x0102)
+                .u64(3)
+                .into_vec()
+        );
+        assert_eq!(ToDeviceKey::decode(&bytes).unwrap(), key);
+        assert_eq!(ToDeviceKey::decode_pos(&bytes).unwrap(), 0x0102);
+        assert!(bytes.starts_with(&ToDeviceKey::device_prefix("@u:x", "D")));
+        assert!(bytes.starts_with(&ToDeviceKey::at_pos("@u:x", "D", 0x0102)));
+        assert!(!bytes.starts_with(&ToDeviceKey::device_prefix("@u:x", "DD")));
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(ToDeviceKey::decode(&long).is_err());
+        assert!(ToDeviceKey::decode_pos(b"@u:x\xFFD\xFF\x01").is_err());
+    }
+
+    #[test]
+    fn to_device_sorts_by_position_then_seq() {
+        let key = |pos, seq| {
+            ToDeviceKey {
+                user_id: "@u:x",
+                device_id: "D",
+                pos,
+                seq,
+            }
+            .encode()
+        };
+        let mut keys = [key(256, 0), key(255, 7), key(1 << 40, 0), key(256, 1)];
+        keys.sort();
+        let decoded: Vec<_> = keys
+            .iter()
+            .map(|k| {
+                let k = ToDeviceKey::decode(k).unwrap();
+                (k.pos, k.seq)
+            })
+            .collect();
+        assert_eq!(decoded, [(255, 7), (256, 0), (256, 1), (1 << 40, 0)]);
+        // Everything before a position sorts below its first key.
+        let bound = ToDeviceKey::at_pos("@u:x", "D", 256);
+        assert!(key(255, u64::MAX) < bound && bound <= key(256, 0));
+    }
+
+    #[test]
+    fn one_time_key_round_trips_and_layout_is_stable() {
+        let key = OneTimeKeyKey {
+            user_id: "@u:x",
+            device_id: "D",
+            algorithm: "signed_curve25519",
+            seq: 9,
+        };
+        let bytes = key.encode();
+        assert_eq!(
+            bytes,
+            KeyBuf::new()
+                .str("@u:x")
+                .str("D")
+                .str("signed_curve25519")
+                .u64(9)
+                .into_vec()
+        );
+        assert_eq!(&bytes[..7], b"@u:x\xFFD\xFF");
+        assert_eq!(OneTimeKeyKey::decode(&bytes).unwrap(), key);
+        assert_eq!(
+            OneTimeKeyKey::decode_algorithm(&bytes).unwrap(),
+            "signed_curve25519"
+        );
+        assert!(bytes.starts_with(&OneTimeKeyKey::device_prefix("@u:x", "D")));
+        assert!(bytes.starts_with(&OneTimeKeyKey::algorithm_prefix(
+            "@u:x",
+            "D",
+            "signed_curve25519"
+        )));
+        assert!(!bytes.starts_with(&OneTimeKeyKey::algorithm_prefix(
+            "@u:x",
+            "D",
+            "signed_curve"
+        )));
+    }
+
+    #[test]
+    fn one_time_keys_sort_in_upload_order_within_an_algorithm() {
+        let key = |algorithm, seq| {
+            OneTimeKeyKey {
+                user_id: "@u:x",
+                device_id: "D",
+                algorithm,
+                seq,
+            }
+            .encode()
+        };
+        let mut keys = [key("b", 1), key("a", 256), key("a", 255), key("a", 1 << 40)];
+        keys.sort();
+        let decoded: Vec<_> = keys
+            .iter()
+            .map(|k| {
+                let k = OneTimeKeyKey::decode(k).unwrap();
+                (k.algorithm, k.seq)
+            })
+            .collect();
+        assert_eq!(decoded, [("a", 255), ("a", 256), ("a", 1 << 40), ("b", 1)]);
+    }
+
+    #[test]
+    fn fallback_key_round_trips_and_layout_is_stable() {
+        let key = FallbackKeyKey {
+            user_id: "@u:x",
+            device_id: "D",
+            algorithm: "signed_curve25519",
+        };
+        let bytes = key.encode();
+        assert_eq!(bytes, b"@u:x\xFFD\xFFsigned_curve25519");
+        assert_eq!(
+            bytes,
+            KeyBuf::new()
+                .str("@u:x")
+                .str("D")
+                .last_str("signed_curve25519")
+                .into_vec()
+        );
+        assert_eq!(FallbackKeyKey::decode(&bytes).unwrap(), key);
+        assert!(bytes.starts_with(&FallbackKeyKey::device_prefix("@u:x", "D")));
+        assert!(FallbackKeyKey::decode(b"@u:x\xFFD").is_err());
+    }
+}

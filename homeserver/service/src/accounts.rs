@@ -180,6 +180,35 @@ pub struct Accounts {
 /// deactivated.
 pub type DeviceRemovalHook = Box<dyn Fn(&UserId, &[String], bool) -> Result<()> + Send + Sync>;
 
+/// The key of `userdevice_device` (a user's devices): `user_id 0xFF device_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DeviceKey<'a> {
+    user_id: &'a str,
+    device_id: &'a str,
+}
+
+impl<'a> DeviceKey<'a> {
+    fn encode(&self) -> Vec<u8> {
+        KeyBuf::new()
+            .str(self.user_id)
+            .last_str(self.device_id)
+            .into_vec()
+    }
+
+    #[cfg(test)]
+    fn decode(key: &'a [u8]) -> Result<Self, paracord_storage::StorageError> {
+        let mut r = KeyReader::new(key);
+        let user_id = r.str()?;
+        let device_id = r.last_str()?;
+        Ok(Self { user_id, device_id })
+    }
+
+    /// Every key of `user_id`'s devices starts with this.
+    fn prefix(user_id: &str) -> Vec<u8> {
+        KeyBuf::new().str(user_id).into_vec()
+    }
+}
+
 fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
@@ -419,10 +448,11 @@ impl Accounts {
         };
         batch.put(
             Table::UserdeviceDevice,
-            KeyBuf::new()
-                .str(user.as_str())
-                .last_str(device_id)
-                .into_vec(),
+            DeviceKey {
+                user_id: user.as_str(),
+                device_id,
+            }
+            .encode(),
             serde_json::to_vec(&device)?,
         );
         Ok(self.db.write(batch)?)
@@ -695,10 +725,11 @@ impl Accounts {
         };
         batch.put(
             Table::UserdeviceDevice,
-            KeyBuf::new()
-                .str(user.as_str())
-                .last_str(device_id.as_str())
-                .into_vec(),
+            DeviceKey {
+                user_id: user.as_str(),
+                device_id: device_id.as_str(),
+            }
+            .encode(),
             serde_json::to_vec(&device)?,
         );
         Ok(LoginResult {
@@ -845,10 +876,11 @@ impl Accounts {
     }
 
     pub fn device(&self, user: &UserId, device_id: &str) -> Result<Option<Device>> {
-        let key = KeyBuf::new()
-            .str(user.as_str())
-            .last_str(device_id)
-            .into_vec();
+        let key = DeviceKey {
+            user_id: user.as_str(),
+            device_id,
+        }
+        .encode();
         match self.db.get(Table::UserdeviceDevice, &key)? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
@@ -856,7 +888,7 @@ impl Accounts {
     }
 
     pub fn devices(&self, user: &UserId) -> Result<Vec<Device>> {
-        let prefix = KeyBuf::new().str(user.as_str()).into_vec();
+        let prefix = DeviceKey::prefix(user.as_str());
         self.db
             .scan_prefix(Table::UserdeviceDevice, &prefix)?
             .into_iter()
@@ -877,10 +909,11 @@ impl Accounts {
         let mut batch = Batch::new();
         batch.put(
             Table::UserdeviceDevice,
-            KeyBuf::new()
-                .str(user.as_str())
-                .last_str(device_id)
-                .into_vec(),
+            DeviceKey {
+                user_id: user.as_str(),
+                device_id,
+            }
+            .encode(),
             serde_json::to_vec(&device)?,
         );
         Ok(self.db.write(batch)?)
@@ -905,10 +938,11 @@ impl Accounts {
         if let Ok(v) = serde_json::to_vec(&device) {
             batch.put(
                 Table::UserdeviceDevice,
-                KeyBuf::new()
-                    .str(user.as_str())
-                    .last_str(device_id)
-                    .into_vec(),
+                DeviceKey {
+                    user_id: user.as_str(),
+                    device_id,
+                }
+                .encode(),
                 v,
             );
             let _ = self.db.write(batch);
@@ -925,10 +959,11 @@ impl Accounts {
         }
         batch.delete(
             Table::UserdeviceDevice,
-            KeyBuf::new()
-                .str(user.as_str())
-                .last_str(device.device_id.as_str())
-                .into_vec(),
+            DeviceKey {
+                user_id: user.as_str(),
+                device_id: device.device_id.as_str(),
+            }
+            .encode(),
         );
     }
 
@@ -1298,6 +1333,26 @@ impl Accounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_key_round_trips_and_layout_is_stable() {
+        let key = DeviceKey {
+            user_id: "@u:x",
+            device_id: "DEV",
+        };
+        let bytes = key.encode();
+        assert_eq!(bytes, b"@u:x\xFFDEV");
+        assert_eq!(bytes, KeyBuf::new().str("@u:x").last_str("DEV").into_vec());
+        assert_eq!(DeviceKey::decode(&bytes).unwrap(), key);
+        assert!(bytes.starts_with(&DeviceKey::prefix("@u:x")));
+        assert!(!DeviceKey {
+            user_id: "@u:xy",
+            device_id: "DEV"
+        }
+        .encode()
+        .starts_with(&DeviceKey::prefix("@u:x")));
+        assert!(DeviceKey::decode(b"no separator").is_err());
+    }
 
     fn accounts() -> (tempfile::TempDir, Accounts) {
         let dir = tempfile::tempdir().unwrap();

@@ -239,6 +239,71 @@ impl<'a> ThreadKey<'a> {
     }
 }
 
+/// The key of `userpos_notification` (a user's notifications): `user_id 0xFF stream_pos`.
+/// A user's notifications are contiguous and in stream order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NotificationKey<'a> {
+    pub(crate) user_id: &'a str,
+    pub(crate) pos: u64,
+}
+
+impl<'a> NotificationKey<'a> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        KeyBuf::new().str(self.user_id).u64(self.pos).into_vec()
+    }
+
+    pub(crate) fn decode(key: &'a [u8]) -> Result<Self, StorageError> {
+        let mut r = KeyReader::new(key);
+        let user_id = r.str()?;
+        let pos = r.u64()?;
+        r.finish()?;
+        Ok(Self { user_id, pos })
+    }
+
+    /// Every key of `user_id`'s notifications starts with this.
+    pub(crate) fn prefix(user_id: &str) -> Vec<u8> {
+        KeyBuf::new().str(user_id).into_vec()
+    }
+}
+
+/// The key of `userroompos_highlight` (a user's notifications in a room, for unread counts):
+/// `user_id 0xFF room_id 0xFF stream_pos`. Those of one user and room are contiguous and in
+/// stream order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HighlightKey<'a> {
+    pub(crate) user_id: &'a str,
+    pub(crate) room_id: &'a str,
+    pub(crate) pos: u64,
+}
+
+impl<'a> HighlightKey<'a> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        KeyBuf::new()
+            .str(self.user_id)
+            .str(self.room_id)
+            .u64(self.pos)
+            .into_vec()
+    }
+
+    pub(crate) fn decode(key: &'a [u8]) -> Result<Self, StorageError> {
+        let mut r = KeyReader::new(key);
+        let user_id = r.str()?;
+        let room_id = r.str()?;
+        let pos = r.u64()?;
+        r.finish()?;
+        Ok(Self {
+            user_id,
+            room_id,
+            pos,
+        })
+    }
+
+    /// Every key of `user_id`'s notifications in `room_id` starts with this.
+    pub(crate) fn prefix(user_id: &str, room_id: &str) -> Vec<u8> {
+        KeyBuf::new().str(user_id).str(room_id).into_vec()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -503,5 +568,79 @@ mod tests {
         let mut long = bytes.clone();
         long.push(0);
         assert!(ThreadKey::decode(&long).is_err());
+    }
+
+    #[test]
+    fn notification_round_trips_and_layout_is_stable() {
+        let key = NotificationKey {
+            user_id: "@u:x",
+            pos: 0x0102,
+        };
+        let bytes = key.encode();
+        assert_eq!(bytes, b"@u:x\xFF\0\0\0\0\0\0\x01\x02");
+        assert_eq!(bytes, KeyBuf::new().str("@u:x").u64(0x0102).into_vec());
+        assert_eq!(NotificationKey::decode(&bytes).unwrap(), key);
+        assert!(bytes.starts_with(&NotificationKey::prefix("@u:x")));
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(NotificationKey::decode(&long).is_err());
+    }
+
+    #[test]
+    fn notifications_sort_by_position() {
+        let key = |pos| {
+            NotificationKey {
+                user_id: "@u:x",
+                pos,
+            }
+            .encode()
+        };
+        let mut keys = [key(1 << 40), key(256), key(255)];
+        keys.sort();
+        let decoded: Vec<_> = keys
+            .iter()
+            .map(|k| NotificationKey::decode(k).unwrap().pos)
+            .collect();
+        assert_eq!(decoded, [255, 256, 1 << 40]);
+    }
+
+    #[test]
+    fn highlight_round_trips_and_layout_is_stable() {
+        let key = HighlightKey {
+            user_id: "@u:x",
+            room_id: "!r:x",
+            pos: 0x0102,
+        };
+        let bytes = key.encode();
+        assert_eq!(bytes, b"@u:x\xFF!r:x\xFF\0\0\0\0\0\0\x01\x02");
+        assert_eq!(
+            bytes,
+            KeyBuf::new().str("@u:x").str("!r:x").u64(0x0102).into_vec()
+        );
+        assert_eq!(HighlightKey::decode(&bytes).unwrap(), key);
+        assert!(bytes.starts_with(&HighlightKey::prefix("@u:x", "!r:x")));
+        assert!(!bytes.starts_with(&HighlightKey::prefix("@u:x", "!r:")));
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(HighlightKey::decode(&long).is_err());
+    }
+
+    #[test]
+    fn highlights_sort_by_position_within_a_room() {
+        let key = |pos| {
+            HighlightKey {
+                user_id: "@u:x",
+                room_id: "!r:x",
+                pos,
+            }
+            .encode()
+        };
+        let mut keys = [key(256), key(1 << 40), key(255)];
+        keys.sort();
+        let decoded: Vec<_> = keys
+            .iter()
+            .map(|k| HighlightKey::decode(k).unwrap().pos)
+            .collect();
+        assert_eq!(decoded, [255, 256, 1 << 40]);
     }
 }

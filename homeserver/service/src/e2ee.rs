@@ -33,7 +33,9 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use self::keys::{FallbackKeyKey, OneTimeKeyKey, ToDeviceKey};
+use self::keys::{
+    CrossSigningKeyKey, FallbackKeyKey, KeyChangeKey, OneTimeKeyKey, SignatureKey, ToDeviceKey,
+};
 use crate::{
     accounts::Accounts,
     rooms::{
@@ -517,7 +519,11 @@ impl E2ee {
             *b = ops;
             b.put(
                 Table::PositionuserKeychange,
-                KeyBuf::new().u64(pos).last_str(user.as_str()).into_vec(),
+                KeyChangeKey {
+                    pos,
+                    user_id: user.as_str(),
+                }
+                .encode(),
                 Vec::new(),
             );
             Ok(())
@@ -627,13 +633,11 @@ impl E2ee {
         key_id: &str,
         object: &mut Value,
     ) -> Result<()> {
-        let prefix = KeyBuf::new().str(target.as_str()).str(key_id).into_vec();
+        let prefix = SignatureKey::target_prefix(target.as_str(), key_id);
         for (k, v) in self.db.scan_prefix(Table::TargetsignerSignature, &prefix)? {
-            let mut r = KeyReader::new(&k);
-            r.str()?;
-            r.str()?;
-            let signer = r.str()?;
-            let signer_key = r.last_str()?;
+            let SignatureKey {
+                signer, signer_key, ..
+            } = SignatureKey::decode(&k)?;
             if signer != target.as_str() && requester.is_none_or(|r| signer != r.as_str()) {
                 continue;
             }
@@ -653,7 +657,11 @@ impl E2ee {
     pub fn cross_signing_key(&self, user: &UserId, usage: &str) -> Result<Option<Value>> {
         match self.db.get(
             Table::UserusageCrosssigningkey,
-            &KeyBuf::new().str(user.as_str()).last_str(usage).into_vec(),
+            &CrossSigningKeyKey {
+                user_id: user.as_str(),
+                usage,
+            }
+            .encode(),
         )? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
@@ -864,8 +872,8 @@ impl E2ee {
             return Ok(out);
         }
         let mut key_changed: BTreeSet<OwnedUserId> = BTreeSet::new();
-        let lower = KeyBuf::new().u64(from.saturating_add(1)).into_vec();
-        let upper = KeyBuf::new().u64(to.saturating_add(1)).into_vec();
+        let lower = KeyChangeKey::at_pos(from.saturating_add(1));
+        let upper = KeyChangeKey::at_pos(to.saturating_add(1));
         for (k, _) in self.db.scan(
             Table::PositionuserKeychange,
             b"",
@@ -874,9 +882,7 @@ impl E2ee {
             false,
             usize::MAX,
         )? {
-            let mut r = KeyReader::new(&k);
-            r.u64()?;
-            if let Ok(u) = UserId::parse(r.last_str()?) {
+            if let Ok(u) = UserId::parse(KeyChangeKey::decode(&k)?.user_id) {
                 key_changed.insert(u);
             }
         }
@@ -1070,7 +1076,11 @@ impl E2ee {
             if let Some(k) = get(usage) {
                 batch.put(
                     Table::UserusageCrosssigningkey,
-                    KeyBuf::new().str(user.as_str()).last_str(usage).into_vec(),
+                    CrossSigningKeyKey {
+                        user_id: user.as_str(),
+                        usage,
+                    }
+                    .encode(),
                     serde_json::to_vec(k)?,
                 );
             }
@@ -1107,12 +1117,13 @@ impl E2ee {
                     Ok((signer_key_id, signature)) => {
                         batch.put(
                             Table::TargetsignerSignature,
-                            KeyBuf::new()
-                                .str(target_user.as_str())
-                                .str(key_id)
-                                .str(uploader.as_str())
-                                .last_str(&signer_key_id)
-                                .into_vec(),
+                            SignatureKey {
+                                target_user: target_user.as_str(),
+                                target_key: key_id,
+                                signer: uploader.as_str(),
+                                signer_key: &signer_key_id,
+                            }
+                            .encode(),
                             signature.into_bytes(),
                         );
                         changed.insert(target_user.clone());
@@ -1518,7 +1529,7 @@ impl E2ee {
                         batch.delete(table, k.to_vec());
                     }
                 }
-                let sig_prefix = KeyBuf::new().str(user.as_str()).str(d).into_vec();
+                let sig_prefix = SignatureKey::target_prefix(user.as_str(), d);
                 for (k, _) in self
                     .db
                     .scan_prefix(Table::TargetsignerSignature, &sig_prefix)?

@@ -161,6 +161,100 @@ impl<'a> FallbackKeyKey<'a> {
     }
 }
 
+/// The key of `positionuser_keychange` (whose device list or cross-signing keys changed
+/// when): `stream_pos user_id`. Changes are in stream order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KeyChangeKey<'a> {
+    pub(crate) pos: u64,
+    pub(crate) user_id: &'a str,
+}
+
+impl<'a> KeyChangeKey<'a> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        KeyBuf::new()
+            .u64(self.pos)
+            .last_str(self.user_id)
+            .into_vec()
+    }
+
+    pub(crate) fn decode(key: &'a [u8]) -> Result<Self, StorageError> {
+        let mut r = KeyReader::new(key);
+        let pos = r.u64()?;
+        let user_id = r.last_str()?;
+        Ok(Self { pos, user_id })
+    }
+
+    /// The first possible key at `pos` (a bound for the changes before or from it).
+    pub(crate) fn at_pos(pos: u64) -> Vec<u8> {
+        KeyBuf::new().u64(pos).into_vec()
+    }
+}
+
+/// The key of `targetsigner_signature` (signatures uploaded after the key they sign):
+/// `target user 0xFF target key id 0xFF signer user 0xFF signer key id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SignatureKey<'a> {
+    pub(crate) target_user: &'a str,
+    pub(crate) target_key: &'a str,
+    pub(crate) signer: &'a str,
+    pub(crate) signer_key: &'a str,
+}
+
+impl<'a> SignatureKey<'a> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        KeyBuf::new()
+            .str(self.target_user)
+            .str(self.target_key)
+            .str(self.signer)
+            .last_str(self.signer_key)
+            .into_vec()
+    }
+
+    pub(crate) fn decode(key: &'a [u8]) -> Result<Self, StorageError> {
+        let mut r = KeyReader::new(key);
+        let target_user = r.str()?;
+        let target_key = r.str()?;
+        let signer = r.str()?;
+        let signer_key = r.last_str()?;
+        Ok(Self {
+            target_user,
+            target_key,
+            signer,
+            signer_key,
+        })
+    }
+
+    /// Every key of the signatures of `target_user`'s key `target_key` starts with this.
+    pub(crate) fn target_prefix(target_user: &str, target_key: &str) -> Vec<u8> {
+        KeyBuf::new().str(target_user).str(target_key).into_vec()
+    }
+}
+
+/// The key of `userusage_crosssigningkey` (a user's cross-signing keys):
+/// `user_id 0xFF usage` (master, self_signing, user_signing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CrossSigningKeyKey<'a> {
+    pub(crate) user_id: &'a str,
+    pub(crate) usage: &'a str,
+}
+
+impl<'a> CrossSigningKeyKey<'a> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        KeyBuf::new()
+            .str(self.user_id)
+            .last_str(self.usage)
+            .into_vec()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn decode(key: &'a [u8]) -> Result<Self, StorageError> {
+        let mut r = KeyReader::new(key);
+        let user_id = r.str()?;
+        let usage = r.last_str()?;
+        Ok(Self { user_id, usage })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,5 +398,74 @@ mod tests {
         assert_eq!(FallbackKeyKey::decode(&bytes).unwrap(), key);
         assert!(bytes.starts_with(&FallbackKeyKey::device_prefix("@u:x", "D")));
         assert!(FallbackKeyKey::decode(b"@u:x\xFFD").is_err());
+    }
+
+    #[test]
+    fn key_change_round_trips_and_layout_is_stable() {
+        let key = KeyChangeKey {
+            pos: 0x0102,
+            user_id: "@u:x",
+        };
+        let bytes = key.encode();
+        assert_eq!(bytes, b"\0\0\0\0\0\0\x01\x02@u:x");
+        assert_eq!(bytes, KeyBuf::new().u64(0x0102).last_str("@u:x").into_vec());
+        assert_eq!(KeyChangeKey::decode(&bytes).unwrap(), key);
+        assert!(bytes.starts_with(&KeyChangeKey::at_pos(0x0102)));
+        assert!(KeyChangeKey::decode(&[0, 1]).is_err());
+    }
+
+    #[test]
+    fn key_changes_sort_by_position() {
+        let key = |pos, user_id| KeyChangeKey { pos, user_id }.encode();
+        let mut keys = [key(256, "@a:x"), key(1 << 40, "@a:x"), key(255, "@z:x")];
+        keys.sort();
+        let decoded: Vec<_> = keys
+            .iter()
+            .map(|k| KeyChangeKey::decode(k).unwrap().pos)
+            .collect();
+        assert_eq!(decoded, [255, 256, 1 << 40]);
+        // The changes from a position on are at or above its bound, those before below it.
+        let bound = KeyChangeKey::at_pos(256);
+        assert!(key(255, "@zzz:x") < bound && bound <= key(256, ""));
+    }
+
+    #[test]
+    fn signature_round_trips_and_layout_is_stable() {
+        let key = SignatureKey {
+            target_user: "@t:x",
+            target_key: "DEV",
+            signer: "@s:x",
+            signer_key: "ed25519:K",
+        };
+        let bytes = key.encode();
+        assert_eq!(bytes, b"@t:x\xFFDEV\xFF@s:x\xFFed25519:K");
+        assert_eq!(
+            bytes,
+            KeyBuf::new()
+                .str("@t:x")
+                .str("DEV")
+                .str("@s:x")
+                .last_str("ed25519:K")
+                .into_vec()
+        );
+        assert_eq!(SignatureKey::decode(&bytes).unwrap(), key);
+        assert!(bytes.starts_with(&SignatureKey::target_prefix("@t:x", "DEV")));
+        assert!(!bytes.starts_with(&SignatureKey::target_prefix("@t:x", "DE")));
+        assert!(SignatureKey::decode(b"@t:x\xFFDEV").is_err());
+    }
+
+    #[test]
+    fn cross_signing_key_round_trips_and_layout_is_stable() {
+        let key = CrossSigningKeyKey {
+            user_id: "@u:x",
+            usage: "master",
+        };
+        let bytes = key.encode();
+        assert_eq!(bytes, b"@u:x\xFFmaster");
+        assert_eq!(
+            bytes,
+            KeyBuf::new().str("@u:x").last_str("master").into_vec()
+        );
+        assert_eq!(CrossSigningKeyKey::decode(&bytes).unwrap(), key);
     }
 }

@@ -35,6 +35,7 @@ use serde_json::{json, Map, Value};
 
 use self::keys::{
     CrossSigningKeyKey, FallbackKeyKey, KeyChangeKey, OneTimeKeyKey, SignatureKey, ToDeviceKey,
+    ToDeviceTxnKey,
 };
 use crate::{
     accounts::Accounts,
@@ -1234,11 +1235,12 @@ impl E2ee {
         let messages = messages
             .as_object()
             .ok_or_else(|| Error::bad_json("messages must be an object"))?;
-        let txn_key = KeyBuf::new()
-            .str(sender.as_str())
-            .str(sender_device)
-            .last_str(txn_id)
-            .into_vec();
+        let txn_key = ToDeviceTxnKey {
+            user_id: sender.as_str(),
+            device_id: sender_device,
+            txn_id,
+        }
+        .encode();
         let mut recipients: Vec<(OwnedUserId, String, Value)> = Vec::new();
         let mut remote: BTreeMap<ruma::OwnedServerName, Map<String, Value>> = BTreeMap::new();
         for (user, devices) in messages {

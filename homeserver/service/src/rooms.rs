@@ -26,7 +26,7 @@ use std::{
 };
 
 use paracord_core::{time::now_ms, Config, Error, Result};
-use paracord_storage::{key::decode_u64, Batch, Db, KeyBuf, Table};
+use paracord_storage::{key::decode_u64, Batch, Db, Table};
 use parking_lot::Mutex;
 use ruma::{
     canonical_json::CanonicalJsonObject,
@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use tracing::instrument;
 
 use self::hooks::{EventObserver, EventPolicy};
-use self::keys::{RoomPosKey, RoomTsPosKey, RoomUserKey, UserRoomKey};
+use self::keys::{RoomPosKey, RoomTsPosKey, RoomUserKey, TxnKey, UserRoomKey};
 pub use self::pdu::Pdu;
 use crate::{account_data::AccountData, keys::ServerKeys, stream::Stream};
 
@@ -1237,12 +1237,13 @@ pub struct MembershipRecord {
 }
 
 fn txn_key(sender: &UserId, room_id: &RoomId, (device, txn): &(String, String)) -> Vec<u8> {
-    KeyBuf::new()
-        .str(sender.as_str())
-        .str(device)
-        .str(room_id.as_str())
-        .last_str(txn)
-        .into_vec()
+    TxnKey {
+        user_id: sender.as_str(),
+        device_id: device,
+        room_id: room_id.as_str(),
+        txn_id: txn,
+    }
+    .encode()
 }
 
 /// Writes the state snapshot of a state event with short id `short` that sets `entry` on top

@@ -255,6 +255,38 @@ impl<'a> CrossSigningKeyKey<'a> {
     }
 }
 
+/// The key of `userdevicetxn_todevice` (to-device transactions already taken):
+/// `user_id 0xFF device_id 0xFF txn_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ToDeviceTxnKey<'a> {
+    pub(crate) user_id: &'a str,
+    pub(crate) device_id: &'a str,
+    pub(crate) txn_id: &'a str,
+}
+
+impl<'a> ToDeviceTxnKey<'a> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        KeyBuf::new()
+            .str(self.user_id)
+            .str(self.device_id)
+            .last_str(self.txn_id)
+            .into_vec()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn decode(key: &'a [u8]) -> Result<Self, StorageError> {
+        let mut r = KeyReader::new(key);
+        let user_id = r.str()?;
+        let device_id = r.str()?;
+        let txn_id = r.last_str()?;
+        Ok(Self {
+            user_id,
+            device_id,
+            txn_id,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -467,5 +499,21 @@ mod tests {
             KeyBuf::new().str("@u:x").last_str("master").into_vec()
         );
         assert_eq!(CrossSigningKeyKey::decode(&bytes).unwrap(), key);
+    }
+
+    #[test]
+    fn to_device_txn_round_trips_and_layout_is_stable() {
+        let key = ToDeviceTxnKey {
+            user_id: "@u:x",
+            device_id: "D",
+            txn_id: "t1",
+        };
+        let bytes = key.encode();
+        assert_eq!(bytes, b"@u:x\xFFD\xFFt1");
+        assert_eq!(
+            bytes,
+            KeyBuf::new().str("@u:x").str("D").last_str("t1").into_vec()
+        );
+        assert_eq!(ToDeviceTxnKey::decode(&bytes).unwrap(), key);
     }
 }

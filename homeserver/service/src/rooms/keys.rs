@@ -304,6 +304,42 @@ impl<'a> HighlightKey<'a> {
     }
 }
 
+/// The key of `txn_eventid` (the event a client transaction created):
+/// `user_id 0xFF device_id 0xFF room_id 0xFF txn_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TxnKey<'a> {
+    pub(crate) user_id: &'a str,
+    pub(crate) device_id: &'a str,
+    pub(crate) room_id: &'a str,
+    pub(crate) txn_id: &'a str,
+}
+
+impl<'a> TxnKey<'a> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        KeyBuf::new()
+            .str(self.user_id)
+            .str(self.device_id)
+            .str(self.room_id)
+            .last_str(self.txn_id)
+            .into_vec()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn decode(key: &'a [u8]) -> Result<Self, StorageError> {
+        let mut r = KeyReader::new(key);
+        let user_id = r.str()?;
+        let device_id = r.str()?;
+        let room_id = r.str()?;
+        let txn_id = r.last_str()?;
+        Ok(Self {
+            user_id,
+            device_id,
+            room_id,
+            txn_id,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -642,5 +678,28 @@ mod tests {
             .map(|k| HighlightKey::decode(k).unwrap().pos)
             .collect();
         assert_eq!(decoded, [255, 256, 1 << 40]);
+    }
+
+    #[test]
+    fn txn_round_trips_and_layout_is_stable() {
+        let key = TxnKey {
+            user_id: "@u:x",
+            device_id: "D",
+            room_id: "!r:x",
+            txn_id: "t1",
+        };
+        let bytes = key.encode();
+        assert_eq!(bytes, b"@u:x\xFFD\xFF!r:x\xFFt1");
+        assert_eq!(
+            bytes,
+            KeyBuf::new()
+                .str("@u:x")
+                .str("D")
+                .str("!r:x")
+                .last_str("t1")
+                .into_vec()
+        );
+        assert_eq!(TxnKey::decode(&bytes).unwrap(), key);
+        assert!(TxnKey::decode(b"@u:x\xFFD").is_err());
     }
 }

@@ -22,7 +22,7 @@ use std::{
 
 use base64::{engine::general_purpose::STANDARD_NO_PAD, Engine};
 use paracord_core::{time::now_ms, Config, Error, Result};
-use paracord_storage::{Batch, Db, KeyBuf, KeyReader, Table};
+use paracord_storage::{Batch, Db, KeyBuf, Table};
 use parking_lot::Mutex;
 use ruma::{
     signatures::{
@@ -34,8 +34,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use self::keys::{
-    CrossSigningKeyKey, FallbackKeyKey, KeyChangeKey, OneTimeKeyKey, SignatureKey, ToDeviceKey,
-    ToDeviceTxnKey,
+    CrossSigningKeyKey, DeviceKeysKey, FallbackKeyKey, KeyChangeKey, OneTimeKeyKey, SignatureKey,
+    ToDeviceKey, ToDeviceTxnKey,
 };
 use crate::{
     accounts::Accounts,
@@ -148,7 +148,11 @@ pub struct E2ee {
 pub type OutgoingEdu = Arc<dyn Fn(&ruma::ServerName, Value) -> Result<()> + Send + Sync + 'static>;
 
 fn dev_key(user: &str, device: &str) -> Vec<u8> {
-    KeyBuf::new().str(user).last_str(device).into_vec()
+    DeviceKeysKey {
+        user_id: user,
+        device_id: device,
+    }
+    .encode()
 }
 
 fn dev_prefix(user: &str, device: &str) -> Vec<u8> {
@@ -719,12 +723,15 @@ impl E2ee {
             let mut per_device = Map::new();
             let device_ids: Vec<String> = if devices.is_empty() {
                 self.db
-                    .scan_prefix(Table::UserdeviceDevicekeys, &user_prefix(user.as_str()))?
+                    .scan_prefix(
+                        Table::UserdeviceDevicekeys,
+                        &DeviceKeysKey::user_prefix(user.as_str()),
+                    )?
                     .into_iter()
                     .filter_map(|(k, _)| {
-                        let mut r = KeyReader::new(&k);
-                        r.str().ok()?;
-                        r.last_str().ok().map(str::to_owned)
+                        DeviceKeysKey::decode(&k)
+                            .ok()
+                            .map(|key| key.device_id.to_owned())
                     })
                     .collect()
             } else {

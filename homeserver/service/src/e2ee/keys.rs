@@ -4,6 +4,34 @@
 
 use paracord_storage::{KeyBuf, KeyReader, StorageError};
 
+/// The key of `userdevice_devicekeys` (a device's identity keys): `user_id 0xFF device_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DeviceKeysKey<'a> {
+    pub(crate) user_id: &'a str,
+    pub(crate) device_id: &'a str,
+}
+
+impl<'a> DeviceKeysKey<'a> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        KeyBuf::new()
+            .str(self.user_id)
+            .last_str(self.device_id)
+            .into_vec()
+    }
+
+    pub(crate) fn decode(key: &'a [u8]) -> Result<Self, StorageError> {
+        let mut r = KeyReader::new(key);
+        let user_id = r.str()?;
+        let device_id = r.last_str()?;
+        Ok(Self { user_id, device_id })
+    }
+
+    /// Every key of `user_id`'s devices starts with this.
+    pub(crate) fn user_prefix(user_id: &str) -> Vec<u8> {
+        KeyBuf::new().str(user_id).into_vec()
+    }
+}
+
 /// The key of `userdevicepos_todevice` (to-device messages awaiting delivery):
 /// `user_id 0xFF device_id 0xFF stream_pos seq`. A device's messages are contiguous and in
 /// stream order, then in the order they were queued at one position.
@@ -515,5 +543,19 @@ mod tests {
             KeyBuf::new().str("@u:x").str("D").last_str("t1").into_vec()
         );
         assert_eq!(ToDeviceTxnKey::decode(&bytes).unwrap(), key);
+    }
+
+    #[test]
+    fn device_keys_round_trips_and_layout_is_stable() {
+        let key = DeviceKeysKey {
+            user_id: "@u:x",
+            device_id: "D",
+        };
+        let bytes = key.encode();
+        assert_eq!(bytes, b"@u:x\xFFD");
+        assert_eq!(bytes, KeyBuf::new().str("@u:x").last_str("D").into_vec());
+        assert_eq!(DeviceKeysKey::decode(&bytes).unwrap(), key);
+        assert!(bytes.starts_with(&DeviceKeysKey::user_prefix("@u:x")));
+        assert!(DeviceKeysKey::decode(b"no separator").is_err());
     }
 }

@@ -31,12 +31,65 @@ pub struct AccountData {
     push_rules_edit: parking_lot::Mutex<()>,
 }
 
+/// The key of `userroomtype_accountdata`: `user_id 0xFF room_id 0xFF type`, room "" for
+/// global account data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AccountDataKey<'a> {
+    user_id: &'a str,
+    room_id: &'a str,
+    kind: &'a str,
+}
+
+impl<'a> AccountDataKey<'a> {
+    fn encode(&self) -> Vec<u8> {
+        KeyBuf::new()
+            .str(self.user_id)
+            .str(self.room_id)
+            .last_str(self.kind)
+            .into_vec()
+    }
+
+    fn decode(key: &'a [u8]) -> Result<Self, paracord_storage::StorageError> {
+        let mut r = KeyReader::new(key);
+        let user_id = r.str()?;
+        let room_id = r.str()?;
+        let kind = r.last_str()?;
+        Ok(Self {
+            user_id,
+            room_id,
+            kind,
+        })
+    }
+
+    /// Every key of `user_id`'s account data (global and per room) starts with this.
+    fn prefix(user_id: &str) -> Vec<u8> {
+        KeyBuf::new().str(user_id).into_vec()
+    }
+}
+
+/// The key of `userfilter_filter`: `user_id 0xFF filter_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FilterKey<'a> {
+    user_id: &'a str,
+    filter_id: &'a str,
+}
+
+impl FilterKey<'_> {
+    fn encode(&self) -> Vec<u8> {
+        KeyBuf::new()
+            .str(self.user_id)
+            .last_str(self.filter_id)
+            .into_vec()
+    }
+}
+
 fn key(user: &UserId, room: Option<&RoomId>, kind: &str) -> Vec<u8> {
-    KeyBuf::new()
-        .str(user.as_str())
-        .str(room.map(|r| r.as_str()).unwrap_or(""))
-        .last_str(kind)
-        .into_vec()
+    AccountDataKey {
+        user_id: user.as_str(),
+        room_id: room.map(|r| r.as_str()).unwrap_or(""),
+        kind,
+    }
+    .encode()
 }
 
 impl AccountData {
@@ -52,8 +105,7 @@ impl AccountData {
     pub fn get(&self, user: &UserId, room: Option<&RoomId>, kind: &str) -> Result<Option<Value>> {
         match self
             .db
-            .get(Table::UserroomtypeAccountdata, &key(user, room, kind))
-            .map_err(Error::internal)?
+            .get(Table::UserroomtypeAccountdata, &key(user, room, kind))?
         {
             Some(v) => Ok(Some(serde_json::from_slice::<Record>(&v)?.content)),
             None => Ok(None),
@@ -97,21 +149,22 @@ impl AccountData {
         since: Option<u64>,
         upto: u64,
     ) -> Result<Vec<Entry>> {
-        let prefix = KeyBuf::new().str(user.as_str()).into_vec();
+        let prefix = AccountDataKey::prefix(user.as_str());
         let mut out = Vec::new();
         for (k, v) in self
             .db
-            .scan_prefix(Table::UserroomtypeAccountdata, &prefix)
-            .map_err(Error::internal)?
+            .scan_prefix(Table::UserroomtypeAccountdata, &prefix)?
         {
             let rec: Record = serde_json::from_slice(&v)?;
             if since.is_some_and(|s| rec.pos <= s) || rec.pos > upto {
                 continue;
             }
-            let mut r = KeyReader::new(&k);
-            r.str().map_err(Error::internal)?;
-            let room = r.str().map_err(Error::internal)?;
-            let kind = r.last_str().map_err(Error::internal)?.to_owned();
+            let AccountDataKey {
+                room_id: room,
+                kind,
+                ..
+            } = AccountDataKey::decode(&k)?;
+            let kind = kind.to_owned();
             let room = if room.is_empty() {
                 None
             } else {
@@ -220,24 +273,70 @@ impl AccountData {
         let mut batch = Batch::new();
         batch.put(
             Table::UserfilterFilter,
-            KeyBuf::new().str(user.as_str()).last_str(&id).into_vec(),
+            FilterKey {
+                user_id: user.as_str(),
+                filter_id: &id,
+            }
+            .encode(),
             serde_json::to_vec(filter)?,
         );
-        self.db.write(batch).map_err(Error::internal)?;
+        self.db.write(batch)?;
         Ok(id)
     }
 
     pub fn filter(&self, user: &UserId, id: &str) -> Result<Option<Value>> {
-        match self
-            .db
-            .get(
-                Table::UserfilterFilter,
-                &KeyBuf::new().str(user.as_str()).last_str(id).into_vec(),
-            )
-            .map_err(Error::internal)?
-        {
+        match self.db.get(
+            Table::UserfilterFilter,
+            &FilterKey {
+                user_id: user.as_str(),
+                filter_id: id,
+            }
+            .encode(),
+        )? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_data_key_round_trips_and_layout_is_stable() {
+        let key = AccountDataKey {
+            user_id: "@u:x",
+            room_id: "!r:x",
+            kind: "m.tag",
+        };
+        let bytes = key.encode();
+        assert_eq!(bytes, b"@u:x\xFF!r:x\xFFm.tag");
+        assert_eq!(
+            bytes,
+            KeyBuf::new()
+                .str("@u:x")
+                .str("!r:x")
+                .last_str("m.tag")
+                .into_vec()
+        );
+        assert_eq!(AccountDataKey::decode(&bytes).unwrap(), key);
+        assert!(bytes.starts_with(&AccountDataKey::prefix("@u:x")));
+        // Global account data has an empty room.
+        let global = AccountDataKey { room_id: "", ..key }.encode();
+        assert_eq!(global, b"@u:x\xFF\xFFm.tag");
+        assert_eq!(AccountDataKey::decode(&global).unwrap().room_id, "");
+        assert!(AccountDataKey::decode(b"@u:x\xFFm.tag").is_err());
+    }
+
+    #[test]
+    fn filter_key_layout_is_stable() {
+        let bytes = FilterKey {
+            user_id: "@u:x",
+            filter_id: "abc",
+        }
+        .encode();
+        assert_eq!(bytes, b"@u:x\xFFabc");
+        assert_eq!(bytes, KeyBuf::new().str("@u:x").last_str("abc").into_vec());
     }
 }

@@ -180,8 +180,33 @@ pub struct Accounts {
 /// deactivated.
 pub type DeviceRemovalHook = Box<dyn Fn(&UserId, &[String], bool) -> Result<()> + Send + Sync>;
 
-fn db_err(e: impl std::fmt::Display) -> Error {
-    Error::internal(e)
+/// The key of `userdevice_device` (a user's devices): `user_id 0xFF device_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DeviceKey<'a> {
+    user_id: &'a str,
+    device_id: &'a str,
+}
+
+impl<'a> DeviceKey<'a> {
+    fn encode(&self) -> Vec<u8> {
+        KeyBuf::new()
+            .str(self.user_id)
+            .last_str(self.device_id)
+            .into_vec()
+    }
+
+    #[cfg(test)]
+    fn decode(key: &'a [u8]) -> Result<Self, paracord_storage::StorageError> {
+        let mut r = KeyReader::new(key);
+        let user_id = r.str()?;
+        let device_id = r.last_str()?;
+        Ok(Self { user_id, device_id })
+    }
+
+    /// Every key of `user_id`'s devices starts with this.
+    fn prefix(user_id: &str) -> Vec<u8> {
+        KeyBuf::new().str(user_id).into_vec()
+    }
 }
 
 fn token_hash(token: &str) -> Vec<u8> {
@@ -423,21 +448,18 @@ impl Accounts {
         };
         batch.put(
             Table::UserdeviceDevice,
-            KeyBuf::new()
-                .str(user.as_str())
-                .last_str(device_id)
-                .into_vec(),
+            DeviceKey {
+                user_id: user.as_str(),
+                device_id,
+            }
+            .encode(),
             serde_json::to_vec(&device)?,
         );
-        self.db.write(batch).map_err(db_err)
+        Ok(self.db.write(batch)?)
     }
 
     pub fn account(&self, user: &UserId) -> Result<Option<Account>> {
-        match self
-            .db
-            .get(Table::UseridAccount, user.as_bytes())
-            .map_err(db_err)?
-        {
+        match self.db.get(Table::UseridAccount, user.as_bytes())? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }
@@ -472,11 +494,7 @@ impl Accounts {
         crate::migrations::once(&self.db, b"user_directory_local_v1", || {
             let mut batch = Batch::new();
             let mut count = 0;
-            for (k, v) in self
-                .db
-                .scan_prefix(Table::UseridAccount, b"")
-                .map_err(db_err)?
-            {
+            for (k, v) in self.db.scan_prefix(Table::UseridAccount, b"")? {
                 let (Ok(user), Ok(account)) = (
                     OwnedUserId::try_from(String::from_utf8_lossy(&k).into_owned()),
                     serde_json::from_slice::<Account>(&v),
@@ -486,7 +504,7 @@ impl Accounts {
                 self.put_account(&mut batch, &user, &account)?;
                 count += 1;
             }
-            self.db.write(batch).map_err(db_err)?;
+            self.db.write(batch)?;
             Ok(count)
         })
     }
@@ -613,7 +631,7 @@ impl Accounts {
             *self.admin_token.lock() = None;
         }
         if inhibit_login {
-            self.db.write(batch).map_err(db_err)?;
+            self.db.write(batch)?;
             return Ok(LoginResult {
                 user_id: user,
                 device_id: OwnedDeviceId::from(""),
@@ -624,7 +642,7 @@ impl Accounts {
         }
         let _sessions = self.session_lock.lock();
         let result = self.new_session(&mut batch, &user, device_id, display_name, refresh)?;
-        self.db.write(batch).map_err(db_err)?;
+        self.db.write(batch)?;
         Ok(result)
     }
 
@@ -645,7 +663,7 @@ impl Accounts {
         };
         let mut batch = Batch::new();
         self.put_account(&mut batch, user, &account)?;
-        self.db.write(batch).map_err(db_err)
+        Ok(self.db.write(batch)?)
     }
 
     /// Adds a device (or replaces the tokens of an existing one) to `batch`.
@@ -707,10 +725,11 @@ impl Accounts {
         };
         batch.put(
             Table::UserdeviceDevice,
-            KeyBuf::new()
-                .str(user.as_str())
-                .last_str(device_id.as_str())
-                .into_vec(),
+            DeviceKey {
+                user_id: user.as_str(),
+                device_id: device_id.as_str(),
+            }
+            .encode(),
             serde_json::to_vec(&device)?,
         );
         Ok(LoginResult {
@@ -793,17 +812,13 @@ impl Accounts {
         let mut batch = Batch::new();
         let _sessions = self.session_lock.lock();
         let result = self.new_session(&mut batch, user, device_id, display_name, refresh)?;
-        self.db.write(batch).map_err(db_err)?;
+        self.db.write(batch)?;
         Ok(result)
     }
 
     /// Resolves an access token.
     pub fn authenticate(&self, token: &str) -> Result<Identity> {
-        let Some(raw) = self
-            .db
-            .get(Table::TokenhashSession, &token_hash(token))
-            .map_err(db_err)?
-        else {
+        let Some(raw) = self.db.get(Table::TokenhashSession, &token_hash(token))? else {
             return Err(Error::unknown_token(false));
         };
         let session: Session = serde_json::from_slice(&raw)?;
@@ -839,8 +854,7 @@ impl Accounts {
         let _sessions = self.session_lock.lock();
         let raw = self
             .db
-            .get(Table::TokenhashSession, &token_hash(refresh_token))
-            .map_err(db_err)?
+            .get(Table::TokenhashSession, &token_hash(refresh_token))?
             .ok_or_else(|| Error::unknown_token(false))?;
         let session: Session = serde_json::from_slice(&raw)?;
         let current = self
@@ -857,26 +871,26 @@ impl Accounts {
             None,
             true,
         )?;
-        self.db.write(batch).map_err(db_err)?;
+        self.db.write(batch)?;
         Ok(result)
     }
 
     pub fn device(&self, user: &UserId, device_id: &str) -> Result<Option<Device>> {
-        let key = KeyBuf::new()
-            .str(user.as_str())
-            .last_str(device_id)
-            .into_vec();
-        match self.db.get(Table::UserdeviceDevice, &key).map_err(db_err)? {
+        let key = DeviceKey {
+            user_id: user.as_str(),
+            device_id,
+        }
+        .encode();
+        match self.db.get(Table::UserdeviceDevice, &key)? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }
     }
 
     pub fn devices(&self, user: &UserId) -> Result<Vec<Device>> {
-        let prefix = KeyBuf::new().str(user.as_str()).into_vec();
+        let prefix = DeviceKey::prefix(user.as_str());
         self.db
-            .scan_prefix(Table::UserdeviceDevice, &prefix)
-            .map_err(db_err)?
+            .scan_prefix(Table::UserdeviceDevice, &prefix)?
             .into_iter()
             .map(|(_, v)| serde_json::from_slice(&v).map_err(Error::from))
             .collect()
@@ -895,13 +909,14 @@ impl Accounts {
         let mut batch = Batch::new();
         batch.put(
             Table::UserdeviceDevice,
-            KeyBuf::new()
-                .str(user.as_str())
-                .last_str(device_id)
-                .into_vec(),
+            DeviceKey {
+                user_id: user.as_str(),
+                device_id,
+            }
+            .encode(),
             serde_json::to_vec(&device)?,
         );
-        self.db.write(batch).map_err(db_err)
+        Ok(self.db.write(batch)?)
     }
 
     /// Records where and when a device was last seen (best effort).
@@ -923,10 +938,11 @@ impl Accounts {
         if let Ok(v) = serde_json::to_vec(&device) {
             batch.put(
                 Table::UserdeviceDevice,
-                KeyBuf::new()
-                    .str(user.as_str())
-                    .last_str(device_id)
-                    .into_vec(),
+                DeviceKey {
+                    user_id: user.as_str(),
+                    device_id,
+                }
+                .encode(),
                 v,
             );
             let _ = self.db.write(batch);
@@ -943,10 +959,11 @@ impl Accounts {
         }
         batch.delete(
             Table::UserdeviceDevice,
-            KeyBuf::new()
-                .str(user.as_str())
-                .last_str(device.device_id.as_str())
-                .into_vec(),
+            DeviceKey {
+                user_id: user.as_str(),
+                device_id: device.device_id.as_str(),
+            }
+            .encode(),
         );
     }
 
@@ -961,7 +978,7 @@ impl Accounts {
                 removed.push(device.device_id.to_string());
             }
         }
-        self.db.write(batch).map_err(db_err)?;
+        self.db.write(batch)?;
         drop(sessions);
         self.devices_removed(user, &removed, false)
     }
@@ -977,7 +994,7 @@ impl Accounts {
                 removed.push(device.device_id.to_string());
             }
         }
-        self.db.write(batch).map_err(db_err)?;
+        self.db.write(batch)?;
         drop(sessions);
         self.devices_removed(user, &removed, false)
     }
@@ -993,7 +1010,7 @@ impl Accounts {
         account.password_hash = Some(hash);
         let mut batch = Batch::new();
         self.put_account(&mut batch, user, &account)?;
-        self.db.write(batch).map_err(db_err)
+        Ok(self.db.write(batch)?)
     }
 
     /// Deactivates an account: no password, no devices, no tokens.
@@ -1013,7 +1030,7 @@ impl Accounts {
             self.delete_device_into(&mut batch, user, &device);
             removed.push(device.device_id.to_string());
         }
-        self.db.write(batch).map_err(db_err)?;
+        self.db.write(batch)?;
         drop(sessions);
         self.devices_removed(user, &removed, true)
     }
@@ -1035,7 +1052,7 @@ impl Accounts {
         }
         let mut batch = Batch::new();
         self.put_account(&mut batch, user, &account)?;
-        self.db.write(batch).map_err(db_err)?;
+        self.db.write(batch)?;
         Ok(account)
     }
 
@@ -1049,12 +1066,8 @@ impl Accounts {
 
     pub fn all_users(&self) -> Result<Vec<OwnedUserId>> {
         let mut out = Vec::new();
-        for (k, _) in self
-            .db
-            .scan_prefix(Table::UseridAccount, b"")
-            .map_err(db_err)?
-        {
-            let s = KeyReader::new(&k).last_str().map_err(db_err)?;
+        for (k, _) in self.db.scan_prefix(Table::UseridAccount, b"")? {
+            let s = KeyReader::new(&k).last_str()?;
             if let Ok(u) = OwnedUserId::try_from(s) {
                 out.push(u);
             }
@@ -1169,8 +1182,7 @@ impl Accounts {
         let _guard = self.admin_token_lock.lock();
         let any_admin = self
             .db
-            .scan_prefix(Table::UseridAccount, b"")
-            .map_err(db_err)?
+            .scan_prefix(Table::UseridAccount, b"")?
             .into_iter()
             .any(|(_, v)| {
                 serde_json::from_slice::<Account>(&v).is_ok_and(|a| a.admin && !a.deactivated)
@@ -1178,15 +1190,11 @@ impl Accounts {
         if any_admin {
             let mut batch = Batch::new();
             batch.delete(Table::GlobalValue, ADMIN_TOKEN_KEY.to_vec());
-            self.db.write(batch).map_err(db_err)?;
+            self.db.write(batch)?;
             *self.admin_token.lock() = None;
             return Ok(None);
         }
-        let token = match self
-            .db
-            .get(Table::GlobalValue, ADMIN_TOKEN_KEY)
-            .map_err(db_err)?
-        {
+        let token = match self.db.get(Table::GlobalValue, ADMIN_TOKEN_KEY)? {
             Some(v) => String::from_utf8_lossy(&v).into_owned(),
             None => {
                 let token = random_string(32);
@@ -1196,7 +1204,7 @@ impl Accounts {
                     ADMIN_TOKEN_KEY.to_vec(),
                     token.as_bytes().to_vec(),
                 );
-                self.db.write(batch).map_err(db_err)?;
+                self.db.write(batch)?;
                 token
             }
         };
@@ -1228,7 +1236,7 @@ impl Accounts {
         }
         let mut batch = Batch::new();
         batch.delete(Table::GlobalValue, ADMIN_TOKEN_KEY.to_vec());
-        self.db.write(batch).map_err(db_err)?;
+        self.db.write(batch)?;
         *self.admin_token.lock() = None;
         Ok(true)
     }
@@ -1242,7 +1250,7 @@ impl Accounts {
             ADMIN_TOKEN_KEY.to_vec(),
             token.as_bytes().to_vec(),
         );
-        self.db.write(batch).map_err(db_err)?;
+        self.db.write(batch)?;
         *self.admin_token.lock() = Some(token.to_owned());
         Ok(())
     }
@@ -1260,17 +1268,13 @@ impl Accounts {
             token_hash(&token),
             serde_json::to_vec(&record)?,
         );
-        self.db.write(batch).map_err(db_err)?;
+        self.db.write(batch)?;
         Ok((token, LIFETIME_MS / 1000))
     }
 
     /// The user an unexpired OpenID token was issued to.
     pub fn openid_user(&self, token: &str) -> Result<Option<OwnedUserId>> {
-        let Some(raw) = self
-            .db
-            .get(Table::OpenidtokenSession, &token_hash(token))
-            .map_err(db_err)?
-        else {
+        let Some(raw) = self.db.get(Table::OpenidtokenSession, &token_hash(token))? else {
             return Ok(None);
         };
         let record: Value = serde_json::from_slice(&raw)?;
@@ -1307,7 +1311,8 @@ impl Accounts {
         if !self.nonces.lock().take(nonce, now_ms()) {
             return Err(Error::forbidden("unrecognised nonce"));
         }
-        let mut m = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).map_err(db_err)?;
+        let mut m =
+            Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).map_err(Error::internal)?;
         m.update(nonce.as_bytes());
         m.update(b"\0");
         m.update(user.as_bytes());
@@ -1328,6 +1333,26 @@ impl Accounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_key_round_trips_and_layout_is_stable() {
+        let key = DeviceKey {
+            user_id: "@u:x",
+            device_id: "DEV",
+        };
+        let bytes = key.encode();
+        assert_eq!(bytes, b"@u:x\xFFDEV");
+        assert_eq!(bytes, KeyBuf::new().str("@u:x").last_str("DEV").into_vec());
+        assert_eq!(DeviceKey::decode(&bytes).unwrap(), key);
+        assert!(bytes.starts_with(&DeviceKey::prefix("@u:x")));
+        assert!(!DeviceKey {
+            user_id: "@u:xy",
+            device_id: "DEV"
+        }
+        .encode()
+        .starts_with(&DeviceKey::prefix("@u:x")));
+        assert!(DeviceKey::decode(b"no separator").is_err());
+    }
 
     fn accounts() -> (tempfile::TempDir, Accounts) {
         let dir = tempfile::tempdir().unwrap();

@@ -175,10 +175,6 @@ fn not_found() -> Error {
     Error::not_found("unknown backup version")
 }
 
-fn db_err(e: StorageError) -> Error {
-    Error::internal(e)
-}
-
 impl KeyBackups {
     pub fn new(db: Arc<Db>) -> Self {
         Self {
@@ -198,11 +194,10 @@ impl KeyBackups {
     fn versions(&self, user: &UserId) -> Result<Vec<(u64, VersionRecord)>> {
         let entries = self
             .db
-            .scan_prefix(Table::UserversionBackup, &VersionKey::prefix(user.as_str()))
-            .map_err(db_err)?;
+            .scan_prefix(Table::UserversionBackup, &VersionKey::prefix(user.as_str()))?;
         let mut out = Vec::with_capacity(entries.len());
         for (k, v) in entries {
-            let key = VersionKey::decode(&k).map_err(db_err)?;
+            let key = VersionKey::decode(&k)?;
             out.push((key.version, serde_json::from_slice(&v)?));
         }
         Ok(out)
@@ -230,11 +225,7 @@ impl KeyBackups {
             user: user.as_str(),
             version,
         };
-        match self
-            .db
-            .get(Table::UserversionBackup, &key.encode())
-            .map_err(db_err)?
-        {
+        match self.db.get(Table::UserversionBackup, &key.encode())? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }
@@ -295,10 +286,9 @@ impl KeyBackups {
         let _guard = self.lock(user);
         let last = self
             .db
-            .last_with_prefix(Table::UserversionBackup, &VersionKey::prefix(user.as_str()))
-            .map_err(db_err)?;
+            .last_with_prefix(Table::UserversionBackup, &VersionKey::prefix(user.as_str()))?;
         let last = match last {
-            Some((k, _)) => VersionKey::decode(&k).map_err(db_err)?.version,
+            Some((k, _)) => VersionKey::decode(&k)?.version,
             None => 0,
         };
         let version = last
@@ -313,7 +303,7 @@ impl KeyBackups {
         };
         let mut batch = Batch::new();
         self.put_record(&mut batch, user, version, &record)?;
-        self.db.write(batch).map_err(db_err)?;
+        self.db.write(batch)?;
         Ok(version.to_string())
     }
 
@@ -347,7 +337,7 @@ impl KeyBackups {
         record.auth_data = auth_data;
         let mut batch = Batch::new();
         self.put_record(&mut batch, user, n, &record)?;
-        self.db.write(batch).map_err(db_err)
+        Ok(self.db.write(batch)?)
     }
 
     /// Deletes a version and every key in it. Deleting a deleted version succeeds; one that
@@ -366,7 +356,7 @@ impl KeyBackups {
         record.auth_data = Map::new();
         record.count = 0;
         self.put_record(&mut batch, user, n, &record)?;
-        self.db.write(batch).map_err(db_err)
+        Ok(self.db.write(batch)?)
     }
 
     /// Deletes every backup of `user` (account deactivation).
@@ -387,7 +377,7 @@ impl KeyBackups {
         if batch.is_empty() {
             return Ok(());
         }
-        self.db.write(batch).map_err(db_err)
+        Ok(self.db.write(batch)?)
     }
 
     /// Stores keys in the current backup, keeping the better copy of each session that is
@@ -417,10 +407,7 @@ impl KeyBackups {
                 session: &session,
             }
             .encode();
-            let existing = self
-                .db
-                .get(Table::UserversionroomsessionRoomkey, &skey)
-                .map_err(db_err)?;
+            let existing = self.db.get(Table::UserversionroomsessionRoomkey, &skey)?;
             match existing {
                 Some(old) => {
                     let old: BackedUpKey = serde_json::from_slice(&old)?;
@@ -445,7 +432,7 @@ impl KeyBackups {
         if changed {
             record.etag = record.etag.wrapping_add(1);
             self.put_record(&mut batch, user, n, &record)?;
-            self.db.write(batch).map_err(db_err)?;
+            self.db.write(batch)?;
         }
         Ok(KeyCounts {
             etag: record.etag.to_string(),
@@ -460,10 +447,9 @@ impl KeyBackups {
         let mut out = RoomKeys::new();
         for (k, v) in self
             .db
-            .scan_prefix(Table::UserversionroomsessionRoomkey, &prefix)
-            .map_err(db_err)?
+            .scan_prefix(Table::UserversionroomsessionRoomkey, &prefix)?
         {
-            let key = SessionKey::decode(&k).map_err(db_err)?;
+            let key = SessionKey::decode(&k)?;
             let room = OwnedRoomId::try_from(key.room).map_err(Error::internal)?;
             out.entry(room)
                 .or_default()
@@ -489,8 +475,7 @@ impl KeyBackups {
         };
         match self
             .db
-            .get(Table::UserversionroomsessionRoomkey, &key.encode())
-            .map_err(db_err)?
+            .get(Table::UserversionroomsessionRoomkey, &key.encode())?
         {
             Some(v) => Ok(serde_json::from_slice(&v)?),
             None => Err(Error::not_found("key not found")),
@@ -514,7 +499,7 @@ impl KeyBackups {
             record.count = record.count.saturating_sub(deleted);
             record.etag = record.etag.wrapping_add(1);
             self.put_record(&mut batch, user, n, &record)?;
-            self.db.write(batch).map_err(db_err)?;
+            self.db.write(batch)?;
         }
         Ok(KeyCounts {
             etag: record.etag.to_string(),
@@ -539,11 +524,7 @@ impl KeyBackups {
                 session,
             }
             .encode();
-            if !self
-                .db
-                .exists(Table::UserversionroomsessionRoomkey, &key)
-                .map_err(db_err)?
-            {
+            if !self.db.exists(Table::UserversionroomsessionRoomkey, &key)? {
                 return Ok(0);
             }
             batch.delete(Table::UserversionroomsessionRoomkey, key);
@@ -553,8 +534,7 @@ impl KeyBackups {
         let mut n = 0u64;
         for (k, _) in self
             .db
-            .scan_prefix(Table::UserversionroomsessionRoomkey, &prefix)
-            .map_err(db_err)?
+            .scan_prefix(Table::UserversionroomsessionRoomkey, &prefix)?
         {
             batch.delete(Table::UserversionroomsessionRoomkey, k.into_vec());
             n += 1;

@@ -13,6 +13,8 @@
 //!
 //! Spec: https://spec.matrix.org/v1.19/client-server-api/#end-to-end-encryption
 
+mod keys;
+
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     sync::Arc,
@@ -20,7 +22,7 @@ use std::{
 
 use base64::{engine::general_purpose::STANDARD_NO_PAD, Engine};
 use paracord_core::{time::now_ms, Config, Error, Result};
-use paracord_storage::{Batch, Db, KeyBuf, KeyReader, Table};
+use paracord_storage::{Batch, Db, KeyBuf, Table};
 use parking_lot::Mutex;
 use ruma::{
     signatures::{
@@ -31,6 +33,10 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+use self::keys::{
+    CrossSigningKeyKey, DeviceKeysKey, FallbackKeyKey, KeyChangeKey, OneTimeKeyKey, SignatureKey,
+    ToDeviceKey, ToDeviceTxnKey,
+};
 use crate::{
     accounts::Accounts,
     rooms::{
@@ -142,7 +148,11 @@ pub struct E2ee {
 pub type OutgoingEdu = Arc<dyn Fn(&ruma::ServerName, Value) -> Result<()> + Send + Sync + 'static>;
 
 fn dev_key(user: &str, device: &str) -> Vec<u8> {
-    KeyBuf::new().str(user).last_str(device).into_vec()
+    DeviceKeysKey {
+        user_id: user,
+        device_id: device,
+    }
+    .encode()
 }
 
 fn dev_prefix(user: &str, device: &str) -> Vec<u8> {
@@ -151,10 +161,6 @@ fn dev_prefix(user: &str, device: &str) -> Vec<u8> {
 
 fn user_prefix(user: &str) -> Vec<u8> {
     KeyBuf::new().str(user).into_vec()
-}
-
-fn db_err(e: impl std::fmt::Display) -> Error {
-    Error::internal(e)
 }
 
 fn as_canonical(v: &Value, what: &str) -> Result<CanonicalJsonObject> {
@@ -265,8 +271,7 @@ impl E2ee {
     pub fn device_keys(&self, user: &UserId, device: &str) -> Result<Option<Value>> {
         match self
             .db
-            .get(Table::UserdeviceDevicekeys, &dev_key(user.as_str(), device))
-            .map_err(db_err)?
+            .get(Table::UserdeviceDevicekeys, &dev_key(user.as_str(), device))?
         {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
@@ -383,14 +388,10 @@ impl E2ee {
             // Keys already stored for the device, by id: a re-upload must match.
             let mut existing: BTreeMap<String, Value> = BTreeMap::new();
             if !otks.is_empty() {
-                for (_, v) in self
-                    .db
-                    .scan_prefix(
-                        Table::UserdevicealgseqOnetimekey,
-                        &dev_prefix(user.as_str(), device),
-                    )
-                    .map_err(db_err)?
-                {
+                for (_, v) in self.db.scan_prefix(
+                    Table::UserdevicealgseqOnetimekey,
+                    &OneTimeKeyKey::device_prefix(user.as_str(), device),
+                )? {
                     let k: OneTimeKey = serde_json::from_slice(&v)?;
                     existing.insert(k.id, k.key);
                 }
@@ -409,12 +410,13 @@ impl E2ee {
                         let seq = self.next_otk_seq();
                         batch.put(
                             Table::UserdevicealgseqOnetimekey,
-                            KeyBuf::new()
-                                .str(user.as_str())
-                                .str(device)
-                                .str(alg)
-                                .u64(seq)
-                                .into_vec(),
+                            OneTimeKeyKey {
+                                user_id: user.as_str(),
+                                device_id: device,
+                                algorithm: alg,
+                                seq,
+                            }
+                            .encode(),
                             serde_json::to_vec(&OneTimeKey {
                                 id: id.clone(),
                                 key: key.clone(),
@@ -445,15 +447,15 @@ impl E2ee {
                 }
             }
             for (alg, (id, key)) in per_alg {
-                let k = KeyBuf::new()
-                    .str(user.as_str())
-                    .str(device)
-                    .last_str(alg)
-                    .into_vec();
+                let k = FallbackKeyKey {
+                    user_id: user.as_str(),
+                    device_id: device,
+                    algorithm: alg,
+                }
+                .encode();
                 let old: Option<FallbackKey> = self
                     .db
-                    .get(Table::UserdevicealgFallbackkey, &k)
-                    .map_err(db_err)?
+                    .get(Table::UserdevicealgFallbackkey, &k)?
                     .map(|v| serde_json::from_slice(&v))
                     .transpose()?;
                 // The same key uploaded again keeps its used flag; a new one starts unused.
@@ -475,7 +477,7 @@ impl E2ee {
         if device_keys_changed {
             self.commit_key_change(user, batch)?;
         } else if !batch.is_empty() {
-            self.db.write(batch).map_err(db_err)?;
+            self.db.write(batch)?;
         }
         self.one_time_key_counts(user, device)
     }
@@ -522,7 +524,11 @@ impl E2ee {
             *b = ops;
             b.put(
                 Table::PositionuserKeychange,
-                KeyBuf::new().u64(pos).last_str(user.as_str()).into_vec(),
+                KeyChangeKey {
+                    pos,
+                    user_id: user.as_str(),
+                }
+                .encode(),
                 Vec::new(),
             );
             Ok(())
@@ -596,18 +602,11 @@ impl E2ee {
         device: &str,
     ) -> Result<BTreeMap<String, u64>> {
         let mut counts = BTreeMap::from([("signed_curve25519".to_owned(), 0u64)]);
-        for (k, _) in self
-            .db
-            .scan_prefix(
-                Table::UserdevicealgseqOnetimekey,
-                &dev_prefix(user.as_str(), device),
-            )
-            .map_err(db_err)?
-        {
-            let mut r = KeyReader::new(&k);
-            r.str().map_err(db_err)?;
-            r.str().map_err(db_err)?;
-            let alg = r.str().map_err(db_err)?;
+        for (k, _) in self.db.scan_prefix(
+            Table::UserdevicealgseqOnetimekey,
+            &OneTimeKeyKey::device_prefix(user.as_str(), device),
+        )? {
+            let alg = OneTimeKeyKey::decode_algorithm(&k)?;
             *counts.entry(alg.to_owned()).or_default() += 1;
         }
         Ok(counts)
@@ -616,20 +615,13 @@ impl E2ee {
     /// Algorithms of the device's fallback keys that have not been handed out yet.
     pub fn unused_fallback_key_types(&self, user: &UserId, device: &str) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        for (k, v) in self
-            .db
-            .scan_prefix(
-                Table::UserdevicealgFallbackkey,
-                &dev_prefix(user.as_str(), device),
-            )
-            .map_err(db_err)?
-        {
+        for (k, v) in self.db.scan_prefix(
+            Table::UserdevicealgFallbackkey,
+            &FallbackKeyKey::device_prefix(user.as_str(), device),
+        )? {
             let fk: FallbackKey = serde_json::from_slice(&v)?;
             if !fk.used {
-                let mut r = KeyReader::new(&k);
-                r.str().map_err(db_err)?;
-                r.str().map_err(db_err)?;
-                out.push(r.last_str().map_err(db_err)?.to_owned());
+                out.push(FallbackKeyKey::decode(&k)?.algorithm.to_owned());
             }
         }
         Ok(out)
@@ -646,17 +638,11 @@ impl E2ee {
         key_id: &str,
         object: &mut Value,
     ) -> Result<()> {
-        let prefix = KeyBuf::new().str(target.as_str()).str(key_id).into_vec();
-        for (k, v) in self
-            .db
-            .scan_prefix(Table::TargetsignerSignature, &prefix)
-            .map_err(db_err)?
-        {
-            let mut r = KeyReader::new(&k);
-            r.str().map_err(db_err)?;
-            r.str().map_err(db_err)?;
-            let signer = r.str().map_err(db_err)?;
-            let signer_key = r.last_str().map_err(db_err)?;
+        let prefix = SignatureKey::target_prefix(target.as_str(), key_id);
+        for (k, v) in self.db.scan_prefix(Table::TargetsignerSignature, &prefix)? {
+            let SignatureKey {
+                signer, signer_key, ..
+            } = SignatureKey::decode(&k)?;
             if signer != target.as_str() && requester.is_none_or(|r| signer != r.as_str()) {
                 continue;
             }
@@ -674,14 +660,14 @@ impl E2ee {
     }
 
     pub fn cross_signing_key(&self, user: &UserId, usage: &str) -> Result<Option<Value>> {
-        match self
-            .db
-            .get(
-                Table::UserusageCrosssigningkey,
-                &KeyBuf::new().str(user.as_str()).last_str(usage).into_vec(),
-            )
-            .map_err(db_err)?
-        {
+        match self.db.get(
+            Table::UserusageCrosssigningkey,
+            &CrossSigningKeyKey {
+                user_id: user.as_str(),
+                usage,
+            }
+            .encode(),
+        )? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }
@@ -737,13 +723,15 @@ impl E2ee {
             let mut per_device = Map::new();
             let device_ids: Vec<String> = if devices.is_empty() {
                 self.db
-                    .scan_prefix(Table::UserdeviceDevicekeys, &user_prefix(user.as_str()))
-                    .map_err(db_err)?
+                    .scan_prefix(
+                        Table::UserdeviceDevicekeys,
+                        &DeviceKeysKey::user_prefix(user.as_str()),
+                    )?
                     .into_iter()
                     .filter_map(|(k, _)| {
-                        let mut r = KeyReader::new(&k);
-                        r.str().ok()?;
-                        r.last_str().ok().map(str::to_owned)
+                        DeviceKeysKey::decode(&k)
+                            .ok()
+                            .map(|key| key.device_id.to_owned())
                     })
                     .collect()
             } else {
@@ -802,11 +790,7 @@ impl E2ee {
             }
             let mut per_device = Map::new();
             for (device, alg) in devices {
-                let prefix = KeyBuf::new()
-                    .str(user.as_str())
-                    .str(device)
-                    .str(alg)
-                    .into_vec();
+                let prefix = OneTimeKeyKey::algorithm_prefix(user.as_str(), device, alg);
                 let first = self
                     .db
                     .scan(
@@ -816,8 +800,7 @@ impl E2ee {
                         None,
                         false,
                         1,
-                    )
-                    .map_err(db_err)?
+                    )?
                     .into_iter()
                     .next();
                 if let Some((k, v)) = first {
@@ -827,16 +810,13 @@ impl E2ee {
                     per_device.insert(device.clone(), json!({ otk.id: otk.key }));
                     continue;
                 }
-                let fk_key = KeyBuf::new()
-                    .str(user.as_str())
-                    .str(device)
-                    .last_str(alg)
-                    .into_vec();
-                if let Some(v) = self
-                    .db
-                    .get(Table::UserdevicealgFallbackkey, &fk_key)
-                    .map_err(db_err)?
-                {
+                let fk_key = FallbackKeyKey {
+                    user_id: user.as_str(),
+                    device_id: device,
+                    algorithm: alg,
+                }
+                .encode();
+                if let Some(v) = self.db.get(Table::UserdevicealgFallbackkey, &fk_key)? {
                     let mut fk: FallbackKey = serde_json::from_slice(&v)?;
                     per_device.insert(device.clone(), json!({ fk.key_id.clone(): fk.key.clone() }));
                     if !fk.used {
@@ -854,7 +834,7 @@ impl E2ee {
             }
         }
         if !batch.is_empty() {
-            self.db.write(batch).map_err(db_err)?;
+            self.db.write(batch)?;
         }
         Ok(json!({ "one_time_keys": out, "failures": {} }))
     }
@@ -900,23 +880,17 @@ impl E2ee {
             return Ok(out);
         }
         let mut key_changed: BTreeSet<OwnedUserId> = BTreeSet::new();
-        let lower = KeyBuf::new().u64(from.saturating_add(1)).into_vec();
-        let upper = KeyBuf::new().u64(to.saturating_add(1)).into_vec();
-        for (k, _) in self
-            .db
-            .scan(
-                Table::PositionuserKeychange,
-                b"",
-                &lower,
-                Some(&upper),
-                false,
-                usize::MAX,
-            )
-            .map_err(db_err)?
-        {
-            let mut r = KeyReader::new(&k);
-            r.u64().map_err(db_err)?;
-            if let Ok(u) = UserId::parse(r.last_str().map_err(db_err)?) {
+        let lower = KeyChangeKey::at_pos(from.saturating_add(1));
+        let upper = KeyChangeKey::at_pos(to.saturating_add(1));
+        for (k, _) in self.db.scan(
+            Table::PositionuserKeychange,
+            b"",
+            &lower,
+            Some(&upper),
+            false,
+            usize::MAX,
+        )? {
+            if let Ok(u) = UserId::parse(KeyChangeKey::decode(&k)?.user_id) {
                 key_changed.insert(u);
             }
         }
@@ -1110,7 +1084,11 @@ impl E2ee {
             if let Some(k) = get(usage) {
                 batch.put(
                     Table::UserusageCrosssigningkey,
-                    KeyBuf::new().str(user.as_str()).last_str(usage).into_vec(),
+                    CrossSigningKeyKey {
+                        user_id: user.as_str(),
+                        usage,
+                    }
+                    .encode(),
                     serde_json::to_vec(k)?,
                 );
             }
@@ -1147,12 +1125,13 @@ impl E2ee {
                     Ok((signer_key_id, signature)) => {
                         batch.put(
                             Table::TargetsignerSignature,
-                            KeyBuf::new()
-                                .str(target_user.as_str())
-                                .str(key_id)
-                                .str(uploader.as_str())
-                                .last_str(&signer_key_id)
-                                .into_vec(),
+                            SignatureKey {
+                                target_user: target_user.as_str(),
+                                target_key: key_id,
+                                signer: uploader.as_str(),
+                                signer_key: &signer_key_id,
+                            }
+                            .encode(),
                             signature.into_bytes(),
                         );
                         changed.insert(target_user.clone());
@@ -1166,7 +1145,7 @@ impl E2ee {
             }
         }
         if !batch.is_empty() {
-            self.db.write(batch).map_err(db_err)?;
+            self.db.write(batch)?;
             for u in changed {
                 self.commit_key_change(&u, Batch::new())?;
             }
@@ -1263,11 +1242,12 @@ impl E2ee {
         let messages = messages
             .as_object()
             .ok_or_else(|| Error::bad_json("messages must be an object"))?;
-        let txn_key = KeyBuf::new()
-            .str(sender.as_str())
-            .str(sender_device)
-            .last_str(txn_id)
-            .into_vec();
+        let txn_key = ToDeviceTxnKey {
+            user_id: sender.as_str(),
+            device_id: sender_device,
+            txn_id,
+        }
+        .encode();
         let mut recipients: Vec<(OwnedUserId, String, Value)> = Vec::new();
         let mut remote: BTreeMap<ruma::OwnedServerName, Map<String, Value>> = BTreeMap::new();
         for (user, devices) in messages {
@@ -1307,11 +1287,7 @@ impl E2ee {
         let kind_s = kind.to_owned();
         let now = now_ms();
         let (_, accepted) = self.stream.commit(|pos, batch| {
-            if self
-                .db
-                .exists(Table::UserdevicetxnTodevice, &txn_key)
-                .map_err(db_err)?
-            {
+            if self.db.exists(Table::UserdevicetxnTodevice, &txn_key)? {
                 return Ok(false);
             }
             // The transaction id is remembered for retries, for a day.
@@ -1325,12 +1301,13 @@ impl E2ee {
             for (seq, (user, device, content)) in recipients.iter().enumerate() {
                 batch.put(
                     Table::UserdeviceposTodevice,
-                    KeyBuf::new()
-                        .str(user.as_str())
-                        .str(device)
-                        .u64(pos)
-                        .u64(seq as u64)
-                        .into_vec(),
+                    ToDeviceKey {
+                        user_id: user.as_str(),
+                        device_id: device,
+                        pos,
+                        seq: seq as u64,
+                    }
+                    .encode(),
                     serde_json::to_vec(&ToDevice {
                         sender: sender_s.clone(),
                         kind: kind_s.clone(),
@@ -1365,23 +1342,16 @@ impl E2ee {
 
     /// Deletes the device's to-device messages at or before `acked` (the client has them).
     pub fn ack_to_device(&self, user: &UserId, device: &str, acked: u64) -> Result<()> {
-        let prefix = dev_prefix(user.as_str(), device);
-        let upper = KeyBuf::new()
-            .str(user.as_str())
-            .str(device)
-            .u64(acked.saturating_add(1))
-            .into_vec();
-        let rows = self
-            .db
-            .scan(
-                Table::UserdeviceposTodevice,
-                &prefix,
-                &prefix,
-                Some(&upper),
-                false,
-                usize::MAX,
-            )
-            .map_err(db_err)?;
+        let prefix = ToDeviceKey::device_prefix(user.as_str(), device);
+        let upper = ToDeviceKey::at_pos(user.as_str(), device, acked.saturating_add(1));
+        let rows = self.db.scan(
+            Table::UserdeviceposTodevice,
+            &prefix,
+            &prefix,
+            Some(&upper),
+            false,
+            usize::MAX,
+        )?;
         if rows.is_empty() {
             return Ok(());
         }
@@ -1390,7 +1360,7 @@ impl E2ee {
         for (k, _) in rows {
             batch.delete(Table::UserdeviceposTodevice, k.to_vec());
         }
-        self.db.write(batch).map_err(db_err)?;
+        self.db.write(batch)?;
         if let Some(count) = self
             .pending_counts
             .lock()
@@ -1438,29 +1408,25 @@ impl E2ee {
 
     /// How many to-device messages wait for the device.
     fn count_to_device(&self, user: &UserId, device: &str) -> Result<u64> {
-        let n = self
-            .db
-            .for_each_prefix(
-                Table::UserdeviceposTodevice,
-                &dev_prefix(user.as_str(), device),
-                usize::MAX,
-                |_, _| Ok(()),
-            )
-            .map_err(db_err)?;
+        let n = self.db.for_each_prefix(
+            Table::UserdeviceposTodevice,
+            &ToDeviceKey::device_prefix(user.as_str(), device),
+            usize::MAX,
+            |_, _| Ok(()),
+        )?;
         Ok(n as u64)
     }
 
     /// Drops the device's oldest to-device messages if more than `cap` wait; returns how many
     /// are left.
     fn trim_to_device(&self, user: &UserId, device: &str, cap: u64) -> Result<u64> {
-        let prefix = dev_prefix(user.as_str(), device);
+        let prefix = ToDeviceKey::device_prefix(user.as_str(), device);
         let mut keys = Vec::new();
         self.db
             .for_each_prefix(Table::UserdeviceposTodevice, &prefix, usize::MAX, |k, _| {
                 keys.push(k.to_vec());
                 Ok(())
-            })
-            .map_err(db_err)?;
+            })?;
         let pending = keys.len() as u64;
         if pending <= cap {
             return Ok(pending);
@@ -1476,7 +1442,7 @@ impl E2ee {
         {
             batch.delete(Table::UserdeviceposTodevice, key);
         }
-        self.db.write(batch).map_err(db_err)?;
+        self.db.write(batch)?;
         tracing::warn!(
             user = %user,
             device,
@@ -1512,29 +1478,18 @@ impl E2ee {
         upto: u64,
         limit: usize,
     ) -> Result<(Vec<Value>, Option<u64>)> {
-        let prefix = dev_prefix(user.as_str(), device);
-        let upper = KeyBuf::new()
-            .str(user.as_str())
-            .str(device)
-            .u64(upto.saturating_add(1))
-            .into_vec();
+        let prefix = ToDeviceKey::device_prefix(user.as_str(), device);
+        let upper = ToDeviceKey::at_pos(user.as_str(), device, upto.saturating_add(1));
         let mut rows = Vec::new();
-        for (k, v) in self
-            .db
-            .scan(
-                Table::UserdeviceposTodevice,
-                &prefix,
-                &prefix,
-                Some(&upper),
-                false,
-                limit.saturating_add(1),
-            )
-            .map_err(db_err)?
-        {
-            let mut r = KeyReader::new(&k);
-            r.str().map_err(db_err)?;
-            r.str().map_err(db_err)?;
-            rows.push((r.u64().map_err(db_err)?, v));
+        for (k, v) in self.db.scan(
+            Table::UserdeviceposTodevice,
+            &prefix,
+            &prefix,
+            Some(&upper),
+            false,
+            limit.saturating_add(1),
+        )? {
+            rows.push((ToDeviceKey::decode_pos(&k)?, v));
         }
         let mut ack = None;
         if rows.len() > limit {
@@ -1569,8 +1524,7 @@ impl E2ee {
             for d in devices {
                 if self
                     .db
-                    .exists(Table::UserdeviceDevicekeys, &dev_key(user.as_str(), d))
-                    .map_err(db_err)?
+                    .exists(Table::UserdeviceDevicekeys, &dev_key(user.as_str(), d))?
                 {
                     had_keys = true;
                     batch.delete(Table::UserdeviceDevicekeys, dev_key(user.as_str(), d));
@@ -1580,19 +1534,14 @@ impl E2ee {
                     Table::UserdevicealgFallbackkey,
                     Table::UserdeviceposTodevice,
                 ] {
-                    for (k, _) in self
-                        .db
-                        .scan_prefix(table, &dev_prefix(user.as_str(), d))
-                        .map_err(db_err)?
-                    {
+                    for (k, _) in self.db.scan_prefix(table, &dev_prefix(user.as_str(), d))? {
                         batch.delete(table, k.to_vec());
                     }
                 }
-                let sig_prefix = KeyBuf::new().str(user.as_str()).str(d).into_vec();
+                let sig_prefix = SignatureKey::target_prefix(user.as_str(), d);
                 for (k, _) in self
                     .db
-                    .scan_prefix(Table::TargetsignerSignature, &sig_prefix)
-                    .map_err(db_err)?
+                    .scan_prefix(Table::TargetsignerSignature, &sig_prefix)?
                 {
                     batch.delete(Table::TargetsignerSignature, k.to_vec());
                 }
@@ -1620,11 +1569,7 @@ impl E2ee {
         self.devices_removed(user, devices)?;
         let mut batch = Batch::new();
         for table in [Table::UserusageCrosssigningkey] {
-            for (k, _) in self
-                .db
-                .scan_prefix(table, &user_prefix(user.as_str()))
-                .map_err(db_err)?
-            {
+            for (k, _) in self.db.scan_prefix(table, &user_prefix(user.as_str()))? {
                 batch.delete(table, k.to_vec());
             }
         }
@@ -1637,8 +1582,7 @@ impl E2ee {
     pub fn dehydrated_device(&self, user: &UserId) -> Result<Option<DehydratedDevice>> {
         match self
             .db
-            .get(Table::UseridDehydrateddevice, user.as_bytes())
-            .map_err(db_err)?
+            .get(Table::UseridDehydrateddevice, user.as_bytes())?
         {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
@@ -1652,7 +1596,7 @@ impl E2ee {
             user.as_bytes().to_vec(),
             serde_json::to_vec(&device)?,
         );
-        self.db.write(batch).map_err(db_err)
+        Ok(self.db.write(batch)?)
     }
 }
 
@@ -1663,16 +1607,14 @@ fn expire_to_device_rows(db: &Db, cutoff: u64) -> Result<usize> {
     let mut lower: Vec<u8> = Vec::new();
     let mut expired = 0usize;
     loop {
-        let rows = db
-            .scan(
-                Table::UserdeviceposTodevice,
-                &[],
-                &lower,
-                None,
-                false,
-                TO_DEVICE_SWEEP_BATCH,
-            )
-            .map_err(db_err)?;
+        let rows = db.scan(
+            Table::UserdeviceposTodevice,
+            &[],
+            &lower,
+            None,
+            false,
+            TO_DEVICE_SWEEP_BATCH,
+        )?;
         let Some((last, _)) = rows.last() else {
             break;
         };
@@ -1691,7 +1633,7 @@ fn expire_to_device_rows(db: &Db, cutoff: u64) -> Result<usize> {
             }
         }
         if !batch.is_empty() {
-            db.write(batch).map_err(db_err)?;
+            db.write(batch)?;
         }
         if rows.len() < TO_DEVICE_SWEEP_BATCH {
             break;

@@ -21,6 +21,56 @@ use crate::stream::Stream;
 /// Longest typing timeout honoured.
 const MAX_TYPING_MS: u64 = 120_000;
 
+/// The key of `roomreceipt_receipt` (read receipts):
+/// `room_id 0xFF receipt_type 0xFF user_id 0xFF thread`, thread "" for an unthreaded receipt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ReceiptKey<'a> {
+    room_id: &'a str,
+    receipt_type: &'a str,
+    user_id: &'a str,
+    thread: &'a str,
+}
+
+impl<'a> ReceiptKey<'a> {
+    fn encode(&self) -> Vec<u8> {
+        KeyBuf::new()
+            .str(self.room_id)
+            .str(self.receipt_type)
+            .str(self.user_id)
+            .last_str(self.thread)
+            .into_vec()
+    }
+
+    fn decode(key: &'a [u8]) -> Result<Self, paracord_storage::StorageError> {
+        let mut r = KeyReader::new(key);
+        let room_id = r.str()?;
+        let receipt_type = r.str()?;
+        let user_id = r.str()?;
+        let thread = r.last_str()?;
+        Ok(Self {
+            room_id,
+            receipt_type,
+            user_id,
+            thread,
+        })
+    }
+
+    /// Every key of the receipts in `room_id` starts with this.
+    fn room_prefix(room_id: &str) -> Vec<u8> {
+        KeyBuf::new().str(room_id).into_vec()
+    }
+
+    /// Every key of `user_id`'s receipts of `receipt_type` in `room_id` (one per thread)
+    /// starts with this; the rest of the key is the thread.
+    fn user_prefix(room_id: &str, receipt_type: &str, user_id: &str) -> Vec<u8> {
+        KeyBuf::new()
+            .str(room_id)
+            .str(receipt_type)
+            .str(user_id)
+            .into_vec()
+    }
+}
+
 #[derive(Debug, Default)]
 struct RoomTyping {
     /// user → expiry (ms since epoch)
@@ -135,12 +185,13 @@ impl Ephemeral {
         thread: Option<&str>,
         members: Vec<OwnedUserId>,
     ) -> Result<()> {
-        let key = KeyBuf::new()
-            .str(room.as_str())
-            .str(receipt_type)
-            .str(user.as_str())
-            .last_str(thread.unwrap_or(""))
-            .into_vec();
+        let key = ReceiptKey {
+            room_id: room.as_str(),
+            receipt_type,
+            user_id: user.as_str(),
+            thread: thread.unwrap_or(""),
+        }
+        .encode();
         let (pos, ()) = self.stream.commit(|pos, batch| {
             let rec = Receipt {
                 event_id: event_id.to_owned(),
@@ -182,23 +233,20 @@ impl Ephemeral {
                 return Ok(Vec::new());
             }
         }
-        let prefix = KeyBuf::new().str(room.as_str()).into_vec();
+        let prefix = ReceiptKey::room_prefix(room.as_str());
         let mut content = serde_json::Map::new();
         let mut displaced = serde_json::Map::new();
-        for (k, v) in self
-            .db
-            .scan_prefix(Table::RoomreceiptReceipt, &prefix)
-            .map_err(Error::internal)?
-        {
+        for (k, v) in self.db.scan_prefix(Table::RoomreceiptReceipt, &prefix)? {
             let rec: Receipt = serde_json::from_slice(&v)?;
             if since.is_some_and(|s| rec.pos <= s) {
                 continue;
             }
-            let mut r = KeyReader::new(&k);
-            r.str().map_err(Error::internal)?;
-            let kind = r.str().map_err(Error::internal)?;
-            let user = r.str().map_err(Error::internal)?;
-            let thread = r.last_str().map_err(Error::internal)?;
+            let ReceiptKey {
+                receipt_type: kind,
+                user_id: user,
+                thread,
+                ..
+            } = ReceiptKey::decode(&k)?;
             if kind == "m.read.private" && user != reader.as_str() {
                 continue;
             }
@@ -234,17 +282,14 @@ impl Ephemeral {
         let mut out = Vec::new();
         for kind in ["m.read", "m.read.private"] {
             for thread in ["", "main"] {
-                let key = KeyBuf::new()
-                    .str(room.as_str())
-                    .str(kind)
-                    .str(user.as_str())
-                    .last_str(thread)
-                    .into_vec();
-                if let Some(v) = self
-                    .db
-                    .get(Table::RoomreceiptReceipt, &key)
-                    .map_err(Error::internal)?
-                {
+                let key = ReceiptKey {
+                    room_id: room.as_str(),
+                    receipt_type: kind,
+                    user_id: user.as_str(),
+                    thread,
+                }
+                .encode();
+                if let Some(v) = self.db.get(Table::RoomreceiptReceipt, &key)? {
                     out.push(serde_json::from_slice::<Receipt>(&v)?.event_id);
                 }
             }
@@ -260,16 +305,8 @@ impl Ephemeral {
     ) -> Result<Vec<(String, String)>> {
         let mut out = Vec::new();
         for kind in ["m.read", "m.read.private"] {
-            let prefix = KeyBuf::new()
-                .str(room.as_str())
-                .str(kind)
-                .str(user.as_str())
-                .into_vec();
-            for (k, v) in self
-                .db
-                .scan_prefix(Table::RoomreceiptReceipt, &prefix)
-                .map_err(Error::internal)?
-            {
+            let prefix = ReceiptKey::user_prefix(room.as_str(), kind, user.as_str());
+            for (k, v) in self.db.scan_prefix(Table::RoomreceiptReceipt, &prefix)? {
                 let thread =
                     String::from_utf8_lossy(k.get(prefix.len()..).unwrap_or_default()).into_owned();
                 out.push((thread, serde_json::from_slice::<Receipt>(&v)?.event_id));
@@ -325,11 +362,7 @@ impl Ephemeral {
     }
 
     pub fn presence(&self, user: &UserId) -> Result<Option<Presence>> {
-        match self
-            .db
-            .get(Table::UseridPresence, user.as_bytes())
-            .map_err(Error::internal)?
-        {
+        match self.db.get(Table::UseridPresence, user.as_bytes())? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }
@@ -346,5 +379,40 @@ impl Ephemeral {
             content["status_msg"] = json!(m);
         }
         json!({ "type": "m.presence", "sender": user, "content": content })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receipt_key_round_trips_and_layout_is_stable() {
+        let key = ReceiptKey {
+            room_id: "!r:x",
+            receipt_type: "m.read",
+            user_id: "@u:x",
+            thread: "main",
+        };
+        let bytes = key.encode();
+        assert_eq!(bytes, b"!r:x\xFFm.read\xFF@u:x\xFFmain");
+        assert_eq!(
+            bytes,
+            KeyBuf::new()
+                .str("!r:x")
+                .str("m.read")
+                .str("@u:x")
+                .last_str("main")
+                .into_vec()
+        );
+        assert_eq!(ReceiptKey::decode(&bytes).unwrap(), key);
+        assert!(bytes.starts_with(&ReceiptKey::room_prefix("!r:x")));
+        let user_prefix = ReceiptKey::user_prefix("!r:x", "m.read", "@u:x");
+        assert_eq!(&bytes[user_prefix.len()..], b"main");
+        // An unthreaded receipt is the user prefix alone.
+        let unthreaded = ReceiptKey { thread: "", ..key }.encode();
+        assert_eq!(unthreaded, user_prefix);
+        assert_eq!(ReceiptKey::decode(&unthreaded).unwrap().thread, "");
+        assert!(ReceiptKey::decode(b"!r:x\xFFm.read").is_err());
     }
 }

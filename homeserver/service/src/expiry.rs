@@ -7,7 +7,7 @@
 //! comes first in that key, so [`sweep`] reads only what has expired, oldest first, and deletes
 //! each row together with its entry. The background task in [`crate::housekeeping`] sweeps.
 
-use paracord_core::{Error, Result};
+use paracord_core::Result;
 use paracord_storage::{Batch, Db, KeyBuf, KeyReader, StorageError, Table};
 
 /// How long a stored transaction answer (federation `/send`, Paracord relays) or transaction
@@ -83,16 +83,14 @@ pub fn schedule(batch: &mut Batch, table: Table, key: &[u8], deadline: u64) {
 /// nothing more has expired.
 pub fn sweep(db: &Db, now: u64) -> Result<usize> {
     let upper = KeyBuf::new().u64(now).into_vec();
-    let entries = db
-        .scan(
-            Table::DeadlinerowExpire,
-            &[],
-            &[],
-            Some(&upper),
-            false,
-            SWEEP_BATCH,
-        )
-        .map_err(Error::internal)?;
+    let entries = db.scan(
+        Table::DeadlinerowExpire,
+        &[],
+        &[],
+        Some(&upper),
+        false,
+        SWEEP_BATCH,
+    )?;
     let mut batch = Batch::new();
     for (key, _) in &entries {
         match DeadlineKey::decode(key) {
@@ -102,7 +100,7 @@ pub fn sweep(db: &Db, now: u64) -> Result<usize> {
         batch.delete(Table::DeadlinerowExpire, key.to_vec());
     }
     if !batch.is_empty() {
-        db.write(batch).map_err(Error::internal)?;
+        db.write(batch)?;
     }
     Ok(entries.len())
 }
@@ -125,11 +123,7 @@ const ADOPTED_KEY: &[u8] = b"expiry_adopted_v1";
 /// Schedules, once per database, every row of the expiring tables written before rows
 /// expired (they have no entry), with a deadline of a full [`TRANSACTION_TTL_MS`] from now.
 pub fn adopt_existing(db: &Db, now: u64) -> Result<()> {
-    if db
-        .get(Table::GlobalValue, ADOPTED_KEY)
-        .map_err(Error::internal)?
-        .is_some()
-    {
+    if db.get(Table::GlobalValue, ADOPTED_KEY)?.is_some() {
         return Ok(());
     }
     let deadline = now.saturating_add(TRANSACTION_TTL_MS);
@@ -137,9 +131,7 @@ pub fn adopt_existing(db: &Db, now: u64) -> Result<()> {
     for table in EXPIRING {
         let mut lower: Vec<u8> = Vec::new();
         loop {
-            let rows = db
-                .scan(*table, &[], &lower, None, false, SWEEP_BATCH)
-                .map_err(Error::internal)?;
+            let rows = db.scan(*table, &[], &lower, None, false, SWEEP_BATCH)?;
             let Some((last, _)) = rows.last() else {
                 break;
             };
@@ -150,7 +142,7 @@ pub fn adopt_existing(db: &Db, now: u64) -> Result<()> {
                 schedule(&mut batch, *table, key, deadline);
             }
             adopted = adopted.saturating_add(rows.len());
-            db.write(batch).map_err(Error::internal)?;
+            db.write(batch)?;
             if rows.len() < SWEEP_BATCH {
                 break;
             }
@@ -159,7 +151,7 @@ pub fn adopt_existing(db: &Db, now: u64) -> Result<()> {
     }
     let mut batch = Batch::new();
     batch.put(Table::GlobalValue, ADOPTED_KEY.to_vec(), b"1".to_vec());
-    db.write(batch).map_err(Error::internal)?;
+    db.write(batch)?;
     if adopted > 0 {
         tracing::info!(rows = adopted, "stored transaction answers now expire");
     }

@@ -94,10 +94,7 @@ impl ServerKeys {
         db: &Db,
         configured: &BTreeMap<String, OldVerifyKey>,
     ) -> Result<()> {
-        let mut history: KeyHistory = match db
-            .get(Table::GlobalValue, HISTORY_KEY)
-            .map_err(Error::internal)?
-        {
+        let mut history: KeyHistory = match db.get(Table::GlobalValue, HISTORY_KEY)? {
             Some(v) => serde_json::from_slice(&v)?,
             None => KeyHistory::default(),
         };
@@ -122,7 +119,7 @@ impl ServerKeys {
                 HISTORY_KEY.to_vec(),
                 serde_json::to_vec(&history)?,
             );
-            db.write(batch).map_err(Error::internal)?;
+            db.write(batch)?;
         }
         self.old = history.old;
         for (id, k) in configured {

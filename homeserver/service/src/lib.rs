@@ -79,7 +79,7 @@ impl Services {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             Error::internal(format!("cannot create {}: {e}", config.data_dir.display()))
         })?;
-        let db = Arc::new(Db::open(&config.data_dir.join("db")).map_err(Error::internal)?);
+        let db = Arc::new(Db::open(&config.data_dir.join("db"))?);
         let (keys, _) = keys::ServerKeys::load_or_generate(&config.signing_key_path())?;
         Self::build(config, db, keys)
     }
@@ -231,6 +231,7 @@ impl Services {
                 federation.clone(),
                 keys.clone(),
                 config.clone(),
+                db.clone(),
                 me.clone(),
             )
         });

@@ -104,10 +104,6 @@ pub struct Media {
     decodes: Arc<tokio::sync::Semaphore>,
 }
 
-fn db_err(e: impl std::fmt::Display) -> Error {
-    Error::internal(e)
-}
-
 /// Whether a content type may be shown inline by a browser (never HTML or SVG).
 pub fn inline_safe(content_type: &str) -> bool {
     let base = content_type
@@ -122,7 +118,7 @@ pub fn inline_safe(content_type: &str) -> bool {
 impl Media {
     pub fn new(db: Arc<Db>, config: Arc<Config>) -> Result<Self> {
         let dir = config.data_dir.join("media");
-        std::fs::create_dir_all(dir.join("thumbnails")).map_err(db_err)?;
+        std::fs::create_dir_all(dir.join("thumbnails")).map_err(Error::internal)?;
         if config.url_preview_allow_private {
             tracing::warn!(
                 "url_preview_allow_private is deprecated: previews may fetch any address; \
@@ -134,10 +130,10 @@ impl Media {
             PREVIEW_MAX_REDIRECTS,
             PREVIEW_TIMEOUT,
         )
-        .map_err(db_err)?;
+        .map_err(Error::internal)?;
         // Fetches that were cut short by a crash leave their partial files here.
         let _ = std::fs::remove_dir_all(dir.join(remote_cache::TMP_DIR));
-        std::fs::create_dir_all(dir.join(remote_cache::TMP_DIR)).map_err(db_err)?;
+        std::fs::create_dir_all(dir.join(remote_cache::TMP_DIR)).map_err(Error::internal)?;
         let decodes = Arc::new(tokio::sync::Semaphore::new(
             config.thumbnail_max_concurrent_decodes.max(1),
         ));
@@ -160,11 +156,7 @@ impl Media {
     }
 
     pub fn meta(&self, media_id: &str) -> Result<Option<MediaMeta>> {
-        match self
-            .db
-            .get(Table::MediaidMedia, media_id.as_bytes())
-            .map_err(db_err)?
-        {
+        match self.db.get(Table::MediaidMedia, media_id.as_bytes())? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }
@@ -177,7 +169,7 @@ impl Media {
             media_id.as_bytes().to_vec(),
             serde_json::to_vec(meta)?,
         );
-        self.db.write(batch).map_err(db_err)
+        Ok(self.db.write(batch)?)
     }
 
     fn check_size(&self, len: usize) -> Result<()> {
@@ -196,7 +188,7 @@ impl Media {
         let path = self.content_path(&hash);
         if !path.exists() {
             if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent).map_err(db_err)?;
+                std::fs::create_dir_all(parent).map_err(Error::internal)?;
             }
             // Write then rename, so a crash never leaves a half-written file under the hash;
             // the file and its directory entry are on disk before the record that points at
@@ -205,18 +197,18 @@ impl Media {
             let tmp = path.with_extension(format!("tmp{}", Self::new_id()));
             {
                 use std::io::Write;
-                let mut file = std::fs::File::create(&tmp).map_err(db_err)?;
-                file.write_all(bytes).map_err(db_err)?;
+                let mut file = std::fs::File::create(&tmp).map_err(Error::internal)?;
+                file.write_all(bytes).map_err(Error::internal)?;
                 if self.config.sync_writes {
-                    file.sync_all().map_err(db_err)?;
+                    file.sync_all().map_err(Error::internal)?;
                 }
             }
-            std::fs::rename(&tmp, &path).map_err(db_err)?;
+            std::fs::rename(&tmp, &path).map_err(Error::internal)?;
             if self.config.sync_writes {
                 if let Some(parent) = path.parent() {
                     std::fs::File::open(parent)
                         .and_then(|d| d.sync_all())
-                        .map_err(db_err)?;
+                        .map_err(Error::internal)?;
                 }
             }
         }

@@ -156,8 +156,7 @@ impl Pushers {
     fn stored(&self, user: &UserId) -> Result<Vec<(Vec<u8>, Value)>> {
         let prefix = KeyBuf::new().str(user.as_str()).into_vec();
         self.db
-            .scan_prefix(Table::UserapppushkeyPusher, &prefix)
-            .map_err(Error::internal)?
+            .scan_prefix(Table::UserapppushkeyPusher, &prefix)?
             .into_iter()
             .map(|(k, v)| Ok((k.to_vec(), serde_json::from_slice(&v)?)))
             .collect()
@@ -174,7 +173,7 @@ impl Pushers {
                 batch.delete(Table::UserapppushkeyPusher, k);
             }
         }
-        self.db.write(batch).map_err(Error::internal)
+        Ok(self.db.write(batch)?)
     }
 
     /// `/pushers/set` from `device`: adds or replaces a pusher, or deletes it when `kind` is
@@ -191,7 +190,7 @@ impl Pushers {
         let mut batch = Batch::new();
         if body["kind"].is_null() {
             batch.delete(Table::UserapppushkeyPusher, key(user, app_id, pushkey));
-            return self.db.write(batch).map_err(Error::internal);
+            return Ok(self.db.write(batch)?);
         }
         match body["kind"].as_str() {
             Some("http") => {
@@ -240,7 +239,7 @@ impl Pushers {
             key(user, app_id, pushkey),
             serde_json::to_vec(&pusher)?,
         );
-        self.db.write(batch).map_err(Error::internal)
+        Ok(self.db.write(batch)?)
     }
 
     fn remove(&self, user: &UserId, app_id: &str, pushkey: &str) {

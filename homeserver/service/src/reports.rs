@@ -55,14 +55,13 @@ impl Reports {
             KeyBuf::new().u64(now_ms()).last_str(&id).into_vec(),
             serde_json::to_vec(&record)?,
         );
-        self.db.write(batch).map_err(Error::internal)
+        Ok(self.db.write(batch)?)
     }
 
     /// Every report, oldest first (for the admin API to come).
     pub fn all(&self) -> Result<Vec<Value>> {
         self.db
-            .scan_prefix(Table::ReportidReport, b"")
-            .map_err(Error::internal)?
+            .scan_prefix(Table::ReportidReport, b"")?
             .into_iter()
             .map(|(_, v)| serde_json::from_slice(&v).map_err(Error::from))
             .collect()

@@ -10,6 +10,7 @@ pub mod create;
 pub mod directory;
 pub mod federation_read;
 pub mod hooks;
+mod keys;
 pub mod membership;
 pub mod notify;
 pub mod pdu;
@@ -25,7 +26,7 @@ use std::{
 };
 
 use paracord_core::{time::now_ms, Config, Error, Result};
-use paracord_storage::{key::decode_u64, Batch, Db, KeyBuf, KeyReader, Table};
+use paracord_storage::{key::decode_u64, Batch, Db, Table};
 use parking_lot::Mutex;
 use ruma::{
     canonical_json::CanonicalJsonObject,
@@ -42,6 +43,7 @@ use serde::{Deserialize, Serialize};
 use tracing::instrument;
 
 use self::hooks::{EventObserver, EventPolicy};
+use self::keys::{RoomPosKey, RoomTsPosKey, RoomUserKey, TxnKey, UserRoomKey};
 pub use self::pdu::Pdu;
 use crate::{account_data::AccountData, keys::ServerKeys, stream::Stream};
 
@@ -200,10 +202,6 @@ pub struct RoomsParts {
 pub type OutgoingPdu =
     Arc<dyn Fn(&[ruma::OwnedServerName], &EventId, &[u8]) -> Result<()> + Send + Sync + 'static>;
 
-fn db_err(e: impl std::fmt::Display) -> Error {
-    Error::internal(e)
-}
-
 pub(crate) fn rules_for(version: &str) -> Result<RoomVersionRules> {
     RoomVersionId::try_from(version)
         .ok()
@@ -248,19 +246,14 @@ impl Rooms {
         search.clear()?;
         let mut n = 0;
         let mut batch = Batch::new();
-        for (k, _) in self
-            .db
-            .scan_prefix(Table::RoomidRoom, b"")
-            .map_err(db_err)?
-        {
+        for (k, _) in self.db.scan_prefix(Table::RoomidRoom, b"")? {
             let room_id = String::from_utf8_lossy(&k).into_owned();
-            let prefix = KeyBuf::new().str(&room_id).into_vec();
+            let prefix = RoomPosKey::prefix(&room_id);
             for (_, v) in self
                 .db
-                .scan_prefix(Table::RoompositionShorteventid, &prefix)
-                .map_err(db_err)?
+                .scan_prefix(Table::RoompositionShorteventid, &prefix)?
             {
-                let short = decode_u64(&v).map_err(db_err)?;
+                let short = decode_u64(&v)?;
                 let (Some(raw), Some(meta)) = (self.raw_pdu(short)?, self.meta(short)?) else {
                     continue;
                 };
@@ -279,11 +272,11 @@ impl Rooms {
                 )?;
                 n += 1;
                 if batch.len() >= 10_000 {
-                    self.db.write(std::mem::take(&mut batch)).map_err(db_err)?;
+                    self.db.write(std::mem::take(&mut batch))?;
                 }
             }
         }
-        self.db.write(batch).map_err(db_err)?;
+        self.db.write(batch)?;
         search.mark_ready()?;
         Ok(n)
     }
@@ -291,11 +284,7 @@ impl Rooms {
     // ----- reads -----
 
     pub fn room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>> {
-        match self
-            .db
-            .get(Table::RoomidRoom, room_id.as_bytes())
-            .map_err(db_err)?
-        {
+        match self.db.get(Table::RoomidRoom, room_id.as_bytes())? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }
@@ -305,8 +294,7 @@ impl Rooms {
     pub fn room_ids(&self) -> Result<Vec<OwnedRoomId>> {
         Ok(self
             .db
-            .scan_prefix(Table::RoomidRoom, b"")
-            .map_err(db_err)?
+            .scan_prefix(Table::RoomidRoom, b"")?
             .into_iter()
             .filter_map(|(k, _)| {
                 std::str::from_utf8(&k)
@@ -324,26 +312,19 @@ impl Rooms {
     pub fn short_id(&self, event_id: &EventId) -> Result<Option<u64>> {
         match self
             .db
-            .get(Table::EventidShorteventid, event_id.as_bytes())
-            .map_err(db_err)?
+            .get(Table::EventidShorteventid, event_id.as_bytes())?
         {
-            Some(v) => Ok(Some(decode_u64(&v).map_err(db_err)?)),
+            Some(v) => Ok(Some(decode_u64(&v)?)),
             None => Ok(None),
         }
     }
 
     pub fn raw_pdu(&self, short: u64) -> Result<Option<Vec<u8>>> {
-        self.db
-            .get(Table::ShorteventidPdu, &short.to_be_bytes())
-            .map_err(db_err)
+        Ok(self.db.get(Table::ShorteventidPdu, &short.to_be_bytes())?)
     }
 
     pub fn meta(&self, short: u64) -> Result<Option<EventMeta>> {
-        match self
-            .db
-            .get(Table::ShorteventidMeta, &short.to_be_bytes())
-            .map_err(db_err)?
-        {
+        match self.db.get(Table::ShorteventidMeta, &short.to_be_bytes())? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }
@@ -386,8 +367,7 @@ impl Rooms {
         }
         let raw = self
             .db
-            .get(Table::SnapshotidState, &snapshot.to_be_bytes())
-            .map_err(db_err)?
+            .get(Table::SnapshotidState, &snapshot.to_be_bytes())?
             .ok_or_else(|| Error::internal(format!("missing state snapshot {snapshot}")))?;
         let snap: Snapshot = serde_json::from_slice(&raw)?;
         let mut map = if snap.parent == 0 {
@@ -413,8 +393,7 @@ impl Rooms {
         }
         let raw = self
             .db
-            .get(Table::SnapshotidState, &snapshot.to_be_bytes())
-            .map_err(db_err)?
+            .get(Table::SnapshotidState, &snapshot.to_be_bytes())?
             .ok_or_else(|| Error::internal(format!("missing state snapshot {snapshot}")))?;
         let snap: Snapshot = serde_json::from_slice(&raw)?;
         Ok(snap.depth)
@@ -459,14 +438,14 @@ impl Rooms {
 
     /// The user's current membership according to the membership index.
     pub fn membership(&self, room_id: &RoomId, user: &UserId) -> Result<Option<String>> {
-        let key = KeyBuf::new()
-            .str(room_id.as_str())
-            .last_str(user.as_str())
-            .into_vec();
+        let key = RoomUserKey {
+            room_id: room_id.as_str(),
+            user_id: user.as_str(),
+        }
+        .encode();
         Ok(self
             .db
-            .get(Table::RoomuserMembership, &key)
-            .map_err(db_err)?
+            .get(Table::RoomuserMembership, &key)?
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
@@ -486,16 +465,11 @@ impl Rooms {
 
     /// Members of a room with their membership.
     pub fn members(&self, room_id: &RoomId) -> Result<Vec<(OwnedUserId, String)>> {
-        let prefix = KeyBuf::new().str(room_id.as_str()).into_vec();
+        let prefix = RoomUserKey::prefix(room_id.as_str());
         let mut out = Vec::new();
-        for (k, v) in self
-            .db
-            .scan_prefix(Table::RoomuserMembership, &prefix)
-            .map_err(db_err)?
-        {
-            let mut r = KeyReader::new(&k);
-            r.str().map_err(db_err)?;
-            let user = OwnedUserId::try_from(r.last_str().map_err(db_err)?).map_err(db_err)?;
+        for (k, v) in self.db.scan_prefix(Table::RoomuserMembership, &prefix)? {
+            let user =
+                OwnedUserId::try_from(RoomUserKey::decode(&k)?.user_id).map_err(Error::internal)?;
             out.push((user, String::from_utf8_lossy(&v).into_owned()));
         }
         Ok(out)
@@ -512,31 +486,23 @@ impl Rooms {
 
     /// Rooms of a user with membership record `(membership, stream position, forgotten)`.
     pub fn user_rooms(&self, user: &UserId) -> Result<Vec<(OwnedRoomId, MembershipRecord)>> {
-        let prefix = KeyBuf::new().str(user.as_str()).into_vec();
+        let prefix = UserRoomKey::prefix(user.as_str());
         let mut out = Vec::new();
-        for (k, v) in self
-            .db
-            .scan_prefix(Table::UserroomMembership, &prefix)
-            .map_err(db_err)?
-        {
-            let mut r = KeyReader::new(&k);
-            r.str().map_err(db_err)?;
-            let room = OwnedRoomId::try_from(r.last_str().map_err(db_err)?).map_err(db_err)?;
+        for (k, v) in self.db.scan_prefix(Table::UserroomMembership, &prefix)? {
+            let room =
+                OwnedRoomId::try_from(UserRoomKey::decode(&k)?.room_id).map_err(Error::internal)?;
             out.push((room, serde_json::from_slice(&v)?));
         }
         Ok(out)
     }
 
     pub fn user_room(&self, user: &UserId, room_id: &RoomId) -> Result<Option<MembershipRecord>> {
-        let key = KeyBuf::new()
-            .str(user.as_str())
-            .last_str(room_id.as_str())
-            .into_vec();
-        match self
-            .db
-            .get(Table::UserroomMembership, &key)
-            .map_err(db_err)?
-        {
+        let key = UserRoomKey {
+            user_id: user.as_str(),
+            room_id: room_id.as_str(),
+        }
+        .encode();
+        match self.db.get(Table::UserroomMembership, &key)? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }
@@ -626,11 +592,10 @@ impl Rooms {
             if let Some(txn) = &new.txn {
                 if let Some(existing) = self
                     .db
-                    .get(Table::TxnEventid, &txn_key(sender, room_id, txn))
-                    .map_err(db_err)?
+                    .get(Table::TxnEventid, &txn_key(sender, room_id, txn))?
                 {
                     return OwnedEventId::try_from(String::from_utf8_lossy(&existing).into_owned())
-                        .map_err(db_err);
+                        .map_err(Error::internal);
                 }
             }
             self.append_locked(room_id, room, sender, new, notes)?
@@ -909,7 +874,7 @@ impl Rooms {
         );
         obj.insert(
             "depth".into(),
-            CanonicalJsonValue::Integer(ruma::Int::try_from(depth).map_err(db_err)?),
+            CanonicalJsonValue::Integer(ruma::Int::try_from(depth).map_err(Error::internal)?),
         );
         let auth_events = self.event_refs(&auth_events, rules)?;
         obj.insert("auth_events".into(), CanonicalJsonValue::Array(auth_events));
@@ -1272,12 +1237,13 @@ pub struct MembershipRecord {
 }
 
 fn txn_key(sender: &UserId, room_id: &RoomId, (device, txn): &(String, String)) -> Vec<u8> {
-    KeyBuf::new()
-        .str(sender.as_str())
-        .str(device)
-        .str(room_id.as_str())
-        .last_str(txn)
-        .into_vec()
+    TxnKey {
+        user_id: sender.as_str(),
+        device_id: device,
+        room_id: room_id.as_str(),
+        txn_id: txn,
+    }
+    .encode()
 }
 
 /// Writes the state snapshot of a state event with short id `short` that sets `entry` on top
@@ -1371,18 +1337,15 @@ pub(crate) fn write_event_rows(
 /// Places an event (short id `short`, sent at `ts`) in a room's timeline at stream position
 /// `pos`: by position, and by timestamp for `/timestamp_to_event`.
 pub(crate) fn put_timeline_row(batch: &mut Batch, room_id: &RoomId, pos: u64, short: u64, ts: u64) {
+    let room_id = room_id.as_str();
     batch.put(
         Table::RoompositionShorteventid,
-        KeyBuf::new().str(room_id.as_str()).u64(pos).into_vec(),
+        RoomPosKey { room_id, pos }.encode(),
         short.to_be_bytes().to_vec(),
     );
     batch.put(
         Table::RoomtsposShorteventid,
-        KeyBuf::new()
-            .str(room_id.as_str())
-            .u64(ts)
-            .u64(pos)
-            .into_vec(),
+        RoomTsPosKey { room_id, ts, pos }.encode(),
         short.to_be_bytes().to_vec(),
     );
 }
@@ -1402,20 +1365,15 @@ pub(crate) fn write_membership(
         event_id: event_id.to_owned(),
         forgotten: false,
     };
+    let (room_id, user_id) = (room_id.as_str(), user.as_str());
     batch.put(
         Table::UserroomMembership,
-        KeyBuf::new()
-            .str(user.as_str())
-            .last_str(room_id.as_str())
-            .into_vec(),
+        UserRoomKey { user_id, room_id }.encode(),
         serde_json::to_vec(&rec)?,
     );
     batch.put(
         Table::RoomuserMembership,
-        KeyBuf::new()
-            .str(room_id.as_str())
-            .last_str(user.as_str())
-            .into_vec(),
+        RoomUserKey { room_id, user_id }.encode(),
         m.as_bytes().to_vec(),
     );
     Ok(())

@@ -119,8 +119,45 @@ pub fn tokenize(text: &str) -> impl Iterator<Item = String> + '_ {
         .filter(|t| t.len() <= MAX_TOKEN_BYTES)
 }
 
+/// The key of `tokenroompos_search` (a posting): `token 0xFF room_id 0xFF stream_pos`. The
+/// postings of a token in a room are contiguous and in stream order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PostingKey<'a> {
+    token: &'a str,
+    room_id: &'a str,
+    pos: u64,
+}
+
+impl<'a> PostingKey<'a> {
+    fn encode(&self) -> Vec<u8> {
+        KeyBuf::new()
+            .str(self.token)
+            .str(self.room_id)
+            .u64(self.pos)
+            .into_vec()
+    }
+
+    /// The stream position of a key, without checking what follows it.
+    fn decode_pos(key: &[u8]) -> Result<u64, paracord_storage::StorageError> {
+        let mut r = KeyReader::new(key);
+        r.str()?;
+        r.str()?;
+        r.u64()
+    }
+
+    /// Every key of `token`'s postings in `room_id` starts with this.
+    fn room_prefix(token: &str, room_id: &str) -> Vec<u8> {
+        KeyBuf::new().str(token).str(room_id).into_vec()
+    }
+}
+
 fn posting_key(token: &str, room: &str, pos: u64) -> Vec<u8> {
-    KeyBuf::new().str(token).str(room).u64(pos).into_vec()
+    PostingKey {
+        token,
+        room_id: room,
+        pos,
+    }
+    .encode()
 }
 
 impl Search {
@@ -272,7 +309,7 @@ impl Search {
                 if scanned >= MAX_SCANNED {
                     break;
                 }
-                let prefix = KeyBuf::new().str(token).str(room).into_vec();
+                let prefix = PostingKey::room_prefix(token, room);
                 // Postings are visited in place: a common token can have many thousands.
                 let mut bad = None;
                 scanned += self
@@ -282,8 +319,7 @@ impl Search {
                         &prefix,
                         MAX_SCANNED - scanned,
                         |k, v| {
-                            let mut r = KeyReader::new(k);
-                            let pos = r.str().and_then(|_| r.str()).and_then(|_| r.u64());
+                            let pos = PostingKey::decode_pos(k);
                             let (pos, p) = match (pos, Posting::decode(v)) {
                                 (Ok(pos), Ok(p)) => (pos, p),
                                 (Err(e), _) => {
@@ -364,6 +400,48 @@ impl Search {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn posting_key_round_trips_and_layout_is_stable() {
+        let bytes = PostingKey {
+            token: "hello",
+            room_id: "!r:x",
+            pos: 0x0102,
+        }
+        .encode();
+        assert_eq!(bytes, b"hello\xFF!r:x\xFF\0\0\0\0\0\0\x01\x02");
+        assert_eq!(
+            bytes,
+            KeyBuf::new()
+                .str("hello")
+                .str("!r:x")
+                .u64(0x0102)
+                .into_vec()
+        );
+        assert_eq!(PostingKey::decode_pos(&bytes).unwrap(), 0x0102);
+        assert!(bytes.starts_with(&PostingKey::room_prefix("hello", "!r:x")));
+        assert!(!bytes.starts_with(&PostingKey::room_prefix("hell", "!r:x")));
+        assert!(PostingKey::decode_pos(b"hello\xFF!r:x\xFF\x01").is_err());
+    }
+
+    #[test]
+    fn postings_sort_by_position_within_a_room() {
+        let key = |pos| {
+            PostingKey {
+                token: "t",
+                room_id: "!r:x",
+                pos,
+            }
+            .encode()
+        };
+        let mut keys = [key(1 << 40), key(256), key(255)];
+        keys.sort();
+        let decoded: Vec<_> = keys
+            .iter()
+            .map(|k| PostingKey::decode_pos(k).unwrap())
+            .collect();
+        assert_eq!(decoded, [255, 256, 1 << 40]);
+    }
 
     #[test]
     fn postings_round_trip() {

@@ -197,8 +197,7 @@ impl RemoteKeys {
     fn cached(&self, server: &str, key_id: &str) -> Result<Option<CachedKey>> {
         match self
             .db
-            .get(Table::ServerkeyidVerifykey, &cache_key(server, key_id))
-            .map_err(Error::internal)?
+            .get(Table::ServerkeyidVerifykey, &cache_key(server, key_id))?
         {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
@@ -250,7 +249,7 @@ impl RemoteKeys {
             server.as_bytes().to_vec(),
             serde_json::to_vec(&response)?,
         );
-        self.db.write(batch).map_err(Error::internal)?;
+        self.db.write(batch)?;
         Ok((response, keys))
     }
 
@@ -264,8 +263,7 @@ impl RemoteKeys {
     ) -> Result<Option<Raw<ServerSigningKeys>>> {
         let cached: Option<Value> = match self
             .db
-            .get(Table::ServernameKeyresponse, server.as_bytes())
-            .map_err(Error::internal)?
+            .get(Table::ServernameKeyresponse, server.as_bytes())?
         {
             Some(v) => Some(serde_json::from_slice(&v)?),
             None => None,

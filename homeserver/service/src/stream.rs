@@ -9,7 +9,7 @@ use std::{
     },
 };
 
-use paracord_core::{Error, Result};
+use paracord_core::Result;
 use paracord_storage::{key::decode_u64, Batch, Db, Table};
 use parking_lot::Mutex;
 use ruma::{OwnedUserId, UserId};
@@ -27,11 +27,8 @@ pub struct Stream {
 
 impl Stream {
     pub fn load(db: Arc<Db>) -> Result<Self> {
-        let pos = match db
-            .get(Table::GlobalValue, STREAM_KEY)
-            .map_err(Error::internal)?
-        {
-            Some(v) => decode_u64(&v).map_err(Error::internal)?,
+        let pos = match db.get(Table::GlobalValue, STREAM_KEY)? {
+            Some(v) => decode_u64(&v)?,
             None => 0,
         };
         Ok(Self {
@@ -71,7 +68,7 @@ impl Stream {
             STREAM_KEY.to_vec(),
             last.to_be_bytes().to_vec(),
         );
-        self.db.write(batch).map_err(Error::internal)?;
+        self.db.write(batch)?;
         self.pos.store(last, Ordering::Release);
         Ok((first, out))
     }

@@ -7,8 +7,8 @@
 //! at search time ([`crate::rooms::Rooms::search_users`]).
 
 use paracord_core::Result;
-use paracord_storage::{Batch, Table};
-use ruma::UserId;
+use paracord_storage::{db::Entry as Row, Batch, Db, Table};
+use ruma::{OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 
 /// A user's directory row.
@@ -28,6 +28,19 @@ pub(crate) fn put(batch: &mut Batch, user: &UserId, entry: &Entry) -> Result<()>
         serde_json::to_vec(entry)?,
     );
     Ok(())
+}
+
+/// Up to `limit` rows in user id order, from the first whose key is at least `lower` on. A
+/// row may not decode ([`decode`] says); the next page starts after the last row returned.
+pub(crate) fn page(db: &Db, lower: &[u8], limit: usize) -> Result<Vec<Row>> {
+    Ok(db.scan(Table::UseridDirectory, b"", lower, None, false, limit)?)
+}
+
+/// The user and entry of a row of [`page`]; `None` for a row that does not decode.
+pub(crate) fn decode(key: &[u8], value: &[u8]) -> Option<(OwnedUserId, Entry)> {
+    let user = OwnedUserId::try_from(String::from_utf8_lossy(key).into_owned()).ok()?;
+    let entry = serde_json::from_slice(value).ok()?;
+    Some((user, entry))
 }
 
 /// Removes `user` from the directory.

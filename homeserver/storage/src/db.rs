@@ -16,6 +16,14 @@ pub enum StorageError {
     Corrupt(String),
 }
 
+/// A storage failure is an internal error of the server: 500 `M_UNKNOWN` for the client, the
+/// detail for the log. Lives here because the core crate does not know the storage crate.
+impl From<StorageError> for paracord_core::Error {
+    fn from(e: StorageError) -> Self {
+        paracord_core::Error::internal(e)
+    }
+}
+
 /// The database: one RocksDB instance with a column family per [`Table`].
 pub struct Db {
     db: DB,
@@ -343,5 +351,16 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(last.0.as_ref(), KeyBuf::new().str("!a").u64(3).as_slice());
+    }
+
+    #[test]
+    fn storage_errors_are_internal_errors() {
+        let e = StorageError::Corrupt("bad row".into());
+        let detail = e.to_string();
+        let err = paracord_core::Error::from(e);
+        assert!(matches!(&err, paracord_core::Error::Internal(d) if *d == detail));
+        let (status, body) = err.classify();
+        assert_eq!(status.as_u16(), 500);
+        assert_eq!(body["errcode"], "M_UNKNOWN");
     }
 }

@@ -70,6 +70,18 @@ impl<'a> KeyReader<'a> {
         self.0 = rest;
         Ok(u64::from_be_bytes(*head))
     }
+    /// Checks that the whole key has been read: a key with bytes left over is not of the
+    /// expected shape.
+    pub fn finish(self) -> Result<(), StorageError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(StorageError::Corrupt(format!(
+                "{} unexpected trailing bytes in key",
+                self.0.len()
+            )))
+        }
+    }
 }
 
 /// Decodes a big-endian u64 value.
@@ -134,6 +146,12 @@ mod tests {
         assert!(KeyReader::new(&[1, 2, 3]).u64().is_err());
         assert!(KeyReader::new(&[0xC3, 0x28]).last_str().is_err());
         assert!(decode_u64(&[1]).is_err());
+        let mut r = KeyReader::new(&[0, 0, 0, 0, 0, 0, 0, 1, 9]);
+        assert_eq!(r.u64().unwrap(), 1);
+        assert!(r.finish().is_err());
+        let mut r = KeyReader::new(&[0, 0, 0, 0, 0, 0, 0, 1]);
+        r.u64().unwrap();
+        assert!(r.finish().is_ok());
     }
 
     #[test]

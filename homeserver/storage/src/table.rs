@@ -11,7 +11,7 @@ pub enum Table {
     TokenhashSession,
     /// `user_id 0xFF device_id` → device record.
     UserdeviceDevice,
-    /// `user_id 0xFF device_id 0xFF txn_id` → event id.
+    /// `user_id 0xFF device_id 0xFF room_id 0xFF txn_id` → event id.
     TxnEventid,
     /// `event_id` → short event id (u64 big-endian).
     EventidShorteventid,

@@ -15,7 +15,7 @@ use std::{
 use paracord_core::{
     config::SUPPORTED_ROOM_VERSIONS, time::now_ms, Config, Error, ErrorKind, Result,
 };
-use paracord_storage::{Batch, KeyBuf, Table};
+use paracord_storage::{Batch, Db, KeyBuf, Table};
 use ruma::{
     api::federation::transactions::{edu::Edu, send_transaction_message},
     canonical_json::CanonicalJsonObject,
@@ -242,6 +242,9 @@ pub struct Pdus {
     client: Arc<FederationClient>,
     keys: Arc<ServerKeys>,
     config: Arc<Config>,
+    /// The database, for the answers to incoming transactions (`origintxn_response`, this
+    /// module's table).
+    db: Arc<Db>,
     /// This service itself, for work it starts in the background.
     me: std::sync::Weak<Pdus>,
     /// One transaction at a time per origin: a server's transactions are taken in the order
@@ -428,6 +431,7 @@ pub struct JoinAnswer {
 pub type TransactionAnswer = BTreeMap<OwnedEventId, std::result::Result<(), String>>;
 
 impl Pdus {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         edus: super::edus::Edus,
         rooms: Arc<Rooms>,
@@ -435,6 +439,7 @@ impl Pdus {
         client: Arc<FederationClient>,
         keys: Arc<ServerKeys>,
         config: Arc<Config>,
+        db: Arc<Db>,
         me: std::sync::Weak<Pdus>,
     ) -> Self {
         Self {
@@ -444,6 +449,7 @@ impl Pdus {
             client,
             keys,
             config,
+            db,
             me,
             txn_locks: parking_lot::Mutex::new(HashMap::new()),
         }
@@ -1066,12 +1072,7 @@ impl Pdus {
             .str(origin.as_str())
             .last_str(txn_id)
             .into_vec();
-        if let Some(done) = self
-            .rooms
-            .db
-            .get(Table::OrigintxnResponse, &key)
-            .map_err(Error::internal)?
-        {
+        if let Some(done) = self.db.get(Table::OrigintxnResponse, &key)? {
             return stored_answer(&done);
         }
         let (pdus, edus) = transaction_items(&txn.pdus, &txn.edus)?;
@@ -1101,7 +1102,7 @@ impl Pdus {
             key,
             serde_json::to_vec(&stored_form(&results))?,
         );
-        self.rooms.db.write(batch).map_err(Error::internal)?;
+        self.db.write(batch)?;
         Ok(results)
     }
 

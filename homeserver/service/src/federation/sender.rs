@@ -237,7 +237,7 @@ impl Sender {
                 };
                 batch.put(Queue::Pdu.table(), key.encode(), pdu_json.to_vec());
             }
-            self.db.write(batch).map_err(Error::internal)?;
+            self.db.write(batch)?;
         }
         tracing::debug!(destinations = targets.len(), "PDU queued for federation");
         for destination in targets {
@@ -267,26 +267,21 @@ impl Sender {
             let seq = self.next_seq(Queue::Edu, destination)?;
             if let Some((first, _)) = self
                 .db
-                .scan(table, &prefix, &prefix, None, false, 1)
-                .map_err(Error::internal)?
+                .scan(table, &prefix, &prefix, None, false, 1)?
                 .into_iter()
                 .next()
             {
                 // Items leave a queue only from its front (sent or dropped) and join at its
                 // end, so its sequence numbers have no gaps and the first and next numbers
                 // give its length.
-                let first = QueueKey::decode(&first).map_err(Error::internal)?.seq;
+                let first = QueueKey::decode(&first)?.seq;
                 let queued = seq.saturating_sub(first);
                 if queued >= MAX_QUEUED_EDUS {
                     let excess = queued
                         .saturating_sub(MAX_QUEUED_EDUS)
                         .saturating_add(EDUS_DROPPED_AT_CAP);
                     let limit = usize::try_from(excess).unwrap_or(usize::MAX);
-                    for (key, _) in self
-                        .db
-                        .scan(table, &prefix, &prefix, None, false, limit)
-                        .map_err(Error::internal)?
-                    {
+                    for (key, _) in self.db.scan(table, &prefix, &prefix, None, false, limit)? {
                         batch.delete(table, key.to_vec());
                     }
                     tracing::warn!(
@@ -301,7 +296,7 @@ impl Sender {
                 seq,
             };
             batch.put(table, key.encode(), bytes);
-            self.db.write(batch).map_err(Error::internal)?;
+            self.db.write(batch)?;
         }
         self.ensure_worker(destination);
         Ok(())
@@ -317,14 +312,13 @@ impl Sender {
         let prefix = QueueKey::prefix(destination.as_str());
         let Some((first, _)) = self
             .db
-            .scan(table, &prefix, &prefix, None, false, 1)
-            .map_err(Error::internal)?
+            .scan(table, &prefix, &prefix, None, false, 1)?
             .into_iter()
             .next()
         else {
             return Ok(());
         };
-        let first = QueueKey::decode(&first).map_err(Error::internal)?.seq;
+        let first = QueueKey::decode(&first)?.seq;
         if seq.saturating_sub(first) < MAX_QUEUED_PDUS {
             return Ok(());
         }
@@ -337,8 +331,7 @@ impl Sender {
         .encode();
         let old = self
             .db
-            .scan(table, &prefix, &prefix, Some(&upper), false, usize::MAX)
-            .map_err(Error::internal)?;
+            .scan(table, &prefix, &prefix, Some(&upper), false, usize::MAX)?;
         let dropped = old.len();
         for (key, _) in old {
             batch.delete(table, key.to_vec());
@@ -377,10 +370,9 @@ impl Sender {
                     }
                 }
                 Ok(())
-            })
-            .map_err(Error::internal)?;
+            })?;
         if !batch.is_empty() {
-            self.db.write(batch).map_err(Error::internal)?;
+            self.db.write(batch)?;
         }
         Ok(dropped)
     }
@@ -458,13 +450,8 @@ impl Sender {
     /// Call with `queue_lock` held.
     fn next_seq(&self, queue: Queue, destination: &ServerName) -> Result<u64> {
         let prefix = QueueKey::prefix(destination.as_str());
-        match self
-            .db
-            .last_with_prefix(queue.table(), &prefix)
-            .map_err(Error::internal)?
-        {
-            Some((key, _)) => QueueKey::decode(&key)
-                .map_err(Error::internal)?
+        match self.db.last_with_prefix(queue.table(), &prefix)? {
+            Some((key, _)) => QueueKey::decode(&key)?
                 .seq
                 .checked_add(1)
                 .ok_or_else(|| Error::internal("federation queue sequence exhausted")),
@@ -479,14 +466,11 @@ impl Sender {
             // The first key at or after `from`, then past all of that destination's keys.
             let mut from = Some(Vec::new());
             while let Some(lower) = from.take() {
-                let found = self
-                    .db
-                    .scan(queue.table(), &[], &lower, None, false, 1)
-                    .map_err(Error::internal)?;
+                let found = self.db.scan(queue.table(), &[], &lower, None, false, 1)?;
                 let Some((key, _)) = found.first() else {
                     break;
                 };
-                let destination = QueueKey::decode(key).map_err(Error::internal)?.destination;
+                let destination = QueueKey::decode(key)?.destination;
                 match OwnedServerName::try_from(destination) {
                     Ok(name) => {
                         out.insert(name);
@@ -506,8 +490,7 @@ impl Sender {
         for queue in [Queue::Pdu, Queue::Edu] {
             let found = self
                 .db
-                .scan(queue.table(), &prefix, &prefix, None, false, 1)
-                .map_err(Error::internal)?;
+                .scan(queue.table(), &prefix, &prefix, None, false, 1)?;
             if !found.is_empty() {
                 return Ok(true);
             }

@@ -31,7 +31,6 @@
 use std::fmt;
 
 use paracord_core::{time::now_ms, Error, Result};
-use paracord_storage::{key::decode_u64, KeyBuf, Table};
 use ruma::{events::TimelineEventType, OwnedRoomId, RoomId, UserId};
 use serde_json::Value;
 
@@ -595,22 +594,9 @@ fn last_message_ts(
     ts: u64,
     window: u64,
 ) -> Result<Option<u64>> {
-    let prefix = KeyBuf::new().str(room_id.as_str()).into_vec();
-    let rows = rooms
-        .db
-        .scan(
-            Table::RoompositionShorteventid,
-            &prefix,
-            &prefix,
-            None,
-            true,
-            SLOW_MODE_SCAN,
-        )
-        .map_err(Error::internal)?;
     let oldest = ts.saturating_sub(window);
-    for (_, v) in rows {
-        let short = decode_u64(&v).map_err(Error::internal)?;
-        let Some(p) = rooms.pdu_by_short(short)? else {
+    for short in rooms.newest_timeline_events(room_id, SLOW_MODE_SCAN)? {
+        let Some(p) = rooms.pdu_by_short(short?)? else {
             continue;
         };
         let at = u64::from(p.origin_server_ts.get());

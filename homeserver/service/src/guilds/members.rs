@@ -933,6 +933,31 @@ fn is_code(code: &str) -> bool {
     (8..=32).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
+/// The key of `coderoom_invite` (the guild spaces holding an invite code):
+/// `code 0xFF room_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct InviteCodeKey<'a> {
+    code: &'a str,
+    room_id: &'a str,
+}
+
+impl<'a> InviteCodeKey<'a> {
+    fn encode(&self) -> Vec<u8> {
+        KeyBuf::new()
+            .str(self.code)
+            .last_str(self.room_id)
+            .into_vec()
+    }
+
+    fn decode(key: &'a [u8]) -> Result<Self, paracord_storage::StorageError> {
+        let mut r = KeyReader::new(key);
+        let code = r.str()?;
+        let room_id = r.last_str()?;
+        Ok(Self { code, room_id })
+    }
+}
+
+/// Every key of the rooms indexed for `code` starts with this.
 fn code_prefix(code: &str) -> Vec<u8> {
     KeyBuf::new().str(code).into_vec()
 }
@@ -958,10 +983,11 @@ fn index_invite(batch: &mut Batch, code: &str, room_id: &RoomId) {
     if is_code(code) {
         batch.put(
             Table::CoderoomInvite,
-            KeyBuf::new()
-                .str(code)
-                .last_str(room_id.as_str())
-                .into_vec(),
+            InviteCodeKey {
+                code,
+                room_id: room_id.as_str(),
+            }
+            .encode(),
             Vec::new(),
         );
     }
@@ -972,22 +998,17 @@ fn index_invite(batch: &mut Batch, code: &str, room_id: &RoomId) {
 fn indexed_rooms(rooms: &Rooms, code: &str) -> Result<Vec<OwnedRoomId>> {
     let prefix = code_prefix(code);
     let upper = next_key(&prefix);
-    let rows = rooms
-        .db
-        .scan(
-            Table::CoderoomInvite,
-            &prefix,
-            &prefix,
-            upper.as_deref(),
-            false,
-            16,
-        )
-        .map_err(Error::internal)?;
+    let rows = rooms.db.scan(
+        Table::CoderoomInvite,
+        &prefix,
+        &prefix,
+        upper.as_deref(),
+        false,
+        16,
+    )?;
     let mut out = Vec::new();
     for (k, _) in rows {
-        let mut r = KeyReader::new(&k);
-        r.str().map_err(Error::internal)?;
-        if let Ok(room) = OwnedRoomId::try_from(r.last_str().map_err(Error::internal)?) {
+        if let Ok(room) = OwnedRoomId::try_from(InviteCodeKey::decode(&k)?.room_id) {
             out.push(room);
         }
     }
@@ -1477,5 +1498,22 @@ mod tests {
         assert!(own.starts_with(&code_prefix("abcdefgh")));
         assert_eq!(fresh_code().len(), 10);
         assert!(is_code(&fresh_code()));
+    }
+
+    #[test]
+    fn invite_code_key_round_trips_and_layout_is_stable() {
+        let key = InviteCodeKey {
+            code: "abcdefgh",
+            room_id: "!r:x",
+        };
+        let bytes = key.encode();
+        assert_eq!(bytes, b"abcdefgh\xFF!r:x");
+        assert_eq!(
+            bytes,
+            KeyBuf::new().str("abcdefgh").last_str("!r:x").into_vec()
+        );
+        assert_eq!(InviteCodeKey::decode(&bytes).unwrap(), key);
+        assert!(bytes.starts_with(&code_prefix("abcdefgh")));
+        assert!(InviteCodeKey::decode(b"no separator").is_err());
     }
 }

@@ -2,7 +2,7 @@
 //! `(origin, txnId)`, so that a relay repeated after a lost answer is not carried out twice.
 //! Answers are kept for [`crate::expiry::TRANSACTION_TTL_MS`].
 
-use paracord_core::{time::now_ms, Error, Result};
+use paracord_core::{time::now_ms, Result};
 use paracord_storage::{Batch, Db, KeyBuf, Table};
 use ruma::ServerName;
 use serde_json::Value;
@@ -16,10 +16,7 @@ fn key(origin: &ServerName, txn_id: &str) -> Vec<u8> {
 
 /// The stored answer to an earlier relay with this transaction id, if any.
 pub fn answered(db: &Db, origin: &ServerName, txn_id: &str) -> Result<Option<Value>> {
-    match db
-        .get(Table::OrigintxnRelay, &key(origin, txn_id))
-        .map_err(Error::internal)?
-    {
+    match db.get(Table::OrigintxnRelay, &key(origin, txn_id))? {
         Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
         None => Ok(None),
     }
@@ -36,5 +33,5 @@ pub fn remember(db: &Db, origin: &ServerName, txn_id: &str, answer: &Value) -> R
         now_ms().saturating_add(crate::expiry::TRANSACTION_TTL_MS),
     );
     batch.put(Table::OrigintxnRelay, key, serde_json::to_vec(answer)?);
-    db.write(batch).map_err(Error::internal)
+    Ok(db.write(batch)?)
 }

@@ -18,7 +18,7 @@ use paracord_storage::{key::decode_u64, Batch, KeyBuf, KeyReader, Table};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use super::{db_err, CachedCopy, Media, MediaMeta, ThumbnailMethod, THUMBNAIL_SIZES};
+use super::{CachedCopy, Media, MediaMeta, ThumbnailMethod, THUMBNAIL_SIZES};
 
 /// Partial downloads, emptied at start.
 pub(super) const TMP_DIR: &str = "tmp";
@@ -47,9 +47,9 @@ impl<'a> AccessKey<'a> {
     fn decode(key: &'a [u8]) -> Result<Self> {
         let mut r = KeyReader::new(key);
         Ok(Self {
-            origin: r.str().map_err(db_err)?,
-            stamp: r.u64().map_err(db_err)?,
-            media_id: r.last_str().map_err(db_err)?,
+            origin: r.str()?,
+            stamp: r.u64()?,
+            media_id: r.last_str()?,
         })
     }
 
@@ -84,7 +84,7 @@ impl CacheFile {
             ));
         }
         self.hasher.update(chunk);
-        self.file.write_all(chunk).await.map_err(db_err)?;
+        self.file.write_all(chunk).await.map_err(Error::internal)?;
         self.len = len;
         Ok(())
     }
@@ -100,8 +100,8 @@ impl CacheFile {
 
     /// Flushes and fsyncs the file: `(its path, hex SHA-256, size)`. The caller renames it.
     async fn finish(mut self) -> Result<(PathBuf, String, u64)> {
-        self.file.flush().await.map_err(db_err)?;
-        self.file.sync_all().await.map_err(db_err)?;
+        self.file.flush().await.map_err(Error::internal)?;
+        self.file.sync_all().await.map_err(Error::internal)?;
         self.kept = true;
         let hash = hex::encode(std::mem::take(&mut self.hasher).finalize());
         Ok((self.tmp.clone(), hash, self.len))
@@ -144,7 +144,9 @@ impl Media {
             .dir
             .join(TMP_DIR)
             .join(format!("fetch-{}", Self::new_id()));
-        let file = tokio::fs::File::create(&tmp).await.map_err(db_err)?;
+        let file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(Error::internal)?;
         Ok(CacheFile {
             file,
             tmp,
@@ -157,12 +159,8 @@ impl Media {
 
     /// Bytes of `origin`'s media cached here.
     fn cached_bytes(&self, origin: &str) -> Result<u64> {
-        match self
-            .db
-            .get(Table::OriginCachebytes, origin.as_bytes())
-            .map_err(db_err)?
-        {
-            Some(v) => decode_u64(&v).map_err(db_err),
+        match self.db.get(Table::OriginCachebytes, origin.as_bytes())? {
+            Some(v) => Ok(decode_u64(&v)?),
             None => Ok(0),
         }
     }
@@ -213,7 +211,7 @@ impl Media {
             key.as_bytes().to_vec(),
             serde_json::to_vec(&meta)?,
         );
-        self.db.write(batch).map_err(db_err)
+        Ok(self.db.write(batch)?)
     }
 
     /// Caches `file`, fetched from `origin` as `media_id`: moves it under `remote/`, evicts
@@ -235,8 +233,12 @@ impl Media {
             let parent = path
                 .parent()
                 .ok_or_else(|| Error::internal("a cache path without a directory"))?;
-            tokio::fs::create_dir_all(parent).await.map_err(db_err)?;
-            tokio::fs::rename(&tmp, &path).await.map_err(db_err)?;
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(Error::internal)?;
+            tokio::fs::rename(&tmp, &path)
+                .await
+                .map_err(Error::internal)?;
             sync_dir(parent);
             Ok::<_, Error>(())
         }
@@ -314,17 +316,14 @@ impl Media {
         let prefix = AccessKey::prefix(origin);
         let mut lower = prefix.clone();
         'scan: while used.saturating_add(size) > quota {
-            let page = self
-                .db
-                .scan(
-                    Table::OriginaccessMedia,
-                    &prefix,
-                    &lower,
-                    None,
-                    false,
-                    EVICTION_PAGE,
-                )
-                .map_err(db_err)?;
+            let page = self.db.scan(
+                Table::OriginaccessMedia,
+                &prefix,
+                &lower,
+                None,
+                false,
+                EVICTION_PAGE,
+            )?;
             if page.is_empty() {
                 break;
             }
@@ -335,7 +334,7 @@ impl Media {
                 if entry.media_id == media_id {
                     continue;
                 }
-                let entry_size = decode_u64(v).map_err(db_err)?;
+                let entry_size = decode_u64(v)?;
                 batch.delete(Table::OriginaccessMedia, k.to_vec());
                 let victim = Self::remote_key(origin, entry.media_id);
                 if let Some(old) = self.meta(&victim)? {
@@ -373,7 +372,7 @@ impl Media {
             key.into_bytes(),
             serde_json::to_vec(&meta)?,
         );
-        self.db.write(batch).map_err(db_err)?;
+        self.db.write(batch)?;
         Ok(evicted)
     }
 

@@ -20,11 +20,7 @@ struct AliasRecord {
 
 impl Rooms {
     pub fn resolve_alias(&self, alias: &RoomAliasId) -> Result<Option<OwnedRoomId>> {
-        match self
-            .db
-            .get(Table::AliasRoomid, alias.as_bytes())
-            .map_err(Error::internal)?
-        {
+        match self.db.get(Table::AliasRoomid, alias.as_bytes())? {
             Some(v) => Ok(Some(serde_json::from_slice::<AliasRecord>(&v)?.room_id)),
             None => Ok(None),
         }
@@ -57,16 +53,12 @@ impl Rooms {
             alias.as_bytes().to_vec(),
             serde_json::to_vec(&rec)?,
         );
-        self.db.write(batch).map_err(Error::internal)
+        Ok(self.db.write(batch)?)
     }
 
     /// Points an existing local alias at another room (room upgrades).
     pub(crate) fn repoint_alias(&self, alias: &RoomAliasId, room_id: &RoomId) -> Result<()> {
-        let Some(v) = self
-            .db
-            .get(Table::AliasRoomid, alias.as_bytes())
-            .map_err(Error::internal)?
-        else {
+        let Some(v) = self.db.get(Table::AliasRoomid, alias.as_bytes())? else {
             return Ok(());
         };
         let mut rec: AliasRecord = serde_json::from_slice(&v)?;
@@ -77,7 +69,7 @@ impl Rooms {
             alias.as_bytes().to_vec(),
             serde_json::to_vec(&rec)?,
         );
-        self.db.write(batch).map_err(Error::internal)
+        Ok(self.db.write(batch)?)
     }
 
     /// Deletes an alias: its creator, a server admin, or a room member with power to change
@@ -89,11 +81,7 @@ impl Rooms {
         is_admin: bool,
     ) -> Result<OwnedRoomId> {
         self.check_local_alias(alias)?;
-        let Some(v) = self
-            .db
-            .get(Table::AliasRoomid, alias.as_bytes())
-            .map_err(Error::internal)?
-        else {
+        let Some(v) = self.db.get(Table::AliasRoomid, alias.as_bytes())? else {
             return Err(Error::not_found("room alias not found"));
         };
         let rec: AliasRecord = serde_json::from_slice(&v)?;
@@ -116,7 +104,7 @@ impl Rooms {
         }
         let mut batch = Batch::new();
         batch.delete(Table::AliasRoomid, alias.as_bytes().to_vec());
-        self.db.write(batch).map_err(Error::internal)?;
+        self.db.write(batch)?;
         Ok(rec.room_id)
     }
 
@@ -172,11 +160,7 @@ impl Rooms {
     /// Local aliases pointing at a room.
     pub fn local_aliases(&self, room_id: &RoomId) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        for (k, v) in self
-            .db
-            .scan_prefix(Table::AliasRoomid, b"")
-            .map_err(Error::internal)?
-        {
+        for (k, v) in self.db.scan_prefix(Table::AliasRoomid, b"")? {
             let rec: AliasRecord = serde_json::from_slice(&v)?;
             if rec.room_id == room_id {
                 out.push(String::from_utf8_lossy(&k).into_owned());
@@ -197,13 +181,11 @@ impl Rooms {
         } else {
             batch.delete(Table::RoomidPublished, room_id.as_bytes().to_vec());
         }
-        self.db.write(batch).map_err(Error::internal)
+        Ok(self.db.write(batch)?)
     }
 
     pub fn is_published(&self, room_id: &RoomId) -> Result<bool> {
-        self.db
-            .exists(Table::RoomidPublished, room_id.as_bytes())
-            .map_err(Error::internal)
+        Ok(self.db.exists(Table::RoomidPublished, room_id.as_bytes())?)
     }
 
     /// A public-rooms chunk entry for a room.
@@ -241,11 +223,7 @@ impl Rooms {
     /// The published rooms, filtered by a search term, most members first.
     pub fn public_rooms(&self, term: Option<&str>) -> Result<Vec<Value>> {
         let mut out = Vec::new();
-        for (k, _) in self
-            .db
-            .scan_prefix(Table::RoomidPublished, b"")
-            .map_err(Error::internal)?
-        {
+        for (k, _) in self.db.scan_prefix(Table::RoomidPublished, b"")? {
             let Ok(room_id) = OwnedRoomId::try_from(String::from_utf8_lossy(&k).into_owned())
             else {
                 continue;
@@ -338,11 +316,7 @@ impl Rooms {
         crate::migrations::once(&self.db, b"user_directory_remote_v1", || {
             let mut batch = Batch::new();
             let mut count = 0;
-            for (k, _) in self
-                .db
-                .scan_prefix(Table::RoomidRoom, b"")
-                .map_err(Error::internal)?
-            {
+            for (k, _) in self.db.scan_prefix(Table::RoomidRoom, b"")? {
                 let Ok(room_id) = OwnedRoomId::try_from(String::from_utf8_lossy(&k).into_owned())
                 else {
                     continue;
@@ -359,7 +333,7 @@ impl Rooms {
                     count += 1;
                 }
             }
-            self.db.write(batch).map_err(Error::internal)?;
+            self.db.write(batch)?;
             Ok(count)
         })
     }
@@ -390,29 +364,15 @@ impl Rooms {
         let mut found = Vec::new();
         let mut lower = Vec::new();
         'pages: loop {
-            let rows = self
-                .db
-                .scan(
-                    Table::UseridDirectory,
-                    b"",
-                    &lower,
-                    None,
-                    false,
-                    DIRECTORY_PAGE,
-                )
-                .map_err(Error::internal)?;
+            let rows = user_directory::page(&self.db, &lower, DIRECTORY_PAGE)?;
             for (k, v) in &rows {
-                let Ok(user) = OwnedUserId::try_from(String::from_utf8_lossy(k).into_owned())
-                else {
+                let Some((user, entry)) = user_directory::decode(k, v) else {
                     continue;
                 };
                 // The searcher is not among the results (as with other servers).
                 if user == requester {
                     continue;
                 }
-                let Ok(entry) = serde_json::from_slice::<user_directory::Entry>(v) else {
-                    continue;
-                };
                 let hit = user.as_str().to_lowercase().contains(&term)
                     || entry
                         .displayname

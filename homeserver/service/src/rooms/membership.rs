@@ -4,9 +4,9 @@ use ruma::{events::TimelineEventType, OwnedEventId, RoomId, UserId};
 use serde_json::{json, Value};
 
 use paracord_core::{Error, Result};
-use paracord_storage::{Batch, KeyBuf, Table};
+use paracord_storage::{Batch, Table};
 
-use super::{NewEvent, Rooms};
+use super::{keys::UserRoomKey, NewEvent, Rooms};
 
 fn with_reason(mut content: Value, reason: Option<&str>) -> Value {
     if let Some(r) = reason {
@@ -197,13 +197,14 @@ impl Rooms {
         let mut batch = Batch::new();
         batch.put(
             Table::UserroomMembership,
-            KeyBuf::new()
-                .str(user.as_str())
-                .last_str(room_id.as_str())
-                .into_vec(),
+            UserRoomKey {
+                user_id: user.as_str(),
+                room_id: room_id.as_str(),
+            }
+            .encode(),
             serde_json::to_vec(&rec)?,
         );
-        self.db.write(batch).map_err(Error::internal)
+        Ok(self.db.write(batch)?)
     }
 
     /// Sends a new join event with the user's profile into every room they are joined to.

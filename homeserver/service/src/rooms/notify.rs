@@ -12,10 +12,13 @@ use ruma::{
 };
 use serde_json::{json, Value};
 
-use paracord_core::{time::now_ms, Error, Result};
-use paracord_storage::{Batch, KeyBuf, KeyReader, Table};
+use paracord_core::{time::now_ms, Result};
+use paracord_storage::{Batch, Table};
 
-use super::{rules_for, Rooms, StateMap};
+use super::{
+    keys::{HighlightKey, NotificationKey},
+    rules_for, Rooms, StateMap,
+};
 
 /// `(notification_count, highlight_count)`.
 pub type Counts = (u64, u64);
@@ -147,16 +150,21 @@ impl Rooms {
             });
             batch.put(
                 Table::UserposNotification,
-                KeyBuf::new().str(n.user.as_str()).u64(pos).into_vec(),
+                NotificationKey {
+                    user_id: n.user.as_str(),
+                    pos,
+                }
+                .encode(),
                 serde_json::to_vec(&record)?,
             );
             batch.put(
                 Table::UserroomposHighlight,
-                KeyBuf::new()
-                    .str(n.user.as_str())
-                    .str(room_id.as_str())
-                    .u64(pos)
-                    .into_vec(),
+                HighlightKey {
+                    user_id: n.user.as_str(),
+                    room_id: room_id.as_str(),
+                    pos,
+                }
+                .encode(),
                 {
                     // highlight flag, then the thread root's short id for threaded events
                     let mut v = vec![u8::from(n.highlight)];
@@ -191,33 +199,25 @@ impl Rooms {
         main_read: u64,
         thread_read: impl Fn(u64) -> u64,
     ) -> Result<(Counts, BTreeMap<u64, Counts>)> {
-        let prefix = KeyBuf::new()
-            .str(user.as_str())
-            .str(room_id.as_str())
-            .into_vec();
-        let lower = KeyBuf::new()
-            .str(user.as_str())
-            .str(room_id.as_str())
-            .u64(unthreaded_read.saturating_add(1))
-            .into_vec();
-        let rows = self
-            .db
-            .scan(
-                Table::UserroomposHighlight,
-                &prefix,
-                &lower,
-                None,
-                false,
-                usize::MAX,
-            )
-            .map_err(Error::internal)?;
+        let prefix = HighlightKey::prefix(user.as_str(), room_id.as_str());
+        let lower = HighlightKey {
+            user_id: user.as_str(),
+            room_id: room_id.as_str(),
+            pos: unthreaded_read.saturating_add(1),
+        }
+        .encode();
+        let rows = self.db.scan(
+            Table::UserroomposHighlight,
+            &prefix,
+            &lower,
+            None,
+            false,
+            usize::MAX,
+        )?;
         let mut main = (0, 0);
         let mut threads: BTreeMap<u64, Counts> = BTreeMap::new();
         for (k, v) in rows {
-            let mut r = KeyReader::new(&k);
-            r.str().map_err(Error::internal)?;
-            r.str().map_err(Error::internal)?;
-            let pos = r.u64().map_err(Error::internal)?;
+            let pos = HighlightKey::decode(&k)?.pos;
             let highlight = u64::from(v.first() == Some(&1));
             let root = v
                 .get(1..9)
@@ -249,25 +249,26 @@ impl Rooms {
         only_highlight: bool,
         read_pos_of: impl Fn(&RoomId) -> u64,
     ) -> Result<(Vec<Value>, Option<u64>)> {
-        let prefix = KeyBuf::new().str(user.as_str()).into_vec();
-        let upper = from.map(|f| KeyBuf::new().str(user.as_str()).u64(f).into_vec());
-        let rows = self
-            .db
-            .scan(
-                Table::UserposNotification,
-                &prefix,
-                &prefix,
-                upper.as_deref(),
-                true,
-                10_000,
-            )
-            .map_err(Error::internal)?;
+        let prefix = NotificationKey::prefix(user.as_str());
+        let upper = from.map(|pos| {
+            NotificationKey {
+                user_id: user.as_str(),
+                pos,
+            }
+            .encode()
+        });
+        let rows = self.db.scan(
+            Table::UserposNotification,
+            &prefix,
+            &prefix,
+            upper.as_deref(),
+            true,
+            10_000,
+        )?;
         let mut out = Vec::new();
         let mut next = None;
         for (k, v) in rows {
-            let mut r = KeyReader::new(&k);
-            r.str().map_err(Error::internal)?;
-            let pos = r.u64().map_err(Error::internal)?;
+            let pos = NotificationKey::decode(&k)?.pos;
             let rec: Value = serde_json::from_slice(&v)?;
             if only_highlight && rec["highlight"] != true {
                 continue;

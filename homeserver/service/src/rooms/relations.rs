@@ -5,9 +5,10 @@ use ruma::{EventId, OwnedEventId, RoomId};
 use serde_json::{json, Value};
 
 use paracord_core::{Error, ErrorKind, Result};
-use paracord_storage::{key::decode_u64, Batch, KeyBuf, KeyReader, Table};
+use paracord_storage::{key::decode_u64, Batch, Table};
 
 use super::{
+    keys::{AnnotationKey, RelationKey, ThreadKey},
     timeline::{Dir, Reader, Sight},
     Pdu, Rooms,
 };
@@ -28,13 +29,15 @@ pub struct Relation {
     pub annotation: Option<(String, String)>,
 }
 
-/// The key of an annotation in `targetkeysender_pos`.
+/// The key of an annotation in `targetkeysender_pos` (for the tests, which build rows).
+#[cfg(test)]
 fn annotation_key(target_short: u64, key: &str, sender: &str) -> Vec<u8> {
-    KeyBuf::new()
-        .u64(target_short)
-        .str(key)
-        .last_str(sender)
-        .into_vec()
+    AnnotationKey {
+        target: target_short,
+        key,
+        sender,
+    }
+    .encode()
 }
 
 /// `(rel_type, target, annotation key)` of an event's `m.relates_to`.
@@ -46,12 +49,15 @@ pub fn relates_to(content: &Value) -> Option<(String, OwnedEventId, Option<Strin
     Some((rel_type, target, key))
 }
 
+/// The key of a relation in `targetrelpos_shorteventid` (for the tests, which build rows).
+#[cfg(test)]
 fn index_key(target_short: u64, rel_type: &str, pos: u64) -> Vec<u8> {
-    KeyBuf::new()
-        .u64(target_short)
-        .str(rel_type)
-        .u64(pos)
-        .into_vec()
+    RelationKey {
+        target: target_short,
+        rel_type,
+        pos,
+    }
+    .encode()
 }
 
 fn bad(msg: &str) -> Error {
@@ -162,14 +168,15 @@ impl Rooms {
             "m.annotation" => {
                 let key = key.ok_or_else(|| bad("an annotation needs a key"))?;
                 // Issue 15: one read of the index, however many reactions the event has.
-                if self
-                    .db
-                    .exists(
-                        Table::TargetkeysenderPos,
-                        &annotation_key(target_short, &key, pdu.sender.as_str()),
-                    )
-                    .map_err(Error::internal)?
-                {
+                if self.db.exists(
+                    Table::TargetkeysenderPos,
+                    &AnnotationKey {
+                        target: target_short,
+                        key: &key,
+                        sender: pdu.sender.as_str(),
+                    }
+                    .encode(),
+                )? {
                     return Err(Error::new(
                         http::StatusCode::BAD_REQUEST,
                         ErrorKind::DuplicateAnnotation,
@@ -210,7 +217,12 @@ impl Rooms {
     ) -> Result<()> {
         batch.put(
             Table::TargetrelposShorteventid,
-            index_key(rel.target_short, &rel.rel_type, pos),
+            RelationKey {
+                target: rel.target_short,
+                rel_type: &rel.rel_type,
+                pos,
+            }
+            .encode(),
             pos.to_be_bytes().to_vec(),
         );
         if rel.rel_type == "m.thread" {
@@ -219,14 +231,23 @@ impl Rooms {
         if let Some((key, sender)) = &rel.annotation {
             batch.put(
                 Table::TargetkeysenderPos,
-                annotation_key(rel.target_short, key, sender),
+                AnnotationKey {
+                    target: rel.target_short,
+                    key,
+                    sender,
+                }
+                .encode(),
                 pos.to_be_bytes().to_vec(),
             );
         }
         if let Some(root) = rel.thread_root {
             batch.put(
                 Table::RoomthreadLatest,
-                KeyBuf::new().str(room_id.as_str()).u64(root).into_vec(),
+                ThreadKey {
+                    room_id: room_id.as_str(),
+                    root,
+                }
+                .encode(),
                 pos.to_be_bytes().to_vec(),
             );
         }
@@ -239,16 +260,9 @@ impl Rooms {
         let key = root.to_be_bytes();
         let current = match batch.pending(Table::RootThreadcount, &key) {
             Some(v) => v.map(<[u8]>::to_vec),
-            None => self
-                .db
-                .get(Table::RootThreadcount, &key)
-                .map_err(Error::internal)?,
+            None => self.db.get(Table::RootThreadcount, &key)?,
         };
-        let current = current
-            .map(|v| decode_u64(&v))
-            .transpose()
-            .map_err(Error::internal)?
-            .unwrap_or(0);
+        let current = current.map(|v| decode_u64(&v)).transpose()?.unwrap_or(0);
         let next = current.saturating_add_signed(delta);
         batch.put(
             Table::RootThreadcount,
@@ -260,13 +274,12 @@ impl Rooms {
 
     /// How many replies a thread has in the index (visible to anyone or not).
     fn thread_count(&self, root: u64) -> Result<u64> {
-        self.db
-            .get(Table::RootThreadcount, &root.to_be_bytes())
-            .map_err(Error::internal)?
+        Ok(self
+            .db
+            .get(Table::RootThreadcount, &root.to_be_bytes())?
             .map(|v| decode_u64(&v))
-            .transpose()
-            .map_err(Error::internal)
-            .map(Option::unwrap_or_default)
+            .transpose()?
+            .unwrap_or_default())
     }
 
     /// Removes a redacted event from the index (its relation is gone with its content).
@@ -278,15 +291,17 @@ impl Rooms {
     ) -> Result<()> {
         if let Some((rel_type, target, key)) = relates_to(&original["content"]) {
             if let Some(target_short) = self.short_id(&target)? {
-                let row = index_key(target_short, &rel_type, pos);
+                let row = RelationKey {
+                    target: target_short,
+                    rel_type: &rel_type,
+                    pos,
+                }
+                .encode();
                 // Counted once: a second redaction of the same event finds no row.
                 if rel_type == "m.thread" {
                     let indexed = match batch.pending(Table::TargetrelposShorteventid, &row) {
                         Some(v) => v.is_some(),
-                        None => self
-                            .db
-                            .exists(Table::TargetrelposShorteventid, &row)
-                            .map_err(Error::internal)?,
+                        None => self.db.exists(Table::TargetrelposShorteventid, &row)?,
                     };
                     if indexed {
                         self.add_to_thread_count(batch, target_short, -1)?;
@@ -297,7 +312,12 @@ impl Rooms {
                     if rel_type == "m.annotation" {
                         batch.delete(
                             Table::TargetkeysenderPos,
-                            annotation_key(target_short, &key, sender),
+                            AnnotationKey {
+                                target: target_short,
+                                key: &key,
+                                sender,
+                            }
+                            .encode(),
                         );
                     }
                 }
@@ -310,11 +330,10 @@ impl Rooms {
     /// timeline and not redacted (redactions and soft-failed events are not in the index).
     pub(crate) fn has_annotation(&self, target_short: u64, key: &str) -> Result<bool> {
         // Issue 15: one row of the index, however many reactions the event has.
-        let prefix = KeyBuf::new().u64(target_short).str(key).into_vec();
+        let prefix = AnnotationKey::key_prefix(target_short, key);
         Ok(!self
             .db
-            .scan(Table::TargetkeysenderPos, &prefix, &prefix, None, false, 1)
-            .map_err(Error::internal)?
+            .scan(Table::TargetkeysenderPos, &prefix, &prefix, None, false, 1)?
             .is_empty())
     }
 
@@ -325,8 +344,7 @@ impl Rooms {
             let mut rows = Vec::new();
             self.db
                 .for_each_prefix(Table::TargetrelposShorteventid, b"", usize::MAX, |k, v| {
-                    let mut r = KeyReader::new(k);
-                    let (Ok(target), Ok(rel)) = (r.u64(), r.str()) else {
+                    let Ok((target, rel)) = RelationKey::decode_target_rel(k) else {
                         return Ok(());
                     };
                     if rel == "m.annotation" {
@@ -335,8 +353,7 @@ impl Rooms {
                         }
                     }
                     Ok(())
-                })
-                .map_err(Error::internal)?;
+                })?;
             let mut batch = Batch::new();
             let mut count = 0;
             for (target, short) in rows {
@@ -346,13 +363,18 @@ impl Rooms {
                 if let Some((_, _, Some(key))) = relates_to(&p.content_value()) {
                     batch.put(
                         Table::TargetkeysenderPos,
-                        annotation_key(target, &key, p.sender.as_str()),
+                        AnnotationKey {
+                            target,
+                            key: &key,
+                            sender: p.sender.as_str(),
+                        }
+                        .encode(),
                         short.to_be_bytes().to_vec(),
                     );
                     count += 1;
                 }
             }
-            self.db.write(batch).map_err(Error::internal)?;
+            self.db.write(batch)?;
             Ok(count)
         })
     }
@@ -364,13 +386,11 @@ impl Rooms {
             let mut counts: std::collections::BTreeMap<u64, u64> = Default::default();
             self.db
                 .for_each_prefix(Table::TargetrelposShorteventid, b"", usize::MAX, |k, _| {
-                    let mut r = KeyReader::new(k);
-                    if let (Ok(target), Ok("m.thread")) = (r.u64(), r.str()) {
+                    if let Ok((target, "m.thread")) = RelationKey::decode_target_rel(k) {
                         *counts.entry(target).or_default() += 1;
                     }
                     Ok(())
-                })
-                .map_err(Error::internal)?;
+                })?;
             let mut batch = Batch::new();
             for (root, n) in &counts {
                 batch.put(
@@ -379,61 +399,53 @@ impl Rooms {
                     n.to_be_bytes().to_vec(),
                 );
             }
-            self.db.write(batch).map_err(Error::internal)?;
+            self.db.write(batch)?;
             Ok(counts.len())
         })
     }
 
     /// Whether a thread has started from `root` (an `m.thread` event has been indexed).
     pub(crate) fn thread_started(&self, room_id: &RoomId, root_short: u64) -> Result<bool> {
-        self.db
-            .exists(
-                Table::RoomthreadLatest,
-                &KeyBuf::new()
-                    .str(room_id.as_str())
-                    .u64(root_short)
-                    .into_vec(),
-            )
-            .map_err(Error::internal)
+        Ok(self.db.exists(
+            Table::RoomthreadLatest,
+            &ThreadKey {
+                room_id: room_id.as_str(),
+                root: root_short,
+            }
+            .encode(),
+        )?)
     }
 
     /// Children of an event, oldest first, optionally of one relation type.
     pub fn children(&self, target_short: u64, rel_type: Option<&str>) -> Result<Vec<Child>> {
         let prefix = match rel_type {
-            Some(r) => KeyBuf::new().u64(target_short).str(r).into_vec(),
-            None => KeyBuf::new().u64(target_short).into_vec(),
+            Some(r) => RelationKey::rel_prefix(target_short, r),
+            None => RelationKey::prefix(target_short),
         };
         let mut out = Vec::new();
         for (k, v) in self
             .db
-            .scan_prefix(Table::TargetrelposShorteventid, &prefix)
-            .map_err(Error::internal)?
+            .scan_prefix(Table::TargetrelposShorteventid, &prefix)?
         {
-            let mut r = KeyReader::new(&k);
-            r.u64().map_err(Error::internal)?;
-            let rel = r.str().map_err(Error::internal)?.to_owned();
-            out.push((rel, decode_u64(&v).map_err(Error::internal)?));
+            let (_, rel) = RelationKey::decode_target_rel(&k)?;
+            out.push((rel.to_owned(), decode_u64(&v)?));
         }
         Ok(out)
     }
 
     /// The newest `limit` children of an event of one relation type, newest first.
     fn newest_children(&self, target_short: u64, rel_type: &str, limit: usize) -> Result<Vec<u64>> {
-        let prefix = KeyBuf::new().u64(target_short).str(rel_type).into_vec();
+        let prefix = RelationKey::rel_prefix(target_short, rel_type);
         let mut out = Vec::new();
-        for (_, v) in self
-            .db
-            .scan(
-                Table::TargetrelposShorteventid,
-                &prefix,
-                &prefix,
-                None,
-                true,
-                limit,
-            )
-            .map_err(Error::internal)?
-        {
-            out.push(decode_u64(&v).map_err(Error::internal)?);
+        for (_, v) in self.db.scan(
+            Table::TargetrelposShorteventid,
+            &prefix,
+            &prefix,
+            None,
+            true,
+            limit,
+        )? {
+            out.push(decode_u64(&v)?);
         }
         Ok(out)
     }
@@ -634,17 +646,11 @@ impl Rooms {
         from: Option<u64>,
         limit: usize,
     ) -> Result<(Vec<Value>, Option<u64>)> {
-        let prefix = KeyBuf::new().str(room_id.as_str()).into_vec();
+        let prefix = ThreadKey::prefix(room_id.as_str());
         let mut roots: Vec<(u64, u64)> = Vec::new();
-        for (k, v) in self
-            .db
-            .scan_prefix(Table::RoomthreadLatest, &prefix)
-            .map_err(Error::internal)?
-        {
-            let mut r = KeyReader::new(&k);
-            r.str().map_err(Error::internal)?;
-            let root = r.u64().map_err(Error::internal)?;
-            roots.push((decode_u64(&v).map_err(Error::internal)?, root));
+        for (k, v) in self.db.scan_prefix(Table::RoomthreadLatest, &prefix)? {
+            let root = ThreadKey::decode(&k)?.root;
+            roots.push((decode_u64(&v)?, root));
         }
         // Issue 15: a thread is listed, and ordered, by the newest reply the reader may see;
         // one with none (started after the reader left) is not listed.

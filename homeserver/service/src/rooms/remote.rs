@@ -9,7 +9,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use paracord_core::{Error, Result};
-use paracord_storage::{key::decode_u64, Batch, KeyBuf, KeyReader, Table};
+use paracord_storage::{key::decode_u64, Batch, Table};
 use ruma::{
     events::{StateEventType, TimelineEventType},
     room_version_rules::RoomVersionRules,
@@ -23,8 +23,10 @@ use tracing::{debug, info};
 
 use super::{
     commit::{Accepted, Before},
-    db_err, hooks, put_timeline_row, rules_for, write_event_rows, write_full_snapshot,
-    write_membership, write_state_snapshot, EventMeta, Pdu, RoomRecord, Rooms, StateMap,
+    hooks,
+    keys::{RoomPosKey, UserRoomKey},
+    put_timeline_row, rules_for, write_event_rows, write_full_snapshot, write_membership,
+    write_state_snapshot, EventMeta, Pdu, RoomRecord, Rooms, StateMap,
 };
 
 /// Snapshot ids of resolved states (which belong to no one event) have this bit set, and the
@@ -70,10 +72,11 @@ pub(super) struct Pending<'a> {
 }
 
 fn invite_key(user: &UserId, room_id: &RoomId) -> Vec<u8> {
-    KeyBuf::new()
-        .str(user.as_str())
-        .last_str(room_id.as_str())
-        .into_vec()
+    UserRoomKey {
+        user_id: user.as_str(),
+        room_id: room_id.as_str(),
+    }
+    .encode()
 }
 
 /// Auth checks of an event against its own auth events, found through `lookup`: the rules
@@ -114,8 +117,7 @@ impl Rooms {
     pub fn rejection(&self, event_id: &EventId) -> Result<Option<String>> {
         Ok(self
             .db
-            .get(Table::EventidRejected, event_id.as_bytes())
-            .map_err(db_err)?
+            .get(Table::EventidRejected, event_id.as_bytes())?
             .map(|r| String::from_utf8_lossy(&r).into_owned()))
     }
 
@@ -128,8 +130,7 @@ impl Rooms {
     ) -> Result<Option<serde_json::Value>> {
         match self
             .db
-            .get(Table::UserroomRemoteinvite, &invite_key(user, room_id))
-            .map_err(db_err)?
+            .get(Table::UserroomRemoteinvite, &invite_key(user, room_id))?
         {
             Some(raw) => Ok(Some(serde_json::from_slice(&raw)?)),
             None => Ok(None),
@@ -229,18 +230,15 @@ impl Rooms {
     /// room joined over federation): older events are history from before this server was
     /// in the room, not gaps to fill.
     pub fn first_timeline_depth(&self, room_id: &RoomId) -> Result<Option<u64>> {
-        let prefix = KeyBuf::new().str(room_id.as_str()).into_vec();
-        let first = self
-            .db
-            .scan(
-                Table::RoompositionShorteventid,
-                &prefix,
-                &prefix,
-                None,
-                false,
-                1,
-            )
-            .map_err(db_err)?;
+        let prefix = RoomPosKey::prefix(room_id.as_str());
+        let first = self.db.scan(
+            Table::RoompositionShorteventid,
+            &prefix,
+            &prefix,
+            None,
+            false,
+            1,
+        )?;
         let Some((_, value)) = first.into_iter().next() else {
             return Ok(None);
         };
@@ -252,26 +250,25 @@ impl Rooms {
 
     /// The room's first timeline event at or after position `from`: `(position, short id)`.
     fn timeline_event_from(&self, room_id: &RoomId, from: u64) -> Result<Option<(u64, u64)>> {
-        let prefix = KeyBuf::new().str(room_id.as_str()).into_vec();
-        let lower = KeyBuf::new().str(room_id.as_str()).u64(from).into_vec();
-        let first = self
-            .db
-            .scan(
-                Table::RoompositionShorteventid,
-                &prefix,
-                &lower,
-                None,
-                false,
-                1,
-            )
-            .map_err(db_err)?;
+        let prefix = RoomPosKey::prefix(room_id.as_str());
+        let lower = RoomPosKey {
+            room_id: room_id.as_str(),
+            pos: from,
+        }
+        .encode();
+        let first = self.db.scan(
+            Table::RoompositionShorteventid,
+            &prefix,
+            &lower,
+            None,
+            false,
+            1,
+        )?;
         let Some((key, value)) = first.into_iter().next() else {
             return Ok(None);
         };
-        let mut r = KeyReader::new(&key);
-        r.str().map_err(db_err)?;
-        let pos = r.u64().map_err(db_err)?;
-        Ok(Some((pos, decode_u64(&value).map_err(db_err)?)))
+        let pos = RoomPosKey::decode(&key)?.pos;
+        Ok(Some((pos, decode_u64(&value)?)))
     }
 
     /// The positions still free for history in a room (`backfill_floor..backfill_next`).
@@ -367,7 +364,7 @@ impl Rooms {
                 room_id.as_bytes().to_vec(),
                 serde_json::to_vec(&room)?,
             );
-            self.db.write(batch).map_err(db_err)?;
+            self.db.write(batch)?;
         }
         Ok(stored)
     }
@@ -380,7 +377,7 @@ impl Rooms {
             event_id.as_bytes().to_vec(),
             reason.as_bytes().to_vec(),
         );
-        self.db.write(batch).map_err(db_err)
+        Ok(self.db.write(batch)?)
     }
 
     /// Checks an event against its own auth events (which must all be stored): the auth rules

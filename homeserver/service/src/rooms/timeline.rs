@@ -6,9 +6,13 @@ use ruma::{EventId, OwnedUserId, RoomId, UserId};
 use serde_json::{json, Value};
 
 use paracord_core::{time::now_ms, Error, Result};
-use paracord_storage::{key::decode_u64, KeyBuf, KeyReader, Table};
+use paracord_storage::{key::decode_u64, Table};
 
-use super::{pdu::client_event, EventMeta, Rooms, StateMap};
+use super::{
+    keys::{RoomPosKey, RoomTsPosKey},
+    pdu::client_event,
+    EventMeta, Rooms, StateMap,
+};
 
 /// Which events a timeline read keeps (the parts of a RoomEventFilter the server applies).
 #[derive(Debug, Clone, Default)]
@@ -275,7 +279,7 @@ impl Rooms {
             dir,
             limit,
         } = window;
-        let prefix = KeyBuf::new().str(room_id.as_str()).into_vec();
+        let prefix = RoomPosKey::prefix(room_id.as_str());
         let mut page = Page::default();
         let mut cursor = from;
         const WINDOW: usize = 200;
@@ -283,57 +287,55 @@ impl Rooms {
         loop {
             let rows = match dir {
                 Dir::Forward => {
-                    let lower = KeyBuf::new()
-                        .str(room_id.as_str())
-                        .u64(cursor.saturating_add(1))
-                        .into_vec();
+                    let lower = RoomPosKey {
+                        room_id: room_id.as_str(),
+                        pos: cursor.saturating_add(1),
+                    }
+                    .encode();
                     let upper = to.map(|t| {
-                        KeyBuf::new()
-                            .str(room_id.as_str())
-                            .u64(t.saturating_add(1))
-                            .into_vec()
+                        RoomPosKey {
+                            room_id: room_id.as_str(),
+                            pos: t.saturating_add(1),
+                        }
+                        .encode()
                     });
-                    self.db
-                        .scan(
-                            Table::RoompositionShorteventid,
-                            &prefix,
-                            &lower,
-                            upper.as_deref(),
-                            false,
-                            WINDOW,
-                        )
-                        .map_err(Error::internal)?
+                    self.db.scan(
+                        Table::RoompositionShorteventid,
+                        &prefix,
+                        &lower,
+                        upper.as_deref(),
+                        false,
+                        WINDOW,
+                    )?
                 }
                 Dir::Backward => {
                     let lower = match to {
-                        Some(t) => KeyBuf::new()
-                            .str(room_id.as_str())
-                            .u64(t.saturating_add(1))
-                            .into_vec(),
+                        Some(t) => RoomPosKey {
+                            room_id: room_id.as_str(),
+                            pos: t.saturating_add(1),
+                        }
+                        .encode(),
                         None => prefix.clone(),
                     };
-                    let upper = KeyBuf::new()
-                        .str(room_id.as_str())
-                        .u64(cursor.saturating_add(1))
-                        .into_vec();
-                    self.db
-                        .scan(
-                            Table::RoompositionShorteventid,
-                            &prefix,
-                            &lower,
-                            Some(&upper),
-                            true,
-                            WINDOW,
-                        )
-                        .map_err(Error::internal)?
+                    let upper = RoomPosKey {
+                        room_id: room_id.as_str(),
+                        pos: cursor.saturating_add(1),
+                    }
+                    .encode();
+                    self.db.scan(
+                        Table::RoompositionShorteventid,
+                        &prefix,
+                        &lower,
+                        Some(&upper),
+                        true,
+                        WINDOW,
+                    )?
                 }
             };
             let exhausted = rows.len() < WINDOW;
             for (k, v) in rows {
-                let mut r = KeyReader::new(&k);
-                r.str().map_err(Error::internal)?;
-                let pos = r.u64().map_err(Error::internal)?;
-                let short = decode_u64(&v).map_err(Error::internal)?;
+                let pos = RoomPosKey::decode(&k)?.pos;
+                let short = decode_u64(&v)?;
                 cursor = match dir {
                     Dir::Forward => pos,
                     Dir::Backward => pos.saturating_sub(1),
@@ -384,43 +386,61 @@ impl Rooms {
 
     /// Whether the room's timeline has an event before stream position `pos`.
     pub fn has_timeline_before(&self, room_id: &RoomId, pos: u64) -> Result<bool> {
-        let prefix = KeyBuf::new().str(room_id.as_str()).into_vec();
-        let upper = KeyBuf::new().str(room_id.as_str()).u64(pos).into_vec();
-        let rows = self
-            .db
-            .scan(
-                Table::RoompositionShorteventid,
-                &prefix,
-                &prefix,
-                Some(&upper),
-                false,
-                1,
-            )
-            .map_err(Error::internal)?;
+        let prefix = RoomPosKey::prefix(room_id.as_str());
+        let upper = RoomPosKey {
+            room_id: room_id.as_str(),
+            pos,
+        }
+        .encode();
+        let rows = self.db.scan(
+            Table::RoompositionShorteventid,
+            &prefix,
+            &prefix,
+            Some(&upper),
+            false,
+            1,
+        )?;
         Ok(!rows.is_empty())
+    }
+
+    /// The short ids of the room's newest `limit` timeline events, newest first (in stream
+    /// order, which is arrival order). Each id is decoded when the iterator reaches it.
+    pub(crate) fn newest_timeline_events(
+        &self,
+        room_id: &RoomId,
+        limit: usize,
+    ) -> Result<impl Iterator<Item = Result<u64>>> {
+        let prefix = RoomPosKey::prefix(room_id.as_str());
+        let rows = self.db.scan(
+            Table::RoompositionShorteventid,
+            &prefix,
+            &prefix,
+            None,
+            true,
+            limit,
+        )?;
+        Ok(rows.into_iter().map(|(_, v)| Ok(decode_u64(&v)?)))
     }
 
     /// The state of a room as it was at stream position `pos` (after all events up to it).
     pub fn state_at_pos(&self, room_id: &RoomId, pos: u64) -> Result<u64> {
-        let prefix = KeyBuf::new().str(room_id.as_str()).into_vec();
-        let upper = KeyBuf::new()
-            .str(room_id.as_str())
-            .u64(pos.saturating_add(1))
-            .into_vec();
-        let rows = self
-            .db
-            .scan(
-                Table::RoompositionShorteventid,
-                &prefix,
-                &prefix,
-                Some(&upper),
-                true,
-                1,
-            )
-            .map_err(Error::internal)?;
+        let prefix = RoomPosKey::prefix(room_id.as_str());
+        let upper = RoomPosKey {
+            room_id: room_id.as_str(),
+            pos: pos.saturating_add(1),
+        }
+        .encode();
+        let rows = self.db.scan(
+            Table::RoompositionShorteventid,
+            &prefix,
+            &prefix,
+            Some(&upper),
+            true,
+            1,
+        )?;
         match rows.into_iter().next() {
             Some((_, v)) => {
-                let short = decode_u64(&v).map_err(Error::internal)?;
+                let short = decode_u64(&v)?;
                 Ok(self.meta(short)?.map(|m| m.state_after).unwrap_or(0))
             }
             None => Ok(0),
@@ -525,21 +545,19 @@ impl Rooms {
             let mut count = 0;
             let mut lower = Vec::new();
             loop {
-                let rows = self
-                    .db
-                    .scan(
-                        Table::RoompositionShorteventid,
-                        b"",
-                        &lower,
-                        None,
-                        false,
-                        10_000,
-                    )
-                    .map_err(Error::internal)?;
+                let rows = self.db.scan(
+                    Table::RoompositionShorteventid,
+                    b"",
+                    &lower,
+                    None,
+                    false,
+                    10_000,
+                )?;
                 let mut batch = paracord_storage::Batch::new();
                 for (k, v) in &rows {
-                    let mut r = KeyReader::new(k);
-                    let (Ok(room), Ok(pos), Ok(short)) = (r.str(), r.u64(), decode_u64(v)) else {
+                    let (Ok(RoomPosKey { room_id, pos }), Ok(short)) =
+                        (RoomPosKey::decode(k), decode_u64(v))
+                    else {
                         continue;
                     };
                     let Some(p) = self.pdu_by_short(short)? else {
@@ -548,12 +566,12 @@ impl Rooms {
                     let ts = u64::from(p.origin_server_ts.get());
                     batch.put(
                         Table::RoomtsposShorteventid,
-                        KeyBuf::new().str(room).u64(ts).u64(pos).into_vec(),
+                        RoomTsPosKey { room_id, ts, pos }.encode(),
                         short.to_be_bytes().to_vec(),
                     );
                     count += 1;
                 }
-                self.db.write(batch).map_err(Error::internal)?;
+                self.db.write(batch)?;
                 match rows.last() {
                     Some((last, _)) if rows.len() == 10_000 => {
                         lower = [last.as_ref(), &[0]].concat()
@@ -585,34 +603,29 @@ impl Rooms {
         ts: u64,
         dir: Dir,
     ) -> Result<Option<(String, u64)>> {
-        let prefix = KeyBuf::new().str(room_id.as_str()).into_vec();
+        let prefix = RoomTsPosKey::prefix(room_id.as_str());
         let (lower, upper) = match dir {
-            Dir::Forward => (KeyBuf::new().str(room_id.as_str()).u64(ts).into_vec(), None),
+            Dir::Forward => (RoomTsPosKey::at_ts(room_id.as_str(), ts), None),
             Dir::Backward => (
                 prefix.clone(),
                 ts.checked_add(1)
-                    .map(|t| KeyBuf::new().str(room_id.as_str()).u64(t).into_vec()),
+                    .map(|t| RoomTsPosKey::at_ts(room_id.as_str(), t)),
             ),
         };
         let (mut lower, mut upper) = (lower, upper);
         let mut skipped = 0;
         loop {
-            let rows = self
-                .db
-                .scan(
-                    Table::RoomtsposShorteventid,
-                    &prefix,
-                    &lower,
-                    upper.as_deref(),
-                    dir == Dir::Backward,
-                    TIMESTAMP_PAGE,
-                )
-                .map_err(Error::internal)?;
+            let rows = self.db.scan(
+                Table::RoomtsposShorteventid,
+                &prefix,
+                &lower,
+                upper.as_deref(),
+                dir == Dir::Backward,
+                TIMESTAMP_PAGE,
+            )?;
             for (k, v) in &rows {
-                let mut r = KeyReader::new(k);
-                r.str().map_err(Error::internal)?;
-                let ev_ts = r.u64().map_err(Error::internal)?;
-                let short = decode_u64(v).map_err(Error::internal)?;
+                let ev_ts = RoomTsPosKey::decode(k)?.ts;
+                let short = decode_u64(v)?;
                 if let Some(meta) = self.meta(short)? {
                     if self.can_see(reader.user, &meta)? {
                         return Ok(Some((meta.event_id.to_string(), ev_ts)));
@@ -640,7 +653,7 @@ impl Rooms {
 
 #[cfg(test)]
 mod tests {
-    use paracord_storage::Batch;
+    use paracord_storage::{Batch, KeyBuf};
     use serde_json::json;
 
     use super::*;

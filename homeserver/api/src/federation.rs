@@ -323,10 +323,6 @@ pub(crate) async fn signed_body(
     let bytes = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| Error::too_large(format!("the body is larger than {limit} bytes")))?;
-    let mut signed = http::Request::new(bytes.to_vec());
-    *signed.method_mut() = parts.method;
-    *signed.uri_mut() = parts.uri;
-    *signed.headers_mut() = parts.headers;
-    let origin = state.remote_keys.verify_request(&signed).await?;
+    let origin = crate::ruma_wrapper::signed_origin(state, &parts, &bytes).await?;
     Ok((origin, bytes))
 }

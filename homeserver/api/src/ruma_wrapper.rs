@@ -230,11 +230,7 @@ impl Read {
 
         let mut origin = None;
         if <T::Authentication as AuthRequirement>::SERVER_SIGNED {
-            let mut signed = http::Request::new(bytes.to_vec());
-            *signed.method_mut() = parts.method.clone();
-            *signed.uri_mut() = parts.uri.clone();
-            *signed.headers_mut() = parts.headers.clone();
-            origin = Some(state.remote_keys.verify_request(&signed).await?);
+            origin = Some(signed_origin(state, &parts, &bytes).await?);
         }
 
         let mut ident = None;
@@ -287,6 +283,20 @@ impl Read {
             origin,
         })
     }
+}
+
+/// The server whose `X-Matrix` signature over the request (method, URI, destination and
+/// body) verifies; the one place a request's `X-Matrix` authorization is read and checked.
+pub(crate) async fn signed_origin(
+    state: &AppState,
+    parts: &http::request::Parts,
+    bytes: &[u8],
+) -> Result<ruma::OwnedServerName, ApiError> {
+    let mut signed = http::Request::new(bytes.to_vec());
+    *signed.method_mut() = parts.method.clone();
+    *signed.uri_mut() = parts.uri.clone();
+    *signed.headers_mut() = parts.headers.clone();
+    Ok(state.remote_keys.verify_request(&signed).await?)
 }
 
 /// The request body as JSON: `None` when empty, or when not JSON in a `GET` (whose body is

@@ -312,39 +312,6 @@ pub(crate) async fn get_public_rooms_filtered_route(
     Ok(public_join_rules(response))
 }
 
-/// Asks `server` (signed as this server) and returns its JSON object answer; its 404 is our
-/// 404, any other failure a 502 naming it.
-pub(crate) async fn ask(
-    state: &AppState,
-    server: &ruma::ServerName,
-    method: http::Method,
-    path: &str,
-    body: Option<&Value>,
-) -> Result<Value, Error> {
-    use paracord_service::federation::request::{remote_error, signed_json};
-    let (status, answer) = signed_json(
-        &state.federation,
-        &state.keys,
-        &state.config.server_name,
-        server,
-        method,
-        path,
-        body,
-    )
-    .await?;
-    if !status.is_success() {
-        return Err(remote_error(server, status, &answer));
-    }
-    if !answer.is_object() {
-        return Err(remote_error(
-            server,
-            http::StatusCode::BAD_GATEWAY,
-            &json!({ "error": "the answer is not a JSON object" }),
-        ));
-    }
-    Ok(answer)
-}
-
 /// The body of a federation request handled without ruma types, with the origin server whose
 /// `X-Matrix` signature over it (and the method, path and destination) verifies.
 pub(crate) async fn signed_body(
@@ -356,10 +323,6 @@ pub(crate) async fn signed_body(
     let bytes = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| Error::too_large(format!("the body is larger than {limit} bytes")))?;
-    let mut signed = http::Request::new(bytes.to_vec());
-    *signed.method_mut() = parts.method;
-    *signed.uri_mut() = parts.uri;
-    *signed.headers_mut() = parts.headers;
-    let origin = state.remote_keys.verify_request(&signed).await?;
+    let origin = crate::ruma_wrapper::signed_origin(state, &parts, &bytes).await?;
     Ok((origin, bytes))
 }

@@ -20,16 +20,6 @@ use serde_json::Value;
 
 use crate::{public_join_rules, ruma_wrapper::Ruma, ApiResult, AppState, Patched, RumaResponse};
 
-/// Queues an EDU for every other server with a member in the room.
-pub(crate) fn edu_to_room(state: &AppState, room_id: &ruma::RoomId, edu: Value) -> ApiResult<()> {
-    for server in state.rooms.servers_in_room(room_id)? {
-        if server.as_str() != state.config.server_name {
-            state.sender.queue_edu(&server, edu.clone())?;
-        }
-    }
-    Ok(())
-}
-
 fn origin<T>(req: &Ruma<T>) -> ApiResult<ruma::OwnedServerName> {
     req.origin
         .clone()

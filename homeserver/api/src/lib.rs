@@ -37,5 +37,3 @@ impl std::ops::Deref for AppState {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
-
-pub(crate) use paracord_service::percent_encode;

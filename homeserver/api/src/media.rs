@@ -16,7 +16,7 @@ use http::{header, HeaderValue, StatusCode};
 use paracord_core::Error;
 use paracord_service::{
     accounts::Identity,
-    media::{inline_safe, multipart_boundary, Media, MediaMeta, MultipartFile, ThumbnailMethod},
+    media::{inline_safe, Media, MediaMeta, ThumbnailMethod},
     ratelimit::Limit,
 };
 use ruma::{
@@ -32,7 +32,6 @@ use ruma::{
     http_headers::{ContentDisposition, ContentDispositionType},
     MilliSecondsSinceUnixEpoch, OwnedMxcUri, UInt,
 };
-use serde_json::Value;
 
 use crate::params::Params;
 use crate::{ruma_wrapper::access_token, ApiError, ApiResult, AppState, RumaResponse};
@@ -88,122 +87,12 @@ async fn media_key(
         )
         .into());
     }
-    fetch_remote(state, &server, media_id).await?;
+    state.queries.fetch_media(&server, media_id).await?;
     Ok(key)
-}
-
-/// Fetches `media_id` from `server` and caches it. The file part of the federation answer is
-/// read chunk by chunk into a capped temporary file; the federation client itself hands the
-/// body over whole (at most its response cap), as it does for every federation answer.
-async fn fetch_remote(
-    state: &AppState,
-    server: &ruma::ServerName,
-    media_id: &str,
-) -> Result<(), ApiError> {
-    let path = format!(
-        "/_matrix/federation/v1/media/download/{}",
-        crate::percent_encode(media_id)
-    );
-    let response = paracord_service::federation::request::signed_request(
-        &state.federation,
-        &state.keys,
-        &state.config.server_name,
-        server,
-        http::Method::GET,
-        &path,
-        None,
-    )
-    .await?;
-    let mut file = state.media.cache_file().await?;
-    let (content_type, filename) = if response.status.is_success() {
-        let boundary = response
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(multipart_boundary)
-            .ok_or_else(|| {
-                Error::new(
-                    StatusCode::BAD_GATEWAY,
-                    paracord_core::ErrorKind::Unknown,
-                    format!("{server} sent media that is not a multipart answer"),
-                )
-            })?;
-        let mut parser = MultipartFile::new(&boundary);
-        for chunk in response.body.chunks(FETCH_CHUNK) {
-            parser.feed(chunk, &mut file).await?;
-        }
-        let part = parser.finish()?;
-        (part.content_type, part.filename)
-    } else {
-        // Servers from before authenticated media (Matrix 1.11) serve it only on the
-        // legacy client path, unauthenticated.
-        match legacy_download(state, server, media_id).await? {
-            Some((body, content_type, filename)) => {
-                for chunk in body.chunks(FETCH_CHUNK) {
-                    file.write(chunk).await?;
-                }
-                (content_type, filename)
-            }
-            None => {
-                let body = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
-                return Err(paracord_service::federation::request::remote_error(
-                    server,
-                    response.status,
-                    &body,
-                )
-                .into());
-            }
-        }
-    };
-    state
-        .media
-        .commit_remote(server.as_str(), media_id, file, content_type, filename)
-        .await?;
-    Ok(())
 }
 
 /// Size of the pieces a fetched body is written to disk in.
 const FETCH_CHUNK: usize = 64 * 1024;
-
-/// Remote media from the legacy `/_matrix/media/v3/download/{serverName}/{mediaId}` of its
-/// server: `(bytes, content type, file name)`, or `None` when that fails too.
-async fn legacy_download(
-    state: &AppState,
-    server: &ruma::ServerName,
-    media_id: &str,
-) -> Result<Option<(Vec<u8>, Option<String>, Option<String>)>, ApiError> {
-    let path = format!(
-        "/_matrix/media/v3/download/{}/{}?allow_remote=false",
-        crate::percent_encode(server.as_str()),
-        crate::percent_encode(media_id)
-    );
-    let request = http::Request::builder()
-        .method(http::Method::GET)
-        .uri(path)
-        .body(Vec::new())
-        .map_err(|e| ApiError(Error::internal(format!("media request: {e}"))))?;
-    let Ok(response) = state.federation.send(server, request).await else {
-        return Ok(None);
-    };
-    if !response.status.is_success() {
-        return Ok(None);
-    }
-    let header_str = |name: header::HeaderName| {
-        response
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let filename = header_str(header::CONTENT_DISPOSITION)
-        .and_then(|d| ContentDisposition::try_from(d.as_bytes()).ok())
-        .and_then(|d| d.filename);
-    Ok(Some((
-        response.body,
-        header_str(header::CONTENT_TYPE),
-        filename,
-    )))
-}
 
 /// A media id other servers may ask for: this server's own media only, never a cached copy of
 /// a third server's (keyed `server/id`).

@@ -250,11 +250,7 @@ impl Read {
 
         let mut origin = None;
         if <T::Authentication as AuthRequirement>::SERVER_SIGNED {
-            let mut signed = http::Request::new(bytes.to_vec());
-            *signed.method_mut() = parts.method.clone();
-            *signed.uri_mut() = parts.uri.clone();
-            *signed.headers_mut() = parts.headers.clone();
-            origin = Some(state.remote_keys.verify_request(&signed).await?);
+            origin = Some(signed_origin(state, &parts, &bytes).await?);
         }
 
         let mut ident = None;
@@ -305,6 +301,20 @@ impl Read {
             raw_body: bytes,
         })
     }
+}
+
+/// The server whose `X-Matrix` signature over the request (method, URI, destination and
+/// body) verifies; the one place a request's `X-Matrix` authorization is read and checked.
+pub(crate) async fn signed_origin(
+    state: &AppState,
+    parts: &http::request::Parts,
+    bytes: &[u8],
+) -> Result<ruma::OwnedServerName, ApiError> {
+    let mut signed = http::Request::new(bytes.to_vec());
+    *signed.method_mut() = parts.method.clone();
+    *signed.uri_mut() = parts.uri.clone();
+    *signed.headers_mut() = parts.headers.clone();
+    Ok(state.remote_keys.verify_request(&signed).await?)
 }
 
 /// A request body that is not JSON is `M_NOT_JSON`, unless it is empty or the body of a

@@ -68,6 +68,8 @@ pub struct Services {
     pub backups: Arc<backup::KeyBackups>,
     pub federation: Arc<federation::client::FederationClient>,
     pub pdus: Arc<federation::pdus::Pdus>,
+    pub queries: Arc<federation::query::Queries>,
+    pub joins: Arc<federation::joins::Joins>,
     pub sender: Arc<federation::sender::Sender>,
     pub server_notices: Arc<server_notices::ServerNotices>,
     pub durability: Arc<durability::Durability>,
@@ -235,6 +237,19 @@ impl Services {
                 me.clone(),
             )
         });
+        let queries = Arc::new(federation::query::Queries::new(
+            federation.clone(),
+            keys.clone(),
+            config.clone(),
+            media.clone(),
+        ));
+        let joins = Arc::new(federation::joins::Joins::new(
+            config.clone(),
+            accounts.clone(),
+            rooms.clone(),
+            pdus.clone(),
+            queries.clone(),
+        ));
         pushers.start(rooms.clone(), ephemeral.clone(), push_jobs);
         let server_notices = Arc::new(server_notices::ServerNotices::new(
             config.clone(),
@@ -262,6 +277,8 @@ impl Services {
             backups,
             federation,
             pdus,
+            queries,
+            joins,
             sender,
             server_notices,
             durability,

@@ -11,7 +11,7 @@ use ruma::api::client::account::{
 };
 use ruma::api::client::uiaa::AuthData;
 
-use crate::{ruma_wrapper::Ruma, ApiError, ApiResult, AppState, RumaResponse};
+use crate::{ruma_wrapper::Ruma, ApiResult, AppState, RumaResponse};
 
 /// The UIA `auth` of a request as the JSON the accounts service reads.
 pub(crate) fn auth_json(auth: &Option<AuthData>) -> Result<Option<serde_json::Value>, Error> {
@@ -174,17 +174,10 @@ pub(crate) async fn deactivate_route(
         .uia(auth.as_ref(), UiaFlow::Password(id.user_id.clone()))
         .await?;
     // Leave every room first, while the account can still send.
-    for (room_id, rec) in state.rooms.user_rooms(&id.user_id)? {
-        if rec.membership == "join" || rec.membership == "invite" {
-            if let Err(e) = state
-                .rooms
-                .leave(&room_id, &id.user_id, Some("account deactivated"))
-                .await
-            {
-                tracing::warn!(%room_id, "leave on deactivation failed: {}", ApiError(e).0);
-            }
-        }
-    }
+    state
+        .rooms
+        .leave_all(&id.user_id, Some("account deactivated"))
+        .await?;
     state.backups.delete_all(&id.user_id)?;
     state.accounts.deactivate(&id.user_id)?;
     Ok(RumaResponse(deactivate::v3::Response::new(

@@ -11,9 +11,9 @@ use ruma::{
         room::Visibility,
     },
     directory::PublicRoomsChunk,
-    OwnedRoomId, OwnedServerName, RoomAliasId, UInt,
+    OwnedServerName, RoomAliasId, UInt,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::{public_join_rules, ruma_wrapper::Ruma, ApiResult, AppState, Patched, RumaResponse};
 
@@ -97,22 +97,7 @@ pub(crate) async fn get_alias_route(
     let alias = &req.body.room_alias;
     if alias.server_name().as_str() != state.config.server_name {
         // Another server's alias: ask that server.
-        let server = alias.server_name();
-        let path = format!(
-            "/_matrix/federation/v1/query/directory?room_alias={}",
-            crate::percent_encode(alias.as_str())
-        );
-        let body = crate::federation::ask(&state, server, http::Method::GET, &path, None).await?;
-        let room_id = body["room_id"]
-            .as_str()
-            .and_then(|r| OwnedRoomId::try_from(r).ok())
-            .ok_or_else(|| Error::not_found(format!("{server} gave no room for the alias")))?;
-        let servers = body["servers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|s| OwnedServerName::try_from(s.as_str()?).ok())
-            .collect();
+        let (room_id, servers) = state.queries.room_alias(alias).await?;
         return Ok(RumaResponse(get_alias::v3::Response::new(room_id, servers)));
     }
     let room_id = state
@@ -171,18 +156,10 @@ pub(crate) async fn get_public_rooms_route(
         .as_ref()
         .filter(|s| s.as_str() != state.config.server_name)
     {
-        let mut path = "/_matrix/federation/v1/publicRooms".to_owned();
-        let mut query = Vec::new();
-        if let Some(l) = req.body.limit {
-            query.push(format!("limit={l}"));
-        }
-        if let Some(s) = &req.body.since {
-            query.push(format!("since={}", crate::percent_encode(s)));
-        }
-        if !query.is_empty() {
-            path = format!("{path}?{}", query.join("&"));
-        }
-        let answer = crate::federation::ask(&state, server, http::Method::GET, &path, None).await?;
+        let answer = state
+            .queries
+            .public_rooms(server, req.body.limit, req.body.since.as_deref())
+            .await?;
         return Ok(public_join_rules(public_rooms(Page::from_json(answer))));
     }
     let all = state.rooms.public_rooms(None)?;
@@ -205,21 +182,15 @@ pub(crate) async fn get_public_rooms_filtered_route(
         .as_ref()
         .filter(|s| s.as_str() != state.config.server_name)
     {
-        let mut body = json!({ "filter": req.body.filter });
-        if let Some(l) = req.body.limit {
-            body["limit"] = json!(l);
-        }
-        if let Some(s) = &req.body.since {
-            body["since"] = json!(s);
-        }
-        let answer = crate::federation::ask(
-            &state,
-            server,
-            http::Method::POST,
-            "/_matrix/federation/v1/publicRooms",
-            Some(&body),
-        )
-        .await?;
+        let answer = state
+            .queries
+            .public_rooms_filtered(
+                server,
+                req.body.filter.clone(),
+                req.body.limit,
+                req.body.since.as_deref(),
+            )
+            .await?;
         return Ok(public_join_rules(public_rooms_filtered(Page::from_json(
             answer,
         ))));

@@ -45,10 +45,9 @@ pub(crate) async fn create_typing_event_route(
             false
         }
     };
-    crate::federation_rooms::edu_to_room(
-        &state,
-        &req.body.room_id,
-        json!({ "edu_type": "m.typing", "content": {
+    state.sender.queue_edu_to_all(
+        state.rooms.servers_in_room(&req.body.room_id)?,
+        &json!({ "edu_type": "m.typing", "content": {
             "room_id": req.body.room_id, "user_id": id.user_id, "typing": typing,
         }}),
     )?;
@@ -94,16 +93,14 @@ async fn receipt(
         if let Some(t) = &thread {
             data["thread_id"] = json!(t);
         }
-        crate::federation_rooms::edu_to_room(
-            state,
-            room_id,
-            json!({ "edu_type": "m.receipt", "content": {
+        state.sender.queue_edu_to_all(
+            state.rooms.servers_in_room(room_id)?,
+            &json!({ "edu_type": "m.receipt", "content": {
                 room_id.as_str(): { "m.read": { user.as_str(): {
                     "event_ids": [event_id], "data": data,
                 }}}
             }}),
-        )
-        .map_err(|e| e.0)?;
+        )?;
     }
     Ok(())
 }

@@ -20,7 +20,7 @@ use ruma::{
         },
         to_device::send_event_to_device,
     },
-    OneTimeKeyAlgorithm, OwnedServerName, OwnedUserId, UInt,
+    OneTimeKeyAlgorithm, UInt,
 };
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
@@ -88,26 +88,10 @@ pub(crate) async fn get_keys_route(
     let wanted = paracord_service::e2ee::query_wanted(&req.body.device_keys);
     let mut out = state.e2ee.query_keys(Some(&id.user_id), &wanted)?;
     // Other servers' users: ask each server once, in parallel.
-    let remote = by_remote_server(&state, wanted.iter().map(|(u, ds)| (u, json!(ds))));
-    let answers = ask_servers(
-        &state,
-        "/_matrix/federation/v1/user/keys/query",
-        "device_keys",
-        remote,
-    )
-    .await;
-    for (server, asked, answer) in answers {
-        match answer {
-            Ok(body) => {
-                for section in ["device_keys", "master_keys", "self_signing_keys"] {
-                    merge_users(&mut out[section], &body[section], &server, &asked);
-                }
-            }
-            Err(message) => {
-                out["failures"][server.as_str()] = json!({ "status": 503, "message": message });
-            }
-        }
-    }
+    state
+        .queries
+        .remote_device_keys(&mut out, wanted.iter().map(|(u, ds)| (u, json!(ds))))
+        .await;
     let mut resp = get_keys::v3::Response::new();
     resp.failures = typed_map(out["failures"].take());
     resp.device_keys = typed_map(out["device_keys"].take());
@@ -115,75 +99,6 @@ pub(crate) async fn get_keys_route(
     resp.self_signing_keys = typed_map(out["self_signing_keys"].take());
     resp.user_signing_keys = typed_map(out["user_signing_keys"].take());
     Ok(RumaResponse(resp))
-}
-
-/// Requests grouped by the other server they are for: server → (user → what to ask).
-fn by_remote_server<'a>(
-    state: &AppState,
-    wanted: impl Iterator<Item = (&'a OwnedUserId, Value)>,
-) -> BTreeMap<OwnedServerName, serde_json::Map<String, Value>> {
-    let mut out: BTreeMap<OwnedServerName, serde_json::Map<String, Value>> = BTreeMap::new();
-    for (user, what) in wanted {
-        if !state.accounts.is_local(user) {
-            out.entry(user.server_name().to_owned())
-                .or_default()
-                .insert(user.to_string(), what);
-        }
-    }
-    out
-}
-
-/// Sends `{field: users}` to each server at `path` (signed, 10 s each, in parallel); returns
-/// each server's answer or why there is none, with the users asked.
-async fn ask_servers(
-    state: &AppState,
-    path: &str,
-    field: &str,
-    per_server: BTreeMap<OwnedServerName, serde_json::Map<String, Value>>,
-) -> Vec<(OwnedServerName, Vec<String>, Result<Value, String>)> {
-    use paracord_service::federation::request::signed_json;
-    let asks = per_server.into_iter().map(|(server, users)| async move {
-        let asked: Vec<String> = users.keys().cloned().collect();
-        let body = json!({ field: users });
-        let answer = tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            signed_json(
-                &state.federation,
-                &state.keys,
-                &state.config.server_name,
-                &server,
-                http::Method::POST,
-                path,
-                Some(&body),
-            ),
-        )
-        .await;
-        let answer = match answer {
-            Err(_) => Err("timed out".to_owned()),
-            Ok(Err(e)) => Err(crate::ApiError(e).0.to_string()),
-            Ok(Ok((status, body))) if status.is_success() && body.is_object() => Ok(body),
-            Ok(Ok((status, _))) => Err(format!("answered {status}")),
-        };
-        (server, asked, answer)
-    });
-    futures::future::join_all(asks).await
-}
-
-/// Copies `from[user]` into `into[user]` for the users that were asked of `server` (a server
-/// answers for its own users only).
-fn merge_users(into: &mut Value, from: &Value, server: &ruma::ServerName, asked: &[String]) {
-    let Some(from) = from.as_object() else {
-        return;
-    };
-    if !into.is_object() {
-        *into = json!({});
-    }
-    for (user, v) in from {
-        let ours = ruma::UserId::parse(user.as_str()).is_ok_and(|u| u.server_name() == server);
-        if ours && asked.contains(user) {
-            into[user.as_str()] = v.clone();
-        }
-    }
 }
 
 /// `POST /_matrix/client/v3/keys/claim` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3keysclaim
@@ -194,27 +109,10 @@ pub(crate) async fn claim_keys_route(
     req.user()?;
     let wanted = paracord_service::e2ee::claim_wanted(&req.body.one_time_keys);
     let mut out = state.e2ee.claim_keys(&wanted)?;
-    let remote = by_remote_server(&state, wanted.iter().map(|(u, ds)| (u, json!(ds))));
-    let answers = ask_servers(
-        &state,
-        "/_matrix/federation/v1/user/keys/claim",
-        "one_time_keys",
-        remote,
-    )
-    .await;
-    for (server, asked, answer) in answers {
-        match answer {
-            Ok(body) => merge_users(
-                &mut out["one_time_keys"],
-                &body["one_time_keys"],
-                &server,
-                &asked,
-            ),
-            Err(message) => {
-                out["failures"][server.as_str()] = json!({ "status": 503, "message": message });
-            }
-        }
-    }
+    state
+        .queries
+        .claim_remote_keys(&mut out, wanted.iter().map(|(u, ds)| (u, json!(ds))))
+        .await;
     let mut resp = claim_keys::v3::Response::new(typed_map(out["one_time_keys"].take()));
     resp.failures = typed_map(out["failures"].take());
     Ok(RumaResponse(resp))

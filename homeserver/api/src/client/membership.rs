@@ -14,138 +14,9 @@ use ruma::{
 };
 use serde_json::{json, Value};
 
-use super::{reader, resolve_room};
+use super::reader;
 use crate::{ruma_wrapper::Ruma, ApiResult, AppState, Patched, RumaResponse};
 use paracord_service::ratelimit::Limit;
-
-fn profile(state: &AppState, user: &ruma::UserId) -> (Option<String>, Option<String>) {
-    state.accounts.profile(user).unwrap_or((None, None))
-}
-
-/// The room a room id or alias names, and the servers that may be in it: those given, and
-/// for another server's alias, that server and the ones it names.
-pub(crate) async fn room_and_servers(
-    state: &AppState,
-    room: &ruma::RoomOrAliasId,
-    via: &[ruma::OwnedServerName],
-) -> ApiResult<(ruma::OwnedRoomId, Vec<ruma::OwnedServerName>)> {
-    let mut via = via.to_vec();
-    let room_id = match <&ruma::RoomAliasId>::try_from(room) {
-        Ok(alias) if alias.server_name().as_str() != state.config.server_name => {
-            // Another server's alias: it says which room and which servers are in it.
-            let server = alias.server_name();
-            let path = format!(
-                "/_matrix/federation/v1/query/directory?room_alias={}",
-                crate::percent_encode(alias.as_str())
-            );
-            let answer =
-                crate::federation::ask(state, server, http::Method::GET, &path, None).await?;
-            let room_id = answer["room_id"]
-                .as_str()
-                .and_then(|r| ruma::OwnedRoomId::try_from(r).ok())
-                .ok_or_else(|| Error::not_found(format!("{server} gave no room for the alias")))?;
-            via.push(server.to_owned());
-            via.extend(
-                answer["servers"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|s| s.as_str())
-                    .filter_map(|s| ruma::OwnedServerName::try_from(s).ok()),
-            );
-            room_id
-        }
-        _ => resolve_room(state, room)?,
-    };
-    Ok((room_id, via))
-}
-
-/// Whether this server has a member joined to the room (so it can act in it alone).
-pub(crate) fn resident(state: &AppState, room_id: &ruma::RoomId) -> ApiResult<bool> {
-    Ok(state.rooms.room(room_id)?.is_some()
-        && state
-            .rooms
-            .servers_in_room(room_id)?
-            .iter()
-            .any(|s| s.as_str() == state.config.server_name))
-}
-
-/// Servers to ask about a room this server is not in: those given (else the room id's
-/// server) and the server of a pending invite, without this one and without repeats.
-pub(crate) fn candidates(
-    state: &AppState,
-    user: &ruma::UserId,
-    room_id: &ruma::RoomId,
-    via: &[ruma::OwnedServerName],
-) -> ApiResult<Vec<ruma::OwnedServerName>> {
-    let mut candidates: Vec<ruma::OwnedServerName> = via.to_vec();
-    // The room id's server only when the client named none: the servers it names are the
-    // ones it wants the join to go through (a restricted join must fail rather than go to a
-    // server it did not name).
-    if via.is_empty() {
-        if let Some(server) = room_id.server_name() {
-            candidates.push(server.to_owned());
-        }
-    }
-    if let Some(inviter) = state.rooms.remote_invite_sender(user, room_id)? {
-        candidates.push(inviter.server_name().to_owned());
-    }
-    candidates.retain(|s| s.as_str() != state.config.server_name);
-    let mut seen = std::collections::HashSet::new();
-    candidates.retain(|s| seen.insert(s.clone()));
-    Ok(candidates)
-}
-
-/// Joins a room: locally when this server is in it, otherwise over federation through the
-/// servers given (`via`), the room id's server and the server of a pending invite. `body` is
-/// the client's request body, whose fields become member event content.
-pub(crate) async fn join(
-    state: &AppState,
-    user: &ruma::UserId,
-    room_id: &ruma::RoomId,
-    via: &[ruma::OwnedServerName],
-    reason: Option<&str>,
-    body: Option<&Value>,
-) -> ApiResult<()> {
-    let resident = resident(state, room_id)?;
-    let candidates = candidates(state, user, room_id, via)?;
-    let content =
-        paracord_service::rooms::membership::join_content(profile(state, user), reason, body);
-    if resident || candidates.is_empty() {
-        match state.rooms.join_with(room_id, user, content.clone()).await {
-            Ok(_) => return Ok(()),
-            // A restricted room no member here may let the user into: another server in the
-            // room may have one, so the join goes through it.
-            Err(Error::Matrix {
-                kind: paracord_core::ErrorKind::UnableToAuthoriseJoin,
-                ..
-            }) if resident => {
-                let others: Vec<ruma::OwnedServerName> = state
-                    .rooms
-                    .servers_in_room(room_id)?
-                    .into_iter()
-                    .filter(|s| s.as_str() != state.config.server_name)
-                    .collect();
-                if others.is_empty() {
-                    return Err(
-                        Error::forbidden("no member of the room can authorise your join").into(),
-                    );
-                }
-                state
-                    .pdus
-                    .join_remote(user, room_id, &others, Value::Object(content))
-                    .await?;
-                return Ok(());
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    state
-        .pdus
-        .join_remote(user, room_id, &candidates, Value::Object(content))
-        .await?;
-    Ok(())
-}
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/join` — https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3roomsroomidjoin
 pub(crate) async fn join_room_by_id_route(
@@ -156,15 +27,16 @@ pub(crate) async fn join_room_by_id_route(
     state
         .ratelimit
         .check(Limit::Membership, id.user_id.as_str())?;
-    join(
-        &state,
-        &id.user_id,
-        &req.body.room_id,
-        &[],
-        req.body.reason.as_deref(),
-        req.body_object().map(Value::Object).as_ref(),
-    )
-    .await?;
+    state
+        .joins
+        .join(
+            &id.user_id,
+            &req.body.room_id,
+            &[],
+            req.body.reason.as_deref(),
+            req.body_object().map(Value::Object).as_ref(),
+        )
+        .await?;
     Ok(RumaResponse(join_room_by_id::v3::Response::new(
         req.body.room_id.clone(),
     )))
@@ -179,17 +51,20 @@ pub(crate) async fn join_room_by_id_or_alias_route(
     state
         .ratelimit
         .check(Limit::Membership, id.user_id.as_str())?;
-    let (room_id, via) =
-        room_and_servers(&state, &req.body.room_id_or_alias, &req.body.via).await?;
-    join(
-        &state,
-        &id.user_id,
-        &room_id,
-        &via,
-        req.body.reason.as_deref(),
-        req.body_object().map(Value::Object).as_ref(),
-    )
-    .await?;
+    let (room_id, via) = state
+        .joins
+        .room_and_servers(&req.body.room_id_or_alias, &req.body.via)
+        .await?;
+    state
+        .joins
+        .join(
+            &id.user_id,
+            &room_id,
+            &via,
+            req.body.reason.as_deref(),
+            req.body_object().map(Value::Object).as_ref(),
+        )
+        .await?;
     Ok(RumaResponse(join_room_by_id_or_alias::v3::Response::new(
         room_id,
     )))

@@ -17,7 +17,7 @@ pub(crate) async fn get_profile_route(
 ) -> ApiResult<RumaResponse<get_profile::v3::Response>> {
     if !state.accounts.is_local(&req.body.user_id) {
         // Another server's answer, every field of it (extended profiles included).
-        let answer = remote_profile(&state, &req.body.user_id, None).await?;
+        let answer = state.queries.profile(&req.body.user_id, None).await?;
         let fields = match answer {
             Value::Object(fields) => fields,
             _ => serde_json::Map::new(),
@@ -41,7 +41,10 @@ pub(crate) async fn get_display_name_route(
     req: Ruma<get_display_name::v3::Request>,
 ) -> ApiResult<RumaResponse<get_display_name::v3::Response>> {
     if !state.accounts.is_local(&req.body.user_id) {
-        let p = remote_profile(&state, &req.body.user_id, Some("displayname")).await?;
+        let p = state
+            .queries
+            .profile(&req.body.user_id, Some("displayname"))
+            .await?;
         let d = p
             .get("displayname")
             .ok_or_else(|| Error::not_found("no display name set"))?;
@@ -121,20 +124,4 @@ pub(crate) async fn set_avatar_url_route(
         )
         .await?;
     Ok(RumaResponse(set_avatar_url::v3::Response::new()))
-}
-
-/// Another server's user's profile, asked over federation (`field` limits it to one key).
-async fn remote_profile(
-    state: &AppState,
-    user: &ruma::UserId,
-    field: Option<&str>,
-) -> Result<Value, Error> {
-    let mut path = format!(
-        "/_matrix/federation/v1/query/profile?user_id={}",
-        crate::percent_encode(user.as_str())
-    );
-    if let Some(f) = field {
-        path.push_str(&format!("&field={f}"));
-    }
-    crate::federation::ask(state, user.server_name(), http::Method::GET, &path, None).await
 }

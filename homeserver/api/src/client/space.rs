@@ -99,23 +99,10 @@ pub(crate) async fn get_hierarchy_route(
      -> BoxFuture<'_, Option<Value>> {
         let state = &state;
         Box::pin(async move {
-            for server in via {
-                if server.as_str() == state.config.server_name {
-                    continue;
-                }
-                let path = format!(
-                    "/_matrix/federation/v1/hierarchy/{}?suggested_only={suggested_only}",
-                    crate::percent_encode(room.as_str())
-                );
-                match crate::federation::ask(state, &server, http::Method::GET, &path, None).await {
-                    Ok(answer) if answer["room"].is_object() => {
-                        return Some(answer["room"].clone())
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::debug!(%room, %server, "hierarchy over federation: {}", e),
-                }
-            }
-            None
+            state
+                .queries
+                .hierarchy_room(&room, &via, suggested_only)
+                .await
         })
     };
     let (rooms, next) = state
@@ -165,25 +152,14 @@ pub(crate) async fn knock_room_route(
     req: Ruma<knock_room::v3::Request>,
 ) -> ApiResult<RumaResponse<knock_room::v3::Response>> {
     let id = req.user()?;
-    let (room_id, via) =
-        super::membership::room_and_servers(&state, &req.body.room_id_or_alias, &req.body.via)
-            .await?;
-    let candidates = super::membership::candidates(&state, &id.user_id, &room_id, &via)?;
-    if !super::membership::resident(&state, &room_id)? && !candidates.is_empty() {
-        state
-            .pdus
-            .knock_remote(
-                &id.user_id,
-                &room_id,
-                &candidates,
-                req.body.reason.as_deref(),
-            )
-            .await?;
-        return Ok(RumaResponse(knock_room::v3::Response::new(room_id)));
-    }
-    state
-        .rooms
-        .knock(&room_id, &id.user_id, req.body.reason.as_deref())
+    let room_id = state
+        .joins
+        .knock(
+            &id.user_id,
+            &req.body.room_id_or_alias,
+            &req.body.via,
+            req.body.reason.as_deref(),
+        )
         .await?;
     Ok(RumaResponse(knock_room::v3::Response::new(room_id)))
 }

@@ -23,7 +23,7 @@ use super::{
     Caller, JsonBody, JsonList,
 };
 use crate::params::Params;
-use crate::{client::membership::join, ApiResult, AppState};
+use crate::{ApiResult, AppState};
 
 pub(super) fn routes(r: Router<AppState>) -> Router<AppState> {
     r.route(
@@ -383,10 +383,13 @@ pub(crate) async fn accept_invite_route(
         };
     let via = [via];
     if !state.rooms.is_joined(&guild_id, &user)? {
-        join(&state, &user, &guild_id, &via, None, None).await?;
+        state.joins.join(&user, &guild_id, &via, None, None).await?;
     }
     if join_channel == Some(true) && !state.rooms.is_joined(&channel_id, &user)? {
-        join(&state, &user, &channel_id, &via, None, None).await?;
+        state
+            .joins
+            .join(&user, &channel_id, &via, None, None)
+            .await?;
     }
     // As in Discord, a new member is in every channel they can see, categories included (so
     // that this server holds their state): the invite's channel first, then the rest. A
@@ -398,8 +401,8 @@ pub(crate) async fn accept_invite_route(
         if state.rooms.is_joined(&channel, &user)? {
             continue;
         }
-        if let Err(e) = join(&state, &user, &channel, &via, None, None).await {
-            tracing::debug!(%channel, error = ?e.0, "a channel of the guild was not joined");
+        if let Err(e) = state.joins.join(&user, &channel, &via, None, None).await {
+            tracing::debug!(%channel, error = ?e, "a channel of the guild was not joined");
         }
     }
     Ok(Json(InviteAccepted {

@@ -16,12 +16,8 @@ use axum::{
     Json,
 };
 use http::{Method, StatusCode};
-use paracord_core::{Error, ErrorKind};
-use paracord_service::{
-    federation::request::{remote_error, signed_json},
-    guilds::relay,
-    ratelimit::Limit,
-};
+use paracord_core::Error;
+use paracord_service::{guilds::relay, ratelimit::Limit};
 use ruma::{OwnedServerName, OwnedUserId, UserId};
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -115,14 +111,6 @@ pub(crate) async fn forward(
     path: &str,
     body: Option<Value>,
 ) -> Result<(StatusCode, Value), Error> {
-    let txn_id: String = {
-        use rand::{distributions::Alphanumeric, Rng};
-        rand::thread_rng()
-            .sample_iter(&Alphanumeric)
-            .take(20)
-            .map(char::from)
-            .collect()
-    };
     let relayed = serde_json::to_value(RelayRequest {
         user_id: user,
         method: method.as_str(),
@@ -131,34 +119,7 @@ pub(crate) async fn forward(
     })
     .map_err(Error::from)?;
     tracing::debug!(%host, %method, path, "relaying a Paracord request to the guild host");
-    let (status, answer) = signed_json(
-        &state.federation,
-        &state.keys,
-        &state.config.server_name,
-        host,
-        Method::PUT,
-        &format!("/_paracord/federation/v1/relay/{txn_id}"),
-        Some(&relayed),
-    )
-    .await?;
-    if !status.is_success() {
-        return Err(remote_error(host, status, &answer));
-    }
-    let relayed_status = answer["status"]
-        .as_u64()
-        .and_then(|s| u16::try_from(s).ok())
-        .and_then(|s| StatusCode::from_u16(s).ok())
-        .ok_or_else(|| {
-            Error::new(
-                StatusCode::BAD_GATEWAY,
-                ErrorKind::Unknown,
-                format!("{host} answered the relay without a status"),
-            )
-        })?;
-    Ok((
-        relayed_status,
-        answer.get("body").cloned().unwrap_or_else(|| json!({})),
-    ))
+    state.queries.relay(host, &relayed).await
 }
 
 /// `PUT /_paracord/federation/v1/relay/{txnId}` — spec/rest.md §3.

@@ -246,6 +246,20 @@ impl Sender {
         Ok(())
     }
 
+    /// Queues `edu` for each of `servers` (a room's, say) but this one.
+    pub fn queue_edu_to_all(
+        &self,
+        servers: impl IntoIterator<Item = OwnedServerName>,
+        edu: &Value,
+    ) -> Result<()> {
+        for server in servers {
+            if !self.is_own(&server) {
+                self.queue_edu(&server, edu.clone())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Persists one EDU (`{"edu_type": .., "content": ..}`) for a destination. An EDU for our
     /// own server name is ignored.
     #[tracing::instrument(skip_all, fields(destination = %destination))]

@@ -103,6 +103,19 @@ impl Rooms {
         .await
     }
 
+    /// Leaves every room `user` is joined to or invited to (a deactivation's first step,
+    /// while the account can still send). A room that cannot be left is logged and skipped.
+    pub async fn leave_all(&self, user: &UserId, reason: Option<&str>) -> Result<()> {
+        for (room_id, rec) in self.user_rooms(user)? {
+            if rec.membership == "join" || rec.membership == "invite" {
+                if let Err(e) = self.leave(&room_id, user, reason).await {
+                    tracing::warn!(%room_id, "leave on deactivation failed: {}", e);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Leaves a room, or rejects an invite.
     pub async fn leave(
         &self,

@@ -9,16 +9,29 @@ use paracord_core::{time::now_ms, Result};
 use paracord_storage::{Batch, Table};
 use ruma::{
     events::{room::member::MembershipState, TimelineEventType},
-    OwnedEventId, OwnedUserId, RoomId,
+    EventId, OwnedEventId, OwnedUserId, RoomId,
 };
 
 use super::{
-    notify::Notification,
-    put_timeline_row, relations,
-    remote::{Pending, MAX_HOLES, RESOLVED_BEFORE, RESOLVED_CURRENT},
-    rules_for, txn_key, write_event_rows, write_full_snapshot, write_membership,
-    write_state_snapshot, EventMeta, Pdu, RoomRecord, Rooms, StateMap,
+    notify::Notification, put_timeline_row, relations, rules_for, txn_key, write_event_rows,
+    write_full_snapshot, write_membership, write_state_snapshot, EventMeta, Pdu, RoomRecord, Rooms,
+    StateMap,
 };
+
+/// Snapshot ids of resolved states (which belong to no one event) have this bit set, and the
+/// stream position of the commit that wrote them below it.
+pub(super) const RESOLVED_BEFORE: u64 = 1 << 62;
+pub(super) const RESOLVED_CURRENT: u64 = (1 << 62) | (1 << 61);
+/// Most holes a room remembers (see `RoomRecord::holes`).
+pub(super) const MAX_HOLES: usize = 1024;
+
+/// An event of the batch being written: its short id, id and PDU, not readable from the
+/// database until the batch is.
+pub(super) struct Pending<'a> {
+    pub(super) short: u64,
+    pub(super) event_id: &'a EventId,
+    pub(super) pdu: &'a Pdu,
+}
 
 /// The state before an accepted event.
 pub(crate) struct Before<'a> {

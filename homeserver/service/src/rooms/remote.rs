@@ -22,19 +22,13 @@ use ruma::{
 use tracing::{debug, info};
 
 use super::{
-    commit::{Accepted, Before},
+    commit::{Accepted, Before, Pending, RESOLVED_BEFORE},
     hooks,
     keys::{RoomPosKey, UserRoomKey},
     put_timeline_row, rules_for, write_event_rows, write_full_snapshot, write_membership,
     write_state_snapshot, EventMeta, Pdu, RoomRecord, Rooms, StateMap,
 };
 
-/// Snapshot ids of resolved states (which belong to no one event) have this bit set, and the
-/// stream position of the commit that wrote them below it.
-pub(super) const RESOLVED_BEFORE: u64 = 1 << 62;
-pub(super) const RESOLVED_CURRENT: u64 = (1 << 62) | (1 << 61);
-/// Most holes a room remembers (see `RoomRecord::holes`).
-pub(super) const MAX_HOLES: usize = 1024;
 /// Timeline positions kept free before a join over federation for the history before it.
 const BACKFILL_SLOTS: u64 = 100_000;
 
@@ -61,14 +55,6 @@ pub enum Placed {
     Known,
     /// The state after these `prev_events` is not known here yet.
     MissingState(Vec<OwnedEventId>),
-}
-
-/// An event of the batch being written: its short id, id and PDU, not readable from the
-/// database until the batch is.
-pub(super) struct Pending<'a> {
-    pub(super) short: u64,
-    pub(super) event_id: &'a EventId,
-    pub(super) pdu: &'a Pdu,
 }
 
 fn invite_key(user: &UserId, room_id: &RoomId) -> Vec<u8> {

@@ -25,6 +25,7 @@ use paracord_core::{time::now_ms, Config, Error, Result};
 use paracord_storage::{Batch, Db, KeyBuf, Table};
 use parking_lot::Mutex;
 use ruma::{
+    events::room::member::MembershipState,
     signatures::{
         to_canonical_json_string_for_signing, verify_canonical_json_bytes, SigningKeyAlgorithm,
     },
@@ -588,7 +589,7 @@ impl E2ee {
     fn users_sharing_rooms(&self, user: &UserId) -> Result<HashSet<OwnedUserId>> {
         let mut out = HashSet::new();
         for (room, rec) in self.rooms.user_rooms(user)? {
-            if rec.membership == "join" {
+            if rec.membership == MembershipState::Join {
                 out.extend(self.rooms.joined_members(&room)?);
             }
         }
@@ -900,8 +901,8 @@ impl E2ee {
         let mut joined_rooms = Vec::new();
         for (room, rec) in self.rooms.user_rooms(user)? {
             let in_window = rec.pos > from && rec.pos <= to;
-            match rec.membership.as_str() {
-                "join" => {
+            match rec.membership {
+                MembershipState::Join => {
                     if in_window {
                         // Newly joined: every member's devices are new to us.
                         joined_candidates.extend(self.rooms.joined_members(&room)?);
@@ -917,7 +918,7 @@ impl E2ee {
                     }
                     joined_rooms.push(room);
                 }
-                "leave" | "ban" if in_window => {
+                MembershipState::Leave | MembershipState::Ban if in_window => {
                     left_candidates.extend(self.rooms.joined_members(&room)?);
                 }
                 _ => {}

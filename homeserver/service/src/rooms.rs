@@ -30,7 +30,7 @@ use paracord_storage::{key::decode_u64, Batch, Db, Table};
 use parking_lot::Mutex;
 use ruma::{
     canonical_json::CanonicalJsonObject,
-    events::{StateEventType, TimelineEventType},
+    events::{room::member::MembershipState, StateEventType, TimelineEventType},
     room_version_rules::{EventIdFormatVersion, RoomVersionRules},
     signatures::{hash_and_sign_event, reference_hash},
     state_res::{
@@ -426,18 +426,22 @@ impl Rooms {
     }
 
     /// The membership of `user` in a state map ("join", "leave", ...), if any.
-    pub fn membership_in(&self, state: &StateMap, user: &UserId) -> Result<Option<String>> {
+    pub fn membership_in(
+        &self,
+        state: &StateMap,
+        user: &UserId,
+    ) -> Result<Option<MembershipState>> {
         Ok(self
             .state_content(state, "m.room.member", user.as_str())?
             .and_then(|c| {
                 c.get("membership")
                     .and_then(|m| m.as_str())
-                    .map(str::to_owned)
+                    .map(MembershipState::from)
             }))
     }
 
     /// The user's current membership according to the membership index.
-    pub fn membership(&self, room_id: &RoomId, user: &UserId) -> Result<Option<String>> {
+    pub fn membership(&self, room_id: &RoomId, user: &UserId) -> Result<Option<MembershipState>> {
         let key = RoomUserKey {
             room_id: room_id.as_str(),
             user_id: user.as_str(),
@@ -446,17 +450,17 @@ impl Rooms {
         Ok(self
             .db
             .get(Table::RoomuserMembership, &key)?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+            .map(|v| MembershipState::from(String::from_utf8_lossy(&v).as_ref())))
     }
 
     pub fn is_joined(&self, room_id: &RoomId, user: &UserId) -> Result<bool> {
-        Ok(self.membership(room_id, user)?.as_deref() == Some("join"))
+        Ok(self.membership(room_id, user)? == Some(MembershipState::Join))
     }
 
     /// Whether `a` and `b` are both joined to some room (who may see whose presence).
     pub fn share_a_room(&self, a: &UserId, b: &UserId) -> Result<bool> {
         for (room_id, rec) in self.user_rooms(a)? {
-            if rec.membership == "join" && self.is_joined(&room_id, b)? {
+            if rec.membership == MembershipState::Join && self.is_joined(&room_id, b)? {
                 return Ok(true);
             }
         }
@@ -464,13 +468,16 @@ impl Rooms {
     }
 
     /// Members of a room with their membership.
-    pub fn members(&self, room_id: &RoomId) -> Result<Vec<(OwnedUserId, String)>> {
+    pub fn members(&self, room_id: &RoomId) -> Result<Vec<(OwnedUserId, MembershipState)>> {
         let prefix = RoomUserKey::prefix(room_id.as_str());
         let mut out = Vec::new();
         for (k, v) in self.db.scan_prefix(Table::RoomuserMembership, &prefix)? {
             let user =
                 OwnedUserId::try_from(RoomUserKey::decode(&k)?.user_id).map_err(Error::internal)?;
-            out.push((user, String::from_utf8_lossy(&v).into_owned()));
+            out.push((
+                user,
+                MembershipState::from(String::from_utf8_lossy(&v).as_ref()),
+            ));
         }
         Ok(out)
     }
@@ -479,7 +486,7 @@ impl Rooms {
         Ok(self
             .members(room_id)?
             .into_iter()
-            .filter(|(_, m)| m == "join")
+            .filter(|(_, m)| *m == MembershipState::Join)
             .map(|(u, _)| u)
             .collect())
     }
@@ -1073,7 +1080,7 @@ impl Rooms {
                 .and_then(|m| m.as_str())
                 == Some("join")
                 && user.server_name() == self.config.server_name.as_str()
-                && self.membership_in(state, &user)?.as_deref() != Some("join")
+                && self.membership_in(state, &user)? != Some(MembershipState::Join)
             {
                 self.follow_predecessor(room_id, state, &user);
             }
@@ -1229,7 +1236,7 @@ impl Rooms {
 /// A user's membership in a room, as indexed for sync.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MembershipRecord {
-    pub membership: String,
+    pub membership: MembershipState,
     pub pos: u64,
     pub event_id: OwnedEventId,
     #[serde(default)]
@@ -1360,7 +1367,7 @@ pub(crate) fn write_membership(
     event_id: &EventId,
 ) -> Result<()> {
     let rec = MembershipRecord {
-        membership: m.to_owned(),
+        membership: MembershipState::from(m),
         pos,
         event_id: event_id.to_owned(),
         forgotten: false,

@@ -11,7 +11,10 @@
 use std::sync::Arc;
 
 use paracord_core::{Config, Error, ErrorKind, Result};
-use ruma::{events::TimelineEventType, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use ruma::{
+    events::room::member::MembershipState, events::TimelineEventType, OwnedEventId, OwnedRoomId,
+    OwnedUserId, RoomId, UserId,
+};
 use serde_json::{json, Value};
 
 use crate::{
@@ -81,7 +84,7 @@ impl ServerNotices {
 
     /// Refuses what a user may not do in their notices room: reject its invite.
     pub fn check_leave(&self, room_id: &RoomId, user: &UserId) -> Result<()> {
-        if self.rooms.membership(room_id, user)?.as_deref() == Some("invite")
+        if self.rooms.membership(room_id, user)? == Some(MembershipState::Invite)
             && self.is_notices_room(room_id)?
         {
             return Err(Error::new(
@@ -127,8 +130,8 @@ impl ServerNotices {
             None => self.create_room(&system, user).await?,
         };
         if !matches!(
-            self.rooms.membership(&room_id, user)?.as_deref(),
-            Some("join") | Some("invite")
+            self.rooms.membership(&room_id, user)?,
+            Some(MembershipState::Join) | Some(MembershipState::Invite)
         ) {
             self.rooms
                 .invite(&room_id, &system, user, None, false)

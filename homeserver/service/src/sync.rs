@@ -211,8 +211,8 @@ impl Sync {
             {
                 continue;
             }
-            match rec.membership.as_str() {
-                "join" => {
+            match rec.membership {
+                MembershipState::Join => {
                     if presence_changed {
                         shared_users.extend(self.rooms.joined_members(&room_id)?);
                     }
@@ -222,14 +222,14 @@ impl Sync {
                         join.insert(room_id, v);
                     }
                 }
-                "invite"
+                MembershipState::Invite
                     if req.since.is_none_or(|s| rec.pos > s)
                         && !self.sent_by_ignored(&rec.event_id, ignored)? =>
                 {
                     let room = self.invited_room(req.user, &room_id, rec.event_id.as_str())?;
                     invite.insert(room_id, room);
                 }
-                "knock" if req.since.is_none_or(|s| rec.pos > s) => {
+                MembershipState::Knock if req.since.is_none_or(|s| rec.pos > s) => {
                     let events = match self.remote_stripped_state(req.user, &room_id)? {
                         // A knock on another server's room: the state it sent back.
                         Some(events) => events,
@@ -241,7 +241,7 @@ impl Sync {
                     state.events = raws(events)?;
                     knock.insert(room_id, KnockedRoom::from(state));
                 }
-                "leave" | "ban" => {
+                MembershipState::Leave | MembershipState::Ban => {
                     // An initial sync gives the rooms the user was banned or kicked from
                     // whatever the filter says (they did not choose to go, and their client
                     // should show it), the rooms they left themselves only with
@@ -389,7 +389,7 @@ impl Sync {
             None => true,
             Some(s) if membership_pos > s => {
                 let state_then = self.rooms.state(self.rooms.state_at_pos(room_id, s)?)?;
-                self.rooms.membership_in(&state_then, req.user)?.as_deref() != Some("join")
+                self.rooms.membership_in(&state_then, req.user)? != Some(MembershipState::Join)
             }
             Some(_) => false,
         };
@@ -414,7 +414,7 @@ impl Sync {
         self.fill_unread_counts(req, room_id, &mut out)?;
         let members = self.rooms.members(room_id)?;
         let count = |state: MembershipState| {
-            let n = members.iter().filter(|(_, m)| *m == state.as_str()).count();
+            let n = members.iter().filter(|(_, m)| *m == state).count();
             UInt::new_saturating(u64::try_from(n).unwrap_or(u64::MAX))
         };
         out.summary = RoomSummary::new();
@@ -427,7 +427,9 @@ impl Sync {
         {
             out.summary.heroes = members
                 .iter()
-                .filter(|(u, m)| u != req.user && (m == "join" || m == "invite"))
+                .filter(|(u, m)| {
+                    u != req.user && matches!(m, MembershipState::Join | MembershipState::Invite)
+                })
                 .map(|(u, _)| u.clone())
                 .take(5)
                 .collect();
@@ -437,7 +439,7 @@ impl Sync {
 
     /// Whether a membership of `leave` or `ban` was someone else's doing (a kick or a ban).
     fn removed_by_other(&self, user: &UserId, rec: &MembershipRecord) -> Result<bool> {
-        if rec.membership == "ban" {
+        if rec.membership == MembershipState::Ban {
             return Ok(true);
         }
         Ok(self

@@ -9,6 +9,7 @@ use ruma::{
         receipt::create_receipt,
         typing::create_typing_event,
     },
+    events::room::member::MembershipState,
     presence::PresenceState,
 };
 use serde_json::json;
@@ -165,7 +166,7 @@ pub(crate) async fn set_presence_route(
     let mut wake = Vec::new();
     let mut servers = std::collections::BTreeSet::new();
     for (room, rec) in state.rooms.user_rooms(&id.user_id)? {
-        if rec.membership == "join" {
+        if rec.membership == MembershipState::Join {
             wake.extend(state.rooms.joined_members(&room)?);
             servers.extend(state.rooms.servers_in_room(&room)?);
         }

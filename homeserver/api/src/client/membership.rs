@@ -238,7 +238,7 @@ pub(crate) async fn joined_rooms_route(
         .rooms
         .user_rooms(&id.user_id)?
         .into_iter()
-        .filter(|(_, r)| r.membership == MembershipState::Join.as_str())
+        .filter(|(_, r)| r.membership == MembershipState::Join)
         .map(|(room, _)| room)
         .collect();
     Ok(RumaResponse(joined_rooms::v3::Response::new(rooms)))

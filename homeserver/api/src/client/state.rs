@@ -20,7 +20,7 @@ fn visible_snapshot(
 ) -> Result<u64, crate::ApiError> {
     state.rooms.check_can_read(room_id, user)?;
     Ok(match state.rooms.user_room(user, room_id)? {
-        Some(rec) if rec.membership != MembershipState::Join.as_str() => {
+        Some(rec) if rec.membership != MembershipState::Join => {
             state.rooms.state_at_pos(room_id, rec.pos)?
         }
         _ => state.rooms.room_or_404(room_id)?.state,

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use ruma::{OwnedRoomId, OwnedUserId, ServerName, UserId};
+use ruma::{events::room::member::MembershipState, OwnedRoomId, OwnedUserId, ServerName, UserId};
 use serde_json::Value;
 use tracing::debug;
 
@@ -150,7 +150,7 @@ impl Edus {
     fn sharing_rooms(&self, user: &UserId) -> Result<Vec<OwnedUserId>, String> {
         let mut out = Vec::new();
         for (room, rec) in self.rooms.user_rooms(user).map_err(|e| e.to_string())? {
-            if rec.membership != "join" {
+            if rec.membership != MembershipState::Join {
                 continue;
             }
             for m in self

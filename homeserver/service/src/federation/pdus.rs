@@ -19,6 +19,7 @@ use paracord_storage::{Batch, Db, KeyBuf, Table};
 use ruma::{
     api::federation::transactions::{edu::Edu, send_transaction_message},
     canonical_json::CanonicalJsonObject,
+    events::room::member::MembershipState,
     events::TimelineEventType,
     serde::{Base64, Raw},
     signatures::{
@@ -1494,7 +1495,8 @@ impl Pdus {
                 .await
             {
                 Ok(()) => {
-                    placed = self.rooms.membership(room_id, target)?.as_deref() == Some("invite")
+                    placed =
+                        self.rooms.membership(room_id, target)? == Some(MembershipState::Invite)
                 }
                 Err(e) => info!(%room_id, %event_id, "an invite not placed in the room: {e}"),
             }
@@ -1885,7 +1887,9 @@ impl Pdus {
             .members(space)
             .unwrap_or_default()
             .into_iter()
-            .filter(|(u, m)| m == "join" && u.server_name().as_str() == self.own_name())
+            .filter(|(u, m)| {
+                *m == MembershipState::Join && u.server_name().as_str() == self.own_name()
+            })
             .map(|(u, _)| u)
             .collect();
         if members.is_empty() {
@@ -1905,12 +1909,8 @@ impl Pdus {
             let mut verified = false;
             for user in members {
                 if matches!(
-                    me.rooms
-                        .membership(&channel, &user)
-                        .ok()
-                        .flatten()
-                        .as_deref(),
-                    Some("join") | Some("ban")
+                    me.rooms.membership(&channel, &user).ok().flatten(),
+                    Some(MembershipState::Join) | Some(MembershipState::Ban)
                 ) {
                     continue;
                 }

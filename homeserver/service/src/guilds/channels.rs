@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use paracord_core::{time::now_ms, Error, Result};
-use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+use ruma::{events::room::member::MembershipState, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{json, Value};
 use tracing::{debug, instrument, warn};
 
@@ -359,7 +359,7 @@ fn is_local(rooms: &Rooms, user: &UserId) -> bool {
 fn guild_members(rooms: &Rooms, guild_id: &RoomId) -> Result<Vec<Member>> {
     let mut out = Vec::new();
     for (user, m) in rooms.members(guild_id)? {
-        if m == "join" || m == "invite" {
+        if m == MembershipState::Join || m == MembershipState::Invite {
             out.push(load_member(rooms, guild_id, &user)?);
         }
     }
@@ -368,8 +368,8 @@ fn guild_members(rooms: &Rooms, guild_id: &RoomId) -> Result<Vec<Member>> {
 
 fn is_guild_member(rooms: &Rooms, guild_id: &RoomId, user: &UserId) -> Result<bool> {
     Ok(matches!(
-        rooms.membership(guild_id, user)?.as_deref(),
-        Some("join") | Some("invite")
+        rooms.membership(guild_id, user)?,
+        Some(MembershipState::Join) | Some(MembershipState::Invite)
     ))
 }
 
@@ -391,7 +391,12 @@ fn is_private(guild: &Guild, o: &ChannelOverwrites) -> bool {
 /// Removes everyone but the owner from a room (spec/rest.md §5, §6).
 async fn kick_all(rooms: &Rooms, room: &RoomId, owner: &UserId) -> Result<()> {
     for (user, m) in rooms.members(room)? {
-        if user != owner && matches!(m.as_str(), "join" | "invite" | "knock") {
+        if user != owner
+            && matches!(
+                m,
+                MembershipState::Join | MembershipState::Invite | MembershipState::Knock
+            )
+        {
             rooms.kick(room, owner, &user, None).await?;
         }
     }
@@ -446,12 +451,14 @@ pub async fn sync_access(
                 .contains(Permissions::VIEW_CHANNEL))
     };
     for (user, m) in rooms.members(guild_id)? {
-        if m != "join" || user == owner || !sees(&user)? {
+        if m != MembershipState::Join || user == owner || !sees(&user)? {
             continue;
         }
         if matches!(
-            rooms.membership(channel, &user)?.as_deref(),
-            Some("join") | Some("invite") | Some("ban")
+            rooms.membership(channel, &user)?,
+            Some(MembershipState::Join)
+                | Some(MembershipState::Invite)
+                | Some(MembershipState::Ban)
         ) {
             continue;
         }
@@ -466,7 +473,13 @@ pub async fn sync_access(
         }
     }
     for (user, m) in rooms.members(channel)? {
-        if user != owner && matches!(m.as_str(), "join" | "invite" | "knock") && !sees(&user)? {
+        if user != owner
+            && matches!(
+                m,
+                MembershipState::Join | MembershipState::Invite | MembershipState::Knock
+            )
+            && !sees(&user)?
+        {
             rooms.kick(channel, &owner, &user, None).await?;
         }
     }
@@ -979,12 +992,14 @@ pub async fn create_channel(
 async fn join_local_members(rooms: &Rooms, guild_id: &RoomId, channel: &RoomId) -> Result<()> {
     let space_state = rooms.current_state(guild_id)?;
     for (user, m) in rooms.members(guild_id)? {
-        if m != "join" || !is_local(rooms, &user) {
+        if m != MembershipState::Join || !is_local(rooms, &user) {
             continue;
         }
         if matches!(
-            rooms.membership(channel, &user)?.as_deref(),
-            Some("join") | Some("invite") | Some("ban")
+            rooms.membership(channel, &user)?,
+            Some(MembershipState::Join)
+                | Some(MembershipState::Invite)
+                | Some(MembershipState::Ban)
         ) {
             continue;
         }

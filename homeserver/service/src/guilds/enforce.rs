@@ -31,7 +31,9 @@
 use std::fmt;
 
 use paracord_core::{time::now_ms, Error, Result};
-use ruma::{events::TimelineEventType, OwnedRoomId, RoomId, UserId};
+use ruma::{
+    events::room::member::MembershipState, events::TimelineEventType, OwnedRoomId, RoomId, UserId,
+};
 use serde_json::Value;
 
 use super::{
@@ -401,9 +403,11 @@ fn decide(
         };
         let (flag, name) = match membership {
             "ban" => (Permissions::BAN_MEMBERS, "BAN_MEMBERS"),
-            "leave" => match rooms.membership_in(state, target)?.as_deref() {
+            "leave" => match rooms.membership_in(state, target)? {
                 // Unbanning: the flag, no hierarchy (the user is no member).
-                Some("ban") => return Ok(missing(guild_wide, Permissions::BAN_MEMBERS)),
+                Some(MembershipState::Ban) => {
+                    return Ok(missing(guild_wide, Permissions::BAN_MEMBERS))
+                }
                 _ => (Permissions::KICK_MEMBERS, "KICK_MEMBERS"),
             },
             _ => return Ok(None),

@@ -10,8 +10,8 @@ use std::{sync::Arc, time::Duration};
 use paracord_core::{time::now_ms, Error, Result};
 use paracord_storage::{key::next_key, Batch, KeyBuf, KeyReader, Table};
 use ruma::{
-    events::TimelineEventType, OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId,
-    UserId,
+    events::room::member::MembershipState, events::TimelineEventType, OwnedEventId, OwnedRoomId,
+    OwnedServerName, OwnedUserId, RoomId, UserId,
 };
 use serde_json::{json, Value};
 
@@ -454,9 +454,9 @@ pub fn member(
     invited: bool,
 ) -> Result<MemberInfo> {
     let membership = rooms.membership(guild_id, user)?;
-    let counts = match membership.as_deref() {
-        Some("join") => true,
-        Some("invite") => invited,
+    let counts = match membership {
+        Some(MembershipState::Join) => true,
+        Some(MembershipState::Invite) => invited,
         _ => false,
     };
     if !counts {
@@ -611,8 +611,8 @@ impl EventObserver for GuildDeparture {
         if user.server_name() != rooms.config.server_name.as_str() {
             return None;
         }
-        let membership = pdu.content_value()["membership"].as_str()?.to_owned();
-        if !matches!(membership.as_str(), "leave" | "ban") {
+        let membership = MembershipState::from(pdu.content_value()["membership"].as_str()?);
+        if !matches!(membership, MembershipState::Leave | MembershipState::Ban) {
             return None;
         }
         let (rooms, room_id) = (rooms.clone(), room_id.to_owned());
@@ -636,8 +636,10 @@ async fn left_room(rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<()>
     }
     for channel in super::store::channel_rooms(rooms, room_id)? {
         if !matches!(
-            rooms.membership(&channel, user)?.as_deref(),
-            Some("join") | Some("invite") | Some("knock")
+            rooms.membership(&channel, user)?,
+            Some(MembershipState::Join)
+                | Some(MembershipState::Invite)
+                | Some(MembershipState::Knock)
         ) {
             continue;
         }
@@ -681,7 +683,7 @@ async fn resume_guild(rooms: &Arc<Rooms>, guild_id: &RoomId) -> Result<()> {
     reproject(rooms, guild_id).await?;
     let now = now_ms();
     for (user, m) in rooms.members(guild_id)? {
-        if m != "join" {
+        if m != MembershipState::Join {
             continue;
         }
         if let Some(until) = load_member(rooms, guild_id, &user)?.communication_disabled_until {
@@ -750,8 +752,10 @@ pub async fn remove_member(
     let own_leave = leaving && target.server_name().as_str() == rooms.config.server_name;
     for room in channels_then_space(rooms, guild_id)? {
         if !matches!(
-            rooms.membership(&room, target)?.as_deref(),
-            Some("join") | Some("invite") | Some("knock")
+            rooms.membership(&room, target)?,
+            Some(MembershipState::Join)
+                | Some(MembershipState::Invite)
+                | Some(MembershipState::Knock)
         ) {
             continue;
         }
@@ -785,7 +789,7 @@ pub fn bans(rooms: &Rooms, guild_id: &RoomId, actor: &UserId) -> Result<Vec<BanI
     let state = rooms.current_state(guild_id)?;
     let mut out = Vec::new();
     for (user, m) in rooms.members(guild_id)? {
-        if m != "ban" {
+        if m != MembershipState::Ban {
             continue;
         }
         let reason = rooms
@@ -818,8 +822,8 @@ pub async fn ban(
     let me = load_member(rooms, guild_id, actor)?;
     let them = load_member(rooms, guild_id, target)?;
     let is_member = matches!(
-        rooms.membership(guild_id, target)?.as_deref(),
-        Some("join") | Some("invite")
+        rooms.membership(guild_id, target)?,
+        Some(MembershipState::Join) | Some(MembershipState::Invite)
     );
     if is_member || them.user_id == guild.owner {
         check_act(&guild, &me, &them, Permissions::BAN_MEMBERS)?;
@@ -828,7 +832,7 @@ pub async fn ban(
     }
     let since = now_ms().saturating_sub(seconds.saturating_mul(1000));
     for room in channels_then_space(rooms, guild_id)? {
-        if rooms.membership(&room, target)?.as_deref() != Some("ban") {
+        if rooms.membership(&room, target)? != Some(MembershipState::Ban) {
             rooms.ban(&room, &owner, target, reason.as_deref()).await?;
         }
     }
@@ -915,11 +919,11 @@ pub async fn unban(
         &load_member(rooms, guild_id, actor)?,
         Permissions::BAN_MEMBERS,
     )?;
-    if rooms.membership(guild_id, target)?.as_deref() != Some("ban") {
+    if rooms.membership(guild_id, target)? != Some(MembershipState::Ban) {
         return Err(Error::not_found("no such ban"));
     }
     for room in channels_then_space(rooms, guild_id)? {
-        if rooms.membership(&room, target)?.as_deref() == Some("ban") {
+        if rooms.membership(&room, target)? == Some(MembershipState::Ban) {
             rooms.unban(&room, &owner, target, None).await?;
         }
     }
@@ -1266,7 +1270,7 @@ pub async fn accept_invite(
     let channel_id = OwnedRoomId::try_from(invite.channel.as_str())
         .map_err(|_| Error::not_found("no such invite"))?;
     let membership = rooms.membership(&guild_id, user)?;
-    if membership.as_deref() == Some("ban") {
+    if membership == Some(MembershipState::Ban) {
         return Err(Error::forbidden("you are banned from this guild"));
     }
     let (o, _) = overwrites(rooms, &channel_id)?;
@@ -1279,7 +1283,7 @@ pub async fn accept_invite(
         join_channel: sees_channel,
         via: owner.server_name().to_owned(),
     };
-    if membership.as_deref() == Some("join") {
+    if membership == Some(MembershipState::Join) {
         return Ok(accepted);
     }
     if exhausted(&invite) {
@@ -1300,7 +1304,7 @@ pub async fn accept_invite(
                 .map(drop)
         }
     };
-    if membership.as_deref() != Some("invite") {
+    if membership != Some(MembershipState::Invite) {
         invite_to(guild_id.clone()).await?;
     }
     let cstate = rooms.current_state(&channel_id)?;
@@ -1310,8 +1314,8 @@ pub async fn accept_invite(
     if invite_only
         && sees_channel
         && !matches!(
-            rooms.membership(&channel_id, user)?.as_deref(),
-            Some("join") | Some("invite")
+            rooms.membership(&channel_id, user)?,
+            Some(MembershipState::Join) | Some(MembershipState::Invite)
         )
     {
         invite_to(channel_id.clone()).await?;

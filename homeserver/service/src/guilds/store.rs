@@ -2,7 +2,7 @@
 //! back from room state, and the guild's writes (sent by its host as the owner).
 
 use paracord_core::{time::now_ms, Error, Result};
-use ruma::{OwnedRoomId, RoomId, UserId};
+use ruma::{events::room::member::MembershipState, OwnedRoomId, RoomId, UserId};
 use serde_json::Value;
 
 use super::{
@@ -204,7 +204,7 @@ pub async fn reproject(rooms: &Rooms, guild_id: &RoomId) -> Result<()> {
     let owner = host_owner(rooms, &guild)?;
     let mut members = Vec::new();
     for (user, m) in rooms.members(guild_id)? {
-        if m == "join" || m == "invite" {
+        if m == MembershipState::Join || m == MembershipState::Invite {
             members.push(load_member(rooms, guild_id, &user)?);
         }
     }
@@ -279,8 +279,8 @@ pub async fn set_member_role(
         .cloned()
         .ok_or_else(|| Error::not_found("no such role"))?;
     if !matches!(
-        rooms.membership(guild_id, target)?.as_deref(),
-        Some("join") | Some("invite")
+        rooms.membership(guild_id, target)?,
+        Some(MembershipState::Join) | Some(MembershipState::Invite)
     ) {
         return Err(Error::not_found("not a member of this guild"));
     }
@@ -350,8 +350,8 @@ pub fn effective_permissions(
         return Err(Error::not_found("no such channel"));
     }
     if !matches!(
-        rooms.membership(&guild_id, user)?.as_deref(),
-        Some("join") | Some("invite")
+        rooms.membership(&guild_id, user)?,
+        Some(MembershipState::Join) | Some(MembershipState::Invite)
     ) {
         return Err(Error::not_found("not a member of this guild"));
     }

@@ -1,6 +1,8 @@
 //! Room aliases and the public room directory.
 
-use ruma::{OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId};
+use ruma::{
+    events::room::member::MembershipState, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -355,7 +357,7 @@ impl Rooms {
         let shared: HashSet<OwnedRoomId> = self
             .user_rooms(requester)?
             .into_iter()
-            .filter(|(_, r)| r.membership == "join")
+            .filter(|(_, r)| r.membership == MembershipState::Join)
             .map(|(room, _)| room)
             .collect();
         // Whether a room is public (published in the directory or with a public join rule),
@@ -383,7 +385,7 @@ impl Rooms {
                 }
                 let mut visible = false;
                 for (room, r) in self.user_rooms(&user)? {
-                    if r.membership != "join" {
+                    if r.membership != MembershipState::Join {
                         continue;
                     }
                     if shared.contains(&room) {

@@ -1,6 +1,8 @@
 //! Membership changes: join, invite, leave, kick, ban, unban, forget and profile updates.
 
-use ruma::{events::TimelineEventType, OwnedEventId, RoomId, UserId};
+use ruma::{
+    events::room::member::MembershipState, events::TimelineEventType, OwnedEventId, RoomId, UserId,
+};
 use serde_json::{json, Value};
 
 use paracord_core::{Error, Result};
@@ -107,7 +109,8 @@ impl Rooms {
     /// while the account can still send). A room that cannot be left is logged and skipped.
     pub async fn leave_all(&self, user: &UserId, reason: Option<&str>) -> Result<()> {
         for (room_id, rec) in self.user_rooms(user)? {
-            if rec.membership == "join" || rec.membership == "invite" {
+            if rec.membership == MembershipState::Join || rec.membership == MembershipState::Invite
+            {
                 if let Err(e) = self.leave(&room_id, user, reason).await {
                     tracing::warn!(%room_id, "leave on deactivation failed: {}", e);
                 }
@@ -123,8 +126,10 @@ impl Rooms {
         user: &UserId,
         reason: Option<&str>,
     ) -> Result<OwnedEventId> {
-        match self.membership(room_id, user)?.as_deref() {
-            Some("join") | Some("invite") | Some("knock") => {}
+        match self.membership(room_id, user)? {
+            Some(MembershipState::Join)
+            | Some(MembershipState::Invite)
+            | Some(MembershipState::Knock) => {}
             _ => return Err(Error::forbidden("you are not a member of this room")),
         }
         self.append(
@@ -142,8 +147,10 @@ impl Rooms {
         target: &UserId,
         reason: Option<&str>,
     ) -> Result<OwnedEventId> {
-        match self.membership(room_id, target)?.as_deref() {
-            Some("join") | Some("invite") | Some("knock") => {}
+        match self.membership(room_id, target)? {
+            Some(MembershipState::Join)
+            | Some(MembershipState::Invite)
+            | Some(MembershipState::Knock) => {}
             _ => return Err(Error::forbidden("that user is not in the room")),
         }
         self.append(
@@ -180,7 +187,7 @@ impl Rooms {
         target: &UserId,
         reason: Option<&str>,
     ) -> Result<OwnedEventId> {
-        if self.membership(room_id, target)?.as_deref() != Some("ban") {
+        if self.membership(room_id, target)? != Some(MembershipState::Ban) {
             return Err(Error::forbidden("that user is not banned"));
         }
         self.append(
@@ -199,7 +206,7 @@ impl Rooms {
         let Some(mut rec) = self.user_room(user, room_id)? else {
             return Err(Error::not_found("you have never been in this room"));
         };
-        if rec.membership == "join" || rec.membership == "invite" {
+        if rec.membership == MembershipState::Join || rec.membership == MembershipState::Invite {
             return Err(Error::new(
                 http::StatusCode::BAD_REQUEST,
                 paracord_core::ErrorKind::Unknown,
@@ -228,7 +235,7 @@ impl Rooms {
         avatar_url: Option<&str>,
     ) -> Result<()> {
         for (room_id, rec) in self.user_rooms(user)? {
-            if rec.membership != "join" {
+            if rec.membership != MembershipState::Join {
                 continue;
             }
             let state = self.current_state(&room_id)?;

@@ -2,8 +2,8 @@
 //! and room upgrades.
 
 use ruma::{
-    events::TimelineEventType, OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId,
-    ServerName, UserId,
+    events::room::member::MembershipState, events::TimelineEventType, OwnedEventId, OwnedRoomId,
+    OwnedServerName, OwnedUserId, RoomId, ServerName, UserId,
 };
 use serde_json::{json, Value};
 
@@ -107,8 +107,10 @@ impl Rooms {
         let state = self.current_state(room_id)?;
         if let Some(u) = user {
             if matches!(
-                self.membership(room_id, u)?.as_deref(),
-                Some("join") | Some("invite") | Some("knock")
+                self.membership(room_id, u)?,
+                Some(MembershipState::Join)
+                    | Some(MembershipState::Invite)
+                    | Some(MembershipState::Knock)
             ) {
                 return Ok(true);
             }
@@ -152,7 +154,8 @@ impl Rooms {
         if let Some(u) = user {
             summary["membership"] = json!(self
                 .membership(room_id, u)?
-                .unwrap_or_else(|| "leave".to_owned()));
+                .unwrap_or(MembershipState::Leave)
+                .as_str());
         }
         Ok(summary)
     }
@@ -414,8 +417,8 @@ impl Rooms {
             return Ok(None);
         }
         if matches!(
-            self.membership_in(&state, user)?.as_deref(),
-            Some("invite") | Some("join")
+            self.membership_in(&state, user)?,
+            Some(MembershipState::Invite) | Some(MembershipState::Join)
         ) {
             return Ok(None);
         }
@@ -624,7 +627,7 @@ impl Rooms {
             .await?;
         // Bans carry over.
         for (member, m) in self.members(old)? {
-            if m == "ban" {
+            if m == MembershipState::Ban {
                 let _ = self
                     .ban(
                         &new_room,

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use ruma::{EventId, OwnedUserId, RoomId, UserId};
+use ruma::{events::room::member::MembershipState, EventId, OwnedUserId, RoomId, UserId};
 use serde_json::{json, Value};
 
 use paracord_core::{time::now_ms, Error, Result};
@@ -206,7 +206,9 @@ impl Rooms {
         let state = self.state(meta.state_after)?;
         Ok(Some(
             self.membership_in(&state, user)?
-                .unwrap_or_else(|| "leave".to_owned()),
+                .unwrap_or(MembershipState::Leave)
+                .as_str()
+                .to_owned(),
         ))
     }
 
@@ -235,16 +237,14 @@ impl Rooms {
         let at_event = self.membership_in(&state, user)?;
         // Whoever was joined just before an event sees it too: that covers their own leave.
         if meta.state_before != meta.state_after
-            && self
-                .membership_in(&*self.state(meta.state_before)?, user)?
-                .as_deref()
-                == Some("join")
+            && self.membership_in(&*self.state(meta.state_before)?, user)?
+                == Some(MembershipState::Join)
         {
             return Ok(true);
         }
-        match at_event.as_deref() {
-            Some("join") => return Ok(true),
-            Some("invite") if hv == "invited" => return Ok(true),
+        match at_event {
+            Some(MembershipState::Join) => return Ok(true),
+            Some(MembershipState::Invite) if hv == "invited" => return Ok(true),
             _ => {}
         }
         // History from before the user joined: `shared` lets members read it, unless a guild
@@ -259,7 +259,7 @@ impl Rooms {
     /// ceiling (`None`).
     pub fn read_ceiling(&self, room_id: &RoomId, user: &UserId) -> Result<Option<u64>> {
         Ok(match self.user_room(user, room_id)? {
-            Some(rec) if rec.membership != "join" => Some(rec.pos),
+            Some(rec) if rec.membership != MembershipState::Join => Some(rec.pos),
             _ => None,
         })
     }
@@ -464,8 +464,10 @@ impl Rooms {
         if self.user_room(user, room_id)?.is_some_and(|r| r.forgotten) {
             return Err(Error::forbidden("you have forgotten this room"));
         }
-        match self.membership(room_id, user)?.as_deref() {
-            Some("join") | Some("leave") | Some("ban") => Ok(()),
+        match self.membership(room_id, user)? {
+            Some(MembershipState::Join)
+            | Some(MembershipState::Leave)
+            | Some(MembershipState::Ban) => Ok(()),
             _ => {
                 let state = self.current_state(room_id)?;
                 let hv = self

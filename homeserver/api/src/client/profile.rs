@@ -5,7 +5,7 @@ use paracord_core::Error;
 use ruma::api::client::profile::{
     get_avatar_url, get_display_name, get_profile, set_avatar_url, set_display_name,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::{ruma_wrapper::Ruma, ApiResult, AppState, RumaResponse};
 use paracord_service::ratelimit::Limit;
@@ -18,11 +18,7 @@ pub(crate) async fn get_profile_route(
     if !state.accounts.is_local(&req.body.user_id) {
         // Another server's answer, every field of it (extended profiles included).
         let answer = state.queries.profile(&req.body.user_id, None).await?;
-        let fields = match answer {
-            Value::Object(fields) => fields,
-            _ => serde_json::Map::new(),
-        };
-        return Ok(RumaResponse(fields.into_iter().collect()));
+        return Ok(RumaResponse(answer.into_iter().collect()));
     }
     let (d, a) = state.accounts.profile(&req.body.user_id)?;
     let mut resp = get_profile::v3::Response::new();

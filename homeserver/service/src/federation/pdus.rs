@@ -17,7 +17,21 @@ use paracord_core::{
 };
 use paracord_storage::{Batch, Db, KeyBuf, Table};
 use ruma::{
-    api::federation::transactions::{edu::Edu, send_transaction_message},
+    api::{
+        federation::{
+            authorization::get_event_authorization,
+            backfill::get_backfill,
+            event::{get_event, get_missing_events, get_room_state, get_room_state_ids},
+            membership::{
+                create_invite, create_join_event, create_knock_event, create_leave_event,
+                prepare_join_event, prepare_knock_event, prepare_leave_event, RawStrippedState,
+            },
+            space::get_hierarchy,
+            transactions::{edu::Edu, send_transaction_message},
+        },
+        path_builder::SinglePath,
+        OutgoingRequest,
+    },
     canonical_json::CanonicalJsonObject,
     events::room::member::MembershipState,
     events::TimelineEventType,
@@ -28,15 +42,20 @@ use ruma::{
     },
     state_res::check_pdu_format,
     CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId,
-    ServerName, UserId,
+    ServerName, UInt, UserId,
 };
-use serde_json::{json, value::RawValue, Value};
+use serde_json::{
+    json,
+    value::{to_raw_value, RawValue},
+    Value,
+};
 use tracing::{debug, info, warn};
 
 use crate::{
     federation::{
         client::FederationClient,
-        request::{remote_error, signed_json},
+        client::FederationResponse,
+        request::{remote_error, send_signed, typed_answer, typed_http_request},
     },
     keys::ServerKeys,
     rooms::{
@@ -202,7 +221,14 @@ struct Handshake {
     /// The signed event as sent.
     body: Value,
     /// The server's answer to `send_*`.
-    answer: Value,
+    answer: Sent,
+}
+
+/// A server's answer to `send_join`, `send_knock` or `send_leave`.
+enum Sent {
+    Join(create_join_event::v2::RoomState),
+    Knock(Vec<RawStrippedState>),
+    Leave,
 }
 
 /// Stripped state (type, state key, sender, content) of events, full PDUs or already
@@ -304,11 +330,11 @@ tokio::task_local! {
     static FETCH_BUDGET: std::cell::RefCell<FetchBudget>;
 }
 
-fn pdu_list(v: &Value, key: &str) -> Vec<Value> {
-    v.get(key)
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default()
+/// PDUs of a typed answer as JSON values (a PDU that is not JSON cannot come: ruma read it).
+fn raw_values(list: Vec<Box<RawValue>>) -> Vec<Value> {
+    list.iter()
+        .filter_map(|raw| serde_json::from_str(raw.get()).ok())
+        .collect()
 }
 
 /// The room a PDU of a transaction names.
@@ -470,39 +496,50 @@ impl Pdus {
         self.config.server_name.as_str()
     }
 
-    async fn ask(
+    /// Sends the ruma `request` to `destination` (signed, within the fetch budget, a 403 a
+    /// refusal) and reads the endpoint's typed answer.
+    async fn ask_typed<R>(
         &self,
         destination: &ServerName,
-        method: http::Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<Value> {
+        request: R,
+    ) -> Result<R::IncomingResponse>
+    where
+        R: OutgoingRequest<PathBuilder = SinglePath>,
+    {
+        let request =
+            typed_http_request(self.keys.keypair(), self.own_name(), destination, request)?;
+        let response = self.fetch(destination, request).await?;
+        typed_answer(destination, response)
+    }
+
+    /// Sends the signed `request` within the transaction's fetch budget; a refusal (403) is
+    /// our 403, any other error answer [`remote_error`]'s. Only a success comes back.
+    async fn fetch(
+        &self,
+        destination: &ServerName,
+        request: http::Request<Vec<u8>>,
+    ) -> Result<FederationResponse> {
         FETCH_BUDGET
             .try_with(|b| b.borrow().check())
             .unwrap_or(Ok(()))?;
-        let request = signed_json(
-            &self.client,
-            &self.keys,
-            self.own_name(),
-            destination,
-            method,
-            path,
-            body,
-        );
+        let request = send_signed(&self.client, destination, request);
         // A request in flight when the budget's time runs out ends there: a peer that accepts
         // the connection and never answers holds the transaction no longer than its budget.
-        let (status, json) = match FETCH_BUDGET.try_with(|b| b.borrow().deadline) {
+        let response = match FETCH_BUDGET.try_with(|b| b.borrow().deadline) {
             Ok(deadline) => tokio::time::timeout_at(deadline, request)
                 .await
                 .map_err(|_| FetchBudget::spent())??,
             Err(_) => request.await?,
         };
         let _ = FETCH_BUDGET.try_with(|b| {
-            // The answer's size as it came (near enough: its compact JSON).
-            let size = serde_json::to_vec(&json).map_or(0, |v| v.len());
-            b.borrow_mut().charge(size);
+            // The answer's size as it came.
+            b.borrow_mut().charge(response.body.len());
         });
-        if status == http::StatusCode::FORBIDDEN {
+        if response.status.is_success() {
+            return Ok(response);
+        }
+        let json = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
+        if response.status == http::StatusCode::FORBIDDEN {
             // The resident server refused: that is the answer, not a gateway failure.
             let message = json
                 .get("error")
@@ -510,10 +547,7 @@ impl Pdus {
                 .unwrap_or("forbidden");
             return Err(Error::forbidden(format!("{destination}: {message}")));
         }
-        if !status.is_success() {
-            return Err(remote_error(destination, status, &json));
-        }
-        Ok(json)
+        Err(remote_error(destination, response.status, &json))
     }
 
     // ----- checks of one PDU -----
@@ -681,13 +715,10 @@ impl Pdus {
             return Ok(());
         }
         debug!(event_id = %event.event_id, missing = missing.len(), "fetching auth events");
-        let path = format!(
-            "/_matrix/federation/v1/event_auth/{}/{}",
-            crate::percent_encode(room_id.as_str()),
-            crate::percent_encode(event.event_id.as_str())
-        );
-        let chain = match self.ask(from, http::Method::GET, &path, None).await {
-            Ok(v) => pdu_list(&v, "auth_chain"),
+        let request =
+            get_event_authorization::v1::Request::new(room_id.to_owned(), event.event_id.clone());
+        let chain = match self.ask_typed(from, request).await {
+            Ok(v) => raw_values(v.auth_chain),
             Err(e) => {
                 // Ask for the events one by one instead.
                 debug!("event_auth from {from} failed ({e}); fetching one by one");
@@ -724,21 +755,9 @@ impl Pdus {
         version: &str,
         prev: &EventId,
     ) -> Result<Vec<OwnedEventId>> {
-        let path = format!(
-            "/_matrix/federation/v1/state_ids/{}?event_id={}",
-            crate::percent_encode(room_id.as_str()),
-            crate::percent_encode(prev.as_str())
-        );
-        let v = self.ask(from, http::Method::GET, &path, None).await?;
-        let ids = |key: &str| -> Vec<OwnedEventId> {
-            v[key]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|i| i.as_str().and_then(|i| OwnedEventId::try_from(i).ok()))
-                .collect()
-        };
-        let (state, auth_chain) = (ids("pdu_ids"), ids("auth_chain_ids"));
+        let request = get_room_state_ids::v1::Request::new(prev.to_owned(), room_id.to_owned());
+        let v = self.ask_typed(from, request).await?;
+        let (state, auth_chain) = (v.pdu_ids, v.auth_chain_ids);
         if state.len() + auth_chain.len() > MAX_STATE_IDS {
             return Err(Error::bad_json(format!(
                 "{from} named more than {MAX_STATE_IDS} events"
@@ -784,18 +803,15 @@ impl Pdus {
         version: &str,
         prev: &EventId,
     ) -> Result<Vec<OwnedEventId>> {
-        let path = format!(
-            "/_matrix/federation/v1/state/{}?event_id={}",
-            crate::percent_encode(room_id.as_str()),
-            crate::percent_encode(prev.as_str())
-        );
-        let v = self.ask(from, http::Method::GET, &path, None).await?;
-        let mut bundle = pdu_list(&v, "auth_chain");
-        bundle.extend(pdu_list(&v, "pdus"));
+        let request = get_room_state::v1::Request::new(prev.to_owned(), room_id.to_owned());
+        let v = self.ask_typed(from, request).await?;
+        let pdus = raw_values(v.pdus);
+        let mut bundle = raw_values(v.auth_chain);
+        bundle.extend(pdus.iter().cloned());
         let good = self.check_bundle(version, room_id, &bundle).await?;
         self.rooms.store_outliers(room_id, &good)?;
         let good_ids: std::collections::HashSet<_> = good.iter().map(|c| &c.event_id).collect();
-        Ok(pdu_list(&v, "pdus")
+        Ok(pdus
             .into_iter()
             .filter_map(|p| event_id_of(&to_canonical_object(p).ok()?, version))
             .filter(|id| good_ids.contains(id))
@@ -803,12 +819,10 @@ impl Pdus {
     }
 
     async fn fetch_event_json(&self, from: &ServerName, id: &EventId) -> Result<Value> {
-        let path = format!(
-            "/_matrix/federation/v1/event/{}",
-            crate::percent_encode(id.as_str())
-        );
-        let v = self.ask(from, http::Method::GET, &path, None).await?;
-        pdu_list(&v, "pdus")
+        let v = self
+            .ask_typed(from, get_event::v1::Request::new(id.to_owned()))
+            .await?;
+        raw_values(vec![v.pdu])
             .into_iter()
             .next()
             .ok_or_else(|| Error::not_found(format!("{from} did not return {id}")))
@@ -1017,24 +1031,19 @@ impl Pdus {
         event: &Checked,
     ) -> Result<()> {
         let room = self.rooms.room_or_404(room_id)?;
-        let path = format!(
-            "/_matrix/federation/v1/get_missing_events/{}",
-            crate::percent_encode(room_id.as_str())
-        );
         // Nothing older than this server's timeline: that is history from before it joined,
         // which would otherwise come back as "missing" events.
         let min_depth = self.rooms.first_timeline_depth(room_id)?.unwrap_or(0);
-        let body = json!({
-            "earliest_events": room.extremities,
-            "latest_events": [event.event_id],
-            "limit": MISSING_EVENTS_LIMIT,
-            "min_depth": min_depth,
-        });
-        let v = self
-            .ask(origin, http::Method::POST, &path, Some(&body))
-            .await?;
+        let mut request = get_missing_events::v1::Request::new(
+            room_id.to_owned(),
+            room.extremities.clone(),
+            vec![event.event_id.clone()],
+        );
+        request.limit = UInt::new_saturating(MISSING_EVENTS_LIMIT);
+        request.min_depth = UInt::new_saturating(min_depth);
+        let v = self.ask_typed(origin, request).await?;
         let mut events = Vec::new();
-        for raw in pdu_list(&v, "events") {
+        for raw in raw_values(v.events) {
             match self.check_pdu(version, &raw, Some(room_id)).await {
                 Ok(c) => events.push(c),
                 Err(e) => warn!(%room_id, "a missing event failed its checks: {e}"),
@@ -1272,7 +1281,7 @@ impl Pdus {
         let (version, template) = self.rooms.join_template(room_id, user, membership)?;
         let version = RoomVersionId::try_from(version)
             .map_err(|e| Error::internal(format!("the room's version: {e}")))?;
-        Ok((version, serde_json::value::to_raw_value(&template)?))
+        Ok((version, to_raw_value(&template)?))
     }
 
     /// `send_join` / `send_leave` (v2): takes the signed membership event of a user of `origin`
@@ -1355,7 +1364,7 @@ impl Pdus {
                 .rooms
                 .invite_state_pdus(room_id)?
                 .iter()
-                .map(serde_json::value::to_raw_value)
+                .map(to_raw_value)
                 .collect::<serde_json::Result<_>>()?;
             return Ok(MembershipAnswer::Knock(state));
         }
@@ -1512,7 +1521,7 @@ impl Pdus {
             self.rooms
                 .store_remote_invite(target, room_id, event_id, &record, "invite")?;
         }
-        Ok(serde_json::value::to_raw_value(&signed)?)
+        Ok(to_raw_value(&signed)?)
     }
 
     /// Invites a user of another server: their server signs the invite first, then it
@@ -1530,22 +1539,22 @@ impl Pdus {
         let (event_id, _, bytes) = self.rooms.sign_event(obj, &version)?;
         let invite_room_state = self.rooms.invite_state_pdus(room_id)?;
         let server = target.server_name();
-        let path = format!(
-            "/_matrix/federation/v2/invite/{}/{}",
-            crate::percent_encode(room_id.as_str()),
-            crate::percent_encode(event_id.as_str())
+        let room_version = RoomVersionId::try_from(version.as_str())
+            .map_err(|e| Error::internal(format!("room version {version}: {e}")))?;
+        let invite_room_state = invite_room_state
+            .iter()
+            .map(|e| Ok(RawStrippedState::Pdu(to_raw_value(e)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let request = create_invite::v2::Request::new(
+            room_id.to_owned(),
+            event_id.clone(),
+            room_version,
+            RawValue::from_string(String::from_utf8(bytes.clone()).map_err(Error::internal)?)?,
+            invite_room_state,
         );
-        let body = json!({
-            "event": serde_json::from_slice::<Value>(&bytes)?,
-            "room_version": version,
-            "invite_room_state": invite_room_state,
-        });
-        let answer = self
-            .ask(server, http::Method::PUT, &path, Some(&body))
-            .await?;
-        let returned = answer
-            .get("event")
-            .ok_or_else(|| Error::bad_json(format!("{server} returned no invite event")))?;
+        let answer = self.ask_typed(server, request).await?;
+        let returned: Value = serde_json::from_str(answer.event.get())?;
+        let returned = &returned;
         if returned["signatures"].get(server.as_str()).is_none() {
             return Err(Error::bad_json(format!("{server} did not sign the invite")));
         }
@@ -1701,27 +1710,31 @@ impl Pdus {
         membership: &str,
         content: Value,
     ) -> Result<Handshake> {
-        let (make_query, send_version) = match membership {
-            "join" | "knock" => (
-                format!(
-                    "?{}",
-                    SUPPORTED_ROOM_VERSIONS
-                        .iter()
-                        .map(|v| format!("ver={v}"))
-                        .collect::<Vec<_>>()
-                        .join("&")
-                ),
-                if membership == "join" { "v2" } else { "v1" },
-            ),
-            _ => (String::new(), "v2"),
+        let ver: Vec<RoomVersionId> = SUPPORTED_ROOM_VERSIONS
+            .iter()
+            .filter_map(|v| RoomVersionId::try_from(*v).ok())
+            .collect();
+        let (room_id_owned, user_owned) = (room_id.to_owned(), user.to_owned());
+        let (room_version, event) = match membership {
+            "join" => {
+                let mut request = prepare_join_event::v1::Request::new(room_id_owned, user_owned);
+                request.ver = ver;
+                let made = self.ask_typed(server, request).await?;
+                (made.room_version, made.event)
+            }
+            "knock" => {
+                let mut request = prepare_knock_event::v1::Request::new(room_id_owned, user_owned);
+                request.ver = ver;
+                let made = self.ask_typed(server, request).await?;
+                (Some(made.room_version), made.event)
+            }
+            _ => {
+                let request = prepare_leave_event::v1::Request::new(room_id_owned, user_owned);
+                let made = self.ask_typed(server, request).await?;
+                (made.room_version, made.event)
+            }
         };
-        let path = format!(
-            "/_matrix/federation/v1/make_{membership}/{}/{}{make_query}",
-            crate::percent_encode(room_id.as_str()),
-            crate::percent_encode(user.as_str())
-        );
-        let made = self.ask(server, http::Method::GET, &path, None).await?;
-        let version = made["room_version"].as_str().unwrap_or("1").to_owned();
+        let version = room_version.map_or_else(|| "1".to_owned(), |v| v.to_string());
         version_rules(&version).map_err(|e| {
             Error::new(
                 http::StatusCode::BAD_REQUEST,
@@ -1729,9 +1742,8 @@ impl Pdus {
                 e,
             )
         })?;
-        let mut template = made
-            .get("event")
-            .cloned()
+        let mut template = serde_json::from_str::<Value>(event.get())
+            .ok()
             .filter(Value::is_object)
             .ok_or_else(|| Error::bad_json(format!("{server} sent no {membership} template")))?;
         if template["type"] != "m.room.member"
@@ -1761,15 +1773,35 @@ impl Pdus {
         let (event_id, _, bytes) = self
             .rooms
             .sign_event(to_canonical_object(template)?, &version)?;
-        let path = format!(
-            "/_matrix/federation/{send_version}/send_{membership}/{}/{}",
-            crate::percent_encode(room_id.as_str()),
-            crate::percent_encode(event_id.as_str())
-        );
         let body: Value = serde_json::from_slice(&bytes)?;
-        let answer = self
-            .ask(server, http::Method::PUT, &path, Some(&body))
-            .await?;
+        let pdu = to_raw_value(&body)?;
+        let (room_id, event_id_owned) = (room_id.to_owned(), event_id.clone());
+        let answer = match membership {
+            "join" => Sent::Join(
+                self.ask_typed(
+                    server,
+                    create_join_event::v2::Request::new(room_id, event_id_owned, pdu),
+                )
+                .await?
+                .room_state,
+            ),
+            "knock" => Sent::Knock(
+                self.ask_typed(
+                    server,
+                    create_knock_event::v1::Request::new(room_id, event_id_owned, pdu),
+                )
+                .await?
+                .knock_room_state,
+            ),
+            _ => {
+                self.ask_typed(
+                    server,
+                    create_leave_event::v2::Request::new(room_id, event_id_owned, pdu),
+                )
+                .await?;
+                Sent::Leave
+            }
+        };
         Ok(Handshake {
             event_id,
             version,
@@ -1824,7 +1856,14 @@ impl Pdus {
         } = self
             .handshake(server, user, room_id, "knock", content)
             .await?;
-        let stripped = stripped(&pdu_list(&answer, "knock_room_state"));
+        let knock_room_state = match answer {
+            Sent::Knock(state) => state
+                .iter()
+                .filter_map(|e| serde_json::to_value(e).ok())
+                .collect(),
+            _ => Vec::new(),
+        };
+        let stripped = stripped(&knock_room_state);
         let record = json!({
             "event": body,
             "room_version": version,
@@ -1939,22 +1978,20 @@ impl Pdus {
         space: &RoomId,
         via: &[OwnedServerName],
     ) -> bool {
-        let path = format!(
-            "/_matrix/federation/v1/hierarchy/{}",
-            crate::percent_encode(room.as_str())
-        );
         for server in via {
             if server.as_str() == self.own_name() {
                 continue;
             }
-            match self.ask(server, http::Method::GET, &path, None).await {
+            let request = get_hierarchy::v1::Request::new(room.to_owned());
+            match self.ask_typed(server, request).await {
                 Ok(answer) => {
-                    let summary = &answer["room"];
-                    return summary["room_id"] == room.as_str()
-                        && summary["join_rule"] == "restricted"
-                        && summary["allowed_room_ids"]
-                            .as_array()
-                            .is_some_and(|a| a.iter().any(|r| r == space.as_str()));
+                    let summary = &answer.room.summary;
+                    return summary.room_id == room
+                        && matches!(
+                            &summary.join_rule,
+                            ruma::room::JoinRuleSummary::Restricted(r)
+                                if r.allowed_room_ids.iter().any(|r| r == space)
+                        );
                 }
                 Err(e) => debug!(%room, %server, "summary of a new child: {e}"),
             }
@@ -2017,9 +2054,16 @@ impl Pdus {
         } = self
             .handshake(server, user, room_id, "join", extra_content.clone())
             .await?;
+        let Sent::Join(sent) = sent else {
+            return Err(Error::internal("send_join answered as another membership"));
+        };
         // A restricted join comes back with the resident server's signature added.
-        let join_value = match sent.get("event") {
-            Some(e) if e.is_object() => e.clone(),
+        let join_value = match sent
+            .event
+            .as_ref()
+            .and_then(|e| serde_json::from_str::<Value>(e.get()).ok())
+        {
+            Some(e) if e.is_object() => e,
             _ => body,
         };
         let join = self
@@ -2048,9 +2092,9 @@ impl Pdus {
             ms = handshake_started.elapsed().as_millis() as u64,
             "make_join and send_join"
         );
-        let mut bundle = pdu_list(&sent, "auth_chain");
+        let mut bundle = raw_values(sent.auth_chain);
         let auth_len = bundle.len();
-        bundle.extend(pdu_list(&sent, "state"));
+        bundle.extend(raw_values(sent.state));
         // No history is fetched now: clients paging back past the join fetch it
         // (`Pdus::backfill`), as other servers do.
         let good = self.check_bundle_tagged(&version, room_id, &bundle).await?;
@@ -2116,21 +2160,13 @@ impl Pdus {
             return Ok(0);
         }
         let room = self.rooms.room_or_404(room_id)?;
-        let mut query: Vec<String> = from
-            .iter()
-            .map(|e| format!("v={}", crate::percent_encode(e.as_str())))
-            .collect();
-        query.push(format!("limit={}", limit.clamp(1, 100)));
-        let path = format!(
-            "/_matrix/federation/v1/backfill/{}?{}",
-            crate::percent_encode(room_id.as_str()),
-            query.join("&")
-        );
+        let limit = UInt::new_saturating(limit.clamp(1, 100) as u64);
         for server in self.rooms.servers_in_room(room_id)? {
             if server.as_str() == self.own_name() {
                 continue;
             }
-            let answer = match self.ask(&server, http::Method::GET, &path, None).await {
+            let request = get_backfill::v1::Request::new(room_id.to_owned(), from.clone(), limit);
+            let answer = match self.ask_typed(&server, request).await {
                 Ok(a) => a,
                 Err(e) => {
                     debug!(%room_id, %server, "backfill failed: {e}");
@@ -2138,7 +2174,7 @@ impl Pdus {
                 }
             };
             let mut events = Vec::new();
-            for raw in pdu_list(&answer, "pdus") {
+            for raw in raw_values(answer.pdus) {
                 match self.check_pdu(&room.version, &raw, Some(room_id)).await {
                     Ok(c) => events.push(c),
                     Err(e) => warn!(%room_id, "a backfilled event failed its checks: {e}"),

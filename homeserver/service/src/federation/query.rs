@@ -7,15 +7,30 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use paracord_core::{Config, Error, ErrorKind, Result};
 use ruma::{
-    directory::Filter, http_headers::ContentDisposition, OwnedRoomId, OwnedServerName, OwnedUserId,
-    RoomAliasId, RoomId, ServerName, UInt, UserId,
+    api::{
+        federation::{
+            directory::{get_public_rooms, get_public_rooms_filtered},
+            keys::{claim_keys, get_keys},
+            query::{get_profile_information, get_room_information},
+            space::get_hierarchy,
+        },
+        path_builder::SinglePath,
+        OutgoingRequest,
+    },
+    directory::Filter,
+    http_headers::ContentDisposition,
+    profile::ProfileFieldName,
+    OwnedRoomId, OwnedServerName, OwnedUserId, RoomAliasId, RoomId, ServerName, UInt, UserId,
 };
 use serde_json::{json, Value};
 
 use crate::{
     federation::{
         client::FederationClient,
-        request::{remote_error, signed_json, signed_request},
+        request::{
+            remote_error, send_signed, send_typed, signed_json, signed_request, typed_answer,
+            typed_http_request,
+        },
     },
     keys::ServerKeys,
     media::{multipart_boundary, Media, MultipartFile},
@@ -29,11 +44,7 @@ const KEYS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One server's answer to [`Queries::ask_each`]: the server, the users asked of it, and its
 /// answer or why there is none.
-type EachAnswer = (
-    OwnedServerName,
-    Vec<String>,
-    std::result::Result<Value, String>,
-);
+type EachAnswer<T> = (OwnedServerName, Vec<String>, std::result::Result<T, String>);
 
 /// Signed requests to other servers on behalf of this server's users.
 pub struct Queries {
@@ -58,26 +69,34 @@ impl Queries {
         }
     }
 
-    /// Asks `server` `method path` (with a JSON `body`) and returns its JSON object answer; its
-    /// 404 is our 404, any other failure a 502 naming it.
-    pub async fn ask(
-        &self,
-        server: &ServerName,
-        method: http::Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<Value> {
-        let (status, answer) = signed_json(
+    /// Sends the ruma `request` to `server` and returns its typed answer; its 404 is our 404,
+    /// any other failure a 502 naming it.
+    async fn ask_typed<R>(&self, server: &ServerName, request: R) -> Result<R::IncomingResponse>
+    where
+        R: OutgoingRequest<PathBuilder = SinglePath>,
+    {
+        send_typed(
             &self.client,
             &self.keys,
             &self.config.server_name,
             server,
-            method,
-            path,
-            body,
+            request,
         )
-        .await?;
-        object_answer(server, status, answer)
+        .await
+    }
+
+    /// Sends the ruma `request` to `server` and returns its JSON object answer, for the answers
+    /// read leniently (a bad entry left out, not the whole answer refused); its 404 is our
+    /// 404, any other failure a 502 naming it.
+    async fn ask_typed_json<R>(&self, server: &ServerName, request: R) -> Result<Value>
+    where
+        R: OutgoingRequest<PathBuilder = SinglePath>,
+    {
+        let origin = &self.config.server_name;
+        let request = typed_http_request(self.keys.keypair(), origin, server, request)?;
+        let response = send_signed(&self.client, server, request).await?;
+        let answer = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
+        object_answer(server, response.status, answer)
     }
 
     /// The room another server's `alias` names and the servers it says are in it.
@@ -86,56 +105,34 @@ impl Queries {
         alias: &RoomAliasId,
     ) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {
         let server = alias.server_name();
-        let path = format!(
-            "/_matrix/federation/v1/query/directory?room_alias={}",
-            crate::percent_encode(alias.as_str())
-        );
-        let answer = self.ask(server, http::Method::GET, &path, None).await?;
-        let room_id = answer["room_id"]
-            .as_str()
-            .and_then(|r| OwnedRoomId::try_from(r).ok())
-            .ok_or_else(|| Error::not_found(format!("{server} gave no room for the alias")))?;
-        let servers = answer["servers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|s| OwnedServerName::try_from(s.as_str()?).ok())
-            .collect();
-        Ok((room_id, servers))
+        let request = get_room_information::v1::Request::new(alias.to_owned());
+        let answer = self.ask_typed(server, request).await?;
+        Ok((answer.room_id, answer.servers))
     }
 
     /// Another server's user's profile (`field` limits it to one key), as that server gave it.
-    pub async fn profile(&self, user: &UserId, field: Option<&str>) -> Result<Value> {
-        let mut path = format!(
-            "/_matrix/federation/v1/query/profile?user_id={}",
-            crate::percent_encode(user.as_str())
-        );
-        if let Some(f) = field {
-            path.push_str(&format!("&field={f}"));
-        }
-        self.ask(user.server_name(), http::Method::GET, &path, None)
-            .await
+    pub async fn profile(
+        &self,
+        user: &UserId,
+        field: Option<&str>,
+    ) -> Result<get_profile_information::v1::Response> {
+        let mut request = get_profile_information::v1::Request::new(user.to_owned());
+        request.field = field.map(ProfileFieldName::from);
+        self.ask_typed(user.server_name(), request).await
     }
 
-    /// A page of `server`'s public room directory, as it gave it.
+    /// A page of `server`'s public room directory, as it gave it. (Read as JSON: a room of
+    /// the page that does not read is left out by the caller, not the whole page refused.)
     pub async fn public_rooms(
         &self,
         server: &ServerName,
         limit: Option<UInt>,
         since: Option<&str>,
     ) -> Result<Value> {
-        let mut path = "/_matrix/federation/v1/publicRooms".to_owned();
-        let mut query = Vec::new();
-        if let Some(l) = limit {
-            query.push(format!("limit={l}"));
-        }
-        if let Some(s) = since {
-            query.push(format!("since={}", crate::percent_encode(s)));
-        }
-        if !query.is_empty() {
-            path = format!("{path}?{}", query.join("&"));
-        }
-        self.ask(server, http::Method::GET, &path, None).await
+        let mut request = get_public_rooms::v1::Request::new();
+        request.limit = limit;
+        request.since = since.map(str::to_owned);
+        self.ask_typed_json(server, request).await
     }
 
     /// A page of `server`'s public room directory under `filter`, as it gave it.
@@ -146,20 +143,11 @@ impl Queries {
         limit: Option<UInt>,
         since: Option<&str>,
     ) -> Result<Value> {
-        let mut body = json!({ "filter": filter });
-        if let Some(l) = limit {
-            body["limit"] = json!(l);
-        }
-        if let Some(s) = since {
-            body["since"] = json!(s);
-        }
-        self.ask(
-            server,
-            http::Method::POST,
-            "/_matrix/federation/v1/publicRooms",
-            Some(&body),
-        )
-        .await
+        let mut request = get_public_rooms_filtered::v1::Request::new();
+        request.filter = filter;
+        request.limit = limit;
+        request.since = since.map(str::to_owned);
+        self.ask_typed_json(server, request).await
     }
 
     /// The summary of `room` (a room this server is not in) from the first of `via` that gives
@@ -174,13 +162,13 @@ impl Queries {
             if server.as_str() == self.config.server_name {
                 continue;
             }
-            let path = format!(
-                "/_matrix/federation/v1/hierarchy/{}?suggested_only={suggested_only}",
-                crate::percent_encode(room.as_str())
-            );
-            match self.ask(server, http::Method::GET, &path, None).await {
-                Ok(answer) if answer["room"].is_object() => return Some(answer["room"].clone()),
-                Ok(_) => {}
+            let mut request = get_hierarchy::v1::Request::new(room.to_owned());
+            request.suggested_only = suggested_only;
+            match self.ask_typed(server, request).await {
+                Ok(answer) => match serde_json::to_value(&answer.room) {
+                    Ok(summary) => return Some(summary),
+                    Err(e) => tracing::debug!(%room, %server, "hierarchy over federation: {e}"),
+                },
                 Err(e) => tracing::debug!(%room, %server, "hierarchy over federation: {}", e),
             }
         }
@@ -344,17 +332,24 @@ impl Queries {
     ) {
         let per_server = self.by_remote_server(wanted);
         let answers = self
-            .ask_each(
-                "/_matrix/federation/v1/user/keys/query",
-                "device_keys",
-                per_server,
-            )
+            .ask_each(per_server, |users| {
+                Ok(get_keys::v1::Request::new(from_users(users)?))
+            })
             .await;
         for (server, asked, answer) in answers {
             match answer {
                 Ok(body) => {
-                    for section in ["device_keys", "master_keys", "self_signing_keys"] {
-                        merge_users(&mut out[section], &body[section], &server, &asked);
+                    let sections = [
+                        ("device_keys", serde_json::to_value(&body.device_keys)),
+                        ("master_keys", serde_json::to_value(&body.master_keys)),
+                        (
+                            "self_signing_keys",
+                            serde_json::to_value(&body.self_signing_keys),
+                        ),
+                    ];
+                    for (section, keys) in sections {
+                        let keys = keys.unwrap_or(Value::Null);
+                        merge_users(&mut out[section], &keys, &server, &asked);
                     }
                 }
                 Err(message) => {
@@ -373,17 +368,15 @@ impl Queries {
     ) {
         let per_server = self.by_remote_server(wanted);
         let answers = self
-            .ask_each(
-                "/_matrix/federation/v1/user/keys/claim",
-                "one_time_keys",
-                per_server,
-            )
+            .ask_each(per_server, |users| {
+                Ok(claim_keys::v1::Request::new(from_users(users)?))
+            })
             .await;
         for (server, asked, answer) in answers {
             match answer {
                 Ok(body) => merge_users(
                     &mut out["one_time_keys"],
-                    &body["one_time_keys"],
+                    &serde_json::to_value(&body.one_time_keys).unwrap_or(Value::Null),
                     &server,
                     &asked,
                 ),
@@ -410,39 +403,54 @@ impl Queries {
         out
     }
 
-    /// Sends `{field: users}` to each server at `path` (signed, 10 s each, in parallel);
-    /// returns each server's answer or why there is none, with the users asked.
-    async fn ask_each(
+    /// Sends the request `make` builds of each server's users to it (signed, 10 s each, in
+    /// parallel); returns each server's typed answer or why there is none, with the users
+    /// asked.
+    async fn ask_each<R, F>(
         &self,
-        path: &str,
-        field: &str,
         per_server: BTreeMap<OwnedServerName, serde_json::Map<String, Value>>,
-    ) -> Vec<EachAnswer> {
+        make: F,
+    ) -> Vec<EachAnswer<R::IncomingResponse>>
+    where
+        R: OutgoingRequest<PathBuilder = SinglePath>,
+        F: Fn(serde_json::Map<String, Value>) -> std::result::Result<R, String>,
+    {
+        let make = &make;
         let asks = per_server.into_iter().map(|(server, users)| async move {
             let asked: Vec<String> = users.keys().cloned().collect();
-            let body = json!({ field: users });
-            let answer = tokio::time::timeout(
-                KEYS_TIMEOUT,
-                signed_json(
-                    &self.client,
-                    &self.keys,
-                    &self.config.server_name,
-                    &server,
-                    http::Method::POST,
-                    path,
-                    Some(&body),
-                ),
-            )
-            .await;
-            let answer = match answer {
-                Err(_) => Err("timed out".to_owned()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Ok(Ok((status, body))) if status.is_success() && body.is_object() => Ok(body),
-                Ok(Ok((status, _))) => Err(format!("answered {status}")),
+            let answer = match make(users) {
+                Ok(request) => self.ask_one(&server, request).await,
+                Err(e) => Err(e),
             };
             (server, asked, answer)
         });
         futures::future::join_all(asks).await
+    }
+
+    /// One server's part of [`Queries::ask_each`].
+    async fn ask_one<R>(
+        &self,
+        server: &ServerName,
+        request: R,
+    ) -> std::result::Result<R::IncomingResponse, String>
+    where
+        R: OutgoingRequest<PathBuilder = SinglePath>,
+    {
+        let origin = &self.config.server_name;
+        let request = typed_http_request(self.keys.keypair(), origin, server, request)
+            .map_err(|e| e.to_string())?;
+        let response =
+            match tokio::time::timeout(KEYS_TIMEOUT, send_signed(&self.client, server, request))
+                .await
+            {
+                Err(_) => return Err("timed out".to_owned()),
+                Ok(Err(e)) => return Err(e.to_string()),
+                Ok(Ok(response)) => response,
+            };
+        if !response.status.is_success() {
+            return Err(format!("answered {}", response.status));
+        }
+        typed_answer(server, response).map_err(|e| e.to_string())
     }
 }
 
@@ -459,6 +467,14 @@ fn object_answer(server: &ServerName, status: http::StatusCode, answer: Value) -
         ));
     }
     Ok(answer)
+}
+
+/// The users asked of one server (`{user: what}` as the client asked it) as the typed map of
+/// a request.
+fn from_users<T: serde::de::DeserializeOwned>(
+    users: serde_json::Map<String, Value>,
+) -> std::result::Result<T, String> {
+    serde_json::from_value(Value::Object(users)).map_err(|e| format!("bad request: {e}"))
 }
 
 /// Copies `from[user]` into `into[user]` for the users that were asked of `server` (a server

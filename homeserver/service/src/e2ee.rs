@@ -25,11 +25,12 @@ use paracord_core::{time::now_ms, Config, Error, Result};
 use paracord_storage::{Batch, Db, KeyBuf, Table};
 use parking_lot::Mutex;
 use ruma::{
-    events::room::member::MembershipState,
+    api::federation::transactions::edu::{DeviceListUpdateContent, DirectDeviceContent, Edu},
+    events::{room::member::MembershipState, ToDeviceEventType},
     signatures::{
         to_canonical_json_string_for_signing, verify_canonical_json_bytes, SigningKeyAlgorithm,
     },
-    CanonicalJsonObject, OwnedUserId, RoomId, UserId,
+    CanonicalJsonObject, OwnedDeviceId, OwnedTransactionId, OwnedUserId, RoomId, UInt, UserId,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -575,10 +576,15 @@ impl E2ee {
             .first()
             .map(|d| d.device_id.to_string())
             .unwrap_or_default();
-        let edu = json!({ "edu_type": "m.device_list_update", "content": {
-            "user_id": user, "device_id": device_id, "stream_id": pos,
-            "prev_id": [], "deleted": false,
-        }});
+        let mut content = DeviceListUpdateContent::new(
+            user.to_owned(),
+            OwnedDeviceId::from(device_id.as_str()),
+            UInt::new_saturating(pos),
+        );
+        content.deleted = Some(false);
+        let mut edu = serde_json::to_value(Edu::DeviceListUpdate(content))?;
+        // ruma leaves an empty `prev_id` out; it is sent, as it always was (see above).
+        edu["content"]["prev_id"] = json!([]);
         for server in servers {
             out(server, edu.clone())?;
         }
@@ -1284,6 +1290,20 @@ impl E2ee {
                 return Err(Error::invalid_param("too many recipients"));
             }
         }
+        let remote = remote
+            .into_iter()
+            .map(|(server, messages)| {
+                let mut content = DirectDeviceContent::new(
+                    sender.to_owned(),
+                    ToDeviceEventType::from(kind),
+                    OwnedTransactionId::from(format!("{sender_device}.{txn_id}")),
+                );
+                content.messages = serde_json::from_value(Value::Object(messages))
+                    .map_err(|e| Error::bad_json(format!("to-device messages: {e}")))?;
+                let edu = serde_json::to_value(Edu::DirectToDevice(content))?;
+                Ok::<_, Error>((server, edu))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let sender_s = sender.as_str().to_owned();
         let kind_s = kind.to_owned();
         let now = now_ms();
@@ -1326,15 +1346,8 @@ impl E2ee {
             // Users of other servers: one EDU per server, identified by the sender's device
             // and transaction so a retry is recognised there too.
             if let Some(out) = &self.edu_out {
-                for (server, messages) in remote {
-                    out(
-                        &server,
-                        json!({ "edu_type": "m.direct_to_device", "content": {
-                            "sender": sender, "type": kind,
-                            "message_id": format!("{sender_device}.{txn_id}"),
-                            "messages": messages,
-                        }}),
-                    )?;
+                for (server, edu) in remote {
+                    out(&server, edu)?;
                 }
             }
         }
@@ -1646,7 +1659,7 @@ fn expire_to_device_rows(db: &Db, cutoff: u64) -> Result<usize> {
 
 /// The users and devices of a key query (client or federation), as the service takes them.
 pub fn query_wanted(
-    asked: &BTreeMap<OwnedUserId, Vec<ruma::OwnedDeviceId>>,
+    asked: &BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>,
 ) -> BTreeMap<OwnedUserId, Vec<String>> {
     asked
         .iter()
@@ -1656,7 +1669,7 @@ pub fn query_wanted(
 
 /// The devices and algorithms of a key claim (client or federation), as the service takes them.
 pub fn claim_wanted(
-    asked: &BTreeMap<OwnedUserId, BTreeMap<ruma::OwnedDeviceId, ruma::OneTimeKeyAlgorithm>>,
+    asked: &BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, ruma::OneTimeKeyAlgorithm>>,
 ) -> BTreeMap<OwnedUserId, BTreeMap<String, String>> {
     asked
         .iter()

@@ -9,8 +9,16 @@ use ruma::{
         receipt::create_receipt,
         typing::create_typing_event,
     },
-    events::room::member::MembershipState,
+    api::federation::transactions::edu::{
+        Edu, PresenceContent, PresenceUpdate, ReceiptContent, ReceiptData, ReceiptMap,
+        TypingContent,
+    },
+    events::{
+        receipt::{Receipt, ReceiptThread},
+        room::member::MembershipState,
+    },
     presence::PresenceState,
+    MilliSecondsSinceUnixEpoch, UInt,
 };
 use serde_json::json;
 
@@ -48,11 +56,18 @@ pub(crate) async fn create_typing_event_route(
     };
     state.sender.queue_edu_to_all(
         state.rooms.servers_in_room(&req.body.room_id)?,
-        &json!({ "edu_type": "m.typing", "content": {
-            "room_id": req.body.room_id, "user_id": id.user_id, "typing": typing,
-        }}),
+        &edu_json(Edu::Typing(TypingContent::new(
+            req.body.room_id.clone(),
+            id.user_id.clone(),
+            typing,
+        )))?,
     )?;
     Ok(RumaResponse(create_typing_event::v3::Response::new()))
+}
+
+/// An EDU in the JSON form the federation sender queues.
+fn edu_json(edu: Edu) -> Result<serde_json::Value, Error> {
+    Ok(serde_json::to_value(edu)?)
 }
 
 async fn receipt(
@@ -90,17 +105,19 @@ async fn receipt(
     )?;
     // Public read receipts reach the other servers in the room; private ones never leave.
     if kind == "m.read" {
-        let mut data = json!({ "ts": paracord_core::time::now_ms() });
-        if let Some(t) = &thread {
-            data["thread_id"] = json!(t);
-        }
+        let mut data = Receipt::new(MilliSecondsSinceUnixEpoch(UInt::new_saturating(
+            paracord_core::time::now_ms(),
+        )));
+        data.thread = ReceiptThread::try_from(thread.as_deref())
+            .map_err(|e| Error::invalid_param(format!("thread_id: {e}")))?;
+        let read = [(
+            user.to_owned(),
+            ReceiptData::new(data, vec![event_id.to_owned()]),
+        )];
+        let receipts = [(room_id.to_owned(), ReceiptMap::new(read.into()))];
         state.sender.queue_edu_to_all(
             state.rooms.servers_in_room(room_id)?,
-            &json!({ "edu_type": "m.receipt", "content": {
-                room_id.as_str(): { "m.read": { user.as_str(): {
-                    "event_ids": [event_id], "data": data,
-                }}}
-            }}),
+            &edu_json(Edu::Receipt(ReceiptContent::new(receipts.into())))?,
         )?;
     }
     Ok(())
@@ -180,16 +197,14 @@ pub(crate) async fn set_presence_route(
         wake,
     )?;
     // Servers sharing a room with the user hear of it.
-    let mut update = json!({
-        "user_id": id.user_id,
-        "presence": req.body.presence.as_str(),
-        "last_active_ago": 0,
-        "currently_active": req.body.presence.as_str() == "online",
-    });
-    if let Some(m) = &req.body.status_msg {
-        update["status_msg"] = json!(m);
-    }
-    let edu = json!({ "edu_type": "m.presence", "content": { "push": [update] } });
+    let mut update = PresenceUpdate::new(
+        id.user_id.clone(),
+        req.body.presence.clone(),
+        UInt::from(0u32),
+    );
+    update.currently_active = req.body.presence.as_str() == "online";
+    update.status_msg = req.body.status_msg.clone();
+    let edu = edu_json(Edu::Presence(PresenceContent::new(vec![update])))?;
     for server in servers {
         if server.as_str() != state.config.server_name {
             state.sender.queue_edu(&server, edu.clone())?;

@@ -37,10 +37,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // ruma's auth checks log every passing event at info; keep them quiet unless asked for.
+    // ruma logs every passing auth check at info and opens info spans in push-rule evaluation
+    // (one per member and JSON value of every message): quiet unless asked for. A directive
+    // for `ruma` covers every `ruma_*` crate (targets match by prefix); a more specific one
+    // in the configuration (`ruma_state_res=info`) still wins.
     let mut filter = config.log.clone();
-    if !filter.contains("ruma_state_res") {
-        filter.push_str(",ruma_state_res=warn");
+    if !filter
+        .split(',')
+        .any(|d| d.trim() == "ruma" || d.trim().starts_with("ruma="))
+    {
+        filter.push_str(",ruma=warn");
     }
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info")))

@@ -113,7 +113,7 @@ impl Services {
         // The Matrix pipeline, with the guild rules as its policy and, told of every accepted
         // event, the guild invite index, the guild departures and the push sender. Local
         // events go to the federation sender.
-        let (push_observer, push_jobs) = pushers::PushObserver::new();
+        let (push_observer, push_jobs, pusher_users) = pushers::PushObserver::new();
         let outgoing: rooms::OutgoingPdu = {
             let sender = sender.clone();
             Arc::new(move |destinations, event_id, pdu| {
@@ -198,6 +198,7 @@ impl Services {
         let pushers = Arc::new(pushers::Pushers::new(
             db.clone(),
             outbound::OutboundGuard::from_config(&config),
+            pusher_users,
         )?);
         {
             // A deleted device takes its keys and the pushers it set with it.

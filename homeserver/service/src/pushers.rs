@@ -8,14 +8,14 @@
 //! notifications, and a circuit breaker stops trying a gateway that keeps failing for a while.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use paracord_core::{time::now_ms, Error, Result};
-use paracord_storage::{Batch, Db, KeyBuf, Table};
-use parking_lot::Mutex;
+use paracord_storage::{Batch, Db, KeyBuf, KeyReader, Table};
+use parking_lot::{Mutex, RwLock};
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -39,14 +39,37 @@ pub struct PushJob {
     pub actions: Value,
 }
 
+/// The users with at least one pusher: the observer hands on only their notifications (in a
+/// big room nearly everyone has none), [`Pushers`] keeps the set in step with its table.
+#[derive(Clone, Default)]
+pub struct PusherUsers(Arc<RwLock<HashSet<OwnedUserId>>>);
+
+impl PusherUsers {
+    fn contains(&self, user: &UserId) -> bool {
+        self.0.read().contains(user)
+    }
+}
+
 /// Hands the notifications of each accepted event to the push sender ([`Pushers::start`]).
-pub struct PushObserver(mpsc::UnboundedSender<PushJob>);
+pub struct PushObserver {
+    jobs: mpsc::UnboundedSender<PushJob>,
+    users: PusherUsers,
+}
 
 impl PushObserver {
-    /// The observer, and the receiving end for [`Pushers::start`].
-    pub fn new() -> (Self, mpsc::UnboundedReceiver<PushJob>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (Self(tx), rx)
+    /// The observer, the receiving end for [`Pushers::start`], and the set of users with
+    /// pushers for [`Pushers::new`] to fill.
+    pub fn new() -> (Self, mpsc::UnboundedReceiver<PushJob>, PusherUsers) {
+        let (jobs, rx) = mpsc::unbounded_channel();
+        let users = PusherUsers::default();
+        (
+            Self {
+                jobs,
+                users: users.clone(),
+            },
+            rx,
+            users,
+        )
     }
 }
 
@@ -59,7 +82,10 @@ impl EventObserver for PushObserver {
         notifications: &[Notification],
     ) -> Option<FollowUp> {
         for n in notifications {
-            let _ = self.0.send(PushJob {
+            if !self.users.contains(&n.user) {
+                continue;
+            }
+            let _ = self.jobs.send(PushJob {
                 user: n.user.clone(),
                 room_id: room_id.to_owned(),
                 event_id: pdu.event_id.clone(),
@@ -72,6 +98,7 @@ impl EventObserver for PushObserver {
 
 pub struct Pushers {
     db: Arc<Db>,
+    users: PusherUsers,
     guard: OutboundGuard,
     http: GuardedClient,
     /// Queues and circuit breakers by gateway origin.
@@ -127,11 +154,21 @@ fn key(user: &UserId, app_id: &str, pushkey: &str) -> Vec<u8> {
 
 impl Pushers {
     /// Pushers on `db`; gateways are reached through `guard`.
-    pub fn new(db: Arc<Db>, guard: OutboundGuard) -> Result<Self> {
+    /// The users who have pushers are read into `users` here.
+    pub fn new(db: Arc<Db>, guard: OutboundGuard, users: PusherUsers) -> Result<Self> {
         let http =
             GuardedClient::new(guard.clone(), 0, GATEWAY_TIMEOUT).map_err(Error::internal)?;
+        {
+            let mut set = users.0.write();
+            for (k, _) in db.scan_prefix(Table::UserapppushkeyPusher, &[])? {
+                if let Ok(user) = OwnedUserId::try_from(KeyReader::new(&k).str()?) {
+                    set.insert(user);
+                }
+            }
+        }
         Ok(Self {
             db,
+            users,
             guard,
             http,
             gateways: Mutex::new(HashMap::new()),
@@ -173,7 +210,19 @@ impl Pushers {
                 batch.delete(Table::UserapppushkeyPusher, k);
             }
         }
-        Ok(self.db.write(batch)?)
+        self.db.write(batch)?;
+        self.refresh_user(user)
+    }
+
+    /// Brings the user's entry in [`PusherUsers`] in step with the table after a change.
+    fn refresh_user(&self, user: &UserId) -> Result<()> {
+        let has = !self.stored(user)?.is_empty();
+        let mut set = self.users.0.write();
+        match has {
+            true => set.insert(user.to_owned()),
+            false => set.remove(user),
+        };
+        Ok(())
     }
 
     /// `/pushers/set` from `device`: adds or replaces a pusher, or deletes it when `kind` is
@@ -190,7 +239,8 @@ impl Pushers {
         let mut batch = Batch::new();
         if body["kind"].is_null() {
             batch.delete(Table::UserapppushkeyPusher, key(user, app_id, pushkey));
-            return Ok(self.db.write(batch)?);
+            self.db.write(batch)?;
+            return self.refresh_user(user);
         }
         match body["kind"].as_str() {
             Some("http") => {
@@ -239,13 +289,15 @@ impl Pushers {
             key(user, app_id, pushkey),
             serde_json::to_vec(&pusher)?,
         );
-        Ok(self.db.write(batch)?)
+        self.db.write(batch)?;
+        self.refresh_user(user)
     }
 
     fn remove(&self, user: &UserId, app_id: &str, pushkey: &str) {
         let mut batch = Batch::new();
         batch.delete(Table::UserapppushkeyPusher, key(user, app_id, pushkey));
         let _ = self.db.write(batch);
+        let _ = self.refresh_user(user);
     }
 
     /// Starts the sender: jobs from the event pipeline (through [`PushObserver`]) are turned

@@ -165,6 +165,10 @@ pub struct Rooms {
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
     state_cache: Mutex<HashMap<u64, Arc<StateMap>>>,
     pdu_cache: Mutex<HashMap<u64, Arc<Pdu>>>,
+    /// Event id → short id, read through (a short id never changes once given).
+    short_cache: Mutex<HashMap<OwnedEventId, u64>>,
+    /// Each room's member list, read through; see [`Rooms::members_changed`].
+    members_cache: Mutex<MembersCache>,
     last_create_ts: Mutex<u64>,
     /// Push rules live in account data; `None` only in tests that need no notifications.
     account_data: Option<Arc<AccountData>>,
@@ -231,6 +235,8 @@ impl Rooms {
             room_locks: Mutex::default(),
             state_cache: Mutex::default(),
             pdu_cache: Mutex::default(),
+            short_cache: Mutex::default(),
+            members_cache: Mutex::default(),
             last_create_ts: Mutex::default(),
             account_data,
             policy,
@@ -310,13 +316,22 @@ impl Rooms {
     }
 
     pub fn short_id(&self, event_id: &EventId) -> Result<Option<u64>> {
-        match self
+        if let Some(s) = self.short_cache.lock().get(event_id) {
+            return Ok(Some(*s));
+        }
+        let Some(v) = self
             .db
             .get(Table::EventidShorteventid, event_id.as_bytes())?
-        {
-            Some(v) => Ok(Some(decode_u64(&v)?)),
-            None => Ok(None),
+        else {
+            return Ok(None);
+        };
+        let short = decode_u64(&v)?;
+        let mut cache = self.short_cache.lock();
+        if cache.len() >= SHORT_CACHE_ENTRIES {
+            cache.clear();
         }
+        cache.insert(event_id.to_owned(), short);
+        Ok(Some(short))
     }
 
     pub fn raw_pdu(&self, short: u64) -> Result<Option<Vec<u8>>> {
@@ -333,8 +348,13 @@ impl Rooms {
     /// A parsed PDU; auth checks read the same few events (create, power levels, members)
     /// for every event of a room, so parsed PDUs are cached.
     pub fn pdu_by_short(&self, short: u64) -> Result<Option<Pdu>> {
+        Ok(self.shared_pdu(short)?.map(|p| Pdu::clone(&p)))
+    }
+
+    /// The event of a short id as the cache holds it (no copy).
+    pub(crate) fn shared_pdu(&self, short: u64) -> Result<Option<Arc<Pdu>>> {
         if let Some(p) = self.pdu_cache.lock().get(&short) {
-            return Ok(Some(Pdu::clone(p)));
+            return Ok(Some(p.clone()));
         }
         let (Some(raw), Some(meta)) = (self.raw_pdu(short)?, self.meta(short)?) else {
             return Ok(None);
@@ -347,7 +367,7 @@ impl Rooms {
             cache.clear();
         }
         cache.insert(short, pdu.clone());
-        Ok(Some(Pdu::clone(&pdu)))
+        Ok(Some(pdu))
     }
 
     pub fn pdu(&self, event_id: &EventId) -> Result<Option<Pdu>> {
@@ -469,26 +489,56 @@ impl Rooms {
 
     /// Members of a room with their membership.
     pub fn members(&self, room_id: &RoomId) -> Result<Vec<(OwnedUserId, MembershipState)>> {
+        Ok(self.shared_members(room_id)?.all.clone())
+    }
+
+    pub fn joined_members(&self, room_id: &RoomId) -> Result<Vec<OwnedUserId>> {
+        Ok(self.shared_members(room_id)?.joined.clone())
+    }
+
+    /// The room's member list as the cache holds it: every message reads it (push rules,
+    /// who to wake, which servers to send to), few events change it.
+    pub(crate) fn shared_members(&self, room_id: &RoomId) -> Result<Arc<RoomMembers>> {
+        let generation = {
+            let cache = self.members_cache.lock();
+            if let Some(m) = cache.rooms.get(room_id) {
+                return Ok(m.clone());
+            }
+            cache.generation
+        };
         let prefix = RoomUserKey::prefix(room_id.as_str());
-        let mut out = Vec::new();
+        let mut all = Vec::new();
         for (k, v) in self.db.scan_prefix(Table::RoomuserMembership, &prefix)? {
             let user =
                 OwnedUserId::try_from(RoomUserKey::decode(&k)?.user_id).map_err(Error::internal)?;
-            out.push((
+            all.push((
                 user,
                 MembershipState::from(String::from_utf8_lossy(&v).as_ref()),
             ));
         }
-        Ok(out)
+        let joined = all
+            .iter()
+            .filter(|(_, m)| *m == MembershipState::Join)
+            .map(|(u, _)| u.clone())
+            .collect();
+        let members = Arc::new(RoomMembers { all, joined });
+        let mut cache = self.members_cache.lock();
+        // A membership written while this list was read may be missing from it: keep it out.
+        if cache.generation == generation {
+            if cache.rooms.len() >= MEMBERS_CACHE_ROOMS {
+                cache.rooms.clear();
+            }
+            cache.rooms.insert(room_id.to_owned(), members.clone());
+        }
+        Ok(members)
     }
 
-    pub fn joined_members(&self, room_id: &RoomId) -> Result<Vec<OwnedUserId>> {
-        Ok(self
-            .members(room_id)?
-            .into_iter()
-            .filter(|(_, m)| *m == MembershipState::Join)
-            .map(|(u, _)| u)
-            .collect())
+    /// Forgets the room's cached member list. Every writer of membership rows
+    /// ([`write_membership`]) calls it once its batch is written.
+    pub(crate) fn members_changed(&self, room_id: &RoomId) {
+        let mut cache = self.members_cache.lock();
+        cache.generation = cache.generation.wrapping_add(1);
+        cache.rooms.remove(room_id);
     }
 
     /// Rooms of a user with membership record `(membership, stream position, forgotten)`.
@@ -1117,9 +1167,14 @@ impl Rooms {
                 self.pdu_cache.lock().remove(&short);
             }
         }
-        let mut wake: Vec<OwnedUserId> = self.joined_members(room_id)?;
-        wake.extend(changed_members);
-        self.stream.notifier().wake(wake.iter().map(|u| u.as_ref()));
+        let members = self.shared_members(room_id)?;
+        self.stream.notifier().wake(
+            members
+                .joined
+                .iter()
+                .chain(&changed_members)
+                .map(|u| u.as_ref()),
+        );
         Ok(follow_ups)
     }
 
@@ -1187,8 +1242,9 @@ impl Rooms {
         room_id: &RoomId,
     ) -> Result<std::collections::BTreeSet<ruma::OwnedServerName>> {
         Ok(self
-            .joined_members(room_id)?
-            .into_iter()
+            .shared_members(room_id)?
+            .joined
+            .iter()
             .map(|u| u.server_name().to_owned())
             .collect())
     }
@@ -1357,7 +1413,27 @@ pub(crate) fn put_timeline_row(batch: &mut Batch, room_id: &RoomId, pos: u64, sh
     );
 }
 
+/// A room's members: everyone with a membership, and those joined.
+pub(crate) struct RoomMembers {
+    pub(crate) all: Vec<(OwnedUserId, MembershipState)>,
+    pub(crate) joined: Vec<OwnedUserId>,
+}
+
+/// Member lists by room, and a count of membership writes: a list read while one was written
+/// is not kept (it may predate the write).
+#[derive(Default)]
+struct MembersCache {
+    rooms: HashMap<OwnedRoomId, Arc<RoomMembers>>,
+    generation: u64,
+}
+
+/// Rooms whose member lists are kept in memory.
+const MEMBERS_CACHE_ROOMS: usize = 1024;
+/// Event ids whose short ids are kept in memory.
+const SHORT_CACHE_ENTRIES: usize = 65_536;
+
 /// Indexes `user`'s membership `m` in a room, set by `event_id` at stream position `pos`.
+/// The caller calls [`Rooms::members_changed`] once the batch is written.
 pub(crate) fn write_membership(
     batch: &mut Batch,
     room_id: &RoomId,

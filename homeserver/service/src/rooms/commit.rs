@@ -286,6 +286,9 @@ impl Rooms {
             }
             Ok(changed)
         })?;
+        if !changed.is_empty() {
+            self.members_changed(room_id);
+        }
         Ok(Committed {
             pos,
             changed_members: changed,

@@ -520,6 +520,7 @@ mod tests {
             );
         }
         s.db.write(batch).unwrap();
+        s.rooms.members_changed(&private);
         assert_ne!(public, private);
 
         let search = |term: &str, limit| {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use ruma::{
     power_levels::NotificationPowerLevels,
-    push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx},
+    push::{Action, FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
     room_version_rules::RoomPowerLevelsRules,
     serde::Raw,
     Int, OwnedUserId, RoomId, UInt, UserId,
@@ -90,22 +90,24 @@ impl Rooms {
         let Some(account_data) = &self.account_data else {
             return Ok(vec![]);
         };
-        let members = self.joined_members(room_id)?;
-        let member_count = UInt::try_from(members.len() as u64).unwrap_or_default();
+        let members = self.shared_members(room_id)?;
+        let member_count = UInt::try_from(members.joined.len() as u64).unwrap_or_default();
         let pl_ctx = self.power_levels_ctx(version, state)?;
         let raw: Raw<ruma::events::AnySyncTimelineEvent> = super::pdu::raw(client_event);
+        // Flattened once for every member: ruma's `get_actions` would flatten the event again
+        // for each of them.
+        let event = FlattenedJson::from_raw(&raw);
         let thread_root = match super::relations::relates_to(&client_event["content"]) {
             Some((rel, root, _)) if rel == "m.thread" => self.short_id(&root)?,
             _ => None,
         };
         let mut out = Vec::new();
-        for user in members {
+        for user in &members.joined {
             if user == sender || user.server_name() != self.config.server_name.as_str() {
                 continue;
             }
             let display_name = self
-                .state_content(state, "m.room.member", user.as_str())?
-                .and_then(|c| c["displayname"].as_str().map(str::to_owned))
+                .display_name_in(state, user)?
                 .unwrap_or_else(|| user.localpart().to_owned());
             let mut ctx = PushConditionRoomCtx::new(
                 room_id.to_owned(),
@@ -117,21 +119,40 @@ impl Rooms {
                 ctx = ctx.with_power_levels(p.clone());
             }
             let rules = account_data.push_rules(&user)?;
-            // No condition here awaits anything: ruma's evaluation is async only for optional
-            // thread-subscription lookups, which are not configured.
-            let actions = futures::executor::block_on(rules.get_actions(&raw, &ctx)).to_vec();
+            let Some(actions) = first_match(&rules, &event, &ctx) else {
+                continue;
+            };
             if !actions.iter().any(Action::should_notify) {
                 continue;
             }
             let highlight = actions.iter().any(Action::is_highlight);
             out.push(Notification {
-                user,
+                user: user.clone(),
                 highlight,
-                actions,
+                actions: actions.to_vec(),
                 thread_root,
             });
         }
         Ok(out)
+    }
+
+    /// The `displayname` of `user`'s member event in `state`, when it is a string.
+    fn display_name_in(&self, state: &StateMap, user: &UserId) -> Result<Option<String>> {
+        #[derive(serde::Deserialize)]
+        struct Named<'a> {
+            #[serde(borrow, default)]
+            displayname: Option<std::borrow::Cow<'a, str>>,
+        }
+        let Some(short) = state.get(&("m.room.member".to_owned(), user.as_str().to_owned())) else {
+            return Ok(None);
+        };
+        let Some(pdu) = self.shared_pdu(*short)? else {
+            return Ok(None);
+        };
+        Ok(serde_json::from_str::<Named<'_>>(pdu.content.get())
+            .ok()
+            .and_then(|n| n.displayname)
+            .map(std::borrow::Cow::into_owned))
     }
 
     /// Adds the notifications of the event at `pos` to its batch.
@@ -301,4 +322,23 @@ impl Rooms {
         }
         Ok((out, next))
     }
+}
+
+/// The actions of the first rule of `rules` that applies to the flattened event, as ruma's
+/// `Ruleset::get_actions` finds them (the sender is skipped by the caller).
+fn first_match<'a>(
+    rules: &'a Ruleset,
+    event: &FlattenedJson,
+    ctx: &PushConditionRoomCtx,
+) -> Option<&'a [Action]> {
+    // No condition here awaits anything: ruma's evaluation is async only for optional
+    // thread-subscription lookups, which are not configured.
+    futures::executor::block_on(async {
+        for rule in rules {
+            if rule.applies(event, ctx).await {
+                return Some(rule.actions());
+            }
+        }
+        None
+    })
 }

@@ -154,6 +154,7 @@ impl Rooms {
             );
             write_membership(batch, room_id, user, membership, pos, event_id)
         })?;
+        self.members_changed(room_id);
         self.stream.notifier().wake([user]);
         Ok(())
     }
@@ -189,6 +190,7 @@ impl Rooms {
             }
             write_membership(batch, room_id, user, membership, pos, event_id)
         })?;
+        self.members_changed(room_id);
         self.stream.notifier().wake([user]);
         Ok(())
     }
@@ -976,6 +978,7 @@ impl Rooms {
             batch.delete(Table::UserroomRemoteinvite, invite_key(&joiner, room_id));
             Ok(())
         })?;
+        self.members_changed(room_id);
         let pos = first + BACKFILL_SLOTS;
         info!(%room_id, state = state.len(), auth_chain = auth_chain.len(), "joined a room over federation");
         self.follow_predecessor(room_id, &map, &joiner);

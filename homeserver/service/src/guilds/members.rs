@@ -8,7 +8,7 @@
 use std::{sync::Arc, time::Duration};
 
 use paracord_core::{time::now_ms, Error, Result};
-use paracord_storage::{key::next_key, Batch, KeyBuf, KeyReader, Table};
+use paracord_storage::{key::next_key, Batch, KeyBuf, Table};
 use ruma::{
     events::room::member::MembershipState, events::TimelineEventType, OwnedEventId, OwnedRoomId,
     OwnedServerName, OwnedUserId, RoomId, UserId,
@@ -937,27 +937,13 @@ fn is_code(code: &str) -> bool {
     (8..=32).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
-/// The key of `coderoom_invite` (the guild spaces holding an invite code):
-/// `code 0xFF room_id`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct InviteCodeKey<'a> {
-    code: &'a str,
-    room_id: &'a str,
-}
-
-impl<'a> InviteCodeKey<'a> {
-    fn encode(&self) -> Vec<u8> {
-        KeyBuf::new()
-            .str(self.code)
-            .last_str(self.room_id)
-            .into_vec()
-    }
-
-    fn decode(key: &'a [u8]) -> Result<Self, paracord_storage::StorageError> {
-        let mut r = KeyReader::new(key);
-        let code = r.str()?;
-        let room_id = r.last_str()?;
-        Ok(Self { code, room_id })
+paracord_storage::key! {
+    /// The key of `coderoom_invite` (the guild spaces holding an invite code):
+    /// `code 0xFF room_id`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct InviteCodeKey<'a> {
+        code: str,
+        room_id: last_str,
     }
 }
 

@@ -15,7 +15,7 @@ use std::{
 use paracord_core::{
     config::SUPPORTED_ROOM_VERSIONS, time::now_ms, Config, Error, ErrorKind, Result,
 };
-use paracord_storage::{Batch, Db, KeyBuf, Table};
+use paracord_storage::{Batch, Db, Table};
 use ruma::{
     api::{
         federation::{
@@ -65,6 +65,16 @@ use crate::{
     },
     server_keys::RemoteKeys,
 };
+
+paracord_storage::key! {
+    /// The key of `origintxn_response` (the answer to an incoming transaction):
+    /// `origin 0xFF txn_id`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct TransactionKey<'a> {
+        origin: str,
+        txn_id: last_str,
+    }
+}
 
 /// A PDU whose format is checked and whose signers' keys are at hand.
 pub(crate) struct Prepared {
@@ -1078,10 +1088,11 @@ impl Pdus {
         let txn_id = txn.transaction_id.as_str();
         let lock = self.txn_lock(origin);
         let _serial = lock.lock().await;
-        let key = KeyBuf::new()
-            .str(origin.as_str())
-            .last_str(txn_id)
-            .into_vec();
+        let key = TransactionKey {
+            origin: origin.as_str(),
+            txn_id,
+        }
+        .encode();
         if let Some(done) = self.db.get(Table::OrigintxnResponse, &key)? {
             return stored_answer(&done);
         }
@@ -2243,5 +2254,25 @@ mod budget_tests {
             deadline: tokio::time::Instant::now(),
         };
         assert!(b.check().is_err(), "time spent");
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use paracord_storage::KeyBuf;
+
+    use super::*;
+
+    #[test]
+    fn transaction_key_round_trips_and_layout_is_stable() {
+        let key = TransactionKey {
+            origin: "x.test",
+            txn_id: "t1",
+        };
+        let bytes = key.encode();
+        assert_eq!(bytes, b"x.test\xFFt1");
+        assert_eq!(bytes, KeyBuf::new().str("x.test").last_str("t1").into_vec());
+        assert_eq!(TransactionKey::decode(&bytes).unwrap(), key);
+        assert!(TransactionKey::decode(b"no separator").is_err());
     }
 }

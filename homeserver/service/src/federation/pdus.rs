@@ -59,6 +59,7 @@ use crate::{
     },
     keys::ServerKeys,
     rooms::{
+        membership::membership_of,
         pdu::{to_canonical_object, Pdu, MAX_PDU_BYTES},
         remote::{check_auth_with, Checked, Placed},
         Rooms,
@@ -1208,20 +1209,16 @@ impl Pdus {
             .ok_or("no pending invite of its target")?;
         let version = record["room_version"].as_str().unwrap_or_default();
         let checked = self.check_pdu(version, value, Some(room_id)).await?;
-        let membership = checked
-            .pdu
-            .content_value()
-            .get("membership")
-            .and_then(Value::as_str)
-            .filter(|m| matches!(*m, "leave" | "ban"))
-            .map(str::to_owned)
+        let membership = membership_of(&checked.pdu.content_value())
+            .filter(|m| matches!(m, MembershipState::Leave | MembershipState::Ban))
             .ok_or("not a leave or ban")?;
+        let membership = membership.as_str();
         // Without the room's state nothing else can be checked, so only the user who made
         // the invite may take it back (another member's kick could be a forgery of their
         // server, or not allowed at all). A knock has no such author on the room's side.
         let inviter = record["event"]["sender"]
             .as_str()
-            .filter(|_| record["event"]["content"]["membership"] == "invite")
+            .filter(|_| membership_of(&record["event"]["content"]) == Some(MembershipState::Invite))
             .ok_or("only an invite can be ended from the room's side")?;
         if checked.pdu.sender.as_str() != inviter || origin != checked.pdu.sender.server_name() {
             return Err(format!("only {inviter} may rescind this invite"));
@@ -1231,7 +1228,7 @@ impl Pdus {
                 target,
                 room_id,
                 &checked.event_id,
-                &membership,
+                membership,
                 Some(&checked),
             )
             .map_err(|e| e.to_string())?;
@@ -1337,7 +1334,7 @@ impl Pdus {
         let content = event.pdu.content_value();
         if event.pdu.kind != TimelineEventType::RoomMember
             || event.pdu.state_key.as_deref() != Some(event.pdu.sender.as_str())
-            || content.get("membership").and_then(Value::as_str) != Some(membership)
+            || membership_of(&content) != Some(MembershipState::from(membership))
         {
             return Err(Error::bad_json(format!(
                 "not an m.room.member {membership} event of its sender"
@@ -1474,12 +1471,7 @@ impl Pdus {
             .and_then(|k| <&UserId>::try_from(k).ok())
             .filter(|_| pdu.kind == TimelineEventType::RoomMember)
             .ok_or_else(|| Error::bad_json("not an m.room.member event"))?;
-        if pdu
-            .content_value()
-            .get("membership")
-            .and_then(Value::as_str)
-            != Some("invite")
-        {
+        if membership_of(&pdu.content_value()) != Some(MembershipState::Invite) {
             return Err(Error::bad_json("not an invite"));
         }
         if target.server_name().as_str() != self.own_name() {

@@ -28,6 +28,7 @@ use super::{
 };
 use crate::rooms::{
     hooks::{EventObserver, FollowUp},
+    membership::membership_of,
     notify::Notification,
     timeline::{Dir, EventFilter, Reader, Window},
     NewEvent, Pdu, Rooms, StateMap,
@@ -390,7 +391,7 @@ fn joined_at(rooms: &Rooms, state: &StateMap, user: &UserId) -> Result<Option<u6
         let Some(pdu) = rooms.pdu_by_short(s)? else {
             break;
         };
-        if pdu.content_value()["membership"] != "join" {
+        if membership_of(&pdu.content_value()) != Some(MembershipState::Join) {
             break;
         }
         at = Some(u64::from(pdu.origin_server_ts.get()));
@@ -611,7 +612,7 @@ impl EventObserver for GuildDeparture {
         if user.server_name() != rooms.config.server_name.as_str() {
             return None;
         }
-        let membership = MembershipState::from(pdu.content_value()["membership"].as_str()?);
+        let membership = membership_of(&pdu.content_value())?;
         if !matches!(membership, MembershipState::Leave | MembershipState::Ban) {
             return None;
         }

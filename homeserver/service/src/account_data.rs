@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use paracord_core::{Error, Result};
-use paracord_storage::{Batch, Db, KeyBuf, KeyReader, Table};
+use paracord_storage::{Batch, Db, Table};
 use ruma::{OwnedRoomId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -31,55 +31,24 @@ pub struct AccountData {
     push_rules_edit: parking_lot::Mutex<()>,
 }
 
-/// The key of `userroomtype_accountdata`: `user_id 0xFF room_id 0xFF type`, room "" for
-/// global account data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct AccountDataKey<'a> {
-    user_id: &'a str,
-    room_id: &'a str,
-    kind: &'a str,
-}
-
-impl<'a> AccountDataKey<'a> {
-    fn encode(&self) -> Vec<u8> {
-        KeyBuf::new()
-            .str(self.user_id)
-            .str(self.room_id)
-            .last_str(self.kind)
-            .into_vec()
-    }
-
-    fn decode(key: &'a [u8]) -> Result<Self, paracord_storage::StorageError> {
-        let mut r = KeyReader::new(key);
-        let user_id = r.str()?;
-        let room_id = r.str()?;
-        let kind = r.last_str()?;
-        Ok(Self {
-            user_id,
-            room_id,
-            kind,
-        })
-    }
-
-    /// Every key of `user_id`'s account data (global and per room) starts with this.
-    fn prefix(user_id: &str) -> Vec<u8> {
-        KeyBuf::new().str(user_id).into_vec()
+paracord_storage::key! {
+    /// The key of `userroomtype_accountdata`: `user_id 0xFF room_id 0xFF type`, room "" for
+    /// global account data. Every key of a user's account data (global and per room) starts
+    /// with its `prefix`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct AccountDataKey<'a> {
+        user_id: str => prefix,
+        room_id: str,
+        kind: last_str,
     }
 }
 
-/// The key of `userfilter_filter`: `user_id 0xFF filter_id`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FilterKey<'a> {
-    user_id: &'a str,
-    filter_id: &'a str,
-}
-
-impl FilterKey<'_> {
-    fn encode(&self) -> Vec<u8> {
-        KeyBuf::new()
-            .str(self.user_id)
-            .last_str(self.filter_id)
-            .into_vec()
+paracord_storage::key! {
+    /// The key of `userfilter_filter`: `user_id 0xFF filter_id`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct FilterKey<'a> {
+        user_id: str,
+        filter_id: last_str,
     }
 }
 
@@ -301,6 +270,8 @@ impl AccountData {
 
 #[cfg(test)]
 mod tests {
+    use paracord_storage::KeyBuf;
+
     use super::*;
 
     #[test]

@@ -11,7 +11,7 @@ use argon2::{
 };
 use hmac::{Hmac, Mac};
 use paracord_core::{time::now_ms, Config, Error, ErrorKind, Result};
-use paracord_storage::{Batch, Db, KeyBuf, KeyReader, Table};
+use paracord_storage::{Batch, Db, KeyReader, Table};
 use parking_lot::Mutex;
 use ruma::{OwnedDeviceId, OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
@@ -180,32 +180,12 @@ pub struct Accounts {
 /// deactivated.
 pub type DeviceRemovalHook = Box<dyn Fn(&UserId, &[String], bool) -> Result<()> + Send + Sync>;
 
-/// The key of `userdevice_device` (a user's devices): `user_id 0xFF device_id`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct DeviceKey<'a> {
-    user_id: &'a str,
-    device_id: &'a str,
-}
-
-impl<'a> DeviceKey<'a> {
-    fn encode(&self) -> Vec<u8> {
-        KeyBuf::new()
-            .str(self.user_id)
-            .last_str(self.device_id)
-            .into_vec()
-    }
-
-    #[cfg(test)]
-    fn decode(key: &'a [u8]) -> Result<Self, paracord_storage::StorageError> {
-        let mut r = KeyReader::new(key);
-        let user_id = r.str()?;
-        let device_id = r.last_str()?;
-        Ok(Self { user_id, device_id })
-    }
-
-    /// Every key of `user_id`'s devices starts with this.
-    fn prefix(user_id: &str) -> Vec<u8> {
-        KeyBuf::new().str(user_id).into_vec()
+paracord_storage::key! {
+    /// The key of `userdevice_device` (a user's devices): `user_id 0xFF device_id`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct DeviceKey<'a> {
+        user_id: str => prefix,
+        device_id: last_str,
     }
 }
 
@@ -1332,6 +1312,8 @@ impl Accounts {
 
 #[cfg(test)]
 mod tests {
+    use paracord_storage::KeyBuf;
+
     use super::*;
 
     #[test]

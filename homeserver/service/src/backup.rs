@@ -11,7 +11,7 @@ use std::{
 };
 
 use paracord_core::{Error, Result};
-use paracord_storage::{Batch, Db, KeyBuf, KeyReader, StorageError, Table};
+use paracord_storage::{Batch, Db, KeyBuf, Table};
 use parking_lot::{Mutex, MutexGuard};
 use ruma::{OwnedRoomId, RoomId, UInt, UserId};
 use serde::{Deserialize, Serialize};
@@ -24,58 +24,30 @@ pub const MEGOLM_BACKUP_V1: &str = "m.megolm_backup.v1.curve25519-aes-sha2";
 /// an etag increment or a count.
 const LOCK_STRIPES: usize = 64;
 
-/// `user_id 0xFF version` in [`Table::UserversionBackup`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct VersionKey<'a> {
-    user: &'a str,
-    version: u64,
-}
-
-impl<'a> VersionKey<'a> {
-    fn encode(&self) -> Vec<u8> {
-        KeyBuf::new().str(self.user).u64(self.version).into_vec()
-    }
-    fn decode(key: &'a [u8]) -> Result<Self, StorageError> {
-        let mut r = KeyReader::new(key);
-        Ok(Self {
-            user: r.str()?,
-            version: r.u64()?,
-        })
-    }
-    /// Every version of `user`.
-    fn prefix(user: &str) -> Vec<u8> {
-        KeyBuf::new().str(user).into_vec()
+paracord_storage::key! {
+    /// `user_id 0xFF version` in [`Table::UserversionBackup`]; `prefix` is every version of a
+    /// user.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct VersionKey<'a> {
+        user: str => prefix,
+        version: u64,
     }
 }
 
-/// `user_id 0xFF version room_id 0xFF session_id` in [`Table::UserversionroomsessionRoomkey`].
-/// The version is a fixed-width integer, so it needs no separator.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct SessionKey<'a> {
-    user: &'a str,
-    version: u64,
-    room: &'a str,
-    session: &'a str,
+paracord_storage::key! {
+    /// `user_id 0xFF version room_id 0xFF session_id` in
+    /// [`Table::UserversionroomsessionRoomkey`]. The version is a fixed-width integer, so it
+    /// needs no separator.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct SessionKey<'a> {
+        user: str,
+        version: u64,
+        room: str,
+        session: last_str,
+    }
 }
 
-impl<'a> SessionKey<'a> {
-    fn encode(&self) -> Vec<u8> {
-        KeyBuf::new()
-            .str(self.user)
-            .u64(self.version)
-            .str(self.room)
-            .last_str(self.session)
-            .into_vec()
-    }
-    fn decode(key: &'a [u8]) -> Result<Self, StorageError> {
-        let mut r = KeyReader::new(key);
-        Ok(Self {
-            user: r.str()?,
-            version: r.u64()?,
-            room: r.str()?,
-            session: r.last_str()?,
-        })
-    }
+impl SessionKey<'_> {
     /// Every key of one backup version, or of one room in it.
     fn prefix(user: &str, version: u64, room: Option<&str>) -> Vec<u8> {
         let key = KeyBuf::new().str(user).u64(version);

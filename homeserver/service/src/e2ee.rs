@@ -42,6 +42,7 @@ use self::keys::{
 use crate::{
     accounts::Accounts,
     rooms::{
+        membership::membership_of,
         timeline::{Dir, EventFilter, Reader, Window},
         Rooms,
     },
@@ -995,12 +996,12 @@ impl E2ee {
                 if target == user {
                     continue;
                 }
-                match ev["content"]["membership"].as_str() {
-                    Some("join") => {
+                match membership_of(&ev["content"]) {
+                    Some(MembershipState::Join) => {
                         left.remove(&target);
                         joined.insert(target);
                     }
-                    Some("leave") | Some("ban") => {
+                    Some(MembershipState::Leave | MembershipState::Ban) => {
                         joined.remove(&target);
                         left.insert(target);
                     }

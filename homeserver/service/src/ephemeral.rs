@@ -10,7 +10,7 @@ use std::{
 };
 
 use paracord_core::{time::now_ms, Error, Result};
-use paracord_storage::{Db, KeyBuf, KeyReader, Table};
+use paracord_storage::{Db, Table};
 use parking_lot::Mutex;
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
@@ -21,53 +21,17 @@ use crate::stream::Stream;
 /// Longest typing timeout honoured.
 const MAX_TYPING_MS: u64 = 120_000;
 
-/// The key of `roomreceipt_receipt` (read receipts):
-/// `room_id 0xFF receipt_type 0xFF user_id 0xFF thread`, thread "" for an unthreaded receipt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ReceiptKey<'a> {
-    room_id: &'a str,
-    receipt_type: &'a str,
-    user_id: &'a str,
-    thread: &'a str,
-}
-
-impl<'a> ReceiptKey<'a> {
-    fn encode(&self) -> Vec<u8> {
-        KeyBuf::new()
-            .str(self.room_id)
-            .str(self.receipt_type)
-            .str(self.user_id)
-            .last_str(self.thread)
-            .into_vec()
-    }
-
-    fn decode(key: &'a [u8]) -> Result<Self, paracord_storage::StorageError> {
-        let mut r = KeyReader::new(key);
-        let room_id = r.str()?;
-        let receipt_type = r.str()?;
-        let user_id = r.str()?;
-        let thread = r.last_str()?;
-        Ok(Self {
-            room_id,
-            receipt_type,
-            user_id,
-            thread,
-        })
-    }
-
-    /// Every key of the receipts in `room_id` starts with this.
-    fn room_prefix(room_id: &str) -> Vec<u8> {
-        KeyBuf::new().str(room_id).into_vec()
-    }
-
-    /// Every key of `user_id`'s receipts of `receipt_type` in `room_id` (one per thread)
-    /// starts with this; the rest of the key is the thread.
-    fn user_prefix(room_id: &str, receipt_type: &str, user_id: &str) -> Vec<u8> {
-        KeyBuf::new()
-            .str(room_id)
-            .str(receipt_type)
-            .str(user_id)
-            .into_vec()
+paracord_storage::key! {
+    /// The key of `roomreceipt_receipt` (read receipts):
+    /// `room_id 0xFF receipt_type 0xFF user_id 0xFF thread`, thread "" for an unthreaded
+    /// receipt. Every key of `user_id`'s receipts of `receipt_type` in `room_id` (one per
+    /// thread) starts with its `user_prefix`; the rest of the key is the thread.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct ReceiptKey<'a> {
+        room_id: str => room_prefix,
+        receipt_type: str,
+        user_id: str => user_prefix,
+        thread: last_str,
     }
 }
 
@@ -384,6 +348,8 @@ impl Ephemeral {
 
 #[cfg(test)]
 mod tests {
+    use paracord_storage::KeyBuf;
+
     use super::*;
 
     #[test]

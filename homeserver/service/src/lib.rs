@@ -55,6 +55,8 @@ pub struct Services {
     pub stream: Arc<stream::Stream>,
     pub accounts: Arc<accounts::Accounts>,
     pub rooms: Arc<rooms::Rooms>,
+    /// The guild invite index, an observer of `rooms`.
+    pub invites: Arc<guilds::members::InviteIndex>,
     pub account_data: Arc<account_data::AccountData>,
     pub ephemeral: Arc<ephemeral::Ephemeral>,
     pub sync: Arc<sync::Sync>,
@@ -120,6 +122,7 @@ impl Services {
                 sender.queue_pdu(destinations, event_id, pdu)
             })
         };
+        let invites = Arc::new(guilds::members::InviteIndex::new(db.clone()));
         let rooms = Arc::new_cyclic(|me| {
             rooms::Rooms::new(
                 rooms::RoomsParts {
@@ -132,7 +135,7 @@ impl Services {
                     outgoing: Some(outgoing),
                     policy: Arc::new(guilds::enforce::GuildRules),
                     observers: vec![
-                        Arc::new(guilds::members::InviteIndex),
+                        invites.clone(),
                         Arc::new(guilds::members::GuildDeparture),
                         Arc::new(push_observer),
                     ],
@@ -265,6 +268,7 @@ impl Services {
             stream,
             accounts,
             rooms,
+            invites,
             account_data,
             ephemeral,
             sync,

@@ -3,9 +3,19 @@
 use std::sync::Arc;
 
 use paracord_core::{time::now_ms, Error, Result};
-use paracord_storage::{Batch, Db, KeyBuf, Table};
+use paracord_storage::{Batch, Db, Table};
 use ruma::UserId;
 use serde_json::{json, Value};
+
+paracord_storage::key! {
+    /// The key of `reportid_report`: `received_ms report_id`, so reports are in the order
+    /// they came.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct ReportKey<'a> {
+        ts: u64,
+        id: last_str,
+    }
+}
 
 pub struct Reports {
     db: Arc<Db>,
@@ -52,7 +62,11 @@ impl Reports {
         let mut batch = Batch::new();
         batch.put(
             Table::ReportidReport,
-            KeyBuf::new().u64(now_ms()).last_str(&id).into_vec(),
+            ReportKey {
+                ts: now_ms(),
+                id: &id,
+            }
+            .encode(),
             serde_json::to_vec(&record)?,
         );
         Ok(self.db.write(batch)?)
@@ -65,5 +79,25 @@ impl Reports {
             .into_iter()
             .map(|(_, v)| serde_json::from_slice(&v).map_err(Error::from))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use paracord_storage::KeyBuf;
+
+    use super::*;
+
+    #[test]
+    fn report_key_round_trips_and_layout_is_stable() {
+        let key = ReportKey {
+            ts: 0x0102,
+            id: "abc",
+        };
+        let bytes = key.encode();
+        assert_eq!(bytes, b"\0\0\0\0\0\0\x01\x02abc");
+        assert_eq!(bytes, KeyBuf::new().u64(0x0102).last_str("abc").into_vec());
+        assert_eq!(ReportKey::decode(&bytes).unwrap(), key);
+        assert!(ReportKey::decode(&[0, 0, 1]).is_err());
     }
 }

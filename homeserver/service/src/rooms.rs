@@ -453,11 +453,7 @@ impl Rooms {
     ) -> Result<Option<MembershipState>> {
         Ok(self
             .state_content(state, "m.room.member", user.as_str())?
-            .and_then(|c| {
-                c.get("membership")
-                    .and_then(|m| m.as_str())
-                    .map(MembershipState::from)
-            }))
+            .and_then(|c| membership::membership_of(&c)))
     }
 
     /// The user's current membership according to the membership index.
@@ -1124,11 +1120,7 @@ impl Rooms {
             },
         )?;
         if let Some(user) = commit::member_target(&pdu) {
-            if pdu
-                .content_value()
-                .get("membership")
-                .and_then(|m| m.as_str())
-                == Some("join")
+            if membership::membership_of(&pdu.content_value()) == Some(MembershipState::Join)
                 && user.server_name() == self.config.server_name.as_str()
                 && self.membership_in(state, &user)? != Some(MembershipState::Join)
             {

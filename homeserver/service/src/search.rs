@@ -10,7 +10,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use paracord_core::{Error, Result};
-use paracord_storage::{Batch, Db, KeyBuf, KeyReader, Table};
+use paracord_storage::{Batch, Db, KeyReader, Table};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -119,35 +119,24 @@ pub fn tokenize(text: &str) -> impl Iterator<Item = String> + '_ {
         .filter(|t| t.len() <= MAX_TOKEN_BYTES)
 }
 
-/// The key of `tokenroompos_search` (a posting): `token 0xFF room_id 0xFF stream_pos`. The
-/// postings of a token in a room are contiguous and in stream order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct PostingKey<'a> {
-    token: &'a str,
-    room_id: &'a str,
-    pos: u64,
+paracord_storage::key! {
+    /// The key of `tokenroompos_search` (a posting): `token 0xFF room_id 0xFF stream_pos`. The
+    /// postings of a token in a room are contiguous and in stream order.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct PostingKey<'a> {
+        token: str,
+        room_id: str => room_prefix,
+        pos: u64,
+    }
 }
 
-impl<'a> PostingKey<'a> {
-    fn encode(&self) -> Vec<u8> {
-        KeyBuf::new()
-            .str(self.token)
-            .str(self.room_id)
-            .u64(self.pos)
-            .into_vec()
-    }
-
+impl PostingKey<'_> {
     /// The stream position of a key, without checking what follows it.
     fn decode_pos(key: &[u8]) -> Result<u64, paracord_storage::StorageError> {
         let mut r = KeyReader::new(key);
         r.str()?;
         r.str()?;
         r.u64()
-    }
-
-    /// Every key of `token`'s postings in `room_id` starts with this.
-    fn room_prefix(token: &str, room_id: &str) -> Vec<u8> {
-        KeyBuf::new().str(token).str(room_id).into_vec()
     }
 }
 
@@ -399,6 +388,8 @@ impl Search {
 
 #[cfg(test)]
 mod tests {
+    use paracord_storage::KeyBuf;
+
     use super::*;
 
     #[test]

@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use futures::future::BoxFuture;
 use paracord_core::{Error, ErrorKind, Result};
-use paracord_storage::{Batch, Db, KeyBuf, Table};
+use paracord_storage::{Batch, Db, Table};
 use ruma::{
     api::{
         federation::{
@@ -76,8 +76,18 @@ fn b64(s: &str) -> std::result::Result<Vec<u8>, base64::DecodeError> {
     STANDARD_NO_PAD.decode(s.trim_end_matches('='))
 }
 
+paracord_storage::key! {
+    /// The key of `serverkeyid_verifykey` (another server's public keys):
+    /// `server 0xFF key_id`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct VerifyKeyKey<'a> {
+        server: str,
+        key_id: last_str,
+    }
+}
+
 fn cache_key(server: &str, key_id: &str) -> Vec<u8> {
-    KeyBuf::new().str(server).last_str(key_id).into_vec()
+    VerifyKeyKey { server, key_id }.encode()
 }
 
 /// Checks a `/_matrix/key/v2/server` response of `server` and returns its keys. It must name
@@ -464,6 +474,26 @@ mod tests {
 
     // Issue 15 (found by the x_matrix fuzz target): ruma panics on a request without a path;
     // such a request is unauthorized, and one is never signed.
+    #[test]
+    fn verify_key_key_round_trips_and_layout_is_stable() {
+        let key = VerifyKeyKey {
+            server: "x.test",
+            key_id: "ed25519:a",
+        };
+        let bytes = key.encode();
+        assert_eq!(bytes, b"x.test\xFFed25519:a");
+        assert_eq!(
+            bytes,
+            paracord_storage::KeyBuf::new()
+                .str("x.test")
+                .last_str("ed25519:a")
+                .into_vec()
+        );
+        assert_eq!(cache_key("x.test", "ed25519:a"), bytes);
+        assert_eq!(VerifyKeyKey::decode(&bytes).unwrap(), key);
+        assert!(VerifyKeyKey::decode(b"no separator").is_err());
+    }
+
     #[test]
     fn requests_without_a_path_are_refused_not_a_panic() {
         let s = setup();

@@ -31,6 +31,7 @@ use crate::{
     e2ee::E2ee,
     ephemeral::Ephemeral,
     rooms::{
+        membership::membership_of,
         timeline::{Dir, EventFilter, Reader, Window},
         MembershipRecord, Rooms,
     },
@@ -785,14 +786,14 @@ impl Section {
     /// Users who joined in this section (its timeline or state; a join that only changes a
     /// profile is not one).
     fn joins(&self) -> Vec<OwnedUserId> {
-        let join = MembershipState::Join.as_str();
+        let join = Some(MembershipState::Join);
         self.events
             .iter()
             .chain(&self.state)
             .filter(|e| {
                 e["type"] == "m.room.member"
-                    && e["content"]["membership"] == join
-                    && e["unsigned"]["prev_content"]["membership"] != join
+                    && membership_of(&e["content"]) == join
+                    && membership_of(&e["unsigned"]["prev_content"]) != join
             })
             .filter_map(|e| e["state_key"].as_str())
             .filter_map(|u| OwnedUserId::try_from(u).ok())

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use axum::extract::State;
 use paracord_core::Error;
-use paracord_service::rooms::pdu::raw;
+use paracord_service::rooms::{membership::membership_of, pdu::raw};
 use ruma::{
     api::client::membership::{
         ban_user, forget_room, get_member_events, invite_user, join_room_by_id,
@@ -275,10 +275,8 @@ pub(crate) async fn get_member_events_route(
             continue;
         }
         if let Some((_, ev)) = state.rooms.client_event(*short, Some(r))? {
-            let m = ev["content"]["membership"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
+            let m = membership_of(&ev["content"]);
+            let m = m.as_ref().map_or("", MembershipState::as_str);
             if want.as_ref().is_some_and(|w| *w != m) || not.as_ref().is_some_and(|n| *n == m) {
                 continue;
             }

@@ -2,7 +2,7 @@
 
 use axum::extract::State;
 use paracord_core::Error;
-use paracord_service::rooms::NewEvent;
+use paracord_service::rooms::{membership::membership_of, NewEvent};
 use ruma::api::client::state::{get_state_event_for_key, get_state_events, send_state_event};
 use ruma::events::room::member::MembershipState;
 
@@ -92,7 +92,7 @@ pub(crate) async fn send_state_event_route(
     let kind = req.body.event_type.to_string();
     if kind == "m.room.member" {
         // Membership goes through the membership endpoints' checks too.
-        if content["membership"].as_str().is_none() {
+        if membership_of(&content).is_none() {
             return Err(Error::bad_json("m.room.member needs a membership").into());
         }
     }
@@ -129,7 +129,7 @@ pub(crate) async fn send_state_event_route(
     // ignored, as for `/join`.
     if kind == "m.room.member"
         && req.body.state_key == id.user_id.as_str()
-        && content["membership"].as_str() == Some(MembershipState::Join.as_str())
+        && membership_of(&content) == Some(MembershipState::Join)
     {
         let content = content.as_object().cloned().unwrap_or_default();
         let event_id = state

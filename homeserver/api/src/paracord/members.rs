@@ -255,7 +255,7 @@ pub(crate) async fn create_invite_route(
     let body: CreateInvite = wire::read(json_body(&state, body).await?)?;
     let limits = body.check()?;
     Ok(Json(
-        members::create_invite(&state.rooms, &channel, &user, limits)
+        members::create_invite(&state.rooms, &state.invites, &channel, &user, limits)
             .await?
             .into(),
     ))
@@ -301,7 +301,7 @@ pub(crate) async fn get_invite_route(
 ) -> ApiResult<Response> {
     let (parts, _) = req.into_parts();
     let user = user(&state, &parts)?;
-    match members::invite(&state.rooms, &code) {
+    match members::invite(&state.rooms, &state.invites, &code) {
         Ok(invite) => Ok(Json(Invite::from(invite)).into_response()),
         Err(e) => {
             let Some(host) = invite_host(&state, &parts, &e)? else {
@@ -334,7 +334,8 @@ pub(crate) async fn accept_invite_route(
     let user = user(&state, &parts)?;
     let body = json_body(&state, body).await?;
     let (guild_id, channel_id, via, join_channel) =
-        match members::accept_invite(&state.rooms, &state.pdus, &code, &user).await {
+        match members::accept_invite(&state.rooms, &state.invites, &state.pdus, &code, &user).await
+        {
             Ok(accepted) => {
                 if parts.extensions.get::<RelayedUser>().is_some() {
                     return Ok(Json(InviteAccepted {
@@ -419,7 +420,7 @@ pub(crate) async fn revoke_invite_route(
     Params(code): Params<String>,
 ) -> ApiResult<Json<Invite>> {
     Ok(Json(
-        members::revoke_invite(&state.rooms, &code, &user)
+        members::revoke_invite(&state.rooms, &state.invites, &code, &user)
             .await?
             .into(),
     ))

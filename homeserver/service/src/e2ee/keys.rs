@@ -2,73 +2,35 @@
 //! layouts are the on-disk format: changing one needs a migration, which the
 //! `*_layout_is_stable` tests guard.
 
-use paracord_storage::{KeyBuf, KeyReader, StorageError};
+#[cfg(test)]
+use paracord_storage::KeyBuf;
+use paracord_storage::{key, KeyReader, StorageError};
 
-/// The key of `userdevice_devicekeys` (a device's identity keys): `user_id 0xFF device_id`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct DeviceKeysKey<'a> {
-    pub(crate) user_id: &'a str,
-    pub(crate) device_id: &'a str,
-}
-
-impl<'a> DeviceKeysKey<'a> {
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        KeyBuf::new()
-            .str(self.user_id)
-            .last_str(self.device_id)
-            .into_vec()
-    }
-
-    pub(crate) fn decode(key: &'a [u8]) -> Result<Self, StorageError> {
-        let mut r = KeyReader::new(key);
-        let user_id = r.str()?;
-        let device_id = r.last_str()?;
-        Ok(Self { user_id, device_id })
-    }
-
-    /// Every key of `user_id`'s devices starts with this.
-    pub(crate) fn user_prefix(user_id: &str) -> Vec<u8> {
-        KeyBuf::new().str(user_id).into_vec()
+key! {
+    /// The key of `userdevice_devicekeys` (a device's identity keys): `user_id 0xFF device_id`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) struct DeviceKeysKey<'a> {
+        user_id: str => user_prefix,
+        device_id: last_str,
     }
 }
 
-/// The key of `userdevicepos_todevice` (to-device messages awaiting delivery):
-/// `user_id 0xFF device_id 0xFF stream_pos seq`. A device's messages are contiguous and in
-/// stream order, then in the order they were queued at one position.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ToDeviceKey<'a> {
-    pub(crate) user_id: &'a str,
-    pub(crate) device_id: &'a str,
-    pub(crate) pos: u64,
-    pub(crate) seq: u64,
+key! {
+    /// The key of `userdevicepos_todevice` (to-device messages awaiting delivery):
+    /// `user_id 0xFF device_id 0xFF stream_pos seq`. A device's messages are contiguous and in
+    /// stream order, then in the order they were queued at one position; `at_pos` is the
+    /// first possible key of the device's messages at a position (an exclusive upper bound for
+    /// the messages before it).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) struct ToDeviceKey<'a> {
+        user_id: str,
+        device_id: str => device_prefix,
+        pos: u64 => at_pos,
+        seq: u64,
+    }
 }
 
-impl<'a> ToDeviceKey<'a> {
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        KeyBuf::new()
-            .str(self.user_id)
-            .str(self.device_id)
-            .u64(self.pos)
-            .u64(self.seq)
-            .into_vec()
-    }
-
-    #[cfg(test)]
-    pub(crate) fn decode(key: &'a [u8]) -> Result<Self, StorageError> {
-        let mut r = KeyReader::new(key);
-        let user_id = r.str()?;
-        let device_id = r.str()?;
-        let pos = r.u64()?;
-        let seq = r.u64()?;
-        r.finish()?;
-        Ok(Self {
-            user_id,
-            device_id,
-            pos,
-            seq,
-        })
-    }
-
+impl ToDeviceKey<'_> {
     /// The stream position of a key, without reading (or checking) the rest.
     pub(crate) fn decode_pos(key: &[u8]) -> Result<u64, StorageError> {
         let mut r = KeyReader::new(key);
@@ -76,60 +38,22 @@ impl<'a> ToDeviceKey<'a> {
         r.str()?;
         r.u64()
     }
-
-    /// Every key of the device's messages starts with this.
-    pub(crate) fn device_prefix(user_id: &str, device_id: &str) -> Vec<u8> {
-        KeyBuf::new().str(user_id).str(device_id).into_vec()
-    }
-
-    /// The first possible key of the device's messages at `pos` (an exclusive upper bound for
-    /// the messages before it).
-    pub(crate) fn at_pos(user_id: &str, device_id: &str, pos: u64) -> Vec<u8> {
-        KeyBuf::new()
-            .str(user_id)
-            .str(device_id)
-            .u64(pos)
-            .into_vec()
-    }
 }
 
-/// The key of `userdevicealgseq_onetimekey` (a device's one-time keys):
-/// `user_id 0xFF device_id 0xFF algorithm 0xFF upload seq`. The keys of one algorithm are
-/// contiguous and in upload order: the first is the one handed out next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct OneTimeKeyKey<'a> {
-    pub(crate) user_id: &'a str,
-    pub(crate) device_id: &'a str,
-    pub(crate) algorithm: &'a str,
-    pub(crate) seq: u64,
+key! {
+    /// The key of `userdevicealgseq_onetimekey` (a device's one-time keys):
+    /// `user_id 0xFF device_id 0xFF algorithm 0xFF upload seq`. The keys of one algorithm are
+    /// contiguous and in upload order: the first is the one handed out next.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) struct OneTimeKeyKey<'a> {
+        user_id: str,
+        device_id: str => device_prefix,
+        algorithm: str => algorithm_prefix,
+        seq: u64,
+    }
 }
 
 impl<'a> OneTimeKeyKey<'a> {
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        KeyBuf::new()
-            .str(self.user_id)
-            .str(self.device_id)
-            .str(self.algorithm)
-            .u64(self.seq)
-            .into_vec()
-    }
-
-    #[cfg(test)]
-    pub(crate) fn decode(key: &'a [u8]) -> Result<Self, StorageError> {
-        let mut r = KeyReader::new(key);
-        let user_id = r.str()?;
-        let device_id = r.str()?;
-        let algorithm = r.str()?;
-        let seq = r.u64()?;
-        r.finish()?;
-        Ok(Self {
-            user_id,
-            device_id,
-            algorithm,
-            seq,
-        })
-    }
-
     /// The algorithm of a key, without reading (or checking) the rest.
     pub(crate) fn decode_algorithm(key: &'a [u8]) -> Result<&'a str, StorageError> {
         let mut r = KeyReader::new(key);
@@ -137,181 +61,60 @@ impl<'a> OneTimeKeyKey<'a> {
         r.str()?;
         r.str()
     }
+}
 
-    /// Every key of the device's one-time keys starts with this.
-    pub(crate) fn device_prefix(user_id: &str, device_id: &str) -> Vec<u8> {
-        KeyBuf::new().str(user_id).str(device_id).into_vec()
-    }
-
-    /// Every key of the device's one-time keys of `algorithm` starts with this.
-    pub(crate) fn algorithm_prefix(user_id: &str, device_id: &str, algorithm: &str) -> Vec<u8> {
-        KeyBuf::new()
-            .str(user_id)
-            .str(device_id)
-            .str(algorithm)
-            .into_vec()
+key! {
+    /// The key of `userdevicealg_fallbackkey` (a device's fallback key of an algorithm):
+    /// `user_id 0xFF device_id 0xFF algorithm`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) struct FallbackKeyKey<'a> {
+        user_id: str,
+        device_id: str => device_prefix,
+        algorithm: last_str,
     }
 }
 
-/// The key of `userdevicealg_fallbackkey` (a device's fallback key of an algorithm):
-/// `user_id 0xFF device_id 0xFF algorithm`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct FallbackKeyKey<'a> {
-    pub(crate) user_id: &'a str,
-    pub(crate) device_id: &'a str,
-    pub(crate) algorithm: &'a str,
-}
-
-impl<'a> FallbackKeyKey<'a> {
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        KeyBuf::new()
-            .str(self.user_id)
-            .str(self.device_id)
-            .last_str(self.algorithm)
-            .into_vec()
-    }
-
-    pub(crate) fn decode(key: &'a [u8]) -> Result<Self, StorageError> {
-        let mut r = KeyReader::new(key);
-        let user_id = r.str()?;
-        let device_id = r.str()?;
-        let algorithm = r.last_str()?;
-        Ok(Self {
-            user_id,
-            device_id,
-            algorithm,
-        })
-    }
-
-    /// Every key of the device's fallback keys starts with this.
-    pub(crate) fn device_prefix(user_id: &str, device_id: &str) -> Vec<u8> {
-        KeyBuf::new().str(user_id).str(device_id).into_vec()
+key! {
+    /// The key of `positionuser_keychange` (whose device list or cross-signing keys changed
+    /// when): `stream_pos user_id`. Changes are in stream order; `at_pos` is the first
+    /// possible key at a position (a bound for the changes before or from it).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) struct KeyChangeKey<'a> {
+        pos: u64 => at_pos,
+        user_id: last_str,
     }
 }
 
-/// The key of `positionuser_keychange` (whose device list or cross-signing keys changed
-/// when): `stream_pos user_id`. Changes are in stream order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct KeyChangeKey<'a> {
-    pub(crate) pos: u64,
-    pub(crate) user_id: &'a str,
-}
-
-impl<'a> KeyChangeKey<'a> {
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        KeyBuf::new()
-            .u64(self.pos)
-            .last_str(self.user_id)
-            .into_vec()
-    }
-
-    pub(crate) fn decode(key: &'a [u8]) -> Result<Self, StorageError> {
-        let mut r = KeyReader::new(key);
-        let pos = r.u64()?;
-        let user_id = r.last_str()?;
-        Ok(Self { pos, user_id })
-    }
-
-    /// The first possible key at `pos` (a bound for the changes before or from it).
-    pub(crate) fn at_pos(pos: u64) -> Vec<u8> {
-        KeyBuf::new().u64(pos).into_vec()
+key! {
+    /// The key of `targetsigner_signature` (signatures uploaded after the key they sign):
+    /// `target user 0xFF target key id 0xFF signer user 0xFF signer key id`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) struct SignatureKey<'a> {
+        target_user: str,
+        target_key: str => target_prefix,
+        signer: str,
+        signer_key: last_str,
     }
 }
 
-/// The key of `targetsigner_signature` (signatures uploaded after the key they sign):
-/// `target user 0xFF target key id 0xFF signer user 0xFF signer key id`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct SignatureKey<'a> {
-    pub(crate) target_user: &'a str,
-    pub(crate) target_key: &'a str,
-    pub(crate) signer: &'a str,
-    pub(crate) signer_key: &'a str,
-}
-
-impl<'a> SignatureKey<'a> {
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        KeyBuf::new()
-            .str(self.target_user)
-            .str(self.target_key)
-            .str(self.signer)
-            .last_str(self.signer_key)
-            .into_vec()
-    }
-
-    pub(crate) fn decode(key: &'a [u8]) -> Result<Self, StorageError> {
-        let mut r = KeyReader::new(key);
-        let target_user = r.str()?;
-        let target_key = r.str()?;
-        let signer = r.str()?;
-        let signer_key = r.last_str()?;
-        Ok(Self {
-            target_user,
-            target_key,
-            signer,
-            signer_key,
-        })
-    }
-
-    /// Every key of the signatures of `target_user`'s key `target_key` starts with this.
-    pub(crate) fn target_prefix(target_user: &str, target_key: &str) -> Vec<u8> {
-        KeyBuf::new().str(target_user).str(target_key).into_vec()
+key! {
+    /// The key of `userusage_crosssigningkey` (a user's cross-signing keys):
+    /// `user_id 0xFF usage` (master, self_signing, user_signing).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) struct CrossSigningKeyKey<'a> {
+        user_id: str,
+        usage: last_str,
     }
 }
 
-/// The key of `userusage_crosssigningkey` (a user's cross-signing keys):
-/// `user_id 0xFF usage` (master, self_signing, user_signing).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct CrossSigningKeyKey<'a> {
-    pub(crate) user_id: &'a str,
-    pub(crate) usage: &'a str,
-}
-
-impl<'a> CrossSigningKeyKey<'a> {
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        KeyBuf::new()
-            .str(self.user_id)
-            .last_str(self.usage)
-            .into_vec()
-    }
-
-    #[cfg(test)]
-    pub(crate) fn decode(key: &'a [u8]) -> Result<Self, StorageError> {
-        let mut r = KeyReader::new(key);
-        let user_id = r.str()?;
-        let usage = r.last_str()?;
-        Ok(Self { user_id, usage })
-    }
-}
-
-/// The key of `userdevicetxn_todevice` (to-device transactions already taken):
-/// `user_id 0xFF device_id 0xFF txn_id`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ToDeviceTxnKey<'a> {
-    pub(crate) user_id: &'a str,
-    pub(crate) device_id: &'a str,
-    pub(crate) txn_id: &'a str,
-}
-
-impl<'a> ToDeviceTxnKey<'a> {
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        KeyBuf::new()
-            .str(self.user_id)
-            .str(self.device_id)
-            .last_str(self.txn_id)
-            .into_vec()
-    }
-
-    #[cfg(test)]
-    pub(crate) fn decode(key: &'a [u8]) -> Result<Self, StorageError> {
-        let mut r = KeyReader::new(key);
-        let user_id = r.str()?;
-        let device_id = r.str()?;
-        let txn_id = r.last_str()?;
-        Ok(Self {
-            user_id,
-            device_id,
-            txn_id,
-        })
+key! {
+    /// The key of `userdevicetxn_todevice` (to-device transactions already taken):
+    /// `user_id 0xFF device_id 0xFF txn_id`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) struct ToDeviceTxnKey<'a> {
+        user_id: str,
+        device_id: str,
+        txn_id: last_str,
     }
 }
 

@@ -15,7 +15,7 @@ use std::{
 use paracord_core::{
     config::SUPPORTED_ROOM_VERSIONS, time::now_ms, Config, Error, ErrorKind, Result,
 };
-use paracord_storage::{Batch, Db, KeyBuf, Table};
+use paracord_storage::{Batch, Db, Table};
 use ruma::{
     api::{
         federation::{
@@ -59,12 +59,23 @@ use crate::{
     },
     keys::ServerKeys,
     rooms::{
+        membership::membership_of,
         pdu::{to_canonical_object, Pdu, MAX_PDU_BYTES},
         remote::{check_auth_with, Checked, Placed},
         Rooms,
     },
     server_keys::RemoteKeys,
 };
+
+paracord_storage::key! {
+    /// The key of `origintxn_response` (the answer to an incoming transaction):
+    /// `origin 0xFF txn_id`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct TransactionKey<'a> {
+        origin: str,
+        txn_id: last_str,
+    }
+}
 
 /// A PDU whose format is checked and whose signers' keys are at hand.
 pub(crate) struct Prepared {
@@ -1078,10 +1089,11 @@ impl Pdus {
         let txn_id = txn.transaction_id.as_str();
         let lock = self.txn_lock(origin);
         let _serial = lock.lock().await;
-        let key = KeyBuf::new()
-            .str(origin.as_str())
-            .last_str(txn_id)
-            .into_vec();
+        let key = TransactionKey {
+            origin: origin.as_str(),
+            txn_id,
+        }
+        .encode();
         if let Some(done) = self.db.get(Table::OrigintxnResponse, &key)? {
             return stored_answer(&done);
         }
@@ -1197,20 +1209,16 @@ impl Pdus {
             .ok_or("no pending invite of its target")?;
         let version = record["room_version"].as_str().unwrap_or_default();
         let checked = self.check_pdu(version, value, Some(room_id)).await?;
-        let membership = checked
-            .pdu
-            .content_value()
-            .get("membership")
-            .and_then(Value::as_str)
-            .filter(|m| matches!(*m, "leave" | "ban"))
-            .map(str::to_owned)
+        let membership = membership_of(&checked.pdu.content_value())
+            .filter(|m| matches!(m, MembershipState::Leave | MembershipState::Ban))
             .ok_or("not a leave or ban")?;
+        let membership = membership.as_str();
         // Without the room's state nothing else can be checked, so only the user who made
         // the invite may take it back (another member's kick could be a forgery of their
         // server, or not allowed at all). A knock has no such author on the room's side.
         let inviter = record["event"]["sender"]
             .as_str()
-            .filter(|_| record["event"]["content"]["membership"] == "invite")
+            .filter(|_| membership_of(&record["event"]["content"]) == Some(MembershipState::Invite))
             .ok_or("only an invite can be ended from the room's side")?;
         if checked.pdu.sender.as_str() != inviter || origin != checked.pdu.sender.server_name() {
             return Err(format!("only {inviter} may rescind this invite"));
@@ -1220,7 +1228,7 @@ impl Pdus {
                 target,
                 room_id,
                 &checked.event_id,
-                &membership,
+                membership,
                 Some(&checked),
             )
             .map_err(|e| e.to_string())?;
@@ -1326,7 +1334,7 @@ impl Pdus {
         let content = event.pdu.content_value();
         if event.pdu.kind != TimelineEventType::RoomMember
             || event.pdu.state_key.as_deref() != Some(event.pdu.sender.as_str())
-            || content.get("membership").and_then(Value::as_str) != Some(membership)
+            || membership_of(&content) != Some(MembershipState::from(membership))
         {
             return Err(Error::bad_json(format!(
                 "not an m.room.member {membership} event of its sender"
@@ -1463,12 +1471,7 @@ impl Pdus {
             .and_then(|k| <&UserId>::try_from(k).ok())
             .filter(|_| pdu.kind == TimelineEventType::RoomMember)
             .ok_or_else(|| Error::bad_json("not an m.room.member event"))?;
-        if pdu
-            .content_value()
-            .get("membership")
-            .and_then(Value::as_str)
-            != Some("invite")
-        {
+        if membership_of(&pdu.content_value()) != Some(MembershipState::Invite) {
             return Err(Error::bad_json("not an invite"));
         }
         if target.server_name().as_str() != self.own_name() {
@@ -2243,5 +2246,25 @@ mod budget_tests {
             deadline: tokio::time::Instant::now(),
         };
         assert!(b.check().is_err(), "time spent");
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use paracord_storage::KeyBuf;
+
+    use super::*;
+
+    #[test]
+    fn transaction_key_round_trips_and_layout_is_stable() {
+        let key = TransactionKey {
+            origin: "x.test",
+            txn_id: "t1",
+        };
+        let bytes = key.encode();
+        assert_eq!(bytes, b"x.test\xFFt1");
+        assert_eq!(bytes, KeyBuf::new().str("x.test").last_str("t1").into_vec());
+        assert_eq!(TransactionKey::decode(&bytes).unwrap(), key);
+        assert!(TransactionKey::decode(b"no separator").is_err());
     }
 }

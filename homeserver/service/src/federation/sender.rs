@@ -30,7 +30,7 @@ use std::{
 
 use futures::FutureExt;
 use paracord_core::{time::now_ms, Config, Error, Result};
-use paracord_storage::{db::Entry, next_key, Batch, Db, KeyBuf, KeyReader, StorageError, Table};
+use paracord_storage::{db::Entry, next_key, Batch, Db, StorageError, Table};
 use parking_lot::Mutex;
 use rand::Rng;
 use ruma::{
@@ -71,34 +71,13 @@ pub const PDUS_DROPPED_AT_CAP: u64 = MAX_QUEUED_PDUS / 10;
 /// Longest piece of a remote error message copied into our logs.
 const LOGGED_ERROR_CHARS: usize = 200;
 
-/// The key of a queued item in `destinationseq_pdu` and `destinationseq_edu`:
-/// `destination 0xFF seq`. The sequence is per destination and per table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QueueKey<'a> {
-    pub destination: &'a str,
-    pub seq: u64,
-}
-
-impl<'a> QueueKey<'a> {
-    pub fn encode(&self) -> Vec<u8> {
-        KeyBuf::new().str(self.destination).u64(self.seq).into_vec()
-    }
-
-    pub fn decode(key: &'a [u8]) -> Result<Self, StorageError> {
-        let mut reader = KeyReader::new(key);
-        let destination = reader.str()?;
-        let seq = reader.u64()?;
-        if destination.len().checked_add(9) != Some(key.len()) {
-            return Err(StorageError::Corrupt(
-                "federation queue key with trailing bytes".into(),
-            ));
-        }
-        Ok(Self { destination, seq })
-    }
-
-    /// Every key of `destination`'s queue starts with this.
-    pub fn prefix(destination: &str) -> Vec<u8> {
-        KeyBuf::new().str(destination).into_vec()
+paracord_storage::key! {
+    /// The key of a queued item in `destinationseq_pdu` and `destinationseq_edu`:
+    /// `destination 0xFF seq`. The sequence is per destination and per table.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct QueueKey<'a> {
+        destination: str => prefix,
+        seq: u64,
     }
 }
 

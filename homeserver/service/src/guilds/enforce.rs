@@ -41,7 +41,9 @@ use super::{
     permissions::{ChannelOverwrites, Permissions},
     store::{load_guild, load_member, overwrites},
 };
-use crate::rooms::{hooks::EventPolicy, relations::relates_to, Pdu, Rooms, StateMap};
+use crate::rooms::{
+    hooks::EventPolicy, membership::membership_of, relations::relates_to, Pdu, Rooms, StateMap,
+};
 
 /// Where an event comes from, which decides what a broken rule means.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -382,13 +384,11 @@ fn decide(
         let Some(target) = pdu.state_key.as_deref() else {
             return Ok(None);
         };
-        let membership = content
-            .get("membership")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let membership = membership_of(&content);
         if target == pdu.sender.as_str() {
             // Leaving, knocking and (for a timed-out member, who may still read) joining.
-            let joins_channel = membership == "join" && place.channel.is_some();
+            let joins_channel =
+                membership == Some(MembershipState::Join) && place.channel.is_some();
             return Ok(match source {
                 Source::Submitted if joins_channel => missing(perms, Permissions::VIEW_CHANNEL),
                 _ => None,
@@ -402,8 +402,8 @@ fn decide(
             Err(_) => return Ok(None),
         };
         let (flag, name) = match membership {
-            "ban" => (Permissions::BAN_MEMBERS, "BAN_MEMBERS"),
-            "leave" => match rooms.membership_in(state, target)? {
+            Some(MembershipState::Ban) => (Permissions::BAN_MEMBERS, "BAN_MEMBERS"),
+            Some(MembershipState::Leave) => match rooms.membership_in(state, target)? {
                 // Unbanning: the flag, no hierarchy (the user is no member).
                 Some(MembershipState::Ban) => {
                     return Ok(missing(guild_wide, Permissions::BAN_MEMBERS))

@@ -8,7 +8,7 @@
 use std::{sync::Arc, time::Duration};
 
 use paracord_core::{time::now_ms, Error, Result};
-use paracord_storage::{key::next_key, Batch, KeyBuf, KeyReader, Table};
+use paracord_storage::{key::next_key, Batch, Db, KeyBuf, Table};
 use ruma::{
     events::room::member::MembershipState, events::TimelineEventType, OwnedEventId, OwnedRoomId,
     OwnedServerName, OwnedUserId, RoomId, UserId,
@@ -28,6 +28,7 @@ use super::{
 };
 use crate::rooms::{
     hooks::{EventObserver, FollowUp},
+    membership::membership_of,
     notify::Notification,
     timeline::{Dir, EventFilter, Reader, Window},
     NewEvent, Pdu, Rooms, StateMap,
@@ -390,7 +391,7 @@ fn joined_at(rooms: &Rooms, state: &StateMap, user: &UserId) -> Result<Option<u6
         let Some(pdu) = rooms.pdu_by_short(s)? else {
             break;
         };
-        if pdu.content_value()["membership"] != "join" {
+        if membership_of(&pdu.content_value()) != Some(MembershipState::Join) {
             break;
         }
         at = Some(u64::from(pdu.origin_server_ts.get()));
@@ -611,7 +612,7 @@ impl EventObserver for GuildDeparture {
         if user.server_name() != rooms.config.server_name.as_str() {
             return None;
         }
-        let membership = MembershipState::from(pdu.content_value()["membership"].as_str()?);
+        let membership = membership_of(&pdu.content_value())?;
         if !matches!(membership, MembershipState::Leave | MembershipState::Ban) {
             return None;
         }
@@ -937,27 +938,13 @@ fn is_code(code: &str) -> bool {
     (8..=32).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
-/// The key of `coderoom_invite` (the guild spaces holding an invite code):
-/// `code 0xFF room_id`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct InviteCodeKey<'a> {
-    code: &'a str,
-    room_id: &'a str,
-}
-
-impl<'a> InviteCodeKey<'a> {
-    fn encode(&self) -> Vec<u8> {
-        KeyBuf::new()
-            .str(self.code)
-            .last_str(self.room_id)
-            .into_vec()
-    }
-
-    fn decode(key: &'a [u8]) -> Result<Self, paracord_storage::StorageError> {
-        let mut r = KeyReader::new(key);
-        let code = r.str()?;
-        let room_id = r.last_str()?;
-        Ok(Self { code, room_id })
+paracord_storage::key! {
+    /// The key of `coderoom_invite` (the guild spaces holding an invite code):
+    /// `code 0xFF room_id`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct InviteCodeKey<'a> {
+        code: str,
+        room_id: last_str,
     }
 }
 
@@ -968,8 +955,38 @@ fn code_prefix(code: &str) -> Vec<u8> {
 
 /// Keeps the invite index (a guild invite is found by its code alone, spec/rest.md §11): an
 /// observer of the event pipeline, so an invite is indexed in its event's batch however the
-/// event arrived.
-pub struct InviteIndex;
+/// event arrived. It owns `coderoom_invite`: the rooms of a code are read through it.
+pub struct InviteIndex {
+    db: Arc<Db>,
+}
+
+impl InviteIndex {
+    pub fn new(db: Arc<Db>) -> Self {
+        Self { db }
+    }
+
+    /// Rooms indexed for a code (a few: anyone allowed to send state could reuse a code in
+    /// another room; only the guild owner's invite counts).
+    fn rooms(&self, code: &str) -> Result<Vec<OwnedRoomId>> {
+        let prefix = code_prefix(code);
+        let upper = next_key(&prefix);
+        let rows = self.db.scan(
+            Table::CoderoomInvite,
+            &prefix,
+            &prefix,
+            upper.as_deref(),
+            false,
+            16,
+        )?;
+        let mut out = Vec::new();
+        for (k, _) in rows {
+            if let Ok(room) = OwnedRoomId::try_from(InviteCodeKey::decode(&k)?.room_id) {
+                out.push(room);
+            }
+        }
+        Ok(out)
+    }
+}
 
 impl EventObserver for InviteIndex {
     fn index(&self, batch: &mut Batch, room_id: &RoomId, pdu: &Pdu) -> Result<()> {
@@ -997,37 +1014,19 @@ fn index_invite(batch: &mut Batch, code: &str, room_id: &RoomId) {
     }
 }
 
-/// Rooms indexed for a code (a few: anyone allowed to send state could reuse a code in
-/// another room; only the guild owner's invite counts).
-fn indexed_rooms(rooms: &Rooms, code: &str) -> Result<Vec<OwnedRoomId>> {
-    let prefix = code_prefix(code);
-    let upper = next_key(&prefix);
-    let rows = rooms.db.scan(
-        Table::CoderoomInvite,
-        &prefix,
-        &prefix,
-        upper.as_deref(),
-        false,
-        16,
-    )?;
-    let mut out = Vec::new();
-    for (k, _) in rows {
-        if let Ok(room) = OwnedRoomId::try_from(InviteCodeKey::decode(&k)?.room_id) {
-            out.push(room);
-        }
-    }
-    Ok(out)
-}
-
 /// The guild and content of an invite this server knows: a `chat.paracord.invite` sent by
 /// the owner in the state of a guild space. Nothing else is an invite (spec/guilds.md: only
 /// the owner writes `chat.paracord.*` state).
-fn find_invite(rooms: &Rooms, code: &str) -> Result<(OwnedRoomId, Guild, InviteContent)> {
+fn find_invite(
+    rooms: &Rooms,
+    invites: &InviteIndex,
+    code: &str,
+) -> Result<(OwnedRoomId, Guild, InviteContent)> {
     let unknown = || Error::not_found("no such invite");
     if !is_code(code) {
         return Err(unknown());
     }
-    for room in indexed_rooms(rooms, code)? {
+    for room in invites.rooms(code)? {
         if rooms.room(&room)?.is_none() {
             continue;
         }
@@ -1178,6 +1177,7 @@ fn fresh_code() -> String {
 /// `POST /channels/{id}/invites`: CREATE_INSTANT_INVITE in the channel.
 pub async fn create_invite(
     rooms: &Rooms,
+    invites: &InviteIndex,
     channel: &RoomId,
     actor: &UserId,
     limits: InviteLimits,
@@ -1204,7 +1204,7 @@ pub async fn create_invite(
         return Err(missing(Permissions::CREATE_INSTANT_INVITE));
     }
     let mut code = fresh_code();
-    while !indexed_rooms(rooms, &code)?.is_empty() {
+    while !invites.rooms(&code)?.is_empty() {
         code = fresh_code();
     }
     let invite = InviteContent {
@@ -1229,8 +1229,8 @@ pub async fn create_invite(
 }
 
 /// `GET /invites/{code}`: any user may preview a valid invite; anything else is unknown.
-pub fn invite(rooms: &Rooms, code: &str) -> Result<InviteInfo> {
-    let (guild_id, guild, invite) = find_invite(rooms, code)?;
+pub fn invite(rooms: &Rooms, invites: &InviteIndex, code: &str) -> Result<InviteInfo> {
+    let (guild_id, guild, invite) = find_invite(rooms, invites, code)?;
     if exhausted(&invite) || !valid_but_uses(rooms, &guild_id, &guild, &invite, now_ms())? {
         return Err(Error::not_found("no such invite"));
     }
@@ -1256,12 +1256,13 @@ static ACCEPTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// and no use is counted.
 pub async fn accept_invite(
     rooms: &Rooms,
+    invites: &InviteIndex,
     pdus: &crate::federation::pdus::Pdus,
     code: &str,
     user: &UserId,
 ) -> Result<Accepted> {
     let _one_at_a_time = ACCEPTING.lock().await;
-    let (guild_id, guild, invite) = find_invite(rooms, code)?;
+    let (guild_id, guild, invite) = find_invite(rooms, invites, code)?;
     let owner = host_owner(rooms, &guild)?;
     let now = now_ms();
     if !valid_but_uses(rooms, &guild_id, &guild, &invite, now)? {
@@ -1339,8 +1340,13 @@ pub async fn accept_invite(
 
 /// `DELETE /invites/{code}`: the inviter, MANAGE_GUILD, or MANAGE_CHANNELS in the invite's
 /// channel. Answers the revoked invite.
-pub async fn revoke_invite(rooms: &Rooms, code: &str, actor: &UserId) -> Result<InviteInfo> {
-    let (guild_id, guild, invite) = find_invite(rooms, code)?;
+pub async fn revoke_invite(
+    rooms: &Rooms,
+    invites: &InviteIndex,
+    code: &str,
+    actor: &UserId,
+) -> Result<InviteInfo> {
+    let (guild_id, guild, invite) = find_invite(rooms, invites, code)?;
     let owner = host_owner(rooms, &guild)?;
     if !rooms.is_joined(&guild_id, actor)? {
         return Err(Error::not_found("no such invite"));

@@ -14,7 +14,7 @@ use std::{
 };
 
 use paracord_core::{time::now_ms, Error, ErrorKind, Result};
-use paracord_storage::{key::decode_u64, Batch, KeyBuf, KeyReader, Table};
+use paracord_storage::{key::decode_u64, Batch, Table};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
@@ -27,34 +27,13 @@ const REMOTE_DIR: &str = "remote";
 /// How many LRU entries one scan reads while looking for copies to evict.
 const EVICTION_PAGE: usize = 64;
 
-/// A key of `originaccess_media`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct AccessKey<'a> {
-    origin: &'a str,
-    stamp: u64,
-    media_id: &'a str,
-}
-
-impl<'a> AccessKey<'a> {
-    fn encode(&self) -> Vec<u8> {
-        KeyBuf::new()
-            .str(self.origin)
-            .u64(self.stamp)
-            .last_str(self.media_id)
-            .into_vec()
-    }
-
-    fn decode(key: &'a [u8]) -> Result<Self> {
-        let mut r = KeyReader::new(key);
-        Ok(Self {
-            origin: r.str()?,
-            stamp: r.u64()?,
-            media_id: r.last_str()?,
-        })
-    }
-
-    fn prefix(origin: &str) -> Vec<u8> {
-        KeyBuf::new().str(origin).into_vec()
+paracord_storage::key! {
+    /// A key of `originaccess_media`.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct AccessKey<'a> {
+        origin: str => prefix,
+        stamp: u64,
+        media_id: last_str,
     }
 }
 

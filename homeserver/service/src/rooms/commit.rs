@@ -13,9 +13,9 @@ use ruma::{
 };
 
 use super::{
-    notify::Notification, put_timeline_row, relations, rules_for, txn_key, write_event_rows,
-    write_full_snapshot, write_membership, write_state_snapshot, EventMeta, Pdu, RoomRecord, Rooms,
-    StateMap,
+    membership::membership_of, notify::Notification, put_timeline_row, relations, rules_for,
+    txn_key, write_event_rows, write_full_snapshot, write_membership, write_state_snapshot,
+    EventMeta, Pdu, RoomRecord, Rooms, StateMap,
 };
 
 /// Snapshot ids of resolved states (which belong to no one event) have this bit set, and the
@@ -309,9 +309,10 @@ impl Rooms {
             return Ok(Vec::new());
         };
         let content = pdu.content_value();
-        let m = membership_of(&content);
-        write_membership(batch, room_id, &user, m, pos, event_id)?;
-        self.index_remote_member(batch, &user, m, &content)?;
+        // `leave` when it names none.
+        let m = membership_of(&content).unwrap_or(MembershipState::Leave);
+        write_membership(batch, room_id, &user, m.as_str(), pos, event_id)?;
+        self.index_remote_member(batch, &user, m.as_str(), &content)?;
         Ok(vec![user])
     }
 
@@ -344,9 +345,9 @@ impl Rooms {
                 }
             };
             let content = member.content_value();
-            let m = membership_of(&content);
-            write_membership(batch, room_id, &user, m, pos, &member.event_id)?;
-            self.index_remote_member(batch, &user, m, &content)?;
+            let m = membership_of(&content).unwrap_or(MembershipState::Leave);
+            write_membership(batch, room_id, &user, m.as_str(), pos, &member.event_id)?;
+            self.index_remote_member(batch, &user, m.as_str(), &content)?;
             changed.push(user);
         }
         Ok(changed)
@@ -361,12 +362,4 @@ pub(crate) fn member_target(pdu: &Pdu) -> Option<OwnedUserId> {
     pdu.state_key
         .as_deref()
         .and_then(|k| OwnedUserId::try_from(k).ok())
-}
-
-/// A member event's membership (`leave` when it has none it could name).
-fn membership_of(content: &serde_json::Value) -> &str {
-    content
-        .get("membership")
-        .and_then(|m| m.as_str())
-        .unwrap_or(MembershipState::Leave.as_str())
 }

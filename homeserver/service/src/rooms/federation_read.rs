@@ -43,7 +43,7 @@ use ruma::{
 use serde_json::{value::RawValue, Value};
 use tracing::instrument;
 
-use super::{rules_for, EventMeta, Rooms, StateMap};
+use super::{membership::membership_of, rules_for, EventMeta, Rooms, StateMap};
 
 /// An auth chain longer than this is refused rather than cut short.
 pub const MAX_AUTH_CHAIN: usize = 100_000;
@@ -235,12 +235,9 @@ impl Rooms {
             if user.server_name() != server {
                 continue;
             }
-            let membership = self.pdu_by_short(*short)?.and_then(|p| {
-                p.content_value()
-                    .get("membership")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            });
+            let membership = self
+                .pdu_by_short(*short)?
+                .and_then(|p| membership_of(&p.content_value()));
             if membership.is_some_and(|m| wanted.contains(&m.as_str())) {
                 return Ok(true);
             }

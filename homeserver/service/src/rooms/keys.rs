@@ -1,342 +1,122 @@
 //! The keys of the room tables, one type per key layout. The byte layouts are the on-disk
 //! format: changing one needs a migration, which the `*_layout_is_stable` tests guard.
 
-use paracord_storage::{KeyBuf, KeyReader, StorageError};
+#[cfg(test)]
+use paracord_storage::KeyBuf;
+use paracord_storage::{key, KeyReader, StorageError};
 
-/// The key of `roomposition_shorteventid` (a room's timeline in stream order):
-/// `room_id 0xFF stream_pos`. Positions sort numerically within a room.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct RoomPosKey<'a> {
-    pub(crate) room_id: &'a str,
-    pub(crate) pos: u64,
-}
-
-impl<'a> RoomPosKey<'a> {
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        KeyBuf::new().str(self.room_id).u64(self.pos).into_vec()
-    }
-
-    pub(crate) fn decode(key: &'a [u8]) -> Result<Self, StorageError> {
-        let mut r = KeyReader::new(key);
-        let room_id = r.str()?;
-        let pos = r.u64()?;
-        r.finish()?;
-        Ok(Self { room_id, pos })
-    }
-
-    /// Every key of `room_id`'s timeline starts with this.
-    pub(crate) fn prefix(room_id: &str) -> Vec<u8> {
-        KeyBuf::new().str(room_id).into_vec()
+key! {
+    /// The key of `roomposition_shorteventid` (a room's timeline in stream order):
+    /// `room_id 0xFF stream_pos`. Positions sort numerically within a room.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) struct RoomPosKey<'a> {
+        room_id: str => prefix,
+        pos: u64,
     }
 }
 
-/// The key of `roomtspos_shorteventid` (a room's timeline by timestamp):
-/// `room_id 0xFF origin_server_ts stream_pos`. Within a room, keys sort by timestamp, then
-/// by position.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct RoomTsPosKey<'a> {
-    pub(crate) room_id: &'a str,
-    pub(crate) ts: u64,
-    pub(crate) pos: u64,
-}
-
-impl<'a> RoomTsPosKey<'a> {
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        KeyBuf::new()
-            .str(self.room_id)
-            .u64(self.ts)
-            .u64(self.pos)
-            .into_vec()
-    }
-
-    pub(crate) fn decode(key: &'a [u8]) -> Result<Self, StorageError> {
-        let mut r = KeyReader::new(key);
-        let room_id = r.str()?;
-        let ts = r.u64()?;
-        let pos = r.u64()?;
-        r.finish()?;
-        Ok(Self { room_id, ts, pos })
-    }
-
-    /// Every key of `room_id` starts with this.
-    pub(crate) fn prefix(room_id: &str) -> Vec<u8> {
-        KeyBuf::new().str(room_id).into_vec()
-    }
-
-    /// The first possible key of `room_id` at timestamp `ts` (any position).
-    pub(crate) fn at_ts(room_id: &str, ts: u64) -> Vec<u8> {
-        KeyBuf::new().str(room_id).u64(ts).into_vec()
+key! {
+    /// The key of `roomtspos_shorteventid` (a room's timeline by timestamp):
+    /// `room_id 0xFF origin_server_ts stream_pos`. Within a room, keys sort by timestamp, then
+    /// by position; `at_ts` is the first possible key of a room at a timestamp.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) struct RoomTsPosKey<'a> {
+        room_id: str => prefix,
+        ts: u64 => at_ts,
+        pos: u64,
     }
 }
 
-/// The key of `userroom_membership` (a user's membership in a room) and of
-/// `userroom_remoteinvite` (an invite from another server): `user_id 0xFF room_id`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct UserRoomKey<'a> {
-    pub(crate) user_id: &'a str,
-    pub(crate) room_id: &'a str,
-}
-
-impl<'a> UserRoomKey<'a> {
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        KeyBuf::new()
-            .str(self.user_id)
-            .last_str(self.room_id)
-            .into_vec()
-    }
-
-    pub(crate) fn decode(key: &'a [u8]) -> Result<Self, StorageError> {
-        let mut r = KeyReader::new(key);
-        let user_id = r.str()?;
-        let room_id = r.last_str()?;
-        Ok(Self { user_id, room_id })
-    }
-
-    /// Every key of `user_id` starts with this.
-    pub(crate) fn prefix(user_id: &str) -> Vec<u8> {
-        KeyBuf::new().str(user_id).into_vec()
+key! {
+    /// The key of `userroom_membership` (a user's membership in a room) and of
+    /// `userroom_remoteinvite` (an invite from another server): `user_id 0xFF room_id`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) struct UserRoomKey<'a> {
+        user_id: str => prefix,
+        room_id: last_str,
     }
 }
 
-/// The key of `roomuser_membership` (a room's member list): `room_id 0xFF user_id`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct RoomUserKey<'a> {
-    pub(crate) room_id: &'a str,
-    pub(crate) user_id: &'a str,
-}
-
-impl<'a> RoomUserKey<'a> {
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        KeyBuf::new()
-            .str(self.room_id)
-            .last_str(self.user_id)
-            .into_vec()
-    }
-
-    pub(crate) fn decode(key: &'a [u8]) -> Result<Self, StorageError> {
-        let mut r = KeyReader::new(key);
-        let room_id = r.str()?;
-        let user_id = r.last_str()?;
-        Ok(Self { room_id, user_id })
-    }
-
-    /// Every key of `room_id` starts with this.
-    pub(crate) fn prefix(room_id: &str) -> Vec<u8> {
-        KeyBuf::new().str(room_id).into_vec()
+key! {
+    /// The key of `roomuser_membership` (a room's member list): `room_id 0xFF user_id`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) struct RoomUserKey<'a> {
+        room_id: str => prefix,
+        user_id: last_str,
     }
 }
 
-/// The key of `targetrelpos_shorteventid` (the relation index): `target short id,
-/// rel_type 0xFF, child stream position`. The children of a target are contiguous, grouped by
-/// relation type and in stream order within one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct RelationKey<'a> {
-    pub(crate) target: u64,
-    pub(crate) rel_type: &'a str,
-    pub(crate) pos: u64,
+key! {
+    /// The key of `targetrelpos_shorteventid` (the relation index): `target short id,
+    /// rel_type 0xFF, child stream position`. The children of a target are contiguous, grouped
+    /// by relation type and in stream order within one.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) struct RelationKey<'a> {
+        target: u64 => prefix,
+        rel_type: str => rel_prefix,
+        pos: u64,
+    }
 }
 
 impl<'a> RelationKey<'a> {
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        KeyBuf::new()
-            .u64(self.target)
-            .str(self.rel_type)
-            .u64(self.pos)
-            .into_vec()
-    }
-
-    #[cfg(test)]
-    pub(crate) fn decode(key: &'a [u8]) -> Result<Self, StorageError> {
-        let mut r = KeyReader::new(key);
-        let target = r.u64()?;
-        let rel_type = r.str()?;
-        let pos = r.u64()?;
-        r.finish()?;
-        Ok(Self {
-            target,
-            rel_type,
-            pos,
-        })
-    }
-
     /// The target and relation type of a key, without reading (or checking) the rest.
     pub(crate) fn decode_target_rel(key: &'a [u8]) -> Result<(u64, &'a str), StorageError> {
         let mut r = KeyReader::new(key);
         Ok((r.u64()?, r.str()?))
     }
+}
 
-    /// Every key of `target`'s children starts with this.
-    pub(crate) fn prefix(target: u64) -> Vec<u8> {
-        KeyBuf::new().u64(target).into_vec()
-    }
-
-    /// Every key of `target`'s children of one relation type starts with this.
-    pub(crate) fn rel_prefix(target: u64, rel_type: &str) -> Vec<u8> {
-        KeyBuf::new().u64(target).str(rel_type).into_vec()
+key! {
+    /// The key of `targetkeysender_pos` (who annotated an event with which key):
+    /// `target short id, annotation key 0xFF sender`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) struct AnnotationKey<'a> {
+        target: u64,
+        key: str => key_prefix,
+        sender: last_str,
     }
 }
 
-/// The key of `targetkeysender_pos` (who annotated an event with which key):
-/// `target short id, annotation key 0xFF sender`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct AnnotationKey<'a> {
-    pub(crate) target: u64,
-    pub(crate) key: &'a str,
-    pub(crate) sender: &'a str,
-}
-
-impl<'a> AnnotationKey<'a> {
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        KeyBuf::new()
-            .u64(self.target)
-            .str(self.key)
-            .last_str(self.sender)
-            .into_vec()
-    }
-
-    #[cfg(test)]
-    pub(crate) fn decode(key: &'a [u8]) -> Result<Self, StorageError> {
-        let mut r = KeyReader::new(key);
-        let target = r.u64()?;
-        let key = r.str()?;
-        let sender = r.last_str()?;
-        Ok(Self {
-            target,
-            key,
-            sender,
-        })
-    }
-
-    /// Every key of the annotations of `target` with `key` starts with this.
-    pub(crate) fn key_prefix(target: u64, key: &str) -> Vec<u8> {
-        KeyBuf::new().u64(target).str(key).into_vec()
+key! {
+    /// The key of `roomthread_latest` (a room's threads): `room_id 0xFF thread root short id`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) struct ThreadKey<'a> {
+        room_id: str => prefix,
+        root: u64,
     }
 }
 
-/// The key of `roomthread_latest` (a room's threads): `room_id 0xFF thread root short id`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ThreadKey<'a> {
-    pub(crate) room_id: &'a str,
-    pub(crate) root: u64,
-}
-
-impl<'a> ThreadKey<'a> {
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        KeyBuf::new().str(self.room_id).u64(self.root).into_vec()
-    }
-
-    pub(crate) fn decode(key: &'a [u8]) -> Result<Self, StorageError> {
-        let mut r = KeyReader::new(key);
-        let room_id = r.str()?;
-        let root = r.u64()?;
-        r.finish()?;
-        Ok(Self { room_id, root })
-    }
-
-    /// Every key of `room_id`'s threads starts with this.
-    pub(crate) fn prefix(room_id: &str) -> Vec<u8> {
-        KeyBuf::new().str(room_id).into_vec()
+key! {
+    /// The key of `userpos_notification` (a user's notifications): `user_id 0xFF stream_pos`.
+    /// A user's notifications are contiguous and in stream order.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) struct NotificationKey<'a> {
+        user_id: str => prefix,
+        pos: u64,
     }
 }
 
-/// The key of `userpos_notification` (a user's notifications): `user_id 0xFF stream_pos`.
-/// A user's notifications are contiguous and in stream order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct NotificationKey<'a> {
-    pub(crate) user_id: &'a str,
-    pub(crate) pos: u64,
-}
-
-impl<'a> NotificationKey<'a> {
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        KeyBuf::new().str(self.user_id).u64(self.pos).into_vec()
-    }
-
-    pub(crate) fn decode(key: &'a [u8]) -> Result<Self, StorageError> {
-        let mut r = KeyReader::new(key);
-        let user_id = r.str()?;
-        let pos = r.u64()?;
-        r.finish()?;
-        Ok(Self { user_id, pos })
-    }
-
-    /// Every key of `user_id`'s notifications starts with this.
-    pub(crate) fn prefix(user_id: &str) -> Vec<u8> {
-        KeyBuf::new().str(user_id).into_vec()
+key! {
+    /// The key of `userroompos_highlight` (a user's notifications in a room, for unread
+    /// counts): `user_id 0xFF room_id 0xFF stream_pos`. Those of one user and room are
+    /// contiguous and in stream order.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) struct HighlightKey<'a> {
+        user_id: str,
+        room_id: str => prefix,
+        pos: u64,
     }
 }
 
-/// The key of `userroompos_highlight` (a user's notifications in a room, for unread counts):
-/// `user_id 0xFF room_id 0xFF stream_pos`. Those of one user and room are contiguous and in
-/// stream order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct HighlightKey<'a> {
-    pub(crate) user_id: &'a str,
-    pub(crate) room_id: &'a str,
-    pub(crate) pos: u64,
-}
-
-impl<'a> HighlightKey<'a> {
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        KeyBuf::new()
-            .str(self.user_id)
-            .str(self.room_id)
-            .u64(self.pos)
-            .into_vec()
-    }
-
-    pub(crate) fn decode(key: &'a [u8]) -> Result<Self, StorageError> {
-        let mut r = KeyReader::new(key);
-        let user_id = r.str()?;
-        let room_id = r.str()?;
-        let pos = r.u64()?;
-        r.finish()?;
-        Ok(Self {
-            user_id,
-            room_id,
-            pos,
-        })
-    }
-
-    /// Every key of `user_id`'s notifications in `room_id` starts with this.
-    pub(crate) fn prefix(user_id: &str, room_id: &str) -> Vec<u8> {
-        KeyBuf::new().str(user_id).str(room_id).into_vec()
-    }
-}
-
-/// The key of `txn_eventid` (the event a client transaction created):
-/// `user_id 0xFF device_id 0xFF room_id 0xFF txn_id`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct TxnKey<'a> {
-    pub(crate) user_id: &'a str,
-    pub(crate) device_id: &'a str,
-    pub(crate) room_id: &'a str,
-    pub(crate) txn_id: &'a str,
-}
-
-impl<'a> TxnKey<'a> {
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        KeyBuf::new()
-            .str(self.user_id)
-            .str(self.device_id)
-            .str(self.room_id)
-            .last_str(self.txn_id)
-            .into_vec()
-    }
-
-    #[cfg(test)]
-    pub(crate) fn decode(key: &'a [u8]) -> Result<Self, StorageError> {
-        let mut r = KeyReader::new(key);
-        let user_id = r.str()?;
-        let device_id = r.str()?;
-        let room_id = r.str()?;
-        let txn_id = r.last_str()?;
-        Ok(Self {
-            user_id,
-            device_id,
-            room_id,
-            txn_id,
-        })
+key! {
+    /// The key of `txn_eventid` (the event a client transaction created):
+    /// `user_id 0xFF device_id 0xFF room_id 0xFF txn_id`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) struct TxnKey<'a> {
+        user_id: str,
+        device_id: str,
+        room_id: str,
+        txn_id: last_str,
     }
 }
 

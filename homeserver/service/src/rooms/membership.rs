@@ -10,6 +10,15 @@ use paracord_storage::{Batch, Table};
 
 use super::{keys::UserRoomKey, NewEvent, Rooms};
 
+/// The membership a member event's content names: `None` when it names none (or not as a
+/// string). Every reader of a member event's `membership` goes through this.
+pub fn membership_of(content: &Value) -> Option<MembershipState> {
+    content
+        .get("membership")
+        .and_then(Value::as_str)
+        .map(MembershipState::from)
+}
+
 fn with_reason(mut content: Value, reason: Option<&str>) -> Value {
     if let Some(r) = reason {
         content["reason"] = json!(r);

@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use paracord_core::{Error, Result};
 use paracord_storage::{key::decode_u64, Batch, Table};
 use ruma::{
-    events::{StateEventType, TimelineEventType},
+    events::{room::member::MembershipState, StateEventType, TimelineEventType},
     room_version_rules::RoomVersionRules,
     state_res::{
         self, check_state_dependent_auth_rules, check_state_independent_auth_rules,
@@ -25,6 +25,7 @@ use super::{
     commit::{Accepted, Before, Pending, RESOLVED_BEFORE},
     hooks,
     keys::{RoomPosKey, UserRoomKey},
+    membership::membership_of,
     put_timeline_row, rules_for, write_event_rows, write_full_snapshot, write_membership,
     write_state_snapshot, EventMeta, Pdu, RoomRecord, Rooms, StateMap,
 };
@@ -964,15 +965,9 @@ impl Rooms {
                 if user == joiner {
                     continue;
                 }
-                let m = e
-                    .pdu
-                    .content_value()
-                    .get("membership")
-                    .and_then(|m| m.as_str())
-                    .unwrap_or("leave")
-                    .to_owned();
-                write_membership(batch, room_id, &user, &m, pos, &e.event_id)?;
-                self.index_remote_member(batch, &user, &m, &e.pdu.content_value())?;
+                let m = membership_of(&e.pdu.content_value()).unwrap_or(MembershipState::Leave);
+                write_membership(batch, room_id, &user, m.as_str(), pos, &e.event_id)?;
+                self.index_remote_member(batch, &user, m.as_str(), &e.pdu.content_value())?;
             }
             write_membership(batch, room_id, &joiner, "join", pos, &join_id)?;
             batch.delete(Table::UserroomRemoteinvite, invite_key(&joiner, room_id));

@@ -10,6 +10,7 @@ use paracord_storage::{key::decode_u64, Table};
 
 use super::{
     keys::{RoomPosKey, RoomTsPosKey},
+    membership::membership_of,
     pdu::client_event,
     EventMeta, Rooms, StateMap,
 };
@@ -200,7 +201,7 @@ impl Rooms {
         if meta.outlier {
             let own = stored["type"] == "m.room.member" && stored["state_key"] == user.as_str();
             return Ok(own
-                .then(|| stored["content"]["membership"].as_str().map(str::to_owned))
+                .then(|| membership_of(&stored["content"]).map(|m| m.as_str().to_owned()))
                 .flatten());
         }
         let state = self.state(meta.state_after)?;

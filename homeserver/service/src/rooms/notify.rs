@@ -118,7 +118,7 @@ impl Rooms {
             if let Some(p) = &pl_ctx {
                 ctx = ctx.with_power_levels(p.clone());
             }
-            let rules = account_data.push_rules(&user)?;
+            let rules = account_data.push_rules(user)?;
             let Some(actions) = first_match(&rules, &event, &ctx) else {
                 continue;
             };

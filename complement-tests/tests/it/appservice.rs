@@ -299,6 +299,16 @@ async fn appservice_registers_logs_in_and_asserts_its_users() {
         "{flows}"
     );
 
+    // Nobody may take the appservice's sender name.
+    expect_error(
+        &server
+            .register_raw(json!({"username": format!("{id}bot"), "password": "pw-long-enough-1"}))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "M_EXCLUSIVE",
+        "normal registration of the appservice's sender",
+    );
+
     // Registration of a namespaced user, no UIA, with inhibit_login honoured.
     let ghost = format!("{id}_alice");
     let r = expect_ok(
@@ -556,7 +566,12 @@ async fn events_reach_the_appservice_in_order_across_outages_and_restarts() {
     receiver.down();
     human.send_text(&room, "three").await;
     human.send_text(&room, "four").await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The server tried and failed: the events wait in the queue.
+    assert!(
+        server.wait_for_log("appservice transaction failed").await,
+        "expected a failed delivery while the appservice was down:\n{}",
+        server.log_tail(30)
+    );
     receiver.up().await;
     let got = receiver.wait_for_bodies(&["three", "four"]).await;
     assert_eq!(got, vec!["one", "two", "three", "four"]);
@@ -637,6 +652,19 @@ async fn aliases_in_a_namespace_are_asked_of_the_appservice_and_reserved() {
         "{:?}",
         receiver.requests()
     );
+    // Joining by an alias the appservice has yet to create works the same way.
+    let door = format!("#{id}_door:{}", server.server_name()).replace('#', "%23");
+    expect_ok(
+        human.post(&format!("/join/{door}"), &json!({})).await,
+        "join by an appservice alias",
+    );
+    assert_eq!(
+        expect_ok(
+            human.get(&format!("/directory/room/{door}")).await,
+            "the new alias"
+        )["room_id"],
+        room
+    );
     // An alias the appservice does not know stays unknown.
     *receiver.on_alias.lock().unwrap() = None;
     let missing = format!("#{id}_nothing:{}", server.server_name()).replace('#', "%23");
@@ -698,4 +726,62 @@ async fn events_from_another_server_reach_the_appservice() {
         .find(|e| e["content"]["body"] == "from afar")
         .unwrap();
     assert_eq!(event["sender"], bob.user_id, "{event}");
+}
+
+#[tokio::test]
+async fn users_of_an_appservice_without_rate_limits_are_not_limited() {
+    let id = as_id();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.yaml"), registration(&id, None)).unwrap();
+    let path = dir.path().display().to_string();
+    let server = TestServer::start_with(|env| {
+        TestServer::set_env(env, "PARACORD_APPSERVICE_DIR", &path);
+        TestServer::set_env(env, "PARACORD_RATE_LIMITS_ENABLED", "true");
+        TestServer::set_env(env, "PARACORD_RATE_LIMIT_SEND_BURST", "3");
+        TestServer::set_env(env, "PARACORD_RATE_LIMIT_SEND_PER_SECOND", "0.01");
+    })
+    .await;
+    let human = server.register_random().await;
+    let room = human.create_room(&json!({"preset": "public_chat"})).await;
+    let bot = server.client_with_token(&format!("as_{id}_secret"));
+    let ghost = format!("{id}_speaker");
+    expect_ok(
+        bot.post(
+            "/register",
+            &json!({"type": "m.login.application_service", "username": ghost}),
+        )
+        .await,
+        "register the ghost",
+    );
+    let ghost_id = server.user_id(&ghost);
+    expect_ok(
+        bot.post(&format!("/join/{room}?user_id={ghost_id}"), &json!({}))
+            .await,
+        "the ghost joins",
+    );
+    for i in 0..10 {
+        expect_ok(
+            bot.put(
+                &format!("/rooms/{room}/send/m.room.message/g{i}?user_id={ghost_id}"),
+                &json!({"msgtype": "m.text", "body": format!("ghost {i}")}),
+            )
+            .await,
+            "an unlimited ghost sends",
+        );
+    }
+    // The same limits stop a human after the burst.
+    let mut limited = false;
+    for i in 0..10 {
+        let r = human
+            .put(
+                &format!("/rooms/{room}/send/m.room.message/h{i}"),
+                &json!({"msgtype": "m.text", "body": "human"}),
+            )
+            .await;
+        if r.0 == StatusCode::TOO_MANY_REQUESTS {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "expected the human to be rate limited");
 }

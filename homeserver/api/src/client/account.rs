@@ -102,15 +102,16 @@ pub(crate) async fn register_route(
     Ok(RumaResponse(resp))
 }
 
-/// A name in an application service's exclusive user namespace is that appservice's to
-/// register: anyone else gets `M_EXCLUSIVE`.
+/// A name in an application service's exclusive user namespace, or its sender's, is that
+/// appservice's to register: anyone else gets `M_EXCLUSIVE`.
 fn check_not_exclusive(state: &AppState, localpart: &str) -> Result<(), Error> {
     let user = state.accounts.user_id_for(localpart)?;
-    if state
+    let reserved = state
         .appservices
         .exclusive_user_owner(user.as_str())
         .is_some()
-    {
+        || state.appservices.all().iter().any(|a| a.sender == user);
+    if reserved {
         return Err(Error::new(
             http::StatusCode::BAD_REQUEST,
             paracord_core::ErrorKind::Exclusive,
@@ -199,6 +200,19 @@ pub(crate) async fn get_username_availability_route(
         .into());
     }
     check_not_exclusive(&state, &req.body.username)?;
+    // A name in an application service's (non-exclusive) namespace: the appservice may
+    // already have that user, and creates it if so.
+    let user = state.accounts.user_id_for(&req.body.username)?;
+    if state.appservices.query_user(&user).await
+        && !state.accounts.is_available(&req.body.username)?
+    {
+        return Err(Error::new(
+            http::StatusCode::BAD_REQUEST,
+            paracord_core::ErrorKind::UserInUse,
+            "user id already taken",
+        )
+        .into());
+    }
     Ok(RumaResponse(get_username_availability::v3::Response::new(
         true,
     )))

@@ -340,10 +340,12 @@ async fn appservice_identity(
             .map(|(_, v)| v.clone())
     };
     // The sender exists as soon as its appservice is used.
-    state
-        .accounts
-        .ensure_system_account(&appservice.sender, appservice.sender.localpart())
-        .await?;
+    if state.accounts.account(&appservice.sender)?.is_none() {
+        state
+            .accounts
+            .ensure_system_account(&appservice.sender, appservice.sender.localpart())
+            .await?;
+    }
     let user_id = match param("user_id") {
         Some(u) => {
             let user = ruma::OwnedUserId::try_from(u.as_str())

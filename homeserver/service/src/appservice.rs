@@ -804,6 +804,45 @@ mod tests {
         assert!(!a.owns_alias("#other:example.org"));
     }
 
+    /// Transaction ids are made of sequence numbers: a restart must never hand out one
+    /// already used, whether its rows are still queued or were delivered and deleted.
+    #[test]
+    fn sequences_resume_past_queued_and_delivered_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(&dir.path().join("db")).unwrap());
+        let guard = OutboundGuard::new(&[]);
+        let open = |db: &Arc<Db>| {
+            Appservices::new(db.clone(), vec![reg(BRIDGE).unwrap()], guard.clone()).unwrap()
+        };
+        assert_eq!(open(&db).next_seq.lock()["bridge"], 0);
+        let mut batch = Batch::new();
+        for seq in [4, 7] {
+            let key = QueueKey {
+                appservice: "bridge",
+                seq,
+            };
+            batch.put(Table::AppserviceseqEvent, key.encode(), b"$e".to_vec());
+        }
+        db.write(batch).unwrap();
+        assert_eq!(open(&db).next_seq.lock()["bridge"], 8);
+        // Everything delivered (rows gone), the marker says where to go on.
+        let mut batch = Batch::new();
+        for seq in [4, 7] {
+            let key = QueueKey {
+                appservice: "bridge",
+                seq,
+            };
+            batch.delete(Table::AppserviceseqEvent, key.encode());
+        }
+        batch.put(
+            Table::GlobalValue,
+            delivered_key("bridge"),
+            8u64.to_be_bytes().to_vec(),
+        );
+        db.write(batch).unwrap();
+        assert_eq!(open(&db).next_seq.lock()["bridge"], 8);
+    }
+
     #[test]
     fn bad_registrations_say_why() {
         assert!(reg("id: x\n").unwrap_err().contains("missing field"));

@@ -238,6 +238,24 @@ async fn server_with(files: &[(&str, String)]) -> (TestServer, tempfile::TempDir
     (server, dir)
 }
 
+/// Whether the server logged that it skipped registration file `name` (waiting for it).
+async fn skipped(server: &TestServer, name: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(server.log_path()).unwrap_or_default();
+        if log
+            .lines()
+            .any(|l| l.contains("skipping appservice registration") && l.contains(name))
+        {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn as_id() -> String {
     format!("as{}", random_localpart().to_lowercase())
 }
@@ -246,6 +264,7 @@ fn as_id() -> String {
 async fn registrations_load_from_the_directory_and_bad_files_are_skipped() {
     let id = as_id();
     let other = as_id();
+    let third = as_id();
     let (server, _dir) = server_with(&[
         ("a.yaml", registration(&id, None)),
         ("b.yml", "id: [not a registration\n".to_owned()),
@@ -255,6 +274,11 @@ async fn registrations_load_from_the_directory_and_bad_files_are_skipped() {
             registration(&other, None)
                 .replace(&format!("as_{other}_secret"), &format!("as_{id}_secret")),
         ),
+        // An exclusive user namespace inside a.yaml's: refused.
+        (
+            "d.yaml",
+            registration(&third, None).replace(&format!("'@{third}_"), &format!("'@{id}_x")),
+        ),
         // Not a registration file at all.
         ("notes.txt", "hello".to_owned()),
     ])
@@ -263,14 +287,28 @@ async fn registrations_load_from_the_directory_and_bad_files_are_skipped() {
     let me = expect_ok(bot.whoami().await, "whoami with the as_token");
     assert_eq!(me["user_id"], server.user_id(&format!("{id}bot")), "{me}");
     assert!(
-        server.wait_for_log("b.yml").await,
+        skipped(&server, "b.yml").await,
         "expected the malformed file to be named in the log:\n{}",
         server.log_tail(40)
     );
     assert!(
-        server.wait_for_log("c.yaml").await,
+        skipped(&server, "c.yaml").await,
         "expected the clashing file to be named in the log:\n{}",
         server.log_tail(40)
+    );
+    assert!(
+        skipped(&server, "d.yaml").await,
+        "expected the overlapping file to be named in the log:\n{}",
+        server.log_tail(40)
+    );
+    expect_error(
+        &server
+            .client_with_token(&format!("as_{third}_secret"))
+            .whoami()
+            .await,
+        StatusCode::UNAUTHORIZED,
+        "M_UNKNOWN_TOKEN",
+        "the overlapping registration's token",
     );
     let refused = server.client_with_token(&format!("hs_{other}_secret"));
     expect_error(

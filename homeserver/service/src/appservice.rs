@@ -256,6 +256,7 @@ pub fn load_dir(dir: &Path, server_name: &str) -> Vec<Appservice> {
                 loaded.push(a);
             }
             Err(why) => {
+                let why = why.replace('\n', " ");
                 tracing::error!(file = %file.display(), "skipping appservice registration: {why}");
             }
         }
@@ -283,21 +284,18 @@ fn clash(loaded: &[Appservice], new: &Appservice) -> Option<String> {
             ));
         }
         // Exclusive user namespaces of two appservices may not overlap. Regexes cannot be
-        // intersected in general: a namespace that is a literal-looking pattern, or the
-        // other's own regex text, matched by the other counts as a clash.
+        // intersected in general: an id made from one regex's text (its wildcards and classes
+        // replaced by a sample character) that the other matches counts as a clash.
         for (a, b) in [(old, n), (n, old)] {
-            for p in a.users.iter().filter(|p| p.exclusive) {
-                let probe = p.regex.as_str();
-                let literal = probe
-                    .trim_start_matches("^(?:")
-                    .trim_end_matches(")$")
-                    .replace("\\.", ".")
-                    .replace(".*", "x")
-                    .replace(".+", "x");
-                if b.users
-                    .iter()
-                    .any(|q| q.exclusive && q.regex.is_match(&literal))
-                {
+            let exclusive = a
+                .registration
+                .namespaces
+                .users
+                .iter()
+                .filter(|p| p.exclusive);
+            for p in exclusive {
+                let probe = sample_of(&p.regex);
+                if b.is_exclusive_user(&probe) {
                     return Some(format!(
                         "its exclusive user namespace overlaps appservice {:?}'s",
                         or.id
@@ -313,6 +311,33 @@ fn clash(loaded: &[Appservice], new: &Appservice) -> Option<String> {
         }
     }
     None
+}
+
+/// An id that a namespace regex probably matches: its text with anchors, groups and escapes
+/// taken out and wildcards or classes replaced by one sample character.
+fn sample_of(regex: &str) -> String {
+    let mut s = regex
+        .trim_start_matches('^')
+        .trim_end_matches('$')
+        .to_owned();
+    for (from, to) in [
+        (r"\d+", "1"),
+        (r"\d*", "1"),
+        (r"\d", "1"),
+        (r"\w+", "x"),
+        (r"\w*", "x"),
+        (r"\w", "x"),
+        ("[0-9]+", "1"),
+        (".*", "x"),
+        (".+", "x"),
+        (r"\.", "."),
+        ("(?:", ""),
+    ] {
+        s = s.replace(from, to);
+    }
+    s.chars()
+        .filter(|c| !matches!(c, '(' | ')' | '\\'))
+        .collect()
 }
 
 /// What a ping or a query got from the appservice.
@@ -882,6 +907,22 @@ mod tests {
         assert!(clash(std::slice::from_ref(&a), &overlap)
             .unwrap()
             .contains("namespace"));
+        // A narrower namespace inside the other, with a port pattern.
+        let ported = |id: &str, users: &str| {
+            reg(&BRIDGE
+                .replace("id: bridge", &format!("id: {id}"))
+                .replace("a1", &format!("a_{id}"))
+                .replace("h1", &format!("h_{id}"))
+                .replace("bridgebot", &format!("{id}bot"))
+                .replace(r"'@bridge_.*:example\.org'", users))
+            .unwrap()
+        };
+        let wide = ported("wide", r"'@irc_.*:localhost:\d+'");
+        let narrow = ported("narrow", r"'@irc_libera_.*:localhost:\d+'");
+        assert!(clash(std::slice::from_ref(&wide), &narrow).is_some());
+        assert!(clash(std::slice::from_ref(&narrow), &wide).is_some());
+        let apart = ported("apart", r"'@xmpp_.*:localhost:\d+'");
+        assert!(clash(std::slice::from_ref(&wide), &apart).is_none());
         let fine = reg(&BRIDGE
             .replace("id: bridge", "id: b2")
             .replace("a1", "a2")

@@ -596,6 +596,31 @@ async fn events_reach_the_appservice_in_order_across_outages_and_restarts() {
             assert_eq!(s.authorization, format!("Bearer hs_{id}_secret"), "{s:?}");
         }
     }
+    // An invite of one of its users to a room it is not in yet reaches it too (state key).
+    let ghost = format!("{id}_invitee");
+    expect_ok(
+        bot.post(
+            "/register",
+            &json!({"type": "m.login.application_service", "username": ghost}),
+        )
+        .await,
+        "register a ghost",
+    );
+    let other_room = human.create_room(&json!({})).await;
+    human.invite_ok(&other_room, &server.user_id(&ghost)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !receiver.events().iter().any(|e| {
+        e["type"] == "m.room.member"
+            && e["state_key"] == server.user_id(&ghost)
+            && e["content"]["membership"] == "invite"
+            && e["room_id"] == other_room
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "expected the ghost's invite to reach the appservice"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // A room the appservice has nothing to do with is not sent.
     let private = human.create_room(&json!({})).await;
     human.send_text(&private, "secret").await;
@@ -822,4 +847,32 @@ async fn users_of_an_appservice_without_rate_limits_are_not_limited() {
         }
     }
     assert!(limited, "expected the human to be rate limited");
+}
+
+/// The ping's own timeout (10 s): an appservice that takes the connection and never answers.
+#[tokio::test]
+async fn ping_of_a_silent_appservice_times_out() {
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            open.push(s);
+        }
+    });
+    let id = as_id();
+    let (server, _dir) = server_with(&[("a.yaml", registration(&id, Some(&url)))]).await;
+    expect_error(
+        &server
+            .client_with_token(&format!("as_{id}_secret"))
+            .post(
+                &format!("/_matrix/client/v1/appservice/{id}/ping"),
+                &json!({}),
+            )
+            .await,
+        StatusCode::GATEWAY_TIMEOUT,
+        "M_CONNECTION_TIMEOUT",
+        "ping of an appservice that never answers",
+    );
+    held.abort();
 }

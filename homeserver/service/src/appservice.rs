@@ -122,7 +122,15 @@ pub struct Appservice {
 
 impl Appservice {
     /// Checks a registration and compiles its namespaces.
-    pub fn new(registration: Registration, server_name: &str) -> Result<Self, String> {
+    pub fn new(mut registration: Registration, server_name: &str) -> Result<Self, String> {
+        // Some generators write an empty url for "no url".
+        if registration
+            .url
+            .as_deref()
+            .is_some_and(|u| u.trim().is_empty())
+        {
+            registration.url = None;
+        }
         let r = &registration;
         if r.id.is_empty() {
             return Err("id is empty".into());
@@ -875,6 +883,10 @@ mod tests {
         assert!(reg(&bad_regex).unwrap_err().contains("namespaces.users"));
         let null_url = BRIDGE.replace("url: http://127.0.0.1:9000", "url: null");
         assert!(reg(&null_url).unwrap().registration.url.is_none());
+        let empty_url = BRIDGE.replace("url: http://127.0.0.1:9000", "url: ''");
+        assert!(reg(&empty_url).unwrap().registration.url.is_none());
+        let bad_url = BRIDGE.replace("url: http://127.0.0.1:9000", "url: 'not a url'");
+        assert!(reg(&bad_url).unwrap_err().contains("url"));
     }
 
     #[test]

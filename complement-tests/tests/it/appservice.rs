@@ -39,6 +39,7 @@ struct Receiver {
     seen: Arc<Mutex<Vec<Seen>>>,
     status: Arc<Mutex<u16>>,
     on_alias: Arc<Mutex<Option<AliasHook>>>,
+    on_user: Arc<Mutex<Option<AliasHook>>>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -51,6 +52,7 @@ impl Receiver {
             seen: Arc::default(),
             status: Arc::new(Mutex::new(200)),
             on_alias: Arc::default(),
+            on_user: Arc::default(),
             task: None,
         };
         r.serve(listener);
@@ -62,16 +64,22 @@ impl Receiver {
     }
 
     fn serve(&mut self, listener: TcpListener) {
-        let (seen, status, on_alias) = (
+        let (seen, status, on_alias, on_user) = (
             self.seen.clone(),
             self.status.clone(),
             self.on_alias.clone(),
+            self.on_user.clone(),
         );
         self.task = Some(tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (seen, status, on_alias) = (seen.clone(), status.clone(), on_alias.clone());
+                let (seen, status, on_alias, on_user) = (
+                    seen.clone(),
+                    status.clone(),
+                    on_alias.clone(),
+                    on_user.clone(),
+                );
                 tokio::spawn(async move {
-                    let _ = handle(stream, seen, status, on_alias).await;
+                    let _ = handle(stream, seen, status, on_alias, on_user).await;
                 });
             }
         }));
@@ -145,6 +153,7 @@ async fn handle(
     seen: Arc<Mutex<Vec<Seen>>>,
     status: Arc<Mutex<u16>>,
     on_alias: Arc<Mutex<Option<AliasHook>>>,
+    on_user: Arc<Mutex<Option<AliasHook>>>,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
@@ -183,9 +192,15 @@ async fn handle(
     }
     let body = serde_json::from_slice(&buf[head_end..]).unwrap_or(Value::Null);
     let mut code = *status.lock().unwrap();
-    if method == "GET" && path.starts_with("/_matrix/app/v1/rooms/") {
-        let hook = on_alias.lock().unwrap().clone();
-        let alias = path.trim_start_matches("/_matrix/app/v1/rooms/").to_owned();
+    for (prefix, hooks) in [
+        ("/_matrix/app/v1/rooms/", &on_alias),
+        ("/_matrix/app/v1/users/", &on_user),
+    ] {
+        if method != "GET" || !path.starts_with(prefix) {
+            continue;
+        }
+        let hook = hooks.lock().unwrap().clone();
+        let alias = path.trim_start_matches(prefix).to_owned();
         code = match hook {
             Some(h) if h(alias).await => 200,
             _ => 404,
@@ -875,4 +890,60 @@ async fn ping_of_a_silent_appservice_times_out() {
         "ping of an appservice that never answers",
     );
     held.abort();
+}
+
+#[tokio::test]
+async fn profiles_of_unknown_namespaced_users_are_asked_of_the_appservice() {
+    let receiver = Receiver::start().await;
+    let id = as_id();
+    let (server, _dir) = server_with(&[("a.yaml", registration(&id, Some(&receiver.url())))]).await;
+    let token = format!("as_{id}_secret");
+    // The appservice registers the user it is asked about.
+    {
+        let (base, token) = (server.base_url(), token.clone());
+        *receiver.on_user.lock().unwrap() = Some(Arc::new(move |user: String| {
+            let (base, token) = (base.clone(), token.clone());
+            Box::pin(async move {
+                // `@{id}_name:server`, percent-encoded: the localpart is between %40 and %3A.
+                let localpart = user
+                    .trim_start_matches("%40")
+                    .split("%3A")
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                reqwest::Client::new()
+                    .post(format!("{base}/_matrix/client/v3/register"))
+                    .bearer_auth(token)
+                    .json(&json!({"type": "m.login.application_service", "username": localpart}))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            })
+        }));
+    }
+    let human = server.register_random().await;
+    let ghost = server.user_id(&format!("{id}_puppet"));
+    let profile = expect_ok(
+        human.get(&format!("/profile/{ghost}")).await,
+        "profile of a user the appservice creates on demand",
+    );
+    assert_eq!(profile["displayname"], format!("{id}_puppet"), "{profile}");
+    assert!(
+        receiver
+            .requests()
+            .iter()
+            .any(|s| s.method == "GET" && s.path.starts_with("/_matrix/app/v1/users/")),
+        "{:?}",
+        receiver.requests()
+    );
+    // A user outside every namespace is not asked about.
+    let before = receiver.requests().len();
+    let stranger = server.user_id(&format!("nobody{}", random_localpart().to_lowercase()));
+    expect_error(
+        &human.get(&format!("/profile/{stranger}")).await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+        "profile of an unknown user",
+    );
+    assert_eq!(receiver.requests().len(), before);
 }

@@ -668,6 +668,21 @@ async fn events_reach_the_appservice_in_order_across_outages_and_restarts() {
             .any(|e| e["content"]["body"] == "secret"),
         "an event of an unrelated room reached the appservice"
     );
+    // Once its last user left the room, the room's events are none of its business: a later
+    // event elsewhere arrives, the one sent before it in the left room does not.
+    let marker_room = human.create_room(&json!({"preset": "public_chat"})).await;
+    expect_ok(
+        bot.post(&format!("/join/{marker_room}"), &json!({})).await,
+        "bot joins",
+    );
+    expect_ok(
+        bot.post(&format!("/rooms/{room}/leave"), &json!({})).await,
+        "bot leaves",
+    );
+    human.send_text(&room, "after the leave").await;
+    human.send_text(&marker_room, "marker").await;
+    let got = receiver.wait_for_bodies(&["marker"]).await;
+    assert!(!got.iter().any(|b| b == "after the leave"), "{got:?}");
     // Client-format events: no federation fields.
     let first = &receiver.events()[0];
     assert!(

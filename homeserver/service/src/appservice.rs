@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 use regex::Regex;
 use ruma::{
     api::appservice::{Namespace, Registration},
-    OwnedUserId, RoomAliasId, RoomId, UserId,
+    OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId,
 };
 use serde_json::{json, Value};
 use tokio::sync::Notify;
@@ -45,6 +45,8 @@ const RETRY_BASE: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(300);
 /// How long a transaction, a ping or a query may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Rooms whose member interest is remembered (past it the cache starts over).
+const MEMBER_CACHE_ROOMS: usize = 10_000;
 /// Most bytes of an appservice's answer copied into a ping error.
 const MAX_ERROR_BODY: usize = 1000;
 /// The device id of requests made with an appservice's `as_token` (appservice users have no
@@ -193,9 +195,9 @@ impl Appservice {
         )
     }
 
-    /// Whether this appservice wants `pdu` of `room_id`: its sender or state key is one of
-    /// its users, the room id or one of the room's aliases is in its namespaces, or one of
-    /// its users is a member.
+    /// Whether this appservice wants `pdu` of `room_id` for the event itself: its sender or
+    /// state key is one of its users, or the room id or one of the room's aliases is in its
+    /// namespaces. (Whether one of its users is a member is asked apart, with a cache.)
     fn interested(&self, rooms: &Rooms, room_id: &RoomId, pdu: &Pdu) -> bool {
         if self.owns_user(&pdu.sender)
             || pdu
@@ -221,11 +223,7 @@ impl Appservice {
                 }
             }
         }
-        rooms
-            .members(room_id)
-            .unwrap_or_default()
-            .iter()
-            .any(|(u, _)| self.owns_user(u))
+        false
     }
 }
 
@@ -374,6 +372,9 @@ pub struct Appservices {
     next_seq: Mutex<HashMap<String, u64>>,
     /// Wakes an appservice's sender (a new event).
     wakes: HashMap<String, Arc<Notify>>,
+    /// Per room, which appservices (by their place in `list`) have a user among its members:
+    /// read once, forgotten at the room's next state event.
+    member_interest: Mutex<HashMap<OwnedRoomId, Arc<Vec<bool>>>>,
 }
 
 impl Appservices {
@@ -411,6 +412,7 @@ impl Appservices {
             http,
             next_seq: Mutex::new(next_seq),
             wakes,
+            member_interest: Mutex::default(),
         })
     }
 
@@ -468,8 +470,15 @@ impl Appservices {
 
     /// Queues `event_id` for every appservice interested in it, in `batch`.
     fn queue(&self, batch: &mut Batch, rooms: &Rooms, room_id: &RoomId, pdu: &Pdu) {
-        for a in &self.list {
-            if !a.interested(rooms, room_id, pdu) {
+        let by_members = self.member_interest(rooms, room_id);
+        // Membership can change only with a state event (its own or through a resolution):
+        // the room's next event reads its members again. Its commit is under the room lock,
+        // as is this, so no other event of the room sees the old answer in between.
+        if pdu.state_key.is_some() {
+            self.member_interest.lock().remove(room_id);
+        }
+        for (i, a) in self.list.iter().enumerate() {
+            if !a.interested(rooms, room_id, pdu) && by_members.get(i) != Some(&true) {
                 continue;
             }
             let seq = {
@@ -489,6 +498,26 @@ impl Appservices {
                 pdu.event_id.as_bytes().to_vec(),
             );
         }
+    }
+
+    /// Which appservices have a user among the room's joined members.
+    fn member_interest(&self, rooms: &Rooms, room_id: &RoomId) -> Arc<Vec<bool>> {
+        if let Some(known) = self.member_interest.lock().get(room_id) {
+            return known.clone();
+        }
+        let members = rooms.joined_members(room_id).unwrap_or_default();
+        let answer = Arc::new(
+            self.list
+                .iter()
+                .map(|a| members.iter().any(|u| a.owns_user(u)))
+                .collect::<Vec<_>>(),
+        );
+        let mut cache = self.member_interest.lock();
+        if cache.len() >= MEMBER_CACHE_ROOMS {
+            cache.clear();
+        }
+        cache.insert(room_id.to_owned(), answer.clone());
+        answer
     }
 
     /// Wakes every sender (events were committed).

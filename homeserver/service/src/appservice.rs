@@ -373,7 +373,7 @@ pub struct Appservices {
     /// Wakes an appservice's sender (a new event).
     wakes: HashMap<String, Arc<Notify>>,
     /// Per room, which appservices (by their place in `list`) have a user among its members:
-    /// read once, forgotten at the room's next state event.
+    /// read once, forgotten at the room's next state event or merge of forks.
     member_interest: Mutex<HashMap<OwnedRoomId, Arc<Vec<bool>>>>,
 }
 
@@ -471,10 +471,11 @@ impl Appservices {
     /// Queues `event_id` for every appservice interested in it, in `batch`.
     fn queue(&self, batch: &mut Batch, rooms: &Rooms, room_id: &RoomId, pdu: &Pdu) {
         let by_members = self.member_interest(rooms, room_id);
-        // Membership can change only with a state event (its own or through a resolution):
-        // the room's next event reads its members again. Its commit is under the room lock,
-        // as is this, so no other event of the room sees the old answer in between.
-        if pdu.state_key.is_some() {
+        // Membership changes with a state event, or with an event that merges forks (the
+        // state is resolved then): the room's next event reads its members again. Its commit
+        // is under the room lock, as is this, so no other event of the room sees the old
+        // answer in between.
+        if pdu.state_key.is_some() || pdu.prev_events.len() > 1 {
             self.member_interest.lock().remove(room_id);
         }
         for (i, a) in self.list.iter().enumerate() {

@@ -2,6 +2,7 @@
 //! `paracord` process and talks to it over HTTP only.
 
 mod accounts;
+mod appservice;
 mod backup;
 mod conformance;
 mod durability;

@@ -1,6 +1,7 @@
 //! Client-Server API handlers, one module per ruma endpoint area.
 
 pub mod account;
+pub mod appservice;
 pub mod backup;
 pub mod config;
 pub mod device;

@@ -164,10 +164,12 @@ pub(crate) async fn get_room_information_route(
     if alias.server_name().as_str() != state.config.server_name {
         return Err(Error::not_found("the alias is not on this server").into());
     }
-    let room_id = state
-        .rooms
-        .resolve_alias(alias)?
-        .ok_or_else(|| Error::not_found("no such alias"))?;
+    let mut room_id = state.rooms.resolve_alias(alias)?;
+    // An alias in an application service's namespace: the appservice may create it now.
+    if room_id.is_none() && state.appservices.query_alias(alias).await {
+        room_id = state.rooms.resolve_alias(alias)?;
+    }
+    let room_id = room_id.ok_or_else(|| Error::not_found("no such alias"))?;
     Ok(RumaResponse(get_room_information::v1::Response::new(
         room_id,
         vec![alias.server_name().to_owned()],

@@ -15,9 +15,9 @@ use tower_http::{catch_panic::CatchPanicLayer, cors::CorsLayer, trace::TraceLaye
 
 use crate::{
     client::{
-        account, backup, config, device, directory, discovery, ephemeral, keys, membership,
-        message, openid, profile, push, relations, reports, room, search, session, space, state,
-        sync, tags, user_directory,
+        account, appservice, backup, config, device, directory, discovery, ephemeral, keys,
+        membership, message, openid, profile, push, relations, reports, room, search, session,
+        space, state, sync, tags, user_directory,
     },
     federation, federation_events, federation_rooms, media,
     ruma_wrapper::RouterExt,
@@ -60,6 +60,8 @@ pub fn app(services: Arc<Services>) -> Router {
             account::registration_token_validity_route,
         )
         .ruma::<c::account::whoami::v3::Request, _, _>(account::whoami_route)
+        // application services
+        .ruma::<c::appservice::request_ping::v1::Request, _, _>(appservice::request_ping_route)
         .ruma::<c::account::change_password::v3::Request, _, _>(account::change_password_route)
         .ruma::<c::account::deactivate::v3::Request, _, _>(account::deactivate_route)
         .route(

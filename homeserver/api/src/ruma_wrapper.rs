@@ -71,6 +71,9 @@ pub struct Ruma<T> {
     pub client_ip: Option<IpAddr>,
     /// The server that signed a federation request.
     pub origin: Option<ruma::OwnedServerName>,
+    /// `?ts=` of a request made with an appservice's token: the `origin_server_ts` its event
+    /// gets (ignored for anyone else).
+    pub ts: Option<u64>,
     /// The request body as sent (checked to be JSON, or empty).
     raw_body: bytes::Bytes,
 }
@@ -205,6 +208,7 @@ struct Read {
     ident: Option<Identity>,
     client_ip: Option<IpAddr>,
     origin: Option<ruma::OwnedServerName>,
+    ts: Option<u64>,
 }
 
 impl<T> FromRequest<AppState> for Ruma<T>
@@ -254,10 +258,16 @@ impl Read {
         }
 
         let mut ident = None;
+        let mut ts = None;
         let requirement_required = <T::Authentication as AuthRequirement>::REQUIRED;
         let requirement_optional = <T::Authentication as AuthRequirement>::OPTIONAL;
         if requirement_required || requirement_optional {
             match access_token(&parts) {
+                Some(token) if state.appservices.by_as_token(&token).is_some() => {
+                    let (id, massaged_ts) = appservice_identity(state, &token, &parts).await?;
+                    ident = Some(id);
+                    ts = massaged_ts;
+                }
                 Some(token) => {
                     let id = state.accounts.authenticate(&token)?;
                     state.accounts.touch_device(
@@ -280,6 +290,7 @@ impl Read {
             ident,
             client_ip,
             origin,
+            ts,
         })
     }
 
@@ -291,6 +302,7 @@ impl Read {
             ident,
             client_ip,
             origin,
+            ts,
         } = self;
         let body = ruma_request(parts, &path_args, &bytes)?;
         Ok(Ruma {
@@ -298,9 +310,75 @@ impl Read {
             ident,
             client_ip,
             origin,
+            ts,
             raw_body: bytes,
         })
     }
+}
+
+/// The identity of a request made with an application service's `as_token`: its sender, or
+/// the user `?user_id=` names when that user is one of the appservice's (its namespace, any
+/// exclusivity, or the sender) and exists — except on `/register`, which makes the user.
+/// Also `?ts=`, the timestamp the appservice wants its event to carry.
+async fn appservice_identity(
+    state: &AppState,
+    token: &str,
+    parts: &http::request::Parts,
+) -> Result<(Identity, Option<u64>), ApiError> {
+    let Some(appservice) = state.appservices.by_as_token(token).cloned() else {
+        return Err(ApiError(Error::unknown_token(false)));
+    };
+    let query: Vec<(String, String)> = parts
+        .uri
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    // The sender exists as soon as its appservice is used.
+    if state.accounts.account(&appservice.sender)?.is_none() {
+        state
+            .accounts
+            .ensure_system_account(&appservice.sender, appservice.sender.localpart())
+            .await?;
+    }
+    let user_id = match param("user_id") {
+        Some(u) => {
+            let user = ruma::OwnedUserId::try_from(u.as_str())
+                .map_err(|_| ApiError(Error::invalid_param("user_id is not a user id")))?;
+            if !appservice.owns_user(&user) || !state.accounts.is_local(&user) {
+                return Err(ApiError(Error::forbidden(
+                    "the user is not in this application service's namespace",
+                )));
+            }
+            let registering = parts.uri.path().ends_with("/register");
+            let exists = state
+                .accounts
+                .account(&user)?
+                .is_some_and(|a| !a.deactivated);
+            if !exists && !registering {
+                return Err(ApiError(Error::forbidden(
+                    "the application service has not registered this user",
+                )));
+            }
+            user
+        }
+        None => appservice.sender.clone(),
+    };
+    let ts = param("ts").and_then(|t| t.parse::<u64>().ok());
+    Ok((
+        Identity {
+            user_id,
+            device_id: paracord_service::appservice::APPSERVICE_DEVICE.into(),
+            admin: false,
+            appservice: Some(appservice.id().to_owned()),
+        },
+        ts,
+    ))
 }
 
 /// The server whose `X-Matrix` signature over the request (method, URI, destination and

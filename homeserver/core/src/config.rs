@@ -119,6 +119,9 @@ pub struct Config {
     pub to_device_max_pending: u64,
     /// To-device messages older than this that their device has not collected are deleted.
     pub to_device_max_age_ms: u64,
+    /// A directory of application service registrations: every `*.yaml` / `*.yml` file in it
+    /// is one (the Complement convention). Unset: no appservices.
+    pub appservice_dir: Option<PathBuf>,
     #[serde(deserialize_with = "string_like")]
     pub log: String,
 }
@@ -186,6 +189,7 @@ impl Default for Config {
             server_notices_room_name: "Server Notices".to_owned(),
             to_device_max_pending: 10_000,
             to_device_max_age_ms: 30 * 24 * 60 * 60 * 1000,
+            appservice_dir: None,
             log: "info".to_owned(),
         }
     }
@@ -355,6 +359,11 @@ pub const TEMPLATE: &str = r#"# Paracord homeserver configuration.
 # older than to_device_max_age_ms (default 30 days) are deleted.
 #to_device_max_pending = 10000
 #to_device_max_age_ms = 2592000000
+
+# Application services (bridges, bots): every *.yaml / *.yml file in this directory is a
+# registration (id, url, as_token, hs_token, sender_localpart, namespaces). A file that does
+# not parse, or clashes with another, is logged and skipped. See docs/appservices.md.
+#appservice_dir = "/etc/paracord/appservices"
 
 # Log filter (tracing EnvFilter syntax), e.g. "info,paracord_service=debug".
 #log = "info"

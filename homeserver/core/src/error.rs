@@ -40,6 +40,11 @@ pub enum ErrorKind {
     UnableToAuthoriseJoin,
     // A server asked to join a room whose version it did not list as supported.
     IncompatibleRoomVersion { room_version: String },
+    // Appservice pings (`/_matrix/client/v1/appservice/{id}/ping`).
+    UrlNotSet,
+    ConnectionFailed,
+    ConnectionTimeout,
+    BadStatus { status: u16, body: String },
     Unknown,
 }
 
@@ -75,6 +80,10 @@ impl ErrorKind {
             Self::CannotLeaveServerNoticeRoom => "M_CANNOT_LEAVE_SERVER_NOTICE_ROOM",
             Self::UnableToAuthoriseJoin => "M_UNABLE_TO_AUTHORISE_JOIN",
             Self::IncompatibleRoomVersion { .. } => "M_INCOMPATIBLE_ROOM_VERSION",
+            Self::UrlNotSet => "M_URL_NOT_SET",
+            Self::ConnectionFailed => "M_CONNECTION_FAILED",
+            Self::ConnectionTimeout => "M_CONNECTION_TIMEOUT",
+            Self::BadStatus { .. } => "M_BAD_STATUS",
             Self::Unknown => "M_UNKNOWN",
         }
     }
@@ -199,6 +208,13 @@ impl Error {
                     }
                     ErrorKind::IncompatibleRoomVersion { room_version } => {
                         body["room_version"] = room_version.as_str().into();
+                    }
+                    ErrorKind::BadStatus {
+                        status,
+                        body: answer,
+                    } => {
+                        body["status"] = (*status).into();
+                        body["body"] = answer.as_str().into();
                     }
                     _ => {}
                 }

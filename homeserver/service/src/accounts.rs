@@ -57,6 +57,9 @@ pub struct Identity {
     pub user_id: OwnedUserId,
     pub device_id: OwnedDeviceId,
     pub admin: bool,
+    /// The application service whose `as_token` made the request (acting as its sender or
+    /// as the user its `?user_id=` names).
+    pub appservice: Option<String>,
 }
 
 /// What a successful registration or login hands out.
@@ -796,6 +799,33 @@ impl Accounts {
         Ok(result)
     }
 
+    /// A login without a password, for a caller that vouches for the user (an application
+    /// service logging in one of its users with `m.login.application_service`).
+    pub fn login_trusted(
+        &self,
+        user: &UserId,
+        device_id: Option<String>,
+        display_name: Option<String>,
+        refresh: bool,
+    ) -> Result<LoginResult> {
+        match self.account(user)? {
+            None => return Err(Error::forbidden("no such user")),
+            Some(a) if a.deactivated => {
+                return Err(Error::new(
+                    http::StatusCode::FORBIDDEN,
+                    ErrorKind::UserDeactivated,
+                    "account deactivated",
+                ))
+            }
+            Some(_) => {}
+        }
+        let mut batch = Batch::new();
+        let _sessions = self.session_lock.lock();
+        let result = self.new_session(&mut batch, user, device_id, display_name, refresh)?;
+        self.db.write(batch)?;
+        Ok(result)
+    }
+
     /// Resolves an access token.
     pub fn authenticate(&self, token: &str) -> Result<Identity> {
         let Some(raw) = self.db.get(Table::TokenhashSession, &token_hash(token))? else {
@@ -826,6 +856,7 @@ impl Accounts {
             user_id: session.user_id,
             device_id: session.device_id,
             admin: account.admin,
+            appservice: None,
         })
     }
 

@@ -2,6 +2,7 @@
 
 pub mod account_data;
 pub mod accounts;
+pub mod appservice;
 pub mod backup;
 pub mod durability;
 pub mod e2ee;
@@ -75,6 +76,7 @@ pub struct Services {
     pub sender: Arc<federation::sender::Sender>,
     pub server_notices: Arc<server_notices::ServerNotices>,
     pub durability: Arc<durability::Durability>,
+    pub appservices: Arc<appservice::Appservices>,
 }
 
 impl Services {
@@ -116,6 +118,13 @@ impl Services {
         // event, the guild invite index, the guild departures and the push sender. Local
         // events go to the federation sender.
         let (push_observer, push_jobs, pusher_users) = pushers::PushObserver::new();
+        let appservices = Arc::new(appservice::Appservices::from_config(db.clone(), &config)?);
+        if !appservices.is_empty() {
+            let appservices = appservices.clone();
+            ratelimit.set_exemption(Box::new(move |user| {
+                appservices.exempt_from_rate_limits(user)
+            }));
+        }
         let outgoing: rooms::OutgoingPdu = {
             let sender = sender.clone();
             Arc::new(move |destinations, event_id, pdu| {
@@ -138,6 +147,10 @@ impl Services {
                         invites.clone(),
                         Arc::new(guilds::members::GuildDeparture),
                         Arc::new(push_observer),
+                        Arc::new(appservice::AppserviceObserver::new(
+                            appservices.clone(),
+                            me.clone(),
+                        )),
                     ],
                 },
                 me.clone(),
@@ -222,6 +235,7 @@ impl Services {
         // otherwise.
         if tokio::runtime::Handle::try_current().is_ok() {
             sender.start();
+            appservices.start(rooms.clone(), stream.clone());
             housekeeping::start(db.clone(), e2ee.clone(), stream.clone());
         }
         let pdus = Arc::new_cyclic(|me| {
@@ -287,6 +301,7 @@ impl Services {
             sender,
             server_notices,
             durability,
+            appservices,
         })
     }
 }

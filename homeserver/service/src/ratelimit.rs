@@ -34,7 +34,12 @@ pub struct RateLimiter {
     action: (f64, f64),
     ephemeral: (f64, f64),
     buckets: Mutex<HashMap<(Limit, String), (f64, Instant)>>,
+    /// Keys (user ids) never limited: users of appservices registered `rate_limited: false`.
+    exempt: std::sync::OnceLock<Exemption>,
 }
+
+/// Says whether a key is exempt from rate limits.
+pub type Exemption = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
 impl RateLimiter {
     pub fn new(config: &Config) -> Self {
@@ -57,12 +62,23 @@ impl RateLimiter {
                 f64::from(config.rate_limit_ephemeral_burst.max(1)),
             ),
             buckets: Mutex::default(),
+            exempt: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets which keys are never limited (once, when the services are built).
+    pub fn set_exemption(&self, exempt: Exemption) {
+        let _ = self.exempt.set(exempt);
     }
 
     /// Takes one token from the bucket of `(limit, key)`, or says how long to wait.
     pub fn check(&self, limit: Limit, key: &str) -> Result<()> {
-        if !self.enabled {
+        if !self.enabled
+            || self
+                .exempt
+                .get()
+                .is_some_and(|f| key.starts_with('@') && f(key))
+        {
             return Ok(());
         }
         let (rate, burst) = match limit {

@@ -134,6 +134,8 @@ pub struct NewEvent {
     pub content: serde_json::Value,
     pub redacts: Option<OwnedEventId>,
     pub txn: Option<(String, String)>,
+    /// `origin_server_ts` chosen by the sender (an application service's `?ts=`); `None`: now.
+    pub ts: Option<u64>,
 }
 
 impl NewEvent {
@@ -144,6 +146,7 @@ impl NewEvent {
             content,
             redacts: None,
             txn: None,
+            ts: None,
         }
     }
     pub fn message(kind: TimelineEventType, content: serde_json::Value) -> Self {
@@ -153,6 +156,7 @@ impl NewEvent {
             content,
             redacts: None,
             txn: None,
+            ts: None,
         }
     }
 }
@@ -923,7 +927,9 @@ impl Rooms {
         }
         obj.insert(
             "origin_server_ts".into(),
-            CanonicalJsonValue::Integer(ruma::Int::try_from(now_ms()).unwrap_or_default()),
+            CanonicalJsonValue::Integer(
+                ruma::Int::try_from(new.ts.unwrap_or_else(now_ms)).unwrap_or_default(),
+            ),
         );
         obj.insert(
             "depth".into(),

@@ -143,6 +143,7 @@ impl ServerNotices {
             content: notice.content,
             redacts: None,
             txn,
+            ts: None,
         };
         self.rooms.append(&room_id, &system, new).await
     }

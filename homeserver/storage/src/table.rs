@@ -127,6 +127,9 @@ pub enum Table {
     /// `destination` → since when (ms, u64) its transactions have been failing, without a
     /// success since; absent while it answers.
     DestinationDownsince,
+    /// `appservice id 0xFF seq` → event id: events waiting to be pushed to an application
+    /// service, oldest first.
+    AppserviceseqEvent,
     // rows kept for a while
     /// `deadline (u64 ms) table name 0xFF row key` → "": a row of another table to delete once
     /// the deadline has passed (stored transaction answers and the like).
@@ -201,6 +204,8 @@ impl Table {
         Table::DestinationseqPdu,
         Table::DestinationseqEdu,
         Table::DestinationDownsince,
+        // application services
+        Table::AppserviceseqEvent,
         // rows kept for a while
         Table::DeadlinerowExpire,
         // guilds
@@ -269,6 +274,8 @@ impl Table {
             Table::DestinationseqPdu => "destinationseq_pdu",
             Table::DestinationseqEdu => "destinationseq_edu",
             Table::DestinationDownsince => "destination_downsince",
+            // application services
+            Table::AppserviceseqEvent => "appserviceseq_event",
             // rows kept for a while
             Table::DeadlinerowExpire => "deadlinerow_expire",
             // guilds

@@ -27,6 +27,12 @@ pub(crate) async fn register_route(
     State(state): State<AppState>,
     req: Ruma<register::v3::Request>,
 ) -> ApiResult<RumaResponse<register::v3::Response>> {
+    if let Some(appservice) = req.ident.as_ref().and_then(|i| i.appservice.clone()) {
+        return appservice_register(&state, req, &appservice).await;
+    }
+    if req.body.login_type == Some(register::LoginType::ApplicationService) {
+        return Err(Error::missing_token().into());
+    }
     let open = state.config.registration_enabled;
     // With registration closed, the one-time admin token (printed at start while the server
     // has no admin) is the only way in.
@@ -47,6 +53,7 @@ pub(crate) async fn register_route(
             )
             .into());
         }
+        check_not_exclusive(&state, u)?;
     }
     let auth = auth_json(&req.body.auth)?;
     let token = state
@@ -95,6 +102,74 @@ pub(crate) async fn register_route(
     Ok(RumaResponse(resp))
 }
 
+/// A name in an application service's exclusive user namespace, or its sender's, is that
+/// appservice's to register: anyone else gets `M_EXCLUSIVE`.
+fn check_not_exclusive(state: &AppState, localpart: &str) -> Result<(), Error> {
+    let user = state.accounts.user_id_for(localpart)?;
+    let reserved = state
+        .appservices
+        .exclusive_user_owner(user.as_str())
+        .is_some()
+        || state.appservices.all().iter().any(|a| a.sender == user);
+    if reserved {
+        return Err(Error::new(
+            http::StatusCode::BAD_REQUEST,
+            paracord_core::ErrorKind::Exclusive,
+            "this user id is reserved by an application service",
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /register` with an application service's `as_token` (`m.login.application_service`):
+/// a user in its namespace, no user-interactive auth, whether registration is open or not.
+async fn appservice_register(
+    state: &AppState,
+    req: Ruma<register::v3::Request>,
+    appservice: &str,
+) -> ApiResult<RumaResponse<register::v3::Response>> {
+    let Some(a) = state.appservices.by_id(appservice).cloned() else {
+        return Err(Error::unknown_token(false).into());
+    };
+    let b = req.body;
+    let Some(localpart) = b.username.as_deref() else {
+        return Err(Error::missing_param("an application service must name the user").into());
+    };
+    let user = state.accounts.user_id_for(localpart)?;
+    let other_owner = state
+        .appservices
+        .exclusive_user_owner(user.as_str())
+        .is_some_and(|o| o.id() != a.id());
+    if !a.owns_user(&user) || other_owner {
+        return Err(Error::new(
+            http::StatusCode::BAD_REQUEST,
+            paracord_core::ErrorKind::Exclusive,
+            "this user id is not in the application service's namespace",
+        )
+        .into());
+    }
+    let r = state
+        .accounts
+        .register(
+            Some(localpart),
+            None,
+            b.device_id.map(|d| d.to_string()),
+            b.initial_device_display_name,
+            b.inhibit_login,
+            b.refresh_token,
+            None,
+        )
+        .await?;
+    let mut resp = register::v3::Response::new(r.user_id);
+    if !b.inhibit_login {
+        resp.access_token = Some(r.access_token);
+        resp.device_id = Some(r.device_id);
+        resp.refresh_token = r.refresh_token;
+        resp.expires_in = r.expires_in_ms.map(Duration::from_millis);
+    }
+    Ok(RumaResponse(resp))
+}
+
 /// `GET /_matrix/client/v1/register/m.login.registration_token/validity` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1registermloginregistration_tokenvalidity
 pub(crate) async fn registration_token_validity_route(
     State(state): State<AppState>,
@@ -117,6 +192,20 @@ pub(crate) async fn get_username_availability_route(
     req: Ruma<get_username_availability::v3::Request>,
 ) -> ApiResult<RumaResponse<get_username_availability::v3::Response>> {
     if !state.accounts.is_available(&req.body.username)? {
+        return Err(Error::new(
+            http::StatusCode::BAD_REQUEST,
+            paracord_core::ErrorKind::UserInUse,
+            "user id already taken",
+        )
+        .into());
+    }
+    check_not_exclusive(&state, &req.body.username)?;
+    // A name in an application service's (non-exclusive) namespace: the appservice may
+    // already have that user, and creates it if so.
+    let user = state.accounts.user_id_for(&req.body.username)?;
+    if state.appservices.query_user(&user).await
+        && !state.accounts.is_available(&req.body.username)?
+    {
         return Err(Error::new(
             http::StatusCode::BAD_REQUEST,
             paracord_core::ErrorKind::UserInUse,

@@ -67,6 +67,20 @@ pub(crate) async fn create_alias_route(
         state.rooms.room_or_404(&req.body.room_id)?;
         return Err(Error::forbidden("you are not in this room").into());
     }
+    // An alias in an application service's exclusive namespace is that appservice's.
+    if let Some(owner) = state
+        .appservices
+        .exclusive_alias_owner(req.body.room_alias.as_str())
+    {
+        if id.appservice.as_deref() != Some(owner.id()) {
+            return Err(Error::new(
+                http::StatusCode::BAD_REQUEST,
+                paracord_core::ErrorKind::Exclusive,
+                "this alias is reserved by an application service",
+            )
+            .into());
+        }
+    }
     state
         .rooms
         .set_alias(&req.body.room_alias, &req.body.room_id, &id.user_id)?;
@@ -100,10 +114,13 @@ pub(crate) async fn get_alias_route(
         let (room_id, servers) = state.queries.room_alias(alias).await?;
         return Ok(RumaResponse(get_alias::v3::Response::new(room_id, servers)));
     }
-    let room_id = state
-        .rooms
-        .resolve_alias(&req.body.room_alias)?
-        .ok_or_else(|| Error::not_found("room alias not found"))?;
+    let mut room_id = state.rooms.resolve_alias(alias)?;
+    // An alias in an application service's namespace that does not exist yet: the appservice
+    // is asked, and may create it before it answers.
+    if room_id.is_none() && state.appservices.query_alias(alias).await {
+        room_id = state.rooms.resolve_alias(alias)?;
+    }
+    let room_id = room_id.ok_or_else(|| Error::not_found("room alias not found"))?;
     let own = OwnedServerName::try_from(state.config.server_name.as_str())
         .map_err(|e| Error::internal(format!("own server name: {e}")))?;
     Ok(RumaResponse(get_alias::v3::Response::new(

@@ -51,6 +51,15 @@ pub(crate) async fn join_room_by_id_or_alias_route(
     state
         .ratelimit
         .check(Limit::Membership, id.user_id.as_str())?;
+    // A local alias that does not exist yet, in an application service's namespace: the
+    // appservice is asked first (it may create it).
+    if let Ok(alias) = <&ruma::RoomAliasId>::try_from(&*req.body.room_id_or_alias) {
+        if state.accounts.is_local_server(alias.server_name())
+            && state.rooms.resolve_alias(alias)?.is_none()
+        {
+            state.appservices.query_alias(alias).await;
+        }
+    }
     let (room_id, via) = state
         .joins
         .room_and_servers(&req.body.room_id_or_alias, &req.body.via)

@@ -65,6 +65,7 @@ pub(crate) async fn send_message_event_route(
     state.ratelimit.check(Limit::Send, id.user_id.as_str())?;
     let mut new = NewEvent::message(req.body.event_type.to_string().as_str().into(), content);
     new.txn = Some((id.device_id.to_string(), req.body.txn_id.to_string()));
+    new.ts = req.ts;
     let event_id = state
         .rooms
         .append(&req.body.room_id, &id.user_id, new)

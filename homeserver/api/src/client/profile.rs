@@ -10,6 +10,15 @@ use serde_json::json;
 use crate::{ruma_wrapper::Ruma, ApiResult, AppState, RumaResponse};
 use paracord_service::ratelimit::Limit;
 
+/// A local user that does not exist but is in an application service's namespace: the
+/// appservice is asked (`GET /_matrix/app/v1/users/{userId}`) and may register it first.
+async fn ask_appservice(state: &AppState, user: &ruma::UserId) -> Result<(), Error> {
+    if state.accounts.account(user)?.is_none() {
+        state.appservices.query_user(user).await;
+    }
+    Ok(())
+}
+
 /// `GET /_matrix/client/v3/profile/{userId}` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3profileuserid
 pub(crate) async fn get_profile_route(
     State(state): State<AppState>,
@@ -20,6 +29,7 @@ pub(crate) async fn get_profile_route(
         let answer = state.queries.profile(&req.body.user_id, None).await?;
         return Ok(RumaResponse(answer.into_iter().collect()));
     }
+    ask_appservice(&state, &req.body.user_id).await?;
     let (d, a) = state.accounts.profile(&req.body.user_id)?;
     let mut resp = get_profile::v3::Response::new();
     if let Some(d) = d {
@@ -48,6 +58,7 @@ pub(crate) async fn get_display_name_route(
             d.as_str().map(str::to_owned),
         )));
     }
+    ask_appservice(&state, &req.body.user_id).await?;
     let (d, _) = state.accounts.profile(&req.body.user_id)?;
     let d = d.ok_or_else(|| Error::not_found("no display name set"))?;
     Ok(RumaResponse(get_display_name::v3::Response::new(Some(d))))

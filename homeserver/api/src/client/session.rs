@@ -24,6 +24,7 @@ pub(crate) async fn get_login_types_route(
 ) -> RumaResponse<get_login_types::v3::Response> {
     RumaResponse(get_login_types::v3::Response::new(vec![
         LoginType::Password(PasswordLoginType::new()),
+        LoginType::ApplicationService(get_login_types::v3::ApplicationServiceLoginType::new()),
     ]))
 }
 
@@ -36,6 +37,9 @@ pub(crate) async fn login_route(
         Limit::Auth,
         &req.client_ip.map(|i| i.to_string()).unwrap_or_default(),
     )?;
+    if let login::v3::LoginInfo::ApplicationService(a) = &req.body.login_info {
+        return appservice_login(&state, &req, a);
+    }
     let login::v3::LoginInfo::Password(p) = &req.body.login_info else {
         return Err(Error::new(
             http::StatusCode::BAD_REQUEST,
@@ -82,6 +86,51 @@ pub(crate) async fn login_route(
                 .map_err(|e| Error::internal(format!("own server name: {e}")))?,
         );
     }
+    resp.well_known = Some(login::v3::DiscoveryInfo::new(
+        login::v3::HomeserverInfo::new(state.config.public_baseurl()),
+    ));
+    resp.refresh_token = r.refresh_token;
+    resp.expires_in = r.expires_in_ms.map(Duration::from_millis);
+    Ok(RumaResponse(resp))
+}
+
+/// `m.login.application_service`: an appservice (by its `as_token`) logs in one of its users,
+/// no password asked.
+fn appservice_login(
+    state: &AppState,
+    req: &Ruma<login::v3::Request>,
+    a: &login::v3::ApplicationService,
+) -> ApiResult<RumaResponse<login::v3::Response>> {
+    let Some(appservice) = req
+        .ident
+        .as_ref()
+        .and_then(|i| i.appservice.as_deref())
+        .and_then(|id| state.appservices.by_id(id))
+    else {
+        return Err(Error::missing_token().into());
+    };
+    let user = match &a.identifier {
+        Some(ruma::api::client::uiaa::UserIdentifier::Matrix(m)) => m.user.clone(),
+        #[allow(deprecated)]
+        None => a
+            .user
+            .clone()
+            .ok_or_else(|| Error::bad_json("missing identifier"))?,
+        Some(_) => return Err(Error::forbidden("only user identifiers are supported").into()),
+    };
+    let user_id = state.accounts.resolve_login_user(&user)?;
+    if !appservice.owns_user(&user_id) {
+        return Err(
+            Error::forbidden("the user is not in the application service's namespace").into(),
+        );
+    }
+    let r = state.accounts.login_trusted(
+        &user_id,
+        req.body.device_id.as_ref().map(|d| d.to_string()),
+        req.body.initial_device_display_name.clone(),
+        req.body.refresh_token,
+    )?;
+    let mut resp = login::v3::Response::new(r.user_id, r.access_token, r.device_id);
     resp.well_known = Some(login::v3::DiscoveryInfo::new(
         login::v3::HomeserverInfo::new(state.config.public_baseurl()),
     ));

@@ -143,7 +143,10 @@ pub(crate) async fn send_state_event_route(
         .append(
             &req.body.room_id,
             &id.user_id,
-            NewEvent::state(kind.as_str().into(), &req.body.state_key, content),
+            NewEvent {
+                ts: req.ts,
+                ..NewEvent::state(kind.as_str().into(), &req.body.state_key, content)
+            },
         )
         .await?;
     Ok(RumaResponse(send_state_event::v3::Response::new(event_id)))

@@ -1,0 +1,964 @@
+//! Application services (issue 17, item 1): registrations from `appservice_dir`, `as_token`
+//! authentication and `?user_id=` assertion, `m.login.application_service` registration and
+//! login, exclusive namespaces, pings, transactions (ordered, retried, persisted) and alias
+//! queries. The appservice is a small HTTP receiver in the test.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use paracord_complement::{
+    expect_error, expect_ok, federation::federating_server_with, random_localpart, StatusCode,
+    TestServer,
+};
+use serde_json::{json, Value};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    task::JoinHandle,
+};
+
+/// One request the appservice received.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+    authorization: String,
+    body: Value,
+}
+
+type AliasHook = Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
+/// A tiny appservice: records every request and answers 200 `{}` (or `status`).
+struct Receiver {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    status: Arc<Mutex<u16>>,
+    on_alias: Arc<Mutex<Option<AliasHook>>>,
+    on_user: Arc<Mutex<Option<AliasHook>>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut r = Receiver {
+            addr,
+            seen: Arc::default(),
+            status: Arc::new(Mutex::new(200)),
+            on_alias: Arc::default(),
+            on_user: Arc::default(),
+            task: None,
+        };
+        r.serve(listener);
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let (seen, status, on_alias, on_user) = (
+            self.seen.clone(),
+            self.status.clone(),
+            self.on_alias.clone(),
+            self.on_user.clone(),
+        );
+        self.task = Some(tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (seen, status, on_alias, on_user) = (
+                    seen.clone(),
+                    status.clone(),
+                    on_alias.clone(),
+                    on_user.clone(),
+                );
+                tokio::spawn(async move {
+                    let _ = handle(stream, seen, status, on_alias, on_user).await;
+                });
+            }
+        }));
+    }
+
+    /// Stops listening: connections are refused until [`Receiver::up`].
+    fn down(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+
+    /// Listens again on the same address.
+    async fn up(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(l) => return self.serve(l),
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("expected to listen on {} again: {e}", self.addr),
+            }
+        }
+    }
+
+    fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The bodies of every event received in transactions, in order.
+    fn events(&self) -> Vec<Value> {
+        self.requests()
+            .into_iter()
+            .filter(|s| s.method == "PUT" && s.path.starts_with("/_matrix/app/v1/transactions/"))
+            .flat_map(|s| s.body["events"].as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+
+    /// The message bodies received, in order, waiting (with a deadline) until `want` are in.
+    async fn wait_for_bodies(&self, want: &[&str]) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got: Vec<String> = self
+                .events()
+                .iter()
+                .filter(|e| e["type"] == "m.room.message")
+                .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+                .collect();
+            if want.iter().all(|w| got.iter().any(|g| g == w)) {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected the appservice to receive {want:?}, it got {got:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+async fn handle(
+    mut stream: TcpStream,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    status: Arc<Mutex<u16>>,
+    on_alias: Arc<Mutex<Option<AliasHook>>>,
+    on_user: Arc<Mutex<Option<AliasHook>>>,
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.lines();
+    let mut first = lines.next().unwrap_or_default().split(' ');
+    let method = first.next().unwrap_or_default().to_owned();
+    let path = first.next().unwrap_or_default().to_owned();
+    let mut length = 0usize;
+    let mut authorization = String::new();
+    for l in lines {
+        if let Some((k, v)) = l.split_once(':') {
+            match k.trim().to_ascii_lowercase().as_str() {
+                "content-length" => length = v.trim().parse().unwrap_or(0),
+                "authorization" => authorization = v.trim().to_owned(),
+                _ => {}
+            }
+        }
+    }
+    while buf.len() < head_end + length {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = serde_json::from_slice(&buf[head_end..]).unwrap_or(Value::Null);
+    let mut code = *status.lock().unwrap();
+    for (prefix, hooks) in [
+        ("/_matrix/app/v1/rooms/", &on_alias),
+        ("/_matrix/app/v1/users/", &on_user),
+    ] {
+        if method != "GET" || !path.starts_with(prefix) {
+            continue;
+        }
+        let hook = hooks.lock().unwrap().clone();
+        let alias = path.trim_start_matches(prefix).to_owned();
+        code = match hook {
+            Some(h) if h(alias).await => 200,
+            _ => 404,
+        };
+    }
+    seen.lock().unwrap().push(Seen {
+        method,
+        path,
+        authorization,
+        body,
+    });
+    let answer = if code == 200 {
+        "{}"
+    } else {
+        r#"{"errcode":"M_UNKNOWN","error":"test says no"}"#
+    };
+    let reply = format!(
+        "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+        answer.len()
+    );
+    stream.write_all(reply.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// A registration of appservice `id` whose users are `@{id}_*` and aliases `#{id}_*` on a
+/// test server (`localhost:<port>`), both exclusive.
+fn registration(id: &str, url: Option<&str>) -> String {
+    registration_on(id, url, "localhost:\\d+")
+}
+
+/// [`registration`] for servers whose name matches `server` (a regex).
+fn registration_on(id: &str, url: Option<&str>, server: &str) -> String {
+    let url = url.map_or("null".to_owned(), |u| format!("'{u}'"));
+    format!(
+        "id: {id}\nurl: {url}\nas_token: as_{id}_secret\nhs_token: hs_{id}_secret\nsender_localpart: {id}bot\nrate_limited: false\nnamespaces:\n  users:\n    - exclusive: true\n      regex: '@{id}_.*:{server}'\n  aliases:\n    - exclusive: true\n      regex: '#{id}_.*:{server}'\n  rooms: []\n"
+    )
+}
+
+/// A server with the given registration files (name, contents) in its `appservice_dir`.
+async fn server_with(files: &[(&str, String)]) -> (TestServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let path = dir.path().display().to_string();
+    let server = TestServer::start_with(|env| {
+        TestServer::set_env(env, "PARACORD_APPSERVICE_DIR", &path);
+    })
+    .await;
+    (server, dir)
+}
+
+/// Whether the server logged that it skipped registration file `name` (waiting for it).
+async fn skipped(server: &TestServer, name: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(server.log_path()).unwrap_or_default();
+        if log
+            .lines()
+            .any(|l| l.contains("skipping appservice registration") && l.contains(name))
+        {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn as_id() -> String {
+    format!("as{}", random_localpart().to_lowercase())
+}
+
+#[tokio::test]
+async fn registrations_load_from_the_directory_and_bad_files_are_skipped() {
+    let id = as_id();
+    let other = as_id();
+    let third = as_id();
+    let (server, _dir) = server_with(&[
+        ("a.yaml", registration(&id, None)),
+        ("b.yml", "id: [not a registration\n".to_owned()),
+        // The same as_token as a.yaml: refused.
+        (
+            "c.yaml",
+            registration(&other, None)
+                .replace(&format!("as_{other}_secret"), &format!("as_{id}_secret")),
+        ),
+        // An exclusive user namespace inside a.yaml's: refused.
+        (
+            "d.yaml",
+            registration(&third, None).replace(&format!("'@{third}_"), &format!("'@{id}_x")),
+        ),
+        // Not a registration file at all.
+        ("notes.txt", "hello".to_owned()),
+    ])
+    .await;
+    let bot = server.client_with_token(&format!("as_{id}_secret"));
+    let me = expect_ok(bot.whoami().await, "whoami with the as_token");
+    assert_eq!(me["user_id"], server.user_id(&format!("{id}bot")), "{me}");
+    assert!(
+        skipped(&server, "b.yml").await,
+        "expected the malformed file to be named in the log:\n{}",
+        server.log_tail(40)
+    );
+    assert!(
+        skipped(&server, "c.yaml").await,
+        "expected the clashing file to be named in the log:\n{}",
+        server.log_tail(40)
+    );
+    assert!(
+        skipped(&server, "d.yaml").await,
+        "expected the overlapping file to be named in the log:\n{}",
+        server.log_tail(40)
+    );
+    expect_error(
+        &server
+            .client_with_token(&format!("as_{third}_secret"))
+            .whoami()
+            .await,
+        StatusCode::UNAUTHORIZED,
+        "M_UNKNOWN_TOKEN",
+        "the overlapping registration's token",
+    );
+    let refused = server.client_with_token(&format!("hs_{other}_secret"));
+    expect_error(
+        &refused.whoami().await,
+        StatusCode::UNAUTHORIZED,
+        "M_UNKNOWN_TOKEN",
+        "a skipped registration's token",
+    );
+}
+
+#[tokio::test]
+async fn appservice_registers_logs_in_and_asserts_its_users() {
+    let id = as_id();
+    let (server, _dir) = server_with(&[("r.yaml", registration(&id, None))]).await;
+    let token = format!("as_{id}_secret");
+    let bot = server.client_with_token(&token);
+
+    // The login flows advertise the appservice login.
+    let flows = expect_ok(server.client().get("/login").await, "GET /login");
+    assert!(
+        flows["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["type"] == "m.login.application_service"),
+        "{flows}"
+    );
+
+    // Nobody may take the appservice's sender name.
+    expect_error(
+        &server
+            .register_raw(json!({"username": format!("{id}bot"), "password": "pw-long-enough-1"}))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "M_EXCLUSIVE",
+        "normal registration of the appservice's sender",
+    );
+
+    // Registration of a namespaced user, no UIA, with inhibit_login honoured.
+    let ghost = format!("{id}_alice");
+    let r = expect_ok(
+        bot.post(
+            "/register",
+            &json!({"type": "m.login.application_service", "username": ghost, "inhibit_login": true}),
+        )
+        .await,
+        "appservice registration",
+    );
+    assert_eq!(r["user_id"], server.user_id(&ghost), "{r}");
+    assert!(r.get("access_token").is_none(), "inhibit_login: {r}");
+    // Outside its namespace: M_EXCLUSIVE.
+    expect_error(
+        &bot.post(
+            "/register",
+            &json!({"type": "m.login.application_service", "username": format!("x{}", random_localpart())}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "M_EXCLUSIVE",
+        "appservice registering outside its namespace",
+    );
+    // Without the as_token the appservice login type is refused.
+    expect_error(
+        &server
+            .client()
+            .post(
+                "/register",
+                &json!({"type": "m.login.application_service", "username": format!("{id}_bob")}),
+            )
+            .await,
+        StatusCode::UNAUTHORIZED,
+        "M_MISSING_TOKEN",
+        "m.login.application_service without a token",
+    );
+    // A normal registration in the exclusive namespace: M_EXCLUSIVE.
+    expect_error(
+        &server
+            .register_raw(
+                json!({"username": format!("{id}_carol"), "password": "pw-long-enough-1"}),
+            )
+            .await,
+        StatusCode::BAD_REQUEST,
+        "M_EXCLUSIVE",
+        "normal registration in an exclusive namespace",
+    );
+
+    // ?user_id= : the registered ghost, yes; someone outside the namespace or not registered, no.
+    let as_ghost = expect_ok(
+        bot.get(&format!(
+            "/account/whoami?user_id={}",
+            server.user_id(&ghost)
+        ))
+        .await,
+        "whoami as the ghost",
+    );
+    assert_eq!(as_ghost["user_id"], server.user_id(&ghost), "{as_ghost}");
+    let human = server.register_random().await;
+    expect_error(
+        &bot.get(&format!("/account/whoami?user_id={}", human.user_id))
+            .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+        "asserting a user outside the namespace",
+    );
+    expect_error(
+        &bot.get(&format!(
+            "/account/whoami?user_id={}",
+            server.user_id(&format!("{id}_nobody"))
+        ))
+        .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+        "asserting an unregistered namespaced user",
+    );
+
+    // m.login.application_service login gives the ghost a token of its own.
+    let login = expect_ok(
+        bot.post(
+            "/login",
+            &json!({
+                "type": "m.login.application_service",
+                "identifier": {"type": "m.id.user", "user": ghost},
+            }),
+        )
+        .await,
+        "appservice login",
+    );
+    let own = server.client_with_token(login["access_token"].as_str().unwrap());
+    assert_eq!(
+        expect_ok(own.whoami().await, "the ghost's own token")["user_id"],
+        server.user_id(&ghost)
+    );
+    expect_error(
+        &server
+            .client()
+            .post(
+                "/login",
+                &json!({
+                    "type": "m.login.application_service",
+                    "identifier": {"type": "m.id.user", "user": ghost},
+                }),
+            )
+            .await,
+        StatusCode::UNAUTHORIZED,
+        "M_MISSING_TOKEN",
+        "appservice login without the as_token",
+    );
+
+    // ?ts= sets the event's origin_server_ts for the appservice's users.
+    let room = human.create_room(&json!({"preset": "public_chat"})).await;
+    let ghost_id = server.user_id(&ghost);
+    expect_ok(
+        bot.post(&format!("/join/{room}?user_id={ghost_id}"), &json!({}))
+            .await,
+        "the ghost joins",
+    );
+    let sent = expect_ok(
+        bot.put(
+            &format!("/rooms/{room}/send/m.room.message/t1?user_id={ghost_id}&ts=1234567890"),
+            &json!({"msgtype": "m.text", "body": "from the past"}),
+        )
+        .await,
+        "send with ?ts=",
+    );
+    let event = expect_ok(
+        human
+            .get(&format!(
+                "/rooms/{room}/event/{}",
+                sent["event_id"].as_str().unwrap()
+            ))
+            .await,
+        "read the event",
+    );
+    assert_eq!(event["origin_server_ts"], 1234567890, "{event}");
+    assert_eq!(event["sender"], ghost_id, "{event}");
+}
+
+#[tokio::test]
+async fn ping_reaches_the_appservice_and_reports_failures() {
+    let receiver = Receiver::start().await;
+    let (id, no_url, down) = (as_id(), as_id(), as_id());
+    let (server, _dir) = server_with(&[
+        ("a.yaml", registration(&id, Some(&receiver.url()))),
+        ("b.yaml", registration(&no_url, None)),
+        // A port nothing listens on.
+        ("c.yaml", registration(&down, Some("http://127.0.0.1:9"))),
+    ])
+    .await;
+    let bot = server.client_with_token(&format!("as_{id}_secret"));
+    let ok = expect_ok(
+        bot.post(
+            &format!("/_matrix/client/v1/appservice/{id}/ping"),
+            &json!({"transaction_id": "ping-1"}),
+        )
+        .await,
+        "ping",
+    );
+    assert!(ok["duration_ms"].is_u64(), "{ok}");
+    let pings: Vec<Seen> = receiver
+        .requests()
+        .into_iter()
+        .filter(|s| s.path == "/_matrix/app/v1/ping")
+        .collect();
+    assert_eq!(pings.len(), 1, "{pings:?}");
+    assert_eq!(pings[0].method, "POST");
+    assert_eq!(pings[0].authorization, format!("Bearer hs_{id}_secret"));
+    assert_eq!(pings[0].body["transaction_id"], "ping-1");
+
+    // Another appservice's id with this token.
+    expect_error(
+        &bot.post(
+            &format!("/_matrix/client/v1/appservice/{no_url}/ping"),
+            &json!({}),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+        "ping of another appservice",
+    );
+    expect_error(
+        &server
+            .client_with_token(&format!("as_{no_url}_secret"))
+            .post(
+                &format!("/_matrix/client/v1/appservice/{no_url}/ping"),
+                &json!({}),
+            )
+            .await,
+        StatusCode::BAD_REQUEST,
+        "M_URL_NOT_SET",
+        "ping without a url",
+    );
+    expect_error(
+        &server
+            .client_with_token(&format!("as_{down}_secret"))
+            .post(
+                &format!("/_matrix/client/v1/appservice/{down}/ping"),
+                &json!({}),
+            )
+            .await,
+        StatusCode::BAD_GATEWAY,
+        "M_CONNECTION_FAILED",
+        "ping of an appservice that is down",
+    );
+    *receiver.status.lock().unwrap() = 500;
+    let bad = bot
+        .post(
+            &format!("/_matrix/client/v1/appservice/{id}/ping"),
+            &json!({}),
+        )
+        .await;
+    expect_error(
+        &bad,
+        StatusCode::BAD_GATEWAY,
+        "M_BAD_STATUS",
+        "ping answered 500",
+    );
+    assert_eq!(bad.1["status"], 500, "{}", bad.1);
+    assert!(
+        bad.1["body"].as_str().unwrap().contains("test says no"),
+        "{}",
+        bad.1
+    );
+}
+
+#[tokio::test]
+async fn events_reach_the_appservice_in_order_across_outages_and_restarts() {
+    let mut receiver = Receiver::start().await;
+    let id = as_id();
+    let (mut server, _dir) =
+        server_with(&[("a.yaml", registration(&id, Some(&receiver.url())))]).await;
+    let bot = server.client_with_token(&format!("as_{id}_secret"));
+    let human = server.register_random().await;
+    let room = human.create_room(&json!({"preset": "public_chat"})).await;
+    // Its sender joins: from then on the room's events are the appservice's business.
+    expect_ok(
+        bot.post(&format!("/join/{room}"), &json!({})).await,
+        "bot joins",
+    );
+    human.send_text(&room, "one").await;
+    human.send_text(&room, "two").await;
+    let got = receiver.wait_for_bodies(&["one", "two"]).await;
+    assert_eq!(got, vec!["one", "two"]);
+    for s in receiver.requests() {
+        if s.path.starts_with("/_matrix/app/v1/transactions/") {
+            assert_eq!(s.authorization, format!("Bearer hs_{id}_secret"), "{s:?}");
+        }
+    }
+    // An invite of one of its users to a room it is not in yet reaches it too (state key).
+    let ghost = format!("{id}_invitee");
+    expect_ok(
+        bot.post(
+            "/register",
+            &json!({"type": "m.login.application_service", "username": ghost}),
+        )
+        .await,
+        "register a ghost",
+    );
+    let other_room = human.create_room(&json!({})).await;
+    human.invite_ok(&other_room, &server.user_id(&ghost)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !receiver.events().iter().any(|e| {
+        e["type"] == "m.room.member"
+            && e["state_key"] == server.user_id(&ghost)
+            && e["content"]["membership"] == "invite"
+            && e["room_id"] == other_room
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "expected the ghost's invite to reach the appservice"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A room the appservice has nothing to do with is not sent.
+    let private = human.create_room(&json!({})).await;
+    human.send_text(&private, "secret").await;
+
+    // Down: the events wait, and arrive in order once it is back.
+    receiver.down();
+    human.send_text(&room, "three").await;
+    human.send_text(&room, "four").await;
+    // The server tried and failed: the events wait in the queue.
+    assert!(
+        server.wait_for_log("appservice transaction failed").await,
+        "expected a failed delivery while the appservice was down:\n{}",
+        server.log_tail(30)
+    );
+    receiver.up().await;
+    let got = receiver.wait_for_bodies(&["three", "four"]).await;
+    assert_eq!(got, vec!["one", "two", "three", "four"]);
+
+    // Down again, then the server restarts: the queue is on disk.
+    receiver.down();
+    human.send_text(&room, "five").await;
+    server.restart().await;
+    receiver.up().await;
+    let got = receiver.wait_for_bodies(&["five"]).await;
+    assert_eq!(got, vec!["one", "two", "three", "four", "five"]);
+    assert!(
+        !receiver
+            .events()
+            .iter()
+            .any(|e| e["content"]["body"] == "secret"),
+        "an event of an unrelated room reached the appservice"
+    );
+    // Once its last user left the room, the room's events are none of its business: a later
+    // event elsewhere arrives, the one sent before it in the left room does not.
+    let marker_room = human.create_room(&json!({"preset": "public_chat"})).await;
+    expect_ok(
+        bot.post(&format!("/join/{marker_room}"), &json!({})).await,
+        "bot joins",
+    );
+    expect_ok(
+        bot.post(&format!("/rooms/{room}/leave"), &json!({})).await,
+        "bot leaves",
+    );
+    human.send_text(&room, "after the leave").await;
+    human.send_text(&marker_room, "marker").await;
+    let got = receiver.wait_for_bodies(&["marker"]).await;
+    assert!(!got.iter().any(|b| b == "after the leave"), "{got:?}");
+    // Client-format events: no federation fields.
+    let first = &receiver.events()[0];
+    assert!(
+        first.get("auth_events").is_none() && first.get("hashes").is_none(),
+        "{first}"
+    );
+    assert!(
+        first["event_id"].is_string() && first["room_id"] == room,
+        "{first}"
+    );
+    // Every delivered transaction had its own id.
+    let mut ids: Vec<String> = receiver
+        .requests()
+        .into_iter()
+        .filter(|s| s.path.starts_with("/_matrix/app/v1/transactions/"))
+        .map(|s| s.path)
+        .collect();
+    let delivered = ids.len();
+    ids.dedup();
+    assert!(ids.len() <= delivered);
+}
+
+#[tokio::test]
+async fn aliases_in_a_namespace_are_asked_of_the_appservice_and_reserved() {
+    let receiver = Receiver::start().await;
+    let id = as_id();
+    let (server, _dir) = server_with(&[("a.yaml", registration(&id, Some(&receiver.url())))]).await;
+    let token = format!("as_{id}_secret");
+    let bot = server.client_with_token(&token);
+    let room = bot.create_room(&json!({"preset": "public_chat"})).await;
+    // The appservice creates the alias when asked about it.
+    {
+        let (base, token, room) = (server.base_url(), token.clone(), room.clone());
+        *receiver.on_alias.lock().unwrap() = Some(Arc::new(move |alias: String| {
+            let (base, token, room) = (base.clone(), token.clone(), room.clone());
+            Box::pin(async move {
+                let url = format!("{base}/_matrix/client/v3/directory/room/{alias}");
+                reqwest::Client::new()
+                    .put(url)
+                    .bearer_auth(token)
+                    .json(&json!({ "room_id": room }))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            })
+        }));
+    }
+    let human = server.register_random().await;
+    let alias = format!("#{id}_lobby:{}", server.server_name());
+    let encoded = alias.replace('#', "%23").replace(':', "%3A");
+    let found = expect_ok(
+        human.get(&format!("/directory/room/{encoded}")).await,
+        "alias resolved through the appservice",
+    );
+    assert_eq!(found["room_id"], room, "{found}");
+    assert!(
+        receiver.requests().iter().any(|s| s.method == "GET"
+            && s.path.starts_with("/_matrix/app/v1/rooms/")
+            && s.authorization == format!("Bearer hs_{id}_secret")),
+        "{:?}",
+        receiver.requests()
+    );
+    // Joining by an alias the appservice has yet to create works the same way.
+    let door = format!("#{id}_door:{}", server.server_name()).replace('#', "%23");
+    expect_ok(
+        human.post(&format!("/join/{door}"), &json!({})).await,
+        "join by an appservice alias",
+    );
+    assert_eq!(
+        expect_ok(
+            human.get(&format!("/directory/room/{door}")).await,
+            "the new alias"
+        )["room_id"],
+        room
+    );
+    // An alias the appservice does not know stays unknown.
+    *receiver.on_alias.lock().unwrap() = None;
+    let missing = format!("#{id}_nothing:{}", server.server_name()).replace('#', "%23");
+    expect_error(
+        &human.get(&format!("/directory/room/{missing}")).await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+        "alias the appservice does not have",
+    );
+    // A normal user may not take an alias in the exclusive namespace.
+    let own_room = human.create_room(&json!({})).await;
+    let taken = format!("#{id}_mine:{}", server.server_name()).replace('#', "%23");
+    expect_error(
+        &human
+            .put(
+                &format!("/directory/room/{taken}"),
+                &json!({ "room_id": own_room }),
+            )
+            .await,
+        StatusCode::BAD_REQUEST,
+        "M_EXCLUSIVE",
+        "alias in an exclusive namespace",
+    );
+}
+
+#[tokio::test]
+async fn events_from_another_server_reach_the_appservice() {
+    let receiver = Receiver::start().await;
+    let id = as_id();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        registration_on(&id, Some(&receiver.url()), "127\\.0\\.0\\.1:\\d+"),
+    )
+    .unwrap();
+    let path = dir.path().display().to_string();
+    let (a, a_name) = federating_server_with(|env| {
+        TestServer::set_env(env, "PARACORD_APPSERVICE_DIR", &path);
+    })
+    .await;
+    let (b, _) = federating_server_with(|_| {}).await;
+    let bot = a.client_with_token(&format!("as_{id}_secret"));
+    let room = bot.create_room(&json!({"preset": "public_chat"})).await;
+    let bob = b.register_random().await;
+    let enc = |s: &str| s.replace('!', "%21").replace(':', "%3A");
+    expect_ok(
+        bob.post(
+            &format!("/join/{}?via={}", enc(&room), enc(&a_name)),
+            &json!({}),
+        )
+        .await,
+        "bob joins through A",
+    );
+    bob.send_text(&room, "from afar").await;
+    receiver.wait_for_bodies(&["from afar"]).await;
+    let event = receiver
+        .events()
+        .into_iter()
+        .find(|e| e["content"]["body"] == "from afar")
+        .unwrap();
+    assert_eq!(event["sender"], bob.user_id, "{event}");
+}
+
+#[tokio::test]
+async fn users_of_an_appservice_without_rate_limits_are_not_limited() {
+    let id = as_id();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.yaml"), registration(&id, None)).unwrap();
+    let path = dir.path().display().to_string();
+    let server = TestServer::start_with(|env| {
+        TestServer::set_env(env, "PARACORD_APPSERVICE_DIR", &path);
+        TestServer::set_env(env, "PARACORD_RATE_LIMITS_ENABLED", "true");
+        TestServer::set_env(env, "PARACORD_RATE_LIMIT_SEND_BURST", "3");
+        TestServer::set_env(env, "PARACORD_RATE_LIMIT_SEND_PER_SECOND", "0.01");
+    })
+    .await;
+    let human = server.register_random().await;
+    let room = human.create_room(&json!({"preset": "public_chat"})).await;
+    let bot = server.client_with_token(&format!("as_{id}_secret"));
+    let ghost = format!("{id}_speaker");
+    expect_ok(
+        bot.post(
+            "/register",
+            &json!({"type": "m.login.application_service", "username": ghost}),
+        )
+        .await,
+        "register the ghost",
+    );
+    let ghost_id = server.user_id(&ghost);
+    expect_ok(
+        bot.post(&format!("/join/{room}?user_id={ghost_id}"), &json!({}))
+            .await,
+        "the ghost joins",
+    );
+    for i in 0..10 {
+        expect_ok(
+            bot.put(
+                &format!("/rooms/{room}/send/m.room.message/g{i}?user_id={ghost_id}"),
+                &json!({"msgtype": "m.text", "body": format!("ghost {i}")}),
+            )
+            .await,
+            "an unlimited ghost sends",
+        );
+    }
+    // The same limits stop a human after the burst.
+    let mut limited = false;
+    for i in 0..10 {
+        let r = human
+            .put(
+                &format!("/rooms/{room}/send/m.room.message/h{i}"),
+                &json!({"msgtype": "m.text", "body": "human"}),
+            )
+            .await;
+        if r.0 == StatusCode::TOO_MANY_REQUESTS {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "expected the human to be rate limited");
+}
+
+/// The ping's own timeout (10 s): an appservice that takes the connection and never answers.
+#[tokio::test]
+async fn ping_of_a_silent_appservice_times_out() {
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            open.push(s);
+        }
+    });
+    let id = as_id();
+    let (server, _dir) = server_with(&[("a.yaml", registration(&id, Some(&url)))]).await;
+    expect_error(
+        &server
+            .client_with_token(&format!("as_{id}_secret"))
+            .post(
+                &format!("/_matrix/client/v1/appservice/{id}/ping"),
+                &json!({}),
+            )
+            .await,
+        StatusCode::GATEWAY_TIMEOUT,
+        "M_CONNECTION_TIMEOUT",
+        "ping of an appservice that never answers",
+    );
+    held.abort();
+}
+
+#[tokio::test]
+async fn profiles_of_unknown_namespaced_users_are_asked_of_the_appservice() {
+    let receiver = Receiver::start().await;
+    let id = as_id();
+    let (server, _dir) = server_with(&[("a.yaml", registration(&id, Some(&receiver.url())))]).await;
+    let token = format!("as_{id}_secret");
+    // The appservice registers the user it is asked about.
+    {
+        let (base, token) = (server.base_url(), token.clone());
+        *receiver.on_user.lock().unwrap() = Some(Arc::new(move |user: String| {
+            let (base, token) = (base.clone(), token.clone());
+            Box::pin(async move {
+                // `@{id}_name:server`, percent-encoded: the localpart is between %40 and %3A.
+                let localpart = user
+                    .trim_start_matches("%40")
+                    .split("%3A")
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                reqwest::Client::new()
+                    .post(format!("{base}/_matrix/client/v3/register"))
+                    .bearer_auth(token)
+                    .json(&json!({"type": "m.login.application_service", "username": localpart}))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            })
+        }));
+    }
+    let human = server.register_random().await;
+    let ghost = server.user_id(&format!("{id}_puppet"));
+    let profile = expect_ok(
+        human.get(&format!("/profile/{ghost}")).await,
+        "profile of a user the appservice creates on demand",
+    );
+    assert_eq!(profile["displayname"], format!("{id}_puppet"), "{profile}");
+    assert!(
+        receiver
+            .requests()
+            .iter()
+            .any(|s| s.method == "GET" && s.path.starts_with("/_matrix/app/v1/users/")),
+        "{:?}",
+        receiver.requests()
+    );
+    // A user outside every namespace is not asked about.
+    let before = receiver.requests().len();
+    let stranger = server.user_id(&format!("nobody{}", random_localpart().to_lowercase()));
+    expect_error(
+        &human.get(&format!("/profile/{stranger}")).await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+        "profile of an unknown user",
+    );
+    assert_eq!(receiver.requests().len(), before);
+}

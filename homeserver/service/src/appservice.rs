@@ -1,0 +1,984 @@
+//! Application services (the Matrix Application Service API): the registrations loaded from
+//! `appservice_dir`, the questions the API asks of them (whose token is this, who owns this
+//! user or alias namespace), the per-appservice transaction queue fed by an observer of the
+//! room pipeline, its sender, pings and user/alias queries.
+//!
+//! Every event an appservice is interested in is written to `appserviceseq_event`
+//! (`appservice id 0xFF seq` → event id) in the batch that commits the event, so nothing
+//! accepted is lost by a crash. One sender task per appservice reads the oldest rows (at most
+//! [`TXN_EVENTS`]), sends them as one `PUT /_matrix/app/v1/transactions/{txnId}` and deletes
+//! exactly those rows on a 200. A failure keeps the batch (same events, same transaction id)
+//! and retries with exponential backoff up to [`RETRY_MAX`]. A new event wakes the sender.
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{Arc, Weak},
+    time::Duration,
+};
+
+use paracord_core::{Config, Error, ErrorKind, Result};
+use paracord_storage::{
+    key::{KeyBuf, KeyReader},
+    Batch, Db, StorageError, Table,
+};
+use parking_lot::Mutex;
+use regex::Regex;
+use ruma::{
+    api::appservice::{Namespace, Registration},
+    OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId,
+};
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+
+use crate::{
+    outbound::{GuardedClient, OutboundGuard},
+    rooms::{hooks::EventObserver, notify::Notification, Pdu, Rooms},
+    stream::Stream,
+};
+
+/// Most events in one transaction.
+pub const TXN_EVENTS: usize = 100;
+/// First wait after a failed transaction; doubled per further failure.
+const RETRY_BASE: Duration = Duration::from_millis(250);
+/// Longest wait between two attempts.
+const RETRY_MAX: Duration = Duration::from_secs(300);
+/// How long a transaction, a ping or a query may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Rooms whose member interest is remembered (past it the cache starts over).
+const MEMBER_CACHE_ROOMS: usize = 10_000;
+/// Most bytes of an appservice's answer copied into a ping error.
+const MAX_ERROR_BODY: usize = 1000;
+/// The device id of requests made with an appservice's `as_token` (appservice users have no
+/// device of their own until `?device_id=` is supported).
+pub const APPSERVICE_DEVICE: &str = "APPSERVICE";
+
+/// A room's member list and which appservices have a user in it.
+type MemberInterest = (Arc<crate::rooms::RoomMembers>, Arc<Vec<bool>>);
+
+/// The key of a queued event in `appserviceseq_event`: `appservice id 0xFF seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueKey<'a> {
+    pub appservice: &'a str,
+    pub seq: u64,
+}
+
+impl<'a> QueueKey<'a> {
+    pub fn encode(&self) -> Vec<u8> {
+        KeyBuf::new().str(self.appservice).u64(self.seq).into_vec()
+    }
+
+    pub fn decode(key: &'a [u8]) -> Result<Self, StorageError> {
+        let mut reader = KeyReader::new(key);
+        let appservice = reader.str()?;
+        let seq = reader.u64()?;
+        reader.finish()?;
+        Ok(Self { appservice, seq })
+    }
+
+    /// Every key of `appservice`'s queue starts with this.
+    pub fn prefix(appservice: &str) -> Vec<u8> {
+        KeyBuf::new().str(appservice).into_vec()
+    }
+}
+
+/// The `global_value` key of the sequence after the last delivered one, so a transaction id
+/// is never used twice, even once the queue is empty and the server restarted.
+fn delivered_key(appservice: &str) -> Vec<u8> {
+    format!("appservice_delivered\u{ff}{appservice}").into_bytes()
+}
+
+/// One namespace: a regex matched against the whole id.
+#[derive(Debug)]
+struct Pattern {
+    regex: Regex,
+    exclusive: bool,
+}
+
+fn patterns(kind: &str, list: &[Namespace]) -> Result<Vec<Pattern>, String> {
+    list.iter()
+        .map(|n| {
+            // The spec: the regex must match the whole id.
+            Regex::new(&format!("^(?:{})$", n.regex))
+                .map(|regex| Pattern {
+                    regex,
+                    exclusive: n.exclusive,
+                })
+                .map_err(|e| format!("namespaces.{kind}: bad regex {:?}: {e}", n.regex))
+        })
+        .collect()
+}
+
+fn matches(list: &[Pattern], id: &str, exclusive_only: bool) -> bool {
+    list.iter()
+        .any(|p| (!exclusive_only || p.exclusive) && p.regex.is_match(id))
+}
+
+/// A loaded registration.
+#[derive(Debug)]
+pub struct Appservice {
+    pub registration: Registration,
+    /// `@sender_localpart:server`.
+    pub sender: OwnedUserId,
+    users: Vec<Pattern>,
+    aliases: Vec<Pattern>,
+    rooms: Vec<Pattern>,
+}
+
+impl Appservice {
+    /// Checks a registration and compiles its namespaces.
+    pub fn new(mut registration: Registration, server_name: &str) -> Result<Self, String> {
+        // Some generators write an empty url for "no url".
+        if registration
+            .url
+            .as_deref()
+            .is_some_and(|u| u.trim().is_empty())
+        {
+            registration.url = None;
+        }
+        let r = &registration;
+        if r.id.is_empty() {
+            return Err("id is empty".into());
+        }
+        if r.as_token.is_empty() || r.hs_token.is_empty() {
+            return Err("as_token and hs_token must not be empty".into());
+        }
+        if r.as_token == r.hs_token {
+            return Err("as_token and hs_token must differ".into());
+        }
+        if let Some(url) = &r.url {
+            reqwest::Url::parse(url).map_err(|e| format!("url {url:?}: {e}"))?;
+        }
+        let sender = UserId::parse(format!("@{}:{server_name}", r.sender_localpart))
+            .map_err(|e| format!("sender_localpart {:?}: {e}", r.sender_localpart))?;
+        let users = patterns("users", &r.namespaces.users)?;
+        let aliases = patterns("aliases", &r.namespaces.aliases)?;
+        let rooms = patterns("rooms", &r.namespaces.rooms)?;
+        Ok(Self {
+            sender,
+            users,
+            aliases,
+            rooms,
+            registration,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.registration.id
+    }
+
+    /// Whether `user` is one of this appservice's users (its sender or in its users
+    /// namespace, exclusive or not).
+    pub fn owns_user(&self, user: &UserId) -> bool {
+        user == self.sender || matches(&self.users, user.as_str(), false)
+    }
+
+    pub fn is_exclusive_user(&self, user: &str) -> bool {
+        matches(&self.users, user, true)
+    }
+
+    pub fn owns_alias(&self, alias: &str) -> bool {
+        matches(&self.aliases, alias, false)
+    }
+
+    pub fn is_exclusive_alias(&self, alias: &str) -> bool {
+        matches(&self.aliases, alias, true)
+    }
+
+    /// Whether users of this appservice are exempt from rate limits.
+    pub fn rate_limited(&self) -> bool {
+        self.registration.rate_limited.unwrap_or(true)
+    }
+
+    fn url(&self, path: &str) -> Option<Result<reqwest::Url>> {
+        let base = self.registration.url.as_deref()?;
+        Some(
+            reqwest::Url::parse(&format!("{}{path}", base.trim_end_matches('/')))
+                .map_err(Error::internal),
+        )
+    }
+
+    /// Whether this appservice wants `pdu` of `room_id` for the event itself: its sender or
+    /// state key is one of its users, or the room id or one of the room's aliases is in its
+    /// namespaces. (Whether one of its users is a member is asked apart, with a cache.)
+    fn interested(&self, rooms: &Rooms, room_id: &RoomId, pdu: &Pdu) -> bool {
+        if self.owns_user(&pdu.sender)
+            || pdu
+                .state_key
+                .as_deref()
+                .and_then(|k| UserId::parse(k).ok())
+                .is_some_and(|u| self.owns_user(&u))
+            || matches(&self.rooms, room_id.as_str(), false)
+        {
+            return true;
+        }
+        if !self.aliases.is_empty() {
+            if let Ok(state) = rooms.current_state(room_id) {
+                if let Ok(Some(c)) = rooms.state_content(&state, "m.room.canonical_alias", "") {
+                    let alias = c["alias"].as_str().into_iter();
+                    let alt = c["alt_aliases"].as_array().into_iter().flatten();
+                    if alias
+                        .chain(alt.filter_map(Value::as_str))
+                        .any(|a| self.owns_alias(a))
+                    {
+                        return true;
+                    }
+                }
+            }
+        }
+        false
+    }
+}
+
+/// Reads every `*.yaml` / `*.yml` file of `dir` (in name order). A file that cannot be read
+/// or parsed, or that clashes with one loaded before it (id, a token, an exclusive user
+/// namespace), is logged with why and skipped.
+pub fn load_dir(dir: &Path, server_name: &str) -> Vec<Appservice> {
+    let mut files: Vec<_> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| e == "yaml" || e == "yml")
+            })
+            .collect(),
+        Err(e) => {
+            tracing::error!(dir = %dir.display(), "cannot read appservice_dir: {e}");
+            return Vec::new();
+        }
+    };
+    files.sort();
+    let mut loaded: Vec<Appservice> = Vec::new();
+    for file in files {
+        let parsed = std::fs::read_to_string(&file)
+            .map_err(|e| format!("cannot read it: {e}"))
+            .and_then(|text| serde_yaml::from_str::<Registration>(&text).map_err(|e| e.to_string()))
+            .and_then(|r| Appservice::new(r, server_name))
+            .and_then(|a| match clash(&loaded, &a) {
+                Some(why) => Err(why),
+                None => Ok(a),
+            });
+        match parsed {
+            Ok(a) => {
+                tracing::info!(file = %file.display(), id = a.id(), "loaded appservice registration");
+                loaded.push(a);
+            }
+            Err(why) => {
+                let why = why.replace('\n', " ");
+                tracing::error!(file = %file.display(), "skipping appservice registration: {why}");
+            }
+        }
+    }
+    loaded
+}
+
+/// Why `new` cannot sit beside `loaded`, if it cannot.
+fn clash(loaded: &[Appservice], new: &Appservice) -> Option<String> {
+    let (n, nr) = (new, &new.registration);
+    for old in loaded {
+        let or = &old.registration;
+        if or.id == nr.id {
+            return Some(format!("id {:?} is already registered", nr.id));
+        }
+        if [&or.as_token, &or.hs_token].contains(&&nr.as_token)
+            || [&or.as_token, &or.hs_token].contains(&&nr.hs_token)
+        {
+            return Some(format!("a token is already used by appservice {:?}", or.id));
+        }
+        if old.sender == n.sender {
+            return Some(format!(
+                "sender_localpart {:?} is already appservice {:?}'s",
+                nr.sender_localpart, or.id
+            ));
+        }
+        // Exclusive user namespaces of two appservices may not overlap. Regexes cannot be
+        // intersected in general: an id made from one regex's text (its wildcards and classes
+        // replaced by a sample character) that the other matches counts as a clash.
+        for (a, b) in [(old, n), (n, old)] {
+            let exclusive = a
+                .registration
+                .namespaces
+                .users
+                .iter()
+                .filter(|p| p.exclusive);
+            for p in exclusive {
+                let probe = sample_of(&p.regex);
+                if b.is_exclusive_user(&probe) {
+                    return Some(format!(
+                        "its exclusive user namespace overlaps appservice {:?}'s",
+                        or.id
+                    ));
+                }
+            }
+        }
+        if old.is_exclusive_user(n.sender.as_str()) || n.is_exclusive_user(old.sender.as_str()) {
+            return Some(format!(
+                "its sender is in appservice {:?}'s exclusive namespace (or the reverse)",
+                or.id
+            ));
+        }
+    }
+    None
+}
+
+/// An id that a namespace regex probably matches: its text with anchors, groups and escapes
+/// taken out and wildcards or classes replaced by one sample character.
+fn sample_of(regex: &str) -> String {
+    let mut s = regex
+        .trim_start_matches('^')
+        .trim_end_matches('$')
+        .to_owned();
+    for (from, to) in [
+        (r"\d+", "1"),
+        (r"\d*", "1"),
+        (r"\d", "1"),
+        (r"\w+", "x"),
+        (r"\w*", "x"),
+        (r"\w", "x"),
+        ("[0-9]+", "1"),
+        (".*", "x"),
+        (".+", "x"),
+        (r"\.", "."),
+        ("(?:", ""),
+    ] {
+        s = s.replace(from, to);
+    }
+    s.chars()
+        .filter(|c| !matches!(c, '(' | ')' | '\\'))
+        .collect()
+}
+
+/// What a ping or a query got from the appservice.
+fn outbound_error(e: &reqwest::Error) -> Error {
+    if e.is_timeout() {
+        Error::new(
+            http::StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::ConnectionTimeout,
+            "the application service did not answer in time",
+        )
+    } else {
+        Error::new(
+            http::StatusCode::BAD_GATEWAY,
+            ErrorKind::ConnectionFailed,
+            "cannot connect to the application service",
+        )
+    }
+}
+
+/// The loaded appservices, their queues and senders.
+pub struct Appservices {
+    db: Arc<Db>,
+    list: Vec<Arc<Appservice>>,
+    http: GuardedClient,
+    /// The next sequence number of each appservice's queue.
+    next_seq: Mutex<HashMap<String, u64>>,
+    /// Wakes an appservice's sender (a new event).
+    wakes: HashMap<String, Arc<Notify>>,
+    /// Per room, which appservices (by their place in `list`) have a user among its members:
+    /// read once, forgotten at the room's next state event or merge of forks.
+    /// By room: the member list it was worked out from, and which appservices have a user in
+    /// it.
+    member_interest: Mutex<HashMap<OwnedRoomId, MemberInterest>>,
+}
+
+impl Appservices {
+    /// The appservices of `config.appservice_dir` (none when it is unset).
+    pub fn from_config(db: Arc<Db>, config: &Config) -> Result<Self> {
+        let list = match &config.appservice_dir {
+            Some(dir) => load_dir(dir, &config.server_name),
+            None => Vec::new(),
+        };
+        Self::new(db, list, OutboundGuard::from_config(config))
+    }
+
+    pub fn new(db: Arc<Db>, list: Vec<Appservice>, guard: OutboundGuard) -> Result<Self> {
+        let http = GuardedClient::new(guard, 0, REQUEST_TIMEOUT).map_err(Error::internal)?;
+        let mut next_seq = HashMap::new();
+        let mut wakes = HashMap::new();
+        for a in &list {
+            let id = a.id();
+            let last = db
+                .last_with_prefix(Table::AppserviceseqEvent, &QueueKey::prefix(id))?
+                .map(|(k, _)| QueueKey::decode(&k).map(|k| k.seq.saturating_add(1)))
+                .transpose()?
+                .unwrap_or(0);
+            let delivered = db
+                .get(Table::GlobalValue, &delivered_key(id))?
+                .map(|v| paracord_storage::key::decode_u64(&v))
+                .transpose()?
+                .unwrap_or(0);
+            next_seq.insert(id.to_owned(), last.max(delivered));
+            wakes.insert(id.to_owned(), Arc::new(Notify::new()));
+        }
+        Ok(Self {
+            db,
+            list: list.into_iter().map(Arc::new).collect(),
+            http,
+            next_seq: Mutex::new(next_seq),
+            wakes,
+            member_interest: Mutex::default(),
+        })
+    }
+
+    pub fn all(&self) -> &[Arc<Appservice>] {
+        &self.list
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// The appservice whose `as_token` this is.
+    pub fn by_as_token(&self, token: &str) -> Option<&Arc<Appservice>> {
+        // Compared in constant time per registration, so timing does not tell a prefix.
+        self.list.iter().find(|a| {
+            let t = a.registration.as_token.as_bytes();
+            t.len() == token.len()
+                && t.iter()
+                    .zip(token.as_bytes())
+                    .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+                    == 0
+        })
+    }
+
+    pub fn by_id(&self, id: &str) -> Option<&Arc<Appservice>> {
+        self.list.iter().find(|a| a.id() == id)
+    }
+
+    /// The appservice with an exclusive user namespace that matches `user`.
+    pub fn exclusive_user_owner(&self, user: &str) -> Option<&Arc<Appservice>> {
+        self.list.iter().find(|a| a.is_exclusive_user(user))
+    }
+
+    /// The appservice with an exclusive alias namespace that matches `alias`.
+    pub fn exclusive_alias_owner(&self, alias: &str) -> Option<&Arc<Appservice>> {
+        self.list.iter().find(|a| a.is_exclusive_alias(alias))
+    }
+
+    /// The appservice whose users include `user` (sender or namespace), exclusive first.
+    pub fn user_owner(&self, user: &UserId) -> Option<&Arc<Appservice>> {
+        self.exclusive_user_owner(user.as_str())
+            .or_else(|| self.list.iter().find(|a| a.owns_user(user)))
+    }
+
+    /// Whether `user` is never rate limited: an appservice's sender (the spec excludes it),
+    /// or a user of an appservice registered with `rate_limited: false`.
+    pub fn exempt_from_rate_limits(&self, user: &str) -> bool {
+        let Ok(user) = UserId::parse(user) else {
+            return false;
+        };
+        self.list
+            .iter()
+            .any(|a| a.sender == user || (!a.rate_limited() && a.owns_user(&user)))
+    }
+
+    /// Queues `event_id` for every appservice interested in it, in `batch`.
+    fn queue(&self, batch: &mut Batch, rooms: &Rooms, room_id: &RoomId, pdu: &Pdu) {
+        if self.list.is_empty() {
+            return;
+        }
+        let by_members = self.member_interest(rooms, room_id);
+        for (i, a) in self.list.iter().enumerate() {
+            if !a.interested(rooms, room_id, pdu) && by_members.get(i) != Some(&true) {
+                continue;
+            }
+            let seq = {
+                let mut next = self.next_seq.lock();
+                let n = next.entry(a.id().to_owned()).or_insert(0);
+                let seq = *n;
+                *n = n.saturating_add(1);
+                seq
+            };
+            batch.put(
+                Table::AppserviceseqEvent,
+                QueueKey {
+                    appservice: a.id(),
+                    seq,
+                }
+                .encode(),
+                pdu.event_id.as_bytes().to_vec(),
+            );
+        }
+    }
+
+    /// Which appservices have a user among the room's joined members. The answer is kept
+    /// with the member list it came from: the rooms' cache hands out a new list after every
+    /// membership write, which makes the answer be worked out again.
+    fn member_interest(&self, rooms: &Rooms, room_id: &RoomId) -> Arc<Vec<bool>> {
+        let Ok(members) = rooms.shared_members(room_id) else {
+            return Arc::default();
+        };
+        if let Some((from, known)) = self.member_interest.lock().get(room_id) {
+            if Arc::ptr_eq(from, &members) {
+                return known.clone();
+            }
+        }
+        let answer = Arc::new(
+            self.list
+                .iter()
+                .map(|a| members.joined.iter().any(|u| a.owns_user(u)))
+                .collect::<Vec<_>>(),
+        );
+        let mut cache = self.member_interest.lock();
+        if cache.len() >= MEMBER_CACHE_ROOMS {
+            cache.clear();
+        }
+        cache.insert(room_id.to_owned(), (members, answer.clone()));
+        answer
+    }
+
+    /// Wakes every sender (events were committed).
+    fn wake_all(&self) {
+        for w in self.wakes.values() {
+            w.notify_one();
+        }
+    }
+
+    /// Starts one sender task per appservice with a URL; each resumes what its queue holds.
+    pub fn start(self: &Arc<Self>, rooms: Arc<Rooms>, stream: Arc<Stream>) {
+        for a in &self.list {
+            if a.registration.url.is_none() {
+                continue;
+            }
+            let Some(wake) = self.wakes.get(a.id()).cloned() else {
+                continue;
+            };
+            let me = self.clone();
+            let (a, rooms, stream) = (a.clone(), rooms.clone(), stream.clone());
+            tokio::spawn(async move { me.run_sender(a, rooms, stream, wake).await });
+        }
+    }
+
+    /// The oldest queued events of `a`: their keys and client-format JSON.
+    fn read_batch(&self, a: &Appservice, rooms: &Rooms) -> Result<(Vec<Vec<u8>>, Vec<Value>)> {
+        let prefix = QueueKey::prefix(a.id());
+        let rows = self.db.scan(
+            Table::AppserviceseqEvent,
+            &prefix,
+            &prefix,
+            None,
+            false,
+            TXN_EVENTS,
+        )?;
+        let mut keys = Vec::with_capacity(rows.len());
+        let mut events = Vec::with_capacity(rows.len());
+        for (k, v) in rows {
+            let event_id = ruma::EventId::parse(String::from_utf8_lossy(&v).as_ref())
+                .map_err(Error::internal)?;
+            let event = match rooms.short_id(&event_id)? {
+                Some(short) => rooms.client_event_plain(short, None)?.map(|(_, e)| e),
+                None => None,
+            };
+            if let Some(e) = event {
+                events.push(e);
+            }
+            keys.push(k.to_vec());
+        }
+        Ok((keys, events))
+    }
+
+    async fn run_sender(
+        self: Arc<Self>,
+        a: Arc<Appservice>,
+        rooms: Arc<Rooms>,
+        stream: Arc<Stream>,
+        wake: Arc<Notify>,
+    ) {
+        let shutdown = stream.notifier().shutting_down();
+        tokio::pin!(shutdown);
+        // The batch being delivered: kept, with its transaction id, until it is acknowledged.
+        let mut pending: Option<(String, Vec<Vec<u8>>, Value)> = None;
+        let mut failures: u32 = 0;
+        loop {
+            if pending.is_none() {
+                match self.read_batch(&a, &rooms) {
+                    Ok((keys, _)) if keys.is_empty() => {
+                        tokio::select! {
+                            () = wake.notified() => continue,
+                            () = &mut shutdown => return,
+                        }
+                    }
+                    Ok((keys, events)) => {
+                        let seq = |k: &Vec<u8>| QueueKey::decode(k).map(|k| k.seq).unwrap_or(0);
+                        let (first, last) = (
+                            keys.first().map(seq).unwrap_or(0),
+                            keys.last().map(seq).unwrap_or(0),
+                        );
+                        pending =
+                            Some((format!("{first}-{last}"), keys, json!({ "events": events })));
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            appservice = a.id(),
+                            "cannot read the appservice queue: {e}"
+                        );
+                        tokio::select! {
+                            () = tokio::time::sleep(RETRY_MAX) => continue,
+                            () = &mut shutdown => return,
+                        }
+                    }
+                }
+            }
+            let Some((txn_id, keys, body)) = &pending else {
+                continue;
+            };
+            match self.send_transaction(&a, txn_id, body).await {
+                Ok(()) => {
+                    failures = 0;
+                    let mut batch = Batch::new();
+                    let mut after = 0;
+                    for k in keys {
+                        if let Ok(q) = QueueKey::decode(k) {
+                            after = q.seq.saturating_add(1).max(after);
+                        }
+                        batch.delete(Table::AppserviceseqEvent, k.clone());
+                    }
+                    let done = self
+                        .db
+                        .get(Table::GlobalValue, &delivered_key(a.id()))
+                        .ok()
+                        .flatten()
+                        .and_then(|v| paracord_storage::key::decode_u64(&v).ok())
+                        .unwrap_or(0);
+                    batch.put(
+                        Table::GlobalValue,
+                        delivered_key(a.id()),
+                        after.max(done).to_be_bytes().to_vec(),
+                    );
+                    if let Err(e) = self.db.write(batch) {
+                        tracing::error!(
+                            appservice = a.id(),
+                            "cannot dequeue a delivered transaction: {e}"
+                        );
+                    }
+                    pending = None;
+                }
+                Err(why) => {
+                    failures = failures.saturating_add(1);
+                    let wait = RETRY_BASE
+                        .saturating_mul(1u32 << failures.min(16).saturating_sub(1))
+                        .min(RETRY_MAX);
+                    tracing::warn!(
+                        appservice = a.id(),
+                        txn = %txn_id,
+                        retry_in_ms = wait.as_millis() as u64,
+                        "appservice transaction failed: {why}"
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = &mut shutdown => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// `PUT {url}/_matrix/app/v1/transactions/{txnId}`.
+    async fn send_transaction(
+        &self,
+        a: &Appservice,
+        txn_id: &str,
+        body: &Value,
+    ) -> Result<(), String> {
+        let url = a
+            .url(&format!(
+                "/_matrix/app/v1/transactions/{}",
+                crate::percent_encode(txn_id)
+            ))
+            .ok_or("no url")?
+            .map_err(|e| e.to_string())?;
+        let resp = self
+            .http
+            .request(reqwest::Method::PUT, url)
+            .map_err(|r| r.to_string())?
+            .bearer_auth(&a.registration.hs_token)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("answered {}", resp.status()))
+        }
+    }
+
+    /// `POST {url}/_matrix/app/v1/ping` for `a`, answering how long it took (ms).
+    pub async fn ping(&self, a: &Appservice, transaction_id: Option<&str>) -> Result<u64> {
+        let Some(url) = a.url("/_matrix/app/v1/ping") else {
+            return Err(Error::new(
+                http::StatusCode::BAD_REQUEST,
+                ErrorKind::UrlNotSet,
+                "the application service has no url",
+            ));
+        };
+        let mut body = json!({});
+        if let Some(t) = transaction_id {
+            body["transaction_id"] = t.into();
+        }
+        let started = std::time::Instant::now();
+        let resp = self
+            .http
+            .request(reqwest::Method::POST, url?)
+            .map_err(|r| {
+                tracing::warn!(
+                    appservice = a.id(),
+                    "ping refused by the outbound guard: {r}"
+                );
+                Error::new(
+                    http::StatusCode::BAD_GATEWAY,
+                    ErrorKind::ConnectionFailed,
+                    "cannot connect to the application service",
+                )
+            })?
+            .bearer_auth(&a.registration.hs_token)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| outbound_error(&e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            let body: String = text.chars().take(MAX_ERROR_BODY).collect();
+            return Err(Error::new(
+                http::StatusCode::BAD_GATEWAY,
+                ErrorKind::BadStatus {
+                    status: status.as_u16(),
+                    body,
+                },
+                "the application service answered with an error",
+            ));
+        }
+        Ok(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// Asks the appservice that owns `user` whether it exists (`GET /_matrix/app/v1/users/`):
+    /// `true` when it answered 200 (it should have created the user then).
+    pub async fn query_user(&self, user: &UserId) -> bool {
+        let Some(a) = self.user_owner(user) else {
+            return false;
+        };
+        self.query(
+            a,
+            &format!(
+                "/_matrix/app/v1/users/{}",
+                crate::percent_encode(user.as_str())
+            ),
+        )
+        .await
+    }
+
+    /// Asks the appservices whose alias namespaces match `alias`
+    /// (`GET /_matrix/app/v1/rooms/`): `true` when one answered 200 (it created the alias).
+    pub async fn query_alias(&self, alias: &RoomAliasId) -> bool {
+        let path = format!(
+            "/_matrix/app/v1/rooms/{}",
+            crate::percent_encode(alias.as_str())
+        );
+        for a in self.list.iter().filter(|a| a.owns_alias(alias.as_str())) {
+            if self.query(a, &path).await {
+                return true;
+            }
+        }
+        false
+    }
+
+    async fn query(&self, a: &Appservice, path: &str) -> bool {
+        let Some(Ok(url)) = a.url(path) else {
+            return false;
+        };
+        let Ok(request) = self.http.request(reqwest::Method::GET, url) else {
+            return false;
+        };
+        match request.bearer_auth(&a.registration.hs_token).send().await {
+            Ok(resp) => resp.status().is_success(),
+            Err(e) => {
+                tracing::info!(appservice = a.id(), "appservice query failed: {e}");
+                false
+            }
+        }
+    }
+}
+
+/// The observer that queues accepted events for the appservices interested in them.
+pub struct AppserviceObserver {
+    appservices: Arc<Appservices>,
+    rooms: Weak<Rooms>,
+}
+
+impl AppserviceObserver {
+    pub fn new(appservices: Arc<Appservices>, rooms: Weak<Rooms>) -> Self {
+        Self { appservices, rooms }
+    }
+}
+
+impl EventObserver for AppserviceObserver {
+    fn index(&self, batch: &mut Batch, room_id: &RoomId, pdu: &Pdu) -> Result<()> {
+        if self.appservices.is_empty() {
+            return Ok(());
+        }
+        if let Some(rooms) = self.rooms.upgrade() {
+            self.appservices.queue(batch, &rooms, room_id, pdu);
+        }
+        Ok(())
+    }
+
+    fn committed(
+        &self,
+        _rooms: &Arc<Rooms>,
+        _room_id: &RoomId,
+        _pdu: &Pdu,
+        _notifications: &[Notification],
+    ) -> Option<crate::rooms::hooks::FollowUp> {
+        self.appservices.wake_all();
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(yaml: &str) -> Result<Appservice, String> {
+        let r: Registration = serde_yaml::from_str(yaml).map_err(|e| e.to_string())?;
+        Appservice::new(r, "example.org")
+    }
+
+    const BRIDGE: &str = "id: bridge\nurl: http://127.0.0.1:9000\nas_token: a1\nhs_token: h1\nsender_localpart: bridgebot\nnamespaces:\n  users:\n    - regex: '@bridge_.*:example\\.org'\n      exclusive: true\n  aliases:\n    - regex: '#bridge_.*:example\\.org'\n      exclusive: true\n";
+
+    #[test]
+    fn queue_key_round_trips_and_sorts() {
+        let a = QueueKey {
+            appservice: "irc",
+            seq: 2,
+        };
+        let b = QueueKey {
+            appservice: "irc",
+            seq: 256,
+        };
+        assert_eq!(QueueKey::decode(&a.encode()).unwrap(), a);
+        assert!(a.encode() < b.encode());
+        assert!(a.encode().starts_with(&QueueKey::prefix("irc")));
+        assert!(!a.encode().starts_with(&QueueKey::prefix("ir")));
+    }
+
+    #[test]
+    fn namespaces_match_whole_ids() {
+        let a = reg(BRIDGE).unwrap();
+        assert!(a.owns_user(&UserId::parse("@bridge_x:example.org").unwrap()));
+        assert!(a.owns_user(&UserId::parse("@bridgebot:example.org").unwrap()));
+        assert!(!a.owns_user(&UserId::parse("@xbridge_x:example.org").unwrap()));
+        assert!(!a.is_exclusive_user("@bridge_x:example.org.evil"));
+        assert!(a.is_exclusive_alias("#bridge_1:example.org"));
+        assert!(!a.owns_alias("#other:example.org"));
+    }
+
+    /// Transaction ids are made of sequence numbers: a restart must never hand out one
+    /// already used, whether its rows are still queued or were delivered and deleted.
+    #[test]
+    fn sequences_resume_past_queued_and_delivered_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(&dir.path().join("db")).unwrap());
+        let guard = OutboundGuard::new(&[]);
+        let open = |db: &Arc<Db>| {
+            Appservices::new(db.clone(), vec![reg(BRIDGE).unwrap()], guard.clone()).unwrap()
+        };
+        assert_eq!(open(&db).next_seq.lock()["bridge"], 0);
+        let mut batch = Batch::new();
+        for seq in [4, 7] {
+            let key = QueueKey {
+                appservice: "bridge",
+                seq,
+            };
+            batch.put(Table::AppserviceseqEvent, key.encode(), b"$e".to_vec());
+        }
+        db.write(batch).unwrap();
+        assert_eq!(open(&db).next_seq.lock()["bridge"], 8);
+        // Everything delivered (rows gone), the marker says where to go on.
+        let mut batch = Batch::new();
+        for seq in [4, 7] {
+            let key = QueueKey {
+                appservice: "bridge",
+                seq,
+            };
+            batch.delete(Table::AppserviceseqEvent, key.encode());
+        }
+        batch.put(
+            Table::GlobalValue,
+            delivered_key("bridge"),
+            8u64.to_be_bytes().to_vec(),
+        );
+        db.write(batch).unwrap();
+        assert_eq!(open(&db).next_seq.lock()["bridge"], 8);
+    }
+
+    #[test]
+    fn bad_registrations_say_why() {
+        assert!(reg("id: x\n").unwrap_err().contains("missing field"));
+        let bad_regex = BRIDGE.replace("'@bridge_.*", "'@bridge_(");
+        assert!(reg(&bad_regex).unwrap_err().contains("namespaces.users"));
+        let null_url = BRIDGE.replace("url: http://127.0.0.1:9000", "url: null");
+        assert!(reg(&null_url).unwrap().registration.url.is_none());
+        let empty_url = BRIDGE.replace("url: http://127.0.0.1:9000", "url: ''");
+        assert!(reg(&empty_url).unwrap().registration.url.is_none());
+        let bad_url = BRIDGE.replace("url: http://127.0.0.1:9000", "url: 'not a url'");
+        assert!(reg(&bad_url).unwrap_err().contains("url"));
+    }
+
+    #[test]
+    fn clashes_are_refused() {
+        let a = reg(BRIDGE).unwrap();
+        let same_id = reg(&BRIDGE
+            .replace("a1", "a2")
+            .replace("h1", "h2")
+            .replace("bridgebot", "b2")
+            .replace("@bridge_", "@other_"))
+        .unwrap();
+        assert!(clash(std::slice::from_ref(&a), &same_id)
+            .unwrap()
+            .contains("id"));
+        let same_token = reg(&BRIDGE
+            .replace("id: bridge", "id: b2")
+            .replace("h1", "h2")
+            .replace("bridgebot", "b2")
+            .replace("@bridge_", "@other_"))
+        .unwrap();
+        assert!(clash(std::slice::from_ref(&a), &same_token)
+            .unwrap()
+            .contains("token"));
+        let overlap = reg(&BRIDGE
+            .replace("id: bridge", "id: b2")
+            .replace("a1", "a2")
+            .replace("h1", "h2")
+            .replace("bridgebot", "b2"))
+        .unwrap();
+        assert!(clash(std::slice::from_ref(&a), &overlap)
+            .unwrap()
+            .contains("namespace"));
+        // A narrower namespace inside the other, with a port pattern.
+        let ported = |id: &str, users: &str| {
+            reg(&BRIDGE
+                .replace("id: bridge", &format!("id: {id}"))
+                .replace("a1", &format!("a_{id}"))
+                .replace("h1", &format!("h_{id}"))
+                .replace("bridgebot", &format!("{id}bot"))
+                .replace(r"'@bridge_.*:example\.org'", users))
+            .unwrap()
+        };
+        let wide = ported("wide", r"'@irc_.*:localhost:\d+'");
+        let narrow = ported("narrow", r"'@irc_libera_.*:localhost:\d+'");
+        assert!(clash(std::slice::from_ref(&wide), &narrow).is_some());
+        assert!(clash(std::slice::from_ref(&narrow), &wide).is_some());
+        let apart = ported("apart", r"'@xmpp_.*:localhost:\d+'");
+        assert!(clash(std::slice::from_ref(&wide), &apart).is_none());
+        let fine = reg(&BRIDGE
+            .replace("id: bridge", "id: b2")
+            .replace("a1", "a2")
+            .replace("h1", "h2")
+            .replace("bridgebot", "b2")
+            .replace("@bridge_", "@other_"))
+        .unwrap();
+        assert!(clash(std::slice::from_ref(&a), &fine).is_none());
+    }
+}

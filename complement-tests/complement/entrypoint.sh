@@ -68,6 +68,8 @@ export PARACORD_IP_RANGE_ALLOWLIST="${PARACORD_IP_RANGE_ALLOWLIST:-127.0.0.0/8,:
 # Complement's media tests fetch other servers' media through the legacy unauthenticated
 # routes, which by default serve only cached media (Synapse's enable_authenticated_media).
 export PARACORD_LEGACY_MEDIA_FETCHES_REMOTE="${PARACORD_LEGACY_MEDIA_FETCHES_REMOTE:-true}"
+# Complement copies the registrations of a blueprint's application services here.
+export PARACORD_APPSERVICE_DIR="${PARACORD_APPSERVICE_DIR:-/complement/appservice}"
 export PARACORD_LOG="${PARACORD_LOG:-info}"
 # default_room_version stays Paracord's default unless PARACORD_DEFAULT_ROOM_VERSION is passed.
 

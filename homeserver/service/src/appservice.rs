@@ -243,6 +243,10 @@ pub fn load_dir(dir: &Path, server_name: &str) -> Vec<Appservice> {
                     .is_some_and(|e| e == "yaml" || e == "yml")
             })
             .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(dir = %dir.display(), "appservice_dir does not exist: no appservices");
+            return Vec::new();
+        }
         Err(e) => {
             tracing::error!(dir = %dir.display(), "cannot read appservice_dir: {e}");
             return Vec::new();

@@ -227,16 +227,17 @@ impl Sync {
                     if req.since.is_none_or(|s| rec.pos > s)
                         && !self.sent_by_ignored(&rec.event_id, ignored)? =>
                 {
-                    let room = self.invited_room(req.user, &room_id, rec.event_id.as_str())?;
-                    invite.insert(room_id, room);
+                    if let Some(room) =
+                        self.invited_room(req.user, &room_id, rec.event_id.as_str())?
+                    {
+                        invite.insert(room_id, room);
+                    }
                 }
                 MembershipState::Knock if req.since.is_none_or(|s| rec.pos > s) => {
-                    let events = match self.remote_stripped_state(req.user, &room_id)? {
-                        // A knock on another server's room: the state it sent back.
-                        Some(events) => events,
-                        None => self
-                            .rooms
-                            .stripped_state(&room_id, Some(rec.event_id.as_str()))?,
+                    let Some(events) =
+                        self.pending_stripped_state(req.user, &room_id, rec.event_id.as_str())?
+                    else {
+                        continue;
                     };
                     let mut state = KnockState::new();
                     state.events = raws(events)?;
@@ -698,20 +699,38 @@ impl Sync {
         Ok(Some(events))
     }
 
+    /// The invite section of a room, `None` when the invite ended while this sync was read.
     fn invited_room(
         &self,
         user: &UserId,
         room_id: &RoomId,
         invite_event: &str,
-    ) -> Result<InvitedRoom> {
-        // An invite from another server brings the room's stripped state with it.
-        let events = match self.remote_stripped_state(user, room_id)? {
-            Some(events) => events,
-            None => self.rooms.stripped_state(room_id, Some(invite_event))?,
+    ) -> Result<Option<InvitedRoom>> {
+        let Some(events) = self.pending_stripped_state(user, room_id, invite_event)? else {
+            return Ok(None);
         };
         let mut state = InviteState::new();
         state.events = raws(events)?;
-        Ok(InvitedRoom::from(state))
+        Ok(Some(InvitedRoom::from(state)))
+    }
+
+    /// The stripped state shown with a pending invite or knock: what another server sent with
+    /// it, or this server's own room's. `None` when there is neither: the invite or knock of
+    /// another server's room ended (rejected, rescinded) after this sync read the user's
+    /// memberships, and the writer wakes the user to sync again and see the leave.
+    fn pending_stripped_state(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        event_id: &str,
+    ) -> Result<Option<Vec<Value>>> {
+        if let Some(events) = self.remote_stripped_state(user, room_id)? {
+            return Ok(Some(events));
+        }
+        if self.rooms.room(room_id)?.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(self.rooms.stripped_state(room_id, Some(event_id))?))
     }
 
     fn left_room(
@@ -831,6 +850,44 @@ fn counts(notifications: u64, highlights: u64) -> UnreadNotificationsCount {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Issue 14: a pending invite or knock of another server's room that ends while a sync
+    // reads it (the membership row read before the invite's record is deleted) leaves that
+    // room out of this sync instead of failing it with "room not found" (Complement's
+    // TestFederationRoomsInvite, whose users sync while their invites are rescinded).
+    #[tokio::test]
+    async fn an_invite_ending_while_a_sync_reads_it_is_left_out() {
+        let (_dir, s) = crate::rooms::tests::services();
+        let user = ruma::owned_user_id!("@bob:localhost");
+        let event = ruma::owned_event_id!("$invite:remote.example");
+        for (room, membership) in [
+            (ruma::owned_room_id!("!invited:remote.example"), "invite"),
+            (ruma::owned_room_id!("!knocked:remote.example"), "knock"),
+        ] {
+            // The membership row as it was when the sync read it; the invite's record and
+            // any room record are gone, as after a rescind.
+            s.stream
+                .commit(|pos, batch| {
+                    crate::rooms::write_membership(batch, &room, &user, membership, pos, &event)
+                })
+                .unwrap();
+        }
+        let answer = s
+            .sync
+            .sync(SyncRequest {
+                user: &user,
+                device: "DEV",
+                since: None,
+                to_device_ack: None,
+                full_state: false,
+                filter: FilterDefinition::default(),
+                timeout: Duration::ZERO,
+            })
+            .await
+            .unwrap();
+        assert!(answer.rooms.invite.is_empty(), "{:?}", answer.rooms.invite);
+        assert!(answer.rooms.knock.is_empty(), "{:?}", answer.rooms.knock);
+    }
 
     #[test]
     fn tokens_round_trip() {

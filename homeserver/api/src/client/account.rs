@@ -92,14 +92,7 @@ pub(crate) async fn register_route(
     if token.is_some() {
         tracing::info!(user = %r.user_id, "the first admin registered with the one-time token");
     }
-    let mut resp = register::v3::Response::new(r.user_id);
-    if !b.inhibit_login {
-        resp.access_token = Some(r.access_token);
-        resp.device_id = Some(r.device_id);
-        resp.refresh_token = r.refresh_token;
-        resp.expires_in = r.expires_in_ms.map(Duration::from_millis);
-    }
-    Ok(RumaResponse(resp))
+    Ok(RumaResponse(registered(r, b.inhibit_login)))
 }
 
 /// A name in an application service's exclusive user namespace, or its sender's, is that
@@ -160,14 +153,7 @@ async fn appservice_register(
             None,
         )
         .await?;
-    let mut resp = register::v3::Response::new(r.user_id);
-    if !b.inhibit_login {
-        resp.access_token = Some(r.access_token);
-        resp.device_id = Some(r.device_id);
-        resp.refresh_token = r.refresh_token;
-        resp.expires_in = r.expires_in_ms.map(Duration::from_millis);
-    }
-    Ok(RumaResponse(resp))
+    Ok(RumaResponse(registered(r, b.inhibit_login)))
 }
 
 /// `GET /_matrix/client/v1/register/m.login.registration_token/validity` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1registermloginregistration_tokenvalidity
@@ -272,4 +258,19 @@ pub(crate) async fn deactivate_route(
     Ok(RumaResponse(deactivate::v3::Response::new(
         ruma::api::client::account::ThirdPartyIdRemovalStatus::NoSupport,
     )))
+}
+
+/// The answer to a registration: the new user, and its session unless `inhibit_login`.
+fn registered(
+    r: paracord_service::accounts::LoginResult,
+    inhibit_login: bool,
+) -> register::v3::Response {
+    let mut resp = register::v3::Response::new(r.user_id);
+    if !inhibit_login {
+        resp.access_token = Some(r.access_token);
+        resp.device_id = Some(r.device_id);
+        resp.refresh_token = r.refresh_token;
+        resp.expires_in = r.expires_in_ms.map(Duration::from_millis);
+    }
+    resp
 }

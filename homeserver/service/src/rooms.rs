@@ -1428,7 +1428,7 @@ struct MembersCache {
 /// Rooms whose member lists are kept in memory.
 const MEMBERS_CACHE_ROOMS: usize = 1024;
 /// Event ids whose short ids are kept in memory.
-const SHORT_CACHE_ENTRIES: usize = 65_536;
+const SHORT_CACHE_ENTRIES: usize = 16_384;
 
 /// Indexes `user`'s membership `m` in a room, set by `event_id` at stream position `pos`.
 /// The caller calls [`Rooms::members_changed`] once the batch is written.

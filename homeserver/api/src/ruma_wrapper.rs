@@ -373,7 +373,7 @@ async fn appservice_identity(
     Ok((
         Identity {
             user_id,
-            device_id: paracord_service::appservice::APPSERVICE_DEVICE.into(),
+            device_id: appservice.device_id().into(),
             admin: false,
             appservice: Some(appservice.id().to_owned()),
         },

@@ -126,6 +126,11 @@ pub struct Appservice {
 }
 
 impl Appservice {
+    /// The device id of requests made with this appservice's `as_token`.
+    pub fn device_id(&self) -> &'static str {
+        APPSERVICE_DEVICE
+    }
+
     /// Checks a registration and compiles its namespaces.
     pub fn new(mut registration: Registration, server_name: &str) -> Result<Self, String> {
         // Some generators write an empty url for "no url".

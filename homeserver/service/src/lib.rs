@@ -115,8 +115,9 @@ impl Services {
             stream.clone(),
         );
         // The Matrix pipeline, with the guild rules as its policy and, told of every accepted
-        // event, the guild invite index, the guild departures and the push sender. Local
-        // events go to the federation sender.
+        // event, the guild invite index, the guild departures, the private channels' access
+        // (which needs the PDU service, made later: given to it then) and the push sender.
+        // Local events go to the federation sender.
         let (push_observer, push_jobs, pusher_users) = pushers::PushObserver::new();
         let appservices = Arc::new(appservice::Appservices::from_config(db.clone(), &config)?);
         if !appservices.is_empty() {
@@ -132,6 +133,7 @@ impl Services {
             })
         };
         let invites = Arc::new(guilds::members::InviteIndex::new(db.clone()));
+        let channel_access = Arc::new(guilds::channels::ChannelAccess::new());
         let rooms = Arc::new_cyclic(|me| {
             rooms::Rooms::new(
                 rooms::RoomsParts {
@@ -146,6 +148,7 @@ impl Services {
                     observers: vec![
                         invites.clone(),
                         Arc::new(guilds::members::GuildDeparture),
+                        channel_access.clone(),
                         Arc::new(push_observer),
                         Arc::new(appservice::AppserviceObserver::new(
                             appservices.clone(),
@@ -255,6 +258,7 @@ impl Services {
                 me.clone(),
             )
         });
+        channel_access.set_pdus(Arc::downgrade(&pdus));
         let queries = Arc::new(federation::query::Queries::new(
             federation.clone(),
             keys.clone(),

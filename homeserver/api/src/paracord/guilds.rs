@@ -113,7 +113,6 @@ async fn member_role(
     let id = member_guild(&state, &user, &id)?;
     let target = user_param(&target)?;
     store::set_member_role(&state.rooms, &id, &user, &target, &role, add).await?;
-    channels::sync_all_access(&state.rooms, &state.pdus, &id).await?;
     // The full Member object (spec/rest.md §4); roles may be given to an invited user too.
     Ok(Json(
         paracord_service::guilds::members::member(&state.rooms, &id, &target, true)?.into(),

@@ -10,7 +10,7 @@ use axum::{
 };
 use http::Method;
 use paracord_core::{time::now_ms, Error};
-use paracord_service::guilds::{channels::sync_all_access, members};
+use paracord_service::guilds::members;
 
 use super::{
     json_body, member_guild,
@@ -100,7 +100,6 @@ pub(crate) async fn modify_role_route(
     let id = member_guild(&state, &user, &id)?;
     let changes = body.check()?;
     let role = members::modify_role(&state.rooms, &id, &user, &role, changes).await?;
-    sync_all_access(&state.rooms, &state.pdus, &id).await?;
     Ok(Json(role.into()))
 }
 
@@ -112,7 +111,6 @@ pub(crate) async fn delete_role_route(
 ) -> ApiResult<Json<Empty>> {
     let id = member_guild(&state, &user, &id)?;
     members::delete_role(&state.rooms, &id, &user, &role).await?;
-    sync_all_access(&state.rooms, &state.pdus, &id).await?;
     Ok(Json(Empty {}))
 }
 
@@ -161,11 +159,7 @@ pub(crate) async fn modify_member_route(
     let id = member_guild(&state, &user, &id)?;
     let target = known_user(&target)?;
     let changes = body.check(now_ms())?;
-    let roles_changed = changes.roles.is_some();
     let member = members::modify_member(&state.rooms, &id, &user, &target, changes).await?;
-    if roles_changed {
-        sync_all_access(&state.rooms, &state.pdus, &id).await?;
-    }
     Ok(Json(member.into()))
 }
 

@@ -4,7 +4,10 @@
 //! `chat.paracord.overwrite` events, each change followed by the projected power levels
 //! (spec/guilds.md §2, §5, §7, §8).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use paracord_core::{time::now_ms, Error, Result};
 use ruma::{events::room::member::MembershipState, OwnedRoomId, OwnedUserId, RoomId, UserId};
@@ -24,7 +27,10 @@ use crate::{
     federation::pdus::Pdus,
     rooms::{
         create::{CreateRoom, Preset},
-        Rooms,
+        hooks::{EventObserver, FollowUp},
+        membership::membership_of,
+        notify::Notification,
+        Pdu, Rooms,
     },
 };
 
@@ -403,11 +409,25 @@ async fn kick_all(rooms: &Rooms, room: &RoomId, owner: &UserId) -> Result<()> {
     Ok(())
 }
 
-/// [`sync_access`] for every channel of the guild: after a change of roles or of role
-/// assignments, which may change who sees which private channel.
+/// [`sync_access`] for every channel of the guild: after a change of roles, which may change
+/// who sees which private channel. [`ChannelAccess`] calls it.
 pub async fn sync_all_access(rooms: &Rooms, pdus: &Pdus, guild_id: &RoomId) -> Result<()> {
     for channel in channel_ids(rooms, guild_id)? {
         sync_access(rooms, pdus, guild_id, &channel).await?;
+    }
+    Ok(())
+}
+
+/// [`sync_access`] for one user in every channel of the guild: after a change of their roles
+/// or of their guild membership, which changes what they alone see.
+pub async fn sync_member_access(
+    rooms: &Rooms,
+    pdus: &Pdus,
+    guild_id: &RoomId,
+    user: &UserId,
+) -> Result<()> {
+    for channel in channel_ids(rooms, guild_id)? {
+        sync_channel_access(rooms, pdus, guild_id, &channel, Some(user)).await?;
     }
     Ok(())
 }
@@ -422,6 +442,17 @@ pub async fn sync_access(
     pdus: &Pdus,
     guild_id: &RoomId,
     channel: &RoomId,
+) -> Result<()> {
+    sync_channel_access(rooms, pdus, guild_id, channel, None).await
+}
+
+/// [`sync_access`], for everyone or for `only` one user.
+async fn sync_channel_access(
+    rooms: &Rooms,
+    pdus: &Pdus,
+    guild_id: &RoomId,
+    channel: &RoomId,
+    only: Option<&UserId>,
 ) -> Result<()> {
     let guild = load_guild(rooms, guild_id)?;
     let owner = host_owner(rooms, &guild)?;
@@ -450,8 +481,9 @@ pub async fn sync_access(
                 .channel_permissions(&load_member(rooms, guild_id, user)?, &o, now)
                 .contains(Permissions::VIEW_CHANNEL))
     };
+    let concerned = |user: &UserId| only.is_none_or(|u| u == user);
     for (user, m) in rooms.members(guild_id)? {
-        if m != MembershipState::Join || user == owner || !sees(&user)? {
+        if m != MembershipState::Join || user == owner || !concerned(&user) || !sees(&user)? {
             continue;
         }
         if matches!(
@@ -474,6 +506,7 @@ pub async fn sync_access(
     }
     for (user, m) in rooms.members(channel)? {
         if user != owner
+            && concerned(&user)
             && matches!(
                 m,
                 MembershipState::Join | MembershipState::Invite | MembershipState::Knock
@@ -484,6 +517,89 @@ pub async fn sync_access(
         }
     }
     Ok(())
+}
+
+/// Keeps private channels in line with who can see them whenever an event that changes it is
+/// accepted into a guild's space, however it arrived (a request here, a relayed one, or over
+/// federation): a `chat.paracord.role` (any member's view may change: [`sync_all_access`]),
+/// a `chat.paracord.member` (that member's roles: [`sync_member_access`]) or a member joining
+/// the space (roles given while invited: [`sync_member_access`]). Only the guild host, whose
+/// owner writes the channels, acts. Its own events (join rules, invites and kicks in the
+/// channels) are none of these, so they set off nothing more. Overwrites in a channel are
+/// followed by [`sync_access`] where they are written.
+pub struct ChannelAccess {
+    /// Made after the rooms, whose observer this is: set once, when it is.
+    pdus: std::sync::OnceLock<std::sync::Weak<Pdus>>,
+}
+
+/// What a [`ChannelAccess`] follow-up re-syncs.
+enum AccessChange {
+    Everyone,
+    Member(OwnedUserId),
+}
+
+impl ChannelAccess {
+    pub fn new() -> Self {
+        Self {
+            pdus: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The federation PDU service, for invites of users of other servers.
+    pub fn set_pdus(&self, pdus: std::sync::Weak<Pdus>) {
+        let _ = self.pdus.set(pdus);
+    }
+
+    fn change(rooms: &Rooms, room_id: &RoomId, pdu: &Pdu) -> Option<AccessChange> {
+        let key = pdu.state_key.as_deref()?;
+        let change = match pdu.kind.to_string().as_str() {
+            "chat.paracord.role" => AccessChange::Everyone,
+            "chat.paracord.member" => {
+                AccessChange::Member(OwnedUserId::try_from(key.strip_prefix("user:")?).ok()?)
+            }
+            "m.room.member"
+                if membership_of(&pdu.content_value()) == Some(MembershipState::Join) =>
+            {
+                AccessChange::Member(OwnedUserId::try_from(key).ok()?)
+            }
+            _ => return None,
+        };
+        // A guild's space, hosted here.
+        let guild = load_guild(rooms, room_id).ok()?;
+        host_owner(rooms, &guild).ok()?;
+        Some(change)
+    }
+}
+
+impl Default for ChannelAccess {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EventObserver for ChannelAccess {
+    fn committed(
+        &self,
+        rooms: &Arc<Rooms>,
+        room_id: &RoomId,
+        pdu: &Pdu,
+        _: &[Notification],
+    ) -> Option<FollowUp> {
+        let change = Self::change(rooms, room_id, pdu)?;
+        let pdus = self.pdus.get()?.upgrade()?;
+        let (rooms, guild_id) = (rooms.clone(), room_id.to_owned());
+        Some(Box::pin(async move {
+            let done = match &change {
+                AccessChange::Everyone => sync_all_access(&rooms, &pdus, &guild_id).await,
+                AccessChange::Member(user) => {
+                    sync_member_access(&rooms, &pdus, &guild_id, user).await
+                }
+            };
+            if let Err(e) = done {
+                warn!(%guild_id, "private channels not kept in line with their viewers: {e}");
+            }
+        }))
+    }
 }
 
 /// Rewrites the `order` of every `m.space.child` that no longer sorts like the guild's
@@ -1477,5 +1593,115 @@ mod tests {
         };
         let t = OverwriteTarget::Role("top".into());
         assert!(check_overwrite(&guild, &owner, Permissions::ALL, &t, kick).is_ok());
+    }
+
+    /// A role given to a member by an event that came over federation (placed like any
+    /// received PDU, with no request here to re-sync after it) still lets them into the
+    /// private channel the role can see: the [`ChannelAccess`] observer follows it.
+    #[tokio::test]
+    async fn a_received_role_assignment_opens_a_private_channel() {
+        use crate::{
+            guilds::create::{create_guild, NewGuild},
+            rooms::{
+                remote::{Checked, Placed},
+                NewEvent,
+            },
+            Services,
+        };
+        use paracord_core::Config;
+        use ruma::events::TimelineEventType;
+
+        let dir = tempfile::tempdir().unwrap();
+        let s = Services::open(Config {
+            data_dir: dir.path().join("data"),
+            ..Config::default()
+        })
+        .unwrap();
+        let rooms = &s.rooms;
+        let owner = OwnedUserId::try_from("@owner:localhost").unwrap();
+        let bob = OwnedUserId::try_from("@bob:localhost").unwrap();
+        let g = create_guild(
+            rooms,
+            &owner,
+            NewGuild {
+                name: "Test".into(),
+                ..NewGuild::default()
+            },
+            (None, None),
+        )
+        .await
+        .unwrap();
+        let space = g.id.clone();
+        let general = OwnedRoomId::try_from(g.guild.system_channel.unwrap()).unwrap();
+        rooms
+            .invite(&space, &owner, &bob, None, false)
+            .await
+            .unwrap();
+        rooms.join(&space, &bob, (None, None), None).await.unwrap();
+        rooms
+            .join(&general, &bob, (None, None), None)
+            .await
+            .unwrap();
+        // #general becomes private, seen by the role `seer` only: bob, without it, is out.
+        let view = Permissions::VIEW_CHANNEL.to_wire();
+        let view = view.as_str();
+        send_state(
+            rooms,
+            &space,
+            &owner,
+            "chat.paracord.role",
+            "seer",
+            json!({ "name": "seer", "color": 0, "position": 1, "hoist": false,
+                    "mentionable": false, "permissions": "0" }),
+        )
+        .await
+        .unwrap();
+        for (target, allow, deny) in [("role:everyone", "0", view), ("role:seer", view, "0")] {
+            send_state(
+                rooms,
+                &general,
+                &owner,
+                "chat.paracord.overwrite",
+                target,
+                json!({ "allow": allow, "deny": deny }),
+            )
+            .await
+            .unwrap();
+        }
+        sync_access(rooms, &s.pdus, &space, &general).await.unwrap();
+        assert_eq!(
+            rooms.membership(&general, &bob).unwrap(),
+            Some(MembershipState::Leave)
+        );
+        // Bob gets `seer` by an event received as from another server.
+        let new = NewEvent::state(
+            TimelineEventType::from("chat.paracord.member"),
+            &format!("user:{bob}"),
+            json!({ "roles": ["seer"] }),
+        );
+        let (version, obj) = rooms.checked_template(&space, &owner, &new).unwrap();
+        let (event_id, pdu, bytes) = rooms.sign_event(obj, &version).unwrap();
+        let placed = rooms
+            .place_remote(
+                &space,
+                Checked {
+                    event_id,
+                    pdu,
+                    bytes,
+                },
+            )
+            .await
+            .unwrap();
+        assert!(matches!(placed, Placed::Accepted(_)), "{placed:?}");
+        // Its follow-ups run on their own, as for any received event.
+        let mut membership = None;
+        for _ in 0..100 {
+            membership = rooms.membership(&general, &bob).unwrap();
+            if membership == Some(MembershipState::Invite) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(membership, Some(MembershipState::Invite));
     }
 }

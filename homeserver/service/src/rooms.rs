@@ -1123,6 +1123,7 @@ impl Rooms {
                 relation: relation.as_ref(),
                 notes: &notes,
                 redact_target: redact_target.as_ref(),
+                starts_timeline: None,
             },
         )?;
         if let Some(user) = commit::member_target(&pdu) {

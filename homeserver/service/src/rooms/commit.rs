@@ -2,8 +2,9 @@
 //! changes: its state snapshot, the timeline row, the room's extremities and current state,
 //! the membership rows of the members whose membership changed, notifications, the relation,
 //! search and observer indexes, a redaction, and a local event's transaction id — in one
-//! batch at one stream position. Local and received events differ only in how they were
-//! checked before they get here (DESIGN.md §3).
+//! batch at one stream position. Local and received events, and the join that starts a room
+//! joined over federation, differ only in how they were checked before they get here
+//! (DESIGN.md §3).
 
 use paracord_core::{time::now_ms, Result};
 use paracord_storage::{Batch, Table};
@@ -13,9 +14,9 @@ use ruma::{
 };
 
 use super::{
-    membership::membership_of, notify::Notification, put_timeline_row, relations, rules_for,
-    txn_key, write_event_rows, write_full_snapshot, write_membership, write_state_snapshot,
-    EventMeta, Pdu, RoomRecord, Rooms, StateMap,
+    membership::membership_of, notify::Notification, put_timeline_row, relations,
+    remote::invite_key, rules_for, txn_key, write_event_rows, write_full_snapshot,
+    write_membership, write_state_snapshot, EventMeta, Pdu, RoomRecord, Rooms, StateMap,
 };
 
 /// Snapshot ids of resolved states (which belong to no one event) have this bit set, and the
@@ -60,6 +61,12 @@ pub(crate) struct Accepted<'a> {
     pub notes: &'a [Notification],
     /// The event this one redacts, when the redaction applies.
     pub redact_target: Option<&'a OwnedEventId>,
+    /// `Some(n)` for the event that starts the room's timeline here, a join over federation
+    /// (`Rooms::join_remote_room`): it is written `n` stream positions after the first one
+    /// it takes, which are kept free for the history before it (`RoomRecord::backfill_floor`
+    /// to `backfill_next`, filled by `Rooms::store_backfilled`), so its missing
+    /// `prev_events` are no holes.
+    pub starts_timeline: Option<u64>,
 }
 
 /// What a commit wrote.
@@ -115,7 +122,9 @@ impl Rooms {
             .cloned()
             .collect();
         let mut after_gap = false;
-        if !room.holes.is_empty() || ev.before.resolved || ev.before.id != room.state {
+        let placed_on_other_state =
+            !room.holes.is_empty() || ev.before.resolved || ev.before.id != room.state;
+        if ev.starts_timeline.is_none() && placed_on_other_state {
             for prev in &pdu.prev_events {
                 if !self.is_placed(prev)? {
                     after_gap = true;
@@ -140,7 +149,9 @@ impl Rooms {
         };
         let search = self.search.clone();
         let content = pdu.content_value();
-        let (pos, changed) = self.stream.commit(|pos, batch| {
+        let reserved = ev.starts_timeline.unwrap_or(0);
+        let (_, (pos, changed)) = self.stream.commit_n(reserved + 1, |first, batch| {
+            let pos = first + reserved;
             let short = ev.existing_short.unwrap_or(pos);
             let before = if ev.before.resolved {
                 let id = RESOLVED_BEFORE | pos;
@@ -175,7 +186,7 @@ impl Rooms {
             };
             write_event_rows(batch, short, ev.event_id, ev.bytes, &meta)?;
             if ev.soft_failed {
-                return Ok(Vec::new());
+                return Ok((pos, Vec::new()));
             }
             self.write_notifications(batch, room_id, ev.event_id.as_str(), pos, ev.notes)?;
             put_timeline_row(
@@ -229,6 +240,10 @@ impl Rooms {
             }
             room.depth = room.depth.max(u64::from(pdu.depth));
             room.last_pos = pos;
+            if ev.starts_timeline.is_some() {
+                room.backfill_next = pos;
+                room.backfill_floor = first;
+            }
             batch.put(
                 Table::RoomidRoom,
                 room_id.as_bytes().to_vec(),
@@ -284,7 +299,7 @@ impl Rooms {
                     u64::from(pdu.origin_server_ts.get()),
                 )?;
             }
-            Ok(changed)
+            Ok((pos, changed))
         })?;
         if !changed.is_empty() {
             self.members_changed(room_id);
@@ -313,6 +328,7 @@ impl Rooms {
         let m = membership_of(&content).unwrap_or(MembershipState::Leave);
         write_membership(batch, room_id, &user, m.as_str(), pos, event_id)?;
         self.index_remote_member(batch, &user, m.as_str(), &content)?;
+        self.end_invite_on_join(batch, room_id, &user, &m);
         Ok(vec![user])
     }
 
@@ -348,9 +364,26 @@ impl Rooms {
             let m = membership_of(&content).unwrap_or(MembershipState::Leave);
             write_membership(batch, room_id, &user, m.as_str(), pos, &member.event_id)?;
             self.index_remote_member(batch, &user, m.as_str(), &content)?;
+            self.end_invite_on_join(batch, room_id, &user, &m);
             changed.push(user);
         }
         Ok(changed)
+    }
+}
+
+impl Rooms {
+    /// A user of this server who joined the room has no pending invite to it from another
+    /// server any more (`Rooms::store_remote_invite`).
+    fn end_invite_on_join(
+        &self,
+        batch: &mut Batch,
+        room_id: &RoomId,
+        user: &OwnedUserId,
+        m: &MembershipState,
+    ) {
+        if *m == MembershipState::Join && user.server_name() == self.config.server_name.as_str() {
+            batch.delete(Table::UserroomRemoteinvite, invite_key(user, room_id));
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use paracord_core::{Error, Result};
 use paracord_storage::{key::decode_u64, Batch, Table};
 use ruma::{
-    events::{room::member::MembershipState, StateEventType, TimelineEventType},
+    events::{StateEventType, TimelineEventType},
     room_version_rules::RoomVersionRules,
     state_res::{
         self, check_state_dependent_auth_rules, check_state_independent_auth_rules,
@@ -25,9 +25,8 @@ use super::{
     commit::{Accepted, Before, Pending, RESOLVED_BEFORE},
     hooks,
     keys::{RoomPosKey, UserRoomKey},
-    membership::membership_of,
     put_timeline_row, rules_for, write_event_rows, write_full_snapshot, write_membership,
-    write_state_snapshot, EventMeta, Pdu, RoomRecord, Rooms, StateMap,
+    EventMeta, Pdu, RoomRecord, Rooms, StateMap,
 };
 
 /// Timeline positions kept free before a join over federation for the history before it.
@@ -58,7 +57,7 @@ pub enum Placed {
     MissingState(Vec<OwnedEventId>),
 }
 
-fn invite_key(user: &UserId, room_id: &RoomId) -> Vec<u8> {
+pub(super) fn invite_key(user: &UserId, room_id: &RoomId) -> Vec<u8> {
     UserRoomKey {
         user_id: user.as_str(),
         room_id: room_id.as_str(),
@@ -810,6 +809,7 @@ impl Rooms {
                 relation: relation.as_ref(),
                 notes: &notes,
                 redact_target: redact_target.as_ref(),
+                starts_timeline: None,
             },
         )?;
         if soft_failed {
@@ -895,89 +895,238 @@ impl Rooms {
             .map_err(|e| {
                 Error::forbidden(format!("the join is not allowed by the room state: {e}"))
             })?;
-        let existing = self.room(room_id)?;
-        let join_id = join.event_id.clone();
         let joiner = OwnedUserId::try_from(join.pdu.state_key.clone().unwrap_or_default())
             .map_err(|_| Error::bad_json("the join event has no user as state_key"))?;
-        // The positions before the join are kept free for the history before it, fetched
-        // when a client pages back (`Rooms::store_backfilled`); no request goes out now.
-        let (first, ()) = self.stream.commit_n(BACKFILL_SLOTS + 1, |first, batch| {
-            let pos = first + BACKFILL_SLOTS;
-            let before = RESOLVED_BEFORE | pos;
-            write_full_snapshot(batch, before, &map)?;
-            let short = pos;
-            write_state_snapshot(
-                batch,
-                short,
-                before,
-                0,
-                &map,
-                ("m.room.member", joiner.as_str()),
-                short,
-            )?;
-            let meta = EventMeta {
-                event_id: join_id.clone(),
-                room_id: room_id.to_owned(),
-                state_before: before,
-                state_after: short,
-                redacted_by: None,
+        // The room's timeline here starts again with the join: a new record (its depth kept),
+        // and the state before the join written as a snapshot of its own. Every member of
+        // that state gets their membership row (nothing is compared with what this server
+        // knew of the room before). The positions before the join are kept free for the
+        // history before it, fetched when a client pages back (`Rooms::store_backfilled`);
+        // no request goes out now.
+        let existing = self.room(room_id)?;
+        let record = RoomRecord {
+            version: version.to_owned(),
+            extremities: Vec::new(),
+            state: 0,
+            depth: existing.as_ref().map_or(0, |r| r.depth),
+            last_pos: 0,
+            holes: Vec::new(),
+            gaps: Vec::new(),
+            backfill_next: 0,
+            backfill_floor: 0,
+        };
+        let committed = self.commit(
+            room_id,
+            record,
+            Accepted {
+                event_id: &join.event_id,
+                pdu: &join.pdu,
+                bytes: &join.bytes,
+                before: Before {
+                    id: 0,
+                    map: &map,
+                    resolved: true,
+                },
+                soft_failed: false,
+                existing_short: None,
                 txn: None,
-                outlier: false,
-                hidden: false,
-                rejected: false,
-            };
-            write_event_rows(batch, short, &join_id, &join.bytes, &meta)?;
-            put_timeline_row(
-                batch,
-                room_id,
-                pos,
-                short,
-                u64::from(join.pdu.origin_server_ts.get()),
-            );
-            let record = RoomRecord {
-                version: version.to_owned(),
-                extremities: vec![join_id.clone()],
-                state: short,
-                depth: u64::from(join.pdu.depth).max(existing.as_ref().map_or(0, |r| r.depth)),
-                last_pos: pos,
-                holes: Vec::new(),
-                gaps: Vec::new(),
-                backfill_next: pos,
-                backfill_floor: first,
-            };
-            batch.put(
-                Table::RoomidRoom,
-                room_id.as_bytes().to_vec(),
-                serde_json::to_vec(&record)?,
-            );
-            for e in state {
-                if e.pdu.kind != TimelineEventType::RoomMember {
-                    continue;
-                }
-                let Some(user) = e
-                    .pdu
-                    .state_key
-                    .as_deref()
-                    .and_then(|k| OwnedUserId::try_from(k).ok())
-                else {
-                    continue;
-                };
-                if user == joiner {
-                    continue;
-                }
-                let m = membership_of(&e.pdu.content_value()).unwrap_or(MembershipState::Leave);
-                write_membership(batch, room_id, &user, m.as_str(), pos, &e.event_id)?;
-                self.index_remote_member(batch, &user, m.as_str(), &e.pdu.content_value())?;
-            }
-            write_membership(batch, room_id, &joiner, "join", pos, &join_id)?;
-            batch.delete(Table::UserroomRemoteinvite, invite_key(&joiner, room_id));
-            Ok(())
-        })?;
-        self.members_changed(room_id);
-        let pos = first + BACKFILL_SLOTS;
+                relation: None,
+                notes: &[],
+                redact_target: None,
+                starts_timeline: Some(BACKFILL_SLOTS),
+            },
+        )?;
+        let pos = committed.pos;
         info!(%room_id, state = state.len(), auth_chain = auth_chain.len(), "joined a room over federation");
         self.follow_predecessor(room_id, &map, &joiner);
-        hooks::spawn(self.after_commit(room_id, &join.pdu, &[], None, vec![joiner])?);
+        hooks::spawn(self.after_commit(
+            room_id,
+            &join.pdu,
+            &[],
+            None,
+            committed.changed_members,
+        )?);
         Ok(pos)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use paracord_core::Config;
+    use ruma::{events::room::member::MembershipState, OwnedRoomId, UserId};
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        rooms::{
+            create::{CreateRoom, Preset},
+            NewEvent,
+        },
+        Services,
+    };
+
+    fn server(name: &str) -> (tempfile::TempDir, Services) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            server_name: name.into(),
+            data_dir: dir.path().join("data"),
+            ..Config::default()
+        };
+        (dir, Services::open(config).unwrap())
+    }
+
+    fn checked(s: &Services, short: u64) -> Checked {
+        let bytes = s.rooms.raw_pdu(short).unwrap().unwrap();
+        let event_id = s.rooms.meta(short).unwrap().unwrap().event_id;
+        let pdu = Pdu::from_json(event_id.clone(), &bytes).unwrap();
+        Checked {
+            event_id,
+            pdu,
+            bytes,
+        }
+    }
+
+    /// A public room of `alice` on `a`, and a signed join of `bob` (of another server) with
+    /// the state before it and its auth chain, as `send_join` answers.
+    async fn room_to_join(
+        a: &Services,
+        alice: &UserId,
+        bob: &UserId,
+    ) -> (OwnedRoomId, String, Vec<Checked>, Vec<Checked>, Checked) {
+        let room = a
+            .rooms
+            .create_room(
+                alice,
+                CreateRoom {
+                    version: None,
+                    preset: Some(Preset::PublicChat),
+                    public: false,
+                    name: Some("test".into()),
+                    topic: None,
+                    alias: None,
+                    invite: vec![],
+                    is_direct: false,
+                    initial_state: vec![],
+                    power_level_override: None,
+                    creation_content: None,
+                    profile: (None, None),
+                },
+            )
+            .await
+            .unwrap();
+        let new = NewEvent::state(
+            TimelineEventType::RoomMember,
+            bob.as_str(),
+            json!({ "membership": "join" }),
+        );
+        let (version, obj) = a.rooms.checked_template(&room, bob, &new).unwrap();
+        let (event_id, pdu, bytes) = a.rooms.sign_event(obj, &version).unwrap();
+        let state: Vec<Checked> = a
+            .rooms
+            .current_state(&room)
+            .unwrap()
+            .values()
+            .map(|s| checked(a, *s))
+            .collect();
+        let ids: Vec<OwnedEventId> = state.iter().map(|c| c.event_id.clone()).collect();
+        let auth_chain = a
+            .rooms
+            .auth_chain_ids(&ids)
+            .unwrap()
+            .into_iter()
+            .filter(|id| !ids.contains(id))
+            .map(|id| checked(a, a.rooms.short_id(&id).unwrap().unwrap()))
+            .collect();
+        let join = Checked {
+            event_id,
+            pdu,
+            bytes,
+        };
+        (room, version, state, auth_chain, join)
+    }
+
+    /// A join over federation goes through `Rooms::commit`: the join at the end of the
+    /// positions kept free for the history before it, the state before it as a snapshot of
+    /// its own, the room's record, every member's membership row (and the member list
+    /// after it), and the end of the joiner's pending invite.
+    #[tokio::test]
+    async fn a_join_over_federation_starts_the_timeline_after_the_backfill_slots() {
+        let (_a_dir, a) = server("a.test");
+        let (_b_dir, b) = server("b.test");
+        let alice = OwnedUserId::try_from("@alice:a.test").unwrap();
+        let bob = OwnedUserId::try_from("@bob:b.test").unwrap();
+        let (room, version, state, auth_chain, join) = room_to_join(&a, &alice, &bob).await;
+        b.rooms
+            .store_remote_invite(
+                &bob,
+                &room,
+                &join.event_id,
+                &json!({ "event": { "sender": alice } }),
+                "invite",
+            )
+            .unwrap();
+        assert_eq!(
+            b.rooms.membership(&room, &bob).unwrap(),
+            Some(MembershipState::Invite)
+        );
+        let before = b.stream.current();
+        let pos = b
+            .rooms
+            .join_remote_room(&room, &version, &state, &auth_chain, join.clone())
+            .await
+            .unwrap();
+        // After the positions of the outliers, stored first.
+        assert!(pos > before + BACKFILL_SLOTS);
+        assert_eq!(b.stream.current(), pos);
+        let record = b.rooms.room(&room).unwrap().unwrap();
+        assert_eq!(record.extremities, vec![join.event_id.clone()]);
+        assert_eq!(record.state, pos);
+        assert_eq!(record.last_pos, pos);
+        assert_eq!(record.depth, u64::from(join.pdu.depth));
+        assert_eq!(
+            (record.backfill_floor, record.backfill_next),
+            (pos - BACKFILL_SLOTS, pos)
+        );
+        assert!(record.holes.is_empty() && record.gaps.is_empty());
+        assert_eq!(b.rooms.short_id(&join.event_id).unwrap(), Some(pos));
+        let meta = b.rooms.meta(pos).unwrap().unwrap();
+        assert_eq!(
+            (meta.state_before, meta.state_after),
+            (RESOLVED_BEFORE | pos, pos)
+        );
+        assert!(!meta.outlier && !meta.hidden && !meta.rejected);
+        // The state after the join: the state before it and the join.
+        let current = b.rooms.current_state(&room).unwrap();
+        assert_eq!(current.len(), state.len() + 1);
+        assert_eq!(
+            current.get(&("m.room.member".to_owned(), bob.to_string())),
+            Some(&pos)
+        );
+        for e in &state {
+            let key = (e.pdu.kind.to_string(), e.pdu.state_key.clone().unwrap());
+            if key.0 != "m.room.member" || key.1 != bob.as_str() {
+                let short = b.rooms.short_id(&e.event_id).unwrap().unwrap();
+                assert_eq!(current.get(&key), Some(&short));
+                assert!(b.rooms.meta(short).unwrap().unwrap().outlier);
+            }
+        }
+        assert_eq!(
+            b.rooms
+                .newest_timeline_events(&room, 2)
+                .unwrap()
+                .map(|s| s.unwrap())
+                .collect::<Vec<_>>(),
+            vec![pos]
+        );
+        let mut members = b.rooms.members(&room).unwrap();
+        members.sort();
+        let mut expected = vec![
+            (alice.clone(), MembershipState::Join),
+            (bob.clone(), MembershipState::Join),
+        ];
+        expected.sort();
+        assert_eq!(members, expected);
+        assert!(b.rooms.remote_invite(&bob, &room).unwrap().is_none());
     }
 }

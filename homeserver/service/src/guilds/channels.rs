@@ -523,7 +523,8 @@ async fn sync_channel_access(
 /// accepted into a guild's space, however it arrived (a request here, a relayed one, or over
 /// federation): a `chat.paracord.role` (any member's view may change: [`sync_all_access`]),
 /// a `chat.paracord.member` (that member's roles: [`sync_member_access`]) or a member joining
-/// the space (roles given while invited: [`sync_member_access`]). Only the guild host, whose
+/// the space (roles given while invited: [`sync_member_access`]), when it changes a role's
+/// permissions, a member's roles or their membership. Only the guild host, whose
 /// owner writes the channels, acts. Its own events (join rules, invites and kicks in the
 /// channels) are none of these, so they set off nothing more. Overwrites in a channel are
 /// followed by [`sync_access`] where they are written.
@@ -552,23 +553,43 @@ impl ChannelAccess {
 
     fn change(rooms: &Rooms, room_id: &RoomId, pdu: &Pdu) -> Option<AccessChange> {
         let key = pdu.state_key.as_deref()?;
-        let change = match pdu.kind.to_string().as_str() {
-            "chat.paracord.role" => AccessChange::Everyone,
-            "chat.paracord.member" => {
-                AccessChange::Member(OwnedUserId::try_from(key.strip_prefix("user:")?).ok()?)
-            }
+        let kind = pdu.kind.to_string();
+        // What of the event decides who sees what: unchanged (a role renamed or moved, a
+        // nickname, a new display name), there is nothing to do.
+        let (change, field) = match kind.as_str() {
+            "chat.paracord.role" => (AccessChange::Everyone, "permissions"),
+            "chat.paracord.member" => (
+                AccessChange::Member(OwnedUserId::try_from(key.strip_prefix("user:")?).ok()?),
+                "roles",
+            ),
             "m.room.member"
                 if membership_of(&pdu.content_value()) == Some(MembershipState::Join) =>
             {
-                AccessChange::Member(OwnedUserId::try_from(key).ok()?)
+                (
+                    AccessChange::Member(OwnedUserId::try_from(key).ok()?),
+                    "membership",
+                )
             }
             _ => return None,
         };
         // A guild's space, hosted here.
         let guild = load_guild(rooms, room_id).ok()?;
         host_owner(rooms, &guild).ok()?;
-        Some(change)
+        let before = previous_content(rooms, pdu, &kind, key);
+        let unchanged = before
+            .as_ref()
+            .and_then(|b| b.get(field))
+            .is_some_and(|b| Some(b) == pdu.content_value().get(field));
+        (!unchanged).then_some(change)
     }
+}
+
+/// The content of the state entry an event replaced (in the state before it), if any.
+fn previous_content(rooms: &Rooms, pdu: &Pdu, kind: &str, key: &str) -> Option<Value> {
+    let short = rooms.short_id(&pdu.event_id).ok()??;
+    let before = rooms.meta(short).ok()??.state_before;
+    let state = rooms.state(before).ok()?;
+    rooms.state_content(&state, kind, key).ok()?
 }
 
 impl Default for ChannelAccess {

@@ -255,6 +255,11 @@ impl Events {
     pub async fn recv(&mut self) -> Option<Event> {
         self.rx.recv().await
     }
+
+    /// The next event if one is waiting, without waiting.
+    pub fn try_recv(&mut self) -> Option<Event> {
+        self.rx.try_recv().ok()
+    }
 }
 
 impl Stream for Events {
@@ -338,23 +343,25 @@ pub(crate) fn check_hs_token(
     }
 }
 
-fn authenticate(
+/// The answer refusing a request whose `hs_token` is missing or wrong, if it is.
+fn refusal(
     app: &Appservice,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
-) -> Result<(), Response> {
-    check_hs_token(&app.inner.registration.hs_token, headers, query).map_err(|e| match e {
-        AuthFailure::Missing => matrix_error(
+) -> Option<Response> {
+    match check_hs_token(&app.inner.registration.hs_token, headers, query) {
+        Ok(()) => None,
+        Err(AuthFailure::Missing) => Some(matrix_error(
             StatusCode::UNAUTHORIZED,
             "M_UNAUTHORIZED",
             "no hs_token was given",
-        ),
-        AuthFailure::Wrong => matrix_error(
+        )),
+        Err(AuthFailure::Wrong) => Some(matrix_error(
             StatusCode::FORBIDDEN,
             "M_FORBIDDEN",
             "the hs_token is wrong",
-        ),
-    })
+        )),
+    }
 }
 
 #[derive(Deserialize)]
@@ -371,7 +378,7 @@ async fn transaction(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(refused) = authenticate(&app, &headers, &query) {
+    if let Some(refused) = refusal(&app, &headers, &query) {
         return refused;
     }
     let body: TransactionBody = match serde_json::from_slice(&body) {
@@ -423,7 +430,7 @@ async fn user_query(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = authenticate(&app, &headers, &query) {
+    if let Some(refused) = refusal(&app, &headers, &query) {
         return refused;
     }
     let Ok(user_id) = UserId::parse(&user_id) else {
@@ -442,7 +449,7 @@ async fn alias_query(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = authenticate(&app, &headers, &query) {
+    if let Some(refused) = refusal(&app, &headers, &query) {
         return refused;
     }
     let Ok(alias) = RoomAliasId::parse(&alias) else {
@@ -464,7 +471,7 @@ async fn ping(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = authenticate(&app, &headers, &query) {
+    if let Some(refused) = refusal(&app, &headers, &query) {
         return refused;
     }
     ok()

@@ -20,7 +20,7 @@ use crate::{
     registration::random_token,
 };
 
-const CLIENT_V3: &str = "/_matrix/client/v3";
+const CLIENT_V3: &str = "/client/v3";
 
 /// Percent-encodes everything but RFC 3986 unreserved characters, for path segments and
 /// query values.
@@ -147,12 +147,23 @@ impl Intent {
     }
 
     /// Registers the user with `m.login.application_service` unless the store says it is;
-    /// `M_USER_IN_USE` means it already exists, which is fine. The appservice's own user is
-    /// created by the homeserver on first use.
+    /// `M_USER_IN_USE` means it already exists, which is fine. For the appservice's own user
+    /// (which the homeserver creates on first use) this is a `whoami`.
     pub async fn ensure_registered(&self) -> Result<()> {
         let store = self.app.store();
-        if self.is_bot() || store.user_registered(self.user_id.as_str())? {
+        if store.user_registered(self.user_id.as_str())? {
             return Ok(());
+        }
+        if self.is_bot() {
+            // The homeserver creates the appservice's own user on its first request.
+            self.raw_request(
+                Method::GET,
+                &format!("{CLIENT_V3}/account/whoami"),
+                None,
+                "",
+            )
+            .await?;
+            return store.mark_user_registered(self.user_id.as_str());
         }
         let body = json!({
             "type": "m.login.application_service",

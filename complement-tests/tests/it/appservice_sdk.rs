@@ -11,8 +11,9 @@ use std::{
 };
 
 use paracord_appservice::{
+    alias_namespace,
     ruma::{EventId, RoomId},
-    user_namespace, Appservice, Events, Registration,
+    user_namespace, Appservice, AppserviceBuilder, CreateRoom, Events, Registration,
 };
 use paracord_complement::{random_localpart, room_timeline, TestServer, User};
 use serde_json::{json, Value};
@@ -43,7 +44,10 @@ impl Drop for Setup {
 
 /// Starts the appservice's listener first (its URL goes in the registration), then the
 /// server with the registration, then serves `router` (the SDK's, possibly wrapped).
-async fn setup_with(wrap: impl FnOnce(axum::Router) -> axum::Router) -> Setup {
+async fn setup_with(
+    configure: impl FnOnce(AppserviceBuilder) -> AppserviceBuilder,
+    wrap: impl FnOnce(axum::Router) -> axum::Router,
+) -> Setup {
     let id = format!("sdk{}", random_localpart());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -52,7 +56,10 @@ async fn setup_with(wrap: impl FnOnce(axum::Router) -> axum::Router) -> Setup {
         &id,
         Some(&url),
         &format!("{id}bot"),
-        [user_namespace(&format!("@{id}_.*:localhost:\\d+"))],
+        [
+            user_namespace(&format!("@{id}_.*:localhost:\\d+")),
+            alias_namespace(&format!("#{id}_.*:localhost:\\d+")),
+        ],
     );
     let dir = tempfile::tempdir().unwrap();
     registration.save(dir.path().join("sdk.yaml")).unwrap();
@@ -61,10 +68,8 @@ async fn setup_with(wrap: impl FnOnce(axum::Router) -> axum::Router) -> Setup {
         TestServer::set_env(env, "PARACORD_APPSERVICE_DIR", &path);
     })
     .await;
-    let (app, events) =
-        Appservice::builder(registration, &server.base_url(), &server.server_name())
-            .build()
-            .unwrap();
+    let builder = Appservice::builder(registration, &server.base_url(), &server.server_name());
+    let (app, events) = configure(builder).build().unwrap();
     let router = wrap(app.router());
     let serving = tokio::spawn(async move {
         axum::serve(listener, router).await.unwrap();
@@ -80,7 +85,7 @@ async fn setup_with(wrap: impl FnOnce(axum::Router) -> axum::Router) -> Setup {
 }
 
 async fn setup() -> Setup {
-    setup_with(|r| r).await
+    setup_with(|b| b, |r| r).await
 }
 
 /// The next event of the stream that satisfies `pred`, within [`WAIT`].
@@ -140,6 +145,83 @@ async fn a_users_message_reaches_the_bots_event_stream() {
     assert_eq!(message.room_id.as_str(), room);
     assert_eq!(message.msgtype, "m.text");
     assert!(got.parsed().is_some());
+
+    // The server's ping reaches the SDK's `/ping` with the hs_token.
+    let pong = s
+        .app
+        .bot()
+        .unwrap()
+        .call(
+            reqwest::Method::POST,
+            &format!("/client/v1/appservice/{}/ping", s.id),
+            Some(&json!({"transaction_id": "sdk-ping"})),
+        )
+        .await
+        .unwrap();
+    assert!(pong["duration_ms"].is_u64(), "{pong}");
+}
+
+#[tokio::test]
+async fn user_and_alias_queries_reach_the_sdks_handlers() {
+    let s = setup_with(
+        |b| {
+            b.on_user_query(|app, user_id| async move {
+                // Only `…_ondemand` users exist on demand.
+                user_id.localpart().ends_with("_ondemand")
+                    && app
+                        .intent(user_id.as_str())
+                        .unwrap()
+                        .set_display_name("made on demand")
+                        .await
+                        .is_ok()
+            })
+            .on_alias_query(|app, alias| async move {
+                // Only `…_lobby` rooms are made on demand.
+                if !alias.alias().ends_with("_lobby") {
+                    return false;
+                }
+                let bot = app.bot().unwrap();
+                let options = CreateRoom {
+                    room_alias_name: Some(alias.alias().to_owned()),
+                    preset: Some("public_chat".into()),
+                    name: Some("made on demand".into()),
+                    ..CreateRoom::default()
+                };
+                bot.create_room(&options).await.is_ok()
+            })
+        },
+        |r| r,
+    )
+    .await;
+    let alice = s.server.register_random().await;
+    let wanted = s.server.user_id(&format!("{}_ondemand", s.id));
+    let (status, profile) = alice
+        .get(&format!("/profile/{}", paracord_complement::enc(&wanted)))
+        .await;
+    assert_eq!(status, 200, "{profile}");
+    assert_eq!(profile["displayname"], "made on demand", "{profile}");
+    let unknown = s.server.user_id(&format!("{}_nobody", s.id));
+    let (status, body) = alice
+        .get(&format!("/profile/{}", paracord_complement::enc(&unknown)))
+        .await;
+    assert_eq!(status, 404, "{body}");
+
+    let alias = format!("#{}_lobby:{}", s.id, s.server.server_name());
+    alice.join_ok(&alias).await;
+    let (status, resolved) = alice
+        .get(&format!(
+            "/directory/room/{}",
+            paracord_complement::enc(&alias)
+        ))
+        .await;
+    assert_eq!(status, 200, "{resolved}");
+    let (status, body) = alice
+        .get(&format!(
+            "/directory/room/{}",
+            paracord_complement::enc(&format!("#{}_none:{}", s.id, s.server.server_name()))
+        ))
+        .await;
+    assert_eq!(status, 404, "{body}");
 }
 
 #[tokio::test]
@@ -297,28 +379,31 @@ async fn a_replayed_transaction_is_not_delivered_twice() {
     let answered = Arc::new(AtomicUsize::new(0));
     let txn_paths: Arc<Mutex<Vec<String>>> = Arc::default();
     let (a, paths) = (answered.clone(), txn_paths.clone());
-    let mut s = setup_with(move |router| {
-        router.layer(axum::middleware::from_fn(
-            move |req: axum::extract::Request, next: axum::middleware::Next| {
-                let (a, paths) = (a.clone(), paths.clone());
-                async move {
-                    let path = req.uri().path().to_owned();
-                    let is_txn = path.starts_with("/_matrix/app/v1/transactions/");
-                    let resp = next.run(req).await;
-                    if !is_txn {
-                        return resp;
+    let mut s = setup_with(
+        |b| b,
+        move |router| {
+            router.layer(axum::middleware::from_fn(
+                move |req: axum::extract::Request, next: axum::middleware::Next| {
+                    let (a, paths) = (a.clone(), paths.clone());
+                    async move {
+                        let path = req.uri().path().to_owned();
+                        let is_txn = path.starts_with("/_matrix/app/v1/transactions/");
+                        let resp = next.run(req).await;
+                        if !is_txn {
+                            return resp;
+                        }
+                        paths.lock().unwrap().push(path);
+                        if a.fetch_add(1, Ordering::SeqCst) == 0 {
+                            return axum::response::IntoResponse::into_response(
+                                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                            );
+                        }
+                        resp
                     }
-                    paths.lock().unwrap().push(path);
-                    if a.fetch_add(1, Ordering::SeqCst) == 0 {
-                        return axum::response::IntoResponse::into_response(
-                            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                        );
-                    }
-                    resp
-                }
-            },
-        ))
-    })
+                },
+            ))
+        },
+    )
     .await;
     let mut events = s.events.take().unwrap();
     let alice = s.server.register_random().await;

@@ -23,6 +23,12 @@ use tokio::{net::TcpListener, task::JoinHandle};
 #[allow(dead_code)]
 #[path = "../../../appservice-sdk/examples/echo.rs"]
 mod echo_example;
+#[allow(dead_code)]
+#[path = "../../../appservice-sdk/examples/moderation.rs"]
+mod moderation_example;
+#[allow(dead_code)]
+#[path = "../../../appservice-sdk/examples/poll.rs"]
+mod poll_example;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -233,15 +239,7 @@ async fn the_echo_bot_answers_in_the_room_as_its_bot_user() {
     let room = room_with_bot(&s, &alice).await;
     let bot_id = s.app.bot_user_id().unwrap().to_string();
     // The bot joins on its own when invited.
-    alice
-        .sync_until(None, None, "the bot joined", |sync| {
-            room_timeline(sync, &room).iter().any(|e| {
-                e["type"] == "m.room.member"
-                    && e["state_key"] == bot_id.as_str()
-                    && e["content"]["membership"] == "join"
-            })
-        })
-        .await;
+    wait_for_bot_join(&s, &alice, &room).await;
     let since = alice.sync_token().await;
     alice.send_text(&room, "!ECHO hello \"there\"").await;
     alice
@@ -468,4 +466,182 @@ async fn a_replayed_transaction_is_not_delivered_twice() {
         .try_recv()
         .expect("a new transaction id is delivered");
     assert_eq!(fresh.message().unwrap().body, "replayed");
+}
+
+/// The timeline events of `room` that `user`'s syncs from `since` bring, gathered until
+/// `pred` holds for them all, within the harness's wait.
+async fn timeline_until(
+    user: &User,
+    since: Option<&str>,
+    room: &str,
+    what: &str,
+    pred: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let all = seen.clone();
+    user.sync_until(since, None, what, move |sync| {
+        let mut all = all.lock().unwrap();
+        all.extend(room_timeline(sync, room));
+        pred(&all)
+    })
+    .await;
+    let events = seen.lock().unwrap().clone();
+    events
+}
+
+/// Waits (in `user`'s sync) until the bot joined `room`.
+async fn wait_for_bot_join(s: &Setup, user: &User, room: &str) {
+    let bot_id = s.app.bot_user_id().unwrap().to_string();
+    user.sync_until(None, None, "the bot joined", |sync| {
+        room_timeline(sync, room).iter().any(|e| {
+            e["type"] == "m.room.member"
+                && e["state_key"] == bot_id.as_str()
+                && e["content"]["membership"] == "join"
+        })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_poll_bot_posts_a_poll_and_counts_a_reaction() {
+    let mut s = setup().await;
+    let events = s.events.take().unwrap();
+    let poll = tokio::spawn(poll_example::run(s.app.clone(), events));
+    let alice = s.server.register_random().await;
+    let room = room_with_bot(&s, &alice).await;
+    wait_for_bot_join(&s, &alice, &room).await;
+    let bot_id = s.app.bot_user_id().unwrap().to_string();
+    let since = alice.sync_token().await;
+    alice.send_text(&room, "!poll Lunch? | pizza | sushi").await;
+    let timeline = timeline_until(
+        &alice,
+        Some(&since),
+        &room,
+        "the poll and its reactions",
+        |t| {
+            t.iter()
+                .filter(|e| e["type"] == "m.reaction" && e["sender"] == bot_id.as_str())
+                .count()
+                == 2
+        },
+    )
+    .await;
+    let question = timeline
+        .iter()
+        .find(|e| e["sender"] == bot_id.as_str() && e["type"] == "m.room.message")
+        .unwrap_or_else(|| panic!("the poll in {timeline:?}"));
+    let text = question["content"]["body"].as_str().unwrap();
+    assert!(
+        text.contains("Lunch?") && text.contains("sushi — 0"),
+        "{text}"
+    );
+    let poll_id = question["event_id"].as_str().unwrap().to_owned();
+    let since = alice.sync_token().await;
+    alice
+        .send_event(
+            &room,
+            "m.reaction",
+            &json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": poll_id, "key": "2️⃣"}}),
+        )
+        .await;
+    alice
+        .sync_until(
+            Some(&since),
+            None,
+            "the poll edited with one vote",
+            |sync| {
+                room_timeline(sync, &room).iter().any(|e| {
+                    e["sender"] == bot_id.as_str()
+                        && e["content"]["m.relates_to"]["rel_type"] == "m.replace"
+                        && e["content"]["m.relates_to"]["event_id"] == poll_id.as_str()
+                        && e["content"]["m.new_content"]["body"]
+                            .as_str()
+                            .is_some_and(|b| b.contains("sushi — 1") && b.contains("pizza — 0"))
+                })
+            },
+        )
+        .await;
+    assert!(!poll.is_finished(), "the poll bot stopped");
+    poll.abort();
+}
+
+#[tokio::test]
+async fn the_moderation_bot_redacts_a_banned_word_and_warns() {
+    let mut s = setup().await;
+    let events = s.events.take().unwrap();
+    let moderation = tokio::spawn(moderation_example::run(
+        s.app.clone(),
+        events,
+        vec!["spam".to_owned()],
+    ));
+    let alice = s.server.register_random().await;
+    let bot = s.app.bot().unwrap();
+    bot.ensure_registered().await.unwrap();
+    let bot_id = bot.user_id().to_string();
+    // The bot is a moderator, so it may redact others' messages.
+    let room = alice
+        .create_room(&json!({
+            "preset": "private_chat",
+            "power_level_content_override": {"users": {bot_id.as_str(): 50}},
+        }))
+        .await;
+    alice.invite_ok(&room, &bot_id).await;
+    wait_for_bot_join(&s, &alice, &room).await;
+    let since = alice.sync_token().await;
+    let fine = alice
+        .send_text(&room, "a spammer's word is not banned")
+        .await;
+    let bad = alice.send_text(&room, "buy SPAM now").await;
+    let timeline = timeline_until(
+        &alice,
+        Some(&since),
+        &room,
+        "the redaction and the warning",
+        |t| {
+            t.iter()
+                .any(|e| e["type"] == "m.room.redaction" && e["redacts"] == bad.as_str())
+                && t.iter().any(|e| {
+                    e["sender"] == bot_id.as_str() && e["content"]["msgtype"] == "m.notice"
+                })
+        },
+    )
+    .await;
+    let redaction = timeline
+        .iter()
+        .find(|e| e["type"] == "m.room.redaction")
+        .unwrap();
+    assert_eq!(redaction["sender"], bot_id.as_str(), "{redaction}");
+    assert!(
+        redaction["content"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("spam"),
+        "{redaction}"
+    );
+    let warning = timeline
+        .iter()
+        .find(|e| e["sender"] == bot_id.as_str() && e["content"]["msgtype"] == "m.notice")
+        .unwrap();
+    assert!(
+        warning["content"]["body"]
+            .as_str()
+            .unwrap()
+            .contains(alice.user_id.as_str()),
+        "{warning}"
+    );
+    // Only the message with the banned word was redacted.
+    assert_eq!(
+        timeline
+            .iter()
+            .filter(|e| e["type"] == "m.room.redaction")
+            .count(),
+        1
+    );
+    let kept = timeline
+        .iter()
+        .find(|e| e["event_id"] == fine.as_str())
+        .unwrap();
+    assert_eq!(kept["content"]["body"], "a spammer's word is not banned");
+    assert!(!moderation.is_finished(), "the moderation bot stopped");
+    moderation.abort();
 }

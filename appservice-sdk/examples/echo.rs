@@ -10,7 +10,7 @@
 //! Invite `@echobot:example.org` to a room and say `!echo hello`.
 
 use paracord_appservice::{
-    parse_command, user_namespace, Appservice, Events, Registration, Result,
+    parse_command, user_namespace_on, Appservice, Events, Registration, Result,
 };
 
 #[tokio::main]
@@ -19,9 +19,12 @@ async fn main() -> Result<()> {
     if args.get(1).map(String::as_str) == Some("generate") {
         let url = args.get(2).map_or("http://127.0.0.1:29318", String::as_str);
         let server = args.get(3).map_or("localhost", String::as_str);
-        let namespace = format!("@echo_.*:{}", server.replace('.', "\\."));
-        let registration =
-            Registration::generate("echo", Some(url), "echobot", [user_namespace(&namespace)]);
+        let registration = Registration::generate(
+            "echo",
+            Some(url),
+            "echobot",
+            [user_namespace_on("echo_.*", server)],
+        );
         print!("{}", registration.to_yaml()?);
         return Ok(());
     }

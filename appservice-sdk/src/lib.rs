@@ -26,7 +26,8 @@ pub use crate::{
     event::{Event, Message},
     intent::{CreateRoom, Intent},
     registration::{
-        alias_namespace, random_token, room_namespace, user_namespace, NamespaceEntry, Registration,
+        alias_namespace, alias_namespace_on, random_token, room_namespace, user_namespace,
+        user_namespace_on, NamespaceEntry, Registration,
     },
     store::{JsonFileStore, MemoryStore, StateStore, REMEMBERED_TXNS},
 };

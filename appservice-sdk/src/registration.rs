@@ -25,20 +25,62 @@ pub fn random_token() -> String {
         .collect()
 }
 
-/// An exclusive namespace of users, e.g. `user_namespace("@irc_.*:example\\.org")`.
-/// The regex is matched against the whole user id by the homeserver.
+/// An exclusive namespace of users. Either a regex of whole user ids
+/// (`user_namespace("@irc_.*:example\\.org")`), or, without the leading `@`, a regex of
+/// localparts on any server (`user_namespace("irc_.*")` is `@irc_.*:.*`); see
+/// [`user_namespace_on`] to name the server. The homeserver matches the whole id.
 pub fn user_namespace(regex: &str) -> NamespaceEntry {
-    NamespaceEntry::new(Kind::Users, regex)
+    NamespaceEntry::new(Kind::Users, &whole_id('@', regex))
 }
 
-/// An exclusive namespace of room aliases, e.g. `alias_namespace("#irc_.*:example\\.org")`.
+/// An exclusive namespace of users with localparts matching `localpart_regex` on
+/// `server_name` (escaped): `user_namespace_on("irc_.*", "example.org")` is
+/// `@irc_.*:example\.org`.
+pub fn user_namespace_on(localpart_regex: &str, server_name: &str) -> NamespaceEntry {
+    NamespaceEntry::new(
+        Kind::Users,
+        &format!("@{localpart_regex}:{}", escape(server_name)),
+    )
+}
+
+/// An exclusive namespace of room aliases: a regex of whole aliases
+/// (`#irc_.*:example\\.org`), or without the leading `#`, of their localparts on any server.
 pub fn alias_namespace(regex: &str) -> NamespaceEntry {
-    NamespaceEntry::new(Kind::Aliases, regex)
+    NamespaceEntry::new(Kind::Aliases, &whole_id('#', regex))
+}
+
+/// An exclusive namespace of room aliases with localparts matching `localpart_regex` on
+/// `server_name` (escaped).
+pub fn alias_namespace_on(localpart_regex: &str, server_name: &str) -> NamespaceEntry {
+    NamespaceEntry::new(
+        Kind::Aliases,
+        &format!("#{localpart_regex}:{}", escape(server_name)),
+    )
 }
 
 /// A namespace of room ids (events of those rooms are sent to the appservice).
 pub fn room_namespace(regex: &str) -> NamespaceEntry {
     NamespaceEntry::new(Kind::Rooms, regex)
+}
+
+fn whole_id(sigil: char, regex: &str) -> String {
+    if regex.starts_with(sigil) {
+        regex.to_owned()
+    } else {
+        format!("{sigil}{regex}:.*")
+    }
+}
+
+/// Escapes the regex metacharacters of a server name (`.` and, in IPv6 literals, `[`, `]`).
+fn escape(server_name: &str) -> String {
+    let mut out = String::with_capacity(server_name.len() + 4);
+    for c in server_name.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,6 +254,46 @@ mod tests {
             "id: x\nas_token: a\nhs_token: h\nsender_localpart: b\nnamespaces: {}\n"
         )
         .is_err());
+    }
+
+    #[test]
+    fn namespace_helpers_make_whole_id_regexes() {
+        let r = Registration::generate(
+            "n",
+            None,
+            "nbot",
+            [
+                user_namespace("irc_.*"),
+                user_namespace("@x_.*:a\\.b"),
+                user_namespace_on("tg_.*", "chat.example.org:8448"),
+                alias_namespace("irc_.*"),
+                alias_namespace_on("tg_.*", "[::1]:8448"),
+                room_namespace("!abc:example\\.org"),
+            ],
+        );
+        let users: Vec<_> = r
+            .namespaces
+            .users
+            .iter()
+            .map(|n| n.regex.as_str())
+            .collect();
+        assert_eq!(
+            users,
+            [
+                "@irc_.*:.*",
+                "@x_.*:a\\.b",
+                "@tg_.*:chat\\.example\\.org:8448"
+            ]
+        );
+        let aliases: Vec<_> = r
+            .namespaces
+            .aliases
+            .iter()
+            .map(|n| n.regex.as_str())
+            .collect();
+        assert_eq!(aliases, ["#irc_.*:.*", "#tg_.*:\\[::1\\]:8448"]);
+        assert_eq!(r.namespaces.rooms[0].regex, "!abc:example\\.org");
+        assert_eq!(r.url, None);
     }
 
     #[test]

@@ -227,7 +227,13 @@ impl Appservice {
             .route("/_matrix/app/v1/users/{user_id}", get(user_query))
             .route("/_matrix/app/v1/rooms/{alias}", get(alias_query))
             .route("/_matrix/app/v1/ping", post(ping))
+            // The unversioned paths of older drafts, which the spec asks homeservers to fall
+            // back to when the versioned ones fail.
+            .route("/transactions/{txn_id}", put(transaction))
+            .route("/users/{user_id}", get(user_query))
+            .route("/rooms/{alias}", get(alias_query))
             .fallback(unrecognized)
+            .method_not_allowed_fallback(method_not_allowed)
             .layer(DefaultBodyLimit::max(MAX_TRANSACTION_BYTES))
             .with_state(self.clone())
     }
@@ -319,8 +325,8 @@ pub(crate) enum AuthFailure {
     Wrong,
 }
 
-/// Checks the `hs_token`: `Authorization: Bearer`, or the legacy `?access_token=`, compared in
-/// constant time.
+/// Checks the `hs_token`: `Authorization: Bearer`, or the legacy `?access_token=` (both must
+/// match when both are given), compared in constant time.
 pub(crate) fn check_hs_token(
     expected: &str,
     headers: &HeaderMap,
@@ -333,10 +339,16 @@ pub(crate) fn check_hs_token(
             let (scheme, token) = v.trim().split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         });
-    let given = from_header
-        .or_else(|| query.get("access_token").map(String::as_str))
-        .ok_or(AuthFailure::Missing)?;
-    if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+    let from_query = query.get("access_token").map(String::as_str);
+    let given: Vec<&str> = from_header.into_iter().chain(from_query).collect();
+    if given.is_empty() {
+        return Err(AuthFailure::Missing);
+    }
+    // Every token given is compared, so the time taken does not say which one was wrong.
+    let all_match = given.iter().fold(subtle::Choice::from(1), |ok, token| {
+        ok & token.as_bytes().ct_eq(expected.as_bytes())
+    });
+    if bool::from(all_match) {
         Ok(())
     } else {
         Err(AuthFailure::Wrong)
@@ -475,6 +487,14 @@ async fn ping(
         return refused;
     }
     ok()
+}
+
+async fn method_not_allowed() -> Response {
+    matrix_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "M_UNRECOGNIZED",
+        "unsupported method",
+    )
 }
 
 async fn unrecognized() -> Response {
@@ -639,6 +659,13 @@ mod tests {
             check_hs_token("s3cret", &HeaderMap::new(), &wrong),
             Err(AuthFailure::Wrong)
         );
+        // Both given: both must match.
+        let ok = HashMap::from([("access_token".to_owned(), "s3cret".to_owned())]);
+        let bad = HashMap::from([("access_token".to_owned(), "nope".to_owned())]);
+        let both = |h: &str, q: &HashMap<String, String>| check_hs_token("s3cret", &header(h), q);
+        assert_eq!(both("Bearer s3cret", &bad), Err(AuthFailure::Wrong));
+        assert_eq!(both("Bearer nope", &ok), Err(AuthFailure::Wrong));
+        assert_eq!(both("Bearer s3cret", &ok), Ok(()));
     }
 
     #[tokio::test]
@@ -740,6 +767,34 @@ mod tests {
         assert_eq!(
             (s, b["errcode"].as_str()),
             (StatusCode::BAD_REQUEST, Some("M_BAD_JSON"))
+        );
+
+        // The legacy unversioned paths, and a known path with the wrong method.
+        let (s, b) = call(
+            &app,
+            "PUT",
+            "/transactions/legacy",
+            auth,
+            json!({"events": []}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let (s, b) = call(
+            &app,
+            "GET",
+            "/users/%40t_a%3Aexample.org",
+            auth,
+            Value::Null,
+        )
+        .await;
+        assert_eq!(
+            (s, b["errcode"].as_str()),
+            (StatusCode::NOT_FOUND, Some("M_NOT_FOUND"))
+        );
+        let (s, b) = call(&app, "GET", "/_matrix/app/v1/ping", auth, Value::Null).await;
+        assert_eq!(
+            (s, b["errcode"].as_str()),
+            (StatusCode::METHOD_NOT_ALLOWED, Some("M_UNRECOGNIZED"))
         );
 
         let r = app.registration().clone();

@@ -410,6 +410,25 @@ async fn transaction(
             )
         }
     };
+    // Delivered in a task of its own: if the homeserver gives up on the request (a timeout
+    // while the bot is slow), the delivery still finishes and the transaction is recorded,
+    // so the retry is recognised instead of delivering the first events twice.
+    let delivery = tokio::spawn(deliver(app, txn_id, body.events));
+    match delivery.await {
+        Ok(()) => ok(),
+        Err(e) => {
+            tracing::warn!(error = %e, "delivering a transaction");
+            matrix_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "M_UNKNOWN",
+                "internal error",
+            )
+        }
+    }
+}
+
+/// Hands a transaction's events to the bot unless it was processed before, then records it.
+async fn deliver(app: Appservice, txn_id: String, events: Vec<Raw<AnyTimelineEvent>>) {
     let mut recent = app.inner.recent.lock().await;
     let seen = recent.contains(&txn_id)
         || app.inner.store.txn_processed(&txn_id).unwrap_or_else(|e| {
@@ -418,10 +437,10 @@ async fn transaction(
         });
     if seen {
         tracing::debug!(txn_id, "transaction already processed");
-        return ok();
+        return;
     }
-    let count = body.events.len();
-    for raw in body.events {
+    let count = events.len();
+    for raw in events {
         // The bot dropped its stream: nothing to deliver to, but the transaction is done.
         if app.inner.events.send(Event::new(raw)).await.is_err() {
             break;
@@ -432,7 +451,6 @@ async fn transaction(
         tracing::warn!(error = %e, "recording a processed transaction");
     }
     tracing::debug!(txn_id, count, "transaction delivered");
-    ok()
 }
 
 /// `GET /_matrix/app/v1/users/{userId}`.
@@ -607,6 +625,46 @@ mod tests {
         assert!(!app.inner.recent.lock().await.contains("1"));
         put_txn(&app, "1", vec![message("1")]).await;
         assert_eq!(drain(&mut events), ["1", "2", "3"]);
+    }
+
+    #[tokio::test]
+    async fn a_transaction_abandoned_by_the_server_is_still_delivered_once() {
+        let r = Registration::generate("t", None, "tbot", [user_namespace("t_.*")]);
+        let (app, mut events) = Appservice::builder(r, "http://127.0.0.1:1", "example.org")
+            .queue(1)
+            .build()
+            .unwrap();
+        // The bot is slow: the queue holds one event, so the delivery of three waits...
+        let first = {
+            let app = app.clone();
+            tokio::spawn(async move {
+                put_txn(&app, "1", vec![message("a"), message("b"), message("c")]).await
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        // ...and the homeserver gives up on the request.
+        first.abort();
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let next = tokio::time::timeout(std::time::Duration::from_secs(10), events.recv());
+            let event = next
+                .await
+                .expect("the rest of the transaction is delivered");
+            got.push(event.unwrap().message().unwrap().body);
+        }
+        assert_eq!(got, ["a", "b", "c"]);
+        // The retry is recognised once the delivery finished.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !app.store().txn_processed("1").unwrap() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the transaction was not recorded"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let retry = vec![message("a"), message("b"), message("c")];
+        assert_eq!(put_txn(&app, "1", retry).await, StatusCode::OK);
+        assert!(events.try_recv().is_none());
     }
 
     #[test]

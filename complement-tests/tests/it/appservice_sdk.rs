@@ -15,7 +15,7 @@ use paracord_appservice::{
     ruma::{EventId, RoomId},
     user_namespace, Appservice, AppserviceBuilder, CreateRoom, Events, Registration,
 };
-use paracord_complement::{random_localpart, room_timeline, TestServer, User};
+use paracord_complement::{ephemeral, random_localpart, room_timeline, TestServer, User};
 use serde_json::{json, Value};
 use tokio::{net::TcpListener, task::JoinHandle};
 
@@ -276,6 +276,17 @@ async fn an_intent_registers_a_ghost_that_joins_sends_edits_reacts_and_redacts()
     ghost.set_avatar_url(&mxc).await.unwrap();
     assert_eq!(ghost.join(&room).await.unwrap().as_str(), room);
     ghost.typing(room_id(&room), true).await.unwrap();
+    let typist = ghost.user_id().to_string();
+    alice
+        .sync_until(Some(&since), None, "the ghost typing", |sync| {
+            ephemeral(sync, &room).iter().any(|e| {
+                e["type"] == "m.typing"
+                    && e["content"]["user_ids"]
+                        .as_array()
+                        .is_some_and(|ids| ids.iter().any(|u| u == typist.as_str()))
+            })
+        })
+        .await;
     let sent = ghost.send_text(room_id(&room), "boo").await.unwrap();
     let edit = ghost.edit(room_id(&room), &sent, "BOO!").await.unwrap();
     let asked_id = <&EventId>::try_from(asked.as_str()).unwrap();

@@ -667,6 +667,29 @@ mod tests {
         assert!(events.try_recv().is_none());
     }
 
+    #[tokio::test]
+    async fn processed_transactions_survive_a_restart_with_the_file_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let r = Registration::generate("t", None, "tbot", [user_namespace("t_.*")]);
+        let start = |r: Registration| {
+            let store = crate::store::JsonFileStore::open(&path).unwrap();
+            Appservice::builder(r, "http://127.0.0.1:1", "example.org")
+                .store(store)
+                .build()
+                .unwrap()
+        };
+        let (app, mut events) = start(r.clone());
+        put_txn(&app, "1", vec![message("a")]).await;
+        assert_eq!(drain(&mut events), ["a"]);
+        drop((app, events));
+        // A new process: nothing in memory, the file remembers.
+        let (app, mut events) = start(r);
+        put_txn(&app, "1", vec![message("a")]).await;
+        put_txn(&app, "2", vec![message("b")]).await;
+        assert_eq!(drain(&mut events), ["b"]);
+    }
+
     #[test]
     fn recent_txns_forget_the_oldest() {
         let mut r = RecentTxns::new(2);

@@ -3,6 +3,7 @@
 
 mod accounts;
 mod appservice;
+mod appservice_sdk;
 mod backup;
 mod conformance;
 mod durability;

@@ -6,9 +6,11 @@
 //! Every event an appservice is interested in is written to `appserviceseq_event`
 //! (`appservice id 0xFF seq` → event id) in the batch that commits the event, so nothing
 //! accepted is lost by a crash. One sender task per appservice reads the oldest rows (at most
-//! [`TXN_EVENTS`]), sends them as one `PUT /_matrix/app/v1/transactions/{txnId}` and deletes
-//! exactly those rows on a 200. A failure keeps the batch (same events, same transaction id)
-//! and retries with exponential backoff up to [`RETRY_MAX`]. A new event wakes the sender.
+//! [`TXN_EVENTS`]), writes their sequence range down as the formed transaction (so it stays
+//! the same across restarts), sends them as one `PUT /_matrix/app/v1/transactions/{txnId}` and
+//! deletes exactly those rows and the range on a 200. A failure keeps the transaction (same
+//! events, same id) and retries with exponential backoff up to [`RETRY_MAX`]. A new event
+//! wakes the sender.
 
 use std::{
     collections::HashMap,
@@ -86,6 +88,20 @@ impl<'a> QueueKey<'a> {
 /// is never used twice, even once the queue is empty and the server restarted.
 fn delivered_key(appservice: &str) -> Vec<u8> {
     format!("appservice_delivered\u{ff}{appservice}").into_bytes()
+}
+
+/// The `global_value` key of the sequence range (`first` and `last`, 8 bytes each) of the
+/// transaction formed for an appservice and not yet accepted: written before it is first
+/// sent, deleted with its rows once it is accepted.
+fn formed_key(appservice: &str) -> Vec<u8> {
+    format!("appservice_formed\u{ff}{appservice}").into_bytes()
+}
+
+/// A formed transaction: its id, queue rows and body.
+struct Pending {
+    txn_id: String,
+    keys: Vec<Vec<u8>>,
+    body: Value,
 }
 
 /// One namespace: a regex matched against the whole id.
@@ -559,17 +575,65 @@ impl Appservices {
         }
     }
 
-    /// The oldest queued events of `a`: their keys and client-format JSON.
-    fn read_batch(&self, a: &Appservice, rooms: &Rooms) -> Result<(Vec<Vec<u8>>, Vec<Value>)> {
-        let prefix = QueueKey::prefix(a.id());
+    /// The rows of `appservice`'s queue with `first <= seq <= last`, at most [`TXN_EVENTS`].
+    fn rows_in(&self, appservice: &str, first: u64, last: u64) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let prefix = QueueKey::prefix(appservice);
+        let lower = QueueKey {
+            appservice,
+            seq: first,
+        }
+        .encode();
+        let upper = last
+            .checked_add(1)
+            .map(|seq| QueueKey { appservice, seq }.encode());
         let rows = self.db.scan(
             Table::AppserviceseqEvent,
             &prefix,
-            &prefix,
-            None,
+            &lower,
+            upper.as_deref(),
             false,
             TXN_EVENTS,
         )?;
+        Ok(rows
+            .into_iter()
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect())
+    }
+
+    /// The transaction `appservice` is to be sent next, as its sequence range and rows: the
+    /// one formed before (persisted in `global_value`, so a retry, also after a restart,
+    /// carries the same id and the same rows, never more), or a new one of the oldest queued
+    /// rows, persisted before it is first sent. `None` when the queue is empty.
+    fn form(&self, appservice: &str) -> Result<Option<(u64, u64, Vec<(Vec<u8>, Vec<u8>)>)>> {
+        if let Some((first, last)) = self.formed(appservice)? {
+            let rows = self.rows_in(appservice, first, last)?;
+            if !rows.is_empty() {
+                return Ok(Some((first, last, rows)));
+            }
+            // Its rows are gone (they are deleted with the marker, so only by hand).
+            let mut batch = Batch::new();
+            batch.delete(Table::GlobalValue, formed_key(appservice));
+            self.db.write(batch)?;
+        }
+        let rows = self.rows_in(appservice, 0, u64::MAX)?;
+        let seq = |k: &[u8]| QueueKey::decode(k).map(|k| k.seq);
+        let (Some((first, _)), Some((last, _))) = (rows.first(), rows.last()) else {
+            return Ok(None);
+        };
+        let (first, last) = (seq(first)?, seq(last)?);
+        let mut range = first.to_be_bytes().to_vec();
+        range.extend_from_slice(&last.to_be_bytes());
+        let mut batch = Batch::new();
+        batch.put(Table::GlobalValue, formed_key(appservice), range);
+        self.db.write(batch)?;
+        Ok(Some((first, last, rows)))
+    }
+
+    /// The transaction `a` is to be sent next (see [`Self::form`]), with its body.
+    fn next_transaction(&self, a: &Appservice, rooms: &Rooms) -> Result<Option<Pending>> {
+        let Some((first, last, rows)) = self.form(a.id())? else {
+            return Ok(None);
+        };
         let mut keys = Vec::with_capacity(rows.len());
         let mut events = Vec::with_capacity(rows.len());
         for (k, v) in rows {
@@ -582,9 +646,57 @@ impl Appservices {
             if let Some(e) = event {
                 events.push(e);
             }
-            keys.push(k.to_vec());
+            keys.push(k);
         }
-        Ok((keys, events))
+        Ok(Some(Pending {
+            txn_id: format!("{first}-{last}"),
+            keys,
+            body: json!({ "events": events }),
+        }))
+    }
+
+    /// The sequence range of `appservice`'s formed, not yet accepted transaction.
+    fn formed(&self, appservice: &str) -> Result<Option<(u64, u64)>> {
+        let Some(v) = self.db.get(Table::GlobalValue, &formed_key(appservice))? else {
+            return Ok(None);
+        };
+        let (Some(first), Some(last)) = (v.get(..8), v.get(8..16)) else {
+            return Err(Error::internal("bad appservice transaction marker"));
+        };
+        Ok(Some((
+            paracord_storage::key::decode_u64(first)?,
+            paracord_storage::key::decode_u64(last)?,
+        )))
+    }
+
+    /// Deletes an accepted transaction's rows and marker and moves the delivered mark past it,
+    /// in one write.
+    fn accepted(&self, appservice: &str, keys: &[Vec<u8>]) -> Result<()> {
+        let mut batch = Batch::new();
+        let mut after = 0;
+        for k in keys {
+            if let Ok(q) = QueueKey::decode(k) {
+                after = q.seq.saturating_add(1).max(after);
+            }
+            batch.delete(Table::AppserviceseqEvent, k.clone());
+        }
+        if let Some((_, last)) = self.formed(appservice)? {
+            after = after.max(last.saturating_add(1));
+        }
+        let done = self
+            .db
+            .get(Table::GlobalValue, &delivered_key(appservice))?
+            .map(|v| paracord_storage::key::decode_u64(&v))
+            .transpose()?
+            .unwrap_or(0);
+        batch.put(
+            Table::GlobalValue,
+            delivered_key(appservice),
+            after.max(done).to_be_bytes().to_vec(),
+        );
+        batch.delete(Table::GlobalValue, formed_key(appservice));
+        self.db.write(batch)?;
+        Ok(())
     }
 
     async fn run_sender(
@@ -596,27 +708,19 @@ impl Appservices {
     ) {
         let shutdown = stream.notifier().shutting_down();
         tokio::pin!(shutdown);
-        // The batch being delivered: kept, with its transaction id, until it is acknowledged.
-        let mut pending: Option<(String, Vec<Vec<u8>>, Value)> = None;
+        // The transaction being delivered: kept, with its id, until it is accepted.
+        let mut pending: Option<Pending> = None;
         let mut failures: u32 = 0;
         loop {
             if pending.is_none() {
-                match self.read_batch(&a, &rooms) {
-                    Ok((keys, _)) if keys.is_empty() => {
+                match self.next_transaction(&a, &rooms) {
+                    Ok(None) => {
                         tokio::select! {
                             () = wake.notified() => continue,
                             () = &mut shutdown => return,
                         }
                     }
-                    Ok((keys, events)) => {
-                        let seq = |k: &Vec<u8>| QueueKey::decode(k).map(|k| k.seq).unwrap_or(0);
-                        let (first, last) = (
-                            keys.first().map(seq).unwrap_or(0),
-                            keys.last().map(seq).unwrap_or(0),
-                        );
-                        pending =
-                            Some((format!("{first}-{last}"), keys, json!({ "events": events })));
-                    }
+                    Ok(Some(p)) => pending = Some(p),
                     Err(e) => {
                         tracing::error!(
                             appservice = a.id(),
@@ -629,33 +733,13 @@ impl Appservices {
                     }
                 }
             }
-            let Some((txn_id, keys, body)) = &pending else {
+            let Some(p) = &pending else {
                 continue;
             };
-            match self.send_transaction(&a, txn_id, body).await {
+            match self.send_transaction(&a, &p.txn_id, &p.body).await {
                 Ok(()) => {
                     failures = 0;
-                    let mut batch = Batch::new();
-                    let mut after = 0;
-                    for k in keys {
-                        if let Ok(q) = QueueKey::decode(k) {
-                            after = q.seq.saturating_add(1).max(after);
-                        }
-                        batch.delete(Table::AppserviceseqEvent, k.clone());
-                    }
-                    let done = self
-                        .db
-                        .get(Table::GlobalValue, &delivered_key(a.id()))
-                        .ok()
-                        .flatten()
-                        .and_then(|v| paracord_storage::key::decode_u64(&v).ok())
-                        .unwrap_or(0);
-                    batch.put(
-                        Table::GlobalValue,
-                        delivered_key(a.id()),
-                        after.max(done).to_be_bytes().to_vec(),
-                    );
-                    if let Err(e) = self.db.write(batch) {
+                    if let Err(e) = self.accepted(a.id(), &p.keys) {
                         tracing::error!(
                             appservice = a.id(),
                             "cannot dequeue a delivered transaction: {e}"
@@ -670,7 +754,7 @@ impl Appservices {
                         .min(RETRY_MAX);
                     tracing::warn!(
                         appservice = a.id(),
-                        txn = %txn_id,
+                        txn = %p.txn_id,
                         retry_in_ms = wait.as_millis() as u64,
                         "appservice transaction failed: {why}"
                     );
@@ -920,6 +1004,47 @@ mod tests {
         );
         db.write(batch).unwrap();
         assert_eq!(open(&db).next_seq.lock()["bridge"], 8);
+    }
+
+    /// Paracord issue 17: a formed transaction is fixed. Retried after a restart, it has the
+    /// same id and rows, not the rows queued since; the next one starts after it.
+    #[test]
+    fn a_formed_transaction_survives_a_restart_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(&dir.path().join("db")).unwrap());
+        let guard = OutboundGuard::new(&[]);
+        let open = |db: &Arc<Db>| {
+            Appservices::new(db.clone(), vec![reg(BRIDGE).unwrap()], guard.clone()).unwrap()
+        };
+        let put = |seqs: std::ops::Range<u64>| {
+            let mut batch = Batch::new();
+            for seq in seqs {
+                let key = QueueKey {
+                    appservice: "bridge",
+                    seq,
+                };
+                batch.put(Table::AppserviceseqEvent, key.encode(), format!("$e{seq}"));
+            }
+            db.write(batch).unwrap();
+        };
+        put(0..3);
+        let first = open(&db).form("bridge").unwrap().unwrap();
+        assert_eq!((first.0, first.1, first.2.len()), (0, 2, 3));
+        // More events arrive, the server restarts: the same transaction comes back.
+        put(3..6);
+        let services = open(&db);
+        let again = services.form("bridge").unwrap().unwrap();
+        assert_eq!(again, first);
+        let keys: Vec<_> = again.2.iter().map(|(k, _)| k.clone()).collect();
+        services.accepted("bridge", &keys).unwrap();
+        let next = open(&db).form("bridge").unwrap().unwrap();
+        assert_eq!((next.0, next.1, next.2.len()), (3, 5, 3));
+        assert_eq!(next.2[0].1, b"$e3".to_vec());
+        let keys: Vec<_> = next.2.iter().map(|(k, _)| k.clone()).collect();
+        let services = open(&db);
+        services.accepted("bridge", &keys).unwrap();
+        assert!(services.form("bridge").unwrap().is_none());
+        assert_eq!(open(&db).next_seq.lock()["bridge"], 6);
     }
 
     #[test]

@@ -962,3 +962,147 @@ async fn profiles_of_unknown_namespaced_users_are_asked_of_the_appservice() {
     );
     assert_eq!(receiver.requests().len(), before);
 }
+
+impl Receiver {
+    /// The ephemeral data received in transactions (`ephemeral`), in order.
+    fn ephemeral(&self) -> Vec<Value> {
+        self.requests()
+            .into_iter()
+            .filter(|s| s.method == "PUT" && s.path.starts_with("/_matrix/app/v1/transactions/"))
+            .flat_map(|s| s.body["ephemeral"].as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+
+    /// Waits (with a deadline) until an ephemeral item matching `want` arrived.
+    async fn wait_for_ephemeral(&self, what: &str, want: impl Fn(&Value) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.ephemeral().iter().any(&want) {
+            assert!(
+                Instant::now() < deadline,
+                "expected the appservice to receive {what}, it got {:?}",
+                self.ephemeral()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Issue 17, item 2 (MSC2409): typing, receipts and presence of a room an appservice's user is
+/// in reach appservices registered with `receive_ephemeral` (or the unstable
+/// `de.sorunome.msc2409.push_ephemeral`) in the transaction's `ephemeral` array; the others get
+/// none, and nobody gets another user's private receipt.
+#[tokio::test]
+async fn appservice_ephemeral_data_reaches_those_that_asked() {
+    let (spec, unstable, plain) = (
+        Receiver::start().await,
+        Receiver::start().await,
+        Receiver::start().await,
+    );
+    let (a, b, c) = (as_id(), as_id(), as_id());
+    let (server, _dir) = server_with(&[
+        (
+            "a.yaml",
+            registration(&a, Some(&spec.url())) + "receive_ephemeral: true\n",
+        ),
+        (
+            "b.yaml",
+            registration(&b, Some(&unstable.url())) + "de.sorunome.msc2409.push_ephemeral: true\n",
+        ),
+        ("c.yaml", registration(&c, Some(&plain.url()))),
+    ])
+    .await;
+    let human = server.register_random().await;
+    let room = human.create_room(&json!({"preset": "public_chat"})).await;
+    for id in [&a, &b, &c] {
+        let bot = server.client_with_token(&format!("as_{id}_secret"));
+        expect_ok(
+            bot.post(&format!("/join/{room}"), &json!({})).await,
+            "bot joins",
+        );
+    }
+    let event = human.send_text(&room, "read me").await;
+    expect_ok(
+        human
+            .put(
+                &format!("/rooms/{room}/typing/{}", human.user_id),
+                &json!({"typing": true, "timeout": 30000}),
+            )
+            .await,
+        "typing",
+    );
+    expect_ok(
+        human
+            .post(
+                &format!("/rooms/{room}/receipt/m.read.private/{event}"),
+                &json!({}),
+            )
+            .await,
+        "private receipt",
+    );
+    expect_ok(
+        human
+            .post(&format!("/rooms/{room}/receipt/m.read/{event}"), &json!({}))
+            .await,
+        "receipt",
+    );
+    expect_ok(
+        human
+            .put(
+                &format!("/presence/{}/status", human.user_id),
+                &json!({"presence": "unavailable", "status_msg": "away"}),
+            )
+            .await,
+        "presence",
+    );
+    let me = human.user_id.clone();
+    for receiver in [&spec, &unstable] {
+        receiver
+            .wait_for_ephemeral("the typing notification", |e| {
+                e["type"] == "m.typing"
+                    && e["room_id"] == room
+                    && e["content"]["user_ids"]
+                        .as_array()
+                        .is_some_and(|u| u.iter().any(|u| *u == me))
+            })
+            .await;
+        receiver
+            .wait_for_ephemeral("the read receipt", |e| {
+                e["type"] == "m.receipt"
+                    && e["room_id"] == room
+                    && e["content"][&event]["m.read"][&me]["ts"].is_u64()
+            })
+            .await;
+        receiver
+            .wait_for_ephemeral("the presence", |e| {
+                e["type"] == "m.presence"
+                    && e["sender"] == me
+                    && e["content"]["presence"] == "unavailable"
+                    && e["content"]["status_msg"] == "away"
+            })
+            .await;
+        assert!(
+            !receiver
+                .ephemeral()
+                .iter()
+                .any(|e| e["content"][&event].get("m.read.private").is_some()),
+            "another user's private receipt reached an appservice: {:?}",
+            receiver.ephemeral()
+        );
+        // The spec's field name only.
+        assert!(
+            !receiver
+                .requests()
+                .iter()
+                .any(|s| s.body.get("de.sorunome.msc2409.ephemeral").is_some()),
+            "unstable field sent"
+        );
+    }
+    // The appservice that did not ask gets the events, no ephemeral data.
+    human.send_text(&room, "marker").await;
+    plain.wait_for_bodies(&["read me", "marker"]).await;
+    assert!(
+        plain.ephemeral().is_empty(),
+        "ephemeral data reached an appservice without receive_ephemeral: {:?}",
+        plain.ephemeral()
+    );
+}

@@ -34,6 +34,7 @@ use serde_json::{json, Value};
 use tokio::sync::Notify;
 
 use crate::{
+    ephemeral::{EphemeralKind, EphemeralObserver, EphemeralUpdate},
     outbound::{GuardedClient, OutboundGuard},
     rooms::{hooks::EventObserver, notify::Notification, Pdu, Rooms},
     stream::Stream,
@@ -97,6 +98,38 @@ fn formed_key(appservice: &str) -> Vec<u8> {
     format!("appservice_formed\u{ff}{appservice}").into_bytes()
 }
 
+/// A queue row: key and value.
+type Row = (Vec<u8>, Vec<u8>);
+
+/// How long queued typing and presence stay worth sending: older rows are dropped when a
+/// transaction is formed (an appservice that was down gets the receipts, not stale typing).
+const EPHEMERAL_MAX_AGE: u64 = 120_000;
+
+/// A queued piece of ephemeral data (the value of an `appserviceseq_event` row that is not an
+/// event id: JSON, so it starts with `{` where an event id starts with `$`).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct QueuedEphemeral {
+    /// When it was queued (ms since the epoch).
+    ts: u64,
+    /// Whether it may be dropped once older than [`EPHEMERAL_MAX_AGE`] (typing, presence).
+    droppable: bool,
+    event: Value,
+}
+
+impl QueuedEphemeral {
+    fn decode(value: &[u8]) -> Option<Self> {
+        if value.first() != Some(&b'{') {
+            return None;
+        }
+        serde_json::from_slice(value).ok()
+    }
+
+    fn is_stale(value: &[u8], now: u64) -> bool {
+        Self::decode(value)
+            .is_some_and(|q| q.droppable && now.saturating_sub(q.ts) > EPHEMERAL_MAX_AGE)
+    }
+}
+
 /// A formed transaction: its id, queue rows and body.
 struct Pending {
     txn_id: String,
@@ -134,6 +167,9 @@ fn matches(list: &[Pattern], id: &str, exclusive_only: bool) -> bool {
 #[derive(Debug)]
 pub struct Appservice {
     pub registration: Registration,
+    /// Whether it gets typing, receipts and presence (`receive_ephemeral`, or MSC2409's
+    /// `de.sorunome.msc2409.push_ephemeral`).
+    pub receive_ephemeral: bool,
     /// `@sender_localpart:server`.
     pub sender: OwnedUserId,
     users: Vec<Pattern>,
@@ -180,6 +216,7 @@ impl Appservice {
             users,
             aliases,
             rooms,
+            receive_ephemeral: registration.receive_ephemeral,
             registration,
         })
     }
@@ -251,6 +288,20 @@ impl Appservice {
     }
 }
 
+/// Parses a registration (YAML, or JSON, which is YAML too). MSC2409's unstable
+/// `de.sorunome.msc2409.push_ephemeral: true` counts as `receive_ephemeral: true`.
+pub fn parse_registration(text: &str) -> Result<Registration, String> {
+    let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+    let unstable = value
+        .get("de.sorunome.msc2409.push_ephemeral")
+        .and_then(serde_yaml::Value::as_bool)
+        .unwrap_or(false);
+    let mut registration: Registration =
+        serde_yaml::from_value(value).map_err(|e| e.to_string())?;
+    registration.receive_ephemeral |= unstable;
+    Ok(registration)
+}
+
 /// Reads every `*.yaml` / `*.yml` file of `dir` (in name order). A file that cannot be read
 /// or parsed, or that clashes with one loaded before it (id, a token, an exclusive user
 /// namespace), is logged with why and skipped.
@@ -278,7 +329,7 @@ pub fn load_dir(dir: &Path, server_name: &str) -> Vec<Appservice> {
     for file in files {
         let parsed = std::fs::read_to_string(&file)
             .map_err(|e| format!("cannot read it: {e}"))
-            .and_then(|text| serde_yaml::from_str::<Registration>(&text).map_err(|e| e.to_string()))
+            .and_then(|text| parse_registration(&text))
             .and_then(|r| Appservice::new(r, server_name))
             .and_then(|a| match clash(&loaded, &a) {
                 Some(why) => Err(why),
@@ -575,22 +626,14 @@ impl Appservices {
         }
     }
 
-    /// The rows of `appservice`'s queue with `first <= seq <= last`, at most [`TXN_EVENTS`].
-    fn rows_in(&self, appservice: &str, first: u64, last: u64) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    /// The oldest rows of `appservice`'s queue, at most [`TXN_EVENTS`].
+    fn oldest_rows(&self, appservice: &str) -> Result<Vec<Row>> {
         let prefix = QueueKey::prefix(appservice);
-        let lower = QueueKey {
-            appservice,
-            seq: first,
-        }
-        .encode();
-        let upper = last
-            .checked_add(1)
-            .map(|seq| QueueKey { appservice, seq }.encode());
         let rows = self.db.scan(
             Table::AppserviceseqEvent,
             &prefix,
-            &lower,
-            upper.as_deref(),
+            &prefix,
+            None,
             false,
             TXN_EVENTS,
         )?;
@@ -600,73 +643,109 @@ impl Appservices {
             .collect())
     }
 
-    /// The transaction `appservice` is to be sent next, as its sequence range and rows: the
-    /// one formed before (persisted in `global_value`, so a retry, also after a restart,
-    /// carries the same id and the same rows, never more), or a new one of the oldest queued
-    /// rows, persisted before it is first sent. `None` when the queue is empty.
-    fn form(&self, appservice: &str) -> Result<Option<(u64, u64, Vec<(Vec<u8>, Vec<u8>)>)>> {
-        if let Some((first, last)) = self.formed(appservice)? {
-            let rows = self.rows_in(appservice, first, last)?;
-            if !rows.is_empty() {
-                return Ok(Some((first, last, rows)));
+    /// The transaction `appservice` is to be sent next: its id and rows. It is the one formed
+    /// before (its sequence numbers persisted in `global_value`, so a retry, also after a
+    /// restart, carries the same id and the same rows, never more), or a new one of the oldest
+    /// queued rows, persisted before it is first sent. Typing and presence rows older than
+    /// [`EPHEMERAL_MAX_AGE`] are dropped when a transaction is formed. `None` when the queue
+    /// is empty.
+    fn form(&self, appservice: &str) -> Result<Option<(String, Vec<Row>)>> {
+        if let Some(seqs) = self.formed(appservice)? {
+            let mut rows = Vec::with_capacity(seqs.len());
+            for seq in &seqs {
+                let key = QueueKey {
+                    appservice,
+                    seq: *seq,
+                }
+                .encode();
+                if let Some(v) = self.db.get(Table::AppserviceseqEvent, &key)? {
+                    rows.push((key, v));
+                }
+            }
+            if let (Some(first), Some(last)) = (seqs.first(), seqs.last()) {
+                if !rows.is_empty() {
+                    return Ok(Some((format!("{first}-{last}"), rows)));
+                }
             }
             // Its rows are gone (they are deleted with the marker, so only by hand).
             let mut batch = Batch::new();
             batch.delete(Table::GlobalValue, formed_key(appservice));
             self.db.write(batch)?;
         }
-        let rows = self.rows_in(appservice, 0, u64::MAX)?;
-        let seq = |k: &[u8]| QueueKey::decode(k).map(|k| k.seq);
-        let (Some((first, _)), Some((last, _))) = (rows.first(), rows.last()) else {
-            return Ok(None);
-        };
-        let (first, last) = (seq(first)?, seq(last)?);
-        let mut range = first.to_be_bytes().to_vec();
-        range.extend_from_slice(&last.to_be_bytes());
-        let mut batch = Batch::new();
-        batch.put(Table::GlobalValue, formed_key(appservice), range);
-        self.db.write(batch)?;
-        Ok(Some((first, last, rows)))
+        let now = paracord_core::time::now_ms();
+        loop {
+            let rows = self.oldest_rows(appservice)?;
+            if rows.is_empty() {
+                return Ok(None);
+            }
+            let mut batch = Batch::new();
+            let mut kept = Vec::with_capacity(rows.len());
+            let mut seqs = Vec::with_capacity(rows.len() * 8);
+            for (k, v) in rows {
+                if QueuedEphemeral::is_stale(&v, now) {
+                    batch.delete(Table::AppserviceseqEvent, k);
+                    continue;
+                }
+                seqs.extend_from_slice(&QueueKey::decode(&k)?.seq.to_be_bytes());
+                kept.push((k, v));
+            }
+            let (Some((first, _)), Some((last, _))) = (kept.first(), kept.last()) else {
+                // Only stale rows: dropped, look again.
+                self.db.write(batch)?;
+                continue;
+            };
+            let txn_id = format!(
+                "{}-{}",
+                QueueKey::decode(first)?.seq,
+                QueueKey::decode(last)?.seq
+            );
+            batch.put(Table::GlobalValue, formed_key(appservice), seqs);
+            self.db.write(batch)?;
+            return Ok(Some((txn_id, kept)));
+        }
     }
 
     /// The transaction `a` is to be sent next (see [`Self::form`]), with its body.
     fn next_transaction(&self, a: &Appservice, rooms: &Rooms) -> Result<Option<Pending>> {
-        let Some((first, last, rows)) = self.form(a.id())? else {
+        let Some((txn_id, rows)) = self.form(a.id())? else {
             return Ok(None);
         };
         let mut keys = Vec::with_capacity(rows.len());
         let mut events = Vec::with_capacity(rows.len());
+        let mut ephemeral = Vec::new();
         for (k, v) in rows {
-            let event_id = ruma::EventId::parse(String::from_utf8_lossy(&v).as_ref())
-                .map_err(Error::internal)?;
-            let event = match rooms.short_id(&event_id)? {
-                Some(short) => rooms.client_event_plain(short, None)?.map(|(_, e)| e),
-                None => None,
-            };
-            if let Some(e) = event {
-                events.push(e);
+            if let Some(q) = QueuedEphemeral::decode(&v) {
+                ephemeral.push(q.event);
+            } else {
+                let event_id = ruma::EventId::parse(String::from_utf8_lossy(&v).as_ref())
+                    .map_err(Error::internal)?;
+                let event = match rooms.short_id(&event_id)? {
+                    Some(short) => rooms.client_event_plain(short, None)?.map(|(_, e)| e),
+                    None => None,
+                };
+                if let Some(e) = event {
+                    events.push(e);
+                }
             }
             keys.push(k);
         }
-        Ok(Some(Pending {
-            txn_id: format!("{first}-{last}"),
-            keys,
-            body: json!({ "events": events }),
-        }))
+        let mut body = json!({ "events": events });
+        if !ephemeral.is_empty() {
+            body["ephemeral"] = ephemeral.into();
+        }
+        Ok(Some(Pending { txn_id, keys, body }))
     }
 
-    /// The sequence range of `appservice`'s formed, not yet accepted transaction.
-    fn formed(&self, appservice: &str) -> Result<Option<(u64, u64)>> {
+    /// The sequence numbers of `appservice`'s formed, not yet accepted transaction.
+    fn formed(&self, appservice: &str) -> Result<Option<Vec<u64>>> {
         let Some(v) = self.db.get(Table::GlobalValue, &formed_key(appservice))? else {
             return Ok(None);
         };
-        let (Some(first), Some(last)) = (v.get(..8), v.get(8..16)) else {
-            return Err(Error::internal("bad appservice transaction marker"));
-        };
-        Ok(Some((
-            paracord_storage::key::decode_u64(first)?,
-            paracord_storage::key::decode_u64(last)?,
-        )))
+        v.chunks(8)
+            .map(paracord_storage::key::decode_u64)
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+            .map_err(Into::into)
     }
 
     /// Deletes an accepted transaction's rows and marker and moves the delivered mark past it,
@@ -680,8 +759,10 @@ impl Appservices {
             }
             batch.delete(Table::AppserviceseqEvent, k.clone());
         }
-        if let Some((_, last)) = self.formed(appservice)? {
-            after = after.max(last.saturating_add(1));
+        if let Some(seqs) = self.formed(appservice)? {
+            if let Some(last) = seqs.iter().max() {
+                after = after.max(last.saturating_add(1));
+            }
         }
         let done = self
             .db
@@ -697,6 +778,66 @@ impl Appservices {
         batch.delete(Table::GlobalValue, formed_key(appservice));
         self.db.write(batch)?;
         Ok(())
+    }
+
+    /// Queues typing, a receipt or presence for the appservices registered with
+    /// `receive_ephemeral` that are interested in it: typing and receipts of a room in their
+    /// rooms namespace or with one of their users among its members (a private receipt only
+    /// for their own users), presence of their users or of users who share a room with one.
+    pub fn queue_ephemeral(&self, update: &EphemeralUpdate<'_>) {
+        let owns_any = |a: &Appservice, users: &[OwnedUserId]| users.iter().any(|u| a.owns_user(u));
+        let wanted: Vec<&Arc<Appservice>> = self
+            .list
+            .iter()
+            .filter(|a| a.receive_ephemeral && a.registration.url.is_some())
+            .filter(|a| match update.kind {
+                EphemeralKind::Receipt { private: true } => a.owns_user(update.user),
+                EphemeralKind::Typing | EphemeralKind::Receipt { private: false } => {
+                    a.owns_user(update.user)
+                        || update
+                            .room
+                            .is_some_and(|r| matches(&a.rooms, r.as_str(), false))
+                        || owns_any(a, update.audience)
+                }
+                EphemeralKind::Presence => a.owns_user(update.user) || owns_any(a, update.audience),
+            })
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let row = QueuedEphemeral {
+            ts: paracord_core::time::now_ms(),
+            droppable: update.kind != EphemeralKind::Receipt { private: false }
+                && update.kind != EphemeralKind::Receipt { private: true },
+            event: update.event.clone(),
+        };
+        let Ok(value) = serde_json::to_vec(&row) else {
+            return;
+        };
+        let mut batch = Batch::new();
+        for a in &wanted {
+            let seq = {
+                let mut next = self.next_seq.lock();
+                let n = next.entry(a.id().to_owned()).or_insert(0);
+                let seq = *n;
+                *n = n.saturating_add(1);
+                seq
+            };
+            let key = QueueKey {
+                appservice: a.id(),
+                seq,
+            };
+            batch.put(Table::AppserviceseqEvent, key.encode(), value.clone());
+        }
+        if let Err(e) = self.db.write(batch) {
+            tracing::warn!("cannot queue ephemeral data for appservices: {e}");
+            return;
+        }
+        for a in wanted {
+            if let Some(w) = self.wakes.get(a.id()) {
+                w.notify_one();
+            }
+        }
     }
 
     async fn run_sender(
@@ -929,13 +1070,18 @@ impl EventObserver for AppserviceObserver {
     }
 }
 
+impl EphemeralObserver for AppserviceObserver {
+    fn changed(&self, update: &EphemeralUpdate<'_>) {
+        self.appservices.queue_ephemeral(update);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn reg(yaml: &str) -> Result<Appservice, String> {
-        let r: Registration = serde_yaml::from_str(yaml).map_err(|e| e.to_string())?;
-        Appservice::new(r, "example.org")
+        Appservice::new(parse_registration(yaml)?, "example.org")
     }
 
     const BRIDGE: &str = "id: bridge\nurl: http://127.0.0.1:9000\nas_token: a1\nhs_token: h1\nsender_localpart: bridgebot\nnamespaces:\n  users:\n    - regex: '@bridge_.*:example\\.org'\n      exclusive: true\n  aliases:\n    - regex: '#bridge_.*:example\\.org'\n      exclusive: true\n";
@@ -1029,22 +1175,72 @@ mod tests {
         };
         put(0..3);
         let first = open(&db).form("bridge").unwrap().unwrap();
-        assert_eq!((first.0, first.1, first.2.len()), (0, 2, 3));
+        assert_eq!((first.0.as_str(), first.1.len()), ("0-2", 3));
         // More events arrive, the server restarts: the same transaction comes back.
         put(3..6);
         let services = open(&db);
         let again = services.form("bridge").unwrap().unwrap();
         assert_eq!(again, first);
-        let keys: Vec<_> = again.2.iter().map(|(k, _)| k.clone()).collect();
+        let keys: Vec<_> = again.1.iter().map(|(k, _)| k.clone()).collect();
         services.accepted("bridge", &keys).unwrap();
         let next = open(&db).form("bridge").unwrap().unwrap();
-        assert_eq!((next.0, next.1, next.2.len()), (3, 5, 3));
-        assert_eq!(next.2[0].1, b"$e3".to_vec());
-        let keys: Vec<_> = next.2.iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!((next.0.as_str(), next.1.len()), ("3-5", 3));
+        assert_eq!(next.1[0].1, b"$e3".to_vec());
+        let keys: Vec<_> = next.1.iter().map(|(k, _)| k.clone()).collect();
         let services = open(&db);
         services.accepted("bridge", &keys).unwrap();
         assert!(services.form("bridge").unwrap().is_none());
         assert_eq!(open(&db).next_seq.lock()["bridge"], 6);
+    }
+
+    /// MSC2409: stale typing is dropped when a transaction is formed, receipts are kept, and
+    /// the unstable registration spelling turns ephemeral data on.
+    #[test]
+    fn stale_typing_is_dropped_receipts_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(&dir.path().join("db")).unwrap());
+        let yaml = format!("{BRIDGE}de.sorunome.msc2409.push_ephemeral: true\n");
+        let services = Appservices::new(
+            db.clone(),
+            vec![reg(&yaml).unwrap()],
+            OutboundGuard::new(&[]),
+        )
+        .unwrap();
+        assert!(services.list[0].receive_ephemeral);
+        let room = ruma::room_id!("!r:example.org");
+        let user = UserId::parse("@bridge_a:example.org").unwrap();
+        for kind in [
+            EphemeralKind::Typing,
+            EphemeralKind::Receipt { private: false },
+        ] {
+            services.queue_ephemeral(&EphemeralUpdate {
+                kind,
+                event: json!({ "type": "x", "room_id": room }),
+                room: Some(room),
+                user: &user,
+                audience: &[],
+            });
+        }
+        // Both made old.
+        let mut batch = Batch::new();
+        for (k, v) in services.oldest_rows("bridge").unwrap() {
+            let mut q = QueuedEphemeral::decode(&v).unwrap();
+            q.ts = 0;
+            batch.put(
+                Table::AppserviceseqEvent,
+                k,
+                serde_json::to_vec(&q).unwrap(),
+            );
+        }
+        db.write(batch).unwrap();
+        let (txn, rows) = services.form("bridge").unwrap().unwrap();
+        assert_eq!(txn, "1-1");
+        assert!(!QueuedEphemeral::decode(&rows[0].1).unwrap().droppable);
+        assert_eq!(services.oldest_rows("bridge").unwrap().len(), 1);
+        // Without the flag nothing is queued.
+        let plain =
+            Appservices::new(db, vec![reg(BRIDGE).unwrap()], OutboundGuard::new(&[])).unwrap();
+        assert!(!plain.list[0].receive_ephemeral);
     }
 
     #[test]

@@ -189,6 +189,12 @@ impl Services {
             Some(server_keys::fetch_with(federation.clone())),
         ));
         let ephemeral = Arc::new(ephemeral::Ephemeral::new(db.clone(), stream.clone()));
+        if appservices.all().iter().any(|a| a.receive_ephemeral) {
+            ephemeral.add_observer(Arc::new(appservice::AppserviceObserver::new(
+                appservices.clone(),
+                Arc::downgrade(&rooms),
+            )));
+        }
         let edu_out: e2ee::OutgoingEdu = {
             let sender = sender.clone();
             Arc::new(move |destination, edu| sender.queue_edu(destination, edu))

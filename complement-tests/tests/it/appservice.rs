@@ -1106,3 +1106,97 @@ async fn appservice_ephemeral_data_reaches_those_that_asked() {
         plain.ephemeral()
     );
 }
+
+/// Issue 17, item 3 (spec v1.17, MSC3202): `?device_id=` makes an appservice act as one
+/// device of its user — to-device messages, one-time keys and sync are that device's — and a
+/// device the user does not have is `400 M_UNKNOWN_DEVICE`.
+#[tokio::test]
+async fn appservice_masquerades_as_a_device_of_its_user() {
+    let id = as_id();
+    let (server, _dir) = server_with(&[("a.yaml", registration(&id, None))]).await;
+    let bot = server.client_with_token(&format!("as_{id}_secret"));
+    let ghost = server.user_id(&format!("{id}_dev"));
+    let login = expect_ok(
+        bot.post(
+            "/register",
+            &json!({"type": "m.login.application_service", "username": format!("{id}_dev")}),
+        )
+        .await,
+        "register a ghost with a device",
+    );
+    let device = login["device_id"].as_str().unwrap().to_owned();
+    let me = expect_ok(
+        bot.get(&format!(
+            "/account/whoami?user_id={ghost}&device_id={device}"
+        ))
+        .await,
+        "whoami as the ghost's device",
+    );
+    assert_eq!(me["user_id"], ghost, "{me}");
+    assert_eq!(me["device_id"], device, "{me}");
+    expect_error(
+        &bot.get(&format!("/account/whoami?user_id={ghost}&device_id=NOPE"))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "M_UNKNOWN_DEVICE",
+        "a device the ghost does not have",
+    );
+    // Without user_id the device must be the sender's.
+    expect_error(
+        &bot.get(&format!("/account/whoami?device_id={device}"))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "M_UNKNOWN_DEVICE",
+        "the ghost's device as the sender",
+    );
+    let as_device = format!("user_id={ghost}&device_id={device}");
+    // One-time keys uploaded for the device can be claimed for it.
+    let up = expect_ok(
+        bot.post(
+            &format!("/keys/upload?{as_device}"),
+            &json!({"one_time_keys": {"curve25519:AAAAAQ": "b3RrLWtleS1vbmU"}}),
+        )
+        .await,
+        "keys upload as the device",
+    );
+    assert_eq!(up["one_time_key_counts"]["curve25519"], 1, "{up}");
+    let human = server.register_random().await;
+    let claimed = expect_ok(
+        human
+            .post(
+                "/keys/claim",
+                &json!({"one_time_keys": {&ghost: {&device: "curve25519"}}}),
+            )
+            .await,
+        "claim the device's key",
+    );
+    assert_eq!(
+        claimed["one_time_keys"][&ghost][&device]["curve25519:AAAAAQ"], "b3RrLWtleS1vbmU",
+        "{claimed}"
+    );
+    // A to-device message for the device arrives in its sync.
+    expect_ok(
+        human
+            .put(
+                &format!("/sendToDevice/m.test/{}", random_localpart()),
+                &json!({"messages": {&ghost: {&device: {"hello": "device"}}}}),
+            )
+            .await,
+        "send to the device",
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let sync = expect_ok(
+            bot.get(&format!("/sync?timeout=1000&{as_device}")).await,
+            "sync as the device",
+        );
+        let got = sync["to_device"]["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if got.iter().any(|e| e["content"]["hello"] == "device") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no to-device message: {sync}");
+    }
+}

@@ -40,8 +40,12 @@ struct Receiver {
     status: Arc<Mutex<u16>>,
     on_alias: Arc<Mutex<Option<AliasHook>>>,
     on_user: Arc<Mutex<Option<AliasHook>>>,
+    /// Answers by path (without the query): 200 with this body.
+    canned: Canned,
     task: Option<JoinHandle<()>>,
 }
+
+type Canned = Arc<Mutex<Vec<(String, String)>>>;
 
 impl Receiver {
     async fn start() -> Receiver {
@@ -53,6 +57,7 @@ impl Receiver {
             status: Arc::new(Mutex::new(200)),
             on_alias: Arc::default(),
             on_user: Arc::default(),
+            canned: Arc::default(),
             task: None,
         };
         r.serve(listener);
@@ -64,22 +69,24 @@ impl Receiver {
     }
 
     fn serve(&mut self, listener: TcpListener) {
-        let (seen, status, on_alias, on_user) = (
+        let (seen, status, on_alias, on_user, canned) = (
             self.seen.clone(),
             self.status.clone(),
             self.on_alias.clone(),
             self.on_user.clone(),
+            self.canned.clone(),
         );
         self.task = Some(tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (seen, status, on_alias, on_user) = (
+                let (seen, status, on_alias, on_user, canned) = (
                     seen.clone(),
                     status.clone(),
                     on_alias.clone(),
                     on_user.clone(),
+                    canned.clone(),
                 );
                 tokio::spawn(async move {
-                    let _ = handle(stream, seen, status, on_alias, on_user).await;
+                    let _ = handle(stream, seen, status, on_alias, on_user, canned).await;
                 });
             }
         }));
@@ -154,6 +161,7 @@ async fn handle(
     status: Arc<Mutex<u16>>,
     on_alias: Arc<Mutex<Option<AliasHook>>>,
     on_user: Arc<Mutex<Option<AliasHook>>>,
+    canned: Canned,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
@@ -208,14 +216,24 @@ async fn handle(
     }
     seen.lock().unwrap().push(Seen {
         method,
-        path,
+        path: path.clone(),
         authorization,
         body,
     });
-    let answer = if code == 200 {
-        "{}"
-    } else {
-        r#"{"errcode":"M_UNKNOWN","error":"test says no"}"#
+    let bare = path.split('?').next().unwrap_or_default();
+    let canned = canned
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(p, _)| p == bare)
+        .map(|(_, b)| b.clone());
+    let answer = match canned {
+        Some(body) => {
+            code = 200;
+            body
+        }
+        None if code == 200 => "{}".to_owned(),
+        None => r#"{"errcode":"M_UNKNOWN","error":"test says no"}"#.to_owned(),
     };
     let reply = format!(
         "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
@@ -1199,4 +1217,160 @@ async fn appservice_masquerades_as_a_device_of_its_user() {
         }
         assert!(Instant::now() < deadline, "no to-device message: {sync}");
     }
+}
+
+impl Receiver {
+    /// Answers `GET path` (without query) with `body`.
+    fn answer(&self, path: &str, body: Value) {
+        self.canned
+            .lock()
+            .unwrap()
+            .push((path.to_owned(), body.to_string()));
+    }
+}
+
+/// Issue 17, item 4: `/thirdparty/*` asks the appservices that registered the protocol (with
+/// their hs_token) and merges what they answer; an unknown protocol is `404 M_NOT_FOUND`, an
+/// appservice that is down adds nothing instead of failing the request.
+#[tokio::test]
+async fn appservice_thirdparty_lookups_are_merged() {
+    let (one, two) = (Receiver::start().await, Receiver::start().await);
+    let mut down = Receiver::start().await;
+    let (a, b, c) = (as_id(), as_id(), as_id());
+    let (server, _dir) = server_with(&[
+        (
+            "a.yaml",
+            registration(&a, Some(&one.url())) + "protocols: [gitter, irc]\n",
+        ),
+        (
+            "b.yaml",
+            registration(&b, Some(&two.url())) + "protocols: [irc]\n",
+        ),
+        (
+            "c.yaml",
+            registration(&c, Some(&down.url())) + "protocols: [irc, dead]\n",
+        ),
+    ])
+    .await;
+    down.down();
+    let protocol = |network: &str| {
+        json!({
+            "user_fields": ["network", "nickname"],
+            "location_fields": ["network", "channel"],
+            "icon": "mxc://example.org/icon",
+            "field_types": {
+                "network": {"regexp": "[a-z.]+", "placeholder": "irc.example.org"},
+                "nickname": {"regexp": ".+", "placeholder": "nick"},
+                "channel": {"regexp": "#.+", "placeholder": "#chan"}
+            },
+            "instances": [{
+                "desc": network, "fields": {"network": network}, "network_id": network
+            }]
+        })
+    };
+    one.answer(
+        "/_matrix/app/v1/thirdparty/protocol/irc",
+        protocol("libera"),
+    );
+    one.answer(
+        "/_matrix/app/v1/thirdparty/protocol/gitter",
+        protocol("gitter"),
+    );
+    two.answer("/_matrix/app/v1/thirdparty/protocol/irc", protocol("oftc"));
+    let alias = format!("#{a}_chan:{}", server.server_name());
+    one.answer(
+        "/_matrix/app/v1/thirdparty/location/irc",
+        json!([{"alias": alias, "protocol": "irc", "fields": {"network": "libera", "channel": "#chan"}}]),
+    );
+    two.answer(
+        "/_matrix/app/v1/thirdparty/location/irc",
+        json!([{"alias": format!("#{b}_chan:{}", server.server_name()), "protocol": "irc", "fields": {"network": "oftc", "channel": "#chan"}}]),
+    );
+    let remote = server.user_id(&format!("{a}_nick"));
+    one.answer(
+        "/_matrix/app/v1/thirdparty/user/irc",
+        json!([{"userid": remote, "protocol": "irc", "fields": {"nickname": "nick"}}]),
+    );
+    one.answer(
+        "/_matrix/app/v1/thirdparty/user",
+        json!([{"userid": remote, "protocol": "irc", "fields": {"nickname": "nick"}}]),
+    );
+    one.answer(
+        "/_matrix/app/v1/thirdparty/location",
+        json!([{"alias": alias, "protocol": "irc", "fields": {"channel": "#chan"}}]),
+    );
+    let human = server.register_random().await;
+
+    let all = expect_ok(human.get("/thirdparty/protocols").await, "protocols");
+    let irc = &all["irc"];
+    let networks: Vec<&str> = irc["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["network_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(networks, vec!["libera", "oftc"], "{all}");
+    assert!(
+        irc["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["instance_id"].is_string()),
+        "{all}"
+    );
+    assert!(all["gitter"].is_object(), "{all}");
+    assert!(all.get("dead").is_none(), "{all}");
+
+    let one_protocol = expect_ok(human.get("/thirdparty/protocol/gitter").await, "protocol");
+    assert_eq!(one_protocol["instances"][0]["network_id"], "gitter");
+    expect_error(
+        &human.get("/thirdparty/protocol/nope").await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+        "an unknown protocol",
+    );
+    expect_error(
+        &human.get("/thirdparty/location/nope").await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+        "locations of an unknown protocol",
+    );
+    let locations = expect_ok(
+        human.get("/thirdparty/location/irc?channel=%23chan").await,
+        "locations",
+    );
+    assert_eq!(locations.as_array().map(Vec::len), Some(2), "{locations}");
+    // The search fields reach the appservice.
+    assert!(
+        one.requests().iter().any(|s| s.path
+            == "/_matrix/app/v1/thirdparty/location/irc?channel=%23chan"
+            && s.authorization == format!("Bearer hs_{a}_secret")),
+        "{:?}",
+        one.requests()
+    );
+    let users = expect_ok(
+        human.get("/thirdparty/user/irc?nickname=nick").await,
+        "users",
+    );
+    assert_eq!(users[0]["userid"], remote, "{users}");
+    let by_id = expect_ok(
+        human
+            .get(&format!("/thirdparty/user?userid={remote}"))
+            .await,
+        "user by id",
+    );
+    assert_eq!(by_id[0]["userid"], remote, "{by_id}");
+    let by_alias = expect_ok(
+        human
+            .get(&format!(
+                "/thirdparty/location?alias={}",
+                alias.replace('#', "%23")
+            ))
+            .await,
+        "location by alias",
+    );
+    assert_eq!(by_alias[0]["alias"], alias, "{by_alias}");
+    // The protocol only a down appservice handles: an empty list, not an error.
+    let dead = expect_ok(human.get("/thirdparty/user/dead").await, "a dead protocol");
+    assert_eq!(dead, json!([]));
 }

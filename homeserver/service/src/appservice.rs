@@ -28,6 +28,7 @@ use parking_lot::Mutex;
 use regex::Regex;
 use ruma::{
     api::appservice::{Namespace, Registration},
+    thirdparty::Protocol,
     OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId,
 };
 use serde_json::{json, Value};
@@ -1016,6 +1017,129 @@ impl Appservices {
             }
         }
         false
+    }
+
+    /// The protocols some registration lists (`protocols`), sorted, without repeats.
+    pub fn protocols(&self) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .list
+            .iter()
+            .flat_map(|a| a.registration.protocols.iter().flatten().cloned())
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    fn with_protocol<'a>(&'a self, protocol: &'a str) -> impl Iterator<Item = &'a Arc<Appservice>> {
+        self.list.iter().filter(move |a| {
+            a.registration
+                .protocols
+                .as_ref()
+                .is_some_and(|p| p.iter().any(|p| p == protocol))
+        })
+    }
+
+    /// The metadata of `protocol` (`GET /_matrix/app/v1/thirdparty/protocol/{protocol}`),
+    /// merged over the appservices that registered it: the first answer's fields, every
+    /// answer's instances (each with an `instance_id` of its appservice and network). `None`
+    /// when no appservice registered it or none of them answered.
+    pub async fn thirdparty_protocol(&self, protocol: &str) -> Option<Protocol> {
+        let path = format!(
+            "/_matrix/app/v1/thirdparty/protocol/{}",
+            crate::percent_encode(protocol)
+        );
+        let mut merged: Option<Protocol> = None;
+        for a in self.with_protocol(protocol) {
+            let Some(answer) = self.get_json(a, &path, &[]).await else {
+                continue;
+            };
+            let Ok(mut p) = serde_json::from_value::<Protocol>(answer) else {
+                tracing::info!(
+                    appservice = a.id(),
+                    protocol,
+                    "bad third-party protocol answer"
+                );
+                continue;
+            };
+            for i in &mut p.instances {
+                if i.instance_id.is_none() {
+                    i.instance_id = Some(format!("{}|{}", a.id(), i.network_id));
+                }
+            }
+            match &mut merged {
+                Some(m) => m.instances.append(&mut p.instances),
+                None => merged = Some(p),
+            }
+        }
+        merged
+    }
+
+    /// Third-party locations or users (`kind` is `location` or `user`): of `protocol` with the
+    /// search `fields`, asked of the appservices that registered it, or (`protocol` `None`)
+    /// by `alias` / `userid` in `fields`, asked of every appservice with a protocol. Answers
+    /// merged; an appservice that is down or answers nonsense adds nothing.
+    pub async fn thirdparty_lookup(
+        &self,
+        kind: &str,
+        protocol: Option<&str>,
+        fields: &[(String, String)],
+    ) -> Vec<Value> {
+        let (path, asked): (String, Vec<&Arc<Appservice>>) = match protocol {
+            Some(p) => (
+                format!(
+                    "/_matrix/app/v1/thirdparty/{kind}/{}",
+                    crate::percent_encode(p)
+                ),
+                self.with_protocol(p).collect(),
+            ),
+            None => (
+                format!("/_matrix/app/v1/thirdparty/{kind}"),
+                self.list
+                    .iter()
+                    .filter(|a| {
+                        a.registration
+                            .protocols
+                            .as_ref()
+                            .is_some_and(|p| !p.is_empty())
+                    })
+                    .collect(),
+            ),
+        };
+        let mut out = Vec::new();
+        for a in asked {
+            if let Some(Value::Array(items)) = self.get_json(a, &path, fields).await {
+                out.extend(items);
+            }
+        }
+        out
+    }
+
+    /// `GET {url}{path}?{query}` of `a` with its `hs_token`: the JSON of a 200 answer.
+    async fn get_json(
+        &self,
+        a: &Appservice,
+        path: &str,
+        query: &[(String, String)],
+    ) -> Option<Value> {
+        let Some(Ok(mut url)) = a.url(path) else {
+            return None;
+        };
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        let request = self.http.request(reqwest::Method::GET, url).ok()?;
+        match request.bearer_auth(&a.registration.hs_token).send().await {
+            Ok(resp) if resp.status().is_success() => resp.json().await.ok(),
+            Ok(resp) => {
+                tracing::info!(appservice = a.id(), status = %resp.status(), "appservice lookup refused");
+                None
+            }
+            Err(e) => {
+                tracing::info!(appservice = a.id(), "appservice lookup failed: {e}");
+                None
+            }
+        }
     }
 
     async fn query(&self, a: &Appservice, path: &str) -> bool {

@@ -1374,3 +1374,165 @@ async fn appservice_thirdparty_lookups_are_merged() {
     let dead = expect_ok(human.get("/thirdparty/user/dead").await, "a dead protocol");
     assert_eq!(dead, json!([]));
 }
+
+/// Issue 17, item 5: server admins add (YAML or JSON), list and remove registrations at run
+/// time under `/_paracord/v1/admin/appservices`; they are checked like the files, survive a
+/// restart, and a removed one loses its token, its queue and its transactions.
+#[tokio::test]
+async fn appservice_registrations_are_managed_at_run_time() {
+    let (added_rx, file_rx) = (Receiver::start().await, Receiver::start().await);
+    let (id, file_id) = (as_id(), as_id());
+    let (mut server, _dir) =
+        server_with(&[("f.yaml", registration(&file_id, Some(&file_rx.url())))]).await;
+    let admin = server
+        .admin_register(&format!("admin{}", random_localpart()), true)
+        .await;
+    let human = server.register_random().await;
+    const PATH: &str = "/_paracord/v1/admin/appservices";
+    let add = |who: &paracord_complement::Client, text: String| {
+        let who = who.clone();
+        async move {
+            who.raw(
+                paracord_complement::Method::POST,
+                PATH,
+                Some((text.into_bytes(), "application/yaml")),
+            )
+            .await
+        }
+    };
+    let yaml = registration(&id, Some(&added_rx.url()));
+    // Only admins.
+    let refused = add(&human, yaml.clone()).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.text);
+    assert_eq!(refused.body["errcode"], "M_FORBIDDEN");
+    expect_error(
+        &human.get(PATH).await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+        "a user listing appservices",
+    );
+    // Bad input and clashes: 400 with a reason.
+    let bad = add(&admin, "id: [broken\n".to_owned()).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.text);
+    assert_eq!(bad.body["errcode"], "M_INVALID_PARAM", "{}", bad.text);
+    let clash = add(
+        &admin,
+        registration(&id, None).replace(&format!("as_{id}_"), &format!("as_{file_id}_")),
+    )
+    .await;
+    assert_eq!(clash.status, StatusCode::BAD_REQUEST, "{}", clash.text);
+    assert!(clash.text.contains("token"), "{}", clash.text);
+
+    let added = add(&admin, yaml.clone()).await;
+    assert_eq!(added.status, StatusCode::OK, "{}", added.text);
+    assert_eq!(added.body["id"], id.as_str());
+    let again = add(&admin, yaml.clone()).await;
+    assert_eq!(again.status, StatusCode::BAD_REQUEST, "{}", again.text);
+    let list = expect_ok(admin.get(PATH).await, "list");
+    let sources: Vec<(String, String)> = list["appservices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["id"].as_str().unwrap().to_owned(),
+                a["source"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        sources.contains(&(id.clone(), "admin".to_owned())),
+        "{list}"
+    );
+    assert!(
+        sources.contains(&(file_id.clone(), "file".to_owned())),
+        "{list}"
+    );
+    assert!(
+        !list.to_string().contains("_secret"),
+        "tokens listed: {list}"
+    );
+
+    // It works at once: its token, its transactions.
+    let bot = server.client_with_token(&format!("as_{id}_secret"));
+    let file_bot = server.client_with_token(&format!("as_{file_id}_secret"));
+    let room = human.create_room(&json!({"preset": "public_chat"})).await;
+    for b in [&bot, &file_bot] {
+        expect_ok(
+            b.post(&format!("/join/{room}"), &json!({})).await,
+            "bot joins",
+        );
+    }
+    human.send_text(&room, "one").await;
+    added_rx.wait_for_bodies(&["one"]).await;
+
+    // A restart keeps it.
+    server.restart().await;
+    expect_ok(bot.whoami().await, "the added token after a restart");
+    human.send_text(&room, "two").await;
+    added_rx.wait_for_bodies(&["one", "two"]).await;
+
+    // Removed: the token is gone and nothing more is sent to it.
+    expect_error(
+        &admin.delete(&format!("{PATH}/{file_id}"), &json!({})).await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+        "removing a file's registration",
+    );
+    expect_error(
+        &admin.delete(&format!("{PATH}/nope{id}"), &json!({})).await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+        "removing an unknown registration",
+    );
+    expect_ok(
+        admin.delete(&format!("{PATH}/{id}"), &json!({})).await,
+        "remove",
+    );
+    expect_error(
+        &bot.whoami().await,
+        StatusCode::UNAUTHORIZED,
+        "M_UNKNOWN_TOKEN",
+        "a removed appservice's token",
+    );
+    let before = added_rx.requests().len();
+    human.send_text(&room, "three").await;
+    file_rx.wait_for_bodies(&["three"]).await;
+    // The file appservice got it; give the removed one's (stopped) sender the same time again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        added_rx.requests().len(),
+        before,
+        "{:?}",
+        added_rx.requests()
+    );
+    server.restart().await;
+    expect_error(
+        &bot.whoami().await,
+        StatusCode::UNAUTHORIZED,
+        "M_UNKNOWN_TOKEN",
+        "a removed appservice's token after a restart",
+    );
+
+    // Added again, as JSON: transaction ids go on, never reused.
+    let as_json = json!({
+        "id": id, "url": added_rx.url(), "as_token": format!("as_{id}_secret"),
+        "hs_token": format!("hs_{id}_secret"), "sender_localpart": format!("{id}bot"),
+        "namespaces": {"users": [{"exclusive": true, "regex": format!("@{id}_.*:localhost:\\d+")}],
+                       "aliases": [], "rooms": []}
+    });
+    let readded = add(&admin, as_json.to_string()).await;
+    assert_eq!(readded.status, StatusCode::OK, "{}", readded.text);
+    human.send_text(&room, "four").await;
+    added_rx.wait_for_bodies(&["four"]).await;
+    let mut txns: Vec<String> = added_rx
+        .requests()
+        .into_iter()
+        .filter(|s| s.path.starts_with("/_matrix/app/v1/transactions/"))
+        .map(|s| s.path)
+        .collect();
+    let n = txns.len();
+    txns.sort();
+    txns.dedup();
+    assert_eq!(txns.len(), n, "a transaction id came twice: {txns:?}");
+}

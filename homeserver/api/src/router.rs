@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::{
     extract::{MatchedPath, Request, State},
     response::{IntoResponse, Response},
-    routing::{get, post, put},
+    routing::{delete, get, post, put},
     Router,
 };
 use paracord_core::Error;
@@ -62,6 +62,14 @@ pub fn app(services: Arc<Services>) -> Router {
         .ruma::<c::account::whoami::v3::Request, _, _>(account::whoami_route)
         // application services
         .ruma::<c::appservice::request_ping::v1::Request, _, _>(appservice::request_ping_route)
+        .route(
+            "/_paracord/v1/admin/appservices",
+            get(appservice::admin_list_route).post(appservice::admin_add_route),
+        )
+        .route(
+            "/_paracord/v1/admin/appservices/{id}",
+            delete(appservice::admin_remove_route),
+        )
         // third-party networks, answered by the appservices
         .ruma::<c::thirdparty::get_protocols::v3::Request, _, _>(thirdparty::get_protocols_route)
         .ruma::<c::thirdparty::get_protocol::v3::Request, _, _>(thirdparty::get_protocol_route)

@@ -326,7 +326,7 @@ async fn appservice_identity(
     token: &str,
     parts: &http::request::Parts,
 ) -> Result<(Identity, Option<u64>), ApiError> {
-    let Some(appservice) = state.appservices.by_as_token(token).cloned() else {
+    let Some(appservice) = state.appservices.by_as_token(token) else {
         return Err(ApiError(Error::unknown_token(false)));
     };
     let query: Vec<(String, String)> = parts

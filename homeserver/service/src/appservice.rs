@@ -1,5 +1,5 @@
 //! Application services (the Matrix Application Service API): the registrations loaded from
-//! `appservice_dir`, the questions the API asks of them (whose token is this, who owns this
+//! `appservice_dir` or added with the admin API (kept in `appserviceid_registration`), the questions the API asks of them (whose token is this, who owns this
 //! user or alias namespace), the per-appservice transaction queue fed by an observer of the
 //! room pipeline, its sender, pings and user/alias queries.
 //!
@@ -24,7 +24,7 @@ use paracord_storage::{
     key::{KeyBuf, KeyReader},
     Batch, Db, StorageError, Table,
 };
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use regex::Regex;
 use ruma::{
     api::appservice::{Namespace, Registration},
@@ -58,7 +58,11 @@ const MAX_ERROR_BODY: usize = 1000;
 pub const APPSERVICE_DEVICE: &str = "APPSERVICE";
 
 /// A room's member list and which appservices have a user in it.
-type MemberInterest = (Arc<crate::rooms::RoomMembers>, Arc<Vec<bool>>);
+type MemberInterest = (
+    Arc<crate::rooms::RoomMembers>,
+    Arc<Vec<Arc<Appservice>>>,
+    Arc<Vec<bool>>,
+);
 
 /// The key of a queued event in `appserviceseq_event`: `appservice id 0xFF seq`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,6 +175,8 @@ pub struct Appservice {
     /// Whether it gets typing, receipts and presence (`receive_ephemeral`, or MSC2409's
     /// `de.sorunome.msc2409.push_ephemeral`).
     pub receive_ephemeral: bool,
+    /// Added with the admin API (kept in `appserviceid_registration`), not from a file.
+    pub added: bool,
     /// `@sender_localpart:server`.
     pub sender: OwnedUserId,
     users: Vec<Pattern>,
@@ -218,6 +224,7 @@ impl Appservice {
             aliases,
             rooms,
             receive_ephemeral: registration.receive_ephemeral,
+            added: false,
             registration,
         })
     }
@@ -352,8 +359,12 @@ pub fn load_dir(dir: &Path, server_name: &str) -> Vec<Appservice> {
 
 /// Why `new` cannot sit beside `loaded`, if it cannot.
 fn clash(loaded: &[Appservice], new: &Appservice) -> Option<String> {
+    clash_any(&loaded.iter().collect::<Vec<_>>(), new)
+}
+
+fn clash_any(loaded: &[&Appservice], new: &Appservice) -> Option<String> {
     let (n, nr) = (new, &new.registration);
-    for old in loaded {
+    for old in loaded.iter().copied() {
         let or = &old.registration;
         if or.id == nr.id {
             return Some(format!("id {:?} is already registered", nr.id));
@@ -446,12 +457,19 @@ fn outbound_error(e: &reqwest::Error) -> Error {
 /// The loaded appservices, their queues and senders.
 pub struct Appservices {
     db: Arc<Db>,
-    list: Vec<Arc<Appservice>>,
+    server_name: String,
+    /// The registrations; replaced whole when the admin API adds or removes one, so readers
+    /// take a snapshot.
+    list: RwLock<Arc<Vec<Arc<Appservice>>>>,
     http: GuardedClient,
     /// The next sequence number of each appservice's queue.
     next_seq: Mutex<HashMap<String, u64>>,
     /// Wakes an appservice's sender (a new event).
-    wakes: HashMap<String, Arc<Notify>>,
+    wakes: Mutex<HashMap<String, Arc<Notify>>>,
+    /// The running sender tasks, stopped when their appservice is removed.
+    senders: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    /// What senders started later need, once [`Appservices::start`] ran.
+    started: Mutex<Option<(Weak<Rooms>, Arc<Stream>)>>,
     /// Per room, which appservices (by their place in `list`) have a user among its members:
     /// read once, forgotten at the room's next state event or merge of forks.
     /// By room: the member list it was worked out from, and which appservices have a user in
@@ -459,104 +477,250 @@ pub struct Appservices {
     member_interest: Mutex<HashMap<OwnedRoomId, MemberInterest>>,
 }
 
+/// The value of an `appserviceid_registration` row: a registration added with the admin API.
+fn registration_row(r: &Registration) -> Result<Vec<u8>> {
+    Ok(serde_json::to_vec(r)?)
+}
+
 impl Appservices {
-    /// The appservices of `config.appservice_dir` (none when it is unset).
+    /// The appservices of `config.appservice_dir` (none when it is unset) and those added
+    /// with the admin API (kept in `appserviceid_registration`).
     pub fn from_config(db: Arc<Db>, config: &Config) -> Result<Self> {
-        let list = match &config.appservice_dir {
+        let mut list = match &config.appservice_dir {
             Some(dir) => load_dir(dir, &config.server_name),
             None => Vec::new(),
         };
-        Self::new(db, list, OutboundGuard::from_config(config))
+        for (id, row) in db.scan_prefix(Table::AppserviceidRegistration, b"")? {
+            let id = String::from_utf8_lossy(&id).into_owned();
+            let parsed = serde_json::from_slice::<Registration>(&row)
+                .map_err(|e| e.to_string())
+                .and_then(|r| Appservice::new(r, &config.server_name))
+                .and_then(|a| match clash(&list, &a) {
+                    Some(why) => Err(why),
+                    None => Ok(a),
+                });
+            match parsed {
+                Ok(mut a) => {
+                    a.added = true;
+                    tracing::info!(id, "loaded appservice registration added by an admin");
+                    list.push(a);
+                }
+                Err(why) => tracing::error!(id, "skipping appservice registration: {why}"),
+            }
+        }
+        Self::new(
+            db,
+            list,
+            OutboundGuard::from_config(config),
+            &config.server_name,
+        )
     }
 
-    pub fn new(db: Arc<Db>, list: Vec<Appservice>, guard: OutboundGuard) -> Result<Self> {
+    pub fn new(
+        db: Arc<Db>,
+        list: Vec<Appservice>,
+        guard: OutboundGuard,
+        server_name: &str,
+    ) -> Result<Self> {
         let http = GuardedClient::new(guard, 0, REQUEST_TIMEOUT).map_err(Error::internal)?;
         let mut next_seq = HashMap::new();
         let mut wakes = HashMap::new();
         for a in &list {
-            let id = a.id();
-            let last = db
-                .last_with_prefix(Table::AppserviceseqEvent, &QueueKey::prefix(id))?
-                .map(|(k, _)| QueueKey::decode(&k).map(|k| k.seq.saturating_add(1)))
-                .transpose()?
-                .unwrap_or(0);
-            let delivered = db
-                .get(Table::GlobalValue, &delivered_key(id))?
-                .map(|v| paracord_storage::key::decode_u64(&v))
-                .transpose()?
-                .unwrap_or(0);
-            next_seq.insert(id.to_owned(), last.max(delivered));
-            wakes.insert(id.to_owned(), Arc::new(Notify::new()));
+            next_seq.insert(a.id().to_owned(), Self::resume_seq(&db, a.id())?);
+            wakes.insert(a.id().to_owned(), Arc::new(Notify::new()));
         }
         Ok(Self {
             db,
-            list: list.into_iter().map(Arc::new).collect(),
+            server_name: server_name.to_owned(),
+            list: RwLock::new(Arc::new(list.into_iter().map(Arc::new).collect())),
             http,
             next_seq: Mutex::new(next_seq),
-            wakes,
+            wakes: Mutex::new(wakes),
+            senders: Mutex::default(),
+            started: Mutex::default(),
             member_interest: Mutex::default(),
         })
     }
 
-    pub fn all(&self) -> &[Arc<Appservice>] {
-        &self.list
+    /// The sequence number after the last one `id` used (queued or delivered).
+    fn resume_seq(db: &Db, id: &str) -> Result<u64> {
+        let last = db
+            .last_with_prefix(Table::AppserviceseqEvent, &QueueKey::prefix(id))?
+            .map(|(k, _)| QueueKey::decode(&k).map(|k| k.seq.saturating_add(1)))
+            .transpose()?
+            .unwrap_or(0);
+        let delivered = db
+            .get(Table::GlobalValue, &delivered_key(id))?
+            .map(|v| paracord_storage::key::decode_u64(&v))
+            .transpose()?
+            .unwrap_or(0);
+        Ok(last.max(delivered))
+    }
+
+    /// The registrations now (a snapshot).
+    pub fn all(&self) -> Arc<Vec<Arc<Appservice>>> {
+        self.list.read().clone()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
+        self.list.read().is_empty()
+    }
+
+    /// Adds a registration (YAML or JSON) at run time, checked like the files and against
+    /// every registration loaded, kept in `appserviceid_registration` so a restart keeps it;
+    /// its sender starts at once.
+    pub fn add(self: &Arc<Self>, text: &str) -> Result<Arc<Appservice>> {
+        let mut a = parse_registration(text)
+            .and_then(|r| Appservice::new(r, &self.server_name))
+            .map_err(|why| Error::invalid_param(format!("bad registration: {why}")))?;
+        a.added = true;
+        let a = Arc::new(a);
+        {
+            let mut list = self.list.write();
+            let current: Vec<&Appservice> = list.iter().map(|a| a.as_ref()).collect();
+            if let Some(why) = clash_any(&current, &a) {
+                return Err(Error::invalid_param(why));
+            }
+            let mut batch = Batch::new();
+            batch.put(
+                Table::AppserviceidRegistration,
+                a.id().as_bytes().to_vec(),
+                registration_row(&a.registration)?,
+            );
+            self.db.write(batch)?;
+            self.next_seq
+                .lock()
+                .insert(a.id().to_owned(), Self::resume_seq(&self.db, a.id())?);
+            self.wakes
+                .lock()
+                .insert(a.id().to_owned(), Arc::new(Notify::new()));
+            let mut next = list.as_ref().clone();
+            next.push(a.clone());
+            *list = Arc::new(next);
+        }
+        self.member_interest.lock().clear();
+        let started = self.started.lock().clone();
+        if let Some((rooms, stream)) = started {
+            if let Some(rooms) = rooms.upgrade() {
+                self.start_one(&a, rooms, stream);
+            }
+        }
+        tracing::info!(id = a.id(), "appservice registration added");
+        Ok(a)
+    }
+
+    /// Removes a registration added with the admin API: its sender stops, its queue and
+    /// row are deleted (the sequence goes on from where it was should the id come back, so
+    /// no transaction id is used twice).
+    pub fn remove(&self, id: &str) -> Result<()> {
+        {
+            let mut list = self.list.write();
+            let Some(a) = list.iter().find(|a| a.id() == id) else {
+                return Err(Error::not_found("no application service with this id"));
+            };
+            if !a.added {
+                return Err(Error::invalid_param(
+                    "this application service comes from a file in appservice_dir: remove the file and restart",
+                ));
+            }
+            if let Some(task) = self.senders.lock().remove(id) {
+                task.abort();
+            }
+            self.wakes.lock().remove(id);
+            let next_seq = self
+                .next_seq
+                .lock()
+                .get(id)
+                .copied()
+                .unwrap_or(0)
+                .max(Self::resume_seq(&self.db, id)?);
+            let mut batch = Batch::new();
+            for (k, _) in self
+                .db
+                .scan_prefix(Table::AppserviceseqEvent, &QueueKey::prefix(id))?
+            {
+                batch.delete(Table::AppserviceseqEvent, k.to_vec());
+            }
+            batch.delete(Table::GlobalValue, formed_key(id));
+            batch.put(
+                Table::GlobalValue,
+                delivered_key(id),
+                next_seq.to_be_bytes().to_vec(),
+            );
+            batch.delete(Table::AppserviceidRegistration, id.as_bytes().to_vec());
+            self.db.write(batch)?;
+            let next: Vec<_> = list.iter().filter(|a| a.id() != id).cloned().collect();
+            *list = Arc::new(next);
+        }
+        self.member_interest.lock().clear();
+        tracing::info!(id, "appservice registration removed");
+        Ok(())
     }
 
     /// The appservice whose `as_token` this is.
-    pub fn by_as_token(&self, token: &str) -> Option<&Arc<Appservice>> {
+    pub fn by_as_token(&self, token: &str) -> Option<Arc<Appservice>> {
         // Compared in constant time per registration, so timing does not tell a prefix.
-        self.list.iter().find(|a| {
-            let t = a.registration.as_token.as_bytes();
-            t.len() == token.len()
-                && t.iter()
-                    .zip(token.as_bytes())
-                    .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-                    == 0
-        })
+        self.all()
+            .iter()
+            .find(|a| {
+                let t = a.registration.as_token.as_bytes();
+                t.len() == token.len()
+                    && t.iter()
+                        .zip(token.as_bytes())
+                        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+                        == 0
+            })
+            .cloned()
     }
 
-    pub fn by_id(&self, id: &str) -> Option<&Arc<Appservice>> {
-        self.list.iter().find(|a| a.id() == id)
+    pub fn by_id(&self, id: &str) -> Option<Arc<Appservice>> {
+        self.all().iter().find(|a| a.id() == id).cloned()
     }
 
     /// The appservice with an exclusive user namespace that matches `user`.
-    pub fn exclusive_user_owner(&self, user: &str) -> Option<&Arc<Appservice>> {
-        self.list.iter().find(|a| a.is_exclusive_user(user))
+    pub fn exclusive_user_owner(&self, user: &str) -> Option<Arc<Appservice>> {
+        self.all()
+            .iter()
+            .find(|a| a.is_exclusive_user(user))
+            .cloned()
     }
 
     /// The appservice with an exclusive alias namespace that matches `alias`.
-    pub fn exclusive_alias_owner(&self, alias: &str) -> Option<&Arc<Appservice>> {
-        self.list.iter().find(|a| a.is_exclusive_alias(alias))
+    pub fn exclusive_alias_owner(&self, alias: &str) -> Option<Arc<Appservice>> {
+        self.all()
+            .iter()
+            .find(|a| a.is_exclusive_alias(alias))
+            .cloned()
     }
 
     /// The appservice whose users include `user` (sender or namespace), exclusive first.
-    pub fn user_owner(&self, user: &UserId) -> Option<&Arc<Appservice>> {
+    pub fn user_owner(&self, user: &UserId) -> Option<Arc<Appservice>> {
         self.exclusive_user_owner(user.as_str())
-            .or_else(|| self.list.iter().find(|a| a.owns_user(user)))
+            .or_else(|| self.all().iter().find(|a| a.owns_user(user)).cloned())
     }
 
     /// Whether `user` is never rate limited: an appservice's sender (the spec excludes it),
     /// or a user of an appservice registered with `rate_limited: false`.
     pub fn exempt_from_rate_limits(&self, user: &str) -> bool {
+        let list = self.all();
+        if list.is_empty() {
+            return false;
+        }
         let Ok(user) = UserId::parse(user) else {
             return false;
         };
-        self.list
-            .iter()
+        list.iter()
             .any(|a| a.sender == user || (!a.rate_limited() && a.owns_user(&user)))
     }
 
     /// Queues `event_id` for every appservice interested in it, in `batch`.
     fn queue(&self, batch: &mut Batch, rooms: &Rooms, room_id: &RoomId, pdu: &Pdu) {
-        if self.list.is_empty() {
+        let list = self.all();
+        if list.is_empty() {
             return;
         }
-        let by_members = self.member_interest(rooms, room_id);
-        for (i, a) in self.list.iter().enumerate() {
+        let by_members = self.member_interest(rooms, room_id, &list);
+        for (i, a) in list.iter().enumerate() {
             if !a.interested(rooms, room_id, pdu) && by_members.get(i) != Some(&true) {
                 continue;
             }
@@ -582,18 +746,22 @@ impl Appservices {
     /// Which appservices have a user among the room's joined members. The answer is kept
     /// with the member list it came from: the rooms' cache hands out a new list after every
     /// membership write, which makes the answer be worked out again.
-    fn member_interest(&self, rooms: &Rooms, room_id: &RoomId) -> Arc<Vec<bool>> {
+    fn member_interest(
+        &self,
+        rooms: &Rooms,
+        room_id: &RoomId,
+        list: &Arc<Vec<Arc<Appservice>>>,
+    ) -> Arc<Vec<bool>> {
         let Ok(members) = rooms.shared_members(room_id) else {
             return Arc::default();
         };
-        if let Some((from, known)) = self.member_interest.lock().get(room_id) {
-            if Arc::ptr_eq(from, &members) {
+        if let Some((from, of, known)) = self.member_interest.lock().get(room_id) {
+            if Arc::ptr_eq(from, &members) && Arc::ptr_eq(of, list) {
                 return known.clone();
             }
         }
         let answer = Arc::new(
-            self.list
-                .iter()
+            list.iter()
                 .map(|a| members.joined.iter().any(|u| a.owns_user(u)))
                 .collect::<Vec<_>>(),
         );
@@ -601,29 +769,39 @@ impl Appservices {
         if cache.len() >= MEMBER_CACHE_ROOMS {
             cache.clear();
         }
-        cache.insert(room_id.to_owned(), (members, answer.clone()));
+        cache.insert(room_id.to_owned(), (members, list.clone(), answer.clone()));
         answer
     }
 
     /// Wakes every sender (events were committed).
     fn wake_all(&self) {
-        for w in self.wakes.values() {
+        for w in self.wakes.lock().values() {
             w.notify_one();
         }
     }
 
     /// Starts one sender task per appservice with a URL; each resumes what its queue holds.
+    /// Appservices added later start theirs when added.
     pub fn start(self: &Arc<Self>, rooms: Arc<Rooms>, stream: Arc<Stream>) {
-        for a in &self.list {
-            if a.registration.url.is_none() {
-                continue;
-            }
-            let Some(wake) = self.wakes.get(a.id()).cloned() else {
-                continue;
-            };
-            let me = self.clone();
-            let (a, rooms, stream) = (a.clone(), rooms.clone(), stream.clone());
-            tokio::spawn(async move { me.run_sender(a, rooms, stream, wake).await });
+        *self.started.lock() = Some((Arc::downgrade(&rooms), stream.clone()));
+        for a in self.all().iter() {
+            self.start_one(a, rooms.clone(), stream.clone());
+        }
+    }
+
+    fn start_one(self: &Arc<Self>, a: &Arc<Appservice>, rooms: Arc<Rooms>, stream: Arc<Stream>) {
+        if a.registration.url.is_none() {
+            return;
+        }
+        let Some(wake) = self.wakes.lock().get(a.id()).cloned() else {
+            return;
+        };
+        let me = self.clone();
+        let id = a.id().to_owned();
+        let a = a.clone();
+        let task = tokio::spawn(async move { me.run_sender(a, rooms, stream, wake).await });
+        if let Some(old) = self.senders.lock().insert(id, task) {
+            old.abort();
         }
     }
 
@@ -787,8 +965,8 @@ impl Appservices {
     /// for their own users), presence of their users or of users who share a room with one.
     pub fn queue_ephemeral(&self, update: &EphemeralUpdate<'_>) {
         let owns_any = |a: &Appservice, users: &[OwnedUserId]| users.iter().any(|u| a.owns_user(u));
-        let wanted: Vec<&Arc<Appservice>> = self
-            .list
+        let list = self.all();
+        let wanted: Vec<&Arc<Appservice>> = list
             .iter()
             .filter(|a| a.receive_ephemeral && a.registration.url.is_some())
             .filter(|a| match update.kind {
@@ -835,7 +1013,7 @@ impl Appservices {
             return;
         }
         for a in wanted {
-            if let Some(w) = self.wakes.get(a.id()) {
+            if let Some(w) = self.wakes.lock().get(a.id()) {
                 w.notify_one();
             }
         }
@@ -995,7 +1173,7 @@ impl Appservices {
             return false;
         };
         self.query(
-            a,
+            &a,
             &format!(
                 "/_matrix/app/v1/users/{}",
                 crate::percent_encode(user.as_str())
@@ -1011,7 +1189,7 @@ impl Appservices {
             "/_matrix/app/v1/rooms/{}",
             crate::percent_encode(alias.as_str())
         );
-        for a in self.list.iter().filter(|a| a.owns_alias(alias.as_str())) {
+        for a in self.all().iter().filter(|a| a.owns_alias(alias.as_str())) {
             if self.query(a, &path).await {
                 return true;
             }
@@ -1022,7 +1200,7 @@ impl Appservices {
     /// The protocols some registration lists (`protocols`), sorted, without repeats.
     pub fn protocols(&self) -> Vec<String> {
         let mut all: Vec<String> = self
-            .list
+            .all()
             .iter()
             .flat_map(|a| a.registration.protocols.iter().flatten().cloned())
             .collect();
@@ -1031,13 +1209,17 @@ impl Appservices {
         all
     }
 
-    fn with_protocol<'a>(&'a self, protocol: &'a str) -> impl Iterator<Item = &'a Arc<Appservice>> {
-        self.list.iter().filter(move |a| {
-            a.registration
-                .protocols
-                .as_ref()
-                .is_some_and(|p| p.iter().any(|p| p == protocol))
-        })
+    fn with_protocol(&self, protocol: &str) -> Vec<Arc<Appservice>> {
+        self.all()
+            .iter()
+            .filter(|a| {
+                a.registration
+                    .protocols
+                    .as_ref()
+                    .is_some_and(|p| p.iter().any(|p| p == protocol))
+            })
+            .cloned()
+            .collect()
     }
 
     /// The metadata of `protocol` (`GET /_matrix/app/v1/thirdparty/protocol/{protocol}`),
@@ -1051,7 +1233,7 @@ impl Appservices {
         );
         let mut merged: Option<Protocol> = None;
         for a in self.with_protocol(protocol) {
-            let Some(answer) = self.get_json(a, &path, &[]).await else {
+            let Some(answer) = self.get_json(&a, &path, &[]).await else {
                 continue;
             };
             let Ok(mut p) = serde_json::from_value::<Protocol>(answer) else {
@@ -1085,17 +1267,17 @@ impl Appservices {
         protocol: Option<&str>,
         fields: &[(String, String)],
     ) -> Vec<Value> {
-        let (path, asked): (String, Vec<&Arc<Appservice>>) = match protocol {
+        let (path, asked): (String, Vec<Arc<Appservice>>) = match protocol {
             Some(p) => (
                 format!(
                     "/_matrix/app/v1/thirdparty/{kind}/{}",
                     crate::percent_encode(p)
                 ),
-                self.with_protocol(p).collect(),
+                self.with_protocol(p),
             ),
             None => (
                 format!("/_matrix/app/v1/thirdparty/{kind}"),
-                self.list
+                self.all()
                     .iter()
                     .filter(|a| {
                         a.registration
@@ -1103,12 +1285,13 @@ impl Appservices {
                             .as_ref()
                             .is_some_and(|p| !p.is_empty())
                     })
+                    .cloned()
                     .collect(),
             ),
         };
         let mut out = Vec::new();
         for a in asked {
-            if let Some(Value::Array(items)) = self.get_json(a, &path, fields).await {
+            if let Some(Value::Array(items)) = self.get_json(&a, &path, fields).await {
                 out.extend(items);
             }
         }
@@ -1245,7 +1428,13 @@ mod tests {
         let db = Arc::new(Db::open(&dir.path().join("db")).unwrap());
         let guard = OutboundGuard::new(&[]);
         let open = |db: &Arc<Db>| {
-            Appservices::new(db.clone(), vec![reg(BRIDGE).unwrap()], guard.clone()).unwrap()
+            Appservices::new(
+                db.clone(),
+                vec![reg(BRIDGE).unwrap()],
+                guard.clone(),
+                "example.org",
+            )
+            .unwrap()
         };
         assert_eq!(open(&db).next_seq.lock()["bridge"], 0);
         let mut batch = Batch::new();
@@ -1284,7 +1473,13 @@ mod tests {
         let db = Arc::new(Db::open(&dir.path().join("db")).unwrap());
         let guard = OutboundGuard::new(&[]);
         let open = |db: &Arc<Db>| {
-            Appservices::new(db.clone(), vec![reg(BRIDGE).unwrap()], guard.clone()).unwrap()
+            Appservices::new(
+                db.clone(),
+                vec![reg(BRIDGE).unwrap()],
+                guard.clone(),
+                "example.org",
+            )
+            .unwrap()
         };
         let put = |seqs: std::ops::Range<u64>| {
             let mut batch = Batch::new();
@@ -1328,9 +1523,10 @@ mod tests {
             db.clone(),
             vec![reg(&yaml).unwrap()],
             OutboundGuard::new(&[]),
+            "example.org",
         )
         .unwrap();
-        assert!(services.list[0].receive_ephemeral);
+        assert!(services.all()[0].receive_ephemeral);
         let room = ruma::room_id!("!r:example.org");
         let user = UserId::parse("@bridge_a:example.org").unwrap();
         for kind in [
@@ -1362,9 +1558,14 @@ mod tests {
         assert!(!QueuedEphemeral::decode(&rows[0].1).unwrap().droppable);
         assert_eq!(services.oldest_rows("bridge").unwrap().len(), 1);
         // Without the flag nothing is queued.
-        let plain =
-            Appservices::new(db, vec![reg(BRIDGE).unwrap()], OutboundGuard::new(&[])).unwrap();
-        assert!(!plain.list[0].receive_ephemeral);
+        let plain = Appservices::new(
+            db,
+            vec![reg(BRIDGE).unwrap()],
+            OutboundGuard::new(&[]),
+            "example.org",
+        )
+        .unwrap();
+        assert!(!plain.all()[0].receive_ephemeral);
     }
 
     #[test]

@@ -119,7 +119,8 @@ impl Services {
         // events go to the federation sender.
         let (push_observer, push_jobs, pusher_users) = pushers::PushObserver::new();
         let appservices = Arc::new(appservice::Appservices::from_config(db.clone(), &config)?);
-        if !appservices.is_empty() {
+        // Registrations may be added at run time (admin API): always asked.
+        {
             let appservices = appservices.clone();
             ratelimit.set_exemption(Box::new(move |user| {
                 appservices.exempt_from_rate_limits(user)
@@ -189,12 +190,10 @@ impl Services {
             Some(server_keys::fetch_with(federation.clone())),
         ));
         let ephemeral = Arc::new(ephemeral::Ephemeral::new(db.clone(), stream.clone()));
-        if appservices.all().iter().any(|a| a.receive_ephemeral) {
-            ephemeral.add_observer(Arc::new(appservice::AppserviceObserver::new(
-                appservices.clone(),
-                Arc::downgrade(&rooms),
-            )));
-        }
+        ephemeral.add_observer(Arc::new(appservice::AppserviceObserver::new(
+            appservices.clone(),
+            Arc::downgrade(&rooms),
+        )));
         let edu_out: e2ee::OutgoingEdu = {
             let sender = sender.clone();
             Arc::new(move |destination, edu| sender.queue_edu(destination, edu))

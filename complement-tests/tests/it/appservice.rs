@@ -1536,3 +1536,98 @@ async fn appservice_registrations_are_managed_at_run_time() {
     txns.dedup();
     assert_eq!(txns.len(), n, "a transaction id came twice: {txns:?}");
 }
+
+/// Issue 17, item 6 (MSC4190, spec v1.17): an appservice creates a device of its user with
+/// `PUT /devices/{id}` (`201`, then `200`), uses it with `?device_id=`, and deletes devices
+/// and replaces cross-signing keys without user-interactive auth.
+#[tokio::test]
+async fn appservice_manages_its_users_devices() {
+    let id = as_id();
+    let (server, _dir) = server_with(&[("a.yaml", registration(&id, None))]).await;
+    let bot = server.client_with_token(&format!("as_{id}_secret"));
+    let ghost = server.user_id(&format!("{id}_crypto"));
+    expect_ok(
+        bot.post(
+            "/register",
+            &json!({"type": "m.login.application_service", "username": format!("{id}_crypto"), "inhibit_login": true}),
+        )
+        .await,
+        "register a ghost without a device",
+    );
+    let as_ghost = format!("user_id={ghost}");
+    let put = |device: &str| {
+        let (bot, path) = (bot.clone(), format!("/devices/{device}?{as_ghost}"));
+        async move { bot.put(&path, &json!({"display_name": "bridge"})).await }
+    };
+    let (status, body) = put("BRIDGEDEV").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = put("BRIDGEDEV").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = put("OTHERDEV").await;
+    assert_eq!(status, StatusCode::CREATED);
+    let devices = expect_ok(bot.get(&format!("/devices?{as_ghost}")).await, "devices");
+    assert!(
+        devices["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["device_id"] == "BRIDGEDEV" && d["display_name"] == "bridge"),
+        "{devices}"
+    );
+    let me = expect_ok(
+        bot.get(&format!("/account/whoami?{as_ghost}&device_id=BRIDGEDEV"))
+            .await,
+        "whoami as the new device",
+    );
+    assert_eq!(me["device_id"], "BRIDGEDEV", "{me}");
+    let up = expect_ok(
+        bot.post(
+            &format!("/keys/upload?{as_ghost}&device_id=BRIDGEDEV"),
+            &json!({"one_time_keys": {"curve25519:AAAAAg": "b3RrLWtleS10d28"}}),
+        )
+        .await,
+        "keys upload for the new device",
+    );
+    assert_eq!(up["one_time_key_counts"]["curve25519"], 1, "{up}");
+    // A user cannot create a device this way.
+    let human = server.register_random().await;
+    let (status, _) = human
+        .put("/devices/MADEUP", &json!({"display_name": "x"}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Cross-signing keys replaced without auth.
+    for key in ["a", "b"] {
+        expect_ok(
+            bot.post(
+                &format!("/keys/device_signing/upload?{as_ghost}"),
+                &json!({"master_key": {"user_id": ghost, "usage": ["master"],
+                        "keys": {format!("ed25519:{key}key"): format!("{key}key")}}}),
+            )
+            .await,
+            "cross-signing upload without auth",
+        );
+    }
+    // Deleted without auth.
+    expect_ok(
+        bot.delete(&format!("/devices/BRIDGEDEV?{as_ghost}"), &json!({}))
+            .await,
+        "delete without auth",
+    );
+    expect_ok(
+        bot.post(
+            &format!("/delete_devices?{as_ghost}"),
+            &json!({"devices": ["OTHERDEV"]}),
+        )
+        .await,
+        "delete_devices without auth",
+    );
+    expect_error(
+        &bot.get(&format!("/account/whoami?{as_ghost}&device_id=BRIDGEDEV"))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "M_UNKNOWN_DEVICE",
+        "a deleted device",
+    );
+    let devices = expect_ok(bot.get(&format!("/devices?{as_ghost}")).await, "devices");
+    assert_eq!(devices["devices"], json!([]), "{devices}");
+}

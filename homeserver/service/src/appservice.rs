@@ -721,6 +721,10 @@ impl Appservices {
         }
         let by_members = self.member_interest(rooms, room_id, &list);
         for (i, a) in list.iter().enumerate() {
+            // `url: null`: the appservice wants no traffic; nothing would ever send the rows.
+            if a.registration.url.is_none() {
+                continue;
+            }
             if !a.interested(rooms, room_id, pdu) && by_members.get(i) != Some(&true) {
                 continue;
             }

@@ -1631,3 +1631,82 @@ async fn appservice_manages_its_users_devices() {
     let devices = expect_ok(bot.get(&format!("/devices?{as_ghost}")).await, "devices");
     assert_eq!(devices["devices"], json!([]), "{devices}");
 }
+
+/// Issue 17, item 1: a transaction that failed is retried after a restart with the same id and
+/// the same events, not with the events queued since; no event arrives under two ids.
+#[tokio::test]
+async fn appservice_transactions_are_fixed_once_formed() {
+    let receiver = Receiver::start().await;
+    let id = as_id();
+    let (mut server, _dir) =
+        server_with(&[("a.yaml", registration(&id, Some(&receiver.url())))]).await;
+    let bot = server.client_with_token(&format!("as_{id}_secret"));
+    let human = server.register_random().await;
+    let room = human.create_room(&json!({"preset": "public_chat"})).await;
+    expect_ok(
+        bot.post(&format!("/join/{room}"), &json!({})).await,
+        "bot joins",
+    );
+    human.send_text(&room, "warm-up").await;
+    receiver.wait_for_bodies(&["warm-up"]).await;
+    // Refused from now on: the next transaction is formed and fails.
+    *receiver.status.lock().unwrap() = 500;
+    let before = receiver.requests().len();
+    human.send_text(&room, "first").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let failed = loop {
+        let tried: Vec<Seen> = receiver.requests()[before..]
+            .iter()
+            .filter(|s| s.path.starts_with("/_matrix/app/v1/transactions/"))
+            .cloned()
+            .collect();
+        if let Some(s) = tried.into_iter().find(|s| {
+            s.body["events"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|e| e["content"]["body"] == "first"))
+        }) {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failed attempt with the event"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // More events, a restart, then the appservice accepts again.
+    human.send_text(&room, "second").await;
+    human.send_text(&room, "third").await;
+    server.restart().await;
+    *receiver.status.lock().unwrap() = 200;
+    receiver
+        .wait_for_bodies(&["first", "second", "third"])
+        .await;
+    // Every attempt under the failed id carried exactly its events.
+    let mut by_event: std::collections::HashMap<String, String> = Default::default();
+    for s in receiver.requests() {
+        if !s.path.starts_with("/_matrix/app/v1/transactions/") {
+            continue;
+        }
+        // The same events (by id: `unsigned.age` is worked out at each attempt).
+        let ids = |b: &Value| -> Vec<Value> {
+            b["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| e["event_id"].clone())
+                .collect()
+        };
+        if s.path == failed.path {
+            assert_eq!(ids(&s.body), ids(&failed.body), "{}", s.path);
+        }
+        for e in s.body["events"].as_array().cloned().unwrap_or_default() {
+            let event_id = e["event_id"].as_str().unwrap().to_owned();
+            if let Some(other) = by_event.insert(event_id.clone(), s.path.clone()) {
+                assert_eq!(
+                    other, s.path,
+                    "{event_id} arrived under two transaction ids"
+                );
+            }
+        }
+    }
+}

@@ -1072,8 +1072,22 @@ async fn appservice_ephemeral_data_reaches_those_that_asked() {
             .await,
         "presence",
     );
+    // Presence set by /sync (which names nobody to wake) reaches them too.
+    let other = server.register_random().await;
+    other.join_ok(&room).await;
+    expect_ok(
+        other.get("/sync?timeout=0&set_presence=unavailable").await,
+        "sync with set_presence",
+    );
     let me = human.user_id.clone();
     for receiver in [&spec, &unstable] {
+        receiver
+            .wait_for_ephemeral("the presence set by /sync", |e| {
+                e["type"] == "m.presence"
+                    && e["sender"] == other.user_id
+                    && e["content"]["presence"] == "unavailable"
+            })
+            .await;
         receiver
             .wait_for_ephemeral("the typing notification", |e| {
                 e["type"] == "m.typing"

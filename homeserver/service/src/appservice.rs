@@ -1383,6 +1383,33 @@ impl EventObserver for AppserviceObserver {
 
 impl EphemeralObserver for AppserviceObserver {
     fn changed(&self, update: &EphemeralUpdate<'_>) {
+        // Presence set without the users who share a room (`/sync?set_presence=`): worked out
+        // here, only when an appservice takes ephemeral data.
+        if update.kind == EphemeralKind::Presence
+            && update.audience.is_empty()
+            && self.appservices.all().iter().any(|a| a.receive_ephemeral)
+        {
+            if let Some(rooms) = self.rooms.upgrade() {
+                let mut audience = Vec::new();
+                for (room, rec) in rooms.user_rooms(update.user).unwrap_or_default() {
+                    if rec.membership == ruma::events::room::member::MembershipState::Join {
+                        if let Ok(members) = rooms.shared_members(&room) {
+                            audience.extend(members.joined.iter().cloned());
+                        }
+                    }
+                }
+                audience.sort();
+                audience.dedup();
+                self.appservices.queue_ephemeral(&EphemeralUpdate {
+                    kind: update.kind,
+                    event: update.event.clone(),
+                    room: update.room,
+                    user: update.user,
+                    audience: &audience,
+                });
+                return;
+            }
+        }
         self.appservices.queue_ephemeral(update);
     }
 }

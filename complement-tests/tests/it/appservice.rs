@@ -1724,3 +1724,109 @@ async fn appservice_transactions_are_fixed_once_formed() {
         }
     }
 }
+
+/// Issue 17, item 6 (MSC3202, unstable `org.matrix.msc3202.` fields): an appservice
+/// registered with `org.matrix.msc3202: true` gets the one-time key counts and unused fallback
+/// key types of its users' devices in transactions when they change (upload, claim); one
+/// without the flag does not.
+#[tokio::test]
+async fn appservice_gets_its_devices_key_counts() {
+    let (crypto_rx, plain_rx) = (Receiver::start().await, Receiver::start().await);
+    let (id, plain) = (as_id(), as_id());
+    let (server, _dir) = server_with(&[
+        (
+            "a.yaml",
+            registration(&id, Some(&crypto_rx.url())) + "org.matrix.msc3202: true\n",
+        ),
+        ("b.yaml", registration(&plain, Some(&plain_rx.url()))),
+    ])
+    .await;
+    let count_of = |rx: &Receiver, user: &str| -> Vec<Value> {
+        rx.requests()
+            .into_iter()
+            .filter(|s| s.path.starts_with("/_matrix/app/v1/transactions/"))
+            .filter_map(|s| {
+                s.body["org.matrix.msc3202.device_one_time_keys_count"][user]["DEV"]["curve25519"]
+                    .as_u64()
+                    .map(Value::from)
+            })
+            .collect()
+    };
+    for (as_id, rx) in [(&id, &crypto_rx), (&plain, &plain_rx)] {
+        let bot = server.client_with_token(&format!("as_{as_id}_secret"));
+        let ghost = server.user_id(&format!("{as_id}_keys"));
+        expect_ok(
+            bot.post(
+                "/register",
+                &json!({"type": "m.login.application_service", "username": format!("{as_id}_keys"), "inhibit_login": true}),
+            )
+            .await,
+            "register a ghost",
+        );
+        let (status, _) = bot
+            .put(&format!("/devices/DEV?user_id={ghost}"), &json!({}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        expect_ok(
+            bot.post(
+                &format!("/keys/upload?user_id={ghost}&device_id=DEV"),
+                &json!({"one_time_keys": {
+                    "curve25519:AAAAAQ": "a2V5LW9uZQ",
+                    "curve25519:AAAAAg": "a2V5LXR3bw"
+                }}),
+            )
+            .await,
+            "upload two keys",
+        );
+        let human = server.register_random().await;
+        expect_ok(
+            human
+                .post(
+                    "/keys/claim",
+                    &json!({"one_time_keys": {&ghost: {"DEV": "curve25519"}}}),
+                )
+                .await,
+            "claim one",
+        );
+        if std::ptr::eq(rx, &crypto_rx) {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while count_of(rx, &ghost) != vec![json!(2), json!(1)] {
+                assert!(
+                    Instant::now() < deadline,
+                    "expected counts 2 then 1, got {:?}",
+                    count_of(rx, &ghost)
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let last = rx
+                .requests()
+                .into_iter()
+                .rev()
+                .find(|s| {
+                    s.body
+                        .get("org.matrix.msc3202.device_unused_fallback_key_types")
+                        .is_some()
+                })
+                .unwrap();
+            assert_eq!(
+                last.body["org.matrix.msc3202.device_unused_fallback_key_types"][&ghost]["DEV"],
+                json!([]),
+                "{}",
+                last.body
+            );
+        } else {
+            // The other appservice: its own event stream says when it caught up.
+            let room = human.create_room(&json!({"preset": "public_chat"})).await;
+            expect_ok(bot.post(&format!("/join/{room}"), &json!({})).await, "join");
+            human.send_text(&room, "caught up").await;
+            rx.wait_for_bodies(&["caught up"]).await;
+            assert!(
+                rx.requests().iter().all(|s| s
+                    .body
+                    .get("org.matrix.msc3202.device_one_time_keys_count")
+                    .is_none()),
+                "key counts reached an appservice without org.matrix.msc3202"
+            );
+        }
+    }
+}

@@ -35,6 +35,7 @@ use serde_json::{json, Value};
 use tokio::sync::Notify;
 
 use crate::{
+    e2ee::KeyCountObserver,
     ephemeral::{EphemeralKind, EphemeralObserver, EphemeralUpdate},
     outbound::{GuardedClient, OutboundGuard},
     rooms::{hooks::EventObserver, notify::Notification, Pdu, Rooms},
@@ -119,6 +120,18 @@ struct QueuedEphemeral {
     /// Whether it may be dropped once older than [`EPHEMERAL_MAX_AGE`] (typing, presence).
     droppable: bool,
     event: Value,
+    /// Instead of an event: a device's key counts (MSC3202).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    keys: Option<KeyCounts>,
+}
+
+/// One device's one-time key counts and unused fallback key types, as queued.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct KeyCounts {
+    user: String,
+    device: String,
+    counts: std::collections::BTreeMap<String, u64>,
+    fallback: Vec<String>,
 }
 
 impl QueuedEphemeral {
@@ -177,6 +190,9 @@ pub struct Appservice {
     pub receive_ephemeral: bool,
     /// Added with the admin API (kept in `appserviceid_registration`), not from a file.
     pub added: bool,
+    /// Whether it gets one-time and fallback key counts of its users' devices in
+    /// transactions (MSC3202, registration key `org.matrix.msc3202: true`).
+    pub msc3202: bool,
     /// `@sender_localpart:server`.
     pub sender: OwnedUserId,
     users: Vec<Pattern>,
@@ -225,6 +241,7 @@ impl Appservice {
             rooms,
             receive_ephemeral: registration.receive_ephemeral,
             added: false,
+            msc3202: false,
             registration,
         })
     }
@@ -310,6 +327,21 @@ pub fn parse_registration(text: &str) -> Result<Registration, String> {
     Ok(registration)
 }
 
+impl Appservice {
+    /// [`parse_registration`] and [`Appservice::new`], with the unstable keys read too.
+    pub fn from_text(text: &str, server_name: &str) -> Result<Self, String> {
+        let mut a = Self::new(parse_registration(text)?, server_name)?;
+        a.msc3202 = serde_yaml::from_str::<serde_yaml::Value>(text)
+            .ok()
+            .and_then(|v| {
+                v.get("org.matrix.msc3202")
+                    .and_then(serde_yaml::Value::as_bool)
+            })
+            .unwrap_or(false);
+        Ok(a)
+    }
+}
+
 /// Reads every `*.yaml` / `*.yml` file of `dir` (in name order). A file that cannot be read
 /// or parsed, or that clashes with one loaded before it (id, a token, an exclusive user
 /// namespace), is logged with why and skipped.
@@ -337,8 +369,7 @@ pub fn load_dir(dir: &Path, server_name: &str) -> Vec<Appservice> {
     for file in files {
         let parsed = std::fs::read_to_string(&file)
             .map_err(|e| format!("cannot read it: {e}"))
-            .and_then(|text| parse_registration(&text))
-            .and_then(|r| Appservice::new(r, server_name))
+            .and_then(|text| Appservice::from_text(&text, server_name))
             .and_then(|a| match clash(&loaded, &a) {
                 Some(why) => Err(why),
                 None => Ok(a),
@@ -477,11 +508,6 @@ pub struct Appservices {
     member_interest: Mutex<HashMap<OwnedRoomId, MemberInterest>>,
 }
 
-/// The value of an `appserviceid_registration` row: a registration added with the admin API.
-fn registration_row(r: &Registration) -> Result<Vec<u8>> {
-    Ok(serde_json::to_vec(r)?)
-}
-
 impl Appservices {
     /// The appservices of `config.appservice_dir` (none when it is unset) and those added
     /// with the admin API (kept in `appserviceid_registration`).
@@ -492,9 +518,10 @@ impl Appservices {
         };
         for (id, row) in db.scan_prefix(Table::AppserviceidRegistration, b"")? {
             let id = String::from_utf8_lossy(&id).into_owned();
-            let parsed = serde_json::from_slice::<Registration>(&row)
+            // The registration as the admin sent it (YAML or JSON).
+            let parsed = std::str::from_utf8(&row)
                 .map_err(|e| e.to_string())
-                .and_then(|r| Appservice::new(r, &config.server_name))
+                .and_then(|text| Appservice::from_text(text, &config.server_name))
                 .and_then(|a| match clash(&list, &a) {
                     Some(why) => Err(why),
                     None => Ok(a),
@@ -570,8 +597,7 @@ impl Appservices {
     /// every registration loaded, kept in `appserviceid_registration` so a restart keeps it;
     /// its sender starts at once.
     pub fn add(self: &Arc<Self>, text: &str) -> Result<Arc<Appservice>> {
-        let mut a = parse_registration(text)
-            .and_then(|r| Appservice::new(r, &self.server_name))
+        let mut a = Appservice::from_text(text, &self.server_name)
             .map_err(|why| Error::invalid_param(format!("bad registration: {why}")))?;
         a.added = true;
         let a = Arc::new(a);
@@ -585,7 +611,7 @@ impl Appservices {
             batch.put(
                 Table::AppserviceidRegistration,
                 a.id().as_bytes().to_vec(),
-                registration_row(&a.registration)?,
+                text.as_bytes().to_vec(),
             );
             self.db.write(batch)?;
             self.next_seq
@@ -896,9 +922,17 @@ impl Appservices {
         let mut keys = Vec::with_capacity(rows.len());
         let mut events = Vec::with_capacity(rows.len());
         let mut ephemeral = Vec::new();
+        let (mut otk_counts, mut fallback) = (json!({}), json!({}));
         for (k, v) in rows {
             if let Some(q) = QueuedEphemeral::decode(&v) {
-                ephemeral.push(q.event);
+                match q.keys {
+                    // The latest counts of a device win.
+                    Some(c) => {
+                        otk_counts[&c.user][&c.device] = json!(c.counts);
+                        fallback[&c.user][&c.device] = json!(c.fallback);
+                    }
+                    None => ephemeral.push(q.event),
+                }
             } else {
                 let event_id = ruma::EventId::parse(String::from_utf8_lossy(&v).as_ref())
                     .map_err(Error::internal)?;
@@ -915,6 +949,10 @@ impl Appservices {
         let mut body = json!({ "events": events });
         if !ephemeral.is_empty() {
             body["ephemeral"] = ephemeral.into();
+        }
+        if otk_counts.as_object().is_some_and(|o| !o.is_empty()) {
+            body["org.matrix.msc3202.device_one_time_keys_count"] = otk_counts;
+            body["org.matrix.msc3202.device_unused_fallback_key_types"] = fallback;
         }
         Ok(Some(Pending { txn_id, keys, body }))
     }
@@ -963,6 +1001,67 @@ impl Appservices {
         Ok(())
     }
 
+    /// Whether an appservice takes the key counts of `user`'s devices (MSC3202).
+    fn wants_key_counts(&self, user: &UserId) -> bool {
+        self.all()
+            .iter()
+            .any(|a| a.msc3202 && a.registration.url.is_some() && a.owns_user(user))
+    }
+
+    /// Queues a device's key counts for the appservices with `org.matrix.msc3202` that own
+    /// the user.
+    fn queue_key_counts(&self, counts: KeyCounts) {
+        let Ok(user) = UserId::parse(counts.user.as_str()) else {
+            return;
+        };
+        let list = self.all();
+        let wanted: Vec<&Arc<Appservice>> = list
+            .iter()
+            .filter(|a| a.msc3202 && a.registration.url.is_some() && a.owns_user(&user))
+            .collect();
+        let row = QueuedEphemeral {
+            ts: paracord_core::time::now_ms(),
+            droppable: false,
+            event: Value::Null,
+            keys: Some(counts),
+        };
+        let Ok(value) = serde_json::to_vec(&row) else {
+            return;
+        };
+        self.put_rows(&wanted, &value);
+    }
+
+    /// Writes `value` as the next row of each of `wanted`'s queues and wakes their senders.
+    fn put_rows(&self, wanted: &[&Arc<Appservice>], value: &[u8]) {
+        if wanted.is_empty() {
+            return;
+        }
+        let mut batch = Batch::new();
+        for a in wanted {
+            let seq = {
+                let mut next = self.next_seq.lock();
+                let n = next.entry(a.id().to_owned()).or_insert(0);
+                let seq = *n;
+                *n = n.saturating_add(1);
+                seq
+            };
+            let key = QueueKey {
+                appservice: a.id(),
+                seq,
+            };
+            batch.put(Table::AppserviceseqEvent, key.encode(), value.to_vec());
+        }
+        if let Err(e) = self.db.write(batch) {
+            tracing::warn!("cannot queue ephemeral data for appservices: {e}");
+            return;
+        }
+        for a in wanted {
+            if let Some(w) = self.wakes.lock().get(a.id()) {
+                w.notify_one();
+            }
+        }
+    }
+
     /// Queues typing, a receipt or presence for the appservices registered with
     /// `receive_ephemeral` that are interested in it: typing and receipts of a room in their
     /// rooms namespace or with one of their users among its members (a private receipt only
@@ -993,34 +1092,12 @@ impl Appservices {
             droppable: update.kind != EphemeralKind::Receipt { private: false }
                 && update.kind != EphemeralKind::Receipt { private: true },
             event: update.event.clone(),
+            keys: None,
         };
         let Ok(value) = serde_json::to_vec(&row) else {
             return;
         };
-        let mut batch = Batch::new();
-        for a in &wanted {
-            let seq = {
-                let mut next = self.next_seq.lock();
-                let n = next.entry(a.id().to_owned()).or_insert(0);
-                let seq = *n;
-                *n = n.saturating_add(1);
-                seq
-            };
-            let key = QueueKey {
-                appservice: a.id(),
-                seq,
-            };
-            batch.put(Table::AppserviceseqEvent, key.encode(), value.clone());
-        }
-        if let Err(e) = self.db.write(batch) {
-            tracing::warn!("cannot queue ephemeral data for appservices: {e}");
-            return;
-        }
-        for a in wanted {
-            if let Some(w) = self.wakes.lock().get(a.id()) {
-                w.notify_one();
-            }
-        }
+        self.put_rows(&wanted, &value);
     }
 
     async fn run_sender(
@@ -1381,6 +1458,27 @@ impl EventObserver for AppserviceObserver {
     }
 }
 
+impl KeyCountObserver for AppserviceObserver {
+    fn wants(&self, user: &UserId) -> bool {
+        self.appservices.wants_key_counts(user)
+    }
+
+    fn counts_changed(
+        &self,
+        user: &UserId,
+        device: &str,
+        counts: &std::collections::BTreeMap<String, u64>,
+        unused_fallback: &[String],
+    ) {
+        self.appservices.queue_key_counts(KeyCounts {
+            user: user.to_string(),
+            device: device.to_owned(),
+            counts: counts.clone(),
+            fallback: unused_fallback.to_vec(),
+        });
+    }
+}
+
 impl EphemeralObserver for AppserviceObserver {
     fn changed(&self, update: &EphemeralUpdate<'_>) {
         // Presence set without the users who share a room (`/sync?set_presence=`): worked out
@@ -1419,7 +1517,7 @@ mod tests {
     use super::*;
 
     fn reg(yaml: &str) -> Result<Appservice, String> {
-        Appservice::new(parse_registration(yaml)?, "example.org")
+        Appservice::from_text(yaml, "example.org")
     }
 
     const BRIDGE: &str = "id: bridge\nurl: http://127.0.0.1:9000\nas_token: a1\nhs_token: h1\nsender_localpart: bridgebot\nnamespaces:\n  users:\n    - regex: '@bridge_.*:example\\.org'\n      exclusive: true\n  aliases:\n    - regex: '#bridge_.*:example\\.org'\n      exclusive: true\n";

@@ -145,6 +145,23 @@ pub struct E2ee {
     /// acknowledgements may make it drift; a count past the cap is checked against the table
     /// before anything is dropped, and the expiry sweep starts every count afresh.
     pending_counts: Mutex<HashMap<(OwnedUserId, String), u64>>,
+    /// Told when a device's one-time or fallback keys change (the appservice queue).
+    key_observer: std::sync::OnceLock<Arc<dyn KeyCountObserver>>,
+}
+
+/// Told when a local device's one-time or fallback keys change (uploaded or claimed), so the
+/// application service queue can pass the counts on (MSC3202); this module knows nothing of
+/// appservices.
+pub trait KeyCountObserver: Send + Sync {
+    /// Whether the counts of `user`'s devices are wanted (worked out only then).
+    fn wants(&self, user: &UserId) -> bool;
+    fn counts_changed(
+        &self,
+        user: &UserId,
+        device: &str,
+        counts: &BTreeMap<String, u64>,
+        unused_fallback: &[String],
+    );
 }
 
 /// Queues an EDU (`{edu_type, content}`) for another server.
@@ -266,6 +283,28 @@ impl E2ee {
             edu_out,
             to_device_limits,
             pending_counts: Mutex::default(),
+            key_observer: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Sets the observer of one-time and fallback key counts (once).
+    pub fn set_key_count_observer(&self, observer: Arc<dyn KeyCountObserver>) {
+        let _ = self.key_observer.set(observer);
+    }
+
+    /// Tells the observer of `user`'s `device`'s key counts, if it wants them.
+    fn tell_counts(&self, user: &UserId, device: &str) {
+        let Some(o) = self.key_observer.get() else {
+            return;
+        };
+        if !o.wants(user) {
+            return;
+        }
+        if let (Ok(counts), Ok(fallback)) = (
+            self.one_time_key_counts(user, device),
+            self.unused_fallback_key_types(user, device),
+        ) {
+            o.counts_changed(user, device, &counts, &fallback);
         }
     }
 
@@ -477,10 +516,14 @@ impl E2ee {
             }
         }
 
+        let keys_written = !batch.is_empty();
         if device_keys_changed {
             self.commit_key_change(user, batch)?;
-        } else if !batch.is_empty() {
+        } else if keys_written {
             self.db.write(batch)?;
+        }
+        if keys_written {
+            self.tell_counts(user, device);
         }
         self.one_time_key_counts(user, device)
     }
@@ -791,6 +834,7 @@ impl E2ee {
         let _guard = self.keys_lock.lock();
         let mut out = Map::new();
         let mut batch = Batch::new();
+        let mut claimed: Vec<(&UserId, &str)> = Vec::new();
         for (user, devices) in wanted {
             if !self.accounts.is_local(user) {
                 // Other servers' users are asked over federation by the caller.
@@ -816,6 +860,7 @@ impl E2ee {
                     let otk: OneTimeKey = serde_json::from_slice(&v)?;
                     batch.delete(Table::UserdevicealgseqOnetimekey, k.to_vec());
                     per_device.insert(device.clone(), json!({ otk.id: otk.key }));
+                    claimed.push((user, device));
                     continue;
                 }
                 let fk_key = FallbackKeyKey {
@@ -834,6 +879,7 @@ impl E2ee {
                             fk_key,
                             serde_json::to_vec(&fk)?,
                         );
+                        claimed.push((user, device));
                     }
                 }
             }
@@ -843,6 +889,9 @@ impl E2ee {
         }
         if !batch.is_empty() {
             self.db.write(batch)?;
+        }
+        for (user, device) in claimed {
+            self.tell_counts(user, device);
         }
         Ok(json!({ "one_time_keys": out, "failures": {} }))
     }

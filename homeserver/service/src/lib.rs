@@ -206,6 +206,10 @@ impl Services {
             e2ee::ToDeviceLimits::from_config(&config),
             Some(edu_out),
         ));
+        e2ee.set_key_count_observer(Arc::new(appservice::AppserviceObserver::new(
+            appservices.clone(),
+            Arc::downgrade(&rooms),
+        )));
         let durability = Arc::new(durability::Durability::new(db.clone(), config.sync_writes));
         let sync = Arc::new(sync::Sync::new(
             rooms.clone(),

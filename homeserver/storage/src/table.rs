@@ -130,7 +130,7 @@ pub enum Table {
     /// `appservice id 0xFF seq` → event id: events waiting to be pushed to an application
     /// service, oldest first.
     AppserviceseqEvent,
-    /// appservice id → a registration added with the admin API (JSON).
+    /// appservice id → a registration added with the admin API, as sent (YAML or JSON).
     AppserviceidRegistration,
     // rows kept for a while
     /// `deadline (u64 ms) table name 0xFF row key` → "": a row of another table to delete once

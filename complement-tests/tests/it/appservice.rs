@@ -1830,3 +1830,82 @@ async fn appservice_gets_its_devices_key_counts() {
         }
     }
 }
+
+/// Issue 17, item 6 (MSC4203, unstable `de.sorunome.msc2409.to_device`): a to-device message
+/// for a device of an appservice's user reaches an appservice registered with
+/// `org.matrix.msc3202: true` in its transactions, with `to_user_id` and `to_device_id`; one
+/// without the flag does not get it.
+#[tokio::test]
+async fn appservice_gets_its_devices_to_device_messages() {
+    let (crypto_rx, plain_rx) = (Receiver::start().await, Receiver::start().await);
+    let (id, plain) = (as_id(), as_id());
+    let (server, _dir) = server_with(&[
+        (
+            "a.yaml",
+            registration(&id, Some(&crypto_rx.url())) + "org.matrix.msc3202: true\n",
+        ),
+        ("b.yaml", registration(&plain, Some(&plain_rx.url()))),
+    ])
+    .await;
+    let human = server.register_random().await;
+    let to_device = |rx: &Receiver| -> Vec<Value> {
+        rx.requests()
+            .into_iter()
+            .filter(|s| s.path.starts_with("/_matrix/app/v1/transactions/"))
+            .flat_map(|s| {
+                s.body["de.sorunome.msc2409.to_device"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect()
+    };
+    for (as_id, rx) in [(&id, &crypto_rx), (&plain, &plain_rx)] {
+        let bot = server.client_with_token(&format!("as_{as_id}_secret"));
+        let ghost = server.user_id(&format!("{as_id}_td"));
+        expect_ok(
+            bot.post(
+                "/register",
+                &json!({"type": "m.login.application_service", "username": format!("{as_id}_td"), "inhibit_login": true}),
+            )
+            .await,
+            "register a ghost",
+        );
+        let (status, _) = bot
+            .put(&format!("/devices/TD?user_id={ghost}"), &json!({}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        expect_ok(
+            human
+                .put(
+                    &format!("/sendToDevice/m.test/{}", random_localpart()),
+                    &json!({"messages": {&ghost: {"TD": {"secret": as_id}}}}),
+                )
+                .await,
+            "send to the ghost's device",
+        );
+        if std::ptr::eq(rx, &crypto_rx) {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !to_device(rx).iter().any(|e| {
+                e["type"] == "m.test"
+                    && e["sender"] == human.user_id
+                    && e["to_user_id"] == ghost
+                    && e["to_device_id"] == "TD"
+                    && e["content"]["secret"] == as_id.as_str()
+            }) {
+                assert!(
+                    Instant::now() < deadline,
+                    "no to-device message: {:?}",
+                    to_device(rx)
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        } else {
+            let room = human.create_room(&json!({"preset": "public_chat"})).await;
+            expect_ok(bot.post(&format!("/join/{room}"), &json!({})).await, "join");
+            human.send_text(&room, "caught up").await;
+            rx.wait_for_bodies(&["caught up"]).await;
+            assert!(to_device(rx).is_empty(), "{:?}", to_device(rx));
+        }
+    }
+}

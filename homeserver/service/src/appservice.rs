@@ -35,7 +35,7 @@ use serde_json::{json, Value};
 use tokio::sync::Notify;
 
 use crate::{
-    e2ee::KeyCountObserver,
+    e2ee::DeviceObserver,
     ephemeral::{EphemeralKind, EphemeralObserver, EphemeralUpdate},
     outbound::{GuardedClient, OutboundGuard},
     rooms::{hooks::EventObserver, notify::Notification, Pdu, Rooms},
@@ -104,6 +104,10 @@ fn formed_key(appservice: &str) -> Vec<u8> {
     format!("appservice_formed\u{ff}{appservice}").into_bytes()
 }
 
+/// The transaction field of to-device messages: MSC4203's `to_device`, under the unstable
+/// name of MSC2409's to-device part, which MSC4203 was split from.
+const TO_DEVICE_FIELD: &str = "de.sorunome.msc2409.to_device";
+
 /// A queue row: key and value.
 type Row = (Vec<u8>, Vec<u8>);
 
@@ -123,6 +127,9 @@ struct QueuedEphemeral {
     /// Instead of an event: a device's key counts (MSC3202).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     keys: Option<KeyCounts>,
+    /// `event` is a to-device message for one of its users' devices (MSC4203).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    to_device: bool,
 }
 
 /// One device's one-time key counts and unused fallback key types, as queued.
@@ -921,7 +928,7 @@ impl Appservices {
         };
         let mut keys = Vec::with_capacity(rows.len());
         let mut events = Vec::with_capacity(rows.len());
-        let mut ephemeral = Vec::new();
+        let (mut ephemeral, mut to_device) = (Vec::new(), Vec::new());
         let (mut otk_counts, mut fallback) = (json!({}), json!({}));
         for (k, v) in rows {
             if let Some(q) = QueuedEphemeral::decode(&v) {
@@ -931,6 +938,7 @@ impl Appservices {
                         otk_counts[&c.user][&c.device] = json!(c.counts);
                         fallback[&c.user][&c.device] = json!(c.fallback);
                     }
+                    None if q.to_device => to_device.push(q.event),
                     None => ephemeral.push(q.event),
                 }
             } else {
@@ -949,6 +957,9 @@ impl Appservices {
         let mut body = json!({ "events": events });
         if !ephemeral.is_empty() {
             body["ephemeral"] = ephemeral.into();
+        }
+        if !to_device.is_empty() {
+            body[TO_DEVICE_FIELD] = to_device.into();
         }
         if otk_counts.as_object().is_some_and(|o| !o.is_empty()) {
             body["org.matrix.msc3202.device_one_time_keys_count"] = otk_counts;
@@ -1008,6 +1019,32 @@ impl Appservices {
             .any(|a| a.msc3202 && a.registration.url.is_some() && a.owns_user(user))
     }
 
+    /// Queues a to-device message for the appservices with `org.matrix.msc3202` that own the
+    /// user (the message also stays in the device's inbox for `/sync`).
+    fn queue_to_device(&self, user: &UserId, device: &str, mut event: Value) {
+        let list = self.all();
+        let wanted: Vec<&Arc<Appservice>> = list
+            .iter()
+            .filter(|a| a.msc3202 && a.registration.url.is_some() && a.owns_user(user))
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        event["to_user_id"] = json!(user);
+        event["to_device_id"] = json!(device);
+        let row = QueuedEphemeral {
+            ts: paracord_core::time::now_ms(),
+            droppable: false,
+            event,
+            keys: None,
+            to_device: true,
+        };
+        let Ok(value) = serde_json::to_vec(&row) else {
+            return;
+        };
+        self.put_rows(&wanted, &value);
+    }
+
     /// Queues a device's key counts for the appservices with `org.matrix.msc3202` that own
     /// the user.
     fn queue_key_counts(&self, counts: KeyCounts) {
@@ -1024,6 +1061,7 @@ impl Appservices {
             droppable: false,
             event: Value::Null,
             keys: Some(counts),
+            to_device: false,
         };
         let Ok(value) = serde_json::to_vec(&row) else {
             return;
@@ -1093,6 +1131,7 @@ impl Appservices {
                 && update.kind != EphemeralKind::Receipt { private: true },
             event: update.event.clone(),
             keys: None,
+            to_device: false,
         };
         let Ok(value) = serde_json::to_vec(&row) else {
             return;
@@ -1458,9 +1497,13 @@ impl EventObserver for AppserviceObserver {
     }
 }
 
-impl KeyCountObserver for AppserviceObserver {
+impl DeviceObserver for AppserviceObserver {
     fn wants(&self, user: &UserId) -> bool {
         self.appservices.wants_key_counts(user)
+    }
+
+    fn to_device(&self, user: &UserId, device: &str, event: Value) {
+        self.appservices.queue_to_device(user, device, event);
     }
 
     fn counts_changed(

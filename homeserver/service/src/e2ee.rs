@@ -145,16 +145,18 @@ pub struct E2ee {
     /// acknowledgements may make it drift; a count past the cap is checked against the table
     /// before anything is dropped, and the expiry sweep starts every count afresh.
     pending_counts: Mutex<HashMap<(OwnedUserId, String), u64>>,
-    /// Told when a device's one-time or fallback keys change (the appservice queue).
-    key_observer: std::sync::OnceLock<Arc<dyn KeyCountObserver>>,
+    /// Told of key counts and to-device messages (the appservice queue).
+    key_observer: std::sync::OnceLock<Arc<dyn DeviceObserver>>,
 }
 
-/// Told when a local device's one-time or fallback keys change (uploaded or claimed), so the
-/// application service queue can pass the counts on (MSC3202); this module knows nothing of
-/// appservices.
-pub trait KeyCountObserver: Send + Sync {
-    /// Whether the counts of `user`'s devices are wanted (worked out only then).
+/// Told when a local device's one-time or fallback keys change (uploaded or claimed) and of
+/// every to-device message accepted for a local device, so the application service queue can
+/// pass them on (MSC3202, MSC4203); this module knows nothing of appservices.
+pub trait DeviceObserver: Send + Sync {
+    /// Whether `user`'s devices are of interest (counts are worked out only then).
     fn wants(&self, user: &UserId) -> bool;
+    /// A to-device message for `user`'s `device`: the event as `/sync` shows it.
+    fn to_device(&self, user: &UserId, device: &str, event: Value);
     fn counts_changed(
         &self,
         user: &UserId,
@@ -287,8 +289,8 @@ impl E2ee {
         }
     }
 
-    /// Sets the observer of one-time and fallback key counts (once).
-    pub fn set_key_count_observer(&self, observer: Arc<dyn KeyCountObserver>) {
+    /// Sets the observer of key counts and to-device messages (once).
+    pub fn set_device_observer(&self, observer: Arc<dyn DeviceObserver>) {
         let _ = self.key_observer.set(observer);
     }
 
@@ -1390,6 +1392,17 @@ impl E2ee {
             Ok(true)
         })?;
         if accepted {
+            if let Some(o) = self.key_observer.get() {
+                for (user, device, content) in &recipients {
+                    if o.wants(user) {
+                        o.to_device(
+                            user,
+                            device,
+                            json!({ "type": kind, "sender": sender, "content": content }),
+                        );
+                    }
+                }
+            }
             self.cap_to_device_queues(&recipients)?;
             let users: BTreeSet<&UserId> = recipients.iter().map(|(u, _, _)| u.as_ref()).collect();
             self.stream.notifier().wake(users);

@@ -206,7 +206,7 @@ impl Services {
             e2ee::ToDeviceLimits::from_config(&config),
             Some(edu_out),
         ));
-        e2ee.set_key_count_observer(Arc::new(appservice::AppserviceObserver::new(
+        e2ee.set_device_observer(Arc::new(appservice::AppserviceObserver::new(
             appservices.clone(),
             Arc::downgrade(&rooms),
         )));

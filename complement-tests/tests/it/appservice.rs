@@ -1909,3 +1909,59 @@ async fn appservice_gets_its_devices_to_device_messages() {
         }
     }
 }
+
+/// Issue 17, item 6 (MSC3202, `org.matrix.msc3202.device_lists`): when the device list of a
+/// user who shares a room with an appservice's user changes, an appservice registered with
+/// `org.matrix.msc3202: true` gets the user in `changed`; one without the flag does not.
+#[tokio::test]
+async fn appservice_gets_device_list_changes() {
+    let (crypto_rx, plain_rx) = (Receiver::start().await, Receiver::start().await);
+    let (id, plain) = (as_id(), as_id());
+    let (server, _dir) = server_with(&[
+        (
+            "a.yaml",
+            registration(&id, Some(&crypto_rx.url())) + "org.matrix.msc3202: true\n",
+        ),
+        ("b.yaml", registration(&plain, Some(&plain_rx.url()))),
+    ])
+    .await;
+    let human = server.register_random().await;
+    let room = human.create_room(&json!({"preset": "public_chat"})).await;
+    for as_id in [&id, &plain] {
+        let bot = server.client_with_token(&format!("as_{as_id}_secret"));
+        expect_ok(bot.post(&format!("/join/{room}"), &json!({})).await, "join");
+    }
+    expect_ok(
+        human
+            .put(
+                &format!("/devices/{}", human.device_id),
+                &json!({"display_name": "renamed"}),
+            )
+            .await,
+        "rename a device",
+    );
+    let changed = |rx: &Receiver| -> Vec<Value> {
+        rx.requests()
+            .into_iter()
+            .filter(|s| s.path.starts_with("/_matrix/app/v1/transactions/"))
+            .flat_map(|s| {
+                s.body["org.matrix.msc3202.device_lists"]["changed"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !changed(&crypto_rx).iter().any(|u| *u == human.user_id) {
+        assert!(
+            Instant::now() < deadline,
+            "no device list change: {:?}",
+            changed(&crypto_rx)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    human.send_text(&room, "caught up").await;
+    plain_rx.wait_for_bodies(&["caught up"]).await;
+    assert!(changed(&plain_rx).is_empty(), "{:?}", changed(&plain_rx));
+}

@@ -130,6 +130,9 @@ struct QueuedEphemeral {
     /// `event` is a to-device message for one of its users' devices (MSC4203).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     to_device: bool,
+    /// Instead of an event: the user whose device list changed (MSC3202).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    device_list_changed: Option<String>,
 }
 
 /// One device's one-time key counts and unused fallback key types, as queued.
@@ -930,6 +933,7 @@ impl Appservices {
         let mut events = Vec::with_capacity(rows.len());
         let (mut ephemeral, mut to_device) = (Vec::new(), Vec::new());
         let (mut otk_counts, mut fallback) = (json!({}), json!({}));
+        let mut changed: Vec<String> = Vec::new();
         for (k, v) in rows {
             if let Some(q) = QueuedEphemeral::decode(&v) {
                 match q.keys {
@@ -939,6 +943,9 @@ impl Appservices {
                         fallback[&c.user][&c.device] = json!(c.fallback);
                     }
                     None if q.to_device => to_device.push(q.event),
+                    None if q.device_list_changed.is_some() => {
+                        changed.extend(q.device_list_changed);
+                    }
                     None => ephemeral.push(q.event),
                 }
             } else {
@@ -960,6 +967,11 @@ impl Appservices {
         }
         if !to_device.is_empty() {
             body[TO_DEVICE_FIELD] = to_device.into();
+        }
+        if !changed.is_empty() {
+            changed.sort();
+            changed.dedup();
+            body["org.matrix.msc3202.device_lists"] = json!({ "changed": changed });
         }
         if otk_counts.as_object().is_some_and(|o| !o.is_empty()) {
             body["org.matrix.msc3202.device_one_time_keys_count"] = otk_counts;
@@ -1038,6 +1050,37 @@ impl Appservices {
             event,
             keys: None,
             to_device: true,
+            device_list_changed: None,
+        };
+        let Ok(value) = serde_json::to_vec(&row) else {
+            return;
+        };
+        self.put_rows(&wanted, &value);
+    }
+
+    /// Queues a device list change of `user` for the appservices with `org.matrix.msc3202`
+    /// that own `user` or one of the users sharing a room with them.
+    fn queue_device_list_change(
+        &self,
+        user: &UserId,
+        sharing: &std::collections::HashSet<OwnedUserId>,
+    ) {
+        let list = self.all();
+        let wanted: Vec<&Arc<Appservice>> = list
+            .iter()
+            .filter(|a| a.msc3202 && a.registration.url.is_some())
+            .filter(|a| a.owns_user(user) || sharing.iter().any(|u| a.owns_user(u)))
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let row = QueuedEphemeral {
+            ts: paracord_core::time::now_ms(),
+            droppable: false,
+            event: Value::Null,
+            keys: None,
+            to_device: false,
+            device_list_changed: Some(user.to_string()),
         };
         let Ok(value) = serde_json::to_vec(&row) else {
             return;
@@ -1062,6 +1105,7 @@ impl Appservices {
             event: Value::Null,
             keys: Some(counts),
             to_device: false,
+            device_list_changed: None,
         };
         let Ok(value) = serde_json::to_vec(&row) else {
             return;
@@ -1132,6 +1176,7 @@ impl Appservices {
             event: update.event.clone(),
             keys: None,
             to_device: false,
+            device_list_changed: None,
         };
         let Ok(value) = serde_json::to_vec(&row) else {
             return;
@@ -1504,6 +1549,12 @@ impl DeviceObserver for AppserviceObserver {
 
     fn to_device(&self, user: &UserId, device: &str, event: Value) {
         self.appservices.queue_to_device(user, device, event);
+    }
+
+    fn device_list_changed(&self, user: &UserId, sharing: &std::collections::HashSet<OwnedUserId>) {
+        if self.appservices.all().iter().any(|a| a.msc3202) {
+            self.appservices.queue_device_list_change(user, sharing);
+        }
     }
 
     fn counts_changed(

@@ -157,6 +157,9 @@ pub trait DeviceObserver: Send + Sync {
     fn wants(&self, user: &UserId) -> bool;
     /// A to-device message for `user`'s `device`: the event as `/sync` shows it.
     fn to_device(&self, user: &UserId, device: &str, event: Value);
+    /// `user`'s device list or cross-signing keys changed; `sharing`: the local users who
+    /// share a room with them (and `user`).
+    fn device_list_changed(&self, user: &UserId, sharing: &HashSet<OwnedUserId>);
     fn counts_changed(
         &self,
         user: &UserId,
@@ -584,6 +587,9 @@ impl E2ee {
         let mut wake: HashSet<OwnedUserId> = self.users_sharing_rooms(user)?;
         wake.insert(user.to_owned());
         self.stream.notifier().wake(wake.iter().map(|u| u.as_ref()));
+        if let Some(o) = self.key_observer.get() {
+            o.device_list_changed(user, &wake);
+        }
         if self.accounts.is_local(user) {
             self.announce_key_change(user, pos, &wake)?;
         }

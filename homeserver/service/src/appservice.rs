@@ -1574,6 +1574,10 @@ impl DeviceObserver for AppserviceObserver {
 }
 
 impl EphemeralObserver for AppserviceObserver {
+    fn listening(&self) -> bool {
+        self.appservices.all().iter().any(|a| a.receive_ephemeral)
+    }
+
     fn changed(&self, update: &EphemeralUpdate<'_>) {
         // Presence set without the users who share a room (`/sync?set_presence=`): worked out
         // here, only when an appservice takes ephemeral data.

@@ -86,6 +86,10 @@ pub struct EphemeralUpdate<'a> {
 /// Told of every change of typing, receipts and presence after it is recorded (the
 /// application service queue listens), so this module knows nothing of who listens.
 pub trait EphemeralObserver: Send + Sync {
+    /// Whether it wants updates now (the update is built only then).
+    fn listening(&self) -> bool {
+        true
+    }
     fn changed(&self, update: &EphemeralUpdate<'_>);
 }
 
@@ -119,6 +123,11 @@ impl Ephemeral {
         self.observers.write().push(observer);
     }
 
+    /// Whether some observer wants updates.
+    fn listened(&self) -> bool {
+        self.observers.read().iter().any(|o| o.listening())
+    }
+
     fn tell(&self, update: &EphemeralUpdate<'_>) {
         for o in self.observers.read().iter() {
             o.changed(update);
@@ -145,7 +154,7 @@ impl Ephemeral {
                 entry.users.remove(user);
             }
             entry.pos = pos;
-            if !self.observers.read().is_empty() {
+            if self.listened() {
                 let now = now_ms();
                 let users: Vec<&OwnedUserId> = entry
                     .users
@@ -241,7 +250,7 @@ impl Ephemeral {
             Ok(())
         })?;
         self.receipt_pos.lock().insert(room.to_owned(), pos);
-        if !self.observers.read().is_empty() {
+        if self.listened() {
             let mut entry = json!({ "ts": ts });
             if let Some(t) = thread {
                 entry["thread_id"] = json!(t);
@@ -402,7 +411,7 @@ impl Ephemeral {
             Ok(p)
         })?;
         self.presence_pos.fetch_max(pos, Ordering::AcqRel);
-        if !self.observers.read().is_empty() {
+        if self.listened() {
             self.tell(&EphemeralUpdate {
                 kind: EphemeralKind::Presence,
                 event: Self::presence_event(user, &p),

@@ -40,8 +40,12 @@ struct Receiver {
     status: Arc<Mutex<u16>>,
     on_alias: Arc<Mutex<Option<AliasHook>>>,
     on_user: Arc<Mutex<Option<AliasHook>>>,
+    /// Answers by path (without the query): 200 with this body.
+    canned: Canned,
     task: Option<JoinHandle<()>>,
 }
+
+type Canned = Arc<Mutex<Vec<(String, String)>>>;
 
 impl Receiver {
     async fn start() -> Receiver {
@@ -53,6 +57,7 @@ impl Receiver {
             status: Arc::new(Mutex::new(200)),
             on_alias: Arc::default(),
             on_user: Arc::default(),
+            canned: Arc::default(),
             task: None,
         };
         r.serve(listener);
@@ -64,22 +69,24 @@ impl Receiver {
     }
 
     fn serve(&mut self, listener: TcpListener) {
-        let (seen, status, on_alias, on_user) = (
+        let (seen, status, on_alias, on_user, canned) = (
             self.seen.clone(),
             self.status.clone(),
             self.on_alias.clone(),
             self.on_user.clone(),
+            self.canned.clone(),
         );
         self.task = Some(tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (seen, status, on_alias, on_user) = (
+                let (seen, status, on_alias, on_user, canned) = (
                     seen.clone(),
                     status.clone(),
                     on_alias.clone(),
                     on_user.clone(),
+                    canned.clone(),
                 );
                 tokio::spawn(async move {
-                    let _ = handle(stream, seen, status, on_alias, on_user).await;
+                    let _ = handle(stream, seen, status, on_alias, on_user, canned).await;
                 });
             }
         }));
@@ -154,6 +161,7 @@ async fn handle(
     status: Arc<Mutex<u16>>,
     on_alias: Arc<Mutex<Option<AliasHook>>>,
     on_user: Arc<Mutex<Option<AliasHook>>>,
+    canned: Canned,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
@@ -208,14 +216,24 @@ async fn handle(
     }
     seen.lock().unwrap().push(Seen {
         method,
-        path,
+        path: path.clone(),
         authorization,
         body,
     });
-    let answer = if code == 200 {
-        "{}"
-    } else {
-        r#"{"errcode":"M_UNKNOWN","error":"test says no"}"#
+    let bare = path.split('?').next().unwrap_or_default();
+    let canned = canned
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(p, _)| p == bare)
+        .map(|(_, b)| b.clone());
+    let answer = match canned {
+        Some(body) => {
+            code = 200;
+            body
+        }
+        None if code == 200 => "{}".to_owned(),
+        None => r#"{"errcode":"M_UNKNOWN","error":"test says no"}"#.to_owned(),
     };
     let reply = format!(
         "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
@@ -961,4 +979,1002 @@ async fn profiles_of_unknown_namespaced_users_are_asked_of_the_appservice() {
         "profile of an unknown user",
     );
     assert_eq!(receiver.requests().len(), before);
+}
+
+impl Receiver {
+    /// The ephemeral data received in transactions (`ephemeral`), in order.
+    fn ephemeral(&self) -> Vec<Value> {
+        self.requests()
+            .into_iter()
+            .filter(|s| s.method == "PUT" && s.path.starts_with("/_matrix/app/v1/transactions/"))
+            .flat_map(|s| s.body["ephemeral"].as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+
+    /// Waits (with a deadline) until an ephemeral item matching `want` arrived.
+    async fn wait_for_ephemeral(&self, what: &str, want: impl Fn(&Value) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.ephemeral().iter().any(&want) {
+            assert!(
+                Instant::now() < deadline,
+                "expected the appservice to receive {what}, it got {:?}",
+                self.ephemeral()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Issue 17, item 2 (MSC2409): typing, receipts and presence of a room an appservice's user is
+/// in reach appservices registered with `receive_ephemeral` (or the unstable
+/// `de.sorunome.msc2409.push_ephemeral`) in the transaction's `ephemeral` array; the others get
+/// none, and nobody gets another user's private receipt.
+#[tokio::test]
+async fn appservice_ephemeral_data_reaches_those_that_asked() {
+    let (spec, unstable, plain) = (
+        Receiver::start().await,
+        Receiver::start().await,
+        Receiver::start().await,
+    );
+    let (a, b, c) = (as_id(), as_id(), as_id());
+    let (server, _dir) = server_with(&[
+        (
+            "a.yaml",
+            registration(&a, Some(&spec.url())) + "receive_ephemeral: true\n",
+        ),
+        (
+            "b.yaml",
+            registration(&b, Some(&unstable.url())) + "de.sorunome.msc2409.push_ephemeral: true\n",
+        ),
+        ("c.yaml", registration(&c, Some(&plain.url()))),
+    ])
+    .await;
+    let human = server.register_random().await;
+    let room = human.create_room(&json!({"preset": "public_chat"})).await;
+    for id in [&a, &b, &c] {
+        let bot = server.client_with_token(&format!("as_{id}_secret"));
+        expect_ok(
+            bot.post(&format!("/join/{room}"), &json!({})).await,
+            "bot joins",
+        );
+    }
+    let event = human.send_text(&room, "read me").await;
+    expect_ok(
+        human
+            .put(
+                &format!("/rooms/{room}/typing/{}", human.user_id),
+                &json!({"typing": true, "timeout": 30000}),
+            )
+            .await,
+        "typing",
+    );
+    expect_ok(
+        human
+            .post(
+                &format!("/rooms/{room}/receipt/m.read.private/{event}"),
+                &json!({}),
+            )
+            .await,
+        "private receipt",
+    );
+    expect_ok(
+        human
+            .post(&format!("/rooms/{room}/receipt/m.read/{event}"), &json!({}))
+            .await,
+        "receipt",
+    );
+    expect_ok(
+        human
+            .put(
+                &format!("/presence/{}/status", human.user_id),
+                &json!({"presence": "unavailable", "status_msg": "away"}),
+            )
+            .await,
+        "presence",
+    );
+    // Presence set by /sync (which names nobody to wake) reaches them too.
+    let other = server.register_random().await;
+    other.join_ok(&room).await;
+    expect_ok(
+        other.get("/sync?timeout=0&set_presence=unavailable").await,
+        "sync with set_presence",
+    );
+    let me = human.user_id.clone();
+    for receiver in [&spec, &unstable] {
+        receiver
+            .wait_for_ephemeral("the presence set by /sync", |e| {
+                e["type"] == "m.presence"
+                    && e["sender"] == other.user_id
+                    && e["content"]["presence"] == "unavailable"
+            })
+            .await;
+        receiver
+            .wait_for_ephemeral("the typing notification", |e| {
+                e["type"] == "m.typing"
+                    && e["room_id"] == room
+                    && e["content"]["user_ids"]
+                        .as_array()
+                        .is_some_and(|u| u.iter().any(|u| *u == me))
+            })
+            .await;
+        receiver
+            .wait_for_ephemeral("the read receipt", |e| {
+                e["type"] == "m.receipt"
+                    && e["room_id"] == room
+                    && e["content"][&event]["m.read"][&me]["ts"].is_u64()
+            })
+            .await;
+        receiver
+            .wait_for_ephemeral("the presence", |e| {
+                e["type"] == "m.presence"
+                    && e["sender"] == me
+                    && e["content"]["presence"] == "unavailable"
+                    && e["content"]["status_msg"] == "away"
+            })
+            .await;
+        assert!(
+            !receiver
+                .ephemeral()
+                .iter()
+                .any(|e| e["content"][&event].get("m.read.private").is_some()),
+            "another user's private receipt reached an appservice: {:?}",
+            receiver.ephemeral()
+        );
+        // The spec's field name only.
+        assert!(
+            !receiver
+                .requests()
+                .iter()
+                .any(|s| s.body.get("de.sorunome.msc2409.ephemeral").is_some()),
+            "unstable field sent"
+        );
+    }
+    // The appservice that did not ask gets the events, no ephemeral data.
+    human.send_text(&room, "marker").await;
+    plain.wait_for_bodies(&["read me", "marker"]).await;
+    assert!(
+        plain.ephemeral().is_empty(),
+        "ephemeral data reached an appservice without receive_ephemeral: {:?}",
+        plain.ephemeral()
+    );
+}
+
+/// Issue 17, item 3 (spec v1.17, MSC3202): `?device_id=` makes an appservice act as one
+/// device of its user — to-device messages, one-time keys and sync are that device's — and a
+/// device the user does not have is `400 M_UNKNOWN_DEVICE`.
+#[tokio::test]
+async fn appservice_masquerades_as_a_device_of_its_user() {
+    let id = as_id();
+    let (server, _dir) = server_with(&[("a.yaml", registration(&id, None))]).await;
+    let bot = server.client_with_token(&format!("as_{id}_secret"));
+    let ghost = server.user_id(&format!("{id}_dev"));
+    let login = expect_ok(
+        bot.post(
+            "/register",
+            &json!({"type": "m.login.application_service", "username": format!("{id}_dev")}),
+        )
+        .await,
+        "register a ghost with a device",
+    );
+    let device = login["device_id"].as_str().unwrap().to_owned();
+    let me = expect_ok(
+        bot.get(&format!(
+            "/account/whoami?user_id={ghost}&device_id={device}"
+        ))
+        .await,
+        "whoami as the ghost's device",
+    );
+    assert_eq!(me["user_id"], ghost, "{me}");
+    assert_eq!(me["device_id"], device, "{me}");
+    expect_error(
+        &bot.get(&format!("/account/whoami?user_id={ghost}&device_id=NOPE"))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "M_UNKNOWN_DEVICE",
+        "a device the ghost does not have",
+    );
+    // Without user_id the device must be the sender's.
+    expect_error(
+        &bot.get(&format!("/account/whoami?device_id={device}"))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "M_UNKNOWN_DEVICE",
+        "the ghost's device as the sender",
+    );
+    let as_device = format!("user_id={ghost}&device_id={device}");
+    // One-time keys uploaded for the device can be claimed for it.
+    let up = expect_ok(
+        bot.post(
+            &format!("/keys/upload?{as_device}"),
+            &json!({"one_time_keys": {"curve25519:AAAAAQ": "b3RrLWtleS1vbmU"}}),
+        )
+        .await,
+        "keys upload as the device",
+    );
+    assert_eq!(up["one_time_key_counts"]["curve25519"], 1, "{up}");
+    let human = server.register_random().await;
+    let claimed = expect_ok(
+        human
+            .post(
+                "/keys/claim",
+                &json!({"one_time_keys": {&ghost: {&device: "curve25519"}}}),
+            )
+            .await,
+        "claim the device's key",
+    );
+    assert_eq!(
+        claimed["one_time_keys"][&ghost][&device]["curve25519:AAAAAQ"], "b3RrLWtleS1vbmU",
+        "{claimed}"
+    );
+    // A to-device message for the device arrives in its sync.
+    expect_ok(
+        human
+            .put(
+                &format!("/sendToDevice/m.test/{}", random_localpart()),
+                &json!({"messages": {&ghost: {&device: {"hello": "device"}}}}),
+            )
+            .await,
+        "send to the device",
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let sync = expect_ok(
+            bot.get(&format!("/sync?timeout=1000&{as_device}")).await,
+            "sync as the device",
+        );
+        let got = sync["to_device"]["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if got.iter().any(|e| e["content"]["hello"] == "device") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no to-device message: {sync}");
+    }
+}
+
+impl Receiver {
+    /// Answers `GET path` (without query) with `body`.
+    fn answer(&self, path: &str, body: Value) {
+        self.canned
+            .lock()
+            .unwrap()
+            .push((path.to_owned(), body.to_string()));
+    }
+}
+
+/// Issue 17, item 4: `/thirdparty/*` asks the appservices that registered the protocol (with
+/// their hs_token) and merges what they answer; an unknown protocol is `404 M_NOT_FOUND`, an
+/// appservice that is down adds nothing instead of failing the request.
+#[tokio::test]
+async fn appservice_thirdparty_lookups_are_merged() {
+    let (one, two) = (Receiver::start().await, Receiver::start().await);
+    let mut down = Receiver::start().await;
+    let (a, b, c) = (as_id(), as_id(), as_id());
+    let (server, _dir) = server_with(&[
+        (
+            "a.yaml",
+            registration(&a, Some(&one.url())) + "protocols: [gitter, irc]\n",
+        ),
+        (
+            "b.yaml",
+            registration(&b, Some(&two.url())) + "protocols: [irc]\n",
+        ),
+        (
+            "c.yaml",
+            registration(&c, Some(&down.url())) + "protocols: [irc, dead]\n",
+        ),
+    ])
+    .await;
+    down.down();
+    let protocol = |network: &str| {
+        json!({
+            "user_fields": ["network", "nickname"],
+            "location_fields": ["network", "channel"],
+            "icon": "mxc://example.org/icon",
+            "field_types": {
+                "network": {"regexp": "[a-z.]+", "placeholder": "irc.example.org"},
+                "nickname": {"regexp": ".+", "placeholder": "nick"},
+                "channel": {"regexp": "#.+", "placeholder": "#chan"}
+            },
+            "instances": [{
+                "desc": network, "fields": {"network": network}, "network_id": network
+            }]
+        })
+    };
+    one.answer(
+        "/_matrix/app/v1/thirdparty/protocol/irc",
+        protocol("libera"),
+    );
+    one.answer(
+        "/_matrix/app/v1/thirdparty/protocol/gitter",
+        protocol("gitter"),
+    );
+    two.answer("/_matrix/app/v1/thirdparty/protocol/irc", protocol("oftc"));
+    let alias = format!("#{a}_chan:{}", server.server_name());
+    one.answer(
+        "/_matrix/app/v1/thirdparty/location/irc",
+        json!([{"alias": alias, "protocol": "irc", "fields": {"network": "libera", "channel": "#chan"}}]),
+    );
+    two.answer(
+        "/_matrix/app/v1/thirdparty/location/irc",
+        json!([{"alias": format!("#{b}_chan:{}", server.server_name()), "protocol": "irc", "fields": {"network": "oftc", "channel": "#chan"}}]),
+    );
+    let remote = server.user_id(&format!("{a}_nick"));
+    one.answer(
+        "/_matrix/app/v1/thirdparty/user/irc",
+        json!([{"userid": remote, "protocol": "irc", "fields": {"nickname": "nick"}}]),
+    );
+    one.answer(
+        "/_matrix/app/v1/thirdparty/user",
+        json!([{"userid": remote, "protocol": "irc", "fields": {"nickname": "nick"}}]),
+    );
+    one.answer(
+        "/_matrix/app/v1/thirdparty/location",
+        json!([{"alias": alias, "protocol": "irc", "fields": {"channel": "#chan"}}]),
+    );
+    let human = server.register_random().await;
+
+    let all = expect_ok(human.get("/thirdparty/protocols").await, "protocols");
+    let irc = &all["irc"];
+    let networks: Vec<&str> = irc["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["network_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(networks, vec!["libera", "oftc"], "{all}");
+    assert!(
+        irc["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["instance_id"].is_string()),
+        "{all}"
+    );
+    assert!(all["gitter"].is_object(), "{all}");
+    assert!(all.get("dead").is_none(), "{all}");
+
+    let one_protocol = expect_ok(human.get("/thirdparty/protocol/gitter").await, "protocol");
+    assert_eq!(one_protocol["instances"][0]["network_id"], "gitter");
+    expect_error(
+        &human.get("/thirdparty/protocol/nope").await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+        "an unknown protocol",
+    );
+    expect_error(
+        &human.get("/thirdparty/location/nope").await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+        "locations of an unknown protocol",
+    );
+    let locations = expect_ok(
+        human.get("/thirdparty/location/irc?channel=%23chan").await,
+        "locations",
+    );
+    assert_eq!(locations.as_array().map(Vec::len), Some(2), "{locations}");
+    // The search fields reach the appservice.
+    assert!(
+        one.requests().iter().any(|s| s.path
+            == "/_matrix/app/v1/thirdparty/location/irc?channel=%23chan"
+            && s.authorization == format!("Bearer hs_{a}_secret")),
+        "{:?}",
+        one.requests()
+    );
+    let users = expect_ok(
+        human.get("/thirdparty/user/irc?nickname=nick").await,
+        "users",
+    );
+    assert_eq!(users[0]["userid"], remote, "{users}");
+    let by_id = expect_ok(
+        human
+            .get(&format!("/thirdparty/user?userid={remote}"))
+            .await,
+        "user by id",
+    );
+    assert_eq!(by_id[0]["userid"], remote, "{by_id}");
+    let by_alias = expect_ok(
+        human
+            .get(&format!(
+                "/thirdparty/location?alias={}",
+                alias.replace('#', "%23")
+            ))
+            .await,
+        "location by alias",
+    );
+    assert_eq!(by_alias[0]["alias"], alias, "{by_alias}");
+    // The protocol only a down appservice handles: an empty list, not an error.
+    let dead = expect_ok(human.get("/thirdparty/user/dead").await, "a dead protocol");
+    assert_eq!(dead, json!([]));
+}
+
+/// Issue 17, item 5: server admins add (YAML or JSON), list and remove registrations at run
+/// time under `/_paracord/v1/admin/appservices`; they are checked like the files, survive a
+/// restart, and a removed one loses its token, its queue and its transactions.
+#[tokio::test]
+async fn appservice_registrations_are_managed_at_run_time() {
+    let (added_rx, file_rx) = (Receiver::start().await, Receiver::start().await);
+    let (id, file_id) = (as_id(), as_id());
+    let (mut server, _dir) =
+        server_with(&[("f.yaml", registration(&file_id, Some(&file_rx.url())))]).await;
+    let admin = server
+        .admin_register(&format!("admin{}", random_localpart()), true)
+        .await;
+    let human = server.register_random().await;
+    const PATH: &str = "/_paracord/v1/admin/appservices";
+    let add = |who: &paracord_complement::Client, text: String| {
+        let who = who.clone();
+        async move {
+            who.raw(
+                paracord_complement::Method::POST,
+                PATH,
+                Some((text.into_bytes(), "application/yaml")),
+            )
+            .await
+        }
+    };
+    let yaml = registration(&id, Some(&added_rx.url()));
+    // Only admins.
+    let refused = add(&human, yaml.clone()).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.text);
+    assert_eq!(refused.body["errcode"], "M_FORBIDDEN");
+    expect_error(
+        &human.get(PATH).await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+        "a user listing appservices",
+    );
+    // Bad input and clashes: 400 with a reason.
+    let bad = add(&admin, "id: [broken\n".to_owned()).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.text);
+    assert_eq!(bad.body["errcode"], "M_INVALID_PARAM", "{}", bad.text);
+    let clash = add(
+        &admin,
+        registration(&id, None).replace(&format!("as_{id}_"), &format!("as_{file_id}_")),
+    )
+    .await;
+    assert_eq!(clash.status, StatusCode::BAD_REQUEST, "{}", clash.text);
+    assert!(clash.text.contains("token"), "{}", clash.text);
+
+    let added = add(&admin, yaml.clone()).await;
+    assert_eq!(added.status, StatusCode::OK, "{}", added.text);
+    assert_eq!(added.body["id"], id.as_str());
+    let again = add(&admin, yaml.clone()).await;
+    assert_eq!(again.status, StatusCode::BAD_REQUEST, "{}", again.text);
+    let list = expect_ok(admin.get(PATH).await, "list");
+    let sources: Vec<(String, String)> = list["appservices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["id"].as_str().unwrap().to_owned(),
+                a["source"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        sources.contains(&(id.clone(), "admin".to_owned())),
+        "{list}"
+    );
+    assert!(
+        sources.contains(&(file_id.clone(), "file".to_owned())),
+        "{list}"
+    );
+    assert!(
+        !list.to_string().contains("_secret"),
+        "tokens listed: {list}"
+    );
+
+    // It works at once: its token, its transactions.
+    let bot = server.client_with_token(&format!("as_{id}_secret"));
+    let file_bot = server.client_with_token(&format!("as_{file_id}_secret"));
+    let room = human.create_room(&json!({"preset": "public_chat"})).await;
+    for b in [&bot, &file_bot] {
+        expect_ok(
+            b.post(&format!("/join/{room}"), &json!({})).await,
+            "bot joins",
+        );
+    }
+    human.send_text(&room, "one").await;
+    added_rx.wait_for_bodies(&["one"]).await;
+
+    // A restart keeps it.
+    server.restart().await;
+    expect_ok(bot.whoami().await, "the added token after a restart");
+    human.send_text(&room, "two").await;
+    added_rx.wait_for_bodies(&["one", "two"]).await;
+
+    // Removed: the token is gone and nothing more is sent to it.
+    expect_error(
+        &admin.delete(&format!("{PATH}/{file_id}"), &json!({})).await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+        "removing a file's registration",
+    );
+    expect_error(
+        &admin.delete(&format!("{PATH}/nope{id}"), &json!({})).await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+        "removing an unknown registration",
+    );
+    expect_ok(
+        admin.delete(&format!("{PATH}/{id}"), &json!({})).await,
+        "remove",
+    );
+    expect_error(
+        &bot.whoami().await,
+        StatusCode::UNAUTHORIZED,
+        "M_UNKNOWN_TOKEN",
+        "a removed appservice's token",
+    );
+    let before = added_rx.requests().len();
+    human.send_text(&room, "three").await;
+    file_rx.wait_for_bodies(&["three"]).await;
+    // The file appservice got it; give the removed one's (stopped) sender the same time again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        added_rx.requests().len(),
+        before,
+        "{:?}",
+        added_rx.requests()
+    );
+    server.restart().await;
+    expect_error(
+        &bot.whoami().await,
+        StatusCode::UNAUTHORIZED,
+        "M_UNKNOWN_TOKEN",
+        "a removed appservice's token after a restart",
+    );
+
+    // Added again, as JSON: transaction ids go on, never reused.
+    let as_json = json!({
+        "id": id, "url": added_rx.url(), "as_token": format!("as_{id}_secret"),
+        "hs_token": format!("hs_{id}_secret"), "sender_localpart": format!("{id}bot"),
+        "namespaces": {"users": [{"exclusive": true, "regex": format!("@{id}_.*:localhost:\\d+")}],
+                       "aliases": [], "rooms": []}
+    });
+    let readded = add(&admin, as_json.to_string()).await;
+    assert_eq!(readded.status, StatusCode::OK, "{}", readded.text);
+    human.send_text(&room, "four").await;
+    added_rx.wait_for_bodies(&["four"]).await;
+    // A transaction id may come again only as a retry of the same events (a restart can cut
+    // an answer off); no event comes under two ids, so none was reused.
+    let mut by_txn: std::collections::HashMap<String, Vec<Value>> = Default::default();
+    let mut by_event: std::collections::HashMap<Value, String> = Default::default();
+    for s in added_rx.requests() {
+        if !s.path.starts_with("/_matrix/app/v1/transactions/") {
+            continue;
+        }
+        let ids: Vec<Value> = s.body["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| e["event_id"].clone())
+            .collect();
+        if let Some(before) = by_txn.insert(s.path.clone(), ids.clone()) {
+            assert_eq!(before, ids, "{} came again with other events", s.path);
+        }
+        for e in ids {
+            if let Some(other) = by_event.insert(e.clone(), s.path.clone()) {
+                assert_eq!(other, s.path, "{e} came under two transaction ids");
+            }
+        }
+    }
+}
+
+/// Issue 17, item 6 (MSC4190, spec v1.17): an appservice creates a device of its user with
+/// `PUT /devices/{id}` (`201`, then `200`), uses it with `?device_id=`, and deletes devices
+/// and replaces cross-signing keys without user-interactive auth.
+#[tokio::test]
+async fn appservice_manages_its_users_devices() {
+    let id = as_id();
+    let (server, _dir) = server_with(&[("a.yaml", registration(&id, None))]).await;
+    let bot = server.client_with_token(&format!("as_{id}_secret"));
+    let ghost = server.user_id(&format!("{id}_crypto"));
+    expect_ok(
+        bot.post(
+            "/register",
+            &json!({"type": "m.login.application_service", "username": format!("{id}_crypto"), "inhibit_login": true}),
+        )
+        .await,
+        "register a ghost without a device",
+    );
+    let as_ghost = format!("user_id={ghost}");
+    let put = |device: &str| {
+        let (bot, path) = (bot.clone(), format!("/devices/{device}?{as_ghost}"));
+        async move { bot.put(&path, &json!({"display_name": "bridge"})).await }
+    };
+    let (status, body) = put("BRIDGEDEV").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = put("BRIDGEDEV").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = put("OTHERDEV").await;
+    assert_eq!(status, StatusCode::CREATED);
+    let devices = expect_ok(bot.get(&format!("/devices?{as_ghost}")).await, "devices");
+    assert!(
+        devices["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["device_id"] == "BRIDGEDEV" && d["display_name"] == "bridge"),
+        "{devices}"
+    );
+    let me = expect_ok(
+        bot.get(&format!("/account/whoami?{as_ghost}&device_id=BRIDGEDEV"))
+            .await,
+        "whoami as the new device",
+    );
+    assert_eq!(me["device_id"], "BRIDGEDEV", "{me}");
+    let up = expect_ok(
+        bot.post(
+            &format!("/keys/upload?{as_ghost}&device_id=BRIDGEDEV"),
+            &json!({"one_time_keys": {"curve25519:AAAAAg": "b3RrLWtleS10d28"}}),
+        )
+        .await,
+        "keys upload for the new device",
+    );
+    assert_eq!(up["one_time_key_counts"]["curve25519"], 1, "{up}");
+    // A user cannot create a device this way.
+    let human = server.register_random().await;
+    let (status, _) = human
+        .put("/devices/MADEUP", &json!({"display_name": "x"}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Cross-signing keys replaced without auth.
+    for key in ["a", "b"] {
+        expect_ok(
+            bot.post(
+                &format!("/keys/device_signing/upload?{as_ghost}"),
+                &json!({"master_key": {"user_id": ghost, "usage": ["master"],
+                        "keys": {format!("ed25519:{key}key"): format!("{key}key")}}}),
+            )
+            .await,
+            "cross-signing upload without auth",
+        );
+    }
+    // Deleted without auth.
+    expect_ok(
+        bot.delete(&format!("/devices/BRIDGEDEV?{as_ghost}"), &json!({}))
+            .await,
+        "delete without auth",
+    );
+    expect_ok(
+        bot.post(
+            &format!("/delete_devices?{as_ghost}"),
+            &json!({"devices": ["OTHERDEV"]}),
+        )
+        .await,
+        "delete_devices without auth",
+    );
+    expect_error(
+        &bot.get(&format!("/account/whoami?{as_ghost}&device_id=BRIDGEDEV"))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "M_UNKNOWN_DEVICE",
+        "a deleted device",
+    );
+    let devices = expect_ok(bot.get(&format!("/devices?{as_ghost}")).await, "devices");
+    assert_eq!(devices["devices"], json!([]), "{devices}");
+}
+
+/// Issue 17, item 1: a transaction that failed is retried after a restart with the same id and
+/// the same events, not with the events queued since; no event arrives under two ids.
+#[tokio::test]
+async fn appservice_transactions_are_fixed_once_formed() {
+    let receiver = Receiver::start().await;
+    let id = as_id();
+    let (mut server, _dir) =
+        server_with(&[("a.yaml", registration(&id, Some(&receiver.url())))]).await;
+    let bot = server.client_with_token(&format!("as_{id}_secret"));
+    let human = server.register_random().await;
+    let room = human.create_room(&json!({"preset": "public_chat"})).await;
+    expect_ok(
+        bot.post(&format!("/join/{room}"), &json!({})).await,
+        "bot joins",
+    );
+    human.send_text(&room, "warm-up").await;
+    receiver.wait_for_bodies(&["warm-up"]).await;
+    // Refused from now on: the next transaction is formed and fails.
+    *receiver.status.lock().unwrap() = 500;
+    let before = receiver.requests().len();
+    human.send_text(&room, "first").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let failed = loop {
+        let tried: Vec<Seen> = receiver.requests()[before..]
+            .iter()
+            .filter(|s| s.path.starts_with("/_matrix/app/v1/transactions/"))
+            .cloned()
+            .collect();
+        if let Some(s) = tried.into_iter().find(|s| {
+            s.body["events"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|e| e["content"]["body"] == "first"))
+        }) {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failed attempt with the event"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // More events, a restart, then the appservice accepts again.
+    human.send_text(&room, "second").await;
+    human.send_text(&room, "third").await;
+    server.restart().await;
+    *receiver.status.lock().unwrap() = 200;
+    receiver
+        .wait_for_bodies(&["first", "second", "third"])
+        .await;
+    // Every attempt under the failed id carried exactly its events.
+    let mut by_event: std::collections::HashMap<String, String> = Default::default();
+    for s in receiver.requests() {
+        if !s.path.starts_with("/_matrix/app/v1/transactions/") {
+            continue;
+        }
+        // The same events (by id: `unsigned.age` is worked out at each attempt).
+        let ids = |b: &Value| -> Vec<Value> {
+            b["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| e["event_id"].clone())
+                .collect()
+        };
+        if s.path == failed.path {
+            assert_eq!(ids(&s.body), ids(&failed.body), "{}", s.path);
+        }
+        for e in s.body["events"].as_array().cloned().unwrap_or_default() {
+            let event_id = e["event_id"].as_str().unwrap().to_owned();
+            if let Some(other) = by_event.insert(event_id.clone(), s.path.clone()) {
+                assert_eq!(
+                    other, s.path,
+                    "{event_id} arrived under two transaction ids"
+                );
+            }
+        }
+    }
+}
+
+/// Issue 17, item 6 (MSC3202, unstable `org.matrix.msc3202.` fields): an appservice
+/// registered with `org.matrix.msc3202: true` gets the one-time key counts and unused fallback
+/// key types of its users' devices in transactions when they change (upload, claim); one
+/// without the flag does not.
+#[tokio::test]
+async fn appservice_gets_its_devices_key_counts() {
+    let (crypto_rx, plain_rx) = (Receiver::start().await, Receiver::start().await);
+    let (id, plain) = (as_id(), as_id());
+    let (server, _dir) = server_with(&[
+        (
+            "a.yaml",
+            registration(&id, Some(&crypto_rx.url())) + "org.matrix.msc3202: true\n",
+        ),
+        ("b.yaml", registration(&plain, Some(&plain_rx.url()))),
+    ])
+    .await;
+    let count_of = |rx: &Receiver, user: &str| -> Vec<Value> {
+        rx.requests()
+            .into_iter()
+            .filter(|s| s.path.starts_with("/_matrix/app/v1/transactions/"))
+            .filter_map(|s| {
+                s.body["org.matrix.msc3202.device_one_time_keys_count"][user]["DEV"]["curve25519"]
+                    .as_u64()
+                    .map(Value::from)
+            })
+            .collect()
+    };
+    for (as_id, rx) in [(&id, &crypto_rx), (&plain, &plain_rx)] {
+        let bot = server.client_with_token(&format!("as_{as_id}_secret"));
+        let ghost = server.user_id(&format!("{as_id}_keys"));
+        expect_ok(
+            bot.post(
+                "/register",
+                &json!({"type": "m.login.application_service", "username": format!("{as_id}_keys"), "inhibit_login": true}),
+            )
+            .await,
+            "register a ghost",
+        );
+        let (status, _) = bot
+            .put(&format!("/devices/DEV?user_id={ghost}"), &json!({}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        expect_ok(
+            bot.post(
+                &format!("/keys/upload?user_id={ghost}&device_id=DEV"),
+                &json!({"one_time_keys": {
+                    "curve25519:AAAAAQ": "a2V5LW9uZQ",
+                    "curve25519:AAAAAg": "a2V5LXR3bw"
+                }}),
+            )
+            .await,
+            "upload two keys",
+        );
+        let human = server.register_random().await;
+        expect_ok(
+            human
+                .post(
+                    "/keys/claim",
+                    &json!({"one_time_keys": {&ghost: {"DEV": "curve25519"}}}),
+                )
+                .await,
+            "claim one",
+        );
+        if std::ptr::eq(rx, &crypto_rx) {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while count_of(rx, &ghost) != vec![json!(2), json!(1)] {
+                assert!(
+                    Instant::now() < deadline,
+                    "expected counts 2 then 1, got {:?}",
+                    count_of(rx, &ghost)
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let last = rx
+                .requests()
+                .into_iter()
+                .rev()
+                .find(|s| {
+                    s.body
+                        .get("org.matrix.msc3202.device_unused_fallback_key_types")
+                        .is_some()
+                })
+                .unwrap();
+            assert_eq!(
+                last.body["org.matrix.msc3202.device_unused_fallback_key_types"][&ghost]["DEV"],
+                json!([]),
+                "{}",
+                last.body
+            );
+        } else {
+            // The other appservice: its own event stream says when it caught up.
+            let room = human.create_room(&json!({"preset": "public_chat"})).await;
+            expect_ok(bot.post(&format!("/join/{room}"), &json!({})).await, "join");
+            human.send_text(&room, "caught up").await;
+            rx.wait_for_bodies(&["caught up"]).await;
+            assert!(
+                rx.requests().iter().all(|s| s
+                    .body
+                    .get("org.matrix.msc3202.device_one_time_keys_count")
+                    .is_none()),
+                "key counts reached an appservice without org.matrix.msc3202"
+            );
+        }
+    }
+}
+
+/// Issue 17, item 6 (MSC4203, unstable `de.sorunome.msc2409.to_device`): a to-device message
+/// for a device of an appservice's user reaches an appservice registered with
+/// `org.matrix.msc3202: true` in its transactions, with `to_user_id` and `to_device_id`; one
+/// without the flag does not get it.
+#[tokio::test]
+async fn appservice_gets_its_devices_to_device_messages() {
+    let (crypto_rx, plain_rx) = (Receiver::start().await, Receiver::start().await);
+    let (id, plain) = (as_id(), as_id());
+    let (server, _dir) = server_with(&[
+        (
+            "a.yaml",
+            registration(&id, Some(&crypto_rx.url())) + "org.matrix.msc3202: true\n",
+        ),
+        ("b.yaml", registration(&plain, Some(&plain_rx.url()))),
+    ])
+    .await;
+    let human = server.register_random().await;
+    let to_device = |rx: &Receiver| -> Vec<Value> {
+        rx.requests()
+            .into_iter()
+            .filter(|s| s.path.starts_with("/_matrix/app/v1/transactions/"))
+            .flat_map(|s| {
+                s.body["de.sorunome.msc2409.to_device"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect()
+    };
+    for (as_id, rx) in [(&id, &crypto_rx), (&plain, &plain_rx)] {
+        let bot = server.client_with_token(&format!("as_{as_id}_secret"));
+        let ghost = server.user_id(&format!("{as_id}_td"));
+        expect_ok(
+            bot.post(
+                "/register",
+                &json!({"type": "m.login.application_service", "username": format!("{as_id}_td"), "inhibit_login": true}),
+            )
+            .await,
+            "register a ghost",
+        );
+        let (status, _) = bot
+            .put(&format!("/devices/TD?user_id={ghost}"), &json!({}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        expect_ok(
+            human
+                .put(
+                    &format!("/sendToDevice/m.test/{}", random_localpart()),
+                    &json!({"messages": {&ghost: {"TD": {"secret": as_id}}}}),
+                )
+                .await,
+            "send to the ghost's device",
+        );
+        if std::ptr::eq(rx, &crypto_rx) {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !to_device(rx).iter().any(|e| {
+                e["type"] == "m.test"
+                    && e["sender"] == human.user_id
+                    && e["to_user_id"] == ghost
+                    && e["to_device_id"] == "TD"
+                    && e["content"]["secret"] == as_id.as_str()
+            }) {
+                assert!(
+                    Instant::now() < deadline,
+                    "no to-device message: {:?}",
+                    to_device(rx)
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        } else {
+            let room = human.create_room(&json!({"preset": "public_chat"})).await;
+            expect_ok(bot.post(&format!("/join/{room}"), &json!({})).await, "join");
+            human.send_text(&room, "caught up").await;
+            rx.wait_for_bodies(&["caught up"]).await;
+            assert!(to_device(rx).is_empty(), "{:?}", to_device(rx));
+        }
+    }
+}
+
+/// Issue 17, item 6 (MSC3202, `org.matrix.msc3202.device_lists`): when the device list of a
+/// user who shares a room with an appservice's user changes, an appservice registered with
+/// `org.matrix.msc3202: true` gets the user in `changed`; one without the flag does not.
+#[tokio::test]
+async fn appservice_gets_device_list_changes() {
+    let (crypto_rx, plain_rx) = (Receiver::start().await, Receiver::start().await);
+    let (id, plain) = (as_id(), as_id());
+    let (server, _dir) = server_with(&[
+        (
+            "a.yaml",
+            registration(&id, Some(&crypto_rx.url())) + "org.matrix.msc3202: true\n",
+        ),
+        ("b.yaml", registration(&plain, Some(&plain_rx.url()))),
+    ])
+    .await;
+    let human = server.register_random().await;
+    let room = human.create_room(&json!({"preset": "public_chat"})).await;
+    for as_id in [&id, &plain] {
+        let bot = server.client_with_token(&format!("as_{as_id}_secret"));
+        expect_ok(bot.post(&format!("/join/{room}"), &json!({})).await, "join");
+    }
+    expect_ok(
+        human
+            .put(
+                &format!("/devices/{}", human.device_id),
+                &json!({"display_name": "renamed"}),
+            )
+            .await,
+        "rename a device",
+    );
+    let changed = |rx: &Receiver| -> Vec<Value> {
+        rx.requests()
+            .into_iter()
+            .filter(|s| s.path.starts_with("/_matrix/app/v1/transactions/"))
+            .flat_map(|s| {
+                s.body["org.matrix.msc3202.device_lists"]["changed"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !changed(&crypto_rx).iter().any(|u| *u == human.user_id) {
+        assert!(
+            Instant::now() < deadline,
+            "no device list change: {:?}",
+            changed(&crypto_rx)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    human.send_text(&room, "caught up").await;
+    plain_rx.wait_for_bodies(&["caught up"]).await;
+    assert!(changed(&plain_rx).is_empty(), "{:?}", changed(&plain_rx));
 }

@@ -23,6 +23,7 @@ pub mod space;
 pub mod state;
 pub mod sync;
 pub mod tags;
+pub mod thirdparty;
 pub mod user_directory;
 
 use paracord_core::Error;

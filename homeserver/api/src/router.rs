@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::{
     extract::{MatchedPath, Request, State},
     response::{IntoResponse, Response},
-    routing::{get, post, put},
+    routing::{delete, get, post, put},
     Router,
 };
 use paracord_core::Error;
@@ -17,7 +17,7 @@ use crate::{
     client::{
         account, appservice, backup, config, device, directory, discovery, ephemeral, keys,
         membership, message, openid, profile, push, relations, reports, room, search, session,
-        space, state, sync, tags, user_directory,
+        space, state, sync, tags, thirdparty, user_directory,
     },
     federation, federation_events, federation_rooms, media,
     ruma_wrapper::RouterExt,
@@ -62,6 +62,29 @@ pub fn app(services: Arc<Services>) -> Router {
         .ruma::<c::account::whoami::v3::Request, _, _>(account::whoami_route)
         // application services
         .ruma::<c::appservice::request_ping::v1::Request, _, _>(appservice::request_ping_route)
+        .route(
+            "/_paracord/v1/admin/appservices",
+            get(appservice::admin_list_route).post(appservice::admin_add_route),
+        )
+        .route(
+            "/_paracord/v1/admin/appservices/{id}",
+            delete(appservice::admin_remove_route),
+        )
+        // third-party networks, answered by the appservices
+        .ruma::<c::thirdparty::get_protocols::v3::Request, _, _>(thirdparty::get_protocols_route)
+        .ruma::<c::thirdparty::get_protocol::v3::Request, _, _>(thirdparty::get_protocol_route)
+        .ruma::<c::thirdparty::get_location_for_protocol::v3::Request, _, _>(
+            thirdparty::get_location_for_protocol_route,
+        )
+        .ruma::<c::thirdparty::get_user_for_protocol::v3::Request, _, _>(
+            thirdparty::get_user_for_protocol_route,
+        )
+        .ruma::<c::thirdparty::get_location_for_room_alias::v3::Request, _, _>(
+            thirdparty::get_location_for_room_alias_route,
+        )
+        .ruma::<c::thirdparty::get_user_for_user_id::v3::Request, _, _>(
+            thirdparty::get_user_for_user_id_route,
+        )
         .ruma::<c::account::change_password::v3::Request, _, _>(account::change_password_route)
         .ruma::<c::account::deactivate::v3::Request, _, _>(account::deactivate_route)
         .route(

@@ -318,14 +318,15 @@ impl Read {
 
 /// The identity of a request made with an application service's `as_token`: its sender, or
 /// the user `?user_id=` names when that user is one of the appservice's (its namespace, any
-/// exclusivity, or the sender) and exists — except on `/register`, which makes the user.
+/// exclusivity, or the sender) and exists — except on `/register`, which makes the user —
+/// acting as its device `?device_id=` when given (it must exist: `400 M_UNKNOWN_DEVICE`).
 /// Also `?ts=`, the timestamp the appservice wants its event to carry.
 async fn appservice_identity(
     state: &AppState,
     token: &str,
     parts: &http::request::Parts,
 ) -> Result<(Identity, Option<u64>), ApiError> {
-    let Some(appservice) = state.appservices.by_as_token(token).cloned() else {
+    let Some(appservice) = state.appservices.by_as_token(token) else {
         return Err(ApiError(Error::unknown_token(false)));
     };
     let query: Vec<(String, String)> = parts
@@ -369,11 +370,25 @@ async fn appservice_identity(
         }
         None => appservice.sender.clone(),
     };
+    // `?device_id=` (spec v1.17, MSC3202): act as that device of the user, which must exist.
+    let device_id = match param("device_id") {
+        Some(d) => {
+            if state.accounts.device(&user_id, &d)?.is_none() {
+                return Err(ApiError(Error::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorKind::UnknownDevice,
+                    "the user has no such device",
+                )));
+            }
+            ruma::OwnedDeviceId::from(d)
+        }
+        None => appservice.device_id().into(),
+    };
     let ts = param("ts").and_then(|t| t.parse::<u64>().ok());
     Ok((
         Identity {
             user_id,
-            device_id: appservice.device_id().into(),
+            device_id,
             admin: false,
             appservice: Some(appservice.id().to_owned()),
         },

@@ -45,6 +45,8 @@ pub enum ErrorKind {
     ConnectionFailed,
     ConnectionTimeout,
     BadStatus { status: u16, body: String },
+    // An appservice's `?device_id=` names no device of the user.
+    UnknownDevice,
     Unknown,
 }
 
@@ -81,6 +83,7 @@ impl ErrorKind {
             Self::UnableToAuthoriseJoin => "M_UNABLE_TO_AUTHORISE_JOIN",
             Self::IncompatibleRoomVersion { .. } => "M_INCOMPATIBLE_ROOM_VERSION",
             Self::UrlNotSet => "M_URL_NOT_SET",
+            Self::UnknownDevice => "M_UNKNOWN_DEVICE",
             Self::ConnectionFailed => "M_CONNECTION_FAILED",
             Self::ConnectionTimeout => "M_CONNECTION_TIMEOUT",
             Self::BadStatus { .. } => "M_BAD_STATUS",

@@ -1,14 +1,16 @@
 //! Application services (the Matrix Application Service API): the registrations loaded from
-//! `appservice_dir`, the questions the API asks of them (whose token is this, who owns this
+//! `appservice_dir` or added with the admin API (kept in `appserviceid_registration`), the questions the API asks of them (whose token is this, who owns this
 //! user or alias namespace), the per-appservice transaction queue fed by an observer of the
 //! room pipeline, its sender, pings and user/alias queries.
 //!
 //! Every event an appservice is interested in is written to `appserviceseq_event`
 //! (`appservice id 0xFF seq` → event id) in the batch that commits the event, so nothing
 //! accepted is lost by a crash. One sender task per appservice reads the oldest rows (at most
-//! [`TXN_EVENTS`]), sends them as one `PUT /_matrix/app/v1/transactions/{txnId}` and deletes
-//! exactly those rows on a 200. A failure keeps the batch (same events, same transaction id)
-//! and retries with exponential backoff up to [`RETRY_MAX`]. A new event wakes the sender.
+//! [`TXN_EVENTS`]), writes their sequence range down as the formed transaction (so it stays
+//! the same across restarts), sends them as one `PUT /_matrix/app/v1/transactions/{txnId}` and
+//! deletes exactly those rows and the range on a 200. A failure keeps the transaction (same
+//! events, same id) and retries with exponential backoff up to [`RETRY_MAX`]. A new event
+//! wakes the sender.
 
 use std::{
     collections::HashMap,
@@ -22,16 +24,19 @@ use paracord_storage::{
     key::{KeyBuf, KeyReader},
     Batch, Db, StorageError, Table,
 };
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use regex::Regex;
 use ruma::{
     api::appservice::{Namespace, Registration},
+    thirdparty::Protocol,
     OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId,
 };
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
 use crate::{
+    e2ee::DeviceObserver,
+    ephemeral::{EphemeralKind, EphemeralObserver, EphemeralUpdate},
     outbound::{GuardedClient, OutboundGuard},
     rooms::{hooks::EventObserver, notify::Notification, Pdu, Rooms},
     stream::Stream,
@@ -54,7 +59,11 @@ const MAX_ERROR_BODY: usize = 1000;
 pub const APPSERVICE_DEVICE: &str = "APPSERVICE";
 
 /// A room's member list and which appservices have a user in it.
-type MemberInterest = (Arc<crate::rooms::RoomMembers>, Arc<Vec<bool>>);
+type MemberInterest = (
+    Arc<crate::rooms::RoomMembers>,
+    Arc<Vec<Arc<Appservice>>>,
+    Arc<Vec<bool>>,
+);
 
 /// The key of a queued event in `appserviceseq_event`: `appservice id 0xFF seq`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +97,74 @@ fn delivered_key(appservice: &str) -> Vec<u8> {
     format!("appservice_delivered\u{ff}{appservice}").into_bytes()
 }
 
+/// The `global_value` key of the sequence range (`first` and `last`, 8 bytes each) of the
+/// transaction formed for an appservice and not yet accepted: written before it is first
+/// sent, deleted with its rows once it is accepted.
+fn formed_key(appservice: &str) -> Vec<u8> {
+    format!("appservice_formed\u{ff}{appservice}").into_bytes()
+}
+
+/// The transaction field of to-device messages: MSC4203's `to_device`, under the unstable
+/// name of MSC2409's to-device part, which MSC4203 was split from.
+const TO_DEVICE_FIELD: &str = "de.sorunome.msc2409.to_device";
+
+/// A queue row: key and value.
+type Row = (Vec<u8>, Vec<u8>);
+
+/// How long queued typing and presence stay worth sending: older rows are dropped when a
+/// transaction is formed (an appservice that was down gets the receipts, not stale typing).
+const EPHEMERAL_MAX_AGE: u64 = 120_000;
+
+/// A queued piece of ephemeral data (the value of an `appserviceseq_event` row that is not an
+/// event id: JSON, so it starts with `{` where an event id starts with `$`).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct QueuedEphemeral {
+    /// When it was queued (ms since the epoch).
+    ts: u64,
+    /// Whether it may be dropped once older than [`EPHEMERAL_MAX_AGE`] (typing, presence).
+    droppable: bool,
+    event: Value,
+    /// Instead of an event: a device's key counts (MSC3202).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    keys: Option<KeyCounts>,
+    /// `event` is a to-device message for one of its users' devices (MSC4203).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    to_device: bool,
+    /// Instead of an event: the user whose device list changed (MSC3202).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    device_list_changed: Option<String>,
+}
+
+/// One device's one-time key counts and unused fallback key types, as queued.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct KeyCounts {
+    user: String,
+    device: String,
+    counts: std::collections::BTreeMap<String, u64>,
+    fallback: Vec<String>,
+}
+
+impl QueuedEphemeral {
+    fn decode(value: &[u8]) -> Option<Self> {
+        if value.first() != Some(&b'{') {
+            return None;
+        }
+        serde_json::from_slice(value).ok()
+    }
+
+    fn is_stale(value: &[u8], now: u64) -> bool {
+        Self::decode(value)
+            .is_some_and(|q| q.droppable && now.saturating_sub(q.ts) > EPHEMERAL_MAX_AGE)
+    }
+}
+
+/// A formed transaction: its id, queue rows and body.
+struct Pending {
+    txn_id: String,
+    keys: Vec<Vec<u8>>,
+    body: Value,
+}
+
 /// One namespace: a regex matched against the whole id.
 #[derive(Debug)]
 struct Pattern {
@@ -118,6 +195,14 @@ fn matches(list: &[Pattern], id: &str, exclusive_only: bool) -> bool {
 #[derive(Debug)]
 pub struct Appservice {
     pub registration: Registration,
+    /// Whether it gets typing, receipts and presence (`receive_ephemeral`, or MSC2409's
+    /// `de.sorunome.msc2409.push_ephemeral`).
+    pub receive_ephemeral: bool,
+    /// Added with the admin API (kept in `appserviceid_registration`), not from a file.
+    pub added: bool,
+    /// Whether it gets one-time and fallback key counts of its users' devices in
+    /// transactions (MSC3202, registration key `org.matrix.msc3202: true`).
+    pub msc3202: bool,
     /// `@sender_localpart:server`.
     pub sender: OwnedUserId,
     users: Vec<Pattern>,
@@ -164,6 +249,9 @@ impl Appservice {
             users,
             aliases,
             rooms,
+            receive_ephemeral: registration.receive_ephemeral,
+            added: false,
+            msc3202: false,
             registration,
         })
     }
@@ -235,6 +323,35 @@ impl Appservice {
     }
 }
 
+/// Parses a registration (YAML, or JSON, which is YAML too). MSC2409's unstable
+/// `de.sorunome.msc2409.push_ephemeral: true` counts as `receive_ephemeral: true`.
+pub fn parse_registration(text: &str) -> Result<Registration, String> {
+    let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+    let unstable = value
+        .get("de.sorunome.msc2409.push_ephemeral")
+        .and_then(serde_yaml::Value::as_bool)
+        .unwrap_or(false);
+    let mut registration: Registration =
+        serde_yaml::from_value(value).map_err(|e| e.to_string())?;
+    registration.receive_ephemeral |= unstable;
+    Ok(registration)
+}
+
+impl Appservice {
+    /// [`parse_registration`] and [`Appservice::new`], with the unstable keys read too.
+    pub fn from_text(text: &str, server_name: &str) -> Result<Self, String> {
+        let mut a = Self::new(parse_registration(text)?, server_name)?;
+        a.msc3202 = serde_yaml::from_str::<serde_yaml::Value>(text)
+            .ok()
+            .and_then(|v| {
+                v.get("org.matrix.msc3202")
+                    .and_then(serde_yaml::Value::as_bool)
+            })
+            .unwrap_or(false);
+        Ok(a)
+    }
+}
+
 /// Reads every `*.yaml` / `*.yml` file of `dir` (in name order). A file that cannot be read
 /// or parsed, or that clashes with one loaded before it (id, a token, an exclusive user
 /// namespace), is logged with why and skipped.
@@ -262,8 +379,7 @@ pub fn load_dir(dir: &Path, server_name: &str) -> Vec<Appservice> {
     for file in files {
         let parsed = std::fs::read_to_string(&file)
             .map_err(|e| format!("cannot read it: {e}"))
-            .and_then(|text| serde_yaml::from_str::<Registration>(&text).map_err(|e| e.to_string()))
-            .and_then(|r| Appservice::new(r, server_name))
+            .and_then(|text| Appservice::from_text(&text, server_name))
             .and_then(|a| match clash(&loaded, &a) {
                 Some(why) => Err(why),
                 None => Ok(a),
@@ -284,8 +400,12 @@ pub fn load_dir(dir: &Path, server_name: &str) -> Vec<Appservice> {
 
 /// Why `new` cannot sit beside `loaded`, if it cannot.
 fn clash(loaded: &[Appservice], new: &Appservice) -> Option<String> {
+    clash_any(&loaded.iter().collect::<Vec<_>>(), new)
+}
+
+fn clash_any(loaded: &[&Appservice], new: &Appservice) -> Option<String> {
     let (n, nr) = (new, &new.registration);
-    for old in loaded {
+    for old in loaded.iter().copied() {
         let or = &old.registration;
         if or.id == nr.id {
             return Some(format!("id {:?} is already registered", nr.id));
@@ -378,12 +498,19 @@ fn outbound_error(e: &reqwest::Error) -> Error {
 /// The loaded appservices, their queues and senders.
 pub struct Appservices {
     db: Arc<Db>,
-    list: Vec<Arc<Appservice>>,
+    server_name: String,
+    /// The registrations; replaced whole when the admin API adds or removes one, so readers
+    /// take a snapshot.
+    list: RwLock<Arc<Vec<Arc<Appservice>>>>,
     http: GuardedClient,
     /// The next sequence number of each appservice's queue.
     next_seq: Mutex<HashMap<String, u64>>,
     /// Wakes an appservice's sender (a new event).
-    wakes: HashMap<String, Arc<Notify>>,
+    wakes: Mutex<HashMap<String, Arc<Notify>>>,
+    /// The running sender tasks, stopped when their appservice is removed.
+    senders: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    /// What senders started later need, once [`Appservices::start`] ran.
+    started: Mutex<Option<(Weak<Rooms>, Arc<Stream>)>>,
     /// Per room, which appservices (by their place in `list`) have a user among its members:
     /// read once, forgotten at the room's next state event or merge of forks.
     /// By room: the member list it was worked out from, and which appservices have a user in
@@ -392,103 +519,248 @@ pub struct Appservices {
 }
 
 impl Appservices {
-    /// The appservices of `config.appservice_dir` (none when it is unset).
+    /// The appservices of `config.appservice_dir` (none when it is unset) and those added
+    /// with the admin API (kept in `appserviceid_registration`).
     pub fn from_config(db: Arc<Db>, config: &Config) -> Result<Self> {
-        let list = match &config.appservice_dir {
+        let mut list = match &config.appservice_dir {
             Some(dir) => load_dir(dir, &config.server_name),
             None => Vec::new(),
         };
-        Self::new(db, list, OutboundGuard::from_config(config))
+        for (id, row) in db.scan_prefix(Table::AppserviceidRegistration, b"")? {
+            let id = String::from_utf8_lossy(&id).into_owned();
+            // The registration as the admin sent it (YAML or JSON).
+            let parsed = std::str::from_utf8(&row)
+                .map_err(|e| e.to_string())
+                .and_then(|text| Appservice::from_text(text, &config.server_name))
+                .and_then(|a| match clash(&list, &a) {
+                    Some(why) => Err(why),
+                    None => Ok(a),
+                });
+            match parsed {
+                Ok(mut a) => {
+                    a.added = true;
+                    tracing::info!(id, "loaded appservice registration added by an admin");
+                    list.push(a);
+                }
+                Err(why) => tracing::error!(id, "skipping appservice registration: {why}"),
+            }
+        }
+        Self::new(
+            db,
+            list,
+            OutboundGuard::from_config(config),
+            &config.server_name,
+        )
     }
 
-    pub fn new(db: Arc<Db>, list: Vec<Appservice>, guard: OutboundGuard) -> Result<Self> {
+    pub fn new(
+        db: Arc<Db>,
+        list: Vec<Appservice>,
+        guard: OutboundGuard,
+        server_name: &str,
+    ) -> Result<Self> {
         let http = GuardedClient::new(guard, 0, REQUEST_TIMEOUT).map_err(Error::internal)?;
         let mut next_seq = HashMap::new();
         let mut wakes = HashMap::new();
         for a in &list {
-            let id = a.id();
-            let last = db
-                .last_with_prefix(Table::AppserviceseqEvent, &QueueKey::prefix(id))?
-                .map(|(k, _)| QueueKey::decode(&k).map(|k| k.seq.saturating_add(1)))
-                .transpose()?
-                .unwrap_or(0);
-            let delivered = db
-                .get(Table::GlobalValue, &delivered_key(id))?
-                .map(|v| paracord_storage::key::decode_u64(&v))
-                .transpose()?
-                .unwrap_or(0);
-            next_seq.insert(id.to_owned(), last.max(delivered));
-            wakes.insert(id.to_owned(), Arc::new(Notify::new()));
+            next_seq.insert(a.id().to_owned(), Self::resume_seq(&db, a.id())?);
+            wakes.insert(a.id().to_owned(), Arc::new(Notify::new()));
         }
         Ok(Self {
             db,
-            list: list.into_iter().map(Arc::new).collect(),
+            server_name: server_name.to_owned(),
+            list: RwLock::new(Arc::new(list.into_iter().map(Arc::new).collect())),
             http,
             next_seq: Mutex::new(next_seq),
-            wakes,
+            wakes: Mutex::new(wakes),
+            senders: Mutex::default(),
+            started: Mutex::default(),
             member_interest: Mutex::default(),
         })
     }
 
-    pub fn all(&self) -> &[Arc<Appservice>] {
-        &self.list
+    /// The sequence number after the last one `id` used (queued or delivered).
+    fn resume_seq(db: &Db, id: &str) -> Result<u64> {
+        let last = db
+            .last_with_prefix(Table::AppserviceseqEvent, &QueueKey::prefix(id))?
+            .map(|(k, _)| QueueKey::decode(&k).map(|k| k.seq.saturating_add(1)))
+            .transpose()?
+            .unwrap_or(0);
+        let delivered = db
+            .get(Table::GlobalValue, &delivered_key(id))?
+            .map(|v| paracord_storage::key::decode_u64(&v))
+            .transpose()?
+            .unwrap_or(0);
+        Ok(last.max(delivered))
+    }
+
+    /// The registrations now (a snapshot).
+    pub fn all(&self) -> Arc<Vec<Arc<Appservice>>> {
+        self.list.read().clone()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
+        self.list.read().is_empty()
+    }
+
+    /// Adds a registration (YAML or JSON) at run time, checked like the files and against
+    /// every registration loaded, kept in `appserviceid_registration` so a restart keeps it;
+    /// its sender starts at once.
+    pub fn add(self: &Arc<Self>, text: &str) -> Result<Arc<Appservice>> {
+        let mut a = Appservice::from_text(text, &self.server_name)
+            .map_err(|why| Error::invalid_param(format!("bad registration: {why}")))?;
+        a.added = true;
+        let a = Arc::new(a);
+        {
+            let mut list = self.list.write();
+            let current: Vec<&Appservice> = list.iter().map(|a| a.as_ref()).collect();
+            if let Some(why) = clash_any(&current, &a) {
+                return Err(Error::invalid_param(why));
+            }
+            let mut batch = Batch::new();
+            batch.put(
+                Table::AppserviceidRegistration,
+                a.id().as_bytes().to_vec(),
+                text.as_bytes().to_vec(),
+            );
+            self.db.write(batch)?;
+            self.next_seq
+                .lock()
+                .insert(a.id().to_owned(), Self::resume_seq(&self.db, a.id())?);
+            self.wakes
+                .lock()
+                .insert(a.id().to_owned(), Arc::new(Notify::new()));
+            let mut next = list.as_ref().clone();
+            next.push(a.clone());
+            *list = Arc::new(next);
+        }
+        self.member_interest.lock().clear();
+        let started = self.started.lock().clone();
+        if let Some((rooms, stream)) = started {
+            if let Some(rooms) = rooms.upgrade() {
+                self.start_one(&a, rooms, stream);
+            }
+        }
+        tracing::info!(id = a.id(), "appservice registration added");
+        Ok(a)
+    }
+
+    /// Removes a registration added with the admin API: its sender stops, its queue and
+    /// row are deleted (the sequence goes on from where it was should the id come back, so
+    /// no transaction id is used twice).
+    pub fn remove(&self, id: &str) -> Result<()> {
+        {
+            let mut list = self.list.write();
+            let Some(a) = list.iter().find(|a| a.id() == id) else {
+                return Err(Error::not_found("no application service with this id"));
+            };
+            if !a.added {
+                return Err(Error::invalid_param(
+                    "this application service comes from a file in appservice_dir: remove the file and restart",
+                ));
+            }
+            if let Some(task) = self.senders.lock().remove(id) {
+                task.abort();
+            }
+            self.wakes.lock().remove(id);
+            let next_seq = self
+                .next_seq
+                .lock()
+                .get(id)
+                .copied()
+                .unwrap_or(0)
+                .max(Self::resume_seq(&self.db, id)?);
+            let mut batch = Batch::new();
+            for (k, _) in self
+                .db
+                .scan_prefix(Table::AppserviceseqEvent, &QueueKey::prefix(id))?
+            {
+                batch.delete(Table::AppserviceseqEvent, k.to_vec());
+            }
+            batch.delete(Table::GlobalValue, formed_key(id));
+            batch.put(
+                Table::GlobalValue,
+                delivered_key(id),
+                next_seq.to_be_bytes().to_vec(),
+            );
+            batch.delete(Table::AppserviceidRegistration, id.as_bytes().to_vec());
+            self.db.write(batch)?;
+            let next: Vec<_> = list.iter().filter(|a| a.id() != id).cloned().collect();
+            *list = Arc::new(next);
+        }
+        self.member_interest.lock().clear();
+        tracing::info!(id, "appservice registration removed");
+        Ok(())
     }
 
     /// The appservice whose `as_token` this is.
-    pub fn by_as_token(&self, token: &str) -> Option<&Arc<Appservice>> {
+    pub fn by_as_token(&self, token: &str) -> Option<Arc<Appservice>> {
         // Compared in constant time per registration, so timing does not tell a prefix.
-        self.list.iter().find(|a| {
-            let t = a.registration.as_token.as_bytes();
-            t.len() == token.len()
-                && t.iter()
-                    .zip(token.as_bytes())
-                    .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-                    == 0
-        })
+        self.all()
+            .iter()
+            .find(|a| {
+                let t = a.registration.as_token.as_bytes();
+                t.len() == token.len()
+                    && t.iter()
+                        .zip(token.as_bytes())
+                        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+                        == 0
+            })
+            .cloned()
     }
 
-    pub fn by_id(&self, id: &str) -> Option<&Arc<Appservice>> {
-        self.list.iter().find(|a| a.id() == id)
+    pub fn by_id(&self, id: &str) -> Option<Arc<Appservice>> {
+        self.all().iter().find(|a| a.id() == id).cloned()
     }
 
     /// The appservice with an exclusive user namespace that matches `user`.
-    pub fn exclusive_user_owner(&self, user: &str) -> Option<&Arc<Appservice>> {
-        self.list.iter().find(|a| a.is_exclusive_user(user))
+    pub fn exclusive_user_owner(&self, user: &str) -> Option<Arc<Appservice>> {
+        self.all()
+            .iter()
+            .find(|a| a.is_exclusive_user(user))
+            .cloned()
     }
 
     /// The appservice with an exclusive alias namespace that matches `alias`.
-    pub fn exclusive_alias_owner(&self, alias: &str) -> Option<&Arc<Appservice>> {
-        self.list.iter().find(|a| a.is_exclusive_alias(alias))
+    pub fn exclusive_alias_owner(&self, alias: &str) -> Option<Arc<Appservice>> {
+        self.all()
+            .iter()
+            .find(|a| a.is_exclusive_alias(alias))
+            .cloned()
     }
 
     /// The appservice whose users include `user` (sender or namespace), exclusive first.
-    pub fn user_owner(&self, user: &UserId) -> Option<&Arc<Appservice>> {
+    pub fn user_owner(&self, user: &UserId) -> Option<Arc<Appservice>> {
         self.exclusive_user_owner(user.as_str())
-            .or_else(|| self.list.iter().find(|a| a.owns_user(user)))
+            .or_else(|| self.all().iter().find(|a| a.owns_user(user)).cloned())
     }
 
     /// Whether `user` is never rate limited: an appservice's sender (the spec excludes it),
     /// or a user of an appservice registered with `rate_limited: false`.
     pub fn exempt_from_rate_limits(&self, user: &str) -> bool {
+        let list = self.all();
+        if list.is_empty() {
+            return false;
+        }
         let Ok(user) = UserId::parse(user) else {
             return false;
         };
-        self.list
-            .iter()
+        list.iter()
             .any(|a| a.sender == user || (!a.rate_limited() && a.owns_user(&user)))
     }
 
     /// Queues `event_id` for every appservice interested in it, in `batch`.
     fn queue(&self, batch: &mut Batch, rooms: &Rooms, room_id: &RoomId, pdu: &Pdu) {
-        if self.list.is_empty() {
+        let list = self.all();
+        if list.is_empty() {
             return;
         }
-        let by_members = self.member_interest(rooms, room_id);
-        for (i, a) in self.list.iter().enumerate() {
+        let by_members = self.member_interest(rooms, room_id, &list);
+        for (i, a) in list.iter().enumerate() {
+            // `url: null`: the appservice wants no traffic; nothing would ever send the rows.
+            if a.registration.url.is_none() {
+                continue;
+            }
             if !a.interested(rooms, room_id, pdu) && by_members.get(i) != Some(&true) {
                 continue;
             }
@@ -514,18 +786,22 @@ impl Appservices {
     /// Which appservices have a user among the room's joined members. The answer is kept
     /// with the member list it came from: the rooms' cache hands out a new list after every
     /// membership write, which makes the answer be worked out again.
-    fn member_interest(&self, rooms: &Rooms, room_id: &RoomId) -> Arc<Vec<bool>> {
+    fn member_interest(
+        &self,
+        rooms: &Rooms,
+        room_id: &RoomId,
+        list: &Arc<Vec<Arc<Appservice>>>,
+    ) -> Arc<Vec<bool>> {
         let Ok(members) = rooms.shared_members(room_id) else {
             return Arc::default();
         };
-        if let Some((from, known)) = self.member_interest.lock().get(room_id) {
-            if Arc::ptr_eq(from, &members) {
+        if let Some((from, of, known)) = self.member_interest.lock().get(room_id) {
+            if Arc::ptr_eq(from, &members) && Arc::ptr_eq(of, list) {
                 return known.clone();
             }
         }
         let answer = Arc::new(
-            self.list
-                .iter()
+            list.iter()
                 .map(|a| members.joined.iter().any(|u| a.owns_user(u)))
                 .collect::<Vec<_>>(),
         );
@@ -533,35 +809,45 @@ impl Appservices {
         if cache.len() >= MEMBER_CACHE_ROOMS {
             cache.clear();
         }
-        cache.insert(room_id.to_owned(), (members, answer.clone()));
+        cache.insert(room_id.to_owned(), (members, list.clone(), answer.clone()));
         answer
     }
 
     /// Wakes every sender (events were committed).
     fn wake_all(&self) {
-        for w in self.wakes.values() {
+        for w in self.wakes.lock().values() {
             w.notify_one();
         }
     }
 
     /// Starts one sender task per appservice with a URL; each resumes what its queue holds.
+    /// Appservices added later start theirs when added.
     pub fn start(self: &Arc<Self>, rooms: Arc<Rooms>, stream: Arc<Stream>) {
-        for a in &self.list {
-            if a.registration.url.is_none() {
-                continue;
-            }
-            let Some(wake) = self.wakes.get(a.id()).cloned() else {
-                continue;
-            };
-            let me = self.clone();
-            let (a, rooms, stream) = (a.clone(), rooms.clone(), stream.clone());
-            tokio::spawn(async move { me.run_sender(a, rooms, stream, wake).await });
+        *self.started.lock() = Some((Arc::downgrade(&rooms), stream.clone()));
+        for a in self.all().iter() {
+            self.start_one(a, rooms.clone(), stream.clone());
         }
     }
 
-    /// The oldest queued events of `a`: their keys and client-format JSON.
-    fn read_batch(&self, a: &Appservice, rooms: &Rooms) -> Result<(Vec<Vec<u8>>, Vec<Value>)> {
-        let prefix = QueueKey::prefix(a.id());
+    fn start_one(self: &Arc<Self>, a: &Arc<Appservice>, rooms: Arc<Rooms>, stream: Arc<Stream>) {
+        if a.registration.url.is_none() {
+            return;
+        }
+        let Some(wake) = self.wakes.lock().get(a.id()).cloned() else {
+            return;
+        };
+        let me = self.clone();
+        let id = a.id().to_owned();
+        let a = a.clone();
+        let task = tokio::spawn(async move { me.run_sender(a, rooms, stream, wake).await });
+        if let Some(old) = self.senders.lock().insert(id, task) {
+            old.abort();
+        }
+    }
+
+    /// The oldest rows of `appservice`'s queue, at most [`TXN_EVENTS`].
+    fn oldest_rows(&self, appservice: &str) -> Result<Vec<Row>> {
+        let prefix = QueueKey::prefix(appservice);
         let rows = self.db.scan(
             Table::AppserviceseqEvent,
             &prefix,
@@ -570,21 +856,332 @@ impl Appservices {
             false,
             TXN_EVENTS,
         )?;
+        Ok(rows
+            .into_iter()
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect())
+    }
+
+    /// The transaction `appservice` is to be sent next: its id and rows. It is the one formed
+    /// before (its sequence numbers persisted in `global_value`, so a retry, also after a
+    /// restart, carries the same id and the same rows, never more), or a new one of the oldest
+    /// queued rows, persisted before it is first sent. Typing and presence rows older than
+    /// [`EPHEMERAL_MAX_AGE`] are dropped when a transaction is formed. `None` when the queue
+    /// is empty.
+    fn form(&self, appservice: &str) -> Result<Option<(String, Vec<Row>)>> {
+        if let Some(seqs) = self.formed(appservice)? {
+            let mut rows = Vec::with_capacity(seqs.len());
+            for seq in &seqs {
+                let key = QueueKey {
+                    appservice,
+                    seq: *seq,
+                }
+                .encode();
+                if let Some(v) = self.db.get(Table::AppserviceseqEvent, &key)? {
+                    rows.push((key, v));
+                }
+            }
+            if let (Some(first), Some(last)) = (seqs.first(), seqs.last()) {
+                if !rows.is_empty() {
+                    return Ok(Some((format!("{first}-{last}"), rows)));
+                }
+            }
+            // Its rows are gone (they are deleted with the marker, so only by hand).
+            let mut batch = Batch::new();
+            batch.delete(Table::GlobalValue, formed_key(appservice));
+            self.db.write(batch)?;
+        }
+        let now = paracord_core::time::now_ms();
+        loop {
+            let rows = self.oldest_rows(appservice)?;
+            if rows.is_empty() {
+                return Ok(None);
+            }
+            let mut batch = Batch::new();
+            let mut kept = Vec::with_capacity(rows.len());
+            let mut seqs = Vec::with_capacity(rows.len() * 8);
+            for (k, v) in rows {
+                if QueuedEphemeral::is_stale(&v, now) {
+                    batch.delete(Table::AppserviceseqEvent, k);
+                    continue;
+                }
+                seqs.extend_from_slice(&QueueKey::decode(&k)?.seq.to_be_bytes());
+                kept.push((k, v));
+            }
+            let (Some((first, _)), Some((last, _))) = (kept.first(), kept.last()) else {
+                // Only stale rows: dropped, look again.
+                self.db.write(batch)?;
+                continue;
+            };
+            let txn_id = format!(
+                "{}-{}",
+                QueueKey::decode(first)?.seq,
+                QueueKey::decode(last)?.seq
+            );
+            batch.put(Table::GlobalValue, formed_key(appservice), seqs);
+            self.db.write(batch)?;
+            return Ok(Some((txn_id, kept)));
+        }
+    }
+
+    /// The transaction `a` is to be sent next (see [`Self::form`]), with its body.
+    fn next_transaction(&self, a: &Appservice, rooms: &Rooms) -> Result<Option<Pending>> {
+        let Some((txn_id, rows)) = self.form(a.id())? else {
+            return Ok(None);
+        };
         let mut keys = Vec::with_capacity(rows.len());
         let mut events = Vec::with_capacity(rows.len());
+        let (mut ephemeral, mut to_device) = (Vec::new(), Vec::new());
+        let (mut otk_counts, mut fallback) = (json!({}), json!({}));
+        let mut changed: Vec<String> = Vec::new();
         for (k, v) in rows {
-            let event_id = ruma::EventId::parse(String::from_utf8_lossy(&v).as_ref())
-                .map_err(Error::internal)?;
-            let event = match rooms.short_id(&event_id)? {
-                Some(short) => rooms.client_event_plain(short, None)?.map(|(_, e)| e),
-                None => None,
-            };
-            if let Some(e) = event {
-                events.push(e);
+            if let Some(q) = QueuedEphemeral::decode(&v) {
+                match q.keys {
+                    // The latest counts of a device win.
+                    Some(c) => {
+                        otk_counts[&c.user][&c.device] = json!(c.counts);
+                        fallback[&c.user][&c.device] = json!(c.fallback);
+                    }
+                    None if q.to_device => to_device.push(q.event),
+                    None if q.device_list_changed.is_some() => {
+                        changed.extend(q.device_list_changed);
+                    }
+                    None => ephemeral.push(q.event),
+                }
+            } else {
+                let event_id = ruma::EventId::parse(String::from_utf8_lossy(&v).as_ref())
+                    .map_err(Error::internal)?;
+                let event = match rooms.short_id(&event_id)? {
+                    Some(short) => rooms.client_event_plain(short, None)?.map(|(_, e)| e),
+                    None => None,
+                };
+                if let Some(e) = event {
+                    events.push(e);
+                }
             }
-            keys.push(k.to_vec());
+            keys.push(k);
         }
-        Ok((keys, events))
+        let mut body = json!({ "events": events });
+        if !ephemeral.is_empty() {
+            body["ephemeral"] = ephemeral.into();
+        }
+        if !to_device.is_empty() {
+            body[TO_DEVICE_FIELD] = to_device.into();
+        }
+        if !changed.is_empty() {
+            changed.sort();
+            changed.dedup();
+            body["org.matrix.msc3202.device_lists"] = json!({ "changed": changed });
+        }
+        if otk_counts.as_object().is_some_and(|o| !o.is_empty()) {
+            body["org.matrix.msc3202.device_one_time_keys_count"] = otk_counts;
+            body["org.matrix.msc3202.device_unused_fallback_key_types"] = fallback;
+        }
+        Ok(Some(Pending { txn_id, keys, body }))
+    }
+
+    /// The sequence numbers of `appservice`'s formed, not yet accepted transaction.
+    fn formed(&self, appservice: &str) -> Result<Option<Vec<u64>>> {
+        let Some(v) = self.db.get(Table::GlobalValue, &formed_key(appservice))? else {
+            return Ok(None);
+        };
+        v.chunks(8)
+            .map(paracord_storage::key::decode_u64)
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+            .map_err(Into::into)
+    }
+
+    /// Deletes an accepted transaction's rows and marker and moves the delivered mark past it,
+    /// in one write.
+    fn accepted(&self, appservice: &str, keys: &[Vec<u8>]) -> Result<()> {
+        let mut batch = Batch::new();
+        let mut after = 0;
+        for k in keys {
+            if let Ok(q) = QueueKey::decode(k) {
+                after = q.seq.saturating_add(1).max(after);
+            }
+            batch.delete(Table::AppserviceseqEvent, k.clone());
+        }
+        if let Some(seqs) = self.formed(appservice)? {
+            if let Some(last) = seqs.iter().max() {
+                after = after.max(last.saturating_add(1));
+            }
+        }
+        let done = self
+            .db
+            .get(Table::GlobalValue, &delivered_key(appservice))?
+            .map(|v| paracord_storage::key::decode_u64(&v))
+            .transpose()?
+            .unwrap_or(0);
+        batch.put(
+            Table::GlobalValue,
+            delivered_key(appservice),
+            after.max(done).to_be_bytes().to_vec(),
+        );
+        batch.delete(Table::GlobalValue, formed_key(appservice));
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    /// Whether an appservice takes the key counts of `user`'s devices (MSC3202).
+    fn wants_key_counts(&self, user: &UserId) -> bool {
+        self.all()
+            .iter()
+            .any(|a| a.msc3202 && a.registration.url.is_some() && a.owns_user(user))
+    }
+
+    /// Queues a to-device message for the appservices with `org.matrix.msc3202` that own the
+    /// user (the message also stays in the device's inbox for `/sync`).
+    fn queue_to_device(&self, user: &UserId, device: &str, mut event: Value) {
+        let list = self.all();
+        let wanted: Vec<&Arc<Appservice>> = list
+            .iter()
+            .filter(|a| a.msc3202 && a.registration.url.is_some() && a.owns_user(user))
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        event["to_user_id"] = json!(user);
+        event["to_device_id"] = json!(device);
+        let row = QueuedEphemeral {
+            ts: paracord_core::time::now_ms(),
+            droppable: false,
+            event,
+            keys: None,
+            to_device: true,
+            device_list_changed: None,
+        };
+        let Ok(value) = serde_json::to_vec(&row) else {
+            return;
+        };
+        self.put_rows(&wanted, &value);
+    }
+
+    /// Queues a device list change of `user` for the appservices with `org.matrix.msc3202`
+    /// that own `user` or one of the users sharing a room with them.
+    fn queue_device_list_change(
+        &self,
+        user: &UserId,
+        sharing: &std::collections::HashSet<OwnedUserId>,
+    ) {
+        let list = self.all();
+        let wanted: Vec<&Arc<Appservice>> = list
+            .iter()
+            .filter(|a| a.msc3202 && a.registration.url.is_some())
+            .filter(|a| a.owns_user(user) || sharing.iter().any(|u| a.owns_user(u)))
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let row = QueuedEphemeral {
+            ts: paracord_core::time::now_ms(),
+            droppable: false,
+            event: Value::Null,
+            keys: None,
+            to_device: false,
+            device_list_changed: Some(user.to_string()),
+        };
+        let Ok(value) = serde_json::to_vec(&row) else {
+            return;
+        };
+        self.put_rows(&wanted, &value);
+    }
+
+    /// Queues a device's key counts for the appservices with `org.matrix.msc3202` that own
+    /// the user.
+    fn queue_key_counts(&self, counts: KeyCounts) {
+        let Ok(user) = UserId::parse(counts.user.as_str()) else {
+            return;
+        };
+        let list = self.all();
+        let wanted: Vec<&Arc<Appservice>> = list
+            .iter()
+            .filter(|a| a.msc3202 && a.registration.url.is_some() && a.owns_user(&user))
+            .collect();
+        let row = QueuedEphemeral {
+            ts: paracord_core::time::now_ms(),
+            droppable: false,
+            event: Value::Null,
+            keys: Some(counts),
+            to_device: false,
+            device_list_changed: None,
+        };
+        let Ok(value) = serde_json::to_vec(&row) else {
+            return;
+        };
+        self.put_rows(&wanted, &value);
+    }
+
+    /// Writes `value` as the next row of each of `wanted`'s queues and wakes their senders.
+    fn put_rows(&self, wanted: &[&Arc<Appservice>], value: &[u8]) {
+        if wanted.is_empty() {
+            return;
+        }
+        let mut batch = Batch::new();
+        for a in wanted {
+            let seq = {
+                let mut next = self.next_seq.lock();
+                let n = next.entry(a.id().to_owned()).or_insert(0);
+                let seq = *n;
+                *n = n.saturating_add(1);
+                seq
+            };
+            let key = QueueKey {
+                appservice: a.id(),
+                seq,
+            };
+            batch.put(Table::AppserviceseqEvent, key.encode(), value.to_vec());
+        }
+        if let Err(e) = self.db.write(batch) {
+            tracing::warn!("cannot queue ephemeral data for appservices: {e}");
+            return;
+        }
+        for a in wanted {
+            if let Some(w) = self.wakes.lock().get(a.id()) {
+                w.notify_one();
+            }
+        }
+    }
+
+    /// Queues typing, a receipt or presence for the appservices registered with
+    /// `receive_ephemeral` that are interested in it: typing and receipts of a room in their
+    /// rooms namespace or with one of their users among its members (a private receipt only
+    /// for their own users), presence of their users or of users who share a room with one.
+    pub fn queue_ephemeral(&self, update: &EphemeralUpdate<'_>) {
+        let owns_any = |a: &Appservice, users: &[OwnedUserId]| users.iter().any(|u| a.owns_user(u));
+        let list = self.all();
+        let wanted: Vec<&Arc<Appservice>> = list
+            .iter()
+            .filter(|a| a.receive_ephemeral && a.registration.url.is_some())
+            .filter(|a| match update.kind {
+                EphemeralKind::Receipt { private: true } => a.owns_user(update.user),
+                EphemeralKind::Typing | EphemeralKind::Receipt { private: false } => {
+                    a.owns_user(update.user)
+                        || update
+                            .room
+                            .is_some_and(|r| matches(&a.rooms, r.as_str(), false))
+                        || owns_any(a, update.audience)
+                }
+                EphemeralKind::Presence => a.owns_user(update.user) || owns_any(a, update.audience),
+            })
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let row = QueuedEphemeral {
+            ts: paracord_core::time::now_ms(),
+            droppable: update.kind != EphemeralKind::Receipt { private: false }
+                && update.kind != EphemeralKind::Receipt { private: true },
+            event: update.event.clone(),
+            keys: None,
+            to_device: false,
+            device_list_changed: None,
+        };
+        let Ok(value) = serde_json::to_vec(&row) else {
+            return;
+        };
+        self.put_rows(&wanted, &value);
     }
 
     async fn run_sender(
@@ -596,27 +1193,19 @@ impl Appservices {
     ) {
         let shutdown = stream.notifier().shutting_down();
         tokio::pin!(shutdown);
-        // The batch being delivered: kept, with its transaction id, until it is acknowledged.
-        let mut pending: Option<(String, Vec<Vec<u8>>, Value)> = None;
+        // The transaction being delivered: kept, with its id, until it is accepted.
+        let mut pending: Option<Pending> = None;
         let mut failures: u32 = 0;
         loop {
             if pending.is_none() {
-                match self.read_batch(&a, &rooms) {
-                    Ok((keys, _)) if keys.is_empty() => {
+                match self.next_transaction(&a, &rooms) {
+                    Ok(None) => {
                         tokio::select! {
                             () = wake.notified() => continue,
                             () = &mut shutdown => return,
                         }
                     }
-                    Ok((keys, events)) => {
-                        let seq = |k: &Vec<u8>| QueueKey::decode(k).map(|k| k.seq).unwrap_or(0);
-                        let (first, last) = (
-                            keys.first().map(seq).unwrap_or(0),
-                            keys.last().map(seq).unwrap_or(0),
-                        );
-                        pending =
-                            Some((format!("{first}-{last}"), keys, json!({ "events": events })));
-                    }
+                    Ok(Some(p)) => pending = Some(p),
                     Err(e) => {
                         tracing::error!(
                             appservice = a.id(),
@@ -629,33 +1218,13 @@ impl Appservices {
                     }
                 }
             }
-            let Some((txn_id, keys, body)) = &pending else {
+            let Some(p) = &pending else {
                 continue;
             };
-            match self.send_transaction(&a, txn_id, body).await {
+            match self.send_transaction(&a, &p.txn_id, &p.body).await {
                 Ok(()) => {
                     failures = 0;
-                    let mut batch = Batch::new();
-                    let mut after = 0;
-                    for k in keys {
-                        if let Ok(q) = QueueKey::decode(k) {
-                            after = q.seq.saturating_add(1).max(after);
-                        }
-                        batch.delete(Table::AppserviceseqEvent, k.clone());
-                    }
-                    let done = self
-                        .db
-                        .get(Table::GlobalValue, &delivered_key(a.id()))
-                        .ok()
-                        .flatten()
-                        .and_then(|v| paracord_storage::key::decode_u64(&v).ok())
-                        .unwrap_or(0);
-                    batch.put(
-                        Table::GlobalValue,
-                        delivered_key(a.id()),
-                        after.max(done).to_be_bytes().to_vec(),
-                    );
-                    if let Err(e) = self.db.write(batch) {
+                    if let Err(e) = self.accepted(a.id(), &p.keys) {
                         tracing::error!(
                             appservice = a.id(),
                             "cannot dequeue a delivered transaction: {e}"
@@ -670,7 +1239,7 @@ impl Appservices {
                         .min(RETRY_MAX);
                     tracing::warn!(
                         appservice = a.id(),
-                        txn = %txn_id,
+                        txn = %p.txn_id,
                         retry_in_ms = wait.as_millis() as u64,
                         "appservice transaction failed: {why}"
                     );
@@ -769,7 +1338,7 @@ impl Appservices {
             return false;
         };
         self.query(
-            a,
+            &a,
             &format!(
                 "/_matrix/app/v1/users/{}",
                 crate::percent_encode(user.as_str())
@@ -785,12 +1354,140 @@ impl Appservices {
             "/_matrix/app/v1/rooms/{}",
             crate::percent_encode(alias.as_str())
         );
-        for a in self.list.iter().filter(|a| a.owns_alias(alias.as_str())) {
+        for a in self.all().iter().filter(|a| a.owns_alias(alias.as_str())) {
             if self.query(a, &path).await {
                 return true;
             }
         }
         false
+    }
+
+    /// The protocols some registration lists (`protocols`), sorted, without repeats.
+    pub fn protocols(&self) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .all()
+            .iter()
+            .flat_map(|a| a.registration.protocols.iter().flatten().cloned())
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    fn with_protocol(&self, protocol: &str) -> Vec<Arc<Appservice>> {
+        self.all()
+            .iter()
+            .filter(|a| {
+                a.registration
+                    .protocols
+                    .as_ref()
+                    .is_some_and(|p| p.iter().any(|p| p == protocol))
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// The metadata of `protocol` (`GET /_matrix/app/v1/thirdparty/protocol/{protocol}`),
+    /// merged over the appservices that registered it: the first answer's fields, every
+    /// answer's instances (each with an `instance_id` of its appservice and network). `None`
+    /// when no appservice registered it or none of them answered.
+    pub async fn thirdparty_protocol(&self, protocol: &str) -> Option<Protocol> {
+        let path = format!(
+            "/_matrix/app/v1/thirdparty/protocol/{}",
+            crate::percent_encode(protocol)
+        );
+        let mut merged: Option<Protocol> = None;
+        for a in self.with_protocol(protocol) {
+            let Some(answer) = self.get_json(&a, &path, &[]).await else {
+                continue;
+            };
+            let Ok(mut p) = serde_json::from_value::<Protocol>(answer) else {
+                tracing::info!(
+                    appservice = a.id(),
+                    protocol,
+                    "bad third-party protocol answer"
+                );
+                continue;
+            };
+            for i in &mut p.instances {
+                if i.instance_id.is_none() {
+                    i.instance_id = Some(format!("{}|{}", a.id(), i.network_id));
+                }
+            }
+            match &mut merged {
+                Some(m) => m.instances.append(&mut p.instances),
+                None => merged = Some(p),
+            }
+        }
+        merged
+    }
+
+    /// Third-party locations or users (`kind` is `location` or `user`): of `protocol` with the
+    /// search `fields`, asked of the appservices that registered it, or (`protocol` `None`)
+    /// by `alias` / `userid` in `fields`, asked of every appservice with a protocol. Answers
+    /// merged; an appservice that is down or answers nonsense adds nothing.
+    pub async fn thirdparty_lookup(
+        &self,
+        kind: &str,
+        protocol: Option<&str>,
+        fields: &[(String, String)],
+    ) -> Vec<Value> {
+        let (path, asked): (String, Vec<Arc<Appservice>>) = match protocol {
+            Some(p) => (
+                format!(
+                    "/_matrix/app/v1/thirdparty/{kind}/{}",
+                    crate::percent_encode(p)
+                ),
+                self.with_protocol(p),
+            ),
+            None => (
+                format!("/_matrix/app/v1/thirdparty/{kind}"),
+                self.all()
+                    .iter()
+                    .filter(|a| {
+                        a.registration
+                            .protocols
+                            .as_ref()
+                            .is_some_and(|p| !p.is_empty())
+                    })
+                    .cloned()
+                    .collect(),
+            ),
+        };
+        let mut out = Vec::new();
+        for a in asked {
+            if let Some(Value::Array(items)) = self.get_json(&a, &path, fields).await {
+                out.extend(items);
+            }
+        }
+        out
+    }
+
+    /// `GET {url}{path}?{query}` of `a` with its `hs_token`: the JSON of a 200 answer.
+    async fn get_json(
+        &self,
+        a: &Appservice,
+        path: &str,
+        query: &[(String, String)],
+    ) -> Option<Value> {
+        let Some(Ok(mut url)) = a.url(path) else {
+            return None;
+        };
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        let request = self.http.request(reqwest::Method::GET, url).ok()?;
+        match request.bearer_auth(&a.registration.hs_token).send().await {
+            Ok(resp) if resp.status().is_success() => resp.json().await.ok(),
+            Ok(resp) => {
+                tracing::info!(appservice = a.id(), status = %resp.status(), "appservice lookup refused");
+                None
+            }
+            Err(e) => {
+                tracing::info!(appservice = a.id(), "appservice lookup failed: {e}");
+                None
+            }
+        }
     }
 
     async fn query(&self, a: &Appservice, path: &str) -> bool {
@@ -845,13 +1542,80 @@ impl EventObserver for AppserviceObserver {
     }
 }
 
+impl DeviceObserver for AppserviceObserver {
+    fn wants(&self, user: &UserId) -> bool {
+        self.appservices.wants_key_counts(user)
+    }
+
+    fn to_device(&self, user: &UserId, device: &str, event: Value) {
+        self.appservices.queue_to_device(user, device, event);
+    }
+
+    fn device_list_changed(&self, user: &UserId, sharing: &std::collections::HashSet<OwnedUserId>) {
+        if self.appservices.all().iter().any(|a| a.msc3202) {
+            self.appservices.queue_device_list_change(user, sharing);
+        }
+    }
+
+    fn counts_changed(
+        &self,
+        user: &UserId,
+        device: &str,
+        counts: &std::collections::BTreeMap<String, u64>,
+        unused_fallback: &[String],
+    ) {
+        self.appservices.queue_key_counts(KeyCounts {
+            user: user.to_string(),
+            device: device.to_owned(),
+            counts: counts.clone(),
+            fallback: unused_fallback.to_vec(),
+        });
+    }
+}
+
+impl EphemeralObserver for AppserviceObserver {
+    fn listening(&self) -> bool {
+        self.appservices.all().iter().any(|a| a.receive_ephemeral)
+    }
+
+    fn changed(&self, update: &EphemeralUpdate<'_>) {
+        // Presence set without the users who share a room (`/sync?set_presence=`): worked out
+        // here, only when an appservice takes ephemeral data.
+        if update.kind == EphemeralKind::Presence
+            && update.audience.is_empty()
+            && self.appservices.all().iter().any(|a| a.receive_ephemeral)
+        {
+            if let Some(rooms) = self.rooms.upgrade() {
+                let mut audience = Vec::new();
+                for (room, rec) in rooms.user_rooms(update.user).unwrap_or_default() {
+                    if rec.membership == ruma::events::room::member::MembershipState::Join {
+                        if let Ok(members) = rooms.shared_members(&room) {
+                            audience.extend(members.joined.iter().cloned());
+                        }
+                    }
+                }
+                audience.sort();
+                audience.dedup();
+                self.appservices.queue_ephemeral(&EphemeralUpdate {
+                    kind: update.kind,
+                    event: update.event.clone(),
+                    room: update.room,
+                    user: update.user,
+                    audience: &audience,
+                });
+                return;
+            }
+        }
+        self.appservices.queue_ephemeral(update);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn reg(yaml: &str) -> Result<Appservice, String> {
-        let r: Registration = serde_yaml::from_str(yaml).map_err(|e| e.to_string())?;
-        Appservice::new(r, "example.org")
+        Appservice::from_text(yaml, "example.org")
     }
 
     const BRIDGE: &str = "id: bridge\nurl: http://127.0.0.1:9000\nas_token: a1\nhs_token: h1\nsender_localpart: bridgebot\nnamespaces:\n  users:\n    - regex: '@bridge_.*:example\\.org'\n      exclusive: true\n  aliases:\n    - regex: '#bridge_.*:example\\.org'\n      exclusive: true\n";
@@ -891,7 +1655,13 @@ mod tests {
         let db = Arc::new(Db::open(&dir.path().join("db")).unwrap());
         let guard = OutboundGuard::new(&[]);
         let open = |db: &Arc<Db>| {
-            Appservices::new(db.clone(), vec![reg(BRIDGE).unwrap()], guard.clone()).unwrap()
+            Appservices::new(
+                db.clone(),
+                vec![reg(BRIDGE).unwrap()],
+                guard.clone(),
+                "example.org",
+            )
+            .unwrap()
         };
         assert_eq!(open(&db).next_seq.lock()["bridge"], 0);
         let mut batch = Batch::new();
@@ -920,6 +1690,109 @@ mod tests {
         );
         db.write(batch).unwrap();
         assert_eq!(open(&db).next_seq.lock()["bridge"], 8);
+    }
+
+    /// Paracord issue 17: a formed transaction is fixed. Retried after a restart, it has the
+    /// same id and rows, not the rows queued since; the next one starts after it.
+    #[test]
+    fn a_formed_transaction_survives_a_restart_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(&dir.path().join("db")).unwrap());
+        let guard = OutboundGuard::new(&[]);
+        let open = |db: &Arc<Db>| {
+            Appservices::new(
+                db.clone(),
+                vec![reg(BRIDGE).unwrap()],
+                guard.clone(),
+                "example.org",
+            )
+            .unwrap()
+        };
+        let put = |seqs: std::ops::Range<u64>| {
+            let mut batch = Batch::new();
+            for seq in seqs {
+                let key = QueueKey {
+                    appservice: "bridge",
+                    seq,
+                };
+                batch.put(Table::AppserviceseqEvent, key.encode(), format!("$e{seq}"));
+            }
+            db.write(batch).unwrap();
+        };
+        put(0..3);
+        let first = open(&db).form("bridge").unwrap().unwrap();
+        assert_eq!((first.0.as_str(), first.1.len()), ("0-2", 3));
+        // More events arrive, the server restarts: the same transaction comes back.
+        put(3..6);
+        let services = open(&db);
+        let again = services.form("bridge").unwrap().unwrap();
+        assert_eq!(again, first);
+        let keys: Vec<_> = again.1.iter().map(|(k, _)| k.clone()).collect();
+        services.accepted("bridge", &keys).unwrap();
+        let next = open(&db).form("bridge").unwrap().unwrap();
+        assert_eq!((next.0.as_str(), next.1.len()), ("3-5", 3));
+        assert_eq!(next.1[0].1, b"$e3".to_vec());
+        let keys: Vec<_> = next.1.iter().map(|(k, _)| k.clone()).collect();
+        let services = open(&db);
+        services.accepted("bridge", &keys).unwrap();
+        assert!(services.form("bridge").unwrap().is_none());
+        assert_eq!(open(&db).next_seq.lock()["bridge"], 6);
+    }
+
+    /// MSC2409: stale typing is dropped when a transaction is formed, receipts are kept, and
+    /// the unstable registration spelling turns ephemeral data on.
+    #[test]
+    fn stale_typing_is_dropped_receipts_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(&dir.path().join("db")).unwrap());
+        let yaml = format!("{BRIDGE}de.sorunome.msc2409.push_ephemeral: true\n");
+        let services = Appservices::new(
+            db.clone(),
+            vec![reg(&yaml).unwrap()],
+            OutboundGuard::new(&[]),
+            "example.org",
+        )
+        .unwrap();
+        assert!(services.all()[0].receive_ephemeral);
+        let room = ruma::room_id!("!r:example.org");
+        let user = UserId::parse("@bridge_a:example.org").unwrap();
+        for kind in [
+            EphemeralKind::Typing,
+            EphemeralKind::Receipt { private: false },
+        ] {
+            services.queue_ephemeral(&EphemeralUpdate {
+                kind,
+                event: json!({ "type": "x", "room_id": room }),
+                room: Some(room),
+                user: &user,
+                audience: &[],
+            });
+        }
+        // Both made old.
+        let mut batch = Batch::new();
+        for (k, v) in services.oldest_rows("bridge").unwrap() {
+            let mut q = QueuedEphemeral::decode(&v).unwrap();
+            q.ts = 0;
+            batch.put(
+                Table::AppserviceseqEvent,
+                k,
+                serde_json::to_vec(&q).unwrap(),
+            );
+        }
+        db.write(batch).unwrap();
+        let (txn, rows) = services.form("bridge").unwrap().unwrap();
+        assert_eq!(txn, "1-1");
+        assert!(!QueuedEphemeral::decode(&rows[0].1).unwrap().droppable);
+        assert_eq!(services.oldest_rows("bridge").unwrap().len(), 1);
+        // Without the flag nothing is queued.
+        let plain = Appservices::new(
+            db,
+            vec![reg(BRIDGE).unwrap()],
+            OutboundGuard::new(&[]),
+            "example.org",
+        )
+        .unwrap();
+        assert!(!plain.all()[0].receive_ephemeral);
     }
 
     #[test]

@@ -145,6 +145,28 @@ pub struct E2ee {
     /// acknowledgements may make it drift; a count past the cap is checked against the table
     /// before anything is dropped, and the expiry sweep starts every count afresh.
     pending_counts: Mutex<HashMap<(OwnedUserId, String), u64>>,
+    /// Told of key counts and to-device messages (the appservice queue).
+    key_observer: std::sync::OnceLock<Arc<dyn DeviceObserver>>,
+}
+
+/// Told when a local device's one-time or fallback keys change (uploaded or claimed) and of
+/// every to-device message accepted for a local device, so the application service queue can
+/// pass them on (MSC3202, MSC4203); this module knows nothing of appservices.
+pub trait DeviceObserver: Send + Sync {
+    /// Whether `user`'s devices are of interest (counts are worked out only then).
+    fn wants(&self, user: &UserId) -> bool;
+    /// A to-device message for `user`'s `device`: the event as `/sync` shows it.
+    fn to_device(&self, user: &UserId, device: &str, event: Value);
+    /// `user`'s device list or cross-signing keys changed; `sharing`: the local users who
+    /// share a room with them (and `user`).
+    fn device_list_changed(&self, user: &UserId, sharing: &HashSet<OwnedUserId>);
+    fn counts_changed(
+        &self,
+        user: &UserId,
+        device: &str,
+        counts: &BTreeMap<String, u64>,
+        unused_fallback: &[String],
+    );
 }
 
 /// Queues an EDU (`{edu_type, content}`) for another server.
@@ -266,6 +288,28 @@ impl E2ee {
             edu_out,
             to_device_limits,
             pending_counts: Mutex::default(),
+            key_observer: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Sets the observer of key counts and to-device messages (once).
+    pub fn set_device_observer(&self, observer: Arc<dyn DeviceObserver>) {
+        let _ = self.key_observer.set(observer);
+    }
+
+    /// Tells the observer of `user`'s `device`'s key counts, if it wants them.
+    fn tell_counts(&self, user: &UserId, device: &str) {
+        let Some(o) = self.key_observer.get() else {
+            return;
+        };
+        if !o.wants(user) {
+            return;
+        }
+        if let (Ok(counts), Ok(fallback)) = (
+            self.one_time_key_counts(user, device),
+            self.unused_fallback_key_types(user, device),
+        ) {
+            o.counts_changed(user, device, &counts, &fallback);
         }
     }
 
@@ -477,10 +521,14 @@ impl E2ee {
             }
         }
 
+        let keys_written = !batch.is_empty();
         if device_keys_changed {
             self.commit_key_change(user, batch)?;
-        } else if !batch.is_empty() {
+        } else if keys_written {
             self.db.write(batch)?;
+        }
+        if keys_written {
+            self.tell_counts(user, device);
         }
         self.one_time_key_counts(user, device)
     }
@@ -539,6 +587,9 @@ impl E2ee {
         let mut wake: HashSet<OwnedUserId> = self.users_sharing_rooms(user)?;
         wake.insert(user.to_owned());
         self.stream.notifier().wake(wake.iter().map(|u| u.as_ref()));
+        if let Some(o) = self.key_observer.get() {
+            o.device_list_changed(user, &wake);
+        }
         if self.accounts.is_local(user) {
             self.announce_key_change(user, pos, &wake)?;
         }
@@ -791,6 +842,7 @@ impl E2ee {
         let _guard = self.keys_lock.lock();
         let mut out = Map::new();
         let mut batch = Batch::new();
+        let mut claimed: Vec<(&UserId, &str)> = Vec::new();
         for (user, devices) in wanted {
             if !self.accounts.is_local(user) {
                 // Other servers' users are asked over federation by the caller.
@@ -816,6 +868,7 @@ impl E2ee {
                     let otk: OneTimeKey = serde_json::from_slice(&v)?;
                     batch.delete(Table::UserdevicealgseqOnetimekey, k.to_vec());
                     per_device.insert(device.clone(), json!({ otk.id: otk.key }));
+                    claimed.push((user, device));
                     continue;
                 }
                 let fk_key = FallbackKeyKey {
@@ -834,6 +887,7 @@ impl E2ee {
                             fk_key,
                             serde_json::to_vec(&fk)?,
                         );
+                        claimed.push((user, device));
                     }
                 }
             }
@@ -843,6 +897,9 @@ impl E2ee {
         }
         if !batch.is_empty() {
             self.db.write(batch)?;
+        }
+        for (user, device) in claimed {
+            self.tell_counts(user, device);
         }
         Ok(json!({ "one_time_keys": out, "failures": {} }))
     }
@@ -1341,6 +1398,17 @@ impl E2ee {
             Ok(true)
         })?;
         if accepted {
+            if let Some(o) = self.key_observer.get() {
+                for (user, device, content) in &recipients {
+                    if o.wants(user) {
+                        o.to_device(
+                            user,
+                            device,
+                            json!({ "type": kind, "sender": sender, "content": content }),
+                        );
+                    }
+                }
+            }
             self.cap_to_device_queues(&recipients)?;
             let users: BTreeSet<&UserId> = recipients.iter().map(|(u, _, _)| u.as_ref()).collect();
             self.stream.notifier().wake(users);

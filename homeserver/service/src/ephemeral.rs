@@ -11,7 +11,7 @@ use std::{
 
 use paracord_core::{time::now_ms, Error, Result};
 use paracord_storage::{Db, Table};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -57,8 +57,45 @@ pub struct Presence {
     pub pos: u64,
 }
 
+/// What kind of ephemeral data an [`EphemeralUpdate`] carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EphemeralKind {
+    Typing,
+    /// A receipt; `private` for `m.read.private`.
+    Receipt {
+        private: bool,
+    },
+    Presence,
+}
+
+/// One change of typing, receipts or presence, as an observer is told of it.
+#[derive(Debug)]
+pub struct EphemeralUpdate<'a> {
+    pub kind: EphemeralKind,
+    /// The event as `/sync` shows it, with `room_id` added for typing and receipts.
+    pub event: Value,
+    /// The room of typing and receipts.
+    pub room: Option<&'a RoomId>,
+    /// Who typed, read or changed presence (typing: who changed).
+    pub user: &'a UserId,
+    /// Typing and receipts: the room's joined members; presence: the users who share a room
+    /// with `user` as far as the caller worked it out (may be empty).
+    pub audience: &'a [OwnedUserId],
+}
+
+/// Told of every change of typing, receipts and presence after it is recorded (the
+/// application service queue listens), so this module knows nothing of who listens.
+pub trait EphemeralObserver: Send + Sync {
+    /// Whether it wants updates now (the update is built only then).
+    fn listening(&self) -> bool {
+        true
+    }
+    fn changed(&self, update: &EphemeralUpdate<'_>);
+}
+
 pub struct Ephemeral {
     db: Arc<Db>,
+    observers: RwLock<Vec<Arc<dyn EphemeralObserver>>>,
     stream: Arc<Stream>,
     typing: Arc<Mutex<HashMap<OwnedRoomId, RoomTyping>>>,
     /// Stream position of the newest receipt per room (rooms missing: unknown since restart).
@@ -73,10 +110,27 @@ impl Ephemeral {
         let presence_pos = AtomicU64::new(stream.current());
         Self {
             db,
+            observers: RwLock::default(),
             stream,
             typing: Arc::default(),
             receipt_pos: Mutex::default(),
             presence_pos,
+        }
+    }
+
+    /// Adds an observer of typing, receipts and presence.
+    pub fn add_observer(&self, observer: Arc<dyn EphemeralObserver>) {
+        self.observers.write().push(observer);
+    }
+
+    /// Whether some observer wants updates.
+    fn listened(&self) -> bool {
+        self.observers.read().iter().any(|o| o.listening())
+    }
+
+    fn tell(&self, update: &EphemeralUpdate<'_>) {
+        for o in self.observers.read().iter() {
+            o.changed(update);
         }
     }
 
@@ -91,7 +145,7 @@ impl Ephemeral {
     ) -> Result<()> {
         let expiry = now_ms().saturating_add(timeout_ms.min(MAX_TYPING_MS));
         let (pos, ()) = self.stream.commit(|_, _| Ok(()))?;
-        {
+        let typing_now = {
             let mut map = self.typing.lock();
             let entry = map.entry(room.to_owned()).or_default();
             if typing {
@@ -100,6 +154,31 @@ impl Ephemeral {
                 entry.users.remove(user);
             }
             entry.pos = pos;
+            if self.listened() {
+                let now = now_ms();
+                let users: Vec<&OwnedUserId> = entry
+                    .users
+                    .iter()
+                    .filter(|(_, e)| **e > now)
+                    .map(|(u, _)| u)
+                    .collect();
+                Some(json!({
+                    "type": "m.typing",
+                    "room_id": room,
+                    "content": { "user_ids": users },
+                }))
+            } else {
+                None
+            }
+        };
+        if let Some(event) = typing_now {
+            self.tell(&EphemeralUpdate {
+                kind: EphemeralKind::Typing,
+                event,
+                room: Some(room),
+                user,
+                audience: &members,
+            });
         }
         self.stream
             .notifier()
@@ -156,10 +235,11 @@ impl Ephemeral {
             thread: thread.unwrap_or(""),
         }
         .encode();
+        let ts = now_ms();
         let (pos, ()) = self.stream.commit(|pos, batch| {
             let rec = Receipt {
                 event_id: event_id.to_owned(),
-                ts: now_ms(),
+                ts,
                 pos,
             };
             batch.put(
@@ -170,6 +250,23 @@ impl Ephemeral {
             Ok(())
         })?;
         self.receipt_pos.lock().insert(room.to_owned(), pos);
+        if self.listened() {
+            let mut entry = json!({ "ts": ts });
+            if let Some(t) = thread {
+                entry["thread_id"] = json!(t);
+            }
+            let mut content = json!({});
+            content[event_id][receipt_type][user.as_str()] = entry;
+            self.tell(&EphemeralUpdate {
+                kind: EphemeralKind::Receipt {
+                    private: receipt_type == "m.read.private",
+                },
+                event: json!({ "type": "m.receipt", "room_id": room, "content": content }),
+                room: Some(room),
+                user,
+                audience: &members,
+            });
+        }
         if receipt_type == "m.read.private" {
             self.stream.notifier().wake([user]);
         } else {
@@ -299,7 +396,7 @@ impl Ephemeral {
                 return Ok(());
             }
         }
-        let (pos, ()) = self.stream.commit(|pos, batch| {
+        let (pos, p) = self.stream.commit(|pos, batch| {
             let p = Presence {
                 presence: presence.to_owned(),
                 status_msg: status_msg.clone(),
@@ -311,9 +408,18 @@ impl Ephemeral {
                 user.as_bytes().to_vec(),
                 serde_json::to_vec(&p)?,
             );
-            Ok(())
+            Ok(p)
         })?;
         self.presence_pos.fetch_max(pos, Ordering::AcqRel);
+        if self.listened() {
+            self.tell(&EphemeralUpdate {
+                kind: EphemeralKind::Presence,
+                event: Self::presence_event(user, &p),
+                room: None,
+                user,
+                audience: &wake,
+            });
+        }
         self.stream
             .notifier()
             .wake(wake.iter().map(|u| u.as_ref()).chain([user]));

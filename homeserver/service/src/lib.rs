@@ -120,7 +120,8 @@ impl Services {
         // Local events go to the federation sender.
         let (push_observer, push_jobs, pusher_users) = pushers::PushObserver::new();
         let appservices = Arc::new(appservice::Appservices::from_config(db.clone(), &config)?);
-        if !appservices.is_empty() {
+        // Registrations may be added at run time (admin API): always asked.
+        {
             let appservices = appservices.clone();
             ratelimit.set_exemption(Box::new(move |user| {
                 appservices.exempt_from_rate_limits(user)
@@ -192,6 +193,10 @@ impl Services {
             Some(server_keys::fetch_with(federation.clone())),
         ));
         let ephemeral = Arc::new(ephemeral::Ephemeral::new(db.clone(), stream.clone()));
+        ephemeral.add_observer(Arc::new(appservice::AppserviceObserver::new(
+            appservices.clone(),
+            Arc::downgrade(&rooms),
+        )));
         let edu_out: e2ee::OutgoingEdu = {
             let sender = sender.clone();
             Arc::new(move |destination, edu| sender.queue_edu(destination, edu))
@@ -204,6 +209,10 @@ impl Services {
             e2ee::ToDeviceLimits::from_config(&config),
             Some(edu_out),
         ));
+        e2ee.set_device_observer(Arc::new(appservice::AppserviceObserver::new(
+            appservices.clone(),
+            Arc::downgrade(&rooms),
+        )));
         let durability = Arc::new(durability::Durability::new(db.clone(), config.sync_writes));
         let sync = Arc::new(sync::Sync::new(
             rooms.clone(),

@@ -130,6 +130,8 @@ pub enum Table {
     /// `appservice id 0xFF seq` → event id: events waiting to be pushed to an application
     /// service, oldest first.
     AppserviceseqEvent,
+    /// appservice id → a registration added with the admin API, as sent (YAML or JSON).
+    AppserviceidRegistration,
     // rows kept for a while
     /// `deadline (u64 ms) table name 0xFF row key` → "": a row of another table to delete once
     /// the deadline has passed (stored transaction answers and the like).
@@ -206,6 +208,7 @@ impl Table {
         Table::DestinationDownsince,
         // application services
         Table::AppserviceseqEvent,
+        Table::AppserviceidRegistration,
         // rows kept for a while
         Table::DeadlinerowExpire,
         // guilds
@@ -276,6 +279,7 @@ impl Table {
             Table::DestinationDownsince => "destination_downsince",
             // application services
             Table::AppserviceseqEvent => "appserviceseq_event",
+            Table::AppserviceidRegistration => "appserviceid_registration",
             // rows kept for a while
             Table::DeadlinerowExpire => "deadlinerow_expire",
             // guilds

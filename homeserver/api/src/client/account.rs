@@ -121,7 +121,7 @@ async fn appservice_register(
     req: Ruma<register::v3::Request>,
     appservice: &str,
 ) -> ApiResult<RumaResponse<register::v3::Response>> {
-    let Some(a) = state.appservices.by_id(appservice).cloned() else {
+    let Some(a) = state.appservices.by_id(appservice) else {
         return Err(Error::unknown_token(false).into());
     };
     let b = req.body;

@@ -2,9 +2,13 @@
 
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::{
+    extract::{Path, State},
+    Json,
+};
 use paracord_core::Error;
 use ruma::api::client::appservice::request_ping;
+use serde_json::{json, Value};
 
 use crate::{ruma_wrapper::Ruma, ApiResult, AppState, RumaResponse};
 
@@ -17,7 +21,7 @@ pub(crate) async fn request_ping_route(
     let caller = req.user()?.appservice.clone();
     let Some(a) = caller
         .filter(|id| *id == req.body.appservice_id)
-        .and_then(|id| state.appservices.by_id(&id).cloned())
+        .and_then(|id| state.appservices.by_id(&id))
     else {
         return Err(Error::forbidden("this token is not that application service's").into());
     };
@@ -28,4 +32,75 @@ pub(crate) async fn request_ping_route(
     Ok(RumaResponse(request_ping::v1::Response::new(
         Duration::from_millis(ms),
     )))
+}
+
+/// The server admin behind a request to the appservice admin API.
+fn admin(state: &AppState, parts: &http::request::Parts) -> Result<(), Error> {
+    let token = crate::ruma_wrapper::access_token(parts).ok_or_else(Error::missing_token)?;
+    if !state.accounts.authenticate(&token)?.admin {
+        return Err(Error::forbidden(
+            "only server admins may manage application services",
+        ));
+    }
+    Ok(())
+}
+
+/// `GET /_paracord/v1/admin/appservices` (server admins): every registration, without its
+/// tokens, and where it came from (`file` or `admin`).
+pub(crate) async fn admin_list_route(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+) -> ApiResult<Json<Value>> {
+    let (parts, _) = req.into_parts();
+    admin(&state, &parts)?;
+    let list: Vec<Value> = state
+        .appservices
+        .all()
+        .iter()
+        .map(|a| {
+            let r = &a.registration;
+            json!({
+                "id": r.id,
+                "url": r.url,
+                "sender": a.sender,
+                "namespaces": r.namespaces,
+                "protocols": r.protocols,
+                "rate_limited": a.rate_limited(),
+                "receive_ephemeral": a.receive_ephemeral,
+                "source": if a.added { "admin" } else { "file" },
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "appservices": list })))
+}
+
+/// `POST /_paracord/v1/admin/appservices` (server admins): adds the registration in the body
+/// (YAML, as bridges generate it, or JSON), checked like the files of `appservice_dir`;
+/// kept across restarts. Answer: `{"id", "sender"}`.
+pub(crate) async fn admin_add_route(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+) -> ApiResult<Json<Value>> {
+    let (parts, body) = req.into_parts();
+    admin(&state, &parts)?;
+    let bytes = axum::body::to_bytes(body, state.config.max_request_bytes)
+        .await
+        .map_err(|_| Error::too_large("request body too large"))?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| Error::invalid_param("the registration is not UTF-8"))?;
+    let a = state.appservices.add(text)?;
+    Ok(Json(json!({ "id": a.id(), "sender": a.sender })))
+}
+
+/// `DELETE /_paracord/v1/admin/appservices/{id}` (server admins): removes a registration
+/// added with this API; its queue is dropped and its sender stops.
+pub(crate) async fn admin_remove_route(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    req: axum::extract::Request,
+) -> ApiResult<Json<Value>> {
+    let (parts, _) = req.into_parts();
+    admin(&state, &parts)?;
+    state.appservices.remove(&id)?;
+    Ok(Json(json!({})))
 }

@@ -1,6 +1,10 @@
 //! Devices.
 
-use axum::extract::State;
+use axum::{
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
 use paracord_core::Error;
 use paracord_service::accounts::{Device, UiaFlow};
 use ruma::{
@@ -53,18 +57,40 @@ pub(crate) async fn get_device_route(
 }
 
 /// `PUT /_matrix/client/v3/devices/{deviceId}` — https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3devicesdeviceid
+///
+/// An application service may create a device of one of its users this way (MSC4190, spec
+/// v1.17): `201` when the device is new. It has no access token; the appservice uses it with
+/// `?device_id=`.
 pub(crate) async fn update_device_route(
     State(state): State<AppState>,
     req: Ruma<update_device::v3::Request>,
-) -> ApiResult<RumaResponse<update_device::v3::Response>> {
+) -> ApiResult<Response> {
     let id = req.user()?;
+    if id.appservice.is_some()
+        && state
+            .accounts
+            .device(&id.user_id, req.body.device_id.as_str())?
+            .is_none()
+    {
+        state.accounts.create_tokenless_device(
+            &id.user_id,
+            req.body.device_id.as_str(),
+            req.body.display_name.clone(),
+        )?;
+        state.e2ee.device_renamed(&id.user_id)?;
+        return Ok((
+            StatusCode::CREATED,
+            RumaResponse(update_device::v3::Response::new()),
+        )
+            .into_response());
+    }
     state.accounts.update_device(
         &id.user_id,
         req.body.device_id.as_str(),
         req.body.display_name.clone(),
     )?;
     state.e2ee.device_renamed(&id.user_id)?;
-    Ok(RumaResponse(update_device::v3::Response::new()))
+    Ok(RumaResponse(update_device::v3::Response::new()).into_response())
 }
 
 /// `DELETE /_matrix/client/v3/devices/{deviceId}` — https://spec.matrix.org/v1.19/client-server-api/#delete_matrixclientv3devicesdeviceid
@@ -80,11 +106,14 @@ pub(crate) async fn delete_device_route(
     {
         return Err(Error::not_found("device not found").into());
     }
-    let auth = auth_json(&req.body.auth)?;
-    state
-        .accounts
-        .uia(auth.as_ref(), UiaFlow::Password(id.user_id.clone()))
-        .await?;
+    // No user-interactive auth for an application service (MSC4190, spec v1.17).
+    if id.appservice.is_none() {
+        let auth = auth_json(&req.body.auth)?;
+        state
+            .accounts
+            .uia(auth.as_ref(), UiaFlow::Password(id.user_id.clone()))
+            .await?;
+    }
     state
         .accounts
         .delete_devices(&id.user_id, &[req.body.device_id.to_string()])?;
@@ -97,11 +126,14 @@ pub(crate) async fn delete_devices_route(
     req: Ruma<delete_devices::v3::Request>,
 ) -> ApiResult<RumaResponse<delete_devices::v3::Response>> {
     let id = req.user()?.clone();
-    let auth = auth_json(&req.body.auth)?;
-    state
-        .accounts
-        .uia(auth.as_ref(), UiaFlow::Password(id.user_id.clone()))
-        .await?;
+    // No user-interactive auth for an application service (MSC4190, spec v1.17).
+    if id.appservice.is_none() {
+        let auth = auth_json(&req.body.auth)?;
+        state
+            .accounts
+            .uia(auth.as_ref(), UiaFlow::Password(id.user_id.clone()))
+            .await?;
+    }
     let ids: Vec<String> = req.body.devices.iter().map(|d| d.to_string()).collect();
     state.accounts.delete_devices(&id.user_id, &ids)?;
     Ok(RumaResponse(delete_devices::v3::Response::new()))

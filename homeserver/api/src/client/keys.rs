@@ -146,8 +146,9 @@ pub(crate) async fn upload_signing_keys_route(
         "self_signing_key": json_of(&req.body.self_signing_key)?,
         "user_signing_key": json_of(&req.body.user_signing_key)?,
     });
-    // UIA unless this is the first upload or the same keys again.
-    if state.e2ee.signing_upload_needs_auth(&id.user_id, &body)? {
+    // UIA unless this is the first upload or the same keys again, or an application service
+    // uploads them (MSC4190, spec v1.17).
+    if id.appservice.is_none() && state.e2ee.signing_upload_needs_auth(&id.user_id, &body)? {
         let auth = req.body.auth.as_ref().map(json_of).transpose()?;
         state
             .accounts

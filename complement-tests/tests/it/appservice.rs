@@ -12,7 +12,7 @@ use std::{
 };
 
 use paracord_complement::{
-    expect_error, expect_ok, federation::federating_server_with, random_localpart, StatusCode,
+    enc, expect_error, expect_ok, federation::federating_server_with, random_localpart, StatusCode,
     TestServer,
 };
 use serde_json::{json, Value};
@@ -1977,4 +1977,94 @@ async fn appservice_gets_device_list_changes() {
     human.send_text(&room, "caught up").await;
     plain_rx.wait_for_bodies(&["caught up"]).await;
     assert!(changed(&plain_rx).is_empty(), "{:?}", changed(&plain_rx));
+}
+
+#[tokio::test]
+async fn appservice_users_act_on_the_paracord_extension_and_media() {
+    let id = as_id();
+    let (server, _dir) = server_with(&[("r.yaml", registration(&id, None))]).await;
+    let bot = server.client_with_token(&format!("as_{id}_secret"));
+    let ghost = format!("{id}_guildmaster");
+    expect_ok(
+        bot.post(
+            "/register",
+            &json!({"type": "m.login.application_service", "username": ghost, "inhibit_login": true}),
+        )
+        .await,
+        "appservice registration",
+    );
+    let ghost_id = server.user_id(&ghost);
+    let as_ghost = format!("user_id={}", enc(&ghost_id));
+
+    // A guild made through `/_paracord/v1` with the as_token belongs to the user it names.
+    let guild = expect_ok(
+        bot.post(
+            &format!("/_paracord/v1/guilds?{as_ghost}"),
+            &json!({ "name": "Bridged" }),
+        )
+        .await,
+        "POST /_paracord/v1/guilds as the appservice's user",
+    );
+    assert_eq!(guild["owner"], ghost_id.as_str(), "{guild}");
+    // Without `?user_id=` it is the appservice's own sender.
+    let own = expect_ok(
+        bot.post(
+            "/_paracord/v1/guilds",
+            &json!({ "name": "The bridge's own" }),
+        )
+        .await,
+        "POST /_paracord/v1/guilds as the appservice",
+    );
+    assert_eq!(
+        own["owner"],
+        server.user_id(&format!("{id}bot")).as_str(),
+        "{own}"
+    );
+    // A user outside its namespace cannot be named.
+    expect_error(
+        &bot.post(
+            &format!(
+                "/_paracord/v1/guilds?user_id={}",
+                enc(&server.user_id(&random_localpart()))
+            ),
+            &json!({ "name": "Not mine" }),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+        "a guild for a user outside the namespace",
+    );
+
+    // Media: an upload with the as_token is the named user's, and a wrong as_token is refused.
+    let up = bot
+        .raw(
+            reqwest::Method::POST,
+            &format!("/_matrix/media/v3/upload?{as_ghost}"),
+            Some((b"bridged attachment".to_vec(), "text/plain")),
+        )
+        .await;
+    assert_eq!(
+        up.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&up.bytes)
+    );
+    let uri = serde_json::from_slice::<Value>(&up.bytes).unwrap_or_default()["content_uri"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(uri.starts_with("mxc://"), "{uri}");
+    let stranger = server.client_with_token("as_not_a_real_token");
+    let refused = stranger
+        .raw(
+            reqwest::Method::POST,
+            "/_matrix/media/v3/upload",
+            Some((b"x".to_vec(), "text/plain")),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&refused.bytes).unwrap_or_default()["errcode"],
+        "M_UNKNOWN_TOKEN"
+    );
 }

@@ -270,10 +270,26 @@ async fn an_intent_registers_a_ghost_that_joins_sends_edits_reacts_and_redacts()
         s.server.user_id(&format!("{}_ghost", s.id))
     );
     ghost.set_display_name("Ghost of the bridge").await.unwrap();
-    // Not `ghost.upload(…)`: Paracord's media routes do not take an appservice's `as_token`
-    // yet (401 M_UNKNOWN_TOKEN, reported with issue 17), so the avatar is a made-up URI.
-    let mxc = format!("mxc://{}/ghostavatar", s.server.server_name());
-    ghost.set_avatar_url(&mxc).await.unwrap();
+    // Media routes take the appservice's `as_token` and `?user_id=` like every other client
+    // endpoint: the ghost uploads its avatar, and alice downloads the same bytes.
+    let avatar = b"not really a png, but bytes all the same".to_vec();
+    let mxc = ghost.upload(avatar.clone(), "image/png").await.unwrap();
+    ghost.set_avatar_url(mxc.as_str()).await.unwrap();
+    let media = mxc
+        .as_str()
+        .strip_prefix("mxc://")
+        .unwrap_or_else(|| panic!("expected an mxc:// URI, got {mxc}"));
+    let download = reqwest::Client::new()
+        .get(format!(
+            "{}/_matrix/client/v1/media/download/{media}",
+            s.server.base_url()
+        ))
+        .bearer_auth(&alice.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(download.status(), 200, "alice downloads the ghost's avatar");
+    assert_eq!(download.bytes().await.unwrap().to_vec(), avatar);
     assert_eq!(ghost.join(&room).await.unwrap().as_str(), room);
     ghost.typing(room_id(&room), true).await.unwrap();
     let typist = ghost.user_id().to_string();

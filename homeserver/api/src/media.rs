@@ -34,11 +34,19 @@ use ruma::{
 };
 
 use crate::params::Params;
-use crate::{ruma_wrapper::access_token, ApiError, ApiResult, AppState, RumaResponse};
+use crate::{
+    ruma_wrapper::{caller_ip, identify},
+    ApiError, ApiResult, AppState, RumaResponse,
+};
 
-fn authenticate(state: &AppState, parts: &http::request::Parts) -> Result<Identity, ApiError> {
-    let token = access_token(parts).ok_or_else(|| ApiError(Error::missing_token()))?;
-    Ok(state.accounts.authenticate(&token)?)
+/// The caller: a user's access token, or an application service's `as_token` (with
+/// `?user_id=`) as on every other client endpoint.
+async fn authenticate(
+    state: &AppState,
+    parts: &http::request::Parts,
+) -> Result<Identity, ApiError> {
+    let (id, _) = identify(state, parts, caller_ip(state, parts)).await?;
+    Ok(id)
 }
 
 /// Whether a read of another server's media may fetch it from there. The legacy
@@ -262,7 +270,7 @@ pub(crate) async fn upload_route(
     req: Request,
 ) -> ApiResult<RumaResponse<create_content::v3::Response>> {
     let (parts, body) = req.into_parts();
-    let id = authenticate(&state, &parts)?;
+    let id = authenticate(&state, &parts).await?;
     state.ratelimit.check(Limit::Send, id.user_id.as_str())?;
     let bytes = body_of(&state, body).await?;
     let media_id = state.media.upload(
@@ -282,7 +290,7 @@ pub(crate) async fn create_route(
     req: Request,
 ) -> ApiResult<RumaResponse<create_mxc_uri::v1::Response>> {
     let (parts, _) = req.into_parts();
-    let id = authenticate(&state, &parts)?;
+    let id = authenticate(&state, &parts).await?;
     state.ratelimit.check(Limit::Send, id.user_id.as_str())?;
     let (media_id, expires) = state.media.create_pending(&id.user_id)?;
     let mut response = create_mxc_uri::v1::Response::new(mxc(&state, &media_id));
@@ -311,7 +319,7 @@ pub(crate) async fn upload_pending_route(
     req: Request,
 ) -> ApiResult<Json<UploadedAnswer>> {
     let (parts, body) = req.into_parts();
-    let id = authenticate(&state, &parts)?;
+    let id = authenticate(&state, &parts).await?;
     if server_name != state.config.server_name {
         return Err(
             Error::forbidden("media ids of other servers cannot be uploaded to here").into(),
@@ -409,7 +417,7 @@ pub(crate) async fn download_route(
     req: Request,
 ) -> ApiResult<Response> {
     let (parts, _) = req.into_parts();
-    authenticate(&state, &parts)?;
+    authenticate(&state, &parts).await?;
     download(&state, &server_name, &media_id, None, Remote::Fetch).await
 }
 
@@ -420,7 +428,7 @@ pub(crate) async fn download_named_route(
     req: Request,
 ) -> ApiResult<Response> {
     let (parts, _) = req.into_parts();
-    authenticate(&state, &parts)?;
+    authenticate(&state, &parts).await?;
     download(
         &state,
         &server_name,
@@ -498,7 +506,7 @@ pub(crate) async fn thumbnail_route(
     req: Request,
 ) -> ApiResult<Response> {
     let (parts, _) = req.into_parts();
-    authenticate(&state, &parts)?;
+    authenticate(&state, &parts).await?;
     thumbnail(&state, &server_name, &media_id, &q, Remote::Fetch).await
 }
 
@@ -518,7 +526,7 @@ pub(crate) async fn config_route(
     req: Request,
 ) -> ApiResult<RumaResponse<get_media_config::v1::Response>> {
     let (parts, _) = req.into_parts();
-    authenticate(&state, &parts)?;
+    authenticate(&state, &parts).await?;
     Ok(RumaResponse(get_media_config::v1::Response::new(
         upload_size(&state),
     )))
@@ -546,7 +554,7 @@ pub(crate) async fn preview_url_route(
     req: Request,
 ) -> ApiResult<RumaResponse<get_media_preview::v1::Response>> {
     let (parts, _) = req.into_parts();
-    let id = authenticate(&state, &parts)?;
+    let id = authenticate(&state, &parts).await?;
     state.ratelimit.check(Limit::Send, id.user_id.as_str())?;
     let url = q
         .get("url")

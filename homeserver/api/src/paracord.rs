@@ -9,7 +9,10 @@ use paracord_core::Error;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::{ruma_wrapper::access_token, ApiResult, AppState};
+use crate::{
+    ruma_wrapper::{caller_ip, identify},
+    ApiResult, AppState,
+};
 
 mod channels;
 pub(crate) mod guilds;
@@ -51,12 +54,15 @@ pub(crate) fn routes() -> Router<AppState> {
 
 /// The requester: the owner of the access token, or the user of another server for whom the
 /// guild host runs a relayed request.
-pub(crate) fn user(state: &AppState, parts: &http::request::Parts) -> ApiResult<ruma::OwnedUserId> {
+pub(crate) async fn user(
+    state: &AppState,
+    parts: &http::request::Parts,
+) -> ApiResult<ruma::OwnedUserId> {
     if let Some(relay::RelayedUser(user)) = parts.extensions.get::<relay::RelayedUser>() {
         return Ok(user.clone());
     }
-    let token = access_token(parts).ok_or_else(Error::missing_token)?;
-    Ok(state.accounts.authenticate(&token)?.user_id)
+    let (id, _) = identify(state, parts, caller_ip(state, parts)).await?;
+    Ok(id.user_id)
 }
 
 /// A user id from the path; anything else is an invalid parameter.
@@ -91,7 +97,7 @@ impl axum::extract::FromRequestParts<AppState> for Caller {
         parts: &mut http::request::Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        user(state, parts).map(Caller)
+        user(state, parts).await.map(Caller)
     }
 }
 

@@ -237,10 +237,7 @@ impl Read {
         while path_args.len() < path_param_count::<T>() {
             path_args.push(String::new());
         }
-        let client_ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| client_address(&state.config.trusted_proxies, c.0.ip(), &parts.headers));
+        let client_ip = caller_ip(state, &parts);
         let limit = if <T::Authentication as AuthRequirement>::SERVER_SIGNED {
             request_limit(&state.config)
         } else {
@@ -262,23 +259,13 @@ impl Read {
         let requirement_required = <T::Authentication as AuthRequirement>::REQUIRED;
         let requirement_optional = <T::Authentication as AuthRequirement>::OPTIONAL;
         if requirement_required || requirement_optional {
-            match access_token(&parts) {
-                Some(token) if state.appservices.by_as_token(&token).is_some() => {
-                    let (id, massaged_ts) = appservice_identity(state, &token, &parts).await?;
+            match identify(state, &parts, client_ip).await {
+                Ok((id, massaged_ts)) => {
                     ident = Some(id);
                     ts = massaged_ts;
                 }
-                Some(token) => {
-                    let id = state.accounts.authenticate(&token)?;
-                    state.accounts.touch_device(
-                        &id.user_id,
-                        id.device_id.as_str(),
-                        client_ip.map(|i| i.to_string()),
-                    );
-                    ident = Some(id);
-                }
-                None if requirement_required => return Err(ApiError(Error::missing_token())),
-                None => {}
+                Err(e) if requirement_required || access_token(&parts).is_some() => return Err(e),
+                Err(_) => {}
             }
         }
 
@@ -314,6 +301,37 @@ impl Read {
             raw_body: bytes,
         })
     }
+}
+
+/// The client's address for a request ([`client_address`] of the connection's peer).
+pub(crate) fn caller_ip(state: &AppState, parts: &http::request::Parts) -> Option<IpAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| client_address(&state.config.trusted_proxies, c.0.ip(), &parts.headers))
+}
+
+/// The caller of a client request, the one place an access token becomes an identity: a
+/// user's access token (and its device is marked as seen from `client_ip`), or an
+/// application service's `as_token` acting as its sender or the user and device that
+/// `?user_id=` and `?device_id=` name (with the `?ts=` it asks for). No token is
+/// `M_MISSING_TOKEN`.
+pub(crate) async fn identify(
+    state: &AppState,
+    parts: &http::request::Parts,
+    client_ip: Option<IpAddr>,
+) -> Result<(Identity, Option<u64>), ApiError> {
+    let token = access_token(parts).ok_or_else(|| ApiError(Error::missing_token()))?;
+    if state.appservices.by_as_token(&token).is_some() {
+        return appservice_identity(state, &token, parts).await;
+    }
+    let id = state.accounts.authenticate(&token)?;
+    state.accounts.touch_device(
+        &id.user_id,
+        id.device_id.as_str(),
+        client_ip.map(|i| i.to_string()),
+    );
+    Ok((id, None))
 }
 
 /// The identity of a request made with an application service's `as_token`: its sender, or

@@ -28,7 +28,7 @@ pub(crate) async fn create_guild_route(
     req: Request,
 ) -> ApiResult<Json<CreatedGuildAnswer>> {
     let (parts, body) = req.into_parts();
-    let user = user(&state, &parts)?;
+    let user = user(&state, &parts).await?;
     let limit = state.config.max_request_bytes;
     let body = axum::body::to_bytes(body, limit)
         .await
@@ -91,7 +91,7 @@ pub(crate) async fn create_role_route(
     req: Request,
 ) -> ApiResult<Json<Role>> {
     let (parts, body) = req.into_parts();
-    let user = user(&state, &parts)?;
+    let user = user(&state, &parts).await?;
     let id = member_guild(&state, &user, &id)?;
     let body: wire::CreateRole = wire::read(json_body(&state, body).await?)?;
     let role = body.check()?;
@@ -109,7 +109,7 @@ async fn member_role(
     add: bool,
 ) -> ApiResult<Json<Member>> {
     let (parts, _) = req.into_parts();
-    let user = user(&state, &parts)?;
+    let user = user(&state, &parts).await?;
     let id = member_guild(&state, &user, &id)?;
     let target = user_param(&target)?;
     store::set_member_role(&state.rooms, &id, &user, &target, &role, add).await?;

@@ -121,7 +121,7 @@ pub(crate) async fn list_members_route(
     req: Request,
 ) -> ApiResult<Json<Vec<Member>>> {
     let (parts, _) = req.into_parts();
-    let user = user(&state, &parts)?;
+    let user = user(&state, &parts).await?;
     let id = member_guild(&state, &user, &id)?;
     let q = query(&parts)?;
     let limit = match q.get("limit") {
@@ -170,7 +170,7 @@ pub(crate) async fn remove_member_route(
     req: Request,
 ) -> ApiResult<Json<Empty>> {
     let (parts, _) = req.into_parts();
-    let user = user(&state, &parts)?;
+    let user = user(&state, &parts).await?;
     let id = member_guild(&state, &user, &id)?;
     let target = known_user(&target)?;
     let q = query(&parts)?;
@@ -243,7 +243,7 @@ pub(crate) async fn create_invite_route(
     req: Request,
 ) -> ApiResult<Json<Invite>> {
     let (parts, body) = req.into_parts();
-    let user = user(&state, &parts)?;
+    let user = user(&state, &parts).await?;
     let channel =
         ruma::OwnedRoomId::try_from(channel).map_err(|_| Error::not_found("no such channel"))?;
     let body: CreateInvite = wire::read(json_body(&state, body).await?)?;
@@ -294,7 +294,7 @@ pub(crate) async fn get_invite_route(
     req: Request,
 ) -> ApiResult<Response> {
     let (parts, _) = req.into_parts();
-    let user = user(&state, &parts)?;
+    let user = user(&state, &parts).await?;
     match members::invite(&state.rooms, &state.invites, &code) {
         Ok(invite) => Ok(Json(Invite::from(invite)).into_response()),
         Err(e) => {
@@ -325,7 +325,7 @@ pub(crate) async fn accept_invite_route(
     req: Request,
 ) -> ApiResult<Response> {
     let (parts, body) = req.into_parts();
-    let user = user(&state, &parts)?;
+    let user = user(&state, &parts).await?;
     let body = json_body(&state, body).await?;
     let (guild_id, channel_id, via, join_channel) =
         match members::accept_invite(&state.rooms, &state.invites, &state.pdus, &code, &user).await

@@ -51,7 +51,7 @@ pub(crate) async fn relay_layer(
     // Every write becomes several room events: writes share the sending rate limit. (A
     // request without a valid token is left to the handler to refuse.)
     if parts.method != Method::GET {
-        if let Ok(user) = super::user(&state, &parts) {
+        if let Ok(user) = super::user(&state, &parts).await {
             if let Err(e) = state.ratelimit.check(Limit::Send, user.as_str()) {
                 return ApiError(e).into_response();
             }
@@ -85,7 +85,7 @@ async fn relay(
     host: &str,
     bytes: &Bytes,
 ) -> ApiResult<Response> {
-    let user = super::user(state, parts)?;
+    let user = super::user(state, parts).await?;
     let host = OwnedServerName::try_from(host)
         .map_err(|_| Error::internal(format!("guild host {host} is not a server name")))?;
     let path = parts

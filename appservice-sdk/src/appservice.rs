@@ -19,8 +19,8 @@ use axum::{
 };
 use futures::{future::BoxFuture, Stream};
 use ruma::{
-    events::AnyTimelineEvent, serde::Raw, OwnedRoomAliasId, OwnedServerName, OwnedUserId,
-    RoomAliasId, ServerName, UserId,
+    events::AnyTimelineEvent, serde::Raw, OwnedRoomAliasId, OwnedUserId, RoomAliasId, ServerName,
+    UserId,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -28,6 +28,7 @@ use subtle::ConstantTimeEq;
 use tokio::{net::TcpListener, sync::mpsc};
 
 use crate::{
+    connection::Connection,
     error::Result,
     event::Event,
     intent::Intent,
@@ -51,11 +52,7 @@ pub struct Appservice {
 }
 
 struct Inner {
-    registration: Registration,
-    homeserver: String,
-    server_name: OwnedServerName,
-    http: reqwest::Client,
-    store: Arc<dyn StateStore>,
+    conn: Arc<Connection>,
     events: mpsc::Sender<Event>,
     /// Held while a transaction is processed, so transactions are delivered one at a time, in
     /// the order they arrive, and a retry racing the original is seen as a repeat.
@@ -67,9 +64,9 @@ struct Inner {
 impl std::fmt::Debug for Appservice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Appservice")
-            .field("id", &self.inner.registration.id)
-            .field("homeserver", &self.inner.homeserver)
-            .field("server_name", &self.inner.server_name)
+            .field("id", &self.inner.conn.registration.id)
+            .field("homeserver", &self.inner.conn.homeserver)
+            .field("server_name", &self.inner.conn.server_name)
             .finish_non_exhaustive()
     }
 }
@@ -134,11 +131,13 @@ impl AppserviceBuilder {
         let server_name = ServerName::parse(&self.server_name)?;
         let (tx, rx) = mpsc::channel(self.queue);
         let inner = Inner {
-            registration: self.registration,
-            homeserver: self.homeserver.trim_end_matches('/').to_owned(),
-            server_name,
-            http: reqwest::Client::new(),
-            store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
+            conn: Arc::new(Connection {
+                registration: self.registration,
+                homeserver: self.homeserver.trim_end_matches('/').to_owned(),
+                server_name,
+                http: reqwest::Client::new(),
+                store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
+            }),
             events: tx,
             recent: tokio::sync::Mutex::new(RecentTxns::new(self.recent_txns)),
             user_query: self.user_query,
@@ -176,30 +175,27 @@ impl Appservice {
 
     /// The registration.
     pub fn registration(&self) -> &Registration {
-        &self.inner.registration
+        &self.inner.conn.registration
     }
 
     /// The homeserver's name.
     pub fn server_name(&self) -> &ServerName {
-        &self.inner.server_name
+        &self.inner.conn.server_name
     }
 
     /// The state store.
     pub fn store(&self) -> &dyn StateStore {
-        self.inner.store.as_ref()
+        self.inner.conn.store.as_ref()
     }
 
     /// `@sender_localpart:server_name`, the appservice's own user.
     pub fn bot_user_id(&self) -> Result<OwnedUserId> {
-        Ok(UserId::parse(format!(
-            "@{}:{}",
-            self.inner.registration.sender_localpart, self.inner.server_name
-        ))?)
+        self.inner.conn.bot_user_id()
     }
 
     /// An [`Intent`] acting as the appservice's own user.
     pub fn bot(&self) -> Result<Intent> {
-        Ok(Intent::new(self.clone(), self.bot_user_id()?))
+        Ok(Intent::new(self.inner.conn.clone(), self.bot_user_id()?))
     }
 
     /// An [`Intent`] acting as a user of the appservice: `localpart` or a full `@user:server`.
@@ -207,17 +203,9 @@ impl Appservice {
         let user_id = if localpart_or_user_id.starts_with('@') {
             UserId::parse(localpart_or_user_id)?
         } else {
-            UserId::parse_with_server_name(localpart_or_user_id, &self.inner.server_name)?
+            UserId::parse_with_server_name(localpart_or_user_id, &self.inner.conn.server_name)?
         };
-        Ok(Intent::new(self.clone(), user_id))
-    }
-
-    pub(crate) fn http(&self) -> &reqwest::Client {
-        &self.inner.http
-    }
-
-    pub(crate) fn homeserver(&self) -> &str {
-        &self.inner.homeserver
+        Ok(Intent::new(self.inner.conn.clone(), user_id))
     }
 
     /// The routes the homeserver calls, to mount in an axum server of your own.
@@ -361,7 +349,7 @@ fn refusal(
     headers: &HeaderMap,
     query: &HashMap<String, String>,
 ) -> Option<Response> {
-    match check_hs_token(&app.inner.registration.hs_token, headers, query) {
+    match check_hs_token(&app.inner.conn.registration.hs_token, headers, query) {
         Ok(()) => None,
         Err(AuthFailure::Missing) => Some(matrix_error(
             StatusCode::UNAUTHORIZED,
@@ -431,10 +419,15 @@ async fn transaction(
 async fn deliver(app: Appservice, txn_id: String, events: Vec<Raw<AnyTimelineEvent>>) {
     let mut recent = app.inner.recent.lock().await;
     let seen = recent.contains(&txn_id)
-        || app.inner.store.txn_processed(&txn_id).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "reading processed transactions");
-            false
-        });
+        || app
+            .inner
+            .conn
+            .store
+            .txn_processed(&txn_id)
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "reading processed transactions");
+                false
+            });
     if seen {
         tracing::debug!(txn_id, "transaction already processed");
         return;
@@ -447,7 +440,7 @@ async fn deliver(app: Appservice, txn_id: String, events: Vec<Raw<AnyTimelineEve
         }
     }
     recent.insert(&txn_id);
-    if let Err(e) = app.inner.store.mark_txn_processed(&txn_id) {
+    if let Err(e) = app.inner.conn.store.mark_txn_processed(&txn_id) {
         tracing::warn!(error = %e, "recording a processed transaction");
     }
     tracing::debug!(txn_id, count, "transaction delivered");

@@ -1,6 +1,9 @@
 //! Acting as one of the appservice's users over the client-server API.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
 
 use reqwest::Method;
 use ruma::{
@@ -15,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::{
-    appservice::Appservice,
+    connection::Connection,
     error::{Error, Result},
     registration::random_token,
 };
@@ -73,12 +76,12 @@ pub struct CreateRoom {
 /// `as_token` with `?user_id=`. Every call first makes sure the user exists.
 #[derive(Debug, Clone)]
 pub struct Intent {
-    app: Appservice,
+    app: Arc<Connection>,
     user_id: OwnedUserId,
 }
 
 impl Intent {
-    pub(crate) fn new(app: Appservice, user_id: OwnedUserId) -> Self {
+    pub(crate) fn new(app: Arc<Connection>, user_id: OwnedUserId) -> Self {
         Self { app, user_id }
     }
 
@@ -88,8 +91,8 @@ impl Intent {
     }
 
     fn is_bot(&self) -> bool {
-        self.user_id.localpart() == self.app.registration().sender_localpart
-            && self.user_id.server_name() == self.app.server_name()
+        self.user_id.localpart() == self.app.registration.sender_localpart
+            && self.user_id.server_name() == self.app.server_name
     }
 
     /// A request to `/_matrix{path}` as this user, without registering first.
@@ -101,7 +104,7 @@ impl Intent {
         content_type: &str,
     ) -> Result<Value> {
         let sep = if path.contains('?') { '&' } else { '?' };
-        let mut url = format!("{}/_matrix{path}", self.app.homeserver());
+        let mut url = format!("{}/_matrix{path}", self.app.homeserver);
         // The sender needs no assertion; naming it is allowed too, but not every server agrees.
         if !self.is_bot() {
             url.push(sep);
@@ -110,9 +113,9 @@ impl Intent {
         }
         let mut req = self
             .app
-            .http()
+            .http
             .request(method, url)
-            .bearer_auth(&self.app.registration().as_token);
+            .bearer_auth(&self.app.registration.as_token);
         if let Some(body) = body {
             req = req
                 .header(reqwest::header::CONTENT_TYPE, content_type)
@@ -150,7 +153,7 @@ impl Intent {
     /// `M_USER_IN_USE` means it already exists, which is fine. For the appservice's own user
     /// (which the homeserver creates on first use) this is a `whoami`.
     pub async fn ensure_registered(&self) -> Result<()> {
-        let store = self.app.store();
+        let store = self.app.store.as_ref();
         if store.user_registered(self.user_id.as_str())? {
             return Ok(());
         }
@@ -173,9 +176,7 @@ impl Intent {
         let bytes = reqwest::Body::from(body.to_string());
         // Registration is made as the appservice itself (no `?user_id=`: the user does not
         // exist yet).
-        let result = self
-            .app
-            .bot()?
+        let result = Intent::new(self.app.clone(), self.app.bot_user_id()?)
             .raw_request(
                 Method::POST,
                 &format!("{CLIENT_V3}/register"),

@@ -11,6 +11,7 @@
 
 mod appservice;
 mod command;
+mod connection;
 mod error;
 mod event;
 mod intent;

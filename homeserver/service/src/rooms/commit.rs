@@ -14,9 +14,9 @@ use ruma::{
 };
 
 use super::{
-    membership::membership_of, notify::Notification, put_timeline_row, relations,
-    remote::invite_key, rules_for, txn_key, write_event_rows, write_full_snapshot,
-    write_membership, write_state_snapshot, EventMeta, Pdu, RoomRecord, Rooms, StateMap,
+    keys::invite_key, membership::membership_of, notify::Notification, put_timeline_row, relations,
+    rules_for, txn_key, write_event_rows, write_full_snapshot, write_membership,
+    write_state_snapshot, EventMeta, Pdu, RoomRecord, Rooms, StateMap,
 };
 
 /// Snapshot ids of resolved states (which belong to no one event) have this bit set, and the

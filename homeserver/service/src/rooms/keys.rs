@@ -1,6 +1,16 @@
 //! The keys of the room tables, one type per key layout. The byte layouts are the on-disk
 //! format: changing one needs a migration, which the `*_layout_is_stable` tests guard.
 
+/// The key of a local user's pending invite (or knock) to a room of another server, in
+/// `userroom_remoteinvite`.
+pub(super) fn invite_key(user: &ruma::UserId, room_id: &ruma::RoomId) -> Vec<u8> {
+    UserRoomKey {
+        user_id: user.as_str(),
+        room_id: room_id.as_str(),
+    }
+    .encode()
+}
+
 #[cfg(test)]
 use paracord_storage::KeyBuf;
 use paracord_storage::{key, KeyReader, StorageError};

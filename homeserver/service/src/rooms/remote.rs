@@ -24,7 +24,7 @@ use tracing::{debug, info};
 use super::{
     commit::{Accepted, Before, Pending, RESOLVED_BEFORE},
     hooks,
-    keys::{RoomPosKey, UserRoomKey},
+    keys::{invite_key, RoomPosKey},
     put_timeline_row, rules_for, write_event_rows, write_full_snapshot, write_membership,
     EventMeta, Pdu, RoomRecord, Rooms, StateMap,
 };
@@ -55,14 +55,6 @@ pub enum Placed {
     Known,
     /// The state after these `prev_events` is not known here yet.
     MissingState(Vec<OwnedEventId>),
-}
-
-pub(super) fn invite_key(user: &UserId, room_id: &RoomId) -> Vec<u8> {
-    UserRoomKey {
-        user_id: user.as_str(),
-        room_id: room_id.as_str(),
-    }
-    .encode()
 }
 
 /// Auth checks of an event against its own auth events, found through `lookup`: the rules

@@ -1,0 +1,41 @@
+//! What an appservice's users need to reach the homeserver, shared by the [`Appservice`]
+//! that receives from it and the [`Intent`]s that act through it.
+//!
+//! [`Appservice`]: crate::Appservice
+//! [`Intent`]: crate::Intent
+
+use std::sync::Arc;
+
+use ruma::{OwnedServerName, OwnedUserId, UserId};
+
+use crate::{error::Result, registration::Registration, store::StateStore};
+
+pub(crate) struct Connection {
+    pub(crate) registration: Registration,
+    /// The homeserver's client-server API base, without a trailing slash.
+    pub(crate) homeserver: String,
+    /// The homeserver's name: users are `@…:server_name`.
+    pub(crate) server_name: OwnedServerName,
+    pub(crate) http: reqwest::Client,
+    pub(crate) store: Arc<dyn StateStore>,
+}
+
+impl Connection {
+    /// `@sender_localpart:server_name`, the appservice's own user.
+    pub(crate) fn bot_user_id(&self) -> Result<OwnedUserId> {
+        Ok(UserId::parse(format!(
+            "@{}:{}",
+            self.registration.sender_localpart, self.server_name
+        ))?)
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.registration.id)
+            .field("homeserver", &self.homeserver)
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}

@@ -146,7 +146,7 @@ pub struct E2ee {
     /// before anything is dropped, and the expiry sweep starts every count afresh.
     pending_counts: Mutex<HashMap<(OwnedUserId, String), u64>>,
     /// Told of key counts and to-device messages (the appservice queue).
-    key_observer: std::sync::OnceLock<Arc<dyn DeviceObserver>>,
+    key_observer: Option<Arc<dyn DeviceObserver>>,
 }
 
 /// Told when a local device's one-time or fallback keys change (uploaded or claimed) and of
@@ -276,6 +276,7 @@ impl E2ee {
         rooms: Arc<Rooms>,
         to_device_limits: ToDeviceLimits,
         edu_out: Option<OutgoingEdu>,
+        key_observer: Option<Arc<dyn DeviceObserver>>,
     ) -> Self {
         Self {
             db,
@@ -288,18 +289,13 @@ impl E2ee {
             edu_out,
             to_device_limits,
             pending_counts: Mutex::default(),
-            key_observer: std::sync::OnceLock::new(),
+            key_observer,
         }
-    }
-
-    /// Sets the observer of key counts and to-device messages (once).
-    pub fn set_device_observer(&self, observer: Arc<dyn DeviceObserver>) {
-        let _ = self.key_observer.set(observer);
     }
 
     /// Tells the observer of `user`'s `device`'s key counts, if it wants them.
     fn tell_counts(&self, user: &UserId, device: &str) {
-        let Some(o) = self.key_observer.get() else {
+        let Some(o) = self.key_observer.as_ref() else {
             return;
         };
         if !o.wants(user) {
@@ -587,7 +583,7 @@ impl E2ee {
         let mut wake: HashSet<OwnedUserId> = self.users_sharing_rooms(user)?;
         wake.insert(user.to_owned());
         self.stream.notifier().wake(wake.iter().map(|u| u.as_ref()));
-        if let Some(o) = self.key_observer.get() {
+        if let Some(o) = self.key_observer.as_ref() {
             o.device_list_changed(user, &wake);
         }
         if self.accounts.is_local(user) {
@@ -1398,7 +1394,7 @@ impl E2ee {
             Ok(true)
         })?;
         if accepted {
-            if let Some(o) = self.key_observer.get() {
+            if let Some(o) = self.key_observer.as_ref() {
                 for (user, device, content) in &recipients {
                     if o.wants(user) {
                         o.to_device(

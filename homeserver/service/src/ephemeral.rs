@@ -11,7 +11,7 @@ use std::{
 
 use paracord_core::{time::now_ms, Error, Result};
 use paracord_storage::{Db, Table};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -95,7 +95,7 @@ pub trait EphemeralObserver: Send + Sync {
 
 pub struct Ephemeral {
     db: Arc<Db>,
-    observers: RwLock<Vec<Arc<dyn EphemeralObserver>>>,
+    observers: Vec<Arc<dyn EphemeralObserver>>,
     stream: Arc<Stream>,
     typing: Arc<Mutex<HashMap<OwnedRoomId, RoomTyping>>>,
     /// Stream position of the newest receipt per room (rooms missing: unknown since restart).
@@ -106,11 +106,16 @@ pub struct Ephemeral {
 }
 
 impl Ephemeral {
-    pub fn new(db: Arc<Db>, stream: Arc<Stream>) -> Self {
+    /// Typing, receipts and presence, told to `observers` as they change.
+    pub fn new(
+        db: Arc<Db>,
+        stream: Arc<Stream>,
+        observers: Vec<Arc<dyn EphemeralObserver>>,
+    ) -> Self {
         let presence_pos = AtomicU64::new(stream.current());
         Self {
             db,
-            observers: RwLock::default(),
+            observers,
             stream,
             typing: Arc::default(),
             receipt_pos: Mutex::default(),
@@ -118,18 +123,13 @@ impl Ephemeral {
         }
     }
 
-    /// Adds an observer of typing, receipts and presence.
-    pub fn add_observer(&self, observer: Arc<dyn EphemeralObserver>) {
-        self.observers.write().push(observer);
-    }
-
     /// Whether some observer wants updates.
     fn listened(&self) -> bool {
-        self.observers.read().iter().any(|o| o.listening())
+        self.observers.iter().any(|o| o.listening())
     }
 
     fn tell(&self, update: &EphemeralUpdate<'_>) {
-        for o in self.observers.read().iter() {
+        for o in &self.observers {
             o.changed(update);
         }
     }

@@ -96,7 +96,15 @@ impl Services {
         let config = Arc::new(config);
         let keys = Arc::new(keys);
         let stream = Arc::new(stream::Stream::load(db.clone())?);
-        let ratelimit = Arc::new(ratelimit::RateLimiter::new(&config));
+        let appservices = Arc::new(appservice::Appservices::from_config(db.clone(), &config)?);
+        // Users of appservices registered `rate_limited: false` are not limited; registrations
+        // may be added at run time (admin API), so it is asked each time.
+        let ratelimit = Arc::new(ratelimit::RateLimiter::new(&config, {
+            let appservices = appservices.clone();
+            Some(Box::new(move |user| {
+                appservices.exempt_from_rate_limits(user)
+            }))
+        }));
         let accounts = Arc::new(accounts::Accounts::new(
             db.clone(),
             config.clone(),
@@ -119,14 +127,6 @@ impl Services {
         // (which needs the PDU service, made later: given to it then) and the push sender.
         // Local events go to the federation sender.
         let (push_observer, push_jobs, pusher_users) = pushers::PushObserver::new();
-        let appservices = Arc::new(appservice::Appservices::from_config(db.clone(), &config)?);
-        // Registrations may be added at run time (admin API): always asked.
-        {
-            let appservices = appservices.clone();
-            ratelimit.set_exemption(Box::new(move |user| {
-                appservices.exempt_from_rate_limits(user)
-            }));
-        }
         let outgoing: rooms::OutgoingPdu = {
             let sender = sender.clone();
             Arc::new(move |destinations, event_id, pdu| {
@@ -192,11 +192,14 @@ impl Services {
             keys.clone(),
             Some(server_keys::fetch_with(federation.clone())),
         ));
-        let ephemeral = Arc::new(ephemeral::Ephemeral::new(db.clone(), stream.clone()));
-        ephemeral.add_observer(Arc::new(appservice::AppserviceObserver::new(
-            appservices.clone(),
-            Arc::downgrade(&rooms),
-        )));
+        let ephemeral = Arc::new(ephemeral::Ephemeral::new(
+            db.clone(),
+            stream.clone(),
+            vec![Arc::new(appservice::AppserviceObserver::new(
+                appservices.clone(),
+                Arc::downgrade(&rooms),
+            ))],
+        ));
         let edu_out: e2ee::OutgoingEdu = {
             let sender = sender.clone();
             Arc::new(move |destination, edu| sender.queue_edu(destination, edu))
@@ -208,11 +211,11 @@ impl Services {
             rooms.clone(),
             e2ee::ToDeviceLimits::from_config(&config),
             Some(edu_out),
+            Some(Arc::new(appservice::AppserviceObserver::new(
+                appservices.clone(),
+                Arc::downgrade(&rooms),
+            ))),
         ));
-        e2ee.set_device_observer(Arc::new(appservice::AppserviceObserver::new(
-            appservices.clone(),
-            Arc::downgrade(&rooms),
-        )));
         let durability = Arc::new(durability::Durability::new(db.clone(), config.sync_writes));
         let sync = Arc::new(sync::Sync::new(
             rooms.clone(),

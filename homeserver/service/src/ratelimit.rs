@@ -35,14 +35,15 @@ pub struct RateLimiter {
     ephemeral: (f64, f64),
     buckets: Mutex<HashMap<(Limit, String), (f64, Instant)>>,
     /// Keys (user ids) never limited: users of appservices registered `rate_limited: false`.
-    exempt: std::sync::OnceLock<Exemption>,
+    exempt: Option<Exemption>,
 }
 
 /// Says whether a key is exempt from rate limits.
 pub type Exemption = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
 impl RateLimiter {
-    pub fn new(config: &Config) -> Self {
+    /// Limits from `config`; keys `exempt` says are exempt are never limited.
+    pub fn new(config: &Config, exempt: Option<Exemption>) -> Self {
         Self {
             enabled: config.rate_limits_enabled,
             auth: (
@@ -62,13 +63,8 @@ impl RateLimiter {
                 f64::from(config.rate_limit_ephemeral_burst.max(1)),
             ),
             buckets: Mutex::default(),
-            exempt: std::sync::OnceLock::new(),
+            exempt,
         }
-    }
-
-    /// Sets which keys are never limited (once, when the services are built).
-    pub fn set_exemption(&self, exempt: Exemption) {
-        let _ = self.exempt.set(exempt);
     }
 
     /// Takes one token from the bucket of `(limit, key)`, or says how long to wait.
@@ -76,7 +72,7 @@ impl RateLimiter {
         if !self.enabled
             || self
                 .exempt
-                .get()
+                .as_ref()
                 .is_some_and(|f| key.starts_with('@') && f(key))
         {
             return Ok(());
@@ -122,7 +118,7 @@ mod tests {
             rate_limit_auth_per_second: 0.1,
             ..Config::default()
         };
-        let rl = RateLimiter::new(&config);
+        let rl = RateLimiter::new(&config, None);
         for _ in 0..3 {
             rl.check(Limit::Auth, "1.2.3.4").unwrap();
         }
@@ -140,7 +136,7 @@ mod tests {
             rate_limit_auth_burst: 1,
             ..Config::default()
         };
-        let rl = RateLimiter::new(&config);
+        let rl = RateLimiter::new(&config, None);
         for _ in 0..100 {
             rl.check(Limit::Auth, "x").unwrap();
         }

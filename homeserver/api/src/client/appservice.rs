@@ -8,7 +8,8 @@ use axum::{
 };
 use paracord_core::Error;
 use ruma::api::client::appservice::request_ping;
-use serde_json::{json, Value};
+use ruma::{api::appservice::Namespaces, OwnedUserId};
+use serde::Serialize;
 
 use crate::{ruma_wrapper::Ruma, ApiResult, AppState, RumaResponse};
 
@@ -45,33 +46,64 @@ fn admin(state: &AppState, parts: &http::request::Parts) -> Result<(), Error> {
     Ok(())
 }
 
+/// One registration as the admin API lists it: no tokens.
+#[derive(Serialize)]
+pub(crate) struct AppserviceEntry {
+    id: String,
+    url: Option<String>,
+    sender: OwnedUserId,
+    namespaces: Namespaces,
+    protocols: Option<Vec<String>>,
+    rate_limited: bool,
+    receive_ephemeral: bool,
+    /// `file` (from `appservice_dir`) or `admin` (added with this API).
+    source: &'static str,
+}
+
+/// The answer of `GET /_paracord/v1/admin/appservices`.
+#[derive(Serialize)]
+pub(crate) struct AppserviceList {
+    appservices: Vec<AppserviceEntry>,
+}
+
+/// The answer of `POST /_paracord/v1/admin/appservices`.
+#[derive(Serialize)]
+pub(crate) struct AddedAppservice {
+    id: String,
+    sender: OwnedUserId,
+}
+
+/// The answer of `DELETE /_paracord/v1/admin/appservices/{id}`: an empty object.
+#[derive(Serialize)]
+pub(crate) struct RemovedAppservice {}
+
 /// `GET /_paracord/v1/admin/appservices` (server admins): every registration, without its
 /// tokens, and where it came from (`file` or `admin`).
 pub(crate) async fn admin_list_route(
     State(state): State<AppState>,
     req: axum::extract::Request,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<AppserviceList>> {
     let (parts, _) = req.into_parts();
     admin(&state, &parts)?;
-    let list: Vec<Value> = state
+    let appservices = state
         .appservices
         .all()
         .iter()
         .map(|a| {
             let r = &a.registration;
-            json!({
-                "id": r.id,
-                "url": r.url,
-                "sender": a.sender,
-                "namespaces": r.namespaces,
-                "protocols": r.protocols,
-                "rate_limited": a.rate_limited(),
-                "receive_ephemeral": a.receive_ephemeral,
-                "source": if a.added { "admin" } else { "file" },
-            })
+            AppserviceEntry {
+                id: r.id.clone(),
+                url: r.url.clone(),
+                sender: a.sender.clone(),
+                namespaces: r.namespaces.clone(),
+                protocols: r.protocols.clone(),
+                rate_limited: a.rate_limited(),
+                receive_ephemeral: a.receive_ephemeral,
+                source: if a.added { "admin" } else { "file" },
+            }
         })
         .collect();
-    Ok(Json(json!({ "appservices": list })))
+    Ok(Json(AppserviceList { appservices }))
 }
 
 /// `POST /_paracord/v1/admin/appservices` (server admins): adds the registration in the body
@@ -80,7 +112,7 @@ pub(crate) async fn admin_list_route(
 pub(crate) async fn admin_add_route(
     State(state): State<AppState>,
     req: axum::extract::Request,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<AddedAppservice>> {
     let (parts, body) = req.into_parts();
     admin(&state, &parts)?;
     let bytes = axum::body::to_bytes(body, state.config.max_request_bytes)
@@ -89,7 +121,10 @@ pub(crate) async fn admin_add_route(
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| Error::invalid_param("the registration is not UTF-8"))?;
     let a = state.appservices.add(text)?;
-    Ok(Json(json!({ "id": a.id(), "sender": a.sender })))
+    Ok(Json(AddedAppservice {
+        id: a.id().to_owned(),
+        sender: a.sender.clone(),
+    }))
 }
 
 /// `DELETE /_paracord/v1/admin/appservices/{id}` (server admins): removes a registration
@@ -98,9 +133,9 @@ pub(crate) async fn admin_remove_route(
     State(state): State<AppState>,
     Path(id): Path<String>,
     req: axum::extract::Request,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<RemovedAppservice>> {
     let (parts, _) = req.into_parts();
     admin(&state, &parts)?;
     state.appservices.remove(&id)?;
-    Ok(Json(json!({})))
+    Ok(Json(RemovedAppservice {}))
 }

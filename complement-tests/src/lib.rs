@@ -13,6 +13,7 @@ mod hmac_sha1;
 pub mod network;
 mod server;
 pub mod synapse;
+pub mod venv;
 
 use rand::{distributions::Alphanumeric, Rng};
 pub use reqwest::{Method, StatusCode};

@@ -1,11 +1,8 @@
 //! A real Synapse (PyPI `matrix-synapse`) on loopback ports, for interoperability tests.
 //!
 //! Synapse lives in a virtualenv at `$HOME/.cache/paracord/synapse-venv` (the one
-//! `scripts/bench` uses; `PARACORD_SYNAPSE_VENV` points elsewhere). When it is missing it is
-//! installed there first (`python3 -m venv` + `pip install matrix-synapse`, minutes, once): the
-//! venv is built under a temporary name next to it and renamed into place, so concurrent test
-//! processes never see half an install, and only `bin/python -m …` is used afterwards (a
-//! renamed venv keeps working that way).
+//! `scripts/bench` uses; `PARACORD_SYNAPSE_VENV` points elsewhere), installed there first
+//! when it is missing ([`crate::venv`]).
 //!
 //! Each [`SynapseServer`] gets a temporary directory with a generated config: the server name
 //! is `127.0.0.1:<tls port>` (an IP literal with a port, so other servers reach it without
@@ -36,105 +33,30 @@ use crate::{
     free_port,
     hmac_sha1::hmac_sha1_hex,
     random_localpart,
+    venv::{self, Venv},
 };
 
 /// How long Synapse gets to answer `/versions` once spawned (it imports a lot of Python and
 /// creates its SQLite schema on first start).
 const STARTUP_DEADLINE: Duration = Duration::from_secs(180);
 
-/// Serialises installs within this process; across processes the rename decides.
-static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// The virtualenv holding Synapse.
 pub fn venv_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("PARACORD_SYNAPSE_VENV") {
         return PathBuf::from(dir);
     }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| panic!("expected HOME to be set"));
-    PathBuf::from(home).join(".cache/paracord/synapse-venv")
-}
-
-fn python(venv: &Path) -> PathBuf {
-    venv.join("bin").join("python")
-}
-
-fn synapse_importable(venv: &Path) -> bool {
-    Command::new(python(venv))
-        .args(["-c", "import synapse"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn run(cmd: &mut Command, what: &str) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("expected to run {what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed with {}:\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    venv::cache_dir("synapse-venv")
 }
 
 /// Installs Synapse into [`venv_dir`] unless it is already importable there; returns the
 /// venv's Python.
 pub fn ensure_installed() -> PathBuf {
-    let venv = venv_dir();
-    let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
-    if synapse_importable(&venv) {
-        return python(&venv);
+    Venv {
+        dir: venv_dir(),
+        packages: &["matrix-synapse"],
+        probe: "import synapse",
     }
-    let parent = venv
-        .parent()
-        .unwrap_or_else(|| panic!("expected {} to have a parent", venv.display()));
-    std::fs::create_dir_all(parent)
-        .unwrap_or_else(|e| panic!("expected to create {}: {e}", parent.display()));
-    let staging = tempfile::Builder::new()
-        .prefix("synapse-venv.partial-")
-        .tempdir_in(parent)
-        .unwrap_or_else(|e| panic!("expected a staging directory in {}: {e}", parent.display()));
-    eprintln!(
-        "installing matrix-synapse into {} (once; a few minutes)",
-        venv.display()
-    );
-    run(
-        Command::new("python3")
-            .arg("-m")
-            .arg("venv")
-            .arg(staging.path()),
-        "python3 -m venv (Debian: apt-get install python3-venv)",
-    );
-    run(
-        Command::new(python(staging.path())).args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "matrix-synapse",
-        ]),
-        "pip install matrix-synapse",
-    );
-    // A broken venv left by an interrupted install of another tool is replaced.
-    if venv.exists() && !synapse_importable(&venv) {
-        std::fs::remove_dir_all(&venv)
-            .unwrap_or_else(|e| panic!("expected to remove {}: {e}", venv.display()));
-    }
-    let staged = staging.keep();
-    if std::fs::rename(&staged, &venv).is_err() {
-        // Another process finished first; use its install.
-        let _ = std::fs::remove_dir_all(&staged);
-    }
-    assert!(
-        synapse_importable(&venv),
-        "expected Synapse to be importable from {} after installing it",
-        venv.display()
-    );
-    python(&venv)
+    .ensure()
 }
 
 /// The installed Synapse's version (`synapse.__version__`).
@@ -198,7 +120,7 @@ impl SynapseServer {
     pub async fn restart_with_config(&mut self, extra: &str) {
         self.kill();
         self.write_config(extra);
-        self.spawn(&python(&venv_dir())).await;
+        self.spawn(&venv::python(&venv_dir())).await;
     }
 
     /// Kills the process (SIGKILL); [`Self::restart`] starts it again.

@@ -27,6 +27,7 @@ mod membership;
 mod messages;
 mod people;
 mod push;
+mod real_bridges;
 mod relations;
 mod room_versions;
 mod rooms;

@@ -24,6 +24,7 @@ pub use crate::{
     report::Report,
     scale::{run_all, Scale, ScaleParams},
     scenario::{
+        appservice::{appservice, AppserviceParams, AppserviceRegistration},
         fanout::{fanout, FanoutParams},
         growth::{growth, GrowthParams},
         initial_sync::{initial_sync, InitialSyncParams},

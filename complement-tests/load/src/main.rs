@@ -6,10 +6,10 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use paracord_load::{
-    fanout, growth, initial_sync, media, paginate, register, remote_join, rooms, run_all, search,
-    send, FanoutParams, GrowthParams, InitialSyncParams, LoadError, MediaParams, PaginateParams,
-    RegisterParams, Registration, RemoteJoinParams, Report, RoomsParams, Scale, SearchParams,
-    SendParams, Target,
+    appservice, fanout, growth, initial_sync, media, paginate, register, remote_join, rooms,
+    run_all, search, send, AppserviceParams, AppserviceRegistration, FanoutParams, GrowthParams,
+    InitialSyncParams, LoadError, MediaParams, PaginateParams, RegisterParams, Registration,
+    RemoteJoinParams, Report, RoomsParams, Scale, SearchParams, SendParams, Target,
 };
 
 #[derive(Parser, Debug)]
@@ -76,10 +76,24 @@ enum Scenario {
     /// A user of a second server (--joiner-url, same registration) joins a room of M members
     /// on this one over federation.
     RemoteJoin(RemoteJoinParams),
-    /// Every scenario at one scale.
+    /// M messages from S senders into a room an application service's bot is in: the tool is
+    /// the appservice (the server's registration points at --appservice-listen) and measures
+    /// delivery.
+    Appservice(AppserviceParams),
+    /// Every scenario at one scale (`appservice` last, when its registration is given).
     All {
         #[arg(long, value_enum, default_value_t = Scale::Tiny)]
         scale: Scale,
+        /// The appservice registration the server was started with (all four
+        /// `--appservice-*` options, or none).
+        #[arg(long, requires_all = ["as_token", "hs_token"])]
+        appservice_listen: Option<std::net::SocketAddr>,
+        #[arg(long = "appservice-as-token", id = "as_token")]
+        appservice_as_token: Option<String>,
+        #[arg(long = "appservice-hs-token", id = "hs_token")]
+        appservice_hs_token: Option<String>,
+        #[arg(long, default_value = "loadbot")]
+        appservice_bot: String,
     },
 }
 
@@ -136,6 +150,7 @@ async fn run(cli: Cli) -> Result<bool, LoadError> {
         Scenario::Growth(p) => growth(&target, &p).await?,
         Scenario::Search(p) => vec![search(&target, &p).await?],
         Scenario::Media(p) => vec![media(&target, &p).await?],
+        Scenario::Appservice(p) => vec![appservice(&target, &p).await?],
         Scenario::RemoteJoin(p) => {
             let joiner_registration = match (cli.register, cli.secret) {
                 (RegisterMethod::SharedSecret, Some(secret)) => Registration::SharedSecret(secret),
@@ -150,8 +165,23 @@ async fn run(cli: Cli) -> Result<bool, LoadError> {
             .with_time_limit(Duration::from_secs(cli.time_limit))?;
             vec![remote_join(&target, &joiner, &p).await?]
         }
-        Scenario::All { scale } => {
-            return Ok(run_all(&target, scale, print)
+        Scenario::All {
+            scale,
+            appservice_listen,
+            appservice_as_token,
+            appservice_hs_token,
+            appservice_bot,
+        } => {
+            let registration = match (appservice_listen, appservice_as_token, appservice_hs_token) {
+                (Some(listen), Some(as_token), Some(hs_token)) => Some(AppserviceRegistration {
+                    listen,
+                    as_token,
+                    hs_token,
+                    bot: appservice_bot,
+                }),
+                _ => None,
+            };
+            return Ok(run_all(&target, scale, registration.as_ref(), print)
                 .await
                 .iter()
                 .all(|r| !r.failed && r.errors == 0));

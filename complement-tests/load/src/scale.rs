@@ -5,6 +5,7 @@ use crate::{
     error::LoadError,
     report::Report,
     scenario::{
+        appservice::{appservice, AppserviceParams, AppserviceRegistration},
         fanout::{fanout, FanoutParams},
         growth::{growth, GrowthParams},
         initial_sync::{initial_sync, InitialSyncParams},
@@ -111,7 +112,15 @@ impl Scale {
 /// Runs every scenario at `scale`, handing each report to `emit` as soon as
 /// it is ready. A scenario that fails outright yields a report with
 /// `failed: true` and the run goes on with the next one.
-pub async fn run_all(target: &Target, scale: Scale, mut emit: impl FnMut(&Report)) -> Vec<Report> {
+///
+/// With `appservice` (the registration the server was started with) the `appservice`
+/// scenario runs last, with the `send` scenario's messages and senders.
+pub async fn run_all(
+    target: &Target,
+    scale: Scale,
+    appservice_registration: Option<&AppserviceRegistration>,
+    mut emit: impl FnMut(&Report),
+) -> Vec<Report> {
     let p = scale.params();
     let mut reports = Vec::new();
     let mut keep = |name: &str, r: Result<Report, LoadError>| {
@@ -135,5 +144,13 @@ pub async fn run_all(target: &Target, scale: Scale, mut emit: impl FnMut(&Report
     }
     keep("search", search(target, &p.search).await);
     keep("media", media(target, &p.media).await);
+    if let Some(registration) = appservice_registration {
+        let params = AppserviceParams {
+            messages: p.send.messages,
+            senders: p.send.senders,
+            registration: registration.clone(),
+        };
+        keep("appservice", appservice(target, &params).await);
+    }
     reports
 }

@@ -1,5 +1,6 @@
 //! The scenarios, one module each, and the setup steps they share.
 
+pub(crate) mod appservice;
 pub(crate) mod fanout;
 pub(crate) mod growth;
 pub(crate) mod initial_sync;

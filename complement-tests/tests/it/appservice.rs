@@ -2068,3 +2068,58 @@ async fn appservice_users_act_on_the_paracord_extension_and_media() {
         "M_UNKNOWN_TOKEN"
     );
 }
+
+/// A registration's URL is the operator's own configuration: an appservice on loopback is
+/// reached without `ip_range_allowlist` (bridges run next to the server), while a pusher on
+/// loopback of the same server is still refused (the guard's default is unchanged for what
+/// users choose).
+#[tokio::test]
+async fn an_appservice_on_loopback_needs_no_allowlist() {
+    let receiver = Receiver::start().await;
+    let id = as_id();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        registration(&id, Some(&receiver.url())),
+    )
+    .unwrap();
+    let path = dir.path().display().to_string();
+    let server = TestServer::start_guarded(|env| {
+        TestServer::set_env(env, "PARACORD_APPSERVICE_DIR", &path);
+    })
+    .await;
+    let bot = server.client_with_token(&format!("as_{id}_secret"));
+    expect_ok(
+        bot.post(
+            &format!("/_matrix/client/v1/appservice/{id}/ping"),
+            &json!({"transaction_id": "loopback"}),
+        )
+        .await,
+        "ping of an appservice on loopback",
+    );
+    assert!(
+        receiver
+            .requests()
+            .iter()
+            .any(|s| s.path == "/_matrix/app/v1/ping" && s.body["transaction_id"] == "loopback"),
+        "{:?}",
+        receiver.requests()
+    );
+
+    let alice = server.register_random().await;
+    expect_error(
+        &alice
+            .post(
+                "/_matrix/client/v3/pushers/set",
+                &json!({
+                    "kind": "http", "app_id": "m.test", "pushkey": "k", "app_display_name": "t",
+                    "device_display_name": "d", "lang": "en",
+                    "data": { "url": format!("{}/_matrix/push/v1/notify", receiver.url()) },
+                }),
+            )
+            .await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+        "a pusher on loopback without the allowlist",
+    );
+}

@@ -548,7 +548,7 @@ impl Appservices {
         Self::new(
             db,
             list,
-            OutboundGuard::from_config(config),
+            OutboundGuard::for_appservices(),
             &config.server_name,
         )
     }

@@ -82,6 +82,18 @@ impl OutboundGuard {
         Self::new(&config.ip_range_allowlist)
     }
 
+    /// The guard of application services: their URLs are the operator's own configuration
+    /// (a file in `appservice_dir` or a server admin's API call), and bridges usually run on
+    /// loopback or a private network next to the server, so every range is permitted, as in
+    /// Synapse. Requests still go through [`GuardedClient`], which follows no redirect for
+    /// them, so a registration's URL is the only place they go.
+    pub fn for_appservices() -> Self {
+        Self(Arc::new(Rules {
+            allow_all: true,
+            ..Rules::default()
+        }))
+    }
+
     /// The guard of URL previews: `url_preview_ip_denylist` first, then
     /// `ip_range_allowlist` and `url_preview_ip_allowlist` (or everything with the deprecated
     /// `url_preview_allow_private`), then public addresses.

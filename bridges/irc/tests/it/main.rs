@@ -1,0 +1,11 @@
+//! The IRC bridge against a real Paracord and a real IRC server (ngircd), with a raw-TCP IRC
+//! client of the test's own playing the IRC user.
+//!
+//! ```sh
+//! cargo build -p paracord
+//! PARACORD_BIN=$CARGO_TARGET_DIR/debug/paracord cargo test -p paracord-bridge-irc --test it
+//! ```
+
+mod harness;
+mod irc_client;
+mod relay;

@@ -67,6 +67,9 @@ pub(crate) struct Bridge {
     puppets: Mutex<HashMap<OwnedUserId, IrcHandle>>,
     /// Ghosts whose display name was set by this process.
     named: Mutex<HashSet<String>>,
+    /// Held while the ghosts' records in the store are read and rewritten (never across an
+    /// await), so that concurrent updates do not lose each other.
+    ghost_records: Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -114,6 +117,7 @@ impl Bridge {
             portals: Mutex::new(portals),
             puppets: Mutex::new(HashMap::new()),
             named: Mutex::new(HashSet::new()),
+            ghost_records: Mutex::new(()),
         });
         // Matrix users who had an IRC connection before a restart get it back.
         let records: BTreeMap<OwnedUserId, PuppetRecord> = load(&bridge.app, PUPPETS)?;
@@ -286,6 +290,7 @@ impl Bridge {
     /// The ghost localpart of `nick`: remembered (a ghost keeps its id across nick
     /// changes), else made from the nick.
     fn ghost_localpart(&self, nick: &str) -> Result<String> {
+        let _guard = lock(&self.ghost_records);
         let mut map: BTreeMap<String, String> = load(&self.app, GHOSTS)?;
         if let Some(localpart) = map.get(&irc_lower(nick)) {
             return Ok(localpart.clone());
@@ -315,8 +320,7 @@ impl Bridge {
                 return Err(e);
             }
         }
-        let mut rooms: BTreeMap<String, BTreeSet<OwnedRoomId>> = load(&self.app, GHOST_ROOMS)?;
-        if rooms.get(&localpart).is_some_and(|r| r.contains(room_id)) {
+        if self.ghost_rooms(&localpart)?.contains(room_id) {
             return Ok(localpart);
         }
         if let Err(first) = intent.join(room_id.as_str()).await {
@@ -336,46 +340,69 @@ impl Bridge {
                 })?;
             intent.join(room_id.as_str()).await?;
         }
-        rooms
-            .entry(localpart.clone())
-            .or_default()
-            .insert(room_id.to_owned());
+        self.update_ghost_rooms(&localpart, |rooms| {
+            rooms.insert(room_id.to_owned());
+        })?;
+        Ok(localpart)
+    }
+
+    /// The rooms the ghost was last seen joining.
+    fn ghost_rooms(&self, localpart: &str) -> Result<BTreeSet<OwnedRoomId>> {
+        let _guard = lock(&self.ghost_records);
+        let mut rooms: BTreeMap<String, BTreeSet<OwnedRoomId>> = load(&self.app, GHOST_ROOMS)?;
+        Ok(rooms.remove(localpart).unwrap_or_default())
+    }
+
+    /// Changes the ghost's recorded rooms.
+    fn update_ghost_rooms(
+        &self,
+        localpart: &str,
+        change: impl FnOnce(&mut BTreeSet<OwnedRoomId>),
+    ) -> Result<()> {
+        let _guard = lock(&self.ghost_records);
+        let mut rooms: BTreeMap<String, BTreeSet<OwnedRoomId>> = load(&self.app, GHOST_ROOMS)?;
+        let entry = rooms.entry(localpart.to_owned()).or_default();
+        change(entry);
+        if entry.is_empty() {
+            rooms.remove(localpart);
+        }
         self.app
             .store()
-            .set(GHOST_ROOMS, serde_json::to_value(&rooms)?)?;
-        Ok(localpart)
+            .set(GHOST_ROOMS, serde_json::to_value(&rooms)?)
     }
 
     /// The ghost of `nick` leaves `room_id`, or every room (a QUIT).
     async fn ghost_leave(&self, nick: &str, room_id: Option<&RoomId>) -> Result<()> {
         let localpart = self.ghost_localpart(nick)?;
-        let mut rooms: BTreeMap<String, BTreeSet<OwnedRoomId>> = load(&self.app, GHOST_ROOMS)?;
-        let joined = rooms.remove(&localpart).unwrap_or_default();
-        let (leave, keep): (Vec<_>, Vec<_>) = joined
-            .into_iter()
-            .partition(|r| room_id.is_none_or(|only| only == r));
+        let mut leave = Vec::new();
+        self.update_ghost_rooms(&localpart, |rooms| {
+            rooms.retain(|r| {
+                let gone = room_id.is_none_or(|only| only == r);
+                if gone {
+                    leave.push(r.clone());
+                }
+                !gone
+            })
+        })?;
         let intent = self.app.intent(&localpart)?;
         for room in &leave {
             if let Err(e) = intent.leave(room).await {
                 tracing::warn!("ghost {localpart} leaving {room}: {e}");
             }
         }
-        if !keep.is_empty() {
-            rooms.insert(localpart, keep.into_iter().collect());
-        }
-        self.app
-            .store()
-            .set(GHOST_ROOMS, serde_json::to_value(&rooms)?)?;
         Ok(())
     }
 
     /// `old` is now `new`: the same ghost, renamed.
     async fn ghost_renamed(&self, old: &str, new: &str) -> Result<()> {
         let localpart = self.ghost_localpart(old)?;
-        let mut map: BTreeMap<String, String> = load(&self.app, GHOSTS)?;
-        map.remove(&irc_lower(old));
-        map.insert(irc_lower(new), localpart.clone());
-        self.app.store().set(GHOSTS, serde_json::to_value(&map)?)?;
+        {
+            let _guard = lock(&self.ghost_records);
+            let mut map: BTreeMap<String, String> = load(&self.app, GHOSTS)?;
+            map.remove(&irc_lower(old));
+            map.insert(irc_lower(new), localpart.clone());
+            self.app.store().set(GHOSTS, serde_json::to_value(&map)?)?;
+        }
         lock(&self.named).insert(localpart.clone());
         self.app.intent(&localpart)?.set_display_name(new).await
     }

@@ -102,7 +102,24 @@ impl Setup {
             self.irc.port(),
             channels,
         );
-        let log = std::fs::File::create(self.log_path()).unwrap();
+        self.spawn_bridge();
+    }
+
+    /// Stops the bridge process and starts it again with the same config and state file.
+    pub(crate) fn restart_bridge(&mut self) {
+        if let Some(mut child) = self.bridge.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.spawn_bridge();
+    }
+
+    fn spawn_bridge(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
         let child = bridge_command(self.dir.path())
             .env("RUST_LOG", "info,paracord_irc=debug")
             .stdin(Stdio::null())

@@ -76,8 +76,9 @@ impl IrcClient {
             nick: nick.to_owned(),
             seen: Vec::new(),
         };
+        let user: String = nick.chars().filter(char::is_ascii_alphanumeric).collect();
         client
-            .send(&format!("NICK {nick}\r\nUSER {nick} 0 * :test user"))
+            .send(&format!("NICK {nick}\r\nUSER {user} 0 * :test user"))
             .await;
         client
             .wait_for("the welcome (001)", |m| m.command == "001")

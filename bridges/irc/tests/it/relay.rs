@@ -330,3 +330,47 @@ async fn joining_an_irc_alias_bridges_the_channel() {
         .wait_for("alice's message", |m| m.param(1) == "back at you")
         .await;
 }
+
+#[tokio::test]
+async fn a_taken_nick_gets_a_number_and_the_state_survives_a_bridge_restart() {
+    let (mut s, alice, room, mut carol) = bridged("#state").await;
+    let carol_ghost = s.server.user_id("irc_carol");
+    // Someone on IRC already has the nick alice's connection would get.
+    let mut squatter = IrcClient::connect(s.irc.port(), PUPPET).await;
+    squatter.join("#state").await;
+    alice.client.send_text(&room, "who am i").await;
+    let m = carol
+        .wait_for("alice's message", |m| m.param(1) == "who am i")
+        .await;
+    assert_eq!(m.nick, format!("{PUPPET}1"));
+
+    carol.privmsg("#state", "first").await;
+    s.wait_for_event(&alice, &room, "carol's message", body_is("first"))
+        .await;
+    carol.send("NICK carol2").await;
+    carol.nick = "carol2".into();
+    s.wait_for_member(&alice, &room, &carol_ghost, "the ghost renamed", |m| {
+        m["displayname"] == "carol2"
+    })
+    .await;
+
+    // A new bridge process reads the state file: carol2 is still carol's ghost, and
+    // alice's connection comes back by itself.
+    s.restart_bridge();
+    carol
+        .wait_for("alice's connection back", |m| {
+            m.command == "JOIN" && m.nick.starts_with(PUPPET)
+        })
+        .await;
+    carol.wait_for_member("#state", "matrixbridge").await;
+    carol.privmsg("#state", "after bridge restart").await;
+    let e = s
+        .wait_for_event(
+            &alice,
+            &room,
+            "the message after the bridge restart",
+            body_is("after bridge restart"),
+        )
+        .await;
+    assert_eq!(e["sender"], carol_ghost.as_str());
+}

@@ -19,7 +19,9 @@ use crate::{
     config::Config,
     conn::{IrcEvent, IrcHandle},
     format::{irc_to_matrix, matrix_to_irc},
-    proto::{irc_lower, is_ctcp, nick_to_localpart, parse_action, sanitize_nick, Line},
+    proto::{
+        irc_lower, is_ctcp, nick_to_localpart, parse_action, sanitize_nick, valid_channel, Line,
+    },
 };
 
 /// How long a message from Matrix waits for its new puppet to be in the channel.
@@ -30,19 +32,6 @@ const PORTALS: &str = "portals";
 const GHOSTS: &str = "ghost_nicks";
 const GHOST_ROOMS: &str = "ghost_rooms";
 const PUPPETS: &str = "puppets";
-
-/// Whether `name` is a channel name the bridge accepts: `#` then 1–49 characters, none of
-/// them space, comma, colon, BEL or a control character.
-pub(crate) fn valid_channel(name: &str) -> bool {
-    let Some(rest) = name.strip_prefix('#') else {
-        return false;
-    };
-    !rest.is_empty()
-        && rest.len() < 50
-        && rest
-            .chars()
-            .all(|c| !c.is_control() && !matches!(c, ' ' | ',' | ':' | '\x07'))
-}
 
 /// A bridged channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -708,15 +697,4 @@ fn enc(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn channel_names() {
-        assert!(valid_channel("#rust"));
-        assert!(valid_channel("#a-b_c.d"));
-        assert!(!valid_channel("rust"));
-        assert!(!valid_channel("#"));
-        assert!(!valid_channel("#a b"));
-        assert!(!valid_channel("#a,b"));
-        assert!(!valid_channel(&format!("#{}", "x".repeat(60))));
-    }
 }

@@ -118,7 +118,7 @@ impl Config {
             return Err(Error::Invalid("prefix must not be empty".into()));
         }
         for channel in self.channels.keys() {
-            if !crate::bridge::valid_channel(channel) {
+            if !crate::proto::valid_channel(channel) {
                 return Err(Error::Invalid(format!(
                     "channels: `{channel}` is not an IRC channel name (`#name`)"
                 )));

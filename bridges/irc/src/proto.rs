@@ -170,6 +170,19 @@ pub(crate) fn alternative_nick(nick: &str, attempt: u32, max: usize) -> String {
     format!("{base}{tail}")
 }
 
+/// Whether `name` is a channel name the bridge accepts: `#` then 1–49 characters, none of
+/// them space, comma, colon, BEL or a control character.
+pub(crate) fn valid_channel(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('#') else {
+        return false;
+    };
+    !rest.is_empty()
+        && rest.len() < 50
+        && rest
+            .chars()
+            .all(|c| !c.is_control() && !matches!(c, ' ' | ',' | ':' | '\x07'))
+}
+
 /// IRC's case-insensitive comparison of nicks and channels (`rfc1459` casemapping:
 /// `[]\~` are the upper case of `{}|^`).
 pub(crate) fn irc_lower(s: &str) -> String {
@@ -275,5 +288,16 @@ mod tests {
         assert_eq!(nick_to_localpart("[x]"), "=7bx=7d");
         assert_eq!(nick_to_localpart("{X}"), nick_to_localpart("[x]"));
         assert_eq!(irc_lower("#Chan[1]"), "#chan{1}");
+    }
+
+    #[test]
+    fn channel_names() {
+        assert!(valid_channel("#rust"));
+        assert!(valid_channel("#a-b_c.d"));
+        assert!(!valid_channel("rust"));
+        assert!(!valid_channel("#"));
+        assert!(!valid_channel("#a b"));
+        assert!(!valid_channel("#a,b"));
+        assert!(!valid_channel(&format!("#{}", "x".repeat(60))));
     }
 }

@@ -693,8 +693,3 @@ fn enc(s: &str) -> String {
     }
     out
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-}

@@ -26,6 +26,50 @@ const IDLE_PING: Duration = Duration::from_secs(90);
 const IDLE_DEAD: Duration = Duration::from_secs(150);
 /// How many other nicks registration tries before giving up on this attempt.
 const NICK_ATTEMPTS: u32 = 50;
+/// Flood control: lines that may go out at once…
+const BURST: f64 = 5.0;
+/// …and then one line per this long (servers throttle or disconnect faster clients).
+const LINE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A token bucket for the lines a connection sends.
+#[derive(Debug)]
+struct Pace {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Pace {
+    fn new() -> Pace {
+        Pace {
+            tokens: BURST,
+            last: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let gained = (now - self.last).as_secs_f64() / LINE_INTERVAL.as_secs_f64();
+        self.tokens = (self.tokens + gained).min(BURST);
+        self.last = now;
+    }
+
+    /// Takes a token if there is one.
+    fn take(&mut self) -> bool {
+        self.refill();
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// When the next token is there.
+    fn next_at(&self) -> Instant {
+        let missing = (1.0 - self.tokens).max(0.0);
+        self.last + LINE_INTERVAL.mul_f64(missing)
+    }
+}
 
 /// Where and as whom to connect.
 #[derive(Debug, Clone)]
@@ -274,8 +318,12 @@ async fn session(
     let mut last_seen = Instant::now();
     let mut pinged = false;
     let mut tick = tokio::time::interval(Duration::from_secs(10));
+    // Lines of commands, sent at the pace of `pace`; protocol answers go out at once.
+    let mut queue: VecDeque<String> = VecDeque::new();
+    let mut pace = Pace::new();
     loop {
         let mut out = String::new();
+        let mut queued = String::new();
         tokio::select! {
             read_result = read.read_until(b'\n', &mut buf) => {
                 match read_result {
@@ -300,12 +348,11 @@ async fn session(
                             s.wanted.values().cloned().collect()
                         };
                         for channel in wanted {
-                            out.push_str(&format!("JOIN {}\r\n", clean(&channel)));
+                            queued.push_str(&format!("JOIN {}\r\n", clean(&channel)));
                         }
                         while let Some(cmd) = pending.pop_front() {
-                            if let Some(End::Quit) = write_command(&mut out, cmd, shared, &nick) {
-                                let _ = write.write_all(out.as_bytes()).await;
-                                return End::Quit;
+                            if let Some(End::Quit) = write_command(&mut queued, cmd, shared, &nick) {
+                                return quit(&mut write, queue, &queued).await;
                             }
                         }
                         emit(IrcEvent::Connected { nick: nick.clone() });
@@ -330,12 +377,11 @@ async fn session(
                     let _ = write.write_all(b"QUIT :bridge stopping\r\n").await;
                     return End::Quit;
                 };
-                if let Some(End::Quit) = write_command(&mut out, cmd, shared, &nick) {
-                    let _ = write.write_all(out.as_bytes()).await;
-                    let _ = write.flush().await;
-                    return End::Quit;
+                if let Some(End::Quit) = write_command(&mut queued, cmd, shared, &nick) {
+                    return quit(&mut write, queue, &queued).await;
                 }
             }
+            _ = tokio::time::sleep_until(pace.next_at()), if !queue.is_empty() => {}
             _ = tick.tick() => {
                 let idle = last_seen.elapsed();
                 if idle > IDLE_DEAD {
@@ -347,12 +393,32 @@ async fn session(
                 }
             }
         }
+        queue.extend(queued.split_terminator("\r\n").map(str::to_owned));
+        while !queue.is_empty() && pace.take() {
+            if let Some(line) = queue.pop_front() {
+                out.push_str(&line);
+                out.push_str("\r\n");
+            }
+        }
         if !out.is_empty() {
             if let Err(e) = write.write_all(out.as_bytes()).await {
                 return lost(registered, format!("write: {e}"));
             }
         }
     }
+}
+
+/// Sends what is still queued and then the QUIT, without waiting for the pace.
+async fn quit(
+    write: &mut tokio::net::tcp::OwnedWriteHalf,
+    queue: VecDeque<String>,
+    last: &str,
+) -> End {
+    let mut out: String = queue.into_iter().map(|l| l + "\r\n").collect();
+    out.push_str(last);
+    let _ = write.write_all(out.as_bytes()).await;
+    let _ = write.flush().await;
+    End::Quit
 }
 
 /// Updates the connection's own nick and channels from a JOIN, PART, KICK or NICK.
@@ -450,6 +516,28 @@ mod tests {
             "alice",
         );
         assert_eq!(out, "PRIVMSG #chan :\x01ACTION waves\x01\r\n");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lines_go_out_in_a_burst_then_at_a_pace() {
+        let mut pace = Pace::new();
+        for _ in 0..5 {
+            assert!(pace.take());
+        }
+        assert!(!pace.take());
+        let wait = pace.next_at() - Instant::now();
+        assert!(
+            wait <= LINE_INTERVAL && wait > LINE_INTERVAL / 2,
+            "{wait:?}"
+        );
+        tokio::time::advance(LINE_INTERVAL).await;
+        assert!(pace.take());
+        assert!(!pace.take());
+        tokio::time::advance(LINE_INTERVAL * 20).await;
+        for _ in 0..5 {
+            assert!(pace.take());
+        }
+        assert!(!pace.take());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use crate::{
     config::Config,
     conn::{IrcEvent, IrcHandle},
-    format::{irc_to_matrix, matrix_to_irc},
+    format::{irc_to_matrix, matrix_to_irc, strip_reply_fallback},
     proto::{
         irc_lower, is_ctcp, nick_to_localpart, parse_action, sanitize_nick, valid_channel, Line,
     },
@@ -463,6 +463,12 @@ impl Bridge {
             (new["body"].as_str().unwrap_or(body), html)
         } else {
             (body, html)
+        };
+        let is_reply = content["m.relates_to"]["m.in_reply_to"].is_object();
+        let body = if is_reply && html.is_none() {
+            strip_reply_fallback(body)
+        } else {
+            body
         };
         let mut text = matrix_to_irc(body, html);
         let msgtype = content["msgtype"].as_str().unwrap_or("m.text");

@@ -290,6 +290,19 @@ fn decode_text(text: &str) -> String {
     out
 }
 
+/// A reply's plain body without the quote of the replied-to message that older clients put
+/// in front (`> <@bob:x> text` lines, then an empty line).
+pub(crate) fn strip_reply_fallback(body: &str) -> &str {
+    if !body.starts_with('>') {
+        return body;
+    }
+    let mut rest = body;
+    while rest.starts_with('>') {
+        rest = rest.split_once('\n').map_or("", |(_, r)| r);
+    }
+    rest.strip_prefix('\n').unwrap_or(rest)
+}
+
 /// The value of attribute `name` in a tag's text (`a href="…"`).
 fn attribute(tag: &str, name: &str) -> Option<String> {
     let i = tag.find(&format!("{name}="))?;
@@ -368,6 +381,16 @@ mod tests {
             "* a\n* b"
         );
         assert_eq!(matrix_to_irc("", Some("<font color=\"red\">x</font>")), "x");
+    }
+
+    #[test]
+    fn reply_fallbacks_are_left_out() {
+        assert_eq!(
+            strip_reply_fallback("> <@bob:x> question\n> more\n\nthe answer"),
+            "the answer"
+        );
+        assert_eq!(strip_reply_fallback("no quote"), "no quote");
+        assert_eq!(strip_reply_fallback("a > b"), "a > b");
     }
 
     #[test]

@@ -121,6 +121,23 @@ async fn irc_and_matrix_talk_both_ways_without_echo() {
         })
         .await;
 
+    // A reply goes without the quote of the message it answers.
+    let first = e["event_id"].as_str().unwrap().to_owned();
+    alice
+        .client
+        .send_event(
+            &room,
+            "m.room.message",
+            &json!({"msgtype": "m.text", "body": "> <@x:y> waves\n\nwave back",
+                    "m.relates_to": {"m.in_reply_to": {"event_id": first}}}),
+        )
+        .await;
+    carol
+        .wait_for("the reply", |m| {
+            m.nick == PUPPET && m.param(1) == "wave back"
+        })
+        .await;
+
     // A long message: several lines under the limit, in order, nothing lost.
     let long: Vec<String> = (0..400).map(|i| format!("w{i:03}é")).collect();
     let long = long.join(" ");

@@ -10,7 +10,7 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::TcpStream,
     sync::mpsc,
     time::Instant,
@@ -24,6 +24,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_PING: Duration = Duration::from_secs(90);
 /// …and after this long it gives the connection up and reconnects.
 const IDLE_DEAD: Duration = Duration::from_secs(150);
+/// The longest line read from a server (IRCv3 tags make lines longer than 512 bytes).
+const MAX_READ_LINE: usize = 8192;
 /// How many other nicks registration tries before giving up on this attempt.
 const NICK_ATTEMPTS: u32 = 50;
 /// Flood control: lines that may go out at once…
@@ -324,12 +326,20 @@ async fn session(
     loop {
         let mut out = String::new();
         let mut queued = String::new();
+        // At most this much of a line per read; `buf` keeps what a cancelled read had.
+        let mut limited = (&mut read).take(MAX_READ_LINE as u64);
         tokio::select! {
-            read_result = read.read_until(b'\n', &mut buf) => {
+            read_result = limited.read_until(b'\n', &mut buf) => {
                 match read_result {
                     Ok(0) => return lost(registered, "closed by the server".into()),
                     Err(e) => return lost(registered, format!("read: {e}")),
                     Ok(_) => {}
+                }
+                if !buf.ends_with(b"\n") {
+                    if buf.len() >= MAX_READ_LINE {
+                        return lost(registered, "a line longer than 8 KiB".into());
+                    }
+                    continue;
                 }
                 last_seen = Instant::now();
                 pinged = false;

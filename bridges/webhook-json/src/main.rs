@@ -265,7 +265,12 @@ impl Hooks {
         if let Some(id) = self.rooms.lock().unwrap_or_else(|p| p.into_inner()).get(&i) {
             return Ok(id.clone());
         }
-        let id = self.app.bot()?.join(&self.hooks[i].room).await?;
+        let room = self
+            .hooks
+            .get(i)
+            .map(|h| h.room.as_str())
+            .ok_or_else(|| Error::Invalid(format!("no hook {i}")))?;
+        let id = self.app.bot()?.join(room).await?;
         self.rooms
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -292,10 +297,12 @@ async fn receive(
     UrlPath(token): UrlPath<String>,
     body: Bytes,
 ) -> Response {
-    let Some(i) = state.find(&token) else {
+    let Some((i, hook)) = state
+        .find(&token)
+        .and_then(|i| Some((i, state.hooks.get(i)?)))
+    else {
         return error(StatusCode::NOT_FOUND, "M_NOT_FOUND", "no such hook");
     };
-    let hook = &state.hooks[i];
     let value: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {

@@ -10,6 +10,7 @@ pub mod e2ee;
 mod events;
 pub mod federation;
 mod hmac_sha1;
+pub mod irc;
 pub mod network;
 pub mod ngircd;
 mod server;

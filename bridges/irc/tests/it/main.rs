@@ -10,5 +10,4 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod harness;
-mod irc_client;
 mod relay;

@@ -5,7 +5,9 @@ use std::time::Duration;
 use paracord_complement::User;
 use serde_json::{json, Value};
 
-use crate::{harness::Setup, irc_client::IrcClient};
+use paracord_complement::irc::IrcClient;
+
+use crate::harness::Setup;
 
 const PUPPET: &str = "Alice_M[m]";
 

@@ -1,4 +1,6 @@
-//! A small IRC client over raw TCP: the IRC user of the tests.
+//! A small IRC client over raw TCP, playing an IRC user in bridge tests (with
+//! [`crate::ngircd::Ngircd`] as the server): registers, joins, sends, and waits with deadlines
+//! for the lines it expects, answering PINGs on the way.
 
 use std::time::{Duration, Instant};
 
@@ -10,15 +12,20 @@ use tokio::{
     },
 };
 
-pub(crate) const IRC_WAIT: Duration = Duration::from_secs(30);
+/// How long [`IrcClient::wait_for`] and friends wait.
+pub const IRC_WAIT: Duration = Duration::from_secs(30);
 
 /// One line from the server.
 #[derive(Debug, Clone)]
-pub(crate) struct Msg {
-    pub(crate) raw: String,
-    pub(crate) nick: String,
-    pub(crate) command: String,
-    pub(crate) params: Vec<String>,
+pub struct Msg {
+    /// The line without `\r\n`.
+    pub raw: String,
+    /// The nick of the prefix (`nick!user@host`), or the server name, or empty.
+    pub nick: String,
+    /// `PRIVMSG`, `JOIN`, `001`…
+    pub command: String,
+    /// The parameters, the trailing one last.
+    pub params: Vec<String>,
 }
 
 impl Msg {
@@ -50,22 +57,25 @@ impl Msg {
         }
     }
 
-    pub(crate) fn param(&self, i: usize) -> &str {
+    /// Parameter `i`, or `""`.
+    pub fn param(&self, i: usize) -> &str {
         self.params.get(i).map_or("", String::as_str)
     }
 }
 
-pub(crate) struct IrcClient {
+/// A registered connection to an IRC server on loopback.
+pub struct IrcClient {
     read: BufReader<OwnedReadHalf>,
     write: OwnedWriteHalf,
-    pub(crate) nick: String,
+    /// Its nick (update it after sending a `NICK`).
+    pub nick: String,
     /// Every line received, in order.
-    pub(crate) seen: Vec<Msg>,
+    pub seen: Vec<Msg>,
 }
 
 impl IrcClient {
     /// Connects and registers as `nick`.
-    pub(crate) async fn connect(port: u16, nick: &str) -> IrcClient {
+    pub async fn connect(port: u16, nick: &str) -> IrcClient {
         let stream = TcpStream::connect(("127.0.0.1", port))
             .await
             .unwrap_or_else(|e| panic!("expected to connect to ngircd on {port}: {e}"));
@@ -87,14 +97,15 @@ impl IrcClient {
     }
 
     /// Sends raw lines (`\r\n` added at the end).
-    pub(crate) async fn send(&mut self, lines: &str) {
+    pub async fn send(&mut self, lines: &str) {
         self.write
             .write_all(format!("{lines}\r\n").as_bytes())
             .await
             .unwrap_or_else(|e| panic!("expected to write to ngircd: {e}"));
     }
 
-    pub(crate) async fn join(&mut self, channel: &str) {
+    /// Joins `channel` and waits for the server's confirmation.
+    pub async fn join(&mut self, channel: &str) {
         self.send(&format!("JOIN {channel}")).await;
         let me = self.nick.clone();
         self.wait_for("our own JOIN", |m| {
@@ -103,7 +114,8 @@ impl IrcClient {
         .await;
     }
 
-    pub(crate) async fn privmsg(&mut self, target: &str, text: &str) {
+    /// Sends a `PRIVMSG`.
+    pub async fn privmsg(&mut self, target: &str, text: &str) {
         self.send(&format!("PRIVMSG {target} :{text}")).await;
     }
 
@@ -130,7 +142,7 @@ impl IrcClient {
     }
 
     /// Reads until a line satisfies `pred`, within [`IRC_WAIT`].
-    pub(crate) async fn wait_for(&mut self, what: &str, pred: impl Fn(&Msg) -> bool) -> Msg {
+    pub async fn wait_for(&mut self, what: &str, pred: impl Fn(&Msg) -> bool) -> Msg {
         let deadline = Instant::now() + IRC_WAIT;
         loop {
             match self.next(deadline).await {
@@ -153,7 +165,7 @@ impl IrcClient {
     }
 
     /// Reads whatever arrives for `wait`, returning it.
-    pub(crate) async fn drain(&mut self, wait: Duration) -> Vec<Msg> {
+    pub async fn drain(&mut self, wait: Duration) -> Vec<Msg> {
         let deadline = Instant::now() + wait;
         let mut out = Vec::new();
         while let Some(m) = self.next(deadline).await {
@@ -163,7 +175,7 @@ impl IrcClient {
     }
 
     /// Waits until `nick` is in `channel`, asking with NAMES every second.
-    pub(crate) async fn wait_for_member(&mut self, channel: &str, nick: &str) {
+    pub async fn wait_for_member(&mut self, channel: &str, nick: &str) {
         let deadline = Instant::now() + IRC_WAIT;
         loop {
             self.send(&format!("NAMES {channel}")).await;

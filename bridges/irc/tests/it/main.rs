@@ -1,5 +1,5 @@
 //! The IRC bridge against a real Paracord and a real IRC server (ngircd), with a raw-TCP IRC
-//! client of the test's own playing the IRC user.
+//! client (`paracord_complement::irc`) playing the IRC user.
 //!
 //! ```sh
 //! cargo build -p paracord

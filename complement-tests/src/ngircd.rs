@@ -86,12 +86,13 @@ fn find() -> Option<PathBuf> {
         .map(|_| PathBuf::from("ngircd"))
 }
 
-/// One ngircd process on `127.0.0.1:<port>`. The port stays the same across
-/// [`Ngircd::restart`], so clients can reconnect to it.
+/// One ngircd process on `127.0.0.1:<port>` (and, from [`Ngircd::start_tls`], a TLS port
+/// too). The ports stay the same across [`Ngircd::restart`], so clients can reconnect.
 pub struct Ngircd {
     dir: TempDir,
     bin: PathBuf,
     port: u16,
+    tls_port: Option<u16>,
     child: Option<Child>,
 }
 
@@ -101,20 +102,44 @@ impl Ngircd {
 
     /// Installs ngircd if needed and starts it on a free loopback port.
     pub async fn start() -> Ngircd {
+        Self::start_inner(false).await
+    }
+
+    /// Like [`Ngircd::start`], with a second port that speaks TLS, its certificate
+    /// self-signed for `127.0.0.1` and `localhost` ([`Ngircd::tls_cert_path`]).
+    pub async fn start_tls() -> Ngircd {
+        Self::start_inner(true).await
+    }
+
+    async fn start_inner(tls: bool) -> Ngircd {
         let bin = ensure_installed();
         let dir = tempfile::Builder::new()
             .prefix("paracord-ngircd-")
             .tempdir()
             .unwrap_or_else(|e| panic!("expected a temporary directory: {e}"));
+        if tls {
+            let cert =
+                rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+                    .unwrap_or_else(|e| panic!("expected a self-signed certificate: {e}"));
+            for (name, pem) in [
+                ("tls.crt", cert.cert.pem()),
+                ("tls.key", cert.signing_key.serialize_pem()),
+            ] {
+                std::fs::write(dir.path().join(name), pem)
+                    .unwrap_or_else(|e| panic!("expected to write {name}: {e}"));
+            }
+        }
         let mut irc = Ngircd {
             dir,
             bin,
             port: 0,
+            tls_port: None,
             child: None,
         };
         // The port was free when chosen; another process may take it first: try again.
         for _ in 0..5 {
             irc.port = free_port();
+            irc.tls_port = tls.then(free_port);
             irc.write_config();
             if irc.spawn().await {
                 return irc;
@@ -129,6 +154,16 @@ impl Ngircd {
     /// The loopback port it listens on.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The loopback port that speaks TLS (from [`Ngircd::start_tls`]).
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
+    }
+
+    /// The TLS port's self-signed certificate (PEM): the CA a client must trust.
+    pub fn tls_cert_path(&self) -> PathBuf {
+        self.dir.path().join("tls.crt")
     }
 
     /// The generated configuration file.
@@ -171,6 +206,15 @@ impl Ngircd {
             name = Self::SERVER_NAME,
             port = self.port,
         );
+        let mut config = config;
+        if let Some(tls_port) = self.tls_port {
+            config.push_str(&format!(
+                "[SSL]\n\
+                 \tCertFile = {dir}/tls.crt\n\
+                 \tKeyFile = {dir}/tls.key\n\
+                 \tPorts = {tls_port}\n"
+            ));
+        }
         std::fs::write(self.config_path(), config)
             .unwrap_or_else(|e| panic!("expected to write the ngircd config: {e}"));
     }
@@ -205,7 +249,8 @@ impl Ngircd {
                     return false;
                 }
             }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            let listening = |port| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+            if listening(self.port) && self.tls_port.is_none_or(listening) {
                 return true;
             }
             assert!(

@@ -5,7 +5,54 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration}
 use paracord_appservice::{alias_namespace_on, user_namespace_on, Error, Registration, Result};
 use serde::Deserialize;
 
-use crate::conn::ConnConfig;
+use crate::conn::{ConnConfig, Tls};
+
+/// A TLS client that trusts the system's CAs and `tls_ca_file`, for `host`.
+fn tls_client(irc: &IrcConfig) -> Result<Tls> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        // A system certificate rustls cannot use is skipped, as browsers do.
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = &irc.tls_ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| Error::Invalid(format!("irc.tls_ca_file {}: {e}", path.display())))?;
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| {
+                Error::Invalid(format!(
+                    "irc.tls_ca_file {} is not PEM: {e}",
+                    path.display()
+                ))
+            })?;
+            roots
+                .add(cert)
+                .map_err(|e| Error::Invalid(format!("irc.tls_ca_file {}: {e}", path.display())))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(Error::Invalid(format!(
+                "irc.tls_ca_file {} holds no certificate",
+                path.display()
+            )));
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Invalid(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let server_name = ServerName::try_from(irc.host.clone())
+        .map_err(|e| Error::Invalid(format!("irc.host `{}` for TLS: {e}", irc.host)))?;
+    Ok(Tls {
+        connector: tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+        server_name,
+    })
+}
 
 /// The whole file. See `bridges/README.md` for an example.
 #[derive(Debug, Clone, Deserialize)]
@@ -48,9 +95,15 @@ pub(crate) struct IrcConfig {
     pub(crate) host: String,
     #[serde(default = "default_port")]
     pub(crate) port: u16,
-    /// TLS is not supported yet: `true` is refused at start.
+    /// Whether to speak TLS (the port is then the server's TLS port, often 6697).
     #[serde(default)]
     pub(crate) tls: bool,
+    /// Certificates (PEM) to trust besides the system's CAs, e.g. a self-signed server's.
+    #[serde(default)]
+    pub(crate) tls_ca_file: Option<PathBuf>,
+    /// Built from `tls` and `tls_ca_file` when the file is loaded.
+    #[serde(skip)]
+    pub(crate) tls_client: Option<Tls>,
     /// The server password (`PASS`), if the network needs one.
     #[serde(default)]
     pub(crate) password: Option<String>,
@@ -102,17 +155,19 @@ impl Config {
     /// Reads and checks the file.
     pub(crate) fn load(path: &std::path::Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)?;
-        let config: Config = serde_yaml::from_str(&text)?;
+        let mut config: Config = serde_yaml::from_str(&text)?;
         config.check()?;
+        if config.irc.tls {
+            config.irc.tls_client = Some(tls_client(&config.irc)?);
+        }
         Ok(config)
     }
 
     fn check(&self) -> Result<()> {
-        if self.irc.tls {
-            return Err(Error::Invalid(String::from(
-                "irc.tls: TLS connections are not supported yet; use a plain port (or a local \
-                 TLS tunnel such as stunnel)",
-            )));
+        if self.irc.tls_ca_file.is_some() && !self.irc.tls {
+            return Err(Error::Invalid(
+                "irc.tls_ca_file is set but irc.tls is false".into(),
+            ));
         }
         if self.prefix.is_empty() {
             return Err(Error::Invalid("prefix must not be empty".into()));
@@ -171,6 +226,7 @@ impl Config {
         ConnConfig {
             host: self.irc.host.clone(),
             port: self.irc.port,
+            tls: self.irc.tls_client.clone(),
             password: self.irc.password.clone(),
             nick: nick.to_owned(),
             username: username.to_owned(),
@@ -217,10 +273,18 @@ irc:
     }
 
     #[test]
-    fn refuses_tls_and_bad_channels() {
+    fn tls_settings_and_bad_channels() {
         let mut config: Config = serde_yaml::from_str(EXAMPLE).unwrap();
+        config.irc.tls_ca_file = Some("ca.pem".into());
+        assert!(config.check().is_err(), "a CA file without tls");
         config.irc.tls = true;
-        assert!(config.check().is_err());
+        config.check().unwrap();
+        assert!(
+            tls_client(&config.irc).is_err(),
+            "a CA file that does not exist"
+        );
+        config.irc.tls_ca_file = None;
+        tls_client(&config.irc).unwrap();
         let mut config: Config = serde_yaml::from_str(EXAMPLE).unwrap();
         config.channels.insert("general".into(), "!r:x".into());
         assert!(config.check().is_err());

@@ -10,7 +10,9 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    io::{
+        AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, WriteHalf,
+    },
     net::TcpStream,
     sync::mpsc,
     time::Instant,
@@ -73,11 +75,31 @@ impl Pace {
     }
 }
 
+/// A connection to the server, plain or TLS.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// How to speak TLS to the server.
+#[derive(Clone)]
+pub(crate) struct Tls {
+    pub(crate) connector: tokio_rustls::TlsConnector,
+    /// The name the certificate must carry (the configured host).
+    pub(crate) server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tls({:?})", self.server_name)
+    }
+}
+
 /// Where and as whom to connect.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnConfig {
     pub(crate) host: String,
     pub(crate) port: u16,
+    pub(crate) tls: Option<Tls>,
     pub(crate) password: Option<String>,
     pub(crate) nick: String,
     pub(crate) username: String,
@@ -299,7 +321,18 @@ async fn session(
         Ok(Err(e)) => return lost(false, format!("connect: {e}")),
         Err(_) => return lost(false, "connect: timed out".into()),
     };
-    let (read, mut write) = stream.into_split();
+    let stream: Box<dyn Io> = match &config.tls {
+        None => Box::new(stream),
+        Some(tls) => {
+            let handshake = tls.connector.connect(tls.server_name.clone(), stream);
+            match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
+                Ok(Ok(s)) => Box::new(s),
+                Ok(Err(e)) => return lost(false, format!("TLS: {e}")),
+                Err(_) => return lost(false, "TLS: timed out".into()),
+            }
+        }
+    };
+    let (read, mut write) = tokio::io::split(stream);
     let mut read = BufReader::new(read);
     let mut nick = config.nick.clone();
     let mut hello = String::new();
@@ -419,11 +452,7 @@ async fn session(
 }
 
 /// Sends what is still queued and then the QUIT, without waiting for the pace.
-async fn quit(
-    write: &mut tokio::net::tcp::OwnedWriteHalf,
-    queue: VecDeque<String>,
-    last: &str,
-) -> End {
+async fn quit(write: &mut WriteHalf<Box<dyn Io>>, queue: VecDeque<String>, last: &str) -> End {
     let mut out: String = queue.into_iter().map(|l| l + "\r\n").collect();
     out.push_str(last);
     let _ = write.write_all(out.as_bytes()).await;

@@ -18,7 +18,10 @@ fn body_is(text: &'static str) -> impl Fn(&Value) -> bool {
 /// A bridged private room: alice (display name "Alice M") made it and invited the bot;
 /// carol is in `channel` on IRC before the bridge starts.
 async fn bridged(channel: &str) -> (Setup, User, String, IrcClient) {
-    let mut s = Setup::new().await;
+    bridged_on(Setup::new().await, channel).await
+}
+
+async fn bridged_on(mut s: Setup, channel: &str) -> (Setup, User, String, IrcClient) {
     let alice = s.server.register_random().await;
     let (status, body) = alice
         .client
@@ -392,4 +395,30 @@ async fn a_taken_nick_gets_a_number_and_the_state_survives_a_bridge_restart() {
         )
         .await;
     assert_eq!(e["sender"], carol_ghost.as_str());
+}
+
+#[tokio::test]
+async fn the_bridge_speaks_tls_to_the_irc_server() {
+    let (s, alice, room, mut carol) = bridged_on(Setup::new_tls().await, "#secure").await;
+    carol.privmsg("#secure", "over plain tcp").await;
+    let e = s
+        .wait_for_event(&alice, &room, "carol's message", body_is("over plain tcp"))
+        .await;
+    assert_eq!(e["sender"], s.server.user_id("irc_carol").as_str());
+    alice.client.send_text(&room, "over tls").await;
+    carol
+        .wait_for("alice's message", |m| {
+            m.nick == PUPPET && m.param(1) == "over tls"
+        })
+        .await;
+    // Both of the bridge's connections came in on the TLS port.
+    for nick in ["matrixbridge", PUPPET] {
+        carol.send(&format!("WHOIS {nick}")).await;
+        carol
+            .wait_for(
+                &format!("{nick} on TLS (ngircd's 275, elsewhere 671)"),
+                |m| (m.command == "275" || m.command == "671") && m.param(1) == nick,
+            )
+            .await;
+    }
 }

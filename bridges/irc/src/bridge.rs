@@ -32,12 +32,20 @@ const PORTALS: &str = "portals";
 const GHOSTS: &str = "ghost_nicks";
 const GHOST_ROOMS: &str = "ghost_rooms";
 const PUPPETS: &str = "puppets";
+const DMS: &str = "direct_rooms";
 
 /// A bridged channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 struct Portal {
     channel: String,
     room_id: OwnedRoomId,
+}
+
+/// A room of private messages between an IRC user (their ghost) and a Matrix user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+struct DirectRoom {
+    ghost: String,
+    user: OwnedUserId,
 }
 
 /// A Matrix user's IRC connection as remembered across restarts.
@@ -59,6 +67,8 @@ pub(crate) struct Bridge {
     /// Held while the ghosts' records in the store are read and rewritten (never across an
     /// await), so that concurrent updates do not lose each other.
     ghost_records: Mutex<()>,
+    /// What the Matrix users' IRC connections receive (private messages), by user.
+    puppet_events: mpsc::UnboundedSender<(OwnedUserId, IrcEvent)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -93,6 +103,7 @@ impl Bridge {
         }
         app.store().set(PORTALS, serde_json::to_value(&portals)?)?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let (puppet_events, puppet_rx) = mpsc::unbounded_channel();
         let nick = config.irc.bot_nick.clone();
         let bot_irc = IrcHandle::spawn(
             config.conn(&nick, "paracord", "Paracord IRC bridge"),
@@ -107,7 +118,9 @@ impl Bridge {
             puppets: Mutex::new(HashMap::new()),
             named: Mutex::new(HashSet::new()),
             ghost_records: Mutex::new(()),
+            puppet_events,
         });
+        tokio::spawn(bridge.clone().run_puppet_events(puppet_rx));
         // Matrix users who had an IRC connection before a restart get it back.
         let records: BTreeMap<OwnedUserId, PuppetRecord> = load(&bridge.app, PUPPETS)?;
         for (user, record) in records {
@@ -253,22 +266,10 @@ impl Bridge {
         command: &str,
         text: &str,
     ) -> Result<()> {
-        let (msgtype, text) = match parse_action(text) {
-            Some(action) => ("m.emote", action),
-            None if is_ctcp(text) => return Ok(()),
-            None if command == "NOTICE" => ("m.notice", text),
-            None => ("m.text", text),
-        };
-        let (plain, html) = irc_to_matrix(text);
-        if plain.trim().is_empty() {
+        let Some(content) = matrix_content(command, text) else {
             return Ok(());
-        }
+        };
         let ghost = self.ghost_join(nick, &portal.room_id).await?;
-        let mut content = json!({"msgtype": msgtype, "body": plain});
-        if let Some(html) = html {
-            content["format"] = json!("org.matrix.custom.html");
-            content["formatted_body"] = json!(html);
-        }
         self.app
             .intent(&ghost)?
             .send_event(&portal.room_id, "m.room.message", &content)
@@ -415,7 +416,7 @@ impl Bridge {
             return Ok(());
         }
         let Some(portal) = self.portal_for_room(&room_id) else {
-            return Ok(());
+            return self.on_direct_room_event(event, &sender, &room_id).await;
         };
         let content: Value = event
             .raw()
@@ -450,38 +451,9 @@ impl Bridge {
     }
 
     async fn relay_to_irc(&self, portal: &Portal, sender: &UserId, content: &Value) -> Result<()> {
-        let body = content["body"].as_str().unwrap_or_default();
-        let html = (content["format"] == "org.matrix.custom.html")
-            .then(|| content["formatted_body"].as_str())
-            .flatten();
-        let is_edit = content["m.relates_to"]["rel_type"] == "m.replace";
-        let (body, html) = if is_edit {
-            let new = &content["m.new_content"];
-            let html = (new["format"] == "org.matrix.custom.html")
-                .then(|| new["formatted_body"].as_str())
-                .flatten();
-            (new["body"].as_str().unwrap_or(body), html)
-        } else {
-            (body, html)
-        };
-        let is_reply = content["m.relates_to"]["m.in_reply_to"].is_object();
-        let body = if is_reply && html.is_none() {
-            strip_reply_fallback(body)
-        } else {
-            body
-        };
-        let mut text = matrix_to_irc(body, html);
-        let msgtype = content["msgtype"].as_str().unwrap_or("m.text");
-        if let Some(url) = content["url"].as_str() {
-            // Files are sent as their name and `mxc://` address.
-            text = format!("{text} ({url})");
-        }
-        if is_edit {
-            text = format!("* {text}");
-        }
-        if text.trim().is_empty() {
+        let Some((msgtype, text)) = irc_text(content) else {
             return Ok(());
-        }
+        };
         let puppet = self
             .puppet(sender, &portal.room_id, &portal.channel)
             .await?;
@@ -494,14 +466,77 @@ impl Bridge {
                 portal.channel
             );
         }
-        match msgtype {
-            "m.emote" => puppet.action(&portal.channel, &text),
-            "m.notice" => puppet.notice(&portal.channel, &text),
-            _ => puppet.privmsg(&portal.channel, &text),
-        }
+        send_as(&puppet, &portal.channel, msgtype, &text);
         Ok(())
     }
+}
 
+/// The Matrix content of an IRC `PRIVMSG` or `NOTICE`; `None` for CTCP requests and empty
+/// text.
+fn matrix_content(command: &str, text: &str) -> Option<Value> {
+    let (msgtype, text) = match parse_action(text) {
+        Some(action) => ("m.emote", action),
+        None if is_ctcp(text) => return None,
+        None if command == "NOTICE" => ("m.notice", text),
+        None => ("m.text", text),
+    };
+    let (plain, html) = irc_to_matrix(text);
+    if plain.trim().is_empty() {
+        return None;
+    }
+    let mut content = json!({"msgtype": msgtype, "body": plain});
+    if let Some(html) = html {
+        content["format"] = json!("org.matrix.custom.html");
+        content["formatted_body"] = json!(html);
+    }
+    Some(content)
+}
+
+/// Sends `text` to `target` as the Matrix `msgtype` maps to IRC.
+fn send_as(puppet: &IrcHandle, target: &str, msgtype: &str, text: &str) {
+    match msgtype {
+        "m.emote" => puppet.action(target, text),
+        "m.notice" => puppet.notice(target, text),
+        _ => puppet.privmsg(target, text),
+    }
+}
+
+/// The IRC text of a Matrix message's content, with its `msgtype`; `None` when there is
+/// nothing to send.
+fn irc_text(content: &Value) -> Option<(&str, String)> {
+    let body = content["body"].as_str().unwrap_or_default();
+    let html = (content["format"] == "org.matrix.custom.html")
+        .then(|| content["formatted_body"].as_str())
+        .flatten();
+    let is_edit = content["m.relates_to"]["rel_type"] == "m.replace";
+    let (body, html) = if is_edit {
+        let new = &content["m.new_content"];
+        let html = (new["format"] == "org.matrix.custom.html")
+            .then(|| new["formatted_body"].as_str())
+            .flatten();
+        (new["body"].as_str().unwrap_or(body), html)
+    } else {
+        (body, html)
+    };
+    let is_reply = content["m.relates_to"]["m.in_reply_to"].is_object();
+    let body = if is_reply && html.is_none() {
+        strip_reply_fallback(body)
+    } else {
+        body
+    };
+    let mut text = matrix_to_irc(body, html);
+    let msgtype = content["msgtype"].as_str().unwrap_or("m.text");
+    if let Some(url) = content["url"].as_str() {
+        // Files are sent as their name and `mxc://` address.
+        text = format!("{text} ({url})");
+    }
+    if is_edit {
+        text = format!("* {text}");
+    }
+    (!text.trim().is_empty()).then_some((msgtype, text))
+}
+
+impl Bridge {
     /// The IRC connection of a Matrix user, started (and joined to `channel`) if needed.
     async fn puppet(&self, user: &UserId, room_id: &RoomId, channel: &str) -> Result<IrcHandle> {
         if let Some(p) = lock(&self.puppets).get(user).cloned() {
@@ -535,10 +570,20 @@ impl Bridge {
         channels: impl IntoIterator<Item = String>,
     ) -> IrcHandle {
         let username = sanitize_nick(user.localpart(), "", "", 10);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let forward = self.puppet_events.clone();
+        let owner = user.to_owned();
+        tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                if forward.send((owner.clone(), event)).is_err() {
+                    return;
+                }
+            }
+        });
         let handle = IrcHandle::spawn(
             self.config.conn(nick, &username, user.as_str()),
             channels,
-            None,
+            Some(tx),
         );
         lock(&self.puppets).insert(user.to_owned(), handle.clone());
         handle
@@ -626,6 +671,150 @@ impl Bridge {
         if let Err(e) = self.save_puppet(user, &p) {
             tracing::warn!("saving {user}'s IRC connection: {e}");
         }
+    }
+
+    // ---- private messages ----
+
+    /// Handles the events of the Matrix users' IRC connections, in order.
+    async fn run_puppet_events(
+        self: Arc<Self>,
+        mut events: mpsc::UnboundedReceiver<(OwnedUserId, IrcEvent)>,
+    ) {
+        while let Some((user, event)) = events.recv().await {
+            let IrcEvent::Line(line) = event else {
+                continue;
+            };
+            if !matches!(line.command.as_str(), "PRIVMSG" | "NOTICE") {
+                continue;
+            }
+            let nick = line.nick().unwrap_or_default().to_owned();
+            let target = line.param(0);
+            // Channel messages come through the bot's connection; server notices have a
+            // dot in the sender.
+            if target.starts_with(['#', '&', '+', '!'])
+                || nick.is_empty()
+                || nick.contains('.')
+                || self.is_own_nick(&nick)
+            {
+                continue;
+            }
+            if let Err(e) = self
+                .relay_private(&user, &nick, &line.command, line.param(1))
+                .await
+            {
+                tracing::warn!("relaying a private message from {nick} to {user}: {e}");
+            }
+        }
+    }
+
+    /// An IRC user wrote to a Matrix user's connection: into their direct room, made (by
+    /// the ghost, inviting the Matrix user) the first time.
+    async fn relay_private(
+        &self,
+        user: &UserId,
+        nick: &str,
+        command: &str,
+        text: &str,
+    ) -> Result<()> {
+        let Some(content) = matrix_content(command, text) else {
+            return Ok(());
+        };
+        let ghost = self.ghost_localpart(nick)?;
+        let intent = self.app.intent(&ghost)?;
+        if lock(&self.named).insert(ghost.clone()) {
+            if let Err(e) = intent.set_display_name(nick).await {
+                lock(&self.named).remove(&ghost);
+                return Err(e);
+            }
+        }
+        let rooms: BTreeMap<OwnedRoomId, DirectRoom> = load(&self.app, DMS)?;
+        let existing = rooms
+            .iter()
+            .find(|(_, d)| d.ghost == ghost && d.user == user)
+            .map(|(r, _)| r.clone());
+        let room_id = match existing {
+            Some(room_id) => room_id,
+            None => {
+                let room_id = intent
+                    .create_room(&CreateRoom {
+                        invite: vec![user.to_owned()],
+                        preset: Some("trusted_private_chat".into()),
+                        is_direct: true,
+                        ..CreateRoom::default()
+                    })
+                    .await?;
+                let _guard = lock(&self.ghost_records);
+                let mut rooms: BTreeMap<OwnedRoomId, DirectRoom> = load(&self.app, DMS)?;
+                rooms.insert(
+                    room_id.clone(),
+                    DirectRoom {
+                        ghost: ghost.clone(),
+                        user: user.to_owned(),
+                    },
+                );
+                self.app.store().set(DMS, serde_json::to_value(&rooms)?)?;
+                room_id
+            }
+        };
+        intent
+            .send_event(&room_id, "m.room.message", &content)
+            .await?;
+        Ok(())
+    }
+
+    /// A Matrix user wrote in a direct room with a ghost: to the IRC user, from the Matrix
+    /// user's connection.
+    async fn on_direct_room_event(
+        &self,
+        event: &Event,
+        sender: &UserId,
+        room_id: &RoomId,
+    ) -> Result<()> {
+        if event.event_type().as_deref() != Some("m.room.message") {
+            return Ok(());
+        }
+        let rooms: BTreeMap<OwnedRoomId, DirectRoom> = load(&self.app, DMS)?;
+        let Some(direct) = rooms.get(room_id) else {
+            return Ok(());
+        };
+        if direct.user != sender {
+            return Ok(());
+        }
+        let content: Value = event
+            .raw()
+            .get_field("content")
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let Some((msgtype, text)) = irc_text(&content) else {
+            return Ok(());
+        };
+        // The IRC user's nick now: the one that maps to the ghost.
+        let nicks: BTreeMap<String, String> = load(&self.app, GHOSTS)?;
+        let Some(nick) = nicks
+            .iter()
+            .find(|(_, g)| **g == direct.ghost)
+            .map(|(n, _)| n.clone())
+        else {
+            return Ok(());
+        };
+        let existing = lock(&self.puppets).get(sender).cloned();
+        let puppet = match existing {
+            Some(p) => p,
+            None => {
+                let name = self.display_name(sender, room_id).await;
+                let irc = &self.config.irc;
+                let nick = sanitize_nick(
+                    &name,
+                    &irc.puppet_prefix,
+                    &irc.puppet_suffix,
+                    irc.max_nick_length,
+                );
+                self.spawn_puppet(sender, &nick, [])
+            }
+        };
+        send_as(&puppet, &nick, msgtype, &text);
+        Ok(())
     }
 
     // ---- dynamic portals ----

@@ -422,3 +422,59 @@ async fn the_bridge_speaks_tls_to_the_irc_server() {
             .await;
     }
 }
+
+#[tokio::test]
+async fn private_messages_become_a_direct_room() {
+    let (s, alice, room, mut carol) = bridged("#private").await;
+    alice.client.send_text(&room, "hello").await;
+    carol
+        .wait_for("alice's message", |m| {
+            m.nick == PUPPET && m.param(1) == "hello"
+        })
+        .await;
+
+    // carol writes to alice's connection: carol's ghost invites alice to a direct room.
+    carol.privmsg(PUPPET, "psst").await;
+    let deadline = std::time::Instant::now() + crate::harness::WAIT;
+    let direct = loop {
+        let sync = alice.client.sync(None, 0, None).await;
+        let invites = sync["rooms"]["invite"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        if let Some((room_id, _)) = invites.into_iter().next() {
+            break room_id;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expected an invite to a direct room"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    alice.client.join_ok(&direct).await;
+    let e = s
+        .wait_for_event(&alice, &direct, "carol's private message", body_is("psst"))
+        .await;
+    assert_eq!(e["sender"], s.server.user_id("irc_carol").as_str());
+    let member = s.member(&alice, &direct, &alice.user_id).await;
+    assert_eq!(member["membership"], "join");
+
+    // alice answers in the direct room: a private message to carol.
+    alice.client.send_text(&direct, "psst back").await;
+    let m = carol
+        .wait_for("alice's private answer", |m| {
+            m.command == "PRIVMSG" && m.param(1) == "psst back"
+        })
+        .await;
+    assert_eq!((m.nick.as_str(), m.param(0)), (PUPPET, "carol"));
+
+    // The same direct room the next time.
+    carol.privmsg(PUPPET, "again").await;
+    s.wait_for_event(
+        &alice,
+        &direct,
+        "carol's second private message",
+        body_is("again"),
+    )
+    .await;
+}

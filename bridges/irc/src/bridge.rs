@@ -69,6 +69,8 @@ pub(crate) struct Bridge {
     ghost_records: Mutex<()>,
     /// What the Matrix users' IRC connections receive (private messages), by user.
     puppet_events: mpsc::UnboundedSender<(OwnedUserId, IrcEvent)>,
+    /// Held while a Matrix user's connection is looked up and possibly started.
+    creating_puppet: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -119,6 +121,7 @@ impl Bridge {
             named: Mutex::new(HashSet::new()),
             ghost_records: Mutex::new(()),
             puppet_events,
+            creating_puppet: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(bridge.clone().run_puppet_events(puppet_rx));
         // Matrix users who had an IRC connection before a restart get it back.
@@ -399,12 +402,30 @@ impl Bridge {
 
     // ---- Matrix → IRC ----
 
-    /// Handles the appservice's events, in order.
+    /// Handles the appservice's events: in order within a room, rooms side by side (a room
+    /// whose sender's IRC connection is still joining does not hold up the others).
     pub(crate) async fn run_matrix(self: Arc<Self>, mut events: paracord_appservice::Events) {
+        let mut rooms: HashMap<OwnedRoomId, mpsc::UnboundedSender<Event>> = HashMap::new();
         while let Some(event) = events.recv().await {
-            if let Err(e) = self.on_matrix_event(&event).await {
-                tracing::warn!("relaying a Matrix event: {e}");
-            }
+            let Some(room_id) = event.room_id() else {
+                continue;
+            };
+            // One worker per room the appservice hears from (its portals and direct rooms),
+            // for as long as the bridge runs.
+            let tx = rooms.entry(room_id).or_insert_with(|| {
+                let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+                let bridge = self.clone();
+                tokio::spawn(async move {
+                    while let Some(event) = rx.recv().await {
+                        if let Err(e) = bridge.on_matrix_event(&event).await {
+                            tracing::warn!("relaying a Matrix event: {e}");
+                        }
+                    }
+                });
+                tx
+            });
+            // The worker only ends with the bridge.
+            let _ = tx.send(event);
         }
     }
 
@@ -539,6 +560,8 @@ fn irc_text(content: &Value) -> Option<(&str, String)> {
 impl Bridge {
     /// The IRC connection of a Matrix user, started (and joined to `channel`) if needed.
     async fn puppet(&self, user: &UserId, room_id: &RoomId, channel: &str) -> Result<IrcHandle> {
+        // Rooms are handled side by side: one connection per user all the same.
+        let _creating = self.creating_puppet.lock().await;
         if let Some(p) = lock(&self.puppets).get(user).cloned() {
             if !p
                 .wanted_channels()
@@ -798,6 +821,7 @@ impl Bridge {
         else {
             return Ok(());
         };
+        let _creating = self.creating_puppet.lock().await;
         let existing = lock(&self.puppets).get(sender).cloned();
         let puppet = match existing {
             Some(p) => p,

@@ -26,7 +26,8 @@ struct Args {
     /// The configuration file (YAML).
     #[arg(short, long, default_value = "irc.yaml")]
     config: PathBuf,
-    /// Write a new registration to the configured `registration` path and exit.
+    /// Write a new registration to the configured `registration` path (which must not exist
+    /// yet) and exit.
     #[arg(long)]
     generate: bool,
 }
@@ -52,6 +53,13 @@ async fn main() -> ExitCode {
 async fn run(args: Args) -> paracord_appservice::Result<()> {
     let config = Config::load(&args.config)?;
     if args.generate {
+        // New tokens would lock out the homeserver's copy of the old file.
+        if config.registration.exists() {
+            return Err(paracord_appservice::Error::Invalid(format!(
+                "{} exists; delete it first to generate a new registration",
+                config.registration.display()
+            )));
+        }
         config.registration().save(&config.registration)?;
         println!(
             "wrote {}; copy it to the homeserver's appservice directory",

@@ -51,7 +51,8 @@ struct Args {
     /// The configuration file (YAML).
     #[arg(short, long, default_value = "webhooks.yaml")]
     config: PathBuf,
-    /// Write a new registration to the configured `registration` path and exit.
+    /// Write a new registration to the configured `registration` path (which must not exist
+    /// yet) and exit.
     #[arg(long)]
     generate: bool,
 }
@@ -167,6 +168,13 @@ async fn run(args: Args) -> Result<(), String> {
         .clone()
         .unwrap_or_else(|| format!("http://{}", config.listen));
     if args.generate {
+        // New tokens would lock out the homeserver's copy of the old file.
+        if config.registration.exists() {
+            return Err(format!(
+                "{} exists; delete it first to generate a new registration",
+                config.registration.display()
+            ));
+        }
         // No users of its own besides the bot: an exclusive namespace of `<bot>_*` keeps
         // the name space for later.
         let registration = Registration::generate(

@@ -106,6 +106,16 @@ impl Setup {
                 "expected --generate to succeed: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
+            // Not twice: new tokens would not match the server's copy.
+            let again = bridge_command(&dir_path)
+                .arg("--generate")
+                .output()
+                .unwrap();
+            assert!(
+                !again.status.success(),
+                "expected a second --generate to refuse"
+            );
+            assert!(String::from_utf8_lossy(&again.stderr).contains("exists"));
             let path = dir_path.join("appservices").display().to_string();
             TestServer::set_env(env, "PARACORD_APPSERVICE_DIR", &path);
         })

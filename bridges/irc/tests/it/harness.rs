@@ -120,6 +120,28 @@ impl Setup {
             TestServer::set_env(env, "PARACORD_APPSERVICE_DIR", &path);
         })
         .await;
+        let mut server = server;
+        let registration = dir.path().join("appservices/irc.yaml");
+        let generated = std::fs::read_to_string(&registration).unwrap();
+        if !generated.contains(&server.server_name().replace('.', "\\.")) {
+            // The server lost its first port to another process and moved: the namespace
+            // names the old server name. Generate again for the new one and restart.
+            std::fs::remove_file(&registration).unwrap();
+            write_config(
+                dir.path(),
+                &server.base_url(),
+                &server.server_name(),
+                as_port,
+                &Self::irc_lines(&irc),
+                &[],
+            );
+            let out = bridge_command(dir.path())
+                .arg("--generate")
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            server.restart().await;
+        }
         Setup {
             irc,
             server,

@@ -128,10 +128,25 @@ impl Bridge {
             return Ok(());
         };
         let ghost = self.ghost_join(nick, &portal.room_id).await?;
-        self.app
-            .intent(&ghost)?
+        let intent = self.app.intent(&ghost)?;
+        match intent
             .send_event(&portal.room_id, "m.room.message", &content)
-            .await?;
+            .await
+        {
+            Err(e) if e.errcode() == Some("M_FORBIDDEN") => {
+                // Kicked on the Matrix side since it joined: join again, then send.
+                self.update_ghost_rooms(&ghost, |rooms| {
+                    rooms.remove(&portal.room_id);
+                })?;
+                self.ghost_join(nick, &portal.room_id).await?;
+                intent
+                    .send_event(&portal.room_id, "m.room.message", &content)
+                    .await?;
+            }
+            other => {
+                other?;
+            }
+        }
         Ok(())
     }
 

@@ -239,6 +239,26 @@ async fn nick_changes_parts_quits_and_matrix_leaves_are_bridged() {
         .await;
     assert_eq!(e["sender"], carol_ghost.as_str());
 
+    // Kicked on Matrix: the ghost comes back with the next message.
+    let (status, body) = alice
+        .client
+        .post(
+            &format!("/rooms/{}/kick", paracord_complement::enc(&room)),
+            &json!({"user_id": carol_ghost, "reason": "test"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    carol.privmsg("#members", "back again").await;
+    let e = s
+        .wait_for_event(
+            &alice,
+            &room,
+            "the kicked ghost's message",
+            body_is("back again"),
+        )
+        .await;
+    assert_eq!(e["sender"], carol_ghost.as_str());
+
     // A PART: the ghost leaves.
     carol.send("PART #members :bye").await;
     s.wait_for_member(&alice, &room, &carol_ghost, "the ghost's leave", |m| {

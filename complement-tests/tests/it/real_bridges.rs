@@ -10,16 +10,14 @@ use std::{
 };
 
 use paracord_complement::{
-    free_port, room_timeline,
+    free_port,
+    irc::IrcClient,
+    ngircd::Ngircd,
+    room_timeline,
     venv::{self, Venv},
     TestServer, User, WAIT,
 };
 use serde_json::Value;
-use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
-    net::{tcp::OwnedWriteHalf, TcpStream},
-    sync::mpsc,
-};
 
 /// A child process killed on drop; its log is printed when the test fails.
 struct Process {
@@ -64,106 +62,6 @@ impl Drop for Process {
                 self.log.display(),
                 std::fs::read_to_string(&self.log).unwrap_or_default()
             );
-        }
-    }
-}
-
-/// Debian's ngircd on a free loopback port with a minimal generated configuration.
-fn start_ngircd(dir: &Path) -> (Process, u16) {
-    let bin = ["/usr/sbin/ngircd", "/usr/bin/ngircd"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .unwrap_or_else(|| panic!("expected ngircd (scripts/install-deps installs it)"));
-    let port = free_port();
-    let conf = dir.join("ngircd.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "[Global]\nName = irc.localhost\nInfo = Paracord test\nListen = 127.0.0.1\n\
-             Ports = {port}\nPidFile = {}\n[Limits]\nMaxNickLength = 30\n\
-             [Options]\nPAM = no\nIdent = no\nDNS = no\n",
-            dir.join("ngircd.pid").display()
-        ),
-    )
-    .unwrap();
-    let process = Process::spawn(
-        "ngircd",
-        Command::new(bin).arg("-n").arg("-f").arg(&conf),
-        dir.join("ngircd.log"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "expected ngircd to listen on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (process, port)
-}
-
-/// A raw IRC client playing the IRC side: lines read by a task, PINGs answered.
-struct Irc {
-    write: OwnedWriteHalf,
-    lines: mpsc::UnboundedReceiver<String>,
-    nick: String,
-}
-
-impl Irc {
-    async fn connect(port: u16, nick: &str) -> Irc {
-        let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let (read, write) = stream.into_split();
-        let (tx, lines) = mpsc::unbounded_channel();
-        let (pong_tx, mut pong_rx) = mpsc::unbounded_channel::<String>();
-        tokio::spawn(async move {
-            let mut read = BufReader::new(read).lines();
-            while let Ok(Some(line)) = read.next_line().await {
-                if let Some(rest) = line.strip_prefix("PING") {
-                    let _ = pong_tx.send(format!("PONG{rest}"));
-                    continue;
-                }
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut irc = Irc {
-            write,
-            lines,
-            nick: nick.to_owned(),
-        };
-        irc.send(&format!("NICK {nick}")).await;
-        irc.send(&format!("USER {nick} 0 * :{nick} on IRC")).await;
-        irc.expect(" 001 ", "the IRC welcome").await;
-        // PONGs are written from here, between reads.
-        tokio::spawn(async move { while pong_rx.recv().await.is_some() {} });
-        irc
-    }
-
-    async fn send(&mut self, line: &str) {
-        self.write
-            .write_all(format!("{line}\r\n").as_bytes())
-            .await
-            .unwrap();
-    }
-
-    /// The next line containing `needle`, within [`WAIT`].
-    async fn expect(&mut self, needle: &str, what: &str) -> String {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        let mut seen = Vec::new();
-        loop {
-            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
-                Ok(Some(line)) if line.contains(needle) => return line,
-                Ok(Some(line)) => seen.push(line),
-                Ok(None) => panic!(
-                    "the IRC connection of {} closed; seen: {seen:#?}",
-                    self.nick
-                ),
-                Err(_) => panic!(
-                    "expected {what} (a line with {needle:?}) on IRC as {}; seen: {seen:#?}",
-                    self.nick
-                ),
-            }
         }
     }
 }
@@ -261,7 +159,8 @@ fn heisenbridge() -> PathBuf {
 async fn heisenbridge_bridges_a_matrix_user_and_an_irc_user_both_ways() {
     let python = heisenbridge();
     let dir = tempfile::tempdir().unwrap();
-    let (mut ngircd, irc_port) = start_ngircd(dir.path());
+    let ngircd = Ngircd::start().await;
+    let irc_port = ngircd.port();
 
     let as_dir = dir.path().join("appservices");
     std::fs::create_dir(&as_dir).unwrap();
@@ -320,16 +219,18 @@ async fn heisenbridge_bridges_a_matrix_user_and_an_irc_user_both_ways() {
     alice_sync.message(&network, "Welcome to the").await;
 
     // An IRC user waits in the channel; the Matrix user joins it through the bridge.
-    let mut bob = Irc::connect(irc_port, "bob").await;
-    bob.send("JOIN #paracord").await;
-    bob.expect(" 366 ", "the end of the channel's names").await;
+    let mut bob = IrcClient::connect(irc_port, "bob").await;
+    bob.join("#paracord").await;
     alice.send_text(&network, "JOIN #paracord").await;
     let channel = alice_sync.join_next_invite(&bridge_bot).await;
     alice_sync.message(&channel, "Joined #paracord").await;
-    bob.expect("JOIN", "the Matrix user's puppet joining").await;
+    bob.wait_for("the Matrix user's puppet joining", |m| {
+        m.command == "JOIN" && m.nick == "alicem"
+    })
+    .await;
 
     // IRC → Matrix, from a ghost with the IRC nick as its display name.
-    bob.send("PRIVMSG #paracord :hello from IRC").await;
+    bob.privmsg("#paracord", "hello from IRC").await;
     let ghost = server.user_id("irc_test_bob");
     let message = alice_sync.message(&channel, "hello from IRC").await;
     assert_eq!(message["sender"], ghost.as_str(), "{message}");
@@ -345,11 +246,11 @@ async fn heisenbridge_bridges_a_matrix_user_and_an_irc_user_both_ways() {
 
     // Matrix → IRC, from the owner's puppet nick.
     alice.send_text(&channel, "hello from Matrix").await;
-    let line = bob.expect("PRIVMSG #paracord", "the Matrix message").await;
-    assert!(
-        line.starts_with(":alicem!") && line.ends_with(":hello from Matrix"),
-        "{line}"
-    );
+    let line = bob
+        .wait_for("the Matrix message", |m| m.command == "PRIVMSG")
+        .await;
+    assert_eq!(line.nick, "alicem", "{}", line.raw);
+    assert_eq!(line.params, ["#paracord", "hello from Matrix"], "{}", line.raw);
 
     // A nick change swaps the ghost; a part makes the new one leave.
     bob.send("NICK bobby").await;
@@ -360,7 +261,6 @@ async fn heisenbridge_bridges_a_matrix_user_and_an_irc_user_both_ways() {
     alice_sync.membership(&channel, &renamed, "leave").await;
 
     bridge.assert_running();
-    ngircd.assert_running();
 }
 
 fn mautrix() -> PathBuf {

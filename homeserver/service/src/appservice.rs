@@ -107,6 +107,8 @@ fn formed_key(appservice: &str) -> Vec<u8> {
 /// The transaction field of to-device messages: MSC4203's `to_device`, under the unstable
 /// name of MSC2409's to-device part, which MSC4203 was split from.
 const TO_DEVICE_FIELD: &str = "de.sorunome.msc2409.to_device";
+/// The registration key naming the user who made a registration (a namespaced application).
+pub const OWNER_FIELD: &str = "chat.paracord.owner";
 
 /// A queue row: key and value.
 type Row = (Vec<u8>, Vec<u8>);
@@ -205,6 +207,10 @@ pub struct Appservice {
     pub msc3202: bool,
     /// `@sender_localpart:server`.
     pub sender: OwnedUserId,
+    /// The user who made it (registration key `chat.paracord.owner`, written by the server
+    /// for a user's namespaced application): its `url` is that user's choice, not the
+    /// operator's, so requests to it keep the outbound guard's allowlist.
+    pub owner: Option<String>,
     users: Vec<Pattern>,
     aliases: Vec<Pattern>,
     rooms: Vec<Pattern>,
@@ -252,6 +258,7 @@ impl Appservice {
             receive_ephemeral: registration.receive_ephemeral,
             added: false,
             msc3202: false,
+            owner: None,
             registration,
         })
     }
@@ -341,13 +348,18 @@ impl Appservice {
     /// [`parse_registration`] and [`Appservice::new`], with the unstable keys read too.
     pub fn from_text(text: &str, server_name: &str) -> Result<Self, String> {
         let mut a = Self::new(parse_registration(text)?, server_name)?;
-        a.msc3202 = serde_yaml::from_str::<serde_yaml::Value>(text)
-            .ok()
+        let extra = serde_yaml::from_str::<serde_yaml::Value>(text).ok();
+        a.msc3202 = extra
+            .as_ref()
             .and_then(|v| {
                 v.get("org.matrix.msc3202")
                     .and_then(serde_yaml::Value::as_bool)
             })
             .unwrap_or(false);
+        a.owner = extra
+            .as_ref()
+            .and_then(|v| v.get(OWNER_FIELD))
+            .map(|o| o.as_str().unwrap_or_default().to_owned());
         Ok(a)
     }
 }
@@ -502,7 +514,10 @@ pub struct Appservices {
     /// The registrations; replaced whole when the admin API adds or removes one, so readers
     /// take a snapshot.
     list: RwLock<Arc<Vec<Arc<Appservice>>>>,
+    /// For the operator's registrations (files, the admin API): every range.
     http: GuardedClient,
+    /// For registrations a user made ([`Appservice::owner`]): `ip_range_allowlist`.
+    http_guarded: GuardedClient,
     /// The next sequence number of each appservice's queue.
     next_seq: Mutex<HashMap<String, u64>>,
     /// Wakes an appservice's sender (a new event).
@@ -549,6 +564,7 @@ impl Appservices {
             db,
             list,
             OutboundGuard::for_appservices(),
+            OutboundGuard::from_config(config),
             &config.server_name,
         )
     }
@@ -556,10 +572,14 @@ impl Appservices {
     pub fn new(
         db: Arc<Db>,
         list: Vec<Appservice>,
-        guard: OutboundGuard,
+        operator_guard: OutboundGuard,
+        user_guard: OutboundGuard,
         server_name: &str,
     ) -> Result<Self> {
-        let http = GuardedClient::new(guard, 0, REQUEST_TIMEOUT).map_err(Error::internal)?;
+        let http =
+            GuardedClient::new(operator_guard, 0, REQUEST_TIMEOUT).map_err(Error::internal)?;
+        let http_guarded =
+            GuardedClient::new(user_guard, 0, REQUEST_TIMEOUT).map_err(Error::internal)?;
         let mut next_seq = HashMap::new();
         let mut wakes = HashMap::new();
         for a in &list {
@@ -571,6 +591,7 @@ impl Appservices {
             server_name: server_name.to_owned(),
             list: RwLock::new(Arc::new(list.into_iter().map(Arc::new).collect())),
             http,
+            http_guarded,
             next_seq: Mutex::new(next_seq),
             wakes: Mutex::new(wakes),
             senders: Mutex::default(),
@@ -1252,6 +1273,16 @@ impl Appservices {
         }
     }
 
+    /// The client for requests to `a`: the operator's registrations may reach any range,
+    /// a user's only what the allowlist permits.
+    fn client(&self, a: &Appservice) -> &GuardedClient {
+        if a.owner.is_some() {
+            &self.http_guarded
+        } else {
+            &self.http
+        }
+    }
+
     /// `PUT {url}/_matrix/app/v1/transactions/{txnId}`.
     async fn send_transaction(
         &self,
@@ -1267,7 +1298,7 @@ impl Appservices {
             .ok_or("no url")?
             .map_err(|e| e.to_string())?;
         let resp = self
-            .http
+            .client(a)
             .request(reqwest::Method::PUT, url)
             .map_err(|r| r.to_string())?
             .bearer_auth(&a.registration.hs_token)
@@ -1297,7 +1328,7 @@ impl Appservices {
         }
         let started = std::time::Instant::now();
         let resp = self
-            .http
+            .client(a)
             .request(reqwest::Method::POST, url?)
             .map_err(|r| {
                 tracing::warn!(
@@ -1476,7 +1507,7 @@ impl Appservices {
         if !query.is_empty() {
             url.query_pairs_mut().extend_pairs(query);
         }
-        let request = self.http.request(reqwest::Method::GET, url).ok()?;
+        let request = self.client(a).request(reqwest::Method::GET, url).ok()?;
         match request.bearer_auth(&a.registration.hs_token).send().await {
             Ok(resp) if resp.status().is_success() => resp.json().await.ok(),
             Ok(resp) => {
@@ -1494,7 +1525,7 @@ impl Appservices {
         let Some(Ok(url)) = a.url(path) else {
             return false;
         };
-        let Ok(request) = self.http.request(reqwest::Method::GET, url) else {
+        let Ok(request) = self.client(a).request(reqwest::Method::GET, url) else {
             return false;
         };
         match request.bearer_auth(&a.registration.hs_token).send().await {
@@ -1647,6 +1678,49 @@ mod tests {
         assert!(!a.owns_alias("#other:example.org"));
     }
 
+    /// The operator's registrations reach an appservice on loopback without an allowlist;
+    /// a registration a user made (`chat.paracord.owner`) does not: its URL is the user's
+    /// choice, so the outbound guard's defaults hold for it.
+    #[tokio::test]
+    async fn only_the_operators_registrations_reach_private_addresses() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")
+                    .await;
+            }
+        });
+        let text = |id: &str, owner: &str| {
+            format!(
+                "id: {id}\nurl: http://127.0.0.1:{port}\nas_token: a_{id}\nhs_token: h_{id}\n\
+                 sender_localpart: {id}bot\n{owner}namespaces:\n  users: []\n"
+            )
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(&dir.path().join("db")).unwrap());
+        let services = Appservices::new(
+            db,
+            vec![
+                reg(&text("ops", "")).unwrap(),
+                reg(&text("mine", "chat.paracord.owner: '@alice:example.org'\n")).unwrap(),
+            ],
+            OutboundGuard::for_appservices(),
+            OutboundGuard::new(&[]),
+            "example.org",
+        )
+        .unwrap();
+        let all = services.all();
+        assert_eq!(all[1].owner.as_deref(), Some("@alice:example.org"));
+        services.ping(&all[0], Some("t")).await.unwrap();
+        let refused = services.ping(&all[1], Some("t")).await.unwrap_err();
+        assert_eq!(refused.classify().0, http::StatusCode::BAD_GATEWAY, "{refused:?}");
+    }
+
     /// Transaction ids are made of sequence numbers: a restart must never hand out one
     /// already used, whether its rows are still queued or were delivered and deleted.
     #[test]
@@ -1658,6 +1732,7 @@ mod tests {
             Appservices::new(
                 db.clone(),
                 vec![reg(BRIDGE).unwrap()],
+                guard.clone(),
                 guard.clone(),
                 "example.org",
             )
@@ -1703,6 +1778,7 @@ mod tests {
             Appservices::new(
                 db.clone(),
                 vec![reg(BRIDGE).unwrap()],
+                guard.clone(),
                 guard.clone(),
                 "example.org",
             )
@@ -1750,6 +1826,7 @@ mod tests {
             db.clone(),
             vec![reg(&yaml).unwrap()],
             OutboundGuard::new(&[]),
+            OutboundGuard::new(&[]),
             "example.org",
         )
         .unwrap();
@@ -1788,6 +1865,7 @@ mod tests {
         let plain = Appservices::new(
             db,
             vec![reg(BRIDGE).unwrap()],
+            OutboundGuard::new(&[]),
             OutboundGuard::new(&[]),
             "example.org",
         )

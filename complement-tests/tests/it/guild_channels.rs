@@ -8,7 +8,7 @@ use paracord_complement::{
 use serde_json::{json, Value};
 
 /// D, @everyone's default permissions (spec/guilds.md §5.1).
-const DEFAULTS: u64 = 563_327_981_178_433;
+const DEFAULTS: u64 = 563_330_128_662_081;
 const VIEW_CHANNEL: u64 = 1024;
 const SEND_MESSAGES: u64 = 2048;
 

@@ -192,6 +192,31 @@ paracord_storage::key! {
     }
 }
 
+/// The localparts of application bots begin with this (spec/applications.md): nobody
+/// registers one; the server makes them for applications.
+pub const BOT_LOCALPART_PREFIX: &str = "_bot_";
+
+/// Whether a localpart is in the application bots' namespace (case does not matter: localparts
+/// are registered in lower case).
+pub fn is_bot_localpart(localpart: &str) -> bool {
+    localpart
+        .get(..BOT_LOCALPART_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(BOT_LOCALPART_PREFIX))
+}
+
+/// Whether a user id is an application bot's (any server: the namespace is the profile's).
+pub fn is_bot_user(user: &UserId) -> bool {
+    is_bot_localpart(user.localpart())
+}
+
+fn bot_namespace() -> Error {
+    Error::new(
+        http::StatusCode::BAD_REQUEST,
+        ErrorKind::Exclusive,
+        "user ids beginning with _bot_ are reserved for application bots",
+    )
+}
+
 fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
@@ -541,6 +566,9 @@ impl Accounts {
     }
 
     pub fn is_available(&self, localpart: &str) -> Result<bool> {
+        if is_bot_localpart(localpart) {
+            return Err(bot_namespace());
+        }
         if localpart.eq_ignore_ascii_case(&self.config.server_notices_localpart) {
             return Ok(false);
         }
@@ -580,6 +608,7 @@ impl Accounts {
                     "this user id is reserved for the server",
                 ))
             }
+            Some(l) if is_bot_localpart(l) => return Err(bot_namespace()),
             Some(l) => self.user_id_for(l)?,
             None => loop {
                 let candidate =

@@ -77,6 +77,7 @@ pub struct Services {
     pub server_notices: Arc<server_notices::ServerNotices>,
     pub durability: Arc<durability::Durability>,
     pub appservices: Arc<appservice::Appservices>,
+    pub applications: Arc<guilds::applications::Applications>,
 }
 
 impl Services {
@@ -291,6 +292,19 @@ impl Services {
             rooms.clone(),
             account_data.clone(),
         ));
+        // Applications deliver interactions to their bots as to-device messages.
+        let applications = Arc::new(guilds::applications::Applications::new(
+            db.clone(),
+            config.clone(),
+            accounts.clone(),
+            rooms.clone(),
+            {
+                let e2ee = e2ee.clone();
+                Arc::new(move |sender, kind, txn, messages| {
+                    e2ee.send_to_device(sender, "PARACORD", kind, txn, messages)
+                })
+            },
+        ));
         Ok(Self {
             config,
             db,
@@ -318,6 +332,7 @@ impl Services {
             server_notices,
             durability,
             appservices,
+            applications,
         })
     }
 }

@@ -291,6 +291,9 @@ pub async fn set_member_role(
         ));
     }
     let state = rooms.current_state(guild_id)?;
+    if super::members::is_managed(rooms, &state, role_id)? {
+        return Err(super::members::managed_role());
+    }
     let key = super::events::member_state_key(target.as_str());
     let mut content: super::events::MemberContent = rooms
         .state_content(&state, "chat.paracord.member", &key)?

@@ -472,6 +472,28 @@ mod tests {
         )
     }
 
+    /// The command example of spec/applications.md reads, and prints back as the spec says
+    /// a Command object looks (less its ids).
+    #[test]
+    fn the_spec_example_is_a_valid_command() {
+        let text = include_str!("../../../../../spec/applications.md");
+        let block = text
+            .split("<!-- command -->")
+            .nth(1)
+            .and_then(|b| b.split("```json").nth(1))
+            .and_then(|b| b.split("```").next())
+            .unwrap();
+        let v: Value = serde_json::from_str(block).unwrap();
+        let spec = read_command(&v).unwrap();
+        assert_eq!(spec.options.len(), 3);
+        let mut expected = v.clone();
+        expected
+            .as_object_mut()
+            .unwrap()
+            .remove("default_member_permissions");
+        assert_eq!(serde_json::to_value(&spec).unwrap(), expected);
+    }
+
     #[test]
     fn names_follow_discords_rule() {
         for ok in [

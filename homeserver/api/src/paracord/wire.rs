@@ -1350,13 +1350,21 @@ mod tests {
             roles: Vec::new(),
             communication_disabled_until: None,
             joined_at: None,
+            bot: false,
         };
         assert_eq!(
-            serde_json::to_value(member).unwrap(),
+            serde_json::to_value(&member).unwrap(),
             json!({ "user_id": "@bob:x", "displayname": null, "avatar_url": null,
                     "nick": null, "roles": [], "communication_disabled_until": null,
                     "joined_at": null })
         );
+        // An application's bot is marked (spec/applications.md §1).
+        let bot = Member {
+            user_id: OwnedUserId::try_from("@_bot_dice:x").unwrap(),
+            bot: true,
+            ..member
+        };
+        assert_eq!(serde_json::to_value(bot).unwrap()["bot"], true);
         assert_eq!(serde_json::to_value(Empty {}).unwrap(), json!({}));
         let created = CreatedGuildAnswer {
             guild: Guild {

@@ -22,8 +22,8 @@ use super::{
     },
     permissions::{Guild, Member, Permissions, EVERYONE},
     store::{
-        channel_ids, guild_content, host_owner, load_guild, load_member, overwrites, reproject,
-        roles, send_state, RoleEntry,
+        channel_ids, guild_content, host_owner, is_managed, load_guild, load_member, managed_role,
+        overwrites, reproject, roles, send_state, RoleEntry,
     },
 };
 use crate::rooms::{
@@ -336,18 +336,6 @@ pub async fn delete_role(
         return Err(managed_role());
     }
     remove_role(rooms, guild_id, &owner, role_id).await
-}
-
-/// Whether a role is managed by an application (spec/applications.md).
-pub(crate) fn is_managed(rooms: &Rooms, state: &StateMap, role_id: &str) -> Result<bool> {
-    Ok(role_content(rooms, state, role_id)?.is_some_and(|r| r.managed_by.is_some()))
-}
-
-/// The refusal of a hand-made change to a managed role's members or existence.
-pub(crate) fn managed_role() -> Error {
-    Error::forbidden(
-        "this role is managed by an application: it goes when the application is removed from the guild",
-    )
 }
 
 /// Deletes a role without asking who may (the checks are the caller's): it leaves every

@@ -410,6 +410,17 @@ async fn adding_an_application_needs_manage_guild_and_gives_it_a_managed_capped_
         "M_FORBIDDEN",
         "assigning the managed role",
     );
+    expect_error(
+        &alice
+            .patch(
+                &s.guild_path(&format!("/members/{}", enc(&bob.user_id))),
+                &json!({ "roles": [managed] }),
+            )
+            .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+        "giving the managed role through PATCH member",
+    );
     let bot_roles = s.guild_path(&format!(
         "/members/{}/roles/{}",
         enc(&s.bot_user),
@@ -989,6 +1000,79 @@ async fn a_bot_is_held_to_its_role_and_deleting_the_application_removes_it() {
     );
     let listed = expect_ok(s.users[0].get(&s.guild_path("/commands")).await, "commands");
     assert_eq!(listed, json!([]));
+}
+
+/// An application's interactions endpoint: it records what it is sent and answers each
+/// interaction with a message, as a Discord endpoint does.
+#[tokio::test]
+async fn the_interactions_endpoint_gets_the_interaction_and_its_answer_is_posted() {
+    use std::sync::{Arc, Mutex};
+
+    let s = Setup::new(1).await;
+    let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let app = axum::Router::new().route(
+        "/interactions",
+        axum::routing::post({
+            let seen = seen.clone();
+            move |axum::Json(body): axum::Json<Value>| async move {
+                let sides = body["data"]["options"][0]["value"].as_i64().unwrap_or(0);
+                seen.lock().unwrap_or_else(|e| e.into_inner()).push(body);
+                axum::Json(json!({ "type": 4,
+                                   "data": { "content": format!("endpoint rolled d{sides}") } }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("expected a listener: {e}"));
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    expect_ok(
+        s.users[0]
+            .patch(
+                &format!("/_paracord/v1/applications/{}", enc(&s.app)),
+                &json!({ "interactions_endpoint_url": format!("http://127.0.0.1:{port}/interactions") }),
+            )
+            .await,
+        "set the interactions endpoint",
+    );
+    s.authorize(VIEW_CHANNEL | SEND_MESSAGES).await;
+    s.roll_command().await;
+    let bob = &s.users[1];
+    let since = bob.sync_token().await;
+    let invoked = expect_ok(
+        s.invoke(bob, json!([{ "name": "sides", "value": 12 }])).await,
+        "invoke",
+    );
+    let general = s.general.clone();
+    let resp = bob
+        .sync_until(Some(&since), None, "the endpoint's answer", |r| {
+            r["rooms"]["join"][general.as_str()]["timeline"]["events"]
+                .as_array()
+                .is_some_and(|e| {
+                    e.iter().any(|e| {
+                        e["content"]["body"]
+                            .as_str()
+                            .is_some_and(|b| b.ends_with("endpoint rolled d12"))
+                    })
+                })
+        })
+        .await;
+    let events = resp["rooms"]["join"][s.general.as_str()]["timeline"]["events"].clone();
+    let msg = events
+        .as_array()
+        .and_then(|e| {
+            e.iter()
+                .find(|e| e["content"]["chat.paracord.interaction"].is_object())
+                .cloned()
+        })
+        .unwrap_or_default();
+    assert_eq!(msg["sender"], s.bot_user.as_str(), "{msg}");
+    let got = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["id"], invoked["id"]);
+    assert!(got[0]["token"].as_str().is_some_and(|t| !t.is_empty()));
+    server.abort();
 }
 
 fn rand_suffix() -> String {

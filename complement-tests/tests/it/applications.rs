@@ -973,6 +973,33 @@ async fn a_bot_is_held_to_its_role_and_deleting_the_application_removes_it() {
         )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    // A kicked bot can be added again: the old install is cleaned up.
+    expect_ok(
+        s.users[0]
+            .delete(
+                &s.guild_path(&format!("/members/{}", enc(&s.bot_user))),
+                &json!({}),
+            )
+            .await,
+        "kick the bot",
+    );
+    assert_eq!(
+        s.membership(&s.guild, &s.bot_user).await.as_deref(),
+        Some("leave")
+    );
+    let again = s.authorize(VIEW_CHANNEL).await;
+    assert_eq!(
+        s.membership(&s.guild, &s.bot_user).await.as_deref(),
+        Some("join")
+    );
+    let managed: Vec<Value> = s
+        .roles()
+        .await
+        .into_iter()
+        .filter(|r| r["managed"] == true)
+        .collect();
+    assert_eq!(managed.len(), 1, "{managed:?}");
+    assert_eq!(managed[0]["id"], again["role_id"]);
     // Deleting the application: the bot leaves every room and its token dies.
     expect_ok(
         s.users[0]
@@ -1041,7 +1068,8 @@ async fn the_interactions_endpoint_gets_the_interaction_and_its_answer_is_posted
     let bob = &s.users[1];
     let since = bob.sync_token().await;
     let invoked = expect_ok(
-        s.invoke(bob, json!([{ "name": "sides", "value": 12 }])).await,
+        s.invoke(bob, json!([{ "name": "sides", "value": 12 }]))
+            .await,
         "invoke",
     );
     let general = s.general.clone();

@@ -518,6 +518,13 @@ impl Applications {
             ));
         }
         let app = self.application(app_id)?;
+        if let Some(stale) = self.install(guild_id, app_id)? {
+            if !self.rooms.is_joined(guild_id, &app.bot_user_id)? {
+                // The bot was kicked or left: what is left of the install goes, and the
+                // application is added anew.
+                self.uninstall(&app, &stale).await?;
+            }
+        }
         let _writes = self.writes.lock().await;
         if self.install(guild_id, app_id)?.is_some() {
             return Err(Error::invalid_param(

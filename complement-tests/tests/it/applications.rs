@@ -1106,3 +1106,99 @@ async fn the_interactions_endpoint_gets_the_interaction_and_its_answer_is_posted
 fn rand_suffix() -> String {
     paracord_complement::random_localpart()
 }
+
+/// A namespaced application is also an application service: its bot is the sender and it
+/// holds `@<bot>.<anything>` exclusively, inside the namespace nobody else registers in.
+#[tokio::test]
+async fn a_namespaced_application_registers_its_users_in_the_bot_namespace() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let app = expect_ok(
+        alice
+            .post(
+                "/_paracord/v1/applications",
+                &json!({ "name": "Bridge", "namespaced": { "url": null } }),
+            )
+            .await,
+        "create a namespaced application",
+    );
+    let bot_user = app["bot_user_id"].as_str().unwrap_or_default().to_owned();
+    let as_token = app["as_token"].as_str().unwrap_or_default().to_owned();
+    assert!(!as_token.is_empty() && app["hs_token"].is_string(), "{app}");
+    assert!(app["appservice"]["users"].is_string(), "{app}");
+    let localpart = bot_user
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let appservice = server.client_with_token(&as_token);
+    // The appservice acts as its sender, the bot.
+    let me = expect_ok(appservice.whoami().await, "whoami with the as_token");
+    assert_eq!(me["user_id"], bot_user.as_str());
+    // It registers a user of its namespace; nobody else can.
+    let puppet = format!("{localpart}.alice");
+    let made = expect_ok(
+        appservice
+            .post(
+                "/register",
+                &json!({ "type": "m.login.application_service", "username": puppet }),
+            )
+            .await,
+        "the appservice registers a namespaced user",
+    );
+    assert_eq!(
+        made["user_id"],
+        format!("@{puppet}:{}", server.server_name())
+    );
+    let resp = server
+        .register_raw(json!({ "username": format!("{localpart}.bob"),
+                              "password": "pw-correct-horse-battery" }))
+        .await;
+    expect_error(
+        &resp,
+        StatusCode::BAD_REQUEST,
+        "M_EXCLUSIVE",
+        "a user registering in the namespace",
+    );
+    // Outside its namespace, even in the bot namespace: refused.
+    let resp = appservice
+        .post(
+            "/register",
+            &json!({ "type": "m.login.application_service", "username": "_bot_someone_else" }),
+        )
+        .await;
+    expect_error(
+        &resp,
+        StatusCode::BAD_REQUEST,
+        "M_EXCLUSIVE",
+        "outside its namespace",
+    );
+    // A second namespaced application does not clash with the first.
+    expect_ok(
+        alice
+            .post(
+                "/_paracord/v1/applications",
+                &json!({ "name": "Bridge", "namespaced": {} }),
+            )
+            .await,
+        "a second namespaced application of the same name",
+    );
+    // Deleting the application deletes its registration.
+    let id = app["id"].as_str().unwrap_or_default();
+    expect_ok(
+        alice
+            .delete(
+                &format!("/_paracord/v1/applications/{}", enc(id)),
+                &json!({}),
+            )
+            .await,
+        "delete",
+    );
+    expect_error(
+        &appservice.whoami().await,
+        StatusCode::UNAUTHORIZED,
+        "M_UNKNOWN_TOKEN",
+        "the deleted application's as_token",
+    );
+}

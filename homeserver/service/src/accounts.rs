@@ -192,6 +192,17 @@ paracord_storage::key! {
     }
 }
 
+/// What [`Accounts::register`] is asked for.
+struct NewAccount<'a> {
+    localpart: Option<&'a str>,
+    password: Option<String>,
+    device_id: Option<String>,
+    display_name: Option<String>,
+    inhibit_login: bool,
+    refresh: bool,
+    admin: Option<bool>,
+}
+
 /// The localparts of application bots begin with this (spec/applications.md): nobody
 /// registers one; the server makes them for applications.
 pub const BOT_LOCALPART_PREFIX: &str = "_bot_";
@@ -589,6 +600,56 @@ impl Accounts {
         refresh: bool,
         admin: Option<bool>,
     ) -> Result<LoginResult> {
+        let new = NewAccount {
+            localpart,
+            password,
+            device_id,
+            display_name,
+            inhibit_login,
+            refresh,
+            admin,
+        };
+        self.register_account(new, false).await
+    }
+
+    /// Registers a user of an application's namespace in the bots' namespace
+    /// (spec/applications.md §3): for the application service that holds that namespace
+    /// exclusively, which the caller has checked. No password, no admin.
+    #[instrument(skip_all)]
+    pub async fn register_namespaced_bot(
+        &self,
+        localpart: &str,
+        device_id: Option<String>,
+        display_name: Option<String>,
+        inhibit_login: bool,
+        refresh: bool,
+    ) -> Result<LoginResult> {
+        let new = NewAccount {
+            localpart: Some(localpart),
+            password: None,
+            device_id,
+            display_name,
+            inhibit_login,
+            refresh,
+            admin: None,
+        };
+        self.register_account(new, true).await
+    }
+
+    async fn register_account(
+        &self,
+        new: NewAccount<'_>,
+        bot_namespace: bool,
+    ) -> Result<LoginResult> {
+        let NewAccount {
+            localpart,
+            password,
+            device_id,
+            display_name,
+            inhibit_login,
+            refresh,
+            admin,
+        } = new;
         if password
             .as_ref()
             .is_some_and(|p| p.len() > MAX_PASSWORD_BYTES)
@@ -608,7 +669,7 @@ impl Accounts {
                     "this user id is reserved for the server",
                 ))
             }
-            Some(l) if is_bot_localpart(l) => return Err(bot_namespace()),
+            Some(l) if is_bot_localpart(l) && !bot_namespace => return Err(self::bot_namespace()),
             Some(l) => self.user_id_for(l)?,
             None => loop {
                 let candidate =

@@ -298,6 +298,7 @@ impl Services {
             config.clone(),
             accounts.clone(),
             rooms.clone(),
+            appservices.clone(),
             {
                 let e2ee = e2ee.clone();
                 Arc::new(move |sender, kind, txn, messages| {

@@ -9,7 +9,7 @@ use paracord_service::guilds::{
     applications::{
         commands::{read_command, CommandSpec},
         valid_endpoint, Application, ApplicationChanges, Command, CommandRef, Install, Invocation,
-        Invoked, NewApplication,
+        Invoked, Namespaced, NewApplication,
     },
     permissions::Permissions,
 };
@@ -77,6 +77,11 @@ pub(crate) struct ApplicationAnswer {
     pub app: Application,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bot_token: Option<String>,
+    /// A namespaced application's tokens, only when it was just made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub as_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hs_token: Option<String>,
 }
 
 impl From<Application> for ApplicationAnswer {
@@ -84,6 +89,8 @@ impl From<Application> for ApplicationAnswer {
         ApplicationAnswer {
             app,
             bot_token: None,
+            as_token: None,
+            hs_token: None,
         }
     }
 }
@@ -138,13 +145,13 @@ fn endpoint(u: &str) -> ApiResult<String> {
 
 fn new_application(body: &Value) -> ApiResult<NewApplication> {
     let o = object(body)?;
-    if o.get("namespaced").is_some_and(|v| !v.is_null()) {
-        return Err(Error::invalid_param(
-            "namespaced: applications with an appservice namespace are not supported yet; \
-             register an application service instead (docs/appservices.md)",
-        )
-        .into());
-    }
+    let namespaced = match o.get("namespaced") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(ns)) => Some(Namespaced {
+            url: field(ns, "url")?.flatten().map(endpoint).transpose()?,
+        }),
+        Some(_) => return Err(Error::bad_json("namespaced must be an object").into()),
+    };
     let name = field(o, "name")?
         .flatten()
         .ok_or_else(|| Error::missing_param("name is required"))?;
@@ -159,6 +166,7 @@ fn new_application(body: &Value) -> ApiResult<NewApplication> {
             .flatten()
             .map(endpoint)
             .transpose()?,
+        namespaced,
     })
 }
 
@@ -199,10 +207,12 @@ pub(crate) async fn create_application_route(
 ) -> ApiResult<Json<ApplicationAnswer>> {
     local_user(&state, &user)?;
     let new = new_application(&body)?;
-    let (app, token) = state.applications.create(&user, new).await?;
+    let created = state.applications.create(&user, new).await?;
     Ok(Json(ApplicationAnswer {
-        app,
-        bot_token: Some(token),
+        app: created.app,
+        bot_token: Some(created.bot_token),
+        as_token: created.as_token,
+        hs_token: created.hs_token,
     }))
 }
 

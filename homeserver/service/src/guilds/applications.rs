@@ -27,6 +27,7 @@ use super::{
 };
 use crate::{
     accounts::{Accounts, BOT_LOCALPART_PREFIX},
+    appservice::Appservices,
     outbound::{GuardedClient, OutboundGuard},
     random::random_string,
     rooms::{NewEvent, Rooms},
@@ -90,6 +91,34 @@ pub struct Application {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interactions_endpoint_url: Option<String>,
     pub created_ts: u64,
+    /// The application service of a namespaced application.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub appservice: Option<AppNamespace>,
+}
+
+/// A namespaced application's application service (spec/applications.md §3): its id and the
+/// regex of its exclusive users namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppNamespace {
+    pub id: String,
+    pub users: String,
+}
+
+/// What a namespaced application asks for: where its application service listens (`None`:
+/// nowhere, nothing is pushed).
+#[derive(Clone, Debug, Default)]
+pub struct Namespaced {
+    pub url: Option<String>,
+}
+
+/// A new application, with what is shown only now: the bot token, and a namespaced
+/// application's `as_token` and `hs_token`.
+#[derive(Clone, Debug)]
+pub struct Created {
+    pub app: Application,
+    pub bot_token: String,
+    pub as_token: Option<String>,
+    pub hs_token: Option<String>,
 }
 
 /// What `POST /applications` asks for, checked (spec/applications.md §3).
@@ -99,6 +128,7 @@ pub struct NewApplication {
     pub description: Option<String>,
     pub avatar_url: Option<String>,
     pub interactions_endpoint_url: Option<String>,
+    pub namespaced: Option<Namespaced>,
 }
 
 /// What `PATCH /applications/{id}` changes: `Some(None)` clears a field.
@@ -220,6 +250,18 @@ pub fn bot_localpart(name: &str) -> String {
     )
 }
 
+/// `s` with the characters regexes give a meaning escaped.
+fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Whether an interactions endpoint URL is one: http or https with a host, at most 2048
 /// bytes. (Where it points is the outbound guard's question, asked when it is used.)
 pub fn valid_endpoint(url: &str) -> bool {
@@ -234,6 +276,7 @@ pub struct Applications {
     config: Arc<Config>,
     accounts: Arc<Accounts>,
     rooms: Arc<Rooms>,
+    appservices: Arc<Appservices>,
     to_device: ToDeviceSend,
     http: Option<GuardedClient>,
     /// Held by changes that count (applications per owner, commands per guild) and by
@@ -247,6 +290,7 @@ impl Applications {
         config: Arc<Config>,
         accounts: Arc<Accounts>,
         rooms: Arc<Rooms>,
+        appservices: Arc<Appservices>,
         to_device: ToDeviceSend,
     ) -> Self {
         let http = GuardedClient::new(OutboundGuard::from_config(&config), 0, ENDPOINT_TIMEOUT)
@@ -257,6 +301,7 @@ impl Applications {
             config,
             accounts,
             rooms,
+            appservices,
             to_device,
             http,
             writes: tokio::sync::Mutex::new(()),
@@ -306,11 +351,7 @@ impl Applications {
     }
 
     /// `POST /applications`: the application, its bot user and the bot's token.
-    pub async fn create(
-        &self,
-        owner: &UserId,
-        new: NewApplication,
-    ) -> Result<(Application, String)> {
+    pub async fn create(&self, owner: &UserId, new: NewApplication) -> Result<Created> {
         let _writes = self.writes.lock().await;
         if self.list(owner)?.len() >= MAX_APPLICATIONS_PER_OWNER {
             return Err(Error::invalid_param(format!(
@@ -334,8 +375,20 @@ impl Applications {
             Some(format!("{} (bot token)", new.name)),
             false,
         )?;
+        let id = random_string(18);
+        let (appservice, as_token, hs_token) = match &new.namespaced {
+            None => (None, None, None),
+            Some(ns) => match self.register_namespace(&id, &bot, ns) {
+                Ok((n, a, h)) => (Some(n), Some(a), Some(h)),
+                Err(e) => {
+                    // No application: its bot goes too.
+                    self.accounts.deactivate(&bot)?;
+                    return Err(e);
+                }
+            },
+        };
         let app = Application {
-            id: random_string(18),
+            id,
             name: new.name,
             description: new.description,
             avatar_url: new.avatar_url,
@@ -343,11 +396,50 @@ impl Applications {
             bot_user_id: bot,
             interactions_endpoint_url: new.interactions_endpoint_url,
             created_ts: now_ms(),
+            appservice,
         };
         let mut batch = Batch::new();
         self.put(&mut batch, &app)?;
         self.db.write(batch)?;
-        Ok((app, login.access_token))
+        Ok(Created {
+            app,
+            bot_token: login.access_token,
+            as_token,
+            hs_token,
+        })
+    }
+
+    /// Registers a namespaced application's application service: the bot is its sender,
+    /// and it holds the users `@<bot localpart>.<anything>:<server>` exclusively.
+    fn register_namespace(
+        &self,
+        app_id: &str,
+        bot: &UserId,
+        ns: &Namespaced,
+    ) -> Result<(AppNamespace, String, String)> {
+        let id = format!("paracord_app_{app_id}");
+        let users = format!(
+            "@{}\\..+:{}",
+            regex_escape(bot.localpart()),
+            regex_escape(bot.server_name().as_str())
+        );
+        let as_token = format!("pca_{}", random_string(40));
+        let hs_token = format!("pch_{}", random_string(40));
+        let registration = json!({
+            "id": id,
+            "url": ns.url,
+            "as_token": as_token,
+            "hs_token": hs_token,
+            "sender_localpart": bot.localpart(),
+            "rate_limited": true,
+            "namespaces": {
+                "users": [{ "exclusive": true, "regex": users }],
+                "aliases": [],
+                "rooms": [],
+            },
+        });
+        self.appservices.add(&registration.to_string())?;
+        Ok((AppNamespace { id, users }, as_token, hs_token))
     }
 
     /// `GET /applications`: the owner's applications.
@@ -431,6 +523,13 @@ impl Applications {
         self.rooms
             .leave_all(&app.bot_user_id, Some("application deleted"))
             .await?;
+        if let Some(ns) = &app.appservice {
+            match self.appservices.remove(&ns.id) {
+                Ok(()) => {}
+                Err(e) if e.classify().0 == http::StatusCode::NOT_FOUND => {}
+                Err(e) => return Err(e),
+            }
+        }
         if self
             .accounts
             .account(&app.bot_user_id)?

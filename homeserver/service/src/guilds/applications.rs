@@ -1484,6 +1484,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn keys_round_trip_and_their_prefixes_hold_their_rows() {
+        let k = CommandKey {
+            guild: "!g:x",
+            app: "app1",
+            command: "c1",
+        };
+        let bytes = k.encode();
+        assert_eq!(CommandKey::decode(&bytes).unwrap(), k);
+        assert!(bytes.starts_with(&CommandKey::app_prefix("!g:x", "app1")));
+        assert!(bytes.starts_with(&CommandKey::guild_prefix("!g:x")));
+        // An application whose id extends another's is not under its prefix.
+        let longer = CommandKey { app: "app10", ..k }.encode();
+        assert!(!longer.starts_with(&CommandKey::app_prefix("!g:x", "app1")));
+        let i = InstallKey {
+            guild: "!g:x",
+            app: "app1",
+        };
+        assert_eq!(InstallKey::decode(&i.encode()).unwrap(), i);
+        assert!(i.encode().starts_with(&InstallKey::guild_prefix("!g:x")));
+        let o = OwnerAppKey {
+            owner: "@a:x",
+            app: "app1",
+        };
+        assert_eq!(OwnerAppKey::decode(&o.encode()).unwrap(), o);
+        assert!(!OwnerAppKey {
+            owner: "@ab:x",
+            app: "z"
+        }
+        .encode()
+        .starts_with(&OwnerAppKey::owner_prefix("@a:x")));
+    }
+
+    #[test]
     fn permissions_are_capped_at_the_authorizers() {
         let asked =
             Permissions::SEND_MESSAGES | Permissions::BAN_MEMBERS | Permissions::KICK_MEMBERS;

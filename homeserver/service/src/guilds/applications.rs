@@ -1135,27 +1135,8 @@ impl Applications {
             serde_json::to_vec(&stored)?,
         );
         self.db.write(batch)?;
-        let interaction = json!({
-            "id": id,
-            "application_id": app.id,
-            "type": 2,
-            "token": token,
-            "version": 1,
-            "guild_id": guild_id,
-            "channel_id": inv.channel_id,
-            "member": {
-                "user_id": user,
-                "roles": member.roles,
-                "permissions": in_channel.to_wire(),
-            },
-            "data": {
-                "id": command.id,
-                "name": command.spec.name,
-                "type": 1,
-                "options": options,
-            },
-            "expires_at": expires_at,
-        });
+        let interaction =
+            interaction_content(&id, &token, &stored, &member.roles, in_channel, &options);
         (self.to_device)(
             user,
             "chat.paracord.interaction",
@@ -1389,6 +1370,38 @@ impl Applications {
     }
 }
 
+/// The content of a `chat.paracord.interaction` to-device event (spec/applications.md §7.1).
+fn interaction_content(
+    id: &str,
+    token: &str,
+    stored: &StoredInteraction,
+    roles: &[String],
+    permissions: Permissions,
+    options: &[GivenOption],
+) -> Value {
+    json!({
+        "id": id,
+        "application_id": stored.application_id,
+        "type": 2,
+        "token": token,
+        "version": 1,
+        "guild_id": stored.guild_id,
+        "channel_id": stored.channel_id,
+        "member": {
+            "user_id": stored.user_id,
+            "roles": roles,
+            "permissions": permissions.to_wire(),
+        },
+        "data": {
+            "id": stored.command_id,
+            "name": stored.command_name,
+            "type": 1,
+            "options": options,
+        },
+        "expires_at": stored.expires_at,
+    })
+}
+
 /// Whether holders of `held` may use a command (its default member permissions).
 fn may_use(c: &Command, held: Permissions) -> bool {
     c.spec
@@ -1514,6 +1527,66 @@ mod tests {
         }
         .encode()
         .starts_with(&OwnerAppKey::owner_prefix("@a:x")));
+    }
+
+    /// The to-device interaction and the answer's message of spec/applications.md §7 are
+    /// what the server makes from the same inputs: the spec's examples are golden files.
+    #[test]
+    fn the_spec_examples_of_an_interaction_and_its_answer_are_what_is_sent() {
+        let text = include_str!("../../../../spec/applications.md");
+        let examples: Vec<Value> = text
+            .split("```json")
+            .skip(1)
+            .filter_map(|b| b.split("```").next())
+            .map(|b| serde_json::from_str(b).unwrap())
+            .collect();
+        let find = |kind: &str| {
+            examples
+                .iter()
+                .find(|e| e["type"] == kind)
+                .cloned()
+                .unwrap_or_else(|| panic!("no example of {kind}"))
+        };
+        let spec = find("chat.paracord.interaction")["content"].clone();
+        let stored = StoredInteraction {
+            token_hash: String::new(),
+            application_id: spec["application_id"].as_str().unwrap().into(),
+            guild_id: serde_json::from_value(spec["guild_id"].clone()).unwrap(),
+            channel_id: serde_json::from_value(spec["channel_id"].clone()).unwrap(),
+            user_id: serde_json::from_value(spec["member"]["user_id"].clone()).unwrap(),
+            command_id: spec["data"]["id"].as_str().unwrap().into(),
+            command_name: spec["data"]["name"].as_str().unwrap().into(),
+            expires_at: spec["expires_at"].as_u64().unwrap(),
+            answer: Answer::Waiting,
+            original: None,
+            ephemeral: false,
+        };
+        let options: Vec<GivenOption> = spec["data"]["options"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| GivenOption {
+                name: o["name"].as_str().unwrap().into(),
+                kind: o["type"].as_u64().unwrap(),
+                value: o["value"].clone(),
+            })
+            .collect();
+        let made = interaction_content(
+            spec["id"].as_str().unwrap(),
+            spec["token"].as_str().unwrap(),
+            &stored,
+            &[],
+            Permissions::parse(spec["member"]["permissions"].as_str().unwrap()).unwrap(),
+            &options,
+        );
+        assert_eq!(made, spec);
+        let message = find("m.room.message")["content"].clone();
+        let answer = read_message(&json!({
+            "content": "You rolled 17",
+            "embeds": message["chat.paracord.embeds"],
+        }))
+        .unwrap();
+        assert_eq!(message_content(&stored, &answer), message);
     }
 
     #[test]

@@ -382,6 +382,21 @@ async fn adding_an_application_needs_manage_guild_and_gives_it_a_managed_capped_
     );
     assert_eq!(member["roles"], json!([managed]), "{member}");
     assert_eq!(member["bot"], true, "{member}");
+    // A channel made later: the bot joins it too.
+    let later = expect_ok(
+        alice
+            .post(
+                &s.guild_path("/channels"),
+                &json!({ "name": "dice-room", "kind": "text" }),
+            )
+            .await,
+        "create a channel",
+    );
+    let later = later["id"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(
+        s.membership(&later, &s.bot_user).await.as_deref(),
+        Some("join")
+    );
     // A second add is refused; the guild lists the application.
     expect_error(
         &alice.post(&add, &json!({ "permissions": "0" })).await,
@@ -449,6 +464,10 @@ async fn adding_an_application_needs_manage_guild_and_gives_it_a_managed_capped_
     );
     assert_eq!(
         s.membership(&s.general, &s.bot_user).await.as_deref(),
+        Some("leave")
+    );
+    assert_eq!(
+        s.membership(&later, &s.bot_user).await.as_deref(),
         Some("leave")
     );
     let roles = s.roles().await;

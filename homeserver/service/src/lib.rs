@@ -124,8 +124,9 @@ impl Services {
             stream.clone(),
         );
         // The Matrix pipeline, with the guild rules as its policy and, told of every accepted
-        // event, the guild invite index, the guild departures, the private channels' access
-        // (which needs the PDU service, made later: given to it then) and the push sender.
+        // event, the guild invite index, the guild departures, the applications' bots joining
+        // new channels, the private channels' access (which needs the PDU service, made
+        // later: given to it then) and the push sender.
         // Local events go to the federation sender.
         let (push_observer, push_jobs, pusher_users) = pushers::PushObserver::new();
         let outgoing: rooms::OutgoingPdu = {
@@ -150,6 +151,10 @@ impl Services {
                     observers: vec![
                         invites.clone(),
                         Arc::new(guilds::members::GuildDeparture),
+                        Arc::new(guilds::applications::BotChannels::new(
+                            db.clone(),
+                            accounts.clone(),
+                        )),
                         channel_access.clone(),
                         Arc::new(push_observer),
                         Arc::new(appservice::AppserviceObserver::new(

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use paracord_core::{time::now_ms, Config, Error, Result};
 use paracord_storage::{Batch, Db, KeyReader, Table};
 use ruma::{
-    events::room::member::MembershipState, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId,
+    events::{room::member::MembershipState, TimelineEventType},
+    OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -30,7 +31,11 @@ use crate::{
     appservice::Appservices,
     outbound::{GuardedClient, OutboundGuard},
     random::random_string,
-    rooms::{NewEvent, Rooms},
+    rooms::{
+        hooks::{EventObserver, FollowUp},
+        notify::Notification,
+        NewEvent, Pdu, Rooms,
+    },
 };
 
 /// At most this many applications per owner.
@@ -711,52 +716,8 @@ impl Applications {
             .await?;
         }
         store::reproject(&self.rooms, guild_id).await?;
-        self.join_channels(guild_id, &owner, &bot, profile).await?;
+        join_channels(&self.rooms, guild_id, &owner, &bot, profile).await?;
         Ok(install)
-    }
-
-    /// The bot joins every text-like channel of the guild it can see.
-    async fn join_channels(
-        &self,
-        guild_id: &RoomId,
-        owner: &UserId,
-        bot: &UserId,
-        profile: (Option<String>, Option<String>),
-    ) -> Result<()> {
-        let guild = load_guild(&self.rooms, guild_id)?;
-        let member = load_member(&self.rooms, guild_id, bot)?;
-        let now = now_ms();
-        for channel in channel_ids(&self.rooms, guild_id)? {
-            let state = self.rooms.current_state(&channel)?;
-            let kind = self
-                .rooms
-                .state_content(&state, "chat.paracord.channel", "")?
-                .and_then(|c| serde_json::from_value::<ChannelContent>(c).ok())
-                .map(|c| c.kind);
-            if matches!(kind, None | Some(ChannelKind::Category)) {
-                continue;
-            }
-            let (o, _) = overwrites(&self.rooms, &channel)?;
-            if !guild
-                .channel_permissions(&member, &o, now)
-                .contains(Permissions::VIEW_CHANNEL)
-                || self.rooms.is_joined(&channel, bot)?
-            {
-                continue;
-            }
-            let invite_only = self
-                .rooms
-                .state_content(&state, "m.room.join_rules", "")?
-                .is_some_and(|j| j["join_rule"] == "invite");
-            if invite_only && self.rooms.membership(&channel, bot)? != Some(MembershipState::Invite)
-            {
-                self.rooms.invite(&channel, owner, bot, None, false).await?;
-            }
-            self.rooms
-                .join(&channel, bot, profile.clone(), None)
-                .await?;
-        }
-        Ok(())
     }
 
     /// `DELETE /guilds/{id}/applications/{appId}`: by a member with MANAGE_GUILD. The bot
@@ -1400,6 +1361,120 @@ fn interaction_content(
         },
         "expires_at": stored.expires_at,
     })
+}
+
+/// The bot joins every text-like channel of the guild it can see.
+async fn join_channels(
+    rooms: &Rooms,
+    guild_id: &RoomId,
+    owner: &UserId,
+    bot: &UserId,
+    profile: (Option<String>, Option<String>),
+) -> Result<()> {
+    let guild = load_guild(rooms, guild_id)?;
+    let member = load_member(rooms, guild_id, bot)?;
+    let now = now_ms();
+    for channel in channel_ids(rooms, guild_id)? {
+        let state = rooms.current_state(&channel)?;
+        let kind = rooms
+            .state_content(&state, "chat.paracord.channel", "")?
+            .and_then(|c| serde_json::from_value::<ChannelContent>(c).ok())
+            .map(|c| c.kind);
+        if matches!(kind, None | Some(ChannelKind::Category)) {
+            continue;
+        }
+        let (o, _) = overwrites(rooms, &channel)?;
+        if !guild
+            .channel_permissions(&member, &o, now)
+            .contains(Permissions::VIEW_CHANNEL)
+            || rooms.is_joined(&channel, bot)?
+        {
+            continue;
+        }
+        let invite_only = rooms
+            .state_content(&state, "m.room.join_rules", "")?
+            .is_some_and(|j| j["join_rule"] == "invite");
+        if invite_only && rooms.membership(&channel, bot)? != Some(MembershipState::Invite) {
+            rooms.invite(&channel, owner, bot, None, false).await?;
+        }
+        rooms.join(&channel, bot, profile.clone(), None).await?;
+    }
+    Ok(())
+}
+
+/// Told of every accepted event: a channel added to a guild hosted here (an `m.space.child`
+/// with a `via`, sent by the host) is joined by the bots of the guild's applications that
+/// can see it (spec/applications.md §4).
+pub struct BotChannels {
+    db: Arc<Db>,
+    accounts: Arc<Accounts>,
+}
+
+impl BotChannels {
+    pub fn new(db: Arc<Db>, accounts: Arc<Accounts>) -> Self {
+        Self { db, accounts }
+    }
+
+    /// The bots of the applications in a guild.
+    fn bots(&self, guild_id: &RoomId) -> Result<Vec<OwnedUserId>> {
+        let mut out = Vec::new();
+        for (_, v) in self.db.scan_prefix(
+            Table::GuildappInstall,
+            &InstallKey::guild_prefix(guild_id.as_str()),
+        )? {
+            let install: Install = serde_json::from_slice(&v)?;
+            if let Some(app) = self
+                .db
+                .get(Table::AppidApplication, install.application_id.as_bytes())?
+            {
+                out.push(serde_json::from_slice::<Application>(&app)?.bot_user_id);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl EventObserver for BotChannels {
+    fn committed(
+        &self,
+        rooms: &Arc<Rooms>,
+        room_id: &RoomId,
+        pdu: &Pdu,
+        _: &[Notification],
+    ) -> Option<FollowUp> {
+        if pdu.kind != TimelineEventType::SpaceChild
+            || pdu.sender.server_name().as_str() != rooms.config.server_name
+        {
+            return None;
+        }
+        OwnedRoomId::try_from(pdu.state_key.as_deref()?).ok()?;
+        let linked = pdu
+            .content_value()
+            .get("via")
+            .and_then(Value::as_array)
+            .is_some_and(|v| !v.is_empty());
+        let bots = self.bots(room_id).ok()?;
+        if !linked || bots.is_empty() {
+            return None;
+        }
+        let (rooms, accounts, guild_id) =
+            (rooms.clone(), self.accounts.clone(), room_id.to_owned());
+        Some(Box::pin(async move {
+            let owner = match load_guild(&rooms, &guild_id).and_then(|g| host_owner(&rooms, &g)) {
+                Ok(o) => o,
+                Err(_) => return,
+            };
+            for bot in bots {
+                if !rooms.is_joined(&guild_id, &bot).unwrap_or(false) {
+                    continue;
+                }
+                let profile = accounts.profile(&bot).unwrap_or((None, None));
+                if let Err(e) = join_channels(&rooms, &guild_id, &owner, &bot, profile).await {
+                    tracing::warn!(%guild_id, %bot, "a bot did not join a new channel: {e}");
+                }
+            }
+        }))
+    }
 }
 
 /// Whether holders of `held` may use a command (its default member permissions).

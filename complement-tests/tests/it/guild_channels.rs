@@ -8,7 +8,7 @@ use paracord_complement::{
 use serde_json::{json, Value};
 
 /// D, @everyone's default permissions (spec/guilds.md §5.1).
-const DEFAULTS: u64 = 563_327_981_178_433;
+const DEFAULTS: u64 = 563_330_128_662_081;
 const VIEW_CHANNEL: u64 = 1024;
 const SEND_MESSAGES: u64 = 2048;
 
@@ -243,7 +243,7 @@ async fn the_owner_builds_channels_with_overwrites_that_become_power_levels_and_
     // overwrite denies too.
     assert_eq!(
         effective(&carol, &ann_id, &bob.user_id).await,
-        563_327_981_127_233 - 1
+        563_330_128_610_881 - 1
     );
     assert_eq!(effective(&bob, &ann_id, &carol.user_id).await, DEFAULTS - 1);
 

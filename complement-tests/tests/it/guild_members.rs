@@ -15,7 +15,7 @@ const MANAGE_NICKNAMES: u64 = 134_217_728;
 const MANAGE_ROLES: u64 = 268_435_456;
 const MODERATE_MEMBERS: u64 = 1_099_511_627_776;
 /// @everyone's permissions in a new guild.
-const DEFAULTS: u64 = 563_327_981_178_433;
+const DEFAULTS: u64 = 563_330_128_662_081;
 
 fn now_ms() -> u64 {
     SystemTime::now()

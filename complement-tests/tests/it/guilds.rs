@@ -33,7 +33,7 @@ async fn a_new_guild_has_everyone_a_category_and_general_and_is_a_space_to_matri
     assert_eq!(
         guild["roles"],
         json!([{ "id": "everyone", "name": "@everyone", "color": 0, "position": 0,
-                 "hoist": false, "mentionable": false, "permissions": "563327981178433" }])
+                 "hoist": false, "mentionable": false, "permissions": "563330128662081" }])
     );
     // Reading it back.
     let again = expect_ok(

@@ -2,6 +2,7 @@
 //! `paracord` process and talks to it over HTTP only.
 
 mod accounts;
+mod applications;
 mod appservice;
 mod appservice_sdk;
 mod backup;

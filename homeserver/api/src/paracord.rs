@@ -14,6 +14,7 @@ use crate::{
     ApiResult, AppState,
 };
 
+mod applications;
 mod channels;
 pub(crate) mod guilds;
 mod members;
@@ -49,6 +50,7 @@ pub(crate) fn routes() -> Router<AppState> {
             put(relay::relay_route),
         );
     let r = channels::routes(r);
+    let r = applications::routes(r);
     members::routes(r)
 }
 

@@ -119,6 +119,8 @@ pub struct Config {
     pub to_device_max_pending: u64,
     /// To-device messages older than this that their device has not collected are deleted.
     pub to_device_max_age_ms: u64,
+    /// How long an application's interaction token answers (spec/applications.md).
+    pub interaction_token_ttl_ms: u64,
     /// A directory of application service registrations: every `*.yaml` / `*.yml` file in it
     /// is one (the Complement convention). Unset: no appservices.
     pub appservice_dir: Option<PathBuf>,
@@ -189,6 +191,7 @@ impl Default for Config {
             server_notices_room_name: "Server Notices".to_owned(),
             to_device_max_pending: 10_000,
             to_device_max_age_ms: 30 * 24 * 60 * 60 * 1000,
+            interaction_token_ttl_ms: 15 * 60 * 1000,
             appservice_dir: None,
             log: "info".to_owned(),
         }
@@ -360,6 +363,10 @@ pub const TEMPLATE: &str = r#"# Paracord homeserver configuration.
 #to_device_max_pending = 10000
 #to_device_max_age_ms = 2592000000
 
+# An application's bot answers a slash command with the interaction's token, valid this long
+# (default 15 minutes). See spec/applications.md.
+#interaction_token_ttl_ms = 900000
+
 # Application services (bridges, bots): every *.yaml / *.yml file in this directory is a
 # registration (id, url, as_token, hs_token, sender_localpart, namespaces). A file that does
 # not parse, or clashes with another, is logged and skipped. See docs/appservices.md.
@@ -495,10 +502,11 @@ impl Config {
         if self.federation_catch_up_after_ms == 0
             || self.to_device_max_pending == 0
             || self.to_device_max_age_ms == 0
+            || self.interaction_token_ttl_ms == 0
         {
             return Err(
-                "federation_catch_up_after_ms, to_device_max_pending and to_device_max_age_ms \
-                 must be positive"
+                "federation_catch_up_after_ms, to_device_max_pending, to_device_max_age_ms \
+                 and interaction_token_ttl_ms must be positive"
                     .to_owned(),
             );
         }

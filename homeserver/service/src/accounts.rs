@@ -192,6 +192,42 @@ paracord_storage::key! {
     }
 }
 
+/// What [`Accounts::register`] is asked for.
+struct NewAccount<'a> {
+    localpart: Option<&'a str>,
+    password: Option<String>,
+    device_id: Option<String>,
+    display_name: Option<String>,
+    inhibit_login: bool,
+    refresh: bool,
+    admin: Option<bool>,
+}
+
+/// The localparts of application bots begin with this (spec/applications.md): nobody
+/// registers one; the server makes them for applications.
+pub const BOT_LOCALPART_PREFIX: &str = "_bot_";
+
+/// Whether a localpart is in the application bots' namespace (case does not matter: localparts
+/// are registered in lower case).
+pub fn is_bot_localpart(localpart: &str) -> bool {
+    localpart
+        .get(..BOT_LOCALPART_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(BOT_LOCALPART_PREFIX))
+}
+
+/// Whether a user id is an application bot's (any server: the namespace is the profile's).
+pub fn is_bot_user(user: &UserId) -> bool {
+    is_bot_localpart(user.localpart())
+}
+
+fn bot_namespace() -> Error {
+    Error::new(
+        http::StatusCode::BAD_REQUEST,
+        ErrorKind::Exclusive,
+        "user ids beginning with _bot_ are reserved for application bots",
+    )
+}
+
 fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
@@ -541,6 +577,9 @@ impl Accounts {
     }
 
     pub fn is_available(&self, localpart: &str) -> Result<bool> {
+        if is_bot_localpart(localpart) {
+            return Err(bot_namespace());
+        }
         if localpart.eq_ignore_ascii_case(&self.config.server_notices_localpart) {
             return Ok(false);
         }
@@ -561,6 +600,56 @@ impl Accounts {
         refresh: bool,
         admin: Option<bool>,
     ) -> Result<LoginResult> {
+        let new = NewAccount {
+            localpart,
+            password,
+            device_id,
+            display_name,
+            inhibit_login,
+            refresh,
+            admin,
+        };
+        self.register_account(new, false).await
+    }
+
+    /// Registers a user of an application's namespace in the bots' namespace
+    /// (spec/applications.md §3): for the application service that holds that namespace
+    /// exclusively, which the caller has checked. No password, no admin.
+    #[instrument(skip_all)]
+    pub async fn register_namespaced_bot(
+        &self,
+        localpart: &str,
+        device_id: Option<String>,
+        display_name: Option<String>,
+        inhibit_login: bool,
+        refresh: bool,
+    ) -> Result<LoginResult> {
+        let new = NewAccount {
+            localpart: Some(localpart),
+            password: None,
+            device_id,
+            display_name,
+            inhibit_login,
+            refresh,
+            admin: None,
+        };
+        self.register_account(new, true).await
+    }
+
+    async fn register_account(
+        &self,
+        new: NewAccount<'_>,
+        bot_namespace: bool,
+    ) -> Result<LoginResult> {
+        let NewAccount {
+            localpart,
+            password,
+            device_id,
+            display_name,
+            inhibit_login,
+            refresh,
+            admin,
+        } = new;
         if password
             .as_ref()
             .is_some_and(|p| p.len() > MAX_PASSWORD_BYTES)
@@ -580,6 +669,7 @@ impl Accounts {
                     "this user id is reserved for the server",
                 ))
             }
+            Some(l) if is_bot_localpart(l) && !bot_namespace => return Err(self::bot_namespace()),
             Some(l) => self.user_id_for(l)?,
             None => loop {
                 let candidate =

@@ -24,6 +24,7 @@ const EXPIRING: &[Table] = &[
     Table::OrigintxnRelay,
     Table::TxnEventid,
     Table::UserdevicetxnTodevice,
+    Table::InteractionidInteraction,
 ];
 
 /// The key of an entry in `deadlinerow_expire`: `deadline table_name 0xFF row_key`.

@@ -1,5 +1,6 @@
 //! The Paracord profile's guilds (spec/guilds.md, spec/rest.md).
 
+pub mod applications;
 pub mod channels;
 pub mod create;
 pub mod enforce;

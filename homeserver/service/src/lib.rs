@@ -77,6 +77,7 @@ pub struct Services {
     pub server_notices: Arc<server_notices::ServerNotices>,
     pub durability: Arc<durability::Durability>,
     pub appservices: Arc<appservice::Appservices>,
+    pub applications: Arc<guilds::applications::Applications>,
 }
 
 impl Services {
@@ -123,8 +124,9 @@ impl Services {
             stream.clone(),
         );
         // The Matrix pipeline, with the guild rules as its policy and, told of every accepted
-        // event, the guild invite index, the guild departures, the private channels' access
-        // (which needs the PDU service, made later: given to it then) and the push sender.
+        // event, the guild invite index, the guild departures, the applications' bots joining
+        // new channels, the private channels' access (which needs the PDU service, made
+        // later: given to it then) and the push sender.
         // Local events go to the federation sender.
         let (push_observer, push_jobs, pusher_users) = pushers::PushObserver::new();
         let outgoing: rooms::OutgoingPdu = {
@@ -149,6 +151,10 @@ impl Services {
                     observers: vec![
                         invites.clone(),
                         Arc::new(guilds::members::GuildDeparture),
+                        Arc::new(guilds::applications::BotChannels::new(
+                            db.clone(),
+                            accounts.clone(),
+                        )),
                         channel_access.clone(),
                         Arc::new(push_observer),
                         Arc::new(appservice::AppserviceObserver::new(
@@ -291,6 +297,20 @@ impl Services {
             rooms.clone(),
             account_data.clone(),
         ));
+        // Applications deliver interactions to their bots as to-device messages.
+        let applications = Arc::new(guilds::applications::Applications::new(
+            db.clone(),
+            config.clone(),
+            accounts.clone(),
+            rooms.clone(),
+            appservices.clone(),
+            {
+                let e2ee = e2ee.clone();
+                Arc::new(move |sender, kind, txn, messages| {
+                    e2ee.send_to_device(sender, "PARACORD", kind, txn, messages)
+                })
+            },
+        ));
         Ok(Self {
             config,
             db,
@@ -318,6 +338,7 @@ impl Services {
             server_notices,
             durability,
             appservices,
+            applications,
         })
     }
 }

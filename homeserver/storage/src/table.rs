@@ -143,6 +143,18 @@ pub enum Table {
     /// `origin 0xFF txn_id` → the `{status, body}` answer to a relayed Paracord request
     /// (spec/rest.md §3), so a repeated relay gets the same answer.
     OrigintxnRelay,
+    // applications (spec/applications.md)
+    /// application id → the application (name, owner, bot user, …).
+    AppidApplication,
+    /// `owner user_id 0xFF application id` → "": an owner's applications.
+    OwnerappApplication,
+    /// `guild room_id 0xFF application id` → the application's install in that guild
+    /// (its managed role, the permissions granted).
+    GuildappInstall,
+    /// `guild room_id 0xFF application id 0xFF command id` → a slash command.
+    GuildappcmdCommand,
+    /// interaction id → a slash command invocation waiting for (or given) its answer.
+    InteractionidInteraction,
 }
 
 impl Table {
@@ -214,6 +226,11 @@ impl Table {
         // guilds
         Table::CoderoomInvite,
         Table::OrigintxnRelay,
+        Table::AppidApplication,
+        Table::OwnerappApplication,
+        Table::GuildappInstall,
+        Table::GuildappcmdCommand,
+        Table::InteractionidInteraction,
     ];
 
     pub fn name(self) -> &'static str {
@@ -285,6 +302,12 @@ impl Table {
             // guilds
             Table::CoderoomInvite => "coderoom_invite",
             Table::OrigintxnRelay => "origintxn_relay",
+            // applications
+            Table::AppidApplication => "appid_application",
+            Table::OwnerappApplication => "ownerapp_application",
+            Table::GuildappInstall => "guildapp_install",
+            Table::GuildappcmdCommand => "guildappcmd_command",
+            Table::InteractionidInteraction => "interactionid_interaction",
         }
     }
 }

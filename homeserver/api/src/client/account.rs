@@ -141,18 +141,35 @@ async fn appservice_register(
         )
         .into());
     }
-    let r = state
-        .accounts
-        .register(
-            Some(localpart),
-            None,
-            b.device_id.map(|d| d.to_string()),
-            b.initial_device_display_name,
-            b.inhibit_login,
-            b.refresh_token,
-            None,
-        )
-        .await?;
+    let device_id = b.device_id.map(|d| d.to_string());
+    let r = if paracord_service::accounts::is_bot_localpart(localpart)
+        && a.is_exclusive_user(user.as_str())
+    {
+        // An application's namespace in the bots' namespace (spec/applications.md §3).
+        state
+            .accounts
+            .register_namespaced_bot(
+                localpart,
+                device_id,
+                b.initial_device_display_name,
+                b.inhibit_login,
+                b.refresh_token,
+            )
+            .await?
+    } else {
+        state
+            .accounts
+            .register(
+                Some(localpart),
+                None,
+                device_id,
+                b.initial_device_display_name,
+                b.inhibit_login,
+                b.refresh_token,
+                None,
+            )
+            .await?
+    };
     Ok(RumaResponse(registered(r, b.inhibit_login)))
 }
 

@@ -38,6 +38,10 @@ pub(crate) async fn get_profile_route(
     if let Some(a) = a {
         resp.set("avatar_url".to_owned(), json!(a));
     }
+    if paracord_service::accounts::is_bot_localpart(req.body.user_id.localpart()) {
+        // An application's bot (spec/applications.md): clients show a BOT tag.
+        resp.set("chat.paracord.bot".to_owned(), json!(true));
+    }
     Ok(RumaResponse(resp))
 }
 

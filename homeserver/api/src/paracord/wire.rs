@@ -554,6 +554,7 @@ impl CreateRole {
             hoist: flag(self.hoist, "hoist")?.unwrap_or(false),
             mentionable: flag(self.mentionable, "mentionable")?.unwrap_or(false),
             permissions: permissions.to_wire(),
+            managed_by: None,
         };
         if content.name.is_empty() || content.name.chars().count() > MAX_ROLE_NAME {
             return Err(Error::invalid_param("a role name has 1 to 100 characters"));
@@ -889,6 +890,18 @@ pub(crate) struct Role {
     pub mentionable: bool,
     /// A u64 as a decimal string.
     pub permissions: String,
+    /// Only on a managed role (spec/applications.md): `true`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub managed: bool,
+    /// Only on a managed role: the application and its bot user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<RoleTags>,
+}
+
+/// What a managed role belongs to (spec/applications.md).
+#[derive(Debug, Serialize)]
+pub(crate) struct RoleTags {
+    pub application_id: String,
 }
 
 impl From<RoleEntry> for Role {
@@ -901,6 +914,11 @@ impl From<RoleEntry> for Role {
             hoist: r.role.hoist,
             mentionable: r.role.mentionable,
             permissions: r.role.permissions,
+            managed: r.role.managed_by.is_some(),
+            tags: r
+                .role
+                .managed_by
+                .map(|application_id| RoleTags { application_id }),
         }
     }
 }
@@ -915,11 +933,15 @@ pub(crate) struct Member {
     pub roles: Vec<String>,
     pub communication_disabled_until: Option<u64>,
     pub joined_at: Option<u64>,
+    /// Only for an application's bot user (spec/applications.md): `true`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub bot: bool,
 }
 
 impl From<MemberInfo> for Member {
     fn from(m: MemberInfo) -> Self {
         Member {
+            bot: paracord_service::accounts::is_bot_user(&m.user_id),
             user_id: m.user_id,
             displayname: m.displayname,
             avatar_url: m.avatar_url,
@@ -1328,13 +1350,21 @@ mod tests {
             roles: Vec::new(),
             communication_disabled_until: None,
             joined_at: None,
+            bot: false,
         };
         assert_eq!(
-            serde_json::to_value(member).unwrap(),
+            serde_json::to_value(&member).unwrap(),
             json!({ "user_id": "@bob:x", "displayname": null, "avatar_url": null,
                     "nick": null, "roles": [], "communication_disabled_until": null,
                     "joined_at": null })
         );
+        // An application's bot is marked (spec/applications.md §1).
+        let bot = Member {
+            user_id: OwnedUserId::try_from("@_bot_dice:x").unwrap(),
+            bot: true,
+            ..member
+        };
+        assert_eq!(serde_json::to_value(bot).unwrap()["bot"], true);
         assert_eq!(serde_json::to_value(Empty {}).unwrap(), json!({}));
         let created = CreatedGuildAnswer {
             guild: Guild {

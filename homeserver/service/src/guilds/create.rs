@@ -18,7 +18,7 @@ use crate::rooms::{
 };
 
 /// @everyone's permissions in a new guild (spec/guilds.md §5.1).
-pub const DEFAULT_EVERYONE: u64 = 563_327_981_178_433;
+pub const DEFAULT_EVERYONE: u64 = 563_330_128_662_081;
 
 /// What `POST /_paracord/v1/guilds` asks for, checked on its own: a name of 1 to 100
 /// characters, an `mxc://` icon.
@@ -37,6 +37,7 @@ fn everyone_role() -> RoleContent {
         hoist: false,
         mentionable: false,
         permissions: Permissions(DEFAULT_EVERYONE).to_wire(),
+        managed_by: None,
     }
 }
 

@@ -56,6 +56,11 @@ pub struct RoleContent {
     pub mentionable: bool,
     /// A u64 as a decimal string.
     pub permissions: String,
+    /// The application whose bot this role belongs to (spec/applications.md): a managed
+    /// role, made when the application was added to the guild and deleted with it; nobody
+    /// deletes, assigns or unassigns it by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_by: Option<String>,
 }
 
 impl RoleContent {

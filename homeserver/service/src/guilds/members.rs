@@ -22,8 +22,8 @@ use super::{
     },
     permissions::{Guild, Member, Permissions, EVERYONE},
     store::{
-        channel_ids, guild_content, host_owner, load_guild, load_member, overwrites, reproject,
-        roles, send_state, RoleEntry,
+        channel_ids, guild_content, host_owner, is_managed, load_guild, load_member, managed_role,
+        overwrites, reproject, roles, send_state, RoleEntry,
     },
 };
 use crate::rooms::{
@@ -332,6 +332,21 @@ pub async fn delete_role(
         role_content(rooms, &state, role_id)?.ok_or_else(|| Error::not_found("no such role"))?;
     let me = load_member(rooms, guild_id, actor)?;
     check_role(&guild, &me, role.position, role_permissions(&role))?;
+    if role.managed_by.is_some() {
+        return Err(managed_role());
+    }
+    remove_role(rooms, guild_id, &owner, role_id).await
+}
+
+/// Deletes a role without asking who may (the checks are the caller's): it leaves every
+/// member and every channel's overwrites, then is replaced with `{}`.
+pub(crate) async fn remove_role(
+    rooms: &Rooms,
+    guild_id: &RoomId,
+    owner: &UserId,
+    role_id: &str,
+) -> Result<()> {
+    let state = rooms.current_state(guild_id)?;
     for ((kind, key), _) in state.range((MEMBER_EVENT.to_owned(), String::new())..) {
         if kind != MEMBER_EVENT {
             break;
@@ -349,7 +364,7 @@ pub async fn delete_role(
         send_state(
             rooms,
             guild_id,
-            &owner,
+            owner,
             MEMBER_EVENT,
             key,
             serde_json::to_value(&content)?,
@@ -363,10 +378,10 @@ pub async fn delete_role(
             .state_content(&cstate, OVERWRITE_EVENT, &key)?
             .is_some_and(|c| c.as_object().is_some_and(|o| !o.is_empty()));
         if present {
-            send_state(rooms, &channel, &owner, OVERWRITE_EVENT, &key, json!({})).await?;
+            send_state(rooms, &channel, owner, OVERWRITE_EVENT, &key, json!({})).await?;
         }
     }
-    send_state(rooms, guild_id, &owner, ROLE_EVENT, role_id, json!({})).await?;
+    send_state(rooms, guild_id, owner, ROLE_EVENT, role_id, json!({})).await?;
     reproject(rooms, guild_id).await
 }
 
@@ -538,6 +553,9 @@ pub async fn modify_member(
         for id in added.chain(removed) {
             if let Some(role) = guild.roles.get(id) {
                 check_role(&guild, &me, role.position, role.permissions)?;
+            }
+            if is_managed(rooms, &state, id)? {
+                return Err(managed_role());
             }
         }
         new.roles = wanted;

@@ -10,7 +10,7 @@ use super::{
     permissions::{ChannelOverwrites, Guild, Member, Permissions, EVERYONE},
     projection::power_levels,
 };
-use crate::rooms::Rooms;
+use crate::rooms::{Rooms, StateMap};
 
 /// The guild's `chat.paracord.guild` content, or 404 when the room is no guild.
 pub(crate) fn guild_content(rooms: &Rooms, guild_id: &RoomId) -> Result<GuildContent> {
@@ -261,6 +261,21 @@ pub async fn create_role(
     Ok(RoleEntry { id, role: content })
 }
 
+/// Whether a role is managed by an application (spec/applications.md).
+pub(crate) fn is_managed(rooms: &Rooms, state: &StateMap, role_id: &str) -> Result<bool> {
+    Ok(rooms
+        .state_content(state, "chat.paracord.role", role_id)?
+        .and_then(|c| serde_json::from_value::<RoleContent>(c).ok())
+        .is_some_and(|r| r.managed_by.is_some()))
+}
+
+/// The refusal of a hand-made change to a managed role's members or existence.
+pub(crate) fn managed_role() -> Error {
+    Error::forbidden(
+        "this role is managed by an application: it goes when the application is removed from the guild",
+    )
+}
+
 /// `PUT`/`DELETE /guilds/{id}/members/{userId}/roles/{roleId}`: MANAGE_ROLES and the
 /// hierarchy for the role; then the power levels follow.
 pub async fn set_member_role(
@@ -291,6 +306,9 @@ pub async fn set_member_role(
         ));
     }
     let state = rooms.current_state(guild_id)?;
+    if is_managed(rooms, &state, role_id)? {
+        return Err(managed_role());
+    }
     let key = super::events::member_state_key(target.as_str());
     let mut content: super::events::MemberContent = rooms
         .state_content(&state, "chat.paracord.member", &key)?

@@ -1221,3 +1221,54 @@ async fn a_namespaced_application_registers_its_users_in_the_bot_namespace() {
         "the deleted application's as_token",
     );
 }
+
+/// A namespaced application's URL is its owner's choice, not the operator's: without
+/// `ip_range_allowlist`, the server does not reach it on loopback (a ping is refused and the
+/// listener gets no connection), unlike an operator's registration.
+#[tokio::test]
+async fn a_users_namespaced_application_cannot_point_the_server_at_loopback() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((_stream, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let server = TestServer::start_guarded(|_| {}).await;
+    let alice = server.register_random().await;
+    let app = expect_ok(
+        alice
+            .post(
+                "/_paracord/v1/applications",
+                &json!({ "name": "Prober", "namespaced": { "url": format!("http://127.0.0.1:{port}") } }),
+            )
+            .await,
+        "create a namespaced application",
+    );
+    let id = app["appservice"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let as_token = app["as_token"].as_str().unwrap_or_default().to_owned();
+    assert!(!id.is_empty() && !as_token.is_empty(), "{app}");
+    let resp = server
+        .client_with_token(&as_token)
+        .post(
+            &format!("/_matrix/client/v1/appservice/{}/ping", enc(&id)),
+            &json!({}),
+        )
+        .await;
+    expect_error(
+        &resp,
+        StatusCode::BAD_GATEWAY,
+        "M_CONNECTION_FAILED",
+        "a ping to a user's appservice on loopback",
+    );
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the server connected to loopback for a user's registration"
+    );
+}

@@ -250,7 +250,12 @@ async fn heisenbridge_bridges_a_matrix_user_and_an_irc_user_both_ways() {
         .wait_for("the Matrix message", |m| m.command == "PRIVMSG")
         .await;
     assert_eq!(line.nick, "alicem", "{}", line.raw);
-    assert_eq!(line.params, ["#paracord", "hello from Matrix"], "{}", line.raw);
+    assert_eq!(
+        line.params,
+        ["#paracord", "hello from Matrix"],
+        "{}",
+        line.raw
+    );
 
     // A nick change swaps the ghost; a part makes the new one leave.
     bob.send("NICK bobby").await;

@@ -1718,7 +1718,11 @@ mod tests {
         assert_eq!(all[1].owner.as_deref(), Some("@alice:example.org"));
         services.ping(&all[0], Some("t")).await.unwrap();
         let refused = services.ping(&all[1], Some("t")).await.unwrap_err();
-        assert_eq!(refused.classify().0, http::StatusCode::BAD_GATEWAY, "{refused:?}");
+        assert_eq!(
+            refused.classify().0,
+            http::StatusCode::BAD_GATEWAY,
+            "{refused:?}"
+        );
     }
 
     /// Transaction ids are made of sequence numbers: a restart must never hand out one

@@ -383,7 +383,7 @@ impl Applications {
         let id = random_string(18);
         let (appservice, as_token, hs_token) = match &new.namespaced {
             None => (None, None, None),
-            Some(ns) => match self.register_namespace(&id, &bot, ns) {
+            Some(ns) => match self.register_namespace(&id, &bot, owner, ns) {
                 Ok((n, a, h)) => (Some(n), Some(a), Some(h)),
                 Err(e) => {
                     // No application: its bot goes too.
@@ -420,6 +420,7 @@ impl Applications {
         &self,
         app_id: &str,
         bot: &UserId,
+        owner: &UserId,
         ns: &Namespaced,
     ) -> Result<(AppNamespace, String, String)> {
         let id = format!("paracord_app_{app_id}");
@@ -430,7 +431,7 @@ impl Applications {
         );
         let as_token = format!("pca_{}", random_string(40));
         let hs_token = format!("pch_{}", random_string(40));
-        let registration = json!({
+        let mut registration = json!({
             "id": id,
             "url": ns.url,
             "as_token": as_token,
@@ -443,6 +444,9 @@ impl Applications {
                 "rooms": [],
             },
         });
+        // The URL is the user's choice: requests to it keep the outbound guard's allowlist
+        // (the operator's registrations may reach private addresses).
+        registration[crate::appservice::OWNER_FIELD] = owner.as_str().into();
         self.appservices.add(&registration.to_string())?;
         Ok((AppNamespace { id, users }, as_token, hs_token))
     }

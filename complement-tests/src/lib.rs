@@ -11,6 +11,7 @@ mod events;
 pub mod federation;
 mod hmac_sha1;
 pub mod network;
+pub mod pyclients;
 mod server;
 pub mod synapse;
 

@@ -35,3 +35,4 @@ mod spaces;
 mod synapse_interop;
 mod sync;
 mod visibility;
+mod webhooks;

@@ -9,3 +9,4 @@ pub mod permissions;
 pub mod projection;
 pub mod relay;
 pub mod store;
+pub mod webhooks;

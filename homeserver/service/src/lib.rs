@@ -77,6 +77,7 @@ pub struct Services {
     pub server_notices: Arc<server_notices::ServerNotices>,
     pub durability: Arc<durability::Durability>,
     pub appservices: Arc<appservice::Appservices>,
+    pub webhooks: Arc<guilds::webhooks::Webhooks>,
 }
 
 impl Services {
@@ -245,6 +246,13 @@ impl Services {
         }
         let media = Arc::new(media::Media::new(db.clone(), config.clone())?);
         let backups = Arc::new(backup::KeyBackups::new(db.clone()));
+        let webhooks = Arc::new(guilds::webhooks::Webhooks::new(
+            db.clone(),
+            rooms.clone(),
+            accounts.clone(),
+            media.clone(),
+            ratelimit.clone(),
+        ));
         // Background delivery (federation, push) and housekeeping start with the services
         // when there is a runtime to run them (the server always has one); queued items wait
         // otherwise.
@@ -318,6 +326,7 @@ impl Services {
             server_notices,
             durability,
             appservices,
+            webhooks,
         })
     }
 }

@@ -143,6 +143,9 @@ pub enum Table {
     /// `origin 0xFF txn_id` → the `{status, body}` answer to a relayed Paracord request
     /// (spec/rest.md §3), so a repeated relay gets the same answer.
     OrigintxnRelay,
+    /// webhook id → the webhook's record (channel, its user, the SHA-256 of its token, the
+    /// GitHub secret; spec/webhooks.md). The public part is `chat.paracord.webhook` state.
+    WebhookidWebhook,
 }
 
 impl Table {
@@ -214,6 +217,7 @@ impl Table {
         // guilds
         Table::CoderoomInvite,
         Table::OrigintxnRelay,
+        Table::WebhookidWebhook,
     ];
 
     pub fn name(self) -> &'static str {
@@ -285,6 +289,7 @@ impl Table {
             // guilds
             Table::CoderoomInvite => "coderoom_invite",
             Table::OrigintxnRelay => "origintxn_relay",
+            Table::WebhookidWebhook => "webhookid_webhook",
         }
     }
 }

@@ -1110,3 +1110,138 @@ print(response.text)
         .await;
     assert_eq!(download.bytes, b"python file bytes");
 }
+
+/// Polls `check` every 100 ms for up to 20 s until it returns `Some`.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..200 {
+        if let Some(v) = check().await {
+            return v;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn a_guild_hosted_elsewhere_has_its_webhooks_on_its_host() {
+    use paracord_complement::federation::federating_server;
+    let (a, a_name) = federating_server().await;
+    let (b, _) = federating_server().await;
+    let alice = a.register_random().await;
+    let bob = b.register_random().await;
+    let guild = expect_ok(
+        alice
+            .post("/_paracord/v1/guilds", &json!({ "name": "Far" }))
+            .await,
+        "create guild",
+    );
+    let guild_id = guild["id"].as_str().unwrap_or_default().to_owned();
+    let general = guild["system_channel"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let invite = expect_ok(
+        alice
+            .post(
+                &format!("/_paracord/v1/channels/{}/invites", enc(&general)),
+                &json!({}),
+            )
+            .await,
+        "create invite",
+    );
+    let code = invite["code"].as_str().unwrap_or_default();
+    expect_ok(
+        bob.post(
+            &format!("/_paracord/v1/invites/{code}?server={}", enc(&a_name)),
+            &json!({}),
+        )
+        .await,
+        "accept through B",
+    );
+    let role = expect_ok(
+        alice
+            .post(
+                &format!("/_paracord/v1/guilds/{}/roles", enc(&guild_id)),
+                &json!({ "name": "hooks", "position": 1,
+                         "permissions": MANAGE_WEBHOOKS.to_string() }),
+            )
+            .await,
+        "create role",
+    );
+    let (status, body) = alice
+        .put(
+            &format!(
+                "/_paracord/v1/guilds/{}/members/{}/roles/{}",
+                enc(&guild_id),
+                enc(&bob.user_id),
+                enc(role["id"].as_str().unwrap_or_default())
+            ),
+            &json!({}),
+        )
+        .await;
+    assert!(
+        status.is_success(),
+        "expected the role given: {status} {body}"
+    );
+
+    // Bob makes one through his server: the guild host makes it, its URL is the host's.
+    let made = eventually("the webhook made through B", || async {
+        let (status, body) = bob
+            .post(
+                &format!("/_paracord/v1/channels/{}/webhooks", enc(&general)),
+                &json!({ "name": "Remote" }),
+            )
+            .await;
+        (status == StatusCode::OK).then_some(body)
+    })
+    .await;
+    let id = made["id"].as_str().unwrap_or_default().to_owned();
+    let token = made["token"].as_str().unwrap_or_default().to_owned();
+    let user_id = made["user"]["id"].as_str().unwrap_or_default().to_owned();
+    assert!(user_id.ends_with(&format!(":{a_name}")), "{made}");
+    let posted = reqwest::Client::new()
+        .post(format!(
+            "{}/api/webhooks/{id}/{token}?wait=true",
+            a.base_url()
+        ))
+        .json(&json!({ "content": "over federation" }))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("expected an answer from A: {e}"));
+    assert_eq!(posted.status(), StatusCode::OK);
+    let message: Value = posted.json().await.unwrap_or_default();
+    let event_id = message["id"].as_str().unwrap_or_default().to_owned();
+
+    // Bob's server takes the webhook user's message into the timeline (not soft-failed).
+    eventually("the message in B's timeline", || async {
+        let messages = bob.all_messages(&general).await;
+        messages
+            .iter()
+            .any(|e| e["event_id"] == event_id.as_str() && e["sender"] == user_id.as_str())
+            .then_some(())
+    })
+    .await;
+
+    // Reading and deleting it by id through B are relayed to the host.
+    let read = expect_ok(
+        bob.get(&format!("/_paracord/v1/webhooks/{id}")).await,
+        "read through B",
+    );
+    assert_eq!(read["name"], "Remote");
+    expect_ok(
+        bob.delete(&format!("/_paracord/v1/webhooks/{id}"), &json!({}))
+            .await,
+        "delete through B",
+    );
+    let gone = reqwest::Client::new()
+        .post(format!("{}/api/webhooks/{id}/{token}", a.base_url()))
+        .json(&json!({ "content": "after" }))
+        .send()
+        .await
+        .map(|r| r.status());
+    assert_eq!(gone.ok(), Some(StatusCode::NOT_FOUND));
+}

@@ -285,12 +285,12 @@ async fn execute(
     let content_type = header_str(&req, "content-type").unwrap_or("").to_owned();
     let event = header_str(&req, "x-github-event").map(str::to_owned);
     let signature = header_str(&req, "x-hub-signature-256").map(str::to_owned);
-    // Files go to the media repository: a body may be as large as an upload, plus the rest.
+    // Files go to the media repository: a body may hold an upload's worth of files, plus
+    // the request limit for the rest.
     let limit = state
         .config
         .max_upload_bytes
-        .saturating_mul(MAX_FILES)
-        .max(state.config.max_request_bytes);
+        .saturating_add(state.config.max_request_bytes);
     let bytes = axum::body::to_bytes(req.into_body(), limit)
         .await
         .map_err(|_| ExecuteError::TooLarge)?;
@@ -427,7 +427,7 @@ fn parts<'a>(content_type: &str, body: &'a [u8]) -> Option<Vec<Part<'a>>> {
 /// Discord's multipart execution: `payload_json` (or plain `content`, `username`,
 /// `avatar_url` fields) and up to ten files (any part with a file name, `files[n]` as
 /// Discord names them).
-fn multipart_body(
+pub(crate) fn multipart_body(
     content_type: &str,
     body: &[u8],
     max_file: usize,

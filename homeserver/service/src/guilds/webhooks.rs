@@ -232,9 +232,19 @@ impl Webhooks {
     /// A webhook the actor may manage: unknown ids, and webhooks of channels the actor
     /// cannot see, are 404; without MANAGE_WEBHOOKS there, 403.
     fn managed(&self, id: &str, actor: &UserId) -> Result<(Webhook, OwnedUserId)> {
-        let webhook = self
-            .load(id)?
-            .ok_or_else(|| Error::not_found("no such webhook"))?;
+        let unknown = || Error::not_found("no such webhook");
+        let Some(webhook) = self.load(id)? else {
+            // A webhook of a guild hosted elsewhere is in the state of one of the actor's
+            // channels: asking there says where to relay (`Error::HostedElsewhere`).
+            if let Some(channel) = self.channel_naming(id, actor)? {
+                match self.manage(&channel, actor) {
+                    Err(e) if matches!(e, Error::HostedElsewhere(_)) => return Err(e),
+                    Err(e) if matches!(e.kind(), Some(ErrorKind::Forbidden)) => return Err(e),
+                    _ => {}
+                }
+            }
+            return Err(unknown());
+        };
         let (_, owner) = match self.manage(&webhook.channel_id, actor) {
             Err(e) if matches!(e.kind(), Some(ErrorKind::NotFound)) => {
                 return Err(Error::not_found("no such webhook"))
@@ -242,6 +252,27 @@ impl Webhooks {
             other => other?,
         };
         Ok((webhook, owner))
+    }
+
+    /// The joined room of `actor` whose `chat.paracord.webhook` state names webhook `id`.
+    fn channel_naming(&self, id: &str, actor: &UserId) -> Result<Option<OwnedRoomId>> {
+        if id.is_empty() || id.len() > 32 || !id.bytes().all(|b| b.is_ascii_digit()) {
+            return Ok(None);
+        }
+        for (room, record) in self.rooms.user_rooms(actor)? {
+            if record.membership != MembershipState::Join {
+                continue;
+            }
+            let state = self.rooms.current_state(&room)?;
+            if self
+                .rooms
+                .state_content(&state, WEBHOOK_EVENT, id)?
+                .is_some_and(|c| c.get("id").and_then(Value::as_str) == Some(id))
+            {
+                return Ok(Some(room));
+            }
+        }
+        Ok(None)
     }
 
     fn public_content(webhook: &Webhook) -> Value {

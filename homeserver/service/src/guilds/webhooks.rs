@@ -91,8 +91,6 @@ pub struct Changes {
 pub struct Posted {
     pub webhook: Webhook,
     pub event_ids: Vec<OwnedEventId>,
-    /// The message's `m.room.message` content.
-    pub content: Value,
     /// The files' contents, in order.
     pub files: Vec<Value>,
     pub message: Message,
@@ -599,6 +597,30 @@ impl Webhooks {
             .map_err(|_| ExecuteError::BadSignature)
     }
 
+    /// Sends one `m.room.message` as the webhook's user.
+    async fn post(
+        &self,
+        channel: &RoomId,
+        user: &UserId,
+        content: Value,
+    ) -> std::result::Result<OwnedEventId, ExecuteError> {
+        self.rooms
+            .append(
+                channel,
+                user,
+                NewEvent {
+                    kind: "m.room.message".into(),
+                    state_key: None,
+                    content,
+                    redacts: None,
+                    txn: None,
+                    ts: None,
+                },
+            )
+            .await
+            .map_err(ExecuteError::Internal)
+    }
+
     /// Posts a checked message as the webhook's user: the text (with its embeds) first, then
     /// each file as its own `m.file`/`m.image` event.
     #[instrument(skip_all, fields(webhook = %webhook.id))]
@@ -640,28 +662,14 @@ impl Webhooks {
             }
         };
         let mut event_ids = Vec::new();
-        let mut text = None;
         let ts = now_ms();
         if message.has_text() {
             let mut content = render::text_content(&message);
             relate(&mut content);
-            let id = rooms
-                .append(
-                    channel,
-                    &webhook.user_id,
-                    NewEvent {
-                        kind: "m.room.message".into(),
-                        state_key: None,
-                        content: content.clone(),
-                        redacts: None,
-                        txn: None,
-                        ts: None,
-                    },
-                )
-                .await
-                .map_err(ExecuteError::Internal)?;
+            let id = self
+                .post(channel, &webhook.user_id, content.clone())
+                .await?;
             event_ids.push(id);
-            text = Some(content);
         }
         let mut files = Vec::new();
         for f in &message.files {
@@ -677,28 +685,15 @@ impl Webhooks {
             let mxc = format!("mxc://{}/{media_id}", rooms.config.server_name);
             let mut content = render::file_content(f, &mxc);
             relate(&mut content);
-            let id = rooms
-                .append(
-                    channel,
-                    &webhook.user_id,
-                    NewEvent {
-                        kind: "m.room.message".into(),
-                        state_key: None,
-                        content: content.clone(),
-                        redacts: None,
-                        txn: None,
-                        ts: None,
-                    },
-                )
-                .await
-                .map_err(ExecuteError::Internal)?;
+            let id = self
+                .post(channel, &webhook.user_id, content.clone())
+                .await?;
             event_ids.push(id);
             files.push(content);
         }
         Ok(Posted {
             webhook,
             event_ids,
-            content: text.unwrap_or_else(|| json!({})),
             files,
             message,
             ts,

@@ -1059,7 +1059,12 @@ webhook.add_embed(embed)
 webhook.add_file(file=b"python file bytes", filename="py.txt")
 response = webhook.execute()
 print(response.status_code)
-print(response.text)
+webhook.remove_embeds()
+webhook.content = "edited from python"
+print(webhook.edit().status_code)
+second = DiscordWebhook(url=sys.argv[1], content="to be deleted")
+second.execute()
+print(second.delete().status_code)
 "#;
     let out = tokio::process::Command::new(&python)
         .arg("-c")
@@ -1074,8 +1079,12 @@ print(response.text)
         "the script failed: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let status = stdout.lines().next().unwrap_or_default();
-    assert!(status == "200" || status == "204", "{stdout}");
+    let statuses: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        statuses,
+        ["200", "200", "204"],
+        "execute, edit, delete: {stdout}"
+    );
     let messages = g.member.all_messages(&g.general).await;
     let posted: Vec<&Value> = messages
         .iter()
@@ -1117,6 +1126,128 @@ print(response.text)
         )
         .await;
     assert_eq!(download.bytes, b"python file bytes");
+    let text_id = text["event_id"].as_str().unwrap_or_default();
+    let edit = posted
+        .iter()
+        .find(|e| e["content"]["m.relates_to"]["rel_type"] == "m.replace")
+        .unwrap_or_else(|| panic!("expected the edit: {posted:?}"));
+    assert_eq!(edit["content"]["m.relates_to"]["event_id"], text_id);
+    assert_eq!(
+        edit["content"]["m.new_content"]["body"],
+        "edited from python"
+    );
+    assert!(
+        !posted
+            .iter()
+            .any(|e| e["content"]["body"] == "to be deleted"),
+        "the deleted message is redacted: {posted:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_token_alone_reads_changes_and_deletes_the_webhook_and_its_messages() {
+    let g = Guild::new().await;
+    let hook = g.hook("Tokened").await;
+    let url = format!(
+        "{}/api/webhooks/{}/{}",
+        g.server.base_url(),
+        hook.id,
+        hook.token
+    );
+    let got = g.http.get(&url).send().await.map(|r| r.status());
+    assert_eq!(got.ok(), Some(StatusCode::OK));
+    let wrong = g
+        .http
+        .get(format!(
+            "{}/api/webhooks/{}/{}",
+            g.server.base_url(),
+            hook.id,
+            "C".repeat(68)
+        ))
+        .send()
+        .await;
+    let wrong = match wrong {
+        Ok(r) => (r.status(), r.json::<Value>().await.unwrap_or_default()),
+        Err(e) => panic!("expected an answer: {e}"),
+    };
+    assert_eq!(wrong, (StatusCode::NOT_FOUND, unknown_webhook()));
+
+    // Edit and delete a message, as discord clients do with the id of a `wait` answer.
+    let sent = g
+        .execute(&hook, "?wait=true", &json!({ "content": "first draft" }))
+        .await;
+    let id = sent.body["id"].as_str().unwrap_or_default().to_owned();
+    let edited = g
+        .http
+        .patch(format!("{url}/messages/{id}"))
+        .json(&json!({ "content": "final <text>" }))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("expected an answer: {e}"));
+    assert_eq!(edited.status(), StatusCode::OK);
+    let edited: Value = edited.json().await.unwrap_or_default();
+    assert_eq!(edited["id"], id.as_str());
+    assert_eq!(edited["content"], "final <text>");
+    let messages = g.member.all_messages(&g.general).await;
+    let edit = messages
+        .iter()
+        .find(|e| e["content"]["m.relates_to"]["rel_type"] == "m.replace")
+        .unwrap_or_else(|| panic!("expected the m.replace event"));
+    assert_eq!(edit["content"]["m.relates_to"]["event_id"], id.as_str());
+    assert_eq!(edit["content"]["m.new_content"]["body"], "final <text>");
+    assert_eq!(edit["content"]["body"], "* final <text>");
+    // Someone else's message is no message of the webhook.
+    let theirs = g.member.send_text(&g.general, "mine").await;
+    let refused = g
+        .http
+        .delete(format!("{url}/messages/{}", enc(&theirs)))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("expected an answer: {e}"));
+    assert_eq!(refused.status(), StatusCode::NOT_FOUND);
+    let refused: Value = refused.json().await.unwrap_or_default();
+    assert_eq!(refused["code"], 10008);
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let deleted = g
+        .http
+        .delete(format!("{url}/messages/{id}"))
+        .send()
+        .await
+        .map(|r| r.status());
+    assert_eq!(deleted.ok(), Some(StatusCode::NO_CONTENT));
+    let event = g.event(&g.general, &id).await;
+    assert_eq!(event["content"], json!({}), "redacted: {event}");
+
+    // Rename, refuse the secret, delete, all with the token.
+    let renamed = g
+        .http
+        .patch(&url)
+        .json(&json!({ "name": "Renamed" }))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("expected an answer: {e}"));
+    assert_eq!(renamed.status(), StatusCode::OK);
+    assert_eq!(
+        renamed.json::<Value>().await.unwrap_or_default()["name"],
+        "Renamed"
+    );
+    let secret = g
+        .http
+        .patch(&url)
+        .json(&json!({ "secret": "s" }))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("expected an answer: {e}"));
+    assert_eq!(secret.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        secret.json::<Value>().await.unwrap_or_default()["code"],
+        50035
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let gone = g.http.delete(&url).send().await.map(|r| r.status());
+    assert_eq!(gone.ok(), Some(StatusCode::NO_CONTENT));
+    let after = g.execute(&hook, "", &json!({ "content": "after" })).await;
+    assert_eq!(after.body, unknown_webhook());
 }
 
 /// Polls `check` every 100 ms for up to 20 s until it returns `Some`.

@@ -6,7 +6,7 @@
 use axum::{
     extract::{Path, Request, State},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{get, patch, post},
     Json, Router,
 };
 use http::{header, HeaderValue, StatusCode};
@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 
 use super::{
     guild_id,
-    wire::{CreateWebhook, Empty, UpdateWebhook, WebhookObject},
+    wire::{self, CreateWebhook, Empty, UpdateWebhook, WebhookObject},
     Caller, JsonBody,
 };
 use crate::params::Params;
@@ -59,7 +59,14 @@ pub(crate) fn execute_routes() -> Router<AppState> {
         r = r
             .route(
                 &format!("{base}/{{webhook_id}}/{{token}}"),
-                post(execute_route),
+                post(execute_route)
+                    .get(get_with_token_route)
+                    .patch(modify_with_token_route)
+                    .delete(delete_with_token_route),
+            )
+            .route(
+                &format!("{base}/{{webhook_id}}/{{token}}/messages/{{message_id}}"),
+                patch(edit_message_route).delete(delete_message_route),
             )
             .route(
                 &format!("{base}/{{webhook_id}}/{{token}}/slack"),
@@ -213,6 +220,128 @@ pub(crate) async fn execute_github_route(
     req: Request,
 ) -> Response {
     answer(execute(&state, &id, &token, Flavour::Github, req).await)
+}
+
+/// `GET /api/webhooks/{webhookId}/{token}`: the Webhook object, with the token as its
+/// authority (Discord's; no Matrix authentication).
+pub(crate) async fn get_with_token_route(
+    State(state): State<AppState>,
+    Path((id, token)): Path<(String, String)>,
+) -> Response {
+    answer(
+        async {
+            let webhook = state.webhooks.authenticate(&id, &token)?;
+            state.webhooks.limit(&webhook)?;
+            let base = state.config.public_baseurl();
+            Ok(Json(WebhookObject::new(webhook, Some((token, &base)))).into_response())
+        }
+        .await,
+    )
+}
+
+/// `PATCH /api/webhooks/{webhookId}/{token}`: `name`, `avatar_url` (as
+/// `PATCH /_paracord/v1/webhooks/{id}`, without `secret`).
+pub(crate) async fn modify_with_token_route(
+    State(state): State<AppState>,
+    Path((id, token)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    answer(
+        async {
+            let webhook = state.webhooks.authenticate(&id, &token)?;
+            state.webhooks.limit(&webhook)?;
+            let body = read_json(&state, req).await?;
+            if !body.is_object() {
+                return Err(ExecuteError::InvalidJson);
+            }
+            let changes = wire::read::<UpdateWebhook>(body)
+                .and_then(UpdateWebhook::check)
+                .map_err(ExecuteError::Internal)?;
+            let webhook = state
+                .webhooks
+                .modify_with_token(webhook, changes)
+                .await
+                .map_err(ExecuteError::Internal)?;
+            Ok(Json(WebhookObject::new(webhook, None)).into_response())
+        }
+        .await,
+    )
+}
+
+/// `DELETE /api/webhooks/{webhookId}/{token}`: `204`.
+pub(crate) async fn delete_with_token_route(
+    State(state): State<AppState>,
+    Path((id, token)): Path<(String, String)>,
+) -> Response {
+    answer(
+        async {
+            let webhook = state.webhooks.authenticate(&id, &token)?;
+            state.webhooks.limit(&webhook)?;
+            state
+                .webhooks
+                .delete_with_token(webhook)
+                .await
+                .map_err(ExecuteError::Internal)?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        .await,
+    )
+}
+
+/// `PATCH /api/webhooks/{webhookId}/{token}/messages/{eventId}`: Discord's edit body
+/// (`content`, `embeds`, `allowed_mentions`); the message object.
+pub(crate) async fn edit_message_route(
+    State(state): State<AppState>,
+    Path((id, token, message_id)): Path<(String, String, String)>,
+    req: Request,
+) -> Response {
+    answer(
+        async {
+            let webhook = state.webhooks.authenticate(&id, &token)?;
+            state.webhooks.limit(&webhook)?;
+            let body = read_json(&state, req).await?;
+            let message = render::discord(body, None, Vec::new())?;
+            let posted = state
+                .webhooks
+                .edit_message(webhook, &message_id, message)
+                .await?;
+            Ok(Json(render::message_object(
+                &message_id,
+                posted.webhook.channel_id.as_str(),
+                &posted.webhook.id,
+                &posted.webhook.name,
+                &posted.message,
+                Vec::new(),
+                posted.ts,
+            ))
+            .into_response())
+        }
+        .await,
+    )
+}
+
+/// `DELETE /api/webhooks/{webhookId}/{token}/messages/{eventId}`: redacts it; `204`.
+pub(crate) async fn delete_message_route(
+    State(state): State<AppState>,
+    Path((id, token, message_id)): Path<(String, String, String)>,
+) -> Response {
+    answer(
+        async {
+            let webhook = state.webhooks.authenticate(&id, &token)?;
+            state.webhooks.limit(&webhook)?;
+            state.webhooks.delete_message(&webhook, &message_id).await?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        .await,
+    )
+}
+
+/// A JSON body of at most the request limit.
+async fn read_json(state: &AppState, req: Request) -> Result<Value, ExecuteError> {
+    let bytes = axum::body::to_bytes(req.into_body(), state.config.max_request_bytes)
+        .await
+        .map_err(|_| ExecuteError::TooLarge)?;
+    json_of(&bytes)
 }
 
 fn answer(r: Result<Response, ExecuteError>) -> Response {

@@ -442,7 +442,33 @@ impl Webhooks {
     /// webhook user's membership); the GitHub secret is kept here only.
     #[instrument(skip_all, fields(webhook = %id))]
     pub async fn modify(&self, id: &str, actor: &UserId, changes: Changes) -> Result<Webhook> {
-        let (mut webhook, owner) = self.managed(id, actor)?;
+        let (webhook, owner) = self.managed(id, actor)?;
+        self.apply(webhook, &owner, changes).await
+    }
+
+    /// `PATCH /api/webhooks/{id}/{token}`: the name and avatar, with the token for authority
+    /// (Discord's); the GitHub secret is not changed this way.
+    pub async fn modify_with_token(&self, webhook: Webhook, changes: Changes) -> Result<Webhook> {
+        if changes.secret.is_some() {
+            return Err(Error::invalid_param(
+                "the secret is set by a member with MANAGE_WEBHOOKS",
+            ));
+        }
+        let owner = self.owner_of(&webhook)?;
+        self.apply(webhook, &owner, changes).await
+    }
+
+    /// The owner of the webhook's guild, who writes its state (this server is its host).
+    fn owner_of(&self, webhook: &Webhook) -> Result<OwnedUserId> {
+        host_owner(&self.rooms, &load_guild(&self.rooms, &webhook.guild_id)?)
+    }
+
+    async fn apply(
+        &self,
+        mut webhook: Webhook,
+        owner: &UserId,
+        changes: Changes,
+    ) -> Result<Webhook> {
         let mut public = false;
         if let Some(name) = changes.name {
             public |= name != webhook.name;
@@ -460,7 +486,7 @@ impl Webhooks {
             send_state(
                 &self.rooms,
                 &webhook.channel_id,
-                &owner,
+                owner,
                 WEBHOOK_EVENT,
                 &webhook.id,
                 Self::public_content(&webhook),
@@ -498,13 +524,23 @@ impl Webhooks {
     #[instrument(skip_all, fields(webhook = %id))]
     pub async fn delete(&self, id: &str, actor: &UserId) -> Result<()> {
         let (webhook, owner) = self.managed(id, actor)?;
+        self.remove(webhook, &owner).await
+    }
+
+    /// `DELETE /api/webhooks/{id}/{token}`: the token is authority enough (Discord's).
+    pub async fn delete_with_token(&self, webhook: Webhook) -> Result<()> {
+        let owner = self.owner_of(&webhook)?;
+        self.remove(webhook, &owner).await
+    }
+
+    async fn remove(&self, webhook: Webhook, owner: &UserId) -> Result<()> {
         let mut batch = Batch::new();
         batch.delete(Table::WebhookidWebhook, webhook.id.as_bytes().to_vec());
         self.db.write(batch)?;
         send_state(
             &self.rooms,
             &webhook.channel_id,
-            &owner,
+            owner,
             WEBHOOK_EVENT,
             &webhook.id,
             json!({}),
@@ -597,6 +633,85 @@ impl Webhooks {
             .map_err(|_| ExecuteError::BadSignature)
     }
 
+    /// A message this webhook posted in its channel, by event id: anything else is unknown.
+    fn own_message(
+        &self,
+        webhook: &Webhook,
+        event_id: &str,
+    ) -> std::result::Result<OwnedEventId, ExecuteError> {
+        let id = OwnedEventId::try_from(event_id).map_err(|_| ExecuteError::UnknownMessage)?;
+        let pdu = self
+            .rooms
+            .pdu(&id)
+            .map_err(ExecuteError::Internal)?
+            .ok_or(ExecuteError::UnknownMessage)?;
+        if pdu.room_id.as_deref() != Some(webhook.channel_id.as_ref())
+            || pdu.sender != webhook.user_id
+            || pdu.kind.to_string() != "m.room.message"
+            || pdu.state_key.is_some()
+        {
+            return Err(ExecuteError::UnknownMessage);
+        }
+        Ok(id)
+    }
+
+    /// `DELETE /api/webhooks/{id}/{token}/messages/{eventId}`: redacts a message the webhook
+    /// posted.
+    pub async fn delete_message(
+        &self,
+        webhook: &Webhook,
+        event_id: &str,
+    ) -> std::result::Result<(), ExecuteError> {
+        let target = self.own_message(webhook, event_id)?;
+        let mut new = NewEvent::message("m.room.redaction".into(), json!({}));
+        new.redacts = Some(target);
+        self.rooms
+            .append(&webhook.channel_id, &webhook.user_id, new)
+            .await
+            .map(drop)
+            .map_err(ExecuteError::Internal)
+    }
+
+    /// `PATCH /api/webhooks/{id}/{token}/messages/{eventId}`: replaces the text of a message
+    /// the webhook posted (an `m.replace` edit; files are not changed).
+    pub async fn edit_message(
+        &self,
+        webhook: Webhook,
+        event_id: &str,
+        message: Message,
+    ) -> std::result::Result<Posted, ExecuteError> {
+        let target = self.own_message(&webhook, event_id)?;
+        if !message.has_text() {
+            return Err(ExecuteError::Empty);
+        }
+        let new_content = render::text_content(&message);
+        let mut content = new_content.clone();
+        content["body"] = json!(format!("* {}", new_content["body"].as_str().unwrap_or("")));
+        if let Some(html) = new_content["formatted_body"].as_str() {
+            content["formatted_body"] = json!(format!("* {html}"));
+        }
+        content["m.new_content"] = new_content;
+        content["m.relates_to"] = json!({ "rel_type": "m.replace", "event_id": target });
+        if let (Some(c), Some(e)) = (
+            content.as_object_mut(),
+            render::profile(&webhook.id, &webhook.name, &message)
+                .as_object()
+                .cloned(),
+        ) {
+            c.extend(e);
+        }
+        let channel = webhook.channel_id.clone();
+        let user = webhook.user_id.clone();
+        self.post(&channel, &user, content).await?;
+        Ok(Posted {
+            webhook,
+            event_ids: vec![target],
+            files: Vec::new(),
+            message,
+            ts: now_ms(),
+        })
+    }
+
     /// Sends one `m.room.message` as the webhook's user.
     async fn post(
         &self,
@@ -608,14 +723,7 @@ impl Webhooks {
             .append(
                 channel,
                 user,
-                NewEvent {
-                    kind: "m.room.message".into(),
-                    state_key: None,
-                    content,
-                    redacts: None,
-                    txn: None,
-                    ts: None,
-                },
+                NewEvent::message("m.room.message".into(), content),
             )
             .await
             .map_err(ExecuteError::Internal)

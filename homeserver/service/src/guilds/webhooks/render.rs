@@ -32,6 +32,8 @@ pub enum ExecuteError {
     InvalidForm(Value),
     /// `?thread_id=` names no event of the channel: `400`, code 10003.
     UnknownThread,
+    /// A message id that is no message of this webhook: `404`, code 10008.
+    UnknownMessage,
     /// The webhook's bucket is empty: `429` with `retry_after` (seconds).
     RateLimited { retry_after_ms: u64 },
     /// A GitHub body without the right `X-Hub-Signature-256`: `401`.
@@ -65,6 +67,7 @@ impl ExecuteError {
                 json!({ "code": 50035, "message": "Invalid Form Body", "errors": errors }),
             ),
             Self::UnknownThread => plain(StatusCode::BAD_REQUEST, 10003, "Unknown Channel"),
+            Self::UnknownMessage => plain(StatusCode::NOT_FOUND, 10008, "Unknown Message"),
             Self::RateLimited { retry_after_ms } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 json!({
@@ -83,6 +86,22 @@ impl ExecuteError {
             Self::Internal(e) => match e.kind() {
                 Some(ErrorKind::Forbidden) => {
                     plain(StatusCode::FORBIDDEN, 50013, "Missing Permissions")
+                }
+                Some(
+                    ErrorKind::InvalidParam
+                    | ErrorKind::BadJson
+                    | ErrorKind::NotJson
+                    | ErrorKind::MissingParam,
+                ) => {
+                    let message = e.classify().1["error"].clone();
+                    (
+                        StatusCode::BAD_REQUEST,
+                        json!({
+                            "code": 50035,
+                            "message": "Invalid Form Body",
+                            "errors": { "_errors": [{ "code": "BASE_TYPE_INVALID", "message": message }] },
+                        }),
+                    )
                 }
                 Some(ErrorKind::TooLarge) => plain(
                     StatusCode::PAYLOAD_TOO_LARGE,

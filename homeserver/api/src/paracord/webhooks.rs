@@ -602,6 +602,56 @@ pub(crate) fn multipart_body(
 mod tests {
     use super::*;
 
+    /// The Webhook object of spec/webhooks.md §2 has exactly the fields this server answers
+    /// (the spec's example is the golden file).
+    #[test]
+    fn the_webhook_object_is_the_specs() {
+        let text = include_str!("../../../../spec/webhooks.md");
+        let example = text
+            .split("```json")
+            .skip(1)
+            .filter_map(|b| b.split("```").next())
+            .filter_map(|j| serde_json::from_str::<Value>(j).ok())
+            .find(|v| v["type"] == 1 && v.get("token").is_some())
+            .unwrap();
+        let webhook: paracord_service::guilds::webhooks::Webhook =
+            serde_json::from_value(serde_json::json!({
+                "id": example["id"],
+                "guild_id": example["guild_id"],
+                "channel_id": example["channel_id"],
+                "user_id": example["user"]["id"],
+                "name": example["name"],
+                "avatar_url": example["avatar_url"],
+                "creator": example["creator"],
+                "created_at": example["created_at"],
+                "token_sha256": "00",
+            }))
+            .unwrap();
+        let token = example["token"].as_str().unwrap().to_owned();
+        let ours = serde_json::to_value(WebhookObject::new(
+            webhook,
+            Some((token, "https://example.org")),
+        ))
+        .unwrap();
+        fn keys(v: &Value) -> Vec<String> {
+            v.as_object().unwrap().keys().cloned().collect()
+        }
+        assert_eq!(keys(&ours), keys(&example));
+        assert_eq!(keys(&ours["user"]), keys(&example["user"]));
+        for k in [
+            "id",
+            "type",
+            "guild_id",
+            "channel_id",
+            "name",
+            "avatar_url",
+            "user",
+            "creator",
+        ] {
+            assert_eq!(ours[k], example[k], "{k}");
+        }
+    }
+
     #[test]
     fn multipart_parts_are_read() {
         let body = b"--XyZ\r\nContent-Disposition: form-data; name=\"payload_json\"\r\n\r\n{\"content\":\"hi\"}\r\n--XyZ\r\nContent-Disposition: form-data; name=\"files[0]\"; filename=\"a.txt\"\r\nContent-Type: text/plain\r\n\r\nline1\r\nline2\r\n--XyZ--\r\n";

@@ -29,7 +29,7 @@ use tracing::instrument;
 
 pub use self::render::{Embed, ExecuteError, Message, Upload};
 use super::{
-    events::{ChannelContent, ChannelKind},
+    events::{ChannelContent, ChannelKind, WebhookContent},
     permissions::Permissions,
     store::{
         channel_ids, guild_content, host_owner, is_webhook, load_guild, load_member, overwrites,
@@ -273,17 +273,14 @@ impl Webhooks {
         Ok(None)
     }
 
-    fn public_content(webhook: &Webhook) -> Value {
-        let mut c = json!({
-            "id": webhook.id,
-            "user_id": webhook.user_id,
-            "name": webhook.name,
-            "creator": webhook.creator,
-        });
-        if let Some(a) = &webhook.avatar_url {
-            c["avatar_url"] = json!(a);
-        }
-        c
+    fn public_content(webhook: &Webhook) -> Result<Value> {
+        Ok(serde_json::to_value(WebhookContent {
+            id: webhook.id.clone(),
+            user_id: webhook.user_id.to_string(),
+            name: webhook.name.clone(),
+            avatar_url: webhook.avatar_url.clone(),
+            creator: webhook.creator.to_string(),
+        })?)
     }
 
     /// The webhook user's profile in the channel: its name, and its avatar when it is an
@@ -374,7 +371,7 @@ impl Webhooks {
             &owner,
             WEBHOOK_EVENT,
             &webhook.id,
-            Self::public_content(&webhook),
+            Self::public_content(&webhook)?,
         )
         .await?;
         reproject(&self.rooms, &guild_id).await?;
@@ -489,7 +486,7 @@ impl Webhooks {
                 owner,
                 WEBHOOK_EVENT,
                 &webhook.id,
-                Self::public_content(&webhook),
+                Self::public_content(&webhook)?,
             )
             .await?;
             if self
@@ -820,6 +817,32 @@ mod tests {
         assert!(!same(b"abc", b"abd"));
         assert!(!same(b"abc", b"ab"));
         assert_eq!(sha256_hex("x").len(), 64);
+    }
+
+    /// The spec's `chat.paracord.webhook` examples read into their type and print back
+    /// unchanged, keyed by their id: the spec's examples are the golden files.
+    #[test]
+    fn the_spec_examples_are_read_and_written_unchanged() {
+        let text = include_str!("../../../../spec/webhooks.md");
+        let mut seen = 0;
+        for block in text.split("```json").skip(1) {
+            let json = block.split("```").next().unwrap();
+            let v: Value = serde_json::from_str(json).unwrap();
+            if v["type"] != WEBHOOK_EVENT {
+                continue;
+            }
+            let c: WebhookContent = serde_json::from_value(v["content"].clone()).unwrap();
+            assert_eq!(serde_json::to_value(&c).unwrap(), v["content"]);
+            assert_eq!(v["state_key"], c.id.as_str());
+            assert!(c
+                .user_id
+                .starts_with(&format!("@{WEBHOOK_LOCALPART_PREFIX}{}:", c.id)));
+            seen += 1;
+        }
+        assert!(
+            seen > 0,
+            "no chat.paracord.webhook example in spec/webhooks.md"
+        );
     }
 
     #[test]

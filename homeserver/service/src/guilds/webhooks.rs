@@ -571,11 +571,12 @@ impl Webhooks {
         if !same(&given, &stored) {
             return Err(ExecuteError::UnknownWebhook);
         }
-        let live = || -> Result<bool> {
+        // Whether its channel still holds it (`Some`), and its user is joined there.
+        let live = || -> Result<Option<bool>> {
             let rooms = &self.rooms;
             let channel = &webhook.channel_id;
             if rooms.room(channel)?.is_none() {
-                return Ok(false);
+                return Ok(None);
             }
             let state = rooms.current_state(channel)?;
             let declared = rooms
@@ -584,14 +585,29 @@ impl Webhooks {
             let is_channel = rooms
                 .state_content(&state, "chat.paracord.channel", "")?
                 .is_some_and(|c| serde_json::from_value::<ChannelContent>(c).is_ok());
-            Ok(declared
-                && is_channel
-                && is_webhook(rooms, &state, webhook.user_id.as_str())?
-                && rooms.membership(channel, &webhook.user_id)? == Some(MembershipState::Join)
-                && self.channel_guild(channel).is_ok())
+            if !declared
+                || !is_channel
+                || !is_webhook(rooms, &state, webhook.user_id.as_str())?
+                || self.channel_guild(channel).is_err()
+            {
+                return Ok(None);
+            }
+            Ok(Some(
+                rooms.membership(channel, &webhook.user_id)? == Some(MembershipState::Join),
+            ))
         };
-        if !live().map_err(ExecuteError::Internal)? {
-            return Err(ExecuteError::UnknownWebhook);
+        match live().map_err(ExecuteError::Internal)? {
+            Some(true) => {}
+            Some(false) => return Err(ExecuteError::UnknownWebhook),
+            None => {
+                // Its channel was deleted (or no longer holds it): the row has no use left.
+                let mut batch = Batch::new();
+                batch.delete(Table::WebhookidWebhook, webhook.id.as_bytes().to_vec());
+                self.db
+                    .write(batch)
+                    .map_err(|e| ExecuteError::Internal(e.into()))?;
+                return Err(ExecuteError::UnknownWebhook);
+            }
         }
         Ok(webhook)
     }

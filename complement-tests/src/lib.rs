@@ -13,6 +13,7 @@ mod hmac_sha1;
 pub mod irc;
 pub mod network;
 pub mod ngircd;
+pub mod pyclients;
 mod server;
 pub mod synapse;
 pub mod venv;

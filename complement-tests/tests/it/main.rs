@@ -37,3 +37,4 @@ mod spaces;
 mod synapse_interop;
 mod sync;
 mod visibility;
+mod webhooks;

@@ -62,7 +62,40 @@ pub fn paracord_bodies(data: &[u8]) {
     };
     let _ = array_of(value.clone());
     let _ = object_of(value.clone());
+    webhook_bodies(data, &value);
     guild_bodies(value);
+}
+
+/// The readers of a webhook execution: the body as Discord's (JSON, and as the multipart
+/// body it may be), Slack's and GitHub's (for each kind of event), and the events they make,
+/// whose HTML never carries a tag from the input.
+fn webhook_bodies(data: &[u8], value: &Value) {
+    use paracord_service::guilds::webhooks::render;
+    let check = |m: &render::Message| {
+        let content = render::text_content(m);
+        let html = content["formatted_body"].as_str().unwrap_or_default();
+        assert!(
+            !html.to_ascii_lowercase().contains("<script") && !html.contains("<img"),
+            "unescaped HTML: {html}"
+        );
+        assert!(content["body"].is_string());
+    };
+    let _ = crate::paracord::webhooks::multipart_body(
+        "multipart/form-data; boundary=XyZ",
+        data,
+        1 << 20,
+    );
+    if let Ok(m) = render::discord(value.clone(), None, Vec::new()) {
+        check(&m);
+    }
+    if let Ok(m) = render::slack(value.clone()) {
+        check(&m);
+    }
+    for event in ["push", "issues", "pull_request", "ping", "star"] {
+        if let Ok(Some(m)) = render::github(event, value.clone()) {
+            check(&m);
+        }
+    }
 }
 
 /// A request type of [`wire`] read from a body of its shape: reading never fails on a field
@@ -108,6 +141,8 @@ fn guild_bodies(body: Value) {
     }
     let _ = read::<wire::PutBan>(&body).check();
     let _ = read::<wire::CreateInvite>(&body).check();
+    let _ = read::<wire::CreateWebhook>(&body).check();
+    let _ = read::<wire::UpdateWebhook>(&body).check();
     let ids = ["role:everyone", "user:@a:local.test", "role:", "user:x"];
     let from_body = body.get("id").and_then(Value::as_str);
     for id in ids.into_iter().chain(from_body) {

@@ -19,6 +19,7 @@ mod channels;
 pub(crate) mod guilds;
 mod members;
 pub(crate) mod relay;
+pub(crate) mod webhooks;
 pub(crate) mod wire;
 
 /// Every `/_paracord/v1` route. Modules may add methods to the same path.
@@ -51,6 +52,7 @@ pub(crate) fn routes() -> Router<AppState> {
         );
     let r = channels::routes(r);
     let r = applications::routes(r);
+    let r = webhooks::routes(r);
     members::routes(r)
 }
 

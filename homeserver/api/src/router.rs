@@ -412,6 +412,8 @@ pub fn app(services: Arc<Services>) -> Router {
                 crate::paracord::relay::relay_layer,
             )),
         )
+        // executing webhooks: the token is the secret; not relayed (spec/webhooks.md)
+        .merge(crate::paracord::webhooks::execute_routes())
         // media
         .route("/_matrix/media/v3/upload", post(media::upload_route))
         .route("/_matrix/media/r0/upload", post(media::upload_route))

@@ -57,6 +57,10 @@ const MAX_ERROR_BODY: usize = 1000;
 /// The device id of requests made with an appservice's `as_token` (appservice users have no
 /// device of their own until `?device_id=` is supported).
 pub const APPSERVICE_DEVICE: &str = "APPSERVICE";
+/// The id of the built-in registration whose users are the webhooks' senders
+/// (spec/webhooks.md): it has no URL (no traffic), a token nobody is told and an exclusive
+/// user namespace, `@_webhook_.*:server`, that normal registration cannot claim.
+pub const WEBHOOKS_ID: &str = "paracord-webhooks";
 
 /// A room's member list and which appservices have a user in it.
 type MemberInterest = (
@@ -205,6 +209,9 @@ pub struct Appservice {
     /// Whether it gets one-time and fallback key counts of its users' devices in
     /// transactions (MSC3202, registration key `org.matrix.msc3202: true`).
     pub msc3202: bool,
+    /// The server's own registration for webhook users ([`WEBHOOKS_ID`]): not listed by the
+    /// admin API, not removable, its token never accepted.
+    pub builtin: bool,
     /// `@sender_localpart:server`.
     pub sender: OwnedUserId,
     /// The user who made it (registration key `chat.paracord.owner`, written by the server
@@ -257,6 +264,7 @@ impl Appservice {
             rooms,
             receive_ephemeral: registration.receive_ephemeral,
             added: false,
+            builtin: false,
             msc3202: false,
             owner: None,
             registration,
@@ -345,6 +353,28 @@ pub fn parse_registration(text: &str) -> Result<Registration, String> {
 }
 
 impl Appservice {
+    /// The built-in registration of webhook users ([`WEBHOOKS_ID`]), with fresh random tokens.
+    pub fn builtin_webhooks(server_name: &str) -> Result<Self, String> {
+        let registration = json!({
+            "id": WEBHOOKS_ID,
+            "url": null,
+            "as_token": crate::random::random_string(64),
+            "hs_token": crate::random::random_string(64),
+            "sender_localpart": "_webhooks",
+            "namespaces": {
+                "users": [{
+                    "exclusive": true,
+                    "regex": format!("@_webhook_.*:{}", regex::escape(server_name)),
+                }],
+                "aliases": [],
+                "rooms": [],
+            },
+        });
+        let mut a = Self::from_text(&registration.to_string(), server_name)?;
+        a.builtin = true;
+        Ok(a)
+    }
+
     /// [`parse_registration`] and [`Appservice::new`], with the unstable keys read too.
     pub fn from_text(text: &str, server_name: &str) -> Result<Self, String> {
         let mut a = Self::new(parse_registration(text)?, server_name)?;
@@ -537,10 +567,19 @@ impl Appservices {
     /// The appservices of `config.appservice_dir` (none when it is unset) and those added
     /// with the admin API (kept in `appserviceid_registration`).
     pub fn from_config(db: Arc<Db>, config: &Config) -> Result<Self> {
-        let mut list = match &config.appservice_dir {
-            Some(dir) => load_dir(dir, &config.server_name),
-            None => Vec::new(),
-        };
+        // The webhooks' registration comes first: a file that clashes with it is skipped.
+        let mut list = vec![Appservice::builtin_webhooks(&config.server_name)
+            .map_err(|e| Error::internal(format!("the webhooks' registration: {e}")))?];
+        if let Some(dir) = &config.appservice_dir {
+            for a in load_dir(dir, &config.server_name) {
+                match clash(&list, &a) {
+                    Some(why) => {
+                        tracing::error!(id = a.id(), "skipping appservice registration: {why}")
+                    }
+                    None => list.push(a),
+                }
+            }
+        }
         for (id, row) in db.scan_prefix(Table::AppserviceidRegistration, b"")? {
             let id = String::from_utf8_lossy(&id).into_owned();
             // The registration as the admin sent it (YAML or JSON).
@@ -620,8 +659,9 @@ impl Appservices {
         self.list.read().clone()
     }
 
+    /// Whether no appservice but the built-in one is registered.
     pub fn is_empty(&self) -> bool {
-        self.list.read().is_empty()
+        self.list.read().iter().all(|a| a.builtin)
     }
 
     /// Adds a registration (YAML or JSON) at run time, checked like the files and against
@@ -672,7 +712,7 @@ impl Appservices {
     pub fn remove(&self, id: &str) -> Result<()> {
         {
             let mut list = self.list.write();
-            let Some(a) = list.iter().find(|a| a.id() == id) else {
+            let Some(a) = list.iter().find(|a| a.id() == id && !a.builtin) else {
                 return Err(Error::not_found("no application service with this id"));
             };
             if !a.added {
@@ -719,6 +759,7 @@ impl Appservices {
         // Compared in constant time per registration, so timing does not tell a prefix.
         self.all()
             .iter()
+            .filter(|a| !a.builtin)
             .find(|a| {
                 let t = a.registration.as_token.as_bytes();
                 t.len() == token.len()
@@ -773,7 +814,7 @@ impl Appservices {
     /// Queues `event_id` for every appservice interested in it, in `batch`.
     fn queue(&self, batch: &mut Batch, rooms: &Rooms, room_id: &RoomId, pdu: &Pdu) {
         let list = self.all();
-        if list.is_empty() {
+        if list.iter().all(|a| a.registration.url.is_none()) {
             return;
         }
         let by_members = self.member_interest(rooms, room_id, &list);

@@ -10,3 +10,4 @@ pub mod permissions;
 pub mod projection;
 pub mod relay;
 pub mod store;
+pub mod webhooks;

@@ -78,6 +78,7 @@ pub struct Services {
     pub durability: Arc<durability::Durability>,
     pub appservices: Arc<appservice::Appservices>,
     pub applications: Arc<guilds::applications::Applications>,
+    pub webhooks: Arc<guilds::webhooks::Webhooks>,
 }
 
 impl Services {
@@ -251,6 +252,13 @@ impl Services {
         }
         let media = Arc::new(media::Media::new(db.clone(), config.clone())?);
         let backups = Arc::new(backup::KeyBackups::new(db.clone()));
+        let webhooks = Arc::new(guilds::webhooks::Webhooks::new(
+            db.clone(),
+            rooms.clone(),
+            accounts.clone(),
+            media.clone(),
+            ratelimit.clone(),
+        ));
         // Background delivery (federation, push) and housekeeping start with the services
         // when there is a runtime to run them (the server always has one); queued items wait
         // otherwise.
@@ -339,6 +347,7 @@ impl Services {
             durability,
             appservices,
             applications,
+            webhooks,
         })
     }
 }

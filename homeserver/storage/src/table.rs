@@ -155,6 +155,9 @@ pub enum Table {
     GuildappcmdCommand,
     /// interaction id → a slash command invocation waiting for (or given) its answer.
     InteractionidInteraction,
+    /// webhook id → the webhook's record (channel, its user, the SHA-256 of its token, the
+    /// GitHub secret; spec/webhooks.md). The public part is `chat.paracord.webhook` state.
+    WebhookidWebhook,
 }
 
 impl Table {
@@ -231,6 +234,7 @@ impl Table {
         Table::GuildappInstall,
         Table::GuildappcmdCommand,
         Table::InteractionidInteraction,
+        Table::WebhookidWebhook,
     ];
 
     pub fn name(self) -> &'static str {
@@ -308,6 +312,7 @@ impl Table {
             Table::GuildappInstall => "guildapp_install",
             Table::GuildappcmdCommand => "guildappcmd_command",
             Table::InteractionidInteraction => "interactionid_interaction",
+            Table::WebhookidWebhook => "webhookid_webhook",
         }
     }
 }

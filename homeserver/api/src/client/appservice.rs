@@ -89,6 +89,7 @@ pub(crate) async fn admin_list_route(
         .appservices
         .all()
         .iter()
+        .filter(|a| !a.builtin)
         .map(|a| {
             let r = &a.registration;
             AppserviceEntry {

@@ -21,6 +21,7 @@ use paracord_service::guilds::{
     },
     permissions::{Overwrite as Grant, Permissions, EVERYONE},
     store::{OverwriteEntry, RoleEntry},
+    webhooks,
 };
 use ruma::{OwnedRoomId, OwnedUserId, UserId};
 use serde::{de::DeserializeOwned, Deserialize, Deserializer, Serialize};
@@ -1384,5 +1385,155 @@ mod tests {
             json!({ "id": "!g:x", "version": "1", "name": "G", "owner": "@a:x",
                     "channels": [], "roles": [] })
         );
+    }
+}
+
+// ----- webhooks (spec/webhooks.md §3) -----
+
+/// `POST /channels/{id}/webhooks`: `name` (1–80 characters), `avatar_url` (optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct CreateWebhook {
+    pub name: Input<String>,
+    pub avatar_url: Input<String>,
+}
+
+impl CreateWebhook {
+    pub(crate) fn check(self) -> Result<(String, Option<String>)> {
+        let name = match self.name {
+            Input::Absent => return Err(Error::missing_param("name is required")),
+            v => string(v, "name")?.unwrap_or_default(),
+        };
+        let name = webhooks::check_name(&name)?;
+        let avatar_url = match text(self.avatar_url, "avatar_url")? {
+            Field::Set(a) if !a.is_empty() => Some(avatar_of(a)?),
+            _ => None,
+        };
+        Ok((name, avatar_url))
+    }
+}
+
+/// An avatar URL: `mxc://`, `https://` or `http://`, at most 2048 bytes.
+fn avatar_of(a: String) -> Result<String> {
+    if a.len() > 2048
+        || !["mxc://", "https://", "http://"]
+            .iter()
+            .any(|p| a.starts_with(p))
+    {
+        return Err(Error::invalid_param(
+            "avatar_url must be an mxc://, https:// or http:// URL",
+        ));
+    }
+    Ok(a)
+}
+
+/// `PATCH /webhooks/{id}`: `name`, `avatar_url` (`null` removes it), `secret` (the GitHub
+/// secret; `null` or `""` removes it). `channel_id` cannot change.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct UpdateWebhook {
+    pub name: Input<String>,
+    pub avatar_url: Input<String>,
+    pub secret: Input<String>,
+    pub channel_id: Input<String>,
+}
+
+impl UpdateWebhook {
+    pub(crate) fn check(self) -> Result<webhooks::Changes> {
+        if !matches!(self.channel_id, Input::Absent) {
+            return Err(Error::invalid_param(
+                "a webhook stays in its channel: make a new one",
+            ));
+        }
+        let name = string(self.name, "name")?
+            .map(|n| webhooks::check_name(&n))
+            .transpose()?;
+        let avatar_url = match text(self.avatar_url, "avatar_url")? {
+            Field::Keep => None,
+            Field::Remove => Some(None),
+            Field::Set(a) if a.is_empty() => Some(None),
+            Field::Set(a) => Some(Some(avatar_of(a)?)),
+        };
+        let secret = match text(self.secret, "secret")? {
+            Field::Keep => None,
+            Field::Remove => Some(None),
+            Field::Set(s) if s.chars().count() > 256 => {
+                return Err(Error::invalid_param("secret has at most 256 characters"))
+            }
+            Field::Set(s) => Some(Some(s).filter(|s| !s.is_empty())),
+        };
+        Ok(webhooks::Changes {
+            name,
+            avatar_url,
+            secret,
+        })
+    }
+}
+
+/// The webhook's user, as the Webhook object shows it.
+#[derive(Debug, Serialize)]
+pub(crate) struct WebhookUser {
+    pub id: OwnedUserId,
+    pub username: String,
+    pub avatar: Option<String>,
+    pub bot: bool,
+}
+
+/// The Webhook object (spec/webhooks.md §2): `token` and `url` only in the answers that
+/// make one (creation, rotation).
+#[derive(Debug, Serialize)]
+pub(crate) struct WebhookObject {
+    pub id: String,
+    /// 1: an incoming webhook (Discord's type).
+    #[serde(rename = "type")]
+    pub kind: u8,
+    pub guild_id: OwnedRoomId,
+    pub channel_id: OwnedRoomId,
+    pub name: String,
+    pub avatar: Option<String>,
+    pub avatar_url: Option<String>,
+    pub user: WebhookUser,
+    pub creator: OwnedUserId,
+    pub created_at: u64,
+    pub application_id: Option<String>,
+    /// Whether a GitHub secret is set (the secret itself is never shown).
+    pub has_secret: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+impl WebhookObject {
+    /// The object; with the token (and the URL built on `base`) when it is known.
+    pub(crate) fn new(w: webhooks::Webhook, token: Option<(String, &str)>) -> Self {
+        let (token, url) = match token {
+            Some((t, base)) => {
+                let url = format!("{}/api/webhooks/{}/{t}", base.trim_end_matches('/'), w.id);
+                (Some(t), Some(url))
+            }
+            None => (None, None),
+        };
+        WebhookObject {
+            kind: 1,
+            has_secret: w.has_secret(),
+            user: WebhookUser {
+                id: w.user_id.clone(),
+                username: w.name.clone(),
+                avatar: w.avatar_url.clone(),
+                bot: true,
+            },
+            avatar: w.avatar_url.clone(),
+            avatar_url: w.avatar_url,
+            id: w.id,
+            guild_id: w.guild_id,
+            channel_id: w.channel_id,
+            name: w.name,
+            creator: w.creator,
+            created_at: w.created_at,
+            application_id: None,
+            token,
+            url,
+        }
     }
 }

@@ -19,8 +19,8 @@ use super::{
     permissions::{ChannelOverwrites, Guild, Member, Overwrite, Permissions},
     projection::power_levels,
     store::{
-        channel_ids, guild_content, guild_object, host_owner, load_guild, load_member, overwrites,
-        reproject, send_state, OverwriteEntry,
+        channel_ids, guild_content, guild_object, host_owner, is_webhook, load_guild, load_member,
+        overwrites, reproject, send_state, OverwriteEntry,
     },
 };
 use crate::{
@@ -504,9 +504,11 @@ async fn sync_channel_access(
             warn!(user = %user, error = %e, "could not invite a member to a private channel");
         }
     }
+    let channel_state = rooms.current_state(channel)?;
     for (user, m) in rooms.members(channel)? {
         if user != owner
             && concerned(&user)
+            && !is_webhook(rooms, &channel_state, user.as_str())?
             && matches!(
                 m,
                 MembershipState::Join | MembershipState::Invite | MembershipState::Knock

@@ -39,7 +39,7 @@ use serde_json::Value;
 use super::{
     events::{ChannelContent, ChannelKind, GuildContent},
     permissions::{ChannelOverwrites, Permissions},
-    store::{load_guild, load_member, overwrites},
+    store::{is_webhook, load_guild, load_member, overwrites},
 };
 use crate::rooms::{
     hooks::EventPolicy, membership::membership_of, relations::relates_to, Pdu, Rooms, StateMap,
@@ -100,6 +100,19 @@ impl From<Refusal> for Error {
         Error::forbidden(r.to_string())
     }
 }
+
+/// What a webhook's user may do in its channel (spec/webhooks.md §6): see it, join it and
+/// post there, in threads too, with files, links and `@everyone`; nothing else.
+const WEBHOOK: Permissions = Permissions(
+    Permissions::VIEW_CHANNEL.0
+        | Permissions::SEND_MESSAGES.0
+        | Permissions::SEND_MESSAGES_IN_THREADS.0
+        | Permissions::CREATE_PUBLIC_THREADS.0
+        | Permissions::EMBED_LINKS.0
+        | Permissions::ATTACH_FILES.0
+        | Permissions::MENTION_EVERYONE.0
+        | Permissions::USE_EXTERNAL_EMOJIS.0,
+);
 
 /// Most timeline entries read back to find a member's previous message for slow mode.
 const SLOW_MODE_SCAN: usize = 500;
@@ -372,6 +385,10 @@ fn decide(
             guild.channel_permissions(m, &ow, ts),
             guild.base_permissions(m),
         ),
+        // A webhook's user is no member, but may post in its own channel (spec/webhooks.md).
+        None if place.channel.is_some() && is_webhook(rooms, state, pdu.sender.as_str())? => {
+            (WEBHOOK, Permissions::NONE)
+        }
         None => (Permissions::NONE, Permissions::NONE),
     };
     let timed_out = member

@@ -163,6 +163,18 @@ impl InviteContent {
     }
 }
 
+/// `chat.paracord.webhook` (spec/webhooks.md §1.1), keyed by the webhook's id in its
+/// channel; a deleted webhook's content is `{}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookContent {
+    pub id: String,
+    pub user_id: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar_url: Option<String>,
+    pub creator: String,
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -113,6 +113,7 @@ pub fn power_levels(
             "chat.paracord.member": OWNER_LEVEL,
             "chat.paracord.overwrite": OWNER_LEVEL,
             "chat.paracord.invite": OWNER_LEVEL,
+            "chat.paracord.webhook": OWNER_LEVEL,
             "m.reaction": SENDER_LEVEL,
         },
     })
@@ -212,6 +213,7 @@ mod tests {
                     "chat.paracord.guild": 100, "chat.paracord.channel": 100,
                     "chat.paracord.role": 100, "chat.paracord.member": 100,
                     "chat.paracord.overwrite": 100, "chat.paracord.invite": 100,
+                    "chat.paracord.webhook": 100,
                     "m.reaction": 1,
                 },
             })

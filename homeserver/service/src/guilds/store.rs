@@ -133,6 +133,63 @@ pub(crate) fn overwrites(
     Ok((o, list))
 }
 
+// ----- webhooks' users (spec/webhooks.md) -----
+
+/// The event type that records a webhook in its channel, keyed by the webhook's id (a state
+/// key may not be another user's id), its content naming the webhook's user.
+pub(crate) const WEBHOOK_EVENT: &str = "chat.paracord.webhook";
+/// The localpart of a webhook's user is this followed by the webhook's id.
+pub(crate) const WEBHOOK_LOCALPART_PREFIX: &str = "_webhook_";
+
+/// Whether `user` is the user of a live webhook of the channel whose state this is: its
+/// localpart names a webhook whose `chat.paracord.webhook` entry names this user (a deleted
+/// webhook's entry is `{}`).
+pub(crate) fn is_webhook(rooms: &Rooms, state: &StateMap, user: &str) -> Result<bool> {
+    let Some(id) = user
+        .strip_prefix('@')
+        .and_then(|u| u.strip_prefix(WEBHOOK_LOCALPART_PREFIX))
+        .and_then(|u| u.split(':').next())
+    else {
+        return Ok(false);
+    };
+    Ok(rooms
+        .state_content(state, WEBHOOK_EVENT, id)?
+        .is_some_and(|c| c.get("user_id").and_then(Value::as_str) == Some(user)))
+}
+
+/// The users of the channel's live webhooks.
+pub(crate) fn webhook_users(rooms: &Rooms, state: &StateMap) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for ((kind, key), _) in state.range((WEBHOOK_EVENT.to_owned(), String::new())..) {
+        if kind != WEBHOOK_EVENT {
+            break;
+        }
+        if let Some(user) = rooms
+            .state_content(state, kind, key)?
+            .and_then(|c| c.get("user_id").and_then(Value::as_str).map(str::to_owned))
+        {
+            if is_webhook(rooms, state, &user)? {
+                out.push(user);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A webhook's user may send messages in its channel whatever @everyone may: it gets the
+/// sending level there when the default is below it.
+pub(crate) fn webhook_levels(pl: &mut Value, users: &[String]) {
+    let default = pl["users_default"].as_i64().unwrap_or(0);
+    if default >= super::projection::SENDER_LEVEL {
+        return;
+    }
+    if let Some(map) = pl.get_mut("users").and_then(Value::as_object_mut) {
+        for u in users {
+            map.insert(u.clone(), super::projection::SENDER_LEVEL.into());
+        }
+    }
+}
+
 // ----- writes: sent by the guild host as the owner (spec/guilds.md) -----
 
 /// The guild's owner, who sends the guild's state: a user of this server, or
@@ -216,7 +273,11 @@ pub async fn reproject(rooms: &Rooms, guild_id: &RoomId) -> Result<()> {
     }
     for (room, o) in targets {
         let v12 = rooms.room_or_404(&room)?.version == "12";
-        let pl = power_levels(&guild, &members, &o, now, v12);
+        let mut pl = power_levels(&guild, &members, &o, now, v12);
+        if room != guild_id {
+            let state = rooms.current_state(&room)?;
+            webhook_levels(&mut pl, &webhook_users(rooms, &state)?);
+        }
         let current = rooms.current_state(&room)?;
         if rooms
             .state_content(&current, "m.room.power_levels", "")?

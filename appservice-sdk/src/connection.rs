@@ -18,6 +18,11 @@ pub(crate) struct Connection {
     pub(crate) server_name: OwnedServerName,
     pub(crate) http: reqwest::Client,
     pub(crate) store: Arc<dyn StateStore>,
+    /// The encrypted device, once [`Appservice::enable_encryption`] made it.
+    ///
+    /// [`Appservice::enable_encryption`]: crate::Appservice::enable_encryption
+    #[cfg(feature = "e2ee")]
+    pub(crate) crypto: std::sync::OnceLock<crate::e2ee::Crypto>,
 }
 
 impl Connection {

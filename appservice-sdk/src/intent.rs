@@ -23,11 +23,11 @@ use crate::{
     registration::random_token,
 };
 
-const CLIENT_V3: &str = "/client/v3";
+pub(crate) const CLIENT_V3: &str = "/client/v3";
 
 /// Percent-encodes everything but RFC 3986 unreserved characters, for path segments and
 /// query values.
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
@@ -40,7 +40,7 @@ fn enc(s: &str) -> String {
 }
 
 /// A transaction id for a `PUT …/send/…`, unique for this process.
-fn txn_id() -> String {
+pub(crate) fn txn_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     format!("{}.{n}", &random_token()[..16])
@@ -238,13 +238,32 @@ impl Intent {
         field(&r, "room_id")
     }
 
-    /// Sends a message-like event of any type; returns its event id.
+    /// Sends a message-like event of any type; returns its event id. With the `e2ee`
+    /// feature, when this user's device was given encryption
+    /// ([`Appservice::enable_encryption`](crate::Appservice::enable_encryption)) and the
+    /// room has `m.room.encryption`, the event is Megolm-encrypted and sent as
+    /// `m.room.encrypted`.
     pub async fn send_event(
         &self,
         room_id: &RoomId,
         event_type: &str,
         content: &impl Serialize,
     ) -> Result<OwnedEventId> {
+        #[cfg(feature = "e2ee")]
+        if let Some(crypto) = self
+            .app
+            .crypto
+            .get()
+            .filter(|c| c.user_id() == self.user_id)
+        {
+            self.ensure_registered().await?;
+            if crypto.is_encrypted(&self.app, room_id).await? {
+                let content = serde_json::to_value(content)?;
+                return crypto
+                    .send_encrypted(&self.app, room_id, event_type, &content)
+                    .await;
+            }
+        }
         let r = self
             .request(
                 Method::PUT,

@@ -251,11 +251,41 @@ impl Appservice {
     /// `m.room.encryption`.
     ///
     /// One encrypted device per appservice; its keys live in memory, so after a restart
-    /// call this with a new `device_id` (old messages then stay undecryptable).
+    /// call this with a new `device_id` (old messages then stay undecryptable), or use
+    /// [`Appservice::enable_encryption_with_store`].
     pub async fn enable_encryption(
         &self,
         localpart_or_user_id: &str,
         device_id: &str,
+    ) -> Result<()> {
+        self.start_encryption(localpart_or_user_id, device_id, None)
+            .await
+    }
+
+    /// [`Appservice::enable_encryption`] with the device's keys, Olm and Megolm sessions kept
+    /// in a SQLite crypto store in the directory `store_dir` (created if needed; private
+    /// keys encrypted with `passphrase` when given). After a restart the same call finds the
+    /// same device and keys again. A store of another user or device is an error.
+    pub async fn enable_encryption_with_store(
+        &self,
+        localpart_or_user_id: &str,
+        device_id: &str,
+        store_dir: impl AsRef<std::path::Path>,
+        passphrase: Option<&str>,
+    ) -> Result<()> {
+        self.start_encryption(
+            localpart_or_user_id,
+            device_id,
+            Some((store_dir.as_ref(), passphrase)),
+        )
+        .await
+    }
+
+    async fn start_encryption(
+        &self,
+        localpart_or_user_id: &str,
+        device_id: &str,
+        store: Option<(&std::path::Path, Option<&str>)>,
     ) -> Result<()> {
         let intent = self.intent(localpart_or_user_id)?;
         let conn = &self.inner.conn;
@@ -280,6 +310,7 @@ impl Appservice {
             intent.user_id().to_owned(),
             device_id.into(),
             &format!("{} (paracord-appservice)", self.registration().id),
+            store,
         )
         .await?;
         conn.crypto

@@ -13,7 +13,8 @@ use matrix_sdk_crypto::{
         events::room::encrypted::EncryptedEvent,
         requests::{AnyOutgoingRequest, OutgoingRequest, ToDeviceRequest},
     },
-    DecryptionSettings, EncryptionSettings, EncryptionSyncChanges, OlmMachine, TrustRequirement,
+    DecryptionSettings, EncryptionSettings, EncryptionSyncChanges, OlmMachine, OlmMachineBuilder,
+    TrustRequirement,
 };
 use reqwest::Method;
 use ruma::{
@@ -95,15 +96,30 @@ fn decryption_settings() -> DecryptionSettings {
 }
 
 impl Crypto {
-    /// Creates the device (MSC4190), starts its Olm machine and uploads its keys.
+    /// Creates the device (MSC4190), starts its Olm machine (its keys in memory, or in the
+    /// SQLite store at `store`, opened with the passphrase) and uploads its keys.
     pub(crate) async fn start(
         conn: &Connection,
         user_id: OwnedUserId,
         device_id: OwnedDeviceId,
         display_name: &str,
+        store: Option<(&std::path::Path, Option<&str>)>,
     ) -> Result<Crypto> {
+        let machine = match store {
+            None => OlmMachine::new(&user_id, &device_id).await,
+            Some((path, passphrase)) => {
+                let store = matrix_sdk_sqlite::SqliteCryptoStore::open(path, passphrase)
+                    .await
+                    .map_err(|e| crypto_err("opening the crypto store", e))?;
+                OlmMachineBuilder::new(&user_id, &device_id)
+                    .with_crypto_store(store)
+                    .build()
+                    .await
+                    .map_err(|e| crypto_err("loading the crypto store", e))?
+            }
+        };
         let crypto = Crypto {
-            machine: OlmMachine::new(&user_id, &device_id).await,
+            machine,
             user_id,
             device_id,
             encrypted_rooms: Mutex::new(HashSet::new()),

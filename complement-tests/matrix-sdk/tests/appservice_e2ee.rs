@@ -12,6 +12,9 @@ use matrix_sdk::{
     ruma::{events::room::message::RoomMessageEventContent, OwnedEventId, RoomId},
     Client,
 };
+use matrix_sdk_crypto::{
+    types::events::room::encrypted::EncryptedEvent, DecryptionSettings, TrustRequirement,
+};
 use paracord_appservice::{
     parse_command, user_namespace, Appservice, Event, Events, Intent, Registration,
 };
@@ -118,7 +121,7 @@ async fn sdk_login(base_url: &str, user: &User) -> Client {
 /// What the bot saw and did, reported to the test.
 #[derive(Debug)]
 enum Seen {
-    Event(Event),
+    Event(Box<Event>),
     Answered(OwnedEventId),
 }
 
@@ -134,9 +137,9 @@ fn run_bot(bot: Intent, mut events: Events, report: mpsc::UnboundedSender<Seen>)
             let answer = event.message().and_then(|m| {
                 let command = parse_command(&m.body)?;
                 (m.sender != bot.user_id() && command.name == "echo")
-                    .then(|| (m.room_id, command.rest))
+                    .then_some((m.room_id, command.rest))
             });
-            let _ = report.send(Seen::Event(event));
+            let _ = report.send(Seen::Event(Box::new(event)));
             if let Some((room_id, text)) = answer {
                 let sent = bot
                     .send_text(&room_id, &text)
@@ -413,4 +416,103 @@ async fn undecryptable_events_are_handed_on_and_plain_rooms_stay_plain() {
     assert_eq!(event["type"], "m.room.message", "{event}");
     assert_eq!(event["content"]["body"], "in the clear", "{event}");
     bot_task.abort();
+}
+
+#[tokio::test]
+async fn a_stored_bot_device_keeps_its_keys_and_sessions_across_a_restart() {
+    let mut s = setup().await;
+    let store = tempfile::tempdir().unwrap();
+    let bot = s.app.bot().unwrap();
+    let bot_id = bot.user_id().to_owned();
+    s.app
+        .enable_encryption_with_store(bot_id.as_str(), BOT_DEVICE, store.path(), Some("pass"))
+        .await
+        .unwrap_or_else(|e| panic!("expected the bot's stored device to start: {e}"));
+    let keys_before = s.app.olm_machine().unwrap().identity_keys();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let bot_task = run_bot(bot.clone(), s.events.take().unwrap(), tx);
+
+    let alice = s.server.register_random().await;
+    let client = sdk_login(&s.server.base_url(), &alice).await;
+    let room = alice
+        .create_room(&encrypted_room_body(bot_id.as_str()))
+        .await;
+    let room_id = <&RoomId>::try_from(room.as_str()).unwrap().to_owned();
+    let deadline = Instant::now() + DEADLINE;
+    let sdk_room = loop {
+        client
+            .sync_once(SyncSettings::default().timeout(Duration::from_millis(500)))
+            .await
+            .expect("/sync");
+        if let Some(r) = client.get_room(&room_id) {
+            if r.joined_members_count() == 2 {
+                break r;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected the bot to join {room_id}"
+        );
+    };
+    let secret = format!("kept-{}", random_word());
+    let sent = sdk_room
+        .send(RoomMessageEventContent::text_plain(&secret))
+        .await
+        .expect("the client sends an encrypted message")
+        .response
+        .event_id;
+    let got = next_seen(&mut rx, "the decrypted message", |seen| match seen {
+        Seen::Event(e) if e.event_id().as_ref() == Some(&sent) => Some(e),
+        _ => None,
+    })
+    .await;
+    assert!(got.was_encrypted(), "{:?}", got.encryption());
+
+    // "Restart": a new appservice from the same registration and store.
+    bot_task.abort();
+    let registration = s.app.registration().clone();
+    let (again, _events) = Appservice::builder(
+        registration.clone(),
+        &s.server.base_url(),
+        &s.server.server_name(),
+    )
+    .build()
+    .unwrap();
+    again
+        .enable_encryption_with_store(bot_id.as_str(), BOT_DEVICE, store.path(), Some("pass"))
+        .await
+        .unwrap_or_else(|e| panic!("expected the stored device to start again: {e}"));
+    let machine = again.olm_machine().unwrap();
+    assert_eq!(
+        machine.identity_keys().ed25519,
+        keys_before.ed25519,
+        "expected the same device keys after the restart"
+    );
+    // The Megolm session received before the restart still decrypts the message.
+    let path = format!("/rooms/{}/event/{}", enc(&room), enc(sent.as_str()));
+    let stored = expect_ok(alice.get(&path).await, "GET the encrypted message");
+    let raw: matrix_sdk::ruma::serde::Raw<EncryptedEvent> =
+        matrix_sdk::ruma::serde::Raw::new(&stored)
+            .unwrap()
+            .cast_unchecked();
+    let settings = DecryptionSettings {
+        sender_device_trust_requirement: TrustRequirement::Untrusted,
+    };
+    let decrypted = machine
+        .decrypt_room_event(&raw, &room_id, &settings)
+        .await
+        .unwrap_or_else(|e| panic!("expected the restarted bot to decrypt {sent}: {e}"));
+    let plain: Value = serde_json::from_str(decrypted.event.json().get()).unwrap();
+    assert_eq!(plain["content"]["body"], secret.as_str(), "{plain}");
+
+    // The store belongs to that device: another device id cannot open it.
+    let (other, _events) =
+        Appservice::builder(registration, &s.server.base_url(), &s.server.server_name())
+            .build()
+            .unwrap();
+    let err = other
+        .enable_encryption_with_store(bot_id.as_str(), "ANOTHER", store.path(), Some("pass"))
+        .await
+        .expect_err("a store of another device");
+    assert!(err.to_string().contains("crypto"), "{err}");
 }

@@ -4,7 +4,20 @@
 //! registration has `org.matrix.msc3202: true`), it decrypts what the client sends and
 //! answers encrypted, and the server only ever holds ciphertext.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    body::Body,
+    extract::{Request, State},
+    middleware::{self, Next},
+    response::Response,
+};
 
 use matrix_sdk::{
     config::{RequestConfig, SyncSettings},
@@ -42,6 +55,8 @@ struct Setup {
     app: Appservice,
     events: Option<Events>,
     serving: JoinHandle<()>,
+    /// Where the appservice listens.
+    url: String,
 }
 
 impl Drop for Setup {
@@ -51,6 +66,11 @@ impl Drop for Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(|r| r).await
+}
+
+/// [`setup`] serving `wrap(app.router())`.
+async fn setup_with(wrap: impl FnOnce(axum::Router) -> axum::Router) -> Setup {
     init_logging();
     let id = format!("e2e{}", random_localpart());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -74,11 +94,9 @@ async fn setup() -> Setup {
         Appservice::builder(registration, &server.base_url(), &server.server_name())
             .build()
             .unwrap();
-    let serving = tokio::spawn({
-        let app = app.clone();
-        async move {
-            app.serve_listener(listener).await.unwrap();
-        }
+    let router = wrap(app.router());
+    let serving = tokio::spawn(async move {
+        axum::serve(listener, router).await.unwrap();
     });
     Setup {
         server,
@@ -86,6 +104,7 @@ async fn setup() -> Setup {
         app,
         events: Some(events),
         serving,
+        url,
     }
 }
 
@@ -515,4 +534,124 @@ async fn a_stored_bot_device_keeps_its_keys_and_sessions_across_a_restart() {
         .await
         .expect_err("a store of another device");
     assert!(err.to_string().contains("crypto"), "{err}");
+}
+
+/// To-device messages taken out of transactions while `holding` is set.
+#[derive(Clone, Default)]
+struct Held {
+    holding: Arc<AtomicBool>,
+    messages: Arc<Mutex<Vec<Value>>>,
+}
+
+const TO_DEVICE: &str = "de.sorunome.msc2409.to_device";
+
+/// Takes the to-device messages out of the transactions passing through while holding.
+async fn hold_to_device(State(held): State<Held>, req: Request, next: Next) -> Response {
+    if !held.holding.load(Ordering::SeqCst) {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    let mut value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let body = match value.as_object_mut().and_then(|o| o.remove(TO_DEVICE)) {
+        Some(Value::Array(messages)) => {
+            held.messages.lock().unwrap().extend(messages);
+            serde_json::to_vec(&value).unwrap()
+        }
+        _ => bytes.to_vec(),
+    };
+    next.run(Request::from_parts(parts, Body::from(body))).await
+}
+
+#[tokio::test]
+async fn an_event_whose_room_key_comes_later_is_delivered_again_decrypted() {
+    let held = Held::default();
+    let mut s = setup_with({
+        let held = held.clone();
+        |router| router.layer(middleware::from_fn_with_state(held, hold_to_device))
+    })
+    .await;
+    let bot = s.app.bot().unwrap();
+    let bot_id = bot.user_id().to_owned();
+    s.app
+        .enable_encryption(bot_id.as_str(), BOT_DEVICE)
+        .await
+        .unwrap_or_else(|e| panic!("expected the bot's encrypted device to start: {e}"));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let bot_task = run_bot(bot.clone(), s.events.take().unwrap(), tx);
+
+    let alice = s.server.register_random().await;
+    let client = sdk_login(&s.server.base_url(), &alice).await;
+    let room = alice
+        .create_room(&encrypted_room_body(bot_id.as_str()))
+        .await;
+    let room_id = <&RoomId>::try_from(room.as_str()).unwrap().to_owned();
+    let deadline = Instant::now() + DEADLINE;
+    let sdk_room = loop {
+        client
+            .sync_once(SyncSettings::default().timeout(Duration::from_millis(500)))
+            .await
+            .expect("/sync");
+        if let Some(r) = client.get_room(&room_id) {
+            if r.joined_members_count() == 2 {
+                break r;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected the bot to join {room_id}"
+        );
+    };
+
+    // The room key (a to-device message) is held back: the message arrives undecryptable.
+    held.holding.store(true, Ordering::SeqCst);
+    let secret = format!("late-{}", random_word());
+    let sent = sdk_room
+        .send(RoomMessageEventContent::text_plain(format!(
+            "!echo {secret}"
+        )))
+        .await
+        .expect("the client sends an encrypted message")
+        .response
+        .event_id;
+    let first = next_seen(&mut rx, "the message, undecryptable", |seen| match seen {
+        Seen::Event(e) if e.event_id().as_ref() == Some(&sent) => Some(e),
+        _ => None,
+    })
+    .await;
+    assert!(
+        first.is_undecryptable(),
+        "expected the message without its key to be undecryptable, got {:?}",
+        first.encryption()
+    );
+    held.holding.store(false, Ordering::SeqCst);
+    let messages = std::mem::take(&mut *held.messages.lock().unwrap());
+    assert!(
+        !messages.is_empty(),
+        "expected the room key to have been held back"
+    );
+
+    // The key arrives in a later transaction: the message comes again, decrypted, and the
+    // bot answers it.
+    let hs = paracord_complement::Client::new(&s.url, Some(s.app.registration().hs_token.clone()));
+    let (status, body) = hs
+        .put(
+            "/_matrix/app/v1/transactions/late-key",
+            &json!({"events": [], TO_DEVICE: messages}),
+        )
+        .await;
+    assert!(status.is_success(), "{status} {body}");
+    let again = next_seen(&mut rx, "the message again, decrypted", |seen| match seen {
+        Seen::Event(e) if e.event_id().as_ref() == Some(&sent) => Some(e),
+        _ => None,
+    })
+    .await;
+    assert!(again.was_encrypted(), "{:?}", again.encryption());
+    assert_eq!(again.message().unwrap().body, format!("!echo {secret}"));
+    next_seen(&mut rx, "the bot's answer", |seen| match seen {
+        Seen::Answered(id) => Some(id),
+        Seen::Event(_) => None,
+    })
+    .await;
+    bot_task.abort();
 }

@@ -306,7 +306,7 @@ impl Appservice {
         }
         intent.ensure_registered().await?;
         let crypto = crate::e2ee::Crypto::start(
-            conn,
+            &conn.link(),
             intent.user_id().to_owned(),
             device_id.into(),
             &format!("{} (paracord-appservice)", self.registration().id),
@@ -533,7 +533,7 @@ async fn deliver(app: Appservice, txn_id: String, body: TransactionBody) {
     #[cfg(feature = "e2ee")]
     if let Some(crypto) = crypto {
         if let Err(e) = crypto
-            .receive_transaction(&app.inner.conn, &body.crypto)
+            .receive_transaction(&app.inner.conn.link(), &body.crypto)
             .await
         {
             tracing::warn!(error = %e, "handling a transaction's encryption keys");

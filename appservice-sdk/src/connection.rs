@@ -26,6 +26,16 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
+    /// What the encrypted device needs to reach the homeserver.
+    #[cfg(feature = "e2ee")]
+    pub(crate) fn link(&self) -> crate::e2ee::Link<'_> {
+        crate::e2ee::Link {
+            http: &self.http,
+            homeserver: &self.homeserver,
+            as_token: &self.registration.as_token,
+        }
+    }
+
     /// `@sender_localpart:server_name`, the appservice's own user.
     pub(crate) fn bot_user_id(&self) -> Result<OwnedUserId> {
         Ok(UserId::parse(format!(

@@ -35,11 +35,19 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::{
-    connection::Connection,
     error::{Error, Result},
     event::{Encryption, Event},
-    intent::{enc, txn_id, CLIENT_V3},
+    wire::{enc, txn_id, CLIENT_V3},
 };
+
+/// How the device reaches the homeserver: the appservice's HTTP client, the homeserver's
+/// client-server API base and the `as_token`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Link<'a> {
+    pub(crate) http: &'a reqwest::Client,
+    pub(crate) homeserver: &'a str,
+    pub(crate) as_token: &'a str,
+}
 
 /// Undecryptable events kept for a retry when their room key arrives; the oldest go first.
 const MAX_PENDING: usize = 256;
@@ -99,7 +107,7 @@ impl Crypto {
     /// Creates the device (MSC4190), starts its Olm machine (its keys in memory, or in the
     /// SQLite store at `store`, opened with the passphrase) and uploads its keys.
     pub(crate) async fn start(
-        conn: &Connection,
+        conn: &Link<'_>,
         user_id: OwnedUserId,
         device_id: OwnedDeviceId,
         display_name: &str,
@@ -156,7 +164,7 @@ impl Crypto {
     /// A request as the device: status and body of the answer, an error for non-2xx.
     async fn http(
         &self,
-        conn: &Connection,
+        conn: &Link<'_>,
         method: Method,
         path: &str,
         body: Option<&Value>,
@@ -172,10 +180,7 @@ impl Crypto {
             url.push_str("&device_id=");
             url.push_str(&enc(self.device_id.as_str()));
         }
-        let mut req = conn
-            .http
-            .request(method, url)
-            .bearer_auth(&conn.registration.as_token);
+        let mut req = conn.http.request(method, url).bearer_auth(conn.as_token);
         if let Some(body) = body {
             req = req
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -201,7 +206,7 @@ impl Crypto {
     /// A request as the device whose answer is parsed as ruma's response type `R`.
     async fn call<R: IncomingResponse>(
         &self,
-        conn: &Connection,
+        conn: &Link<'_>,
         method: Method,
         path: &str,
         body: &Value,
@@ -216,12 +221,12 @@ impl Crypto {
     }
 
     /// Sends every request the machine has queued and hands it the answers.
-    pub(crate) async fn send_outgoing_requests(&self, conn: &Connection) -> Result<()> {
+    pub(crate) async fn send_outgoing_requests(&self, conn: &Link<'_>) -> Result<()> {
         let _guard = self.send_lock.lock().await;
         self.send_outgoing_locked(conn).await
     }
 
-    async fn send_outgoing_locked(&self, conn: &Connection) -> Result<()> {
+    async fn send_outgoing_locked(&self, conn: &Link<'_>) -> Result<()> {
         let requests = self
             .machine
             .outgoing_requests()
@@ -233,7 +238,7 @@ impl Crypto {
         Ok(())
     }
 
-    async fn send_one(&self, conn: &Connection, request: &OutgoingRequest) -> Result<()> {
+    async fn send_one(&self, conn: &Link<'_>, request: &OutgoingRequest) -> Result<()> {
         let id = request.request_id();
         let marked = match request.request() {
             AnyOutgoingRequest::KeysUpload(r) => {
@@ -298,7 +303,7 @@ impl Crypto {
 
     async fn claim(
         &self,
-        conn: &Connection,
+        conn: &Link<'_>,
         r: &claim_keys::v3::Request,
     ) -> Result<claim_keys::v3::Response> {
         let mut body = json!({ "one_time_keys": r.one_time_keys });
@@ -311,7 +316,7 @@ impl Crypto {
 
     async fn to_device(
         &self,
-        conn: &Connection,
+        conn: &Link<'_>,
         r: &ToDeviceRequest,
     ) -> Result<send_event_to_device::v3::Response> {
         let path = format!(
@@ -328,7 +333,7 @@ impl Crypto {
     /// one-time keys, key queries).
     pub(crate) async fn receive_transaction(
         &self,
-        conn: &Connection,
+        conn: &Link<'_>,
         fields: &TransactionCrypto,
     ) -> Result<()> {
         let mut to_device: Vec<Raw<AnyToDeviceEvent>> = Vec::new();
@@ -513,7 +518,7 @@ impl Crypto {
     /// Whether the room has `m.room.encryption`: remembered once seen, else asked of the
     /// homeserver. An error (other than "no such state") is an error, never "not encrypted",
     /// so a message is never sent in the clear by mistake.
-    pub(crate) async fn is_encrypted(&self, conn: &Connection, room_id: &RoomId) -> Result<bool> {
+    pub(crate) async fn is_encrypted(&self, conn: &Link<'_>, room_id: &RoomId) -> Result<bool> {
         if self.lock_rooms().contains(room_id) {
             return Ok(true);
         }
@@ -535,7 +540,7 @@ impl Crypto {
     /// with those that lack it) and sends it as `m.room.encrypted`; returns the event id.
     pub(crate) async fn send_encrypted(
         &self,
-        conn: &Connection,
+        conn: &Link<'_>,
         room_id: &RoomId,
         event_type: &str,
         content: &Value,

@@ -21,6 +21,7 @@ mod event;
 mod intent;
 mod registration;
 mod store;
+mod wire;
 
 pub use ruma;
 

@@ -137,6 +137,8 @@ impl AppserviceBuilder {
                 server_name,
                 http: reqwest::Client::new(),
                 store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
+                #[cfg(feature = "e2ee")]
+                crypto: std::sync::OnceLock::new(),
             }),
             events: tx,
             recent: tokio::sync::Mutex::new(RecentTxns::new(self.recent_txns)),
@@ -235,6 +237,91 @@ impl Appservice {
     /// before the registration was written).
     pub async fn serve_listener(self, listener: TcpListener) -> std::io::Result<()> {
         axum::serve(listener, self.router()).await
+    }
+}
+
+#[cfg(feature = "e2ee")]
+impl Appservice {
+    /// Gives `localpart_or_user_id` (the bot's localpart, or one of its users) an encrypted
+    /// device `device_id`: creates the device (MSC4190, `PUT /devices/{deviceId}`), starts
+    /// its Olm machine and uploads its identity and one-time keys. From then on the
+    /// transactions' keys and to-device messages for it (MSC3202/MSC4203; the registration
+    /// needs `org.matrix.msc3202: true`) reach the machine, `m.room.encrypted` events reach
+    /// [`Events`] decrypted, and that user's [`Intent::send_event`] encrypts in rooms with
+    /// `m.room.encryption`.
+    ///
+    /// One encrypted device per appservice; its keys live in memory, so after a restart
+    /// call this with a new `device_id` (old messages then stay undecryptable), or use
+    /// [`Appservice::enable_encryption_with_store`].
+    pub async fn enable_encryption(
+        &self,
+        localpart_or_user_id: &str,
+        device_id: &str,
+    ) -> Result<()> {
+        self.start_encryption(localpart_or_user_id, device_id, None)
+            .await
+    }
+
+    /// [`Appservice::enable_encryption`] with the device's keys, Olm and Megolm sessions kept
+    /// in a SQLite crypto store in the directory `store_dir` (created if needed; private
+    /// keys encrypted with `passphrase` when given). After a restart the same call finds the
+    /// same device and keys again. A store of another user or device is an error.
+    pub async fn enable_encryption_with_store(
+        &self,
+        localpart_or_user_id: &str,
+        device_id: &str,
+        store_dir: impl AsRef<std::path::Path>,
+        passphrase: Option<&str>,
+    ) -> Result<()> {
+        self.start_encryption(
+            localpart_or_user_id,
+            device_id,
+            Some((store_dir.as_ref(), passphrase)),
+        )
+        .await
+    }
+
+    async fn start_encryption(
+        &self,
+        localpart_or_user_id: &str,
+        device_id: &str,
+        store: Option<(&std::path::Path, Option<&str>)>,
+    ) -> Result<()> {
+        let intent = self.intent(localpart_or_user_id)?;
+        let conn = &self.inner.conn;
+        if let Some(existing) = conn.crypto.get() {
+            if existing.user_id() == intent.user_id() && existing.device_id() == device_id {
+                return Ok(());
+            }
+            return Err(crate::Error::invalid(format!(
+                "encryption is already enabled for {} {}; an appservice has one encrypted device",
+                existing.user_id(),
+                existing.device_id()
+            )));
+        }
+        if device_id.is_empty() || device_id.contains(['/', '?', '#']) {
+            return Err(crate::Error::invalid(format!(
+                "{device_id:?} is not a usable device id"
+            )));
+        }
+        intent.ensure_registered().await?;
+        let crypto = crate::e2ee::Crypto::start(
+            &conn.link(),
+            intent.user_id().to_owned(),
+            device_id.into(),
+            &format!("{} (paracord-appservice)", self.registration().id),
+            store,
+        )
+        .await?;
+        conn.crypto
+            .set(crypto)
+            .map_err(|_| crate::Error::invalid("encryption was enabled twice at once"))
+    }
+
+    /// The Olm machine of the encrypted device, once [`Appservice::enable_encryption`] made it
+    /// (to verify devices, read its identity keys…).
+    pub fn olm_machine(&self) -> Option<&matrix_sdk_crypto::OlmMachine> {
+        self.inner.conn.crypto.get().map(|c| c.machine())
     }
 }
 
@@ -368,6 +455,10 @@ fn refusal(
 struct TransactionBody {
     #[serde(default)]
     events: Vec<Raw<AnyTimelineEvent>>,
+    /// MSC3202/MSC4203 key counts, device lists and to-device messages.
+    #[cfg(feature = "e2ee")]
+    #[serde(flatten)]
+    crypto: crate::e2ee::TransactionCrypto,
 }
 
 /// `PUT /_matrix/app/v1/transactions/{txnId}`: events from the homeserver.
@@ -401,7 +492,7 @@ async fn transaction(
     // Delivered in a task of its own: if the homeserver gives up on the request (a timeout
     // while the bot is slow), the delivery still finishes and the transaction is recorded,
     // so the retry is recognised instead of delivering the first events twice.
-    let delivery = tokio::spawn(deliver(app, txn_id, body.events));
+    let delivery = tokio::spawn(deliver(app, txn_id, body));
     match delivery.await {
         Ok(()) => ok(),
         Err(e) => {
@@ -416,7 +507,7 @@ async fn transaction(
 }
 
 /// Hands a transaction's events to the bot unless it was processed before, then records it.
-async fn deliver(app: Appservice, txn_id: String, events: Vec<Raw<AnyTimelineEvent>>) {
+async fn deliver(app: Appservice, txn_id: String, body: TransactionBody) {
     let mut recent = app.inner.recent.lock().await;
     let seen = recent.contains(&txn_id)
         || app
@@ -432,10 +523,39 @@ async fn deliver(app: Appservice, txn_id: String, events: Vec<Raw<AnyTimelineEve
         tracing::debug!(txn_id, "transaction already processed");
         return;
     }
-    let count = events.len();
-    for raw in events {
+    let count = body.events.len();
+    #[cfg(feature = "e2ee")]
+    let crypto = app.inner.conn.crypto.get();
+    // The keys first (a room key may come with the message it opens), then the events kept
+    // undecryptable that decrypt now, then this transaction's events.
+    #[cfg(feature = "e2ee")]
+    let mut earlier = Vec::new();
+    #[cfg(feature = "e2ee")]
+    if let Some(crypto) = crypto {
+        if let Err(e) = crypto
+            .receive_transaction(&app.inner.conn.link(), &body.crypto)
+            .await
+        {
+            tracing::warn!(error = %e, "handling a transaction's encryption keys");
+        }
+        earlier = crypto.retry_pending().await;
+    }
+    #[cfg(feature = "e2ee")]
+    for event in earlier {
+        if app.inner.events.send(event).await.is_err() {
+            break;
+        }
+    }
+    for raw in body.events {
+        #[cfg(feature = "e2ee")]
+        let event = match crypto {
+            Some(crypto) => crypto.process_event(raw).await,
+            None => Event::new(raw),
+        };
+        #[cfg(not(feature = "e2ee"))]
+        let event = Event::new(raw);
         // The bot dropped its stream: nothing to deliver to, but the transaction is done.
-        if app.inner.events.send(Event::new(raw)).await.is_err() {
+        if app.inner.events.send(event).await.is_err() {
             break;
         }
     }

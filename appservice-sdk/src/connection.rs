@@ -18,9 +18,24 @@ pub(crate) struct Connection {
     pub(crate) server_name: OwnedServerName,
     pub(crate) http: reqwest::Client,
     pub(crate) store: Arc<dyn StateStore>,
+    /// The encrypted device, once [`Appservice::enable_encryption`] made it.
+    ///
+    /// [`Appservice::enable_encryption`]: crate::Appservice::enable_encryption
+    #[cfg(feature = "e2ee")]
+    pub(crate) crypto: std::sync::OnceLock<crate::e2ee::Crypto>,
 }
 
 impl Connection {
+    /// What the encrypted device needs to reach the homeserver.
+    #[cfg(feature = "e2ee")]
+    pub(crate) fn link(&self) -> crate::e2ee::Link<'_> {
+        crate::e2ee::Link {
+            http: &self.http,
+            homeserver: &self.homeserver,
+            as_token: &self.registration.as_token,
+        }
+    }
+
     /// `@sender_localpart:server_name`, the appservice's own user.
     pub(crate) fn bot_user_id(&self) -> Result<OwnedUserId> {
         Ok(UserId::parse(format!(

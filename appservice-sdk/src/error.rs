@@ -31,6 +31,10 @@ pub enum Error {
     /// A user id, room id, alias or event id that does not parse, or an answer missing a field.
     #[error("invalid: {0}")]
     Invalid(String),
+    /// End-to-end encryption failed (feature `e2ee`): the Olm machine or its store.
+    #[cfg(feature = "e2ee")]
+    #[error("crypto: {0}")]
+    Crypto(String),
 }
 
 impl Error {

@@ -6,7 +6,7 @@ use ruma::{
         AnyMessageLikeEvent, AnyStateEvent, AnyTimelineEvent, MessageLikeEvent, StateEvent,
     },
     serde::Raw,
-    OwnedEventId, OwnedRoomId, OwnedUserId,
+    OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId,
 };
 
 /// One event of a transaction: ruma's typed [`AnyTimelineEvent`] when it parses, and always
@@ -16,6 +16,27 @@ use ruma::{
 pub struct Event {
     raw: Raw<AnyTimelineEvent>,
     parsed: Option<AnyTimelineEvent>,
+    encryption: Option<Encryption>,
+}
+
+/// How an event that arrived as `m.room.encrypted` was handled (feature `e2ee`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Encryption {
+    /// It was decrypted: the [`Event`] is the plaintext event (type, content) with the
+    /// encrypted event's id, sender, room and timestamp.
+    Decrypted {
+        /// The device that encrypted it, as its Megolm session says.
+        sender_device: Option<OwnedDeviceId>,
+        /// Whether that device is verified (cross-signed by its owner, whom the bot trusts).
+        verified: bool,
+    },
+    /// It could not be decrypted (yet): the [`Event`] is the `m.room.encrypted` event. When
+    /// its room key arrives later, the event is delivered again, decrypted.
+    Undecryptable {
+        /// Why, as the crypto machine says (e.g. the room key is missing).
+        reason: String,
+    },
 }
 
 /// A `m.room.message` in a form a bot uses most: who said what where.
@@ -39,7 +60,34 @@ impl Event {
     /// Wraps the raw JSON, parsing it.
     pub fn new(raw: Raw<AnyTimelineEvent>) -> Self {
         let parsed = raw.deserialize().ok();
-        Self { raw, parsed }
+        Self {
+            raw,
+            parsed,
+            encryption: None,
+        }
+    }
+
+    #[cfg(feature = "e2ee")]
+    pub(crate) fn with_encryption(raw: Raw<AnyTimelineEvent>, encryption: Encryption) -> Self {
+        Self {
+            encryption: Some(encryption),
+            ..Self::new(raw)
+        }
+    }
+
+    /// How the event was encrypted, if it arrived as `m.room.encrypted`.
+    pub fn encryption(&self) -> Option<&Encryption> {
+        self.encryption.as_ref()
+    }
+
+    /// Whether it arrived encrypted and was decrypted (the event is the plaintext).
+    pub fn was_encrypted(&self) -> bool {
+        matches!(self.encryption, Some(Encryption::Decrypted { .. }))
+    }
+
+    /// Whether it arrived encrypted and could not be decrypted (the event is the ciphertext).
+    pub fn is_undecryptable(&self) -> bool {
+        matches!(self.encryption, Some(Encryption::Undecryptable { .. }))
     }
 
     /// The raw JSON.

@@ -1,9 +1,6 @@
 //! Acting as one of the appservice's users over the client-server API.
 
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    Arc,
-};
+use std::sync::Arc;
 
 use reqwest::Method;
 use ruma::{
@@ -20,31 +17,8 @@ use serde_json::{json, Map, Value};
 use crate::{
     connection::Connection,
     error::{Error, Result},
-    registration::random_token,
+    wire::{enc, txn_id, CLIENT_V3},
 };
-
-const CLIENT_V3: &str = "/client/v3";
-
-/// Percent-encodes everything but RFC 3986 unreserved characters, for path segments and
-/// query values.
-fn enc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// A transaction id for a `PUT …/send/…`, unique for this process.
-fn txn_id() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{}.{n}", &random_token()[..16])
-}
 
 /// The body of `POST /createRoom`; fields are the spec's, anything else goes in `extra`.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -238,13 +212,32 @@ impl Intent {
         field(&r, "room_id")
     }
 
-    /// Sends a message-like event of any type; returns its event id.
+    /// Sends a message-like event of any type; returns its event id. With the `e2ee`
+    /// feature, when this user's device was given encryption
+    /// ([`Appservice::enable_encryption`](crate::Appservice::enable_encryption)) and the
+    /// room has `m.room.encryption`, the event is Megolm-encrypted and sent as
+    /// `m.room.encrypted`.
     pub async fn send_event(
         &self,
         room_id: &RoomId,
         event_type: &str,
         content: &impl Serialize,
     ) -> Result<OwnedEventId> {
+        #[cfg(feature = "e2ee")]
+        if let Some(crypto) = self
+            .app
+            .crypto
+            .get()
+            .filter(|c| c.user_id() == self.user_id)
+        {
+            self.ensure_registered().await?;
+            if crypto.is_encrypted(&self.app.link(), room_id).await? {
+                let content = serde_json::to_value(content)?;
+                return crypto
+                    .send_encrypted(&self.app.link(), room_id, event_type, &content)
+                    .await;
+            }
+        }
         let r = self
             .request(
                 Method::PUT,

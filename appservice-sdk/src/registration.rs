@@ -11,10 +11,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 
-/// An appservice registration (spec: "Registration"), as YAML.
+/// An appservice registration (spec: "Registration"), as YAML, with the unstable keys
+/// ruma's type does not have.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Registration(ruma::api::appservice::Registration);
+pub struct Registration {
+    #[serde(flatten)]
+    inner: ruma::api::appservice::Registration,
+    /// `org.matrix.msc3202`: the homeserver sends its users' device list changes, one-time
+    /// key counts and to-device messages in transactions (what an encrypted bot needs).
+    #[serde(
+        rename = "org.matrix.msc3202",
+        default,
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    msc3202: bool,
+}
 
 /// A random token of 64 alphanumeric characters (about 380 bits).
 pub fn random_token() -> String {
@@ -132,19 +143,18 @@ impl Registration {
                 Kind::Rooms => ns.rooms.push(entry),
             }
         }
-        Registration(
-            RegistrationInit {
-                id: id.to_owned(),
-                url: url.map(str::to_owned),
-                as_token: random_token(),
-                hs_token: random_token(),
-                sender_localpart: sender_localpart.to_owned(),
-                namespaces: ns,
-                rate_limited: Some(false),
-                protocols: None,
-            }
-            .into(),
-        )
+        let inner: ruma::api::appservice::Registration = RegistrationInit {
+            id: id.to_owned(),
+            url: url.map(str::to_owned),
+            as_token: random_token(),
+            hs_token: random_token(),
+            sender_localpart: sender_localpart.to_owned(),
+            namespaces: ns,
+            rate_limited: Some(false),
+            protocols: None,
+        }
+        .into();
+        inner.into()
     }
 
     /// Parses a registration from YAML (JSON is YAML too).
@@ -170,12 +180,24 @@ impl Registration {
 
     /// Sets where the appservice listens.
     pub fn set_url(&mut self, url: Option<&str>) {
-        self.0.url = url.map(str::to_owned);
+        self.inner.url = url.map(str::to_owned);
     }
 
     /// The ruma type.
     pub fn into_inner(self) -> ruma::api::appservice::Registration {
-        self.0
+        self.inner
+    }
+
+    /// Whether the registration asks for MSC3202's device data in transactions
+    /// (`org.matrix.msc3202`).
+    pub fn msc3202(&self) -> bool {
+        self.msc3202
+    }
+
+    /// Asks for (or stops asking for) MSC3202's device data in transactions: device list
+    /// changes, one-time key counts and to-device messages, which the `e2ee` feature needs.
+    pub fn set_msc3202(&mut self, on: bool) {
+        self.msc3202 = on;
     }
 }
 
@@ -183,13 +205,16 @@ impl Deref for Registration {
     type Target = ruma::api::appservice::Registration;
 
     fn deref(&self) -> &Self::Target {
-        &self.0
+        &self.inner
     }
 }
 
 impl From<ruma::api::appservice::Registration> for Registration {
     fn from(r: ruma::api::appservice::Registration) -> Self {
-        Registration(r)
+        Registration {
+            inner: r,
+            msc3202: false,
+        }
     }
 }
 
@@ -235,6 +260,27 @@ mod tests {
         assert!(!back.namespaces.aliases[0].exclusive);
         assert!(back.namespaces.rooms.is_empty());
         assert_eq!(back.to_yaml().unwrap(), yaml);
+    }
+
+    /// `org.matrix.msc3202` (not in ruma's type) is read, written only when set, and kept
+    /// through a round trip, as Paracord reads it.
+    #[test]
+    fn the_msc3202_key_round_trips() {
+        let mut r = sample();
+        assert!(!r.msc3202());
+        assert!(!r.to_yaml().unwrap().contains("msc3202"));
+        r.set_msc3202(true);
+        let yaml = r.to_yaml().unwrap();
+        assert!(yaml.contains("org.matrix.msc3202: true"), "{yaml}");
+        let back = Registration::from_yaml(&yaml).unwrap();
+        assert!(back.msc3202());
+        assert_eq!(back.as_token, r.as_token);
+        let plain = Registration::from_yaml(
+            "id: x\nurl: null\nas_token: a\nhs_token: h\nsender_localpart: b\n\
+             namespaces: {}\norg.matrix.msc3202: true\n",
+        )
+        .unwrap();
+        assert!(plain.msc3202());
     }
 
     #[test]

@@ -75,16 +75,15 @@ async fn setup_with(wrap: impl FnOnce(axum::Router) -> axum::Router) -> Setup {
     let id = format!("e2e{}", random_localpart());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let registration = Registration::generate(
+    let mut registration = Registration::generate(
         &id,
         Some(&url),
         &format!("{id}bot"),
         [user_namespace(&format!("@{id}_.*:localhost:\\d+"))],
     );
     let dir = tempfile::tempdir().unwrap();
-    // ruma's registration type has no MSC3202 flag: it is added to the YAML.
-    let yaml = registration.to_yaml().unwrap() + "org.matrix.msc3202: true\n";
-    std::fs::write(dir.path().join("e2ee.yaml"), yaml).unwrap();
+    registration.set_msc3202(true);
+    registration.save(dir.path().join("e2ee.yaml")).unwrap();
     let path = dir.path().display().to_string();
     let server = TestServer::start_with(|env| {
         TestServer::set_env(env, "PARACORD_APPSERVICE_DIR", &path);

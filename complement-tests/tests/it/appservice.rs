@@ -2123,3 +2123,130 @@ async fn an_appservice_on_loopback_needs_no_allowlist() {
         "a pusher on loopback without the allowlist",
     );
 }
+
+/// MSC3202 device lists follow membership (issue 17): a user who starts sharing a room with one
+/// of the appservice's users is in `device_lists.changed` (without any key change), and one who
+/// no longer shares any room with them is in `device_lists.left`, so an encrypted bridge knows
+/// whose devices to track and to forget.
+#[tokio::test]
+async fn msc3202_device_lists_follow_who_shares_a_room() {
+    let receiver = Receiver::start().await;
+    let id = as_id();
+    let (server, _dir) = server_with(&[(
+        "a.yaml",
+        registration(&id, Some(&receiver.url())) + "org.matrix.msc3202: true\n",
+    )])
+    .await;
+    let bot = server.client_with_token(&format!("as_{id}_secret"));
+    let ghost = format!("{id}_ghost");
+    expect_ok(
+        bot.post(
+            "/register",
+            &json!({"type": "m.login.application_service", "username": ghost, "inhibit_login": true}),
+        )
+        .await,
+        "register the ghost",
+    );
+    let ghost_id = server.user_id(&ghost);
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    let room = alice.create_room(&json!({ "preset": "public_chat" })).await;
+    // The ghost joins: alice's devices are new to the appservice.
+    expect_ok(
+        bot.post(
+            &format!("/join/{}?user_id={}", enc(&room), enc(&ghost_id)),
+            &json!({}),
+        )
+        .await,
+        "the ghost joins",
+    );
+    // Bob joins where the ghost is: his are new too.
+    bob.join_ok(&room).await;
+    device_lists_until(&receiver, |seen| {
+        has(seen, "changed", &alice.user_id) && has(seen, "changed", &bob.user_id)
+    })
+    .await;
+    // Bob leaves: he shares no other room with the appservice's users.
+    bob.leave_ok(&room).await;
+    let seen = device_lists_until(&receiver, |seen| has(seen, "left", &bob.user_id)).await;
+    assert!(!has(&seen, "left", &alice.user_id), "{seen:#?}");
+    // Alice is in a second room with the ghost: the ghost leaving this one leaves her tracked.
+    let second = alice.create_room(&json!({ "preset": "public_chat" })).await;
+    expect_ok(
+        bot.post(
+            &format!("/join/{}?user_id={}", enc(&second), enc(&ghost_id)),
+            &json!({}),
+        )
+        .await,
+        "the ghost joins a second room",
+    );
+    expect_ok(
+        bot.post(
+            &format!("/rooms/{}/leave?user_id={}", enc(&room), enc(&ghost_id)),
+            &json!({}),
+        )
+        .await,
+        "the ghost leaves the first room",
+    );
+    // Once that leave reached the appservice (its device-list rows go in the same batch),
+    // nothing has said alice left: she still shares the second room with the ghost.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !receiver.events().iter().any(|e| {
+        e["type"] == "m.room.member"
+            && e["state_key"] == ghost_id.as_str()
+            && e["room_id"] == room.as_str()
+            && e["content"]["membership"] == "leave"
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "the ghost's leave never reached the appservice"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before_marker = receiver.requests().len();
+    expect_ok(
+        bot.post(
+            &format!("/rooms/{}/leave?user_id={}", enc(&second), enc(&ghost_id)),
+            &json!({}),
+        )
+        .await,
+        "the ghost leaves the second room",
+    );
+    let seen = device_lists_until(&receiver, |seen| has(seen, "left", &alice.user_id)).await;
+    let earlier: Vec<Value> = receiver.requests()[..before_marker]
+        .iter()
+        .map(|s| s.body["org.matrix.msc3202.device_lists"].clone())
+        .collect();
+    assert!(
+        !has(&earlier, "left", &alice.user_id),
+        "alice was left while still sharing a room: {seen:#?}"
+    );
+}
+
+/// The MSC3202 `device_lists` of the transactions received, waiting until `want` holds.
+async fn device_lists_until(receiver: &Receiver, want: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen: Vec<Value> = receiver
+            .requests()
+            .into_iter()
+            .filter(|s| s.path.starts_with("/_matrix/app/v1/transactions/"))
+            .map(|s| s.body["org.matrix.msc3202.device_lists"].clone())
+            .filter(|d| !d.is_null())
+            .collect();
+        if want(&seen) {
+            return seen;
+        }
+        assert!(Instant::now() < deadline, "device lists seen: {seen:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether one of `seen` lists `user` under `field` (`changed` or `left`).
+fn has(seen: &[Value], field: &str, user: &str) -> bool {
+    seen.iter().any(|d| {
+        d[field]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|u| u == user))
+    })
+}

@@ -139,6 +139,10 @@ struct QueuedEphemeral {
     /// Instead of an event: the user whose device list changed (MSC3202).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     device_list_changed: Option<String>,
+    /// Instead of an event: a user who no longer shares a room with any of the appservice's
+    /// users (MSC3202 `device_lists.left`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    device_list_left: Option<String>,
 }
 
 /// One device's one-time key counts and unused fallback key types, as queued.
@@ -818,6 +822,7 @@ impl Appservices {
             return;
         }
         let by_members = self.member_interest(rooms, room_id, &list);
+        self.queue_membership_device_lists(batch, rooms, room_id, pdu, &list);
         for (i, a) in list.iter().enumerate() {
             // `url: null`: the appservice wants no traffic; nothing would ever send the rows.
             if a.registration.url.is_none() {
@@ -843,6 +848,146 @@ impl Appservices {
                 pdu.event_id.as_bytes().to_vec(),
             );
         }
+    }
+
+    /// MSC3202 device lists from a membership change: a user who starts sharing a room with
+    /// one of an appservice's users is `changed` for it (their devices are new to it), one who
+    /// no longer shares any room with them is `left`. Rows in the event's batch; only for
+    /// appservices registered with `org.matrix.msc3202`.
+    fn queue_membership_device_lists(
+        &self,
+        batch: &mut Batch,
+        rooms: &Rooms,
+        room_id: &RoomId,
+        pdu: &Pdu,
+        list: &Arc<Vec<Arc<Appservice>>>,
+    ) {
+        if pdu.rejected
+            || pdu.kind != ruma::events::TimelineEventType::RoomMember
+            || !list
+                .iter()
+                .any(|a| a.msc3202 && a.registration.url.is_some())
+        {
+            return;
+        }
+        let Some(Ok(user)) = pdu.state_key.as_deref().map(UserId::parse) else {
+            return;
+        };
+        let membership = serde_json::from_str::<Value>(pdu.content.get())
+            .ok()
+            .and_then(|c| {
+                c.get("membership")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            });
+        let joins = match membership.as_deref() {
+            Some("join") => true,
+            Some("leave" | "ban") => false,
+            _ => return,
+        };
+        // The batch is not written yet: the member list is the one before this event.
+        let Ok(before) = rooms.joined_members(room_id) else {
+            return;
+        };
+        let was_joined = before.contains(&user);
+        if joins == was_joined {
+            // A profile change, or a leave of someone who was not joined.
+            return;
+        }
+        for (i, a) in list.iter().enumerate() {
+            if !a.msc3202 || a.registration.url.is_none() {
+                continue;
+            }
+            let theirs_after: Vec<&OwnedUserId> = before
+                .iter()
+                .filter(|u| **u != user && a.owns_user(u))
+                .collect();
+            let mut changed: Vec<&UserId> = Vec::new();
+            let mut left: Vec<&UserId> = Vec::new();
+            if joins {
+                if a.owns_user(&user) {
+                    changed.extend(
+                        before
+                            .iter()
+                            .filter(|u| !a.owns_user(u))
+                            .map(|u| -> &UserId { u }),
+                    );
+                } else if !theirs_after.is_empty() {
+                    changed.push(&user);
+                }
+            } else if a.owns_user(&user) {
+                if theirs_after.is_empty() {
+                    for m in before.iter().filter(|u| **u != user && !a.owns_user(u)) {
+                        if !self.shares_elsewhere(rooms, room_id, m, i, list) {
+                            left.push(m);
+                        }
+                    }
+                }
+            } else if !theirs_after.is_empty()
+                && !self.shares_elsewhere(rooms, room_id, &user, i, list)
+            {
+                left.push(&user);
+            }
+            for (u, is_left) in changed
+                .into_iter()
+                .map(|u| (u, false))
+                .chain(left.into_iter().map(|u| (u, true)))
+            {
+                let row = QueuedEphemeral {
+                    ts: paracord_core::time::now_ms(),
+                    droppable: false,
+                    event: Value::Null,
+                    keys: None,
+                    to_device: false,
+                    device_list_changed: (!is_left).then(|| u.to_string()),
+                    device_list_left: is_left.then(|| u.to_string()),
+                };
+                let Ok(value) = serde_json::to_vec(&row) else {
+                    continue;
+                };
+                let seq = {
+                    let mut next = self.next_seq.lock();
+                    let n = next.entry(a.id().to_owned()).or_insert(0);
+                    let seq = *n;
+                    *n = n.saturating_add(1);
+                    seq
+                };
+                batch.put(
+                    Table::AppserviceseqEvent,
+                    QueueKey {
+                        appservice: a.id(),
+                        seq,
+                    }
+                    .encode(),
+                    value,
+                );
+            }
+        }
+    }
+
+    /// Whether `user` is joined to a room other than `except` where appservice `i` of `list`
+    /// has a user.
+    fn shares_elsewhere(
+        &self,
+        rooms: &Rooms,
+        except: &RoomId,
+        user: &UserId,
+        i: usize,
+        list: &Arc<Vec<Arc<Appservice>>>,
+    ) -> bool {
+        let Ok(theirs) = rooms.user_rooms(user) else {
+            // Unknown: say they still share one (no `left` that may be wrong).
+            return true;
+        };
+        theirs.iter().any(|(room, rec)| {
+            **room != *except
+                && rec.membership == ruma::events::room::member::MembershipState::Join
+                && self
+                    .member_interest(rooms, room, list)
+                    .get(i)
+                    .copied()
+                    .unwrap_or(false)
+        })
     }
 
     /// Which appservices have a user among the room's joined members. The answer is kept
@@ -996,6 +1141,7 @@ impl Appservices {
         let (mut ephemeral, mut to_device) = (Vec::new(), Vec::new());
         let (mut otk_counts, mut fallback) = (json!({}), json!({}));
         let mut changed: Vec<String> = Vec::new();
+        let mut left: Vec<String> = Vec::new();
         for (k, v) in rows {
             if let Some(q) = QueuedEphemeral::decode(&v) {
                 match q.keys {
@@ -1006,7 +1152,17 @@ impl Appservices {
                     }
                     None if q.to_device => to_device.push(q.event),
                     None if q.device_list_changed.is_some() => {
-                        changed.extend(q.device_list_changed);
+                        // The latest news of a user wins: changed after left is changed.
+                        if let Some(u) = q.device_list_changed {
+                            left.retain(|l| *l != u);
+                            changed.push(u);
+                        }
+                    }
+                    None if q.device_list_left.is_some() => {
+                        if let Some(u) = q.device_list_left {
+                            changed.retain(|c| *c != u);
+                            left.push(u);
+                        }
                     }
                     None => ephemeral.push(q.event),
                 }
@@ -1030,10 +1186,12 @@ impl Appservices {
         if !to_device.is_empty() {
             body[TO_DEVICE_FIELD] = to_device.into();
         }
-        if !changed.is_empty() {
+        if !changed.is_empty() || !left.is_empty() {
             changed.sort();
             changed.dedup();
-            body["org.matrix.msc3202.device_lists"] = json!({ "changed": changed });
+            left.sort();
+            left.dedup();
+            body["org.matrix.msc3202.device_lists"] = json!({ "changed": changed, "left": left });
         }
         if otk_counts.as_object().is_some_and(|o| !o.is_empty()) {
             body["org.matrix.msc3202.device_one_time_keys_count"] = otk_counts;
@@ -1113,6 +1271,7 @@ impl Appservices {
             keys: None,
             to_device: true,
             device_list_changed: None,
+            device_list_left: None,
         };
         let Ok(value) = serde_json::to_vec(&row) else {
             return;
@@ -1143,6 +1302,7 @@ impl Appservices {
             keys: None,
             to_device: false,
             device_list_changed: Some(user.to_string()),
+            device_list_left: None,
         };
         let Ok(value) = serde_json::to_vec(&row) else {
             return;
@@ -1168,6 +1328,7 @@ impl Appservices {
             keys: Some(counts),
             to_device: false,
             device_list_changed: None,
+            device_list_left: None,
         };
         let Ok(value) = serde_json::to_vec(&row) else {
             return;
@@ -1239,6 +1400,7 @@ impl Appservices {
             keys: None,
             to_device: false,
             device_list_changed: None,
+            device_list_left: None,
         };
         let Ok(value) = serde_json::to_vec(&row) else {
             return;

@@ -257,11 +257,18 @@ async fn heisenbridge_bridges_a_matrix_user_and_an_irc_user_both_ways() {
         line.raw
     );
 
-    // A nick change swaps the ghost; a part makes the new one leave.
+    // A nick change swaps the ghost: the old one is kicked, the new one speaks; a part makes
+    // it leave. (heisenbridge 1.15 joins the new ghost right after the kick only when the
+    // kick's echo arrives after the kick's answer; Paracord often delivers it first, which
+    // trips heisenbridge's `members.remove` — its own race, docs/appservices.md — so the new
+    // ghost is checked when it next speaks, which heisenbridge handles either way.)
     bob.send("NICK bobby").await;
     alice_sync.membership(&channel, &ghost, "leave").await;
+    bob.nick = "bobby".into();
+    bob.privmsg("#paracord", "renamed on IRC").await;
     let renamed = server.user_id("irc_test_bobby");
-    alice_sync.membership(&channel, &renamed, "join").await;
+    let message = alice_sync.message(&channel, "renamed on IRC").await;
+    assert_eq!(message["sender"], renamed.as_str(), "{message}");
     bob.send("PART #paracord :bye").await;
     alice_sync.membership(&channel, &renamed, "leave").await;
 

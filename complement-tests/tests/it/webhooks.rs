@@ -1384,3 +1384,115 @@ async fn a_guild_hosted_elsewhere_has_its_webhooks_on_its_host() {
         .map(|r| r.status());
     assert_eq!(gone.ok(), Some(StatusCode::NOT_FOUND));
 }
+
+/// A 1×1 PNG (what Discord tools pass as `avatar_url` is an http(s) image).
+const TINY_PNG: &[u8] = &[
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1f, 0x15, 0xc4,
+    0x89, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9c, 0x63, 0xf8, 0xcf, 0xc0, 0xf0,
+    0x1f, 0x00, 0x05, 0x00, 0x01, 0xff, 0x89, 0x99, 0x3d, 0x1d, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45,
+    0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
+];
+
+/// An http(s) `avatar_url` (what Discord tools send) is fetched once, stored in the media
+/// repository and given to Matrix clients as the per-message profile's `mxc://` avatar; the
+/// URL as given stays in `chat.paracord.webhook`. A URL that is not an image posts the message
+/// without an avatar.
+#[tokio::test]
+async fn an_http_avatar_url_is_imported_once_as_the_messages_avatar() {
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let counted = fetches.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = stream.read(&mut buf).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&buf[..n]).to_string();
+                let (kind, body): (&str, &[u8]) = if request.starts_with("GET /avatar.png") {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    ("image/png", TINY_PNG)
+                } else {
+                    ("text/html", b"<html>not an image</html>")
+                };
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(body).await;
+            });
+        }
+    });
+    let g = Guild::new().await;
+    let hook = g.hook("Avatars").await;
+    let avatar = format!("http://127.0.0.1:{port}/avatar.png");
+    let mut mxcs = Vec::new();
+    for n in 0..2 {
+        let a = g
+            .execute(
+                &hook,
+                "?wait=true",
+                &json!({ "content": format!("with an avatar {n}"), "avatar_url": avatar }),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+        let event = g
+            .event(&g.general, a.body["id"].as_str().unwrap_or_default())
+            .await;
+        let content = &event["content"];
+        assert_eq!(
+            content["chat.paracord.webhook"]["avatar_url"],
+            avatar.as_str(),
+            "{event}"
+        );
+        let mxc = content["com.beeper.per_message_profile"]["avatar_url"]
+            .as_str()
+            .unwrap_or_else(|| panic!("expected an mxc avatar in {event}"))
+            .to_owned();
+        mxcs.push(mxc);
+    }
+    assert_eq!(mxcs[0], mxcs[1], "the same URL is imported once");
+    assert_eq!(fetches.load(Ordering::SeqCst), 1, "fetched once");
+    let path = mxcs[0]
+        .strip_prefix("mxc://")
+        .unwrap_or_default()
+        .to_owned();
+    let download = g
+        .member
+        .raw(
+            Method::GET,
+            &format!("/_matrix/client/v1/media/download/{path}"),
+            None,
+        )
+        .await;
+    assert_eq!(download.status, StatusCode::OK);
+    assert_eq!(download.bytes, TINY_PNG);
+
+    // Not an image: posted without an avatar.
+    let page = format!("http://127.0.0.1:{port}/page.html");
+    let a = g
+        .execute(
+            &hook,
+            "?wait=true",
+            &json!({ "content": "page avatar", "avatar_url": page }),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let event = g
+        .event(&g.general, a.body["id"].as_str().unwrap_or_default())
+        .await;
+    assert!(
+        event["content"]["com.beeper.per_message_profile"]
+            .get("avatar_url")
+            .is_none(),
+        "{event}"
+    );
+}

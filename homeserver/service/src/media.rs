@@ -396,6 +396,26 @@ impl Media {
         Ok(preview)
     }
 
+    /// An image at an http(s) URL, fetched through the previews' outbound guard (with their
+    /// size limit) and stored as uploaded by `uploader`: its `mxc://` URI.
+    pub async fn import_image(&self, uploader: &UserId, url: &str) -> Result<String> {
+        let parsed = reqwest::Url::parse(url).map_err(|_| Error::invalid_param("invalid url"))?;
+        let max = self.config.max_upload_bytes.min(MAX_PREVIEW_IMAGE_BYTES);
+        let (bytes, content_type) = self.fetch_for_preview(&parsed, max + 1).await?;
+        if bytes.len() > max {
+            return Err(Error::too_large("the image is too large"));
+        }
+        if !content_type
+            .as_deref()
+            .is_some_and(|c| c.starts_with("image/"))
+            || image_dimensions(&bytes).is_none()
+        {
+            return Err(Error::invalid_param("not an image"));
+        }
+        let id = self.upload(uploader, &bytes, content_type, None)?;
+        Ok(format!("mxc://{}/{id}", self.config.server_name))
+    }
+
     /// A preview's image, fetched and stored: `og:image` (mxc), `og:image:type`,
     /// `matrix:image:size` and, when it decodes, `og:image:width`/`og:image:height`.
     async fn preview_image(&self, requester: &UserId, url: &reqwest::Url) -> Result<Value> {

@@ -104,7 +104,12 @@ pub struct Webhooks {
     accounts: Arc<Accounts>,
     media: Arc<Media>,
     ratelimit: Arc<RateLimiter>,
+    /// http(s) avatar URLs of executions, imported into the media repository: URL → mxc.
+    avatars: parking_lot::Mutex<std::collections::HashMap<String, String>>,
 }
+
+/// How many imported avatar URLs are remembered (then the map starts again).
+const AVATAR_CACHE: usize = 1024;
 
 fn sha256_hex(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
@@ -146,6 +151,38 @@ impl Webhooks {
             accounts,
             media,
             ratelimit,
+            avatars: parking_lot::Mutex::default(),
+        }
+    }
+
+    /// The mxc URI of an execution's avatar: an `mxc://` one as it is, an http(s) one fetched
+    /// (through the outbound guard of previews) and stored once per URL, as Discord fetches
+    /// it. `None` when there is none or it cannot be fetched as an image (the message is
+    /// posted without it).
+    async fn avatar_mxc(&self, webhook: &Webhook, message: &Message) -> Option<String> {
+        let url = message.avatar_url.as_deref()?;
+        if url.starts_with("mxc://") {
+            return Some(url.to_owned());
+        }
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return None;
+        }
+        if let Some(mxc) = self.avatars.lock().get(url) {
+            return Some(mxc.clone());
+        }
+        match self.media.import_image(&webhook.user_id, url).await {
+            Ok(mxc) => {
+                let mut cache = self.avatars.lock();
+                if cache.len() >= AVATAR_CACHE {
+                    cache.clear();
+                }
+                cache.insert(url.to_owned(), mxc.clone());
+                Some(mxc)
+            }
+            Err(e) => {
+                tracing::info!(webhook = %webhook.id, "a webhook avatar was not fetched: {e}");
+                None
+            }
         }
     }
 
@@ -707,9 +744,14 @@ impl Webhooks {
         content["m.relates_to"] = json!({ "rel_type": "m.replace", "event_id": target });
         if let (Some(c), Some(e)) = (
             content.as_object_mut(),
-            render::profile(&webhook.id, &webhook.name, &message)
-                .as_object()
-                .cloned(),
+            render::profile(
+                &webhook.id,
+                &webhook.name,
+                &message,
+                self.avatar_mxc(&webhook, &message).await.as_deref(),
+            )
+            .as_object()
+            .cloned(),
         ) {
             c.extend(e);
         }
@@ -766,7 +808,8 @@ impl Webhooks {
                 }
             }
         };
-        let extra = render::profile(&webhook.id, &webhook.name, &message);
+        let avatar = self.avatar_mxc(&webhook, &message).await;
+        let extra = render::profile(&webhook.id, &webhook.name, &message, avatar.as_deref());
         let relate = |content: &mut Value| {
             if let Some(root) = &thread {
                 content["m.relates_to"] = json!({

@@ -601,16 +601,22 @@ pub fn file_content(f: &Upload, mxc: &str) -> Value {
 }
 
 /// What every event of an execution carries about who posted it: the per-message profile
-/// (`com.beeper.per_message_profile`, shown by clients that know it; its avatar only when an
-/// `mxc://` URI) and `chat.paracord.webhook` (the webhook, the name and any avatar URL).
-pub fn profile(webhook_id: &str, webhook_name: &str, m: &Message) -> Value {
+/// (`com.beeper.per_message_profile`, shown by clients that know it; its avatar as an
+/// `mxc://` URI: `avatar_mxc`, the execution's avatar as stored here) and
+/// `chat.paracord.webhook` (the webhook, the name and the avatar URL as given).
+pub fn profile(
+    webhook_id: &str,
+    webhook_name: &str,
+    m: &Message,
+    avatar_mxc: Option<&str>,
+) -> Value {
     let name = m.username.as_deref().unwrap_or(webhook_name);
     let mut per_message = json!({ "id": webhook_id, "displayname": name });
     let mut ours = json!({ "id": webhook_id, "username": name });
+    if let Some(mxc) = avatar_mxc {
+        per_message["avatar_url"] = json!(mxc);
+    }
     if let Some(a) = &m.avatar_url {
-        if a.starts_with("mxc://") {
-            per_message["avatar_url"] = json!(a);
-        }
         ours["avatar_url"] = json!(a);
     }
     json!({

@@ -831,22 +831,7 @@ impl Appservices {
             if !a.interested(rooms, room_id, pdu) && by_members.get(i) != Some(&true) {
                 continue;
             }
-            let seq = {
-                let mut next = self.next_seq.lock();
-                let n = next.entry(a.id().to_owned()).or_insert(0);
-                let seq = *n;
-                *n = n.saturating_add(1);
-                seq
-            };
-            batch.put(
-                Table::AppserviceseqEvent,
-                QueueKey {
-                    appservice: a.id(),
-                    seq,
-                }
-                .encode(),
-                pdu.event_id.as_bytes().to_vec(),
-            );
+            self.put_row(batch, a, pdu.event_id.as_bytes().to_vec());
         }
     }
 
@@ -945,22 +930,7 @@ impl Appservices {
                 let Ok(value) = serde_json::to_vec(&row) else {
                     continue;
                 };
-                let seq = {
-                    let mut next = self.next_seq.lock();
-                    let n = next.entry(a.id().to_owned()).or_insert(0);
-                    let seq = *n;
-                    *n = n.saturating_add(1);
-                    seq
-                };
-                batch.put(
-                    Table::AppserviceseqEvent,
-                    QueueKey {
-                        appservice: a.id(),
-                        seq,
-                    }
-                    .encode(),
-                    value,
-                );
+                self.put_row(batch, a, value);
             }
         }
     }
@@ -1337,24 +1307,30 @@ impl Appservices {
     }
 
     /// Writes `value` as the next row of each of `wanted`'s queues and wakes their senders.
+    /// Adds a row (an event id, or queued ephemeral JSON) to `a`'s queue in `batch`, under
+    /// the next sequence number.
+    fn put_row(&self, batch: &mut Batch, a: &Appservice, value: Vec<u8>) {
+        let seq = {
+            let mut next = self.next_seq.lock();
+            let n = next.entry(a.id().to_owned()).or_insert(0);
+            let seq = *n;
+            *n = n.saturating_add(1);
+            seq
+        };
+        let key = QueueKey {
+            appservice: a.id(),
+            seq,
+        };
+        batch.put(Table::AppserviceseqEvent, key.encode(), value);
+    }
+
     fn put_rows(&self, wanted: &[&Arc<Appservice>], value: &[u8]) {
         if wanted.is_empty() {
             return;
         }
         let mut batch = Batch::new();
         for a in wanted {
-            let seq = {
-                let mut next = self.next_seq.lock();
-                let n = next.entry(a.id().to_owned()).or_insert(0);
-                let seq = *n;
-                *n = n.saturating_add(1);
-                seq
-            };
-            let key = QueueKey {
-                appservice: a.id(),
-                seq,
-            };
-            batch.put(Table::AppserviceseqEvent, key.encode(), value.to_vec());
+            self.put_row(&mut batch, a, value.to_vec());
         }
         if let Err(e) = self.db.write(batch) {
             tracing::warn!("cannot queue ephemeral data for appservices: {e}");

@@ -463,6 +463,7 @@ impl LiveKit {
             .unwrap_or_else(|e| panic!("expected to spawn {}: {e}", self.bin.display()));
         self.child = Some(child);
         let http = reqwest::Client::builder()
+            .no_proxy()
             .timeout(Duration::from_secs(2))
             .build()
             .unwrap_or_else(|e| panic!("expected an HTTP client: {e}"));
@@ -592,7 +593,11 @@ pub fn verify_hs256(token: &str, secret: &str) -> Result<Value, String> {
     mac.update(format!("{header_b64}.{payload_b64}").as_bytes());
     mac.verify_slice(&given)
         .map_err(|_| "the signature does not match the secret".to_owned())?;
-    let claims = jwt_claims(token);
+    let claims: Value = URL_SAFE_NO_PAD
+        .decode(payload_b64)
+        .ok()
+        .and_then(|p| serde_json::from_slice(&p).ok())
+        .ok_or("the JWT payload is not base64url JSON")?;
     let now = unix_now();
     if claims["exp"].as_i64().is_none_or(|exp| exp + 60 < now) {
         return Err(format!("expired or no exp: {}", claims["exp"]));
@@ -1232,5 +1237,58 @@ async fn serve(mut stream: TcpStream, calls: Arc<Mutex<Vec<WebhookCall>>>, arriv
             return;
         }
         let _ = stream.flush().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hs256_tokens_verify_only_with_their_secret_and_in_date() {
+        let now = unix_now();
+        let claims = json!({ "iss": "key", "sub": "alice", "nbf": now - 10, "exp": now + 600 });
+        let token = sign_hs256("secret", &claims);
+        assert_eq!(jwt_claims(&token), claims);
+        assert_eq!(verify_hs256(&token, "secret"), Ok(claims.clone()));
+        assert!(verify_hs256(&token, "other").is_err());
+
+        let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+        parts[1] =
+            URL_SAFE_NO_PAD.encode(json!({ "sub": "mallory", "exp": now + 600 }).to_string());
+        assert!(verify_hs256(&parts.join("."), "secret").is_err());
+
+        let expired = sign_hs256("secret", &json!({ "exp": now - 3600 }));
+        assert!(verify_hs256(&expired, "secret").is_err());
+        let no_exp = sign_hs256("secret", &json!({ "sub": "alice" }));
+        assert!(verify_hs256(&no_exp, "secret").is_err());
+        assert!(verify_hs256("not a token", "secret").is_err());
+    }
+
+    #[test]
+    fn webhook_calls_verify_against_the_body_hash() {
+        let body = r#"{"event":"participant_joined"}"#.to_owned();
+        let now = unix_now();
+        let sha = STANDARD.encode(Sha256::digest(body.as_bytes()));
+        let token = sign_hs256(
+            "secret",
+            &json!({ "iss": "key", "nbf": now, "exp": now + 300, "sha256": sha }),
+        );
+        let call = WebhookCall {
+            method: "POST".into(),
+            path: "/".into(),
+            authorization: Some(token),
+            content_type: None,
+            body,
+        };
+        assert_eq!(call.event(), "participant_joined");
+        assert!(call.verify("key", "secret").is_ok());
+        assert!(call.verify("other key", "secret").is_err());
+        let mut changed = call.clone();
+        changed.body.push(' ');
+        assert!(changed.verify("key", "secret").is_err());
+        let mut unsigned = call;
+        unsigned.authorization = None;
+        assert!(unsigned.verify("key", "secret").is_err());
     }
 }

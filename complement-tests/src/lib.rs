@@ -11,6 +11,7 @@ mod events;
 pub mod federation;
 mod hmac_sha1;
 pub mod irc;
+pub mod livekit;
 pub mod network;
 pub mod ngircd;
 pub mod pyclients;

@@ -23,6 +23,7 @@ mod guild_federation;
 mod guild_members;
 mod guilds;
 mod hardening;
+mod livekit_harness;
 mod media;
 mod membership;
 mod messages;

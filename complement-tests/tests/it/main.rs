@@ -30,6 +30,7 @@ mod messages;
 mod people;
 mod push;
 mod real_bridges;
+mod voice;
 mod relations;
 mod room_versions;
 mod rooms;

@@ -11,6 +11,7 @@ pub mod media;
 pub mod paracord;
 mod params;
 pub mod router;
+pub mod rtc;
 pub mod ruma_wrapper;
 pub mod synapse_admin;
 pub mod well_known;

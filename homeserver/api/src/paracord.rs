@@ -53,6 +53,7 @@ pub(crate) fn routes() -> Router<AppState> {
     let r = channels::routes(r);
     let r = applications::routes(r);
     let r = webhooks::routes(r);
+    let r = crate::rtc::paracord_routes(r);
     members::routes(r)
 }
 

@@ -414,6 +414,8 @@ pub fn app(services: Arc<Services>) -> Router {
         )
         // executing webhooks: the token is the secret; not relayed (spec/webhooks.md)
         .merge(crate::paracord::webhooks::execute_routes())
+        // the MatrixRTC focus (spec/voice.md)
+        .merge(crate::rtc::routes())
         // media
         .route("/_matrix/media/v3/upload", post(media::upload_route))
         .route("/_matrix/media/r0/upload", post(media::upload_route))

@@ -2,23 +2,25 @@
 
 use axum::extract::State;
 use paracord_core::Error;
+use axum::Json;
 use ruma::{
-    api::{
-        client::discovery::discover_homeserver as client_discovery,
-        federation::discovery::discover_homeserver as server_discovery,
-    },
-    OwnedServerName,
+    api::federation::discovery::discover_homeserver as server_discovery, OwnedServerName,
 };
+use serde_json::{json, Value};
 
 use crate::{ApiError, AppState, RumaResponse};
 
 /// `GET /.well-known/matrix/client` — https://spec.matrix.org/v1.19/client-server-api/#getwell-knownmatrixclient
-pub(crate) async fn well_known_client_route(
-    State(state): State<AppState>,
-) -> RumaResponse<client_discovery::Response> {
-    RumaResponse(client_discovery::Response::new(
-        client_discovery::HomeserverInfo::new(state.config.public_baseurl()),
-    ))
+///
+/// With a LiveKit SFU configured, it names this server's focus for MatrixRTC clients
+/// (`org.matrix.msc4143.rtc_foci`, which Element Call reads; spec/voice.md §2).
+pub(crate) async fn well_known_client_route(State(state): State<AppState>) -> Json<Value> {
+    let mut body = json!({ "m.homeserver": { "base_url": state.config.public_baseurl() } });
+    if let Some(url) = state.rtc.service_url() {
+        body["org.matrix.msc4143.rtc_foci"] =
+            json!([{ "type": "livekit", "livekit_service_url": url }]);
+    }
+    Json(body)
 }
 
 /// `GET /.well-known/matrix/server` — https://spec.matrix.org/v1.19/server-server-api/#getwell-knownmatrixserver

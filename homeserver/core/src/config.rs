@@ -121,6 +121,22 @@ pub struct Config {
     pub to_device_max_age_ms: u64,
     /// How long an application's interaction token answers (spec/applications.md).
     pub interaction_token_ttl_ms: u64,
+    /// The LiveKit SFU that voice channels and calls use (spec/voice.md): the URL clients
+    /// connect to (`wss://…`, or `ws://` on a private network). With the key and secret, the
+    /// server is a MatrixRTC focus; without them the focus routes answer "not configured".
+    #[serde(deserialize_with = "opt_string_like")]
+    pub livekit_url: Option<String>,
+    /// Where the server itself reaches LiveKit's API (RoomService over HTTP); defaults to
+    /// `livekit_url` with `ws` turned into `http`.
+    #[serde(deserialize_with = "opt_string_like")]
+    pub livekit_api_url: Option<String>,
+    /// A key of LiveKit's `keys:` section, and its secret (at least 32 characters).
+    #[serde(deserialize_with = "opt_string_like")]
+    pub livekit_api_key: Option<String>,
+    #[serde(deserialize_with = "opt_string_like")]
+    pub livekit_api_secret: Option<String>,
+    /// How long a LiveKit access token admits its holder to a call (not how long they stay).
+    pub livekit_token_ttl_ms: u64,
     /// A directory of application service registrations: every `*.yaml` / `*.yml` file in it
     /// is one (the Complement convention). Unset: no appservices.
     pub appservice_dir: Option<PathBuf>,
@@ -192,6 +208,11 @@ impl Default for Config {
             to_device_max_pending: 10_000,
             to_device_max_age_ms: 30 * 24 * 60 * 60 * 1000,
             interaction_token_ttl_ms: 15 * 60 * 1000,
+            livekit_url: None,
+            livekit_api_url: None,
+            livekit_api_key: None,
+            livekit_api_secret: None,
+            livekit_token_ttl_ms: 10 * 60 * 1000,
             appservice_dir: None,
             log: "info".to_owned(),
         }
@@ -367,6 +388,16 @@ pub const TEMPLATE: &str = r#"# Paracord homeserver configuration.
 # (default 15 minutes). See spec/applications.md.
 #interaction_token_ttl_ms = 900000
 
+# Voice channels, streams and calls (spec/voice.md, docs/operating.md): a LiveKit SFU next to
+# the server. The server checks who may join, speak and stream and hands out LiveKit tokens;
+# LiveKit's webhook goes to <public_baseurl>/_paracord/livekit/webhook with the same key.
+# livekit_api_url is where the server reaches LiveKit itself (default: livekit_url as http).
+#livekit_url = "wss://livekit.example.org"
+#livekit_api_url = "http://127.0.0.1:7880"
+#livekit_api_key = "paracord"
+#livekit_api_secret = "a secret of at least 32 characters"
+#livekit_token_ttl_ms = 600000
+
 # Application services (bridges, bots): every *.yaml / *.yml file in this directory is a
 # registration (id, url, as_token, hs_token, sender_localpart, namespaces). A file that does
 # not parse, or clashes with another, is logged and skipped. See docs/appservices.md.
@@ -510,6 +541,7 @@ impl Config {
                     .to_owned(),
             );
         }
+        self.check_livekit()?;
         if self.remote_media_cache_bytes_per_origin == 0
             || self.thumbnail_max_source_side == 0
             || self.thumbnail_max_decode_bytes == 0
@@ -532,6 +564,64 @@ impl Config {
             return Err("rate limits per second must be positive".to_owned());
         }
         Ok(())
+    }
+
+    /// The LiveKit keys: all of url, key and secret or none; URLs with a scheme LiveKit
+    /// speaks; a secret LiveKit accepts.
+    fn check_livekit(&self) -> Result<(), String> {
+        let set = [
+            self.livekit_url.is_some(),
+            self.livekit_api_key.is_some(),
+            self.livekit_api_secret.is_some(),
+        ];
+        if set.iter().any(|s| *s) && !set.iter().all(|s| *s) {
+            return Err(
+                "livekit_url, livekit_api_key and livekit_api_secret must be set together"
+                    .to_owned(),
+            );
+        }
+        for (name, url, schemes) in [
+            ("livekit_url", &self.livekit_url, ["ws://", "wss://", "http://", "https://"]),
+            ("livekit_api_url", &self.livekit_api_url, ["http://", "https://", "ws://", "wss://"]),
+        ] {
+            if let Some(url) = url {
+                if !schemes.iter().any(|s| url.starts_with(s)) || url.contains(char::is_whitespace) {
+                    return Err(format!("{name} {url:?} is not a ws(s):// or http(s):// URL"));
+                }
+            }
+        }
+        if let Some(secret) = &self.livekit_api_secret {
+            if secret.len() < 32 {
+                return Err("livekit_api_secret must be at least 32 characters".to_owned());
+            }
+        }
+        if self.livekit_api_key.as_ref().is_some_and(|k| k.is_empty()) {
+            return Err("livekit_api_key must not be empty".to_owned());
+        }
+        if self.livekit_token_ttl_ms < 1000 {
+            return Err("livekit_token_ttl_ms must be at least 1000".to_owned());
+        }
+        Ok(())
+    }
+
+    /// The LiveKit focus, when configured: (client URL, API base URL, key, secret).
+    pub fn livekit(&self) -> Option<(String, String, String, String)> {
+        let url = self.livekit_url.clone()?;
+        let api = self.livekit_api_url.clone().unwrap_or_else(|| {
+            if let Some(rest) = url.strip_prefix("ws://") {
+                format!("http://{rest}")
+            } else if let Some(rest) = url.strip_prefix("wss://") {
+                format!("https://{rest}")
+            } else {
+                url.clone()
+            }
+        });
+        Some((
+            url,
+            api.trim_end_matches('/').to_owned(),
+            self.livekit_api_key.clone()?,
+            self.livekit_api_secret.clone()?,
+        ))
     }
 
     /// Where the signing key lives.

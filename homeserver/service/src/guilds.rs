@@ -10,4 +10,5 @@ pub mod permissions;
 pub mod projection;
 pub mod relay;
 pub mod store;
+pub mod voice;
 pub mod webhooks;

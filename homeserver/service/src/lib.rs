@@ -20,6 +20,7 @@ pub mod pushers;
 pub mod random;
 pub mod ratelimit;
 pub mod reports;
+pub mod rtc;
 pub mod rooms;
 pub mod search;
 pub mod server_keys;
@@ -79,6 +80,7 @@ pub struct Services {
     pub appservices: Arc<appservice::Appservices>,
     pub applications: Arc<guilds::applications::Applications>,
     pub webhooks: Arc<guilds::webhooks::Webhooks>,
+    pub rtc: Arc<rtc::Rtc>,
 }
 
 impl Services {
@@ -138,6 +140,7 @@ impl Services {
         };
         let invites = Arc::new(guilds::members::InviteIndex::new(db.clone()));
         let channel_access = Arc::new(guilds::channels::ChannelAccess::new());
+        let rtc_observer = Arc::new(rtc::RtcObserver::new());
         let rooms = Arc::new_cyclic(|me| {
             rooms::Rooms::new(
                 rooms::RoomsParts {
@@ -157,6 +160,7 @@ impl Services {
                             accounts.clone(),
                         )),
                         channel_access.clone(),
+                        rtc_observer.clone(),
                         Arc::new(push_observer),
                         Arc::new(appservice::AppserviceObserver::new(
                             appservices.clone(),
@@ -306,6 +310,15 @@ impl Services {
             account_data.clone(),
         ));
         // Applications deliver interactions to their bots as to-device messages.
+        let rtc = Arc::new(rtc::Rtc::new(
+            config.clone(),
+            db.clone(),
+            rooms.clone(),
+            accounts.clone(),
+            federation.clone(),
+            Arc::new(guilds::voice::GuildCalls),
+        )?);
+        rtc_observer.set_rtc(Arc::downgrade(&rtc));
         let applications = Arc::new(guilds::applications::Applications::new(
             db.clone(),
             config.clone(),
@@ -348,6 +361,7 @@ impl Services {
             appservices,
             applications,
             webhooks,
+            rtc,
         })
     }
 }

@@ -158,6 +158,10 @@ pub enum Table {
     /// webhook id → the webhook's record (channel, its user, the SHA-256 of its token, the
     /// GitHub secret; spec/webhooks.md). The public part is `chat.paracord.webhook` state.
     WebhookidWebhook,
+    /// `room_id 0xFF user_id 0xFF LiveKit identity` → a LiveKit token handed out for a call
+    /// in that room (its LiveKit room, device, whether the participant is connected), kept
+    /// until the participant leaves the SFU, so that a kick reaches them after a restart.
+    RoomuseridentityRtcparticipant,
 }
 
 impl Table {
@@ -235,6 +239,7 @@ impl Table {
         Table::GuildappcmdCommand,
         Table::InteractionidInteraction,
         Table::WebhookidWebhook,
+        Table::RoomuseridentityRtcparticipant,
     ];
 
     pub fn name(self) -> &'static str {
@@ -313,6 +318,7 @@ impl Table {
             Table::GuildappcmdCommand => "guildappcmd_command",
             Table::InteractionidInteraction => "interactionid_interaction",
             Table::WebhookidWebhook => "webhookid_webhook",
+            Table::RoomuseridentityRtcparticipant => "roomuseridentity_rtcparticipant",
         }
     }
 }

@@ -861,6 +861,8 @@ pub(crate) struct Channel {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit_per_user: Option<u64>,
     pub permission_overwrites: Vec<Overwrite>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub voice: Option<VoiceInfo>,
 }
 
 impl From<ChannelInfo> for Channel {
@@ -876,8 +878,15 @@ impl From<ChannelInfo> for Channel {
             nsfw: c.content.nsfw,
             rate_limit_per_user: c.content.rate_limit_per_user,
             permission_overwrites: c.overwrites.into_iter().map(Overwrite::from).collect(),
+            voice: c.voice_available.map(|available| VoiceInfo { available }),
         }
     }
+}
+
+/// A voice channel's `voice` field (spec/voice.md §5): whether calls can happen here.
+#[derive(Debug, Serialize)]
+pub(crate) struct VoiceInfo {
+    pub available: bool,
 }
 
 /// The Role object (spec/rest.md §4).

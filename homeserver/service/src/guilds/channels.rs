@@ -206,6 +206,8 @@ pub struct ChannelInfo {
     /// Its `chat.paracord.channel`, with `topic` from `m.room.topic` when there is one.
     pub content: ChannelContent,
     pub overwrites: Vec<OverwriteEntry>,
+    /// A voice channel: whether this server has an SFU for its calls (spec/voice.md §5).
+    pub voice_available: Option<bool>,
 }
 
 /// The Channel object (spec/rest.md §4): `name` and `topic` from `m.room.name` and
@@ -228,12 +230,15 @@ pub(crate) fn channel_object(
             _ => None,
         };
     }
+    let voice_available =
+        (content.kind == ChannelKind::Voice).then(|| rooms.config.livekit().is_some());
     Ok(ChannelInfo {
         id: channel.id.clone(),
         guild_id: guild_id.to_owned(),
         name,
         content,
         overwrites,
+        voice_available,
     })
 }
 
@@ -1090,7 +1095,14 @@ pub async fn create_channel(
                 invite: Vec::new(),
                 is_direct: false,
                 initial_state,
-                power_level_override: Some(power_levels(&guild, &members, &o, now, true)),
+                power_level_override: Some(power_levels(
+                    &guild,
+                    &members,
+                    &o,
+                    now,
+                    true,
+                    kind == ChannelKind::Voice,
+                )),
                 creation_content: None,
                 profile: (profile_field("displayname"), profile_field("avatar_url")),
             },

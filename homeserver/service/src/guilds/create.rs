@@ -81,6 +81,7 @@ pub async fn create_guild(
         &ChannelOverwrites::default(),
         now_ms(),
         true,
+        false,
     );
     let room = |name: &str,
                 preset: Preset,

@@ -39,6 +39,7 @@ use serde_json::Value;
 use super::{
     events::{ChannelContent, ChannelKind, GuildContent},
     permissions::{ChannelOverwrites, Permissions},
+    projection::CALL_MEMBER_TYPES,
     store::{is_webhook, load_guild, load_member, overwrites},
 };
 use crate::rooms::{
@@ -71,6 +72,10 @@ pub enum Refusal {
     Category,
     /// Slow mode: the sender's previous message is too recent (seconds left).
     SlowMode(u64),
+    /// Calls happen in voice channels only (spec/voice.md §1).
+    NotVoice,
+    /// A call membership's state key names someone else (spec/voice.md §1).
+    NotYours,
 }
 
 impl fmt::Display for Refusal {
@@ -87,6 +92,11 @@ impl fmt::Display for Refusal {
             ),
             Refusal::OwnerOnly => write!(f, "Only the guild's owner may change chat.paracord.* state"),
             Refusal::Category => write!(f, "A category carries no messages"),
+            Refusal::NotVoice => write!(f, "Only voice channels have calls"),
+            Refusal::NotYours => write!(
+                f,
+                "A call membership's state key must be your user ID, or start with it (or with _ and it) followed by _"
+            ),
             Refusal::SlowMode(secs) => write!(
                 f,
                 "Slow mode is on in this channel: wait {secs} more seconds before sending another message"
@@ -196,11 +206,11 @@ pub fn reads_history(rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<b
 }
 
 /// The guild a room belongs to, and which part of it the room is.
-struct Place {
-    guild_id: OwnedRoomId,
-    owner: String,
+pub(crate) struct Place {
+    pub(crate) guild_id: OwnedRoomId,
+    pub(crate) owner: String,
     /// `None` in the guild space itself.
-    channel: Option<ChannelContent>,
+    pub(crate) channel: Option<ChannelContent>,
 }
 
 fn key(kind: &str, state_key: &str) -> (String, String) {
@@ -211,7 +221,7 @@ fn key(kind: &str, state_key: &str) -> (String, String) {
 /// as owner, spec/guilds.md §1), or the space of a channel (a room with
 /// `chat.paracord.channel`, created by the owner, whose `m.space.parent` is such a guild
 /// listing it as a child). Anything else is no guild room.
-fn place(rooms: &Rooms, room_id: &RoomId, state: &StateMap) -> Result<Option<Place>> {
+pub(crate) fn place(rooms: &Rooms, room_id: &RoomId, state: &StateMap) -> Result<Option<Place>> {
     let is_space = state.contains_key(&key("chat.paracord.guild", ""));
     if !is_space && !state.contains_key(&key("chat.paracord.channel", "")) {
         return Ok(None);
@@ -355,6 +365,55 @@ fn missing(have: Permissions, flag: Permissions) -> Option<Refusal> {
     Some(Refusal::Missing(name))
 }
 
+/// Whether a call membership event joins a call (rather than leaving one): a non-empty
+/// content that is not the older `memberships: []` form nor MSC4143's `leave`.
+fn joins_call(content: &Value) -> bool {
+    let Some(map) = content.as_object() else {
+        return false;
+    };
+    if map.is_empty() {
+        return false;
+    }
+    if map
+        .get("memberships")
+        .and_then(Value::as_array)
+        .is_some_and(|m| m.is_empty())
+    {
+        return false;
+    }
+    let leave = |v: Option<&Value>| v.and_then(Value::as_str) == Some("leave");
+    !(leave(content.pointer("/member/membership")) || leave(map.get("membership")))
+}
+
+/// Call membership (spec/voice.md §1): a state key of one's own; joining needs a voice
+/// channel, VIEW_CHANNEL and CONNECT (so a timed-out member cannot); leaving is always
+/// allowed.
+fn call_member(place: &Place, pdu: &Pdu, content: &Value, perms: Permissions) -> Option<Refusal> {
+    if let Some(key) = pdu.state_key.as_deref() {
+        let sender = pdu.sender.as_str();
+        let own = key == sender
+            || key
+                .strip_prefix('_')
+                .unwrap_or(key)
+                .strip_prefix(sender)
+                .is_some_and(|rest| rest.starts_with('_'));
+        if !own {
+            return Some(Refusal::NotYours);
+        }
+    }
+    if !joins_call(content) {
+        return None;
+    }
+    if !place
+        .channel
+        .as_ref()
+        .is_some_and(|c| c.kind == ChannelKind::Voice)
+    {
+        return Some(Refusal::NotVoice);
+    }
+    missing(perms, Permissions::VIEW_CHANNEL).or_else(|| missing(perms, Permissions::CONNECT))
+}
+
 /// The rules, for a sender who is not the owner.
 fn decide(
     rooms: &Rooms,
@@ -437,6 +496,10 @@ fn decide(
         };
         let target = load_member(rooms, &place.guild_id, target)?;
         return Ok((!guild.outranks(&actor, &target)).then_some(Refusal::Outranked(name)));
+    }
+
+    if CALL_MEMBER_TYPES.contains(&kind.as_str()) {
+        return Ok(call_member(place, pdu, &content, perms));
     }
 
     if let Some(until) = timed_out {

@@ -21,12 +21,29 @@ const MODERATION: Permissions = Permissions(
         | Permissions::MANAGE_ROLES.0,
 );
 
-/// A member's level in a channel.
+/// The event types of MatrixRTC call membership (spec/voice.md §1): a member who may send
+/// messages, or in a voice channel join calls, may send them on plain Matrix servers too;
+/// Paracord servers narrow them to voice channels and CONNECT.
+pub const CALL_MEMBER_TYPES: &[&str] = &[
+    "org.matrix.msc3401.call.member",
+    "m.call.member",
+    "m.rtc.member",
+    "org.matrix.msc4143.rtc.member",
+];
+
+/// Whether these permissions make a sender (level 1): SEND_MESSAGES, or in a voice channel
+/// CONNECT, so that its members can write their call membership.
+fn sends(p: Permissions, voice: bool) -> bool {
+    p.contains(Permissions::SEND_MESSAGES) || (voice && p.contains(Permissions::CONNECT))
+}
+
+/// A member's level in a channel (`voice`: a voice channel).
 pub fn member_level(
     guild: &Guild,
     member: &Member,
     overwrites: &ChannelOverwrites,
     now: u64,
+    voice: bool,
 ) -> i64 {
     if member.user_id == guild.owner {
         return OWNER_LEVEL;
@@ -40,7 +57,7 @@ pub fn member_level(
     let p = guild.channel_permissions(member, overwrites, now);
     if p.0 & MODERATION.0 != 0 {
         MODERATOR_LEVEL
-    } else if p.contains(Permissions::SEND_MESSAGES) {
+    } else if sends(p, voice) {
         SENDER_LEVEL
     } else {
         0
@@ -50,12 +67,14 @@ pub fn member_level(
 /// The power levels content of a channel for these members at time `now` (ms). The guild
 /// space's own power levels are the same projection with no overwrites. In room versions
 /// whose creators have unlimited power (12), the owner (the creator) must not be listed.
+/// `voice`: the channel is a voice channel.
 pub fn power_levels(
     guild: &Guild,
     members: &[Member],
     overwrites: &ChannelOverwrites,
     now: u64,
     owner_is_creator: bool,
+    voice: bool,
 ) -> Value {
     // What a member with no role and no overwrite of their own gets.
     let nobody = Member {
@@ -64,7 +83,7 @@ pub fn power_levels(
         communication_disabled_until: None,
     };
     let everyone = guild.channel_permissions(&nobody, overwrites, now);
-    let users_default = if everyone.contains(Permissions::SEND_MESSAGES) {
+    let users_default = if sends(everyone, voice) {
         SENDER_LEVEL
     } else {
         0
@@ -74,7 +93,7 @@ pub fn power_levels(
         if owner_is_creator && m.user_id == guild.owner {
             continue;
         }
-        let level = member_level(guild, m, overwrites, now);
+        let level = member_level(guild, m, overwrites, now, voice);
         if level != users_default {
             users.insert(m.user_id.clone(), json!(level));
         }
@@ -84,6 +103,30 @@ pub fn power_levels(
     } else {
         MODERATOR_LEVEL
     };
+    let mut events = json!({
+        "m.room.power_levels": ADMIN_LEVEL,
+        "m.room.name": MODERATOR_LEVEL,
+        "m.room.topic": MODERATOR_LEVEL,
+        "m.room.avatar": MODERATOR_LEVEL,
+        "m.room.join_rules": OWNER_LEVEL,
+        "m.room.history_visibility": OWNER_LEVEL,
+        "m.room.server_acl": OWNER_LEVEL,
+        "m.room.tombstone": OWNER_LEVEL,
+        "m.room.encryption": OWNER_LEVEL,
+        "m.space.child": OWNER_LEVEL,
+        "m.space.parent": OWNER_LEVEL,
+        "chat.paracord.guild": OWNER_LEVEL,
+        "chat.paracord.channel": OWNER_LEVEL,
+        "chat.paracord.role": OWNER_LEVEL,
+        "chat.paracord.member": OWNER_LEVEL,
+        "chat.paracord.overwrite": OWNER_LEVEL,
+        "chat.paracord.invite": OWNER_LEVEL,
+        "chat.paracord.webhook": OWNER_LEVEL,
+        "m.reaction": SENDER_LEVEL,
+    });
+    for kind in CALL_MEMBER_TYPES {
+        events[*kind] = json!(SENDER_LEVEL);
+    }
     json!({
         "users": users,
         "users_default": users_default,
@@ -95,27 +138,7 @@ pub fn power_levels(
         "invite": invite,
         // What the guild host alone manages is at the owner's level, so that plain Matrix
         // servers refuse it from anyone else too (spec/guilds.md §8.1, §9).
-        "events": {
-            "m.room.power_levels": ADMIN_LEVEL,
-            "m.room.name": MODERATOR_LEVEL,
-            "m.room.topic": MODERATOR_LEVEL,
-            "m.room.avatar": MODERATOR_LEVEL,
-            "m.room.join_rules": OWNER_LEVEL,
-            "m.room.history_visibility": OWNER_LEVEL,
-            "m.room.server_acl": OWNER_LEVEL,
-            "m.room.tombstone": OWNER_LEVEL,
-            "m.room.encryption": OWNER_LEVEL,
-            "m.space.child": OWNER_LEVEL,
-            "m.space.parent": OWNER_LEVEL,
-            "chat.paracord.guild": OWNER_LEVEL,
-            "chat.paracord.channel": OWNER_LEVEL,
-            "chat.paracord.role": OWNER_LEVEL,
-            "chat.paracord.member": OWNER_LEVEL,
-            "chat.paracord.overwrite": OWNER_LEVEL,
-            "chat.paracord.invite": OWNER_LEVEL,
-            "chat.paracord.webhook": OWNER_LEVEL,
-            "m.reaction": SENDER_LEVEL,
-        },
+        "events": events,
     })
 }
 
@@ -194,6 +217,7 @@ mod tests {
             &ChannelOverwrites::default(),
             0,
             false,
+            false,
         );
         assert_eq!(
             pl,
@@ -215,9 +239,34 @@ mod tests {
                     "chat.paracord.overwrite": 100, "chat.paracord.invite": 100,
                     "chat.paracord.webhook": 100,
                     "m.reaction": 1,
+                    "org.matrix.msc3401.call.member": 1, "m.call.member": 1,
+                    "m.rtc.member": 1, "org.matrix.msc4143.rtc.member": 1,
                 },
             })
         );
+    }
+
+    /// A voice channel where @everyone may connect but not write: members are senders, so
+    /// that plain Matrix servers accept their call membership; in a text channel with the
+    /// same overwrites they are not.
+    #[test]
+    fn connecting_makes_a_sender_in_voice_channels_only() {
+        let mut o = ChannelOverwrites::default();
+        o.roles.insert(
+            EVERYONE.into(),
+            Overwrite {
+                allow: Permissions::CONNECT,
+                deny: Permissions::SEND_MESSAGES,
+            },
+        );
+        let voice = power_levels(&guild(), &members(), &o, 0, false, true);
+        assert_eq!(voice["users_default"], 1);
+        let text = power_levels(&guild(), &members(), &o, 0, false, false);
+        assert_eq!(text["users_default"], 0);
+        o.roles.get_mut(EVERYONE).unwrap().deny = Permissions::SEND_MESSAGES | Permissions::CONNECT;
+        o.roles.get_mut(EVERYONE).unwrap().allow = Permissions::NONE;
+        let silent = power_levels(&guild(), &members(), &o, 0, false, true);
+        assert_eq!(silent["users_default"], 0);
     }
 
     /// An announcement channel: @everyone may not send or invite, the speaker role may
@@ -241,7 +290,7 @@ mod tests {
         );
         let mut ms = members();
         ms[2].communication_disabled_until = Some(500);
-        let pl = power_levels(&guild(), &ms, &o, 100, false);
+        let pl = power_levels(&guild(), &ms, &o, 100, false, false);
         assert_eq!(pl["users_default"], 0);
         assert_eq!(pl["invite"], 50);
         assert_eq!(
@@ -249,7 +298,7 @@ mod tests {
             json!({ "@owner:x": 100, "@admin:x": 90, "@speaker:x": 1 }),
             "the timed-out moderator is at the default 0"
         );
-        let after = power_levels(&guild(), &ms, &o, 500, false);
+        let after = power_levels(&guild(), &ms, &o, 500, false, false);
         assert_eq!(after["users"]["@mod:x"], 50);
     }
 
@@ -263,11 +312,11 @@ mod tests {
                 deny: Permissions::VIEW_CHANNEL,
             },
         );
-        let pl = power_levels(&guild(), &members(), &o, 0, false);
+        let pl = power_levels(&guild(), &members(), &o, 0, false, false);
         assert_eq!(pl["users_default"], 0);
         assert_eq!(pl["users"], json!({ "@owner:x": 100, "@admin:x": 90 }));
         // Room version 12: the owner created the room and is not listed.
-        let v12 = power_levels(&guild(), &members(), &o, 0, true);
+        let v12 = power_levels(&guild(), &members(), &o, 0, true, false);
         assert_eq!(v12["users"], json!({ "@admin:x": 90 }));
     }
 }

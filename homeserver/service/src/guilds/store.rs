@@ -6,7 +6,9 @@ use ruma::{events::room::member::MembershipState, OwnedRoomId, RoomId, UserId};
 use serde_json::Value;
 
 use super::{
-    events::{GuildContent, OverwriteContent, OverwriteTarget, RoleContent},
+    events::{
+        ChannelContent, ChannelKind, GuildContent, OverwriteContent, OverwriteTarget, RoleContent,
+    },
     permissions::{ChannelOverwrites, Guild, Member, Permissions, EVERYONE},
     projection::power_levels,
 };
@@ -273,9 +275,13 @@ pub async fn reproject(rooms: &Rooms, guild_id: &RoomId) -> Result<()> {
     }
     for (room, o) in targets {
         let v12 = rooms.room_or_404(&room)?.version == "12";
-        let mut pl = power_levels(&guild, &members, &o, now, v12);
+        let state = rooms.current_state(&room)?;
+        let voice = rooms
+            .state_content(&state, "chat.paracord.channel", "")?
+            .and_then(|c| serde_json::from_value::<ChannelContent>(c).ok())
+            .is_some_and(|c| c.kind == ChannelKind::Voice);
+        let mut pl = power_levels(&guild, &members, &o, now, v12, voice);
         if room != guild_id {
-            let state = rooms.current_state(&room)?;
             webhook_levels(&mut pl, &webhook_users(rooms, &state)?);
         }
         let current = rooms.current_state(&room)?;

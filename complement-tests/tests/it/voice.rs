@@ -1,0 +1,554 @@
+//! The MatrixRTC focus (spec/voice.md) against a real LiveKit SFU and real participants: a
+//! token from Paracord admits a user to their voice channel's call with the grants their
+//! permissions give; the SFU follows the room — a kicked member is dropped, a member who loses
+//! SPEAK stops publishing; a user of another server joins with an OpenID token that the focus
+//! checks over federation. Without LiveKit keys the focus says it is not configured.
+
+use std::time::{Duration, Instant};
+
+use paracord_complement::{
+    enc, expect_error, expect_ok,
+    federation::federating_server_with,
+    livekit::{jwt_claims, LiveKit, LiveKitOptions, Peer},
+    random_word, StatusCode, TestServer, User,
+};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(20);
+const VIEW_CHANNEL: u64 = 1 << 10;
+const CONNECT: u64 = 1 << 20;
+const SPEAK: u64 = 1 << 21;
+const MUTE_MEMBERS: u64 = 1 << 22;
+
+fn s(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_owned()
+}
+
+/// The LiveKit keys of `lk` in a server's environment.
+fn livekit_env(lk: &LiveKit) -> Vec<(String, String)> {
+    vec![
+        ("PARACORD_LIVEKIT_URL".into(), lk.url()),
+        ("PARACORD_LIVEKIT_API_KEY".into(), lk.api_key().to_owned()),
+        (
+            "PARACORD_LIVEKIT_API_SECRET".into(),
+            lk.api_secret().to_owned(),
+        ),
+    ]
+}
+
+/// A LiveKit SFU and a Paracord using it, with LiveKit's webhook pointed at Paracord.
+async fn focus(extra: &[(&str, &str)]) -> (LiveKit, TestServer) {
+    let mut lk = LiveKit::start(LiveKitOptions::default()).await;
+    let env = livekit_env(&lk);
+    let server = TestServer::start_with(|e| {
+        for (k, v) in &env {
+            TestServer::set_env(e, k, v);
+        }
+        for (k, v) in extra {
+            TestServer::set_env(e, k, v);
+        }
+    })
+    .await;
+    lk.restart_with(LiveKitOptions {
+        webhook_urls: vec![format!("{}/_paracord/livekit/webhook", server.base_url())],
+        ..LiveKitOptions::default()
+    })
+    .await;
+    (lk, server)
+}
+
+/// `owner`'s guild with a voice channel and a text one: `(guild, voice, text)`.
+async fn guild_with_voice(owner: &User) -> (String, String, String) {
+    let guild = expect_ok(
+        owner
+            .post("/_paracord/v1/guilds", &json!({ "name": "Voice" }))
+            .await,
+        "create guild",
+    );
+    let id = s(&guild["id"]);
+    let voice = expect_ok(
+        owner
+            .post(
+                &format!("/_paracord/v1/guilds/{}/channels", enc(&id)),
+                &json!({ "name": "Lounge", "kind": "voice" }),
+            )
+            .await,
+        "create voice channel",
+    );
+    (id, s(&voice["id"]), s(&guild["system_channel"]))
+}
+
+/// `member` joins the guild (through an invite) and the channel.
+async fn join_guild(owner: &User, member: &User, guild: &str, text: &str, channel: &str) {
+    let invite = expect_ok(
+        owner
+            .post(
+                &format!("/_paracord/v1/channels/{}/invites", enc(text)),
+                &json!({}),
+            )
+            .await,
+        "create invite",
+    );
+    let code = s(&invite["code"]);
+    expect_ok(
+        member
+            .post(&format!("/_paracord/v1/invites/{code}"), &json!({}))
+            .await,
+        "accept invite",
+    );
+    let _ = guild;
+    member.join_ok(channel).await;
+}
+
+/// MSC4195 `get_token` with the user's own access token.
+async fn get_token(user: &User, room: &str, member_id: &str) -> (StatusCode, Value) {
+    user.post(
+        "/_matrix/client/v1/rtc/livekit/get_token",
+        &json!({
+            "room_id": room,
+            "slot_id": "m.call#ROOM",
+            "member": { "id": member_id, "claimed_device_id": user.device_id },
+        }),
+    )
+    .await
+}
+
+/// An OpenID token of `user` from their own server.
+async fn openid(user: &User) -> Value {
+    expect_ok(
+        user.post(
+            &format!("/_matrix/client/v3/user/{}/openid/request_token", enc(&user.user_id)),
+            &json!({}),
+        )
+        .await,
+        "request an OpenID token",
+    )
+}
+
+/// Element Call's legacy exchange at the focus service URL.
+async fn sfu_get(server: &TestServer, user: &User, room: &str) -> (StatusCode, Value) {
+    let token = openid(user).await;
+    server
+        .client()
+        .post(
+            "/_paracord/livekit/sfu/get",
+            &json!({ "room": room, "openid_token": token, "device_id": user.device_id }),
+        )
+        .await
+}
+
+/// The call membership Element Call writes (state key `_@user:server_DEVICE_m.call`).
+fn call_member(user: &User, focus: &str) -> (String, Value) {
+    (
+        format!("_{}_{}_m.call", user.user_id, user.device_id),
+        json!({
+            "application": "m.call", "call_id": "", "scope": "m.room",
+            "device_id": user.device_id, "expires": 14_400_000,
+            "focus_active": { "type": "livekit", "focus_selection": "oldest_membership" },
+            "foci_preferred": [{ "type": "livekit", "livekit_service_url": focus }],
+        }),
+    )
+}
+
+async fn put_call_member(user: &User, room: &str, key: &str, content: &Value) -> (StatusCode, Value) {
+    user.put(
+        &format!(
+            "/rooms/{}/state/org.matrix.msc3401.call.member/{}",
+            enc(room),
+            enc(key)
+        ),
+        content,
+    )
+    .await
+}
+
+async fn overwrite(owner: &User, channel: &str, target: &str, allow: u64, deny: u64) {
+    expect_ok(
+        owner
+            .put(
+                &format!(
+                    "/_paracord/v1/channels/{}/permissions/{}",
+                    enc(channel),
+                    enc(target)
+                ),
+                &json!({ "allow": allow.to_string(), "deny": deny.to_string() }),
+            )
+            .await,
+        &format!("overwrite {target}"),
+    );
+}
+
+/// Waits until the focus lists `user` as connected to the channel's call (LiveKit's webhook
+/// arrived) or not.
+async fn wait_in_call(asker: &User, channel: &str, user: &str, present: bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let list = expect_ok(
+            asker
+                .get(&format!("/_paracord/v1/channels/{}/voice", enc(channel)))
+                .await,
+            "who is in the call",
+        );
+        let found = list["participants"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|p| p["user_id"] == user));
+        if found == present {
+            return list;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "expected {user} {} the call: {list}",
+            if present { "in" } else { "out of" }
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn without_livekit_keys_the_focus_says_it_is_not_configured() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let room = alice.create_room(&json!({})).await;
+
+    let well_known = expect_ok(server.client().get("/.well-known/matrix/client").await, "wk");
+    assert!(well_known.get("org.matrix.msc4143.rtc_foci").is_none(), "{well_known}");
+    assert!(well_known["m.homeserver"]["base_url"].is_string(), "{well_known}");
+    let transports = expect_ok(alice.get("/_matrix/client/v1/rtc/transports").await, "t");
+    assert_eq!(transports, json!({ "rtc_transports": [] }));
+    let unauthenticated = server.client().get("/_matrix/client/v1/rtc/transports").await;
+    expect_error(&unauthenticated, StatusCode::UNAUTHORIZED, "M_MISSING_TOKEN", "no token");
+
+    let token = get_token(&alice, &room, "m1").await;
+    expect_error(&token, StatusCode::NOT_FOUND, "M_UNRECOGNIZED", "get_token");
+    assert!(s(&token.1["error"]).contains("not configured"), "{token:?}");
+    let legacy = sfu_get(&server, &alice, &room).await;
+    expect_error(&legacy, StatusCode::NOT_FOUND, "M_UNRECOGNIZED", "sfu/get");
+    // Messaging is untouched.
+    alice.send_text(&room, "still here").await;
+}
+
+#[tokio::test]
+async fn a_voice_channel_call_carries_audio_to_who_may_connect_and_refuses_the_rest() {
+    let (lk, server) = focus(&[]).await;
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    let carol = server.register_random().await;
+    let (guild, voice, text) = guild_with_voice(&alice).await;
+    join_guild(&alice, &bob, &guild, &text, &voice).await;
+    join_guild(&alice, &carol, &guild, &text, &voice).await;
+
+    // Discovery: .well-known names the focus; the transports list LiveKit.
+    let well_known = expect_ok(server.client().get("/.well-known/matrix/client").await, "wk");
+    let service_url = format!("{}/_paracord/livekit", server.base_url());
+    assert_eq!(
+        well_known["org.matrix.msc4143.rtc_foci"],
+        json!([{ "type": "livekit", "livekit_service_url": service_url }])
+    );
+    for path in [
+        "/_matrix/client/v1/rtc/transports",
+        "/_matrix/client/unstable/org.matrix.msc4143/rtc/transports",
+    ] {
+        let t = expect_ok(alice.get(path).await, path);
+        assert_eq!(t["rtc_transports"][0]["type"], "livekit", "{t}");
+    }
+
+    // Alice joins the call (her membership, then a token for her device).
+    let (key, content) = call_member(&alice, &service_url);
+    expect_ok(put_call_member(&alice, &voice, &key, &content).await, "alice joins");
+    let answer = expect_ok(get_token(&alice, &voice, "alice-1").await, "alice's token");
+    assert_eq!(answer["url"], lk.url().as_str());
+    let claims = jwt_claims(&s(&answer["jwt"]));
+    // MSC4195's names: the alias of (room, slot), the identity of (user, device, member).
+    let alias = claims["video"]["room"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(alias.len(), 43, "{claims}");
+    assert_ne!(alias, voice);
+    assert_eq!(claims["video"]["canPublish"], true, "{claims}");
+    assert_eq!(
+        claims["video"]["canPublishSources"],
+        json!(["microphone", "camera", "screen_share", "screen_share_audio"]),
+        "the owner has every permission: {claims}"
+    );
+    let alice_identity = s(&claims["sub"]);
+    assert!(!alice_identity.contains(&alice.user_id), "pseudonymous: {claims}");
+
+    // Bob, through the focus service URL as Element Call does it.
+    let legacy = expect_ok(sfu_get(&server, &bob, &voice).await, "bob's token");
+    let bob_claims = jwt_claims(&s(&legacy["jwt"]));
+    assert_eq!(bob_claims["video"]["room"], alias.as_str(), "same call: {bob_claims}");
+    assert_eq!(bob_claims["sub"], format!("{}:{}", bob.user_id, bob.device_id));
+
+    let mut a = Peer::connect(&lk.url(), &s(&answer["jwt"])).await.unwrap();
+    let mut b = Peer::connect(&lk.url(), &s(&legacy["jwt"])).await.unwrap();
+    a.publish_audio().await.unwrap();
+    let heard = b.wait_audio(&alice_identity, 50, WAIT).await.unwrap();
+    assert!(heard.frames >= 50 && !heard.silent, "{heard:?}");
+    wait_in_call(&carol, &voice, &alice.user_id, true).await;
+
+    // Carol loses CONNECT: no token, and Paracord refuses her call membership.
+    overwrite(&alice, &voice, &format!("user:{}", carol.user_id), 0, CONNECT).await;
+    let refused = get_token(&carol, &voice, "carol-1").await;
+    expect_error(&refused, StatusCode::FORBIDDEN, "M_FORBIDDEN", "no CONNECT");
+    assert!(s(&refused.1["error"]).contains("CONNECT"), "{refused:?}");
+    let (key, content) = call_member(&carol, &service_url);
+    let refused = put_call_member(&carol, &voice, &key, &content).await;
+    expect_error(&refused, StatusCode::FORBIDDEN, "M_FORBIDDEN", "carol's membership");
+    // Leaving (an empty membership) stays allowed.
+    expect_ok(put_call_member(&carol, &voice, &key, &json!({})).await, "carol leaves");
+    // Nobody writes someone else's membership.
+    let (alices_key, _) = call_member(&alice, &service_url);
+    let forged = put_call_member(&bob, &voice, &alices_key, &json!({})).await;
+    expect_error(&forged, StatusCode::FORBIDDEN, "M_FORBIDDEN", "bob writes alice's key");
+
+    // Text channels and the space have no calls; strangers and bad input get clear errors.
+    let text_call = get_token(&alice, &text, "alice-2").await;
+    expect_error(&text_call, StatusCode::FORBIDDEN, "M_FORBIDDEN", "text channel");
+    assert!(s(&text_call.1["error"]).contains("voice"), "{text_call:?}");
+    let stranger = server.register_random().await;
+    let outsider = get_token(&stranger, &voice, "s-1").await;
+    expect_error(&outsider, StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED", "not a member");
+    let unknown = get_token(&alice, "!nope:nowhere", "a-3").await;
+    expect_error(&unknown, StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED", "unknown room");
+    assert_eq!(outsider.1["error"], unknown.1["error"], "no word on which");
+    let other_device = alice
+        .post(
+            "/_matrix/client/v1/rtc/livekit/get_token",
+            &json!({ "room_id": voice, "slot_id": "m.call#ROOM",
+                     "member": { "id": "x", "claimed_device_id": "SOMEONEELSE" } }),
+        )
+        .await;
+    expect_error(&other_device, StatusCode::FORBIDDEN, "M_FORBIDDEN", "another device");
+    let missing = alice
+        .post("/_matrix/client/v1/rtc/livekit/get_token", &json!({ "room_id": voice }))
+        .await;
+    expect_error(&missing, StatusCode::BAD_REQUEST, "M_BAD_JSON", "no slot or member");
+    let forged_openid = server
+        .client()
+        .post(
+            "/_paracord/livekit/sfu/get",
+            &json!({ "room": voice, "device_id": "D",
+                     "openid_token": { "access_token": "forged", "matrix_server_name": server.server_name() } }),
+        )
+        .await;
+    expect_error(&forged_openid, StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED", "forged OpenID");
+    let bad_server = server
+        .client()
+        .post(
+            "/_paracord/livekit/sfu/get",
+            &json!({ "room": voice, "device_id": "D",
+                     "openid_token": { "access_token": "x", "matrix_server_name": "not a name!" } }),
+        )
+        .await;
+    expect_error(&bad_server, StatusCode::BAD_REQUEST, "M_BAD_JSON", "bad server name");
+    // A webhook not signed with the key changes nothing.
+    let forged_hook = reqwest::Client::new()
+        .post(format!("{}/_paracord/livekit/webhook", server.base_url()))
+        .header("authorization", "not-a-jwt")
+        .body(r#"{"event":"participant_left","room":{"name":"x"},"participant":{"identity":"y"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged_hook.status().as_u16(), 403);
+    wait_in_call(&carol, &voice, &alice.user_id, true).await;
+}
+
+#[tokio::test]
+async fn the_sfu_follows_the_guild_kicks_drop_losing_speak_stops_publishing_mutes_hold() {
+    let (lk, server) = focus(&[]).await;
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    let mallory = server.register_random().await;
+    let (guild, voice, text) = guild_with_voice(&alice).await;
+    join_guild(&alice, &bob, &guild, &text, &voice).await;
+    join_guild(&alice, &mallory, &guild, &text, &voice).await;
+
+    let a_token = expect_ok(get_token(&alice, &voice, "a").await, "alice");
+    let b_token = expect_ok(get_token(&bob, &voice, "b").await, "bob");
+    let b_identity = s(&jwt_claims(&s(&b_token["jwt"]))["sub"]);
+    let alias = s(&jwt_claims(&s(&b_token["jwt"]))["video"]["room"]);
+    let mut a = Peer::connect(&lk.url(), &s(&a_token["jwt"])).await.unwrap();
+    let mut b = Peer::connect(&lk.url(), &s(&b_token["jwt"])).await.unwrap();
+    b.publish_audio().await.unwrap();
+    a.wait_audio(&b_identity, 20, WAIT).await.unwrap();
+    wait_in_call(&alice, &voice, &bob.user_id, true).await;
+
+    // Bob loses SPEAK: LiveKit takes his microphone away.
+    overwrite(&alice, &voice, &format!("user:{}", bob.user_id), 0, SPEAK).await;
+    let start = Instant::now();
+    loop {
+        let tracks = lk.list_participants(&alias).await.unwrap();
+        let mic = tracks
+            .get(&b_identity)
+            .is_some_and(|t| t.iter().any(|t| t.source.contains("microphone") || t.source == "MICROPHONE"));
+        if !mic {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "bob still publishes: {tracks:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("SPEAK removed to microphone gone: {:?}", start.elapsed());
+    let listed = wait_in_call(&alice, &voice, &bob.user_id, true).await;
+    assert!(
+        listed["participants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["user_id"] == bob.user_id.as_str() && p["speak"] == false),
+        "{listed}"
+    );
+    // A new token for him carries no microphone either.
+    let again = expect_ok(get_token(&bob, &voice, "b2").await, "bob again");
+    assert_eq!(jwt_claims(&s(&again["jwt"]))["video"]["canPublish"], false);
+    overwrite(&alice, &voice, &format!("user:{}", bob.user_id), 0, 0).await;
+
+    // Moderation: Mallory has no MUTE_MEMBERS; with it, a server mute holds for new tokens.
+    let path = format!(
+        "/_paracord/v1/channels/{}/voice/members/{}/mute",
+        enc(&voice),
+        enc(&bob.user_id)
+    );
+    let refused = mallory.put(&path, &json!({ "mute": true })).await;
+    expect_error(&refused, StatusCode::FORBIDDEN, "M_FORBIDDEN", "mute without the flag");
+    overwrite(
+        &alice,
+        &voice,
+        &format!("user:{}", mallory.user_id),
+        MUTE_MEMBERS | VIEW_CHANNEL,
+        0,
+    )
+    .await;
+    let muted = expect_ok(mallory.put(&path, &json!({ "mute": true })).await, "mute");
+    assert_eq!(muted["mute"], true);
+    let muted_token = expect_ok(get_token(&bob, &voice, "b3").await, "muted bob");
+    assert_eq!(jwt_claims(&s(&muted_token["jwt"]))["video"]["canPublish"], false);
+    let bad = mallory.put(&path, &json!({ "mute": "yes" })).await;
+    expect_error(&bad, StatusCode::BAD_REQUEST, "M_BAD_JSON", "mute not a bool");
+    expect_ok(mallory.put(&path, &json!({ "mute": false })).await, "unmute");
+    let unmuted = expect_ok(get_token(&bob, &voice, "b4").await, "unmuted bob");
+    assert_eq!(jwt_claims(&s(&unmuted["jwt"]))["video"]["canPublish"], true);
+
+    // Bob is kicked from the guild: the SFU drops him.
+    let kicked_at = Instant::now();
+    expect_ok(
+        alice
+            .post(
+                &format!("/rooms/{}/kick", enc(&guild)),
+                &json!({ "user_id": bob.user_id, "reason": "bye" }),
+            )
+            .await,
+        "kick bob",
+    );
+    let reason = b.wait_disconnected(WAIT).await.unwrap();
+    eprintln!("kick to SFU removal: {:?} ({reason:?})", kicked_at.elapsed());
+    assert_eq!(reason.as_deref(), Some("PARTICIPANT_REMOVED"), "{}", b.log());
+    a.wait_participants(&[], &[&b_identity], WAIT).await.unwrap();
+    wait_in_call(&alice, &voice, &bob.user_id, false).await;
+    let after = get_token(&bob, &voice, "b5").await;
+    expect_error(&after, StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED", "kicked bob");
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refused_by_the_sfu() {
+    let (lk, server) = focus(&[("PARACORD_LIVEKIT_TOKEN_TTL_MS", "1000")]).await;
+    let alice = server.register_random().await;
+    let room = alice.create_room(&json!({})).await;
+    let answer = expect_ok(get_token(&alice, &room, "a").await, "token");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let refused = Peer::connect(&lk.url(), &s(&answer["jwt"])).await;
+    let err = refused.err().expect("an expired token must not connect");
+    assert_eq!(err.code, "connect_failed", "{err:?}");
+    // A fresh one connects: the room itself is fine.
+    let fresh = expect_ok(get_token(&alice, &room, "a2").await, "fresh token");
+    Peer::connect(&lk.url(), &s(&fresh["jwt"])).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_user_of_another_server_joins_a_call_in_a_guild_hosted_here() {
+    let mut lk = LiveKit::start(LiveKitOptions::default()).await;
+    let env = livekit_env(&lk);
+    let (a, _) = federating_server_with(|e| {
+        for (k, v) in &env {
+            TestServer::set_env(e, k, v);
+        }
+    })
+    .await;
+    lk.restart_with(LiveKitOptions {
+        webhook_urls: vec![format!("{}/_paracord/livekit/webhook", a.base_url())],
+        ..LiveKitOptions::default()
+    })
+    .await;
+    let (b, b_name) = federating_server_with(|_| {}).await;
+    let alice = a.register_random().await;
+    let bob = b.register_random().await;
+    let (guild, voice, text) = guild_with_voice(&alice).await;
+    let invite = expect_ok(
+        alice
+            .post(&format!("/_paracord/v1/channels/{}/invites", enc(&text)), &json!({}))
+            .await,
+        "invite",
+    );
+    let a_name = a.server_name();
+    expect_ok(
+        bob.post(
+            &format!("/_paracord/v1/invites/{}?server={}", s(&invite["code"]), enc(&a_name)),
+            &json!({}),
+        )
+        .await,
+        "bob accepts through his server",
+    );
+    let _ = guild;
+    bob.join_ok(&voice).await;
+
+    // Bob's own server gives him an OpenID token; A's focus checks it with B.
+    let token = openid(&bob).await;
+    assert_eq!(token["matrix_server_name"], b_name.as_str());
+    let member_id = random_word();
+    let answer = expect_ok(
+        a.client()
+            .post(
+                "/_paracord/livekit/get_token",
+                &json!({
+                    "room_id": voice, "slot_id": "m.call#ROOM", "openid_token": token,
+                    "member": { "id": member_id, "claimed_device_id": bob.device_id,
+                                "claimed_user_id": bob.user_id },
+                }),
+            )
+            .await,
+        "bob's token from A's focus",
+    );
+    let claims = jwt_claims(&s(&answer["jwt"]));
+    assert_eq!(claims["video"]["roomCreate"], false, "remote users create no rooms: {claims}");
+    assert_eq!(claims["video"]["canPublish"], true, "{claims}");
+
+    let a_token = expect_ok(get_token(&alice, &voice, "alice").await, "alice");
+    let alice_identity = s(&jwt_claims(&s(&a_token["jwt"]))["sub"]);
+    let mut pa = Peer::connect(&lk.url(), &s(&a_token["jwt"])).await.unwrap();
+    let mut pb = Peer::connect(&lk.url(), &s(&answer["jwt"])).await.unwrap();
+    pa.publish_audio().await.unwrap();
+    let heard = pb.wait_audio(&alice_identity, 50, WAIT).await.unwrap();
+    assert!(heard.frames >= 50 && !heard.silent, "{heard:?}");
+
+    // Someone else's OpenID token does not make Bob of it; a claim of another user fails.
+    let lie = a
+        .client()
+        .post(
+            "/_paracord/livekit/get_token",
+            &json!({
+                "room_id": voice, "slot_id": "m.call#ROOM", "openid_token": openid(&bob).await,
+                "member": { "id": "m", "claimed_device_id": "D", "claimed_user_id": alice.user_id },
+            }),
+        )
+        .await;
+    expect_error(&lie, StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED", "claims alice");
+    let forged = a
+        .client()
+        .post(
+            "/_paracord/livekit/get_token",
+            &json!({
+                "room_id": voice, "slot_id": "m.call#ROOM",
+                "openid_token": { "access_token": "forged", "matrix_server_name": b_name },
+                "member": { "id": "m", "claimed_device_id": "D" },
+            }),
+        )
+        .await;
+    expect_error(&forged, StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED", "forged token");
+}

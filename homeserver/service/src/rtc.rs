@@ -1,0 +1,782 @@
+//! The MatrixRTC focus (spec/voice.md): this server hands out LiveKit access tokens for calls
+//! in the rooms it is in, to users its copy of the room state lets in, and keeps the SFU in
+//! step with that state — a member who leaves, is kicked or banned, or loses a permission is
+//! removed from the call or loses what they may publish, within a second.
+//!
+//! Who may do what in a call is a [`CallAccess`]: plain Matrix rooms let every joined member
+//! in ([`JoinedMembers`]); the guild profile plugs in its CONNECT / SPEAK / STREAM rules
+//! without this module knowing it. Three ways in, for the clients that exist:
+//! - MSC4195's `POST /_matrix/client/v1/rtc/livekit/get_token`, with the user's access token;
+//! - the focus service URL advertised in `.well-known` (`/_paracord/livekit`), where Element
+//!   Call's builds exchange an OpenID token: `POST …/get_token` (MSC4195 with the OpenID
+//!   token in the body) and the legacy `POST …/sfu/get`. A user of another server is
+//!   checked with their server over federation (`/_matrix/federation/v1/openid/userinfo`).
+//!
+//! Every token handed out is a row (`RoomuseridentityRtcparticipant`) until LiveKit's webhook
+//! says the participant left, so enforcement still reaches them after a restart.
+
+pub mod livekit;
+pub mod presets;
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, OnceLock, Weak},
+    time::Duration,
+};
+
+use http::StatusCode;
+use paracord_core::{error::ErrorKind, time::now_ms, Config, Error, Result};
+use paracord_storage::{Batch, Db, KeyBuf, KeyReader, Table};
+use parking_lot::Mutex;
+use ruma::{
+    events::room::member::MembershipState, OwnedRoomId, OwnedUserId, RoomId, ServerName, UserId,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{
+    accounts::Accounts,
+    federation::client::FederationClient,
+    rooms::{
+        hooks::{EventObserver, FollowUp},
+        notify::Notification,
+        Pdu, Rooms,
+    },
+};
+use livekit::{LiveKit, Publish, Webhook};
+
+/// Where Element Call finds this focus: `{public_baseurl}` + this.
+pub const SERVICE_PATH: &str = "/_paracord/livekit";
+
+/// What a user may do in a call in a room.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CallGrant {
+    /// Not at all: why (shown to the user).
+    Refused(String),
+    /// Join and listen, and publish what `publish` says.
+    Allowed {
+        publish: Publish,
+        /// Attributes every participant sees (`chat.paracord.priority_speaker`).
+        attributes: Vec<(&'static str, &'static str)>,
+    },
+}
+
+/// A moderator's action on someone else's call (spec/voice.md §5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Moderation {
+    /// Disconnect them (MOVE_MEMBERS).
+    Disconnect,
+    /// Server mute or unmute (MUTE_MEMBERS).
+    Mute,
+    /// Server deafen or undeafen (DEAFEN_MEMBERS).
+    Deafen,
+}
+
+/// Who may do what in calls: the profile's rules, or plain Matrix's.
+pub trait CallAccess: Send + Sync {
+    /// What `user`, joined to `room_id`, may do in its calls now.
+    fn grant(&self, rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<CallGrant>;
+
+    /// Whether `actor` may take `action` on others' calls in `room_id`; `Err` says why not.
+    fn moderates(
+        &self,
+        rooms: &Rooms,
+        room_id: &RoomId,
+        actor: &UserId,
+        action: Moderation,
+    ) -> Result<()>;
+}
+
+/// Plain Matrix rooms: every joined member may join, speak and stream; there are no
+/// moderators of calls (that is a guild's permission).
+pub struct JoinedMembers;
+
+impl CallAccess for JoinedMembers {
+    fn grant(&self, _: &Rooms, _: &RoomId, _: &UserId) -> Result<CallGrant> {
+        Ok(CallGrant::Allowed {
+            publish: Publish {
+                audio: true,
+                video: true,
+                listen: true,
+            },
+            attributes: Vec::new(),
+        })
+    }
+
+    fn moderates(&self, _: &Rooms, _: &RoomId, _: &UserId, _: Moderation) -> Result<()> {
+        Err(Error::forbidden(
+            "call moderation is a permission of guild voice channels",
+        ))
+    }
+}
+
+/// A token handed out: the row of `RoomuseridentityRtcparticipant`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Participant {
+    /// The LiveKit room.
+    pub alias: String,
+    pub device_id: String,
+    pub issued_at: u64,
+    /// LiveKit said they joined (and has not said they left).
+    #[serde(default)]
+    pub connected: bool,
+    /// What their token (or the last update) lets them publish.
+    pub publish: Publish,
+}
+
+/// A moderator's standing mute/deafen of a user in a room: the row with an empty identity.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Muted {
+    #[serde(default)]
+    pub mute: bool,
+    #[serde(default)]
+    pub deafen: bool,
+}
+
+/// A token, as the three ways in answer it.
+#[derive(Clone, Debug, Serialize)]
+pub struct TokenAnswer {
+    pub url: String,
+    pub jwt: String,
+}
+
+/// The member object of MSC4195's requests.
+#[derive(Clone, Debug, Deserialize)]
+pub struct RtcMember {
+    pub id: String,
+    pub claimed_device_id: String,
+    #[serde(default)]
+    pub claimed_user_id: Option<String>,
+}
+
+/// An OpenID token as Element Call sends it.
+#[derive(Clone, Debug, Deserialize)]
+pub struct OpenIdToken {
+    pub access_token: String,
+    pub matrix_server_name: String,
+}
+
+/// Who is in a room's call, for `GET /_paracord/v1/channels/{id}/voice`.
+#[derive(Clone, Debug, Serialize)]
+pub struct InCall {
+    pub user_id: String,
+    pub device_id: String,
+    pub speak: bool,
+    pub stream: bool,
+    pub server_muted: bool,
+    pub server_deafened: bool,
+}
+
+type Key = (OwnedRoomId, OwnedUserId, String);
+
+pub struct Rtc {
+    config: Arc<Config>,
+    db: Arc<Db>,
+    rooms: Arc<Rooms>,
+    accounts: Arc<Accounts>,
+    federation: Arc<FederationClient>,
+    access: Arc<dyn CallAccess>,
+    livekit: Option<LiveKit>,
+    /// The table, in memory: the participants of every room with tokens out.
+    participants: Mutex<BTreeMap<Key, Participant>>,
+}
+
+/// The generic refusal of MSC4195: no word on whether the room or user exists.
+fn unauthorized() -> Error {
+    Error::new(
+        StatusCode::UNAUTHORIZED,
+        ErrorKind::Unauthorized,
+        "The request could not be authorised: not a joined member of that room",
+    )
+}
+
+fn not_configured() -> Error {
+    Error::unrecognized(
+        "Voice and video calls are not configured on this server (no livekit_url, \
+         livekit_api_key and livekit_api_secret)",
+    )
+}
+
+fn row_key(room: &str, user: &str, identity: &str) -> Vec<u8> {
+    KeyBuf::new()
+        .str(room)
+        .str(user)
+        .last_str(identity)
+        .into_vec()
+}
+
+/// A non-empty identifier of at most 255 bytes, as a field of a request.
+fn checked<'a>(name: &str, value: &'a str) -> Result<&'a str> {
+    if value.is_empty() || value.len() > 255 {
+        return Err(Error::bad_json(format!(
+            "{name} must be a string of 1 to 255 bytes"
+        )));
+    }
+    Ok(value)
+}
+
+impl Rtc {
+    pub fn new(
+        config: Arc<Config>,
+        db: Arc<Db>,
+        rooms: Arc<Rooms>,
+        accounts: Arc<Accounts>,
+        federation: Arc<FederationClient>,
+        access: Arc<dyn CallAccess>,
+    ) -> Result<Self> {
+        let livekit = match config.livekit() {
+            Some((url, api, key, secret)) => Some(LiveKit::new(
+                url,
+                api,
+                key,
+                secret,
+                Duration::from_millis(config.livekit_token_ttl_ms),
+            )?),
+            None => None,
+        };
+        let mut participants = BTreeMap::new();
+        for entry in db.scan_prefix(Table::RoomuseridentityRtcparticipant, &[])? {
+            let mut r = KeyReader::new(&entry.0);
+            let (room, user, identity) = (r.str()?, r.str()?, r.last_str()?);
+            if identity.is_empty() {
+                continue;
+            }
+            let (Ok(room), Ok(user)) = (OwnedRoomId::try_from(room), OwnedUserId::try_from(user))
+            else {
+                continue;
+            };
+            if let Ok(p) = serde_json::from_slice::<Participant>(&entry.1) {
+                participants.insert((room, user, identity.to_owned()), p);
+            }
+        }
+        Ok(Self {
+            config,
+            db,
+            rooms,
+            accounts,
+            federation,
+            access,
+            livekit,
+            participants: Mutex::new(participants),
+        })
+    }
+
+    fn livekit(&self) -> Result<&LiveKit> {
+        self.livekit.as_ref().ok_or_else(not_configured)
+    }
+
+    pub fn configured(&self) -> bool {
+        self.livekit.is_some()
+    }
+
+    /// The focus service URL Element Call uses (`.well-known`'s `rtc_foci`).
+    pub fn service_url(&self) -> Option<String> {
+        self.livekit
+            .as_ref()
+            .map(|_| format!("{}{SERVICE_PATH}", self.config.public_baseurl()))
+    }
+
+    /// `GET /_matrix/client/v1/rtc/transports` (MSC4143): LiveKit when configured.
+    pub fn transports(&self) -> Vec<Value> {
+        match self.service_url() {
+            Some(url) => vec![serde_json::json!({
+                "type": "livekit",
+                "livekit_service_url": url,
+            })],
+            None => Vec::new(),
+        }
+    }
+
+    /// MSC4195 `get_token` for a user of this server, authenticated by their access token
+    /// (so the device is known, and must be the claimed one).
+    pub fn token_for_device(
+        &self,
+        user: &UserId,
+        device_id: &str,
+        room_id: &str,
+        slot_id: &str,
+        member: &RtcMember,
+    ) -> Result<TokenAnswer> {
+        self.livekit()?;
+        checked("slot_id", slot_id)?;
+        checked("member.id", &member.id)?;
+        if member.claimed_device_id != device_id {
+            return Err(Error::forbidden(
+                "member.claimed_device_id must be the device of the access token",
+            ));
+        }
+        if member
+            .claimed_user_id
+            .as_deref()
+            .is_some_and(|c| c != user.as_str())
+        {
+            return Err(Error::forbidden(
+                "member.claimed_user_id must be the user of the access token",
+            ));
+        }
+        let identity = livekit::identity(user.as_str(), device_id, &member.id);
+        self.mint(room_id, user, device_id, slot_id, &identity)
+    }
+
+    /// The focus service URL's `get_token`: MSC4195's body with an OpenID token, as Element
+    /// Call sends it to lk-jwt-service.
+    pub async fn token_for_openid(
+        &self,
+        token: &OpenIdToken,
+        room_id: &str,
+        slot_id: &str,
+        member: &RtcMember,
+    ) -> Result<TokenAnswer> {
+        self.livekit()?;
+        checked("slot_id", slot_id)?;
+        checked("member.id", &member.id)?;
+        checked("member.claimed_device_id", &member.claimed_device_id)?;
+        let user = self.openid_user(token).await?;
+        if member
+            .claimed_user_id
+            .as_deref()
+            .is_some_and(|c| c != user.as_str())
+        {
+            return Err(unauthorized());
+        }
+        let identity = livekit::identity(user.as_str(), &member.claimed_device_id, &member.id);
+        self.mint(room_id, &user, &member.claimed_device_id, slot_id, &identity)
+    }
+
+    /// The legacy `POST /sfu/get` of lk-jwt-service: the room's one call, the identity
+    /// `user:device` older Element Call builds expect.
+    pub async fn token_legacy(
+        &self,
+        token: &OpenIdToken,
+        room_id: &str,
+        device_id: &str,
+    ) -> Result<TokenAnswer> {
+        self.livekit()?;
+        checked("device_id", device_id)?;
+        let user = self.openid_user(token).await?;
+        let identity = format!("{user}:{device_id}");
+        self.mint(room_id, &user, device_id, livekit::ROOM_CALL_SLOT, &identity)
+    }
+
+    /// Whose OpenID token this is: asked of this server's accounts, or of the token's server
+    /// over federation. Any failure is the same `M_UNAUTHORIZED` (MSC4195's security
+    /// considerations); the detail goes to the log.
+    async fn openid_user(&self, token: &OpenIdToken) -> Result<OwnedUserId> {
+        checked("openid_token.access_token", &token.access_token)?;
+        let server = ServerName::parse(&token.matrix_server_name)
+            .map_err(|_| Error::bad_json("openid_token.matrix_server_name is not a server name"))?;
+        if server.as_str() == self.config.server_name {
+            return self
+                .accounts
+                .openid_user(&token.access_token)?
+                .ok_or_else(unauthorized);
+        }
+        let path = format!(
+            "/_matrix/federation/v1/openid/userinfo?access_token={}",
+            crate::percent_encode(&token.access_token)
+        );
+        let request = http::Request::get(path)
+            .body(Vec::new())
+            .map_err(|e| Error::internal(format!("userinfo request: {e}")))?;
+        let answer = match self.federation.send(&server, request).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::info!(server = %server, error = %e, "OpenID userinfo unreachable");
+                return Err(unauthorized());
+            }
+        };
+        if !answer.status.is_success() {
+            tracing::info!(server = %server, status = %answer.status, "OpenID token refused");
+            return Err(unauthorized());
+        }
+        let sub = serde_json::from_slice::<Value>(&answer.body)
+            .ok()
+            .and_then(|v| v.get("sub").and_then(Value::as_str).map(str::to_owned))
+            .and_then(|s| OwnedUserId::try_from(s).ok());
+        match sub {
+            // A server vouches for its own users only.
+            Some(user) if user.server_name() == server => Ok(user),
+            _ => {
+                tracing::info!(server = %server, "OpenID userinfo named no user of that server");
+                Err(unauthorized())
+            }
+        }
+    }
+
+    /// Checks the user against the room and its rules, then signs their token and keeps a
+    /// row of it.
+    fn mint(
+        &self,
+        room_id: &str,
+        user: &UserId,
+        device_id: &str,
+        slot_id: &str,
+        identity: &str,
+    ) -> Result<TokenAnswer> {
+        let livekit = self.livekit()?;
+        let room_id = <&RoomId>::try_from(room_id).map_err(|_| unauthorized())?;
+        if self.rooms.room(room_id)?.is_none() || !self.rooms.is_joined(room_id, user)? {
+            return Err(unauthorized());
+        }
+        let (publish, attributes) = match self.access.grant(&self.rooms, room_id, user)? {
+            CallGrant::Allowed {
+                publish,
+                attributes,
+            } => (publish, attributes),
+            CallGrant::Refused(why) => return Err(Error::forbidden(why)),
+        };
+        let publish = self.apply_mute(room_id, user, publish)?;
+        let alias = livekit::room_alias(room_id.as_str(), slot_id);
+        // Users of this server who may publish may create the LiveKit room (MSC4195).
+        let create = user.server_name().as_str() == self.config.server_name
+            && (publish.audio || publish.video);
+        let jwt = livekit.join_token(&alias, identity, publish, create, &attributes)?;
+        let participant = Participant {
+            alias,
+            device_id: device_id.to_owned(),
+            issued_at: now_ms(),
+            connected: false,
+            publish,
+        };
+        self.store(room_id, user, identity, Some(&participant))?;
+        Ok(TokenAnswer {
+            url: livekit.url.clone(),
+            jwt,
+        })
+    }
+
+    fn mutes(&self, room_id: &RoomId, user: &UserId) -> Result<Muted> {
+        Ok(self
+            .db
+            .get(
+                Table::RoomuseridentityRtcparticipant,
+                &row_key(room_id.as_str(), user.as_str(), ""),
+            )?
+            .and_then(|raw| serde_json::from_slice(&raw).ok())
+            .unwrap_or_default())
+    }
+
+    fn apply_mute(&self, room_id: &RoomId, user: &UserId, mut publish: Publish) -> Result<Publish> {
+        let muted = self.mutes(room_id, user)?;
+        publish.audio &= !muted.mute;
+        publish.listen &= !muted.deafen;
+        Ok(publish)
+    }
+
+    fn store(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        identity: &str,
+        participant: Option<&Participant>,
+    ) -> Result<()> {
+        let key = row_key(room_id.as_str(), user.as_str(), identity);
+        let mut batch = Batch::new();
+        match participant {
+            Some(p) => batch.put(
+                Table::RoomuseridentityRtcparticipant,
+                key,
+                serde_json::to_vec(p)?,
+            ),
+            None => batch.delete(Table::RoomuseridentityRtcparticipant, key),
+        }
+        self.db.write(batch)?;
+        let key = (room_id.to_owned(), user.to_owned(), identity.to_owned());
+        let mut map = self.participants.lock();
+        match participant {
+            Some(p) => map.insert(key, p.clone()),
+            None => map.remove(&key),
+        };
+        Ok(())
+    }
+
+    /// LiveKit's webhook (`POST /_paracord/livekit/webhook`): `false` when the signature is
+    /// not ours.
+    pub async fn webhook(self: &Arc<Self>, body: &str, authorization: &str) -> Result<bool> {
+        let livekit = self.livekit()?;
+        let Some(event) = livekit.webhook(body, authorization) else {
+            return Ok(false);
+        };
+        match event {
+            Webhook::Joined { room, identity } => {
+                let Some((key, mut p)) = self.find(&room, &identity) else {
+                    // Not a token of ours (another deployment's, or one we dropped): out.
+                    tracing::info!(%room, %identity, "an unknown participant joined; removing");
+                    livekit.remove_participant(&room, &identity).await?;
+                    return Ok(true);
+                };
+                p.connected = true;
+                self.store(&key.0, &key.1, &key.2, Some(&p))?;
+                // The state may have changed since the token was handed out.
+                self.reconcile(&key.0).await;
+            }
+            Webhook::Left { room, identity } => {
+                if let Some((key, _)) = self.find(&room, &identity) {
+                    self.store(&key.0, &key.1, &key.2, None)?;
+                }
+            }
+            Webhook::RoomFinished { room } => {
+                let gone: Vec<Key> = self
+                    .participants
+                    .lock()
+                    .iter()
+                    .filter(|(_, p)| p.alias == room && p.connected)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in gone {
+                    self.store(&k.0, &k.1, &k.2, None)?;
+                }
+            }
+            Webhook::Other(_) => {}
+        }
+        Ok(true)
+    }
+
+    fn find(&self, alias: &str, identity: &str) -> Option<(Key, Participant)> {
+        self.participants
+            .lock()
+            .iter()
+            .find(|(k, p)| k.2 == identity && p.alias == alias)
+            .map(|(k, p)| (k.clone(), p.clone()))
+    }
+
+    fn in_room(&self, room_id: &RoomId) -> Vec<(Key, Participant)> {
+        self.participants
+            .lock()
+            .iter()
+            .filter(|(k, _)| k.0 == room_id)
+            .map(|(k, p)| (k.clone(), p.clone()))
+            .collect()
+    }
+
+    /// Brings the SFU in line with the room's state for everyone with a token in it: a user
+    /// no longer joined or no longer allowed is removed; one whose permissions changed gets
+    /// them. Failures are logged: a down SFU never blocks the room.
+    pub async fn reconcile(&self, room_id: &RoomId) {
+        let Some(livekit) = self.livekit.as_ref() else {
+            return;
+        };
+        for ((room, user, identity), p) in self.in_room(room_id) {
+            let wanted = match self.wanted(&room, &user) {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(%room, %user, error = %e, "cannot check a call participant");
+                    continue;
+                }
+            };
+            let result = match wanted {
+                None => {
+                    let removed = livekit.remove_participant(&p.alias, &identity).await;
+                    if removed.is_ok() {
+                        if let Err(e) = self.store(&room, &user, &identity, None) {
+                            tracing::warn!(error = %e, "cannot drop a participant's row");
+                        }
+                        tracing::info!(%room, %user, "removed from the call");
+                    }
+                    removed
+                }
+                Some(publish) if publish != p.publish => {
+                    let updated = if p.connected {
+                        livekit
+                            .update_permissions(&p.alias, &identity, publish)
+                            .await
+                    } else {
+                        Ok(())
+                    };
+                    if updated.is_ok() {
+                        let p = Participant { publish, ..p };
+                        if let Err(e) = self.store(&room, &user, &identity, Some(&p)) {
+                            tracing::warn!(error = %e, "cannot update a participant's row");
+                        }
+                    }
+                    updated
+                }
+                Some(_) => Ok(()),
+            };
+            if let Err(e) = result {
+                tracing::warn!(%room, %user, error = %e, "cannot update the SFU");
+            }
+        }
+    }
+
+    /// What the user may publish now; `None`: they may not be in the call.
+    fn wanted(&self, room: &RoomId, user: &UserId) -> Result<Option<Publish>> {
+        if !self.rooms.is_joined(room, user)? {
+            return Ok(None);
+        }
+        match self.access.grant(&self.rooms, room, user)? {
+            CallGrant::Refused(_) => Ok(None),
+            CallGrant::Allowed { publish, .. } => Ok(Some(self.apply_mute(room, user, publish)?)),
+        }
+    }
+
+    /// Who is connected to the calls of a room the asker is joined to.
+    pub fn in_call(&self, room_id: &RoomId, asker: &UserId) -> Result<Vec<InCall>> {
+        if !self.rooms.is_joined(room_id, asker)? {
+            return Err(Error::not_found("no such channel"));
+        }
+        let mut out = Vec::new();
+        for ((_, user, _), p) in self.in_room(room_id) {
+            if !p.connected {
+                continue;
+            }
+            let muted = self.mutes(room_id, &user)?;
+            out.push(InCall {
+                user_id: user.to_string(),
+                device_id: p.device_id,
+                speak: p.publish.audio,
+                stream: p.publish.video,
+                server_muted: muted.mute,
+                server_deafened: muted.deafen,
+            });
+        }
+        Ok(out)
+    }
+
+    /// A moderator disconnects `target` from the room's calls.
+    pub async fn disconnect(&self, room_id: &RoomId, actor: &UserId, target: &UserId) -> Result<usize> {
+        let livekit = self.livekit()?;
+        self.moderator(room_id, actor, Moderation::Disconnect)?;
+        let mut removed = 0;
+        for ((room, user, identity), p) in self.in_room(room_id) {
+            if user != target {
+                continue;
+            }
+            livekit
+                .remove_participant(&p.alias, &identity)
+                .await
+                .map_err(|_| sfu_unreachable())?;
+            self.store(&room, &user, &identity, None)?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// A moderator's server mute or deafen of `target` in the room: kept until undone, for
+    /// this connection and the next tokens.
+    pub async fn set_muted(
+        &self,
+        room_id: &RoomId,
+        actor: &UserId,
+        target: &UserId,
+        action: Moderation,
+        on: bool,
+    ) -> Result<Muted> {
+        self.livekit()?;
+        self.moderator(room_id, actor, action)?;
+        if !matches!(
+            self.rooms.membership(room_id, target)?,
+            Some(MembershipState::Join)
+        ) {
+            return Err(Error::not_found("that user is not in this channel"));
+        }
+        let mut muted = self.mutes(room_id, target)?;
+        match action {
+            Moderation::Mute => muted.mute = on,
+            Moderation::Deafen => muted.deafen = on,
+            Moderation::Disconnect => {}
+        }
+        let mut batch = Batch::new();
+        let key = row_key(room_id.as_str(), target.as_str(), "");
+        if muted == Muted::default() {
+            batch.delete(Table::RoomuseridentityRtcparticipant, key);
+        } else {
+            batch.put(
+                Table::RoomuseridentityRtcparticipant,
+                key,
+                serde_json::to_vec(&muted)?,
+            );
+        }
+        self.db.write(batch)?;
+        self.reconcile(room_id).await;
+        Ok(muted)
+    }
+
+    fn moderator(&self, room_id: &RoomId, actor: &UserId, action: Moderation) -> Result<()> {
+        if !self.rooms.is_joined(room_id, actor)? {
+            return Err(Error::not_found("no such channel"));
+        }
+        self.access.moderates(&self.rooms, room_id, actor, action)
+    }
+
+    /// Rooms with tokens out whose state `changed` may decide: the room itself, or a room
+    /// whose parent space it is (a guild's roles and members live in its space).
+    fn affected_by(&self, changed: &RoomId) -> Vec<OwnedRoomId> {
+        let rooms: std::collections::BTreeSet<OwnedRoomId> = self
+            .participants
+            .lock()
+            .keys()
+            .map(|k| k.0.clone())
+            .collect();
+        rooms
+            .into_iter()
+            .filter(|room| {
+                room == changed
+                    || self
+                        .rooms
+                        .current_state(room)
+                        .ok()
+                        .is_some_and(|s| {
+                            s.contains_key(&("m.space.parent".to_owned(), changed.to_string()))
+                        })
+            })
+            .collect()
+    }
+}
+
+fn sfu_unreachable() -> Error {
+    Error::new(
+        StatusCode::BAD_GATEWAY,
+        ErrorKind::Unknown,
+        "The voice server (SFU) could not be reached; try again",
+    )
+}
+
+/// Keeps the SFU in step with the rooms: any state event in a room with call participants,
+/// or in its parent space, makes the focus check them again (off the request's path).
+pub struct RtcObserver(OnceLock<Weak<Rtc>>);
+
+impl RtcObserver {
+    pub fn new() -> Self {
+        Self(OnceLock::new())
+    }
+
+    pub fn set_rtc(&self, rtc: Weak<Rtc>) {
+        let _ = self.0.set(rtc);
+    }
+}
+
+impl Default for RtcObserver {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EventObserver for RtcObserver {
+    fn committed(
+        &self,
+        _rooms: &Arc<Rooms>,
+        room_id: &RoomId,
+        pdu: &Pdu,
+        _notifications: &[Notification],
+    ) -> Option<FollowUp> {
+        pdu.state_key.as_ref()?;
+        let rtc = self.0.get()?.upgrade()?;
+        if rtc.livekit.is_none() || rtc.participants.lock().is_empty() {
+            return None;
+        }
+        let affected = rtc.affected_by(room_id);
+        if affected.is_empty() {
+            return None;
+        }
+        // Not a follow-up: the request that made the event is not held by the SFU.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                for room in affected {
+                    rtc.reconcile(&room).await;
+                }
+            });
+        }
+        None
+    }
+}

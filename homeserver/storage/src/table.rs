@@ -158,6 +158,19 @@ pub enum Table {
     /// webhook id → the webhook's record (channel, its user, the SHA-256 of its token, the
     /// GitHub secret; spec/webhooks.md). The public part is `chat.paracord.webhook` state.
     WebhookidWebhook,
+    // delayed events (MSC4140)
+    /// delay id → the delayed event (owner, room, type, state key, content, delay, when its
+    /// timer started) and, once finalised, how it ended.
+    DelayidDelayedevent,
+    /// `send time (u64 ms) delay_id` → "": scheduled delayed events, the next one due first
+    /// (the timer reads the head).
+    DuedelayidScheduled,
+    /// `user_id 0xFF send time (u64 ms) delay_id` → "": a user's scheduled delayed events,
+    /// the next one due first.
+    UserduedelayidScheduled,
+    /// `user_id 0xFF device_id 0xFF room_id 0xFF endpoint/txn_id` → delay id: delayed events
+    /// already scheduled by a transaction (idempotency).
+    UsertxnDelayid,
 }
 
 impl Table {
@@ -235,6 +248,11 @@ impl Table {
         Table::GuildappcmdCommand,
         Table::InteractionidInteraction,
         Table::WebhookidWebhook,
+        // delayed events
+        Table::DelayidDelayedevent,
+        Table::DuedelayidScheduled,
+        Table::UserduedelayidScheduled,
+        Table::UsertxnDelayid,
     ];
 
     pub fn name(self) -> &'static str {
@@ -313,6 +331,11 @@ impl Table {
             Table::GuildappcmdCommand => "guildappcmd_command",
             Table::InteractionidInteraction => "interactionid_interaction",
             Table::WebhookidWebhook => "webhookid_webhook",
+            // delayed events
+            Table::DelayidDelayedevent => "delayid_delayedevent",
+            Table::DuedelayidScheduled => "duedelayid_scheduled",
+            Table::UserduedelayidScheduled => "userduedelayid_scheduled",
+            Table::UsertxnDelayid => "usertxn_delayid",
         }
     }
 }

@@ -23,7 +23,7 @@ use http::StatusCode;
 use paracord_core::{Error, ErrorKind};
 use paracord_service::{
     accounts::Identity,
-    delayed_events::{Action, DelayedEvent, Finalisation, NewDelayedEvent, Outcome},
+    delayed_events::model::{Action, DelayedEvent, Finalisation, NewDelayedEvent, Outcome},
     ratelimit::Limit,
 };
 use ruma::{

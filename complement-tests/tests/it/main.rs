@@ -7,6 +7,7 @@ mod appservice;
 mod appservice_sdk;
 mod backup;
 mod conformance;
+mod delayed_events;
 mod durability;
 mod e2ee;
 mod ephemeral;

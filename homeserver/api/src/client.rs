@@ -4,6 +4,7 @@ pub mod account;
 pub mod appservice;
 pub mod backup;
 pub mod config;
+pub mod delayed_events;
 pub mod device;
 pub mod directory;
 pub mod discovery;

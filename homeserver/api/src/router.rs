@@ -15,9 +15,9 @@ use tower_http::{catch_panic::CatchPanicLayer, cors::CorsLayer, trace::TraceLaye
 
 use crate::{
     client::{
-        account, appservice, backup, config, device, directory, discovery, ephemeral, keys,
-        membership, message, openid, profile, push, relations, reports, room, search, session,
-        space, state, sync, tags, thirdparty, user_directory,
+        account, appservice, backup, config, delayed_events, device, directory, discovery,
+        ephemeral, keys, membership, message, openid, profile, push, relations, reports, room,
+        search, session, space, state, sync, tags, thirdparty, user_directory,
     },
     federation, federation_events, federation_rooms, media,
     ruma_wrapper::RouterExt,
@@ -146,18 +146,44 @@ pub fn app(services: Arc<Services>) -> Router {
             STATE_WITHOUT_KEY,
             state::get_state_event_for_key_route,
         )
+        // (`?org.matrix.msc4140.delay=` makes it a delayed event)
         .ruma_with::<c::state::send_state_event::v3::Request, _, _>(
             STATE_WITHOUT_KEY,
-            state::send_state_event_route,
+            delayed_events::send_state_event_route,
         )
-        // messages
+        // messages (`?org.matrix.msc4140.delay=` makes it a delayed event)
         .ruma::<c::message::send_message_event::v3::Request, _, _>(
-            message::send_message_event_route,
+            delayed_events::send_message_event_route,
         )
         .ruma::<c::message::get_message_events::v3::Request, _, _>(
             message::get_message_events_route,
         )
         .ruma::<c::redact::redact_event::v3::Request, _, _>(message::redact_event_route)
+        // delayed events (MSC4140)
+        .route(
+            delayed_events::DELAYED_EVENT_PATHS[0],
+            put(delayed_events::send_delayed_event_route),
+        )
+        .route(
+            delayed_events::DELAYED_EVENT_PATHS[1],
+            put(delayed_events::send_delayed_event_route),
+        )
+        .ruma_with::<c::delayed_events::get_all_delayed_events::unstable::Request, _, _>(
+            delayed_events::STABLE_LIST,
+            delayed_events::get_all_delayed_events_route,
+        )
+        .ruma_with::<c::delayed_events::get_delayed_event::unstable::Request, _, _>(
+            delayed_events::STABLE_ONE,
+            delayed_events::get_delayed_event_route,
+        )
+        .ruma_with::<c::delayed_events::update_delayed_event::unstable_v1::Request, _, _>(
+            delayed_events::STABLE_ONE,
+            delayed_events::update_delayed_event_route,
+        )
+        .ruma_with::<c::delayed_events::update_delayed_event::unstable_v2::Request, _, _>(
+            delayed_events::STABLE_ACTION,
+            delayed_events::update_delayed_event_action_route,
+        )
         // relations and threads
         .ruma::<c::relations::get_relating_events::v1::Request, _, _>(
             relations::get_relating_events_route,

@@ -119,6 +119,10 @@ pub struct Config {
     pub to_device_max_pending: u64,
     /// To-device messages older than this that their device has not collected are deleted.
     pub to_device_max_age_ms: u64,
+    /// The longest delay a delayed event (MSC4140) may be scheduled with.
+    pub delayed_events_max_delay_ms: u64,
+    /// Most delayed events one user may have scheduled at once; 0 turns delayed events off.
+    pub delayed_events_max_scheduled: u64,
     /// How long an application's interaction token answers (spec/applications.md).
     pub interaction_token_ttl_ms: u64,
     /// The LiveKit SFU that voice channels and calls use (spec/voice.md): the URL clients
@@ -207,6 +211,8 @@ impl Default for Config {
             server_notices_room_name: "Server Notices".to_owned(),
             to_device_max_pending: 10_000,
             to_device_max_age_ms: 30 * 24 * 60 * 60 * 1000,
+            delayed_events_max_delay_ms: 24 * 60 * 60 * 1000,
+            delayed_events_max_scheduled: 100,
             interaction_token_ttl_ms: 15 * 60 * 1000,
             livekit_url: None,
             livekit_api_url: None,
@@ -384,6 +390,12 @@ pub const TEMPLATE: &str = r#"# Paracord homeserver configuration.
 #to_device_max_pending = 10000
 #to_device_max_age_ms = 2592000000
 
+# Delayed events (MSC4140): a client schedules an event for later (a call's "hang up" that
+# fires if the client stops restarting its timer). The longest delay allowed (default 24 h),
+# and how many one user may have scheduled at once (0 turns the feature off).
+#delayed_events_max_delay_ms = 86400000
+#delayed_events_max_scheduled = 100
+
 # An application's bot answers a slash command with the interaction's token, valid this long
 # (default 15 minutes). See spec/applications.md.
 #interaction_token_ttl_ms = 900000
@@ -534,10 +546,11 @@ impl Config {
             || self.to_device_max_pending == 0
             || self.to_device_max_age_ms == 0
             || self.interaction_token_ttl_ms == 0
+            || self.delayed_events_max_delay_ms == 0
         {
             return Err(
-                "federation_catch_up_after_ms, to_device_max_pending, to_device_max_age_ms \
-                 and interaction_token_ttl_ms must be positive"
+                "federation_catch_up_after_ms, to_device_max_pending, to_device_max_age_ms, \
+                 interaction_token_ttl_ms and delayed_events_max_delay_ms must be positive"
                     .to_owned(),
             );
         }

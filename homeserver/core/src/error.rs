@@ -47,6 +47,13 @@ pub enum ErrorKind {
     BadStatus { status: u16, body: String },
     // An appservice's `?device_id=` names no device of the user.
     UnknownDevice,
+    // MSC4140, the revision whose delayed events are sent with `?org.matrix.msc4140.delay=`:
+    // a delay over the server's maximum, `M_UNKNOWN` with the unstable errcode
+    // `M_MAX_DELAY_EXCEEDED` and the maximum.
+    MaxDelayExceeded { max_delay_ms: u64 },
+    // MSC4140, that revision: the user has as many delayed events scheduled as allowed
+    // (`M_MAX_DELAYED_EVENTS_EXCEEDED`); the first of them is due in `retry_after_ms`.
+    MaxDelayedEventsExceeded { retry_after_ms: u64 },
     Unknown,
 }
 
@@ -87,6 +94,7 @@ impl ErrorKind {
             Self::ConnectionFailed => "M_CONNECTION_FAILED",
             Self::ConnectionTimeout => "M_CONNECTION_TIMEOUT",
             Self::BadStatus { .. } => "M_BAD_STATUS",
+            Self::MaxDelayExceeded { .. } | Self::MaxDelayedEventsExceeded { .. } => "M_UNKNOWN",
             Self::Unknown => "M_UNKNOWN",
         }
     }
@@ -219,6 +227,13 @@ impl Error {
                         body["status"] = (*status).into();
                         body["body"] = answer.as_str().into();
                     }
+                    ErrorKind::MaxDelayExceeded { max_delay_ms } => {
+                        body["org.matrix.msc4140.errcode"] = "M_MAX_DELAY_EXCEEDED".into();
+                        body["org.matrix.msc4140.max_delay"] = (*max_delay_ms).into();
+                    }
+                    ErrorKind::MaxDelayedEventsExceeded { .. } => {
+                        body["org.matrix.msc4140.errcode"] = "M_MAX_DELAYED_EVENTS_EXCEEDED".into();
+                    }
                     _ => {}
                 }
                 (*status, body)
@@ -278,6 +293,31 @@ mod tests {
         assert_eq!(status, StatusCode::FORBIDDEN);
         assert_eq!(body["errcode"], "M_WRONG_ROOM_KEYS_VERSION");
         assert_eq!(body["current_version"], "42");
+    }
+
+    #[test]
+    fn delayed_event_limits_carry_the_unstable_errcodes() {
+        let (status, body) = Error::new(
+            StatusCode::BAD_REQUEST,
+            ErrorKind::MaxDelayExceeded { max_delay_ms: 1000 },
+            "too long",
+        )
+        .classify();
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["errcode"], "M_UNKNOWN");
+        assert_eq!(body["org.matrix.msc4140.errcode"], "M_MAX_DELAY_EXCEEDED");
+        assert_eq!(body["org.matrix.msc4140.max_delay"], 1000);
+        let (_, body) = Error::new(
+            StatusCode::BAD_REQUEST,
+            ErrorKind::MaxDelayedEventsExceeded { retry_after_ms: 5 },
+            "too many",
+        )
+        .classify();
+        assert_eq!(body["errcode"], "M_UNKNOWN");
+        assert_eq!(
+            body["org.matrix.msc4140.errcode"],
+            "M_MAX_DELAYED_EVENTS_EXCEEDED"
+        );
     }
 
     #[test]

@@ -25,6 +25,19 @@ const EXPIRING: &[Table] = &[
     Table::TxnEventid,
     Table::UserdevicetxnTodevice,
     Table::InteractionidInteraction,
+    Table::UsertxnDelayid,
+    Table::DelayidDelayedevent,
+];
+
+/// The expiring tables that existed before rows expired, whose old rows
+/// [`adopt_existing`] schedules. Tables added later schedule every row they write (and
+/// `delayid_delayedevent` only its finalised ones: a scheduled delayed event must not go).
+const ADOPTED: &[Table] = &[
+    Table::OrigintxnResponse,
+    Table::OrigintxnRelay,
+    Table::TxnEventid,
+    Table::UserdevicetxnTodevice,
+    Table::InteractionidInteraction,
 ];
 
 /// The key of an entry in `deadlinerow_expire`: `deadline table_name 0xFF row_key`.
@@ -129,7 +142,7 @@ pub fn adopt_existing(db: &Db, now: u64) -> Result<()> {
     }
     let deadline = now.saturating_add(TRANSACTION_TTL_MS);
     let mut adopted = 0usize;
-    for table in EXPIRING {
+    for table in ADOPTED {
         let mut lower: Vec<u8> = Vec::new();
         loop {
             let rows = db.scan(*table, &[], &lower, None, false, SWEEP_BATCH)?;

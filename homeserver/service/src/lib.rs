@@ -4,6 +4,7 @@ pub mod account_data;
 pub mod accounts;
 pub mod appservice;
 pub mod backup;
+pub mod delayed_events;
 pub mod durability;
 pub mod e2ee;
 pub mod ephemeral;
@@ -81,6 +82,7 @@ pub struct Services {
     pub applications: Arc<guilds::applications::Applications>,
     pub webhooks: Arc<guilds::webhooks::Webhooks>,
     pub rtc: Arc<rtc::Rtc>,
+    pub delayed_events: Arc<delayed_events::DelayedEvents>,
 }
 
 impl Services {
@@ -129,7 +131,8 @@ impl Services {
         // The Matrix pipeline, with the guild rules as its policy and, told of every accepted
         // event, the guild invite index, the guild departures, the applications' bots joining
         // new channels, the private channels' access (which needs the PDU service, made
-        // later: given to it then) and the push sender.
+        // later: given to it then), the push sender, the appservice queue and the record of
+        // delayed events sent.
         // Local events go to the federation sender.
         let (push_observer, push_jobs, pusher_users) = pushers::PushObserver::new();
         let outgoing: rooms::OutgoingPdu = {
@@ -166,6 +169,7 @@ impl Services {
                             appservices.clone(),
                             me.clone(),
                         )),
+                        Arc::new(delayed_events::SentRecorder::new(db.clone())),
                     ],
                 },
                 me.clone(),
@@ -263,12 +267,20 @@ impl Services {
             media.clone(),
             ratelimit.clone(),
         ));
-        // Background delivery (federation, push) and housekeeping start with the services
-        // when there is a runtime to run them (the server always has one); queued items wait
-        // otherwise.
+        // Delayed events (MSC4140) go through the pipeline like a user's sends.
+        let delayed_events = Arc::new(delayed_events::DelayedEvents::new(
+            db.clone(),
+            &config,
+            rooms.clone(),
+            ratelimit.clone(),
+        ));
+        // Background delivery (federation, push), the delayed events' timer and housekeeping
+        // start with the services when there is a runtime to run them (the server always has
+        // one); queued items wait otherwise.
         if tokio::runtime::Handle::try_current().is_ok() {
             sender.start();
             appservices.start(rooms.clone(), stream.clone());
+            delayed_events.start(stream.clone());
             housekeeping::start(db.clone(), e2ee.clone(), stream.clone());
         }
         let pdus = Arc::new_cyclic(|me| {
@@ -362,6 +374,7 @@ impl Services {
             applications,
             webhooks,
             rtc,
+            delayed_events,
         })
     }
 }

@@ -25,6 +25,9 @@ pub enum Limit {
     Presence,
     /// `sendToDevice` requests, keyed by user.
     ToDevice,
+    /// Managing and reading delayed events (MSC4140: restarts are a client's heartbeat),
+    /// keyed by user.
+    DelayedEvents,
     /// Executions of a webhook, keyed by webhook: Discord's bucket of 5 requests per 2 s,
     /// part of the webhook contract (spec/webhooks.md), so always on.
     Webhook,
@@ -88,7 +91,9 @@ impl RateLimiter {
             Limit::Auth => self.auth,
             Limit::Send => self.send,
             Limit::CreateRoom | Limit::Membership | Limit::Profile | Limit::Report => self.action,
-            Limit::Typing | Limit::Presence | Limit::ToDevice => self.ephemeral,
+            Limit::Typing | Limit::Presence | Limit::ToDevice | Limit::DelayedEvents => {
+                self.ephemeral
+            }
             Limit::Webhook => WEBHOOK,
         };
         let now = Instant::now();

@@ -95,6 +95,10 @@ pub struct EventMeta {
     /// `(device id, transaction id)` of a local client send.
     #[serde(default)]
     pub txn: Option<(String, String)>,
+    /// The delayed event (MSC4140) a local event was sent for: its sender sees it in
+    /// `unsigned`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_id: Option<String>,
     /// Stored without the state around it (part of a joined room's state or auth chain, or a
     /// fetched auth event): `state_before`/`state_after` mean nothing, and it is not in the
     /// timeline.
@@ -126,6 +130,14 @@ const MAX_SNAPSHOT_DEPTH: u32 = 32;
 const STATE_CACHE_ENTRIES: usize = 4096;
 const PDU_CACHE_ENTRIES: usize = 16_384;
 
+/// What a local request adds to the rows of its event: the client's transaction id and the
+/// delayed event (MSC4140) it was sent for.
+#[derive(Debug, Default)]
+pub(crate) struct Local {
+    pub(crate) txn: Option<(String, String)>,
+    pub(crate) delay_id: Option<String>,
+}
+
 /// What a local client asks to send.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
@@ -136,6 +148,10 @@ pub struct NewEvent {
     pub txn: Option<(String, String)>,
     /// `origin_server_ts` chosen by the sender (an application service's `?ts=`); `None`: now.
     pub ts: Option<u64>,
+    /// The delayed event (MSC4140) this event is sent for: kept in its metadata (its sender
+    /// sees it in `unsigned`), and the observers record it in the event's batch
+    /// ([`hooks::EventObserver::delayed_event_sent`]).
+    pub delay_id: Option<String>,
 }
 
 impl NewEvent {
@@ -147,6 +163,7 @@ impl NewEvent {
             redacts: None,
             txn: None,
             ts: None,
+            delay_id: None,
         }
     }
     pub fn message(kind: TimelineEventType, content: serde_json::Value) -> Self {
@@ -157,6 +174,7 @@ impl NewEvent {
             redacts: None,
             txn: None,
             ts: None,
+            delay_id: None,
         }
     }
 }
@@ -662,6 +680,64 @@ impl Rooms {
         Ok(event_id)
     }
 
+    /// The checks of a local user's state event before it is sent (`PUT /state`, and a
+    /// delayed state event when it is due) that the auth rules would answer less clearly:
+    /// only a member sets a room's state (one's own membership aside: a room this server does
+    /// not know is `404`), and a canonical alias must point at the room (`400 M_BAD_ALIAS`).
+    pub fn check_state_submission(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        kind: &str,
+        content: &serde_json::Value,
+    ) -> Result<()> {
+        if !self.is_joined(room_id, sender)? && kind != "m.room.member" {
+            self.room_or_404(room_id)?;
+            return Err(Error::forbidden("you are not in this room"));
+        }
+        if kind == "m.room.canonical_alias" {
+            let aliases = content["alias"].as_str().into_iter().chain(
+                content["alt_aliases"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|a| a.as_str()),
+            );
+            for alias in aliases {
+                let alias = ruma::OwnedRoomAliasId::try_from(alias)
+                    .map_err(|_| Error::invalid_param(format!("{alias:?} is not a room alias")))?;
+                if self.resolve_alias(&alias)?.as_deref() != Some(room_id) {
+                    return Err(Error::new(
+                        http::StatusCode::BAD_REQUEST,
+                        paracord_core::ErrorKind::BadAlias,
+                        format!("{alias} does not point at this room"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a local user's state event (checked with [`Rooms::check_state_submission`]).
+    /// One's own join (also a join -> join profile change) goes through the join path, which
+    /// sets `join_authorised_via_users_server` itself: whatever the client put there is
+    /// ignored, as for `/join`.
+    pub async fn send_state(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        new: NewEvent,
+    ) -> Result<OwnedEventId> {
+        if new.kind == TimelineEventType::RoomMember
+            && new.state_key.as_deref() == Some(sender.as_str())
+            && membership::membership_of(&new.content) == Some(MembershipState::Join)
+        {
+            let content = new.content.as_object().cloned().unwrap_or_default();
+            return self.join_with(room_id, sender, content).await;
+        }
+        self.append(room_id, sender, new).await
+    }
+
     fn append_locked(
         &self,
         room_id: &RoomId,
@@ -689,7 +765,10 @@ impl Rooms {
             pdu,
             pdu_bytes,
             event_id.clone(),
-            new.txn,
+            Local {
+                txn: new.txn,
+                delay_id: new.delay_id,
+            },
             relation,
             notes,
         )?;
@@ -1096,7 +1175,7 @@ impl Rooms {
         pdu: Pdu,
         pdu_bytes: Vec<u8>,
         event_id: OwnedEventId,
-        txn: Option<(String, String)>,
+        local: Local,
         relation: Option<relations::Relation>,
         notes: Vec<notify::Notification>,
     ) -> Result<(u64, Vec<hooks::FollowUp>)> {
@@ -1119,7 +1198,8 @@ impl Rooms {
                 },
                 soft_failed: false,
                 existing_short: None,
-                txn: txn.as_ref(),
+                txn: local.txn.as_ref(),
+                delay_id: local.delay_id.as_deref(),
                 relation: relation.as_ref(),
                 notes: &notes,
                 redact_target: redact_target.as_ref(),

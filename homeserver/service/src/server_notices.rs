@@ -144,6 +144,7 @@ impl ServerNotices {
             redacts: None,
             txn,
             ts: None,
+            delay_id: None,
         };
         self.rooms.append(&room_id, &system, new).await
     }

@@ -162,6 +162,19 @@ pub enum Table {
     /// in that room (its LiveKit room, device, whether the participant is connected), kept
     /// until the participant leaves the SFU, so that a kick reaches them after a restart.
     RoomuseridentityRtcparticipant,
+    // delayed events (MSC4140)
+    /// delay id → the delayed event (owner, room, type, state key, content, delay, when its
+    /// timer started) and, once finalised, how it ended.
+    DelayidDelayedevent,
+    /// `send time (u64 ms) delay_id` → "": scheduled delayed events, the next one due first
+    /// (the timer reads the head).
+    DuedelayidScheduled,
+    /// `user_id 0xFF send time (u64 ms) delay_id` → "": a user's scheduled delayed events,
+    /// the next one due first.
+    UserduedelayidScheduled,
+    /// `user_id 0xFF device_id 0xFF room_id 0xFF endpoint/txn_id` → delay id: delayed events
+    /// already scheduled by a transaction (idempotency).
+    UsertxnDelayid,
 }
 
 impl Table {
@@ -240,6 +253,11 @@ impl Table {
         Table::InteractionidInteraction,
         Table::WebhookidWebhook,
         Table::RoomuseridentityRtcparticipant,
+        // delayed events
+        Table::DelayidDelayedevent,
+        Table::DuedelayidScheduled,
+        Table::UserduedelayidScheduled,
+        Table::UsertxnDelayid,
     ];
 
     pub fn name(self) -> &'static str {
@@ -319,6 +337,11 @@ impl Table {
             Table::InteractionidInteraction => "interactionid_interaction",
             Table::WebhookidWebhook => "webhookid_webhook",
             Table::RoomuseridentityRtcparticipant => "roomuseridentity_rtcparticipant",
+            // delayed events
+            Table::DelayidDelayedevent => "delayid_delayedevent",
+            Table::DuedelayidScheduled => "duedelayid_scheduled",
+            Table::UserduedelayidScheduled => "userduedelayid_scheduled",
+            Table::UsertxnDelayid => "usertxn_delayid",
         }
     }
 }

@@ -20,9 +20,13 @@ pub(crate) async fn get_supported_versions_route(
         "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10",
         "v1.11", "v1.12",
     ];
-    RumaResponse(get_supported_versions::Response::new(
-        versions.into_iter().map(str::to_owned).collect(),
-    ))
+    let mut response =
+        get_supported_versions::Response::new(versions.into_iter().map(str::to_owned).collect());
+    // Delayed events (MSC4140, docs/delayed-events.md).
+    response
+        .unstable_features
+        .insert("org.matrix.msc4140".to_owned(), true);
+    RumaResponse(response)
 }
 
 /// The body of `GET /capabilities`: ruma's [`caps::Capabilities`] leaves a capability at its
@@ -48,6 +52,16 @@ struct AllCapabilities {
     thirdparty_id_changes: caps::ThirdPartyIdChangesCapability,
     #[serde(rename = "m.get_login_token")]
     get_login_token: caps::GetLoginTokenCapability,
+    /// MSC4140's limits (unstable name of `m.delayed_events`).
+    #[serde(rename = "org.matrix.msc4140.delayed_events")]
+    delayed_events: DelayedEventsCapability,
+}
+
+/// MSC4140: the longest delay and how many delayed events a user may have scheduled.
+#[derive(Serialize)]
+struct DelayedEventsCapability {
+    max_delay_ms: u64,
+    max_scheduled: u64,
 }
 
 /// `GET /_matrix/client/v3/capabilities` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3capabilities
@@ -75,6 +89,13 @@ pub(crate) async fn get_capabilities_route(
             set_avatar_url: caps::SetAvatarUrlCapability::new(true),
             thirdparty_id_changes: caps::ThirdPartyIdChangesCapability::new(false),
             get_login_token: caps::GetLoginTokenCapability::new(false),
+            delayed_events: {
+                let (max_delay_ms, max_scheduled) = state.delayed_events.limits();
+                DelayedEventsCapability {
+                    max_delay_ms,
+                    max_scheduled,
+                }
+            },
         },
     }))
 }

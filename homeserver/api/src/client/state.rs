@@ -96,51 +96,16 @@ pub(crate) async fn send_state_event_route(
             return Err(Error::bad_json("m.room.member needs a membership").into());
         }
     }
-    if !state.rooms.is_joined(&req.body.room_id, &id.user_id)? && kind != "m.room.member" {
-        state.rooms.room_or_404(&req.body.room_id)?;
-        return Err(Error::forbidden("you are not in this room").into());
-    }
-    if kind == "m.room.canonical_alias" {
-        for alias in content["alias"].as_str().into_iter().chain(
-            content["alt_aliases"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|a| a.as_str()),
-        ) {
-            let alias = ruma::OwnedRoomAliasId::try_from(alias)
-                .map_err(|_| Error::invalid_param(format!("{alias:?} is not a room alias")))?;
-            if state.rooms.resolve_alias(&alias)?.as_deref() != Some(&*req.body.room_id) {
-                return Err(Error::new(
-                    http::StatusCode::BAD_REQUEST,
-                    paracord_core::ErrorKind::BadAlias,
-                    format!("{alias} does not point at this room"),
-                )
-                .into());
-            }
-        }
-    }
+    state
+        .rooms
+        .check_state_submission(&req.body.room_id, &id.user_id, &kind, &content)?;
     state.ratelimit.check(
         paracord_service::ratelimit::Limit::Send,
         id.user_id.as_str(),
     )?;
-    // One's own join (also a join -> join profile change) goes through the join path, which
-    // sets `join_authorised_via_users_server` itself: whatever the client put there is
-    // ignored, as for `/join`.
-    if kind == "m.room.member"
-        && req.body.state_key == id.user_id.as_str()
-        && membership_of(&content) == Some(MembershipState::Join)
-    {
-        let content = content.as_object().cloned().unwrap_or_default();
-        let event_id = state
-            .rooms
-            .join_with(&req.body.room_id, &id.user_id, content)
-            .await?;
-        return Ok(RumaResponse(send_state_event::v3::Response::new(event_id)));
-    }
     let event_id = state
         .rooms
-        .append(
+        .send_state(
             &req.body.room_id,
             &id.user_id,
             NewEvent {

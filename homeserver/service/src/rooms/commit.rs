@@ -57,6 +57,8 @@ pub(crate) struct Accepted<'a> {
     pub existing_short: Option<u64>,
     /// A local event's `(device, transaction id)`.
     pub txn: Option<&'a (String, String)>,
+    /// The delayed event (MSC4140) a local event was sent for.
+    pub delay_id: Option<&'a str>,
     pub relation: Option<&'a relations::Relation>,
     pub notes: &'a [Notification],
     /// The event this one redacts, when the redaction applies.
@@ -180,6 +182,7 @@ impl Rooms {
                 state_after: after,
                 redacted_by: None,
                 txn: ev.txn.cloned(),
+                delay_id: ev.delay_id.map(str::to_owned),
                 outlier: false,
                 hidden: ev.soft_failed,
                 rejected: false,
@@ -274,6 +277,9 @@ impl Rooms {
             }
             for o in &self.observers {
                 o.index(batch, room_id, pdu)?;
+                if let Some(delay_id) = ev.delay_id {
+                    o.delayed_event_sent(batch, delay_id, ev.event_id)?;
+                }
             }
             if let Some(t) = ev.txn {
                 let key = txn_key(&pdu.sender, room_id, t);

@@ -172,7 +172,7 @@ impl Rooms {
             pdu,
             bytes,
             event_id,
-            None,
+            super::Local::default(),
             None,
             vec![],
         )?;

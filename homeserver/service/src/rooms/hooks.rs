@@ -14,7 +14,7 @@ use std::{future::Future, pin::Pin, sync::Arc};
 
 use paracord_core::Result;
 use paracord_storage::Batch;
-use ruma::{RoomId, UserId};
+use ruma::{EventId, RoomId, UserId};
 
 use super::{notify::Notification, Pdu, Rooms, StateMap};
 
@@ -72,6 +72,18 @@ impl EventPolicy for MatrixOnly {
 pub trait EventObserver: Send + Sync {
     /// Rows to write with the event, in the batch that writes it.
     fn index(&self, _batch: &mut Batch, _room_id: &RoomId, _pdu: &Pdu) -> Result<()> {
+        Ok(())
+    }
+
+    /// The event is a local one sent for the delayed event (MSC4140) `delay_id`: rows that
+    /// record it as sent, written in the event's batch (so the event and its record of being
+    /// sent are written together, or neither is).
+    fn delayed_event_sent(
+        &self,
+        _batch: &mut Batch,
+        _delay_id: &str,
+        _event_id: &EventId,
+    ) -> Result<()> {
         Ok(())
     }
 

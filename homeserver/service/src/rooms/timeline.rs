@@ -153,6 +153,12 @@ impl Rooms {
                 unsigned.insert("transaction_id".into(), json!(txn));
             }
         }
+        // MSC4140: the delayed event it was sent for, shown to its sender only (unstable name).
+        if let (Some(r), Some(delay_id)) = (reader, &meta.delay_id) {
+            if r.user.as_str() == stored["sender"].as_str().unwrap_or_default() {
+                unsigned.insert("org.matrix.msc4140.delay_id".into(), json!(delay_id));
+            }
+        }
         if let Some(redaction) = &meta.redacted_by {
             if let Some(rs) = self.short_id(redaction)? {
                 if let Some(raw) = self.raw_pdu(rs)? {

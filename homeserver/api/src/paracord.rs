@@ -19,6 +19,7 @@ mod channels;
 pub(crate) mod guilds;
 mod members;
 pub(crate) mod relay;
+mod voice;
 pub(crate) mod webhooks;
 pub(crate) mod wire;
 
@@ -53,7 +54,7 @@ pub(crate) fn routes() -> Router<AppState> {
     let r = channels::routes(r);
     let r = applications::routes(r);
     let r = webhooks::routes(r);
-    let r = crate::rtc::paracord_routes(r);
+    let r = voice::routes(r);
     members::routes(r)
 }
 

@@ -1,20 +1,20 @@
 //! The MatrixRTC focus (spec/voice.md): transport discovery (MSC4143), LiveKit tokens for
 //! this server's users (MSC4195), the focus service URL Element Call's builds talk to (an
-//! OpenID token for a LiveKit token, as lk-jwt-service does), LiveKit's webhook, and the
-//! voice moderation routes of `/_paracord/v1`.
+//! OpenID token for a LiveKit token, as lk-jwt-service does), LiveKit's webhook and the
+//! stream presets. The voice moderation routes are `paracord::voice`'s.
 
 use axum::{
-    extract::{Path, Request, State},
-    routing::{get, post, put},
+    extract::{Request, State},
+    routing::{get, post},
     Json, Router,
 };
 use paracord_core::Error;
-use paracord_service::rtc::{Moderation, OpenIdToken, RtcMember};
+use paracord_service::rtc::model::{OpenIdToken, RtcMember};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::{
-    paracord::{json_body, user_param, wire, Caller},
+    paracord::{json_body, wire},
     ruma_wrapper::{caller_ip, identify},
     ApiResult, AppState,
 };
@@ -34,28 +34,16 @@ pub(crate) fn routes() -> Router<AppState> {
     ] {
         r = r.route(path, post(get_token_route));
     }
-    r.route("/_paracord/livekit/get_token", post(service_get_token_route))
-        .route("/_paracord/livekit/sfu/get", post(service_sfu_get_route))
-        .route("/_paracord/livekit/webhook", post(webhook_route))
-        .route("/_paracord/v1/voice/stream_presets", get(stream_presets_route))
-}
-
-/// The moderation routes under `/_paracord/v1` (relayed to the guild's host, whose focus the
-/// channel's calls use).
-pub(crate) fn paracord_routes(r: Router<AppState>) -> Router<AppState> {
-    r.route("/_paracord/v1/channels/{channel_id}/voice", get(in_call_route))
-        .route(
-            "/_paracord/v1/channels/{channel_id}/voice/members/{user_id}/disconnect",
-            post(disconnect_route),
-        )
-        .route(
-            "/_paracord/v1/channels/{channel_id}/voice/members/{user_id}/mute",
-            put(mute_route),
-        )
-        .route(
-            "/_paracord/v1/channels/{channel_id}/voice/members/{user_id}/deafen",
-            put(deafen_route),
-        )
+    r.route(
+        "/_paracord/livekit/get_token",
+        post(service_get_token_route),
+    )
+    .route("/_paracord/livekit/sfu/get", post(service_sfu_get_route))
+    .route("/_paracord/livekit/webhook", post(webhook_route))
+    .route(
+        "/_paracord/v1/voice/stream_presets",
+        get(stream_presets_route),
+    )
 }
 
 /// `GET /_matrix/client/v1/rtc/transports` (MSC4143): LiveKit, when configured; none
@@ -124,7 +112,12 @@ async fn service_get_token_route(
     let body: OpenIdTokenRequest = wire::read(json_body(&state, req.into_body()).await?)?;
     let answer = state
         .rtc
-        .token_for_openid(&body.openid_token, &body.room_id, &body.slot_id, &body.member)
+        .token_for_openid(
+            &body.openid_token,
+            &body.room_id,
+            &body.slot_id,
+            &body.member,
+        )
         .await?;
     Ok(Json(json!(answer)))
 }
@@ -156,7 +149,9 @@ async fn webhook_route(State(state): State<AppState>, req: Request) -> ApiResult
         .map_err(|_| Error::too_large("the webhook body is too large"))?;
     let body = std::str::from_utf8(&bytes).map_err(|_| Error::not_json("not UTF-8"))?;
     if !state.rtc.webhook(body, &authorization).await? {
-        return Err(Error::forbidden("the webhook is not signed with this server's LiveKit key").into());
+        return Err(
+            Error::forbidden("the webhook is not signed with this server's LiveKit key").into(),
+        );
     }
     Ok(Json(json!({})))
 }
@@ -164,74 +159,4 @@ async fn webhook_route(State(state): State<AppState>, req: Request) -> ApiResult
 /// `GET /_paracord/v1/voice/stream_presets` (spec/voice.md §4).
 async fn stream_presets_route() -> Json<Value> {
     Json(paracord_service::rtc::presets::presets())
-}
-
-fn channel(id: &str) -> ApiResult<ruma::OwnedRoomId> {
-    ruma::OwnedRoomId::try_from(id).map_err(|_| Error::not_found("no such channel").into())
-}
-
-/// `GET /_paracord/v1/channels/{id}/voice`: who is connected to the channel's call.
-async fn in_call_route(
-    State(state): State<AppState>,
-    Caller(user): Caller,
-    Path(channel_id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    let room = channel(&channel_id)?;
-    Ok(Json(json!({ "participants": state.rtc.in_call(&room, &user)? })))
-}
-
-/// `POST …/voice/members/{userId}/disconnect` (MOVE_MEMBERS).
-async fn disconnect_route(
-    State(state): State<AppState>,
-    Caller(actor): Caller,
-    Path((channel_id, user_id)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
-    let room = channel(&channel_id)?;
-    let target = user_param(&user_id)?;
-    let removed = state.rtc.disconnect(&room, &actor, &target).await?;
-    Ok(Json(json!({ "disconnected": removed })))
-}
-
-#[derive(Deserialize)]
-struct MuteBody {
-    mute: bool,
-}
-
-#[derive(Deserialize)]
-struct DeafenBody {
-    deafen: bool,
-}
-
-/// `PUT …/voice/members/{userId}/mute` `{"mute": bool}` (MUTE_MEMBERS).
-async fn mute_route(
-    State(state): State<AppState>,
-    Caller(actor): Caller,
-    Path((channel_id, user_id)): Path<(String, String)>,
-    req: Request,
-) -> ApiResult<Json<Value>> {
-    let room = channel(&channel_id)?;
-    let target = user_param(&user_id)?;
-    let body: MuteBody = wire::read(json_body(&state, req.into_body()).await?)?;
-    let muted = state
-        .rtc
-        .set_muted(&room, &actor, &target, Moderation::Mute, body.mute)
-        .await?;
-    Ok(Json(json!(muted)))
-}
-
-/// `PUT …/voice/members/{userId}/deafen` `{"deafen": bool}` (DEAFEN_MEMBERS).
-async fn deafen_route(
-    State(state): State<AppState>,
-    Caller(actor): Caller,
-    Path((channel_id, user_id)): Path<(String, String)>,
-    req: Request,
-) -> ApiResult<Json<Value>> {
-    let room = channel(&channel_id)?;
-    let target = user_param(&user_id)?;
-    let body: DeafenBody = wire::read(json_body(&state, req.into_body()).await?)?;
-    let muted = state
-        .rtc
-        .set_muted(&room, &actor, &target, Moderation::Deafen, body.deafen)
-        .await?;
-    Ok(Json(json!(muted)))
 }

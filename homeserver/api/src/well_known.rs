@@ -1,11 +1,9 @@
 //! `/.well-known/matrix/client` and `/.well-known/matrix/server`.
 
 use axum::extract::State;
-use paracord_core::Error;
 use axum::Json;
-use ruma::{
-    api::federation::discovery::discover_homeserver as server_discovery, OwnedServerName,
-};
+use paracord_core::Error;
+use ruma::{api::federation::discovery::discover_homeserver as server_discovery, OwnedServerName};
 use serde_json::{json, Value};
 
 use crate::{ApiError, AppState, RumaResponse};

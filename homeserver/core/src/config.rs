@@ -594,12 +594,23 @@ impl Config {
             );
         }
         for (name, url, schemes) in [
-            ("livekit_url", &self.livekit_url, ["ws://", "wss://", "http://", "https://"]),
-            ("livekit_api_url", &self.livekit_api_url, ["http://", "https://", "ws://", "wss://"]),
+            (
+                "livekit_url",
+                &self.livekit_url,
+                ["ws://", "wss://", "http://", "https://"],
+            ),
+            (
+                "livekit_api_url",
+                &self.livekit_api_url,
+                ["http://", "https://", "ws://", "wss://"],
+            ),
         ] {
             if let Some(url) = url {
-                if !schemes.iter().any(|s| url.starts_with(s)) || url.contains(char::is_whitespace) {
-                    return Err(format!("{name} {url:?} is not a ws(s):// or http(s):// URL"));
+                if !schemes.iter().any(|s| url.starts_with(s)) || url.contains(char::is_whitespace)
+                {
+                    return Err(format!(
+                        "{name} {url:?} is not a ws(s):// or http(s):// URL"
+                    ));
                 }
             }
         }

@@ -16,6 +16,7 @@
 //! says the participant left, so enforcement still reaches them after a restart.
 
 pub mod livekit;
+pub mod model;
 pub mod presets;
 
 use std::{
@@ -44,9 +45,14 @@ use crate::{
     },
 };
 use livekit::{LiveKit, Publish, Webhook};
+pub use model::{InCall, Moderation, Muted, OpenIdToken, RtcMember, TokenAnswer};
 
 /// Where Element Call finds this focus: `{public_baseurl}` + this.
 pub const SERVICE_PATH: &str = "/_paracord/livekit";
+
+/// Most tokens a user holds unused (not connected yet) for one room: asking for more drops
+/// the oldest, so asking in a loop costs the server nothing that grows.
+const MAX_UNUSED_TOKENS: usize = 16;
 
 /// What a user may do in a call in a room.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,17 +65,6 @@ pub enum CallGrant {
         /// Attributes every participant sees (`chat.paracord.priority_speaker`).
         attributes: Vec<(&'static str, &'static str)>,
     },
-}
-
-/// A moderator's action on someone else's call (spec/voice.md §5).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Moderation {
-    /// Disconnect them (MOVE_MEMBERS).
-    Disconnect,
-    /// Server mute or unmute (MUTE_MEMBERS).
-    Mute,
-    /// Server deafen or undeafen (DEAFEN_MEMBERS).
-    Deafen,
 }
 
 /// Who may do what in calls: the profile's rules, or plain Matrix's.
@@ -122,49 +117,6 @@ pub struct Participant {
     pub connected: bool,
     /// What their token (or the last update) lets them publish.
     pub publish: Publish,
-}
-
-/// A moderator's standing mute/deafen of a user in a room: the row with an empty identity.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Muted {
-    #[serde(default)]
-    pub mute: bool,
-    #[serde(default)]
-    pub deafen: bool,
-}
-
-/// A token, as the three ways in answer it.
-#[derive(Clone, Debug, Serialize)]
-pub struct TokenAnswer {
-    pub url: String,
-    pub jwt: String,
-}
-
-/// The member object of MSC4195's requests.
-#[derive(Clone, Debug, Deserialize)]
-pub struct RtcMember {
-    pub id: String,
-    pub claimed_device_id: String,
-    #[serde(default)]
-    pub claimed_user_id: Option<String>,
-}
-
-/// An OpenID token as Element Call sends it.
-#[derive(Clone, Debug, Deserialize)]
-pub struct OpenIdToken {
-    pub access_token: String,
-    pub matrix_server_name: String,
-}
-
-/// Who is in a room's call, for `GET /_paracord/v1/channels/{id}/voice`.
-#[derive(Clone, Debug, Serialize)]
-pub struct InCall {
-    pub user_id: String,
-    pub device_id: String,
-    pub speak: bool,
-    pub stream: bool,
-    pub server_muted: bool,
-    pub server_deafened: bool,
 }
 
 type Key = (OwnedRoomId, OwnedUserId, String);
@@ -340,7 +292,13 @@ impl Rtc {
             return Err(unauthorized());
         }
         let identity = livekit::identity(user.as_str(), &member.claimed_device_id, &member.id);
-        self.mint(room_id, &user, &member.claimed_device_id, slot_id, &identity)
+        self.mint(
+            room_id,
+            &user,
+            &member.claimed_device_id,
+            slot_id,
+            &identity,
+        )
     }
 
     /// The legacy `POST /sfu/get` of lk-jwt-service: the room's one call, the identity
@@ -355,7 +313,13 @@ impl Rtc {
         checked("device_id", device_id)?;
         let user = self.openid_user(token).await?;
         let identity = format!("{user}:{device_id}");
-        self.mint(room_id, &user, device_id, livekit::ROOM_CALL_SLOT, &identity)
+        self.mint(
+            room_id,
+            &user,
+            device_id,
+            livekit::ROOM_CALL_SLOT,
+            &identity,
+        )
     }
 
     /// Whose OpenID token this is: asked of this server's accounts, or of the token's server
@@ -439,10 +403,32 @@ impl Rtc {
             publish,
         };
         self.store(room_id, user, identity, Some(&participant))?;
+        self.prune_unused(room_id, user)?;
         Ok(TokenAnswer {
             url: livekit.url.clone(),
             jwt,
         })
+    }
+
+    /// Drops a user's unused tokens for a room beyond [`MAX_UNUSED_TOKENS`] (oldest first)
+    /// and those too old to admit anyone any more.
+    fn prune_unused(&self, room_id: &RoomId, user: &UserId) -> Result<()> {
+        let expired_before = now_ms().saturating_sub(self.config.livekit_token_ttl_ms);
+        let mut unused: Vec<(u64, String)> = self
+            .participants
+            .lock()
+            .iter()
+            .filter(|(k, p)| k.0 == room_id && k.1 == user && !p.connected)
+            .map(|(k, p)| (p.issued_at, k.2.clone()))
+            .collect();
+        unused.sort();
+        let over = unused.len().saturating_sub(MAX_UNUSED_TOKENS);
+        for (i, (issued_at, identity)) in unused.iter().enumerate() {
+            if i < over || *issued_at < expired_before {
+                self.store(room_id, user, identity, None)?;
+            }
+        }
+        Ok(())
     }
 
     fn mutes(&self, room_id: &RoomId, user: &UserId) -> Result<Muted> {
@@ -633,8 +619,13 @@ impl Rtc {
         Ok(out)
     }
 
-    /// A moderator disconnects `target` from the room's calls.
-    pub async fn disconnect(&self, room_id: &RoomId, actor: &UserId, target: &UserId) -> Result<usize> {
+    /// A moderator disconnects `target` from the room's calls: how many connections.
+    pub async fn disconnect(
+        &self,
+        room_id: &RoomId,
+        actor: &UserId,
+        target: &UserId,
+    ) -> Result<usize> {
         let livekit = self.livekit()?;
         self.moderator(room_id, actor, Moderation::Disconnect)?;
         let mut removed = 0;
@@ -642,14 +633,54 @@ impl Rtc {
             if user != target {
                 continue;
             }
-            livekit
-                .remove_participant(&p.alias, &identity)
-                .await
-                .map_err(|_| sfu_unreachable())?;
+            if p.connected {
+                livekit
+                    .remove_participant(&p.alias, &identity)
+                    .await
+                    .map_err(|_| sfu_unreachable())?;
+                removed += 1;
+            }
+            // Unused tokens go too: they would be refused when they connect anyway.
             self.store(&room, &user, &identity, None)?;
-            removed += 1;
         }
         Ok(removed)
+    }
+
+    /// A moderator moves `target` from this room's call to `to`'s (MOVE_MEMBERS in both, and
+    /// `target` allowed in `to`): they are disconnected here, and their client is told where
+    /// to go (the API sends the `chat.paracord.voice.move` to-device message). The SFU cannot
+    /// move a connection between rooms, so the client rejoins with a token of `to`.
+    pub async fn move_member(
+        &self,
+        room_id: &RoomId,
+        to: &RoomId,
+        actor: &UserId,
+        target: &UserId,
+    ) -> Result<usize> {
+        self.livekit()?;
+        if room_id == to {
+            return Err(Error::invalid_param(
+                "channel_id is the channel they are in",
+            ));
+        }
+        self.moderator(to, actor, Moderation::Disconnect)?;
+        if self.rooms.room(to)?.is_none() {
+            return Err(Error::not_found("no such channel"));
+        }
+        match self.access.grant(&self.rooms, to, target)? {
+            CallGrant::Allowed { .. } => {}
+            CallGrant::Refused(why) => {
+                return Err(Error::forbidden(format!(
+                    "They may not join that call: {why}"
+                )))
+            }
+        }
+        if !self.rooms.is_joined(to, target)? {
+            return Err(Error::forbidden(
+                "They may not join that call: not joined to that channel",
+            ));
+        }
+        self.disconnect(room_id, actor, target).await
     }
 
     /// A moderator's server mute or deafen of `target` in the room: kept until undone, for
@@ -699,26 +730,24 @@ impl Rtc {
         self.access.moderates(&self.rooms, room_id, actor, action)
     }
 
-    /// Rooms with tokens out whose state `changed` may decide: the room itself, or a room
-    /// whose parent space it is (a guild's roles and members live in its space).
+    /// Rooms with participants connected whose state `changed` may decide: the room itself,
+    /// or a room whose parent space it is (a guild's roles and members live in its space).
+    /// Tokens not used yet need nothing: the room is checked again when they connect.
     fn affected_by(&self, changed: &RoomId) -> Vec<OwnedRoomId> {
         let rooms: std::collections::BTreeSet<OwnedRoomId> = self
             .participants
             .lock()
-            .keys()
-            .map(|k| k.0.clone())
+            .iter()
+            .filter(|(_, p)| p.connected)
+            .map(|(k, _)| k.0.clone())
             .collect();
         rooms
             .into_iter()
             .filter(|room| {
                 room == changed
-                    || self
-                        .rooms
-                        .current_state(room)
-                        .ok()
-                        .is_some_and(|s| {
-                            s.contains_key(&("m.space.parent".to_owned(), changed.to_string()))
-                        })
+                    || self.rooms.current_state(room).ok().is_some_and(|s| {
+                        s.contains_key(&("m.space.parent".to_owned(), changed.to_string()))
+                    })
             })
             .collect()
     }
@@ -762,7 +791,7 @@ impl EventObserver for RtcObserver {
     ) -> Option<FollowUp> {
         pdu.state_key.as_ref()?;
         let rtc = self.0.get()?.upgrade()?;
-        if rtc.livekit.is_none() || rtc.participants.lock().is_empty() {
+        if rtc.livekit.is_none() || !rtc.participants.lock().values().any(|p| p.connected) {
             return None;
         }
         let affected = rtc.affected_by(room_id);

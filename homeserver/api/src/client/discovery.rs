@@ -14,6 +14,7 @@ use crate::{ruma_wrapper::Ruma, ApiResult, AppState, RumaResponse};
 
 /// `GET /_matrix/client/versions` — https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientversions
 pub(crate) async fn get_supported_versions_route(
+    State(state): State<AppState>,
     _req: Ruma<get_supported_versions::Request>,
 ) -> RumaResponse<get_supported_versions::Response> {
     let versions = [
@@ -26,6 +27,10 @@ pub(crate) async fn get_supported_versions_route(
     response
         .unstable_features
         .insert("org.matrix.msc4140".to_owned(), true);
+    // MatrixRTC transports (MSC4143, spec/voice.md): only with an SFU to offer.
+    response
+        .unstable_features
+        .insert("org.matrix.msc4143".to_owned(), state.rtc.configured());
     RumaResponse(response)
 }
 

@@ -109,7 +109,13 @@ pub struct LiveKit {
 }
 
 impl LiveKit {
-    pub fn new(url: String, api_url: String, key: String, secret: String, ttl: Duration) -> Result<Self> {
+    pub fn new(
+        url: String,
+        api_url: String,
+        key: String,
+        secret: String,
+        ttl: Duration,
+    ) -> Result<Self> {
         let http = GuardedClient::new(OutboundGuard::for_appservices(), 0, TWIRP_TIMEOUT)
             .map_err(Error::internal)?;
         let webhooks = WebhookReceiver::new(TokenVerifier::with_api_key(&key, &secret));
@@ -307,7 +313,10 @@ mod tests {
             video: false,
             listen: true,
         };
-        let c = claims(&lk.join_token("alias", "who", speak_only, true, &[]).unwrap());
+        let c = claims(
+            &lk.join_token("alias", "who", speak_only, true, &[])
+                .unwrap(),
+        );
         assert_eq!(c["sub"], "who");
         assert_eq!(c["iss"], "key");
         assert_eq!(c["video"]["room"], "alias");
@@ -326,7 +335,8 @@ mod tests {
         };
         let c = claims(&lk.join_token("alias", "who", listener, false, &[]).unwrap());
         assert_eq!(c["video"]["canPublish"], false);
-        assert_eq!(c["video"]["roomCreate"], false);
+        // A false grant is left out of the token.
+        assert_ne!(c["video"]["roomCreate"], true, "{c}");
         assert_eq!(c["video"]["canSubscribe"], true);
     }
 

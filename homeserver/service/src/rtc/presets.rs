@@ -49,9 +49,15 @@ mod tests {
         let list = all["presets"].as_array().unwrap();
         assert_eq!(list.len(), 6);
         for p in list {
-            let mut prev = (p["height"].as_u64().unwrap(), p["max_bitrate"].as_u64().unwrap());
+            let mut prev = (
+                p["height"].as_u64().unwrap(),
+                p["max_bitrate"].as_u64().unwrap(),
+            );
             for l in p["layers"].as_array().unwrap() {
-                let this = (l["height"].as_u64().unwrap(), l["max_bitrate"].as_u64().unwrap());
+                let this = (
+                    l["height"].as_u64().unwrap(),
+                    l["max_bitrate"].as_u64().unwrap(),
+                );
                 assert!(this.0 < prev.0 && this.1 < prev.1, "{p}");
                 prev = this;
             }

@@ -21,6 +21,7 @@ use crate::error::LoadError;
 
 pub(crate) const CLIENT_V3: &str = "/_matrix/client/v3";
 const SHARED_SECRET_REGISTER: &str = "/_synapse/admin/v1/register";
+pub(crate) const RTC_GET_TOKEN: &str = "/_matrix/client/v1/rtc/livekit/get_token";
 
 /// Timeout of every request except long-polls, which get their own
 /// `timeout` plus [`LONG_POLL_SLACK`].
@@ -356,6 +357,22 @@ impl Target {
         results.into_iter().collect()
     }
 
+    /// `GET /account/whoami`: the device of the user's access token.
+    pub(crate) async fn whoami_device(&self, user: &User) -> Result<String, LoadError> {
+        let what = "whoami";
+        let reply = self
+            .call(
+                Method::GET,
+                &format!("{CLIENT_V3}/account/whoami"),
+                Some(&user.token),
+                None,
+                None,
+                what,
+            )
+            .await?;
+        str_field(&reply.body, "device_id", what)
+    }
+
     // ---- rooms --------------------------------------------------------
 
     /// `POST /createRoom` with a public preset (anyone may join); returns the
@@ -577,6 +594,35 @@ impl Target {
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.map_err(transport)?;
         Ok((status, bytes.to_vec()))
+    }
+
+    // ---- MatrixRTC -----------------------------------------------------
+
+    /// `POST /_matrix/client/v1/rtc/livekit/get_token` (MSC4195): a LiveKit token for
+    /// `member_id` of the user's `device_id` in `slot_id` of `room_id`. The reply comes back
+    /// whatever its status, for the caller to judge.
+    pub(crate) async fn rtc_get_token(
+        &self,
+        user: &User,
+        device_id: &str,
+        room_id: &str,
+        slot_id: &str,
+        member_id: &str,
+    ) -> Result<Reply, LoadError> {
+        let body = json!({
+            "room_id": room_id,
+            "slot_id": slot_id,
+            "member": { "id": member_id, "claimed_device_id": device_id },
+        });
+        self.raw(
+            Method::POST,
+            RTC_GET_TOKEN,
+            Some(&user.token),
+            Some(&body),
+            None,
+            "get_token",
+        )
+        .await
     }
 
     // ---- concurrency --------------------------------------------------

@@ -33,6 +33,7 @@ pub use crate::{
         register::{register, RegisterParams},
         remote_join::{remote_join, RemoteJoinParams},
         rooms::{rooms, RoomsParams},
+        rtc_token::{rtc_token, RtcTokenParams},
         search::{search, SearchParams},
         send::{send, SendParams},
     },

@@ -7,9 +7,10 @@ use std::{process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand, ValueEnum};
 use paracord_load::{
     appservice, fanout, growth, initial_sync, media, paginate, register, remote_join, rooms,
-    run_all, search, send, AppserviceParams, AppserviceRegistration, FanoutParams, GrowthParams,
-    InitialSyncParams, LoadError, MediaParams, PaginateParams, RegisterParams, Registration,
-    RemoteJoinParams, Report, RoomsParams, Scale, SearchParams, SendParams, Target,
+    rtc_token, run_all, search, send, AppserviceParams, AppserviceRegistration, FanoutParams,
+    GrowthParams, InitialSyncParams, LoadError, MediaParams, PaginateParams, RegisterParams,
+    Registration, RemoteJoinParams, Report, RoomsParams, RtcTokenParams, Scale, SearchParams,
+    SendParams, Target,
 };
 
 #[derive(Parser, Debug)]
@@ -80,7 +81,13 @@ enum Scenario {
     /// the appservice (the server's registration points at --appservice-listen) and measures
     /// delivery.
     Appservice(AppserviceParams),
-    /// Every scenario at one scale (`appservice` last, when its registration is given).
+    /// R LiveKit tokens from the server's MatrixRTC focus (MSC4195 get_token), asked for by
+    /// C concurrent clients, each for a fresh member id; `unsupported` on a server that
+    /// answers 404 M_UNRECOGNIZED.
+    #[command(alias = "rtc_token")]
+    RtcToken(RtcTokenParams),
+    /// Every scenario at one scale (`appservice` after `media` when its registration is
+    /// given, `rtc-token` last).
     All {
         #[arg(long, value_enum, default_value_t = Scale::Tiny)]
         scale: Scale,
@@ -133,6 +140,9 @@ async fn run(cli: Cli) -> Result<bool, LoadError> {
         .with_time_limit(Duration::from_secs(cli.time_limit))?;
     let print = |r: &Report| {
         println!("{}", r.to_json_line());
+        if let Some(why) = &r.unsupported {
+            eprintln!("paracord-load: {}: not supported: {why}", r.scenario);
+        }
         if let Some(e) = &r.first_error {
             eprintln!(
                 "paracord-load: {}: {} error(s), first: {e}",
@@ -151,6 +161,7 @@ async fn run(cli: Cli) -> Result<bool, LoadError> {
         Scenario::Search(p) => vec![search(&target, &p).await?],
         Scenario::Media(p) => vec![media(&target, &p).await?],
         Scenario::Appservice(p) => vec![appservice(&target, &p).await?],
+        Scenario::RtcToken(p) => vec![rtc_token(&target, &p).await?],
         Scenario::RemoteJoin(p) => {
             let joiner_registration = match (cli.register, cli.secret) {
                 (RegisterMethod::SharedSecret, Some(secret)) => Registration::SharedSecret(secret),

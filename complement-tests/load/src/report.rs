@@ -33,6 +33,10 @@ pub struct Report {
     /// True when the scenario could not run at all (its setup failed);
     /// `first_error` says why.
     pub failed: bool,
+    /// Why the server cannot run this scenario at all (it does not implement the API it
+    /// measures); the scenario then has no figures and counts no errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unsupported: Option<String>,
     /// Wall time of the whole scenario, setup included.
     pub elapsed_s: f64,
     /// Wall time of the setup (users, rooms, history) before measuring.
@@ -65,6 +69,7 @@ impl Report {
             first_error: None,
             timed_out: false,
             failed: false,
+            unsupported: None,
             elapsed_s: 0.0,
             setup_s: 0.0,
             process: None,
@@ -122,6 +127,13 @@ impl Report {
             }
         }
         self
+    }
+
+    /// Ends a scenario the server does not support: no figures, no errors, and `why`.
+    pub(crate) fn unsupported(self, why: impl Into<String>) -> Report {
+        let mut report = self.finish(Errors::default(), false);
+        report.unsupported = Some(why.into());
+        report
     }
 
     /// The report of a scenario that ended with `error` instead of results.

@@ -13,6 +13,7 @@ use crate::{
         paginate::{paginate, PaginateParams},
         register::{register, RegisterParams},
         rooms::{rooms, RoomsParams},
+        rtc_token::{rtc_token, RtcTokenParams},
         search::{search, SearchParams},
         send::{send, SendParams},
     },
@@ -41,6 +42,7 @@ pub struct ScaleParams {
     pub growth: GrowthParams,
     pub search: SearchParams,
     pub media: MediaParams,
+    pub rtc_token: RtcTokenParams,
 }
 
 impl Scale {
@@ -76,6 +78,12 @@ impl Scale {
             Scale::Small => (500, 100, 50, 256 * 1024),
             Scale::Medium => (2000, 500, 200, 1024 * 1024),
         };
+        // (get_token requests, concurrent clients)
+        let (token_requests, token_clients) = match self {
+            Scale::Tiny => (60, 3),
+            Scale::Small => (5000, 8),
+            Scale::Medium => (20000, 16),
+        };
         ScaleParams {
             register: RegisterParams { users },
             rooms: RoomsParams { rooms, members },
@@ -105,6 +113,10 @@ impl Scale {
                 queries,
             },
             media: MediaParams { uploads, size },
+            rtc_token: RtcTokenParams {
+                requests: token_requests,
+                clients: token_clients,
+            },
         }
     }
 }
@@ -114,7 +126,10 @@ impl Scale {
 /// `failed: true` and the run goes on with the next one.
 ///
 /// With `appservice` (the registration the server was started with) the `appservice`
-/// scenario runs last, with the `send` scenario's messages and senders.
+/// scenario runs after `media`, with the `send` scenario's messages and senders. `rtc-token`
+/// comes last: the tokens it mints stay on the server's books (until they are used and the
+/// SFU says the participant left), so no other scenario runs on a server holding them; on a
+/// server that is not a MatrixRTC focus its report says `unsupported`.
 pub async fn run_all(
     target: &Target,
     scale: Scale,
@@ -152,5 +167,6 @@ pub async fn run_all(
         };
         keep("appservice", appservice(target, &params).await);
     }
+    keep("rtc-token", rtc_token(target, &p.rtc_token).await);
     reports
 }

@@ -9,6 +9,7 @@ pub(crate) mod paginate;
 pub(crate) mod register;
 pub(crate) mod remote_join;
 pub(crate) mod rooms;
+pub(crate) mod rtc_token;
 pub(crate) mod search;
 pub(crate) mod send;
 

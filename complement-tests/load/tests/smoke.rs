@@ -9,12 +9,24 @@ use std::time::{Duration, Instant};
 
 use paracord_complement::TestServer;
 use paracord_load::{
-    appservice, register, run_all, AppserviceParams, AppserviceRegistration, RegisterParams,
-    Registration, Report, Scale, Target,
+    appservice, register, rtc_token, run_all, AppserviceParams, AppserviceRegistration,
+    RegisterParams, Registration, Report, RtcTokenParams, Scale, Target,
 };
 use serde_json::Value;
 
 const SECRET: &str = "load-smoke-shared-secret";
+
+/// Makes the server a MatrixRTC focus, as scripts/bench does: it only signs tokens, so the
+/// LiveKit URL need not answer.
+fn livekit(env: &mut paracord_complement::Env) {
+    TestServer::set_env(env, "PARACORD_LIVEKIT_URL", "ws://127.0.0.1:9");
+    TestServer::set_env(env, "PARACORD_LIVEKIT_API_KEY", "load-smoke");
+    TestServer::set_env(
+        env,
+        "PARACORD_LIVEKIT_API_SECRET",
+        "load-smoke-livekit-secret-of-at-least-32-characters",
+    );
+}
 
 /// Checks what every report must satisfy: it ran, nothing failed, nothing
 /// was cut short, every latency and rate is positive, the server process
@@ -22,6 +34,7 @@ const SECRET: &str = "load-smoke-shared-secret";
 fn assert_sane(r: &Report) {
     let line = r.to_json_line();
     assert!(!r.failed, "scenario failed: {line}");
+    assert!(r.unsupported.is_none(), "not supported: {line}");
     assert_eq!(r.errors, 0, "errors in {line}");
     assert!(!r.timed_out, "timed out: {line}");
     assert!(!r.metrics.is_empty(), "no metrics in {line}");
@@ -69,6 +82,7 @@ async fn every_scenario_at_tiny_scale() {
     let server = TestServer::start_with(|env| {
         TestServer::set_env(env, "PARACORD_REGISTRATION_SHARED_SECRET", SECRET);
         TestServer::set_env(env, "PARACORD_LOG", "warn");
+        livekit(env);
     })
     .await;
     // The harness does not expose the server's pid; the test process's own
@@ -182,6 +196,21 @@ async fn every_scenario_at_tiny_scale() {
     assert_eq!(count(r, "thumbnails"), 10);
     assert!(r.metrics["download_mib_per_s"] > 0.0);
 
+    let r = find("rtc-token");
+    let requests = p.rtc_token.requests as u64;
+    assert_eq!(count(r, "requests"), requests);
+    assert_eq!(count(r, "tokens"), requests);
+    // Every request's member id was fresh, and so was the first (setup) token's.
+    assert_eq!(count(r, "identities"), requests + 1);
+    assert!(r.metrics["tokens_per_s"] > 0.0);
+    assert!(r.metrics["get_token_p50_ms"] <= r.metrics["get_token_p95_ms"]);
+    assert!(r.metrics["get_token_p95_ms"] <= r.metrics["get_token_p99_ms"]);
+    assert_eq!(
+        reports.last().map(|r| r.scenario.as_str()),
+        Some("rtc-token"),
+        "rtc-token runs last"
+    );
+
     assert!(
         started.elapsed() < Duration::from_secs(60),
         "expected the tiny run to take under 60 s, took {:?}",
@@ -261,4 +290,44 @@ async fn the_appservice_scenario_measures_delivery() {
         .await
         .expect_err("transactions with the wrong hs_token must not count");
     assert!(err.to_string().contains("hs_token"), "{err}");
+}
+
+/// Against a server that is not a MatrixRTC focus (no LiveKit configured: 404
+/// M_UNRECOGNIZED, as Synapse answers) `rtc-token` says so instead of reporting figures or
+/// errors, after one user and one request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtc_token_is_unsupported_without_a_focus() {
+    let server = TestServer::start_with(|env| {
+        TestServer::set_env(env, "PARACORD_REGISTRATION_SHARED_SECRET", SECRET);
+        TestServer::set_env(env, "PARACORD_LOG", "warn");
+    })
+    .await;
+    let target = Target::new(
+        &server.base_url(),
+        Registration::SharedSecret(SECRET.into()),
+    )
+    .and_then(|t| t.with_time_limit(Duration::from_secs(30)))
+    .unwrap_or_else(|e| panic!("expected a loopback target: {e}"));
+    let r = rtc_token(
+        &target,
+        &RtcTokenParams {
+            requests: 50,
+            clients: 4,
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("expected the scenario to run: {e}"));
+    let line = r.to_json_line();
+    let why = r
+        .unsupported
+        .as_deref()
+        .unwrap_or_else(|| panic!("expected `unsupported`: {line}"));
+    assert!(why.contains("404 M_UNRECOGNIZED"), "{line}");
+    assert!(!r.failed, "{line}");
+    assert_eq!(r.errors, 0, "{line}");
+    assert!(r.metrics.is_empty(), "no figures without tokens: {line}");
+    assert!(r.counts.is_empty(), "{line}");
+    let parsed: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(parsed["unsupported"], why, "{line}");
+    assert_eq!(parsed["scenario"], "rtc-token", "{line}");
 }

@@ -256,6 +256,20 @@ async fn without_livekit_keys_the_focus_says_it_is_not_configured() {
 
     let token = get_token(&alice, &room, "m1").await;
     expect_error(&token, StatusCode::NOT_FOUND, "M_UNRECOGNIZED", "get_token");
+    // A voice channel says calls cannot happen here.
+    let (_, voice, _) = guild_with_voice(&alice).await;
+    let channel = expect_ok(
+        alice
+            .get(&format!("/_paracord/v1/channels/{}", enc(&voice)))
+            .await,
+        "the voice channel",
+    );
+    assert_eq!(channel["voice"], json!({ "available": false }), "{channel}");
+    let versions = expect_ok(server.client().get("/_matrix/client/versions").await, "v");
+    assert_eq!(
+        versions["unstable_features"]["org.matrix.msc4143"], false,
+        "{versions}"
+    );
     assert!(s(&token.1["error"]).contains("not configured"), "{token:?}");
     let legacy = sfu_get(&server, &alice, &room).await;
     expect_error(&legacy, StatusCode::NOT_FOUND, "M_UNRECOGNIZED", "sfu/get");
@@ -273,7 +287,27 @@ async fn a_voice_channel_call_carries_audio_to_who_may_connect_and_refuses_the_r
     join_guild(&alice, &bob, &guild, &text, &voice).await;
     join_guild(&alice, &carol, &guild, &text, &voice).await;
 
-    // Discovery: .well-known names the focus; the transports list LiveKit.
+    // Discovery: .well-known names the focus; the transports list LiveKit; voice channels
+    // say calls can happen.
+    let channel = expect_ok(
+        alice
+            .get(&format!("/_paracord/v1/channels/{}", enc(&voice)))
+            .await,
+        "the voice channel",
+    );
+    assert_eq!(channel["voice"], json!({ "available": true }), "{channel}");
+    let text_channel = expect_ok(
+        alice
+            .get(&format!("/_paracord/v1/channels/{}", enc(&text)))
+            .await,
+        "the text channel",
+    );
+    assert!(text_channel.get("voice").is_none(), "{text_channel}");
+    let versions = expect_ok(server.client().get("/_matrix/client/versions").await, "v");
+    assert_eq!(
+        versions["unstable_features"]["org.matrix.msc4143"], true,
+        "{versions}"
+    );
     let well_known = expect_ok(
         server.client().get("/.well-known/matrix/client").await,
         "wk",
@@ -792,4 +826,65 @@ async fn a_user_of_another_server_joins_a_call_in_a_guild_hosted_here() {
         "M_UNAUTHORIZED",
         "forged token",
     );
+}
+
+#[tokio::test]
+async fn a_down_sfu_never_blocks_messaging_and_moderation_says_so() {
+    let (mut lk, server) = focus(&[]).await;
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    let (guild, voice, text) = guild_with_voice(&alice).await;
+    join_guild(&alice, &bob, &guild, &text, &voice).await;
+    let token = expect_ok(get_token(&bob, &voice, "b").await, "bob");
+    let _peer = Peer::connect(&lk.url(), &s(&token["jwt"])).await.unwrap();
+    wait_in_call(&alice, &voice, &bob.user_id, true).await;
+
+    lk.kill();
+    // A moderator's disconnect needs the SFU, and says so.
+    let refused = alice
+        .post(
+            &format!(
+                "/_paracord/v1/channels/{}/voice/members/{}/disconnect",
+                enc(&voice),
+                enc(&bob.user_id)
+            ),
+            &json!({}),
+        )
+        .await;
+    expect_error(
+        &refused,
+        StatusCode::BAD_GATEWAY,
+        "M_UNKNOWN",
+        "disconnect, SFU down",
+    );
+    assert!(s(&refused.1["error"]).contains("SFU"), "{refused:?}");
+    // State changes in a room with participants still go through at once.
+    let started = Instant::now();
+    overwrite(&alice, &voice, &format!("user:{}", bob.user_id), 0, SPEAK).await;
+    alice
+        .send_text(&voice, "the SFU is down, the channel is not")
+        .await;
+    expect_ok(
+        alice
+            .post(
+                &format!("/rooms/{}/kick", enc(&guild)),
+                &json!({ "user_id": bob.user_id }),
+            )
+            .await,
+        "kick with the SFU down",
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    // Tokens need no SFU.
+    expect_ok(
+        get_token(&alice, &voice, "a").await,
+        "a token with the SFU down",
+    );
+    let carol = server.register_random().await;
+    join_guild(&alice, &carol, &guild, &text, &voice).await;
+    let carol_token = expect_ok(get_token(&carol, &voice, "c").await, "carol");
+    assert!(carol_token["jwt"].is_string());
 }

@@ -239,6 +239,14 @@ impl Rtc {
         }
     }
 
+    /// The slot and member of a token request, as fields (MSC4195).
+    fn check_member(slot_id: &str, member: &RtcMember) -> Result<()> {
+        checked("slot_id", slot_id)?;
+        checked("member.id", &member.id)?;
+        checked("member.claimed_device_id", &member.claimed_device_id)?;
+        Ok(())
+    }
+
     /// MSC4195 `get_token` for a user of this server, authenticated by their access token
     /// (so the device is known, and must be the claimed one).
     pub fn token_for_device(
@@ -250,8 +258,7 @@ impl Rtc {
         member: &RtcMember,
     ) -> Result<TokenAnswer> {
         self.livekit()?;
-        checked("slot_id", slot_id)?;
-        checked("member.id", &member.id)?;
+        Self::check_member(slot_id, member)?;
         if member.claimed_device_id != device_id {
             return Err(Error::forbidden(
                 "member.claimed_device_id must be the device of the access token",
@@ -280,9 +287,7 @@ impl Rtc {
         member: &RtcMember,
     ) -> Result<TokenAnswer> {
         self.livekit()?;
-        checked("slot_id", slot_id)?;
-        checked("member.id", &member.id)?;
-        checked("member.claimed_device_id", &member.claimed_device_id)?;
+        Self::check_member(slot_id, member)?;
         let user = self.openid_user(token).await?;
         if member
             .claimed_user_id

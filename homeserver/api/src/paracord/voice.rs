@@ -100,46 +100,45 @@ async fn move_route(
     Ok(Json(json!({ "disconnected": moved })))
 }
 
-#[derive(Deserialize)]
-struct MuteBody {
-    mute: bool,
-}
-
-#[derive(Deserialize)]
-struct DeafenBody {
-    deafen: bool,
-}
-
 /// `PUT …/voice/members/{userId}/mute` `{"mute": bool}` (MUTE_MEMBERS).
 async fn mute_route(
-    State(state): State<AppState>,
-    Caller(actor): Caller,
-    Path((channel_id, user_id)): Path<(String, String)>,
+    state: State<AppState>,
+    actor: Caller,
+    path: Path<(String, String)>,
     req: Request,
 ) -> ApiResult<Json<Value>> {
-    let room = channel(&channel_id)?;
-    let target = user_param(&user_id)?;
-    let body: MuteBody = wire::read(json_body(&state, req.into_body()).await?)?;
-    let muted = state
-        .rtc
-        .set_muted(&room, &actor, &target, Moderation::Mute, body.mute)
-        .await?;
-    Ok(Json(json!(muted)))
+    standing(state, actor, path, req, Moderation::Mute, "mute").await
 }
 
 /// `PUT …/voice/members/{userId}/deafen` `{"deafen": bool}` (DEAFEN_MEMBERS).
 async fn deafen_route(
+    state: State<AppState>,
+    actor: Caller,
+    path: Path<(String, String)>,
+    req: Request,
+) -> ApiResult<Json<Value>> {
+    standing(state, actor, path, req, Moderation::Deafen, "deafen").await
+}
+
+/// A server mute or deafen, on or off (`{"<field>": bool}`): the standing state afterwards.
+async fn standing(
     State(state): State<AppState>,
     Caller(actor): Caller,
     Path((channel_id, user_id)): Path<(String, String)>,
     req: Request,
+    action: Moderation,
+    field: &str,
 ) -> ApiResult<Json<Value>> {
     let room = channel(&channel_id)?;
     let target = user_param(&user_id)?;
-    let body: DeafenBody = wire::read(json_body(&state, req.into_body()).await?)?;
+    let body = json_body(&state, req.into_body()).await?;
+    let on = body
+        .get(field)
+        .and_then(Value::as_bool)
+        .ok_or_else(|| Error::bad_json(format!("{field} must be true or false")))?;
     let muted = state
         .rtc
-        .set_muted(&room, &actor, &target, Moderation::Deafen, body.deafen)
+        .set_muted(&room, &actor, &target, action, on)
         .await?;
     Ok(Json(json!(muted)))
 }

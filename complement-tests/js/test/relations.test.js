@@ -131,7 +131,26 @@ describe("matrix-js-sdk interop", { timeout: 120_000 }, () => {
         "m.in_reply_to": { event_id: rootId },
       },
     });
-    const { event_id: r1 } = await bob.sendEvent(roomId, "m.room.message", reply("reply one"));
+    // The first reply goes out as a plain PUT, without the SDK's local echo: when it opens
+    // a thread, matrix-js-sdk 36 builds the thread from GET /relations while the send is
+    // still in flight, and if that page already holds the reply (the server persisted it
+    // before answering the PUT) the SDK's echo bookkeeping throws "updatePendingEventStatus
+    // called on an event which is not a local echo". The second reply goes through
+    // sendEvent into the thread the client has by then built from /sync and /relations.
+    const { event_id: r1 } = await bob.http.authedRequest(
+      sdk.Method.Put,
+      `/rooms/${encodeURIComponent(roomId)}/send/m.room.message/first-reply-${Date.now()}`,
+      undefined,
+      reply("reply one"),
+    );
+    await waitFor(
+      () => {
+        const thread = bob.getRoom(roomId)?.getThread(rootId);
+        return thread?.initialEventsFetched && thread.findEventById(r1);
+      },
+      `${bob.getUserId()}'s client to build thread ${rootId} holding ${r1}`,
+      { timeoutMs: 15_000 },
+    );
     const { event_id: r2 } = await bob.sendEvent(roomId, "m.room.message", reply("reply two"));
     assert.ok(r1 && r2, "both thread replies got ids");
 

@@ -354,6 +354,17 @@ impl LiveKit {
             .collect())
     }
 
+    /// RoomService `ListRooms`: the names of the rooms that exist on the SFU.
+    pub async fn list_rooms(&self) -> Result<Vec<String>, PeerError> {
+        let answer = self.admin(json!({ "cmd": "list_rooms" })).await?;
+        Ok(answer["rooms"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.as_str().map(str::to_owned))
+            .collect())
+    }
+
     async fn admin(&self, mut cmd: Value) -> Result<Value, PeerError> {
         cmd["url"] = json!(self.http_url());
         cmd["api_key"] = json!(self.api_key);

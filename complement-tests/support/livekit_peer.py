@@ -439,6 +439,11 @@ async def run_admin():
                             for t in p.tracks]}
                 for p in listed.participants
             ])
+        if cmd["cmd"] == "list_rooms":
+            listed = await asyncio.wait_for(
+                lk.room.list_rooms(api.ListRoomsRequest()), timeout
+            )
+            return ok(rooms=[r.name for r in listed.rooms])
         return error("bad_command", f"unknown command {cmd['cmd']!r}")
     except asyncio.TimeoutError:
         return error("timeout", f"no answer within {timeout} s")

@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use paracord_complement::{
     enc, expect_error, expect_ok,
     federation::federating_server_with,
@@ -13,6 +14,7 @@ use paracord_complement::{
     random_word, StatusCode, TestServer, User,
 };
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
 const WAIT: Duration = Duration::from_secs(20);
 const VIEW_CHANNEL: u64 = 1 << 10;
@@ -109,6 +111,40 @@ async fn join_guild(owner: &User, member: &User, guild: &str, text: &str, channe
     );
     let _ = guild;
     member.join_ok(channel).await;
+}
+
+/// MSC4195's hash: unpadded base64 of SHA-256 over the canonical JSON array of `parts`.
+fn msc4195_hash(parts: &[&str]) -> String {
+    let json = serde_json::to_string(parts).unwrap();
+    base64::engine::general_purpose::STANDARD_NO_PAD.encode(Sha256::digest(json.as_bytes()))
+}
+
+/// MSC4195 `get_token` in its current form (`url`, `member_id`, maybe `server_name`), asked
+/// of `user`'s own server.
+async fn slot_token(
+    user: &User,
+    server_name: Option<&str>,
+    url: &str,
+    room: &str,
+    member_id: &str,
+) -> (StatusCode, Value) {
+    let mut body = json!({
+        "url": url, "room_id": room, "slot_id": "m.call#ROOM", "member_id": member_id,
+    });
+    if let Some(name) = server_name {
+        body["server_name"] = json!(name);
+    }
+    user.post("/_matrix/client/v1/rtc/livekit/get_token", &body)
+        .await
+}
+
+/// MSC4195 `delegate_delayed_leave`.
+async fn delegate(user: &User, body: Value) -> (StatusCode, Value) {
+    user.post(
+        "/_matrix/client/v1/rtc/livekit/delegate_delayed_leave",
+        &body,
+    )
+    .await
 }
 
 /// MSC4195 `get_token` with the user's own access token.
@@ -242,7 +278,10 @@ async fn without_livekit_keys_the_focus_says_it_is_not_configured() {
         "{well_known}"
     );
     let transports = expect_ok(alice.get("/_matrix/client/v1/rtc/transports").await, "t");
-    assert_eq!(transports, json!({ "rtc_transports": [] }));
+    assert_eq!(
+        transports,
+        json!({ "transports": [], "rtc_transports": [] })
+    );
     let unauthenticated = server
         .client()
         .get("/_matrix/client/v1/rtc/transports")
@@ -256,6 +295,13 @@ async fn without_livekit_keys_the_focus_says_it_is_not_configured() {
 
     let token = get_token(&alice, &room, "m1").await;
     expect_error(&token, StatusCode::NOT_FOUND, "M_UNRECOGNIZED", "get_token");
+    let slot = slot_token(&alice, None, "wss://sfu.example", &room, "m1").await;
+    expect_error(
+        &slot,
+        StatusCode::NOT_FOUND,
+        "M_UNRECOGNIZED",
+        "get_token, MSC4195 body",
+    );
     // A voice channel says calls cannot happen here.
     let (_, voice, _) = guild_with_voice(&alice).await;
     let channel = expect_ok(
@@ -780,7 +826,7 @@ async fn a_user_of_another_server_joins_a_call_in_a_guild_hosted_here() {
     let claims = jwt_claims(&s(&answer["jwt"]));
     assert_ne!(
         claims["video"]["roomCreate"], true,
-        "remote users create no rooms: {claims}"
+        "no token creates rooms: {claims}"
     );
     assert_eq!(claims["video"]["canPublish"], true, "{claims}");
 
@@ -791,6 +837,50 @@ async fn a_user_of_another_server_joins_a_call_in_a_guild_hosted_here() {
     pa.publish_audio().await.unwrap();
     let heard = pb.wait_audio(&alice_identity, 50, WAIT).await.unwrap();
     assert!(heard.frames >= 50 && !heard.silent, "{heard:?}");
+
+    // MSC4195's current way: Bob asks his own server for a token for A's SFU; B relays it
+    // over federation (`/_matrix/federation/v1/rtc/livekit/get_token`) and A answers with a
+    // token that subscribes but does not publish (Bob would publish on his own server's SFU).
+    let relayed = expect_ok(
+        slot_token(&bob, Some(&a_name), &lk.url(), &voice, "bob-m").await,
+        "bob's token for A's SFU, through B",
+    );
+    let claims = jwt_claims(&s(&relayed["jwt"]));
+    assert_eq!(
+        claims["sub"],
+        msc4195_hash(&[&bob.user_id, "bob-m"]).as_str(),
+        "{claims}"
+    );
+    assert_ne!(claims["video"]["canPublish"], true, "{claims}");
+    assert_eq!(claims["video"]["canSubscribe"], true, "{claims}");
+    let mut pc = Peer::connect(&lk.url(), &s(&relayed["jwt"])).await.unwrap();
+    let heard = pc.wait_audio(&alice_identity, 50, WAIT).await.unwrap();
+    assert!(heard.frames >= 50 && !heard.silent, "{heard:?}");
+    // A's refusals reach Bob as MSC4195 says: a URL that is not A's SFU is 400
+    // M_INVALID_PARAM, a user not in the room 403 M_FORBIDDEN.
+    let wrong_url = slot_token(&bob, Some(&a_name), "wss://elsewhere.invalid", &voice, "m").await;
+    expect_error(
+        &wrong_url,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+        "relayed bad url",
+    );
+    let dave = b.register_random().await;
+    let outsider = slot_token(&dave, Some(&a_name), &lk.url(), &voice, "m").await;
+    expect_error(
+        &outsider,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+        "relayed outsider",
+    );
+    // A server that cannot be reached is a 502.
+    let nowhere = slot_token(&bob, Some("unreachable.invalid"), &lk.url(), &voice, "m").await;
+    expect_error(
+        &nowhere,
+        StatusCode::BAD_GATEWAY,
+        "M_UNKNOWN",
+        "unreachable server",
+    );
 
     // Someone else's OpenID token does not make Bob of it; a claim of another user fails.
     let lie = a
@@ -887,4 +977,244 @@ async fn a_down_sfu_never_blocks_messaging_and_moderation_says_so() {
     join_guild(&alice, &carol, &guild, &text, &voice).await;
     let carol_token = expect_ok(get_token(&carol, &voice, "c").await, "carol");
     assert!(carol_token["jwt"].is_string());
+}
+
+#[tokio::test]
+async fn msc4195_tokens_for_a_slot_name_the_member_and_the_server_creates_the_room() {
+    // LiveKit creates no room on join here: only the focus's CreateRoom lets anyone in.
+    let mut lk = LiveKit::start(LiveKitOptions {
+        extra_config: "room:\n  auto_create: false\n".into(),
+        ..LiveKitOptions::default()
+    })
+    .await;
+    let env = livekit_env(&lk);
+    let server = TestServer::start_with(|e| {
+        for (k, v) in &env {
+            TestServer::set_env(e, k, v);
+        }
+    })
+    .await;
+    lk.restart_with(LiveKitOptions {
+        webhook_urls: vec![format!("{}/_paracord/livekit/webhook", server.base_url())],
+        extra_config: "room:\n  auto_create: false\n".into(),
+    })
+    .await;
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    let stranger = server.register_random().await;
+    let (guild, voice, text) = guild_with_voice(&alice).await;
+    join_guild(&alice, &bob, &guild, &text, &voice).await;
+
+    // The transports name the SFU's URL (MSC4195) and the focus service (MSC4143's first form).
+    let t = expect_ok(
+        alice.get("/_matrix/client/v1/rtc/transports").await,
+        "transports",
+    );
+    assert_eq!(t["transports"][0]["url"], lk.url().as_str(), "{t}");
+    assert_eq!(t["transports"][0]["type"], "livekit", "{t}");
+    assert!(
+        t["rtc_transports"][0]["livekit_service_url"].is_string(),
+        "{t}"
+    );
+
+    let alias = msc4195_hash(&[&voice, "m.call#ROOM"]);
+    assert!(
+        !lk.list_rooms().await.unwrap().contains(&alias),
+        "no LiveKit room before anyone asks"
+    );
+    let a = expect_ok(
+        slot_token(&alice, None, &lk.url(), &voice, "alice-m").await,
+        "alice's token",
+    );
+    let claims = jwt_claims(&s(&a["jwt"]));
+    assert_eq!(
+        claims["sub"],
+        msc4195_hash(&[&alice.user_id, "alice-m"]).as_str()
+    );
+    assert_eq!(claims["video"]["room"], alias.as_str(), "{claims}");
+    assert_ne!(claims["video"]["roomCreate"], true, "{claims}");
+    assert_eq!(claims["video"]["canPublish"], true, "{claims}");
+    assert!(claims["nbf"].is_u64() && claims["exp"].is_u64(), "{claims}");
+    assert!(
+        lk.list_rooms().await.unwrap().contains(&alias),
+        "the focus created the LiveKit room before answering"
+    );
+    // The same through the unstable path, and with this server's own name.
+    let b = expect_ok(
+        bob.post(
+            "/_matrix/client/unstable/io.element.msc4195/rtc/livekit/get_token",
+            &json!({
+                "server_name": server.server_name(), "url": lk.url(), "room_id": voice,
+                "slot_id": "m.call#ROOM", "member_id": "bob-m",
+            }),
+        )
+        .await,
+        "bob's token",
+    );
+    let mut pa = Peer::connect(&lk.url(), &s(&a["jwt"])).await.unwrap();
+    let mut pb = Peer::connect(&lk.url(), &s(&b["jwt"])).await.unwrap();
+    pa.publish_audio().await.unwrap();
+    let heard = pb.wait_audio(&s(&claims["sub"]), 50, WAIT).await.unwrap();
+    assert!(heard.frames >= 50 && !heard.silent, "{heard:?}");
+
+    // Bad input, each a clear error: another URL, a stranger, an unknown room, a missing
+    // field, an oversized one.
+    let wrong = slot_token(&alice, None, "wss://other.invalid", &voice, "m").await;
+    expect_error(
+        &wrong,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+        "not our SFU",
+    );
+    let outsider = slot_token(&stranger, None, &lk.url(), &voice, "m").await;
+    expect_error(
+        &outsider,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+        "not joined",
+    );
+    let unknown = slot_token(&alice, None, &lk.url(), "!nope:nowhere", "m").await;
+    expect_error(
+        &unknown,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+        "unknown room",
+    );
+    let missing = alice
+        .post(
+            "/_matrix/client/v1/rtc/livekit/get_token",
+            &json!({ "url": lk.url(), "room_id": voice, "slot_id": "m.call#ROOM" }),
+        )
+        .await;
+    expect_error(
+        &missing,
+        StatusCode::BAD_REQUEST,
+        "M_BAD_JSON",
+        "no member_id",
+    );
+    let long = slot_token(&alice, None, &lk.url(), &voice, &"m".repeat(300)).await;
+    expect_error(
+        &long,
+        StatusCode::BAD_REQUEST,
+        "M_BAD_JSON",
+        "member_id too long",
+    );
+    let bad_server = slot_token(&alice, Some("not a server"), &lk.url(), &voice, "m").await;
+    expect_error(
+        &bad_server,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+        "bad server_name",
+    );
+}
+
+#[tokio::test]
+async fn a_delegated_leave_event_lives_while_the_member_is_on_the_sfu_and_fires_when_they_leave() {
+    let (lk, server) = focus(&[]).await;
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    let (guild, voice, text) = guild_with_voice(&alice).await;
+    join_guild(&alice, &bob, &guild, &text, &voice).await;
+    let service_url = format!("{}/_paracord/livekit", server.base_url());
+
+    // Alice joins the call and schedules her leave (an empty membership) 6 s out.
+    let (key, content) = call_member(&alice, &service_url);
+    expect_ok(
+        put_call_member(&alice, &voice, &key, &content).await,
+        "join",
+    );
+    let scheduled = expect_ok(
+        alice
+            .put(
+                &format!(
+                    "/rooms/{}/state/org.matrix.msc3401.call.member/{}?org.matrix.msc4140.delay=6000",
+                    enc(&voice),
+                    enc(&key)
+                ),
+                &json!({}),
+            )
+            .await,
+        "schedule the leave",
+    );
+    let delay_id = s(&scheduled["delay_id"]);
+    let body = json!({
+        "url": lk.url(), "room_id": voice, "slot_id": "m.call#ROOM", "member_id": "alice-m",
+        "delay_id": delay_id,
+    });
+    // Refused: another SFU, someone else's delayed event, one of another room, an unknown one.
+    let mut other_url = body.clone();
+    other_url["url"] = json!("wss://other.invalid");
+    expect_error(
+        &delegate(&alice, other_url).await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+        "another SFU",
+    );
+    expect_error(
+        &delegate(&bob, body.clone()).await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+        "someone else's delayed event",
+    );
+    let mut other_room = body.clone();
+    other_room["room_id"] = json!(text);
+    expect_error(
+        &delegate(&alice, other_room).await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+        "another room",
+    );
+    let mut unknown = body.clone();
+    unknown["delay_id"] = json!("nope");
+    expect_error(
+        &delegate(&alice, unknown).await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+        "unknown delay_id",
+    );
+    assert_eq!(
+        expect_ok(delegate(&alice, body).await, "delegate"),
+        json!({})
+    );
+
+    let token = expect_ok(
+        slot_token(&alice, None, &lk.url(), &voice, "alice-m").await,
+        "token",
+    );
+    let peer = Peer::connect(&lk.url(), &s(&token["jwt"])).await.unwrap();
+    // Two delays later the membership still stands: the focus restarts the event.
+    let state_path = format!(
+        "/rooms/{}/state/org.matrix.msc3401.call.member/{}",
+        enc(&voice),
+        enc(&key)
+    );
+    tokio::time::sleep(Duration::from_secs(13)).await;
+    let still = expect_ok(alice.get(&state_path).await, "membership while connected");
+    assert_eq!(still["application"], "m.call", "{still}");
+
+    // Alice leaves the SFU (her client vanishes): the leave is sent at once. Left to its
+    // timer, restarted at most half a delay ago, it would take 3 s or more.
+    let left_at = Instant::now();
+    peer.leave().await.unwrap();
+    loop {
+        let now = expect_ok(alice.get(&state_path).await, "membership after leaving");
+        if now == json!({}) {
+            break;
+        }
+        assert!(
+            left_at.elapsed() < Duration::from_millis(2500),
+            "the delegated leave was not sent when she left: {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let listed = expect_ok(
+        alice
+            .get("/_matrix/client/unstable/org.matrix.msc4140/delayed_events")
+            .await,
+        "delayed events",
+    );
+    assert!(
+        !listed.to_string().contains(&delay_id),
+        "the delegated event is no longer scheduled: {listed}"
+    );
 }

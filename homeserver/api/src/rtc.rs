@@ -9,7 +9,9 @@ use axum::{
     Json, Router,
 };
 use paracord_core::Error;
-use paracord_service::rtc::model::{OpenIdToken, RtcMember};
+use paracord_service::rtc::model::{
+    DelegateLeave, OpenIdToken, RtcMember, ServerTokenRequest, SlotTokenRequest,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -30,9 +32,22 @@ pub(crate) fn routes() -> Router<AppState> {
     }
     for path in [
         "/_matrix/client/v1/rtc/livekit/get_token",
+        "/_matrix/client/unstable/io.element.msc4195/rtc/livekit/get_token",
         "/_matrix/client/unstable/org.matrix.msc4195/rtc/livekit/get_token",
     ] {
         r = r.route(path, post(get_token_route));
+    }
+    for path in [
+        "/_matrix/client/v1/rtc/livekit/delegate_delayed_leave",
+        "/_matrix/client/unstable/io.element.msc4195/rtc/livekit/delegate_delayed_leave",
+    ] {
+        r = r.route(path, post(delegate_leave_route));
+    }
+    for path in [
+        "/_matrix/federation/v1/rtc/livekit/get_token",
+        "/_matrix/federation/unstable/io.element.msc4195/rtc/livekit/get_token",
+    ] {
+        r = r.route(path, post(server_get_token_route));
     }
     r.route(
         "/_paracord/livekit/get_token",
@@ -51,16 +66,19 @@ pub(crate) fn routes() -> Router<AppState> {
 async fn transports_route(State(state): State<AppState>, req: Request) -> ApiResult<Json<Value>> {
     let (parts, _) = req.into_parts();
     identify(&state, &parts, caller_ip(&state, &parts)).await?;
-    Ok(Json(json!({ "rtc_transports": state.rtc.transports() })))
+    // `transports` is MSC4195's name, `rtc_transports` MSC4143's first one.
+    let transports = state.rtc.transports();
+    Ok(Json(
+        json!({ "transports": transports, "rtc_transports": transports }),
+    ))
 }
 
+/// The first revisions' body of MSC4195's `get_token` (Element Call's builds send it).
 #[derive(Deserialize)]
 struct TokenRequest {
     room_id: String,
     slot_id: String,
     member: RtcMember,
-    #[serde(default)]
-    server_name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -78,29 +96,63 @@ struct LegacyRequest {
     device_id: String,
 }
 
-/// `POST /_matrix/client/v1/rtc/livekit/get_token` (MSC4195), for this server's users and
-/// its own SFU.
+/// `POST /_matrix/client/v1/rtc/livekit/get_token` (MSC4195) for this server's users: a
+/// token for this server's SFU, or, for another server's, one asked of that server. The
+/// body of the current revision (`member_id`, `url`) or of the first ones (`member`).
 async fn get_token_route(State(state): State<AppState>, req: Request) -> ApiResult<Json<Value>> {
     let (parts, body) = req.into_parts();
     let (id, _) = identify(&state, &parts, caller_ip(&state, &parts)).await?;
-    let body: TokenRequest = wire::read(json_body(&state, body).await?)?;
-    if let Some(server) = body.server_name.as_deref() {
-        if server != state.config.server_name {
-            return Err(Error::unrecognized(
-                "tokens for another server's SFU are not supported yet: ask that server's \
-                 focus (its .well-known rtc_foci) with an OpenID token",
+    let body = json_body(&state, body).await?;
+    let answer = if body.get("member").is_some() {
+        let body: TokenRequest = wire::read(body)?;
+        state
+            .rtc
+            .token_for_device(
+                &id.user_id,
+                id.device_id.as_str(),
+                &body.room_id,
+                &body.slot_id,
+                &body.member,
             )
-            .into());
-        }
-    }
-    let answer = state.rtc.token_for_device(
-        &id.user_id,
-        id.device_id.as_str(),
-        &body.room_id,
-        &body.slot_id,
-        &body.member,
-    )?;
+            .await?
+    } else {
+        let body: SlotTokenRequest = wire::read(body)?;
+        state
+            .rtc
+            .token_for_slot(&id.user_id, id.device_id.as_str(), &body)
+            .await?
+    };
     Ok(Json(json!(answer)))
+}
+
+/// `POST /_matrix/client/v1/rtc/livekit/delegate_delayed_leave` (MSC4195): the focus keeps
+/// the user's delayed leave event alive while they are on the SFU and sends it when they
+/// leave it.
+async fn delegate_leave_route(
+    State(state): State<AppState>,
+    req: Request,
+) -> ApiResult<Json<Value>> {
+    let (parts, body) = req.into_parts();
+    let (id, _) = identify(&state, &parts, caller_ip(&state, &parts)).await?;
+    let body: DelegateLeave = wire::read(json_body(&state, body).await?)?;
+    state
+        .rtc
+        .delegate_leave(&id.user_id, id.device_id.as_str(), &body)?;
+    Ok(Json(json!({})))
+}
+
+/// `POST /_matrix/federation/v1/rtc/livekit/get_token` (MSC4195): another server asks, for
+/// one of its users, a token to subscribe on this server's SFU.
+async fn server_get_token_route(
+    State(state): State<AppState>,
+    req: Request,
+) -> ApiResult<Json<Value>> {
+    let (origin, bytes) = crate::federation::signed_body(&state, req).await?;
+    let body: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::not_json(format!("the body is not JSON: {e}")))?;
+    let body: ServerTokenRequest = wire::read(body)?;
+    let answer = state.rtc.token_for_server(&origin, &body).await?;
+    Ok(Json(json!({ "jwt": answer.jwt })))
 }
 
 /// `POST /_paracord/livekit/get_token`: MSC4195's body with an OpenID token, from a user of

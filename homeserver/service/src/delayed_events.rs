@@ -261,6 +261,29 @@ impl DelayedEvents {
         finalisation: Finalisation,
     ) -> Result<()> {
         self.ratelimit.check(Limit::DelayedEvents, user.as_str())?;
+        self.manage_unlimited(user, delay_id, action, finalisation)
+            .await
+    }
+
+    /// [`DelayedEvents::manage`] on the server's own behalf (the RTC focus keeping a
+    /// delegated leave event alive, MSC4195): not counted against the user's rate limit.
+    pub async fn manage_delegated(
+        &self,
+        user: &UserId,
+        delay_id: &str,
+        action: Action,
+    ) -> Result<()> {
+        self.manage_unlimited(user, delay_id, action, Finalisation::Current)
+            .await
+    }
+
+    async fn manage_unlimited(
+        &self,
+        user: &UserId,
+        delay_id: &str,
+        action: Action,
+        finalisation: Finalisation,
+    ) -> Result<()> {
         let lock = self.lock_of(delay_id);
         let _guard = lock.lock().await;
         let record = self.get(user, delay_id)?;

@@ -328,9 +328,14 @@ impl Services {
             rooms.clone(),
             accounts.clone(),
             federation.clone(),
+            keys.clone(),
+            delayed_events.clone(),
             Arc::new(guilds::voice::GuildCalls),
         )?);
         rtc_observer.set_rtc(Arc::downgrade(&rtc));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            rtc.start();
+        }
         let applications = Arc::new(guilds::applications::Applications::new(
             db.clone(),
             config.clone(),

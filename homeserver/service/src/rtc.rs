@@ -5,8 +5,11 @@
 //!
 //! Who may do what in a call is a [`CallAccess`]: plain Matrix rooms let every joined member
 //! in ([`JoinedMembers`]); the guild profile plugs in its CONNECT / SPEAK / STREAM rules
-//! without this module knowing it. Three ways in, for the clients that exist:
-//! - MSC4195's `POST /_matrix/client/v1/rtc/livekit/get_token`, with the user's access token;
+//! without this module knowing it. The ways in, for the clients that exist:
+//! - MSC4195's `POST /_matrix/client/v1/rtc/livekit/get_token`, with the user's access token:
+//!   for this server's SFU, or relayed to another server's
+//!   (`POST /_matrix/federation/v1/rtc/livekit/get_token`), which answers users of other
+//!   servers with tokens that subscribe but do not publish (they publish on their own SFU);
 //! - the focus service URL advertised in `.well-known` (`/_paracord/livekit`), where Element
 //!   Call's builds exchange an OpenID token: `POST …/get_token` (MSC4195 with the OpenID
 //!   token in the body) and the legacy `POST …/sfu/get`. A user of another server is
@@ -37,7 +40,9 @@ use serde_json::Value;
 
 use crate::{
     accounts::Accounts,
-    federation::client::FederationClient,
+    delayed_events::{model::Action, DelayedEvents},
+    federation::{client::FederationClient, request},
+    keys::ServerKeys,
     rooms::{
         hooks::{EventObserver, FollowUp},
         notify::Notification,
@@ -45,7 +50,10 @@ use crate::{
     },
 };
 use livekit::{LiveKit, Publish, Webhook};
-pub use model::{InCall, Moderation, Muted, OpenIdToken, RtcMember, TokenAnswer};
+pub use model::{
+    DelegateLeave, InCall, Moderation, Muted, OpenIdToken, RtcMember, ServerTokenRequest,
+    SlotTokenRequest, TokenAnswer,
+};
 
 /// Where Element Call finds this focus: `{public_baseurl}` + this.
 pub const SERVICE_PATH: &str = "/_paracord/livekit";
@@ -53,6 +61,23 @@ pub const SERVICE_PATH: &str = "/_paracord/livekit";
 /// Most tokens a user holds unused (not connected yet) for one room: asking for more drops
 /// the oldest, so asking in a loop costs the server nothing that grows.
 const MAX_UNUSED_TOKENS: usize = 16;
+
+/// How long a LiveKit room the server created (or tried to) is taken to exist without asking
+/// the SFU again; LiveKit's `room_finished` webhook forgets it sooner.
+const ROOM_CREATED_FOR_MS: u64 = 30_000;
+
+/// Most LiveKit rooms remembered as created; past it the oldest are forgotten (and created
+/// again when asked for, which is harmless).
+const MAX_CREATED_ROOMS: usize = 4096;
+
+/// How often the focus looks at the delayed leave events delegated to it.
+const DELEGATION_TICK: Duration = Duration::from_secs(1);
+
+/// The federation endpoint of MSC4195, stable and unstable.
+const SERVER_TOKEN_PATHS: [&str; 2] = [
+    "/_matrix/federation/v1/rtc/livekit/get_token",
+    "/_matrix/federation/unstable/io.element.msc4195/rtc/livekit/get_token",
+];
 
 /// What a user may do in a call in a room.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,6 +142,10 @@ pub struct Participant {
     pub connected: bool,
     /// What their token (or the last update) lets them publish.
     pub publish: Publish,
+    /// The delayed leave event the focus keeps alive while they are connected and sends
+    /// when they leave the SFU (MSC4195 `delegate_delayed_leave`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegated: Option<String>,
 }
 
 type Key = (OwnedRoomId, OwnedUserId, String);
@@ -127,10 +156,28 @@ pub struct Rtc {
     rooms: Arc<Rooms>,
     accounts: Arc<Accounts>,
     federation: Arc<FederationClient>,
+    keys: Arc<ServerKeys>,
+    delayed: Arc<DelayedEvents>,
     access: Arc<dyn CallAccess>,
     livekit: Option<LiveKit>,
     /// The table, in memory: the participants of every room with tokens out.
     participants: Mutex<BTreeMap<Key, Participant>>,
+    /// LiveKit rooms created (or tried) lately, and when.
+    created: Mutex<BTreeMap<String, u64>>,
+}
+
+/// Who a token is for, as the way in knows them.
+struct Asker<'a> {
+    user: &'a UserId,
+    /// Their device, when the way in names one (not over federation).
+    device_id: &'a str,
+    identity: String,
+    /// What a refusal is: MSC4195's current revision says 403 `M_FORBIDDEN`, its first
+    /// revisions (the OpenID ways in) 401 `M_UNAUTHORIZED`.
+    refused: fn() -> Error,
+    /// A user of this server: they may publish here. Users of other servers subscribe and
+    /// publish on their own server's SFU (MSC4195).
+    may_publish: bool,
 }
 
 /// The generic refusal of MSC4195: no word on whether the room or user exists.
@@ -140,6 +187,11 @@ fn unauthorized() -> Error {
         ErrorKind::Unauthorized,
         "The request could not be authorised: not a joined member of that room",
     )
+}
+
+/// MSC4195's current refusal: no word on whether the room or user exists.
+fn forbidden() -> Error {
+    Error::forbidden("Not a joined member of that room, or not allowed in its calls")
 }
 
 fn not_configured() -> Error {
@@ -168,12 +220,16 @@ fn checked<'a>(name: &str, value: &'a str) -> Result<&'a str> {
 }
 
 impl Rtc {
+    // The services it uses, wired once in lib.rs.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Arc<Config>,
         db: Arc<Db>,
         rooms: Arc<Rooms>,
         accounts: Arc<Accounts>,
         federation: Arc<FederationClient>,
+        keys: Arc<ServerKeys>,
+        delayed: Arc<DelayedEvents>,
         access: Arc<dyn CallAccess>,
     ) -> Result<Self> {
         let livekit = match config.livekit() {
@@ -207,9 +263,12 @@ impl Rtc {
             rooms,
             accounts,
             federation,
+            keys,
+            delayed,
             access,
             livekit,
             participants: Mutex::new(participants),
+            created: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -228,14 +287,16 @@ impl Rtc {
             .map(|_| format!("{}{SERVICE_PATH}", self.config.public_baseurl()))
     }
 
-    /// `GET /_matrix/client/v1/rtc/transports` (MSC4143): LiveKit when configured.
+    /// `GET /_matrix/client/v1/rtc/transports` (MSC4143): LiveKit when configured, with
+    /// the SFU's `url` (MSC4195) and the focus service URL older Element Call builds use.
     pub fn transports(&self) -> Vec<Value> {
-        match self.service_url() {
-            Some(url) => vec![serde_json::json!({
+        match (self.service_url(), &self.livekit) {
+            (Some(service), Some(lk)) => vec![serde_json::json!({
                 "type": "livekit",
-                "livekit_service_url": url,
+                "url": lk.url,
+                "livekit_service_url": service,
             })],
-            None => Vec::new(),
+            _ => Vec::new(),
         }
     }
 
@@ -247,9 +308,10 @@ impl Rtc {
         Ok(())
     }
 
-    /// MSC4195 `get_token` for a user of this server, authenticated by their access token
-    /// (so the device is known, and must be the claimed one).
-    pub fn token_for_device(
+    /// MSC4195 `get_token` (its first revisions' body, `member.claimed_device_id`) for a user
+    /// of this server, authenticated by their access token (so the device is known, and
+    /// must be the claimed one).
+    pub async fn token_for_device(
         &self,
         user: &UserId,
         device_id: &str,
@@ -273,8 +335,160 @@ impl Rtc {
                 "member.claimed_user_id must be the user of the access token",
             ));
         }
-        let identity = livekit::identity(user.as_str(), device_id, &member.id);
-        self.mint(room_id, user, device_id, slot_id, &identity)
+        let asker = Asker {
+            user,
+            device_id,
+            identity: livekit::identity(user.as_str(), device_id, &member.id),
+            refused: unauthorized,
+            may_publish: true,
+        };
+        self.mint(room_id, slot_id, asker).await
+    }
+
+    /// MSC4195 `get_token` (its current body) for a user of this server: a token for this
+    /// server's SFU, or one asked of `server_name`'s over federation.
+    pub async fn token_for_slot(
+        &self,
+        user: &UserId,
+        device_id: &str,
+        req: &SlotTokenRequest,
+    ) -> Result<TokenAnswer> {
+        checked("url", &req.url)?;
+        checked("slot_id", &req.slot_id)?;
+        checked("member_id", &req.member_id)?;
+        let server = match req.server_name.as_deref() {
+            None => None,
+            Some(name) if name == self.config.server_name => None,
+            Some(name) => Some(
+                ServerName::parse(name)
+                    .map_err(|_| Error::invalid_param("server_name is not a server name"))?,
+            ),
+        };
+        if let Some(server) = server {
+            return self.remote_token(user, &server, req).await;
+        }
+        self.own_sfu(&req.url)?;
+        let asker = Asker {
+            user,
+            device_id,
+            identity: livekit::member_identity(user.as_str(), &req.member_id),
+            refused: forbidden,
+            may_publish: true,
+        };
+        self.mint(&req.room_id, &req.slot_id, asker).await
+    }
+
+    /// `POST /_matrix/federation/v1/rtc/livekit/get_token` from `origin`, for one of its
+    /// users: a token to subscribe on this server's SFU.
+    pub async fn token_for_server(
+        &self,
+        origin: &ServerName,
+        req: &ServerTokenRequest,
+    ) -> Result<TokenAnswer> {
+        checked("url", &req.url)?;
+        checked("slot_id", &req.slot_id)?;
+        checked("member_id", &req.member_id)?;
+        let user = <&UserId>::try_from(req.user_id.as_str())
+            .map_err(|_| Error::invalid_param("user_id is not a user ID"))?;
+        // A server asks for its own users only.
+        if user.server_name() != origin || origin.as_str() == self.config.server_name {
+            return Err(forbidden());
+        }
+        // A server the room's ACL denies gets nothing of the room.
+        if let Ok(room_id) = <&RoomId>::try_from(req.room_id.as_str()) {
+            if self.rooms.check_server_acl(room_id, origin).is_err() {
+                return Err(forbidden());
+            }
+        }
+        self.own_sfu(&req.url)?;
+        let asker = Asker {
+            user,
+            device_id: "",
+            identity: livekit::member_identity(user.as_str(), &req.member_id),
+            refused: forbidden,
+            may_publish: false,
+        };
+        self.mint(&req.room_id, &req.slot_id, asker).await
+    }
+
+    /// `url` is this server's SFU, or the request is 400 `M_INVALID_PARAM` (MSC4195).
+    fn own_sfu(&self, url: &str) -> Result<()> {
+        if self.livekit()?.is_url(url) {
+            Ok(())
+        } else {
+            Err(Error::invalid_param("url is not an SFU of this server"))
+        }
+    }
+
+    /// Asks `server` for a token for its SFU on behalf of `user`. Its 403 `M_FORBIDDEN` and
+    /// 400 `M_INVALID_PARAM` reach the client as such, anything else as a 502 (MSC4195);
+    /// what the remote server said goes to the log only.
+    async fn remote_token(
+        &self,
+        user: &UserId,
+        server: &ServerName,
+        req: &SlotTokenRequest,
+    ) -> Result<TokenAnswer> {
+        let body = serde_json::to_value(ServerTokenRequest {
+            user_id: user.to_string(),
+            url: req.url.clone(),
+            room_id: req.room_id.clone(),
+            slot_id: req.slot_id.clone(),
+            member_id: req.member_id.clone(),
+        })?;
+        let bad_gateway = || {
+            Error::new(
+                StatusCode::BAD_GATEWAY,
+                ErrorKind::Unknown,
+                format!("{server} did not give a token for its SFU"),
+            )
+        };
+        for path in SERVER_TOKEN_PATHS {
+            let (status, answer) = request::signed_json(
+                &self.federation,
+                &self.keys,
+                &self.config.server_name,
+                server,
+                http::Method::POST,
+                path,
+                Some(&body),
+            )
+            .await
+            .map_err(|_| bad_gateway())?;
+            let errcode = answer.get("errcode").and_then(Value::as_str);
+            if status.is_success() {
+                let jwt = answer.get("jwt").and_then(Value::as_str).ok_or_else(|| {
+                    tracing::info!(%server, "a token answer without a jwt");
+                    bad_gateway()
+                })?;
+                return Ok(TokenAnswer {
+                    url: req.url.clone(),
+                    jwt: jwt.to_owned(),
+                });
+            }
+            tracing::info!(%server, %status, ?errcode, path, "SFU token refused");
+            match (status, errcode) {
+                // Not this path: the unstable one may be there.
+                (StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED, _)
+                    if path == SERVER_TOKEN_PATHS[0] =>
+                {
+                    continue
+                }
+                (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")) => {
+                    return Err(Error::forbidden(format!(
+                        "{server} refused: not a joined member of that room there, or not \
+                         allowed in its calls"
+                    )))
+                }
+                (StatusCode::BAD_REQUEST, Some("M_INVALID_PARAM")) => {
+                    return Err(Error::invalid_param(format!(
+                        "{server} refused the request: url is not one of its SFUs"
+                    )))
+                }
+                _ => return Err(bad_gateway()),
+            }
+        }
+        Err(bad_gateway())
     }
 
     /// The focus service URL's `get_token`: MSC4195's body with an OpenID token, as Element
@@ -296,14 +510,14 @@ impl Rtc {
         {
             return Err(unauthorized());
         }
-        let identity = livekit::identity(user.as_str(), &member.claimed_device_id, &member.id);
-        self.mint(
-            room_id,
-            &user,
-            &member.claimed_device_id,
-            slot_id,
-            &identity,
-        )
+        let asker = Asker {
+            user: &user,
+            device_id: &member.claimed_device_id,
+            identity: livekit::identity(user.as_str(), &member.claimed_device_id, &member.id),
+            refused: unauthorized,
+            may_publish: true,
+        };
+        self.mint(room_id, slot_id, asker).await
     }
 
     /// The legacy `POST /sfu/get` of lk-jwt-service: the room's one call, the identity
@@ -317,14 +531,14 @@ impl Rtc {
         self.livekit()?;
         checked("device_id", device_id)?;
         let user = self.openid_user(token).await?;
-        let identity = format!("{user}:{device_id}");
-        self.mint(
-            room_id,
-            &user,
+        let asker = Asker {
+            user: &user,
             device_id,
-            livekit::ROOM_CALL_SLOT,
-            &identity,
-        )
+            identity: format!("{user}:{device_id}"),
+            refused: unauthorized,
+            may_publish: true,
+        };
+        self.mint(room_id, livekit::ROOM_CALL_SLOT, asker).await
     }
 
     /// Whose OpenID token this is: asked of this server's accounts, or of the token's server
@@ -372,47 +586,198 @@ impl Rtc {
         }
     }
 
-    /// Checks the user against the room and its rules, then signs their token and keeps a
-    /// row of it.
-    fn mint(
-        &self,
-        room_id: &str,
-        user: &UserId,
-        device_id: &str,
-        slot_id: &str,
-        identity: &str,
-    ) -> Result<TokenAnswer> {
+    /// Checks the user against the room and its rules, makes sure the LiveKit room exists,
+    /// then signs their token and keeps a row of it.
+    async fn mint(&self, room_id: &str, slot_id: &str, asker: Asker<'_>) -> Result<TokenAnswer> {
         let livekit = self.livekit()?;
-        let room_id = <&RoomId>::try_from(room_id).map_err(|_| unauthorized())?;
+        let user = asker.user;
+        let room_id = <&RoomId>::try_from(room_id).map_err(|_| (asker.refused)())?;
         if self.rooms.room(room_id)?.is_none() || !self.rooms.is_joined(room_id, user)? {
-            return Err(unauthorized());
+            return Err((asker.refused)());
         }
-        let (publish, attributes) = match self.access.grant(&self.rooms, room_id, user)? {
+        let (mut publish, attributes) = match self.access.grant(&self.rooms, room_id, user)? {
             CallGrant::Allowed {
                 publish,
                 attributes,
             } => (publish, attributes),
             CallGrant::Refused(why) => return Err(Error::forbidden(why)),
         };
+        if !asker.may_publish {
+            publish.audio = false;
+            publish.video = false;
+        }
         let publish = self.apply_mute(room_id, user, publish)?;
         let alias = livekit::room_alias(room_id.as_str(), slot_id);
-        // Users of this server who may publish may create the LiveKit room (MSC4195).
-        let create = user.server_name().as_str() == self.config.server_name
-            && (publish.audio || publish.video);
-        let jwt = livekit.join_token(&alias, identity, publish, create, &attributes)?;
+        self.ensure_room(livekit, &alias).await;
+        let jwt = livekit.join_token(&alias, &asker.identity, publish, &attributes)?;
+        let key = (room_id.to_owned(), user.to_owned(), asker.identity.clone());
+        let delegated = self
+            .participants
+            .lock()
+            .get(&key)
+            .and_then(|p| p.delegated.clone());
         let participant = Participant {
             alias,
-            device_id: device_id.to_owned(),
+            device_id: asker.device_id.to_owned(),
             issued_at: now_ms(),
             connected: false,
             publish,
+            delegated,
         };
-        self.store(room_id, user, identity, Some(&participant))?;
+        self.store(room_id, user, &asker.identity, Some(&participant))?;
         self.prune_unused(room_id, user)?;
         Ok(TokenAnswer {
             url: livekit.url.clone(),
             jwt,
         })
+    }
+
+    /// Creates the LiveKit room unless it was created lately: tokens never carry
+    /// `roomCreate` (MSC4195), so an SFU that does not create rooms on join still admits
+    /// them. An SFU that cannot be reached is logged, not an error: the token is still good
+    /// with LiveKit's default `auto_create`, and tokens never wait for a down SFU for long.
+    async fn ensure_room(&self, livekit: &LiveKit, alias: &str) {
+        let now = now_ms();
+        {
+            let mut created = self.created.lock();
+            if created
+                .get(alias)
+                .is_some_and(|at| now.saturating_sub(*at) < ROOM_CREATED_FOR_MS)
+            {
+                return;
+            }
+            if created.len() >= MAX_CREATED_ROOMS {
+                let oldest = created
+                    .iter()
+                    .min_by_key(|(_, at)| **at)
+                    .map(|(k, _)| k.clone());
+                if let Some(oldest) = oldest {
+                    created.remove(&oldest);
+                }
+            }
+            created.insert(alias.to_owned(), now);
+        }
+        if let Err(e) = livekit.create_room(alias).await {
+            tracing::warn!(%alias, error = %e, "could not create the LiveKit room");
+        }
+    }
+
+    /// MSC4195 `delegate_delayed_leave`: from now on the focus restarts `user`'s delayed
+    /// leave event while the member is connected to this server's SFU (or still expected),
+    /// and sends it as soon as LiveKit says they left. A later delegation for the same
+    /// member replaces this one.
+    pub fn delegate_leave(
+        &self,
+        user: &UserId,
+        device_id: &str,
+        req: &DelegateLeave,
+    ) -> Result<()> {
+        checked("url", &req.url)?;
+        checked("slot_id", &req.slot_id)?;
+        checked("member_id", &req.member_id)?;
+        checked("delay_id", &req.delay_id)?;
+        self.own_sfu(&req.url)?;
+        let invalid = || {
+            Error::invalid_param(
+                "no scheduled delayed event of yours in that room has that delay_id",
+            )
+        };
+        let record = self
+            .delayed
+            .get(user, &req.delay_id)
+            .map_err(|_| invalid())?;
+        if record.room_id.as_str() != req.room_id || record.finalised.is_some() {
+            return Err(invalid());
+        }
+        let room_id = record.room_id.clone();
+        let identity = livekit::member_identity(user.as_str(), &req.member_id);
+        let alias = livekit::room_alias(room_id.as_str(), &req.slot_id);
+        let key = (room_id.clone(), user.to_owned(), identity.clone());
+        let existing = self.participants.lock().get(&key).cloned();
+        let participant = match existing {
+            Some(mut p) => {
+                p.alias = alias;
+                p.delegated = Some(req.delay_id.clone());
+                p
+            }
+            // Delegated before the token (or after it was dropped): the member is expected.
+            None => Participant {
+                alias,
+                device_id: device_id.to_owned(),
+                issued_at: now_ms(),
+                connected: false,
+                publish: Publish::default(),
+                delegated: Some(req.delay_id.clone()),
+            },
+        };
+        self.store(&room_id, user, &identity, Some(&participant))
+    }
+
+    /// Keeps delegated leave events alive (restarted when half their delay has run) for
+    /// members connected, or expected while a token could still admit them; forgets those
+    /// finalised elsewhere or no longer expected (their event then fires on its own).
+    pub fn start(self: &Arc<Self>) {
+        if self.livekit.is_none() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(DELEGATION_TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(rtc) = weak.upgrade() else { return };
+                rtc.keep_delegations_alive().await;
+            }
+        });
+    }
+
+    async fn keep_delegations_alive(&self) {
+        let now = now_ms();
+        let expected_since = now.saturating_sub(self.config.livekit_token_ttl_ms);
+        let delegated: Vec<(Key, Participant, String)> = self
+            .participants
+            .lock()
+            .iter()
+            .filter_map(|(k, p)| p.delegated.clone().map(|d| (k.clone(), p.clone(), d)))
+            .collect();
+        for (key, mut participant, delay_id) in delegated {
+            let live = match self.delayed.get(&key.1, &delay_id) {
+                Ok(record) if record.finalised.is_none() => Some(record),
+                _ => None,
+            };
+            let expected = participant.connected || participant.issued_at >= expected_since;
+            let Some(record) = live.filter(|_| expected) else {
+                participant.delegated = None;
+                if let Err(e) = self.store(&key.0, &key.1, &key.2, Some(&participant)) {
+                    tracing::warn!(error = %e, "could not forget a delegated leave event");
+                }
+                continue;
+            };
+            if now.saturating_sub(record.running_since) * 2 >= record.delay_ms {
+                if let Err(e) = self
+                    .delayed
+                    .manage_delegated(&key.1, &delay_id, Action::Restart)
+                    .await
+                {
+                    tracing::info!(%delay_id, error = %e, "could not restart a delegated leave event");
+                }
+            }
+        }
+    }
+
+    /// The member left the SFU: their delegated leave event, if any, is sent now.
+    async fn send_delegated(&self, user: &UserId, participant: &Participant) {
+        let Some(delay_id) = &participant.delegated else {
+            return;
+        };
+        if let Err(e) = self
+            .delayed
+            .manage_delegated(user, delay_id, Action::Send)
+            .await
+        {
+            tracing::info!(%delay_id, error = %e, "could not send a delegated leave event");
+        }
     }
 
     /// Drops a user's unused tokens for a room beyond [`MAX_UNUSED_TOKENS`] (oldest first)
@@ -502,20 +867,23 @@ impl Rtc {
                 self.reconcile(&key.0).await;
             }
             Webhook::Left { room, identity } => {
-                if let Some((key, _)) = self.find(&room, &identity) {
+                if let Some((key, p)) = self.find(&room, &identity) {
                     self.store(&key.0, &key.1, &key.2, None)?;
+                    self.send_delegated(&key.1, &p).await;
                 }
             }
             Webhook::RoomFinished { room } => {
-                let gone: Vec<Key> = self
+                self.created.lock().remove(&room);
+                let gone: Vec<(Key, Participant)> = self
                     .participants
                     .lock()
                     .iter()
                     .filter(|(_, p)| p.alias == room && p.connected)
-                    .map(|(k, _)| k.clone())
+                    .map(|(k, p)| (k.clone(), p.clone()))
                     .collect();
-                for k in gone {
+                for (k, p) in gone {
                     self.store(&k.0, &k.1, &k.2, None)?;
+                    self.send_delegated(&k.1, &p).await;
                 }
             }
             Webhook::Other(_) => {}

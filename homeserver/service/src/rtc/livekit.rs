@@ -40,9 +40,16 @@ pub fn room_alias(room_id: &str, slot_id: &str) -> String {
     hashed(&[room_id, slot_id])
 }
 
-/// The pseudonymous LiveKit identity of a member (MSC4195).
+/// The pseudonymous LiveKit identity of a member, as the first revisions of MSC4195 (and
+/// Element Call's `member.claimed_device_id` requests) derive it.
 pub fn identity(user_id: &str, device_id: &str, member_id: &str) -> String {
     hashed(&[user_id, device_id, member_id])
+}
+
+/// The pseudonymous LiveKit identity of an `m.rtc.member`'s sender and `member.id`, as
+/// MSC4195's current revision derives it.
+pub fn member_identity(user_id: &str, member_id: &str) -> String {
+    hashed(&[user_id, member_id])
 }
 
 /// What a token lets its holder do in the LiveKit room.
@@ -130,20 +137,25 @@ impl LiveKit {
         })
     }
 
-    /// A token admitting `identity` to the LiveKit room `alias`. `create`: the holder may
-    /// create the LiveKit room (MSC4195: users of this server who may publish).
+    /// Whether `url` names this SFU (as clients connect to it; a trailing `/` aside).
+    pub fn is_url(&self, url: &str) -> bool {
+        url.trim_end_matches('/') == self.url.trim_end_matches('/')
+    }
+
+    /// A token admitting `identity` to the LiveKit room `alias`. It never grants
+    /// `roomCreate`: that grant also lets its holder delete any LiveKit room (MSC4195), so
+    /// the server creates rooms itself ([`LiveKit::create_room`]).
     pub fn join_token(
         &self,
         alias: &str,
         identity: &str,
         publish: Publish,
-        create: bool,
         attributes: &[(&str, &str)],
     ) -> Result<String> {
         let sources = publish.token_sources();
         let grants = VideoGrants {
             room_join: true,
-            room_create: create,
+            room_create: false,
             room: alias.to_owned(),
             can_publish: Some(!sources.is_empty()),
             can_publish_sources: sources,
@@ -226,11 +238,20 @@ impl LiveKit {
         .map(drop)
     }
 
+    /// Creates the LiveKit room `alias` (RoomService `CreateRoom`; an existing room is no
+    /// error), so that members can join it when the SFU does not create rooms on join.
+    pub async fn create_room(&self, alias: &str) -> Result<()> {
+        self.twirp(alias, "CreateRoom", json!({ "name": alias }))
+            .await
+            .map(drop)
+    }
+
     /// A RoomService method, with a token for this room alone. `Ok(None)`: the room or
     /// participant does not exist (any more).
     async fn twirp(&self, alias: &str, method: &str, body: Value) -> Result<Option<Value>> {
         let admin = VideoGrants {
             room_admin: true,
+            room_create: method == "CreateRoom",
             room: alias.to_owned(),
             ..VideoGrants::default()
         };
@@ -284,6 +305,10 @@ mod tests {
             identity("@alice:example.com", "DEVICE123", "memberABC"),
             "J+T45tGruxc+HrUOqJJlyQSV33m728Cme4+vt8/SWrU"
         );
+        assert_eq!(
+            member_identity("@alice:example.com", "memberABC"),
+            "M3VnsLXrkbxIDINXO64u8PZzFyD9ZYFiQULR2dshWYs"
+        );
     }
 
     fn livekit() -> LiveKit {
@@ -313,15 +338,13 @@ mod tests {
             video: false,
             listen: true,
         };
-        let c = claims(
-            &lk.join_token("alias", "who", speak_only, true, &[])
-                .unwrap(),
-        );
+        let c = claims(&lk.join_token("alias", "who", speak_only, &[]).unwrap());
         assert_eq!(c["sub"], "who");
         assert_eq!(c["iss"], "key");
         assert_eq!(c["video"]["room"], "alias");
         assert_eq!(c["video"]["roomJoin"], true);
-        assert_eq!(c["video"]["roomCreate"], true);
+        // Never `roomCreate` (it also deletes rooms): a false grant is left out.
+        assert_ne!(c["video"]["roomCreate"], true, "{c}");
         assert_eq!(c["video"]["canPublish"], true);
         assert_eq!(c["video"]["canPublishSources"], json!(["microphone"]));
         let exp = c["exp"].as_u64().unwrap();
@@ -333,10 +356,8 @@ mod tests {
             video: false,
             listen: true,
         };
-        let c = claims(&lk.join_token("alias", "who", listener, false, &[]).unwrap());
+        let c = claims(&lk.join_token("alias", "who", listener, &[]).unwrap());
         assert_eq!(c["video"]["canPublish"], false);
-        // A false grant is left out of the token.
-        assert_ne!(c["video"]["roomCreate"], true, "{c}");
         assert_eq!(c["video"]["canSubscribe"], true);
     }
 

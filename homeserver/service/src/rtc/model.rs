@@ -39,6 +39,39 @@ pub struct RtcMember {
     pub claimed_user_id: Option<String>,
 }
 
+/// MSC4195's `POST /_matrix/client/v1/rtc/livekit/get_token` body (its current revision):
+/// a token for the SFU at `url` of `server_name` (this server when absent).
+#[derive(Clone, Debug, Deserialize)]
+pub struct SlotTokenRequest {
+    #[serde(default)]
+    pub server_name: Option<String>,
+    pub url: String,
+    pub room_id: String,
+    pub slot_id: String,
+    pub member_id: String,
+}
+
+/// The same request, relayed by the user's server to the SFU's server
+/// (`POST /_matrix/federation/v1/rtc/livekit/get_token`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct ServerTokenRequest {
+    pub user_id: String,
+    pub url: String,
+    pub room_id: String,
+    pub slot_id: String,
+    pub member_id: String,
+}
+
+/// MSC4195's `POST /_matrix/client/v1/rtc/livekit/delegate_delayed_leave` body.
+#[derive(Clone, Debug, Deserialize)]
+pub struct DelegateLeave {
+    pub url: String,
+    pub room_id: String,
+    pub slot_id: String,
+    pub member_id: String,
+    pub delay_id: String,
+}
+
 /// An OpenID token as Element Call sends it.
 #[derive(Clone, Debug, Deserialize)]
 pub struct OpenIdToken {

@@ -5,6 +5,7 @@ import { channelPermissions, Permission } from "../lib/permissions";
 import { channelPath, navigate } from "../router";
 import { describeError, useStore } from "../store";
 import { setTheme, storedTheme } from "../theme";
+import { PowerIcon, ThemeIcon } from "./Icons";
 import { Modal } from "./Modal";
 
 const COLLAPSED_KEY = "paracord.collapsed";
@@ -113,7 +114,7 @@ export function ChannelSidebar(props: { guildId?: string; channelId?: string; on
                           aria-label={`${c.name}${unread ? " (unread)" : ""}`}
                           onClick={() => navigate(channelPath(props.guildId!, c.id))}
                         >
-                          <span className="hash" aria-hidden="true">{c.kind === "voice" ? "🔊" : "#"}</span>
+                          <span className="hash" aria-hidden="true">{c.kind === "voice" ? "♪" : "#"}</span>
                           <span className="truncate">{c.name}</span>
                         </button>
                       </li>
@@ -135,10 +136,10 @@ export function ChannelSidebar(props: { guildId?: string; channelId?: string; on
           aria-label="Switch between dark and light theme"
           onClick={() => setTheme(storedTheme() === "dark" ? "light" : "dark")}
         >
-          ◐
+          <ThemeIcon />
         </button>
         <button className="icon" title="Log out" aria-label="Log out" onClick={props.onSignOut}>
-          ⏻
+          <PowerIcon />
         </button>
       </footer>
       {inviting && inviteChannel && <InviteModal channel={inviteChannel} onClose={() => setInviting(false)} />}

@@ -2,6 +2,7 @@ import { type FormEvent, useState } from "react";
 
 import { channelPath, navigate } from "../router";
 import { describeError, useStore } from "../store";
+import { HomeIcon } from "./Icons";
 import { Modal } from "./Modal";
 
 export function initials(name: string): string {
@@ -15,6 +16,18 @@ export function GuildRail({ selected }: { selected?: string }) {
   return (
     <nav className="rail" aria-label="Guilds">
       <ul role="list">
+        <li className={selected ? undefined : "selected"}>
+          <button
+            className="guild-icon home"
+            title="Home"
+            aria-label="Home"
+            aria-current={selected ? undefined : "page"}
+            onClick={() => navigate("/channels/@me")}
+          >
+            <HomeIcon />
+          </button>
+        </li>
+        <li className="rail-separator" aria-hidden="true" />
         {store.guildRooms().map((room) => {
           const name = store.guilds.get(room.roomId)?.guild?.name ?? room.name;
           const unread = store.guildUnread(room.roomId);

@@ -1,5 +1,6 @@
 import type { Member } from "../api";
 import { useStore } from "../store";
+import { CrownIcon } from "./Icons";
 import { displayName, nameColour } from "./MessagePane";
 
 /** Members grouped under their highest hoisted role, then everyone else. */
@@ -34,7 +35,11 @@ export function MemberList({ guildId }: { guildId: string }) {
                   <span className="truncate" style={{ color: nameColour(data.roles, data.members, m.user_id) }}>
                     {name(m)}
                   </span>
-                  {m.user_id === data.guild?.owner && <span title="Guild owner" aria-label="owner">👑</span>}
+                  {m.user_id === data.guild?.owner && (
+                    <span title="Guild owner" aria-label="Guild owner" role="img">
+                      <CrownIcon />
+                    </span>
+                  )}
                 </li>
               ))}
             </ul>

@@ -25,6 +25,16 @@ export function nameColour(roles: Role[], members: Member[], userId: string): st
 
 const timeFmt = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
 const dayFmt = new Intl.DateTimeFormat(undefined, { dateStyle: "long" });
+const shortFmt = new Intl.DateTimeFormat(undefined, { dateStyle: "short" });
+
+/** "Today at 10:42", "Yesterday at 22:10", or the date and time. */
+function when(ts: number): string {
+  const day = (t: number) => new Date(t).toDateString();
+  const now = Date.now();
+  if (day(ts) === day(now)) return `Today at ${timeFmt.format(ts)}`;
+  if (day(ts) === day(now - 86_400_000)) return `Yesterday at ${timeFmt.format(ts)}`;
+  return `${shortFmt.format(ts)} ${timeFmt.format(ts)}`;
+}
 
 export function MessagePane({ guildId, channel }: { guildId: string; channel: Channel }) {
   const store = useStore();
@@ -140,7 +150,7 @@ function MessageList({ channel, events, guildId }: { channel: Channel; events: M
                   {displayName(store, data.members, item.sender, channel.id)}
                 </span>
                 <time dateTime={new Date(item.messages[0].ts).toISOString()}>
-                  {dayFmt.format(item.messages[0].ts)} {timeFmt.format(item.messages[0].ts)}
+                  {when(item.messages[0].ts)}
                 </time>
               </header>
               {item.messages.map(({ e, id }) => {
@@ -200,7 +210,7 @@ function Composer({ channel, blocked, ready }: { channel: Channel; blocked: stri
     <div className="composer">
       {blocked ? (
         <div className="composer-blocked" role="note" data-testid="composer-blocked">
-          <textarea disabled aria-label={`Message #${channel.name}`} placeholder={blocked} rows={1} />
+          <textarea disabled aria-label={`Message #${channel.name}`} placeholder="You cannot send messages here" rows={1} />
           <p className="muted small">{blocked}</p>
         </div>
       ) : (

@@ -1,0 +1,201 @@
+// The web client in a real browser against a real paracord: two people register through
+// the UI, one creates a guild and an invite, the other joins through the link, they chat
+// (Markdown included), a permission overwrite disables one's composer with a reason, and a
+// reload restores the session. Also: / is served with its CSP and the APIs are not shadowed.
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+
+import { launchBrowser, startServer, waitFor } from "./harness.mjs";
+
+let server;
+let browser;
+const problems = [];
+
+before(async () => {
+  server = await startServer();
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+  server?.stop();
+});
+
+/** A page of its own browser context that records console errors and CSP violations. */
+async function person(name) {
+  const context = await browser.newContext({ baseURL: server.baseUrl });
+  const page = await context.newPage();
+  page.setDefaultTimeout(20_000);
+  page.on("console", (msg) => {
+    if (msg.type() === "error" && /Content Security Policy|Refused to/i.test(msg.text())) {
+      problems.push(`${name}: ${msg.text()}`);
+    }
+  });
+  page.on("pageerror", (e) => problems.push(`${name}: uncaught ${e.message}`));
+  return page;
+}
+
+async function register(page, username) {
+  await page.goto("/register");
+  await page.getByLabel("Username").fill(username);
+  await page.getByLabel("Password", { exact: true }).fill("a long enough password");
+  await page.getByLabel("Confirm password").fill("a long enough password");
+  await page.getByRole("button", { name: "Register" }).click();
+  await page.getByText("Welcome to Paracord").waitFor();
+}
+
+async function send(page, text) {
+  const box = page.getByRole("textbox", { name: /^Message #/ });
+  await box.fill(text);
+  await box.press("Enter");
+}
+
+function message(page, text) {
+  return page.locator(".message", { hasText: text });
+}
+
+test("/ is the app with its CSP, and unknown API paths stay M_UNRECOGNIZED", async () => {
+  for (const p of ["/", "/login", "/invite/abc"]) {
+    const res = await fetch(`${server.baseUrl}${p}`, { headers: { "accept-encoding": "gzip" } });
+    assert.equal(res.status, 200, p);
+    assert.match(res.headers.get("content-type"), /^text\/html/);
+    const csp = res.headers.get("content-security-policy") ?? "";
+    assert.match(csp, /default-src 'self'/);
+    assert.match(csp, /script-src 'self' 'wasm-unsafe-eval'/);
+    assert.match(csp, /object-src 'none'/);
+    assert.match(csp, /frame-ancestors 'none'/);
+    assert.doesNotMatch(csp, /unsafe-inline/);
+    assert.equal(res.headers.get("x-content-type-options"), "nosniff");
+    assert.equal(res.headers.get("cache-control"), "no-cache");
+    assert.match(await res.text(), /<div id="root">/);
+  }
+  const index = await (await fetch(`${server.baseUrl}/`)).text();
+  const script = /src="(\/assets\/[^"]+\.js)"/.exec(index)?.[1];
+  assert.ok(script, "index.html loads a hashed script");
+  const js = await fetch(`${server.baseUrl}${script}`);
+  assert.equal(js.status, 200);
+  assert.equal(js.headers.get("cache-control"), "public, max-age=31536000, immutable");
+  assert.match(js.headers.get("content-type"), /javascript/);
+
+  for (const p of ["/_matrix/nonexistent", "/_paracord/v1/nonexistent"]) {
+    const res = await fetch(`${server.baseUrl}${p}`);
+    assert.equal(res.status, 404, p);
+    assert.equal((await res.json()).errcode, "M_UNRECOGNIZED", p);
+  }
+});
+
+test("two people meet in a guild through an invite link and chat", async () => {
+  const suffix = Math.random().toString(36).slice(2, 8);
+  const alice = await person("alice");
+  const bob = await person("bob");
+  await register(alice, `alice${suffix}`);
+  await register(bob, `bob${suffix}`);
+
+  // A wrong password is refused with the server's words.
+  const stranger = await person("stranger");
+  await stranger.goto("/login");
+  await stranger.getByLabel("Username").fill(`alice${suffix}`);
+  await stranger.getByLabel("Password", { exact: true }).fill("not the password");
+  await stranger.getByRole("button", { name: "Log in" }).click();
+  await stranger.getByRole("alert").waitFor();
+  assert.match(await stranger.getByRole("alert").innerText(), /password|forbidden|invalid/i);
+
+  // Alice creates a guild; she lands in its #general.
+  await alice.getByRole("button", { name: "Create a guild" }).click();
+  await alice.getByLabel("Guild name").fill("Rustaceans");
+  await alice.getByRole("button", { name: "Create", exact: true }).click();
+  await alice.getByRole("heading", { name: "general", exact: true }).waitFor();
+  await alice.getByRole("button", { name: /^Rustaceans/ }).first().waitFor();
+
+  // ... and makes an invite link from the guild menu.
+  await alice.locator(".guild-menu-button").click();
+  await alice.getByRole("menuitem", { name: "Invite people" }).click();
+  const linkBox = alice.getByLabel("Invite link");
+  await waitFor(async () => (await linkBox.inputValue()).includes("/invite/"), "an invite link");
+  const link = await linkBox.inputValue();
+  assert.ok(link.startsWith(`${server.baseUrl}/invite/`), link);
+  await alice.getByRole("button", { name: "Done" }).click();
+
+  // Bob opens it: a preview with the guild's name and member count, then joins.
+  await bob.goto(link);
+  await bob.getByRole("heading", { name: "Rustaceans" }).waitFor();
+  assert.match(await bob.getByTestId("member-count").innerText(), /^1 member\b/);
+  await bob.getByRole("button", { name: "Accept invite" }).click();
+  await bob.getByRole("heading", { name: "general", exact: true }).waitFor();
+
+  // Messages both ways.
+  await send(alice, "hello from alice");
+  await message(bob, "hello from alice").waitFor();
+  await send(bob, "hi alice, bob here");
+  await message(alice, "hi alice, bob here").waitFor();
+  // Both members are listed on both sides.
+  await alice.locator(".members").getByText(`bob${suffix}`).waitFor();
+  await bob.locator(".members").getByText(`alice${suffix}`).waitFor();
+
+  // Markdown: bold arrives as bold, and markup typed as text stays text.
+  await send(alice, "this is **very bold** and <b>not html</b>");
+  const md = message(bob, "very bold");
+  await md.waitFor();
+  assert.equal(await md.locator("strong").innerText(), "very bold");
+  assert.equal(await md.locator("b").count(), 0);
+  assert.match(await md.innerText(), /<b>not html<\/b>/);
+
+  // Shift+Enter is a new line, not a send.
+  const box = alice.getByRole("textbox", { name: /^Message #/ });
+  await box.fill("first line");
+  await box.press("Shift+Enter");
+  await box.pressSequentially("second line");
+  assert.equal(await box.inputValue(), "first line\nsecond line");
+  await box.press("Enter");
+  await message(bob, "second line").waitFor();
+
+  // Away from the guild, a new message shows as unread on the rail; opening it reads it.
+  await alice.getByRole("button", { name: "Home" }).click();
+  await alice.getByText("Welcome to Paracord").waitFor();
+  assert.equal(await alice.getByRole("button", { name: "Rustaceans (unread)" }).count(), 0);
+  await send(bob, "are you there?");
+  const unread = alice.getByRole("button", { name: "Rustaceans (unread)" });
+  await unread.waitFor();
+  await unread.click();
+  await message(alice, "are you there?").waitFor();
+  await alice.locator(".rail").getByRole("button", { name: "Rustaceans", exact: true }).waitFor();
+
+  // Alice takes SEND_MESSAGES from @everyone in #general (through /_paracord/v1): Bob's
+  // composer is disabled, with the reason.
+  const session = JSON.parse(await alice.evaluate(() => localStorage.getItem("paracord.session")));
+  const channelId = decodeURIComponent(new URL(bob.url()).pathname.split("/")[3]);
+  const res = await fetch(
+    `${server.baseUrl}/_paracord/v1/channels/${encodeURIComponent(channelId)}/permissions/role%3Aeveryone`,
+    {
+      method: "PUT",
+      headers: { authorization: `Bearer ${session.accessToken}`, "content-type": "application/json" },
+      body: JSON.stringify({ allow: "0", deny: "2048" }),
+    },
+  );
+  assert.equal(res.status, 200, await res.text());
+  const blocked = bob.getByTestId("composer-blocked");
+  await blocked.waitFor();
+  assert.match(await blocked.innerText(), /do not have permission to send messages/);
+  assert.equal(await bob.getByRole("textbox", { name: /^Message #/ }).isDisabled(), true);
+  // The owner still can.
+  assert.equal(await alice.getByRole("textbox", { name: /^Message #/ }).isDisabled(), false);
+
+  // Bob reloads: still signed in, back in #general with the history, still unable to send.
+  await bob.reload();
+  await bob.getByRole("heading", { name: "general", exact: true }).waitFor();
+  await message(bob, "hello from alice").waitFor();
+  await bob.getByTestId("composer-blocked").waitFor();
+
+  // WEB_E2E_SCREENSHOTS=<dir> keeps pictures of the main screens.
+  const shots = process.env.WEB_E2E_SCREENSHOTS;
+  if (shots) {
+    await alice.setViewportSize({ width: 1280, height: 720 });
+    await alice.screenshot({ path: `${shots}/web-guild-dark.png` });
+    await bob.setViewportSize({ width: 1280, height: 720 });
+    await bob.screenshot({ path: `${shots}/web-composer-blocked.png` });
+    await alice.getByRole("button", { name: /Switch between dark and light/ }).click();
+    await alice.screenshot({ path: `${shots}/web-guild-light.png` });
+  }
+
+  assert.deepEqual(problems, [], "no CSP violations or uncaught errors in the pages");
+});

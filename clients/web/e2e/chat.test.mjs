@@ -100,6 +100,15 @@ test("two people meet in a guild through an invite link and chat", async () => {
   await stranger.getByRole("alert").waitFor();
   assert.match(await stranger.getByRole("alert").innerText(), /password|forbidden|invalid/i);
 
+  // A taken name too.
+  await stranger.goto("/register");
+  await stranger.getByLabel("Username").fill(`bob${suffix}`);
+  await stranger.getByLabel("Password", { exact: true }).fill("a long enough password");
+  await stranger.getByLabel("Confirm password").fill("a long enough password");
+  await stranger.getByRole("button", { name: "Register" }).click();
+  await stranger.getByRole("alert").waitFor();
+  assert.match(await stranger.getByRole("alert").innerText(), /already taken/i);
+
   // Alice creates a guild; she lands in its #general.
   await alice.getByRole("button", { name: "Create a guild" }).click();
   await alice.getByLabel("Guild name").fill("Rustaceans");

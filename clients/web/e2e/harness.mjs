@@ -73,8 +73,11 @@ export async function waitFor(fn, what, { timeoutMs = 15_000, intervalMs = 100, 
   throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastErr ? ` (${lastErr.message ?? lastErr})` : ""}`);
 }
 
-/** A paracord with open registration in a temp dir; { baseUrl, logTail(), stop() }. */
-export async function startServer() {
+/**
+ * A paracord in a temp dir, registration open unless `registration: false` (then only the
+ * one-time admin token, printed at start, registers); { baseUrl, log(), logTail(), stop() }.
+ */
+export async function startServer({ registration = true } = {}) {
   const bin = paracordBin();
   if (!fs.existsSync(bin)) {
     throw new Error(`paracord binary not found at ${bin}: build the web client, then \`cargo build -p paracord\`, or set PARACORD_BIN`);
@@ -93,7 +96,7 @@ export async function startServer() {
       PARACORD_SERVER_NAME: `localhost:${port}`,
       PARACORD_LISTEN: `127.0.0.1:${port}`,
       PARACORD_DATA_DIR: path.join(tmp, "data"),
-      PARACORD_REGISTRATION_ENABLED: "true",
+      PARACORD_REGISTRATION_ENABLED: String(registration),
       PARACORD_RATE_LIMITS_ENABLED: "false",
       PARACORD_LOG: "warn",
     },
@@ -112,6 +115,7 @@ export async function startServer() {
   process.once("exit", () => exited === null && proc.kill("SIGKILL"));
   const server = {
     baseUrl: `http://127.0.0.1:${port}`,
+    log: () => log,
     logTail: () => log.slice(-4000),
     stop() {
       if (exited === null) proc.kill("SIGKILL");

@@ -114,9 +114,11 @@ export async function register(
   if (usable.length === 0) {
     throw new ServerError(401, "M_UNKNOWN", "This server's registration needs steps this app cannot do.");
   }
-  const flow =
-    usable.find((f) => !f.stages.includes("m.login.registration_token")) ??
-    (registrationToken ? usable[0] : undefined);
+  // With a token, the flow that uses it (the first admin's, say); without, one that needs none.
+  const withToken = usable.find((f) => f.stages.includes("m.login.registration_token"));
+  const flow = registrationToken
+    ? (withToken ?? usable[0])
+    : usable.find((f) => !f.stages.includes("m.login.registration_token"));
   if (!flow) throw new NeedsRegistrationToken("This server needs a registration token to sign up.");
   const completed = new Set(uia.completed ?? []);
   for (const stage of flow.stages) {

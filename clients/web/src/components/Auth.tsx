@@ -105,6 +105,13 @@ export function AuthScreen(props: {
             />
           </label>
         )}
+        {showRegister && !needsToken && (
+          <p className="muted small">
+            <button type="button" className="link" onClick={() => setNeedsToken(true)}>
+              I have a registration token
+            </button>
+          </p>
+        )}
         {error && (
           <p className="form-error" role="alert">
             {error}

@@ -2,7 +2,6 @@
 //! writes `$OUT_DIR/web_assets.rs`, a table of `paracord_api::web::WebAsset` whose bytes come
 //! from `include_bytes!`. Without a `dist` (a clone where the client was never built) the
 //! table is empty and `/` says how to build it; the Rust build never needs npm.
-//! `PARACORD_WEB_DIST` names another directory to embed.
 
 use std::{
     env, fs,
@@ -10,18 +9,15 @@ use std::{
 };
 
 fn main() {
-    println!("cargo::rerun-if-env-changed=PARACORD_WEB_DIST");
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
-    let dist = env::var_os("PARACORD_WEB_DIST")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest.join("../../clients/web/dist"));
-    // A missing path would make cargo run this script on every build; watch the nearest
-    // directory that exists instead, so the `dist` appearing is noticed.
-    let watched = dist
-        .ancestors()
-        .find(|p| p.is_dir())
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| manifest.clone());
+    let dist = manifest.join("../../clients/web/dist");
+    // A missing path makes cargo run this script on every build. Without a built client,
+    // watch clients/web instead, so that `npm run build` making dist/ is noticed.
+    let watched = if dist.is_dir() {
+        dist.clone()
+    } else {
+        manifest.join("../../clients/web")
+    };
     println!("cargo::rerun-if-changed={}", watched.display());
 
     let mut files = Vec::new();

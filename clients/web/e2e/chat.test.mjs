@@ -169,10 +169,39 @@ test("two people meet in a guild through an invite link and chat", async () => {
   await message(alice, "are you there?").waitFor();
   await alice.locator(".rail").getByRole("button", { name: "Rustaceans", exact: true }).waitFor();
 
+  const session = JSON.parse(await alice.evaluate(() => localStorage.getItem("paracord.session")));
+  const [, , guildId, channelId] = new URL(bob.url()).pathname.split("/").map(decodeURIComponent);
+  const asAlice = async (method, path, body) => {
+    const r = await fetch(`${server.baseUrl}${path}`, {
+      method,
+      headers: { authorization: `Bearer ${session.accessToken}`, "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    assert.equal(r.status, 200, `${method} ${path}: ${await r.clone().text()}`);
+    return r.json();
+  };
+
+  // A hoisted, coloured role given to Bob: the member list groups him under it, and his
+  // name takes its colour, in Alice's view, as soon as the state arrives.
+  const role = await asAlice("POST", `/_paracord/v1/guilds/${encodeURIComponent(guildId)}/roles`, {
+    name: "Crabs",
+    color: 0xe74c3c,
+    hoist: true,
+  });
+  const bobId = JSON.parse(await bob.evaluate(() => localStorage.getItem("paracord.session"))).userId;
+  await asAlice(
+    "PUT",
+    `/_paracord/v1/guilds/${encodeURIComponent(guildId)}/members/${encodeURIComponent(bobId)}/roles/${role.id}`,
+  );
+  await alice.locator(".members h2", { hasText: "Crabs — 1" }).waitFor();
+  const bobName = alice.locator(".group .author", { hasText: `bob${suffix}` }).first();
+  await waitFor(
+    async () => (await bobName.evaluate((el) => getComputedStyle(el).color)) === "rgb(231, 76, 60)",
+    "Bob's name in the role's colour",
+  );
+
   // Alice takes SEND_MESSAGES from @everyone in #general (through /_paracord/v1): Bob's
   // composer is disabled, with the reason.
-  const session = JSON.parse(await alice.evaluate(() => localStorage.getItem("paracord.session")));
-  const channelId = decodeURIComponent(new URL(bob.url()).pathname.split("/")[3]);
   const res = await fetch(
     `${server.baseUrl}/_paracord/v1/channels/${encodeURIComponent(channelId)}/permissions/role%3Aeveryone`,
     {
@@ -189,11 +218,36 @@ test("two people meet in a guild through an invite link and chat", async () => {
   // The owner still can.
   assert.equal(await alice.getByRole("textbox", { name: /^Message #/ }).isDisabled(), false);
 
-  // Bob reloads: still signed in, back in #general with the history, still unable to send.
+  // Enough history that the first sync (50 events) does not hold it all.
+  for (let i = 1; i <= 80; i++) {
+    await asAlice(
+      "PUT",
+      `/_matrix/client/v3/rooms/${encodeURIComponent(channelId)}/send/m.room.message/h${i}`,
+      { msgtype: "m.text", body: `history ${i}` },
+    );
+  }
+  await message(bob, "history 80").waitFor();
+
+  // Bob reloads: still signed in, back in #general, still unable to send.
   await bob.reload();
   await bob.getByRole("heading", { name: "general", exact: true }).waitFor();
-  await message(bob, "hello from alice").waitFor();
+  await message(bob, "history 80").waitFor();
   await bob.getByTestId("composer-blocked").waitFor();
+  assert.equal(await message(bob, "hello from alice").count(), 0, "the first sync holds only the latest");
+
+  // Scrolling up pages back to the channel's start.
+  await waitFor(
+    async () => {
+      await bob.locator(".messages").evaluate((el) => {
+        el.scrollTop = 0;
+      });
+      return (await bob.getByText("This is the start of the #general channel.").count()) > 0;
+    },
+    "scrolling back to the start of #general",
+    { timeoutMs: 30_000, intervalMs: 300 },
+  );
+  await message(bob, "hello from alice").waitFor();
+  await message(bob, /^history 1$/).waitFor();
 
   // WEB_E2E_SCREENSHOTS=<dir> keeps pictures of the main screens.
   const shots = process.env.WEB_E2E_SCREENSHOTS;

@@ -100,6 +100,8 @@ export class Store {
       this.changed();
     });
     this.client.on(RoomEvent.Timeline, bump);
+    // A channel looked at again after the tab was hidden is read then.
+    document.addEventListener("visibilitychange", this.onVisibility);
     this.client.on(RoomEvent.Receipt, bump);
     // A refused send is reported by the composer that sent it.
     this.client.on(RoomEvent.LocalEchoUpdated, bump);
@@ -123,7 +125,10 @@ export class Store {
     await this.client.startClient({ initialSyncLimit: 50, lazyLoadMembers: true });
   }
 
+  private onVisibility = () => this.changed();
+
   stop() {
+    document.removeEventListener("visibilitychange", this.onVisibility);
     this.client.stopClient();
     for (const t of this.refreshTimers.values()) clearTimeout(t);
   }
@@ -173,8 +178,8 @@ export class Store {
   guildOf(roomId: string): string | undefined {
     const room = this.client.getRoom(roomId);
     const parents = room?.currentState.getStateEvents(EventType.SpaceParent) ?? [];
-    return parents.map((e) => e.getStateKey()).find((k): k is string => !!k && this.guilds.has(k))
-      ?? parents.map((e) => e.getStateKey()).find((k): k is string => !!k);
+    const ids = parents.map((e) => e.getStateKey()).filter((k): k is string => !!k);
+    return ids.find((k) => this.guilds.has(k)) ?? ids[0];
   }
 
   guildData(guildId: string): GuildData {

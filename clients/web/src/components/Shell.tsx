@@ -1,6 +1,7 @@
 import { useEffect } from "react";
 
 import { channelPath, navigate, type Route } from "../router";
+import { SyncState } from "../sdk";
 import { useStore } from "../store";
 import { ChannelSidebar } from "./ChannelSidebar";
 import { GuildRail } from "./GuildRail";
@@ -37,8 +38,14 @@ export function Shell({ route, onSignOut }: { route: Route; onSignOut: () => voi
     );
   }
 
+  const offline = store.syncState === SyncState.Error || store.syncState === SyncState.Reconnecting;
   return (
     <div className="shell">
+      {offline && (
+        <div className="connection-banner" role="status">
+          Connection to the server lost; reconnecting…
+        </div>
+      )}
       <GuildRail selected={guildId} />
       <ChannelSidebar guildId={guildId} channelId={channel?.id} onSignOut={onSignOut} />
       {guildId && channel ? (

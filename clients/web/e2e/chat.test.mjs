@@ -181,6 +181,21 @@ test("two people meet in a guild through an invite link and chat", async () => {
     return r.json();
   };
 
+  // What went over the wire: the Markdown source as body, the escaped HTML as formatted_body.
+  const recent = await asAlice(
+    "GET",
+    `/_matrix/client/v3/rooms/${encodeURIComponent(channelId)}/messages?dir=b&limit=20`,
+  );
+  const bold = recent.chunk.find((e) => e.content?.body?.includes("very bold"));
+  assert.deepEqual(bold.content, {
+    msgtype: "m.text",
+    body: "this is **very bold** and <b>not html</b>",
+    format: "org.matrix.custom.html",
+    formatted_body: "this is <strong>very bold</strong> and &lt;b&gt;not html&lt;/b&gt;",
+  });
+  const plain = recent.chunk.find((e) => e.content?.body === "hello from alice");
+  assert.deepEqual(plain.content, { msgtype: "m.text", body: "hello from alice" });
+
   // A hoisted, coloured role given to Bob: the member list groups him under it, and his
   // name takes its colour, in Alice's view, as soon as the state arrives.
   const role = await asAlice("POST", `/_paracord/v1/guilds/${encodeURIComponent(guildId)}/roles`, {
@@ -218,6 +233,18 @@ test("two people meet in a guild through an invite link and chat", async () => {
   // The owner still can.
   assert.equal(await alice.getByRole("textbox", { name: /^Message #/ }).isDisabled(), false);
 
+  // WEB_E2E_SCREENSHOTS=<dir> keeps pictures of the main screens.
+  const shots = process.env.WEB_E2E_SCREENSHOTS;
+  if (shots) {
+    await alice.setViewportSize({ width: 1280, height: 720 });
+    await alice.screenshot({ path: `${shots}/web-guild-dark.png` });
+    await bob.setViewportSize({ width: 1280, height: 720 });
+    await bob.screenshot({ path: `${shots}/web-composer-blocked.png` });
+    await alice.getByRole("button", { name: /Switch between dark and light/ }).click();
+    await alice.screenshot({ path: `${shots}/web-guild-light.png` });
+    await alice.getByRole("button", { name: /Switch between dark and light/ }).click();
+  }
+
   // Enough history that the first sync (50 events) does not hold it all.
   for (let i = 1; i <= 80; i++) {
     await asAlice(
@@ -249,16 +276,14 @@ test("two people meet in a guild through an invite link and chat", async () => {
   await message(bob, "hello from alice").waitFor();
   await message(bob, /^history 1$/).waitFor();
 
-  // WEB_E2E_SCREENSHOTS=<dir> keeps pictures of the main screens.
-  const shots = process.env.WEB_E2E_SCREENSHOTS;
-  if (shots) {
-    await alice.setViewportSize({ width: 1280, height: 720 });
-    await alice.screenshot({ path: `${shots}/web-guild-dark.png` });
-    await bob.setViewportSize({ width: 1280, height: 720 });
-    await bob.screenshot({ path: `${shots}/web-composer-blocked.png` });
-    await alice.getByRole("button", { name: /Switch between dark and light/ }).click();
-    await alice.screenshot({ path: `${shots}/web-guild-light.png` });
-  }
+  // Alice logs out: back at the login form, and her token is dead on the server.
+  await alice.getByRole("button", { name: "Log out" }).click();
+  await alice.getByRole("button", { name: "Log in" }).waitFor();
+  assert.equal(await alice.evaluate(() => localStorage.getItem("paracord.session")), null);
+  const whoami = await fetch(`${server.baseUrl}/_matrix/client/v3/account/whoami`, {
+    headers: { authorization: `Bearer ${session.accessToken}` },
+  });
+  assert.equal(whoami.status, 401);
 
   assert.deepEqual(problems, [], "no CSP violations or uncaught errors in the pages");
 });

@@ -1,7 +1,9 @@
 // The web client in a real browser against a real paracord: two people register through
-// the UI, one creates a guild and an invite, the other joins through the link, they chat
-// (Markdown included), a permission overwrite disables one's composer with a reason, and a
-// reload restores the session. Also: / is served with its CSP and the APIs are not shadowed.
+// the UI (one of them on the invite link), one creates a guild and an invite, the other
+// joins through the link, they chat (Markdown included), a role colours a name, a
+// permission overwrite disables one's composer with a reason, a reload restores the session
+// and scrolling up pages back through history. Also: / is served with its CSP and the APIs
+// are not shadowed.
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
@@ -89,7 +91,6 @@ test("two people meet in a guild through an invite link and chat", async () => {
   const alice = await person("alice");
   const bob = await person("bob");
   await register(alice, `alice${suffix}`);
-  await register(bob, `bob${suffix}`);
 
   // A wrong password is refused with the server's words.
   const stranger = await person("stranger");
@@ -102,7 +103,7 @@ test("two people meet in a guild through an invite link and chat", async () => {
 
   // A taken name too.
   await stranger.goto("/register");
-  await stranger.getByLabel("Username").fill(`bob${suffix}`);
+  await stranger.getByLabel("Username").fill(`alice${suffix}`);
   await stranger.getByLabel("Password", { exact: true }).fill("a long enough password");
   await stranger.getByLabel("Confirm password").fill("a long enough password");
   await stranger.getByRole("button", { name: "Register" }).click();
@@ -125,8 +126,15 @@ test("two people meet in a guild through an invite link and chat", async () => {
   assert.ok(link.startsWith(`${server.baseUrl}/invite/`), link);
   await alice.getByRole("button", { name: "Done" }).click();
 
-  // Bob opens it: a preview with the guild's name and member count, then joins.
+  // Bob opens it before he has an account: he registers right there, then sees a preview
+  // with the guild's name and member count, and joins.
   await bob.goto(link);
+  await bob.getByText("Sign in to accept your invite.").waitFor();
+  await bob.getByRole("button", { name: "Register" }).click();
+  await bob.getByLabel("Username").fill(`bob${suffix}`);
+  await bob.getByLabel("Password", { exact: true }).fill("a long enough password");
+  await bob.getByLabel("Confirm password").fill("a long enough password");
+  await bob.getByRole("button", { name: "Register" }).click();
   await bob.getByRole("heading", { name: "Rustaceans" }).waitFor();
   assert.match(await bob.getByTestId("member-count").innerText(), /^1 member\b/);
   await bob.getByRole("button", { name: "Accept invite" }).click();

@@ -284,6 +284,11 @@ test("two people meet in a guild through an invite link and chat", async () => {
   await message(bob, "hello from alice").waitFor();
   await message(bob, /^history 1$/).waitFor();
 
+  // A guild link of a guild Bob is not in leads home, saying so.
+  await bob.goto("/channels/!nosuchguild:localhost");
+  await bob.getByRole("alert").filter({ hasText: "not a member" }).waitFor();
+  await waitFor(() => new URL(bob.url()).pathname === "/channels/@me", "Bob sent home");
+
   // Alice logs out: back at the login form, and her token is dead on the server.
   await alice.getByRole("button", { name: "Log out" }).click();
   await alice.getByRole("button", { name: "Log in" }).waitFor();

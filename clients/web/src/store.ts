@@ -26,6 +26,8 @@ export interface GuildData {
   roles: Role[];
   members: Member[];
   loaded: boolean;
+  /** The server says the guild does not exist for this user (never joined, left, kicked). */
+  gone?: boolean;
 }
 
 export interface Toast {
@@ -182,6 +184,7 @@ export class Store {
     return ids.find((k) => this.guilds.has(k)) ?? ids[0];
   }
 
+  /** What is known of a guild; the first call fetches it. */
   guildData(guildId: string): GuildData {
     let d = this.guilds.get(guildId);
     if (!d) {
@@ -220,9 +223,9 @@ export class Store {
       ]);
       this.guilds.set(guildId, { guild, channels, roles, members, loaded: true });
     } catch (e) {
-      // Left or kicked: the guild is simply gone from the rail.
+      // Never joined, left or kicked: remembered as gone (not refetched on every render).
       if (e instanceof ServerError && e.errcode === "M_NOT_FOUND") {
-        this.guilds.delete(guildId);
+        this.guilds.set(guildId, { channels: [], roles: [], members: [], loaded: true, gone: true });
       } else {
         this.toast(`Could not load the guild: ${describeError(e)}`);
       }

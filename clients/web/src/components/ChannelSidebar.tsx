@@ -77,8 +77,8 @@ export function ChannelSidebar(props: { guildId?: string; channelId?: string; on
                   setMenu(false);
                   try {
                     await store.paracord.leave(props.guildId!, store.userId);
-                    store.guilds.delete(props.guildId!);
                     navigate("/channels/@me");
+                    store.guilds.delete(props.guildId!);
                   } catch (e) {
                     store.toast(`Could not leave the guild: ${describeError(e)}`);
                   }

@@ -73,7 +73,7 @@ export function MessagePane({ guildId, channel }: { guildId: string; channel: Ch
       ) : (
         <div className="messages"><p className="muted center">Joining #{channel.name}…</p></div>
       )}
-      <Composer channel={channel} blocked={blocked} ready={!!room} />
+      <Composer key={channel.id} channel={channel} blocked={blocked} ready={!!room} />
     </main>
   );
 }

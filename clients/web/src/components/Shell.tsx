@@ -21,6 +21,11 @@ export function Shell({ route, onSignOut }: { route: Route; onSignOut: () => voi
   // /login or /register once signed in, and a guild without a channel, lead somewhere real.
   useEffect(() => {
     if (route.name === "login" || route.name === "register") navigate("/channels/@me", true);
+    if (route.name === "guild" && data?.gone) {
+      store.toast("That guild does not exist, or you are not a member of it.");
+      navigate("/channels/@me", true);
+      return;
+    }
     if (route.name === "guild" && data?.loaded && !channel) {
       const first =
         visible.find((c) => c.id === data.guild?.system_channel) ??

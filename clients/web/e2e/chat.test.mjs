@@ -223,6 +223,36 @@ test("two people meet in a guild through an invite link and chat", async () => {
     "Bob's name in the role's colour",
   );
 
+  // A new category with a channel: both sidebars show it; a message there marks it unread
+  // for Bob, who is reading #general; a collapsed category hides it.
+  const enc = encodeURIComponent;
+  const category = await asAlice("POST", `/_paracord/v1/guilds/${enc(guildId)}/channels`, {
+    name: "Chill",
+    kind: "category",
+  });
+  const random = await asAlice("POST", `/_paracord/v1/guilds/${enc(guildId)}/channels`, {
+    name: "random",
+    kind: "text",
+    parent: category.id,
+    topic: "Anything goes.",
+  });
+  const bobRandom = bob.locator(".channels").getByRole("button", { name: /^random/ });
+  await bobRandom.waitFor();
+  await alice.locator(".channels").getByRole("button", { name: /^random/ }).click();
+  await alice.getByText("Anything goes.").waitFor();
+  await send(alice, "over here");
+  await bob.locator(".channels").getByRole("button", { name: "random (unread)" }).waitFor();
+  await bob.getByRole("button", { name: "Chill" }).click();
+  await bobRandom.waitFor({ state: "detached" });
+  await bob.getByRole("button", { name: "Chill" }).click();
+  await bobRandom.click();
+  await message(bob, "over here").waitFor();
+  await bob.locator(".channels").getByRole("button", { name: "random", exact: true }).waitFor();
+  assert.equal(decodeURIComponent(new URL(bob.url()).pathname.split("/")[3]), random.id);
+  await bob.locator(".channels").getByRole("button", { name: /^general/ }).click();
+  await alice.locator(".channels").getByRole("button", { name: /^general/ }).click();
+  await bob.getByRole("heading", { name: "general", exact: true }).waitFor();
+
   // Alice takes SEND_MESSAGES from @everyone in #general (through /_paracord/v1): Bob's
   // composer is disabled, with the reason.
   const res = await fetch(

@@ -56,6 +56,27 @@ export function MessagePane({ guildId, channel }: { guildId: string; channel: Ch
     if (document.visibilityState === "visible") store.markRead(channel.id);
   });
 
+  // A visible channel this user is not in (left from another client, say): join it, through
+  // the guild host. Guild members may join any channel they can see (spec/guilds.md §2.1).
+  const membership = room?.getMyMembership();
+  const host = data.guild?.owner.split(":").slice(1).join(":");
+  const [joinError, setJoinError] = useState<string | null>(null);
+  useEffect(() => {
+    if (!store.syncState || membership === "join" || !host || joinError) return;
+    let live = true;
+    const timer = setTimeout(() => {
+      store.client.joinRoom(channel.id, { viaServers: [host] }).catch((e) => {
+        if (!live) return;
+        setJoinError(describeError(e));
+        store.toast(`Could not join #${channel.name}: ${describeError(e)}`);
+      });
+    }, 3000);
+    return () => {
+      live = false;
+      clearTimeout(timer);
+    };
+  }, [store, store.syncState, channel.id, channel.name, membership, host, joinError]);
+
   return (
     <main className="pane" aria-label={`#${channel.name}`}>
       <header className="pane-header">
@@ -68,12 +89,14 @@ export function MessagePane({ guildId, channel }: { guildId: string; channel: Ch
           </>
         )}
       </header>
-      {room ? (
+      {room && membership === "join" ? (
         <MessageList key={channel.id} channel={channel} events={events} guildId={guildId} />
       ) : (
-        <div className="messages"><p className="muted center">Joining #{channel.name}…</p></div>
+        <div className="messages">
+          <p className="muted center">{joinError ? `Could not join #${channel.name}: ${joinError}` : `Joining #${channel.name}…`}</p>
+        </div>
       )}
-      <Composer key={channel.id} channel={channel} blocked={blocked} ready={!!room} />
+      <Composer key={channel.id} channel={channel} blocked={blocked} ready={membership === "join"} />
     </main>
   );
 }

@@ -40,7 +40,7 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'
      frame-ancestors 'none'";
 
 /// The fallback of the route table: the web client, or `M_UNRECOGNIZED` for API paths.
-pub async fn serve(assets: &'static [WebAsset], req: Request) -> Response {
+pub(crate) async fn serve(assets: &'static [WebAsset], req: Request) -> Response {
     let path = req.uri().path();
     let is_api = API_PREFIXES
         .iter()

@@ -314,6 +314,15 @@ test("two people meet in a guild through an invite link and chat", async () => {
   await message(bob, "hello from alice").waitFor();
   await message(bob, /^history 1$/).waitFor();
 
+  // Dark by default; the light theme is a toggle that survives a reload.
+  const theme = () => bob.evaluate(() => document.documentElement.dataset.theme);
+  assert.equal(await theme(), "dark");
+  await bob.getByRole("button", { name: /Switch between dark and light/ }).click();
+  assert.equal(await theme(), "light");
+  await bob.reload();
+  await bob.getByRole("heading", { name: "general", exact: true }).waitFor();
+  assert.equal(await theme(), "light");
+
   // A guild link of a guild Bob is not in leads home, saying so.
   await bob.goto("/channels/!nosuchguild:localhost");
   await bob.getByRole("alert").filter({ hasText: "not a member" }).waitFor();

@@ -252,6 +252,12 @@ test("two people meet in a guild through an invite link and chat", async () => {
   await bob.locator(".channels").getByRole("button", { name: /^general/ }).click();
   await alice.locator(".channels").getByRole("button", { name: /^general/ }).click();
   await bob.getByRole("heading", { name: "general", exact: true }).waitFor();
+  // Nothing of #random is left in #general's view.
+  for (const page of [alice, bob]) {
+    assert.equal(await page.locator(".messages").count(), 1);
+    assert.equal(await page.getByText("Welcome to #random!").count(), 0);
+    assert.equal(await message(page, "over here").count(), 0);
+  }
 
   // Alice takes SEND_MESSAGES from @everyone in #general (through /_paracord/v1): Bob's
   // composer is disabled, with the reason.

@@ -90,13 +90,13 @@ export function MessagePane({ guildId, channel }: { guildId: string; channel: Ch
         )}
       </header>
       {room && membership === "join" ? (
-        <MessageList key={channel.id} channel={channel} events={events} guildId={guildId} />
+        <MessageList key={`list-${channel.id}`} channel={channel} events={events} guildId={guildId} />
       ) : (
         <div className="messages">
           <p className="muted center">{joinError ? `Could not join #${channel.name}: ${joinError}` : `Joining #${channel.name}…`}</p>
         </div>
       )}
-      <Composer key={channel.id} channel={channel} blocked={blocked} ready={membership === "join"} />
+      <Composer key={`composer-${channel.id}`} channel={channel} blocked={blocked} ready={membership === "join"} />
     </main>
   );
 }

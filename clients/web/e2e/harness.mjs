@@ -134,3 +134,29 @@ export async function startServer({ registration = true } = {}) {
   }
   return server;
 }
+
+/**
+ * Runs `fn(page)`-style test steps; on failure, adds what the pages logged (errors and
+ * warnings), their URLs and the server's log to the error, so a failure says why.
+ */
+export async function diagnosed(server, pages, fn) {
+  const logs = new Map();
+  for (const [name, page] of Object.entries(pages)) {
+    logs.set(name, []);
+    page.on("console", (m) => {
+      if (m.type() === "error" || m.type() === "warning") logs.get(name).push(`${m.type()}: ${m.text().slice(0, 300)}`);
+    });
+    page.on("requestfailed", (r) => logs.get(name).push(`request failed: ${r.method()} ${r.url()} ${r.failure()?.errorText}`));
+  }
+  try {
+    return await fn();
+  } catch (e) {
+    const parts = [e.stack ?? String(e)];
+    for (const [name, page] of Object.entries(pages)) {
+      parts.push(`--- ${name} at ${page.url()} ---`, ...logs.get(name).slice(-25));
+    }
+    parts.push("--- server log ---", server.logTail());
+    e.message = `${e.message}\n${parts.slice(1).join("\n")}`;
+    throw e;
+  }
+}

@@ -1,11 +1,11 @@
 import { HttpApiEvent } from "./sdk";
 import { useEffect, useState } from "react";
 
-import type { Session } from "./api";
+import { logout, ServerError, type Session } from "./api";
 import { AuthScreen } from "./components/Auth";
 import { Shell } from "./components/Shell";
 import { navigate, parseRoute, usePath } from "./router";
-import { loadSession, saveSession, setStore, Store } from "./store";
+import { describeError, loadSession, saveSession, setStore, Store } from "./store";
 
 export function App() {
   const [session, setSession] = useState<Session | null>(loadSession);
@@ -40,15 +40,17 @@ export function App() {
   };
 
   const signOut = async () => {
-    if (store) {
-      try {
-        await store.client.logout(true);
-      } catch {
-        // The token is forgotten here whatever the server said; it can no longer be used
-        // from this browser.
-      }
+    if (!session) return;
+    store?.stop();
+    let refused: string | null = null;
+    try {
+      await logout(session);
+    } catch (e) {
+      // An unknown token is already logged out; anything else is said on the login form.
+      if (!(e instanceof ServerError && e.errcode === "M_UNKNOWN_TOKEN")) refused = describeError(e);
     }
     saveSession(null);
+    setNotice(refused && `Logged out of this browser, but the server did not confirm: ${refused}`);
     setSession(null);
     navigate("/login");
   };

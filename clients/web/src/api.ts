@@ -24,7 +24,7 @@ export interface Session {
 async function request<T>(
   method: string,
   path: string,
-  opts: { token?: string; body?: unknown } = {},
+  opts: { token?: string; body?: unknown; timeoutMs?: number } = {},
 ): Promise<T> {
   const headers: Record<string, string> = {};
   if (opts.token) headers.authorization = `Bearer ${opts.token}`;
@@ -35,6 +35,7 @@ async function request<T>(
       method,
       headers,
       body: opts.body === undefined ? undefined : JSON.stringify(opts.body),
+      signal: opts.timeoutMs ? AbortSignal.timeout(opts.timeoutMs) : undefined,
     });
   } catch (e) {
     throw new ServerError(0, "M_CONNECTION", `Cannot reach the server (${String(e)})`);
@@ -75,6 +76,15 @@ export async function login(username: string, password: string): Promise<Session
     },
   );
   return toSession(r);
+}
+
+/** Ends the session on the server (its access token stops working); 10 s at most. */
+export async function logout(session: Session): Promise<void> {
+  await request("POST", "/_matrix/client/v3/logout", {
+    token: session.accessToken,
+    body: {},
+    timeoutMs: 10_000,
+  });
 }
 
 /** The stages registration needs that the user must fill in (beyond m.login.dummy). */

@@ -93,6 +93,8 @@ export class Store {
       userId: session.userId,
       deviceId: session.deviceId,
       timelineSupport: true,
+      // No 1:1 VoIP calls in this client: without this the SDK polls for TURN servers.
+      disableVoip: true,
     });
     this.paracord = new Paracord(session.accessToken);
     const bump = () => this.changed();

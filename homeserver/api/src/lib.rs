@@ -14,6 +14,7 @@ pub mod router;
 pub mod rtc;
 pub mod ruma_wrapper;
 pub mod synapse_admin;
+pub mod web;
 pub mod well_known;
 
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use paracord_service::Services;
 
 pub use self::{
     error::ApiError,
-    router::app,
+    router::{app, app_with_web},
     ruma_wrapper::{public_join_rules, Patched, Ruma, RumaResponse},
 };
 

@@ -21,7 +21,9 @@ use crate::{
     },
     federation, federation_events, federation_rooms, media,
     ruma_wrapper::RouterExt,
-    synapse_admin, well_known, ApiError, AppState,
+    synapse_admin,
+    web::WebAsset,
+    well_known, ApiError, AppState,
 };
 
 /// The state paths without a state key (empty state key), with and without trailing slash.
@@ -32,8 +34,15 @@ const STATE_WITHOUT_KEY: &[&str] = &[
     "/_matrix/client/r0/rooms/{room_id}/state/{event_type}/",
 ];
 
-/// The whole HTTP application. Separate from `main` so tests can run it in-process.
+/// The whole HTTP application without the web client (`/` says the binary has none).
+/// Separate from `main` so tests can run it in-process.
 pub fn app(services: Arc<Services>) -> Router {
+    app_with_web(services, &[])
+}
+
+/// The whole HTTP application, serving `web` (the built web client, embedded by the
+/// `paracord` binary) at `/` for whatever the routes below do not match.
+pub fn app_with_web(services: Arc<Services>, web: &'static [WebAsset]) -> Router {
     let state = AppState(services);
     Router::new()
         // discovery
@@ -486,7 +495,8 @@ pub fn app(services: Arc<Services>) -> Router {
             get(media::legacy_thumbnail_route),
         )
         .route("/_matrix/media/v3/config", get(media::legacy_config_route))
-        .fallback(unrecognized)
+        // the web client, for what no route above matched; API prefixes stay M_UNRECOGNIZED
+        .fallback(move |req: Request| crate::web::serve(web, req))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -527,10 +537,6 @@ async fn settle_writes(
         Ok(()) => response,
         Err(e) => ApiError(e).into_response(),
     }
-}
-
-async fn unrecognized() -> Response {
-    ApiError(Error::unrecognized("unrecognized request")).into_response()
 }
 
 async fn method_not_allowed() -> Response {

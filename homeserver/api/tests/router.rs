@@ -373,3 +373,155 @@ async fn public_rooms_say_they_are_public() {
     assert_eq!(page["chunk"][0]["room_id"], created["room_id"], "{page}");
     assert_eq!(page["chunk"][0]["join_rule"], "public", "{page}");
 }
+
+/// A built web client as the `paracord` binary embeds it: an index, a hashed script with its
+/// gzip copy, and a file at the root.
+static WEB: &[paracord_api::web::WebAsset] = &[
+    paracord_api::web::WebAsset {
+        path: "index.html",
+        mime: "text/html; charset=utf-8",
+        body: b"<!doctype html><title>app</title>",
+        gzip: None,
+    },
+    paracord_api::web::WebAsset {
+        path: "assets/index-Ab12.js",
+        mime: "text/javascript; charset=utf-8",
+        body: b"console.log(1)",
+        gzip: Some(b"\x1f\x8bfake-gzip"),
+    },
+    paracord_api::web::WebAsset {
+        path: "favicon.svg",
+        mime: "image/svg+xml",
+        body: b"<svg/>",
+        gzip: None,
+    },
+];
+
+/// One raw request: status, headers and body bytes.
+async fn raw(
+    app: &Router,
+    method: Method,
+    path: &str,
+    accept_encoding: Option<&str>,
+) -> (StatusCode, http::HeaderMap, Vec<u8>) {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(a) = accept_encoding {
+        req = req.header("accept-encoding", a);
+    }
+    let mut req = req.body(Body::empty()).unwrap();
+    req.extensions_mut()
+        .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    (parts.status, parts.headers, bytes.to_vec())
+}
+
+fn web_app() -> (tempfile::TempDir, Router) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        data_dir: dir.path().join("data"),
+        ..Config::default()
+    };
+    let services = Services::open(config).unwrap();
+    (dir, paracord_api::app_with_web(Arc::new(services), WEB))
+}
+
+#[tokio::test]
+async fn the_web_client_is_served_at_the_root_and_on_its_routes() {
+    let (_dir, app) = web_app();
+    for path in [
+        "/",
+        "/login",
+        "/invite/hT4k9QzP",
+        "/channels/!a:example.org/!b:example.org",
+    ] {
+        let (status, headers, body) = raw(&app, Method::GET, path, None).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert_eq!(body, b"<!doctype html><title>app</title>", "{path}");
+        assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+        assert_eq!(headers["cache-control"], "no-cache", "{path}");
+        let csp = headers["content-security-policy"].to_str().unwrap();
+        for directive in [
+            "default-src 'self'",
+            "script-src 'self' 'wasm-unsafe-eval'",
+            "object-src 'none'",
+            "base-uri 'none'",
+            "frame-ancestors 'none'",
+            "connect-src 'self'",
+        ] {
+            assert!(csp.contains(directive), "{directive} missing from {csp}");
+        }
+        assert!(!csp.contains("unsafe-inline"), "{csp}");
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        assert_eq!(headers["referrer-policy"], "no-referrer");
+    }
+    let (status, headers, body) = raw(&app, Method::GET, "/favicon.svg", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, b"<svg/>");
+    assert_eq!(headers["content-type"], "image/svg+xml");
+    assert_eq!(headers["cache-control"], "no-cache");
+}
+
+#[tokio::test]
+async fn hashed_assets_are_immutable_and_gzipped_when_accepted() {
+    let (_dir, app) = web_app();
+    let path = "/assets/index-Ab12.js";
+    let (status, headers, body) = raw(&app, Method::GET, path, Some("gzip, br")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, b"\x1f\x8bfake-gzip");
+    assert_eq!(headers["content-encoding"], "gzip");
+    assert_eq!(headers["vary"], "accept-encoding");
+    assert_eq!(
+        headers["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
+    assert_eq!(headers["content-type"], "text/javascript; charset=utf-8");
+    let (_, headers, body) = raw(&app, Method::GET, path, None).await;
+    assert_eq!(body, b"console.log(1)");
+    assert!(headers.get("content-encoding").is_none());
+    let (_, headers, body) = raw(&app, Method::GET, path, Some("gzip;q=0")).await;
+    assert_eq!(body, b"console.log(1)");
+    assert!(headers.get("content-encoding").is_none());
+    // An asset that does not exist is not the app's HTML under a script's name.
+    let (status, _, body) = raw(&app, Method::GET, "/assets/gone-Zz99.js", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_ne!(body, b"<!doctype html><title>app</title>");
+}
+
+#[tokio::test]
+async fn the_web_client_never_shadows_the_apis() {
+    let (_dir, app) = web_app();
+    for path in [
+        "/_matrix/nonexistent",
+        "/_matrix",
+        "/_paracord/v1/nonexistent",
+        "/_synapse/admin/v1/nonexistent",
+        "/.well-known/nonexistent",
+    ] {
+        let (status, body) = call(&app, Method::GET, path, None, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+        assert_eq!(body["errcode"], "M_UNRECOGNIZED", "{path}: {body}");
+    }
+    // Not a GET: not the app's either.
+    let (status, body) = call(&app, Method::POST, "/login", None, Some(b"{}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["errcode"], "M_UNRECOGNIZED", "{body}");
+    // The APIs still answer as before.
+    let (status, body) = call(&app, Method::GET, "/_matrix/client/versions", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn without_a_built_web_client_the_root_says_so() {
+    let s = server().await;
+    let (status, headers, body) = raw(&s.app, Method::GET, "/", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    let text = String::from_utf8(body).unwrap();
+    assert!(text.contains("built without the web client"), "{text}");
+    assert!(text.contains("npm run build"), "{text}");
+    let (status, body) = get(&s, "/_matrix/nonexistent").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["errcode"], "M_UNRECOGNIZED", "{body}");
+}

@@ -20,6 +20,12 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 mod tls;
 
+/// The web client embedded at compile time (build.rs; empty when `clients/web/dist` was not
+/// built).
+mod web_assets {
+    include!(concat!(env!("OUT_DIR"), "/web_assets.rs"));
+}
+
 #[derive(Parser)]
 #[command(name = "paracord", version, about = "Paracord homeserver")]
 struct Args {
@@ -98,7 +104,7 @@ async fn run(config: Config) -> Result<(), String> {
     };
     let services = Arc::new(Services::open(config).map_err(|e| format!("cannot start: {e}"))?);
     paracord_service::guilds::members::resume_timeouts(services.rooms.clone());
-    let app = paracord_api::app(services.clone());
+    let app = paracord_api::app_with_web(services.clone(), web_assets::WEB_ASSETS);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;

@@ -1,0 +1,208 @@
+// The Markdown that the composer understands, as Discord users type it: **bold**, *italic* or
+// _italic_, ~~strike~~, `code`, ```code blocks```, ||spoilers|| and > quotes. Parsed into a
+// small tree that is rendered twice: to React elements (never to an HTML string in the page)
+// and to the `formatted_body` HTML of org.matrix.custom.html, with every text escaped.
+
+export type Inline =
+  | { t: "text"; v: string }
+  | { t: "code"; v: string }
+  | { t: "br" }
+  | { t: "bold" | "italic" | "strike" | "spoiler"; c: Inline[] };
+
+export type Block =
+  | { t: "para"; c: Inline[] }
+  | { t: "quote"; c: Block[] }
+  | { t: "codeblock"; lang: string; v: string };
+
+const PAIRED: { d: string; t: "bold" | "italic" | "strike" | "spoiler" }[] = [
+  { d: "**", t: "bold" },
+  { d: "||", t: "spoiler" },
+  { d: "~~", t: "strike" },
+  { d: "*", t: "italic" },
+  { d: "_", t: "italic" },
+];
+
+/** Where `delim` closes after `from`, skipping escapes and code spans; -1 if it does not. */
+function findClose(s: string, from: number, delim: string): number {
+  for (let j = from; j < s.length; j++) {
+    const ch = s[j];
+    if (ch === "\\") {
+      j++;
+      continue;
+    }
+    if (ch === "`" && delim !== "`") {
+      const end = s.indexOf("`", j + 1);
+      if (end === -1) return -1;
+      j = end;
+      continue;
+    }
+    if (s.startsWith(delim, j)) {
+      // A single * or _ is not the start of ** or __, and content must not be empty.
+      if (delim.length === 1 && s[j + 1] === delim) {
+        j++;
+        continue;
+      }
+      // `***` closing `**`: the last two close it, the first belongs to the content.
+      if (delim.length === 2 && s[j + 2] === delim[0]) continue;
+      if (j > from) return j;
+    }
+  }
+  return -1;
+}
+
+export function parseInline(s: string): Inline[] {
+  const out: Inline[] = [];
+  let text = "";
+  const flush = () => {
+    if (text) out.push({ t: "text", v: text });
+    text = "";
+  };
+  let i = 0;
+  while (i < s.length) {
+    const ch = s[i];
+    if (ch === "\\" && i + 1 < s.length && /[\\`*_~|>]/.test(s[i + 1])) {
+      text += s[i + 1];
+      i += 2;
+      continue;
+    }
+    if (ch === "\n") {
+      flush();
+      out.push({ t: "br" });
+      i++;
+      continue;
+    }
+    if (ch === "`") {
+      const end = s.indexOf("`", i + 1);
+      if (end > i + 1) {
+        flush();
+        out.push({ t: "code", v: s.slice(i + 1, end) });
+        i = end + 1;
+        continue;
+      }
+    }
+    let matched = false;
+    for (const { d, t } of PAIRED) {
+      if (!s.startsWith(d, i)) continue;
+      // `_` marks italics only at word edges, so snake_case stays as typed.
+      if (d === "_" && i > 0 && /\w/.test(s[i - 1])) continue;
+      if (d.length === 1 && s[i + 1] === d) continue;
+      const end = findClose(s, i + d.length, d);
+      if (end === -1) continue;
+      if (d === "_" && end + 1 < s.length && /\w/.test(s[end + 1])) continue;
+      flush();
+      out.push({ t, c: parseInline(s.slice(i + d.length, end)) });
+      i = end + d.length;
+      matched = true;
+      break;
+    }
+    if (matched) continue;
+    text += ch;
+    i++;
+  }
+  flush();
+  return out;
+}
+
+export function parse(src: string): Block[] {
+  const lines = src.replace(/\r\n?/g, "\n").split("\n");
+  const blocks: Block[] = [];
+  let para: string[] = [];
+  const flushPara = () => {
+    while (para.length && para[para.length - 1].trim() === "") para.pop();
+    while (para.length && para[0].trim() === "") para.shift();
+    if (para.length) blocks.push({ t: "para", c: parseInline(para.join("\n")) });
+    para = [];
+  };
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i];
+    const fence = /^```([\w+-]*)\s*$/.exec(line);
+    if (fence) {
+      const close = lines.findIndex((l, k) => k > i && /^```\s*$/.test(l));
+      if (close !== -1) {
+        flushPara();
+        blocks.push({ t: "codeblock", lang: fence[1], v: lines.slice(i + 1, close).join("\n") });
+        i = close;
+        continue;
+      }
+    }
+    if (/^>( |$)/.test(line)) {
+      flushPara();
+      const quoted: string[] = [];
+      while (i < lines.length && /^>( |$)/.test(lines[i])) {
+        quoted.push(lines[i].replace(/^> ?/, ""));
+        i++;
+      }
+      i--;
+      blocks.push({ t: "quote", c: parse(quoted.join("\n")) });
+      continue;
+    }
+    para.push(line);
+  }
+  flushPara();
+  return blocks;
+}
+
+/** Whether the message has no formatting at all: then it is sent as a plain `body`. */
+export function isPlain(blocks: Block[]): boolean {
+  return blocks.every((b) => b.t === "para" && b.c.every((n) => n.t === "text" || n.t === "br"));
+}
+
+export function escapeHtml(s: string): string {
+  return s
+    .replace(/&/g, "&amp;")
+    .replace(/</g, "&lt;")
+    .replace(/>/g, "&gt;")
+    .replace(/"/g, "&quot;")
+    .replace(/'/g, "&#39;");
+}
+
+const TAGS = { bold: "strong", italic: "em", strike: "del" } as const;
+
+function inlineHtml(nodes: Inline[]): string {
+  return nodes
+    .map((n) => {
+      switch (n.t) {
+        case "text":
+          return escapeHtml(n.v);
+        case "code":
+          return `<code>${escapeHtml(n.v)}</code>`;
+        case "br":
+          return "<br>";
+        case "spoiler":
+          return `<span data-mx-spoiler>${inlineHtml(n.c)}</span>`;
+        default:
+          return `<${TAGS[n.t]}>${inlineHtml(n.c)}</${TAGS[n.t]}>`;
+      }
+    })
+    .join("");
+}
+
+/** The `formatted_body` (org.matrix.custom.html) of a parsed message. */
+export function toHtml(blocks: Block[]): string {
+  return blocks
+    .map((b) => {
+      switch (b.t) {
+        case "para":
+          return inlineHtml(b.c);
+        case "quote":
+          return `<blockquote>${toHtml(b.c)}</blockquote>`;
+        case "codeblock": {
+          const lang = /^[\w+-]+$/.test(b.lang) ? ` class="language-${b.lang}"` : "";
+          return `<pre><code${lang}>${escapeHtml(b.v)}</code></pre>`;
+        }
+      }
+    })
+    .join("<br>");
+}
+
+/** The content of an m.room.message for what was typed in the composer. */
+export function messageContent(src: string): Record<string, string> {
+  const blocks = parse(src);
+  if (isPlain(blocks)) return { msgtype: "m.text", body: src };
+  return {
+    msgtype: "m.text",
+    body: src,
+    format: "org.matrix.custom.html",
+    formatted_body: toHtml(blocks),
+  };
+}

@@ -1,0 +1,304 @@
+// The app's state: the matrix-js-sdk client (sync, timelines, sending) and what the Paracord
+// REST extension says about each guild (channels, roles, members). Components read it through
+// useStore(), which re-renders them when anything changes.
+
+import {
+  ClientEvent,
+  createClient,
+  EventType,
+  type MatrixClient,
+  type MatrixEvent,
+  type Room,
+  RoomEvent,
+  RoomStateEvent,
+  SyncState,
+} from "./sdk";
+import { useSyncExternalStore } from "react";
+
+import { type Channel, type Guild, type Member, Paracord, ServerError, type Session } from "./api";
+import type { Role } from "./lib/permissions";
+
+export const GUILD_EVENT = "chat.paracord.guild";
+
+export interface GuildData {
+  guild?: Guild;
+  channels: Channel[];
+  roles: Role[];
+  members: Member[];
+  loaded: boolean;
+  /** The server says the guild does not exist for this user (never joined, left, kicked). */
+  gone?: boolean;
+}
+
+export interface Toast {
+  id: number;
+  text: string;
+  kind: "error" | "info";
+}
+
+const SESSION_KEY = "paracord.session";
+
+export function loadSession(): Session | null {
+  try {
+    const s = JSON.parse(localStorage.getItem(SESSION_KEY) ?? "null");
+    if (s && typeof s.userId === "string" && typeof s.accessToken === "string" && typeof s.deviceId === "string") {
+      return s;
+    }
+  } catch {
+    /* a damaged entry is no session */
+  }
+  return null;
+}
+
+export function saveSession(s: Session | null) {
+  if (s) localStorage.setItem(SESSION_KEY, JSON.stringify(s));
+  else localStorage.removeItem(SESSION_KEY);
+}
+
+/** What a server refusal says to a person. */
+export function describeError(e: unknown): string {
+  if (e instanceof ServerError) return e.message;
+  if (e && typeof e === "object" && "message" in e && typeof e.message === "string") {
+    return e.message;
+  }
+  return String(e);
+}
+
+/** State event types that change what /_paracord/v1 says about a guild. */
+function changesGuild(type: string): boolean {
+  return (
+    type.startsWith("chat.paracord.") ||
+    type === EventType.SpaceChild ||
+    type === EventType.RoomName ||
+    type === EventType.RoomTopic ||
+    type === EventType.RoomMember
+  );
+}
+
+export class Store {
+  readonly client: MatrixClient;
+  readonly paracord: Paracord;
+  readonly guilds = new Map<string, GuildData>();
+  syncState: SyncState | null = null;
+  toasts: Toast[] = [];
+  private version = 0;
+  private listeners = new Set<() => void>();
+  private refreshTimers = new Map<string, ReturnType<typeof setTimeout>>();
+  private nextToast = 1;
+
+  constructor(readonly session: Session) {
+    this.client = createClient({
+      baseUrl: window.location.origin,
+      accessToken: session.accessToken,
+      userId: session.userId,
+      deviceId: session.deviceId,
+      timelineSupport: true,
+      // No 1:1 VoIP calls in this client: without this the SDK polls for TURN servers.
+      disableVoip: true,
+    });
+    this.paracord = new Paracord(session.accessToken);
+    const bump = () => this.changed();
+    this.client.on(ClientEvent.Sync, (state) => {
+      this.syncState = state;
+      if (state === SyncState.Prepared || state === SyncState.Syncing) this.refreshKnownGuilds();
+      this.changed();
+    });
+    this.client.on(RoomEvent.Timeline, bump);
+    // A channel looked at again after the tab was hidden is read then.
+    document.addEventListener("visibilitychange", this.onVisibility);
+    this.client.on(RoomEvent.Receipt, bump);
+    // A refused send is reported by the composer that sent it.
+    this.client.on(RoomEvent.LocalEchoUpdated, bump);
+    this.client.on(RoomEvent.MyMembership, (room: Room) => {
+      if (this.isGuild(room)) this.scheduleRefresh(room.roomId);
+      this.changed();
+    });
+    this.client.on(ClientEvent.Room, bump);
+    this.client.on(RoomStateEvent.Events, (event: MatrixEvent) => {
+      if (!changesGuild(event.getType())) return;
+      const roomId = event.getRoomId();
+      if (!roomId) return;
+      const room = this.client.getRoom(roomId);
+      const guildId = room && this.isGuild(room) ? roomId : this.guildOf(roomId);
+      if (guildId) this.scheduleRefresh(guildId);
+      this.changed();
+    });
+  }
+
+  async start() {
+    await this.client.startClient({ initialSyncLimit: 50, lazyLoadMembers: true });
+  }
+
+  private onVisibility = () => this.changed();
+
+  stop() {
+    document.removeEventListener("visibilitychange", this.onVisibility);
+    this.client.stopClient();
+    for (const t of this.refreshTimers.values()) clearTimeout(t);
+  }
+
+  subscribe = (listener: () => void) => {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  };
+
+  getVersion = () => this.version;
+
+  changed() {
+    this.version++;
+    for (const l of this.listeners) l();
+  }
+
+  toast(text: string, kind: Toast["kind"] = "error") {
+    const id = this.nextToast++;
+    this.toasts = [...this.toasts, { id, text, kind }];
+    this.changed();
+    setTimeout(() => this.dismiss(id), kind === "error" ? 10_000 : 4_000);
+  }
+
+  dismiss(id: number) {
+    this.toasts = this.toasts.filter((t) => t.id !== id);
+    this.changed();
+  }
+
+  get userId() {
+    return this.session.userId;
+  }
+
+  isGuild(room: Room): boolean {
+    const ev = room.currentState.getStateEvents(GUILD_EVENT, "");
+    return !!ev && Object.keys(ev.getContent()).length > 0;
+  }
+
+  /** Joined guilds, in the order they were joined (as the rail shows them). */
+  guildRooms(): Room[] {
+    return this.client
+      .getRooms()
+      .filter((r) => r.getMyMembership() === "join" && this.isGuild(r))
+      .sort((a, b) => joinedAt(a, this.userId) - joinedAt(b, this.userId));
+  }
+
+  /** The guild a channel room belongs to (its m.space.parent), if any. */
+  guildOf(roomId: string): string | undefined {
+    const room = this.client.getRoom(roomId);
+    const parents = room?.currentState.getStateEvents(EventType.SpaceParent) ?? [];
+    const ids = parents.map((e) => e.getStateKey()).filter((k): k is string => !!k);
+    return ids.find((k) => this.guilds.has(k)) ?? ids[0];
+  }
+
+  /** What is known of a guild; the first call fetches it. */
+  guildData(guildId: string): GuildData {
+    let d = this.guilds.get(guildId);
+    if (!d) {
+      d = { channels: [], roles: [], members: [], loaded: false };
+      this.guilds.set(guildId, d);
+      this.scheduleRefresh(guildId, 0);
+    }
+    return d;
+  }
+
+  private refreshKnownGuilds() {
+    for (const room of this.guildRooms()) {
+      if (!this.guilds.has(room.roomId)) this.guildData(room.roomId);
+    }
+  }
+
+  scheduleRefresh(guildId: string, delay = 250) {
+    const t = this.refreshTimers.get(guildId);
+    if (t) clearTimeout(t);
+    this.refreshTimers.set(
+      guildId,
+      setTimeout(() => {
+        this.refreshTimers.delete(guildId);
+        void this.refreshGuild(guildId);
+      }, delay),
+    );
+  }
+
+  async refreshGuild(guildId: string) {
+    try {
+      const [guild, channels, roles, members] = await Promise.all([
+        this.paracord.guild(guildId),
+        this.paracord.channels(guildId),
+        this.paracord.roles(guildId),
+        this.paracord.members(guildId),
+      ]);
+      this.guilds.set(guildId, { guild, channels, roles, members, loaded: true });
+    } catch (e) {
+      // Never joined, left or kicked: remembered as gone (not refetched on every render).
+      if (e instanceof ServerError && e.errcode === "M_NOT_FOUND") {
+        this.guilds.set(guildId, { channels: [], roles: [], members: [], loaded: true, gone: true });
+      } else {
+        this.toast(`Could not load the guild: ${describeError(e)}`);
+      }
+    }
+    this.changed();
+  }
+
+  /** Messages of a channel's live timeline, oldest first. */
+  messages(roomId: string): MatrixEvent[] {
+    const room = this.client.getRoom(roomId);
+    if (!room) return [];
+    return room
+      .getLiveTimeline()
+      .getEvents()
+      .filter((e) => e.getType() === EventType.RoomMessage && !e.isRedacted());
+  }
+
+  /** Whether a channel has a message from someone else after the user's read receipt. */
+  isUnread(roomId: string): boolean {
+    const room = this.client.getRoom(roomId);
+    if (!room || room.getMyMembership() !== "join") return false;
+    const last = [...this.messages(roomId)].reverse().find((e) => e.getId() && !e.status);
+    if (!last || last.getSender() === this.userId) return false;
+    return !room.hasUserReadEvent(this.userId, last.getId()!);
+  }
+
+  guildUnread(guildId: string): boolean {
+    return (this.guilds.get(guildId)?.channels ?? []).some(
+      (c) => c.kind !== "category" && this.isUnread(c.id),
+    );
+  }
+
+  markRead(roomId: string) {
+    const last = [...this.messages(roomId)].reverse().find((e) => e.getId() && !e.status);
+    const room = this.client.getRoom(roomId);
+    if (!last || !room || room.hasUserReadEvent(this.userId, last.getId()!)) return;
+    this.client.sendReadReceipt(last).catch((e) => this.toast(`Read receipt: ${describeError(e)}`));
+  }
+
+  /** Loads older messages; false when the channel's start is reached. */
+  async loadOlder(roomId: string): Promise<boolean> {
+    const room = this.client.getRoom(roomId);
+    if (!room) return false;
+    try {
+      return await this.client.paginateEventTimeline(room.getLiveTimeline(), {
+        backwards: true,
+        limit: 40,
+      });
+    } catch (e) {
+      this.toast(`Could not load older messages: ${describeError(e)}`);
+      return false;
+    } finally {
+      this.changed();
+    }
+  }
+}
+
+function joinedAt(room: Room, userId: string): number {
+  return room.currentState.getStateEvents(EventType.RoomMember, userId)?.getTs() ?? 0;
+}
+
+let current: Store | null = null;
+
+export function setStore(s: Store | null) {
+  current = s;
+}
+
+/** The store, re-rendering the calling component on every change. */
+export function useStore(): Store {
+  const s = current;
+  if (!s) throw new Error("no session");
+  useSyncExternalStore(s.subscribe, s.getVersion);
+  return s;
+}

@@ -1218,3 +1218,36 @@ async fn a_delegated_leave_event_lives_while_the_member_is_on_the_sfu_and_fires_
         "the delegated event is no longer scheduled: {listed}"
     );
 }
+
+#[tokio::test]
+async fn token_requests_are_rate_limited_per_user() {
+    let (lk, server) = focus(&[
+        ("PARACORD_RATE_LIMITS_ENABLED", "true"),
+        ("PARACORD_RATE_LIMIT_ACTION_BURST", "6"),
+        ("PARACORD_RATE_LIMIT_ACTION_PER_SECOND", "0.01"),
+    ])
+    .await;
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    // A plain room: every joined member may call (one action of the burst for the room).
+    let room = alice.create_room(&json!({ "preset": "public_chat" })).await;
+    let mut answers = Vec::new();
+    for i in 0..8 {
+        answers.push(slot_token(&alice, None, &lk.url(), &room, &format!("m{i}")).await);
+    }
+    let limited: Vec<&(StatusCode, Value)> = answers
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::TOO_MANY_REQUESTS)
+        .collect();
+    assert!(
+        answers[0].0 == StatusCode::OK && !limited.is_empty(),
+        "{answers:?}"
+    );
+    assert_eq!(limited[0].1["errcode"], "M_LIMIT_EXCEEDED", "{answers:?}");
+    // Per user: Bob, on his own, is not limited by Alice's requests.
+    bob.join_ok(&room).await;
+    expect_ok(
+        slot_token(&bob, None, &lk.url(), &room, "b").await,
+        "bob's token",
+    );
+}

@@ -5,7 +5,7 @@
 
 use axum::{
     extract::{Request, State},
-    routing::{get, post},
+    routing::{get, post, MethodRouter},
     Json, Router,
 };
 use paracord_core::Error;
@@ -23,32 +23,39 @@ use crate::{
 
 /// The routes outside `/_paracord/v1` (not relayed: the focus answers for its own SFU).
 pub(crate) fn routes() -> Router<AppState> {
-    let mut r = Router::new();
-    for path in [
-        "/_matrix/client/v1/rtc/transports",
-        "/_matrix/client/unstable/org.matrix.msc4143/rtc/transports",
-    ] {
-        r = r.route(path, get(transports_route));
-    }
-    for path in [
-        "/_matrix/client/v1/rtc/livekit/get_token",
-        "/_matrix/client/unstable/io.element.msc4195/rtc/livekit/get_token",
-        "/_matrix/client/unstable/org.matrix.msc4195/rtc/livekit/get_token",
-    ] {
-        r = r.route(path, post(get_token_route));
-    }
-    for path in [
-        "/_matrix/client/v1/rtc/livekit/delegate_delayed_leave",
-        "/_matrix/client/unstable/io.element.msc4195/rtc/livekit/delegate_delayed_leave",
-    ] {
-        r = r.route(path, post(delegate_leave_route));
-    }
-    for path in [
-        "/_matrix/federation/v1/rtc/livekit/get_token",
-        "/_matrix/federation/unstable/io.element.msc4195/rtc/livekit/get_token",
-    ] {
-        r = r.route(path, post(server_get_token_route));
-    }
+    let r = at(
+        Router::new(),
+        &[
+            "/_matrix/client/v1/rtc/transports",
+            "/_matrix/client/unstable/org.matrix.msc4143/rtc/transports",
+        ],
+        get(transports_route),
+    );
+    let r = at(
+        r,
+        &[
+            "/_matrix/client/v1/rtc/livekit/get_token",
+            "/_matrix/client/unstable/io.element.msc4195/rtc/livekit/get_token",
+            "/_matrix/client/unstable/org.matrix.msc4195/rtc/livekit/get_token",
+        ],
+        post(get_token_route),
+    );
+    let r = at(
+        r,
+        &[
+            "/_matrix/client/v1/rtc/livekit/delegate_delayed_leave",
+            "/_matrix/client/unstable/io.element.msc4195/rtc/livekit/delegate_delayed_leave",
+        ],
+        post(delegate_leave_route),
+    );
+    let r = at(
+        r,
+        &[
+            "/_matrix/federation/v1/rtc/livekit/get_token",
+            "/_matrix/federation/unstable/io.element.msc4195/rtc/livekit/get_token",
+        ],
+        post(server_get_token_route),
+    );
     r.route(
         "/_paracord/livekit/get_token",
         post(service_get_token_route),
@@ -59,6 +66,14 @@ pub(crate) fn routes() -> Router<AppState> {
         "/_paracord/v1/voice/stream_presets",
         get(stream_presets_route),
     )
+}
+
+/// `route` at each of `paths` (a stable path and its unstable names).
+fn at(mut r: Router<AppState>, paths: &[&str], route: MethodRouter<AppState>) -> Router<AppState> {
+    for path in paths {
+        r = r.route(path, route.clone());
+    }
+    r
 }
 
 /// `GET /_matrix/client/v1/rtc/transports` (MSC4143): LiveKit, when configured; none

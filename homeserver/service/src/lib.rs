@@ -330,6 +330,7 @@ impl Services {
             federation.clone(),
             keys.clone(),
             delayed_events.clone(),
+            ratelimit.clone(),
             Arc::new(guilds::voice::GuildCalls),
         )?);
         rtc_observer.set_rtc(Arc::downgrade(&rtc));

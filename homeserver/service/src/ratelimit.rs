@@ -28,6 +28,9 @@ pub enum Limit {
     /// Managing and reading delayed events (MSC4140: restarts are a client's heartbeat),
     /// keyed by user.
     DelayedEvents,
+    /// LiveKit tokens and delegated leave events of the MatrixRTC focus (MSC4195), keyed by
+    /// user: each may create a LiveKit room.
+    Rtc,
     /// Executions of a webhook, keyed by webhook: Discord's bucket of 5 requests per 2 s,
     /// part of the webhook contract (spec/webhooks.md), so always on.
     Webhook,
@@ -90,7 +93,9 @@ impl RateLimiter {
         let (rate, burst) = match limit {
             Limit::Auth => self.auth,
             Limit::Send => self.send,
-            Limit::CreateRoom | Limit::Membership | Limit::Profile | Limit::Report => self.action,
+            Limit::CreateRoom | Limit::Membership | Limit::Profile | Limit::Report | Limit::Rtc => {
+                self.action
+            }
             Limit::Typing | Limit::Presence | Limit::ToDevice | Limit::DelayedEvents => {
                 self.ephemeral
             }

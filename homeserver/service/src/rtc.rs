@@ -43,6 +43,7 @@ use crate::{
     delayed_events::{model::Action, DelayedEvents},
     federation::{client::FederationClient, request},
     keys::ServerKeys,
+    ratelimit::{Limit, RateLimiter},
     rooms::{
         hooks::{EventObserver, FollowUp},
         notify::Notification,
@@ -158,6 +159,7 @@ pub struct Rtc {
     federation: Arc<FederationClient>,
     keys: Arc<ServerKeys>,
     delayed: Arc<DelayedEvents>,
+    ratelimit: Arc<RateLimiter>,
     access: Arc<dyn CallAccess>,
     livekit: Option<LiveKit>,
     /// The table, in memory: the participants of every room with tokens out.
@@ -219,6 +221,14 @@ fn checked<'a>(name: &str, value: &'a str) -> Result<&'a str> {
     Ok(value)
 }
 
+/// The SFU, slot and member of MSC4195's current requests, as fields.
+fn check_slot(url: &str, slot_id: &str, member_id: &str) -> Result<()> {
+    checked("url", url)?;
+    checked("slot_id", slot_id)?;
+    checked("member_id", member_id)?;
+    Ok(())
+}
+
 impl Rtc {
     // The services it uses, wired once in lib.rs.
     #[allow(clippy::too_many_arguments)]
@@ -230,6 +240,7 @@ impl Rtc {
         federation: Arc<FederationClient>,
         keys: Arc<ServerKeys>,
         delayed: Arc<DelayedEvents>,
+        ratelimit: Arc<RateLimiter>,
         access: Arc<dyn CallAccess>,
     ) -> Result<Self> {
         let livekit = match config.livekit() {
@@ -265,6 +276,7 @@ impl Rtc {
             federation,
             keys,
             delayed,
+            ratelimit,
             access,
             livekit,
             participants: Mutex::new(participants),
@@ -353,9 +365,7 @@ impl Rtc {
         device_id: &str,
         req: &SlotTokenRequest,
     ) -> Result<TokenAnswer> {
-        checked("url", &req.url)?;
-        checked("slot_id", &req.slot_id)?;
-        checked("member_id", &req.member_id)?;
+        check_slot(&req.url, &req.slot_id, &req.member_id)?;
         let server = match req.server_name.as_deref() {
             None => None,
             Some(name) if name == self.config.server_name => None,
@@ -385,9 +395,7 @@ impl Rtc {
         origin: &ServerName,
         req: &ServerTokenRequest,
     ) -> Result<TokenAnswer> {
-        checked("url", &req.url)?;
-        checked("slot_id", &req.slot_id)?;
-        checked("member_id", &req.member_id)?;
+        check_slot(&req.url, &req.slot_id, &req.member_id)?;
         let user = <&UserId>::try_from(req.user_id.as_str())
             .map_err(|_| Error::invalid_param("user_id is not a user ID"))?;
         // A server asks for its own users only.
@@ -591,6 +599,7 @@ impl Rtc {
     async fn mint(&self, room_id: &str, slot_id: &str, asker: Asker<'_>) -> Result<TokenAnswer> {
         let livekit = self.livekit()?;
         let user = asker.user;
+        self.ratelimit.check(Limit::Rtc, user.as_str())?;
         let room_id = <&RoomId>::try_from(room_id).map_err(|_| (asker.refused)())?;
         if self.rooms.room(room_id)?.is_none() || !self.rooms.is_joined(room_id, user)? {
             return Err((asker.refused)());
@@ -672,11 +681,10 @@ impl Rtc {
         device_id: &str,
         req: &DelegateLeave,
     ) -> Result<()> {
-        checked("url", &req.url)?;
-        checked("slot_id", &req.slot_id)?;
-        checked("member_id", &req.member_id)?;
+        check_slot(&req.url, &req.slot_id, &req.member_id)?;
         checked("delay_id", &req.delay_id)?;
         self.own_sfu(&req.url)?;
+        self.ratelimit.check(Limit::Rtc, user.as_str())?;
         let invalid = || {
             Error::invalid_param(
                 "no scheduled delayed event of yours in that room has that delay_id",

@@ -386,7 +386,7 @@ impl Votes {
                 let n = self
                     .by_user
                     .values()
-                    .filter(|s| s.iter().any(|x| *x == a.id))
+                    .filter(|s| s.contains(&a.id))
                     .count();
                 (a.id.clone(), n as u64)
             })

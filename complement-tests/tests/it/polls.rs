@@ -588,6 +588,10 @@ async fn sending_a_poll_needs_send_polls_and_another_servers_poll_without_it_is_
         (t["counts"]["yes"] == 1).then_some(())
     })
     .await;
+    // B answers bob's read from its own copy of the channel.
+    let on_b = tally_ok(&bob, &general, &poll_by_alice).await;
+    assert_eq!(on_b["my_selections"], json!(["yes"]), "{on_b}");
+    assert_eq!(on_b["counts"], json!({ "yes": 1, "no": 0 }), "{on_b}");
 
     // B's server sends A a poll of bob's anyway (the test signs it with B's key): A
     // soft-fails it. A message of his in the same transaction gets in.

@@ -383,11 +383,7 @@ impl Votes {
         poll.answers
             .iter()
             .map(|a| {
-                let n = self
-                    .by_user
-                    .values()
-                    .filter(|s| s.contains(&a.id))
-                    .count();
+                let n = self.by_user.values().filter(|s| s.contains(&a.id)).count();
                 (a.id.clone(), n as u64)
             })
             .collect()
@@ -986,6 +982,58 @@ mod tests {
         refused(at(json!({ "closes_at": "soon" })), "M_BAD_JSON");
         refused(at(json!({})), "M_BAD_JSON");
         refused(at(json!(5)), "M_BAD_JSON");
+    }
+
+    /// The JSON examples of spec/polls.md: every start passes the checks of a new poll (sent
+    /// a minute before it closes), and the end the server sends for the stable example's
+    /// tally is the end example.
+    #[test]
+    fn the_spec_examples_are_what_the_server_checks_and_sends() {
+        let text = include_str!("../../../spec/polls.md");
+        let mut starts = 0;
+        let mut end = None;
+        for block in text.split("```json").skip(1) {
+            let json = block.split("```").next().unwrap();
+            let v: Value = serde_json::from_str(json).unwrap();
+            let kind = v["type"].as_str().unwrap_or_default();
+            match poll_event(kind) {
+                Some(PollEvent::Start) => {
+                    let at = closes_at(&v["content"]).unwrap();
+                    check_start(kind, &v["content"], at - 60_000).unwrap();
+                    starts += 1;
+                }
+                Some(PollEvent::End) => end = Some(v),
+                _ => {}
+            }
+        }
+        assert_eq!(starts, 2, "both namings have an example");
+        let end = end.expect("an example of an end");
+        let mut p = poll(1);
+        p.event_id = OwnedEventId::try_from("$poll_start").unwrap();
+        p.answers = ["Pizza", "Sushi", "Tacos"]
+            .iter()
+            .map(|t| Answer {
+                id: t.to_lowercase(),
+                text: (*t).into(),
+            })
+            .collect();
+        let votes = count(
+            &p,
+            &[
+                vote("@bob:localhost", 1, &["pizza"]),
+                vote("@carol:localhost", 1, &["sushi"]),
+                vote("@dave:localhost", 1, &["sushi"]),
+            ],
+            None,
+        );
+        let (kind, content) = end_content(&Tally {
+            poll: p,
+            votes,
+            ended: None,
+        })
+        .unwrap();
+        assert_eq!(end["type"], kind);
+        assert_eq!(end["content"], content);
     }
 
     #[test]

@@ -96,3 +96,52 @@ pub fn channel_poll(
         my_selections: tally.votes.by_user.get(user).cloned().unwrap_or_default(),
     })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    /// The answer of spec/polls.md §4.2, built from the same values, is the example.
+    #[test]
+    fn the_spec_example_is_what_the_endpoint_answers() {
+        let text = include_str!("../../../../spec/polls.md");
+        let example: Value = text
+            .split("```json")
+            .skip(1)
+            .filter_map(|b| serde_json::from_str::<Value>(b.split("```").next()?).ok())
+            .find(|v| v.get("my_selections").is_some())
+            .expect("an example answer in spec/polls.md");
+        let view = PollView {
+            event_id: OwnedEventId::try_from("$poll_start").unwrap(),
+            channel_id: OwnedRoomId::try_from("!D-rhbVU2Ws8H_p-QmDQ2G6buYGhUdGU5IwvchKaiTO4")
+                .unwrap(),
+            sender: OwnedUserId::try_from("@alice:paracord.example").unwrap(),
+            question: "Lunch?".into(),
+            answers: ["Pizza", "Sushi", "Tacos"]
+                .iter()
+                .map(|t| Answer {
+                    id: t.to_lowercase(),
+                    text: (*t).into(),
+                })
+                .collect(),
+            kind: "m.disclosed".into(),
+            max_selections: 1,
+            closes_at: Some(1_795_003_600_000),
+            ended: true,
+            ended_by: Some(Ended {
+                event_id: OwnedEventId::try_from("$poll_end").unwrap(),
+                sender: OwnedUserId::try_from("@alice:paracord.example").unwrap(),
+                ts: 1_795_003_600_012,
+            }),
+            voters: 3,
+            counts: json!({ "pizza": 1, "sushi": 2, "tacos": 0 })
+                .as_object()
+                .cloned(),
+            my_selections: vec!["sushi".into()],
+        };
+        assert_eq!(serde_json::to_value(&view).unwrap(), example);
+    }
+}

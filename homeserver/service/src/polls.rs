@@ -595,7 +595,12 @@ impl PollCloser {
         if poll_event(&pdu.kind.to_string()) != Some(PollEvent::Start) {
             return None;
         }
-        closes_at(&serde_json::from_str(pdu.content.get()).ok()?)
+        let content: Value = serde_json::from_str(pdu.content.get()).ok()?;
+        // An edit does not move the closing time of the poll it edits.
+        if relates_to(&content).is_some_and(|(rel, _, _)| rel == "m.replace") {
+            return None;
+        }
+        closes_at(&content)
     }
 }
 

@@ -1,7 +1,8 @@
 //! Polls in guild channels (spec/polls.md): MSC3381 events, stable and unstable; SEND_POLLS
 //! refused on submission and soft-failed from another server; the tally endpoint counting
 //! each member's latest valid vote; the poll's server ending it at its closing time, also
-//! after a restart; and what a plain Matrix client reads with `/messages`.
+//! after a restart; and what a plain Matrix client reads with `/messages`, on Paracord and on
+//! Synapse.
 
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use paracord_complement::{
     e2ee::b64_decode,
     enc, expect_error, expect_ok,
     federation::{federating_server, server_signing_key, x_matrix_with_content},
+    synapse::SynapseServer,
     Client, StatusCode, TestServer, User,
 };
 use ruma::{
@@ -706,5 +708,119 @@ async fn sending_a_poll_needs_send_polls_and_another_servers_poll_without_it_is_
         status,
         StatusCode::NOT_FOUND,
         "a soft-failed poll is no poll"
+    );
+}
+
+/// A Synapse member of a Paracord guild: Synapse knows nothing of guilds, so it accepts his
+/// poll although the guild denies him SEND_POLLS, and Paracord soft-fails it; his vote in a
+/// Paracord poll counts, and the end alice's server sends at the closing time reaches him as
+/// a standard `m.poll.end` with the results.
+#[tokio::test]
+async fn a_synapse_member_votes_sees_the_end_and_his_poll_without_send_polls_is_soft_failed() {
+    let (synapse, (paracord, paracord_name)) =
+        tokio::join!(SynapseServer::start(), federating_server());
+    let alice = paracord.register_random().await;
+    let sam = synapse.register_random().await;
+    let (guild, general) = new_guild(&alice).await;
+    overwrite(&alice, &general, "role:everyone", 0, SEND_POLLS).await;
+
+    alice.invite_ok(&guild, &sam.user_id).await;
+    let via = |room: &str| {
+        format!(
+            "/join/{}?via={h}&server_name={h}",
+            enc(room),
+            h = enc(&paracord_name)
+        )
+    };
+    eventually("sam to join the guild space", 45, || async {
+        (sam.post(&via(&guild), &json!({})).await.0 == StatusCode::OK).then_some(())
+    })
+    .await;
+    expect_ok(
+        sam.post(&via(&general), &json!({})).await,
+        "sam joins #general",
+    );
+
+    let closes_at = now_ms() + 8_000;
+    let start = s(&expect_ok(
+        send(
+            &alice,
+            &general,
+            "m.poll.start",
+            &poll("Ship it?", &["Yes", "No"], "m.disclosed", Some(closes_at)),
+        )
+        .await,
+        "alice's poll closing in 8 s",
+    )["event_id"]);
+    eventually("alice's poll on Synapse", 45, || async {
+        let (status, _) = sam
+            .get(&format!("/rooms/{}/event/{}", enc(&general), enc(&start)))
+            .await;
+        (status == StatusCode::OK).then_some(())
+    })
+    .await;
+    // Synapse takes both; Paracord counts the vote and soft-fails the poll.
+    let sams_poll = s(&expect_ok(
+        send(
+            &sam,
+            &general,
+            "m.poll.start",
+            &poll("Mine?", &["Yes", "No"], "m.disclosed", None),
+        )
+        .await,
+        "Synapse accepts sam's poll",
+    )["event_id"]);
+    let sams_vote = s(&expect_ok(
+        send(
+            &sam,
+            &general,
+            "org.matrix.msc3381.poll.response",
+            &json!({
+                "m.relates_to": { "rel_type": "m.reference", "event_id": start },
+                "org.matrix.msc3381.poll.response": { "answers": ["no"] },
+            }),
+        )
+        .await,
+        "sam votes",
+    )["event_id"]);
+    // Synapse sends them in order: once the vote is in, the poll has been decided.
+    let seen: Vec<String> = eventually("sam's vote on Paracord", 45, || async {
+        let ids: Vec<String> = alice
+            .all_messages(&general)
+            .await
+            .iter()
+            .map(|e| s(&e["event_id"]))
+            .collect();
+        ids.contains(&sams_vote).then_some(ids)
+    })
+    .await;
+    assert!(
+        !seen.contains(&sams_poll),
+        "sam's poll is soft-failed on Paracord: {seen:?}"
+    );
+    let (status, _) = tally(&alice, &general, &sams_poll).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        tally_ok(&alice, &general, &start).await["counts"],
+        json!({ "yes": 0, "no": 1 })
+    );
+
+    // The end reaches Synapse as a standard event with the results.
+    let end = eventually("alice's end on Synapse", 60, || async {
+        find_event(&sam, &general, |e| {
+            e["type"] == "m.poll.end" && e["content"]["m.relates_to"]["event_id"] == start.as_str()
+        })
+        .await
+    })
+    .await;
+    assert_eq!(end["sender"], alice.user_id.as_str(), "{end}");
+    assert_eq!(
+        end["content"]["m.poll.results"],
+        json!({ "yes": 0, "no": 1 }),
+        "{end}"
+    );
+    assert_eq!(
+        end["content"]["m.text"][0]["body"],
+        "The poll has closed. Top answer: No"
     );
 }

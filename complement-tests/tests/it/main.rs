@@ -29,6 +29,7 @@ mod media;
 mod membership;
 mod messages;
 mod people;
+mod polls;
 mod push;
 mod real_bridges;
 mod relations;

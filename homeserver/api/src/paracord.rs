@@ -18,6 +18,7 @@ mod applications;
 mod channels;
 pub(crate) mod guilds;
 mod members;
+mod polls;
 pub(crate) mod relay;
 mod voice;
 pub(crate) mod webhooks;
@@ -55,6 +56,7 @@ pub(crate) fn routes() -> Router<AppState> {
     let r = applications::routes(r);
     let r = webhooks::routes(r);
     let r = voice::routes(r);
+    let r = polls::routes(r);
     members::routes(r)
 }
 

@@ -7,6 +7,7 @@ pub mod enforce;
 pub mod events;
 pub mod members;
 pub mod permissions;
+pub mod polls;
 pub mod projection;
 pub mod relay;
 pub mod store;

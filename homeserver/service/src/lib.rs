@@ -17,6 +17,7 @@ pub mod keys;
 pub mod media;
 mod migrations;
 pub mod outbound;
+pub mod polls;
 pub mod pushers;
 pub mod random;
 pub mod ratelimit;
@@ -144,6 +145,9 @@ impl Services {
         let invites = Arc::new(guilds::members::InviteIndex::new(db.clone()));
         let channel_access = Arc::new(guilds::channels::ChannelAccess::new());
         let rtc_observer = Arc::new(rtc::RtcObserver::new());
+        // Polls of this server's users are ended at their closing time by the poll timer,
+        // woken by the observer that schedules them.
+        let poll_wake = Arc::new(tokio::sync::Notify::new());
         let rooms = Arc::new_cyclic(|me| {
             rooms::Rooms::new(
                 rooms::RoomsParts {
@@ -170,6 +174,11 @@ impl Services {
                             me.clone(),
                         )),
                         Arc::new(delayed_events::SentRecorder::new(db.clone())),
+                        Arc::new(polls::PollCloser::new(
+                            config.server_name.clone(),
+                            me.clone(),
+                            poll_wake.clone(),
+                        )),
                     ],
                 },
                 me.clone(),
@@ -281,6 +290,8 @@ impl Services {
             sender.start();
             appservices.start(rooms.clone(), stream.clone());
             delayed_events.start(stream.clone());
+            Arc::new(polls::PollTimer::new(db.clone(), rooms.clone(), poll_wake))
+                .start(stream.clone());
             housekeeping::start(db.clone(), e2ee.clone(), stream.clone());
         }
         let pdus = Arc::new_cyclic(|me| {

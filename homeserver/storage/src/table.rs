@@ -175,6 +175,11 @@ pub enum Table {
     /// `user_id 0xFF device_id 0xFF room_id 0xFF endpoint/txn_id` → delay id: delayed events
     /// already scheduled by a transaction (idempotency).
     UsertxnDelayid,
+    // polls (MSC3381, spec/polls.md)
+    /// `closes_at (u64 ms) poll start event_id` → room id: polls of this server's users that
+    /// the server ends at their closing time, the next one due first (the timer reads the
+    /// head). Written in the start event's batch, deleted in its end's.
+    DueeventPollroom,
 }
 
 impl Table {
@@ -258,6 +263,8 @@ impl Table {
         Table::DuedelayidScheduled,
         Table::UserduedelayidScheduled,
         Table::UsertxnDelayid,
+        // polls
+        Table::DueeventPollroom,
     ];
 
     pub fn name(self) -> &'static str {
@@ -342,6 +349,8 @@ impl Table {
             Table::DuedelayidScheduled => "duedelayid_scheduled",
             Table::UserduedelayidScheduled => "userduedelayid_scheduled",
             Table::UsertxnDelayid => "usertxn_delayid",
+            // polls
+            Table::DueeventPollroom => "dueevent_pollroom",
         }
     }
 }

@@ -353,6 +353,13 @@ fn viewer(rooms: &Rooms, ctx: &Ctx, user: &UserId) -> Result<(Member, Permission
     Ok((member, p))
 }
 
+/// That `user` is a member who can see the channel (VIEW_CHANNEL); `404` otherwise, as if it
+/// did not exist (spec/rest.md §1).
+pub(crate) fn check_viewer(rooms: &Rooms, channel_id: &RoomId, user: &UserId) -> Result<()> {
+    let ctx = resolve(rooms, channel_id)?;
+    viewer(rooms, &ctx, user).map(drop)
+}
+
 /// `GET /channels/{id}`: VIEW_CHANNEL.
 pub fn get_channel(rooms: &Rooms, channel_id: &RoomId, user: &UserId) -> Result<ChannelInfo> {
     let ctx = resolve(rooms, channel_id)?;

@@ -19,7 +19,9 @@
 //!   SEND_MESSAGES, or CREATE_PUBLIC_THREADS for the first event of an `m.thread` and
 //!   SEND_MESSAGES_IN_THREADS for the next ones (and for edits of them); then ATTACH_FILES for
 //!   `m.sticker` and file msgtypes, MENTION_EVERYONE for `m.mentions.room`, EMBED_LINKS for
-//!   previews bundled in the event (MSC4095 `m.url_previews`), and slow mode;
+//!   previews bundled in the event (MSC4095 `m.url_previews`), and slow mode; a poll start
+//!   (MSC3381, spec/polls.md) needs SEND_POLLS too, a vote only VIEW_CHANNEL, ending a poll
+//!   being its sender or MANAGE_MESSAGES;
 //! - joining a channel needs VIEW_CHANNEL (§2.1), checked on submission only: §9 does not
 //!   list it among the rules that soft-fail.
 //!
@@ -42,8 +44,11 @@ use super::{
     projection::CALL_MEMBER_TYPES,
     store::{is_webhook, load_guild, load_member, overwrites},
 };
-use crate::rooms::{
-    hooks::EventPolicy, membership::membership_of, relations::relates_to, Pdu, Rooms, StateMap,
+use crate::{
+    polls::{check_start, poll_event, PollEvent},
+    rooms::{
+        hooks::EventPolicy, membership::membership_of, relations::relates_to, Pdu, Rooms, StateMap,
+    },
 };
 
 /// Where an event comes from, which decides what a broken rule means.
@@ -146,12 +151,23 @@ pub fn check(
     decide(rooms, room_id, state, &place, pdu, source)
 }
 
-/// A local user's event: an error naming the broken rule.
+/// A local user's event: an error naming the broken rule. A poll start in a channel is also
+/// checked for what a poll must be (spec/polls.md §1: `400 M_BAD_JSON` or `M_INVALID_PARAM`).
 pub fn submitted(rooms: &Rooms, room_id: &RoomId, state: &StateMap, pdu: &Pdu) -> Result<()> {
-    match check(rooms, room_id, state, pdu, Source::Submitted)? {
-        Some(r) => Err(r.into()),
-        None => Ok(()),
+    if let Some(r) = check(rooms, room_id, state, pdu, Source::Submitted)? {
+        return Err(r.into());
     }
+    let kind = pdu.kind.to_string();
+    if poll_event(&kind) == Some(PollEvent::Start)
+        && place(rooms, room_id, state)?.is_some_and(|p| p.channel.is_some())
+    {
+        check_start(
+            &kind,
+            &pdu.content_value(),
+            u64::from(pdu.origin_server_ts.get()),
+        )?;
+    }
+    Ok(())
 }
 
 /// The guild rules as the event pipeline's policy (`rooms::hooks`).
@@ -540,6 +556,23 @@ fn decide(
         return Ok(Some(r));
     }
     let relation = relates_to(&content);
+    match poll_event(&kind) {
+        // Voting needs what joining an existing reaction needs: seeing the channel
+        // (spec/polls.md §3).
+        Some(PollEvent::Response) => return Ok(None),
+        // Ending a poll: its sender, or a member who may remove others' messages.
+        Some(PollEvent::End) => {
+            let start = match &relation {
+                Some((rel, target, _)) if rel == "m.reference" => rooms.pdu(target)?,
+                _ => None,
+            };
+            if start.is_some_and(|s| s.sender == pdu.sender) {
+                return Ok(None);
+            }
+            return Ok(missing(perms, Permissions::MANAGE_MESSAGES));
+        }
+        Some(PollEvent::Start) | None => {}
+    }
     if pdu.kind == TimelineEventType::Reaction {
         // A new key needs ADD_REACTIONS; joining an existing one only seeing the channel.
         let existing = match &relation {
@@ -591,6 +624,12 @@ fn decide(
     };
     if let Some(r) = missing(perms, needed) {
         return Ok(Some(r));
+    }
+    // A poll (or an edit of one) also needs SEND_POLLS (spec/polls.md §3).
+    if poll_event(&kind) == Some(PollEvent::Start) {
+        if let Some(r) = missing(perms, Permissions::SEND_POLLS) {
+            return Ok(Some(r));
+        }
     }
     // An edit is checked with what it turns the message into, too.
     let bodies = [Some(&content), content.get("m.new_content")];
@@ -657,14 +696,15 @@ fn decide(
     Ok(None)
 }
 
-/// The events slow mode counts: messages, not reactions, redactions or call signalling.
+/// The events slow mode counts: messages and polls, not reactions, votes, redactions or call
+/// signalling.
 fn counts_for_slow_mode(kind: &TimelineEventType) -> bool {
     matches!(
         kind,
         TimelineEventType::RoomMessage
             | TimelineEventType::Sticker
             | TimelineEventType::RoomEncrypted
-    )
+    ) || poll_event(&kind.to_string()) == Some(PollEvent::Start)
 }
 
 /// The `origin_server_ts` of `sender`'s latest message (not an edit) in the room's timeline
@@ -1431,6 +1471,97 @@ mod tests {
         // MANAGE_MESSAGES exempts.
         f.role("mod", 3, Permissions::MANAGE_MESSAGES, &f.bob).await;
         f.say(&f.bob, text("two")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn polls_need_send_polls_votes_only_the_channel_and_ends_the_sender_or_manage_messages() {
+        let f = fixture().await;
+        async fn start(f: &Fixture, sender: &UserId) -> Result<OwnedEventId> {
+            let content = json!({
+                "m.text": [{ "body": "Lunch?" }],
+                "m.poll": {
+                    "question": { "m.text": [{ "body": "Lunch?" }] },
+                    "answers": [
+                        { "m.id": "a", "m.text": [{ "body": "A" }] },
+                        { "m.id": "b", "m.text": [{ "body": "B" }] },
+                    ],
+                },
+            });
+            f.send(
+                &f.general,
+                sender,
+                NewEvent::message("m.poll.start".into(), content),
+            )
+            .await
+        }
+        let related = |kind: &str, poll: &OwnedEventId, extra: Value| {
+            let mut content =
+                json!({ "m.relates_to": { "rel_type": "m.reference", "event_id": poll } });
+            if let (Some(c), Some(e)) = (content.as_object_mut(), extra.as_object()) {
+                c.extend(e.clone());
+            }
+            NewEvent::message(kind.into(), content)
+        };
+        let poll = start(&f, &f.bob).await.unwrap();
+        // A poll that is no poll is refused in a channel with 400.
+        let bad = f
+            .send(
+                &f.general,
+                &f.bob,
+                NewEvent::message(
+                    "m.poll.start".into(),
+                    json!({ "m.text": [{ "body": "?" }] }),
+                ),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(bad.classify().0, http::StatusCode::BAD_REQUEST);
+
+        f.overwrite(
+            EVERYONE,
+            NONE,
+            Permissions::SEND_POLLS | Permissions::SEND_MESSAGES,
+        )
+        .await;
+        refused(
+            start(&f, &f.carol).await,
+            "Missing permission: SEND_MESSAGES",
+        );
+        f.overwrite(EVERYONE, NONE, Permissions::SEND_POLLS).await;
+        refused(start(&f, &f.carol).await, "Missing permission: SEND_POLLS");
+        // Voting needs neither: seeing the channel is enough.
+        f.send(
+            &f.general,
+            &f.carol,
+            related("m.poll.response", &poll, json!({ "m.selections": ["a"] })),
+        )
+        .await
+        .unwrap();
+        // Ending: carol may not end bob's poll; bob may.
+        let end = |poll: &OwnedEventId| {
+            related(
+                "m.poll.end",
+                poll,
+                json!({ "m.text": [{ "body": "closed" }] }),
+            )
+        };
+        refused(
+            f.send(&f.general, &f.carol, end(&poll)).await,
+            "Missing permission: MANAGE_MESSAGES",
+        );
+        f.send(&f.general, &f.bob, end(&poll)).await.unwrap();
+        // The unstable names are the same events.
+        let unstable = f
+            .send(
+                &f.general,
+                &f.carol,
+                NewEvent::message(
+                    "org.matrix.msc3381.poll.start".into(),
+                    json!({ "org.matrix.msc1767.text": "?" }),
+                ),
+            )
+            .await;
+        refused(unstable, "Missing permission: SEND_POLLS");
     }
 
     #[tokio::test]

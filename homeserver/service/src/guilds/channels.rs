@@ -360,6 +360,17 @@ pub(crate) fn check_viewer(rooms: &Rooms, channel_id: &RoomId, user: &UserId) ->
     viewer(rooms, &ctx, user).map(drop)
 }
 
+/// The permissions in the channel of `user`, a member who can see it (VIEW_CHANNEL); `404`
+/// otherwise, as if it did not exist (spec/rest.md §1).
+pub(crate) fn viewer_permissions(
+    rooms: &Rooms,
+    channel_id: &RoomId,
+    user: &UserId,
+) -> Result<Permissions> {
+    let ctx = resolve(rooms, channel_id)?;
+    viewer(rooms, &ctx, user).map(|(_, p)| p)
+}
+
 /// `GET /channels/{id}`: VIEW_CHANNEL.
 pub fn get_channel(rooms: &Rooms, channel_id: &RoomId, user: &UserId) -> Result<ChannelInfo> {
     let ctx = resolve(rooms, channel_id)?;

@@ -84,8 +84,11 @@ pub enum Refusal {
     /// A call membership's state key names someone else (spec/voice.md §1).
     NotYours,
     /// An `m.room.pinned_events` list that is no valid list of pins (spec/guilds.md §11):
-    /// a bad request rather than a missing permission.
+    /// a bad request rather than a missing permission (`M_INVALID_PARAM`).
     Pins(String),
+    /// An `m.room.pinned_events` content whose `pinned` is no array of strings
+    /// (`M_BAD_JSON`).
+    PinsShape(String),
 }
 
 impl fmt::Display for Refusal {
@@ -107,7 +110,7 @@ impl fmt::Display for Refusal {
                 f,
                 "A call membership's state key must be your user ID, or start with it (or with _ and it) followed by _"
             ),
-            Refusal::Pins(why) => f.write_str(why),
+            Refusal::Pins(why) | Refusal::PinsShape(why) => f.write_str(why),
             Refusal::SlowMode(secs) => write!(
                 f,
                 "Slow mode is on in this channel: wait {secs} more seconds before sending another message"
@@ -120,6 +123,7 @@ impl From<Refusal> for Error {
     fn from(r: Refusal) -> Error {
         match r {
             Refusal::Pins(why) => Error::invalid_param(why),
+            Refusal::PinsShape(why) => Error::bad_json(why),
             r => Error::forbidden(r.to_string()),
         }
     }
@@ -153,8 +157,8 @@ pub fn check(
     // What a list of pins may hold binds the owner too.
     if pdu.kind == TimelineEventType::RoomPinnedEvents && pdu.state_key.as_deref() == Some("") {
         let known_only = source == Source::Received;
-        if let Some(why) = invalid_pins(rooms, room_id, state, &pdu.content_value(), known_only)? {
-            return Ok(Some(Refusal::Pins(why)));
+        if let Some(r) = invalid_pins(rooms, room_id, state, &pdu.content_value(), known_only)? {
+            return Ok(Some(r));
         }
     }
     // The guild host's own writes (power levels, the profile's state, kicks) pass at once.

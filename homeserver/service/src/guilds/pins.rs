@@ -12,7 +12,7 @@ use paracord_core::{Error, Result};
 use ruma::{events::TimelineEventType, EventId, OwnedEventId, RoomId, UserId};
 use serde_json::{json, Value};
 
-use super::{channels::viewer_permissions, permissions::Permissions};
+use super::{channels::viewer_permissions, enforce::Refusal, permissions::Permissions};
 use crate::rooms::{timeline::Reader, NewEvent, Rooms, StateMap};
 
 /// The state event type of pins.
@@ -53,19 +53,21 @@ pub(crate) fn invalid_pins(
     state: &StateMap,
     content: &Value,
     known_only: bool,
-) -> Result<Option<String>> {
+) -> Result<Option<Refusal>> {
     let Some(pinned) = pinned_of(content) else {
-        return Ok(Some("pinned must be an array of event IDs".into()));
+        return Ok(Some(Refusal::PinsShape(
+            "pinned must be an array of event IDs".into(),
+        )));
     };
     if pinned.len() > MAX_PINS {
-        return Ok(Some(format!(
+        return Ok(Some(Refusal::Pins(format!(
             "A channel may have at most {MAX_PINS} pinned events"
-        )));
+        ))));
     }
     let before = current_pins(rooms, state)?;
     for id in pinned.iter().filter(|id| !before.contains(id)) {
         let Ok(event_id) = <&EventId>::try_from(id.as_str()) else {
-            return Ok(Some(format!("{id:?} is not an event ID")));
+            return Ok(Some(Refusal::Pins(format!("{id:?} is not an event ID"))));
         };
         let meta = match rooms.short_id(event_id)? {
             Some(short) => rooms.meta(short)?,
@@ -73,12 +75,16 @@ pub(crate) fn invalid_pins(
         };
         match meta {
             Some(m) if m.room_id == room_id => {}
-            Some(_) => return Ok(Some(format!("{id} is not an event of this room"))),
+            Some(_) => return Ok(Some(not_here(id))),
             None if known_only => {}
-            None => return Ok(Some(format!("{id} is not an event of this room"))),
+            None => return Ok(Some(not_here(id))),
         }
     }
     Ok(None)
+}
+
+fn not_here(id: &str) -> Refusal {
+    Refusal::Pins(format!("{id} is not an event of this room"))
 }
 
 /// `GET /channels/{id}/pins`: VIEW_CHANNEL; the pinned events the requester may see (as

@@ -4,7 +4,19 @@
 //! the listing shows what the requester may see, newest pin first. Slow mode holds a member
 //! back however many messages others sent since theirs.
 
-use paracord_complement::{enc, expect_error, expect_ok, Client, StatusCode, TestServer, User};
+use std::time::Duration;
+
+use paracord_complement::{
+    e2ee::b64_decode,
+    enc, expect_error, expect_ok,
+    federation::{federating_server, server_signing_key, x_matrix_with_content},
+    Client, StatusCode, TestServer, User,
+};
+use ruma::{
+    canonical_json::CanonicalJsonObject,
+    signatures::{hash_and_sign_event, reference_hash, Ed25519KeyPair},
+    RoomVersionId,
+};
 use serde_json::{json, Value};
 
 const KICK_MEMBERS: u64 = 2;
@@ -253,7 +265,7 @@ async fn pins_need_manage_messages_hold_fifty_events_of_the_channel_and_list_wha
         bob.put(&pin_path(&general, &later), &json!({})).await,
         "pin",
     );
-    assert_eq!(listed(&dave, &general).await, [later.clone()]);
+    assert_eq!(listed(&dave, &general).await, std::slice::from_ref(&later));
     let outsider = server.register_random().await;
     expect_error(
         &outsider.get(&pins_path(&general)).await,
@@ -309,4 +321,203 @@ async fn slow_mode_holds_a_member_back_past_five_hundred_messages_of_others() {
         "bob's second message within six hours",
     );
     assert!(s(&again.1["error"]).contains("Slow mode"), "{again:?}");
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn server_key_pair(server: &TestServer) -> Ed25519KeyPair {
+    let text = std::fs::read_to_string(server.data_dir().join("signing.key"))
+        .unwrap_or_else(|e| panic!("expected the signing key file: {e}"));
+    let parts: Vec<&str> = text.split_whitespace().collect();
+    let [_, version, der] = parts[..] else {
+        panic!("unexpected signing key file: {text}");
+    };
+    let der = b64_decode(der).unwrap_or_else(|| panic!("expected base64 PKCS#8, got {der}"));
+    Ed25519KeyPair::from_der(&der, version.to_owned())
+        .unwrap_or_else(|e| panic!("expected an Ed25519 PKCS#8 key: {e}"))
+}
+
+fn canonical(value: Value) -> CanonicalJsonObject {
+    serde_json::from_value(value).unwrap_or_else(|e| panic!("expected canonical JSON: {e}"))
+}
+
+/// Another server's pins from a member at level 50 without MANAGE_MESSAGES are soft-failed:
+/// the Matrix rules allow them, the guild's do not (a list beyond 50 is soft-failed the same
+/// way, in `guilds::enforce`'s unit tests). The test
+/// signs them with B's key, as a server that does not check the guild's rules would send
+/// them; B itself refuses them on submission.
+#[tokio::test]
+async fn another_servers_pins_without_manage_messages_are_soft_failed() {
+    let (a, a_name) = federating_server().await;
+    let (b, b_name) = federating_server().await;
+    let alice = a.register_random().await;
+    let bob = b.register_random().await;
+    let (guild, general) = new_guild(&alice).await;
+    let invite = expect_ok(
+        alice
+            .post(
+                &format!("/_paracord/v1/channels/{}/invites", enc(&general)),
+                &json!({}),
+            )
+            .await,
+        "create invite",
+    );
+    expect_ok(
+        bob.post(
+            &format!(
+                "/_paracord/v1/invites/{}?server={}",
+                s(&invite["code"]),
+                enc(&a_name)
+            ),
+            &json!({}),
+        )
+        .await,
+        "bob accepts through B",
+    );
+    // Bob is a kicker: level 50, no MANAGE_MESSAGES.
+    role(&alice, &guild, "kicker", KICK_MEMBERS, &bob.user_id).await;
+    let pinned_msg = alice.send_text(&general, "pin me").await;
+    // B refuses bob's own attempt once it has the new power levels.
+    let mut tries = 0;
+    loop {
+        let pl = bob.get_state(&general, "m.room.power_levels", "").await.1;
+        if pl["users"][bob.user_id.as_str()] == 50 {
+            break;
+        }
+        tries += 1;
+        assert!(tries < 100, "B sees bob at level 50: {pl}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused = put_pins(&bob, &general, &json!([pinned_msg])).await;
+    expect_error(
+        &refused,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+        "bob pins on B",
+    );
+
+    let prev = alice.send_text(&general, "the last honest event").await;
+    let state = alice.full_state(&general).await;
+    let id_of = |kind: &str, key: &str| {
+        state
+            .iter()
+            .find(|e| e["type"] == kind && e["state_key"] == key)
+            .map(|e| s(&e["event_id"]))
+            .unwrap_or_else(|| panic!("expected {kind}/{key} in #general's state"))
+    };
+    let create = alice.state_content(&general, "m.room.create", "").await;
+    let version = create["room_version"].as_str().unwrap_or("1").to_owned();
+    let rules = RoomVersionId::try_from(version.as_str())
+        .ok()
+        .and_then(|v| v.rules())
+        .unwrap_or_else(|| panic!("expected rules for room version {version}"));
+    let mut auth_events = vec![
+        id_of("m.room.power_levels", ""),
+        id_of("m.room.member", &bob.user_id),
+    ];
+    if !rules.authorization.room_create_event_id_as_room_id {
+        auth_events.push(id_of("m.room.create", ""));
+    }
+    let request_key = server_signing_key(&b);
+    let uri = format!("/_matrix/federation/v1/event/{}", enc(&prev));
+    let auth = x_matrix_with_content(&request_key, &b_name, &a_name, "GET", &uri, None);
+    let got: Value = reqwest::Client::new()
+        .get(format!("{}{uri}", a.base_url()))
+        .header("Authorization", auth)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET as B: {e}"))
+        .json()
+        .await
+        .unwrap_or(Value::Null);
+    let depth = got["pdus"][0]["depth"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("expected the depth of {prev}: {got}"));
+    let key = server_key_pair(&b);
+    let forge = |kind: &str, state_key: Option<&str>, content: Value, prev: &str, depth: u64| {
+        let mut event = json!({
+            "room_id": general,
+            "sender": bob.user_id,
+            "type": kind,
+            "content": content,
+            "origin_server_ts": now_ms(),
+            "depth": depth,
+            "prev_events": [prev],
+            "auth_events": auth_events,
+        });
+        if let Some(k) = state_key {
+            event["state_key"] = json!(k);
+        }
+        let mut obj = canonical(event);
+        hash_and_sign_event(&b_name, &key, &mut obj, &rules.redaction)
+            .unwrap_or_else(|e| panic!("expected to sign the event: {e}"));
+        let pdu = serde_json::to_value(&obj).unwrap_or_else(|e| panic!("{e}"));
+        let hash = reference_hash(&canonical(pdu.clone()), &rules)
+            .unwrap_or_else(|e| panic!("expected a reference hash: {e}"));
+        (format!("${hash}"), pdu)
+    };
+    let (forged_pins, pins_pdu) = forge(
+        "m.room.pinned_events",
+        Some(""),
+        json!({ "pinned": [pinned_msg] }),
+        &prev,
+        depth + 1,
+    );
+    // A sibling, not a child: an event built on a soft-failed state event would carry that
+    // state along, as the Matrix rules have it.
+    let (forged_text, text_pdu) = forge(
+        "m.room.message",
+        None,
+        json!({ "msgtype": "m.text", "body": "from B" }),
+        &prev,
+        depth + 1,
+    );
+    let body = json!({
+        "origin": b_name,
+        "origin_server_ts": now_ms(),
+        "pdus": [pins_pdu, text_pdu],
+        "edus": [],
+    });
+    let uri = format!("/_matrix/federation/v1/send/{}", Client::txn_id());
+    let auth = x_matrix_with_content(&request_key, &b_name, &a_name, "PUT", &uri, Some(&body));
+    let resp = reqwest::Client::new()
+        .put(format!("{}{uri}", a.base_url()))
+        .header("Authorization", auth)
+        .json(&body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("PUT /send as B: {e}"));
+    assert_eq!(resp.status().as_u16(), 200);
+    let answer: Value = resp.json().await.unwrap_or(Value::Null);
+    for id in [&forged_pins, &forged_text] {
+        assert!(
+            answer["pdus"][id.as_str()].get("error").is_none(),
+            "A takes {id} (the Matrix rules allow it): {answer}"
+        );
+    }
+    let seen: Vec<String> = alice
+        .all_messages(&general)
+        .await
+        .iter()
+        .map(|e| s(&e["event_id"]))
+        .collect();
+    assert!(
+        seen.contains(&forged_text),
+        "bob's forged message gets in: {seen:?}"
+    );
+    assert!(
+        !seen.contains(&forged_pins),
+        "bob's pins are soft-failed: {seen:?}"
+    );
+    let (status, pins) = alice.get_state(&general, "m.room.pinned_events", "").await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "A's channel has no pins: {pins}"
+    );
+    assert!(listed(&alice, &general).await.is_empty());
 }

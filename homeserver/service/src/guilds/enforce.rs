@@ -41,7 +41,7 @@ use serde_json::Value;
 use super::{
     events::{ChannelContent, ChannelKind, GuildContent},
     permissions::{ChannelOverwrites, Permissions},
-    pins::invalid_pins,
+    pins::{invalid_pins, BadPins},
     projection::CALL_MEMBER_TYPES,
     slowmode::{counts_for_slow_mode, last_message_ts},
     store::{is_webhook, load_guild, load_member, overwrites},
@@ -157,8 +157,10 @@ pub fn check(
     // What a list of pins may hold binds the owner too.
     if pdu.kind == TimelineEventType::RoomPinnedEvents && pdu.state_key.as_deref() == Some("") {
         let known_only = source == Source::Received;
-        if let Some(r) = invalid_pins(rooms, room_id, state, &pdu.content_value(), known_only)? {
-            return Ok(Some(r));
+        match invalid_pins(rooms, room_id, state, &pdu.content_value(), known_only)? {
+            Some(BadPins::Shape(why)) => return Ok(Some(Refusal::PinsShape(why))),
+            Some(BadPins::Invalid(why)) => return Ok(Some(Refusal::Pins(why))),
+            None => {}
         }
     }
     // The guild host's own writes (power levels, the profile's state, kicks) pass at once.

@@ -12,7 +12,7 @@ use paracord_core::{Error, Result};
 use ruma::{events::TimelineEventType, EventId, OwnedEventId, RoomId, UserId};
 use serde_json::{json, Value};
 
-use super::{channels::viewer_permissions, enforce::Refusal, permissions::Permissions};
+use super::{channels::viewer_permissions, permissions::Permissions};
 use crate::rooms::{timeline::Reader, NewEvent, Rooms, StateMap};
 
 /// The state event type of pins.
@@ -34,6 +34,15 @@ pub(crate) fn pinned_of(content: &Value) -> Option<Vec<String>> {
     }
 }
 
+/// What is wrong with a list of pins.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum BadPins {
+    /// `pinned` is no array of strings (`M_BAD_JSON`).
+    Shape(String),
+    /// Too many, or an event that is not of the room (`M_INVALID_PARAM`).
+    Invalid(String),
+}
+
 /// The current pins of a room's state, in the order of the list (oldest pin first).
 fn current_pins(rooms: &Rooms, state: &StateMap) -> Result<Vec<String>> {
     Ok(rooms
@@ -53,21 +62,21 @@ pub(crate) fn invalid_pins(
     state: &StateMap,
     content: &Value,
     known_only: bool,
-) -> Result<Option<Refusal>> {
+) -> Result<Option<BadPins>> {
     let Some(pinned) = pinned_of(content) else {
-        return Ok(Some(Refusal::PinsShape(
+        return Ok(Some(BadPins::Shape(
             "pinned must be an array of event IDs".into(),
         )));
     };
     if pinned.len() > MAX_PINS {
-        return Ok(Some(Refusal::Pins(format!(
+        return Ok(Some(BadPins::Invalid(format!(
             "A channel may have at most {MAX_PINS} pinned events"
         ))));
     }
     let before = current_pins(rooms, state)?;
     for id in pinned.iter().filter(|id| !before.contains(id)) {
         let Ok(event_id) = <&EventId>::try_from(id.as_str()) else {
-            return Ok(Some(Refusal::Pins(format!("{id:?} is not an event ID"))));
+            return Ok(Some(BadPins::Invalid(format!("{id:?} is not an event ID"))));
         };
         let meta = match rooms.short_id(event_id)? {
             Some(short) => rooms.meta(short)?,
@@ -83,8 +92,8 @@ pub(crate) fn invalid_pins(
     Ok(None)
 }
 
-fn not_here(id: &str) -> Refusal {
-    Refusal::Pins(format!("{id} is not an event of this room"))
+fn not_here(id: &str) -> BadPins {
+    BadPins::Invalid(format!("{id} is not an event of this room"))
 }
 
 /// `GET /channels/{id}/pins`: VIEW_CHANNEL; the pinned events the requester may see (as

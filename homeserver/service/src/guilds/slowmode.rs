@@ -137,7 +137,104 @@ pub fn fill(rooms: &Rooms) -> Result<usize> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use paracord_core::Config;
+    use ruma::{OwnedRoomId, OwnedUserId};
+    use serde_json::json;
+
     use super::*;
+    use crate::{
+        guilds::create::{create_guild, NewGuild},
+        rooms::NewEvent,
+        Services,
+    };
+
+    /// The index follows each message, ignores edits and state, and is filled again from the
+    /// timeline on a database that lacks it.
+    #[tokio::test]
+    async fn the_index_keeps_the_latest_message_and_is_filled_from_the_timeline() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            data_dir: dir.path().join("data"),
+            ..Config::default()
+        };
+        let s = Services::open(config).unwrap();
+        let owner = OwnedUserId::try_from("@owner:localhost").unwrap();
+        let g = create_guild(
+            &s.rooms,
+            &owner,
+            NewGuild {
+                name: "Test".into(),
+                ..NewGuild::default()
+            },
+            (None, None),
+        )
+        .await
+        .unwrap();
+        let general = OwnedRoomId::try_from(g.guild.system_channel.unwrap()).unwrap();
+        assert_eq!(
+            last_message_ts(&s.rooms.db, &general, &owner).unwrap(),
+            None
+        );
+        let say = |content: serde_json::Value| {
+            s.rooms.append(
+                &general,
+                &owner,
+                NewEvent::message("m.room.message".into(), content),
+            )
+        };
+        let first = say(json!({ "msgtype": "m.text", "body": "one" }))
+            .await
+            .unwrap();
+        let at = |id: &ruma::EventId| {
+            u64::from(s.rooms.pdu(id).unwrap().unwrap().origin_server_ts.get())
+        };
+        let first_ts = at(&first);
+        assert_eq!(
+            last_message_ts(&s.rooms.db, &general, &owner).unwrap(),
+            Some(first_ts)
+        );
+        // An edit is not a message of its own.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        say(json!({ "msgtype": "m.text", "body": "* uno", "m.new_content": { "msgtype": "m.text", "body": "uno" },
+                    "m.relates_to": { "rel_type": "m.replace", "event_id": first } }))
+        .await
+        .unwrap();
+        assert_eq!(
+            last_message_ts(&s.rooms.db, &general, &owner).unwrap(),
+            Some(first_ts)
+        );
+        let second = say(json!({ "msgtype": "m.text", "body": "two" }))
+            .await
+            .unwrap();
+        let second_ts = at(&second);
+        assert_eq!(
+            last_message_ts(&s.rooms.db, &general, &owner).unwrap(),
+            Some(second_ts)
+        );
+        // A database from before the index: the fill finds the latest message again.
+        let mut batch = Batch::new();
+        for (k, _) in s
+            .rooms
+            .db
+            .scan_prefix(Table::RoomuserLastmessage, b"")
+            .unwrap()
+        {
+            batch.delete(Table::RoomuserLastmessage, k.to_vec());
+        }
+        batch.delete(Table::GlobalValue, b"slow_mode_index_v1".to_vec());
+        s.rooms.db.write(batch).unwrap();
+        assert_eq!(
+            last_message_ts(&s.rooms.db, &general, &owner).unwrap(),
+            None
+        );
+        assert!(fill(&s.rooms).unwrap() >= 2);
+        assert_eq!(
+            last_message_ts(&s.rooms.db, &general, &owner).unwrap(),
+            Some(second_ts)
+        );
+        // Once only.
+        assert_eq!(fill(&s.rooms).unwrap(), 0);
+    }
 
     #[test]
     fn keys_round_trip() {

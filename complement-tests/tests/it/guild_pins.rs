@@ -381,11 +381,19 @@ async fn another_servers_pins_without_manage_messages_are_soft_failed() {
     // Bob is a kicker: level 50, no MANAGE_MESSAGES.
     role(&alice, &guild, "kicker", KICK_MEMBERS, &bob.user_id).await;
     let pinned_msg = alice.send_text(&general, "pin me").await;
-    // B refuses bob's own attempt once it has the new power levels.
+    // B refuses bob's own attempt once it has the new power levels and the message (a pin
+    // of an event B does not hold yet is a bad request there).
     let mut tries = 0;
     loop {
         let pl = bob.get_state(&general, "m.room.power_levels", "").await.1;
-        if pl["users"][bob.user_id.as_str()] == 50 {
+        let (has_msg, _) = bob
+            .get(&format!(
+                "/rooms/{}/event/{}",
+                enc(&general),
+                enc(&pinned_msg)
+            ))
+            .await;
+        if pl["users"][bob.user_id.as_str()] == 50 && has_msg == StatusCode::OK {
             break;
         }
         tries += 1;

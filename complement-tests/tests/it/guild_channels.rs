@@ -1174,3 +1174,67 @@ async fn members_on_the_host_are_joined_to_channels_created_later() {
         .await;
     assert_eq!(status, 404, "bob is not in the hidden channel: {body}");
 }
+
+/// Issue 20: an announcement channel is posted to only by those given SEND_MESSAGES. Created
+/// without an overwrite of @everyone, it gets one denying SEND_MESSAGES; one given at
+/// creation is kept as it is.
+#[tokio::test]
+async fn an_announcement_channel_denies_everyone_sending_unless_told_otherwise() {
+    let server = TestServer::start().await;
+    let alice = server.register_random().await;
+    let bob = server.register_random().await;
+    let guild = expect_ok(
+        alice
+            .post("/_paracord/v1/guilds", &json!({ "name": "News" }))
+            .await,
+        "create guild",
+    );
+    let guild = s(&guild["id"]);
+    alice.invite_ok(&guild, &bob.user_id).await;
+    bob.join_ok(&guild).await;
+    let news = expect_ok(
+        alice
+            .post(
+                &channels_path(&guild),
+                &json!({ "name": "news", "kind": "announcement" }),
+            )
+            .await,
+        "create #news",
+    );
+    assert_eq!(
+        news["permission_overwrites"],
+        json!([{ "id": "role:everyone", "allow": "0", "deny": SEND_MESSAGES.to_string() }]),
+        "{news}"
+    );
+    let news = s(&news["id"]);
+    bob.join_ok(&news).await;
+    let refused = bob
+        .send_with_txn(
+            &news,
+            "m.room.message",
+            &Client::txn_id(),
+            &json!({ "msgtype": "m.text", "body": "hi" }),
+        )
+        .await;
+    expect_error(
+        &refused,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+        "bob posts in #news",
+    );
+    alice.send_text(&news, "the news").await;
+    // Told otherwise at creation: @everyone may post.
+    let open = expect_ok(
+        alice
+            .post(
+                &channels_path(&guild),
+                &json!({ "name": "open-news", "kind": "announcement",
+                         "permission_overwrites": [{ "id": "role:everyone", "allow": "0", "deny": "0" }] }),
+            )
+            .await,
+        "create #open-news",
+    );
+    let open = s(&open["id"]);
+    bob.join_ok(&open).await;
+    bob.send_text(&open, "hello").await;
+}

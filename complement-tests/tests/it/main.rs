@@ -22,6 +22,7 @@ mod guild_channels;
 mod guild_enforce;
 mod guild_federation;
 mod guild_members;
+mod guild_pins;
 mod guilds;
 mod hardening;
 mod livekit_harness;

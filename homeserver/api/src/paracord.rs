@@ -18,6 +18,7 @@ mod applications;
 mod channels;
 pub(crate) mod guilds;
 mod members;
+mod pins;
 mod polls;
 pub(crate) mod relay;
 mod voice;
@@ -57,6 +58,7 @@ pub(crate) fn routes() -> Router<AppState> {
     let r = webhooks::routes(r);
     let r = voice::routes(r);
     let r = polls::routes(r);
+    let r = pins::routes(r);
     members::routes(r)
 }
 

@@ -179,6 +179,7 @@ impl Services {
                             me.clone(),
                             poll_wake.clone(),
                         )),
+                        Arc::new(guilds::slowmode::SlowModeIndex::new(db.clone())),
                     ],
                 },
                 me.clone(),
@@ -187,6 +188,13 @@ impl Services {
         if search.created {
             // A new (or deleted) index is filled from the database.
             rooms.reindex(&search)?;
+        }
+        let migrated = guilds::slowmode::fill(&rooms)?;
+        if migrated > 0 {
+            tracing::info!(
+                messages = migrated,
+                "indexed the latest messages of the last 6 hours for slow mode"
+            );
         }
         let migrated = rooms.migrate_annotation_index()?;
         if migrated > 0 {

@@ -180,6 +180,10 @@ pub enum Table {
     /// the server ends at their closing time, the next one due first (the timer reads the
     /// head). Written in the start event's batch, deleted in its end's.
     DueeventPollroom,
+    // slow mode (spec/guilds.md §9)
+    /// `room_id 0xFF user_id` → `origin_server_ts` (u64 ms): the latest message of each
+    /// sender in each room that slow mode counts. Written in the message's batch.
+    RoomuserLastmessage,
 }
 
 impl Table {
@@ -265,6 +269,8 @@ impl Table {
         Table::UsertxnDelayid,
         // polls
         Table::DueeventPollroom,
+        // slow mode
+        Table::RoomuserLastmessage,
     ];
 
     pub fn name(self) -> &'static str {
@@ -351,6 +357,8 @@ impl Table {
             Table::UsertxnDelayid => "usertxn_delayid",
             // polls
             Table::DueeventPollroom => "dueevent_pollroom",
+            // slow mode
+            Table::RoomuserLastmessage => "roomuser_lastmessage",
         }
     }
 }

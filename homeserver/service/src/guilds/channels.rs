@@ -16,7 +16,7 @@ use tracing::{debug, instrument, warn};
 
 use super::{
     events::{ChannelContent, ChannelKind, GuildContent, OverwriteTarget},
-    permissions::{ChannelOverwrites, Guild, Member, Overwrite, Permissions},
+    permissions::{ChannelOverwrites, Guild, Member, Overwrite, Permissions, EVERYONE},
     projection::power_levels,
     store::{
         channel_ids, guild_content, guild_object, host_owner, is_webhook, load_guild, load_member,
@@ -358,6 +358,17 @@ fn viewer(rooms: &Rooms, ctx: &Ctx, user: &UserId) -> Result<(Member, Permission
 pub(crate) fn check_viewer(rooms: &Rooms, channel_id: &RoomId, user: &UserId) -> Result<()> {
     let ctx = resolve(rooms, channel_id)?;
     viewer(rooms, &ctx, user).map(drop)
+}
+
+/// The permissions in the channel of `user`, a member who can see it (VIEW_CHANNEL); `404`
+/// otherwise, as if it did not exist (spec/rest.md §1).
+pub(crate) fn viewer_permissions(
+    rooms: &Rooms,
+    channel_id: &RoomId,
+    user: &UserId,
+) -> Result<Permissions> {
+    let ctx = resolve(rooms, channel_id)?;
+    viewer(rooms, &ctx, user).map(|(_, p)| p)
 }
 
 /// `GET /channels/{id}`: VIEW_CHANNEL.
@@ -1025,6 +1036,23 @@ pub async fn create_channel(
         }
         None => overwrite_entries(&template),
     };
+    let mut entries = entries;
+    // An announcement channel is posted to by those who are given SEND_MESSAGES: without an
+    // overwrite of @everyone (given or from the category), the guild host adds one denying
+    // it (spec/guilds.md §2).
+    if kind == ChannelKind::Announcement
+        && !entries
+            .iter()
+            .any(|(t, _)| matches!(t, OverwriteTarget::Role(r) if r == EVERYONE))
+    {
+        entries.push((
+            OverwriteTarget::Role(EVERYONE.to_owned()),
+            Overwrite {
+                allow: Permissions::NONE,
+                deny: Permissions::SEND_MESSAGES,
+            },
+        ));
+    }
     let mut o = ChannelOverwrites::default();
     for (target, ow) in &entries {
         match target {

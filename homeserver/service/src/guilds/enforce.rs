@@ -41,7 +41,9 @@ use serde_json::Value;
 use super::{
     events::{ChannelContent, ChannelKind, GuildContent},
     permissions::{ChannelOverwrites, Permissions},
+    pins::{invalid_pins, BadPins},
     projection::CALL_MEMBER_TYPES,
+    slowmode::{counts_for_slow_mode, last_message_ts},
     store::{is_webhook, load_guild, load_member, overwrites},
 };
 use crate::{
@@ -81,6 +83,12 @@ pub enum Refusal {
     NotVoice,
     /// A call membership's state key names someone else (spec/voice.md §1).
     NotYours,
+    /// An `m.room.pinned_events` list that is no valid list of pins (spec/guilds.md §11):
+    /// a bad request rather than a missing permission (`M_INVALID_PARAM`).
+    Pins(String),
+    /// An `m.room.pinned_events` content whose `pinned` is no array of strings
+    /// (`M_BAD_JSON`).
+    PinsShape(String),
 }
 
 impl fmt::Display for Refusal {
@@ -102,6 +110,7 @@ impl fmt::Display for Refusal {
                 f,
                 "A call membership's state key must be your user ID, or start with it (or with _ and it) followed by _"
             ),
+            Refusal::Pins(why) | Refusal::PinsShape(why) => f.write_str(why),
             Refusal::SlowMode(secs) => write!(
                 f,
                 "Slow mode is on in this channel: wait {secs} more seconds before sending another message"
@@ -112,7 +121,11 @@ impl fmt::Display for Refusal {
 
 impl From<Refusal> for Error {
     fn from(r: Refusal) -> Error {
-        Error::forbidden(r.to_string())
+        match r {
+            Refusal::Pins(why) => Error::invalid_param(why),
+            Refusal::PinsShape(why) => Error::bad_json(why),
+            r => Error::forbidden(r.to_string()),
+        }
     }
 }
 
@@ -129,9 +142,6 @@ const WEBHOOK: Permissions = Permissions(
         | Permissions::USE_EXTERNAL_EMOJIS.0,
 );
 
-/// Most timeline entries read back to find a member's previous message for slow mode.
-const SLOW_MODE_SCAN: usize = 500;
-
 /// Checks `pdu` against the fine rules of the guild whose space or channel `room_id` is, on
 /// `state`, the room's current state. `Ok(None)`: allowed, or not a guild room.
 pub fn check(
@@ -144,6 +154,15 @@ pub fn check(
     let Some(place) = place(rooms, room_id, state)? else {
         return Ok(None);
     };
+    // What a list of pins may hold binds the owner too.
+    if pdu.kind == TimelineEventType::RoomPinnedEvents && pdu.state_key.as_deref() == Some("") {
+        let known_only = source == Source::Received;
+        match invalid_pins(rooms, room_id, state, &pdu.content_value(), known_only)? {
+            Some(BadPins::Shape(why)) => return Ok(Some(Refusal::PinsShape(why))),
+            Some(BadPins::Invalid(why)) => return Ok(Some(Refusal::Pins(why))),
+            None => {}
+        }
+    }
     // The guild host's own writes (power levels, the profile's state, kicks) pass at once.
     if pdu.sender.as_str() == place.owner {
         return Ok(None);
@@ -539,6 +558,10 @@ fn decide(
         return Ok(missing(perms, Permissions::MANAGE_MESSAGES));
     }
 
+    if pdu.kind == TimelineEventType::RoomPinnedEvents {
+        // Pins are MANAGE_MESSAGES's, not every level 50's (spec/guilds.md §11).
+        return Ok(missing(perms, Permissions::MANAGE_MESSAGES));
+    }
     if pdu.state_key.is_some() {
         // Other state changes are the coarse layer's (spec/guilds.md §9).
         return Ok(None);
@@ -685,54 +708,13 @@ fn decide(
     let exempt = perms.contains(Permissions::MANAGE_MESSAGES)
         || perms.contains(Permissions::MANAGE_CHANNELS);
     if limit > 0 && !exempt && !is_edit && counts_for_slow_mode(&pdu.kind) {
-        let window = limit.saturating_mul(1000);
-        if let Some(last) = last_message_ts(rooms, room_id, &pdu.sender, ts, window)? {
-            let next = last.saturating_add(window);
+        // The sender's latest counted message, however many events came since
+        // (`roomuser_lastmessage`, issue 20).
+        if let Some(last) = last_message_ts(&rooms.db, room_id, &pdu.sender)? {
+            let next = last.saturating_add(limit.saturating_mul(1000));
             if ts < next {
                 return Ok(Some(Refusal::SlowMode((next - ts).div_ceil(1000))));
             }
-        }
-    }
-    Ok(None)
-}
-
-/// The events slow mode counts: messages and polls, not reactions, votes, redactions or call
-/// signalling.
-fn counts_for_slow_mode(kind: &TimelineEventType) -> bool {
-    matches!(
-        kind,
-        TimelineEventType::RoomMessage
-            | TimelineEventType::Sticker
-            | TimelineEventType::RoomEncrypted
-    ) || poll_event(&kind.to_string()) == Some(PollEvent::Start)
-}
-
-/// The `origin_server_ts` of `sender`'s latest message (not an edit) in the room's timeline
-/// within `window` ms before `ts`, reading back at most [`SLOW_MODE_SCAN`] entries. The
-/// timeline is in arrival order, which follows `origin_server_ts` closely enough to stop at
-/// the first event older than the window.
-fn last_message_ts(
-    rooms: &Rooms,
-    room_id: &RoomId,
-    sender: &UserId,
-    ts: u64,
-    window: u64,
-) -> Result<Option<u64>> {
-    let oldest = ts.saturating_sub(window);
-    for short in rooms.newest_timeline_events(room_id, SLOW_MODE_SCAN)? {
-        let Some(p) = rooms.pdu_by_short(short?)? else {
-            continue;
-        };
-        let at = u64::from(p.origin_server_ts.get());
-        if at < oldest {
-            return Ok(None);
-        }
-        if p.sender == sender
-            && p.state_key.is_none()
-            && counts_for_slow_mode(&p.kind)
-            && relates_to(&p.content_value()).is_none_or(|r| r.0 != "m.replace")
-        {
-            return Ok(Some(at));
         }
     }
     Ok(None)
@@ -1471,6 +1453,142 @@ mod tests {
         // MANAGE_MESSAGES exempts.
         f.role("mod", 3, Permissions::MANAGE_MESSAGES, &f.bob).await;
         f.say(&f.bob, text("two")).await.unwrap();
+    }
+
+    /// Issue 20: slow mode finds the sender's last message however many events came after
+    /// it (the scan it replaced stopped 500 events back).
+    #[tokio::test]
+    async fn slow_mode_sees_past_any_number_of_others_messages() {
+        let f = fixture().await;
+        f.owner_state(
+            &f.general,
+            "chat.paracord.channel",
+            "",
+            json!({ "kind": "text", "position": 0, "parent": f.category, "rate_limit_per_user": 21600 }),
+        )
+        .await;
+        f.say(&f.bob, text("one")).await.unwrap();
+        for i in 0..520 {
+            f.say(&f.owner, text(&format!("chatter {i}")))
+                .await
+                .unwrap();
+        }
+        refused(f.say(&f.bob, text("two")).await, "Slow mode");
+        // A received message of bob's is soft-failed for it too.
+        let state = f.s.rooms.current_state(&f.general).unwrap();
+        let room = f.s.rooms.room(&f.general).unwrap().unwrap();
+        let new = NewEvent::message("m.room.message".into(), text("remote two"));
+        let obj =
+            f.s.rooms
+                .template(&f.general, &room, &state, &f.bob, &new)
+                .unwrap();
+        let (_, pdu, _) = f.s.rooms.sign_event(obj, "12").unwrap();
+        assert!(matches!(
+            check(&f.s.rooms, &f.general, &state, &pdu, Source::Received).unwrap(),
+            Some(Refusal::SlowMode(secs)) if secs > 21_000
+        ));
+    }
+
+    /// A pins event of `sender` built on the channel's current state, and the state.
+    fn pins_event(f: &Fixture, sender: &UserId, pinned: Value) -> (Pdu, std::sync::Arc<StateMap>) {
+        let state = f.s.rooms.current_state(&f.general).unwrap();
+        let room = f.s.rooms.room(&f.general).unwrap().unwrap();
+        let new = NewEvent::state(
+            TimelineEventType::RoomPinnedEvents,
+            "",
+            json!({ "pinned": pinned }),
+        );
+        let obj =
+            f.s.rooms
+                .template(&f.general, &room, &state, sender, &new)
+                .unwrap();
+        let (_, pdu, _) = f.s.rooms.sign_event(obj, "12").unwrap();
+        (pdu, state)
+    }
+
+    #[tokio::test]
+    async fn pins_need_manage_messages_at_most_fifty_of_this_room() {
+        let f = fixture().await;
+        let msg = f.say(&f.carol, text("pin me")).await.unwrap();
+        // A kicker is at level 50, so the Matrix rules let him; the fine rule does not.
+        f.role("kicker", 2, Permissions::KICK_MEMBERS, &f.bob).await;
+        let (pdu, state) = pins_event(&f, &f.bob, json!([msg]));
+        for source in [Source::Submitted, Source::Received] {
+            assert_eq!(
+                check(&f.s.rooms, &f.general, &state, &pdu, source).unwrap(),
+                Some(Refusal::Missing("MANAGE_MESSAGES"))
+            );
+        }
+        refused(
+            f.send(
+                &f.general,
+                &f.bob,
+                NewEvent::state(
+                    TimelineEventType::RoomPinnedEvents,
+                    "",
+                    json!({ "pinned": [msg] }),
+                ),
+            )
+            .await,
+            "Missing permission: MANAGE_MESSAGES",
+        );
+        f.role("kicker", 2, Permissions::MANAGE_MESSAGES, &f.bob)
+            .await;
+        let pins = |pinned: Value| {
+            NewEvent::state(
+                TimelineEventType::RoomPinnedEvents,
+                "",
+                json!({ "pinned": pinned }),
+            )
+        };
+        f.send(&f.general, &f.bob, pins(json!([msg])))
+            .await
+            .unwrap();
+        // An event of another room, even the owner's, is a bad request.
+        let space_state = f.s.rooms.current_state(&f.space).unwrap();
+        let elsewhere =
+            f.s.rooms
+                .state_pdu(&space_state, "chat.paracord.guild", "")
+                .unwrap()
+                .unwrap()
+                .event_id;
+        let e = f
+            .send(&f.general, &f.owner, pins(json!([msg, elsewhere])))
+            .await
+            .unwrap_err();
+        assert_eq!(e.classify().1["errcode"], "M_INVALID_PARAM");
+        let (pdu, state) = pins_event(&f, &f.bob, json!([msg, elsewhere]));
+        assert!(matches!(
+            check(&f.s.rooms, &f.general, &state, &pdu, Source::Received).unwrap(),
+            Some(Refusal::Pins(_))
+        ));
+        // An event this server does not hold: refused from a local user, not soft-failed.
+        let unknown = "$aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        let (pdu, state) = pins_event(&f, &f.bob, json!([msg, unknown]));
+        assert!(matches!(
+            check(&f.s.rooms, &f.general, &state, &pdu, Source::Submitted).unwrap(),
+            Some(Refusal::Pins(_))
+        ));
+        assert_eq!(
+            check(&f.s.rooms, &f.general, &state, &pdu, Source::Received).unwrap(),
+            None
+        );
+        // Fifty-one is too many, for a received list too.
+        let many: Vec<String> = (0..51).map(|_| msg.to_string()).collect();
+        let e = f
+            .send(&f.general, &f.bob, pins(json!(many)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.classify().1["errcode"], "M_INVALID_PARAM");
+        let (pdu, state) = pins_event(&f, &f.bob, json!(many));
+        assert!(matches!(
+            check(&f.s.rooms, &f.general, &state, &pdu, Source::Received).unwrap(),
+            Some(Refusal::Pins(_))
+        ));
+        let fifty: Vec<String> = (0..50).map(|_| msg.to_string()).collect();
+        f.send(&f.general, &f.bob, pins(json!(fifty)))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

@@ -411,7 +411,8 @@ impl Rooms {
     }
 
     /// The short ids of the room's newest `limit` timeline events, newest first (in stream
-    /// order, which is arrival order). Each id is decoded when the iterator reaches it.
+    /// order, which is arrival order).
+    #[cfg(test)]
     pub(crate) fn newest_timeline_events(
         &self,
         room_id: &RoomId,
@@ -590,6 +591,23 @@ impl Rooms {
             }
             Ok(count)
         })
+    }
+}
+
+impl Rooms {
+    /// The short ids of the room's timeline events whose `origin_server_ts` is `since` or
+    /// later, oldest first (one scan of the timestamp index; for one-time fills).
+    pub fn timeline_since(&self, room_id: &RoomId, since: u64) -> Result<Vec<u64>> {
+        let prefix = RoomTsPosKey::prefix(room_id.as_str());
+        let rows = self.db.scan(
+            Table::RoomtsposShorteventid,
+            &prefix,
+            &RoomTsPosKey::at_ts(room_id.as_str(), since),
+            None,
+            false,
+            usize::MAX,
+        )?;
+        rows.iter().map(|(_, v)| Ok(decode_u64(v)?)).collect()
     }
 }
 

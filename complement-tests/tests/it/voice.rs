@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use paracord_complement::{
     enc, expect_error, expect_ok,
-    federation::federating_server_with,
+    federation::{federating_server_with, server_signing_key, x_matrix_with_content},
     livekit::{jwt_claims, LiveKit, LiveKitOptions, Peer},
     random_word, StatusCode, TestServer, User,
 };
@@ -915,6 +915,65 @@ async fn a_user_of_another_server_joins_a_call_in_a_guild_hosted_here() {
         StatusCode::UNAUTHORIZED,
         "M_UNAUTHORIZED",
         "forged token",
+    );
+
+    // The federation endpoint answers a server for its own users only: B signing a request
+    // for Alice (of A) is refused.
+    let uri = "/_matrix/federation/v1/rtc/livekit/get_token";
+    let as_b = |body: Value| {
+        let auth = x_matrix_with_content(
+            &server_signing_key(&b),
+            &b_name,
+            &a_name,
+            "POST",
+            uri,
+            Some(&body),
+        );
+        let url = format!("{}{uri}", a.base_url());
+        async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .header("Authorization", auth)
+                .json(&body)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("POST as B: {e}"));
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let body = |user: &str| {
+        json!({ "user_id": user, "url": lk.url(), "room_id": voice, "slot_id": "m.call#ROOM",
+                "member_id": "m" })
+    };
+    let (status, own) = as_b(body(&bob.user_id)).await;
+    assert_eq!(status, 200, "B asking for Bob: {own}");
+    assert!(own["jwt"].is_string(), "{own}");
+    let (status, other) = as_b(body(&alice.user_id)).await;
+    assert_eq!(
+        (status, other["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN")),
+        "B asking for Alice: {other}"
+    );
+    // A server the channel's ACL denies gets nothing of it (every server here is an IP
+    // literal, so the ACL denies those; A's own users do not go through the ACL).
+    expect_ok(
+        alice
+            .put(
+                &format!("/rooms/{}/state/m.room.server_acl/", enc(&voice)),
+                &json!({ "allow": ["*"], "deny": [], "allow_ip_literals": false }),
+            )
+            .await,
+        "ACL denying IP literals",
+    );
+    let (status, denied) = as_b(body(&bob.user_id)).await;
+    assert_eq!(
+        (status, denied["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN")),
+        "B under the ACL: {denied}"
     );
 }
 

@@ -12,7 +12,7 @@
 use std::collections::BTreeSet;
 
 use paracord_complement::{
-    e2ee::{b64, b64_decode, Ed25519Key},
+    e2ee::{b64, Ed25519Key},
     enc,
     federation::{
         federating_server, federating_server_with, server_signing_key, x_matrix_with_content,
@@ -21,38 +21,14 @@ use paracord_complement::{
     Env, TestServer, User,
 };
 use ruma::{
-    canonical_json::CanonicalJsonObject,
     room_version_rules::RoomVersionRules,
     signatures::{hash_and_sign_event, reference_hash, sign_event, Ed25519KeyPair},
     RoomVersionId,
 };
 use serde_json::{json, Value};
+
+use crate::forging::{canonical, now_ms, server_key_pair};
 use sha2::{Digest, Sha256};
-
-/// The server's own key pair for ruma, from its key file (`ed25519 <version> <PKCS#8>`).
-fn server_key_pair(server: &TestServer) -> Ed25519KeyPair {
-    let text = std::fs::read_to_string(server.data_dir().join("signing.key"))
-        .unwrap_or_else(|e| panic!("expected the signing key file: {e}"));
-    let parts: Vec<&str> = text.split_whitespace().collect();
-    let [_, version, der] = parts[..] else {
-        panic!("unexpected signing key file: {text}");
-    };
-    let der = b64_decode(der).unwrap_or_else(|| panic!("expected base64 PKCS#8, got {der}"));
-    Ed25519KeyPair::from_der(&der, version.to_owned())
-        .unwrap_or_else(|e| panic!("expected an Ed25519 PKCS#8 key: {e}"))
-}
-
-/// Now, in milliseconds since the epoch: B's key must be valid at an event's
-/// `origin_server_ts`.
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn canonical(value: Value) -> CanonicalJsonObject {
-    serde_json::from_value(value).unwrap_or_else(|e| panic!("expected canonical JSON: {e}"))
-}
 
 /// The test speaking as B to A, about one room.
 struct AsB {

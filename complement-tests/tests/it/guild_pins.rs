@@ -7,17 +7,12 @@
 use std::time::Duration;
 
 use paracord_complement::{
-    e2ee::b64_decode,
-    enc, expect_error, expect_ok,
-    federation::{federating_server, server_signing_key, x_matrix_with_content},
-    Client, StatusCode, TestServer, User,
-};
-use ruma::{
-    canonical_json::CanonicalJsonObject,
-    signatures::{hash_and_sign_event, reference_hash, Ed25519KeyPair},
-    RoomVersionId,
+    enc, expect_error, expect_ok, federation::federating_server, Client, StatusCode, TestServer,
+    User,
 };
 use serde_json::{json, Value};
+
+use crate::forging::Forger;
 
 const KICK_MEMBERS: u64 = 2;
 const MANAGE_MESSAGES: u64 = 8192;
@@ -323,28 +318,6 @@ async fn slow_mode_holds_a_member_back_past_five_hundred_messages_of_others() {
     assert!(s(&again.1["error"]).contains("Slow mode"), "{again:?}");
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn server_key_pair(server: &TestServer) -> Ed25519KeyPair {
-    let text = std::fs::read_to_string(server.data_dir().join("signing.key"))
-        .unwrap_or_else(|e| panic!("expected the signing key file: {e}"));
-    let parts: Vec<&str> = text.split_whitespace().collect();
-    let [_, version, der] = parts[..] else {
-        panic!("unexpected signing key file: {text}");
-    };
-    let der = b64_decode(der).unwrap_or_else(|| panic!("expected base64 PKCS#8, got {der}"));
-    Ed25519KeyPair::from_der(&der, version.to_owned())
-        .unwrap_or_else(|e| panic!("expected an Ed25519 PKCS#8 key: {e}"))
-}
-
-fn canonical(value: Value) -> CanonicalJsonObject {
-    serde_json::from_value(value).unwrap_or_else(|e| panic!("expected canonical JSON: {e}"))
-}
-
 /// Another server's pins from a member at level 50 without MANAGE_MESSAGES are soft-failed:
 /// the Matrix rules allow them, the guild's do not (a list beyond 50 is soft-failed the same
 /// way, in `guilds::enforce`'s unit tests). The test
@@ -408,105 +381,26 @@ async fn another_servers_pins_without_manage_messages_are_soft_failed() {
         "bob pins on B",
     );
 
-    let prev = alice.send_text(&general, "the last honest event").await;
-    let state = alice.full_state(&general).await;
-    let id_of = |kind: &str, key: &str| {
-        state
-            .iter()
-            .find(|e| e["type"] == kind && e["state_key"] == key)
-            .map(|e| s(&e["event_id"]))
-            .unwrap_or_else(|| panic!("expected {kind}/{key} in #general's state"))
-    };
-    let create = alice.state_content(&general, "m.room.create", "").await;
-    let version = create["room_version"].as_str().unwrap_or("1").to_owned();
-    let rules = RoomVersionId::try_from(version.as_str())
-        .ok()
-        .and_then(|v| v.rules())
-        .unwrap_or_else(|| panic!("expected rules for room version {version}"));
-    let mut auth_events = vec![
-        id_of("m.room.power_levels", ""),
-        id_of("m.room.member", &bob.user_id),
-    ];
-    if !rules.authorization.room_create_event_id_as_room_id {
-        auth_events.push(id_of("m.room.create", ""));
-    }
-    let request_key = server_signing_key(&b);
-    let uri = format!("/_matrix/federation/v1/event/{}", enc(&prev));
-    let auth = x_matrix_with_content(&request_key, &b_name, &a_name, "GET", &uri, None);
-    let got: Value = reqwest::Client::new()
-        .get(format!("{}{uri}", a.base_url()))
-        .header("Authorization", auth)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET as B: {e}"))
-        .json()
-        .await
-        .unwrap_or(Value::Null);
-    let depth = got["pdus"][0]["depth"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("expected the depth of {prev}: {got}"));
-    let key = server_key_pair(&b);
-    let forge = |kind: &str, state_key: Option<&str>, content: Value, prev: &str, depth: u64| {
-        let mut event = json!({
-            "room_id": general,
-            "sender": bob.user_id,
-            "type": kind,
-            "content": content,
-            "origin_server_ts": now_ms(),
-            "depth": depth,
-            "prev_events": [prev],
-            "auth_events": auth_events,
-        });
-        if let Some(k) = state_key {
-            event["state_key"] = json!(k);
-        }
-        let mut obj = canonical(event);
-        hash_and_sign_event(&b_name, &key, &mut obj, &rules.redaction)
-            .unwrap_or_else(|e| panic!("expected to sign the event: {e}"));
-        let pdu = serde_json::to_value(&obj).unwrap_or_else(|e| panic!("{e}"));
-        let hash = reference_hash(&canonical(pdu.clone()), &rules)
-            .unwrap_or_else(|e| panic!("expected a reference hash: {e}"));
-        (format!("${hash}"), pdu)
-    };
-    let (forged_pins, pins_pdu) = forge(
+    let forger = Forger::new((&a, &a_name), (&b, &b_name), &alice, &general, &bob.user_id).await;
+    let forged_pins = forger.event(
         "m.room.pinned_events",
         Some(""),
         json!({ "pinned": [pinned_msg] }),
-        &prev,
-        depth + 1,
+        &forger.prev,
+        forger.depth + 1,
     );
     // A sibling, not a child: an event built on a soft-failed state event would carry that
     // state along, as the Matrix rules have it.
-    let (forged_text, text_pdu) = forge(
+    let forged_text = forger.event(
         "m.room.message",
         None,
         json!({ "msgtype": "m.text", "body": "from B" }),
-        &prev,
-        depth + 1,
+        &forger.prev,
+        forger.depth + 1,
     );
-    let body = json!({
-        "origin": b_name,
-        "origin_server_ts": now_ms(),
-        "pdus": [pins_pdu, text_pdu],
-        "edus": [],
-    });
-    let uri = format!("/_matrix/federation/v1/send/{}", Client::txn_id());
-    let auth = x_matrix_with_content(&request_key, &b_name, &a_name, "PUT", &uri, Some(&body));
-    let resp = reqwest::Client::new()
-        .put(format!("{}{uri}", a.base_url()))
-        .header("Authorization", auth)
-        .json(&body)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("PUT /send as B: {e}"));
-    assert_eq!(resp.status().as_u16(), 200);
-    let answer: Value = resp.json().await.unwrap_or(Value::Null);
-    for id in [&forged_pins, &forged_text] {
-        assert!(
-            answer["pdus"][id.as_str()].get("error").is_none(),
-            "A takes {id} (the Matrix rules allow it): {answer}"
-        );
-    }
+    let ids = (forged_pins.0.clone(), forged_text.0.clone());
+    forger.send(vec![forged_pins, forged_text]).await;
+    let (forged_pins, forged_text) = ids;
     let seen: Vec<String> = alice
         .all_messages(&general)
         .await

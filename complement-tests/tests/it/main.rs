@@ -18,6 +18,7 @@ mod federation_keys;
 mod federation_rooms;
 mod federation_split;
 mod federation_transport;
+mod forging;
 mod guild_channels;
 mod guild_enforce;
 mod guild_federation;

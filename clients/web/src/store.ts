@@ -1,6 +1,7 @@
 // The app's state: the matrix-js-sdk client (sync, timelines, sending) and what the Paracord
 // REST extension says about each guild (channels, roles, members). Components read it through
 // useStore(), which re-renders them when anything changes.
+/* eslint-disable @typescript-eslint/no-explicit-any */
 
 import {
   ClientEvent,
@@ -8,8 +9,10 @@ import {
   EventType,
   type MatrixClient,
   type MatrixEvent,
+  Direction,
   type Room,
   RoomEvent,
+  RoomMemberEvent,
   RoomStateEvent,
   SyncState,
 } from "./sdk";
@@ -17,6 +20,39 @@ import { useSyncExternalStore } from "react";
 
 import { type Channel, type Guild, type Member, Paracord, ServerError, type Session } from "./api";
 import type { Role } from "./lib/permissions";
+import { buildTimeline, isMessage, type Raw, type Timeline } from "./lib/timeline";
+
+export type Ev = Raw<MatrixEvent | null>;
+
+/** A matrix-js-sdk event as the pure timeline logic reads it. */
+export function toRaw(e: MatrixEvent): Ev {
+  return {
+    id: e.getId() ?? e.getTxnId() ?? "",
+    type: e.getType(),
+    sender: e.getSender() ?? "",
+    ts: e.getTs(),
+    // The original content: edits are applied by lib/timeline, not by the SDK.
+    content: e.getOriginalContent(),
+    redacted: e.isRedacted(),
+    pending: !!e.status,
+    unsigned: e.getUnsigned() as Record<string, unknown>,
+    src: e,
+  };
+}
+
+/** A raw event from an API answer (a thread fetched with /relations). */
+function rawOf(e: Record<string, any>): Ev {
+  return {
+    id: e.event_id,
+    type: e.type,
+    sender: e.sender,
+    ts: e.origin_server_ts,
+    content: e.content ?? {},
+    redacted: !!e.unsigned?.redacted_because,
+    unsigned: e.unsigned,
+    src: null,
+  };
+}
 
 export const GUILD_EVENT = "chat.paracord.guild";
 
@@ -107,6 +143,8 @@ export class Store {
     // A channel looked at again after the tab was hidden is read then.
     document.addEventListener("visibilitychange", this.onVisibility);
     this.client.on(RoomEvent.Receipt, bump);
+    this.client.on(RoomEvent.Redaction, bump);
+    this.client.on(RoomMemberEvent.Typing, bump);
     // A refused send is reported by the composer that sent it.
     this.client.on(RoomEvent.LocalEchoUpdated, bump);
     this.client.on(RoomEvent.MyMembership, (room: Room) => {
@@ -235,23 +273,80 @@ export class Store {
     this.changed();
   }
 
-  /** Messages of a channel's live timeline, oldest first. */
-  messages(roomId: string): MatrixEvent[] {
+  /** The events of a channel's live timeline, oldest first. */
+  events(roomId: string): Ev[] {
     const room = this.client.getRoom(roomId);
     if (!room) return [];
-    return room
-      .getLiveTimeline()
-      .getEvents()
-      .filter((e) => e.getType() === EventType.RoomMessage && !e.isRedacted());
+    return room.getLiveTimeline().getEvents().map(toRaw);
+  }
+
+  /** Messages of a channel's live timeline, oldest first. */
+  messages(roomId: string): MatrixEvent[] {
+    return this.events(roomId)
+      .filter((e) => isMessage(e.type) && !e.redacted)
+      .map((e) => e.src!);
+  }
+
+  /** The channel's messages with their edits, reactions, replies and threads. */
+  timeline(roomId: string): Timeline<MatrixEvent | null> {
+    return buildTimeline(this.events(roomId), this.userId);
+  }
+
+  /** Replies of threads fetched with /relations, by root (the live timeline adds new ones). */
+  readonly fetchedThreads = new Map<string, Ev[]>();
+
+  async loadThread(roomId: string, rootId: string) {
+    try {
+      const events: Ev[] = [];
+      let from: string | undefined;
+      do {
+        const r = await this.client.fetchRelations(roomId, rootId, "m.thread", null, {
+          dir: Direction.Forward,
+          from,
+          limit: 100,
+        });
+        events.push(...r.chunk.map((e) => rawOf(e as Record<string, any>)));
+        from = r.next_batch ?? undefined;
+      } while (from && events.length < 1000);
+      this.fetchedThreads.set(rootId, events);
+    } catch (e) {
+      this.toast(`Could not load the thread: ${describeError(e)}`);
+    }
+    this.changed();
+  }
+
+  /** The last message (thread replies included) of a channel sent by the server. */
+  private lastMessage(roomId: string): MatrixEvent | undefined {
+    return [...this.messages(roomId)].reverse().find((e) => e.getId() && !e.status);
   }
 
   /** Whether a channel has a message from someone else after the user's read receipt. */
   isUnread(roomId: string): boolean {
     const room = this.client.getRoom(roomId);
     if (!room || room.getMyMembership() !== "join") return false;
-    const last = [...this.messages(roomId)].reverse().find((e) => e.getId() && !e.status);
+    const last = this.lastMessage(roomId);
     if (!last || last.getSender() === this.userId) return false;
     return !room.hasUserReadEvent(this.userId, last.getId()!);
+  }
+
+  /** Unread messages that mention the user (m.mentions), as the badges count them. */
+  mentionCount(roomId: string): number {
+    const room = this.client.getRoom(roomId);
+    if (!room || room.getMyMembership() !== "join") return 0;
+    return this.messages(roomId).filter(
+      (e) =>
+        e.getSender() !== this.userId &&
+        !e.status &&
+        mentions(e.getOriginalContent(), this.userId) &&
+        !room.hasUserReadEvent(this.userId, e.getId()!),
+    ).length;
+  }
+
+  guildMentions(guildId: string): number {
+    return (this.guilds.get(guildId)?.channels ?? []).reduce(
+      (n, c) => n + (c.kind === "category" ? 0 : this.mentionCount(c.id)),
+      0,
+    );
   }
 
   guildUnread(guildId: string): boolean {
@@ -260,11 +355,46 @@ export class Store {
     );
   }
 
+  /** The user has seen the channel's latest message: m.read and m.fully_read move to it. */
   markRead(roomId: string) {
-    const last = [...this.messages(roomId)].reverse().find((e) => e.getId() && !e.status);
+    const last = this.lastMessage(roomId);
     const room = this.client.getRoom(roomId);
     if (!last || !room || room.hasUserReadEvent(this.userId, last.getId()!)) return;
-    this.client.sendReadReceipt(last).catch((e) => this.toast(`Read receipt: ${describeError(e)}`));
+    this.client
+      .setRoomReadMarkers(roomId, last.getId()!, last)
+      .catch((e) => this.toast(`Read receipt: ${describeError(e)}`));
+  }
+
+  /** Who else is typing in a channel. */
+  typing(roomId: string): string[] {
+    const room = this.client.getRoom(roomId);
+    if (!room) return [];
+    return room.getMembers().filter((m) => m.typing && m.userId !== this.userId).map((m) => m.userId);
+  }
+
+  private media = new Map<string, Promise<string>>();
+
+  /**
+   * An mxc:// URI as a blob: URL, fetched through authenticated media with the access
+   * token (the CSP allows img-src blob:); a thumbnail when `thumb` is set.
+   */
+  mediaBlob(mxc: string, thumb?: { w: number; h: number }): Promise<string> {
+    const key = `${mxc}|${thumb ? `${thumb.w}x${thumb.h}` : ""}`;
+    let p = this.media.get(key);
+    if (!p) {
+      const m = /^mxc:\/\/([^/]+)\/([^/?#]+)$/.exec(mxc);
+      p = (async () => {
+        if (!m) throw new Error("not an mxc:// URI");
+        const base = `/_matrix/client/v1/media/${thumb ? "thumbnail" : "download"}/${encodeURIComponent(m[1])}/${encodeURIComponent(m[2])}`;
+        const url = thumb ? `${base}?width=${thumb.w}&height=${thumb.h}&method=scale` : base;
+        const res = await fetch(url, { headers: { authorization: `Bearer ${this.session.accessToken}` } });
+        if (!res.ok) throw new Error(`HTTP ${res.status}`);
+        return URL.createObjectURL(await res.blob());
+      })();
+      p.catch(() => this.media.delete(key));
+      this.media.set(key, p);
+    }
+    return p;
   }
 
   /** Loads older messages; false when the channel's start is reached. */
@@ -283,6 +413,12 @@ export class Store {
       this.changed();
     }
   }
+}
+
+/** Whether a message's m.mentions names the user. */
+export function mentions(content: Record<string, any>, userId: string): boolean {
+  const ids = content?.["m.mentions"]?.user_ids;
+  return Array.isArray(ids) && ids.includes(userId);
 }
 
 function joinedAt(room: Room, userId: string): number {

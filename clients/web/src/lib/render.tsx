@@ -1,7 +1,7 @@
 // Markdown (lib/markdown.ts) to React elements: text is always a text node, never HTML.
 import { type ReactNode, useState } from "react";
 
-import { type Block, type Inline, parse } from "./markdown";
+import { type Block, blocksWithPills, type Inline, parse, type Pill, pillUser } from "./markdown";
 
 function Spoiler({ children }: { children: ReactNode }) {
   const [shown, setShown] = useState(false);
@@ -18,6 +18,8 @@ function Spoiler({ children }: { children: ReactNode }) {
     </span>
   );
 }
+
+let me = "";
 
 function inline(nodes: Inline[]): ReactNode[] {
   return nodes.map((n, i) => {
@@ -36,6 +38,14 @@ function inline(nodes: Inline[]): ReactNode[] {
         return <del key={i}>{inline(n.c)}</del>;
       case "spoiler":
         return <Spoiler key={i}>{inline(n.c)}</Spoiler>;
+      case "pill": {
+        const user = pillUser({ text: n.v, href: n.href });
+        return (
+          <span key={i} className={`mention${user && user === me ? " me" : ""}`} title={user}>
+            {n.v}
+          </span>
+        );
+      }
     }
   });
 }
@@ -57,7 +67,11 @@ function blocks(bs: Block[]): ReactNode[] {
   });
 }
 
-/** A message body (the Markdown source every client puts in `body`) as elements. */
-export function Markdown({ source }: { source: string }) {
-  return <>{blocks(parse(source))}</>;
+/**
+ * A message body (the Markdown source every client puts in `body`) as elements; `pills`
+ * (from formatted_body's matrix.to links) show as mentions, the user's own highlighted.
+ */
+export function Markdown({ source, pills = [], self = "" }: { source: string; pills?: Pill[]; self?: string }) {
+  me = self;
+  return <>{blocks(blocksWithPills(parse(source), pills))}</>;
 }

@@ -5,7 +5,7 @@
 import { type KeyboardEvent, lazy, Suspense, useEffect, useRef, useState } from "react";
 
 import type { Member } from "../api";
-import { messageContent, pillsOf } from "../lib/markdown";
+import { messageContent, pillsOf, plainText } from "../lib/markdown";
 import { has, Permission } from "../lib/permissions";
 import { Markdown } from "../lib/render";
 import { formatSize, type Msg, reactedBy, stripHtmlReplyFallback, stripReplyFallback } from "../lib/timeline";
@@ -35,7 +35,7 @@ export function preview(m: M): string {
   const c = m.content;
   if (c.msgtype === "m.image") return "Image";
   if (c.msgtype === "m.file") return `File: ${c.body}`;
-  return stripReplyFallback(typeof c.body === "string" ? c.body : "").replace(/\s+/g, " ");
+  return plainText(stripReplyFallback(typeof c.body === "string" ? c.body : ""));
 }
 
 /** Scrolls to a message that is loaded and flashes it. */

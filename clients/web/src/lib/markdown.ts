@@ -288,3 +288,16 @@ export function messageContent(src: string, pills: Pill[] = []): Record<string, 
     formatted_body: toHtml(blocks),
   };
 }
+
+function inlinePlain(nodes: Inline[]): string {
+  return nodes
+    .map((n) => (n.t === "text" || n.t === "code" || n.t === "pill" ? n.v : n.t === "br" ? " " : n.t === "spoiler" ? "▒▒▒" : inlinePlain(n.c)))
+    .join("");
+}
+
+/** A message's text without its markup, on one line (reply quotes, previews). */
+export function plainText(src: string): string {
+  const flat = (bs: Block[]): string =>
+    bs.map((b) => (b.t === "para" ? inlinePlain(b.c) : b.t === "quote" ? flat(b.c) : b.v)).join(" ");
+  return flat(parse(src)).replace(/\s+/g, " ").trim();
+}

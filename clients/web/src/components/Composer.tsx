@@ -6,7 +6,7 @@
 import { type KeyboardEvent, type MutableRefObject, useEffect, useRef, useState } from "react";
 
 import type { Channel, Member } from "../api";
-import { messageContent, type Pill, pillUser, roomPill, userPill } from "../lib/markdown";
+import { mentionQuery, messageContent, type Pill, pillUser, roomPill, userPill } from "../lib/markdown";
 import { has, Permission } from "../lib/permissions";
 import { describeError, useStore } from "../store";
 import type { M } from "./Message";
@@ -27,13 +27,6 @@ export interface ComposerProps {
   thread?: { root: string; last?: string };
   /** Set by the composer: uploads files dropped on the pane. */
   dropRef?: MutableRefObject<((files: File[]) => void) | null>;
-}
-
-/** The `@query` or `#query` being typed just before the caret, if any. */
-export function mentionQuery(before: string): { kind: "@" | "#"; query: string; at: number } | null {
-  const m = /(^|\s)([@#])([^\s@#]*)$/.exec(before);
-  if (!m) return null;
-  return { kind: m[2] as "@" | "#", query: m[3], at: before.length - m[3].length - 1 };
 }
 
 export function Composer(p: ComposerProps) {

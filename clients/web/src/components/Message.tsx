@@ -127,14 +127,10 @@ export function Message({ m, ctx }: { m: M; ctx: MessageCtx }) {
       {sent && (
         <div className="actions" role="toolbar" aria-label="Message actions">
           {has(ctx.perms, Permission.ADD_REACTIONS) && (
-            <button className="icon" aria-label="Add reaction" title="Add reaction" onClick={() => setPicking(true)}>
-              ☺
-            </button>
+            <button className="icon" aria-label="Add reaction" title="Add reaction" onClick={() => setPicking(true)} data-icon="☺" />
           )}
           {canSend && ctx.onReply && (
-            <button className="icon" aria-label="Reply" title="Reply" onClick={() => ctx.onReply!(m)}>
-              ↩
-            </button>
+            <button className="icon" aria-label="Reply" title="Reply" onClick={() => ctx.onReply!(m)} data-icon="↩" />
           )}
           {!ctx.inThread && ctx.onThread && canThread && (
             <button
@@ -142,19 +138,13 @@ export function Message({ m, ctx }: { m: M; ctx: MessageCtx }) {
               aria-label={m.threadCount > 0 ? "Open thread" : "Create thread"}
               title={m.threadCount > 0 ? "Open thread" : "Create thread"}
               onClick={() => ctx.onThread!(m.id)}
-            >
-              ⋔
-            </button>
+             data-icon="⋔" />
           )}
           {own && canSend && !m.content.url && (
-            <button className="icon" aria-label="Edit" title="Edit" onClick={() => ctx.setEditing(m.id)}>
-              ✎
-            </button>
+            <button className="icon" aria-label="Edit" title="Edit" onClick={() => ctx.setEditing(m.id)} data-icon="✎" />
           )}
           {(own || canManage) && (
-            <button className="icon danger" aria-label="Delete" title="Delete" onClick={() => setDeleting(true)}>
-              🗑
-            </button>
+            <button className="icon danger" aria-label="Delete" title="Delete" onClick={() => setDeleting(true)} data-icon="🗑" />
           )}
         </div>
       )}

@@ -301,3 +301,10 @@ export function plainText(src: string): string {
     bs.map((b) => (b.t === "para" ? inlinePlain(b.c) : b.t === "quote" ? flat(b.c) : b.v)).join(" ");
   return flat(parse(src)).replace(/\s+/g, " ").trim();
 }
+
+/** The `@query` or `#query` being typed just before the caret, if any. */
+export function mentionQuery(before: string): { kind: "@" | "#"; query: string; at: number } | null {
+  const m = /(^|\s)([@#])([^\s@#]*)$/.exec(before);
+  if (!m) return null;
+  return { kind: m[2] as "@" | "#", query: m[3], at: before.length - m[3].length - 1 };
+}

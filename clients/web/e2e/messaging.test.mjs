@@ -350,6 +350,29 @@ test("replies, edits, reactions, deletes, threads, typing, mentions, attachments
     await b.locator(".channels").getByRole("button", { name: /^after/ }).waitFor();
     assert.equal(await b.locator(".channels").getByRole("button", { name: /^secret/ }).count(), 0);
 
+    // --- Actions the user lacks are not offered: in #random Bob can react and attach until
+    // Alice denies ADD_REACTIONS and ATTACH_FILES to @everyone there.
+    await api(alice.accessToken, "PUT", `/_matrix/client/v3/rooms/${enc(random.id)}/send/m.room.message/perm1`, {
+      msgtype: "m.text",
+      body: "react to this",
+    });
+    await b.locator(".channels").getByRole("button", { name: /^random/ }).click();
+    const target = msg(b, "react to this");
+    await target.waitFor();
+    await target.hover();
+    await target.getByRole("button", { name: "Add reaction" }).waitFor();
+    await b.getByRole("button", { name: "Upload a file" }).waitFor();
+    await api(alice.accessToken, "PUT", `/_paracord/v1/channels/${enc(random.id)}/permissions/role%3Aeveryone`, {
+      allow: "0",
+      deny: String(64 + 32768),
+    });
+    await b.getByRole("button", { name: "Upload a file" }).waitFor({ state: "detached" });
+    await target.hover();
+    await target.getByRole("button", { name: "Reply" }).waitFor();
+    assert.equal(await target.getByRole("button", { name: "Add reaction" }).count(), 0);
+    await b.locator(".channels").getByRole("button", { name: /^general/ }).click();
+    await b.getByRole("button", { name: "Upload a file" }).waitFor();
+
     // Screenshots of these screens, when asked for.
     const shots = process.env.WEB_E2E_SCREENSHOTS;
     if (shots) {

@@ -9,6 +9,7 @@ import type { Channel, Member } from "../api";
 import { mentionQuery, messageContent, type Pill, pillUser, roomPill, userPill } from "../lib/markdown";
 import { has, Permission } from "../lib/permissions";
 import { describeError, useStore } from "../store";
+import { PlusCircleIcon } from "./Icons";
 import type { M } from "./Message";
 
 export interface ComposerProps {
@@ -232,7 +233,7 @@ export function Composer(p: ComposerProps) {
         {canAttach && (
           <>
             <button className="icon attach" aria-label="Upload a file" title="Upload a file" disabled={!p.ready} onClick={() => file.current?.click()}>
-              ＋
+              <PlusCircleIcon />
             </button>
             <input
               ref={file}

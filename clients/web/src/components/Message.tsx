@@ -11,6 +11,7 @@ import { Markdown } from "../lib/render";
 import { formatSize, type Msg, reactedBy, stripHtmlReplyFallback, stripReplyFallback } from "../lib/timeline";
 import { EventStatus, type MatrixEvent } from "../sdk";
 import { describeError, mentions, type Store, useStore } from "../store";
+import { FileIcon } from "./Icons";
 import { Modal } from "./Modal";
 
 const EmojiPicker = lazy(() => import("./EmojiPicker"));
@@ -144,7 +145,7 @@ export function Message({ m, ctx }: { m: M; ctx: MessageCtx }) {
             <button className="icon" aria-label="Edit" title="Edit" onClick={() => ctx.setEditing(m.id)} data-icon="✎" />
           )}
           {(own || canManage) && (
-            <button className="icon danger" aria-label="Delete" title="Delete" onClick={() => setDeleting(true)} data-icon="🗑" />
+            <button className="icon danger" aria-label="Delete" title="Delete" onClick={() => setDeleting(true)} data-icon="✕" />
           )}
         </div>
       )}
@@ -271,7 +272,7 @@ function FileCard({ content }: { content: Record<string, any> }) {
   };
   return (
     <div className="file-card">
-      <span className="file-icon" aria-hidden="true">📄</span>
+      <span className="file-icon"><FileIcon /></span>
       <div className="truncate">
         <div className="truncate file-name">{name}</div>
         <div className="muted small">{Number.isFinite(size) ? formatSize(size) : ""}</div>

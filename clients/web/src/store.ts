@@ -36,6 +36,7 @@ export function toRaw(e: MatrixEvent): Ev {
     redacted: e.isRedacted(),
     pending: !!e.status,
     unsigned: e.getUnsigned() as Record<string, unknown>,
+    redacts: e.getType() === "m.room.redaction" ? e.getAssociatedId() : undefined,
     src: e,
   };
 }
@@ -50,6 +51,7 @@ function rawOf(e: Record<string, any>): Ev {
     content: e.content ?? {},
     redacted: !!e.unsigned?.redacted_because,
     unsigned: e.unsigned,
+    redacts: e.type === "m.room.redaction" ? (e.redacts ?? e.content?.redacts) : undefined,
     src: null,
   };
 }
@@ -287,13 +289,19 @@ export class Store {
       .map((e) => e.src!);
   }
 
-  /** The channel's messages with their edits, reactions, replies and threads. */
+  /**
+   * The channel's messages with their edits, reactions, replies and threads: the live
+   * timeline, plus the thread replies fetched with /relations that it does not hold.
+   */
   timeline(roomId: string): Timeline<MatrixEvent | null> {
-    return buildTimeline(this.events(roomId), this.userId);
+    const live = this.events(roomId);
+    const ids = new Set(live.map((e) => e.id));
+    const fetched = [...(this.fetchedThreads.get(roomId)?.values() ?? [])].flat().filter((e) => !ids.has(e.id));
+    return buildTimeline([...live, ...fetched], this.userId);
   }
 
-  /** Replies of threads fetched with /relations, by root (the live timeline adds new ones). */
-  readonly fetchedThreads = new Map<string, Ev[]>();
+  /** Replies of threads fetched with /relations, by room and root. */
+  private readonly fetchedThreads = new Map<string, Map<string, Ev[]>>();
 
   async loadThread(roomId: string, rootId: string) {
     try {
@@ -308,7 +316,9 @@ export class Store {
         events.push(...r.chunk.map((e) => rawOf(e as Record<string, any>)));
         from = r.next_batch ?? undefined;
       } while (from && events.length < 1000);
-      this.fetchedThreads.set(rootId, events);
+      const room = this.fetchedThreads.get(roomId) ?? new Map<string, Ev[]>();
+      room.set(rootId, events);
+      this.fetchedThreads.set(roomId, room);
     } catch (e) {
       this.toast(`Could not load the thread: ${describeError(e)}`);
     }

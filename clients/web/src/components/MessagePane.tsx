@@ -3,7 +3,7 @@ import { type DragEvent, useEffect, useLayoutEffect, useRef, useState } from "re
 import type { Channel, Member } from "../api";
 import { groupMessages } from "../lib/grouping";
 import { channelPermissions, colourRole, has, Permission, type Role, sendBlockedReason } from "../lib/permissions";
-import { buildTimeline, typingText } from "../lib/timeline";
+import { typingText } from "../lib/timeline";
 import { describeError, type Store, useStore } from "../store";
 import { Composer } from "./Composer";
 import { type M, Message, type MessageCtx, preview } from "./Message";
@@ -178,12 +178,8 @@ function ThreadPanel(props: {
 }) {
   const store = useStore();
   const { ctx } = props;
-  // The replies fetched with /relations and those that arrived live, once each.
-  const live = store.events(ctx.roomId);
-  const liveIds = new Set(live.map((e) => e.id));
-  const fetched = (store.fetchedThreads.get(props.root) ?? []).filter((e) => !liveIds.has(e.id));
-  const t = buildTimeline([...fetched, ...live].sort((a, b) => a.ts - b.ts), store.userId);
-  const root = t.byId.get(props.root) ?? ctx.byId.get(props.root);
+  const t = store.timeline(ctx.roomId);
+  const root = t.byId.get(props.root);
   const replies = t.threads.get(props.root) ?? [];
   const threadCtx: MessageCtx = { ...ctx, byId: t.byId, inThread: true, onReply: undefined };
   const canReply = has(ctx.perms, Permission.SEND_MESSAGES_IN_THREADS) || (!replies.length && has(ctx.perms, Permission.CREATE_PUBLIC_THREADS));

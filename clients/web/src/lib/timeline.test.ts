@@ -94,6 +94,21 @@ describe("threads and replies", () => {
     expect(t.threads.get("$root")?.[0].replyTo).toBeUndefined();
   });
 
+  it("orders thread replies fetched apart by time, and drops those a later redaction removes", () => {
+    const fetched = [
+      { ...thread("$t1", "$root", "one"), ts: 10 },
+      { ...thread("$t2", "$root", "two"), ts: 20 },
+    ];
+    const live = [
+      { ...text("$root", "@a", "root"), ts: 1 },
+      { ...thread("$t3", "$root", "three"), ts: 30 },
+      { ...ev("$red", "@b", "m.room.redaction", {}), redacts: "$t2", ts: 40 },
+    ];
+    const t = buildTimeline([...live, ...fetched], "@a");
+    expect(t.threads.get("$root")?.map((m) => m.content.body)).toEqual(["one", "three"]);
+    expect(t.main[0].threadCount).toBe(2);
+  });
+
   it("takes the bundled count when more replies exist than are loaded", () => {
     const root = { ...text("$root", "@a", "root"), unsigned: { "m.relations": { "m.thread": { count: 5 } } } };
     expect(buildTimeline([root, thread("$t1", "$root", "one")], "@a").main[0].threadCount).toBe(5);

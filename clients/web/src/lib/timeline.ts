@@ -15,6 +15,8 @@ export interface Raw<T = unknown> {
   /** Not yet accepted by the server (a local echo). */
   pending?: boolean;
   unsigned?: Content;
+  /** For an m.room.redaction: the event it redacts. */
+  redacts?: string;
   src: T;
 }
 
@@ -90,8 +92,14 @@ export function isMessage(type: string): boolean {
   return type === "m.room.message" || type === "m.sticker";
 }
 
+/**
+ * Arranges a channel's events (oldest first; thread replies fetched apart may follow them,
+ * as each thread is ordered by time).
+ */
 export function buildTimeline<T>(events: Raw<T>[], me: string): Timeline<T> {
-  const live = events.filter((e) => !e.redacted);
+  // A redaction in the list also removes events the SDK did not apply it to (fetched ones).
+  const gone = new Set(events.filter((e) => e.type === "m.room.redaction" && e.redacts && !e.pending).map((e) => e.redacts));
+  const live = events.filter((e) => !e.redacted && !gone.has(e.id));
   const edits = new Map<string, Raw<T>[]>();
   const reactions = new Map<string, Map<string, ReactionGroup>>();
   for (const e of live) {
@@ -140,6 +148,7 @@ export function buildTimeline<T>(events: Raw<T>[], me: string): Timeline<T> {
     if (m.threadRoot) threads.set(m.threadRoot, [...(threads.get(m.threadRoot) ?? []), m]);
     else main.push(m);
   }
+  for (const list of threads.values()) list.sort((a, b) => a.ts - b.ts);
   for (const e of live) {
     const m = byId.get(e.id);
     if (!m || m.threadRoot) continue;

@@ -144,14 +144,17 @@ test("replies, edits, reactions, deletes, threads, typing, mentions, attachments
     await send(b, "a reply from bob");
     const reply = a.locator(".pane .message", { hasText: "a reply from bob" });
     await reply.waitFor();
+    const originalId = await msg(a, "the original message").getAttribute("data-event-id");
     assert.match(await reply.locator(".reply-quote").innerText(), new RegExp(`@${alice.name} the original message`));
     assert.equal(await b.getByText(`Replying to ${alice.name}`).count(), 0, "sending ends the reply");
-    const originalId = await msg(a, "the original message").getAttribute("data-event-id");
     let wire = (await messages(alice, general)).find((e) => e.content?.body === "a reply from bob");
     assert.deepEqual(wire.content["m.relates_to"], { "m.in_reply_to": { event_id: originalId } });
     assert.deepEqual(wire.content["m.mentions"], { user_ids: [alice.userId] });
     // Alice was replied to: the reply is highlighted for her.
     assert.match(await reply.getAttribute("class"), /mentioned/);
+    // Clicking the quote jumps to the original, which flashes.
+    await reply.locator(".reply-quote").click();
+    await a.locator(`.pane .message.flash[data-event-id="${originalId}"]`).waitFor();
 
     // --- Edits: Up in Alice's empty composer edits her last message; Enter saves.
     await composer(a).click();
@@ -307,6 +310,10 @@ test("replies, edits, reactions, deletes, threads, typing, mentions, attachments
     await full.waitFor();
     await waitFor(() => full.evaluate((el) => el.complete && el.naturalWidth === 64 && el.naturalHeight === 48), "the full image");
     await lightbox.getByRole("button", { name: "Close" }).click();
+    await lightbox.waitFor({ state: "detached" });
+    await b.getByRole("button", { name: "Open image red.png" }).click();
+    await lightbox.waitFor();
+    await b.keyboard.press("Escape");
     await lightbox.waitFor({ state: "detached" });
     wire = (await messages(bob, general)).find((e) => e.content?.msgtype === "m.image");
     assert.equal(wire.content.body, "red.png");

@@ -1,7 +1,6 @@
 // The app's state: the matrix-js-sdk client (sync, timelines, sending) and what the Paracord
 // REST extension says about each guild (channels, roles, members). Components read it through
 // useStore(), which re-renders them when anything changes.
-/* eslint-disable @typescript-eslint/no-explicit-any */
 
 import {
   ClientEvent,

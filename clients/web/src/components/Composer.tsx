@@ -2,7 +2,6 @@
 // edit the last message, Esc to cancel a reply; @member and #channel autocomplete that
 // inserts mentions; typing notices; attachments by button, drag and drop or paste, with
 // upload progress.
-/* eslint-disable @typescript-eslint/no-explicit-any */
 import { type KeyboardEvent, type MutableRefObject, useEffect, useRef, useState } from "react";
 
 import type { Channel, Member } from "../api";

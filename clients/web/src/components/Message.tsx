@@ -1,7 +1,6 @@
 // One message of the list or of a thread: the quote of what it replies to, its body (text,
 // image or file), "(edited)", its reactions and thread summary, and the actions on hover
 // that the user's permissions allow.
-/* eslint-disable @typescript-eslint/no-explicit-any */
 import { type KeyboardEvent, lazy, Suspense, useEffect, useRef, useState } from "react";
 
 import type { Member } from "../api";
@@ -70,6 +69,8 @@ export function Message({ m, ctx }: { m: M; ctx: MessageCtx }) {
   const own = m.sender === store.userId;
   const failed = m.src?.status === EventStatus.NOT_SENT;
   const canSend = has(ctx.perms, Permission.SEND_MESSAGES);
+  // Edits are checked as sends where the message is: in a thread, SEND_MESSAGES_IN_THREADS.
+  const canEdit = has(ctx.perms, m.threadRoot ? Permission.SEND_MESSAGES_IN_THREADS : Permission.SEND_MESSAGES);
   const canManage = has(ctx.perms, Permission.MANAGE_MESSAGES);
   // An existing thread can always be opened; starting one needs CREATE_PUBLIC_THREADS.
   const canThread = m.threadCount > 0 || has(ctx.perms, Permission.CREATE_PUBLIC_THREADS);
@@ -141,7 +142,7 @@ export function Message({ m, ctx }: { m: M; ctx: MessageCtx }) {
               onClick={() => ctx.onThread!(m.id)}
              data-icon="⋔" />
           )}
-          {own && canSend && !m.content.url && (
+          {own && canEdit && !m.content.url && (
             <button className="icon" aria-label="Edit" title="Edit" onClick={() => ctx.setEditing(m.id)} data-icon="✎" />
           )}
           {(own || canManage) && (
@@ -211,7 +212,6 @@ function useBlob(mxc: string, thumb?: { w: number; h: number }) {
     return () => {
       live = false;
     };
-    // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [store, mxc, thumb?.w, thumb?.h]);
   return { url, error };
 }

@@ -212,7 +212,7 @@ function ThreadPanel(props: {
       <Composer
         roomId={ctx.roomId}
         label="Reply in thread"
-        blocked={props.blocked ?? (canReply ? null : "You do not have permission to send messages in threads here.")}
+        blocked={canReply ? null : props.blocked?.startsWith("You are timed out") ? props.blocked : "You do not have permission to send messages in this thread."}
         ready
         perms={ctx.perms}
         members={ctx.members}

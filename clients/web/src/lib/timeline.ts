@@ -2,7 +2,6 @@
 // reactions grouped by key, thread replies apart from the channel's list (counted on their
 // root), and replies pointing at what they quote. Pure: the store passes plain events.
 
-/* eslint-disable @typescript-eslint/no-explicit-any */
 export type Content = Record<string, any>;
 
 export interface Raw<T = unknown> {

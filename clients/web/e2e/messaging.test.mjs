@@ -1,7 +1,8 @@
 // The message features in a real browser against a real paracord: replies, edits (Up arrow),
 // reactions through the emoji picker, deletes, threads in a side panel, typing indicators,
 // read markers, @member and #channel mentions with their badges, attachments (an image with
-// its lightbox, files by button, paste and drop), and a private channel that a member
+// its lightbox, files by button, paste and drop; a refused upload shown with the server's
+// words), actions hidden without their permission, and a private channel that a member
 // without the role never sees. Two people, Alice (the guild's owner) and Bob.
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
@@ -15,7 +16,8 @@ const problems = [];
 const enc = encodeURIComponent;
 
 before(async () => {
-  server = await startServer();
+  // A small upload limit, so that a refused upload can be tested.
+  server = await startServer({ config: { PARACORD_MAX_UPLOAD_BYTES: String(256 * 1024) } });
   browser = await launchBrowser();
 });
 
@@ -339,6 +341,16 @@ test("replies, edits, reactions, deletes, threads, typing, mentions, attachments
       el.dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
     });
     await b.locator(".file-card", { hasText: "dropped.txt" }).waitFor();
+
+    // A refusal is shown: the server's upload limit turns a big file away.
+    await a.getByTestId("file-input").setInputFiles({
+      name: "big.bin",
+      mimeType: "application/octet-stream",
+      buffer: Buffer.alloc(300 * 1024, 7),
+    });
+    const refusal = a.getByRole("alert").filter({ hasText: "Could not upload big.bin" });
+    await refusal.waitFor();
+    assert.match(await refusal.innerText(), /^Could not upload big\.bin: uploads are limited to 262144 bytes/);
 
     // --- Private channels: #secret denies VIEW_CHANNEL to @everyone and allows a role Alice
     // has. Alice sees it; Bob never does (he sees #after, made after it).

@@ -95,6 +95,9 @@ export function saveSession(s: Session | null) {
 /** What a server refusal says to a person. */
 export function describeError(e: unknown): string {
   if (e instanceof ServerError) return e.message;
+  // matrix-js-sdk's MatrixError: the server's own words, without the SDK's prefix and URL.
+  const data = e && typeof e === "object" && "data" in e ? (e.data as Record<string, unknown>) : null;
+  if (data && typeof data.error === "string") return data.error;
   if (e && typeof e === "object" && "message" in e && typeof e.message === "string") {
     return e.message;
   }

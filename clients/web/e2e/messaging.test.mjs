@@ -342,6 +342,29 @@ test("replies, edits, reactions, deletes, threads, typing, mentions, attachments
     });
     await b.locator(".file-card", { hasText: "dropped.txt" }).waitFor();
 
+    // Upload progress, on a slowed-down connection.
+    const cdp = await a.context().newCDPSession(a);
+    await cdp.send("Network.emulateNetworkConditions", {
+      offline: false,
+      latency: 0,
+      downloadThroughput: -1,
+      uploadThroughput: 40 * 1024,
+    });
+    await a.getByTestId("file-input").setInputFiles({
+      name: "slow.bin",
+      mimeType: "application/octet-stream",
+      buffer: Buffer.alloc(160 * 1024, 1),
+    });
+    const progress = a.getByRole("status").filter({ hasText: "Uploading slow.bin…" });
+    await progress.waitFor();
+    await waitFor(async () => /Uploading slow\.bin… ([1-9]\d?)%/.test(await progress.innerText()), "a progress between 1 and 99 %", {
+      timeoutMs: 10_000,
+      intervalMs: 50,
+    });
+    await cdp.send("Network.emulateNetworkConditions", { offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: -1 });
+    await b.locator(".file-card", { hasText: "slow.bin" }).waitFor({ timeout: 30_000 });
+    await progress.waitFor({ state: "detached" });
+
     // A refusal is shown: the server's upload limit turns a big file away.
     await a.getByTestId("file-input").setInputFiles({
       name: "big.bin",

@@ -234,7 +234,10 @@ test("replies, edits, reactions, deletes, threads, typing, mentions, attachments
     await summary.waitFor();
     // Thread replies stay out of the channel's list.
     assert.equal(await a.locator(".pane .message", { hasText: "thread reply" }).count(), 0);
+    // Opening a thread fetches its replies with /relations (older ones may not be loaded).
+    const relations = a.waitForResponse((r) => r.url().includes(`/relations/${enc(originalId)}/m.thread`));
     await summary.click();
+    assert.equal((await relations).status(), 200);
     const aThread = a.getByRole("complementary", { name: "Thread" });
     await aThread.locator(".message", { hasText: "first thread reply" }).waitFor();
     await aThread.locator(".message", { hasText: "second thread reply" }).waitFor();

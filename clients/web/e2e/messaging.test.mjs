@@ -302,6 +302,11 @@ test("replies, edits, reactions, deletes, threads, typing, mentions, attachments
     assert.match(await mention.getAttribute("class"), /mentioned/);
     assert.equal(await mention.locator(".mention.me").innerText(), `@${alice.name}`);
     await a.locator(".rail").getByTestId("mention-badge").waitFor({ state: "detached" });
+    // The #random pill opens #random.
+    await mention.getByRole("button", { name: "#random" }).click();
+    await a.getByRole("heading", { name: "random", exact: true }).waitFor();
+    await a.locator(".channels").getByRole("button", { name: /^general/ }).click();
+    await a.getByRole("heading", { name: "general", exact: true }).waitFor();
 
     // --- Attachments: Alice uploads a PNG; Bob sees it inline and opens the lightbox.
     const image = png(64, 48, [230, 60, 40]);
@@ -426,6 +431,26 @@ test("replies, edits, reactions, deletes, threads, typing, mentions, attachments
       await b.getByRole("complementary", { name: "Thread" }).locator(".message", { hasText: "second thread reply" }).waitFor();
       await b.screenshot({ path: `${shots}/web-messages-thread.png` });
     }
+
+    // A reply to a message far back: after a reload, the quote's click loads older pages
+    // until the original is there, then jumps to it.
+    for (let i = 1; i <= 60; i++) {
+      await api(alice.accessToken, "PUT", `/_matrix/client/v3/rooms/${enc(general)}/send/m.room.message/fill${i}`, {
+        msgtype: "m.text",
+        body: `filler ${i}`,
+      });
+    }
+    await api(bob.accessToken, "PUT", `/_matrix/client/v3/rooms/${enc(general)}/send/m.room.message/late-reply`, {
+      msgtype: "m.text",
+      body: "replying to something old",
+      "m.relates_to": { "m.in_reply_to": { event_id: originalId } },
+    });
+    await a.reload();
+    const late = a.locator(".pane .message", { hasText: "replying to something old" });
+    await late.waitFor();
+    assert.equal(await a.locator(`.pane .message[data-event-id="${originalId}"]`).count(), 0, "the original is not loaded yet");
+    await late.locator(".reply-quote").click();
+    await a.locator(`.pane .message.flash[data-event-id="${originalId}"]`).waitFor();
 
     assert.deepEqual(problems, [], "no CSP violations or uncaught errors in the pages");
   });

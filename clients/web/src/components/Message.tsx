@@ -4,10 +4,11 @@
 import { type KeyboardEvent, lazy, Suspense, useEffect, useRef, useState } from "react";
 
 import type { Member } from "../api";
-import { messageContent, pillsOf, plainText } from "../lib/markdown";
+import { MATRIX_TO, messageContent, pillsOf, plainText } from "../lib/markdown";
 import { has, Permission } from "../lib/permissions";
 import { Markdown } from "../lib/render";
 import { formatSize, type Msg, reactedBy, stripHtmlReplyFallback, stripReplyFallback } from "../lib/timeline";
+import { channelPath, navigate } from "../router";
 import { EventStatus, type MatrixEvent } from "../sdk";
 import { describeError, mentions, type Store, useStore } from "../store";
 import { FileIcon } from "./Icons";
@@ -48,6 +49,17 @@ export function jumpTo(id: string) {
   return true;
 }
 
+/** Jumps to a message, loading older ones (a few pages at most) until it is there. */
+async function jumpBack(store: Store, roomId: string, id: string) {
+  for (let page = 0; !jumpTo(id); page++) {
+    if (page === 10 || !(await store.loadOlder(roomId))) {
+      store.toast("Could not find that message: it was deleted, or is too far back.", "info");
+      return;
+    }
+    await new Promise((r) => requestAnimationFrame(r));
+  }
+}
+
 async function react(store: Store, roomId: string, m: M, key: string) {
   const mine = m.reactions.find((r) => r.key === key);
   try {
@@ -86,7 +98,7 @@ export function Message({ m, ctx }: { m: M; ctx: MessageCtx }) {
       {m.replyTo && (
         <button
           className="reply-quote truncate"
-          onClick={() => m.replyTo && !jumpTo(m.replyTo) && store.toast("That message is not loaded; scroll up to find it.", "info")}
+          onClick={() => m.replyTo && void jumpBack(store, ctx.roomId, m.replyTo)}
         >
           <span aria-hidden="true">↱ </span>
           {target ? (
@@ -196,7 +208,14 @@ function Body({ m }: { m: M }) {
   }
   const body = typeof c.body === "string" ? c.body : "";
   const html = typeof c.formatted_body === "string" ? stripHtmlReplyFallback(c.formatted_body) : "";
-  return <Markdown source={m.replyTo ? stripReplyFallback(body) : body} pills={pillsOf(html)} self={store.userId} />;
+  // A #channel pill opens the channel when it is one of a joined guild's.
+  const onPill = (href: string) => {
+    const roomId = decodeURIComponent(href.slice(MATRIX_TO.length).split("?")[0]);
+    const guild = [...store.guilds.entries()].find(([, d]) => d.channels.some((c) => c.id === roomId))?.[0];
+    if (guild) navigate(channelPath(guild, roomId));
+    else store.toast("That channel is not one you can see.", "info");
+  };
+  return <Markdown source={m.replyTo ? stripReplyFallback(body) : body} pills={pillsOf(html)} self={store.userId} onPill={onPill} />;
 }
 
 function useBlob(mxc: string, thumb?: { w: number; h: number }) {

@@ -19,9 +19,13 @@ function Spoiler({ children }: { children: ReactNode }) {
   );
 }
 
-let me = "";
+/** How pills render: whose mentions are highlighted, and what a click on one does. */
+interface PillOpts {
+  self: string;
+  onPill?: (href: string) => void;
+}
 
-function inline(nodes: Inline[]): ReactNode[] {
+function inline(nodes: Inline[], o: PillOpts): ReactNode[] {
   return nodes.map((n, i) => {
     switch (n.t) {
       case "text":
@@ -31,17 +35,22 @@ function inline(nodes: Inline[]): ReactNode[] {
       case "code":
         return <code key={i}>{n.v}</code>;
       case "bold":
-        return <strong key={i}>{inline(n.c)}</strong>;
+        return <strong key={i}>{inline(n.c, o)}</strong>;
       case "italic":
-        return <em key={i}>{inline(n.c)}</em>;
+        return <em key={i}>{inline(n.c, o)}</em>;
       case "strike":
-        return <del key={i}>{inline(n.c)}</del>;
+        return <del key={i}>{inline(n.c, o)}</del>;
       case "spoiler":
-        return <Spoiler key={i}>{inline(n.c)}</Spoiler>;
+        return <Spoiler key={i}>{inline(n.c, o)}</Spoiler>;
       case "pill": {
         const user = pillUser({ text: n.v, href: n.href });
-        return (
-          <span key={i} className={`mention${user && user === me ? " me" : ""}`} title={user}>
+        const cls = `mention${user && user === o.self ? " me" : ""}`;
+        return o.onPill && !user ? (
+          <button key={i} className={cls} onClick={() => o.onPill!(n.href)}>
+            {n.v}
+          </button>
+        ) : (
+          <span key={i} className={cls} title={user}>
             {n.v}
           </span>
         );
@@ -50,13 +59,13 @@ function inline(nodes: Inline[]): ReactNode[] {
   });
 }
 
-function blocks(bs: Block[]): ReactNode[] {
+function blocks(bs: Block[], o: PillOpts): ReactNode[] {
   return bs.map((b, i) => {
     switch (b.t) {
       case "para":
-        return <div key={i}>{inline(b.c)}</div>;
+        return <div key={i}>{inline(b.c, o)}</div>;
       case "quote":
-        return <blockquote key={i}>{blocks(b.c)}</blockquote>;
+        return <blockquote key={i}>{blocks(b.c, o)}</blockquote>;
       case "codeblock":
         return (
           <pre key={i}>
@@ -69,9 +78,10 @@ function blocks(bs: Block[]): ReactNode[] {
 
 /**
  * A message body (the Markdown source every client puts in `body`) as elements; `pills`
- * (from formatted_body's matrix.to links) show as mentions, the user's own highlighted.
+ * (from formatted_body's matrix.to links) show as mentions, the user's own highlighted;
+ * `onPill` makes the pills of rooms (channels) clickable.
  */
-export function Markdown({ source, pills = [], self = "" }: { source: string; pills?: Pill[]; self?: string }) {
-  me = self;
-  return <>{blocks(blocksWithPills(parse(source), pills))}</>;
+export function Markdown(props: { source: string; pills?: Pill[]; self?: string; onPill?: (href: string) => void }) {
+  const o = { self: props.self ?? "", onPill: props.onPill };
+  return <>{blocks(blocksWithPills(parse(props.source), props.pills ?? []), o)}</>;
 }

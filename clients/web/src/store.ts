@@ -148,6 +148,7 @@ export class Store {
     document.addEventListener("visibilitychange", this.onVisibility);
     this.client.on(RoomEvent.Receipt, bump);
     this.client.on(RoomEvent.Redaction, bump);
+    this.client.on(RoomEvent.TimelineReset, bump);
     this.client.on(RoomMemberEvent.Typing, bump);
     // A refused send is reported by the composer that sent it.
     this.client.on(RoomEvent.LocalEchoUpdated, bump);
@@ -279,9 +280,22 @@ export class Store {
 
   /** The events of a channel's live timeline, oldest first. */
   events(roomId: string): Ev[] {
-    const room = this.client.getRoom(roomId);
-    if (!room) return [];
-    return room.getLiveTimeline().getEvents().map(toRaw);
+    return this.cached(`events ${roomId}`, () => {
+      const room = this.client.getRoom(roomId);
+      return room ? room.getLiveTimeline().getEvents().map(toRaw) : [];
+    });
+  }
+
+  // What is derived from the timelines, computed once per change (every change bumps the
+  // version): the channel list, the rail and the panes all read it in one render.
+  private derived = new Map<string, { version: number; value: unknown }>();
+
+  private cached<T>(key: string, compute: () => T): T {
+    const hit = this.derived.get(key);
+    if (hit && hit.version === this.version) return hit.value as T;
+    const value = compute();
+    this.derived.set(key, { version: this.version, value });
+    return value;
   }
 
   /** Messages of a channel's live timeline, oldest first. */
@@ -296,10 +310,12 @@ export class Store {
    * timeline, plus the thread replies fetched with /relations that it does not hold.
    */
   timeline(roomId: string): Timeline<MatrixEvent | null> {
-    const live = this.events(roomId);
-    const ids = new Set(live.map((e) => e.id));
-    const fetched = [...(this.fetchedThreads.get(roomId)?.values() ?? [])].flat().filter((e) => !ids.has(e.id));
-    return buildTimeline([...live, ...fetched], this.userId);
+    return this.cached(`timeline ${roomId}`, () => {
+      const live = this.events(roomId);
+      const ids = new Set(live.map((e) => e.id));
+      const fetched = [...(this.fetchedThreads.get(roomId)?.values() ?? [])].flat().filter((e) => !ids.has(e.id));
+      return buildTimeline([...live, ...fetched], this.userId);
+    });
   }
 
   /** Replies of threads fetched with /relations, by room and root. */

@@ -2,7 +2,7 @@
 // edit the last message, Esc to cancel a reply; @member and #channel autocomplete that
 // inserts mentions; typing notices; attachments by button, drag and drop or paste, with
 // upload progress.
-import { type KeyboardEvent, type MutableRefObject, useEffect, useRef, useState } from "react";
+import { type KeyboardEvent, type MutableRefObject, useEffect, useLayoutEffect, useRef, useState } from "react";
 
 import type { Channel, Member } from "../api";
 import { mentionQuery, messageContent, type Pill, pillUser, roomPill, userPill } from "../lib/markdown";
@@ -49,6 +49,14 @@ export function Composer(p: ComposerProps) {
       input.current.style.height = `${Math.min(input.current.scrollHeight, 240)}px`;
     }
   }, [text]);
+  // After a mention is inserted, the caret goes after it before the next key is handled
+  // (a frame later, fast typing would land behind it).
+  const placeCaret = useRef<number | null>(null);
+  useLayoutEffect(() => {
+    if (placeCaret.current === null || !input.current) return;
+    input.current.setSelectionRange(placeCaret.current, placeCaret.current);
+    placeCaret.current = null;
+  });
   useEffect(() => {
     if (p.replyTo) input.current?.focus();
   }, [p.replyTo]);
@@ -157,7 +165,7 @@ export function Composer(p: ComposerProps) {
     setPills([...pills.filter((x) => x.text !== o.pill.text), o.pill]);
     setCaret(pos);
     setPick(0);
-    requestAnimationFrame(() => input.current?.setSelectionRange(pos, pos));
+    placeCaret.current = pos;
   };
 
   const onKey = (e: KeyboardEvent<HTMLTextAreaElement>) => {

@@ -218,7 +218,8 @@ function ThreadPanel(props: {
         members={ctx.members}
         channels={props.data.channels}
         name={ctx.name}
-        thread={{ root: props.root, last: replies[replies.length - 1]?.id }}
+        // The fallback reply points at the latest reply the server has given an id.
+        thread={{ root: props.root, last: [...replies].reverse().find((r) => r.id.startsWith("$"))?.id }}
       />
     </aside>
   );

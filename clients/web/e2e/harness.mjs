@@ -75,9 +75,10 @@ export async function waitFor(fn, what, { timeoutMs = 15_000, intervalMs = 100, 
 
 /**
  * A paracord in a temp dir, registration open unless `registration: false` (then only the
- * one-time admin token, printed at start, registers); { baseUrl, log(), logTail(), stop() }.
+ * one-time admin token, printed at start, registers), with `config` as further PARACORD_*
+ * variables; { baseUrl, log(), logTail(), stop() }.
  */
-export async function startServer({ registration = true } = {}) {
+export async function startServer({ registration = true, config = {} } = {}) {
   const bin = paracordBin();
   if (!fs.existsSync(bin)) {
     throw new Error(`paracord binary not found at ${bin}: build the web client, then \`cargo build -p paracord\`, or set PARACORD_BIN`);
@@ -99,6 +100,7 @@ export async function startServer({ registration = true } = {}) {
       PARACORD_REGISTRATION_ENABLED: String(registration),
       PARACORD_RATE_LIMITS_ENABLED: "false",
       PARACORD_LOG: "warn",
+      ...config,
     },
     stdio: ["ignore", "pipe", "pipe"],
   });

@@ -15,6 +15,8 @@ export { MatrixEvent } from "matrix-js-sdk/lib/models/event.js";
 export { EventStatus } from "matrix-js-sdk/lib/models/event-status.js";
 export { Room, RoomEvent } from "matrix-js-sdk/lib/models/room.js";
 export { RoomStateEvent } from "matrix-js-sdk/lib/models/room-state.js";
+export { RoomMemberEvent } from "matrix-js-sdk/lib/models/room-member.js";
+export { Direction } from "matrix-js-sdk/lib/models/event-timeline.js";
 export { SyncState } from "matrix-js-sdk/lib/sync.js";
 
 export function createClient(opts: ICreateClientOpts): MatrixClient {

@@ -8,8 +8,10 @@ import {
   EventType,
   type MatrixClient,
   type MatrixEvent,
+  Direction,
   type Room,
   RoomEvent,
+  RoomMemberEvent,
   RoomStateEvent,
   SyncState,
 } from "./sdk";
@@ -17,6 +19,41 @@ import { useSyncExternalStore } from "react";
 
 import { type Channel, type Guild, type Member, Paracord, ServerError, type Session } from "./api";
 import type { Role } from "./lib/permissions";
+import { buildTimeline, isMessage, type Raw, type Timeline } from "./lib/timeline";
+
+export type Ev = Raw<MatrixEvent | null>;
+
+/** A matrix-js-sdk event as the pure timeline logic reads it. */
+export function toRaw(e: MatrixEvent): Ev {
+  return {
+    id: e.getId() ?? e.getTxnId() ?? "",
+    type: e.getType(),
+    sender: e.getSender() ?? "",
+    ts: e.getTs(),
+    // The original content: edits are applied by lib/timeline, not by the SDK.
+    content: e.getOriginalContent(),
+    redacted: e.isRedacted(),
+    pending: !!e.status,
+    unsigned: e.getUnsigned() as Record<string, unknown>,
+    redacts: e.getType() === "m.room.redaction" ? e.getAssociatedId() : undefined,
+    src: e,
+  };
+}
+
+/** A raw event from an API answer (a thread fetched with /relations). */
+function rawOf(e: Record<string, any>): Ev {
+  return {
+    id: e.event_id,
+    type: e.type,
+    sender: e.sender,
+    ts: e.origin_server_ts,
+    content: e.content ?? {},
+    redacted: !!e.unsigned?.redacted_because,
+    unsigned: e.unsigned,
+    redacts: e.type === "m.room.redaction" ? (e.redacts ?? e.content?.redacts) : undefined,
+    src: null,
+  };
+}
 
 export const GUILD_EVENT = "chat.paracord.guild";
 
@@ -58,6 +95,9 @@ export function saveSession(s: Session | null) {
 /** What a server refusal says to a person. */
 export function describeError(e: unknown): string {
   if (e instanceof ServerError) return e.message;
+  // matrix-js-sdk's MatrixError: the server's own words, without the SDK's prefix and URL.
+  const data = e && typeof e === "object" && "data" in e ? (e.data as Record<string, unknown>) : null;
+  if (data && typeof data.error === "string") return data.error;
   if (e && typeof e === "object" && "message" in e && typeof e.message === "string") {
     return e.message;
   }
@@ -107,6 +147,9 @@ export class Store {
     // A channel looked at again after the tab was hidden is read then.
     document.addEventListener("visibilitychange", this.onVisibility);
     this.client.on(RoomEvent.Receipt, bump);
+    this.client.on(RoomEvent.Redaction, bump);
+    this.client.on(RoomEvent.TimelineReset, bump);
+    this.client.on(RoomMemberEvent.Typing, bump);
     // A refused send is reported by the composer that sent it.
     this.client.on(RoomEvent.LocalEchoUpdated, bump);
     this.client.on(RoomEvent.MyMembership, (room: Room) => {
@@ -235,23 +278,103 @@ export class Store {
     this.changed();
   }
 
+  /** The events of a channel's live timeline, oldest first. */
+  events(roomId: string): Ev[] {
+    return this.cached(`events ${roomId}`, () => {
+      const room = this.client.getRoom(roomId);
+      return room ? room.getLiveTimeline().getEvents().map(toRaw) : [];
+    });
+  }
+
+  // What is derived from the timelines, computed once per change (every change bumps the
+  // version): the channel list, the rail and the panes all read it in one render.
+  private derived = new Map<string, { version: number; value: unknown }>();
+
+  private cached<T>(key: string, compute: () => T): T {
+    const hit = this.derived.get(key);
+    if (hit && hit.version === this.version) return hit.value as T;
+    const value = compute();
+    this.derived.set(key, { version: this.version, value });
+    return value;
+  }
+
   /** Messages of a channel's live timeline, oldest first. */
   messages(roomId: string): MatrixEvent[] {
-    const room = this.client.getRoom(roomId);
-    if (!room) return [];
-    return room
-      .getLiveTimeline()
-      .getEvents()
-      .filter((e) => e.getType() === EventType.RoomMessage && !e.isRedacted());
+    return this.events(roomId)
+      .filter((e) => isMessage(e.type) && !e.redacted)
+      .map((e) => e.src!);
+  }
+
+  /**
+   * The channel's messages with their edits, reactions, replies and threads: the live
+   * timeline, plus the thread replies fetched with /relations that it does not hold.
+   */
+  timeline(roomId: string): Timeline<MatrixEvent | null> {
+    return this.cached(`timeline ${roomId}`, () => {
+      const live = this.events(roomId);
+      const ids = new Set(live.map((e) => e.id));
+      const fetched = [...(this.fetchedThreads.get(roomId)?.values() ?? [])].flat().filter((e) => !ids.has(e.id));
+      return buildTimeline([...live, ...fetched], this.userId);
+    });
+  }
+
+  /** Replies of threads fetched with /relations, by room and root. */
+  private readonly fetchedThreads = new Map<string, Map<string, Ev[]>>();
+
+  async loadThread(roomId: string, rootId: string) {
+    try {
+      const events: Ev[] = [];
+      let from: string | undefined;
+      do {
+        const r = await this.client.fetchRelations(roomId, rootId, "m.thread", null, {
+          dir: Direction.Forward,
+          from,
+          limit: 100,
+        });
+        events.push(...r.chunk.map((e) => rawOf(e as Record<string, any>)));
+        from = r.next_batch ?? undefined;
+      } while (from && events.length < 1000);
+      const room = this.fetchedThreads.get(roomId) ?? new Map<string, Ev[]>();
+      room.set(rootId, events);
+      this.fetchedThreads.set(roomId, room);
+    } catch (e) {
+      this.toast(`Could not load the thread: ${describeError(e)}`);
+    }
+    this.changed();
+  }
+
+  /** The last message (thread replies included) of a channel sent by the server. */
+  private lastMessage(roomId: string): MatrixEvent | undefined {
+    return [...this.messages(roomId)].reverse().find((e) => e.getId() && !e.status);
   }
 
   /** Whether a channel has a message from someone else after the user's read receipt. */
   isUnread(roomId: string): boolean {
     const room = this.client.getRoom(roomId);
     if (!room || room.getMyMembership() !== "join") return false;
-    const last = [...this.messages(roomId)].reverse().find((e) => e.getId() && !e.status);
+    const last = this.lastMessage(roomId);
     if (!last || last.getSender() === this.userId) return false;
     return !room.hasUserReadEvent(this.userId, last.getId()!);
+  }
+
+  /** Unread messages that mention the user (m.mentions), as the badges count them. */
+  mentionCount(roomId: string): number {
+    const room = this.client.getRoom(roomId);
+    if (!room || room.getMyMembership() !== "join") return 0;
+    return this.messages(roomId).filter(
+      (e) =>
+        e.getSender() !== this.userId &&
+        !e.status &&
+        mentions(e.getOriginalContent(), this.userId) &&
+        !room.hasUserReadEvent(this.userId, e.getId()!),
+    ).length;
+  }
+
+  guildMentions(guildId: string): number {
+    return (this.guilds.get(guildId)?.channels ?? []).reduce(
+      (n, c) => n + (c.kind === "category" ? 0 : this.mentionCount(c.id)),
+      0,
+    );
   }
 
   guildUnread(guildId: string): boolean {
@@ -260,11 +383,46 @@ export class Store {
     );
   }
 
+  /** The user has seen the channel's latest message: m.read and m.fully_read move to it. */
   markRead(roomId: string) {
-    const last = [...this.messages(roomId)].reverse().find((e) => e.getId() && !e.status);
+    const last = this.lastMessage(roomId);
     const room = this.client.getRoom(roomId);
     if (!last || !room || room.hasUserReadEvent(this.userId, last.getId()!)) return;
-    this.client.sendReadReceipt(last).catch((e) => this.toast(`Read receipt: ${describeError(e)}`));
+    this.client
+      .setRoomReadMarkers(roomId, last.getId()!, last)
+      .catch((e) => this.toast(`Read receipt: ${describeError(e)}`));
+  }
+
+  /** Who else is typing in a channel. */
+  typing(roomId: string): string[] {
+    const room = this.client.getRoom(roomId);
+    if (!room) return [];
+    return room.getMembers().filter((m) => m.typing && m.userId !== this.userId).map((m) => m.userId);
+  }
+
+  private media = new Map<string, Promise<string>>();
+
+  /**
+   * An mxc:// URI as a blob: URL, fetched through authenticated media with the access
+   * token (the CSP allows img-src blob:); a thumbnail when `thumb` is set.
+   */
+  mediaBlob(mxc: string, thumb?: { w: number; h: number }): Promise<string> {
+    const key = `${mxc}|${thumb ? `${thumb.w}x${thumb.h}` : ""}`;
+    let p = this.media.get(key);
+    if (!p) {
+      const m = /^mxc:\/\/([^/]+)\/([^/?#]+)$/.exec(mxc);
+      p = (async () => {
+        if (!m) throw new Error("not an mxc:// URI");
+        const base = `/_matrix/client/v1/media/${thumb ? "thumbnail" : "download"}/${encodeURIComponent(m[1])}/${encodeURIComponent(m[2])}`;
+        const url = thumb ? `${base}?width=${thumb.w}&height=${thumb.h}&method=scale` : base;
+        const res = await fetch(url, { headers: { authorization: `Bearer ${this.session.accessToken}` } });
+        if (!res.ok) throw new Error(`HTTP ${res.status}`);
+        return URL.createObjectURL(await res.blob());
+      })();
+      p.catch(() => this.media.delete(key));
+      this.media.set(key, p);
+    }
+    return p;
   }
 
   /** Loads older messages; false when the channel's start is reached. */
@@ -283,6 +441,12 @@ export class Store {
       this.changed();
     }
   }
+}
+
+/** Whether a message's m.mentions names the user. */
+export function mentions(content: Record<string, any>, userId: string): boolean {
+  const ids = content?.["m.mentions"]?.user_ids;
+  return Array.isArray(ids) && ids.includes(userId);
 }
 
 function joinedAt(room: Room, userId: string): number {

@@ -63,25 +63,26 @@ impl Durability {
                 .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
-                // This caller syncs for everyone written so far.
+                // This caller syncs for everyone written so far. The guard ends its turn
+                // however this future ends, dropped mid-fsync included (its request's
+                // client hung up): the others must not wait for a leader that is gone.
+                let turn = Turn(self);
                 let db = self.db.clone();
                 let result = tokio::task::spawn_blocking(move || db.sync_wal()).await;
                 self.syncs.fetch_add(1, Ordering::Relaxed);
-                self.syncing.store(false, Ordering::Release);
                 match result {
                     Ok(Ok(covered)) => {
                         self.synced.send_modify(|s| *s = (*s).max(covered));
                     }
+                    // The guard wakes the others: one of them tries again.
                     Ok(Err(e)) => {
-                        // Wake the others: one of them tries again.
-                        self.synced.send_modify(|_| {});
                         return Err(Error::internal(format!("syncing the database: {e}")));
                     }
                     Err(e) => {
-                        self.synced.send_modify(|_| {});
                         return Err(Error::internal(format!("syncing the database: {e}")));
                     }
                 }
+                drop(turn);
             } else if changed.changed().await.is_err() {
                 return Err(Error::internal("the database sync stopped"));
             }
@@ -94,8 +95,21 @@ impl Durability {
     }
 }
 
+/// The fsync leader's turn: when it ends, another caller may lead, and the waiters are
+/// woken to check whether they are covered or must lead themselves.
+struct Turn<'a>(&'a Durability);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.0.syncing.store(false, Ordering::Release);
+        self.0.synced.send_modify(|_| {});
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+
     use paracord_storage::{Batch, Table};
 
     use super::*;
@@ -150,6 +164,29 @@ mod tests {
             "64 concurrent writes took {} fsyncs",
             d.syncs()
         );
+    }
+
+    // A leader dropped while its fsync runs (the client of its request hung up) used to
+    // leave `syncing` set: every later settle then waited forever, and so did every /sync.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_leader_dropped_mid_fsync_does_not_stall_the_others() {
+        let (_d, db) = db();
+        let d = Durability::new(db.clone(), true);
+        write(&db, 0);
+        {
+            let mut leader = std::pin::pin!(d.settle());
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(
+                leader.as_mut().poll(&mut cx).is_pending(),
+                "the leader waits for its fsync"
+            );
+        }
+        write(&db, 1);
+        tokio::time::timeout(std::time::Duration::from_secs(10), d.settle())
+            .await
+            .expect("a later settle is not stuck behind the dropped leader")
+            .unwrap();
+        assert!(*d.synced.borrow() >= db.written());
     }
 
     #[tokio::test]

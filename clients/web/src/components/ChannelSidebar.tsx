@@ -106,6 +106,7 @@ export function ChannelSidebar(props: { guildId?: string; channelId?: string; on
                   .filter((c) => !category || !collapsed.has(category.id) || c.id === props.channelId)
                   .map((c) => {
                     const unread = c.id !== props.channelId && store.isUnread(c.id);
+                    const mentioned = c.id !== props.channelId ? store.mentionCount(c.id) : 0;
                     return (
                       <li key={c.id}>
                         <button
@@ -116,6 +117,11 @@ export function ChannelSidebar(props: { guildId?: string; channelId?: string; on
                         >
                           <span className="hash" aria-hidden="true">{c.kind === "voice" ? "♪" : "#"}</span>
                           <span className="truncate">{c.name}</span>
+                          {mentioned > 0 && (
+                            <span className="badge" data-testid="mention-badge" title={`${mentioned} mention${mentioned === 1 ? "" : "s"}`}>
+                              {mentioned}
+                            </span>
+                          )}
                         </button>
                       </li>
                     );

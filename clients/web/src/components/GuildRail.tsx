@@ -31,6 +31,7 @@ export function GuildRail({ selected }: { selected?: string }) {
         {store.guildRooms().map((room) => {
           const name = store.guilds.get(room.roomId)?.guild?.name ?? room.name;
           const unread = store.guildUnread(room.roomId);
+          const mentioned = store.guildMentions(room.roomId);
           return (
             <li key={room.roomId} className={room.roomId === selected ? "selected" : undefined}>
               {unread && <span className="pill" aria-hidden="true" />}
@@ -43,6 +44,11 @@ export function GuildRail({ selected }: { selected?: string }) {
               >
                 {initials(name)}
               </button>
+              {mentioned > 0 && (
+                <span className="badge rail-badge" data-testid="mention-badge" title={`${mentioned} mention${mentioned === 1 ? "" : "s"}`}>
+                  {mentioned}
+                </span>
+              )}
             </li>
           );
         })}

@@ -32,3 +32,20 @@ export function HomeIcon() {
     </svg>
   );
 }
+
+export function PlusCircleIcon() {
+  return (
+    <svg className="svg-icon" viewBox="0 0 24 24" width="22" height="22" aria-hidden="true">
+      <circle cx="12" cy="12" r="10" fill="currentColor" />
+      <path stroke="var(--bg-input)" strokeWidth="2.4" strokeLinecap="round" d="M12 7v10M7 12h10" />
+    </svg>
+  );
+}
+
+export function FileIcon() {
+  return (
+    <svg className="svg-icon" viewBox="0 0 24 24" width="32" height="32" aria-hidden="true">
+      <path fill="none" stroke="currentColor" strokeWidth="1.6" strokeLinejoin="round" d="M6 2h8l5 5v15H6zM14 2v5h5M9 12h7M9 15h7M9 18h5" />
+    </svg>
+  );
+}

@@ -1,12 +1,12 @@
-import { EventStatus, type MatrixEvent } from "../sdk";
-import { type KeyboardEvent, useEffect, useLayoutEffect, useRef, useState } from "react";
+import { type DragEvent, useEffect, useLayoutEffect, useRef, useState } from "react";
 
 import type { Channel, Member } from "../api";
 import { groupMessages } from "../lib/grouping";
-import { messageContent } from "../lib/markdown";
-import { channelPermissions, colourRole, type Role, sendBlockedReason } from "../lib/permissions";
-import { Markdown } from "../lib/render";
+import { channelPermissions, colourRole, has, Permission, type Role, sendBlockedReason } from "../lib/permissions";
+import { typingText } from "../lib/timeline";
 import { describeError, type Store, useStore } from "../store";
+import { Composer } from "./Composer";
+import { type M, Message, type MessageCtx, preview } from "./Message";
 
 export function displayName(store: Store, members: Member[], userId: string, roomId?: string): string {
   const m = members.find((x) => x.user_id === userId);
@@ -40,17 +40,16 @@ export function MessagePane({ guildId, channel }: { guildId: string; channel: Ch
   const store = useStore();
   const data = store.guildData(guildId);
   const room = store.client.getRoom(channel.id);
-  const events = store.messages(channel.id);
   const me = data.members.find((m) => m.user_id === store.userId) ?? { user_id: store.userId, roles: [] };
   const now = Date.now();
-  const blocked =
-    data.loaded && data.guild
-      ? sendBlockedReason(
-          channelPermissions(data.guild.owner, data.roles, me, channel.permission_overwrites, now),
-          me,
-          now,
-        )
-      : null;
+  const perms = data.guild ? channelPermissions(data.guild.owner, data.roles, me, channel.permission_overwrites, now) : 0n;
+  const blocked = data.loaded && data.guild ? sendBlockedReason(perms, me, now) : null;
+  const timeline = store.timeline(channel.id);
+  const [replyTo, setReplyTo] = useState<M | null>(null);
+  const [editing, setEditing] = useState<string | null>(null);
+  const [thread, setThread] = useState<string | null>(null);
+  const [dragging, setDragging] = useState(false);
+  const dropRef = useRef<((files: File[]) => void) | null>(null);
 
   useEffect(() => {
     if (document.visibilityState === "visible") store.markRead(channel.id);
@@ -77,33 +76,173 @@ export function MessagePane({ guildId, channel }: { guildId: string; channel: Ch
     };
   }, [store, store.syncState, channel.id, channel.name, membership, host, joinError]);
 
+  const name = (userId: string) => displayName(store, data.members, userId, channel.id);
+  const ctx: MessageCtx = {
+    roomId: channel.id,
+    perms,
+    members: data.members,
+    name,
+    byId: timeline.byId,
+    editing,
+    setEditing,
+    onReply: (m) => {
+      setEditing(null);
+      setReplyTo(m);
+    },
+    onThread: (id) => {
+      setThread(id);
+      void store.loadThread(channel.id, id);
+    },
+  };
+  const editLast = () => {
+    const last = [...timeline.main].reverse().find((m) => m.sender === store.userId && !m.pending && !m.content.url);
+    if (last) setEditing(last.id);
+  };
+  const canDrop = has(perms, Permission.ATTACH_FILES) && !blocked;
+  const dragProps = {
+    onDragOver: (e: DragEvent) => {
+      if (!canDrop || !e.dataTransfer.types.includes("Files")) return;
+      e.preventDefault();
+      setDragging(true);
+    },
+    onDragLeave: (e: DragEvent) => e.currentTarget === e.target && setDragging(false),
+    onDrop: (e: DragEvent) => {
+      setDragging(false);
+      const files = [...e.dataTransfer.files];
+      if (!files.length || !canDrop) return;
+      e.preventDefault();
+      dropRef.current?.(files);
+    },
+  };
+
   return (
-    <main className="pane" aria-label={`#${channel.name}`}>
-      <header className="pane-header">
-        <span className="hash" aria-hidden="true">#</span>
-        <h1>{channel.name}</h1>
-        {channel.topic && (
-          <>
-            <span className="divider" aria-hidden="true" />
-            <span className="topic truncate" title={channel.topic}>{channel.topic}</span>
-          </>
+    <div className={`pane-wrap${thread ? " with-thread" : ""}`}>
+      <main className="pane" aria-label={`#${channel.name}`} {...dragProps}>
+        <header className="pane-header">
+          <span className="hash" aria-hidden="true">#</span>
+          <h1>{channel.name}</h1>
+          {channel.topic && (
+            <>
+              <span className="divider" aria-hidden="true" />
+              <span className="topic truncate" title={channel.topic}>{channel.topic}</span>
+            </>
+          )}
+        </header>
+        {room && membership === "join" ? (
+          <MessageList key={`list-${channel.id}`} channel={channel} messages={timeline.main} ctx={ctx} />
+        ) : (
+          <div className="messages">
+            <p className="muted center">{joinError ? `Could not join #${channel.name}: ${joinError}` : `Joining #${channel.name}…`}</p>
+          </div>
         )}
-      </header>
-      {room && membership === "join" ? (
-        <MessageList key={`list-${channel.id}`} channel={channel} events={events} guildId={guildId} />
-      ) : (
-        <div className="messages">
-          <p className="muted center">{joinError ? `Could not join #${channel.name}: ${joinError}` : `Joining #${channel.name}…`}</p>
-        </div>
+        {dragging && <div className="drop-overlay">Drop to upload to #{channel.name}</div>}
+        <Composer
+          key={`composer-${channel.id}`}
+          roomId={channel.id}
+          label={`Message #${channel.name}`}
+          blocked={blocked}
+          ready={membership === "join"}
+          perms={perms}
+          members={data.members}
+          channels={data.channels}
+          name={name}
+          replyTo={replyTo}
+          onCancelReply={() => setReplyTo(null)}
+          onEditLast={editLast}
+          dropRef={dropRef}
+        />
+        <Typing roomId={channel.id} name={name} />
+      </main>
+      {thread && (
+        <ThreadPanel key={thread} root={thread} ctx={ctx} blocked={blocked} data={data} onClose={() => setThread(null)} />
       )}
-      <Composer key={`composer-${channel.id}`} channel={channel} blocked={blocked} ready={membership === "join"} />
-    </main>
+    </div>
   );
 }
 
-function MessageList({ channel, events, guildId }: { channel: Channel; events: MatrixEvent[]; guildId: string }) {
+function Typing({ roomId, name }: { roomId: string; name: (u: string) => string }) {
   const store = useStore();
-  const data = store.guildData(guildId);
+  return (
+    <div className="typing small" role="status" aria-live="polite">
+      {typingText(store.typing(roomId).map(name))}
+    </div>
+  );
+}
+
+function ThreadPanel(props: {
+  root: string;
+  ctx: MessageCtx;
+  blocked: string | null;
+  data: ReturnType<Store["guildData"]>;
+  onClose: () => void;
+}) {
+  const store = useStore();
+  const { ctx } = props;
+  const t = store.timeline(ctx.roomId);
+  const root = t.byId.get(props.root);
+  const replies = t.threads.get(props.root) ?? [];
+  const threadCtx: MessageCtx = { ...ctx, byId: t.byId, inThread: true, onReply: undefined };
+  const canReply = has(ctx.perms, Permission.SEND_MESSAGES_IN_THREADS) || (!replies.length && has(ctx.perms, Permission.CREATE_PUBLIC_THREADS));
+  const scroller = useRef<HTMLDivElement>(null);
+  useLayoutEffect(() => {
+    if (scroller.current) scroller.current.scrollTop = scroller.current.scrollHeight;
+  }, [replies.length]);
+  useEffect(() => {
+    const onKey = (e: KeyboardEvent) => e.key === "Escape" && !(e.target instanceof HTMLTextAreaElement) && props.onClose();
+    window.addEventListener("keydown", onKey);
+    return () => window.removeEventListener("keydown", onKey);
+  });
+  return (
+    <aside className="thread-panel" aria-label="Thread">
+      <header className="pane-header">
+        <h1 className="truncate">Thread{root ? `: ${preview(root)}` : ""}</h1>
+        <button className="icon" aria-label="Close thread" title="Close" onClick={props.onClose}>
+          ✕
+        </button>
+      </header>
+      <div className="messages" ref={scroller} role="log" aria-label="Thread messages">
+        {root && <ThreadItem m={root} ctx={threadCtx} />}
+        <div className="thread-count muted small">
+          {replies.length} {replies.length === 1 ? "reply" : "replies"}
+        </div>
+        {replies.map((m) => (
+          <ThreadItem key={m.id} m={m} ctx={threadCtx} />
+        ))}
+      </div>
+      <Composer
+        roomId={ctx.roomId}
+        label="Reply in thread"
+        blocked={canReply ? null : props.blocked?.startsWith("You are timed out") ? props.blocked : "You do not have permission to send messages in this thread."}
+        ready
+        perms={ctx.perms}
+        members={ctx.members}
+        channels={props.data.channels}
+        name={ctx.name}
+        // The fallback reply points at the latest reply the server has given an id.
+        thread={{ root: props.root, last: [...replies].reverse().find((r) => r.id.startsWith("$"))?.id }}
+      />
+    </aside>
+  );
+}
+
+function ThreadItem({ m, ctx }: { m: M; ctx: MessageCtx }) {
+  return (
+    <article className="group" data-sender={m.sender}>
+      <div className="avatar small" aria-hidden="true">{ctx.name(m.sender)[0]?.toUpperCase()}</div>
+      <div className="group-body">
+        <header>
+          <span className="author">{ctx.name(m.sender)}</span>
+          <time dateTime={new Date(m.ts).toISOString()}>{when(m.ts)}</time>
+        </header>
+        <Message m={m} ctx={ctx} />
+      </div>
+    </article>
+  );
+}
+
+function MessageList({ channel, messages, ctx }: { channel: Channel; messages: M[]; ctx: MessageCtx }) {
+  const store = useStore();
+  const data = store.guildData(channel.guild_id);
   const scroller = useRef<HTMLDivElement>(null);
   const atBottom = useRef(true);
   const before = useRef<number | null>(null);
@@ -133,9 +272,7 @@ function MessageList({ channel, events, guildId }: { channel: Channel; events: M
     if (el.scrollHeight <= el.clientHeight && !start && !loading) void older();
   });
 
-  const items = groupMessages(
-    events.map((e) => ({ id: e.getId() ?? e.getTxnId() ?? "", sender: e.getSender() ?? "", ts: e.getTs(), e })),
-  );
+  const items = groupMessages(messages.map((m) => ({ ...m, reply: !!m.replyTo, m })));
 
   return (
     <div
@@ -165,88 +302,23 @@ function MessageList({ channel, events, guildId }: { channel: Channel; events: M
         ) : (
           <article key={item.key} className="group" data-sender={item.sender}>
             <div className="avatar" aria-hidden="true">
-              {displayName(store, data.members, item.sender, channel.id)[0]?.toUpperCase()}
+              {ctx.name(item.sender)[0]?.toUpperCase()}
             </div>
             <div className="group-body">
               <header>
                 <span className="author" style={{ color: nameColour(data.roles, data.members, item.sender) }}>
-                  {displayName(store, data.members, item.sender, channel.id)}
+                  {ctx.name(item.sender)}
                 </span>
                 <time dateTime={new Date(item.messages[0].ts).toISOString()}>
                   {when(item.messages[0].ts)}
                 </time>
               </header>
-              {item.messages.map(({ e, id }) => {
-                const body = e.getContent().body;
-                const failed = e.status === EventStatus.NOT_SENT;
-                return (
-                  <div
-                    key={id}
-                    className={`message${e.status && !failed ? " pending" : ""}${failed ? " failed" : ""}`}
-                    data-event-id={e.getId()}
-                  >
-                    <Markdown source={typeof body === "string" ? body : ""} />
-                    {failed && <span className="form-error small">Not sent</span>}
-                  </div>
-                );
-              })}
+              {item.messages.map(({ m }) => (
+                <Message key={m.id} m={m} ctx={ctx} />
+              ))}
             </div>
           </article>
         ),
-      )}
-    </div>
-  );
-}
-
-function Composer({ channel, blocked, ready }: { channel: Channel; blocked: string | null; ready: boolean }) {
-  const store = useStore();
-  const [text, setText] = useState("");
-  const input = useRef<HTMLTextAreaElement>(null);
-
-  useEffect(() => {
-    if (input.current) {
-      input.current.style.height = "auto";
-      input.current.style.height = `${Math.min(input.current.scrollHeight, 240)}px`;
-    }
-  }, [text]);
-
-  const send = () => {
-    const src = text.trim();
-    if (!src) return;
-    setText("");
-    store.client
-      // matrix-js-sdk's content types do not cover every msgtype shape; this one is m.text.
-      .sendMessage(channel.id, messageContent(src) as never)
-      .catch((e) => {
-        store.toast(`Your message was not sent: ${describeError(e)}`);
-      });
-  };
-
-  const onKey = (e: KeyboardEvent<HTMLTextAreaElement>) => {
-    if (e.key === "Enter" && !e.shiftKey && !e.nativeEvent.isComposing) {
-      e.preventDefault();
-      send();
-    }
-  };
-
-  return (
-    <div className="composer">
-      {blocked ? (
-        <div className="composer-blocked" role="note" data-testid="composer-blocked">
-          <textarea disabled aria-label={`Message #${channel.name}`} placeholder="You cannot send messages here" rows={1} />
-          <p className="muted small">{blocked}</p>
-        </div>
-      ) : (
-        <textarea
-          ref={input}
-          rows={1}
-          value={text}
-          disabled={!ready}
-          aria-label={`Message #${channel.name}`}
-          placeholder={`Message #${channel.name}`}
-          onChange={(e) => setText(e.target.value)}
-          onKeyDown={onKey}
-        />
       )}
     </div>
   );

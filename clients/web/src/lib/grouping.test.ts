@@ -22,4 +22,13 @@ describe("grouping messages", () => {
       "5",
     ]);
   });
+
+  it("starts a new group at a reply, as its quote sits above the name", () => {
+    const items = groupMessages([
+      { id: "1", sender: "@a", ts: at(10) },
+      { id: "2", sender: "@a", ts: at(10, 1), reply: true },
+      { id: "3", sender: "@a", ts: at(10, 2) },
+    ]);
+    expect(items.map((i) => (i.kind === "day" ? "day" : i.messages.map((m) => m.id).join("")))).toEqual(["day", "1", "23"]);
+  });
 });

@@ -5,6 +5,8 @@ export interface Msg {
   id: string;
   sender: string;
   ts: number;
+  /** A reply starts a group of its own (its quote sits above the author's name). */
+  reply?: boolean;
 }
 
 export type Item<M extends Msg> =
@@ -30,7 +32,7 @@ export function groupMessages<M extends Msg>(messages: M[]): Item<M>[] {
       group = null;
     }
     const last = group?.messages[group.messages.length - 1];
-    if (group && last && group.sender === m.sender && m.ts - last.ts <= GROUP_GAP_MS) {
+    if (group && last && group.sender === m.sender && !m.reply && m.ts - last.ts <= GROUP_GAP_MS) {
       group.messages.push(m);
     } else {
       group = { kind: "group", key: m.id, sender: m.sender, messages: [m] };

@@ -1,6 +1,17 @@
 import { describe, expect, it } from "vitest";
 
-import { isPlain, messageContent, parse, parseInline, toHtml } from "./markdown";
+import {
+  isPlain,
+  mentionQuery,
+  messageContent,
+  parse,
+  parseInline,
+  pillsOf,
+  plainText,
+  roomPill,
+  toHtml,
+  userPill,
+} from "./markdown";
 
 const html = (s: string) => toHtml(parse(s));
 
@@ -84,5 +95,46 @@ describe("message content", () => {
       format: "org.matrix.custom.html",
       formatted_body: "hi <strong>you</strong>",
     });
+  });
+});
+
+describe("mentions", () => {
+  const alice = userPill("@alice:example.org", "Alice Liddell");
+  const general = roomPill("!g:example.org", "general");
+
+  it("sends a picked mention as a matrix.to pill, with the text kept in body", () => {
+    expect(messageContent("hi @Alice Liddell, see #general", [alice, general])).toEqual({
+      msgtype: "m.text",
+      body: "hi @Alice Liddell, see #general",
+      format: "org.matrix.custom.html",
+      formatted_body:
+        'hi <a href="https://matrix.to/#/@alice:example.org">@Alice Liddell</a>, see <a href="https://matrix.to/#/!g:example.org">#general</a>',
+    });
+  });
+
+  it("ignores a pick whose text was deleted, and never pills inside code", () => {
+    expect(messageContent("just text", [alice])).toEqual({ msgtype: "m.text", body: "just text" });
+    expect(toHtml(parse("`@Alice Liddell` **@Alice Liddell**"))).toBe("<code>@Alice Liddell</code> <strong>@Alice Liddell</strong>");
+    expect(messageContent("**@Alice Liddell**", [alice]).formatted_body).toBe(
+      '<strong><a href="https://matrix.to/#/@alice:example.org">@Alice Liddell</a></strong>',
+    );
+  });
+
+  it("reads the pills of a received formatted_body, escaped", () => {
+    expect(pillsOf('x <a href="https://matrix.to/#/@a:b">@A &amp; B</a> <a href="https://evil.example">no</a>')).toEqual([
+      { href: "https://matrix.to/#/@a:b", text: "@A & B" },
+    ]);
+    expect(pillsOf(undefined)).toEqual([]);
+  });
+
+  it("finds the @ or # query being typed before the caret", () => {
+    expect(mentionQuery("hey @ali")).toEqual({ kind: "@", query: "ali", at: 4 });
+    expect(mentionQuery("#")).toEqual({ kind: "#", query: "", at: 0 });
+    expect(mentionQuery("mail@example")).toBeNull();
+    expect(mentionQuery("@alice done")).toBeNull();
+  });
+
+  it("flattens a message to plain text for quotes", () => {
+    expect(plainText("the **edited** message\n> quoted ||secret||")).toBe("the edited message quoted ▒▒▒");
   });
 });

@@ -7,6 +7,7 @@ export type Inline =
   | { t: "text"; v: string }
   | { t: "code"; v: string }
   | { t: "br" }
+  | { t: "pill"; v: string; href: string }
   | { t: "bold" | "italic" | "strike" | "spoiler"; c: Inline[] };
 
 export type Block =
@@ -170,6 +171,8 @@ function inlineHtml(nodes: Inline[]): string {
           return "<br>";
         case "spoiler":
           return `<span data-mx-spoiler>${inlineHtml(n.c)}</span>`;
+        case "pill":
+          return `<a href="${escapeHtml(n.href)}">${escapeHtml(n.v)}</a>`;
         default:
           return `<${TAGS[n.t]}>${inlineHtml(n.c)}</${TAGS[n.t]}>`;
       }
@@ -195,9 +198,88 @@ export function toHtml(blocks: Block[]): string {
     .join("<br>");
 }
 
-/** The content of an m.room.message for what was typed in the composer. */
-export function messageContent(src: string): Record<string, string> {
-  const blocks = parse(src);
+/** A mention as typed (`@Alice`, `#general`) and the matrix.to link it stands for. */
+export interface Pill {
+  text: string;
+  href: string;
+}
+
+export const MATRIX_TO = "https://matrix.to/#/";
+
+export function userPill(userId: string, name: string): Pill {
+  return { text: `@${name}`, href: `${MATRIX_TO}${userId}` };
+}
+
+export function roomPill(roomId: string, name: string): Pill {
+  return { text: `#${name}`, href: `${MATRIX_TO}${roomId}` };
+}
+
+/** The user a pill links to, if it links to a user. */
+export function pillUser(p: Pill): string | undefined {
+  if (!p.href.startsWith(MATRIX_TO)) return undefined;
+  const id = decodeURIComponent(p.href.slice(MATRIX_TO.length).split("?")[0]);
+  return /^@[^:\s]+:\S+$/.test(id) ? id : undefined;
+}
+
+function unescapeHtml(s: string): string {
+  return s
+    .replace(/&lt;/g, "<")
+    .replace(/&gt;/g, ">")
+    .replace(/&quot;/g, '"')
+    .replace(/&#39;/g, "'")
+    .replace(/&amp;/g, "&");
+}
+
+/** The matrix.to links of a received formatted_body: the mentions to show as pills. */
+export function pillsOf(formattedBody: unknown): Pill[] {
+  if (typeof formattedBody !== "string") return [];
+  const out: Pill[] = [];
+  for (const m of formattedBody.matchAll(/<a href="(https:\/\/matrix\.to\/#\/[^"]+)">([^<]+)<\/a>/g)) {
+    out.push({ href: unescapeHtml(m[1]), text: unescapeHtml(m[2]) });
+  }
+  return out;
+}
+
+/** Text nodes split where a pill's text occurs (not inside code). */
+export function withPills(nodes: Inline[], pills: Pill[]): Inline[] {
+  const usable = pills.filter((p) => p.text.length > 1).sort((a, b) => b.text.length - a.text.length);
+  if (usable.length === 0) return nodes;
+  const split = (v: string): Inline[] => {
+    let best: { at: number; p: Pill } | null = null;
+    for (const p of usable) {
+      const at = v.indexOf(p.text);
+      if (at !== -1 && (!best || at < best.at)) best = { at, p };
+    }
+    if (!best) return v ? [{ t: "text", v }] : [];
+    return [
+      ...(best.at > 0 ? [{ t: "text", v: v.slice(0, best.at) } as Inline] : []),
+      { t: "pill", v: best.p.text, href: best.p.href },
+      ...split(v.slice(best.at + best.p.text.length)),
+    ];
+  };
+  return nodes.flatMap((n): Inline[] => {
+    if (n.t === "text") return split(n.v);
+    if (n.t === "bold" || n.t === "italic" || n.t === "strike" || n.t === "spoiler") {
+      return [{ ...n, c: withPills(n.c, pills) }];
+    }
+    return [n];
+  });
+}
+
+export function blocksWithPills(bs: Block[], pills: Pill[]): Block[] {
+  if (pills.length === 0) return bs;
+  return bs.map((b) =>
+    b.t === "para" ? { ...b, c: withPills(b.c, pills) } : b.t === "quote" ? { ...b, c: blocksWithPills(b.c, pills) } : b,
+  );
+}
+
+/**
+ * The content of an m.room.message for what was typed in the composer; `pills` are the
+ * mentions picked from the autocomplete (their text is in `src`).
+ */
+export function messageContent(src: string, pills: Pill[] = []): Record<string, string> {
+  const used = pills.filter((p) => src.includes(p.text));
+  const blocks = blocksWithPills(parse(src), used);
   if (isPlain(blocks)) return { msgtype: "m.text", body: src };
   return {
     msgtype: "m.text",
@@ -205,4 +287,24 @@ export function messageContent(src: string): Record<string, string> {
     format: "org.matrix.custom.html",
     formatted_body: toHtml(blocks),
   };
+}
+
+function inlinePlain(nodes: Inline[]): string {
+  return nodes
+    .map((n) => (n.t === "text" || n.t === "code" || n.t === "pill" ? n.v : n.t === "br" ? " " : n.t === "spoiler" ? "▒▒▒" : inlinePlain(n.c)))
+    .join("");
+}
+
+/** A message's text without its markup, on one line (reply quotes, previews). */
+export function plainText(src: string): string {
+  const flat = (bs: Block[]): string =>
+    bs.map((b) => (b.t === "para" ? inlinePlain(b.c) : b.t === "quote" ? flat(b.c) : b.v)).join(" ");
+  return flat(parse(src)).replace(/\s+/g, " ").trim();
+}
+
+/** The `@query` or `#query` being typed just before the caret, if any. */
+export function mentionQuery(before: string): { kind: "@" | "#"; query: string; at: number } | null {
+  const m = /(^|\s)([@#])([^\s@#]*)$/.exec(before);
+  if (!m) return null;
+  return { kind: m[2] as "@" | "#", query: m[3], at: before.length - m[3].length - 1 };
 }
